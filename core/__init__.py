@@ -1,0 +1,1 @@
+"""Minimal core of Runink: hook specifications, plugin manager, driver interfaces, config, CLI."""

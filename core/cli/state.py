@@ -1,0 +1,66 @@
+"""What every command shares: the config and the plugin manager, both loaded once and lazily."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runink.core.config import RuninkConfig, load_config
+from runink.core.errors import ConfigError
+from runink.core.plugins import PluginManager, create_plugin_manager, set_plugin_manager
+
+
+@dataclass
+class CliState:
+    config_path: Path | None = None
+    debug: bool = False
+    _config: RuninkConfig | None = None
+    _config_error: ConfigError | None = None
+    _plugins: PluginManager | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> CliState:
+        """Read the options needed before the CLI is built (plugins may add commands)."""
+        config_path = None
+        for index, arg in enumerate(argv):
+            if arg in ("--config", "-c") and index + 1 < len(argv):
+                config_path = Path(argv[index + 1])
+            elif arg.startswith("--config="):
+                config_path = Path(arg.split("=", 1)[1])
+            elif arg == "--":
+                break
+        debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
+        return cls(config_path=config_path, debug=debug)
+
+    def try_config(self) -> RuninkConfig | None:
+        """The config, or None if it is invalid (the error is kept for ``config()``)."""
+        if self._config is None and self._config_error is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                self._config_error = exc
+        return self._config
+
+    def config(self) -> RuninkConfig:
+        config = self.try_config()
+        if config is None:
+            assert self._config_error is not None
+            raise self._config_error
+        return config
+
+    def plugins(self) -> PluginManager:
+        """The plugin manager: built from the config when it is valid, from defaults otherwise."""
+        if self._plugins is None:
+            config = self.try_config() or RuninkConfig()
+            self._plugins = create_plugin_manager(config)
+            set_plugin_manager(self._plugins)
+            _apply_log_settings(config)
+        return self._plugins
+
+
+def _apply_log_settings(config: RuninkConfig) -> None:
+    logging.getLogger("runink").setLevel(config.log.level.upper())
+    if config.plugins.trace:
+        logging.getLogger("runink.plugins.trace").setLevel(logging.INFO)

@@ -1,0 +1,317 @@
+"""Configuration: one validated model read from a TOML file and RUNINK_* environment variables.
+
+Precedence, lowest to highest:
+
+1. built-in defaults (the model below);
+2. the config file: ``--config PATH``, else ``$RUNINK_CONFIG``, else ``./runink.toml``, else
+   ``$XDG_CONFIG_HOME/runink/config.toml`` (``~/.config/runink/config.toml``); only the first
+   one found is read;
+3. environment variables: ``RUNINK_<KEY>`` for a top-level key and ``RUNINK_<TABLE>__<KEY>``
+   for a nested one (``RUNINK_EXECUTOR__DRIVER=linux``); list values are comma-separated.
+   Three short names are kept for plugin control: ``RUNINK_DISABLE_PLUGINS``,
+   ``RUNINK_LOAD_PLUGINS`` and ``RUNINK_TRACE_PLUGINS`` (= ``plugins.disable``,
+   ``plugins.load``, ``plugins.trace``);
+4. command-line flags of a command (e.g. ``runink run --set executor.driver=process``).
+
+Every error names the key and where its value came from (``runink.toml:12`` or the variable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from runink.core.errors import ConfigError
+
+ENV_PREFIX = "RUNINK_"
+#: environment variables that are not config keys (read elsewhere).
+ENV_NOT_KEYS = {"RUNINK_CONFIG", "RUNINK_DEBUG"}
+ENV_ALIASES = {
+    "RUNINK_DISABLE_PLUGINS": "plugins.disable",
+    "RUNINK_LOAD_PLUGINS": "plugins.load",
+    "RUNINK_TRACE_PLUGINS": "plugins.trace",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PluginsConfig(_Section):
+    disable: list[str] = Field(
+        default_factory=list,
+        description="Plugins not to load: hook plugin names, driver names or GROUP:NAME.",
+    )
+    load: list[str] | None = Field(
+        default=None,
+        description="Allow-list: when set, only these third-party plugins load (built-in ones always do).",
+    )
+    trace: bool = Field(default=False, description="Log every hook call and its result to stderr.")
+
+
+class DriverChoice(_Section):
+    driver: str
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the driver.")
+
+
+class ExecutorConfig(DriverChoice):
+    driver: str = "process"
+
+
+class SchedulerConfig(_Section):
+    policy: str = "spread"
+    options: dict[str, Any] = Field(default_factory=dict)
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Weight of each score plugin's scores (default 1)."
+    )
+
+
+class BarnConfig(_Section):
+    backend: str = "memory"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SecretsConfig(_Section):
+    backend: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AnnotatorConfig(_Section):
+    driver: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+    format: Literal["text", "json"] = "text"
+
+
+class RuninkConfig(_Section):
+    """The whole configuration. ``sources`` maps each dotted key that was set to where it came from."""
+
+    herd: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    data_dir: Path = Field(default=Path(".runink"), description="Where local state (lineage, logs) is kept.")
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    barn: BarnConfig = Field(default_factory=BarnConfig)
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
+    annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    plugin: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options of each plugin, by plugin name ([plugin.NAME])."
+    )
+
+    # Not configuration: where each value came from, for error messages and `runink config show`.
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Each dotted key that was set, mapped to ``FILE:LINE``, ``$VAR`` or ``--set KEY``."""
+        return self._sources
+
+    @property
+    def file(self) -> Path | None:
+        """The config file that was read, if any."""
+        return self._file
+
+    def plugin_options(self, name: str) -> dict[str, Any]:
+        """The ``[plugin.NAME]`` table, or an empty dict."""
+        return dict(self.plugin.get(name, {}))
+
+    def source_of(self, dotted_key: str) -> str:
+        """Where a key's value came from: ``FILE:LINE``, ``$VAR``, ``--set`` or ``default``."""
+        parts = dotted_key.split(".")
+        for end in range(len(parts), 0, -1):
+            found = self.sources.get(".".join(parts[:end]))
+            if found:
+                return found
+        return "default"
+
+
+def default_config_path(cwd: Path | None = None) -> Path | None:
+    """The config file that would be read when none is named explicitly."""
+    if env := os.environ.get("RUNINK_CONFIG"):
+        return Path(env)
+    local = (cwd or Path.cwd()) / "runink.toml"
+    if local.exists():
+        return local
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = xdg / "runink" / "config.toml"
+    return user if user.exists() else None
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> RuninkConfig:
+    """Read, merge and validate the configuration (see the module docstring for precedence).
+
+    ``overrides`` are ``dotted.key -> value`` pairs from command-line flags.
+    Raises ConfigError naming the key and its source.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or "RUNINK_CONFIG" in environ
+    if path is None and "RUNINK_CONFIG" in environ:
+        path = environ["RUNINK_CONFIG"]
+    file = Path(path) if path is not None else default_config_path()
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if file is not None:
+        if not file.exists():
+            if explicit:
+                raise ConfigError(f"config file {file} does not exist")
+        else:
+            _merge_file(file, merged, sources)
+    _merge_env(environ, merged, sources)
+    for key, raw in (overrides or {}).items():
+        _set_dotted(merged, key, _coerce_text(key, raw), sources, "--set " + key)
+
+    try:
+        config = RuninkConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, sources)) from None
+    config._sources = sources
+    config._file = file if file is not None and file.exists() else None
+    return config
+
+
+def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str]) -> None:
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    lines = _key_lines(text)
+    for dotted, value in _flatten(data):
+        line = lines.get(dotted) or lines.get(dotted.rsplit(".", 1)[0])
+        _set_dotted(merged, dotted, value, sources, f"{file}:{line}" if line else str(file))
+
+
+_TABLE_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line number of each ``table.key`` assignment and table header (best effort, for messages)."""
+    lines: dict[str, int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if match := _TABLE_RE.match(line):
+            table = _unquote_key(match.group(1))
+            lines.setdefault(table, number)
+        elif match := _KEY_RE.match(line):
+            key = _unquote_key(match.group(1))
+            lines.setdefault(f"{table}.{key}" if table else key, number)
+    return lines
+
+
+def _unquote_key(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Leaf keys; free-form tables (options, weights, plugin) are kept whole below their key."""
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not _is_free_form(dotted):
+            items.extend(_flatten(value, dotted + "."))
+        else:
+            items.append((dotted, value))
+    return items
+
+
+def _is_free_form(dotted: str) -> bool:
+    last = dotted.rsplit(".", 1)[-1]
+    return last in {"options", "weights"} or dotted.startswith("plugin.")
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any, sources: dict[str, str], origin: str) -> None:
+    parts = dotted.split(".")
+    node = target
+    for index, part in enumerate(parts[:-1]):
+        existing = node.get(part)
+        if not isinstance(existing, dict):
+            if existing is not None:
+                where = sources.get(".".join(parts[: index + 1]), "?")
+                raise ConfigError(f"{origin}: {dotted} conflicts with {'.'.join(parts[: index + 1])} set at {where}")
+            existing = node[part] = {}
+        node = existing
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = {**node[last], **value}
+    else:
+        node[last] = value
+    sources[dotted] = origin
+
+
+def _merge_env(environ: Mapping[str, str], merged: dict[str, Any], sources: dict[str, str]) -> None:
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
+            continue
+        dotted = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        _set_dotted(merged, dotted, _coerce_text(dotted, environ[name]), sources, "$" + name)
+
+
+def _coerce_text(dotted: str, raw: str) -> Any:
+    """A string from the environment or a flag, made into the type its key expects.
+
+    JSON is accepted for tables and lists; a list key also takes comma-separated text.
+    Scalars stay strings and pydantic converts them ("true", "2", "0.5").
+    """
+    stripped = raw.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            pass
+    if _expects_list(dotted):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _expects_list(dotted: str) -> bool:
+    model: Any = RuninkConfig
+    annotation: Any = None
+    for part in dotted.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        model = annotation
+    origins = {typing.get_origin(annotation)} | {typing.get_origin(arg) for arg in typing.get_args(annotation)}
+    return list in origins
+
+
+def _describe_validation_error(exc: ValidationError, sources: dict[str, str]) -> str:
+    """One line per problem: ``SOURCE: key: what is wrong``."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        dotted = ".".join(loc)
+        origin = "default"
+        for end in range(len(loc), 0, -1):
+            if (candidate := ".".join(loc[:end])) in sources:
+                origin = sources[candidate]
+                break
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{origin}: {dotted}: {message}")
+    return "; ".join(problems) if len(problems) > 1 else problems[0]

@@ -1,0 +1,184 @@
+"""Drivers: one implementation per group, chosen by name in configuration and loaded with stevedore.
+
+Entry-point groups (public API):
+
+=============================  =======================================================
+``runink.executors``           ``Executor``: how a node runs slices (``process``...)
+``runink.scheduler_policies``  ``SchedulerPolicy``: ranks feasible nodes (``spread``...)
+``runink.secret_backends``     ``SecretBackend``: herd-scoped secrets
+``runink.barn_backends``       ``BarnBackend``: the cluster state store
+``runink.annotators``          ``Annotator``: LLM annotations of datasets
+``runink.storage``             ``Storage``: dataset sources/sinks, one per URI scheme
+=============================  =======================================================
+
+Loading a driver imports only that driver's module (a worker never imports the others).
+Hook plugins may add drivers at run time through ``runink_register_drivers``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stevedore import driver as stevedore_driver
+from stevedore import exception as stevedore_exception
+
+from runink.core.errors import DriverLoadError, DriverNotFoundError
+from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
+from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
+
+DRIVER_GROUPS: dict[str, type] = {
+    "runink.executors": Executor,
+    "runink.scheduler_policies": SchedulerPolicy,
+    "runink.secret_backends": SecretBackend,
+    "runink.barn_backends": BarnBackend,
+    "runink.annotators": Annotator,
+    "runink.storage": Storage,
+}
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """A driver registered by a hook plugin (``runink_register_drivers``) rather than an entry point."""
+
+    group: str
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+
+def _check_group(group: str) -> type:
+    try:
+        return DRIVER_GROUPS[group]
+    except KeyError:
+        raise DriverNotFoundError(
+            f"unknown driver group {group!r} (groups: {', '.join(sorted(DRIVER_GROUPS))})"
+        ) from None
+
+
+def _entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
+
+
+def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple[str, DriverSpec]]:
+    """Drivers that hook plugins register, by name: (plugin name, spec)."""
+    if manager is None:
+        return {}
+    found: dict[str, tuple[str, DriverSpec]] = {}
+    for plugin, specs in manager.call_each("runink_register_drivers"):
+        if isinstance(specs, Exception):
+            manager.mark_failed(plugin, f"runink_register_drivers raised {describe_exception(specs)}")
+            continue
+        for spec in specs or ():
+            if spec.group == group:
+                found.setdefault(spec.name, (plugin, spec))
+    return found
+
+
+def driver_names(group: str, manager: PluginManager | None = None) -> list[str]:
+    _check_group(group)
+    return sorted(set(_entry_points(group)) | set(_runtime_specs(manager, group)))
+
+
+def load_driver(
+    group: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    manager: PluginManager | None = None,
+    origin: str | None = None,
+) -> Any:
+    """Import and construct the driver ``name`` of ``group`` with ``options`` as keyword arguments.
+
+    ``origin`` says where the name was chosen (``runink.toml:7``) for error messages.
+    Raises DriverNotFoundError (listing the available names) or DriverLoadError.
+    """
+    interface = _check_group(group)
+    where = f" (set at {origin})" if origin and origin != "default" else ""
+    settings = manager.settings if manager is not None else None
+    options = dict(options or {})
+    eps = _entry_points(group)
+    if settings is not None and is_disabled(name, group, settings):
+        raise DriverLoadError(f"{group} driver {name!r} is disabled by plugins.disable{where}")
+    if name in eps:
+        ep = eps[name]
+        package = ep.dist.name if ep.dist else None
+        if settings is not None and not is_allowed(name, group, package, settings):
+            raise DriverLoadError(f"{group} driver {name!r} from {package} is not in plugins.load{where}")
+        try:
+            manager_ = stevedore_driver.DriverManager(
+                namespace=group,
+                name=name,
+                invoke_on_load=False,
+                on_load_failure_callback=_raise_load_failure,
+            )
+            factory = manager_.driver
+        except stevedore_exception.MultipleMatches:
+            raise DriverLoadError(f"{group} driver {name!r} is registered by more than one package{where}") from None
+        except _LoadFailure as failure:
+            raise DriverLoadError(
+                f"{group} driver {name!r} ({ep.value}) failed to import: {describe_exception(failure.error)}{where}"
+            ) from failure.error
+    else:
+        runtime = _runtime_specs(manager, group)
+        if name not in runtime:
+            available = ", ".join(driver_names(group, manager)) or "none installed"
+            raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
+        factory = runtime[name][1].factory
+    try:
+        instance = factory(**options)
+    except TypeError as exc:
+        raise DriverLoadError(f"{group} driver {name!r}: bad options {sorted(options)}{where}: {exc}") from exc
+    except Exception as exc:
+        raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
+    if not isinstance(instance, interface):
+        raise DriverLoadError(
+            f"{group} driver {name!r} is a {type(instance).__name__}, not a {interface.__name__}{where}"
+        )
+    return instance
+
+
+class _LoadFailure(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _raise_load_failure(_manager: Any, _entrypoint: Any, exc: BaseException) -> None:
+    raise _LoadFailure(exc)
+
+
+def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type] | None = None) -> list[PluginRecord]:
+    """One record per installed driver, with its status; imports each (not instantiating it) to check it loads."""
+    records: list[PluginRecord] = []
+    settings = manager.settings if manager is not None else None
+    for group, interface in (groups or DRIVER_GROUPS).items():
+        for name, ep in sorted(_entry_points(group).items()):
+            package = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            record = PluginRecord(name, "driver", group, package, version, source_of(package))
+            if settings is not None and is_disabled(name, group, settings):
+                records.append(replace(record, status="disabled", error="disabled by plugins.disable"))
+                continue
+            if settings is not None and not is_allowed(name, group, package, settings):
+                records.append(replace(record, status="disabled", error="not in plugins.load"))
+                continue
+            try:
+                target = ep.load()
+            except Exception as exc:
+                records.append(replace(record, status="failed", error=describe_exception(exc)))
+                continue
+            if inspect.isclass(target) and not issubclass(target, interface):
+                records.append(replace(record, status="failed", error=f"not a {interface.__name__} subclass"))
+                continue
+            records.append(record)
+        for name, (plugin, _spec) in sorted(_runtime_specs(manager, group).items()):
+            if name in _entry_points(group):
+                continue
+            records.append(
+                PluginRecord(name, "driver", group, None, None, "runtime", details={"registered_by": plugin})
+            )
+    return records

@@ -1,0 +1,167 @@
+"""Hook specifications: every extension point that many plugins answer at once.
+
+A hook plugin is any module or object with functions marked ``@runink.core.hookimpl`` whose
+names are listed here; it is registered through the ``runink`` entry-point group (see
+docs/plugins.md). Implementing a name that is not listed here is an error at load: the
+plugin is unregistered and shown as failed in ``runink plugins list``.
+
+Each hook says when the core calls it, what it returns, and how several answers combine:
+
+* ``firstresult``: plugins are called newest-registered first and the first non-``None``
+  answer wins; the rest are not called.
+* fan-out: every implementation is called; for sinks (lineage, metrics, logs) one failing
+  sink is logged and does not stop the others.
+* combined: every implementation is called and the core merges the answers as described.
+
+Drivers (executors, scheduler policies, secret backends, Barn backends, annotators,
+storage) are not hooks: one is chosen by name, see ``runink.core.drivers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+    from runink.core.config import RuninkConfig
+    from runink.core.drivers import DriverSpec
+    from runink.core.model import (
+        AuthRequest,
+        AuthzDecision,
+        Identity,
+        LineageEvent,
+        LogEntry,
+        MetricSample,
+        Node,
+        NodeRejection,
+        PlacementRequest,
+    )
+
+PROJECT = "runink"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@hookspec
+def runink_configure(config: RuninkConfig) -> None:
+    """Receive the validated configuration, once, after every plugin is registered.
+
+    Called by the CLI and servers at start-up, before any other hook. A plugin reads its own
+    options from ``config.plugin_options(NAME)`` (the ``[plugin.NAME]`` table of the config
+    file). Fan-out; the return value is ignored. Raising here marks the plugin failed and
+    unregisters it; start-up goes on.
+    """
+
+
+# --- authentication and authorization ---------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def runink_authenticate(request: AuthRequest) -> Identity | None:
+    """Turn a request's credentials into an identity.
+
+    Called once per API request by ``runink.core.security.authenticate``. Return an
+    ``Identity`` when this plugin recognises the credentials (a bearer token it can verify,
+    a client certificate), or ``None`` to let the next plugin try. firstresult: the first
+    identity wins. When every plugin returns ``None`` the request is rejected (401).
+    A plugin that recognises the credentials but finds them invalid should raise
+    ``runink.core.errors.AuthenticationError`` with the reason.
+    """
+
+
+@hookspec
+def runink_authorize(identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision | None:
+    """Vote on whether ``identity`` may perform ``action`` (e.g. ``"jobs.submit"``) on ``resource`` in ``herd``.
+
+    Called once per authorized operation by ``runink.core.security.authorize``. Return an
+    ``AuthzDecision`` to allow or deny, or ``None`` to abstain. Combined: any deny wins;
+    otherwise at least one allow is needed; with no votes at all the answer is deny.
+    """
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+
+@hookspec
+def runink_filter_nodes(request: PlacementRequest, nodes: Sequence[Node]) -> Sequence[NodeRejection] | None:
+    """Drop nodes that cannot take the task.
+
+    Called once per placement with the whole candidate list (never once per node: per-node
+    hook calls cost too much at scale) by ``runink.core.scheduling.place``. Return a
+    rejection with a reason for each node to drop, or ``None``/empty to keep them all.
+    Combined: a node survives only if no plugin rejects it; the reasons are shown when no
+    node is left.
+    """
+
+
+@hookspec
+def runink_score_nodes(request: PlacementRequest, nodes: Sequence[Node]) -> Mapping[str, float] | None:
+    """Score the feasible nodes for the task, from 0 (worst) to 1 (best).
+
+    Called once per placement, after filtering, with the nodes that survived. Return
+    ``{node_id: score}`` (nodes left out score 0) or ``None`` to abstain. Combined: the
+    configured scheduler policy driver ranks the nodes from its own score plus every
+    plugin's scores (each plugin weighted by ``scheduler.weights[NAME]``, default 1).
+    """
+
+
+# --- lineage, metrics and logs ----------------------------------------------------------
+
+
+@hookspec
+def runink_lineage_event(event: LineageEvent) -> None:
+    """Record a lineage event (a job run started, completed or failed, with its datasets).
+
+    Called for every event by ``runink.core.events.emit_lineage``. Fan-out: every lineage
+    sink receives every event; one sink raising is logged and does not stop the others.
+    """
+
+
+@hookspec
+def runink_export_metrics(samples: Sequence[MetricSample]) -> None:
+    """Export a batch of metric samples (to Prometheus, StatsD, a file...).
+
+    Called by ``runink.core.events.export_metrics`` whenever the runner or agent flushes
+    metrics. Fan-out, failures isolated as for lineage.
+    """
+
+
+@hookspec
+def runink_export_log(entry: LogEntry) -> None:
+    """Export one structured log record (platform or slice output) to a log system.
+
+    Called by ``runink.core.events.export_log``. Fan-out, failures isolated as for lineage.
+    """
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+@hookspec
+def runink_cli_commands(app: typer.Typer) -> None:
+    """Add commands or command groups to the ``runink`` CLI (``app.command()``, ``app.add_typer()``).
+
+    Called once while the CLI is built, before arguments are parsed. Fan-out. A plugin that
+    raises here is marked failed; the CLI still starts.
+    """
+
+
+# --- drivers -----------------------------------------------------------------------------
+
+
+@hookspec
+def runink_register_drivers() -> Sequence[DriverSpec] | None:
+    """Register drivers from a hook plugin instead of entry points.
+
+    Called when drivers are listed or loaded. Return ``DriverSpec(group, name, factory)``
+    items; a driver is then selectable by name exactly like one from an entry-point group.
+    Useful for drivers defined at run time (tests, notebooks). Combined: all specs are
+    added; an entry-point driver of the same name wins.
+    """

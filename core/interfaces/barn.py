@@ -1,0 +1,84 @@
+"""The BarnBackend driver interface: the cluster state store (an etcd-like key/value + revisions).
+
+Every change bumps a cluster-wide revision. Writes return only once durable (committed by a
+quorum for a replicated backend); reads are linearizable. Keys belonging to a herd start
+with ``/herds/<herd>/``. Backends: ``memory`` (one process) and ``raft`` (pysyncobj).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["PUT", "DELETE"]
+    kv: KeyValue
+    revision: int
+
+
+@dataclass(frozen=True)
+class TxnOp:
+    """One operation of a transaction: put (value set) or delete (value None)."""
+
+    key: str
+    value: bytes | None
+
+
+class BarnBackend(ABC):
+    GROUP: ClassVar[str] = "runink.barn_backends"
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def get(self, key: str) -> KeyValue | None: ...
+
+    @abstractmethod
+    def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        """Store the value; returns the new revision."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def compare_and_set(self, key: str, expected_mod_revision: int, value: bytes) -> bool:
+        """Put only if the key's mod_revision is ``expected_mod_revision`` (0: key absent)."""
+
+    @abstractmethod
+    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+        """Keys starting with ``prefix``, sorted by key."""
+
+    @abstractmethod
+    def transaction(
+        self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+    ) -> tuple[bool, int]:
+        """Atomically: if every (key, mod_revision) matches apply ``success`` else ``failure``.
+
+        Returns (whether the compare held, the revision after).
+        """
+
+    @abstractmethod
+    def watch(self, prefix: str, from_revision: int) -> Iterator[WatchEvent]:
+        """Changes under ``prefix`` with revision >= ``from_revision``, then live changes."""
+
+    @abstractmethod
+    def grant_lease(self, ttl: float) -> int:
+        """A lease id; keys put with it are deleted when it expires without ``keep_alive``."""
+
+    @abstractmethod
+    def keep_alive(self, lease: int) -> None: ...
+
+    @abstractmethod
+    def revoke_lease(self, lease: int) -> None: ...

@@ -1,0 +1,207 @@
+"""The Executor driver interface: how a node runs one task (a slice or a command).
+
+Shaped after Nomad's task-driver API (fingerprint, capabilities, start, wait, stop, destroy,
+inspect, stats, recover): the agent (or the embedded runner) owns scheduling and retries; the
+executor only runs processes and reports what happened to them.
+
+Contract, checked by ``runink.testing.ExecutorConformance``:
+
+* ``start`` returns as soon as the task's process exists; it never waits for it to finish.
+  A task gets exactly ``spec.env`` as its environment (nothing inherited from the agent).
+* Every task ends in exactly one final state (SUCCEEDED, FAILED, OOMKILLED,
+  DEADLINE_EXCEEDED, CANCELLED). ``wait`` returns it; the result stays readable until
+  ``destroy``.
+* ``stop`` sends SIGTERM to the whole process tree, waits ``grace`` seconds, then SIGKILLs it.
+* ``spec.timeout`` is enforced by the executor itself: past it the tree is killed and the
+  state is DEADLINE_EXCEEDED.
+* A task whose spec asks for a limit the executor cannot enforce is refused with
+  ``TaskRejectedError`` unless the executor is configured to degrade; it never runs a task
+  unconfined silently. ``capabilities().unenforced`` says what it cannot enforce.
+* ``recover(handle)`` re-attaches, in a new executor instance (after an agent restart), to a
+  task started by a previous one: ``wait``, ``stop`` and ``stats`` then work on it again.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from runink.core.model import Resources
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    OOMKILLED = "OOMKILLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def final(self) -> bool:
+        return self not in (TaskState.PENDING, TaskState.RUNNING)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What to run and under which limits.
+
+    ``command`` is an argv list, exec'ed without a shell. ``limits`` are hard limits the
+    executor must enforce (zero means none). ``task_dir`` is where the executor keeps the
+    task's logs and state; it must be writable and private to this task.
+    """
+
+    id: str
+    command: tuple[str, ...]
+    task_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    limits: Resources = Resources()
+    timeout: float | None = None
+    network: bool = False
+    herd: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    """Everything a new executor instance needs to re-attach to a running task (JSON-serialisable).
+
+    The agent persists handles (in the Barn) so it can recover its tasks after a restart.
+    ``driver_state`` is private to the driver that made the handle.
+    """
+
+    task_id: str
+    driver: str
+    task_dir: str
+    started_at: float
+    deadline: float | None = None
+    driver_state: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskHandle:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended, with its resource usage."""
+
+    task_id: str
+    state: TaskState
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """A live sample of a running task's usage (the whole process tree)."""
+
+    task_id: str
+    cpu_seconds: float
+    memory_bytes: int
+    processes: int
+
+
+@dataclass(frozen=True)
+class ExecutorCapabilities:
+    """What the driver can do and enforce on this node.
+
+    ``isolation`` is "none" (plain processes) or e.g. "cgroup+namespaces".
+    ``enforced`` lists the limits and isolation it applies (``cpu``, ``memory``, ``pids``,
+    ``network``...); ``unenforced`` lists what it cannot, each with the reason, so
+    ``runink plugins list`` and ``runink doctor`` can say it.
+    """
+
+    isolation: str
+    enforced: tuple[str, ...] = ()
+    unenforced: Mapping[str, str] = field(default_factory=dict)
+    supports_recover: bool = True
+    supports_network_isolation: bool = False
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Node attributes the driver detected, reported to the scheduler (e.g. kernel, cgroup version)."""
+
+    healthy: bool
+    health_description: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+class Executor(ABC):
+    """Runs tasks on this node. One instance per agent; methods are safe to call from several threads."""
+
+    GROUP: ClassVar[str] = "runink.executors"
+    #: the name it is registered under; set by subclasses.
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def capabilities(self) -> ExecutorCapabilities:
+        """What this driver can enforce here. Cheap; called often."""
+
+    @abstractmethod
+    def fingerprint(self) -> Fingerprint:
+        """Detect node attributes and health. Called at agent start and periodically."""
+
+    @abstractmethod
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        """Start the task and return its handle once the process exists.
+
+        Raises TaskRejectedError for a spec it will not run (an unenforceable limit, a
+        duplicate id, a command that cannot be executed).
+        """
+
+    @abstractmethod
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        """Block until the task ends and return its result; ``None`` if ``timeout`` passed first."""
+
+    @abstractmethod
+    def stop(self, task_id: str, grace: float = 10.0) -> None:
+        """Cancel: SIGTERM the process tree, SIGKILL what is left after ``grace`` seconds.
+
+        Returns once the tree is gone. The final state is CANCELLED unless the task had
+        already ended. Stopping an ended task does nothing.
+        """
+
+    @abstractmethod
+    def destroy(self, task_id: str) -> None:
+        """Kill the task if still running and forget it (its task_dir is the caller's to delete)."""
+
+    @abstractmethod
+    def inspect(self, task_id: str) -> TaskState:
+        """The task's current state."""
+
+    @abstractmethod
+    def stats(self, task_id: str) -> TaskStats:
+        """A live usage sample of a running task."""
+
+    @abstractmethod
+    def recover(self, handle: TaskHandle) -> None:
+        """Re-attach to a task started by an earlier instance of this driver (agent restart)."""
+
+    def read_log(self, task_id: str, stream: str = "stdout") -> str:
+        """The task's captured ``stdout`` or ``stderr`` so far (default: files in its task_dir)."""
+        path = Path(self.handle(task_id).task_dir) / f"{stream}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @abstractmethod
+    def handle(self, task_id: str) -> TaskHandle:
+        """The handle of a known task (as returned by ``start``)."""

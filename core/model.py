@@ -1,0 +1,182 @@
+"""Plain data passed between the core, hooks and drivers.
+
+Frozen dataclasses, so a hook implementation cannot change what the next one sees.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Bytes from ``"256Mi"``, ``"1G"``, ``"512k"`` or a plain number of bytes.
+
+    Raises ValueError naming the value when it cannot be read.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid memory size {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid memory size {value!r}: negative")
+        return int(value)
+    match = _MEMORY_RE.match(value)
+    if not match:
+        raise ValueError(f"invalid memory size {value!r} (expected e.g. 512Mi, 2G or a byte count)")
+    number, unit = match.groups()
+    return int(float(number) * _MEMORY_UNITS[(unit or "").lower()])
+
+
+@dataclass(frozen=True)
+class Resources:
+    """An amount of node resources: cpu in cores, memory in bytes, whole gpus, max process count."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    gpu: int = 0
+    pids: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu + other.cpu, self.memory + other.memory, self.gpu + other.gpu, self.pids + other.pids
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu, self.pids - other.pids
+        )
+
+    def fits_in(self, available: Resources) -> bool:
+        """True when every requested amount is at most what is available (pids are not a capacity)."""
+        return self.cpu <= available.cpu and self.memory <= available.memory and self.gpu <= available.gpu
+
+
+@dataclass(frozen=True)
+class Node:
+    """A worker node as the scheduler sees it."""
+
+    id: str
+    capacity: Resources
+    allocated: Resources = Resources()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    healthy: bool = True
+
+    @property
+    def free(self) -> Resources:
+        return self.capacity - self.allocated
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """One task to place: who asks (herd), how much it needs, which node labels it requires."""
+
+    task_id: str
+    herd: str
+    resources: Resources = Resources()
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeRejection:
+    """A filter's reason for dropping a node; ``plugin`` is filled in by the core."""
+
+    node_id: str
+    reason: str
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A feasible node with its total score and the per-source breakdown (policy and each plugin)."""
+
+    node_id: str
+    score: float
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """What an authentication plugin may look at: request headers, the peer address, a client cert."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    peer: str | None = None
+    client_cert_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated principal: a user or a service account."""
+
+    subject: str
+    groups: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    authenticated_by: str = ""
+
+
+@dataclass(frozen=True)
+class AuthzDecision:
+    """An authorization plugin's vote: allow or deny, with the reason shown to the user on deny."""
+
+    allowed: bool
+    reason: str = ""
+    plugin: str = ""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LineageEvent:
+    """One lineage event: a run of a job (pipeline scenario or step) started, completed or failed.
+
+    Inputs and outputs are dataset URIs. ``facets`` carries extra structured data (row counts,
+    contract hashes, schema) in the spirit of OpenLineage facets.
+    """
+
+    event_type: Literal["START", "COMPLETE", "FAIL", "ABORT"]
+    run_id: str
+    job: str
+    herd: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    event_time: datetime = field(default_factory=_now)
+    facets: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One metric value. ``kind`` tells exporters how to aggregate it."""
+
+    name: str
+    value: float
+    kind: Literal["counter", "gauge", "histogram"] = "gauge"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One structured log record from the platform or a slice (``fields`` holds slice_id, step, herd...)."""
+
+    message: str
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    source: str = "runink"
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=_now)

@@ -1,0 +1,276 @@
+"""The plugin manager: loads hook plugins from the ``runink`` entry-point group, never fatally.
+
+A plugin that raises on import, on registration, or implements a hook name that is not in
+``runink.core.hookspecs`` is recorded as failed with its error and unregistered; everything
+else keeps working. ``RUNINK_DISABLE_PLUGINS`` / ``plugins.disable`` skips plugins by name,
+``RUNINK_LOAD_PLUGINS`` / ``plugins.load`` is an allow-list for third-party plugins (the
+built-in ones always load unless disabled), ``RUNINK_TRACE_PLUGINS`` / ``plugins.trace`` logs
+every hook call.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import pluggy
+
+from runink.core import hookspecs
+from runink.core.config import PluginsConfig, RuninkConfig
+from runink.core.errors import PluginError
+
+log = logging.getLogger("runink.plugins")
+trace_log = logging.getLogger("runink.plugins.trace")
+
+HOOK_GROUP = "runink"
+BUILTIN_PACKAGE = "runink"
+
+Status = Literal["loaded", "disabled", "failed"]
+Source = Literal["builtin", "third-party", "runtime"]
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """One row of ``runink plugins list``: a hook plugin or a driver."""
+
+    name: str
+    kind: str  # "hook" or "driver"
+    group: str
+    package: str | None
+    version: str | None
+    source: Source
+    hooks: tuple[str, ...] = ()
+    status: Status = "loaded"
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "group": self.group,
+            "package": self.package,
+            "version": self.version,
+            "source": self.source,
+            "hooks": list(self.hooks),
+            "status": self.status,
+            "error": self.error,
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+def source_of(package: str | None) -> Source:
+    if package is None:
+        return "runtime"
+    return "builtin" if package == BUILTIN_PACKAGE else "third-party"
+
+
+def is_disabled(name: str, group: str, settings: PluginsConfig) -> bool:
+    """Whether ``plugins.disable`` names this plugin, by name or ``group:name``."""
+    return name in settings.disable or f"{group}:{name}" in settings.disable
+
+
+def is_allowed(name: str, group: str, package: str | None, settings: PluginsConfig) -> bool:
+    """The allow-list only restricts third-party plugins."""
+    if settings.load is None or source_of(package) != "third-party":
+        return True
+    return name in settings.load or f"{group}:{name}" in settings.load
+
+
+def describe_exception(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__
+
+
+class PluginManager:
+    """Runink's view of pluggy: hook plugins with their load status, plus helpers to call hooks."""
+
+    def __init__(self, settings: PluginsConfig | None = None) -> None:
+        self.settings = settings or PluginsConfig()
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._records: dict[str, PluginRecord] = {}
+        self._lock = threading.RLock()
+        if self.settings.trace:
+            self.enable_tracing()
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # --- loading ---------------------------------------------------------------------
+
+    def load_entrypoints(self, group: str = HOOK_GROUP) -> None:
+        """Load and register every hook plugin of the entry-point group, recording each outcome."""
+        for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+            package = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            base = PluginRecord(ep.name, "hook", group, package, version, source_of(package))
+            if ep.name in self._records:
+                self._records[f"{ep.name}@{package}"] = replace(
+                    base, status="failed", error=f"name already used by package {self._records[ep.name].package}"
+                )
+                continue
+            if is_disabled(ep.name, group, self.settings):
+                self._records[ep.name] = replace(base, status="disabled", error="disabled by plugins.disable")
+                continue
+            if not is_allowed(ep.name, group, package, self.settings):
+                self._records[ep.name] = replace(base, status="disabled", error="not in plugins.load")
+                continue
+            try:
+                obj = ep.load()
+                if inspect.isclass(obj):
+                    obj = obj()
+            except Exception as exc:  # a broken plugin must never stop start-up
+                log.warning("plugin %s failed to load: %s", ep.name, describe_exception(exc))
+                self._records[ep.name] = replace(base, status="failed", error=describe_exception(exc))
+                continue
+            self._register(obj, base)
+
+    def register(self, plugin: Any, name: str | None = None, *, package: str | None = None) -> PluginRecord:
+        """Register an object or module as a hook plugin at run time (tests, notebooks, embedding)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        version = None
+        if package:
+            try:
+                version = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                version = None
+        base = PluginRecord(name, "hook", HOOK_GROUP, package, version, source_of(package))
+        return self._register(plugin, base)
+
+    def _register(self, plugin: Any, base: PluginRecord) -> PluginRecord:
+        with self._lock:
+            try:
+                self.pm.register(plugin, name=base.name)
+            except Exception as exc:
+                record = replace(base, status="failed", error=describe_exception(exc))
+                self._records[base.name] = record
+                log.warning("plugin %s failed to register: %s", base.name, record.error)
+                return record
+            unknown = sorted(
+                caller.name for caller in (self.pm.get_hookcallers(plugin) or []) if caller.spec is None
+            )
+            if unknown:
+                self.pm.unregister(plugin)
+                record = replace(base, status="failed", error=f"implements unknown hook(s): {', '.join(unknown)}")
+                log.warning("plugin %s: %s", base.name, record.error)
+            else:
+                hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
+                record = replace(base, hooks=hooks)
+            self._records[base.name] = record
+            return record
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                self.pm.unregister(plugin)
+            self._records.pop(name, None)
+
+    def mark_failed(self, name: str, error: str) -> None:
+        """Unregister a plugin that misbehaved after loading, keeping it listed with the reason."""
+        with self._lock:
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                self.pm.unregister(plugin)
+            record = self._records.get(name) or PluginRecord(name, "hook", HOOK_GROUP, None, None, "runtime")
+            self._records[name] = replace(record, status="failed", error=error, hooks=())
+        log.warning("plugin %s failed: %s", name, error)
+
+    def records(self) -> list[PluginRecord]:
+        with self._lock:
+            return sorted(self._records.values(), key=lambda r: r.name)
+
+    # --- calling hooks ---------------------------------------------------------------
+
+    def configure(self, config: RuninkConfig) -> None:
+        """Call ``runink_configure`` on each plugin; a plugin that raises is marked failed."""
+        for name, outcome in self.call_each("runink_configure", config=config):
+            if isinstance(outcome, Exception):
+                self.mark_failed(name, f"runink_configure raised {describe_exception(outcome)}")
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook separately, in pluggy's order.
+
+        Returns ``(plugin_name, result_or_exception)`` pairs, so the caller can combine
+        answers per plugin and isolate failures (one broken sink must not silence others).
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        outcomes: list[tuple[str, Any]] = []
+        for impl in reversed(caller.get_hookimpls()):
+            args = [kwargs[name] for name in impl.argnames]
+            if self.settings.trace:
+                trace_log.info("call %s from %s", hook_name, impl.plugin_name)
+            try:
+                result = impl.function(*args)
+            except Exception as exc:
+                log.warning("plugin %s raised in %s: %s", impl.plugin_name, hook_name, describe_exception(exc))
+                outcomes.append((impl.plugin_name, exc))
+                continue
+            if self.settings.trace:
+                trace_log.info("%s from %s returned %r", hook_name, impl.plugin_name, result)
+            outcomes.append((impl.plugin_name, result))
+        return outcomes
+
+    def call_combined(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Like ``call_each`` but a plugin exception is an error (for hooks whose answer decides)."""
+        outcomes = self.call_each(hook_name, **kwargs)
+        for name, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise PluginError(f"plugin {name} failed in {hook_name}: {describe_exception(outcome)}") from outcome
+        return [(name, outcome) for name, outcome in outcomes if outcome is not None]
+
+    def enable_tracing(self) -> None:
+        self.settings = self.settings.model_copy(update={"trace": True})
+        self.pm.trace.root.setwriter(lambda message: trace_log.info(message.rstrip()))
+        self.pm.enable_tracing()
+
+    def hook_names(self) -> list[str]:
+        return sorted(name for name in dir(hookspecs) if name.startswith("runink_"))
+
+    def implementers(self, hook_name: str) -> list[str]:
+        return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
+
+
+def create_plugin_manager(config: RuninkConfig | None = None, *, extra: Iterable[tuple[str, Any]] = ()) -> PluginManager:
+    """A plugin manager with every entry-point plugin loaded and configured."""
+    config = config or RuninkConfig()
+    manager = PluginManager(config.plugins)
+    manager.load_entrypoints()
+    for name, plugin in extra:
+        manager.register(plugin, name)
+    manager.configure(config)
+    return manager
+
+
+_current: PluginManager | None = None
+_current_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, created on first use from the default configuration."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            from runink.core.config import load_config
+
+            _current = create_plugin_manager(load_config())
+        return _current
+
+
+def set_plugin_manager(manager: PluginManager | None) -> PluginManager | None:
+    """Replace the process-wide manager (the CLI sets it once; tests swap it); returns the old one."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, manager
+        return previous
+
+
+def hook_names() -> Sequence[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith("runink_"))

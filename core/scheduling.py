@@ -1,0 +1,45 @@
+"""Placement: filter hooks, then score hooks, then the configured policy ranks what is left.
+
+Each hook is called once per placement with the whole candidate list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from runink.core.errors import SchedulingError
+from runink.core.interfaces.scheduler_policy import SchedulerPolicy
+from runink.core.model import Node, NodeRejection, Placement, PlacementRequest
+from runink.core.plugins import PluginManager
+
+
+def filter_nodes(
+    manager: PluginManager, request: PlacementRequest, nodes: Sequence[Node]
+) -> tuple[list[Node], list[NodeRejection]]:
+    """The nodes no filter rejected, and every rejection (with the plugin that made it)."""
+    rejections: list[NodeRejection] = []
+    for plugin, answer in manager.call_combined("runink_filter_nodes", request=request, nodes=list(nodes)):
+        rejections.extend(replace(rejection, plugin=plugin) for rejection in answer)
+    rejected = {rejection.node_id for rejection in rejections}
+    return [node for node in nodes if node.id not in rejected], rejections
+
+
+def place(
+    manager: PluginManager,
+    policy: SchedulerPolicy,
+    request: PlacementRequest,
+    nodes: Sequence[Node],
+    weights: Mapping[str, float] | None = None,
+) -> list[Placement]:
+    """Feasible nodes for ``request``, best first. Raises SchedulingError when none is left."""
+    feasible, rejections = filter_nodes(manager, request, nodes)
+    if not feasible:
+        if not nodes:
+            raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no nodes registered")
+        reasons = "; ".join(f"{r.node_id}: {r.reason} [{r.plugin}]" for r in rejections)
+        raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no node fits: {reasons}")
+    plugin_scores: dict[str, Mapping[str, float]] = {}
+    for plugin, scores in manager.call_combined("runink_score_nodes", request=request, nodes=feasible):
+        plugin_scores[plugin] = {node_id: min(1.0, max(0.0, float(v))) for node_id, v in scores.items()}
+    return policy.rank(request, feasible, plugin_scores, weights)

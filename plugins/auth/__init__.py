@@ -1,0 +1,1 @@
+"""Authentication and authorization plugins (OIDC, RBAC, OPA) land here."""

@@ -1,0 +1,1 @@
+"""Executor drivers (entry-point group ``runink.executors``)."""

@@ -1,0 +1,382 @@
+"""The ``process`` executor: plain host processes, no isolation. The fallback where cgroups and
+namespaces are not available, and the reference implementation of the Executor contract.
+
+How it keeps the contract without isolation:
+
+* Each task runs in its own session and process group, so ``stop`` and timeouts signal the
+  whole tree (a grandchild that calls ``setsid`` itself escapes; the Linux executor's cgroup
+  does not have that hole). Whatever is left of the group when the main process ends is
+  killed, so a task never leaves processes behind.
+* The task's command runs under a few lines of ``sh`` (about 1 ms) that write its exit status
+  to ``TASK_DIR/exit_status``. That is what lets a new executor instance ``recover`` a task
+  after an agent restart and still learn how it ended, although it is no longer its child.
+* cpu seconds and peak memory at the end come from ``wait4``'s rusage of the supervisor,
+  which covers the processes it waited for; peak memory is approximate (it can include the
+  launcher's pages counted before ``exec``). The cgroup executor measures both exactly.
+* Resource limits cannot be enforced here. A task that asks for one is refused unless the
+  executor is configured with ``degrade = true``, in which case it runs with the limit
+  recorded but not applied (``capabilities().unenforced`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runink.core.errors import TaskNotFoundError, TaskRejectedError
+from runink.core.interfaces.executor import (
+    Executor,
+    ExecutorCapabilities,
+    Fingerprint,
+    TaskHandle,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    TaskStats,
+)
+
+# Runs "$@" as a child, so the exit status can be recorded even when no one waits for this
+# shell (agent restarted). TERM/INT are caught by a no-op trap: the executor signals the
+# whole process group, so the child already has the signal; the shell just keeps waiting.
+_SUPERVISOR = r"""
+status_file=$1; keep_pwd=$2; shift 2
+[ "$keep_pwd" = 1 ] || unset PWD  # sh exports PWD by itself; the task gets only its spec's env
+trap : TERM INT HUP
+"$@" &
+child=$!
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+printf '%s\n' "$rc" > "$status_file.tmp" && mv "$status_file.tmp" "$status_file"
+exit "$rc"
+"""
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_POLL_INTERVAL = 0.02
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@dataclass
+class _Task:
+    handle: TaskHandle
+    pid: int
+    start_ticks: int | None
+    status_file: Path
+    is_child: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    result: TaskResult | None = None
+    cancelled: bool = False
+    deadline_hit: bool = False
+    timer: threading.Timer | None = None
+
+
+class ProcessExecutor(Executor):
+    """Runs each task as a plain process group on the host."""
+
+    name = "process"
+
+    def __init__(self, degrade: bool = False, timeout_grace: float = 2.0) -> None:
+        """``degrade``: run tasks whose limits cannot be enforced instead of refusing them.
+        ``timeout_grace``: seconds between SIGTERM and SIGKILL when a task's timeout passes.
+        """
+        self.degrade = bool(degrade)
+        self.timeout_grace = float(timeout_grace)
+        self._tasks: dict[str, _Task] = {}
+        self._lock = threading.Lock()
+
+    # --- describing -------------------------------------------------------------------
+
+    def capabilities(self) -> ExecutorCapabilities:
+        reason = "plain host processes: no cgroups"
+        return ExecutorCapabilities(
+            isolation="none",
+            enforced=("timeout", "process-group kill", "clean environment"),
+            unenforced={
+                "cpu": reason,
+                "memory": reason,
+                "pids": reason,
+                "gpu": reason,
+                "network": "shares the host network: no network namespace",
+                "filesystem": "sees the host filesystem: no mount namespace",
+            },
+            supports_recover=True,
+            supports_network_isolation=False,
+        )
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(
+            healthy=shutil.which("sh") is not None,
+            health_description="ok" if shutil.which("sh") else "no sh on PATH",
+            attributes={
+                "os": platform.system().lower(),
+                "kernel": platform.release(),
+                "arch": platform.machine(),
+                "cpus": str(os.cpu_count() or 1),
+            },
+        )
+
+    # --- running ----------------------------------------------------------------------
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        if not spec.command:
+            raise TaskRejectedError(f"task {spec.id}: empty command")
+        limits = {k: v for k, v in vars(spec.limits).items() if v}
+        if limits and not self.degrade:
+            raise TaskRejectedError(
+                f"task {spec.id}: the process executor cannot enforce {', '.join(sorted(limits))} limits "
+                "(no cgroups); use an isolating executor or set executor.options.degrade = true"
+            )
+        path = spec.env.get("PATH", os.defpath)
+        if shutil.which(spec.command[0], path=path) is None:
+            raise TaskRejectedError(f"task {spec.id}: command not found: {spec.command[0]}")
+        with self._lock:
+            if spec.id in self._tasks:
+                raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
+            task_dir = Path(spec.task_dir)
+            task_dir.mkdir(parents=True, exist_ok=True)
+            status_file = task_dir / "exit_status"
+            status_file.unlink(missing_ok=True)
+            started = time.time()
+            import subprocess  # local: keeps `import runink` light for CLI start
+
+            with open(task_dir / "stdout.log", "ab") as out, open(task_dir / "stderr.log", "ab") as err:
+                try:
+                    proc = subprocess.Popen(
+                        [
+                            "/bin/sh",
+                            "-c",
+                            _SUPERVISOR,
+                            "runink-task",
+                            str(status_file),
+                            "1" if "PWD" in spec.env else "0",
+                            *spec.command,
+                        ],
+                        env=dict(spec.env),
+                        cwd=spec.cwd or task_dir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
+                except OSError as exc:
+                    raise TaskRejectedError(f"task {spec.id}: cannot start: {exc}") from exc
+            # The supervisor shell is the group leader; Popen's own bookkeeping is bypassed
+            # (we reap with wait4 for rusage), so tell it not to reap this pid later.
+            proc.returncode = 0
+            ticks = _start_ticks(proc.pid)
+            deadline = started + spec.timeout if spec.timeout else None
+            handle = TaskHandle(
+                task_id=spec.id,
+                driver=self.name,
+                task_dir=str(task_dir),
+                started_at=started,
+                deadline=deadline,
+                driver_state={"pid": proc.pid, "start_ticks": ticks, "status_file": str(status_file)},
+            )
+            task = _Task(handle, proc.pid, ticks, status_file, is_child=True)
+            self._tasks[spec.id] = task
+            (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
+        self._watch(task)
+        return handle
+
+    def recover(self, handle: TaskHandle) -> None:
+        if handle.driver != self.name:
+            raise TaskRejectedError(f"task {handle.task_id}: handle is for driver {handle.driver!r}, not {self.name!r}")
+        state = handle.driver_state
+        with self._lock:
+            if handle.task_id in self._tasks:
+                return
+            task = _Task(
+                handle,
+                int(state["pid"]),
+                state.get("start_ticks"),
+                Path(state["status_file"]),
+                is_child=False,
+            )
+            self._tasks[handle.task_id] = task
+        self._watch(task)
+
+    def _watch(self, task: _Task) -> None:
+        deadline = task.handle.deadline
+        if deadline is not None:
+            task.timer = threading.Timer(max(0.0, deadline - time.time()), self._on_deadline, args=(task,))
+            task.timer.daemon = True
+            task.timer.start()
+        target = self._reap_child if task.is_child else self._poll_foreign
+        threading.Thread(target=target, args=(task,), name=f"runink-task-{task.handle.task_id}", daemon=True).start()
+
+    def _on_deadline(self, task: _Task) -> None:
+        if task.done.is_set():
+            return
+        task.deadline_hit = True
+        self._terminate(task, self.timeout_grace)
+
+    def _reap_child(self, task: _Task) -> None:
+        while True:
+            try:
+                _, status, usage = os.wait4(task.pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                status, usage = -1, None
+                break
+        cpu = usage.ru_utime + usage.ru_stime if usage else None
+        peak = usage.ru_maxrss * 1024 if usage else None
+        if status == -1:
+            code, sig = self._recorded_status(task)
+        elif os.WIFSIGNALED(status):
+            code, sig = None, os.WTERMSIG(status)
+        else:
+            code, sig = self._recorded_status(task)
+            if code is None:
+                code = os.waitstatus_to_exitcode(status)
+        self._finish(task, code, sig, cpu, peak)
+
+    def _poll_foreign(self, task: _Task) -> None:
+        """A recovered task is not our child: poll until its supervisor is gone."""
+        while self._alive(task):
+            time.sleep(_POLL_INTERVAL * 5)
+        code, sig = self._recorded_status(task)
+        self._finish(task, code, sig, None, None)
+
+    def _alive(self, task: _Task) -> bool:
+        fields = _proc_stat(task.pid)
+        if fields is None or fields[0] == "Z":
+            return False
+        return task.start_ticks is None or int(fields[19]) == task.start_ticks
+
+    @staticmethod
+    def _recorded_status(task: _Task) -> tuple[int | None, int | None]:
+        try:
+            code = int(task.status_file.read_text().strip())
+        except (OSError, ValueError):
+            return None, None
+        return code, None
+
+    def _finish(self, task: _Task, code: int | None, sig: int | None, cpu: float | None, peak: int | None) -> None:
+        # Whatever the main process left running in its group goes with it.
+        try:
+            os.killpg(task.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if task.timer is not None:
+            task.timer.cancel()
+        if task.cancelled:
+            state, message = TaskState.CANCELLED, "stopped"
+        elif task.deadline_hit:
+            timeout = (task.handle.deadline or 0) - task.handle.started_at
+            state, message = TaskState.DEADLINE_EXCEEDED, f"timed out after {timeout:g}s"
+        elif code == 0:
+            state, message = TaskState.SUCCEEDED, ""
+        elif sig is not None:
+            state, message = TaskState.FAILED, f"killed by {_signal_name(sig)}"
+        elif code is None:
+            state, message = TaskState.FAILED, "exit status lost: the task's supervisor was killed"
+        else:
+            state, message = TaskState.FAILED, f"exit code {code}"
+        task.result = TaskResult(
+            task_id=task.handle.task_id,
+            state=state,
+            exit_code=code,
+            signal=sig,
+            message=message,
+            started_at=task.handle.started_at,
+            finished_at=time.time(),
+            cpu_seconds=cpu,
+            peak_memory_bytes=peak,
+        )
+        task.done.set()
+
+    def _terminate(self, task: _Task, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it after ``grace``; returns when the task has ended."""
+        if not self._alive(task) and task.done.wait(1.0):
+            return
+        for sig, wait_for in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(task.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if task.done.wait(wait_for):
+                return
+
+    # --- controlling ------------------------------------------------------------------
+
+    def _get(self, task_id: str) -> _Task:
+        with self._lock:
+            try:
+                return self._tasks[task_id]
+            except KeyError:
+                raise TaskNotFoundError(f"no task {task_id!r} in the process executor") from None
+
+    def handle(self, task_id: str) -> TaskHandle:
+        return self._get(task_id).handle
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        task = self._get(task_id)
+        return task.result if task.done.wait(timeout) else None
+
+    def stop(self, task_id: str, grace: float = 10.0) -> None:
+        task = self._get(task_id)
+        if task.done.is_set():
+            return
+        task.cancelled = True
+        self._terminate(task, grace)
+
+    def destroy(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if not task.done.is_set():
+            self.stop(task_id, grace=0)
+        with self._lock:
+            self._tasks.pop(task_id, None)
+
+    def inspect(self, task_id: str) -> TaskState:
+        task = self._get(task_id)
+        return task.result.state if task.result else TaskState.RUNNING
+
+    def stats(self, task_id: str) -> TaskStats:
+        task = self._get(task_id)
+        cpu_ticks = rss_pages = count = 0
+        if not task.done.is_set():
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                fields = _proc_stat(int(entry))
+                # fields[3] is the session id: every process of the task shares the supervisor's.
+                if fields is None or int(fields[3]) != task.pid:
+                    continue
+                cpu_ticks += int(fields[11]) + int(fields[12])
+                rss_pages += int(fields[21])
+                count += 1
+        return TaskStats(task_id, cpu_ticks / _CLK_TCK, rss_pages * _PAGE_SIZE, count)

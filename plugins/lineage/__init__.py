@@ -1,0 +1,1 @@
+"""Lineage sinks (hook plugins: every registered sink receives every event)."""

@@ -1,0 +1,1 @@
+"""LLM annotator drivers (entry-point group ``runink.annotators``) land here."""

@@ -1,0 +1,1 @@
+"""Observability: metric and log exporters (hook plugins)."""

@@ -1,0 +1,1 @@
+"""Scheduling: default filter/score hook plugins and scheduler policy drivers."""

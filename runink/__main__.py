@@ -1,0 +1,3 @@
+from runink.core.cli import main
+
+main()
