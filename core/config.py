@@ -310,6 +310,10 @@ def _describe_validation_error(exc: ValidationError, sources: dict[str, str]) ->
             if (candidate := ".".join(loc[:end])) in sources:
                 origin = sources[candidate]
                 break
+        else:  # an unknown table: its keys were recorded below it
+            below = sorted(key for key in sources if key.startswith(dotted + "."))
+            if below:
+                origin = sources[below[0]]
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"

@@ -25,7 +25,9 @@ from typing import Any
 
 from stevedore import driver as stevedore_driver
 from stevedore import exception as stevedore_exception
+from stevedore.extension import ExtensionManager
 
+from runink.core.config import RuninkConfig
 from runink.core.errors import DriverLoadError, DriverNotFoundError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
@@ -108,6 +110,9 @@ def load_driver(
         package = ep.dist.name if ep.dist else None
         if settings is not None and not is_allowed(name, group, package, settings):
             raise DriverLoadError(f"{group} driver {name!r} from {package} is not in plugins.load{where}")
+        # stevedore keeps a per-process list of each group's entry points; drop it so a driver
+        # installed since (or a test's) is found, consistently with importlib.metadata above.
+        ExtensionManager.ENTRY_POINT_CACHE.pop(group, None)
         try:
             manager_ = stevedore_driver.DriverManager(
                 namespace=group,
@@ -182,3 +187,31 @@ def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type
                 PluginRecord(name, "driver", group, None, None, "runtime", details={"registered_by": plugin})
             )
     return records
+
+
+#: config section -> (entry-point group, key holding the driver name)
+CONFIGURED_DRIVERS: dict[str, tuple[str, str]] = {
+    "executor": ("runink.executors", "driver"),
+    "scheduler": ("runink.scheduler_policies", "policy"),
+    "barn": ("runink.barn_backends", "backend"),
+    "secrets": ("runink.secret_backends", "backend"),
+    "annotator": ("runink.annotators", "driver"),
+}
+
+
+def configured_driver(config: RuninkConfig, section: str, manager: PluginManager | None = None) -> Any:
+    """The driver a config section names (``[executor] driver = "process"``), built with its options.
+
+    Returns None when the section names no driver (optional ones: secrets, annotator).
+    """
+    try:
+        group, key = CONFIGURED_DRIVERS[section]
+    except KeyError:
+        raise DriverNotFoundError(f"no driver section {section!r} (sections: {', '.join(CONFIGURED_DRIVERS)})") from None
+    settings = getattr(config, section)
+    name = getattr(settings, key)
+    if name is None:
+        return None
+    return load_driver(
+        group, name, settings.options, manager=manager, origin=config.source_of(f"{section}.{key}")
+    )

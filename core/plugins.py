@@ -83,8 +83,9 @@ def is_allowed(name: str, group: str, package: str | None, settings: PluginsConf
 
 
 def describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text and text[0] else type(exc).__name__
+    """``Type: message`` on one line (multi-line messages joined with "; ")."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class PluginManager:

@@ -1,0 +1,1 @@
+"""Example third-party plugins for Runink (see README.md)."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: run the real CLI in a subprocess, and fake installed distributions.
+
+A "fake distribution" is exactly what pip leaves on disk (a module plus a ``*.dist-info``
+folder with METADATA and entry_points.txt) in a folder put on PYTHONPATH, so entry-point
+discovery runs for real without a pip install per test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_runink_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read the developer's RUNINK_* variables or config files."""
+    for name in list(os.environ):
+        if name.startswith("RUNINK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> CliRunner:
+    """Run ``python -m runink ARGS`` in a subprocess (cwd: a temp dir), return the completed process."""
+
+    def run(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, python: str | None = None,
+            pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = _clean_env(env)
+        full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+        if pythonpath is not None:
+            full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
+        return subprocess.run(
+            [python or sys.executable, "-m", "runink", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd or tmp_path,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+FakeDist = Callable[..., Path]
+
+
+@pytest.fixture
+def fake_dist(tmp_path: Path) -> FakeDist:
+    """``fake_dist(name, version, entry_points={group: {name: target}}, modules={file: source})`` -> site dir."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+
+    def make(name: str, version: str, entry_points: Mapping[str, Mapping[str, str]],
+             modules: Mapping[str, str]) -> Path:
+        for filename, source in modules.items():
+            (site / filename).write_text(textwrap.dedent(source))
+        dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = []
+        for group, items in entry_points.items():
+            lines.append(f"[{group}]")
+            lines.extend(f"{ep_name} = {target}" for ep_name, target in items.items())
+        (dist_info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        return site
+
+    return make
+
+
+@pytest.fixture
+def on_sys_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Put a fake site dir on sys.path for this test (entry points are read afresh each time)."""
+
+    def add(site: Path) -> None:
+        monkeypatch.syspath_prepend(str(site))
+
+    return add

@@ -1,0 +1,116 @@
+"""Configuration: precedence, types, and errors naming the key and where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runink.core.config import load_config
+from runink.core.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config.executor.driver == "process"
+    assert config.scheduler.policy == "spread"
+    assert config.file is None
+    assert config.source_of("executor.driver") == "default"
+
+
+def test_file_then_env_then_overrides(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "runink.toml",
+        'herd = "finance"\n\n[executor]\ndriver = "linux"\noptions = { degrade = true }\n\n[scheduler]\npolicy = "binpack"\n',
+    )
+    config = load_config(
+        file,
+        environ={"RUNINK_SCHEDULER__POLICY": "spread", "RUNINK_HERD": "risk"},
+        overrides={"herd": "ops"},
+    )
+    assert config.executor.driver == "linux"
+    assert config.executor.options == {"degrade": True}
+    assert config.scheduler.policy == "spread"  # env beats file
+    assert config.herd == "ops"  # a flag beats env
+    assert config.source_of("executor.driver") == f"{file}:4"
+    assert config.source_of("executor.options.degrade") == f"{file}:5"
+    assert config.source_of("scheduler.policy") == "$RUNINK_SCHEDULER__POLICY"
+    assert config.source_of("herd") == "--set herd"
+
+
+def test_plugin_control_variables() -> None:
+    config = load_config(
+        environ={
+            "RUNINK_DISABLE_PLUGINS": "lineage-jsonl, runink.executors:process",
+            "RUNINK_LOAD_PLUGINS": "example-cli",
+            "RUNINK_TRACE_PLUGINS": "1",
+        },
+    )
+    assert config.plugins.disable == ["lineage-jsonl", "runink.executors:process"]
+    assert config.plugins.load == ["example-cli"]
+    assert config.plugins.trace is True
+
+
+def test_file_found_by_variable_cwd_and_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    xdg = tmp_path / "xdg" / "runink"
+    xdg.mkdir(parents=True)
+    write(xdg / "config.toml", 'herd = "from-xdg"\n')
+    assert load_config().herd == "from-xdg"
+    write(tmp_path / "runink.toml", 'herd = "from-cwd"\n')
+    assert load_config().herd == "from-cwd"
+    other = write(tmp_path / "other.toml", 'herd = "from-var"\n')
+    monkeypatch.setenv("RUNINK_CONFIG", str(other))
+    assert load_config().herd == "from-var"
+
+
+def test_type_error_names_file_line_and_key(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", '[plugins]\ntrace = "sometimes"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={})
+    assert str(info.value).startswith(f"{file}:2: plugins.trace:")
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", '[executor]\ndriver = "process"\ndrvier = "x"\n')
+    with pytest.raises(ConfigError, match=rf"{file}:3: executor.drvier: unknown key"):
+        load_config(file, environ={})
+
+
+def test_unknown_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"\$RUNINK_EXECUTER__DRIVER: executer: unknown key"):
+        load_config(environ={"RUNINK_EXECUTER__DRIVER": "linux"})
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", "herd = \n")
+    with pytest.raises(ConfigError, match=rf"^{file}: invalid TOML"):
+        load_config(file, environ={})
+
+
+def test_missing_explicit_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_bad_herd_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\$RUNINK_HERD: herd: String should match"):
+        load_config(environ={"RUNINK_HERD": "Finance Team"})
+
+
+def test_plugin_options_tables(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", '[plugin.lineage-jsonl]\npath = "/tmp/x.jsonl"\n')
+    config = load_config(file, environ={})
+    assert config.plugin_options("lineage-jsonl") == {"path": "/tmp/x.jsonl"}
+    assert config.plugin_options("other") == {}
+
+
+def test_json_values_from_environment() -> None:
+    config = load_config(environ={"RUNINK_EXECUTOR__OPTIONS": '{"degrade": true}'})
+    assert config.executor.options == {"degrade": True}

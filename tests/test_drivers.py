@@ -1,0 +1,93 @@
+"""Drivers: chosen by name, imported alone, errors that list what exists and where the name was set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runink.core import hookimpl
+from runink.core.config import PluginsConfig, load_config
+from runink.core.drivers import DriverSpec, configured_driver, list_drivers, load_driver
+from runink.core.errors import DriverLoadError, DriverNotFoundError
+from runink.core.interfaces import Executor, SchedulerPolicy
+from runink.core.plugins import PluginManager
+from runink.plugins.scheduling.policies import SpreadPolicy
+from runink.testing import plugin_manager
+
+
+def test_load_by_name_with_options() -> None:
+    executor = load_driver("runink.executors", "process", {"degrade": True, "timeout_grace": 0.5})
+    assert isinstance(executor, Executor)
+    assert executor.degrade is True and executor.timeout_grace == 0.5
+
+
+def test_unknown_name_lists_available_and_origin(tmp_path: Path) -> None:
+    config = load_config(environ={"RUNINK_SCHEDULER__POLICY": "fastest"})
+    with pytest.raises(DriverNotFoundError) as info:
+        configured_driver(config, "scheduler")
+    message = str(info.value)
+    assert "'fastest'" in message and "$RUNINK_SCHEDULER__POLICY" in message
+    assert "binpack, spread" in message
+
+
+def test_bad_options_name_the_driver() -> None:
+    with pytest.raises(DriverLoadError, match=r"runink.executors driver 'process': bad options \['colour'\]"):
+        load_driver("runink.executors", "process", {"colour": "red"})
+
+
+def test_disabled_driver_cannot_be_loaded() -> None:
+    manager = PluginManager(PluginsConfig(disable=["runink.executors:process"]))
+    with pytest.raises(DriverLoadError, match="disabled"):
+        load_driver("runink.executors", "process", manager=manager)
+
+
+def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+    on_sys_path(
+        fake_dist("odd", "0.1", {"runink.executors": {"odd": "odd_driver:Odd"}}, {"odd_driver.py": "class Odd:\n    pass\n"})
+    )
+    with pytest.raises(DriverLoadError, match="is a Odd, not a Executor"):
+        load_driver("runink.executors", "odd")
+    record = next(r for r in list_drivers() if r.name == "odd")
+    assert record.status == "failed" and "not a Executor subclass" in (record.error or "")
+
+
+def test_broken_driver_import_is_reported(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+    on_sys_path(
+        fake_dist("bad", "0.1", {"runink.executors": {"bad": "bad_driver:Bad"}}, {"bad_driver.py": "raise ImportError('no libfoo')\n"})
+    )
+    with pytest.raises(DriverLoadError, match="failed to import: ImportError: no libfoo"):
+        load_driver("runink.executors", "bad")
+    record = next(r for r in list_drivers() if r.name == "bad")
+    assert record.status == "failed" and "no libfoo" in (record.error or "")
+    assert isinstance(load_driver("runink.executors", "process"), Executor)  # the others still load
+
+
+def test_only_the_chosen_driver_is_imported() -> None:
+    code = (
+        "import sys\n"
+        "from runink.core.drivers import load_driver\n"
+        "load_driver('runink.scheduler_policies', 'spread')\n"
+        "print('runink.plugins.executors.process' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_hook_runink_register_drivers() -> None:
+    class Fastest(SpreadPolicy):
+        name = "fastest"
+
+    class Registrar:
+        @hookimpl
+        def runink_register_drivers(self) -> list[DriverSpec]:
+            return [DriverSpec("runink.scheduler_policies", "fastest", Fastest)]
+
+    with plugin_manager(("registrar", Registrar())) as manager:
+        policy = load_driver("runink.scheduler_policies", "fastest", manager=manager)
+        assert isinstance(policy, SchedulerPolicy) and policy.name == "fastest"
+        record = next(r for r in list_drivers(manager) if r.name == "fastest")
+        assert record.source == "runtime" and record.details == {"registered_by": "registrar"}
