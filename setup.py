@@ -16,5 +16,6 @@ setup(
         *packages_under("runink", "runink"),
         *packages_under("core", "runink.core"),
         *packages_under("plugins", "runink.plugins"),
-    ]
+    ],
+    package_data={"runink": ["py.typed"]},
 )

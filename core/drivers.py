@@ -207,11 +207,11 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
     try:
         group, key = CONFIGURED_DRIVERS[section]
     except KeyError:
-        raise DriverNotFoundError(f"no driver section {section!r} (sections: {', '.join(CONFIGURED_DRIVERS)})") from None
+        raise DriverNotFoundError(
+            f"no driver section {section!r} (sections: {', '.join(CONFIGURED_DRIVERS)})"
+        ) from None
     settings = getattr(config, section)
     name = getattr(settings, key)
     if name is None:
         return None
-    return load_driver(
-        group, name, settings.options, manager=manager, origin=config.source_of(f"{section}.{key}")
-    )
+    return load_driver(group, name, settings.options, manager=manager, origin=config.source_of(f"{section}.{key}"))

@@ -53,14 +53,10 @@ class Resources:
     pids: int = 0
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(
-            self.cpu + other.cpu, self.memory + other.memory, self.gpu + other.gpu, self.pids + other.pids
-        )
+        return Resources(self.cpu + other.cpu, self.memory + other.memory, self.gpu + other.gpu, self.pids + other.pids)
 
     def __sub__(self, other: Resources) -> Resources:
-        return Resources(
-            self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu, self.pids - other.pids
-        )
+        return Resources(self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu, self.pids - other.pids)
 
     def fits_in(self, available: Resources) -> bool:
         """True when every requested amount is at most what is available (pids are not a capacity)."""

@@ -154,9 +154,7 @@ class PluginManager:
                 self._records[base.name] = record
                 log.warning("plugin %s failed to register: %s", base.name, record.error)
                 return record
-            unknown = sorted(
-                caller.name for caller in (self.pm.get_hookcallers(plugin) or []) if caller.spec is None
-            )
+            unknown = sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or []) if caller.spec is None)
             if unknown:
                 self.pm.unregister(plugin)
                 record = replace(base, status="failed", error=f"implements unknown hook(s): {', '.join(unknown)}")
@@ -239,7 +237,9 @@ class PluginManager:
         return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
 
 
-def create_plugin_manager(config: RuninkConfig | None = None, *, extra: Iterable[tuple[str, Any]] = ()) -> PluginManager:
+def create_plugin_manager(
+    config: RuninkConfig | None = None, *, extra: Iterable[tuple[str, Any]] = ()
+) -> PluginManager:
     """A plugin manager with every entry-point plugin loaded and configured."""
     config = config or RuninkConfig()
     manager = PluginManager(config.plugins)

@@ -11,7 +11,7 @@ from runink.core.plugins import PluginManager
 
 def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
     """The identity the first recognising plugin returns; AuthenticationError when none does."""
-    identity = manager.hook.runink_authenticate(request=request)
+    identity: Identity | None = manager.hook.runink_authenticate(request=request)
     if identity is None:
         raise AuthenticationError("no authentication plugin accepted the request's credentials")
     return identity
@@ -19,7 +19,7 @@ def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
 
 def authorize(manager: PluginManager, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
     """Combine every plugin's vote: any deny wins, else one allow is needed; no votes means deny."""
-    votes = [
+    votes: list[AuthzDecision] = [
         replace(decision, plugin=plugin)
         for plugin, decision in manager.call_combined(
             "runink_authorize", identity=identity, action=action, resource=resource, herd=herd

@@ -41,8 +41,13 @@ CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 def run_cli(tmp_path: Path) -> CliRunner:
     """Run ``python -m runink ARGS`` in a subprocess (cwd: a temp dir), return the completed process."""
 
-    def run(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, python: str | None = None,
-            pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        python: str | None = None,
+        pythonpath: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = _clean_env(env)
         full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
         if pythonpath is not None:
@@ -69,8 +74,9 @@ def fake_dist(tmp_path: Path) -> FakeDist:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
 
-    def make(name: str, version: str, entry_points: Mapping[str, Mapping[str, str]],
-             modules: Mapping[str, str]) -> Path:
+    def make(
+        name: str, version: str, entry_points: Mapping[str, Mapping[str, str]], modules: Mapping[str, str]
+    ) -> Path:
         for filename, source in modules.items():
             (site / filename).write_text(textwrap.dedent(source))
         dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"

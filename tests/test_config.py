@@ -27,7 +27,8 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     file = write(
         tmp_path / "runink.toml",
-        'herd = "finance"\n\n[executor]\ndriver = "linux"\noptions = { degrade = true }\n\n[scheduler]\npolicy = "binpack"\n',
+        'herd = "finance"\n\n[executor]\ndriver = "linux"\noptions = { degrade = true }\n\n'
+        '[scheduler]\npolicy = "binpack"\n',
     )
     config = load_config(
         file,

@@ -47,7 +47,9 @@ def test_disabled_driver_cannot_be_loaded() -> None:
 
 def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
     on_sys_path(
-        fake_dist("odd", "0.1", {"runink.executors": {"odd": "odd_driver:Odd"}}, {"odd_driver.py": "class Odd:\n    pass\n"})
+        fake_dist(
+            "odd", "0.1", {"runink.executors": {"odd": "odd_driver:Odd"}}, {"odd_driver.py": "class Odd:\n    pass\n"}
+        )
     )
     with pytest.raises(DriverLoadError, match="is a Odd, not a Executor"):
         load_driver("runink.executors", "odd")
@@ -57,7 +59,12 @@ def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: C
 
 def test_broken_driver_import_is_reported(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
     on_sys_path(
-        fake_dist("bad", "0.1", {"runink.executors": {"bad": "bad_driver:Bad"}}, {"bad_driver.py": "raise ImportError('no libfoo')\n"})
+        fake_dist(
+            "bad",
+            "0.1",
+            {"runink.executors": {"bad": "bad_driver:Bad"}},
+            {"bad_driver.py": "raise ImportError('no libfoo')\n"},
+        )
     )
     with pytest.raises(DriverLoadError, match="failed to import: ImportError: no libfoo"):
         load_driver("runink.executors", "bad")

@@ -44,7 +44,10 @@ def test_third_party_plugin_is_discovered(fake_dist: Callable[..., Path], on_sys
     manager = create_plugin_manager()
     record = by_name(manager)["acme-logs"]
     assert (record.status, record.package, record.version, record.source) == (  # type: ignore[attr-defined]
-        "loaded", "acme-logs", "1.4.2", "third-party",
+        "loaded",
+        "acme-logs",
+        "1.4.2",
+        "third-party",
     )
     assert "acme-logs" in manager.implementers("runink_export_log")
 
@@ -54,7 +57,9 @@ def test_import_error_is_recorded_and_others_still_load(
 ) -> None:
     on_sys_path(
         fake_dist(
-            "broken-plugin", "0.1", {"runink": {"broken": "broken_plugin"}},
+            "broken-plugin",
+            "0.1",
+            {"runink": {"broken": "broken_plugin"}},
             {"broken_plugin.py": "import runink_module_that_does_not_exist\n"},
         )
     )

@@ -40,7 +40,10 @@ def build_app(state: CliState) -> typer.Typer:
             False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
         ),
         config: Path | None = typer.Option(
-            None, "--config", "-c", help="Config file (default: $RUNINK_CONFIG, ./runink.toml, ~/.config/runink/config.toml)."
+            None,
+            "--config",
+            "-c",
+            help="Config file (default: $RUNINK_CONFIG, ./runink.toml, ~/.config/runink/config.toml).",
         ),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     ) -> None:

@@ -63,17 +63,19 @@ def list_plugins(
 
 
 @app.command("hooks")
-def list_hooks(
-    ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help="Print JSON.")
-) -> None:
+def list_hooks(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List every hook with its one-line summary and the plugins implementing it."""
     state: CliState = ctx.obj
     manager = state.plugins()
     rows = []
     for name in hook_names():
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
-        rows.append({"hook": name, "summary": doc.splitlines()[0] if doc else "", "plugins": manager.implementers(name)})
+        rows.append(
+            {"hook": name, "summary": doc.splitlines()[0] if doc else "", "plugins": manager.implementers(name)}
+        )
     if json_output:
         print_json(rows)
         return
-    print_table(None, ["HOOK", "SUMMARY", "PLUGINS"], [(r["hook"], r["summary"], ", ".join(r["plugins"])) for r in rows])
+    print_table(
+        None, ["HOOK", "SUMMARY", "PLUGINS"], [(r["hook"], r["summary"], ", ".join(r["plugins"])) for r in rows]
+    )

@@ -54,13 +54,13 @@ class CliState:
         """The plugin manager: built from the config when it is valid, from defaults otherwise."""
         if self._plugins is None:
             config = self.try_config() or RuninkConfig()
+            _apply_log_settings(config, self.debug)
             self._plugins = create_plugin_manager(config)
             set_plugin_manager(self._plugins)
-            _apply_log_settings(config)
         return self._plugins
 
 
-def _apply_log_settings(config: RuninkConfig) -> None:
-    logging.getLogger("runink").setLevel(config.log.level.upper())
+def _apply_log_settings(config: RuninkConfig, debug: bool) -> None:
+    logging.getLogger("runink").setLevel(logging.DEBUG if debug else config.log.level.upper())
     if config.plugins.trace:
         logging.getLogger("runink.plugins.trace").setLevel(logging.INFO)

@@ -8,8 +8,8 @@ its ``GROUP`` attribute.
 from runink.core.interfaces.annotator import Annotation, Annotator
 from runink.core.interfaces.barn import BarnBackend, KeyValue, WatchEvent
 from runink.core.interfaces.executor import (
-    ExecutorCapabilities,
     Executor,
+    ExecutorCapabilities,
     Fingerprint,
     TaskHandle,
     TaskResult,

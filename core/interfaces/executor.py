@@ -61,7 +61,7 @@ class TaskSpec:
     task_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    limits: Resources = Resources()
+    limits: Resources = field(default_factory=Resources)
     timeout: float | None = None
     network: bool = False
     herd: str = "default"

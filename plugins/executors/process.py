@@ -20,6 +20,7 @@ How it keeps the contract without isolation:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -287,10 +288,8 @@ class ProcessExecutor(Executor):
 
     def _finish(self, task: _Task, code: int | None, sig: int | None, cpu: float | None, peak: int | None) -> None:
         # Whatever the main process left running in its group goes with it.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(task.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if task.timer is not None:
             task.timer.cancel()
         if task.cancelled:
@@ -324,10 +323,8 @@ class ProcessExecutor(Executor):
         if not self._alive(task) and task.done.wait(1.0):
             return
         for sig, wait_for in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(task.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
             if task.done.wait(wait_for):
                 return
 

@@ -22,7 +22,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,9 +60,9 @@ class ExecutorConformance:
     # --- fixtures ---------------------------------------------------------------------
 
     @pytest.fixture
-    def executor(self) -> Iterator[Executor]:
-        executor = load_driver(Executor.GROUP, self.driver_name, self.driver_options)
-        yield executor
+    def executor(self) -> Executor:
+        executor: Executor = load_driver(Executor.GROUP, self.driver_name, self.driver_options)
+        return executor
 
     @pytest.fixture
     def work(self, tmp_path: Path) -> Path:
@@ -138,7 +138,7 @@ class ExecutorConformance:
         try:
             result = self.run(executor, spec)
         except TaskRejectedError as exc:
-            assert "runink-no-such-command" in str(exc)
+            assert "runink-no-such-command" in str(exc)  # noqa: PT017
         else:
             assert result.state is TaskState.FAILED and result.exit_code == 127
 
@@ -163,9 +163,7 @@ class ExecutorConformance:
 
     # --- deadlines and cancellation -------------------------------------------------
 
-    def test_wait_with_timeout_returns_none_while_running(
-        self, executor: Executor, tmp_path: Path, work: Path
-    ) -> None:
+    def test_wait_with_timeout_returns_none_while_running(self, executor: Executor, tmp_path: Path, work: Path) -> None:
         spec = self.spec(tmp_path, work, "sleep", "30")
         executor.start(spec)
         try:
@@ -288,9 +286,7 @@ class ExecutorConformance:
             print(json.dumps(handle.to_dict()))
             """
         )
-        done = subprocess.run(
-            [sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, check=False
-        )
+        done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         handle = TaskHandle.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
         executor.recover(handle)

@@ -1,9 +1,9 @@
 """The SchedulerPolicy conformance suite.
 
-    from runink.testing import SchedulerPolicyConformance
+from runink.testing import SchedulerPolicyConformance
 
-    class TestMyPolicy(SchedulerPolicyConformance):
-        driver_name = "my-policy"
+class TestMyPolicy(SchedulerPolicyConformance):
+    driver_name = "my-policy"
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from runink.core.model import Node, PlacementRequest, Resources
 GiB = 1024**3
 
 
-def make_node(node_id: str, cpu: float = 8, memory_gib: float = 32, used_cpu: float = 0, used_gib: float = 0, **labels: str) -> Node:
+def make_node(
+    node_id: str, cpu: float = 8, memory_gib: float = 32, used_cpu: float = 0, used_gib: float = 0, **labels: str
+) -> Node:
     return Node(
         node_id,
         capacity=Resources(cpu=cpu, memory=int(memory_gib * GiB)),
@@ -37,14 +39,13 @@ class SchedulerPolicyConformance:
 
     @pytest.fixture
     def policy(self) -> SchedulerPolicy:
-        return load_driver(SchedulerPolicy.GROUP, self.driver_name, self.driver_options)
+        policy: SchedulerPolicy = load_driver(SchedulerPolicy.GROUP, self.driver_name, self.driver_options)
+        return policy
 
     @pytest.fixture
     def nodes(self) -> list[Node]:
         rng = random.Random(7)
-        return [
-            make_node(f"n{i:02d}", used_cpu=rng.uniform(0, 6), used_gib=rng.uniform(0, 24)) for i in range(20)
-        ]
+        return [make_node(f"n{i:02d}", used_cpu=rng.uniform(0, 6), used_gib=rng.uniform(0, 24)) for i in range(20)]
 
     request = PlacementRequest("task-1", "default", Resources(cpu=1, memory=2 * GiB))
 
