@@ -152,3 +152,17 @@ def test_registered_plugin_is_scoped_to_the_block() -> None:
         with registered_plugin(manager, Plugin(), "temp") as name:
             assert name in manager.implementers("runink_export_log")
         assert "temp" not in manager.implementers("runink_export_log")
+
+
+def test_runink_plugins_fixture_is_current_for_the_test(runink_plugins: PluginManager) -> None:
+    """The pytest11 entry point provides the fixture; its manager is the process-wide one for the test."""
+    from runink.core.plugins import get_plugin_manager
+
+    class Exporter:
+        @hookimpl
+        def runink_export_log(self, entry: object) -> None:
+            pass
+
+    assert get_plugin_manager() is runink_plugins
+    assert runink_plugins.register(Exporter(), "exporter").status == "loaded"
+    assert "exporter" in get_plugin_manager().implementers("runink_export_log")
