@@ -1,4 +1,4 @@
-"""Package list for setuptools: core/ and plugins/ are installed as runink.core and runink.plugins.
+"""Package list for setuptools: root/, core/ and plugins/ are installed as runink, runink.core and runink.plugins.
 
 The static metadata is in pyproject.toml; this file only walks the three folders so a
 new plugin sub-package needs no edit here.
@@ -13,7 +13,7 @@ def packages_under(folder: str, import_name: str) -> list[str]:
 
 setup(
     packages=[
-        *packages_under("runink", "runink"),
+        *packages_under("root", "runink"),
         *packages_under("core", "runink.core"),
         *packages_under("plugins", "runink.plugins"),
     ],
