@@ -286,7 +286,9 @@ class ExecutorConformance:
             print(json.dumps(handle.to_dict()))
             """
         )
-        done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, check=False, cwd=work)
+        done = subprocess.run(
+            [sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, check=False, cwd=work
+        )
         assert done.returncode == 0, done.stderr
         handle = TaskHandle.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
         executor.recover(handle)
