@@ -1,20 +1,43 @@
-"""The Storage driver interface: dataset sources and sinks, chosen per URI scheme.
+"""The Storage driver interface: dataset sources and sinks, chosen per format (URI scheme).
 
-Several storage drivers are loaded at once; a URI's scheme (``csv``, ``parquet``, ``s3``...)
-is the driver's entry-point name in ``runink.storage``. Data moves as Arrow record batches,
-streamed: a reader yields batches, a writer consumes them, so memory stays bounded.
-A writer must write to a temporary name and publish only on ``commit`` (no half-written
-output after a failure).
+Several storage drivers are loaded at once; a dataset URI's scheme (``csv://``, ``parquet://``,
+``s3://``...) or, for a plain path, its extension names the driver in ``runink.storage``.
+Data moves as Arrow record batches, streamed: a reader yields batches, a writer consumes
+them, so memory stays bounded whatever the dataset size.
+
+* ``read`` yields ``ReadBatch``es: the batch, each row's position in the source (line or
+  row number, for dead-letter records) and the malformed records met since the previous
+  batch (they are skipped, never fatal). ``raw=True`` asks for columns as text where the
+  format is untyped (CSV), so the contract does the typing and bad values become DLQ rows.
+* ``writer`` writes to a temporary name and publishes only on ``commit`` (an atomic rename):
+  a failed run never leaves a half-written output, and the previous output stays intact.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
-if TYPE_CHECKING:
-    import pyarrow as pa
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A source record that could not be parsed at all (wrong column count, invalid JSON)."""
+
+    position: int
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    batch: pa.RecordBatch
+    positions: pa.Array  # int64, one per row: the line (text formats) or row number
+    malformed: list[Malformed] = field(default_factory=list)
 
 
 class DatasetWriter(ABC):
@@ -33,13 +56,15 @@ class DatasetWriter(ABC):
 class Storage(ABC):
     GROUP: ClassVar[str] = "runink.storage"
     name: ClassVar[str] = ""
+    #: what a position means for this format, for messages: "line" or "row".
+    position_unit: ClassVar[str] = "row"
+    #: file extensions that select this driver for a plain path (".csv").
+    extensions: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def read(
-        self, uri: str, *, schema: pa.Schema | None = None, options: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream the dataset at ``uri`` as record batches."""
+    def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
+        """Stream the dataset at ``path``."""
 
     @abstractmethod
-    def writer(self, uri: str, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
-        """A writer for ``uri``; nothing is visible there until ``commit``."""
+    def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
+        """A writer for ``path``; nothing is visible there until ``commit``."""

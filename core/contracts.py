@@ -1,0 +1,373 @@
+"""Contracts: typed record schemas with constraints, validated vectorized over Arrow batches.
+
+A contract is a class with annotated fields::
+
+    from datetime import datetime
+    from runink.core.contracts import Contract, Field
+
+    class Order(Contract):
+        order_id: str = Field(regex=r"O-\\d+")
+        amount: float = Field(ge=0, le=1_000_000)
+        currency: str = Field(enum=["EUR", "USD"])
+        email: str | None = Field(pii=True, mask=True, max_length=200)
+        created_at: datetime
+
+A field is required unless its type admits None. Types: str, int, float, bool, datetime,
+date. Validation converts raw (string) columns to the contract's Arrow schema and checks
+every constraint with ``pyarrow.compute`` — no Python loop per record — and returns the
+valid rows typed plus, for each invalid row, every reason it failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ARROW_TYPES: dict[type, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    dt.datetime: pa.timestamp("us"),
+    dt.date: pa.date32(),
+}
+TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dt.datetime: "datetime", dt.date: "date"}
+
+_INT_RE = r"^[+-]?\d{1,18}$"
+_FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(?i:nan|inf|infinity)$"
+_DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
+_DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+
+
+class ContractError(Exception):
+    """A contract class is malformed (unsupported type, bad constraint)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """Constraints of one contract field (all optional)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    enum: Sequence[Any] | None = None
+    regex: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pii: bool = False
+    mask: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ContractField:
+    name: str
+    type: type
+    required: bool
+    constraints: Field
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return ARROW_TYPES[self.type]
+
+    def describe(self) -> dict[str, Any]:
+        constraints = {
+            key: (list(value) if key == "enum" else value)
+            for key, value in vars(self.constraints).items()
+            if value not in (None, False, "")
+        }
+        return {"name": self.name, "type": TYPE_NAMES[self.type], "required": self.required, **constraints}
+
+
+class Contract:
+    """Base class of contracts; subclasses declare annotated fields."""
+
+    __contract_fields__: ClassVar[dict[str, ContractField]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception as exc:
+            raise ContractError(f"contract {cls.__name__}: cannot read field types: {exc}") from exc
+        fields: dict[str, ContractField] = {}
+        for name, hint in hints.items():
+            if name.startswith("_") or typing.get_origin(hint) is ClassVar:
+                continue
+            base, optional = _unwrap_optional(hint)
+            if base not in ARROW_TYPES:
+                raise ContractError(
+                    f"contract {cls.__name__}.{name}: unsupported type {hint!r} "
+                    f"(use {', '.join(TYPE_NAMES.values())}, optionally | None)"
+                )
+            default = cls.__dict__.get(name, Field())
+            if not isinstance(default, Field):
+                raise ContractError(f"contract {cls.__name__}.{name}: default must be Field(...), got {default!r}")
+            _check_constraints(cls.__name__, name, base, default)
+            fields[name] = ContractField(name, base, not optional, default)
+        if not fields:
+            raise ContractError(f"contract {cls.__name__} declares no fields")
+        cls.__contract_fields__ = fields
+
+    @classmethod
+    def fields(cls) -> list[ContractField]:
+        return list(cls.__contract_fields__.values())
+
+    @classmethod
+    def schema(cls) -> pa.Schema:
+        return pa.schema([pa.field(f.name, f.arrow_type, nullable=not f.required) for f in cls.fields()])
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.__name__, "fields": [f.describe() for f in cls.fields()]}
+
+    @classmethod
+    def contract_hash(cls) -> str:
+        """A stable hash of the fields, types and constraints (not of the module or docstring)."""
+        canonical = json.dumps(cls.describe(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _check_constraints(contract: str, name: str, base: type, spec: Field) -> None:
+    where = f"contract {contract}.{name}"
+    numeric = base in (int, float)
+    if any(v is not None for v in (spec.ge, spec.gt, spec.le, spec.lt)) and not numeric:
+        raise ContractError(f"{where}: ge/gt/le/lt apply to int and float fields, not {TYPE_NAMES[base]}")
+    if (spec.regex or spec.min_length is not None or spec.max_length is not None) and base is not str:
+        raise ContractError(f"{where}: regex/min_length/max_length apply to str fields")
+    if spec.regex is not None:
+        try:
+            re.compile(spec.regex)
+        except re.error as exc:
+            raise ContractError(f"{where}: invalid regex {spec.regex!r}: {exc}") from None
+    if spec.mask and base is not str:
+        raise ContractError(f"{where}: mask applies to str fields")
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+@dataclass
+class ValidationResult:
+    """``valid``: the rows that passed, typed to the contract. ``invalid``: the raw rows that did not,
+    with ``reasons`` (one string per invalid row) and ``invalid_index`` (their positions in the input).
+    """
+
+    valid: pa.RecordBatch
+    invalid: pa.RecordBatch
+    reasons: pa.Array
+    invalid_index: pa.Array
+    drift: list[str] = field(default_factory=list)
+
+
+def detect_drift(contract: type[Contract], schema: pa.Schema) -> list[str]:
+    """Columns added, missing or retyped in ``schema`` against the contract (empty: no drift)."""
+    drift = []
+    names = set(schema.names)
+    for f in contract.fields():
+        if f.name not in names:
+            drift.append(f"column {f.name!r} is missing")
+            continue
+        actual = schema.field(f.name).type
+        if not pa.types.is_string(actual) and not pa.types.is_large_string(actual) and not _compatible(actual, f):
+            drift.append(f"column {f.name!r} is {actual}, contract says {f.arrow_type}")
+    expected = {f.name for f in contract.fields()}
+    drift.extend(f"column {name!r} is not in the contract" for name in schema.names if name not in expected)
+    return drift
+
+
+def _compatible(actual: pa.DataType, spec: ContractField) -> bool:
+    if actual == spec.arrow_type:
+        return True
+    if spec.type is float and (pa.types.is_integer(actual) or pa.types.is_floating(actual)):
+        return True
+    if spec.type is int and pa.types.is_integer(actual):
+        return True
+    return spec.type is dt.datetime and pa.types.is_timestamp(actual)
+
+
+def validate(contract: type[Contract], batch: pa.RecordBatch) -> ValidationResult:
+    """Convert and check ``batch`` against ``contract``, vectorized."""
+    n = batch.num_rows
+    columns: list[pa.Array] = []
+    reason_parts: list[pa.Array] = []
+    names = set(batch.schema.names)
+    for spec in contract.fields():
+        raw = batch.column(spec.name) if spec.name in names else pa.nulls(n, pa.string())
+        value, conversion_failed = _convert(raw, spec)
+        if conversion_failed is not None:
+            reason_parts.append(_reason(conversion_failed, f"{spec.name}: not a valid {TYPE_NAMES[spec.type]}"))
+        if spec.required:
+            missing = pc.is_null(value)
+            if conversion_failed is not None:
+                missing = pc.and_(missing, pc.invert(conversion_failed))
+            reason_parts.append(_reason(missing, f"{spec.name}: required"))
+        reason_parts.extend(_constraint_reasons(value, spec))
+        columns.append(value)
+    typed = pa.RecordBatch.from_arrays(columns, schema=contract.schema().with_metadata(None)) if columns else batch
+    reasons_all = _join_reasons(reason_parts, n)
+    bad = pc.is_valid(reasons_all)
+    good = pc.invert(bad)
+    valid = _mask_pii(contract, typed.filter(good))
+    invalid_index = pc.indices_nonzero(bad)
+    invalid = _mask_pii(contract, batch.filter(bad))
+    return ValidationResult(valid, invalid, reasons_all.filter(bad), invalid_index)
+
+
+def _join_reasons(parts: list[pa.Array], n: int) -> pa.Array:
+    """Per row, the non-null parts joined with "; " (null when none).
+
+    Not binary_join_element_wise(null_handling="skip"): in pyarrow 26 it drops the rows
+    where every part is null, returning a shorter array.
+    """
+    joined = pa.nulls(n, pa.string())
+    for part in parts:
+        both = pc.binary_join_element_wise(joined, part, "; ")
+        joined = pc.if_else(pc.is_null(joined), part, pc.if_else(pc.is_null(part), joined, both))
+    return joined
+
+
+def _reason(mask: pa.Array, text: str) -> pa.Array:
+    return pc.if_else(mask, pa.scalar(text), pa.scalar(None, pa.string()))
+
+
+def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | None]:
+    """The column as the contract type, and a mask of non-null values that could not be converted."""
+    target = spec.arrow_type
+    if raw.type == target:
+        return raw, None
+    if not (pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type)):
+        if _compatible(raw.type, spec):
+            return pc.cast(raw, target), None
+        raw = pc.cast(raw, pa.string())
+    text = pc.utf8_trim_whitespace(raw.cast(pa.string()))
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    if spec.type is str:
+        return text, None
+    present = pc.is_valid(text)
+    if spec.type is bool:
+        lowered = pc.utf8_lower(text)
+        is_true, is_false = pc.is_in(lowered, pa.array(_TRUE)), pc.is_in(lowered, pa.array(_FALSE))
+        ok = pc.or_(is_true, is_false)
+        value = pc.if_else(ok, is_true, pa.scalar(None, pa.bool_()))
+        return value, pc.and_(present, pc.invert(ok))
+    pattern = {int: _INT_RE, float: _FLOAT_RE, dt.date: _DATE_RE, dt.datetime: _DATETIME_RE}[spec.type]
+    ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    candidates = pc.if_else(ok, text, pa.scalar(None, pa.string()))
+    try:
+        value = _cast_text(candidates, spec)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # A value matched the pattern but is still invalid (2024-02-30, int overflow):
+        # convert this batch element by element to find which.
+        value, ok = _cast_each(candidates, spec, ok)
+    return value, pc.and_(present, pc.invert(ok))
+
+
+def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
+    if spec.type is dt.datetime:
+        # Offsets are converted to UTC; naive values are taken as UTC.
+        normalised = pc.replace_substring_regex(text, r"Z$", "+00:00")
+        has_offset = pc.fill_null(pc.match_substring_regex(normalised, r"[+-]\d{2}:?\d{2}$"), False)
+        if pc.any(has_offset).as_py():
+            aware = pc.cast(pc.if_else(has_offset, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
+            naive = pc.cast(pc.if_else(has_offset, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
+            return pc.if_else(has_offset, pc.cast(aware, pa.timestamp("us")), naive)
+        return pc.cast(normalised, pa.timestamp("us"))
+    return pc.cast(text, spec.arrow_type)
+
+
+def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Array, pa.Array]:
+    values, oks = [], []
+    for item, was_ok in zip(text.to_pylist(), ok.to_pylist(), strict=True):
+        if item is None:
+            values.append(None)
+            oks.append(was_ok and item is not None)
+            continue
+        try:
+            values.append(_cast_text(pa.array([item]), spec)[0].as_py())
+            oks.append(True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values.append(None)
+            oks.append(False)
+    return pa.array(values, spec.arrow_type), pa.array(oks)
+
+
+def _constraint_reasons(value: pa.Array, spec: ContractField) -> list[pa.Array]:
+    c, name, parts = spec.constraints, spec.name, []
+    for bound, compare, word in ((c.ge, pc.less, "<"), (c.gt, pc.less_equal, "<="), (c.le, pc.greater, ">"),
+                                 (c.lt, pc.greater_equal, ">=")):
+        if bound is not None:
+            parts.append(_reason(pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
+    if c.enum is not None:
+        allowed = pa.array(list(c.enum), spec.arrow_type)
+        outside = pc.and_(pc.is_valid(value), pc.invert(pc.is_in(value, allowed)))
+        parts.append(_reason(outside, f"{name}: not one of {', '.join(map(str, c.enum))}"))
+    if c.regex is not None:
+        mismatch = pc.invert(pc.fill_null(pc.match_substring_regex(value, f"^(?:{c.regex})$"), True))
+        parts.append(_reason(mismatch, f"{name}: does not match {c.regex}"))
+    if c.max_length is not None:
+        parts.append(_reason(pc.fill_null(pc.greater(pc.utf8_length(value), c.max_length), False),
+                             f"{name}: longer than {c.max_length}"))
+    if c.min_length is not None:
+        parts.append(_reason(pc.fill_null(pc.less(pc.utf8_length(value), c.min_length), False),
+                             f"{name}: shorter than {c.min_length}"))
+    return parts
+
+
+def _mask_pii(contract: type[Contract], batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Replace masked fields by ``****`` plus their last 4 characters (enough to check, not to use)."""
+    masked = [f.name for f in contract.fields() if f.constraints.mask and f.name in batch.schema.names]
+    if not masked or batch.num_rows == 0:
+        return batch
+    arrays = []
+    for name in batch.schema.names:
+        column = batch.column(name)
+        if name in masked:
+            text = column.cast(pa.string())
+            tail = pc.utf8_slice_codeunits(text, start=-4)
+            column = pc.binary_join_element_wise(pa.scalar("****"), tail, "").cast(column.type)
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def contract_diff(old: type[Contract], new: type[Contract]) -> list[dict[str, Any]]:
+    """Field-level changes from ``old`` to ``new``, each marked breaking or not."""
+    before = {f.name: f.describe() for f in old.fields()}
+    after = {f.name: f.describe() for f in new.fields()}
+    changes: list[dict[str, Any]] = []
+    for name in before.keys() - after.keys():
+        changes.append({"field": name, "change": "removed", "breaking": True, "detail": before[name]})
+    for name in after.keys() - before.keys():
+        changes.append({"field": name, "change": "added", "breaking": after[name]["required"], "detail": after[name]})
+    for name in before.keys() & after.keys():
+        if before[name] != after[name]:
+            keys = sorted(set(before[name]) | set(after[name]))
+            detail = {k: [before[name].get(k), after[name].get(k)] for k in keys if before[name].get(k) != after[name].get(k)}
+            breaking = "type" in detail or any(k != "description" for k in detail)
+            changes.append({"field": name, "change": "changed", "breaking": breaking, "detail": detail})
+    return sorted(changes, key=lambda c: (c["field"], c["change"]))
+
+
+def as_mapping(contract: type[Contract]) -> Mapping[str, str]:
+    return {f.name: TYPE_NAMES[f.type] for f in contract.fields()}

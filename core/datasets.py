@@ -1,0 +1,89 @@
+"""Dataset URIs and atomic file output, shared by the storage drivers.
+
+A dataset is named by a URI: ``csv://data/orders.csv`` (format, then a path relative to the
+pipeline's folder), ``parquet:///abs/path.parquet``, ``file:///abs/orders.jsonl`` or a plain
+path (``out/orders.parquet``); without a format scheme the file extension decides.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from runink.core.errors import RuninkError
+
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class DatasetError(RuninkError):
+    """A dataset URI cannot be understood, read or written."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A resolved dataset: its format (storage driver name) and absolute path; ``uri`` as written."""
+
+    format: str
+    path: Path
+    uri: str
+
+    @property
+    def key(self) -> str:
+        """Identity used to connect scenarios: the absolute path, whatever the format."""
+        return str(self.path)
+
+    def canonical(self) -> str:
+        return f"{self.format}://{self.path}"
+
+
+def resolve_dataset(uri: str, base_dir: Path) -> DatasetRef:
+    """Parse ``uri`` and make its path absolute against ``base_dir`` (the .dsl file's folder)."""
+    text = uri.strip()
+    if not text:
+        raise DatasetError("empty dataset URI")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    scheme = scheme.lower()
+    if scheme == "file":
+        scheme = ""
+    path = Path(rest).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    path = Path(os.path.normpath(path))
+    fmt = scheme or EXTENSION_FORMATS.get(path.suffix.lower(), "")
+    if not fmt:
+        raise DatasetError(
+            f"dataset {uri!r}: cannot tell the format; use a scheme (csv://, jsonl://, parquet://) "
+            f"or an extension ({', '.join(sorted(EXTENSION_FORMATS))})"
+        )
+    return DatasetRef(fmt, path, uri)
+
+
+class AtomicOutput:
+    """A temporary file beside ``path``, renamed over it on ``commit`` and deleted on ``abort``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatasetError(f"cannot create the folder of {self.path}: {exc.strerror}") from None
+        if not os.access(self.path.parent, os.W_OK):
+            raise DatasetError(f"cannot write {self.path}: folder {self.path.parent} is not writable")
+        self.temp = self.path.with_name(f".{self.path.name}.runink-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+    def commit(self) -> None:
+        with open(self.temp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.temp, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def abort(self) -> None:
+        self.temp.unlink(missing_ok=True)
