@@ -94,6 +94,16 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class HerdConfig(_Section):
+    drift: Literal["warn", "block"] = Field(
+        default="warn", description="What schema drift against a contract does: warn, or block the scenario."
+    )
+
+
+class RunConfig(_Section):
+    max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
+
+
 class RuninkConfig(_Section):
     """The whole configuration. ``sources`` maps each dotted key that was set to where it came from."""
 
@@ -106,6 +116,8 @@ class RuninkConfig(_Section):
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    herds: dict[str, HerdConfig] = Field(default_factory=dict, description="Per-herd policies ([herds.NAME]).")
     plugin: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Options of each plugin, by plugin name ([plugin.NAME])."
     )
@@ -123,6 +135,9 @@ class RuninkConfig(_Section):
     def file(self) -> Path | None:
         """The config file that was read, if any."""
         return self._file
+
+    def herd_policy(self, herd: str) -> HerdConfig:
+        return self.herds.get(herd, HerdConfig())
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         """The ``[plugin.NAME]`` table, or an empty dict."""
@@ -239,7 +254,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 
 def _is_free_form(dotted: str) -> bool:
     last = dotted.rsplit(".", 1)[-1]
-    return last in {"options", "weights"} or dotted.startswith("plugin.")
+    return last in {"options", "weights"} or dotted.startswith(("plugin.", "herds."))
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any, sources: dict[str, str], origin: str) -> None:

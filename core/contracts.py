@@ -315,8 +315,12 @@ def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Ar
 
 def _constraint_reasons(value: pa.Array, spec: ContractField) -> list[pa.Array]:
     c, name, parts = spec.constraints, spec.name, []
-    for bound, compare, word in ((c.ge, pc.less, "<"), (c.gt, pc.less_equal, "<="), (c.le, pc.greater, ">"),
-                                 (c.lt, pc.greater_equal, ">=")):
+    for bound, compare, word in (
+        (c.ge, pc.less, "<"),
+        (c.gt, pc.less_equal, "<="),
+        (c.le, pc.greater, ">"),
+        (c.lt, pc.greater_equal, ">="),
+    ):
         if bound is not None:
             parts.append(_reason(pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
     if c.enum is not None:
@@ -327,11 +331,19 @@ def _constraint_reasons(value: pa.Array, spec: ContractField) -> list[pa.Array]:
         mismatch = pc.invert(pc.fill_null(pc.match_substring_regex(value, f"^(?:{c.regex})$"), True))
         parts.append(_reason(mismatch, f"{name}: does not match {c.regex}"))
     if c.max_length is not None:
-        parts.append(_reason(pc.fill_null(pc.greater(pc.utf8_length(value), c.max_length), False),
-                             f"{name}: longer than {c.max_length}"))
+        parts.append(
+            _reason(
+                pc.fill_null(pc.greater(pc.utf8_length(value), c.max_length), False),
+                f"{name}: longer than {c.max_length}",
+            )
+        )
     if c.min_length is not None:
-        parts.append(_reason(pc.fill_null(pc.less(pc.utf8_length(value), c.min_length), False),
-                             f"{name}: shorter than {c.min_length}"))
+        parts.append(
+            _reason(
+                pc.fill_null(pc.less(pc.utf8_length(value), c.min_length), False),
+                f"{name}: shorter than {c.min_length}",
+            )
+        )
     return parts
 
 
@@ -363,7 +375,9 @@ def contract_diff(old: type[Contract], new: type[Contract]) -> list[dict[str, An
     for name in before.keys() & after.keys():
         if before[name] != after[name]:
             keys = sorted(set(before[name]) | set(after[name]))
-            detail = {k: [before[name].get(k), after[name].get(k)] for k in keys if before[name].get(k) != after[name].get(k)}
+            detail = {
+                k: [before[name].get(k), after[name].get(k)] for k in keys if before[name].get(k) != after[name].get(k)
+            }
             breaking = "type" in detail or any(k != "description" for k in detail)
             changes.append({"field": name, "change": "changed", "breaking": breaking, "detail": detail})
     return sorted(changes, key=lambda c: (c["field"], c["change"]))

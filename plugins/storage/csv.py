@@ -58,7 +58,9 @@ class CsvStorage(Storage):
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             line = int(row.number) if row.number is not None else -1
-            pending.append(Malformed(line, f"expected {row.expected_columns} columns, got {row.actual_columns}", row.text))
+            pending.append(
+                Malformed(line, f"expected {row.expected_columns} columns, got {row.actual_columns}", row.text)
+            )
             all_bad.append(line)
             return "skip"
 
@@ -69,7 +71,9 @@ class CsvStorage(Storage):
         try:
             reader = pacsv.open_csv(
                 path,
-                read_options=pacsv.ReadOptions(block_size=int(options.get("block_size", BLOCK_SIZE)), use_threads=False),
+                read_options=pacsv.ReadOptions(
+                    block_size=int(options.get("block_size", BLOCK_SIZE)), use_threads=False
+                ),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
                 convert_options=convert,
             )
@@ -88,7 +92,9 @@ class CsvStorage(Storage):
             malformed, pending[:] = list(pending), []
             yield ReadBatch(batch, pa.array(physical_lines(numbers, all_bad)), malformed)
         if pending:
-            yield ReadBatch(pa.RecordBatch.from_pylist([], schema=reader.schema), pa.array([], pa.int64()), list(pending))
+            yield ReadBatch(
+                pa.RecordBatch.from_pylist([], schema=reader.schema), pa.array([], pa.int64()), list(pending)
+            )
 
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
         return CsvWriter(path, schema)

@@ -87,8 +87,10 @@ class JsonlStorage(Storage):
                 table = pajson.read_json(io.BytesIO(b"".join(lines)))
             except pa.ArrowInvalid:
                 # Valid JSON whose types conflict between lines: fall back to Python for this chunk.
-                rows = [{k: (v if isinstance(v, str) or v is None else json.dumps(v)) for k, v in json.loads(x).items()}
-                        for x in lines]
+                rows = [
+                    {k: (v if isinstance(v, str) or v is None else json.dumps(v)) for k, v in json.loads(x).items()}
+                    for x in lines
+                ]
                 table = pa.Table.from_pylist(rows)
         batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([])
         if raw:

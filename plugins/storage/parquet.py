@@ -39,6 +39,7 @@ class ParquetStorage(Storage):
 class ParquetWriter(DatasetWriter):
     def __init__(self, path: Path, schema: pa.Schema, compression: str) -> None:
         self.output = AtomicOutput(path)
+        self.schema = schema
         self._writer = pq.ParquetWriter(str(self.output.temp), schema, compression=compression)
 
     def write(self, batch: pa.RecordBatch) -> None:

@@ -1,0 +1,194 @@
+"""``runink run``: compile a .dsl pipeline and run it on the embedded default (no server)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from runink.core.cli.output import console, print_json, print_table
+from runink.core.cli.state import CliState
+from runink.core.config import load_config
+from runink.core.drivers import configured_driver
+from runink.core.errors import RuninkError
+from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
+from runink.core.pipeline.dsl import parse_file
+from runink.core.runner import LocalRunner, RunResult
+
+STATE_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "SKIPPED": "yellow"}
+
+
+def parse_sets(values: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise RuninkError(f"--set {item!r}: expected KEY=VALUE (e.g. --set executor.driver=process)")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_pipeline(path: Path) -> CompiledPipeline:
+    return compile_pipeline(parse_file(path))
+
+
+def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
+    return {
+        "pipeline": compiled.pipeline.name,
+        "herd": compiled.pipeline.herd,
+        "levels": [list(level) for level in compiled.levels],
+        "scenarios": [
+            {
+                "scenario": item.name,
+                "source": item.source.canonical(),
+                "contract": item.scenario.source.contract if item.scenario.source else None,
+                "steps": [s.ref for s in item.scenario.steps],
+                "sinks": [{"dataset": s.ref.canonical(), "when": s.when} for s in item.sinks],
+                "upstream": list(item.upstream),
+                "requires": vars(item.scenario.requires),
+                "retries": item.scenario.retries,
+            }
+            for item in compiled.scenarios
+        ],
+    }
+
+
+def _table(result: RunResult) -> Table:
+    table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
+    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "OUT", "TIME"):
+        table.add_column(column, justify="right" if column in {"IN", "VALID", "INVALID", "OUT", "TIME"} else "left")
+    for run in result.scenarios:
+        style = STATE_STYLE.get(run.state, "red")
+        table.add_row(
+            run.name,
+            f"[{style}]{run.state}[/]",
+            f"{run.rows_in:,}",
+            f"{run.rows_valid:,}",
+            f"{run.rows_invalid:,}",
+            f"{run.rows_out:,}",
+            f"{run.elapsed:.1f}s",
+        )
+    return table
+
+
+def run_command(
+    ctx: typer.Context,
+    pipeline: Path = typer.Argument(..., help="The pipeline's .dsl file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set executor.driver=process."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan; run nothing."),
+    json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+) -> None:
+    """Run a pipeline on this machine: each scenario as a slice, in dependency order."""
+    state: CliState = ctx.obj
+    overrides = parse_sets(set_)
+    config = load_config(state.config_path, overrides=overrides) if overrides else state.config()
+    compiled = load_pipeline(pipeline)
+    if dry_run:
+        plan = plan_json(compiled)
+        if json_output:
+            print_json(plan)
+        else:
+            rows = [
+                (
+                    s["scenario"],
+                    " -> ".join([s["source"], *s["steps"]]),
+                    ", ".join(f"{k['dataset']}{' (invalid)' if k['when'] == 'invalid' else ''}" for k in s["sinks"]),
+                    ", ".join(s["upstream"]) or "-",
+                )
+                for s in plan["scenarios"]
+            ]
+            print_table(
+                f"{plan['pipeline']} (herd {plan['herd']}): plan",
+                ["SCENARIO", "READS -> STEPS", "WRITES", "AFTER"],
+                rows,
+            )
+        return
+    manager = state.plugins()
+    executor = _executor(config, compiled, manager)
+    err = console(stderr=True)
+    live: Live | None = None
+    last_print: dict[str, str] = {}
+
+    def on_update(result: RunResult) -> None:
+        if live is not None:
+            live.update(_table(result))
+            return
+        for run in result.scenarios:  # not a terminal: one line per state change
+            if last_print.get(run.name) != run.state:
+                last_print[run.name] = run.state
+                if run.state != "PENDING":
+                    err.print(f"{time.strftime('%H:%M:%S')} {run.name}: {run.state.lower()}", highlight=False)
+
+    runner = LocalRunner(config, manager, executor, on_update=on_update)
+    if err.is_terminal and not json_output:
+        live = Live(console=err, refresh_per_second=4, transient=True)
+    result_box: dict[str, RunResult] = {}
+
+    def target() -> None:
+        result_box["result"] = runner.run(compiled)
+
+    worker = threading.Thread(target=target, daemon=True)
+    try:
+        if live is not None:
+            live.start()
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        runner.cancel()
+        worker.join(30)
+        raise
+    finally:
+        if live is not None:
+            live.stop()
+    result = result_box["result"]
+    if json_output:
+        print_json(result.to_json())
+    else:
+        console().print(_table(result))
+        for run in result.scenarios:
+            if run.error:
+                err.print(
+                    f"[red]{run.name}[/]: {run.error}" + (f" (logs: {run.log_dir})" if run.log_dir else ""),
+                    highlight=False,
+                )
+            for message in run.drift:
+                err.print(f"[yellow]{run.name}[/]: schema drift: {message}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _executor(config: Any, compiled: CompiledPipeline, manager: Any) -> Any:
+    """The configured executor. The embedded default runs on the plain process executor, which
+    cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
+    scenarios without them and says so once on stderr.
+    """
+    options = dict(config.executor.options)
+    if config.executor.driver == "process" and "degrade" not in options:
+        wanted = sorted(
+            {
+                k
+                for item in compiled.scenarios
+                for k, v in (
+                    ("cpu", item.scenario.requires.cpu),
+                    ("memory", item.scenario.requires.memory),
+                    ("gpu", item.scenario.requires.gpu),
+                )
+                if v
+            }
+        )
+        if wanted:
+            print(
+                f"warning: executor 'process' does not enforce {', '.join(wanted)} limits (no cgroups); "
+                "scenarios run without them (set executor.options.degrade=false to refuse instead)",
+                file=sys.stderr,
+            )
+        config = config.model_copy(deep=True)
+        config.executor.options["degrade"] = True
+    return configured_driver(config, "executor", manager)

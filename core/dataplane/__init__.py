@@ -1,0 +1,1 @@
+"""The data plane: what runs inside a slice (source -> contract -> steps -> sinks, streamed)."""

@@ -1,0 +1,317 @@
+"""The .dsl language: a Gherkin-style dialect with annotations (reference: docs/dsl.md).
+
+    @herd("finance")
+    Feature: Orders to silver
+
+      @requires(cpu=1, memory="256Mi", timeout="10m")
+      Scenario: Validate orders
+        @source("csv://data/orders.csv", contract="contracts:Order")
+        @step("steps:normalize")
+        @sink("parquet://out/silver/orders.parquet")
+        @sink("jsonl://out/dlq/orders.jsonl", when="invalid")
+        Given orders arrive as CSV
+
+Grammar (one construct per line; ``#`` starts a comment line):
+
+    file        = { annotation } "Feature:" name { text } { scenario }
+    scenario    = { annotation } "Scenario:" name { annotation | keyword-line }
+    annotation  = "@" name [ "(" arguments ")" ]     arguments: Python literals, positional then key=value
+    keyword-line= ("Given" | "When" | "Then" | "And" | "But") text
+
+Annotations before ``Feature:`` apply to the pipeline; those before or inside a scenario to
+that scenario. Errors name ``file:line:column`` and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runink.core.errors import RuninkError
+from runink.core.pipeline.model import (
+    Location,
+    Pipeline,
+    Requirements,
+    Scenario,
+    Sink,
+    Source,
+    StepRef,
+    parse_duration,
+)
+
+
+class DslError(RuninkError):
+    """A .dsl file is malformed or does not compile; the message starts with file:line:column."""
+
+    exit_code = 2
+
+    def __init__(self, at: Location, message: str) -> None:
+        super().__init__(f"{at}: {message}")
+        self.at = at
+        self.detail = message
+
+
+KEYWORDS = ("Given", "When", "Then", "And", "But")
+_ANNOTATION_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
+
+
+# Signatures of the annotations: binding the parsed arguments to these gives the checks
+# (missing, unexpected or duplicated arguments) and their messages.
+def _herd(name: str) -> None: ...
+def _source(uri: str, contract: str | None = None, **options: Any) -> None: ...
+def _step(ref: str) -> None: ...
+def _sink(uri: str, when: str = "valid", **options: Any) -> None: ...
+def _requires(cpu: float = 1, memory: str | int = 0, gpu: int = 0, timeout: str | float | None = None) -> None: ...
+def _affinity(label: str | list[str] | None = None, colocate_with: str | None = None) -> None: ...
+def _retries(n: int, backoff: str | float = "1s") -> None: ...
+def _golden(directory: str) -> None: ...
+def _network() -> None: ...
+
+
+SIGNATURES: dict[str, Callable[..., None]] = {
+    "herd": _herd,
+    "source": _source,
+    "step": _step,
+    "sink": _sink,
+    "requires": _requires,
+    "affinity": _affinity,
+    "retries": _retries,
+    "golden": _golden,
+    "network": _network,
+}
+FEATURE_ANNOTATIONS = {"herd", "requires", "retries", "network"}
+SCENARIO_ANNOTATIONS = set(SIGNATURES) - {"herd"}
+
+
+@dataclass
+class Annotation:
+    name: str
+    args: dict[str, Any]
+    at: Location
+
+
+def parse_file(path: Path | str) -> Pipeline:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RuninkError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuninkError(f"cannot read pipeline file {path}: {exc}") from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path | str = "<string>") -> Pipeline:
+    """Parse .dsl text into a Pipeline (not yet compiled: paths and references are unchecked)."""
+    file = Path(path)
+    name = str(path)
+    pending: list[Annotation] = []
+    feature: Pipeline | None = None
+    feature_requires = Requirements()
+    feature_retries: tuple[int, float] = (0, 1.0)
+    feature_network = False
+    scenarios: list[Scenario] = []
+    current: Scenario | None = None
+    feature_text: list[str] = []
+
+    def flush_scenario() -> None:
+        nonlocal current
+        if current is not None:
+            scenarios.append(current)
+            current = None
+
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        stripped = raw_line.strip()
+        column = len(raw_line) - len(raw_line.lstrip()) + 1
+        at = Location(name, number, column)
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("@"):
+            annotation = _parse_annotation(stripped, at)
+            if current is not None:
+                current = _apply(current, annotation)
+            else:
+                pending.append(annotation)
+            continue
+        keyword, sep, rest = stripped.partition(":")
+        if sep and keyword == "Feature":
+            if feature is not None:
+                raise DslError(at, "a file holds one Feature; found a second one")
+            if not rest.strip():
+                raise DslError(at, "Feature needs a name: 'Feature: <name>'")
+            feature = Pipeline(name=rest.strip(), base_dir=file.parent.resolve(), file=file, at=at)
+            for annotation in pending:
+                if annotation.name not in FEATURE_ANNOTATIONS:
+                    raise DslError(annotation.at, f"@{annotation.name} belongs to a Scenario, not the Feature")
+                if annotation.name == "herd":
+                    feature = replace(feature, herd=str(annotation.args["name"]))
+                elif annotation.name == "requires":
+                    feature_requires = _requirements(annotation, feature_requires)
+                elif annotation.name == "retries":
+                    feature_retries = _retries_of(annotation)
+                elif annotation.name == "network":
+                    feature_network = True
+            pending = []
+            continue
+        if sep and keyword == "Scenario":
+            if feature is None:
+                raise DslError(at, "Scenario before Feature: start the file with 'Feature: <name>'")
+            if not rest.strip():
+                raise DslError(at, "Scenario needs a name: 'Scenario: <name>'")
+            flush_scenario()
+            scenario_name = rest.strip()
+            if any(s.name == scenario_name for s in scenarios):
+                raise DslError(at, f"duplicate scenario name {scenario_name!r}")
+            current = Scenario(
+                scenario_name,
+                requires=feature_requires,
+                retries=feature_retries[0],
+                backoff=feature_retries[1],
+                network=feature_network,
+                at=at,
+            )
+            for annotation in pending:
+                current = _apply(current, annotation)
+            pending = []
+            continue
+        first_word = stripped.split(None, 1)[0]
+        if first_word in KEYWORDS:
+            if current is None:
+                raise DslError(at, f"'{first_word}' line outside a Scenario")
+            current = replace(current, description=(*current.description, stripped))
+            continue
+        if feature is not None and current is None and not pending:
+            if sep and difflib.get_close_matches(keyword, ["Scenario", "Feature"], n=1, cutoff=0.75):
+                hint = _suggest(keyword, ["Scenario", "Feature"])
+                raise DslError(at, f"unknown keyword {keyword + ':'!r}{hint}")
+            feature_text.append(stripped)
+            continue
+        hint = _suggest(first_word.rstrip(":"), ["Feature", "Scenario", *KEYWORDS])
+        raise DslError(
+            at, f"unexpected text {stripped[:40]!r}: expected an @annotation, 'Scenario:' or Given/When/Then{hint}"
+        )
+    flush_scenario()
+    if feature is None:
+        raise DslError(Location(name, 1, 1), "no Feature: a pipeline file starts with 'Feature: <name>'")
+    if pending:
+        raise DslError(pending[0].at, f"@{pending[0].name} is not followed by a Scenario")
+    if not scenarios:
+        raise DslError(feature.at, "the Feature has no Scenario")
+    return replace(feature, scenarios=tuple(scenarios), description=tuple(feature_text))
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse_annotation(text: str, at: Location) -> Annotation:
+    match = _ANNOTATION_RE.match(text)
+    if not match:
+        raise DslError(at, f"invalid annotation {text[:40]!r}: expected @name(arguments)")
+    name = match.group(1)
+    if name not in SIGNATURES:
+        hint = _suggest(name, list(SIGNATURES))
+        raise DslError(at, f"unknown annotation @{name}{hint}; known: {', '.join('@' + n for n in SIGNATURES)}")
+    rest = text[match.end() :].strip()
+    if rest.startswith("#"):
+        rest = ""
+    call = f"f{rest}" if rest else "f()"
+    try:
+        tree = ast.parse(call, mode="eval")
+    except SyntaxError as exc:
+        # a trailing comment after the closing parenthesis
+        if "#" in rest:
+            try:
+                tree = ast.parse(f"f{rest[: rest.rindex('#')].strip()}", mode="eval")
+            except SyntaxError:
+                raise _syntax_error(exc, at, match.end(), name) from None
+        else:
+            raise _syntax_error(exc, at, match.end(), name) from None
+    node = tree.body
+    if not isinstance(node, ast.Call):
+        raise DslError(at, f"@{name}: expected @{name}(arguments)")
+    try:
+        args = [ast.literal_eval(arg) for arg in node.args]
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+    except ValueError:
+        raise DslError(at, f"@{name}: arguments must be literals (strings, numbers, lists, True/False)") from None
+    if any(kw.arg is None for kw in node.keywords):
+        raise DslError(at, f"@{name}: **arguments are not allowed")
+    try:
+        bound = inspect.signature(SIGNATURES[name]).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise DslError(at, f"@{name}: {exc}") from None
+    values = dict(bound.arguments)
+    extra = values.pop("options", {})
+    return Annotation(name, {**values, **extra, **({"options": extra} if extra else {})}, at)
+
+
+def _syntax_error(exc: SyntaxError, at: Location, offset: int, name: str) -> DslError:
+    column = at.column + offset + max(0, (exc.offset or 1) - 2)
+    return DslError(replace(at, column=column), f"@{name}: invalid arguments: {exc.msg}")
+
+
+def _requirements(annotation: Annotation, base: Requirements) -> Requirements:
+    try:
+        return Requirements.parse({k: v for k, v in annotation.args.items() if k != "options"}, base)
+    except (ValueError, TypeError) as exc:
+        raise DslError(annotation.at, f"@requires: {exc}") from None
+
+
+def _retries_of(annotation: Annotation) -> tuple[int, float]:
+    n = annotation.args["n"]
+    if not isinstance(n, int) or n < 0:
+        raise DslError(annotation.at, f"@retries: n must be a whole number >= 0, got {n!r}")
+    try:
+        backoff = parse_duration(annotation.args.get("backoff", "1s"))
+    except ValueError as exc:
+        raise DslError(annotation.at, f"@retries: backoff: {exc}") from None
+    return n, backoff
+
+
+def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
+    a, args = annotation, annotation.args
+    if a.name not in SCENARIO_ANNOTATIONS:
+        raise DslError(a.at, f"@{a.name} belongs before 'Feature:', not in a Scenario")
+    if a.name == "source":
+        if scenario.source is not None:
+            raise DslError(a.at, f"scenario {scenario.name!r} has a second @source (one source per scenario)")
+        return replace(scenario, source=Source(str(args["uri"]), args.get("contract"), args.get("options", {}), a.at))
+    if a.name == "step":
+        return replace(scenario, steps=(*scenario.steps, StepRef(str(args["ref"]), a.at)))
+    if a.name == "sink":
+        when = args.get("when", "valid")
+        if when not in ("valid", "invalid"):
+            raise DslError(a.at, f"@sink: when must be 'valid' or 'invalid', got {when!r}")
+        return replace(scenario, sinks=(*scenario.sinks, Sink(str(args["uri"]), when, args.get("options", {}), a.at)))
+    if a.name == "requires":
+        return replace(scenario, requires=_requirements(a, scenario.requires))
+    if a.name == "affinity":
+        labels = dict(scenario.node_labels)
+        raw = args.get("label")
+        for item in [raw] if isinstance(raw, str) else (raw or []):
+            key, eq, value = str(item).partition("=")
+            if not eq or not key.strip():
+                raise DslError(a.at, f"@affinity: label must be 'key=value', got {item!r}")
+            labels[key.strip()] = value.strip()
+        colocate = args.get("colocate_with")
+        if colocate is not None:
+            if not str(colocate).startswith("scenario:"):
+                raise DslError(a.at, f"@affinity: colocate_with must be 'scenario:<name>', got {colocate!r}")
+            colocate = str(colocate)[len("scenario:") :].strip()
+        return replace(scenario, node_labels=labels, colocate_with=colocate or scenario.colocate_with)
+    if a.name == "retries":
+        retries, backoff = _retries_of(a)
+        return replace(scenario, retries=retries, backoff=backoff)
+    if a.name == "golden":
+        return replace(scenario, golden=str(args["directory"]))
+    if a.name == "network":
+        return replace(scenario, network=True)
+    raise AssertionError(a.name)  # pragma: no cover - SIGNATURES and this function agree

@@ -1,0 +1,196 @@
+"""The pipeline model: a Feature (pipeline) of Scenarios (slices), each source -> steps -> sinks.
+
+Built by the .dsl parser or in Python with ``PipelineBuilder``::
+
+    pipeline = (
+        PipelineBuilder("Orders to silver", herd="finance", base_dir=Path("."))
+        .scenario("Validate orders", requires={"cpu": 1, "memory": "256Mi", "timeout": "10m"})
+        .source("csv://data/orders.csv", contract="contracts:Order")
+        .step("steps:normalize")
+        .sink("parquet://out/silver/orders.parquet")
+        .sink("jsonl://out/dlq/orders.jsonl", when="invalid")
+        .build()
+    )
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from runink.core.model import parse_memory
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"invalid duration {value!r}: must be positive")
+        return float(value)
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be positive")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was declared, for messages: ``file:line:column``."""
+
+    file: str = "<python>"
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    contract: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    at: Location = Location()
+
+
+@dataclass(frozen=True)
+class StepRef:
+    ref: str  # "module:function"
+    at: Location = Location()
+
+    @property
+    def name(self) -> str:
+        return self.ref.rsplit(":", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Sink:
+    uri: str
+    when: Literal["valid", "invalid"] = "valid"
+    options: dict[str, Any] = field(default_factory=dict)
+    at: Location = Location()
+
+
+@dataclass(frozen=True)
+class Requirements:
+    cpu: float = 1.0
+    memory: int = 0
+    gpu: int = 0
+    timeout: float | None = None
+
+    @classmethod
+    def parse(cls, values: dict[str, Any], base: Requirements | None = None) -> Requirements:
+        """From ``@requires`` arguments (``memory="256Mi"``, ``timeout="10m"``) over ``base``."""
+        known = {"cpu", "memory", "gpu", "timeout"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown requirement(s) {', '.join(unknown)} (expected {', '.join(sorted(known))})")
+        result = base or cls()
+        if "cpu" in values:
+            cpu = float(values["cpu"])
+            if cpu <= 0:
+                raise ValueError(f"cpu must be positive, got {values['cpu']!r}")
+            result = replace(result, cpu=cpu)
+        if "memory" in values:
+            result = replace(result, memory=parse_memory(values["memory"]))
+        if "gpu" in values:
+            result = replace(result, gpu=int(values["gpu"]))
+        if "timeout" in values:
+            result = replace(result, timeout=parse_duration(values["timeout"]))
+        return result
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One slice: a source, steps that stream into each other, sinks for valid and invalid rows."""
+
+    name: str
+    source: Source | None = None
+    steps: tuple[StepRef, ...] = ()
+    sinks: tuple[Sink, ...] = ()
+    requires: Requirements = Requirements()
+    node_labels: dict[str, str] = field(default_factory=dict)
+    colocate_with: str | None = None
+    retries: int = 0
+    backoff: float = 1.0
+    golden: str | None = None
+    network: bool = False
+    description: tuple[str, ...] = ()
+    at: Location = Location()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    base_dir: Path
+    herd: str = "default"
+    scenarios: tuple[Scenario, ...] = ()
+    description: tuple[str, ...] = ()
+    file: Path | None = None
+    at: Location = Location()
+
+    def scenario(self, name: str) -> Scenario:
+        for scenario in self.scenarios:
+            if scenario.name == name:
+                return scenario
+        raise KeyError(name)
+
+
+class PipelineBuilder:
+    """Builds a Pipeline in Python; the result is compiled and run exactly like a parsed .dsl."""
+
+    def __init__(self, name: str, *, herd: str = "default", base_dir: Path | str = ".") -> None:
+        self._pipeline = Pipeline(name=name, base_dir=Path(base_dir).resolve(), herd=herd)
+        self._scenarios: list[Scenario] = []
+
+    def scenario(
+        self,
+        name: str,
+        *,
+        requires: dict[str, Any] | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        golden: str | None = None,
+        network: bool = False,
+        node_labels: dict[str, str] | None = None,
+    ) -> PipelineBuilder:
+        self._scenarios.append(
+            Scenario(
+                name,
+                requires=Requirements.parse(requires or {}),
+                retries=retries,
+                backoff=backoff,
+                golden=golden,
+                network=network,
+                node_labels=dict(node_labels or {}),
+            )
+        )
+        return self
+
+    def _update(self, **changes: Any) -> PipelineBuilder:
+        if not self._scenarios:
+            raise ValueError("call .scenario(name) before adding sources, steps or sinks")
+        self._scenarios[-1] = replace(self._scenarios[-1], **changes)
+        return self
+
+    def source(self, uri: str, *, contract: str | None = None, **options: Any) -> PipelineBuilder:
+        return self._update(source=Source(uri, contract, options))
+
+    def step(self, ref: str) -> PipelineBuilder:
+        return self._update(steps=(*self._scenarios[-1].steps, StepRef(ref)))
+
+    def sink(self, uri: str, *, when: Literal["valid", "invalid"] = "valid", **options: Any) -> PipelineBuilder:
+        return self._update(sinks=(*self._scenarios[-1].sinks, Sink(uri, when, options)))
+
+    def build(self) -> Pipeline:
+        return replace(self._pipeline, scenarios=tuple(self._scenarios))

@@ -1,0 +1,370 @@
+"""The local runner: runs a compiled pipeline's scenarios as slices through an executor driver.
+
+Used by ``runink run`` (the embedded default: no server, one local node). Scenarios run in
+dependency order, independent ones in parallel within the node's cpus (each scenario counts
+its ``@requires(cpu=...)``). A scenario whose upstream failed is SKIPPED. Retries follow
+``@retries(n, backoff)`` with exponential backoff. Each slice reports progress through a
+file in its task dir; lineage events, metrics and logs go to the plugin hooks. The cluster
+replaces this runner, not the executor or the data plane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runink.core.config import RuninkConfig
+from runink.core.errors import ExecutorError
+from runink.core.events import emit_lineage, export_log, export_metrics
+from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
+from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources
+from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
+from runink.core.plugins import PluginManager
+
+FINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "DEADLINE_EXCEEDED", "OOMKILLED"}
+
+
+@dataclass
+class ScenarioRun:
+    name: str
+    state: str = "PENDING"
+    attempts: int = 0
+    rows_in: int = 0
+    rows_valid: int = 0
+    rows_invalid: int = 0
+    rows_malformed: int = 0
+    rows_out: int = 0
+    steps: dict[str, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    log_dir: str | None = None
+    contract_hash: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.name,
+            "state": self.state,
+            "attempts": self.attempts,
+            "rows_in": self.rows_in,
+            "rows_valid": self.rows_valid,
+            "rows_invalid": self.rows_invalid,
+            "rows_malformed": self.rows_malformed,
+            "rows_out": self.rows_out,
+            "steps": self.steps,
+            "outputs": self.outputs,
+            "drift": self.drift,
+            "error": self.error,
+            "elapsed": round(self.elapsed, 3),
+            "log_dir": self.log_dir,
+            "contract_hash": self.contract_hash,
+        }
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    pipeline: str
+    herd: str
+    scenarios: list[ScenarioRun]
+    started: float
+    finished: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state == "SUCCEEDED" for s in self.scenarios)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "herd": self.herd,
+            "ok": self.ok,
+            "elapsed": round(self.finished - self.started, 3),
+            "scenarios": [s.to_json() for s in self.scenarios],
+        }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
+
+
+class LocalRunner:
+    def __init__(
+        self,
+        config: RuninkConfig,
+        manager: PluginManager,
+        executor: Executor,
+        *,
+        on_update: Callable[[RunResult], None] | None = None,
+        max_parallel: int | None = None,
+    ) -> None:
+        self.config = config
+        self.manager = manager
+        self.executor = executor
+        self.on_update = on_update or (lambda _result: None)
+        self.cpus = float(os.cpu_count() or 1)
+        self.max_parallel = max_parallel or config.run.max_parallel or int(self.cpus)
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._running_tasks: set[str] = set()
+        self._base_dir = Path.cwd()
+
+    def cancel(self) -> None:
+        """Stop every running slice (SIGTERM, 5 s grace) and start no more."""
+        self._cancel.set()
+        for task_id in list(self._running_tasks):
+            try:
+                self.executor.stop(task_id, grace=5)
+            except ExecutorError:
+                pass
+
+    def run(self, compiled: CompiledPipeline) -> RunResult:
+        pipeline = compiled.pipeline
+        self._base_dir = pipeline.base_dir
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        work = Path(self.config.data_dir).resolve() / "runs" / run_id
+        result = RunResult(
+            run_id, pipeline.name, pipeline.herd, [ScenarioRun(s.name) for s in compiled.scenarios], time.time()
+        )
+        runs = {r.name: r for r in result.scenarios}
+        threads: dict[str, threading.Thread] = {}
+        used_cpu = 0.0
+        while True:
+            with self._lock:
+                for item in compiled.scenarios:
+                    run = runs[item.name]
+                    if run.state != "PENDING":
+                        continue
+                    failed_up = [u for u in item.upstream if runs[u].state in FINAL - {"SUCCEEDED"}]
+                    if failed_up or self._cancel.is_set():
+                        run.state = "SKIPPED" if failed_up else "CANCELLED"
+                        run.error = f"upstream scenario {failed_up[0]!r} did not succeed" if failed_up else "cancelled"
+                        continue
+                    if any(runs[u].state != "SUCCEEDED" for u in item.upstream):
+                        continue
+                    cpu = min(item.scenario.requires.cpu, self.cpus)
+                    running = sum(1 for r in runs.values() if r.state == "RUNNING")
+                    if running and (running >= self.max_parallel or used_cpu + cpu > self.cpus):
+                        continue
+                    run.state = "RUNNING"
+                    run.started = time.time()
+                    used_cpu += cpu
+                    thread = threading.Thread(
+                        target=self._run_scenario,
+                        args=(item, run, work, pipeline.herd),
+                        name=f"runink-scenario-{_slug(item.name)}",
+                        daemon=True,
+                    )
+                    threads[item.name] = thread
+                    thread.start()
+            self.on_update(result)
+            if all(r.state in FINAL for r in runs.values()):
+                break
+            for name, thread in list(threads.items()):
+                if not thread.is_alive():
+                    thread.join()
+                    del threads[name]
+                    used_cpu -= min(compiled.get(name).scenario.requires.cpu, self.cpus)
+            time.sleep(0.05)
+        result.finished = time.time()
+        self.on_update(result)
+        return result
+
+    # --- one scenario ---------------------------------------------------------------
+
+    def _run_scenario(self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str) -> None:
+        scenario = item.scenario
+        inputs = (item.source.canonical(),)
+        outputs = tuple(ref.canonical() for ref in item.outputs)
+        run.outputs = [str(ref.path) for ref in item.outputs]
+        emit_lineage(
+            self.manager, LineageEvent("START", f"{work.name}/{_slug(item.name)}", item.name, herd, inputs, outputs)
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            run.attempts = attempt
+            state, report = self._attempt(item, run, work, herd, attempt)
+            if state == "SUCCEEDED" or attempt > scenario.retries or self._cancel.is_set() or state == "CANCELLED":
+                break
+            delay = scenario.backoff * 2 ** (attempt - 1)
+            self._log(
+                "warning",
+                f"scenario {item.name!r} attempt {attempt} failed ({run.error}); retrying in {delay:g}s",
+                herd,
+                item.name,
+            )
+            if self._cancel.wait(delay):
+                state = "CANCELLED"
+                break
+        run.finished = time.time()
+        run.state = state
+        facets = {
+            "rows_in": run.rows_in,
+            "rows_valid": run.rows_valid,
+            "rows_invalid": run.rows_invalid,
+            "rows_out": run.rows_out,
+            "attempts": attempt,
+            "contract_hash": run.contract_hash,
+            "drift": run.drift,
+            "error": run.error,
+        }
+        emit_lineage(
+            self.manager,
+            LineageEvent(
+                "COMPLETE" if state == "SUCCEEDED" else "FAIL",
+                f"{work.name}/{_slug(item.name)}",
+                item.name,
+                herd,
+                inputs,
+                outputs,
+                facets=facets,
+            ),
+        )
+        labels = {"pipeline": work.name, "scenario": item.name, "herd": herd}
+        export_metrics(
+            self.manager,
+            [
+                MetricSample("runink_rows_in_total", run.rows_in, "counter", labels),
+                MetricSample("runink_rows_invalid_total", run.rows_invalid, "counter", labels),
+                MetricSample("runink_rows_out_total", run.rows_out, "counter", labels),
+                MetricSample("runink_scenario_seconds", run.elapsed, "gauge", labels),
+            ],
+        )
+        for message in run.drift:
+            self._log("warning", f"schema drift in scenario {item.name!r}: {message}", herd, item.name)
+
+    def _attempt(
+        self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str, attempt: int
+    ) -> tuple[str, dict[str, Any]]:
+        scenario = item.scenario
+        task_dir = work / _slug(item.name) / f"attempt-{attempt}"
+        task_dir.mkdir(parents=True, exist_ok=True)
+        run.log_dir = str(task_dir)
+        report_path = task_dir / "report.jsonl"
+        spec = {
+            "scenario": item.name,
+            "herd": herd,
+            "base_dir": str(self._base_dir),
+            "source": {
+                "uri": scenario.source.uri if scenario.source else "",
+                "format": item.source.format,
+                "path": str(item.source.path),
+                "options": scenario.source.options if scenario.source else {},
+                "contract": scenario.source.contract if scenario.source else None,
+            },
+            "steps": [step.ref for step in scenario.steps],
+            "sinks": [
+                {"format": s.ref.format, "path": str(s.ref.path), "when": s.when, "options": s.options}
+                for s in item.sinks
+            ],
+            "drift_policy": self.config.herd_policy(herd).drift,
+            "report": str(report_path),
+        }
+        spec_path = task_dir / "slice.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        task = TaskSpec(
+            id=f"{work.name}-{_slug(item.name)}-{attempt}",
+            command=(sys.executable, "-m", "runink.core.dataplane.slice", str(spec_path)),
+            task_dir=task_dir,
+            env=self._slice_env(task_dir),
+            cwd=self._base_dir,
+            limits=Resources(cpu=scenario.requires.cpu, memory=scenario.requires.memory, gpu=scenario.requires.gpu),
+            timeout=scenario.requires.timeout,
+            network=scenario.network,
+            herd=herd,
+            labels={"scenario": item.name},
+        )
+        try:
+            self.executor.start(task)
+        except ExecutorError as exc:
+            run.error = str(exc)
+            return "FAILED", {}
+        self._running_tasks.add(task.id)
+        report: dict[str, Any] = {}
+        offset = 0
+        try:
+            while True:
+                ended = self.executor.wait(task.id, 0.1)
+                offset = self._read_report(report_path, offset, run, report)
+                if ended is not None:
+                    offset = self._read_report(report_path, offset, run, report)
+                    break
+        finally:
+            self._running_tasks.discard(task.id)
+        state = ended.state.value
+        if state == TaskState.SUCCEEDED.value and not report.get("ok", False):
+            state = "FAILED"
+        if state != "SUCCEEDED":
+            run.error = report.get("error") or self._describe_exit(ended.state, ended.message, item)
+            stderr = (task_dir / "stderr.log").read_text(errors="replace")[-4000:]
+            if stderr.strip():
+                self._log("error", f"scenario {item.name!r} failed: {run.error}\n{stderr}", herd, item.name)
+        else:
+            run.error = None
+        self.executor.destroy(task.id)
+        return state, report
+
+    def _describe_exit(self, state: TaskState, message: str, item: CompiledScenario) -> str:
+        if state is TaskState.DEADLINE_EXCEEDED:
+            return f"scenario {item.name!r}: timed out after {item.scenario.requires.timeout:g}s"
+        return f"scenario {item.name!r}: slice ended {state.value.lower()}: {message}"
+
+    @staticmethod
+    def _slice_env(task_dir: Path) -> dict[str, str]:
+        """A clean environment: nothing from the agent but what a Python slice needs to start."""
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(task_dir),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        return env
+
+    def _read_report(self, path: Path, offset: int, run: ScenarioRun, report: dict[str, Any]) -> int:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return offset
+        complete = chunk[: chunk.rfind("\n") + 1]
+        for line in complete.splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            report.update(event)
+            run.rows_in = event.get("rows_in", run.rows_in)
+            run.rows_valid = event.get("rows_valid", run.rows_valid)
+            run.rows_invalid = event.get("rows_invalid", run.rows_invalid)
+            run.rows_malformed = event.get("rows_malformed", run.rows_malformed)
+            run.steps = event.get("steps", run.steps)
+            run.rows_out = event.get("rows_out", run.rows_out)
+            run.drift = event.get("drift", run.drift)
+            run.contract_hash = event.get("contract_hash", run.contract_hash)
+        return offset + len(complete.encode("utf-8"))
+
+    def _log(self, level: str, message: str, herd: str, scenario: str) -> None:
+        export_log(self.manager, LogEntry(message, level, "runner", {"herd": herd, "scenario": scenario}))  # type: ignore[arg-type]

@@ -1,0 +1,110 @@
+"""Steps: user functions over record batches, adapted to one calling convention.
+
+A step is ``module:function``. It receives and returns:
+
+* a ``pyarrow.RecordBatch`` (the default), or
+* a ``polars.DataFrame`` when its first parameter is annotated as one (converted once per
+  batch: zero-copy for numbers, strings are copied), or
+* one record (a ``dict``) when decorated with ``@record_step``: return a dict, or None to
+  drop the record. Simple, but a Python call per record: prefer batches for volume.
+
+A step may also return a ``pyarrow.Table``. String columns come back as ``string`` (polars
+hands out ``large_string``), so every step sees the same types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+StepFunction = Callable[[pa.RecordBatch], pa.RecordBatch]
+
+
+def record_step(function: Callable[[dict[str, Any]], dict[str, Any] | None]) -> Callable[..., Any]:
+    """Mark ``function`` as a per-record step: ``dict -> dict | None``."""
+    function.__runink_step_mode__ = "record"  # type: ignore[attr-defined]
+    return function
+
+
+def import_reference(ref: str) -> Any:
+    module_name, _, attribute = ref.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ImportError(f"{ref}: module {module_name!r} has no attribute {attribute!r}") from None
+
+
+def step_mode(function: Callable[..., Any]) -> str:
+    mode = getattr(function, "__runink_step_mode__", None)
+    if mode:
+        return str(mode)
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return "batch"
+    if parameters:
+        annotation = parameters[0].annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        if "DataFrame" in str(text):
+            return "polars"
+    return "batch"
+
+
+def normalise(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """large_string -> string, large_binary -> binary: one type per kind between steps."""
+    fields = []
+    changed = False
+    for f in batch.schema:
+        if pa.types.is_large_string(f.type):
+            fields.append(f.with_type(pa.string()))
+            changed = True
+        elif pa.types.is_large_binary(f.type):
+            fields.append(f.with_type(pa.binary()))
+            changed = True
+        else:
+            fields.append(f)
+    return batch.cast(pa.schema(fields)) if changed else batch
+
+
+def _to_batch(result: Any, ref: str) -> pa.RecordBatch:
+    if isinstance(result, pa.RecordBatch):
+        return normalise(result)
+    if isinstance(result, pa.Table):
+        combined = result.combine_chunks()
+        batches = combined.to_batches()
+        return normalise(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=combined.schema))
+    to_arrow = getattr(result, "to_arrow", None)  # polars.DataFrame
+    if callable(to_arrow):
+        return _to_batch(to_arrow(), ref)
+    raise TypeError(f"step {ref} returned {type(result).__name__}; expected a RecordBatch, Table or polars DataFrame")
+
+
+def adapt(ref: str, function: Callable[..., Any]) -> StepFunction:
+    """The step as a RecordBatch -> RecordBatch function."""
+    mode = step_mode(function)
+    if mode == "record":
+
+        def run_records(batch: pa.RecordBatch) -> pa.RecordBatch:
+            rows = [out for row in batch.to_pylist() if (out := function(row)) is not None]
+            if not rows:
+                return pa.RecordBatch.from_pylist([], schema=batch.schema)
+            return normalise(pa.RecordBatch.from_pylist(rows))
+
+        return run_records
+    if mode == "polars":
+        import polars as pl  # imported in the slice, only when a step uses it
+
+        def run_polars(batch: pa.RecordBatch) -> pa.RecordBatch:
+            return _to_batch(function(pl.from_arrow(batch)), ref)
+
+        return run_polars
+
+    def run_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+        return _to_batch(function(batch), ref)
+
+    return run_batch
