@@ -87,7 +87,7 @@ class ContractField:
         constraints = {
             key: (list(value) if key == "enum" else value)
             for key, value in vars(self.constraints).items()
-            if value not in (None, False, "")
+            if value is not None and value is not False and value != ""
         }
         return {"name": self.name, "type": TYPE_NAMES[self.type], "required": self.required, **constraints}
 
@@ -114,6 +114,8 @@ class Contract:
                     f"(use {', '.join(TYPE_NAMES.values())}, optionally | None)"
                 )
             default = cls.__dict__.get(name, Field())
+            if default is None:  # `field: str | None = None`: optional, no constraints
+                default, optional = Field(), True
             if not isinstance(default, Field):
                 raise ContractError(f"contract {cls.__name__}.{name}: default must be Field(...), got {default!r}")
             _check_constraints(cls.__name__, name, base, default)

@@ -164,7 +164,7 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _executor(config: Any, compiled: CompiledPipeline, manager: Any) -> Any:
+def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool = False) -> Any:
     """The configured executor. The embedded default runs on the plain process executor, which
     cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
     scenarios without them and says so once on stderr.
@@ -183,7 +183,7 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any) -> Any:
                 if v
             }
         )
-        if wanted:
+        if wanted and not quiet:
             print(
                 f"warning: executor 'process' does not enforce {', '.join(wanted)} limits (no cgroups); "
                 "scenarios run without them (set executor.options.degrade=false to refuse instead)",
@@ -192,3 +192,48 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any) -> Any:
         config = config.model_copy(deep=True)
         config.executor.options["degrade"] = True
     return configured_driver(config, "executor", manager)
+
+
+def test_command(
+    ctx: typer.Context,
+    path: Path = typer.Argument(Path("."), help="A .dsl file, or a folder searched for .dsl files."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the expected outputs from this run."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key."),
+    json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
+    from runink.core import golden
+
+    state: CliState = ctx.obj
+    overrides = parse_sets(set_)
+    config = load_config(state.config_path, overrides=overrides) if overrides else state.config()
+    files = golden.find_pipelines(path)
+    if not files:
+        raise RuninkError(f"no .dsl files in {path}")
+    manager = state.plugins()
+    results = []
+    err = console(stderr=True)
+    for file in files:
+        compiled = golden.load(file)
+        scenarios = golden.golden_scenarios(compiled)
+        if not scenarios:
+            continue
+        executor = _executor(config, compiled, manager, quiet=True)
+        runner = LocalRunner(config, manager, executor)
+        for item in scenarios:
+            outcome = golden.run_golden(runner, compiled, item, update=update)
+            results.append(outcome)
+            if not json_output:
+                colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")
+                err.print(f"[{colour}]{outcome.status.upper()}[/] {file}: {item.name}", highlight=False)
+                for line in outcome.differences:
+                    err.print(f"    {line}", highlight=False)
+    if json_output:
+        print_json([r.to_json() for r in results])
+    if not results:
+        raise RuninkError(f"no scenario with @golden in {path}")
+    failed = [r for r in results if r.status in ("failed", "error")]
+    if not json_output:
+        err.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)

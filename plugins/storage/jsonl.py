@@ -76,7 +76,8 @@ class JsonlStorage(Storage):
                         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
                 except ValueError as exc:
                     text = line.decode(errors="replace").rstrip("\n")
-                    malformed.append(Malformed(number, f"invalid JSON: {exc}", text[:1000]))
+                    detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    malformed.append(Malformed(number, f"invalid JSON: {detail}", text[:1000]))
                     continue
                 good_lines.append(line)
                 good_numbers.append(number)
