@@ -10,6 +10,7 @@ replaces this runner, not the executor or the data plane.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -131,10 +132,8 @@ class LocalRunner:
         """Stop every running slice (SIGTERM, 5 s grace) and start no more."""
         self._cancel.set()
         for task_id in list(self._running_tasks):
-            try:
+            with contextlib.suppress(ExecutorError):
                 self.executor.stop(task_id, grace=5)
-            except ExecutorError:
-                pass
 
     def run(self, compiled: CompiledPipeline) -> RunResult:
         pipeline = compiled.pipeline
@@ -202,7 +201,7 @@ class LocalRunner:
         while True:
             attempt += 1
             run.attempts = attempt
-            state, report = self._attempt(item, run, work, herd, attempt)
+            state, _report = self._attempt(item, run, work, herd, attempt)
             if state == "SUCCEEDED" or attempt > scenario.retries or self._cancel.is_set() or state == "CANCELLED":
                 break
             delay = scenario.backoff * 2 ** (attempt - 1)

@@ -53,7 +53,7 @@ def build_app(state: CliState) -> typer.Typer:
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(contract_cmd.app, name="contract")
     app.command("run")(run_cmd.run_command)
-    app.command("test")(run_cmd.test_command)
+    app.command("test")(run_cmd.golden_test_command)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
     manager = state.plugins()

@@ -194,7 +194,7 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
     return configured_driver(config, "executor", manager)
 
 
-def test_command(
+def golden_test_command(
     ctx: typer.Context,
     path: Path = typer.Argument(Path("."), help="A .dsl file, or a folder searched for .dsl files."),
     update: bool = typer.Option(False, "--update", help="Rewrite the expected outputs from this run."),

@@ -13,6 +13,7 @@ succeeded; on any error every sink is discarded and the previous outputs stay in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -139,7 +140,7 @@ def run(spec: dict[str, Any]) -> int:
             for ref, step in steps:
                 if batch.num_rows == 0:
                     break
-                batch = _run_step(ref, step, batch, read.positions, unit, source_uri)
+                batch = _run_step(ref, step, batch, read.positions, unit=unit, source_uri=source_uri)
                 counters.steps[ref] = counters.steps.get(ref, 0) + batch.num_rows
             if batch.num_rows:
                 counters.rows_out += batch.num_rows
@@ -161,10 +162,8 @@ def run(spec: dict[str, Any]) -> int:
     except Exception as exc:
         for slot in sinks:
             if slot.writer is not None:
-                try:
+                with contextlib.suppress(Exception):  # the original error is the one to report
                     slot.writer.abort()
-                except Exception:  # noqa: S110 - the original error is the one to report
-                    pass
         message = str(exc) if isinstance(exc, SliceError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
         reporter.send("done", force=True, ok=False, error=f"scenario {scenario!r}: {message}", **_counts(counters))
@@ -209,7 +208,7 @@ def _load_steps(refs: list[str]) -> list[tuple[str, StepFunction]]:
 
 
 def _run_step(
-    ref: str, step: StepFunction, batch: pa.RecordBatch, positions: pa.Array, unit: str, source_uri: str
+    ref: str, step: StepFunction, batch: pa.RecordBatch, positions: pa.Array, *, unit: str, source_uri: str
 ) -> pa.RecordBatch:
     try:
         return step(batch)

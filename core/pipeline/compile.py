@@ -142,7 +142,7 @@ def _levels(compiled: dict[str, CompiledScenario]) -> tuple[tuple[str, ...], ...
         if not ready:
             cycle = _find_cycle(remaining)
             first = compiled[cycle[0]].scenario
-            raise DslError(first.at, "cycle between scenarios: " + " -> ".join(cycle + [cycle[0]]))
+            raise DslError(first.at, "cycle between scenarios: " + " -> ".join([*cycle, cycle[0]]))
         levels.append(ready)
         done.update(ready)
         for name in ready:

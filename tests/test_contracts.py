@@ -1,0 +1,172 @@
+"""Contracts: Arrow schema, stable hash, vectorized validation with every reason, drift, diff."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from runink.core.contracts import Contract, ContractError, Field, contract_diff, detect_drift, validate
+
+
+class Order(Contract):
+    order_id: str = Field(regex=r"O-\d+")
+    amount: float = Field(gt=0, le=1000)
+    currency: str = Field(enum=["EUR", "USD"])
+    email: str | None = Field(pii=True, mask=True, max_length=30)
+    quantity: int = Field(ge=1)
+    paid: bool
+    created_at: dt.datetime
+    day: dt.date | None = None
+
+
+def raw(**columns: list[str | None]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({k: pa.array(v, pa.string()) for k, v in columns.items()})
+
+
+GOOD_ROW = {
+    "order_id": "O-1",
+    "amount": "10.5",
+    "currency": "EUR",
+    "email": "ann@example.com",
+    "quantity": "2",
+    "paid": "true",
+    "created_at": "2026-01-02T03:04:05Z",
+    "day": "2026-01-02",
+}
+
+
+def batch_of(*rows: dict[str, str | None]) -> pa.RecordBatch:
+    return raw(**{k: [r.get(k) for r in rows] for k in GOOD_ROW})
+
+
+def test_schema_and_hash() -> None:
+    schema = Order.schema()
+    assert schema.field("amount").type == pa.float64() and not schema.field("amount").nullable
+    assert schema.field("created_at").type == pa.timestamp("us")
+    assert schema.field("email").nullable and schema.field("day").nullable
+
+    class Same(Contract):  # same fields, other name and module: same hash only if describe() matches
+        order_id: str = Field(regex=r"O-\d+")
+
+    class Same2(Contract):
+        order_id: str = Field(regex=r"O-\d+")
+
+    assert Same.contract_hash() != Order.contract_hash()
+    assert Same.describe()["fields"] == Same2.describe()["fields"]
+    assert len(Order.contract_hash()) == 16 and Order.contract_hash() == Order.contract_hash()
+
+
+def test_valid_rows_are_typed_and_masked() -> None:
+    result = validate(Order, batch_of(GOOD_ROW))
+    assert result.invalid.num_rows == 0
+    row = result.valid.to_pylist()[0]
+    assert row["amount"] == 10.5 and row["quantity"] == 2 and row["paid"] is True
+    assert row["created_at"] == dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert row["day"] == dt.date(2026, 1, 2)
+    assert row["email"] == "****.com"  # pii + mask: only the last 4 characters survive
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"order_id": "X-1"}, "order_id: does not match O-\\d+"),
+        ({"amount": "0"}, "amount: <= 0"),
+        ({"amount": "1000.01"}, "amount: > 1000"),
+        ({"amount": "ten"}, "amount: not a valid float"),
+        ({"amount": None}, "amount: required"),
+        ({"amount": "  "}, "amount: required"),
+        ({"currency": "GBP"}, "currency: not one of EUR, USD"),
+        ({"email": "a-very-long-address@example.com"}, "email: longer than 30"),
+        ({"quantity": "1.5"}, "quantity: not a valid int"),
+        ({"quantity": "99999999999999999999"}, "quantity: not a valid int"),
+        ({"quantity": "0"}, "quantity: < 1"),
+        ({"paid": "maybe"}, "paid: not a valid bool"),
+        ({"created_at": "2026-02-30T00:00:00"}, "created_at: not a valid datetime"),
+        ({"created_at": "yesterday"}, "created_at: not a valid datetime"),
+        ({"day": "2026-13-01"}, "day: not a valid date"),
+    ],
+)
+def test_each_constraint_rejects(change: dict[str, str | None], reason: str) -> None:
+    result = validate(Order, batch_of(GOOD_ROW, {**GOOD_ROW, **change}, GOOD_ROW))
+    assert result.valid.num_rows == 2
+    assert result.invalid_index.to_pylist() == [1]
+    assert result.reasons.to_pylist() == [reason]
+
+
+def test_all_reasons_of_a_row_are_kept() -> None:
+    result = validate(Order, batch_of({**GOOD_ROW, "amount": "-1", "currency": "XXX", "order_id": None}))
+    assert result.reasons.to_pylist() == ["order_id: required; amount: <= 0; currency: not one of EUR, USD"]
+    assert result.invalid.to_pylist()[0]["email"] == "****.com"  # masked in the DLQ too
+
+
+def test_optional_fields_accept_nulls_and_missing_columns() -> None:
+    row = {**GOOD_ROW, "email": None}
+    del row["day"]
+    batch = raw(**{k: [v] for k, v in row.items()})
+    result = validate(Order, batch)
+    assert result.valid.num_rows == 1 and result.valid.to_pylist()[0]["day"] is None
+
+
+def test_offsets_convert_to_utc() -> None:
+    result = validate(Order, batch_of({**GOOD_ROW, "created_at": "2026-01-02T03:04:05+02:00"}))
+    assert result.valid.to_pylist()[0]["created_at"] == dt.datetime(2026, 1, 2, 1, 4, 5)
+
+
+def test_typed_input_is_accepted() -> None:
+    class Reading(Contract):
+        sensor: str
+        value: float = Field(ge=0)
+
+    batch = pa.RecordBatch.from_pydict({"sensor": ["a", "b"], "value": pa.array([1, -2], pa.int32())})
+    result = validate(Reading, batch)
+    assert result.valid.to_pylist() == [{"sensor": "a", "value": 1.0}]
+    assert result.reasons.to_pylist() == ["value: < 0"]
+
+
+def test_validation_is_vectorized_on_a_large_batch() -> None:
+    n = 200_000
+    batch = raw(**{k: [v] * n for k, v in GOOD_ROW.items()})
+    result = validate(Order, batch)
+    assert result.valid.num_rows == n
+
+
+def test_drift() -> None:
+    schema = pa.schema(
+        [("order_id", pa.string()), ("amount", pa.string()), ("extra", pa.string()), ("quantity", pa.float64())]
+    )
+    drift = detect_drift(Order, schema)
+    assert "column 'currency' is missing" in drift
+    assert "column 'extra' is not in the contract" in drift
+    assert "column 'quantity' is double, contract says int64" in drift
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("x: list[int]", "unsupported type"),
+        ("x: str = Field(ge=1)", "ge/gt/le/lt apply to int and float"),
+        ("x: int = Field(regex='a')", "regex/min_length/max_length apply to str"),
+        ("x: str = Field(regex='(')", "invalid regex"),
+        ("x: str = 'default'", "default must be Field"),
+    ],
+)
+def test_malformed_contracts(body: str, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        exec(f"class Bad(Contract):\n    {body}\n", {"Contract": Contract, "Field": Field})
+
+
+def test_diff_marks_breaking_changes() -> None:
+    class V1(Contract):
+        a: int = Field(ge=0)
+        b: str
+
+    class V2(Contract):
+        a: int = Field(ge=1)
+        c: str | None = None
+
+    changes = {c["field"]: c for c in contract_diff(V1, V2)}
+    assert changes["a"]["change"] == "changed" and changes["a"]["detail"] == {"ge": [0, 1]} and changes["a"]["breaking"]
+    assert changes["b"]["change"] == "removed" and changes["b"]["breaking"]
+    assert changes["c"]["change"] == "added" and not changes["c"]["breaking"]

@@ -1,0 +1,211 @@
+"""The .dsl language: parsing, and errors that name file:line:column and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runink.core.pipeline import PipelineBuilder
+from runink.core.pipeline.compile import compile_pipeline
+from runink.core.pipeline.dsl import DslError, parse, parse_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+@herd("finance")
+@requires(cpu=2)
+Feature: Orders to silver
+  Free text describing the pipeline.
+
+  @requires(memory="256Mi", timeout="10m")
+  @retries(3, backoff="2s")
+  Scenario: Validate orders
+    @source("csv://data/orders.csv", contract="contracts:Order", delimiter=";")
+    @step("steps:normalize")
+    @step("steps:enrich")
+    @sink("parquet://out/silver/orders.parquet")
+    @sink("jsonl://out/dlq/orders.jsonl", when="invalid")  # dead letters
+    @affinity(label="zone=eu", colocate_with="scenario:Summarise")
+    Given orders arrive as CSV
+    Then valid orders land in silver
+
+  Scenario: Summarise
+    @source("out/silver/orders.parquet")
+    @sink("out/gold/summary.csv")
+"""
+
+
+def test_parses_feature_scenarios_and_annotations() -> None:
+    pipeline = parse(GOOD, "orders.dsl")
+    assert (pipeline.name, pipeline.herd) == ("Orders to silver", "finance")
+    assert pipeline.description == ("Free text describing the pipeline.",)
+    first, second = pipeline.scenarios
+    assert first.source is not None and first.source.contract == "contracts:Order"
+    assert first.source.options == {"delimiter": ";"}
+    assert [s.ref for s in first.steps] == ["steps:normalize", "steps:enrich"]
+    assert [(s.uri, s.when) for s in first.sinks] == [
+        ("parquet://out/silver/orders.parquet", "valid"),
+        ("jsonl://out/dlq/orders.jsonl", "invalid"),
+    ]
+    # feature-level cpu=2 is the default; the scenario adds memory and timeout
+    assert (first.requires.cpu, first.requires.memory, first.requires.timeout) == (2.0, 256 * 1024**2, 600.0)
+    assert (first.retries, first.backoff) == (3, 2.0)
+    assert first.node_labels == {"zone": "eu"} and first.colocate_with == "Summarise"
+    assert first.description == ("Given orders arrive as CSV", "Then valid orders land in silver")
+    assert str(first.steps[1].at) == "orders.dsl:11:5"
+    assert second.requires.cpu == 2.0 and second.requires.memory == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            'Feature: x\n  Scenario: a\n    @sorce("a.csv")\n',
+            "p.dsl:3:5",
+            "unknown annotation @sorce (did you mean 'source'?)",
+        ),
+        ('Feature: x\n  Scenario: a\n    @sink("a.csv"\n', "p.dsl:3:", "@sink: invalid arguments"),
+        (
+            'Feature: x\n  Scenario: a\n    @sink("a.csv", when="bad")\n',
+            "p.dsl:3:5",
+            "when must be 'valid' or 'invalid'",
+        ),
+        ("Feature: x\n  Scenario: a\n    @step()\n", "p.dsl:3:5", "@step: missing a required argument: 'ref'"),
+        ("Feature: x\n  Scenario: a\n    @step(ref=open)\n", "p.dsl:3:5", "arguments must be literals"),
+        ('Feature: x\n  Scenario: a\n    @requires(memory="lots")\n', "p.dsl:3:5", "invalid memory size 'lots'"),
+        ('Feature: x\n  Scenario: a\n    @requires(timeout="soon")\n', "p.dsl:3:5", "invalid duration 'soon'"),
+        ("Feature: x\n  Scenario: a\n    @requires(disk=1)\n", "p.dsl:3:5", "unexpected keyword argument 'disk'"),
+        ("Feature: x\n  Senario: a\n", "p.dsl:2:3", "unknown keyword 'Senario:' (did you mean 'Scenario'?)"),
+        ("Scenario: a\n", "p.dsl:1:1", "Scenario before Feature"),
+        ("Feature: x\n", "p.dsl:1:1", "the Feature has no Scenario"),
+        ("Feature: x\n  Scenario: a\n  Scenario: a\n", "p.dsl:3:3", "duplicate scenario name 'a'"),
+        ('Feature: x\n  Scenario: a\n    @herd("h")\n', "p.dsl:3:5", "@herd belongs before 'Feature:'"),
+        ('@step("s:f")\nFeature: x\n  Scenario: a\n', "p.dsl:1:1", "@step belongs to a Scenario"),
+        ('Feature: x\n  Scenario: a\n    @source("a.csv")\n    @source("b.csv")\n', "p.dsl:4:5", "second @source"),
+        ("Feature: x\n  Scenario: a\n    hello\n", "p.dsl:3:5", "unexpected text 'hello'"),
+        ("Feature: x\n  Given x\n", "p.dsl:2:3", "'Given' line outside a Scenario"),
+    ],
+)
+def test_parse_errors(text: str, where: str, message: str) -> None:
+    with pytest.raises(DslError) as info:
+        parse(text, "p.dsl")
+    assert str(info.value).startswith(where), str(info.value)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def write_project(tmp_path: Path, dsl: str) -> Path:
+    (tmp_path / "steps.py").write_text("import pyarrow as pa\n\ndef keep(batch):\n    return batch\n")
+    (tmp_path / "contracts.py").write_text(
+        "from runink.core.contracts import Contract, Field\n\nclass Row(Contract):\n    id: int = Field(ge=0)\n"
+    )
+    path = tmp_path / "p.dsl"
+    path.write_text(dsl)
+    return path
+
+
+def compile_text(tmp_path: Path, body: str) -> object:
+    return compile_pipeline(parse_file(write_project(tmp_path, "Feature: f\n" + body)))
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        ('  Scenario: a\n    @sink("o.csv")\n', 2, "scenario 'a' has no @source"),
+        ('  Scenario: a\n    @source("i.csv")\n', 2, "scenario 'a' has no @sink for its output"),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @step("steps:nope")\n    @sink("o.csv")\n',
+            4,
+            "step 'steps:nope': steps.py defines no 'nope'",
+        ),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @step("nomodule:f")\n    @sink("o.csv")\n',
+            4,
+            "module 'nomodule' not found",
+        ),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @step("steps")\n    @sink("o.csv")\n',
+            4,
+            "expected 'module:function'",
+        ),
+        (
+            '  Scenario: a\n    @source("i.csv", contract="contracts:Missing")\n    @sink("o.csv")\n',
+            3,
+            "contract 'contracts:Missing': contracts.py defines no 'Missing'",
+        ),
+        ('  Scenario: a\n    @source("i.xlsx")\n    @sink("o.csv")\n', 3, "cannot tell the format"),
+        ('  Scenario: a\n    @source("avro://i.avro")\n    @sink("o.csv")\n', 3, "no storage driver for format 'avro'"),
+        (
+            '  Scenario: a\n    @source("i.csv", delimeter=";")\n    @sink("o.csv")\n',
+            3,
+            "unknown option(s) delimeter for csv",
+        ),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @sink("o.csv", when="invalid")\n    @sink("p.csv")\n',
+            4,
+            "needs a contract",
+        ),
+        ('  Scenario: a\n    @source("i.csv")\n    @sink("i.csv")\n', 4, "writes the dataset it reads"),
+        (
+            '  Scenario: a\n    @source("x.csv")\n    @sink("y.csv")\n  Scenario: b\n    @source("y.csv")\n'
+            '    @sink("x.csv")\n',
+            2,
+            "cycle between scenarios: a -> b -> a",
+        ),
+        (
+            '  Scenario: a\n    @source("x.csv")\n    @sink("y.csv")\n  Scenario: b\n    @source("z.csv")\n'
+            '    @sink("y.parquet")\n    @sink("y.csv")\n',
+            8,
+            "also written by scenario 'a'",
+        ),
+    ],
+)
+def test_compile_errors(tmp_path: Path, body: str, line: int, message: str) -> None:
+    with pytest.raises(DslError) as info:
+        compile_text(tmp_path, body)
+    assert f"p.dsl:{line}:" in str(info.value), str(info.value)
+    assert message in str(info.value)
+
+
+def test_compile_orders_dependencies_and_does_not_import_user_code(tmp_path: Path) -> None:
+    (tmp_path / "loud.py").write_text(
+        "raise SystemExit('imported at compile time!')\n\ndef f(batch):\n    return batch\n"
+    )
+    compiled = compile_text(
+        tmp_path,
+        '  Scenario: later\n    @source("mid.csv")\n    @sink("end.csv")\n'
+        '  Scenario: first\n    @source("in.csv")\n    @step("loud:f")\n    @sink("mid.csv")\n'
+        '  Scenario: alone\n    @source("other.csv")\n    @sink("other.parquet")\n',
+    )
+    assert [s.name for s in compiled.scenarios] == ["first", "alone", "later"]  # type: ignore[attr-defined]
+    assert compiled.levels == (("first", "alone"), ("later",))  # type: ignore[attr-defined]
+    assert compiled.get("later").upstream == ("first",)  # type: ignore[attr-defined]
+
+
+def test_paths_are_relative_to_the_dsl_file(tmp_path: Path) -> None:
+    compiled = compile_text(tmp_path, '  Scenario: a\n    @source("csv://data/in.csv")\n    @sink("out/o.parquet")\n')
+    item = compiled.scenarios[0]  # type: ignore[attr-defined]
+    assert item.source.path == tmp_path / "data" / "in.csv"
+    assert item.valid_sinks[0].path == tmp_path / "out" / "o.parquet" and item.valid_sinks[0].format == "parquet"
+
+
+def test_builder_makes_the_same_model(tmp_path: Path) -> None:
+    built = (
+        PipelineBuilder("Orders to silver", herd="finance", base_dir=tmp_path)
+        .scenario("Validate orders", requires={"cpu": 1, "memory": "256Mi"})
+        .source("csv://data/orders.csv", contract="contracts:Order")
+        .step("steps:normalize")
+        .sink("parquet://out/silver/orders.parquet")
+        .sink("jsonl://out/dlq/orders.jsonl", when="invalid")
+        .build()
+    )
+    parsed = parse(GOOD, "orders.dsl")
+    assert built.scenarios[0].source.uri == parsed.scenarios[0].source.uri  # type: ignore[union-attr]
+    assert [s.uri for s in built.scenarios[0].sinks] == [s.uri for s in parsed.scenarios[0].sinks]
+    assert built.scenarios[0].requires.memory == parsed.scenarios[0].requires.memory
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*/*.dsl")))
+def test_examples_compile(example: Path) -> None:
+    compile_pipeline(parse_file(example))

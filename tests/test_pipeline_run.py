@@ -1,0 +1,269 @@
+"""`runink run` end to end: real slices through the process executor, real files, the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+Run = Callable[..., object]
+
+
+@pytest.fixture
+def orders(tmp_path: Path) -> Path:
+    target = tmp_path / "orders"
+    shutil.copytree(REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__"))
+    return target
+
+
+def summary(out: object) -> dict:  # type: ignore[type-arg]
+    assert out.returncode in (0, 1), out.stderr  # type: ignore[attr-defined]
+    return json.loads(out.stdout)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_orders_example_end_to_end(run_cli: Run, orders: Path) -> None:
+    out = run_cli("run", "orders.dsl", "--json", cwd=orders)
+    result = summary(out)
+    assert out.returncode == 0 and result["ok"]  # type: ignore[attr-defined]
+    validate, large = result["scenarios"]
+    assert (validate["scenario"], validate["state"]) == ("Validate orders", "SUCCEEDED")
+    assert validate["rows_in"] == 1000 and validate["rows_valid"] == 980 and validate["rows_invalid"] == 20
+    assert validate["rows_malformed"] == 4 and validate["rows_out"] == 980
+    assert large["state"] == "SUCCEEDED" and large["rows_in"] == 980 and 0 < large["rows_out"] < 980
+    silver = pq.read_table(orders / "out" / "silver" / "orders.parquet")
+    assert silver.num_rows == 980 and "amount_eur" in silver.column_names
+    assert set(silver.column("customer_email").to_pylist()) == {"****.com"}  # pii masked
+    dlq = [json.loads(line) for line in (orders / "out" / "dlq" / "orders.jsonl").read_text().splitlines()]
+    assert len(dlq) == 20
+    first = dlq[0]
+    assert first["order_id"] == "O-0000049" and first["_runink_reason"] == "amount: not a valid float"
+    assert first["_runink_position"] == 51  # the file line: header is line 1
+    malformed = [r for r in dlq if r["_runink_text"]]
+    assert len(malformed) == 4 and malformed[0]["_runink_reason"].startswith("malformed line: expected 7 columns")
+    lines = (orders / "data" / "orders.csv").read_text().splitlines()
+    assert lines[malformed[0]["_runink_position"] - 1] == malformed[0]["_runink_text"]
+    # lineage: START and COMPLETE for both scenarios, with their datasets
+    lineage = orders / ".runink" / "lineage" / "events.jsonl"  # data_dir is relative to the working directory
+    events = [json.loads(x) for x in lineage.read_text().splitlines()]
+    kinds = [(e["eventType"], e["job"]["name"]) for e in events]
+    assert ("COMPLETE", "Validate orders") in kinds and ("START", "Large orders") in kinds
+    complete = next(e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == "Validate orders")
+    assert complete["run"]["facets"]["rows_invalid"] == 20 and complete["run"]["facets"]["contract_hash"]
+    assert any(o["name"].endswith("silver/orders.parquet") for o in complete["outputs"])
+
+
+def test_table_output_and_progress(run_cli: Run, orders: Path) -> None:
+    out = run_cli("run", "orders.dsl", cwd=orders)
+    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    assert "Validate orders" in out.stdout and "SUCCEEDED" in out.stdout  # type: ignore[attr-defined]
+    assert "Validate orders: running" in out.stderr and "does not enforce" in out.stderr  # type: ignore[attr-defined]
+
+
+def test_dry_run_writes_nothing(run_cli: Run, orders: Path) -> None:
+    out = run_cli("run", "orders.dsl", "--dry-run", "--json", cwd=orders)
+    plan = json.loads(out.stdout)  # type: ignore[attr-defined]
+    assert plan["levels"] == [["Validate orders"], ["Large orders"]]
+    assert plan["scenarios"][1]["upstream"] == ["Validate orders"]
+    assert not (orders / "out").exists()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    write(
+        root / "contracts.py",
+        """
+        from runink.core.contracts import Contract, Field
+
+        class Row(Contract):
+            id: int = Field(ge=0)
+            name: str
+    """,
+    )
+    write(
+        root / "steps.py",
+        """
+        import os, time
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from runink.core.steps import record_step
+
+        def boom(batch):
+            if pc.any(pc.equal(batch.column("id"), 7)).as_py():
+                raise ValueError("id 7 is cursed")
+            return batch
+
+        def flaky(batch):
+            marker = "flaky.marker"
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                raise RuntimeError("first attempt fails")
+            return batch
+
+        def slow(batch):
+            time.sleep(30)
+            return batch
+
+        @record_step
+        def shout(row):
+            return None if row["id"] % 2 else {**row, "name": row["name"].upper()}
+    """,
+    )
+    rows = "id,name\n" + "".join(f"{i},n{i}\n" for i in range(10))
+    write(root / "in.csv", rows)
+    return root
+
+
+def dsl(root: Path, body: str) -> Path:
+    return write(root / "p.dsl", "Feature: test\n" + textwrap.indent(textwrap.dedent(body), "  "))
+
+
+def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv", contract="contracts:Row")
+          @step("steps:boom")
+          @sink("out/a.parquet")
+          @sink("out/dlq.jsonl", when="invalid")
+        Scenario: b
+          @source("out/a.parquet")
+          @sink("out/b.csv")
+    """,
+    )
+    write(project / "out" / "a.parquet", "previous output")
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    result = summary(out)
+    assert out.returncode == 1 and not result["ok"]  # type: ignore[attr-defined]
+    a, b = result["scenarios"]
+    assert a["state"] == "FAILED"
+    assert "step steps:boom raised ValueError: id 7 is cursed (batch of in.csv lines 2-11)" in a["error"]
+    assert b["state"] == "SKIPPED" and "upstream scenario 'a'" in b["error"]
+    assert (project / "out" / "a.parquet").read_text() == "previous output"
+    assert not (project / "out" / "dlq.jsonl").exists()
+    assert sorted(p.name for p in (project / "out").iterdir()) == ["a.parquet"]  # no temp files left
+    assert "Traceback" in (Path(a["log_dir"]) / "stderr.log").read_text()
+
+
+def test_record_steps_and_retries(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        @retries(2, backoff="0.1s")
+        Scenario: a
+          @source("in.csv", contract="contracts:Row")
+          @step("steps:flaky")
+          @step("steps:shout")
+          @sink("out/a.jsonl")
+    """,
+    )
+    result = summary(run_cli("run", "p.dsl", "--json", cwd=project))
+    a = result["scenarios"][0]
+    assert a["state"] == "SUCCEEDED" and a["attempts"] == 2
+    rows = [json.loads(x) for x in (project / "out" / "a.jsonl").read_text().splitlines()]
+    assert rows == [{"id": i, "name": f"N{i}"} for i in range(0, 10, 2)]
+
+
+def test_timeout(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        @requires(timeout="1s")
+        Scenario: a
+          @source("in.csv")
+          @step("steps:slow")
+          @sink("out/a.csv")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    a = summary(out)["scenarios"][0]
+    assert a["state"] == "DEADLINE_EXCEEDED" and "timed out after 1s" in a["error"]
+    assert not (project / "out" / "a.csv").exists()
+
+
+def test_missing_source_and_unwritable_sink(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("nowhere.csv")
+          @sink("out/a.csv")
+        Scenario: b
+          @source("in.csv")
+          @sink("blocked/b.csv")
+    """,
+    )
+    write(project / "blocked", "a file where a folder should be")
+    result = summary(run_cli("run", "p.dsl", "--json", cwd=project))
+    a, b = result["scenarios"]
+    assert a["state"] == "FAILED" and "nowhere.csv does not exist" in a["error"]
+    assert b["state"] == "FAILED" and "blocked" in b["error"]
+
+
+def test_schema_drift_warns_or_blocks(run_cli: Run, project: Path) -> None:
+    write(project / "in.csv", "id,name,extra\n1,a,x\n")
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv", contract="contracts:Row")
+          @sink("out/a.csv")
+    """,
+    )
+    warned = summary(run_cli("run", "p.dsl", "--json", cwd=project))["scenarios"][0]
+    assert warned["state"] == "SUCCEEDED" and warned["drift"] == ["column 'extra' is not in the contract"]
+    write(project / "runink.toml", '[herds.default]\ndrift = "block"\n')
+    blocked = summary(run_cli("run", "p.dsl", "--json", cwd=project))["scenarios"][0]
+    assert blocked["state"] == "FAILED" and "(herd policy: block)" in blocked["error"]
+
+
+def test_many_batches_keep_positions(run_cli: Run, project: Path) -> None:
+    lines = ["id,name"] + [f"{i if i % 1000 else -i},name{i}" for i in range(1, 30_001)]
+    write(project / "in.csv", "\n".join(lines) + "\n")
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv", contract="contracts:Row", block_size=65536)
+          @sink("out/a.parquet")
+          @sink("out/dlq.csv", when="invalid")
+    """,
+    )
+    a = summary(run_cli("run", "p.dsl", "--json", cwd=project))["scenarios"][0]
+    assert a["state"] == "SUCCEEDED" and a["rows_in"] == 30_000 and a["rows_invalid"] == 30
+    assert pq.read_metadata(project / "out" / "a.parquet").num_rows == 29_970
+    dlq = (project / "out" / "dlq.csv").read_text().splitlines()[1:]
+    positions = [int(row.split(",")[-2]) for row in dlq]
+    assert positions == [i + 1 for i in range(1000, 30_001, 1000)]  # line = id + 1 (header)
+
+
+def test_compile_error_is_one_line(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv")
+          @stepp("steps:boom")
+          @sink("out/a.csv")
+    """,
+    )
+    out = run_cli("run", "p.dsl", cwd=project)
+    assert out.returncode == 2  # type: ignore[attr-defined]
+    assert out.stderr.strip() == (  # type: ignore[attr-defined]
+        "error: p.dsl:5:5: unknown annotation @stepp (did you mean 'step'?); known: @herd, @source, "
+        "@step, @sink, @requires, @affinity, @retries, @golden, @network"
+    )
+    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]

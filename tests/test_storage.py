@@ -1,0 +1,97 @@
+"""Storage drivers: streaming reads with positions and malformed records; atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from runink.core.datasets import DatasetError, resolve_dataset
+from runink.core.drivers import load_driver
+from runink.plugins.storage.csv import physical_lines
+
+SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
+BATCH = pa.RecordBatch.from_pydict({"id": [1, 2], "name": ["a", "b"]}, schema=SCHEMA)
+
+
+def test_resolve_dataset(tmp_path: Path) -> None:
+    assert resolve_dataset("csv://data/x.csv", tmp_path).path == tmp_path / "data" / "x.csv"
+    assert resolve_dataset("out/x.parquet", tmp_path).format == "parquet"
+    assert resolve_dataset("file:///abs/x.ndjson", tmp_path).path == Path("/abs/x.ndjson")
+    assert resolve_dataset("jsonl:///abs/x.txt", tmp_path).format == "jsonl"
+    with pytest.raises(DatasetError, match="cannot tell the format"):
+        resolve_dataset("x.txt", tmp_path)
+
+
+def test_physical_lines_skip_malformed() -> None:
+    # records 1..4 with lines 3 and 5 malformed: header 1, r1=2, bad 3, r2=4, bad 5, r3=6, r4=7
+    assert physical_lines(np.arange(1, 5), [3, 5]).tolist() == [2, 4, 6, 7]
+    assert physical_lines(np.arange(1, 3), []).tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_round_trip_and_atomic_commit(tmp_path: Path, fmt: str) -> None:
+    storage = load_driver("runink.storage", fmt)
+    path = tmp_path / "out" / f"data.{fmt}"
+    writer = storage.writer(path, SCHEMA)
+    writer.write(BATCH)
+    assert not path.exists(), "nothing is visible before commit"
+    writer.commit()
+    rows = [row for read in storage.read(path) for row in read.batch.to_pylist()]
+    assert [(int(r["id"]), r["name"]) for r in rows] == [(1, "a"), (2, "b")]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_abort_keeps_the_previous_output(tmp_path: Path, fmt: str) -> None:
+    storage = load_driver("runink.storage", fmt)
+    path = tmp_path / f"data.{fmt}"
+    path.write_text("previous")
+    writer = storage.writer(path, SCHEMA)
+    writer.write(BATCH)
+    writer.abort()
+    assert path.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_csv_raw_read_reports_malformed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n3\n4,5\n6,7,8\n9,10\n")
+    reads = list(load_driver("runink.storage", "csv").read(path, raw=True))
+    rows = [r for read in reads for r in read.batch.to_pylist()]
+    assert rows == [{"a": "1", "b": "2"}, {"a": "4", "b": "5"}, {"a": "9", "b": "10"}]
+    assert [p for read in reads for p in read.positions.to_pylist()] == [2, 4, 6]
+    bad = [(m.position, m.text) for read in reads for m in read.malformed]
+    assert bad == [(3, "3"), (5, "6,7,8")]
+
+
+def test_csv_errors(tmp_path: Path) -> None:
+    storage = load_driver("runink.storage", "csv")
+    with pytest.raises(DatasetError, match="does not exist"):
+        list(storage.read(tmp_path / "none.csv"))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DatasetError, match="empty file"):
+        list(storage.read(tmp_path / "empty.csv"))
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    with pytest.raises(DatasetError, match="duplicate column names"):
+        list(storage.read(tmp_path / "dup.csv"))
+
+
+def test_jsonl_reports_bad_lines_and_keeps_good_ones(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n{oops\n[1, 2]\n{"a": 2, "n": {"x": 1}}\n')
+    reads = list(load_driver("runink.storage", "jsonl").read(path, raw=True))
+    rows = [r for read in reads for r in read.batch.to_pylist()]
+    assert rows == [{"a": "1", "n": None}, {"a": "2", "n": '{"x": 1}'}]
+    assert [p for read in reads for p in read.positions.to_pylist()] == [1, 5]
+    bad = [(m.position, m.reason) for read in reads for m in read.malformed]
+    assert bad[0][0] == 3 and bad[0][1].startswith("invalid JSON: Expecting property name")
+    assert bad[1] == (4, "invalid JSON: expected a JSON object, got list")
+
+
+def test_unwritable_destination(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="cannot create the folder"):
+        load_driver("runink.storage", "csv").writer(tmp_path / "file" / "x.csv", SCHEMA)
