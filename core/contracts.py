@@ -300,7 +300,8 @@ def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
 
 
 def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Array, pa.Array]:
-    values, oks = [], []
+    values: list[Any] = []
+    oks: list[bool] = []
     for item, was_ok in zip(text.to_pylist(), ok.to_pylist(), strict=True):
         if item is None:
             values.append(None)

@@ -112,7 +112,8 @@ class JsonlWriter(DatasetWriter):
             return
         import polars as pl  # imported in the slice only, when a JSONL sink is used
 
-        pl.from_arrow(batch).write_ndjson(self._fh)
+        frame = pl.DataFrame(pl.from_arrow(batch))
+        frame.write_ndjson(self._fh)
 
     def commit(self) -> None:
         self._fh.close()
