@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from runink.core.cli.output import console, print_json, print_table
