@@ -62,16 +62,19 @@ def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
 
 def _table(result: RunResult) -> Table:
     table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
-    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "OUT", "TIME"):
-        table.add_column(column, justify="right" if column in {"IN", "VALID", "INVALID", "OUT", "TIME"} else "left")
+    numeric = {"IN", "VALID", "INVALID", "OUT", "TIME"}
+    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "TIME"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for run in result.scenarios:
         style = STATE_STYLE.get(run.state, "red")
+        steps = " > ".join(f"{ref.rsplit(':', 1)[-1]} {rows:,}" for ref, rows in run.steps.items()) or "-"
         table.add_row(
-            run.name,
+            escape(run.name),
             f"[{style}]{run.state}[/]",
             f"{run.rows_in:,}",
             f"{run.rows_valid:,}",
             f"{run.rows_invalid:,}",
+            escape(steps),
             f"{run.rows_out:,}",
             f"{run.elapsed:.1f}s",
         )
