@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -210,41 +211,55 @@ def _compatible(actual: pa.DataType, spec: ContractField) -> bool:
 
 
 def validate(contract: type[Contract], batch: pa.RecordBatch) -> ValidationResult:
-    """Convert and check ``batch`` against ``contract``, vectorized."""
+    """Convert and check ``batch`` against ``contract``, vectorized.
+
+    Every check yields a boolean mask; reason strings are built only for the rows that
+    failed (usually a few percent), which keeps the common case to a handful of passes.
+    """
     n = batch.num_rows
     columns: list[pa.Array] = []
-    reason_parts: list[pa.Array] = []
+    failures: list[tuple[pa.Array, str]] = []
     names = set(batch.schema.names)
     for spec in contract.fields():
         raw = batch.column(spec.name) if spec.name in names else pa.nulls(n, pa.string())
         value, conversion_failed = _convert(raw, spec)
         if conversion_failed is not None:
-            reason_parts.append(_reason(conversion_failed, f"{spec.name}: not a valid {TYPE_NAMES[spec.type]}"))
+            failures.append((conversion_failed, f"{spec.name}: not a valid {TYPE_NAMES[spec.type]}"))
         if spec.required:
             missing = pc.is_null(value)
             if conversion_failed is not None:
                 missing = pc.and_(missing, pc.invert(conversion_failed))
-            reason_parts.append(_reason(missing, f"{spec.name}: required"))
-        reason_parts.extend(_constraint_reasons(value, spec))
+            failures.append((missing, f"{spec.name}: required"))
+        failures.extend(_constraint_failures(value, spec))
         columns.append(value)
-    typed = pa.RecordBatch.from_arrays(columns, schema=contract.schema().with_metadata(None)) if columns else batch
-    reasons_all = _join_reasons(reason_parts, n)
-    bad = pc.is_valid(reasons_all)
-    good = pc.invert(bad)
-    valid = _mask_pii(contract, typed.filter(good))
+    typed = pa.RecordBatch.from_arrays(columns, schema=contract.schema().with_metadata(None))
+    bad = _any(failures, n)
     invalid_index = pc.indices_nonzero(bad)
-    invalid = _mask_pii(contract, batch.filter(bad))
-    return ValidationResult(valid, invalid, reasons_all.filter(bad), invalid_index)
+    if len(invalid_index):
+        reasons = _join_reasons([(mask.take(invalid_index), text) for mask, text in failures], len(invalid_index))
+        valid = typed.filter(pc.invert(bad))
+        invalid = batch.filter(bad)
+    else:
+        reasons, valid, invalid = pa.array([], pa.string()), typed, batch.slice(0, 0)
+    return ValidationResult(_mask_pii(contract, valid), _mask_pii(contract, invalid), reasons, invalid_index)
 
 
-def _join_reasons(parts: list[pa.Array], n: int) -> pa.Array:
-    """Per row, the non-null parts joined with "; " (null when none).
+def _any(failures: list[tuple[pa.Array, str]], n: int) -> pa.Array:
+    combined = pa.array(np.zeros(n, dtype=bool))
+    for mask, _text in failures:
+        combined = pc.or_(combined, mask)
+    return combined
+
+
+def _join_reasons(parts: list[tuple[pa.Array, str]], n: int) -> pa.Array:
+    """Per row, the texts of the failed checks joined with "; ".
 
     Not binary_join_element_wise(null_handling="skip"): in pyarrow 26 it drops the rows
     where every part is null, returning a shorter array.
     """
     joined = pa.nulls(n, pa.string())
-    for part in parts:
+    for mask, text in parts:
+        part = _reason(mask, text)
         both = pc.binary_join_element_wise(joined, part, "; ")
         joined = pc.if_else(pc.is_null(joined), part, pc.if_else(pc.is_null(part), joined, both))
     return joined
@@ -263,7 +278,13 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         if _compatible(raw.type, spec):
             return pc.cast(raw, target), None
         raw = pc.cast(raw, pa.string())
-    text = pc.utf8_trim_whitespace(raw.cast(pa.string()))
+    text = raw.cast(pa.string())
+    if spec.type is not str and spec.type is not bool and not (spec.type is dt.datetime and _has_offsets(text)):
+        try:  # fast path: the whole column converts as it is (the usual case)
+            return pc.cast(text, target), pa.array(np.zeros(len(text), dtype=bool))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # some value does not: find which, value by value below
+    text = pc.utf8_trim_whitespace(text)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     if spec.type is str:
         return text, None
@@ -284,6 +305,11 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         # convert this batch element by element to find which.
         value, ok = _cast_each(candidates, spec, ok)
     return value, pc.and_(present, pc.invert(ok))
+
+
+def _has_offsets(text: pa.Array) -> bool:
+    """Whether any value carries a zone (Z or +hh:mm), which a plain cast would reject or misread."""
+    return bool(pc.any(pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$")).as_py())
 
 
 def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
@@ -316,8 +342,9 @@ def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Ar
     return pa.array(values, spec.arrow_type), pa.array(oks)
 
 
-def _constraint_reasons(value: pa.Array, spec: ContractField) -> list[pa.Array]:
-    c, name, parts = spec.constraints, spec.name, []
+def _constraint_failures(value: pa.Array, spec: ContractField) -> list[tuple[pa.Array, str]]:
+    c, name = spec.constraints, spec.name
+    parts: list[tuple[pa.Array, str]] = []
     for bound, compare, word in (
         (c.ge, pc.less, "<"),
         (c.gt, pc.less_equal, "<="),
@@ -325,24 +352,24 @@ def _constraint_reasons(value: pa.Array, spec: ContractField) -> list[pa.Array]:
         (c.lt, pc.greater_equal, ">="),
     ):
         if bound is not None:
-            parts.append(_reason(pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
+            parts.append((pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
     if c.enum is not None:
         allowed = pa.array(list(c.enum), spec.arrow_type)
         outside = pc.and_(pc.is_valid(value), pc.invert(pc.is_in(value, allowed)))
-        parts.append(_reason(outside, f"{name}: not one of {', '.join(map(str, c.enum))}"))
+        parts.append((outside, f"{name}: not one of {', '.join(map(str, c.enum))}"))
     if c.regex is not None:
         mismatch = pc.invert(pc.fill_null(pc.match_substring_regex(value, f"^(?:{c.regex})$"), True))
-        parts.append(_reason(mismatch, f"{name}: does not match {c.regex}"))
+        parts.append((mismatch, f"{name}: does not match {c.regex}"))
     if c.max_length is not None:
         parts.append(
-            _reason(
+            (
                 pc.fill_null(pc.greater(pc.utf8_length(value), c.max_length), False),
                 f"{name}: longer than {c.max_length}",
             )
         )
     if c.min_length is not None:
         parts.append(
-            _reason(
+            (
                 pc.fill_null(pc.less(pc.utf8_length(value), c.min_length), False),
                 f"{name}: shorter than {c.min_length}",
             )

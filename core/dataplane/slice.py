@@ -14,7 +14,10 @@ succeeded; on any error every sink is discarded and the previous outputs stay in
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
+import queue
+import threading
 import sys
 import time
 import traceback
@@ -25,7 +28,6 @@ from typing import Any
 import pyarrow as pa
 
 from runink.core.contracts import Contract, detect_drift, validate
-from runink.core.drivers import load_driver
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
 from runink.core.steps import StepFunction, adapt, import_reference
 
@@ -85,6 +87,7 @@ def run(spec: dict[str, Any]) -> int:
     reporter = Reporter(Path(spec["report"]))
     counters = Counters()
     sinks: list[SinkSlot] = []
+    output: SinkWriterThread | None = None
     scenario = spec["scenario"]
     try:
         base_dir = str(spec["base_dir"])
@@ -93,17 +96,18 @@ def run(spec: dict[str, Any]) -> int:
         source = spec["source"]
         contract = _load_contract(source.get("contract"))
         steps = _load_steps(spec["steps"])
-        source_driver: Storage = load_driver("runink.storage", source["format"])
+        source_driver: Storage = _storage(source["format"])
         sinks = [
             SinkSlot(
                 s["format"],
                 Path(s["path"]),
                 s["when"],
                 s.get("options", {}),
-                load_driver("runink.storage", s["format"]),
+                _storage(s["format"]),
             )
             for s in spec["sinks"]
         ]
+        output = SinkWriterThread(sinks, counters)
         drift_reported: set[str] = set()
         drift_messages: list[str] = []
         dlq_schema: pa.Schema | None = None
@@ -134,7 +138,7 @@ def run(spec: dict[str, Any]) -> int:
                     invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
                 for part in invalid_parts:
                     counters.rows_invalid += part.num_rows
-                    _write(sinks, "invalid", part, counters)
+                    output.submit("invalid", part)
                 batch = result.valid if result is not None else pa.RecordBatch.from_pylist([], schema=contract.schema())
             counters.rows_valid += batch.num_rows
             for ref, step in steps:
@@ -144,8 +148,9 @@ def run(spec: dict[str, Any]) -> int:
                 counters.steps[ref] = counters.steps.get(ref, 0) + batch.num_rows
             if batch.num_rows:
                 counters.rows_out += batch.num_rows
-                _write(sinks, "valid", batch, counters)
+                output.submit("valid", batch)
             reporter.send("progress", **_counts(counters))
+        output.finish()
         _open_empty(sinks, contract, steps, dlq_schema)
         for slot in sinks:
             assert slot.writer is not None
@@ -160,6 +165,8 @@ def run(spec: dict[str, Any]) -> int:
         )
         return 0
     except Exception as exc:
+        if output is not None:
+            output.close()
         for slot in sinks:
             if slot.writer is not None:
                 with contextlib.suppress(Exception):  # the original error is the one to report
@@ -168,6 +175,22 @@ def run(spec: dict[str, Any]) -> int:
         traceback.print_exc(file=sys.stderr)
         reporter.send("done", force=True, ok=False, error=f"scenario {scenario!r}: {message}", **_counts(counters))
         return 1
+
+
+def _storage(fmt: str) -> Storage:
+    """The storage driver for a format, from its entry point.
+
+    Not through runink.core.drivers: that pulls in the config and plugin machinery
+    (pydantic, stevedore), about 0.25 s per slice that a data-plane process does not need;
+    the names were already checked when the pipeline was compiled.
+    """
+    found = importlib.metadata.entry_points(group=Storage.GROUP, name=fmt)
+    if not found:
+        raise SliceError(f"no storage driver for format {fmt!r}")
+    driver = next(iter(found)).load()()
+    if not isinstance(driver, Storage):
+        raise SliceError(f"storage driver {fmt!r} is not a Storage")
+    return driver
 
 
 def _counts(counters: Counters) -> dict[str, Any]:
@@ -252,6 +275,50 @@ def _malformed_rows(malformed: list[Malformed], source_uri: str, unit: str, sche
 def _conform(columns: dict[str, pa.Array], n: int, schema: pa.Schema) -> pa.RecordBatch:
     arrays = [columns.get(f.name, pa.nulls(n, f.type)) for f in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class SinkWriterThread:
+    """Writes batches to the sinks on one background thread, so encoding and compressing
+    output (which releases the GIL) overlaps with reading and validating the next batch.
+
+    The queue holds at most ``QUEUE_BATCHES`` batches: memory stays bounded, and a slow sink
+    slows the source down (backpressure). A sink error is raised on the next ``submit`` or
+    on ``finish``.
+    """
+
+    QUEUE_BATCHES = 4
+
+    def __init__(self, sinks: list[SinkSlot], counters: Counters) -> None:
+        self.sinks = sinks
+        self.counters = counters
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[tuple[str, pa.RecordBatch] | None] = queue.Queue(self.QUEUE_BATCHES)
+        self.thread = threading.Thread(target=self._loop, name="runink-sink-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    _write(self.sinks, item[0], item[1], self.counters)
+                except BaseException as exc:
+                    self.error = exc
+
+    def submit(self, when: str, batch: pa.RecordBatch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((when, batch))
+
+    def finish(self) -> None:
+        """Wait until everything submitted is written; raise the first sink error."""
+        self.close()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
 
 
 def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Counters) -> None:
