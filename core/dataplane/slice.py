@@ -17,8 +17,8 @@ import contextlib
 import importlib.metadata
 import json
 import queue
-import threading
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
