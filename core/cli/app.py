@@ -66,6 +66,9 @@ def build_app(state: CliState) -> typer.Typer:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``runink`` script: exit 0 on success, non-zero with a one-line error otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before plugins and config load
+        print(f"runink {runink.__version__}")
+        sys.exit(0)
     state = CliState.from_argv(argv)
     logging.basicConfig(
         level=logging.DEBUG if state.debug else logging.WARNING,

@@ -5,19 +5,23 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from runink.core.cli.output import print_json, print_table
-from runink.core.contracts import Contract, contract_diff
 from runink.core.errors import RuninkError
+
+if TYPE_CHECKING:  # contracts import pyarrow: only when a contract command runs
+    from runink.core.contracts import Contract
 
 app = typer.Typer(help="Inspect and compare contracts.", no_args_is_help=True)
 
 
 def load_contract(ref: str) -> type[Contract]:
     """``contracts:Order`` (module on the path or in the current folder) or ``path/to/file.py:Order``."""
+    from runink.core.contracts import Contract
+
     target, sep, name = ref.rpartition(":")
     if not sep or not target or not name:
         raise RuninkError(f"contract {ref!r}: expected MODULE:Class or FILE.py:Class")
@@ -73,6 +77,8 @@ def diff(
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Field-level changes from OLD to NEW; exits 1 when a change is breaking."""
+    from runink.core.contracts import contract_diff
+
     before, after = load_contract(old), load_contract(new)
     changes = contract_diff(before, after)
     breaking = any(c["breaking"] for c in changes)

@@ -19,9 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pyarrow as pa
+if TYPE_CHECKING:  # pyarrow is imported by the drivers, not by whoever only names this interface
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
