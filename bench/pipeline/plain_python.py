@@ -81,7 +81,7 @@ def main() -> None:
             except ValueError:
                 reasons.append("created_at: not a valid datetime")
             if reasons:
-                record = dict(zip(header, row))
+                record = dict(zip(header, row, strict=True))
                 record.update(_runink_reason="; ".join(reasons), _runink_position=line)
                 dlq.write(json.dumps(record) + "\n")
                 continue
