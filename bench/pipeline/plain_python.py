@@ -99,6 +99,7 @@ def main() -> None:
                     round(amount_rounded * RATES[currency], 2),
                     ts.date(),
                 ),
+                strict=True,
             ):
                 columns[name].append(item)
             if len(columns["order_id"]) >= 65_536:
