@@ -127,6 +127,7 @@ class LocalRunner:
         self._cancel = threading.Event()
         self._running_tasks: set[str] = set()
         self._base_dir = Path.cwd()
+        self._pipeline_name = ""
 
     def cancel(self) -> None:
         """Stop every running slice (SIGTERM, 5 s grace) and start no more."""
@@ -138,6 +139,7 @@ class LocalRunner:
     def run(self, compiled: CompiledPipeline) -> RunResult:
         pipeline = compiled.pipeline
         self._base_dir = pipeline.base_dir
+        self._pipeline_name = pipeline.name
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         work = Path(self.config.data_dir).resolve() / "runs" / run_id
         result = RunResult(
@@ -167,7 +169,7 @@ class LocalRunner:
                     run.started = time.time()
                     used_cpu += cpu
                     thread = threading.Thread(
-                        target=self._run_scenario,
+                        target=self._run_scenario_safely,
                         args=(item, run, work, pipeline.herd),
                         name=f"runink-scenario-{_slug(item.name)}",
                         daemon=True,
@@ -188,6 +190,16 @@ class LocalRunner:
         return result
 
     # --- one scenario ---------------------------------------------------------------
+
+    def _run_scenario_safely(self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str) -> None:
+        """A scenario always ends in a final state, even if running it raised (else the run would hang)."""
+        try:
+            self._run_scenario(item, run, work, herd)
+        except Exception as exc:
+            run.error = f"scenario {item.name!r}: runner error: {type(exc).__name__}: {exc}"
+            run.finished = time.time()
+            run.state = "FAILED"
+            self._log("error", run.error, herd, item.name)
 
     def _run_scenario(self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str) -> None:
         scenario = item.scenario
@@ -238,7 +250,7 @@ class LocalRunner:
                 facets=facets,
             ),
         )
-        labels = {"pipeline": work.name, "scenario": item.name, "herd": herd}
+        labels = {"pipeline": self._pipeline_name, "run_id": work.name, "scenario": item.name, "herd": herd}
         export_metrics(
             self.manager,
             [
