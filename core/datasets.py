@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 from runink.core.errors import RuninkError
+from runink.core.interfaces.storage import DatasetWriter
 
 EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -87,3 +89,24 @@ class AtomicOutput:
 
     def abort(self) -> None:
         self.temp.unlink(missing_ok=True)
+
+
+class AtomicFileWriter(DatasetWriter):
+    """Base of file writers: everything goes to a temporary file, renamed into place on commit."""
+
+    def __init__(self, path: Path) -> None:
+        self.output = AtomicOutput(path)
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Flush and close the temporary file."""
+
+    def commit(self) -> None:
+        self._close()
+        self.output.commit()
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        finally:
+            self.output.abort()

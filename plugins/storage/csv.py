@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from runink.core.datasets import AtomicOutput, DatasetError
+from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, Storage
 
 # Bytes per parsed block, i.e. per batch. Peak memory is proportional to it (validation makes
@@ -104,21 +104,14 @@ class CsvStorage(Storage):
         return CsvWriter(path, schema)
 
 
-class CsvWriter(DatasetWriter):
+class CsvWriter(AtomicFileWriter):
     def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.output = AtomicOutput(path)
+        super().__init__(path)
         self.schema = schema
         self._writer = pacsv.CSVWriter(str(self.output.temp), schema)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self._writer.close()
-        self.output.commit()
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self.output.abort()

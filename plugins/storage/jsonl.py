@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from runink.core.datasets import AtomicOutput, DatasetError
+from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, Storage
 
 CHUNK_LINES = 65_536
@@ -102,9 +102,9 @@ class JsonlStorage(Storage):
         return JsonlWriter(path)
 
 
-class JsonlWriter(DatasetWriter):
+class JsonlWriter(AtomicFileWriter):
     def __init__(self, path: Path) -> None:
-        self.output = AtomicOutput(path)
+        super().__init__(path)
         self._fh = open(self.output.temp, "wb")  # noqa: SIM115 - closed on commit/abort
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -115,12 +115,5 @@ class JsonlWriter(DatasetWriter):
         frame = pl.DataFrame(pl.from_arrow(batch))
         frame.write_ndjson(self._fh)
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self._fh.close()
-        self.output.commit()
-
-    def abort(self) -> None:
-        try:
-            self._fh.close()
-        finally:
-            self.output.abort()

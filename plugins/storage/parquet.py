@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from runink.core.datasets import AtomicOutput, DatasetError
+from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage
 
 BATCH_ROWS = 65_536
@@ -36,21 +36,14 @@ class ParquetStorage(Storage):
         return ParquetWriter(path, schema, (options or {}).get("compression", "zstd"))
 
 
-class ParquetWriter(DatasetWriter):
+class ParquetWriter(AtomicFileWriter):
     def __init__(self, path: Path, schema: pa.Schema, compression: str) -> None:
-        self.output = AtomicOutput(path)
+        super().__init__(path)
         self.schema = schema
         self._writer = pq.ParquetWriter(str(self.output.temp), schema, compression=compression)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
 
-    def commit(self) -> None:
+    def _close(self) -> None:
         self._writer.close()
-        self.output.commit()
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self.output.abort()
