@@ -128,7 +128,7 @@ def run(spec: dict[str, Any]) -> int:
                             f"(herd policy: block): {'; '.join(new_drift)}"
                         )
                 result = validate(contract, batch) if batch.num_rows else None
-                if dlq_schema is None and batch.num_rows:
+                if dlq_schema is None and batch.schema.names:
                     dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
                 invalid_parts = []
                 if result is not None and result.invalid.num_rows:
@@ -328,8 +328,12 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
         try:
             if slot.writer is None:
                 slot.writer = slot.driver.writer(slot.path, batch.schema, options=slot.options)
-            if batch.schema != getattr(slot.writer, "schema", batch.schema):
-                batch = batch.cast(slot.writer.schema)  # type: ignore[attr-defined]
+            expected = getattr(slot.writer, "schema", batch.schema)
+            if batch.schema != expected:
+                if when == "invalid":  # DLQ rows: columns as first seen, missing ones null, extras dropped
+                    present = {name: batch.column(name) for name in batch.schema.names}
+                    batch = _conform(present, batch.num_rows, expected)
+                batch = batch.cast(expected)
             slot.writer.write(batch)
         except SliceError:
             raise
