@@ -1,0 +1,73 @@
+"""``runink doctor``: what this machine lets Runink enforce, and what the configured executor cannot."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import typer
+
+import runink
+from runink.core.cli.output import print_json, print_table
+from runink.core.cli.state import CliState
+from runink.core.drivers import configured_driver
+
+
+def collect(state: CliState) -> dict[str, Any]:
+    from runink.plugins.executors.linux.cgroups import detect
+    from runink.plugins.executors.linux.namespaces import probe_all
+
+    config = state.config()
+    manager = state.plugins()
+    checks: list[dict[str, Any]] = []
+
+    def check(area: str, name: str, ok: bool, detail: str) -> None:
+        checks.append({"area": area, "check": name, "ok": ok, "detail": detail})
+
+    check("host", "kernel", platform.system() == "Linux", f"{platform.system()} {platform.release()}")
+    check(
+        "host",
+        "root",
+        os.geteuid() == 0,
+        "running as root"
+        if os.geteuid() == 0
+        else f"uid {os.geteuid()}: cgroups and most namespaces need root or delegation",
+    )
+    try:
+        layout = detect()
+        check("cgroups", "version", True, f"cgroup v{layout.version}")
+        for controller, path in sorted(layout.own.items()):
+            writable = os.access(path, os.W_OK)
+            check("cgroups", controller, writable, str(path) if writable else f"{path} is not writable")
+        for controller, reason in sorted(layout.missing.items()):
+            check("cgroups", controller, False, reason)
+    except OSError as exc:
+        check("cgroups", "detect", False, f"cannot read cgroup mounts: {exc}")
+    for name, refusal in probe_all().items():
+        check("namespaces", name, refusal is None, "permitted" if refusal is None else refusal)
+    executor = configured_driver(config, "executor", manager)
+    caps = executor.capabilities()
+    fingerprint = executor.fingerprint()
+    check(
+        "executor",
+        config.executor.driver,
+        fingerprint.healthy,
+        f"isolation {caps.isolation}; {fingerprint.health_description or 'healthy'}",
+    )
+    for limit, reason in sorted(caps.unenforced.items()):
+        check("executor", f"{config.executor.driver}: {limit}", False, f"not enforced: {reason}")
+    return {"runink": runink.__version__, "python": platform.python_version(), "checks": checks}
+
+
+def doctor_command(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Check what this machine and the configured executor can enforce (cgroups, namespaces, limits)."""
+    report = collect(ctx.obj)
+    if json_output:
+        print_json(report)
+    else:
+        rows = [(c["area"], c["check"], "ok" if c["ok"] else "NO", c["detail"]) for c in report["checks"]]
+        print_table(f"runink {report['runink']} on Python {report['python']}", ["AREA", "CHECK", "", "DETAIL"], rows)
+    executor_ok = all(c["ok"] for c in report["checks"] if c["area"] == "executor" and ":" not in c["check"])
+    if not executor_ok:
+        raise typer.Exit(1)

@@ -1,0 +1,50 @@
+"""Which Linux namespaces this process may create, probed for real (in a child process).
+
+Python 3.11 has no ``os.unshare``, so the probe calls libc's ``unshare(2)`` through ctypes in a
+short-lived child: the calling process (an agent, the CLI) stays untouched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# unshare(2) flags
+NAMESPACE_FLAGS = {
+    "pid": 0x20000000,  # CLONE_NEWPID
+    "mount": 0x00020000,  # CLONE_NEWNS
+    "uts": 0x04000000,  # CLONE_NEWUTS
+    "ipc": 0x08000000,  # CLONE_NEWIPC
+    "net": 0x40000000,  # CLONE_NEWNET
+    "user": 0x10000000,  # CLONE_NEWUSER
+}
+
+_PROBE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(int(sys.argv[1])) != 0:
+    print(os.strerror(ctypes.get_errno()))
+    sys.exit(1)
+"""
+
+
+def probe(name: str) -> str | None:
+    """None when the namespace can be created here, else the reason (the kernel's error)."""
+    flag = NAMESPACE_FLAGS[name]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", _PROBE, str(flag)], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"probe failed: {exc}"
+    if done.returncode == 0:
+        return None
+    if done.stdout.strip():
+        return done.stdout.strip()  # the kernel's reason, e.g. "Operation not permitted"
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else "refused"
+
+
+def probe_all() -> dict[str, str | None]:
+    """Every namespace kind -> None (permitted) or the reason it is not."""
+    return {name: probe(name) for name in NAMESPACE_FLAGS}

@@ -1,0 +1,34 @@
+"""`runink doctor`: real probes of cgroups and namespaces, and what the executor cannot enforce."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS, probe
+
+
+def test_namespace_probe_is_real() -> None:
+    if os.geteuid() == 0:
+        assert probe("pid") is None and probe("mount") is None
+    else:
+        assert probe("mount") is not None  # unprivileged: the kernel refuses it, and we say why
+
+
+def test_doctor_reports_every_area(run_cli: Callable[..., object]) -> None:
+    out = run_cli("doctor", "--json")
+    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    report = json.loads(out.stdout)  # type: ignore[attr-defined]
+    areas = {(c["area"], c["check"]): c for c in report["checks"]}
+    assert {name for area, name in areas if area == "namespaces"} == set(NAMESPACE_FLAGS)
+    assert ("cgroups", "version") in areas
+    unenforced = {name for area, name in areas if area == "executor" and ":" in name}
+    assert "process: memory" in unenforced and not areas[("executor", "process: memory")]["ok"]
+    assert areas[("executor", "process")]["ok"]
+
+
+def test_doctor_table(run_cli: Callable[..., object]) -> None:
+    out = run_cli("doctor")
+    assert out.returncode == 0  # type: ignore[attr-defined]
+    assert "namespaces" in out.stdout and "not enforced" in out.stdout  # type: ignore[attr-defined]
