@@ -127,15 +127,18 @@ def run_command(
             if last_print.get(run.name) != run.state:
                 last_print[run.name] = run.state
                 if run.state != "PENDING":
-                    err.print(f"{time.strftime('%H:%M:%S')} {run.name}: {run.state.lower()}", highlight=False)
+                    err.print(f"{time.strftime('%H:%M:%S')} {escape(run.name)}: {run.state.lower()}", highlight=False)
 
     runner = LocalRunner(config, manager, executor, on_update=on_update)
     if err.is_terminal and not json_output:
         live = Live(console=err, refresh_per_second=4, transient=True)
-    result_box: dict[str, RunResult] = {}
+    result_box: dict[str, Any] = {}
 
     def target() -> None:
-        result_box["result"] = runner.run(compiled)
+        try:
+            result_box["result"] = runner.run(compiled)
+        except BaseException as exc:  # re-raised on the main thread
+            result_box["error"] = exc
 
     worker = threading.Thread(target=target, daemon=True)
     try:
@@ -151,7 +154,9 @@ def run_command(
     finally:
         if live is not None:
             live.stop()
-    result = result_box["result"]
+    if "error" in result_box:
+        raise result_box["error"]
+    result: RunResult = result_box["result"]
     if json_output:
         print_json(result.to_json())
     else:
@@ -159,11 +164,12 @@ def run_command(
         for run in result.scenarios:
             if run.error:
                 err.print(
-                    f"[red]{run.name}[/]: {run.error}" + (f" (logs: {run.log_dir})" if run.log_dir else ""),
+                    f"[red]{escape(run.name)}[/]: {escape(run.error)}"
+                    + (f" (logs: {escape(run.log_dir)})" if run.log_dir else ""),
                     highlight=False,
                 )
             for message in run.drift:
-                err.print(f"[yellow]{run.name}[/]: schema drift: {message}", highlight=False)
+                err.print(f"[yellow]{escape(run.name)}[/]: schema drift: {escape(message)}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
 
@@ -229,9 +235,11 @@ def golden_test_command(
             results.append(outcome)
             if not json_output:
                 colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")
-                err.print(f"[{colour}]{outcome.status.upper()}[/] {file}: {item.name}", highlight=False)
+                err.print(
+                    f"[{colour}]{outcome.status.upper()}[/] {escape(str(file))}: {escape(item.name)}", highlight=False
+                )
                 for line in outcome.differences:
-                    err.print(f"    {line}", highlight=False)
+                    err.print(f"    {escape(line)}", highlight=False)
     if json_output:
         print_json([r.to_json() for r in results])
     if not results:
