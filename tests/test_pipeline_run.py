@@ -267,3 +267,14 @@ def test_compile_error_is_one_line(run_cli: Run, project: Path) -> None:
         "@step, @sink, @requires, @affinity, @retries, @golden, @network"
     )
     assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+
+
+def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp_path: Path) -> None:
+    data = tmp_path / "state"
+    out = run_cli("run", "orders.dsl", "--json", "--set", f"data_dir={data}", cwd=orders)
+    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    assert (data / "lineage" / "events.jsonl").exists()  # the lineage plugin saw the override
+    assert not (orders / ".runink").exists()
+    bad = run_cli("run", "orders.dsl", "--set", "executor.driver=nope", cwd=orders)
+    assert bad.returncode == 1  # type: ignore[attr-defined]
+    assert "no runink.executors driver named 'nope' (set at --set executor.driver)" in bad.stderr  # type: ignore[attr-defined]

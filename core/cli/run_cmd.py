@@ -15,7 +15,6 @@ from rich.table import Table
 
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.config import load_config
 from runink.core.drivers import configured_driver
 from runink.core.errors import RuninkError
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
@@ -90,8 +89,8 @@ def run_command(
 ) -> None:
     """Run a pipeline on this machine: each scenario as a slice, in dependency order."""
     state: CliState = ctx.obj
-    overrides = parse_sets(set_)
-    config = load_config(state.config_path, overrides=overrides) if overrides else state.config()
+    parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
+    config = state.config()
     compiled = load_pipeline(pipeline)
     if dry_run:
         plan = plan_json(compiled)
@@ -215,8 +214,8 @@ def golden_test_command(
     from runink.core import golden
 
     state: CliState = ctx.obj
-    overrides = parse_sets(set_)
-    config = load_config(state.config_path, overrides=overrides) if overrides else state.config()
+    parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
+    config = state.config()
     files = golden.find_pipelines(path)
     if not files:
         raise RuninkError(f"no .dsl files in {path}")

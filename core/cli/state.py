@@ -16,6 +16,7 @@ from runink.core.plugins import PluginManager, create_plugin_manager, set_plugin
 class CliState:
     config_path: Path | None = None
     debug: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
     _config: RuninkConfig | None = None
     _config_error: ConfigError | None = None
     _plugins: PluginManager | None = field(default=None, repr=False)
@@ -24,21 +25,27 @@ class CliState:
     def from_argv(cls, argv: list[str]) -> CliState:
         """Read the options needed before the CLI is built (plugins may add commands)."""
         config_path = None
+        overrides: dict[str, str] = {}
         for index, arg in enumerate(argv):
             if arg in ("--config", "-c") and index + 1 < len(argv):
                 config_path = Path(argv[index + 1])
             elif arg.startswith("--config="):
                 config_path = Path(arg.split("=", 1)[1])
+            elif arg == "--set" and index + 1 < len(argv):
+                # --set KEY=VALUE (run, test) applies before plugins load, so they see it too
+                key, eq, value = argv[index + 1].partition("=")
+                if eq and key.strip():
+                    overrides[key.strip()] = value
             elif arg == "--":
                 break
         debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
-        return cls(config_path=config_path, debug=debug)
+        return cls(config_path=config_path, debug=debug, overrides=overrides)
 
     def try_config(self) -> RuninkConfig | None:
         """The config, or None if it is invalid (the error is kept for ``config()``)."""
         if self._config is None and self._config_error is None:
             try:
-                self._config = load_config(self.config_path)
+                self._config = load_config(self.config_path, overrides=self.overrides)
             except ConfigError as exc:
                 self._config_error = exc
         return self._config
