@@ -31,9 +31,9 @@ def manager() -> CgroupManager:
 
 def run_in(cgroup, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     """Run ``script`` with sh after the shell moved itself into the cgroup (before the payload starts)."""
-    join = "; ".join(f"echo $$ > {procs}" for procs in cgroup.procs_files)
+    join = " && ".join(f"echo $$ > {procs}" for procs in cgroup.procs_files)  # a failed join fails the test
     return subprocess.run(
-        ["sh", "-c", f"{join}; {script}"], capture_output=True, text=True, timeout=timeout, check=False
+        ["sh", "-c", f"{join} || exit 99; {script}"], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -91,7 +91,11 @@ def test_half_a_core(manager: CgroupManager) -> None:
 def test_kill_and_remove_leave_nothing(manager: CgroupManager) -> None:
     cgroup = manager.create("leftover")
     child = subprocess.Popen(
-        ["sh", "-c", "; ".join(f"echo $$ > {p}" for p in cgroup.procs_files) + "; sleep 60 & sleep 60 & wait"]
+        [
+            "sh",
+            "-c",
+            " && ".join(f"echo $$ > {p}" for p in cgroup.procs_files) + " || exit 99; sleep 60 & sleep 60 & wait",
+        ]
     )
     try:
         deadline = time.monotonic() + 5

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def trades(tmp_path: Path) -> Path:
     target = tmp_path / "trades"
-    shutil.copytree(REPO / "examples" / "trades", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink"))
+    shutil.copytree(
+        REPO / "examples" / "trades", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
+    )
     return target
 
 

@@ -18,7 +18,9 @@ Run = Callable[..., object]
 @pytest.fixture
 def orders(tmp_path: Path) -> Path:
     target = tmp_path / "orders"
-    shutil.copytree(REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink"))
+    shutil.copytree(
+        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
+    )
     return target
 
 

@@ -197,10 +197,14 @@ class SliceCgroup:
                     _write(memsw, str(limits.memory))
         if limits.pids:
             _write(self.dirs["pids"] / "pids.max", str(limits.pids))
-        if limits.cpuset:
-            if not v2:  # v1 cpusets start empty: a task cannot join until mems is set too
-                parent = self.dirs["cpuset"].parent
-                _write(self.dirs["cpuset"] / "cpuset.mems", (parent / "cpuset.mems").read_text().strip())
+        if not v2 and "cpuset" in self.dirs:
+            # v1 cpusets start empty and no task can join an empty one: inherit the parent's
+            # cpus and mems unless a cpuset was asked for.
+            parent = self.dirs["cpuset"].parent
+            _write(self.dirs["cpuset"] / "cpuset.mems", (parent / "cpuset.mems").read_text().strip())
+            cpus = limits.cpuset or (parent / "cpuset.cpus").read_text().strip()
+            _write(self.dirs["cpuset"] / "cpuset.cpus", cpus)
+        elif limits.cpuset:
             _write(self.dirs["cpuset"] / "cpuset.cpus", limits.cpuset)
 
     def attach(self, pid: int) -> None:

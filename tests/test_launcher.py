@@ -1,0 +1,149 @@
+"""The slice launcher (fork server): real namespaces, real cgroups, as root on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager, detect
+from runink.plugins.executors.linux.namespaces import probe
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or probe("pid") is not None or probe("mount") is not None,
+    reason="needs root and permission to create pid and mount namespaces",
+)
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runink.plugins.executors.linux.launcher"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(json.dumps({"op": "launch", **request}) + "\n")
+        self.process.stdin.flush()
+        started = json.loads(self.process.stdout.readline())
+        assert started["event"] == "started" and started["id"] == request["id"]
+        ended = json.loads(self.process.stdout.readline())
+        assert ended["event"] == "exited" and ended["id"] == request["id"]
+        return ended  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self.process.stdin
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def launcher() -> Iterator[Launcher]:
+    running = Launcher()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o777)
+    return work
+
+
+def request(work: Path, script: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"s-{uuid.uuid4().hex[:8]}",
+        "command": ["sh", "-c", script],
+        "env": {"PATH": "/usr/bin:/bin"},
+        "cwd": str(work),
+        "writable": [str(work)],
+        "uid": 100001,
+        "gid": 100001,
+        "stdout": str(work / "out.log"),
+        "stderr": str(work / "err.log"),
+        **extra,
+    }
+
+
+def test_slice_is_isolated(launcher: Launcher, work: Path) -> None:
+    outside = Path("/var/tmp") / f"runink-open-{uuid.uuid4().hex[:6]}"
+    outside.mkdir(mode=0o777)
+    os.chmod(outside, 0o777)
+    try:
+        script = (
+            f"echo pid=$$; hostname; id -u; ls /proc | grep -c '^[0-9]'; tail -n +3 /proc/net/dev | cut -d: -f1; "
+            f"touch {outside}/x 2>&1; touch mine && echo wrote-work; touch /tmp/t && echo wrote-tmp; "
+            f"grep NoNewPrivs /proc/self/status"
+        )
+        req = request(work, script, hostname="slice-7")
+        assert launcher.run(req)["code"] == 0, (work / "err.log").read_text()
+        out = (work / "out.log").read_text().splitlines()
+        assert out[0] == "pid=2"  # PID 1 is the slice's init: host processes are invisible
+        assert out[1] == "slice-7"
+        assert out[2] == "100001"  # never root inside
+        assert int(out[3]) <= 5  # only the slice's own processes in /proc
+        assert out[4].strip() == "lo"  # no network but loopback
+        assert "Read-only file system" in out[5] and not (outside / "x").exists()
+        assert out[6:8] == ["wrote-work", "wrote-tmp"]
+        assert (work / "mine").stat().st_uid == 100001
+        assert out[8].split() == ["NoNewPrivs:", "1"]
+        assert not Path("/tmp/t").exists() or Path("/tmp/t").stat().st_uid != 100001  # /tmp was private
+    finally:
+        for child in outside.iterdir():
+            child.unlink()
+        outside.rmdir()
+
+
+def test_network_when_granted(launcher: Launcher, work: Path) -> None:
+    req = request(work, "tail -n +3 /proc/net/dev | wc -l", network=True)
+    assert launcher.run(req)["code"] == 0
+    assert int((work / "out.log").read_text().strip()) > 1  # the host's interfaces
+
+
+def test_exit_codes_and_missing_command(launcher: Launcher, work: Path) -> None:
+    assert launcher.run(request(work, "exit 7"))["code"] == 7
+    req = request(work, "") | {"command": ["/nonexistent/runink-cmd"]}
+    assert launcher.run(req)["code"] == 127
+    assert "cannot start /nonexistent/runink-cmd" in (work / "err.log").read_text()
+
+
+def test_memory_limit_from_the_first_instruction(launcher: Launcher, work: Path) -> None:
+    layout = detect()
+    if "memory" not in layout.own:
+        pytest.skip("no memory controller")
+    manager = CgroupManager(layout, parent_name=f"runink-test-{uuid.uuid4().hex[:6]}")
+    cgroup = manager.create("oom", CgroupLimits(memory=64 * 1024**2, pids=64))
+    try:
+        # tail must hold a 600 MiB "line" of zeros in memory: the kernel kills it at 64 MiB
+        req = request(
+            work, "head -c 600M /dev/zero | tail > /dev/null", cgroup_procs=[str(p) for p in cgroup.procs_files]
+        )
+        assert launcher.run(req)["code"] == 137  # SIGKILL by the kernel's OOM killer
+        assert cgroup.usage().oom_kills >= 1
+    finally:
+        cgroup.remove()
+        for parent in set(manager.parents().values()):
+            parent.rmdir()
+
+
+def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> None:
+    mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
+    for _ in range(100):
+        assert launcher.run(request(work, "sleep 0.001 & true"))["code"] == 0
+    children = subprocess.run(
+        ["ps", "--ppid", str(launcher.process.pid), "-o", "pid="], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert children == []
+    assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
