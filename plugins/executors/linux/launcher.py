@@ -26,11 +26,13 @@ fast path (running a step in the forked child without exec), and the executor dr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -119,6 +121,8 @@ def launch(req: dict[str, Any]) -> int:
     if pid:
         return pid
     try:  # the child: nothing of the slice runs before it is in its cgroup and namespaces
+        signal.set_wakeup_fd(-1)  # the launcher's SIGCHLD wake-up is not the slice's
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for procs in req.get("cgroup_procs", []):
             with open(procs, "w") as fh:
                 fh.write(str(os.getpid()))
@@ -150,9 +154,18 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
     running: dict[int, str] = {}
     buffer = b""
     fd = stdin.fileno()
+    # SIGCHLD wakes the select at once (no polling delay between a slice's exit and its event).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+    signal.set_wakeup_fd(wake_write)
     while True:
-        ready, _, _ = select.select([fd], [], [], 0.01)
-        if ready:
+        ready, _, _ = select.select([fd, wake_read], [], [], 1.0)
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+        if fd in ready:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
