@@ -133,6 +133,13 @@ def launch(req: dict[str, Any]) -> int:
                 os.close(target)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        # Opened before unshare: PID 1 is about to remount / read-only and /tmp private in
+        # the mount namespace this process shares with it.
+        status_fd = (
+            os.open(req["status_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            if req.get("status_file")
+            else None
+        )
         flags = sum(NAMESPACE_FLAGS[n] for n in ("pid", "mount", "uts", "ipc"))
         if not req.get("network"):
             flags |= NAMESPACE_FLAGS["net"]
@@ -141,7 +148,11 @@ def launch(req: dict[str, Any]) -> int:
         if init == 0:
             os._exit(_slice_init(req))
         _, status = os.waitpid(init, 0)
-        os._exit(_code(status))
+        code = _code(status)
+        if status_fd is not None:  # read by an executor that recovers the slice after a restart
+            os.write(status_fd, str(code).encode())
+            os.fsync(status_fd)
+        os._exit(code)
     except BaseException as exc:
         os.write(2, f"runink launcher: slice {req.get('id')}: {exc}\n".encode())
         os._exit(126)

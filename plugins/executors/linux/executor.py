@@ -1,0 +1,337 @@
+"""The ``linux`` executor: each task in its own cgroup and namespaces, started by the launcher.
+
+One launcher process (a fork server, ``launcher.py``) per executor instance forks every
+slice; this class keeps the bookkeeping: the slice's cgroup (limits, usage, OOM kills,
+killing the whole tree), its task dir (logs, exit status), deadlines and cancellation.
+
+Final states: SUCCEEDED, FAILED (exit code), OOMKILLED (the cgroup counted an OOM kill and
+the slice died of SIGKILL), DEADLINE_EXCEEDED, CANCELLED. Limits the machine cannot enforce
+(a missing controller, no root) refuse the task unless ``degrade = true``; nothing runs
+unconfined silently. A new instance can ``recover`` a task from its handle after the agent
+restarted: the cgroup still holds the slice, and the exit status lands in the task dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runink.core.errors import TaskNotFoundError, TaskRejectedError
+from runink.core.interfaces.executor import (
+    Executor,
+    ExecutorCapabilities,
+    Fingerprint,
+    TaskHandle,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    TaskStats,
+)
+from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLimits, CgroupManager, SliceCgroup, detect
+from runink.plugins.executors.linux.namespaces import probe
+
+UID_BASE = 100_000  # slices run as UID_BASE + a hash of the task id: never root, never a host user
+UID_RANGE = 50_000
+
+
+@dataclass
+class _Task:
+    handle: TaskHandle
+    cgroup: SliceCgroup
+    status_file: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    result: TaskResult | None = None
+    cancelled: bool = False
+    deadline_hit: bool = False
+    timer: threading.Timer | None = None
+
+
+class LinuxExecutor(Executor):
+    name = "linux"
+
+    def __init__(self, degrade: bool = False, timeout_grace: float = 2.0, cgroup_parent: str = "runink") -> None:
+        self.degrade = bool(degrade)
+        self.timeout_grace = float(timeout_grace)
+        self._problems = self._detect_problems()
+        self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
+        self._tasks: dict[str, _Task] = {}
+        self._lock = threading.Lock()
+        self._launcher: subprocess.Popen[str] | None = None
+        self._pending: dict[str, threading.Event] = {}
+
+    # --- describing -------------------------------------------------------------------
+
+    @staticmethod
+    def _detect_problems() -> dict[str, str]:
+        problems = {}
+        if os.geteuid() != 0:
+            problems["root"] = "not root: cannot create slice cgroups and namespaces"
+        for name in ("pid", "mount", "uts", "ipc", "net"):
+            if (reason := probe(name)) is not None:
+                problems[f"{name} namespace"] = reason
+        try:
+            layout = detect()
+            if not {"cpu", "memory", "pids"} <= set(layout.own):
+                problems["cgroups"] = "; ".join(f"{c}: {r}" for c, r in layout.missing.items()) or "missing"
+        except OSError as exc:
+            problems["cgroups"] = str(exc)
+        return problems
+
+    def capabilities(self) -> ExecutorCapabilities:
+        unenforced = {"gpu": "no gpu isolation yet"}
+        if "cgroups" in self._problems or "root" in self._problems:
+            reason = self._problems.get("cgroups") or self._problems["root"]
+            unenforced.update({"cpu": reason, "memory": reason, "pids": reason})
+        enforced = tuple(
+            k
+            for k in (
+                "cpu",
+                "memory",
+                "pids",
+                "network",
+                "filesystem",
+                "timeout",
+                "process-tree kill",
+                "clean environment",
+            )
+            if k not in unenforced
+        )
+        return ExecutorCapabilities(
+            "cgroup+namespaces", enforced, unenforced, supports_recover=True, supports_network_isolation=True
+        )
+
+    def fingerprint(self) -> Fingerprint:
+        healthy = not self._problems
+        return Fingerprint(
+            healthy,
+            "ok" if healthy else "; ".join(f"{k}: {v}" for k, v in self._problems.items()),
+            {"kernel": platform.release(), "cgroup": f"v{self.cgroups.layout.version}" if self.cgroups else "none"},
+        )
+
+    # --- launcher ---------------------------------------------------------------------
+
+    def _launcher_process(self) -> subprocess.Popen[str]:
+        if self._launcher is None or self._launcher.poll() is not None:
+            self._launcher = subprocess.Popen(
+                [sys.executable, "-m", "runink.plugins.executors.linux.launcher"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={"PATH": os.defpath},
+            )
+            threading.Thread(
+                target=self._read_events, args=(self._launcher,), daemon=True, name="runink-launcher-events"
+            ).start()
+        return self._launcher
+
+    def _read_events(self, launcher: subprocess.Popen[str]) -> None:
+        assert launcher.stdout is not None
+        for line in launcher.stdout:
+            event = json.loads(line)
+            if event["event"] == "started":
+                started = self._pending.pop(event["id"], None)
+                if started is not None:
+                    started.set()
+            elif event["event"] == "exited":
+                with self._lock:
+                    task = self._tasks.get(event["id"])
+                if task is not None:
+                    self._finish(task, int(event["code"]))
+
+    # --- running ----------------------------------------------------------------------
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        if not spec.command:
+            raise TaskRejectedError(f"task {spec.id}: empty command")
+        if self._problems and not self.degrade:
+            raise TaskRejectedError(
+                f"task {spec.id}: the linux executor cannot isolate here: "
+                + "; ".join(f"{k}: {v}" for k, v in self._problems.items())
+            )
+        if spec.limits.gpu and not self.degrade:
+            raise TaskRejectedError(f"task {spec.id}: the linux executor cannot enforce gpu limits yet")
+        if self.cgroups is None:
+            raise TaskRejectedError(f"task {spec.id}: no usable cgroups: {self._problems.get('cgroups')}")
+        with self._lock:
+            if spec.id in self._tasks:
+                raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
+        task_dir = Path(spec.task_dir)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        status_file = task_dir / "exit_status"
+        status_file.unlink(missing_ok=True)
+        try:
+            cgroup = self.cgroups.create(
+                spec.id, CgroupLimits(cpu=spec.limits.cpu, memory=spec.limits.memory, pids=spec.limits.pids)
+            )
+        except CgroupError as exc:
+            raise TaskRejectedError(f"task {spec.id}: {exc}") from exc
+        uid = UID_BASE + zlib.crc32(spec.id.encode()) % UID_RANGE
+        writable = [str(spec.cwd)] if spec.cwd else []
+        request = {
+            "op": "launch",
+            "id": spec.id,
+            "command": list(spec.command),
+            "env": dict(spec.env),
+            "cwd": str(spec.cwd or "/"),
+            "writable": writable,
+            "hostname": spec.id[:63],
+            "uid": uid,
+            "gid": uid,
+            "network": spec.network,
+            "cgroup_procs": [str(p) for p in cgroup.procs_files],
+            "stdout": str(task_dir / "stdout.log"),
+            "stderr": str(task_dir / "stderr.log"),
+            "status_file": str(status_file),
+        }
+        started = time.time()
+        deadline = started + spec.timeout if spec.timeout else None
+        handle = TaskHandle(
+            spec.id,
+            self.name,
+            str(task_dir),
+            started,
+            deadline,
+            {"cgroup": {k: str(v) for k, v in cgroup.dirs.items()}, "status_file": str(status_file)},
+        )
+        task = _Task(handle, cgroup, status_file)
+        event = threading.Event()
+        with self._lock:
+            self._tasks[spec.id] = task
+            self._pending[spec.id] = event
+            launcher = self._launcher_process()
+            assert launcher.stdin is not None
+            launcher.stdin.write(json.dumps(request) + "\n")
+            launcher.stdin.flush()
+        if not event.wait(10):
+            raise TaskRejectedError(f"task {spec.id}: the launcher did not start it within 10 s")
+        (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
+        self._watch(task)
+        return handle
+
+    def recover(self, handle: TaskHandle) -> None:
+        if handle.driver != self.name:
+            raise TaskRejectedError(f"task {handle.task_id}: handle is for driver {handle.driver!r}")
+        assert self.cgroups is not None
+        dirs = {k: Path(v) for k, v in handle.driver_state["cgroup"].items()}
+        task = _Task(handle, SliceCgroup(self.cgroups.layout, dirs), Path(handle.driver_state["status_file"]))
+        with self._lock:
+            if handle.task_id in self._tasks:
+                return
+            self._tasks[handle.task_id] = task
+        self._watch(task)
+        threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
+
+    def _poll_recovered(self, task: _Task) -> None:
+        while not task.done.is_set():
+            if not task.cgroup.pids():
+                try:
+                    code = int(task.status_file.read_text().strip())
+                except (OSError, ValueError):
+                    code = -1
+                self._finish(task, code)
+                return
+            time.sleep(0.1)
+
+    def _watch(self, task: _Task) -> None:
+        if task.handle.deadline is not None:
+            task.timer = threading.Timer(max(0.0, task.handle.deadline - time.time()), self._on_deadline, (task,))
+            task.timer.daemon = True
+            task.timer.start()
+
+    def _on_deadline(self, task: _Task) -> None:
+        if not task.done.is_set():
+            task.deadline_hit = True
+            self._terminate(task, self.timeout_grace)
+
+    def _finish(self, task: _Task, code: int) -> None:
+        if task.done.is_set():
+            return
+        usage = task.cgroup.usage()
+        with contextlib.suppress(CgroupError):
+            task.cgroup.remove()
+        if task.timer is not None:
+            task.timer.cancel()
+        if task.cancelled:
+            state, message = TaskState.CANCELLED, "stopped"
+        elif task.deadline_hit:
+            timeout = (task.handle.deadline or 0) - task.handle.started_at
+            state, message = TaskState.DEADLINE_EXCEEDED, f"timed out after {timeout:g}s"
+        elif code == 137 and usage.oom_kills:
+            state, message = TaskState.OOMKILLED, "killed by the kernel: out of memory (cgroup memory limit)"
+        elif code == 0:
+            state, message = TaskState.SUCCEEDED, ""
+        elif code < 0:
+            state, message = TaskState.FAILED, "exit status lost: the slice's supervisor was killed"
+        else:
+            state, message = TaskState.FAILED, f"exit code {code}"
+        task.result = TaskResult(
+            task.handle.task_id,
+            state,
+            code if code >= 0 else None,
+            code - 128 if code > 128 else None,
+            message,
+            task.handle.started_at,
+            time.time(),
+            usage.cpu_seconds,
+            usage.memory_peak or None,
+        )
+        task.done.set()
+
+    def _terminate(self, task: _Task, grace: float) -> None:
+        for pid in task.cgroup.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if task.done.wait(grace):
+            return
+        with contextlib.suppress(CgroupError):
+            task.cgroup.kill()
+        task.done.wait(10)
+
+    # --- controlling ------------------------------------------------------------------
+
+    def _get(self, task_id: str) -> _Task:
+        with self._lock:
+            try:
+                return self._tasks[task_id]
+            except KeyError:
+                raise TaskNotFoundError(f"no task {task_id!r} in the linux executor") from None
+
+    def handle(self, task_id: str) -> TaskHandle:
+        return self._get(task_id).handle
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        task = self._get(task_id)
+        return task.result if task.done.wait(timeout) else None
+
+    def stop(self, task_id: str, grace: float = 10.0) -> None:
+        task = self._get(task_id)
+        if task.done.is_set():
+            return
+        task.cancelled = True
+        self._terminate(task, grace)
+
+    def destroy(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if not task.done.is_set():
+            self.stop(task_id, grace=0)
+        with self._lock:
+            self._tasks.pop(task_id, None)
+
+    def inspect(self, task_id: str) -> TaskState:
+        task = self._get(task_id)
+        return task.result.state if task.result else TaskState.RUNNING
+
+    def stats(self, task_id: str) -> TaskStats:
+        task = self._get(task_id)
+        usage = task.cgroup.usage()
+        return TaskStats(task_id, usage.cpu_seconds, usage.memory_current, len(task.cgroup.pids()))
