@@ -13,3 +13,65 @@ PROBLEMS = LinuxExecutor._detect_problems()
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
 class TestLinuxExecutor(ExecutorConformance):
     driver_name = "linux"
+
+
+@pytest.fixture
+def linux() -> LinuxExecutor:
+    return LinuxExecutor()
+
+
+def _spec(tmp_path, *command, **extra):  # type: ignore[no-untyped-def]
+    import os
+    import uuid
+
+    from runink.core.interfaces.executor import TaskSpec
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    os.chmod(work, 0o777)
+    task_id = f"l-{uuid.uuid4().hex[:8]}"
+    return TaskSpec(task_id, tuple(command), tmp_path / task_id, env={"PATH": "/usr/bin:/bin"}, cwd=work, **extra)
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_oom_is_reported_as_oomkilled(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from runink.core.interfaces.executor import TaskState
+    from runink.core.model import Resources
+
+    spec = _spec(
+        tmp_path, "sh", "-c", "head -c 600M /dev/zero | tail > /dev/null", limits=Resources(memory=64 * 1024**2)
+    )
+    linux.start(spec)
+    result = linux.wait(spec.id, 60)
+    assert result is not None and result.state is TaskState.OOMKILLED, result
+    assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= 64 * 1024**2 + 4096
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from runink.core.model import Resources
+
+    spec = _spec(tmp_path, "sh", "-c", "for i in $(seq 200); do sleep 2 & done; wait", limits=Resources(pids=32))
+    linux.start(spec)
+    result = linux.wait(spec.id, 60)
+    assert result is not None
+    assert (
+        "fork" in linux.read_log(spec.id, "stderr").lower() or "resource" in linux.read_log(spec.id, "stderr").lower()
+    )
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_half_a_core(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from runink.core.model import Resources
+
+    spec = _spec(
+        tmp_path,
+        "sh",
+        "-c",
+        "i=0; end=$(( $(date +%s) + 2 )); while [ $(date +%s) -lt $end ]; do i=$((i+1)); done",
+        limits=Resources(cpu=0.5),
+    )
+    linux.start(spec)
+    result = linux.wait(spec.id, 60)
+    assert result is not None and result.cpu_seconds is not None
+    assert 0.3 * result.duration <= result.cpu_seconds <= 0.7 * result.duration, (result.cpu_seconds, result.duration)
