@@ -75,3 +75,27 @@ def test_half_a_core(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no
     result = linux.wait(spec.id, 60)
     assert result is not None and result.cpu_seconds is not None
     assert 0.3 * result.duration <= result.cpu_seconds <= 0.7 * result.duration, (result.cpu_seconds, result.duration)
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from runink.core.interfaces.executor import TaskState
+
+    mounts_before = open("/proc/self/mountinfo").read().count("\n")
+    for _ in range(1000):
+        spec = _spec(tmp_path, "sh", "-c", "sleep 0.001 & true")
+        linux.start(spec)
+        result = linux.wait(spec.id, 30)
+        assert result is not None and result.state is TaskState.SUCCEEDED, result
+        linux.destroy(spec.id)
+    assert linux.cgroups is not None and linux.cgroups.leftovers() == []  # no cgroup directory left
+    launcher = linux._launcher
+    assert launcher is not None
+    children = subprocess.run(
+        ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert children == []  # no process left
+    assert open("/proc/self/mountinfo").read().count("\n") == mounts_before  # no mount left
+    assert not list(tmp_path.glob("**/exit_status.tmp"))
