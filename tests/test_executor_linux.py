@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runink.plugins.executors.linux.executor import LinuxExecutor
@@ -83,7 +85,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
 
     from runink.core.interfaces.executor import TaskState
 
-    mounts_before = open("/proc/self/mountinfo").read().count("\n")
+    mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
     for _ in range(1000):
         spec = _spec(tmp_path, "sh", "-c", "sleep 0.001 & true")
         linux.start(spec)
@@ -97,5 +99,5 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
         ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()
     assert children == []  # no process left
-    assert open("/proc/self/mountinfo").read().count("\n") == mounts_before  # no mount left
+    assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before  # no mount left
     assert not list(tmp_path.glob("**/exit_status.tmp"))
