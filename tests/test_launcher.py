@@ -147,3 +147,9 @@ def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> Non
     ).stdout.split()
     assert children == []
     assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
+
+
+def test_slice_holds_no_launcher_fd(launcher: Launcher, work: Path) -> None:
+    req = request(work, "ls /proc/self/fd | sort -n | tr '\\n' ' '")
+    assert launcher.run(req)["code"] == 0
+    assert (work / "out.log").read_text().split() == ["0", "1", "2", "3"]  # 3: the fd ls itself opened

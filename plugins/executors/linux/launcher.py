@@ -126,13 +126,15 @@ def launch(req: dict[str, Any]) -> int:
         for procs in req.get("cgroup_procs", []):
             with open(procs, "w") as fh:
                 fh.write(str(os.getpid()))
+        # stdio: the task's logs (or /dev/null), never the launcher's pipes, and no other fd:
+        # a slice must not be able to read requests or write events.
         for stream, fd in (("stdout", 1), ("stderr", 2)):
-            if req.get(stream):
-                target = os.open(req[stream], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-                os.dup2(target, fd)
-                os.close(target)
+            target = os.open(req.get(stream) or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            os.dup2(target, fd)
+            os.close(target)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         # Opened before unshare: PID 1 is about to remount / read-only and /tmp private in
         # the mount namespace this process shares with it.
         status_fd = (
@@ -146,6 +148,8 @@ def launch(req: dict[str, Any]) -> int:
         _check(libc.unshare(flags), "unshare")
         init = os.fork()  # the first child in a new pid namespace is its PID 1
         if init == 0:
+            if status_fd is not None:
+                os.close(status_fd)  # only the supervisor writes the status
             os._exit(_slice_init(req))
         _, status = os.waitpid(init, 0)
         code = _code(status)
