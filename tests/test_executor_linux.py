@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,14 @@ class TestLinuxExecutor(ExecutorConformance):
 
 
 @pytest.fixture
-def linux() -> LinuxExecutor:
-    return LinuxExecutor()
+def linux() -> Iterator[LinuxExecutor]:
+    """An executor with its own cgroup parent, so leak checks see only its slices (tox runs envs in parallel)."""
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    yield executor
+    if executor.cgroups is not None:
+        for parent in set(executor.cgroups.parents().values()):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def _spec(tmp_path, *command, **extra):  # type: ignore[no-untyped-def]
