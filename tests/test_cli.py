@@ -146,3 +146,13 @@ def test_disable_plugins_variable(run_cli: Callable[..., object]) -> None:
     status = {row["name"]: row["status"] for row in listed}
     assert status["lineage-jsonl"] == "disabled" and status["binpack"] == "disabled"
     assert status["spread"] == "loaded"
+
+
+def test_executors_say_what_they_cannot_enforce(run_cli: Callable[..., object]) -> None:
+    out = run_cli("plugins", "list", "--json")
+    rows = {row["name"]: row for row in json.loads(out.stdout)}  # type: ignore[attr-defined]
+    process = rows["process"]["details"]
+    assert process["isolation"] == "none"
+    assert {"cpu", "memory", "pids", "network", "filesystem"} <= set(process["unenforced"])
+    table = run_cli("plugins", "list")
+    assert "executor process (none) does not enforce here: cpu, filesystem" in table.stdout  # type: ignore[attr-defined]

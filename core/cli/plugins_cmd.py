@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import typer
 
 from runink.core import hookspecs
 from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.drivers import DRIVER_GROUPS, list_drivers
+from runink.core.drivers import DRIVER_GROUPS, list_drivers, load_driver
 from runink.core.errors import RuninkError
-from runink.core.plugins import PluginRecord, hook_names
+from runink.core.plugins import PluginRecord, describe_exception, hook_names
 
 app = typer.Typer(help="List installed plugins and hooks.", no_args_is_help=True)
 
 
 def all_records(state: CliState) -> list[PluginRecord]:
     manager = state.plugins()
-    return manager.records() + list_drivers(manager)
+    return manager.records() + [_with_capabilities(state, r) for r in list_drivers(manager)]
+
+
+def _with_capabilities(state: CliState, record: PluginRecord) -> PluginRecord:
+    """Executors say what they enforce here and what they cannot (nothing runs unconfined silently)."""
+    if record.group != "runink.executors" or record.status != "loaded":
+        return record
+    config = state.config()
+    options = config.executor.options if config.executor.driver == record.name else {}
+    try:
+        caps = load_driver(record.group, record.name, options, manager=state.plugins()).capabilities()
+    except Exception as exc:  # a driver that cannot start here is listed, not fatal
+        return replace(record, status="failed", error=f"cannot start here: {describe_exception(exc)}")
+    details = {"isolation": caps.isolation, "enforced": list(caps.enforced), "unenforced": dict(caps.unenforced)}
+    return replace(record, details={**record.details, **details})
 
 
 def _status(record: PluginRecord) -> str:
@@ -60,6 +75,11 @@ def list_plugins(
         for r in records
     ]
     print_table(None, ["NAME", "KIND", "PACKAGE", "VERSION", "SOURCE", "HOOKS/GROUP", "STATUS"], rows)
+    for r in records:
+        if r.details.get("unenforced"):
+            gaps = ", ".join(sorted(r.details["unenforced"]))
+            isolation = r.details["isolation"]
+            typer.echo(f"executor {r.name} ({isolation}) does not enforce here: {gaps} (see runink doctor)")
 
 
 @app.command("hooks")
