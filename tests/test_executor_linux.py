@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runink.plugins.executors.linux.executor import LinuxExecutor
+from runink.plugins.executors.linux.executor import UID_BASE, LinuxExecutor
 from runink.testing import ExecutorConformance
 
 PROBLEMS = LinuxExecutor._detect_problems()
@@ -25,6 +26,7 @@ def linux() -> Iterator[LinuxExecutor]:
     """An executor with its own cgroup parent, so leak checks see only its slices (tox runs envs in parallel)."""
     executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
     yield executor
+    executor.close()
     if executor.cgroups is not None:
         for parent in set(executor.cgroups.parents().values()):
             with contextlib.suppress(OSError):
@@ -95,6 +97,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     from runink.core.interfaces.executor import TaskState
 
     mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
+    roots_before = sorted(Path(tempfile.gettempdir()).glob("runink-root-*"))
     for _ in range(1000):
         spec = _spec(tmp_path, "sh", "-c", "sleep 0.001 & true")
         linux.start(spec)
@@ -104,9 +107,18 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     assert linux.cgroups is not None and linux.cgroups.leftovers() == []  # no cgroup directory left
     launcher = linux._launcher
     assert launcher is not None
+    slice_uids = subprocess.run(["ps", "-e", "-o", "uid="], capture_output=True, text=True, check=True).stdout.split()
+    assert [u for u in slice_uids if int(u) >= UID_BASE] == []  # no slice process left
     children = subprocess.run(
         ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert children == []  # no process left
+    assert len(children) <= linux.pool + 1  # only the warm sandboxes (not yet used)
+    linux.close()
+    assert launcher.wait(10) == 0
+    children = subprocess.run(
+        ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert children == []  # the warm sandboxes end with the launcher
+    assert sorted(Path(tempfile.gettempdir()).glob("runink-root-*")) == roots_before  # its root mount point too
     assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before  # no mount left
     assert not list(tmp_path.glob("**/exit_status.tmp"))

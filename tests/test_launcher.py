@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager, detect
+from runink.plugins.executors.linux.launcher import runtime_paths
 from runink.plugins.executors.linux.namespaces import probe
 
 pytestmark = pytest.mark.skipif(
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.skipif(
 
 
 class Launcher:
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runink.plugins.executors.linux.launcher"],
+            [sys.executable, "-m", "runink.plugins.executors.linux.launcher", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -36,6 +37,8 @@ class Launcher:
         self.process.stdin.write(json.dumps({"op": "launch", **request}) + "\n")
         self.process.stdin.flush()
         started = json.loads(self.process.stdout.readline())
+        if started["event"] == "failed":
+            return started  # type: ignore[no-any-return]
         assert started["event"] == "started" and started["id"] == request["id"]
         ended = json.loads(self.process.stdout.readline())
         assert ended["event"] == "exited" and ended["id"] == request["id"]
@@ -68,7 +71,7 @@ def request(work: Path, script: str, **extra: Any) -> dict[str, Any]:
         "command": ["sh", "-c", script],
         "env": {"PATH": "/usr/bin:/bin"},
         "cwd": str(work),
-        "writable": [str(work)],
+        "binds": [{"path": str(work), "writable": True}],
         "uid": 100001,
         "gid": 100001,
         "stdout": str(work / "out.log"),
@@ -95,7 +98,7 @@ def test_slice_is_isolated(launcher: Launcher, work: Path) -> None:
         assert out[2] == "100001"  # never root inside
         assert int(out[3]) <= 5  # only the slice's own processes in /proc
         assert out[4].strip() == "lo"  # no network but loopback
-        assert "Read-only file system" in out[5] and not (outside / "x").exists()
+        assert "No such file or directory" in out[5] and not (outside / "x").exists()  # not in its view
         assert out[6:8] == ["wrote-work", "wrote-tmp"]
         assert (work / "mine").stat().st_uid == 100001
         assert out[8].split() == ["NoNewPrivs:", "1"]
@@ -145,11 +148,83 @@ def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> Non
     children = subprocess.run(
         ["ps", "--ppid", str(launcher.process.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert children == []
+    assert len(children) <= 3  # only warm sandboxes (2 without network, 1 with)
+    uids = subprocess.run(["ps", "-e", "-o", "uid="], capture_output=True, text=True, check=True).stdout.split()
+    assert "100001" not in uids  # no slice process left
     assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
+    launcher.close()
+    children = subprocess.run(
+        ["ps", "--ppid", str(launcher.process.pid), "-o", "pid="], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert children == []
 
 
 def test_slice_holds_no_launcher_fd(launcher: Launcher, work: Path) -> None:
     req = request(work, "ls /proc/self/fd | sort -n | tr '\\n' ' '")
     assert launcher.run(req)["code"] == 0
     assert (work / "out.log").read_text().split() == ["0", "1", "2", "3"]  # 3: the fd ls itself opened
+
+
+def test_slice_sees_only_its_runtime_and_grants(launcher: Launcher, work: Path, tmp_path: Path) -> None:
+    granted = tmp_path / "inputs"
+    granted.mkdir()
+    (granted / "orders.csv").write_text("a,b\n")
+    os.chmod(tmp_path, 0o755)
+    script = (
+        f"cat {granted}/orders.csv; touch {granted}/new 2>&1; ls / | tr '\\n' ' '; echo; "
+        "ls /home /var /boot 2>&1 | head -3; touch /usr/x 2>&1; touch /x 2>&1; ls /dev | tr '\\n' ' '; echo; "
+        "ls -A /root 2>/dev/null | tr '\\n' ' '"
+    )
+    req = request(work, script)
+    req["binds"].append({"path": str(granted), "writable": False})
+    assert launcher.run(req)["code"] == 0, (work / "err.log").read_text()
+    out = (work / "out.log").read_text().splitlines()
+    assert out[0] == "a,b"
+    assert "Read-only file system" in out[1] and not (granted / "new").exists()
+    top = set(out[2].split())
+    assert {"usr", "etc", "proc", "tmp", "dev"} <= top and not top & {"home", "var", "boot", "srv"}
+    assert all("No such file or directory" in line for line in out[3:6])
+    assert "Read-only file system" in out[6] and "Read-only file system" in out[7]
+    assert set(out[8].split()) >= {"null", "zero", "urandom", "shm", "fd"} and "vda" not in out[8]
+    # /root exists only if the runtime lives under it (pyenv here), holding just that path
+    _, runtime = runtime_paths()
+    expected = {p.split("/")[2] for p in runtime if p.startswith("/root/")}
+    assert set(out[9].split()) == expected
+
+
+def test_a_missing_grant_fails_the_launch_not_the_launcher(launcher: Launcher, work: Path) -> None:
+    req = request(work, "true")
+    req["binds"].append({"path": "/nonexistent/runink-input", "writable": False})
+    event = launcher.run(req)
+    assert event["event"] == "failed" and "/nonexistent/runink-input" in event["message"]
+    assert launcher.run(request(work, "exit 3"))["code"] == 3  # still serving
+
+
+def test_python_runs_in_the_preloaded_interpreter(work: Path) -> None:
+    preloaded = Launcher("--preload", "pyarrow,runink.core.dataplane.slice")
+    try:
+        code = (
+            "import os, sys; print(sys.argv[1:], os.getuid(), sorted(os.environ)); "
+            "print('pyarrow' in sys.modules); sys.exit(5)"
+        )
+        req = request(work, "") | {"python": {"code": code, "args": ["a", "b"]}}
+        assert preloaded.run(req)["code"] == 5, (work / "err.log").read_text()
+        out = (work / "out.log").read_text().splitlines()
+        assert out == ["['a', 'b'] 100001 ['PATH']", "True"]  # no exec: the runtime came with the fork
+        module = request(work, "") | {"python": {"module": "runink.core.dataplane.slice", "args": []}}
+        assert preloaded.run(module)["code"] == 2  # its main(): usage error
+        assert "usage: python -m runink.core.dataplane.slice" in (work / "err.log").read_text()
+    finally:
+        preloaded.close()
+
+
+def test_preloading_a_module_that_starts_threads_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--preload", "polars"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and "must stay single-threaded" in done.stderr

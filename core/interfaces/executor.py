@@ -54,6 +54,11 @@ class TaskSpec:
     ``command`` is an argv list, exec'ed without a shell. ``limits`` are hard limits the
     executor must enforce (zero means none). ``task_dir`` is where the executor keeps the
     task's logs and state; it must be writable and private to this task.
+
+    ``readable`` and ``writable`` are the host paths the task is granted (its inputs and its
+    outputs' folders); ``cwd`` is writable too. An executor that isolates the filesystem
+    (``filesystem`` in its capabilities) shows the task nothing else of the host but its
+    runtime; one that does not ignores them.
     """
 
     id: str
@@ -64,6 +69,8 @@ class TaskSpec:
     limits: Resources = field(default_factory=Resources)
     timeout: float | None = None
     network: bool = False
+    readable: tuple[Path, ...] = ()
+    writable: tuple[Path, ...] = ()
     herd: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
 

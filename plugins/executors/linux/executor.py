@@ -1,7 +1,10 @@
 """The ``linux`` executor: each task in its own cgroup and namespaces, started by the launcher.
 
-One launcher process (a fork server, ``launcher.py``) per executor instance forks every
-slice; this class keeps the bookkeeping: the slice's cgroup (limits, usage, OOM kills,
+Two launcher processes (fork servers, ``launcher.py``) per executor instance keep warm
+sandboxes and start every slice: one with the Python runtime preloaded, which runs
+``python -m MODULE`` / ``python -c CODE`` commands of this interpreter in a forked process
+(no interpreter start), and a small one that execs every other command (exec from a small
+process is cheaper). This class keeps the bookkeeping: the slice's cgroup (limits, usage, OOM kills,
 killing the whole tree), its task dir (logs, exit status), deadlines and cancellation.
 
 Final states: SUCCEEDED, FAILED (exit code), OOMKILLED (the cgroup counted an OOM kill and
@@ -40,8 +43,33 @@ from runink.core.interfaces.executor import (
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLimits, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.namespaces import probe
 
+DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
 UID_BASE = 100_000  # slices run as UID_BASE + a hash of the task id: never root, never a host user
 UID_RANGE = 50_000
+
+
+def _storage_modules() -> list[str]:
+    """The modules of the installed storage drivers (what a pipeline slice imports first)."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.module for ep in entry_points(group="runink.storage")})
+
+
+def _python_fast_path(command: tuple[str, ...]) -> dict[str, object] | None:
+    """``python -m MODULE ...`` or ``python -c CODE ...`` with this interpreter -> what the
+    preloaded launcher runs in a forked process; None for anything else (exec'ed)."""
+    if len(command) < 3 or command[1] not in ("-m", "-c"):
+        return None
+    if command[0] != sys.executable and os.path.realpath(command[0]) != os.path.realpath(sys.executable):
+        return None
+    key = "module" if command[1] == "-m" else "code"
+    return {key: command[2], "args": list(command[3:])}
+
+
+@dataclass
+class _Pending:
+    event: threading.Event = field(default_factory=threading.Event)
+    message: str | None = None
 
 
 @dataclass
@@ -59,15 +87,27 @@ class _Task:
 class LinuxExecutor(Executor):
     name = "linux"
 
-    def __init__(self, degrade: bool = False, timeout_grace: float = 2.0, cgroup_parent: str = "runink") -> None:
+    def __init__(
+        self,
+        *,
+        degrade: bool = False,
+        timeout_grace: float = 2.0,
+        cgroup_parent: str = "runink",
+        pool: int = 2,
+        preload: list[str] | tuple[str, ...] = (),
+        readable: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
+        self.pool = int(pool)
+        self.preload = [*DEFAULT_PRELOAD, *_storage_modules(), *preload]
+        self.readable = [str(p) for p in readable]
         self._problems = self._detect_problems()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
-        self._launcher: subprocess.Popen[str] | None = None
-        self._pending: dict[str, threading.Event] = {}
+        self._launchers: dict[str, subprocess.Popen[str]] = {}
+        self._pending: dict[str, _Pending] = {}
 
     # --- describing -------------------------------------------------------------------
 
@@ -120,28 +160,38 @@ class LinuxExecutor(Executor):
 
     # --- launcher ---------------------------------------------------------------------
 
-    def _launcher_process(self) -> subprocess.Popen[str]:
-        if self._launcher is None or self._launcher.poll() is not None:
-            self._launcher = subprocess.Popen(
-                [sys.executable, "-m", "runink.plugins.executors.linux.launcher"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env={"PATH": os.defpath},
+    def _launcher_process(self, kind: str) -> subprocess.Popen[str]:
+        """The ``python`` (runtime preloaded) or ``exec`` launcher, started on first use."""
+        launcher = self._launchers.get(kind)
+        if launcher is None or launcher.poll() is not None:
+            command = [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--pool", str(self.pool)]
+            if kind == "python":
+                command += ["--preload", ",".join(self.preload)]
+            for path in self.readable:
+                command += ["--readable", path]
+            launcher = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": os.defpath}
             )
+            self._launchers[kind] = launcher
             threading.Thread(
-                target=self._read_events, args=(self._launcher,), daemon=True, name="runink-launcher-events"
+                target=self._read_events, args=(launcher,), daemon=True, name=f"runink-launcher-{kind}"
             ).start()
-        return self._launcher
+        return launcher
+
+    @property
+    def _launcher(self) -> subprocess.Popen[str] | None:
+        """The launcher that execs commands (tests look for its children)."""
+        return self._launchers.get("exec")
 
     def _read_events(self, launcher: subprocess.Popen[str]) -> None:
         assert launcher.stdout is not None
         for line in launcher.stdout:
             event = json.loads(line)
-            if event["event"] == "started":
-                started = self._pending.pop(event["id"], None)
-                if started is not None:
-                    started.set()
+            if event["event"] in ("started", "failed"):
+                pending = self._pending.pop(event["id"], None)
+                if pending is not None:
+                    pending.message = event.get("message")
+                    pending.event.set()
             elif event["event"] == "exited":
                 with self._lock:
                     task = self._tasks.get(event["id"])
@@ -176,14 +226,15 @@ class LinuxExecutor(Executor):
         except CgroupError as exc:
             raise TaskRejectedError(f"task {spec.id}: {exc}") from exc
         uid = UID_BASE + zlib.crc32(spec.id.encode()) % UID_RANGE
-        writable = [str(spec.cwd)] if spec.cwd else []
+        binds = {str(p): False for p in spec.readable}
+        binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
         request = {
             "op": "launch",
             "id": spec.id,
             "command": list(spec.command),
             "env": dict(spec.env),
             "cwd": str(spec.cwd or "/"),
-            "writable": writable,
+            "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
             "hostname": spec.id[:63],
             "uid": uid,
             "gid": uid,
@@ -203,17 +254,26 @@ class LinuxExecutor(Executor):
             deadline,
             {"cgroup": {k: str(v) for k, v in cgroup.dirs.items()}, "status_file": str(status_file)},
         )
+        python = _python_fast_path(spec.command)
+        if python is not None:
+            request["python"] = python
         task = _Task(handle, cgroup, status_file)
-        event = threading.Event()
+        pending = _Pending()
         with self._lock:
             self._tasks[spec.id] = task
-            self._pending[spec.id] = event
-            launcher = self._launcher_process()
+            self._pending[spec.id] = pending
+            launcher = self._launcher_process("python" if python else "exec")
             assert launcher.stdin is not None
             launcher.stdin.write(json.dumps(request) + "\n")
             launcher.stdin.flush()
-        if not event.wait(10):
-            raise TaskRejectedError(f"task {spec.id}: the launcher did not start it within 10 s")
+        if not pending.event.wait(30) or pending.message is not None:
+            with self._lock:
+                self._tasks.pop(spec.id, None)
+                self._pending.pop(spec.id, None)
+            with contextlib.suppress(CgroupError):
+                cgroup.remove()
+            reason = pending.message or "the launcher did not start it within 30 s"
+            raise TaskRejectedError(f"task {spec.id}: {reason}")
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
@@ -296,6 +356,17 @@ class LinuxExecutor(Executor):
         with contextlib.suppress(CgroupError):
             task.cgroup.kill()
         task.done.wait(10)
+
+    def close(self) -> None:
+        """Stop the launchers (their warm sandboxes end with them); running slices go on."""
+        with self._lock:
+            launchers, self._launchers = list(self._launchers.values()), {}
+        for launcher in launchers:
+            with contextlib.suppress(OSError):
+                assert launcher.stdin is not None
+                launcher.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                launcher.wait(10)
 
     # --- controlling ------------------------------------------------------------------
 
