@@ -1,26 +1,36 @@
 """bench/slice_start: how fast an isolated slice starts, against the usual ways to get one.
 
-    python bench/slice_start/run.py            # 1,000 runink slices, 300 of each anchor
+    python bench/slice_start/run.py            # 1,000 runink slices per row, 300 of each anchor
     python bench/slice_start/run.py --quick    # 100 / 30
 
-Every variant runs ``/bin/true`` isolated and is timed from the launch request until its
-exit is known (an upper bound of "request to code running", measured the same way for all):
+Every variant is timed the same way: from the launch request until the first byte written
+by the slice's own code arrives on a pipe (a FIFO the slice has as its stdout) — "request to
+step code running". Rows:
 
-* runink linux executor: ``start`` + ``wait`` through the `linux` driver — slice cgroup
-  created, pid/mount/uts/ipc/net namespaces, private /proc and /tmp, read-only root,
-  unprivileged uid, cgroup removed after;
-* runink launcher only: the fork server's request -> exit event, namespaces without a cgroup;
-* bwrap (``--ro-bind / / --unshare-pid --unshare-uts --unshare-ipc --proc /proc --dev /dev``);
-* ``unshare -fpmui --mount-proc`` (util-linux), no cgroup;
-* a cold ``python -c "import runink"`` (what starting a fresh interpreter per slice costs).
+* runink, Python step: ``LinuxExecutor.start`` of ``python -c "...write(1, b'x')"`` — slice
+  cgroup created (cpu, memory, pids limits), pid/mount/uts/ipc/net namespaces, minimal root,
+  unprivileged uid, no_new_privs; the code runs in a fork of the preloaded launcher;
+* runink, command step: the same for ``/bin/echo x`` (exec'ed);
+* bwrap (``--ro-bind / / --unshare-pid --unshare-uts --unshare-ipc --proc /proc --dev /dev``),
+  ``/bin/echo x``: the fastest mainstream namespace sandbox, no cgroup;
+* ``unshare -fpmui --mount-proc`` (util-linux) with a cgroup from the shell (``echo $$ >
+  cgroup.procs`` before exec), ``/bin/echo x``;
+* a cold ``python -c "import runink; ..."``: what starting a fresh interpreter per slice costs.
 
-Needs root; installs nothing itself (``apt-get install bubblewrap`` for the bwrap row).
+Then throughput: slices started and finished per second with both cores busy (4 in flight),
+runink (Python step) against bwrap and the unshare row.
+
+Needs root; installs nothing itself (``apt-get install bubblewrap`` for the bwrap rows).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import concurrent.futures
+import datetime as dt
+import os
+import platform
+import select
 import shutil
 import statistics
 import subprocess
@@ -28,10 +38,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from runink.core.interfaces.executor import TaskSpec
+from runink.core.model import Resources
+from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager
 from runink.plugins.executors.linux.executor import LinuxExecutor
+
+BWRAP = [
+    "bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--proc", "/proc", "--dev", "/dev",
+]  # fmt: skip
+PY_CODE = "import os; os.write(1, b'x')"
+LIMITS = Resources(cpu=1.0, memory=256 * 1024**2, pids=64)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -39,50 +58,76 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
-def time_command(command: list[str], count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+class Fifo:
+    """A FIFO whose read end is open: the slice's stdout; the first byte marks "code running"."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"out-{uuid.uuid4().hex[:8]}"
+        os.mkfifo(self.path, 0o666)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def first_byte(self, timeout: float = 30) -> None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready or not os.read(self.fd, 16):
+            raise SystemExit(f"no output from the slice within {timeout}s")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink()
 
 
-def time_executor(count: int, work: Path) -> list[float]:
-    executor = LinuxExecutor(cgroup_parent=f"runink-bench-{uuid.uuid4().hex[:6]}")
+def time_executor(executor: LinuxExecutor, count: int, work: Path, command: tuple[str, ...]) -> list[float]:
     samples = []
     for i in range(count):
-        spec = TaskSpec(f"b-{i}", ("/bin/true",), work / f"t{i}", env={"PATH": "/usr/bin:/bin"}, cwd=work)
+        fifo = Fifo(work)
+        spec_id = f"b-{uuid.uuid4().hex[:8]}-{i}"
+        spec = TaskSpec(
+            spec_id, command, work / "tasks" / spec_id, env={"PATH": "/usr/bin:/bin"},
+            cwd=work, limits=LIMITS,
+        )  # fmt: skip
+        time.sleep(0.01)  # between requests, as slices arrive in a pipeline: the pool refills
         started = time.perf_counter()
+        # stdout.log is the FIFO: the launcher opens it for the slice
+        spec.task_dir.mkdir(parents=True)
+        os.symlink(fifo.path, spec.task_dir / "stdout.log")
         executor.start(spec)
-        result = executor.wait(spec.id, 30)
+        fifo.first_byte()
         samples.append((time.perf_counter() - started) * 1000)
-        assert result is not None and result.exit_code == 0, result
+        result = executor.wait(spec.id, 30)
+        assert result is not None and result.exit_code == 0, (result, executor.read_log(spec.id, "stderr"))
         executor.destroy(spec.id)
-    assert executor.cgroups is not None and not executor.cgroups.leftovers()
-    for parent in set(executor.cgroups.parents().values()):
-        parent.rmdir()
+        fifo.close()
     return samples
 
 
-def time_launcher(count: int, work: Path) -> list[float]:
-    launcher = subprocess.Popen([sys.executable, "-m", "runink.plugins.executors.linux.launcher"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert launcher.stdin and launcher.stdout
+def time_command(make: Callable[[], list[str]], count: int, work: Path, shell_cgroup: CgroupManager | None = None) -> list[float]:
     samples = []
     for i in range(count):
-        request = {"op": "launch", "id": f"l-{i}", "command": ["/bin/true"], "env": {"PATH": "/usr/bin:/bin"},
-                   "cwd": str(work), "writable": [str(work)], "uid": 100001, "gid": 100001}
+        fifo = Fifo(work)
+        cgroup = shell_cgroup.create(f"u-{i}", CgroupLimits(cpu=1.0, memory=256 * 1024**2, pids=64)) if shell_cgroup else None
+        command = make()
+        if cgroup is not None:  # join the cgroup from the shell, then the unshare command
+            joins = "; ".join(f"echo $$ > {p}" for p in cgroup.procs_files)
+            command = ["sh", "-c", f"{joins}; exec {' '.join(command)}"]
+        time.sleep(0.01)
         started = time.perf_counter()
-        launcher.stdin.write(json.dumps(request) + "\n")
-        launcher.stdin.flush()
-        launcher.stdout.readline()
-        ended = json.loads(launcher.stdout.readline())
+        with open(fifo.path, "wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL)
+        fifo.first_byte()
         samples.append((time.perf_counter() - started) * 1000)
-        assert ended["code"] == 0, ended
-    launcher.stdin.close()
-    launcher.wait()
+        assert process.wait(30) == 0
+        fifo.close()
+        if cgroup is not None:
+            cgroup.remove()
     return samples
+
+
+def throughput(run_one: Callable[[int], None], count: int, in_flight: int = 4) -> float:
+    """Slices started and finished per second, ``in_flight`` at a time."""
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(run_one, range(count)))
+    return count / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -90,26 +135,75 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     ours, anchors = (100, 30) if args.quick else (1000, 300)
+    if os.geteuid() != 0:
+        raise SystemExit("bench/slice_start needs root (cgroups and namespaces)")
     rows: list[tuple[str, int, list[float]]] = []
+    rates: list[tuple[str, int, float]] = []
+    tag = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory(prefix="runink-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o777)
-        rows.append(("runink linux executor (cgroup + namespaces)", ours, time_executor(ours, work)))
-        rows.append(("runink launcher only (namespaces)", ours, time_launcher(ours, work)))
-    if shutil.which("bwrap"):
-        rows.append(("bwrap", anchors, time_command(
-            ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--proc", "/proc",
-             "--dev", "/dev", "/bin/true"], anchors)))
-    rows.append(("unshare -fpmui --mount-proc", anchors, time_command(
-        ["unshare", "-fpmui", "--mount-proc", "/bin/true"], anchors)))
-    rows.append(("cold python -c 'import runink'", anchors, time_command(
-        [sys.executable, "-c", "import runink"], anchors)))
+        executor = LinuxExecutor(cgroup_parent=f"runink-bench-{tag}")
+        try:
+            # first use starts the launchers and their warm pools; not part of any sample
+            time_executor(executor, 3, work, (sys.executable, "-c", PY_CODE))
+            time_executor(executor, 3, work, ("/bin/echo", "x"))
+            rows.append(("runink linux executor, Python step (fork of the preloaded launcher)", ours,
+                         time_executor(executor, ours, work, (sys.executable, "-c", PY_CODE))))
+            rows.append(("runink linux executor, command step (/bin/echo, exec)", ours,
+                         time_executor(executor, ours, work, ("/bin/echo", "x"))))
+
+            def one_slice(i: int) -> None:
+                spec = TaskSpec(f"t-{tag}-{i}", (sys.executable, "-c", "pass"), work / "tput" / str(i),
+                                env={"PATH": "/usr/bin:/bin"}, cwd=work, limits=LIMITS)
+                executor.start(spec)
+                result = executor.wait(spec.id, 60)
+                assert result is not None and result.exit_code == 0, result
+                executor.destroy(spec.id)
+
+            rates.append(("runink linux executor, Python step", ours, throughput(one_slice, ours)))
+        finally:
+            executor.close()
+            if executor.cgroups is not None:
+                for parent in set(executor.cgroups.parents().values()):
+                    parent.rmdir()
+        shell = CgroupManager(parent_name=f"runink-bench-sh-{tag}")
+        try:
+            if shutil.which("bwrap"):
+                rows.append(("bwrap /bin/echo (no cgroup)", anchors,
+                             time_command(lambda: [*BWRAP, "/bin/echo", "x"], anchors, work)))
+            rows.append(("unshare -fpmui --mount-proc + cgroup from sh, /bin/echo", anchors,
+                         time_command(lambda: ["unshare", "-fpmui", "--mount-proc", "/bin/echo", "x"], anchors, work,
+                                      shell)))
+            rows.append(("cold python -c 'import runink'", anchors,
+                         time_command(lambda: [sys.executable, "-c", f"import runink; {PY_CODE}"], anchors, work)))
+        finally:
+            for parent in set(shell.parents().values()):
+                if parent.exists():
+                    parent.rmdir()
+        if shutil.which("bwrap"):
+            def one_bwrap(_: int) -> None:
+                subprocess.run([*BWRAP, "/bin/true"], check=True)
+
+            rates.append(("bwrap /bin/true", anchors, throughput(one_bwrap, anchors)))
+
+        def one_unshare(_: int) -> None:
+            subprocess.run(["unshare", "-fpmui", "--mount-proc", "/bin/true"], check=True)
+
+        rates.append(("unshare -fpmui --mount-proc /bin/true (no cgroup)", anchors, throughput(one_unshare, anchors)))
     base = percentiles(rows[0][2])[0]
-    print("| variant | runs | p50 ms | p99 ms | p50 ÷ runink executor p50 |")
+    print(f"# {dt.date.today()} · {os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}")
+    print()
+    print("| variant | runs | p50 ms | p99 ms | p50 ÷ runink Python step p50 |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, count, samples in rows:
         p50, p99 = percentiles(samples)
         print(f"| {name} | {count} | {p50:.2f} | {p99:.2f} | {p50 / base:.2f} |")
+    print()
+    print("| slices started and finished per second, 4 in flight | runs | slices/s |")
+    print("| --- | ---: | ---: |")
+    for name, count, rate in rates:
+        print(f"| {name} | {count} | {rate:.0f} |")
 
 
 if __name__ == "__main__":

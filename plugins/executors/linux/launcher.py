@@ -14,11 +14,11 @@ JSON request per line on stdin and answers on stdout::
 Why warm sandboxes: on the machines measured (a VM) ``fork`` costs ~1.7 ms for a small
 Python process and ~5 ms for one with pyarrow loaded (page-table copies), and building
 namespaces and mounts costs another few ms. All of that is done *before* a request arrives:
-each sandbox in the pool is a chain
+each sandbox in the pool is a pair of processes
 
-    supervisor (host pid ns; records the exit status)
-      -> init, PID 1 of new pid/mount/uts/ipc(/net) namespaces (reaps, returns the status)
-           -> payload: waits on a socket for its request, still root, nothing of a slice yet
+    init, PID 1 of new pid/mount/uts/ipc(/net) namespaces, a child of the launcher (reaps,
+    records the exit status in the task dir, exits with it)
+      -> payload: waits on a socket for its request, still root, nothing of a slice yet
 
 inside a minimal root filesystem (a tmpfs with read-only binds of the runtime: /usr, /etc,
 the interpreter and its packages; private /proc, /tmp, /dev/shm and a few device nodes), so
@@ -214,8 +214,17 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
 # --- inside a sandbox ----------------------------------------------------------------
 
 
-def _init(control: socket.socket, root: str, links: dict[str, str], directories: list[str], network: bool) -> int:
-    """PID 1: build the sandbox, fork the waiting payload, reap everything, return the payload's status."""
+def _init(
+    control: socket.socket,
+    status: socket.socket,
+    *,
+    root: str,
+    links: dict[str, str],
+    directories: list[str],
+    network: bool,
+) -> int:
+    """PID 1: build the sandbox, fork the waiting payload, reap everything, record and
+    return the payload's status."""
     try:
         _build_root(root, links, directories, network_isolated=not network)
     except BaseException as exc:
@@ -231,13 +240,22 @@ def _init(control: socket.socket, root: str, links: dict[str, str], directories:
             traceback.print_exc()
         os._exit(code)
     control.close()
+    code = 1
     while True:  # reap everything; the payload's status is the slice's
         try:
-            pid, status = os.wait()
+            pid, wait_status = os.wait()
         except ChildProcessError:
-            return 1
+            break
         if pid == payload:
-            return _code(status)
+            code = _code(wait_status)
+            break
+    status.setblocking(False)
+    with contextlib.suppress(OSError):  # no status fd: the sandbox was never used
+        _, fds, _, _ = socket.recv_fds(status, 16, 1)
+        for fd in fds:  # read by an executor that recovers the slice after a restart
+            os.write(fd, str(code).encode())
+            os.fsync(fd)
+    return code
 
 
 def _warm_up() -> None:
@@ -350,10 +368,10 @@ def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
 
 @dataclass
 class Sandbox:
-    supervisor: int  # host pid of the process whose exit status is the slice's
+    init: int  # host pid of the sandbox's PID 1, whose exit status is the slice's
     network: bool
     control: socket.socket  # to the payload (and, while it builds, the init)
-    status: socket.socket  # to the supervisor: the exit-status file's fd
+    status: socket.socket  # to PID 1: the exit-status file's fd
     payload: int | None = None  # host pid of the payload, once ready
     error: str | None = None
 
@@ -365,8 +383,11 @@ class Launcher:
         self.links, self.directories = runtime_paths(extra_paths)
         self.out = out
         self.pool: list[Sandbox] = []
-        self.running: dict[int, str] = {}  # supervisor pid -> slice id
+        self.running: dict[int, str] = {}  # PID 1 (host pid) -> slice id
         self.failures = 0
+        files = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
+        self.own_namespaces = {k: os.open(f"/proc/self/ns/{f}", os.O_RDONLY | os.O_CLOEXEC) for k, f in files.items()}
+        self.own_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     # events
     def emit(self, **event: Any) -> None:
@@ -375,19 +396,32 @@ class Launcher:
 
     # sandboxes
     def create(self, network: bool) -> Sandbox:
+        """Start building a sandbox: unshare, fork its PID 1, and step back into our namespaces.
+
+        Two forks per sandbox (PID 1, then the payload), not three: the launcher itself
+        enters the new namespaces for the fork and returns to its own right after (setns),
+        so no intermediate process is needed to hold them.
+        """
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         keep = {control_child.fileno(), status_child.fileno()}
-        pid = os.fork()
+        kinds = ["pid", "mount", "uts", "ipc"] + ([] if network else ["net"])
+        _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
+        try:
+            pid = os.fork()  # the first child in a new pid namespace is its PID 1
+        except OSError:
+            self._return_to_own_namespaces(kinds)
+            raise
         if pid:
+            self._return_to_own_namespaces(kinds)
             control_child.close()
             status_child.close()
             sandbox = Sandbox(pid, network, control, status)
             self.pool.append(sandbox)
             return sandbox
         code = 126
-        try:  # the supervisor
+        try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # Nothing of the launcher's: a sandbox outlives it (a recovered slice), so it must
@@ -399,27 +433,27 @@ class Launcher:
                 if int(name) > 2 and int(name) not in keep:
                     with contextlib.suppress(OSError):
                         os.close(int(name))
-            flags = sum(NAMESPACE_FLAGS[n] for n in ("pid", "mount", "uts", "ipc"))
-            if not network:
-                flags |= NAMESPACE_FLAGS["net"]
-            _check(libc.unshare(flags), "unshare")
-            init = os.fork()  # the first child in a new pid namespace is its PID 1
-            if init == 0:
-                status_child.close()
-                os._exit(_init(control_child, self.root, self.links, self.directories, network))
-            control_child.close()
-            _, wait_status = os.waitpid(init, 0)
-            code = _code(wait_status)
-            status_child.setblocking(False)
-            with contextlib.suppress(OSError):  # no status fd: the sandbox was never used
-                _, fds, _, _ = socket.recv_fds(status_child, 16, 1)
-                for fd in fds:  # read by an executor that recovers the slice after a restart
-                    os.write(fd, str(code).encode())
-                    os.fsync(fd)
+            code = _init(
+                control_child,
+                status_child,
+                root=self.root,
+                links=self.links,
+                directories=self.directories,
+                network=network,
+            )
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                control_child.send(f"error cannot create namespaces: {exc}".encode())
+                control_child.send(f"error cannot create the sandbox: {exc}".encode())
         os._exit(code)
+
+    def _return_to_own_namespaces(self, kinds: list[str]) -> None:
+        try:
+            for kind in kinds:
+                _check(libc.setns(self.own_namespaces[kind], NAMESPACE_FLAGS[kind]), f"setns {kind}")
+            os.fchdir(self.own_cwd)  # entering a mount namespace moves the cwd to its root
+        except OSError as exc:  # a launcher stuck in a slice's namespaces must not serve on
+            os.write(2, f"runink launcher: cannot return to its own namespaces: {exc}\n".encode())
+            os._exit(70)
 
     def on_control(self, sandbox: Sandbox) -> None:
         """A message from a sandbox being built: ready (with the payload's pid) or an error."""
@@ -443,7 +477,7 @@ class Launcher:
         sandbox.control.close()
         sandbox.status.close()
         with contextlib.suppress(ProcessLookupError):
-            os.kill(sandbox.supervisor, signal.SIGKILL)
+            os.kill(sandbox.init, signal.SIGKILL)
 
     def building(self) -> list[Sandbox]:
         return [s for s in self.pool if s.payload is None and s.error is None]
@@ -522,8 +556,8 @@ class Launcher:
                 os.close(status_fd)
         sandbox.control.close()
         sandbox.status.close()
-        self.running[sandbox.supervisor] = slice_id
-        self.emit(event="started", id=slice_id, pid=sandbox.supervisor)
+        self.running[sandbox.init] = slice_id
+        self.emit(event="started", id=slice_id, pid=sandbox.init)
 
     def reap(self) -> None:
         while True:
@@ -538,7 +572,7 @@ class Launcher:
                 self.emit(event="exited", id=slice_id, code=_code(status))
                 continue
             for sandbox in list(self.pool):  # a pooled sandbox died before use
-                if sandbox.supervisor == pid:
+                if sandbox.init == pid:
                     if sandbox.payload is None and sandbox.error is None:
                         self.failures += 1
                     self.discard(sandbox)
