@@ -61,6 +61,25 @@ def test_memory_limit_ooms_and_is_detected(manager: CgroupManager) -> None:
 
 
 @needs_v1
+def test_a_warm_cgroup_is_claimed_with_the_slices_name_and_limits(manager: CgroupManager) -> None:
+    warm = manager.create("warm-1")
+    try:
+        cgroup = manager.claim(warm, "slice-7", CgroupLimits(memory=64 * 1024**2, pids=8))
+        assert {d.name for d in cgroup.dirs.values()} == {"slice-7"}
+        assert not any(d.exists() for d in warm.dirs.values())
+        done = run_in(cgroup, f"exec {sys.executable} -c 'x = bytearray(512 * 2**20)'")
+        assert done.returncode in (-9, 137) and cgroup.usage().oom_kills >= 1  # the limit holds
+        other = manager.create("warm-2")
+        with pytest.raises(CgroupError, match="exists already"):
+            manager.claim(other, "slice-7", CgroupLimits())
+        other.remove()
+        cgroup.remove()
+        assert manager.leftovers() == []
+    finally:
+        cleanup(manager)
+
+
+@needs_v1
 def test_pids_limit_stops_a_fork_bomb(manager: CgroupManager) -> None:
     cgroup = manager.create("bomb", CgroupLimits(pids=16))
     try:

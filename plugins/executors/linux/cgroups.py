@@ -328,6 +328,32 @@ class CgroupManager:
             raise
         return cgroup
 
+    def claim(self, warm: SliceCgroup, slice_id: str, limits: CgroupLimits) -> SliceCgroup:
+        """Turn a cgroup created ahead of time (``create("warm-...")``, no process in it) into
+        ``slice_id``'s: rename it (cgroupfs allows a rename within the parent) and apply
+        ``limits``. Saves the mkdirs (~1 ms in 5 v1 hierarchies) from a slice's start."""
+        if not slice_id or "/" in slice_id or slice_id in (".", ".."):
+            raise CgroupError(f"invalid slice id {slice_id!r}")
+        dirs: dict[str, Path] = {}
+        renamed: dict[Path, Path] = {}
+        try:
+            for controller, directory in warm.dirs.items():
+                target = directory.parent / slice_id
+                if directory not in renamed:
+                    if target.exists():
+                        raise CgroupError(f"a cgroup for slice {slice_id} exists already")
+                    directory.rename(target)
+                    renamed[directory] = target
+                dirs[controller] = renamed[directory]
+            cgroup = SliceCgroup(self.layout, dirs)
+            cgroup.apply(limits)
+            return cgroup
+        except Exception:
+            for directory in set(renamed.values()):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
+
     def leftovers(self) -> list[Path]:
         """Slice cgroups still present under the runink parent(s) (for leak checks)."""
         found: list[Path] = []

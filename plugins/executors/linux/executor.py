@@ -20,11 +20,13 @@ import contextlib
 import json
 import os
 import platform
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,12 @@ class LinuxExecutor(Executor):
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
         self._launchers: dict[str, subprocess.Popen[str]] = {}
+        self._closed = False
+        self._warm_cgroups: queue.Queue[SliceCgroup] = queue.Queue()
+        self._refill_cgroups = threading.Event()
+        if self.cgroups is not None and self.pool:
+            self._refill_cgroups.set()
+            threading.Thread(target=self._keep_cgroups_warm, daemon=True, name="runink-warm-cgroups").start()
         self._pending: dict[str, _Pending] = {}
 
     # --- describing -------------------------------------------------------------------
@@ -220,7 +228,7 @@ class LinuxExecutor(Executor):
         status_file = task_dir / "exit_status"
         status_file.unlink(missing_ok=True)
         try:
-            cgroup = self.cgroups.create(
+            cgroup = self._cgroup_for(
                 spec.id, CgroupLimits(cpu=spec.limits.cpu, memory=spec.limits.memory, pids=spec.limits.pids)
             )
         except CgroupError as exc:
@@ -277,6 +285,28 @@ class LinuxExecutor(Executor):
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
+
+    def _cgroup_for(self, slice_id: str, limits: CgroupLimits) -> SliceCgroup:
+        """A warm cgroup renamed for the slice (a fresh one if none is ready), limits applied."""
+        assert self.cgroups is not None
+        try:
+            warm = self._warm_cgroups.get_nowait()
+        except queue.Empty:
+            self._refill_cgroups.set()
+            return self.cgroups.create(slice_id, limits)
+        self._refill_cgroups.set()
+        return self.cgroups.claim(warm, slice_id, limits)
+
+    def _keep_cgroups_warm(self) -> None:
+        """Background thread: keep ``pool`` empty cgroups created ahead of the slices."""
+        while not self._closed:
+            self._refill_cgroups.wait()
+            self._refill_cgroups.clear()
+            while not self._closed and self.cgroups is not None and self._warm_cgroups.qsize() < self.pool:
+                try:
+                    self._warm_cgroups.put(self.cgroups.create(f"warm-{uuid.uuid4().hex[:12]}"))
+                except (OSError, CgroupError):
+                    break  # start() creates its own then, and reports any error
 
     def recover(self, handle: TaskHandle) -> None:
         if handle.driver != self.name:
@@ -359,6 +389,14 @@ class LinuxExecutor(Executor):
 
     def close(self) -> None:
         """Stop the launchers (their warm sandboxes end with them); running slices go on."""
+        self._closed = True
+        self._refill_cgroups.set()
+        while True:
+            try:
+                with contextlib.suppress(CgroupError):
+                    self._warm_cgroups.get_nowait().remove()
+            except queue.Empty:
+                break
         with self._lock:
             launchers, self._launchers = list(self._launchers.values()), {}
         for launcher in launchers:
