@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager, detect
+from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.launcher import runtime_paths
 from runink.plugins.executors.linux.namespaces import probe
 
@@ -46,7 +46,8 @@ class Launcher:
 
     def close(self) -> None:
         assert self.process.stdin
-        self.process.stdin.close()
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
         self.process.wait(10)
 
 
@@ -127,17 +128,26 @@ def test_memory_limit_from_the_first_instruction(launcher: Launcher, work: Path)
     if "memory" not in layout.own:
         pytest.skip("no memory controller")
     manager = CgroupManager(layout, parent_name=f"runink-test-{uuid.uuid4().hex[:6]}")
-    cgroup = manager.create("oom", CgroupLimits(memory=64 * 1024**2, pids=64))
+    manager.prepare()
+    spec = {"version": layout.version, "own": {c: str(d) for c, d in layout.own.items()}, "parent": manager.parent_name}
+    with_cgroups = Launcher("--cgroups", json.dumps(spec))
     try:
         # tail must hold a 600 MiB "line" of zeros in memory: the kernel kills it at 64 MiB
-        req = request(
-            work, "head -c 600M /dev/zero | tail > /dev/null", cgroup_procs=[str(p) for p in cgroup.procs_files]
-        )
-        assert launcher.run(req)["code"] == 137  # SIGKILL by the kernel's OOM killer
+        req = request(work, "head -c 600M /dev/zero | tail > /dev/null", limits={"memory": 64 * 1024**2, "pids": 64})
+        assert with_cgroups.run(req)["code"] == 137  # SIGKILL by the kernel's OOM killer
+        cgroup = SliceCgroup(layout, {c: p / req["id"] for c, p in manager.parents().items()})
         assert cgroup.usage().oom_kills >= 1
-    finally:
+        assert int((cgroup.dirs["pids"] / "pids.max").read_text()) == 64
         cgroup.remove()
+        assert {p.name[:5] for p in manager.leftovers()} <= {"warm-"}  # only warm sandboxes' cgroups
+        with_cgroups.close()
+        assert manager.leftovers() == []  # removed with their sandboxes
+    finally:
+        with_cgroups.close()
         for parent in set(manager.parents().values()):
+            for child in parent.iterdir():
+                if child.is_dir():
+                    child.rmdir()
             parent.rmdir()
 
 

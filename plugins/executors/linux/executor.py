@@ -20,13 +20,11 @@ import contextlib
 import json
 import os
 import platform
-import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ from runink.core.interfaces.executor import (
     TaskState,
     TaskStats,
 )
-from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLimits, CgroupManager, SliceCgroup, detect
+from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.namespaces import probe
 
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
@@ -109,12 +107,7 @@ class LinuxExecutor(Executor):
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
         self._launchers: dict[str, subprocess.Popen[str]] = {}
-        self._closed = False
-        self._warm_cgroups: queue.Queue[SliceCgroup] = queue.Queue()
-        self._refill_cgroups = threading.Event()
-        if self.cgroups is not None and self.pool:
-            self._refill_cgroups.set()
-            threading.Thread(target=self._keep_cgroups_warm, daemon=True, name="runink-warm-cgroups").start()
+
         self._pending: dict[str, _Pending] = {}
 
     # --- describing -------------------------------------------------------------------
@@ -177,6 +170,11 @@ class LinuxExecutor(Executor):
                 command += ["--preload", ",".join(self.preload)]
             for path in self.readable:
                 command += ["--readable", path]
+            if self.cgroups is not None:
+                self.cgroups.prepare()
+                layout = self.cgroups.layout
+                cgroups = {"version": layout.version, "own": {c: str(d) for c, d in layout.own.items()}}
+                command += ["--cgroups", json.dumps({**cgroups, "parent": self.cgroups.parent_name})]
             launcher = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": os.defpath}
             )
@@ -227,12 +225,11 @@ class LinuxExecutor(Executor):
         task_dir.mkdir(parents=True, exist_ok=True)
         status_file = task_dir / "exit_status"
         status_file.unlink(missing_ok=True)
-        try:
-            cgroup = self._cgroup_for(
-                spec.id, CgroupLimits(cpu=spec.limits.cpu, memory=spec.limits.memory, pids=spec.limits.pids)
-            )
-        except CgroupError as exc:
-            raise TaskRejectedError(f"task {spec.id}: {exc}") from exc
+        # The launcher renames a warm cgroup (the sandbox is in it already) to this one and
+        # applies the limits before the slice's code runs.
+        cgroup = SliceCgroup(self.cgroups.layout, {c: p / spec.id for c, p in self.cgroups.parents().items()})
+        if any(d.exists() for d in cgroup.dirs.values()):
+            raise TaskRejectedError(f"task {spec.id}: a cgroup for slice {spec.id} exists already")
         uid = UID_BASE + zlib.crc32(spec.id.encode()) % UID_RANGE
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
@@ -247,7 +244,7 @@ class LinuxExecutor(Executor):
             "uid": uid,
             "gid": uid,
             "network": spec.network,
-            "cgroup_procs": [str(p) for p in cgroup.procs_files],
+            "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
             "stdout": str(task_dir / "stdout.log"),
             "stderr": str(task_dir / "stderr.log"),
             "status_file": str(status_file),
@@ -278,35 +275,11 @@ class LinuxExecutor(Executor):
             with self._lock:
                 self._tasks.pop(spec.id, None)
                 self._pending.pop(spec.id, None)
-            with contextlib.suppress(CgroupError):
-                cgroup.remove()
             reason = pending.message or "the launcher did not start it within 30 s"
             raise TaskRejectedError(f"task {spec.id}: {reason}")
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
-
-    def _cgroup_for(self, slice_id: str, limits: CgroupLimits) -> SliceCgroup:
-        """A warm cgroup renamed for the slice (a fresh one if none is ready), limits applied."""
-        assert self.cgroups is not None
-        try:
-            warm = self._warm_cgroups.get_nowait()
-        except queue.Empty:
-            self._refill_cgroups.set()
-            return self.cgroups.create(slice_id, limits)
-        self._refill_cgroups.set()
-        return self.cgroups.claim(warm, slice_id, limits)
-
-    def _keep_cgroups_warm(self) -> None:
-        """Background thread: keep ``pool`` empty cgroups created ahead of the slices."""
-        while not self._closed:
-            self._refill_cgroups.wait()
-            self._refill_cgroups.clear()
-            while not self._closed and self.cgroups is not None and self._warm_cgroups.qsize() < self.pool:
-                try:
-                    self._warm_cgroups.put(self.cgroups.create(f"warm-{uuid.uuid4().hex[:12]}"))
-                except (OSError, CgroupError):
-                    break  # start() creates its own then, and reports any error
 
     def recover(self, handle: TaskHandle) -> None:
         if handle.driver != self.name:
@@ -389,14 +362,6 @@ class LinuxExecutor(Executor):
 
     def close(self) -> None:
         """Stop the launchers (their warm sandboxes end with them); running slices go on."""
-        self._closed = True
-        self._refill_cgroups.set()
-        while True:
-            try:
-                with contextlib.suppress(CgroupError):
-                    self._warm_cgroups.get_nowait().remove()
-            except queue.Empty:
-                break
         with self._lock:
             launchers, self._launchers = list(self._launchers.values()), {}
         for launcher in launchers:

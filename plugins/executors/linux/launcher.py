@@ -57,8 +57,10 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLayout, CgroupLimits, CgroupManager, SliceCgroup
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -374,11 +376,16 @@ class Sandbox:
     status: socket.socket  # to PID 1: the exit-status file's fd
     payload: int | None = None  # host pid of the payload, once ready
     error: str | None = None
+    cgroup: SliceCgroup | None = None  # a warm cgroup the payload is in, claimed by the slice
 
 
 class Launcher:
-    def __init__(self, pool_size: int, root: str, extra_paths: list[str], out: Any) -> None:
+    def __init__(
+        self, pool_size: int, root: str, extra_paths: list[str], out: Any, cgroups: CgroupManager | None = None
+    ) -> None:
         self.pool_size = pool_size
+        self.cgroups = cgroups
+        self.built = 0
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
         self.out = out
@@ -465,6 +472,16 @@ class Launcher:
             for level, kind, data in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     sandbox.payload = struct.unpack("iII", data[:12])[0]
+            if self.cgroups is not None and sandbox.payload is not None:
+                self.built += 1
+                try:  # the slow first move into a cgroup happens now, not when a slice starts
+                    sandbox.cgroup = self.cgroups.create(f"warm-{os.getpid()}-{self.built}")
+                    sandbox.cgroup.attach(sandbox.payload)
+                except (OSError, CgroupError) as exc:
+                    sandbox.error = f"cannot prepare its cgroup: {exc}"
+                    self.discard(sandbox)
+                    self.failures += 1
+                    return
             self.failures = 0
         else:
             sandbox.error = message.decode(errors="replace").removeprefix("error ") or "the sandbox died"
@@ -478,6 +495,10 @@ class Launcher:
         sandbox.status.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(sandbox.init, signal.SIGKILL)
+        if sandbox.cgroup is not None:
+            with contextlib.suppress(CgroupError):
+                sandbox.cgroup.remove()
+            sandbox.cgroup = None
 
     def building(self) -> list[Sandbox]:
         return [s for s in self.pool if s.payload is None and s.error is None]
@@ -539,13 +560,13 @@ class Launcher:
             return
         try:
             assert sandbox.payload is not None
-            for procs in req.get("cgroup_procs", []):  # in its cgroup before any slice code runs
-                with open(procs, "w") as fh:
-                    fh.write(str(sandbox.payload))
+            if self.cgroups is not None and sandbox.cgroup is not None:  # limits in place before any slice code
+                limits = CgroupLimits(**req.get("limits", {}))
+                sandbox.cgroup = self.cgroups.claim(sandbox.cgroup, slice_id, limits)
             if status_fd is not None:
                 socket.send_fds(sandbox.status, [b"s"], [status_fd])
             socket.send_fds(sandbox.control, [json.dumps({**req, "binds": binds}).encode()], opened)
-        except OSError as exc:
+        except (OSError, CgroupError) as exc:
             self.discard(sandbox)
             self.emit(event="failed", id=slice_id, message=f"cannot start the slice: {exc}")
             return
@@ -556,6 +577,7 @@ class Launcher:
                 os.close(status_fd)
         sandbox.control.close()
         sandbox.status.close()
+        sandbox.cgroup = None  # the slice's now: the executor removes it when the slice ends
         self.running[sandbox.init] = slice_id
         self.emit(event="started", id=slice_id, pid=sandbox.init)
 
@@ -645,12 +667,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=2, help="warm sandboxes kept ready (per network mode)")
     parser.add_argument("--preload", default="", help="comma-separated modules to import once, for every slice")
     parser.add_argument("--readable", action="append", default=[], help="an extra host path every slice sees")
+    parser.add_argument(
+        "--cgroups",
+        default="",
+        help='JSON {"version": 1|2, "own": {controller: dir}, "parent": name}: slices\' cgroups go under own/parent',
+    )
     args = parser.parse_args(argv)
+    cgroups = None
+    if args.cgroups:
+        spec = json.loads(args.cgroups)
+        layout = CgroupLayout(int(spec["version"]), {c: Path(d) for c, d in spec["own"].items()})
+        cgroups = CgroupManager(layout, parent_name=spec["parent"], prepared=True)
     if args.preload:
         preload([m for m in args.preload.split(",") if m])
     root = tempfile.mkdtemp(prefix="runink-root-")
     try:
-        Launcher(max(0, args.pool), root, args.readable, sys.stdout).serve(sys.stdin.buffer)
+        Launcher(max(0, args.pool), root, args.readable, sys.stdout, cgroups).serve(sys.stdin.buffer)
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(root)
