@@ -63,7 +63,10 @@ class DriverChoice(_Section):
 
 
 class ExecutorConfig(DriverChoice):
-    driver: str = "process"
+    driver: str = Field(
+        default="auto",
+        description='"auto": the linux executor (cgroups + namespaces) where it can isolate, else process.',
+    )
 
 
 class SchedulerConfig(_Section):

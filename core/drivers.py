@@ -28,7 +28,7 @@ from stevedore import exception as stevedore_exception
 from stevedore.extension import ExtensionManager
 
 from runink.core.config import RuninkConfig
-from runink.core.errors import DriverLoadError, DriverNotFoundError
+from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
 
@@ -215,3 +215,26 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
     if name is None:
         return None
     return load_driver(group, name, settings.options, manager=manager, origin=config.source_of(f"{section}.{key}"))
+
+
+def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) -> tuple[Any, RuninkConfig, str]:
+    """``executor.driver = "auto"``: the linux executor where it can isolate here, else the
+    process executor.
+
+    Returns (the linux executor or None, a config naming the chosen driver, a one-line note
+    saying why slices are not isolated) so callers can say it: a slice never runs unconfined
+    without a word.
+    """
+    config = config.model_copy(deep=True)
+    reason = "not installed"
+    try:
+        linux = load_driver("runink.executors", "linux", dict(config.executor.options), manager=manager)
+        fingerprint = linux.fingerprint()
+        if fingerprint.healthy:
+            config.executor.driver = "linux"
+            return linux, config, ""
+        reason = fingerprint.health_description
+    except RuninkError as exc:
+        reason = str(exc)
+    config.executor.driver = "process"
+    return None, config, f"note: scenarios run as plain processes, not isolated (linux executor: {reason})"

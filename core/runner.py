@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -101,6 +102,41 @@ class RunResult:
             "elapsed": round(self.finished - self.started, 3),
             "scenarios": [s.to_json() for s in self.scenarios],
         }
+
+
+def _stage_sinks(item: CompiledScenario, task_id: str, user: tuple[int, int] | None) -> dict[Path, Path]:
+    """Final sink path -> where the slice writes it: a staging folder beside it (same file
+    system, so publishing is a rename), owned by the slice's user if it has its own."""
+    staged: dict[Path, Path] = {}
+    for sink in item.sinks:
+        final = sink.ref.path.resolve()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = final.parent / f".runink-stage-{task_id}"
+        stage.mkdir(exist_ok=True)
+        if user is not None:
+            os.chown(stage, *user)
+        staged[sink.ref.path] = stage / final.name
+    return staged
+
+
+def _publish(staged: dict[Path, Path]) -> None:
+    """Move each committed output from its staging folder into place, owned by the runner's user."""
+    for final, temporary in staged.items():
+        if not temporary.exists():
+            continue
+        os.replace(temporary, final)
+        if os.geteuid() == 0:
+            os.chown(final, os.getuid(), os.getgid())
+        directory = os.open(final.resolve().parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _unstage(staged: dict[Path, Path]) -> None:
+    for temporary in staged.values():
+        shutil.rmtree(temporary.parent, ignore_errors=True)
 
 
 def _slug(name: str) -> str:
@@ -267,10 +303,23 @@ class LocalRunner:
         self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str, attempt: int
     ) -> tuple[str, dict[str, Any]]:
         scenario = item.scenario
+        task_id = f"{work.name}-{_slug(item.name)}-{attempt}"
         task_dir = work / _slug(item.name) / f"attempt-{attempt}"
         task_dir.mkdir(parents=True, exist_ok=True)
         run.log_dir = str(task_dir)
-        report_path = task_dir / "report.jsonl"
+        # The slice's own folder (spec, report, HOME) and one staging folder beside each sink:
+        # all it may write. An isolating executor runs it as another user, who gets them.
+        work_dir = task_dir / "work"
+        work_dir.mkdir(exist_ok=True)
+        report_path = work_dir / "report.jsonl"
+        user = self.executor.task_user(task_id)
+        try:
+            staged = _stage_sinks(item, task_id, user)
+        except OSError as exc:
+            run.error = f"scenario {item.name!r}: cannot prepare its outputs: {exc}"
+            return "FAILED", {}
+        if user is not None:
+            os.chown(work_dir, *user)
         spec = {
             "scenario": item.name,
             "herd": herd,
@@ -284,20 +333,23 @@ class LocalRunner:
             },
             "steps": [step.ref for step in scenario.steps],
             "sinks": [
-                {"format": s.ref.format, "path": str(s.ref.path), "when": s.when, "options": s.options}
+                {"format": s.ref.format, "path": str(staged[s.ref.path]), "when": s.when, "options": s.options}
                 for s in item.sinks
             ],
             "drift_policy": self.config.herd_policy(herd).drift,
             "report": str(report_path),
         }
-        spec_path = task_dir / "slice.json"
+        spec_path = work_dir / "slice.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         task = TaskSpec(
-            id=f"{work.name}-{_slug(item.name)}-{attempt}",
+            id=task_id,
             command=(sys.executable, "-m", "runink.core.dataplane.slice", str(spec_path)),
             task_dir=task_dir,
-            env=self._slice_env(task_dir),
-            cwd=self._base_dir,
+            env=self._slice_env(work_dir),
+            cwd=work_dir,
+            # a missing source is not granted: the slice reports it, naming the file
+            readable=tuple(p.resolve() for p in (self._base_dir, item.source.path) if p.exists()),
+            writable=(work_dir, *sorted({p.parent for p in staged.values()})),
             limits=Resources(cpu=scenario.requires.cpu, memory=scenario.requires.memory, gpu=scenario.requires.gpu),
             timeout=scenario.requires.timeout,
             network=scenario.network,
@@ -308,6 +360,7 @@ class LocalRunner:
             self.executor.start(task)
         except ExecutorError as exc:
             run.error = str(exc)
+            _unstage(staged)
             return "FAILED", {}
         self._running_tasks.add(task.id)
         report: dict[str, Any] = {}
@@ -330,7 +383,12 @@ class LocalRunner:
             if stderr.strip():
                 self._log("error", f"scenario {item.name!r} failed: {run.error}\n{stderr}", herd, item.name)
         else:
-            run.error = None
+            try:
+                _publish(staged)
+                run.error = None
+            except OSError as exc:
+                state, run.error = "FAILED", f"scenario {item.name!r}: cannot publish its outputs: {exc}"
+        _unstage(staged)
         self.executor.destroy(task.id)
         return state, report
 

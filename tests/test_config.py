@@ -18,7 +18,7 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(environ={})
-    assert config.executor.driver == "process"
+    assert config.executor.driver == "auto"
     assert config.scheduler.policy == "spread"
     assert config.file is None
     assert config.source_of("executor.driver") == "default"

@@ -23,9 +23,14 @@ def test_doctor_reports_every_area(run_cli: Callable[..., object]) -> None:
     areas = {(c["area"], c["check"]): c for c in report["checks"]}
     assert {name for area, name in areas if area == "namespaces"} == set(NAMESPACE_FLAGS)
     assert ("cgroups", "version") in areas
-    unenforced = {name for area, name in areas if area == "executor" and ":" in name}
-    assert "process: memory" in unenforced and not areas[("executor", "process: memory")]["ok"]
-    assert areas[("executor", "process")]["ok"]
+    chosen = areas[("executor", "auto")]["detail"].split(";")[0].removeprefix("chose ")
+    assert chosen in ("linux", "process") and areas[("executor", chosen)]["ok"]
+    if chosen == "process":  # not root here: auto says why it does not isolate
+        assert "not isolated" in areas[("executor", "auto")]["detail"]
+    forced_run = run_cli("doctor", "--json", env={"RUNINK_EXECUTOR__DRIVER": "process"})
+    forced = json.loads(forced_run.stdout)  # type: ignore[attr-defined]
+    process = {(c["area"], c["check"]): c for c in forced["checks"]}
+    assert not process[("executor", "process: memory")]["ok"] and process[("executor", "process")]["ok"]
 
 
 def test_doctor_table(run_cli: Callable[..., object]) -> None:

@@ -11,7 +11,7 @@ import typer
 import runink
 from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.drivers import configured_driver
+from runink.core.drivers import auto_executor, configured_driver
 
 
 def collect(state: CliState) -> dict[str, Any]:
@@ -46,7 +46,12 @@ def collect(state: CliState) -> dict[str, Any]:
         check("cgroups", "detect", False, f"cannot read cgroup mounts: {exc}")
     for name, refusal in probe_all().items():
         check("namespaces", name, refusal is None, "permitted" if refusal is None else refusal)
-    executor = configured_driver(config, "executor", manager)
+    if config.executor.driver == "auto":
+        linux, config, note = auto_executor(config, manager)
+        executor = linux if linux is not None else configured_driver(config, "executor", manager)
+        check("executor", "auto", linux is not None, f"chose {config.executor.driver}" + (f"; {note}" if note else ""))
+    else:
+        executor = configured_driver(config, "executor", manager)
     caps = executor.capabilities()
     fingerprint = executor.fingerprint()
     check(

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.drivers import configured_driver
+from runink.core.drivers import auto_executor, configured_driver
 from runink.core.errors import RuninkError
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import parse_file
@@ -178,6 +178,12 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
     cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
     scenarios without them and says so once on stderr.
     """
+    if config.executor.driver == "auto":
+        linux, config, note = auto_executor(config, manager)
+        if linux is not None:
+            return linux
+        if not quiet:
+            print(note, file=sys.stderr)
     options = dict(config.executor.options)
     if config.executor.driver == "process" and "degrade" not in options:
         wanted = sorted(

@@ -168,6 +168,14 @@ class Executor(ABC):
     def fingerprint(self) -> Fingerprint:
         """Detect node attributes and health. Called at agent start and periodically."""
 
+    def task_user(self, task_id: str) -> tuple[int, int] | None:
+        """The (uid, gid) the task with this id will run as, if not the agent's own.
+
+        A runner gives that user the task's private work dir and output staging folders
+        before it starts the task. Default: None (tasks run as the agent's user).
+        """
+        return None
+
     @abstractmethod
     def start(self, spec: TaskSpec) -> TaskHandle:
         """Start the task and return its handle once the process exists.

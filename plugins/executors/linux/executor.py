@@ -41,6 +41,7 @@ from runink.core.interfaces.executor import (
     TaskStats,
 )
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
+from runink.plugins.executors.linux.launcher import open_tree
 from runink.plugins.executors.linux.namespaces import probe
 
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
@@ -120,6 +121,11 @@ class LinuxExecutor(Executor):
         for name in ("pid", "mount", "uts", "ipc", "net"):
             if (reason := probe(name)) is not None:
                 problems[f"{name} namespace"] = reason
+        if "root" not in problems:
+            try:  # grants are moved into warm sandboxes with the new mount API
+                os.close(open_tree("/"))
+            except OSError as exc:
+                problems["mount API"] = f"open_tree/move_mount (Linux 5.2+) unavailable: {exc.strerror}"
         try:
             layout = detect()
             if not {"cpu", "memory", "pids"} <= set(layout.own):
@@ -230,7 +236,7 @@ class LinuxExecutor(Executor):
         cgroup = SliceCgroup(self.cgroups.layout, {c: p / spec.id for c, p in self.cgroups.parents().items()})
         if any(d.exists() for d in cgroup.dirs.values()):
             raise TaskRejectedError(f"task {spec.id}: a cgroup for slice {spec.id} exists already")
-        uid = UID_BASE + zlib.crc32(spec.id.encode()) % UID_RANGE
+        uid, gid = self.task_user(spec.id)
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
         request = {
@@ -242,7 +248,7 @@ class LinuxExecutor(Executor):
             "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
             "hostname": spec.id[:63],
             "uid": uid,
-            "gid": uid,
+            "gid": gid,
             "network": spec.network,
             "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
             "stdout": str(task_dir / "stdout.log"),
@@ -280,6 +286,11 @@ class LinuxExecutor(Executor):
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
+
+    def task_user(self, task_id: str) -> tuple[int, int]:
+        """An unprivileged uid/gid per task (never root, never a host user's)."""
+        uid = UID_BASE + zlib.crc32(task_id.encode()) % UID_RANGE
+        return uid, uid
 
     def recover(self, handle: TaskHandle) -> None:
         if handle.driver != self.name:
