@@ -124,3 +124,39 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     assert sorted(Path(tempfile.gettempdir()).glob("runink-root-*")) == roots_before  # its root mount point too
     assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before  # no mount left
     assert not list(tmp_path.glob("**/exit_status.tmp"))
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_logs_are_live_and_capped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    import time
+
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", log_max_bytes=64 * 1024)
+    try:
+        code = (
+            "import time\n"
+            "print('first line', flush=False)\n"  # line-buffered in the slice: visible before the end
+            "time.sleep(1.5)\n"
+            "for i in range(40000):\n"  # 2 MB in 2 s
+            "    print(f'line {i:06d} ' + 'x' * 40)\n"
+            "    if i % 1000 == 999: time.sleep(0.05)\n"
+            "time.sleep(1)\n"
+        )
+        spec = _spec(tmp_path, sys.executable, "-c", code)
+        executor.start(spec)
+        time.sleep(0.8)
+        assert executor.read_log(spec.id).startswith("first line")  # live, while it runs
+        result = executor.wait(spec.id, 60)
+        assert result is not None and result.exit_code == 0, executor.read_log(spec.id, "stderr")
+        task_dir = Path(spec.task_dir)
+        sizes = [p.stat().st_size for p in task_dir.glob("stdout.log*")]
+        # 2 MB written; kept: the cap plus what arrives between two checks, twice (current + .1)
+        assert len(sizes) == 2 and sum(sizes) <= 2 * (64 * 1024 + 400 * 1024), sizes
+        assert executor.read_log(spec.id).rstrip().endswith("line 039999 " + "x" * 40)  # the newest lines kept
+        executor.destroy(spec.id)
+    finally:
+        executor.close()
+        if executor.cgroups is not None:
+            for parent in set(executor.cgroups.parents().values()):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, S
 from runink.plugins.executors.linux.launcher import open_tree
 from runink.plugins.executors.linux.namespaces import probe
 
+LOG_CHECK_SECONDS = 0.25
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
 UID_BASE = 100_000  # slices run as UID_BASE + a hash of the task id: never root, never a host user
 UID_RANGE = 50_000
@@ -97,12 +99,15 @@ class LinuxExecutor(Executor):
         pool: int = 2,
         preload: list[str] | tuple[str, ...] = (),
         readable: list[str] | tuple[str, ...] = (),
+        log_max_bytes: int = 10 * 1024**2,
     ) -> None:
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
         self.pool = int(pool)
         self.preload = [*DEFAULT_PRELOAD, *_storage_modules(), *preload]
         self.readable = [str(p) for p in readable]
+        self.log_max_bytes = int(log_max_bytes)
+        self._log_keeper: threading.Thread | None = None
         self._problems = self._detect_problems()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
         self._tasks: dict[str, _Task] = {}
@@ -316,7 +321,35 @@ class LinuxExecutor(Executor):
                 return
             time.sleep(0.1)
 
+    def _keep_logs_capped(self) -> None:
+        """Background thread: a running task's stdout/stderr log past ``log_max_bytes`` is
+        copied to ``<stream>.log.1`` (replacing the previous one) and truncated, so a task
+        keeps at most about 2x the cap per stream on disk (logrotate's copytruncate: the slice
+        appends with O_APPEND and never notices; lines written during the copy can be lost)."""
+        while True:
+            time.sleep(LOG_CHECK_SECONDS)
+            with self._lock:
+                running = [t for t in self._tasks.values() if not t.done.is_set()]
+            for task in running:
+                for stream in ("stdout", "stderr"):
+                    path = Path(task.handle.task_dir) / f"{stream}.log"
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_size > self.log_max_bytes:
+                            rotated = path.with_name(f"{stream}.log.1")
+                            shutil.copyfile(path, rotated.with_suffix(".tmp"))
+                            os.replace(rotated.with_suffix(".tmp"), rotated)
+                            os.truncate(path, 0)
+
+    def read_log(self, task_id: str, stream: str = "stdout") -> str:
+        """The task's ``stdout`` or ``stderr``: the rotated part (if the cap was hit) then the current."""
+        folder = Path(self.handle(task_id).task_dir)
+        parts = [folder / f"{stream}.log.1", folder / f"{stream}.log"]
+        return "".join(p.read_text(errors="replace") for p in parts if p.exists())
+
     def _watch(self, task: _Task) -> None:
+        if self._log_keeper is None and self.log_max_bytes > 0:
+            self._log_keeper = threading.Thread(target=self._keep_logs_capped, daemon=True, name="runink-log-cap")
+            self._log_keeper.start()
         if task.handle.deadline is not None:
             task.timer = threading.Timer(max(0.0, task.handle.deadline - time.time()), self._on_deadline, (task,))
             task.timer.daemon = True

@@ -333,6 +333,9 @@ def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
     """``python -m MODULE ARGS`` or ``python -c CODE ARGS`` in this (forked, preloaded) interpreter."""
     os.environ.clear()
     os.environ.update(env)
+    for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
+        with contextlib.suppress(Exception):
+            stream.reconfigure(line_buffering=True)
     args = [str(a) for a in python.get("args", [])]
     code = 0
     try:
