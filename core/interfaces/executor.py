@@ -58,7 +58,9 @@ class TaskSpec:
     ``readable`` and ``writable`` are the host paths the task is granted (its inputs and its
     outputs' folders); ``cwd`` is writable too. An executor that isolates the filesystem
     (``filesystem`` in its capabilities) shows the task nothing else of the host but its
-    runtime; one that does not ignores them.
+    runtime; one that does not ignores them. ``files`` (name -> content: credentials, a
+    config) are given to the task as files in a private folder named by ``$RUNINK_FILES``:
+    a tmpfs only the task sees with the linux executor, never written to the host's disk.
     """
 
     id: str
@@ -71,6 +73,7 @@ class TaskSpec:
     network: bool = False
     readable: tuple[Path, ...] = ()
     writable: tuple[Path, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
     herd: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
 

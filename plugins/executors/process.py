@@ -28,6 +28,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,17 @@ class _Task:
     timer: threading.Timer | None = None
 
 
+def _write_files(folder: Path, files: Mapping[str, str]) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name, content in files.items():
+        if not name or "/" in name or name in (".", ".."):
+            raise TaskRejectedError(f"invalid file name {name!r}")
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+    return folder
+
+
 class ProcessExecutor(Executor):
     """Runs each task as a plain process group on the host."""
 
@@ -167,6 +179,9 @@ class ProcessExecutor(Executor):
             task_dir.mkdir(parents=True, exist_ok=True)
             status_file = task_dir / "exit_status"
             status_file.unlink(missing_ok=True)
+            env = dict(spec.env)
+            if spec.files:  # no private tmpfs here: a folder of the task dir only its user can read
+                env["RUNINK_FILES"] = str(_write_files(task_dir / "files", spec.files))
             started = time.time()
             import subprocess  # local: keeps `import runink` light for CLI start
 
@@ -182,7 +197,7 @@ class ProcessExecutor(Executor):
                             "1" if "PWD" in spec.env else "0",
                             *spec.command,
                         ],
-                        env=dict(spec.env),
+                        env=env,
                         cwd=spec.cwd or task_dir,
                         stdin=subprocess.DEVNULL,
                         stdout=out,

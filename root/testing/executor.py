@@ -161,6 +161,14 @@ class ExecutorConformance:
         assert "RUNINK_AGENT_SECRET_FOR_TEST" not in seen
         assert set(seen) - SHELL_OWN_VARS == set(env)
 
+    def test_granted_files_are_given(self, executor: Executor, tmp_path: Path, work: Path) -> None:
+        files = {"token": "s3cret", "config.toml": "a = 1\n"}
+        spec = self.spec(tmp_path, work, "sh", "-c", 'cat "$RUNINK_FILES/token"; ls "$RUNINK_FILES"', files=files)
+        result = self.run(executor, spec)
+        assert result.state is TaskState.SUCCEEDED, executor.read_log(spec.id, "stderr")
+        out = executor.read_log(spec.id, "stdout")
+        assert out.startswith("s3cret") and "config.toml" in out
+
     # --- deadlines and cancellation -------------------------------------------------
 
     def test_wait_with_timeout_returns_none_while_running(self, executor: Executor, tmp_path: Path, work: Path) -> None:

@@ -42,7 +42,7 @@ from runink.core.interfaces.executor import (
     TaskStats,
 )
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
-from runink.plugins.executors.linux.launcher import open_tree
+from runink.plugins.executors.linux.launcher import FILES_DIR, open_tree
 from runink.plugins.executors.linux.namespaces import probe
 
 LOG_CHECK_SECONDS = 0.25
@@ -248,7 +248,8 @@ class LinuxExecutor(Executor):
             "op": "launch",
             "id": spec.id,
             "command": list(spec.command),
-            "env": dict(spec.env),
+            "env": {**spec.env, "RUNINK_FILES": FILES_DIR} if spec.files else dict(spec.env),
+            "files": dict(spec.files),
             "cwd": str(spec.cwd or "/"),
             "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
             "hostname": spec.id[:63],

@@ -77,6 +77,7 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 ROOT_LAYOUT = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 MAX_BINDS = 200
+FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
 
 
@@ -302,6 +303,8 @@ def _payload(control: socket.socket) -> int:
             _move_mount(fd, target)
             flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
             _mount(None, target, None, flags)
+        if req.get("files"):
+            _private_files(req["files"], int(req["uid"]), int(req["gid"]))
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
         hostname = str(req.get("hostname") or req["id"]).encode()
         _check(libc.sethostname(hostname, len(hostname)), "sethostname")
@@ -327,6 +330,23 @@ def _payload(control: socket.socket) -> int:
     except BaseException as exc:
         os.write(2, f"runink: cannot start {command[0]}: {exc}\n".encode())
     return 127
+
+
+def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
+    """The task's granted files in a tmpfs only its mount namespace has, readable by it alone."""
+    os.makedirs(FILES_DIR)
+    _mount("tmpfs", FILES_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0500,size=16m")
+    for name, content in files.items():
+        if not name or "/" in name or name in (".", ".."):
+            raise LaunchError(f"invalid file name {name!r}")
+        path = os.path.join(FILES_DIR, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        try:
+            os.write(fd, content.encode())
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+    os.chown(FILES_DIR, uid, gid)
 
 
 def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
