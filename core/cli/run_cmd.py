@@ -153,6 +153,7 @@ def run_command(
     finally:
         if live is not None:
             live.stop()
+        executor.close()
     if "error" in result_box:
         raise result_box["error"]
     result: RunResult = result_box["result"]
@@ -235,8 +236,11 @@ def golden_test_command(
             continue
         executor = _executor(config, compiled, manager, quiet=True)
         runner = LocalRunner(config, manager, executor)
-        for item in scenarios:
-            outcome = golden.run_golden(runner, compiled, item, update=update)
+        try:
+            outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]
+        finally:
+            executor.close()
+        for item, outcome in zip(scenarios, outcomes, strict=True):
             results.append(outcome)
             if not json_output:
                 colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")

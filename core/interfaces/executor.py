@@ -215,6 +215,13 @@ class Executor(ABC):
     def recover(self, handle: TaskHandle) -> None:
         """Re-attach to a task started by an earlier instance of this driver (agent restart)."""
 
+    def close(self) -> None:
+        """Release what the driver started for itself (helper processes); running tasks go on.
+
+        Called when the agent or ``runink run`` is done with the executor. Default: nothing.
+        """
+        return None
+
     def read_log(self, task_id: str, stream: str = "stdout") -> str:
         """The task's captured ``stdout`` or ``stderr`` so far (default: files in its task_dir)."""
         path = Path(self.handle(task_id).task_dir) / f"{stream}.log"
