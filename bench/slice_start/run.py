@@ -10,6 +10,8 @@ step code running". Rows:
 * runink, Python step: ``LinuxExecutor.start`` of ``python -c "...write(1, b'x')"`` — slice
   cgroup created (cpu, memory, pids limits), pid/mount/uts/ipc/net namespaces, minimal root,
   unprivileged uid, no_new_privs; the code runs in a fork of the preloaded launcher;
+* runink launcher alone: the same Python step sent straight to the fork server (cgroup claimed,
+  limits written, granted work dir mounted), without the executor's bookkeeping;
 * runink, command step: the same for ``/bin/echo x`` (exec'ed);
 * bwrap (``--ro-bind / / --unshare-pid --unshare-uts --unshare-ipc --proc /proc --dev /dev``),
   ``/bin/echo x``: the fastest mainstream namespace sandbox, no cgroup;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
+import json
 import os
 import platform
 import select
@@ -43,11 +46,12 @@ from pathlib import Path
 
 from runink.core.interfaces.executor import TaskSpec
 from runink.core.model import Resources
-from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager
+from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager, SliceCgroup
 from runink.plugins.executors.linux.executor import LinuxExecutor
 
 BWRAP = [
-    "bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-uts", "--unshare-ipc", "--proc", "/proc", "--dev", "/dev",
+    "bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-uts", "--unshare-ipc",
+    "--proc", "/proc", "--dev", "/dev",
 ]  # fmt: skip
 PY_CODE = "import os; os.write(1, b'x')"
 LIMITS = Resources(cpu=1.0, memory=256 * 1024**2, pids=64)
@@ -100,11 +104,57 @@ def time_executor(executor: LinuxExecutor, count: int, work: Path, command: tupl
     return samples
 
 
-def time_command(make: Callable[[], list[str]], count: int, work: Path, shell_cgroup: CgroupManager | None = None) -> list[float]:
+def time_launcher(count: int, work: Path, tag: str, gap: float) -> list[float]:
+    """The fork server alone (what the executor adds: its bookkeeping, threads, task files)."""
+    manager = CgroupManager(parent_name=f"runink-bench-l-{tag}")
+    manager.prepare()
+    layout = manager.layout
+    own = {c: str(d) for c, d in layout.own.items()}
+    cgroups = {"version": layout.version, "own": own, "parent": manager.parent_name}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--preload",
+         "pyarrow,pyarrow.compute,runink.core.dataplane.slice", "--cgroups", json.dumps(cgroups)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert launcher.stdin is not None and launcher.stdout is not None
+    samples = []
+    try:
+        for i in range(count + 3):
+            fifo = Fifo(work)
+            request = {
+                "op": "launch", "id": f"l-{tag}-{i}", "command": ["python"], "python": {"code": PY_CODE},
+                "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(work), "binds": [{"path": str(work), "writable": True}],
+                "uid": 100001, "gid": 100001, "stdout": str(fifo.path),
+                "limits": {"cpu": 1.0, "memory": 256 * 1024**2, "pids": 64},
+            }  # fmt: skip
+            time.sleep(0.03 if i < 3 else gap)
+            started = time.perf_counter()
+            launcher.stdin.write(json.dumps(request) + "\n")
+            launcher.stdin.flush()
+            fifo.first_byte()
+            if i >= 3:  # the first ones wait for the pool to be built
+                samples.append((time.perf_counter() - started) * 1000)
+            assert json.loads(launcher.stdout.readline())["event"] == "started"
+            ended = json.loads(launcher.stdout.readline())
+            assert ended.get("code") == 0, ended
+            fifo.close()
+            SliceCgroup(layout, {c: p / request["id"] for c, p in manager.parents().items()}).remove()
+    finally:
+        launcher.stdin.close()
+        launcher.wait(30)
+        for parent in set(manager.parents().values()):
+            parent.rmdir()
+    return samples
+
+
+def time_command(
+    make: Callable[[], list[str]], count: int, work: Path, shell_cgroup: CgroupManager | None = None
+) -> list[float]:
     samples = []
     for i in range(count):
         fifo = Fifo(work)
-        cgroup = shell_cgroup.create(f"u-{i}", CgroupLimits(cpu=1.0, memory=256 * 1024**2, pids=64)) if shell_cgroup else None
+        limits = CgroupLimits(cpu=1.0, memory=256 * 1024**2, pids=64)
+        cgroup = shell_cgroup.create(f"u-{i}", limits) if shell_cgroup else None
         command = make()
         if cgroup is not None:  # join the cgroup from the shell, then the unshare command
             joins = "; ".join(f"echo $$ > {p}" for p in cgroup.procs_files)
@@ -148,14 +198,38 @@ def main() -> None:
             # first use starts the launchers and their warm pools; not part of any sample
             time_executor(executor, 3, work, (sys.executable, "-c", PY_CODE))
             time_executor(executor, 3, work, ("/bin/echo", "x"))
-            rows.append(("runink linux executor, Python step (fork of the preloaded launcher)", ours,
-                         time_executor(executor, ours, work, (sys.executable, "-c", PY_CODE))))
-            rows.append(("runink linux executor, command step (/bin/echo, exec)", ours,
-                         time_executor(executor, ours, work, ("/bin/echo", "x"))))
+            rows.append(
+                (
+                    "runink linux executor, Python step (fork of the preloaded launcher)",
+                    ours,
+                    time_executor(executor, ours, work, (sys.executable, "-c", PY_CODE)),
+                )
+            )
+            for gap in (0.01, 0.03):
+                rows.append(
+                    (
+                        f"runink launcher alone (fork server), Python step, a request every {gap * 1000:.0f} ms",
+                        ours,
+                        time_launcher(ours, work, f"{tag}{gap * 1000:.0f}", gap),
+                    )
+                )
+            rows.append(
+                (
+                    "runink linux executor, command step (/bin/echo, exec)",
+                    ours,
+                    time_executor(executor, ours, work, ("/bin/echo", "x")),
+                )
+            )
 
             def one_slice(i: int) -> None:
-                spec = TaskSpec(f"t-{tag}-{i}", (sys.executable, "-c", "pass"), work / "tput" / str(i),
-                                env={"PATH": "/usr/bin:/bin"}, cwd=work, limits=LIMITS)
+                spec = TaskSpec(
+                    f"t-{tag}-{i}",
+                    (sys.executable, "-c", "pass"),
+                    work / "tput" / str(i),
+                    env={"PATH": "/usr/bin:/bin"},
+                    cwd=work,
+                    limits=LIMITS,
+                )
                 executor.start(spec)
                 result = executor.wait(spec.id, 60)
                 assert result is not None and result.exit_code == 0, result
@@ -170,18 +244,33 @@ def main() -> None:
         shell = CgroupManager(parent_name=f"runink-bench-sh-{tag}")
         try:
             if shutil.which("bwrap"):
-                rows.append(("bwrap /bin/echo (no cgroup)", anchors,
-                             time_command(lambda: [*BWRAP, "/bin/echo", "x"], anchors, work)))
-            rows.append(("unshare -fpmui --mount-proc + cgroup from sh, /bin/echo", anchors,
-                         time_command(lambda: ["unshare", "-fpmui", "--mount-proc", "/bin/echo", "x"], anchors, work,
-                                      shell)))
-            rows.append(("cold python -c 'import runink'", anchors,
-                         time_command(lambda: [sys.executable, "-c", f"import runink; {PY_CODE}"], anchors, work)))
+                rows.append(
+                    (
+                        "bwrap /bin/echo (no cgroup)",
+                        anchors,
+                        time_command(lambda: [*BWRAP, "/bin/echo", "x"], anchors, work),
+                    )
+                )
+            rows.append(
+                (
+                    "unshare -fpmui --mount-proc + cgroup from sh, /bin/echo",
+                    anchors,
+                    time_command(lambda: ["unshare", "-fpmui", "--mount-proc", "/bin/echo", "x"], anchors, work, shell),
+                )
+            )
+            rows.append(
+                (
+                    "cold python -c 'import runink'",
+                    anchors,
+                    time_command(lambda: [sys.executable, "-c", f"import runink; {PY_CODE}"], anchors, work),
+                )
+            )
         finally:
             for parent in set(shell.parents().values()):
                 if parent.exists():
                     parent.rmdir()
         if shutil.which("bwrap"):
+
             def one_bwrap(_: int) -> None:
                 subprocess.run([*BWRAP, "/bin/true"], check=True)
 
@@ -192,7 +281,8 @@ def main() -> None:
 
         rates.append(("unshare -fpmui --mount-proc /bin/true (no cgroup)", anchors, throughput(one_unshare, anchors)))
     base = percentiles(rows[0][2])[0]
-    print(f"# {dt.date.today()} · {os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}")
+    machine = f"{os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}"
+    print(f"# {dt.date.today()} · {machine}")
     print()
     print("| variant | runs | p50 ms | p99 ms | p50 ÷ runink Python step p50 |")
     print("| --- | ---: | ---: | ---: | ---: |")
