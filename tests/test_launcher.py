@@ -238,3 +238,19 @@ def test_preloading_a_module_that_starts_threads_is_refused() -> None:
         check=False,
     )
     assert done.returncode != 0 and "must stay single-threaded" in done.stderr
+
+
+def test_runtime_paths_under_tmp_are_visible(work: Path, tmp_path: Path) -> None:
+    """A virtualenv in /tmp (CI clones there) stays visible under the slice's private /tmp."""
+    runtime = tmp_path / "venv-like"
+    runtime.mkdir()
+    (runtime / "marker.txt").write_text("runtime here\n")
+    os.chmod(tmp_path, 0o755)
+    with_runtime = Launcher("--readable", str(runtime))
+    try:
+        req = request(work, f"cat {runtime}/marker.txt; touch {runtime}/x 2>&1")
+        assert with_runtime.run(req)["code"] == 0, (work / "err.log").read_text()
+        out = (work / "out.log").read_text().splitlines()
+        assert out[0] == "runtime here" and "Read-only file system" in out[1]
+    finally:
+        with_runtime.close()

@@ -173,6 +173,9 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
     """In the new mount namespace: a tmpfs root with the runtime bound read-only, then pivot into it."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
+    # The private /tmp first: runtime paths under /tmp (a virtualenv there) are bound inside it.
+    os.makedirs(root + "/tmp")
+    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
     for path, target in links.items():
         os.symlink(target, root + path)
     for path in directories:
@@ -195,8 +198,6 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
     _mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
     os.makedirs(root + "/proc", exist_ok=True)
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(root + "/tmp", exist_ok=True)
-    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
     old = root + "/.old-root"
     os.mkdir(old)
     number = SYS_PIVOT_ROOT.get(platform.machine())
