@@ -248,7 +248,7 @@ def test_runtime_paths_under_tmp_are_visible(work: Path, tmp_path: Path) -> None
     os.chmod(tmp_path, 0o755)
     with_runtime = Launcher("--readable", str(runtime))
     try:
-        req = request(work, f"cat {runtime}/marker.txt; touch {runtime}/x 2>&1")
+        req = request(work, f"cat {runtime}/marker.txt; touch {runtime}/x 2>&1; true")
         assert with_runtime.run(req)["code"] == 0, (work / "err.log").read_text()
         out = (work / "out.log").read_text().splitlines()
         assert out[0] == "runtime here" and "Read-only file system" in out[1]
