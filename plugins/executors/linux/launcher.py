@@ -44,6 +44,7 @@ import ctypes
 import fcntl
 import gc
 import importlib
+import io
 import json
 import os
 import platform
@@ -354,7 +355,7 @@ def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
     os.environ.clear()
     os.environ.update(env)
     for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
-        with contextlib.suppress(Exception):
+        if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
     args = [str(a) for a in python.get("args", [])]
     code = 0
@@ -703,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         preload([m for m in args.preload.split(",") if m])
     gc.collect()
     gc.freeze()  # what every sandbox inherits: never walked by the collector (no copy-on-write)
-    root = tempfile.mkdtemp(prefix="runink-root-")
+    root = tempfile.mkdtemp(prefix=f"runink-root-{os.getpid()}-")  # the sandboxes' mount point (in their namespaces)
     try:
         Launcher(max(0, args.pool), root, args.readable, sys.stdout, cgroups).serve(sys.stdin.buffer)
     finally:
