@@ -160,3 +160,24 @@ def test_logs_are_live_and_capped(tmp_path) -> None:  # type: ignore[no-untyped-
             for parent in set(executor.cgroups.parents().values()):
                 with contextlib.suppress(OSError):
                     parent.rmdir()
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_slice_outlives_its_launcher(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    from runink.core.interfaces.executor import TaskState
+
+    spec = _spec(tmp_path, "sh", "-c", "sleep 1; exit 3")
+    linux.start(spec)
+    launcher = linux._launcher
+    assert launcher is not None
+    launcher.send_signal(signal.SIGKILL)  # the fork server dies; the slice does not
+    result = linux.wait(spec.id, 20)
+    assert result is not None and result.state is TaskState.FAILED and result.exit_code == 3
+    assert linux.cgroups is not None
+    deadline = time.monotonic() + 10
+    while linux.cgroups.leftovers() and time.monotonic() < deadline:  # its warm cgroups go too
+        time.sleep(0.1)
+    assert [p.name for p in linux.cgroups.leftovers()] == []

@@ -85,6 +85,7 @@ class _Task:
     cancelled: bool = False
     deadline_hit: bool = False
     timer: threading.Timer | None = None
+    launcher: subprocess.Popen[str] | None = None  # the one that started it (None: recovered)
 
 
 class LinuxExecutor(Executor):
@@ -214,6 +215,20 @@ class LinuxExecutor(Executor):
                     task = self._tasks.get(event["id"])
                 if task is not None:
                     self._finish(task, int(event["code"]))
+        # The launcher is gone (killed, crashed): its slices run on in their sandboxes;
+        # follow them through their cgroups and status files, as after a restart.
+        with self._lock:
+            orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
+        for task in orphans:
+            threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
+        if launcher.wait() != 0 and self.cgroups is not None:  # it could not remove its warm cgroups
+            names = {
+                d.name for parent in self.cgroups.parents().values() for d in parent.glob(f"warm-{launcher.pid}-*")
+            }
+            for name in names:
+                warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
+                with contextlib.suppress(CgroupError):
+                    warm.remove()
 
     # --- running ----------------------------------------------------------------------
 
@@ -280,6 +295,7 @@ class LinuxExecutor(Executor):
             self._tasks[spec.id] = task
             self._pending[spec.id] = pending
             launcher = self._launcher_process("python" if python else "exec")
+            task.launcher = launcher
             assert launcher.stdin is not None
             launcher.stdin.write(json.dumps(request) + "\n")
             launcher.stdin.flush()
@@ -312,12 +328,17 @@ class LinuxExecutor(Executor):
         threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
 
     def _poll_recovered(self, task: _Task) -> None:
+        """Follow a task without launcher events: it ended when its cgroup is empty; its
+        sandbox's PID 1 writes the exit status just after (allow it a second)."""
         while not task.done.is_set():
             if not task.cgroup.pids():
-                try:
-                    code = int(task.status_file.read_text().strip())
-                except (OSError, ValueError):
-                    code = -1
+                code = -1
+                for _ in range(20):
+                    try:
+                        code = int(task.status_file.read_text().strip())
+                        break
+                    except (OSError, ValueError):
+                        time.sleep(0.05)
                 self._finish(task, code)
                 return
             time.sleep(0.1)
