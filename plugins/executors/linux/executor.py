@@ -29,6 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runink.core.errors import TaskNotFoundError, TaskRejectedError
 from runink.core.interfaces.executor import (
@@ -204,19 +205,27 @@ class LinuxExecutor(Executor):
     def _read_events(self, launcher: subprocess.Popen[str]) -> None:
         assert launcher.stdout is not None
         for line in launcher.stdout:
-            event = json.loads(line)
-            if event["event"] in ("started", "failed"):
-                pending = self._pending.pop(event["id"], None)
-                if pending is not None:
-                    pending.message = event.get("message")
-                    pending.event.set()
-            elif event["event"] == "exited":
-                with self._lock:
-                    task = self._tasks.get(event["id"])
-                if task is not None:
-                    self._finish(task, int(event["code"]))
-        # The launcher is gone (killed, crashed): its slices run on in their sandboxes;
-        # follow them through their cgroups and status files, as after a restart.
+            try:
+                self._on_event(json.loads(line))
+            except Exception as exc:  # one bad event must not stop the events of every other slice
+                print(f"runink linux executor: launcher event {line.strip()!r}: {exc!r}", file=sys.stderr)
+        self._on_launcher_gone(launcher)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] in ("started", "failed"):
+            pending = self._pending.pop(event["id"], None)
+            if pending is not None:
+                pending.message = event.get("message")
+                pending.event.set()
+        elif event["event"] == "exited":
+            with self._lock:
+                task = self._tasks.get(event["id"])
+            if task is not None:
+                self._finish(task, int(event["code"]))
+
+    def _on_launcher_gone(self, launcher: subprocess.Popen[str]) -> None:
+        """The launcher is gone (closed, killed, crashed): its slices run on in their
+        sandboxes; follow them through their cgroups and status files, as after a restart."""
         with self._lock:
             orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
         for task in orphans:
