@@ -35,7 +35,10 @@ WRAPPER = (
     "print(json.dumps({'rc': rc, 'seconds': seconds,\n"
     "                  'peak_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
 )
+# cpu=2: the slice may use both cores, as the engines it is compared with do (the default
+# @requires(cpu=1) is enforced as a one-core cgroup limit by the linux executor).
 DSL = """Feature: Bench orders
+  @requires(cpu=2)
   Scenario: Validate orders
     @source("csv://{source}", contract="contracts:Order")
     @step("steps:normalize")
