@@ -62,6 +62,7 @@ def test_memory_limit_ooms_and_is_detected(manager: CgroupManager) -> None:
 
 @needs_v1
 def test_a_warm_cgroup_is_claimed_with_the_slices_name_and_limits(manager: CgroupManager) -> None:
+    other_limits = CgroupLimits(cpu=1.0, memory=64 * 1024**2, pids=8)
     warm = manager.create("warm-1")
     try:
         cgroup = manager.claim(warm, "slice-7", CgroupLimits(memory=64 * 1024**2, pids=8))
@@ -69,10 +70,16 @@ def test_a_warm_cgroup_is_claimed_with_the_slices_name_and_limits(manager: Cgrou
         assert not any(d.exists() for d in warm.dirs.values())
         done = run_in(cgroup, f"exec {sys.executable} -c 'x = bytearray(512 * 2**20)'")
         assert done.returncode in (-9, 137) and cgroup.usage().oom_kills >= 1  # the limit holds
-        other = manager.create("warm-2")
+        other = manager.create("warm-2", CgroupLimits(cpu=1.0, memory=64 * 1024**2, pids=8))
         with pytest.raises(CgroupError, match="exists already"):
             manager.claim(other, "slice-7", CgroupLimits())
-        other.remove()
+        # speculative limits: only the differences are written, removals included
+        third = manager.claim(other, "slice-8", CgroupLimits(memory=128 * 1024**2), applied=other_limits)
+        memory = third.dirs["memory"]
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 128 * 1024**2
+        assert (third.dirs["pids"] / "pids.max").read_text().strip() == "max"
+        assert (third.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "-1"
+        third.remove()
         cgroup.remove()
         assert manager.leftovers() == []
     finally:

@@ -211,6 +211,47 @@ class SliceCgroup:
         elif limits.cpuset:
             _write(self.dirs["cpuset"] / "cpuset.cpus", limits.cpuset)
 
+    def update(self, limits: CgroupLimits, previous: CgroupLimits) -> None:
+        """Change the limits from ``previous`` to ``limits``, writing only what differs
+        (a limit back to 0 means unlimited again)."""
+        if limits == previous:
+            return
+        v2 = self.layout.version == 2
+        for name, wanted in (("cpu", limits.cpu), ("memory", limits.memory), ("pids", limits.pids)):
+            if wanted and name not in self.dirs:
+                raise CgroupError(
+                    f"{name} limit requested but the {name} controller is unavailable: "
+                    f"{self.layout.missing.get(name, 'unknown')}"
+                )
+        if limits.cpu != previous.cpu:
+            quota = max(1000, int(limits.cpu * CPU_PERIOD_US)) if limits.cpu else 0
+            if v2:
+                _write(self.dirs["cpu"] / "cpu.max", f"{quota or 'max'} {CPU_PERIOD_US}")
+            else:
+                _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(quota or -1))
+        if limits.memory != previous.memory:
+            memory = self.dirs["memory"]
+            if v2:
+                _write(memory / "memory.max", str(limits.memory or "max"))
+                if (memory / "memory.swap.max").exists():
+                    _write(memory / "memory.swap.max", "0" if limits.memory else "max")
+            else:
+                value = str(limits.memory or -1)
+                files = [memory / "memory.limit_in_bytes"]
+                if (memory / "memory.memsw.limit_in_bytes").exists():
+                    files.append(memory / "memory.memsw.limit_in_bytes")
+                # memsw may never be below the memory limit: lower memory first, raise memsw first
+                raising = not limits.memory or (previous.memory and limits.memory > previous.memory)
+                for path in reversed(files) if raising else files:
+                    _write(path, value)
+        if limits.pids != previous.pids:
+            _write(self.dirs["pids"] / "pids.max", str(limits.pids or "max"))
+        if limits.cpuset != previous.cpuset and "cpuset" in self.dirs:
+            parent = self.dirs["cpuset"].parent
+            cpus = limits.cpuset or (parent / "cpuset.cpus").read_text().strip()
+            _write(self.dirs["cpuset"] / "cpuset.cpus", cpus)
+
     def attach(self, pid: int) -> None:
         for procs in self.procs_files:
             _write(procs, str(pid))
@@ -332,12 +373,15 @@ class CgroupManager:
             raise
         return cgroup
 
-    def claim(self, warm: SliceCgroup, slice_id: str, limits: CgroupLimits) -> SliceCgroup:
+    def claim(
+        self, warm: SliceCgroup, slice_id: str, limits: CgroupLimits, applied: CgroupLimits = CgroupLimits()
+    ) -> SliceCgroup:
         """Turn a cgroup created ahead of time (``create("warm-...")``, no process in it) into
         ``slice_id``'s: rename it (cgroupfs allows a rename within the parent) and apply
         ``limits``. The launcher moves each warm sandbox into a warm cgroup while building it:
         moving a process between cgroups waits for an RCU grace period (5-13 ms measured on a
-        VM), creating one costs ~2 ms in 5 v1 hierarchies; a rename and a few writes do not."""
+        VM), creating one costs ~2 ms in 5 v1 hierarchies; a rename and a few writes do not.
+        ``applied``: the limits the warm cgroup was created with; only the differences are written."""
         if not slice_id or "/" in slice_id or slice_id in (".", ".."):
             raise CgroupError(f"invalid slice id {slice_id!r}")
         dirs: dict[str, Path] = {}
@@ -352,7 +396,7 @@ class CgroupManager:
                     renamed[directory] = target
                 dirs[controller] = renamed[directory]
             cgroup = SliceCgroup(self.layout, dirs)
-            cgroup.apply(limits, inherit_cpuset=False)
+            cgroup.update(limits, applied)
             return cgroup
         except Exception:
             for original, directory in renamed.items():  # back to the warm name, still usable or removable
