@@ -44,7 +44,8 @@ def _spec(tmp_path, *command, **extra):  # type: ignore[no-untyped-def]
     work.mkdir(exist_ok=True)
     os.chmod(work, 0o777)
     task_id = f"l-{uuid.uuid4().hex[:8]}"
-    return TaskSpec(task_id, tuple(command), tmp_path / task_id, env={"PATH": "/usr/bin:/bin"}, cwd=work, **extra)
+    extra = {"env": {"PATH": "/usr/bin:/bin"}, "cwd": work, **extra}
+    return TaskSpec(task_id, tuple(command), tmp_path / task_id, **extra)
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
@@ -181,3 +182,43 @@ def test_a_slice_outlives_its_launcher(linux: LinuxExecutor, tmp_path) -> None: 
     while linux.cgroups.leftovers() and time.monotonic() < deadline:  # its warm cgroups go too
         time.sleep(0.1)
     assert [p.name for p in linux.cgroups.leftovers()] == []
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Python slices are forks of the launcher: it must never have held another slice's env or files."""
+    import sys
+    import uuid as uuid_module
+
+    secret = f"runink-secret-{uuid_module.uuid4().hex}"
+    code = "import os; print(len(os.environ['TOKEN']))"
+    first = _spec(
+        tmp_path, sys.executable, "-c", code, env={"PATH": "/usr/bin:/bin", "TOKEN": secret}, files={"key": secret}
+    )
+    linux.start(first)
+    assert linux.wait(first.id, 30) is not None
+    scan = (  # every readable mapping of the slice's own address space
+        "import ctypes, re, sys\n"
+        "needle = sys.argv[1][::-1].encode()\n"  # not in this process's own arguments as is
+        "found = regions = 0\n"
+        "for line in open('/proc/self/maps').read().splitlines():\n"
+        "    m = re.match(r'([0-9a-f]+)-([0-9a-f]+) r', line)\n"
+        "    if not m or line.endswith(('[vvar]', '[vvar_vclock]', '[vsyscall]')): continue\n"
+        "    start, end = int(m.group(1), 16), int(m.group(2), 16)\n"
+        "    regions += 1\n"
+        "    found += ctypes.string_at(start, end - start).count(needle)\n"
+        "print('found', found, 'in', regions > 10)\n"
+    )
+
+    def scan_for_secret(**extra: object) -> str:
+        second = _spec(tmp_path, sys.executable, "-c", scan, secret[::-1], **extra)
+        linux.start(second)
+        result = linux.wait(second.id, 60)
+        assert result is not None and result.exit_code == 0, linux.read_log(second.id, "stderr")
+        return linux.read_log(second.id).strip()
+
+    # the scan works: given the secret itself, it finds it beside its own needle
+    control = scan_for_secret(env={"PATH": "/usr/bin:/bin", "TOKEN": secret})
+    assert control.startswith("found ") and int(control.split()[1]) >= 2, control
+    for _ in range(3):  # the pool is rebuilt after each slice: sandboxes forked after the first one
+        assert scan_for_secret() == "found 1 in True"  # only the needle: nothing left of the first slice

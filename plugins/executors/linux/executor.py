@@ -70,6 +70,22 @@ def _python_fast_path(command: tuple[str, ...]) -> dict[str, object] | None:
     return {key: command[2], "args": list(command[3:])}
 
 
+def _secrets(spec: TaskSpec) -> int:
+    """A memfd holding the task's environment and files, for the launcher to pass on unread.
+
+    Sandboxes are forks of the launcher: anything the launcher ever held in memory (earlier
+    slices' variables and files) would be readable by a later slice's code, so it never sees
+    them; the payload reads them from this fd.
+    """
+    env = {**spec.env, "RUNINK_FILES": FILES_DIR} if spec.files else dict(spec.env)
+    data = json.dumps({"env": env, "files": dict(spec.files)}).encode()
+    fd = os.memfd_create(f"runink-{spec.id}", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
 @dataclass
 class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
@@ -272,8 +288,7 @@ class LinuxExecutor(Executor):
             "op": "launch",
             "id": spec.id,
             "command": list(spec.command),
-            "env": {**spec.env, "RUNINK_FILES": FILES_DIR} if spec.files else dict(spec.env),
-            "files": dict(spec.files),
+            # env and files go through a memfd, never through the launcher (see _secrets)
             "cwd": str(spec.cwd or "/"),
             "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
             "hostname": spec.id[:63],
@@ -298,6 +313,8 @@ class LinuxExecutor(Executor):
         python = _python_fast_path(spec.command)
         if python is not None:
             request["python"] = python
+        secrets_fd = _secrets(spec)
+        request["secrets"] = f"/proc/{os.getpid()}/fd/{secrets_fd}"
         task = _Task(handle, cgroup, status_file)
         pending = _Pending()
         with self._lock:
@@ -308,7 +325,11 @@ class LinuxExecutor(Executor):
             assert launcher.stdin is not None
             launcher.stdin.write(json.dumps(request) + "\n")
             launcher.stdin.flush()
-        if not pending.event.wait(30) or pending.message is not None:
+        try:
+            started_in_time = pending.event.wait(30)
+        finally:
+            os.close(secrets_fd)  # the launcher opened its own; the payload read it
+        if not started_in_time or pending.message is not None:
             with self._lock:
                 self._tasks.pop(spec.id, None)
                 self._pending.pop(spec.id, None)

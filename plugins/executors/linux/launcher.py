@@ -285,14 +285,16 @@ def _payload(control: socket.socket) -> int:
     """Wait for the request, finish the sandbox with it, drop privileges, run the command."""
     _warm_up()
     control.send(b"ready")  # the launcher learns this process's host pid from the credentials
-    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 2)
+    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 3)
     if not message:
         return 0  # the launcher drained its pool
     req = json.loads(message)
-    stdout_fd, stderr_fd, *mount_fds = fds
+    stdout_fd, stderr_fd, secrets_fd, *mount_fds = fds
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
     try:
+        secrets = _read_secrets(secrets_fd)
+        files = {**req.get("files", {}), **secrets.get("files", {})}
         for bind, fd in zip(req.get("binds", []), mount_fds, strict=True):
             target = bind["path"]
             if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -304,8 +306,8 @@ def _payload(control: socket.socket) -> int:
             _move_mount(fd, target)
             flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
             _mount(None, target, None, flags)
-        if req.get("files"):
-            _private_files(req["files"], int(req["uid"]), int(req["gid"]))
+        if files:
+            _private_files(files, int(req["uid"]), int(req["gid"]))
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
         hostname = str(req.get("hostname") or req["id"]).encode()
         _check(libc.sethostname(hostname, len(hostname)), "sethostname")
@@ -318,7 +320,7 @@ def _payload(control: socket.socket) -> int:
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
         cwd = req.get("cwd") or "/"
         os.chdir(cwd)
-        env = {str(k): str(v) for k, v in req.get("env", {}).items()}
+        env = {str(k): str(v) for k, v in {**req.get("env", {}), **secrets.get("env", {})}.items()}
     except BaseException as exc:
         os.write(2, f"runink: cannot set up slice {req.get('id')}: {exc}\n".encode())
         return 126
@@ -331,6 +333,20 @@ def _payload(control: socket.socket) -> int:
     except BaseException as exc:
         os.write(2, f"runink: cannot start {command[0]}: {exc}\n".encode())
     return 127
+
+
+def _read_secrets(fd: int) -> dict[str, Any]:
+    """The slice's environment and files, read from the fd the executor filled (a memfd).
+
+    They never pass through the launcher's memory: sandboxes are forks of the launcher, so
+    whatever it once held (earlier slices' secrets) would be readable by a later slice's code.
+    """
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.close(fd)
+    data = b"".join(chunks)
+    return json.loads(data) if data.strip() else {}
 
 
 def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
@@ -574,6 +590,8 @@ class Launcher:
                 raise LaunchError(f"too many granted paths ({len(binds)} > {MAX_BINDS})")
             for stream in ("stdout", "stderr"):
                 opened.append(os.open(req.get(stream) or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+            # the executor's memfd, opened by path and passed on unread (see _read_secrets)
+            opened.append(os.open(req.get("secrets") or os.devnull, os.O_RDONLY | os.O_CLOEXEC))
             for bind in binds:
                 opened.append(open_tree(bind["path"]))
             status_fd = (
