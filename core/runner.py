@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -122,11 +123,15 @@ def _stage_sinks(item: CompiledScenario, task_id: str, user: tuple[int, int] | N
 def _publish(staged: dict[Path, Path]) -> None:
     """Move each committed output from its staging folder into place, owned by the runner's user."""
     for final, temporary in staged.items():
-        if not temporary.exists():
+        try:
+            mode = temporary.lstat().st_mode
+        except FileNotFoundError:
             continue
+        if not stat.S_ISREG(mode):  # the staging folder is the slice's: accept nothing but a file
+            raise OSError(f"{temporary.name} is not a regular file; not published")
         os.replace(temporary, final)
         if os.geteuid() == 0:
-            os.chown(final, os.getuid(), os.getgid())
+            os.chown(final, os.getuid(), os.getgid(), follow_symlinks=False)
         directory = os.open(final.resolve().parent, os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -413,11 +418,14 @@ class LocalRunner:
 
     def _read_report(self, path: Path, offset: int, run: ScenarioRun, report: dict[str, Any]) -> int:
         try:
-            with open(path, encoding="utf-8") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-        except FileNotFoundError:
+            # O_NOFOLLOW: the folder belongs to the slice's user, who must not make the
+            # runner read another file for it (a link to something only root can read)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, OSError):
             return offset
+        with open(fd, encoding="utf-8", errors="replace") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
         complete = chunk[: chunk.rfind("\n") + 1]
         for line in complete.splitlines():
             try:

@@ -301,3 +301,21 @@ def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp
     bad = run_cli("run", "orders.dsl", "--set", "executor.driver=nope", cwd=orders)
     assert bad.returncode == 1  # type: ignore[attr-defined]
     assert "no runink.executors driver named 'nope' (set at --set executor.driver)" in bad.stderr  # type: ignore[attr-defined]
+
+
+def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
+    """A staging folder belongs to the slice's user: a link planted there is not published."""
+    from runink.core.runner import _publish
+
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("not for slices")
+    stage = tmp_path / "out" / ".runink-stage-t1"
+    stage.mkdir(parents=True)
+    (stage / "orders.csv").symlink_to(secret)
+    with pytest.raises(OSError, match="not a regular file"):
+        _publish({tmp_path / "out" / "orders.csv": stage / "orders.csv"})
+    assert not (tmp_path / "out" / "orders.csv").exists()
+    (stage / "orders.csv").unlink()
+    (stage / "orders.csv").write_text("id\n1\n")
+    _publish({tmp_path / "out" / "orders.csv": stage / "orders.csv"})
+    assert (tmp_path / "out" / "orders.csv").read_text() == "id\n1\n"
