@@ -110,7 +110,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     launcher = linux._launcher
     assert launcher is not None
     # no slice process left: what remains under the launcher is the warm sandboxes, all still root
-    assert {uid for _, uid in descendants(launcher.pid)} == {0}
+    assert {uid for _, uid in descendants(launcher.pid)} <= {0}
     children = subprocess.run(
         ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()

@@ -160,7 +160,7 @@ def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> Non
         ["ps", "--ppid", str(launcher.process.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()
     assert len(children) <= 3  # only warm sandboxes (2 without network, 1 with)
-    assert {uid for _, uid in descendants(launcher.process.pid)} == {0}  # only warm sandboxes: no slice left
+    assert {uid for _, uid in descendants(launcher.process.pid)} <= {0}  # only warm sandboxes: no slice left
     assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
     launcher.close()
     children = subprocess.run(
