@@ -89,11 +89,11 @@ def time_executor(executor: LinuxExecutor, count: int, work: Path, command: tupl
             spec_id, command, work / "tasks" / spec_id, env={"PATH": "/usr/bin:/bin"},
             cwd=work, limits=LIMITS,
         )  # fmt: skip
-        time.sleep(0.01)  # between requests, as slices arrive in a pipeline: the pool refills
-        started = time.perf_counter()
-        # stdout.log is the FIFO: the launcher opens it for the slice
+        # stdout.log is the FIFO: the launcher opens it for the slice (set up before the clock starts)
         spec.task_dir.mkdir(parents=True)
         os.symlink(fifo.path, spec.task_dir / "stdout.log")
+        time.sleep(0.01)  # between requests, as slices arrive in a pipeline: the pool refills
+        started = time.perf_counter()
         executor.start(spec)
         fifo.first_byte()
         samples.append((time.perf_counter() - started) * 1000)

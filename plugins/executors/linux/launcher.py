@@ -12,13 +12,15 @@ JSON request per line on stdin and answers on stdout::
     -> {"event": "failed", "id": "s-1", "message": "..."}  (instead of both, if it cannot start)
 
 Why warm sandboxes: on the machines measured (a VM) ``fork`` costs ~1.7 ms for a small
-Python process and ~5 ms for one with pyarrow loaded (page-table copies), and building
+Python process and ~6 ms for one with pyarrow loaded (page-table copies), and building
 namespaces and mounts costs another few ms. All of that is done *before* a request arrives:
-each sandbox in the pool is a pair of processes
+each sandbox in the pool is a pair of processes, both children of the launcher, in new
+pid/mount/uts/ipc(/net) namespaces:
 
-    init, PID 1 of new pid/mount/uts/ipc(/net) namespaces, a child of the launcher (reaps,
-    records the exit status in the task dir, exits with it)
-      -> payload: waits on a socket for its request, still root, nothing of a slice yet
+    init, PID 1: ``runink-init`` (a small C program started with posix_spawn, no fork of
+      this process; a forked Python init where it was not built), reaps orphans
+    payload, PID 2: a fork of the launcher that waits on a socket for its request, still
+      root, nothing of a slice yet
 
 inside a minimal root filesystem (a tmpfs with read-only binds of the runtime: /usr, /etc,
 the interpreter and its packages; private /proc, /tmp, /dev/shm and a few device nodes), so
@@ -26,9 +28,12 @@ a slice sees nothing else of the host. On a request the launcher moves the paylo
 slice's cgroup (before any slice code runs), clones the granted paths as detached mounts
 (``open_tree``) and sends them with the log fds over the socket; the payload moves them into
 place (``move_mount``), sets the hostname, drops to the slice's uid/gid with no_new_privs and
-runs the command: ``exec`` for a program, or, for ``python -m MODULE`` / ``python -c CODE``
-with this interpreter, the Python code directly in the forked process (the runtime given
-with ``--preload`` is already imported: no interpreter start, no exec).
+runs the command: a program is started with posix_spawn and waited for, or, for
+``python -m MODULE`` / ``python -c CODE`` with this interpreter, the Python code runs directly
+in the forked process (the runtime given with ``--preload`` is already imported: no
+interpreter start, no exec). Either way the payload writes the exit status to the task's
+status file itself, so a slice whose launcher dies still leaves its status (the launcher
+writes it too, when it reaps the payload: that covers deaths by signal).
 
 No preexec_fn and no threads: the launcher only forks, which is why it must stay
 single-threaded. It checks that after preloading (ARCHITECTURE: pyarrow needs
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import fcntl
 import gc
 import importlib
@@ -49,6 +55,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import signal
 import socket
 import stat
@@ -80,6 +87,11 @@ ROOT_LAYOUT = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 MAX_BINDS = 200
 FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
+INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runink_init.c)
+# Left to the command: the waiting payload ignores them (the executor signals every process
+# of a slice); reset to the default in the command, with SIGPIPE and SIGXFSZ that Python ignores.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+COMMAND_DEFAULT_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class LaunchError(Exception):
@@ -197,8 +209,7 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
     os.makedirs(f"{dev}/shm")
     _mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
     _mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-    os.makedirs(root + "/proc", exist_ok=True)
-    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(root + "/proc", exist_ok=True)  # mounted by the payload: a proc shows its mounter's pid namespace
     old = root + "/.old-root"
     os.mkdir(old)
     number = SYS_PIVOT_ROOT.get(platform.machine())
@@ -219,48 +230,31 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
 # --- inside a sandbox ----------------------------------------------------------------
 
 
-def _init(
-    control: socket.socket,
-    status: socket.socket,
-    *,
-    root: str,
-    links: dict[str, str],
-    directories: list[str],
-    network: bool,
-) -> int:
-    """PID 1: build the sandbox, fork the waiting payload, reap everything, record and
-    return the payload's status."""
+def _python_init(notify: int) -> int:
+    """PID 1 where runink-init was not built: the same protocol (see runink_init.c), in Python."""
+    if os.read(notify, 1) != b"x":
+        return 0
+    os.close(notify)
     try:
-        _build_root(root, links, directories, network_isolated=not network)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            control.send(f"error cannot build the sandbox: {exc}".encode())
-        return 126
-    payload = os.fork()
-    if payload == 0:
-        code = 126
-        try:
-            code = _payload(control)
-        except BaseException:
-            traceback.print_exc()
-        os._exit(code)
-    control.close()
-    code = 1
-    while True:  # reap everything; the payload's status is the slice's
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            break
-        if pid == payload:
-            code = _code(wait_status)
-            break
-    status.setblocking(False)
-    with contextlib.suppress(OSError):  # no status fd: the sandbox was never used
-        _, fds, _, _ = socket.recv_fds(status, 16, 1)
-        for fd in fds:  # read by an executor that recovers the slice after a restart
-            os.write(fd, str(code).encode())
-            os.fsync(fd)
-    return code
+        payload = os.pidfd_open(2)
+    except ProcessLookupError:
+        return 0
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        if select.select([payload], [], [], 0.2)[0]:  # the payload exited: the namespace ends with us
+            return 0
+
+
+def _write_status(fd: int | None, code: int) -> None:
+    """The exit status for an executor that follows the slice without the launcher (a restart)."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        data = str(code).encode()
+        os.pwrite(fd, data, 0)  # the launcher and the payload share the file offset: write at 0
+        os.ftruncate(fd, len(data))
 
 
 def _warm_up() -> None:
@@ -289,9 +283,10 @@ def _payload(control: socket.socket) -> int:
     if not message:
         return 0  # the launcher drained its pool
     req = json.loads(message)
-    stdout_fd, stderr_fd, secrets_fd, *mount_fds = fds
+    stdout_fd, stderr_fd, secrets_fd, status_fd, *mount_fds = fds
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
+    os.set_inheritable(status_fd, False)
     try:
         secrets = _read_secrets(secrets_fd)
         files = {**req.get("files", {}), **secrets.get("files", {})}
@@ -313,7 +308,8 @@ def _payload(control: socket.socket) -> int:
         _check(libc.sethostname(hostname, len(hostname)), "sethostname")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(3, status_fd)
+        os.closerange(status_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.setgroups([])
         os.setgid(int(req["gid"]))
         os.setuid(int(req["uid"]))
@@ -325,14 +321,25 @@ def _payload(control: socket.socket) -> int:
         os.write(2, f"runink: cannot set up slice {req.get('id')}: {exc}\n".encode())
         return 126
     python = req.get("python")
-    if python:
-        return _run_python(python, env, cwd)
-    command = list(req["command"])
+    code = _run_python(python, env, cwd) if python else _run_command(list(req["command"]), env)
+    _write_status(status_fd, code)
+    return code
+
+
+def _run_command(command: list[str], env: dict[str, str]) -> int:
+    """Start the program and wait for it, to record its exit status (see the module docstring)."""
+    found = command[0] if "/" in command[0] else shutil.which(command[0], path=env.get("PATH", os.defpath))
+    if found is None:
+        os.write(2, f"runink: cannot start {command[0]}: not found in PATH\n".encode())
+        return 127
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     try:
-        os.execvpe(command[0], command, env)
-    except BaseException as exc:
-        os.write(2, f"runink: cannot start {command[0]}: {exc}\n".encode())
-    return 127
+        child = os.posix_spawn(found, command, env, setsigdef=COMMAND_DEFAULT_SIGNALS)
+    except OSError as exc:
+        os.write(2, f"runink: cannot start {command[0]}: {exc.strerror}\n".encode())
+        return 126 if exc.errno in (errno.EACCES, errno.ENOEXEC) else 127
+    return _code(os.waitpid(child, 0)[1])
 
 
 def _read_secrets(fd: int) -> dict[str, Any]:
@@ -410,14 +417,26 @@ def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
 
 @dataclass
 class Sandbox:
-    init: int  # host pid of the sandbox's PID 1, whose exit status is the slice's
+    init: int  # host pid of the sandbox's PID 1
+    payload: int  # host pid of the payload (PID 2), which becomes the slice
     network: bool
-    control: socket.socket  # to the payload (and, while it builds, the init)
-    status: socket.socket  # to PID 1: the exit-status file's fd
-    payload: int | None = None  # host pid of the payload, once ready
+    control: socket.socket  # to the payload
+    ready: bool = False  # the payload is waiting for its request
     error: str | None = None
     cgroup: SliceCgroup | None = None  # a warm cgroup the payload is in, claimed by the slice
     limits: CgroupLimits = field(default_factory=CgroupLimits)  # what that cgroup was created with
+
+
+@dataclass
+class Running:
+    """A started slice: it has ended when both its payload and its init are reaped."""
+
+    id: str
+    payload: int
+    init: int
+    status_fd: int | None
+    code: int | None = None
+    init_gone: bool = False
 
 
 class Launcher:
@@ -432,9 +451,10 @@ class Launcher:
         self.expected_limits = CgroupLimits()
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
+        self.native_init = os.access(INIT_BINARY, os.X_OK)
         self.out = out
         self.pool: list[Sandbox] = []
-        self.running: dict[int, str] = {}  # PID 1 (host pid) -> slice id
+        self.running: dict[int, Running] = {}  # by the host pids of both its payload and its init
         self.failures = 0
         files = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
         self.own_namespaces = {k: os.open(f"/proc/self/ns/{f}", os.O_RDONLY | os.O_CLOEXEC) for k, f in files.items()}
@@ -442,60 +462,120 @@ class Launcher:
 
     # events
     def emit(self, **event: Any) -> None:
-        self.out.write(json.dumps(event) + "\n")
-        self.out.flush()
+        with contextlib.suppress(BrokenPipeError):  # the executor is gone; its successor recovers the slices
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
 
     # sandboxes
     def create(self, network: bool) -> Sandbox:
-        """Start building a sandbox: unshare, fork its PID 1, and step back into our namespaces.
+        """Build a sandbox: enter new namespaces, build its root there, start its init and fork
+        its payload, then step back into our own namespaces (setns).
 
-        Two forks per sandbox (PID 1, then the payload), not three: the launcher itself
-        enters the new namespaces for the fork and returns to its own right after (setns),
-        so no intermediate process is needed to hold them.
+        The launcher does the mounts itself (~1 ms) and forks once: the init is a C program
+        started without copying this process. The payload joins its warm cgroup itself: that
+        move waits for an RCU grace period (5-13 ms), which must not hold up the launcher.
+        Raises LaunchError if the sandbox cannot be built.
         """
-        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        control.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        keep = {control_child.fileno(), status_child.fileno()}
         kinds = ["pid", "mount", "uts", "ipc"] + ([] if network else ["net"])
-        _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
+        warm, limits, procs = self._warm_cgroup()
+        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        notify_read, notify_write = os.pipe()
+        init = payload = None
         try:
-            pid = os.fork()  # the first child in a new pid namespace is its PID 1
-        except OSError:
-            self._return_to_own_namespaces(kinds)
-            raise
-        if pid:
-            self._return_to_own_namespaces(kinds)
+            _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
+            try:
+                _build_root(self.root, self.links, self.directories, network_isolated=not network)
+                init = self._start_init(notify_read)  # the first process in the new pid namespace: its PID 1
+                payload = os.fork()
+                if payload == 0:
+                    self._become_payload(control_child, procs)  # never returns
+            finally:
+                self._return_to_own_namespaces(kinds)
+            os.write(notify_write, b"x")  # PID 2 exists: init watches it from now on
+        except OSError as exc:
+            control.close()
+            if init is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(init, signal.SIGKILL)
+            if warm is not None:
+                with contextlib.suppress(CgroupError):
+                    warm.remove()
+            raise LaunchError(f"cannot create a sandbox: {exc}") from exc
+        finally:
+            for fd in (notify_read, notify_write, *procs):
+                os.close(fd)
             control_child.close()
-            status_child.close()
-            sandbox = Sandbox(pid, network, control, status)
-            self.pool.append(sandbox)
-            return sandbox
+        sandbox = Sandbox(init, payload, network, control, cgroup=warm, limits=limits)
+        self.pool.append(sandbox)
+        return sandbox
+
+    def _warm_cgroup(self) -> tuple[SliceCgroup | None, CgroupLimits, list[int]]:
+        """A cgroup for the next sandbox, with the last request's limits, and its cgroup.procs
+        files opened for the payload to join."""
+        limits = self.expected_limits
+        if self.cgroups is None:
+            return None, limits, []
+        self.built += 1
+        try:
+            warm = self.cgroups.create(f"warm-{os.getpid()}-{self.built}", limits)
+        except (OSError, CgroupError) as exc:
+            raise LaunchError(f"cannot prepare a cgroup for a sandbox: {exc}") from exc
+        try:
+            return warm, limits, [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in warm.procs_files]
+        except OSError as exc:
+            with contextlib.suppress(CgroupError):
+                warm.remove()
+            raise LaunchError(f"cannot prepare a cgroup for a sandbox: {exc}") from exc
+
+    def _start_init(self, notify: int) -> int:
+        if self.native_init:
+            actions = [(os.POSIX_SPAWN_DUP2, notify, 0)]
+            actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+            default = (signal.SIGPIPE, signal.SIGXFSZ)
+            return os.posix_spawn(INIT_BINARY, [INIT_BINARY.name], {}, file_actions=actions, setsigdef=default)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._detach_from_launcher(keep={notify})
+                code = _python_init(notify)
+            finally:
+                os._exit(code)
+        return pid
+
+    def _become_payload(self, control: socket.socket, procs: list[int]) -> None:
         code = 126
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            # Nothing of the launcher's: a sandbox outlives it (a recovered slice), so it must
-            # not hold the agent's stderr open either. Build errors go over the control socket.
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            for name in os.listdir("/proc/self/fd"):  # other sandboxes' sockets, the launcher's pipes
-                if int(name) > 2 and int(name) not in keep:
-                    with contextlib.suppress(OSError):
-                        os.close(int(name))
-            code = _init(
-                control_child,
-                status_child,
-                root=self.root,
-                links=self.links,
-                directories=self.directories,
-                network=network,
-            )
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                control_child.send(f"error cannot create the sandbox: {exc}".encode())
-        os._exit(code)
+            self._detach_from_launcher(keep={control.fileno(), *procs})
+            try:
+                for fd in procs:  # "0": the writing process (its pid here is not the host's)
+                    os.write(fd, b"0")
+                    os.close(fd)
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            except OSError as exc:
+                control.send(f"error cannot prepare the sandbox: {exc}".encode())
+                raise
+            code = _payload(control)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def _detach_from_launcher(keep: set[int]) -> None:
+        """In a new child: nothing of the launcher's (its pipes, other sandboxes' sockets, its
+        signal handling). A sandbox outlives the launcher (a recovered slice), so it must not
+        hold the agent's stderr open either: errors go over the control socket."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        low = 3
+        for fd in sorted(keep):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
     def _return_to_own_namespaces(self, kinds: list[str]) -> None:
         try:
@@ -507,26 +587,13 @@ class Launcher:
             os._exit(70)
 
     def on_control(self, sandbox: Sandbox) -> None:
-        """A message from a sandbox being built: ready (with the payload's pid) or an error."""
+        """A message from a payload being prepared: ready, or an error."""
         try:
-            message, ancillary, _, _ = sandbox.control.recvmsg(4096, socket.CMSG_SPACE(12))
+            message = sandbox.control.recv(4096)
         except OSError as exc:
-            message, ancillary = f"error {exc}".encode(), []
-        if message == b"ready":
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    sandbox.payload = struct.unpack("iII", data[:12])[0]
-            if self.cgroups is not None and sandbox.payload is not None:
-                self.built += 1
-                try:  # the slow first move into a cgroup happens now, not when a slice starts
-                    sandbox.limits = self.expected_limits
-                    sandbox.cgroup = self.cgroups.create(f"warm-{os.getpid()}-{self.built}", sandbox.limits)
-                    sandbox.cgroup.attach(sandbox.payload)
-                except (OSError, CgroupError) as exc:
-                    sandbox.error = f"cannot prepare its cgroup: {exc}"
-                    self.discard(sandbox)
-                    self.failures += 1
-                    return
+            message = f"error {exc}".encode()
+        if message == b"ready":  # in its warm cgroup, waiting for a request
+            sandbox.ready = True
             self.failures = 0
         else:
             sandbox.error = message.decode(errors="replace").removeprefix("error ") or "the sandbox died"
@@ -534,28 +601,30 @@ class Launcher:
             self.failures += 1
 
     def discard(self, sandbox: Sandbox) -> None:
+        """End a sandbox that never ran a slice (killing its init ends its namespace, payload included)."""
         if sandbox in self.pool:
             self.pool.remove(sandbox)
         sandbox.control.close()
-        sandbox.status.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(sandbox.init, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sandbox.payload, signal.SIGKILL)
         if sandbox.cgroup is not None:
             with contextlib.suppress(CgroupError):
                 sandbox.cgroup.remove()
             sandbox.cgroup = None
 
     def building(self) -> list[Sandbox]:
-        return [s for s in self.pool if s.payload is None and s.error is None]
+        return [s for s in self.pool if not s.ready and s.error is None]
 
     def take(self, network: bool) -> Sandbox:
         for sandbox in self.pool:
-            if sandbox.network == network and sandbox.payload is not None:
+            if sandbox.network == network and sandbox.ready:
                 self.pool.remove(sandbox)
                 return sandbox
         sandbox = next((s for s in self.building() if s.network == network), None) or self.create(network)
         deadline = time.monotonic() + 10
-        while sandbox.payload is None and sandbox.error is None:
+        while not sandbox.ready and sandbox.error is None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([sandbox.control], [], [], left)[0]:
                 self.discard(sandbox)
@@ -584,6 +653,7 @@ class Launcher:
     def launch(self, req: dict[str, Any]) -> None:
         slice_id = req["id"]
         opened: list[int] = []
+        status_fd = None
         try:
             binds = sorted(req.get("binds", []), key=lambda b: b["path"].rstrip("/").count("/"))
             if len(binds) > MAX_BINDS:
@@ -592,42 +662,39 @@ class Launcher:
                 opened.append(os.open(req.get(stream) or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
             # the executor's memfd, opened by path and passed on unread (see _read_secrets)
             opened.append(os.open(req.get("secrets") or os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            if req.get("status_file"):
+                status_fd = os.open(req["status_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            opened.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if status_fd is None else os.dup(status_fd))
             for bind in binds:
                 opened.append(open_tree(bind["path"]))
-            status_fd = (
-                os.open(req["status_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                if req.get("status_file")
-                else None
-            )
             sandbox = self.take(bool(req.get("network")))
         except (OSError, LaunchError) as exc:
             for fd in opened:
                 os.close(fd)
+            if status_fd is not None:
+                os.close(status_fd)
             self.emit(event="failed", id=slice_id, message=str(exc))
             return
         try:
-            assert sandbox.payload is not None
             if self.cgroups is not None and sandbox.cgroup is not None:  # limits in place before any slice code
                 limits = CgroupLimits(**req.get("limits", {}))
                 sandbox.cgroup = self.cgroups.claim(sandbox.cgroup, slice_id, limits, applied=sandbox.limits)
                 self.expected_limits = limits
-            if status_fd is not None:
-                socket.send_fds(sandbox.status, [b"s"], [status_fd])
             socket.send_fds(sandbox.control, [json.dumps({**req, "binds": binds}).encode()], opened)
         except (OSError, CgroupError) as exc:
             self.discard(sandbox)
+            if status_fd is not None:
+                os.close(status_fd)
             self.emit(event="failed", id=slice_id, message=f"cannot start the slice: {exc}")
             return
         finally:
             for fd in opened:
                 os.close(fd)
-            if status_fd is not None:
-                os.close(status_fd)
         sandbox.control.close()
-        sandbox.status.close()
         sandbox.cgroup = None  # the slice's now: the executor removes it when the slice ends
-        self.running[sandbox.init] = slice_id
-        self.emit(event="started", id=slice_id, pid=sandbox.init)
+        running = Running(slice_id, sandbox.payload, sandbox.init, status_fd)
+        self.running[sandbox.payload] = self.running[sandbox.init] = running
+        self.emit(event="started", id=slice_id, pid=sandbox.payload)
 
     def reap(self) -> None:
         while True:
@@ -637,15 +704,29 @@ class Launcher:
                 return
             if pid == 0:
                 return
-            slice_id = self.running.pop(pid, None)
-            if slice_id is not None:
-                self.emit(event="exited", id=slice_id, code=_code(status))
+            running = self.running.get(pid)
+            if running is not None:
+                self._reaped(running, pid, status)
                 continue
             for sandbox in list(self.pool):  # a pooled sandbox died before use
-                if sandbox.init == pid:
-                    if sandbox.payload is None and sandbox.error is None:
+                if pid in (sandbox.init, sandbox.payload):
+                    if not sandbox.ready and sandbox.error is None:
                         self.failures += 1
                     self.discard(sandbox)
+
+    def _reaped(self, running: Running, pid: int, status: int) -> None:
+        if pid == running.payload:
+            running.code = _code(status)
+            _write_status(running.status_fd, running.code)
+            with contextlib.suppress(ProcessLookupError):  # ends what the slice left in its namespace
+                os.kill(running.init, signal.SIGKILL)
+        else:
+            running.init_gone = True  # (if the init went first, the kernel has killed the payload)
+        if running.code is not None and running.init_gone:
+            del self.running[running.payload], self.running[running.init]
+            if running.status_fd is not None:
+                os.close(running.status_fd)
+            self.emit(event="exited", id=running.id, code=running.code)
 
     def drain(self) -> None:
         for sandbox in list(self.pool):
@@ -686,7 +767,11 @@ class Launcher:
                             self.launch(req)
                 self.reap()
                 if not ready and missing is not None:  # idle: build the next warm sandbox
-                    self.create(missing)
+                    try:
+                        self.create(missing)
+                    except LaunchError as exc:
+                        self.failures += 1
+                        print(f"runink launcher: {exc}", file=sys.stderr, flush=True)
         finally:
             self.drain()
 
