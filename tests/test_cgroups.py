@@ -61,25 +61,21 @@ def test_memory_limit_ooms_and_is_detected(manager: CgroupManager) -> None:
 
 
 @needs_v1
-def test_a_warm_cgroup_is_claimed_with_the_slices_name_and_limits(manager: CgroupManager) -> None:
-    other_limits = CgroupLimits(cpu=1.0, memory=64 * 1024**2, pids=8)
-    warm = manager.create("warm-1")
+def test_a_warm_cgroup_takes_the_slices_limits(manager: CgroupManager) -> None:
+    """Sandboxes wait in cgroups made with the last request's limits; a slice writes only what differs."""
+    warm_limits = CgroupLimits(cpu=1.0, memory=256 * 1024**2, pids=8)
+    cgroup = manager.create("sandbox-1", warm_limits)
     try:
-        cgroup = manager.claim(warm, "slice-7", CgroupLimits(memory=64 * 1024**2, pids=8))
-        assert {d.name for d in cgroup.dirs.values()} == {"slice-7"}
-        assert not any(d.exists() for d in warm.dirs.values())
+        cgroup.update(CgroupLimits(memory=64 * 1024**2, pids=8), warm_limits)
+        memory = cgroup.dirs["memory"]
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024**2
+        assert (cgroup.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "-1"  # removed: unlimited again
+        assert (cgroup.dirs["pids"] / "pids.max").read_text().strip() == "8"
         done = run_in(cgroup, f"exec {sys.executable} -c 'x = bytearray(512 * 2**20)'")
-        assert done.returncode in (-9, 137) and cgroup.usage().oom_kills >= 1  # the limit holds
-        other = manager.create("warm-2", CgroupLimits(cpu=1.0, memory=64 * 1024**2, pids=8))
-        with pytest.raises(CgroupError, match="exists already"):
-            manager.claim(other, "slice-7", CgroupLimits())
-        # speculative limits: only the differences are written, removals included
-        third = manager.claim(other, "slice-8", CgroupLimits(memory=128 * 1024**2), applied=other_limits)
-        memory = third.dirs["memory"]
-        assert int((memory / "memory.limit_in_bytes").read_text()) == 128 * 1024**2
-        assert (third.dirs["pids"] / "pids.max").read_text().strip() == "max"
-        assert (third.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "-1"
-        third.remove()
+        assert done.returncode in (-9, 137) and cgroup.usage().oom_kills >= 1  # the lowered limit holds
+        cgroup.update(CgroupLimits(memory=128 * 1024**2), CgroupLimits(memory=64 * 1024**2, pids=8))
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 128 * 1024**2  # raised (memsw first)
+        assert (cgroup.dirs["pids"] / "pids.max").read_text().strip() == "max"
         cgroup.remove()
         assert manager.leftovers() == []
     finally:

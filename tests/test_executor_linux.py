@@ -99,14 +99,18 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     from runink.core.interfaces.executor import TaskState
 
     mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
+    used: set[str] = set()
     for _ in range(1000):
         spec = _spec(tmp_path, "sh", "-c", "sleep 0.001 & true")
-        linux.start(spec)
+        handle = linux.start(spec)
+        used.update(handle.driver_state["cgroup"].values())
         result = linux.wait(spec.id, 30)
         assert result is not None and result.state is TaskState.SUCCEEDED, result
         linux.destroy(spec.id)
     assert linux.cgroups is not None
-    assert [p for p in linux.cgroups.leftovers() if not p.name.startswith("warm-")] == []  # no slice cgroup left
+    assert len(used) == 1000 * len(set(linux.cgroups.parents().values()))  # a cgroup of its own per slice
+    assert [d for d in used if Path(d).exists()] == []  # no slice cgroup left
+    assert len({p.name for p in linux.cgroups.leftovers()}) <= linux.pool + 1  # only the warm sandboxes'
     launcher = linux._launcher
     assert launcher is not None
     # no slice process left: what remains under the launcher is the warm sandboxes, all still root
@@ -114,7 +118,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
     children = subprocess.run(
         ["ps", "--ppid", str(launcher.pid), "-o", "pid="], capture_output=True, text=True, check=False
     ).stdout.split()
-    assert len(children) <= linux.pool + 1  # only the warm sandboxes (not yet used)
+    assert len(children) <= 2 * (linux.pool + 1)  # only the warm sandboxes (not yet used): an init and a payload each
     linux.close()
     assert launcher.wait(10) == 0
     children = subprocess.run(

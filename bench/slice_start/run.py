@@ -134,11 +134,12 @@ def time_launcher(count: int, work: Path, tag: str, gap: float) -> list[float]:
             fifo.first_byte()
             if i >= 3:  # the first ones wait for the pool to be built
                 samples.append((time.perf_counter() - started) * 1000)
-            assert json.loads(launcher.stdout.readline())["event"] == "started"
+            event = json.loads(launcher.stdout.readline())
+            assert event["event"] == "started", event
             ended = json.loads(launcher.stdout.readline())
             assert ended.get("code") == 0, ended
             fifo.close()
-            SliceCgroup(layout, {c: p / request["id"] for c, p in manager.parents().items()}).remove()
+            SliceCgroup(layout, {c: p / event["cgroup"] for c, p in manager.parents().items()}).remove()
     finally:
         launcher.stdin.close()
         launcher.wait(30)

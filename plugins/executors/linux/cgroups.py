@@ -373,37 +373,6 @@ class CgroupManager:
             raise
         return cgroup
 
-    def claim(
-        self, warm: SliceCgroup, slice_id: str, limits: CgroupLimits, applied: CgroupLimits = CgroupLimits()
-    ) -> SliceCgroup:
-        """Turn a cgroup created ahead of time (``create("warm-...")``, no process in it) into
-        ``slice_id``'s: rename it (cgroupfs allows a rename within the parent) and apply
-        ``limits``. The launcher moves each warm sandbox into a warm cgroup while building it:
-        moving a process between cgroups waits for an RCU grace period (5-13 ms measured on a
-        VM), creating one costs ~2 ms in 5 v1 hierarchies; a rename and a few writes do not.
-        ``applied``: the limits the warm cgroup was created with; only the differences are written."""
-        if not slice_id or "/" in slice_id or slice_id in (".", ".."):
-            raise CgroupError(f"invalid slice id {slice_id!r}")
-        dirs: dict[str, Path] = {}
-        renamed: dict[Path, Path] = {}
-        try:
-            for controller, directory in warm.dirs.items():
-                target = directory.parent / slice_id
-                if directory not in renamed:
-                    if target.exists():
-                        raise CgroupError(f"a cgroup for slice {slice_id} exists already")
-                    directory.rename(target)
-                    renamed[directory] = target
-                dirs[controller] = renamed[directory]
-            cgroup = SliceCgroup(self.layout, dirs)
-            cgroup.update(limits, applied)
-            return cgroup
-        except Exception:
-            for original, directory in renamed.items():  # back to the warm name, still usable or removable
-                with contextlib.suppress(OSError):
-                    directory.rename(original)
-            raise
-
     def leftovers(self) -> list[Path]:
         """Slice cgroups still present under the runink parent(s) (for leak checks)."""
         found: list[Path] = []

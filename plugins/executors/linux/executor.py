@@ -17,6 +17,7 @@ restarted: the cgroup still holds the slice, and the exit status lands in the ta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -90,6 +91,7 @@ def _secrets(spec: TaskSpec) -> int:
 class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
     message: str | None = None
+    cgroup: dict[str, str] | None = None  # the slice's cgroup directories, once started
 
 
 @dataclass
@@ -232,6 +234,14 @@ class LinuxExecutor(Executor):
             pending = self._pending.pop(event["id"], None)
             if pending is not None:
                 pending.message = event.get("message")
+                if event.get("cgroup") and self.cgroups is not None:  # set before its "exited" is read
+                    name = str(event["cgroup"])
+                    dirs = {c: p / name for c, p in self.cgroups.parents().items()}
+                    with self._lock:
+                        task = self._tasks.get(event["id"])
+                    if task is not None:
+                        task.cgroup = SliceCgroup(self.cgroups.layout, dirs)
+                    pending.cgroup = {c: str(d) for c, d in dirs.items()}
                 pending.event.set()
         elif event["event"] == "exited":
             with self._lock:
@@ -246,11 +256,13 @@ class LinuxExecutor(Executor):
             orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
         for task in orphans:
             threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
-        if launcher.wait() != 0 and self.cgroups is not None:  # it could not remove its warm cgroups
+        if launcher.wait() != 0 and self.cgroups is not None:  # it could not remove its warm sandboxes' cgroups
+            with self._lock:
+                in_use = {d.name for t in self._tasks.values() for d in t.cgroup.dirs.values()}
             names = {
-                d.name for parent in self.cgroups.parents().values() for d in parent.glob(f"warm-{launcher.pid}-*")
+                d.name for parent in self.cgroups.parents().values() for d in parent.glob(f"sandbox-{launcher.pid}-*")
             }
-            for name in names:
+            for name in names - in_use:
                 warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
                 with contextlib.suppress(CgroupError):
                     warm.remove()
@@ -276,11 +288,6 @@ class LinuxExecutor(Executor):
         task_dir.mkdir(parents=True, exist_ok=True)
         status_file = task_dir / "exit_status"
         status_file.unlink(missing_ok=True)
-        # The launcher renames a warm cgroup (the sandbox is in it already) to this one and
-        # applies the limits before the slice's code runs.
-        cgroup = SliceCgroup(self.cgroups.layout, {c: p / spec.id for c, p in self.cgroups.parents().items()})
-        if any(d.exists() for d in cgroup.dirs.values()):
-            raise TaskRejectedError(f"task {spec.id}: a cgroup for slice {spec.id} exists already")
         uid, gid = self.task_user(spec.id)
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
@@ -302,20 +309,15 @@ class LinuxExecutor(Executor):
         }
         started = time.time()
         deadline = started + spec.timeout if spec.timeout else None
-        handle = TaskHandle(
-            spec.id,
-            self.name,
-            str(task_dir),
-            started,
-            deadline,
-            {"cgroup": {k: str(v) for k, v in cgroup.dirs.items()}, "status_file": str(status_file)},
-        )
+        handle = TaskHandle(spec.id, self.name, str(task_dir), started, deadline, {"status_file": str(status_file)})
         python = _python_fast_path(spec.command)
         if python is not None:
             request["python"] = python
         secrets_fd = _secrets(spec)
         request["secrets"] = f"/proc/{os.getpid()}/fd/{secrets_fd}"
-        task = _Task(handle, cgroup, status_file)
+        # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to
+        # the slice id would wait behind other sandboxes joining theirs (see cgroups.py).
+        task = _Task(handle, SliceCgroup(self.cgroups.layout, {}), status_file)
         pending = _Pending()
         with self._lock:
             self._tasks[spec.id] = task
@@ -335,6 +337,8 @@ class LinuxExecutor(Executor):
                 self._pending.pop(spec.id, None)
             reason = pending.message or "the launcher did not start it within 30 s"
             raise TaskRejectedError(f"task {spec.id}: {reason}")
+        handle = dataclasses.replace(handle, driver_state={**handle.driver_state, "cgroup": pending.cgroup or {}})
+        task.handle = handle
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle

@@ -3,11 +3,12 @@
 Started once per agent (``python -m runink.plugins.executors.linux.launcher``), it reads one
 JSON request per line on stdin and answers on stdout::
 
-    {"op": "launch", "id": "s-1", "command": ["sh", "-c", "..."], "env": {...}, "cwd": "/work/s-1",
+    {"op": "launch", "id": "s-1", "command": ["sh", "-c", "..."], "cwd": "/work/s-1",
      "binds": [{"path": "/work/s-1", "writable": true}], "hostname": "s-1", "uid": 100001,
-     "gid": 100001, "network": false, "cgroup_procs": [".../cgroup.procs"],
-     "stdout": ".../stdout.log", "stderr": ".../stderr.log", "status_file": ".../exit_status"}
-    -> {"event": "started", "id": "s-1", "pid": 12345}
+     "gid": 100001, "network": false, "limits": {"cpu": 1, "memory": 268435456, "pids": 64},
+     "stdout": ".../stdout.log", "stderr": ".../stderr.log", "status_file": ".../exit_status",
+     "secrets": "/proc/<executor pid>/fd/<memfd>"}                 (env and files: see _read_secrets)
+    -> {"event": "started", "id": "s-1", "pid": 12345, "cgroup": "sandbox-77-3"}
     -> {"event": "exited", "id": "s-1", "code": 0}        (later; code is 128+N for signal N)
     -> {"event": "failed", "id": "s-1", "message": "..."}  (instead of both, if it cannot start)
 
@@ -87,6 +88,7 @@ ROOT_LAYOUT = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 MAX_BINDS = 200
 FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
+MAX_BUILDING = 2  # sandboxes being built at once (the launcher only forks; each builds itself)
 INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runink_init.c)
 # Left to the command: the waiting payload ignores them (the executor signals every process
 # of a slice); reset to the default in the command, with SIGPIPE and SIGXFSZ that Python ignores.
@@ -209,7 +211,7 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
     os.makedirs(f"{dev}/shm")
     _mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
     _mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-    os.makedirs(root + "/proc", exist_ok=True)  # mounted by the payload: a proc shows its mounter's pid namespace
+    os.makedirs(root + "/proc", exist_ok=True)  # mounted after: a proc shows its mounter's pid namespace
     old = root + "/.old-root"
     os.mkdir(old)
     number = SYS_PIVOT_ROOT.get(platform.machine())
@@ -423,7 +425,7 @@ class Sandbox:
     control: socket.socket  # to the payload
     ready: bool = False  # the payload is waiting for its request
     error: str | None = None
-    cgroup: SliceCgroup | None = None  # a warm cgroup the payload is in, claimed by the slice
+    cgroup: SliceCgroup | None = None  # the payload's cgroup (it joins it itself), kept by the slice
     limits: CgroupLimits = field(default_factory=CgroupLimits)  # what that cgroup was created with
 
 
@@ -447,7 +449,7 @@ class Launcher:
         self.cgroups = cgroups
         self.built = 0
         # Warm cgroups get the limits of the last request: slices of a pipeline mostly ask for
-        # the same, and a claim then only renames (each limit written costs ~0.1-0.3 ms).
+        # the same, and a slice then writes no limit at all (each costs ~0.1-0.3 ms).
         self.expected_limits = CgroupLimits()
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
@@ -468,27 +470,31 @@ class Launcher:
 
     # sandboxes
     def create(self, network: bool) -> Sandbox:
-        """Build a sandbox: enter new namespaces, build its root there, start its init and fork
-        its payload, then step back into our own namespaces (setns).
+        """Start a sandbox: enter new namespaces, start its init and fork its payload there,
+        then step back into our own namespaces (setns). Raises LaunchError if that fails.
 
-        The launcher does the mounts itself (~1 ms) and forks once: the init is a C program
-        started without copying this process. The payload joins its warm cgroup itself: that
-        move waits for an RCU grace period (5-13 ms), which must not hold up the launcher.
-        Raises LaunchError if the sandbox cannot be built.
+        All the launcher does is one fork (~2-6 ms: page-table copies) and a posix_spawn of
+        the C init (~0.5 ms): the payload builds the rest itself, in parallel, while the
+        launcher serves requests (its cgroup, whose first move waits for an RCU grace period
+        of 5-13 ms; the root filesystem; /proc), then reports "ready".
         """
         kinds = ["pid", "mount", "uts", "ipc"] + ([] if network else ["net"])
-        warm, limits, procs = self._warm_cgroup()
+        limits, warm = self.expected_limits, None
+        if self.cgroups is not None:
+            self.built += 1
+            name = f"sandbox-{os.getpid()}-{self.built}"  # kept by the slice: see launch()
+            warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         notify_read, notify_write = os.pipe()
         init = payload = None
         try:
             _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
             try:
-                _build_root(self.root, self.links, self.directories, network_isolated=not network)
+                os.chdir("/")  # the init's cwd: moved into the new root by the payload's pivot_root
                 init = self._start_init(notify_read)  # the first process in the new pid namespace: its PID 1
                 payload = os.fork()
                 if payload == 0:
-                    self._become_payload(control_child, procs)  # never returns
+                    self._become_payload(control_child, warm, limits, network)  # never returns
             finally:
                 self._return_to_own_namespaces(kinds)
             os.write(notify_write, b"x")  # PID 2 exists: init watches it from now on
@@ -497,35 +503,14 @@ class Launcher:
             if init is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(init, signal.SIGKILL)
-            if warm is not None:
-                with contextlib.suppress(CgroupError):
-                    warm.remove()
             raise LaunchError(f"cannot create a sandbox: {exc}") from exc
         finally:
-            for fd in (notify_read, notify_write, *procs):
+            for fd in (notify_read, notify_write):
                 os.close(fd)
             control_child.close()
         sandbox = Sandbox(init, payload, network, control, cgroup=warm, limits=limits)
         self.pool.append(sandbox)
         return sandbox
-
-    def _warm_cgroup(self) -> tuple[SliceCgroup | None, CgroupLimits, list[int]]:
-        """A cgroup for the next sandbox, with the last request's limits, and its cgroup.procs
-        files opened for the payload to join."""
-        limits = self.expected_limits
-        if self.cgroups is None:
-            return None, limits, []
-        self.built += 1
-        try:
-            warm = self.cgroups.create(f"warm-{os.getpid()}-{self.built}", limits)
-        except (OSError, CgroupError) as exc:
-            raise LaunchError(f"cannot prepare a cgroup for a sandbox: {exc}") from exc
-        try:
-            return warm, limits, [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in warm.procs_files]
-        except OSError as exc:
-            with contextlib.suppress(CgroupError):
-                warm.remove()
-            raise LaunchError(f"cannot prepare a cgroup for a sandbox: {exc}") from exc
 
     def _start_init(self, notify: int) -> int:
         if self.native_init:
@@ -543,17 +528,20 @@ class Launcher:
                 os._exit(code)
         return pid
 
-    def _become_payload(self, control: socket.socket, procs: list[int]) -> None:
+    def _become_payload(
+        self, control: socket.socket, warm: SliceCgroup | None, limits: CgroupLimits, network: bool
+    ) -> None:
         code = 126
         try:
-            self._detach_from_launcher(keep={control.fileno(), *procs})
+            self._detach_from_launcher(keep={control.fileno()})
             try:
-                for fd in procs:  # "0": the writing process (its pid here is not the host's)
-                    os.write(fd, b"0")
-                    os.close(fd)
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            except OSError as exc:
-                control.send(f"error cannot prepare the sandbox: {exc}".encode())
+                if warm is not None and self.cgroups is not None:
+                    self.cgroups.create(next(iter(warm.dirs.values())).name, limits)
+                    warm.attach(0)  # "0": the writing process (its pid here is not the host's)
+                _build_root(self.root, self.links, self.directories, network_isolated=not network)
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
+            except BaseException as exc:
+                control.send(f"error cannot build the sandbox: {exc}".encode())
                 raise
             code = _payload(control)
         except BaseException:
@@ -609,6 +597,8 @@ class Launcher:
             os.kill(sandbox.init, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(sandbox.payload, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # gone before its cgroup is removed (it may be creating it)
+            os.waitpid(sandbox.payload, 0)
         if sandbox.cgroup is not None:
             with contextlib.suppress(CgroupError):
                 sandbox.cgroup.remove()
@@ -635,18 +625,20 @@ class Launcher:
         self.pool.remove(sandbox)
         return sandbox
 
-    def short(self) -> bool | None:
-        """Which kind of sandbox the pool lacks (network granted or not), None if none.
+    def short(self) -> tuple[bool, bool] | None:
+        """Which kind of sandbox the pool lacks (network granted or not) and whether none of that
+        kind is ready (build at once), or None if it lacks none.
 
-        One warm sandbox with the network is kept, ``pool_size`` without; builds happen one at
-        a time, so a request waits for at most one build; after 3 failed builds in a row the
-        pool stops refilling (requests then build their own and report the error).
+        One warm sandbox with the network is kept, ``pool_size`` without; at most MAX_BUILDING
+        are built at once; after 3 failed builds in a row the pool stops refilling (requests
+        then build their own and report the error).
         """
-        if self.failures >= 3 or self.building():
+        if self.failures >= 3 or len(self.building()) >= MAX_BUILDING:
             return None
         for network, size in ((False, self.pool_size), (True, min(self.pool_size, 1))):
-            if sum(1 for s in self.pool if s.network == network) < size:
-                return network
+            kind = [s for s in self.pool if s.network == network]
+            if len(kind) < size:
+                return network, not any(s.ready for s in kind)
         return None
 
     # slices
@@ -676,9 +668,14 @@ class Launcher:
             self.emit(event="failed", id=slice_id, message=str(exc))
             return
         try:
-            if self.cgroups is not None and sandbox.cgroup is not None:  # limits in place before any slice code
+            # The slice keeps its sandbox's cgroup, with its own limits in place before any of
+            # its code runs. Not renamed to the slice id: a rename needs the kernel's cgroup
+            # mutex, which a sandbox being built holds for an RCU grace period while it joins
+            # its own cgroup (5-25 ms measured on cgroup v1).
+            cgroup = sandbox.cgroup
+            if cgroup is not None:
                 limits = CgroupLimits(**req.get("limits", {}))
-                sandbox.cgroup = self.cgroups.claim(sandbox.cgroup, slice_id, limits, applied=sandbox.limits)
+                cgroup.update(limits, sandbox.limits)
                 self.expected_limits = limits
             socket.send_fds(sandbox.control, [json.dumps({**req, "binds": binds}).encode()], opened)
         except (OSError, CgroupError) as exc:
@@ -694,7 +691,8 @@ class Launcher:
         sandbox.cgroup = None  # the slice's now: the executor removes it when the slice ends
         running = Running(slice_id, sandbox.payload, sandbox.init, status_fd)
         self.running[sandbox.payload] = self.running[sandbox.init] = running
-        self.emit(event="started", id=slice_id, pid=sandbox.payload)
+        name = next(iter(cgroup.dirs.values())).name if cgroup is not None and cgroup.dirs else None
+        self.emit(event="started", id=slice_id, pid=sandbox.payload, cgroup=name)
 
     def reap(self) -> None:
         while True:
@@ -745,9 +743,10 @@ class Launcher:
             while True:
                 controls = {s.control.fileno(): s for s in self.building()}
                 missing = self.short()
-                # Builds start once the launcher has been idle for BUILD_DELAY: a build (a fork
-                # of this process, mounts) competes for the CPUs with the slice just started.
-                timeout = 1.0 if missing is None else BUILD_DELAY
+                # Builds start once the launcher has been idle for BUILD_DELAY (a build, a fork
+                # of this process, competes for the CPUs with the slice just started), at once
+                # if no sandbox of that kind is ready (the next request would wait for it).
+                timeout = 1.0 if missing is None else 0 if missing[1] else BUILD_DELAY
                 ready, _, _ = select.select([fd, wake_read, *controls], [], [], timeout)
                 if wake_read in ready:
                     with contextlib.suppress(BlockingIOError):
@@ -768,7 +767,7 @@ class Launcher:
                 self.reap()
                 if not ready and missing is not None:  # idle: build the next warm sandbox
                     try:
-                        self.create(missing)
+                        self.create(missing[0])
                     except LaunchError as exc:
                         self.failures += 1
                         print(f"runink launcher: {exc}", file=sys.stderr, flush=True)
