@@ -27,6 +27,10 @@ def test_doctor_reports_every_area(run_cli: Callable[..., object]) -> None:
     assert chosen in ("linux", "process") and areas[("executor", chosen)]["ok"]
     if chosen == "process":  # not root here: auto says why it does not isolate
         assert "not isolated" in areas[("executor", "auto")]["detail"]
+    else:  # whether sandboxes start with the native init or the slower Python one
+        from runink.plugins.executors.linux.launcher import native_init_available
+
+        assert areas[("executor", "linux: runink-init")]["ok"] is native_init_available()
     forced_run = run_cli("doctor", "--json", env={"RUNINK_EXECUTOR__DRIVER": "process"})
     forced = json.loads(forced_run.stdout)  # type: ignore[attr-defined]
     process = {(c["area"], c["check"]): c for c in forced["checks"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from proc_tree import descendants
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
-from runink.plugins.executors.linux.launcher import runtime_paths
+from runink.plugins.executors.linux.launcher import native_init_available, runtime_paths
 from runink.plugins.executors.linux.namespaces import probe
 
 pytestmark = pytest.mark.skipif(
@@ -109,6 +110,24 @@ def test_slice_is_isolated(launcher: Launcher, work: Path) -> None:
         for child in outside.iterdir():
             child.unlink()
         outside.rmdir()
+
+
+def test_the_python_init_isolates_the_same(work: Path) -> None:
+    """Without runink-init (no C compiler at install) PID 1 is a fork of the launcher: same sandbox."""
+    fallback = Launcher("--python-init")
+    try:
+        script = "echo pid=$$; ls /proc | grep -c '^[0-9]'; sleep 5 & exit 4"  # an orphan: PID 1 must end it
+        assert fallback.run(request(work, script))["code"] == 4
+        out = (work / "out.log").read_text().split()
+        assert out[0] == "pid=3" and int(out[1]) <= 5
+        assert {uid for _, uid in descendants(fallback.process.pid)} <= {0}  # the orphan went with its sandbox
+    finally:
+        fallback.close()
+
+
+def test_runink_init_is_built_here() -> None:
+    """The install built the native init (CI has a compiler): the fast path is the one tested."""
+    assert native_init_available() == (shutil.which("cc") is not None)
 
 
 def test_network_when_granted(launcher: Launcher, work: Path) -> None:

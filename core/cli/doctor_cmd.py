@@ -62,6 +62,12 @@ def collect(state: CliState) -> dict[str, Any]:
     )
     for limit, reason in sorted(caps.unenforced.items()):
         check("executor", f"{config.executor.driver}: {limit}", False, f"not enforced: {reason}")
+    if config.executor.driver == "linux":
+        from runink.plugins.executors.linux.launcher import INIT_BINARY, native_init_available
+
+        built = native_init_available()
+        detail = str(INIT_BINARY) if built else "not built (no C compiler at install): each sandbox costs one more fork"
+        check("executor", "linux: runink-init", built, detail)
     return {"runink": runink.__version__, "python": platform.python_version(), "checks": checks}
 
 

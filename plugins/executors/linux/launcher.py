@@ -100,6 +100,11 @@ class LaunchError(Exception):
     pass
 
 
+def native_init_available() -> bool:
+    """Whether runink-init was built (a C compiler at install); without it each sandbox costs one more fork."""
+    return os.access(INIT_BINARY, os.X_OK)
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
@@ -443,7 +448,14 @@ class Running:
 
 class Launcher:
     def __init__(
-        self, pool_size: int, root: str, extra_paths: list[str], out: Any, cgroups: CgroupManager | None = None
+        self,
+        pool_size: int,
+        root: str,
+        extra_paths: list[str],
+        out: Any,
+        cgroups: CgroupManager | None = None,
+        *,
+        native_init: bool = True,
     ) -> None:
         self.pool_size = pool_size
         self.cgroups = cgroups
@@ -453,7 +465,7 @@ class Launcher:
         self.expected_limits = CgroupLimits()
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
-        self.native_init = os.access(INIT_BINARY, os.X_OK)
+        self.native_init = native_init and native_init_available()
         self.out = out
         self.pool: list[Sandbox] = []
         self.running: dict[int, Running] = {}  # by the host pids of both its payload and its init
@@ -802,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help='JSON {"version": 1|2, "own": {controller: dir}, "parent": name}: slices\' cgroups go under own/parent',
     )
+    parser.add_argument(
+        "--python-init", action="store_true", help="use the pure-Python PID 1 even where runink-init is built"
+    )
     args = parser.parse_args(argv)
     cgroups = None
     if args.cgroups:
@@ -814,7 +829,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # what every sandbox inherits: never walked by the collector (no copy-on-write)
     root = tempfile.mkdtemp(prefix=f"runink-root-{os.getpid()}-")  # the sandboxes' mount point (in their namespaces)
     try:
-        Launcher(max(0, args.pool), root, args.readable, sys.stdout, cgroups).serve(sys.stdin.buffer)
+        native = not args.python_init
+        launcher = Launcher(max(0, args.pool), root, args.readable, sys.stdout, cgroups, native_init=native)
+        launcher.serve(sys.stdin.buffer)
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(root)
