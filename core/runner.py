@@ -326,6 +326,7 @@ class LocalRunner:
         if user is not None:
             os.chown(work_dir, *user)
         spec = {
+            "task_id": task_id,  # its log lines are tagged with it and the step that wrote them
             "scenario": item.name,
             "herd": herd,
             "base_dir": str(self._base_dir),

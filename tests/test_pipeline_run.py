@@ -139,6 +139,13 @@ def project(tmp_path: Path) -> Path:
             time.sleep(30)
             return batch
 
+        def chatty(batch):
+            import sys
+            print(f"saw {batch.num_rows} rows", end="")
+            print(" in one batch")
+            print("warning: nothing wrong", file=sys.stderr)
+            return batch
+
         @record_step
         def shout(row):
             return None if row["id"] % 2 else {**row, "name": row["name"].upper()}
@@ -198,6 +205,25 @@ def test_record_steps_and_retries(run_cli: Run, project: Path) -> None:
     assert a["state"] == "SUCCEEDED" and a["attempts"] == 2
     rows = [json.loads(x) for x in (project / "out" / "a.jsonl").read_text().splitlines()]
     assert rows == [{"id": i, "name": f"N{i}"} for i in range(0, 10, 2)]
+
+
+def test_log_lines_are_tagged_with_the_slice_and_step(run_cli: Run, project: Path) -> None:
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv", contract="contracts:Row")
+          @step("steps:chatty")
+          @step("steps:shout")
+          @sink("out/a.jsonl")
+    """,
+    )
+    a = summary(run_cli("run", "p.dsl", "--json", cwd=project))["scenarios"][0]
+    assert a["state"] == "SUCCEEDED"
+    log_dir = Path(a["log_dir"])
+    task_id = json.loads((log_dir / "handle.json").read_text())["task_id"]
+    assert (log_dir / "stdout.log").read_text().splitlines() == [f"[{task_id} steps:chatty] saw 10 rows in one batch"]
+    assert f"[{task_id} steps:chatty] warning: nothing wrong" in (log_dir / "stderr.log").read_text().splitlines()
 
 
 def test_timeout(run_cli: Run, project: Path) -> None:

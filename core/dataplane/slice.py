@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from runink.core.contracts import Contract, detect_drift, validate
+from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
 from runink.core.steps import StepFunction, adapt, import_reference
 
@@ -234,7 +235,8 @@ def _run_step(
     ref: str, step: StepFunction, batch: pa.RecordBatch, positions: pa.Array, *, unit: str, source_uri: str
 ) -> pa.RecordBatch:
     try:
-        return step(batch)
+        with step_context(ref):
+            return step(batch)
     except Exception as exc:
         first = positions[0].as_py() if len(positions) else "?"
         last = positions[-1].as_py() if len(positions) else "?"
@@ -368,9 +370,10 @@ def _open_empty(
 def _output_schema(contract: type[Contract] | None, steps: list[tuple[str, StepFunction]]) -> pa.Schema:
     """The steps' output schema, found by running them on an empty batch of the input schema."""
     batch = pa.RecordBatch.from_pylist([], schema=contract.schema() if contract else pa.schema([]))
-    for _ref, step in steps:
+    for ref, step in steps:
         try:
-            batch = step(batch)
+            with step_context(ref):
+                batch = step(batch)
         except Exception:
             break
     return batch.schema
@@ -381,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m runink.core.dataplane.slice SPEC.json", file=sys.stderr)
         return 2
-    return run(json.loads(Path(args[0]).read_text()))
+    spec = json.loads(Path(args[0]).read_text())
+    if spec.get("task_id"):
+        sys.stdout = TaggedStream(sys.stdout, spec["task_id"])
+        sys.stderr = TaggedStream(sys.stderr, spec["task_id"])
+    return run(spec)
 
 
 if __name__ == "__main__":
