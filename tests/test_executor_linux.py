@@ -226,3 +226,27 @@ def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExe
     assert control.startswith("found ") and int(control.split()[1]) >= 2, control
     for _ in range(3):  # the pool is rebuilt after each slice: sandboxes forked after the first one
         assert scan_for_secret() == "found 1 in True"  # only the needle: nothing left of the first slice
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import sys
+
+    from runink.plugins.executors.linux.namespaces import probe_unprivileged_user
+
+    caps = linux.capabilities()
+    refusal = probe_unprivileged_user()
+    assert ("user namespace" in caps.enforced) is (refusal is None)
+    if refusal is not None:
+        assert caps.unenforced["user namespace"] == refusal  # said, not silently skipped
+        pytest.skip(refusal)
+    host = os.readlink("/proc/self/ns/user")
+    python_step = (sys.executable, "-c", "import os; print(os.readlink('/proc/self/ns/user'))")
+    for command in (("sh", "-c", "readlink /proc/self/ns/user"), python_step):
+        spec = _spec(tmp_path, *command)
+        linux.start(spec)
+        result = linux.wait(spec.id, 30)
+        assert result is not None and result.exit_code == 0, linux.read_log(spec.id, "stderr")
+        inside = linux.read_log(spec.id).strip()
+        assert inside.startswith("user:[") and inside != host  # both paths: a command and a Python step

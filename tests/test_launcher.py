@@ -17,7 +17,7 @@ from proc_tree import descendants
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.launcher import native_init_available, runtime_paths
-from runink.plugins.executors.linux.namespaces import probe
+from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or probe("pid") is not None or probe("mount") is not None,
@@ -128,6 +128,30 @@ def test_the_python_init_isolates_the_same(work: Path) -> None:
 def test_runink_init_is_built_here() -> None:
     """The install built the native init (CI has a compiler): the fast path is the one tested."""
     assert native_init_available() == (shutil.which("cc") is not None)
+
+
+USERNS_REFUSAL = probe_unprivileged_user() if os.geteuid() == 0 else "needs root"
+
+
+@pytest.mark.skipif(USERNS_REFUSAL is not None, reason=f"no user namespaces here: {USERNS_REFUSAL}")
+def test_a_slice_in_its_user_namespace_can_make_no_namespace(launcher: Launcher, work: Path) -> None:
+    """Its own user namespace, same ids, no capability, and no way to make nested namespaces."""
+    script = (
+        "id -u; cat /proc/self/uid_map; grep CapEff /proc/self/status; "
+        "unshare -U true 2>&1; echo userns=$?; unshare -m true 2>&1; echo mountns=$?"
+    )
+    bare = launcher.run(request(work, script))
+    assert bare["code"] == 0, (work / "err.log").read_text()
+    without = (work / "out.log").read_text()
+    assert "userns=0" in without  # this host lets any user make one: what the slice's namespace stops
+    (work / "out.log").unlink()
+    assert launcher.run(request(work, script, userns=True))["code"] == 0, (work / "err.log").read_text()
+    out = (work / "out.log").read_text().splitlines()
+    assert out[0] == "100001"
+    assert out[1].split() == ["100001", "100001", "1"]  # only its own uid, mapped to itself
+    assert out[2].split() == ["CapEff:", "0000000000000000"]
+    assert "userns=1" in out and "mountns=1" in out
+    assert any("No space left on device" in x for x in out)  # user.max_user_namespaces = 0 inside
 
 
 def test_network_when_granted(launcher: Launcher, work: Path) -> None:

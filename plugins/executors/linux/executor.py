@@ -45,7 +45,7 @@ from runink.core.interfaces.executor import (
 )
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.launcher import FILES_DIR, open_tree
-from runink.plugins.executors.linux.namespaces import probe
+from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
 
 LOG_CHECK_SECONDS = 0.25
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
@@ -120,6 +120,7 @@ class LinuxExecutor(Executor):
         preload: list[str] | tuple[str, ...] = (),
         readable: list[str] | tuple[str, ...] = (),
         log_max_bytes: int = 10 * 1024**2,
+        user_namespace: bool = True,
     ) -> None:
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
@@ -129,6 +130,11 @@ class LinuxExecutor(Executor):
         self.log_max_bytes = int(log_max_bytes)
         self._log_keeper: threading.Thread | None = None
         self._problems = self._detect_problems()
+        # A user namespace per slice where the kernel lets an unprivileged process make one
+        # (see launcher._enter_user_namespace); reported, not required.
+        self.userns_refusal: str | None = "disabled (user_namespace = false)"
+        if user_namespace:
+            self.userns_refusal = self._problems.get("root") or probe_unprivileged_user()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
@@ -161,6 +167,8 @@ class LinuxExecutor(Executor):
 
     def capabilities(self) -> ExecutorCapabilities:
         unenforced = {"gpu": "no gpu isolation yet"}
+        if self.userns_refusal is not None:
+            unenforced["user namespace"] = self.userns_refusal
         if "cgroups" in self._problems or "root" in self._problems:
             reason = self._problems.get("cgroups") or self._problems["root"]
             unenforced.update({"cpu": reason, "memory": reason, "pids": reason})
@@ -175,6 +183,7 @@ class LinuxExecutor(Executor):
                 "timeout",
                 "process-tree kill",
                 "clean environment",
+                "user namespace",
             )
             if k not in unenforced
         )
@@ -302,6 +311,7 @@ class LinuxExecutor(Executor):
             "uid": uid,
             "gid": gid,
             "network": spec.network,
+            "userns": self.userns_refusal is None,
             "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
             "stdout": str(task_dir / "stdout.log"),
             "stderr": str(task_dir / "stderr.log"),

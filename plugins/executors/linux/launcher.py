@@ -76,7 +76,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
+PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 38, 1, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 # The new mount API (Linux 5.2): the same numbers on every architecture.
 SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
@@ -320,6 +321,8 @@ def _payload(control: socket.socket) -> int:
         os.setgroups([])
         os.setgid(int(req["gid"]))
         os.setuid(int(req["uid"]))
+        if req.get("userns"):
+            _enter_user_namespace(int(req["uid"]), int(req["gid"]))
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
         cwd = req.get("cwd") or "/"
         os.chdir(cwd)
@@ -347,6 +350,42 @@ def _run_command(command: list[str], env: dict[str, str]) -> int:
         os.write(2, f"runink: cannot start {command[0]}: {exc.strerror}\n".encode())
         return 126 if exc.errno in (errno.EACCES, errno.ENOEXEC) else 127
     return _code(os.waitpid(child, 0)[1])
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _enter_user_namespace(uid: int, gid: int) -> None:
+    """Put the (already unprivileged) slice in a user namespace of its own, where it may do
+    nothing a user namespace would allow: its uid and gid map to themselves, it holds no
+    capability, and it may create no nested user namespace (``user.max_user_namespaces`` is 0
+    in it), so no other namespace either. Without this, on a host that lets unprivileged
+    users create user namespaces, a slice could give itself root-in-a-namespace and reach
+    the kernel code (mounts, netfilter...) that brings.
+
+    Done after setuid: a process may map its own ids without privilege. Its /proc/self files
+    must be its own to write the maps (a uid change made it non-dumpable).
+    """
+    _check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(dumpable)")
+    _check(libc.unshare(NAMESPACE_FLAGS["user"]), "unshare(user)")
+    for name, data in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+    fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)  # while it may (CAP_SYS_RESOURCE)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+    none = (_CapData * 2)()  # the capabilities creating the namespace gave it there: all dropped
+    _check(libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), none), "capset")
 
 
 def _read_secrets(fd: int) -> dict[str, Any]:

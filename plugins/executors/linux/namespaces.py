@@ -45,6 +45,37 @@ def probe(name: str) -> str | None:
     return lines[-1] if lines else "refused"
 
 
+_PROBE_UNPRIVILEGED_USER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+if libc.unshare(0x10000000) != 0:
+    print(os.strerror(ctypes.get_errno()))
+    sys.exit(1)
+"""
+
+
+def probe_unprivileged_user() -> str | None:
+    """Whether an unprivileged process (a slice, after it dropped root) may create a user
+    namespace here: None if so, else the reason. Needs root to drop from."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", _PROBE_UNPRIVILEGED_USER],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"probe failed: {exc}"
+    if done.returncode == 0:
+        return None
+    lines = (done.stdout.strip() or done.stderr.strip() or "refused").splitlines()
+    return f"unprivileged user namespaces refused: {lines[-1]}"
+
+
 def probe_all() -> dict[str, str | None]:
     """Every namespace kind -> None (permitted) or the reason it is not."""
     return {name: probe(name) for name in NAMESPACE_FLAGS}
