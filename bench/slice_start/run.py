@@ -12,7 +12,7 @@ step code running". Rows:
   unprivileged uid, no_new_privs; the code runs in a fork of the preloaded launcher;
 * runink launcher alone: the same Python step sent straight to the fork server (cgroup claimed,
   limits written, granted work dir mounted), without the executor's bookkeeping;
-* runink, command step: the same for ``/bin/echo x`` (exec'ed);
+* runink, command step: the same for ``/bin/echo x`` (posix_spawn from the payload, which waits);
 * bwrap (``--ro-bind / / --unshare-pid --unshare-uts --unshare-ipc --proc /proc --dev /dev``),
   ``/bin/echo x``: the fastest mainstream namespace sandbox, no cgroup;
 * ``unshare -fpmui --mount-proc`` (util-linux) with a cgroup from the shell (``echo $$ >
@@ -216,7 +216,7 @@ def main() -> None:
                 )
             rows.append(
                 (
-                    "runink linux executor, command step (/bin/echo, exec)",
+                    "runink linux executor, command step (/bin/echo, spawned by the payload)",
                     ours,
                     time_executor(executor, ours, work, ("/bin/echo", "x")),
                 )
