@@ -47,3 +47,24 @@ class AuthenticationError(RuninkError):
 
 class SchedulingError(RuninkError):
     """No node can take the task; the message lists why each node was rejected."""
+
+
+class BarnError(RuninkError):
+    """Base of Barn (state store) errors."""
+
+
+class LeaseNotFoundError(BarnError):
+    """The lease expired or was revoked (or never existed)."""
+
+
+class CompactedError(BarnError):
+    """A watch asked for changes older than the Barn still keeps."""
+
+
+class NoQuorumError(BarnError):
+    """The Barn cannot commit or serve a linearizable read now (no leader, no quorum):
+    retry after ``retry_after`` seconds. The outcome of a write that raised this is unknown."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

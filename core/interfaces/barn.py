@@ -82,3 +82,22 @@ class BarnBackend(ABC):
 
     @abstractmethod
     def revoke_lease(self, lease: int) -> None: ...
+
+    @abstractmethod
+    def revision(self) -> int:
+        """The current revision (a linearizable read)."""
+
+    def close(self) -> None:  # noqa: B027 (optional: most backends hold something, not all)
+        """Release what the backend holds (threads, sockets, files); ends open watches."""
+
+
+def herd_key(herd: str, *parts: str) -> str:
+    """The key of something that belongs to ``herd``: ``/herds/<herd>/<part>/<part>...``.
+
+    Herd names and parts may not contain ``/`` (a part could otherwise reach into another
+    herd's keys); RBAC and quotas scope by this prefix.
+    """
+    for name, value in (("herd", herd), *(("key part", p) for p in parts)):
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"invalid {name} {value!r} in a Barn key (empty, '.', '..' or contains '/')")
+    return "/".join(("", "herds", herd, *parts))

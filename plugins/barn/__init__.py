@@ -1,0 +1,1 @@
+"""Barn backends: memory (one process) and raft (pysyncobj)."""

@@ -1,0 +1,52 @@
+"""The memory Barn passes the Barn conformance suite; the state machine's own edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from runink.core.interfaces.barn import herd_key
+from runink.plugins.barn.state import BarnState
+from runink.testing import BarnConformance
+
+
+class TestMemoryBarn(BarnConformance):
+    driver_name = "memory"
+
+
+def test_herd_keys_cannot_reach_into_another_herd() -> None:
+    assert herd_key("finance", "jobs", "j-1") == "/herds/finance/jobs/j-1"
+    for herd, part in (("fin/ance", "x"), ("finance", "../hr"), ("", "x"), ("finance", "")):
+        with pytest.raises(ValueError, match="invalid"):
+            herd_key(herd, part)
+
+
+def test_a_retried_request_applies_once() -> None:
+    """A client that retries after "outcome unknown" reuses its request id: no double apply."""
+    state = BarnState()
+    first = state.apply({"op": "put", "key": "/k", "value": b"1", "lease": None, "request_id": "r-1"})
+    again = state.apply({"op": "put", "key": "/k", "value": b"1", "lease": None, "request_id": "r-1"})
+    assert first == again == 1 and state.revision == 1
+    kv = state.get("/k")
+    assert kv is not None and kv.version == 1
+
+
+def test_the_state_survives_a_snapshot() -> None:
+    state = BarnState(history=10)
+    lease = state.apply({"op": "grant", "ttl": 5, "now": 100.0})
+    state.apply({"op": "put", "key": "/a", "value": b"1", "lease": lease})
+    for i in range(30):
+        state.apply({"op": "put", "key": "/b", "value": str(i).encode(), "lease": None, "request_id": f"r{i}"})
+    copy = BarnState.restore(state.snapshot(), history=10)
+    assert copy.snapshot() == state.snapshot()
+    assert copy.apply({"op": "expire", "now": 104.0}) == [] and copy.get("/a") is not None
+    assert copy.apply({"op": "expire", "now": 105.0}) == [lease] and copy.get("/a") is None  # leases kept their keys
+    assert copy.apply({"op": "put", "key": "/b", "value": b"x", "lease": None, "request_id": "r29"}) == 31  # deduped
+
+
+def test_history_is_trimmed_whole_revisions_at_a_time() -> None:
+    state = BarnState(history=4)
+    for i in range(10):
+        state.apply({"op": "txn", "compare": [], "success": [(f"/k{i}/a", b"1", None), (f"/k{i}/b", b"1", None)]})
+    assert state.compacted > 0
+    revisions = [e.revision for e in state.events]
+    assert revisions[0] == state.compacted + 1 and revisions.count(revisions[0]) == 2  # no half transaction kept
