@@ -565,7 +565,7 @@ class Launcher:
 
     def _start_init(self, notify: int) -> int:
         if self.native_init:
-            actions = [(os.POSIX_SPAWN_DUP2, notify, 0)]
+            actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, notify, 0)]
             actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
             default = (signal.SIGPIPE, signal.SIGXFSZ)
             return os.posix_spawn(INIT_BINARY, [INIT_BINARY.name], {}, file_actions=actions, setsigdef=default)
