@@ -1,0 +1,196 @@
+"""The ``raft`` Barn backend: a client of a group of Barn servers (``runink barn serve``).
+
+Options: ``endpoints`` (the servers' HTTP addresses, host:port), ``timeout`` (seconds a call
+keeps retrying while the group has no leader before raising NoQuorumError).
+
+Any member answers (a follower forwards to the leader). A write carries a request id, so
+retrying it after a lost answer or a 503 ("outcome unknown") cannot apply it twice. Each
+thread keeps its own keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError, NoQuorumError
+from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
+from runink.plugins.barn.memory import check_key, check_value
+
+WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
+
+
+class RaftBarn(BarnBackend):
+    name: ClassVar[str] = "raft"
+
+    def __init__(self, *, endpoints: Sequence[str] | str, timeout: float = 10.0, history: int | None = None) -> None:
+        # ``history`` is the servers' setting (accepted so the conformance options fit both drivers)
+        self.endpoints = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
+        if not self.endpoints or not all(self.endpoints):
+            raise BarnError("the raft Barn needs endpoints: host:port of one or more Barn servers")
+        self.timeout = float(timeout)
+        self._local = threading.local()
+        self._preferred = 0  # the endpoint that answered last
+        self._closed = threading.Event()
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _connection(self, index: int) -> http.client.HTTPConnection:
+        connections: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", {})
+        if index not in connections:
+            host, _, port = self.endpoints[index].rpartition(":")
+            connections[index] = http.client.HTTPConnection(host, int(port), timeout=self.timeout + 40)
+        return connections[index]
+
+    def _drop(self, index: int) -> None:
+        connection = self._local.__dict__.get("connections", {}).pop(index, None)
+        if connection is not None:
+            connection.close()
+
+    def call(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
+        """One request, retried on other members and while there is no leader (503)."""
+        data = json.dumps(body or {}).encode()
+        deadline = time.monotonic() + self.timeout
+        last = "no answer"
+        attempt = 0
+        while not self._closed.is_set():
+            index = (self._preferred + attempt) % len(self.endpoints)
+            attempt += 1
+            try:
+                connection = self._connection(index)
+                payload_out = data if method == "POST" else None
+                connection.request(method, path, payload_out, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                payload = json.loads(answer.read() or b"{}")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._drop(index)
+                last = f"{self.endpoints[index]}: {exc}"
+                wait = 0.05 if attempt % len(self.endpoints) else 0.2
+            else:
+                if answer.status == 200:
+                    self._preferred = index
+                    return dict(payload)
+                if answer.status != 503:
+                    raise _error(answer.status, payload)
+                last = f"{self.endpoints[index]}: {payload.get('message')}"
+                wait = min(float(answer.getheader("Retry-After") or 1), 0.2)
+            if time.monotonic() + wait > deadline:
+                break
+            time.sleep(wait)
+        raise NoQuorumError(f"the Barn did not answer {path} within {self.timeout:g}s ({last})")
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        value = check_value(key, value)
+        body = {"key": check_key(key), "value": _b64(value), "lease": lease, "request_id": _request_id()}
+        return int(self.call("/v1/put", body)["revision"])
+
+    def delete(self, key: str) -> bool:
+        return bool(self.call("/v1/delete", {"key": check_key(key), "request_id": _request_id()})["deleted"])
+
+    def compare_and_set(self, key: str, expected_mod_revision: int, value: bytes) -> bool:
+        held, _ = self.transaction([(key, expected_mod_revision)], [TxnOp(key, value)])
+        return held
+
+    def transaction(
+        self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+    ) -> tuple[bool, int]:
+        def ops(items: Sequence[TxnOp]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "key": check_key(op.key),
+                    "value": None if op.value is None else _b64(check_value(op.key, op.value)),
+                }
+                for op in items
+            ]
+
+        body = {
+            "compare": [(check_key(k), int(r)) for k, r in compare],
+            "success": ops(success),
+            "failure": ops(failure),
+            "request_id": _request_id(),
+        }
+        answer = self.call("/v1/txn", body)
+        return bool(answer["succeeded"]), int(answer["revision"])
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        return _kv(self.call("/v1/get", {"key": check_key(key)})["kv"])
+
+    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+        kvs = self.call("/v1/scan", {"prefix": prefix, "limit": limit})["kvs"]
+        return [kv for kv in (_kv(x) for x in kvs) if kv is not None]
+
+    def revision(self) -> int:
+        return int(self.call("/v1/revision")["revision"])
+
+    def watch(self, prefix: str, from_revision: int) -> Iterator[WatchEvent]:
+        first = self.call("/v1/watch", {"prefix": prefix, "from_revision": from_revision, "wait": 0})
+        return self._follow(prefix, first)
+
+    def _follow(self, prefix: str, answer: dict[str, Any]) -> Iterator[WatchEvent]:
+        while True:
+            for event in answer["events"]:
+                kv = _kv(event["kv"])
+                assert kv is not None
+                yield WatchEvent(event["type"], kv, int(event["revision"]))
+            if self._closed.is_set():
+                return
+            answer = self.call("/v1/watch", {"prefix": prefix, "from_revision": answer["next"], "wait": WATCH_WAIT})
+
+    def status(self) -> dict[str, Any]:
+        return self.call("/v1/status", method="GET")
+
+    # --- leases ---------------------------------------------------------------------------
+
+    def grant_lease(self, ttl: float) -> int:
+        return int(self.call("/v1/lease/grant", {"ttl": float(ttl), "request_id": _request_id()})["lease"])
+
+    def keep_alive(self, lease: int) -> None:
+        self.call("/v1/lease/keepalive", {"lease": int(lease)})
+
+    def revoke_lease(self, lease: int) -> None:
+        self.call("/v1/lease/revoke", {"lease": int(lease), "request_id": _request_id()})
+
+    def close(self) -> None:
+        self._closed.set()
+        for connection in self._local.__dict__.get("connections", {}).values():
+            connection.close()
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _kv(data: dict[str, Any] | None) -> KeyValue | None:
+    if data is None:
+        return None
+    return KeyValue(
+        data["key"],
+        base64.b64decode(data["value"]),
+        int(data["create_revision"]),
+        int(data["mod_revision"]),
+        int(data["version"]),
+        data.get("lease"),
+    )
+
+
+def _error(status: int, payload: dict[str, Any]) -> BarnError:
+    kind, message = payload.get("error"), str(payload.get("message", payload))
+    if kind == "compacted":
+        return CompactedError(message)
+    if kind == "lease_not_found":
+        return LeaseNotFoundError(message)
+    return BarnError(f"the Barn answered {status}: {message}")

@@ -1,0 +1,92 @@
+"""A group of real Barn server processes on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runink.plugins.barn.raft.client import RaftBarn
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+class Cluster:
+    def __init__(self, root: Path, size: int = 3, history: int = 100_000, fsync: bool = True) -> None:
+        ports = free_ports(2 * size)
+        self.names = [chr(ord("a") + i) for i in range(size)]
+        self.raft = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
+        self.http = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
+        self.root = root
+        self.history = history
+        self.fsync = fsync
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+
+    def command(self, name: str) -> list[str]:
+        command = [
+            sys.executable, "-m", "runink.plugins.barn.raft.server", "--name", name,
+            "--raft", self.raft[name], "--http", self.http[name], "--data-dir", str(self.root / name),
+            "--history", str(self.history),
+        ]  # fmt: skip
+        for other in self.names:
+            if other != name:
+                command += ["--peer", f"{other}={self.raft[other]},{self.http[other]}"]
+        return command + ([] if self.fsync else ["--no-fsync"])
+
+    def start(self, *names: str) -> None:
+        for name in names or self.names:
+            log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (the process keeps it)
+            self.processes[name] = subprocess.Popen(
+                self.command(name), stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ}
+            )
+            assert self.processes[name].stdout is not None
+            line = self.processes[name].stdout.readline()
+            assert json.loads(line)["event"] == "serving", line
+
+    def client(self, *names: str, timeout: float = 10.0) -> RaftBarn:
+        return RaftBarn(endpoints=[self.http[n] for n in names or self.names], timeout=timeout)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return RaftBarn(endpoints=[self.http[name]], timeout=2).status()
+
+    def leader(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name in self.alive():
+                with contextlib.suppress(Exception):
+                    if self.status(name)["state"] == "leader":
+                        return name
+            time.sleep(0.05)
+        raise AssertionError(f"no leader within {timeout}s")
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.processes.items() if p.poll() is None]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        process.send_signal(sig)
+        process.wait(10)
+
+    def stop(self) -> None:
+        for name in self.alive():
+            self.kill(name, signal.SIGTERM)
+        for process in self.processes.values():
+            if process.stdout is not None:
+                process.stdout.close()
