@@ -125,8 +125,9 @@ class RaftBarn(BarnBackend):
     def get(self, key: str) -> KeyValue | None:
         return _kv(self.call("/v1/get", {"key": check_key(key)})["kv"])
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
-        kvs = self.call("/v1/scan", {"prefix": prefix, "limit": limit})["kvs"]
+    def scan(self, prefix: str, *, limit: int | None = None, serializable: bool = False) -> list[KeyValue]:
+        """``serializable``: the answering member's own copy, maybe stale (see the server)."""
+        kvs = self.call("/v1/scan", {"prefix": prefix, "limit": limit, "serializable": serializable})["kvs"]
         return [kv for kv in (_kv(x) for x in kvs) if kv is not None]
 
     def revision(self) -> int:

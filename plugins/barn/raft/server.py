@@ -21,7 +21,8 @@ same order everywhere.
 
 HTTP API (JSON; keys are strings, values base64): POST /v1/put, /v1/get, /v1/delete, /v1/txn,
 /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive, /v1/lease/revoke,
-/v1/revision; GET /v1/status; POST /v1/members/add, /v1/members/remove.
+/v1/revision; GET /v1/status; POST /v1/members/add, /v1/members/remove. ``"serializable": true``
+on /v1/get and /v1/scan reads the answering member's own copy (possibly stale, like etcd's).
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class BarnNode(SyncObj):  # type: ignore[misc]
             raftMinTimeout=timeout,
             raftMaxTimeout=2 * timeout,
             leaderFallbackTimeout=timeout,  # an isolated leader steps down within the election timeout
+            # default 5 s: members started one after the other could not elect a leader without
+            # the first (the survivors were not yet connected to each other) for up to 5 s
+            connectionRetryTime=timeout,
             appendEntriesUseBatch=True,  # group commit: every queued command goes in one append
             journalFile=str(config.data_dir / "raft.journal"),
             fullDumpFile=str(config.data_dir / "raft.dump"),  # without it a restart after compaction loses all
@@ -246,6 +250,16 @@ class BarnServer:
             return {"revision": _ok(node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body)))}
         raise KeyError(path)
 
+    def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """This member's applied state, without a barrier or the leader (etcd's "serializable"
+        reads): may be stale; for diagnostics and checks of each member's copy."""
+        with self.node._lock:
+            state = self.node._state
+            if path == "/v1/get":
+                return {"kv": kv_json(state.get(_key(body))), "revision": state.revision}
+            kvs = state.scan(str(body.get("prefix", "")), body.get("limit"))
+            return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
+
     def _watch(self, body: dict[str, Any]) -> dict[str, Any]:
         """Events under ``prefix`` from ``from_revision``: at once if there are some, else
         waiting up to ``wait`` seconds. ``next`` is where the client's next call starts."""
@@ -356,6 +370,9 @@ def _handler(server: BarnServer) -> type[BaseHTTPRequestHandler]:
                 return
             if self.path.startswith("/v1/members/"):
                 self._members(body)
+                return
+            if self.path in ("/v1/get", "/v1/scan") and body.get("serializable"):
+                self._send(200, server.local_read(self.path, body))
                 return
             if not server.is_leader():
                 self._forward(raw)

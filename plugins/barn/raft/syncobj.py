@@ -17,6 +17,9 @@
 #    copy towards a commit.
 # 5. Group commit: with appendEntriesUseBatch, the commands taken in one tick go out in one
 #    append_entries at once instead of waiting for the next appendEntriesPeriod.
+# 6. A "reset" reply only lowers the leader's nextIndex for that follower: replies to older,
+#    pipelined append_entries raised it again, and a follower with a diverged tail (a leader
+#    killed with uncommitted entries, restarted) never caught up (tests/test_barn_faults.py).
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -1119,7 +1122,11 @@ class SyncObj(object):
                 success = message['success']
 
                 currentNodeIdx = nextNodeIdx - 1
-                if reset:
+                # [runink fix] a reset only lowers nextIndex: a higher one answers an older,
+                # pipelined append_entries. Taking it undid each step back, and a follower
+                # whose log had diverged never caught up (the leader flipped between two
+                # indexes forever).
+                if reset and nextNodeIdx < self.__raftNextIndex[node]:
                     self.__raftNextIndex[node] = nextNodeIdx
                 if success:
                     if self.__raftMatchIndex[node] < currentNodeIdx:
