@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +31,16 @@ class TestRaftBarn(BarnConformance):
         client = cluster.client()
         yield client
         client.close()
+
+
+def test_barn_status_cli(cluster: Cluster, run_cli) -> None:  # type: ignore[no-untyped-def]
+    endpoints = ",".join(cluster.http[n] for n in cluster.names)
+    out = run_cli("barn", "status", "--endpoints", endpoints, "--json")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert {s["name"] for s in seen} == set(cluster.names)
+    leaders = {s["leader"] for s in seen}
+    assert len(leaders) == 1 and leaders <= set(cluster.names)  # every server agrees on one leader
+    assert all(p["connected"] for s in seen for p in s["peers"].values())
+    table = run_cli("barn", "status", "--endpoints", endpoints + ",127.0.0.1:1")
+    assert table.returncode == 1 and "UNREACHABLE" in table.stdout  # a server down: said, and a non-zero exit

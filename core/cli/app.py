@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 import runink
-from runink.core.cli import config_cmd, contract_cmd, doctor_cmd, plugins_cmd, run_cmd
+from runink.core.cli import barn_cmd, config_cmd, contract_cmd, doctor_cmd, plugins_cmd, run_cmd
 from runink.core.cli.output import print_error
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
@@ -52,6 +52,7 @@ def build_app(state: CliState) -> typer.Typer:
     app.add_typer(plugins_cmd.app, name="plugins")
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(contract_cmd.app, name="contract")
+    app.add_typer(barn_cmd.app, name="barn")
     app.command("run")(run_cmd.run_command)
     app.command("test")(run_cmd.golden_test_command)
     app.command("doctor")(doctor_cmd.doctor_command)
