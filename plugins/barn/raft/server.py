@@ -84,7 +84,7 @@ class NoLeader(Exception):
     """No leader is known, or the commit did not happen in time: answer 503."""
 
 
-class BarnNode(SyncObj):  # type: ignore[misc]
+class BarnNode(SyncObj):
     """The replicated part: pysyncobj commits commands, ``_command`` applies them."""
 
     def __init__(self, config: ServerConfig) -> None:
@@ -300,7 +300,7 @@ class BarnServer:
 
 
 def _node_for(node: BarnNode, address: str) -> Any:
-    for other in node._SyncObj__otherNodes:
+    for other in getattr(node, "_SyncObj__otherNodes", ()):  # pysyncobj wants its Node object
         if getattr(other, "address", None) == address:
             return other
     return address
