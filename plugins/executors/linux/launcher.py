@@ -20,16 +20,17 @@ pid/mount/uts/ipc(/net) namespaces:
 
     init, PID 1: ``runink-init`` (a small C program started with posix_spawn, no fork of
       this process; a forked Python init where it was not built), reaps orphans
-    payload, PID 2: a fork of the launcher that waits on a socket for its request, still
-      root, nothing of a slice yet
+    payload, PID 2: a fork of the launcher that joins its cgroup and builds the sandbox's
+      root itself, then waits on a socket for its request, still root, nothing of a slice yet
 
 inside a minimal root filesystem (a tmpfs with read-only binds of the runtime: /usr, /etc,
 the interpreter and its packages; private /proc, /tmp, /dev/shm and a few device nodes), so
-a slice sees nothing else of the host. On a request the launcher moves the payload into the
-slice's cgroup (before any slice code runs), clones the granted paths as detached mounts
-(``open_tree``) and sends them with the log fds over the socket; the payload moves them into
-place (``move_mount``), sets the hostname, drops to the slice's uid/gid with no_new_privs and
-runs the command: a program is started with posix_spawn and waited for, or, for
+a slice sees nothing else of the host. On a request the launcher writes the slice's limits
+to that cgroup (before any slice code runs; the slice keeps the cgroup), clones the granted
+paths as detached mounts (``open_tree``) and sends them with the log fds over the socket; the
+payload moves them into place (``move_mount``), sets the hostname, drops to the slice's
+uid/gid (in a user namespace of its own where allowed) with no_new_privs and runs the
+command: a program is started with posix_spawn and waited for, or, for
 ``python -m MODULE`` / ``python -c CODE`` with this interpreter, the Python code runs directly
 in the forked process (the runtime given with ``--preload`` is already imported: no
 interpreter start, no exec). Either way the payload writes the exit status to the task's
@@ -286,8 +287,9 @@ def _warm_up() -> None:
 def _payload(control: socket.socket) -> int:
     """Wait for the request, finish the sandbox with it, drop privileges, run the command."""
     _warm_up()
-    control.send(b"ready")  # the launcher learns this process's host pid from the credentials
-    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 3)
+    control.send(b"ready")
+    # fds: stdout, stderr, the secrets memfd, the status file, then one per granted path
+    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 4)
     if not message:
         return 0  # the launcher drained its pool
     req = json.loads(message)
