@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from barn_cluster import Cluster
 
 from runink.core.interfaces.barn import BarnBackend
 from runink.testing import BarnConformance
 from runink.testing.barn import COMPACTION_HISTORY
+from runink.testing.barn_cluster import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A group of real Barn server processes on loopback, for tests and benchmarks."""
+"""A group of real Barn server processes on loopback, for tests and benchmarks (``Cluster``)."""
 
 from __future__ import annotations
 
