@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from runink.core.errors import BarnError
+
 
 @dataclass(frozen=True)
 class KeyValue:
@@ -52,9 +54,12 @@ class BarnBackend(ABC):
     @abstractmethod
     def delete(self, key: str) -> bool: ...
 
-    @abstractmethod
     def compare_and_set(self, key: str, expected_mod_revision: int, value: bytes) -> bool:
-        """Put only if the key's mod_revision is ``expected_mod_revision`` (0: key absent)."""
+        """Put only if the key's mod_revision is ``expected_mod_revision`` (0: key absent).
+
+        A one-compare transaction; a backend may override it with something cheaper."""
+        held, _ = self.transaction([(key, expected_mod_revision)], [TxnOp(key, value)])
+        return held
 
     @abstractmethod
     def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
@@ -89,6 +94,20 @@ class BarnBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional: most backends hold something, not all)
         """Release what the backend holds (threads, sockets, files); ends open watches."""
+
+
+def check_key(key: object) -> str:
+    """A Barn key: a non-empty string (BarnError otherwise)."""
+    if not isinstance(key, str) or not key:
+        raise BarnError(f"a Barn key must be a non-empty string, got {key!r}")
+    return key
+
+
+def check_value(key: str, value: object) -> bytes:
+    """A Barn value: bytes (BarnError otherwise, naming the key)."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise BarnError(f"the value of Barn key {key!r} must be bytes, got {type(value).__name__}")
+    return bytes(value)
 
 
 def herd_key(herd: str, *parts: str) -> str:

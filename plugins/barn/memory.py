@@ -13,23 +13,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from runink.core.errors import BarnError, LeaseNotFoundError
-from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
-from runink.plugins.barn.state import DEFAULT_HISTORY, BarnState
+from runink.core.errors import BarnError
+from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
+from runink.plugins.barn.state import DEFAULT_HISTORY, BarnState, raise_for
 
 WATCH_POLL = 0.5  # seconds a watch waits before looking again whether the Barn was closed
-
-
-def check_key(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise BarnError(f"a Barn key must be a non-empty string, got {key!r}")
-    return key
-
-
-def check_value(key: str, value: bytes) -> bytes:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise BarnError(f"the value of Barn key {key!r} must be bytes, got {type(value).__name__}")
-    return bytes(value)
 
 
 def txn_command(
@@ -44,13 +32,6 @@ def txn_command(
         "success": ops(success),
         "failure": ops(failure),
     }
-
-
-def raise_for(result: Any) -> Any:
-    """A state-dependent error comes back as a result (see BarnState.apply): raise it here."""
-    if isinstance(result, dict) and result.get("error") == "lease_not_found":
-        raise LeaseNotFoundError(result["message"])
-    return result
 
 
 class MemoryBarn(BarnBackend):
@@ -86,10 +67,6 @@ class MemoryBarn(BarnBackend):
 
     def delete(self, key: str) -> bool:
         return bool(self._apply({"op": "delete", "key": check_key(key)}))
-
-    def compare_and_set(self, key: str, expected_mod_revision: int, value: bytes) -> bool:
-        held, _ = self.transaction([(key, expected_mod_revision)], [TxnOp(key, value)])
-        return held
 
     def transaction(
         self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()

@@ -252,5 +252,13 @@ class BarnState:
             del self.events[:cut], self._event_revisions[:cut]
 
 
+def raise_for(result: Any) -> Any:
+    """The other half of ``apply``'s convention: a state-dependent error came back as a
+    result (so every replica ends alike); the caller that proposed it raises it here."""
+    if isinstance(result, dict) and result.get("error") == "lease_not_found":
+        raise LeaseNotFoundError(result["message"])
+    return result
+
+
 def _kv_tuple(kv: KeyValue) -> tuple[str, bytes, int, int, int, int | None]:
     return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)

@@ -20,8 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError, NoQuorumError
-from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
-from runink.plugins.barn.memory import check_key, check_value
+from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
 
 WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
 
@@ -94,10 +93,6 @@ class RaftBarn(BarnBackend):
 
     def delete(self, key: str) -> bool:
         return bool(self.call("/v1/delete", {"key": check_key(key), "request_id": _request_id()})["deleted"])
-
-    def compare_and_set(self, key: str, expected_mod_revision: int, value: bytes) -> bool:
-        held, _ = self.transaction([(key, expected_mod_revision)], [TxnOp(key, value)])
-        return held
 
     def transaction(
         self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()

@@ -46,10 +46,10 @@ from typing import Any
 from pysyncobj import SyncObjConf
 from pysyncobj.syncobj import SyncObjException
 
-from runink.core.errors import BarnError, CompactedError
-from runink.core.interfaces.barn import KeyValue, WatchEvent
+from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
+from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key
 from runink.plugins.barn.raft.syncobj import SyncObj, replicated
-from runink.plugins.barn.state import BarnState
+from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
 RETRY_AFTER = 1  # seconds, in 503 answers
@@ -219,10 +219,10 @@ class BarnServer:
         node = self.node
         if path == "/v1/put":
             lease = body.get("lease")
-            command = {"op": "put", "key": _key(body), "value": unb64(body["value"]), "lease": lease}
-            return {"revision": _ok(node.commit(_with_id(command, body)))}
+            command = {"op": "put", "key": check_key(body.get("key")), "value": unb64(body["value"]), "lease": lease}
+            return {"revision": raise_for(node.commit(_with_id(command, body)))}
         if path == "/v1/delete":
-            return {"deleted": bool(node.commit(_with_id({"op": "delete", "key": _key(body)}, body)))}
+            return {"deleted": bool(node.commit(_with_id({"op": "delete", "key": check_key(body.get("key"))}, body)))}
         if path == "/v1/txn":
             ops = {
                 side: [(op["key"], None if op.get("value") is None else unb64(op["value"]), None) for op in body[side]]
@@ -232,7 +232,7 @@ class BarnServer:
             held, revision = node.commit(_with_id(command, body))
             return {"succeeded": held, "revision": revision}
         if path == "/v1/get":
-            return {"kv": kv_json(node.read(lambda s: s.get(_key(body))))}
+            return {"kv": kv_json(node.read(lambda s: s.get(check_key(body.get("key")))))}
         if path == "/v1/scan":
             kvs = node.read(lambda s: s.scan(str(body.get("prefix", "")), body.get("limit")))
             return {"kvs": [kv_json(kv) for kv in kvs]}
@@ -245,9 +245,9 @@ class BarnServer:
             return {"lease": node.commit(_with_id(grant, body))}
         if path == "/v1/lease/keepalive":
             result = node.commit({"op": "keep_alive", "lease": int(body["lease"]), "now": time.time()})
-            return {"expires_at": _ok(result)}
+            return {"expires_at": raise_for(result)}
         if path == "/v1/lease/revoke":
-            return {"revision": _ok(node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body)))}
+            return {"revision": raise_for(node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body)))}
         raise KeyError(path)
 
     def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +256,7 @@ class BarnServer:
         with self.node._lock:
             state = self.node._state
             if path == "/v1/get":
-                return {"kv": kv_json(state.get(_key(body))), "revision": state.revision}
+                return {"kv": kv_json(state.get(check_key(body.get("key")))), "revision": state.revision}
             kvs = state.scan(str(body.get("prefix", "")), body.get("limit"))
             return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
 
@@ -311,23 +311,10 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _key(body: dict[str, Any]) -> str:
-    key = body.get("key")
-    if not isinstance(key, str) or not key:
-        raise BarnError(f"a Barn key must be a non-empty string, got {key!r}")
-    return key
-
-
 def _with_id(command: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     if body.get("request_id"):
         command["request_id"] = str(body["request_id"])
     return command
-
-
-def _ok(result: Any) -> Any:
-    if isinstance(result, dict) and "error" in result:
-        raise LookupError(result["message"])
-    return result
 
 
 def _handler(server: BarnServer) -> type[BaseHTTPRequestHandler]:
@@ -383,7 +370,7 @@ def _handler(server: BarnServer) -> type[BaseHTTPRequestHandler]:
                 self._unavailable(str(exc))
             except CompactedError as exc:
                 self._send(400, {"error": "compacted", "message": str(exc)})
-            except LookupError as exc:
+            except LeaseNotFoundError as exc:
                 self._send(404, {"error": "lease_not_found", "message": str(exc)})
             except (BarnError, ValueError, TypeError) as exc:
                 self._send(400, {"error": "bad_request", "message": str(exc)})
