@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend
 from runink.testing import BarnConformance
 from runink.testing.barn import COMPACTION_HISTORY
@@ -44,3 +45,15 @@ def test_barn_status_cli(cluster: Cluster, run_cli) -> None:  # type: ignore[no-
     assert all(p["connected"] for s in seen for p in s["peers"].values())
     table = run_cli("barn", "status", "--endpoints", endpoints + ",127.0.0.1:1")
     assert table.returncode == 1 and "UNREACHABLE" in table.stdout  # a server down: said, and a non-zero exit
+
+
+def test_bad_requests_say_what_is_wrong(cluster: Cluster) -> None:
+    """A missing field is the client's error (400), an unknown path is 404: never "lease not found"."""
+    client = cluster.client(cluster.leader())
+    try:
+        with pytest.raises(BarnError, match=r"400: missing field 'value'"):
+            client.call("/v1/put", {"key": "/k"})
+        with pytest.raises(BarnError, match=r"404: no /v1/nothing"):
+            client.call("/v1/nothing", {})
+    finally:
+        client.close()

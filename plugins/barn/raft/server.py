@@ -80,6 +80,10 @@ class ServerConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
 
 
+class UnknownPath(Exception):
+    """No such API path: answer 404."""
+
+
 class NoLeader(Exception):
     """No leader is known, or the commit did not happen in time: answer 503."""
 
@@ -248,7 +252,7 @@ class BarnServer:
             return {"expires_at": raise_for(result)}
         if path == "/v1/lease/revoke":
             return {"revision": raise_for(node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body)))}
-        raise KeyError(path)
+        raise UnknownPath(path)
 
     def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """This member's applied state, without a barrier or the leader (etcd's "serializable"
@@ -374,7 +378,9 @@ def _handler(server: BarnServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "lease_not_found", "message": str(exc)})
             except (BarnError, ValueError, TypeError) as exc:
                 self._send(400, {"error": "bad_request", "message": str(exc)})
-            except KeyError as exc:
+            except KeyError as exc:  # a field the request lacks
+                self._send(400, {"error": "bad_request", "message": f"missing field {exc}"})
+            except UnknownPath as exc:
                 self._send(404, {"error": "not_found", "message": f"no {exc}"})
 
         def _forward(self, raw: bytes) -> None:
