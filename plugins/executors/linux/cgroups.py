@@ -164,12 +164,8 @@ class SliceCgroup:
     def procs_files(self) -> list[Path]:
         return sorted({d / "cgroup.procs" for d in self.dirs.values()})
 
-    def apply(self, limits: CgroupLimits, inherit_cpuset: bool = True) -> None:
-        """Write the limits; a limit asked for on a missing controller is an error naming it.
-
-        ``inherit_cpuset=False``: the v1 cpuset got its parent's cpus and mems already (a
-        claimed warm cgroup); only an explicit cpuset limit is written.
-        """
+    def apply(self, limits: CgroupLimits) -> None:
+        """Write the limits; a limit asked for on a missing controller is an error naming it."""
         for name, wanted in (
             ("cpu", limits.cpu),
             ("memory", limits.memory),
@@ -201,7 +197,7 @@ class SliceCgroup:
                     _write(memsw, str(limits.memory))
         if limits.pids:
             _write(self.dirs["pids"] / "pids.max", str(limits.pids))
-        if not v2 and "cpuset" in self.dirs and (inherit_cpuset or limits.cpuset):
+        if not v2 and "cpuset" in self.dirs:
             # v1 cpusets start empty and no task can join an empty one: inherit the parent's
             # cpus and mems unless a cpuset was asked for.
             parent = self.dirs["cpuset"].parent
