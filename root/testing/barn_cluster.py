@@ -53,11 +53,12 @@ class Cluster:
     def start(self, *names: str) -> None:
         for name in names or self.names:
             log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (the process keeps it)
-            self.processes[name] = subprocess.Popen(
+            process = subprocess.Popen(
                 self.command(name), stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ}
             )
-            assert self.processes[name].stdout is not None
-            line = self.processes[name].stdout.readline()
+            self.processes[name] = process
+            assert process.stdout is not None
+            line = process.stdout.readline()
             assert json.loads(line)["event"] == "serving", line
 
     def client(self, *names: str, timeout: float = 10.0) -> RaftBarn:
