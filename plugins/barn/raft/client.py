@@ -72,8 +72,8 @@ class RaftBarn(BarnBackend):
                 last = f"{self.endpoints[index]}: {exc}"
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
+                self._follow(answer.getheader("X-Runink-Leader"), index)
                 if answer.status == 200:
-                    self._preferred = index
                     return dict(payload)
                 if answer.status != 503:
                     raise _error(answer.status, payload)
@@ -83,6 +83,11 @@ class RaftBarn(BarnBackend):
                 break
             time.sleep(wait)
         raise NoQuorumError(f"the Barn did not answer {path} within {self.timeout:g}s ({last})")
+
+    def _follow(self, leader: str | None, answered: int) -> None:
+        """Send the next calls to the leader the server named, if it is one of ours (a
+        follower would forward them: one more hop), else to the member that answered."""
+        self._preferred = self.endpoints.index(leader) if leader in self.endpoints else answered
 
     # --- writes ---------------------------------------------------------------------------
 

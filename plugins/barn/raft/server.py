@@ -28,22 +28,28 @@ on /v1/get and /v1/scan reads the answering member's own copy (possibly stale, l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import collections
+import concurrent.futures
 import contextlib
 import http.client
+import importlib.util
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import SyncObjConf
+import uvicorn
+from pysyncobj import FAIL_REASON, SyncObjConf
 from pysyncobj.syncobj import SyncObjException
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
@@ -56,6 +62,9 @@ RETRY_AFTER = 1  # seconds, in 503 answers
 LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
 WATCH_WAIT_MAX = 30.0
 FORWARDED = "X-Runink-Forwarded"  # set on a request a follower passed to the leader
+FORWARDED_RAW = FORWARDED.lower().encode()
+LEADER_RAW = b"x-runink-leader"  # on every answer: the leader's HTTP address, where clients go next
+FORWARD_THREADS = 32  # requests a follower forwards to the leader at once
 
 log = logging.getLogger("runink.barn")
 
@@ -89,7 +98,12 @@ class NoLeader(Exception):
 
 
 class BarnNode(SyncObj):
-    """The replicated part: pysyncobj commits commands, ``_command`` applies them."""
+    """The replicated part: pysyncobj commits commands, ``_command`` applies them.
+
+    Two threads meet here: pysyncobj's tick thread applies commands and runs their callbacks;
+    the event loop thread serves the API. Callbacks are handed to the loop in batches (one
+    wake-up for every command a tick finished), never one thread switch per command.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,34 +124,112 @@ class BarnNode(SyncObj):
             logCompactionMinEntries=config.compaction_entries,
             logCompactionMinTime=config.compaction_seconds,
             dynamicMembershipChange=True,
-            useFork=False,  # this process has threads (HTTP): never fork to write a snapshot
+            useFork=False,  # this process has threads: never fork to write a snapshot
             commandsWaitLeader=False,
             **config.extra,
         )
         conf.runinkFsync = config.fsync
-        self._lock = threading.Condition()  # guards the state: applied by the tick thread, read by HTTP threads
+        self._lock = threading.Lock()  # guards the state: applied by the tick thread, read by the loop
         self._state = BarnState(history=config.history)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: collections.deque[tuple[asyncio.Future[Any], Any, Any] | None] = collections.deque()
+        self._drain_scheduled = False
+        self._watchers: set[asyncio.Future[None]] = set()  # loop thread only
+        self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf)
 
     @replicated
     def _command(self, command: dict[str, Any]) -> Any:
         with self._lock:
             result = self._state.apply(command)
-            self._lock.notify_all()
+        if self._watchers:
+            self._hand_over(None)  # wake the watches
         return result
 
-    def commit(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
-        """Propose on this member (the leader) and wait for the commit; NoLeader if it fails."""
+    # --- the tick thread -> the loop ------------------------------------------------------
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _hand_over(self, item: tuple[asyncio.Future[Any], Any, Any] | None) -> None:
+        """From any thread: queue a finished command (``None``: wake the watches) for the loop."""
+        self._finished.append(item)
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # cleared first: an item queued while this drains schedules another drain
+        self._drain_scheduled = False
+        wake = False
+        while self._finished:
+            item = self._finished.popleft()
+            if item is None:
+                wake = True
+                continue
+            future, result, error = item
+            _settle(future, (result, error))
+        if wake:
+            self.wake_watchers()
+
+    def wake_watchers(self) -> None:
+        for waiter in self._watchers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._watchers.clear()
+
+    # --- proposing (loop thread) ----------------------------------------------------------
+
+    def _callback(self) -> tuple[asyncio.Future[Any], Any]:
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        return future, lambda result, error: self._hand_over((future, result, error))
+
+    async def _outcome(self, future: asyncio.Future[Any], what: str, timeout: float = COMMIT_TIMEOUT) -> Any:
+        """The result of a proposal, or NoLeader if it failed or did not commit in time."""
+        assert self._loop is not None
+        timer = self._loop.call_later(timeout, _settle, future, (None, "timeout"))
+        try:
+            result, error = await asyncio.shield(future)  # shared by batched reads: one's cancel is not all's
+        finally:
+            timer.cancel()
+        if error != FAIL_REASON.SUCCESS:  # timeout, LEADER_CHANGED, NOT_LEADER...: outcome unknown
+            raise NoLeader(f"{what} was not committed ({error})")
+        return result
+
+    async def commit(self, command: dict[str, Any]) -> Any:
+        """Propose on this member (the leader) and wait for the commit."""
+        future, callback = self._callback()
+        self._command(command, callback=callback)
+        return await self._outcome(future, "the write")
+
+    def commit_blocking(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
+        """``commit`` for threads other than the loop's (the lease expirer)."""
         try:
             return self._command(command, sync=True, timeout=timeout)
-        except SyncObjException as exc:  # timeout, LEADER_CHANGED, NOT_LEADER...: outcome unknown
+        except SyncObjException as exc:
             raise NoLeader(f"the write was not committed ({exc.errorCode})") from None
 
-    def read(self, reader: Any) -> Any:
-        """A linearizable read: commit a no-op (the read barrier), then read the applied state."""
-        self.commit({"op": "noop"})
+    async def read(self, reader: Callable[[BarnState], Any]) -> Any:
+        """A linearizable read: wait for a no-op (the read barrier) proposed after this read
+        began to be applied, then read. Reads arriving in the same loop turn share one barrier."""
+        if self._barrier is None:
+            assert self._loop is not None
+            self._barrier, callback = self._callback()
+            self._loop.call_soon(self._propose_barrier, callback)
+        await self._outcome(self._barrier, "the read barrier")
         with self._lock:
             return reader(self._state)
+
+    def _propose_barrier(self, callback: Any) -> None:
+        self._barrier = None  # reads from now on need a later barrier
+        self._command({"op": "noop"}, callback=callback)
+
+    async def membership(self, add: bool, raft: str) -> None:
+        future, callback = self._callback()
+        (self.addNodeToCluster if add else self.removeNodeFromCluster)(raft, callback=callback)
+        await self._outcome(future, "the membership change")
 
 
 # --- JSON forms ---------------------------------------------------------------------------
@@ -171,18 +263,34 @@ def event_json(event: WatchEvent) -> dict[str, Any]:
 # --- the server ---------------------------------------------------------------------------
 
 
+@dataclass
+class Answer:
+    status: int
+    payload: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class BarnServer:
+    """The API of one member: an ASGI app served by uvicorn (httptools) on one event loop.
+
+    One loop thread serves every connection (threads per connection fought the tick thread
+    for the GIL), the tick thread runs Raft, a small pool forwards requests to the leader
+    when this member is a follower, and a thread expires leases on the leader.
+    """
+
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.members = {m.name: m for m in [config.me, *config.peers]}
         self.node = BarnNode(config)
         self.closed = threading.Event()
-        self.http = ThreadingHTTPServer(_split(config.me.http), _handler(self))
-        self.http.daemon_threads = True
+        self._forwarders = concurrent.futures.ThreadPoolExecutor(FORWARD_THREADS, thread_name_prefix="barn-forward")
+        self._forward_connections = threading.local()
+        self._uvicorn: uvicorn.Server | None = None
         self._threads = [
-            threading.Thread(target=self.http.serve_forever, name="barn-http", daemon=True),
+            threading.Thread(target=self._serve, name="barn-http", daemon=True),
             threading.Thread(target=self._expire_leases, name="barn-leases", daemon=True),
         ]
+        self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -190,11 +298,37 @@ class BarnServer:
 
     def close(self) -> None:
         self.closed.set()
-        self.http.shutdown()
-        self.http.server_close()
-        with self.node._lock:
-            self.node._lock.notify_all()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        self._threads[0].join(10)
+        self._forwarders.shutdown(wait=False, cancel_futures=True)
         self.node.destroy_synchronous()
+
+    def _serve(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            interface="asgi3",
+            http="httptools",
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=75,  # clients keep one connection per thread
+            timeout_graceful_shutdown=1,  # long-poll watches are answered at close
+            backlog=1024,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(self._run(self._uvicorn))
+
+    async def _run(self, server: uvicorn.Server) -> None:
+        self.node.bind(asyncio.get_running_loop())
+        closing = asyncio.get_running_loop().run_in_executor(None, self.closed.wait)
+        closing.add_done_callback(lambda _: self.node.wake_watchers())
+        await server.serve(sockets=[self.socket])
 
     # leadership
     def leader(self) -> Member | None:
@@ -216,42 +350,99 @@ class BarnServer:
                 due = self.node._state.due_leases(now)
             if due:
                 with contextlib.suppress(NoLeader):
-                    self.node.commit({"op": "expire", "now": now})
+                    self.node.commit_blocking({"op": "expire", "now": now})
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI entry: read the body, answer, and say who leads (clients go there next)."""
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        headers = dict(scope["headers"])
+        answer = await self.answer(scope["method"], scope["path"], raw, forwarded=FORWARDED_RAW in headers)
+        data = json.dumps(answer.payload).encode()
+        header_list = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        leader = self.leader()
+        if leader is not None:
+            header_list.append((LEADER_RAW, leader.http.encode()))
+        header_list += [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
+        await send({"type": "http.response.start", "status": answer.status, "headers": header_list})
+        await send({"type": "http.response.body", "body": data})
+
+    async def answer(self, method: str, path: str, raw: bytes, forwarded: bool = False) -> Answer:
+        if method == "GET":
+            if path == "/v1/status":
+                return Answer(200, self.status())
+            return Answer(404, {"error": "not_found", "message": f"no {path}"})
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            return Answer(400, {"error": "bad_request", "message": f"invalid JSON: {exc}"})
+        if not isinstance(body, dict):
+            return Answer(400, {"error": "bad_request", "message": "the body must be a JSON object"})
+        try:
+            if path in ("/v1/get", "/v1/scan") and body.get("serializable"):
+                return Answer(200, self.local_read(path, body))
+            if not self.is_leader():
+                return await self._forward(path, raw, forwarded)
+            if path.startswith("/v1/members/"):
+                return Answer(200, await self._members(path, body))
+            return Answer(200, await self.handle(path, body))
+        except NoLeader as exc:
+            return _unavailable(str(exc))
+        except CompactedError as exc:
+            return Answer(400, {"error": "compacted", "message": str(exc)})
+        except LeaseNotFoundError as exc:
+            return Answer(404, {"error": "lease_not_found", "message": str(exc)})
+        except (BarnError, ValueError, TypeError) as exc:
+            return Answer(400, {"error": "bad_request", "message": str(exc)})
+        except KeyError as exc:  # a field the request lacks
+            return Answer(400, {"error": "bad_request", "message": f"missing field {exc}"})
+        except UnknownPath as exc:
+            return Answer(404, {"error": "not_found", "message": f"no {exc}"})
 
     # operations (on the leader)
-    def handle(self, path: str, body: dict[str, Any]) -> Any:
+    async def handle(self, path: str, body: dict[str, Any]) -> Any:
         node = self.node
         if path == "/v1/put":
             lease = body.get("lease")
             command = {"op": "put", "key": check_key(body.get("key")), "value": unb64(body["value"]), "lease": lease}
-            return {"revision": raise_for(node.commit(_with_id(command, body)))}
+            return {"revision": raise_for(await node.commit(_with_id(command, body)))}
         if path == "/v1/delete":
-            return {"deleted": bool(node.commit(_with_id({"op": "delete", "key": check_key(body.get("key"))}, body)))}
+            deleted = await node.commit(_with_id({"op": "delete", "key": check_key(body.get("key"))}, body))
+            return {"deleted": bool(deleted)}
         if path == "/v1/txn":
             ops = {
                 side: [(op["key"], None if op.get("value") is None else unb64(op["value"]), None) for op in body[side]]
                 for side in ("success", "failure")
             }
             command = {"op": "txn", "compare": [(k, int(r)) for k, r in body["compare"]], **ops}
-            held, revision = node.commit(_with_id(command, body))
+            held, revision = await node.commit(_with_id(command, body))
             return {"succeeded": held, "revision": revision}
         if path == "/v1/get":
-            return {"kv": kv_json(node.read(lambda s: s.get(check_key(body.get("key")))))}
+            key = check_key(body.get("key"))
+            return {"kv": kv_json(await node.read(lambda s: s.get(key)))}
         if path == "/v1/scan":
-            kvs = node.read(lambda s: s.scan(str(body.get("prefix", "")), body.get("limit")))
-            return {"kvs": [kv_json(kv) for kv in kvs]}
+            prefix, limit = str(body.get("prefix", "")), body.get("limit")
+            return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit))]}
         if path == "/v1/revision":
-            return {"revision": node.read(lambda s: s.revision)}
+            return {"revision": await node.read(lambda s: s.revision)}
         if path == "/v1/watch":
-            return self._watch(body)
+            return await self._watch(body)
         if path == "/v1/lease/grant":
             grant = {"op": "grant", "ttl": float(body["ttl"]), "now": time.time()}
-            return {"lease": node.commit(_with_id(grant, body))}
+            return {"lease": await node.commit(_with_id(grant, body))}
         if path == "/v1/lease/keepalive":
-            result = node.commit({"op": "keep_alive", "lease": int(body["lease"]), "now": time.time()})
+            result = await node.commit({"op": "keep_alive", "lease": int(body["lease"]), "now": time.time()})
             return {"expires_at": raise_for(result)}
         if path == "/v1/lease/revoke":
-            return {"revision": raise_for(node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body)))}
+            revoked = await node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body))
+            return {"revision": raise_for(revoked)}
         raise UnknownPath(path)
 
     def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -264,19 +455,70 @@ class BarnServer:
             kvs = state.scan(str(body.get("prefix", "")), body.get("limit"))
             return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
 
-    def _watch(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _watch(self, body: dict[str, Any]) -> dict[str, Any]:
         """Events under ``prefix`` from ``from_revision``: at once if there are some, else
         waiting up to ``wait`` seconds. ``next`` is where the client's next call starts."""
         prefix = str(body.get("prefix", ""))
-        start = self.node.read(lambda s: int(body["from_revision"]) if body["from_revision"] > 0 else s.revision + 1)
-        deadline = time.monotonic() + min(float(body.get("wait", 10.0)), WATCH_WAIT_MAX)
-        with self.node._lock:
-            while True:
+        from_revision = int(body["from_revision"])
+        start = await self.node.read(lambda s: from_revision if from_revision > 0 else s.revision + 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(body.get("wait", 10.0)), WATCH_WAIT_MAX)
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self.node._watchers.add(waiter)  # before looking: a change applied meanwhile wakes it
+            with self.node._lock:
                 state = self.node._state
                 events = state.events_since(prefix, start)  # CompactedError: 400
-                if events or time.monotonic() >= deadline or self.closed.is_set():
-                    return {"events": [event_json(e) for e in events], "next": max(start, state.revision + 1)}
-                self.node._lock.wait(min(0.5, deadline - time.monotonic()))
+                revision = state.revision
+            left = deadline - loop.time()
+            if events or left <= 0 or self.closed.is_set():
+                self.node._watchers.discard(waiter)
+                return {"events": [event_json(e) for e in events], "next": max(start, revision + 1)}
+            await asyncio.wait([waiter], timeout=left)
+
+    async def _members(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""
+        member = Member(str(body["name"]), str(body["raft"]), str(body.get("http", "")))
+        adding = path == "/v1/members/add"
+        if not adding and path != "/v1/members/remove":
+            raise UnknownPath(path)
+        await self.node.membership(adding, member.raft)
+        if adding:
+            self.members[member.name] = member
+        else:
+            self.members.pop(member.name, None)
+        return {"members": sorted(self.members)}
+
+    async def _forward(self, path: str, raw: bytes, forwarded: bool) -> Answer:
+        leader = self.leader()
+        if leader is None or forwarded or leader.name == self.config.me.name:
+            return _unavailable("no leader: an election is in progress or there is no quorum")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._forwarders, self._forward_blocking, leader, path, raw)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return _unavailable(f"the leader {leader.name} cannot be reached: {exc}")
+
+    def _forward_blocking(self, leader: Member, path: str, raw: bytes) -> Answer:
+        """One forwarded request, on a keep-alive connection this pool thread keeps to the leader."""
+        cached = getattr(self._forward_connections, "connection", None)
+        if cached is None or cached[0] != leader.http:
+            if cached is not None:
+                cached[1].close()
+            host, port = _split(leader.http)
+            cached = (leader.http, http.client.HTTPConnection(host, port, timeout=COMMIT_TIMEOUT + WATCH_WAIT_MAX + 5))
+            self._forward_connections.connection = cached
+        connection = cached[1]
+        try:
+            connection.request("POST", path, raw, {"Content-Type": "application/json", FORWARDED: "1"})
+            reply = connection.getresponse()
+            data = reply.read()
+        except Exception:
+            connection.close()
+            self._forward_connections.connection = None
+            raise
+        retry = reply.getheader("Retry-After")
+        return Answer(reply.status, json.loads(data), {"Retry-After": retry} if retry else {})
 
     def status(self) -> dict[str, Any]:
         status = self.node.getStatus()
@@ -303,6 +545,15 @@ class BarnServer:
         }
 
 
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _unavailable(why: str) -> Answer:
+    return Answer(503, {"error": "unavailable", "message": why}, {"Retry-After": str(RETRY_AFTER)})
+
+
 def _node_for(node: BarnNode, address: str) -> Any:
     for other in getattr(node, "_SyncObj__otherNodes", ()):  # pysyncobj wants its Node object
         if getattr(other, "address", None) == address:
@@ -315,116 +566,14 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if address.startswith("[") else socket.AF_INET
+
+
 def _with_id(command: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     if body.get("request_id"):
         command["request_id"] = str(body["request_id"])
     return command
-
-
-def _handler(server: BarnServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: one connection per client thread
-        # headers and body are two writes: without TCP_NODELAY the body waits for the client's
-        # delayed ACK (~40 ms a request); buffered, they leave in one segment anyway
-        disable_nagle_algorithm = True
-        wbufsize = 1 << 16
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _unavailable(self, why: str) -> None:
-            self._send(503, {"error": "unavailable", "message": why}, {"Retry-After": str(RETRY_AFTER)})
-
-        def do_GET(self) -> None:
-            if self.path == "/v1/status":
-                self._send(200, server.status())
-            else:
-                self._send(404, {"error": "not_found", "message": f"no {self.path}"})
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError as exc:
-                self._send(400, {"error": "bad_request", "message": f"invalid JSON: {exc}"})
-                return
-            if self.path.startswith("/v1/members/"):
-                self._members(body)
-                return
-            if self.path in ("/v1/get", "/v1/scan") and body.get("serializable"):
-                self._send(200, server.local_read(self.path, body))
-                return
-            if not server.is_leader():
-                self._forward(raw)
-                return
-            try:
-                self._send(200, server.handle(self.path, body))
-            except NoLeader as exc:
-                self._unavailable(str(exc))
-            except CompactedError as exc:
-                self._send(400, {"error": "compacted", "message": str(exc)})
-            except LeaseNotFoundError as exc:
-                self._send(404, {"error": "lease_not_found", "message": str(exc)})
-            except (BarnError, ValueError, TypeError) as exc:
-                self._send(400, {"error": "bad_request", "message": str(exc)})
-            except KeyError as exc:  # a field the request lacks
-                self._send(400, {"error": "bad_request", "message": f"missing field {exc}"})
-            except UnknownPath as exc:
-                self._send(404, {"error": "not_found", "message": f"no {exc}"})
-
-        def _forward(self, raw: bytes) -> None:
-            leader = server.leader()
-            if leader is None or self.headers.get(FORWARDED) or leader.name == server.config.me.name:
-                self._unavailable("no leader: an election is in progress or there is no quorum")
-                return
-            try:
-                connection = http.client.HTTPConnection(*_split(leader.http), timeout=COMMIT_TIMEOUT + 35)
-                connection.request("POST", self.path, raw, {"Content-Type": "application/json", FORWARDED: "1"})
-                answer = connection.getresponse()
-                data = answer.read()
-                connection.close()
-            except OSError as exc:
-                self._unavailable(f"the leader {leader.name} cannot be reached: {exc}")
-                return
-            payload = json.loads(data)
-            retry = answer.getheader("Retry-After")
-            self._send(answer.status, payload, {"Retry-After": retry} if retry else None)
-
-        def _members(self, body: dict[str, Any]) -> None:
-            """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""
-            done = threading.Event()
-            outcome: list[Any] = []
-            member = Member(str(body["name"]), str(body["raft"]), str(body.get("http", "")))
-
-            def callback(result: Any, error: Any) -> None:
-                outcome.append(error)
-                done.set()
-
-            if self.path == "/v1/members/add":
-                server.node.addNodeToCluster(member.raft, callback=callback)
-            else:
-                server.node.removeNodeFromCluster(member.raft, callback=callback)
-            if not done.wait(COMMIT_TIMEOUT) or outcome[0] != 0:
-                self._unavailable(f"membership change not committed (error {outcome[0] if outcome else 'timeout'})")
-                return
-            if self.path == "/v1/members/add":
-                server.members[member.name] = member
-            else:
-                server.members.pop(member.name, None)
-            self._send(200, {"members": sorted(server.members)})
-
-    return Handler
 
 
 def parse_member(text: str) -> Member:

@@ -119,6 +119,19 @@ class SyncObjConsumer(object):
 
 # https://github.com/bakwc/PySyncObj
 
+def _runinkSync(journal):
+    # [runink fix] make the journal durable. mmap.flush() (msync) holds the GIL for the whole
+    # disk sync (~1.5 ms), stopping the API thread; fdatasync on the journal's file releases
+    # it. On Linux the two are the same: pages written through a shared mapping are the
+    # file's page cache, and fdatasync writes them back. The memory journal has nothing to sync.
+    resizable = getattr(journal, '_FileJournal__journalFile', None)
+    handle = getattr(resizable, '_ResizableFile__f', None)
+    if handle is not None:
+        os.fdatasync(handle.fileno())
+    elif hasattr(journal, 'flush'):
+        journal.flush()
+
+
 class SyncObj(object):
     def __init__(self, selfNode, otherNodes, conf=None, consumers=None, nodeClass = TCPNode, transport = None, transportClass = TCPTransport):
         """
@@ -606,9 +619,11 @@ class SyncObj(object):
         # [runink fix] group commit: one append_entries now for every command taken in this
         # tick, rather than one per command (appendEntriesUseBatch=False) or none until the
         # next appendEntriesPeriod (up to 100 ms per write with the defaults).
+        # The followers get the entries before the leader flushes its own copy, so their writes
+        # and msyncs overlap the leader's (the copy counts only once flushed: _onTick).
         if added and self.__conf.appendEntriesUseBatch and self.__raftState == _RAFT_STATE.LEADER:
-            self.__runinkFlush()
             self.__sendAppendEntries()
+            self.__runinkFlush()
 
     def _autoTickThread(self):
         try:
@@ -1290,9 +1305,7 @@ class SyncObj(object):
             return
         last = self.__getCurrentLogIndex()
         if last != self.__runinkFlushedIdx:
-            flush = getattr(self.__raftLog, 'flush', None)
-            if flush is not None:
-                flush()
+            _runinkSync(self.__raftLog)
             self.__runinkFlushedIdx = last
 
     def __setCurrentTerm(self, term, votedForNodeId):
