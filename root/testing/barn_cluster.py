@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.plugins.barn.raft.client import RaftBarn
+from runink.testing.netns import NetLab
 
 
 def free_ports(count: int) -> list[int]:
@@ -29,18 +30,28 @@ def free_ports(count: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, history: int = 100_000, fsync: bool = True) -> None:
-        ports = free_ports(2 * size)
-        self.names = [chr(ord("a") + i) for i in range(size)]
-        self.raft = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
-        self.http = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
+    """Members a, b, c... on loopback with free ports; or, with ``lab`` (a ``NetLab`` whose
+    hosts are the member names), each member on its own host, on ports 7001 (Raft) and 8001."""
+
+    def __init__(
+        self, root: Path, size: int = 3, history: int = 100_000, fsync: bool = True, lab: NetLab | None = None
+    ) -> None:
+        self.names = lab.hosts if lab is not None else [chr(ord("a") + i) for i in range(size)]
+        self.lab = lab
+        if lab is not None:
+            self.raft = {n: f"{lab.address[n]}:7001" for n in self.names}
+            self.http = {n: f"{lab.address[n]}:8001" for n in self.names}
+        else:
+            ports = free_ports(2 * size)
+            self.raft = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
+            self.http = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
         self.root = root
         self.history = history
         self.fsync = fsync
         self.processes: dict[str, subprocess.Popen[str]] = {}
 
     def command(self, name: str) -> list[str]:
-        command = [
+        command = [*(self.lab.run_in(name) if self.lab else []),
             sys.executable, "-m", "runink.plugins.barn.raft.server", "--name", name,
             "--raft", self.raft[name], "--http", self.http[name], "--data-dir", str(self.root / name),
             "--history", str(self.history),

@@ -23,6 +23,7 @@ from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError, No
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
 
 WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
+MIN_ATTEMPT = 0.5  # seconds one request may wait for its answer, however little time is left
 
 
 class RaftBarn(BarnBackend):
@@ -44,7 +45,7 @@ class RaftBarn(BarnBackend):
         connections: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", {})
         if index not in connections:
             host, _, port = self.endpoints[index].rpartition(":")
-            connections[index] = http.client.HTTPConnection(host, int(port), timeout=self.timeout + 40)
+            connections[index] = http.client.HTTPConnection(host, int(port), timeout=self.timeout)
         return connections[index]
 
     def _drop(self, index: int) -> None:
@@ -63,6 +64,12 @@ class RaftBarn(BarnBackend):
             attempt += 1
             try:
                 connection = self._connection(index)
+                # an answer is due within the time left (a write not answered by then is retried
+                # elsewhere with its request id) plus a watch's wait: never a minute on a dead peer
+                budget = max(deadline - time.monotonic(), MIN_ATTEMPT) + float((body or {}).get("wait", 0))
+                connection.timeout = budget
+                if connection.sock is not None:
+                    connection.sock.settimeout(budget)
                 payload_out = data if method == "POST" else None
                 connection.request(method, path, payload_out, {"Content-Type": "application/json"})
                 answer = connection.getresponse()
@@ -72,7 +79,7 @@ class RaftBarn(BarnBackend):
                 last = f"{self.endpoints[index]}: {exc}"
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
-                self._follow(answer.getheader("X-Runink-Leader"), index)
+                self._prefer(answer.getheader("X-Runink-Leader"), index)
                 if answer.status == 200:
                     return dict(payload)
                 if answer.status != 503:
@@ -84,7 +91,7 @@ class RaftBarn(BarnBackend):
             time.sleep(wait)
         raise NoQuorumError(f"the Barn did not answer {path} within {self.timeout:g}s ({last})")
 
-    def _follow(self, leader: str | None, answered: int) -> None:
+    def _prefer(self, leader: str | None, answered: int) -> None:
         """Send the next calls to the leader the server named, if it is one of ours (a
         follower would forward them: one more hop), else to the member that answered."""
         self._preferred = self.endpoints.index(leader) if leader in self.endpoints else answered

@@ -64,6 +64,8 @@ WATCH_WAIT_MAX = 30.0
 FORWARDED = "X-Runink-Forwarded"  # set on a request a follower passed to the leader
 FORWARDED_RAW = FORWARDED.lower().encode()
 LEADER_RAW = b"x-runink-leader"  # on every answer: the leader's HTTP address, where clients go next
+LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+LEADERSHIP_LOST: Any = object()  # handed to the loop when this member stops leading
 FORWARD_THREADS = 32  # requests a follower forwards to the leader at once
 
 log = logging.getLogger("runink.barn")
@@ -129,11 +131,13 @@ class BarnNode(SyncObj):
             **config.extra,
         )
         conf.runinkFsync = config.fsync
+        conf.onStateChanged = self._state_changed
         self._lock = threading.Lock()  # guards the state: applied by the tick thread, read by the loop
         self._state = BarnState(history=config.history)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finished: collections.deque[tuple[asyncio.Future[Any], Any, Any] | None] = collections.deque()
         self._drain_scheduled = False
+        self._pending: set[asyncio.Future[Any]] = set()  # proposals not answered yet (loop thread)
         self._watchers: set[asyncio.Future[None]] = set()  # loop thread only
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf)
@@ -168,10 +172,21 @@ class BarnNode(SyncObj):
             if item is None:
                 wake = True
                 continue
+            if item is LEADERSHIP_LOST:
+                for future in list(self._pending):
+                    _settle(future, (None, "leadership lost"))
+                continue
             future, result, error = item
             _settle(future, (result, error))
         if wake:
             self.wake_watchers()
+
+    def _state_changed(self, old: int, new: int) -> None:
+        """(tick thread) A leader that steps down answers its waiting requests at once: 503,
+        outcome unknown. Their entries may still commit under the next leader, or be dropped;
+        clients retry with the same request id. Without this they waited out COMMIT_TIMEOUT."""
+        if old == LEADER_STATE and new != LEADER_STATE:
+            self._hand_over(LEADERSHIP_LOST)
 
     def wake_watchers(self) -> None:
         for waiter in self._watchers:
@@ -184,6 +199,8 @@ class BarnNode(SyncObj):
     def _callback(self) -> tuple[asyncio.Future[Any], Any]:
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
         return future, lambda result, error: self._hand_over((future, result, error))
 
     async def _outcome(self, future: asyncio.Future[Any], what: str, timeout: float = COMMIT_TIMEOUT) -> Any:
