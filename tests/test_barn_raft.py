@@ -18,10 +18,12 @@ from runink.testing.barn_cluster import Cluster
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     group = Cluster(Path(tmp_path_factory.mktemp("barn")), history=COMPACTION_HISTORY)
-    group.start()
-    group.leader()
-    yield group
-    group.stop()
+    try:
+        group.start()
+        group.leader()
+        yield group
+    finally:  # a group that failed to elect is stopped too
+        group.stop()
 
 
 class TestRaftBarn(BarnConformance):

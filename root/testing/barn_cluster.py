@@ -97,8 +97,20 @@ class Cluster:
         process.wait(10)
 
     def stop(self) -> None:
-        for name in self.alive():
-            self.kill(name, signal.SIGTERM)
+        """SIGTERM every member; one that has not exited 10 s later is SIGKILLed and reported."""
+        alive = self.alive()
+        for name in alive:
+            self.processes[name].terminate()
+        stuck = []
+        for name in alive:
+            try:
+                self.processes[name].wait(10)
+            except subprocess.TimeoutExpired:
+                stuck.append(name)
+                self.processes[name].kill()
+                self.processes[name].wait(10)
         for process in self.processes.values():
             if process.stdout is not None:
                 process.stdout.close()
+        if stuck:
+            raise AssertionError(f"Barn members {stuck} did not exit within 10 s of SIGTERM")
