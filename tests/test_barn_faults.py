@@ -100,3 +100,40 @@ def test_kill_the_leader_during_writes_then_restart_everything(tmp_path: Path) -
             client.close()
     finally:
         cluster.stop()
+
+
+def test_state_survives_log_compaction_a_restart_and_a_snapshot_install(tmp_path: Path) -> None:
+    """With the log compacted every 50 entries, a full restart rebuilds the state from the
+    snapshot plus the journal's tail, and a member that was down through several compactions
+    catches up from the leader's snapshot (install_snapshot), not from entries long gone."""
+    cluster = Cluster(tmp_path, options=("--compaction-entries", "50", "--compaction-seconds", "0.1"))
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        laggard = next(n for n in cluster.names if n != leader)
+        client = cluster.client()
+        try:
+            for i in range(100):
+                client.put(f"/compact/{i:03}", f"v{i}".encode())
+            cluster.kill(laggard)  # down while the others compact again and again
+            for i in range(100, 400):
+                client.put(f"/compact/{i:03}", f"v{i}".encode())
+            client.delete("/compact/007")
+        finally:
+            client.close()
+        expected = {f"/compact/{i:03}": f"v{i}".encode() for i in range(400) if i != 7}
+        time.sleep(1.0)  # more than one compaction period with the entries above
+        cluster.start(laggard)
+        settle(cluster, cluster.names, timeout=20)
+        for name in cluster.names:
+            assert copy_of(cluster, name, "/compact/") == expected, f"{name} after catching up"
+        for name in cluster.names:
+            cluster.kill(name, signal.SIGTERM)
+        cluster.start()
+        cluster.leader(timeout=15)
+        settle(cluster, cluster.names, timeout=20)
+        for name in cluster.names:
+            assert copy_of(cluster, name, "/compact/") == expected, f"{name} after a full restart"
+            assert cluster.status(name)["log_len"] < 200, "the log was never compacted"
+    finally:
+        cluster.stop()

@@ -34,7 +34,13 @@ class Cluster:
     hosts are the member names), each member on its own host, on ports 7001 (Raft) and 8001."""
 
     def __init__(
-        self, root: Path, size: int = 3, history: int = 100_000, fsync: bool = True, lab: NetLab | None = None
+        self,
+        root: Path,
+        size: int = 3,
+        history: int = 100_000,
+        fsync: bool = True,
+        lab: NetLab | None = None,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.names = lab.hosts if lab is not None else [chr(ord("a") + i) for i in range(size)]
         self.lab = lab
@@ -48,6 +54,7 @@ class Cluster:
         self.root = root
         self.history = history
         self.fsync = fsync
+        self.options = options  # more server options, e.g. ("--compaction-entries", "100")
         self.processes: dict[str, subprocess.Popen[str]] = {}
 
     def command(self, name: str) -> list[str]:
@@ -59,7 +66,7 @@ class Cluster:
         for other in self.names:
             if other != name:
                 command += ["--peer", f"{other}={self.raft[other]},{self.http[other]}"]
-        return command + ([] if self.fsync else ["--no-fsync"])
+        return command + ([] if self.fsync else ["--no-fsync"]) + list(self.options)
 
     def start(self, *names: str) -> None:
         for name in names or self.names:
@@ -70,6 +77,9 @@ class Cluster:
             self.processes[name] = process
             assert process.stdout is not None
             line = process.stdout.readline()
+            if not line:
+                tail = (self.root / f"{name}.log").read_text().strip().splitlines()[-5:]
+                raise AssertionError(f"Barn member {name} exited at start: " + " | ".join(tail))
             assert json.loads(line)["event"] == "serving", line
 
     def client(self, *names: str, timeout: float = 10.0) -> RaftBarn:

@@ -54,7 +54,7 @@ from pysyncobj.syncobj import SyncObjException
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
 from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key
-from runink.plugins.barn.raft.syncobj import SyncObj, replicated
+from runink.plugins.barn.raft.syncobj import SyncObj, SyncObjConsumer, replicated
 from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
@@ -99,8 +99,42 @@ class NoLeader(Exception):
     """No leader is known, or the commit did not happen in time: answer 503."""
 
 
+class BarnReplica(SyncObjConsumer):
+    """The Barn's state as pysyncobj replicates it: commands applied in log order, and the
+    snapshot pysyncobj writes when it compacts the log and sends to a member too far behind.
+
+    The snapshot is this state, explicitly: pysyncobj's default pickles only the attributes
+    an object gains after its ``__init__``, which missed the state entirely (a restart after
+    compaction, or a snapshot install, left an empty Barn: test_barn_faults).
+    """
+
+    def __init__(self, history: int, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self.lock = threading.Lock()  # the state: applied by the tick thread, read by the loop
+        self.state = BarnState(history=history)
+        self.history = history
+        self.on_change = on_change
+
+    @replicated
+    def apply(self, command: dict[str, Any]) -> Any:
+        with self.lock:
+            result = self.state.apply(command)
+        self.on_change()
+        return result
+
+    def _serialize(self) -> dict[str, Any]:
+        with self.lock:
+            return {"barn": self.state.snapshot()}
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        state = BarnState.restore(data["barn"], history=self.history)
+        with self.lock:
+            self.state = state
+        self.on_change()
+
+
 class BarnNode(SyncObj):
-    """The replicated part: pysyncobj commits commands, ``_command`` applies them.
+    """The Raft member: pysyncobj commits commands, ``BarnReplica`` applies them.
 
     Two threads meet here: pysyncobj's tick thread applies commands and runs their callbacks;
     the event loop thread serves the API. Callbacks are handed to the loop in batches (one
@@ -132,23 +166,18 @@ class BarnNode(SyncObj):
         )
         conf.runinkFsync = config.fsync
         conf.onStateChanged = self._state_changed
-        self._lock = threading.Lock()  # guards the state: applied by the tick thread, read by the loop
-        self._state = BarnState(history=config.history)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finished: collections.deque[tuple[asyncio.Future[Any], Any, Any] | None] = collections.deque()
         self._drain_scheduled = False
         self._pending: set[asyncio.Future[Any]] = set()  # proposals not answered yet (loop thread)
         self._watchers: set[asyncio.Future[None]] = set()  # loop thread only
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
-        super().__init__(config.me.raft, [p.raft for p in config.peers], conf)
+        self.replica = BarnReplica(config.history, self._changed)
+        super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
 
-    @replicated
-    def _command(self, command: dict[str, Any]) -> Any:
-        with self._lock:
-            result = self._state.apply(command)
+    def _changed(self) -> None:
         if self._watchers:
             self._hand_over(None)  # wake the watches
-        return result
 
     # --- the tick thread -> the loop ------------------------------------------------------
 
@@ -203,12 +232,15 @@ class BarnNode(SyncObj):
         future.add_done_callback(self._pending.discard)
         return future, lambda result, error: self._hand_over((future, result, error))
 
-    async def _outcome(self, future: asyncio.Future[Any], what: str, timeout: float = COMMIT_TIMEOUT) -> Any:
+    async def _outcome(
+        self, future: asyncio.Future[Any], what: str, timeout: float = COMMIT_TIMEOUT, shared: bool = False
+    ) -> Any:
         """The result of a proposal, or NoLeader if it failed or did not commit in time."""
         assert self._loop is not None
         timer = self._loop.call_later(timeout, _settle, future, (None, "timeout"))
         try:
-            result, error = await asyncio.shield(future)  # shared by batched reads: one's cancel is not all's
+            # a barrier is shared by the reads of one loop turn: one reader's cancel is not all's
+            result, error = await (asyncio.shield(future) if shared else future)
         finally:
             timer.cancel()
         if error != FAIL_REASON.SUCCESS:  # timeout, LEADER_CHANGED, NOT_LEADER...: outcome unknown
@@ -218,13 +250,13 @@ class BarnNode(SyncObj):
     async def commit(self, command: dict[str, Any]) -> Any:
         """Propose on this member (the leader) and wait for the commit."""
         future, callback = self._callback()
-        self._command(command, callback=callback)
+        self.replica.apply(command, callback=callback)
         return await self._outcome(future, "the write")
 
     def commit_blocking(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
         """``commit`` for threads other than the loop's (the lease expirer)."""
         try:
-            return self._command(command, sync=True, timeout=timeout)
+            return self.replica.apply(command, sync=True, timeout=timeout)
         except SyncObjException as exc:
             raise NoLeader(f"the write was not committed ({exc.errorCode})") from None
 
@@ -235,13 +267,13 @@ class BarnNode(SyncObj):
             assert self._loop is not None
             self._barrier, callback = self._callback()
             self._loop.call_soon(self._propose_barrier, callback)
-        await self._outcome(self._barrier, "the read barrier")
-        with self._lock:
-            return reader(self._state)
+        await self._outcome(self._barrier, "the read barrier", shared=True)
+        with self.replica.lock:
+            return reader(self.replica.state)
 
     def _propose_barrier(self, callback: Any) -> None:
         self._barrier = None  # reads from now on need a later barrier
-        self._command({"op": "noop"}, callback=callback)
+        self.replica.apply({"op": "noop"}, callback=callback)
 
     async def membership(self, add: bool, raft: str) -> None:
         future, callback = self._callback()
@@ -363,8 +395,8 @@ class BarnServer:
             if not self.is_leader():
                 continue
             now = time.time()
-            with self.node._lock:
-                due = self.node._state.due_leases(now)
+            with self.node.replica.lock:
+                due = self.node.replica.state.due_leases(now)
             if due:
                 with contextlib.suppress(NoLeader):
                     self.node.commit_blocking({"op": "expire", "now": now})
@@ -465,8 +497,8 @@ class BarnServer:
     def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """This member's applied state, without a barrier or the leader (etcd's "serializable"
         reads): may be stale; for diagnostics and checks of each member's copy."""
-        with self.node._lock:
-            state = self.node._state
+        with self.node.replica.lock:
+            state = self.node.replica.state
             if path == "/v1/get":
                 return {"kv": kv_json(state.get(check_key(body.get("key")))), "revision": state.revision}
             kvs = state.scan(str(body.get("prefix", "")), body.get("limit"))
@@ -483,8 +515,8 @@ class BarnServer:
         while True:
             waiter: asyncio.Future[None] = loop.create_future()
             self.node._watchers.add(waiter)  # before looking: a change applied meanwhile wakes it
-            with self.node._lock:
-                state = self.node._state
+            with self.node.replica.lock:
+                state = self.node.replica.state
                 events = state.events_since(prefix, start)  # CompactedError: 400
                 revision = state.revision
             left = deadline - loop.time()
@@ -557,7 +589,7 @@ class BarnServer:
             "last_applied": status["last_applied"],
             "log_len": status["log_len"],
             "has_quorum": bool(status["has_quorum"]),
-            "revision": self.node._state.revision,
+            "revision": self.node.replica.state.revision,
             "peers": peers,
         }
 
@@ -614,7 +646,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fsync", action="store_true", help="do not msync the journal (faster, not durable)")
     parser.add_argument("--election-timeout", type=float, default=0.3, help="seconds (minimum; max is twice)")
     parser.add_argument("--history", type=int, default=100_000, help="changes kept for watches")
+    parser.add_argument(
+        "--compaction-entries", type=int, default=10_000, help="snapshot and compact the log past this many entries"
+    )
+    parser.add_argument("--compaction-seconds", type=float, default=60.0, help="...at most this often")
     args = parser.parse_args(argv)
+    for option in ("election_timeout", "compaction_seconds", "compaction_entries", "history"):
+        if getattr(args, option) <= 0:
+            parser.error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
     config = ServerConfig(
         Member(args.name, args.raft, args.http),
         args.peer,
@@ -622,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         fsync=not args.no_fsync,
         election_timeout=args.election_timeout,
         history=args.history,
+        compaction_entries=args.compaction_entries,
+        compaction_seconds=args.compaction_seconds,
     )
     logging.basicConfig(level=logging.WARNING, format=f"barn {args.name}: %(levelname)s %(message)s")
     server = BarnServer(config)
