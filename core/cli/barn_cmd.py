@@ -76,13 +76,16 @@ def status_command(
         raise typer.Exit(1)
 
 
-def _change(action: str, endpoints: str, name: str, raft: str, http: str) -> None:
+def _change(action: str, endpoints: str, name: str, raft: str, http: str, json_output: bool) -> None:
     client = _client(endpoints)
     try:
         answer = client.call(f"/v1/members/{action}", {"name": name, "raft": raft, "http": http})
     finally:
         client.close()
-    typer.echo(f"{action} {name}: members now {', '.join(answer['members'])}")
+    if json_output:
+        print_json(answer)
+    else:
+        typer.echo(f"{action} {name}: members now {', '.join(answer['members'])}")
 
 
 @member_app.command("add")
@@ -91,16 +94,18 @@ def member_add(
     raft: str = typer.Argument(..., help="its Raft host:port"),
     http: str = typer.Argument(..., help="its HTTP host:port"),
     endpoints: str = ENDPOINTS,
+    json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
     """Add a server (start it with the current members as --peer first)."""
-    _change("add", endpoints, name, raft, http)
+    _change("add", endpoints, name, raft, http, json_output)
 
 
 @member_app.command("remove")
 def member_remove(
     name: str = typer.Argument(..., help="the server's name"),
-    raft: str = typer.Argument(..., help="its Raft host:port"),
+    raft: str = typer.Argument("", help="its Raft host:port (default: the address the group knows)"),
     endpoints: str = ENDPOINTS,
+    json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
     """Remove a server from the group."""
-    _change("remove", endpoints, name, raft, "")
+    _change("remove", endpoints, name, raft, "", json_output)

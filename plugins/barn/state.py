@@ -53,6 +53,9 @@ class BarnState:
         self.history = history
         self.dedup = dedup
         self.results: OrderedDict[str, Any] = OrderedDict()
+        # Barn servers added or removed at runtime: name -> (raft, http), None once removed.
+        # Not keys: no revision, no watch event; every server learns the others' HTTP addresses.
+        self.members: dict[str, tuple[str, str] | None] = {}
 
     # --- commands -------------------------------------------------------------------------
 
@@ -133,6 +136,9 @@ class BarnState:
             self._revoke(lease)
         return [lease.id for lease in expired]
 
+    def _op_member(self, c: dict[str, Any]) -> None:
+        self.members[c["name"]] = None if c.get("removed") else (c["raft"], c["http"])
+
     def _op_noop(self, c: dict[str, Any]) -> int:
         """A read barrier: committed after every write acknowledged before it."""
         return self.revision
@@ -179,6 +185,7 @@ class BarnState:
             "next_lease": self.next_lease,
             "events": [(e.type, _kv_tuple(e.kv), e.revision) for e in self.events],
             "results": list(self.results.items()),
+            "members": dict(self.members),
         }
 
     @classmethod
@@ -196,6 +203,7 @@ class BarnState:
         state.events = [WatchEvent(t, KeyValue(*kv), r) for t, kv, r in data["events"]]
         state._event_revisions = [e.revision for e in state.events]
         state.results = OrderedDict((k, v) for k, v in data["results"])
+        state.members = {n: None if m is None else (m[0], m[1]) for n, m in data.get("members", {}).items()}
         return state
 
     # --- internals -------------------------------------------------------------------------

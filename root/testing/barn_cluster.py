@@ -56,6 +56,16 @@ class Cluster:
         self.fsync = fsync
         self.options = options  # more server options, e.g. ("--compaction-entries", "100")
         self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.peers_of: dict[str, list[str]] = {}  # members started with a peer list of their own
+
+    def grow(self, name: str) -> None:
+        """Make a place for a new member (loopback only): started later with every member so far
+        as its peers, and added to the running group with ``runink barn member add``."""
+        assert self.lab is None, "grow() is for loopback groups"
+        raft, http = free_ports(2)
+        self.peers_of[name] = list(self.names)
+        self.names.append(name)
+        self.raft[name], self.http[name] = f"127.0.0.1:{raft}", f"127.0.0.1:{http}"
 
     def command(self, name: str) -> list[str]:
         command = [*(self.lab.run_in(name) if self.lab else []),
@@ -63,7 +73,7 @@ class Cluster:
             "--raft", self.raft[name], "--http", self.http[name], "--data-dir", str(self.root / name),
             "--history", str(self.history),
         ]  # fmt: skip
-        for other in self.names:
+        for other in self.peers_of.get(name, self.names):
             if other != name:
                 command += ["--peer", f"{other}={self.raft[other]},{self.http[other]}"]
         return command + ([] if self.fsync else ["--no-fsync"]) + list(self.options)

@@ -329,7 +329,8 @@ class BarnServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.members = {m.name: m for m in [config.me, *config.peers]}
+        self.configured = {m.name: m for m in [config.me, *config.peers]}
+        self._leader: Member | None = None
         self.node = BarnNode(config)
         self.closed = threading.Event()
         self._forwarders = concurrent.futures.ThreadPoolExecutor(FORWARD_THREADS, thread_name_prefix="barn-forward")
@@ -379,13 +380,28 @@ class BarnServer:
         closing.add_done_callback(lambda _: self.node.wake_watchers())
         await server.serve(sockets=[self.socket])
 
+    @property
+    def members(self) -> dict[str, Member]:
+        """The group now: the configured members, changed by the replicated add/remove records."""
+        members = dict(self.configured)
+        with self.node.replica.lock:
+            changes = dict(self.node.replica.state.members)
+        for name, addresses in changes.items():
+            if addresses is None:
+                members.pop(name, None)
+            else:
+                members[name] = Member(name, *addresses)
+        return members
+
     # leadership
     def leader(self) -> Member | None:
         leader = self.node._getLeader()
         if leader is None:
             return None
         address = getattr(leader, "address", str(leader))
-        return next((m for m in self.members.values() if m.raft == address), None)
+        if self._leader is None or self._leader.raft != address:  # asked on every answer: cached
+            self._leader = next((m for m in self.members.values() if m.raft == address), None)
+        return self._leader
 
     def is_leader(self) -> bool:
         return bool(self.node._isLeader())
@@ -527,15 +543,18 @@ class BarnServer:
 
     async def _members(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""
-        member = Member(str(body["name"]), str(body["raft"]), str(body.get("http", "")))
+        member = Member(str(body["name"]), str(body.get("raft", "")), str(body.get("http", "")))
         adding = path == "/v1/members/add"
         if not adding and path != "/v1/members/remove":
             raise UnknownPath(path)
+        if not adding and not body.get("raft"):  # removing by name: its address is known
+            known = self.members.get(member.name)
+            if known is None:
+                raise BarnError(f"no member named {member.name!r}")
+            member = known
         await self.node.membership(adding, member.raft)
-        if adding:
-            self.members[member.name] = member
-        else:
-            self.members.pop(member.name, None)
+        record = {"op": "member", "name": member.name, "raft": member.raft, "http": member.http}
+        await self.node.commit(record if adding else {**record, "removed": True})
         return {"members": sorted(self.members)}
 
     async def _forward(self, path: str, raw: bytes, forwarded: bool) -> Answer:
@@ -573,7 +592,9 @@ class BarnServer:
         status = self.node.getStatus()
         leader = self.leader()
         peers = {}
-        for member in self.config.peers:
+        for member in self.members.values():
+            if member.name == self.config.me.name:
+                continue
             peers[member.name] = {
                 "raft": member.raft,
                 "http": member.http,

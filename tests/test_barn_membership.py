@@ -1,0 +1,72 @@
+"""Changing a running Barn group with `runink barn member add/remove`: a new server joins,
+catches up and serves; a removed server no longer counts towards the quorum."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from runink.testing.barn_cluster import Cluster
+
+
+def local_copy(cluster: Cluster, name: str) -> dict[str, bytes]:
+    client = cluster.client(name)
+    try:
+        return {kv.key: kv.value for kv in client.scan("/m/", serializable=True)}
+    finally:
+        client.close()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {timeout}s")
+
+
+def test_add_a_server_then_remove_one(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start()
+        cluster.leader()
+        client = cluster.client("a", "b", "c")
+        for i in range(50):
+            client.put(f"/m/{i}", b"before")
+        endpoints = ",".join(cluster.http[n] for n in ("a", "b", "c"))
+
+        cluster.grow("d")
+        cluster.start("d")
+        out = run_cli("barn", "member", "add", "d", cluster.raft["d"], cluster.http["d"], "--endpoints", endpoints)
+        assert out.returncode == 0, out.stderr
+        assert "a, b, c, d" in out.stdout
+        client.put("/m/after-add", b"x")
+        expected = {**{f"/m/{i}": b"before" for i in range(50)}, "/m/after-add": b"x"}
+        wait_until(lambda: local_copy(cluster, "d") == expected, 10, "d catching up")
+
+        # d serves: a write sent to it (a follower) is forwarded, and every member knows d's API
+        via_d = cluster.client("d")
+        assert via_d.put("/m/via-d", b"y") > 0
+        via_d.close()
+        status = cluster.status(cluster.leader())
+        assert "d" in status["peers"] or status["name"] == "d"
+        for name in ("a", "b", "c"):
+            peers = cluster.status(name)["peers"]
+            if name != "d":
+                assert peers["d"]["http"] == cluster.http["d"], f"{name} does not know d's API"
+
+        # remove c by name: the group is a, b, d; with c and one more down it would have no quorum
+        out = run_cli("barn", "member", "remove", "c", "--endpoints", endpoints, "--json")
+        assert out.returncode == 0, out.stderr
+        cluster.kill("c")
+        leader = cluster.leader()
+        other = next(n for n in ("a", "b", "d") if n != leader)
+        assert "c" not in cluster.status(leader)["peers"]
+        cluster.kill(other)  # 2 of the 3 members left: a quorum (2 of 4, had c stayed, is none)
+        survivors = cluster.client(*cluster.alive(), timeout=10)
+        assert survivors.put("/m/after-remove", b"z") > 0
+        survivors.close()
+        client.close()
+    finally:
+        cluster.stop()
