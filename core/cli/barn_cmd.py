@@ -76,7 +76,7 @@ def status_command(
         raise typer.Exit(1)
 
 
-def _change(action: str, endpoints: str, name: str, raft: str, http: str, json_output: bool) -> None:
+def _change(action: str, endpoints: str, name: str, raft: str, http: str, *, json_output: bool) -> None:
     client = _client(endpoints)
     try:
         answer = client.call(f"/v1/members/{action}", {"name": name, "raft": raft, "http": http})
@@ -97,7 +97,7 @@ def member_add(
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
     """Add a server (start it with the current members as --peer first)."""
-    _change("add", endpoints, name, raft, http, json_output)
+    _change("add", endpoints, name, raft, http, json_output=json_output)
 
 
 @member_app.command("remove")
@@ -108,4 +108,4 @@ def member_remove(
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
     """Remove a server from the group."""
-    _change("remove", endpoints, name, raft, "", json_output)
+    _change("remove", endpoints, name, raft, "", json_output=json_output)

@@ -37,6 +37,7 @@ class Cluster:
         self,
         root: Path,
         size: int = 3,
+        *,
         history: int = 100_000,
         fsync: bool = True,
         lab: NetLab | None = None,
