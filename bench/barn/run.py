@@ -79,7 +79,7 @@ def _post(address: str, path: str, body: dict[str, object]) -> dict[str, object]
         connection.close()
 
 
-class EtcdPutter:
+class EtcdClient:
     """One thread's keep-alive connection to etcd's JSON gateway."""
 
     def __init__(self, address: str) -> None:
@@ -88,8 +88,13 @@ class EtcdPutter:
         self.value = base64.b64encode(VALUE).decode()
 
     def put(self, key: str) -> None:
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode(), "value": self.value})
-        self.connection.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
+        self._post("/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(), "value": self.value})
+
+    def get(self, key: str) -> None:  # linearizable: etcd's default for range
+        self._post("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+
+    def _post(self, path: str, body: dict[str, str]) -> None:
+        self.connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         answer = self.connection.getresponse()
         data = answer.read()
         if answer.status != 200:
@@ -140,7 +145,10 @@ def main() -> None:
                 if system == "etcd":
 
                     def make() -> Callable[[str], None]:
-                        return EtcdPutter(etcd.client[etcd_leader]).put
+                        return EtcdClient(etcd.client[etcd_leader]).put
+
+                    def make_reader() -> Callable[[str], None]:
+                        return EtcdClient(etcd.client[etcd_leader]).get
                 else:
 
                     def make() -> Callable[[str], None]:
@@ -151,6 +159,9 @@ def main() -> None:
 
                         return put_one
 
+                    def make_reader() -> Callable[[str], None]:
+                        return barn.client(barn_leader).get
+
                 put = make()
                 for i in range(50):  # warm-up
                     put(f"/warm/{system}/{i}")
@@ -160,6 +171,8 @@ def main() -> None:
                     "p99": p99,
                     8: concurrent_rate(make, 8, per_client, f"{system}-8"),
                     64: concurrent_rate(make, 64, per_client // 4, f"{system}-64"),
+                    # reads of keys written above (every read a linearizable one)
+                    "reads": concurrent_rate(make_reader, 64, per_client // 4, f"{system}-64"),
                 }
         finally:
             barn.stop()
@@ -173,6 +186,8 @@ def main() -> None:
         print(f"| {label} ({count} puts) | {e[key]:.2f} {unit} | {b[key]:.2f} {unit} | {b[key] / e[key]:.2f} |")  # type: ignore[operator]
     for clients in (8, 64):
         print(f"| puts/s, {clients} clients | {e[clients]:,.0f} | {b[clients]:,.0f} | {b[clients] / e[clients]:.2f} |")  # type: ignore[operator]
+    e_r, b_r = e["reads"], b["reads"]
+    print(f"| linearizable gets/s, 64 clients | {e_r:,.0f} | {b_r:,.0f} | {b_r / e_r:.2f} |")  # type: ignore[operator]
 
 
 if __name__ == "__main__":
