@@ -32,14 +32,17 @@ def serve_command(  # noqa: PLR0917 (typer options)
     http: str = typer.Option(..., help="host:port of its client API"),
     peer: list[str] = typer.Option([], help="another server: name=raft_host:port,http_host:port (repeat)"),
     data_dir: Path = typer.Option(..., help="where its journal and snapshots live"),
-    no_fsync: bool = typer.Option(False, help="do not msync the journal (faster; a power loss can lose writes)"),
+    no_fsync: bool = typer.Option(False, help="do not sync the journal (faster; a power loss can lose writes)"),
     election_timeout: float = typer.Option(0.3, help="seconds (the minimum; the maximum is twice)"),
+    compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
+    compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
     from runink.plugins.barn.raft import server
 
     argv = ["--name", name, "--raft", raft, "--http", http, "--data-dir", str(data_dir)]
     argv += ["--election-timeout", str(election_timeout)] + (["--no-fsync"] if no_fsync else [])
+    argv += ["--compaction-entries", str(compaction_entries), "--compaction-seconds", str(compaction_seconds)]
     for item in peer:
         argv += ["--peer", item]
     raise typer.Exit(server.main(argv))

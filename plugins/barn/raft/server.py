@@ -7,17 +7,23 @@
 (``BarnState``) and applies the commands pysyncobj (patched: see ``syncobj.py``) commits in the
 same order everywhere.
 
-* Writes return only after commit (a majority has the entry, flushed to disk: see fsync).
-* Reads are linearizable: the leader commits a no-op first (a read barrier: there is no
-  ReadIndex in pysyncobj) and reads its state once that is applied; concurrent requests are
-  batched into the same append (group commit), so the barrier costs one round trip.
-* A follower forwards each request to the leader's HTTP API; with no leader (or no quorum)
-  the answer is 503 with Retry-After, never a stale value. A 503 on a write means its outcome
-  is unknown: clients retry with the same ``request_id``, which the state applies once.
-* Durability: the Raft journal (pysyncobj's file journal) plus full snapshots (``fullDumpFile``)
-  in ``--data-dir``; with ``--fsync`` (the default) the journal is msynced before a member
-  acknowledges an entry and before the leader counts its own copy, so an acknowledged write
-  survives a power loss of a minority, and a full-cluster restart.
+* Writes return only after commit (a majority has the entry, synced to disk: see fsync).
+* Reads are linearizable: the leader commits a no-op (a read barrier: pysyncobj has no
+  ReadIndex) proposed after the read arrived, and reads its state once that is applied. The
+  reads arriving in one event-loop turn share a barrier, and barriers and writes proposed in
+  one tick share an append (group commit).
+* A follower forwards each request to the leader's HTTP API; every answer names the leader
+  (``X-Runink-Leader``) so clients go there next. With no leader (or no quorum) the answer is
+  503 with Retry-After, never a stale value. A 503 on a write means its outcome is unknown
+  (a leader that steps down answers its waiting writes so at once): clients retry with the
+  same ``request_id``, which the state applies once.
+* Durability: the Raft journal (pysyncobj's file journal) plus full snapshots (``fullDumpFile``,
+  written when the log is compacted: ``BarnReplica``) in ``--data-dir``; with fsync (the
+  default) the journal is fdatasynced before a member acknowledges an entry and before the
+  leader counts its own copy, so an acknowledged write survives a power loss of a minority,
+  and a full-cluster restart.
+* Threads: one event loop (uvloop) serves every connection through uvicorn (httptools); the
+  tick thread runs Raft; a pool forwards to the leader; one thread expires leases.
 
 HTTP API (JSON; keys are strings, values base64): POST /v1/put, /v1/get, /v1/delete, /v1/txn,
 /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive, /v1/lease/revoke,
@@ -664,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", required=True, help="host:port of this member's client API")
     parser.add_argument("--peer", action="append", type=parse_member, default=[], help="name=raft,http (repeat)")
     parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--no-fsync", action="store_true", help="do not msync the journal (faster, not durable)")
+    parser.add_argument("--no-fsync", action="store_true", help="do not sync the journal (faster, not durable)")
     parser.add_argument("--election-timeout", type=float, default=0.3, help="seconds (minimum; max is twice)")
     parser.add_argument("--history", type=int, default=100_000, help="changes kept for watches")
     parser.add_argument(

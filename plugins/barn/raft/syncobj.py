@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with three changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with six changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -12,11 +12,12 @@
 #    another term (a reply to an older leader's append_entries must not count).
 # 3. Relative imports of the pysyncobj package made absolute (this file lives outside it).
 # 4. Durability: pysyncobj never msyncs its journal (an mmap), so an OS crash or power loss
-#    could drop acknowledged writes. With ``conf.runinkFsync = True`` the journal is flushed
-#    (msync) before a follower acknowledges entries and before the leader counts its own
-#    copy towards a commit.
+#    could drop acknowledged writes. With ``conf.runinkFsync = True`` the journal is made
+#    durable (fdatasync of its file, which releases the GIL; mmap.flush() held it) before a
+#    follower acknowledges entries and before the leader counts its own copy towards a commit.
 # 5. Group commit: with appendEntriesUseBatch, the commands taken in one tick go out in one
-#    append_entries at once instead of waiting for the next appendEntriesPeriod.
+#    append_entries at once instead of waiting for the next appendEntriesPeriod; the leader
+#    sends them before syncing its own copy, so its sync overlaps the followers'.
 # 6. A "reset" reply only lowers the leader's nextIndex for that follower: replies to older,
 #    pipelined append_entries raised it again, and a follower with a diverged tail (a leader
 #    killed with uncommitted entries, restarted) never caught up (tests/test_barn_faults.py).
@@ -192,7 +193,7 @@ class SyncObj(object):
             self.__otherNodes.add(otherNode)
         self.__readonlyNodes = set() # set of Node
         self.__connectedNodes = set() # set of Node
-        self.__runinkFlushedIdx = None  # [runink fix] last log index msynced
+        self.__runinkFlushedIdx = None  # [runink fix] last log index made durable
         self.__nodeClass = nodeClass
 
         self.__raftState = _RAFT_STATE.FOLLOWER
@@ -620,7 +621,7 @@ class SyncObj(object):
         # tick, rather than one per command (appendEntriesUseBatch=False) or none until the
         # next appendEntriesPeriod (up to 100 ms per write with the defaults).
         # The followers get the entries before the leader flushes its own copy, so their writes
-        # and msyncs overlap the leader's (the copy counts only once flushed: _onTick).
+        # and syncs overlap the leader's (its copy counts only once synced: _onTick).
         if added and self.__conf.appendEntriesUseBatch and self.__raftState == _RAFT_STATE.LEADER:
             self.__sendAppendEntries()
             self.__runinkFlush()
@@ -1300,7 +1301,7 @@ class SyncObj(object):
         self.__sendAppendEntries()
 
     def __runinkFlush(self):
-        # [runink fix] msync the journal if it grew since the last flush (conf.runinkFsync)
+        # [runink fix] sync the journal if it grew since the last sync (conf.runinkFsync)
         if not getattr(self.__conf, 'runinkFsync', False):
             return
         last = self.__getCurrentLogIndex()
