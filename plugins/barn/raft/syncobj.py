@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with six changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with seven changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -21,6 +21,9 @@
 # 6. A "reset" reply only lowers the leader's nextIndex for that follower: replies to older,
 #    pipelined append_entries raised it again, and a follower with a diverged tail (a leader
 #    killed with uncommitted entries, restarted) never caught up (tests/test_barn_faults.py).
+# 7. Snapshots are durable before the journal entries they replace are dropped: the dump
+#    file and its directory are fsynced after a compaction and after a snapshot arrives from
+#    the leader (pysyncobj renamed them into place unsynced).
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -131,6 +134,22 @@ def _runinkSync(journal):
         os.fdatasync(handle.fileno())
     elif hasattr(journal, 'flush'):
         journal.flush()
+
+
+def _runinkFsyncFile(path):
+    # [runink fix] make a snapshot file and its directory entry durable. pysyncobj renamed
+    # snapshots into place without syncing either, then dropped the journal entries they
+    # replace: a power loss could leave neither.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SyncObj(object):
@@ -1084,6 +1103,8 @@ class SyncObj(object):
             # Install snapshot
             elif serialized is not None:
                 if self.__serializer.setTransmissionData(serialized):
+                    if getattr(self.__conf, 'runinkFsync', False):  # [runink fix] durable before the journal goes
+                        _runinkFsyncFile(self.__conf.fullDumpFile)
                     self.__loadDumpFile(clearJournal=True)
                     self.__sendNextNodeIdx(node, success=True)
 
@@ -1502,6 +1523,8 @@ class SyncObj(object):
 
         if serializeState == SERIALIZER_STATE.SUCCESS:
             self.__lastSerializedTime = currTime
+            if self.__conf.fullDumpFile and getattr(self.__conf, 'runinkFsync', False):  # [runink fix] durable first
+                _runinkFsyncFile(self.__conf.fullDumpFile)
             self.__deleteEntriesTo(serializeID)
             self.__lastSerializedEntry = serializeID
 
