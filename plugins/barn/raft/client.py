@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -23,7 +23,6 @@ from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError, No
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
 
 WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
-MIN_ATTEMPT = 0.5  # seconds one request may wait for its answer, however little time is left
 
 
 class RaftBarn(BarnBackend):
@@ -64,12 +63,14 @@ class RaftBarn(BarnBackend):
             attempt += 1
             try:
                 connection = self._connection(index)
-                # an answer is due within the time left (a write not answered by then is retried
-                # elsewhere with its request id) plus a watch's wait: never a minute on a dead peer
-                budget = max(deadline - time.monotonic(), MIN_ATTEMPT) + float((body or {}).get("wait", 0))
-                connection.timeout = budget
-                if connection.sock is not None:
-                    connection.sock.settimeout(budget)
+                # an answer is due within the call's timeout (a write not answered by then is
+                # retried elsewhere with its request id) plus a watch's wait; set only when it
+                # changes (settimeout is a system call)
+                budget = self.timeout + float((body or {}).get("wait", 0))
+                if connection.timeout != budget:
+                    connection.timeout = budget
+                    if connection.sock is not None:
+                        connection.sock.settimeout(budget)
                 payload_out = data if method == "POST" else None
                 connection.request(method, path, payload_out, {"Content-Type": "application/json"})
                 answer = connection.getresponse()
@@ -175,7 +176,7 @@ class RaftBarn(BarnBackend):
 
 
 def _request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # what uuid4().hex is, without building a UUID
 
 
 def _b64(data: bytes) -> str:
