@@ -10,6 +10,7 @@ import pytest
 
 from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend
+from runink.plugins.barn.state import BarnState
 from runink.testing import BarnConformance
 from runink.testing.barn import COMPACTION_HISTORY
 from runink.testing.barn_cluster import Cluster
@@ -57,5 +58,17 @@ def test_bad_requests_say_what_is_wrong(cluster: Cluster) -> None:
             client.call("/v1/put", {"key": "/k"})
         with pytest.raises(BarnError, match=r"404: no /v1/nothing"):
             client.call("/v1/nothing", {})
+        with pytest.raises(BarnError, match=r"400: lease ttl must be a positive number of seconds, got -1"):
+            client.call("/v1/lease/grant", {"ttl": -1})
+        assert client.put("/after-bad-requests", b"ok") > 0  # and the group still serves
     finally:
         client.close()
+
+
+def test_a_command_the_state_refuses_is_an_error_result_on_every_replica() -> None:
+    """A refused command must not raise inside apply: that stops the Raft thread of every
+    replica, and again at every restart (the entry stays in the log)."""
+    state = BarnState()
+    assert state.apply({"op": "grant", "ttl": -1, "now": 0.0})["error"] == "bad_request"
+    assert state.apply({"op": "no-such-op"})["error"] == "bad_request"
+    assert state.apply({"op": "put", "key": "/k", "value": b"v", "lease": None}) == 1  # and it goes on

@@ -71,11 +71,15 @@ class BarnState:
         op = command["op"]
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
-            raise BarnError(f"unknown Barn command {op!r}")
+            return {"error": "bad_request", "message": f"unknown Barn command {op!r}"}
         try:
             result = handler(command)
         except LeaseNotFoundError as exc:
             result = {"error": "lease_not_found", "message": str(exc)}
+        except (BarnError, ValueError, TypeError, KeyError) as exc:
+            # a command the state refuses is refused alike by every replica; raising here would
+            # stop the Raft thread on each of them, again at every restart (a poison entry)
+            result = {"error": "bad_request", "message": str(exc)}
         if request_id is not None:
             self.results[request_id] = result
             while len(self.results) > self.dedup:
@@ -263,8 +267,10 @@ class BarnState:
 def raise_for(result: Any) -> Any:
     """The other half of ``apply``'s convention: a state-dependent error came back as a
     result (so every replica ends alike); the caller that proposed it raises it here."""
-    if isinstance(result, dict) and result.get("error") == "lease_not_found":
-        raise LeaseNotFoundError(result["message"])
+    if isinstance(result, dict) and "error" in result:
+        if result["error"] == "lease_not_found":
+            raise LeaseNotFoundError(result["message"])
+        raise BarnError(result["message"])
     return result
 
 

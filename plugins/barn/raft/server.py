@@ -43,6 +43,7 @@ import http.client
 import importlib.util
 import json
 import logging
+import math
 import os
 import pickle
 import signal
@@ -107,12 +108,12 @@ class NoLeader(Exception):
 
 
 class BarnReplica(SyncObjConsumer):
-    """The Barn's state as pysyncobj replicates it: commands applied in log order, and the
-    snapshot pysyncobj writes when it compacts the log and sends to a member too far behind.
+    """The Barn's state as pysyncobj replicates it: commands applied in log order.
 
-    The snapshot is this state, explicitly: pysyncobj's default pickles only the attributes
-    an object gains after its ``__init__``, which missed the state entirely (a restart after
-    compaction, or a snapshot install, left an empty Barn: test_barn_faults).
+    Snapshots (log compaction, and catching up a member too far behind) are written and read
+    by ``BarnNode._write_snapshot``/``_read_snapshot`` explicitly: pysyncobj's default pickles
+    only the attributes an object gains after its ``__init__``, which missed the state
+    entirely (a restart after compaction, or a snapshot install, left an empty Barn).
     """
 
     def __init__(self, history: int, on_change: Callable[[], None]) -> None:
@@ -129,12 +130,8 @@ class BarnReplica(SyncObjConsumer):
         self.on_change()
         return result
 
-    def _serialize(self) -> dict[str, Any]:
-        with self.lock:
-            return {"barn": self.state.snapshot()}
-
-    def _deserialize(self, data: dict[str, Any]) -> None:
-        state = BarnState.restore(data["barn"], history=self.history)
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = BarnState.restore(snapshot, history=self.history)
         with self.lock:
             self.state = state
         self.on_change()
@@ -202,7 +199,7 @@ class BarnNode(SyncObj):
         """(at start, and when the leader sent a snapshot) Restore the state; pysyncobj's record."""
         with open(path, "rb") as source:
             data = pickle.load(source)
-        self.replica._deserialize({"barn": data["barn"]})
+        self.replica.restore(data["barn"])
         return data["raft"]
 
     def _changed(self) -> None:
@@ -278,10 +275,11 @@ class BarnNode(SyncObj):
         return result
 
     async def commit(self, command: dict[str, Any]) -> Any:
-        """Propose on this member (the leader) and wait for the commit."""
+        """Propose on this member (the leader) and wait for the commit; the state's refusal
+        (an unknown lease, a bad command) raised as its error."""
         future, callback = self._callback()
         self.replica.apply(command, callback=callback)
-        return await self._outcome(future, "the write")
+        return raise_for(await self._outcome(future, "the write"))
 
     def commit_blocking(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
         """``commit`` for threads other than the loop's (the lease expirer)."""
@@ -507,7 +505,7 @@ class BarnServer:
         if path == "/v1/put":
             lease = body.get("lease")
             command = {"op": "put", "key": check_key(body.get("key")), "value": unb64(body["value"]), "lease": lease}
-            return {"revision": raise_for(await node.commit(_with_id(command, body)))}
+            return {"revision": await node.commit(_with_id(command, body))}
         if path == "/v1/delete":
             deleted = await node.commit(_with_id({"op": "delete", "key": check_key(body.get("key"))}, body))
             return {"deleted": bool(deleted)}
@@ -530,14 +528,17 @@ class BarnServer:
         if path == "/v1/watch":
             return await self._watch(body)
         if path == "/v1/lease/grant":
-            grant = {"op": "grant", "ttl": float(body["ttl"]), "now": time.time()}
+            ttl = float(body["ttl"])
+            if not 0 < ttl < math.inf:  # refused here: a bad command never enters the log
+                raise BarnError(f"lease ttl must be a positive number of seconds, got {body['ttl']}")
+            grant = {"op": "grant", "ttl": ttl, "now": time.time()}
             return {"lease": await node.commit(_with_id(grant, body))}
         if path == "/v1/lease/keepalive":
             result = await node.commit({"op": "keep_alive", "lease": int(body["lease"]), "now": time.time()})
-            return {"expires_at": raise_for(result)}
+            return {"expires_at": result}
         if path == "/v1/lease/revoke":
             revoked = await node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body))
-            return {"revision": raise_for(revoked)}
+            return {"revision": revoked}
         raise UnknownPath(path)
 
     def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
