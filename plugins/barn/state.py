@@ -140,6 +140,11 @@ class BarnState:
             self._revoke(lease)
         return [lease.id for lease in expired]
 
+    def _op_batch(self, c: dict[str, Any]) -> list[Any]:
+        """Commands of several clients proposed together as one log entry (the raft server's
+        group commit): each applied in turn, with its own revision, dedup and result."""
+        return [self.apply(command) for command in c["commands"]]
+
     def _op_member(self, c: dict[str, Any]) -> None:
         self.members[c["name"]] = None if c.get("removed") else (c["raft"], c["http"])
 
