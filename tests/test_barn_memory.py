@@ -50,3 +50,21 @@ def test_history_is_trimmed_whole_revisions_at_a_time() -> None:
     assert state.compacted > 0
     revisions = [e.revision for e in state.events]
     assert revisions[0] == state.compacted + 1 and revisions.count(revisions[0]) == 2  # no half transaction kept
+
+
+def test_a_batch_applies_each_command_as_if_alone() -> None:
+    """The raft server proposes several clients' commands as one entry: each keeps its own
+    revision, its dedup and its result, and one refused command spoils none of the others."""
+    alone, batched = BarnState(), BarnState()
+    commands = [
+        {"op": "put", "key": "/a", "value": b"1", "lease": None, "request_id": "r1"},
+        {"op": "grant", "ttl": -1, "now": 0.0},
+        {"op": "put", "key": "/b", "value": b"2", "lease": 99},
+        {"op": "put", "key": "/a", "value": b"1", "lease": None, "request_id": "r1"},  # a retry
+        {"op": "delete", "key": "/a"},
+    ]
+    expected = [alone.apply(command) for command in commands]
+    assert batched.apply({"op": "batch", "commands": commands}) == expected
+    assert expected[0] == 1 and expected[3] == 1 and expected[4] is True
+    assert expected[1]["error"] == "bad_request" and expected[2]["error"] == "lease_not_found"
+    assert batched.snapshot() == alone.snapshot()
