@@ -22,8 +22,9 @@ same order everywhere.
   default) the journal is fdatasynced before a member acknowledges an entry and before the
   leader counts its own copy, so an acknowledged write survives a power loss of a minority,
   and a full-cluster restart.
-* Threads: one event loop (uvloop) serves every connection through uvicorn (httptools); the
-  tick thread runs Raft; a pool forwards to the leader; one thread expires leases.
+* Threads: one event loop (uvloop; HTTP parsed by httptools: http_protocol.py) serves every
+  connection; the tick thread runs Raft; a pool forwards to the leader; one thread expires
+  leases.
 
 HTTP API (JSON; keys are strings, values base64): POST /v1/put, /v1/get, /v1/delete, /v1/txn,
 /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive, /v1/lease/revoke,
@@ -40,7 +41,6 @@ import collections
 import concurrent.futures
 import contextlib
 import http.client
-import importlib.util
 import json
 import logging
 import math
@@ -56,12 +56,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from pysyncobj import FAIL_REASON, SyncObjConf
 from pysyncobj.syncobj import SyncObjException
 
+try:
+    import uvloop
+except ImportError:  # optional: the standard loop works, a little slower
+    uvloop = None
+
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
 from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key
+from runink.plugins.barn.raft.http_protocol import Request, Response, serve
 from runink.plugins.barn.raft.syncobj import SyncObj, SyncObjConsumer, replicated
 from runink.plugins.barn.state import BarnState, raise_for
 
@@ -71,7 +76,7 @@ LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
 WATCH_WAIT_MAX = 30.0
 FORWARDED = "X-Runink-Forwarded"  # set on a request a follower passed to the leader
 FORWARDED_RAW = FORWARDED.lower().encode()
-LEADER_RAW = b"x-runink-leader"  # on every answer: the leader's HTTP address, where clients go next
+LEADER_HEADER = "X-Runink-Leader"  # on every answer: the leader's HTTP address, where clients go next
 Finished = tuple[Any, Any, Any]  # (a future or a batch's list of them, result(s), pysyncobj's error)
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 LEADERSHIP_LOST: Any = object()  # handed to the loop when this member stops leading
@@ -372,7 +377,7 @@ class Answer:
 
 
 class BarnServer:
-    """The API of one member: an ASGI app served by uvicorn (httptools) on one event loop.
+    """The API of one member, served on one event loop (http_protocol.py).
 
     One loop thread serves every connection (threads per connection fought the tick thread
     for the GIL), the tick thread runs Raft, a small pool forwards requests to the leader
@@ -387,50 +392,42 @@ class BarnServer:
         self.closed = threading.Event()
         self._forwarders = concurrent.futures.ThreadPoolExecutor(FORWARD_THREADS, thread_name_prefix="barn-forward")
         self._forward_connections = threading.local()
-        self._uvicorn: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
         self._threads = [
             threading.Thread(target=self._serve, name="barn-http", daemon=True),
             threading.Thread(target=self._expire_leases, name="barn-leases", daemon=True),
         ]
         self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
+        self._serving = threading.Event()
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._serving.wait(10)
 
     def close(self) -> None:
         self.closed.set()
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+        if self._loop is not None and self._stopped is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has stopped already
+                self._loop.call_soon_threadsafe(self._stopped.set)
+                self._loop.call_soon_threadsafe(self.node.wake_watchers)
         self._threads[0].join(10)
         self._forwarders.shutdown(wait=False, cancel_futures=True)
         self.node.destroy_synchronous()
 
     def _serve(self) -> None:
-        config = uvicorn.Config(
-            self.app,
-            interface="asgi3",
-            http="httptools",
-            proxy_headers=False,
-            server_header=False,
-            date_header=False,
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=75,  # clients keep one connection per thread
-            timeout_graceful_shutdown=1,  # long-poll watches are answered at close
-            backlog=1024,
-        )
-        self._uvicorn = uvicorn.Server(config)
-        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(self._run(self._uvicorn))
-
-    async def _run(self, server: uvicorn.Server) -> None:
-        self.node.bind(asyncio.get_running_loop())
-        closing = asyncio.get_running_loop().run_in_executor(None, self.closed.wait)
-        closing.add_done_callback(lambda _: self.node.wake_watchers())
-        await server.serve(sockets=[self.socket])
+        """The event loop thread: every client connection, every proposal's answer."""
+        loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self.node.bind(loop)
+        self._stopped = asyncio.Event()
+        loop.call_soon(self._serving.set)
+        try:
+            loop.run_until_complete(serve(self.request, self.socket, self._stopped))
+        finally:
+            loop.close()
 
     @property
     def members(self) -> dict[str, Member]:
@@ -471,25 +468,15 @@ class BarnServer:
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """The ASGI entry: read the body, answer, and say who leads (clients go there next)."""
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        headers = dict(scope["headers"])
-        answer = await self.answer(scope["method"], scope["path"], raw, forwarded=FORWARDED_RAW in headers)
-        data = json.dumps(answer.payload).encode()
-        header_list = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    async def request(self, request: Request) -> Response:
+        """One HTTP request: answer it, and say who leads (clients go there next)."""
+        forwarded = FORWARDED_RAW in request.headers
+        answer = await self.answer(request.method, request.path, request.body, forwarded=forwarded)
+        headers = list(answer.headers.items())
         leader = self.leader()
         if leader is not None:
-            header_list.append((LEADER_RAW, leader.http.encode()))
-        header_list += [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
-        await send({"type": "http.response.start", "status": answer.status, "headers": header_list})
-        await send({"type": "http.response.body", "body": data})
+            headers.append((LEADER_HEADER, leader.http))
+        return Response(answer.status, json.dumps(answer.payload).encode(), headers)
 
     async def answer(self, method: str, path: str, raw: bytes, forwarded: bool = False) -> Answer:
         if method == "GET":
