@@ -3,6 +3,7 @@ store does (stale reads, lost writes, invented values) and accept what a correct
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from runink.testing.linearizability import Op, check
@@ -96,3 +97,114 @@ def test_a_large_correct_history_is_accepted_and_one_wrong_read_in_it_is_found()
     history[reads[len(reads) // 2]] = get(victim.key, b"never written", victim.call, victim.ret or 0.0)
     result = check(history)
     assert not result and result.key == victim.key
+
+
+def brute_force(history: list[Op], start: bytes | None = None) -> bool:
+    """Linearizability by definition: some subset of the unanswered operations plus every
+    answered one, in some order that respects real time, explains every answer."""
+    from itertools import permutations
+
+    from runink.testing.linearizability import _REFUSED, _apply
+
+    answered = [op for op in history if op.ret is not None]
+    unanswered = [op for op in history if op.ret is None and op.kind != "get"]
+    for bits in range(1 << len(unanswered)):
+        chosen = answered + [op for n, op in enumerate(unanswered) if bits >> n & 1]
+        for order in permutations(chosen):
+            # real time: nothing placed after an operation that returned before it was called
+            if any(
+                later.ret is not None and later.ret < earlier.call
+                for n, earlier in enumerate(order)
+                for later in order[n + 1 :]
+            ):
+                continue
+            value: object = start
+            for op in order:
+                value = _apply(op, value)  # type: ignore[arg-type]
+                if value is _REFUSED:
+                    break
+            else:
+                return True
+    return False
+
+
+def random_small_history(rng: random.Random) -> list[Op]:
+    """Arbitrary (mostly wrong) histories over few values, so that every rule of the search is
+    exercised: repeated values, deletes, failed and unanswered cas, unanswered writes."""
+    values = [b"a", b"b", b"c", None]
+    history = []
+    for client in range(rng.randint(1, 3)):
+        clock = rng.uniform(0, 2)
+        for _ in range(rng.randint(1, 3)):
+            call = clock + rng.uniform(0, 1)
+            ret = call + rng.uniform(0, 2)
+            clock = ret
+            answered = rng.random() > 0.2
+            kind = rng.choice(["put", "put", "get", "get", "delete", "cas"])
+            if kind == "put":
+                history.append(Op(client, "put", "k", rng.choice(values[:3]), call=call, ret=ret if answered else None))
+            elif kind == "get":
+                history.append(Op(client, "get", "k", rng.choice(values), call=call, ret=ret))
+            elif kind == "delete":
+                history.append(Op(client, "delete", "k", None, call=call, ret=ret if answered else None))
+            else:
+                history.append(
+                    Op(
+                        client,
+                        "cas",
+                        "k",
+                        rng.choice(values[:3]),
+                        expected=rng.choice(values),
+                        call=call,
+                        ret=ret if answered else None,
+                        ok=rng.random() < 0.5,
+                    )
+                )
+            if len(history) == 7:
+                return history
+    return history
+
+
+def test_the_search_agrees_with_brute_force_on_small_histories() -> None:
+    rng = random.Random(11)
+    verdicts = {True: 0, False: 0}
+    for _ in range(1_500):
+        history = random_small_history(rng)
+        expected = brute_force(history)
+        assert bool(check(history)) == expected, history
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 200, verdicts  # both verdicts really tested
+
+
+def test_unique_values_with_unanswered_writes_agree_with_brute_force() -> None:
+    """Unique written values, as the Barn tests write them."""
+    rng = random.Random(5)
+    for _ in range(1_500):
+        history = random_small_history(rng)
+        renamed, n = [], 0
+        for op in history:
+            if op.kind in ("put", "cas"):
+                n += 1
+            renamed.append(dataclasses.replace(op, value=b"w%d" % n) if op.kind in ("put", "cas") else op)
+        # reads and cas expectations name the written values
+        written = [op.value for op in renamed if op.kind in ("put", "cas")] + [None]
+        renamed = [
+            Op(
+                op.client,
+                op.kind,
+                op.key,
+                rng.choice(written) if op.kind == "get" else op.value,
+                rng.choice(written) if op.kind == "cas" else None,
+                op.call,
+                op.ret,
+                op.ok,
+            )
+            for op in renamed
+        ]
+        assert bool(check(renamed)) == brute_force(renamed), renamed
+
+
+def test_a_search_too_large_is_reported_undecided_not_passed() -> None:
+    history = random_history(seed=3, ops=400, keys=1)
+    result = check(history, max_states=5)
+    assert not result and not result.decided and "undecided" in result.explanation

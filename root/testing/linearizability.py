@@ -10,8 +10,15 @@ operation that may go next (one called before every pending operation's return),
 the model, and backtrack when none fits, remembering (done-set, value) pairs already tried.
 
 Operations whose outcome the client never learnt (``ret is None``: a timeout, a 503) may take
-effect at any time after their call, or never. A get that matches the current value is taken
-at once without branching: a read changes nothing, so taking it early never hides a solution.
+effect at any time after their call, or never. Three rules keep the search small, each sound
+(tests compare the result with brute force on thousands of small histories):
+- a read or failed cas that fits the current value is placed at once, without branching;
+- an unanswered write is tried only right before an operation that can use it (``_moves``);
+- the window of candidates is computed over answered operations only, so it stays as wide as
+  the client concurrency however long an unanswered write stays pending.
+On one key with 16 clients, 1,000 operations and up to 20% unanswered writes, a correct
+history checks in under a second and one with a single stale read is refuted in about 3 s.
+A search that still outgrows ``max_states`` ends as undecided (a failure, never a pass).
 """
 
 from __future__ import annotations
@@ -38,94 +45,130 @@ class Result:
     ok: bool
     key: str = ""
     explanation: str = ""
+    decided: bool = True  # False: the search hit its state budget (``ok`` is then False too)
 
     def __bool__(self) -> bool:
         return self.ok
 
 
-def check(history: list[Op], initial: dict[str, bytes | None] | None = None) -> Result:
+#: states (done-set, value) one key's search may visit before it gives up as undecided
+MAX_STATES = 2_000_000
+
+
+def check(history: list[Op], initial: dict[str, bytes | None] | None = None, *, max_states: int = MAX_STATES) -> Result:
     initial = initial or {}
     ordered = sorted(history, key=lambda op: op.key)
     for key, ops in groupby(ordered, key=lambda op: op.key):
-        result = _check_key(key, list(ops), initial.get(key))
+        result = _check_key(key, list(ops), initial.get(key), max_states)
         if not result:
             return result
     return Result(True)
 
 
-def _check_key(key: str, ops: list[Op], start: bytes | None) -> Result:
+def _check_key(key: str, ops: list[Op], start: bytes | None, max_states: int) -> Result:
     ops = [op for op in ops if not (op.kind == "get" and op.ret is None)]  # an unanswered read says nothing
-    ops.sort(key=lambda op: op.call)
+    # Known operations first (bits 0..K-1, in call order), then unknown ones: only known ones
+    # bound the horizon and must all be placed, so the window over them stays as narrow as the
+    # client concurrency however long an unanswered write stays pending.
+    known = sorted((op for op in ops if op.ret is not None), key=lambda op: op.call)
+    unknown = sorted((op for op in ops if op.ret is None), key=lambda op: op.call)
+    ops = known + unknown
+    count = len(known)
     calls = [op.call for op in ops]
     rets = [math.inf if op.ret is None else op.ret for op in ops]
-    known = 0
-    for i, op in enumerate(ops):
-        if op.ret is not None:
-            known |= 1 << i
+    done = (1 << count) - 1
     seen: set[tuple[int, bytes | None]] = set()
     best = (0, 0, start)  # (ops placed, mask, value) of the deepest point reached: for the explanation
 
     # the search, iteratively: each frame is (mask, value, candidates left to try)
-    stack: list[tuple[int, bytes | None, list[tuple[int, bytes | None]]]] = []
+    stack: list[tuple[int, bytes | None, list[tuple[int, object]]]] = []
     mask, value = 0, start
     while True:
-        mask, value = _take_reads(ops, calls, rets, mask, value)
-        if mask & known == known:
+        while (taken := _take_no_ops(ops, _window(calls, rets, count, mask), mask, value)) != mask:
+            mask = taken  # placing them may widen the window: repeat
+        if mask & done == done:
             return Result(True)
         if (mask, value) not in seen:
+            if len(seen) >= max_states:
+                return Result(
+                    False,
+                    key,
+                    f"key {key!r}: undecided, the search gave up after {max_states:,} states "
+                    f"({len(ops)} operations); check a shorter history",
+                    decided=False,
+                )
             seen.add((mask, value))
-            placed = bin(mask).count("1")
+            placed = (mask & done).bit_count()
             if placed > best[0]:
                 best = (placed, mask, value)
-            stack.append((mask, value, _moves(ops, calls, rets, mask, value)))
+            window = _window(calls, rets, count, mask)
+            stack.append((mask, value, _moves(ops, rets, count, window, value)))
         while stack and not stack[-1][2]:
             stack.pop()
         if not stack:
-            return Result(False, key, _explain(key, ops, rets, best[1], best[2]))
+            stuck = [ops[i] for i in _window(calls, rets, count, best[1])]
+            return Result(False, key, _explain(key, best[0], count, best[2], stuck))
         mask, value, moves = stack[-1]
-        index, value = moves.pop()
-        mask |= 1 << index
+        index, after = moves.pop()
+        mask, value = mask | 1 << index, after  # type: ignore[assignment]
 
 
-def _first_return(rets: list[float], mask: int) -> float:
-    return min((r for i, r in enumerate(rets) if not mask >> i & 1), default=math.inf)
+def _window(calls: list[float], rets: list[float], count: int, mask: int) -> list[int]:
+    """The operations that may go next: not placed, called before every pending known
+    operation's return."""
+    low = ((mask + 1) & ~mask).bit_length() - 1  # the first known operation not placed
+    horizon = math.inf
+    i = low
+    while i < count and calls[i] <= horizon:
+        if not mask >> i & 1 and rets[i] < horizon:
+            horizon = rets[i]
+        i += 1
+    window = [j for j in range(low, i) if not mask >> j & 1 and calls[j] <= horizon]
+    window += [j for j in range(count, len(calls)) if not mask >> j & 1 and calls[j] <= horizon]
+    return window
 
 
-def _take_reads(
-    ops: list[Op], calls: list[float], rets: list[float], mask: int, value: bytes | None
-) -> tuple[int, bytes | None]:
-    """Take every read that may go next and saw the current value (repeatedly)."""
-    progress = True
-    while progress:
-        progress = False
-        horizon = _first_return(rets, mask)
-        for i, op in enumerate(ops):
-            if calls[i] > horizon:
-                break
-            if not mask >> i & 1 and op.kind == "get" and op.value == value:
-                mask |= 1 << i
-                progress = True
-                horizon = _first_return(rets, mask)
-    return mask, value
+def _take_no_ops(ops: list[Op], window: list[int], mask: int, value: bytes | None) -> int:
+    """Place every operation in the window that never changes the value (a read, a failed cas)
+    and fits the current one: sound without branching, because such an operation can move to
+    the front of any linearization from here, and placing it only widens the window. (A write
+    of the current value is not one of them: later in the order it may change the value.)"""
+    for i in window:
+        op = ops[i]
+        if (op.kind == "get" or _failed_cas(op)) and _apply(op, value) == value:
+            mask |= 1 << i
+    return mask
 
 
 def _moves(
-    ops: list[Op], calls: list[float], rets: list[float], mask: int, value: bytes | None
-) -> list[tuple[int, bytes | None]]:
+    ops: list[Op], rets: list[float], count: int, window: list[int], value: bytes | None
+) -> list[tuple[int, object]]:
     """(operation, value after it) for each operation that may go next and fits the model;
-    the one returning first is tried first (popped last)."""
-    horizon = _first_return(rets, mask)
+    the one returning first is tried first (popped last).
+
+    An unanswered write is tried only when something in the window can use it right after:
+    a read of what it writes, a cas expecting that, or a failed cas that the current value
+    refuses. In any linearization such a write can move later, to just before the first such
+    operation before the next write, or be dropped when there is none: the operations it
+    jumps over neither read its value nor need the current one hidden, and it has no return
+    time to respect. Without this rule each unanswered write is tried at every point."""
+    observed = {ops[i].value for i in window if ops[i].kind == "get"}
+    observed |= {ops[i].expected for i in window if ops[i].kind == "cas"}
+    hidden = any(_failed_cas(ops[i]) and ops[i].expected == value for i in window)
     moves = []
-    for i, op in enumerate(ops):
-        if calls[i] > horizon:
-            break
-        if mask >> i & 1:
+    for i in window:
+        op = ops[i]
+        if i >= count and not hidden and op.value not in observed:
             continue
         after = _apply(op, value)
         if after is not _REFUSED:
             moves.append((rets[i], i, after))
     moves.sort(key=lambda m: -m[0])
     return [(i, after) for _, i, after in moves]
+
+
+def _failed_cas(op: Op) -> bool:
+    return op.kind == "cas" and op.ret is not None and not op.ok
 
 
 _REFUSED = object()
@@ -145,13 +188,10 @@ def _apply(op: Op, value: bytes | None) -> object:
     raise ValueError(f"unknown operation kind {op.kind!r}")
 
 
-def _explain(key: str, ops: list[Op], rets: list[float], mask: int, value: bytes | None) -> str:
-    horizon = _first_return(rets, mask)
-    stuck = [op for i, op in enumerate(ops) if not mask >> i & 1 and op.call <= horizon]
+def _explain(key: str, placed: int, count: int, value: bytes | None, stuck: list[Op]) -> str:
     shown = "; ".join(_show(op) for op in stuck[:6])
-    placed = bin(mask).count("1")
     return (
-        f"key {key!r} is not linearizable: after the best ordering of {placed} of its {len(ops)} operations "
+        f"key {key!r} is not linearizable: after the best ordering of {placed} of its {count} answered operations "
         f"the value is {value!r}, and none of the operations that may go next fits it: {shown}"
     )
 
