@@ -36,6 +36,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     election_timeout: float = typer.Option(0.3, help="seconds (the minimum; the maximum is twice)"),
     compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
+    secret_file: Path | None = typer.Option(
+        None, envvar="RUNINK_BARN_SECRET_FILE", help="the group's shared secret (same file content on every member)"
+    ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
     from runink.plugins.barn.raft import server
@@ -45,6 +48,8 @@ def serve_command(  # noqa: PLR0917 (typer options)
     argv += ["--compaction-entries", str(compaction_entries), "--compaction-seconds", str(compaction_seconds)]
     for item in peer:
         argv += ["--peer", item]
+    if secret_file is not None:
+        argv += ["--secret-file", str(secret_file)]
     raise typer.Exit(server.main(argv))
 
 

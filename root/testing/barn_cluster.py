@@ -118,7 +118,8 @@ class Cluster:
         process.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM every member; one that has not exited 10 s later is SIGKILLed and reported."""
+        """SIGTERM every member; one that has not exited 10 s later is SIGKILLed and reported,
+        and so is any member whose log shows it truncated entries it had already applied."""
         alive = self.alive()
         for name in alive:
             self.processes[name].terminate()
@@ -135,3 +136,12 @@ class Cluster:
                 process.stdout.close()
         if stuck:
             raise AssertionError(f"Barn members {stuck} did not exit within 10 s of SIGTERM")
+        diverged = [
+            f"{name}: {line.strip()}"
+            for name in self.processes
+            if (self.root / f"{name}.log").exists()
+            for line in (self.root / f"{name}.log").read_text(errors="replace").splitlines()
+            if "truncating already-applied" in line
+        ]
+        if diverged:  # pysyncobj's sign that a follower dropped entries it had applied
+            raise AssertionError("a member truncated applied entries: " + " | ".join(diverged[:3]))

@@ -102,6 +102,7 @@ class ServerConfig:
     compaction_entries: int = 10_000  # compact the log past this many entries...
     compaction_seconds: float = 60.0  # ...at most this often
     history: int = 100_000  # changes kept for watches
+    secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
     extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
 
 
@@ -175,6 +176,10 @@ class BarnNode(SyncObj):
             **config.extra,
         )
         conf.runinkFsync = config.fsync
+        # pysyncobj unpickles what peers send: without a shared secret anyone who can connect
+        # to the Raft port can run code here. With one, every message is Fernet-sealed
+        # (AES + HMAC) and a connection that fails to authenticate is dropped before unpickling.
+        conf.password = config.secret
         # snapshots: the Barn's own plain-data form, pickled without gzip (level 9 held the tick
         # thread ~10x longer) and fsynced (pysyncobj's default neither)
         conf.serializer = self._write_snapshot
@@ -697,6 +702,21 @@ def parse_member(text: str) -> Member:
     return Member(name, raft, http_address)
 
 
+MIN_SECRET_BYTES = 16
+
+
+def read_secret(path: Path, parser: argparse.ArgumentParser) -> bytes:
+    """The shared secret from ``path`` (surrounding whitespace dropped); a clear error if the
+    file cannot be read or is too short to be a secret."""
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as error:
+        parser.error(f"--secret-file {path}: {error.strerror or error}")
+    if len(secret) < MIN_SECRET_BYTES:
+        parser.error(f"--secret-file {path}: the secret has {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed")
+    return secret
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runink.plugins.barn.raft.server", description=(__doc__ or "").split("\n")[0]
@@ -713,10 +733,17 @@ def main(argv: list[str] | None = None) -> int:
         "--compaction-entries", type=int, default=10_000, help="snapshot and compact the log past this many entries"
     )
     parser.add_argument("--compaction-seconds", type=float, default=60.0, help="...at most this often")
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        default=os.environ.get("RUNINK_BARN_SECRET_FILE"),
+        help="a file holding the group's shared secret (the same on every member; $RUNINK_BARN_SECRET_FILE)",
+    )
     args = parser.parse_args(argv)
     for option in ("election_timeout", "compaction_seconds", "compaction_entries", "history"):
         if getattr(args, option) <= 0:
             parser.error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
+    secret = read_secret(args.secret_file, parser) if args.secret_file else None
     config = ServerConfig(
         Member(args.name, args.raft, args.http),
         args.peer,
@@ -726,8 +753,15 @@ def main(argv: list[str] | None = None) -> int:
         history=args.history,
         compaction_entries=args.compaction_entries,
         compaction_seconds=args.compaction_seconds,
+        secret=secret,
     )
     logging.basicConfig(level=logging.WARNING, format=f"barn {args.name}: %(levelname)s %(message)s")
+    if secret is None:
+        log.warning(
+            "the Raft port %s is unauthenticated: anyone who can connect to it can run code in this server; "
+            "give every member the same --secret-file",
+            args.raft,
+        )
     server = BarnServer(config)
     server.start()
     print(json.dumps({"event": "serving", "name": args.name, "http": args.http, "pid": os.getpid()}), flush=True)
