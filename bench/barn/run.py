@@ -2,6 +2,7 @@
 
     python bench/barn/run.py            # 1,000 sequential puts; 8 x 200 puts, 64 x 100 puts and gets, 3 turns
     python bench/barn/run.py --quick
+    python bench/barn/run.py --secret     # the Barn's Raft traffic sealed with a shared secret
 
 Both are 3 members on loopback, durable (etcd fsyncs its WAL; the Barn fdatasyncs its journal),
 and both are driven the same way: Python threads, one keep-alive HTTP/1.1 connection each,
@@ -127,6 +128,7 @@ def concurrent_rate(make: Callable[[], Callable[[str], None]], clients: int, per
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--secret", action="store_true", help="the Barn with a shared secret (sealed Raft traffic)")
     args = parser.parse_args()
     count, per_client, rounds = (200, 50, 1) if args.quick else (1000, 200, 3)
     if shutil.which("etcd") is None:
@@ -136,7 +138,11 @@ def main() -> None:
         root = Path(tmp)
         etcd = Etcd(root / "etcd")
         (root / "barn").mkdir()
-        barn = Cluster(root / "barn")
+        options: tuple[str, ...] = ()
+        if args.secret:
+            (root / "secret").write_text(os.urandom(24).hex())
+            options = ("--secret-file", str(root / "secret"))
+        barn = Cluster(root / "barn", options=options)
         try:
             barn.start()
             etcd_leader, barn_leader = etcd.leader(), barn.leader()
@@ -176,7 +182,8 @@ def main() -> None:
             etcd.stop()
     e, b = results["etcd"], results["barn"]
     machine = f"{os.cpu_count()} cores · Linux {platform.release()}"
-    print(f"# {dt.date.today()} · {machine} · etcd 3 members vs Barn 3 members, loopback")
+    sealed = " (Raft traffic sealed with a shared secret)" if args.secret else ""
+    print(f"# {dt.date.today()} · {machine} · etcd 3 members vs Barn 3 members{sealed}, loopback")
     print(f"# throughput: median of {rounds} turns each, the systems alternating\n")
     print("| measure | etcd | Barn | Barn ÷ etcd |")
     print("| --- | ---: | ---: | ---: |")
