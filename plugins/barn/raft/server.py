@@ -62,7 +62,7 @@ from pysyncobj.syncobj import SyncObjException
 try:
     import uvloop
 except ImportError:  # optional: the standard loop works, a little slower
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
 from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key
