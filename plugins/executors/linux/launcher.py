@@ -266,6 +266,18 @@ def _write_status(fd: int | None, code: int) -> None:
         os.ftruncate(fd, len(data))
 
 
+_WARM_UP_CODE = """
+import os, sys, time
+stamp = b"%.9f" % time.monotonic()
+sizes = [len(part) for part in (stamp, b"x") if part]
+if sizes and sys.argv is not None:
+    text = f"{sizes[0]}:" + ", ".join(str(size) for size in sizes)
+def step(batch, *, scale=1):
+    return {"rows": len(batch) * scale}
+step(sizes, scale=2)
+"""
+
+
 def _warm_up() -> None:
     """Touch, before the request comes, what the request's path will touch.
 
@@ -277,8 +289,14 @@ def _warm_up() -> None:
     gc.freeze()  # no collection here: the launcher froze its heap at start; this adds the few newer objects
     sample = {"id": "s", "command": ["x"], "env": {"A": "b"}, "binds": [{"path": "/", "writable": False}], "uid": 1}
     json.loads(json.dumps(sample))
-    compile("pass", "<string>", "exec")
-    dict(os.environ).update({"A": "b"})
+    # the compiler's and the evaluation loop's common paths, as a step's first lines take them
+    exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
+    os.environ.clear()  # the slice's environment is its request's alone (and clearing it later cost ~0.2 ms)
+    os.environ.update({"A": "b"})
+    os.environ.clear()
+    for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     os.fstat(0)
     with contextlib.suppress(OSError):
         os.makedirs("/", exist_ok=True)
