@@ -41,6 +41,11 @@ def test_add_a_server_then_remove_one(tmp_path: Path, run_cli) -> None:  # type:
         out = run_cli("barn", "member", "add", "d", cluster.raft["d"], cluster.http["d"], "--endpoints", endpoints)
         assert out.returncode == 0, out.stderr
         assert "a, b, c, d" in out.stdout
+        # repeating it is harmless (and how an operator completes an add whose leader died
+        # between the membership change and the record of d's API address)
+        again = run_cli("barn", "member", "add", "d", cluster.raft["d"], cluster.http["d"], "--endpoints", endpoints)
+        assert again.returncode == 0, again.stderr
+        assert "a, b, c, d" in again.stdout
         client.put("/m/after-add", b"x")
         expected = {**{f"/m/{i}": b"before" for i in range(50)}, "/m/after-add": b"x"}
         wait_until(lambda: local_copy(cluster, "d") == expected, 10, "d catching up")

@@ -194,6 +194,7 @@ class BarnNode(SyncObj):
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
         self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
         self.replica = BarnReplica(config.history, self._changed)
+        self.config_address = config.me.raft
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
@@ -599,7 +600,10 @@ class BarnServer:
             if known is None:
                 raise BarnError(f"no member named {member.name!r}")
             member = known
-        await self.node.membership(adding, member.raft)
+        # Idempotent: the change is made only if needed, the address recorded in any case. So a
+        # repeated add (or remove) completes one whose leader died between the two steps.
+        if adding != _in_group(self.node, member.raft):
+            await self.node.membership(adding, member.raft)
         record = {"op": "member", "name": member.name, "raft": member.raft, "http": member.http}
         await self.node.commit(record if adding else {**record, "removed": True})
         return {"members": sorted(self.members)}
@@ -669,6 +673,13 @@ def _settle(future: asyncio.Future[Any], result: Any) -> None:
 
 def _unavailable(why: str) -> Answer:
     return Answer(503, {"error": "unavailable", "message": why}, {"Retry-After": str(RETRY_AFTER)})
+
+
+def _in_group(node: BarnNode, address: str) -> bool:
+    """Whether pysyncobj counts the server at this Raft address as a member now."""
+    return address == node.config_address or any(
+        getattr(other, "address", None) == address for other in getattr(node, "_SyncObj__otherNodes", ())
+    )
 
 
 def _node_for(node: BarnNode, address: str) -> Any:
