@@ -60,6 +60,9 @@ def _storage_modules() -> list[str]:
     return sorted({ep.module for ep in entry_points(group="runink.storage")})
 
 
+ORPHAN_SWEEP_SECONDS = 2.0  # after a launcher died: how long its warm sandboxes' cgroups are swept
+
+
 def _python_fast_path(command: tuple[str, ...]) -> dict[str, object] | None:
     """``python -m MODULE ...`` or ``python -c CODE ...`` with this interpreter -> what the
     preloaded launcher runs in a forked process; None for anything else (exec'ed)."""
@@ -266,15 +269,24 @@ class LinuxExecutor(Executor):
         for task in orphans:
             threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
         if launcher.wait() != 0 and self.cgroups is not None:  # it could not remove its warm sandboxes' cgroups
-            with self._lock:
-                in_use = {d.name for t in self._tasks.values() for d in t.cgroup.dirs.values()}
-            names = {
-                d.name for parent in self.cgroups.parents().values() for d in parent.glob(f"sandbox-{launcher.pid}-*")
-            }
-            for name in names - in_use:
-                warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
-                with contextlib.suppress(CgroupError):
-                    warm.remove()
+            # A sandbox being built when the launcher died creates its cgroup itself, possibly
+            # after this first looks: look again for a while.
+            deadline = time.monotonic() + ORPHAN_SWEEP_SECONDS
+            while True:
+                with self._lock:
+                    in_use = {d.name for t in self._tasks.values() for d in t.cgroup.dirs.values()}
+                names = {
+                    d.name
+                    for parent in self.cgroups.parents().values()
+                    for d in parent.glob(f"sandbox-{launcher.pid}-*")
+                }
+                for name in names - in_use:
+                    warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
+                    with contextlib.suppress(CgroupError):
+                        warm.remove()
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.1)
 
     # --- running ----------------------------------------------------------------------
 
