@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--secret-file",
         type=Path,
-        default=os.environ.get("RUNINK_BARN_SECRET_FILE"),
+        default=os.environ.get("RUNINK_BARN_SECRET_FILE") or None,  # set but empty: none
         help="a file holding the group's shared secret (the same on every member; $RUNINK_BARN_SECRET_FILE)",
     )
     args = parser.parse_args(argv)
