@@ -84,8 +84,10 @@ def _check_key(key: str, ops: list[Op], start: bytes | None, max_states: int) ->
     stack: list[tuple[int, bytes | None, list[tuple[int, object]]]] = []
     mask, value = 0, start
     while True:
-        while (taken := _take_no_ops(ops, _window(calls, rets, count, mask), mask, value)) != mask:
+        window = _window(calls, rets, count, mask)
+        while (taken := _take_no_ops(ops, window, mask, value)) != mask:
             mask = taken  # placing them may widen the window: repeat
+            window = _window(calls, rets, count, mask)
         if mask & done == done:
             return Result(True)
         if (mask, value) not in seen:
@@ -101,7 +103,6 @@ def _check_key(key: str, ops: list[Op], start: bytes | None, max_states: int) ->
             placed = (mask & done).bit_count()
             if placed > best[0]:
                 best = (placed, mask, value)
-            window = _window(calls, rets, count, mask)
             stack.append((mask, value, _moves(ops, rets, count, window, value)))
         while stack and not stack[-1][2]:
             stack.pop()
@@ -182,7 +183,7 @@ def _apply(op: Op, value: bytes | None) -> object:
     if op.kind == "get":
         return value if op.value == value else _REFUSED
     if op.kind == "cas":
-        if op.ret is not None and not op.ok:  # a failed cas is a read of another value
+        if _failed_cas(op):  # a read of another value
             return value if value != op.expected else _REFUSED
         return op.value if value == op.expected else _REFUSED
     raise ValueError(f"unknown operation kind {op.kind!r}")

@@ -194,7 +194,6 @@ class BarnNode(SyncObj):
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
         self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
         self.replica = BarnReplica(config.history, self._changed)
-        self.config_address = config.me.raft
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
@@ -602,7 +601,8 @@ class BarnServer:
             member = known
         # Idempotent: the change is made only if needed, the address recorded in any case. So a
         # repeated add (or remove) completes one whose leader died between the two steps.
-        if adding != _in_group(self.node, member.raft):
+        in_group = member.raft == self.config.me.raft or _peer(self.node, member.raft) is not None
+        if adding != in_group:
             await self.node.membership(adding, member.raft)
         record = {"op": "member", "name": member.name, "raft": member.raft, "http": member.http}
         await self.node.commit(record if adding else {**record, "removed": True})
@@ -649,7 +649,8 @@ class BarnServer:
             peers[member.name] = {
                 "raft": member.raft,
                 "http": member.http,
-                "connected": bool(self.node.isNodeConnected(_node_for(self.node, member.raft))),
+                # pysyncobj wants its Node object (a removed member has none: not connected)
+                "connected": bool(self.node.isNodeConnected(_peer(self.node, member.raft) or member.raft)),
                 "match_index": status.get(f"match_idx_server_{member.raft}"),
             }
         return {
@@ -675,18 +676,12 @@ def _unavailable(why: str) -> Answer:
     return Answer(503, {"error": "unavailable", "message": why}, {"Retry-After": str(RETRY_AFTER)})
 
 
-def _in_group(node: BarnNode, address: str) -> bool:
-    """Whether pysyncobj counts the server at this Raft address as a member now."""
-    return address == node.config_address or any(
-        getattr(other, "address", None) == address for other in getattr(node, "_SyncObj__otherNodes", ())
-    )
-
-
-def _node_for(node: BarnNode, address: str) -> Any:
-    for other in getattr(node, "_SyncObj__otherNodes", ()):  # pysyncobj wants its Node object
+def _peer(node: BarnNode, address: str) -> Any:
+    """pysyncobj's Node for the other member at this Raft address; None if it is not one now."""
+    for other in getattr(node, "_SyncObj__otherNodes", ()):
         if getattr(other, "address", None) == address:
             return other
-    return address
+    return None
 
 
 def _split(address: str) -> tuple[str, int]:
