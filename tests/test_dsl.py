@@ -209,3 +209,82 @@ def test_builder_makes_the_same_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*/*.dsl")))
 def test_examples_compile(example: Path) -> None:
     compile_pipeline(parse_file(example))
+
+
+def _summary(path: Path) -> dict[str, dict[str, object]]:
+    """Everything the annotations of a parsed pipeline set, scenario by scenario."""
+    out: dict[str, dict[str, object]] = {}
+    for s in parse_file(path).scenarios:
+        assert s.source is not None
+        out[s.name] = {
+            "source": (s.source.uri, s.source.contract),
+            "steps": [step.ref for step in s.steps],
+            "sinks": [(sink.uri, sink.when) for sink in s.sinks],
+            "requires": (s.requires.cpu, s.requires.memory, s.requires.timeout),
+            "retries": (s.retries, s.backoff),
+            "golden": s.golden,
+            "network": s.network,
+        }
+    return out
+
+
+def test_every_annotation_of_the_examples_belongs_to_its_scenario() -> None:
+    """The annotation lines right above 'Scenario: B' are B's, not the scenario above's."""
+    assert _summary(REPO / "examples" / "orders" / "orders.dsl") == {
+        "Validate orders": {
+            "source": ("csv://data/orders.csv", "contracts:Order"),
+            "steps": ["steps:normalize", "steps:enrich"],
+            "sinks": [("parquet://out/silver/orders.parquet", "valid"), ("jsonl://out/dlq/orders.jsonl", "invalid")],
+            "requires": (1.0, 512 * 1024**2, 600.0),
+            "retries": (0, 1.0),
+            "golden": None,
+            "network": False,
+        },
+        "Large orders": {
+            "source": ("parquet://out/silver/orders.parquet", None),
+            "steps": ["steps:large_orders"],
+            "sinks": [("csv://out/gold/large_orders.csv", "valid")],
+            "requires": (1.0, 0, 300.0),
+            "retries": (0, 1.0),
+            "golden": None,
+            "network": False,
+        },
+    }
+    assert _summary(REPO / "examples" / "trades" / "trades.dsl") == {
+        "Tag trades": {
+            "source": ("jsonl://data/trades.jsonl", "contracts:Trade"),
+            "steps": ["steps:tag"],
+            "sinks": [("parquet://out/trades/tagged.parquet", "valid"), ("jsonl://out/dlq/trades.jsonl", "invalid")],
+            "requires": (1.0, 256 * 1024**2, 300.0),
+            "retries": (2, 1.0),
+            "golden": "golden/tag-trades",
+            "network": False,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # indented body, scenario annotations at the Scenario's column, no Given line in between
+        'Feature: f\n  Scenario: a\n    @source("a.csv")\n    @sink("b.csv")\n  @requires(timeout="5m")\n'
+        '  @network\n  Scenario: b\n    @source("b.csv")\n    @sink("c.csv")\n',
+        # everything flush left: a Given line ends a's body
+        'Feature: f\nScenario: a\n@source("a.csv")\n@sink("b.csv")\nGiven a\n# b needs time\n'
+        '@requires(timeout="5m")\n@network\nScenario: b\n@source("b.csv")\n@sink("c.csv")\n',
+    ],
+)
+def test_annotations_above_a_scenario_are_its_own(text: str) -> None:
+    a, b = parse(text, "p.dsl").scenarios
+    assert (a.requires.timeout, a.network, a.source.uri, [s.uri for s in a.sinks]) == (  # type: ignore[union-attr]
+        None,
+        False,
+        "a.csv",
+        ["b.csv"],
+    )
+    assert (b.requires.timeout, b.network, b.source.uri, [s.uri for s in b.sinks]) == (  # type: ignore[union-attr]
+        300.0,
+        True,
+        "b.csv",
+        ["c.csv"],
+    )

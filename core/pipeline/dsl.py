@@ -18,8 +18,9 @@ Grammar (one construct per line; ``#`` starts a comment line):
     annotation  = "@" name [ "(" arguments ")" ]     arguments: Python literals, positional then key=value
     keyword-line= ("Given" | "When" | "Then" | "And" | "But") text
 
-Annotations before ``Feature:`` apply to the pipeline; those before or inside a scenario to
-that scenario. Errors name ``file:line:column`` and what was expected.
+Annotations before ``Feature:`` apply to the pipeline; those right above a ``Scenario:`` line
+(not indented deeper than it) or inside its body to that scenario. Errors name
+``file:line:column`` and what was expected.
 """
 
 from __future__ import annotations
@@ -133,11 +134,10 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
         if not stripped or stripped.startswith("#"):
             continue
         if stripped.startswith("@"):
-            annotation = _parse_annotation(stripped, at)
-            if current is not None:
-                current = _apply(current, annotation)
-            else:
-                pending.append(annotation)
+            # Held until the next line that is not an annotation says whose it is: a
+            # 'Scenario:' line takes those above it (see _split_pending), anything else
+            # leaves them in the current scenario's body.
+            pending.append(_parse_annotation(stripped, at))
             continue
         keyword, sep, rest = stripped.partition(":")
         if sep and keyword == "Feature":
@@ -164,6 +164,10 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
                 raise DslError(at, "Scenario before Feature: start the file with 'Feature: <name>'")
             if not rest.strip():
                 raise DslError(at, "Scenario needs a name: 'Scenario: <name>'")
+            if current is not None:
+                body, pending = _split_pending(pending, column)
+                for annotation in body:
+                    current = _apply(current, annotation)
             flush_scenario()
             scenario_name = rest.strip()
             if any(s.name == scenario_name for s in scenarios):
@@ -180,6 +184,10 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
                 current = _apply(current, annotation)
             pending = []
             continue
+        if current is not None:
+            for annotation in pending:
+                current = _apply(current, annotation)
+            pending = []
         first_word = stripped.split(None, 1)[0]
         if first_word in KEYWORDS:
             if current is None:
@@ -196,6 +204,10 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
         raise DslError(
             at, f"unexpected text {stripped[:40]!r}: expected an @annotation, 'Scenario:' or Given/When/Then{hint}"
         )
+    if current is not None:  # the last scenario's trailing annotations are its own
+        for annotation in pending:
+            current = _apply(current, annotation)
+        pending = []
     flush_scenario()
     if feature is None:
         raise DslError(Location(name, 1, 1), "no Feature: a pipeline file starts with 'Feature: <name>'")
@@ -204,6 +216,18 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
     if not scenarios:
         raise DslError(feature.at, "the Feature has no Scenario")
     return replace(feature, scenarios=tuple(scenarios), description=tuple(feature_text))
+
+
+def _split_pending(pending: list[Annotation], scenario_column: int) -> tuple[list[Annotation], list[Annotation]]:
+    """Annotations between a scenario's body and the next 'Scenario:' line: (the body's, the next one's).
+
+    The next scenario gets the run of annotations right above its 'Scenario:' line that are
+    not indented deeper than it; an annotation indented deeper is in the body above.
+    """
+    split = len(pending)
+    while split > 0 and pending[split - 1].at.column <= scenario_column:
+        split -= 1
+    return pending[:split], pending[split:]
 
 
 def _suggest(word: str, options: list[str]) -> str:
