@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runink.core.errors import ConfigError
+from runink.core.model import parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
@@ -103,6 +104,39 @@ class HerdConfig(_Section):
     )
 
 
+class LimitsConfig(_Section):
+    """Limits of every slice whose ``@requires`` does not set them (a scenario may ask for more)."""
+
+    pids: int = Field(default=1024, ge=1, le=4 * 1024 * 1024, description="Processes and threads per slice.")
+    memory: str | int = Field(default="2GiB", description='Memory per slice: "2GiB", "512Mi" or bytes.')
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_parses(cls, value: str | int) -> str | int:
+        if not 0 < parse_memory(value) <= 2**60:
+            raise ValueError(f"must be more than 0 and at most 1Ei bytes, got {value!r}")
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+
+class PathsConfig(_Section):
+    allow: list[Path] = Field(
+        default_factory=list,
+        description="Folders outside a pipeline's own that its sources and sinks may use (absolute paths).",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
+        return value
+
+
 class RunConfig(_Section):
     max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
 
@@ -120,6 +154,8 @@ class RuninkConfig(_Section):
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
     herds: dict[str, HerdConfig] = Field(default_factory=dict, description="Per-herd policies ([herds.NAME]).")
     plugin: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Options of each plugin, by plugin name ([plugin.NAME])."

@@ -5,6 +5,7 @@ Frozen dataclasses, so a hook implementation cannot change what the next one see
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ def parse_memory(value: str | int | float) -> int:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"invalid memory size {value!r}: negative")
+        if not math.isfinite(value):  # NaN, inf: int() would raise something else
+            raise ValueError(f"invalid memory size {value!r}")
         return int(value)
     match = _MEMORY_RE.match(value)
     if not match:

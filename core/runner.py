@@ -356,7 +356,7 @@ class LocalRunner:
             # a missing source is not granted: the slice reports it, naming the file
             readable=tuple(p.resolve() for p in (self._base_dir, item.source.path) if p.exists()),
             writable=(work_dir, *sorted({p.parent for p in staged.values()})),
-            limits=Resources(cpu=scenario.requires.cpu, memory=scenario.requires.memory, gpu=scenario.requires.gpu),
+            limits=self._limits(item),
             timeout=scenario.requires.timeout,
             network=scenario.network,
             herd=herd,
@@ -397,6 +397,12 @@ class LocalRunner:
         _unstage(staged)
         self.executor.destroy(task.id)
         return state, report
+
+    def _limits(self, item: CompiledScenario) -> Resources:
+        """The slice's limits: its @requires, and the configured [limits] where it sets none."""
+        defaults = self.config.limits
+        req = item.scenario.requires.with_defaults(memory=defaults.memory_bytes, pids=defaults.pids)
+        return Resources(cpu=req.cpu, memory=req.memory, gpu=req.gpu, pids=req.pids)
 
     def _describe_exit(self, state: TaskState, message: str, item: CompiledScenario) -> str:
         if state is TaskState.DEADLINE_EXCEEDED:

@@ -26,20 +26,33 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+#: Upper bounds of what a requirement can sensibly be; beyond them a value is a typo (or an
+#: attack) that would only surface as a crash where it is used (a cgroup write, a timer).
+MAX_DURATION = 366 * 86400.0
+MAX_CPU = 65536.0
+MAX_MEMORY = 2**60  # 1 EiB
+MAX_GPU = 1024
+MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
+
+
 def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"invalid duration {value!r}: must be positive")
-        return float(value)
-    match = _DURATION_RE.match(value)
-    if not match:
+    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a number of seconds.
+
+    Positive, finite and at most 366 days; raises ValueError naming the value otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds <= 0:
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds > 0:  # also NaN
         raise ValueError(f"invalid duration {value!r}: must be positive")
+    if not seconds <= MAX_DURATION:  # also inf
+        raise ValueError(f"invalid duration {value!r}: at most 366 days")
     return seconds
 
 
@@ -81,33 +94,62 @@ class Sink:
     at: Location = Location()
 
 
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Requirements:
+    """What a scenario asks for. ``memory`` and ``pids`` 0: not set (the configuration's
+    ``[limits]`` defaults apply, see ``with_defaults``)."""
+
     cpu: float = 1.0
     memory: int = 0
     gpu: int = 0
     timeout: float | None = None
+    pids: int = 0
 
     @classmethod
     def parse(cls, values: dict[str, Any], base: Requirements | None = None) -> Requirements:
-        """From ``@requires`` arguments (``memory="256Mi"``, ``timeout="10m"``) over ``base``."""
-        known = {"cpu", "memory", "gpu", "timeout"}
+        """From ``@requires`` arguments (``memory="256Mi"``, ``timeout="10m"``) over ``base``.
+
+        Raises ValueError starting with the field's name for a value that makes no sense
+        (not a number, NaN, infinite, negative, zero where zero means nothing, too large).
+        """
+        known = {"cpu", "memory", "gpu", "timeout", "pids"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown requirement(s) {', '.join(unknown)} (expected {', '.join(sorted(known))})")
         result = base or cls()
         if "cpu" in values:
-            cpu = float(values["cpu"])
-            if cpu <= 0:
-                raise ValueError(f"cpu must be positive, got {values['cpu']!r}")
-            result = replace(result, cpu=cpu)
+            cpu = values["cpu"]
+            if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0 < cpu <= MAX_CPU:
+                raise ValueError(f"cpu must be a number of cores > 0 and at most {MAX_CPU:g}, got {cpu!r}")
+            result = replace(result, cpu=float(cpu))
         if "memory" in values:
-            result = replace(result, memory=parse_memory(values["memory"]))
+            try:
+                memory = parse_memory(values["memory"])
+            except (ValueError, OverflowError, TypeError) as exc:
+                raise ValueError(f"memory: {exc}") from None
+            if not 0 < memory <= MAX_MEMORY:
+                raise ValueError(f"memory must be more than 0 and at most 1Ei bytes, got {values['memory']!r}")
+            result = replace(result, memory=memory)
         if "gpu" in values:
-            result = replace(result, gpu=int(values["gpu"]))
+            result = replace(result, gpu=_whole("gpu", values["gpu"], 0, MAX_GPU))
+        if "pids" in values:
+            result = replace(result, pids=_whole("pids", values["pids"], 1, MAX_PIDS))
         if "timeout" in values:
-            result = replace(result, timeout=parse_duration(values["timeout"]))
+            try:
+                result = replace(result, timeout=parse_duration(values["timeout"]))
+            except ValueError as exc:
+                raise ValueError(f"timeout: {exc}") from None
         return result
+
+    def with_defaults(self, *, memory: int, pids: int) -> Requirements:
+        """These requirements with the configured defaults where the scenario set none."""
+        return replace(self, memory=self.memory or memory, pids=self.pids or pids)
 
 
 @dataclass(frozen=True)
