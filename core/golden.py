@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runink.core.config import RuninkConfig
 from runink.core.datasets import resolve_dataset
 from runink.core.drivers import load_driver
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario, CompiledSink, compile_pipeline
@@ -157,7 +158,7 @@ def find_pipelines(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.dsl") if not any(part.startswith(".") for part in p.parts))
 
 
-def load(path: Path) -> CompiledPipeline:
+def load(path: Path, config: RuninkConfig | None = None) -> CompiledPipeline:
     from runink.core.pipeline.dsl import parse_file
 
-    return compile_pipeline(parse_file(path))
+    return compile_pipeline(parse_file(path), config=config)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
+from runink.core.config import RuninkConfig
 from runink.core.drivers import auto_executor, configured_driver
 from runink.core.errors import RuninkError
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
@@ -34,8 +35,8 @@ def parse_sets(values: list[str]) -> dict[str, str]:
     return overrides
 
 
-def load_pipeline(path: Path) -> CompiledPipeline:
-    return compile_pipeline(parse_file(path))
+def load_pipeline(path: Path, config: RuninkConfig | None = None) -> CompiledPipeline:
+    return compile_pipeline(parse_file(path), config=config)
 
 
 def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def run_command(
     state: CliState = ctx.obj
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
     config = state.config()
-    compiled = load_pipeline(pipeline)
+    compiled = load_pipeline(pipeline, config)
     if dry_run:
         plan = plan_json(compiled)
         if json_output:
@@ -230,7 +231,7 @@ def golden_test_command(
     results = []
     err = console(stderr=True)
     for file in files:
-        compiled = golden.load(file)
+        compiled = golden.load(file, config)
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue

@@ -5,20 +5,30 @@ a valid-row sink; dataset URIs resolve to an installed storage format with known
 ``module:function`` steps and ``module:Class`` contracts exist (found on disk and checked in
 the module's syntax tree, never imported: user code runs only inside the slice); one
 scenario produces each dataset; scenarios connected through datasets form no cycle.
+
+Paths: every source and sink stays inside the pipeline's folder (symbolic links resolved), or
+inside a folder the configuration allows (``[paths] allow``); a relative path never leaves the
+folder through ``..``. No sink replaces a source under another name, the .dsl file, the
+configuration file or a module a step or contract names, and no sink writes a file Python
+would import (``.py``, ``.so``, ``.pth``...), so a pipeline's output never becomes its code.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.machinery
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runink.core.datasets import DatasetError, DatasetRef, resolve_dataset
 from runink.core.drivers import driver_names
+
+if TYPE_CHECKING:
+    from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
 from runink.core.pipeline.model import Location, Pipeline, Scenario
 
@@ -67,14 +77,21 @@ class CompiledPipeline:
         return next(s for s in self.scenarios if s.name == name)
 
 
-def compile_pipeline(pipeline: Pipeline, *, check_code: bool = True) -> CompiledPipeline:
+def compile_pipeline(
+    pipeline: Pipeline, *, check_code: bool = True, config: RuninkConfig | None = None
+) -> CompiledPipeline:
+    """Check ``pipeline`` and order its scenarios. ``config`` gives the folders datasets may
+    use besides the pipeline's own (``[paths] allow``) and the config file to protect; without
+    it, only the pipeline's folder."""
     formats = set(driver_names("runink.storage"))
+    places = _Places(pipeline, config)
     compiled: dict[str, CompiledScenario] = {}
     producers: dict[str, str] = {}
     for scenario in pipeline.scenarios:
         if scenario.source is None:
             raise DslError(scenario.at, f"scenario {scenario.name!r} has no @source")
         source = _dataset(scenario.source.uri, pipeline.base_dir, scenario.source.at, formats)
+        places.check(source, scenario.source.at, "@source")
         _check_options(source, scenario.source.options, READ_OPTIONS, scenario.source.at, "@source")
         if check_code and scenario.source.contract:
             _check_reference(scenario.source.contract, pipeline.base_dir, scenario.source.at, "contract", ast.ClassDef)
@@ -89,17 +106,33 @@ def compile_pipeline(pipeline: Pipeline, *, check_code: bool = True) -> Compiled
             raise DslError(bad.at, 'a sink with when="invalid" needs a contract on the @source')
         for sink in scenario.sinks:
             ref = _dataset(sink.uri, pipeline.base_dir, sink.at, formats)
+            places.check(ref, sink.at, "@sink")
+            places.check_sink(ref, sink.at)
             _check_options(ref, sink.options, WRITE_OPTIONS, sink.at, "@sink")
-            if ref.key == source.key:
+            if _identity(ref) == _identity(source):
                 raise DslError(sink.at, f"scenario {scenario.name!r} writes the dataset it reads ({ref.path})")
-            if ref.key in producers:
-                raise DslError(sink.at, f"dataset {ref.path} is also written by scenario {producers[ref.key]!r}")
-            producers[ref.key] = scenario.name
+            if _identity(ref) in producers:
+                other = producers[_identity(ref)]
+                raise DslError(sink.at, f"dataset {ref.path} is also written by scenario {other!r}")
+            producers[_identity(ref)] = scenario.name
             sinks.append(CompiledSink(ref, sink.when, dict(sink.options)))
         compiled[scenario.name] = CompiledScenario(scenario, source, tuple(sinks))
 
+    # A sink that is some scenario's source connects the two (the reader runs after). Written
+    # under another name (a symbolic link), that would be a dependency nobody can see: refused.
+    for item in compiled.values():
+        for sink, written in zip(item.sinks, item.scenario.sinks, strict=True):
+            for other in compiled.values():
+                if _identity(other.source) == _identity(sink.ref) and other.source.key != sink.ref.key:
+                    raise DslError(
+                        written.at,
+                        f"@sink {sink.ref.uri!r} is the source of scenario {other.name!r} "
+                        f"({other.source.uri!r}) under another name",
+                    )
+
     for name, item in list(compiled.items()):
-        upstream = (producers[item.source.key],) if item.source.key in producers else ()
+        identity = _identity(item.source)
+        upstream = (producers[identity],) if identity in producers else ()
         compiled[name] = replace(item, upstream=upstream)
         colocate = item.scenario.colocate_with
         if colocate is not None and colocate not in compiled:
@@ -118,6 +151,76 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
     if ref.format not in formats:
         raise DslError(at, f"no storage driver for format {ref.format!r} (installed: {', '.join(sorted(formats))})")
     return ref
+
+
+def _identity(ref: DatasetRef) -> str:
+    """The file a dataset really is: its path with symbolic links resolved."""
+    return os.path.realpath(ref.path)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+#: file names a sink may not have: Python would import or run them (a sink on sys.path, or in
+#: the pipeline's folder, which the slice imports steps from), or runink reads them (a .dsl,
+#: a runink.toml that the next run from that folder would take as its configuration).
+_CODE_SUFFIXES = (*importlib.machinery.all_suffixes(), ".pth", ".dsl", ".toml")
+
+
+class _Places:
+    """Where a pipeline's datasets may be, and the files its sinks must leave alone."""
+
+    def __init__(self, pipeline: Pipeline, config: RuninkConfig | None) -> None:
+        self.base_dir = pipeline.base_dir
+        self.base_real = os.path.realpath(pipeline.base_dir)
+        allowed = config.paths.allow if config is not None else []
+        self.allowed = [(str(path), os.path.realpath(path)) for path in allowed]
+        self.protected: dict[str, str] = {}
+        if pipeline.file is not None:
+            self.protected[os.path.realpath(pipeline.file)] = "the pipeline's .dsl file"
+        if config is not None and config.file is not None:
+            self.protected[os.path.realpath(config.file)] = "the configuration file"
+        for scenario in pipeline.scenarios:
+            refs = [(step.ref, "step") for step in scenario.steps]
+            if scenario.source is not None and scenario.source.contract:
+                refs.append((scenario.source.contract, "contract"))
+            for ref, what in refs:
+                module = ref.partition(":")[0]
+                try:
+                    file = _find_module_file(module, pipeline.base_dir) if module else None
+                except (ImportError, ValueError):
+                    file = None  # reported by _check_reference
+                if file is not None:
+                    self.protected[os.path.realpath(file)] = f"the module of {what} {ref!r}"
+
+    def check(self, ref: DatasetRef, at: Location, what: str) -> None:
+        """``ref`` is in the pipeline's folder or an allowed one, links resolved."""
+        _scheme, sep, rest = ref.uri.strip().partition("://")
+        written = Path(rest if sep else ref.uri.strip()).expanduser()
+        if not written.is_absolute() and not _inside(str(ref.path), str(self.base_dir)):
+            raise DslError(at, f"{what} {ref.uri!r}: '..' leads out of the pipeline's folder {self.base_dir}")
+        real = os.path.realpath(ref.path)
+        if _inside(real, self.base_real) or any(_inside(real, folder) for _, folder in self.allowed):
+            return
+        via = f" (through a symbolic link: {real})" if real != str(ref.path) else ""
+        allowed = ", ".join(name for name, _ in self.allowed) or "none"
+        raise DslError(
+            at,
+            f"{what} {ref.uri!r}: {ref.path}{via} is outside the pipeline's folder {self.base_dir} "
+            f"and the folders [paths] allow lists ({allowed})",
+        )
+
+    def check_sink(self, ref: DatasetRef, at: Location) -> None:
+        """A sink replaces none of the pipeline's own files and writes no code."""
+        real = os.path.realpath(ref.path)
+        if real in self.protected:
+            raise DslError(at, f"@sink {ref.uri!r} would replace {self.protected[real]} ({real})")
+        name = os.path.basename(real)
+        if name.endswith(_CODE_SUFFIXES) or "__pycache__" in Path(real).parts:
+            raise DslError(at, f"@sink {ref.uri!r}: a sink may not write a file Python imports, a .dsl or a .toml file")
+        if os.path.isdir(real):
+            raise DslError(at, f"@sink {ref.uri!r}: {real} is a folder")
 
 
 def _check_options(
