@@ -54,11 +54,11 @@ def test_bad_requests_say_what_is_wrong(cluster: Cluster) -> None:
     """A missing field is the client's error (400), an unknown path is 404: never "lease not found"."""
     client = cluster.client(cluster.leader())
     try:
-        with pytest.raises(BarnError, match=r"400: missing field 'value'"):
+        with pytest.raises(BarnError, match=r"400: /v1/put: missing field 'value'"):
             client.call("/v1/put", {"key": "/k"})
         with pytest.raises(BarnError, match=r"404: no /v1/nothing"):
             client.call("/v1/nothing", {})
-        with pytest.raises(BarnError, match=r"400: lease ttl must be a positive number of seconds, got -1"):
+        with pytest.raises(BarnError, match=r"400: /v1/lease/grant: ttl: Input should be greater than 0"):
             client.call("/v1/lease/grant", {"ttl": -1})
         assert client.put("/after-bad-requests", b"ok") > 0  # and the group still serves
     finally:

@@ -21,15 +21,24 @@ Semantics (etcd's):
 from __future__ import annotations
 
 import bisect
+import contextlib
+import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
-from runink.core.interfaces.barn import KeyValue, WatchEvent
+from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key, check_value
 
 DEFAULT_HISTORY = 100_000
 DEFAULT_DEDUP = 10_000
+MAX_ID = 2**63 - 1  # lease ids and revisions: what etcd's int64 holds
+MAX_TTL = 10 * 365 * 86400.0  # seconds: ten years; deadlines stay finite
+MAX_REQUEST_ID = 128  # characters
+MAX_TXN_OPS = 1024  # compares, and operations per side
+
+log = logging.getLogger("runink.barn")
 
 
 @dataclass
@@ -65,26 +74,47 @@ class BarnState:
         Errors that depend only on the state (an unknown lease) are results too, returned as
         ``{"error": ...}`` rather than raised, so every replica ends in the same state.
         """
-        request_id = command.get("request_id")
-        if request_id is not None and request_id in self.results:
-            return self.results[request_id]
-        op = command["op"]
-        handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            return {"error": "bad_request", "message": f"unknown Barn command {op!r}"}
+        # Total: whatever the command holds, the answer is a result. An exception escaping here
+        # would stop the Raft thread of every replica, and again at every restart (the entry
+        # stays in the log), so a command the state refuses is refused alike by every replica.
         try:
-            result = handler(command)
+            request_id = command.get("request_id") if isinstance(command, dict) else None
+            if request_id is not None:
+                if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+                    message = f"a request_id is a string of 1 to {MAX_REQUEST_ID} characters, got {_short(request_id)}"
+                    log.warning("Barn command %s refused: %s", _describe(command), message)
+                    return {"error": "bad_request", "message": message}
+                if request_id in self.results:
+                    return self.results[request_id]
+            result = self._apply(command)
+            if request_id is not None:
+                self.results[request_id] = result
+                while len(self.results) > self.dedup:
+                    self.results.popitem(last=False)
+            return result
+        except Exception as exc:  # a bug must not wedge the group either
+            log.error("Barn command %s failed: %s: %s", _describe(command), type(exc).__name__, exc, exc_info=True)
+            return {"error": "internal", "message": f"the Barn could not apply the command: {type(exc).__name__}"}
+
+    def _apply(self, command: Any) -> Any:
+        try:
+            handler = self._handler(command)
+            check_command(command)  # before any change: a refused command changes nothing
+            return handler(command)
         except LeaseNotFoundError as exc:
-            result = {"error": "lease_not_found", "message": str(exc)}
-        except (BarnError, ValueError, TypeError, KeyError) as exc:
-            # a command the state refuses is refused alike by every replica; raising here would
-            # stop the Raft thread on each of them, again at every restart (a poison entry)
-            result = {"error": "bad_request", "message": str(exc)}
-        if request_id is not None:
-            self.results[request_id] = result
-            while len(self.results) > self.dedup:
-                self.results.popitem(last=False)
-        return result
+            return {"error": "lease_not_found", "message": str(exc)}
+        except BarnError as exc:
+            # the servers validate requests before proposing them: a refusal here is a command
+            # that bypassed them (an older journal, another client of the Raft port)
+            log.warning("Barn command %s refused: %s", _describe(command), exc)
+            return {"error": "bad_request", "message": str(exc)}
+
+    def _handler(self, command: Any) -> Any:
+        op = command.get("op") if isinstance(command, dict) else None
+        handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
+        if handler is None:
+            raise BarnError(f"unknown Barn command {_short(op)}")
+        return handler
 
     def _op_put(self, c: dict[str, Any]) -> int:
         self._check_lease(c.get("lease"))
@@ -100,7 +130,7 @@ class BarnState:
         return True
 
     def _op_txn(self, c: dict[str, Any]) -> tuple[bool, int]:
-        held = all(self.mod_revision(key) == int(expected) for key, expected in c["compare"])
+        held = all(self.mod_revision(key) == expected for key, expected in c["compare"])
         ops = c["success"] if held else c.get("failure", [])
         for _key, value, lease in ops:
             if value is not None:
@@ -267,6 +297,96 @@ class BarnState:
                 cut += 1
             self.compacted = self.events[cut - 1].revision
             del self.events[:cut], self._event_revisions[:cut]
+
+
+def check_command(c: dict[str, Any]) -> None:
+    """Every field of a command, before it changes anything (BarnError naming the field).
+
+    The servers validate each request against their schema before proposing it; this checks
+    again, so that a command that reached the log some other way (an older version's journal,
+    a client of the Raft port) is refused whole instead of half applied or raising."""
+    op = c["op"]
+    if op in ("put", "delete"):
+        key = check_key(c.get("key"))
+        if op == "put":
+            check_value(key, c.get("value"))
+            _optional_id(c.get("lease"), "lease")
+    elif op == "txn":
+        compare = _sequence(c.get("compare"), "compare")
+        for item in compare:
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise BarnError(f"a txn compare is [key, mod_revision], got {_short(item)}")
+            check_key(item[0])
+            _integer(item[1], "compare mod_revision", 0)
+        for side in ("success", "failure"):
+            seen: set[str] = set()
+            for item in _sequence(c.get(side, []), side):
+                if not isinstance(item, list | tuple) or len(item) != 3:
+                    raise BarnError(f"a txn operation is [key, value or null, lease], got {_short(item)}")
+                key = check_key(item[0])
+                if key in seen:
+                    raise BarnError(f"key {_short(key)} appears twice in the txn's {side}")
+                seen.add(key)
+                if item[1] is not None:
+                    check_value(key, item[1])
+                _optional_id(item[2], "lease")
+    elif op == "grant":
+        ttl = _number(c.get("ttl"), "ttl")
+        if not 0 < ttl <= MAX_TTL:
+            raise BarnError(f"lease ttl must be in (0, {MAX_TTL:g}] seconds, got {ttl}")
+        _number(c.get("now"), "now")
+    elif op in ("keep_alive", "revoke"):
+        _integer(c.get("lease"), "lease", 1)
+        if op == "keep_alive":
+            _number(c.get("now"), "now")
+    elif op == "expire":
+        _number(c.get("now"), "now")
+    elif op == "batch":
+        if not isinstance(c.get("commands"), list):
+            raise BarnError("a batch's commands must be a list")
+    elif op == "member":
+        for name in ("name",) if c.get("removed") else ("name", "raft", "http"):
+            if not isinstance(c.get(name), str) or not c[name]:
+                raise BarnError(f"a member's {name} must be a non-empty string, got {_short(c.get(name))}")
+
+
+def _integer(value: object, what: str, low: int) -> int:
+    if type(value) is not int or not low <= value <= MAX_ID:  # bool is an int: refused too
+        raise BarnError(f"{what} must be an integer from {low} to {MAX_ID}, got {_short(value)}")
+    return value
+
+
+def _optional_id(value: object, what: str) -> None:
+    if value is not None:
+        _integer(value, what, 1)
+
+
+def _number(value: object, what: str) -> float:
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int beyond a float's range
+            number = float(value)
+    if not math.isfinite(number):
+        raise BarnError(f"{what} must be a finite number, got {_short(value)}")
+    return number
+
+
+def _sequence(value: object, what: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_TXN_OPS:
+        raise BarnError(f"a txn's {what} must be a list of at most {MAX_TXN_OPS} items, got {_short(value)}")
+    return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(command: object) -> str:
+    """A command for a log line: its op and request id, never its (maybe huge) values."""
+    if not isinstance(command, dict):
+        return f"of type {type(command).__name__}"
+    return f"{_short(command.get('op'))} (request {_short(command.get('request_id'))})"
 
 
 def raise_for(result: Any) -> Any:

@@ -10,14 +10,23 @@ in 3 alternating pairs of runs (64 clients, 6,400 puts each): the leader's CPU p
 What it does: keep-alive (HTTP/1.1's default; ``Connection: close`` honoured), pipelined
 requests answered in order, bodies up to ``MAX_BODY`` (413 beyond), 400 and close on an
 unparsable request, and no more reading from a client that does not read its answers.
+
+What it refuses, so that no client can starve the server (each refusal is an answer, then
+the connection closes): a URL over ``MAX_URL`` (414) and a head over ``MAX_HEAD`` or
+``MAX_HEADERS`` (431), never buffered beyond that; a head not received within the header
+timeout or a body within the body timeout (408); a connection past the cap (503, keeping
+descriptors for the journal and Raft). An idle keep-alive connection is closed after the
+idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import json
+import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,6 +34,27 @@ from typing import Any, cast
 import httptools
 
 MAX_BODY = 16 << 20  # bytes: well above the largest value the Barn accepts
+MAX_URL = 8 << 10  # bytes of the request target: 414 beyond
+MAX_HEAD = 64 << 10  # bytes of the request line and headers: 431 beyond (counted per HEAD_SLICE)
+HEAD_SLICE = 4 << 10  # a head is fed to the parser this much at a time
+MAX_HEADERS = 100  # header lines: 431 beyond
+HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its headers
+BODY_TIMEOUT = 60.0  # seconds from the end of the headers to the end of the body
+IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may wait for its next request
+LINGER = 2.0  # seconds a refused client's input is still read (and dropped) before closing
+SWEEP = 1.0  # seconds between looks for connections past their deadline
+MAX_CONNECTIONS = 10_000  # client connections, at most (see default_max_connections)
+FD_RESERVE = 256  # descriptors kept for everything but client connections
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A server's connection limits (module defaults; tests shorten them)."""
+
+    max_connections: int = field(default_factory=lambda: default_max_connections())  # noqa: PLW0108 (defined below)
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 @dataclass
@@ -55,17 +85,56 @@ Handler = Callable[[Request], Awaitable[Response]]
 _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 
 
+class _Refusal(Exception):
+    """Raised in a parser callback: answer ``status`` and stop reading this connection."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Connections:
+    """The live connections of one server: the cap, and the sweep that enforces timeouts."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.live: set[HttpProtocol] = set()
+
+    async def sweep(self) -> None:
+        """Every ``SWEEP`` seconds, end the connections past their deadline: one timer for
+        all (a timer per request would cost the loop more than the requests' parsing)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP)
+            now = loop.time()
+            for connection in [c for c in self.live if c.deadline is not None and c.deadline < now]:
+                connection.expire()
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, connections: Connections) -> None:
         self.handler = handler
+        self.connections = connections
+        self.limits = connections.limits
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiting: collections.deque[Request] = collections.deque()  # read, not yet answered
         self.busy = False  # one request at a time: answers leave in order
-        self._url = b""
+        self.closing = False  # refused: nothing more is read or answered
+        self.paused = False  # the client does not read its answers
+        self.eof = False  # the client has sent all it will send
+        # loop time by which the connection must make progress (None: a request is being
+        # answered) and what it gets then: 408 (a request half sent) or a silent close (idle)
+        self.deadline: float | None = None
+        self.late_status: int | None = None
+        self.in_head = True  # between requests or reading a request line and headers
+        self.head_size = 0  # bytes of the current head so far (within one HEAD_SLICE)
+        self._url: list[bytes] = []
+        self._url_size = 0
         self._headers: dict[bytes, bytes] = {}
+        self._header_count = 0
         self._body: list[bytes] = []
         self._size = 0
 
@@ -73,35 +142,113 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
+        if len(self.connections.live) >= self.limits.max_connections:
+            # over the cap: refused at once, so idle clients cannot take the descriptors the
+            # journal, snapshots and Raft connections need
+            self.transport.write(_refusal(503, "too many connections to this Barn server; retry later"))
+            self.transport.close()
+            self.transport, self.closing = None, True
+            return
+        self.connections.live.add(self)
+        self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.live.discard(self)
         self.transport = None
+        self.closing = True
         self.waiting.clear()
 
+    def eof_received(self) -> bool:
+        self.eof = True
+        # True keeps the connection: the client half-closed after sending requests still
+        # being answered; False closes it
+        return not self.closing and (self.busy or bool(self.waiting))
+
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # refused: what still comes is read and dropped until the linger ends
         try:
-            self.parser.feed_data(data)
+            if not self.in_head:
+                self.parser.feed_data(data)
+                return
+            # A head (request line and headers) is fed in slices so that its size is known
+            # before httptools buffers it whole (it joins a header's pieces in memory).
+            for start in range(0, len(data), HEAD_SLICE):
+                piece = data if len(data) <= HEAD_SLICE else data[start : start + HEAD_SLICE]
+                self.parser.feed_data(piece)
+                if self._refused():  # by a callback just now
+                    return
+                if self._reading_head():  # still (or again: a request ended in the piece)
+                    self.head_size += len(piece)
+                    if self.head_size > MAX_HEAD:
+                        raise _Refusal(431, f"the request line and headers are over {MAX_HEAD} bytes")
+                elif len(data) > start + HEAD_SLICE:
+                    self.parser.feed_data(data[start + HEAD_SLICE :])  # a body: no need to slice
+                    return
+        except _Refusal as refusal:
+            self._refuse(refusal.status, str(refusal))
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refusal):
+                self._refuse(exc.__context__.status, str(exc.__context__))
+            else:
+                self._refuse(400, f"bad HTTP request: {exc.__context__ or exc}")
         except httptools.HttpParserError as exc:
             self._refuse(400, f"bad HTTP request: {exc}")
 
+    # (methods, not attributes: the parser's callbacks change these during feed_data)
+    def _refused(self) -> bool:
+        return self.closing
+
+    def _reading_head(self) -> bool:
+        return self.in_head
+
     def pause_writing(self) -> None:  # the client does not read its answers: stop reading its requests
+        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self.paused = False
+        if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+
+    def expire(self) -> None:
+        """(the sweep) The deadline passed: 408 for a request half sent, else just close."""
+        if self.late_status is not None and not self.closing:
+            self._refuse(self.late_status, "the request was not received in time")
+            return
+        self.connections.live.discard(self)
+        self.deadline = None
+        if self.transport is not None:
+            # a client that reads nothing would keep a graceful close waiting for ever
+            (self.transport.abort if self.paused or self.closing else self.transport.close)()
+            self.transport = None
+        self.closing = True
 
     # --- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._url, self._url_size, self._headers, self._header_count = [], 0, {}, 0
+        self._body, self._size, self.head_size = [], 0, 0
+        if not self.busy:
+            self._deadline(self.limits.header_timeout, 408)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url_size += len(url)
+        if self._url_size > MAX_URL:
+            raise _Refusal(414, f"the URL is over {MAX_URL} bytes")
+        self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            raise _Refusal(431, f"over {MAX_HEADERS} headers")
         self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        if not self.busy:
+            self._deadline(self.limits.body_timeout, 408)
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -109,17 +256,18 @@ class HttpProtocol(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_head, self.head_size = True, 0
         if self._size > MAX_BODY:
-            self._refuse(413, f"the request body is over {MAX_BODY} bytes")
-            return
+            raise _Refusal(413, f"the request body is over {MAX_BODY} bytes")
         request = Request(
             self.parser.get_method().decode("latin-1"),
-            httptools.parse_url(self._url).path.decode("latin-1"),
+            httptools.parse_url(b"".join(self._url)).path.decode("latin-1"),
             self._headers,
             b"".join(self._body),
             self.parser.should_keep_alive(),
         )
         self.waiting.append(request)
+        self.deadline = None  # answering: the handler bounds its own time
         if not self.busy:
             self._next()
 
@@ -128,8 +276,17 @@ class HttpProtocol(asyncio.Protocol):
     def _next(self) -> None:
         if not self.waiting or self.transport is None:
             self.busy = False
+            if self.eof and self.transport is not None:  # every request answered
+                self.transport.close()
+                self.transport = None
+                return
+            if self.in_head and self.head_size == 0:
+                self._idle()
+            else:  # a request is half read: its clock runs from now
+                self._deadline(self.limits.header_timeout if self.in_head else self.limits.body_timeout, 408)
             return
         self.busy = True
+        self.deadline = None
         request = self.waiting.popleft()
         task = asyncio.ensure_future(self.handler(request))
         task.add_done_callback(lambda done: self._answer(request, done))
@@ -144,26 +301,73 @@ class HttpProtocol(asyncio.Protocol):
             )
         else:
             response = done.result()
-        if self.transport is None:  # the client went away
+        if self.transport is None or self.closing:  # the client went away, or was refused
             return
         self.transport.write(response.encode(request.keep_alive))
         if not request.keep_alive:
             self.transport.close()
             self.transport = None
+            self.closing = True
             return
         self._next()
 
+    def _idle(self) -> None:
+        self._deadline(self.limits.idle_timeout, None)
+
+    def _deadline(self, seconds: float, status: int | None) -> None:
+        self.deadline = asyncio.get_running_loop().time() + seconds
+        self.late_status = status
+
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request that cannot be read further, and close the connection."""
-        if self.transport is not None:
-            body = json.dumps({"error": "bad_request", "message": message}).encode()
-            self.transport.write(Response(status, body).encode(keep_alive=False))
+        """Answer a request that cannot be read further, then close: the answer first, then
+        our end (FIN), then what the client still sends is dropped for up to LINGER seconds.
+        Closing at once with unread input would reset the connection, and the client could
+        lose the answer it is owed."""
+        self.closing = True
+        self.waiting.clear()
+        if self.transport is None:
+            return
+        self.transport.write(_refusal(status, message))
+        if self.paused or not self.transport.can_write_eof():
             self.transport.close()
             self.transport = None
+            return
+        self.transport.write_eof()
+        self._deadline(LINGER, None)
 
 
-async def serve(handler: Handler, sock: Any, stopped: asyncio.Event) -> None:
+def _refusal(status: int, message: str) -> bytes:
+    body = json.dumps({"error": "bad_request" if status < 500 else "unavailable", "message": message}).encode()
+    return Response(status, body).encode(keep_alive=False)
+
+
+def default_max_connections() -> int:
+    """Client connections a server accepts: below the descriptor limit, keeping FD_RESERVE for
+    the journal, snapshots, Raft peers and the forwarding pool."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft descriptor limit to its hard limit (at most 65,536): the
+    soft default (often 1,024) caps a server's clients well below what the host allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def serve(handler: Handler, sock: Any, stopped: asyncio.Event, limits: Limits | None = None) -> None:
     """Serve on the listening socket ``sock`` until ``stopped`` is set."""
-    server = await asyncio.get_running_loop().create_server(lambda: HttpProtocol(handler), sock=sock, backlog=1024)
-    async with server:
-        await stopped.wait()
+    connections = Connections(limits or Limits())
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HttpProtocol(handler, connections), sock=sock, backlog=1024)
+    sweeper = asyncio.ensure_future(connections.sweep())
+    try:
+        async with server:
+            await stopped.wait()
+    finally:
+        sweeper.cancel()

@@ -43,7 +43,6 @@ import contextlib
 import http.client
 import json
 import logging
-import math
 import os
 import pickle
 import signal
@@ -57,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObjConf
-from pysyncobj.syncobj import SyncObjException
 
 try:
     import uvloop
@@ -65,15 +63,17 @@ except ImportError:  # optional: the standard loop works, a little slower
     uvloop = None  # type: ignore[assignment]
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
-from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key
-from runink.plugins.barn.raft.http_protocol import Request, Response, serve
-from runink.plugins.barn.raft.syncobj import SyncObj, SyncObjConsumer, replicated
+from runink.core.interfaces.barn import KeyValue, WatchEvent
+from runink.plugins.barn.raft import schema
+from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, raise_fd_limit, serve
+
+# the vendored module's own SyncObjException: the installed pysyncobj's is another class
+from runink.plugins.barn.raft.syncobj import SyncObj, SyncObjConsumer, SyncObjException, replicated
 from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
 RETRY_AFTER = 1  # seconds, in 503 answers
 LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
-WATCH_WAIT_MAX = 30.0
 FORWARDED = "X-Runink-Forwarded"  # set on a request a follower passed to the leader
 FORWARDED_RAW = FORWARDED.lower().encode()
 LEADER_HEADER = "X-Runink-Leader"  # on every answer: the leader's HTTP address, where clients go next
@@ -103,11 +103,8 @@ class ServerConfig:
     compaction_seconds: float = 60.0  # ...at most this often
     history: int = 100_000  # changes kept for watches
     secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
+    max_connections: int | None = None  # client connections at once (None: below the fd limit)
     extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
-
-
-class UnknownPath(Exception):
-    """No such API path: answer 404."""
 
 
 class NoLeader(Exception):
@@ -132,9 +129,14 @@ class BarnReplica(SyncObjConsumer):
 
     @replicated
     def apply(self, command: dict[str, Any]) -> Any:
+        # (tick thread) never raises: an exception here is retried at every tick and after every
+        # restart, so one bad entry would stop this replica for good (BarnState.apply is total)
         with self.lock:
             result = self.state.apply(command)
-        self.on_change()
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("waking the watches after a command failed")
         return result
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -229,7 +231,17 @@ class BarnNode(SyncObj):
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-                self._loop.call_soon_threadsafe(self._drain)
+                self._loop.call_soon_threadsafe(self._drain_all)
+
+    def _drain_all(self) -> None:
+        try:
+            self._drain()
+        except Exception:  # an item that breaks must not strand those behind it
+            log.exception("handing results to their requests failed")
+            if self._finished:
+                self._drain_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._drain_all)
 
     def _drain(self) -> None:
         # cleared first: an item queued while this drains schedules another drain
@@ -246,6 +258,8 @@ class BarnNode(SyncObj):
                 continue
             waiting, result, error = item
             if isinstance(waiting, list):  # a batch: one result each
+                if error == FAIL_REASON.SUCCESS and not (isinstance(result, list) and len(result) == len(waiting)):
+                    result = [result] * len(waiting)  # the batch itself was refused: each gets why
                 for i, future in enumerate(waiting):
                     _settle(future, (result[i] if error == FAIL_REASON.SUCCESS else None, error))
             else:
@@ -350,10 +364,6 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode(), validate=True)
-
-
 def kv_json(kv: KeyValue | None) -> dict[str, Any] | None:
     if kv is None:
         return None
@@ -430,7 +440,8 @@ class BarnServer:
         self._stopped = asyncio.Event()
         loop.call_soon(self._serving.set)
         try:
-            loop.run_until_complete(serve(self.request, self.socket, self._stopped))
+            limits = Limits() if self.config.max_connections is None else Limits(self.config.max_connections)
+            loop.run_until_complete(serve(self.request, self.socket, self._stopped, limits))
         finally:
             loop.close()
 
@@ -461,15 +472,28 @@ class BarnServer:
         return bool(self.node._isLeader())
 
     def _expire_leases(self) -> None:
+        """(the barn-leases thread) Propose the expiry of due leases while this member leads.
+        It must outlive any failure: a dead expirer keeps every lease forever."""
+        failing = False
         while not self.closed.wait(LEASE_CHECK):
-            if not self.is_leader():
-                continue
-            now = time.time()
-            with self.node.replica.lock:
-                due = self.node.replica.state.due_leases(now)
-            if due:
-                with contextlib.suppress(NoLeader):
-                    self.node.commit_blocking({"op": "expire", "now": now})
+            try:
+                self._expire_due()
+                failing = False
+            except NoLeader:
+                pass  # leadership moved or no quorum: the next leader expires them
+            except Exception:
+                if not failing:  # once per run of failures, not every 50 ms
+                    log.exception("expiring leases failed; retrying")
+                failing = True
+
+    def _expire_due(self) -> None:
+        if not self.is_leader():
+            return
+        now = time.time()
+        with self.node.replica.lock:
+            due = self.node.replica.state.due_leases(now)
+        if due:
+            self.node.commit_blocking({"op": "expire", "now": now})
 
     # --- HTTP ---------------------------------------------------------------------------
 
@@ -489,92 +513,86 @@ class BarnServer:
                 return Answer(200, self.status())
             return Answer(404, {"error": "not_found", "message": f"no {path}"})
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            return Answer(400, {"error": "bad_request", "message": f"invalid JSON: {exc}"})
-        if not isinstance(body, dict):
-            return Answer(400, {"error": "bad_request", "message": "the body must be a JSON object"})
+            # every field checked against the route's schema, here and on the leader again if
+            # forwarded: a bad request is a 400 and never reaches the Raft log
+            body = schema.parse(path, raw)
+        except schema.UnknownRoute:
+            return Answer(404, {"error": "not_found", "message": f"no {path}"})
+        except BarnError as exc:
+            return Answer(400, {"error": "bad_request", "message": f"{path}: {exc}"})
         try:
-            if path in ("/v1/get", "/v1/scan") and body.get("serializable"):
-                return Answer(200, self.local_read(path, body))
+            if isinstance(body, schema.Get | schema.Scan) and body.serializable:
+                return Answer(200, self.local_read(body))
             if not self.is_leader():
                 return await self._forward(path, raw, forwarded)
-            if path.startswith("/v1/members/"):
-                return Answer(200, await self._members(path, body))
-            return Answer(200, await self.handle(path, body))
+            if isinstance(body, schema.MemberAdd | schema.MemberRemove):
+                return Answer(200, await self._members(body))
+            return Answer(200, await self.handle(body))
         except NoLeader as exc:
             return _unavailable(str(exc))
         except CompactedError as exc:
             return Answer(400, {"error": "compacted", "message": str(exc)})
         except LeaseNotFoundError as exc:
             return Answer(404, {"error": "lease_not_found", "message": str(exc)})
-        except (BarnError, ValueError, TypeError) as exc:
+        except BarnError as exc:  # the state refused the command (its result was an error)
             return Answer(400, {"error": "bad_request", "message": str(exc)})
-        except KeyError as exc:  # a field the request lacks
-            return Answer(400, {"error": "bad_request", "message": f"missing field {exc}"})
-        except UnknownPath as exc:
-            return Answer(404, {"error": "not_found", "message": f"no {exc}"})
 
     # operations (on the leader)
-    async def handle(self, path: str, body: dict[str, Any]) -> Any:
+    async def handle(self, body: schema.Body) -> Any:
         node = self.node
-        if path == "/v1/put":
-            lease = body.get("lease")
-            command = {"op": "put", "key": check_key(body.get("key")), "value": unb64(body["value"]), "lease": lease}
-            return {"revision": await node.commit(_with_id(command, body))}
-        if path == "/v1/delete":
-            deleted = await node.commit(_with_id({"op": "delete", "key": check_key(body.get("key"))}, body))
+        if isinstance(body, schema.Put):
+            command: dict[str, Any] = {"op": "put", "key": body.key, "value": body.value, "lease": body.lease}
+            return {"revision": await node.commit(_with_id(command, body.request_id))}
+        if isinstance(body, schema.Delete):
+            deleted = await node.commit(_with_id({"op": "delete", "key": body.key}, body.request_id))
             return {"deleted": bool(deleted)}
-        if path == "/v1/txn":
-            ops = {
-                side: [(op["key"], None if op.get("value") is None else unb64(op["value"]), None) for op in body[side]]
-                for side in ("success", "failure")
+        if isinstance(body, schema.Txn):
+            command = {
+                "op": "txn",
+                "compare": [(key, revision) for key, revision in body.compare],
+                "success": [(op.key, op.value, None) for op in body.success],
+                "failure": [(op.key, op.value, None) for op in body.failure],
             }
-            command = {"op": "txn", "compare": [(k, int(r)) for k, r in body["compare"]], **ops}
-            held, revision = await node.commit(_with_id(command, body))
+            held, revision = await node.commit(_with_id(command, body.request_id))
             return {"succeeded": held, "revision": revision}
-        if path == "/v1/get":
-            key = check_key(body.get("key"))
+        if isinstance(body, schema.Get):
+            key = body.key
             return {"kv": kv_json(await node.read(lambda s: s.get(key)))}
-        if path == "/v1/scan":
-            prefix, limit = str(body.get("prefix", "")), body.get("limit")
+        if isinstance(body, schema.Scan):
+            prefix, limit = body.prefix, body.limit
             return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit))]}
-        if path == "/v1/revision":
+        if isinstance(body, schema.Nothing):  # /v1/revision
             return {"revision": await node.read(lambda s: s.revision)}
-        if path == "/v1/watch":
+        if isinstance(body, schema.Watch):
             return await self._watch(body)
-        if path == "/v1/lease/grant":
-            ttl = float(body["ttl"])
-            if not 0 < ttl < math.inf:  # refused here: a bad command never enters the log
-                raise BarnError(f"lease ttl must be a positive number of seconds, got {body['ttl']}")
-            grant = {"op": "grant", "ttl": ttl, "now": time.time()}
-            return {"lease": await node.commit(_with_id(grant, body))}
-        if path == "/v1/lease/keepalive":
-            result = await node.commit({"op": "keep_alive", "lease": int(body["lease"]), "now": time.time()})
+        if isinstance(body, schema.Grant):
+            grant = {"op": "grant", "ttl": body.ttl, "now": time.time()}
+            return {"lease": await node.commit(_with_id(grant, body.request_id))}
+        if isinstance(body, schema.KeepAlive):
+            result = await node.commit({"op": "keep_alive", "lease": body.lease, "now": time.time()})
             return {"expires_at": result}
-        if path == "/v1/lease/revoke":
-            revoked = await node.commit(_with_id({"op": "revoke", "lease": int(body["lease"])}, body))
+        if isinstance(body, schema.Revoke):
+            revoked = await node.commit(_with_id({"op": "revoke", "lease": body.lease}, body.request_id))
             return {"revision": revoked}
-        raise UnknownPath(path)
+        raise AssertionError(f"no handler for {type(body).__name__}")  # schema.ROUTES and this agree
 
-    def local_read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def local_read(self, body: schema.Get | schema.Scan) -> dict[str, Any]:
         """This member's applied state, without a barrier or the leader (etcd's "serializable"
         reads): may be stale; for diagnostics and checks of each member's copy."""
         with self.node.replica.lock:
             state = self.node.replica.state
-            if path == "/v1/get":
-                return {"kv": kv_json(state.get(check_key(body.get("key")))), "revision": state.revision}
-            kvs = state.scan(str(body.get("prefix", "")), body.get("limit"))
+            if isinstance(body, schema.Get):
+                return {"kv": kv_json(state.get(body.key)), "revision": state.revision}
+            kvs = state.scan(body.prefix, body.limit)
             return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
 
-    async def _watch(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _watch(self, body: schema.Watch) -> dict[str, Any]:
         """Events under ``prefix`` from ``from_revision``: at once if there are some, else
         waiting up to ``wait`` seconds. ``next`` is where the client's next call starts."""
-        prefix = str(body.get("prefix", ""))
-        from_revision = int(body["from_revision"])
+        prefix, from_revision = body.prefix, body.from_revision
         start = await self.node.read(lambda s: from_revision if from_revision > 0 else s.revision + 1)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(float(body.get("wait", 10.0)), WATCH_WAIT_MAX)
+        deadline = loop.time() + body.wait
         while True:
             waiter: asyncio.Future[None] = loop.create_future()
             self.node._watchers.add(waiter)  # before looking: a change applied meanwhile wakes it
@@ -588,13 +606,11 @@ class BarnServer:
                 return {"events": [event_json(e) for e in events], "next": max(start, revision + 1)}
             await asyncio.wait([waiter], timeout=left)
 
-    async def _members(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _members(self, body: schema.MemberAdd | schema.MemberRemove) -> dict[str, Any]:
         """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""
-        member = Member(str(body["name"]), str(body.get("raft", "")), str(body.get("http", "")))
-        adding = path == "/v1/members/add"
-        if not adding and path != "/v1/members/remove":
-            raise UnknownPath(path)
-        if not adding and not body.get("raft"):  # removing by name: its address is known
+        member = Member(body.name, body.raft, body.http)
+        adding = isinstance(body, schema.MemberAdd)
+        if not adding and not body.raft:  # removing by name: its address is known
             known = self.members.get(member.name)
             if known is None:
                 raise BarnError(f"no member named {member.name!r}")
@@ -602,6 +618,14 @@ class BarnServer:
         # Idempotent: the change is made only if needed, the address recorded in any case. So a
         # repeated add (or remove) completes one whose leader died between the two steps.
         in_group = member.raft == self.config.me.raft or _peer(self.node, member.raft) is not None
+        if adding:
+            # a member that cannot be reached would count towards the quorum from now on (and
+            # with 2 members, stop the group): refuse it before changing anything
+            loop = asyncio.get_running_loop()
+            for what, address in (("Raft", member.raft), ("HTTP", member.http)):
+                problem = await loop.run_in_executor(self._forwarders, _unreachable, address)
+                if problem:
+                    raise BarnError(f"cannot add {member.name}: its {what} address {address} {problem}")
         if adding != in_group:
             await self.node.membership(adding, member.raft)
         record = {"op": "member", "name": member.name, "raft": member.raft, "http": member.http}
@@ -625,7 +649,8 @@ class BarnServer:
             if cached is not None:
                 cached[1].close()
             host, port = _split(leader.http)
-            cached = (leader.http, http.client.HTTPConnection(host, port, timeout=COMMIT_TIMEOUT + WATCH_WAIT_MAX + 5))
+            timeout = COMMIT_TIMEOUT + schema.WATCH_WAIT_MAX + 5
+            cached = (leader.http, http.client.HTTPConnection(host, port, timeout=timeout))
             self._forward_connections.connection = cached
         connection = cached[1]
         try:
@@ -693,10 +718,25 @@ def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if address.startswith("[") else socket.AF_INET
 
 
-def _with_id(command: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    if body.get("request_id"):
-        command["request_id"] = str(body["request_id"])
+def _with_id(command: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id:
+        command["request_id"] = request_id
     return command
+
+
+MEMBER_CHECK_TIMEOUT = 2.0  # seconds to connect to a member being added
+
+
+def _unreachable(address: str) -> str | None:
+    """Why a TCP connection to ``address`` fails (None: it connects)."""
+    try:
+        host, port = _split(address)
+        with socket.create_connection((host, port), timeout=MEMBER_CHECK_TIMEOUT):
+            return None
+    except TimeoutError:
+        return f"did not answer within {MEMBER_CHECK_TIMEOUT:g}s"
+    except (OSError, ValueError) as exc:
+        return f"cannot be reached: {getattr(exc, 'strerror', None) or exc}"
 
 
 def parse_member(text: str) -> Member:
@@ -740,14 +780,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compaction-seconds", type=float, default=60.0, help="...at most this often")
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="client connections served at once, more are refused (default: the descriptor limit less a reserve)",
+    )
+    parser.add_argument(
         "--secret-file",
         type=Path,
         default=os.environ.get("RUNINK_BARN_SECRET_FILE") or None,  # set but empty: none
         help="a file holding the group's shared secret (the same on every member; $RUNINK_BARN_SECRET_FILE)",
     )
     args = parser.parse_args(argv)
-    for option in ("election_timeout", "compaction_seconds", "compaction_entries", "history"):
-        if getattr(args, option) <= 0:
+    for option in ("election_timeout", "compaction_seconds", "compaction_entries", "history", "max_connections"):
+        if getattr(args, option) is not None and getattr(args, option) <= 0:
             parser.error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
     secret = read_secret(args.secret_file, parser) if args.secret_file else None
     config = ServerConfig(
@@ -760,7 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         compaction_entries=args.compaction_entries,
         compaction_seconds=args.compaction_seconds,
         secret=secret,
+        max_connections=args.max_connections,
     )
+    raise_fd_limit()  # before the server sizes its connection cap from it
     logging.basicConfig(level=logging.WARNING, format=f"barn {args.name}: %(levelname)s %(message)s")
     if secret is None:
         log.warning(

@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with seven changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with eight changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -24,6 +24,11 @@
 # 7. Snapshots are durable before the journal entries they replace are dropped: the dump
 #    file and its directory are fsynced after a compaction and after a snapshot arrives from
 #    the leader (pysyncobj renamed them into place unsynced).
+# 8. A committed entry whose application raises is logged and counted as applied (its
+#    waiting callbacks get an error), and a callback that raises is logged: pysyncobj left
+#    lastApplied unchanged, so the same entry was applied again at every tick and after every
+#    restart, a replica stopped for good by one entry (and a raising callback re-applied an
+#    entry that had been applied).
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -788,12 +793,24 @@ class SyncObj(object):
                 try:
                     currentTermID = entry[2]
                     subscribers = self.__commandsWaitingCommit.pop(entry[1], [])
-                    res = self.__doApplyCommand(entry[0])
+                    # [runink fix] 8: an entry that raises is skipped, never retried forever
+                    try:
+                        res, failure = self.__doApplyCommand(entry[0]), None
+                    except SyncObjExceptionWrongVer:
+                        raise
+                    except Exception:
+                        logger.critical('applying log entry %d failed; it is skipped', entry[1], exc_info=True)
+                        res, failure = None, FAIL_REASON.REQUEST_DENIED
                     for subscribeTermID, callback in subscribers:
-                        if subscribeTermID == currentTermID:
-                            callback(res, FAIL_REASON.SUCCESS)
-                        else:
-                            callback(None, FAIL_REASON.DISCARDED)
+                        try:
+                            if failure is not None:
+                                callback(None, failure)
+                            elif subscribeTermID == currentTermID:
+                                callback(res, FAIL_REASON.SUCCESS)
+                            else:
+                                callback(None, FAIL_REASON.DISCARDED)
+                        except Exception:
+                            logger.exception('a callback of log entry %d failed', entry[1])
 
                     self.__raftLastApplied += 1
                 except SyncObjExceptionWrongVer as e:
