@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
@@ -105,43 +106,69 @@ class RunResult:
         }
 
 
-def _stage_sinks(item: CompiledScenario, task_id: str, user: tuple[int, int] | None) -> dict[Path, Path]:
-    """Final sink path -> where the slice writes it: a staging folder beside it (same file
-    system, so publishing is a rename), owned by the slice's user if it has its own."""
-    staged: dict[Path, Path] = {}
-    for sink in item.sinks:
-        final = sink.ref.path.resolve()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        stage = final.parent / f".runink-stage-{task_id}"
-        stage.mkdir(exist_ok=True)
-        if user is not None:
-            os.chown(stage, *user)
-        staged[sink.ref.path] = stage / final.name
-    return staged
+@dataclass
+class _Stage:
+    """A sink's staging folder: made by the runner beside the final file (same file system, so
+    publishing is a rename) under a random name, and reached only through file descriptors of
+    its folder, so nothing anyone plants or swaps in that folder can redirect the runner."""
+
+    final: Path  # the sink's path as written in the pipeline
+    folder: int  # fd of the sink's folder
+    name: str  # the staging folder's name in it
+    fd: int  # fd of the staging folder
+    path: Path  # its real path (what the slice is granted)
+
+    @property
+    def file(self) -> Path:
+        return self.path / self.final.name
 
 
-def _publish(staged: dict[Path, Path]) -> None:
-    """Move each committed output from its staging folder into place, owned by the runner's user."""
-    for final, temporary in staged.items():
+def _stage_sinks(item: CompiledScenario) -> dict[Path, _Stage]:
+    """Final sink path -> its staging folder. The folders are the runner's own (mode 0700):
+    an isolating executor grants them to the slice through an id-mapped mount, so the runner
+    changes the owner or mode of nothing."""
+    stages: dict[Path, _Stage] = {}
+    try:
+        for sink in item.sinks:
+            parent = sink.ref.path.parent.resolve()  # the pipeline's own choice: its links are followed once
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                name = f".runink-stage-{secrets.token_hex(8)}"
+                os.mkdir(name, 0o700, dir_fd=folder)  # fails if anything is there: never an existing one
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            except BaseException:
+                os.close(folder)
+                raise
+            stages[sink.ref.path] = _Stage(sink.ref.path, folder, name, fd, parent / name)
+    except BaseException:
+        _unstage(stages)
+        raise
+    return stages
+
+
+def _publish(stages: dict[Path, _Stage]) -> None:
+    """Move each committed output from its staging folder into place (a rename within the
+    sink's folder, through its fd), then make the rename durable."""
+    for stage in stages.values():
+        name = stage.final.name
         try:
-            mode = temporary.lstat().st_mode
+            mode = os.stat(name, dir_fd=stage.fd, follow_symlinks=False).st_mode
         except FileNotFoundError:
             continue
         if not stat.S_ISREG(mode):  # the staging folder is the slice's: accept nothing but a file
-            raise OSError(f"{temporary.name} is not a regular file; not published")
-        os.replace(temporary, final)
-        if os.geteuid() == 0:
-            os.chown(final, os.getuid(), os.getgid(), follow_symlinks=False)
-        directory = os.open(final.resolve().parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            raise OSError(f"{stage.final}: the slice left no regular file (not published)")
+        os.replace(name, name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
+        os.fsync(stage.folder)
 
 
-def _unstage(staged: dict[Path, Path]) -> None:
-    for temporary in staged.values():
-        shutil.rmtree(temporary.parent, ignore_errors=True)
+def _unstage(stages: dict[Path, _Stage]) -> None:
+    for stage in stages.values():
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stage.name, dir_fd=stage.folder)
+        os.close(stage.fd)
+        os.close(stage.folder)
+    stages.clear()
 
 
 def _slug(name: str) -> str:
@@ -317,14 +344,11 @@ class LocalRunner:
         work_dir = task_dir / "work"
         work_dir.mkdir(exist_ok=True)
         report_path = work_dir / "report.jsonl"
-        user = self.executor.task_user(task_id)
         try:
-            staged = _stage_sinks(item, task_id, user)
+            staged = _stage_sinks(item)
         except OSError as exc:
             run.error = f"scenario {item.name!r}: cannot prepare its outputs: {exc}"
             return "FAILED", {}
-        if user is not None:
-            os.chown(work_dir, *user)
         spec = {
             "task_id": task_id,  # its log lines are tagged with it and the step that wrote them
             "scenario": item.name,
@@ -339,7 +363,7 @@ class LocalRunner:
             },
             "steps": [step.ref for step in scenario.steps],
             "sinks": [
-                {"format": s.ref.format, "path": str(staged[s.ref.path]), "when": s.when, "options": s.options}
+                {"format": s.ref.format, "path": str(staged[s.ref.path].file), "when": s.when, "options": s.options}
                 for s in item.sinks
             ],
             "drift_policy": self.config.herd_policy(herd).drift,
@@ -355,7 +379,7 @@ class LocalRunner:
             cwd=work_dir,
             # a missing source is not granted: the slice reports it, naming the file
             readable=tuple(p.resolve() for p in (self._base_dir, item.source.path) if p.exists()),
-            writable=(work_dir, *sorted({p.parent for p in staged.values()})),
+            writable=(work_dir, *sorted(stage.path for stage in staged.values())),
             limits=self._limits(item),
             timeout=scenario.requires.timeout,
             network=scenario.network,

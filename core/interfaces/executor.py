@@ -58,7 +58,9 @@ class TaskSpec:
     ``readable`` and ``writable`` are the host paths the task is granted (its inputs and its
     outputs' folders); ``cwd`` is writable too. An executor that isolates the filesystem
     (``filesystem`` in its capabilities) shows the task nothing else of the host but its
-    runtime; one that does not ignores them. ``files`` (name -> content: credentials, a
+    runtime; one that does not ignores them. Grants are real paths (resolve links before):
+    the linux executor refuses a symbolic link anywhere on the way, and a writable grant that
+    is not a folder owned by its own user (what the caller made for the task). ``files`` (name -> content: credentials, a
     config) are given to the task as files in a private folder named by ``$RUNINK_FILES``:
     a tmpfs only the task sees with the linux executor, never written to the host's disk.
     """

@@ -44,10 +44,13 @@ from runink.core.interfaces.executor import (
     TaskStats,
 )
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
-from runink.plugins.executors.linux.launcher import FILES_DIR, open_tree
+from runink.plugins.executors.linux.launcher import FILES_DIR, network_refusal, open_tree, slirp4netns_path
+from runink.plugins.executors.linux.logs import LogPump
 from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
+from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
 
-LOG_CHECK_SECONDS = 0.25
+LOG_CHECK_SECONDS = 0.25  # slices that outlive the executor: how often their log files are checked
+LOG_DRAIN_SECONDS = 5.0  # at a slice's end: how long its last output may take to reach the log files
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
 UID_BASE = 100_000  # slices run as UID_BASE + a hash of the task id: never root, never a host user
 UID_RANGE = 50_000
@@ -61,6 +64,15 @@ def _storage_modules() -> list[str]:
 
 
 ORPHAN_SWEEP_SECONDS = 2.0  # after a launcher died: how long its warm sandboxes' cgroups are swept
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether ``pid`` is a running slice launcher (of any executor on this host)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"runink.plugins.executors.linux.launcher" in cmdline
 
 
 def _python_fast_path(command: tuple[str, ...]) -> dict[str, object] | None:
@@ -108,6 +120,7 @@ class _Task:
     deadline_hit: bool = False
     timer: threading.Timer | None = None
     launcher: subprocess.Popen[str] | None = None  # the one that started it (None: recovered)
+    logs_drained: list[threading.Event] = field(default_factory=list)  # its log pipes' ends (see logs.py)
 
 
 class LinuxExecutor(Executor):
@@ -124,6 +137,7 @@ class LinuxExecutor(Executor):
         readable: list[str] | tuple[str, ...] = (),
         log_max_bytes: int = 10 * 1024**2,
         user_namespace: bool = True,
+        slices_outlive_executor: bool = False,
     ) -> None:
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
@@ -131,13 +145,21 @@ class LinuxExecutor(Executor):
         self.preload = [*DEFAULT_PRELOAD, *_storage_modules(), *preload]
         self.readable = [str(p) for p in readable]
         self.log_max_bytes = int(log_max_bytes)
+        # False (the embedded runner): running slices end when this executor closes or its
+        # process dies (the launcher kills them at the end of its stdin, their init dies with
+        # the launcher). True (an agent that recovers them after a restart): they go on.
+        self.slices_outlive_executor = bool(slices_outlive_executor)
+        self._swept = False
         self._log_keeper: threading.Thread | None = None
+        self._logs: LogPump | None = None
         self._problems = self._detect_problems()
         # A user namespace per slice where the kernel lets an unprivileged process make one
         # (see launcher._enter_user_namespace); reported, not required.
         self.userns_refusal: str | None = "disabled (user_namespace = false)"
         if user_namespace:
             self.userns_refusal = self._problems.get("root") or probe_unprivileged_user()
+        # @network: the slice's own net namespace with slirp4netns attached (see the launcher)
+        self.network_refusal: str | None = None if slirp4netns_path() else network_refusal()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
@@ -166,15 +188,23 @@ class LinuxExecutor(Executor):
                 problems["cgroups"] = "; ".join(f"{c}: {r}" for c, r in layout.missing.items()) or "missing"
         except OSError as exc:
             problems["cgroups"] = str(exc)
+        try:
+            build_program()
+        except (SeccompUnavailable, OSError) as exc:
+            problems["seccomp"] = f"{exc} (Debian: apt install libseccomp2; pip install pyseccomp)"
         return problems
 
     def capabilities(self) -> ExecutorCapabilities:
         unenforced = {"gpu": "no gpu isolation yet"}
         if self.userns_refusal is not None:
             unenforced["user namespace"] = self.userns_refusal
+        if self.network_refusal is not None:
+            unenforced["network grant"] = f"{self.network_refusal}: @network tasks are refused"
         if "cgroups" in self._problems or "root" in self._problems:
             reason = self._problems.get("cgroups") or self._problems["root"]
             unenforced.update({"cpu": reason, "memory": reason, "pids": reason})
+        if "seccomp" in self._problems:
+            unenforced["seccomp"] = self._problems["seccomp"]
         enforced = tuple(
             k
             for k in (
@@ -187,6 +217,8 @@ class LinuxExecutor(Executor):
                 "process-tree kill",
                 "clean environment",
                 "user namespace",
+                "seccomp",
+                "no terminal",
             )
             if k not in unenforced
         )
@@ -213,11 +245,18 @@ class LinuxExecutor(Executor):
                 command += ["--preload", ",".join(self.preload)]
             for path in self.readable:
                 command += ["--readable", path]
+            if self.slices_outlive_executor:
+                command += ["--slices-outlive"]
+            if "seccomp" in self._problems:  # only reached with degrade = true (start() refuses otherwise)
+                command += ["--no-seccomp"]
             if self.cgroups is not None:
                 self.cgroups.prepare()
                 layout = self.cgroups.layout
                 cgroups = {"version": layout.version, "own": {c: str(d) for c, d in layout.own.items()}}
                 command += ["--cgroups", json.dumps({**cgroups, "parent": self.cgroups.parent_name})]
+                if not self._swept:
+                    self._swept = True
+                    self._sweep_stale_cgroups()
             launcher = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": os.defpath}
             )
@@ -226,6 +265,25 @@ class LinuxExecutor(Executor):
                 target=self._read_events, args=(launcher,), daemon=True, name=f"runink-launcher-{kind}"
             ).start()
         return launcher
+
+    def _sweep_stale_cgroups(self) -> None:
+        """Remove the empty ``sandbox-<pid>-*`` cgroups of launchers that are gone (a runner
+        killed with SIGKILL whose launcher was killed too, a crash): nothing else removes them.
+        A cgroup that still holds processes (a slice outliving its agent) is left to ``recover``."""
+        assert self.cgroups is not None
+        parents = self.cgroups.parents()
+        names = {d.name for parent in parents.values() if parent.is_dir() for d in parent.glob("sandbox-*-*")}
+        for name in sorted(names):
+            try:
+                pid = int(name.split("-")[1])
+            except ValueError:
+                continue
+            if _is_launcher(pid):
+                continue
+            stale = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in parents.items()})
+            if not stale.pids():
+                with contextlib.suppress(CgroupError):
+                    stale.remove(timeout=0.5)
 
     @property
     def _launcher(self) -> subprocess.Popen[str] | None:
@@ -300,6 +358,16 @@ class LinuxExecutor(Executor):
             )
         if spec.limits.gpu and not self.degrade:
             raise TaskRejectedError(f"task {spec.id}: the linux executor cannot enforce gpu limits yet")
+        network = spec.network
+        if network and self.network_refusal is not None:
+            if not self.degrade:
+                raise TaskRejectedError(f"task {spec.id}: {self.network_refusal}")
+            # degraded: never the host's network (its listening ports), only the slice's loopback
+            print(
+                f"runink linux executor: task {spec.id}: {self.network_refusal}; running it without network",
+                file=sys.stderr,
+            )
+            network = False
         if self.cgroups is None:
             raise TaskRejectedError(f"task {spec.id}: no usable cgroups: {self._problems.get('cgroups')}")
         with self._lock:
@@ -310,6 +378,8 @@ class LinuxExecutor(Executor):
         status_file = task_dir / "exit_status"
         status_file.unlink(missing_ok=True)
         uid, gid = self.task_user(spec.id)
+        # Taken as given, never resolved here: the launcher refuses a symbolic link anywhere on
+        # the way (a link in a folder someone else can write would redirect a grant).
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
         request = {
@@ -322,7 +392,7 @@ class LinuxExecutor(Executor):
             "hostname": spec.id[:63],
             "uid": uid,
             "gid": gid,
-            "network": spec.network,
+            "network": network,
             "userns": self.userns_refusal is None,
             "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
             "stdout": str(task_dir / "stdout.log"),
@@ -337,9 +407,19 @@ class LinuxExecutor(Executor):
             request["python"] = python
         secrets_fd = _secrets(spec)
         request["secrets"] = f"/proc/{os.getpid()}/fd/{secrets_fd}"
+        # stdout and stderr: pipes this process reads into capped files (see logs.py), unless
+        # the slice must outlive it (then files the slice appends to, capped by polling)
+        log_fds: list[int] = []
+        drained: list[threading.Event] = []
+        if not self.slices_outlive_executor:
+            for stream in ("stdout", "stderr"):
+                write_end, done = self._log_pump().add(task_dir / f"{stream}.log")
+                log_fds.append(write_end)
+                drained.append(done)
+                request[stream] = f"/proc/{os.getpid()}/fd/{write_end}"  # opened by the launcher
         # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to
         # the slice id would wait behind other sandboxes joining theirs (see cgroups.py).
-        task = _Task(handle, SliceCgroup(self.cgroups.layout, {}), status_file)
+        task = _Task(handle, SliceCgroup(self.cgroups.layout, {}), status_file, logs_drained=drained)
         pending = _Pending()
         with self._lock:
             self._tasks[spec.id] = task
@@ -352,7 +432,8 @@ class LinuxExecutor(Executor):
         try:
             started_in_time = pending.event.wait(30)
         finally:
-            os.close(secrets_fd)  # the launcher opened its own; the payload read it
+            for fd in (secrets_fd, *log_fds):  # the launcher opened its own; the payload has them
+                os.close(fd)
         if not started_in_time or pending.message is not None:
             with self._lock:
                 self._tasks.pop(spec.id, None)
@@ -399,23 +480,32 @@ class LinuxExecutor(Executor):
                 return
             time.sleep(0.1)
 
+    def _log_pump(self) -> LogPump:
+        if self._logs is None:
+            self._logs = LogPump(self.log_max_bytes)
+        return self._logs
+
     def _keep_logs_capped(self) -> None:
-        """Background thread: a running task's stdout/stderr log past ``log_max_bytes`` is
-        copied to ``<stream>.log.1`` (replacing the previous one) and truncated, so a task
-        keeps at most about 2x the cap per stream on disk (logrotate's copytruncate: the slice
-        appends with O_APPEND and never notices; lines written during the copy can be lost)."""
+        """Background thread, for slices that outlive the executor (their logs are files they
+        append to, not pipes it reads): a log past ``log_max_bytes`` is copied to
+        ``<stream>.log.1`` (replacing the previous one, with the live one's mode) and
+        truncated (logrotate's copytruncate: the slice appends with O_APPEND and never
+        notices; lines written during the copy can be lost). A slice that writes faster than
+        this polls can exceed the cap until the next check."""
         while True:
             time.sleep(LOG_CHECK_SECONDS)
             with self._lock:
-                running = [t for t in self._tasks.values() if not t.done.is_set()]
+                running = [t for t in self._tasks.values() if not t.done.is_set() and not t.logs_drained]
             for task in running:
                 for stream in ("stdout", "stderr"):
                     path = Path(task.handle.task_dir) / f"{stream}.log"
                     with contextlib.suppress(OSError):
                         if path.stat().st_size > self.log_max_bytes:
                             rotated = path.with_name(f"{stream}.log.1")
-                            shutil.copyfile(path, rotated.with_suffix(".tmp"))
-                            os.replace(rotated.with_suffix(".tmp"), rotated)
+                            temporary = rotated.with_suffix(".tmp")
+                            shutil.copyfile(path, temporary)
+                            shutil.copymode(path, temporary)
+                            os.replace(temporary, rotated)
                             os.truncate(path, 0)
 
     def read_log(self, task_id: str, stream: str = "stdout") -> str:
@@ -425,7 +515,7 @@ class LinuxExecutor(Executor):
         return "".join(p.read_text(errors="replace") for p in parts if p.exists())
 
     def _watch(self, task: _Task) -> None:
-        if self._log_keeper is None and self.log_max_bytes > 0:
+        if self._log_keeper is None and self.log_max_bytes > 0 and not task.logs_drained:
             self._log_keeper = threading.Thread(target=self._keep_logs_capped, daemon=True, name="runink-log-cap")
             self._log_keeper.start()
         if task.handle.deadline is not None:
@@ -441,6 +531,11 @@ class LinuxExecutor(Executor):
     def _finish(self, task: _Task, code: int) -> None:
         if task.done.is_set():
             return
+        # Every process of the slice is gone: its last output is in the pipes, written to the
+        # log files in a moment (the runner reads stderr.log once the task is done).
+        drain_until = time.monotonic() + LOG_DRAIN_SECONDS
+        for drained in task.logs_drained:
+            drained.wait(max(0.0, drain_until - time.monotonic()))
         usage = task.cgroup.usage()
         with contextlib.suppress(CgroupError):
             task.cgroup.remove()

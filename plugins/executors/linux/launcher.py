@@ -70,8 +70,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runink.plugins.executors.linux import netguard
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLayout, CgroupLimits, CgroupManager, SliceCgroup
+from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_tree
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
+from runink.plugins.executors.linux.seccomp import LoadableFilter, build_program
 
 libc = ctypes.CDLL(None, use_errno=True)
 # Looked up once here: ctypes creates a function object on first attribute access, and one
@@ -81,7 +84,7 @@ for _function in ("capget", "capset", "mount", "prctl", "sethostname", "setns", 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_GET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 3, 38, 4
+PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 3, 38, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 # The new mount API (Linux 5.2): the same numbers on every architecture.
@@ -89,13 +92,20 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
 OPEN_TREE_CLONE, AT_EMPTY_PATH, AT_FDCWD = 1, 0x1000, -100
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+KEYCTL_GET_KEYRING_ID, KEYCTL_JOIN_SESSION_KEYRING, KEY_SPEC_SESSION_KEYRING = 0, 1, -3
+# no tty: a slice has no controlling terminal (its own session), so nothing it can type into
+DEVICES = ("null", "zero", "full", "random", "urandom")
 ROOT_LAYOUT = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 MAX_BINDS = 200
 FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
 MAX_BUILDING = 2  # sandboxes being built at once (the launcher only forks; each builds itself)
 INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runink_init.c)
+# @network: the user-mode network stack attached to a granted sandbox's own net namespace
+SLIRP_PACKAGE = "slirp4netns"
+SLIRP_SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+SLIRP_READY_SECONDS = 10.0
 # Left to the command: the waiting payload ignores them (the executor signals every process
 # of a slice); reset to the default in the command, with SIGPIPE and SIGXFSZ that Python ignores.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -105,6 +115,12 @@ COMMAND_DEFAULT_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
 # Set by main() for a launcher without preloaded modules, whose slices are commands: its
 # payloads start one throwaway process while they wait (see _warm_up).
 WARM_SPAWN = False
+# The slices' seccomp filter, built once before any sandbox is forked (None: --no-seccomp)
+SLICE_FILTER: LoadableFilter | None = None
+# The umask the launcher was started with, given back to each slice (its outputs' modes);
+# the launcher itself builds with 022, or a runner's 077 would make the sandbox's own
+# folders (the way to its grants) unreachable for the slice's user.
+SLICE_UMASK = 0o022
 
 
 class LaunchError(Exception):
@@ -152,6 +168,35 @@ def _loopback_up() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def slirp4netns_path() -> str | None:
+    """The slirp4netns program a sandbox with ``@network`` needs, or None if it (or util-linux's
+    ``unshare``, which starts it in a private mount namespace) is not installed."""
+    if shutil.which("unshare", path=SLIRP_SEARCH_PATH) is None:
+        return None
+    return shutil.which("slirp4netns", path=SLIRP_SEARCH_PATH)
+
+
+def network_refusal() -> str:
+    if shutil.which("unshare", path=SLIRP_SEARCH_PATH) is None:
+        return "@network needs util-linux's unshare, which is not installed here"
+    return (
+        f"@network needs {SLIRP_PACKAGE}, which is not installed here "
+        f"(Debian/Ubuntu: apt-get install {SLIRP_PACKAGE}; Fedora: dnf install {SLIRP_PACKAGE})"
+    )
+
+
+def _guard_network(slirp_ready: int | None, blocked: tuple[netguard.Prefix, ...]) -> None:
+    """In a granted sandbox's payload, still root in the sandbox's net namespace (a slice, with
+    no capability there, cannot undo it): prohibit routes for the host's own addresses (see
+    netguard), then wait until slirp4netns has brought up tap0."""
+    netguard.prohibit(blocked)
+    if slirp_ready is None or not select.select([slirp_ready], [], [], SLIRP_READY_SECONDS)[0]:
+        raise LaunchError(f"slirp4netns did not bring up the network within {SLIRP_READY_SECONDS:g} s")
+    if os.read(slirp_ready, 1) != b"1":
+        raise LaunchError("slirp4netns exited before bringing up the network")
+    os.close(slirp_ready)
 
 
 def _code(status: int) -> int:
@@ -248,8 +293,16 @@ def _build_root(root: str, links: dict[str, str], directories: list[str], networ
 # --- inside a sandbox ----------------------------------------------------------------
 
 
-def _python_init(notify: int) -> int:
-    """PID 1 where runink-init was not built: the same protocol (see runink_init.c), in Python."""
+def _python_init(notify: int, lifeline: int | None = None) -> int:
+    """PID 1 where runink-init was not built: the same protocol (see runink_init.c), in Python.
+
+    With a ``lifeline`` (the read end of the launcher's pipe) it dies with the launcher."""
+    watched = []
+    if lifeline is not None:
+        _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
+        if select.select([lifeline], [], [], 0)[0]:  # hung up: the launcher died before the prctl
+            return 1
+        watched.append(lifeline)
     if os.read(notify, 1) != b"x":
         return 0
     os.close(notify)
@@ -261,8 +314,11 @@ def _python_init(notify: int) -> int:
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
-        if select.select([payload], [], [], 0.2)[0]:  # the payload exited: the namespace ends with us
+        ready = select.select([payload, *watched], [], [], 0.2)[0]
+        if payload in ready:  # the payload exited: the namespace ends with us
             return 0
+        if ready:  # the launcher died: so does the slice
+            return 1
 
 
 def _write_status(fd: int | None, code: int) -> None:
@@ -313,6 +369,8 @@ def _warm_up() -> None:
     libc.capget(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)())
     placeholder = b"runink-sandbox"  # in the sandbox's own uts namespace; the request renames it
     libc.sethostname(placeholder, len(placeholder))
+    if (keyctl := SYS_KEYCTL.get(platform.machine())) is not None:
+        libc.syscall(keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)
     with contextlib.suppress(OSError):
         os.makedirs("/", exist_ok=True)
     if WARM_SPAWN:
@@ -347,9 +405,7 @@ def _payload(control: socket.socket) -> int:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 if not os.path.exists(target):
                     open(target, "w").close()
-            _move_mount(fd, target)
-            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
-            _mount(None, target, None, flags)
+            _move_mount(fd, target)  # read-only or not, nosuid, nodev and id-mapped already (grants.py)
         if files:
             _private_files(files, int(req["uid"]), int(req["gid"]))
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -365,6 +421,10 @@ def _payload(control: socket.socket) -> int:
         if req.get("userns"):
             _enter_user_namespace(int(req["uid"]), int(req["gid"]))
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
+        _leave_session()
+        if SLICE_FILTER is not None:
+            SLICE_FILTER.load()  # last: it denies what the set-up above needed (unshare, keyctl)
+        os.umask(SLICE_UMASK)
         cwd = req.get("cwd") or "/"
         os.chdir(cwd)
         env = {str(k): str(v) for k, v in {**req.get("env", {}), **secrets.get("env", {})}.items()}
@@ -375,6 +435,19 @@ def _payload(control: socket.socket) -> int:
     code = _run_python(python, env, cwd) if python else _run_command(list(req["command"]), env)
     _write_status(status_fd, code)
     return code
+
+
+def _leave_session() -> None:
+    """Nothing of the runner's session: no controlling terminal (a new session; with no tty
+    device in the sandbox it cannot get one, so it cannot type into the user's shell with
+    TIOCSTI), and a fresh, empty session keyring instead of the one it inherited (the
+    runner's keys). The seccomp filter then denies the keyring calls and TIOCSTI outright."""
+    os.setsid()
+    keyctl = SYS_KEYCTL.get(platform.machine())
+    if keyctl is not None and libc.syscall(keyctl, KEYCTL_JOIN_SESSION_KEYRING, None, 0, 0) < 0:
+        code = ctypes.get_errno()
+        if code != errno.ENOSYS:  # a kernel without keyrings has none to leak
+            raise OSError(code, f"keyctl(join session keyring): {os.strerror(code)}")
 
 
 def _run_command(command: list[str], env: dict[str, str]) -> int:
@@ -514,6 +587,8 @@ class Sandbox:
     error: str | None = None
     cgroup: SliceCgroup | None = None  # the payload's cgroup (it joins it itself), kept by the slice
     limits: CgroupLimits = field(default_factory=CgroupLimits)  # what that cgroup was created with
+    slirp: int | None = None  # @network: the slirp4netns process attached to its net namespace
+    blocked: tuple[netguard.Prefix, ...] = ()  # @network: the host's prefixes it has prohibit routes for
 
 
 @dataclass
@@ -526,6 +601,7 @@ class Running:
     status_fd: int | None
     code: int | None = None
     init_gone: bool = False
+    cgroup: SliceCgroup | None = None  # killed and removed by a launcher whose slices end with it
 
 
 class Launcher:
@@ -538,6 +614,7 @@ class Launcher:
         cgroups: CgroupManager | None = None,
         *,
         native_init: bool = True,
+        slices_outlive: bool = False,
     ) -> None:
         self.pool_size = pool_size
         self.cgroups = cgroups
@@ -548,6 +625,8 @@ class Launcher:
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
         self.native_init = native_init and native_init_available()
+        self.slirp = slirp4netns_path()  # None: no sandbox with the network can be built here
+        self.unshare = shutil.which("unshare", path=SLIRP_SEARCH_PATH)
         self.out = out
         self.pool: list[Sandbox] = []
         self.running: dict[int, Running] = {}  # by the host pids of both its payload and its init
@@ -555,12 +634,28 @@ class Launcher:
         files = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
         self.own_namespaces = {k: os.open(f"/proc/self/ns/{f}", os.O_RDONLY | os.O_CLOEXEC) for k, f in files.items()}
         self.own_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Unless slices outlive it (an agent that recovers them), each sandbox's init holds the
+        # read end of this pipe and ends its sandbox when the pipe hangs up: when this process
+        # is gone, however it died. Only this process holds the write end (close-on-exec; the
+        # payloads it forks close it at once).
+        self.slices_outlive = slices_outlive
+        self.lifeline: int | None = None
+        if not slices_outlive:
+            lifeline, self.lifeline_write = os.pipe()
+            self.lifeline = fcntl.fcntl(lifeline, fcntl.F_DUPFD_CLOEXEC, 10)  # never fd 3 itself (see _start_init)
+            os.close(lifeline)
 
     # events
     def emit(self, **event: Any) -> None:
-        with contextlib.suppress(BrokenPipeError):  # the executor is gone; its successor recovers the slices
+        try:
             self.out.write(json.dumps(event) + "\n")
             self.out.flush()
+        except BrokenPipeError:  # the executor is gone (its successor recovers the slices, if any)
+            # what is still buffered goes to /dev/null: no "Exception ignored" at exit
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.out.fileno())
+                os.close(devnull)
 
     # sandboxes
     def create(self, network: bool) -> Sandbox:
@@ -572,7 +667,15 @@ class Launcher:
         launcher serves requests (its cgroup, whose first move waits for an RCU grace period
         of 5-13 ms; the root filesystem; /proc), then reports "ready".
         """
-        kinds = ["pid", "mount", "uts", "ipc"] + ([] if network else ["net"])
+        # Every sandbox has its own net namespace; a granted one gets slirp4netns attached
+        # (see _attach_network), never the host's namespace: that held the host's listening ports.
+        kinds = ["pid", "mount", "uts", "ipc", "net"]
+        slirp, blocked, exit_pipe, ready_pipe = None, (), None, None
+        if network:
+            if self.slirp is None:
+                raise LaunchError(network_refusal())
+            blocked = netguard.host_local_prefixes() + netguard.METADATA
+            exit_pipe, ready_pipe = os.pipe(), os.pipe()
         limits, warm = self.expected_limits, None
         if self.cgroups is not None:
             self.built += 1
@@ -585,13 +688,24 @@ class Launcher:
             _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
             try:
                 os.chdir("/")  # the init's cwd: moved into the new root by the payload's pivot_root
-                init = self._start_init(notify_read)  # the first process in the new pid namespace: its PID 1
+                if exit_pipe is not None:  # slirp4netns's exit fd: held by the init alone, see _attach_network
+                    os.set_inheritable(exit_pipe[1], True)
+                try:
+                    hold = None if exit_pipe is None else exit_pipe[1]
+                    init = self._start_init(notify_read, hold)  # the first process in the new pid namespace: its PID 1
+                finally:
+                    if exit_pipe is not None:
+                        os.set_inheritable(exit_pipe[1], False)
                 payload = os.fork()
                 if payload == 0:
-                    self._become_payload(control_child, warm, limits, network)  # never returns
+                    ready = None if ready_pipe is None else ready_pipe[0]
+                    self._become_payload(control_child, warm, limits, network, slirp_ready=ready, blocked=blocked)
             finally:
                 self._return_to_own_namespaces(kinds)
             os.write(notify_write, b"x")  # PID 2 exists: init watches it from now on
+            if exit_pipe is not None and ready_pipe is not None:
+                os.close(exit_pipe[1])  # before the spawn: slirp4netns must not hold its own exit fd
+                slirp = self._attach_network(init, exit_pipe[0], ready_pipe[1])
         except OSError as exc:
             control.close()
             if init is not None:
@@ -601,39 +715,106 @@ class Launcher:
         finally:
             for fd in (notify_read, notify_write):
                 os.close(fd)
+            for pipe in (exit_pipe, ready_pipe):
+                for fd in pipe or ():
+                    with contextlib.suppress(OSError):  # (the exit pipe's write end is closed already)
+                        os.close(fd)
             control_child.close()
-        sandbox = Sandbox(init, payload, network, control, cgroup=warm, limits=limits)
+        sandbox = Sandbox(init, payload, network, control, cgroup=warm, limits=limits, slirp=slirp, blocked=blocked)
         self.pool.append(sandbox)
         return sandbox
 
-    def _start_init(self, notify: int) -> int:
+    def _start_init(self, notify: int, hold: int | None = None) -> int:
+        """``hold``: an fd the init keeps open for its life (inherited: the caller made it inheritable)."""
         if self.native_init:
             actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, notify, 0)]
             actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+            argv = [INIT_BINARY.name]
+            if self.lifeline is not None:  # fd 3 of runink-init (see runink_init.c)
+                actions.append((os.POSIX_SPAWN_DUP2, self.lifeline, 3))
+                argv.append("--die-with-launcher")
             default = (signal.SIGPIPE, signal.SIGXFSZ)
-            return os.posix_spawn(INIT_BINARY, [INIT_BINARY.name], {}, file_actions=actions, setsigdef=default)
+            return os.posix_spawn(INIT_BINARY, argv, {}, file_actions=actions, setsigdef=default)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                self._detach_from_launcher(keep={notify})
-                code = _python_init(notify)
+                keep = {notify} if self.lifeline is None else {notify, self.lifeline}
+                self._detach_from_launcher(keep=keep if hold is None else keep | {hold})
+                code = _python_init(notify, self.lifeline)
             finally:
                 os._exit(code)
         return pid
 
+    def _attach_network(self, init: int, exit_fd: int, ready_fd: int) -> int:
+        """Start slirp4netns on the new sandbox's net namespace (named by its init's pid).
+
+        ``--configure`` gives the namespace tap0 (10.0.2.100/24, default route via 10.0.2.2,
+        MTU 65520); ``--disable-host-loopback`` refuses connections to the gateway alias
+        10.0.2.2, which slirp would forward to the host's 127.0.0.1; ``--disable-dns`` drops
+        the 10.0.2.3 alias, which forwards any port to the host's nameserver address (a
+        loopback one on many hosts). Its own mount namespace and seccomp filter limit what a
+        flaw in slirp could reach. It exits when ``exit_fd`` hangs up: the write end is held
+        only by the sandbox's init (the launcher closed its copy before this spawn, the
+        payload closed its inherited one, and every later fork of the launcher comes after
+        it was closed), so slirp4netns never outlives its sandbox, with or without the
+        launcher. It writes "1" to ``ready_fd`` once tap0 is up; the payload waits for that.
+
+        Started through ``unshare --mount --propagation private``: as root (no user namespace),
+        slirp4netns's sandbox detaches the old root of a mount namespace whose mounts are still
+        shared with the host's, which unmounted the host's shared mounts (measured: every
+        ``ip netns`` name under /run/netns vanished). In a private copy nothing propagates back.
+        """
+        assert self.slirp is not None and self.unshare is not None
+        command = [
+            self.unshare,
+            "--mount",
+            "--propagation",
+            "private",
+            self.slirp,
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--disable-dns",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            f"--exit-fd={exit_fd}",
+            f"--ready-fd={ready_fd}",
+            str(init),
+            "tap0",
+        ]
+        actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        for fd in (exit_fd, ready_fd):
+            os.set_inheritable(fd, True)
+        try:
+            # its own session: a Ctrl-C in the runner's terminal is not for it (it ends with its sandbox)
+            return os.posix_spawn(self.unshare, command, {}, file_actions=actions, setsid=True)
+        finally:
+            for fd in (exit_fd, ready_fd):
+                os.set_inheritable(fd, False)
+
     def _become_payload(
-        self, control: socket.socket, warm: SliceCgroup | None, limits: CgroupLimits, network: bool
+        self,
+        control: socket.socket,
+        warm: SliceCgroup | None,
+        limits: CgroupLimits,
+        network: bool,
+        *,
+        slirp_ready: int | None = None,
+        blocked: tuple[netguard.Prefix, ...] = (),
     ) -> None:
         code = 126
         try:
-            self._detach_from_launcher(keep={control.fileno()})
+            keep = {control.fileno()} | ({slirp_ready} if slirp_ready is not None else set())
+            self._detach_from_launcher(keep=keep)
             try:
                 if warm is not None and self.cgroups is not None:
                     self.cgroups.create(next(iter(warm.dirs.values())).name, limits)
                     warm.attach(0)  # "0": the writing process (its pid here is not the host's)
-                _build_root(self.root, self.links, self.directories, network_isolated=not network)
+                _build_root(self.root, self.links, self.directories, network_isolated=True)
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
+                if network:
+                    _guard_network(slirp_ready, blocked)
             except BaseException as exc:
                 control.send(f"error cannot build the sandbox: {exc}".encode())
                 raise
@@ -702,11 +883,18 @@ class Launcher:
         return [s for s in self.pool if not s.ready and s.error is None]
 
     def take(self, network: bool) -> Sandbox:
-        for sandbox in self.pool:
+        # A network sandbox blocks the host's addresses of when it was built: one built before
+        # the host gained an address is not used (~0.1 ms to read them).
+        current = netguard.host_local_prefixes() + netguard.METADATA if network else ()
+        for sandbox in list(self.pool):
             if sandbox.network == network and sandbox.ready:
+                if sandbox.blocked != current:
+                    self.discard(sandbox)
+                    continue
                 self.pool.remove(sandbox)
                 return sandbox
-        sandbox = next((s for s in self.building() if s.network == network), None) or self.create(network)
+        building = (s for s in self.building() if s.network == network and s.blocked == current)
+        sandbox = next(building, None) or self.create(network)
         deadline = time.monotonic() + 10
         while not sandbox.ready and sandbox.error is None:
             left = deadline - time.monotonic()
@@ -729,7 +917,8 @@ class Launcher:
         """
         if self.failures >= 3 or len(self.building()) >= MAX_BUILDING:
             return None
-        for network, size in ((False, self.pool_size), (True, min(self.pool_size, 1))):
+        with_network = min(self.pool_size, 1) if self.slirp is not None else 0
+        for network, size in ((False, self.pool_size), (True, with_network)):
             kind = [s for s in self.pool if s.network == network]
             if len(kind) < size:
                 return network, not any(s.ready for s in kind)
@@ -751,10 +940,14 @@ class Launcher:
             if req.get("status_file"):
                 status_fd = os.open(req["status_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             opened.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if status_fd is None else os.dup(status_fd))
-            for bind in binds:
-                opened.append(open_tree(bind["path"]))
+            idmaps = IdMaps(int(req["uid"]), int(req["gid"]))
+            try:
+                for bind in binds:
+                    opened.append(grant_tree(bind["path"], writable=bool(bind.get("writable")), idmaps=idmaps))
+            finally:
+                idmaps.close()
             sandbox = self.take(bool(req.get("network")))
-        except (OSError, LaunchError) as exc:
+        except (OSError, LaunchError, GrantError) as exc:
             for fd in opened:
                 os.close(fd)
             if status_fd is not None:
@@ -783,7 +976,7 @@ class Launcher:
                 os.close(fd)
         sandbox.control.close()
         sandbox.cgroup = None  # the slice's now: the executor removes it when the slice ends
-        running = Running(slice_id, sandbox.payload, sandbox.init, status_fd)
+        running = Running(slice_id, sandbox.payload, sandbox.init, status_fd, cgroup=cgroup)
         self.running[sandbox.payload] = self.running[sandbox.init] = running
         name = next(iter(cgroup.dirs.values())).name if cgroup is not None and cgroup.dirs else None
         self.emit(event="started", id=slice_id, pid=sandbox.payload, cgroup=name)
@@ -800,8 +993,8 @@ class Launcher:
             if running is not None:
                 self._reaped(running, pid, status)
                 continue
-            for sandbox in list(self.pool):  # a pooled sandbox died before use
-                if pid in (sandbox.init, sandbox.payload):
+            for sandbox in list(self.pool):  # a pooled sandbox died before use (or lost its network)
+                if pid in (sandbox.init, sandbox.payload, sandbox.slirp):
                     if not sandbox.ready and sandbox.error is None:
                         self.failures += 1
                     self.discard(sandbox)
@@ -823,6 +1016,25 @@ class Launcher:
     def drain(self) -> None:
         for sandbox in list(self.pool):
             self.discard(sandbox)
+
+    def end_running(self) -> None:
+        """The executor is gone (or closed) and slices end with it: kill each running slice
+        (its init: that ends its pid namespace; then anything left in its cgroup), remove its
+        cgroup and reap it. Its "exited" event goes nowhere; its status file says 137."""
+        slices = list({r.payload: r for r in self.running.values()}.values())
+        for running in slices:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(running.init, signal.SIGKILL)
+        for running in slices:
+            if running.cgroup is not None:
+                try:
+                    running.cgroup.remove()
+                except CgroupError as exc:
+                    print(f"runink launcher: slice {running.id}: {exc}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + 5
+        while self.running and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.01)
 
     def serve(self, stdin: Any) -> None:
         buffer = b""
@@ -866,6 +1078,8 @@ class Launcher:
                         self.failures += 1
                         print(f"runink launcher: {exc}", file=sys.stderr, flush=True)
         finally:
+            if not self.slices_outlive:
+                self.end_running()
             self.drain()
 
 
@@ -899,7 +1113,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python-init", action="store_true", help="use the pure-Python PID 1 even where runink-init is built"
     )
+    parser.add_argument(
+        "--slices-outlive",
+        action="store_true",
+        help="running slices go on when this launcher ends (an agent recovers them); default: they end with it",
+    )
+    parser.add_argument(
+        "--no-seccomp", action="store_true", help="run slices without the seccomp filter (the executor's degrade)"
+    )
     args = parser.parse_args(argv)
+    global SLICE_UMASK  # set once, before any sandbox is forked
+    SLICE_UMASK = os.umask(0o022)
+    if not args.no_seccomp:
+        global SLICE_FILTER  # set once, before any sandbox is forked
+        SLICE_FILTER = LoadableFilter(build_program())
     cgroups = None
     if args.cgroups:
         spec = json.loads(args.cgroups)
@@ -915,7 +1142,15 @@ def main(argv: list[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix=f"runink-root-{os.getpid()}-")  # the sandboxes' mount point (in their namespaces)
     try:
         native = not args.python_init
-        launcher = Launcher(max(0, args.pool), root, args.readable, sys.stdout, cgroups, native_init=native)
+        launcher = Launcher(
+            max(0, args.pool),
+            root,
+            args.readable,
+            sys.stdout,
+            cgroups,
+            native_init=native,
+            slices_outlive=args.slices_outlive,
+        )
         launcher.serve(sys.stdin.buffer)
     finally:
         with contextlib.suppress(OSError):
