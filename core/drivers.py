@@ -214,7 +214,10 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
     name = getattr(settings, key)
     if name is None:
         return None
-    return load_driver(group, name, settings.options, manager=manager, origin=config.source_of(f"{section}.{key}"))
+    origin = config.source_of(f"{section}.{key}")
+    if not origin.startswith(("--set ", "$")):  # those name the key already; a file line does not
+        origin = f"{origin}: {section}.{key}"
+    return load_driver(group, name, settings.options, manager=manager, origin=origin)
 
 
 def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) -> tuple[Any, RuninkConfig, str]:

@@ -94,6 +94,11 @@ def run_command(
     config = state.config()
     compiled = load_pipeline(pipeline, config)
     if dry_run:
+        problems = _dry_run_problems(config, compiled, state)
+        if problems:
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+            raise typer.Exit(2)
         plan = plan_json(compiled)
         if json_output:
             print_json(plan)
@@ -173,6 +178,22 @@ def run_command(
                 err.print(f"[yellow]{escape(run.name)}[/]: schema drift: {escape(message)}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: CliState) -> list[str]:
+    """Everything --dry-run can check without running the pipeline (see runink.core.dryrun)."""
+    from runink.core import dryrun
+
+    manager = state.plugins()
+    drivers = dryrun.check_drivers(config, manager)
+    problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
+    if "executor" not in drivers:  # the step modules are imported in a slice: it needs the executor
+        executor = _executor(config, compiled, manager, quiet=True)
+        try:
+            problems += dryrun.check_code(compiled, executor, config)
+        finally:
+            executor.close()
+    return problems
 
 
 def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool = False) -> Any:

@@ -120,14 +120,14 @@ def compile_pipeline(
 
     # A sink that is some scenario's source connects the two (the reader runs after). Written
     # under another name (a symbolic link), that would be a dependency nobody can see: refused.
-    for item in compiled.values():
-        for sink, written in zip(item.sinks, item.scenario.sinks, strict=True):
-            for other in compiled.values():
-                if _identity(other.source) == _identity(sink.ref) and other.source.key != sink.ref.key:
+    for writer in compiled.values():
+        for output, written in zip(writer.sinks, writer.scenario.sinks, strict=True):
+            for reader in compiled.values():
+                if _identity(reader.source) == _identity(output.ref) and reader.source.key != output.ref.key:
                     raise DslError(
                         written.at,
-                        f"@sink {sink.ref.uri!r} is the source of scenario {other.name!r} "
-                        f"({other.source.uri!r}) under another name",
+                        f"@sink {output.ref.uri!r} is the source of scenario {reader.name!r} "
+                        f"({reader.source.uri!r}) under another name",
                     )
 
     for name, item in list(compiled.items()):

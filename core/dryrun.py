@@ -1,0 +1,201 @@
+"""``runink run --dry-run``: what can be checked about a compiled pipeline without running it.
+
+* every configured driver name (executor, scheduler policy, Barn backend, secret backend,
+  annotator) is an installed driver that loads;
+* each source no scenario produces exists and can be read;
+* each sink's folder exists or can be created (its nearest existing ancestor is a writable
+  folder);
+* step and contract modules import and name a function / a Contract subclass. Importing runs
+  the module's code, which is the pipeline author's: it happens in a slice started through
+  the configured executor (``runink.core.pipeline.probe``), never in the CLI process.
+
+Each problem is one line naming where it comes from (``file:line:column`` of the annotation,
+or the config key and where it was set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import sys
+import uuid
+from pathlib import Path
+
+from runink.core.config import RuninkConfig
+from runink.core.drivers import CONFIGURED_DRIVERS, DRIVER_GROUPS, list_drivers
+from runink.core.errors import ExecutorError
+from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
+from runink.core.model import Resources
+from runink.core.pipeline.compile import CompiledPipeline
+from runink.core.pipeline.probe import MARK
+from runink.core.plugins import PluginManager
+
+#: how long the import check may take (a module that hangs at import is a problem to report)
+PROBE_TIMEOUT = 60.0
+#: how much of the end of the probe's stdout is read for its answer
+PROBE_OUTPUT_TAIL = 1024 * 1024
+
+
+def check_drivers(config: RuninkConfig, manager: PluginManager | None) -> dict[str, str]:
+    """Config section -> what is wrong with the driver it names (none, not loadable, disabled)."""
+    problems: dict[str, str] = {}
+    for section, (group, key) in CONFIGURED_DRIVERS.items():
+        name = getattr(getattr(config, section), key)
+        if name is None or (section == "executor" and name == "auto"):
+            continue
+        records = {r.name: r for r in list_drivers(manager, {group: DRIVER_GROUPS[group]})}
+        origin = config.source_of(f"{section}.{key}")
+        record = records.get(name)
+        if record is None:
+            names = sorted(records) + (["auto"] if section == "executor" else [])
+            problems[section] = (
+                f"{origin}: {section}.{key} = {name!r} names no installed {group} driver "
+                f"(available: {', '.join(sorted(names)) or 'none'})"
+            )
+        elif record.status != "loaded":
+            problems[section] = f"{origin}: {section}.{key} = {name!r}: the driver is {record.status}: {record.error}"
+    return problems
+
+
+def check_sources(compiled: CompiledPipeline) -> list[str]:
+    """Sources that no scenario of the pipeline writes must exist and be readable."""
+    problems = []
+    for item in compiled.scenarios:
+        if item.upstream or item.scenario.source is None:
+            continue
+        at, uri, path = item.scenario.source.at, item.scenario.source.uri, item.source.path
+        try:
+            # O_NONBLOCK: a FIFO planted as a source must not hang the check
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            problems.append(f"{at}: @source {uri!r}: {path} does not exist")
+            continue
+        except OSError as exc:
+            problems.append(f"{at}: @source {uri!r}: cannot read {path}: {exc.strerror}")
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            problems.append(f"{at}: @source {uri!r}: {path} is not a regular file")
+    return problems
+
+
+def check_sinks(compiled: CompiledPipeline) -> list[str]:
+    """Each sink's folder exists or can be made: its nearest existing ancestor is a writable folder."""
+    problems = []
+    for item in compiled.scenarios:
+        for sink, written in zip(item.sinks, item.scenario.sinks, strict=True):
+            folder = sink.ref.path.parent
+            ancestor = folder
+            while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            prefix = f"{written.at}: @sink {written.uri!r}: "
+            if not ancestor.is_dir():
+                problems.append(f"{prefix}cannot make folder {folder}: {ancestor} is not a folder")
+            elif not os.access(ancestor, os.W_OK | os.X_OK):
+                problems.append(f"{prefix}cannot write in {ancestor}: not writable")
+    return problems
+
+
+def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkConfig) -> list[str]:
+    """Import the step and contract modules in a slice and check what each reference names."""
+    refs: dict[tuple[str, str], str] = {}  # (ref, kind) -> where it is first named
+    for item in compiled.scenarios:
+        scenario = item.scenario
+        if scenario.source is not None and scenario.source.contract:
+            refs.setdefault((scenario.source.contract, "contract"), str(scenario.source.at))
+        for step in scenario.steps:
+            refs.setdefault((step.ref, "step"), str(step.at))
+    if not refs:
+        return []
+    pipeline = compiled.pipeline
+    task_id = f"dry-run-{uuid.uuid4().hex[:12]}"
+    data_dir = Path(config.data_dir).resolve()
+    task_dir = data_dir / "dry-run" / task_id
+    # removed again after a good check, with the folders above it that this check made
+    made = [p for p in (data_dir, data_dir / "dry-run") if not p.exists()]
+    work_dir = task_dir / "work"
+    work_dir.mkdir(parents=True)
+    spec_path = work_dir / "probe.json"
+    spec_path.write_text(
+        json.dumps({"base_dir": str(pipeline.base_dir), "refs": [{"ref": r, "kind": k} for r, k in refs]})
+    )
+    # the probe writes nothing there (no bytecode either): the folder stays the runner's
+    limits = config.limits
+    task = TaskSpec(
+        id=task_id,
+        command=(sys.executable, "-m", "runink.core.pipeline.probe", str(spec_path)),
+        task_dir=task_dir,
+        env=_probe_env(work_dir),
+        cwd=work_dir,
+        readable=(pipeline.base_dir,),
+        writable=(work_dir,),
+        limits=Resources(cpu=1.0, memory=limits.memory_bytes, pids=limits.pids),
+        timeout=PROBE_TIMEOUT,
+        herd=pipeline.herd,
+        labels={"purpose": "dry-run"},
+    )
+    where = pipeline.file or pipeline.name
+    try:
+        executor.start(task)
+    except ExecutorError as exc:
+        return [f"{where}: cannot check the step modules: {exc}"]
+    try:
+        ended = executor.wait(task_id)
+    finally:
+        executor.destroy(task_id)
+    answer = _probe_answer(task_dir / "stdout.log")
+    if answer is None:
+        state = ended.state.value.lower() if ended is not None else "unknown"
+        detail = f": {ended.message}" if ended is not None and ended.message else ""
+        if ended is not None and ended.state is TaskState.DEADLINE_EXCEEDED:
+            detail = f": the imports took more than {PROBE_TIMEOUT:g}s"
+        return [f"{where}: cannot check the step modules: the check ended {state}{detail} (logs: {task_dir})"]
+    problems = []
+    for result in answer:
+        if result.get("error"):
+            key = (str(result.get("ref")), str(result.get("kind")))
+            if key in refs:
+                problems.append(f"{refs[key]}: {key[1]} {key[0]!r}: {result['error']}")
+    shutil.rmtree(task_dir, ignore_errors=True)  # kept only when the check itself failed
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return problems
+
+
+def _probe_env(work_dir: Path) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(work_dir), "LANG": "C.UTF-8"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves no __pycache__ in the pipeline's folder
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def _probe_answer(stdout: Path) -> list[dict[str, object]] | None:
+    """The probe's answer: its last MARK line (read from the end, without following links)."""
+    try:
+        fd = os.open(stdout, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - PROBE_OUTPUT_TAIL))
+        tail = fh.read(PROBE_OUTPUT_TAIL).decode("utf-8", errors="replace")
+    for line in reversed(tail.splitlines()):
+        # the linux executor's log may prefix lines; the mark is found wherever it starts
+        index = line.find(MARK)
+        if index >= 0:
+            try:
+                answer = json.loads(line[index + len(MARK) :])
+            except json.JSONDecodeError:
+                return None
+            return answer if isinstance(answer, list) else None
+    return None

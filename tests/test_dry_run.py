@@ -1,0 +1,177 @@
+"""`runink run --dry-run` checks what it can without running the pipeline: configured driver
+names, sources, sink folders, and (in a slice, never in the CLI process) step and contract
+modules. Each problem is one line; any problem exits 2."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., object]
+PROCESS = {"RUNINK_EXECUTOR__DRIVER": "process"}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "in.csv").write_text("id\n1\n")
+    (root / "steps.py").write_text("def keep(batch):\n    return batch\n\nnot_a_function = 3\n")
+    (root / "contracts.py").write_text(
+        "from runink.core.contracts import Contract, Field\n\n"
+        "class Row(Contract):\n    id: int = Field(ge=0)\n\nclass Plain:\n    pass\n"
+    )
+    return root
+
+
+def dsl(root: Path, body: str) -> None:
+    (root / "p.dsl").write_text("Feature: f\n" + textwrap.indent(textwrap.dedent(body), "  "))
+
+
+def errors(out: object) -> list[str]:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)  # type: ignore[attr-defined]
+    lines = out.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert all(line.startswith("error: ") for line in lines), lines
+    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    return [line[len("error: ") :] for line in lines]
+
+
+GOOD = """\
+Scenario: a
+  @source("in.csv", contract="contracts:Row")
+  @step("steps:keep")
+  @sink("out/a.csv")
+"""
+
+
+def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: Run, project: Path) -> None:
+    dsl(project, GOOD)
+    before = sorted(p.name for p in project.rglob("*"))
+    out = run_cli("run", "p.dsl", "--dry-run", "--json", cwd=project, env=PROCESS)
+    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    assert '"scenario": "a"' in out.stdout  # type: ignore[attr-defined]
+    assert sorted(p.name for p in project.rglob("*")) == before  # no .runink, out/ or __pycache__
+
+
+def test_sources_must_exist_and_be_readable(run_cli: Run, project: Path) -> None:
+    os.mkfifo(project / "pipe.csv")  # a FIFO would hang a reader
+    dsl(
+        project,
+        """\
+        Scenario: a
+          @source("nowhere.csv")
+          @sink("out/a.csv")
+        Scenario: b
+          @source("pipe.csv")
+          @sink("out/b.csv")
+        Scenario: c
+          @source("out/a.csv")
+          @sink("out/c.csv")
+        """,
+    )
+    assert errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)) == [
+        f"p.dsl:3:5: @source 'nowhere.csv': {project}/nowhere.csv does not exist",
+        f"p.dsl:6:5: @source 'pipe.csv': {project}/pipe.csv is not a regular file",
+    ]  # out/a.csv is made by scenario a: not checked
+
+
+def test_sink_folders_must_be_creatable(run_cli: Run, project: Path) -> None:
+    (project / "blocked").write_text("a file where a folder should be")
+    dsl(project, 'Scenario: a\n  @source("in.csv")\n  @sink("blocked/deeper/a.csv")\n')
+    assert errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)) == [
+        f"p.dsl:4:5: @sink 'blocked/deeper/a.csv': cannot make folder {project}/blocked/deeper: "
+        f"{project}/blocked is not a folder"
+    ]
+
+
+def test_step_and_contract_modules_are_imported_in_a_child_process(run_cli: Run, project: Path) -> None:
+    # import-time code that would kill the CLI if the CLI imported it
+    (project / "killer.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n\ndef f(batch):\n    return batch\n"
+    )
+    (project / "broken.py").write_text("raise RuntimeError('no database at import time')\n\ndef f(b):\n    return b\n")
+    dsl(
+        project,
+        """\
+        Scenario: a
+          @source("in.csv", contract="contracts:Plain")
+          @step("steps:not_a_function")
+          @step("broken:f")
+          @step("steps:keep")
+          @sink("out/a.csv")
+        """,
+    )
+    assert errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)) == [
+        "p.dsl:3:5: contract 'contracts:Plain': 'Plain' is a type, not a runink.core.contracts.Contract subclass",
+        "p.dsl:4:5: step 'steps:not_a_function': 'not_a_function' is a int, not a function",
+        "p.dsl:5:5: step 'broken:f': importing module 'broken' raised RuntimeError: no database at import time",
+    ]
+    dsl(project, 'Scenario: a\n  @source("in.csv")\n  @step("killer:f")\n  @sink("out/a.csv")\n')
+    (line,) = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS))
+    assert line.startswith("p.dsl: cannot check the step modules: the check ended failed"), line
+    assert not (project / "__pycache__").exists()
+
+
+def _linux_isolates() -> bool:
+    from runink.plugins.executors.linux.executor import LinuxExecutor
+
+    return LinuxExecutor().fingerprint().healthy
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _linux_isolates(), reason="the linux executor cannot isolate here")
+def test_the_import_check_runs_isolated(run_cli: Run, project: Path, tmp_path: Path) -> None:
+    """With the linux executor, the module's import-time code runs in a slice: the host's
+    files outside the pipeline's folder are not there."""
+    outside = tmp_path / "host-only.txt"
+    outside.write_text("secret")
+    (project / "peek.py").write_text(
+        f"import os\nif os.path.exists({str(outside)!r}):\n    raise RuntimeError('sees the host')\n"
+        "raise RuntimeError('isolated')\n"
+    )
+    dsl(project, 'Scenario: a\n  @source("in.csv")\n  @step("peek:f")\n  @sink("out/a.csv")\n')
+    (project / "peek.py").write_text((project / "peek.py").read_text() + "\ndef f(b):\n    return b\n")
+    assert errors(run_cli("run", "p.dsl", "--dry-run", cwd=project)) == [
+        "p.dsl:4:5: step 'peek:f': importing module 'peek' raised RuntimeError: isolated"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "group"),
+    [
+        ("executor.driver", "runink.executors"),
+        ("scheduler.policy", "runink.scheduler_policies"),
+        ("barn.backend", "runink.barn_backends"),
+        ("secrets.backend", "runink.secret_backends"),
+        ("annotator.driver", "runink.annotators"),
+    ],
+)
+def test_every_configured_driver_name_must_exist(run_cli: Run, project: Path, key: str, group: str) -> None:
+    dsl(project, GOOD)
+    env = {**PROCESS, "RUNINK_" + key.upper().replace(".", "__"): "nope"}
+    (line,) = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=env))
+    var = "$RUNINK_" + key.upper().replace(".", "__")
+    assert line.startswith(f"{var}: {key} = 'nope' names no installed {group} driver (available: "), line
+
+
+def test_a_driver_name_from_the_config_file_names_its_key(run_cli: Run, project: Path) -> None:
+    dsl(project, GOOD)
+    (project / "runink.toml").write_text('[scheduler]\npolicy = "spred"\n\n[executor]\ndriver = "proces"\n')
+    lines = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project))
+    toml = project / "runink.toml"
+    assert lines == [
+        f"{toml}:5: executor.driver = 'proces' names no installed runink.executors driver "
+        "(available: auto, linux, process)",
+        f"{toml}:2: scheduler.policy = 'spred' names no installed runink.scheduler_policies driver "
+        "(available: binpack, spread)",
+    ]
+    # a real run reads executor.driver too: the same one line, with the key
+    out = run_cli("run", "p.dsl", cwd=project)
+    assert out.returncode == 1  # type: ignore[attr-defined]
+    assert out.stderr.strip().splitlines() == [  # type: ignore[attr-defined]
+        f"error: no runink.executors driver named 'proces' (set at {toml}:5: executor.driver); "
+        "available: linux, process"
+    ]
