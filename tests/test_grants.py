@@ -142,3 +142,13 @@ def test_a_private_pipeline_runs_isolated_under_umask_077(tmp_path: Path) -> Non
     assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600  # the runner's user and umask
     assert stat.S_IMODE((pipeline / "data" / "orders.csv").stat().st_mode) == 0o600  # nothing changed
     assert not list(pipeline.rglob(".runink-stage-*"))  # staging folders gone
+
+
+def test_a_slice_that_cannot_be_set_up_says_why_in_one_line(linux: LinuxExecutor, tmp_path: Path) -> None:
+    spec = TaskSpec(
+        f"g-{uuid.uuid4().hex[:8]}", ("true",), tmp_path / "task", env={"PATH": "/usr/bin:/bin"}, files={"../x": "y"}
+    )
+    linux.start(spec)
+    result = linux.wait(spec.id, 30)
+    assert result is not None and result.state is TaskState.FAILED and result.exit_code == 126
+    assert result.message == f"cannot set up slice {spec.id}: invalid file name '../x'", result.message

@@ -97,7 +97,7 @@ def test_a_slice_cannot_type_into_the_runners_terminal() -> None:
                 tried[path] = "typed"
             except OSError as exc:
                 tried[path] = exc.strerror
-        print(json.dumps({"tried": tried, "sid_is_own": os.getsid(0) == os.getpid(),
+        print(json.dumps({"tried": tried, "sid_is_own": os.getsid(0) == os.getpid(), "init_sid": os.getsid(1),
                           "dev": sorted(os.listdir("/dev"))}))
         """
     )
@@ -107,6 +107,7 @@ def test_a_slice_cannot_type_into_the_runners_terminal() -> None:
     assert "typed" not in seen["tried"].values(), seen
     assert "tty" not in seen["dev"], seen  # no tty device in the slice at all
     assert seen["sid_is_own"], "the slice must lead a session of its own (no controlling terminal)"
+    assert seen["init_sid"] == 1, "its PID 1 too: no process of the slice in the runner's session"
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers of x86_64")

@@ -121,16 +121,19 @@ def time_executor(
     return samples
 
 
-def time_launcher(count: int, work: Path, tag: str, gap: float) -> list[float]:
-    """The fork server alone (what the executor adds: its bookkeeping, threads, task files)."""
+def time_launcher(
+    count: int, work: Path, tag: str, gap: float, *, python: str = sys.executable, options: tuple[str, ...] = ()
+) -> list[float]:
+    """The fork server alone (what the executor adds: its bookkeeping, threads, task files);
+    ``python`` may be another installation's interpreter (``--previous``)."""
     manager = CgroupManager(parent_name=f"runink-bench-l-{tag}")
     manager.prepare()
     layout = manager.layout
     own = {c: str(d) for c, d in layout.own.items()}
     cgroups = {"version": layout.version, "own": own, "parent": manager.parent_name}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--preload",
-         "pyarrow,pyarrow.compute,runink.core.dataplane.slice", "--cgroups", json.dumps(cgroups)],
+        [python, "-m", "runink.plugins.executors.linux.launcher", "--preload",
+         "pyarrow,pyarrow.compute,runink.core.dataplane.slice", "--cgroups", json.dumps(cgroups), *options],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert launcher.stdin is not None and launcher.stdout is not None
@@ -189,6 +192,26 @@ def time_command(
     return samples
 
 
+def compare_with_previous(
+    previous: str, count: int, work: Path, tag: str, rounds: int = 5
+) -> list[tuple[str, int, list[float]]]:
+    """The launcher alone, this version against a previous installation's (its interpreter),
+    and this one without its seccomp filter: the variants take turns, ``rounds`` times, so the
+    machine's drift falls on all alike. Same request, same work (a granted work dir, limits)."""
+    variants = {
+        "previous version's launcher": (previous, ()),
+        "this launcher, seccomp filter off": (sys.executable, ("--no-seccomp",)),
+        "this launcher (seccomp, id-mapped grants, own session)": (sys.executable, ()),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for turn in range(rounds):
+        for i, (name, (python, options)) in enumerate(variants.items()):
+            samples[name] += time_launcher(
+                count // rounds, work, f"{tag}c{turn}{i}", 0.01, python=python, options=options
+            )
+    return [(f"A/B: {name}, a request every 10 ms", len(values), values) for name, values in samples.items()]
+
+
 def throughput(run_one: Callable[[int], None], count: int, in_flight: int = 4) -> float:
     """Slices started and finished per second, ``in_flight`` at a time."""
     started = time.perf_counter()
@@ -200,6 +223,11 @@ def throughput(run_one: Callable[[int], None], count: int, in_flight: int = 4) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--previous",
+        metavar="PYTHON",
+        help="also time the launcher of another installation (its interpreter), alternating with this one",
+    )
     args = parser.parse_args()
     ours, anchors = (100, 30) if args.quick else (1000, 300)
     if os.geteuid() != 0:
@@ -232,6 +260,8 @@ def main() -> None:
                         time_launcher(ours, work, f"{tag}{gap * 1000:.0f}", gap),
                     )
                 )
+            if args.previous:
+                rows += compare_with_previous(args.previous, ours, work, tag)
             rows.append(
                 (
                     "runink linux executor, command step (/bin/echo, spawned by the payload)",

@@ -102,6 +102,22 @@ def _secrets(spec: TaskSpec) -> int:
     return fd
 
 
+def _setup_failure(stderr: Path) -> str | None:
+    """The payload's one line when it could not set a slice up (exit 126), so the console
+    names the path and the reason rather than an exit code (read: the log's last 4 KiB)."""
+    try:
+        fd = os.open(stderr, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 4096, max(0, size - 4096)).decode(errors="replace")
+    finally:
+        os.close(fd)
+    lines = [line for line in tail.splitlines() if line.startswith("runink: cannot set up slice")]
+    return lines[-1].removeprefix("runink: ") if lines else None
+
+
 @dataclass
 class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
@@ -223,7 +239,12 @@ class LinuxExecutor(Executor):
             if k not in unenforced
         )
         return ExecutorCapabilities(
-            "cgroup+namespaces", enforced, unenforced, supports_recover=True, supports_network_isolation=True
+            "cgroup+namespaces",
+            enforced,
+            unenforced,
+            # a restarted agent finds its slices only if they outlived the executor that ran them
+            supports_recover=self.slices_outlive_executor,
+            supports_network_isolation=True,
         )
 
     def fingerprint(self) -> Fingerprint:
@@ -554,6 +575,8 @@ class LinuxExecutor(Executor):
             state, message = TaskState.FAILED, "exit status lost: the slice's supervisor was killed"
         else:
             state, message = TaskState.FAILED, f"exit code {code}"
+            if code == 126 and (reason := _setup_failure(Path(task.handle.task_dir) / "stderr.log")):
+                message = reason
         task.result = TaskResult(
             task.handle.task_id,
             state,

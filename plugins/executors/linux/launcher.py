@@ -421,7 +421,6 @@ def _payload(control: socket.socket) -> int:
         if req.get("userns"):
             _enter_user_namespace(int(req["uid"]), int(req["gid"]))
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
-        _leave_session()
         if SLICE_FILTER is not None:
             SLICE_FILTER.load()  # last: it denies what the set-up above needed (unshare, keyctl)
         os.umask(SLICE_UMASK)
@@ -670,7 +669,8 @@ class Launcher:
         # Every sandbox has its own net namespace; a granted one gets slirp4netns attached
         # (see _attach_network), never the host's namespace: that held the host's listening ports.
         kinds = ["pid", "mount", "uts", "ipc", "net"]
-        slirp, blocked, exit_pipe, ready_pipe = None, (), None, None
+        slirp, exit_pipe, ready_pipe = None, None, None
+        blocked: tuple[netguard.Prefix, ...] = ()
         if network:
             if self.slirp is None:
                 raise LaunchError(network_refusal())
@@ -734,13 +734,15 @@ class Launcher:
                 actions.append((os.POSIX_SPAWN_DUP2, self.lifeline, 3))
                 argv.append("--die-with-launcher")
             default = (signal.SIGPIPE, signal.SIGXFSZ)
-            return os.posix_spawn(INIT_BINARY, argv, {}, file_actions=actions, setsigdef=default)
+            # its own session too: no process of a slice stays in the runner's (its terminal)
+            return os.posix_spawn(INIT_BINARY, argv, {}, file_actions=actions, setsigdef=default, setsid=True)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 keep = {notify} if self.lifeline is None else {notify, self.lifeline}
                 self._detach_from_launcher(keep=keep if hold is None else keep | {hold})
+                os.setsid()
                 code = _python_init(notify, self.lifeline)
             finally:
                 os._exit(code)
@@ -815,6 +817,9 @@ class Launcher:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
                 if network:
                     _guard_network(slirp_ready, blocked)
+                # before the request, while the sandbox is warm: setsid costs ~1 ms here (the
+                # kernel makes the new session a scheduler autogroup)
+                _leave_session()
             except BaseException as exc:
                 control.send(f"error cannot build the sandbox: {exc}".encode())
                 raise
