@@ -22,6 +22,14 @@ class TestLinuxExecutor(ExecutorConformance):
     driver_name = "linux"
 
 
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+class TestLinuxExecutorSlicesOutliveIt(ExecutorConformance):
+    """As an agent runs it: slices go on when the executor ends, and a new one recovers them."""
+
+    driver_name = "linux"
+    driver_options = {"slices_outlive_executor": True}
+
+
 @pytest.fixture
 def linux() -> Iterator[LinuxExecutor]:
     """An executor with its own cgroup parent, so leak checks see only its slices (tox runs envs in parallel)."""
@@ -168,7 +176,20 @@ def test_logs_are_live_and_capped(tmp_path) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_a_slice_outlives_its_launcher(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_slice_outlives_its_launcher(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With ``slices_outlive_executor`` (an agent that recovers its slices after a restart)."""
+    linux = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", slices_outlive_executor=True)
+    try:
+        _outlive(linux, tmp_path)
+    finally:
+        linux.close()
+        if linux.cgroups is not None:
+            for parent in set(linux.cgroups.parents().values()):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+
+
+def _outlive(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import signal
     import time
 

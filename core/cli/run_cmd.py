@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from runink.core.cli.output import console, print_json, print_table
+from runink.core.cli.output import console, print_error, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.config import RuninkConfig
 from runink.core.drivers import auto_executor, configured_driver
@@ -146,6 +147,7 @@ def run_command(
             result_box["error"] = exc
 
     worker = threading.Thread(target=target, daemon=True)
+    terminated = _cancel_on_sigterm()
     try:
         if live is not None:
             live.start()
@@ -155,11 +157,15 @@ def run_command(
     except KeyboardInterrupt:
         runner.cancel()
         worker.join(30)
+        if terminated.is_set():
+            print_error("terminated (SIGTERM): the run was cancelled and its slices stopped")
+            raise typer.Exit(128 + signal.SIGTERM) from None
         raise
     finally:
         if live is not None:
             live.stop()
-        executor.close()
+        executor.close()  # ends any slice still running (the launcher kills them at its stdin's end)
+        _restore_sigterm()
     if "error" in result_box:
         raise result_box["error"]
     result: RunResult = result_box["result"]
@@ -178,6 +184,30 @@ def run_command(
                 err.print(f"[yellow]{escape(run.name)}[/]: schema drift: {escape(message)}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+_PREVIOUS_SIGTERM: list[Any] = []
+
+
+def _cancel_on_sigterm() -> threading.Event:
+    """SIGTERM (a service manager, `kill`) cancels the run as Ctrl-C does: running slices are
+    stopped, outputs stay unpublished, the exit status is 143. Set once it came."""
+    terminated = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return terminated  # only the main thread may set handlers (the CLI runs there)
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cancellation runs once
+        terminated.set()
+        raise KeyboardInterrupt
+
+    _PREVIOUS_SIGTERM.append(signal.signal(signal.SIGTERM, on_sigterm))
+    return terminated
+
+
+def _restore_sigterm() -> None:
+    if _PREVIOUS_SIGTERM:
+        signal.signal(signal.SIGTERM, _PREVIOUS_SIGTERM.pop())
 
 
 def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: CliState) -> list[str]:

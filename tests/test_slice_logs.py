@@ -1,0 +1,68 @@
+"""A slice's logs stay within their cap however fast it writes (docs/isolation.md, Logs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runink.core.interfaces.executor import TaskSpec, TaskState
+from runink.plugins.executors.linux.executor import LinuxExecutor
+from runink.plugins.executors.linux.logs import CappedLog
+
+PROBLEMS = LinuxExecutor._detect_problems()
+CAP = 1024 * 1024
+
+FLOOD = """
+import sys
+out = sys.stdout.buffer
+block = b"".join(b"%08d %s\\n" % (i, b"x" * 90) for i in range(10_000))  # ~1 MiB of whole lines
+for _ in range(200):  # ~200 MiB, as fast as the slice can
+    out.write(block)
+out.write(b"the newest line\\n")
+out.flush()
+"""
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_flood_of_output_leaves_at_most_twice_the_cap(tmp_path: Path) -> None:
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", log_max_bytes=CAP)
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        os.chmod(work, 0o777)
+        spec = TaskSpec(f"l-{uuid.uuid4().hex[:8]}", (sys.executable, "-c", FLOOD), tmp_path / "task", env={}, cwd=work)
+        executor.start(spec)
+        result = executor.wait(spec.id, 60)
+        assert result is not None and result.state is TaskState.SUCCEEDED, executor.read_log(spec.id, "stderr")
+        task_dir = Path(spec.task_dir)
+        logs = {p.name: p.stat() for p in task_dir.glob("stdout.log*")}
+        assert sorted(logs) == ["stdout.log", "stdout.log.1"]
+        assert sum(s.st_size for s in logs.values()) <= 2 * CAP, logs  # ~200 MiB written
+        assert {stat.S_IMODE(s.st_mode) for s in logs.values()} == {0o640}  # the rotated one too
+        newest = (task_dir / "stdout.log").read_bytes()
+        assert newest.endswith(b"x" * 90 + b"\nthe newest line\n")  # the newest lines are kept, whole
+        rotated = (task_dir / "stdout.log.1").read_bytes()
+        assert rotated.endswith(b"\n") and len(rotated) > CAP // 2  # rotated at a line's end, nearly full
+        executor.destroy(spec.id)
+    finally:
+        executor.close()
+        if executor.cgroups is not None:
+            for parent in set(executor.cgroups.parents().values()):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+
+
+def test_capped_log_rotates_at_line_ends_and_splits_only_overlong_lines(tmp_path: Path) -> None:
+    log = CappedLog(tmp_path / "out.log", 10)
+    log.write(b"aaaa\nbbbb\ncc")  # 12 bytes: the first two lines fit, "cc" starts the next file
+    log.write(b"c\n" + b"z" * 25 + b"\n")  # a line longer than the cap is split
+    log.close()
+    assert (tmp_path / "out.log.1").read_bytes() == b"z" * 10
+    assert (tmp_path / "out.log").read_bytes() == b"z" * 5 + b"\n"
+    assert stat.S_IMODE((tmp_path / "out.log.1").stat().st_mode) == 0o640
