@@ -26,12 +26,15 @@ import collections
 import contextlib
 import http
 import json
+import logging
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
+
+log = logging.getLogger("runink.barn")
 
 MAX_BODY = 16 << 20  # bytes: well above the largest value the Barn accepts
 MAX_URL = 8 << 10  # bytes of the request target: 414 beyond
@@ -108,7 +111,11 @@ class Connections:
             await asyncio.sleep(SWEEP)
             now = loop.time()
             for connection in [c for c in self.live if c.deadline is not None and c.deadline < now]:
-                connection.expire()
+                try:
+                    connection.expire()
+                except Exception:  # the sweep must outlive any one connection's trouble
+                    self.live.discard(connection)
+                    log.exception("closing a timed-out connection failed")
 
 
 class HttpProtocol(asyncio.Protocol):
