@@ -30,6 +30,8 @@ HTTP API (JSON; keys are strings, values base64): POST /v1/put, /v1/get, /v1/del
 /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive, /v1/lease/revoke,
 /v1/revision; GET /v1/status; POST /v1/members/add, /v1/members/remove. ``"serializable": true``
 on /v1/get and /v1/scan reads the answering member's own copy (possibly stale, like etcd's).
+Every body is validated against ``schema.py`` before anything is proposed (400 otherwise); the
+transport's limits (timeouts, the connection cap, 413/414/431) are in ``http_protocol.py``.
 """
 
 from __future__ import annotations
