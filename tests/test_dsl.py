@@ -141,11 +141,6 @@ def compile_text(tmp_path: Path, body: str) -> object:
             3,
             "unknown option(s) delimeter for csv",
         ),
-        (
-            '  Scenario: a\n    @source("i.csv")\n    @sink("o.csv", when="invalid")\n    @sink("p.csv")\n',
-            4,
-            "needs a contract",
-        ),
         ('  Scenario: a\n    @source("i.csv")\n    @sink("i.csv")\n', 4, "writes the dataset it reads"),
         (
             '  Scenario: a\n    @source("x.csv")\n    @sink("y.csv")\n  Scenario: b\n    @source("y.csv")\n'

@@ -345,3 +345,42 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     (stage / "orders.csv").write_text("id\n1\n")
     _publish({tmp_path / "out" / "orders.csv": stage / "orders.csv"})
     assert (tmp_path / "out" / "orders.csv").read_text() == "id\n1\n"
+
+
+def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: Run, project: Path) -> None:
+    # An unclosed quote swallowed the following lines into one value and the scenario SUCCEEDED;
+    # a line nested 2,000 deep or not UTF-8 failed the whole scenario; a dead-letter sink
+    # needed a contract.
+    lines = ["id,name"] + [f"{i},n{i}" for i in range(10)]
+    lines[4] = '3,"never closed'
+    lines[7] = b"6,\xff".decode("latin-1")
+    (project / "in.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    deep = '{"id": ' + "[" * 2000 + "]" * 2000 + "}"
+    (project / "in.jsonl").write_bytes(b'{"id": 1}\n' + deep.encode() + b'\n{"id": "\xff"}\n{"id": 4}\n')
+    dsl(
+        project,
+        """
+        Scenario: with contract
+          @source("in.csv", contract="contracts:Row")
+          @sink("out/a.parquet")
+          @sink("out/dlq-a.jsonl", when="invalid")
+        Scenario: without contract
+          @source("in.jsonl")
+          @sink("out/b.jsonl")
+          @sink("out/dlq-b.jsonl", when="invalid")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    a, b = summary(out)["scenarios"]
+    assert (a["state"], b["state"]) == ("SUCCEEDED", "SUCCEEDED"), out.stderr  # type: ignore[attr-defined]
+    assert pq.read_table(project / "out" / "a.parquet").column("id").to_pylist() == [0, 1, 2, 4, 5, 7, 8, 9]
+    dlq_a = [json.loads(x) for x in (project / "out" / "dlq-a.jsonl").read_text().splitlines()]
+    assert [(r["_runink_position"], r["_runink_text"]) for r in dlq_a] == [(5, '3,"never closed'), (8, "6,\ufffd")]
+    assert "does not close on its line" in dlq_a[0]["_runink_reason"] and "UTF-8" in dlq_a[1]["_runink_reason"]
+    assert a["rows_malformed"] == 2 and a["rows_valid"] == 8
+    good = [json.loads(x)["id"] for x in (project / "out" / "b.jsonl").read_text().splitlines()]
+    assert good == [1, 4]
+    dlq_b = [json.loads(x) for x in (project / "out" / "dlq-b.jsonl").read_text().splitlines()]
+    assert [(r["_runink_position"], r["_runink_source"]) for r in dlq_b] == [(2, "in.jsonl"), (3, "in.jsonl")]
+    assert dlq_b[0]["_runink_reason"] == "malformed line: nested deeper than 512 levels"
+    assert b["rows_malformed"] == 2 and b["rows_invalid"] == 2

@@ -95,3 +95,77 @@ def test_unwritable_destination(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="cannot create the folder"):
         load_driver("runink.storage", "csv").writer(tmp_path / "file" / "x.csv", SCHEMA)
+
+
+def _csv_read(path: Path, **options: object) -> tuple[list[dict[str, str]], list[int], list[tuple[int, str, str]]]:
+    reads = list(load_driver("runink.storage", "csv").read(path, raw=True, options=options))
+    rows = [r for read in reads for r in read.batch.to_pylist()]
+    positions = [p for read in reads for p in read.positions.to_pylist()]
+    bad = [(m.position, m.reason, m.text) for read in reads for m in read.malformed]
+    return rows, positions, bad
+
+
+@pytest.mark.parametrize("block_size", [1 << 10, 1 << 20])
+def test_csv_unclosed_quote_is_one_dead_letter_not_a_merge(tmp_path: Path, block_size: int) -> None:
+    # An unclosed quote used to swallow every following line into one value (or, across a
+    # block boundary, fail the whole read); the lines after it are records of their own.
+    lines = ["a,b"] + [f"{i},v{i}" for i in range(1, 200)]
+    lines[50] = '50,"never closed'
+    lines[120] = '120,"closed on its line, with a comma"'
+    lines[150] = '150,"opens here'
+    lines[151] = '151,"and this quote would have closed it"'
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows, positions, bad = _csv_read(path, block_size=block_size)
+    assert [(line, text) for line, _, text in bad] == [(51, '50,"never closed'), (151, '150,"opens here')]
+    assert all("does not close on its line" in reason for _, reason, _ in bad)
+    expected = [i for i in range(1, 200) if i not in (50, 150)]
+    assert [int(r["a"]) for r in rows] == expected
+    assert positions == [i + 1 for i in expected]  # the file line: header is line 1
+    assert rows[expected.index(120)]["b"] == "closed on its line, with a comma"
+    assert rows[expected.index(151)]["b"] == "and this quote would have closed it"
+
+
+def test_csv_blank_lines_non_utf8_and_crlf_keep_positions(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"a,b\r\n1,x\r\n\r\n2,\xff\xfeoops\r\n3,y\r\n4\r\n\r\n5,z")
+    rows, positions, bad = _csv_read(path)
+    assert rows == [{"a": "1", "b": "x"}, {"a": "3", "b": "y"}, {"a": "5", "b": "z"}]
+    assert positions == [2, 5, 8]
+    assert [(line, reason.split(" (")[0]) for line, reason, _ in bad] == [
+        (4, "not UTF-8 text"),
+        (6, "expected 2 columns, got 1"),
+    ]
+    assert "at byte 2 of the line" in bad[0][1]
+
+
+def test_csv_overlong_line_is_skipped_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runink.plugins.storage.csv.MAX_LINE_BYTES", 4096)
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,x\n2," + "y" * 20_000 + "\n3,z\n")
+    rows, positions, bad = _csv_read(path, block_size=1024)
+    assert rows == [{"a": "1", "b": "x"}, {"a": "3", "b": "z"}] and positions == [2, 4]
+    assert [(line, reason) for line, reason, _ in bad] == [(3, "line longer than 4096 bytes")]
+
+
+def test_jsonl_deep_nesting_and_overlong_lines_are_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 levels used to raise RecursionError (the whole read failed); 100,000 crash pyarrow's parser.
+    monkeypatch.setattr("runink.plugins.storage.jsonl.MAX_LINE_BYTES", 1 << 20)
+    deep = '{"a": ' + "[" * 2000 + "]" * 2000 + "}"
+    crash = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    wide = '{"a": [' + "[1]," * 2000 + '[2]], "s": "' + "[" * 2000 + '"}'  # many brackets, shallow
+    huge = '{"a": "' + "x" * (2 << 20) + '"}'
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(['{"a": 1}', deep, crash, wide, huge, '{"a": 2}']) + "\n")
+    reads = list(load_driver("runink.storage", "jsonl").read(path, raw=True))
+    rows = [r for read in reads for r in read.batch.to_pylist()]
+    assert [p for read in reads for p in read.positions.to_pylist()] == [1, 4, 6]
+    assert [r["a"] for r in rows][::2] == ["1", "2"] and rows[1]["s"] == "[" * 2000
+    bad = [(m.position, m.reason) for read in reads for m in read.malformed]
+    assert bad == [
+        (2, "nested deeper than 512 levels"),
+        (3, "nested deeper than 512 levels"),
+        (5, f"line longer than {1 << 20} bytes"),
+    ]

@@ -128,19 +128,20 @@ def run(spec: dict[str, Any]) -> int:
                             f"schema drift in {source_uri} against contract {source['contract']} "
                             f"(herd policy: block): {'; '.join(new_drift)}"
                         )
+            if dlq_schema is None and batch.schema.names:
+                dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
+            invalid_parts = []
+            if contract is not None:
                 result = validate(contract, batch) if batch.num_rows else None
-                if dlq_schema is None and batch.schema.names:
-                    dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
-                invalid_parts = []
                 if result is not None and result.invalid.num_rows:
                     positions = read.positions.take(result.invalid_index)
                     invalid_parts.append(_dlq_rows(result.invalid, result.reasons, positions, source_uri, dlq_schema))
-                if read.malformed:
-                    invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
-                for part in invalid_parts:
-                    counters.rows_invalid += part.num_rows
-                    output.submit("invalid", part)
                 batch = result.valid if result is not None else pa.RecordBatch.from_pylist([], schema=contract.schema())
+            if read.malformed:  # dead letters whether or not the source has a contract
+                invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
+            for part in invalid_parts:
+                counters.rows_invalid += part.num_rows
+                output.submit("invalid", part)
             counters.rows_valid += batch.num_rows
             for ref, step in steps:
                 if batch.num_rows == 0:

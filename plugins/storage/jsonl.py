@@ -1,17 +1,21 @@
 """JSON Lines datasets: parsed in chunks of lines with pyarrow; an invalid line is reported, not fatal.
 
 A chunk that pyarrow cannot parse is re-read line by line only to find the bad lines; the
-good ones still go through the vectorized parser.
+good ones still go through the vectorized parser. A line longer than ``MAX_LINE_BYTES`` or
+nested deeper than ``MAX_DEPTH`` (which would crash the parser or exhaust the stack) is a
+malformed record found before parsing; such lines are skipped in pieces, never held whole.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
@@ -19,6 +23,31 @@ from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, Storage
 
 CHUNK_LINES = 65_536
+MAX_LINE_BYTES = 16 << 20
+#: deeper nesting is a malformed record (pyarrow's parser recurses: 100,000 levels crash it).
+MAX_DEPTH = 512
+MAX_TEXT = 1000
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _too_deep(line: bytes) -> bool:
+    """Nested deeper than MAX_DEPTH? Cheap for almost every line: nesting needs that many brackets."""
+    if len(line) <= MAX_DEPTH or line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False
+    # Brackets outside strings, as the parser sees them (an unclosed string counts its brackets:
+    # an overestimate, never an underestimate).
+    codes = np.frombuffer(_STRING.sub(b'""', line), np.uint8)
+    steps = ((codes == 0x5B) | (codes == 0x7B)).astype(np.int32) - ((codes == 0x5D) | (codes == 0x7D))
+    return int(np.cumsum(steps).max(initial=0)) > MAX_DEPTH
+
+
+def _skip_rest(fh: io.BufferedReader) -> None:
+    while (piece := fh.readline(1 << 20)) and not piece.endswith(b"\n"):
+        pass
+
+
+def _text(line: bytes) -> str:
+    return line[: MAX_TEXT * 4].decode("utf-8", errors="replace")[:MAX_TEXT]
 
 
 def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -50,20 +79,34 @@ class JsonlStorage(Storage):
             while True:
                 lines: list[bytes] = []
                 numbers: list[int] = []
-                for raw_line in fh:
+                skipped: list[Malformed] = []
+                while raw_line := fh.readline(MAX_LINE_BYTES):
                     line_no += 1
-                    if raw_line.strip():
+                    if len(raw_line) == MAX_LINE_BYTES and not raw_line.endswith(b"\n"):
+                        _skip_rest(fh)
+                        skipped.append(Malformed(line_no, f"line longer than {MAX_LINE_BYTES} bytes", _text(raw_line)))
+                    elif _too_deep(raw_line):
+                        skipped.append(Malformed(line_no, f"nested deeper than {MAX_DEPTH} levels", _text(raw_line)))
+                    elif raw_line.strip():
                         lines.append(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
                         numbers.append(line_no)
-                    if len(lines) >= chunk_lines:
+                    if len(lines) >= chunk_lines or len(skipped) >= chunk_lines:
                         break
-                if not lines:
+                if not lines and not skipped:
                     return
-                yield self._parse(lines, numbers, raw)
+                yield self._parse(lines, numbers, raw, skipped)
         finally:
             fh.close()
 
-    def _parse(self, lines: list[bytes], numbers: list[int], raw: bool) -> ReadBatch:
+    def _parse(self, lines: list[bytes], numbers: list[int], raw: bool, skipped: list[Malformed]) -> ReadBatch:
+        if not lines:
+            return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), skipped)
+        read = self._parse_lines(lines, numbers, raw)
+        if skipped:
+            read = ReadBatch(read.batch, read.positions, sorted([*skipped, *read.malformed], key=lambda m: m.position))
+        return read
+
+    def _parse_lines(self, lines: list[bytes], numbers: list[int], raw: bool) -> ReadBatch:
         malformed: list[Malformed] = []
         try:
             table = pajson.read_json(io.BytesIO(b"".join(lines)))
@@ -74,10 +117,9 @@ class JsonlStorage(Storage):
                     value = json.loads(line)
                     if not isinstance(value, dict):
                         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-                except ValueError as exc:
-                    text = line.decode(errors="replace").rstrip("\n")
+                except (ValueError, RecursionError) as exc:  # RecursionError: nesting, if MAX_DEPTH is raised
                     detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                    malformed.append(Malformed(number, f"invalid JSON: {detail}", text[:1000]))
+                    malformed.append(Malformed(number, f"invalid JSON: {detail}", _text(line).rstrip("\n")))
                     continue
                 good_lines.append(line)
                 good_numbers.append(number)
@@ -92,7 +134,8 @@ class JsonlStorage(Storage):
                     {k: (v if isinstance(v, str) or v is None else json.dumps(v)) for k, v in json.loads(x).items()}
                     for x in lines
                 ]
-                table = pa.Table.from_pylist(rows)
+                names = dict.fromkeys(name for row in rows for name in row)  # every row's keys, not the first's
+                table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in names]))
         batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([])
         if raw:
             batch = _stringify(batch)
