@@ -315,3 +315,46 @@ def test_slirp4netns_ends_with_its_sandbox(launcher: Launcher, tmp_path: Path, t
             break
         time.sleep(0.05)
     assert not [pid for pid in seen_slirps if alive(pid)]
+
+
+def test_without_slirp4netns_a_granted_task_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Never the host's network instead: refused, or with ``degrade`` run with its loopback only."""
+    from runink.core.errors import TaskRejectedError
+    from runink.core.interfaces.executor import TaskSpec, TaskState
+    from runink.plugins.executors.linux import executor as linux_executor
+
+    if linux_executor.LinuxExecutor._detect_problems():
+        pytest.skip("the linux executor cannot isolate here")
+    monkeypatch.setattr(linux_executor, "slirp4netns_path", lambda: None)
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o777)
+    command = ("sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1")
+
+    def spec() -> TaskSpec:
+        task_id = f"n-{uuid.uuid4().hex[:8]}"
+        return TaskSpec(task_id, command, tmp_path / task_id, env={"PATH": "/usr/bin:/bin"}, cwd=work, network=True)
+
+    for degrade in (False, True):
+        linux = linux_executor.LinuxExecutor(degrade=degrade, cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+        try:
+            assert "slirp4netns" in linux.capabilities().unenforced["network grant"]
+            task = spec()
+            if not degrade:
+                with pytest.raises(TaskRejectedError) as refused:
+                    linux.start(task)
+                message = str(refused.value)
+                assert "\n" not in message and "slirp4netns" in message and "apt-get install slirp4netns" in message
+                continue
+            linux.start(task)
+            result = linux.wait(task.id, 30)
+            assert result is not None and result.state is TaskState.SUCCEEDED, result
+            assert linux.read_log(task.id).split() == ["lo"]  # its own loopback, not the host's interfaces
+        finally:
+            linux.close()
+            if linux.cgroups is not None:
+                for parent in set(linux.cgroups.parents().values()):
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()

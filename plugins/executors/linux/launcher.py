@@ -626,6 +626,9 @@ class Launcher:
         self.native_init = native_init and native_init_available()
         self.slirp = slirp4netns_path()  # None: no sandbox with the network can be built here
         self.unshare = shutil.which("unshare", path=SLIRP_SEARCH_PATH)
+        # the host's addresses a network sandbox blocks: re-read only when the kernel says they changed
+        self.host_watch = netguard.HostAddressWatch() if self.slirp is not None else None
+        self.host_prefixes: tuple[netguard.Prefix, ...] | None = None
         self.out = out
         self.pool: list[Sandbox] = []
         self.running: dict[int, Running] = {}  # by the host pids of both its payload and its init
@@ -674,7 +677,7 @@ class Launcher:
         if network:
             if self.slirp is None:
                 raise LaunchError(network_refusal())
-            blocked = netguard.host_local_prefixes() + netguard.METADATA
+            blocked = self.blocked_now()
             exit_pipe, ready_pipe = os.pipe(), os.pipe()
         limits, warm = self.expected_limits, None
         if self.cgroups is not None:
@@ -887,10 +890,16 @@ class Launcher:
     def building(self) -> list[Sandbox]:
         return [s for s in self.pool if not s.ready and s.error is None]
 
+    def blocked_now(self) -> tuple[netguard.Prefix, ...]:
+        """What a network sandbox must block now: the host's local prefixes and cloud metadata."""
+        if self.host_watch is None or self.host_watch.changed() or self.host_prefixes is None:
+            self.host_prefixes = netguard.host_local_prefixes() + netguard.METADATA
+        return self.host_prefixes
+
     def take(self, network: bool) -> Sandbox:
         # A network sandbox blocks the host's addresses of when it was built: one built before
-        # the host gained an address is not used (~0.1 ms to read them).
-        current = netguard.host_local_prefixes() + netguard.METADATA if network else ()
+        # the host gained an address is not used.
+        current = self.blocked_now() if network else ()
         for sandbox in list(self.pool):
             if sandbox.network == network and sandbox.ready:
                 if sandbox.blocked != current:
