@@ -33,6 +33,7 @@ from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.plugins import PluginManager
+from runink.core.report import ReportError, ReportReader
 
 FINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "DEADLINE_EXCEEDED", "OOMKILLED"}
 
@@ -387,23 +388,32 @@ class LocalRunner:
             labels={"scenario": item.name},
         )
         try:
+            # made by the runner, read through its own fd (see core/report.py)
+            reader = ReportReader.create(report_path)
+        except ReportError as exc:
+            run.error = f"scenario {item.name!r}: {exc}"
+            _unstage(staged)
+            return "FAILED", {}
+        try:
             self.executor.start(task)
         except ExecutorError as exc:
+            reader.close()
             run.error = str(exc)
             _unstage(staged)
             return "FAILED", {}
         self._running_tasks.add(task.id)
         report: dict[str, Any] = {}
-        offset = 0
         try:
             while True:
                 ended = self.executor.wait(task.id, 0.1)
-                offset = self._read_report(report_path, offset, run, report)
+                self._read_report(reader, run, report, final=ended is not None)
                 if ended is not None:
-                    offset = self._read_report(report_path, offset, run, report)
                     break
         finally:
             self._running_tasks.discard(task.id)
+            reader.close()
+        for note in reader.notes():
+            self._log("warning", f"scenario {item.name!r}: {note}", herd, item.name)
         state = ended.state.value
         if state == TaskState.SUCCEEDED.value and not report.get("ok", False):
             state = "FAILED"
@@ -447,32 +457,25 @@ class LocalRunner:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         return env
 
-    def _read_report(self, path: Path, offset: int, run: ScenarioRun, report: dict[str, Any]) -> int:
-        try:
-            # O_NOFOLLOW: the folder belongs to the slice's user, who must not make the
-            # runner read another file for it (a link to something only root can read)
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except (FileNotFoundError, OSError):
-            return offset
-        with open(fd, encoding="utf-8", errors="replace") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        for line in complete.splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            report.update(event)
-            run.rows_in = event.get("rows_in", run.rows_in)
-            run.rows_valid = event.get("rows_valid", run.rows_valid)
-            run.rows_invalid = event.get("rows_invalid", run.rows_invalid)
-            run.rows_malformed = event.get("rows_malformed", run.rows_malformed)
-            run.steps = event.get("steps", run.steps)
-            run.rows_out = event.get("rows_out", run.rows_out)
-            run.drift = event.get("drift", run.drift)
-            run.contract_hash = event.get("contract_hash", run.contract_hash)
-        return offset + len(complete.encode("utf-8"))
+    def _read_report(self, reader: ReportReader, run: ScenarioRun, report: dict[str, Any], final: bool) -> None:
+        """Apply the slice's new report lines to ``run``; only the known fields, of their types
+        (the slice writes the file: it must not be able to break the runner's accounting)."""
+        for event in reader.events(final=final):
+            for key in ("rows_in", "rows_valid", "rows_invalid", "rows_malformed", "rows_out"):
+                if type(event.get(key)) is int:
+                    setattr(run, key, event[key])
+            steps = event.get("steps")
+            if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):
+                run.steps = {str(k): v for k, v in steps.items()}
+            drift = event.get("drift")
+            if isinstance(drift, list):
+                run.drift = [str(d)[:1000] for d in drift[:100]]
+            if isinstance(event.get("contract_hash"), str):
+                run.contract_hash = event["contract_hash"][:200]
+            if isinstance(event.get("ok"), bool):
+                report["ok"] = event["ok"]
+            if isinstance(event.get("error"), str):
+                report["error"] = event["error"][:4000]
 
     def _log(self, level: str, message: str, herd: str, scenario: str) -> None:
         export_log(self.manager, LogEntry(message, level, "runner", {"herd": herd, "scenario": scenario}))  # type: ignore[arg-type]
