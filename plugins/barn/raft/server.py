@@ -645,7 +645,19 @@ class BarnServer:
             return _unavailable(f"the leader {leader.name} cannot be reached: {exc}")
 
     def _forward_blocking(self, leader: Member, path: str, raw: bytes) -> Answer:
-        """One forwarded request, on a keep-alive connection this pool thread keeps to the leader."""
+        """One forwarded request, on a keep-alive connection this pool thread keeps to the leader.
+        A kept connection the leader has closed meanwhile (its idle timeout) fails at once: the
+        request is sent again on a new one, once (as a client would retry it: a write's request
+        id makes it apply once)."""
+        reused = getattr(self._forward_connections, "connection", None) is not None
+        try:
+            return self._forward_once(leader, path, raw)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._forward_once(leader, path, raw)
+
+    def _forward_once(self, leader: Member, path: str, raw: bytes) -> Answer:
         cached = getattr(self._forward_connections, "connection", None)
         if cached is None or cached[0] != leader.http:
             if cached is not None:
