@@ -152,6 +152,8 @@ def test_the_seccomp_filter_denies_what_a_step_never_needs() -> None:
             "ptrace": call(101, 0, 0, None, None),  # PTRACE_TRACEME
             "unshare(user)": call(272, 0x10000000),
             "clone3": call(435, None, 0),
+            "mount": call(165, b"none", b"/tmp", b"tmpfs", 0, None),  # denied by the final part
+            "move_mount": call(429, -1, b"", -100, b"/tmp", 4),
         }
         try:
             fcntl.ioctl(1, 0x5412, b"x")  # TIOCSTI on its log file: ENOTTY without the filter
@@ -180,6 +182,10 @@ def test_the_filter_is_built_with_libseccomp_and_lists_its_reasons() -> None:
 
     program = build_program()
     assert len(program) % 8 == 0 and len(program) > 8 * len(DENIED_SYSCALLS) // 2
+    warm, final = build_program("warm"), build_program("final")  # what the payload loads before / after set-up
+    assert len(final) < len(warm) < len(program) + 8 and len(final) % 8 == 0
+    with pytest.raises(ValueError, match="unknown filter part"):
+        build_program("most")
     docs = Path(__file__).parents[1] / "docs" / "isolation.md"
     text = docs.read_text()
     missing = [name for name in DENIED_SYSCALLS if f"`{name}`" not in text]

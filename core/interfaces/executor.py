@@ -17,6 +17,10 @@ Contract, checked by ``runink.testing.ExecutorConformance``:
 * A task whose spec asks for a limit the executor cannot enforce is refused with
   ``TaskRejectedError`` unless the executor is configured to degrade; it never runs a task
   unconfined silently. ``capabilities().unenforced`` says what it cannot enforce.
+* Every executor driver takes the keyword option ``degrade`` (a bool, default False): the
+  loader (``runink.core.drivers.load_driver``) always passes it, as a bool, and refuses a
+  driver whose factory does not take it. ``runink run`` sets it for a driver that isolates
+  nothing (``capabilities().isolation == "none"``) unless configured, and says so.
 * ``recover(handle)`` re-attaches, in a new executor instance (after an agent restart), to a
   task started by a previous one: ``wait``, ``stop`` and ``stats`` then work on it again.
 """
@@ -60,8 +64,10 @@ class TaskSpec:
     (``filesystem`` in its capabilities) shows the task nothing else of the host but its
     runtime; one that does not ignores them. Grants are real paths (resolve links before):
     the linux executor refuses a symbolic link anywhere on the way, and a writable grant that
-    is not a folder owned by its own user (what the caller made for the task). ``files`` (name -> content: credentials, a
-    config) are given to the task as files in a private folder named by ``$RUNINK_FILES``:
+    is not a folder owned by its own user (what the caller made for the task); it maps the
+    owner of each granted tree to the task's user, so the caller changes no owner or mode.
+    ``files`` (name -> content: credentials, a config) are given to the task as files in a
+    private folder named by ``$RUNINK_FILES``:
     a tmpfs only the task sees with the linux executor, never written to the host's disk.
     """
 
@@ -164,6 +170,9 @@ class Executor(ABC):
     GROUP: ClassVar[str] = "runink.executors"
     #: the name it is registered under; set by subclasses.
     name: ClassVar[str] = ""
+    #: run tasks whose limits cannot be enforced here without them, instead of refusing them;
+    #: every driver's factory takes it as a keyword option (see the module's contract).
+    degrade: bool = False
 
     @abstractmethod
     def capabilities(self) -> ExecutorCapabilities:
@@ -172,14 +181,6 @@ class Executor(ABC):
     @abstractmethod
     def fingerprint(self) -> Fingerprint:
         """Detect node attributes and health. Called at agent start and periodically."""
-
-    def task_user(self, task_id: str) -> tuple[int, int] | None:
-        """The (uid, gid) the task with this id will run as, if not the agent's own.
-
-        A runner gives that user the task's private work dir and output staging folders
-        before it starts the task. Default: None (tasks run as the agent's user).
-        """
-        return None
 
     @abstractmethod
     def start(self, spec: TaskSpec) -> TaskHandle:

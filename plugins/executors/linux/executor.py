@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,6 @@ from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_pro
 LOG_CHECK_SECONDS = 0.25  # slices that outlive the executor: how often their log files are checked
 LOG_DRAIN_SECONDS = 5.0  # at a slice's end: how long its last output may take to reach the log files
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
-UID_BASE = 100_000  # slices run as UID_BASE + a hash of the task id: never root, never a host user
-UID_RANGE = 50_000
 
 
 def _storage_modules() -> list[str]:
@@ -398,7 +395,6 @@ class LinuxExecutor(Executor):
         task_dir.mkdir(parents=True, exist_ok=True)
         status_file = task_dir / "exit_status"
         status_file.unlink(missing_ok=True)
-        uid, gid = self.task_user(spec.id)
         # Taken as given, never resolved here: the launcher refuses a symbolic link anywhere on
         # the way (a link in a folder someone else can write would redirect a grant).
         binds = {str(p): False for p in spec.readable}
@@ -411,8 +407,7 @@ class LinuxExecutor(Executor):
             "cwd": str(spec.cwd or "/"),
             "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
             "hostname": spec.id[:63],
-            "uid": uid,
-            "gid": gid,
+            # no uid: the launcher gives each sandbox its own, with its id-mapping made ahead
             "network": network,
             "userns": self.userns_refusal is None,
             "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
@@ -466,11 +461,6 @@ class LinuxExecutor(Executor):
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
-
-    def task_user(self, task_id: str) -> tuple[int, int]:
-        """An unprivileged uid/gid per task (never root, never a host user's)."""
-        uid = UID_BASE + zlib.crc32(task_id.encode()) % UID_RANGE
-        return uid, uid
 
     def recover(self, handle: TaskHandle) -> None:
         if handle.driver != self.name:

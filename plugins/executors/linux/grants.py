@@ -92,19 +92,24 @@ def id_map_namespace(owner_uid: int, owner_gid: int, uid: int, gid: int) -> int:
                 os.close(fd)
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
+        # Not waited for: its death needs it scheduled (up to a ms on a busy machine). The
+        # launcher's loop reaps every child it does not know.
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 class IdMaps:
     """The id-mapping namespaces of one slice's grants, one per distinct tree owner."""
 
-    def __init__(self, uid: int, gid: int) -> None:
+    def __init__(self, uid: int, gid: int, prepared: dict[tuple[int, int], int] | None = None) -> None:
+        """``prepared``: (owner uid, owner gid) -> namespace fd made before (not closed here)."""
         self.uid, self.gid = uid, gid
+        self._prepared = dict(prepared or {})
         self._fds: dict[tuple[int, int], int] = {}
 
     def get(self, owner_uid: int, owner_gid: int) -> int:
         key = (owner_uid, owner_gid)
+        if key in self._prepared:
+            return self._prepared[key]
         if key not in self._fds:
             self._fds[key] = id_map_namespace(owner_uid, owner_gid, self.uid, self.gid)
         return self._fds[key]
