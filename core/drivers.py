@@ -133,9 +133,16 @@ def load_driver(
             available = ", ".join(driver_names(group, manager)) or "none installed"
             raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
         factory = runtime[name][1].factory
+    if interface is Executor:
+        options["degrade"] = _degrade_option(options.get("degrade", False), name, where)
     try:
         instance = factory(**options)
     except TypeError as exc:
+        if interface is Executor and not _accepts(factory, "degrade"):
+            raise DriverLoadError(
+                f"{group} driver {name!r} does not take the 'degrade' option every executor driver takes "
+                f"(see docs/plugins.md){where}: {exc}"
+            ) from exc
         raise DriverLoadError(f"{group} driver {name!r}: bad options {sorted(options)}{where}: {exc}") from exc
     except Exception as exc:
         raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
@@ -144,6 +151,29 @@ def load_driver(
             f"{group} driver {name!r} is a {type(instance).__name__}, not a {interface.__name__}{where}"
         )
     return instance
+
+
+def _degrade_option(value: Any, name: str, where: str) -> bool:
+    """``degrade`` as a bool: from a file it is one, from ``--set``/the environment it is text
+    (where ``bool("false")`` would be True)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise DriverLoadError(
+        f"runink.executors driver {name!r}: option degrade must be true or false, got {value!r}{where}"
+    )
+
+
+def _accepts(factory: Callable[..., Any], keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True  # cannot tell: report the TypeError as it is
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class _LoadFailure(Exception):

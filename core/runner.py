@@ -398,7 +398,9 @@ class LocalRunner:
             self.executor.start(task)
         except ExecutorError as exc:
             reader.close()
-            run.error = str(exc)
+            # a third-party driver's message may not say who refused
+            executor_name = getattr(self.executor, "name", "") or type(self.executor).__name__
+            run.error = f"scenario {item.name!r}: executor {executor_name!r} refused it: {exc}"
             _unstage(staged)
             return "FAILED", {}
         self._running_tasks.add(task.id)
@@ -419,9 +421,17 @@ class LocalRunner:
             state = "FAILED"
         if state != "SUCCEEDED":
             run.error = report.get("error") or self._describe_exit(ended.state, ended.message, item)
-            stderr = (task_dir / "stderr.log").read_text(errors="replace")[-4000:]
-            if stderr.strip():
-                self._log("error", f"scenario {item.name!r} failed: {run.error}\n{stderr}", herd, item.name)
+            # One line for the failure; the slice's traceback stays in its log (shown at debug level).
+            log_path = task_dir / "stderr.log"
+            self._log("error", f"scenario {item.name!r} failed: {run.error} (log: {log_path})", herd, item.name)
+            try:
+                with open(log_path, "rb") as fh:
+                    fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4000))
+                    tail = fh.read(4000).decode(errors="replace")
+            except OSError:
+                tail = ""
+            if tail.strip():
+                self._log("debug", f"scenario {item.name!r}: the end of {log_path}:\n{tail}", herd, item.name)
         else:
             try:
                 _publish(staged)

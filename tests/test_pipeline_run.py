@@ -384,3 +384,95 @@ def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: 
     assert [(r["_runink_position"], r["_runink_source"]) for r in dlq_b] == [(2, "in.jsonl"), (3, "in.jsonl")]
     assert dlq_b[0]["_runink_reason"] == "malformed line: nested deeper than 512 levels"
     assert b["rows_malformed"] == 2 and b["rows_invalid"] == 2
+
+
+def test_a_failing_step_is_one_line_on_the_console(run_cli: Run, project: Path) -> None:
+    # It came three times: the runner's log record with the slice's traceback, then the summary.
+    dsl(
+        project,
+        """
+        Scenario: a
+          @source("in.csv", contract="contracts:Row")
+          @step("steps:boom")
+          @sink("out/a.parquet")
+    """,
+    )
+    out = run_cli("run", "p.dsl", cwd=project)
+    assert out.returncode == 1  # type: ignore[attr-defined]
+    lines = [x for x in out.stderr.splitlines() if "cursed" in x]  # type: ignore[attr-defined]
+    assert len(lines) == 1, out.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    line = lines[0]
+    assert line.startswith("a: step steps:boom raised ValueError: id 7 is cursed (batch of in.csv lines 2-11)")
+    log = Path(line.rsplit("(log: ", 1)[1].rstrip(")"))
+    assert log.name == "stderr.log" and "Traceback" in log.read_text()
+    debug = run_cli("--debug", "run", "p.dsl", cwd=project)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr  # type: ignore[attr-defined]
+
+
+EXECUTORS = '''
+    from runink.core.errors import TaskRejectedError
+    from runink.core.interfaces import ExecutorCapabilities
+    from runink.plugins.executors.process import ProcessExecutor
+
+    class Plain(ProcessExecutor):
+        """A third party's executor that isolates nothing and takes degrade like every driver."""
+        name = "plain"
+
+    class Strict(ProcessExecutor):
+        """Isolates (it says) and refuses what it cannot enforce, without saying who it is."""
+        name = "strict"
+
+        def capabilities(self):
+            return ExecutorCapabilities(isolation="vm")
+
+        def start(self, spec):
+            if not self.degrade:
+                raise TaskRejectedError("no room for this task")
+            return super().start(spec)
+
+    class Old:
+        """Takes no degrade option."""
+        def __init__(self):
+            pass
+'''
+
+
+def test_third_party_executors_get_degrade_and_are_named(
+    run_cli: Run, project: Path, fake_dist: Callable[..., Path]
+) -> None:
+    site = fake_dist(
+        "third-party-executors",
+        "1.0",
+        {"runink.executors": {"plain": "tpx:Plain", "strict": "tpx:Strict", "old": "tpx:Old"}},
+        {"tpx.py": EXECUTORS},
+    )
+    dsl(
+        project,
+        """
+        Scenario: a
+          @requires(memory="256Mi")
+          @source("in.csv")
+          @sink("out/a.csv")
+    """,
+    )
+
+    def run(*args: str) -> object:
+        return run_cli("run", "p.dsl", "--json", *args, cwd=project, pythonpath=site)
+
+    # isolates nothing: degraded by default, as the built-in process executor, and said so
+    plain = run("--set", "executor.driver=plain")
+    assert summary(plain)["scenarios"][0]["state"] == "SUCCEEDED", plain.stderr  # type: ignore[attr-defined]
+    assert "warning: executor 'plain' does not enforce cpu, memory limits" in plain.stderr  # type: ignore[attr-defined]
+    # degrade=false from --set is false, not the (true) string "false"
+    refused = run("--set", "executor.driver=plain", "--set", "executor.options.degrade=false")
+    error = summary(refused)["scenarios"][0]["error"]
+    assert error.startswith("scenario 'a': executor 'plain' refused it: task ") and "cannot enforce" in error
+    # an isolating driver refuses unless told to degrade; the refusal names it
+    strict = summary(run("--set", "executor.driver=strict"))["scenarios"][0]
+    assert strict["error"] == "scenario 'a': executor 'strict' refused it: no room for this task"
+    allowed = run("--set", "executor.driver=strict", "--set", "executor.options.degrade=true")
+    assert summary(allowed)["scenarios"][0]["state"] == "SUCCEEDED"
+    old = run("--set", "executor.driver=old")
+    assert old.returncode == 1  # type: ignore[attr-defined]
+    assert "driver 'old' does not take the 'degrade' option every executor driver takes" in old.stderr  # type: ignore[attr-defined]

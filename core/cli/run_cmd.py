@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -148,6 +149,8 @@ def run_command(
 
     worker = threading.Thread(target=target, daemon=True)
     terminated = _cancel_on_sigterm()
+    if not state.debug:  # each failure is printed once, below; --debug shows the runner's records too
+        _hide_runner_errors_on_stderr()
     try:
         if live is not None:
             live.start()
@@ -175,15 +178,46 @@ def run_command(
         console().print(_table(result))
         for run in result.scenarios:
             if run.error:
-                err.print(
-                    f"[red]{escape(run.name)}[/]: {escape(run.error)}"
-                    + (f" (logs: {escape(run.log_dir)})" if run.log_dir else ""),
-                    highlight=False,
-                )
+                err.print(f"[red]{escape(run.name)}[/]: {escape(failure_line(run))}", highlight=False, soft_wrap=True)
             for message in run.drift:
                 err.print(f"[yellow]{escape(run.name)}[/]: schema drift: {escape(message)}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def failure_line(run: Any) -> str:
+    """A failed scenario in one line: its error (step, exception type and message) and its log.
+
+    Printed after the scenario's name, so the error's own ``scenario 'NAME': `` prefix goes.
+    """
+    error = str(run.error).removeprefix(f"scenario {run.name!r}: ")
+    if not run.log_dir:
+        return error
+    log = Path(run.log_dir) / "stderr.log"
+    return f"{error} (log: {log if log.exists() else run.log_dir})"
+
+
+class _RunnerErrorFilter(logging.Filter):
+    """Drops the runner's error records (``[runner] scenario ... failed``) from the console:
+    ``runink run`` prints each failure itself, once. Other handlers (files, journald) keep them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name == "runink.export"
+            and record.levelno >= logging.ERROR
+            and isinstance(record.args, tuple)
+            and record.args[:1] == ("runner",)
+        )
+
+
+def _hide_runner_errors_on_stderr() -> None:
+    for handler in logging.getLogger().handlers:
+        if (
+            type(handler) is logging.StreamHandler
+            and getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+            and not any(isinstance(f, _RunnerErrorFilter) for f in handler.filters)
+        ):
+            handler.addFilter(_RunnerErrorFilter())
 
 
 _PREVIOUS_SIGTERM: list[Any] = []
@@ -229,7 +263,9 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
 def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool = False) -> Any:
     """The configured executor. The embedded default runs on the plain process executor, which
     cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
-    scenarios without them and says so once on stderr.
+    scenarios without them and says so once on stderr. The same holds for any executor driver
+    that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
+    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
     """
     if config.executor.driver == "auto":
         linux, config, note = auto_executor(config, manager)
@@ -238,7 +274,11 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
         if not quiet:
             print(note, file=sys.stderr)
     options = dict(config.executor.options)
-    if config.executor.driver == "process" and "degrade" not in options:
+    if "degrade" not in options:
+        executor = configured_driver(config, "executor", manager)
+        if executor.capabilities().isolation != "none":
+            return executor
+        executor.close()
         wanted = sorted(
             {
                 k
@@ -253,7 +293,7 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
         )
         if wanted and not quiet:
             print(
-                f"warning: executor 'process' does not enforce {', '.join(wanted)} limits (no cgroups); "
+                f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "
                 "scenarios run without them (set executor.options.degrade=false to refuse instead)",
                 file=sys.stderr,
             )
