@@ -10,8 +10,10 @@ killing the whole tree), its task dir (logs, exit status), deadlines and cancell
 Final states: SUCCEEDED, FAILED (exit code), OOMKILLED (the cgroup counted an OOM kill and
 the slice died of SIGKILL), DEADLINE_EXCEEDED, CANCELLED. Limits the machine cannot enforce
 (a missing controller, no root) refuse the task unless ``degrade = true``; nothing runs
-unconfined silently. A new instance can ``recover`` a task from its handle after the agent
-restarted: the cgroup still holds the slice, and the exit status lands in the task dir.
+unconfined silently. By default slices end with the executor (closed, or its process killed:
+see ``Launcher.end_running`` and runink_init.c); with ``slices_outlive_executor`` they go on,
+and a new instance can ``recover`` a task from its handle after the agent restarted: the
+cgroup still holds the slice, and the exit status lands in the task dir.
 """
 
 from __future__ import annotations
@@ -591,7 +593,8 @@ class LinuxExecutor(Executor):
         task.done.wait(10)
 
     def close(self) -> None:
-        """Stop the launchers (their warm sandboxes end with them); running slices go on."""
+        """Stop the launchers (their warm sandboxes end with them). Running slices end too (the
+        launchers kill them at the end of their stdin), unless ``slices_outlive_executor``."""
         with self._lock:
             launchers, self._launchers = list(self._launchers.values()), {}
         for launcher in launchers:
