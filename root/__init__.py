@@ -1,4 +1,4 @@
-"""Runink: data pipelines on a pool of Linux machines, built as a small core plus plugins.
+"""Runink: data pipelines in isolated slices on one Linux machine, built as a small core plus plugins.
 
 The package root holds only the version; the code lives in ``runink.core`` (the
 minimal core) and ``runink.plugins`` (the default plugins), and ``runink.testing``

@@ -26,7 +26,7 @@ def _version_callback(value: bool) -> None:
 def build_app(state: CliState) -> typer.Typer:
     app = typer.Typer(
         name="runink",
-        help="Runink: run data pipelines on a pool of Linux machines.",
+        help="Runink: run data pipelines on this machine, each scenario in an isolated slice.",
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

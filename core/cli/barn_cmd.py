@@ -36,6 +36,10 @@ def serve_command(  # noqa: PLR0917 (typer options)
     election_timeout: float = typer.Option(0.3, help="seconds (the minimum; the maximum is twice)"),
     compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
+    history: int = typer.Option(100_000, help="changes kept for watches"),
+    max_connections: int | None = typer.Option(
+        None, help="client connections served at once, more are refused (default: the descriptor limit less 256)"
+    ),
     secret_file: Path | None = typer.Option(
         None, envvar="RUNINK_BARN_SECRET_FILE", help="the group's shared secret (same file content on every member)"
     ),
@@ -46,6 +50,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     argv = ["--name", name, "--raft", raft, "--http", http, "--data-dir", str(data_dir)]
     argv += ["--election-timeout", str(election_timeout)] + (["--no-fsync"] if no_fsync else [])
     argv += ["--compaction-entries", str(compaction_entries), "--compaction-seconds", str(compaction_seconds)]
+    argv += ["--history", str(history)]
+    if max_connections is not None:
+        argv += ["--max-connections", str(max_connections)]
     for item in peer:
         argv += ["--peer", item]
     if secret_file is not None:

@@ -2,7 +2,8 @@
 
 Default file: ``<data_dir>/lineage/events.jsonl``; set ``[plugin.lineage-jsonl] path = ...``
 to change it. The line layout follows OpenLineage's RunEvent (eventType, eventTime, run,
-job, inputs, outputs) so the file can be replayed into an OpenLineage backend.
+job, inputs, outputs), but it is not valid OpenLineage yet (no schemaURL, a producer that is
+not a URI, a run id that is not a UUID): a backend such as Marquez would refuse it.
 """
 
 from __future__ import annotations
