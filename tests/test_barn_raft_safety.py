@@ -13,6 +13,7 @@ import raft_sim
 import runink.plugins.barn.raft.syncobj as patched
 
 
+@pytest.mark.slow  # ~12 s: a check on the upstream library, not on the Barn (rerun it when pysyncobj changes)
 def test_stock_pysyncobj_loses_acknowledged_writes() -> None:
     """Why the Barn ships a patched copy: if this starts passing on a new pysyncobj, drop the copy."""
     acknowledged, replicated = raft_sim.stale_append_loses_acknowledged_writes(stock)
@@ -26,7 +27,8 @@ def test_patched_pysyncobj_keeps_acknowledged_writes() -> None:
     assert replicated == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# One seed in the default run; the soak (`tox -e slow`) tries many more interleavings.
+@pytest.mark.parametrize("seed", [1, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(2, 21))])
 def test_patched_pysyncobj_under_message_chaos(seed: int) -> None:
     """Random delays, duplicates and reorders, then the leader is cut off: the survivors agree
     on one history that holds every acknowledged write."""
