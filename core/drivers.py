@@ -133,6 +133,9 @@ def load_driver(
             available = ", ".join(driver_names(group, manager)) or "none installed"
             raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
         factory = runtime[name][1].factory
+    if inspect.isclass(factory) and not issubclass(factory, interface):
+        raise DriverLoadError(f"{group} driver {name!r} is a {factory.__name__}, not a {interface.__name__}{where}")
+    given = sorted(options)
     if interface is Executor:
         options["degrade"] = _degrade_option(options.get("degrade", False), name, where)
     try:
@@ -143,7 +146,7 @@ def load_driver(
                 f"{group} driver {name!r} does not take the 'degrade' option every executor driver takes "
                 f"(see docs/plugins.md){where}: {exc}"
             ) from exc
-        raise DriverLoadError(f"{group} driver {name!r}: bad options {sorted(options)}{where}: {exc}") from exc
+        raise DriverLoadError(f"{group} driver {name!r}: bad options {given}{where}: {exc}") from exc
     except Exception as exc:
         raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
     if not isinstance(instance, interface):
