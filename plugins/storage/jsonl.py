@@ -32,7 +32,7 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 def _too_deep(line: bytes) -> bool:
     """Nested deeper than MAX_DEPTH? Cheap for almost every line: nesting needs that many brackets."""
-    if len(line) <= MAX_DEPTH or line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
         return False
     # Brackets outside strings, as the parser sees them (an unclosed string counts its brackets:
     # an overestimate, never an underestimate).
@@ -41,9 +41,15 @@ def _too_deep(line: bytes) -> bool:
     return int(np.cumsum(steps).max(initial=0)) > MAX_DEPTH
 
 
-def _skip_rest(fh: io.BufferedReader) -> None:
-    while (piece := fh.readline(1 << 20)) and not piece.endswith(b"\n"):
-        pass
+def _oversized(line: bytes, fh: io.BufferedReader) -> str | None:
+    """Why a long line is a malformed record, if it is one (the rest of a too long line is skipped)."""
+    if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
+        while (piece := fh.readline(1 << 20)) and not piece.endswith(b"\n"):
+            pass
+        return f"line longer than {MAX_LINE_BYTES} bytes"
+    if _too_deep(line):
+        return f"nested deeper than {MAX_DEPTH} levels"
+    return None
 
 
 def _text(line: bytes) -> str:
@@ -74,24 +80,25 @@ class JsonlStorage(Storage):
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally, across yields
         except FileNotFoundError:
             raise DatasetError(f"source {path} does not exist") from None
+        readline, limit = fh.readline, MAX_LINE_BYTES
         try:
             line_no = 0
             while True:
                 lines: list[bytes] = []
                 numbers: list[int] = []
                 skipped: list[Malformed] = []
-                while raw_line := fh.readline(MAX_LINE_BYTES):
+                while raw_line := readline(limit):
                     line_no += 1
-                    if len(raw_line) == MAX_LINE_BYTES and not raw_line.endswith(b"\n"):
-                        _skip_rest(fh)
-                        skipped.append(Malformed(line_no, f"line longer than {MAX_LINE_BYTES} bytes", _text(raw_line)))
-                    elif _too_deep(raw_line):
-                        skipped.append(Malformed(line_no, f"nested deeper than {MAX_DEPTH} levels", _text(raw_line)))
+                    # only a line longer than MAX_DEPTH bytes can be too deep or too long
+                    if len(raw_line) > MAX_DEPTH and (reason := _oversized(raw_line, fh)):
+                        skipped.append(Malformed(line_no, reason, _text(raw_line)))
+                        if len(skipped) >= chunk_lines:
+                            break
                     elif raw_line.strip():
                         lines.append(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
                         numbers.append(line_no)
-                    if len(lines) >= chunk_lines or len(skipped) >= chunk_lines:
-                        break
+                        if len(lines) >= chunk_lines:
+                            break
                 if not lines and not skipped:
                     return
                 yield self._parse(lines, numbers, raw, skipped)
