@@ -135,7 +135,8 @@ def _stage_sinks(item: CompiledScenario) -> dict[Path, _Stage]:
             parent.mkdir(parents=True, exist_ok=True)
             folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                name = f".runink-stage-{secrets.token_hex(8)}"
+                _sweep_stale_stages(folder)
+                name = f"{STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
                 os.mkdir(name, 0o700, dir_fd=folder)  # fails if anything is there: never an existing one
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
             except BaseException:
@@ -146,6 +147,35 @@ def _stage_sinks(item: CompiledScenario) -> dict[Path, _Stage]:
         _unstage(stages)
         raise
     return stages
+
+
+STAGE_PREFIX = ".runink-stage-"
+
+
+def _sweep_stale_stages(folder: int) -> None:
+    """Remove the staging folders a killed runner left in this folder: named with its pid, that
+    process gone (its slices died with it), and folders of this user (never a link, never
+    someone else's)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(STAGE_PREFIX):
+                continue
+            pid = entry.name[len(STAGE_PREFIX) :].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+                shutil.rmtree(entry.name, ignore_errors=True, dir_fd=folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(stages: dict[Path, _Stage]) -> None:

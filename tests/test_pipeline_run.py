@@ -84,7 +84,8 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: Run, orders
     assert "not isolated" not in out.stderr  # type: ignore[attr-defined]
     for scenario in result["scenarios"]:
         work = Path(scenario["log_dir"]) / "work"
-        assert work.stat().st_uid >= 100_000  # the slice ran as its own unprivileged user
+        # the slice (its own unprivileged user) wrote there through an id-mapped mount: nothing chowned
+        assert work.stat().st_uid == os.getuid() and (work / "report.jsonl").stat().st_uid == os.getuid()
         for output in scenario["outputs"]:
             assert Path(output).stat().st_uid == os.getuid()  # published as the runner's user
             assert not list(Path(output).parent.glob(".runink-stage-*"))  # staging removed
@@ -330,21 +331,33 @@ def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp
 
 
 def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
-    """A staging folder belongs to the slice's user: a link planted there is not published."""
-    from runink.core.runner import _publish
+    """A staging folder belongs to the slice: a link planted there is not published, and a
+    staging folder swapped for a link after it was made redirects nothing (fds, not paths)."""
+    from types import SimpleNamespace
+
+    from runink.core.runner import _publish, _stage_sinks, _unstage
 
     secret = tmp_path / "root-only.txt"
     secret.write_text("not for slices")
-    stage = tmp_path / "out" / ".runink-stage-t1"
-    stage.mkdir(parents=True)
-    (stage / "orders.csv").symlink_to(secret)
-    with pytest.raises(OSError, match="not a regular file"):
-        _publish({tmp_path / "out" / "orders.csv": stage / "orders.csv"})
-    assert not (tmp_path / "out" / "orders.csv").exists()
-    (stage / "orders.csv").unlink()
-    (stage / "orders.csv").write_text("id\n1\n")
-    _publish({tmp_path / "out" / "orders.csv": stage / "orders.csv"})
-    assert (tmp_path / "out" / "orders.csv").read_text() == "id\n1\n"
+    final = tmp_path / "out" / "orders.csv"
+    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
+    stages = _stage_sinks(item)  # type: ignore[arg-type]
+    stage = stages[final]
+    assert stage.path.parent == final.parent and stage.path.name.startswith(".runink-stage-")
+    assert stage.path.stat().st_mode & 0o777 == 0o700
+    stage.file.symlink_to(secret)
+    with pytest.raises(OSError, match="no regular file"):
+        _publish(stages)
+    assert not final.exists()
+    stage.file.unlink()
+    stage.file.write_text("id\n1\n")
+    # someone who can write out/ moves the staging folder away and plants a link in its place
+    stage.path.rename(tmp_path / "moved")
+    os.symlink(tmp_path / "elsewhere", stage.path)
+    _publish(stages)
+    assert final.read_text() == "id\n1\n" and not (tmp_path / "elsewhere").exists()
+    _unstage(stages)
+    assert stages == {}
 
 
 def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: Run, project: Path) -> None:

@@ -131,6 +131,18 @@ def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(tmp_path: Path, paren
         assert _settle(lambda: [p for p in slices if _alive(p)]) == []
         assert _settle(lambda: [p for p in launchers if _alive(p)]) == []
         assert _settle(lambda: _sandbox_cgroups(parent_name, launchers)) == []
+        stale = list((project / "out").glob(".runink-stage-*"))
+        if signum == signal.SIGTERM:
+            assert stale == []  # a cancelled run removes its staging folders
+        else:  # nothing ran to remove them: the next run in that folder does
+            assert stale
+            from types import SimpleNamespace
+
+            from runink.core.runner import _stage_sinks, _unstage
+
+            item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=project / "out" / "a.csv"))])
+            _unstage(_stage_sinks(item))  # type: ignore[arg-type]
+            assert list((project / "out").glob(".runink-stage-*")) == []
     finally:
         if runner.poll() is None:
             runner.kill()
