@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from runink.core.pipeline.compile import compile_pipeline
 from runink.core.pipeline.dsl import DslError, parse, parse_file
 from runink.core.plugins import PluginManager
 from runink.core.runner import LocalRunner
+from runink.plugins.executors.linux.executor import LinuxExecutor
 from runink.plugins.executors.process import ProcessExecutor
 
 
@@ -156,3 +158,35 @@ def test_nonsense_limit_defaults_are_config_errors(environ: dict[str, str], mess
     with pytest.raises(ConfigError) as info:
         load_config(environ=environ)
     assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.skipif(bool(LinuxExecutor._detect_problems()), reason="cannot isolate here")
+def test_an_isolated_slice_gets_the_default_pids_limit(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No @requires: the slice still cannot start more than [limits] pids (1024) tasks."""
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "steps.py").write_text(
+        textwrap.dedent(
+            """
+            import threading, time
+            def many(batch):
+                stop, started = threading.Event(), 0
+                try:
+                    for _ in range(1100):
+                        threading.Thread(target=stop.wait, daemon=True).start()
+                        started += 1
+                except RuntimeError:
+                    pass
+                stop.set()
+                print(f"started {started} threads")
+                return batch
+            """
+        )
+    )
+    (tmp_path / "p.dsl").write_text(
+        'Feature: x\n  Scenario: a\n    @source("in.csv")\n    @step("steps:many")\n    @sink("out.csv")\n'
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=tmp_path, env={"RUNINK_EXECUTOR__DRIVER": "linux"})
+    assert out.returncode == 0, out.stderr
+    log = Path(json.loads(out.stdout)["scenarios"][0]["log_dir"]) / "stdout.log"
+    started = int(log.read_text().split("started ")[1].split()[0])
+    assert 1000 <= started < 1024, started  # the pids cgroup stopped it (the slice's own tasks count too)
