@@ -140,7 +140,8 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     try:
         if idmaps is not None and _set_attributes(tree, flags | MOUNT_ATTR_IDMAP, idmaps.get(info.st_uid, info.st_gid)):
             return tree
-        if not _set_attributes(tree, flags, 0):
+        if not _set_attributes(tree, flags, 0) and ctypes.get_errno() != errno.ENOSYS:
+            # (Linux before 5.12 has no mount_setattr: the payload's remount sets the flags)
             raise GrantError(f"cannot grant {path}: {_errno_error('mount_setattr').strerror}")
     except BaseException:
         os.close(tree)

@@ -405,7 +405,10 @@ def _payload(control: socket.socket) -> int:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 if not os.path.exists(target):
                     open(target, "w").close()
-            _move_mount(fd, target)  # read-only or not, nosuid, nodev and id-mapped already (grants.py)
+            _move_mount(fd, target)  # id-mapped already where the kernel can (grants.py)
+            # the flags again: mount_setattr set them too, but a kernel before 5.12 has none
+            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
+            _mount(None, target, None, flags)
         if files:
             _private_files(files, int(req["uid"]), int(req["gid"]))
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
