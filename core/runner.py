@@ -11,6 +11,7 @@ replaces this runner, not the executor or the data plane.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -110,85 +111,138 @@ class RunResult:
 @dataclass
 class _Stage:
     """A sink's staging folder: made by the runner beside the final file (same file system, so
-    publishing is a rename) under a random name, and reached only through file descriptors of
-    its folder, so nothing anyone plants or swaps in that folder can redirect the runner."""
+    publishing is a rename) under a random name, and reached only through file descriptors, so
+    nothing anyone plants or swaps in the sink's folder can redirect the runner.
+
+    Two levels: ``.runink-stage-<random>`` (mode 0700, the runner's, locked while it runs)
+    holds ``out``, the folder the slice is granted. The slice may change ``out`` (an isolating
+    executor shows it as the slice's own) but not the folder around it, so no one else can
+    reach what the slice leaves there (a setuid file, say) before the runner vets it."""
 
     final: Path  # the sink's path as written in the pipeline
     folder: int  # fd of the sink's folder
     name: str  # the staging folder's name in it
-    fd: int  # fd of the staging folder
-    path: Path  # its real path (what the slice is granted)
+    outer: int  # fd of the staging folder (flock'd: a runner that died leaves it unlocked)
+    fd: int  # fd of ``out`` in it
+    path: Path  # the real path of ``out`` (what the slice is granted)
 
     @property
     def file(self) -> Path:
         return self.path / self.final.name
 
 
-def _stage_sinks(item: CompiledScenario) -> dict[Path, _Stage]:
-    """Final sink path -> its staging folder. The folders are the runner's own (mode 0700):
-    an isolating executor grants them to the slice through an id-mapped mount, so the runner
-    changes the owner or mode of nothing."""
+STAGE_PREFIX = ".runink-stage-"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_real_folder(real: Path) -> int:
+    """An fd of the folder at ``real`` (a path with its links resolved), made if missing,
+    following no link on the way: a link that appeared since it was resolved is someone
+    redirecting the runner (OSError ELOOP or ENOTDIR)."""
+    fd = os.open("/", _DIRECTORY)
+    try:
+        for part in real.parts[1:]:
+            try:
+                step = os.open(part, _DIRECTORY, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                step = os.open(part, _DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda _path: True) -> dict[Path, _Stage]:
+    """Final sink path -> its staging folder. ``allowed`` vets each sink's folder, links
+    resolved (again: the compiler checked it, a link may have been planted since)."""
     stages: dict[Path, _Stage] = {}
     try:
         for sink in item.sinks:
-            parent = sink.ref.path.parent.resolve()  # the pipeline's own choice: its links are followed once
-            parent.mkdir(parents=True, exist_ok=True)
-            folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            parent = sink.ref.path.parent.resolve()  # the pipeline's own links are followed once, here
+            if not allowed(parent):
+                raise OSError(f"{sink.ref.path}: its folder leads to {parent}, outside what the pipeline may write")
+            folder = open_real_folder(parent)
+            outer = inner = -1
             try:
                 _sweep_stale_stages(folder)
-                name = f"{STAGE_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+                name = f"{STAGE_PREFIX}{secrets.token_hex(8)}"
                 os.mkdir(name, 0o700, dir_fd=folder)  # fails if anything is there: never an existing one
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+                outer = os.open(name, _DIRECTORY, dir_fd=folder)
+                fcntl.flock(outer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.mkdir("out", 0o700, dir_fd=outer)
+                inner = os.open("out", _DIRECTORY, dir_fd=outer)
             except BaseException:
-                os.close(folder)
+                for fd in (inner, outer, folder):
+                    if fd >= 0:
+                        os.close(fd)
                 raise
-            stages[sink.ref.path] = _Stage(sink.ref.path, folder, name, fd, parent / name)
+            stages[sink.ref.path] = _Stage(sink.ref.path, folder, name, outer, inner, parent / name / "out")
     except BaseException:
         _unstage(stages)
         raise
     return stages
 
 
-STAGE_PREFIX = ".runink-stage-"
+def _home_folders() -> set[Path]:
+    """Every user's home folder (and this process's): never granted whole to a slice."""
+    import pwd
+
+    homes = {Path(entry.pw_dir) for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
+    with contextlib.suppress(KeyError, RuntimeError):
+        homes.add(Path.home())
+    return {home.resolve() for home in homes}
 
 
 def _sweep_stale_stages(folder: int) -> None:
-    """Remove the staging folders a killed runner left in this folder: named with its pid, that
-    process gone (its slices died with it), and folders of this user (never a link, never
-    someone else's)."""
+    """Remove the staging folders a runner that died left in this folder: folders of this user
+    (never a link, never someone else's) that no live runner holds locked."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            if not entry.name.startswith(STAGE_PREFIX):
+            if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
                 continue
-            pid = entry.name[len(STAGE_PREFIX) :].split("-", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            try:
+                fd = os.open(entry.name, _DIRECTORY, dir_fd=folder)
+            except OSError:
                 continue
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            try:
+                if os.fstat(fd).st_uid != os.geteuid():
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a running runner's
                 shutil.rmtree(entry.name, ignore_errors=True, dir_fd=folder)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            finally:
+                os.close(fd)
 
 
 def _publish(stages: dict[Path, _Stage]) -> None:
     """Move each committed output from its staging folder into place (a rename within the
-    sink's folder, through its fd), then make the rename durable."""
+    sink's folder, through its fds), durable. The file is the slice's making: only a regular
+    file with one link is taken, its mode reset to a data file's (no setuid, setgid or exec
+    bits: it is stored as the runner's user's) and its data synced before the rename."""
+    umask = os.umask(0)
+    os.umask(umask)
     for stage in stages.values():
         name = stage.final.name
         try:
-            mode = os.stat(name, dir_fd=stage.fd, follow_symlinks=False).st_mode
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.fd)
         except FileNotFoundError:
             continue
-        if not stat.S_ISREG(mode):  # the staging folder is the slice's: accept nothing but a file
-            raise OSError(f"{stage.final}: the slice left no regular file (not published)")
+        except OSError as exc:
+            raise OSError(f"{stage.final}: the slice left no regular file (not published): {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise OSError(f"{stage.final}: the slice left no regular file (not published)")
+            os.fchmod(fd, 0o666 & ~umask)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(name, name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
         os.fsync(stage.folder)
 
@@ -197,8 +251,8 @@ def _unstage(stages: dict[Path, _Stage]) -> None:
     for stage in stages.values():
         with contextlib.suppress(OSError):
             shutil.rmtree(stage.name, dir_fd=stage.folder)
-        os.close(stage.fd)
-        os.close(stage.folder)
+        for fd in (stage.fd, stage.outer, stage.folder):
+            os.close(fd)
     stages.clear()
 
 
@@ -365,21 +419,64 @@ class LocalRunner:
     def _attempt(
         self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str, attempt: int
     ) -> tuple[str, dict[str, Any]]:
-        scenario = item.scenario
         task_id = f"{work.name}-{_slug(item.name)}-{attempt}"
         task_dir = work / _slug(item.name) / f"attempt-{attempt}"
-        task_dir.mkdir(parents=True, exist_ok=True)
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        # The task dir is private (0700): the slice's work dir inside it is the slice's to
+        # change, and nothing it leaves there must be reachable by other users.
+        task_dir.mkdir(mode=0o700)
         run.log_dir = str(task_dir)
         # The slice's own folder (spec, report, HOME) and one staging folder beside each sink:
-        # all it may write. An isolating executor runs it as another user, who gets them.
+        # all it may write (an isolating executor shows them to it as its own).
         work_dir = task_dir / "work"
-        work_dir.mkdir(exist_ok=True)
-        report_path = work_dir / "report.jsonl"
+        work_dir.mkdir()
         try:
-            staged = _stage_sinks(item)
+            readable = self._readable(item)
+            staged = _stage_sinks(item, self._may_use)
         except OSError as exc:
-            run.error = f"scenario {item.name!r}: cannot prepare its outputs: {exc}"
+            run.error = f"scenario {item.name!r}: cannot prepare its inputs and outputs: {exc}"
             return "FAILED", {}
+        try:
+            return self._run_slice(
+                item, run, herd=herd, task_id=task_id, task_dir=task_dir, readable=readable, staged=staged
+            )
+        finally:
+            _unstage(staged)
+
+    def _may_use(self, real: Path) -> bool:
+        """A real path the pipeline may read or write: in its folder or one [paths] allow lists."""
+        roots = [self._base_dir.resolve(), *(Path(p).resolve() for p in self.config.paths.allow)]
+        return any(real == root or root in real.parents for root in roots)
+
+    def _readable(self, item: CompiledScenario) -> tuple[Path, ...]:
+        """The pipeline's folder and the source, links resolved now and vetted again (a link
+        planted since compiling must not grant the slice a file of someone else's)."""
+        base = self._base_dir.resolve()
+        if base == Path("/") or base in _home_folders():
+            raise OSError(
+                f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
+                "put the pipeline in a folder of its own"
+            )
+        source = item.source.path.resolve()
+        if item.source.path.exists() and not self._may_use(source):
+            raise OSError(f"the source {item.source.path} leads to {source}, outside what the pipeline may read")
+        # a missing source is not granted: the slice reports it, naming the file
+        return tuple(p for p in (base, source) if p.exists())
+
+    def _run_slice(
+        self,
+        item: CompiledScenario,
+        run: ScenarioRun,
+        *,
+        herd: str,
+        task_id: str,
+        task_dir: Path,
+        readable: tuple[Path, ...],
+        staged: dict[Path, _Stage],
+    ) -> tuple[str, dict[str, Any]]:
+        scenario = item.scenario
+        work_dir = task_dir / "work"
+        report_path = work_dir / "report.jsonl"
         spec = {
             "task_id": task_id,  # its log lines are tagged with it and the step that wrote them
             "scenario": item.name,
@@ -408,8 +505,7 @@ class LocalRunner:
             task_dir=task_dir,
             env=self._slice_env(work_dir),
             cwd=work_dir,
-            # a missing source is not granted: the slice reports it, naming the file
-            readable=tuple(p.resolve() for p in (self._base_dir, item.source.path) if p.exists()),
+            readable=readable,
             writable=(work_dir, *sorted(stage.path for stage in staged.values())),
             limits=self._limits(item),
             timeout=scenario.requires.timeout,
@@ -422,7 +518,6 @@ class LocalRunner:
             reader = ReportReader.create(report_path)
         except ReportError as exc:
             run.error = f"scenario {item.name!r}: {exc}"
-            _unstage(staged)
             return "FAILED", {}
         try:
             self.executor.start(task)
@@ -431,7 +526,6 @@ class LocalRunner:
             # a third-party driver's message may not say who refused
             executor_name = getattr(self.executor, "name", "") or type(self.executor).__name__
             run.error = f"scenario {item.name!r}: executor {executor_name!r} refused it: {exc}"
-            _unstage(staged)
             return "FAILED", {}
         self._running_tasks.add(task.id)
         report: dict[str, Any] = {}
@@ -468,7 +562,6 @@ class LocalRunner:
                 run.error = None
             except OSError as exc:
                 state, run.error = "FAILED", f"scenario {item.name!r}: cannot publish its outputs: {exc}"
-        _unstage(staged)
         self.executor.destroy(task.id)
         return state, report
 

@@ -152,3 +152,24 @@ def test_a_slice_that_cannot_be_set_up_says_why_in_one_line(linux: LinuxExecutor
     result = linux.wait(spec.id, 30)
     assert result is not None and result.state is TaskState.FAILED and result.exit_code == 126
     assert result.message == f"cannot set up slice {spec.id}: invalid file name '../x'", result.message
+
+
+def test_a_writable_grant_in_a_folder_others_may_enter_is_refused(linux: LinuxExecutor, tmp_path: Path) -> None:
+    """What a slice writes is stored as the runner's user's, in modes the slice chose (even
+    setuid): a writable grant must sit in a private folder of the runner's."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    out = shared / "out"
+    out.mkdir()
+    with pytest.raises(Exception, match=r"must be the runner's and private \(mode 0700; it is 0755"):
+        linux.start(_task(tmp_path, "true", writable=(out,)))
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "out").mkdir()
+    spec = _task(tmp_path, f"cp /bin/true {private}/out/t && chmod 4755 {private}/out/t", writable=(private / "out",))
+    linux.start(spec)
+    result = linux.wait(spec.id, 30)
+    assert result is not None and result.state is TaskState.SUCCEEDED, linux.read_log(spec.id, "stderr")
+    # a setuid file of the runner's user, as the review showed, but where no one else can reach it
+    assert (private / "out" / "t").stat().st_mode & 0o4000 and private.stat().st_mode & 0o777 == 0o700

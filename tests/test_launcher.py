@@ -231,7 +231,6 @@ def test_slice_sees_only_its_runtime_and_grants(launcher: Launcher, work: Path, 
     granted = tmp_path / "inputs"
     granted.mkdir()
     (granted / "orders.csv").write_text("a,b\n")
-    os.chmod(tmp_path, 0o755)
     script = (
         f"cat {granted}/orders.csv; touch {granted}/new 2>&1; ls / | tr '\\n' ' '; echo; "
         "ls /home /var /boot 2>&1 | head -3; touch /usr/x 2>&1; touch /x 2>&1; ls /dev | tr '\\n' ' '; echo; "
@@ -297,7 +296,6 @@ def test_runtime_paths_under_tmp_are_visible(work: Path, tmp_path: Path) -> None
     runtime = tmp_path / "venv-like"
     runtime.mkdir()
     (runtime / "marker.txt").write_text("runtime here\n")
-    os.chmod(tmp_path, 0o755)
     with_runtime = Launcher("--readable", str(runtime))
     try:
         req = request(work, f"cat {runtime}/marker.txt; touch {runtime}/x 2>&1; true")

@@ -331,8 +331,9 @@ def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp
 
 
 def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
-    """A staging folder belongs to the slice: a link planted there is not published, and a
-    staging folder swapped for a link after it was made redirects nothing (fds, not paths)."""
+    """A staging folder belongs to the slice: a link, a hard link or a setuid file left there is
+    not published as is, and a staging folder swapped for a link after it was made redirects
+    nothing (fds, not paths)."""
     from types import SimpleNamespace
 
     from runink.core.runner import _publish, _stage_sinks, _unstage
@@ -343,21 +344,64 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
     stages = _stage_sinks(item)  # type: ignore[arg-type]
     stage = stages[final]
-    assert stage.path.parent == final.parent and stage.path.name.startswith(".runink-stage-")
-    assert stage.path.stat().st_mode & 0o777 == 0o700
+    outer = stage.path.parent
+    assert outer.parent == final.parent and outer.name.startswith(".runink-stage-") and stage.path.name == "out"
+    assert outer.stat().st_mode & 0o777 == 0o700  # what the slice leaves in out/ is out of others' reach
     stage.file.symlink_to(secret)
     with pytest.raises(OSError, match="no regular file"):
         _publish(stages)
-    assert not final.exists()
+    stage.file.unlink()
+    os.link(secret, stage.file)  # (a slice cannot make one across mounts; a runner-side mistake could)
+    with pytest.raises(OSError, match="no regular file"):
+        _publish(stages)
+    assert not final.exists() and secret.read_text() == "not for slices"
     stage.file.unlink()
     stage.file.write_text("id\n1\n")
+    os.chmod(stage.file, 0o6755)  # what a slice may do to its own file: setuid, setgid, exec
     # someone who can write out/ moves the staging folder away and plants a link in its place
-    stage.path.rename(tmp_path / "moved")
-    os.symlink(tmp_path / "elsewhere", stage.path)
+    outer.rename(tmp_path / "moved")
+    os.symlink(tmp_path / "elsewhere", outer)
     _publish(stages)
     assert final.read_text() == "id\n1\n" and not (tmp_path / "elsewhere").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert final.stat().st_mode & 0o7777 == 0o666 & ~umask  # a data file's mode: no setuid, no exec
     _unstage(stages)
     assert stages == {}
+
+
+def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runink.core.runner import _stage_sinks, _unstage
+
+    final = tmp_path / "out" / "a.csv"
+    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
+    live = _stage_sinks(item)  # type: ignore[arg-type]
+    (final.parent / ".runink-stage-deadbeef").mkdir()  # a dead runner's: nobody holds its lock
+    other = _stage_sinks(item)  # type: ignore[arg-type]
+    names = {p.name for p in final.parent.glob(".runink-stage-*")}
+    assert ".runink-stage-deadbeef" not in names
+    assert {live[final].path.parent.name, other[final].path.parent.name} == names
+    _unstage(live)
+    _unstage(other)
+    assert not list(final.parent.glob(".runink-stage-*"))
+
+
+def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runink.core.runner import _stage_sinks
+
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    os.symlink(victim, tmp_path / "out" / "sub")  # planted in a folder others can write
+    final = tmp_path / "out" / "sub" / "a.csv"
+    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
+    with pytest.raises(OSError, match="outside what the pipeline may write"):
+        _stage_sinks(item, lambda real: real == tmp_path / "out" or tmp_path / "out" in real.parents)
+    assert list(victim.iterdir()) == []
 
 
 def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: Run, project: Path) -> None:

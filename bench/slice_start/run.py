@@ -236,8 +236,10 @@ def main() -> None:
     rates: list[tuple[str, int, float]] = []
     tag = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory(prefix="runink-bench-") as tmp:
-        work = Path(tmp)
-        work.chmod(0o777)
+        # the granted work dir in a private folder (0700), as the linux executor requires
+        work = Path(tmp) / "work"
+        work.mkdir()
+        work.chmod(0o777)  # the previous version's slices (--previous) write it without an id-mapping
         executor = LinuxExecutor(cgroup_parent=f"runink-bench-{tag}")
         try:
             # first use starts the launchers and their warm pools; not part of any sample

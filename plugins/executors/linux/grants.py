@@ -7,7 +7,10 @@ work dir and staging folders, writable). The launcher turns each into a detached
 - Resolved with ``openat2(RESOLVE_NO_SYMLINKS)``: the executor hands over real paths, so a
   symbolic link anywhere on the way means someone swapped a component since: refused.
 - A writable grant must be a folder owned by the launcher's own user (what the runner made
-  for the slice): the launcher never mounts writable what it did not create.
+  for the slice), in a folder of that user's that no one else may enter (mode 0700): the
+  launcher never mounts writable what it did not create, and since what the slice writes is
+  stored as that user's, whatever it leaves (a setuid file, say) must be out of others' reach;
+  the slice may change the granted folder itself, not the one around it.
 - Id-mapped (``mount_setattr(MOUNT_ATTR_IDMAP)``, Linux 5.12+): on the slice's mount, the owner
   of the granted tree appears as the slice's uid/gid. The slice reads a 0600 source in a 0700
   folder and writes its outputs, whatever the modes, without anything on the host changing
@@ -76,6 +79,20 @@ def _open_no_symlinks(path: str) -> int:
     return fd
 
 
+def _check_private_parent(path: str) -> None:
+    parent = _open_no_symlinks(os.path.dirname(path.rstrip("/")) or "/")
+    try:
+        info = os.fstat(parent)
+    finally:
+        os.close(parent)
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise GrantError(
+            f"cannot grant {path} writable: the folder around it must be the runner's and private "
+            f"(mode 0700; it is {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}), so that no one "
+            "else reaches what the slice leaves in it"
+        )
+
+
 def id_map_namespace(owner_uid: int, owner_gid: int, uid: int, gid: int) -> int:
     """An fd of a new user namespace where ``owner_uid``/``owner_gid`` are ``uid``/``gid``."""
     top = ctypes.addressof(_STACK) + _STACK_SIZE - 64  # the stack grows down; keep it 16-byte aligned
@@ -131,6 +148,8 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
                 f"cannot grant {path} writable: not a folder the runner made (owner uid {info.st_uid}, "
                 f"{'a folder' if stat.S_ISDIR(info.st_mode) else 'not a folder'})"
             )
+        if writable:
+            _check_private_parent(path)
         tree = int(libc.syscall(SYS_OPEN_TREE, fd, b"", AT_EMPTY_PATH | OPEN_TREE_CLONE | os.O_CLOEXEC))
         if tree < 0:
             raise GrantError(f"cannot grant {path}: {_errno_error('open_tree').strerror}")
