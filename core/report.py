@@ -53,23 +53,19 @@ class ReportReader:
         self.skipped = 0  # bytes never read (a report larger than the reads could follow)
 
     @classmethod
-    def create(cls, path: Path, owner: tuple[int, int] | None = None, **limits: int) -> ReportReader:
-        """Create the empty report (given to ``owner``, the slice's user) and open it for reading.
-        Refuses anything already at ``path``: the runner reads only a file it made."""
+    def create(cls, path: Path, **limits: int) -> ReportReader:
+        """Create the empty report and open it for reading (an isolating executor shows the
+        work dir's files to the slice as its own). Refuses anything already at ``path``: the
+        runner reads only a file it made."""
         try:
             fd = os.open(
                 path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
             raise ReportError(f"cannot create the report file {path}: {exc.strerror}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ReportError(f"{path} is not a regular file")
-            if owner is not None:
-                os.fchown(fd, *owner)
-        except OSError as exc:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (O_EXCL made it: a regular file, unless a bug)
             os.close(fd)
-            raise ReportError(f"cannot give the report file {path} to the slice: {exc.strerror}") from None
+            raise ReportError(f"{path} is not a regular file")
         return cls(fd, path, **limits)
 
     def close(self) -> None:

@@ -140,3 +140,43 @@ def test_a_client_that_half_closes_after_its_requests_gets_every_answer(start: S
         sock.shutdown(socket.SHUT_WR)
         answer = read_all(sock)
     assert answer.count(b"HTTP/1.1 200 OK") == 2 and answer.index(b'"/a"') < answer.index(b'"/b"')
+
+
+def test_a_body_announced_too_large_is_refused_before_it_is_sent(start: Serve) -> None:
+    host, port = start(Limits())
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(b"POST /v1/put HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+
+
+def test_requests_pipelined_behind_a_slow_answer_are_not_read_ahead_without_bound() -> None:
+    """While an answer waits (a Raft commit), the requests read ahead of it are bounded: the
+    server stops reading that client, whose sends then block, long before 2,000 are buffered."""
+
+    async def slow(_request: Request) -> Response:
+        await asyncio.sleep(30)
+        return Response(200, b"{}")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop = asyncio.new_event_loop()
+    stopped = asyncio.Event()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(serve(slow, listener, stopped, Limits()),), daemon=True
+    )
+    thread.start()
+    request = b"POST /v1/put HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"x" * 60000
+    sent = 0
+    try:
+        with socket.create_connection(listener.getsockname()) as sock:
+            sock.setblocking(False)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and sent < 2000 * len(request):
+                if not select.select([], [sock], [], 1.0)[1]:
+                    break  # the server stopped reading: the pipe is full
+                with contextlib.suppress(BlockingIOError):
+                    sent += sock.send(request[sent % len(request) :])
+    finally:
+        loop.call_soon_threadsafe(stopped.set)
+        thread.join(5)
+    assert sent < 200 * len(request), f"{sent // len(request)} requests read ahead of their answers"

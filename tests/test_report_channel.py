@@ -143,3 +143,14 @@ def test_at_the_end_only_the_tail_of_a_huge_report_is_read(tmp_path: Path) -> No
     assert events[-1] == {"event": "done", "ok": True} and len(events) < 400
     assert reader.skipped > 100_000 and reader.discarded == 0
     reader.close()
+
+
+def test_text_a_slice_reports_is_safe_to_print() -> None:
+    """A slice's error and drift messages reach the user's terminal: no escape sequences."""
+    from runink.core.runner import _printable
+
+    hostile = "boom\x1b]0;owned\x07\x1b[2J\r\nnext\x9b31m"
+    shown = _printable(hostile, 4000)
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown and "\n" not in shown
+    assert shown.startswith("boom") and "next" in shown
+    assert len(_printable("x" * 10_000, 4000)) == 4000

@@ -40,7 +40,8 @@ RUNNER = textwrap.dedent(
     step = sys.argv[2].replace("KEY_ID", str(key))
     work = Path(tempfile.mkdtemp())
     os.chmod(work, 0o755)
-    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", pool=0)
+    userns = sys.argv[3] == "userns"
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", pool=0, user_namespace=userns)
     task_id = "c-" + uuid.uuid4().hex[:8]
     spec = TaskSpec(task_id, (sys.executable, "-c", step), work / "task", env={"PATH": "/usr/bin:/bin"})
     executor.start(spec)
@@ -52,14 +53,14 @@ RUNNER = textwrap.dedent(
 )
 
 
-def _run_in_session(step: str) -> tuple[dict[str, str], bytes]:
+def _run_in_session(step: str, userns: bool = True) -> tuple[dict[str, str], bytes]:
     """Run STEP in a slice of a runner that has a terminal; return its result and what reached the terminal."""
     master, slave = os.openpty()
     name = os.ttyname(slave)
     os.close(slave)
     try:
         out = subprocess.run(
-            [sys.executable, "-c", RUNNER, name, textwrap.dedent(step)],
+            [sys.executable, "-c", RUNNER, name, textwrap.dedent(step), "userns" if userns else "-"],
             capture_output=True,
             text=True,
             timeout=90,
@@ -130,7 +131,8 @@ def test_a_slice_cannot_read_the_runners_keyring() -> None:
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers of x86_64")
-def test_the_seccomp_filter_denies_what_a_step_never_needs() -> None:
+@pytest.mark.parametrize("userns", [True, False], ids=["own user namespace", "no user namespace"])
+def test_the_seccomp_filter_denies_what_a_step_never_needs(userns: bool) -> None:
     # Each call would fail differently (or succeed) without the filter: EPERM is the filter's answer.
     result, _ = _run_in_session(
         """
@@ -167,10 +169,13 @@ def test_the_seccomp_filter_denies_what_a_step_never_needs() -> None:
         seen["thread"] = "allowed" if box == [1] else "broken"
         seen["subprocess"] = subprocess.run(["/bin/echo", "ok"], capture_output=True, text=True).stdout.strip()
         print(json.dumps(seen))
-        """
+        """,
+        userns,
     )
     assert result["state"] == "SUCCEEDED", result
     seen = json.loads(result["stdout"])
+    if userns:  # the namespace's own limit answers (user.max_user_namespaces = 0 in it)
+        assert seen.pop("unshare(user)") == "ENOSPC", seen
     denied = {k: v for k, v in seen.items() if k not in ("thread", "subprocess", "clone3")}
     assert denied == dict.fromkeys(denied, "EPERM"), seen
     assert seen["clone3"] == "ENOSYS", seen  # so that libc falls back to clone, which the filter can read

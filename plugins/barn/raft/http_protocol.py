@@ -37,6 +37,7 @@ import httptools
 log = logging.getLogger("runink.barn")
 
 MAX_BODY = 16 << 20  # bytes: well above the largest value the Barn accepts
+MAX_PIPELINED = 16  # requests read ahead of their answers per connection: then reading pauses
 MAX_URL = 8 << 10  # bytes of the request target: 414 beyond
 MAX_HEAD = 64 << 10  # bytes of the request line and headers: 431 beyond (counted per HEAD_SLICE)
 HEAD_SLICE = 4 << 10  # a head is fed to the parser this much at a time
@@ -254,6 +255,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        length = self._headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY:  # refused before a byte of it is read
+            raise _Refusal(413, f"the request body is over {MAX_BODY} bytes")
         if not self.busy:
             self._deadline(self.limits.body_timeout, 408)
 
@@ -274,6 +278,8 @@ class HttpProtocol(asyncio.Protocol):
             self.parser.should_keep_alive(),
         )
         self.waiting.append(request)
+        if len(self.waiting) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # bounded memory: resumed as answers go out (_next)
         self.deadline = None  # answering: the handler bounds its own time
         if not self.busy:
             self._next()
@@ -295,6 +301,8 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = True
         self.deadline = None
         request = self.waiting.popleft()
+        if len(self.waiting) == MAX_PIPELINED // 2 and not self.paused and not self.closing:
+            self.transport.resume_reading()
         task = asyncio.ensure_future(self.handler(request))
         task.add_done_callback(lambda done: self._answer(request, done))
 

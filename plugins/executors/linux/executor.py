@@ -122,6 +122,11 @@ class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
     message: str | None = None
     cgroup: dict[str, str] | None = None  # the slice's cgroup directories, once started
+    # a request start() gave up on: the fds the launcher opens by /proc path stay open until it
+    # answers (closed, their numbers could name another file by then), and a late start is killed
+    abandoned_fds: list[int] = field(default_factory=list)
+    abandoned: bool = False
+    launcher: subprocess.Popen[str] | None = None  # the one it was sent to
 
 
 @dataclass
@@ -321,7 +326,16 @@ class LinuxExecutor(Executor):
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event["event"] in ("started", "failed"):
-            pending = self._pending.pop(event["id"], None)
+            with self._lock:  # (start() abandons a request under it, only while still pending)
+                pending = self._pending.pop(event["id"], None)
+            if pending is not None and pending.abandoned:
+                for fd in pending.abandoned_fds:
+                    os.close(fd)
+                if event["event"] == "started" and event.get("cgroup") and self.cgroups is not None:
+                    late = {c: p / str(event["cgroup"]) for c, p in self.cgroups.parents().items()}
+                    with contextlib.suppress(CgroupError):
+                        SliceCgroup(self.cgroups.layout, late).kill()
+                return
             if pending is not None:
                 pending.message = event.get("message")
                 if event.get("cgroup") and self.cgroups is not None:  # set before its "exited" is read
@@ -342,6 +356,12 @@ class LinuxExecutor(Executor):
     def _on_launcher_gone(self, launcher: subprocess.Popen[str]) -> None:
         """The launcher is gone (closed, killed, crashed): its slices run on in their
         sandboxes; follow them through their cgroups and status files, as after a restart."""
+        with self._lock:  # requests it never answered: nothing will open their fds now
+            for task_id, pending in list(self._pending.items()):
+                if pending.abandoned and pending.launcher is launcher:
+                    del self._pending[task_id]
+                    for fd in pending.abandoned_fds:
+                        os.close(fd)
         with self._lock:
             orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
         for task in orphans:
@@ -443,19 +463,22 @@ class LinuxExecutor(Executor):
             self._tasks[spec.id] = task
             self._pending[spec.id] = pending
             launcher = self._launcher_process("python" if python else "exec")
-            task.launcher = launcher
+            task.launcher = pending.launcher = launcher
             assert launcher.stdin is not None
             launcher.stdin.write(json.dumps(request) + "\n")
             launcher.stdin.flush()
-        try:
-            started_in_time = pending.event.wait(30)
-        finally:
+        started_in_time = pending.event.wait(30)
+        with self._lock:
+            if not started_in_time and spec.id in self._pending:  # the launcher may still act on it
+                pending.abandoned, pending.abandoned_fds = True, [secrets_fd, *log_fds]
+            answered = not pending.abandoned
+        if answered:
+            started_in_time = pending.event.wait(5)  # (an answer being handled right now)
             for fd in (secrets_fd, *log_fds):  # the launcher opened its own; the payload has them
                 os.close(fd)
         if not started_in_time or pending.message is not None:
             with self._lock:
                 self._tasks.pop(spec.id, None)
-                self._pending.pop(spec.id, None)
             reason = pending.message or "the launcher did not start it within 30 s"
             raise TaskRejectedError(f"task {spec.id}: {reason}")
         handle = dataclasses.replace(handle, driver_state={**handle.driver_state, "cgroup": pending.cgroup or {}})
