@@ -32,6 +32,7 @@ from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.pipeline.probe import MARK
 from runink.core.plugins import PluginManager
+from runink.core.report import printable
 
 #: how long the import check may take (a module that hangs at import is a problem to report)
 PROBE_TIMEOUT = 60.0
@@ -161,7 +162,7 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         if result.get("error"):
             key = (str(result.get("ref")), str(result.get("kind")))
             if key in refs:
-                problems.append(f"{refs[key]}: {key[1]} {key[0]!r}: {result['error']}")
+                problems.append(f"{refs[key]}: {key[1]} {key[0]!r}: {printable(str(result['error']), 1000)}")
     shutil.rmtree(task_dir, ignore_errors=True)  # kept only when the check itself failed
     for folder in reversed(made):
         with contextlib.suppress(OSError):
@@ -197,5 +198,8 @@ def _probe_answer(stdout: Path) -> list[dict[str, object]] | None:
                 answer = json.loads(line[index + len(MARK) :])
             except json.JSONDecodeError:
                 return None
-            return answer if isinstance(answer, list) else None
+            # the slice wrote it (step modules run there): only a list of objects is an answer
+            if isinstance(answer, list) and all(isinstance(item, dict) for item in answer):
+                return answer
+            return None
     return None

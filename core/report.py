@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,16 @@ MAX_LINE = 1024 * 1024
 POLL_BYTES = 4 * 1024 * 1024  # per look while the slice runs (10 looks a second)
 TAIL_BYTES = 8 * 1024 * 1024  # at the end: what is read of a report the looks did not reach
 CHUNK = 64 * 1024
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, limit: int) -> str:
+    """Text a slice wrote, safe to print on the user's terminal: one line, no control
+    characters (an escape sequence could retitle the window, clear the screen or worse), at
+    most ``limit`` characters."""
+    return _CONTROL.sub("\ufffd", text[:limit].replace("\r\n", " ").replace("\n", " "))
 
 
 class ReportError(Exception):

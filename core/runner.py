@@ -34,7 +34,7 @@ from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.plugins import PluginManager
-from runink.core.report import ReportError, ReportReader
+from runink.core.report import ReportError, ReportReader, printable
 
 FINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "DEADLINE_EXCEEDED", "OOMKILLED"}
 
@@ -185,15 +185,6 @@ def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambd
         _unstage(stages)
         raise
     return stages
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _printable(text: str, limit: int) -> str:
-    """Text a slice wrote, safe to print on the user's terminal: no control characters (an
-    escape sequence could retitle the window, clear the screen or worse), at most ``limit``."""
-    return _CONTROL.sub("\ufffd", text[:limit].replace("\r\n", " ").replace("\n", " "))
 
 
 def _home_folders() -> set[Path]:
@@ -608,16 +599,16 @@ class LocalRunner:
                     setattr(run, key, event[key])
             steps = event.get("steps")
             if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):
-                run.steps = {_printable(str(k), 200): v for k, v in list(steps.items())[:1000]}
+                run.steps = {printable(str(k), 200): v for k, v in list(steps.items())[:1000]}
             drift = event.get("drift")
             if isinstance(drift, list):
-                run.drift = [_printable(str(d), 1000) for d in drift[:100]]
+                run.drift = [printable(str(d), 1000) for d in drift[:100]]
             if isinstance(event.get("contract_hash"), str):
-                run.contract_hash = _printable(event["contract_hash"], 200)
+                run.contract_hash = printable(event["contract_hash"], 200)
             if isinstance(event.get("ok"), bool):
                 report["ok"] = event["ok"]
             if isinstance(event.get("error"), str):
-                report["error"] = _printable(event["error"], 4000)
+                report["error"] = printable(event["error"], 4000)
 
     def _log(self, level: str, message: str, herd: str, scenario: str) -> None:
         export_log(self.manager, LogEntry(message, level, "runner", {"herd": herd, "scenario": scenario}))  # type: ignore[arg-type]

@@ -147,7 +147,7 @@ def test_at_the_end_only_the_tail_of_a_huge_report_is_read(tmp_path: Path) -> No
 
 def test_text_a_slice_reports_is_safe_to_print() -> None:
     """A slice's error and drift messages reach the user's terminal: no escape sequences."""
-    from runink.core.runner import _printable
+    from runink.core.report import printable as _printable
 
     hostile = "boom\x1b]0;owned\x07\x1b[2J\r\nnext\x9b31m"
     shown = _printable(hostile, 4000)

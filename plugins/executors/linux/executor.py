@@ -44,6 +44,7 @@ from runink.core.interfaces.executor import (
     TaskState,
     TaskStats,
 )
+from runink.core.report import printable
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.launcher import FILES_DIR, network_refusal, open_tree, slirp4netns_path
 from runink.plugins.executors.linux.logs import LogPump
@@ -114,7 +115,8 @@ def _setup_failure(stderr: Path) -> str | None:
     finally:
         os.close(fd)
     lines = [line for line in tail.splitlines() if line.startswith("runink: cannot set up slice")]
-    return lines[-1].removeprefix("runink: ") if lines else None
+    # (the slice writes that log too: what is shown is made safe to print)
+    return printable(lines[-1].removeprefix("runink: "), 1000) if lines else None
 
 
 @dataclass
