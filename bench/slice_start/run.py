@@ -2,6 +2,7 @@
 
     python bench/slice_start/run.py            # 1,000 runink slices per row, 300 of each anchor
     python bench/slice_start/run.py --quick    # 100 / 30
+    python bench/slice_start/run.py --previous /path/to/other/venv/bin/python   # + launcher A/B rows
 
 Every variant is timed from the launch request to "step code running": a Python step's first
 act is to write the time (CLOCK_MONOTONIC) to its stdout, a FIFO the bench reads; for a command
@@ -19,6 +20,15 @@ also timed until ``start()`` returns (its bookkeeping after the launch). Rows:
 * ``unshare -fpmui --mount-proc`` (util-linux) with a cgroup from the shell (``echo $$ >
   cgroup.procs`` before exec), ``/bin/echo x``;
 * a cold ``python -c "import runink; ..."``: what starting a fresh interpreter per slice costs.
+
+With ``--previous PYTHON`` (an interpreter whose runink is another version, e.g. a venv of the
+last release), the launcher row is also run for that version, for this one and for this one
+without its seccomp filter, taking turns in 5 rounds: what a change to the start costs, with
+the machine's drift on all alike. Launcher requests ask for a user namespace per slice where
+the kernel allows it, as the executor does, and carry no uid (this launcher picks one per
+sandbox; the previous version gets uid 100001). The executor rows use
+``slices_outlive_executor=True``: such slices write their log files themselves, so stdout
+can be the bench's FIFO (by default the executor pipes logs into capped files).
 
 Then throughput: slices started and finished per second with both cores busy (4 in flight),
 runink (Python step) against bwrap and the unshare row.
@@ -49,6 +59,7 @@ from runink.core.interfaces.executor import TaskSpec
 from runink.core.model import Resources
 from runink.plugins.executors.linux.cgroups import CgroupLimits, CgroupManager, SliceCgroup
 from runink.plugins.executors.linux.executor import LinuxExecutor
+from runink.plugins.executors.linux.namespaces import probe_unprivileged_user
 
 BWRAP = [
     "bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-uts", "--unshare-ipc",
@@ -59,6 +70,7 @@ BWRAP = [
 # is read from the step itself, not from when the bench got around to reading its pipe.
 PY_CODE = "import os, time; os.write(1, b'%.9f' % time.monotonic())"
 LIMITS = Resources(cpu=1.0, memory=256 * 1024**2, pids=64)
+USERNS = probe_unprivileged_user() is None  # the executor's default: a user namespace per slice where allowed
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -145,6 +157,7 @@ def time_launcher(
                 "op": "launch", "id": f"l-{tag}-{i}", "command": ["python"], "python": {"code": PY_CODE},
                 "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(work), "binds": [{"path": str(work), "writable": True}],
                 "stdout": str(fifo.path), "limits": {"cpu": 1.0, "memory": 256 * 1024**2, "pids": 64},
+                "userns": USERNS,  # as the executor asks where the kernel allows it
             }  # fmt: skip
             if python != sys.executable:  # a previous version needs the uid; this one picks it, as for the executor
                 request.update(uid=100001, gid=100001)

@@ -60,6 +60,8 @@ def collect(state: CliState) -> dict[str, Any]:
         fingerprint.healthy,
         f"isolation {caps.isolation}; {fingerprint.health_description or 'healthy'}",
     )
+    if caps.enforced:
+        check("executor", f"{config.executor.driver}: enforces", True, ", ".join(caps.enforced))
     for limit, reason in sorted(caps.unenforced.items()):
         check("executor", f"{config.executor.driver}: {limit}", False, f"not enforced: {reason}")
     if config.executor.driver == "linux":
