@@ -121,7 +121,9 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
     # removed again after a good check, with the folders above it that this check made
     made = [p for p in (data_dir, data_dir / "dry-run") if not p.exists()]
     work_dir = task_dir / "work"
-    work_dir.mkdir(parents=True)
+    task_dir.parent.mkdir(parents=True, exist_ok=True)
+    task_dir.mkdir(mode=0o700)  # private: the slice may change its work dir, not this (see runner)
+    work_dir.mkdir()
     spec_path = work_dir / "probe.json"
     spec_path.write_text(
         json.dumps({"base_dir": str(pipeline.base_dir), "refs": [{"ref": r, "kind": k} for r, k in refs]})

@@ -113,7 +113,7 @@ def run_golden(
         )
         isolated = CompiledScenario(scenario, source, sinks, ())
         single = CompiledPipeline(compiled.pipeline, (isolated,), ((isolated.name,),))
-        result = runner.run(single)
+        result = runner.run(single, also_writable=(out_dir,))
         run = result.scenarios[0]
         name = compiled.pipeline.name
         if run.state != "SUCCEEDED":

@@ -27,7 +27,9 @@ TAIL_BYTES = 8 * 1024 * 1024  # at the end: what is read of a report the looks d
 CHUNK = 64 * 1024
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 and C1 controls, line and paragraph separators, and the bidirectional overrides that
+# make text read differently from what it is
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str, limit: int) -> str:

@@ -133,27 +133,30 @@ class _Stage:
 
 STAGE_PREFIX = ".runink-stage-"
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+STALE_AFTER = 60.0  # seconds: a staging folder younger than this may be a live runner's, not yet locked
 
 
 def open_real_folder(real: Path) -> int:
     """An fd of the folder at ``real`` (a path with its links resolved), made if missing,
     following no link on the way: a link that appeared since it was resolved is someone
     redirecting the runner (OSError ELOOP or ENOTDIR)."""
-    fd = os.open("/", _DIRECTORY)
+    # (on the way: O_PATH, which needs only search permission, as a path lookup does)
+    fd = os.open("/", _PATH_DIRECTORY)
     try:
         for part in real.parts[1:]:
             try:
-                step = os.open(part, _DIRECTORY, dir_fd=fd)
+                step = os.open(part, _PATH_DIRECTORY, dir_fd=fd)
             except FileNotFoundError:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o777, dir_fd=fd)
-                step = os.open(part, _DIRECTORY, dir_fd=fd)
+                step = os.open(part, _PATH_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = step
-    except BaseException:
+        folder = os.open(".", _DIRECTORY, dir_fd=fd)
+    finally:
         os.close(fd)
-        raise
-    return fd
+    return folder
 
 
 def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda _path: True) -> dict[Path, _Stage]:
@@ -187,19 +190,24 @@ def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambd
     return stages
 
 
-def _home_folders() -> set[Path]:
-    """Every user's home folder (and this process's): never granted whole to a slice."""
+def _whole_home(base: Path) -> bool:
+    """Whether ``base`` is / or a home folder (this user's, or its owner's), or one above this
+    user's home: never granted whole to a slice."""
     import pwd
 
-    homes = {Path(entry.pw_dir) for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
+    homes = set()
     with contextlib.suppress(KeyError, RuntimeError):
-        homes.add(Path.home())
-    return {home.resolve() for home in homes}
+        home = Path.home().resolve()
+        homes.update({home, *home.parents})
+    with contextlib.suppress(KeyError, OSError):
+        homes.add(Path(pwd.getpwuid(base.stat().st_uid).pw_dir).resolve())
+    return base == Path("/") or base in homes
 
 
 def _sweep_stale_stages(folder: int) -> None:
     """Remove the staging folders a runner that died left in this folder: folders of this user
-    (never a link, never someone else's) that no live runner holds locked."""
+    (never a link, never someone else's) that no live runner holds locked and that are not
+    brand new (a live runner locks its own just after making it)."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
@@ -209,15 +217,50 @@ def _sweep_stale_stages(folder: int) -> None:
             except OSError:
                 continue
             try:
-                if os.fstat(fd).st_uid != os.geteuid():
+                info = os.fstat(fd)
+                if info.st_uid != os.geteuid() or time.time() - info.st_ctime < STALE_AFTER:
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a running runner's
-                shutil.rmtree(entry.name, ignore_errors=True, dir_fd=folder)
+                _remove_stage(folder, entry.name, fd)
             finally:
                 os.close(fd)
+
+
+def _remove_stage(folder: int, name: str, fd: int) -> None:
+    """Empty the staging folder through its own fd, then remove its name only if that name
+    still is this folder: someone who can write the sink's folder may have swapped it for
+    another (whose tree must not be deleted by the runner)."""
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o700)  # (the runner's own: it may always enter it)
+    with contextlib.suppress(OSError), os.scandir(fd) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        inner = os.open(entry.name, _DIRECTORY, dir_fd=fd)
+                        try:
+                            os.fchmod(inner, 0o700)  # a slice may have made its own folder unreadable
+                        finally:
+                            os.close(inner)
+                    shutil.rmtree(entry.name, dir_fd=fd)
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+    with contextlib.suppress(OSError):
+        mine = os.fstat(fd)
+        there = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            os.rmdir(name, dir_fd=folder)  # (empty by now; a folder swapped in meanwhile is not)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    return 0o022
 
 
 def _publish(stages: dict[Path, _Stage]) -> None:
@@ -225,10 +268,11 @@ def _publish(stages: dict[Path, _Stage]) -> None:
     sink's folder, through its fds), durable. The file is the slice's making: only a regular
     file with one link is taken, its mode reset to a data file's (no setuid, setgid or exec
     bits: it is stored as the runner's user's) and its data synced before the rename."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     for stage in stages.values():
         name = stage.final.name
+        with contextlib.suppress(OSError):
+            os.fchmod(stage.fd, 0o700)  # the slice may have locked its folder (it is the runner's)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.fd)
         except FileNotFoundError:
@@ -249,8 +293,7 @@ def _publish(stages: dict[Path, _Stage]) -> None:
 
 def _unstage(stages: dict[Path, _Stage]) -> None:
     for stage in stages.values():
-        with contextlib.suppress(OSError):
-            shutil.rmtree(stage.name, dir_fd=stage.folder)
+        _remove_stage(stage.folder, stage.name, stage.outer)
         for fd in (stage.fd, stage.outer, stage.folder):
             os.close(fd)
     stages.clear()
@@ -280,6 +323,7 @@ class LocalRunner:
         self._cancel = threading.Event()
         self._running_tasks: set[str] = set()
         self._base_dir = Path.cwd()
+        self._also_writable: tuple[Path, ...] = ()
         self._pipeline_name = ""
 
     def cancel(self) -> None:
@@ -289,7 +333,10 @@ class LocalRunner:
             with contextlib.suppress(ExecutorError):
                 self.executor.stop(task_id, grace=5)
 
-    def run(self, compiled: CompiledPipeline) -> RunResult:
+    def run(self, compiled: CompiledPipeline, *, also_writable: tuple[Path, ...] = ()) -> RunResult:
+        """Run the pipeline; ``also_writable``: folders its sinks may be in besides the pipeline's
+        own and those [paths] allow (``runink test`` redirects outputs to a temporary one)."""
+        self._also_writable = tuple(p.resolve() for p in also_writable)
         pipeline = compiled.pipeline
         self._base_dir = pipeline.base_dir
         self._pipeline_name = pipeline.name
@@ -446,13 +493,14 @@ class LocalRunner:
     def _may_use(self, real: Path) -> bool:
         """A real path the pipeline may read or write: in its folder or one [paths] allow lists."""
         roots = [self._base_dir.resolve(), *(Path(p).resolve() for p in self.config.paths.allow)]
+        roots += self._also_writable
         return any(real == root or root in real.parents for root in roots)
 
     def _readable(self, item: CompiledScenario) -> tuple[Path, ...]:
         """The pipeline's folder and the source, links resolved now and vetted again (a link
         planted since compiling must not grant the slice a file of someone else's)."""
         base = self._base_dir.resolve()
-        if base == Path("/") or base in _home_folders():
+        if _whole_home(base):
             raise OSError(
                 f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
                 "put the pipeline in a folder of its own"
@@ -555,7 +603,8 @@ class LocalRunner:
             except OSError:
                 tail = ""
             if tail.strip():
-                self._log("debug", f"scenario {item.name!r}: the end of {log_path}:\n{tail}", herd, item.name)
+                shown = "\n".join(printable(line, 1000) for line in tail.splitlines())  # the slice wrote it
+                self._log("debug", f"scenario {item.name!r}: the end of {log_path}:\n{shown}", herd, item.name)
         else:
             try:
                 _publish(staged)

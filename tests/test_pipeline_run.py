@@ -370,10 +370,13 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     assert stages == {}
 
 
-def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path) -> None:
+def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
+    from runink.core import runner
     from runink.core.runner import _stage_sinks, _unstage
+
+    monkeypatch.setattr(runner, "STALE_AFTER", 0.0)  # (a fresh unlocked one is left alone for a minute)
 
     final = tmp_path / "out" / "a.csv"
     item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
@@ -386,6 +389,28 @@ def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path) -> 
     _unstage(live)
     _unstage(other)
     assert not list(final.parent.glob(".runink-stage-*"))
+
+
+def test_removing_a_staging_folder_swapped_for_another_deletes_only_its_own(tmp_path: Path) -> None:
+    """Someone who can write the sink's folder swaps the runner's staging folder for a folder of
+    theirs: the runner empties its own (through its fd) and leaves theirs whole."""
+    from types import SimpleNamespace
+
+    from runink.core.runner import _stage_sinks, _unstage
+
+    final = tmp_path / "out" / "a.csv"
+    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
+    stages = _stage_sinks(item)  # type: ignore[arg-type]
+    outer = stages[final].path.parent
+    stages[final].file.write_text("partial")
+    theirs = tmp_path / "out" / "data"
+    (theirs / "keep").mkdir(parents=True)
+    (theirs / "keep" / "precious.csv").write_text("x")
+    outer.rename(tmp_path / "out" / "moved-away")
+    theirs.rename(outer)  # their folder now has the staging folder's name
+    _unstage(stages)
+    assert (outer / "keep" / "precious.csv").read_text() == "x"
+    assert list((tmp_path / "out" / "moved-away").iterdir()) == []  # the runner's own was emptied
 
 
 def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path: Path) -> None:

@@ -116,7 +116,9 @@ def _settle(check, seconds: float = 10.0) -> object:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(tmp_path: Path, parent_name: str, signum: int) -> None:
+def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(
+    tmp_path: Path, parent_name: str, signum: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = _project(tmp_path / "proj", parent_name).parent
     runner = _start_run(project)
     try:
@@ -138,7 +140,10 @@ def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(tmp_path: Path, paren
             assert stale
             from types import SimpleNamespace
 
+            from runink.core import runner as runner_module
             from runink.core.runner import _stage_sinks, _unstage
+
+            monkeypatch.setattr(runner_module, "STALE_AFTER", 0.0)  # (it waits a minute for a fresh one)
 
             item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=project / "out" / "a.csv"))])
             _unstage(_stage_sinks(item))  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ log = logging.getLogger("runink.barn")
 
 MAX_BODY = 16 << 20  # bytes: well above the largest value the Barn accepts
 MAX_PIPELINED = 16  # requests read ahead of their answers per connection: then reading pauses
+MAX_READ_AHEAD = 1024  # ... but one read already received may hold more: past this, 503 and close
 MAX_URL = 8 << 10  # bytes of the request target: 414 beyond
 MAX_HEAD = 64 << 10  # bytes of the request line and headers: 431 beyond (counted per HEAD_SLICE)
 HEAD_SLICE = 4 << 10  # a head is fed to the parser this much at a time
@@ -277,6 +278,8 @@ class HttpProtocol(asyncio.Protocol):
             b"".join(self._body),
             self.parser.should_keep_alive(),
         )
+        if len(self.waiting) >= MAX_READ_AHEAD:  # all parsed from reads made before reading paused
+            raise _Refusal(503, f"over {MAX_READ_AHEAD} requests pipelined ahead of their answers")
         self.waiting.append(request)
         if len(self.waiting) >= MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()  # bounded memory: resumed as answers go out (_next)

@@ -336,7 +336,13 @@ class LinuxExecutor(Executor):
                 if event["event"] == "started" and event.get("cgroup") and self.cgroups is not None:
                     late = {c: p / str(event["cgroup"]) for c, p in self.cgroups.parents().items()}
                     with contextlib.suppress(CgroupError):
-                        SliceCgroup(self.cgroups.layout, late).kill()
+                        cgroup = SliceCgroup(self.cgroups.layout, late)
+                        cgroup.kill()
+                        for _ in range(50):  # its processes gone, the cgroup can go
+                            if not cgroup.pids():
+                                break
+                            time.sleep(0.02)
+                        cgroup.remove()
                 return
             if pending is not None:
                 pending.message = event.get("message")
@@ -360,10 +366,15 @@ class LinuxExecutor(Executor):
         sandboxes; follow them through their cgroups and status files, as after a restart."""
         with self._lock:  # requests it never answered: nothing will open their fds now
             for task_id, pending in list(self._pending.items()):
-                if pending.abandoned and pending.launcher is launcher:
-                    del self._pending[task_id]
+                if pending.launcher is not launcher:
+                    continue
+                del self._pending[task_id]
+                if pending.abandoned:
                     for fd in pending.abandoned_fds:
                         os.close(fd)
+                else:  # start() is waiting for it: it will not come
+                    pending.message = "the launcher exited before it started the slice"
+                    pending.event.set()
         with self._lock:
             orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
         for task in orphans:

@@ -15,7 +15,8 @@ work dir and staging folders, writable). The launcher turns each into a detached
   of the granted tree appears as the slice's uid/gid. The slice reads a 0600 source in a 0700
   folder and writes its outputs, whatever the modes, without anything on the host changing
   hands: what it writes is stored as owned by the tree's owner (the runner's user). A file
-  system without id-mapped mounts gets a plain bind (access then follows the modes).
+  system without id-mapped mounts gets a plain bind for a read-only grant (access then follows
+  the modes) and refuses a writable one (the slice could not write the runner's folder).
 
 The user namespace an id-mapping needs is made with ``clone(CLONE_NEWUSER | CLONE_VM)`` of a
 child that only sleeps: no copy of the launcher's page tables (a fork of the preloaded
@@ -79,8 +80,9 @@ def _open_no_symlinks(path: str) -> int:
     return fd
 
 
-def _check_private_parent(path: str) -> None:
-    parent = _open_no_symlinks(os.path.dirname(path.rstrip("/")) or "/")
+def _check_private_parent(path: str, fd: int) -> None:
+    # the parent of what was opened, through its fd: a name swapped meanwhile changes nothing
+    parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
     try:
         info = os.fstat(parent)
     finally:
@@ -149,7 +151,7 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
                 f"{'a folder' if stat.S_ISDIR(info.st_mode) else 'not a folder'})"
             )
         if writable:
-            _check_private_parent(path)
+            _check_private_parent(path, fd)
         tree = int(libc.syscall(SYS_OPEN_TREE, fd, b"", AT_EMPTY_PATH | OPEN_TREE_CLONE | os.O_CLOEXEC))
         if tree < 0:
             raise GrantError(f"cannot grant {path}: {_errno_error('open_tree').strerror}")
@@ -159,6 +161,11 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     try:
         if idmaps is not None and _set_attributes(tree, flags | MOUNT_ATTR_IDMAP, idmaps.get(info.st_uid, info.st_gid)):
             return tree
+        if writable and idmaps is not None:  # the slice could not write a folder of the runner's
+            raise GrantError(
+                f"cannot grant {path} writable: its file system does not support id-mapped mounts "
+                f"({_errno_error('mount_setattr').strerror}; Linux 5.12+ and ext4, xfs, btrfs, tmpfs 6.3+...)"
+            )
         if not _set_attributes(tree, flags, 0) and ctypes.get_errno() != errno.ENOSYS:
             # (Linux before 5.12 has no mount_setattr: the payload's remount sets the flags)
             raise GrantError(f"cannot grant {path}: {_errno_error('mount_setattr').strerror}")
