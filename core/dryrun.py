@@ -33,6 +33,7 @@ from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.pipeline.probe import MARK
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
+from runink.core.runner import whole_home
 
 #: how long the import check may take (a module that hangs at import is a problem to report)
 PROBE_TIMEOUT = 60.0
@@ -115,6 +116,12 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
     if not refs:
         return []
     pipeline = compiled.pipeline
+    base = pipeline.base_dir.resolve()  # a real path (the launcher refuses links), vetted as a run does
+    if whole_home(base):
+        return [
+            f"{pipeline.file or pipeline.name}: the pipeline's folder {base} is / or a home folder: "
+            "a slice is granted the whole folder, put the pipeline in a folder of its own"
+        ]
     task_id = f"dry-run-{uuid.uuid4().hex[:12]}"
     data_dir = Path(config.data_dir).resolve()
     task_dir = data_dir / "dry-run" / task_id
@@ -136,7 +143,7 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         task_dir=task_dir,
         env=_probe_env(work_dir),
         cwd=work_dir,
-        readable=(pipeline.base_dir,),
+        readable=(base,),
         writable=(work_dir,),
         limits=Resources(cpu=1.0, memory=limits.memory_bytes, pids=limits.pids),
         timeout=PROBE_TIMEOUT,

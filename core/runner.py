@@ -190,7 +190,7 @@ def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambd
     return stages
 
 
-def _whole_home(base: Path) -> bool:
+def whole_home(base: Path) -> bool:
     """Whether ``base`` is / or a home folder (this user's, or its owner's), or one above this
     user's home: never granted whole to a slice."""
     import pwd
@@ -500,7 +500,7 @@ class LocalRunner:
         """The pipeline's folder and the source, links resolved now and vetted again (a link
         planted since compiling must not grant the slice a file of someone else's)."""
         base = self._base_dir.resolve()
-        if _whole_home(base):
+        if whole_home(base):
             raise OSError(
                 f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
                 "put the pipeline in a folder of its own"
