@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launcher_client import Launcher
 from proc_tree import descendants
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
@@ -23,34 +24,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or probe("pid") is not None or probe("mount") is not None,
     reason="needs root and permission to create pid and mount namespaces",
 )
-
-
-class Launcher:
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runink.plugins.executors.linux.launcher", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin and self.process.stdout
-        self.process.stdin.write(json.dumps({"op": "launch", **request}) + "\n")
-        self.process.stdin.flush()
-        started = json.loads(self.process.stdout.readline())
-        if started["event"] == "failed":
-            return started  # type: ignore[no-any-return]
-        assert started["event"] == "started" and started["id"] == request["id"]
-        ended = json.loads(self.process.stdout.readline())
-        assert ended["event"] == "exited" and ended["id"] == request["id"]
-        return {**ended, "cgroup": started.get("cgroup")}
-
-    def close(self) -> None:
-        assert self.process.stdin
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
-        self.process.wait(10)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ netns: the peer sees the connection come from 10.254.N.1) and nothing of the hos
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -28,9 +27,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from launcher_client import Launcher as LauncherClient
 
 from runink.plugins.executors.linux.launcher import slirp4netns_path
 from runink.plugins.executors.linux.namespaces import probe
@@ -168,26 +167,7 @@ def build_topology() -> Iterator[Topology]:
         _ip("netns", "del", netns)
 
 
-class Launcher:
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runink.plugins.executors.linux.launcher", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin and self.process.stdout
-        self.process.stdin.write(json.dumps({"op": "launch", **request}) + "\n")
-        self.process.stdin.flush()
-        started = json.loads(self.process.stdout.readline())
-        if started["event"] == "failed":
-            return started  # type: ignore[no-any-return]
-        ended = json.loads(self.process.stdout.readline())
-        assert ended["event"] == "exited" and ended["id"] == request["id"]
-        return ended  # type: ignore[no-any-return]
-
+class Launcher(LauncherClient):
     def slirps(self) -> set[int]:
         """Its slirp4netns children (the warm network sandbox's, and any running slice's)."""
         found = set()
@@ -199,12 +179,6 @@ class Launcher:
                     if name == "slirp4netns" and int(rest[1]) == self.process.pid and rest[0] != "Z":
                         found.add(int(entry.name))
         return found
-
-    def close(self) -> None:
-        assert self.process.stdin
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
-        self.process.wait(10)
 
 
 @pytest.fixture(params=["runink-init", "python-init"])
