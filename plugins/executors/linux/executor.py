@@ -46,6 +46,7 @@ from runink.core.interfaces.executor import (
 )
 from runink.core.report import printable
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
+from runink.plugins.executors.linux.grants import mount_setattr_available
 from runink.plugins.executors.linux.launcher import FILES_DIR, network_refusal, open_tree, slirp4netns_path
 from runink.plugins.executors.linux.logs import LogPump
 from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
@@ -210,6 +211,8 @@ class LinuxExecutor(Executor):
                 problems["cgroups"] = "; ".join(f"{c}: {r}" for c, r in layout.missing.items()) or "missing"
         except OSError as exc:
             problems["cgroups"] = str(exc)
+        if "root" not in problems and not mount_setattr_available():
+            problems["id-mapped mounts"] = "mount_setattr (Linux 5.12+) unavailable: outputs cannot be granted"
         try:
             build_program()
         except (SeccompUnavailable, OSError) as exc:

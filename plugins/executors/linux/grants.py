@@ -175,6 +175,12 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     return tree
 
 
+def mount_setattr_available() -> bool:
+    """Whether this kernel has mount_setattr (Linux 5.12+): asked with a bad fd, it says EBADF."""
+    libc.syscall(SYS_MOUNT_SETATTR, -1, b"", 0, None, 0)
+    return ctypes.get_errno() != errno.ENOSYS
+
+
 def _set_attributes(tree: int, flags: int, userns: int) -> bool:
     attr = _MountAttr(flags, 0, 0, userns)
     return int(libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))) == 0
