@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
+from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
 from runink.core.errors import ExecutorError
 from runink.core.events import emit_lineage, export_log, export_metrics
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
@@ -525,28 +525,27 @@ class LocalRunner:
         scenario = item.scenario
         work_dir = task_dir / "work"
         report_path = work_dir / "report.jsonl"
-        spec = {
-            "task_id": task_id,  # its log lines are tagged with it and the step that wrote them
-            "scenario": item.name,
-            "herd": herd,
-            "base_dir": str(self._base_dir),
-            "source": {
-                "uri": scenario.source.uri if scenario.source else "",
-                "format": item.source.format,
-                "path": str(item.source.path),
-                "options": scenario.source.options if scenario.source else {},
-                "contract": scenario.source.contract if scenario.source else None,
-            },
-            "steps": [step.ref for step in scenario.steps],
-            "sinks": [
-                {"format": s.ref.format, "path": str(staged[s.ref.path].file), "when": s.when, "options": s.options}
-                for s in item.sinks
-            ],
-            "drift_policy": self.config.herd_policy(herd).drift,
-            "report": str(report_path),
-        }
+        spec = SliceSpec(
+            task_id=task_id,
+            scenario=item.name,
+            herd=herd,
+            base_dir=str(self._base_dir),
+            source=SourceSpec(
+                uri=scenario.source.uri if scenario.source else "",
+                format=item.source.format,
+                path=str(item.source.path),
+                options=dict(scenario.source.options) if scenario.source else {},
+                contract=scenario.source.contract if scenario.source else None,
+            ),
+            steps=tuple(step.ref for step in scenario.steps),
+            sinks=tuple(
+                SinkSpec(s.ref.format, str(staged[s.ref.path].file), s.when, dict(s.options)) for s in item.sinks
+            ),
+            drift_policy=self.config.herd_policy(herd).drift,
+            report=str(report_path),
+        )
         spec_path = work_dir / "slice.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
+        spec_path.write_text(spec.to_json())
         task = TaskSpec(
             id=task_id,
             command=(sys.executable, "-m", "runink.core.dataplane.slice", str(spec_path)),

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from runink.core.contracts import Contract, detect_drift, validate
 from runink.core.dataplane.log_tags import TaggedStream, step_context
+from runink.core.dataplane.spec import SliceSpec, SpecError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
 from runink.core.steps import StepFunction, adapt, import_reference
 
@@ -84,37 +85,37 @@ class SinkSlot:
     rows: int = 0
 
 
-def run(spec: dict[str, Any]) -> int:
-    reporter = Reporter(Path(spec["report"]))
+def run(spec: SliceSpec) -> int:
+    reporter = Reporter(Path(spec.report))
     counters = Counters()
     sinks: list[SinkSlot] = []
     output: SinkWriterThread | None = None
-    scenario = spec["scenario"]
+    scenario = spec.scenario
     try:
-        base_dir = str(spec["base_dir"])
+        base_dir = spec.base_dir
         if base_dir not in sys.path:
             sys.path.insert(0, base_dir)
-        source = spec["source"]
-        contract = _load_contract(source.get("contract"))
-        steps = _load_steps(spec["steps"])
-        source_driver: Storage = _storage(source["format"])
+        source = spec.source
+        contract = _load_contract(source.contract)
+        steps = _load_steps(list(spec.steps))
+        source_driver: Storage = _storage(source.format)
         sinks = [
             SinkSlot(
-                s["format"],
-                Path(s["path"]),
-                s["when"],
-                s.get("options", {}),
-                _storage(s["format"]),
+                s.format,
+                Path(s.path),
+                s.when,
+                s.options,
+                _storage(s.format),
             )
-            for s in spec["sinks"]
+            for s in spec.sinks
         ]
         output = SinkWriterThread(sinks, counters)
         drift_reported: set[str] = set()
         drift_messages: list[str] = []
         dlq_schema: pa.Schema | None = None
-        source_uri = source["uri"]
+        source_uri = source.uri
         unit = source_driver.position_unit
-        for read in source_driver.read(Path(source["path"]), raw=contract is not None, options=source.get("options")):
+        for read in source_driver.read(Path(source.path), raw=contract is not None, options=source.options):
             batch = read.batch
             counters.rows_in += batch.num_rows + len(read.malformed)
             counters.rows_malformed += len(read.malformed)
@@ -123,9 +124,9 @@ def run(spec: dict[str, Any]) -> int:
                 if new_drift and batch.num_rows:
                     drift_reported.update(new_drift)
                     drift_messages.extend(new_drift)
-                    if spec.get("drift_policy") == "block":
+                    if spec.drift_policy == "block":
                         raise SliceError(
-                            f"schema drift in {source_uri} against contract {source['contract']} "
+                            f"schema drift in {source_uri} against contract {source.contract} "
                             f"(herd policy: block): {'; '.join(new_drift)}"
                         )
             if dlq_schema is None and batch.schema.names:
@@ -385,10 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m runink.core.dataplane.slice SPEC.json", file=sys.stderr)
         return 2
-    spec = json.loads(Path(args[0]).read_text())
-    if spec.get("task_id"):
-        sys.stdout = TaggedStream(sys.stdout, spec["task_id"])
-        sys.stderr = TaggedStream(sys.stderr, spec["task_id"])
+    try:
+        spec = SliceSpec.from_json(Path(args[0]).read_text())
+    except (OSError, SpecError) as exc:
+        print(f"runink slice: {args[0]}: {exc}", file=sys.stderr)
+        return 2
+    if spec.task_id:
+        sys.stdout = TaggedStream(sys.stdout, spec.task_id)
+        sys.stderr = TaggedStream(sys.stderr, spec.task_id)
     return run(spec)
 
 

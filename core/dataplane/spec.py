@@ -1,0 +1,83 @@
+"""The slice spec: what the runner tells a slice to do, as one typed, versioned structure.
+
+The runner writes it as JSON into the slice's work dir (``SliceSpec.to_json``); the slice reads
+it back (``SliceSpec.from_json``) before anything else. Both sides are this module, so a field
+added or renamed is added or renamed in one place; ``version`` lets a slice refuse a spec
+from a runner it does not match (a slice started by an older agent, say) with one line.
+Plain dataclasses, no pydantic: the slice imports this on its start path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SPEC_VERSION = 1
+
+
+class SpecError(ValueError):
+    """The spec file is not one this slice can run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    uri: str
+    format: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+    contract: str | None = None  # "module:Class"
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    format: str
+    path: str  # where the slice writes it: a staging folder's file
+    when: str = "valid"  # "valid" or "invalid" (the dead letters)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    task_id: str  # its log lines are tagged with it and the step that wrote them
+    scenario: str
+    herd: str
+    base_dir: str  # the pipeline's folder: its step modules import from there
+    source: SourceSpec
+    steps: tuple[str, ...]  # "module:function", in order
+    sinks: tuple[SinkSpec, ...]
+    drift_policy: str
+    report: str  # the report file the runner reads (core/report.py)
+    version: int = SPEC_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SliceSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"the slice spec is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpecError("the slice spec is not a JSON object")
+        if data.get("version") != SPEC_VERSION:
+            raise SpecError(f"slice spec version {data.get('version')!r}: this slice reads version {SPEC_VERSION}")
+        try:
+            source = SourceSpec(**_fields(data["source"], "source"))
+            sinks = tuple(SinkSpec(**_fields(s, "sinks[]")) for s in data["sinks"])
+            spec = cls(**{**data, "source": source, "sinks": sinks, "steps": tuple(data["steps"])})
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"the slice spec lacks or mistypes a field: {exc}") from None
+        for name in ("task_id", "scenario", "herd", "base_dir", "drift_policy", "report"):
+            if not isinstance(getattr(spec, name), str):
+                raise SpecError(f"slice spec field {name!r} is not a string")
+        if not all(isinstance(step, str) for step in spec.steps):
+            raise SpecError("slice spec field 'steps' is not a list of strings")
+        return spec
+
+
+def _fields(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"slice spec field {where!r} is not an object")
+    return value
