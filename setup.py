@@ -80,5 +80,6 @@ setup(
         *packages_under("core", "runink.core"),
         *packages_under("plugins", "runink.plugins"),
     ],
-    package_data={"runink": ["py.typed"]},
+    # the vendored pysyncobj file ships with its licence beside it
+    package_data={"runink": ["py.typed"], "runink.plugins.barn.raft._vendor.pysyncobj": ["LICENSE"]},
 )

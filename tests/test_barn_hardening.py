@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import createJournal
 
-from runink.plugins.barn.raft import syncobj
+from runink.plugins.barn.raft._vendor.pysyncobj import syncobj
 from runink.plugins.barn.raft.server import BarnServer, Member, ServerConfig
 from runink.plugins.barn.state import BarnState
 from runink.testing.barn_cluster import Cluster, free_ports

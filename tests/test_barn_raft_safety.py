@@ -10,7 +10,7 @@ import pysyncobj.syncobj as stock
 import pytest
 import raft_sim
 
-import runink.plugins.barn.raft.syncobj as patched
+import runink.plugins.barn.raft._vendor.pysyncobj.syncobj as patched
 
 
 @pytest.mark.slow  # ~12 s: a check on the upstream library, not on the Barn (rerun it when pysyncobj changes)

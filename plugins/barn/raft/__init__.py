@@ -1,1 +1,1 @@
-"""The raft Barn backend: the Barn state machine replicated with pysyncobj (patched: see syncobj.py)."""
+"""The raft Barn backend: the Barn state machine replicated with pysyncobj (patched: _vendor/pysyncobj/syncobj.py)."""

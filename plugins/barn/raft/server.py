@@ -4,7 +4,7 @@
         --peer b=127.0.0.1:7002,127.0.0.1:8002 --peer c=127.0.0.1:7003,127.0.0.1:8003 --data-dir /var/lib/runink/barn-a
 
 (or ``runink barn serve`` with the same options). Each member keeps the Barn's state machine
-(``BarnState``) and applies the commands pysyncobj (patched: see ``syncobj.py``) commits in the
+(``BarnState``) and applies the commands pysyncobj (patched: see ``_vendor/pysyncobj/syncobj.py``) commits in the
 same order everywhere.
 
 * Writes return only after commit (a majority has the entry, synced to disk: see fsync).
@@ -67,10 +67,10 @@ except ImportError:  # optional: the standard loop works, a little slower
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
 from runink.core.interfaces.barn import KeyValue, WatchEvent
 from runink.plugins.barn.raft import schema
-from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, raise_fd_limit, serve
 
 # the vendored module's own SyncObjException: the installed pysyncobj's is another class
-from runink.plugins.barn.raft.syncobj import SyncObj, SyncObjConsumer, SyncObjException, replicated
+from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import SyncObj, SyncObjConsumer, SyncObjException, replicated
+from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, raise_fd_limit, serve
 from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
@@ -202,7 +202,7 @@ class BarnNode(SyncObj):
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
         """(tick thread, at log compaction) The state and pysyncobj's own record, to ``path``;
-        pysyncobj renames it into place, fsynced with its directory (syncobj.py fix 7)."""
+        pysyncobj renames it into place, fsynced with its directory (vendored syncobj.py, fix 7)."""
         with self.replica.lock:
             barn = self.replica.state.snapshot()
         with open(path, "wb") as out:
