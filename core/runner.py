@@ -11,12 +11,8 @@ replaces this runner, not the executor or the data plane.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
-import secrets
-import shutil
-import stat
 import sys
 import threading
 import time
@@ -35,6 +31,7 @@ from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
+from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
 
 FINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "DEADLINE_EXCEEDED", "OOMKILLED"}
 
@@ -106,197 +103,6 @@ class RunResult:
             "elapsed": round(self.finished - self.started, 3),
             "scenarios": [s.to_json() for s in self.scenarios],
         }
-
-
-@dataclass
-class _Stage:
-    """A sink's staging folder: made by the runner beside the final file (same file system, so
-    publishing is a rename) under a random name, and reached only through file descriptors, so
-    nothing anyone plants or swaps in the sink's folder can redirect the runner.
-
-    Two levels: ``.runink-stage-<random>`` (mode 0700, the runner's, locked while it runs)
-    holds ``out``, the folder the slice is granted. The slice may change ``out`` (an isolating
-    executor shows it as the slice's own) but not the folder around it, so no one else can
-    reach what the slice leaves there (a setuid file, say) before the runner vets it."""
-
-    final: Path  # the sink's path as written in the pipeline
-    folder: int  # fd of the sink's folder
-    name: str  # the staging folder's name in it
-    outer: int  # fd of the staging folder (flock'd: a runner that died leaves it unlocked)
-    fd: int  # fd of ``out`` in it
-    path: Path  # the real path of ``out`` (what the slice is granted)
-
-    @property
-    def file(self) -> Path:
-        return self.path / self.final.name
-
-
-STAGE_PREFIX = ".runink-stage-"
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PATH_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-STALE_AFTER = 60.0  # seconds: a staging folder younger than this may be a live runner's, not yet locked
-
-
-def open_real_folder(real: Path) -> int:
-    """An fd of the folder at ``real`` (a path with its links resolved), made if missing,
-    following no link on the way: a link that appeared since it was resolved is someone
-    redirecting the runner (OSError ELOOP or ENOTDIR)."""
-    # (on the way: O_PATH, which needs only search permission, as a path lookup does)
-    fd = os.open("/", _PATH_DIRECTORY)
-    try:
-        for part in real.parts[1:]:
-            try:
-                step = os.open(part, _PATH_DIRECTORY, dir_fd=fd)
-            except FileNotFoundError:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o777, dir_fd=fd)
-                step = os.open(part, _PATH_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = step
-        folder = os.open(".", _DIRECTORY, dir_fd=fd)
-    finally:
-        os.close(fd)
-    return folder
-
-
-def _stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda _path: True) -> dict[Path, _Stage]:
-    """Final sink path -> its staging folder. ``allowed`` vets each sink's folder, links
-    resolved (again: the compiler checked it, a link may have been planted since)."""
-    stages: dict[Path, _Stage] = {}
-    try:
-        for sink in item.sinks:
-            parent = sink.ref.path.parent.resolve()  # the pipeline's own links are followed once, here
-            if not allowed(parent):
-                raise OSError(f"{sink.ref.path}: its folder leads to {parent}, outside what the pipeline may write")
-            folder = open_real_folder(parent)
-            outer = inner = -1
-            try:
-                _sweep_stale_stages(folder)
-                name = f"{STAGE_PREFIX}{secrets.token_hex(8)}"
-                os.mkdir(name, 0o700, dir_fd=folder)  # fails if anything is there: never an existing one
-                outer = os.open(name, _DIRECTORY, dir_fd=folder)
-                fcntl.flock(outer, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.mkdir("out", 0o700, dir_fd=outer)
-                inner = os.open("out", _DIRECTORY, dir_fd=outer)
-            except BaseException:
-                for fd in (inner, outer, folder):
-                    if fd >= 0:
-                        os.close(fd)
-                raise
-            stages[sink.ref.path] = _Stage(sink.ref.path, folder, name, outer, inner, parent / name / "out")
-    except BaseException:
-        _unstage(stages)
-        raise
-    return stages
-
-
-def whole_home(base: Path) -> bool:
-    """Whether ``base`` is / or a home folder (this user's, or its owner's), or one above this
-    user's home: never granted whole to a slice."""
-    import pwd
-
-    homes = set()
-    with contextlib.suppress(KeyError, RuntimeError):
-        home = Path.home().resolve()
-        homes.update({home, *home.parents})
-    with contextlib.suppress(KeyError, OSError):
-        homes.add(Path(pwd.getpwuid(base.stat().st_uid).pw_dir).resolve())
-    return base == Path("/") or base in homes
-
-
-def _sweep_stale_stages(folder: int) -> None:
-    """Remove the staging folders a runner that died left in this folder: folders of this user
-    (never a link, never someone else's) that no live runner holds locked and that are not
-    brand new (a live runner locks its own just after making it)."""
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        for entry in entries:
-            if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                fd = os.open(entry.name, _DIRECTORY, dir_fd=folder)
-            except OSError:
-                continue
-            try:
-                info = os.fstat(fd)
-                if info.st_uid != os.geteuid() or time.time() - info.st_ctime < STALE_AFTER:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a running runner's
-                _remove_stage(folder, entry.name, fd)
-            finally:
-                os.close(fd)
-
-
-def _remove_stage(folder: int, name: str, fd: int) -> None:
-    """Empty the staging folder through its own fd, then remove its name only if that name
-    still is this folder: someone who can write the sink's folder may have swapped it for
-    another (whose tree must not be deleted by the runner)."""
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o700)  # (the runner's own: it may always enter it)
-    with contextlib.suppress(OSError), os.scandir(fd) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    with contextlib.suppress(OSError):
-                        inner = os.open(entry.name, _DIRECTORY, dir_fd=fd)
-                        try:
-                            os.fchmod(inner, 0o700)  # a slice may have made its own folder unreadable
-                        finally:
-                            os.close(inner)
-                    shutil.rmtree(entry.name, dir_fd=fd)
-                else:
-                    os.unlink(entry.name, dir_fd=fd)
-    with contextlib.suppress(OSError):
-        mine = os.fstat(fd)
-        there = os.stat(name, dir_fd=folder, follow_symlinks=False)
-        if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
-            os.rmdir(name, dir_fd=folder)  # (empty by now; a folder swapped in meanwhile is not)
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask would, for every thread)."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
-    return 0o022
-
-
-def _publish(stages: dict[Path, _Stage]) -> None:
-    """Move each committed output from its staging folder into place (a rename within the
-    sink's folder, through its fds), durable. The file is the slice's making: only a regular
-    file with one link is taken, its mode reset to a data file's (no setuid, setgid or exec
-    bits: it is stored as the runner's user's) and its data synced before the rename."""
-    umask = _umask()
-    for stage in stages.values():
-        name = stage.final.name
-        with contextlib.suppress(OSError):
-            os.fchmod(stage.fd, 0o700)  # the slice may have locked its folder (it is the runner's)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.fd)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise OSError(f"{stage.final}: the slice left no regular file (not published): {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise OSError(f"{stage.final}: the slice left no regular file (not published)")
-            os.fchmod(fd, 0o666 & ~umask)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(name, name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
-        os.fsync(stage.folder)
-
-
-def _unstage(stages: dict[Path, _Stage]) -> None:
-    for stage in stages.values():
-        _remove_stage(stage.folder, stage.name, stage.outer)
-        for fd in (stage.fd, stage.outer, stage.folder):
-            os.close(fd)
-    stages.clear()
 
 
 def _slug(name: str) -> str:
@@ -479,7 +285,7 @@ class LocalRunner:
         work_dir.mkdir()
         try:
             readable = self._readable(item)
-            staged = _stage_sinks(item, self._may_use)
+            staged = stage_sinks(item, self._may_use)
         except OSError as exc:
             run.error = f"scenario {item.name!r}: cannot prepare its inputs and outputs: {exc}"
             return "FAILED", {}
@@ -488,7 +294,7 @@ class LocalRunner:
                 item, run, herd=herd, task_id=task_id, task_dir=task_dir, readable=readable, staged=staged
             )
         finally:
-            _unstage(staged)
+            unstage(staged)
 
     def _may_use(self, real: Path) -> bool:
         """A real path the pipeline may read or write: in its folder or one [paths] allow lists."""
@@ -520,7 +326,7 @@ class LocalRunner:
         task_id: str,
         task_dir: Path,
         readable: tuple[Path, ...],
-        staged: dict[Path, _Stage],
+        staged: dict[Path, Stage],
     ) -> tuple[str, dict[str, Any]]:
         scenario = item.scenario
         work_dir = task_dir / "work"
@@ -606,7 +412,7 @@ class LocalRunner:
                 self._log("debug", f"scenario {item.name!r}: the end of {log_path}:\n{shown}", herd, item.name)
         else:
             try:
-                _publish(staged)
+                publish(staged)
                 run.error = None
             except OSError as exc:
                 state, run.error = "FAILED", f"scenario {item.name!r}: cannot publish its outputs: {exc}"

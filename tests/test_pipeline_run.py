@@ -336,7 +336,9 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     nothing (fds, not paths)."""
     from types import SimpleNamespace
 
-    from runink.core.runner import _publish, _stage_sinks, _unstage
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import stage_sinks as _stage_sinks
+    from runink.core.staging import unstage as _unstage
 
     secret = tmp_path / "root-only.txt"
     secret.write_text("not for slices")
@@ -373,10 +375,11 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
 def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from runink.core import runner
-    from runink.core.runner import _stage_sinks, _unstage
+    from runink.core import staging
+    from runink.core.staging import stage_sinks as _stage_sinks
+    from runink.core.staging import unstage as _unstage
 
-    monkeypatch.setattr(runner, "STALE_AFTER", 0.0)  # (a fresh unlocked one is left alone for a minute)
+    monkeypatch.setattr(staging, "STALE_AFTER", 0.0)  # (a fresh unlocked one is left alone for a minute)
 
     final = tmp_path / "out" / "a.csv"
     item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
@@ -396,7 +399,8 @@ def test_removing_a_staging_folder_swapped_for_another_deletes_only_its_own(tmp_
     theirs: the runner empties its own (through its fd) and leaves theirs whole."""
     from types import SimpleNamespace
 
-    from runink.core.runner import _stage_sinks, _unstage
+    from runink.core.staging import stage_sinks as _stage_sinks
+    from runink.core.staging import unstage as _unstage
 
     final = tmp_path / "out" / "a.csv"
     item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
@@ -416,7 +420,7 @@ def test_removing_a_staging_folder_swapped_for_another_deletes_only_its_own(tmp_
 def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from runink.core.runner import _stage_sinks
+    from runink.core.staging import stage_sinks as _stage_sinks
 
     (tmp_path / "out").mkdir()
     victim = tmp_path / "victim"

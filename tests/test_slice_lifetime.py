@@ -140,10 +140,11 @@ def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(
             assert stale
             from types import SimpleNamespace
 
-            from runink.core import runner as runner_module
-            from runink.core.runner import _stage_sinks, _unstage
+            from runink.core import staging as staging_module
+            from runink.core.staging import stage_sinks as _stage_sinks
+            from runink.core.staging import unstage as _unstage
 
-            monkeypatch.setattr(runner_module, "STALE_AFTER", 0.0)  # (it waits a minute for a fresh one)
+            monkeypatch.setattr(staging_module, "STALE_AFTER", 0.0)  # (it waits a minute for a fresh one)
 
             item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=project / "out" / "a.csv"))])
             _unstage(_stage_sinks(item))  # type: ignore[arg-type]
