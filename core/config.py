@@ -66,7 +66,12 @@ class DriverChoice(_Section):
 class ExecutorConfig(DriverChoice):
     driver: str = Field(
         default="auto",
-        description='"auto": the linux executor (cgroups + namespaces) where it can isolate, else process.',
+        description='"auto": the first driver of prefer that is healthy and isolates here, else the first healthy one.',
+    )
+    prefer: list[str] = Field(
+        default_factory=lambda: ["linux", "process"],
+        min_length=1,
+        description='The drivers "auto" considers, in order (each judged by its own fingerprint and capabilities).',
     )
 
 

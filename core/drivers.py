@@ -254,23 +254,40 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
 
 
 def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) -> tuple[Any, RuninkConfig, str]:
-    """``executor.driver = "auto"``: the linux executor where it can isolate here, else the
-    process executor.
+    """``executor.driver = "auto"``: the first driver of ``executor.prefer`` that says, through
+    its own fingerprint and capabilities, that it is healthy and isolates here; else the first
+    healthy one there, which isolates nothing. The core names no driver: the order is config.
 
-    Returns (the linux executor or None, a config naming the chosen driver, a one-line note
-    saying why slices are not isolated) so callers can say it: a slice never runs unconfined
-    without a word.
+    Returns (the isolating executor chosen or None, a config naming the chosen driver, a one-line
+    note saying why slices are not isolated) so callers can say it: a slice never runs unconfined
+    without a word. Raises DriverLoadError if no preferred driver can run here.
     """
     config = config.model_copy(deep=True)
-    reason = "not installed"
-    try:
-        linux = load_driver("runink.executors", "linux", dict(config.executor.options), manager=manager)
-        fingerprint = linux.fingerprint()
-        if fingerprint.healthy:
-            config.executor.driver = "linux"
-            return linux, config, ""
-        reason = fingerprint.health_description
-    except RuninkError as exc:
-        reason = str(exc)
-    config.executor.driver = "process"
-    return None, config, f"note: scenarios run as plain processes, not isolated (linux executor: {reason})"
+    reasons: list[str] = []
+    fallback: str | None = None
+    for name in config.executor.prefer:
+        try:
+            executor = load_driver(
+                Executor.GROUP, name, dict(config.executor.options), manager=manager, origin="executor.prefer"
+            )
+        except RuninkError as exc:
+            reasons.append(f"{name} executor: {exc}")
+            continue
+        fingerprint = executor.fingerprint()
+        isolates = executor.capabilities().isolation != "none"
+        if fingerprint.healthy and isolates:
+            config.executor.driver = name
+            return executor, config, ""
+        executor.close()
+        if not fingerprint.healthy:
+            reasons.append(f"{name} executor: {fingerprint.health_description or 'unhealthy'}")
+        elif fallback is None:
+            fallback = name
+    if fallback is None:
+        raise DriverLoadError(
+            f"executor.driver = auto: no executor of executor.prefer ({', '.join(config.executor.prefer)}) "
+            f"can run here: {'; '.join(reasons) or 'none isolates'}"
+        )
+    config.executor.driver = fallback
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return None, config, f"note: scenarios run as plain processes, not isolated{why}"

@@ -41,3 +41,37 @@ def test_doctor_table(run_cli: Callable[..., object]) -> None:
     out = run_cli("doctor")
     assert out.returncode == 0  # type: ignore[attr-defined]
     assert "namespaces" in out.stdout and "not enforced" in out.stdout  # type: ignore[attr-defined]
+
+
+def test_doctor_asks_each_executor_driver_through_its_interface() -> None:
+    """A third party's executor is diagnosed like the built-in ones: its own checks when it is in
+    use (its health decides the exit status), its host probes when it is not."""
+    from runink.core import hookimpl
+    from runink.core.cli.doctor_cmd import collect
+    from runink.core.cli.state import CliState
+    from runink.core.config import load_config
+    from runink.core.drivers import DriverSpec
+    from runink.core.interfaces import Check, Executor
+    from runink.plugins.executors.process import ProcessExecutor
+    from runink.testing import plugin_manager
+
+    class Vm(ProcessExecutor):
+        name = "vm"
+
+        def diagnose(self) -> list[Check]:
+            return [Check("hypervisor", "kvm", False, "/dev/kvm is missing"), *super().diagnose()]
+
+    class Registrar:
+        @hookimpl
+        def runink_register_drivers(self) -> list[DriverSpec]:
+            return [DriverSpec(Executor.GROUP, "vm", Vm)]
+
+    with plugin_manager(("registrar", Registrar())) as manager:
+        for driver, in_use in (("vm", True), ("process", False)):
+            config = load_config(environ={}, overrides={"executor.driver": driver})
+            report = collect(CliState(_config=config, _plugins=manager))
+            checks = {(c["area"], c["check"]): c for c in report["checks"]}
+            assert checks[("hypervisor", "kvm")] == {
+                "area": "hypervisor", "check": "kvm", "ok": False, "detail": "/dev/kvm is missing"
+            }  # fmt: skip
+            assert (("executor", "vm") in checks) is in_use and checks[("executor", driver)]["ok"]

@@ -11,10 +11,11 @@ import pytest
 
 from runink.core import hookimpl
 from runink.core.config import PluginsConfig, load_config
-from runink.core.drivers import DriverSpec, configured_driver, list_drivers, load_driver
+from runink.core.drivers import DriverSpec, auto_executor, configured_driver, list_drivers, load_driver
 from runink.core.errors import DriverLoadError, DriverNotFoundError
-from runink.core.interfaces import Executor, SchedulerPolicy
+from runink.core.interfaces import Executor, ExecutorCapabilities, Fingerprint, SchedulerPolicy
 from runink.core.plugins import PluginManager
+from runink.plugins.executors.process import ProcessExecutor
 from runink.plugins.scheduling.policies import SpreadPolicy
 from runink.testing import plugin_manager
 
@@ -98,3 +99,47 @@ def test_hook_runink_register_drivers() -> None:
         assert isinstance(policy, SchedulerPolicy) and policy.name == "fastest"
         record = next(r for r in list_drivers(manager) if r.name == "fastest")
         assert record.source == "runtime" and record.details == {"registered_by": "registrar"}
+
+
+class _Sealed(ProcessExecutor):
+    """A third party's isolating executor: auto judges it by its own capabilities and fingerprint."""
+
+    name = "sealed"
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return ExecutorCapabilities("micro-vm", enforced=("memory",))
+
+
+class _Sick(_Sealed):
+    name = "sick"
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(False, "no hypervisor here")
+
+
+class _ExecutorRegistrar:
+    @hookimpl
+    def runink_register_drivers(self) -> list[DriverSpec]:
+        return [DriverSpec(Executor.GROUP, "sealed", _Sealed), DriverSpec(Executor.GROUP, "sick", _Sick)]
+
+
+def test_auto_picks_by_the_drivers_own_fingerprints_in_the_configured_order() -> None:
+    with plugin_manager(("registrar", _ExecutorRegistrar())) as manager:
+        config = load_config(environ={}, overrides={"executor.prefer": "sick,sealed,process"})
+        chosen, named, note = auto_executor(config, manager)
+        try:
+            assert isinstance(chosen, _Sealed) and named.executor.driver == "sealed" and note == ""
+        finally:
+            chosen.close()
+        # nothing preferred isolates here: the first healthy one, and a note that says why
+        config = load_config(environ={}, overrides={"executor.prefer": "sick,process"})
+        chosen, named, note = auto_executor(config, manager)
+        assert chosen is None and named.executor.driver == "process"
+        assert "not isolated" in note and "sick executor: no hypervisor here" in note
+        config = load_config(environ={}, overrides={"executor.prefer": "sick"})
+        with pytest.raises(DriverLoadError, match=r"no executor of executor.prefer \(sick\) can run here"):
+            auto_executor(config, manager)
+
+
+def test_auto_prefers_linux_then_process_by_default() -> None:
+    assert load_config(environ={}).executor.prefer == ["linux", "process"]

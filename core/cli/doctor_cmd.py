@@ -1,7 +1,13 @@
-"""``runink doctor``: what this machine lets Runink enforce, and what the configured executor cannot."""
+"""``runink doctor``: what this machine lets Runink enforce, and what the configured executor cannot.
+
+Every executor driver is asked through its interface (``Executor.diagnose()``): the one in use
+gives all its checks (its health decides the exit status); the other installed ones give the
+host probes they make (cgroups, namespaces...), so the report says why ``auto`` chose as it did.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from typing import Any
@@ -11,65 +17,65 @@ import typer
 import runink
 from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.drivers import auto_executor, configured_driver
+from runink.core.drivers import auto_executor, configured_driver, driver_names, load_driver
+from runink.core.errors import RuninkError
+from runink.core.interfaces.executor import Check, Executor
+from runink.core.plugins import describe_exception
+
+
+def _other_probes(name: str, manager: Any) -> list[Check]:
+    """The host probes of the installed executor drivers other than ``name`` (not their health:
+    they are not in use)."""
+    checks: list[Check] = []
+    for other in driver_names(Executor.GROUP, manager):
+        if other == name:
+            continue
+        try:
+            executor = load_driver(Executor.GROUP, other, manager=manager)
+        except RuninkError as exc:
+            checks.append(Check("executor", f"{other}: load", False, str(exc)))
+            continue
+        try:
+            checks += [c for c in executor.diagnose() if c.area != "executor"]
+        except Exception as exc:  # a third party's bug: one line, the report goes on
+            checks.append(Check("executor", f"{other}: diagnose", False, describe_exception(exc)))
+        finally:
+            executor.close()
+    return checks
 
 
 def collect(state: CliState) -> dict[str, Any]:
-    from runink.plugins.executors.linux.cgroups import detect
-    from runink.plugins.executors.linux.namespaces import probe_all
-
     config = state.config()
     manager = state.plugins()
-    checks: list[dict[str, Any]] = []
-
-    def check(area: str, name: str, ok: bool, detail: str) -> None:
-        checks.append({"area": area, "check": name, "ok": ok, "detail": detail})
-
-    check("host", "kernel", platform.system() == "Linux", f"{platform.system()} {platform.release()}")
-    check(
-        "host",
-        "root",
-        os.geteuid() == 0,
-        "running as root"
-        if os.geteuid() == 0
-        else f"uid {os.geteuid()}: cgroups and most namespaces need root or delegation",
-    )
-    try:
-        layout = detect()
-        check("cgroups", "version", True, f"cgroup v{layout.version}")
-        for controller, path in sorted(layout.own.items()):
-            writable = os.access(path, os.W_OK)
-            check("cgroups", controller, writable, str(path) if writable else f"{path} is not writable")
-        for controller, reason in sorted(layout.missing.items()):
-            check("cgroups", controller, False, reason)
-    except OSError as exc:
-        check("cgroups", "detect", False, f"cannot read cgroup mounts: {exc}")
-    for name, refusal in probe_all().items():
-        check("namespaces", name, refusal is None, "permitted" if refusal is None else refusal)
+    uid = os.geteuid()
+    host = [
+        Check("host", "kernel", platform.system() == "Linux", f"{platform.system()} {platform.release()}"),
+        Check(
+            "host",
+            "root",
+            uid == 0,
+            "running as root" if uid == 0 else f"uid {uid}: cgroups and most namespaces need root or delegation",
+        ),
+    ]
+    chosen: list[Check] = []
     if config.executor.driver == "auto":
-        linux, config, note = auto_executor(config, manager)
-        executor = linux if linux is not None else configured_driver(config, "executor", manager)
-        check("executor", "auto", linux is not None, f"chose {config.executor.driver}" + (f"; {note}" if note else ""))
+        isolating, config, note = auto_executor(config, manager)
+        executor: Executor = isolating if isolating is not None else configured_driver(config, "executor", manager)
+        detail = f"chose {config.executor.driver}" + (f"; {note}" if note else "")
+        chosen.append(Check("executor", "auto", isolating is not None, detail))
     else:
         executor = configured_driver(config, "executor", manager)
-    caps = executor.capabilities()
-    fingerprint = executor.fingerprint()
-    check(
-        "executor",
-        config.executor.driver,
-        fingerprint.healthy,
-        f"isolation {caps.isolation}; {fingerprint.health_description or 'healthy'}",
-    )
-    if caps.enforced:
-        check("executor", f"{config.executor.driver}: enforces", True, ", ".join(caps.enforced))
-    for limit, reason in sorted(caps.unenforced.items()):
-        check("executor", f"{config.executor.driver}: {limit}", False, f"not enforced: {reason}")
-    if config.executor.driver == "linux":
-        from runink.plugins.executors.linux.launcher import INIT_BINARY, native_init_available
-
-        built = native_init_available()
-        detail = str(INIT_BINARY) if built else "not built (no C compiler at install): each sandbox costs one more fork"
-        check("executor", "linux: runink-init", built, detail)
+    try:
+        chosen += executor.diagnose()
+    finally:
+        executor.close()
+    probes = [c for c in chosen if c.area != "executor"] + _other_probes(config.executor.driver, manager)
+    seen: set[tuple[str, str]] = set()
+    checks = []
+    for check in [*host, *probes, *(c for c in chosen if c.area == "executor")]:
+        if (check.area, check.check) not in seen:  # two drivers may probe the same thing
+            seen.add((check.area, check.check))
+            checks.append(dataclasses.asdict(check))
     return {"runink": runink.__version__, "python": platform.python_version(), "checks": checks}
 
 

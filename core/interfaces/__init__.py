@@ -8,6 +8,7 @@ its ``GROUP`` attribute.
 from runink.core.interfaces.annotator import Annotation, Annotator
 from runink.core.interfaces.barn import BarnBackend, KeyValue, WatchEvent
 from runink.core.interfaces.executor import (
+    Check,
     Executor,
     ExecutorCapabilities,
     Fingerprint,
@@ -26,6 +27,7 @@ __all__ = [
     "Annotation",
     "Annotator",
     "BarnBackend",
+    "Check",
     "Executor",
     "ExecutorCapabilities",
     "Fingerprint",

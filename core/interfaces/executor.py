@@ -164,6 +164,20 @@ class Fingerprint:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Check:
+    """One line of ``runink doctor``: what was checked (``area``, ``check``), whether it holds, and why.
+
+    A check in the ``executor`` area whose name has no ``:`` decides doctor's exit status (the
+    driver's health); ``name: detail`` ones are information (what it enforces, what it cannot).
+    """
+
+    area: str
+    check: str
+    ok: bool
+    detail: str
+
+
 class Executor(ABC):
     """Runs tasks on this node. One instance per agent; methods are safe to call from several threads."""
 
@@ -224,6 +238,22 @@ class Executor(ABC):
         Called when the agent or ``runink run`` is done with the executor. Default: nothing.
         """
         return None
+
+    def diagnose(self) -> list[Check]:
+        """What ``runink doctor`` shows of this driver on this machine: its health and what it
+        enforces or cannot. Default: built from ``fingerprint()`` and ``capabilities()``; a driver
+        that probes the host (cgroups, namespaces...) adds those probes in their own areas.
+        """
+        caps = self.capabilities()
+        fingerprint = self.fingerprint()
+        health = fingerprint.health_description or "healthy"
+        name = self.name or type(self).__name__
+        checks = [Check("executor", name, fingerprint.healthy, f"isolation {caps.isolation}; {health}")]
+        if caps.enforced:
+            checks.append(Check("executor", f"{name}: enforces", True, ", ".join(caps.enforced)))
+        for limit, reason in sorted(caps.unenforced.items()):
+            checks.append(Check("executor", f"{name}: {limit}", False, f"not enforced: {reason}"))
+        return checks
 
     def read_log(self, task_id: str, stream: str = "stdout") -> str:
         """The task's captured ``stdout`` or ``stderr`` so far (default: files in its task_dir)."""

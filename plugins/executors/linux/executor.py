@@ -35,6 +35,7 @@ from typing import Any
 
 from runink.core.errors import TaskNotFoundError, TaskRejectedError
 from runink.core.interfaces.executor import (
+    Check,
     Executor,
     ExecutorCapabilities,
     Fingerprint,
@@ -681,3 +682,34 @@ class LinuxExecutor(Executor):
         task = self._get(task_id)
         usage = task.cgroup.usage()
         return TaskStats(task_id, usage.cpu_seconds, usage.memory_current, len(task.cgroup.pids()))
+
+    # --- runink doctor ----------------------------------------------------------------
+
+    def diagnose(self) -> list[Check]:
+        """The host probes this driver depends on (cgroups, namespaces, seccomp, slirp4netns),
+        then its health and limits (the interface's default), then whether runink-init was built."""
+        from runink.plugins.executors.linux.launcher import INIT_BINARY, native_init_available
+        from runink.plugins.executors.linux.namespaces import probe_all
+
+        checks: list[Check] = []
+        try:
+            layout = detect()
+            checks.append(Check("cgroups", "version", True, f"cgroup v{layout.version}"))
+            for controller, path in sorted(layout.own.items()):
+                writable = os.access(path, os.W_OK)
+                detail = str(path) if writable else f"{path} is not writable"
+                checks.append(Check("cgroups", controller, writable, detail))
+            checks += [Check("cgroups", name, False, reason) for name, reason in sorted(layout.missing.items())]
+        except OSError as exc:
+            checks.append(Check("cgroups", "detect", False, f"cannot read cgroup mounts: {exc}"))
+        for name, refusal in probe_all().items():
+            checks.append(Check("namespaces", name, refusal is None, "permitted" if refusal is None else refusal))
+        seccomp = self._problems.get("seccomp")
+        checks.append(Check("linux", "seccomp", seccomp is None, seccomp or "the slices' syscall filter builds"))
+        slirp = slirp4netns_path()
+        checks.append(Check("linux", "slirp4netns", slirp is not None, slirp or str(self.network_refusal)))
+        checks += super().diagnose()
+        built = native_init_available()
+        detail = str(INIT_BINARY) if built else "not built (no C compiler at install): each sandbox costs one more fork"
+        checks.append(Check("executor", f"{self.name}: runink-init", built, detail))
+        return checks
