@@ -17,8 +17,9 @@ from launcher_client import Launcher
 from proc_tree import descendants
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
-from runink.plugins.executors.linux.launcher import native_init_available, runtime_paths
+from runink.plugins.executors.linux.launcher import native_init_available
 from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
+from runink.plugins.executors.linux.rootfs import runtime_paths
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or probe("pid") is not None or probe("mount") is not None,
@@ -277,3 +278,33 @@ def test_runtime_paths_under_tmp_are_visible(work: Path, tmp_path: Path) -> None
         assert out[0] == "runtime here" and "Read-only file system" in out[1]
     finally:
         with_runtime.close()
+
+
+@pytest.mark.parametrize("seccomp", [True, False])
+def test_what_main_sets_reaches_the_forked_payload(work: Path, seccomp: bool) -> None:
+    """main() sets the payload module's globals before any fork: the slice gets back the umask
+    the launcher was started with, and the seccomp filter unless --no-seccomp."""
+    old = os.umask(0o027)
+    try:
+        launcher = Launcher(*([] if seccomp else ["--no-seccomp"]))
+    finally:
+        os.umask(old)
+    try:
+        result = launcher.run(request(work, "grep -E '^(Umask|Seccomp):' /proc/self/status"))
+        assert result["code"] == 0, (work / "err.log").read_text()
+        status = dict(line.split(":\t") for line in (work / "out.log").read_text().splitlines())
+        assert status == {"Umask": "0027", "Seccomp": "2" if seccomp else "0"}
+    finally:
+        launcher.close()
+
+
+def test_the_sandbox_side_imports_nothing_of_the_launcher() -> None:
+    """payload.py (what runs in a sandbox), rootfs.py and syscalls.py stand alone: the launcher
+    imports them, never the other way round."""
+    code = (
+        "import sys\n"
+        "import runink.plugins.executors.linux.payload, runink.plugins.executors.linux.rootfs\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('runink.plugins.executors.linux.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["['namespaces',", "'payload',", "'rootfs',", "'seccomp',", "'syscalls']"]

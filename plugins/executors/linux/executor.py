@@ -48,10 +48,12 @@ from runink.core.interfaces.executor import (
 from runink.core.report import printable
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.grants import mount_setattr_available
-from runink.plugins.executors.linux.launcher import FILES_DIR, network_refusal, open_tree, slirp4netns_path
+from runink.plugins.executors.linux.launcher import network_refusal, slirp4netns_path
 from runink.plugins.executors.linux.logs import LogPump
 from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
+from runink.plugins.executors.linux.payload import FILES_DIR
 from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
+from runink.plugins.executors.linux.syscalls import open_tree
 
 LOG_CHECK_SECONDS = 0.25  # slices that outlive the executor: how often their log files are checked
 LOG_DRAIN_SECONDS = 5.0  # at a slice's end: how long its last output may take to reach the log files

@@ -7,7 +7,7 @@ JSON request per line on stdin and answers on stdout::
      "binds": [{"path": "/work/s-1", "writable": true}], "hostname": "s-1", "uid": 100001,
      "gid": 100001, "network": false, "limits": {"cpu": 1, "memory": 268435456, "pids": 64},
      "stdout": ".../stdout.log", "stderr": ".../stderr.log", "status_file": ".../exit_status",
-     "secrets": "/proc/<executor pid>/fd/<memfd>"}                 (env and files: see _read_secrets)
+     "secrets": "/proc/<executor pid>/fd/<memfd>"}         (env and files: see payload._read_secrets)
     -> {"event": "started", "id": "s-1", "pid": 12345, "cgroup": "sandbox-77-3"}
     -> {"event": "exited", "id": "s-1", "code": 0}        (later; code is 128+N for signal N)
     -> {"event": "failed", "id": "s-1", "message": "..."}  (instead of both, if it cannot start)
@@ -41,28 +41,25 @@ No preexec_fn and no threads: the launcher only forks, which is why it must stay
 single-threaded. It checks that after preloading (ARCHITECTURE: pyarrow needs
 ``JE_ARROW_MALLOC_CONF=background_thread:false``; polars starts threads and is imported by
 the slice, never here).
+
+This module is the launcher itself (the pool, the requests, the reaping); what runs inside a
+sandbox is in payload.py, the root it builds in rootfs.py, the libc calls in syscalls.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import fcntl
 import gc
 import importlib
-import io
 import json
 import os
-import platform
 import secrets
 import select
 import shutil
 import signal
 import socket
-import stat
-import struct
 import sys
 import tempfile
 import time
@@ -72,35 +69,23 @@ from pathlib import Path
 from typing import Any
 
 from runink.plugins.executors.linux import netguard
+from runink.plugins.executors.linux import payload as slice_payload
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLayout, CgroupLimits, CgroupManager, SliceCgroup
 from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_tree, id_map_namespace
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
+from runink.plugins.executors.linux.payload import (
+    MAX_BINDS,
+    LaunchError,
+    exit_code,
+    leave_session,
+    python_init,
+    write_status,
+)
+from runink.plugins.executors.linux.rootfs import build_root, runtime_paths
 from runink.plugins.executors.linux.seccomp import LoadableFilter, build_program
+from runink.plugins.executors.linux.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, check, libc, mount
 
-libc = ctypes.CDLL(None, use_errno=True)
-# Looked up once here: ctypes creates a function object on first attribute access, and one
-# created in a slice (a fork) would be built anew, with its page faults, for every slice.
-for _function in ("capget", "capset", "mount", "prctl", "sethostname", "setns", "syscall", "umount", "unshare"):
-    getattr(libc, _function)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 3, 38, 4
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-# The new mount API (Linux 5.2): the same numbers on every architecture.
-SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429
-OPEN_TREE_CLONE, AT_EMPTY_PATH, AT_FDCWD = 1, 0x1000, -100
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
-KEYCTL_JOIN_SESSION_KEYRING = 1
-# no tty: a slice has no controlling terminal (its own session), so nothing it can type into
-DEVICES = ("null", "zero", "full", "random", "urandom")
-ROOT_LAYOUT = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-MAX_BINDS = 200
 UID_BASE, UID_RANGE = 100_000, 50_000  # slices run as one of these: never root, never a host user
-FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
 MAX_BUILDING = 2  # sandboxes being built at once (the launcher only forks; each builds itself)
 INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runink_init.c)
@@ -108,68 +93,11 @@ INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runi
 SLIRP_PACKAGE = "slirp4netns"
 SLIRP_SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 SLIRP_READY_SECONDS = 10.0
-# Left to the command: the waiting payload ignores them (the executor signals every process
-# of a slice); reset to the default in the command, with SIGPIPE and SIGXFSZ that Python ignores.
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-COMMAND_DEFAULT_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
-
-
-# Set by main() for a launcher without preloaded modules, whose slices are commands: its
-# payloads start one throwaway process while they wait (see _warm_up).
-WARM_SPAWN = False
-# The slices' seccomp filter, built once before any sandbox is forked (None: --no-seccomp)
-SLICE_FILTER: tuple[LoadableFilter, LoadableFilter] | None = None  # (warm part, final part): seccomp.py
-# The umask the launcher was started with, given back to each slice (its outputs' modes);
-# the launcher itself builds with 022, or a runner's 077 would make the sandbox's own
-# folders (the way to its grants) unreachable for the slice's user.
-SLICE_UMASK = 0o022
-
-
-class LaunchError(Exception):
-    pass
 
 
 def native_init_available() -> bool:
     """Whether runink-init was built (a C compiler at install); without it each sandbox costs one more fork."""
     return os.access(INIT_BINARY, os.X_OK)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(
-        libc.mount(
-            source and source.encode(), target.encode(), fstype and fstype.encode(), flags, data and data.encode()
-        ),
-        f"mount {target}",
-    )
-
-
-def open_tree(path: str) -> int:
-    """A detached copy of the mount at ``path`` (only that mount, not the ones below it)."""
-    fd = int(libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"cannot grant {path}: {os.strerror(err)}")
-    return fd
-
-
-def _move_mount(fd: int, target: str) -> None:
-    _check(
-        libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
-        f"move_mount {target}",
-    )
-
-
-def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def slirp4netns_path() -> str | None:
@@ -199,384 +127,6 @@ def _guard_network(slirp_ready: int | None, blocked: tuple[netguard.Prefix, ...]
     if os.read(slirp_ready, 1) != b"1":
         raise LaunchError("slirp4netns exited before bringing up the network")
     os.close(slirp_ready)
-
-
-def _code(status: int) -> int:
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-# --- what a slice sees --------------------------------------------------------------
-
-
-def runtime_paths(extra: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
-    """The host paths every sandbox sees read-only: (symlinks at the top level, directories).
-
-    The system layout (/usr, /etc, /lib...), this interpreter's prefixes and import path, and
-    the folders of the runink package itself (an editable install lives outside
-    site-packages). Nested paths are dropped: their parent is bound already.
-    """
-    import runink
-    import runink.core
-    import runink.plugins
-
-    links: dict[str, str] = {}
-    found: list[str] = []
-    for path in ROOT_LAYOUT:
-        if os.path.islink(path):
-            links[path] = os.readlink(path)
-        elif os.path.isdir(path):
-            found.append(path)
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    candidates.append(os.path.dirname(os.path.realpath(sys.executable)))
-    candidates += [p for p in sys.path[1:] if p]
-    for package in (runink, runink.core, runink.plugins):
-        candidates += list(package.__path__)
-    candidates += list(extra)
-    for path in candidates:
-        real = os.path.realpath(path)
-        if os.path.isdir(real):
-            found.append(real)
-    return links, _outermost(found)
-
-
-def _outermost(paths: list[str]) -> list[str]:
-    kept: list[str] = []
-    for path in sorted(set(paths)):
-        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
-            kept.append(path)
-    return kept
-
-
-def _build_root(root: str, links: dict[str, str], directories: list[str], network_isolated: bool) -> None:
-    """In the new mount namespace: a tmpfs root with the runtime bound read-only, then pivot into it."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
-    # The private /tmp first: runtime paths under /tmp (a virtualenv there) are bound inside it.
-    os.makedirs(root + "/tmp")
-    _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
-    for path, target in links.items():
-        os.symlink(target, root + path)
-    for path in directories:
-        inside = root + path
-        os.makedirs(inside, exist_ok=True)
-        _mount(path, inside, None, MS_BIND)
-        _mount(None, inside, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    dev = root + "/dev"
-    os.makedirs(dev, exist_ok=True)
-    _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
-    for name in DEVICES:
-        if os.path.exists(f"/dev/{name}"):
-            open(f"{dev}/{name}", "w").close()
-            _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
-        os.symlink(target, f"{dev}/{name}")
-    os.symlink("/proc/self/fd/2", f"{dev}/stderr")
-    os.makedirs(f"{dev}/shm")
-    _mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
-    _mount(None, dev, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-    os.makedirs(root + "/proc", exist_ok=True)  # mounted after: a proc shows its mounter's pid namespace
-    old = root + "/.old-root"
-    os.mkdir(old)
-    number = SYS_PIVOT_ROOT.get(platform.machine())
-    if number is not None:
-        _check(libc.syscall(number, root.encode(), old.encode()), "pivot_root")
-        os.chdir("/")
-        _check(libc.umount2(b"/.old-root", MNT_DETACH), "umount old root")
-        os.rmdir("/.old-root")
-    else:  # switch_root's way: move the new root over / and chroot into it
-        os.chdir(root)
-        _mount(root, "/", None, 8192)  # MS_MOVE
-        os.chroot(".")
-        os.chdir("/")
-    if network_isolated:
-        _loopback_up()
-
-
-# --- inside a sandbox ----------------------------------------------------------------
-
-
-def _python_init(notify: int, lifeline: int | None = None) -> int:
-    """PID 1 where runink-init was not built: the same protocol (see runink_init.c), in Python.
-
-    With a ``lifeline`` (the read end of the launcher's pipe) it dies with the launcher."""
-    watched = []
-    if lifeline is not None:
-        _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
-        if select.select([lifeline], [], [], 0)[0]:  # hung up: the launcher died before the prctl
-            return 1
-        watched.append(lifeline)
-    if os.read(notify, 1) != b"x":
-        return 0
-    os.close(notify)
-    try:
-        payload = os.pidfd_open(2)
-    except ProcessLookupError:
-        return 0
-    while True:
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        ready = select.select([payload, *watched], [], [], 0.2)[0]
-        if payload in ready:  # the payload exited: the namespace ends with us
-            return 0
-        if ready:  # the launcher died: so does the slice
-            return 1
-
-
-def _write_status(fd: int | None, code: int) -> None:
-    """The exit status for an executor that follows the slice without the launcher (a restart)."""
-    if fd is None:
-        return
-    with contextlib.suppress(OSError):
-        data = str(code).encode()
-        os.pwrite(fd, data, 0)  # the launcher and the payload share the file offset: write at 0
-        os.ftruncate(fd, len(data))
-
-
-_WARM_UP_CODE = """
-import os, sys, time
-stamp = b"%.9f" % time.monotonic()
-sizes = [len(part) for part in (stamp, b"x") if part]
-if sizes and sys.argv is not None:
-    text = f"{sizes[0]}:" + ", ".join(str(size) for size in sizes)
-def step(batch, *, scale=1):
-    return {"rows": len(batch) * scale}
-step(sizes, scale=2)
-"""
-
-
-def _warm_up() -> None:
-    """Touch, before the request comes, what the request's path will touch.
-
-    A forked process pays a copy-on-write page fault for every page it first writes (reference
-    counts make reading Python objects a write), and page faults are slow on virtual
-    machines: doing the work here takes ~1 ms off each slice's start. ``gc.freeze`` keeps the
-    collector from walking (and so copying) every inherited object later.
-    """
-    gc.freeze()  # no collection here: the launcher froze its heap at start; this adds the few newer objects
-    sample = {"id": "s", "command": ["x"], "env": {"A": "b"}, "binds": [{"path": "/", "writable": False}], "uid": 1}
-    json.loads(json.dumps(sample))
-    # the compiler's and the evaluation loop's common paths, as a step's first lines take them
-    exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
-    os.environ.clear()  # the slice's environment is its request's alone (and clearing it later cost ~0.2 ms)
-    os.environ.update({"A": "b"})
-    os.environ.clear()
-    for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True)
-    os.fstat(0)
-    # ctypes calls of the request's path (a first call in a fork costs ~0.15 ms of page faults):
-    # harmless ones, with the same argument types
-    libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
-    libc.capget(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)())
-    placeholder = b"runink-sandbox"  # in the sandbox's own uts namespace; the request renames it
-    libc.sethostname(placeholder, len(placeholder))
-    with contextlib.suppress(OSError):
-        os.makedirs("/", exist_ok=True)
-    if WARM_SPAWN:
-        # A fork's first posix_spawn costs ~1.1 ms (its first copy-on-write faults), the next
-        # ~0.3 ms: pay the first here, with /bin/true, rather than in the command's start.
-        with contextlib.suppress(OSError, ChildProcessError):
-            true = os.posix_spawn("/bin/true", ["/bin/true"], {}, setsigdef=COMMAND_DEFAULT_SIGNALS)
-            os.waitpid(true, 0)
-
-
-def _payload(control: socket.socket) -> int:
-    """Wait for the request, finish the sandbox with it, drop privileges, run the command."""
-    _warm_up()
-    control.send(b"ready")
-    # fds: stdout, stderr, the secrets memfd, the status file, then one per granted path
-    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 4)
-    if not message:
-        return 0  # the launcher drained its pool
-    req = json.loads(message)
-    stdout_fd, stderr_fd, secrets_fd, status_fd, *mount_fds = fds
-    os.dup2(stdout_fd, 1)
-    os.dup2(stderr_fd, 2)
-    os.set_inheritable(status_fd, False)
-    try:
-        secrets = _read_secrets(secrets_fd)
-        files = {**req.get("files", {}), **secrets.get("files", {})}
-        for bind, fd in zip(req.get("binds", []), mount_fds, strict=True):
-            target = bind["path"]
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.makedirs(target, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                if not os.path.exists(target):
-                    open(target, "w").close()
-            _move_mount(fd, target)  # id-mapped already where the kernel can (grants.py)
-            # the flags again: mount_setattr set them too, but a kernel before 5.12 has none
-            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
-            _mount(None, target, None, flags)
-        if files:
-            _private_files(files, int(req["uid"]), int(req["gid"]))
-        _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        hostname = str(req.get("hostname") or req["id"]).encode()
-        _check(libc.sethostname(hostname, len(hostname)), "sethostname")
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.closerange(3, status_fd)
-        os.closerange(status_fd + 1, os.sysconf("SC_OPEN_MAX"))
-        os.setgroups([])
-        os.setgid(int(req["gid"]))
-        os.setuid(int(req["uid"]))
-        if req.get("userns"):
-            _enter_user_namespace(int(req["uid"]), int(req["gid"]))
-        _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
-        if SLICE_FILTER is not None and not req.get("userns"):
-            # last: it denies what the set-up above needed (mount, move_mount, unshare). In a user
-            # namespace of its own the slice can do none of those already (no capability, no
-            # nested user namespace), and the ~0.05 ms of loading it is saved.
-            SLICE_FILTER[1].load()
-        os.umask(SLICE_UMASK)
-        cwd = req.get("cwd") or "/"
-        os.chdir(cwd)
-        env = {str(k): str(v) for k, v in {**req.get("env", {}), **secrets.get("env", {})}.items()}
-    except BaseException as exc:
-        os.write(2, f"runink: cannot set up slice {req.get('id')}: {exc}\n".encode())
-        return 126
-    python = req.get("python")
-    code = _run_python(python, env, cwd) if python else _run_command(list(req["command"]), env)
-    _write_status(status_fd, code)
-    return code
-
-
-def _leave_session() -> None:
-    """Nothing of the runner's session: no controlling terminal (a new session; with no tty
-    device in the sandbox it cannot get one, so it cannot type into the user's shell with
-    TIOCSTI), and a fresh, empty session keyring instead of the one it inherited (the
-    runner's keys). The seccomp filter then denies the keyring calls and TIOCSTI outright."""
-    os.setsid()
-    keyctl = SYS_KEYCTL.get(platform.machine())
-    if keyctl is not None and libc.syscall(keyctl, KEYCTL_JOIN_SESSION_KEYRING, None, 0, 0) < 0:
-        code = ctypes.get_errno()
-        if code != errno.ENOSYS:  # a kernel without keyrings has none to leak
-            raise OSError(code, f"keyctl(join session keyring): {os.strerror(code)}")
-
-
-def _run_command(command: list[str], env: dict[str, str]) -> int:
-    """Start the program and wait for it, to record its exit status (see the module docstring)."""
-    found = command[0] if "/" in command[0] else shutil.which(command[0], path=env.get("PATH", os.defpath))
-    if found is None:
-        os.write(2, f"runink: cannot start {command[0]}: not found in PATH\n".encode())
-        return 127
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    try:
-        child = os.posix_spawn(found, command, env, setsigdef=COMMAND_DEFAULT_SIGNALS)
-    except OSError as exc:
-        os.write(2, f"runink: cannot start {command[0]}: {exc.strerror}\n".encode())
-        return 126 if exc.errno in (errno.EACCES, errno.ENOEXEC) else 127
-    return _code(os.waitpid(child, 0)[1])
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def _enter_user_namespace(uid: int, gid: int) -> None:
-    """Put the (already unprivileged) slice in a user namespace of its own, where it may do
-    nothing a user namespace would allow: its uid and gid map to themselves, it holds no
-    capability, and it may create no nested user namespace (``user.max_user_namespaces`` is 0
-    in it), so no other namespace either. Without this, on a host that lets unprivileged
-    users create user namespaces, a slice could give itself root-in-a-namespace and reach
-    the kernel code (mounts, netfilter...) that brings.
-
-    Done after setuid: a process may map its own ids without privilege. Its /proc/self files
-    must be its own to write the maps (a uid change made it non-dumpable).
-    """
-    _check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(dumpable)")
-    _check(libc.unshare(NAMESPACE_FLAGS["user"]), "unshare(user)")
-    for name, data in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
-        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-        try:
-            os.write(fd, data.encode())
-        finally:
-            os.close(fd)
-    fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)  # while it may (CAP_SYS_RESOURCE)
-    try:
-        os.write(fd, b"0")
-    finally:
-        os.close(fd)
-    none = (_CapData * 2)()  # the capabilities creating the namespace gave it there: all dropped
-    _check(libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), none), "capset")
-
-
-def _read_secrets(fd: int) -> dict[str, Any]:
-    """The slice's environment and files, read from the fd the executor filled (a memfd).
-
-    They never pass through the launcher's memory: sandboxes are forks of the launcher, so
-    whatever it once held (earlier slices' secrets) would be readable by a later slice's code.
-    """
-    size = os.fstat(fd).st_size  # a memfd (or /dev/null): read exactly, no 1 MiB buffer per slice
-    chunks = []
-    while size > 0 and (chunk := os.read(fd, size)):
-        chunks.append(chunk)
-        size -= len(chunk)
-    os.close(fd)
-    data = b"".join(chunks)
-    return json.loads(data) if data.strip() else {}
-
-
-def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
-    """The task's granted files in a tmpfs only its mount namespace has, readable by it alone."""
-    os.makedirs(FILES_DIR)
-    _mount("tmpfs", FILES_DIR, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0500,size=16m")
-    for name, content in files.items():
-        if not name or "/" in name or name in (".", ".."):
-            raise LaunchError(f"invalid file name {name!r}")
-        path = os.path.join(FILES_DIR, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        try:
-            os.write(fd, content.encode())
-            os.fchown(fd, uid, gid)
-        finally:
-            os.close(fd)
-    os.chown(FILES_DIR, uid, gid)
-
-
-def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
-    """``python -m MODULE ARGS`` or ``python -c CODE ARGS`` in this (forked, preloaded) interpreter."""
-    os.environ.clear()
-    os.environ.update(env)
-    for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True)
-    args = [str(a) for a in python.get("args", [])]
-    code = 0
-    try:
-        if "module" in python:
-            name = str(python["module"])
-            sys.argv = [name, *args]
-            sys.path[0] = cwd
-            module = importlib.import_module(name)
-            main = getattr(module, "main", None)
-            if callable(main):
-                code = main(args) or 0
-            else:
-                import runpy
-
-                runpy.run_module(name, run_name="__main__", alter_sys=True)
-        else:
-            sys.argv = ["-c", *args]
-            sys.path[0] = ""
-            exec(compile(str(python["code"]), "<string>", "exec"), {"__name__": "__main__"})
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    return int(code)
 
 
 # --- the launcher --------------------------------------------------------------------
@@ -697,7 +247,7 @@ class Launcher:
         notify_read, notify_write = os.pipe()
         init = payload = None
         try:
-            _check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
+            check(libc.unshare(sum(NAMESPACE_FLAGS[k] for k in kinds)), "unshare")
             try:
                 os.chdir("/")  # the init's cwd: moved into the new root by the payload's pivot_root
                 if exit_pipe is not None:  # slirp4netns's exit fd: held by the init alone, see _attach_network
@@ -770,7 +320,7 @@ class Launcher:
                 keep = {notify} if self.lifeline is None else {notify, self.lifeline}
                 self._detach_from_launcher(keep=keep if hold is None else keep | {hold})
                 os.setsid()
-                code = _python_init(notify, self.lifeline)
+                code = python_init(notify, self.lifeline)
             finally:
                 os._exit(code)
         return pid
@@ -840,20 +390,21 @@ class Launcher:
                 if warm is not None and self.cgroups is not None:
                     self.cgroups.create(next(iter(warm.dirs.values())).name, limits)
                     warm.attach(0)  # "0": the writing process (its pid here is not the host's)
-                _build_root(self.root, self.links, self.directories, network_isolated=True)
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
+                build_root(self.root, self.links, self.directories, network_isolated=True)
+                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
                 if network:
                     _guard_network(slirp_ready, blocked)
                 # before the request, while the sandbox is warm: setsid costs ~1 ms here (the
                 # kernel makes the new session a scheduler autogroup)
-                _leave_session()
-                if SLICE_FILTER is not None:  # the filter but for what the set-up still needs
-                    SLICE_FILTER[0].load()
-                    SLICE_FILTER[1].warm_up()
+                leave_session()
+                slice_filter = slice_payload.SLICE_FILTER
+                if slice_filter is not None:  # the filter but for what the set-up still needs
+                    slice_filter[0].load()
+                    slice_filter[1].warm_up()
             except BaseException as exc:
                 control.send(f"error cannot build the sandbox: {exc}".encode())
                 raise
-            code = _payload(control)
+            code = slice_payload.run(control)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -878,7 +429,7 @@ class Launcher:
     def _return_to_own_namespaces(self, kinds: list[str]) -> None:
         try:
             for kind in kinds:
-                _check(libc.setns(self.own_namespaces[kind], NAMESPACE_FLAGS[kind]), f"setns {kind}")
+                check(libc.setns(self.own_namespaces[kind], NAMESPACE_FLAGS[kind]), f"setns {kind}")
             os.fchdir(self.own_cwd)  # entering a mount namespace moves the cwd to its root
         except OSError as exc:  # a launcher stuck in a slice's namespaces must not serve on
             os.write(2, f"runink launcher: cannot return to its own namespaces: {exc}\n".encode())
@@ -1057,8 +608,8 @@ class Launcher:
 
     def _reaped(self, running: Running, pid: int, status: int) -> None:
         if pid == running.payload:
-            running.code = _code(status)
-            _write_status(running.status_fd, running.code)
+            running.code = exit_code(status)
+            write_status(running.status_fd, running.code)
             with contextlib.suppress(ProcessLookupError):  # ends what the slice left in its namespace
                 os.kill(running.init, signal.SIGKILL)
         else:
@@ -1178,11 +729,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-seccomp", action="store_true", help="run slices without the seccomp filter (the executor's degrade)"
     )
     args = parser.parse_args(argv)
-    global SLICE_UMASK  # set once, before any sandbox is forked
-    SLICE_UMASK = os.umask(0o022)
+    # The payload's globals (it reads them in the forks), set once, before any sandbox is forked.
+    slice_payload.SLICE_UMASK = os.umask(0o022)
     if not args.no_seccomp:
-        global SLICE_FILTER  # set once, before any sandbox is forked
-        SLICE_FILTER = (LoadableFilter(build_program("warm")), LoadableFilter(build_program("final")))
+        slice_payload.SLICE_FILTER = (LoadableFilter(build_program("warm")), LoadableFilter(build_program("final")))
     cgroups = None
     if args.cgroups:
         spec = json.loads(args.cgroups)
@@ -1191,8 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preload:
         preload([m for m in args.preload.split(",") if m])
     else:
-        global WARM_SPAWN  # set once, before any sandbox is forked
-        WARM_SPAWN = True
+        slice_payload.WARM_SPAWN = True
     gc.collect()
     gc.freeze()  # what every sandbox inherits: never walked by the collector (no copy-on-write)
     root = tempfile.mkdtemp(prefix=f"runink-root-{os.getpid()}-")  # the sandboxes' mount point (in their namespaces)
