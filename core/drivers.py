@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from stevedore import driver as stevedore_driver
@@ -30,6 +30,7 @@ from stevedore.extension import ExtensionManager
 from runink.core.config import RuninkConfig
 from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
+from runink.core.model import DriverSpec  # re-exported: plugins and tests import it from here
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
 
 DRIVER_GROUPS: dict[str, type] = {
@@ -40,16 +41,6 @@ DRIVER_GROUPS: dict[str, type] = {
     "runink.annotators": Annotator,
     "runink.storage": Storage,
 }
-
-
-@dataclass(frozen=True)
-class DriverSpec:
-    """A driver registered by a hook plugin (``runink_register_drivers``) rather than an entry point."""
-
-    group: str
-    name: str
-    factory: Callable[..., Any]
-    description: str = ""
 
 
 def _check_group(group: str) -> type:
@@ -70,13 +61,10 @@ def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple
     if manager is None:
         return {}
     found: dict[str, tuple[str, DriverSpec]] = {}
-    for plugin, specs in manager.call_each("runink_register_drivers"):
-        if isinstance(specs, Exception):
-            manager.mark_failed(plugin, f"runink_register_drivers raised {describe_exception(specs)}")
-            continue
-        for spec in specs or ():
+    for answer in manager.hooks.register_drivers():  # a plugin that raises is marked failed
+        for spec in answer.value:
             if spec.group == group:
-                found.setdefault(spec.name, (plugin, spec))
+                found.setdefault(spec.name, (answer.plugin, spec))
     return found
 
 

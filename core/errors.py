@@ -5,6 +5,12 @@ on their own: the file and line, the config key, the plugin or driver name, the 
 """
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line (multi-line messages joined with "; ")."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class RuninkError(Exception):
     """Base of every error Runink reports to a user. ``exit_code`` is what the CLI exits with."""
 

@@ -12,20 +12,16 @@ from runink.core.model import LineageEvent, LogEntry, MetricSample
 from runink.core.plugins import PluginManager
 
 
-def _failed(outcomes: list[tuple[str, object]]) -> list[str]:
-    return [name for name, outcome in outcomes if isinstance(outcome, Exception)]
-
-
 def emit_lineage(manager: PluginManager, event: LineageEvent) -> list[str]:
     """Send ``event`` to every lineage sink; returns the names of sinks that failed."""
-    return _failed(manager.call_each("runink_lineage_event", event=event))
+    return manager.hooks.lineage_event(event)
 
 
 def export_metrics(manager: PluginManager, samples: Sequence[MetricSample]) -> list[str]:
     """Send ``samples`` to every metrics exporter; returns the names of exporters that failed."""
-    return _failed(manager.call_each("runink_export_metrics", samples=list(samples)))
+    return manager.hooks.export_metrics(list(samples))
 
 
 def export_log(manager: PluginManager, entry: LogEntry) -> list[str]:
     """Send ``entry`` to every log exporter; returns the names of exporters that failed."""
-    return _failed(manager.call_each("runink_export_log", entry=entry))
+    return manager.hooks.export_log(entry)

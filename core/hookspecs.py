@@ -9,12 +9,16 @@ Each hook says when the core calls it, what it returns, and how several answers 
 
 * ``firstresult``: plugins are called newest-registered first and the first non-``None``
   answer wins; the rest are not called.
-* fan-out: every implementation is called; for sinks (lineage, metrics, logs) one failing
-  sink is logged and does not stop the others.
+* fan-out: every implementation is called; one that raises is logged and does not stop the
+  others (for sinks: lineage, metrics, logs).
 * combined: every implementation is called and the core merges the answers as described.
 
 Drivers (executors, scheduler policies, secret backends, Barn backends, annotators,
 storage) are not hooks: one is chosen by name, see ``runink.core.drivers``.
+
+The core calls every hook through pluggy with the typed methods of ``runink.core.hooks.Hooks``
+(``manager.hooks``), so wrapper implementations (``@hookimpl(wrapper=True)``) run around the
+others on every hook.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ if TYPE_CHECKING:
     import typer
 
     from runink.core.config import RuninkConfig
-    from runink.core.drivers import DriverSpec
     from runink.core.model import (
         AuthRequest,
         AuthzDecision,
+        DriverSpec,
         Identity,
         LineageEvent,
         LogEntry,
@@ -49,11 +53,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # --- configuration -----------------------------------------------------------------------
 
 
-@hookspec
+@hookspec(historic=True)
 def runink_configure(config: RuninkConfig) -> None:
     """Receive the validated configuration, once, after every plugin is registered.
 
-    Called by the CLI and servers at start-up, before any other hook. A plugin reads its own
+    Called by the CLI and servers at start-up, before any other hook. Historic: a plugin
+    registered later receives the same configuration when it registers. A plugin reads its own
     options from ``config.plugin_options(NAME)`` (the ``[plugin.NAME]`` table of the config
     file). Fan-out; the return value is ignored. Raising here marks the plugin failed and
     unregisters it; start-up goes on.

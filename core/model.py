@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -179,3 +179,13 @@ class LogEntry:
     source: str = "runink"
     fields: Mapping[str, Any] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """A driver registered by a hook plugin (``runink_register_drivers``) rather than an entry point."""
+
+    group: str
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""

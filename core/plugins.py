@@ -5,7 +5,7 @@ A plugin that raises on import, on registration, or implements a hook name that 
 else keeps working. ``RUNINK_DISABLE_PLUGINS`` / ``plugins.disable`` skips plugins by name,
 ``RUNINK_LOAD_PLUGINS`` / ``plugins.load`` is an allow-list for third-party plugins (the
 built-in ones always load unless disabled), ``RUNINK_TRACE_PLUGINS`` / ``plugins.trace`` logs
-every hook call.
+every hook call. Hooks are called through ``manager.hooks`` (``runink.core.hooks``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pluggy
 
 from runink.core import hookspecs
 from runink.core.config import PluginsConfig, RuninkConfig
-from runink.core.errors import PluginError
+from runink.core.errors import describe_exception as describe_exception  # noqa: PLC0414  (re-exported: it moved)
+from runink.core.hooks import Hooks, guard_implementations
 
 log = logging.getLogger("runink.plugins")
 trace_log = logging.getLogger("runink.plugins.trace")
@@ -82,12 +83,6 @@ def is_allowed(name: str, group: str, package: str | None, settings: PluginsConf
     return name in settings.load or f"{group}:{name}" in settings.load
 
 
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one line (multi-line messages joined with "; ")."""
-    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 class PluginManager:
     """Runink's view of pluggy: hook plugins with their load status, plus helpers to call hooks."""
 
@@ -97,6 +92,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self._records: dict[str, PluginRecord] = {}
         self._lock = threading.RLock()
+        self.hooks = Hooks(self)
         if self.settings.trace:
             self.enable_tracing()
 
@@ -150,7 +146,13 @@ class PluginManager:
             try:
                 self.pm.register(plugin, name=base.name)
             except Exception as exc:
-                record = replace(base, status="failed", error=describe_exception(exc))
+                error = describe_exception(exc)
+                if self.pm.get_plugin(base.name) is plugin:
+                    # pluggy validates before registering, so only the replay of the historic
+                    # runink_configure (user code) can fail with the plugin half registered.
+                    self.pm.unregister(plugin)
+                    error = f"runink_configure raised {error}"
+                record = replace(base, status="failed", error=error)
                 self._records[base.name] = record
                 log.warning("plugin %s failed to register: %s", base.name, record.error)
                 return record
@@ -160,6 +162,7 @@ class PluginManager:
                 record = replace(base, status="failed", error=f"implements unknown hook(s): {', '.join(unknown)}")
                 log.warning("plugin %s: %s", base.name, record.error)
             else:
+                guard_implementations(self.pm, plugin, lambda: self.settings.trace)
                 hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
                 record = replace(base, hooks=hooks)
             self._records[base.name] = record
@@ -189,41 +192,9 @@ class PluginManager:
     # --- calling hooks ---------------------------------------------------------------
 
     def configure(self, config: RuninkConfig) -> None:
-        """Call ``runink_configure`` on each plugin; a plugin that raises is marked failed."""
-        for name, outcome in self.call_each("runink_configure", config=config):
-            if isinstance(outcome, Exception):
-                self.mark_failed(name, f"runink_configure raised {describe_exception(outcome)}")
-
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a hook separately, in pluggy's order.
-
-        Returns ``(plugin_name, result_or_exception)`` pairs, so the caller can combine
-        answers per plugin and isolate failures (one broken sink must not silence others).
-        """
-        caller = getattr(self.pm.hook, hook_name)
-        outcomes: list[tuple[str, Any]] = []
-        for impl in reversed(caller.get_hookimpls()):
-            args = [kwargs[name] for name in impl.argnames]
-            if self.settings.trace:
-                trace_log.info("call %s from %s", hook_name, impl.plugin_name)
-            try:
-                result = impl.function(*args)
-            except Exception as exc:
-                log.warning("plugin %s raised in %s: %s", impl.plugin_name, hook_name, describe_exception(exc))
-                outcomes.append((impl.plugin_name, exc))
-                continue
-            if self.settings.trace:
-                trace_log.info("%s from %s returned %r", hook_name, impl.plugin_name, result)
-            outcomes.append((impl.plugin_name, result))
-        return outcomes
-
-    def call_combined(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Like ``call_each`` but a plugin exception is an error (for hooks whose answer decides)."""
-        outcomes = self.call_each(hook_name, **kwargs)
-        for name, outcome in outcomes:
-            if isinstance(outcome, Exception):
-                raise PluginError(f"plugin {name} failed in {hook_name}: {describe_exception(outcome)}") from outcome
-        return [(name, outcome) for name, outcome in outcomes if outcome is not None]
+        """Call ``runink_configure`` (historic: later plugins get it at registration); a plugin that
+        raises is marked failed."""
+        self.hooks.configure(config)
 
     def enable_tracing(self) -> None:
         self.settings = self.settings.model_copy(update={"trace": True})

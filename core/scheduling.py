@@ -19,8 +19,8 @@ def filter_nodes(
 ) -> tuple[list[Node], list[NodeRejection]]:
     """The nodes no filter rejected, and every rejection (with the plugin that made it)."""
     rejections: list[NodeRejection] = []
-    for plugin, answer in manager.call_combined("runink_filter_nodes", request=request, nodes=list(nodes)):
-        rejections.extend(replace(rejection, plugin=plugin) for rejection in answer)
+    for answer in manager.hooks.filter_nodes(request, list(nodes)):
+        rejections.extend(replace(rejection, plugin=answer.plugin) for rejection in answer.value)
     rejected = {rejection.node_id for rejection in rejections}
     return [node for node in nodes if node.id not in rejected], rejections
 
@@ -40,6 +40,6 @@ def place(
         reasons = "; ".join(f"{r.node_id}: {r.reason} [{r.plugin}]" for r in rejections)
         raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no node fits: {reasons}")
     plugin_scores: dict[str, Mapping[str, float]] = {}
-    for plugin, scores in manager.call_combined("runink_score_nodes", request=request, nodes=feasible):
-        plugin_scores[plugin] = {node_id: min(1.0, max(0.0, float(v))) for node_id, v in scores.items()}
+    for answer in manager.hooks.score_nodes(request, feasible):
+        plugin_scores[answer.plugin] = {node_id: min(1.0, max(0.0, float(v))) for node_id, v in answer.value.items()}
     return policy.rank(request, feasible, plugin_scores, weights)

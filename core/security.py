@@ -11,7 +11,7 @@ from runink.core.plugins import PluginManager
 
 def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
     """The identity the first recognising plugin returns; AuthenticationError when none does."""
-    identity: Identity | None = manager.hook.runink_authenticate(request=request)
+    identity = manager.hooks.authenticate(request)
     if identity is None:
         raise AuthenticationError("no authentication plugin accepted the request's credentials")
     return identity
@@ -20,10 +20,8 @@ def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
 def authorize(manager: PluginManager, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
     """Combine every plugin's vote: any deny wins, else one allow is needed; no votes means deny."""
     votes: list[AuthzDecision] = [
-        replace(decision, plugin=plugin)
-        for plugin, decision in manager.call_combined(
-            "runink_authorize", identity=identity, action=action, resource=resource, herd=herd
-        )
+        replace(answer.value, plugin=answer.plugin)
+        for answer in manager.hooks.authorize(identity, action, resource, herd)
     ]
     for vote in votes:
         if not vote.allowed:

@@ -12,8 +12,8 @@ import pytest
 from runink.core import hookimpl
 from runink.core.config import RuninkConfig
 from runink.core.events import emit_lineage, export_log, export_metrics
-from runink.core.interfaces import LineageSink
 from runink.core.model import LineageEvent, LogEntry, MetricSample
+from runink.plugins.lineage import LineageSink
 from runink.testing import plugin_manager
 
 EVENT = LineageEvent(

@@ -166,3 +166,106 @@ def test_runink_plugins_fixture_is_current_for_the_test(runink_plugins: PluginMa
     assert get_plugin_manager() is runink_plugins
     assert runink_plugins.register(Exporter(), "exporter").status == "loaded"
     assert "exporter" in get_plugin_manager().implementers("runink_export_log")
+
+
+def test_wrapper_hookimpl_runs_around_the_fan_out_sinks(caplog: pytest.LogCaptureFixture) -> None:
+    """Hooks go through pluggy: a wrapper=True implementation sees the call before the sinks and
+    their results after; a sink that raises is logged with its name and the others still run."""
+    from collections.abc import Generator
+
+    from runink.core.events import emit_lineage
+    from runink.core.hooks import HookFailure
+    from runink.core.model import LineageEvent
+
+    order: list[str] = []
+    seen_after: list[object] = []
+
+    class Around:
+        @hookimpl(wrapper=True)
+        def runink_lineage_event(self, event: LineageEvent) -> Generator[None, list[object], list[object]]:
+            order.append(f"before {event.run_id}")
+            results = yield
+            seen_after.extend(results)
+            order.append("after")
+            return results
+
+    class Sink:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookimpl
+        def runink_lineage_event(self, event: LineageEvent) -> None:
+            order.append(self.name)
+
+    class Broken:
+        @hookimpl
+        def runink_lineage_event(self, event: LineageEvent) -> None:
+            order.append("broken")
+            raise ConnectionError("catalog down")
+
+    plugins = [("first", Sink("first")), ("broken", Broken()), ("second", Sink("second")), ("around", Around())]
+    with plugin_manager(*plugins, entrypoints=False) as manager:
+        with caplog.at_level(logging.WARNING, logger="runink.plugins"):
+            failed = emit_lineage(manager, LineageEvent("START", "run-7", "job", "herd"))
+    assert failed == ["broken"]
+    assert order[0] == "before run-7" and order[-1] == "after"
+    assert sorted(order[1:-1]) == ["broken", "first", "second"]
+    assert [(f.plugin, type(f.error)) for f in seen_after if isinstance(f, HookFailure)] == [
+        ("broken", ConnectionError)
+    ]
+    assert "plugin broken raised in runink_lineage_event: ConnectionError: catalog down" in caplog.text
+
+
+def test_configure_is_historic_for_plugins_registered_later(tmp_path: Path) -> None:
+    """A plugin registered after start-up still receives the configuration; one whose
+    runink_configure raises then is failed and unregistered, as at start-up."""
+    seen: list[str] = []
+
+    class Late:
+        @hookimpl
+        def runink_configure(self, config: RuninkConfig) -> None:
+            seen.append(config.plugin_options("late")["colour"])
+
+    class LateRaiser:
+        @hookimpl
+        def runink_configure(self, config: RuninkConfig) -> None:
+            raise RuntimeError("no token")
+
+        @hookimpl
+        def runink_export_log(self, entry: object) -> None:
+            pass
+
+    config = RuninkConfig(plugin={"late": {"colour": "green"}}, data_dir=tmp_path)
+    with plugin_manager(config=config, entrypoints=False) as manager:
+        assert manager.register(Late(), "late").status == "loaded"
+        assert seen == ["green"]
+        record = manager.register(LateRaiser(), "late-raiser")
+        assert record.status == "failed"
+        assert record.error == "runink_configure raised RuntimeError: no token"
+        assert "late-raiser" not in manager.implementers("runink_export_log")
+        assert manager.pm.get_plugin("late-raiser") is None
+
+
+def test_combined_hook_answers_carry_the_plugin_and_a_raise_names_it() -> None:
+    from runink.core.errors import PluginError
+    from runink.core.model import Node, NodeRejection, PlacementRequest, Resources
+    from runink.core.scheduling import filter_nodes
+
+    class NoB:
+        @hookimpl
+        def runink_filter_nodes(self, request: PlacementRequest, nodes: list[Node]) -> list[NodeRejection]:
+            return [NodeRejection(n.id, "not b") for n in nodes if n.id == "b"]
+
+    class Crash:
+        @hookimpl
+        def runink_filter_nodes(self, request: PlacementRequest, nodes: list[Node]) -> None:
+            raise KeyError("labels")
+
+    nodes = [Node("a", Resources(), Resources()), Node("b", Resources(), Resources())]
+    request = PlacementRequest("t1", "herd", Resources())
+    with plugin_manager(("no-b", NoB()), entrypoints=False) as manager:
+        kept, rejections = filter_nodes(manager, request, nodes)
+        assert [n.id for n in kept] == ["a"] and [(r.node_id, r.plugin) for r in rejections] == [("b", "no-b")]
+        with registered_plugin(manager, Crash(), "crash"):
+            with pytest.raises(PluginError, match="plugin crash failed in runink_filter_nodes: KeyError"):
+                filter_nodes(manager, request, nodes)

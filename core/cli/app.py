@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 import runink
-from runink.core.cli import barn_cmd, config_cmd, contract_cmd, doctor_cmd, plugins_cmd, run_cmd
+from runink.core.cli import config_cmd, contract_cmd, doctor_cmd, plugins_cmd, run_cmd
 from runink.core.cli.output import print_error
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
@@ -28,7 +28,7 @@ def build_app(state: CliState) -> typer.Typer:
         name="runink",
         help="Runink: run data pipelines on this machine, each scenario in an isolated slice.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion, --show-completion (typer loads its shell code only for them)
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
@@ -52,16 +52,13 @@ def build_app(state: CliState) -> typer.Typer:
     app.add_typer(plugins_cmd.app, name="plugins")
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(contract_cmd.app, name="contract")
-    app.add_typer(barn_cmd.app, name="barn")
     app.command("run")(run_cmd.run_command)
     app.command("test")(run_cmd.golden_test_command)
     app.command("doctor")(doctor_cmd.doctor_command)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
     manager = state.plugins()
-    for name, outcome in manager.call_each("runink_cli_commands", app=app):
-        if isinstance(outcome, Exception):
-            manager.mark_failed(name, f"runink_cli_commands raised {describe_exception(outcome)}")
+    manager.hooks.cli_commands(app)
     return app
 
 

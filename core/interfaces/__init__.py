@@ -18,7 +18,6 @@ from runink.core.interfaces.executor import (
     TaskState,
     TaskStats,
 )
-from runink.core.interfaces.lineage import LineageSink
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.interfaces.storage import Storage
@@ -32,7 +31,6 @@ __all__ = [
     "ExecutorCapabilities",
     "Fingerprint",
     "KeyValue",
-    "LineageSink",
     "SchedulerPolicy",
     "SecretBackend",
     "Storage",

@@ -15,8 +15,8 @@ from typing import Any
 
 from runink.core.config import RuninkConfig
 from runink.core.hookspecs import hookimpl
-from runink.core.interfaces.lineage import LineageSink
 from runink.core.model import LineageEvent
+from runink.plugins.lineage.sink import LineageSink
 
 
 def to_openlineage(event: LineageEvent) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Lineage sinks are hook plugins, not drivers: every registered sink receives every event
 through the ``runink_lineage_event`` hook. Subclass ``LineageSink``, implement ``emit`` and
-register an instance through the ``runink`` entry-point group.
+register an instance through the ``runink`` entry-point group. It lives with the lineage
+plugins, not with the core's driver interfaces: it is a hook plugin, not a driver.
 """
 
 from __future__ import annotations

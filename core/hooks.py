@@ -1,0 +1,208 @@
+"""The typed face of the hooks: ``manager.hooks.lineage_event(event)``, not hook names in strings.
+
+Every call goes through pluggy (``pm.hook.<name>(...)``), so wrapper implementations
+(``@hookimpl(wrapper=True)``), historic hooks, tracing and call monitoring work as pluggy
+documents them. What pluggy does not give is added at registration, per implementation
+(``guard_implementations``), never by calling implementations one by one:
+
+* on the fan-out hooks (configure, CLI commands, driver registration, lineage, metrics, logs)
+  an implementation that raises is logged with its plugin's name and answers a
+  ``HookFailure`` instead, so the others are still called (one broken sink must not lose
+  data for the rest or fail a run);
+* on the combined hooks (authorize, filter, score, driver registration) each answer is an
+  ``Answer`` carrying the plugin's name (rejections and scores are reported per plugin), and
+  an implementation that raises on a deciding hook is a ``PluginError`` naming the plugin.
+
+Wrapper implementations are left as they are: they run around the guarded ones and see the
+list of ``Answer``/``HookFailure`` results.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pluggy
+
+from runink.core.errors import PluginError, describe_exception
+
+if TYPE_CHECKING:
+    import typer
+
+    from runink.core.config import RuninkConfig
+    from runink.core.model import (
+        AuthRequest,
+        AuthzDecision,
+        DriverSpec,
+        Identity,
+        LineageEvent,
+        LogEntry,
+        MetricSample,
+        Node,
+        NodeRejection,
+        PlacementRequest,
+    )
+    from runink.core.plugins import PluginManager
+
+log = logging.getLogger("runink.plugins")
+trace_log = logging.getLogger("runink.plugins.trace")
+
+T = TypeVar("T")
+
+# An implementation that raises is logged and the others still run.
+ISOLATED = frozenset(
+    {
+        "runink_configure",
+        "runink_cli_commands",
+        "runink_register_drivers",
+        "runink_lineage_event",
+        "runink_export_metrics",
+        "runink_export_log",
+    }
+)
+# Each non-None answer is tagged with the plugin that gave it.
+TAGGED = frozenset({"runink_authorize", "runink_filter_nodes", "runink_score_nodes", "runink_register_drivers"})
+
+
+@dataclass(frozen=True)
+class HookFailure:
+    """What a guarded fan-out implementation answers when it raised (already logged)."""
+
+    plugin: str
+    hook: str
+    error: Exception
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """One plugin's non-``None`` answer to a combined hook."""
+
+    plugin: str
+    value: T
+
+
+def _guard(
+    function: Callable[..., object], plugin: str, hook: str, tracing: Callable[[], bool]
+) -> Callable[..., object]:
+    isolate, tag = hook in ISOLATED, hook in TAGGED
+
+    @functools.wraps(function)
+    def guarded(*args: object) -> object:
+        if tracing():
+            trace_log.info("call %s from %s", hook, plugin)
+        try:
+            result = function(*args)
+        except Exception as exc:
+            if not isolate:
+                raise PluginError(f"plugin {plugin} failed in {hook}: {describe_exception(exc)}") from exc
+            log.warning("plugin %s raised in %s: %s", plugin, hook, describe_exception(exc))
+            return HookFailure(plugin, hook, exc)
+        if tracing():
+            trace_log.info("%s from %s returned %r", hook, plugin, result)
+        return Answer(plugin, result) if tag and result is not None else result
+
+    return guarded
+
+
+def guard_implementations(pm: pluggy.PluginManager, plugin: object, tracing: Callable[[], bool]) -> None:
+    """Guard the plain implementations ``plugin`` just registered (wrappers are left alone).
+
+    pluggy calls ``HookImpl.function`` with the arguments it computed from the original
+    signature (kept in ``argnames``), so swapping in a guard of the same arity is invisible to
+    it; pluggy has no public way to wrap one implementation.
+    """
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.name not in ISOLATED | TAGGED:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not impl.wrapper and not impl.hookwrapper:
+                setattr(impl, "function", _guard(impl.function, impl.plugin_name, caller.name, tracing))  # noqa: B010
+
+
+def _answers(results: Sequence[object]) -> list[Answer[Any]]:
+    # A wrapper may have added or replaced results: keep only what guarded implementations gave.
+    return [result for result in results if isinstance(result, Answer)]
+
+
+def _failed(results: Sequence[object]) -> list[HookFailure]:
+    return [result for result in results if isinstance(result, HookFailure)]
+
+
+class Hooks:
+    """Typed calls of every hook (as tox 4's ``tox.plugin.manager.Plugin``)."""
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.manager = manager
+
+    @property
+    def _hook(self) -> pluggy.HookRelay:
+        return self.manager.pm.hook
+
+    def _fan_out(self, hook: str, call: Callable[[], Sequence[object]]) -> list[HookFailure]:
+        try:
+            return _failed(call())
+        except Exception as exc:  # implementations are guarded: only a wrapper can get here
+            log.warning("a wrapper of %s raised: %s", hook, describe_exception(exc))
+            return []
+
+    def _mark_failed(self, failures: Sequence[HookFailure]) -> list[str]:
+        for failure in failures:
+            self.manager.mark_failed(failure.plugin, f"{failure.hook} raised {describe_exception(failure.error)}")
+        return [failure.plugin for failure in failures]
+
+    # --- configuration ----------------------------------------------------------------
+
+    def configure(self, config: RuninkConfig) -> list[str]:
+        """Historic: plugins registered later get ``config`` at registration. Returns the plugins failed."""
+        failures: list[HookFailure] = []
+
+        def collect(result: object) -> None:
+            if isinstance(result, HookFailure):
+                failures.append(result)
+
+        self._hook.runink_configure.call_historic(result_callback=collect, kwargs={"config": config})
+        return self._mark_failed(failures)
+
+    # --- authentication and authorization -----------------------------------------------
+
+    def authenticate(self, request: AuthRequest) -> Identity | None:
+        identity: Identity | None = self._hook.runink_authenticate(request=request)
+        return identity
+
+    def authorize(self, identity: Identity, action: str, resource: str, herd: str) -> list[Answer[AuthzDecision]]:
+        return _answers(self._hook.runink_authorize(identity=identity, action=action, resource=resource, herd=herd))
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def filter_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Sequence[NodeRejection]]]:
+        return _answers(self._hook.runink_filter_nodes(request=request, nodes=nodes))
+
+    def score_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Mapping[str, float]]]:
+        return _answers(self._hook.runink_score_nodes(request=request, nodes=nodes))
+
+    # --- lineage, metrics and logs: return the names of the sinks that failed -------------
+
+    def lineage_event(self, event: LineageEvent) -> list[str]:
+        failures = self._fan_out("runink_lineage_event", lambda: self._hook.runink_lineage_event(event=event))
+        return [failure.plugin for failure in failures]
+
+    def export_metrics(self, samples: Sequence[MetricSample]) -> list[str]:
+        failures = self._fan_out("runink_export_metrics", lambda: self._hook.runink_export_metrics(samples=samples))
+        return [failure.plugin for failure in failures]
+
+    def export_log(self, entry: LogEntry) -> list[str]:
+        failures = self._fan_out("runink_export_log", lambda: self._hook.runink_export_log(entry=entry))
+        return [failure.plugin for failure in failures]
+
+    # --- CLI and drivers: a plugin that raises is marked failed --------------------------
+
+    def cli_commands(self, app: typer.Typer) -> list[str]:
+        return self._mark_failed(_failed(self._hook.runink_cli_commands(app=app)))
+
+    def register_drivers(self) -> list[Answer[Sequence[DriverSpec]]]:
+        results = self._hook.runink_register_drivers()
+        self._mark_failed(_failed(results))
+        return _answers(results)
