@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runink.plugins.barn.raft.client import RaftBarn
+from runink.core.drivers import load_driver
+from runink.core.interfaces import BarnBackend
 from runink.testing.netns import NetLab
 
 
@@ -93,11 +94,18 @@ class Cluster:
                 raise AssertionError(f"Barn member {name} exited at start: " + " | ".join(tail))
             assert json.loads(line)["event"] == "serving", line
 
-    def client(self, *names: str, timeout: float = 10.0) -> RaftBarn:
-        return RaftBarn(endpoints=[self.http[n] for n in names or self.names], timeout=timeout)
+    def client(self, *names: str, timeout: float = 10.0) -> Any:
+        """The raft Barn backend's client (a BarnBackend, plus ``status()`` and ``call()``), loaded
+        by name as a configured backend is: the harness imports no plugin."""
+        options = {"endpoints": [self.http[n] for n in names or self.names], "timeout": timeout}
+        return load_driver(BarnBackend.GROUP, "raft", options)
 
     def status(self, name: str) -> dict[str, Any]:
-        return RaftBarn(endpoints=[self.http[name]], timeout=2).status()
+        client = self.client(name, timeout=2)
+        try:
+            return dict(client.status())
+        finally:
+            client.close()
 
     def leader(self, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout

@@ -36,7 +36,6 @@ transport's limits (timeouts, the connection cap, 413/414/431) are in ``http_pro
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import collections
@@ -758,87 +757,55 @@ def parse_member(text: str) -> Member:
     name, _, addresses = text.partition("=")
     raft, _, http_address = addresses.partition(",")
     if not name or not raft or not http_address:
-        raise argparse.ArgumentTypeError(f"a member is name=raft_host:port,http_host:port, got {text!r}")
+        raise ValueError(f"--peer: a member is name=raft_host:port,http_host:port, got {text!r}")
     return Member(name, raft, http_address)
 
 
 MIN_SECRET_BYTES = 16
 
 
-def read_secret(path: Path, parser: argparse.ArgumentParser) -> bytes:
-    """The shared secret from ``path`` (surrounding whitespace dropped); a clear error if the
-    file cannot be read or is too short to be a secret."""
+def read_secret(path: Path) -> bytes:
+    """The shared secret from ``path`` (surrounding whitespace dropped). Raises ValueError, in
+    one line, if the file cannot be read or is too short to be a secret."""
     try:
         secret = path.read_bytes().strip()
     except OSError as error:
-        parser.error(f"--secret-file {path}: {error.strerror or error}")
+        raise ValueError(f"--secret-file {path}: {error.strerror or error}") from None
     if len(secret) < MIN_SECRET_BYTES:
-        parser.error(f"--secret-file {path}: the secret has {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed")
+        raise ValueError(
+            f"--secret-file {path}: the secret has {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed"
+        )
     return secret
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m runink.plugins.barn.raft.server", description=(__doc__ or "").split("\n")[0]
-    )
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--raft", required=True, help="host:port of this member's Raft transport")
-    parser.add_argument("--http", required=True, help="host:port of this member's client API")
-    parser.add_argument("--peer", action="append", type=parse_member, default=[], help="name=raft,http (repeat)")
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--no-fsync", action="store_true", help="do not sync the journal (faster, not durable)")
-    parser.add_argument("--election-timeout", type=float, default=0.3, help="seconds (minimum; max is twice)")
-    parser.add_argument("--history", type=int, default=100_000, help="changes kept for watches")
-    parser.add_argument(
-        "--compaction-entries", type=int, default=10_000, help="snapshot and compact the log past this many entries"
-    )
-    parser.add_argument("--compaction-seconds", type=float, default=60.0, help="...at most this often")
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=None,
-        help="client connections served at once, more are refused (default: the descriptor limit less a reserve)",
-    )
-    parser.add_argument(
-        "--secret-file",
-        type=Path,
-        default=os.environ.get("RUNINK_BARN_SECRET_FILE") or None,  # set but empty: none
-        help="a file holding the group's shared secret (the same on every member; $RUNINK_BARN_SECRET_FILE)",
-    )
-    args = parser.parse_args(argv)
-    for option in ("election_timeout", "compaction_seconds", "compaction_entries", "history", "max_connections"):
-        if getattr(args, option) is not None and getattr(args, option) <= 0:
-            parser.error(f"--{option.replace('_', '-')} must be positive, got {getattr(args, option)}")
-    secret = read_secret(args.secret_file, parser) if args.secret_file else None
-    config = ServerConfig(
-        Member(args.name, args.raft, args.http),
-        args.peer,
-        args.data_dir,
-        fsync=not args.no_fsync,
-        election_timeout=args.election_timeout,
-        history=args.history,
-        compaction_entries=args.compaction_entries,
-        compaction_seconds=args.compaction_seconds,
-        secret=secret,
-        max_connections=args.max_connections,
-    )
+def run_server(config: ServerConfig) -> int:
+    """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py)."""
     raise_fd_limit()  # before the server sizes its connection cap from it
-    logging.basicConfig(level=logging.WARNING, format=f"barn {args.name}: %(levelname)s %(message)s")
-    if secret is None:
+    name, raft = config.me.name, config.me.raft
+    logging.basicConfig(level=logging.WARNING, format=f"barn {name}: %(levelname)s %(message)s")
+    if config.secret is None:
         log.warning(
             "the Raft port %s is unauthenticated: anyone who can connect to it can run code in this server; "
             "give every member the same --secret-file",
-            args.raft,
+            raft,
         )
     server = BarnServer(config)
     server.start()
-    print(json.dumps({"event": "serving", "name": args.name, "http": args.http, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     server.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runink.plugins.barn.raft.server``: the same command, with the same options,
+    as ``runink barn serve`` (one parser: commands.serve_command)."""
+    from runink.plugins.barn.raft.commands import run_serve
+
+    return run_serve(sys.argv[1:] if argv is None else argv, prog_name="python -m runink.plugins.barn.raft.server")
 
 
 if __name__ == "__main__":

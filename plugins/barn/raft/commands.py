@@ -1,4 +1,9 @@
-"""``runink barn``: run a Barn server, show a Barn group's health, change its membership."""
+"""``runink barn``: run a Barn server, show a Barn group's health, change its membership.
+
+The raft plugin adds these commands to the ``runink`` CLI (``runink_cli_commands``, see
+``cli.py``). ``serve`` is the one parser of a server's options: ``python -m
+runink.plugins.barn.raft.server`` runs the same command (``server.main``).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,11 @@ def serve_command(  # noqa: PLR0917 (typer options)
     http: str = typer.Option(..., help="host:port of its client API"),
     peer: list[str] = typer.Option([], help="another server: name=raft_host:port,http_host:port (repeat)"),
     data_dir: Path = typer.Option(..., help="where its journal and snapshots live"),
-    no_fsync: bool = typer.Option(False, help="do not sync the journal (faster; a power loss can lose writes)"),
+    fsync: bool = typer.Option(
+        True,
+        "--fsync/--no-fsync",
+        help="sync the journal before acknowledging (--no-fsync: faster; a power loss can lose writes)",
+    ),
     election_timeout: float = typer.Option(0.3, help="seconds (the minimum; the maximum is twice)"),
     compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
@@ -45,19 +54,53 @@ def serve_command(  # noqa: PLR0917 (typer options)
     ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
-    from runink.plugins.barn.raft import server
+    from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
 
-    argv = ["--name", name, "--raft", raft, "--http", http, "--data-dir", str(data_dir)]
-    argv += ["--election-timeout", str(election_timeout)] + (["--no-fsync"] if no_fsync else [])
-    argv += ["--compaction-entries", str(compaction_entries), "--compaction-seconds", str(compaction_seconds)]
-    argv += ["--history", str(history)]
-    if max_connections is not None:
-        argv += ["--max-connections", str(max_connections)]
-    for item in peer:
-        argv += ["--peer", item]
-    if secret_file is not None:
-        argv += ["--secret-file", str(secret_file)]
-    raise typer.Exit(server.main(argv))
+    positive = {
+        "--election-timeout": election_timeout,
+        "--compaction-seconds": compaction_seconds,
+        "--compaction-entries": compaction_entries,
+        "--history": history,
+        "--max-connections": max_connections,
+    }
+    for flag, value in positive.items():
+        if value is not None and value <= 0:
+            raise typer.BadParameter(f"{flag} must be positive, got {value}")
+    try:
+        peers = [server.parse_member(item) for item in peer]
+        secret = server.read_secret(secret_file) if secret_file is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    config = server.ServerConfig(
+        server.Member(name, raft, http),
+        peers,
+        data_dir,
+        fsync=fsync,
+        election_timeout=election_timeout,
+        history=history,
+        compaction_entries=compaction_entries,
+        compaction_seconds=compaction_seconds,
+        secret=secret,
+        max_connections=max_connections,
+    )
+    raise typer.Exit(server.run_server(config))
+
+
+def run_serve(argv: list[str], prog_name: str) -> int:
+    """``serve`` alone, as its own program (``python -m runink.plugins.barn.raft.server``):
+    the exit status, with a usage error shown as click shows it (status 2)."""
+    alone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    alone.command()(serve_command)
+    try:
+        outcome = typer.main.get_command(alone).main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        return 130
+    except typer.TyperException as exc:  # usage errors: click's message and usage line
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    return outcome if isinstance(outcome, int) else 0
 
 
 @app.command("status")
