@@ -154,18 +154,17 @@ def test_registered_plugin_is_scoped_to_the_block() -> None:
         assert "temp" not in manager.implementers("runink_export_log")
 
 
-def test_runink_plugins_fixture_is_current_for_the_test(runink_plugins: PluginManager) -> None:
-    """The pytest11 entry point provides the fixture; its manager is the process-wide one for the test."""
-    from runink.core.plugins import get_plugin_manager
+def test_runink_plugins_fixture_gives_a_manager_for_the_test(runink_plugins: PluginManager) -> None:
+    """The pytest11 entry point provides the fixture: the installed plugins, and one registered here."""
 
     class Exporter:
         @hookimpl
         def runink_export_log(self, entry: object) -> None:
             pass
 
-    assert get_plugin_manager() is runink_plugins
+    assert "log-export" in runink_plugins.implementers("runink_export_log")
     assert runink_plugins.register(Exporter(), "exporter").status == "loaded"
-    assert "exporter" in get_plugin_manager().implementers("runink_export_log")
+    assert "exporter" in runink_plugins.implementers("runink_export_log")
 
 
 def test_wrapper_hookimpl_runs_around_the_fan_out_sinks(caplog: pytest.LogCaptureFixture) -> None:
@@ -204,9 +203,8 @@ def test_wrapper_hookimpl_runs_around_the_fan_out_sinks(caplog: pytest.LogCaptur
             raise ConnectionError("catalog down")
 
     plugins = [("first", Sink("first")), ("broken", Broken()), ("second", Sink("second")), ("around", Around())]
-    with plugin_manager(*plugins, entrypoints=False) as manager:
-        with caplog.at_level(logging.WARNING, logger="runink.plugins"):
-            failed = emit_lineage(manager, LineageEvent("START", "run-7", "job", "herd"))
+    with plugin_manager(*plugins, entrypoints=False) as manager, caplog.at_level(logging.WARNING, "runink.plugins"):
+        failed = emit_lineage(manager, LineageEvent("START", "run-7", "job", "herd"))
     assert failed == ["broken"]
     assert order[0] == "before run-7" and order[-1] == "after"
     assert sorted(order[1:-1]) == ["broken", "first", "second"]
@@ -266,6 +264,28 @@ def test_combined_hook_answers_carry_the_plugin_and_a_raise_names_it() -> None:
     with plugin_manager(("no-b", NoB()), entrypoints=False) as manager:
         kept, rejections = filter_nodes(manager, request, nodes)
         assert [n.id for n in kept] == ["a"] and [(r.node_id, r.plugin) for r in rejections] == [("b", "no-b")]
-        with registered_plugin(manager, Crash(), "crash"):
-            with pytest.raises(PluginError, match="plugin crash failed in runink_filter_nodes: KeyError"):
-                filter_nodes(manager, request, nodes)
+        crash = pytest.raises(PluginError, match="plugin crash failed in runink_filter_nodes: KeyError")
+        with registered_plugin(manager, Crash(), "crash"), crash:
+            filter_nodes(manager, request, nodes)
+
+
+def test_hook_calls_are_seen_by_pluggy_call_monitoring() -> None:
+    """Every core hook call goes through pluggy, so add_hookcall_monitoring sees it with its implementations."""
+    from runink.core.events import export_log
+    from runink.core.model import LogEntry
+
+    seen: list[tuple[str, list[str]]] = []
+
+    class Exporter:
+        @hookimpl
+        def runink_export_log(self, entry: LogEntry) -> None:
+            pass
+
+    with plugin_manager(("exporter", Exporter()), entrypoints=False) as manager:
+        undo = manager.pm.add_hookcall_monitoring(
+            lambda name, impls, kwargs: seen.append((name, [impl.plugin_name for impl in impls])),
+            lambda outcome, name, impls, kwargs: None,
+        )
+        export_log(manager, LogEntry("hello"))
+        undo()
+    assert seen == [("runink_export_log", ["exporter"])]
