@@ -26,7 +26,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -411,7 +411,3 @@ def contract_diff(old: type[Contract], new: type[Contract]) -> list[dict[str, An
             breaking = "type" in detail or any(k != "description" for k in detail)
             changes.append({"field": name, "change": "changed", "breaking": breaking, "detail": detail})
     return sorted(changes, key=lambda c: (c["field"], c["change"]))
-
-
-def as_mapping(contract: type[Contract]) -> Mapping[str, str]:
-    return {f.name: TYPE_NAMES[f.type] for f in contract.fields()}

@@ -61,10 +61,6 @@ class Resources:
     def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu, self.pids - other.pids)
 
-    def fits_in(self, available: Resources) -> bool:
-        """True when every requested amount is at most what is available (pids are not a capacity)."""
-        return self.cpu <= available.cpu and self.memory <= available.memory and self.gpu <= available.gpu
-
 
 @dataclass(frozen=True)
 class Node:

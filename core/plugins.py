@@ -201,9 +201,6 @@ class PluginManager:
         self.pm.trace.root.setwriter(lambda message: trace_log.info(message.rstrip()))
         self.pm.enable_tracing()
 
-    def hook_names(self) -> list[str]:
-        return sorted(name for name in dir(hookspecs) if name.startswith("runink_"))
-
     def implementers(self, hook_name: str) -> list[str]:
         return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
 
@@ -219,29 +216,6 @@ def create_plugin_manager(
         manager.register(plugin, name)
     manager.configure(config)
     return manager
-
-
-_current: PluginManager | None = None
-_current_lock = threading.Lock()
-
-
-def get_plugin_manager() -> PluginManager:
-    """The process-wide plugin manager, created on first use from the default configuration."""
-    global _current
-    with _current_lock:
-        if _current is None:
-            from runink.core.config import load_config
-
-            _current = create_plugin_manager(load_config())
-        return _current
-
-
-def set_plugin_manager(manager: PluginManager | None) -> PluginManager | None:
-    """Replace the process-wide manager (the CLI sets it once; tests swap it); returns the old one."""
-    global _current
-    with _current_lock:
-        previous, _current = _current, manager
-        return previous
 
 
 def hook_names() -> Sequence[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runink.core.config import RuninkConfig, load_config
 from runink.core.errors import ConfigError
-from runink.core.plugins import PluginManager, create_plugin_manager, set_plugin_manager
+from runink.core.plugins import PluginManager, create_plugin_manager
 
 
 @dataclass
@@ -63,7 +63,6 @@ class CliState:
             config = self.try_config() or RuninkConfig()
             _apply_log_settings(config, self.debug)
             self._plugins = create_plugin_manager(config)
-            set_plugin_manager(self._plugins)
         return self._plugins
 
 

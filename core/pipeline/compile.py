@@ -59,10 +59,6 @@ class CompiledScenario:
         return tuple(s.ref for s in self.sinks if s.when == "valid")
 
     @property
-    def invalid_sinks(self) -> tuple[DatasetRef, ...]:
-        return tuple(s.ref for s in self.sinks if s.when == "invalid")
-
-    @property
     def outputs(self) -> tuple[DatasetRef, ...]:
         return tuple(s.ref for s in self.sinks)
 

@@ -1,4 +1,4 @@
-"""Plugin managers for tests: fresh, current for the duration of a ``with`` block."""
+"""Plugin managers for tests: fresh, for the duration of a ``with`` block."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from runink.core.config import RuninkConfig
-from runink.core.plugins import PluginManager, set_plugin_manager
+from runink.core.plugins import PluginManager
 
 
 @contextmanager
@@ -15,8 +15,7 @@ def plugin_manager(
     *plugins: Any, config: RuninkConfig | None = None, entrypoints: bool = True
 ) -> Iterator[PluginManager]:
     """A new plugin manager with the installed plugins (unless ``entrypoints=False``) plus
-    ``plugins`` (objects or modules, or ``(name, plugin)`` pairs), configured and made the
-    process-wide manager until the block ends.
+    ``plugins`` (objects or modules, or ``(name, plugin)`` pairs), configured.
     """
     config = config or RuninkConfig()
     manager = PluginManager(config.plugins)
@@ -26,11 +25,7 @@ def plugin_manager(
         name, obj = plugin if isinstance(plugin, tuple) else (None, plugin)
         manager.register(obj, name)
     manager.configure(config)
-    previous = set_plugin_manager(manager)
-    try:
-        yield manager
-    finally:
-        set_plugin_manager(previous)
+    yield manager
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """pytest plugin (entry point ``pytest11: runink``): fixtures for plugin authors.
 
-``runink_plugins``: a fresh plugin manager with the installed plugins, current for the test;
+``runink_plugins``: a fresh plugin manager with the installed plugins, for the test;
 call ``runink_plugins.register(obj, name)`` to add one for this test only.
 """
 
