@@ -29,20 +29,18 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from runink.core.errors import TaskNotFoundError, TaskRejectedError
+from runink.core.errors import TaskRejectedError
 from runink.core.interfaces.executor import (
-    Executor,
     ExecutorCapabilities,
     Fingerprint,
     TaskHandle,
-    TaskResult,
     TaskSpec,
-    TaskState,
     TaskStats,
 )
+from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
 
 # Runs "$@" as a child, so the exit status can be recorded even when no one waits for this
 # shell (agent restarted). TERM/INT are caught by a no-op trap: the executor signals the
@@ -81,25 +79,12 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-@dataclass
-class _Task:
-    handle: TaskHandle
+@dataclass(kw_only=True)
+class _Task(BookedTask):
     pid: int
     start_ticks: int | None
     status_file: Path
     is_child: bool
-    done: threading.Event = field(default_factory=threading.Event)
-    result: TaskResult | None = None
-    cancelled: bool = False
-    deadline_hit: bool = False
-    timer: threading.Timer | None = None
 
 
 def _write_files(folder: Path, files: Mapping[str, str]) -> Path:
@@ -113,7 +98,7 @@ def _write_files(folder: Path, files: Mapping[str, str]) -> Path:
     return folder
 
 
-class ProcessExecutor(Executor):
+class ProcessExecutor(BookkeepingExecutor[_Task]):
     """Runs each task as a plain process group on the host."""
 
     name = "process"
@@ -122,10 +107,9 @@ class ProcessExecutor(Executor):
         """``degrade``: run tasks whose limits cannot be enforced instead of refusing them.
         ``timeout_grace``: seconds between SIGTERM and SIGKILL when a task's timeout passes.
         """
+        super().__init__()
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
-        self._tasks: dict[str, _Task] = {}
-        self._lock = threading.Lock()
 
     # --- describing -------------------------------------------------------------------
 
@@ -173,12 +157,8 @@ class ProcessExecutor(Executor):
         if shutil.which(spec.command[0], path=path) is None:
             raise TaskRejectedError(f"task {spec.id}: command not found: {spec.command[0]}")
         with self._lock:
-            if spec.id in self._tasks:
-                raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
-            task_dir = Path(spec.task_dir)
-            task_dir.mkdir(parents=True, exist_ok=True)
-            status_file = task_dir / "exit_status"
-            status_file.unlink(missing_ok=True)
+            status_file = self._new_task_dir(spec)
+            task_dir = status_file.parent
             env = dict(spec.env)
             if spec.files:  # no private tmpfs here: a folder of the task dir only its user can read
                 env["RUNINK_FILES"] = str(_write_files(task_dir / "files", spec.files))
@@ -220,43 +200,29 @@ class ProcessExecutor(Executor):
                 deadline=deadline,
                 driver_state={"pid": proc.pid, "start_ticks": ticks, "status_file": str(status_file)},
             )
-            task = _Task(handle, proc.pid, ticks, status_file, is_child=True)
+            task = _Task(handle=handle, pid=proc.pid, start_ticks=ticks, status_file=status_file, is_child=True)
             self._tasks[spec.id] = task
             (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
 
     def recover(self, handle: TaskHandle) -> None:
-        if handle.driver != self.name:
-            raise TaskRejectedError(f"task {handle.task_id}: handle is for driver {handle.driver!r}, not {self.name!r}")
+        self._check_handle(handle)
         state = handle.driver_state
-        with self._lock:
-            if handle.task_id in self._tasks:
-                return
-            task = _Task(
-                handle,
-                int(state["pid"]),
-                state.get("start_ticks"),
-                Path(state["status_file"]),
-                is_child=False,
-            )
-            self._tasks[handle.task_id] = task
-        self._watch(task)
+        task = _Task(
+            handle=handle,
+            pid=int(state["pid"]),
+            start_ticks=state.get("start_ticks"),
+            status_file=Path(state["status_file"]),
+            is_child=False,
+        )
+        if self._adopt(task):
+            self._watch(task)
 
     def _watch(self, task: _Task) -> None:
-        deadline = task.handle.deadline
-        if deadline is not None:
-            task.timer = threading.Timer(max(0.0, deadline - time.time()), self._on_deadline, args=(task,))
-            task.timer.daemon = True
-            task.timer.start()
+        self._watch_deadline(task)
         target = self._reap_child if task.is_child else self._poll_foreign
         threading.Thread(target=target, args=(task,), name=f"runink-task-{task.handle.task_id}", daemon=True).start()
-
-    def _on_deadline(self, task: _Task) -> None:
-        if task.done.is_set():
-            return
-        task.deadline_hit = True
-        self._terminate(task, self.timeout_grace)
 
     def _reap_child(self, task: _Task) -> None:
         while True:
@@ -305,33 +271,7 @@ class ProcessExecutor(Executor):
         # Whatever the main process left running in its group goes with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(task.pid, signal.SIGKILL)
-        if task.timer is not None:
-            task.timer.cancel()
-        if task.cancelled:
-            state, message = TaskState.CANCELLED, "stopped"
-        elif task.deadline_hit:
-            timeout = (task.handle.deadline or 0) - task.handle.started_at
-            state, message = TaskState.DEADLINE_EXCEEDED, f"timed out after {timeout:g}s"
-        elif code == 0:
-            state, message = TaskState.SUCCEEDED, ""
-        elif sig is not None:
-            state, message = TaskState.FAILED, f"killed by {_signal_name(sig)}"
-        elif code is None:
-            state, message = TaskState.FAILED, "exit status lost: the task's supervisor was killed"
-        else:
-            state, message = TaskState.FAILED, f"exit code {code}"
-        task.result = TaskResult(
-            task_id=task.handle.task_id,
-            state=state,
-            exit_code=code,
-            signal=sig,
-            message=message,
-            started_at=task.handle.started_at,
-            finished_at=time.time(),
-            cpu_seconds=cpu,
-            peak_memory_bytes=peak,
-        )
-        task.done.set()
+        self._settle(task, TaskExit(code, sig), cpu, peak)
 
     def _terminate(self, task: _Task, grace: float) -> None:
         """SIGTERM the group, SIGKILL it after ``grace``; returns when the task has ended."""
@@ -344,38 +284,6 @@ class ProcessExecutor(Executor):
                 return
 
     # --- controlling ------------------------------------------------------------------
-
-    def _get(self, task_id: str) -> _Task:
-        with self._lock:
-            try:
-                return self._tasks[task_id]
-            except KeyError:
-                raise TaskNotFoundError(f"no task {task_id!r} in the process executor") from None
-
-    def handle(self, task_id: str) -> TaskHandle:
-        return self._get(task_id).handle
-
-    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
-        task = self._get(task_id)
-        return task.result if task.done.wait(timeout) else None
-
-    def stop(self, task_id: str, grace: float = 10.0) -> None:
-        task = self._get(task_id)
-        if task.done.is_set():
-            return
-        task.cancelled = True
-        self._terminate(task, grace)
-
-    def destroy(self, task_id: str) -> None:
-        task = self._get(task_id)
-        if not task.done.is_set():
-            self.stop(task_id, grace=0)
-        with self._lock:
-            self._tasks.pop(task_id, None)
-
-    def inspect(self, task_id: str) -> TaskState:
-        task = self._get(task_id)
-        return task.result.state if task.result else TaskState.RUNNING
 
     def stats(self, task_id: str) -> TaskStats:
         task = self._get(task_id)

@@ -33,19 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runink.core.errors import TaskNotFoundError, TaskRejectedError
+from runink.core.errors import TaskRejectedError
 from runink.core.interfaces.executor import (
     Check,
-    Executor,
     ExecutorCapabilities,
     Fingerprint,
     TaskHandle,
-    TaskResult,
     TaskSpec,
-    TaskState,
     TaskStats,
 )
 from runink.core.report import printable
+from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.grants import mount_setattr_available
 from runink.plugins.executors.linux.launcher import network_refusal, slirp4netns_path
@@ -135,21 +133,15 @@ class _Pending:
     launcher: subprocess.Popen[str] | None = None  # the one it was sent to
 
 
-@dataclass
-class _Task:
-    handle: TaskHandle
+@dataclass(kw_only=True)
+class _Task(BookedTask):
     cgroup: SliceCgroup
     status_file: Path
-    done: threading.Event = field(default_factory=threading.Event)
-    result: TaskResult | None = None
-    cancelled: bool = False
-    deadline_hit: bool = False
-    timer: threading.Timer | None = None
     launcher: subprocess.Popen[str] | None = None  # the one that started it (None: recovered)
     logs_drained: list[threading.Event] = field(default_factory=list)  # its log pipes' ends (see logs.py)
 
 
-class LinuxExecutor(Executor):
+class LinuxExecutor(BookkeepingExecutor[_Task]):
     name = "linux"
 
     def __init__(
@@ -165,6 +157,7 @@ class LinuxExecutor(Executor):
         user_namespace: bool = True,
         slices_outlive_executor: bool = False,
     ) -> None:
+        super().__init__()
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
         self.pool = int(pool)
@@ -187,8 +180,6 @@ class LinuxExecutor(Executor):
         # @network: the slice's own net namespace with slirp4netns attached (see the launcher)
         self.network_refusal: str | None = None if slirp4netns_path() else network_refusal()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
-        self._tasks: dict[str, _Task] = {}
-        self._lock = threading.Lock()
         self._launchers: dict[str, subprocess.Popen[str]] = {}
 
         self._pending: dict[str, _Pending] = {}
@@ -430,12 +421,8 @@ class LinuxExecutor(Executor):
         if self.cgroups is None:
             raise TaskRejectedError(f"task {spec.id}: no usable cgroups: {self._problems.get('cgroups')}")
         with self._lock:
-            if spec.id in self._tasks:
-                raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
-        task_dir = Path(spec.task_dir)
-        task_dir.mkdir(parents=True, exist_ok=True)
-        status_file = task_dir / "exit_status"
-        status_file.unlink(missing_ok=True)
+            status_file = self._new_task_dir(spec)
+        task_dir = status_file.parent
         # Taken as given, never resolved here: the launcher refuses a symbolic link anywhere on
         # the way (a link in a folder someone else can write would redirect a grant).
         binds = {str(p): False for p in spec.readable}
@@ -476,7 +463,9 @@ class LinuxExecutor(Executor):
                 request[stream] = f"/proc/{os.getpid()}/fd/{write_end}"  # opened by the launcher
         # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to
         # the slice id would wait behind other sandboxes joining theirs (see cgroups.py).
-        task = _Task(handle, SliceCgroup(self.cgroups.layout, {}), status_file, logs_drained=drained)
+        task = _Task(
+            handle=handle, cgroup=SliceCgroup(self.cgroups.layout, {}), status_file=status_file, logs_drained=drained
+        )
         pending = _Pending()
         with self._lock:
             self._tasks[spec.id] = task
@@ -507,17 +496,17 @@ class LinuxExecutor(Executor):
         return handle
 
     def recover(self, handle: TaskHandle) -> None:
-        if handle.driver != self.name:
-            raise TaskRejectedError(f"task {handle.task_id}: handle is for driver {handle.driver!r}")
+        self._check_handle(handle)
         assert self.cgroups is not None
         dirs = {k: Path(v) for k, v in handle.driver_state["cgroup"].items()}
-        task = _Task(handle, SliceCgroup(self.cgroups.layout, dirs), Path(handle.driver_state["status_file"]))
-        with self._lock:
-            if handle.task_id in self._tasks:
-                return
-            self._tasks[handle.task_id] = task
-        self._watch(task)
-        threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
+        task = _Task(
+            handle=handle,
+            cgroup=SliceCgroup(self.cgroups.layout, dirs),
+            status_file=Path(handle.driver_state["status_file"]),
+        )
+        if self._adopt(task):
+            self._watch(task)
+            threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
 
     def _poll_recovered(self, task: _Task) -> None:
         """Follow a task without launcher events: it ended when its cgroup is empty; its
@@ -573,15 +562,7 @@ class LinuxExecutor(Executor):
         if self._log_keeper is None and self.log_max_bytes > 0 and not task.logs_drained:
             self._log_keeper = threading.Thread(target=self._keep_logs_capped, daemon=True, name="runink-log-cap")
             self._log_keeper.start()
-        if task.handle.deadline is not None:
-            task.timer = threading.Timer(max(0.0, task.handle.deadline - time.time()), self._on_deadline, (task,))
-            task.timer.daemon = True
-            task.timer.start()
-
-    def _on_deadline(self, task: _Task) -> None:
-        if not task.done.is_set():
-            task.deadline_hit = True
-            self._terminate(task, self.timeout_grace)
+        self._watch_deadline(task)
 
     def _finish(self, task: _Task, code: int) -> None:
         if task.done.is_set():
@@ -594,35 +575,17 @@ class LinuxExecutor(Executor):
         usage = task.cgroup.usage()
         with contextlib.suppress(CgroupError):
             task.cgroup.remove()
-        if task.timer is not None:
-            task.timer.cancel()
-        if task.cancelled:
-            state, message = TaskState.CANCELLED, "stopped"
-        elif task.deadline_hit:
-            timeout = (task.handle.deadline or 0) - task.handle.started_at
-            state, message = TaskState.DEADLINE_EXCEEDED, f"timed out after {timeout:g}s"
-        elif code == 137 and usage.oom_kills:
-            state, message = TaskState.OOMKILLED, "killed by the kernel: out of memory (cgroup memory limit)"
-        elif code == 0:
-            state, message = TaskState.SUCCEEDED, ""
-        elif code < 0:
-            state, message = TaskState.FAILED, "exit status lost: the slice's supervisor was killed"
-        else:
-            state, message = TaskState.FAILED, f"exit code {code}"
-            if code == 126 and (reason := _setup_failure(Path(task.handle.task_dir) / "stderr.log")):
-                message = reason
-        task.result = TaskResult(
-            task.handle.task_id,
-            state,
-            code if code >= 0 else None,
+        failure = None
+        if code == 126:  # the payload could not set the slice up: its stderr says why
+            failure = _setup_failure(Path(task.handle.task_dir) / "stderr.log")
+        end = TaskExit(
+            code if code >= 0 else None,  # (the launcher reports 128 + N for a signal N)
             code - 128 if code > 128 else None,
-            message,
-            task.handle.started_at,
-            time.time(),
-            usage.cpu_seconds,
-            usage.memory_peak or None,
+            oom=code == 137 and bool(usage.oom_kills),
+            failure=failure,
+            who="slice",
         )
-        task.done.set()
+        self._settle(task, end, usage.cpu_seconds, usage.memory_peak or None)
 
     def _terminate(self, task: _Task, grace: float) -> None:
         for pid in task.cgroup.pids():
@@ -647,38 +610,6 @@ class LinuxExecutor(Executor):
                 launcher.wait(10)
 
     # --- controlling ------------------------------------------------------------------
-
-    def _get(self, task_id: str) -> _Task:
-        with self._lock:
-            try:
-                return self._tasks[task_id]
-            except KeyError:
-                raise TaskNotFoundError(f"no task {task_id!r} in the linux executor") from None
-
-    def handle(self, task_id: str) -> TaskHandle:
-        return self._get(task_id).handle
-
-    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
-        task = self._get(task_id)
-        return task.result if task.done.wait(timeout) else None
-
-    def stop(self, task_id: str, grace: float = 10.0) -> None:
-        task = self._get(task_id)
-        if task.done.is_set():
-            return
-        task.cancelled = True
-        self._terminate(task, grace)
-
-    def destroy(self, task_id: str) -> None:
-        task = self._get(task_id)
-        if not task.done.is_set():
-            self.stop(task_id, grace=0)
-        with self._lock:
-            self._tasks.pop(task_id, None)
-
-    def inspect(self, task_id: str) -> TaskState:
-        task = self._get(task_id)
-        return task.result.state if task.result else TaskState.RUNNING
 
     def stats(self, task_id: str) -> TaskStats:
         task = self._get(task_id)
