@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import runink
 
+Run = Callable[..., subprocess.CompletedProcess[str]]  # the run_cli fixture
+
 BROKEN = {"runink": {"broken": "broken_plugin"}}
 BROKEN_MODULES = {"broken_plugin.py": "raise RuntimeError('cannot reach the license server')\n"}
 
 
-def test_version(run_cli: Callable[..., object]) -> None:
+def test_version(run_cli: Run) -> None:
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"runink {runink.__version__}"
 
 
-def test_plugins_list_table_and_json(run_cli: Callable[..., object]) -> None:
+def test_plugins_list_table_and_json(run_cli: Run) -> None:
     table = run_cli("plugins", "list")
     assert table.returncode == 0, table.stderr
     for header in ("NAME", "KIND", "PACKAGE", "VERSION", "SOURCE", "HOOKS/GROUP", "STATUS"):
@@ -40,7 +43,7 @@ def test_plugins_list_table_and_json(run_cli: Callable[..., object]) -> None:
         assert row["status"] == "loaded"
 
 
-def test_plugins_list_filters(run_cli: Callable[..., object]) -> None:
+def test_plugins_list_filters(run_cli: Run) -> None:
     by_hook = json.loads(run_cli("plugins", "list", "--json", "--hook", "runink_filter_nodes").stdout)
     assert sorted(row["name"] for row in by_hook) == ["node-labels", "resource-fit"]
     by_group = json.loads(run_cli("plugins", "list", "--json", "--group", "runink.scheduler_policies").stdout)
@@ -51,9 +54,7 @@ def test_plugins_list_filters(run_cli: Callable[..., object]) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_broken_plugin_is_listed_and_every_command_works(
-    run_cli: Callable[..., object], fake_dist: Callable[..., Path]
-) -> None:
+def test_broken_plugin_is_listed_and_every_command_works(run_cli: Run, fake_dist: Callable[..., Path]) -> None:
     site = fake_dist("broken-plugin", "0.3", BROKEN, BROKEN_MODULES)
     listed = json.loads(run_cli("plugins", "list", "--json", pythonpath=site).stdout)
     broken = next(row for row in listed if row["name"] == "broken")
@@ -76,7 +77,7 @@ def test_broken_plugin_is_listed_and_every_command_works(
         assert "Traceback" not in out.stderr
 
 
-def test_config_errors_are_one_line_and_exit_2(run_cli: Callable[..., object], tmp_path: Path) -> None:
+def test_config_errors_are_one_line_and_exit_2(run_cli: Run, tmp_path: Path) -> None:
     (tmp_path / "runink.toml").write_text('[executor]\ndriver = "process"\ntimeout = "soon"\n')
     for args in (("config", "show"), ("plugins", "list")):
         out = run_cli(*args)
@@ -85,26 +86,26 @@ def test_config_errors_are_one_line_and_exit_2(run_cli: Callable[..., object], t
     assert run_cli("--version").returncode == 0  # still works with a broken config
 
 
-def test_debug_shows_the_traceback(run_cli: Callable[..., object]) -> None:
+def test_debug_shows_the_traceback(run_cli: Run) -> None:
     out = run_cli("--debug", "config", "show", env={"RUNINK_HERD": "Not Valid"})
     assert out.returncode == 2
     assert "Traceback" in out.stderr and "herd" in out.stderr
 
 
-def test_usage_errors(run_cli: Callable[..., object]) -> None:
+def test_usage_errors(run_cli: Run) -> None:
     out = run_cli("frobnicate")
     assert out.returncode == 2 and "No such command 'frobnicate'" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_config_show_names_sources(run_cli: Callable[..., object], tmp_path: Path) -> None:
+def test_config_show_names_sources(run_cli: Run, tmp_path: Path) -> None:
     (tmp_path / "runink.toml").write_text('herd = "finance"\n')
     shown = json.loads(run_cli("config", "show", "--json", env={"RUNINK_EXECUTOR__DRIVER": "process"}).stdout)
     assert shown["config"]["herd"] == "finance"
     assert shown["sources"] == {"herd": f"{tmp_path / 'runink.toml'}:1", "executor.driver": "$RUNINK_EXECUTOR__DRIVER"}
 
 
-def test_hook_runink_cli_commands(run_cli: Callable[..., object], fake_dist: Callable[..., Path]) -> None:
+def test_hook_runink_cli_commands(run_cli: Run, fake_dist: Callable[..., Path]) -> None:
     """A plugin adds a command; a plugin whose registration raises is failed and the CLI still runs."""
     modules = {
         "hello_cmd.py": """
@@ -133,13 +134,13 @@ def test_hook_runink_cli_commands(run_cli: Callable[..., object], fake_dist: Cal
     assert "runink_cli_commands raised ValueError: no app for you" in listed["bad-cmd"]["error"]
 
 
-def test_trace_plugins_logs_hook_calls(run_cli: Callable[..., object]) -> None:
+def test_trace_plugins_logs_hook_calls(run_cli: Run) -> None:
     out = run_cli("plugins", "list", env={"RUNINK_TRACE_PLUGINS": "1"})
     assert out.returncode == 0
     assert "call runink_configure from lineage-jsonl" in out.stderr
 
 
-def test_disable_plugins_variable(run_cli: Callable[..., object]) -> None:
+def test_disable_plugins_variable(run_cli: Run) -> None:
     listed = json.loads(
         run_cli("plugins", "list", "--json", env={"RUNINK_DISABLE_PLUGINS": "lineage-jsonl,binpack"}).stdout
     )
@@ -148,11 +149,11 @@ def test_disable_plugins_variable(run_cli: Callable[..., object]) -> None:
     assert status["spread"] == "loaded"
 
 
-def test_executors_say_what_they_cannot_enforce(run_cli: Callable[..., object]) -> None:
+def test_executors_say_what_they_cannot_enforce(run_cli: Run) -> None:
     out = run_cli("plugins", "list", "--json")
-    rows = {row["name"]: row for row in json.loads(out.stdout)}  # type: ignore[attr-defined]
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
     process = rows["process"]["details"]
     assert process["isolation"] == "none"
     assert {"cpu", "memory", "pids", "network", "filesystem"} <= set(process["unenforced"])
     table = run_cli("plugins", "list")
-    assert "executor process (none) does not enforce here: cpu, filesystem" in table.stdout  # type: ignore[attr-defined]
+    assert "executor process (none) does not enforce here: cpu, filesystem" in table.stdout

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS, probe
+
+Run = Callable[..., subprocess.CompletedProcess[str]]  # the run_cli fixture
 
 
 def test_namespace_probe_is_real() -> None:
@@ -16,10 +19,10 @@ def test_namespace_probe_is_real() -> None:
         assert probe("mount") is not None  # unprivileged: the kernel refuses it, and we say why
 
 
-def test_doctor_reports_every_area(run_cli: Callable[..., object]) -> None:
+def test_doctor_reports_every_area(run_cli: Run) -> None:
     out = run_cli("doctor", "--json")
-    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
-    report = json.loads(out.stdout)  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
     areas = {(c["area"], c["check"]): c for c in report["checks"]}
     assert {name for area, name in areas if area == "namespaces"} == set(NAMESPACE_FLAGS)
     assert ("cgroups", "version") in areas
@@ -32,15 +35,15 @@ def test_doctor_reports_every_area(run_cli: Callable[..., object]) -> None:
 
         assert areas[("executor", "linux: runink-init")]["ok"] is native_init_available()
     forced_run = run_cli("doctor", "--json", env={"RUNINK_EXECUTOR__DRIVER": "process"})
-    forced = json.loads(forced_run.stdout)  # type: ignore[attr-defined]
+    forced = json.loads(forced_run.stdout)
     process = {(c["area"], c["check"]): c for c in forced["checks"]}
     assert not process[("executor", "process: memory")]["ok"] and process[("executor", "process")]["ok"]
 
 
-def test_doctor_table(run_cli: Callable[..., object]) -> None:
+def test_doctor_table(run_cli: Run) -> None:
     out = run_cli("doctor")
-    assert out.returncode == 0  # type: ignore[attr-defined]
-    assert "namespaces" in out.stdout and "not enforced" in out.stdout  # type: ignore[attr-defined]
+    assert out.returncode == 0
+    assert "namespaces" in out.stdout and "not enforced" in out.stdout
 
 
 def test_doctor_asks_each_executor_driver_through_its_interface() -> None:

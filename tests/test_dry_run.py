@@ -5,13 +5,14 @@ modules. Each problem is one line; any problem exits 2."""
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-Run = Callable[..., object]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 PROCESS = {"RUNINK_EXECUTOR__DRIVER": "process"}
 
 
@@ -32,11 +33,11 @@ def dsl(root: Path, body: str) -> None:
     (root / "p.dsl").write_text("Feature: f\n" + textwrap.indent(textwrap.dedent(body), "  "))
 
 
-def errors(out: object) -> list[str]:
-    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)  # type: ignore[attr-defined]
-    lines = out.stderr.strip().splitlines()  # type: ignore[attr-defined]
+def errors(out: subprocess.CompletedProcess[str]) -> list[str]:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
     assert all(line.startswith("error: ") for line in lines), lines
-    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in out.stderr
     return [line[len("error: ") :] for line in lines]
 
 
@@ -52,8 +53,8 @@ def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: Run, project:
     dsl(project, GOOD)
     before = sorted(p.name for p in project.rglob("*"))
     out = run_cli("run", "p.dsl", "--dry-run", "--json", cwd=project, env=PROCESS)
-    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
-    assert '"scenario": "a"' in out.stdout  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
+    assert '"scenario": "a"' in out.stdout
     assert sorted(p.name for p in project.rglob("*")) == before  # no .runink, out/ or __pycache__
 
 
@@ -170,8 +171,8 @@ def test_a_driver_name_from_the_config_file_names_its_key(run_cli: Run, project:
     ]
     # a real run reads executor.driver too: the same one line, with the key
     out = run_cli("run", "p.dsl", cwd=project)
-    assert out.returncode == 1  # type: ignore[attr-defined]
-    assert out.stderr.strip().splitlines() == [  # type: ignore[attr-defined]
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
         f"error: no runink.executors driver named 'proces' (set at {toml}:5: executor.driver); "
         "available: linux, process"
     ]

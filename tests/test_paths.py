@@ -4,16 +4,17 @@ replaces the pipeline's own files: checked when the pipeline compiles, before an
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runink.core.config import load_config
-from runink.core.pipeline.compile import compile_pipeline
+from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import DslError, parse_file
 
-Run = Callable[..., object]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def compile_with(project: Path, source: str, sink: str, environ: dict[str, str] | None = None) -> object:
+def compile_with(project: Path, source: str, sink: str, environ: dict[str, str] | None = None) -> CompiledPipeline:
     (project / "p.dsl").write_text(
         f'Feature: f\n  Scenario: a\n    @source("{source}", contract="contracts:Row")\n'
         f'    @step("steps:keep")\n    @sink("{sink}")\n'
@@ -97,7 +98,7 @@ def test_paths_allow_opens_listed_folders_only(project: Path, tmp_path: Path) ->
     outside = tmp_path / "outside"
     allow = {"RUNINK_PATHS__ALLOW": str(outside)}
     compiled = compile_with(project, f"csv://{outside}/secret.csv", f"csv://{outside}/copy.csv", allow)
-    assert compiled.scenarios[0].source.path == outside / "secret.csv"  # type: ignore[attr-defined]
+    assert compiled.scenarios[0].source.path == outside / "secret.csv"
     # inside the folder, '..' that stays inside, and absolute paths into the folder are fine
     compile_with(project, "csv://data/../data/in.csv", f"csv://{project}/out/o.csv")
     # a relative path does not reach an allowed folder through '..'
@@ -125,8 +126,8 @@ def test_runink_run_reads_and_writes_nothing_outside(run_cli: Run, project: Path
         (project / "p.dsl").write_text(text)
         for extra in ([], ["--dry-run"]):
             out = run_cli("run", "p.dsl", *extra, cwd=project, env=env)
-            assert out.returncode == 2, (source, sink, out.stderr)  # type: ignore[attr-defined]
-            lines = out.stderr.strip().splitlines()  # type: ignore[attr-defined]
+            assert out.returncode == 2, (source, sink, out.stderr)
+            lines = out.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"error: p.dsl:{line}:5: "), lines
             assert (source if line == 3 else sink) in lines[0]
         assert (project / "p.dsl").read_text() == text
@@ -138,6 +139,6 @@ def test_runink_run_reads_and_writes_nothing_outside(run_cli: Run, project: Path
         f'Feature: f\n  Scenario: a\n    @source("csv://data/in.csv")\n    @sink("csv://{tmp_path}/outside/copy.csv")\n'
     )
     out = run_cli("run", "p.dsl", cwd=project, env=env)
-    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
     assert (tmp_path / "outside" / "copy.csv").read_text().splitlines()[1:] == ["1", "2"]
     assert os.stat(victim).st_mode & 0o777 == 0o600

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-Run = Callable[..., object]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -25,15 +27,16 @@ def orders(tmp_path: Path) -> Path:
     return target
 
 
-def summary(out: object) -> dict:  # type: ignore[type-arg]
-    assert out.returncode in (0, 1), out.stderr  # type: ignore[attr-defined]
-    return json.loads(out.stdout)  # type: ignore[attr-defined,no-any-return]
+def summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert out.returncode in (0, 1), out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def test_orders_example_end_to_end(run_cli: Run, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--json", cwd=orders)
     result = summary(out)
-    assert out.returncode == 0 and result["ok"]  # type: ignore[attr-defined]
+    assert out.returncode == 0 and result["ok"]
     validate, large = result["scenarios"]
     assert (validate["scenario"], validate["state"]) == ("Validate orders", "SUCCEEDED")
     assert validate["rows_in"] == 1000 and validate["rows_valid"] == 980 and validate["rows_invalid"] == 20
@@ -63,11 +66,11 @@ def test_orders_example_end_to_end(run_cli: Run, orders: Path) -> None:
 
 def test_table_output_and_progress(run_cli: Run, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", cwd=orders)
-    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
-    assert "Validate orders" in out.stdout and "SUCCEEDED" in out.stdout  # type: ignore[attr-defined]
-    assert "Validate orders: running" in out.stderr  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
+    assert "Validate orders" in out.stdout and "SUCCEEDED" in out.stdout
+    assert "Validate orders: running" in out.stderr
     forced = run_cli("run", "orders.dsl", "--set", "executor.driver=process", cwd=orders)
-    assert forced.returncode == 0 and "does not enforce" in forced.stderr  # type: ignore[attr-defined]
+    assert forced.returncode == 0 and "does not enforce" in forced.stderr
 
 
 def _linux_isolates() -> bool:
@@ -79,9 +82,9 @@ def _linux_isolates() -> bool:
 @pytest.mark.skipif(os.geteuid() != 0 or not _linux_isolates(), reason="the linux executor cannot isolate here")
 def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: Run, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--json", cwd=orders)
-    result = json.loads(out.stdout)  # type: ignore[attr-defined]
-    assert result["ok"], out.stderr  # type: ignore[attr-defined]
-    assert "not isolated" not in out.stderr  # type: ignore[attr-defined]
+    result = json.loads(out.stdout)
+    assert result["ok"], out.stderr
+    assert "not isolated" not in out.stderr
     for scenario in result["scenarios"]:
         work = Path(scenario["log_dir"]) / "work"
         # the slice (its own unprivileged user) wrote there through an id-mapped mount: nothing chowned
@@ -93,7 +96,7 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: Run, orders
 
 def test_dry_run_writes_nothing(run_cli: Run, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--dry-run", "--json", cwd=orders)
-    plan = json.loads(out.stdout)  # type: ignore[attr-defined]
+    plan = json.loads(out.stdout)
     assert plan["levels"] == [["Validate orders"], ["Large orders"]]
     assert plan["scenarios"][1]["upstream"] == ["Validate orders"]
     assert not (orders / "out").exists()
@@ -178,7 +181,7 @@ def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: Run, p
     write(project / "out" / "a.parquet", "previous output")
     out = run_cli("run", "p.dsl", "--json", cwd=project)
     result = summary(out)
-    assert out.returncode == 1 and not result["ok"]  # type: ignore[attr-defined]
+    assert out.returncode == 1 and not result["ok"]
     a, b = result["scenarios"]
     assert a["state"] == "FAILED"
     assert "step steps:boom raised ValueError: id 7 is cursed (batch of in.csv lines 2-11)" in a["error"]
@@ -311,23 +314,23 @@ def test_compile_error_is_one_line(run_cli: Run, project: Path) -> None:
     """,
     )
     out = run_cli("run", "p.dsl", cwd=project)
-    assert out.returncode == 2  # type: ignore[attr-defined]
-    assert out.stderr.strip() == (  # type: ignore[attr-defined]
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
         "error: p.dsl:5:5: unknown annotation @stepp (did you mean 'step'?); known: @herd, @source, "
         "@step, @sink, @requires, @affinity, @retries, @golden, @network"
     )
-    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in out.stderr
 
 
 def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp_path: Path) -> None:
     data = tmp_path / "state"
     out = run_cli("run", "orders.dsl", "--json", "--set", f"data_dir={data}", cwd=orders)
-    assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
     assert (data / "lineage" / "events.jsonl").exists()  # the lineage plugin saw the override
     assert not (orders / ".runink").exists()
     bad = run_cli("run", "orders.dsl", "--set", "executor.driver=nope", cwd=orders)
-    assert bad.returncode == 1  # type: ignore[attr-defined]
-    assert "no runink.executors driver named 'nope' (set at --set executor.driver)" in bad.stderr  # type: ignore[attr-defined]
+    assert bad.returncode == 1
+    assert "no runink.executors driver named 'nope' (set at --set executor.driver)" in bad.stderr
 
 
 def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
@@ -458,7 +461,7 @@ def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: 
     )
     out = run_cli("run", "p.dsl", "--json", cwd=project)
     a, b = summary(out)["scenarios"]
-    assert (a["state"], b["state"]) == ("SUCCEEDED", "SUCCEEDED"), out.stderr  # type: ignore[attr-defined]
+    assert (a["state"], b["state"]) == ("SUCCEEDED", "SUCCEEDED"), out.stderr
     assert pq.read_table(project / "out" / "a.parquet").column("id").to_pylist() == [0, 1, 2, 4, 5, 7, 8, 9]
     dlq_a = [json.loads(x) for x in (project / "out" / "dlq-a.jsonl").read_text().splitlines()]
     assert [(r["_runink_position"], r["_runink_text"]) for r in dlq_a] == [(5, '3,"never closed'), (8, "6,\ufffd")]
@@ -484,16 +487,16 @@ def test_a_failing_step_is_one_line_on_the_console(run_cli: Run, project: Path) 
     """,
     )
     out = run_cli("run", "p.dsl", cwd=project)
-    assert out.returncode == 1  # type: ignore[attr-defined]
-    lines = [x for x in out.stderr.splitlines() if "cursed" in x]  # type: ignore[attr-defined]
-    assert len(lines) == 1, out.stderr  # type: ignore[attr-defined]
-    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    assert out.returncode == 1
+    lines = [x for x in out.stderr.splitlines() if "cursed" in x]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
     line = lines[0]
     assert line.startswith("a: step steps:boom raised ValueError: id 7 is cursed (batch of in.csv lines 2-11)")
     log = Path(line.rsplit("(log: ", 1)[1].rstrip(")"))
     assert log.name == "stderr.log" and "Traceback" in log.read_text()
     debug = run_cli("--debug", "run", "p.dsl", cwd=project)
-    assert debug.returncode == 1 and "Traceback" in debug.stderr  # type: ignore[attr-defined]
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
 EXECUTORS = '''
@@ -545,13 +548,13 @@ def test_third_party_executors_get_degrade_and_are_named(
     """,
     )
 
-    def run(*args: str) -> object:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli("run", "p.dsl", "--json", *args, cwd=project, pythonpath=site)
 
     # isolates nothing: degraded by default, as the built-in process executor, and said so
     plain = run("--set", "executor.driver=plain")
-    assert summary(plain)["scenarios"][0]["state"] == "SUCCEEDED", plain.stderr  # type: ignore[attr-defined]
-    assert "warning: executor 'plain' does not enforce cpu, memory limits" in plain.stderr  # type: ignore[attr-defined]
+    assert summary(plain)["scenarios"][0]["state"] == "SUCCEEDED", plain.stderr
+    assert "warning: executor 'plain' does not enforce cpu, memory limits" in plain.stderr
     # degrade=false from --set is false, not the (true) string "false"
     refused = run("--set", "executor.driver=plain", "--set", "executor.options.degrade=false")
     error = summary(refused)["scenarios"][0]["error"]
@@ -562,5 +565,5 @@ def test_third_party_executors_get_degrade_and_are_named(
     allowed = run("--set", "executor.driver=strict", "--set", "executor.options.degrade=true")
     assert summary(allowed)["scenarios"][0]["state"] == "SUCCEEDED"
     old = run("--set", "executor.driver=old")
-    assert old.returncode == 1  # type: ignore[attr-defined]
-    assert "driver 'old' does not take the 'degrade' option every executor driver takes" in old.stderr  # type: ignore[attr-defined]
+    assert old.returncode == 1
+    assert "driver 'old' does not take the 'degrade' option every executor driver takes" in old.stderr
