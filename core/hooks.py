@@ -23,7 +23,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pluggy
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
         NodeRejection,
         PlacementRequest,
     )
-    from runink.core.plugins import PluginManager
 
 log = logging.getLogger("runink.plugins")
 trace_log = logging.getLogger("runink.plugins.trace")
@@ -131,10 +130,18 @@ def _failed(results: Sequence[object]) -> list[HookFailure]:
     return [result for result in results if isinstance(result, HookFailure)]
 
 
+class Manager(Protocol):
+    """What the facade needs of ``runink.core.plugins.PluginManager`` (no import: plugins imports this)."""
+
+    pm: pluggy.PluginManager
+
+    def mark_failed(self, name: str, error: str) -> None: ...
+
+
 class Hooks:
     """Typed calls of every hook (as tox 4's ``tox.plugin.manager.Plugin``)."""
 
-    def __init__(self, manager: PluginManager) -> None:
+    def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
     @property
