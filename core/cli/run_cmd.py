@@ -268,9 +268,9 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
     an isolating one refuses what it cannot enforce unless ``degrade`` is set.
     """
     if config.executor.driver == "auto":
-        linux, config, note = auto_executor(config, manager)
-        if linux is not None:
-            return linux
+        isolating, config, note = auto_executor(config, manager)
+        if isolating is not None:
+            return isolating
         if not quiet:
             print(note, file=sys.stderr)
     options = dict(config.executor.options)
