@@ -5,6 +5,7 @@ Frozen dataclasses, so a hook implementation cannot change what the next one see
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -185,3 +186,22 @@ class DriverSpec:
     name: str
     factory: Callable[..., Any]
     description: str = ""
+
+
+class ScenarioState(enum.StrEnum):
+    """Where a scenario of a run is. An attempt's slice ends in its executor task's final state
+    (``TaskState``, the same names); SKIPPED is a scenario's own: an upstream did not succeed.
+    The values are what ``runink run --json`` prints."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    OOMKILLED = "OOMKILLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def final(self) -> bool:
+        return self not in (ScenarioState.PENDING, ScenarioState.RUNNING)

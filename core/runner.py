@@ -27,19 +27,17 @@ from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
 from runink.core.errors import ExecutorError
 from runink.core.events import emit_lineage, export_log, export_metrics
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
-from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources
+from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources, ScenarioState
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
 from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
 
-FINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED", "DEADLINE_EXCEEDED", "OOMKILLED"}
-
 
 @dataclass
 class ScenarioRun:
     name: str
-    state: str = "PENDING"
+    state: ScenarioState = ScenarioState.PENDING
     attempts: int = 0
     rows_in: int = 0
     rows_valid: int = 0
@@ -64,7 +62,7 @@ class ScenarioRun:
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.name,
-            "state": self.state,
+            "state": self.state.value,
             "attempts": self.attempts,
             "rows_in": self.rows_in,
             "rows_valid": self.rows_valid,
@@ -92,7 +90,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.state == "SUCCEEDED" for s in self.scenarios)
+        return all(s.state is ScenarioState.SUCCEEDED for s in self.scenarios)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,20 +156,22 @@ class LocalRunner:
             with self._lock:
                 for item in compiled.scenarios:
                     run = runs[item.name]
-                    if run.state != "PENDING":
+                    if run.state is not ScenarioState.PENDING:
                         continue
-                    failed_up = [u for u in item.upstream if runs[u].state in FINAL - {"SUCCEEDED"}]
+                    failed_up = [
+                        u for u in item.upstream if runs[u].state.final and runs[u].state is not ScenarioState.SUCCEEDED
+                    ]
                     if failed_up or self._cancel.is_set():
-                        run.state = "SKIPPED" if failed_up else "CANCELLED"
+                        run.state = ScenarioState.SKIPPED if failed_up else ScenarioState.CANCELLED
                         run.error = f"upstream scenario {failed_up[0]!r} did not succeed" if failed_up else "cancelled"
                         continue
-                    if any(runs[u].state != "SUCCEEDED" for u in item.upstream):
+                    if any(runs[u].state is not ScenarioState.SUCCEEDED for u in item.upstream):
                         continue
                     cpu = min(item.scenario.requires.cpu, self.cpus)
-                    running = sum(1 for r in runs.values() if r.state == "RUNNING")
+                    running = sum(1 for r in runs.values() if r.state is ScenarioState.RUNNING)
                     if running and (running >= self.max_parallel or used_cpu + cpu > self.cpus):
                         continue
-                    run.state = "RUNNING"
+                    run.state = ScenarioState.RUNNING
                     run.started = time.time()
                     used_cpu += cpu
                     thread = threading.Thread(
@@ -183,7 +183,7 @@ class LocalRunner:
                     threads[item.name] = thread
                     thread.start()
             self.on_update(result)
-            if all(r.state in FINAL for r in runs.values()):
+            if all(r.state.final for r in runs.values()):
                 break
             for name, thread in list(threads.items()):
                 if not thread.is_alive():
@@ -204,7 +204,7 @@ class LocalRunner:
         except Exception as exc:
             run.error = f"scenario {item.name!r}: runner error: {type(exc).__name__}: {exc}"
             run.finished = time.time()
-            run.state = "FAILED"
+            run.state = ScenarioState.FAILED
             self._log("error", run.error, herd, item.name)
 
     def _run_scenario(self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str) -> None:
@@ -220,7 +220,11 @@ class LocalRunner:
             attempt += 1
             run.attempts = attempt
             state, _report = self._attempt(item, run, work, herd, attempt)
-            if state == "SUCCEEDED" or attempt > scenario.retries or self._cancel.is_set() or state == "CANCELLED":
+            if (
+                state in (ScenarioState.SUCCEEDED, ScenarioState.CANCELLED)
+                or attempt > scenario.retries
+                or self._cancel.is_set()
+            ):
                 break
             delay = scenario.backoff * 2 ** (attempt - 1)
             self._log(
@@ -230,7 +234,7 @@ class LocalRunner:
                 item.name,
             )
             if self._cancel.wait(delay):
-                state = "CANCELLED"
+                state = ScenarioState.CANCELLED
                 break
         run.finished = time.time()
         run.state = state
@@ -247,7 +251,7 @@ class LocalRunner:
         emit_lineage(
             self.manager,
             LineageEvent(
-                "COMPLETE" if state == "SUCCEEDED" else "FAIL",
+                "COMPLETE" if state is ScenarioState.SUCCEEDED else "FAIL",
                 f"{work.name}/{_slug(item.name)}",
                 item.name,
                 herd,
@@ -271,7 +275,7 @@ class LocalRunner:
 
     def _attempt(
         self, item: CompiledScenario, run: ScenarioRun, work: Path, herd: str, attempt: int
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[ScenarioState, dict[str, Any]]:
         task_id = f"{work.name}-{_slug(item.name)}-{attempt}"
         task_dir = work / _slug(item.name) / f"attempt-{attempt}"
         task_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +292,7 @@ class LocalRunner:
             staged = stage_sinks(item, self._may_use)
         except OSError as exc:
             run.error = f"scenario {item.name!r}: cannot prepare its inputs and outputs: {exc}"
-            return "FAILED", {}
+            return ScenarioState.FAILED, {}
         try:
             return self._run_slice(
                 item, run, herd=herd, task_id=task_id, task_dir=task_dir, readable=readable, staged=staged
@@ -327,7 +331,7 @@ class LocalRunner:
         task_dir: Path,
         readable: tuple[Path, ...],
         staged: dict[Path, Stage],
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[ScenarioState, dict[str, Any]]:
         scenario = item.scenario
         work_dir = task_dir / "work"
         report_path = work_dir / "report.jsonl"
@@ -371,7 +375,7 @@ class LocalRunner:
             reader = ReportReader.create(report_path)
         except ReportError as exc:
             run.error = f"scenario {item.name!r}: {exc}"
-            return "FAILED", {}
+            return ScenarioState.FAILED, {}
         try:
             self.executor.start(task)
         except ExecutorError as exc:
@@ -379,7 +383,7 @@ class LocalRunner:
             # a third-party driver's message may not say who refused
             executor_name = getattr(self.executor, "name", "") or type(self.executor).__name__
             run.error = f"scenario {item.name!r}: executor {executor_name!r} refused it: {exc}"
-            return "FAILED", {}
+            return ScenarioState.FAILED, {}
         self._running_tasks.add(task.id)
         report: dict[str, Any] = {}
         try:
@@ -393,10 +397,10 @@ class LocalRunner:
             reader.close()
         for note in reader.notes():
             self._log("warning", f"scenario {item.name!r}: {note}", herd, item.name)
-        state = ended.state.value
-        if state == TaskState.SUCCEEDED.value and not report.get("ok", False):
-            state = "FAILED"
-        if state != "SUCCEEDED":
+        state = ScenarioState(ended.state.value)  # (a task's final states are scenario states)
+        if state is ScenarioState.SUCCEEDED and not report.get("ok", False):
+            state = ScenarioState.FAILED
+        if state is not ScenarioState.SUCCEEDED:
             run.error = report.get("error") or self._describe_exit(ended.state, ended.message, item)
             # One line for the failure; the slice's traceback stays in its log (shown at debug level).
             log_path = task_dir / "stderr.log"
@@ -415,7 +419,7 @@ class LocalRunner:
                 publish(staged)
                 run.error = None
             except OSError as exc:
-                state, run.error = "FAILED", f"scenario {item.name!r}: cannot publish its outputs: {exc}"
+                state, run.error = ScenarioState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
         self.executor.destroy(task.id)
         return state, report
 
