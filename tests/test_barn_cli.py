@@ -13,16 +13,18 @@ def _options(help_text: str) -> set[str]:
     return {word.strip(",.[]()") for word in help_text.split() if word.startswith("--")}
 
 
-def test_barn_commands_come_from_the_raft_plugin(run_cli: Callable[..., object]) -> None:
+def test_barn_commands_come_from_the_raft_plugin(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     listed = run_cli("plugins", "list", "--json")
-    assert '"barn-raft"' in listed.stdout  # type: ignore[attr-defined]
-    assert run_cli("barn", "--help").returncode == 0  # type: ignore[attr-defined]
+    assert '"barn-raft"' in listed.stdout
+    assert run_cli("barn", "--help").returncode == 0
     without = run_cli("barn", "--help", env={"RUNINK_DISABLE_PLUGINS": "barn-raft"})
-    assert without.returncode == 2 and "No such command 'barn'" in without.stderr  # type: ignore[attr-defined]
+    assert without.returncode == 2 and "No such command 'barn'" in without.stderr
 
 
-def test_barn_serve_and_the_server_module_share_one_parser(run_cli: Callable[..., object], tmp_path: Path) -> None:
-    runink = run_cli("barn", "serve", "--help", env={"COLUMNS": "200"}).stdout  # type: ignore[attr-defined]
+def test_barn_serve_and_the_server_module_share_one_parser(
+    run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    runink = run_cli("barn", "serve", "--help", env={"COLUMNS": "200"}).stdout
     module = [sys.executable, "-m", "runink.plugins.barn.raft.server"]
     alone = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=60, check=False, env={
         "COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -33,6 +35,6 @@ def test_barn_serve_and_the_server_module_share_one_parser(run_cli: Callable[...
     bad = ["--name", "a", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", str(tmp_path), "--peer", "b"]
     for out in (run_cli("barn", "serve", *bad), subprocess.run([*module, *bad], capture_output=True, text=True,
                                                               timeout=60, check=False)):  # fmt: skip
-        assert out.returncode == 2, out  # type: ignore[attr-defined]
-        assert "--peer: a member is name=raft_host:port,http_host:port, got 'b'" in out.stderr  # type: ignore[attr-defined]
-        assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+        assert out.returncode == 2, out
+        assert "--peer: a member is name=raft_host:port,http_host:port, got 'b'" in out.stderr
+        assert "Traceback" not in out.stderr

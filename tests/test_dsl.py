@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runink.core.pipeline import PipelineBuilder
-from runink.core.pipeline.compile import compile_pipeline
+from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import DslError, parse, parse_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def write_project(tmp_path: Path, dsl: str) -> Path:
     return path
 
 
-def compile_text(tmp_path: Path, body: str) -> object:
+def compile_text(tmp_path: Path, body: str) -> CompiledPipeline:
     return compile_pipeline(parse_file(write_project(tmp_path, "Feature: f\n" + body)))
 
 
@@ -173,14 +173,14 @@ def test_compile_orders_dependencies_and_does_not_import_user_code(tmp_path: Pat
         '  Scenario: first\n    @source("in.csv")\n    @step("loud:f")\n    @sink("mid.csv")\n'
         '  Scenario: alone\n    @source("other.csv")\n    @sink("other.parquet")\n',
     )
-    assert [s.name for s in compiled.scenarios] == ["first", "alone", "later"]  # type: ignore[attr-defined]
-    assert compiled.levels == (("first", "alone"), ("later",))  # type: ignore[attr-defined]
-    assert compiled.get("later").upstream == ("first",)  # type: ignore[attr-defined]
+    assert [s.name for s in compiled.scenarios] == ["first", "alone", "later"]
+    assert compiled.levels == (("first", "alone"), ("later",))
+    assert compiled.get("later").upstream == ("first",)
 
 
 def test_paths_are_relative_to_the_dsl_file(tmp_path: Path) -> None:
     compiled = compile_text(tmp_path, '  Scenario: a\n    @source("csv://data/in.csv")\n    @sink("out/o.parquet")\n')
-    item = compiled.scenarios[0]  # type: ignore[attr-defined]
+    item = compiled.scenarios[0]
     assert item.source.path == tmp_path / "data" / "in.csv"
     assert item.valid_sinks[0].path == tmp_path / "out" / "o.parquet" and item.valid_sinks[0].format == "parquet"
 

@@ -10,7 +10,7 @@ import pytest
 
 from runink.core import hookimpl
 from runink.core.config import PluginsConfig, RuninkConfig
-from runink.core.plugins import PluginManager, create_plugin_manager
+from runink.core.plugins import PluginManager, PluginRecord, create_plugin_manager
 from runink.testing import plugin_manager, registered_plugin
 
 GOOD = """
@@ -24,7 +24,7 @@ SEEN = []
 """
 
 
-def by_name(manager: PluginManager) -> dict[str, object]:
+def by_name(manager: PluginManager) -> dict[str, PluginRecord]:
     return {record.name: record for record in manager.records()}
 
 
@@ -33,17 +33,17 @@ def test_builtin_plugins_load_with_package_and_version() -> None:
     records = by_name(manager)
     for name in ("resource-fit", "node-labels", "log-export", "lineage-jsonl"):
         record = records[name]
-        assert record.status == "loaded", record  # type: ignore[attr-defined]
-        assert record.package == "runink" and record.version  # type: ignore[attr-defined]
-        assert record.source == "builtin"  # type: ignore[attr-defined]
-    assert records["resource-fit"].hooks == ("runink_filter_nodes",)  # type: ignore[attr-defined]
+        assert record.status == "loaded", record
+        assert record.package == "runink" and record.version
+        assert record.source == "builtin"
+    assert records["resource-fit"].hooks == ("runink_filter_nodes",)
 
 
 def test_third_party_plugin_is_discovered(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
     on_sys_path(fake_dist("acme-logs", "1.4.2", {"runink": {"acme-logs": "acme_logs"}}, {"acme_logs.py": GOOD}))
     manager = create_plugin_manager()
     record = by_name(manager)["acme-logs"]
-    assert (record.status, record.package, record.version, record.source) == (  # type: ignore[attr-defined]
+    assert (record.status, record.package, record.version, record.source) == (
         "loaded",
         "acme-logs",
         "1.4.2",
@@ -66,9 +66,10 @@ def test_import_error_is_recorded_and_others_still_load(
     with caplog.at_level(logging.WARNING, logger="runink.plugins"):
         manager = create_plugin_manager()
     record = by_name(manager)["broken"]
-    assert record.status == "failed"  # type: ignore[attr-defined]
-    assert "ModuleNotFoundError" in record.error and "runink_module_that_does_not_exist" in record.error  # type: ignore[attr-defined]
-    assert by_name(manager)["resource-fit"].status == "loaded"  # type: ignore[attr-defined]
+    assert record.status == "failed"
+    assert record.error is not None
+    assert "ModuleNotFoundError" in record.error and "runink_module_that_does_not_exist" in record.error
+    assert by_name(manager)["resource-fit"].status == "loaded"
     assert "broken" in caplog.text
 
 
@@ -79,8 +80,8 @@ def test_unknown_hook_name_fails_the_plugin(
     on_sys_path(fake_dist("typo-plugin", "0.1", {"runink": {"typo": "typo_plugin"}}, {"typo_plugin.py": source}))
     manager = create_plugin_manager()
     record = by_name(manager)["typo"]
-    assert record.status == "failed"  # type: ignore[attr-defined]
-    assert "runink_filter_nodez" in record.error  # type: ignore[attr-defined]
+    assert record.status == "failed"
+    assert record.error is not None and "runink_filter_nodez" in record.error
     assert "typo" not in manager.implementers("runink_filter_nodes")
     manager.pm.check_pending()  # nothing unknown is left registered
 
@@ -100,13 +101,13 @@ def test_wrong_hook_arguments_fail_at_registration() -> None:
 def test_disable_and_allow_list(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
     on_sys_path(fake_dist("acme-logs", "1.0", {"runink": {"acme-logs": "acme_logs"}}, {"acme_logs.py": GOOD}))
     manager = create_plugin_manager(RuninkConfig(plugins=PluginsConfig(disable=["lineage-jsonl"])))
-    assert by_name(manager)["lineage-jsonl"].status == "disabled"  # type: ignore[attr-defined]
+    assert by_name(manager)["lineage-jsonl"].status == "disabled"
     assert "lineage-jsonl" not in manager.implementers("runink_lineage_event")
 
     manager = create_plugin_manager(RuninkConfig(plugins=PluginsConfig(load=["something-else"])))
-    assert by_name(manager)["acme-logs"].status == "disabled"  # type: ignore[attr-defined]
-    assert "not in plugins.load" in by_name(manager)["acme-logs"].error  # type: ignore[attr-defined]
-    assert by_name(manager)["resource-fit"].status == "loaded"  # type: ignore[attr-defined]  # builtins always load
+    assert by_name(manager)["acme-logs"].status == "disabled"
+    assert "not in plugins.load" in (by_name(manager)["acme-logs"].error or "")
+    assert by_name(manager)["resource-fit"].status == "loaded"  # builtins always load
 
 
 def test_hook_runink_configure(tmp_path: Path) -> None:
@@ -127,8 +128,8 @@ def test_hook_runink_configure(tmp_path: Path) -> None:
     with plugin_manager(("reader", Reader()), ("raiser", Raiser()), config=config) as manager:
         assert seen == ["blue"]
         record = by_name(manager)["raiser"]
-        assert record.status == "failed"  # type: ignore[attr-defined]
-        assert "needs [plugin.raiser] token" in record.error  # type: ignore[attr-defined]
+        assert record.status == "failed"
+        assert record.error is not None and "needs [plugin.raiser] token" in record.error
         assert "raiser" not in manager.implementers("runink_configure")
 
 
