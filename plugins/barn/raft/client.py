@@ -10,23 +10,35 @@ thread keeps its own keep-alive connection.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
-from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError, NoQuorumError
+from runink.core.driverload import OptionsSchema
+from runink.core.errors import BarnError, NoQuorumError
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
+from runink.plugins.barn.raft.wire import (
+    LEADER_HEADER,
+    b64,
+    error_from_answer,
+    event_from_json,
+    kv_from_json,
+    new_request_id,
+)
 
 WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
 
 
 class RaftBarn(BarnBackend):
     name: ClassVar[str] = "raft"
+    options_schema: ClassVar[OptionsSchema] = {
+        "endpoints": (list, tuple, str),
+        "timeout": float,
+        "history": (int, type(None)),
+    }
 
     def __init__(self, *, endpoints: Sequence[str] | str, timeout: float = 10.0, history: int | None = None) -> None:
         # ``history`` is the servers' setting (accepted so the conformance options fit both drivers)
@@ -80,11 +92,11 @@ class RaftBarn(BarnBackend):
                 last = f"{self.endpoints[index]}: {exc}"
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
-                self._prefer(answer.getheader("X-Runink-Leader"), index)
+                self._prefer(answer.getheader(LEADER_HEADER), index)
                 if answer.status == 200:
                     return dict(payload)
                 if answer.status != 503:
-                    raise _error(answer.status, payload)
+                    raise error_from_answer(answer.status, payload)
                 last = f"{self.endpoints[index]}: {payload.get('message')}"
                 wait = min(float(answer.getheader("Retry-After") or 1), 0.2)
             if time.monotonic() + wait > deadline:
@@ -101,11 +113,11 @@ class RaftBarn(BarnBackend):
 
     def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
         value = check_value(key, value)
-        body = {"key": check_key(key), "value": _b64(value), "lease": lease, "request_id": _request_id()}
+        body = {"key": check_key(key), "value": b64(value), "lease": lease, "request_id": new_request_id()}
         return int(self.call("/v1/put", body)["revision"])
 
     def delete(self, key: str) -> bool:
-        return bool(self.call("/v1/delete", {"key": check_key(key), "request_id": _request_id()})["deleted"])
+        return bool(self.call("/v1/delete", {"key": check_key(key), "request_id": new_request_id()})["deleted"])
 
     def transaction(
         self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
@@ -114,7 +126,7 @@ class RaftBarn(BarnBackend):
             return [
                 {
                     "key": check_key(op.key),
-                    "value": None if op.value is None else _b64(check_value(op.key, op.value)),
+                    "value": None if op.value is None else b64(check_value(op.key, op.value)),
                 }
                 for op in items
             ]
@@ -123,7 +135,7 @@ class RaftBarn(BarnBackend):
             "compare": [(check_key(k), int(r)) for k, r in compare],
             "success": ops(success),
             "failure": ops(failure),
-            "request_id": _request_id(),
+            "request_id": new_request_id(),
         }
         answer = self.call("/v1/txn", body)
         return bool(answer["succeeded"]), int(answer["revision"])
@@ -131,12 +143,12 @@ class RaftBarn(BarnBackend):
     # --- reads ----------------------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        return _kv(self.call("/v1/get", {"key": check_key(key)})["kv"])
+        return kv_from_json(self.call("/v1/get", {"key": check_key(key)})["kv"])
 
     def scan(self, prefix: str, *, limit: int | None = None, serializable: bool = False) -> list[KeyValue]:
         """``serializable``: the answering member's own copy, maybe stale (see the server)."""
         kvs = self.call("/v1/scan", {"prefix": prefix, "limit": limit, "serializable": serializable})["kvs"]
-        return [kv for kv in (_kv(x) for x in kvs) if kv is not None]
+        return [kv for kv in (kv_from_json(x) for x in kvs) if kv is not None]
 
     def revision(self) -> int:
         return int(self.call("/v1/revision")["revision"])
@@ -148,9 +160,7 @@ class RaftBarn(BarnBackend):
     def _follow(self, prefix: str, answer: dict[str, Any]) -> Iterator[WatchEvent]:
         while True:
             for event in answer["events"]:
-                kv = _kv(event["kv"])
-                assert kv is not None
-                yield WatchEvent(event["type"], kv, int(event["revision"]))
+                yield event_from_json(event)
             if self._closed.is_set():
                 return
             answer = self.call("/v1/watch", {"prefix": prefix, "from_revision": answer["next"], "wait": WATCH_WAIT})
@@ -161,45 +171,15 @@ class RaftBarn(BarnBackend):
     # --- leases ---------------------------------------------------------------------------
 
     def grant_lease(self, ttl: float) -> int:
-        return int(self.call("/v1/lease/grant", {"ttl": float(ttl), "request_id": _request_id()})["lease"])
+        return int(self.call("/v1/lease/grant", {"ttl": float(ttl), "request_id": new_request_id()})["lease"])
 
     def keep_alive(self, lease: int) -> None:
         self.call("/v1/lease/keepalive", {"lease": int(lease)})
 
     def revoke_lease(self, lease: int) -> None:
-        self.call("/v1/lease/revoke", {"lease": int(lease), "request_id": _request_id()})
+        self.call("/v1/lease/revoke", {"lease": int(lease), "request_id": new_request_id()})
 
     def close(self) -> None:
         self._closed.set()
         for connection in self._local.__dict__.get("connections", {}).values():
             connection.close()
-
-
-def _request_id() -> str:
-    return os.urandom(16).hex()  # what uuid4().hex is, without building a UUID
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _kv(data: dict[str, Any] | None) -> KeyValue | None:
-    if data is None:
-        return None
-    return KeyValue(
-        data["key"],
-        base64.b64decode(data["value"]),
-        int(data["create_revision"]),
-        int(data["mod_revision"]),
-        int(data["version"]),
-        data.get("lease"),
-    )
-
-
-def _error(status: int, payload: dict[str, Any]) -> BarnError:
-    kind, message = payload.get("error"), str(payload.get("message", payload))
-    if kind == "compacted":
-        return CompactedError(message)
-    if kind == "lease_not_found":
-        return LeaseNotFoundError(message)
-    return BarnError(f"the Barn answered {status}: {message}")

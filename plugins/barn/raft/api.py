@@ -1,0 +1,367 @@
+"""The Barn's HTTP API on one member: routes, forwarding to the leader, the event loop.
+
+HTTP API (JSON; keys are strings, values base64: ``wire.py``): POST /v1/put, /v1/get,
+/v1/delete, /v1/txn, /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive,
+/v1/lease/revoke, /v1/revision; GET /v1/status; POST /v1/members/add, /v1/members/remove.
+``"serializable": true`` on /v1/get and /v1/scan reads the answering member's own copy
+(possibly stale, like etcd's). Every body is validated against ``schema.py`` before anything is
+proposed (400 otherwise); the transport's limits (timeouts, the connection cap, 413/414/431) are
+in ``http_protocol.py``. The leader proposes and reads through the replica (``replica.py``); a
+follower forwards each request to the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+try:
+    import uvloop
+except ImportError:  # optional: the standard loop works, a little slower
+    uvloop = None  # type: ignore[assignment]
+
+from runink.core.errors import BarnError
+from runink.plugins.barn.raft import schema
+from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, serve
+from runink.plugins.barn.raft.replica import (
+    COMMIT_TIMEOUT,
+    BarnNode,
+    Member,
+    NoLeader,
+    ServerConfig,
+    expire_leases,
+    peer,
+)
+from runink.plugins.barn.raft.wire import (
+    FORWARDED,
+    FORWARDED_RAW,
+    LEADER_HEADER,
+    Answer,
+    error_answer,
+    event_json,
+    kv_json,
+    not_found,
+    unavailable,
+)
+
+FORWARD_THREADS = 32  # requests a follower forwards to the leader at once
+MEMBER_CHECK_TIMEOUT = 2.0  # seconds to connect to a member being added
+
+
+class BarnServer:
+    """The API of one member, served on one event loop (http_protocol.py).
+
+    One loop thread serves every connection (threads per connection fought the tick thread
+    for the GIL), the tick thread runs Raft, a small pool forwards requests to the leader
+    when this member is a follower, and a thread expires leases on the leader.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.configured = {m.name: m for m in [config.me, *config.peers]}
+        self._leader: Member | None = None
+        self.node = BarnNode(config)
+        self.closed = threading.Event()
+        self._forwarders = concurrent.futures.ThreadPoolExecutor(FORWARD_THREADS, thread_name_prefix="barn-forward")
+        self._forward_connections = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._threads = [
+            threading.Thread(target=self._serve, name="barn-http", daemon=True),
+            threading.Thread(target=expire_leases, args=(self.node, self.closed), name="barn-leases", daemon=True),
+        ]
+        self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
+        self._serving = threading.Event()
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        self._serving.wait(10)
+
+    def close(self) -> None:
+        self.closed.set()
+        if self._loop is not None and self._stopped is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has stopped already
+                self._loop.call_soon_threadsafe(self._stopped.set)
+                self._loop.call_soon_threadsafe(self.node.wake_watchers)
+        self._threads[0].join(10)
+        self._forwarders.shutdown(wait=False, cancel_futures=True)
+        self.node.destroy_synchronous()
+
+    def _serve(self) -> None:
+        """The event loop thread: every client connection, every proposal's answer."""
+        loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self.node.bind(loop)
+        self._stopped = asyncio.Event()
+        loop.call_soon(self._serving.set)
+        try:
+            limits = Limits() if self.config.max_connections is None else Limits(self.config.max_connections)
+            loop.run_until_complete(serve(self.request, self.socket, self._stopped, limits))
+        finally:
+            loop.close()
+
+    @property
+    def members(self) -> dict[str, Member]:
+        """The group now: the configured members, changed by the replicated add/remove records."""
+        members = dict(self.configured)
+        with self.node.replica.lock:
+            changes = dict(self.node.replica.state.members)
+        for name, addresses in changes.items():
+            if addresses is None:
+                members.pop(name, None)
+            else:
+                members[name] = Member(name, *addresses)
+        return members
+
+    # leadership
+    def leader(self) -> Member | None:
+        leader = self.node._getLeader()
+        if leader is None:
+            return None
+        address = getattr(leader, "address", str(leader))
+        if self._leader is None or self._leader.raft != address:  # asked on every answer: cached
+            self._leader = next((m for m in self.members.values() if m.raft == address), None)
+        return self._leader
+
+    def is_leader(self) -> bool:
+        return self.node.is_leader()
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def request(self, request: Request) -> Response:
+        """One HTTP request: answer it, and say who leads (clients go there next)."""
+        forwarded = FORWARDED_RAW in request.headers
+        answer = await self.answer(request.method, request.path, request.body, forwarded=forwarded)
+        headers = list(answer.headers.items())
+        leader = self.leader()
+        if leader is not None:
+            headers.append((LEADER_HEADER, leader.http))
+        return Response(answer.status, json.dumps(answer.payload).encode(), headers)
+
+    async def answer(self, method: str, path: str, raw: bytes, forwarded: bool = False) -> Answer:
+        if method == "GET":
+            if path == "/v1/status":
+                return Answer(200, self.status())
+            return not_found(path)
+        try:
+            # every field checked against the route's schema, here and on the leader again if
+            # forwarded: a bad request is a 400 and never reaches the Raft log
+            body = schema.parse(path, raw)
+        except schema.UnknownRoute:
+            return not_found(path)
+        except BarnError as exc:
+            return error_answer(BarnError(f"{path}: {exc}"))
+        try:
+            if isinstance(body, schema.Get | schema.Scan) and body.serializable:
+                return Answer(200, self.local_read(body))
+            if not self.is_leader():
+                return await self._forward(path, raw, forwarded)
+            if isinstance(body, schema.MemberAdd | schema.MemberRemove):
+                return Answer(200, await self._members(body))
+            return Answer(200, await self.handle(body))
+        except NoLeader as exc:
+            return unavailable(str(exc))
+        except BarnError as exc:  # the state refused the command (its result was an error)
+            return error_answer(exc)
+
+    # operations (on the leader)
+    async def handle(self, body: schema.Body) -> Any:
+        node = self.node
+        if isinstance(body, schema.Put):
+            command: dict[str, Any] = {"op": "put", "key": body.key, "value": body.value, "lease": body.lease}
+            return {"revision": await node.commit(_with_id(command, body.request_id))}
+        if isinstance(body, schema.Delete):
+            deleted = await node.commit(_with_id({"op": "delete", "key": body.key}, body.request_id))
+            return {"deleted": bool(deleted)}
+        if isinstance(body, schema.Txn):
+            command = {
+                "op": "txn",
+                "compare": [(key, revision) for key, revision in body.compare],
+                "success": [(op.key, op.value, None) for op in body.success],
+                "failure": [(op.key, op.value, None) for op in body.failure],
+            }
+            held, revision = await node.commit(_with_id(command, body.request_id))
+            return {"succeeded": held, "revision": revision}
+        if isinstance(body, schema.Get):
+            key = body.key
+            return {"kv": kv_json(await node.read(lambda s: s.get(key)))}
+        if isinstance(body, schema.Scan):
+            prefix, limit = body.prefix, body.limit
+            return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit))]}
+        if isinstance(body, schema.Nothing):  # /v1/revision
+            return {"revision": await node.read(lambda s: s.revision)}
+        if isinstance(body, schema.Watch):
+            return await self._watch(body)
+        if isinstance(body, schema.Grant):
+            grant = {"op": "grant", "ttl": body.ttl, "now": time.time()}
+            return {"lease": await node.commit(_with_id(grant, body.request_id))}
+        if isinstance(body, schema.KeepAlive):
+            result = await node.commit({"op": "keep_alive", "lease": body.lease, "now": time.time()})
+            return {"expires_at": result}
+        if isinstance(body, schema.Revoke):
+            revoked = await node.commit(_with_id({"op": "revoke", "lease": body.lease}, body.request_id))
+            return {"revision": revoked}
+        raise AssertionError(f"no handler for {type(body).__name__}")  # schema.ROUTES and this agree
+
+    def local_read(self, body: schema.Get | schema.Scan) -> dict[str, Any]:
+        """This member's applied state, without a barrier or the leader (etcd's "serializable"
+        reads): may be stale; for diagnostics and checks of each member's copy."""
+        with self.node.replica.lock:
+            state = self.node.replica.state
+            if isinstance(body, schema.Get):
+                return {"kv": kv_json(state.get(body.key)), "revision": state.revision}
+            kvs = state.scan(body.prefix, body.limit)
+            return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
+
+    async def _watch(self, body: schema.Watch) -> dict[str, Any]:
+        """Events under ``prefix`` from ``from_revision``: at once if there are some, else
+        waiting up to ``wait`` seconds. ``next`` is where the client's next call starts."""
+        prefix, from_revision = body.prefix, body.from_revision
+        start = await self.node.read(lambda s: from_revision if from_revision > 0 else s.revision + 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body.wait
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self.node._watchers.add(waiter)  # before looking: a change applied meanwhile wakes it
+            with self.node.replica.lock:
+                state = self.node.replica.state
+                events = state.events_since(prefix, start)  # CompactedError: 400
+                revision = state.revision
+            left = deadline - loop.time()
+            if events or left <= 0 or self.closed.is_set():
+                self.node._watchers.discard(waiter)
+                return {"events": [event_json(e) for e in events], "next": max(start, revision + 1)}
+            await asyncio.wait([waiter], timeout=left)
+
+    async def _members(self, body: schema.MemberAdd | schema.MemberRemove) -> dict[str, Any]:
+        """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""
+        member = Member(body.name, body.raft, body.http)
+        adding = isinstance(body, schema.MemberAdd)
+        if not adding and not body.raft:  # removing by name: its address is known
+            known = self.members.get(member.name)
+            if known is None:
+                raise BarnError(f"no member named {member.name!r}")
+            member = known
+        # Idempotent: the change is made only if needed, the address recorded in any case. So a
+        # repeated add (or remove) completes one whose leader died between the two steps.
+        in_group = member.raft == self.config.me.raft or peer(self.node, member.raft) is not None
+        if adding:
+            # a member that cannot be reached would count towards the quorum from now on (and
+            # with 2 members, stop the group): refuse it before changing anything
+            loop = asyncio.get_running_loop()
+            for what, address in (("Raft", member.raft), ("HTTP", member.http)):
+                problem = await loop.run_in_executor(self._forwarders, _unreachable, address)
+                if problem:
+                    raise BarnError(f"cannot add {member.name}: its {what} address {address} {problem}")
+        if adding != in_group:
+            await self.node.membership(adding, member.raft)
+        record = {"op": "member", "name": member.name, "raft": member.raft, "http": member.http}
+        await self.node.commit(record if adding else {**record, "removed": True})
+        return {"members": sorted(self.members)}
+
+    async def _forward(self, path: str, raw: bytes, forwarded: bool) -> Answer:
+        leader = self.leader()
+        if leader is None or forwarded or leader.name == self.config.me.name:
+            return unavailable("no leader: an election is in progress or there is no quorum")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._forwarders, self._forward_blocking, leader, path, raw)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return unavailable(f"the leader {leader.name} cannot be reached: {exc}")
+
+    def _forward_blocking(self, leader: Member, path: str, raw: bytes) -> Answer:
+        """One forwarded request, on a keep-alive connection this pool thread keeps to the leader.
+        A kept connection the leader has closed meanwhile (its idle timeout) fails at once: the
+        request is sent again on a new one, once (as a client would retry it: a write's request
+        id makes it apply once)."""
+        reused = getattr(self._forward_connections, "connection", None) is not None
+        try:
+            return self._forward_once(leader, path, raw)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._forward_once(leader, path, raw)
+
+    def _forward_once(self, leader: Member, path: str, raw: bytes) -> Answer:
+        cached = getattr(self._forward_connections, "connection", None)
+        if cached is None or cached[0] != leader.http:
+            if cached is not None:
+                cached[1].close()
+            host, port = _split(leader.http)
+            timeout = COMMIT_TIMEOUT + schema.WATCH_WAIT_MAX + 5
+            cached = (leader.http, http.client.HTTPConnection(host, port, timeout=timeout))
+            self._forward_connections.connection = cached
+        connection = cached[1]
+        try:
+            connection.request("POST", path, raw, {"Content-Type": "application/json", FORWARDED: "1"})
+            reply = connection.getresponse()
+            data = reply.read()
+        except Exception:
+            connection.close()
+            self._forward_connections.connection = None
+            raise
+        retry = reply.getheader("Retry-After")
+        return Answer(reply.status, json.loads(data), {"Retry-After": retry} if retry else {})
+
+    def status(self) -> dict[str, Any]:
+        status = self.node.getStatus()
+        leader = self.leader()
+        peers = {}
+        for member in self.members.values():
+            if member.name == self.config.me.name:
+                continue
+            peers[member.name] = {
+                "raft": member.raft,
+                "http": member.http,
+                # pysyncobj wants its Node object (a removed member has none: not connected)
+                "connected": bool(self.node.isNodeConnected(peer(self.node, member.raft) or member.raft)),
+                "match_index": status.get(f"match_idx_server_{member.raft}"),
+            }
+        return {
+            "name": self.config.me.name,
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(status["state"], str(status["state"])),
+            "leader": leader.name if leader else None,
+            "term": status["raft_term"],
+            "commit_index": status["commit_idx"],
+            "last_applied": status["last_applied"],
+            "log_len": status["log_len"],
+            "has_quorum": bool(status["has_quorum"]),
+            "revision": self.node.replica.state.revision,
+            "peers": peers,
+        }
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if address.startswith("[") else socket.AF_INET
+
+
+def _with_id(command: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id:
+        command["request_id"] = request_id
+    return command
+
+
+def _unreachable(address: str) -> str | None:
+    """Why a TCP connection to ``address`` fails (None: it connects)."""
+    try:
+        host, port = _split(address)
+        with socket.create_connection((host, port), timeout=MEMBER_CHECK_TIMEOUT):
+            return None
+    except TimeoutError:
+        return f"did not answer within {MEMBER_CHECK_TIMEOUT:g}s"
+    except (OSError, ValueError) as exc:
+        return f"cannot be reached: {getattr(exc, 'strerror', None) or exc}"

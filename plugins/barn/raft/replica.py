@@ -1,0 +1,352 @@
+"""The replica: one Raft member's copy of the Barn, as pysyncobj (patched: see
+``_vendor/pysyncobj/syncobj.py``) replicates it.
+
+``BarnNode`` is the pysyncobj ``SyncObj``: proposals from the event loop (grouped per loop turn
+into one log entry), linearizable reads behind a no-op barrier, membership changes, and the
+snapshots it writes at log compaction. ``BarnReplica`` applies the committed commands to the
+``BarnState`` in log order (pysyncobj's tick thread). ``expire_leases`` is the thread that
+proposes the expiry of due leases while this member leads. The HTTP side is ``api.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObjConf
+
+# the vendored module's own SyncObjException: the installed pysyncobj's is another class
+from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import SyncObj, SyncObjConsumer, SyncObjException, replicated
+from runink.plugins.barn.state import BarnState, raise_for
+
+COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
+LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
+Finished = tuple[Any, Any, Any]  # (a future or a batch's list of them, result(s), pysyncobj's error)
+LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+LEADERSHIP_LOST: Any = object()  # handed to the loop when this member stops leading
+
+log = logging.getLogger("runink.barn")
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    raft: str  # host:port of its Raft transport
+    http: str  # host:port of its client API
+
+
+@dataclass
+class ServerConfig:
+    me: Member
+    peers: list[Member]
+    data_dir: Path
+    fsync: bool = True
+    election_timeout: float = 0.3  # seconds (the minimum; the maximum is twice that)
+    compaction_entries: int = 10_000  # compact the log past this many entries...
+    compaction_seconds: float = 60.0  # ...at most this often
+    history: int = 100_000  # changes kept for watches
+    secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
+    max_connections: int | None = None  # client connections at once (None: below the fd limit)
+    extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
+
+
+class NoLeader(Exception):
+    """No leader is known, or the commit did not happen in time: answer 503."""
+
+
+class BarnReplica(SyncObjConsumer):
+    """The Barn's state as pysyncobj replicates it: commands applied in log order.
+
+    Snapshots (log compaction, and catching up a member too far behind) are written and read
+    by ``BarnNode._write_snapshot``/``_read_snapshot`` explicitly: pysyncobj's default pickles
+    only the attributes an object gains after its ``__init__``, which missed the state
+    entirely (a restart after compaction, or a snapshot install, left an empty Barn).
+    """
+
+    def __init__(self, history: int, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self.lock = threading.Lock()  # the state: applied by the tick thread, read by the loop
+        self.state = BarnState(history=history)
+        self.history = history
+        self.on_change = on_change
+
+    @replicated
+    def apply(self, command: dict[str, Any]) -> Any:
+        # (tick thread) never raises: an exception here is retried at every tick and after every
+        # restart, so one bad entry would stop this replica for good (BarnState.apply is total)
+        with self.lock:
+            result = self.state.apply(command)
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("waking the watches after a command failed")
+        return result
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        state = BarnState.restore(snapshot, history=self.history)
+        with self.lock:
+            self.state = state
+        self.on_change()
+
+
+class BarnNode(SyncObj):
+    """The Raft member: pysyncobj commits commands, ``BarnReplica`` applies them.
+
+    Two threads meet here: pysyncobj's tick thread applies commands and runs their callbacks;
+    the event loop thread serves the API. Callbacks are handed to the loop in batches (one
+    wake-up for every command a tick finished), never one thread switch per command.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        timeout = config.election_timeout
+        conf = SyncObjConf(
+            autoTick=True,
+            autoTickPeriod=0.001,  # commits wait on ticks: 10 ms gave 11 ms a write, 1 ms ~2.5 ms (idle: 3.5% cpu)
+            appendEntriesPeriod=timeout / 6,
+            raftMinTimeout=timeout,
+            raftMaxTimeout=2 * timeout,
+            leaderFallbackTimeout=timeout,  # an isolated leader steps down within the election timeout
+            # default 5 s: members started one after the other could not elect a leader without
+            # the first (the survivors were not yet connected to each other) for up to 5 s
+            connectionRetryTime=timeout,
+            appendEntriesUseBatch=True,  # group commit: every queued command goes in one append
+            journalFile=str(config.data_dir / "raft.journal"),
+            fullDumpFile=str(config.data_dir / "raft.dump"),  # without it a restart after compaction loses all
+            logCompactionMinEntries=config.compaction_entries,
+            logCompactionMinTime=config.compaction_seconds,
+            dynamicMembershipChange=True,
+            useFork=False,  # this process has threads: never fork to write a snapshot
+            commandsWaitLeader=False,
+            **config.extra,
+        )
+        conf.runinkFsync = config.fsync
+        # pysyncobj unpickles what peers send: without a shared secret anyone who can connect
+        # to the Raft port can run code here. With one, every message is Fernet-sealed
+        # (AES + HMAC) and a connection that fails to authenticate is dropped before unpickling.
+        conf.password = config.secret
+        # snapshots: the Barn's own plain-data form, pickled without gzip (level 9 held the tick
+        # thread ~10x longer) and fsynced (pysyncobj's default neither)
+        conf.serializer = self._write_snapshot
+        conf.deserializer = self._read_snapshot
+        self._fsync = config.fsync
+        conf.onStateChanged = self._state_changed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: collections.deque[Finished | None] = collections.deque()
+        self._drain_scheduled = False
+        self._pending: set[asyncio.Future[Any]] = set()  # proposals not answered yet (loop thread)
+        self._watchers: set[asyncio.Future[None]] = set()  # loop thread only
+        self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
+        self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
+        self.replica = BarnReplica(config.history, self._changed)
+        super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
+
+    def _write_snapshot(self, path: str, raft_data: Any) -> None:
+        """(tick thread, at log compaction) The state and pysyncobj's own record, to ``path``;
+        pysyncobj renames it into place, fsynced with its directory (vendored syncobj.py, fix 7)."""
+        with self.replica.lock:
+            barn = self.replica.state.snapshot()
+        with open(path, "wb") as out:
+            pickle.dump({"format": 1, "barn": barn, "raft": raft_data}, out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
+            if self._fsync:
+                os.fsync(out.fileno())
+
+    def _read_snapshot(self, path: str) -> Any:
+        """(at start, and when the leader sent a snapshot) Restore the state; pysyncobj's record."""
+        with open(path, "rb") as source:
+            data = pickle.load(source)
+        self.replica.restore(data["barn"])
+        return data["raft"]
+
+    def _changed(self) -> None:
+        if self._watchers:
+            self._hand_over(None)  # wake the watches
+
+    # --- the tick thread -> the loop ------------------------------------------------------
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _hand_over(self, item: Finished | None) -> None:
+        """From any thread: queue a finished command (``None``: wake the watches) for the loop."""
+        self._finished.append(item)
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._drain_all)
+
+    def _drain_all(self) -> None:
+        try:
+            self._drain()
+        except Exception:  # an item that breaks must not strand those behind it
+            log.exception("handing results to their requests failed")
+            if self._finished:
+                self._drain_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._drain_all)
+
+    def _drain(self) -> None:
+        # cleared first: an item queued while this drains schedules another drain
+        self._drain_scheduled = False
+        wake = False
+        while self._finished:
+            item = self._finished.popleft()
+            if item is None:
+                wake = True
+                continue
+            if item is LEADERSHIP_LOST:
+                for future in list(self._pending):
+                    _settle(future, (None, "leadership lost"))
+                continue
+            waiting, result, error = item
+            if isinstance(waiting, list):  # a batch: one result each
+                if error == FAIL_REASON.SUCCESS and not (isinstance(result, list) and len(result) == len(waiting)):
+                    result = [result] * len(waiting)  # the batch itself was refused: each gets why
+                for i, future in enumerate(waiting):
+                    _settle(future, (result[i] if error == FAIL_REASON.SUCCESS else None, error))
+            else:
+                _settle(waiting, (result, error))
+        if wake:
+            self.wake_watchers()
+
+    def _state_changed(self, old: int, new: int) -> None:
+        """(tick thread) A leader that steps down answers its waiting requests at once: 503,
+        outcome unknown. Their entries may still commit under the next leader, or be dropped;
+        clients retry with the same request id. Without this they waited out COMMIT_TIMEOUT."""
+        if old == LEADER_STATE and new != LEADER_STATE:
+            self._hand_over(LEADERSHIP_LOST)
+
+    def wake_watchers(self) -> None:
+        for waiter in self._watchers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._watchers.clear()
+
+    # --- proposing (loop thread) ----------------------------------------------------------
+
+    def _callback(self) -> tuple[asyncio.Future[Any], Any]:
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future, lambda result, error: self._hand_over((future, result, error))
+
+    async def _outcome(
+        self, future: asyncio.Future[Any], what: str, timeout: float = COMMIT_TIMEOUT, shared: bool = False
+    ) -> Any:
+        """The result of a proposal, or NoLeader if it failed or did not commit in time."""
+        assert self._loop is not None
+        timer = self._loop.call_later(timeout, _settle, future, (None, "timeout"))
+        try:
+            # a barrier is shared by the reads of one loop turn: one reader's cancel is not all's
+            result, error = await (asyncio.shield(future) if shared else future)
+        finally:
+            timer.cancel()
+        if error != FAIL_REASON.SUCCESS:  # timeout, LEADER_CHANGED, NOT_LEADER...: outcome unknown
+            raise NoLeader(f"{what} was not committed ({error})")
+        return result
+
+    def _propose(self, command: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue a command; the commands of one loop turn go to pysyncobj as one log entry."""
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        self._batch.append((command, future))
+        if len(self._batch) == 1:
+            self._loop.call_soon(self._send_batch)
+        return future
+
+    def _send_batch(self) -> None:
+        # Group commit at the Barn's level: one entry, pickled, journalled, sent and applied
+        # once for the batch, where pysyncobj's per-entry costs were most of the Raft thread's
+        # work under load. Reads that arrive from now on need a later barrier.
+        batch, self._batch, self._barrier = self._batch, [], None
+        if len(batch) == 1:
+            ((command, future),) = batch
+            self.replica.apply(command, callback=lambda result, error: self._hand_over((future, result, error)))
+            return
+        futures = [future for _, future in batch]
+        self.replica.apply(
+            {"op": "batch", "commands": [command for command, _ in batch]},
+            callback=lambda results, error: self._hand_over((futures, results, error)),
+        )
+
+    async def commit(self, command: dict[str, Any]) -> Any:
+        """Propose on this member (the leader) and wait for the commit; the state's refusal
+        (an unknown lease, a bad command) raised as its error."""
+        return raise_for(await self._outcome(self._propose(command), "the write"))
+
+    def commit_blocking(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
+        """``commit`` for threads other than the loop's (the lease expirer)."""
+        try:
+            return self.replica.apply(command, sync=True, timeout=timeout)
+        except SyncObjException as exc:
+            raise NoLeader(f"the write was not committed ({exc.errorCode})") from None
+
+    async def read(self, reader: Callable[[BarnState], Any]) -> Any:
+        """A linearizable read: wait for a no-op (the read barrier) proposed after this read
+        began to be applied, then read. Reads arriving in the same loop turn share one barrier."""
+        if self._barrier is None:
+            self._barrier = self._propose({"op": "noop"})
+        await self._outcome(self._barrier, "the read barrier", shared=True)
+        with self.replica.lock:
+            return reader(self.replica.state)
+
+    async def membership(self, add: bool, raft: str) -> None:
+        future, callback = self._callback()
+        (self.addNodeToCluster if add else self.removeNodeFromCluster)(raft, callback=callback)
+        await self._outcome(future, "the membership change")
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+
+def expire_leases(node: BarnNode, closed: threading.Event) -> None:
+    """(the barn-leases thread) Propose the expiry of due leases while this member leads,
+    until ``closed``. It must outlive any failure: a dead expirer keeps every lease forever."""
+    failing = False
+    while not closed.wait(LEASE_CHECK):
+        try:
+            _expire_due(node)
+            failing = False
+        except NoLeader:
+            pass  # leadership moved or no quorum: the next leader expires them
+        except Exception:
+            if not failing:  # once per run of failures, not every 50 ms
+                log.exception("expiring leases failed; retrying")
+            failing = True
+
+
+def _expire_due(node: BarnNode) -> None:
+    if not node.is_leader():
+        return
+    now = time.time()
+    with node.replica.lock:
+        due = node.replica.state.due_leases(now)
+    if due:
+        node.commit_blocking({"op": "expire", "now": now})
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def peer(node: BarnNode, address: str) -> Any:
+    """pysyncobj's Node for the other member at this Raft address; None if it is not one now."""
+    for other in getattr(node, "_SyncObj__otherNodes", ()):
+        if getattr(other, "address", None) == address:
+            return other
+    return None
