@@ -235,6 +235,19 @@ def test_a_missing_grant_fails_the_launch_not_the_launcher(launcher: Launcher, w
     assert launcher.run(request(work, "exit 3"))["code"] == 3  # still serving
 
 
+def test_a_malformed_request_fails_naming_its_field_and_the_launcher_serves_on(launcher: Launcher, work: Path) -> None:
+    """A request that is not what messages.py says gets a "failed" event naming the bad field
+    (before, a bind without its path killed the launcher, and every slice with it)."""
+    req = request(work, "true")
+    req["binds"].append({"writable": True})
+    event = launcher.run(req)
+    assert event["event"] == "failed" and event["id"] == req["id"]
+    assert "binds[1].path: missing" in event["message"]
+    req = request(work, "true", uid="100001")
+    assert "uid: expected an integer, got str" in launcher.run(req)["message"]
+    assert launcher.run(request(work, "exit 3"))["code"] == 3  # still serving
+
+
 def test_python_runs_in_the_preloaded_interpreter(work: Path) -> None:
     preloaded = Launcher("--preload", "pyarrow,runink.core.dataplane.slice")
     try:
@@ -299,7 +312,7 @@ def test_what_main_sets_reaches_the_forked_payload(work: Path, seccomp: bool) ->
 
 
 def test_the_sandbox_side_imports_nothing_of_the_launcher() -> None:
-    """payload.py (what runs in a sandbox), rootfs.py and syscalls.py stand alone: the launcher
+    """payload.py (what runs in a sandbox), rootfs.py and syscalls.py (with messages.py) stand alone: the launcher
     imports them, never the other way round."""
     code = (
         "import sys\n"
@@ -307,4 +320,11 @@ def test_the_sandbox_side_imports_nothing_of_the_launcher() -> None:
         "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('runink.plugins.executors.linux.')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.split() == ["['namespaces',", "'payload',", "'rootfs',", "'seccomp',", "'syscalls']"]
+    assert done.stdout.split() == [
+        "['messages',",
+        "'namespaces',",
+        "'payload',",
+        "'rootfs',",
+        "'seccomp',",
+        "'syscalls']",
+    ]

@@ -31,7 +31,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from runink.core.errors import TaskRejectedError
 from runink.core.interfaces.executor import (
@@ -48,6 +47,16 @@ from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, S
 from runink.plugins.executors.linux.grants import mount_setattr_available
 from runink.plugins.executors.linux.launcher import network_refusal, slirp4netns_path
 from runink.plugins.executors.linux.logs import LogPump
+from runink.plugins.executors.linux.messages import (
+    Bind,
+    Event,
+    Exited,
+    LaunchRequest,
+    Limits,
+    PythonCode,
+    Started,
+    parse_event,
+)
 from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
 from runink.plugins.executors.linux.payload import FILES_DIR
 from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
@@ -77,15 +86,16 @@ def _is_launcher(pid: int) -> bool:
     return b"runink.plugins.executors.linux.launcher" in cmdline
 
 
-def _python_fast_path(command: tuple[str, ...]) -> dict[str, object] | None:
+def _python_fast_path(command: tuple[str, ...]) -> PythonCode | None:
     """``python -m MODULE ...`` or ``python -c CODE ...`` with this interpreter -> what the
     preloaded launcher runs in a forked process; None for anything else (exec'ed)."""
     if len(command) < 3 or command[1] not in ("-m", "-c"):
         return None
     if command[0] != sys.executable and os.path.realpath(command[0]) != os.path.realpath(sys.executable):
         return None
-    key = "module" if command[1] == "-m" else "code"
-    return {key: command[2], "args": list(command[3:])}
+    if command[1] == "-m":
+        return PythonCode(module=command[2], args=command[3:])
+    return PythonCode(code=command[2], args=command[3:])
 
 
 def _secrets(spec: TaskSpec) -> int:
@@ -318,20 +328,21 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         assert launcher.stdout is not None
         for line in launcher.stdout:
             try:
-                self._on_event(json.loads(line))
+                self._on_event(parse_event(line))
             except Exception as exc:  # one bad event must not stop the events of every other slice
                 print(f"runink linux executor: launcher event {line.strip()!r}: {exc!r}", file=sys.stderr)
         self._on_launcher_gone(launcher)
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event["event"] in ("started", "failed"):
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, Exited):  # Started or Failed
             with self._lock:  # (start() abandons a request under it, only while still pending)
-                pending = self._pending.pop(event["id"], None)
+                pending = self._pending.pop(event.id, None)
+            cgroup_name = event.cgroup if isinstance(event, Started) else None
             if pending is not None and pending.abandoned:
                 for fd in pending.abandoned_fds:
                     os.close(fd)
-                if event["event"] == "started" and event.get("cgroup") and self.cgroups is not None:
-                    late = {c: p / str(event["cgroup"]) for c, p in self.cgroups.parents().items()}
+                if cgroup_name and self.cgroups is not None:
+                    late = {c: p / cgroup_name for c, p in self.cgroups.parents().items()}
                     with contextlib.suppress(CgroupError):
                         cgroup = SliceCgroup(self.cgroups.layout, late)
                         cgroup.kill()
@@ -342,21 +353,20 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                         cgroup.remove()
                 return
             if pending is not None:
-                pending.message = event.get("message")
-                if event.get("cgroup") and self.cgroups is not None:  # set before its "exited" is read
-                    name = str(event["cgroup"])
-                    dirs = {c: p / name for c, p in self.cgroups.parents().items()}
+                pending.message = None if isinstance(event, Started) else event.message
+                if cgroup_name and self.cgroups is not None:  # set before its "exited" is read
+                    dirs = {c: p / cgroup_name for c, p in self.cgroups.parents().items()}
                     with self._lock:
-                        task = self._tasks.get(event["id"])
+                        task = self._tasks.get(event.id)
                     if task is not None:
                         task.cgroup = SliceCgroup(self.cgroups.layout, dirs)
                     pending.cgroup = {c: str(d) for c, d in dirs.items()}
                 pending.event.set()
-        elif event["event"] == "exited":
+        else:
             with self._lock:
-                task = self._tasks.get(event["id"])
+                task = self._tasks.get(event.id)
             if task is not None:
-                self._finish(task, int(event["code"]))
+                self._finish(task, event.code)
 
     def _on_launcher_gone(self, launcher: subprocess.Popen[str]) -> None:
         """The launcher is gone (closed, killed, crashed): its slices run on in their
@@ -427,30 +437,27 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         # the way (a link in a folder someone else can write would redirect a grant).
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
-        request = {
-            "op": "launch",
-            "id": spec.id,
-            "command": list(spec.command),
+        request = LaunchRequest(
+            id=spec.id,
+            command=tuple(spec.command),
             # env and files go through a memfd, never through the launcher (see _secrets)
-            "cwd": str(spec.cwd or "/"),
-            "binds": [{"path": path, "writable": writable} for path, writable in binds.items()],
-            "hostname": spec.id[:63],
+            cwd=str(spec.cwd or "/"),
+            binds=tuple(Bind(path, writable) for path, writable in binds.items()),
+            hostname=spec.id[:63],
             # no uid: the launcher gives each sandbox its own, with its id-mapping made ahead
-            "network": network,
-            "userns": self.userns_refusal is None,
-            "limits": {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "pids": spec.limits.pids},
-            "stdout": str(task_dir / "stdout.log"),
-            "stderr": str(task_dir / "stderr.log"),
-            "status_file": str(status_file),
-        }
+            network=network,
+            userns=self.userns_refusal is None,
+            limits=Limits(float(spec.limits.cpu), int(spec.limits.memory), int(spec.limits.pids)),
+            stdout=str(task_dir / "stdout.log"),
+            stderr=str(task_dir / "stderr.log"),
+            status_file=str(status_file),
+        )
         started = time.time()
         deadline = started + spec.timeout if spec.timeout else None
         handle = TaskHandle(spec.id, self.name, str(task_dir), started, deadline, {"status_file": str(status_file)})
         python = _python_fast_path(spec.command)
-        if python is not None:
-            request["python"] = python
         secrets_fd = _secrets(spec)
-        request["secrets"] = f"/proc/{os.getpid()}/fd/{secrets_fd}"
+        request = dataclasses.replace(request, python=python, secrets=f"/proc/{os.getpid()}/fd/{secrets_fd}")
         # stdout and stderr: pipes this process reads into capped files (see logs.py), unless
         # the slice must outlive it (then files the slice appends to, capped by polling)
         log_fds: list[int] = []
@@ -460,7 +467,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 write_end, done = self._log_pump().add(task_dir / f"{stream}.log")
                 log_fds.append(write_end)
                 drained.append(done)
-                request[stream] = f"/proc/{os.getpid()}/fd/{write_end}"  # opened by the launcher
+            out, err = (f"/proc/{os.getpid()}/fd/{fd}" for fd in log_fds)  # opened by the launcher
+            request = dataclasses.replace(request, stdout=out, stderr=err)
         # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to
         # the slice id would wait behind other sandboxes joining theirs (see cgroups.py).
         task = _Task(
@@ -473,7 +481,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             launcher = self._launcher_process("python" if python else "exec")
             task.launcher = pending.launcher = launcher
             assert launcher.stdin is not None
-            launcher.stdin.write(json.dumps(request) + "\n")
+            launcher.stdin.write(request.to_line())
             launcher.stdin.flush()
         started_in_time = pending.event.wait(30)
         with self._lock:

@@ -1,16 +1,18 @@
 """The slice launcher: a single-threaded fork server that keeps isolated sandboxes warm.
 
 Started once per agent (``python -m runink.plugins.executors.linux.launcher``), it reads one
-JSON request per line on stdin and answers on stdout::
+JSON request per line on stdin and answers on stdout (the messages are the typed, versioned
+structures of messages.py: LaunchRequest; Started, Exited, Failed)::
 
-    {"op": "launch", "id": "s-1", "command": ["sh", "-c", "..."], "cwd": "/work/s-1",
+    {"v": 1, "op": "launch", "id": "s-1", "command": ["sh", "-c", "..."], "cwd": "/work/s-1",
      "binds": [{"path": "/work/s-1", "writable": true}], "hostname": "s-1", "uid": 100001,
      "gid": 100001, "network": false, "limits": {"cpu": 1, "memory": 268435456, "pids": 64},
      "stdout": ".../stdout.log", "stderr": ".../stderr.log", "status_file": ".../exit_status",
      "secrets": "/proc/<executor pid>/fd/<memfd>"}         (env and files: see payload._read_secrets)
     -> {"event": "started", "id": "s-1", "pid": 12345, "cgroup": "sandbox-77-3"}
     -> {"event": "exited", "id": "s-1", "code": 0}        (later; code is 128+N for signal N)
-    -> {"event": "failed", "id": "s-1", "message": "..."}  (instead of both, if it cannot start)
+    -> {"event": "failed", "id": "s-1", "message": "..."}  (instead of both, if it cannot start,
+                                                            or if the request is malformed)
 
 Why warm sandboxes: on the machines measured (a VM) ``fork`` costs ~1.7 ms for a small
 Python process and ~6 ms for one with pyarrow loaded (page-table copies), and building
@@ -64,7 +66,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,7 @@ from runink.plugins.executors.linux import netguard
 from runink.plugins.executors.linux import payload as slice_payload
 from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLayout, CgroupLimits, CgroupManager, SliceCgroup
 from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_tree, id_map_namespace
+from runink.plugins.executors.linux.messages import Bind, Event, Exited, Failed, LaunchRequest, MessageError, Started
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 from runink.plugins.executors.linux.payload import (
     MAX_BINDS,
@@ -207,9 +210,9 @@ class Launcher:
             os.close(lifeline)
 
     # events
-    def emit(self, **event: Any) -> None:
+    def emit(self, event: Event) -> None:
         try:
-            self.out.write(json.dumps(event) + "\n")
+            self.out.write(event.to_line())
             self.out.flush()
         except BrokenPipeError:  # the executor is gone (its successor recovers the slices, if any)
             # what is still buffered goes to /dev/null: no "Exception ignored" at exit
@@ -520,24 +523,25 @@ class Launcher:
         return None
 
     # slices
-    def launch(self, req: dict[str, Any]) -> None:
-        slice_id = req["id"]
+    def launch(self, req: LaunchRequest) -> None:
+        slice_id = req.id
         opened: list[int] = []
         status_fd = None
         sandbox: Sandbox | None = None
         try:
-            binds = sorted(req.get("binds", []), key=lambda b: b["path"].rstrip("/").count("/"))
+            binds = sorted(req.binds, key=Bind.depth)
             if len(binds) > MAX_BINDS:
                 raise LaunchError(f"too many granted paths ({len(binds)} > {MAX_BINDS})")
-            for stream in ("stdout", "stderr"):
-                opened.append(os.open(req.get(stream) or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
+            for stream in (req.stdout, req.stderr):
+                opened.append(os.open(stream or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640))
             # the executor's memfd, opened by path and passed on unread (see _read_secrets)
-            opened.append(os.open(req.get("secrets") or os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-            if req.get("status_file"):
-                status_fd = os.open(req["status_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            opened.append(os.open(req.secrets or os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            if req.status_file:
+                status_fd = os.open(req.status_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             opened.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if status_fd is None else os.dup(status_fd))
-            sandbox = self.take(bool(req.get("network")))
-            uid, gid = int(req.get("uid", sandbox.uid)), int(req.get("gid", sandbox.uid))
+            sandbox = self.take(req.network)
+            uid = sandbox.uid if req.uid is None else req.uid
+            gid = sandbox.uid if req.gid is None else req.gid
             prepared = (
                 {}
                 if sandbox.idmap is None or (uid, gid) != (sandbox.uid, sandbox.uid)
@@ -546,7 +550,7 @@ class Launcher:
             idmaps = IdMaps(uid, gid, prepared)
             try:
                 for bind in binds:
-                    opened.append(grant_tree(bind["path"], writable=bool(bind.get("writable")), idmaps=idmaps))
+                    opened.append(grant_tree(bind.path, writable=bind.writable, idmaps=idmaps))
             finally:
                 idmaps.close()
         except (OSError, LaunchError, GrantError) as exc:
@@ -556,7 +560,7 @@ class Launcher:
                 os.close(status_fd)
             if sandbox is not None:  # unused: back to the pool
                 self.pool.append(sandbox)
-            self.emit(event="failed", id=slice_id, message=str(exc))
+            self.emit(Failed(slice_id, str(exc)))
             return
         try:
             # The slice keeps its sandbox's cgroup, with its own limits in place before any of
@@ -565,16 +569,17 @@ class Launcher:
             # its own cgroup (5-25 ms measured on cgroup v1).
             cgroup = sandbox.cgroup
             if cgroup is not None:
-                limits = CgroupLimits(**req.get("limits", {}))
+                asked = req.limits
+                limits = CgroupLimits(asked.cpu, asked.memory, asked.pids, asked.cpuset)
                 cgroup.update(limits, sandbox.limits)
                 self.expected_limits = limits
-            message = {**req, "binds": binds, "uid": uid, "gid": gid}
-            socket.send_fds(sandbox.control, [json.dumps(message).encode()], opened)
+            message = replace(req, binds=tuple(binds), uid=uid, gid=gid)
+            socket.send_fds(sandbox.control, [message.to_line().encode()], opened)
         except (OSError, CgroupError) as exc:
             self.discard(sandbox)
             if status_fd is not None:
                 os.close(status_fd)
-            self.emit(event="failed", id=slice_id, message=f"cannot start the slice: {exc}")
+            self.emit(Failed(slice_id, f"cannot start the slice: {exc}"))
             return
         finally:
             for fd in opened:
@@ -586,7 +591,19 @@ class Launcher:
         running = Running(slice_id, sandbox.payload, sandbox.init, status_fd, cgroup=cgroup, uid=uid)
         self.running[sandbox.payload] = self.running[sandbox.init] = running
         name = next(iter(cgroup.dirs.values())).name if cgroup is not None and cgroup.dirs else None
-        self.emit(event="started", id=slice_id, pid=sandbox.payload, cgroup=name, uid=uid)
+        self.emit(Started(slice_id, sandbox.payload, name, uid))
+
+    def on_request(self, line: bytes) -> None:
+        """One line of stdin: a request is launched; a malformed one fails (its "failed" event
+        names the field), and the launcher goes on serving."""
+        if not line.strip():
+            return
+        try:
+            request = LaunchRequest.from_line(line)
+        except MessageError as exc:
+            self.emit(Failed(exc.message_id, f"bad launch request: {exc}"))
+            return
+        self.launch(request)
 
     def reap(self) -> None:
         while True:
@@ -618,7 +635,7 @@ class Launcher:
             del self.running[running.payload], self.running[running.init]
             if running.status_fd is not None:
                 os.close(running.status_fd)
-            self.emit(event="exited", id=running.id, code=running.code)
+            self.emit(Exited(running.id, running.code))
 
     def drain(self) -> None:
         for sandbox in list(self.pool):
@@ -674,9 +691,7 @@ class Launcher:
                     buffer += chunk
                     while b"\n" in buffer:
                         line, buffer = buffer.split(b"\n", 1)
-                        req = json.loads(line)
-                        if req.get("op") == "launch":
-                            self.launch(req)
+                        self.on_request(line)
                 self.reap()
                 if not ready and missing is not None:  # idle: build the next warm sandbox
                     try:

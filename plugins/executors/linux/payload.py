@@ -31,6 +31,7 @@ import sys
 import traceback
 from typing import Any
 
+from runink.plugins.executors.linux.messages import Bind, LaunchRequest, Limits, PythonCode
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 from runink.plugins.executors.linux.seccomp import LoadableFilter
 from runink.plugins.executors.linux.syscalls import (
@@ -132,6 +133,31 @@ step(sizes, scale=2)
 """
 
 
+# A request like a real one (made before any fork, so the forks share it): the warm-up parses it
+# with the same code as the real request (payload.run), paying that path's page faults ahead.
+_WARM_UP_REQUEST = (
+    LaunchRequest(
+        id="s",
+        command=("x",),
+        cwd="/",
+        binds=(Bind("/", writable=False),),
+        hostname="s",
+        uid=1,
+        gid=1,
+        userns=True,
+        limits=Limits(1.0, 1, 1),
+        stdout="/proc/1/fd/1",
+        stderr="/proc/1/fd/2",
+        status_file="/s",
+        secrets="/proc/1/fd/3",
+        env={"A": "b"},
+        python=PythonCode(code="x", args=("a",)),
+    )
+    .to_line()
+    .encode()
+)
+
+
 def _warm_up() -> None:
     """Touch, before the request comes, what the request's path will touch.
 
@@ -141,8 +167,8 @@ def _warm_up() -> None:
     collector from walking (and so copying) every inherited object later.
     """
     gc.freeze()  # no collection here: the launcher froze its heap at start; this adds the few newer objects
-    sample = {"id": "s", "command": ["x"], "env": {"A": "b"}, "binds": [{"path": "/", "writable": False}], "uid": 1}
-    json.loads(json.dumps(sample))
+    LaunchRequest.from_line(_WARM_UP_REQUEST)
+    json.loads(b'{"env": {"A": "b"}, "files": {}}')  # the secrets (_read_secrets)
     # the compiler's and the evaluation loop's common paths, as a step's first lines take them
     exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
     os.environ.clear()  # the slice's environment is its request's alone (and clearing it later cost ~0.2 ms)
@@ -176,16 +202,21 @@ def run(control: socket.socket) -> int:
     message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 4)
     if not message:
         return 0  # the launcher drained its pool
-    req = json.loads(message)
     stdout_fd, stderr_fd, secrets_fd, status_fd, *mount_fds = fds
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
     os.set_inheritable(status_fd, False)
+    slice_id = "?"
     try:
+        req = LaunchRequest.from_line(message)  # the launcher's: it checked the executor's request
+        slice_id = req.id
+        if req.uid is None or req.gid is None:  # (the launcher fills them in)
+            raise LaunchError("the request names no uid or gid")
+        uid, gid = req.uid, req.gid
         secrets = _read_secrets(secrets_fd)
-        files = {**req.get("files", {}), **secrets.get("files", {})}
-        for bind, fd in zip(req.get("binds", []), mount_fds, strict=True):
-            target = bind["path"]
+        files = {**req.files, **secrets.get("files", {})}
+        for bind, fd in zip(req.binds, mount_fds, strict=True):
+            target = bind.path
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 os.makedirs(target, exist_ok=True)
             else:
@@ -194,37 +225,37 @@ def run(control: socket.socket) -> int:
                     open(target, "w").close()
             move_mount(fd, target)  # id-mapped already where the kernel can (grants.py)
             # the flags again: mount_setattr set them too, but a kernel before 5.12 has none
-            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.get("writable") else MS_RDONLY)
+            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.writable else MS_RDONLY)
             mount(None, target, None, flags)
         if files:
-            _private_files(files, int(req["uid"]), int(req["gid"]))
+            _private_files(files, uid, gid)
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        hostname = str(req.get("hostname") or req["id"]).encode()
+        hostname = (req.hostname or req.id).encode()
         check(libc.sethostname(hostname, len(hostname)), "sethostname")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.closerange(3, status_fd)
         os.closerange(status_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.setgroups([])
-        os.setgid(int(req["gid"]))
-        os.setuid(int(req["uid"]))
-        if req.get("userns"):
-            _enter_user_namespace(int(req["uid"]), int(req["gid"]))
+        os.setgid(gid)
+        os.setuid(uid)
+        if req.userns:
+            _enter_user_namespace(uid, gid)
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
-        if SLICE_FILTER is not None and not req.get("userns"):
+        if SLICE_FILTER is not None and not req.userns:
             # last: it denies what the set-up above needed (mount, move_mount, unshare). In a user
             # namespace of its own the slice can do none of those already (no capability, no
             # nested user namespace), and the ~0.05 ms of loading it is saved.
             SLICE_FILTER[1].load()
         os.umask(SLICE_UMASK)
-        cwd = req.get("cwd") or "/"
+        cwd = req.cwd or "/"
         os.chdir(cwd)
-        env = {str(k): str(v) for k, v in {**req.get("env", {}), **secrets.get("env", {})}.items()}
+        env = {str(k): str(v) for k, v in {**req.env, **secrets.get("env", {})}.items()}
     except BaseException as exc:
-        os.write(2, f"runink: cannot set up slice {req.get('id')}: {exc}\n".encode())
+        os.write(2, f"runink: cannot set up slice {slice_id}: {exc}\n".encode())
         return 126
-    python = req.get("python")
-    code = _run_python(python, env, cwd) if python else _run_command(list(req["command"]), env)
+    python = req.python
+    code = _run_python(python, env, cwd) if python is not None else _run_command(list(req.command), env)
     write_status(status_fd, code)
     return code
 
@@ -319,18 +350,18 @@ def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
     os.chown(FILES_DIR, uid, gid)
 
 
-def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
+def _run_python(python: PythonCode, env: dict[str, str], cwd: str) -> int:
     """``python -m MODULE ARGS`` or ``python -c CODE ARGS`` in this (forked, preloaded) interpreter."""
     os.environ.clear()
     os.environ.update(env)
     for stream in (sys.stdout, sys.stderr):  # readable live in the log, as with PYTHONUNBUFFERED
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
-    args = [str(a) for a in python.get("args", [])]
+    args = list(python.args)
     code = 0
     try:
-        if "module" in python:
-            name = str(python["module"])
+        if python.module is not None:
+            name = python.module
             sys.argv = [name, *args]
             sys.path[0] = cwd
             module = importlib.import_module(name)
@@ -344,7 +375,7 @@ def _run_python(python: dict[str, Any], env: dict[str, str], cwd: str) -> int:
         else:
             sys.argv = ["-c", *args]
             sys.path[0] = ""
-            exec(compile(str(python["code"]), "<string>", "exec"), {"__name__": "__main__"})
+            exec(compile(str(python.code), "<string>", "exec"), {"__name__": "__main__"})
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
