@@ -23,6 +23,7 @@ import os
 import re
 import tomllib
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +60,9 @@ class PluginsConfig(_Section):
 
 
 class DriverChoice(_Section):
-    driver: str
+    """A section that chooses a driver: every one names it with ``driver`` and builds it with ``options``."""
+
+    driver: str | None
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the driver.")
 
 
@@ -75,27 +78,27 @@ class ExecutorConfig(DriverChoice):
     )
 
 
-class SchedulerConfig(_Section):
-    policy: str = "spread"
-    options: dict[str, Any] = Field(default_factory=dict)
+class SchedulerConfig(DriverChoice):
+    driver: str = Field(default="spread", description="The scheduler policy (runink.scheduler_policies).")
     weights: dict[str, float] = Field(
         default_factory=dict, description="Weight of each score plugin's scores (default 1)."
     )
 
 
-class BarnConfig(_Section):
-    backend: str = "memory"
-    options: dict[str, Any] = Field(default_factory=dict)
+class BarnConfig(DriverChoice):
+    driver: str = Field(default="memory", description="The Barn backend (runink.barn_backends).")
 
 
-class SecretsConfig(_Section):
-    backend: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+class SecretsConfig(DriverChoice):
+    driver: str | None = Field(default=None, description="The secret backend (runink.secret_backends), if any.")
 
 
-class AnnotatorConfig(_Section):
-    driver: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+class AnnotatorConfig(DriverChoice):
+    driver: str | None = Field(default=None, description="The annotator (runink.annotators), if any.")
+
+
+#: section -> the key that named its driver before every section used ``driver`` (still read, with a warning)
+DEPRECATED_DRIVER_KEYS = {"scheduler": "policy", "barn": "backend", "secrets": "backend"}
 
 
 class LogConfig(_Section):
@@ -237,6 +240,7 @@ def load_config(
     _merge_env(environ, merged, sources)
     for key, raw in (overrides or {}).items():
         _set_dotted(merged, key, _coerce_text(key, raw), sources, "--set " + key)
+    _rename_deprecated_keys(merged, sources)
 
     try:
         config = RuninkConfig.model_validate(merged)
@@ -245,6 +249,24 @@ def load_config(
     config._sources = sources
     config._file = file if file is not None and file.exists() else None
     return config
+
+
+def _rename_deprecated_keys(merged: dict[str, Any], sources: dict[str, str]) -> None:
+    """``scheduler.policy``, ``barn.backend`` and ``secrets.backend`` -> ``SECTION.driver``, with a
+    warning naming where the old key was set; both keys set is an error."""
+    for section, old in DEPRECATED_DRIVER_KEYS.items():
+        table = merged.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        origin = sources.pop(f"{section}.{old}", "?")
+        if "driver" in table:
+            raise ConfigError(
+                f"{origin}: {section}.{old} and {section}.driver both set "
+                f"(set at {sources.get(section + '.driver', '?')}); keep {section}.driver"
+            )
+        table["driver"] = table.pop(old)
+        sources[f"{section}.driver"] = origin
+        warnings.warn(f"{origin}: {section}.{old} is deprecated: use {section}.driver", FutureWarning, stacklevel=3)
 
 
 def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""Drivers: one implementation per group, chosen by name in configuration and loaded with stevedore.
+"""Drivers: one implementation per group, chosen by name in configuration.
 
 Entry-point groups (public API):
 
@@ -11,8 +11,10 @@ Entry-point groups (public API):
 ``runink.storage``             ``Storage``: dataset sources/sinks, one per URI scheme
 =============================  =======================================================
 
-Loading a driver imports only that driver's module (a worker never imports the others).
-Hook plugins may add drivers at run time through ``runink_register_drivers``.
+The group of each is its interface's ``GROUP`` (the only place it is written). Loading goes
+through ``runink.core.driverload`` (also the slice's way) and imports only that driver's
+module (a worker never imports the others); a driver may declare ``options_schema``, checked
+before it is built. Hook plugins may add drivers at run time through ``runink_register_drivers``.
 """
 
 from __future__ import annotations
@@ -21,26 +23,29 @@ import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
-
-from stevedore import driver as stevedore_driver
-from stevedore import exception as stevedore_exception
-from stevedore.extension import ExtensionManager
+from typing import Any, TypeVar, cast
 
 from runink.core.config import RuninkConfig
+from runink.core.driverload import (
+    Interface,
+    check_class,
+    construct,
+    declared_schema,
+    entry_points,
+    group_of,
+    import_driver,
+)
 from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
 from runink.core.model import DriverSpec  # re-exported: plugins and tests import it from here
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
 
-DRIVER_GROUPS: dict[str, type] = {
-    "runink.executors": Executor,
-    "runink.scheduler_policies": SchedulerPolicy,
-    "runink.secret_backends": SecretBackend,
-    "runink.barn_backends": BarnBackend,
-    "runink.annotators": Annotator,
-    "runink.storage": Storage,
-}
+T = TypeVar("T")
+
+#: The driver interfaces; each names its entry-point group in ``GROUP``.
+DRIVER_INTERFACES: tuple[type, ...] = (Executor, SchedulerPolicy, SecretBackend, BarnBackend, Annotator, Storage)
+#: entry-point group -> interface, derived from the interfaces' GROUP
+DRIVER_GROUPS: dict[str, type] = {group_of(interface): interface for interface in DRIVER_INTERFACES}
 
 
 def _check_group(group: str) -> type:
@@ -53,7 +58,7 @@ def _check_group(group: str) -> type:
 
 
 def _entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
+    return entry_points(group)
 
 
 def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple[str, DriverSpec]]:
@@ -68,80 +73,55 @@ def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple
     return found
 
 
-def driver_names(group: str, manager: PluginManager | None = None) -> list[str]:
+def driver_names(interface: Interface[Any], manager: PluginManager | None = None) -> list[str]:
+    group = group_of(interface)
     _check_group(group)
     return sorted(set(_entry_points(group)) | set(_runtime_specs(manager, group)))
 
 
 def load_driver(
-    group: str,
+    interface: Interface[T],
     name: str,
     options: Mapping[str, Any] | None = None,
     *,
     manager: PluginManager | None = None,
     origin: str | None = None,
-) -> Any:
-    """Import and construct the driver ``name`` of ``group`` with ``options`` as keyword arguments.
+) -> T:
+    """Import and build the driver ``name`` of ``interface`` (``Executor``...) with ``options``.
 
     ``origin`` says where the name was chosen (``runink.toml:7``) for error messages.
     Raises DriverNotFoundError (listing the available names) or DriverLoadError.
     """
-    interface = _check_group(group)
+    group = group_of(interface)
+    _check_group(group)
     where = f" (set at {origin})" if origin and origin != "default" else ""
     settings = manager.settings if manager is not None else None
     options = dict(options or {})
     eps = _entry_points(group)
     if settings is not None and is_disabled(name, group, settings):
         raise DriverLoadError(f"{group} driver {name!r} is disabled by plugins.disable{where}")
+    factory: Callable[..., Any]
     if name in eps:
         ep = eps[name]
         package = ep.dist.name if ep.dist else None
         if settings is not None and not is_allowed(name, group, package, settings):
             raise DriverLoadError(f"{group} driver {name!r} from {package} is not in plugins.load{where}")
-        # stevedore keeps a per-process list of each group's entry points; drop it so a driver
-        # installed since (or a test's) is found, consistently with importlib.metadata above.
-        ExtensionManager.ENTRY_POINT_CACHE.pop(group, None)
-        try:
-            manager_ = stevedore_driver.DriverManager(
-                namespace=group,
-                name=name,
-                invoke_on_load=False,
-                on_load_failure_callback=_raise_load_failure,
-            )
-            factory = manager_.driver
-        except stevedore_exception.MultipleMatches:
-            raise DriverLoadError(f"{group} driver {name!r} is registered by more than one package{where}") from None
-        except _LoadFailure as failure:
-            raise DriverLoadError(
-                f"{group} driver {name!r} ({ep.value}) failed to import: {describe_exception(failure.error)}{where}"
-            ) from failure.error
+        factory = import_driver(interface, name, where)
     else:
         runtime = _runtime_specs(manager, group)
         if name not in runtime:
-            available = ", ".join(driver_names(group, manager)) or "none installed"
+            available = ", ".join(driver_names(interface, manager)) or "none installed"
             raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
         factory = runtime[name][1].factory
-    if inspect.isclass(factory) and not issubclass(factory, interface):
-        raise DriverLoadError(f"{group} driver {name!r} is a {factory.__name__}, not a {interface.__name__}{where}")
-    given = sorted(options)
-    if interface is Executor:
+    check_class(interface, name, factory, where)
+    if cast(type, interface) is Executor:
         options["degrade"] = _degrade_option(options.get("degrade", False), name, where)
-    try:
-        instance = factory(**options)
-    except TypeError as exc:
-        if interface is Executor and not _accepts(factory, "degrade"):
+        if declared_schema(factory) is None and not _accepts(factory, "degrade"):
             raise DriverLoadError(
                 f"{group} driver {name!r} does not take the 'degrade' option every executor driver takes "
-                f"(see docs/plugins.md){where}: {exc}"
-            ) from exc
-        raise DriverLoadError(f"{group} driver {name!r}: bad options {given}{where}: {exc}") from exc
-    except Exception as exc:
-        raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
-    if not isinstance(instance, interface):
-        raise DriverLoadError(
-            f"{group} driver {name!r} is a {type(instance).__name__}, not a {interface.__name__}{where}"
-        )
-    return instance
+                f"(see docs/plugins.md){where}"
+            )
+    return construct(interface, name, factory, options, where)
 
 
 def _degrade_option(value: Any, name: str, where: str) -> bool:
@@ -165,16 +145,6 @@ def _accepts(factory: Callable[..., Any], keyword: str) -> bool:
     except (TypeError, ValueError):
         return True  # cannot tell: report the TypeError as it is
     return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-class _LoadFailure(Exception):
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _raise_load_failure(_manager: Any, _entrypoint: Any, exc: BaseException) -> None:
-    raise _LoadFailure(exc)
 
 
 def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type] | None = None) -> list[PluginRecord]:
@@ -210,13 +180,14 @@ def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type
     return records
 
 
-#: config section -> (entry-point group, key holding the driver name)
-CONFIGURED_DRIVERS: dict[str, tuple[str, str]] = {
-    "executor": ("runink.executors", "driver"),
-    "scheduler": ("runink.scheduler_policies", "policy"),
-    "barn": ("runink.barn_backends", "backend"),
-    "secrets": ("runink.secret_backends", "backend"),
-    "annotator": ("runink.annotators", "driver"),
+#: config section -> the interface of the driver it chooses (its ``driver`` key names it,
+#: its ``options`` table builds it)
+CONFIGURED_DRIVERS: dict[str, type] = {
+    "executor": Executor,
+    "scheduler": SchedulerPolicy,
+    "barn": BarnBackend,
+    "secrets": SecretBackend,
+    "annotator": Annotator,
 }
 
 
@@ -226,19 +197,19 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
     Returns None when the section names no driver (optional ones: secrets, annotator).
     """
     try:
-        group, key = CONFIGURED_DRIVERS[section]
+        interface = CONFIGURED_DRIVERS[section]
     except KeyError:
         raise DriverNotFoundError(
             f"no driver section {section!r} (sections: {', '.join(CONFIGURED_DRIVERS)})"
         ) from None
     settings = getattr(config, section)
-    name = getattr(settings, key)
+    name = settings.driver
     if name is None:
         return None
-    origin = config.source_of(f"{section}.{key}")
+    origin = config.source_of(f"{section}.driver")
     if not origin.startswith(("--set ", "$")):  # those name the key already; a file line does not
-        origin = f"{origin}: {section}.{key}"
-    return load_driver(group, name, settings.options, manager=manager, origin=origin)
+        origin = f"{origin}: {section}.driver"
+    return load_driver(interface, name, settings.options, manager=manager, origin=origin)
 
 
 def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) -> tuple[Any, RuninkConfig, str]:
@@ -256,7 +227,7 @@ def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) ->
     for name in config.executor.prefer:
         try:
             executor = load_driver(
-                Executor.GROUP, name, dict(config.executor.options), manager=manager, origin="executor.prefer"
+                Executor, name, dict(config.executor.options), manager=manager, origin="executor.prefer"
             )
         except RuninkError as exc:
             reasons.append(f"{name} executor: {exc}")

@@ -25,7 +25,8 @@ import uuid
 from pathlib import Path
 
 from runink.core.config import RuninkConfig
-from runink.core.drivers import CONFIGURED_DRIVERS, DRIVER_GROUPS, list_drivers
+from runink.core.driverload import group_of
+from runink.core.drivers import CONFIGURED_DRIVERS, list_drivers
 from runink.core.errors import ExecutorError
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import Resources
@@ -44,11 +45,13 @@ PROBE_OUTPUT_TAIL = 1024 * 1024
 def check_drivers(config: RuninkConfig, manager: PluginManager | None) -> dict[str, str]:
     """Config section -> what is wrong with the driver it names (none, not loadable, disabled)."""
     problems: dict[str, str] = {}
-    for section, (group, key) in CONFIGURED_DRIVERS.items():
-        name = getattr(getattr(config, section), key)
+    key = "driver"  # every driver section names its driver with it
+    for section, interface in CONFIGURED_DRIVERS.items():
+        group = group_of(interface)
+        name = getattr(config, section).driver
         if name is None or (section == "executor" and name == "auto"):
             continue
-        records = {r.name: r for r in list_drivers(manager, {group: DRIVER_GROUPS[group]})}
+        records = {r.name: r for r in list_drivers(manager, {group: interface})}
         origin = config.source_of(f"{section}.{key}")
         record = records.get(name)
         if record is None:

@@ -24,6 +24,7 @@ from typing import Any
 from runink.core.config import RuninkConfig
 from runink.core.datasets import resolve_dataset
 from runink.core.drivers import load_driver
+from runink.core.interfaces import Storage
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario, CompiledSink, compile_pipeline
 from runink.core.pipeline.dsl import DslError
 from runink.core.runner import LocalRunner, ScenarioRun
@@ -64,7 +65,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    storage = load_driver("runink.storage", fmt)
+    storage = load_driver(Storage, fmt)
     rows: list[dict[str, Any]] = []
     for read in storage.read(path):
         rows.extend(_jsonable(row) for row in read.batch.to_pylist())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from runink.core.config import load_config
+from runink.core.config import RuninkConfig, load_config
 from runink.core.errors import ConfigError
 
 
@@ -19,7 +20,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     config = load_config(environ={})
     assert config.executor.driver == "auto"
-    assert config.scheduler.policy == "spread"
+    assert config.scheduler.driver == "spread"
     assert config.file is None
     assert config.source_of("executor.driver") == "default"
 
@@ -28,20 +29,20 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     file = write(
         tmp_path / "runink.toml",
         'herd = "finance"\n\n[executor]\ndriver = "linux"\noptions = { degrade = true }\n\n'
-        '[scheduler]\npolicy = "binpack"\n',
+        '[scheduler]\ndriver = "binpack"\n',
     )
     config = load_config(
         file,
-        environ={"RUNINK_SCHEDULER__POLICY": "spread", "RUNINK_HERD": "risk"},
+        environ={"RUNINK_SCHEDULER__DRIVER": "spread", "RUNINK_HERD": "risk"},
         overrides={"herd": "ops"},
     )
     assert config.executor.driver == "linux"
     assert config.executor.options == {"degrade": True}
-    assert config.scheduler.policy == "spread"  # env beats file
+    assert config.scheduler.driver == "spread"  # env beats file
     assert config.herd == "ops"  # a flag beats env
     assert config.source_of("executor.driver") == f"{file}:4"
     assert config.source_of("executor.options.degrade") == f"{file}:5"
-    assert config.source_of("scheduler.policy") == "$RUNINK_SCHEDULER__POLICY"
+    assert config.source_of("scheduler.driver") == "$RUNINK_SCHEDULER__DRIVER"
     assert config.source_of("herd") == "--set herd"
 
 
@@ -115,3 +116,29 @@ def test_plugin_options_tables(tmp_path: Path) -> None:
 def test_json_values_from_environment() -> None:
     config = load_config(environ={"RUNINK_EXECUTOR__OPTIONS": '{"degrade": true}'})
     assert config.executor.options == {"degrade": True}
+
+
+def test_every_driver_section_uses_driver_and_options() -> None:
+    from runink.core.drivers import CONFIGURED_DRIVERS
+
+    for section in CONFIGURED_DRIVERS:
+        fields = RuninkConfig.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        assert {"driver", "options"} <= set(fields), section
+        assert not {"policy", "backend"} & set(fields), section
+
+
+@pytest.mark.parametrize(("section", "old"), [("scheduler", "policy"), ("barn", "backend"), ("secrets", "backend")])
+def test_an_old_driver_key_still_works_with_a_warning(tmp_path: Path, section: str, old: str) -> None:
+    file = write(tmp_path / "runink.toml", f'[{section}]\n{old} = "x"\n')
+    with pytest.warns(
+        FutureWarning, match=rf"^{re.escape(str(file))}:2: {section}\.{old} is deprecated: use {section}\.driver$"
+    ):
+        config = load_config(file, environ={})
+    assert getattr(config, section).driver == "x"
+    assert config.source_of(f"{section}.driver") == f"{file}:2"
+
+
+def test_an_old_driver_key_and_driver_both_set_is_an_error(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", '[barn]\nbackend = "memory"\ndriver = "raft"\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(file))}:2: barn.backend and barn.driver both set"):
+        load_config(file, environ={})

@@ -13,7 +13,7 @@ from runink.core import hookimpl
 from runink.core.config import PluginsConfig, load_config
 from runink.core.drivers import DriverSpec, auto_executor, configured_driver, list_drivers, load_driver
 from runink.core.errors import DriverLoadError, DriverNotFoundError
-from runink.core.interfaces import Executor, ExecutorCapabilities, Fingerprint, SchedulerPolicy
+from runink.core.interfaces import BarnBackend, Executor, ExecutorCapabilities, Fingerprint, SchedulerPolicy
 from runink.core.plugins import PluginManager
 from runink.plugins.executors.process import ProcessExecutor
 from runink.plugins.scheduling.policies import SpreadPolicy
@@ -21,7 +21,7 @@ from runink.testing import plugin_manager
 
 
 def test_load_by_name_with_options() -> None:
-    executor = load_driver("runink.executors", "process", {"degrade": True, "timeout_grace": 0.5})
+    executor = load_driver(Executor, "process", {"degrade": True, "timeout_grace": 0.5})
     assert isinstance(executor, Executor)
     assert executor.degrade is True and executor.timeout_grace == 0.5
 
@@ -37,13 +37,13 @@ def test_unknown_name_lists_available_and_origin(tmp_path: Path) -> None:
 
 def test_bad_options_name_the_driver() -> None:
     with pytest.raises(DriverLoadError, match=r"runink.executors driver 'process': bad options \['colour'\]"):
-        load_driver("runink.executors", "process", {"colour": "red"})
+        load_driver(Executor, "process", {"colour": "red"})
 
 
 def test_disabled_driver_cannot_be_loaded() -> None:
     manager = PluginManager(PluginsConfig(disable=["runink.executors:process"]))
     with pytest.raises(DriverLoadError, match="disabled"):
-        load_driver("runink.executors", "process", manager=manager)
+        load_driver(Executor, "process", manager=manager)
 
 
 def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
@@ -53,7 +53,7 @@ def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: C
         )
     )
     with pytest.raises(DriverLoadError, match="is a Odd, not a Executor"):
-        load_driver("runink.executors", "odd")
+        load_driver(Executor, "odd")
     record = next(r for r in list_drivers() if r.name == "odd")
     assert record.status == "failed" and "not a Executor subclass" in (record.error or "")
 
@@ -68,17 +68,18 @@ def test_broken_driver_import_is_reported(fake_dist: Callable[..., Path], on_sys
         )
     )
     with pytest.raises(DriverLoadError, match="failed to import: ImportError: no libfoo"):
-        load_driver("runink.executors", "bad")
+        load_driver(Executor, "bad")
     record = next(r for r in list_drivers() if r.name == "bad")
     assert record.status == "failed" and "no libfoo" in (record.error or "")
-    assert isinstance(load_driver("runink.executors", "process"), Executor)  # the others still load
+    assert isinstance(load_driver(Executor, "process"), Executor)  # the others still load
 
 
 def test_only_the_chosen_driver_is_imported() -> None:
     code = (
         "import sys\n"
         "from runink.core.drivers import load_driver\n"
-        "load_driver('runink.scheduler_policies', 'spread')\n"
+        "from runink.core.interfaces import SchedulerPolicy\n"
+        "load_driver(SchedulerPolicy, 'spread')\n"
         "print('runink.plugins.executors.process' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
@@ -95,7 +96,7 @@ def test_hook_runink_register_drivers() -> None:
             return [DriverSpec("runink.scheduler_policies", "fastest", Fastest)]
 
     with plugin_manager(("registrar", Registrar())) as manager:
-        policy = load_driver("runink.scheduler_policies", "fastest", manager=manager)
+        policy = load_driver(SchedulerPolicy, "fastest", manager=manager)
         assert isinstance(policy, SchedulerPolicy) and policy.name == "fastest"
         record = next(r for r in list_drivers(manager) if r.name == "fastest")
         assert record.source == "runtime" and record.details == {"registered_by": "registrar"}
@@ -143,3 +144,62 @@ def test_auto_picks_by_the_drivers_own_fingerprints_in_the_configured_order() ->
 
 def test_auto_prefers_linux_then_process_by_default() -> None:
     assert load_config(environ={}).executor.prefer == ["linux", "process"]
+
+
+def test_load_by_interface_returns_that_interface() -> None:
+    executor = load_driver(Executor, "process", {"timeout_grace": "0.5"})  # text, as from --set
+    assert isinstance(executor, ProcessExecutor) and executor.timeout_grace == 0.5
+    with pytest.raises(DriverNotFoundError, match="is not a driver interface"):
+        load_driver(object, "process")  # no GROUP: not an interface
+
+
+@pytest.mark.parametrize(
+    ("interface", "name", "options", "message"),
+    [
+        (Executor, "process", {"timeout_grace": "soon"}, "option timeout_grace must be float, got str 'soon'"),
+        (Executor, "linux", {"pool": [2]}, "option pool must be int, got list [2]"),
+        (Executor, "linux", {"user_namespace": "maybe"}, "option user_namespace must be bool, got str 'maybe'"),
+        (BarnBackend, "memory", {"history": 1.5}, "option history must be int, got float 1.5"),
+        (BarnBackend, "raft", {"endpoints": "h:1", "timeout": True}, "option timeout must be float, got bool True"),
+    ],
+)
+def test_options_schema_refuses_a_wrong_option_in_one_line(
+    interface: type, name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DriverLoadError) as info:
+        load_driver(interface, name, options, origin="runink.toml:3")
+    text = str(info.value)
+    assert text == f"{interface.GROUP} driver {name!r}: {message} (set at runink.toml:3)"  # type: ignore[attr-defined]
+    assert "\n" not in text
+
+
+def test_options_schema_names_the_options_it_takes() -> None:
+    with pytest.raises(DriverLoadError) as info:
+        load_driver(BarnBackend, "memory", {"histroy": 5})
+    assert str(info.value) == (
+        "runink.barn_backends driver 'memory': bad options ['histroy']: not options of this driver "
+        "(it takes: clock, history, lease_check_interval)"
+    )
+
+
+def test_a_subclass_does_not_inherit_the_schema(
+    fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]
+) -> None:
+    source = (
+        "from runink.plugins.executors.process import ProcessExecutor\n"
+        "class Nice(ProcessExecutor):\n"
+        "    def __init__(self, niceness: int = 10, **options: object) -> None:\n"
+        "        super().__init__(**options)\n"
+        "        self.niceness = niceness\n"
+    )
+    on_sys_path(
+        fake_dist("nice", "0.1", {"runink.executors": {"nice": "nice_driver:Nice"}}, {"nice_driver.py": source})
+    )
+    executor = load_driver(Executor, "nice", {"niceness": 3})
+    assert vars(executor)["niceness"] == 3 and executor.degrade is False
+
+
+def test_the_loader_does_not_import_stevedore() -> None:
+    code = "import sys, runink.core.drivers\nprint('stevedore' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"

@@ -144,9 +144,9 @@ def test_the_import_check_runs_isolated(run_cli: Run, project: Path, tmp_path: P
     ("key", "group"),
     [
         ("executor.driver", "runink.executors"),
-        ("scheduler.policy", "runink.scheduler_policies"),
-        ("barn.backend", "runink.barn_backends"),
-        ("secrets.backend", "runink.secret_backends"),
+        ("scheduler.driver", "runink.scheduler_policies"),
+        ("barn.driver", "runink.barn_backends"),
+        ("secrets.driver", "runink.secret_backends"),
         ("annotator.driver", "runink.annotators"),
     ],
 )
@@ -160,13 +160,13 @@ def test_every_configured_driver_name_must_exist(run_cli: Run, project: Path, ke
 
 def test_a_driver_name_from_the_config_file_names_its_key(run_cli: Run, project: Path) -> None:
     dsl(project, GOOD)
-    (project / "runink.toml").write_text('[scheduler]\npolicy = "spred"\n\n[executor]\ndriver = "proces"\n')
+    (project / "runink.toml").write_text('[scheduler]\ndriver = "spred"\n\n[executor]\ndriver = "proces"\n')
     lines = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project))
     toml = project / "runink.toml"
     assert lines == [
         f"{toml}:5: executor.driver = 'proces' names no installed runink.executors driver "
         "(available: auto, linux, process)",
-        f"{toml}:2: scheduler.policy = 'spred' names no installed runink.scheduler_policies driver "
+        f"{toml}:2: scheduler.driver = 'spred' names no installed runink.scheduler_policies driver "
         "(available: binpack, spread)",
     ]
     # a real run reads executor.driver too: the same one line, with the key

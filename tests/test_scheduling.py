@@ -9,12 +9,13 @@ import pytest
 from runink.core import hookimpl
 from runink.core.drivers import load_driver
 from runink.core.errors import PluginError, SchedulingError
+from runink.core.interfaces import SchedulerPolicy
 from runink.core.model import Node, NodeRejection, PlacementRequest, Resources
 from runink.core.scheduling import place
 from runink.testing import make_node, plugin_manager
 
 GiB = 1024**3
-SPREAD = load_driver("runink.scheduler_policies", "spread")
+SPREAD = load_driver(SchedulerPolicy, "spread")
 
 
 def request(cpu: float = 1, memory_gib: float = 1, **labels: str) -> PlacementRequest:

@@ -10,6 +10,7 @@ import pytest
 
 from runink.core.datasets import DatasetError, resolve_dataset
 from runink.core.drivers import load_driver
+from runink.core.interfaces import Storage
 from runink.plugins.storage.csv import physical_lines
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
@@ -33,7 +34,7 @@ def test_physical_lines_skip_malformed() -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_round_trip_and_atomic_commit(tmp_path: Path, fmt: str) -> None:
-    storage = load_driver("runink.storage", fmt)
+    storage = load_driver(Storage, fmt)
     path = tmp_path / "out" / f"data.{fmt}"
     writer = storage.writer(path, SCHEMA)
     writer.write(BATCH)
@@ -46,7 +47,7 @@ def test_round_trip_and_atomic_commit(tmp_path: Path, fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_abort_keeps_the_previous_output(tmp_path: Path, fmt: str) -> None:
-    storage = load_driver("runink.storage", fmt)
+    storage = load_driver(Storage, fmt)
     path = tmp_path / f"data.{fmt}"
     path.write_text("previous")
     writer = storage.writer(path, SCHEMA)
@@ -59,7 +60,7 @@ def test_abort_keeps_the_previous_output(tmp_path: Path, fmt: str) -> None:
 def test_csv_raw_read_reports_malformed_rows(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("a,b\n1,2\n3\n4,5\n6,7,8\n9,10\n")
-    reads = list(load_driver("runink.storage", "csv").read(path, raw=True))
+    reads = list(load_driver(Storage, "csv").read(path, raw=True))
     rows = [r for read in reads for r in read.batch.to_pylist()]
     assert rows == [{"a": "1", "b": "2"}, {"a": "4", "b": "5"}, {"a": "9", "b": "10"}]
     assert [p for read in reads for p in read.positions.to_pylist()] == [2, 4, 6]
@@ -68,7 +69,7 @@ def test_csv_raw_read_reports_malformed_rows(tmp_path: Path) -> None:
 
 
 def test_csv_errors(tmp_path: Path) -> None:
-    storage = load_driver("runink.storage", "csv")
+    storage = load_driver(Storage, "csv")
     with pytest.raises(DatasetError, match="does not exist"):
         list(storage.read(tmp_path / "none.csv"))
     (tmp_path / "empty.csv").write_text("")
@@ -82,7 +83,7 @@ def test_csv_errors(tmp_path: Path) -> None:
 def test_jsonl_reports_bad_lines_and_keeps_good_ones(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n\n{oops\n[1, 2]\n{"a": 2, "n": {"x": 1}}\n')
-    reads = list(load_driver("runink.storage", "jsonl").read(path, raw=True))
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=True))
     rows = [r for read in reads for r in read.batch.to_pylist()]
     assert rows == [{"a": "1", "n": None}, {"a": "2", "n": '{"x": 1}'}]
     assert [p for read in reads for p in read.positions.to_pylist()] == [1, 5]
@@ -94,11 +95,11 @@ def test_jsonl_reports_bad_lines_and_keeps_good_ones(tmp_path: Path) -> None:
 def test_unwritable_destination(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="cannot create the folder"):
-        load_driver("runink.storage", "csv").writer(tmp_path / "file" / "x.csv", SCHEMA)
+        load_driver(Storage, "csv").writer(tmp_path / "file" / "x.csv", SCHEMA)
 
 
 def _csv_read(path: Path, **options: object) -> tuple[list[dict[str, str]], list[int], list[tuple[int, str, str]]]:
-    reads = list(load_driver("runink.storage", "csv").read(path, raw=True, options=options))
+    reads = list(load_driver(Storage, "csv").read(path, raw=True, options=options))
     rows = [r for read in reads for r in read.batch.to_pylist()]
     positions = [p for read in reads for p in read.positions.to_pylist()]
     bad = [(m.position, m.reason, m.text) for read in reads for m in read.malformed]
@@ -159,7 +160,7 @@ def test_jsonl_deep_nesting_and_overlong_lines_are_dead_letters(
     huge = '{"a": "' + "x" * (2 << 20) + '"}'
     path = tmp_path / "x.jsonl"
     path.write_text("\n".join(['{"a": 1}', deep, crash, wide, huge, '{"a": 2}']) + "\n")
-    reads = list(load_driver("runink.storage", "jsonl").read(path, raw=True))
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=True))
     rows = [r for read in reads for r in read.batch.to_pylist()]
     assert [p for read in reads for p in read.positions.to_pylist()] == [1, 4, 6]
     assert [r["a"] for r in rows][::2] == ["1", "2"] and rows[1]["s"] == "[" * 2000

@@ -81,7 +81,7 @@ def test_example_plugins_are_listed(venv_python: Path, tmp_path: Path) -> None:
 
 def test_example_drivers_are_selected_by_name(venv_python: Path, tmp_path: Path) -> None:
     (tmp_path / "runink.toml").write_text(
-        '[executor]\ndriver = "nice"\noptions = { niceness = 7 }\n\n[scheduler]\npolicy = "cheapest"\n'
+        '[executor]\ndriver = "nice"\noptions = { niceness = 7 }\n\n[scheduler]\ndriver = "cheapest"\n'
     )
     script = textwrap.dedent(
         f"""

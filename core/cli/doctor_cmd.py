@@ -27,11 +27,11 @@ def _other_probes(name: str, manager: Any) -> list[Check]:
     """The host probes of the installed executor drivers other than ``name`` (not their health:
     they are not in use)."""
     checks: list[Check] = []
-    for other in driver_names(Executor.GROUP, manager):
+    for other in driver_names(Executor, manager):
         if other == name:
             continue
         try:
-            executor = load_driver(Executor.GROUP, other, manager=manager)
+            executor = load_driver(Executor, other, manager=manager)
         except RuninkError as exc:
             checks.append(Check("executor", f"{other}: load", False, str(exc)))
             continue

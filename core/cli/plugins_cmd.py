@@ -12,6 +12,7 @@ from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.drivers import DRIVER_GROUPS, list_drivers, load_driver
 from runink.core.errors import RuninkError
+from runink.core.interfaces import Executor
 from runink.core.plugins import PluginRecord, describe_exception, hook_names
 
 app = typer.Typer(help="List installed plugins and hooks.", no_args_is_help=True)
@@ -24,12 +25,12 @@ def all_records(state: CliState) -> list[PluginRecord]:
 
 def _with_capabilities(state: CliState, record: PluginRecord) -> PluginRecord:
     """Executors say what they enforce here and what they cannot (nothing runs unconfined silently)."""
-    if record.group != "runink.executors" or record.status != "loaded":
+    if record.group != Executor.GROUP or record.status != "loaded":
         return record
     config = state.config()
     options = config.executor.options if config.executor.driver == record.name else {}
     try:
-        caps = load_driver(record.group, record.name, options, manager=state.plugins()).capabilities()
+        caps = load_driver(Executor, record.name, options, manager=state.plugins()).capabilities()
     except Exception as exc:  # a driver that cannot start here is listed, not fatal
         return replace(record, status="failed", error=f"cannot start here: {describe_exception(exc)}")
     details = {"isolation": caps.isolation, "enforced": list(caps.enforced), "unenforced": dict(caps.unenforced)}

@@ -14,7 +14,6 @@ succeeded; on any error every sink is discarded and the previous outputs stay in
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import queue
 import sys
@@ -30,6 +29,8 @@ import pyarrow as pa
 from runink.core.contracts import Contract, detect_drift, validate
 from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.dataplane.spec import SliceSpec, SpecError
+from runink.core.driverload import load_installed
+from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
 from runink.core.steps import StepFunction, adapt, import_reference
 
@@ -181,19 +182,12 @@ def run(spec: SliceSpec) -> int:
 
 
 def _storage(fmt: str) -> Storage:
-    """The storage driver for a format, from its entry point.
-
-    Not through runink.core.drivers: that pulls in the config and plugin machinery
-    (pydantic, stevedore), about 0.25 s per slice that a data-plane process does not need;
-    the names were already checked when the pipeline was compiled.
-    """
-    found = importlib.metadata.entry_points(group=Storage.GROUP, name=fmt)
-    if not found:
-        raise SliceError(f"no storage driver for format {fmt!r}")
-    driver = next(iter(found)).load()()
-    if not isinstance(driver, Storage):
-        raise SliceError(f"storage driver {fmt!r} is not a Storage")
-    return driver
+    """The storage driver for a format, through the one driver loader (runink.core.driverload,
+    which imports no config or plugin machinery); the names were checked at compile time."""
+    try:
+        return load_installed(Storage, fmt)
+    except RuninkError as exc:
+        raise SliceError(f"storage driver {fmt!r}: {exc}") from None
 
 
 def _counts(counters: Counters) -> dict[str, Any]:

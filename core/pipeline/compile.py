@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from runink.core.datasets import DatasetError, DatasetRef, resolve_dataset
 from runink.core.drivers import driver_names
+from runink.core.interfaces import Storage
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -79,7 +80,7 @@ def compile_pipeline(
     """Check ``pipeline`` and order its scenarios. ``config`` gives the folders datasets may
     use besides the pipeline's own (``[paths] allow``) and the config file to protect; without
     it, only the pipeline's folder."""
-    formats = set(driver_names("runink.storage"))
+    formats = set(driver_names(Storage))
     places = _Places(pipeline, config)
     compiled: dict[str, CompiledScenario] = {}
     producers: dict[str, str] = {}

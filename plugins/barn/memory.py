@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
+from runink.core.driverload import OptionsSchema
 from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
 from runink.plugins.barn.state import DEFAULT_HISTORY, BarnState, raise_for
@@ -36,6 +37,8 @@ def txn_command(
 
 class MemoryBarn(BarnBackend):
     name: ClassVar[str] = "memory"
+    # clock: a callable returning seconds (tests pass a fake one)
+    options_schema: ClassVar[OptionsSchema] = {"history": int, "lease_check_interval": float, "clock": object}
 
     def __init__(
         self,

@@ -31,7 +31,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from runink.core.driverload import OptionsSchema
 from runink.core.errors import TaskRejectedError
 from runink.core.interfaces.executor import (
     ExecutorCapabilities,
@@ -102,6 +104,7 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
     """Runs each task as a plain process group on the host."""
 
     name = "process"
+    options_schema: ClassVar[OptionsSchema] = {"degrade": bool, "timeout_grace": float}
 
     def __init__(self, degrade: bool = False, timeout_grace: float = 2.0) -> None:
         """``degrade``: run tasks whose limits cannot be enforced instead of refusing them.

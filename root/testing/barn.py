@@ -46,7 +46,7 @@ class BarnConformance:
 
     @pytest.fixture
     def barn(self) -> Iterator[BarnBackend]:
-        backend: BarnBackend = load_driver(BarnBackend.GROUP, self.driver_name, self.driver_options)
+        backend: BarnBackend = load_driver(BarnBackend, self.driver_name, self.driver_options)
         yield backend
         backend.close()
 

@@ -98,7 +98,7 @@ class Cluster:
         """The raft Barn backend's client (a BarnBackend, plus ``status()`` and ``call()``), loaded
         by name as a configured backend is: the harness imports no plugin."""
         options = {"endpoints": [self.http[n] for n in names or self.names], "timeout": timeout}
-        return load_driver(BarnBackend.GROUP, "raft", options)
+        return load_driver(BarnBackend, "raft", options)
 
     def status(self, name: str) -> dict[str, Any]:
         client = self.client(name, timeout=2)

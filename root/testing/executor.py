@@ -61,7 +61,7 @@ class ExecutorConformance:
 
     @pytest.fixture
     def executor(self) -> Executor:
-        executor: Executor = load_driver(Executor.GROUP, self.driver_name, self.driver_options)
+        executor: Executor = load_driver(Executor, self.driver_name, self.driver_options)
         return executor
 
     @pytest.fixture
@@ -287,8 +287,9 @@ class ExecutorConformance:
             import json, sys
             from pathlib import Path
             from runink.core.drivers import load_driver
+            from runink.core.interfaces import Executor
             from runink.core.interfaces.executor import TaskSpec
-            ex = load_driver("runink.executors", {self.driver_name!r}, {dict(self.driver_options)!r})
+            ex = load_driver(Executor, {self.driver_name!r}, {dict(self.driver_options)!r})
             handle = ex.start(TaskSpec(id={spec.id!r}, command={spec.command!r}, task_dir=Path({str(spec.task_dir)!r}),
                                        env={dict(spec.env)!r}, cwd=Path({str(work)!r})))
             print(json.dumps(handle.to_dict()))

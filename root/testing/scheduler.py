@@ -39,7 +39,7 @@ class SchedulerPolicyConformance:
 
     @pytest.fixture
     def policy(self) -> SchedulerPolicy:
-        policy: SchedulerPolicy = load_driver(SchedulerPolicy.GROUP, self.driver_name, self.driver_options)
+        policy: SchedulerPolicy = load_driver(SchedulerPolicy, self.driver_name, self.driver_options)
         return policy
 
     @pytest.fixture

@@ -31,7 +31,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from runink.core.driverload import OptionsSchema
 from runink.core.errors import TaskRejectedError
 from runink.core.interfaces.executor import (
     Check,
@@ -153,6 +155,17 @@ class _Task(BookedTask):
 
 class LinuxExecutor(BookkeepingExecutor[_Task]):
     name = "linux"
+    options_schema: ClassVar[OptionsSchema] = {
+        "degrade": bool,
+        "timeout_grace": float,
+        "cgroup_parent": str,
+        "pool": int,
+        "preload": (list, tuple),
+        "readable": (list, tuple),
+        "log_max_bytes": int,
+        "user_namespace": bool,
+        "slices_outlive_executor": bool,
+    }
 
     def __init__(
         self,

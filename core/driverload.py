@@ -1,0 +1,182 @@
+"""The one way a driver is found and built: the interface's ``GROUP`` names its entry-point group.
+
+Cheap to import on purpose (importlib.metadata and the errors only: no pydantic, stevedore or
+pluggy), so a slice loads its storage drivers through it too. ``runink.core.drivers`` builds
+on it and adds what configuration brings: plugin allow/deny lists, drivers that hook plugins
+register at run time, and where a name was set.
+
+A driver may declare its options (as Nomad drivers do) in a class attribute::
+
+    options_schema: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"timeout_grace": float}
+
+The loader checks the options against it before constructing the driver, so a wrong option is
+one line naming the driver, the option and the expected type. Text (from ``--set`` or the
+environment) is converted for bool, int, float and list options. A driver without a schema of
+its own (a subclass does not inherit its base's) is called with the options as keyword
+arguments, a TypeError reported as bad options.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+from runink.core.errors import DriverLoadError, DriverNotFoundError, describe_exception
+
+T = TypeVar("T")
+
+#: A driver's ``options_schema``: option name -> the type (or types) its value must have.
+OptionsSchema = Mapping[str, type | tuple[type, ...]]
+
+#: An interface class (``Executor``, ``Storage``...). Spelled as a callable returning T, not
+#: ``type[T]``: mypy refuses an abstract class where ``type[T]`` is expected (mypy#4717).
+Interface = Callable[..., T]
+
+#: (group, sys.path) -> name -> entry point. Keyed by sys.path so a distribution put on the path
+#: later (a test's, a plugin folder) is seen; scanning every distribution costs milliseconds.
+_CACHE: dict[tuple[str, tuple[str, ...]], dict[str, importlib.metadata.EntryPoint]] = {}
+#: (group, name) of drivers that two installed packages register with different targets
+_AMBIGUOUS: set[tuple[str, str]] = set()
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def group_of(interface: Interface[Any]) -> str:
+    group = getattr(interface, "GROUP", None)
+    if not isinstance(group, str):
+        raise DriverNotFoundError(f"{getattr(interface, '__name__', interface)!r} is not a driver interface (no GROUP)")
+    return group
+
+
+def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed drivers of an entry-point group, by name (the first one of a name wins)."""
+    key = (group, tuple(sys.path))
+    found = _CACHE.get(key)
+    if found is None:
+        found = {}
+        for ep in importlib.metadata.entry_points(group=group):
+            if found.setdefault(ep.name, ep).value != ep.value:
+                _AMBIGUOUS.add((group, ep.name))
+        _CACHE[key] = found
+    return found
+
+
+def import_driver(interface: Interface[Any], name: str, where: str = "") -> Callable[..., Any]:
+    """The factory (usually the class) of installed driver ``name``, imported but not built."""
+    group = group_of(interface)
+    ep = entry_points(group).get(name)
+    if ep is None:
+        available = ", ".join(sorted(entry_points(group))) or "none installed"
+        raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
+    if (group, name) in _AMBIGUOUS:
+        raise DriverLoadError(f"{group} driver {name!r} is registered by more than one package{where}")
+    try:
+        factory = ep.load()
+    except Exception as exc:
+        raise DriverLoadError(
+            f"{group} driver {name!r} ({ep.value}) failed to import: {describe_exception(exc)}{where}"
+        ) from exc
+    return cast(Callable[..., Any], factory)
+
+
+def construct(
+    interface: Interface[T], name: str, factory: Callable[..., Any], options: Mapping[str, Any], where: str = ""
+) -> T:
+    """Check ``options`` against the factory's ``options_schema`` (if it has one), build the driver
+    and check that it is an instance of the interface."""
+    cls = cast(type, interface)
+    group = group_of(interface)
+    check_class(interface, name, factory, where)
+    schema = declared_schema(factory)
+    if schema is not None:
+        options = check_options(group, name, schema, options, where)
+    try:
+        instance = factory(**options)
+    except TypeError as exc:
+        if schema is not None:  # the options were checked: this is the driver's own bug
+            raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
+        raise DriverLoadError(f"{group} driver {name!r}: bad options {sorted(options)}{where}: {exc}") from exc
+    except Exception as exc:
+        raise DriverLoadError(f"{group} driver {name!r} failed to start{where}: {describe_exception(exc)}") from exc
+    if not isinstance(instance, cls):
+        raise DriverLoadError(f"{group} driver {name!r} is a {type(instance).__name__}, not a {cls.__name__}{where}")
+    return cast(T, instance)
+
+
+def declared_schema(factory: Callable[..., Any]) -> OptionsSchema | None:
+    """The ``options_schema`` the factory itself declares. Not an inherited one: a subclass that
+    adds constructor options (a third party's executor built on ProcessExecutor) would be
+    refused options its base does not know, so it falls back to its constructor's signature."""
+    found = (
+        vars(factory).get("options_schema") if inspect.isclass(factory) else getattr(factory, "options_schema", None)
+    )
+    return cast("OptionsSchema | None", found)
+
+
+def check_class(interface: Interface[Any], name: str, factory: Callable[..., Any], where: str = "") -> None:
+    """A driver that is a class must subclass its interface (checked before it is built)."""
+    cls = cast(type, interface)
+    if inspect.isclass(factory) and not issubclass(factory, cls):
+        raise DriverLoadError(
+            f"{group_of(interface)} driver {name!r} is a {factory.__name__}, not a {cls.__name__}{where}"
+        )
+
+
+def load_installed(interface: Interface[T], name: str, options: Mapping[str, Any] | None = None) -> T:
+    """An installed driver built with ``options``, without configuration's plugin rules (the slice's way)."""
+    return construct(interface, name, import_driver(interface, name), dict(options or {}))
+
+
+def check_options(
+    group: str, name: str, schema: Mapping[str, Any], options: Mapping[str, Any], where: str = ""
+) -> dict[str, Any]:
+    """The options with text converted to the declared types; DriverLoadError on the first wrong one."""
+    unknown = sorted(set(options) - set(schema))
+    if unknown:
+        raise DriverLoadError(
+            f"{group} driver {name!r}: bad options {unknown}: not options of this driver "
+            f"(it takes: {', '.join(sorted(schema)) or 'none'}){where}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        expected = schema[key]
+        types = expected if isinstance(expected, tuple) else (expected,)
+        converted = _convert(value, types)
+        if converted is _WRONG:
+            names = " or ".join(getattr(t, "__name__", str(t)) for t in types)
+            raise DriverLoadError(
+                f"{group} driver {name!r}: option {key} must be {names}, got {type(value).__name__} {value!r}{where}"
+            )
+        checked[key] = converted
+    return checked
+
+
+_WRONG = object()
+
+
+def _convert(value: Any, types: tuple[type, ...]) -> Any:
+    # bool is an int in Python: an int option given True is a mistake, a float option given 2 is not
+    if isinstance(value, bool):
+        return value if bool in types or object in types else _WRONG
+    if isinstance(value, types):
+        return value
+    if isinstance(value, int) and float in types:
+        return float(value)
+    if not isinstance(value, str):
+        return _WRONG
+    text = value.strip()
+    for kind in types:  # text from --set or the environment
+        if kind is bool and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        if kind in (list, tuple):
+            return [part.strip() for part in text.split(",") if part.strip()]
+    return _WRONG
