@@ -27,7 +27,8 @@ def test_load_by_name_with_options() -> None:
 
 
 def test_unknown_name_lists_available_and_origin(tmp_path: Path) -> None:
-    config = load_config(environ={"RUNINK_SCHEDULER__POLICY": "fastest"})
+    with pytest.warns(FutureWarning, match="scheduler.policy is deprecated"):  # the old key still counts
+        config = load_config(environ={"RUNINK_SCHEDULER__POLICY": "fastest"})
     with pytest.raises(DriverNotFoundError) as info:
         configured_driver(config, "scheduler")
     message = str(info.value)
