@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
+RUNINK = [sys.executable, "-m", "runink"]  # this interpreter's (the venv's bin need not be on PATH)
 REPO = HERE.parent.parent
 WRAPPER = (
     "import json, resource, subprocess, sys, time\n"
@@ -82,10 +83,12 @@ def run_size(rows: int, work: Path, repeat: int) -> list[dict[str, object]]:
     generate(rows, source)
     project = work / "runink-project"
     project.mkdir(exist_ok=True)
+    (project / "runink.toml").write_text(f"[paths]\nallow = [{json.dumps(str(work.resolve()))}]\n")
     for name in ("contracts.py", "steps.py"):
         shutil.copy(HERE / name, project / name)
     variants = {
-        "runink": lambda out: ["runink", "run", str(project / "bench.dsl")],
+        # the data and outputs live beside the project, in the bench's work dir: allowed by config
+        "runink": lambda out: [*RUNINK, "--config", str(project / "runink.toml"), "run", str(project / "bench.dsl")],
         "plain Python (csv/json loop)": lambda out: [
             sys.executable,
             str(HERE / "plain_python.py"),
