@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runink.core.errors import ConfigError
-from runink.core.model import parse_memory
+from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
@@ -115,13 +115,13 @@ class HerdConfig(_Section):
 class LimitsConfig(_Section):
     """Limits of every slice whose ``@requires`` does not set them (a scenario may ask for more)."""
 
-    pids: int = Field(default=1024, ge=1, le=4 * 1024 * 1024, description="Processes and threads per slice.")
+    pids: int = Field(default=1024, ge=1, le=MAX_PIDS, description="Processes and threads per slice.")
     memory: str | int = Field(default="2GiB", description='Memory per slice: "2GiB", "512Mi" or bytes.')
 
     @field_validator("memory")
     @classmethod
     def _memory_parses(cls, value: str | int) -> str | int:
-        if not 0 < parse_memory(value) <= 2**60:
+        if not 0 < parse_memory(value) <= MAX_MEMORY:
             raise ValueError(f"must be more than 0 and at most 1Ei bytes, got {value!r}")
         return value
 

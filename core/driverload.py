@@ -41,8 +41,8 @@ _CACHE: dict[tuple[str, tuple[str, ...]], dict[str, importlib.metadata.EntryPoin
 #: (group, name) of drivers that two installed packages register with different targets
 _AMBIGUOUS: set[tuple[str, str]] = set()
 
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off", "")
+TRUE_WORDS = ("true", "1", "yes", "on")  # how --set and the environment write a bool
+FALSE_WORDS = ("false", "0", "no", "off", "")
 
 
 def group_of(interface: Interface[Any]) -> str:
@@ -170,8 +170,8 @@ def _convert(value: Any, types: tuple[type, ...]) -> Any:
         return _WRONG
     text = value.strip()
     for kind in types:  # text from --set or the environment
-        if kind is bool and text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
+        if kind is bool and text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
         if kind in (int, float):
             try:
                 return kind(text)

@@ -19,7 +19,6 @@ before it is built. Hook plugins may add drivers at run time through ``runink_re
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -27,6 +26,8 @@ from typing import Any, TypeVar, cast
 
 from runink.core.config import RuninkConfig
 from runink.core.driverload import (
+    FALSE_WORDS,
+    TRUE_WORDS,
     Interface,
     check_class,
     construct,
@@ -57,10 +58,6 @@ def _check_group(group: str) -> type:
         ) from None
 
 
-def _entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
-    return entry_points(group)
-
-
 def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple[str, DriverSpec]]:
     """Drivers that hook plugins register, by name: (plugin name, spec)."""
     if manager is None:
@@ -76,7 +73,7 @@ def _runtime_specs(manager: PluginManager | None, group: str) -> dict[str, tuple
 def driver_names(interface: Interface[Any], manager: PluginManager | None = None) -> list[str]:
     group = group_of(interface)
     _check_group(group)
-    return sorted(set(_entry_points(group)) | set(_runtime_specs(manager, group)))
+    return sorted(set(entry_points(group)) | set(_runtime_specs(manager, group)))
 
 
 def load_driver(
@@ -97,7 +94,7 @@ def load_driver(
     where = f" (set at {origin})" if origin and origin != "default" else ""
     settings = manager.settings if manager is not None else None
     options = dict(options or {})
-    eps = _entry_points(group)
+    eps = entry_points(group)
     if settings is not None and is_disabled(name, group, settings):
         raise DriverLoadError(f"{group} driver {name!r} is disabled by plugins.disable{where}")
     factory: Callable[..., Any]
@@ -130,9 +127,9 @@ def _degrade_option(value: Any, name: str, where: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("false", "0", "no", "off", ""):
+    if text in FALSE_WORDS:
         return False
     raise DriverLoadError(
         f"runink.executors driver {name!r}: option degrade must be true or false, got {value!r}{where}"
@@ -152,7 +149,7 @@ def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type
     records: list[PluginRecord] = []
     settings = manager.settings if manager is not None else None
     for group, interface in (groups or DRIVER_GROUPS).items():
-        for name, ep in sorted(_entry_points(group).items()):
+        for name, ep in sorted(entry_points(group).items()):
             package = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
             record = PluginRecord(name, "driver", group, package, version, source_of(package))
@@ -172,7 +169,7 @@ def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type
                 continue
             records.append(record)
         for name, (plugin, _spec) in sorted(_runtime_specs(manager, group).items()):
-            if name in _entry_points(group):
+            if name in entry_points(group):
                 continue
             records.append(
                 PluginRecord(name, "driver", group, None, None, "runtime", details={"registered_by": plugin})

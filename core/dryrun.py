@@ -34,6 +34,7 @@ from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.pipeline.probe import MARK
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
+from runink.core.runner import slice_env
 from runink.core.staging import whole_home
 
 #: how long the import check may take (a module that hangs at import is a problem to report)
@@ -144,7 +145,7 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         id=task_id,
         command=(sys.executable, "-m", "runink.core.pipeline.probe", str(spec_path)),
         task_dir=task_dir,
-        env=_probe_env(work_dir),
+        env=slice_env(work_dir),
         cwd=work_dir,
         readable=(base,),
         writable=(work_dir,),
@@ -180,14 +181,6 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         with contextlib.suppress(OSError):
             folder.rmdir()
     return problems
-
-
-def _probe_env(work_dir: Path) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(work_dir), "LANG": "C.UTF-8"}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves no __pycache__ in the pipeline's folder
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 def _probe_answer(stdout: Path) -> list[dict[str, object]] | None:

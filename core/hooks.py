@@ -148,9 +148,10 @@ class Hooks:
     def _hook(self) -> pluggy.HookRelay:
         return self.manager.pm.hook
 
-    def _fan_out(self, hook: str, call: Callable[[], Sequence[object]]) -> list[HookFailure]:
+    def _fan_out(self, hook: str, call: Callable[[], Sequence[object]]) -> list[str]:
+        """Call a fan-out hook; the names of the sinks that failed."""
         try:
-            return _failed(call())
+            return [failure.plugin for failure in _failed(call())]
         except Exception as exc:  # implementations are guarded: only a wrapper can get here
             log.warning("a wrapper of %s raised: %s", hook, describe_exception(exc))
             return []
@@ -193,16 +194,13 @@ class Hooks:
     # --- lineage, metrics and logs: return the names of the sinks that failed -------------
 
     def lineage_event(self, event: LineageEvent) -> list[str]:
-        failures = self._fan_out("runink_lineage_event", lambda: self._hook.runink_lineage_event(event=event))
-        return [failure.plugin for failure in failures]
+        return self._fan_out("runink_lineage_event", lambda: self._hook.runink_lineage_event(event=event))
 
     def export_metrics(self, samples: Sequence[MetricSample]) -> list[str]:
-        failures = self._fan_out("runink_export_metrics", lambda: self._hook.runink_export_metrics(samples=samples))
-        return [failure.plugin for failure in failures]
+        return self._fan_out("runink_export_metrics", lambda: self._hook.runink_export_metrics(samples=samples))
 
     def export_log(self, entry: LogEntry) -> list[str]:
-        failures = self._fan_out("runink_export_log", lambda: self._hook.runink_export_log(entry=entry))
-        return [failure.plugin for failure in failures]
+        return self._fan_out("runink_export_log", lambda: self._hook.runink_export_log(entry=entry))
 
     # --- CLI and drivers: a plugin that raises is marked failed --------------------------
 

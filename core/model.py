@@ -27,6 +27,10 @@ _MEMORY_UNITS = {
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 
 
+MAX_MEMORY = 2**60  # 1 EiB: the largest memory limit a scenario or the config may set
+MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT: the largest pids limit
+
+
 def parse_memory(value: str | int | float) -> int:
     """Bytes from ``"256Mi"``, ``"1G"``, ``"512k"`` or a plain number of bytes.
 

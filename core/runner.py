@@ -107,6 +107,20 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
 
 
+def slice_env(home: Path) -> dict[str, str]:
+    """A clean environment: nothing from the agent but what a Python slice needs to start."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ in the pipeline's folder
+    }
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 class LocalRunner:
     def __init__(
         self,
@@ -127,7 +141,7 @@ class LocalRunner:
         self._cancel = threading.Event()
         self._running_tasks: set[str] = set()
         self._base_dir = Path.cwd()
-        self._also_writable: tuple[Path, ...] = ()
+        self._roots: tuple[Path, ...] = ()  # what the pipeline may read and write (see _may_use)
         self._pipeline_name = ""
 
     def cancel(self) -> None:
@@ -140,9 +154,10 @@ class LocalRunner:
     def run(self, compiled: CompiledPipeline, *, also_writable: tuple[Path, ...] = ()) -> RunResult:
         """Run the pipeline; ``also_writable``: folders its sinks may be in besides the pipeline's
         own and those [paths] allow (``runink test`` redirects outputs to a temporary one)."""
-        self._also_writable = tuple(p.resolve() for p in also_writable)
         pipeline = compiled.pipeline
         self._base_dir = pipeline.base_dir
+        allowed = (self._base_dir, *(Path(p) for p in self.config.paths.allow), *also_writable)
+        self._roots = tuple(p.resolve() for p in allowed)  # once a run, not per sink and attempt
         self._pipeline_name = pipeline.name
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         work = Path(self.config.data_dir).resolve() / "runs" / run_id
@@ -302,9 +317,7 @@ class LocalRunner:
 
     def _may_use(self, real: Path) -> bool:
         """A real path the pipeline may read or write: in its folder or one [paths] allow lists."""
-        roots = [self._base_dir.resolve(), *(Path(p).resolve() for p in self.config.paths.allow)]
-        roots += self._also_writable
-        return any(real == root or root in real.parents for root in roots)
+        return any(real == root or root in real.parents for root in self._roots)
 
     def _readable(self, item: CompiledScenario) -> tuple[Path, ...]:
         """The pipeline's folder and the source, links resolved now and vetted again (a link
@@ -360,7 +373,7 @@ class LocalRunner:
             id=task_id,
             command=(sys.executable, "-m", "runink.core.dataplane.slice", str(spec_path)),
             task_dir=task_dir,
-            env=self._slice_env(work_dir),
+            env=slice_env(work_dir),
             cwd=work_dir,
             readable=readable,
             writable=(work_dir, *sorted(stage.path for stage in staged.values())),
@@ -433,20 +446,6 @@ class LocalRunner:
         if state is TaskState.DEADLINE_EXCEEDED:
             return f"scenario {item.name!r}: timed out after {item.scenario.requires.timeout:g}s"
         return f"scenario {item.name!r}: slice ended {state.value.lower()}: {message}"
-
-    @staticmethod
-    def _slice_env(task_dir: Path) -> dict[str, str]:
-        """A clean environment: nothing from the agent but what a Python slice needs to start."""
-        env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(task_dir),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
-        if "PYTHONPATH" in os.environ:
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        return env
 
     def _read_report(self, reader: ReportReader, run: ScenarioRun, report: dict[str, Any], final: bool) -> None:
         """Apply the slice's new report lines to ``run``; only the known fields, of their types

@@ -103,26 +103,26 @@ MAX_VALUE_BYTES = 4 << 20  # a value (the Raft server's request limit is 16 MiB 
 def check_key(key: object) -> str:
     """A Barn key: a non-empty string of at most MAX_KEY_BYTES in UTF-8 (BarnError otherwise)."""
     if not isinstance(key, str) or not key:
-        raise BarnError(f"a Barn key must be a non-empty string, got {_short(key)}")
+        raise BarnError(f"a Barn key must be a non-empty string, got {short_repr(key)}")
     try:
         size = len(key.encode())
     except UnicodeEncodeError:  # a lone surrogate: it could not be stored or sent back as UTF-8
-        raise BarnError(f"a Barn key must be valid Unicode text, got {_short(key)}") from None
+        raise BarnError(f"a Barn key must be valid Unicode text, got {short_repr(key)}") from None
     if size > MAX_KEY_BYTES:
-        raise BarnError(f"a Barn key is at most {MAX_KEY_BYTES} bytes, got {size}: {_short(key)}")
+        raise BarnError(f"a Barn key is at most {MAX_KEY_BYTES} bytes, got {size}: {short_repr(key)}")
     return key
 
 
 def check_value(key: str, value: object) -> bytes:
     """A Barn value: bytes, at most MAX_VALUE_BYTES (BarnError otherwise, naming the key)."""
     if not isinstance(value, bytes | bytearray | memoryview):
-        raise BarnError(f"the value of Barn key {_short(key)} must be bytes, got {type(value).__name__}")
+        raise BarnError(f"the value of Barn key {short_repr(key)} must be bytes, got {type(value).__name__}")
     if len(value) > MAX_VALUE_BYTES:
-        raise BarnError(f"the value of Barn key {_short(key)} is {len(value)} bytes, at most {MAX_VALUE_BYTES}")
+        raise BarnError(f"the value of Barn key {short_repr(key)} is {len(value)} bytes, at most {MAX_VALUE_BYTES}")
     return bytes(value)
 
 
-def _short(value: object) -> str:
+def short_repr(value: object) -> str:
     """``repr`` cut to a length that fits an error line (a key may be megabytes of input)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

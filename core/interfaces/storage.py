@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pyarrow is imported by the drivers, not by whoever only nam
     import pyarrow as pa
 
 
+#: the longest line a text reader reads whole: a longer one is a malformed record, skipped in pieces
+MAX_LINE_BYTES = 16 << 20
+
+
 @dataclass(frozen=True)
 class Malformed:
     """A source record that could not be parsed at all (wrong column count, invalid JSON)."""
@@ -32,6 +36,11 @@ class Malformed:
     position: int
     reason: str
     text: str
+
+    @staticmethod
+    def text_of(line: bytes, limit: int) -> str:
+        """The start of a raw line as text for the dead letter (at most ``limit`` characters)."""
+        return line[: limit * 4].decode("utf-8", errors="replace")[:limit]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from runink.core.model import parse_memory
+from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -30,9 +30,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 #: attack) that would only surface as a crash where it is used (a cgroup write, a timer).
 MAX_DURATION = 366 * 86400.0
 MAX_CPU = 65536.0
-MAX_MEMORY = 2**60  # 1 EiB
 MAX_GPU = 1024
-MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
 
 
 def parse_duration(value: str | int | float) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
-from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key, check_value
+from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key, check_value, short_repr
 
 DEFAULT_HISTORY = 100_000
 DEFAULT_DEDUP = 10_000
@@ -81,7 +81,9 @@ class BarnState:
             request_id = command.get("request_id") if isinstance(command, dict) else None
             if request_id is not None:
                 if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
-                    message = f"a request_id is a string of 1 to {MAX_REQUEST_ID} characters, got {_short(request_id)}"
+                    message = (
+                        f"a request_id is a string of 1 to {MAX_REQUEST_ID} characters, got {short_repr(request_id)}"
+                    )
                     log.warning("Barn command %s refused: %s", _describe(command), message)
                     return {"error": "bad_request", "message": message}
                 if request_id in self.results:
@@ -113,7 +115,7 @@ class BarnState:
         op = command.get("op") if isinstance(command, dict) else None
         handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
         if handler is None:
-            raise BarnError(f"unknown Barn command {_short(op)}")
+            raise BarnError(f"unknown Barn command {short_repr(op)}")
         return handler
 
     def _op_put(self, c: dict[str, Any]) -> int:
@@ -315,17 +317,17 @@ def check_command(c: dict[str, Any]) -> None:
         compare = _sequence(c.get("compare"), "compare")
         for item in compare:
             if not isinstance(item, list | tuple) or len(item) != 2:
-                raise BarnError(f"a txn compare is [key, mod_revision], got {_short(item)}")
+                raise BarnError(f"a txn compare is [key, mod_revision], got {short_repr(item)}")
             check_key(item[0])
             _integer(item[1], "compare mod_revision", 0)
         for side in ("success", "failure"):
             seen: set[str] = set()
             for item in _sequence(c.get(side, []), side):
                 if not isinstance(item, list | tuple) or len(item) != 3:
-                    raise BarnError(f"a txn operation is [key, value or null, lease], got {_short(item)}")
+                    raise BarnError(f"a txn operation is [key, value or null, lease], got {short_repr(item)}")
                 key = check_key(item[0])
                 if key in seen:
-                    raise BarnError(f"key {_short(key)} appears twice in the txn's {side}")
+                    raise BarnError(f"key {short_repr(key)} appears twice in the txn's {side}")
                 seen.add(key)
                 if item[1] is not None:
                     check_value(key, item[1])
@@ -347,12 +349,12 @@ def check_command(c: dict[str, Any]) -> None:
     elif op == "member":
         for name in ("name",) if c.get("removed") else ("name", "raft", "http"):
             if not isinstance(c.get(name), str) or not c[name]:
-                raise BarnError(f"a member's {name} must be a non-empty string, got {_short(c.get(name))}")
+                raise BarnError(f"a member's {name} must be a non-empty string, got {short_repr(c.get(name))}")
 
 
 def _integer(value: object, what: str, low: int) -> int:
     if type(value) is not int or not low <= value <= MAX_ID:  # bool is an int: refused too
-        raise BarnError(f"{what} must be an integer from {low} to {MAX_ID}, got {_short(value)}")
+        raise BarnError(f"{what} must be an integer from {low} to {MAX_ID}, got {short_repr(value)}")
     return value
 
 
@@ -367,26 +369,21 @@ def _number(value: object, what: str) -> float:
         with contextlib.suppress(OverflowError):  # an int beyond a float's range
             number = float(value)
     if not math.isfinite(number):
-        raise BarnError(f"{what} must be a finite number, got {_short(value)}")
+        raise BarnError(f"{what} must be a finite number, got {short_repr(value)}")
     return number
 
 
 def _sequence(value: object, what: str) -> list[Any] | tuple[Any, ...]:
     if not isinstance(value, list | tuple) or len(value) > MAX_TXN_OPS:
-        raise BarnError(f"a txn's {what} must be a list of at most {MAX_TXN_OPS} items, got {_short(value)}")
+        raise BarnError(f"a txn's {what} must be a list of at most {MAX_TXN_OPS} items, got {short_repr(value)}")
     return value
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _describe(command: object) -> str:
     """A command for a log line: its op and request id, never its (maybe huge) values."""
     if not isinstance(command, dict):
         return f"of type {type(command).__name__}"
-    return f"{_short(command.get('op'))} (request {_short(command.get('request_id'))})"
+    return f"{short_repr(command.get('op'))} (request {short_repr(command.get('request_id'))})"
 
 
 def raise_for(result: Any) -> Any:

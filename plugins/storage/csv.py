@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
-from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, Storage
+from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
 
 # Bytes per parsed block, i.e. per batch. Peak memory is proportional to it (validation makes
 # several column-sized intermediates): measured on 1M/10M-row orders, 2 MiB gives 291/320 MB
@@ -33,7 +33,6 @@ from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, 
 # but 40% slower.
 BLOCK_SIZE = 2 << 20
 #: a longer line is a malformed record, skipped in pieces, never held whole.
-MAX_LINE_BYTES = 16 << 20
 #: characters of a malformed record's text kept for its dead-letter row.
 MAX_TEXT = 4096
 UNCLOSED = "a quoted value does not close on its line (a CSV value may not span lines)"
@@ -84,7 +83,7 @@ def _split_lines(chunk: memoryview | bytes) -> list[bytes]:
 
 
 def _text(line: bytes) -> str:
-    return line[: MAX_TEXT * 4].decode("utf-8", errors="replace")[:MAX_TEXT]
+    return Malformed.text_of(line, MAX_TEXT)
 
 
 def _blocks(fh: IO[bytes], block_size: int, line: int) -> Iterator[tuple[memoryview, int, int] | Malformed]:

@@ -20,10 +20,9 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
-from runink.core.interfaces.storage import DatasetWriter, Malformed, ReadBatch, Storage
+from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
 
 CHUNK_LINES = 65_536
-MAX_LINE_BYTES = 16 << 20
 #: deeper nesting is a malformed record (pyarrow's parser recurses: 100,000 levels crash it).
 MAX_DEPTH = 512
 MAX_TEXT = 1000
@@ -53,7 +52,7 @@ def _oversized(line: bytes, fh: io.BufferedReader) -> str | None:
 
 
 def _text(line: bytes) -> str:
-    return line[: MAX_TEXT * 4].decode("utf-8", errors="replace")[:MAX_TEXT]
+    return Malformed.text_of(line, MAX_TEXT)
 
 
 def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -132,9 +132,6 @@ class BarnServer:
             self._leader = next((m for m in self.members.values() if m.raft == address), None)
         return self._leader
 
-    def is_leader(self) -> bool:
-        return self.node.is_leader()
-
     # --- HTTP ---------------------------------------------------------------------------
 
     async def request(self, request: Request) -> Response:
@@ -163,7 +160,7 @@ class BarnServer:
         try:
             if isinstance(body, schema.Get | schema.Scan) and body.serializable:
                 return Answer(200, self.local_read(body))
-            if not self.is_leader():
+            if not self.node.is_leader():
                 return await self._forward(path, raw, forwarded)
             if isinstance(body, schema.MemberAdd | schema.MemberRemove):
                 return Answer(200, await self._members(body))

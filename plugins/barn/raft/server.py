@@ -45,20 +45,13 @@ from pathlib import Path
 
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.http_protocol import raise_fd_limit
-from runink.plugins.barn.raft.replica import BarnNode, BarnReplica, Member, NoLeader, ServerConfig
-from runink.plugins.barn.raft.wire import Answer, event_json, kv_json
+from runink.plugins.barn.raft.replica import Member, ServerConfig
 
 # what other modules and tests import from here (the pieces live in replica.py, api.py, wire.py)
 __all__ = [
-    "Answer",
-    "BarnNode",
-    "BarnReplica",
     "BarnServer",
     "Member",
-    "NoLeader",
     "ServerConfig",
-    "event_json",
-    "kv_json",
     "main",
     "parse_member",
     "read_secret",

@@ -141,7 +141,15 @@ class _Pending:
     # a request start() gave up on: the fds the launcher opens by /proc path stay open until it
     # answers (closed, their numbers could name another file by then), and a late start is killed
     abandoned_fds: list[int] = field(default_factory=list)
-    abandoned: bool = False
+
+    @property
+    def abandoned(self) -> bool:
+        return bool(self.abandoned_fds)  # (it always holds the secrets fd)
+
+    def close_abandoned(self) -> None:
+        for fd in self.abandoned_fds:
+            os.close(fd)
+
     launcher: subprocess.Popen[str] | None = None  # the one it was sent to
 
 
@@ -352,18 +360,11 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 pending = self._pending.pop(event.id, None)
             cgroup_name = event.cgroup if isinstance(event, Started) else None
             if pending is not None and pending.abandoned:
-                for fd in pending.abandoned_fds:
-                    os.close(fd)
+                pending.close_abandoned()
                 if cgroup_name and self.cgroups is not None:
                     late = {c: p / cgroup_name for c, p in self.cgroups.parents().items()}
                     with contextlib.suppress(CgroupError):
-                        cgroup = SliceCgroup(self.cgroups.layout, late)
-                        cgroup.kill()
-                        for _ in range(50):  # its processes gone, the cgroup can go
-                            if not cgroup.pids():
-                                break
-                            time.sleep(0.02)
-                        cgroup.remove()
+                        SliceCgroup(self.cgroups.layout, late).remove()  # (kills what is in it first)
                 return
             if pending is not None:
                 pending.message = None if isinstance(event, Started) else event.message
@@ -390,8 +391,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                     continue
                 del self._pending[task_id]
                 if pending.abandoned:
-                    for fd in pending.abandoned_fds:
-                        os.close(fd)
+                    pending.close_abandoned()
                 else:  # start() is waiting for it: it will not come
                     pending.message = "the launcher exited before it started the slice"
                     pending.event.set()
@@ -499,7 +499,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         started_in_time = pending.event.wait(30)
         with self._lock:
             if not started_in_time and spec.id in self._pending:  # the launcher may still act on it
-                pending.abandoned, pending.abandoned_fds = True, [secrets_fd, *log_fds]
+                pending.abandoned_fds = [secrets_fd, *log_fds]
             answered = not pending.abandoned
         if answered:
             started_in_time = pending.event.wait(5)  # (an answer being handled right now)

@@ -31,10 +31,10 @@ import os
 import signal
 import stat
 
-libc = ctypes.CDLL(None, use_errno=True)
+from runink.plugins.executors.linux.syscalls import AT_EMPTY_PATH, AT_FDCWD, OPEN_TREE_CLONE, SYS_OPEN_TREE, libc
+
 # The same numbers on every architecture (the syscalls are newer than the table split).
-SYS_OPEN_TREE, SYS_MOUNT_SETATTR, SYS_OPENAT2 = 428, 442, 437
-OPEN_TREE_CLONE, AT_EMPTY_PATH, AT_FDCWD = 1, 0x1000, -100
+SYS_MOUNT_SETATTR, SYS_OPENAT2 = 442, 437
 RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x02, 0x04
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x00100000
 CLONE_VM, CLONE_NEWUSER = 0x100, 0x10000000

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import platform
 import tempfile
 from typing import Any
+
+from runink.plugins.executors.linux.syscalls import check, libc
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -160,7 +161,7 @@ class LoadableFilter:
             raise ValueError("not a BPF program (a whole number of 8-byte instructions)")
         self._buffer = ctypes.create_string_buffer(program, len(program))
         self._fprog = _SockFprog(len(program) // 8, ctypes.addressof(self._buffer))
-        self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+        self._prctl = libc.prctl  # (looked up once, before any fork: syscalls.py)
 
     def warm_up(self) -> None:
         """Make this object's first use cheap in a fork (a harmless prctl through the same path)."""
@@ -169,6 +170,6 @@ class LoadableFilter:
     def load(self) -> None:
         """Install the filter on this process (no_new_privs must be set, or CAP_SYS_ADMIN held);
         every child and every program it execs keeps it."""
-        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._fprog), 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"prctl(PR_SET_SECCOMP): {os.strerror(code)}")
+        check(
+            self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._fprog), 0, 0), "prctl(PR_SET_SECCOMP)"
+        )
