@@ -24,7 +24,8 @@ also timed until ``start()`` returns (its bookkeeping after the launch). Rows:
 With ``--previous PYTHON`` (an interpreter whose runink is another version, e.g. a venv of the
 last release), the launcher row is also run for that version, for this one and for this one
 without its seccomp filter, taking turns in 5 rounds: what a change to the start costs, with
-the machine's drift on all alike. Launcher requests ask for a user namespace per slice where
+the machine's drift on all alike; and so is the executor's Python step row (each round a fresh
+executor in a child process of either interpreter: this file run with ``--executor-worker N``). Launcher requests ask for a user namespace per slice where
 the kernel allows it, as the executor does, and carry no uid (this launcher picks one per
 sandbox; the previous version gets uid 100001). The executor rows use
 ``slices_outlive_executor=True``: such slices write their log files themselves, so stdout
@@ -226,6 +227,49 @@ def compare_with_previous(
     return [(f"A/B: {name}, a request every 10 ms", len(values), values) for name, values in samples.items()]
 
 
+def executor_worker(count: int) -> None:
+    """One executor's Python-step samples, as JSON on stdout: run by ``compare_executors`` under
+    either interpreter (this file must import with both versions' runink)."""
+    tag = uuid.uuid4().hex[:6]
+    with tempfile.TemporaryDirectory(prefix="runink-bench-w-") as tmp:
+        work = Path(tmp) / "work"
+        work.mkdir()
+        work.chmod(0o777)
+        executor = LinuxExecutor(cgroup_parent=f"runink-bench-w-{tag}", slices_outlive_executor=True)
+        try:
+            time_executor(executor, 3, work, (sys.executable, "-c", PY_CODE))  # warm-up, not sampled
+            returned: list[float] = []
+            running = time_executor(executor, count, work, (sys.executable, "-c", PY_CODE), returned)
+        finally:
+            executor.close()
+            if executor.cgroups is not None:
+                for parent in set(executor.cgroups.parents().values()):
+                    parent.rmdir()
+    print(json.dumps({"running": running, "returned": returned}))
+
+
+def compare_executors(previous: str, count: int, rounds: int = 6) -> list[tuple[str, int, list[float]]]:
+    """The executor's Python step, this version against a previous installation's, taking turns
+    (A B A B ...; each turn a fresh executor process), so drift falls on both alike."""
+    variants = {"previous version's": previous, "this version's": sys.executable}
+    samples: dict[str, dict[str, list[float]]] = {name: {"running": [], "returned": []} for name in variants}
+    for turn in range(rounds):
+        order = list(variants.items()) if turn % 2 == 0 else list(reversed(variants.items()))
+        for name, python in order:
+            out = subprocess.run(
+                [python, __file__, "--executor-worker", str(count // rounds)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            result = json.loads(out.stdout.splitlines()[-1])
+            for key in ("running", "returned"):
+                samples[name][key] += result[key]
+    rows = []
+    for name in variants:
+        rows.append((f"A/B: {name} executor, Python step", len(samples[name]["running"]), samples[name]["running"]))
+        rows.append((f"A/B: {name} executor, until start() returned", len(samples[name]["returned"]), samples[name]["returned"]))
+    return rows
+
+
 def throughput(run_one: Callable[[int], None], count: int, in_flight: int = 4) -> float:
     """Slices started and finished per second, ``in_flight`` at a time."""
     started = time.perf_counter()
@@ -242,7 +286,11 @@ def main() -> None:
         metavar="PYTHON",
         help="also time the launcher of another installation (its interpreter), alternating with this one",
     )
+    parser.add_argument("--executor-worker", type=int, metavar="N", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.executor_worker:
+        executor_worker(args.executor_worker)
+        return
     ours, anchors = (100, 30) if args.quick else (1000, 300)
     if os.geteuid() != 0:
         raise SystemExit("bench/slice_start needs root (cgroups and namespaces)")
@@ -281,6 +329,7 @@ def main() -> None:
                 )
             if args.previous:
                 rows += compare_with_previous(args.previous, ours, work, tag)
+                rows += compare_executors(args.previous, ours)
             rows.append(
                 (
                     "runink linux executor, command step (/bin/echo, spawned by the payload)",

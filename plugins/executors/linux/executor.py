@@ -450,27 +450,11 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         # the way (a link in a folder someone else can write would redirect a grant).
         binds = {str(p): False for p in spec.readable}
         binds.update({str(p): True for p in (*spec.writable, *([spec.cwd] if spec.cwd else []))})
-        request = LaunchRequest(
-            id=spec.id,
-            command=tuple(spec.command),
-            # env and files go through a memfd, never through the launcher (see _secrets)
-            cwd=str(spec.cwd or "/"),
-            binds=tuple(Bind(path, writable) for path, writable in binds.items()),
-            hostname=spec.id[:63],
-            # no uid: the launcher gives each sandbox its own, with its id-mapping made ahead
-            network=network,
-            userns=self.userns_refusal is None,
-            limits=Limits(float(spec.limits.cpu), int(spec.limits.memory), int(spec.limits.pids)),
-            stdout=str(task_dir / "stdout.log"),
-            stderr=str(task_dir / "stderr.log"),
-            status_file=str(status_file),
-        )
         started = time.time()
         deadline = started + spec.timeout if spec.timeout else None
         handle = TaskHandle(spec.id, self.name, str(task_dir), started, deadline, {"status_file": str(status_file)})
         python = _python_fast_path(spec.command)
         secrets_fd = _secrets(spec)
-        request = dataclasses.replace(request, python=python, secrets=f"/proc/{os.getpid()}/fd/{secrets_fd}")
         # stdout and stderr: pipes this process reads into capped files (see logs.py), unless
         # the slice must outlive it (then files the slice appends to, capped by polling)
         log_fds: list[int] = []
@@ -480,8 +464,26 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 write_end, done = self._log_pump().add(task_dir / f"{stream}.log")
                 log_fds.append(write_end)
                 drained.append(done)
-            out, err = (f"/proc/{os.getpid()}/fd/{fd}" for fd in log_fds)  # opened by the launcher
-            request = dataclasses.replace(request, stdout=out, stderr=err)
+            stdout, stderr = (f"/proc/{os.getpid()}/fd/{fd}" for fd in log_fds)  # opened by the launcher
+        else:
+            stdout, stderr = str(task_dir / "stdout.log"), str(task_dir / "stderr.log")
+        request = LaunchRequest(
+            id=spec.id,
+            command=tuple(spec.command),
+            python=python,
+            cwd=str(spec.cwd or "/"),
+            binds=tuple(Bind(path, writable) for path, writable in binds.items()),
+            hostname=spec.id[:63],
+            # no uid: the launcher gives each sandbox its own, with its id-mapping made ahead
+            network=network,
+            userns=self.userns_refusal is None,
+            limits=Limits(float(spec.limits.cpu), int(spec.limits.memory), int(spec.limits.pids)),
+            stdout=stdout,
+            stderr=stderr,
+            status_file=str(status_file),
+            # env and files go through a memfd, never through the launcher (see _secrets)
+            secrets=f"/proc/{os.getpid()}/fd/{secrets_fd}",
+        )
         # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to
         # the slice id would wait behind other sandboxes joining theirs (see cgroups.py).
         task = _Task(

@@ -135,7 +135,7 @@ step(sizes, scale=2)
 
 # A request like a real one (made before any fork, so the forks share it): the warm-up parses it
 # with the same code as the real request (payload.run), paying that path's page faults ahead.
-_WARM_UP_REQUEST = (
+WARM_UP_REQUEST = (
     LaunchRequest(
         id="s",
         command=("x",),
@@ -167,7 +167,7 @@ def _warm_up() -> None:
     collector from walking (and so copying) every inherited object later.
     """
     gc.freeze()  # no collection here: the launcher froze its heap at start; this adds the few newer objects
-    LaunchRequest.from_line(_WARM_UP_REQUEST)
+    LaunchRequest.from_line(WARM_UP_REQUEST)
     json.loads(b'{"env": {"A": "b"}, "files": {}}')  # the secrets (_read_secrets)
     # the compiler's and the evaluation loop's common paths, as a step's first lines take them
     exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
