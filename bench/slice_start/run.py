@@ -25,9 +25,10 @@ With ``--previous PYTHON`` (an interpreter whose runink is another version, e.g.
 last release), the launcher row is also run for that version, for this one and for this one
 without its seccomp filter, taking turns in 5 rounds: what a change to the start costs, with
 the machine's drift on all alike; and so is the executor's Python step row (each round a fresh
-executor in a child process of either interpreter: this file run with ``--executor-worker N``). Launcher requests ask for a user namespace per slice where
-the kernel allows it, as the executor does, and carry no uid (this launcher picks one per
-sandbox; the previous version gets uid 100001). The executor rows use
+executor in a child process of either interpreter: this file run with ``--executor-worker N``).
+Launcher requests ask for a user namespace per slice where the kernel allows it, as the
+executor does, and carry no uid (this launcher picks one per sandbox; the previous version
+gets uid 100001). The executor rows use
 ``slices_outlive_executor=True``: such slices write their log files themselves, so stdout
 can be the bench's FIFO (by default the executor pipes logs into capped files).
 
@@ -265,8 +266,9 @@ def compare_executors(previous: str, count: int, rounds: int = 6) -> list[tuple[
                 samples[name][key] += result[key]
     rows = []
     for name in variants:
-        rows.append((f"A/B: {name} executor, Python step", len(samples[name]["running"]), samples[name]["running"]))
-        rows.append((f"A/B: {name} executor, until start() returned", len(samples[name]["returned"]), samples[name]["returned"]))
+        running, returned = samples[name]["running"], samples[name]["returned"]
+        rows.append((f"A/B: {name} executor, Python step", len(running), running))
+        rows.append((f"A/B: {name} executor, until start() returned", len(returned), returned))
     return rows
 
 
