@@ -34,7 +34,7 @@ from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.pipeline.probe import MARK
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
-from runink.core.runner import slice_env
+from runink.core.slicetask import slice_env
 from runink.core.staging import whole_home
 
 #: how long the import check may take (a module that hangs at import is a problem to report)

@@ -47,14 +47,12 @@ class ReportReader:
     def __init__(
         self,
         fd: int,
-        path: Path,
         *,
         max_line: int = MAX_LINE,
         poll_bytes: int = POLL_BYTES,
         tail_bytes: int = TAIL_BYTES,
     ) -> None:
         self.fd = fd
-        self.path = path
         self.max_line = max_line
         self.poll_bytes = poll_bytes
         self.tail_bytes = tail_bytes
@@ -79,7 +77,7 @@ class ReportReader:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # (O_EXCL made it: a regular file, unless a bug)
             os.close(fd)
             raise ReportError(f"{path} is not a regular file")
-        return cls(fd, path, **limits)
+        return cls(fd, **limits)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -23,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
-from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
 from runink.core.errors import ExecutorError
 from runink.core.events import emit_lineage, export_log, export_metrics
-from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
-from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources, ScenarioState
+from runink.core.interfaces.executor import Executor, TaskState
+from runink.core.model import LineageEvent, LogEntry, MetricSample, ScenarioState
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
+from runink.core.slicetask import report_path, slice_task
 from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
 
 
@@ -105,20 +104,6 @@ class RunResult:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
-
-
-def slice_env(home: Path) -> dict[str, str]:
-    """A clean environment: nothing from the agent but what a Python slice needs to start."""
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ in the pipeline's folder
-    }
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 class LocalRunner:
@@ -345,47 +330,19 @@ class LocalRunner:
         readable: tuple[Path, ...],
         staged: dict[Path, Stage],
     ) -> tuple[ScenarioState, dict[str, Any]]:
-        scenario = item.scenario
-        work_dir = task_dir / "work"
-        report_path = work_dir / "report.jsonl"
-        spec = SliceSpec(
+        task = slice_task(
+            item,
+            self.config,
+            herd=herd,
             task_id=task_id,
-            scenario=item.name,
-            herd=herd,
-            base_dir=str(self._base_dir),
-            source=SourceSpec(
-                uri=scenario.source.uri if scenario.source else "",
-                format=item.source.format,
-                path=str(item.source.path),
-                options=dict(scenario.source.options) if scenario.source else {},
-                contract=scenario.source.contract if scenario.source else None,
-            ),
-            steps=tuple(step.ref for step in scenario.steps),
-            sinks=tuple(
-                SinkSpec(s.ref.format, str(staged[s.ref.path].file), s.when, dict(s.options)) for s in item.sinks
-            ),
-            drift_policy=self.config.herd_policy(herd).drift,
-            report=str(report_path),
-        )
-        spec_path = work_dir / "slice.json"
-        spec_path.write_text(spec.to_json())
-        task = TaskSpec(
-            id=task_id,
-            command=(sys.executable, "-m", "runink.core.dataplane.slice", str(spec_path)),
             task_dir=task_dir,
-            env=slice_env(work_dir),
-            cwd=work_dir,
+            base_dir=self._base_dir,
             readable=readable,
-            writable=(work_dir, *sorted(stage.path for stage in staged.values())),
-            limits=self._limits(item),
-            timeout=scenario.requires.timeout,
-            network=scenario.network,
-            herd=herd,
-            labels={"scenario": item.name},
+            staged=staged,
         )
         try:
             # made by the runner, read through its own fd (see core/report.py)
-            reader = ReportReader.create(report_path)
+            reader = ReportReader.create(report_path(task_dir))
         except ReportError as exc:
             run.error = f"scenario {item.name!r}: {exc}"
             return ScenarioState.FAILED, {}
@@ -435,12 +392,6 @@ class LocalRunner:
                 state, run.error = ScenarioState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
         self.executor.destroy(task.id)
         return state, report
-
-    def _limits(self, item: CompiledScenario) -> Resources:
-        """The slice's limits: its @requires, and the configured [limits] where it sets none."""
-        defaults = self.config.limits
-        req = item.scenario.requires.with_defaults(memory=defaults.memory_bytes, pids=defaults.pids)
-        return Resources(cpu=req.cpu, memory=req.memory, gpu=req.gpu, pids=req.pids)
 
     def _describe_exit(self, state: TaskState, message: str, item: CompiledScenario) -> str:
         if state is TaskState.DEADLINE_EXCEEDED:

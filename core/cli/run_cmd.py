@@ -267,18 +267,20 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
     that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
     an isolating one refuses what it cannot enforce unless ``degrade`` is set.
     """
+    isolates: bool | None = None  # not known until a driver is built
     if config.executor.driver == "auto":
         isolating, config, note = auto_executor(config, manager)
         if isolating is not None:
             return isolating
+        isolates = False  # auto's fallback: a driver that said it isolates nothing
         if not quiet:
             print(note, file=sys.stderr)
-    options = dict(config.executor.options)
-    if "degrade" not in options:
-        executor = configured_driver(config, "executor", manager)
-        if executor.capabilities().isolation != "none":
-            return executor
-        executor.close()
+    if "degrade" not in config.executor.options:
+        if isolates is None:
+            executor = configured_driver(config, "executor", manager)
+            if executor.capabilities().isolation != "none":
+                return executor
+            executor.close()
         wanted = sorted(
             {
                 k

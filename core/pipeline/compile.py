@@ -31,7 +31,7 @@ from runink.core.interfaces import Storage
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
-from runink.core.pipeline.model import Location, Pipeline, Scenario
+from runink.core.pipeline.model import Location, Pipeline, Scenario, Sink
 
 READ_OPTIONS = {"csv": {"delimiter", "block_size"}, "jsonl": {"chunk_lines"}, "parquet": {"batch_rows"}}
 WRITE_OPTIONS = {"csv": set(), "jsonl": set(), "parquet": {"compression"}}
@@ -83,12 +83,14 @@ def compile_pipeline(
     formats = set(driver_names(Storage))
     places = _Places(pipeline, config)
     compiled: dict[str, CompiledScenario] = {}
-    producers: dict[str, str] = {}
+    producers: dict[str, str] = {}  # a sink's real path -> the scenario writing it
+    written_as: dict[str, tuple[DatasetRef, Sink]] = {}  # ... and as what that sink names it
+    source_real: dict[str, str] = {}  # scenario -> its source's real path (links resolved)
     for scenario in pipeline.scenarios:
         if scenario.source is None:
             raise DslError(scenario.at, f"scenario {scenario.name!r} has no @source")
         source = _dataset(scenario.source.uri, pipeline.base_dir, scenario.source.at, formats)
-        places.check(source, scenario.source.at, "@source")
+        source_real[scenario.name] = places.check(source, scenario.source.at, "@source")
         _check_options(source, scenario.source.options, READ_OPTIONS, scenario.source.at, "@source")
         if check_code and scenario.source.contract:
             _check_reference(scenario.source.contract, pipeline.base_dir, scenario.source.at, "contract", ast.ClassDef)
@@ -100,32 +102,31 @@ def compile_pipeline(
             raise DslError(scenario.at, f"scenario {scenario.name!r} has no @sink for its output")
         for sink in scenario.sinks:
             ref = _dataset(sink.uri, pipeline.base_dir, sink.at, formats)
-            places.check(ref, sink.at, "@sink")
-            places.check_sink(ref, sink.at)
+            real = places.check(ref, sink.at, "@sink")
+            places.check_sink(ref, real, sink.at)
             _check_options(ref, sink.options, WRITE_OPTIONS, sink.at, "@sink")
-            if _identity(ref) == _identity(source):
+            if real == source_real[scenario.name]:
                 raise DslError(sink.at, f"scenario {scenario.name!r} writes the dataset it reads ({ref.path})")
-            if _identity(ref) in producers:
-                other = producers[_identity(ref)]
-                raise DslError(sink.at, f"dataset {ref.path} is also written by scenario {other!r}")
-            producers[_identity(ref)] = scenario.name
+            if real in producers:
+                raise DslError(sink.at, f"dataset {ref.path} is also written by scenario {producers[real]!r}")
+            producers[real] = scenario.name
+            written_as[real] = (ref, sink)
             sinks.append(CompiledSink(ref, sink.when, dict(sink.options)))
         compiled[scenario.name] = CompiledScenario(scenario, source, tuple(sinks))
 
     # A sink that is some scenario's source connects the two (the reader runs after). Written
     # under another name (a symbolic link), that would be a dependency nobody can see: refused.
-    for writer in compiled.values():
-        for output, written in zip(writer.sinks, writer.scenario.sinks, strict=True):
-            for reader in compiled.values():
-                if _identity(reader.source) == _identity(output.ref) and reader.source.key != output.ref.key:
-                    raise DslError(
-                        written.at,
-                        f"@sink {output.ref.uri!r} is the source of scenario {reader.name!r} "
-                        f"({reader.source.uri!r}) under another name",
-                    )
+    for reader in compiled.values():
+        written = written_as.get(source_real[reader.name])
+        if written is not None and written[0].key != reader.source.key:
+            raise DslError(
+                written[1].at,
+                f"@sink {written[0].uri!r} is the source of scenario {reader.name!r} "
+                f"({reader.source.uri!r}) under another name",
+            )
 
     for name, item in list(compiled.items()):
-        identity = _identity(item.source)
+        identity = source_real[name]
         upstream = (producers[identity],) if identity in producers else ()
         compiled[name] = replace(item, upstream=upstream)
         colocate = item.scenario.colocate_with
@@ -145,11 +146,6 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
     if ref.format not in formats:
         raise DslError(at, f"no storage driver for format {ref.format!r} (installed: {', '.join(sorted(formats))})")
     return ref
-
-
-def _identity(ref: DatasetRef) -> str:
-    """The file a dataset really is: its path with symbolic links resolved."""
-    return os.path.realpath(ref.path)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -188,15 +184,16 @@ class _Places:
                 if file is not None:
                     self.protected[os.path.realpath(file)] = f"the module of {what} {ref!r}"
 
-    def check(self, ref: DatasetRef, at: Location, what: str) -> None:
-        """``ref`` is in the pipeline's folder or an allowed one, links resolved."""
+    def check(self, ref: DatasetRef, at: Location, what: str) -> str:
+        """``ref`` is in the pipeline's folder or an allowed one, links resolved; returns the
+        file it really is (its real path), which tells two names of one file apart."""
         _scheme, sep, rest = ref.uri.strip().partition("://")
         written = Path(rest if sep else ref.uri.strip()).expanduser()
         if not written.is_absolute() and not _inside(str(ref.path), str(self.base_dir)):
             raise DslError(at, f"{what} {ref.uri!r}: '..' leads out of the pipeline's folder {self.base_dir}")
         real = os.path.realpath(ref.path)
         if _inside(real, self.base_real) or any(_inside(real, folder) for _, folder in self.allowed):
-            return
+            return real
         via = f" (through a symbolic link: {real})" if real != str(ref.path) else ""
         allowed = ", ".join(name for name, _ in self.allowed) or "none"
         raise DslError(
@@ -205,9 +202,9 @@ class _Places:
             f"and the folders [paths] allow lists ({allowed})",
         )
 
-    def check_sink(self, ref: DatasetRef, at: Location) -> None:
-        """A sink replaces none of the pipeline's own files and writes no code."""
-        real = os.path.realpath(ref.path)
+    def check_sink(self, ref: DatasetRef, real: str, at: Location) -> None:
+        """A sink (whose file really is ``real``) replaces none of the pipeline's own files and
+        writes no code."""
         if real in self.protected:
             raise DslError(at, f"@sink {ref.uri!r} would replace {self.protected[real]} ({real})")
         name = os.path.basename(real)

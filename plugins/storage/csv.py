@@ -216,10 +216,12 @@ class _ChunkParser:
         """``count``: the chunk's lines."""
         invalid: list[pacsv.InvalidRow] = []
         not_utf8: list[Malformed] = []
+        lines: list[bytes] | None = None  # split once the chunk needs it
         try:
             batch = self._read(chunk, types, invalid)
         except pa.ArrowInvalid as exc:
-            chunk, not_utf8 = _blank_non_utf8(chunk, first_line)
+            lines = _split_lines(chunk)
+            chunk, not_utf8 = _blank_non_utf8(lines, first_line)
             if not not_utf8:
                 raise self._error(first_line, count, exc) from None
             invalid = []
@@ -237,7 +239,7 @@ class _ChunkParser:
                 lines,
                 [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)],
             )
-        return self._by_line(chunk, first_line, batch, invalid, not_utf8, depth=depth)
+        return self._by_line(chunk, first_line, batch, invalid, not_utf8, depth=depth, lines=lines)
 
     def _by_line(
         self,
@@ -248,10 +250,12 @@ class _ChunkParser:
         bad: list[Malformed],
         *,
         depth: int,
+        lines: list[bytes] | None = None,
     ) -> tuple[pa.RecordBatch, np.ndarray, list[Malformed]]:
         """Match records to lines: skip blank lines, and make a record that spans lines (a quote
-        left open) one malformed record at its first line, re-reading the lines it swallowed."""
-        lines = _split_lines(chunk)
+        left open) one malformed record at its first line, re-reading the lines it swallowed.
+        ``lines``: the chunk's, if already split."""
+        lines = _split_lines(chunk) if lines is None else lines
         invalid_at = {int(row.number): row for row in invalid}
         spans = _spans(batch)
         types = self.types or dict(zip(batch.schema.names, batch.schema.types, strict=True))
@@ -328,9 +332,9 @@ def _wrong_count(row: pacsv.InvalidRow, line: int) -> Malformed:
     return Malformed(line, f"expected {row.expected_columns} columns, got {row.actual_columns}", text[:MAX_TEXT])
 
 
-def _blank_non_utf8(chunk: memoryview | bytes, first_line: int) -> tuple[bytes, list[Malformed]]:
-    """The chunk with each line that is not UTF-8 made blank (so line numbers stay), and those lines."""
-    lines = _split_lines(chunk)
+def _blank_non_utf8(lines: list[bytes], first_line: int) -> tuple[bytes, list[Malformed]]:
+    """The chunk again, each line that is not UTF-8 made blank in it and in ``lines`` (so line
+    numbers stay), and those lines."""
     bad = []
     for i, line in enumerate(lines):
         try:

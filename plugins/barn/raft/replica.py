@@ -235,11 +235,16 @@ class BarnNode(SyncObj):
 
     # --- proposing (loop thread) ----------------------------------------------------------
 
-    def _callback(self) -> tuple[asyncio.Future[Any], Any]:
+    def _new_pending(self) -> asyncio.Future[Any]:
+        """A future for a proposal's outcome, answered "leadership lost" if this steps down."""
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
+        return future
+
+    def _callback(self) -> tuple[asyncio.Future[Any], Any]:
+        future = self._new_pending()
         return future, lambda result, error: self._hand_over((future, result, error))
 
     async def _outcome(
@@ -260,9 +265,7 @@ class BarnNode(SyncObj):
     def _propose(self, command: dict[str, Any]) -> asyncio.Future[Any]:
         """Queue a command; the commands of one loop turn go to pysyncobj as one log entry."""
         assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        future = self._new_pending()
         self._batch.append((command, future))
         if len(self._batch) == 1:
             self._loop.call_soon(self._send_batch)

@@ -1,0 +1,101 @@
+"""What a scenario's slice is given: the spec it reads and the task the executor starts.
+
+The runner decides when a scenario runs; this module decides what its slice gets: the
+``SliceSpec`` (source, steps, sinks, policy: core/dataplane/spec.py), written to the slice's
+own work dir, and the ``TaskSpec`` for the executor (the command that runs the data plane,
+a clean environment, the paths granted, the limits). Used for runs and for the dry-run's
+probe, so both give a slice the same environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from runink.core.config import RuninkConfig
+from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
+from runink.core.interfaces.executor import TaskSpec
+from runink.core.model import Resources
+from runink.core.pipeline.compile import CompiledScenario
+from runink.core.staging import Stage
+
+#: the data plane's entry point, run in the slice with the spec's path
+SLICE_COMMAND = (sys.executable, "-m", "runink.core.dataplane.slice")
+
+
+def slice_env(home: Path) -> dict[str, str]:
+    """A clean environment: nothing from the agent but what a Python slice needs to start."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ in the pipeline's folder
+    }
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def slice_limits(item: CompiledScenario, config: RuninkConfig) -> Resources:
+    """The slice's limits: its @requires, and the configured [limits] where it sets none."""
+    defaults = config.limits
+    req = item.scenario.requires.with_defaults(memory=defaults.memory_bytes, pids=defaults.pids)
+    return Resources(cpu=req.cpu, memory=req.memory, gpu=req.gpu, pids=req.pids)
+
+
+def slice_task(
+    item: CompiledScenario,
+    config: RuninkConfig,
+    *,
+    herd: str,
+    task_id: str,
+    task_dir: Path,
+    base_dir: Path,
+    readable: tuple[Path, ...],
+    staged: dict[Path, Stage],
+) -> TaskSpec:
+    """Write the slice's spec into ``task_dir/work`` (the slice's own folder: its HOME, its
+    report) and return the task that runs it. The slice may write its work dir and the
+    staging folders of its sinks, nothing else; it reads ``readable``."""
+    scenario = item.scenario
+    work_dir = task_dir / "work"
+    spec = SliceSpec(
+        task_id=task_id,
+        scenario=item.name,
+        herd=herd,
+        base_dir=str(base_dir),
+        source=SourceSpec(
+            uri=scenario.source.uri if scenario.source else "",
+            format=item.source.format,
+            path=str(item.source.path),
+            options=dict(scenario.source.options) if scenario.source else {},
+            contract=scenario.source.contract if scenario.source else None,
+        ),
+        steps=tuple(step.ref for step in scenario.steps),
+        sinks=tuple(SinkSpec(s.ref.format, str(staged[s.ref.path].file), s.when, dict(s.options)) for s in item.sinks),
+        drift_policy=config.herd_policy(herd).drift,
+        report=str(report_path(task_dir)),
+    )
+    spec_path = work_dir / "slice.json"
+    spec_path.write_text(spec.to_json())
+    return TaskSpec(
+        id=task_id,
+        command=(*SLICE_COMMAND, str(spec_path)),
+        task_dir=task_dir,
+        env=slice_env(work_dir),
+        cwd=work_dir,
+        readable=readable,
+        writable=(work_dir, *sorted(stage.path for stage in staged.values())),
+        limits=slice_limits(item, config),
+        timeout=scenario.requires.timeout,
+        network=scenario.network,
+        herd=herd,
+        labels={"scenario": item.name},
+    )
+
+
+def report_path(task_dir: Path) -> Path:
+    """Where the slice writes its progress (the runner creates it first: core/report.py)."""
+    return task_dir / "work" / "report.jsonl"
