@@ -1,4 +1,4 @@
-"""Package list for setuptools: root/, core/ and plugins/ are installed as runink, runink.core and runink.plugins.
+"""Package list for setuptools: package_root/, core/ and plugins/ install as runink, runink.core, runink.plugins.
 
 The static metadata is in pyproject.toml; this file walks the three folders (so a new plugin
 sub-package needs no edit here) and builds the one native helper, ``runink-init``.
@@ -76,7 +76,7 @@ setup(
     distclass=PlatformDistribution,
     cmdclass={"build_init": build_init},
     packages=[
-        *packages_under("root", "runink"),
+        *packages_under("package_root", "runink"),
         *packages_under("core", "runink.core"),
         *packages_under("plugins", "runink.plugins"),
     ],

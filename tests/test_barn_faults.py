@@ -8,8 +8,9 @@ import threading
 import time
 from pathlib import Path
 
+from barn_cluster import Cluster
+
 from runink.core.errors import NoQuorumError
-from runink.testing.barn_cluster import Cluster
 
 WRITERS = 8
 WRITES = 2000

@@ -19,6 +19,7 @@ from typing import Any
 
 import pysyncobj.pickle as raft_pickle
 import pytest
+from barn_cluster import Cluster, free_ports
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import createJournal
@@ -26,7 +27,6 @@ from pysyncobj.journal import createJournal
 from runink.plugins.barn.raft._vendor.pysyncobj import syncobj
 from runink.plugins.barn.raft.server import BarnServer, Member, ServerConfig
 from runink.plugins.barn.state import BarnState
-from runink.testing.barn_cluster import Cluster, free_ports
 
 # --- 15: applying a committed command is total ------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runink.testing.barn_cluster import Cluster
+from barn_cluster import Cluster
 
 
 def local_copy(cluster: Cluster, name: str) -> dict[str, bytes]:

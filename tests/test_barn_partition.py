@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import netns
 import pytest
+from barn_cluster import Cluster
 
 from runink.core.errors import BarnError
-from runink.testing import netns
-from runink.testing.barn_cluster import Cluster
 from runink.testing.linearizability import Op, check
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from barn_cluster import Cluster
 
 from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend
 from runink.plugins.barn.state import BarnState
 from runink.testing import BarnConformance
 from runink.testing.barn import COMPACTION_HISTORY
-from runink.testing.barn_cluster import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import time
 import zlib
 from pathlib import Path
 
-from runink.testing.barn_cluster import Cluster
+from barn_cluster import Cluster
 
 
 class CreateFile:

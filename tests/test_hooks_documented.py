@@ -65,7 +65,8 @@ def _called_names(function: ast.FunctionDef) -> set[str]:
 def _hooks_reached() -> dict[str, set[str]]:
     """Function name (core/, runink.testing) -> the hooks it calls, directly or not."""
     calls: dict[str, set[str]] = {}
-    for folder in ("core", "root"):
+    for folder in ("core", "package_root"):
+        assert (REPO / folder).is_dir(), f"no folder {folder} in the checkout"  # (a rename must not empty this)
         for path in (REPO / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef) and not node.name.startswith("__"):

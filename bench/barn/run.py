@@ -24,12 +24,15 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runink.testing.barn_cluster import Cluster, free_ports
+# the project's own Raft harness (real servers in network namespaces) lives with its tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from barn_cluster import Cluster, free_ports
 
 VALUE = b"v" * 100
 

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from netns import NetLab
+
 from runink.core.drivers import load_driver
 from runink.core.interfaces import BarnBackend
-from runink.testing.netns import NetLab
 
 
 def free_ports(count: int) -> list[int]:
