@@ -103,10 +103,11 @@ def native_init_available() -> bool:
     return os.access(INIT_BINARY, os.X_OK)
 
 
-def slirp4netns_path() -> str | None:
+def slirp4netns_path(unshare: str | None = None) -> str | None:
     """The slirp4netns program a sandbox with ``@network`` needs, or None if it (or util-linux's
-    ``unshare``, which starts it in a private mount namespace) is not installed."""
-    if shutil.which("unshare", path=SLIRP_SEARCH_PATH) is None:
+    ``unshare``, which starts it in a private mount namespace) is not installed. ``unshare``:
+    its path if the caller has looked it up already."""
+    if (unshare or shutil.which("unshare", path=SLIRP_SEARCH_PATH)) is None:
         return None
     return shutil.which("slirp4netns", path=SLIRP_SEARCH_PATH)
 
@@ -186,8 +187,9 @@ class Launcher:
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
         self.native_init = native_init and native_init_available()
-        self.slirp = slirp4netns_path()  # None: no sandbox with the network can be built here
         self.unshare = shutil.which("unshare", path=SLIRP_SEARCH_PATH)
+        # None: no sandbox with the network can be built here
+        self.slirp = slirp4netns_path(self.unshare) if self.unshare else None
         # the host's addresses a network sandbox blocks: re-read only when the kernel says they changed
         self.host_watch = netguard.HostAddressWatch() if self.slirp is not None else None
         self.host_prefixes: tuple[netguard.Prefix, ...] | None = None
