@@ -1,0 +1,270 @@
+"""The cluster's state, as records in the Barn: herds, nodes, jobs and their tasks.
+
+Every record is a pydantic model stored as JSON under one key (``keys``); every write goes
+through ``ClusterStore`` (store.py), which checks the key's revision, so two servers never
+overwrite each other's change unseen. Nothing here reads a clock to decide anything: times
+in records are for people (when a transition happened), never compared across machines.
+
+A task is one slice's unit of scheduling. Each attempt of it carries an attempt number and
+a fencing token (the Barn revision at which that attempt was scheduled): a report from an
+older attempt (a late agent, one cut off by a partition) names an older token and is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+import time
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources
+
+#: a herd, node or job name: what may appear as one part of a Barn key
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+MAX_COMMAND_ARGS = 4096
+MAX_ARG_BYTES = 128 * 1024
+MAX_TRANSITIONS = 200  # per task: older ones are dropped (the first is kept)
+
+
+class RunState(enum.StrEnum):
+    """Where a job or task is: the executor's TaskState plus SCHEDULED (placed on a node, not
+    yet started there)."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    OOMKILLED = "OOMKILLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def final(self) -> bool:
+        return self not in (RunState.PENDING, RunState.SCHEDULED, RunState.RUNNING)
+
+
+#: the transitions a task may make (a retry goes back to PENDING with the next attempt)
+ALLOWED: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.SCHEDULED, RunState.CANCELLED}),
+    RunState.SCHEDULED: frozenset({RunState.RUNNING, RunState.PENDING, RunState.FAILED, RunState.CANCELLED}),
+    RunState.RUNNING: frozenset(
+        {
+            RunState.PENDING,
+            RunState.SUCCEEDED,
+            RunState.FAILED,
+            RunState.OOMKILLED,
+            RunState.DEADLINE_EXCEEDED,
+            RunState.CANCELLED,
+        }
+    ),
+}
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r}: expected 1-63 lower-case letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def new_id(prefix: str) -> str:
+    """A job or task id: sortable by submission time, unique across servers."""
+    return f"{prefix}-{time.time_ns() // 1_000_000:x}-{secrets.token_hex(4)}"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Amount(Record):
+    """An amount of resources, as the API and the Barn write it (cpu in cores, memory in bytes)."""
+
+    cpu: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
+    memory: int = Field(0, ge=0, le=MAX_MEMORY)
+    gpu: int = Field(0, ge=0, le=1024)
+    pids: int = Field(0, ge=0, le=MAX_PIDS)
+
+    def resources(self) -> Resources:
+        return Resources(self.cpu, self.memory, self.gpu, self.pids)
+
+    @classmethod
+    def of(cls, resources: Resources) -> Amount:
+        return cls(cpu=resources.cpu, memory=resources.memory, gpu=resources.gpu, pids=resources.pids)
+
+
+class Quota(Record):
+    """A herd's quota: what all its running and scheduled slices may use together (0: no limit)."""
+
+    cpu: float = Field(0.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    memory: int = Field(0, ge=0)
+    gpu: int = Field(0, ge=0)
+    max_slices: int = Field(0, ge=0)
+
+    def exceeded_by(self, used: Amount, slices: int) -> str | None:
+        """Why ``used`` (with ``slices`` slices) is past this quota, or None."""
+        for name, limit, value in (
+            ("cpu", self.cpu, used.cpu),
+            ("memory", self.memory, used.memory),
+            ("gpu", self.gpu, used.gpu),
+            ("max_slices", self.max_slices, slices),
+        ):
+            if limit and value > limit:
+                return f"{name} {value:g} > quota {limit:g}"
+        return None
+
+
+class Herd(Record):
+    name: str
+    quota: Quota = Quota()
+    created: float = Field(default_factory=time.time)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "herd")
+
+
+class NodeRecord(Record):
+    """A worker node, as its agent registered it. ``heartbeat`` counts the agent's heartbeats:
+    the leader sees liveness in it changing, with its own clock (liveness.py), never by
+    comparing times written by other machines."""
+
+    id: str
+    capacity: Amount
+    labels: dict[str, str] = {}
+    address: str = ""
+    ready: bool = True  # False: the leader found it dead (its tasks were placed again)
+    cordoned: bool = False  # takes no new work
+    draining: bool = False  # takes no new work; its agent stops when its tasks are done
+    heartbeat: int = 0
+    incarnation: str = ""  # a new value each time the agent process (re)starts
+    registered: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_name(value, "node")
+
+    @property
+    def schedulable(self) -> bool:
+        return self.ready and not self.cordoned and not self.draining
+
+
+class Transition(Record):
+    state: RunState
+    at: float = Field(default_factory=time.time)
+    attempt: int = 0
+    node: str | None = None
+    reason: str = ""
+
+
+class TaskRecord(Record):
+    """One slice to run: a command (argv, no shell) with its resources, in a herd."""
+
+    id: str
+    job_id: str
+    herd: str
+    command: list[str]
+    resources: Amount = Amount()
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    retries: int = Field(0, ge=0, le=100)
+    backoff: float = Field(1.0, ge=0, le=3600, allow_inf_nan=False)
+    priority: int = Field(0, ge=-1000, le=1000)
+    node_labels: dict[str, str] = {}
+    state: RunState = RunState.PENDING
+    attempt: int = 0  # 1 for the first attempt once scheduled
+    token: int = 0  # the fencing token of the current attempt (0: never scheduled)
+    node: str | None = None
+    exit_code: int | None = None
+    message: str = ""
+    explain: list[str] = []  # the last scheduling decision: chosen node, why others were not
+    pending_reason: str = ""  # why it is waiting, when it is
+    not_before: float = 0.0  # a retry's backoff: not placed before this time (the scheduler's clock)
+    transitions: list[Transition] = []
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("command: empty (give the program and its arguments)")
+        if len(value) > MAX_COMMAND_ARGS:
+            raise ValueError(f"command: {len(value)} arguments (at most {MAX_COMMAND_ARGS})")
+        for i, arg in enumerate(value):
+            if "\0" in arg or len(arg.encode()) > MAX_ARG_BYTES:
+                raise ValueError(f"command[{i}]: contains a NUL byte or is longer than {MAX_ARG_BYTES} bytes")
+        return value
+
+    def moved_to(self, state: RunState, reason: str = "", **changes: object) -> TaskRecord:
+        """A copy in ``state``, the transition recorded. Raises ValueError if the task may not
+        go there from where it is (a final state is final)."""
+        if state not in ALLOWED.get(self.state, frozenset()):
+            raise ValueError(f"task {self.id}: {self.state} -> {state} is not a valid transition")
+        data = self.model_dump()
+        data.update(changes, state=state)
+        now = Transition(state=state, attempt=data["attempt"], node=data["node"], reason=reason)
+        transitions = [*self.transitions, now]
+        if len(transitions) > MAX_TRANSITIONS:
+            transitions = [transitions[0], *transitions[-(MAX_TRANSITIONS - 1) :]]
+        data["transitions"] = [t.model_dump() for t in transitions]
+        return TaskRecord.model_validate(data)
+
+
+class JobRecord(Record):
+    """A submitted command or pipeline run: its tasks and, derived from theirs, its state."""
+
+    id: str
+    herd: str
+    kind: str = "command"
+    tasks: list[str]
+    submitted: float = Field(default_factory=time.time)
+    state: RunState = RunState.PENDING
+    finished: float | None = None
+
+
+def job_state(tasks: list[TaskRecord]) -> RunState:
+    """A job's state from its tasks': the first failure's if all ended and one failed,
+    SUCCEEDED if all succeeded, else RUNNING once any started, SCHEDULED, or PENDING."""
+    states = [t.state for t in tasks]
+    if states and all(s.final for s in states):
+        return next((s for s in states if s is not RunState.SUCCEEDED), RunState.SUCCEEDED)
+    for state in (RunState.RUNNING, RunState.SCHEDULED):
+        if state in states:
+            return state
+    return RunState.RUNNING if any(s.final for s in states) else RunState.PENDING
+
+
+class keys:
+    """Where each record lives. Jobs and tasks are under their herd's prefix (RBAC and quotas
+    scope by it); nodes are the cluster's."""
+
+    NODES = "/cluster/nodes/"
+    HERDS = "/herds/"
+
+    @staticmethod
+    def herd(name: str) -> str:
+        return f"/herds/{check_name(name, 'herd')}/herd"
+
+    @staticmethod
+    def node(node_id: str) -> str:
+        return keys.NODES + check_name(node_id, "node")
+
+    @staticmethod
+    def jobs(herd: str) -> str:
+        return f"/herds/{check_name(herd, 'herd')}/jobs/"
+
+    @staticmethod
+    def job(herd: str, job_id: str) -> str:
+        return keys.jobs(herd) + check_name(job_id, "job")
+
+    @staticmethod
+    def tasks(herd: str) -> str:
+        return f"/herds/{check_name(herd, 'herd')}/tasks/"
+
+    @staticmethod
+    def task(herd: str, task_id: str) -> str:
+        return keys.tasks(herd) + check_name(task_id, "task")

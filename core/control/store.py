@@ -1,0 +1,163 @@
+"""ClusterStore: the cluster's records in a Barn, every write checked against what was read.
+
+Each read returns a record with the revision it was read at (``Versioned``); a write names
+the revisions it read and happens only if none of those keys changed since (one Barn
+transaction), else it raises ``Conflict`` and the caller reads again. So two servers, or a
+server and a late agent, never overwrite each other's change unseen, and a batch (the
+scheduler's placements of one pass, a job and its tasks) is all or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import ValidationError
+
+from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, TaskRecord, check_name, keys
+from runink.core.errors import RuninkError
+from runink.core.interfaces.barn import BarnBackend, TxnOp
+
+R = TypeVar("R", bound=Record)
+MAX_CONFLICT_RETRIES = 20
+
+
+class Conflict(RuninkError):
+    """What was read changed before the write: read again and retry."""
+
+
+class NotFound(RuninkError):
+    """No such herd, node or job (the API answers 404)."""
+
+
+class Refused(RuninkError):
+    """A request that cannot be done as asked (the API answers 4xx with this text)."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[R]):
+    record: R
+    revision: int  # the key's mod_revision when read (0: not stored yet)
+
+
+class ClusterStore:
+    JOB_INDEX = "/cluster/jobs/"  # job id -> its herd, so a job is found by its id alone
+
+    def __init__(self, barn: BarnBackend) -> None:
+        self.barn = barn
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _get(self, key: str, model: type[R]) -> Versioned[R] | None:
+        kv = self.barn.get(key)
+        if kv is None:
+            return None
+        return Versioned(_parse(model, kv.value, key), kv.mod_revision)
+
+    def _scan(self, prefix: str, model: type[R], suffix: str = "") -> list[Versioned[R]]:
+        return [
+            Versioned(_parse(model, kv.value, kv.key), kv.mod_revision)
+            for kv in self.barn.scan(prefix)
+            if kv.key.endswith(suffix)
+        ]
+
+    def herd(self, name: str) -> Versioned[Herd]:
+        found = self._get(keys.herd(name), Herd)
+        if found is None:
+            raise NotFound(f"herd {name!r}: no such herd")
+        return found
+
+    def herds(self) -> list[Herd]:
+        return [v.record for v in self._scan(keys.HERDS, Herd, suffix="/herd")]
+
+    def node(self, node_id: str) -> Versioned[NodeRecord]:
+        found = self._get(keys.node(node_id), NodeRecord)
+        if found is None:
+            raise NotFound(f"node {node_id!r}: no such node")
+        return found
+
+    def nodes(self) -> list[Versioned[NodeRecord]]:
+        return self._scan(keys.NODES, NodeRecord)
+
+    def job(self, job_id: str) -> Versioned[JobRecord]:
+        check_name(job_id, "job")
+        herd = self.barn.get(self.JOB_INDEX + job_id)
+        found = None if herd is None else self._get(keys.job(herd.value.decode(), job_id), JobRecord)
+        if found is None:
+            raise NotFound(f"job {job_id!r}: no such job")
+        return found
+
+    def jobs(self, herd: str | None = None) -> list[JobRecord]:
+        herds = [herd] if herd is not None else [h.name for h in self.herds()]
+        return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord)]
+
+    def task(self, herd: str, task_id: str) -> Versioned[TaskRecord]:
+        found = self._get(keys.task(herd, task_id), TaskRecord)
+        if found is None:
+            raise NotFound(f"task {task_id!r} of herd {herd!r}: no such task")
+        return found
+
+    def tasks(self, herd: str | None = None) -> list[Versioned[TaskRecord]]:
+        herds = [herd] if herd is not None else [h.name for h in self.herds()]
+        return [v for name in herds for v in self._scan(keys.tasks(name), TaskRecord)]
+
+    def job_tasks(self, job: JobRecord) -> list[Versioned[TaskRecord]]:
+        return [self.task(job.herd, task_id) for task_id in job.tasks]
+
+    # --- writing -----------------------------------------------------------------------
+
+    def commit(self, read: Iterable[tuple[str, int]], writes: Sequence[tuple[str, Record | None]]) -> int:
+        """Write (``None``: delete) only if every key read is still at the revision read
+        (0: still absent). Returns the revision after; raises Conflict otherwise."""
+        ops = [TxnOp(key, None if record is None else record.model_dump_json().encode()) for key, record in writes]
+        held, revision = self.barn.transaction(list(read), ops)
+        if not held:
+            raise Conflict("a record changed since it was read")
+        return revision
+
+    def create_herd(self, herd: Herd) -> None:
+        try:
+            self.commit([(keys.herd(herd.name), 0)], [(keys.herd(herd.name), herd)])
+        except Conflict:
+            raise Refused(f"herd {herd.name!r} exists already") from None
+
+    def update(self, key: str, model: type[R], change: Callable[[R], R | None]) -> R:
+        """Read, change, write back, again while another writer gets there first. ``change``
+        returns the new record, or None to leave it as it is; it may raise to refuse."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self._get(key, model)
+            if current is None:
+                raise NotFound(f"{key}: not found")
+            changed = change(current.record)
+            if changed is None:
+                return current.record
+            try:
+                self.commit([(key, current.revision)], [(key, changed)])
+                return changed
+            except Conflict:
+                continue
+        raise Conflict(f"{key}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def submit(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> int:
+        """Store a job and its tasks at once (all or none); returns the revision."""
+        if not self._get(keys.herd(job.herd), Herd):
+            raise NotFound(f"herd {job.herd!r}: no such herd")
+        writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
+        writes += [(keys.task(t.herd, t.id), t) for t in tasks]
+        read = [(key, 0) for key, _ in writes]
+        ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
+        ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
+        held, revision = self.barn.transaction([*read, (self.JOB_INDEX + job.id, 0)], ops)
+        if not held:
+            raise Refused(f"job {job.id}: exists already")
+        return revision
+
+
+def _parse(model: type[R], value: bytes, key: str) -> R:
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:  # written by a newer version, or by hand: say where
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        raise RuninkError(f"Barn key {key}: {where}: {first['msg']}") from None
