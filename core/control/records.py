@@ -84,10 +84,10 @@ class Record(BaseModel):
 class Amount(Record):
     """An amount of resources, as the API and the Barn write it (cpu in cores, memory in bytes)."""
 
-    cpu: float = Field(0.0, ge=0, le=4096, allow_inf_nan=False)
-    memory: int = Field(0, ge=0, le=MAX_MEMORY)
-    gpu: int = Field(0, ge=0, le=1024)
-    pids: int = Field(0, ge=0, le=MAX_PIDS)
+    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)
+    gpu: int = Field(default=0, ge=0, le=1024)
+    pids: int = Field(default=0, ge=0, le=MAX_PIDS)
 
     def resources(self) -> Resources:
         return Resources(self.cpu, self.memory, self.gpu, self.pids)
@@ -100,10 +100,10 @@ class Amount(Record):
 class Quota(Record):
     """A herd's quota: what all its running and scheduled slices may use together (0: no limit)."""
 
-    cpu: float = Field(0.0, ge=0, le=1_000_000, allow_inf_nan=False)
-    memory: int = Field(0, ge=0)
-    gpu: int = Field(0, ge=0)
-    max_slices: int = Field(0, ge=0)
+    cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0)
+    gpu: int = Field(default=0, ge=0)
+    max_slices: int = Field(default=0, ge=0)
 
     def exceeded_by(self, used: Amount, slices: int) -> str | None:
         """Why ``used`` (with ``slices`` slices) is past this quota, or None."""
@@ -171,10 +171,10 @@ class TaskRecord(Record):
     herd: str
     command: list[str]
     resources: Amount = Amount()
-    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
-    retries: int = Field(0, ge=0, le=100)
-    backoff: float = Field(1.0, ge=0, le=3600, allow_inf_nan=False)
-    priority: int = Field(0, ge=-1000, le=1000)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    retries: int = Field(default=0, ge=0, le=100)
+    backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+    priority: int = Field(default=0, ge=-1000, le=1000)
     node_labels: dict[str, str] = {}
     state: RunState = RunState.PENDING
     attempt: int = 0  # 1 for the first attempt once scheduled

@@ -216,12 +216,12 @@ class _ChunkParser:
         """``count``: the chunk's lines."""
         invalid: list[pacsv.InvalidRow] = []
         not_utf8: list[Malformed] = []
-        lines: list[bytes] | None = None  # split once the chunk needs it
+        split: list[bytes] | None = None  # the chunk's lines, split once if needed
         try:
             batch = self._read(chunk, types, invalid)
         except pa.ArrowInvalid as exc:
-            lines = _split_lines(chunk)
-            chunk, not_utf8 = _blank_non_utf8(lines, first_line)
+            split = _split_lines(chunk)
+            chunk, not_utf8 = _blank_non_utf8(split, first_line)
             if not not_utf8:
                 raise self._error(first_line, count, exc) from None
             invalid = []
@@ -239,7 +239,7 @@ class _ChunkParser:
                 lines,
                 [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)],
             )
-        return self._by_line(chunk, first_line, batch, invalid, not_utf8, depth=depth, lines=lines)
+        return self._by_line(chunk, first_line, batch, invalid, not_utf8, depth=depth, lines=split)
 
     def _by_line(
         self,
