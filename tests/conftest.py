@@ -11,10 +11,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from fixture_types import CliRunner, FakeDist, OnSysPath
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,9 +33,6 @@ def _no_ambient_runink_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         if name.startswith("RUNINK_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-
-
-CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -65,9 +63,6 @@ def run_cli(tmp_path: Path) -> CliRunner:
     return run
 
 
-FakeDist = Callable[..., Path]
-
-
 @pytest.fixture
 def fake_dist(tmp_path: Path) -> FakeDist:
     """``fake_dist(name, version, entry_points={group: {name: target}}, modules={file: source})`` -> site dir."""
@@ -93,7 +88,7 @@ def fake_dist(tmp_path: Path) -> FakeDist:
 
 
 @pytest.fixture
-def on_sys_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+def on_sys_path(monkeypatch: pytest.MonkeyPatch) -> OnSysPath:
     """Put a fake site dir on sys.path for this test (entry points are read afresh each time)."""
 
     def add(site: Path) -> None:

@@ -22,9 +22,9 @@ class Launcher:
         assert self.process.stdin and self.process.stdout
         self.process.stdin.write(json.dumps({"op": "launch", **request}) + "\n")
         self.process.stdin.flush()
-        started = json.loads(self.process.stdout.readline())
+        started: dict[str, Any] = json.loads(self.process.stdout.readline())
         if started["event"] == "failed":
-            return started  # type: ignore[no-any-return]
+            return started
         assert started["event"] == "started" and started["id"] == request["id"]
         ended = json.loads(self.process.stdout.readline())
         assert ended["event"] == "exited" and ended["id"] == request["id"]

@@ -68,9 +68,10 @@ class MemoryTransport(Transport):
 
 def make_cluster(syncobj: ModuleType, names: tuple[str, ...] = ("a", "b", "c")) -> tuple[Network, dict[str, Any]]:
     """Three nodes of ``syncobj`` (pysyncobj's module or Runink's patched copy) on one Network."""
-    replicated = syncobj.replicated
+    replicated: Callable[[Callable[[Any, int], int]], Callable[[Any, int], int]] = syncobj.replicated
+    sync_obj: Any = syncobj.SyncObj  # a class picked at run time (which module's) from untyped pysyncobj
 
-    class Cell(syncobj.SyncObj):  # type: ignore[misc,name-defined]
+    class Cell(sync_obj):  # type: ignore[misc]  # subclasses Any: pysyncobj has no type hints
         def __init__(self, me: str, others: list[str]) -> None:
             conf = SyncObjConf(autoTick=False, raftMinTimeout=0.3, raftMaxTimeout=0.6, appendEntriesPeriod=0.05)
             super().__init__(Node(me), [Node(o) for o in others], conf, transportClass=MemoryTransport)

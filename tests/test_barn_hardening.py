@@ -42,6 +42,7 @@ def test_a_command_that_raises_is_an_error_result_and_the_state_goes_on() -> Non
         {"op": "put", "key": "/k", "value": b"v", "lease": None, "request_id": ["unhashable"]},
         ["not", "a", "command"],
     ):
+        # a poison that is not a dict at all is the point: apply must answer it, not raise
         result = state.apply(poison)  # type: ignore[arg-type]
         assert isinstance(result, dict) and result["error"] == "bad_request", poison
     assert state.revision == 0 and state.scan("") == []  # refused whole: nothing half applied
@@ -401,7 +402,7 @@ def test_the_lease_expirer_survives_a_failed_commit_of_any_kind(tmp_path: Path) 
                 raise failures.pop(0)
             return real(*args, **kwargs)
 
-        server.node.replica.apply = flaky  # type: ignore[method-assign]
+        server.node.replica.apply = flaky
         deadline = time.monotonic() + 10
         while barn.get("/h/leased") is not None:
             assert time.monotonic() < deadline, "the lease never expired: the barn-leases thread died"

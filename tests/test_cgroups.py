@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLimits, CgroupManager, detect
+from runink.plugins.executors.linux.cgroups import (
+    CgroupError,
+    CgroupLimits,
+    CgroupManager,
+    SliceCgroup,
+    detect,
+)
 
 LAYOUT = detect()
 needs_v1 = pytest.mark.skipif(
@@ -29,7 +35,7 @@ def manager() -> CgroupManager:
     return CgroupManager(LAYOUT, parent_name=f"runink-test-{uuid.uuid4().hex[:6]}")
 
 
-def run_in(cgroup, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def run_in(cgroup: SliceCgroup, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with sh after the shell moved itself into the cgroup (before the payload starts)."""
     join = " && ".join(f"echo $$ > {procs}" for procs in cgroup.procs_files)  # a failed join fails the test
     return subprocess.run(

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
-import runink
+from fixture_types import CliRunner, FakeDist
 
-Run = Callable[..., subprocess.CompletedProcess[str]]  # the run_cli fixture
+import runink
 
 BROKEN = {"runink": {"broken": "broken_plugin"}}
 BROKEN_MODULES = {"broken_plugin.py": "raise RuntimeError('cannot reach the license server')\n"}
 
 
-def test_version(run_cli: Run) -> None:
+def test_version(run_cli: CliRunner) -> None:
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"runink {runink.__version__}"
 
 
-def test_plugins_list_table_and_json(run_cli: Run) -> None:
+def test_plugins_list_table_and_json(run_cli: CliRunner) -> None:
     table = run_cli("plugins", "list")
     assert table.returncode == 0, table.stderr
     for header in ("NAME", "KIND", "PACKAGE", "VERSION", "SOURCE", "HOOKS/GROUP", "STATUS"):
@@ -43,7 +41,7 @@ def test_plugins_list_table_and_json(run_cli: Run) -> None:
         assert row["status"] == "loaded"
 
 
-def test_plugins_list_filters(run_cli: Run) -> None:
+def test_plugins_list_filters(run_cli: CliRunner) -> None:
     by_hook = json.loads(run_cli("plugins", "list", "--json", "--hook", "runink_filter_nodes").stdout)
     assert sorted(row["name"] for row in by_hook) == ["node-labels", "resource-fit"]
     by_group = json.loads(run_cli("plugins", "list", "--json", "--group", "runink.scheduler_policies").stdout)
@@ -54,7 +52,7 @@ def test_plugins_list_filters(run_cli: Run) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_broken_plugin_is_listed_and_every_command_works(run_cli: Run, fake_dist: Callable[..., Path]) -> None:
+def test_broken_plugin_is_listed_and_every_command_works(run_cli: CliRunner, fake_dist: FakeDist) -> None:
     site = fake_dist("broken-plugin", "0.3", BROKEN, BROKEN_MODULES)
     listed = json.loads(run_cli("plugins", "list", "--json", pythonpath=site).stdout)
     broken = next(row for row in listed if row["name"] == "broken")
@@ -77,7 +75,7 @@ def test_broken_plugin_is_listed_and_every_command_works(run_cli: Run, fake_dist
         assert "Traceback" not in out.stderr
 
 
-def test_config_errors_are_one_line_and_exit_2(run_cli: Run, tmp_path: Path) -> None:
+def test_config_errors_are_one_line_and_exit_2(run_cli: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "runink.toml").write_text('[executor]\ndriver = "process"\ntimeout = "soon"\n')
     for args in (("config", "show"), ("plugins", "list")):
         out = run_cli(*args)
@@ -86,26 +84,26 @@ def test_config_errors_are_one_line_and_exit_2(run_cli: Run, tmp_path: Path) -> 
     assert run_cli("--version").returncode == 0  # still works with a broken config
 
 
-def test_debug_shows_the_traceback(run_cli: Run) -> None:
+def test_debug_shows_the_traceback(run_cli: CliRunner) -> None:
     out = run_cli("--debug", "config", "show", env={"RUNINK_HERD": "Not Valid"})
     assert out.returncode == 2
     assert "Traceback" in out.stderr and "herd" in out.stderr
 
 
-def test_usage_errors(run_cli: Run) -> None:
+def test_usage_errors(run_cli: CliRunner) -> None:
     out = run_cli("frobnicate")
     assert out.returncode == 2 and "No such command 'frobnicate'" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_config_show_names_sources(run_cli: Run, tmp_path: Path) -> None:
+def test_config_show_names_sources(run_cli: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "runink.toml").write_text('herd = "finance"\n')
     shown = json.loads(run_cli("config", "show", "--json", env={"RUNINK_EXECUTOR__DRIVER": "process"}).stdout)
     assert shown["config"]["herd"] == "finance"
     assert shown["sources"] == {"herd": f"{tmp_path / 'runink.toml'}:1", "executor.driver": "$RUNINK_EXECUTOR__DRIVER"}
 
 
-def test_hook_runink_cli_commands(run_cli: Run, fake_dist: Callable[..., Path]) -> None:
+def test_hook_runink_cli_commands(run_cli: CliRunner, fake_dist: FakeDist) -> None:
     """A plugin adds a command; a plugin whose registration raises is failed and the CLI still runs."""
     modules = {
         "hello_cmd.py": """
@@ -134,13 +132,13 @@ def test_hook_runink_cli_commands(run_cli: Run, fake_dist: Callable[..., Path]) 
     assert "runink_cli_commands raised ValueError: no app for you" in listed["bad-cmd"]["error"]
 
 
-def test_trace_plugins_logs_hook_calls(run_cli: Run) -> None:
+def test_trace_plugins_logs_hook_calls(run_cli: CliRunner) -> None:
     out = run_cli("plugins", "list", env={"RUNINK_TRACE_PLUGINS": "1"})
     assert out.returncode == 0
     assert "call runink_configure from lineage-jsonl" in out.stderr
 
 
-def test_disable_plugins_variable(run_cli: Run) -> None:
+def test_disable_plugins_variable(run_cli: CliRunner) -> None:
     listed = json.loads(
         run_cli("plugins", "list", "--json", env={"RUNINK_DISABLE_PLUGINS": "lineage-jsonl,binpack"}).stdout
     )
@@ -149,7 +147,7 @@ def test_disable_plugins_variable(run_cli: Run) -> None:
     assert status["spread"] == "loaded"
 
 
-def test_executors_say_what_they_cannot_enforce(run_cli: Run) -> None:
+def test_executors_say_what_they_cannot_enforce(run_cli: CliRunner) -> None:
     out = run_cli("plugins", "list", "--json")
     rows = {row["name"]: row for row in json.loads(out.stdout)}
     process = rows["process"]["details"]

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from runink.core.config import RuninkConfig, load_config
 from runink.core.errors import ConfigError
@@ -122,7 +123,9 @@ def test_every_driver_section_uses_driver_and_options() -> None:
     from runink.core.drivers import CONFIGURED_DRIVERS
 
     for section in CONFIGURED_DRIVERS:
-        fields = RuninkConfig.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        model = RuninkConfig.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), section
+        fields = model.model_fields
         assert {"driver", "options"} <= set(fields), section
         assert not {"policy", "backend"} & set(fields), section
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Callable
+
+from fixture_types import CliRunner
 
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS, probe
-
-Run = Callable[..., subprocess.CompletedProcess[str]]  # the run_cli fixture
 
 
 def test_namespace_probe_is_real() -> None:
@@ -19,7 +17,7 @@ def test_namespace_probe_is_real() -> None:
         assert probe("mount") is not None  # unprivileged: the kernel refuses it, and we say why
 
 
-def test_doctor_reports_every_area(run_cli: Run) -> None:
+def test_doctor_reports_every_area(run_cli: CliRunner) -> None:
     out = run_cli("doctor", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -40,7 +38,7 @@ def test_doctor_reports_every_area(run_cli: Run) -> None:
     assert not process[("executor", "process: memory")]["ok"] and process[("executor", "process")]["ok"]
 
 
-def test_doctor_table(run_cli: Run) -> None:
+def test_doctor_table(run_cli: CliRunner) -> None:
     out = run_cli("doctor")
     assert out.returncode == 0
     assert "namespaces" in out.stdout and "not enforced" in out.stdout

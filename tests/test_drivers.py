@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixture_types import FakeDist, OnSysPath
 
 from runink.core import hookimpl
 from runink.core.config import PluginsConfig, load_config
@@ -47,7 +47,7 @@ def test_disabled_driver_cannot_be_loaded() -> None:
         load_driver(Executor, "process", manager=manager)
 
 
-def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+def test_driver_of_the_wrong_type(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     on_sys_path(
         fake_dist(
             "odd", "0.1", {"runink.executors": {"odd": "odd_driver:Odd"}}, {"odd_driver.py": "class Odd:\n    pass\n"}
@@ -59,7 +59,7 @@ def test_driver_of_the_wrong_type(fake_dist: Callable[..., Path], on_sys_path: C
     assert record.status == "failed" and "not a Executor subclass" in (record.error or "")
 
 
-def test_broken_driver_import_is_reported(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+def test_broken_driver_import_is_reported(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     on_sys_path(
         fake_dist(
             "bad",
@@ -165,12 +165,12 @@ def test_load_by_interface_returns_that_interface() -> None:
     ],
 )
 def test_options_schema_refuses_a_wrong_option_in_one_line(
-    interface: type, name: str, options: dict[str, object], message: str
+    interface: type[Executor | BarnBackend], name: str, options: dict[str, object], message: str
 ) -> None:
     with pytest.raises(DriverLoadError) as info:
         load_driver(interface, name, options, origin="runink.toml:3")
     text = str(info.value)
-    assert text == f"{interface.GROUP} driver {name!r}: {message} (set at runink.toml:3)"  # type: ignore[attr-defined]
+    assert text == f"{interface.GROUP} driver {name!r}: {message} (set at runink.toml:3)"
     assert "\n" not in text
 
 
@@ -183,9 +183,7 @@ def test_options_schema_names_the_options_it_takes() -> None:
     )
 
 
-def test_a_subclass_does_not_inherit_the_schema(
-    fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]
-) -> None:
+def test_a_subclass_does_not_inherit_the_schema(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     source = (
         "from runink.plugins.executors.process import ProcessExecutor\n"
         "class Nice(ProcessExecutor):\n"

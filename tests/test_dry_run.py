@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixture_types import CliRunner
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
 PROCESS = {"RUNINK_EXECUTOR__DRIVER": "process"}
 
 
@@ -49,7 +48,7 @@ Scenario: a
 """
 
 
-def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: Run, project: Path) -> None:
+def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: CliRunner, project: Path) -> None:
     dsl(project, GOOD)
     before = sorted(p.name for p in project.rglob("*"))
     out = run_cli("run", "p.dsl", "--dry-run", "--json", cwd=project, env=PROCESS)
@@ -58,7 +57,7 @@ def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: Run, project:
     assert sorted(p.name for p in project.rglob("*")) == before  # no .runink, out/ or __pycache__
 
 
-def test_sources_must_exist_and_be_readable(run_cli: Run, project: Path) -> None:
+def test_sources_must_exist_and_be_readable(run_cli: CliRunner, project: Path) -> None:
     os.mkfifo(project / "pipe.csv")  # a FIFO would hang a reader
     dsl(
         project,
@@ -80,7 +79,7 @@ def test_sources_must_exist_and_be_readable(run_cli: Run, project: Path) -> None
     ]  # out/a.csv is made by scenario a: not checked
 
 
-def test_sink_folders_must_be_creatable(run_cli: Run, project: Path) -> None:
+def test_sink_folders_must_be_creatable(run_cli: CliRunner, project: Path) -> None:
     (project / "blocked").write_text("a file where a folder should be")
     dsl(project, 'Scenario: a\n  @source("in.csv")\n  @sink("blocked/deeper/a.csv")\n')
     assert errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)) == [
@@ -89,7 +88,7 @@ def test_sink_folders_must_be_creatable(run_cli: Run, project: Path) -> None:
     ]
 
 
-def test_step_and_contract_modules_are_imported_in_a_child_process(run_cli: Run, project: Path) -> None:
+def test_step_and_contract_modules_are_imported_in_a_child_process(run_cli: CliRunner, project: Path) -> None:
     # import-time code that would kill the CLI if the CLI imported it
     (project / "killer.py").write_text(
         "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n\ndef f(batch):\n    return batch\n"
@@ -124,7 +123,7 @@ def _linux_isolates() -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not _linux_isolates(), reason="the linux executor cannot isolate here")
-def test_the_import_check_runs_isolated(run_cli: Run, project: Path, tmp_path: Path) -> None:
+def test_the_import_check_runs_isolated(run_cli: CliRunner, project: Path, tmp_path: Path) -> None:
     """With the linux executor, the module's import-time code runs in a slice: the host's
     files outside the pipeline's folder are not there."""
     outside = tmp_path / "host-only.txt"
@@ -150,7 +149,7 @@ def test_the_import_check_runs_isolated(run_cli: Run, project: Path, tmp_path: P
         ("annotator.driver", "runink.annotators"),
     ],
 )
-def test_every_configured_driver_name_must_exist(run_cli: Run, project: Path, key: str, group: str) -> None:
+def test_every_configured_driver_name_must_exist(run_cli: CliRunner, project: Path, key: str, group: str) -> None:
     dsl(project, GOOD)
     env = {**PROCESS, "RUNINK_" + key.upper().replace(".", "__"): "nope"}
     (line,) = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project, env=env))
@@ -158,7 +157,7 @@ def test_every_configured_driver_name_must_exist(run_cli: Run, project: Path, ke
     assert line.startswith(f"{var}: {key} = 'nope' names no installed {group} driver (available: "), line
 
 
-def test_a_driver_name_from_the_config_file_names_its_key(run_cli: Run, project: Path) -> None:
+def test_a_driver_name_from_the_config_file_names_its_key(run_cli: CliRunner, project: Path) -> None:
     dsl(project, GOOD)
     (project / "runink.toml").write_text('[scheduler]\ndriver = "spred"\n\n[executor]\ndriver = "proces"\n')
     lines = errors(run_cli("run", "p.dsl", "--dry-run", cwd=project))

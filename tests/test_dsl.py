@@ -196,7 +196,9 @@ def test_builder_makes_the_same_model(tmp_path: Path) -> None:
         .build()
     )
     parsed = parse(GOOD, "orders.dsl")
-    assert built.scenarios[0].source.uri == parsed.scenarios[0].source.uri  # type: ignore[union-attr]
+    built_source, parsed_source = built.scenarios[0].source, parsed.scenarios[0].source
+    assert built_source is not None and parsed_source is not None
+    assert built_source.uri == parsed_source.uri
     assert [s.uri for s in built.scenarios[0].sinks] == [s.uri for s in parsed.scenarios[0].sinks]
     assert built.scenarios[0].requires.memory == parsed.scenarios[0].requires.memory
 
@@ -271,13 +273,14 @@ def test_every_annotation_of_the_examples_belongs_to_its_scenario() -> None:
 )
 def test_annotations_above_a_scenario_are_its_own(text: str) -> None:
     a, b = parse(text, "p.dsl").scenarios
-    assert (a.requires.timeout, a.network, a.source.uri, [s.uri for s in a.sinks]) == (  # type: ignore[union-attr]
+    assert a.source is not None and b.source is not None
+    assert (a.requires.timeout, a.network, a.source.uri, [s.uri for s in a.sinks]) == (
         None,
         False,
         "a.csv",
         ["b.csv"],
     )
-    assert (b.requires.timeout, b.network, b.source.uri, [s.uri for s in b.sinks]) == (  # type: ignore[union-attr]
+    assert (b.requires.timeout, b.network, b.source.uri, [s.uri for s in b.sinks]) == (
         300.0,
         True,
         "b.csv",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from proc_tree import descendants
 
+from runink.core.interfaces.executor import TaskSpec
+from runink.core.model import Resources
 from runink.plugins.executors.linux.executor import LinuxExecutor
 from runink.testing import ExecutorConformance
 
@@ -42,24 +44,34 @@ def linux() -> Iterator[LinuxExecutor]:
                 parent.rmdir()
 
 
-def _spec(tmp_path, *command, **extra):  # type: ignore[no-untyped-def]
+def _spec(
+    tmp_path: Path,
+    *command: str,
+    env: Mapping[str, str] | None = None,
+    limits: Resources | None = None,
+    files: Mapping[str, str] | None = None,
+) -> TaskSpec:
     import os
     import uuid
-
-    from runink.core.interfaces.executor import TaskSpec
 
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     os.chmod(work, 0o777)
     task_id = f"l-{uuid.uuid4().hex[:8]}"
-    extra = {"env": {"PATH": "/usr/bin:/bin"}, "cwd": work, **extra}
-    return TaskSpec(task_id, tuple(command), tmp_path / task_id, **extra)
+    return TaskSpec(
+        task_id,
+        command,
+        tmp_path / task_id,
+        env={"PATH": "/usr/bin:/bin"} if env is None else env,
+        cwd=work,
+        limits=Resources() if limits is None else limits,
+        files={} if files is None else files,
+    )
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_oom_is_reported_as_oomkilled(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_oom_is_reported_as_oomkilled(linux: LinuxExecutor, tmp_path: Path) -> None:
     from runink.core.interfaces.executor import TaskState
-    from runink.core.model import Resources
 
     spec = _spec(
         tmp_path, "sh", "-c", "head -c 600M /dev/zero | tail > /dev/null", limits=Resources(memory=64 * 1024**2)
@@ -71,8 +83,7 @@ def test_oom_is_reported_as_oomkilled(linux: LinuxExecutor, tmp_path) -> None:  
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from runink.core.model import Resources
+def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path: Path) -> None:
 
     # each child that gets a pid writes a line, then sleeps past the loop (so none frees its pid)
     bomb = "for i in $(seq 200); do (echo up >> started; exec sleep 5) & done; wait"
@@ -87,8 +98,7 @@ def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path) -> None:  # type
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_half_a_core(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from runink.core.model import Resources
+def test_half_a_core(linux: LinuxExecutor, tmp_path: Path) -> None:
 
     spec = _spec(
         tmp_path,
@@ -104,7 +114,7 @@ def test_half_a_core(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path: Path) -> None:
     import subprocess
 
     from runink.core.interfaces.executor import TaskState
@@ -144,7 +154,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path) 
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_logs_are_live_and_capped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_logs_are_live_and_capped(tmp_path: Path) -> None:
     import sys
     import time
 
@@ -180,7 +190,7 @@ def test_logs_are_live_and_capped(tmp_path) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_a_slice_outlives_its_launcher(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_slice_outlives_its_launcher(tmp_path: Path) -> None:
     """With ``slices_outlive_executor`` (an agent that recovers its slices after a restart)."""
     linux = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", slices_outlive_executor=True)
     try:
@@ -193,7 +203,7 @@ def test_a_slice_outlives_its_launcher(tmp_path) -> None:  # type: ignore[no-unt
                     parent.rmdir()
 
 
-def _outlive(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _outlive(linux: LinuxExecutor, tmp_path: Path) -> None:
     import signal
     import time
 
@@ -214,7 +224,7 @@ def _outlive(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExecutor, tmp_path: Path) -> None:
     """Python slices are forks of the launcher: it must never have held another slice's env or files."""
     import sys
     import uuid as uuid_module
@@ -239,8 +249,8 @@ def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExe
         "print('found', found, 'in', regions > 10)\n"
     )
 
-    def scan_for_secret(**extra: object) -> str:
-        second = _spec(tmp_path, sys.executable, "-c", scan, secret[::-1], **extra)
+    def scan_for_secret(env: Mapping[str, str] | None = None) -> str:
+        second = _spec(tmp_path, sys.executable, "-c", scan, secret[::-1], env=env)
         linux.start(second)
         result = linux.wait(second.id, 60)
         assert result is not None and result.exit_code == 0, linux.read_log(second.id, "stderr")
@@ -254,7 +264,7 @@ def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExe
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecutor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecutor, tmp_path: Path) -> None:
     import os
     import sys
 

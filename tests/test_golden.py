@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-Run = Callable[..., subprocess.CompletedProcess[str]]  # the run_cli fixture
+from fixture_types import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,14 +21,14 @@ def trades(tmp_path: Path) -> Path:
     return target
 
 
-def test_shipped_golden_passes(run_cli: Run, trades: Path) -> None:
+def test_shipped_golden_passes(run_cli: CliRunner, trades: Path) -> None:
     out = run_cli("test", ".", "--json", cwd=trades)
     assert out.returncode == 0, out.stderr
     assert [r["status"] for r in json.loads(out.stdout)] == ["passed"]
     assert not (trades / "out").exists()  # golden runs write to a temporary folder
 
 
-def test_changed_step_fails_with_diff_then_update(run_cli: Run, trades: Path) -> None:
+def test_changed_step_fails_with_diff_then_update(run_cli: CliRunner, trades: Path) -> None:
     steps = trades / "steps.py"
     steps.write_text(steps.read_text().replace('"block"', '"BLOCK"'))
     out = run_cli("test", "trades.dsl", cwd=trades)
@@ -42,7 +39,7 @@ def test_changed_step_fails_with_diff_then_update(run_cli: Run, trades: Path) ->
     assert run_cli("test", "trades.dsl", cwd=trades).returncode == 0
 
 
-def test_no_golden_scenarios_is_an_error(run_cli: Run, tmp_path: Path) -> None:
+def test_no_golden_scenarios_is_an_error(run_cli: CliRunner, tmp_path: Path) -> None:
     shutil.copytree(REPO / "examples" / "orders", tmp_path / "orders", ignore=shutil.ignore_patterns("out"))
     out = run_cli("test", "orders", cwd=tmp_path)
     assert out.returncode == 1 and "no scenario with @golden" in out.stderr

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fixture_types import CliRunner
 
 from runink.core.config import load_config
 from runink.core.interfaces.executor import TaskHandle, TaskSpec
@@ -132,7 +133,7 @@ def test_the_executor_gets_the_scenario_values_or_the_configured_defaults(
     }
 
 
-def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(run_cli: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "in.csv").write_text("id\n1\n")
     (tmp_path / "p.dsl").write_text(
         'Feature: x\n  Scenario: a\n    @requires(cpu=1e400)\n    @source("in.csv")\n    @sink("out.csv")\n'
@@ -161,7 +162,7 @@ def test_nonsense_limit_defaults_are_config_errors(environ: dict[str, str], mess
 
 
 @pytest.mark.skipif(bool(LinuxExecutor._detect_problems()), reason="cannot isolate here")
-def test_an_isolated_slice_gets_the_default_pids_limit(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_isolated_slice_gets_the_default_pids_limit(run_cli: CliRunner, tmp_path: Path) -> None:
     """No @requires: the slice still cannot start more than [limits] pids (1024) tasks."""
     (tmp_path / "in.csv").write_text("id\n1\n")
     (tmp_path / "steps.py").write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import cast
 
 from runink.testing.linearizability import Op, check
 
@@ -118,11 +119,12 @@ def brute_force(history: list[Op], start: bytes | None = None) -> bool:
                 for later in order[n + 1 :]
             ):
                 continue
-            value: object = start
+            value = start
             for op in order:
-                value = _apply(op, value)  # type: ignore[arg-type]
-                if value is _REFUSED:
+                applied = _apply(op, value)
+                if applied is _REFUSED:
                     break
+                value = cast("bytes | None", applied)  # _apply returns the new value or _REFUSED
             else:
                 return True
     return False

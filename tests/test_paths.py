@@ -4,17 +4,14 @@ replaces the pipeline's own files: checked when the pipeline compiles, before an
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixture_types import CliRunner
 
 from runink.core.config import load_config
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import DslError, parse_file
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -108,7 +105,7 @@ def test_paths_allow_opens_listed_folders_only(project: Path, tmp_path: Path) ->
     )
 
 
-def test_runink_run_reads_and_writes_nothing_outside(run_cli: Run, project: Path, tmp_path: Path) -> None:
+def test_runink_run_reads_and_writes_nothing_outside(run_cli: CliRunner, project: Path, tmp_path: Path) -> None:
     env = {"RUNINK_EXECUTOR__DRIVER": "process"}
     victim = tmp_path / "outside" / "root-only.csv"
     victim.write_text("precious\n")

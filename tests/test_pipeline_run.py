@@ -7,15 +7,24 @@ import os
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from fixture_types import CliRunner, FakeDist
+
+from runink.core.datasets import DatasetRef
+from runink.core.pipeline.compile import CompiledScenario, CompiledSink
+from runink.core.pipeline.model import Scenario
 
 REPO = Path(__file__).resolve().parent.parent
-Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _writing(final: Path) -> CompiledScenario:
+    """A compiled scenario whose one sink is ``final`` (stage_sinks reads only its sinks' paths)."""
+    ref = DatasetRef("csv", final, str(final))
+    return CompiledScenario(Scenario("writes"), ref, (CompiledSink(ref, "valid", {}),))
 
 
 @pytest.fixture
@@ -33,7 +42,7 @@ def summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
-def test_orders_example_end_to_end(run_cli: Run, orders: Path) -> None:
+def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--json", cwd=orders)
     result = summary(out)
     assert out.returncode == 0 and result["ok"]
@@ -64,7 +73,7 @@ def test_orders_example_end_to_end(run_cli: Run, orders: Path) -> None:
     assert any(o["name"].endswith("silver/orders.parquet") for o in complete["outputs"])
 
 
-def test_table_output_and_progress(run_cli: Run, orders: Path) -> None:
+def test_table_output_and_progress(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", cwd=orders)
     assert out.returncode == 0, out.stderr
     assert "Validate orders" in out.stdout and "SUCCEEDED" in out.stdout
@@ -80,7 +89,7 @@ def _linux_isolates() -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not _linux_isolates(), reason="the linux executor cannot isolate here")
-def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: Run, orders: Path) -> None:
+def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--json", cwd=orders)
     result = json.loads(out.stdout)
     assert result["ok"], out.stderr
@@ -94,7 +103,7 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: Run, orders
             assert not list(Path(output).parent.glob(".runink-stage-*"))  # staging removed
 
 
-def test_dry_run_writes_nothing(run_cli: Run, orders: Path) -> None:
+def test_dry_run_writes_nothing(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--dry-run", "--json", cwd=orders)
     plan = json.loads(out.stdout)
     assert plan["levels"] == [["Validate orders"], ["Large orders"]]
@@ -164,7 +173,7 @@ def dsl(root: Path, body: str) -> Path:
     return write(root / "p.dsl", "Feature: test\n" + textwrap.indent(textwrap.dedent(body), "  "))
 
 
-def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: Run, project: Path) -> None:
+def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -192,7 +201,7 @@ def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: Run, p
     assert "Traceback" in (Path(a["log_dir"]) / "stderr.log").read_text()
 
 
-def test_record_steps_and_retries(run_cli: Run, project: Path) -> None:
+def test_record_steps_and_retries(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -211,7 +220,7 @@ def test_record_steps_and_retries(run_cli: Run, project: Path) -> None:
     assert rows == [{"id": i, "name": f"N{i}"} for i in range(0, 10, 2)]
 
 
-def test_log_lines_are_tagged_with_the_slice_and_step(run_cli: Run, project: Path) -> None:
+def test_log_lines_are_tagged_with_the_slice_and_step(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -230,7 +239,7 @@ def test_log_lines_are_tagged_with_the_slice_and_step(run_cli: Run, project: Pat
     assert f"[{task_id} steps:chatty] warning: nothing wrong" in (log_dir / "stderr.log").read_text().splitlines()
 
 
-def test_timeout(run_cli: Run, project: Path) -> None:
+def test_timeout(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -247,7 +256,7 @@ def test_timeout(run_cli: Run, project: Path) -> None:
     assert not (project / "out" / "a.csv").exists()
 
 
-def test_missing_source_and_unwritable_sink(run_cli: Run, project: Path) -> None:
+def test_missing_source_and_unwritable_sink(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -266,7 +275,7 @@ def test_missing_source_and_unwritable_sink(run_cli: Run, project: Path) -> None
     assert b["state"] == "FAILED" and "blocked" in b["error"]
 
 
-def test_schema_drift_warns_or_blocks(run_cli: Run, project: Path) -> None:
+def test_schema_drift_warns_or_blocks(run_cli: CliRunner, project: Path) -> None:
     write(project / "in.csv", "id,name,extra\n1,a,x\n")
     dsl(
         project,
@@ -283,7 +292,7 @@ def test_schema_drift_warns_or_blocks(run_cli: Run, project: Path) -> None:
     assert blocked["state"] == "FAILED" and "(herd policy: block)" in blocked["error"]
 
 
-def test_many_batches_keep_positions(run_cli: Run, project: Path) -> None:
+def test_many_batches_keep_positions(run_cli: CliRunner, project: Path) -> None:
     lines = ["id,name"] + [f"{i if i % 1000 else -i},name{i}" for i in range(1, 30_001)]
     write(project / "in.csv", "\n".join(lines) + "\n")
     dsl(
@@ -303,7 +312,7 @@ def test_many_batches_keep_positions(run_cli: Run, project: Path) -> None:
     assert positions == [i + 1 for i in range(1000, 30_001, 1000)]  # line = id + 1 (header)
 
 
-def test_compile_error_is_one_line(run_cli: Run, project: Path) -> None:
+def test_compile_error_is_one_line(run_cli: CliRunner, project: Path) -> None:
     dsl(
         project,
         """
@@ -322,7 +331,7 @@ def test_compile_error_is_one_line(run_cli: Run, project: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_set_overrides_reach_plugins_and_drivers(run_cli: Run, orders: Path, tmp_path: Path) -> None:
+def test_set_overrides_reach_plugins_and_drivers(run_cli: CliRunner, orders: Path, tmp_path: Path) -> None:
     data = tmp_path / "state"
     out = run_cli("run", "orders.dsl", "--json", "--set", f"data_dir={data}", cwd=orders)
     assert out.returncode == 0, out.stderr
@@ -337,8 +346,6 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     """A staging folder belongs to the slice: a link, a hard link or a setuid file left there is
     not published as is, and a staging folder swapped for a link after it was made redirects
     nothing (fds, not paths)."""
-    from types import SimpleNamespace
-
     from runink.core.staging import publish as _publish
     from runink.core.staging import stage_sinks as _stage_sinks
     from runink.core.staging import unstage as _unstage
@@ -346,8 +353,8 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
     secret = tmp_path / "root-only.txt"
     secret.write_text("not for slices")
     final = tmp_path / "out" / "orders.csv"
-    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
-    stages = _stage_sinks(item)  # type: ignore[arg-type]
+    item = _writing(final)
+    stages = _stage_sinks(item)
     stage = stages[final]
     outer = stage.path.parent
     assert outer.parent == final.parent and outer.name.startswith(".runink-stage-") and stage.path.name == "out"
@@ -376,8 +383,6 @@ def test_publishing_accepts_only_regular_files(tmp_path: Path) -> None:
 
 
 def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
     from runink.core import staging
     from runink.core.staging import stage_sinks as _stage_sinks
     from runink.core.staging import unstage as _unstage
@@ -385,10 +390,10 @@ def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path, mon
     monkeypatch.setattr(staging, "STALE_AFTER", 0.0)  # (a fresh unlocked one is left alone for a minute)
 
     final = tmp_path / "out" / "a.csv"
-    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
-    live = _stage_sinks(item)  # type: ignore[arg-type]
+    item = _writing(final)
+    live = _stage_sinks(item)
     (final.parent / ".runink-stage-deadbeef").mkdir()  # a dead runner's: nobody holds its lock
-    other = _stage_sinks(item)  # type: ignore[arg-type]
+    other = _stage_sinks(item)
     names = {p.name for p in final.parent.glob(".runink-stage-*")}
     assert ".runink-stage-deadbeef" not in names
     assert {live[final].path.parent.name, other[final].path.parent.name} == names
@@ -400,14 +405,12 @@ def test_a_stale_staging_folder_is_swept_and_a_live_one_kept(tmp_path: Path, mon
 def test_removing_a_staging_folder_swapped_for_another_deletes_only_its_own(tmp_path: Path) -> None:
     """Someone who can write the sink's folder swaps the runner's staging folder for a folder of
     theirs: the runner empties its own (through its fd) and leaves theirs whole."""
-    from types import SimpleNamespace
-
     from runink.core.staging import stage_sinks as _stage_sinks
     from runink.core.staging import unstage as _unstage
 
     final = tmp_path / "out" / "a.csv"
-    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
-    stages = _stage_sinks(item)  # type: ignore[arg-type]
+    item = _writing(final)
+    stages = _stage_sinks(item)
     outer = stages[final].path.parent
     stages[final].file.write_text("partial")
     theirs = tmp_path / "out" / "data"
@@ -421,8 +424,6 @@ def test_removing_a_staging_folder_swapped_for_another_deletes_only_its_own(tmp_
 
 
 def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from runink.core.staging import stage_sinks as _stage_sinks
 
     (tmp_path / "out").mkdir()
@@ -430,13 +431,13 @@ def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path:
     victim.mkdir()
     os.symlink(victim, tmp_path / "out" / "sub")  # planted in a folder others can write
     final = tmp_path / "out" / "sub" / "a.csv"
-    item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=final))])
+    item = _writing(final)
     with pytest.raises(OSError, match="outside what the pipeline may write"):
         _stage_sinks(item, lambda real: real == tmp_path / "out" or tmp_path / "out" in real.parents)
     assert list(victim.iterdir()) == []
 
 
-def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: Run, project: Path) -> None:
+def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: CliRunner, project: Path) -> None:
     # An unclosed quote swallowed the following lines into one value and the scenario SUCCEEDED;
     # a line nested 2,000 deep or not UTF-8 failed the whole scenario; a dead-letter sink
     # needed a contract.
@@ -475,7 +476,7 @@ def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: 
     assert b["rows_malformed"] == 2 and b["rows_invalid"] == 2
 
 
-def test_a_failing_step_is_one_line_on_the_console(run_cli: Run, project: Path) -> None:
+def test_a_failing_step_is_one_line_on_the_console(run_cli: CliRunner, project: Path) -> None:
     # It came three times: the runner's log record with the slice's traceback, then the summary.
     dsl(
         project,
@@ -530,7 +531,7 @@ EXECUTORS = '''
 
 
 def test_third_party_executors_get_degrade_and_are_named(
-    run_cli: Run, project: Path, fake_dist: Callable[..., Path]
+    run_cli: CliRunner, project: Path, fake_dist: FakeDist
 ) -> None:
     site = fake_dist(
         "third-party-executors",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixture_types import FakeDist, OnSysPath
 
 from runink.core import hookimpl
 from runink.core.config import PluginsConfig, RuninkConfig
@@ -39,7 +39,7 @@ def test_builtin_plugins_load_with_package_and_version() -> None:
     assert records["resource-fit"].hooks == ("runink_filter_nodes",)
 
 
-def test_third_party_plugin_is_discovered(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+def test_third_party_plugin_is_discovered(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     on_sys_path(fake_dist("acme-logs", "1.4.2", {"runink": {"acme-logs": "acme_logs"}}, {"acme_logs.py": GOOD}))
     manager = create_plugin_manager()
     record = by_name(manager)["acme-logs"]
@@ -53,7 +53,7 @@ def test_third_party_plugin_is_discovered(fake_dist: Callable[..., Path], on_sys
 
 
 def test_import_error_is_recorded_and_others_still_load(
-    fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+    fake_dist: FakeDist, on_sys_path: OnSysPath, caplog: pytest.LogCaptureFixture
 ) -> None:
     on_sys_path(
         fake_dist(
@@ -73,9 +73,7 @@ def test_import_error_is_recorded_and_others_still_load(
     assert "broken" in caplog.text
 
 
-def test_unknown_hook_name_fails_the_plugin(
-    fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]
-) -> None:
+def test_unknown_hook_name_fails_the_plugin(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     source = "from runink.core import hookimpl\n\n@hookimpl\ndef runink_filter_nodez(request, nodes):\n    return []\n"
     on_sys_path(fake_dist("typo-plugin", "0.1", {"runink": {"typo": "typo_plugin"}}, {"typo_plugin.py": source}))
     manager = create_plugin_manager()
@@ -89,7 +87,7 @@ def test_unknown_hook_name_fails_the_plugin(
 def test_wrong_hook_arguments_fail_at_registration() -> None:
     class Bad:
         @hookimpl
-        def runink_filter_nodes(self, request, nodes, extra):  # type: ignore[no-untyped-def]
+        def runink_filter_nodes(self, request: object, nodes: object, extra: object) -> list[object]:
             return []
 
     manager = PluginManager()
@@ -98,7 +96,7 @@ def test_wrong_hook_arguments_fail_at_registration() -> None:
     assert "extra" in (record.error or "")
 
 
-def test_disable_and_allow_list(fake_dist: Callable[..., Path], on_sys_path: Callable[[Path], None]) -> None:
+def test_disable_and_allow_list(fake_dist: FakeDist, on_sys_path: OnSysPath) -> None:
     on_sys_path(fake_dist("acme-logs", "1.0", {"runink": {"acme-logs": "acme_logs"}}, {"acme_logs.py": GOOD}))
     manager = create_plugin_manager(RuninkConfig(plugins=PluginsConfig(disable=["lineage-jsonl"])))
     assert by_name(manager)["lineage-jsonl"].status == "disabled"

@@ -11,14 +11,17 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from proc_tree import descendants
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, detect
 from runink.plugins.executors.linux.executor import LinuxExecutor
+
+T = TypeVar("T")
 
 PROBLEMS = LinuxExecutor._detect_problems()
 pytestmark = pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
@@ -60,7 +63,7 @@ def _project(root: Path, parent_name: str) -> Path:
     return dsl
 
 
-def _start_run(project: Path, **popen: object) -> subprocess.Popen[str]:
+def _start_run(project: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
     env["RUNINK_CONFIG"] = str(project / "runink.toml")
     return subprocess.Popen(
@@ -70,11 +73,10 @@ def _start_run(project: Path, **popen: object) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **popen,  # type: ignore[call-overload]
     )
 
 
-def _wait_for_slice(runner: subprocess.Popen[str]) -> tuple[list[int], list[int]]:
+def _wait_for_slice(runner: subprocess.Popen[str] | subprocess.Popen[bytes]) -> tuple[list[int], list[int]]:
     """(launcher pids, slice pids) once the slice runs its step."""
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
@@ -108,7 +110,7 @@ def _sandbox_cgroups(parent_name: str, launchers: list[int]) -> list[Path]:
     return sorted(d for p in parents for launcher in launchers for d in p.glob(f"sandbox-{launcher}-*"))
 
 
-def _settle(check, seconds: float = 10.0) -> object:  # type: ignore[no-untyped-def]
+def _settle(check: Callable[[], T], seconds: float = 10.0) -> T:
     deadline = time.monotonic() + seconds
     while (found := check()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -138,16 +140,17 @@ def test_a_killed_runink_run_leaves_no_slice_and_no_cgroup(
             assert stale == []  # a cancelled run removes its staging folders
         else:  # nothing ran to remove them: the next run in that folder does
             assert stale
-            from types import SimpleNamespace
-
             from runink.core import staging as staging_module
+            from runink.core.datasets import DatasetRef
+            from runink.core.pipeline.compile import CompiledScenario, CompiledSink
+            from runink.core.pipeline.model import Scenario
             from runink.core.staging import stage_sinks as _stage_sinks
             from runink.core.staging import unstage as _unstage
 
             monkeypatch.setattr(staging_module, "STALE_AFTER", 0.0)  # (it waits a minute for a fresh one)
 
-            item = SimpleNamespace(sinks=[SimpleNamespace(ref=SimpleNamespace(path=project / "out" / "a.csv"))])
-            _unstage(_stage_sinks(item))  # type: ignore[arg-type]
+            ref = DatasetRef("csv", project / "out" / "a.csv", "out/a.csv")  # stage_sinks reads only its path
+            _unstage(_stage_sinks(CompiledScenario(Scenario("a"), ref, (CompiledSink(ref, "valid", {}),))))
             assert list((project / "out").glob(".runink-stage-*")) == []
     finally:
         if runner.poll() is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,9 @@ def test_a_spec_reads_back_as_written() -> None:
         (lambda d: d.update(source="csv"), "'source' is not an object"),
     ],
 )
-def test_a_spec_this_slice_cannot_run_is_refused_naming_the_field(change, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_spec_this_slice_cannot_run_is_refused_naming_the_field(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
     data = json.loads(SPEC.to_json())
     change(data)
     with pytest.raises(SpecError, match=message):

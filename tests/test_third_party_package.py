@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import venv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "runink-example-plugins"
 
 
-def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNINK_", "PYTHON"))}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
-def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv that sees the current environment's packages (runink included) and has the example installed.
 
     Offline: no index, no build isolation; the .pth line makes this environment's
