@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from fixture_types import CliRunner
 
 
 def _options(help_text: str) -> set[str]:
     return {word.strip(",.[]()") for word in help_text.split() if word.startswith("--")}
 
 
-def test_barn_commands_come_from_the_raft_plugin(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_barn_commands_come_from_the_raft_plugin(run_cli: CliRunner) -> None:
     listed = run_cli("plugins", "list", "--json")
     assert '"barn-raft"' in listed.stdout
     assert run_cli("barn", "--help").returncode == 0
@@ -21,9 +22,7 @@ def test_barn_commands_come_from_the_raft_plugin(run_cli: Callable[..., subproce
     assert without.returncode == 2 and "No such command 'barn'" in without.stderr
 
 
-def test_barn_serve_and_the_server_module_share_one_parser(
-    run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
-) -> None:
+def test_barn_serve_and_the_server_module_share_one_parser(run_cli: CliRunner, tmp_path: Path) -> None:
     runink = run_cli("barn", "serve", "--help", env={"COLUMNS": "200"}).stdout
     module = [sys.executable, "-m", "runink.plugins.barn.raft.server"]
     alone = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=60, check=False, env={

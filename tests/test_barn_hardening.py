@@ -20,6 +20,7 @@ from typing import Any
 import pysyncobj.pickle as raft_pickle
 import pytest
 from barn_cluster import Cluster, free_ports
+from fixture_types import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pysyncobj.journal import createJournal
@@ -373,7 +374,7 @@ def test_connections_past_the_cap_are_refused_and_the_group_keeps_working(group:
     fresh.close()
 
 
-def test_member_add_refuses_an_address_it_cannot_reach(group: Cluster, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_member_add_refuses_an_address_it_cannot_reach(group: Cluster, run_cli: CliRunner) -> None:
     endpoints = ",".join(group.http[n] for n in group.names)
     unreachable = f"127.0.0.1:{CLOSED_PORT}"
     out = run_cli("barn", "member", "add", "d", unreachable, unreachable, "--endpoints", endpoints)

@@ -4,9 +4,11 @@ catches up and serves; a removed server no longer counts towards the quorum."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from barn_cluster import Cluster
+from fixture_types import CliRunner
 
 
 def local_copy(cluster: Cluster, name: str) -> dict[str, bytes]:
@@ -17,7 +19,7 @@ def local_copy(cluster: Cluster, name: str) -> dict[str, bytes]:
         client.close()
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -26,7 +28,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
     raise AssertionError(f"{what} within {timeout}s")
 
 
-def test_add_a_server_then_remove_one(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_add_a_server_then_remove_one(tmp_path: Path, run_cli: CliRunner) -> None:
     cluster = Cluster(tmp_path)
     try:
         cluster.start()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from barn_cluster import Cluster
+from fixture_types import CliRunner
 
 from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend
@@ -37,7 +38,7 @@ class TestRaftBarn(BarnConformance):
         client.close()
 
 
-def test_barn_status_cli(cluster: Cluster, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_barn_status_cli(cluster: Cluster, run_cli: CliRunner) -> None:
     endpoints = ",".join(cluster.http[n] for n in cluster.names)
     out = run_cli("barn", "status", "--endpoints", endpoints, "--json")
     assert out.returncode == 0, out.stderr
