@@ -1,0 +1,92 @@
+"""Node liveness, decided by the Barn leader's server with its own clock only.
+
+Agents bump their node record's ``heartbeat`` counter; the leader remembers, per node, the
+counter it last saw and when (its monotonic clock) it last changed. A node whose counter has
+not moved for ``timeout`` seconds of that clock is declared dead: ready=False and its
+SCHEDULED/RUNNING tasks back to PENDING, in one transaction that compares the node's revision
+(a heartbeat landing meanwhile refuses it). Times written by other machines are never
+compared. A new leader starts with an empty memory, so every node gets a full timeout.
+A task keeps its old fencing token while PENDING; rescheduling gives it a greater one, so a
+late report from the dead node names a stale token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runink.core.control.records import NodeRecord, Record, RunState, TaskRecord, keys
+from runink.core.control.store import ClusterStore, Conflict, Versioned
+
+ACTIVE = (RunState.SCHEDULED, RunState.RUNNING)
+
+
+@dataclass
+class _Seen:
+    heartbeat: int
+    incarnation: str
+    since: float  # the leader's monotonic time when the counter last changed
+
+
+class Liveness:
+    def __init__(self, store: ClusterStore, timeout: float) -> None:
+        if not timeout > 0:
+            raise ValueError(f"liveness timeout: {timeout!r} (expected seconds > 0)")
+        self.store = store
+        self.timeout = timeout
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(self, now_monotonic: float) -> list[str]:
+        """Look at every node once; returns the ids of the nodes declared dead by this call."""
+        nodes = self.store.nodes()
+        current = {v.record.id for v in nodes}
+        for gone in self._seen.keys() - current:
+            del self._seen[gone]
+
+        expired: list[Versioned[NodeRecord]] = []
+        stranded = False  # a not-ready node may still hold tasks (placed there as it died)
+        for versioned in nodes:
+            node = versioned.record
+            seen = self._seen.get(node.id)
+            if seen is None or seen.heartbeat != node.heartbeat or seen.incarnation != node.incarnation:
+                self._seen[node.id] = _Seen(node.heartbeat, node.incarnation, now_monotonic)
+            elif node.ready and now_monotonic - seen.since >= self.timeout:
+                expired.append(versioned)
+            if not node.ready:
+                stranded = True
+        if not expired and not stranded:
+            return []
+
+        tasks = self.store.tasks()
+        dead: list[str] = []
+        for versioned in expired:
+            node = versioned.record
+            on_node = [t for t in tasks if t.record.node == node.id and t.record.state in ACTIVE]
+            read = [(keys.node(node.id), versioned.revision)]
+            writes: list[tuple[str, Record | None]] = [(keys.node(node.id), node.model_copy(update={"ready": False}))]
+            for task in on_node:
+                key = keys.task(task.record.herd, task.record.id)
+                read.append((key, task.revision))
+                writes.append((key, _lost(task.record, node.id)))
+            try:
+                self.store.commit(read, writes)
+            except Conflict:
+                continue  # a heartbeat (or a task report) landed: look again next time
+            dead.append(node.id)
+
+        # Tasks the scheduler placed on a node just before it was declared dead (its pass read
+        # the node as ready) would wait there forever: send them back too.
+        not_ready = {v.record.id for v in nodes if not v.record.ready}
+        for task in tasks:
+            record = task.record
+            if record.node in not_ready and record.state in ACTIVE:
+                key = keys.task(record.herd, record.id)
+                try:
+                    self.store.commit([(key, task.revision)], [(key, _lost(record, record.node))])
+                except Conflict:
+                    continue
+        return dead
+
+
+def _lost(task: TaskRecord, node_id: str) -> TaskRecord:
+    reason = f"node {node_id} lost"
+    return task.moved_to(RunState.PENDING, reason, node=None, pending_reason=reason)

@@ -1,0 +1,326 @@
+"""The cluster scheduler and node liveness, on the memory Barn with the installed filter plugins
+and a real policy: capacity, quotas, labels, fair share, explain, fencing tokens, conflicts,
+and tasks of a dead node placed again elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from runink.core import hookimpl
+from runink.core.control.liveness import Liveness
+from runink.core.control.records import Amount, Herd, JobRecord, NodeRecord, Quota, RunState, TaskRecord, keys
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import load_driver
+from runink.core.interfaces import SchedulerPolicy
+from runink.core.model import Node, NodeRejection, PlacementRequest
+from runink.core.plugins import PluginManager
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+GiB = 1024**3
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    return ClusterStore(MemoryBarn())
+
+
+@pytest.fixture
+def manager() -> Iterator[PluginManager]:
+    with plugin_manager() as manager:
+        yield manager
+
+
+def scheduler(store: ClusterStore, manager: PluginManager, policy: str = "spread") -> Scheduler:
+    return Scheduler(store, manager, load_driver(SchedulerPolicy, policy))
+
+
+def add_node(store: ClusterStore, node_id: str, cpu: float = 4, **labels: str) -> None:
+    record = NodeRecord(id=node_id, capacity=Amount(cpu=cpu, memory=16 * GiB), labels=labels)
+    store.commit([(keys.node(node_id), 0)], [(keys.node(node_id), record)])
+
+
+def add_herd(store: ClusterStore, name: str, **quota: float) -> None:
+    store.create_herd(Herd(name=name, quota=Quota(**quota)))  # type: ignore[arg-type]
+
+
+def submit(
+    store: ClusterStore, herd: str, count: int, cpu: float = 1, prefix: str = "t", **fields: object
+) -> list[str]:
+    """``count`` one-task jobs; returns the task ids (their names sort in submission order)."""
+    ids = []
+    for i in range(count):
+        task_id = f"{herd}-{prefix}{i:03d}"
+        task = TaskRecord.model_validate(
+            {"id": task_id, "job_id": task_id, "herd": herd, "command": ["/bin/true"], "resources": {"cpu": cpu}}
+            | fields
+        )
+        store.submit(JobRecord(id=task_id, herd=herd, tasks=[task_id]), [task])
+        ids.append(task_id)
+    return ids
+
+
+def task(store: ClusterStore, herd: str, task_id: str) -> TaskRecord:
+    return store.task(herd, task_id).record
+
+
+def node_use(store: ClusterStore) -> dict[str, float]:
+    use: dict[str, float] = {}
+    for versioned in store.tasks():
+        t = versioned.record
+        if t.state in (RunState.SCHEDULED, RunState.RUNNING):
+            assert t.node is not None
+            use[t.node] = use.get(t.node, 0) + t.resources.cpu
+    return use
+
+
+def finish(store: ClusterStore, herd: str, task_id: str) -> None:
+    def run_and_succeed(t: TaskRecord) -> TaskRecord:
+        return t.moved_to(RunState.RUNNING).moved_to(RunState.SUCCEEDED)
+
+    store.update(keys.task(herd, task_id), TaskRecord, run_and_succeed)
+
+
+def test_tasks_are_placed_within_node_capacity_over_several_passes(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1", cpu=4)
+    add_node(store, "n2", cpu=3)
+    ids = submit(store, "h", 10)
+    sched = scheduler(store, manager, "binpack")
+
+    first = sched.run_pass(now=0)
+    assert len(first.placed) == 7
+    assert node_use(store) == {"n1": 4, "n2": 3}
+    waiting = [i for i in ids if i not in first.placed]
+    assert sorted(first.pending) == waiting
+    reason = task(store, "h", waiting[0]).pending_reason
+    assert reason.startswith("no node fits: ")
+    assert "n1: cpu 1 > free 0 [resource-fit]" in reason
+
+    assert sched.run_pass(now=1).placed == {}
+    assert node_use(store) == {"n1": 4, "n2": 3}
+
+    placed = sorted(first.placed)
+    finish(store, "h", placed[0])
+    finish(store, "h", placed[1])
+    third = sched.run_pass(now=2)
+    assert len(third.placed) == 2
+    assert node_use(store) == {"n1": 4, "n2": 3}
+    for task_id in third.placed:
+        t = task(store, "h", task_id)
+        assert (t.state, t.attempt, t.pending_reason) == (RunState.SCHEDULED, 1, "")
+
+
+def test_a_waiting_task_is_not_written_again_while_its_reason_stays(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1", cpu=1)
+    submit(store, "h", 2)
+    sched = scheduler(store, manager)
+    sched.run_pass(now=0)
+    revision = store.barn.revision()
+    result = sched.run_pass(now=1)
+    assert result.placed == {} and len(result.pending) == 1
+    assert store.barn.revision() == revision
+
+
+def test_herd_quota_is_never_exceeded(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "capped", cpu=2)
+    add_node(store, "n1", cpu=8)
+    ids = submit(store, "capped", 3)
+    result = scheduler(store, manager).run_pass(now=0)
+    assert sorted(result.placed) == ids[:2]
+    assert result.pending == {ids[2]: "herd capped quota: cpu 3 > quota 2"}
+    assert task(store, "capped", ids[2]).pending_reason == "herd capped quota: cpu 3 > quota 2"
+    assert task(store, "capped", ids[2]).state is RunState.PENDING
+
+
+def test_max_slices_quota(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "few", max_slices=1)
+    add_node(store, "n1", cpu=8)
+    ids = submit(store, "few", 2, cpu=0.5)
+    result = scheduler(store, manager).run_pass(now=0)
+    assert list(result.placed) == ids[:1]
+    assert result.pending[ids[1]] == "herd few quota: max_slices 2 > quota 1"
+
+
+def test_node_labels_constrain_placement_and_explain_says_why(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "a1", zone="a")
+    add_node(store, "b1", zone="b")
+    add_node(store, "b2", zone="b")
+    store.update(keys.node("b2"), NodeRecord, lambda n: n.model_copy(update={"cordoned": True}))
+    (task_id,) = submit(store, "h", 1, node_labels={"zone": "b"})
+    assert scheduler(store, manager).run_pass(now=0).placed == {task_id: "b1"}
+    explain = task(store, "h", task_id).explain
+    assert explain[0].startswith("chosen b1: score ")
+    assert "a1: label mismatch: zone='b' (node has 'a') [node-labels]" in explain
+    assert "b2: cordoned" in explain
+
+
+def test_a_task_that_fits_nowhere_waits_with_every_node_in_explain(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1", cpu=2)
+    add_node(store, "n2", cpu=2, zone="x")
+    (task_id,) = submit(store, "h", 1, cpu=3)
+    result = scheduler(store, manager).run_pass(now=0)
+    assert result.placed == {}
+    t = task(store, "h", task_id)
+    assert t.state is RunState.PENDING
+    assert t.explain == ["n1: cpu 3 > free 2 [resource-fit]", "n2: cpu 3 > free 2 [resource-fit]"]
+    assert t.pending_reason == "no node fits: " + "; ".join(t.explain)
+
+
+def test_fair_share_between_two_herds_with_equal_demand(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "alpha")
+    add_herd(store, "beta")
+    add_node(store, "n1", cpu=6)
+    alpha = submit(store, "alpha", 6)  # submitted first: a FIFO would give alpha everything
+    beta = submit(store, "beta", 6)
+    result = scheduler(store, manager).run_pass(now=0)
+    assert sorted(result.placed) == alpha[:3] + beta[:3]
+
+
+def test_priority_comes_before_fair_share(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "alpha")
+    add_herd(store, "beta")
+    add_node(store, "n1", cpu=3)
+    submit(store, "alpha", 3)
+    urgent = submit(store, "beta", 3, prefix="u", priority=10)
+    assert sorted(scheduler(store, manager).run_pass(now=0).placed) == urgent
+
+
+def test_a_retry_waits_for_its_backoff(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1")
+    (task_id,) = submit(store, "h", 1, not_before=50.0)
+    sched = scheduler(store, manager)
+    assert sched.run_pass(now=10).placed == {}
+    assert sched.run_pass(now=50).placed == {task_id: "n1"}
+
+
+def test_fencing_tokens_grow_across_passes(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1")
+    sched = scheduler(store, manager)
+    (first,) = submit(store, "h", 1, prefix="a")
+    one = sched.run_pass(now=0)
+    (second,) = submit(store, "h", 1, prefix="b")
+    two = sched.run_pass(now=1)
+    assert list(two.placed) == [second]
+    assert 0 < one.token < two.token
+    assert task(store, "h", first).token == one.token
+    assert task(store, "h", second).token == two.token
+
+
+def test_a_task_changed_mid_pass_is_neither_lost_nor_placed_twice(store: ClusterStore, manager: PluginManager) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1", cpu=8)
+    ids = submit(store, "h", 4)
+    cancelled = ids[3]
+
+    class CancelsOnce:
+        """Another writer (the API cancelling a job) changes a task while the pass runs."""
+
+        done = False
+
+        @hookimpl
+        def runink_filter_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[NodeRejection]:
+            if not self.done:
+                self.done = True
+                store.update(keys.task("h", cancelled), TaskRecord, lambda t: t.moved_to(RunState.CANCELLED))
+            return []
+
+    with plugin_manager(("cancels-once", CancelsOnce())) as meddled:
+        result = scheduler(store, meddled).run_pass(now=0)
+    assert result.conflicts == 1
+    assert sorted(result.placed) == ids[:3]
+    states = {i: task(store, "h", i) for i in ids}
+    assert states[cancelled].state is RunState.CANCELLED and states[cancelled].attempt == 0
+    for task_id in ids[:3]:
+        t = states[task_id]
+        assert (t.state, t.attempt, t.token) == (RunState.SCHEDULED, 1, result.token)
+        assert [tr.state for tr in t.transitions] == [RunState.SCHEDULED]
+    assert node_use(store) == {"n1": 3}
+
+
+def beat(store: ClusterStore, node_id: str) -> None:
+    store.update(keys.node(node_id), NodeRecord, lambda n: n.model_copy(update={"heartbeat": n.heartbeat + 1}))
+
+
+def test_a_silent_node_is_declared_dead_and_its_task_placed_elsewhere(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    add_herd(store, "h")
+    add_node(store, "n1")
+    add_node(store, "n2")
+    store.update(keys.node("n2"), NodeRecord, lambda n: n.model_copy(update={"cordoned": True}))
+    (task_id,) = submit(store, "h", 1)
+    sched = scheduler(store, manager)
+    first = sched.run_pass(now=0)
+    assert first.placed == {task_id: "n1"}
+    store.update(keys.node("n2"), NodeRecord, lambda n: n.model_copy(update={"cordoned": False}))
+
+    liveness = Liveness(store, timeout=10)
+    assert liveness.observe(1000.0) == []
+    beat(store, "n1")
+    beat(store, "n2")
+    assert liveness.observe(1005.0) == []  # n1's last change: 1005
+    beat(store, "n2")
+    assert liveness.observe(1014.9) == []
+    beat(store, "n2")
+    assert liveness.observe(1015.0) == ["n1"]
+
+    assert store.node("n1").record.ready is False
+    lost = task(store, "h", task_id)
+    assert (lost.state, lost.node, lost.pending_reason) == (RunState.PENDING, None, "node n1 lost")
+    assert lost.token == first.token  # kept until scheduled again
+    assert liveness.observe(1100.0) == ["n2"]  # n2 stopped too; n1 is not declared twice
+
+    add_node(store, "n3")
+    again = sched.run_pass(now=1)
+    assert again.placed == {task_id: "n3"}
+    moved = task(store, "h", task_id)
+    assert (moved.attempt, moved.node) == (2, "n3")
+    assert moved.token > first.token
+    assert "n1: not ready (its heartbeat stopped)" in moved.explain
+
+
+def test_only_the_observers_clock_counts(store: ClusterStore) -> None:
+    """A new leader gives every node a full timeout, however old the record's own times are."""
+    add_node(store, "n1")
+    store.update(keys.node("n1"), NodeRecord, lambda n: n.model_copy(update={"registered": 0.0}))
+    assert Liveness(store, timeout=10).observe(5_000_000_000.0) == []
+    successor = Liveness(store, timeout=10)
+    assert successor.observe(20.0) == []
+    assert successor.observe(29.9) == []
+    assert successor.observe(30.0) == ["n1"]
+
+
+def test_a_node_whose_heartbeat_keeps_changing_is_never_declared_dead(store: ClusterStore) -> None:
+    add_node(store, "n1")
+    liveness = Liveness(store, timeout=10)
+    for second in range(0, 200, 5):
+        beat(store, "n1")
+        assert liveness.observe(float(second)) == []
+    assert store.node("n1").record.ready is True
+
+
+def test_a_task_left_on_a_dead_node_goes_back_to_pending(store: ClusterStore, manager: PluginManager) -> None:
+    """The scheduler read the node as ready just before it was declared dead."""
+    add_herd(store, "h")
+    add_node(store, "n1")
+    (task_id,) = submit(store, "h", 1)
+    scheduler(store, manager).run_pass(now=0)
+    store.update(keys.node("n1"), NodeRecord, lambda n: n.model_copy(update={"ready": False}))
+    Liveness(store, timeout=10).observe(0.0)
+    assert task(store, "h", task_id).state is RunState.PENDING
+
+
+def test_liveness_timeout_must_be_positive(store: ClusterStore) -> None:
+    with pytest.raises(ValueError, match="liveness timeout: 0"):
+        Liveness(store, timeout=0)
