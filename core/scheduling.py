@@ -25,6 +25,24 @@ def filter_nodes(
     return [node for node in nodes if node.id not in rejected], rejections
 
 
+def rank(
+    manager: PluginManager,
+    policy: SchedulerPolicy,
+    request: PlacementRequest,
+    nodes: Sequence[Node],
+    weights: Mapping[str, float] | None = None,
+) -> tuple[list[Placement], list[NodeRejection]]:
+    """Feasible nodes for ``request``, best first (empty if none is left), and every filter's
+    rejection: each hook called once, with the whole candidate list."""
+    feasible, rejections = filter_nodes(manager, request, nodes)
+    if not feasible:
+        return [], rejections
+    plugin_scores: dict[str, Mapping[str, float]] = {}
+    for answer in manager.hooks.score_nodes(request, feasible):
+        plugin_scores[answer.plugin] = {node_id: min(1.0, max(0.0, float(v))) for node_id, v in answer.value.items()}
+    return policy.rank(request, feasible, plugin_scores, weights), rejections
+
+
 def place(
     manager: PluginManager,
     policy: SchedulerPolicy,
@@ -33,13 +51,10 @@ def place(
     weights: Mapping[str, float] | None = None,
 ) -> list[Placement]:
     """Feasible nodes for ``request``, best first. Raises SchedulingError when none is left."""
-    feasible, rejections = filter_nodes(manager, request, nodes)
-    if not feasible:
-        if not nodes:
-            raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no nodes registered")
+    if not nodes:
+        raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no nodes registered")
+    ranked, rejections = rank(manager, policy, request, nodes, weights)
+    if not ranked:
         reasons = "; ".join(f"{r.node_id}: {r.reason} [{r.plugin}]" for r in rejections)
         raise SchedulingError(f"task {request.task_id} (herd {request.herd}): no node fits: {reasons}")
-    plugin_scores: dict[str, Mapping[str, float]] = {}
-    for answer in manager.hooks.score_nodes(request, feasible):
-        plugin_scores[answer.plugin] = {node_id: min(1.0, max(0.0, float(v))) for node_id, v in answer.value.items()}
-    return policy.rank(request, feasible, plugin_scores, weights)
+    return ranked

@@ -19,7 +19,7 @@ from runink.core.control.store import ClusterStore, Conflict, Versioned
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.model import Node, NodeRejection, Placement, PlacementRequest, Resources
 from runink.core.plugins import PluginManager
-from runink.core.scheduling import filter_nodes
+from runink.core.scheduling import rank
 
 ACTIVE = (RunState.SCHEDULED, RunState.RUNNING)  # states that hold a node's resources
 REASONS_IN_PENDING = 5  # rejections quoted in pending_reason (explain has them all)
@@ -153,18 +153,7 @@ class Scheduler:
         return result
 
     def _place(self, request: PlacementRequest, nodes: Sequence[Node]) -> tuple[list[Placement], list[NodeRejection]]:
-        """As ``scheduling.place`` (each hook once), but keeping the rejections for explain."""
-        if not nodes:
-            return [], []
-        feasible, rejections = filter_nodes(self.manager, request, nodes)
-        if not feasible:
-            return [], rejections
-        plugin_scores: dict[str, dict[str, float]] = {}
-        for answer in self.manager.hooks.score_nodes(request, feasible):
-            plugin_scores[answer.plugin] = {
-                node_id: min(1.0, max(0.0, float(v))) for node_id, v in answer.value.items()
-            }
-        return self.policy.rank(request, feasible, plugin_scores), rejections
+        return rank(self.manager, self.policy, request, nodes) if nodes else ([], [])
 
 
 def _fair_order(
