@@ -1,0 +1,224 @@
+"""The agent: registers its node, heartbeats, runs its assignments through an Executor and
+reports what they did.
+
+It talks to the control plane only through ``Control`` (the Lifecycle's own methods), so the
+in-process deployment passes a Lifecycle and a remote one passes a client with the same
+methods. Every report names the attempt and fencing token it ran: after the control plane
+placed a task again (this node found dead, a partition), its late reports are refused there.
+An attempt is what the agent runs; one it is no longer assigned (cancelled, placed again
+elsewhere) is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
+from runink.core.errors import RuninkError
+from runink.core.interfaces.executor import Executor, TaskResult, TaskSpec, TaskState
+
+log = logging.getLogger(__name__)
+
+#: the environment a task gets (nothing is inherited from the agent)
+TASK_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class Control(Protocol):
+    """What an agent asks of the control plane (Lifecycle implements it in process)."""
+
+    def register_node(self, node: NodeRecord) -> NodeRecord: ...
+
+    def heartbeat(self, node_id: str, incarnation: str) -> bool: ...
+
+    def assignments(self, node_id: str) -> list[TaskRecord]: ...
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool: ...
+
+
+#: one attempt of a task: (herd, task id, attempt, fencing token)
+Attempt = tuple[str, str, int, int]
+
+
+def attempt_of(task: TaskRecord) -> Attempt:
+    return (task.herd, task.id, task.attempt, task.token)
+
+
+@dataclass
+class Running:
+    attempt: Attempt
+    executor_id: str  # the executor's task id: the task's id with its attempt number
+    started: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    def __init__(
+        self,
+        control: Control,
+        executor: Executor,
+        node_id: str,
+        capacity: Amount,
+        *,
+        labels: dict[str, str] | None = None,
+        work_dir: Path | str = ".",
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.control = control
+        self.executor = executor
+        self.node_id = node_id
+        self.capacity = capacity
+        self.labels = dict(labels or {})
+        self.work_dir = Path(work_dir)
+        self.stop_grace = stop_grace
+        self.incarnation = ""
+        self.draining = False
+        self.running: dict[Attempt, Running] = {}
+        self.refused_reports = 0  # reports the control plane refused (fenced, not allowed)
+        self._done: set[Attempt] = set()  # ended here: never started again
+        self._outbox: list[tuple[Attempt, RunState, int | None, str]] = []  # reports not sent yet
+
+    # --- one round ---------------------------------------------------------------------
+
+    def register(self) -> NodeRecord:
+        node = self.control.register_node(NodeRecord(id=self.node_id, capacity=self.capacity, labels=self.labels))
+        self.incarnation = node.incarnation
+        return node
+
+    def sync(self) -> None:
+        """One round: heartbeat (register again if refused), report what ended, stop what is
+        no longer assigned here, start what is newly assigned (unless draining)."""
+        if not self.incarnation or not self.control.heartbeat(self.node_id, self.incarnation):
+            self.register()
+        self._flush()
+        self._collect()
+        assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
+        active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
+        for attempt in [a for a in self.running if a not in active]:
+            self._stop(attempt, "no longer assigned to this node (cancelled or placed again)")
+        self._done &= set(assigned)  # forget attempts the control plane forgot
+        if self.draining:
+            return
+        for attempt, task in assigned.items():
+            if task.state is RunState.SCHEDULED and attempt not in self.running and attempt not in self._done:
+                self._start(task)
+
+    def drain(self, grace: float) -> None:
+        """Take no new work; let running tasks end for up to ``grace`` seconds, then stop the
+        rest and give them back to be placed again."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            try:
+                self.sync()
+            except RuninkError as exc:
+                log.warning("node %s: sync while draining failed: %s", self.node_id, exc)
+            if self.running:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        for attempt in list(self.running):
+            run = self.running[attempt]
+            self.executor.stop(run.executor_id, self.stop_grace)  # does nothing to one that ended
+            result = self.executor.wait(run.executor_id, self.stop_grace)
+            # only what the stop ended goes back to be placed again; what ended itself says how
+            self._finish(attempt, result, give_back=result is not None and result.state is TaskState.CANCELLED)
+        self._flush()
+
+    def run_forever(self, interval: float, stop: threading.Event) -> None:
+        """Sync every ``interval`` seconds until ``stop`` is set; a failed round is logged and
+        tried again (the control plane may be away for a while)."""
+        while not stop.is_set():
+            try:
+                self.sync()
+            except RuninkError as exc:
+                log.warning("node %s: sync failed: %s", self.node_id, exc)
+            stop.wait(interval)
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _report(self, attempt: Attempt, state: RunState, exit_code: int | None = None, message: str = "") -> None:
+        self._outbox.append((attempt, state, exit_code, message))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the reports not sent yet, in order; what cannot be sent now (the control plane
+        away) is sent on a later round, so an ended task's report is not lost."""
+        while self._outbox:
+            (herd, task_id, number, token), state, exit_code, message = self._outbox[0]
+            try:
+                accepted = self.control.report(
+                    herd, task_id, number, token, state, exit_code=exit_code, message=message
+                )
+            except (RuninkError, OSError) as exc:
+                log.warning("node %s: report for task %s not sent yet: %s", self.node_id, task_id, exc)
+                return
+            self._outbox.pop(0)
+            if not accepted:
+                self.refused_reports += 1
+                log.info("node %s: report %s for task %s attempt %d refused", self.node_id, state, task_id, number)
+
+    def _start(self, task: TaskRecord) -> None:
+        attempt = attempt_of(task)
+        executor_id = f"{task.id}-a{task.attempt}"
+        cwd = self.work_dir / "work" / executor_id
+        cwd.mkdir(parents=True, exist_ok=True)
+        spec = TaskSpec(
+            id=executor_id,
+            command=tuple(task.command),
+            task_dir=self.work_dir / "tasks" / executor_id,
+            env={
+                "PATH": TASK_PATH,
+                "HOME": str(cwd),
+                "RUNINK_TASK": task.id,
+                "RUNINK_JOB": task.job_id,
+                "RUNINK_ATTEMPT": str(task.attempt),
+            },
+            cwd=cwd,
+            limits=task.resources.resources(),
+            timeout=task.timeout,
+            herd=task.herd,
+        )
+        try:
+            self.executor.start(spec)
+        except RuninkError as exc:  # refused by the executor (a limit, a missing program)
+            self._done.add(attempt)
+            self._report(attempt, RunState.FAILED, None, str(exc))
+            return
+        self.running[attempt] = Running(attempt, executor_id)
+        self._report(attempt, RunState.RUNNING)
+
+    def _collect(self) -> None:
+        for attempt, run in list(self.running.items()):
+            result = self.executor.wait(run.executor_id, timeout=0)
+            if result is not None:
+                self._finish(attempt, result)
+
+    def _stop(self, attempt: Attempt, why: str) -> None:
+        run = self.running[attempt]
+        log.info("node %s: stopping %s: %s", self.node_id, run.executor_id, why)
+        self.executor.stop(run.executor_id, self.stop_grace)
+        self._finish(attempt, self.executor.wait(run.executor_id, self.stop_grace))
+
+    def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
+        run = self.running.pop(attempt)
+        self._done.add(attempt)
+        if result is None:  # not ended within the stop grace: nothing true to report
+            log.warning("node %s: %s did not end after stop", self.node_id, run.executor_id)
+            return
+        if give_back:
+            self._report(attempt, RunState.PENDING, None, f"node {self.node_id} drained: {result.state}")
+        else:
+            self._report(attempt, RunState(result.state.value), result.exit_code, result.message)
+        self.executor.destroy(run.executor_id)

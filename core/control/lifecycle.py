@@ -1,0 +1,319 @@
+"""The job and task lifecycle: what the API and the agents ask of the control plane.
+
+Submissions are checked and stored at once (a job and its tasks, all or none); agents
+register, heartbeat, read their assignments and report what their tasks did. Every report
+names the attempt and fencing token it is for: one from an older attempt (a late or
+partitioned agent) is refused and changes nothing. A task's change and its job's derived
+state are written in one commit, checked against the revisions read, so a job's state never
+disagrees with its tasks'. The same code serves ``runink server`` and the in-process
+deployment of ``runink run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from runink.core.control.records import (
+    Amount,
+    JobRecord,
+    NodeRecord,
+    Record,
+    RunState,
+    TaskRecord,
+    job_state,
+    keys,
+    new_id,
+)
+from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+
+log = logging.getLogger(__name__)
+
+#: final states that count as a failure of the attempt: retried while retries are left
+RETRIED = frozenset({RunState.FAILED, RunState.OOMKILLED, RunState.DEADLINE_EXCEEDED})
+#: what an agent may report: the task started, ended, or was given back to be placed again
+REPORTABLE = frozenset(
+    {
+        RunState.PENDING,
+        RunState.RUNNING,
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.OOMKILLED,
+        RunState.DEADLINE_EXCEEDED,
+        RunState.CANCELLED,
+    }
+)
+
+
+def _refusal(exc: ValidationError, what: str) -> Refused:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or what
+    return Refused(f"{what}: {where}: {first['msg']}")
+
+
+def never_fits(request: Amount, capacity: Amount) -> str | None:
+    """Why a node of ``capacity`` could never hold ``request`` (even empty), or None."""
+    for name, wanted, has in (
+        ("cpu", request.cpu, capacity.cpu),
+        ("memory", request.memory, capacity.memory),
+        ("gpu", request.gpu, capacity.gpu),
+    ):
+        if wanted > has:
+            return f"{name} {wanted:g} > capacity {has:g}"
+    return None
+
+
+class Lifecycle:
+    """Jobs, tasks and nodes through their lifecycle, on a ClusterStore.
+
+    ``clock`` dates retries' backoff (``not_before``, read by the scheduler with the same
+    leader's clock); ``jitter`` returns a factor in [0.5, 1.0] (tests fix it).
+    """
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.jitter = jitter
+
+    # --- submissions -------------------------------------------------------------------
+
+    def submit_command(
+        self,
+        herd: str,
+        command: list[str],
+        resources: Amount | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        priority: int = 0,
+        node_labels: dict[str, str] | None = None,
+    ) -> JobRecord:
+        """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
+        Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
+        own, or could never fit any registered node; nothing is stored then."""
+        try:
+            found = self.store.herd(herd)
+        except ValueError as exc:  # a malformed herd name
+            raise Refused(str(exc)) from None
+        job_id, task_id = new_id("job"), new_id("task")
+        try:
+            task = TaskRecord(
+                id=task_id,
+                job_id=job_id,
+                herd=herd,
+                command=command,
+                resources=resources or Amount(),
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                priority=priority,
+                node_labels=node_labels or {},
+            )
+            job = JobRecord(id=job_id, herd=herd, tasks=[task_id])
+        except ValidationError as exc:
+            raise _refusal(exc, "submission") from None
+        over = found.record.quota.exceeded_by(task.resources, 1)
+        if over:
+            raise Refused(f"herd {herd!r}: the task alone exceeds the herd's quota: {over}")
+        nodes = [v.record for v in self.store.nodes()]
+        # With no node registered yet the task waits PENDING: nodes may join later.
+        if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
+            reasons = "; ".join(f"{n.id}: {never_fits(task.resources, n.capacity)}" for n in nodes)
+            raise Refused(f"the task can never fit any node ({reasons})")
+        self.store.submit(job, [task])
+        return job
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def register_node(self, node: NodeRecord) -> NodeRecord:
+        """Register (or register again) a node's agent under a new incarnation. A node known
+        already keeps its cordoned flag and its heartbeat count, and comes back ready."""
+        key = keys.node(node.id)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                current = self.store.node(node.id)
+            except NotFound:
+                current = None
+            changes: dict[str, object] = {"incarnation": secrets.token_hex(8), "ready": True, "draining": False}
+            if current is not None:
+                changes["cordoned"] = current.record.cordoned
+                changes["heartbeat"] = current.record.heartbeat + 1
+            registered = NodeRecord.model_validate({**node.model_dump(), **changes})
+            try:
+                self.store.commit([(key, current.revision if current else 0)], [(key, registered)])
+            except Conflict:
+                continue
+            log.info("node %s registered (incarnation %s)", registered.id, registered.incarnation)
+            return registered
+        raise Conflict(f"node {node.id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def heartbeat(self, node_id: str, incarnation: str) -> bool:
+        """Count a heartbeat. False when ``incarnation`` is not the node's current one or the
+        node was found dead: its agent must register again."""
+        refused: list[str] = []
+
+        def beat(node: NodeRecord) -> NodeRecord | None:
+            refused.clear()
+            if node.incarnation != incarnation:
+                refused.append("an old incarnation")
+                return None
+            if not node.ready:
+                refused.append("the node was found dead")
+                return None
+            return node.model_copy(update={"heartbeat": node.heartbeat + 1})
+
+        try:
+            self.store.update(keys.node(node_id), NodeRecord, beat)
+        except (NotFound, ValueError):
+            refused[:] = ["an unknown node"]
+        if refused:
+            log.warning("heartbeat of node %s refused: %s; it must register again", node_id, refused[0])
+            return False
+        return True
+
+    def _set_node(self, node_id: str, **flags: bool) -> NodeRecord:
+        self.store.node(node_id)  # NotFound with the node's name
+        return self.store.update(keys.node(node_id), NodeRecord, lambda n: n.model_copy(update=flags))
+
+    def cordon(self, node_id: str) -> NodeRecord:
+        return self._set_node(node_id, cordoned=True)
+
+    def uncordon(self, node_id: str) -> NodeRecord:
+        return self._set_node(node_id, cordoned=False, draining=False)
+
+    def drain(self, node_id: str) -> NodeRecord:
+        return self._set_node(node_id, draining=True)
+
+    def assignments(self, node_id: str) -> list[TaskRecord]:
+        """What the node's agent must run (tasks SCHEDULED or RUNNING on it) and the tasks it
+        ran that were cancelled (so it stops them)."""
+        found = []
+        for versioned in self.store.tasks():
+            task = versioned.record
+            if task.node != node_id:
+                continue
+            if task.state in (RunState.SCHEDULED, RunState.RUNNING) or (
+                task.state is RunState.CANCELLED
+                and len(task.transitions) >= 2
+                and task.transitions[-2].state in (RunState.SCHEDULED, RunState.RUNNING)
+            ):
+                found.append(task)
+        return found
+
+    # --- reports and cancellation -------------------------------------------------------
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        """An agent's report of the attempt it runs. False (nothing changed, one line logged)
+        when the attempt or token is not the task's current one, or the task may not go to
+        ``state``. A report of the state the task is in already is accepted and changes nothing
+        (an agent may repeat one). A failure with retries left puts the task back PENDING, not
+        placed before its backoff (``backoff * 2**(attempt-1)``, times a jitter in [0.5, 1])."""
+        where = f"report for task {task_id} attempt {attempt} (token {token}): {state}"
+        try:
+            state = RunState(state)
+        except ValueError:
+            log.warning("%s refused: not a task state", where)
+            return False
+        if state not in REPORTABLE:
+            log.warning("%s refused: not a state an agent reports", where)
+            return False
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                current = self.store.task(herd, task_id)
+                job = self.store.job(current.record.job_id)
+                siblings = self.store.job_tasks(job.record)
+            except (NotFound, ValueError) as exc:
+                log.warning("%s refused: %s", where, exc)
+                return False
+            task = current.record
+            if task.attempt != attempt or task.token != token:
+                log.warning("%s refused: fenced (the task is at attempt %d, token %d)", where, task.attempt, task.token)
+                return False
+            if task.state is state:
+                return True
+            try:
+                changed = self._reported(task, state, exit_code, message)
+            except ValueError as exc:
+                log.warning("%s refused: %s", where, exc)
+                return False
+            tasks = [changed if v.record.id == task.id else v.record for v in siblings]
+            writes = self._with_job(job.record, tasks)
+            writes.insert(0, (keys.task(herd, task.id), changed))
+            read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in siblings]
+            try:
+                self.store.commit([*read, (keys.job(job.record.herd, job.record.id), job.revision)], writes)
+                return True
+            except Conflict:
+                continue
+        raise Conflict(f"task {task_id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def _reported(self, task: TaskRecord, state: RunState, exit_code: int | None, message: str) -> TaskRecord:
+        ended = f"{state}" + (f" (exit {exit_code})" if exit_code is not None else "")
+        if state is RunState.PENDING:  # given back (its node drains): placed again
+            return task.moved_to(state, message or "given back by its node", node=None, message=message)
+        if state in RETRIED and task.attempt <= task.retries:
+            if task.state is RunState.SCHEDULED and state is not RunState.FAILED:
+                raise ValueError(f"task {task.id}: {task.state} -> {state} is not a valid transition")
+            delay = task.backoff * 2 ** (task.attempt - 1) * self.jitter()
+            return task.moved_to(
+                RunState.PENDING,
+                f"{ended}: retry {task.attempt} of {task.retries} in {delay:.3g}s",
+                node=None,
+                exit_code=exit_code,
+                message=message,
+                not_before=self.clock() + delay,
+            )
+        return task.moved_to(state, message or ended, exit_code=exit_code, message=message)
+
+    def _with_job(self, job: JobRecord, tasks: list[TaskRecord]) -> list[tuple[str, Record | None]]:
+        """The job's write (none when its state does not change) for its tasks as given."""
+        state = job_state(tasks)
+        if state is job.state:
+            return []
+        finished = (job.finished or self.clock()) if state.final else None
+        return [(keys.job(job.herd, job.id), job.model_copy(update={"state": state, "finished": finished}))]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel every task of the job not ended yet (an agent running one stops it on its
+        next sync); the job is CANCELLED. A job that ended already is left as it is."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            job = self.store.job(job_id)
+            tasks = self.store.job_tasks(job.record)
+            writes: list[tuple[str, Record | None]] = [
+                (keys.task(v.record.herd, v.record.id), v.record.moved_to(RunState.CANCELLED, "cancelled"))
+                for v in tasks
+                if not v.record.state.final
+            ]
+            if not writes:
+                return job.record
+            cancelled = job.record.model_copy(update={"state": RunState.CANCELLED, "finished": self.clock()})
+            writes.append((keys.job(job.record.herd, job.record.id), cancelled))
+            read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in tasks]
+            try:
+                self.store.commit([*read, (keys.job(job.record.herd, job.record.id), job.revision)], writes)
+                return cancelled
+            except Conflict:
+                continue
+        raise Conflict(f"job {job_id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")

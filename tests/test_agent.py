@@ -1,0 +1,206 @@
+"""A real in-process agent with the process executor, against the Lifecycle on the memory
+Barn. The tests place tasks themselves (what the scheduler does): the next attempt, on this
+node, with the Barn's revision as its fencing token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runink.core.agent import Agent
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import load_driver
+from runink.core.errors import RuninkError
+from runink.core.interfaces.executor import Executor
+from runink.plugins.barn.memory import MemoryBarn
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    return store
+
+
+@pytest.fixture
+def life(store: ClusterStore) -> Lifecycle:
+    return Lifecycle(store)
+
+
+@pytest.fixture
+def agent(life: Lifecycle, tmp_path: Path) -> Iterator[Agent]:
+    executor: Executor = load_driver(Executor, "process", {})
+    agent = Agent(
+        life, executor, "n1", Amount(cpu=4, memory=1 << 30), labels={"zone": "a"}, work_dir=tmp_path, stop_grace=2.0
+    )
+    agent.sync()  # registers
+    yield agent
+    for run in list(agent.running.values()):
+        executor.destroy(run.executor_id)
+    executor.close()
+
+
+def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
+    (current,) = store.job_tasks(store.job(job_id).record)
+    task = current.record
+    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
+    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
+    return moved
+
+
+def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
+    (task,) = store.job_tasks(store.job(job_id).record)
+    return task.record
+
+
+def sync_until(agent: Agent, done: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent.sync()
+        if callable(done) and done():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_agent_registers_heartbeats_and_registers_again_when_refused(store: ClusterStore, agent: Agent) -> None:
+    node = store.node("n1").record
+    assert node.labels == {"zone": "a"} and node.incarnation == agent.incarnation and node.heartbeat == 0
+    agent.sync()
+    assert store.node("n1").record.heartbeat == 1
+    first = agent.incarnation
+    store.update(keys.node("n1"), NodeRecord, lambda n: n.model_copy(update={"ready": False}))  # found dead
+    agent.sync()
+    node = store.node("n1").record
+    assert node.ready and node.incarnation == agent.incarnation != first
+
+
+def test_agent_runs_commands_and_reports_their_ends(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    failing = life.submit_command("lab", ["/bin/sh", "-c", "exit 3"])
+    passing = life.submit_command("lab", ["/bin/true"])
+    schedule(store, failing.id)
+    schedule(store, passing.id)
+    sync_until(agent, lambda: not agent.running and all(task_of(store, j.id).state.final for j in (failing, passing)))
+    bad, good = task_of(store, failing.id), task_of(store, passing.id)
+    assert (bad.state, bad.exit_code) == (RunState.FAILED, 3)
+    assert (good.state, good.exit_code) == (RunState.SUCCEEDED, 0)
+    assert [t.state for t in good.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
+    assert store.job(failing.id).record.state is RunState.FAILED
+    assert store.job(passing.id).record.state is RunState.SUCCEEDED
+    assert agent.refused_reports == 0
+    agent.sync()
+    assert not agent.running  # an ended attempt is not started again
+
+
+def test_a_cancelled_running_task_is_stopped(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    job = life.submit_command("lab", ["sleep", "30"])
+    schedule(store, job.id)
+    agent.sync()
+    assert task_of(store, job.id).state is RunState.RUNNING and len(agent.running) == 1
+    life.cancel(job.id)
+    started = time.monotonic()
+    agent.sync()
+    assert not agent.running and time.monotonic() - started < 5
+    assert task_of(store, job.id).state is RunState.CANCELLED
+    assert store.job(job.id).record.state is RunState.CANCELLED
+    assert agent.refused_reports == 0
+
+
+def test_a_late_report_for_an_attempt_placed_again_is_refused(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    job = life.submit_command("lab", ["sleep", "30"])
+    first = schedule(store, job.id)
+    agent.sync()
+    assert task_of(store, job.id).state is RunState.RUNNING
+    # n1 is found dead meanwhile: its task goes back and is placed again on n2
+    current = store.task("lab", first.id)
+    back = current.record.moved_to(RunState.PENDING, "node n1 dead", node=None)
+    store.commit([(keys.task("lab", first.id), current.revision)], [(keys.task("lab", first.id), back)])
+    second = schedule(store, job.id, node="n2")
+    before = store.task("lab", first.id)
+    agent.sync()  # n1's agent is no longer assigned attempt 1: stops it, and its report is fenced
+    assert not agent.running and agent.refused_reports == 1
+    after = store.task("lab", first.id)
+    assert after == before
+    assert (after.record.state, after.record.attempt, after.record.token) == (
+        RunState.SCHEDULED,
+        2,
+        second.token,
+    )
+
+
+def test_drain_gives_back_what_does_not_end_in_time(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    job = life.submit_command("lab", ["sleep", "30"])
+    schedule(store, job.id)
+    agent.sync()
+    started = time.monotonic()
+    agent.drain(grace=0.3)
+    assert not agent.running and time.monotonic() - started < 5
+    task = task_of(store, job.id)
+    assert task.state is RunState.PENDING and task.node is None
+    later = life.submit_command("lab", ["/bin/true"])
+    schedule(store, later.id)
+    agent.sync()
+    assert not agent.running and task_of(store, later.id).state is RunState.SCHEDULED  # takes no new work
+
+
+def test_drain_reports_what_ended_by_itself(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    job = life.submit_command("lab", ["/bin/sh", "-c", "sleep 0.1; exit 5"])
+    schedule(store, job.id)
+    agent.sync()
+    (run,) = agent.running.values()
+    assert agent.executor.wait(run.executor_id, 10) is not None  # it ends before the drain looks
+    agent.drain(grace=0)
+    task = task_of(store, job.id)
+    assert (task.state, task.exit_code) == (RunState.FAILED, 5)
+
+
+class FlakyControl:
+    """The Lifecycle, away for the first ``failures`` reports (a server restarting)."""
+
+    def __init__(self, life: Lifecycle, failures: int) -> None:
+        self.life = life
+        self.failures = failures
+
+    def register_node(self, node: NodeRecord) -> NodeRecord:
+        return self.life.register_node(node)
+
+    def heartbeat(self, node_id: str, incarnation: str) -> bool:
+        return self.life.heartbeat(node_id, incarnation)
+
+    def assignments(self, node_id: str) -> list[TaskRecord]:
+        return self.life.assignments(node_id)
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise RuninkError("control plane unreachable")
+        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+
+
+def test_reports_the_control_plane_missed_are_sent_later(store: ClusterStore, life: Lifecycle, tmp_path: Path) -> None:
+    executor: Executor = load_driver(Executor, "process", {})
+    agent = Agent(FlakyControl(life, failures=2), executor, "n1", Amount(cpu=1), work_dir=tmp_path)
+    agent.sync()
+    job = life.submit_command("lab", ["/bin/true"])
+    schedule(store, job.id)
+    sync_until(agent, lambda: task_of(store, job.id).state.final)
+    task = task_of(store, job.id)
+    assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
+    executor.close()

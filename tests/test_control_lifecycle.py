@@ -1,0 +1,174 @@
+"""The job and task lifecycle on the memory Barn: submissions, fenced reports, retries,
+job state in the same commit as its tasks, cancellation, node registration and heartbeats."""
+
+from __future__ import annotations
+
+import pytest
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd, NodeRecord, Quota, RunState, TaskRecord, keys
+from runink.core.control.store import ClusterStore, NotFound, Refused
+from runink.plugins.barn.memory import MemoryBarn
+
+NOW = 1000.0
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab", quota=Quota(cpu=4, memory=1 << 30)))
+    return store
+
+
+@pytest.fixture
+def life(store: ClusterStore) -> Lifecycle:
+    return Lifecycle(store, clock=lambda: NOW, jitter=lambda: 0.5)
+
+
+def schedule(store: ClusterStore, task: TaskRecord, node: str = "n1") -> TaskRecord:
+    """What the scheduler does: the next attempt on ``node`` with a new fencing token."""
+    current = store.task(task.herd, task.id)
+    moved = current.record.moved_to(
+        RunState.SCHEDULED, node=node, attempt=current.record.attempt + 1, token=store.barn.revision()
+    )
+    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
+    return moved
+
+
+def only_task(store: ClusterStore, job_id: str) -> TaskRecord:
+    (task,) = store.job_tasks(store.job(job_id).record)
+    return task.record
+
+
+def test_submit_stores_job_and_task_together(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
+    stored = store.job(job.id).record
+    assert stored.state is RunState.PENDING and stored.tasks == job.tasks
+    task = only_task(store, job.id)
+    assert (task.command, task.state, task.attempt, task.herd) == (["/bin/true"], RunState.PENDING, 0, "lab")
+
+
+def test_unknown_herd_is_not_found(store: ClusterStore, life: Lifecycle) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        life.submit_command("nope", ["/bin/true"])
+    assert store.jobs() == []
+
+
+def test_a_task_past_its_herds_quota_is_refused_and_nothing_stored(store: ClusterStore, life: Lifecycle) -> None:
+    with pytest.raises(Refused, match="cpu 8 > quota 4"):
+        life.submit_command("lab", ["/bin/true"], Amount(cpu=8))
+    assert store.jobs() == [] and store.tasks() == []
+
+
+def test_malformed_request_is_refused_naming_the_field(store: ClusterStore, life: Lifecycle) -> None:
+    with pytest.raises(Refused, match="retries"):
+        life.submit_command("lab", ["/bin/true"], retries=-1)
+    with pytest.raises(Refused, match="command"):
+        life.submit_command("lab", [])
+    assert store.tasks() == []
+
+
+def test_a_task_no_node_could_ever_hold_is_refused(store: ClusterStore, life: Lifecycle) -> None:
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
+    with pytest.raises(Refused, match=r"never fit any node.*n1: cpu 3 > capacity 2"):
+        life.submit_command("lab", ["/bin/true"], Amount(cpu=3))
+    assert store.tasks() == []
+    life.submit_command("lab", ["/bin/true"], Amount(cpu=2))
+
+
+def test_late_report_with_an_old_token_is_refused_and_changes_nothing(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    first = schedule(store, only_task(store, job.id))
+    assert life.report("lab", first.id, 1, first.token, RunState.RUNNING)
+    # the node is found dead: the task goes back and is placed again elsewhere
+    current = store.task("lab", first.id)
+    back = current.record.moved_to(RunState.PENDING, "node n1 dead", node=None)
+    store.commit([(keys.task("lab", first.id), current.revision)], [(keys.task("lab", first.id), back)])
+    second = schedule(store, back, node="n2")
+    before = store.task("lab", first.id)
+    assert not life.report("lab", first.id, 1, first.token, RunState.SUCCEEDED, exit_code=0)
+    assert not life.report("lab", first.id, 2, first.token, RunState.SUCCEEDED, exit_code=0)  # right attempt, old token
+    after = store.task("lab", first.id)
+    assert after == before and after.record.state is RunState.SCHEDULED
+    assert life.report("lab", first.id, 2, second.token, RunState.RUNNING)
+
+
+def test_illegal_transitions_are_refused(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    task = schedule(store, only_task(store, job.id))
+    before = store.task("lab", task.id)
+    assert not life.report("lab", task.id, 1, task.token, RunState.SUCCEEDED, exit_code=0)  # never reported RUNNING
+    assert not life.report("lab", task.id, 1, task.token, RunState.SCHEDULED)  # not an agent's to say
+    assert not life.report("lab", task.id, 1, task.token, "EXPLODED")  # type: ignore[arg-type]  # garbage
+    assert not life.report("lab", "no-such-task", 1, task.token, RunState.RUNNING)
+    assert store.task("lab", task.id) == before
+    assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
+    assert life.report("lab", task.id, 1, task.token, RunState.SUCCEEDED, exit_code=0)
+    assert not life.report("lab", task.id, 1, task.token, RunState.FAILED, exit_code=1)  # a final state is final
+    assert store.task("lab", task.id).record.state is RunState.SUCCEEDED
+
+
+def test_a_failure_with_retries_left_goes_back_pending_with_backoff(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/false"], retries=2, backoff=4.0)
+    delays = []
+    for attempt in (1, 2, 3):
+        task = schedule(store, only_task(store, job.id))
+        assert task.attempt == attempt
+        assert life.report("lab", task.id, attempt, task.token, RunState.RUNNING)
+        assert life.report("lab", task.id, attempt, task.token, RunState.FAILED, exit_code=1, message="boom")
+        task = only_task(store, job.id)
+        if attempt < 3:
+            assert task.state is RunState.PENDING and task.node is None and task.exit_code == 1
+            delays.append(task.not_before - NOW)
+            assert store.job(job.id).record.state is RunState.PENDING
+    assert delays == [4.0 * 0.5, 8.0 * 0.5]  # backoff * 2**(attempt-1) * jitter
+    assert task.state is RunState.FAILED and task.exit_code == 1
+    assert store.job(job.id).record.state is RunState.FAILED
+
+
+def test_job_state_follows_its_tasks_in_the_same_commit(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    task = schedule(store, only_task(store, job.id))
+    assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
+    running_job = store.job(job.id)
+    assert running_job.record.state is RunState.RUNNING
+    assert running_job.revision == store.task("lab", task.id).revision  # one transaction wrote both
+    assert life.report("lab", task.id, 1, task.token, RunState.SUCCEEDED, exit_code=0)
+    done = store.job(job.id)
+    assert done.record.state is RunState.SUCCEEDED and done.record.finished == NOW
+    assert done.revision == store.task("lab", task.id).revision
+
+
+def test_cancel_ends_every_task_and_the_job(store: ClusterStore, life: Lifecycle) -> None:
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    job = life.submit_command("lab", ["sleep", "30"])
+    task = schedule(store, only_task(store, job.id))
+    assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
+    assert [t.id for t in life.assignments("n1")] == [task.id]
+    cancelled = life.cancel(job.id)
+    assert cancelled.state is RunState.CANCELLED and store.job(job.id).record.state is RunState.CANCELLED
+    task_now = only_task(store, job.id)
+    assert task_now.state is RunState.CANCELLED
+    # the agent still running it sees it cancelled, and may say it stopped it
+    assert [(t.id, t.state) for t in life.assignments("n1")] == [(task.id, RunState.CANCELLED)]
+    assert life.report("lab", task.id, 1, task.token, RunState.CANCELLED)
+    assert not life.report("lab", task.id, 1, task.token, RunState.SUCCEEDED, exit_code=0)
+    assert life.cancel(job.id).state is RunState.CANCELLED
+
+
+def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> None:
+    first = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    assert life.heartbeat("n1", first.incarnation)
+    assert store.node("n1").record.heartbeat == 1
+    life.cordon("n1")
+    second = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    assert second.incarnation != first.incarnation and second.cordoned and second.ready
+    assert not life.heartbeat("n1", first.incarnation)  # the old agent process
+    assert not life.heartbeat("ghost", second.incarnation)
+    store.update(keys.node("n1"), NodeRecord, lambda n: n.model_copy(update={"ready": False}))  # found dead
+    assert not life.heartbeat("n1", second.incarnation)
+    third = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    assert third.ready and life.heartbeat("n1", third.incarnation)
+    assert not life.uncordon("n1").cordoned and life.drain("n1").draining
+    with pytest.raises(NotFound):
+        life.cordon("ghost")
