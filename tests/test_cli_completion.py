@@ -4,6 +4,7 @@ commands the CLI has (plugin commands included), without loading the data or Raf
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -38,7 +39,11 @@ def test_help_shows_the_completion_options() -> None:
 
 
 def test_show_completion_prints_a_bash_script() -> None:
-    result = runink("--show-completion", "bash")
+    """The script is for the shell the command runs in (typer finds it among its parents):
+    here a bash that stays the parent (a second command keeps it from exec'ing the first)."""
+    command = f"{shlex.quote(sys.executable)} -m runink --show-completion; exit $?"
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run(["bash", "-c", command], check=False, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert "_RUNINK_COMPLETE=complete_bash" in result.stdout
     assert "complete " in result.stdout and "runink" in result.stdout
