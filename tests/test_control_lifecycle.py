@@ -172,3 +172,20 @@ def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> No
     assert not life.uncordon("n1").cordoned and life.drain("n1").draining
     with pytest.raises(NotFound):
         life.cordon("ghost")
+
+
+def test_an_agents_message_is_stored_bounded_and_printable(
+    store: ClusterStore, life: Lifecycle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report's text comes from the node (and the slice): a huge one with terminal escapes
+    is cut and defused before it reaches the Barn, the API or a log."""
+    job = life.submit_command("lab", ["/bin/true"])
+    task = schedule(store, only_task(store, job.id))
+    assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
+    hostile = "\x1b]0;pwned\x07" + "x" * 1_000_000
+    assert life.report("lab", task.id, 1, task.token, RunState.FAILED, exit_code=1, message=hostile)
+    stored = store.task("lab", task.id).record
+    assert len(stored.message) <= 4000 and "\x1b" not in stored.message and "\x07" not in stored.message
+    assert all("\x1b" not in t.reason and len(t.reason) <= 4000 for t in stored.transitions)
+    assert not life.report("lab", "t\x1b[2J", 1, 1, RunState.RUNNING)  # refused, and logged defused
+    assert "\x1b" not in caplog.text

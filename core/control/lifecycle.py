@@ -31,10 +31,12 @@ from runink.core.control.records import (
     new_id,
 )
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+from runink.core.report import printable
 
 log = logging.getLogger(__name__)
 
 #: final states that count as a failure of the attempt: retried while retries are left
+MAX_MESSAGE = 4000  # characters of an agent's message kept (it comes from the node: bounded, printable)
 RETRIED = frozenset({RunState.FAILED, RunState.OOMKILLED, RunState.DEADLINE_EXCEEDED})
 #: what an agent may report: the task started, ended, or was given back to be placed again
 REPORTABLE = frozenset(
@@ -230,7 +232,9 @@ class Lifecycle:
         ``state``. A report of the state the task is in already is accepted and changes nothing
         (an agent may repeat one). A failure with retries left puts the task back PENDING, not
         placed before its backoff (``backoff * 2**(attempt-1)``, times a jitter in [0.5, 1])."""
-        where = f"report for task {task_id} attempt {attempt} (token {token}): {state}"
+        # every field comes from an agent: logged and stored only bounded and printable
+        where = printable(f"report for task {task_id} attempt {attempt} (token {token}): {state}", 400)
+        message = printable(message, MAX_MESSAGE)
         try:
             state = RunState(state)
         except ValueError:
