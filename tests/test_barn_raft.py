@@ -73,3 +73,17 @@ def test_a_command_the_state_refuses_is_an_error_result_on_every_replica() -> No
     assert state.apply({"op": "grant", "ttl": -1, "now": 0.0})["error"] == "bad_request"
     assert state.apply({"op": "no-such-op"})["error"] == "bad_request"
     assert state.apply({"op": "put", "key": "/k", "value": b"v", "lease": None}) == 1  # and it goes on
+
+
+def test_a_client_of_one_member_says_whether_it_leads(cluster: Cluster) -> None:
+    """BarnBackend.leads(): what a cluster server asks its own member, to schedule only next
+    to the leader; exactly one member of the group says yes."""
+    leader = cluster.leader()
+    answers = {}
+    for name in cluster.names:
+        client = cluster.client(name)
+        try:
+            answers[name] = client.leads()
+        finally:
+            client.close()
+    assert answers == {name: name == leader for name in cluster.names}

@@ -92,6 +92,12 @@ class BarnBackend(ABC):
     def revision(self) -> int:
         """The current revision (a linearizable read)."""
 
+    def leads(self) -> bool | None:
+        """Whether the member this client is connected to leads its group now (None: the
+        backend has no leader, e.g. one in-process store). A cluster server asks it of a client
+        of its own embedded member, to schedule only next to the leader."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (optional: most backends hold something, not all)
         """Release what the backend holds (threads, sockets, files); ends open watches."""
 

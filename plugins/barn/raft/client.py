@@ -168,6 +168,10 @@ class RaftBarn(BarnBackend):
     def status(self) -> dict[str, Any]:
         return self.call("/v1/status", method="GET")
 
+    def leads(self) -> bool | None:
+        """Whether the member answering (the first endpoint that does: give one) is the leader."""
+        return bool(self.status().get("state") == "leader")
+
     # --- leases ---------------------------------------------------------------------------
 
     def grant_lease(self, ttl: float) -> int:
