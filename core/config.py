@@ -145,6 +145,14 @@ class PathsConfig(_Section):
         return value
 
 
+class ClusterConfig(_Section):
+    server: str | None = Field(
+        default=None,
+        description="The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes "
+        "(else $RUNINK_SERVER, else the cluster `runink up` started).",
+    )
+
+
 class RunConfig(_Section):
     max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
 
@@ -162,6 +170,7 @@ class RuninkConfig(_Section):
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     herds: dict[str, HerdConfig] = Field(default_factory=dict, description="Per-herd policies ([herds.NAME]).")

@@ -50,7 +50,7 @@ def load_contract(ref: str) -> type[Contract]:
 
 @app.command("show")
 def show(
-    ref: str = typer.Argument(..., help="MODULE:Class or FILE.py:Class"),
+    ref: str = typer.Argument(..., metavar="REF", help="MODULE:Class or FILE.py:Class"),
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print a contract's fields, types, constraints and stable hash."""
@@ -72,8 +72,8 @@ def show(
 
 @app.command("diff")
 def diff(
-    old: str = typer.Argument(..., help="The old contract: MODULE:Class or FILE.py:Class"),
-    new: str = typer.Argument(..., help="The new contract"),
+    old: str = typer.Argument(..., metavar="OLD", help="The old contract: MODULE:Class or FILE.py:Class"),
+    new: str = typer.Argument(..., metavar="NEW", help="The new contract"),
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Field-level changes from OLD to NEW; exits 1 when a change is breaking."""

@@ -85,7 +85,7 @@ def _table(result: RunResult) -> Table:
 
 def run_command(
     ctx: typer.Context,
-    pipeline: Path = typer.Argument(..., help="The pipeline's .dsl file."),
+    pipeline: Path = typer.Argument(..., metavar="PIPELINE", help="The pipeline's .dsl file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set executor.driver=process."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan; run nothing."),
     json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
@@ -306,7 +306,7 @@ def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool
 
 def golden_test_command(
     ctx: typer.Context,
-    path: Path = typer.Argument(Path("."), help="A .dsl file, or a folder searched for .dsl files."),
+    path: Path = typer.Argument(Path("."), metavar="PATH", help="A .dsl file, or a folder searched for .dsl files."),
     update: bool = typer.Option(False, "--update", help="Rewrite the expected outputs from this run."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key."),
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),

@@ -148,9 +148,9 @@ def _change(action: str, endpoints: str, name: str, raft: str, http: str, *, jso
 
 @member_app.command("add")
 def member_add(
-    name: str = typer.Argument(..., help="the new server's name"),
-    raft: str = typer.Argument(..., help="its Raft host:port"),
-    http: str = typer.Argument(..., help="its HTTP host:port"),
+    name: str = typer.Argument(..., metavar="NAME", help="the new server's name"),
+    raft: str = typer.Argument(..., metavar="RAFT", help="its Raft host:port"),
+    http: str = typer.Argument(..., metavar="HTTP", help="its HTTP host:port"),
     endpoints: str = ENDPOINTS,
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
@@ -160,8 +160,8 @@ def member_add(
 
 @member_app.command("remove")
 def member_remove(
-    name: str = typer.Argument(..., help="the server's name"),
-    raft: str = typer.Argument("", help="its Raft host:port (default: the address the group knows)"),
+    name: str = typer.Argument(..., metavar="NAME", help="the server's name"),
+    raft: str = typer.Argument("", metavar="RAFT", help="its Raft host:port (default: the address the group knows)"),
     endpoints: str = ENDPOINTS,
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:

@@ -1,0 +1,85 @@
+"""The CLI's client of a cluster's REST API: which server to ask, and one-line errors.
+
+The server is found, first match wins, from ``--server``, ``$RUNINK_SERVER``, the config's
+``[cluster] server``, or the cluster ``runink up`` started (its context file, as kind sets
+kubectl's context). Several comma-separated addresses may be given: any server answers API
+calls, so the client tries the next one when one cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from runink.core.errors import RuninkError
+
+TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+
+
+class ClusterError(RuninkError):
+    """The cluster said no (its one-line reason), or could not be reached."""
+
+
+def context_file() -> Path:
+    """Where ``runink up`` writes the local cluster it started (``runink down`` removes it)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "runink" / "cluster.json"
+
+
+def read_context() -> dict[str, Any] | None:
+    try:
+        data = json.loads(context_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def server_addresses(flag: str | None, configured: str | None) -> list[str]:
+    """The API addresses to try, in order, as ``http://host:port``."""
+    text = flag or os.environ.get("RUNINK_SERVER") or configured
+    if not text:
+        context = read_context()
+        if context and isinstance(context.get("api"), list):
+            return [str(a) for a in context["api"]]
+        raise ClusterError(
+            "no cluster to talk to: give --server HOST:PORT, set $RUNINK_SERVER or [cluster] server, "
+            "or start a local one with `runink up`"
+        )
+    return [a if "://" in a else f"http://{a}" for a in (part.strip() for part in text.split(",")) if a]
+
+
+class ClusterClient:
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self._http = httpx.Client(timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        """The answer's JSON; raises ClusterError with the server's one-line reason."""
+        unreachable = []
+        query = {k: v for k, v in params.items() if v is not None}
+        for address in self.addresses:
+            try:
+                answer = self._http.request(method, address + path, json=body, params=query)
+            except httpx.TransportError as exc:
+                unreachable.append(f"{address}: {exc.__class__.__name__}")
+                continue
+            if answer.status_code >= 400:
+                raise ClusterError(f"{method} {path}: {answer.status_code} {_detail(answer)}")
+            return answer.json() if answer.content else None
+        raise ClusterError(f"no server answered ({'; '.join(unreachable)})")
+
+
+def _detail(answer: httpx.Response) -> str:
+    try:
+        detail = answer.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    text = detail if isinstance(detail, str) else answer.text
+    return " ".join(str(text).split())[:2000]

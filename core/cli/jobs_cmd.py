@@ -1,0 +1,305 @@
+"""Commands that talk to a cluster's REST API: exec, jobs, status, cancel, herd, nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from runink.core.cli.cluster_client import ClusterClient, server_addresses
+from runink.core.cli.output import console, print_json, print_table
+from runink.core.cli.state import CliState
+from runink.core.model import parse_memory
+from runink.core.pipeline.model import parse_duration
+
+SERVER = typer.Option(
+    None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
+)
+JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
+# exit statuses of `runink exec` for a command that did not exit by itself (as shells and timeout(1) say)
+EXIT_OF_STATE = {"OOMKILLED": 137, "DEADLINE_EXCEEDED": 124, "CANCELLED": 130}
+
+herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: list them.", no_args_is_help=True)
+
+
+@contextmanager
+def _client(ctx: typer.Context, server: str | None) -> Iterator[ClusterClient]:
+    state: CliState = ctx.obj
+    config = state.try_config()
+    configured = config.cluster.server if config is not None else None
+    client = ClusterClient(server_addresses(server, configured))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _amount(value: str | None, what: str, parse: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=what) from None
+
+
+# --- exec, status, cancel, jobs list ----------------------------------------------------
+
+
+def exec_command(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(
+        ..., metavar="COMMAND", help="The program and its arguments (after --), run without a shell."
+    ),
+    herd: str | None = typer.Option(None, "--herd", help="The herd to run in (default: the config's herd)."),
+    cpu: float = typer.Option(1.0, "--cpu", min=0, help="Cores."),
+    memory: str | None = typer.Option(None, "--memory", help='Memory, e.g. "256Mi" (default: none asked).'),
+    timeout: str | None = typer.Option(None, "--timeout", help='Stop it after this long, e.g. "30s".'),
+    retries: int = typer.Option(0, "--retries", min=0, max=100, help="Run it again this many times if it fails."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Print the job id and return at once."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Run one command in an isolated slice on the cluster; wait, and exit with its status."""
+    state: CliState = ctx.obj
+    body = {
+        "herd": herd or state.config().herd,
+        "command": command,
+        "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0},
+        "timeout": _amount(timeout, "--timeout", parse_duration),
+        "retries": retries,
+    }
+    with _client(ctx, server) as client:
+        job = client.call("POST", "/v1/jobs", body)
+        job_id = job["job"]["id"] if "job" in job else job["id"]
+        if detach:
+            print_json({"job": job_id}) if json_output else print(job_id)
+            return
+        final = _wait(client, job_id)
+    task = (final.get("tasks") or [{}])[0]
+    if json_output:
+        print_json(final)
+    else:
+        line = f"{job_id}: {final['job']['state']}"
+        if task.get("message"):
+            line += f": {task['message']}"
+        console(stderr=True).print(line, highlight=False, markup=False)
+    state_name = final["job"]["state"]
+    if state_name == "SUCCEEDED":
+        raise typer.Exit(0)
+    code = task.get("exit_code")
+    raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else EXIT_OF_STATE.get(state_name, 1))
+
+
+def _wait(client: ClusterClient, job_id: str, poll: float = 0.05) -> dict[str, Any]:
+    """The job once it ended; says on stderr where it is while it waits (state changes only)."""
+    err = console(stderr=True)
+    last = None
+    while True:
+        answer: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}")
+        state = answer["job"]["state"]
+        if state in FINAL:
+            return answer
+        if state != last and err.is_terminal:
+            err.print(f"{job_id}: {state}", highlight=False, markup=False)
+        last = state
+        time.sleep(poll)
+
+
+def status_command(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    explain: bool = typer.Option(False, "--explain", help="Why each task is where it is (the scheduler's decision)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """A job, its tasks and their transitions."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", f"/v1/jobs/{job_id}", explain="true" if explain else None)
+    if json_output:
+        print_json(answer)
+        return
+    job = answer["job"]
+    print_table(
+        f"job {job['id']} (herd {job['herd']}): {job['state']}",
+        ["TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "MESSAGE"],
+        [
+            (t["id"], t["state"], t["attempt"], t.get("node") or "-", t.get("exit_code"), t.get("message") or _why(t))
+            for t in answer.get("tasks", [])
+        ],
+    )
+    for task in answer.get("tasks", []):
+        rows = [
+            (_when(t["at"]), t["state"], t.get("attempt"), t.get("node") or "-", t.get("reason"))
+            for t in task.get("transitions", [])
+        ]
+        print_table(f"task {task['id']}: transitions", ["AT", "STATE", "ATTEMPT", "NODE", "REASON"], rows)
+        if explain:
+            lines = task.get("explain") or [_why(task) or "(no decision yet)"]
+            print_table(f"task {task['id']}: the scheduler's last decision", ["DECISION"], [(line,) for line in lines])
+
+
+def _why(task: dict[str, Any]) -> str:
+    return str(task.get("pending_reason") or "")
+
+
+def _when(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def cancel_command(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Cancel a job: its running slices are stopped, its waiting tasks never start."""
+    with _client(ctx, server) as client:
+        answer = client.call("POST", f"/v1/jobs/{job_id}/cancel")
+    print_json(answer) if json_output else print(f"{job_id}: cancelled")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    herd: str | None = typer.Option(None, "--herd", help="Only this herd's jobs."),
+    state: str | None = typer.Option(None, "--state", help="Only jobs in this state (e.g. RUNNING)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Jobs, newest last."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/jobs", herd=herd, state=state.upper() if state else None)
+    jobs = answer["jobs"] if isinstance(answer, dict) else answer
+    if json_output:
+        print_json(jobs)
+        return
+    rows = [(j["id"], j["herd"], j["kind"], j["state"], _when(j["submitted"]), len(j["tasks"])) for j in jobs]
+    print_table("jobs", ["JOB", "HERD", "KIND", "STATE", "SUBMITTED", "TASKS"], rows)
+
+
+# --- herds ------------------------------------------------------------------------------
+
+
+@herd_app.command("create")
+def herd_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The herd's name (lower-case letters, digits, '-', '._')."),
+    cpu: float = typer.Option(0, "--cpu", min=0, help="Cores its slices may use together (0: no limit)."),
+    memory: str | None = typer.Option(None, "--memory", help='Memory they may use together, e.g. "64Gi".'),
+    gpu: int = typer.Option(0, "--gpu", min=0, help="GPUs (0: no limit)."),
+    max_slices: int = typer.Option(0, "--max-slices", min=0, help="Slices at once (0: no limit)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Create a herd with its quota."""
+    quota = {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu, "max_slices": max_slices}
+    with _client(ctx, server) as client:
+        answer = client.call("POST", "/v1/herds", {"name": name, "quota": quota})
+    print_json(answer) if json_output else print(f"herd {name} created")
+
+
+@herd_app.command("list")
+def herd_list(ctx: typer.Context, server: str | None = SERVER, json_output: bool = JSON) -> None:
+    """Herds and their quotas."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/herds")
+    herds = answer["herds"] if isinstance(answer, dict) else answer
+    if json_output:
+        print_json(herds)
+        return
+    rows = [(h["name"], *(_limit(h["quota"][k]) for k in ("cpu", "memory", "gpu", "max_slices"))) for h in herds]
+    print_table("herds", ["HERD", "CPU", "MEMORY", "GPU", "MAX SLICES"], rows)
+
+
+@herd_app.command("describe")
+def herd_describe(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The herd."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """A herd's quota and what it uses of it now."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", f"/v1/herds/{name}")
+    if json_output:
+        print_json(answer)
+        return
+    herd = answer.get("herd", answer)
+    used = answer.get("used", {})
+    rows = [(k, used.get(k, 0), _limit(herd["quota"][k])) for k in ("cpu", "memory", "gpu", "max_slices")]
+    print_table(f"herd {herd['name']}", ["RESOURCE", "IN USE", "QUOTA"], rows)
+
+
+@herd_app.command("delete")
+def herd_delete(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The herd."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Delete a herd (refused while it has jobs not ended)."""
+    with _client(ctx, server) as client:
+        answer = client.call("DELETE", f"/v1/herds/{name}")
+    print_json(answer) if json_output else print(f"herd {name} deleted")
+
+
+def _limit(value: float) -> str:
+    return "-" if not value else f"{value:g}"
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+
+@nodes_app.command("list")
+def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: bool = JSON) -> None:
+    """Nodes: capacity, labels, health."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/nodes")
+    nodes = answer["nodes"] if isinstance(answer, dict) else answer
+    if json_output:
+        print_json(nodes)
+        return
+    rows = []
+    for n in nodes:
+        health = "ready" if n["ready"] else "down"
+        flags = [f for f in ("cordoned", "draining") if n.get(f)]
+        cap = n["capacity"]
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items()))
+        rows.append((n["id"], " ".join([health, *flags]), f"{cap['cpu']:g}", cap["memory"], cap["gpu"], labels or "-"))
+    print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "LABELS"], rows)
+
+
+def _node_action(action: str, help_text: str) -> None:
+    def command(
+        ctx: typer.Context,
+        node: str = typer.Argument(..., metavar="NODE", help="The node id."),
+        server: str | None = SERVER,
+        json_output: bool = JSON,
+    ) -> None:
+        with _client(ctx, server) as client:
+            answer = client.call("POST", f"/v1/nodes/{node}/{action}")
+        print_json(answer) if json_output else print(f"node {node}: {action}")
+
+    command.__doc__ = help_text
+    nodes_app.command(action)(command)
+
+
+_node_action("cordon", "Take no new work on this node; what runs there goes on.")
+_node_action("uncordon", "Take new work on this node again.")
+_node_action("drain", "Take no new work; its agent lets running slices finish, then gives the rest back.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+    app.command("status")(status_command)
+    app.command("cancel")(cancel_command)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(herd_app, name="herd")
+    app.add_typer(nodes_app, name="nodes")
