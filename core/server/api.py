@@ -1,0 +1,340 @@
+"""The REST API of ``runink server`` (FastAPI, paths under /v1, OpenAPI at /docs).
+
+Every call goes through the Lifecycle and the ClusterStore, so any server answers it: nothing is
+kept here between requests. Errors answer with one line in ``detail`` and no traceback:
+NotFound -> 404, Refused -> 409, a malformed request -> 422 naming the field, a body over
+MAX_BODY -> 413, Conflict (others kept changing what was read) -> 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import (
+    MAX_COMMAND_ARGS,
+    NAME,
+    Amount,
+    Herd,
+    JobRecord,
+    NodeRecord,
+    Quota,
+    Record,
+    RunState,
+    TaskRecord,
+    keys,
+)
+from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+from runink.core.model import MAX_MEMORY, MAX_PIDS
+from runink.core.report import printable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024  # bytes of a request body
+MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
+MAX_LABELS = 64
+RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
+
+NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuotaIn(Body):
+    cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0, le=2**62)
+    gpu: int = Field(default=0, ge=0, le=1_000_000)
+    max_slices: int = Field(default=0, ge=0, le=1_000_000_000)
+
+
+class HerdIn(Body):
+    name: str = Field(pattern=NAME.pattern, max_length=63)
+    quota: QuotaIn = QuotaIn()
+
+
+class ResourcesIn(Body):
+    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)
+    gpu: int = Field(default=0, ge=0, le=1024)
+    pids: int = Field(default=0, ge=0, le=MAX_PIDS)
+
+
+class JobIn(Body):
+    herd: str = Field(pattern=NAME.pattern, max_length=63)
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    resources: ResourcesIn = ResourcesIn()
+    timeout: float | None = Field(default=None, gt=0, le=366 * 86400, allow_inf_nan=False)
+    retries: int = Field(default=0, ge=0, le=100)
+    backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    node_labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=dict, max_length=MAX_LABELS
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read (FastAPI passes an HTTPException through as it is)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body larger than {MAX_BODY} bytes")
+
+
+class BodyLimit:
+    """Refuses a body past ``limit`` bytes: at once by its Content-Length, else (a chunked
+    body) as soon as the bytes read pass it, so a large body is never held in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _too_large(scope, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await _too_large(scope, send)
+
+
+async def _too_large(scope: Scope, send: Send) -> None:
+    response = JSONResponse({"detail": BodyTooLarge().detail}, status_code=413)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": printable(detail, MAX_DETAIL)}, status_code=status, headers=headers)
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """One line naming the first bad field: ``body.resources.cpu: Input should be ...``."""
+    if not errors:
+        return "request: invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _dump(record: Record, exclude: set[str] | None = None) -> dict[str, Any]:
+    return record.model_dump(mode="json", exclude=exclude)
+
+
+def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
+    """What these tasks hold while SCHEDULED or RUNNING: their resources and slice count."""
+    held = [t for t in tasks if t.state in (RunState.SCHEDULED, RunState.RUNNING)]
+    return {
+        "cpu": sum(t.resources.cpu for t in held),
+        "memory": sum(t.resources.memory for t in held),
+        "gpu": sum(t.resources.gpu for t in held),
+        "pids": sum(t.resources.pids for t in held),
+        "slices": len(held),
+    }
+
+
+def delete_herd(store: ClusterStore, name: str) -> None:
+    """Delete a herd with its ended jobs and their tasks, in one commit checked against what
+    was read. Refused while any of its jobs has not ended.
+
+    A submission racing this call is not fenced (the store's submit does not compare the
+    herd's key): its job would be left under a herd that no longer exists, unseen."""
+    for _ in range(MAX_CONFLICT_RETRIES):
+        herd = store.herd(name)
+        read: list[tuple[str, int]] = [(keys.herd(name), herd.revision)]
+        writes: list[tuple[str, Record | None]] = [(keys.herd(name), None)]
+        # the store's list of herd names, where it keeps one (a stale entry would be skipped)
+        index = getattr(ClusterStore, "HERD_INDEX", None)
+        if index is not None:
+            writes.append((index + name, None))
+        job_ids = []
+        for kv in store.barn.scan(keys.jobs(name)):
+            job = JobRecord.model_validate_json(kv.value)
+            if not job.state.final:
+                raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")
+            read.append((kv.key, kv.mod_revision))
+            writes.append((kv.key, None))
+            job_ids.append(job.id)
+        for task in store.tasks(name):
+            key = keys.task(name, task.record.id)
+            read.append((key, task.revision))
+            writes.append((key, None))
+        try:
+            store.commit(read, writes)
+        except Conflict:
+            continue
+        # The job index (id -> herd) after the records: an entry left by a crash between the
+        # two commits points at no job, which reads as NotFound.
+        for job_id in job_ids:
+            store.barn.delete(ClusterStore.JOB_INDEX + job_id)
+        return
+    raise Conflict(f"herd {name}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+
+def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
+    app = FastAPI(
+        title="Runink",
+        summary="Jobs over a pool of machines: herds with quotas, nodes, jobs and their tasks",
+        version="1",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, validation_detail(exc.errors()))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _error(503, f"{exc}; try again", {"Retry-After": RETRY_AFTER})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # the client gets one line; uvicorn logs the traceback on this server only
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    # --- herds -------------------------------------------------------------------------
+
+    @app.post("/v1/herds", status_code=201)
+    def create_herd(body: HerdIn) -> dict[str, Any]:
+        herd = Herd(name=body.name, quota=Quota(**body.quota.model_dump()))
+        store.create_herd(herd)
+        return _dump(herd)
+
+    @app.get("/v1/herds")
+    def list_herds() -> dict[str, Any]:
+        return {"herds": [_dump(h) for h in store.herds()]}
+
+    @app.get("/v1/herds/{name}")
+    def describe_herd(name: NamePath) -> dict[str, Any]:
+        herd = store.herd(name).record
+        use = _use([v.record for v in store.tasks(name)])
+        return {**_dump(herd), "used": use}
+
+    @app.delete("/v1/herds/{name}", status_code=204)
+    def remove_herd(name: NamePath) -> None:
+        delete_herd(store, name)
+
+    # --- jobs --------------------------------------------------------------------------
+
+    @app.post("/v1/jobs", status_code=201)
+    def submit_job(body: JobIn) -> dict[str, Any]:
+        # Checked as the stored task would be, so a malformed request is a 422 naming the
+        # field; what lifecycle refuses after this (quota, fit) is a 409.
+        try:
+            TaskRecord(
+                id="check",
+                job_id="check",
+                herd=body.herd,
+                command=body.command,
+                resources=Amount(**body.resources.model_dump()),
+                timeout=body.timeout,
+            )
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+        job = lifecycle.submit_command(
+            body.herd,
+            body.command,
+            Amount(**body.resources.model_dump()),
+            timeout=body.timeout,
+            retries=body.retries,
+            backoff=body.backoff,
+            priority=body.priority,
+            node_labels=body.node_labels,
+        )
+        return {"job": _dump(job)}
+
+    @app.get("/v1/jobs")
+    def list_jobs(
+        herd: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
+        state: RunState | None = None,
+    ) -> dict[str, Any]:
+        if herd is not None:
+            store.herd(herd)  # NotFound names the herd
+        jobs = store.jobs(herd)
+        return {"jobs": [_dump(j) for j in jobs if state is None or j.state is state]}
+
+    @app.get("/v1/jobs/{job_id}")
+    def describe_job(job_id: NamePath, explain: bool = False) -> dict[str, Any]:
+        job = store.job(job_id).record
+        hidden = None if explain else {"explain", "pending_reason"}
+        return {"job": _dump(job), "tasks": [_dump(v.record, hidden) for v in store.job_tasks(job)]}
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    def cancel_job(job_id: NamePath) -> dict[str, Any]:
+        return {"job": _dump(lifecycle.cancel(job_id))}
+
+    # --- nodes -------------------------------------------------------------------------
+
+    def node_view(node: NodeRecord, tasks: list[TaskRecord]) -> dict[str, Any]:
+        return {**_dump(node), "used": _use([t for t in tasks if t.node == node.id])}
+
+    @app.get("/v1/nodes")
+    def list_nodes() -> dict[str, Any]:
+        tasks = [v.record for v in store.tasks()]
+        return {"nodes": [node_view(v.record, tasks) for v in store.nodes()]}
+
+    @app.get("/v1/nodes/{node_id}")
+    def describe_node(node_id: NamePath) -> dict[str, Any]:
+        node = store.node(node_id).record
+        return node_view(node, [v.record for v in store.tasks()])
+
+    @app.post("/v1/nodes/{node_id}/cordon")
+    def cordon(node_id: NamePath) -> dict[str, Any]:
+        return _dump(lifecycle.cordon(node_id))
+
+    @app.post("/v1/nodes/{node_id}/uncordon")
+    def uncordon(node_id: NamePath) -> dict[str, Any]:
+        return _dump(lifecycle.uncordon(node_id))
+
+    @app.post("/v1/nodes/{node_id}/drain")
+    def drain(node_id: NamePath) -> dict[str, Any]:
+        return _dump(lifecycle.drain(node_id))
+
+    return app

@@ -1,0 +1,84 @@
+"""The control loop of a server: while its Barn member leads, watch node liveness and run
+scheduler passes; while it does not, do nothing and forget what it saw of the nodes.
+
+Forgetting matters: liveness counts a node's silence on this server's own clock from when it
+last saw the node's heartbeat change. A server that leads again after a while must not count
+the time it was not looking, so each leadership starts with a new Liveness and every node gets
+a full timeout again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from runink.core.control.liveness import Liveness
+from runink.core.control.scheduler import PassResult, Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.report import printable
+
+log = logging.getLogger(__name__)
+
+REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again (a round runs every interval)
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        store: ClusterStore,
+        scheduler: Scheduler,
+        liveness: Liveness,
+        is_leader: Callable[[], bool],
+        interval: float = 0.05,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"control loop interval: {interval!r} (expected seconds > 0)")
+        self.store = store
+        self.scheduler = scheduler
+        self.liveness = liveness
+        self.is_leader = is_leader
+        self.interval = interval
+        self._leading = False
+        self._last_failure = ("", 0.0)
+
+    def step(self, now_wall: float, now_monotonic: float) -> PassResult | None:
+        """One round; returns the scheduler pass's result, or None when this server does not lead.
+        ``now_wall`` is the clock retries' backoff is dated with; ``now_monotonic`` liveness's."""
+        if not self.is_leader():
+            if self._leading:
+                log.info("no longer the leader: scheduling stops here")
+            self._leading = False
+            self.liveness = Liveness(self.store, self.liveness.timeout)
+            return None
+        if not self._leading:
+            log.info("leader: scheduling here (every node gets a full liveness timeout)")
+            self._leading = True
+        dead = self.liveness.observe(now_monotonic)
+        if dead:
+            log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
+        return self.scheduler.run_pass(now_wall)
+
+    def run(self, stop: threading.Event) -> None:
+        """Rounds every ``interval`` until ``stop`` is set; a round that raises is logged in one
+        line (the same failure again only after REPEAT_LOG_AFTER seconds) and the next one runs."""
+        while not stop.is_set():
+            try:
+                self.step(time.time(), time.monotonic())
+            except Exception as exc:  # the loop must outlive any one round
+                self._log_failure(exc)
+            stop.wait(self.interval)
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="control-loop", daemon=True)
+        thread.start()
+        return thread
+
+    def _log_failure(self, exc: Exception) -> None:
+        line = printable(f"control loop round failed: {type(exc).__name__}: {exc}", 1000)
+        now = time.monotonic()
+        last, at = self._last_failure
+        if line != last or now - at >= REPEAT_LOG_AFTER:
+            log.error("%s", line)
+            self._last_failure = (line, now)

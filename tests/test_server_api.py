@@ -1,0 +1,274 @@
+"""The REST API over real sockets: uvicorn on 127.0.0.1 in a thread, a memory-Barn store, httpx
+as the client, and the real scheduler between calls for --explain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, NodeRecord, RunState, keys
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import load_driver
+from runink.core.interfaces import SchedulerPolicy
+from runink.core.server.api import MAX_BODY, create_app
+from runink.core.server.serve_api import serve_api, stop_api
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+GiB = 1024**3
+
+
+@dataclass
+class Cluster:
+    client: httpx.Client
+    store: ClusterStore
+    lifecycle: Lifecycle
+    scheduler: Scheduler
+
+    def add_node(self, node_id: str, cpu: float = 4, **labels: str) -> None:
+        self.lifecycle.register_node(NodeRecord(id=node_id, capacity=Amount(cpu=cpu, memory=16 * GiB), labels=labels))
+
+    def stored_keys(self) -> list[str]:
+        return [kv.key for kv in self.store.barn.scan("/")]
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    store = ClusterStore(MemoryBarn())
+    lifecycle = Lifecycle(store)
+    server, thread = serve_api(create_app(lifecycle, store), "127.0.0.1", 0)
+    try:
+        with (
+            plugin_manager() as manager,
+            httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as client,
+        ):
+            yield Cluster(client, store, lifecycle, Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")))
+    finally:
+        stop_api(server, thread)
+    assert not thread.is_alive()
+
+
+def make_herd(client: httpx.Client, name: str = "team", **quota: float) -> None:
+    response = client.post("/v1/herds", json={"name": name, "quota": quota})
+    assert response.status_code == 201, response.text
+
+
+def submit(client: httpx.Client, herd: str = "team", cpu: float = 1, **fields: object) -> str:
+    body = {"herd": herd, "command": ["/bin/echo", "hi"], "resources": {"cpu": cpu}} | fields
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job_id: str = response.json()["job"]["id"]
+    return job_id
+
+
+def test_herd_job_explain_cancel_through_the_api(cluster: Cluster) -> None:
+    client = cluster.client
+    make_herd(client, "team", cpu=8, max_slices=4)
+    assert [h["name"] for h in client.get("/v1/herds").json()["herds"]] == ["team"]
+    cluster.add_node("big", cpu=4)
+    cluster.add_node("small", cpu=1)
+
+    job_id = submit(client, cpu=2, priority=5, retries=2)
+    listed = client.get("/v1/jobs", params={"herd": "team", "state": "PENDING"}).json()["jobs"]
+    assert [j["id"] for j in listed] == [job_id]
+    assert client.get("/v1/jobs", params={"state": "RUNNING"}).json()["jobs"] == []
+
+    plain = client.get(f"/v1/jobs/{job_id}").json()
+    assert plain["job"]["state"] == "PENDING"
+    assert plain["tasks"][0]["command"] == ["/bin/echo", "hi"]
+    assert "explain" not in plain["tasks"][0]
+
+    result = cluster.scheduler.run_pass(now=0.0)
+    assert list(result.placed.values()) == ["big"]
+    explained = client.get(f"/v1/jobs/{job_id}", params={"explain": "true"}).json()
+    task = explained["tasks"][0]
+    assert task["state"] == "SCHEDULED" and task["node"] == "big"
+    assert task["explain"][0].startswith("chosen big")
+    assert any(line.startswith("small:") for line in task["explain"]), task["explain"]
+    assert task["pending_reason"] == ""
+
+    described = client.get("/v1/herds/team").json()
+    assert described["quota"]["cpu"] == 8
+    assert described["used"] == {"cpu": 2, "memory": 0, "gpu": 0, "pids": 0, "slices": 1}
+    nodes = {n["id"]: n for n in client.get("/v1/nodes").json()["nodes"]}
+    assert nodes["big"]["used"]["slices"] == 1 and nodes["small"]["used"]["slices"] == 0
+
+    # a job that fits nowhere now waits with its reason, shown by explain
+    waiting = submit(client, cpu=3)
+    cluster.scheduler.run_pass(now=0.0)
+    waiting_task = client.get(f"/v1/jobs/{waiting}?explain=true").json()["tasks"][0]
+    assert waiting_task["state"] == "PENDING"
+    assert "no node fits" in waiting_task["pending_reason"]
+
+    response = client.delete("/v1/herds/team")
+    assert response.status_code == 409 and "has not ended" in response.json()["detail"]
+
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["job"]["state"] == "CANCELLED"
+    assert cluster.store.task("team", plain["tasks"][0]["id"]).record.state is RunState.CANCELLED
+    client.post(f"/v1/jobs/{waiting}/cancel")
+    assert client.delete("/v1/herds/team").status_code == 204
+    assert client.get("/v1/herds/team").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert cluster.stored_keys() == [keys.node("big"), keys.node("small")]
+
+
+def test_nodes_cordon_drain_uncordon(cluster: Cluster) -> None:
+    cluster.add_node("n1")
+    client = cluster.client
+    assert client.post("/v1/nodes/n1/cordon").json()["cordoned"] is True
+    assert client.post("/v1/nodes/n1/drain").json()["draining"] is True
+    node = client.post("/v1/nodes/n1/uncordon").json()
+    assert node["cordoned"] is False and node["draining"] is False
+    assert cluster.store.node("n1").record.schedulable
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/job-nope"),
+        ("POST", "/v1/jobs/job-nope/cancel"),
+        ("GET", "/v1/herds/nope"),
+        ("DELETE", "/v1/herds/nope"),
+        ("GET", "/v1/jobs?herd=nope"),
+        ("GET", "/v1/nodes/nope"),
+        ("POST", "/v1/nodes/nope/cordon"),
+        ("POST", "/v1/nodes/nope/uncordon"),
+        ("POST", "/v1/nodes/nope/drain"),
+    ],
+)
+def test_unknown_names_are_404(cluster: Cluster, method: str, path: str) -> None:
+    response = cluster.client.request(method, path)
+    assert response.status_code == 404, response.text
+    assert "nope" in response.json()["detail"]
+
+
+def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
+    response = cluster.client.post("/v1/jobs", json={"herd": "ghost", "command": ["/bin/true"]})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "herd 'ghost': no such herd"}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            {"herd": "team", "command": ["/bin/true"], "resources": {"cpu": -1}},
+            "body.resources.cpu: Input should be greater than or equal to 0",
+        ),
+        ({"herd": "team", "command": []}, "body.command: List should have at least 1 item after validation, not 0"),
+        ({"herd": "team", "command": ["/bin/true"], "shell": True}, "body.shell: Extra inputs are not permitted"),
+        (
+            {"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 1, "disk": 1}},
+            "body.resources.disk: Extra inputs are not permitted",
+        ),
+        ({"herd": "team", "command": ["a\0b"]}, "body.command: Value error, command[0]: contains a NUL byte"),
+        ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd: String should match pattern"),
+        ({"command": ["/bin/true"]}, "body.herd: Field required"),
+    ],
+)
+def test_malformed_submission_is_422_naming_the_field(cluster: Cluster, body: dict[str, object], detail: str) -> None:
+    make_herd(cluster.client)
+    response = cluster.client.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    got = response.json()["detail"]
+    assert isinstance(got, str) and "\n" not in got
+    assert got.startswith(detail), got
+    assert [k for k in cluster.stored_keys() if "/jobs/" in k] == []
+
+
+def test_malformed_json_and_queries_are_422(cluster: Cluster) -> None:
+    client = cluster.client
+    response = client.post("/v1/herds", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("body.")
+    response = client.get("/v1/jobs", params={"state": "DONE"})
+    assert response.status_code == 422 and response.json()["detail"].startswith("query.state: Input should be")
+    response = client.post("/v1/herds", json={"name": "t", "quota": {"cpu": -2}})
+    assert response.json()["detail"] == "body.quota.cpu: Input should be greater than or equal to 0"
+    assert client.get("/v1/nodes/Bad!").json()["detail"].startswith("path.node_id: String should match pattern")
+
+
+def test_past_quota_or_never_fitting_submission_is_409_and_stores_nothing(cluster: Cluster) -> None:
+    make_herd(cluster.client, "team", cpu=2)
+    before = cluster.stored_keys()
+    response = cluster.client.post("/v1/jobs", json={"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 3}})
+    assert response.status_code == 409
+    assert response.json()["detail"] == "herd 'team': the task alone exceeds the herd's quota: cpu 3 > quota 2"
+    cluster.add_node("n1", cpu=1)
+    before = cluster.stored_keys()
+    response = cluster.client.post("/v1/jobs", json={"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 2}})
+    assert response.status_code == 409
+    assert "can never fit any node (n1: cpu 2 > capacity 1)" in response.json()["detail"]
+    assert cluster.stored_keys() == before
+
+
+def test_duplicate_herd_is_409(cluster: Cluster) -> None:
+    make_herd(cluster.client, "team")
+    response = cluster.client.post("/v1/herds", json={"name": "team"})
+    assert response.status_code == 409 and response.json()["detail"] == "herd 'team' exists already"
+
+
+def test_oversized_body_is_413(cluster: Cluster) -> None:
+    make_herd(cluster.client)
+    big = {"herd": "team", "command": ["x" * 1000] * (MAX_BODY // 1000 + 10)}
+    response = cluster.client.post("/v1/jobs", json=big)
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"request body larger than {MAX_BODY} bytes"}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused as the bytes arrive
+        yield b'{"herd": "team", "command": ["'
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b"y" * 65536
+        yield b'"]}'
+
+    response = cluster.client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert cluster.client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_openapi_lists_the_v1_paths(cluster: Cluster) -> None:
+    document = cluster.client.get("/openapi.json").json()
+    assert {
+        "/v1/herds",
+        "/v1/herds/{name}",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/nodes",
+        "/v1/nodes/{node_id}",
+        "/v1/nodes/{node_id}/cordon",
+        "/v1/nodes/{node_id}/uncordon",
+        "/v1/nodes/{node_id}/drain",
+    } <= set(document["paths"])
+    assert cluster.client.get("/docs").status_code == 200
+
+
+def test_conflict_is_503_with_retry_after_and_a_fault_is_one_line(cluster: Cluster) -> None:
+    make_herd(cluster.client)
+    cluster.add_node("n1")
+    job_id = submit(cluster.client)
+
+    def always_changed(read: object, writes: object) -> int:
+        from runink.core.control.store import Conflict
+
+        raise Conflict("a record changed since it was read")
+
+    cluster.store.commit = always_changed  # type: ignore[method-assign]
+    response = cluster.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+    cluster.store.barn.put(keys.node("n2"), b"{garbage")
+    response = cluster.client.get("/v1/nodes")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error: RuninkError"}
+
+
+def test_non_loopback_address_is_refused() -> None:
+    store = ClusterStore(MemoryBarn())
+    with pytest.raises(ValueError, match="loopback only"):
+        serve_api(create_app(Lifecycle(store), store), "0.0.0.0", 0)

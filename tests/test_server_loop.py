@@ -1,0 +1,141 @@
+"""The server's control loop: it schedules and watches liveness only while its Barn member leads,
+gives every node a full liveness timeout after each change of leadership, and outlives a round
+that raises."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.liveness import Liveness
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import load_driver
+from runink.core.interfaces import SchedulerPolicy
+from runink.core.plugins import PluginManager
+from runink.core.server.loop import ControlLoop
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+TIMEOUT = 10.0
+
+
+class Leadership:
+    def __init__(self, leads: bool = False) -> None:
+        self.leads = leads
+
+    def __call__(self) -> bool:
+        return self.leads
+
+
+@pytest.fixture
+def manager() -> Iterator[PluginManager]:
+    with plugin_manager() as manager:
+        yield manager
+
+
+def setup(manager: PluginManager) -> tuple[ClusterStore, Lifecycle, ControlLoop, Leadership]:
+    store = ClusterStore(MemoryBarn())
+    lifecycle = Lifecycle(store)
+    store.create_herd(Herd(name="team"))
+    lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=2**30)))
+    leadership = Leadership()
+    scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+    loop = ControlLoop(store, scheduler, Liveness(store, TIMEOUT), leadership)
+    return store, lifecycle, loop, leadership
+
+
+def task_state(store: ClusterStore, job_id: str) -> RunState:
+    job = store.job(job_id).record
+    return store.task(job.herd, job.tasks[0]).record.state
+
+
+def test_schedules_only_while_leading(manager: PluginManager) -> None:
+    store, lifecycle, loop, leadership = setup(manager)
+    job = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    assert loop.step(1.0, 1.0) is None
+    assert task_state(store, job.id) is RunState.PENDING
+
+    leadership.leads = True
+    result = loop.step(2.0, 2.0)
+    assert result is not None and list(result.placed.values()) == ["n1"]
+    assert task_state(store, job.id) is RunState.SCHEDULED
+
+    leadership.leads = False
+    second = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    assert loop.step(3.0, 3.0) is None
+    assert task_state(store, second.id) is RunState.PENDING
+
+
+def test_a_new_leadership_gives_every_node_a_full_timeout(manager: PluginManager) -> None:
+    store, _, loop, leadership = setup(manager)
+    leadership.leads = True
+    loop.step(0.0, 100.0)  # n1's heartbeat first seen at 100
+    leadership.leads = False
+    loop.step(0.0, 105.0)  # leadership lost: what was seen of n1 is forgotten
+    leadership.leads = True
+    # n1 has been silent for 15 s of this clock, but 5 of them while another server led
+    loop.step(0.0, 115.0)
+    assert store.node("n1").record.ready
+    loop.step(0.0, 124.9)
+    assert store.node("n1").record.ready
+    loop.step(0.0, 125.0)  # a full timeout after leadership came back
+    assert not store.node("n1").record.ready
+
+
+def test_while_leading_a_silent_node_is_found_dead(manager: PluginManager) -> None:
+    # the control of the test above: without the leadership change, the same clock expires n1 earlier
+    store, _, loop, leadership = setup(manager)
+    leadership.leads = True
+    loop.step(0.0, 100.0)
+    loop.step(0.0, 110.0)
+    assert not store.node("n1").record.ready
+
+
+def test_run_schedules_in_a_thread_and_outlives_a_failing_round(
+    manager: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, lifecycle, loop, leadership = setup(manager)
+    loop.interval = 0.005
+    calls = 0
+
+    def flaky() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError("barn unreachable\nsecond line")
+        return leadership.leads
+
+    loop.is_leader = flaky
+    job = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    stop = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="runink.core.server.loop"):
+        thread = loop.start(stop)
+        try:
+            deadline = time.monotonic() + 5
+            while calls <= 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert task_state(store, job.id) is RunState.PENDING  # not the leader
+            leadership.leads = True
+            while task_state(store, job.id) is RunState.PENDING and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert task_state(store, job.id) is RunState.SCHEDULED
+        finally:
+            stop.set()
+            thread.join(5)
+    assert not thread.is_alive()
+    failures = [r.getMessage() for r in caplog.records]
+    # the same failure three times in a row: logged once, on one line
+    assert failures == ["control loop round failed: RuntimeError: barn unreachable second line"]
+
+
+def test_interval_must_be_positive(manager: PluginManager) -> None:
+    store, _, loop, _ = setup(manager)
+    with pytest.raises(ValueError, match="interval"):
+        ControlLoop(store, loop.scheduler, loop.liveness, lambda: True, interval=0)
