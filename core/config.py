@@ -8,9 +8,9 @@ Precedence, lowest to highest:
    one found is read;
 3. environment variables: ``RUNINK_<KEY>`` for a top-level key and ``RUNINK_<TABLE>__<KEY>``
    for a nested one (``RUNINK_EXECUTOR__DRIVER=linux``); list values are comma-separated.
-   Three short names are kept for plugin control: ``RUNINK_DISABLE_PLUGINS``,
+   Short names are kept for plugin control: ``RUNINK_DISABLE_PLUGINS``,
    ``RUNINK_LOAD_PLUGINS`` and ``RUNINK_TRACE_PLUGINS`` (= ``plugins.disable``,
-   ``plugins.load``, ``plugins.trace``);
+   ``plugins.load``, ``plugins.trace``), and ``RUNINK_SERVER`` (= ``cluster.server``);
 4. command-line flags of a command (e.g. ``runink run --set executor.driver=process``).
 
 Every error names the key and where its value came from (``runink.toml:12`` or the variable).
@@ -40,6 +40,7 @@ ENV_ALIASES = {
     "RUNINK_DISABLE_PLUGINS": "plugins.disable",
     "RUNINK_LOAD_PLUGINS": "plugins.load",
     "RUNINK_TRACE_PLUGINS": "plugins.trace",
+    "RUNINK_SERVER": "cluster.server",
 }
 
 

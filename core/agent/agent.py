@@ -172,12 +172,17 @@ class Agent:
     def _start(self, task: TaskRecord) -> None:
         attempt = attempt_of(task)
         executor_id = f"{task.id}-a{task.attempt}"
-        cwd = self.work_dir / "work" / executor_id
-        cwd.mkdir(parents=True, exist_ok=True)
+        # As the local runner does: the task dir is private (0700) and holds the slice's work
+        # dir, the one folder it may write (an isolating executor grants only such a folder).
+        task_dir = self.work_dir / "tasks" / executor_id
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        task_dir.mkdir(mode=0o700, exist_ok=True)
+        cwd = task_dir / "work"
+        cwd.mkdir(exist_ok=True)
         spec = TaskSpec(
             id=executor_id,
             command=tuple(task.command),
-            task_dir=self.work_dir / "tasks" / executor_id,
+            task_dir=task_dir,
             env={
                 "PATH": TASK_PATH,
                 "HOME": str(cwd),

@@ -94,7 +94,9 @@ def exec_command(
     if state_name == "SUCCEEDED":
         raise typer.Exit(0)
     code = task.get("exit_code")
-    raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else EXIT_OF_STATE.get(state_name, 1))
+    if state_name in EXIT_OF_STATE:  # stopped from outside: say how, as shells and timeout(1) do
+        raise typer.Exit(EXIT_OF_STATE[state_name])
+    raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else 1)
 
 
 def _wait(client: ClusterClient, job_id: str, poll: float = 0.05) -> dict[str, Any]:
@@ -233,7 +235,8 @@ def herd_describe(
         return
     herd = answer.get("herd", answer)
     used = answer.get("used", {})
-    rows = [(k, used.get(k, 0), _limit(herd["quota"][k])) for k in ("cpu", "memory", "gpu", "max_slices")]
+    in_use = {**used, "max_slices": used.get("slices", 0)}  # (slices in use count against max_slices)
+    rows = [(k, in_use.get(k, 0), _limit(herd["quota"][k])) for k in ("cpu", "memory", "gpu", "max_slices")]
     print_table(f"herd {herd['name']}", ["RESOURCE", "IN USE", "QUOTA"], rows)
 
 

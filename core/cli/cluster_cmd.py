@@ -1,0 +1,311 @@
+"""``runink server``, ``runink agent``, and ``runink up`` / ``down`` (a local cluster of real
+processes on this machine, for trying things and for tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from runink.core.cli.cluster_client import context_file, read_context
+from runink.core.cli.output import console, print_json, print_table
+from runink.core.cli.state import CliState
+from runink.core.errors import RuninkError
+from runink.core.model import parse_memory
+
+UP_TIMEOUT = 60.0  # seconds for `runink up`'s servers to elect a leader and its agents to register
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def server_command(
+    ctx: typer.Context,
+    api: str = typer.Option("127.0.0.1:8470", "--api", help="Where the REST API listens, HOST:PORT."),
+    agents: str = typer.Option("127.0.0.1:8471", "--agents", help="Where agents connect (gRPC), HOST:PORT."),
+    insecure_bind: bool = typer.Option(
+        False, "--insecure-bind", help="Listen on a non-loopback address although nothing authenticates yet."
+    ),
+    liveness_timeout: float = typer.Option(
+        10.0, "--liveness-timeout", min=0.1, help="Seconds without a heartbeat before a node is dead."
+    ),
+) -> None:
+    """Run a control-plane server. Flags after `--` start its Barn member (`runink barn serve`'s
+    flags: --name, --raft, --http, --peer, --data-dir...); without them the Barn is in memory."""
+    from runink.core.server.process import Server, ServerOptions, parse_address
+
+    state: CliState = ctx.obj
+    options = ServerOptions(
+        api=parse_address(api, "--api"),
+        agents=parse_address(agents, "--agents"),
+        barn_args=list(ctx.args),
+        insecure_bind=insecure_bind,
+        liveness_timeout=liveness_timeout,
+        config_path=str(state.config_path) if state.config_path else None,
+    )
+    server = Server(options, state.config(), state.plugins())
+    try:
+        print(json.dumps({"event": "serving", **server.addresses()}), flush=True)
+        _wait_for_signal()
+    finally:
+        server.close()
+
+
+def agent_command(
+    ctx: typer.Context,
+    servers: str = typer.Option(..., "--servers", help="The servers' agent addresses (gRPC), HOST:PORT,..."),
+    node_id: str | None = typer.Option(None, "--node-id", help="This node's name (default: the host name)."),
+    labels: list[str] = typer.Option([], "--labels", help="A label k=v for placement constraints (repeatable)."),
+    cpus: float | None = typer.Option(None, "--cpus", min=0, help="Cores to offer (default: all)."),
+    memory: str | None = typer.Option(None, "--memory", help='Memory to offer, e.g. "16Gi" (default: all).'),
+    gpus: int = typer.Option(0, "--gpus", min=0, help="GPUs to offer."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Where tasks' dirs and logs go."),
+    interval: float = typer.Option(0.1, "--interval", min=0.01, help="Seconds between syncs with the server."),
+    drain_grace: float = typer.Option(30.0, "--drain-grace", min=0, help="On SIGTERM, seconds tasks may finish."),
+) -> None:
+    """Run the agent of this node: register, heartbeat, run the slices assigned here."""
+    from runink.core.agent.agent import Agent
+    from runink.core.agent.grpc_control import GrpcControl
+    from runink.core.control.records import Amount, check_name
+    from runink.core.drivers import auto_executor, configured_driver
+
+    state: CliState = ctx.obj
+    config = state.config()
+    manager = state.plugins()
+    name = node_id or socket.gethostname().split(".")[0].lower()
+    try:
+        check_name(name, "node")
+    except ValueError as exc:
+        raise RuninkError(f"--node-id: {exc}") from None
+    label_map = {}
+    for item in labels:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"{item!r}: expected k=v", param_hint="--labels")
+        label_map[key] = value
+    capacity = Amount(
+        cpu=cpus if cpus is not None else float(os.cpu_count() or 1),
+        memory=parse_memory(memory) if memory else _memory_total(),
+        gpu=gpus,
+    )
+    if config.executor.driver == "auto":
+        executor, _config, note = auto_executor(config, manager)
+        if executor is None:
+            print(note, file=sys.stderr)
+            executor = configured_driver(_config, "executor", manager)
+    else:
+        executor = configured_driver(config, "executor", manager)
+    control = GrpcControl(servers.split(",", maxsplit=1)[0].strip())
+    agent = Agent(
+        control,
+        executor,
+        name,
+        capacity,
+        labels=label_map,
+        work_dir=work_dir or Path(config.data_dir).resolve() / "agent" / name,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        agent.register()
+        print(json.dumps({"event": "registered", "node": name, "pid": os.getpid()}), flush=True)
+        agent.run_forever(interval, stop)
+        agent.drain(drain_grace)
+    finally:
+        control.close()
+        executor.close()
+
+
+def _memory_total() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuninkError("cannot read MemTotal from /proc/meminfo: give --memory")
+
+
+# --- runink up / down -------------------------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[str]:
+    log = open(log_path, "a")  # noqa: SIM115 (the child keeps it; closed here after the fork)
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _first_event(process: subprocess.Popen[str], what: str, log_path: Path, timeout: float) -> dict[str, Any]:
+    """The JSON line a server or agent prints once it is up."""
+    assert process.stdout is not None
+    ready: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                ready.append(json.loads(line))
+                return
+            except ValueError:
+                continue
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not ready:
+        raise RuninkError(f"{what} did not start within {timeout:g}s (its log: {log_path})")
+    return ready[0]
+
+
+def up_command(
+    ctx: typer.Context,
+    servers: int = typer.Option(3, "--servers", min=1, max=7, help="Control-plane servers (a Raft group)."),
+    agents: int = typer.Option(2, "--agents", min=0, max=32, help="Agents (worker nodes) on this machine."),
+    directory: Path | None = typer.Option(None, "--dir", help="Where their state and logs go (default: a temp dir)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
+) -> None:
+    """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
+    if read_context() is not None:
+        raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
+    root = (directory or Path(tempfile.mkdtemp(prefix="runink-up-"))).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    state: CliState = ctx.obj
+    base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
+    ports = _free_ports(4 * servers)
+    names = [f"s{i}" for i in range(servers)]
+    raft = {n: f"127.0.0.1:{ports[4 * i]}" for i, n in enumerate(names)}
+    http = {n: f"127.0.0.1:{ports[4 * i + 1]}" for i, n in enumerate(names)}
+    started: dict[str, Any] = {"dir": str(root), "servers": [], "agents": [], "api": [], "grpc": [], "barn": []}
+    processes: list[subprocess.Popen[str]] = []
+    err = console(stderr=True)
+    try:
+        for i, name in enumerate(names):
+            peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
+            api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
+            command = [
+                *base, "server", "--api", api, "--agents", grpc, "--",
+                "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
+            ]  # fmt: skip
+            processes.append(_spawn(command, root / f"{name}.log"))
+        for name, process in zip(names, processes, strict=True):
+            event = _first_event(process, f"server {name}", root / f"{name}.log", UP_TIMEOUT)
+            started["servers"].append({"name": name, "pid": process.pid, **event})
+            started["api"].append(event["api"])
+            started["grpc"].append(event["agents"])
+            started["barn"].append(event["barn"])
+            err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
+        _wait_for_leader(started["api"])
+        for i in range(agents):
+            name = f"agent-{i}"
+            work = root / name
+            server = started["grpc"][i % servers]
+            command = [*base, "agent", "--servers", server, "--node-id", name, "--work-dir", str(work)]
+            process = _spawn(command, root / f"{name}.log")
+            processes.append(process)
+            event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)
+            started["agents"].append({"name": name, "pid": process.pid})
+            err.print(f"agent {name}: registered")
+    except BaseException:
+        for process in processes:
+            _stop(process.pid)
+        raise
+    target = context_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(started, indent=2))
+    if json_output:
+        print_json(started)
+    else:
+        print_table(
+            f"local cluster up ({root}); the CLI now talks to it, `runink down` stops it",
+            ["PROCESS", "PID", "API", "AGENTS (gRPC)", "BARN"],
+            [(s["name"], s["pid"], s["api"], s["agents"], s["barn"]) for s in started["servers"]]
+            + [(a["name"], a["pid"], "", "", "") for a in started["agents"]],
+        )
+
+
+def _wait_for_leader(apis: list[str]) -> None:
+    """Until one server answers a write (a leader is elected): create the default herd."""
+    deadline = time.monotonic() + UP_TIMEOUT
+    with httpx.Client(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            for api in apis:
+                try:
+                    answer = client.post(api + "/v1/herds", json={"name": "default"})
+                except httpx.TransportError:
+                    continue
+                if answer.status_code in (200, 201, 409):
+                    return
+            time.sleep(0.2)
+    raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
+
+
+def _stop(pid: int, timeout: float = 30.0) -> bool:
+    """SIGTERM ``pid``'s process group, then SIGKILL after ``timeout``; True if it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def down_command(
+    keep: bool = typer.Option(False, "--keep", help="Keep the cluster's directory (state and logs)."),
+) -> None:
+    """Stop the local cluster `runink up` started (agents first, then servers)."""
+    context = read_context()
+    if context is None:
+        raise RuninkError(f"no local cluster is up (no {context_file()})")
+    for item in [*context.get("agents", []), *context.get("servers", [])]:
+        if isinstance(item, dict) and isinstance(item.get("pid"), int):
+            _stop(item["pid"])
+    context_file().unlink(missing_ok=True)
+    directory = context.get("dir")
+    if directory and not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(f"local cluster stopped{'' if keep else ' and its directory removed'}")
+
+
+def register(app: typer.Typer) -> None:
+    extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command("server", context_settings=extra)(server_command)
+    app.command("agent")(agent_command)
+    app.command("up")(up_command)
+    app.command("down")(down_command)

@@ -1,0 +1,172 @@
+"""One control-plane server: its Barn, the lifecycle, the REST API, the agents' gRPC service
+and the control loop (scheduler + liveness, working only while this server's Barn member leads).
+
+``runink server`` runs one (core/cli/cluster_cmd.py). Its Barn is either the memory Barn (one
+server, state gone with it: for trying things) or a member of a raft group that this server
+starts beside itself as a child process (``runink barn serve`` with the flags given after
+``--``), reached through the ``raft`` driver. The core names no driver module: the member is
+started through the CLI command the raft plugin adds, and reached through ``load_driver``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runink.core.config import RuninkConfig
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.liveness import Liveness
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import configured_driver, load_driver
+from runink.core.errors import RuninkError
+from runink.core.interfaces.barn import BarnBackend
+from runink.core.plugins import PluginManager
+from runink.core.server.agent_service import serve_agents
+from runink.core.server.api import create_app
+from runink.core.server.loop import ControlLoop
+from runink.core.server.serve_api import is_loopback, serve_api, stop_api
+
+log = logging.getLogger("runink.server")
+
+MEMBER_START_TIMEOUT = 30.0  # seconds for the embedded Barn member to serve
+LEADER_CHECK_EVERY = 0.5  # seconds between asking the member whether it leads
+
+
+@dataclass
+class ServerOptions:
+    api: tuple[str, int] = ("127.0.0.1", 8470)
+    agents: tuple[str, int] = ("127.0.0.1", 8471)
+    barn_args: list[str] = field(default_factory=list)  # `runink barn serve` flags; empty: memory Barn
+    insecure_bind: bool = False
+    liveness_timeout: float = 10.0  # seconds without a heartbeat before a node is dead
+    config_path: str | None = None
+
+
+class LeaderCheck:
+    """Whether this server's member leads, asked at most every LEADER_CHECK_EVERY seconds (the
+    loop runs every 50 ms). A backend without a leader (the memory Barn) always leads."""
+
+    def __init__(self, barn: BarnBackend) -> None:
+        self.barn = barn
+        self._asked = 0.0
+        self._answer = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._asked >= LEADER_CHECK_EVERY:
+            self._asked = now
+            try:
+                self._answer = self.barn.leads() is not False
+            except RuninkError:
+                self._answer = False  # its member cannot be asked: do not schedule
+        return self._answer
+
+
+class Member:
+    """The raft Barn member this server runs beside itself, as ``runink barn serve``."""
+
+    def __init__(self, barn_args: list[str], config_path: str | None) -> None:
+        command = [sys.executable, "-m", "runink"]
+        if config_path:
+            command += ["--config", config_path]
+        self.args = barn_args
+        self.process = subprocess.Popen(
+            [*command, "barn", "serve", *barn_args], stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        self.http = self._wait_serving()
+
+    def _wait_serving(self) -> str:
+        """Its HTTP address, from the "serving" line it prints once it listens."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + MEMBER_START_TIMEOUT
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "serving":
+                    threading.Thread(target=self._drain, daemon=True).start()
+                    return str(event["http"])
+            if time.monotonic() > deadline:
+                break
+        self.stop()
+        raise RuninkError(f"the Barn member did not start (`runink barn serve {' '.join(self.args)}`)")
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for _ in self.process.stdout:  # (its stdout must not fill up)
+            pass
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Server:
+    """A running server; ``close()`` stops it (API, agents' streams, loop, member)."""
+
+    def __init__(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
+        for what, (host, _port) in (("--api", options.api), ("--agents", options.agents)):
+            if not options.insecure_bind and not is_loopback(host):
+                raise RuninkError(
+                    f"{what} {host}: not a loopback address; until authentication exists (issue 20) a server "
+                    "listens on loopback only: give --insecure-bind to listen there anyway"
+                )
+        self.options = options
+        self.member: Member | None = None
+        if options.barn_args:
+            self.member = Member(options.barn_args, options.config_path)
+            barn = load_driver(BarnBackend, "raft", {"endpoints": [self.member.http]}, manager=manager)
+        else:
+            barn = load_driver(BarnBackend, "memory", {}, manager=manager)
+        self.barn: BarnBackend = barn
+        self.store = ClusterStore(barn)
+        self.lifecycle = Lifecycle(self.store)
+        policy: Any = configured_driver(config, "scheduler", manager)
+        scheduler = Scheduler(self.store, manager, policy)
+        self.loop = ControlLoop(
+            self.store, scheduler, Liveness(self.store, options.liveness_timeout), is_leader=LeaderCheck(barn)
+        )
+        self._stop = threading.Event()
+        self.loop.start(self._stop)
+        self.agents = serve_agents(self.lifecycle, options.agents[0], options.agents[1])
+        self.api, self._api_thread = serve_api(
+            create_app(self.lifecycle, self.store), options.api[0], options.api[1], insecure_bind=options.insecure_bind
+        )
+
+    def addresses(self) -> dict[str, Any]:
+        """Where it listens (the ports it was given, or the ones it got for port 0)."""
+        return {
+            "api": f"http://{self.options.api[0]}:{self.api.config.port}",
+            "agents": f"{self.options.agents[0]}:{self.agents.port}",  # type: ignore[attr-defined]
+            "barn": self.member.http if self.member else "memory",
+            "pid": os.getpid(),
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        stop_api(self.api, self._api_thread)
+        self.agents.stop(grace=2).wait(3)
+        self.barn.close()
+        if self.member is not None:
+            self.member.stop()
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise RuninkError(f"{what} {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
