@@ -1,0 +1,234 @@
+"""The agent's ``Control`` over gRPC: one bidirectional stream to a server.
+
+Calls go out through a request queue; one reader thread takes the server's answers and hands
+each to the call waiting for its request id. Each call waits for its answer up to ``timeout``
+seconds. A broken stream (the server gone, an Error from it, an answer not in time) fails the
+calls waiting on it with ``ControlUnavailable`` (a RuninkError: the Agent logs it and tries
+again on its next round) and the next call opens a new stream. After a reconnect the server
+knows the stream again by the agent's heartbeat (its incarnation), or by a new registration.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
+from runink.core.errors import RuninkError
+from runink.core.report import printable
+from runink.core.server.proto import CONNECT
+from runink.core.server.proto import agent_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: what one answer may weigh (assignments carry whole commands)
+MAX_SERVER_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ControlUnavailable(RuninkError):
+    """The server could not be reached, broke the stream or did not answer in time."""
+
+
+class _Call:
+    """A request waiting for its answers, up to the one of kind ``until``."""
+
+    def __init__(self, until: str) -> None:
+        self.until = until
+        self.done = threading.Event()
+        self.answers: list[pb.ServerMessage] = []
+        self.error: str | None = None
+
+
+class _Stream:
+    """One open stream: its request queue, its reader thread and the calls waiting on it."""
+
+    def __init__(self, channel: Any) -> None:
+        self.requests: queue.Queue[pb.AgentMessage | None] = queue.Queue()
+        self.waiting: dict[int, _Call] = {}
+        self.lock = threading.Lock()
+        self.broken: str | None = None
+        connect = channel.stream_stream(
+            CONNECT,
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.ServerMessage.FromString,
+        )
+        self.call = connect(self._outgoing())
+        self.reader = threading.Thread(target=self._read, name="agent-stream-reader", daemon=True)
+        self.reader.start()
+
+    def _outgoing(self) -> Iterator[pb.AgentMessage]:
+        while (request := self.requests.get()) is not None:
+            yield request
+
+    def _read(self) -> None:
+        why = "the server ended the stream"
+        try:
+            for answer in self.call:
+                if answer.WhichOneof("body") == "error":  # the server ends the stream after it
+                    why = f"the server refused a request: {printable(answer.error.message, 400)}"
+                    break
+                with self.lock:
+                    waiting = self.waiting.get(answer.request_id)
+                if waiting is None:
+                    continue  # an answer to a call that timed out
+                waiting.answers.append(answer)
+                if answer.WhichOneof("body") == waiting.until:
+                    waiting.done.set()
+        except grpc.RpcError as exc:
+            why = printable(f"the stream broke: {exc.code()}: {exc.details()}", 400)
+        self.close(why)
+
+    def close(self, why: str) -> None:
+        with self.lock:
+            if self.broken is None:
+                self.broken = why
+            waiting = list(self.waiting.values())
+            self.waiting.clear()
+        for call in waiting:
+            call.error = why
+            call.done.set()
+        self.requests.put(None)  # ends the outgoing requests
+        self.call.cancel()
+
+
+class GrpcControl:
+    """``Control`` (what the Agent asks of the control plane) over one gRPC stream to ``address``
+    (host:port)."""
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", MAX_SERVER_MESSAGE_BYTES)]
+        )
+        self._stream: _Stream | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._fresh: pb.Assignments | None = None  # the last heartbeat's, while still current
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close("closed by the agent")
+                self._stream = None
+        self._channel.close()
+
+    def _ask(self, request: pb.AgentMessage, until: str) -> list[pb.ServerMessage]:
+        """Send ``request`` and wait for its answers, up to the one of kind ``until``."""
+        with self._lock:
+            if self._stream is None or self._stream.broken is not None:
+                self._stream = _Stream(self._channel)
+            stream = self._stream
+            request.request_id = next(self._ids)
+            call = _Call(until)
+            with stream.lock:
+                if stream.broken is not None:
+                    raise ControlUnavailable(f"server {self.address}: {stream.broken}")
+                stream.waiting[request.request_id] = call
+            stream.requests.put(request)
+        if not call.done.wait(self.timeout):
+            stream.close(f"no answer within {self.timeout:g}s")
+            raise ControlUnavailable(f"server {self.address}: no answer within {self.timeout:g}s")
+        with stream.lock:
+            stream.waiting.pop(request.request_id, None)
+        if call.error is not None:
+            raise ControlUnavailable(f"server {self.address}: {call.error}")
+        return call.answers
+
+    @staticmethod
+    def _only(answers: list[pb.ServerMessage], kind: str) -> pb.ServerMessage:
+        for answer in answers:
+            if answer.WhichOneof("body") == kind:
+                return answer
+        raise ControlUnavailable(f"the server answered {[a.WhichOneof('body') for a in answers]}, not {kind}")
+
+    # --- Control -------------------------------------------------------------------------
+
+    def register_node(self, node: NodeRecord) -> NodeRecord:
+        c = node.capacity
+        request = pb.AgentMessage(
+            register=pb.Register(
+                node_id=node.id,
+                capacity=pb.Capacity(cpu=c.cpu, memory=c.memory, gpu=c.gpu, pids=c.pids),
+                labels=node.labels,
+                address=node.address,
+            )
+        )
+        done = self._only(self._ask(request, "registered"), "registered").registered
+        try:
+            return NodeRecord(
+                id=done.id,
+                capacity=_amount(done.capacity),
+                labels=dict(done.labels),
+                address=done.address,
+                ready=done.ready,
+                cordoned=done.cordoned,
+                draining=done.draining,
+                heartbeat=done.heartbeat,
+                incarnation=done.incarnation,
+            )
+        except ValidationError as exc:
+            raise ControlUnavailable(f"server {self.address}: a malformed registration: {exc}") from None
+
+    def heartbeat(self, node_id: str, incarnation: str) -> bool:
+        request = pb.AgentMessage(heartbeat=pb.Heartbeat(node_id=node_id, incarnation=incarnation))
+        answers = self._ask(request, "heartbeat_ack")
+        ok = bool(self._only(answers, "heartbeat_ack").heartbeat_ack.ok)
+        # an accepted heartbeat brings the node's assignments: the round's assignments() uses
+        # them unless a report changed something since
+        self._fresh = next((a.assignments for a in answers if a.WhichOneof("body") == "assignments"), None)
+        return ok
+
+    def assignments(self, node_id: str) -> list[TaskRecord]:
+        found, self._fresh = self._fresh, None
+        if found is None:
+            request = pb.AgentMessage(assignments=pb.AssignmentsRequest(node_id=node_id))
+            found = self._only(self._ask(request, "assignments"), "assignments").assignments
+        try:
+            return [_task(t) for t in found.tasks]
+        except (ValidationError, ValueError) as exc:
+            raise ControlUnavailable(f"server {self.address}: a malformed assignment: {exc}") from None
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        report = pb.Report(herd=herd, task_id=task_id, attempt=attempt, token=token, state=str(state), message=message)
+        if exit_code is not None:
+            report.exit_code = exit_code
+        self._fresh = None
+        answers = self._ask(pb.AgentMessage(report=report), "report_ack")
+        return bool(self._only(answers, "report_ack").report_ack.accepted)
+
+
+def _amount(capacity: pb.Capacity) -> Amount:
+    return Amount(cpu=capacity.cpu, memory=capacity.memory, gpu=capacity.gpu, pids=capacity.pids)
+
+
+def _task(task: pb.Task) -> TaskRecord:
+    return TaskRecord(
+        id=task.id,
+        job_id=task.job_id,
+        herd=task.herd,
+        command=list(task.command),
+        resources=_amount(task.resources),
+        timeout=task.timeout if task.HasField("timeout") else None,
+        attempt=task.attempt,
+        token=task.token,
+        state=RunState(task.state),
+        node=task.node or None,
+    )

@@ -1,0 +1,253 @@
+"""The gRPC service agents connect to: one bidirectional stream per agent over a Lifecycle.
+
+Each request the agent sends is checked (every field bounded, names by ``check_name``, states
+a RunState) and answered in order with the request's id. A stream is bound to one node: by a
+Register, or by a Heartbeat naming the node's current incarnation (the same agent process
+reconnecting after a broken stream). A request that fails the checks, arrives before the
+stream is bound, or names another node than the bound one gets an Error, one line in the log,
+and the stream ends; the server goes on serving the other streams. A report of an older
+attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=false).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, check_name
+from runink.core.control.store import NotFound
+from runink.core.errors import RuninkError
+from runink.core.report import printable
+from runink.core.server.proto import CONNECT
+from runink.core.server.proto import agent_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 253
+MAX_ADDRESS = 253
+MAX_INCARNATION = 64
+MAX_REPORT_MESSAGE = 4 * MAX_MESSAGE  # bytes: the Lifecycle keeps MAX_MESSAGE characters of it
+MAX_COUNTER = 2**62  # attempts and fencing tokens
+MAX_EXIT_CODE = 2**31
+#: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
+MAX_AGENT_MESSAGE_BYTES = 256 * 1024
+MAX_STREAMS = 1024
+
+
+class BadRequest(Exception):
+    """A request that fails the checks: the stream ends with its message."""
+
+
+def _text(value: str, limit: int, what: str) -> str:
+    if len(value.encode()) > limit:
+        raise BadRequest(f"{what}: longer than {limit} bytes")
+    if "\0" in value:
+        raise BadRequest(f"{what}: contains a NUL byte")
+    return value
+
+
+def _name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise BadRequest(printable(str(exc), 300)) from None
+
+
+def _amount(capacity: pb.Capacity, what: str) -> Amount:
+    try:
+        return Amount(cpu=capacity.cpu, memory=capacity.memory, gpu=capacity.gpu, pids=capacity.pids)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadRequest(f"{what}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def _counter(value: int, what: str, low: int = 0, high: int = MAX_COUNTER) -> int:
+    if not low <= value <= high:
+        raise BadRequest(f"{what}: {value} not in [{low}, {high}]")
+    return value
+
+
+def node_of(message: pb.Register) -> NodeRecord:
+    """The node a Register describes, checked."""
+    node_id = _name(message.node_id, "register.node_id")
+    if len(message.labels) > MAX_LABELS:
+        raise BadRequest(f"register.labels: {len(message.labels)} labels (at most {MAX_LABELS})")
+    labels = {}
+    for key, value in message.labels.items():
+        labels[_text(key, MAX_LABEL_KEY, "register.labels key")] = _text(
+            value, MAX_LABEL_VALUE, f"register.labels[{printable(key, 63)}]"
+        )
+    address = _text(message.address, MAX_ADDRESS, "register.address")
+    capacity = _amount(message.capacity, "register.capacity")
+    return NodeRecord(id=node_id, capacity=capacity, labels=labels, address=address)
+
+
+def registered(node: NodeRecord) -> pb.Registered:
+    c = node.capacity
+    return pb.Registered(
+        id=node.id,
+        capacity=pb.Capacity(cpu=c.cpu, memory=c.memory, gpu=c.gpu, pids=c.pids),
+        labels=node.labels,
+        address=node.address,
+        ready=node.ready,
+        cordoned=node.cordoned,
+        draining=node.draining,
+        heartbeat=node.heartbeat,
+        incarnation=node.incarnation,
+    )
+
+
+def task_message(task: TaskRecord) -> pb.Task:
+    r = task.resources
+    message = pb.Task(
+        id=task.id,
+        job_id=task.job_id,
+        herd=task.herd,
+        command=task.command,
+        resources=pb.Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu, pids=r.pids),
+        attempt=task.attempt,
+        token=task.token,
+        state=task.state.value,
+        node=task.node or "",
+    )
+    if task.timeout is not None:
+        message.timeout = task.timeout
+    return message
+
+
+class AgentService:
+    """The servicer: ``Connect`` is one agent's stream."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
+        peer = printable(str(context.peer()), 200)
+        node: str | None = None  # the node this stream is bound to
+        request_id = 0
+        try:
+            for request in requests:
+                request_id = request.request_id
+                try:
+                    answers, node = self._answer(request, node)
+                except BadRequest as exc:
+                    why = printable(str(exc), 400)
+                    log.warning("agent stream from %s (node %s) dropped: %s", peer, node or "not registered", why)
+                    yield pb.ServerMessage(request_id=request_id, error=pb.Error(message=why))
+                    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                    context.set_details(why)
+                    return
+                except RuninkError as exc:  # the Barn away, conflicts: the agent tries again later
+                    why = printable(f"the control plane failed: {exc}", 400)
+                    log.warning("agent stream from %s (node %s) ended: %s", peer, node or "not registered", why)
+                    yield pb.ServerMessage(request_id=request_id, error=pb.Error(message=why))
+                    context.set_code(grpc.StatusCode.UNAVAILABLE)
+                    context.set_details(why)
+                    return
+                yield from answers
+        except grpc.RpcError:  # the agent went away (or sent more than gRPC accepts): nothing to answer
+            return
+
+    def _answer(self, request: pb.AgentMessage, node: str | None) -> tuple[list[pb.ServerMessage], str | None]:
+        rid = request.request_id
+        kind = request.WhichOneof("body")
+        if kind == "register":
+            record = node_of(request.register)
+            if node is not None and record.id != node:
+                raise BadRequest(f"register.node_id: {record.id!r}, but this stream is node {node!r}'s")
+            done = self.lifecycle.register_node(record)
+            return [pb.ServerMessage(request_id=rid, registered=registered(done))], done.id
+        if kind == "heartbeat":
+            node_id = _name(request.heartbeat.node_id, "heartbeat.node_id")
+            incarnation = _text(request.heartbeat.incarnation, MAX_INCARNATION, "heartbeat.incarnation")
+            if node is not None and node_id != node:
+                raise BadRequest(f"heartbeat.node_id: {node_id!r}, but this stream is node {node!r}'s")
+            if not self.lifecycle.heartbeat(node_id, incarnation):
+                return [pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=False))], node
+            # the current incarnation proves it is the agent that registered: the stream is its
+            ack = pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=True))
+            return [self._assignments(rid, node_id), ack], node_id
+        if node is None:
+            raise BadRequest(f"{kind or 'an empty message'} before register")
+        if kind == "assignments":
+            node_id = _name(request.assignments.node_id, "assignments.node_id")
+            if node_id != node:
+                raise BadRequest(f"assignments.node_id: {node_id!r}, but this stream is node {node!r}'s")
+            return [self._assignments(rid, node)], node
+        if kind == "report":
+            return [self._report(rid, request.report, node)], node
+        raise BadRequest(f"{kind}: not a request this server knows")
+
+    def _assignments(self, rid: int, node_id: str) -> pb.ServerMessage:
+        tasks = [task_message(t) for t in self.lifecycle.assignments(node_id)]
+        return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks))
+
+    def _report(self, rid: int, report: pb.Report, node: str) -> pb.ServerMessage:
+        herd = _name(report.herd, "report.herd")
+        task_id = _name(report.task_id, "report.task_id")
+        attempt = _counter(report.attempt, "report.attempt")
+        token = _counter(report.token, "report.token")
+        try:
+            state = RunState(report.state)
+        except ValueError:
+            raise BadRequest(f"report.state: {printable(report.state, 40)!r} is not a task state") from None
+        exit_code = (
+            _counter(report.exit_code, "report.exit_code", -MAX_EXIT_CODE, MAX_EXIT_CODE)
+            if report.HasField("exit_code")
+            else None
+        )
+        message = _text(report.message, MAX_REPORT_MESSAGE, "report.message")
+        placed_on = self._placed_on(herd, task_id, attempt)
+        if placed_on is not None and placed_on != node:
+            raise BadRequest(f"report for task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
+        accepted = self.lifecycle.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+        return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
+
+    def _placed_on(self, herd: str, task_id: str, attempt: int) -> str | None:
+        """The node the task's ``attempt`` was placed on, when known (the Lifecycle refuses a
+        report of an unknown task or attempt itself)."""
+        try:
+            task = self.lifecycle.store.task(herd, task_id).record
+        except NotFound:
+            return None
+        if task.attempt == attempt:
+            return task.node
+        placed = [t.node for t in task.transitions if t.attempt == attempt and t.state is RunState.SCHEDULED]
+        return placed[-1] if placed else None
+
+
+def serve_agents(
+    lifecycle: Lifecycle, host: str = "127.0.0.1", port: int = 0, *, max_streams: int = MAX_STREAMS
+) -> grpc.Server:
+    """Start the agent service on ``host:port`` (port 0: any free port; ``server.port`` says
+    which). Loopback by default: until authentication lands, anything that reaches the port can
+    act as an agent. Each stream holds a thread while open, so at most ``max_streams`` are."""
+    if not host or not 0 <= port <= 65535:
+        raise ValueError(f"serve_agents: host {host!r} port {port}: expected a host and a port in [0, 65535]")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="agent-stream"),
+        options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES)],
+        maximum_concurrent_rpcs=max_streams,
+    )
+    service = AgentService(lifecycle)
+    connect = grpc.stream_stream_rpc_method_handler(
+        service.Connect,
+        request_deserializer=pb.AgentMessage.FromString,
+        response_serializer=pb.ServerMessage.SerializeToString,
+    )
+    service_name, method = CONNECT.strip("/").split("/")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, {method: connect}),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"serve_agents: cannot listen on {host}:{port}")
+    server.port = bound
+    server.start()
+    return server

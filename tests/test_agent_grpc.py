@@ -1,0 +1,361 @@
+"""The agent stream over real sockets on 127.0.0.1: a Lifecycle on the memory Barn served by
+serve_agents, a real Agent with the process executor talking through GrpcControl, and raw
+gRPC streams that send garbage. The tests place tasks themselves (what the scheduler does), as
+tests/test_agent.py does."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from runink.core.agent import Agent
+from runink.core.agent.grpc_control import ControlUnavailable, GrpcControl
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
+from runink.core.control.store import ClusterStore, Conflict
+from runink.core.drivers import load_driver
+from runink.core.interfaces.executor import Executor
+from runink.core.server.agent_service import serve_agents
+from runink.core.server.proto import CONNECT
+from runink.core.server.proto import agent_pb2 as pb
+from runink.plugins.barn.memory import MemoryBarn
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    return store
+
+
+@pytest.fixture
+def life(store: ClusterStore) -> Lifecycle:
+    return Lifecycle(store)
+
+
+@pytest.fixture
+def address(life: Lifecycle) -> Iterator[str]:
+    server = serve_agents(life, "127.0.0.1", 0)
+    yield f"127.0.0.1:{server.port}"
+    server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def executor() -> Iterator[Executor]:
+    executor: Executor = load_driver(Executor, "process", {})
+    yield executor
+    executor.close()
+
+
+@pytest.fixture
+def control(address: str) -> Iterator[GrpcControl]:
+    control = GrpcControl(address, timeout=5.0)
+    yield control
+    control.close()
+
+
+@pytest.fixture
+def agent(control: GrpcControl, executor: Executor, tmp_path: Path) -> Agent:
+    return make_agent(control, executor, tmp_path)
+
+
+def make_agent(control: GrpcControl, executor: Executor, tmp_path: Path, node: str = "n1") -> Agent:
+    return Agent(control, executor, node, Amount(cpu=4, memory=1 << 30), work_dir=tmp_path / node, stop_grace=2.0)
+
+
+def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
+    (current,) = store.job_tasks(store.job(job_id).record)
+    task = current.record
+    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
+    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
+    return moved
+
+
+def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
+    (task,) = store.job_tasks(store.job(job_id).record)
+    return task.record
+
+
+def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent.sync()
+        if done():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+class RawStream:
+    """A stream driven by hand: send one message, read the answers."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.outgoing: list[pb.AgentMessage | None] = []
+        self.ready = threading.Condition()
+        connect = self.channel.stream_stream(
+            CONNECT,
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.ServerMessage.FromString,
+        )
+        self.call: Any = connect(self._requests())
+
+    def _requests(self) -> Iterator[pb.AgentMessage]:
+        while True:
+            with self.ready:
+                self.ready.wait_for(lambda: bool(self.outgoing))
+                message = self.outgoing.pop(0)
+            if message is None:
+                return
+            yield message
+
+    def send(self, message: pb.AgentMessage) -> pb.ServerMessage:
+        with self.ready:
+            self.outgoing.append(message)
+            self.ready.notify()
+        answer: pb.ServerMessage = next(self.call)
+        return answer
+
+    def ended(self) -> grpc.StatusCode:
+        """The status the server ended the stream with (it sends nothing more)."""
+        with pytest.raises(grpc.RpcError) as raised:
+            next(self.call)
+        code: grpc.StatusCode = raised.value.code()
+        return code
+
+    def close(self) -> None:
+        with self.ready:
+            self.outgoing.append(None)
+            self.ready.notify()
+        self.call.cancel()
+        self.channel.close()
+
+
+@pytest.fixture
+def raw(address: str) -> Iterator[Callable[[], RawStream]]:
+    opened: list[RawStream] = []
+
+    def open_stream() -> RawStream:
+        opened.append(RawStream(address))
+        return opened[-1]
+
+    yield open_stream
+    for stream in opened:
+        stream.close()
+
+
+def register(stream: RawStream, node: str) -> pb.Registered:
+    capacity = pb.Capacity(cpu=2, memory=1 << 30)
+    answer = stream.send(pb.AgentMessage(request_id=1, register=pb.Register(node_id=node, capacity=capacity)))
+    assert answer.WhichOneof("body") == "registered" and answer.request_id == 1
+    return answer.registered
+
+
+def test_an_agent_over_grpc_runs_tasks_to_their_end(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    agent = make_agent(control, executor, tmp_path)
+    agent.sync()  # registers through the stream
+    node = store.node("n1").record
+    assert node.incarnation == agent.incarnation != "" and node.capacity.cpu == 4
+    agent.sync()
+    assert store.node("n1").record.heartbeat == 1
+    ok = life.submit_command("lab", ["/bin/true"])
+    bad = life.submit_command("lab", ["sh", "-c", "exit 3"], timeout=30)
+    schedule(store, ok.id)
+    schedule(store, bad.id)
+    sync_until(agent, lambda: task_of(store, ok.id).state.final and task_of(store, bad.id).state.final)
+    assert task_of(store, ok.id).state is RunState.SUCCEEDED and task_of(store, ok.id).exit_code == 0
+    failed = task_of(store, bad.id)
+    assert failed.state is RunState.FAILED and failed.exit_code == 3
+    assert store.job(ok.id).record.state is RunState.SUCCEEDED
+    assert store.job(bad.id).record.state is RunState.FAILED
+    assert agent.refused_reports == 0
+
+
+def test_assignments_carry_what_the_agent_needs(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    agent = make_agent(control, executor, tmp_path)
+    agent.register()
+    job = life.submit_command("lab", ["sh", "-c", "sleep 30"], Amount(cpu=0.5, memory=1 << 20), timeout=12.5)
+    placed = schedule(store, job.id)
+    (got,) = control.assignments("n1")
+    assert (got.id, got.job_id, got.herd, got.command, got.resources, got.timeout) == (
+        placed.id,
+        job.id,
+        "lab",
+        ["sh", "-c", "sleep 30"],
+        Amount(cpu=0.5, memory=1 << 20),
+        12.5,
+    )
+    assert (got.attempt, got.token, got.state, got.node) == (1, placed.token, RunState.SCHEDULED, "n1")
+
+
+def test_a_late_report_with_an_old_token_is_refused_and_the_stream_goes_on(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    agent = make_agent(control, executor, tmp_path)
+    agent.register()
+    job = life.submit_command("lab", ["/bin/true"])
+    old = schedule(store, job.id)
+    assert control.report("lab", old.id, old.attempt, old.token, RunState.RUNNING)
+    # the task is placed again (its node found dead, say): attempt 2 with a newer token
+    current = store.task("lab", old.id)
+    again = current.record.moved_to(RunState.PENDING, "node found dead", node=None)
+    store.commit([(keys.task("lab", old.id), current.revision)], [(keys.task("lab", old.id), again)])
+    new = schedule(store, job.id)
+    assert new.attempt == 2 and new.token > old.token
+    assert not control.report("lab", old.id, new.attempt, old.token, RunState.SUCCEEDED, exit_code=0)
+    assert not control.report("lab", old.id, old.attempt, old.token, RunState.SUCCEEDED, exit_code=0)
+    assert task_of(store, job.id).state is RunState.SCHEDULED
+    assert control.heartbeat("n1", agent.incarnation)  # the same stream still answers
+    assert control.report("lab", new.id, new.attempt, new.token, RunState.RUNNING)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(
+            pb.AgentMessage(
+                request_id=5, report=pb.Report(herd="lab", task_id="t", attempt=1, token=1, state="RUNNING")
+            ),
+            id="report-before-register",
+        ),
+        pytest.param(pb.AgentMessage(request_id=5), id="empty-message"),
+        pytest.param(
+            pb.AgentMessage(request_id=5, register=pb.Register(node_id="x" * 64, capacity=pb.Capacity(cpu=1))),
+            id="node-id-too-long",
+        ),
+        pytest.param(
+            pb.AgentMessage(request_id=5, register=pb.Register(node_id="ok", capacity=pb.Capacity(cpu=-1))),
+            id="negative-capacity",
+        ),
+        pytest.param(
+            pb.AgentMessage(request_id=5, register=pb.Register(node_id="ok", labels={f"k{i}": "v" for i in range(65)})),
+            id="too-many-labels",
+        ),
+    ],
+)
+def test_garbage_before_register_ends_the_stream_with_an_error(
+    garbage: pb.AgentMessage, raw: Callable[[], RawStream], caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = raw()
+    with caplog.at_level(logging.WARNING, logger="runink.core.server.agent_service"):
+        answer = stream.send(garbage)
+        assert answer.WhichOneof("body") == "error" and answer.request_id == 5 and answer.error.message
+        assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "\n" not in line and answer.error.message in line
+
+
+def test_garbage_from_one_agent_drops_its_stream_while_another_keeps_working(
+    store: ClusterStore, life: Lifecycle, agent: Agent, raw: Callable[[], RawStream]
+) -> None:
+    good = agent
+    good.sync()
+    theirs = life.submit_command("lab", ["/bin/true"])
+    placed = schedule(store, theirs.id)
+
+    # a registered agent reporting on a task placed on another node
+    forger = raw()
+    register(forger, "evil")
+    answer = forger.send(
+        pb.AgentMessage(
+            request_id=2,
+            report=pb.Report(herd="lab", task_id=placed.id, attempt=1, token=placed.token, state="FAILED"),
+        )
+    )
+    assert answer.WhichOneof("body") == "error" and "'n1'" in answer.error.message
+    assert forger.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    assert task_of(store, theirs.id).state is RunState.SCHEDULED
+
+    # one heartbeating for another node than the one it registered
+    other = raw()
+    register(other, "evil2")
+    answer = other.send(pb.AgentMessage(request_id=2, heartbeat=pb.Heartbeat(node_id="n1", incarnation="x")))
+    assert answer.WhichOneof("body") == "error"
+    assert other.ended() is grpc.StatusCode.INVALID_ARGUMENT
+
+    # an oversized report message, and a state that is not one
+    for report in (
+        pb.Report(herd="lab", task_id=placed.id, attempt=1, token=1, state="RUNNING", message="x" * 20_000),
+        pb.Report(herd="lab", task_id=placed.id, attempt=1, token=1, state="BOGUS"),
+    ):
+        stream = raw()
+        register(stream, "evil3")
+        answer = stream.send(pb.AgentMessage(request_id=2, report=report))
+        assert answer.WhichOneof("body") == "error"
+        assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+
+    # a message past what the server reads at all: gRPC refuses it, the server stays up
+    huge = raw()
+    huge.outgoing.append(pb.AgentMessage(request_id=1, register=pb.Register(node_id="big", address="a" * (1 << 20))))
+    with huge.ready:
+        huge.ready.notify()
+    with pytest.raises(grpc.RpcError) as raised:
+        next(huge.call)
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    sync_until(good, lambda: task_of(store, theirs.id).state is RunState.SUCCEEDED)
+    assert good.refused_reports == 0
+
+
+def test_the_agent_reconnects_after_the_server_restarts(
+    store: ClusterStore, life: Lifecycle, executor: Executor, tmp_path: Path
+) -> None:
+    server = serve_agents(life, "127.0.0.1", 0)
+    port = server.port
+    control = GrpcControl(f"127.0.0.1:{port}", timeout=2.0)
+    try:
+        agent = make_agent(control, executor, tmp_path)
+        agent.sync()
+        first = agent.incarnation
+        server.stop(grace=None).wait()
+        with pytest.raises(ControlUnavailable):
+            agent.sync()
+        server = serve_agents(life, "127.0.0.1", port)
+        # a new stream: the server knows it again by the agent's current incarnation
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                agent.sync()
+                break
+            except ControlUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert agent.incarnation == first
+        job = life.submit_command("lab", ["/bin/true"])
+        schedule(store, job.id)
+        sync_until(agent, lambda: task_of(store, job.id).state is RunState.SUCCEEDED)
+    finally:
+        control.close()
+        server.stop(grace=None).wait()
+
+
+def test_a_control_plane_failure_ends_the_stream_and_the_next_round_reconnects(
+    store: ClusterStore, life: Lifecycle, agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent.sync()
+
+    def conflicted(node_id: str, incarnation: str) -> bool:
+        raise Conflict(f"node {node_id}: changed by others 5 times in a row")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(life, "heartbeat", conflicted)
+        with pytest.raises(ControlUnavailable, match="changed by others"):
+            agent.sync()
+    agent.sync()  # a new stream, known again by the agent's incarnation
+    assert store.node("n1").record.heartbeat == 1
+
+
+def test_serve_agents_refuses_a_bad_port(life: Lifecycle) -> None:
+    with pytest.raises(ValueError, match="port"):
+        serve_agents(life, "127.0.0.1", 70000)
