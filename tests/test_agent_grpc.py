@@ -6,6 +6,7 @@ tests/test_agent.py does."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -356,6 +357,48 @@ def test_a_control_plane_failure_ends_the_stream_and_the_next_round_reconnects(
     assert store.node("n1").record.heartbeat == 1
 
 
-def test_serve_agents_refuses_a_bad_port(life: Lifecycle) -> None:
-    with pytest.raises(ValueError, match="port"):
+def test_serve_agents_listens_on_loopback_only_unless_told(life: Lifecycle, address: str) -> None:
+    with pytest.raises(ValueError, match="port 70000"):
         serve_agents(life, "127.0.0.1", 70000)
+    with pytest.raises(ValueError, match=r"'0\.0\.0\.0': not a loopback address.*insecure_bind"):
+        serve_agents(life, "0.0.0.0", 0)
+    with pytest.raises(OSError, match="cannot listen"):  # the fixture's server holds this port
+        serve_agents(life, "127.0.0.1", int(address.rsplit(":", 1)[1]))
+    if has_ipv6_loopback():
+        server = serve_agents(life, "::1", 0)
+        assert server.port > 0
+        server.stop(grace=None).wait()
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_run_forever_logs_an_unreachable_server_and_goes_on(
+    executor: Executor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    control = GrpcControl(f"127.0.0.1:{port}", timeout=2.0)
+    stop = threading.Event()
+    agent = make_agent(control, executor, tmp_path)
+    runner = threading.Thread(target=agent.run_forever, args=(0.01, stop))
+    try:
+        with caplog.at_level(logging.WARNING, logger="runink.core.agent.agent"):
+            runner.start()
+            deadline = time.monotonic() + 10
+            while len([r for r in caplog.records if "sync failed" in r.getMessage()]) < 2:
+                assert time.monotonic() < deadline and runner.is_alive()
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(10)
+        control.close()
+    line = next(r.getMessage() for r in caplog.records if "sync failed" in r.getMessage())
+    assert f"server 127.0.0.1:{port}: the stream broke: StatusCode.UNAVAILABLE" in line

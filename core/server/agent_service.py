@@ -26,6 +26,7 @@ from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT
 from runink.core.server.proto import agent_pb2 as pb
+from runink.core.server.serve_api import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +226,29 @@ class AgentService:
 
 
 def serve_agents(
-    lifecycle: Lifecycle, host: str = "127.0.0.1", port: int = 0, *, max_streams: int = MAX_STREAMS
+    lifecycle: Lifecycle,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    insecure_bind: bool = False,
+    max_streams: int = MAX_STREAMS,
 ) -> grpc.Server:
-    """Start the agent service on ``host:port`` (port 0: any free port; ``server.port`` says
-    which). Loopback by default: until authentication lands, anything that reaches the port can
-    act as an agent. Each stream holds a thread while open, so at most ``max_streams`` are."""
-    if not host or not 0 <= port <= 65535:
-        raise ValueError(f"serve_agents: host {host!r} port {port}: expected a host and a port in [0, 65535]")
+    """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
+    which). Until authentication lands anything that reaches the port can act as an agent, so
+    a non-loopback host is refused (ValueError) unless ``insecure_bind`` is given. Each open
+    stream holds a thread, so at most ``max_streams`` are open at once. OSError when the
+    address cannot be bound."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"agent service port {port}: not in [0, 65535]")
+    if not insecure_bind and not is_loopback(host):
+        raise ValueError(
+            f"agent service address {host!r}: not a loopback address; until authentication exists the "
+            "agent service listens on loopback only (give insecure_bind to listen there anyway)"
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="agent-stream"),
-        options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES)],
+        # without so_reuseport 0, a second server on the same port binds too and shares its agents
+        options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
     service = AgentService(lifecycle)
@@ -245,9 +259,13 @@ def serve_agents(
     )
     service_name, method = CONNECT.strip("/").split("/")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, {method: connect}),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(where)
+    except RuntimeError as exc:  # grpcio raises it for an address in use or not local
+        raise OSError(f"agent service: cannot listen on {where}: {exc}") from None
     if not bound:
-        raise OSError(f"serve_agents: cannot listen on {host}:{port}")
+        raise OSError(f"agent service: cannot listen on {where}")
     server.port = bound
     server.start()
     return server
