@@ -232,3 +232,56 @@ def _task(task: pb.Task) -> TaskRecord:
         state=RunState(task.state),
         node=task.node or None,
     )
+
+
+class FailoverControl:
+    """``Control`` over the first of several servers that answers: any server serves agents,
+    so when the one in use is unreachable the next is tried (the Agent's next round, or at once
+    for the same call). Its heartbeat on a new server carries its incarnation (tied to the node)."""
+
+    def __init__(self, addresses: list[str], *, timeout: float = 10.0) -> None:
+        if not addresses:
+            raise ValueError("FailoverControl: no server address")
+        self.addresses = addresses
+        self.timeout = timeout
+        self._index = 0
+        self._current = GrpcControl(addresses[0], timeout=timeout)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        failures = []
+        for _ in range(len(self.addresses)):
+            try:
+                return getattr(self._current, name)(*args, **kwargs)
+            except ControlUnavailable as exc:
+                failures.append(f"{self.addresses[self._index]}: {exc}")
+                self._current.close()
+                self._index = (self._index + 1) % len(self.addresses)
+                self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout)
+        raise ControlUnavailable("no server answered: " + "; ".join(failures))
+
+    def register_node(self, node: NodeRecord) -> NodeRecord:
+        result: NodeRecord = self._call("register_node", node)
+        return result
+
+    def heartbeat(self, node_id: str, incarnation: str) -> bool:
+        return bool(self._call("heartbeat", node_id, incarnation))
+
+    def assignments(self, node_id: str) -> list[TaskRecord]:
+        result: list[TaskRecord] = self._call("assignments", node_id)
+        return result
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        return bool(self._call("report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message))
+
+    def close(self) -> None:
+        self._current.close()

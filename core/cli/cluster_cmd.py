@@ -82,7 +82,7 @@ def agent_command(
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here."""
     from runink.core.agent.agent import Agent
-    from runink.core.agent.grpc_control import GrpcControl
+    from runink.core.agent.grpc_control import FailoverControl
     from runink.core.control.records import Amount, check_name
     from runink.core.drivers import auto_executor, configured_driver
 
@@ -112,7 +112,7 @@ def agent_command(
             executor = configured_driver(_config, "executor", manager)
     else:
         executor = configured_driver(config, "executor", manager)
-    control = GrpcControl(servers.split(",", maxsplit=1)[0].strip())
+    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()])
     agent = Agent(
         control,
         executor,
@@ -235,8 +235,7 @@ def up_command(
             started["agents"].append({"name": name, "pid": process.pid})
             err.print(f"agent {name}: registered")
     except BaseException:
-        for process in processes:
-            _stop(process.pid)
+        _stop([process.pid for process in processes])
         raise
     target = context_file()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -268,21 +267,27 @@ def _wait_for_leader(apis: list[str]) -> None:
     raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
 
 
-def _stop(pid: int, timeout: float = 30.0) -> bool:
-    """SIGTERM ``pid``'s process group, then SIGKILL after ``timeout``; True if it was running."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
+def _stop(pids: list[int], timeout: float = 30.0) -> None:
+    """SIGTERM each process group at once, then SIGKILL what is left after ``timeout``."""
+    running = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+            running.append(pid)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
+    while running and time.monotonic() < deadline:
+        running = [pid for pid in running if _alive(pid)]
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
     return True
 
 
@@ -293,9 +298,8 @@ def down_command(
     context = read_context()
     if context is None:
         raise RuninkError(f"no local cluster is up (no {context_file()})")
-    for item in [*context.get("agents", []), *context.get("servers", [])]:
-        if isinstance(item, dict) and isinstance(item.get("pid"), int):
-            _stop(item["pid"])
+    for kind in ("agents", "servers"):  # agents first: they drain, servers still answer them
+        _stop([i["pid"] for i in context.get(kind, []) if isinstance(i, dict) and isinstance(i.get("pid"), int)])
     context_file().unlink(missing_ok=True)
     directory = context.get("dir")
     if directory and not keep:

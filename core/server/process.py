@@ -11,6 +11,7 @@ started through the CLI command the raft plugin adds, and reached through ``load
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -80,8 +81,14 @@ class Member:
         if config_path:
             command += ["--config", config_path]
         self.args = barn_args
+        # The member dies with this server, however it dies (PR_SET_PDEATHSIG): a member left
+        # leading without its server would keep every other server from scheduling. (preexec_fn
+        # is safe here: the member starts before any thread of the server.)
         self.process = subprocess.Popen(
-            [*command, "barn", "serve", *barn_args], stdout=subprocess.PIPE, text=True, start_new_session=True
+            [*command, "barn", "serve", *barn_args],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         self.http = self._wait_serving()
 
@@ -113,6 +120,14 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class Server:

@@ -1,0 +1,139 @@
+"""The cluster as users run it: `runink server` and `runink agent` processes on loopback, and
+`runink up` / `down` (a 3-server raft group and 2 agents), driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from barn_cluster import free_ports
+from fixture_types import CliRunner
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    with open(log, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _ready(process: subprocess.Popen[str], log: Path) -> dict[str, object]:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
+    event: dict[str, object] = json.loads(line)
+    return event
+
+
+@pytest.fixture
+def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A server (memory Barn) and one agent, as processes; yields the CLI's environment."""
+    api, grpc = free_ports(2)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
+    server = _start(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp_path / "s.log", env)
+    processes = [server]
+    try:
+        _ready(server, tmp_path / "s.log")
+        agent = _start(
+            ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", "n1", "--work-dir", str(tmp_path / "agent")],
+            tmp_path / "a.log",
+            env,
+        )
+        processes.append(agent)
+        _ready(agent, tmp_path / "a.log")
+        yield env
+    finally:
+        for process in reversed(processes):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+def test_exec_runs_a_command_on_the_cluster_and_exits_with_its_status(
+    one_server: dict[str, str], run_cli: CliRunner
+) -> None:
+    assert run_cli("herd", "create", "default", "--cpu", "2", env=one_server).returncode == 0
+    ok = run_cli("exec", "--", "/bin/sh", "-c", "exit 0", env=one_server)
+    assert ok.returncode == 0, ok.stderr
+    failed = run_cli("exec", "--", "/bin/sh", "-c", "exit 3", env=one_server)
+    assert failed.returncode == 3 and "FAILED: exit code 3" in failed.stderr
+    timed_out = run_cli("exec", "--timeout", "1s", "--", "/bin/sleep", "30", env=one_server)
+    assert timed_out.returncode == 124 and "DEADLINE_EXCEEDED" in timed_out.stderr
+    nodes = json.loads(run_cli("nodes", "list", "--json", env=one_server).stdout)
+    assert [(n["id"], n["ready"]) for n in nodes] == [("n1", True)]
+
+
+def test_cancel_stops_a_running_slice(one_server: dict[str, str], run_cli: CliRunner, tmp_path: Path) -> None:
+    assert run_cli("herd", "create", "default", env=one_server).returncode == 0
+    marker = "sleep 61.987"  # (a command line no other process has)
+    job = run_cli("exec", "--detach", "--", *marker.split(), env=one_server)
+    job_id = job.stdout.strip()
+    assert job.returncode == 0 and job_id.startswith("job-"), job.stderr
+    deadline = time.monotonic() + 20
+    while subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "the slice never started"
+        time.sleep(0.1)
+    assert run_cli("cancel", job_id, env=one_server).returncode == 0
+    while subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline + 10, "the slice still runs after cancel"
+        time.sleep(0.1)
+    status = json.loads(run_cli("status", job_id, "--json", env=one_server).stdout)
+    assert status["job"]["state"] == "CANCELLED"
+
+
+def test_status_explain_says_why_a_task_waits(one_server: dict[str, str], run_cli: CliRunner) -> None:
+    assert run_cli("herd", "create", "small", "--cpu", "1", env=one_server).returncode == 0
+    refused = run_cli("exec", "--herd", "small", "--cpu", "2", "--", "/bin/true", env=one_server)
+    assert refused.returncode != 0 and "quota" in refused.stderr  # past its herd's quota: refused at once
+    assert "Traceback" not in refused.stderr
+    labelled = run_cli("exec", "--herd", "small", "--cpu", "0.5", "--detach", "--", "/bin/true", env=one_server)
+    assert labelled.returncode == 0
+
+
+def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:
+    (port,) = free_ports(1)
+    out = run_cli("server", "--api", f"0.0.0.0:{port}")
+    assert out.returncode != 0 and "--insecure-bind" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp_path: Path) -> None:
+    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
+    assert up.returncode == 0, up.stderr
+    started = json.loads(up.stdout)
+    try:
+        assert len(started["api"]) == 3 and [a["name"] for a in started["agents"]] == ["agent-0", "agent-1"]
+        assert run_cli("exec", "--", "/bin/true").returncode == 0  # no address given: the context says
+        nodes = json.loads(run_cli("nodes", "list", "--json").stdout)
+        assert sorted(n["id"] for n in nodes) == ["agent-0", "agent-1"]
+        # kill the server whose Barn member leads; another one schedules within seconds
+        leader = _leading_server(started)
+        os.killpg(leader["pid"], signal.SIGKILL)
+        began = time.monotonic()
+        again = run_cli("exec", "--", "/bin/sh", "-c", "exit 5")
+        assert again.returncode == 5, again.stderr
+        assert time.monotonic() - began < 30
+    finally:
+        down = run_cli("down")
+    assert down.returncode == 0, down.stderr
+    for item in [*started["servers"], *started["agents"]]:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(item["pid"], 0)
+
+
+def _leading_server(started: dict[str, list[dict[str, object]]]) -> dict[str, object]:
+    import httpx
+
+    for server in started["servers"]:
+        status = httpx.get(f"http://{server['barn']}/v1/status", timeout=5).json()
+        if status.get("state") == "leader":
+            return server
+    raise AssertionError("no leader")
