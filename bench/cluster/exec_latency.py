@@ -1,0 +1,238 @@
+"""bench/cluster/exec_latency: `runink exec -- /bin/true` end to end, against Slurm's srun.
+
+    python bench/cluster/exec_latency.py            # 500 jobs per client row, 100 CLI runs
+    python bench/cluster/exec_latency.py --quick    # 50 / 20
+
+A local cluster of real processes (`runink up --servers 3 --agents 2`: three servers, each with
+its raft Barn member, two agents with the linux executor) runs `/bin/true` as a job, from
+submission (POST /v1/jobs) until SUCCEEDED is visible through the API:
+
+* **runink, Python client**: one process, httpx, a job at a time, polling the job every 1 ms;
+* **runink, CLI**: `runink exec -- /bin/true`, the CLI's own start included;
+* **srun /bin/true** (anchor, same machine, taking turns with the client row): Debian's
+  slurm-wlm, one slurmctld and one slurmd with munge, task/none, proctrack/linuxproc, started
+  by this bench in a temp dir on loopback ports (`apt-get install slurm-wlm munge` first);
+* throughput: N short jobs submitted by 8 threads at once until all ended (jobs/s), against
+  `sbatch --wrap=/bin/true` of N jobs until Slurm's queue is empty.
+
+Needs root. Traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+RUNINK = [sys.executable, "-m", "runink"]
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.99) - 1)]
+
+
+class Runink:
+    def __init__(self, root: Path) -> None:
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
+        up = subprocess.run(
+            [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c")],
+            capture_output=True, text=True, env=self.env, timeout=120, check=True,
+        )  # fmt: skip
+        self.apis = json.loads(up.stdout)["api"]
+        self.http = httpx.Client(timeout=10)
+
+    def run_one(self, client: httpx.Client | None = None) -> float:
+        http = client or self.http
+        started = time.perf_counter()
+        answer = http.post(self.apis[0] + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
+        answer.raise_for_status()
+        job_id = answer.json()["job"]["id"]
+        while True:
+            state = http.get(f"{self.apis[0]}/v1/jobs/{job_id}").json()["job"]["state"]
+            if state in FINAL:
+                assert state == "SUCCEEDED", state
+                return (time.perf_counter() - started) * 1000
+            time.sleep(0.001)
+
+    def run_cli(self) -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "runink", "exec", "--", "/bin/true"], env=self.env, check=True, capture_output=True
+        )
+        return (time.perf_counter() - started) * 1000
+
+    def close(self) -> None:
+        self.http.close()
+        subprocess.run([*RUNINK, "down"], env=self.env, capture_output=True, timeout=120, check=False)
+
+
+SLURM_CONF = """ClusterName=bench
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+ReturnToService=2
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+SlurmUser=root
+MpiDefault=none
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=bench Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
+"""
+
+
+class Slurm:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True)
+        (root / "state").mkdir()
+        (root / "spool").mkdir()
+        host = platform.node().split(".")[0]
+        conf = root / "slurm.conf"
+        ports = _free_ports(2)
+        conf.write_text(
+            SLURM_CONF.format(host=host, root=root, ctld_port=ports[0], d_port=ports[1], cpus=os.cpu_count() or 1)
+        )
+        self.env = {**os.environ, "SLURM_CONF": str(conf)}
+        if subprocess.run(["munge", "-n"], capture_output=True, check=False).returncode != 0:
+            Path("/run/munge").mkdir(exist_ok=True)
+            shutil.chown("/run/munge", "munge", "munge")
+            subprocess.run(["munged", "--force"], check=True, capture_output=True)
+        self.ctld = subprocess.Popen(
+            ["slurmctld", "-D", "-f", str(conf)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(1.0)
+        self.d = subprocess.Popen(
+            ["slurmd", "-D", "-f", str(conf)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while (
+            "idle"
+            not in subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True, check=False
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"slurm did not come up (logs in {root})")
+            time.sleep(0.2)
+
+    def srun(self) -> float:
+        started = time.perf_counter()
+        subprocess.run(["srun", "/bin/true"], env=self.env, check=True, capture_output=True)
+        return (time.perf_counter() - started) * 1000
+
+    def sbatch_rate(self, count: int) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            subprocess.run(
+                ["sbatch", "--wrap=/bin/true", "-o", "/dev/null"], env=self.env, check=True, capture_output=True
+            )
+        while subprocess.run(
+            ["squeue", "-h"], env=self.env, capture_output=True, text=True, check=False
+        ).stdout.strip():
+            time.sleep(0.05)
+        return count / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        for process in (self.d, self.ctld):
+            process.terminate()
+            process.wait(30)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def runink_rate(cluster: Runink, count: int, threads: int = 8) -> float:
+    started = time.perf_counter()
+    clients = [httpx.Client(timeout=30) for _ in range(threads)]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: cluster.run_one(clients[i % threads]), range(count)))
+    for client in clients:
+        client.close()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    jobs, cli_runs = (50, 20) if args.quick else (500, 100)
+    if os.geteuid() != 0:
+        raise SystemExit("bench/cluster/exec_latency needs root")
+    with tempfile.TemporaryDirectory(prefix="runink-bench-exec-") as tmp:
+        root = Path(tmp)
+        cluster = Runink(root / "runink")
+        slurm = Slurm(root / "slurm") if shutil.which("slurmctld") else None
+        rows: list[tuple[str, list[float]]] = []
+        rates: list[tuple[str, float]] = []
+        try:
+            for _ in range(3):  # warm-up: warm sandboxes, connections
+                cluster.run_one()
+            client, srun = [], []
+            for _ in range(jobs):  # taking turns: the machine's drift falls on both alike
+                client.append(cluster.run_one())
+                if slurm is not None:
+                    srun.append(slurm.srun())
+            rows.append(("runink exec -- /bin/true, Python client (one process)", client))
+            if srun:
+                rows.append(("srun /bin/true (slurm-wlm, task/none)", srun))
+            rows.append(
+                ("runink exec -- /bin/true, CLI (its start included)", [cluster.run_cli() for _ in range(cli_runs)])
+            )
+            rates.append(("runink, 8 threads submitting /bin/true", runink_rate(cluster, jobs)))
+            if slurm is not None:
+                rates.append(("sbatch --wrap=/bin/true (OverSubscribe=FORCE:16)", slurm.sbatch_rate(jobs)))
+        finally:
+            cluster.close()
+            if slurm is not None:
+                slurm.close()
+    machine = f"{os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}"
+    print(f"# {dt.date.today()} · {machine}")
+    print()
+    print("| variant | runs | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, samples in rows:
+        p50, p99 = percentiles(samples)
+        print(f"| {name} | {len(samples)} | {p50:.1f} | {p99:.1f} |")
+    print()
+    print("| short jobs, submitted until all ended | jobs | jobs/s |")
+    print("| --- | ---: | ---: |")
+    for name, rate in rates:
+        print(f"| {name} | {jobs} | {rate:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
