@@ -17,6 +17,7 @@ from collections.abc import Callable
 from runink.core.control.liveness import Liveness
 from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore
+from runink.core.interfaces.barn import BarnBackend
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ControlLoop:
         self.is_leader = is_leader
         self.interval = interval
         self._leading = False
+        self._wake = threading.Event()
         self._last_failure = ("", 0.0)
 
     def step(self, now_wall: float, now_monotonic: float) -> PassResult | None:
@@ -60,15 +62,42 @@ class ControlLoop:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
         return self.scheduler.run_pass(now_wall)
 
+    def poke(self) -> None:
+        """Run the next round now (something changed: a submission, a report, a node), not at
+        the end of the interval."""
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
-        """Rounds every ``interval`` until ``stop`` is set; a round that raises is logged in one
-        line (the same failure again only after REPEAT_LOG_AFTER seconds) and the next one runs."""
+        """Rounds every ``interval``, or at once when poked, until ``stop`` is set; a round that
+        raises is logged in one line (the same failure again only after REPEAT_LOG_AFTER
+        seconds) and the next one runs."""
         while not stop.is_set():
+            self._wake.clear()  # (a poke from here on starts another round)
             try:
                 self.step(time.time(), time.monotonic())
             except Exception as exc:  # the loop must outlive any one round
                 self._log_failure(exc)
-            stop.wait(self.interval)
+            self._wake.wait(self.interval)
+
+    def follow(self, barn: BarnBackend, stop: threading.Event) -> threading.Thread:
+        """Poke the loop on every change of the cluster's records in the Barn (a submission to
+        another server, an agent's report through another server): a thread following a
+        watch of the Barn, started again after an error."""
+
+        def watch() -> None:
+            while not stop.is_set():
+                try:
+                    for _event in barn.watch("/herds/", barn.revision() + 1):  # jobs and tasks
+                        self.poke()
+                        if stop.is_set():
+                            return
+                except Exception as exc:  # the Barn away for a while: the interval still runs rounds
+                    self._log_failure(exc)
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=watch, name="control-loop-watch", daemon=True)
+        thread.start()
+        return thread
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="control-loop", daemon=True)
