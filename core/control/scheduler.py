@@ -2,19 +2,43 @@
 
 A pass reads nodes, herds and tasks, orders the waiting tasks (priority first, then fair share
 between herds), places each through the filter and score hooks and the configured policy, and
-writes every decision of the pass in one Barn transaction that compares each task's revision:
-if another writer changed one of them meanwhile, the pass is read again and retried once, so a
-task is never lost nor placed twice. Each placement gets the next attempt number and a fencing
-token (a Barn revision read after the records, so it is greater than any token the task had).
+writes the decisions of the pass in Barn transactions of at most ``batch`` tasks, each comparing
+its tasks' revisions: if another writer changed one of them meanwhile, that batch is refused
+(the others stand: the placements after it only assumed more was in use, never less) and the
+pass is read again and retried once, so a task is never lost nor placed twice. Each placement
+gets the next attempt number and a fencing token (a Barn revision read after the records, so it
+is greater than any token the task had).
+
+Over many nodes a task is filtered and scored over a window of them (``window``, by default
+the larger of 50 and 5% of the schedulable nodes), the window moving on with every task so
+each node gets its turn, as kube-scheduler's percentageOfNodesToScore and Nomad's limited
+candidate sets do: filtering and scoring every node for every task costs as much as the nodes
+are many. Only when no node of the window fits is every node looked at, so a task that fits
+somewhere is placed, and one that fits nowhere waits with every node's reason (grouped by
+reason, with counts, past ``REJECTIONS_LISTED`` nodes).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from runink.core.control.records import Amount, Herd, NodeRecord, Record, RunState, TaskRecord, keys
+from runink.core.control.records import (
+    ALLOWED,
+    MAX_TRANSITIONS,
+    Amount,
+    Herd,
+    NodeRecord,
+    Record,
+    RunState,
+    TaskRecord,
+    Transition,
+    keys,
+)
 from runink.core.control.store import ClusterStore, Conflict, Versioned
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.model import Node, NodeRejection, Placement, PlacementRequest, Resources
@@ -24,15 +48,20 @@ from runink.core.scheduling import rank
 ACTIVE = (RunState.SCHEDULED, RunState.RUNNING)  # states that hold a node's resources
 REASONS_IN_PENDING = 5  # rejections quoted in pending_reason (explain has them all)
 OTHERS_IN_EXPLAIN = 5  # lower-ranked feasible nodes named in explain
+REJECTIONS_LISTED = 20  # up to this many rejected nodes are named one by one; past it, grouped by reason
+GROUPS_IN_EXPLAIN = 20  # kinds of rejection shown, the most frequent first
+WINDOW_MIN = 50  # nodes filtered and scored per task, at least (every node when there are fewer)
+WINDOW_SHARE = 0.05  # ... or this share of the schedulable nodes, when that is more
+BATCH = 500  # tasks written per Barn transaction
 
 
 @dataclass
 class PassResult:
     placed: dict[str, str] = field(default_factory=dict)  # task id -> node id
     pending: dict[str, str] = field(default_factory=dict)  # task id -> why it still waits
-    token: int = 0  # the fencing token given to this pass's placements
-    conflicts: int = 0  # commits refused because a task changed mid-pass
-    committed: bool = True  # False: refused twice; nothing written, the next pass tries again
+    token: int = 0  # the fencing token given to this pass's (last attempt's) placements
+    conflicts: int = 0  # batches refused because a task changed mid-pass
+    committed: bool = True  # False: a batch was refused twice; its tasks wait for the next pass
 
 
 @dataclass
@@ -44,10 +73,33 @@ class _Usage:
 
 
 class Scheduler:
-    def __init__(self, store: ClusterStore, manager: PluginManager, policy: SchedulerPolicy) -> None:
+    """``window``: nodes filtered and scored per task (None: ``window_for`` the schedulable
+    nodes; 0: every node, every time). ``batch``: tasks written per Barn transaction."""
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        manager: PluginManager,
+        policy: SchedulerPolicy,
+        *,
+        window: int | None = None,
+        batch: int = BATCH,
+    ) -> None:
+        if window is not None and window < 0:
+            raise ValueError(f"scheduler window: {window!r} (expected a number of nodes >= 0)")
+        if batch < 1:
+            raise ValueError(f"scheduler batch: {batch!r} (expected a number of tasks >= 1)")
         self.store = store
         self.manager = manager
         self.policy = policy
+        self.window = window
+        self.batch = batch
+        self._start = 0  # where the next task's window begins among the candidates
+
+    @staticmethod
+    def window_for(nodes: int) -> int:
+        """The default window over ``nodes`` schedulable nodes."""
+        return min(nodes, max(WINDOW_MIN, int(nodes * WINDOW_SHARE)))
 
     def run_pass(self, now: float) -> PassResult:
         """Place every PENDING task whose backoff is over (``now`` is this scheduler's clock)."""
@@ -56,12 +108,13 @@ class Scheduler:
             return result
         retry = self._attempt(now)
         retry.conflicts += result.conflicts
+        retry.placed = {**result.placed, **retry.placed}
         return retry
 
     def _attempt(self, now: float) -> PassResult:
         nodes = self.store.nodes()
         herds = {h.name: h for h in self.store.herds()}
-        tasks = self.store.tasks()
+        tasks = [v for name in herds for v in self.store.tasks(name)]
         # Read after the records: greater than every revision seen, so greater than any token
         # an earlier attempt of these tasks got (that token was read before its own commit).
         token = self.store.barn.revision()
@@ -78,11 +131,13 @@ class Scheduler:
                 held = usage.setdefault(task.herd, _Usage())
                 held.resources += want
                 held.slices += 1
-            elif task.state is RunState.PENDING and task.not_before <= now and task.herd in herds:
+            elif task.state is RunState.PENDING and task.not_before <= now:
                 queues.setdefault(task.herd, []).append(versioned)
+        if not queues:
+            return result
 
         candidates: list[Node] = []
-        unschedulable: list[str] = []
+        unschedulable: list[tuple[str, str]] = []
         for versioned_node in nodes:
             record = versioned_node.record
             if record.schedulable:
@@ -95,12 +150,21 @@ class Scheduler:
                     )
                 )
             else:
-                unschedulable.append(f"{record.id}: {_why_unschedulable(record)}")
+                unschedulable.append((record.id, _why_unschedulable(record)))
         position = {node.id: i for i, node in enumerate(candidates)}
         total = sum((node.capacity for node in candidates), Resources())
+        window = (
+            len(candidates)
+            if self.window == 0
+            else min(len(candidates), self.window or self.window_for(len(candidates)))
+        )
+        # Within a pass nodes only fill up: a request that fit nowhere fits nowhere later in
+        # the pass, so its reason is reused for the same request (not every node again).
+        fit_nowhere: dict[tuple[Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
 
         writes: list[tuple[str, Record | None]] = []
         read: list[tuple[str, int]] = []
+        written: list[str] = []  # the task id of each write
         for versioned in _fair_order(queues, herds, usage, total):
             task = versioned.record
             herd = herds[task.herd]
@@ -112,15 +176,28 @@ class Scheduler:
                 Amount.model_construct(cpu=after.cpu, memory=after.memory, gpu=after.gpu, pids=after.pids),
                 held.slices + 1,
             )
+            changed: TaskRecord | None
             if over is not None:
                 reason = f"herd {herd.name} quota: {over}"
                 changed = _waiting(task, reason, task.explain)
             else:
-                request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
-                ranked, rejections = self._place(request, candidates)
+                shape = (want, tuple(sorted(task.node_labels.items())))
+                ranked: list[Placement] = []
+                rejections: list[NodeRejection] = []
+                scored = 0
+                if shape not in fit_nowhere:
+                    request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
+                    if window < len(candidates):
+                        ranked, rejections = self._place(request, self._next_window(candidates, window))
+                        scored = window
+                    if not ranked:
+                        ranked, rejections = self._place(request, candidates)
+                        scored = len(candidates)
                 if not ranked:
-                    rejected = [f"{r.node_id}: {r.reason} [{r.plugin}]" for r in rejections] + unschedulable
-                    reason = _no_fit(rejected)
+                    if shape not in fit_nowhere:
+                        rejected = _rejected(rejections, unschedulable)
+                        fit_nowhere[shape] = (_no_fit(rejected), rejected)
+                    reason, rejected = fit_nowhere[shape]
                     changed = _waiting(task, reason, rejected)
                 else:
                     best = ranked[0]
@@ -128,29 +205,39 @@ class Scheduler:
                     candidates[position[node.id]] = replace(node, allocated=node.allocated + want)
                     held.resources = after
                     held.slices += 1
-                    changed = task.moved_to(
-                        RunState.SCHEDULED,
-                        f"placed on {best.node_id}",
-                        node=best.node_id,
-                        attempt=task.attempt + 1,
-                        token=token,
-                        explain=_explain(best, ranked[1:], rejections, unschedulable),
-                        pending_reason="",
+                    explain = _explain(
+                        best, ranked[1:], rejections, unschedulable, scored=scored, schedulable=len(candidates)
                     )
+                    changed = _scheduled(task, best.node_id, token, explain)
                     result.placed[task.id] = best.node_id
             if changed is not None:
                 key = keys.task(task.herd, task.id)
                 read.append((key, versioned.revision))
                 writes.append((key, changed))
+                written.append(task.id)
             if task.id not in result.placed:
                 result.pending[task.id] = (changed or task).pending_reason
 
-        if writes:
+        for start in range(0, len(writes), self.batch):
+            end = start + self.batch
             try:
-                self.store.commit(read, writes)
+                self.store.commit(read[start:end], writes[start:end])
             except Conflict:
-                return PassResult(token=token, conflicts=1, committed=False)
+                # Its tasks stay as they were; later batches stand (they assumed these held
+                # their nodes: more in use than is, never less). The pass is read again.
+                result.conflicts += 1
+                result.committed = False
+                for task_id in written[start:end]:
+                    result.placed.pop(task_id, None)
         return result
+
+    def _next_window(self, candidates: list[Node], window: int) -> list[Node]:
+        start = self._start % len(candidates)
+        self._start = start + window
+        offered = candidates[start : start + window]
+        if len(offered) < window:
+            offered += candidates[: window - len(offered)]
+        return offered
 
     def _place(self, request: PlacementRequest, nodes: Sequence[Node]) -> tuple[list[Placement], list[NodeRejection]]:
         return rank(self.manager, self.policy, request, nodes) if nodes else ([], [])
@@ -222,13 +309,75 @@ def _waiting(task: TaskRecord, reason: str, explain: list[str]) -> TaskRecord | 
     return task.model_copy(update={"pending_reason": reason, "explain": explain})
 
 
+def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str]) -> TaskRecord:
+    """``task.moved_to(SCHEDULED, ...)`` without validating the whole record again: every
+    value set here is built valid (a pass writes thousands of these)."""
+    if RunState.SCHEDULED not in ALLOWED.get(task.state, frozenset()):
+        raise ValueError(f"task {task.id}: {task.state} -> {RunState.SCHEDULED} is not a valid transition")
+    attempt = task.attempt + 1
+    now = Transition.model_construct(
+        state=RunState.SCHEDULED, at=time.time(), attempt=attempt, node=node_id, reason=f"placed on {node_id}"
+    )
+    transitions = [*task.transitions, now]
+    if len(transitions) > MAX_TRANSITIONS:
+        transitions = [transitions[0], *transitions[-(MAX_TRANSITIONS - 1) :]]
+    return task.model_copy(
+        update={
+            "state": RunState.SCHEDULED,
+            "node": node_id,
+            "attempt": attempt,
+            "token": token,
+            "explain": explain,
+            "pending_reason": "",
+            "transitions": transitions,
+        }
+    )
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind(reason: str) -> str:
+    """A rejection's reason with its numbers blanked: what groups nodes rejected alike."""
+    return _NUMBER.sub("#", reason)
+
+
+def _rejected(rejections: Sequence[NodeRejection], unschedulable: Sequence[tuple[str, str]]) -> list[str]:
+    """Why nodes were not chosen: one line per node up to REJECTIONS_LISTED nodes; past that,
+    one line per kind of reason, with its count and one node's own words, most frequent first."""
+    lines = [(r.node_id, r.reason, f" [{r.plugin}]") for r in rejections]
+    lines += [(node_id, why, "") for node_id, why in unschedulable]
+    if len(lines) <= REJECTIONS_LISTED:
+        return [f"{node_id}: {reason}{tag}" for node_id, reason, tag in lines]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for node_id, reason, tag in lines:
+        groups.setdefault((_kind(reason), tag), []).append(f"{node_id}: {reason}")
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    shown = [
+        f"{len(named)} nodes: {kind}{tag}, e.g. {named[0]}" if len(named) > 1 else f"{named[0]}{tag}"
+        for (kind, tag), named in ordered[:GROUPS_IN_EXPLAIN]
+    ]
+    rest = ordered[GROUPS_IN_EXPLAIN:]
+    if rest:
+        shown.append(f"and {sum(len(named) for _, named in rest)} nodes rejected for {len(rest)} other reasons")
+    return shown
+
+
 def _explain(
-    chosen: Placement, others: Sequence[Placement], rejections: Sequence[NodeRejection], unschedulable: list[str]
+    chosen: Placement,
+    others: Sequence[Placement],
+    rejections: Sequence[NodeRejection],
+    unschedulable: Sequence[tuple[str, str]],
+    *,
+    scored: int,
+    schedulable: int,
 ) -> list[str]:
     lines = [f"chosen {chosen.node_id}: score {chosen.score:.3f}"]
     if others:
         named = ", ".join(f"{p.node_id} {p.score:.3f}" for p in others[:OTHERS_IN_EXPLAIN])
         more = len(others) - OTHERS_IN_EXPLAIN
         lines.append(f"fit with lower scores: {named}" + (f" and {more} more" if more > 0 else ""))
-    lines += [f"{r.node_id}: {r.reason} [{r.plugin}]" for r in rejections]
-    return lines + unschedulable
+    if scored < schedulable:
+        lines.append(f"filtered and scored {scored} of {schedulable} schedulable nodes (a window moving on each task)")
+    return lines + _rejected(rejections, unschedulable)

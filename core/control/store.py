@@ -43,9 +43,16 @@ class Versioned(Generic[R]):
 
 class ClusterStore:
     JOB_INDEX = "/cluster/jobs/"  # job id -> its herd, so a job is found by its id alone
+    # herd name -> "": the herds are listed without scanning /herds/, which holds every job
+    # and task too. Written by create_herd; an entry whose herd was deleted is skipped.
+    HERD_INDEX = "/cluster/herds/"
 
     def __init__(self, barn: BarnBackend) -> None:
         self.barn = barn
+        # prefix -> key -> (mod_revision, record): a scan parses only what changed since the
+        # last scan of that prefix (done tasks pile up; re-validating them each pass was most
+        # of a pass). Records read are shared between callers: change them with model_copy.
+        self._parsed: dict[str, dict[str, tuple[int, Record]]] = {}
 
     # --- reading -----------------------------------------------------------------------
 
@@ -56,11 +63,22 @@ class ClusterStore:
         return Versioned(_parse(model, kv.value, key), kv.mod_revision)
 
     def _scan(self, prefix: str, model: type[R], suffix: str = "") -> list[Versioned[R]]:
-        return [
-            Versioned(_parse(model, kv.value, kv.key), kv.mod_revision)
-            for kv in self.barn.scan(prefix)
-            if kv.key.endswith(suffix)
-        ]
+        before = self._parsed.get(prefix, {})
+        now: dict[str, tuple[int, Record]] = {}
+        found: list[Versioned[R]] = []
+        for kv in self.barn.scan(prefix):
+            if not kv.key.endswith(suffix):
+                continue
+            known = before.get(kv.key)
+            if known is not None and known[0] == kv.mod_revision and type(known[1]) is model:
+                record = known[1]
+            else:
+                record = _parse(model, kv.value, kv.key)
+            now[kv.key] = (kv.mod_revision, record)
+            found.append(Versioned(record, kv.mod_revision))
+        # only the keys this scan saw are kept: deleted records do not pile up here
+        self._parsed[prefix] = now
+        return found
 
     def herd(self, name: str) -> Versioned[Herd]:
         found = self._get(keys.herd(name), Herd)
@@ -69,7 +87,8 @@ class ClusterStore:
         return found
 
     def herds(self) -> list[Herd]:
-        return [v.record for v in self._scan(keys.HERDS, Herd, suffix="/herd")]
+        names = [kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)]
+        return [found.record for name in names if (found := self._get(keys.herd(name), Herd)) is not None]
 
     def node(self, node_id: str) -> Versioned[NodeRecord]:
         found = self._get(keys.node(node_id), NodeRecord)
@@ -117,10 +136,13 @@ class ClusterStore:
         return revision
 
     def create_herd(self, herd: Herd) -> None:
-        try:
-            self.commit([(keys.herd(herd.name), 0)], [(keys.herd(herd.name), herd)])
-        except Conflict:
-            raise Refused(f"herd {herd.name!r} exists already") from None
+        ops = [
+            TxnOp(keys.herd(herd.name), herd.model_dump_json().encode()),
+            TxnOp(self.HERD_INDEX + herd.name, b""),
+        ]
+        held, _ = self.barn.transaction([(keys.herd(herd.name), 0)], ops)
+        if not held:
+            raise Refused(f"herd {herd.name!r} exists already")
 
     def update(self, key: str, model: type[R], change: Callable[[R], R | None]) -> R:
         """Read, change, write back, again while another writer gets there first. ``change``
