@@ -158,7 +158,9 @@ class Server:
         self._stop = threading.Event()
         self.loop.start(self._stop)
         self.loop.follow(barn, self._stop)  # a round at once when jobs or tasks change
-        self.agents = serve_agents(self.lifecycle, options.agents[0], options.agents[1])
+        self.agents = serve_agents(
+            self.lifecycle, options.agents[0], options.agents[1], insecure_bind=options.insecure_bind
+        )
         self.api, self._api_thread = serve_api(
             create_app(self.lifecycle, self.store), options.api[0], options.api[1], insecure_bind=options.insecure_bind
         )
