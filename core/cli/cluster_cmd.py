@@ -227,8 +227,9 @@ def up_command(
         for i in range(agents):
             name = f"agent-{i}"
             work = root / name
-            server = started["grpc"][i % servers]
-            command = [*base, "agent", "--servers", server, "--node-id", name, "--work-dir", str(work)]
+            # every server's address, each agent starting with a different one (it fails over)
+            order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
+            command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
             process = _spawn(command, root / f"{name}.log")
             processes.append(process)
             event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)
