@@ -169,7 +169,7 @@ class Server:
         """Where it listens (the ports it was given, or the ones it got for port 0)."""
         return {
             "api": f"http://{self.options.api[0]}:{self.api.config.port}",
-            "agents": f"{self.options.agents[0]}:{self.agents.port}",  # type: ignore[attr-defined]
+            "agents": f"{self.options.agents[0]}:{self.agents.port}",
             "barn": self.member.http if self.member else "memory",
             "pid": os.getpid(),
         }
