@@ -7,20 +7,27 @@ methods. Every report names the attempt and fencing token it ran: after the cont
 placed a task again (this node found dead, a partition), its late reports are refused there.
 An attempt is what the agent runs; one it is no longer assigned (cancelled, placed again
 elsewhere) is stopped.
+
+Each running attempt's TaskHandle is kept in the work dir (``attempts/``) until its final
+report is sent, so a new Agent over the same work dir and node id re-attaches to the slices
+that outlived the old one (``Executor.recover``) and follows them as running attempts; an
+attempt its executor cannot re-attach to is reported FAILED, saying so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
-from runink.core.interfaces.executor import Executor, TaskResult, TaskSpec, TaskState
+from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,10 @@ class Agent:
         self.running: dict[Attempt, Running] = {}
         self.refused_reports = 0  # reports the control plane refused (fenced, not allowed)
         self._done: set[Attempt] = set()  # ended here: never started again
-        self._outbox: list[tuple[Attempt, RunState, int | None, str]] = []  # reports not sent yet
+        # reports not sent yet; the last one of an attempt (final, or given back) forgets its handle
+        self._outbox: list[tuple[Attempt, RunState, int | None, str, bool]] = []
+        self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
+        self._loaded = False  # the handles a previous agent left were looked at
 
     # --- one round ---------------------------------------------------------------------
 
@@ -100,12 +110,20 @@ class Agent:
 
     def sync(self) -> None:
         """One round: heartbeat (register again if refused), report what ended, stop what is
-        no longer assigned here, start what is newly assigned (unless draining)."""
+        no longer assigned here, start what is newly assigned (unless draining). The first
+        round re-attaches first to the attempts a previous agent left running (``recover``)."""
+        if not self._loaded:
+            self.recover()
         if not self.incarnation or not self.control.heartbeat(self.node_id, self.incarnation):
             self.register()
         self._flush()
         self._collect()
         assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
+        for attempt in self._recovered & set(assigned):
+            # the old agent may have died before its RUNNING report was sent
+            if assigned[attempt].state is RunState.SCHEDULED and attempt in self.running:
+                self._report(attempt, RunState.RUNNING)
+        self._recovered.clear()
         active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
         for attempt in [a for a in self.running if a not in active]:
             self._stop(attempt, "no longer assigned to this node (cancelled or placed again)")
@@ -146,17 +164,82 @@ class Agent:
                 log.warning("node %s: sync failed: %s", self.node_id, exc)
             stop.wait(interval)
 
+    # --- handles kept across restarts -----------------------------------------------------
+
+    @property
+    def handles_dir(self) -> Path:
+        return self.work_dir / "attempts"
+
+    def _handle_path(self, executor_id: str) -> Path:
+        return self.handles_dir / f"{executor_id}.json"
+
+    def _save_handle(self, attempt: Attempt, handle: TaskHandle) -> None:
+        """Write the attempt's handle atomically (a temp file renamed over), readable by root only."""
+        self.handles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        herd, task_id, number, token = attempt
+        data = {"herd": herd, "task": task_id, "attempt": number, "token": token, "handle": handle.to_dict()}
+        target = self._handle_path(handle.task_id)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+
+    def _forget_handle(self, executor_id: str) -> None:
+        self._handle_path(executor_id).unlink(missing_ok=True)
+
+    def recover(self) -> None:
+        """Re-attach to the attempts a previous agent over this work dir left running: each is
+        followed as a running attempt again (the control plane is told nothing unless it ended
+        meanwhile, or the old agent's RUNNING report was lost). One the executor cannot re-attach
+        to is reported FAILED with the reason. Called by the first ``sync``."""
+        self._loaded = True
+        if not self.handles_dir.is_dir():
+            return
+        can_recover = self.executor.capabilities().supports_recover
+        for path in sorted(self.handles_dir.glob("*.json")):
+            try:
+                attempt, handle = _read_handle(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("node %s: %s: not an attempt's handle, left alone: %s", self.node_id, path, exc)
+                continue
+            if attempt in self.running:
+                continue
+            why = None
+            if not can_recover:
+                why = (
+                    f"the agent restarted and its {self.executor.name or 'executor'} executor cannot re-attach "
+                    "to running slices (supports_recover is false): the attempt's outcome is unknown"
+                )
+            else:
+                try:
+                    self.executor.recover(handle)
+                except (RuninkError, OSError, KeyError, ValueError, TypeError) as exc:
+                    why = f"the agent restarted and could not re-attach to the attempt's slice: {exc}"
+            if why is not None:
+                log.warning("node %s: %s: %s", self.node_id, handle.task_id, why)
+                self._done.add(attempt)
+                self._outbox.append((attempt, RunState.FAILED, None, why, True))
+                continue
+            log.info("node %s: re-attached to %s", self.node_id, handle.task_id)
+            self.running[attempt] = Running(attempt, handle.task_id)
+            self._recovered.add(attempt)
+
     # --- tasks ---------------------------------------------------------------------------
 
-    def _report(self, attempt: Attempt, state: RunState, exit_code: int | None = None, message: str = "") -> None:
-        self._outbox.append((attempt, state, exit_code, message))
+    def _report(
+        self, attempt: Attempt, state: RunState, exit_code: int | None = None, message: str = "", *, last: bool = False
+    ) -> None:
+        self._outbox.append((attempt, state, exit_code, message, last))
         self._flush()
 
     def _flush(self) -> None:
         """Send the reports not sent yet, in order; what cannot be sent now (the control plane
         away) is sent on a later round, so an ended task's report is not lost."""
         while self._outbox:
-            (herd, task_id, number, token), state, exit_code, message = self._outbox[0]
+            (herd, task_id, number, token), state, exit_code, message, last = self._outbox[0]
             try:
                 accepted = self.control.report(
                     herd, task_id, number, token, state, exit_code=exit_code, message=message
@@ -165,6 +248,8 @@ class Agent:
                 log.warning("node %s: report for task %s not sent yet: %s", self.node_id, task_id, exc)
                 return
             self._outbox.pop(0)
+            if last:  # sent (accepted or fenced): a restarted agent has nothing to follow
+                self._forget_handle(f"{task_id}-a{number}")
             if not accepted:
                 self.refused_reports += 1
                 log.info("node %s: report %s for task %s attempt %d refused", self.node_id, state, task_id, number)
@@ -196,11 +281,15 @@ class Agent:
             herd=task.herd,
         )
         try:
-            self.executor.start(spec)
+            handle = self.executor.start(spec)
         except RuninkError as exc:  # refused by the executor (a limit, a missing program)
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, str(exc))
             return
+        try:
+            self._save_handle(attempt, handle)
+        except OSError as exc:  # it runs; only a restart of this agent would lose it
+            log.warning("node %s: %s: handle not saved, a restart cannot re-attach: %s", self.node_id, executor_id, exc)
         self.running[attempt] = Running(attempt, executor_id)
         self._report(attempt, RunState.RUNNING)
 
@@ -220,10 +309,20 @@ class Agent:
         run = self.running.pop(attempt)
         self._done.add(attempt)
         if result is None:  # not ended within the stop grace: nothing true to report
+            # (its handle stays: a restarted agent re-attaches and reports how it ended)
             log.warning("node %s: %s did not end after stop", self.node_id, run.executor_id)
             return
         if give_back:
-            self._report(attempt, RunState.PENDING, None, f"node {self.node_id} drained: {result.state}")
+            self._report(attempt, RunState.PENDING, None, f"node {self.node_id} drained: {result.state}", last=True)
         else:
-            self._report(attempt, RunState(result.state.value), result.exit_code, result.message)
+            self._report(attempt, RunState(result.state.value), result.exit_code, result.message, last=True)
         self.executor.destroy(run.executor_id)
+
+
+def _read_handle(path: Path) -> tuple[Attempt, TaskHandle]:
+    data: Any = json.loads(path.read_text())
+    attempt: Attempt = (str(data["herd"]), str(data["task"]), int(data["attempt"]), int(data["token"]))
+    handle = TaskHandle.from_dict(data["handle"])
+    if handle.task_id != f"{attempt[1]}-a{attempt[2]}" or path.name != f"{handle.task_id}.json":
+        raise ValueError(f"names task {handle.task_id!r}, not the attempt its file is named for")
+    return attempt, handle

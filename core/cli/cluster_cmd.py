@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import typer
@@ -25,6 +25,11 @@ from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
 from runink.core.model import parse_memory
+
+if TYPE_CHECKING:
+    from runink.core.config import RuninkConfig
+    from runink.core.interfaces.executor import Executor
+    from runink.core.plugins import PluginManager
 
 UP_TIMEOUT = 60.0  # seconds for `runink up`'s servers to elect a leader and its agents to register
 
@@ -80,7 +85,12 @@ def agent_command(
     interval: float = typer.Option(0.1, "--interval", min=0.01, help="Seconds between syncs with the server."),
     drain_grace: float = typer.Option(30.0, "--drain-grace", min=0, help="On SIGTERM, seconds tasks may finish."),
 ) -> None:
-    """Run the agent of this node: register, heartbeat, run the slices assigned here."""
+    """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
+    again over the same --work-dir and --node-id, it re-attaches to the slices it left running
+    and reports them when they end: its executor is built so that slices outlive the agent where
+    the driver can (the linux driver's slices_outlive_executor, unless the config sets it); with
+    one that cannot re-attach, those attempts are reported FAILED on restart. SIGTERM drains: no
+    new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import Agent
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.control.records import Amount, check_name
@@ -106,12 +116,13 @@ def agent_command(
         gpu=gpus,
     )
     if config.executor.driver == "auto":
-        executor, _config, note = auto_executor(config, manager)
+        executor, config, note = auto_executor(config, manager)
         if executor is None:
             print(note, file=sys.stderr)
-            executor = configured_driver(_config, "executor", manager)
+            executor = configured_driver(config, "executor", manager)
     else:
         executor = configured_driver(config, "executor", manager)
+    executor = _recovering(executor, config, manager)
     control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()])
     agent = Agent(
         control,
@@ -132,6 +143,32 @@ def agent_command(
     finally:
         control.close()
         executor.close()
+
+
+def _recovering(executor: Executor, config: RuninkConfig, manager: PluginManager | None) -> Executor:
+    """The agent's executor, built again with ``slices_outlive_executor = true`` when its driver
+    takes that option, the config does not set it, and it cannot re-attach as built: so a
+    restarted agent finds its running slices (see docs/isolation.md)."""
+    from runink.core.drivers import load_driver
+    from runink.core.interfaces import executor as interface
+
+    options = dict(config.executor.options)
+    schema = getattr(type(executor), "options_schema", None) or {}
+    if executor.capabilities().supports_recover or OUTLIVE not in schema or OUTLIVE in options:
+        if not executor.capabilities().supports_recover:
+            print(
+                f"runink agent: the {executor.name} executor cannot re-attach to running slices: "
+                "after a restart, the attempts it ran are reported FAILED",
+                file=sys.stderr,
+            )
+        return executor
+    executor.close()
+    name = str(config.executor.driver)
+    return load_driver(interface.Executor, name, {**options, OUTLIVE: True}, manager=manager, origin="runink agent")
+
+
+#: the executor option that lets running slices outlive the agent (the linux driver's)
+OUTLIVE = "slices_outlive_executor"
 
 
 def _memory_total() -> int:

@@ -1,0 +1,265 @@
+"""An agent that restarts re-attaches to the slices it left running (the linux executor with
+slices_outlive_executor), and an agent found dead is fenced: its task runs again elsewhere as
+attempt 2 and the old attempt's late reports change nothing.
+
+In process: a real Agent and linux executor against the Lifecycle on the memory Barn (the test
+places tasks itself, as tests/test_agent.py does). As processes: `runink server` and two
+`runink agent`s on loopback, one killed with SIGKILL mid-task and started again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from barn_cluster import free_ports
+from fixture_types import CliRunner
+
+from runink.core.agent import Agent
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
+from runink.core.control.store import ClusterStore
+from runink.plugins.barn.memory import MemoryBarn
+from runink.plugins.executors.linux.executor import LinuxExecutor
+
+PROBLEMS = LinuxExecutor._detect_problems()
+pytestmark = pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+
+
+# --- in process ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    return store
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup parent of this test's own, removed after (tox runs envs in parallel)."""
+    name = f"runink-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    executor = LinuxExecutor(cgroup_parent=name)
+    if executor.cgroups is not None:
+        for parent in set(executor.cgroups.parents().values()):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
+    (current,) = store.job_tasks(store.job(job_id).record)
+    task = current.record
+    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
+    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
+    return moved
+
+
+def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
+    (task,) = store.job_tasks(store.job(job_id).record)
+    return task.record
+
+
+def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent.sync()
+        if done():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def new_agent(life: Lifecycle, executor: LinuxExecutor, work_dir: Path) -> Agent:
+    return Agent(life, executor, "n1", Amount(cpu=2, memory=1 << 30), work_dir=work_dir, stop_grace=2.0)
+
+
+def test_a_new_agent_re_attaches_to_the_slice_the_old_one_left_running(
+    store: ClusterStore, cgroup_parent: str, tmp_path: Path
+) -> None:
+    life = Lifecycle(store)
+    first_executor = LinuxExecutor(cgroup_parent=cgroup_parent, slices_outlive_executor=True)
+    first = new_agent(life, first_executor, tmp_path)
+    first.sync()
+    job = life.submit_command("lab", ["/bin/sleep", "2"])
+    schedule(store, job.id)
+    first.sync()
+    assert task_of(store, job.id).state is RunState.RUNNING
+    (run,) = first.running.values()
+    saved = tmp_path / "attempts" / f"{run.executor_id}.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert json.loads(saved.read_text())["attempt"] == 1
+    # the agent goes away without stopping its slice
+    first_executor.close()
+    del first
+    assert task_of(store, job.id).state is RunState.RUNNING
+
+    second_executor = LinuxExecutor(cgroup_parent=cgroup_parent, slices_outlive_executor=True)
+    try:
+        second = new_agent(life, second_executor, tmp_path)
+        second.sync()
+        assert list(second.running) == [(job.herd, task_of(store, job.id).id, 1, task_of(store, job.id).token)]
+        assert task_of(store, job.id).state is RunState.RUNNING  # told nothing new while it runs
+        sync_until(second, lambda: task_of(store, job.id).state.final)
+    finally:
+        second_executor.close()
+    task = task_of(store, job.id)
+    assert (task.state, task.exit_code, task.attempt) == (RunState.SUCCEEDED, 0, 1)
+    assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
+    assert store.job(job.id).record.state is RunState.SUCCEEDED
+    assert not second.running and second.refused_reports == 0
+    assert not saved.exists()  # reported final: nothing left to re-attach to
+
+
+def test_an_attempt_the_executor_cannot_re_attach_to_is_reported_failed(
+    store: ClusterStore, cgroup_parent: str, tmp_path: Path
+) -> None:
+    life = Lifecycle(store)
+    first_executor = LinuxExecutor(cgroup_parent=cgroup_parent)  # its slices end with it
+    first = new_agent(life, first_executor, tmp_path)
+    first.sync()
+    job = life.submit_command("lab", ["/bin/sleep", "30"])
+    schedule(store, job.id)
+    first.sync()
+    assert task_of(store, job.id).state is RunState.RUNNING
+    first_executor.close()
+    del first
+
+    second_executor = LinuxExecutor(cgroup_parent=cgroup_parent)
+    try:
+        second = new_agent(life, second_executor, tmp_path)
+        second.sync()
+    finally:
+        second_executor.close()
+    task = task_of(store, job.id)
+    assert task.state is RunState.FAILED and "cannot re-attach" in task.message
+    assert not second.running and not list((tmp_path / "attempts").glob("*.json"))
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    with open(log, "a") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _ready(process: subprocess.Popen[str], log: Path) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
+    json.loads(line)
+
+
+def _slices(marker: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli: CliRunner, tmp_path: Path) -> None:
+    api, grpc = free_ports(2)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
+    server_log = tmp_path / "server.log"
+    server_args = ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", "--liveness-timeout", "2"]
+    processes: dict[str, subprocess.Popen[str]] = {"server": _start(server_args, server_log, env)}
+
+    def agent(name: str) -> subprocess.Popen[str]:
+        work, log = tmp_path / name, tmp_path / f"{name}.log"
+        args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", name, "--work-dir", str(work)]
+        process = processes[name] = _start(args, log, env)
+        _ready(process, log)
+        return process
+
+    def status(job_id: str) -> dict[str, Any]:
+        out = run_cli("status", job_id, "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        answer: dict[str, Any] = json.loads(out.stdout)
+        return answer
+
+    def task(job_id: str) -> dict[str, Any]:
+        tasks: list[dict[str, Any]] = status(job_id)["tasks"]
+        assert len(tasks) == 1
+        return tasks[0]
+
+    marker = "/bin/sleep 30.0417"  # (a command line no other process has)
+    try:
+        _ready(processes["server"], server_log)
+        agent("a1")
+        agent("a2")
+        assert run_cli("herd", "create", "default", env=env).returncode == 0
+        submitted = run_cli("exec", "--detach", "--", *marker.split(), env=env)
+        job_id = submitted.stdout.strip()
+        assert submitted.returncode == 0 and job_id.startswith("job-"), submitted.stderr
+        _until("attempt 1 never ran", lambda: task(job_id)["state"] == "RUNNING", 20)
+        first = task(job_id)
+        assert first["attempt"] == 1
+        dead, other = str(first["node"]), ({"a1", "a2"} - {str(first["node"])}).pop()
+        assert len(_slices(marker)) == 1
+        handles = list((tmp_path / dead / "attempts").glob("*-a1.json"))
+        assert len(handles) == 1
+
+        os.kill(processes[dead].pid, signal.SIGKILL)
+        processes[dead].wait(10)
+        # past --liveness-timeout the node is dead and the task runs again on the other one
+        _until(
+            "attempt 2 never ran on the other node",
+            lambda: (t := task(job_id))["attempt"] == 2 and t["node"] == other and t["state"] == "RUNNING",
+            30,
+        )
+        assert len(_slices(marker)) == 2  # the dead agent's slice outlived it
+        second = task(job_id)
+
+        # The dead agent comes back over the same work dir: it re-attaches to attempt 1, finds it
+        # no longer assigned, stops it, and its report for attempt 1 is refused (fenced).
+        agent(dead)
+        _until("the old attempt's slice still runs", lambda: len(_slices(marker)) == 1, 20)
+        _until("the old attempt's handle is still kept", lambda: not handles[0].exists(), 10)
+        fenced = f"attempt 1 (token {first['token']}): CANCELLED refused: fenced"
+        _until("the server never refused the old attempt's report", lambda: fenced in server_log.read_text(), 10)
+        after = task(job_id)
+        assert (after["attempt"], after["token"], after["node"], after["state"]) == (
+            2,
+            second["token"],
+            other,
+            "RUNNING",
+        )
+        assert after["transitions"] == second["transitions"]
+
+        _until("the job never ended", lambda: status(job_id)["job"]["state"] != "RUNNING", 45)
+        ended = task(job_id)
+        assert (ended["state"], ended["attempt"], ended["exit_code"]) == ("SUCCEEDED", 2, 0)
+        states = [t["state"] for t in ended["transitions"]]
+        assert [s for s in states if s in FINAL] == ["SUCCEEDED"]  # exactly one final state
+        assert states == ["SCHEDULED", "RUNNING", "PENDING", "SCHEDULED", "RUNNING", "SUCCEEDED"]
+        assert status(job_id)["job"]["state"] == "SUCCEEDED"
+    finally:
+        for process in reversed(processes.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        for pid in _slices(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
