@@ -324,3 +324,46 @@ def test_a_task_left_on_a_dead_node_goes_back_to_pending(store: ClusterStore, ma
 def test_liveness_timeout_must_be_positive(store: ClusterStore) -> None:
     with pytest.raises(ValueError, match="liveness timeout: 0"):
         Liveness(store, timeout=0)
+
+
+def _job_of_two(store: ClusterStore) -> None:
+    """Job j: task up, then task down (after up)."""
+    tasks = [
+        TaskRecord(id="up", job_id="j", herd="lab", command=["/bin/true"]),
+        TaskRecord(id="down", job_id="j", herd="lab", command=["/bin/true"], after=["up"]),
+    ]
+    store.submit(JobRecord(id="j", herd="lab", tasks=["up", "down"]), tasks)
+
+
+def _end(store: ClusterStore, task_id: str, state: RunState) -> None:
+    current = store.task("lab", task_id)
+    running = current.record.moved_to(RunState.RUNNING)
+    store.commit(
+        [(keys.task("lab", task_id), current.revision)], [(keys.task("lab", task_id), running.moved_to(state))]
+    )
+
+
+def test_a_task_waits_for_the_tasks_it_comes_after(store: ClusterStore, manager: PluginManager) -> None:
+    add_node(store, "n1")
+    add_herd(store, "lab")
+    _job_of_two(store)
+    passes = scheduler(store, manager)
+    assert passes.run_pass(0).placed == {"up": "n1"}  # down waits: not placed, not written
+    assert task(store, "lab", "down").state is RunState.PENDING
+    assert passes.run_pass(1).placed == {}
+    _end(store, "up", RunState.SUCCEEDED)
+    assert passes.run_pass(2).placed == {"down": "n1"}
+
+
+def test_a_task_whose_upstream_failed_is_skipped_and_the_job_ends(store: ClusterStore, manager: PluginManager) -> None:
+    add_node(store, "n1")
+    add_herd(store, "lab")
+    _job_of_two(store)
+    passes = scheduler(store, manager)
+    passes.run_pass(0)
+    _end(store, "up", RunState.FAILED)
+    passes.run_pass(1)
+    down = task(store, "lab", "down")
+    assert down.state is RunState.SKIPPED and "upstream task up did not succeed (FAILED)" in down.transitions[-1].reason
+    job = store.job("j").record
+    assert job.state is RunState.FAILED and job.finished is not None

@@ -1,11 +1,13 @@
-"""Commands that talk to a cluster's REST API: exec, jobs, status, cancel, herd, nodes."""
+"""Commands that talk to a cluster's REST API: exec, jobs, status, logs, cancel, herd, nodes."""
 
 from __future__ import annotations
 
+import base64
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 
 import typer
 
@@ -19,9 +21,10 @@ SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
 )
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
-FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "SKIPPED"}
 # exit statuses of `runink exec` for a command that did not exit by itself (as shells and timeout(1) say)
 EXIT_OF_STATE = {"OOMKILLED": 137, "DEADLINE_EXCEEDED": 124, "CANCELLED": 130}
+OUTPUT_POLL = 0.2  # seconds between reads of a running job's output
 
 herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
@@ -64,9 +67,10 @@ def exec_command(
     retries: int = typer.Option(0, "--retries", min=0, max=100, help="Run it again this many times if it fails."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Print the job id and return at once."),
     server: str | None = SERVER,
-    json_output: bool = JSON,
+    json_output: bool = typer.Option(False, "--json", help="Print the ended job as JSON (not the command's output)."),
 ) -> None:
-    """Run one command in an isolated slice on the cluster; wait, and exit with its status."""
+    """Run one command in an isolated slice on the cluster; print its output as it comes, and
+    exit with its status."""
     state: CliState = ctx.obj
     body = {
         "herd": herd or state.config().herd,
@@ -81,7 +85,9 @@ def exec_command(
         if detach:
             print_json({"job": job_id}) if json_output else print(job_id)
             return
-        final = _wait(client, job_id)
+        streams = {"stdout": _binary(sys.stdout), "stderr": _binary(sys.stderr)}
+        output = None if json_output else Output(client, job_id, streams)
+        final = _wait(client, job_id, output)
     task = (final.get("tasks") or [{}])[0]
     if json_output:
         print_json(final)
@@ -99,19 +105,99 @@ def exec_command(
     raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else 1)
 
 
-def _wait(client: ClusterClient, job_id: str, poll: float = 0.05) -> dict[str, Any]:
-    """The job once it ended; says on stderr where it is while it waits (state changes only)."""
+def _wait(client: ClusterClient, job_id: str, output: Output | None = None, poll: float = 0.05) -> dict[str, Any]:
+    """The job once it ended; says on stderr where it is while it waits (state changes only)
+    and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
+    agent sends a task's last output before it reports the task ended)."""
     err = console(stderr=True)
     last = None
+    output_read = 0.0
     while True:
         answer: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}")
         state = answer["job"]["state"]
+        if output is not None and (state in FINAL or time.monotonic() - output_read >= OUTPUT_POLL):
+            output.poll()
+            output_read = time.monotonic()
         if state in FINAL:
             return answer
         if state != last and err.is_terminal:
             err.print(f"{job_id}: {state}", highlight=False, markup=False)
         last = state
         time.sleep(poll)
+
+
+def _binary(stream: Any) -> BinaryIO:
+    buffer: BinaryIO = getattr(stream, "buffer", stream)
+    return buffer
+
+
+class Output:
+    """A job's output read through the API and written as it is (bytes from the command: never
+    through rich, which would read markup in it), from where the last read ended. When the task
+    runs again (a retry), its new attempt's output follows from its start."""
+
+    def __init__(self, client: ClusterClient, job_id: str, streams: dict[str, BinaryIO]) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.streams = streams
+        self.offsets = dict.fromkeys(streams, 0)
+        self.attempts: dict[str, int | None] = dict.fromkeys(streams)
+
+    def _read(self, stream: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.client.call(
+            "GET", f"/v1/jobs/{self.job_id}/logs", stream=stream, offset=self.offsets[stream]
+        )
+        return answer
+
+    def poll(self) -> str:
+        """Write what each stream has new; returns the job's state as read with it (when it is
+        final, what was written is all of the output that is kept)."""
+        state = ""
+        for stream, out in self.streams.items():
+            answer = self._read(stream)
+            if answer["attempt"] != self.attempts[stream]:
+                if self.attempts[stream] is not None and self.offsets[stream]:
+                    self.offsets[stream] = 0  # a new attempt: its output from the start
+                    answer = self._read(stream)
+                self.attempts[stream] = answer["attempt"]
+            state = state or answer["state"]
+            if answer["dropped"]:
+                err = console(stderr=True)
+                err.print(
+                    f"[{answer['dropped']} bytes of {stream} not kept: the server keeps the last "
+                    f"{answer['kept_bytes']} bytes of each stream]",
+                    highlight=False,
+                    markup=False,
+                )
+            data = base64.b64decode(answer["data"])
+            if data:
+                out.write(data)
+                out.flush()
+            self.offsets[stream] = answer["next_offset"]
+        return state
+
+
+def logs_command(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    stream: str = typer.Option("stdout", "--stream", help="stdout or stderr."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
+    server: str | None = SERVER,
+    json_output: bool = typer.Option(False, "--json", help="Print the API's answer (data in base64; no --follow)."),
+) -> None:
+    """A job's output (the last bytes the server keeps of it), written as the command wrote it."""
+    if stream not in ("stdout", "stderr"):
+        raise typer.BadParameter(f"{stream!r}: expected stdout or stderr", param_hint="--stream")
+    with _client(ctx, server) as client:
+        if json_output:
+            print_json(client.call("GET", f"/v1/jobs/{job_id}/logs", stream=stream))
+            return
+        output = Output(client, job_id, {stream: _binary(sys.stdout)})
+        while True:
+            state = output.poll()
+            if not follow or state in FINAL:
+                return
+            time.sleep(OUTPUT_POLL)
 
 
 def status_command(
@@ -302,6 +388,7 @@ _node_action("drain", "Take no new work; its agent lets running slices finish, t
 def register(app: typer.Typer) -> None:
     app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
     app.command("status")(status_command)
+    app.command("logs")(logs_command)
     app.command("cancel")(cancel_command)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(herd_app, name="herd")

@@ -40,6 +40,7 @@ class RunState(enum.StrEnum):
     OOMKILLED = "OOMKILLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"  # a task whose upstream (``after``) did not succeed: never run
 
     @property
     def final(self) -> bool:
@@ -48,7 +49,7 @@ class RunState(enum.StrEnum):
 
 #: the transitions a task may make (a retry goes back to PENDING with the next attempt)
 ALLOWED: dict[RunState, frozenset[RunState]] = {
-    RunState.PENDING: frozenset({RunState.SCHEDULED, RunState.CANCELLED}),
+    RunState.PENDING: frozenset({RunState.SCHEDULED, RunState.CANCELLED, RunState.SKIPPED}),
     RunState.SCHEDULED: frozenset({RunState.RUNNING, RunState.PENDING, RunState.FAILED, RunState.CANCELLED}),
     RunState.RUNNING: frozenset(
         {
@@ -176,6 +177,7 @@ class TaskRecord(Record):
     backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     priority: int = Field(default=0, ge=-1000, le=1000)
     node_labels: dict[str, str] = {}
+    after: list[str] = []  # tasks of the same job that must succeed before this one is placed
     state: RunState = RunState.PENDING
     attempt: int = 0  # 1 for the first attempt once scheduled
     token: int = 0  # the fencing token of the current attempt (0: never scheduled)
@@ -227,11 +229,13 @@ class JobRecord(Record):
 
 
 def job_state(tasks: list[TaskRecord]) -> RunState:
-    """A job's state from its tasks': the first failure's if all ended and one failed,
-    SUCCEEDED if all succeeded, else RUNNING once any started, SCHEDULED, or PENDING."""
+    """A job's state from its tasks': once all ended, SUCCEEDED if all succeeded, else the
+    first failure's state (a SKIPPED task only says an upstream failed: the failure is the
+    cause); before, RUNNING once any started, SCHEDULED, or PENDING."""
     states = [t.state for t in tasks]
     if states and all(s.final for s in states):
-        return next((s for s in states if s is not RunState.SUCCEEDED), RunState.SUCCEEDED)
+        failures = [s for s in states if s is not RunState.SUCCEEDED]
+        return next((s for s in failures if s is not RunState.SKIPPED), failures[0] if failures else RunState.SUCCEEDED)
     for state in (RunState.RUNNING, RunState.SCHEDULED):
         if state in states:
             return state

@@ -37,6 +37,7 @@ from runink.core.control.records import (
     RunState,
     TaskRecord,
     Transition,
+    job_state,
     keys,
 )
 from runink.core.control.store import ClusterStore, Conflict, Versioned
@@ -123,6 +124,10 @@ class Scheduler:
         allocated: dict[str, Resources] = {}
         usage: dict[str, _Usage] = {name: _Usage() for name in herds}
         queues: dict[str, list[Versioned[TaskRecord]]] = {}
+        writes: list[tuple[str, Record | None]] = []
+        read: list[tuple[str, int]] = []
+        written: list[str] = []  # the task id of each write
+        tasks = self._upstream_settled(tasks, read, writes, written)
         for versioned in tasks:
             task = versioned.record
             if task.state in ACTIVE and task.node is not None:
@@ -133,7 +138,7 @@ class Scheduler:
                 held.slices += 1
             elif task.state is RunState.PENDING and task.not_before <= now:
                 queues.setdefault(task.herd, []).append(versioned)
-        if not queues:
+        if not queues and not writes:
             return result
 
         candidates: list[Node] = []
@@ -162,9 +167,6 @@ class Scheduler:
         # the pass, so its reason is reused for the same request (not every node again).
         fit_nowhere: dict[tuple[Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
 
-        writes: list[tuple[str, Record | None]] = []
-        read: list[tuple[str, int]] = []
-        written: list[str] = []  # the task id of each write
         for versioned in _fair_order(queues, herds, usage, total):
             task = versioned.record
             herd = herds[task.herd]
@@ -230,6 +232,50 @@ class Scheduler:
                 for task_id in written[start:end]:
                     result.placed.pop(task_id, None)
         return result
+
+    def _upstream_settled(
+        self,
+        tasks: list[Versioned[TaskRecord]],
+        read: list[tuple[str, int]],
+        writes: list[tuple[str, Record | None]],
+        written: list[str],
+    ) -> list[Versioned[TaskRecord]]:
+        """The tasks this pass may consider: a PENDING task waits while a task it comes
+        ``after`` has not ended, and is SKIPPED (with its job's state, in this pass's commit)
+        once one ended without succeeding."""
+        state = {v.record.id: v.record.state for v in tasks}
+        kept: list[Versioned[TaskRecord]] = []
+        skipped: dict[str, list[TaskRecord]] = {}  # job id -> its tasks skipped now
+        for versioned in tasks:
+            task = versioned.record
+            if task.state is not RunState.PENDING or not task.after:
+                kept.append(versioned)
+                continue
+            failed = [
+                u for u in task.after if state.get(u, RunState.FAILED).final and state.get(u) is not RunState.SUCCEEDED
+            ]
+            # (an upstream id that is not there counts as failed: never wait for it forever)
+            if failed:
+                reason = f"upstream task {failed[0]} did not succeed ({state.get(failed[0], 'missing')})"
+                changed = task.moved_to(RunState.SKIPPED, reason, pending_reason="")
+                read.append((keys.task(task.herd, task.id), versioned.revision))
+                writes.append((keys.task(task.herd, task.id), changed))
+                written.append(task.id)
+                skipped.setdefault(task.job_id, []).append(changed)
+            elif all(state.get(u) is RunState.SUCCEEDED for u in task.after):
+                kept.append(versioned)
+        for job_id, changed_tasks in skipped.items():
+            job = self.store.job(job_id)
+            now = {t.id: t for t in changed_tasks}
+            siblings = [now.get(v.record.id, v.record) for v in tasks if v.record.job_id == job_id]
+            new_state = job_state(siblings)
+            if new_state is not job.record.state:
+                finished = time.time() if new_state.final else None
+                read.append((keys.job(job.record.herd, job_id), job.revision))
+                ended = job.record.model_copy(update={"state": new_state, "finished": finished})
+                writes.append((keys.job(job.record.herd, job_id), ended))
+                written.append(job_id)
+        return kept
 
     def _next_window(self, candidates: list[Node], window: int) -> list[Node]:
         start = self._start % len(candidates)
