@@ -201,7 +201,8 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
         assert len(tasks) == 1
         return tasks[0]
 
-    marker = "/bin/sleep 30.0417"  # (a command line no other process has)
+    # a command line no other process has (not even this test run at the same time elsewhere)
+    marker = f"/bin/sleep 30.{uuid.uuid4().int % 10**6:06d}"
     try:
         _ready(processes["server"], server_log)
         agent("a1")
