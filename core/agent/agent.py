@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from runink.core.agent.logs import LogShipper
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
@@ -100,6 +101,7 @@ class Agent:
         self._outbox: list[tuple[Attempt, RunState, int | None, str, bool]] = []
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
+        self.logs = LogShipper()  # sends running attempts' stdout and stderr
 
     # --- one round ---------------------------------------------------------------------
 
@@ -117,6 +119,8 @@ class Agent:
         if not self.incarnation or not self.control.heartbeat(self.node_id, self.incarnation):
             self.register()
         self._flush()
+        for run in list(self.running.values()):
+            self.logs.ship(self.control, run.attempt, self.work_dir / "tasks" / run.executor_id)
         self._collect()
         assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
         for attempt in self._recovered & set(assigned):
@@ -308,6 +312,8 @@ class Agent:
     def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
         self._done.add(attempt)
+        # its last output before its final report, so a reader that sees it ended has it all
+        self.logs.ship(self.control, attempt, self.work_dir / "tasks" / run.executor_id, last=True)
         if result is None:  # not ended within the stop grace: nothing true to report
             # (its handle stays: a restarted agent re-attaches and reports how it ended)
             log.warning("node %s: %s did not end after stop", self.node_id, run.executor_id)

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
+from runink.core.control.logs import Chunk
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.report import printable
@@ -112,6 +113,7 @@ class GrpcControl:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._fresh: pb.Assignments | None = None  # the last heartbeat's, while still current
+        self._tie: tuple[str, str] | None = None  # (node id, incarnation) a new stream is tied with
 
     def close(self) -> None:
         with self._lock:
@@ -121,7 +123,17 @@ class GrpcControl:
         self._channel.close()
 
     def _ask(self, request: pb.AgentMessage, until: str) -> list[pb.ServerMessage]:
-        """Send ``request`` and wait for its answers, up to the one of kind ``until``."""
+        """Send ``request`` and wait for its answers, up to the one of kind ``until``. A new
+        stream (the first, or after one broke, or on another server) is tied to the node
+        first, with a heartbeat of its incarnation, unless the request itself does that: a
+        server answers nothing else on a stream it cannot tie to a node."""
+        kind = request.WhichOneof("body")
+        with self._lock:
+            fresh = self._stream is None or self._stream.broken is not None
+        if fresh and self._tie is not None and kind not in ("register", "heartbeat"):
+            node_id, incarnation = self._tie
+            if not self.heartbeat(node_id, incarnation):
+                raise ControlUnavailable(f"server {self.address}: node {node_id} must register again")
         with self._lock:
             if self._stream is None or self._stream.broken is not None:
                 self._stream = _Stream(self._channel)
@@ -162,6 +174,7 @@ class GrpcControl:
             )
         )
         done = self._only(self._ask(request, "registered"), "registered").registered
+        self._tie = (done.id, done.incarnation)
         try:
             return NodeRecord(
                 id=done.id,
@@ -181,6 +194,7 @@ class GrpcControl:
         request = pb.AgentMessage(heartbeat=pb.Heartbeat(node_id=node_id, incarnation=incarnation))
         answers = self._ask(request, "heartbeat_ack")
         ok = bool(self._only(answers, "heartbeat_ack").heartbeat_ack.ok)
+        self._tie = (node_id, incarnation) if ok else None
         # an accepted heartbeat brings the node's assignments: the round's assignments() uses
         # them unless a report changed something since
         self._fresh = next((a.assignments for a in answers if a.WhichOneof("body") == "assignments"), None)
@@ -213,6 +227,20 @@ class GrpcControl:
         self._fresh = None
         answers = self._ask(pb.AgentMessage(report=report), "report_ack")
         return bool(self._only(answers, "report_ack").report_ack.accepted)
+
+    def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
+        """Send new output of an attempt; (accepted, the bytes of the stream the server has seen)."""
+        message = pb.LogChunk(
+            herd=chunk.herd,
+            task_id=chunk.task_id,
+            attempt=chunk.attempt,
+            token=chunk.token,
+            stream=chunk.stream,
+            offset=chunk.offset,
+            data=chunk.data,
+        )
+        ack = self._only(self._ask(pb.AgentMessage(log_chunk=message), "log_ack"), "log_ack").log_ack
+        return bool(ack.accepted), int(ack.next_offset)
 
 
 def _amount(capacity: pb.Capacity) -> Amount:
@@ -254,9 +282,11 @@ class FailoverControl:
                 return getattr(self._current, name)(*args, **kwargs)
             except ControlUnavailable as exc:
                 failures.append(f"{self.addresses[self._index]}: {exc}")
+                tie = self._current._tie  # the next server's stream is tied to the node with it
                 self._current.close()
                 self._index = (self._index + 1) % len(self.addresses)
                 self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout)
+                self._current._tie = tie
         raise ControlUnavailable("no server answered: " + "; ".join(failures))
 
     def register_node(self, node: NodeRecord) -> NodeRecord:
@@ -282,6 +312,10 @@ class FailoverControl:
         message: str = "",
     ) -> bool:
         return bool(self._call("report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message))
+
+    def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
+        accepted, seen = self._call("log_chunk", chunk)
+        return bool(accepted), int(seen)
 
     def close(self) -> None:
         self._current.close()

@@ -20,6 +20,7 @@ import grpc
 from pydantic import ValidationError
 
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle
+from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, check_name
 from runink.core.control.store import NotFound
 from runink.core.errors import RuninkError
@@ -36,7 +37,7 @@ MAX_LABEL_VALUE = 253
 MAX_ADDRESS = 253
 MAX_INCARNATION = 64
 MAX_REPORT_MESSAGE = 4 * MAX_MESSAGE  # bytes: the Lifecycle keeps MAX_MESSAGE characters of it
-MAX_COUNTER = 2**62  # attempts and fencing tokens
+MAX_COUNTER = 2**62  # attempts, fencing tokens and log offsets
 MAX_EXIT_CODE = 2**31
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
@@ -129,6 +130,7 @@ class AgentService:
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
+        self.logs = TaskLogs(lifecycle.store)
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)
@@ -185,6 +187,8 @@ class AgentService:
             return [self._assignments(rid, node)], node
         if kind == "report":
             return [self._report(rid, request.report, node)], node
+        if kind == "log_chunk":
+            return [self._log_chunk(rid, request.log_chunk, node)], node
         raise BadRequest(f"{kind}: not a request this server knows")
 
     def _assignments(self, rid: int, node_id: str) -> pb.ServerMessage:
@@ -211,6 +215,22 @@ class AgentService:
             raise BadRequest(f"report for task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
         accepted = self.lifecycle.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
         return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
+
+    def _log_chunk(self, rid: int, chunk: pb.LogChunk, node: str) -> pb.ServerMessage:
+        herd = _name(chunk.herd, "log_chunk.herd")
+        task_id = _name(chunk.task_id, "log_chunk.task_id")
+        attempt = _counter(chunk.attempt, "log_chunk.attempt")
+        token = _counter(chunk.token, "log_chunk.token")
+        if chunk.stream not in STREAMS:
+            raise BadRequest(f"log_chunk.stream: {printable(chunk.stream, 40)!r} is not stdout or stderr")
+        offset = _counter(chunk.offset, "log_chunk.offset")
+        if len(chunk.data) > MAX_CHUNK_BYTES:
+            raise BadRequest(f"log_chunk.data: {len(chunk.data)} bytes (at most {MAX_CHUNK_BYTES})")
+        placed_on = self._placed_on(herd, task_id, attempt)
+        if placed_on is not None and placed_on != node:
+            raise BadRequest(f"output of task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
+        accepted, seen = self.logs.append(Chunk(herd, task_id, attempt, token, chunk.stream, offset, chunk.data))
+        return pb.ServerMessage(request_id=rid, log_ack=pb.LogAck(accepted=accepted, next_offset=seen))
 
     def _placed_on(self, herd: str, task_id: str, attempt: int) -> str | None:
         """The node the task's ``attempt`` was placed on, when known (the Lifecycle refuses a

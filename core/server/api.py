@@ -8,9 +8,10 @@ MAX_BODY -> 413, Conflict (others kept changing what was read) -> 503 with Retry
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
     MAX_COMMAND_ARGS,
     NAME,
@@ -305,6 +307,38 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
         job = store.job(job_id).record
         hidden = None if explain else {"explain", "pending_reason"}
         return {"job": _dump(job), "tasks": [_dump(v.record, hidden) for v in store.job_tasks(job)]}
+
+    logs = TaskLogs(store)
+
+    @app.get("/v1/jobs/{job_id}/logs")
+    def job_logs(
+        job_id: NamePath,
+        stream: Literal["stdout", "stderr"] = "stdout",
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        task: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
+        attempt: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    ) -> dict[str, Any]:
+        """What is kept of a task's output from ``offset`` (default: the job's first task, its
+        current attempt). The server keeps the last bytes of each attempt's stream; ``dropped``
+        counts those between ``offset`` and the first byte returned that are no longer kept.
+        ``data`` is base64: the output is bytes, not text."""
+        job = store.job(job_id).record
+        task_id = task or job.tasks[0]
+        if task_id not in job.tasks:
+            raise NotFound(f"task {task_id!r}: not a task of job {job_id}")
+        read = logs.read(job.herd, task_id, stream, offset, attempt)
+        return {
+            "job": job.id,
+            "state": job.state.value,
+            "task": task_id,
+            "attempt": read.attempt,
+            "stream": stream,
+            "offset": read.start,
+            "next_offset": read.next_offset,
+            "dropped": read.dropped(offset),
+            "kept_bytes": logs.tail_bytes,
+            "data": base64.b64encode(read.data).decode(),
+        }
 
     @app.post("/v1/jobs/{job_id}/cancel")
     def cancel_job(job_id: NamePath) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""The agent's side of tasks' output: sends the new bytes of each running attempt's stdout
+and stderr to the control plane, a bounded amount per round.
+
+It reads the executor's log files in the task dir (``stdout.log``, ``stderr.log``), never
+following a symbolic link and reading at most ``per_round`` bytes of each stream per round:
+when more was written since the last round, the oldest of it is skipped (the server keeps only
+a tail anyway) and the offsets say so. A control plane without ``log_chunk`` (the in-process
+Lifecycle) gets nothing. What cannot be sent now (the server away) is sent on a later round;
+an attempt the server fences is not sent again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, TAIL_BYTES, Chunk
+from runink.core.errors import RuninkError
+
+log = logging.getLogger(__name__)
+
+#: (herd, task id, attempt, fencing token), as the Agent's Attempt
+Attempt = tuple[str, str, int, int]
+
+
+#: a control plane's ``log_chunk``: (accepted, the bytes of the stream it has seen)
+SendChunk = Callable[[Chunk], tuple[bool, int]]
+
+
+@dataclass
+class _Position:
+    at: int = 0  # where the next read starts in the file
+    offset: int = 0  # where that byte is in the stream (a rotated or truncated file starts again at 0)
+
+
+class LogShipper:
+    def __init__(self, *, per_round: int = TAIL_BYTES, chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+        self.per_round = per_round
+        self.chunk_bytes = chunk_bytes
+        self._positions: dict[tuple[Attempt, str], _Position] = {}
+        self._fenced: set[Attempt] = set()
+
+    def ship(self, control: object, attempt: Attempt, task_dir: Path, *, last: bool = False) -> None:
+        """Send what the attempt wrote since the last call; ``last``: it ended, forget it after."""
+        send: SendChunk | None = getattr(control, "log_chunk", None)
+        try:
+            if send is None or attempt in self._fenced:
+                return
+            for stream in STREAMS:
+                if not self._ship_stream(send, attempt, task_dir / f"{stream}.log", stream):
+                    return
+        finally:
+            if last:
+                self._fenced.discard(attempt)
+                for stream in STREAMS:
+                    self._positions.pop((attempt, stream), None)
+
+    def _ship_stream(self, send: SendChunk, attempt: Attempt, path: Path, stream: str) -> bool:
+        """False when the rest of this round's sending should stop (server away, fenced)."""
+        herd, task_id, number, token = attempt
+        position = self._positions.setdefault((attempt, stream), _Position())
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                log.warning("output of task %s: cannot open %s: %s", task_id, path, exc.strerror)
+            return True  # not written yet, or a link the agent will not follow
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return True
+            if info.st_size < position.at:  # rotated or truncated by the executor: read it from its start
+                position.at = 0
+            skipped = max(0, info.st_size - position.at - self.per_round)
+            position.at += skipped
+            position.offset += skipped
+            end = info.st_size
+            while position.at < end:
+                data = os.pread(fd, min(self.chunk_bytes, end - position.at), position.at)
+                if not data:
+                    break
+                try:
+                    accepted, _seen = send(Chunk(herd, task_id, number, token, stream, position.offset, data))
+                except (RuninkError, OSError) as exc:
+                    log.info("output of task %s not sent yet: %s", task_id, exc)
+                    return False
+                if not accepted:
+                    log.info("output of task %s attempt %d refused (fenced): not sent again", task_id, number)
+                    self._fenced.add(attempt)
+                    return False
+                position.at += len(data)
+                position.offset += len(data)
+            return True
+        finally:
+            os.close(fd)
