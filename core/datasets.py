@@ -3,6 +3,9 @@
 A dataset is named by a URI: ``csv://data/orders.csv`` (format, then a path relative to the
 pipeline's folder), ``parquet:///abs/path.parquet``, ``file:///abs/orders.jsonl`` or a plain
 path (``out/orders.parquet``); without a format scheme the file extension decides.
+
+A URI of a remote scheme (``s3://bucket/key.parquet``) is no local path: its ``path`` is
+``bucket/key`` as written (never made absolute), and its driver publishes it atomically itself.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter
 
+#: schemes whose datasets are objects in a store, not files: no path checks, no staging folder
+REMOTE_SCHEMES = frozenset({"s3"})
 EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -25,16 +30,19 @@ class DatasetError(RuninkError):
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A resolved dataset: its format (storage driver name) and absolute path; ``uri`` as written."""
+    """A resolved dataset: its format (storage driver name) and absolute path; ``uri`` as written.
+    A remote one's ``path`` is its place in the store (``bucket/key``), relative."""
 
     format: str
     path: Path
     uri: str
+    remote: bool = False
 
     @property
     def key(self) -> str:
-        """Identity used to connect scenarios: the absolute path, whatever the format."""
-        return str(self.path)
+        """Identity used to connect scenarios: the absolute path, whatever the format (a remote
+        dataset's: its canonical URI)."""
+        return self.canonical() if self.remote else str(self.path)
 
     def canonical(self) -> str:
         return f"{self.format}://{self.path}"
@@ -51,6 +59,11 @@ def resolve_dataset(uri: str, base_dir: Path) -> DatasetRef:
     scheme = scheme.lower()
     if scheme == "file":
         scheme = ""
+    if scheme in REMOTE_SCHEMES:
+        bucket, _, key = rest.partition("/")
+        if not bucket or not key.strip("/"):
+            raise DatasetError(f"dataset {uri!r}: expected {scheme}://BUCKET/KEY")
+        return DatasetRef(scheme, Path(bucket) / key, uri, remote=True)
     path = Path(rest).expanduser()
     if not path.is_absolute():
         path = base_dir / path

@@ -70,8 +70,8 @@ def check_sources(compiled: CompiledPipeline) -> list[str]:
     """Sources that no scenario of the pipeline writes must exist and be readable."""
     problems = []
     for item in compiled.scenarios:
-        if item.upstream or item.scenario.source is None:
-            continue
+        if item.upstream or item.scenario.source is None or item.source.remote:
+            continue  # (a remote source is not looked up: the dry run opens no connection)
         at, uri, path = item.scenario.source.at, item.scenario.source.uri, item.source.path
         try:
             # O_NONBLOCK: a FIFO planted as a source must not hang the check
@@ -96,6 +96,8 @@ def check_sinks(compiled: CompiledPipeline) -> list[str]:
     problems = []
     for item in compiled.scenarios:
         for sink, written in zip(item.sinks, item.scenario.sinks, strict=True):
+            if sink.ref.remote:
+                continue
             folder = sink.ref.path.parent
             ancestor = folder
             while not os.path.lexists(ancestor) and ancestor != ancestor.parent:

@@ -99,7 +99,9 @@ def run_golden(
         source = resolve_dataset(f"{item.source.format}://{source_path}", compiled.pipeline.base_dir)
         sinks = tuple(
             CompiledSink(
-                replace(sink.ref, path=out_dir / sink.ref.path.name, uri=str(out_dir / sink.ref.path.name)),
+                resolve_dataset(str(out_dir / sink.ref.path.name), out_dir)
+                if sink.ref.remote  # compared as a local file of the same name (its extension's format)
+                else replace(sink.ref, path=out_dir / sink.ref.path.name, uri=str(out_dir / sink.ref.path.name)),
                 sink.when,
                 sink.options,
             )

@@ -211,7 +211,7 @@ class LocalRunner:
         scenario = item.scenario
         inputs = (item.source.canonical(),)
         outputs = tuple(ref.canonical() for ref in item.outputs)
-        run.outputs = [str(ref.path) for ref in item.outputs]
+        run.outputs = [ref.key for ref in item.outputs]
         emit_lineage(
             self.manager, LineageEvent("START", f"{work.name}/{_slug(item.name)}", item.name, herd, inputs, outputs)
         )
@@ -313,6 +313,8 @@ class LocalRunner:
                 f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
                 "put the pipeline in a folder of its own"
             )
+        if item.source.remote:
+            return (base,)  # read from the store over the network, no local file to grant
         source = item.source.path.resolve()
         if item.source.path.exists() and not self._may_use(source):
             raise OSError(f"the source {item.source.path} leads to {source}, outside what the pipeline may read")

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from runink.core.config import RuninkConfig
 from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
+from runink.core.datasets import DatasetRef
+from runink.core.driverload import import_driver
+from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import TaskSpec
+from runink.core.interfaces.storage import Storage
 from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledScenario
 from runink.core.staging import Stage
@@ -74,9 +78,10 @@ def slice_task(
             contract=scenario.source.contract if scenario.source else None,
         ),
         steps=tuple(step.ref for step in scenario.steps),
-        sinks=tuple(SinkSpec(s.ref.format, str(staged[s.ref.path].file), s.when, dict(s.options)) for s in item.sinks),
+        sinks=tuple(SinkSpec(s.ref.format, _sink_path(s.ref, staged), s.when, dict(s.options)) for s in item.sinks),
         drift_policy=config.herd_policy(herd).drift,
         report=str(report_path(task_dir)),
+        storage_options={fmt: config.plugin_options(f"storage-{fmt}") for fmt in sorted(_remote_formats(item))},
     )
     spec_path = work_dir / "slice.json"
     spec_path.write_text(spec.to_json())
@@ -84,7 +89,7 @@ def slice_task(
         id=task_id,
         command=(*SLICE_COMMAND, str(spec_path)),
         task_dir=task_dir,
-        env=slice_env(work_dir),
+        env={**slice_env(work_dir), **_storage_env(item)},
         cwd=work_dir,
         readable=readable,
         writable=(work_dir, *sorted(stage.path for stage in staged.values())),
@@ -94,6 +99,31 @@ def slice_task(
         herd=herd,
         labels={"scenario": item.name},
     )
+
+
+def _sink_path(ref: DatasetRef, staged: dict[Path, Stage]) -> str:
+    """Where the slice writes a sink: a file in its staging folder, or a remote dataset's place
+    in its store (written there by the driver, published by its commit)."""
+    return str(ref.path if ref.remote else staged[ref.path].file)
+
+
+def _remote_formats(item: CompiledScenario) -> set[str]:
+    return {ref.format for ref in (item.source, *item.outputs) if ref.remote}
+
+
+def _storage_env(item: CompiledScenario) -> dict[str, str]:
+    """The variables the remote storage drivers of the scenario read (``Storage.environment``:
+    credentials, endpoint, region), passed from the runner's environment: the slice's is clean."""
+    env: dict[str, str] = {}
+    for fmt in _remote_formats(item):
+        try:
+            driver = import_driver(Storage, fmt)
+        except RuninkError:
+            continue  # the slice fails to load it too, and says so in one line
+        for name in getattr(driver, "environment", ()):
+            if name in os.environ:
+                env[name] = os.environ[name]
+    return env
 
 
 def report_path(task_dir: Path) -> Path:

@@ -78,6 +78,8 @@ def stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda
     stages: dict[Path, Stage] = {}
     try:
         for sink in item.sinks:
+            if sink.ref.remote:
+                continue  # written to the store by the slice's driver, published by its commit
             parent = sink.ref.path.parent.resolve()  # the pipeline's own links are followed once, here
             if not allowed(parent):
                 raise OSError(f"{sink.ref.path}: its folder leads to {parent}, outside what the pipeline may write")

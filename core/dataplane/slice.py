@@ -99,14 +99,14 @@ def run(spec: SliceSpec) -> int:
         source = spec.source
         contract = _load_contract(source.contract)
         steps = _load_steps(list(spec.steps))
-        source_driver: Storage = _storage(source.format)
+        source_driver: Storage = _storage(source.format, spec.storage_options)
         sinks = [
             SinkSlot(
                 s.format,
                 Path(s.path),
                 s.when,
                 s.options,
-                _storage(s.format),
+                _storage(s.format, spec.storage_options),
             )
             for s in spec.sinks
         ]
@@ -181,11 +181,11 @@ def run(spec: SliceSpec) -> int:
         return 1
 
 
-def _storage(fmt: str) -> Storage:
+def _storage(fmt: str, options: dict[str, dict[str, Any]]) -> Storage:
     """The storage driver for a format, through the one driver loader (runink.core.driverload,
     which imports no config or plugin machinery); the names were checked at compile time."""
     try:
-        return load_installed(Storage, fmt)
+        return load_installed(Storage, fmt, options.get(fmt))
     except RuninkError as exc:
         raise SliceError(f"storage driver {fmt!r}: {exc}") from None
 

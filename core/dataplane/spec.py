@@ -48,6 +48,8 @@ class SliceSpec:
     sinks: tuple[SinkSpec, ...]
     drift_policy: str
     report: str  # the report file the runner reads (core/report.py)
+    #: a remote storage driver's options by format ([plugin.storage-FORMAT]: endpoint, credentials)
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:

@@ -11,6 +11,8 @@ them, so memory stays bounded whatever the dataset size.
   format is untyped (CSV), so the contract does the typing and bad values become DLQ rows.
 * ``writer`` writes to a temporary name and publishes only on ``commit`` (an atomic rename):
   a failed run never leaves a half-written output, and the previous output stays intact.
+  A local sink's path is a file in a staging folder the runner publishes; a remote one's
+  (``s3://``) is its place in the store, and the driver's ``commit`` publishes it there.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Storage(ABC):
     position_unit: ClassVar[str] = "row"
     #: file extensions that select this driver for a plain path (".csv").
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: environment variables a slice using this driver is given from the runner's (its
+    #: environment is otherwise clean): a remote store's credentials, endpoint, region.
+    environment: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 from runink.core.pipeline.dsl import DslError
 from runink.core.pipeline.model import Location, Pipeline, Scenario, Sink
 
-READ_OPTIONS = {"csv": {"delimiter", "block_size"}, "jsonl": {"chunk_lines"}, "parquet": {"batch_rows"}}
-WRITE_OPTIONS = {"csv": set(), "jsonl": set(), "parquet": {"compression"}}
+READ_OPTIONS = {
+    "csv": {"delimiter", "block_size"},
+    "jsonl": {"chunk_lines"},
+    "parquet": {"batch_rows"},
+    "s3": {"batch_rows"},
+}
+WRITE_OPTIONS = {"csv": set(), "jsonl": set(), "parquet": {"compression"}, "s3": {"compression"}}
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ def compile_pipeline(
         source = _dataset(scenario.source.uri, pipeline.base_dir, scenario.source.at, formats)
         source_real[scenario.name] = places.check(source, scenario.source.at, "@source")
         _check_options(source, scenario.source.options, READ_OPTIONS, scenario.source.at, "@source")
+        _check_network(scenario, source, scenario.source.at, "@source")
         if check_code and scenario.source.contract:
             _check_reference(scenario.source.contract, pipeline.base_dir, scenario.source.at, "contract", ast.ClassDef)
         if check_code:
@@ -105,6 +111,7 @@ def compile_pipeline(
             real = places.check(ref, sink.at, "@sink")
             places.check_sink(ref, real, sink.at)
             _check_options(ref, sink.options, WRITE_OPTIONS, sink.at, "@sink")
+            _check_network(scenario, ref, sink.at, "@sink")
             if real == source_real[scenario.name]:
                 raise DslError(sink.at, f"scenario {scenario.name!r} writes the dataset it reads ({ref.path})")
             if real in producers:
@@ -148,6 +155,16 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
     return ref
 
 
+def _check_network(scenario: Scenario, ref: DatasetRef, at: Location, what: str) -> None:
+    """A remote dataset is reached over the network, which a slice has only when granted."""
+    if ref.remote and not scenario.network:
+        raise DslError(
+            at,
+            f"{what} {ref.uri!r} is reached over the network: scenario {scenario.name!r} needs @network "
+            "(a slice has no network otherwise)",
+        )
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -186,7 +203,10 @@ class _Places:
 
     def check(self, ref: DatasetRef, at: Location, what: str) -> str:
         """``ref`` is in the pipeline's folder or an allowed one, links resolved; returns the
-        file it really is (its real path), which tells two names of one file apart."""
+        file it really is (its real path), which tells two names of one file apart. A remote
+        dataset is no local file: its identity is its canonical URI."""
+        if ref.remote:
+            return ref.key
         _scheme, sep, rest = ref.uri.strip().partition("://")
         written = Path(rest if sep else ref.uri.strip()).expanduser()
         if not written.is_absolute() and not _inside(str(ref.path), str(self.base_dir)):
@@ -205,6 +225,8 @@ class _Places:
     def check_sink(self, ref: DatasetRef, real: str, at: Location) -> None:
         """A sink (whose file really is ``real``) replaces none of the pipeline's own files and
         writes no code."""
+        if ref.remote:
+            return  # an object in a store: no local file to replace, nothing Python imports from there
         if real in self.protected:
             raise DslError(at, f"@sink {ref.uri!r} would replace {self.protected[real]} ({real})")
         name = os.path.basename(real)
