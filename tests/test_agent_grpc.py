@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from runink.core.agent import Agent
-from runink.core.agent.grpc_control import ControlUnavailable, GrpcControl
+from runink.core.agent.grpc_control import ControlUnavailable, FailoverControl, GrpcControl
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore, Conflict
@@ -402,3 +402,25 @@ def test_run_forever_logs_an_unreachable_server_and_goes_on(
         control.close()
     line = next(r.getMessage() for r in caplog.records if "sync failed" in r.getMessage())
     assert f"server 127.0.0.1:{port}: the stream broke: StatusCode.UNAVAILABLE" in line
+
+
+def test_a_report_after_failing_over_to_another_server_is_accepted(
+    store: ClusterStore, life: Lifecycle, executor: Executor, tmp_path: Path
+) -> None:
+    """Two servers over one control plane; the agent's server dies between a task's start and
+    its end: the report goes to the other server on a new stream, which the control ties to
+    the node (a heartbeat of its incarnation) before reporting, so it is accepted."""
+    first, second = serve_agents(life, "127.0.0.1", 0), serve_agents(life, "127.0.0.1", 0)
+    control = FailoverControl([f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"], timeout=5.0)
+    try:
+        agent = make_agent(control, executor, tmp_path)  # type: ignore[arg-type]
+        agent.register()
+        job = life.submit_command("lab", ["/bin/true"])
+        task = schedule(store, job.id)
+        assert control.report("lab", task.id, task.attempt, task.token, RunState.RUNNING)
+        first.stop(grace=0).wait(5)
+        assert control.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0)
+        assert task_of(store, job.id).state is RunState.SUCCEEDED
+    finally:
+        control.close()
+        second.stop(grace=0).wait(5)
