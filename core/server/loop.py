@@ -87,8 +87,9 @@ class ControlLoop:
         def watch() -> None:
             while not stop.is_set():
                 try:
-                    for _event in barn.watch("/herds/", barn.revision() + 1):  # jobs and tasks
-                        self.poke()
+                    for event in barn.watch("/herds/", barn.revision() + 1):
+                        if "/tasks/" in event.kv.key or "/jobs/" in event.kv.key:  # (not task output)
+                            self.poke()
                         if stop.is_set():
                             return
                 except Exception as exc:  # the Barn away for a while: the interval still runs rounds
