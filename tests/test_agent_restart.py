@@ -146,6 +146,34 @@ def test_an_attempt_the_executor_cannot_re_attach_to_is_reported_failed(
     assert not second.running and not list((tmp_path / "attempts").glob("*.json"))
 
 
+def test_a_running_attempt_the_restarted_agent_has_no_handle_for_is_reported_failed(
+    store: ClusterStore, cgroup_parent: str, tmp_path: Path
+) -> None:
+    life = Lifecycle(store)
+    first_executor = LinuxExecutor(cgroup_parent=cgroup_parent)
+    first = new_agent(life, first_executor, tmp_path)
+    first.sync()
+    job = life.submit_command("lab", ["/bin/sleep", "30"])
+    schedule(store, job.id)
+    first.sync()
+    first_executor.close()  # (its slice ends with it)
+    del first
+    for saved in (tmp_path / "attempts").glob("*.json"):  # as if it died before saving it
+        saved.unlink()
+
+    second_executor = LinuxExecutor(cgroup_parent=cgroup_parent)
+    try:
+        second = new_agent(life, second_executor, tmp_path)
+        second.sync()
+        second.sync()  # reported once, not again
+    finally:
+        second_executor.close()
+    task = task_of(store, job.id)
+    assert task.state is RunState.FAILED and "no handle" in task.message
+    assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.FAILED]
+    assert not second.running and second.refused_reports == 0
+
+
 # --- processes -------------------------------------------------------------------------------
 
 

@@ -128,6 +128,13 @@ class Agent:
             if assigned[attempt].state is RunState.SCHEDULED and attempt in self.running:
                 self._report(attempt, RunState.RUNNING)
         self._recovered.clear()
+        for attempt, task in assigned.items():
+            # RUNNING here by the record, yet neither run nor ended by this agent: an agent before
+            # a restart started it and died before its handle was saved. Nothing follows it now.
+            if task.state is RunState.RUNNING and attempt not in self.running and attempt not in self._done:
+                self._done.add(attempt)
+                why = f"node {self.node_id}'s agent restarted with no handle for this running attempt: outcome unknown"
+                self._report(attempt, RunState.FAILED, None, why)
         active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
         for attempt in [a for a in self.running if a not in active]:
             self._stop(attempt, "no longer assigned to this node (cancelled or placed again)")
