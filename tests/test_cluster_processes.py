@@ -137,3 +137,34 @@ def _leading_server(started: dict[str, list[dict[str, object]]]) -> dict[str, ob
         if status.get("state") == "leader":
             return server
     raise AssertionError("no leader")
+
+
+def test_up_refuses_a_folder_that_holds_something(run_cli: CliRunner, tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    out = run_cli("up", "--servers", "1", "--agents", "0", "--dir", str(folder))
+    assert out.returncode != 0 and "not an empty folder" in out.stderr and "Traceback" not in out.stderr
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_down_stops_only_what_up_started_and_removes_only_its_folder(run_cli: CliRunner, tmp_path: Path) -> None:
+    """A stale context (a reboot since, a pid reused by someone else's process, a folder that
+    is not up's): `down` kills nothing it did not start and deletes nothing it did not make."""
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    context = tmp_path / "xdg" / "runink" / "cluster.json"
+    context.parent.mkdir(parents=True)
+    stale = {"pid": bystander.pid, "start": 1, "name": "s0"}  # its pid, another process's start time
+    context.write_text(json.dumps({"dir": str(folder), "servers": [stale], "agents": []}))
+    try:
+        out = run_cli("down")
+        assert out.returncode == 0, out.stderr
+        assert bystander.poll() is None, "down killed a process it did not start"
+        assert (folder / "keep.txt").read_text() == "mine"
+        assert not context.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

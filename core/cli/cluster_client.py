@@ -53,9 +53,9 @@ def server_addresses(flag: str | None, configured: str | None) -> list[str]:
 
 
 class ClusterClient:
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], timeout: httpx.Timeout = TIMEOUT) -> None:
         self.addresses = addresses
-        self._http = httpx.Client(timeout=TIMEOUT)
+        self._http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -67,9 +67,19 @@ class ClusterClient:
         for address in self.addresses:
             try:
                 answer = self._http.request(method, address + path, json=body, params=query)
-            except httpx.TransportError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: the next one
                 unreachable.append(f"{address}: {exc.__class__.__name__}")
                 continue
+            except httpx.TransportError as exc:
+                if method == "GET":  # reading again elsewhere changes nothing
+                    unreachable.append(f"{address}: {exc.__class__.__name__}")
+                    continue
+                # The request may have been carried out: sending it again elsewhere could do it
+                # twice (two jobs for one `exec`), so say so instead.
+                raise ClusterError(
+                    f"{method} {path}: {address} did not answer ({exc.__class__.__name__}); it may have been "
+                    "done: check (e.g. `runink jobs list`) before trying again"
+                ) from None
             if answer.status_code >= 400:
                 raise ClusterError(f"{method} {path}: {answer.status_code} {_detail(answer)}")
             return answer.json() if answer.content else None

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from runink.core.plugins import PluginManager
 
 UP_TIMEOUT = 60.0  # seconds for `runink up`'s servers to elect a leader and its agents to register
+UP_MARK = ".runink-up"  # the file that says `up` made a folder (`down` removes only such a one)
 
 
 def _wait_for_signal() -> None:
@@ -233,8 +234,14 @@ def up_command(
     """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
     if read_context() is not None:
         raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
-    root = (directory or Path(tempfile.mkdtemp(prefix="runink-up-"))).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if directory is None:
+        root = Path(tempfile.mkdtemp(prefix="runink-up-")).resolve()
+    else:  # `down` removes it: never a folder that holds something already
+        root = directory.resolve()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise RuninkError(f"--dir {directory}: not an empty folder (`runink down` removes the cluster's folder)")
+        root.mkdir(parents=True, exist_ok=True)
+    (root / UP_MARK).write_text("made by `runink up`; `runink down` removes this folder\n")
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(4 * servers)
@@ -255,7 +262,7 @@ def up_command(
             processes.append(_spawn(command, root / f"{name}.log"))
         for name, process in zip(names, processes, strict=True):
             event = _first_event(process, f"server {name}", root / f"{name}.log", UP_TIMEOUT)
-            started["servers"].append({"name": name, "pid": process.pid, **event})
+            started["servers"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid), **event})
             started["api"].append(event["api"])
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
@@ -270,7 +277,7 @@ def up_command(
             process = _spawn(command, root / f"{name}.log")
             processes.append(process)
             event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)
-            started["agents"].append({"name": name, "pid": process.pid})
+            started["agents"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid)})
             err.print(f"agent {name}: registered")
     except BaseException:
         _stop([process.pid for process in processes])
@@ -305,6 +312,24 @@ def _wait_for_leader(apis: list[str]) -> None:
     raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
 
 
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot: /proc/PID/stat field 22), None if gone.
+    With the pid it names one process: a pid reused after a reboot has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _ours(item: object) -> int | None:
+    """The pid of a process `up` recorded, if that very process still runs (same start time)."""
+    if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
+        return None
+    pid: int = item["pid"]
+    return pid if item.get("start") is not None and _start_time(pid) == item["start"] else None
+
+
 def _stop(pids: list[int], timeout: float = 30.0) -> None:
     """SIGTERM each process group at once, then SIGKILL what is left after ``timeout``."""
     running = []
@@ -337,10 +362,10 @@ def down_command(
     if context is None:
         raise RuninkError(f"no local cluster is up (no {context_file()})")
     for kind in ("agents", "servers"):  # agents first: they drain, servers still answer them
-        _stop([i["pid"] for i in context.get(kind, []) if isinstance(i, dict) and isinstance(i.get("pid"), int)])
+        _stop([pid for pid in map(_ours, context.get(kind, [])) if pid is not None])
     context_file().unlink(missing_ok=True)
     directory = context.get("dir")
-    if directory and not keep:
+    if isinstance(directory, str) and not keep and Path(directory, UP_MARK).is_file():
         shutil.rmtree(directory, ignore_errors=True)
     print(f"local cluster stopped{'' if keep else ' and its directory removed'}")
 
