@@ -204,24 +204,12 @@ def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[str]:
 
 def _first_event(process: subprocess.Popen[str], what: str, log_path: Path, timeout: float) -> dict[str, Any]:
     """The JSON line a server or agent prints once it is up."""
-    assert process.stdout is not None
-    ready: list[dict[str, Any]] = []
+    from runink.core.server.process import ready_event
 
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            try:
-                ready.append(json.loads(line))
-                return
-            except ValueError:
-                continue
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not ready:
+    event = ready_event(process, timeout)
+    if event is None:
         raise RuninkError(f"{what} did not start within {timeout:g}s (its log: {log_path})")
-    return ready[0]
+    return event
 
 
 def up_command(

@@ -94,23 +94,11 @@ class Member:
 
     def _wait_serving(self) -> str:
         """Its HTTP address, from the "serving" line it prints once it listens."""
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + MEMBER_START_TIMEOUT
-        for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("event") == "serving":
-                    threading.Thread(target=self._drain, daemon=True).start()
-                    return str(event["http"])
-            if time.monotonic() > deadline:
-                break
-        self.stop()
-        raise RuninkError(f"the Barn member did not start (`runink barn serve {' '.join(self.args)}`)")
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for _ in self.process.stdout:  # (its stdout must not fill up)
-            pass
+        event = ready_event(self.process, MEMBER_START_TIMEOUT)
+        if event is None or event.get("event") != "serving" or "http" not in event:
+            self.stop()
+            raise RuninkError(f"the Barn member did not start (`runink barn serve {' '.join(self.args)}`)")
+        return str(event["http"])
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -120,6 +108,29 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def ready_event(process: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:
+    """The first JSON object line ``process`` prints (a server's or agent's "I am up"), or None
+    if none came within ``timeout`` (it hangs, or exited). Its stdout is read on (and
+    dropped) by a thread afterwards, so it can never fill up and block the process."""
+    ready: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if not arrived.is_set():
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        ready.append(event)
+                        arrived.set()
+        arrived.set()
+
+    threading.Thread(target=read, daemon=True, name=f"stdout-{process.pid}").start()
+    arrived.wait(timeout)
+    return ready[0] if ready else None
 
 
 def _die_with_parent() -> None:
@@ -142,6 +153,16 @@ class Server:
                 )
         self.options = options
         self.member: Member | None = None
+        self._stop = threading.Event()
+        try:
+            self._start(options, config, manager)
+        except BaseException:  # a port taken, the member not starting: leave nothing running
+            self._stop.set()
+            if self.member is not None:
+                self.member.stop()
+            raise
+
+    def _start(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         if options.barn_args:
             self.member = Member(options.barn_args, options.config_path)
             barn = load_driver(BarnBackend, "raft", {"endpoints": [self.member.http]}, manager=manager)
@@ -155,7 +176,6 @@ class Server:
         self.loop = ControlLoop(
             self.store, scheduler, Liveness(self.store, options.liveness_timeout), is_leader=LeaderCheck(barn)
         )
-        self._stop = threading.Event()
         self.loop.start(self._stop)
         self.loop.follow(barn, self._stop)  # a round at once when jobs or tasks change
         self.agents = serve_agents(
