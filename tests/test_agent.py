@@ -4,6 +4,8 @@ node, with the Barn's revision as its fencing token."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +14,11 @@ import pytest
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.logs import Chunk
 from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
-from runink.core.errors import RuninkError
+from runink.core.errors import RuninkError, TaskNotFoundError
 from runink.core.interfaces.executor import Executor
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -204,3 +207,110 @@ def test_reports_the_control_plane_missed_are_sent_later(store: ClusterStore, li
     task = task_of(store, job.id)
     assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
     executor.close()
+
+
+class AwayControl(FlakyControl):
+    """The Lifecycle with output (``log_chunk``), unreachable while ``away``; records what it was sent."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        super().__init__(life, failures=0)
+        self.away = False
+        self.sent: list[tuple[str, object]] = []
+
+    def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
+        if self.away:
+            raise RuninkError("control plane unreachable")
+        self.sent.append(("chunk", (chunk.stream, chunk.offset, chunk.data)))
+        return True, chunk.offset + len(chunk.data)
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        if self.away:
+            raise RuninkError("control plane unreachable")
+        self.sent.append(("report", state))
+        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+
+
+def test_the_last_output_and_the_task_are_kept_until_the_final_report_is_answered(
+    store: ClusterStore, life: Lifecycle, tmp_path: Path
+) -> None:
+    executor: Executor = load_driver(Executor, "process", {})
+    control = AwayControl(life)
+    agent = Agent(control, executor, "n1", Amount(cpu=1), work_dir=tmp_path)
+    try:
+        agent.sync()
+        job = life.submit_command("lab", ["/bin/sh", "-c", "sleep 0.2; echo done"])
+        schedule(store, job.id)
+        agent.sync()
+        (run,) = agent.running.values()
+        control.away = True  # the server goes away while it runs
+        deadline = time.monotonic() + 10
+        while agent.running:
+            assert time.monotonic() < deadline
+            agent.sync()
+            time.sleep(0.02)
+        assert executor.wait(run.executor_id, 0) is not None  # not destroyed: its report is not answered
+        control.sent.clear()
+        control.away = False
+        agent.sync()
+        # its output, then its final report; only then is it destroyed
+        assert control.sent[:2] == [("chunk", ("stdout", 0, b"done\n")), ("report", RunState.SUCCEEDED)]
+        assert task_of(store, job.id).state is RunState.SUCCEEDED
+        with pytest.raises(TaskNotFoundError):
+            executor.wait(run.executor_id, 0)
+        assert not list((tmp_path / "attempts").glob("*.json"))
+    finally:
+        executor.close()
+
+
+def test_a_disk_error_starting_an_attempt_fails_that_attempt_not_the_agent(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    (agent.work_dir / "tasks").write_text("not a folder")  # making the task dir fails (as a full disk would)
+    job = life.submit_command("lab", ["/bin/true"])
+    schedule(store, job.id)
+    agent.sync()
+    task = task_of(store, job.id)
+    assert task.state is RunState.FAILED and not agent.running
+    assert task.message.startswith("node n1 could not start it: FileExistsError: ") and "\n" not in task.message
+    agent.sync()  # not started again
+    assert task_of(store, job.id) == task
+
+
+def test_run_forever_logs_any_error_of_a_round_and_goes_on(
+    life: Lifecycle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenOnce(FlakyControl):
+        def assignments(self, node_id: str) -> list[TaskRecord]:
+            if self.failures:
+                self.failures -= 1
+                raise ValueError("a bug\nsecond line")
+            return self.life.assignments(node_id)
+
+    executor: Executor = load_driver(Executor, "process", {})
+    agent = Agent(BrokenOnce(life, failures=1), executor, "n1", Amount(cpu=1), work_dir=tmp_path)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run_forever, args=(0.01, stop))
+    try:
+        with caplog.at_level(logging.WARNING, logger="runink.core.agent.agent"):
+            runner.start()
+            deadline = time.monotonic() + 10
+            # rounds after the failed one (the first registers, the next ones heartbeat)
+            while not agent.incarnation or life.store.node("n1").record.heartbeat < 2:
+                assert time.monotonic() < deadline and runner.is_alive()
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(10)
+        executor.close()
+    (line,) = [r.getMessage() for r in caplog.records if "sync failed" in r.getMessage()]
+    assert line == "node n1: sync failed: ValueError: a bug second line"

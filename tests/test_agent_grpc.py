@@ -19,7 +19,7 @@ import pytest
 from runink.core.agent import Agent
 from runink.core.agent.grpc_control import ControlUnavailable, FailoverControl, GrpcControl
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.drivers import load_driver
 from runink.core.interfaces.executor import Executor
@@ -424,3 +424,19 @@ def test_a_report_after_failing_over_to_another_server_is_accepted(
     finally:
         control.close()
         second.stop(grace=0).wait(5)
+
+
+def test_the_tie_heartbeat_after_a_broken_stream_does_not_bring_back_stale_assignments(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl
+) -> None:
+    """A report on a new stream is preceded by a heartbeat tying it to the node; the assignments
+    that heartbeat brings are from before the report, so the round must not use them."""
+    node = control.register_node(NodeRecord(id="n1", capacity=Amount(cpu=1)))
+    job = life.submit_command("lab", ["/bin/true"])
+    task = schedule(store, job.id)
+    assert control.heartbeat("n1", node.incarnation)  # brings the task, SCHEDULED
+    assert control._stream is not None
+    control._stream.close("broken by the test")  # the stream breaks (a server restart, the network)
+    assert control.report("lab", task.id, task.attempt, task.token, RunState.RUNNING)
+    (assigned,) = control.assignments("n1")
+    assert assigned.state is RunState.RUNNING

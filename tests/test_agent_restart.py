@@ -28,6 +28,7 @@ from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
+from runink.core.errors import RuninkError
 from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.executors.linux.executor import LinuxExecutor
 
@@ -172,6 +173,64 @@ def test_a_running_attempt_the_restarted_agent_has_no_handle_for_is_reported_fai
     assert task.state is RunState.FAILED and "no handle" in task.message
     assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.FAILED]
     assert not second.running and second.refused_reports == 0
+
+
+class AwayForFinalReports:
+    """The Lifecycle, unreachable for final reports (the server went away as the task ended)."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+        self.register_node = life.register_node
+        self.heartbeat = life.heartbeat
+        self.assignments = life.assignments
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        if state.final:
+            raise RuninkError("control plane unreachable")
+        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+
+
+def test_a_result_not_yet_reported_when_the_agent_restarts_is_reported_after(
+    store: ClusterStore, cgroup_parent: str, tmp_path: Path
+) -> None:
+    """Its slices end with it (no re-attaching), yet the attempt had ended: reported as it
+    ended, not as lost (FAILED, and with retries run again)."""
+    life = Lifecycle(store)
+    first_executor = LinuxExecutor(cgroup_parent=cgroup_parent)
+    first = Agent(AwayForFinalReports(life), first_executor, "n1", Amount(cpu=2, memory=1 << 30), work_dir=tmp_path)
+    first.sync()
+    job = life.submit_command("lab", ["/bin/sh", "-c", "exit 0"], retries=2)
+    schedule(store, job.id)
+    running = first.running
+    sync_until(first, lambda: not running)  # it ended; its SUCCEEDED report is not sent
+    assert task_of(store, job.id).state is RunState.RUNNING
+    (saved,) = (tmp_path / "attempts").glob("*.json")
+    assert saved.stat().st_mode & 0o777 == 0o600
+    kept = json.loads(saved.read_text())
+    first_executor.close()
+    del first
+
+    second_executor = LinuxExecutor(cgroup_parent=cgroup_parent)
+    try:
+        second = new_agent(life, second_executor, tmp_path)
+        sync_until(second, lambda: task_of(store, job.id).state is not RunState.RUNNING)
+    finally:
+        second_executor.close()
+    task = task_of(store, job.id)
+    assert (task.state, task.exit_code, task.attempt) == (RunState.SUCCEEDED, 0, 1)  # not run again
+    assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
+    assert not second.running and second.refused_reports == 0 and not saved.exists()
+    assert kept.get("result") == {"state": "SUCCEEDED", "exit_code": 0, "message": ""}
 
 
 # --- processes -------------------------------------------------------------------------------

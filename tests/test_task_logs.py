@@ -210,6 +210,35 @@ def test_the_shipper_follows_no_link_and_sends_a_bounded_amount_per_round(tmp_pa
     assert os.path.islink(task_dir / "stdout.log")
 
 
+class Away(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = False
+
+    def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
+        if self.away:
+            raise ControlUnavailable("server away")
+        return super().log_chunk(chunk)
+
+
+def test_the_last_output_not_sent_is_sent_by_the_next_call(tmp_path: Path) -> None:
+    (tmp_path / "stdout.log").write_bytes(b"abc")
+    control = Away()
+    shipper = LogShipper()
+    attempt = ("lab", "t1", 1, 7)
+    shipper.ship(control, attempt, tmp_path)
+    with open(tmp_path / "stdout.log", "ab") as log:
+        log.write(b"def")
+    control.away = True
+    kept = shipper.ship(control, attempt, tmp_path, last=True)  # the server is away: its position is kept
+    control.away = False
+    done = shipper.ship(control, attempt, tmp_path, last=True)
+    assert [(c.offset, c.data) for c in control.chunks] == [(0, b"abc"), (3, b"def")]
+    assert (kept, done) == (False, True)
+    assert shipper.ship(control, attempt, tmp_path, last=True)  # forgotten: a new call starts again
+    assert [(c.offset, c.data) for c in control.chunks][-1] == (0, b"abcdef")
+
+
 def test_tail_keeps_the_last_bytes() -> None:
     tail = Tail(0, b"").with_chunk(0, b"abcdef", limit=4)
     assert (tail.total, tail.data, tail.start) == (6, b"cdef", 2)

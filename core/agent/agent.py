@@ -9,9 +9,11 @@ An attempt is what the agent runs; one it is no longer assigned (cancelled, plac
 elsewhere) is stopped.
 
 Each running attempt's TaskHandle is kept in the work dir (``attempts/``) until its final
-report is sent, so a new Agent over the same work dir and node id re-attaches to the slices
-that outlived the old one (``Executor.recover``) and follows them as running attempts; an
-attempt its executor cannot re-attach to is reported FAILED, saying so.
+report was answered, so a new Agent over the same work dir and node id re-attaches to the
+slices that outlived the old one (``Executor.recover``) and follows them as running attempts;
+an attempt its executor cannot re-attach to is reported FAILED, saying so. When an attempt ends
+its result is written into its handle file first, so one that ended while the control plane
+was away is reported from that result after a restart (its slice may be gone by then).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from runink.core.agent.logs import LogShipper
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
+from runink.core.report import printable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,34 @@ def attempt_of(task: TaskRecord) -> Attempt:
 class Running:
     attempt: Attempt
     executor_id: str  # the executor's task id: the task's id with its attempt number
+    handle: TaskHandle | None = None
     started: float = field(default_factory=time.monotonic)
+
+
+#: how an attempt ended, as reported: (state, exit code, message)
+Outcome = tuple[RunState, int | None, str]
+
+
+@dataclass
+class _Report:
+    """A report not answered yet."""
+
+    attempt: Attempt
+    state: RunState
+    exit_code: int | None = None
+    message: str = ""
+    last: bool = False  # final (or given back): once answered its handle and task are forgotten
+    destroy: bool = False  # the executor knows the attempt: destroyed once the report was answered
+
+
+def executor_id_of(attempt: Attempt) -> str:
+    return f"{attempt[1]}-a{attempt[2]}"
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a log or a report; an error that is not Runink's says what kind it is."""
+    text = str(exc) if isinstance(exc, RuninkError) else f"{type(exc).__name__}: {exc}"
+    return printable(text, 400)
 
 
 class Agent:
@@ -97,8 +127,8 @@ class Agent:
         self.running: dict[Attempt, Running] = {}
         self.refused_reports = 0  # reports the control plane refused (fenced, not allowed)
         self._done: set[Attempt] = set()  # ended here: never started again
-        # reports not sent yet; the last one of an attempt (final, or given back) forgets its handle
-        self._outbox: list[tuple[Attempt, RunState, int | None, str, bool]] = []
+        # reports not answered yet; the last one of an attempt (final, or given back) forgets its handle
+        self._outbox: list[_Report] = []
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
@@ -120,7 +150,7 @@ class Agent:
             self.register()
         self._flush()
         for run in list(self.running.values()):
-            self.logs.ship(self.control, run.attempt, self.work_dir / "tasks" / run.executor_id)
+            self.logs.ship(self.control, run.attempt, self._task_dir(run.executor_id))
         self._collect()
         assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
         for attempt in self._recovered & set(assigned):
@@ -153,8 +183,8 @@ class Agent:
         while self.running and time.monotonic() < deadline:
             try:
                 self.sync()
-            except RuninkError as exc:
-                log.warning("node %s: sync while draining failed: %s", self.node_id, exc)
+            except Exception as exc:  # one failed round (away server, full disk) is not the end
+                log.warning("node %s: sync while draining failed: %s", self.node_id, _describe(exc))
             if self.running:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         for attempt in list(self.running):
@@ -166,13 +196,14 @@ class Agent:
         self._flush()
 
     def run_forever(self, interval: float, stop: threading.Event) -> None:
-        """Sync every ``interval`` seconds until ``stop`` is set; a failed round is logged and
-        tried again (the control plane may be away for a while)."""
+        """Sync every ``interval`` seconds until ``stop`` is set; a failed round is logged in one
+        line and tried again (the control plane may be away for a while, a disk full): an agent
+        that exited would only be restarted into the same round."""
         while not stop.is_set():
             try:
                 self.sync()
-            except RuninkError as exc:
-                log.warning("node %s: sync failed: %s", self.node_id, exc)
+            except Exception as exc:  # see above
+                log.warning("node %s: sync failed: %s", self.node_id, _describe(exc))
             stop.wait(interval)
 
     # --- handles kept across restarts -----------------------------------------------------
@@ -184,11 +215,24 @@ class Agent:
     def _handle_path(self, executor_id: str) -> Path:
         return self.handles_dir / f"{executor_id}.json"
 
-    def _save_handle(self, attempt: Attempt, handle: TaskHandle) -> None:
-        """Write the attempt's handle atomically (a temp file renamed over), readable by root only."""
+    def _task_dir(self, executor_id: str) -> Path:
+        return self.work_dir / "tasks" / executor_id
+
+    def _save_handle(self, attempt: Attempt, handle: TaskHandle, outcome: Outcome | None = None) -> None:
+        """Write the attempt's handle, and how it ended once it did, atomically (a temp file
+        renamed over), readable by root only."""
         self.handles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         herd, task_id, number, token = attempt
-        data = {"herd": herd, "task": task_id, "attempt": number, "token": token, "handle": handle.to_dict()}
+        data: dict[str, Any] = {
+            "herd": herd,
+            "task": task_id,
+            "attempt": number,
+            "token": token,
+            "handle": handle.to_dict(),
+        }
+        if outcome is not None:
+            state, exit_code, message = outcome
+            data["result"] = {"state": str(state), "exit_code": exit_code, "message": message}
         target = self._handle_path(handle.task_id)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -205,18 +249,23 @@ class Agent:
         """Re-attach to the attempts a previous agent over this work dir left running: each is
         followed as a running attempt again (the control plane is told nothing unless it ended
         meanwhile, or the old agent's RUNNING report was lost). One the executor cannot re-attach
-        to is reported FAILED with the reason. Called by the first ``sync``."""
+        to is reported FAILED with the reason. One that had ended (its handle holds its result)
+        is reported from that result, its final report having not been answered. Called by the
+        first ``sync``."""
         self._loaded = True
         if not self.handles_dir.is_dir():
             return
         can_recover = self.executor.capabilities().supports_recover
         for path in sorted(self.handles_dir.glob("*.json")):
             try:
-                attempt, handle = _read_handle(path)
+                attempt, handle, outcome = _read_handle(path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("node %s: %s: not an attempt's handle, left alone: %s", self.node_id, path, exc)
                 continue
-            if attempt in self.running:
+            if attempt in self.running or attempt in self._done:
+                continue
+            if outcome is not None:
+                self._report_ended(attempt, handle, outcome, can_recover)
                 continue
             why = None
             if not can_recover:
@@ -232,49 +281,87 @@ class Agent:
             if why is not None:
                 log.warning("node %s: %s: %s", self.node_id, handle.task_id, why)
                 self._done.add(attempt)
-                self._outbox.append((attempt, RunState.FAILED, None, why, True))
+                self._outbox.append(_Report(attempt, RunState.FAILED, None, why, last=True))
                 continue
             log.info("node %s: re-attached to %s", self.node_id, handle.task_id)
-            self.running[attempt] = Running(attempt, handle.task_id)
+            self.running[attempt] = Running(attempt, handle.task_id, handle)
             self._recovered.add(attempt)
+
+    def _report_ended(self, attempt: Attempt, handle: TaskHandle, outcome: Outcome, can_recover: bool) -> None:
+        """Queue the reports of an attempt that ended before a restart, from its saved result."""
+        self._done.add(attempt)
+        known = False  # re-attached only so the executor can destroy what is left of it
+        if can_recover:
+            try:
+                self.executor.recover(handle)
+                known = True
+            except (RuninkError, OSError, KeyError, ValueError, TypeError) as exc:
+                log.info("node %s: %s ended; not re-attached to clean up: %s", self.node_id, handle.task_id, exc)
+        state, exit_code, message = outcome
+        log.info("node %s: %s ended %s before the restart: reporting it", self.node_id, handle.task_id, state)
+        # its RUNNING report may have been lost too (repeating one changes nothing)
+        self._outbox.append(_Report(attempt, RunState.RUNNING))
+        self._outbox.append(_Report(attempt, state, exit_code, message, last=True, destroy=known))
 
     # --- tasks ---------------------------------------------------------------------------
 
     def _report(
-        self, attempt: Attempt, state: RunState, exit_code: int | None = None, message: str = "", *, last: bool = False
+        self,
+        attempt: Attempt,
+        state: RunState,
+        exit_code: int | None = None,
+        message: str = "",
+        *,
+        last: bool = False,
+        destroy: bool = False,
     ) -> None:
-        self._outbox.append((attempt, state, exit_code, message, last))
+        self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy))
         self._flush()
 
     def _flush(self) -> None:
-        """Send the reports not sent yet, in order; what cannot be sent now (the control plane
-        away) is sent on a later round, so an ended task's report is not lost."""
+        """Send the reports not answered yet, in order; what cannot be sent now (the control
+        plane away) is sent on a later round, so an ended task's report is not lost. An
+        attempt's last output goes before its final report, so a reader that sees it ended has
+        it all; only once that report was answered are its task and handle forgotten."""
         while self._outbox:
-            (herd, task_id, number, token), state, exit_code, message, last = self._outbox[0]
+            report = self._outbox[0]
+            herd, task_id, number, token = report.attempt
+            executor_id = executor_id_of(report.attempt)
+            if report.last and not self.logs.ship(self.control, report.attempt, self._task_dir(executor_id), last=True):
+                return  # its output could not all be sent now: tried again on a later round
             try:
                 accepted = self.control.report(
-                    herd, task_id, number, token, state, exit_code=exit_code, message=message
+                    herd, task_id, number, token, report.state, exit_code=report.exit_code, message=report.message
                 )
             except (RuninkError, OSError) as exc:
                 log.warning("node %s: report for task %s not sent yet: %s", self.node_id, task_id, exc)
                 return
             self._outbox.pop(0)
-            if last:  # sent (accepted or fenced): a restarted agent has nothing to follow
-                self._forget_handle(f"{task_id}-a{number}")
+            if report.last:  # answered (accepted or fenced): a restarted agent has nothing to follow
+                self._forget(executor_id, destroy=report.destroy)
             if not accepted:
                 self.refused_reports += 1
-                log.info("node %s: report %s for task %s attempt %d refused", self.node_id, state, task_id, number)
+                why = "report %s for task %s attempt %d refused"
+                log.info("node %s: " + why, self.node_id, report.state, task_id, number)
+
+    def _forget(self, executor_id: str, *, destroy: bool) -> None:
+        if destroy:
+            try:
+                self.executor.destroy(executor_id)
+            except (RuninkError, OSError) as exc:
+                log.warning("node %s: %s: not destroyed in the executor: %s", self.node_id, executor_id, _describe(exc))
+        try:
+            self._forget_handle(executor_id)
+        except OSError as exc:  # a restart reports it again; the control plane answers that as before
+            log.warning("node %s: %s: handle not removed: %s", self.node_id, executor_id, _describe(exc))
 
     def _start(self, task: TaskRecord) -> None:
         attempt = attempt_of(task)
         executor_id = f"{task.id}-a{task.attempt}"
         # As the local runner does: the task dir is private (0700) and holds the slice's work
         # dir, the one folder it may write (an isolating executor grants only such a folder).
-        task_dir = self.work_dir / "tasks" / executor_id
-        task_dir.parent.mkdir(parents=True, exist_ok=True)
-        task_dir.mkdir(mode=0o700, exist_ok=True)
+        task_dir = self._task_dir(executor_id)
         cwd = task_dir / "work"
-        cwd.mkdir(exist_ok=True)
         spec = TaskSpec(
             id=executor_id,
             command=tuple(task.command),
@@ -292,16 +379,23 @@ class Agent:
             herd=task.herd,
         )
         try:
+            task_dir.parent.mkdir(parents=True, exist_ok=True)
+            task_dir.mkdir(mode=0o700, exist_ok=True)
+            cwd.mkdir(exist_ok=True)
             handle = self.executor.start(spec)
         except RuninkError as exc:  # refused by the executor (a limit, a missing program)
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, str(exc))
             return
+        except OSError as exc:  # the disk (full, read-only): this attempt fails, the agent goes on
+            self._done.add(attempt)
+            self._report(attempt, RunState.FAILED, None, f"node {self.node_id} could not start it: {_describe(exc)}")
+            return
         try:
             self._save_handle(attempt, handle)
         except OSError as exc:  # it runs; only a restart of this agent would lose it
             log.warning("node %s: %s: handle not saved, a restart cannot re-attach: %s", self.node_id, executor_id, exc)
-        self.running[attempt] = Running(attempt, executor_id)
+        self.running[attempt] = Running(attempt, executor_id, handle)
         self._report(attempt, RunState.RUNNING)
 
     def _collect(self) -> None:
@@ -319,23 +413,34 @@ class Agent:
     def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
         self._done.add(attempt)
-        # its last output before its final report, so a reader that sees it ended has it all
-        self.logs.ship(self.control, attempt, self.work_dir / "tasks" / run.executor_id, last=True)
         if result is None:  # not ended within the stop grace: nothing true to report
             # (its handle stays: a restarted agent re-attaches and reports how it ended)
             log.warning("node %s: %s did not end after stop", self.node_id, run.executor_id)
+            self.logs.ship(self.control, attempt, self._task_dir(run.executor_id))
+            self.logs.forget(attempt)
             return
+        outcome: Outcome
         if give_back:
-            self._report(attempt, RunState.PENDING, None, f"node {self.node_id} drained: {result.state}", last=True)
+            outcome = (RunState.PENDING, None, f"node {self.node_id} drained: {result.state}")
         else:
-            self._report(attempt, RunState(result.state.value), result.exit_code, result.message, last=True)
-        self.executor.destroy(run.executor_id)
+            outcome = (RunState(result.state.value), result.exit_code, result.message)
+        if run.handle is not None:
+            try:  # so a restart before the report is answered reports it, not a lost attempt
+                self._save_handle(attempt, run.handle, outcome)
+            except OSError as exc:
+                log.warning("node %s: %s: result not saved: %s", self.node_id, run.executor_id, _describe(exc))
+        # destroyed in the executor only once the report was answered (a restart before then reports the result)
+        self._report(attempt, *outcome, last=True, destroy=True)
 
 
-def _read_handle(path: Path) -> tuple[Attempt, TaskHandle]:
+def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None]:
     data: Any = json.loads(path.read_text())
     attempt: Attempt = (str(data["herd"]), str(data["task"]), int(data["attempt"]), int(data["token"]))
     handle = TaskHandle.from_dict(data["handle"])
-    if handle.task_id != f"{attempt[1]}-a{attempt[2]}" or path.name != f"{handle.task_id}.json":
+    if handle.task_id != executor_id_of(attempt) or path.name != f"{handle.task_id}.json":
         raise ValueError(f"names task {handle.task_id!r}, not the attempt its file is named for")
-    return attempt, handle
+    outcome: Outcome | None = None
+    if (result := data.get("result")) is not None:
+        exit_code = result["exit_code"]
+        outcome = (RunState(result["state"]), None if exit_code is None else int(exit_code), str(result["message"]))
+    return attempt, handle, outcome

@@ -132,7 +132,13 @@ class GrpcControl:
             fresh = self._stream is None or self._stream.broken is not None
         if fresh and self._tie is not None and kind not in ("register", "heartbeat"):
             node_id, incarnation = self._tie
-            if not self.heartbeat(node_id, incarnation):
+            # the tie's assignments are not the round's: a report may have just made them stale
+            kept = self._fresh
+            try:
+                tied = self.heartbeat(node_id, incarnation)
+            finally:
+                self._fresh = kept
+            if not tied:
                 raise ControlUnavailable(f"server {self.address}: node {node_id} must register again")
         with self._lock:
             if self._stream is None or self._stream.broken is not None:

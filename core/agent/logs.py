@@ -45,20 +45,26 @@ class LogShipper:
         self._positions: dict[tuple[Attempt, str], _Position] = {}
         self._fenced: set[Attempt] = set()
 
-    def ship(self, control: object, attempt: Attempt, task_dir: Path, *, last: bool = False) -> None:
-        """Send what the attempt wrote since the last call; ``last``: it ended, forget it after."""
+    def ship(self, control: object, attempt: Attempt, task_dir: Path, *, last: bool = False) -> bool:
+        """Send what the attempt wrote since the last call. True when nothing is left to send
+        (all sent, or the server takes none of it); False when the server was away. ``last``:
+        it ended, forget it once nothing is left (until then its read positions are kept, so
+        the next call sends its last output)."""
         send: SendChunk | None = getattr(control, "log_chunk", None)
-        try:
-            if send is None or attempt in self._fenced:
-                return
+        done = True
+        if send is not None and attempt not in self._fenced:
             for stream in STREAMS:
                 if not self._ship_stream(send, attempt, task_dir / f"{stream}.log", stream):
-                    return
-        finally:
-            if last:
-                self._fenced.discard(attempt)
-                for stream in STREAMS:
-                    self._positions.pop((attempt, stream), None)
+                    done = attempt in self._fenced
+                    break
+        if last and done:
+            self.forget(attempt)
+        return done
+
+    def forget(self, attempt: Attempt) -> None:
+        self._fenced.discard(attempt)
+        for stream in STREAMS:
+            self._positions.pop((attempt, stream), None)
 
     def _ship_stream(self, send: SendChunk, attempt: Attempt, path: Path, stream: str) -> bool:
         """False when the rest of this round's sending should stop (server away, fenced)."""
@@ -81,7 +87,11 @@ class LogShipper:
             position.offset += skipped
             end = info.st_size
             while position.at < end:
-                data = os.pread(fd, min(self.chunk_bytes, end - position.at), position.at)
+                try:
+                    data = os.pread(fd, min(self.chunk_bytes, end - position.at), position.at)
+                except OSError as exc:  # a disk error: this stream's rest is lost, the rest goes on
+                    log.warning("output of task %s: cannot read %s: %s", task_id, path, exc.strerror)
+                    return True
                 if not data:
                     break
                 try:
