@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from runink.core.config import RuninkConfig
 from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
@@ -65,6 +66,7 @@ def slice_task(
     staging folders of its sinks, nothing else; it reads ``readable``."""
     scenario = item.scenario
     work_dir = task_dir / "work"
+    storage_options, secrets = _storage_options(item, config)
     spec = SliceSpec(
         task_id=task_id,
         scenario=item.name,
@@ -81,7 +83,7 @@ def slice_task(
         sinks=tuple(SinkSpec(s.ref.format, _sink_path(s.ref, staged), s.when, dict(s.options)) for s in item.sinks),
         drift_policy=config.herd_policy(herd).drift,
         report=str(report_path(task_dir)),
-        storage_options={fmt: config.plugin_options(f"storage-{fmt}") for fmt in sorted(_remote_formats(item))},
+        storage_options=storage_options,
     )
     spec_path = work_dir / "slice.json"
     spec_path.write_text(spec.to_json())
@@ -89,7 +91,7 @@ def slice_task(
         id=task_id,
         command=(*SLICE_COMMAND, str(spec_path)),
         task_dir=task_dir,
-        env={**slice_env(work_dir), **_storage_env(item)},
+        env=_with_secrets({**slice_env(work_dir), **_storage_env(item)}, secrets),
         cwd=work_dir,
         readable=readable,
         writable=(work_dir, *sorted(stage.path for stage in staged.values())),
@@ -109,6 +111,39 @@ def _sink_path(ref: DatasetRef, staged: dict[Path, Stage]) -> str:
 
 def _remote_formats(item: CompiledScenario) -> set[str]:
     return {ref.format for ref in (item.source, *item.outputs) if ref.remote}
+
+
+def _storage_options(item: CompiledScenario, config: RuninkConfig) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The ``[plugin.storage-FORMAT]`` options of the scenario's remote drivers for the spec,
+    without their secrets (``Storage.secret_options``: option -> variable), and the secrets as
+    variables for the task's env: the spec is a file kept with the run, the env reaches the
+    slice only in memory. A driver that cannot be imported gets no options (the slice fails
+    to load it anyway, and says so)."""
+    options: dict[str, dict[str, Any]] = {}
+    secrets: dict[str, str] = {}
+    for fmt in sorted(_remote_formats(item)):
+        try:
+            driver = import_driver(Storage, fmt)
+        except RuninkError:
+            continue
+        secret_options: dict[str, str] = dict(getattr(driver, "secret_options", {}))
+        given = config.plugin_options(f"storage-{fmt}")
+        options[fmt] = {k: v for k, v in given.items() if k not in secret_options}
+        if any(k in given for k in secret_options):
+            # the config's credentials replace the runner's whole set (no token of another key)
+            secrets.update({variable: "" for variable in secret_options.values()})
+            secrets.update({secret_options[k]: str(v) for k, v in given.items() if k in secret_options})
+    return options, secrets
+
+
+def _with_secrets(env: dict[str, str], secrets: dict[str, str]) -> dict[str, str]:
+    """``env`` with the config's secrets set and the rest of their set ("" values) removed."""
+    for name, value in secrets.items():
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    return env
 
 
 def _storage_env(item: CompiledScenario) -> dict[str, str]:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -424,6 +425,41 @@ def test_a_report_after_failing_over_to_another_server_is_accepted(
     finally:
         control.close()
         second.stop(grace=0).wait(5)
+
+
+def test_a_stream_that_does_not_register_in_time_is_closed_and_agents_keep_working(
+    store: ClusterStore, life: Lifecycle, executor: Executor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = serve_agents(life, "127.0.0.1", 0, bind_timeout=1.0)
+    address = f"127.0.0.1:{server.port}"
+    silent, registered_stream = RawStream(address), RawStream(address)
+    control = GrpcControl(address, timeout=5.0)
+    reader = ThreadPoolExecutor(1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="runink.core.server.agent_service"):
+            register(registered_stream, "n2")
+            agent = make_agent(control, executor, tmp_path)
+            agent.sync()
+            # it sent nothing (read in a thread: without the deadline no answer ever comes)
+            answer: pb.ServerMessage = reader.submit(next, silent.call).result(timeout=5)
+            assert answer.WhichOneof("body") == "error" and "not registered within 1 s" in answer.error.message
+            assert silent.ended() is grpc.StatusCode.DEADLINE_EXCEEDED
+        (line,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert "not registered within 1 s" in line
+        # the bound streams outlive the deadline
+        time.sleep(1.2)
+        heartbeat = pb.Heartbeat(node_id="n2", incarnation=store.node("n2").record.incarnation)
+        ack = registered_stream.send(pb.AgentMessage(request_id=2, heartbeat=heartbeat))
+        assert ack.WhichOneof("body") == "assignments"
+        job = life.submit_command("lab", ["/bin/true"])
+        schedule(store, job.id)
+        sync_until(agent, lambda: task_of(store, job.id).state is RunState.SUCCEEDED)
+    finally:
+        for stream in (silent, registered_stream):
+            stream.close()
+        reader.shutdown(wait=False)
+        control.close()
+        server.stop(grace=None).wait()
 
 
 def test_the_tie_heartbeat_after_a_broken_stream_does_not_bring_back_stale_assignments(

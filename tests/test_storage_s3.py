@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from fixture_types import CliRunner
@@ -87,10 +88,18 @@ def bucket(endpoint: str) -> str:
     return name
 
 
+#: the empty folder marker pyarrow leaves when it deletes the last temporary (not an object's data)
+MARKER = ".runink-tmp/"
+
+
 def _objects(url: str, bucket: str) -> dict[str, bytes]:
+    """The bucket's objects, but the temporaries' empty folder marker."""
     client = _client(url)
     listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+    got = {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+    if got.get(MARKER) == b"":
+        del got[MARKER]
+    return got
 
 
 def _driver(url: str) -> S3Storage:
@@ -144,14 +153,64 @@ def test_abort_keeps_the_previous_object_and_leaves_no_temporary(endpoint: str, 
 def test_a_dead_writers_temporary_is_swept_by_the_next_writer(
     endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _client(endpoint).put_object(Bucket=bucket, Key=".runink-tmp-1-deadbeef-t.parquet", Body=b"half")
-    _client(endpoint).put_object(Bucket=bucket, Key="data/.runink-tmp-1-deadbeef-t.parquet", Body=b"not ours")
+    _client(endpoint).put_object(Bucket=bucket, Key=".runink-tmp/1-deadbeef-t.parquet", Body=b"half")
+    _client(endpoint).put_object(Bucket=bucket, Key="data/.runink-tmp/1-deadbeef-t.parquet", Body=b"not ours")
     storage = _driver(endpoint)
     storage.writer(Path(bucket) / "t.parquet", _table(1).schema).abort()
-    assert ".runink-tmp-1-deadbeef-t.parquet" in _objects(endpoint, bucket)  # young: maybe a live writer's
+    assert ".runink-tmp/1-deadbeef-t.parquet" in _objects(endpoint, bucket)  # young: maybe a live writer's
     monkeypatch.setattr(s3_driver, "STALE_AFTER", -1.0)
     storage.writer(Path(bucket) / "t.parquet", _table(1).schema).abort()
-    assert list(_objects(endpoint, bucket)) == ["data/.runink-tmp-1-deadbeef-t.parquet"]
+    assert list(_objects(endpoint, bucket)) == ["data/.runink-tmp/1-deadbeef-t.parquet"]
+
+
+def test_a_sweep_lists_the_temporaries_folder_only_and_deletes_a_bounded_number(
+    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(5):
+        _client(endpoint).put_object(Bucket=bucket, Key=f".runink-tmp/{i}-deadbeef-t.parquet", Body=b"half")
+    listed: list[str] = []
+    selector = pafs.FileSelector
+
+    def recording(base_dir: str, **kwargs: Any) -> pafs.FileSelector:
+        listed.append(base_dir)
+        return selector(base_dir, **kwargs)
+
+    monkeypatch.setattr(pafs, "FileSelector", recording)
+    monkeypatch.setattr(s3_driver, "STALE_AFTER", -1.0)
+    monkeypatch.setattr(s3_driver, "SWEEP_MAX", 2)
+    storage = _driver(endpoint)
+    storage.writer(Path(bucket) / "t.parquet", _table(1).schema).abort()
+    assert listed == [f"{bucket}/.runink-tmp"]
+    assert len(_objects(endpoint, bucket)) == 3
+    storage.writer(Path(bucket) / "t.parquet", _table(1).schema).abort()
+    assert len(_objects(endpoint, bucket)) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"batch_rows": "many"}, "option batch_rows='many': expected a whole number of rows >= 1"),
+        ({"batch_rows": 0}, "option batch_rows=0: expected a whole number of rows >= 1"),
+        ({"compression": "zip"}, "option compression='zip': expected one of none, snappy, gzip, brotli, lz4, zstd"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_it_and_the_dataset(
+    endpoint: str, bucket: str, options: dict[str, Any], error: str
+) -> None:
+    storage = _driver(endpoint)
+    path = Path(bucket) / "t.parquet"
+    writer = storage.writer(path, _table(1).schema)
+    writer.write(_table(1).to_batches()[0])
+    writer.commit()
+
+    def use() -> object:
+        if "batch_rows" in options:
+            return list(storage.read(path, options=options))
+        return storage.writer(path, _table(1).schema, options=options)
+
+    with pytest.raises(DatasetError) as raised:
+        use()
+    assert str(raised.value) == f"s3://{bucket}/t.parquet: {error}"
 
 
 def test_a_missing_object_and_a_csv_key_are_one_line_errors(endpoint: str, bucket: str) -> None:
@@ -285,3 +344,28 @@ def test_an_s3_dataset_without_network_is_refused_at_compile_time(
     assert out.returncode != 0
     assert f"s3://{bucket}/mid.parquet' is reached over the network" in out.stdout + out.stderr
     assert "needs @network" in out.stdout + out.stderr
+
+
+def test_config_credentials_reach_the_slice_and_no_file_of_the_run_holds_them(
+    run_cli: CliRunner, endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """``access_key``/``secret_key`` from ``[plugin.storage-s3]`` go to the slice as variables
+    (in memory), not in its spec: no file the run keeps has the secret."""
+    folder = _pipeline(tmp_path / "p", bucket, endpoint)
+    config = folder / "runink.toml"
+    config.write_text(config.read_text() + f'access_key = "{ACCESS_KEY}"\nsecret_key = "{SECRET_KEY}"\n')
+    env = {k: v for k, v in _aws_env(tmp_path).items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    out = _run(run_cli, folder, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert pq.read_table(folder / "out" / "final.parquet").num_rows == 2000
+    kept = [p for p in folder.rglob("*") if p.is_file() and p != config]
+    assert any(p.name == "slice.json" for p in kept)  # the specs are there, without the secret
+    assert [p for p in kept if SECRET_KEY.encode() in p.read_bytes()] == []
+
+
+def test_the_runners_aws_configuration_files_are_not_passed_to_a_slice() -> None:
+    """Only the explicit key variables: a profile or a credentials file would hand a step every
+    credential of the runner."""
+    passed = set(S3Storage.environment)
+    assert passed.isdisjoint({"AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"})
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} <= passed

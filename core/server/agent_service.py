@@ -5,13 +5,18 @@ a RunState) and answered in order with the request's id. A stream is bound to on
 Register, or by a Heartbeat naming the node's current incarnation (the same agent process
 reconnecting after a broken stream). A request that fails the checks, arrives before the
 stream is bound, or names another node than the bound one gets an Error, one line in the log,
-and the stream ends; the server goes on serving the other streams. A report of an older
+and the stream ends; the server goes on serving the other streams. So does a stream not bound
+within ``BIND_TIMEOUT`` of opening: else streams that send nothing could hold every one of the
+``max_streams`` slots and lock the real agents out. A report of an older
 attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=false).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -42,6 +47,8 @@ MAX_EXIT_CODE = 2**31
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
+#: seconds a new stream has to send a Register, or a Heartbeat of its node's incarnation
+BIND_TIMEOUT = 10.0
 
 
 class BadRequest(Exception):
@@ -128,16 +135,28 @@ def task_message(task: TaskRecord) -> pb.Task:
 class AgentService:
     """The servicer: ``Connect`` is one agent's stream."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, bind_timeout: float = BIND_TIMEOUT) -> None:
         self.lifecycle = lifecycle
         self.logs = TaskLogs(lifecycle.store)
+        self.bind_timeout = bind_timeout
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)
         node: str | None = None  # the node this stream is bound to
         request_id = 0
+        bind_by = time.monotonic() + self.bind_timeout
         try:
-            for request in requests:
+            while True:
+                request = next(requests, None) if node is not None else _next_before(requests, bind_by)
+                if request is _LATE:
+                    why = f"not registered within {self.bind_timeout:g} s"
+                    log.warning("agent stream from %s dropped: %s", peer, why)
+                    yield pb.ServerMessage(request_id=request_id, error=pb.Error(message=why))
+                    context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED)
+                    context.set_details(why)
+                    return
+                if not isinstance(request, pb.AgentMessage):
+                    return  # the agent closed the stream
                 request_id = request.request_id
                 try:
                     answers, node = self._answer(request, node)
@@ -245,6 +264,30 @@ class AgentService:
         return placed[-1] if placed else None
 
 
+_LATE = object()  # no message before the bind deadline
+
+
+def _next_before(requests: Iterator[pb.AgentMessage], deadline: float) -> object:
+    """The stream's next message, None when it ended, or _LATE at ``deadline``. gRPC's request
+    iterator has no timeout, so a short-lived thread reads it (ended with the stream when late)."""
+    got: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=1)
+
+    def read() -> None:
+        try:
+            got.put((next(requests, None), None))
+        except BaseException as exc:  # raised again in the stream's own thread
+            got.put((None, exc))
+
+    threading.Thread(target=read, name="agent-stream-bind", daemon=True).start()
+    try:
+        message, error = got.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        return _LATE
+    if error is not None:
+        raise error
+    return message
+
+
 def serve_agents(
     lifecycle: Lifecycle,
     host: str = "127.0.0.1",
@@ -252,11 +295,13 @@ def serve_agents(
     *,
     insecure_bind: bool = False,
     max_streams: int = MAX_STREAMS,
+    bind_timeout: float = BIND_TIMEOUT,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
     which). Until authentication lands anything that reaches the port can act as an agent, so
     a non-loopback host is refused (ValueError) unless ``insecure_bind`` is given. Each open
-    stream holds a thread, so at most ``max_streams`` are open at once. OSError when the
+    stream holds a thread, so at most ``max_streams`` are open at once, and one that is not
+    bound to a node within ``bind_timeout`` seconds is closed. OSError when the
     address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ValueError(f"agent service port {port}: not in [0, 65535]")
@@ -271,7 +316,7 @@ def serve_agents(
         options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
-    service = AgentService(lifecycle)
+    service = AgentService(lifecycle, bind_timeout)
     connect = grpc.stream_stream_rpc_method_handler(
         service.Connect,
         request_deserializer=pb.AgentMessage.FromString,

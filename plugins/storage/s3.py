@@ -5,15 +5,16 @@ Where and as whom: the driver's options (``[plugin.storage-s3]``: ``endpoint``, 
 (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``...), which
 the runner passes to a slice that uses this driver (``Storage.environment``).
 
-Publishing: an object is written to a temporary key at the top of its bucket
-(``.runink-tmp-PID-RANDOM-NAME``; pyarrow uploads it in parts, and it becomes visible only
+Publishing: an object is written to a temporary key in the bucket's ``.runink-tmp/`` folder
+(``.runink-tmp/PID-RANDOM-NAME``; pyarrow uploads it in parts, and it becomes visible only
 when the upload completes on close), and ``commit`` moves it to the final key (a server-side
 copy, then the temporary is deleted). Readers of the final key see the previous object or the
-whole new one, never a part. ``abort`` deletes the temporary. (At the top of the bucket
-because pyarrow, deleting a key, leaves an empty ``folder/`` marker object in its folder.)
+whole new one, never a part. ``abort`` deletes the temporary. (pyarrow, deleting the last key
+of a folder, leaves an empty ``.runink-tmp/`` marker object: the one trace in the bucket.)
 A writer killed mid-upload leaves only an incomplete multipart upload (invisible; a bucket
 lifecycle rule removes those); one killed between completing and moving leaves a temporary
-object, which the next writer in that bucket deletes once it is an hour old. S3's single
+object, which a later writer in that bucket deletes once it is an hour old: each writer lists
+the ``.runink-tmp/`` folder only (not the bucket) and deletes at most ``SWEEP_MAX`` of them. S3's single
 copy is limited to 5 GiB per object, so is a published one.
 """
 
@@ -46,7 +47,31 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-TEMP_PREFIX = ".runink-tmp-"
+TEMP_FOLDER = ".runink-tmp"
+#: stale temporaries one writer deletes at most (the rest are left to the next writers)
+SWEEP_MAX = 100
+#: pyarrow's Parquet codecs (``compression=``)
+COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
+
+
+def _batch_rows(uri: str, options: Mapping[str, Any]) -> int:
+    value = options.get("batch_rows", BATCH_ROWS)
+    try:
+        rows = int(value) if not isinstance(value, bool | float) else 0
+    except (TypeError, ValueError):
+        rows = 0
+    if rows < 1:
+        raise DatasetError(f"{uri}: option batch_rows={value!r}: expected a whole number of rows >= 1")
+    return rows
+
+
+def _compression(uri: str, options: Mapping[str, Any]) -> str:
+    value = options.get("compression", "zstd")
+    if not isinstance(value, str) or value.lower() not in COMPRESSIONS:
+        raise DatasetError(f"{uri}: option compression={value!r}: expected one of {', '.join(COMPRESSIONS)}")
+    if value.lower() != "none" and not pa.Codec.is_available(value.lower()):
+        raise DatasetError(f"{uri}: option compression={value!r}: this pyarrow is built without it")
+    return value.lower()
 
 
 class S3Storage(Storage):
@@ -61,11 +86,14 @@ class S3Storage(Storage):
         "AWS_DEFAULT_REGION",
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_S3",
-        "AWS_PROFILE",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
         "AWS_CA_BUNDLE",
-    )
+    )  # not AWS_PROFILE / AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE: a step would read the runner's every profile
+    #: options the runner passes to the slice as variables (its env, in memory), never in its spec (a file)
+    secret_options: ClassVar[dict[str, str]] = {
+        "access_key": "AWS_ACCESS_KEY_ID",
+        "secret_key": "AWS_SECRET_ACCESS_KEY",
+        "session_token": "AWS_SESSION_TOKEN",
+    }
     options_schema: ClassVar[OptionsSchema] = {
         "endpoint": str,
         "region": str,
@@ -91,8 +119,15 @@ class S3Storage(Storage):
         request_timeout: float = 30.0,
         retries: int = 3,
     ) -> None:
+        if not (access_key or secret_key or session_token):  # in a slice: the runner's, or the config's
+            access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+            secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+            session_token = os.environ.get("AWS_SESSION_TOKEN", "")
         if bool(access_key) != bool(secret_key):
-            raise DatasetError("storage driver 's3': access_key and secret_key are given together or not at all")
+            raise DatasetError(
+                "storage driver 's3': access_key and secret_key (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) "
+                "are given together or not at all"
+            )
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3", "") or os.environ.get("AWS_ENDPOINT_URL", "")
         scheme, sep, host = endpoint.partition("://")
         if not sep:
@@ -109,7 +144,7 @@ class S3Storage(Storage):
             "request_timeout": request_timeout,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, retries)),
         }
-        if access_key:  # (else pyarrow finds them: the AWS variables, ~/.aws, instance metadata)
+        if access_key:  # (else pyarrow finds them: ~/.aws outside a slice, instance metadata)
             self._settings.update(access_key=access_key, secret_key=secret_key, session_token=session_token or None)
         self._fs: pafs.S3FileSystem | None = None
 
@@ -124,6 +159,7 @@ class S3Storage(Storage):
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
         uri = f"s3://{path.as_posix()}"
         _check_format(uri)
+        _batch_rows(uri, options or {})  # before any request
         try:
             file = pq.ParquetFile(self.filesystem().open_input_file(path.as_posix()))
         except FileNotFoundError:
@@ -131,7 +167,7 @@ class S3Storage(Storage):
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{uri}: cannot read it: {_one_line(exc)}") from None
         row = 0
-        batches = file.iter_batches(batch_size=int((options or {}).get("batch_rows", BATCH_ROWS)))
+        batches = file.iter_batches(batch_size=_batch_rows(uri, options or {}))
         while True:
             try:
                 batch = next(batches)
@@ -145,7 +181,7 @@ class S3Storage(Storage):
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
         uri = f"s3://{path.as_posix()}"
         _check_format(uri)
-        return S3ParquetWriter(self.filesystem(), path, schema, (options or {}).get("compression", "zstd"))
+        return S3ParquetWriter(self.filesystem(), path, schema, _compression(uri, options or {}))
 
 
 def _check_format(uri: str) -> None:
@@ -161,7 +197,7 @@ class S3ParquetWriter(DatasetWriter):
         self.final = path.as_posix().strip("/")
         self.uri = f"s3://{self.final}"
         bucket = self.final.partition("/")[0]
-        self.temp = f"{bucket}/{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
+        self.temp = f"{bucket}/{TEMP_FOLDER}/{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
         self._sweep(bucket)
         try:
             self._stream = fs.open_output_stream(self.temp)
@@ -171,19 +207,21 @@ class S3ParquetWriter(DatasetWriter):
         self._closed = False
 
     def _sweep(self, bucket: str) -> None:
-        """Delete the temporaries dead writers left in the bucket (older than STALE_AFTER)."""
-        prefix = f"{bucket}/{TEMP_PREFIX}"
+        """Delete up to SWEEP_MAX temporaries dead writers left in the bucket (older than
+        STALE_AFTER): a listing of the temporaries' folder only, not of the bucket."""
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(bucket))
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{bucket}/{TEMP_FOLDER}", allow_not_found=True))
         except OSError as exc:  # the first request: a wrong endpoint or credentials show here
             raise DatasetError(f"{self.uri}: cannot write it: {_one_line(exc)}") from None
         now = time.time()
-        for info in infos:
-            if not info.path.startswith(prefix) or info.type != pafs.FileType.File or info.mtime is None:
-                continue
-            if now - info.mtime.timestamp() > STALE_AFTER:
-                with contextlib.suppress(OSError):  # another writer swept it first: fine
-                    self.fs.delete_file(info.path)
+        stale = [
+            info.path
+            for info in infos
+            if info.type == pafs.FileType.File and info.mtime is not None and now - info.mtime.timestamp() > STALE_AFTER
+        ]
+        for path in stale[:SWEEP_MAX]:
+            with contextlib.suppress(OSError):  # another writer swept it first: fine
+                self.fs.delete_file(path)
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
