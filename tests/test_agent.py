@@ -314,3 +314,44 @@ def test_run_forever_logs_any_error_of_a_round_and_goes_on(
         executor.close()
     (line,) = [r.getMessage() for r in caplog.records if "sync failed" in r.getMessage()]
     assert line == "node n1: sync failed: ValueError: a bug second line"
+
+
+def test_an_agent_runs_at_most_max_running_slices_the_rest_wait_scheduled(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    """Tasks asking for no cpu all fit a node: the agent starts only max_running of them at
+    once; the others stay SCHEDULED and start as slots free, all ending in the end."""
+    agent.max_running = 2
+    jobs = [life.submit_command("lab", ["sleep", "0.3"]) for _ in range(5)]
+    for job in jobs:
+        schedule(store, job.id)
+    agent.sync()
+    states = [task_of(store, job.id).state for job in jobs]
+    assert len(agent.running) == 2 and states.count(RunState.RUNNING) == 2
+    assert states.count(RunState.SCHEDULED) == 3
+    sync_until(agent, lambda: all(task_of(store, job.id).state is RunState.SUCCEEDED for job in jobs))
+    assert len(agent.running) <= 2
+
+
+def test_heartbeats_go_on_while_a_round_is_slow(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    """run_forever heartbeats from a thread of its own: a round stuck for seconds (many slices
+    starting, a slow disk) does not stop the node's heartbeat, so it is not declared dead."""
+    agent.register()
+    slow = threading.Event()
+    real_sync = agent.sync
+
+    def stuck_sync() -> None:
+        real_sync()
+        slow.wait(3)  # one long round
+
+    agent.sync = stuck_sync  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run_forever, args=(0.05, stop, 0.2), daemon=True)
+    before = store.node("n1").record.heartbeat
+    runner.start()
+    time.sleep(2.0)
+    during = store.node("n1").record.heartbeat
+    stop.set()
+    slow.set()
+    runner.join(10)
+    assert during - before >= 5  # ~10 beats in 2 s at 0.2 s, while the round was stuck

@@ -33,6 +33,8 @@ from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
 from runink.core.report import printable
 
+HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
+MAX_STARTS_PER_ROUND = 16  # slices a round starts at most (the rest the next round)
 log = logging.getLogger(__name__)
 
 #: the environment a task gets (nothing is inherited from the agent)
@@ -114,6 +116,7 @@ class Agent:
         labels: dict[str, str] | None = None,
         work_dir: Path | str = ".",
         stop_grace: float = 10.0,
+        max_running: int | None = None,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -122,6 +125,12 @@ class Agent:
         self.labels = dict(labels or {})
         self.work_dir = Path(work_dir)
         self.stop_grace = stop_grace
+        # Slices run at once here (default: 4 per core, at least 4): assignments past it wait
+        # SCHEDULED until one ends. Tasks asking for no cpu would otherwise all land here at
+        # once, and starting hundreds in one round would starve the node's heartbeat.
+        self.max_running = max_running or max(4, int(4 * capacity.cpu))
+        self._beating = threading.Event()  # set while a heartbeat thread runs (run_forever)
+        self._must_register = False  # the heartbeat thread was refused: register again
         self.incarnation = ""
         self.draining = False
         self.running: dict[Attempt, Running] = {}
@@ -146,7 +155,10 @@ class Agent:
         round re-attaches first to the attempts a previous agent left running (``recover``)."""
         if not self._loaded:
             self.recover()
-        if not self.incarnation or not self.control.heartbeat(self.node_id, self.incarnation):
+        if not self.incarnation or self._must_register:
+            self._must_register = False
+            self.register()
+        elif not self._beating.is_set() and not self.control.heartbeat(self.node_id, self.incarnation):
             self.register()
         self._flush()
         for run in list(self.running.values()):
@@ -171,9 +183,13 @@ class Agent:
         self._done &= set(assigned)  # forget attempts the control plane forgot
         if self.draining:
             return
+        started = 0
         for attempt, task in assigned.items():
+            if len(self.running) >= self.max_running or started >= MAX_STARTS_PER_ROUND:
+                break  # the rest next round: a round stays short
             if task.state is RunState.SCHEDULED and attempt not in self.running and attempt not in self._done:
                 self._start(task)
+                started += 1
 
     def drain(self, grace: float) -> None:
         """Take no new work; let running tasks end for up to ``grace`` seconds, then stop the
@@ -195,16 +211,34 @@ class Agent:
             self._finish(attempt, result, give_back=result is not None and result.state is TaskState.CANCELLED)
         self._flush()
 
-    def run_forever(self, interval: float, stop: threading.Event) -> None:
+    def run_forever(self, interval: float, stop: threading.Event, heartbeat: float = HEARTBEAT_INTERVAL) -> None:
         """Sync every ``interval`` seconds until ``stop`` is set; a failed round is logged in one
         line and tried again (the control plane may be away for a while, a disk full): an agent
-        that exited would only be restarted into the same round."""
-        while not stop.is_set():
-            try:
-                self.sync()
-            except Exception as exc:  # see above
-                log.warning("node %s: sync failed: %s", self.node_id, _describe(exc))
-            stop.wait(interval)
+        that exited would only be restarted into the same round. Heartbeats go from a thread of
+        their own every ``heartbeat`` seconds, so a long round (many slices starting, a slow
+        report) never makes the node look dead."""
+        beats = threading.Thread(target=self._beat, args=(heartbeat, stop), daemon=True, name="heartbeat")
+        beats.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.sync()
+                except Exception as exc:  # see above
+                    log.warning("node %s: sync failed: %s", self.node_id, _describe(exc))
+                stop.wait(interval)
+        finally:
+            self._beating.clear()
+
+    def _beat(self, every: float, stop: threading.Event) -> None:
+        self._beating.set()
+        while not stop.is_set() and self._beating.is_set():
+            if self.incarnation and not self._must_register:
+                try:
+                    if not self.control.heartbeat(self.node_id, self.incarnation):
+                        self._must_register = True  # the next round registers
+                except Exception as exc:  # the control plane away: the next beat tries again
+                    log.warning("node %s: heartbeat failed: %s", self.node_id, _describe(exc))
+            stop.wait(every)
 
     # --- handles kept across restarts -----------------------------------------------------
 

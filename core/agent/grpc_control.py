@@ -280,19 +280,24 @@ class FailoverControl:
         self.timeout = timeout
         self._index = 0
         self._current = GrpcControl(addresses[0], timeout=timeout)
+        self._lock = threading.Lock()  # the agent's heartbeat thread and its rounds call at once
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         failures = []
         for _ in range(len(self.addresses)):
+            with self._lock:
+                current, address = self._current, self.addresses[self._index]
             try:
-                return getattr(self._current, name)(*args, **kwargs)
+                return getattr(current, name)(*args, **kwargs)
             except ControlUnavailable as exc:
-                failures.append(f"{self.addresses[self._index]}: {exc}")
-                tie = self._current._tie  # the next server's stream is tied to the node with it
-                self._current.close()
-                self._index = (self._index + 1) % len(self.addresses)
-                self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout)
-                self._current._tie = tie
+                failures.append(f"{address}: {exc}")
+                with self._lock:
+                    if self._current is current:  # (another thread may have moved on already)
+                        tie = current._tie  # the next server's stream is tied to the node with it
+                        current.close()
+                        self._index = (self._index + 1) % len(self.addresses)
+                        self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout)
+                        self._current._tie = tie
         raise ControlUnavailable("no server answered: " + "; ".join(failures))
 
     def register_node(self, node: NodeRecord) -> NodeRecord:
