@@ -3,6 +3,8 @@ job state in the same commit as its tasks, cancellation, node registration and h
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from runink.core.control.lifecycle import Lifecycle
@@ -152,8 +154,42 @@ def test_cancel_ends_every_task_and_the_job(store: ClusterStore, life: Lifecycle
     # the agent still running it sees it cancelled, and may say it stopped it
     assert [(t.id, t.state) for t in life.assignments("n1")] == [(task.id, RunState.CANCELLED)]
     assert life.report("lab", task.id, 1, task.token, RunState.CANCELLED)
-    assert not life.report("lab", task.id, 1, task.token, RunState.SUCCEEDED, exit_code=0)
     assert life.cancel(job.id).state is RunState.CANCELLED
+
+
+@pytest.mark.parametrize("ended", [RunState.CANCELLED, RunState.SUCCEEDED, RunState.FAILED])
+def test_a_cancelled_task_leaves_its_nodes_assignments_once_its_end_is_reported(
+    store: ClusterStore, life: Lifecycle, ended: RunState
+) -> None:
+    """Else every task ever cancelled while running stays in the heartbeat answer for ever."""
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    job = life.submit_command("lab", ["sleep", "30"])
+    task = schedule(store, only_task(store, job.id))
+    assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
+    life.cancel(job.id)
+    assert [t.id for t in life.assignments("n1")] == [task.id]  # so the agent stops it
+    assert not life.report("lab", task.id, 1, task.token + 1, ended)  # still fenced
+    assert life.report("lab", task.id, 1, task.token, ended)
+    assert life.assignments("n1") == []
+    stored = only_task(store, job.id)
+    assert (stored.state, stored.node) == (RunState.CANCELLED, None)
+    assert store.job(job.id).record.state is RunState.CANCELLED
+    revision = store.task("lab", task.id).revision
+    assert life.report("lab", task.id, 1, task.token, ended)  # repeated: no write
+    assert store.task("lab", task.id).revision == revision
+
+
+def test_a_task_cancelled_before_it_started_leaves_its_nodes_assignments_at_once(
+    store: ClusterStore, life: Lifecycle
+) -> None:
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    job = life.submit_command("lab", ["sleep", "30"])
+    task = schedule(store, only_task(store, job.id))
+    life.cancel(job.id)
+    assert life.assignments("n1") == []
+    assert (only_task(store, job.id).state, only_task(store, job.id).node) == (RunState.CANCELLED, None)
+    # an agent that started it meanwhile stops it (no longer assigned) and says so: accepted
+    assert life.report("lab", task.id, 1, task.token, RunState.CANCELLED)
 
 
 def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> None:
@@ -189,3 +225,69 @@ def test_an_agents_message_is_stored_bounded_and_printable(
     assert all("\x1b" not in t.reason and len(t.reason) <= 4000 for t in stored.transitions)
     assert not life.report("lab", "t\x1b[2J", 1, 1, RunState.RUNNING)  # refused, and logged defused
     assert "\x1b" not in caplog.text
+
+
+def test_a_submission_racing_a_herd_delete_is_refused_not_lost(store: ClusterStore, life: Lifecycle) -> None:
+    """The herd is deleted after the submission read it, before its commit: the commit compares
+    the herd's key, so the job is refused (never accepted under a herd nobody lists)."""
+    barn = store.barn
+    commit = barn.transaction
+    raced: list[bool] = []
+
+    def deleting_first(compare: Any, success: Any, failure: Any = ()) -> tuple[bool, int]:
+        if not raced and any(op.key.startswith(ClusterStore.JOB_INDEX) for op in success):
+            raced.append(True)
+            store.delete_herd("lab")
+        return commit(compare, success, failure)
+
+    barn.transaction = deleting_first  # type: ignore[method-assign]
+    with pytest.raises(NotFound, match="lab"):
+        life.submit_command("lab", ["/bin/true"])
+    assert raced and [kv.key for kv in barn.scan("/")] == []
+
+
+def test_a_submission_between_a_herd_deletes_check_and_its_mark_refuses_the_delete(
+    store: ClusterStore, life: Lifecycle
+) -> None:
+    barn = store.barn
+    commit = barn.transaction
+    submitted: list[str] = []
+
+    def submitting_first(compare: Any, success: Any, failure: Any = ()) -> tuple[bool, int]:
+        if not submitted and any(op.key == keys.herd("lab") and op.value for op in success):
+            submitted.append(life.submit_command("lab", ["/bin/true"]).id)
+        return commit(compare, success, failure)
+
+    barn.transaction = submitting_first  # type: ignore[method-assign]
+    with pytest.raises(Refused, match="has not ended"):
+        store.delete_herd("lab")
+    assert not store.herd("lab").record.deleting  # left as it was: it takes jobs again
+    assert [j.id for j in store.jobs("lab")] == submitted
+    life.submit_command("lab", ["/bin/true"])
+
+
+def test_a_herd_being_deleted_refuses_jobs_and_a_second_delete_finishes(store: ClusterStore, life: Lifecycle) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    life.cancel(job.id)
+    store.update(keys.herd("lab"), Herd, lambda h: h.model_copy(update={"deleting": True}))  # a delete cut short
+    with pytest.raises(Refused, match="being deleted"):
+        life.submit_command("lab", ["/bin/true"])
+    store.delete_herd("lab")
+    assert [kv.key for kv in store.barn.scan("/")] == []
+
+
+def test_a_herd_is_deleted_in_batches_of_at_most_500(store: ClusterStore, life: Lifecycle) -> None:
+    for _ in range(300):
+        life.cancel(life.submit_command("lab", ["/bin/true"]).id)
+    barn = store.barn
+    commit = barn.transaction
+    sizes: list[int] = []
+
+    def counted(compare: Any, success: Any, failure: Any = ()) -> tuple[bool, int]:
+        sizes.append(len(success))
+        return commit(compare, success, failure)
+
+    barn.transaction = counted  # type: ignore[method-assign]
+    store.delete_herd("lab")
+    assert max(sizes) <= 500 and sum(sizes) == 1 + 900 + 2  # mark, jobs+tasks+index, herd+index
+    assert [kv.key for kv in barn.scan("/")] == []

@@ -5,6 +5,7 @@ and tasks of a dead node placed again elsewhere."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -367,3 +368,55 @@ def test_a_task_whose_upstream_failed_is_skipped_and_the_job_ends(store: Cluster
     assert down.state is RunState.SKIPPED and "upstream task up did not succeed (FAILED)" in down.transitions[-1].reason
     job = store.job("j").record
     assert job.state is RunState.FAILED and job.finished is not None
+
+
+def test_a_jobs_skip_writes_and_its_state_are_never_split_between_batches(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """A refused batch holding only the job's write would leave it non-final for ever."""
+    add_node(store, "n1")
+    add_herd(store, "lab")
+    tasks = [TaskRecord(id="up", job_id="j", herd="lab", command=["/bin/true"])]
+    tasks += [TaskRecord(id=f"down{i}", job_id="j", herd="lab", command=["/bin/true"], after=["up"]) for i in (1, 2)]
+    store.submit(JobRecord(id="j", herd="lab", tasks=[t.id for t in tasks]), tasks)
+    submit(store, "lab", 3)  # placements of the same pass
+    passes = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"), batch=2)
+    passes.run_pass(0)
+    _end(store, "up", RunState.FAILED)
+    commit = store.commit
+    batches: list[list[str]] = []
+
+    def recorded(read: Any, writes: Any) -> int:
+        batches.append([key for key, _ in writes])
+        return commit(read, writes)
+
+    store.commit = recorded  # type: ignore[method-assign]
+    passes.run_pass(1)
+    job_key = keys.job("lab", "j")
+    (with_job,) = [written for written in batches if job_key in written]
+    assert sorted(with_job) == sorted([job_key, keys.task("lab", "down1"), keys.task("lab", "down2")])
+    assert store.job("j").record.state is RunState.FAILED
+    assert all(len(b) <= 2 for b in batches if job_key not in b)
+
+
+def test_a_request_that_fits_nowhere_for_one_herd_is_still_placed_for_another(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """Filter hooks are given the herd: a rejection for one herd says nothing of another."""
+    add_node(store, "n1")
+    add_herd(store, "a")
+    add_herd(store, "b")
+    (refused,) = submit(store, "a", 1)
+    (allowed,) = submit(store, "b", 1)
+
+    class OnlyHerdB:
+        @hookimpl
+        def runink_filter_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[NodeRejection]:
+            if request.herd == "b":
+                return []
+            return [NodeRejection(n.id, "herd a may not run here", "only-b") for n in nodes]
+
+    with plugin_manager(("only-b", OnlyHerdB())) as restricted:
+        result = scheduler(store, restricted).run_pass(now=0)
+    assert result.placed == {allowed: "n1"}
+    assert "herd a may not run here" in result.pending[refused]

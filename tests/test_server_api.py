@@ -128,6 +128,34 @@ def test_nodes_cordon_drain_uncordon(cluster: Cluster) -> None:
     assert cluster.store.node("n1").record.schedulable
 
 
+def test_no_answer_carries_a_nodes_incarnation(cluster: Cluster) -> None:
+    """It is the agent's credential: a heartbeat carrying it ties a gRPC stream to the node."""
+    cluster.add_node("n1")
+    secret = cluster.store.node("n1").record.incarnation
+    assert secret
+    client = cluster.client
+    answers = [
+        client.get("/v1/nodes"),
+        client.get("/v1/nodes/n1"),
+        client.post("/v1/nodes/n1/cordon"),
+        client.post("/v1/nodes/n1/drain"),
+        client.post("/v1/nodes/n1/uncordon"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200 and secret not in answer.text and "incarnation" not in answer.text
+
+
+def test_a_herd_larger_than_one_barn_transaction_is_deleted(cluster: Cluster) -> None:
+    """A raft Barn caps a transaction at 1024 operations: the delete goes in batches."""
+    make_herd(cluster.client, "team")
+    for _ in range(700):  # 700 jobs + 700 tasks + 700 index entries
+        job = cluster.lifecycle.submit_command("team", ["/bin/true"])
+        cluster.lifecycle.cancel(job.id)
+    assert cluster.client.delete("/v1/herds/team").status_code == 204
+    assert cluster.stored_keys() == []
+    make_herd(cluster.client, "team")  # the name is free again
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

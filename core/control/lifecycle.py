@@ -200,7 +200,7 @@ class Lifecycle:
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         """What the node's agent must run (tasks SCHEDULED or RUNNING on it) and the tasks it
-        ran that were cancelled (so it stops them)."""
+        ran that were cancelled, until it reports that attempt ended (so it stops them)."""
         found = []
         for versioned in self.store.tasks():
             task = versioned.record
@@ -255,6 +255,19 @@ class Lifecycle:
             if task.attempt != attempt or task.token != token:
                 log.warning("%s refused: fenced (the task is at attempt %d, token %d)", where, task.attempt, task.token)
                 return False
+            if task.state is RunState.CANCELLED and state.final:
+                # The agent says the cancelled attempt ended: it holds nothing on the node now,
+                # so the task leaves the node's assignments (else they grow for ever).
+                if task.node is None:
+                    return True
+                try:
+                    self.store.commit(
+                        [(keys.task(herd, task.id), current.revision)],
+                        [(keys.task(herd, task.id), task.model_copy(update={"node": None}))],
+                    )
+                except Conflict:
+                    continue
+                return True
             if task.state is state:
                 return True
             try:
@@ -306,9 +319,7 @@ class Lifecycle:
             job = self.store.job(job_id)
             tasks = self.store.job_tasks(job.record)
             writes: list[tuple[str, Record | None]] = [
-                (keys.task(v.record.herd, v.record.id), v.record.moved_to(RunState.CANCELLED, "cancelled"))
-                for v in tasks
-                if not v.record.state.final
+                (keys.task(v.record.herd, v.record.id), _cancelled(v.record)) for v in tasks if not v.record.state.final
             ]
             if not writes:
                 return job.record
@@ -321,3 +332,12 @@ class Lifecycle:
             except Conflict:
                 continue
         raise Conflict(f"job {job_id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+
+def _cancelled(task: TaskRecord) -> TaskRecord:
+    """The task cancelled. One only SCHEDULED leaves its node at once: its agent either never
+    started it or stops it on its next sync (it stops every attempt no longer assigned), and
+    would never report an end the record is waiting for."""
+    if task.state is RunState.SCHEDULED:
+        return task.moved_to(RunState.CANCELLED, "cancelled", node=None)
+    return task.moved_to(RunState.CANCELLED, "cancelled")

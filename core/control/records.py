@@ -123,6 +123,7 @@ class Herd(Record):
     name: str
     quota: Quota = Quota()
     created: float = Field(default_factory=time.time)
+    deleting: bool = False  # being deleted: takes no new jobs (ClusterStore.delete_herd)
 
     @field_validator("name")
     @classmethod

@@ -54,6 +54,8 @@ GROUPS_IN_EXPLAIN = 20  # kinds of rejection shown, the most frequent first
 WINDOW_MIN = 50  # nodes filtered and scored per task, at least (every node when there are fewer)
 WINDOW_SHARE = 0.05  # ... or this share of the schedulable nodes, when that is more
 BATCH = 500  # tasks written per Barn transaction
+#: what a transaction compares (key, revision read) and writes
+_Writes = tuple[list[tuple[str, int]], list[tuple[str, Record | None]]]
 
 
 @dataclass
@@ -127,7 +129,7 @@ class Scheduler:
         writes: list[tuple[str, Record | None]] = []
         read: list[tuple[str, int]] = []
         written: list[str] = []  # the task id of each write
-        tasks = self._upstream_settled(tasks, read, writes, written)
+        tasks, skips = self._upstream_settled(tasks)
         for versioned in tasks:
             task = versioned.record
             if task.state in ACTIVE and task.node is not None:
@@ -138,7 +140,7 @@ class Scheduler:
                 held.slices += 1
             elif task.state is RunState.PENDING and task.not_before <= now:
                 queues.setdefault(task.herd, []).append(versioned)
-        if not queues and not writes:
+        if not queues and not skips:
             return result
 
         candidates: list[Node] = []
@@ -165,7 +167,8 @@ class Scheduler:
         )
         # Within a pass nodes only fill up: a request that fit nowhere fits nowhere later in
         # the pass, so its reason is reused for the same request (not every node again).
-        fit_nowhere: dict[tuple[Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
+        # Keyed on the herd too: filter hooks are given it, and may answer per herd.
+        fit_nowhere: dict[tuple[str, Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
 
         for versioned in _fair_order(queues, herds, usage, total):
             task = versioned.record
@@ -183,7 +186,7 @@ class Scheduler:
                 reason = f"herd {herd.name} quota: {over}"
                 changed = _waiting(task, reason, task.explain)
             else:
-                shape = (want, tuple(sorted(task.node_labels.items())))
+                shape = (task.herd, want, tuple(sorted(task.node_labels.items())))
                 ranked: list[Placement] = []
                 rejections: list[NodeRejection] = []
                 scored = 0
@@ -220,6 +223,12 @@ class Scheduler:
             if task.id not in result.placed:
                 result.pending[task.id] = (changed or task).pending_reason
 
+        for compare, skip_writes in _packed(skips, self.batch):
+            try:
+                self.store.commit(compare, skip_writes)
+            except Conflict:  # its jobs' tasks stay PENDING, their jobs as they were: read again
+                result.conflicts += 1
+                result.committed = False
         for start in range(0, len(writes), self.batch):
             end = start + self.batch
             try:
@@ -234,18 +243,16 @@ class Scheduler:
         return result
 
     def _upstream_settled(
-        self,
-        tasks: list[Versioned[TaskRecord]],
-        read: list[tuple[str, int]],
-        writes: list[tuple[str, Record | None]],
-        written: list[str],
-    ) -> list[Versioned[TaskRecord]]:
-        """The tasks this pass may consider: a PENDING task waits while a task it comes
-        ``after`` has not ended, and is SKIPPED (with its job's state, in this pass's commit)
-        once one ended without succeeding."""
+        self, tasks: list[Versioned[TaskRecord]]
+    ) -> tuple[list[Versioned[TaskRecord]], list[_Writes]]:
+        """The tasks this pass may consider, and the writes of the tasks it skips, one entry per
+        job (its tasks' and its own: never committed apart, so a job is never left behind its
+        tasks). A PENDING task waits while a task it comes ``after`` has not ended, and is
+        SKIPPED once one ended without succeeding."""
         state = {v.record.id: v.record.state for v in tasks}
         kept: list[Versioned[TaskRecord]] = []
         skipped: dict[str, list[TaskRecord]] = {}  # job id -> its tasks skipped now
+        groups: dict[str, _Writes] = {}  # job id -> what its skips read and write
         for versioned in tasks:
             task = versioned.record
             if task.state is not RunState.PENDING or not task.after:
@@ -258,9 +265,9 @@ class Scheduler:
             if failed:
                 reason = f"upstream task {failed[0]} did not succeed ({state.get(failed[0], 'missing')})"
                 changed = task.moved_to(RunState.SKIPPED, reason, pending_reason="")
-                read.append((keys.task(task.herd, task.id), versioned.revision))
+                compare, writes = groups.setdefault(task.job_id, ([], []))
+                compare.append((keys.task(task.herd, task.id), versioned.revision))
                 writes.append((keys.task(task.herd, task.id), changed))
-                written.append(task.id)
                 skipped.setdefault(task.job_id, []).append(changed)
             elif all(state.get(u) is RunState.SUCCEEDED for u in task.after):
                 kept.append(versioned)
@@ -271,11 +278,11 @@ class Scheduler:
             new_state = job_state(siblings)
             if new_state is not job.record.state:
                 finished = time.time() if new_state.final else None
-                read.append((keys.job(job.record.herd, job_id), job.revision))
+                compare, writes = groups[job_id]
+                compare.append((keys.job(job.record.herd, job_id), job.revision))
                 ended = job.record.model_copy(update={"state": new_state, "finished": finished})
                 writes.append((keys.job(job.record.herd, job_id), ended))
-                written.append(job_id)
-        return kept
+        return kept, list(groups.values())
 
     def _next_window(self, candidates: list[Node], window: int) -> list[Node]:
         start = self._start % len(candidates)
@@ -287,6 +294,21 @@ class Scheduler:
 
     def _place(self, request: PlacementRequest, nodes: Sequence[Node]) -> tuple[list[Placement], list[NodeRejection]]:
         return rank(self.manager, self.policy, request, nodes) if nodes else ([], [])
+
+
+def _packed(groups: list[_Writes], batch: int) -> Iterator[_Writes]:
+    """The groups joined into transactions of at most ``batch`` writes, never splitting one
+    (a group larger than ``batch`` is a transaction of its own)."""
+    compare: list[tuple[str, int]] = []
+    writes: list[tuple[str, Record | None]] = []
+    for group_compare, group_writes in groups:
+        if writes and len(writes) + len(group_writes) > batch:
+            yield compare, writes
+            compare, writes = [], []
+        compare += group_compare
+        writes += group_writes
+    if writes:
+        yield compare, writes
 
 
 def _fair_order(

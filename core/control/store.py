@@ -3,8 +3,8 @@
 Each read returns a record with the revision it was read at (``Versioned``); a write names
 the revisions it read and happens only if none of those keys changed since (one Barn
 transaction), else it raises ``Conflict`` and the caller reads again. So two servers, or a
-server and a late agent, never overwrite each other's change unseen, and a batch (the
-scheduler's placements of one pass, a job and its tasks) is all or nothing.
+server and a late agent, never overwrite each other's change unseen, and a batch (a batch of
+the scheduler's placements, a job and its tasks) is all or nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from runink.core.interfaces.barn import BarnBackend, TxnOp
 
 R = TypeVar("R", bound=Record)
 MAX_CONFLICT_RETRIES = 20
+DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 1024 operations)
 
 
 class Conflict(RuninkError):
@@ -162,18 +163,85 @@ class ClusterStore:
         raise Conflict(f"{key}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
     def submit(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> int:
-        """Store a job and its tasks at once (all or none); returns the revision."""
-        if not self._get(keys.herd(job.herd), Herd):
-            raise NotFound(f"herd {job.herd!r}: no such herd")
+        """Store a job and its tasks at once (all or none); returns the revision. The herd's
+        key and index entry are compared too: a herd deleted (or being deleted) meanwhile
+        refuses the job rather than holding one nobody lists."""
         writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
-        read = [(key, 0) for key, _ in writes]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
         ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
-        held, revision = self.barn.transaction([*read, (self.JOB_INDEX + job.id, 0)], ops)
+        absent = [*((key, 0) for key, _ in writes), (self.JOB_INDEX + job.id, 0)]
+        for _ in range(MAX_CONFLICT_RETRIES):
+            herd = self._get(keys.herd(job.herd), Herd)
+            if herd is None:
+                raise NotFound(f"herd {job.herd!r}: no such herd")
+            if herd.record.deleting:
+                raise Refused(f"herd {job.herd!r}: being deleted")
+            index = self.barn.get(self.HERD_INDEX + job.herd)
+            fence = [
+                (keys.herd(job.herd), herd.revision),
+                (self.HERD_INDEX + job.herd, index.mod_revision if index else 0),
+            ]
+            held, revision = self.barn.transaction([*fence, *absent], ops)
+            if held:
+                return revision
+            if any(self.barn.get(key) is not None for key, _ in absent):
+                raise Refused(f"job {job.id}: exists already")
+            # the herd changed (its quota, or a delete began): read it again
+        raise Conflict(f"herd {job.herd}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def delete_herd(self, name: str) -> None:
+        """Delete a herd with its jobs, tasks and logs. Refused while any of its jobs has not
+        ended. The herd is first marked ``deleting`` (so submissions are refused, and one racing
+        the mark fails its compare of the herd's key), then its records go in transactions of at
+        most DELETE_BATCH operations, each comparing the herd's key (a second delete that
+        finished first stops this one), and last the herd's key and index entry. A delete cut
+        short (a crash, a conflict) leaves the herd marked; deleting it again finishes."""
+        herd_key, index_key = keys.herd(name), self.HERD_INDEX + name
+        for _ in range(MAX_CONFLICT_RETRIES):
+            herd = self.herd(name)
+            self._check_ended(name)
+            if herd.record.deleting:
+                marked = herd.revision
+                break
+            held, marked = self.barn.transaction(
+                [(herd_key, herd.revision)],
+                [TxnOp(herd_key, herd.record.model_copy(update={"deleting": True}).model_dump_json().encode())],
+            )
+            if held:
+                break
+        else:
+            raise Conflict(f"herd {name}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+        try:
+            # no job is submitted past the mark: what is read now is all there is
+            self._check_ended(name)
+        except Refused:
+            self.barn.transaction(
+                [(herd_key, marked)],
+                [TxnOp(herd_key, herd.record.model_copy(update={"deleting": False}).model_dump_json().encode())],
+            )
+            raise
+        # the job index first: a delete cut short after it still finds the jobs to finish with
+        doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self.barn.scan(keys.jobs(name))]
+        doomed += [kv.key for kv in self.barn.scan(f"{keys.HERDS}{name}/") if kv.key != herd_key]
+        for start in range(0, len(doomed), DELETE_BATCH):
+            batch = [TxnOp(key, None) for key in doomed[start : start + DELETE_BATCH]]
+            held, _ = self.barn.transaction([(herd_key, marked)], batch)
+            if not held:
+                raise Conflict(f"herd {name}: changed while being deleted")
+        index = self.barn.get(index_key)
+        held, _ = self.barn.transaction(
+            [(herd_key, marked), (index_key, index.mod_revision if index else 0)],
+            [TxnOp(herd_key, None), TxnOp(index_key, None)],
+        )
         if not held:
-            raise Refused(f"job {job.id}: exists already")
-        return revision
+            raise Conflict(f"herd {name}: changed while being deleted")
+
+    def _check_ended(self, name: str) -> None:
+        for versioned in self._scan(keys.jobs(name), JobRecord):
+            job = versioned.record
+            if not job.state.final:
+                raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")
 
 
 def _parse(model: type[R], value: bytes, key: str) -> R:

@@ -27,15 +27,13 @@ from runink.core.control.records import (
     NAME,
     Amount,
     Herd,
-    JobRecord,
     NodeRecord,
     Quota,
     Record,
     RunState,
     TaskRecord,
-    keys,
 )
-from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.model import MAX_MEMORY, MAX_PIDS
 from runink.core.report import printable
 
@@ -154,8 +152,14 @@ def validation_detail(errors: Sequence[Any]) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
+#: never answered: a node's incarnation is its agent's credential (a heartbeat carrying it
+#: ties a gRPC stream to the node)
+SECRET_FIELDS: dict[type[Record], set[str]] = {NodeRecord: {"incarnation"}}
+
+
 def _dump(record: Record, exclude: set[str] | None = None) -> dict[str, Any]:
-    return record.model_dump(mode="json", exclude=exclude)
+    hidden = (exclude or set()) | SECRET_FIELDS.get(type(record), set())
+    return record.model_dump(mode="json", exclude=hidden or None)
 
 
 def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
@@ -168,44 +172,6 @@ def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
         "pids": sum(t.resources.pids for t in held),
         "slices": len(held),
     }
-
-
-def delete_herd(store: ClusterStore, name: str) -> None:
-    """Delete a herd with its ended jobs and their tasks, in one commit checked against what
-    was read. Refused while any of its jobs has not ended.
-
-    A submission racing this call is not fenced (the store's submit does not compare the
-    herd's key): its job would be left under a herd that no longer exists, unseen."""
-    for _ in range(MAX_CONFLICT_RETRIES):
-        herd = store.herd(name)
-        read: list[tuple[str, int]] = [(keys.herd(name), herd.revision)]
-        writes: list[tuple[str, Record | None]] = [(keys.herd(name), None)]
-        # the store's list of herd names, where it keeps one (a stale entry would be skipped)
-        index = getattr(ClusterStore, "HERD_INDEX", None)
-        if index is not None:
-            writes.append((index + name, None))
-        job_ids = []
-        for kv in store.barn.scan(keys.jobs(name)):
-            job = JobRecord.model_validate_json(kv.value)
-            if not job.state.final:
-                raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")
-            read.append((kv.key, kv.mod_revision))
-            writes.append((kv.key, None))
-            job_ids.append(job.id)
-        for task in store.tasks(name):
-            key = keys.task(name, task.record.id)
-            read.append((key, task.revision))
-            writes.append((key, None))
-        try:
-            store.commit(read, writes)
-        except Conflict:
-            continue
-        # The job index (id -> herd) after the records: an entry left by a crash between the
-        # two commits points at no job, which reads as NotFound.
-        for job_id in job_ids:
-            store.barn.delete(ClusterStore.JOB_INDEX + job_id)
-        return
-    raise Conflict(f"herd {name}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
 
 def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
@@ -259,7 +225,7 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
 
     @app.delete("/v1/herds/{name}", status_code=204)
     def remove_herd(name: NamePath) -> None:
-        delete_herd(store, name)
+        store.delete_herd(name)
 
     # --- jobs --------------------------------------------------------------------------
 
