@@ -1,0 +1,112 @@
+"""Soak (slow, `tox -e slow`): 2,000 short jobs on a `runink up` cluster (3 raft servers, 2
+agents) while an agent and then the scheduling leader's server are killed with SIGKILL. Every
+accepted job must reach exactly one final state, none may succeed twice, none may be lost.
+Bounded: the submissions and the wait each have a deadline."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fixture_types import CliRunner
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agents' linux executor needs root"),
+]
+
+JOBS = 2000
+SUBMIT_DEADLINE = 600.0  # seconds for all submissions
+FINISH_DEADLINE = 900.0  # seconds for all jobs to end after the last submission
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+def _leading(servers: list[dict[str, object]]) -> dict[str, object]:
+    for server in servers:
+        try:
+            if httpx.get(f"http://{server['barn']}/v1/status", timeout=2).json().get("state") == "leader":
+                return server
+        except httpx.HTTPError:
+            continue
+    raise AssertionError("no leader")
+
+
+def _post(apis: list[str], body: dict[str, object]) -> str:
+    """Submit through any live server; retried on a dead one or an unknown outcome (503)."""
+    deadline = time.monotonic() + 60
+    while True:
+        for api in apis:
+            try:
+                answer = httpx.post(api + "/v1/jobs", json=body, timeout=10)
+            except httpx.TransportError:
+                continue
+            if answer.status_code == 201:
+                return str(answer.json()["job"]["id"])
+        assert time.monotonic() < deadline, "no server accepted a submission for 60 s"
+        time.sleep(0.2)
+
+
+def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path) -> None:
+    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
+    assert up.returncode == 0, up.stderr
+    cluster = json.loads(up.stdout)
+    apis: list[str] = cluster["api"]
+    accepted: list[str] = []
+    lock = threading.Lock()
+    try:
+        began = time.monotonic()
+
+        def submit(i: int) -> None:
+            job = _post(apis, {"herd": "default", "command": ["/bin/sh", "-c", f"exit {i % 2}"]})
+            with lock:
+                accepted.append(job)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(submit, i) for i in range(JOBS)]
+            while not all(f.done() for f in futures):
+                done = sum(f.done() for f in futures)
+                if done > JOBS // 4 and cluster["agents"][0].get("killed") is None:
+                    os.killpg(cluster["agents"][0]["pid"], signal.SIGKILL)
+                    cluster["agents"][0]["killed"] = True
+                if done > JOBS // 2 and not any(s.get("killed") for s in cluster["servers"]):
+                    leader = _leading(cluster["servers"])
+                    os.killpg(leader["pid"], signal.SIGKILL)  # type: ignore[arg-type]
+                    leader["killed"] = True
+                assert time.monotonic() - began < SUBMIT_DEADLINE, "submissions took too long"
+                time.sleep(0.2)
+            for future in futures:
+                future.result()
+        assert len(accepted) == JOBS == len(set(accepted))
+
+        live = [s["api"] for s in cluster["servers"] if not s.get("killed")]
+        deadline = time.monotonic() + FINISH_DEADLINE
+        with httpx.Client(timeout=30) as client:
+            while True:
+                answer = client.get(str(live[0]) + "/v1/jobs")
+                if answer.status_code != 200:  # (a 503 while the Barn elects: ask again)
+                    assert time.monotonic() < deadline, f"GET /v1/jobs: {answer.status_code} {answer.text[:200]}"
+                    time.sleep(1.0)
+                    continue
+                states = {j["id"]: j["state"] for j in answer.json()["jobs"]}
+                if all(states.get(job) in FINAL for job in accepted):
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{sum(states.get(j) not in FINAL for j in accepted)} jobs never ended"
+                )
+                time.sleep(1.0)
+            for job_id in accepted:  # exactly one final state each, never two successes
+                answer = client.get(f"{live[0]}/v1/jobs/{job_id}").json()
+                transitions = answer["tasks"][0]["transitions"]
+                finals = [t["state"] for t in transitions if t["state"] in FINAL]
+                assert len(finals) == 1, (job_id, transitions)
+                expected = "SUCCEEDED" if answer["tasks"][0]["command"][-1] == "exit 0" else "FAILED"
+                assert answer["job"]["state"] == finals[0] == expected, (job_id, transitions)
+    finally:
+        run_cli("down")
