@@ -157,10 +157,13 @@ class Server:
         try:
             self._start(options, config, manager)
         except BaseException:  # a port taken, the member not starting: leave nothing running
-            self._stop.set()
-            if self.member is not None:
-                self.member.stop()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        self._stop.set()
+        if self.member is not None:
+            self.member.stop()
 
     def _start(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         if options.barn_args:
