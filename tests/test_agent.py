@@ -355,3 +355,25 @@ def test_heartbeats_go_on_while_a_round_is_slow(store: ClusterStore, life: Lifec
     slow.set()
     runner.join(10)
     assert during - before >= 5  # ~10 beats in 2 s at 0.2 s, while the round was stuck
+
+
+def test_run_forever_reports_a_slice_end_well_before_its_interval(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    """A waiter per running attempt wakes the round loop when its slice ends: with a 30 s
+    interval, a 0.2 s command is reported SUCCEEDED within seconds, not at the next interval."""
+    job = life.submit_command("lab", ["sleep", "0.2"])
+    agent.register()
+    schedule(store, job.id)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run_forever, args=(30.0, stop), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while task_of(store, job.id).state is not RunState.SUCCEEDED:
+            assert time.monotonic() < deadline, task_of(store, job.id).state
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(5)
+    assert not runner.is_alive()  # stop wakes the loop too, within its 30 s interval

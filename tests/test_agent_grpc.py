@@ -476,3 +476,55 @@ def test_the_tie_heartbeat_after_a_broken_stream_does_not_bring_back_stale_assig
     assert control.report("lab", task.id, task.attempt, task.token, RunState.RUNNING)
     (assigned,) = control.assignments("n1")
     assert assigned.state is RunState.RUNNING
+
+
+def test_a_long_poll_returns_on_a_new_assignment_before_its_wait(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl
+) -> None:
+    """wait_assignments answers once the node's assignments change, not at the end of its
+    wait; with no change it waits; reports and heartbeats go on meanwhile (another stream)."""
+    node = control.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
+    empty = control.wait_assignments("n1", "", 5.0)  # an unknown version: answered at once
+    began = time.monotonic()
+    assert control.wait_assignments("n1", empty, 0.5) == empty
+    assert time.monotonic() - began >= 0.4  # no change: it waited
+    with ThreadPoolExecutor(1) as pool:
+        began = time.monotonic()
+        polled = pool.submit(control.wait_assignments, "n1", empty, 5.0)
+        time.sleep(0.3)
+        beat = time.monotonic()
+        assert control.heartbeat("n1", node.incarnation)  # not held up by the long-poll
+        assert time.monotonic() - beat < 1.0
+        assert not polled.done()
+        job = life.submit_command("lab", ["/bin/true"])
+        schedule(store, job.id)
+        version = polled.result(timeout=4.0)
+        assert time.monotonic() - began < 3.0 and version != empty
+    assert [t.job_id for t in control.assignments("n1")] == [job.id]
+
+
+def test_an_agent_over_grpc_runs_a_job_well_within_its_interval(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    """With a 30 s interval, a job placed after the agent's first round still starts (the
+    long-poll wakes the round loop) and its end is reported (the slice's waiter does) within
+    seconds."""
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run_forever, args=(30.0, stop), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while store.nodes() == [] or not agent.incarnation:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)  # the first round is over: only a wake starts another
+        job = life.submit_command("lab", ["/bin/true"])
+        schedule(store, job.id)
+        deadline = time.monotonic() + 5
+        while task_of(store, job.id).state is not RunState.SUCCEEDED:
+            assert time.monotonic() < deadline, task_of(store, job.id).state
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(5)
+    assert not runner.is_alive()

@@ -35,6 +35,7 @@ from runink.core.report import printable
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
 MAX_STARTS_PER_ROUND = 16  # slices a round starts at most (the rest the next round)
+LONG_POLL = 3.0  # seconds a long-poll for new assignments waits (a control that has them)
 log = logging.getLogger(__name__)
 
 #: the environment a task gets (nothing is inherited from the agent)
@@ -141,6 +142,9 @@ class Agent:
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
+        # set when a running attempt's slice ends (one waiter thread per attempt): run_forever
+        # starts its next round then, not at the end of its interval
+        self.wake = threading.Event()
 
     # --- one round ---------------------------------------------------------------------
 
@@ -212,22 +216,60 @@ class Agent:
         self._flush()
 
     def run_forever(self, interval: float, stop: threading.Event, heartbeat: float = HEARTBEAT_INTERVAL) -> None:
-        """Sync every ``interval`` seconds until ``stop`` is set; a failed round is logged in one
-        line and tried again (the control plane may be away for a while, a disk full): an agent
-        that exited would only be restarted into the same round. Heartbeats go from a thread of
+        """Sync every ``interval`` seconds, and at once when a running slice ends or the node's
+        assignments change (a control with ``wait_assignments`` long-polls for that), until
+        ``stop`` is set; a failed round is logged in one line and tried again (the control
+        plane may be away for a while, a disk full): an agent that exited would only be
+        restarted into the same round. Heartbeats go from a thread of
         their own every ``heartbeat`` seconds, so a long round (many slices starting, a slow
         report) never makes the node look dead."""
         beats = threading.Thread(target=self._beat, args=(heartbeat, stop), daemon=True, name="heartbeat")
         beats.start()
+        # a round also starts as soon as a slice ends or the node's assignments change
+        # (``wake``); ``stop`` wakes the loop too
+
+        def wake_on_stop() -> None:
+            stop.wait()
+            self.wake.set()
+
+        threading.Thread(target=wake_on_stop, daemon=True, name="agent-stop").start()
+        wait_for = getattr(self.control, "wait_assignments", None)
+        if wait_for is not None:
+            threading.Thread(
+                target=self._poll_assignments, args=(wait_for, interval, stop), daemon=True, name="assignments-poll"
+            ).start()
         try:
             while not stop.is_set():
+                self.wake.clear()  # (a slice ending from here on starts another round)
                 try:
                     self.sync()
                 except Exception as exc:  # see above
                     log.warning("node %s: sync failed: %s", self.node_id, _describe(exc))
-                stop.wait(interval)
+                self.wake.wait(interval)
         finally:
             self._beating.clear()
+
+    def _poll_assignments(self, wait_for: Any, interval: float, stop: threading.Event) -> None:
+        """Long-poll the control plane (one call at a time) for a change of this node's
+        assignments, and wake the round loop when one comes: a new assignment starts without
+        waiting for the interval."""
+        known = ""
+        while not stop.is_set():
+            if not self.incarnation or self._must_register:  # the rounds register first
+                stop.wait(min(interval, 0.05))
+                continue
+            began = time.monotonic()
+            try:
+                version = str(wait_for(self.node_id, known, LONG_POLL))
+            except Exception as exc:  # the control plane away: the rounds still run every interval
+                log.info("node %s: assignments long-poll failed: %s", self.node_id, _describe(exc))
+                stop.wait(1.0)
+                continue
+            if version != known:
+                known = version
+                self.wake.set()
+            elif time.monotonic() - began < LONG_POLL / 2:  # answered early with no change: no busy loop
+                stop.wait(min(interval, 1.0))
 
     def _beat(self, every: float, stop: threading.Event) -> None:
         self._beating.set()
@@ -320,6 +362,7 @@ class Agent:
             log.info("node %s: re-attached to %s", self.node_id, handle.task_id)
             self.running[attempt] = Running(attempt, handle.task_id, handle)
             self._recovered.add(attempt)
+            self._wake_when_ended(handle.task_id)
 
     def _report_ended(self, attempt: Attempt, handle: TaskHandle, outcome: Outcome, can_recover: bool) -> None:
         """Queue the reports of an attempt that ended before a restart, from its saved result."""
@@ -430,7 +473,21 @@ class Agent:
         except OSError as exc:  # it runs; only a restart of this agent would lose it
             log.warning("node %s: %s: handle not saved, a restart cannot re-attach: %s", self.node_id, executor_id, exc)
         self.running[attempt] = Running(attempt, executor_id, handle)
+        self._wake_when_ended(executor_id)
         self._report(attempt, RunState.RUNNING)
+
+    def _wake_when_ended(self, executor_id: str) -> None:
+        """Set ``wake`` when the slice ``executor_id`` ends: a thread blocked in the executor's
+        wait (the round itself still collects the result)."""
+
+        def wait() -> None:
+            try:
+                self.executor.wait(executor_id, None)
+            except Exception as exc:  # (forgotten by the executor meanwhile): the rounds go on as before
+                log.debug("node %s: %s: not followed to its end: %s", self.node_id, executor_id, _describe(exc))
+            self.wake.set()
+
+        threading.Thread(target=wait, name=f"wait-{executor_id}", daemon=True).start()
 
     def _collect(self) -> None:
         for attempt, run in list(self.running.items()):

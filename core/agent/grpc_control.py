@@ -110,6 +110,9 @@ class GrpcControl:
             address, options=[("grpc.max_receive_message_length", MAX_SERVER_MESSAGE_BYTES)]
         )
         self._stream: _Stream | None = None
+        # long-polls go on a stream of their own: the server answers a stream's requests in
+        # order, so one waiting there would hold up the reports and heartbeats
+        self._poll_stream: _Stream | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._fresh: pb.Assignments | None = None  # the last heartbeat's, while still current
@@ -117,33 +120,47 @@ class GrpcControl:
 
     def close(self) -> None:
         with self._lock:
-            if self._stream is not None:
-                self._stream.close("closed by the agent")
-                self._stream = None
+            for stream in (self._stream, self._poll_stream):
+                if stream is not None:
+                    stream.close("closed by the agent")
+            self._stream = self._poll_stream = None
         self._channel.close()
 
-    def _ask(self, request: pb.AgentMessage, until: str) -> list[pb.ServerMessage]:
-        """Send ``request`` and wait for its answers, up to the one of kind ``until``. A new
+    def _ask(
+        self, request: pb.AgentMessage, until: str, *, poll: bool = False, timeout: float | None = None
+    ) -> list[pb.ServerMessage]:
+        """Send ``request`` (on the long-poll stream if ``poll``) and wait for its answers, up
+        to the one of kind ``until``, for ``timeout`` seconds (default: the control's). A new
         stream (the first, or after one broke, or on another server) is tied to the node
         first, with a heartbeat of its incarnation, unless the request itself does that: a
         server answers nothing else on a stream it cannot tie to a node."""
         kind = request.WhichOneof("body")
+        timeout = self.timeout if timeout is None else timeout
         with self._lock:
-            fresh = self._stream is None or self._stream.broken is not None
+            current = self._poll_stream if poll else self._stream
+            fresh = current is None or current.broken is not None
         if fresh and self._tie is not None and kind not in ("register", "heartbeat"):
             node_id, incarnation = self._tie
-            # the tie's assignments are not the round's: a report may have just made them stale
-            kept = self._fresh
-            try:
-                tied = self.heartbeat(node_id, incarnation)
-            finally:
-                self._fresh = kept
+            if poll:
+                beat = pb.AgentMessage(heartbeat=pb.Heartbeat(node_id=node_id, incarnation=incarnation))
+                tied = bool(self._only(self._ask(beat, "heartbeat_ack", poll=True), "heartbeat_ack").heartbeat_ack.ok)
+            else:
+                # the tie's assignments are not the round's: a report may have just made them stale
+                kept = self._fresh
+                try:
+                    tied = self.heartbeat(node_id, incarnation)
+                finally:
+                    self._fresh = kept
             if not tied:
                 raise ControlUnavailable(f"server {self.address}: node {node_id} must register again")
         with self._lock:
-            if self._stream is None or self._stream.broken is not None:
-                self._stream = _Stream(self._channel)
-            stream = self._stream
+            stream = self._poll_stream if poll else self._stream
+            if stream is None or stream.broken is not None:
+                stream = _Stream(self._channel)
+                if poll:
+                    self._poll_stream = stream
+                else:
+                    self._stream = stream
             request.request_id = next(self._ids)
             call = _Call(until)
             with stream.lock:
@@ -151,9 +168,9 @@ class GrpcControl:
                     raise ControlUnavailable(f"server {self.address}: {stream.broken}")
                 stream.waiting[request.request_id] = call
             stream.requests.put(request)
-        if not call.done.wait(self.timeout):
-            stream.close(f"no answer within {self.timeout:g}s")
-            raise ControlUnavailable(f"server {self.address}: no answer within {self.timeout:g}s")
+        if not call.done.wait(timeout):
+            stream.close(f"no answer within {timeout:g}s")
+            raise ControlUnavailable(f"server {self.address}: no answer within {timeout:g}s")
         with stream.lock:
             stream.waiting.pop(request.request_id, None)
         if call.error is not None:
@@ -215,6 +232,18 @@ class GrpcControl:
             return [_task(t) for t in found.tasks]
         except (ValidationError, ValueError) as exc:
             raise ControlUnavailable(f"server {self.address}: a malformed assignment: {exc}") from None
+
+    def wait_assignments(self, node_id: str, known: str, wait: float) -> str:
+        """Long-poll: the version of the node's assignments once it differs from ``known``, or
+        after ``wait`` seconds (the server caps it), on a stream of its own."""
+        request = pb.AgentMessage(
+            assignments=pb.AssignmentsRequest(node_id=node_id, wait_ms=int(wait * 1000), known=known)
+        )
+        answers = self._ask(request, "assignments", poll=True, timeout=wait + self.timeout)
+        version = str(self._only(answers, "assignments").assignments.version)
+        if version != known:
+            self._fresh = None  # a heartbeat's assignments from before the change are stale
+        return version
 
     def report(
         self,
@@ -310,6 +339,9 @@ class FailoverControl:
     def assignments(self, node_id: str) -> list[TaskRecord]:
         result: list[TaskRecord] = self._call("assignments", node_id)
         return result
+
+    def wait_assignments(self, node_id: str, known: str, wait: float) -> str:
+        return str(self._call("wait_assignments", node_id, known, wait))
 
     def report(
         self,

@@ -13,6 +13,7 @@ attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=f
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -49,6 +50,8 @@ MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
 #: seconds a new stream has to send a Register, or a Heartbeat of its node's incarnation
 BIND_TIMEOUT = 10.0
+#: the longest an assignments long-poll waits (ms), whatever the agent asks
+MAX_WAIT_MS = 5000
 
 
 class BadRequest(Exception):
@@ -114,6 +117,57 @@ def registered(node: NodeRecord) -> pb.Registered:
     )
 
 
+def assignments_version(tasks: list[TaskRecord]) -> str:
+    """What changes when a task is assigned to a node or leaves it (its state is left out: the
+    agent's own reports change it, and a long-poll must not wake for them)."""
+    lines = sorted(f"{t.herd}/{t.id}/{t.attempt}/{t.token}" for t in tasks)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
+
+
+class TaskChanges:
+    """A counter of the changes of task records in the Barn, followed by a watch (as the
+    control loop's ``follow`` does), that long-polls wait on. Started by the first long-poll."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.barn = lifecycle.store.barn
+        self.generation = 0
+        self.changed = threading.Condition()
+        self._started = False
+
+    def start(self) -> None:
+        with self.changed:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._watch, name="agent-service-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        said = ""
+        while True:
+            try:
+                events = self.barn.watch("/herds/", self.barn.revision() + 1)
+                self.bump()  # (what changed while no watch ran)
+                for event in events:
+                    if "/tasks/" in event.kv.key:
+                        self.bump()
+            except Exception as exc:  # the Barn away for a while: long-polls just wait out their time
+                line = printable(f"{type(exc).__name__}: {exc}", 300)
+                if line != said:  # (once per kind of failure, not every second)
+                    log.warning("agent service: watch of task records failed: %s", line)
+                    said = line
+            time.sleep(1.0)
+
+    def bump(self) -> None:
+        with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
+    def wait_past(self, generation: int, timeout: float) -> None:
+        """Return once the counter is past ``generation`` or after ``timeout`` seconds."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.generation != generation, timeout)
+
+
 def task_message(task: TaskRecord) -> pb.Task:
     r = task.resources
     message = pb.Task(
@@ -139,6 +193,7 @@ class AgentService:
         self.lifecycle = lifecycle
         self.logs = TaskLogs(lifecycle.store)
         self.bind_timeout = bind_timeout
+        self.changes = TaskChanges(lifecycle)
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)
@@ -203,16 +258,31 @@ class AgentService:
             node_id = _name(request.assignments.node_id, "assignments.node_id")
             if node_id != node:
                 raise BadRequest(f"assignments.node_id: {node_id!r}, but this stream is node {node!r}'s")
-            return [self._assignments(rid, node)], node
+            wait_ms = min(request.assignments.wait_ms, MAX_WAIT_MS)
+            known = _text(request.assignments.known, 64, "assignments.known")
+            return [self._assignments(rid, node, wait_ms, known)], node
         if kind == "report":
             return [self._report(rid, request.report, node)], node
         if kind == "log_chunk":
             return [self._log_chunk(rid, request.log_chunk, node)], node
         raise BadRequest(f"{kind}: not a request this server knows")
 
-    def _assignments(self, rid: int, node_id: str) -> pb.ServerMessage:
-        tasks = [task_message(t) for t in self.lifecycle.assignments(node_id)]
-        return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks))
+    def _assignments(self, rid: int, node_id: str, wait_ms: int = 0, known: str = "") -> pb.ServerMessage:
+        """The node's assignments; with ``wait_ms``, once their version differs from ``known``
+        or the wait ended (a change of any task record looks again)."""
+        if wait_ms > 0:
+            self.changes.start()
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            generation = self.changes.generation
+            found = self.lifecycle.assignments(node_id)
+            version = assignments_version(found)
+            left = deadline - time.monotonic()
+            if version != known or left <= 0:
+                break
+            self.changes.wait_past(generation, left)
+        tasks = [task_message(t) for t in found]
+        return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks, version=version))
 
     def _report(self, rid: int, report: pb.Report, node: str) -> pb.ServerMessage:
         herd = _name(report.herd, "report.herd")

@@ -46,10 +46,14 @@ class Heartbeat(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class AssignmentsRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "wait_ms", "known")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    wait_ms: int
+    known: str
+    def __init__(self, node_id: _Optional[str] = ..., wait_ms: _Optional[int] = ..., known: _Optional[str] = ...) -> None: ...
 
 class Report(_message.Message):
     __slots__ = ("herd", "task_id", "attempt", "token", "state", "exit_code", "message")
@@ -163,10 +167,12 @@ class Task(_message.Message):
     def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "version")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
+    version: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("accepted",)
