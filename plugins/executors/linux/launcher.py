@@ -795,9 +795,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         launcher.serve(sys.stdin.buffer)
     finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(root)
+        _remove_root(root)
     return 0
+
+
+def _remove_root(root: str, timeout: float = 2.0) -> None:
+    """Remove the sandboxes' mount point. A sandbox killed by the drain may hold it busy for a
+    moment (its mount namespace goes with its last process): try again for up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(root)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                print(f"runink launcher: cannot remove {root}: {exc.strerror}", file=sys.stderr, flush=True)
+                return
+            time.sleep(0.02)
 
 
 if __name__ == "__main__":
