@@ -240,10 +240,11 @@ class GrpcControl:
             assignments=pb.AssignmentsRequest(node_id=node_id, wait_ms=int(wait * 1000), known=known)
         )
         answers = self._ask(request, "assignments", poll=True, timeout=wait + self.timeout)
-        version = str(self._only(answers, "assignments").assignments.version)
-        if version != known:
-            self._fresh = None  # a heartbeat's assignments from before the change are stale
-        return version
+        found = self._only(answers, "assignments").assignments
+        if found.version != known:
+            # the round this wakes uses them (no second call); a heartbeat's from before are stale
+            self._fresh = found
+        return str(found.version)
 
     def report(
         self,

@@ -14,6 +14,7 @@ attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=f
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import queue
 import threading
@@ -125,13 +126,17 @@ def assignments_version(tasks: list[TaskRecord]) -> str:
 
 
 class TaskChanges:
-    """A counter of the changes of task records in the Barn, followed by a watch (as the
-    control loop's ``follow`` does), that long-polls wait on. Started by the first long-poll."""
+    """Counters of the changes of task records in the Barn, one per node the task was or is
+    placed on, followed by a watch (as the control loop's ``follow`` does), that long-polls
+    wait on: a long-poll looks at its node's assignments again only when a task of that node
+    changed (each look scans every task). Started by the first long-poll."""
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.barn = lifecycle.store.barn
-        self.generation = 0
+        self.everyone = 0  # a change whose node is not known: every long-poll looks again
+        self.per_node: dict[str, int] = {}
         self.changed = threading.Condition()
+        self._node_of: dict[str, str | None] = {}  # task key -> the node it was last seen on
         self._started = False
 
     def start(self) -> None:
@@ -146,10 +151,10 @@ class TaskChanges:
         while True:
             try:
                 events = self.barn.watch("/herds/", self.barn.revision() + 1)
-                self.bump()  # (what changed while no watch ran)
+                self.bump(None)  # (what changed while no watch ran)
                 for event in events:
                     if "/tasks/" in event.kv.key:
-                        self.bump()
+                        self._seen(event.type == "DELETE", event.kv.key, event.kv.value)
             except Exception as exc:  # the Barn away for a while: long-polls just wait out their time
                 line = printable(f"{type(exc).__name__}: {exc}", 300)
                 if line != said:  # (once per kind of failure, not every second)
@@ -157,15 +162,43 @@ class TaskChanges:
                     said = line
             time.sleep(1.0)
 
-    def bump(self) -> None:
+    def _seen(self, deleted: bool, key: str, value: bytes) -> None:
+        """A task record changed: bump the node it was on and the one it is on now."""
+        known = key in self._node_of
+        before = self._node_of.pop(key, None)
+        if deleted:
+            self.bump(before if known else None)
+            return
+        try:
+            node = json.loads(value).get("node")
+        except (ValueError, AttributeError):
+            self.bump(None)
+            return
+        node = node if isinstance(node, str) else None
+        self._node_of[key] = node
+        if not known and node is None:  # (it may have left a node before the watch began)
+            self.bump(None)
+            return
+        for changed in {before, node} - {None}:
+            self.bump(changed)
+
+    def bump(self, node: str | None) -> None:
+        """Count a change of ``node``'s tasks (None: of any node's)."""
         with self.changed:
-            self.generation += 1
+            if node is None:
+                self.everyone += 1
+            else:
+                self.per_node[node] = self.per_node.get(node, 0) + 1
             self.changed.notify_all()
 
-    def wait_past(self, generation: int, timeout: float) -> None:
-        """Return once the counter is past ``generation`` or after ``timeout`` seconds."""
+    def generation(self, node: str) -> tuple[int, int]:
         with self.changed:
-            self.changed.wait_for(lambda: self.generation != generation, timeout)
+            return self.everyone, self.per_node.get(node, 0)
+
+    def wait_past(self, node: str, generation: tuple[int, int], timeout: float) -> None:
+        """Return once ``node``'s tasks changed since ``generation`` or after ``timeout`` seconds."""
+        with self.changed:
+            self.changed.wait_for(lambda: (self.everyone, self.per_node.get(node, 0)) != generation, timeout)
 
 
 def task_message(task: TaskRecord) -> pb.Task:
@@ -274,13 +307,13 @@ class AgentService:
             self.changes.start()
         deadline = time.monotonic() + wait_ms / 1000
         while True:
-            generation = self.changes.generation
+            generation = self.changes.generation(node_id)
             found = self.lifecycle.assignments(node_id)
             version = assignments_version(found)
             left = deadline - time.monotonic()
             if version != known or left <= 0:
                 break
-            self.changes.wait_past(generation, left)
+            self.changes.wait_past(node_id, generation, left)
         tasks = [task_message(t) for t in found]
         return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks, version=version))
 
