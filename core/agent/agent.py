@@ -142,8 +142,9 @@ class Agent:
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
-        # set when a running attempt's slice ends (one waiter thread per attempt): run_forever
-        # starts its next round then, not at the end of its interval
+        # set when a running attempt's slice ends (one waiter thread per attempt) or the node's
+        # assignments change (the long-poll): run_forever starts its next round then, not at
+        # the end of its interval
         self.wake = threading.Event()
 
     # --- one round ---------------------------------------------------------------------
@@ -220,9 +221,9 @@ class Agent:
         assignments change (a control with ``wait_assignments`` long-polls for that), until
         ``stop`` is set; a failed round is logged in one line and tried again (the control
         plane may be away for a while, a disk full): an agent that exited would only be
-        restarted into the same round. Heartbeats go from a thread of
-        their own every ``heartbeat`` seconds, so a long round (many slices starting, a slow
-        report) never makes the node look dead."""
+        restarted into the same round. Heartbeats go from a thread of their own every
+        ``heartbeat`` seconds, so a long round (many slices starting, a slow report) never
+        makes the node look dead."""
         beats = threading.Thread(target=self._beat, args=(heartbeat, stop), daemon=True, name="heartbeat")
         beats.start()
         # a round also starts as soon as a slice ends or the node's assignments change
