@@ -139,3 +139,36 @@ def test_interval_must_be_positive(manager: PluginManager) -> None:
     store, _, loop, _ = setup(manager)
     with pytest.raises(ValueError, match="interval"):
         ControlLoop(store, loop.scheduler, loop.liveness, lambda: True, interval=0)
+
+
+def test_a_server_that_still_thinks_it_leads_writes_nothing_once_another_claimed() -> None:
+    """Two servers' loops over one Barn, both told they lead (a leader check cached during an
+    election): the second claims the scheduling epoch, so the first's passes are refused and
+    only one places the tasks: they cannot overfill a node together."""
+    from runink.core.control.records import Amount, Herd, JobRecord, NodeRecord, TaskRecord, keys
+    from runink.core.control.store import ClusterStore
+    from runink.plugins.barn.memory import MemoryBarn
+
+    barn = MemoryBarn()
+    setup = ClusterStore(barn)
+    setup.create_herd(Herd(name="lab"))
+    node = NodeRecord(id="n1", capacity=Amount(cpu=1))
+    setup.commit([(keys.node("n1"), 0)], [(keys.node("n1"), node)])
+    with plugin_manager() as manager:
+
+        def loop() -> ControlLoop:
+            store = ClusterStore(barn)
+            scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+            return ControlLoop(store, scheduler, Liveness(store, 10), is_leader=lambda: True)
+
+        first, second = loop(), loop()
+        assert first.step(0, 0) is not None  # claims epoch 1 (nothing to place yet)
+        assert second.step(0, 0) is not None  # claims epoch 2: the first is fenced off now
+        for i in range(2):  # two tasks of 1 cpu for a node of 1 cpu
+            task = TaskRecord(id=f"t{i}", job_id=f"t{i}", herd="lab", command=["/bin/true"], resources=Amount(cpu=1))
+            setup.submit(JobRecord(id=f"t{i}", herd="lab", tasks=[f"t{i}"]), [task])
+        stale = first.step(1, 1)
+        assert stale is not None and not stale.committed and stale.placed == {}
+        fresh = second.step(1, 1)
+        assert fresh is not None and len(fresh.placed) == 1  # one fits; the other waits
+        assert [t.record.state.value for t in setup.tasks("lab")].count("SCHEDULED") == 1

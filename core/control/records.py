@@ -157,6 +157,13 @@ class NodeRecord(Record):
         return self.ready and not self.cordoned and not self.draining
 
 
+class SchedulerEpoch(Record):
+    """Bumped by each server that starts scheduling: its passes compare the key's revision."""
+
+    epoch: int = 0
+    holder: str = ""
+
+
 class Transition(Record):
     state: RunState
     at: float = Field(default_factory=time.time)
@@ -249,6 +256,7 @@ class keys:
 
     NODES = "/cluster/nodes/"
     HERDS = "/herds/"
+    SCHEDULER = "/cluster/scheduler"  # the scheduling epoch: claimed by each new leader
 
     @staticmethod
     def herd(name: str) -> str:

@@ -54,6 +54,9 @@ class ClusterStore:
         # last scan of that prefix (done tasks pile up; re-validating them each pass was most
         # of a pass). Records read are shared between callers: change them with model_copy.
         self._parsed: dict[str, dict[str, tuple[int, Record]]] = {}
+        # (key, revision) every commit also compares: the scheduling epoch a leader claimed
+        # (ControlLoop), so a server that still thinks it leads writes nothing once another took over
+        self.fence: tuple[str, int] | None = None
 
     # --- reading -----------------------------------------------------------------------
 
@@ -131,7 +134,8 @@ class ClusterStore:
         """Write (``None``: delete) only if every key read is still at the revision read
         (0: still absent). Returns the revision after; raises Conflict otherwise."""
         ops = [TxnOp(key, None if record is None else record.model_dump_json().encode()) for key, record in writes]
-        held, revision = self.barn.transaction(list(read), ops)
+        compare = [*read, self.fence] if self.fence is not None else list(read)
+        held, revision = self.barn.transaction(compare, ops)
         if not held:
             raise Conflict("a record changed since it was read")
         return revision

@@ -10,13 +10,16 @@ a full timeout again.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 from runink.core.control.liveness import Liveness
+from runink.core.control.records import SchedulerEpoch, keys
 from runink.core.control.scheduler import PassResult, Scheduler
-from runink.core.control.store import ClusterStore
+from runink.core.control.store import ClusterStore, Conflict
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.report import printable
 
@@ -43,6 +46,7 @@ class ControlLoop:
         self.interval = interval
         self._leading = False
         self._wake = threading.Event()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
         self._last_failure = ("", 0.0)
 
     def step(self, now_wall: float, now_monotonic: float) -> PassResult | None:
@@ -55,12 +59,31 @@ class ControlLoop:
             self.liveness = Liveness(self.store, self.liveness.timeout)
             return None
         if not self._leading:
+            if not self._claim():
+                return None
             log.info("leader: scheduling here (every node gets a full liveness timeout)")
             self._leading = True
         dead = self.liveness.observe(now_monotonic)
         if dead:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
         return self.scheduler.run_pass(now_wall)
+
+    def _claim(self) -> bool:
+        """Bump the scheduling epoch and fence this loop's writes with it: a server that still
+        believes it leads (its leader check is cached, an election is under way) can write no
+        placement or node death once this one claimed, so two cannot overfill a node together."""
+        self.store.fence = None
+        current = self.store.barn.get(keys.SCHEDULER)
+        epoch = SchedulerEpoch() if current is None else SchedulerEpoch.model_validate_json(current.value)
+        claimed = SchedulerEpoch(epoch=epoch.epoch + 1, holder=self.holder)
+        try:
+            revision = self.store.commit(
+                [(keys.SCHEDULER, current.mod_revision if current else 0)], [(keys.SCHEDULER, claimed)]
+            )
+        except Conflict:  # another server claimed at the same moment: the next round looks again
+            return False
+        self.store.fence = (keys.SCHEDULER, revision)
+        return True
 
     def poke(self) -> None:
         """Run the next round now (something changed: a submission, a report, a node), not at

@@ -175,10 +175,10 @@ class Server:
         self.store = ClusterStore(barn)
         self.lifecycle = Lifecycle(self.store)
         policy: Any = configured_driver(config, "scheduler", manager)
-        scheduler = Scheduler(self.store, manager, policy)
-        self.loop = ControlLoop(
-            self.store, scheduler, Liveness(self.store, options.liveness_timeout), is_leader=LeaderCheck(barn)
-        )
+        fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
+        scheduler = Scheduler(fenced, manager, policy)
+        liveness = Liveness(fenced, options.liveness_timeout)
+        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=LeaderCheck(barn))
         self.loop.start(self._stop)
         self.loop.follow(barn, self._stop)  # a round at once when jobs or tasks change
         self.agents = serve_agents(
