@@ -21,10 +21,10 @@ import grpc
 from pydantic import ValidationError
 
 from runink.core.control.logs import Chunk
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
+from runink.core.control.records import NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.report import printable
-from runink.core.server.proto import CONNECT
+from runink.core.server.proto import CONNECT, amount_of, capacity_message
 from runink.core.server.proto import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,10 @@ class GrpcControl:
     # --- Control -------------------------------------------------------------------------
 
     def register_node(self, node: NodeRecord) -> NodeRecord:
-        c = node.capacity
         request = pb.AgentMessage(
             register=pb.Register(
                 node_id=node.id,
-                capacity=pb.Capacity(cpu=c.cpu, memory=c.memory, gpu=c.gpu, pids=c.pids),
+                capacity=capacity_message(node.capacity),
                 labels=node.labels,
                 address=node.address,
             )
@@ -201,7 +200,7 @@ class GrpcControl:
         try:
             return NodeRecord(
                 id=done.id,
-                capacity=_amount(done.capacity),
+                capacity=amount_of(done.capacity),
                 labels=dict(done.labels),
                 address=done.address,
                 ready=done.ready,
@@ -279,17 +278,13 @@ class GrpcControl:
         return bool(ack.accepted), int(ack.next_offset)
 
 
-def _amount(capacity: pb.Capacity) -> Amount:
-    return Amount(cpu=capacity.cpu, memory=capacity.memory, gpu=capacity.gpu, pids=capacity.pids)
-
-
 def _task(task: pb.Task) -> TaskRecord:
     return TaskRecord(
         id=task.id,
         job_id=task.job_id,
         herd=task.herd,
         command=list(task.command),
-        resources=_amount(task.resources),
+        resources=amount_of(task.resources),
         timeout=task.timeout if task.HasField("timeout") else None,
         attempt=task.attempt,
         token=task.token,

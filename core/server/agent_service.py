@@ -32,7 +32,7 @@ from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.control.store import NotFound
 from runink.core.errors import RuninkError
 from runink.core.report import printable
-from runink.core.server.proto import CONNECT
+from runink.core.server.proto import CONNECT, amount_of, capacity_message
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import is_loopback
 
@@ -76,7 +76,7 @@ def _name(value: str, what: str) -> str:
 
 def _amount(capacity: pb.Capacity, what: str) -> Amount:
     try:
-        return Amount(cpu=capacity.cpu, memory=capacity.memory, gpu=capacity.gpu, pids=capacity.pids)
+        return amount_of(capacity)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadRequest(f"{what}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
@@ -104,10 +104,9 @@ def node_of(message: pb.Register) -> NodeRecord:
 
 
 def registered(node: NodeRecord) -> pb.Registered:
-    c = node.capacity
     return pb.Registered(
         id=node.id,
-        capacity=pb.Capacity(cpu=c.cpu, memory=c.memory, gpu=c.gpu, pids=c.pids),
+        capacity=capacity_message(node.capacity),
         labels=node.labels,
         address=node.address,
         ready=node.ready,
@@ -202,13 +201,12 @@ class TaskChanges:
 
 
 def task_message(task: TaskRecord) -> pb.Task:
-    r = task.resources
     message = pb.Task(
         id=task.id,
         job_id=task.job_id,
         herd=task.herd,
         command=task.command,
-        resources=pb.Capacity(cpu=r.cpu, memory=r.memory, gpu=r.gpu, pids=r.pids),
+        resources=capacity_message(task.resources),
         attempt=task.attempt,
         token=task.token,
         state=task.state.value,
