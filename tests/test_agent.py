@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_helpers import schedule, sync_until, task_of
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -46,29 +47,6 @@ def agent(life: Lifecycle, tmp_path: Path) -> Iterator[Agent]:
     for run in list(agent.running.values()):
         executor.destroy(run.executor_id)
     executor.close()
-
-
-def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
-    (current,) = store.job_tasks(store.job(job_id).record)
-    task = current.record
-    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
-    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
-    return moved
-
-
-def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
-    (task,) = store.job_tasks(store.job(job_id).record)
-    return task.record
-
-
-def sync_until(agent: Agent, done: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agent.sync()
-        if callable(done) and done():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def test_agent_registers_heartbeats_and_registers_again_when_refused(store: ClusterStore, agent: Agent) -> None:

@@ -16,11 +16,12 @@ from typing import Any
 
 import grpc
 import pytest
+from agent_helpers import schedule, sync_until, task_of
 
 from runink.core.agent import Agent
 from runink.core.agent.grpc_control import ControlUnavailable, FailoverControl, GrpcControl
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState, keys
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.drivers import load_driver
 from runink.core.interfaces.executor import Executor
@@ -70,29 +71,6 @@ def agent(control: GrpcControl, executor: Executor, tmp_path: Path) -> Agent:
 
 def make_agent(control: GrpcControl, executor: Executor, tmp_path: Path, node: str = "n1") -> Agent:
     return Agent(control, executor, node, Amount(cpu=4, memory=1 << 30), work_dir=tmp_path / node, stop_grace=2.0)
-
-
-def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
-    (current,) = store.job_tasks(store.job(job_id).record)
-    task = current.record
-    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
-    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
-    return moved
-
-
-def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
-    (task,) = store.job_tasks(store.job(job_id).record)
-    return task.record
-
-
-def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agent.sync()
-        if done():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 class RawStream:

@@ -9,6 +9,7 @@ places tasks itself, as tests/test_agent.py does). As processes: `runink server`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -20,13 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import agent_helpers
 import pytest
+from agent_helpers import schedule, task_of
 from barn_cluster import free_ports
 from fixture_types import CliRunner
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, Herd, RunState
 from runink.core.control.store import ClusterStore
 from runink.core.errors import RuninkError
 from runink.plugins.barn.memory import MemoryBarn
@@ -37,6 +40,9 @@ pytestmark = pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {P
 
 
 # --- in process ------------------------------------------------------------------------------
+
+
+sync_until = functools.partial(agent_helpers.sync_until, timeout=15.0, poll=0.05)  # this file's slices take longer
 
 
 @pytest.fixture
@@ -56,29 +62,6 @@ def cgroup_parent() -> Iterator[str]:
         for parent in set(executor.cgroups.parents().values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
-
-
-def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
-    (current,) = store.job_tasks(store.job(job_id).record)
-    task = current.record
-    moved = task.moved_to(RunState.SCHEDULED, node=node, attempt=task.attempt + 1, token=store.barn.revision())
-    store.commit([(keys.task(task.herd, task.id), current.revision)], [(keys.task(task.herd, task.id), moved)])
-    return moved
-
-
-def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
-    (task,) = store.job_tasks(store.job(job_id).record)
-    return task.record
-
-
-def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agent.sync()
-        if done():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def new_agent(life: Lifecycle, executor: LinuxExecutor, work_dir: Path) -> Agent:

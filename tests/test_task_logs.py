@@ -6,14 +6,15 @@ and `runink agent` processes. The tests place tasks themselves (what the schedul
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import agent_helpers
 import httpx
 import pytest
 import test_cluster_processes
@@ -34,6 +35,9 @@ from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 
 one_server = test_cluster_processes.one_server  # `runink server` + `runink agent` processes
+
+
+sync_until = functools.partial(agent_helpers.sync_until, timeout=20.0)  # this file's slices take longer
 
 
 @dataclass
@@ -72,16 +76,6 @@ class Cluster:
         found: dict[str, Any] = answer.json()
         found["bytes"] = base64.b64decode(found["data"])
         return found
-
-
-def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        agent.sync()
-        if done():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
