@@ -70,3 +70,12 @@ def test_server_addresses_come_from_the_flag_then_the_environment(monkeypatch: p
     monkeypatch.setenv("RUNINK_SERVER", "127.0.0.1:1,127.0.0.1:2")
     assert server_addresses(None, None) == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     assert server_addresses("127.0.0.1:3", "127.0.0.1:4") == ["http://127.0.0.1:3"]
+
+
+def test_the_clis_final_states_are_the_records_final_states() -> None:
+    """jobs_cmd spells RunState's final states out (importing the records would slow every CLI
+    start): the copy must not drift."""
+    from runink.core.cli.jobs_cmd import FINAL
+    from runink.core.control.records import RunState
+
+    assert {state.value for state in RunState if state.final} == FINAL
