@@ -76,6 +76,7 @@ class Node:
     allocated: Resources = Resources()
     labels: Mapping[str, str] = field(default_factory=dict)
     healthy: bool = True
+    running: int = 0  # tasks holding this node (SCHEDULED or RUNNING), for least-connections
 
     @property
     def free(self) -> Resources:

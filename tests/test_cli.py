@@ -45,7 +45,14 @@ def test_plugins_list_filters(run_cli: CliRunner) -> None:
     by_hook = json.loads(run_cli("plugins", "list", "--json", "--hook", "runink_filter_nodes").stdout)
     assert sorted(row["name"] for row in by_hook) == ["node-labels", "resource-fit"]
     by_group = json.loads(run_cli("plugins", "list", "--json", "--group", "runink.scheduler_policies").stdout)
-    assert sorted(row["name"] for row in by_group) == ["binpack", "spread"]
+    assert sorted(row["name"] for row in by_group) == [
+        "binpack",
+        "least-connections",
+        "random",
+        "round-robin",
+        "spread",
+        "weighted",
+    ]
     bad = run_cli("plugins", "list", "--hook", "runink_nope")
     assert bad.returncode != 0
     assert bad.stderr.count("\n") == 1 and "unknown hook 'runink_nope'" in bad.stderr

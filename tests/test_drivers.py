@@ -33,7 +33,7 @@ def test_unknown_name_lists_available_and_origin(tmp_path: Path) -> None:
         configured_driver(config, "scheduler")
     message = str(info.value)
     assert "'fastest'" in message and "$RUNINK_SCHEDULER__POLICY" in message
-    assert "binpack, spread" in message
+    assert "binpack, least-connections, random, round-robin, spread, weighted" in message
 
 
 def test_bad_options_name_the_driver() -> None:

@@ -166,7 +166,7 @@ def test_a_driver_name_from_the_config_file_names_its_key(run_cli: CliRunner, pr
         f"{toml}:5: executor.driver = 'proces' names no installed runink.executors driver "
         "(available: auto, linux, process)",
         f"{toml}:2: scheduler.driver = 'spred' names no installed runink.scheduler_policies driver "
-        "(available: binpack, spread)",
+        "(available: binpack, least-connections, random, round-robin, spread, weighted)",
     ]
     # a real run reads executor.driver too: the same one line, with the key
     out = run_cli("run", "p.dsl", cwd=project)

@@ -124,6 +124,7 @@ class Scheduler:
         result = PassResult(token=token)
 
         allocated: dict[str, Resources] = {}
+        running: dict[str, int] = {}  # node id -> its SCHEDULED and RUNNING tasks
         usage: dict[str, _Usage] = {name: _Usage() for name in herds}
         queues: dict[str, list[Versioned[TaskRecord]]] = {}
         writes: list[tuple[str, Record | None]] = []
@@ -135,6 +136,7 @@ class Scheduler:
             if task.state in ACTIVE and task.node is not None:
                 want = task.resources.resources()
                 allocated[task.node] = allocated.get(task.node, Resources()) + want
+                running[task.node] = running.get(task.node, 0) + 1
                 held = usage.setdefault(task.herd, _Usage())
                 held.resources += want
                 held.slices += 1
@@ -154,6 +156,7 @@ class Scheduler:
                         record.capacity.resources(),
                         allocated.get(record.id, Resources()),
                         dict(record.labels),
+                        running=running.get(record.id, 0),
                     )
                 )
             else:
@@ -207,7 +210,9 @@ class Scheduler:
                 else:
                     best = ranked[0]
                     node = candidates[position[best.node_id]]
-                    candidates[position[node.id]] = replace(node, allocated=node.allocated + want)
+                    candidates[position[node.id]] = replace(
+                        node, allocated=node.allocated + want, running=node.running + 1
+                    )
                     held.resources = after
                     held.slices += 1
                     explain = _explain(

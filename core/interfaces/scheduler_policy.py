@@ -2,8 +2,9 @@
 
 The core's placement (``runink.core.scheduling.place``) runs every filter hook, asks every
 score hook, then hands the feasible nodes and the plugins' scores to the configured policy,
-which returns the ranking. Policies are pure: no I/O, deterministic for the same input
-(ties broken by node id), so placements can be replayed from the Barn.
+which returns the ranking. Policies do no I/O and rank the same task over the same nodes the
+same way whatever their order (ties broken by node id), as the conformance suite checks; one
+may remember its own earlier choices (round-robin rotates through the nodes).
 """
 
 from __future__ import annotations
