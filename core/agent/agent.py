@@ -36,6 +36,9 @@ from runink.core.report import printable
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
 MAX_STARTS_PER_ROUND = 16  # slices a round starts at most (the rest the next round)
 LONG_POLL = 3.0  # seconds a long-poll for new assignments waits (a control that has them)
+#: seconds `runink agent` holds a started attempt's RUNNING report (Agent.hold_running): a task
+#: that ends by then is reported once, start and end in one commit (most short tasks do)
+RUNNING_HOLD = 0.05
 log = logging.getLogger(__name__)
 
 #: the environment a task gets (nothing is inherited from the agent)
@@ -61,6 +64,7 @@ class Control(Protocol):
         *,
         exit_code: int | None = None,
         message: str = "",
+        started: float | None = None,  # passed only by an agent with hold_running
     ) -> bool: ...
 
 
@@ -94,6 +98,7 @@ class _Report:
     message: str = ""
     last: bool = False  # final (or given back): once answered its handle and task are forgotten
     destroy: bool = False  # the executor knows the attempt: destroyed once the report was answered
+    started: float | None = None  # when the attempt started (time.time()): its RUNNING goes with this report
 
 
 def executor_id_of(attempt: Attempt) -> str:
@@ -118,6 +123,7 @@ class Agent:
         work_dir: Path | str = ".",
         stop_grace: float = 10.0,
         max_running: int | None = None,
+        hold_running: float = 0.0,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -146,6 +152,11 @@ class Agent:
         # assignments change (the long-poll): run_forever starts its next round then, not at
         # the end of its interval
         self.wake = threading.Event()
+        # Seconds a started attempt's RUNNING report waits: one that ends by then is reported
+        # once, its start (with its time) and its end together, one commit instead of two. 0:
+        # at once (a control whose report() takes no ``started``).
+        self.hold_running = hold_running
+        self._held: dict[Attempt, tuple[float, float]] = {}  # attempt -> (send by, monotonic; started, time.time())
 
     # --- one round ---------------------------------------------------------------------
 
@@ -169,6 +180,7 @@ class Agent:
         for run in list(self.running.values()):
             self.logs.ship(self.control, run.attempt, self._task_dir(run.executor_id))
         self._collect()
+        self._send_held(time.monotonic())
         assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
         for attempt in self._recovered & set(assigned):
             # the old agent may have died before its RUNNING report was sent
@@ -246,7 +258,7 @@ class Agent:
                     self.sync()
                 except Exception as exc:  # see above
                     log.warning("node %s: sync failed: %s", self.node_id, _describe(exc))
-                self.wake.wait(interval)
+                self.wake.wait(self._round_wait(interval))
         finally:
             self._beating.clear()
 
@@ -392,9 +404,31 @@ class Agent:
         *,
         last: bool = False,
         destroy: bool = False,
+        started: float | None = None,
     ) -> None:
-        self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy))
+        self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy, started=started))
         self._flush()
+
+    def _report_start(self, attempt: Attempt) -> None:
+        """RUNNING, now or (``hold_running``) with the attempt's end if it ends soon enough."""
+        if self.hold_running <= 0:
+            self._report(attempt, RunState.RUNNING)
+            return
+        self._held[attempt] = (time.monotonic() + self.hold_running, time.time())
+
+    def _send_held(self, now: float) -> None:
+        """Report RUNNING for the held attempts still running past their hold."""
+        for attempt, (send_by, started) in list(self._held.items()):
+            if send_by <= now:
+                del self._held[attempt]
+                self._report(attempt, RunState.RUNNING, started=started)
+
+    def _round_wait(self, interval: float) -> float:
+        """Seconds until the next round: ``interval``, or less when a held RUNNING is due."""
+        if not self._held:
+            return interval
+        due = min(send_by for send_by, _ in self._held.values())
+        return max(0.0, min(interval, due - time.monotonic()))
 
     def _flush(self) -> None:
         """Send the reports not answered yet, in order; what cannot be sent now (the control
@@ -408,8 +442,17 @@ class Agent:
             if report.last and not self.logs.ship(self.control, report.attempt, self._task_dir(executor_id), last=True):
                 return  # its output could not all be sent now: tried again on a later round
             try:
+                # ``started`` only when there is one: a control may not take it (see hold_running)
+                extra = {} if report.started is None else {"started": report.started}
                 accepted = self.control.report(
-                    herd, task_id, number, token, report.state, exit_code=report.exit_code, message=report.message
+                    herd,
+                    task_id,
+                    number,
+                    token,
+                    report.state,
+                    exit_code=report.exit_code,
+                    message=report.message,
+                    **extra,
                 )
             except (RuninkError, OSError) as exc:
                 log.warning("node %s: report for task %s not sent yet: %s", self.node_id, task_id, exc)
@@ -475,7 +518,7 @@ class Agent:
             log.warning("node %s: %s: handle not saved, a restart cannot re-attach: %s", self.node_id, executor_id, exc)
         self.running[attempt] = Running(attempt, executor_id, handle)
         self._wake_when_ended(executor_id)
-        self._report(attempt, RunState.RUNNING)
+        self._report_start(attempt)
 
     def _wake_when_ended(self, executor_id: str) -> None:
         """Set ``wake`` when the slice ``executor_id`` ends: a thread blocked in the executor's
@@ -505,6 +548,7 @@ class Agent:
     def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
         self._done.add(attempt)
+        held = self._held.pop(attempt, None)  # its RUNNING goes with the end, with its time
         if result is None:  # not ended within the stop grace: nothing true to report
             # (its handle stays: a restarted agent re-attaches and reports how it ended)
             log.warning("node %s: %s did not end after stop", self.node_id, run.executor_id)
@@ -522,7 +566,7 @@ class Agent:
             except OSError as exc:
                 log.warning("node %s: %s: result not saved: %s", self.node_id, run.executor_id, _describe(exc))
         # destroyed in the executor only once the report was answered (a restart before then reports the result)
-        self._report(attempt, *outcome, last=True, destroy=True)
+        self._report(attempt, *outcome, last=True, destroy=True, started=None if held is None else held[1])
 
 
 def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None]:

@@ -255,10 +255,13 @@ class GrpcControl:
         *,
         exit_code: int | None = None,
         message: str = "",
+        started: float | None = None,
     ) -> bool:
         report = pb.Report(herd=herd, task_id=task_id, attempt=attempt, token=token, state=str(state), message=message)
         if exit_code is not None:
             report.exit_code = exit_code
+        if started is not None:
+            report.started = started
         self._fresh = None
         answers = self._ask(pb.AgentMessage(report=report), "report_ack")
         return bool(self._only(answers, "report_ack").report_ack.accepted)
@@ -349,8 +352,13 @@ class FailoverControl:
         *,
         exit_code: int | None = None,
         message: str = "",
+        started: float | None = None,
     ) -> bool:
-        return bool(self._call("report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message))
+        return bool(
+            self._call(
+                "report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
+            )
+        )
 
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
         accepted, seen = self._call("log_chunk", chunk)

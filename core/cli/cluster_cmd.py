@@ -92,7 +92,7 @@ def agent_command(
     the driver can (the linux driver's slices_outlive_executor, unless the config sets it); with
     one that cannot re-attach, those attempts are reported FAILED on restart. SIGTERM drains: no
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
-    from runink.core.agent.agent import Agent
+    from runink.core.agent.agent import RUNNING_HOLD, Agent
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.control.records import Amount, check_name
     from runink.core.drivers import auto_executor, configured_driver
@@ -132,6 +132,7 @@ def agent_command(
         capacity,
         labels=label_map,
         work_dir=work_dir or Path(config.data_dir).resolve() / "agent" / name,
+        hold_running=RUNNING_HOLD,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ deployment of ``runink run``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import time
@@ -226,12 +227,17 @@ class Lifecycle:
         *,
         exit_code: int | None = None,
         message: str = "",
+        started: float | None = None,
     ) -> bool:
         """An agent's report of the attempt it runs. False (nothing changed, one line logged)
         when the attempt or token is not the task's current one, or the task may not go to
         ``state``. A report of the state the task is in already is accepted and changes nothing
         (an agent may repeat one). A failure with retries left puts the task back PENDING, not
-        placed before its backoff (``backoff * 2**(attempt-1)``, times a jitter in [0.5, 1])."""
+        placed before its backoff (``backoff * 2**(attempt-1)``, times a jitter in [0.5, 1]).
+
+        ``started``: when the attempt started on its node (the node's clock, for people). A
+        task still SCHEDULED then records its RUNNING transition at that time before ``state``,
+        in the same commit: a short task's start and end are one report, not two."""
         # every field comes from an agent: logged and stored only bounded and printable
         where = printable(f"report for task {task_id} attempt {attempt} (token {token}): {state}", 400)
         message = printable(message, MAX_MESSAGE)
@@ -243,11 +249,19 @@ class Lifecycle:
         if state not in REPORTABLE:
             log.warning("%s refused: not a state an agent reports", where)
             return False
+        if started is not None and not math.isfinite(started):
+            log.warning("%s refused: its start time is not a finite number", where)
+            return False
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
                 current = self.store.task(herd, task_id)
                 job = self.store.job(current.record.job_id)
-                siblings = self.store.job_tasks(job.record)
+                # the task itself as read above (one read less, and what is compared is what
+                # the change was made from); a one-task job reads nothing more
+                siblings = [
+                    current if sibling == current.record.id else self.store.task(herd, sibling)
+                    for sibling in job.record.tasks
+                ]
             except (NotFound, ValueError) as exc:
                 log.warning("%s refused: %s", where, exc)
                 return False
@@ -268,10 +282,14 @@ class Lifecycle:
                 except Conflict:
                     continue
                 return True
-            if task.state is state:
+            if started is not None and task.state is RunState.SCHEDULED:
+                running = task.moved_to(RunState.RUNNING, "started on its node")
+                at_start = running.transitions[-1].model_copy(update={"at": started})
+                task = running.model_copy(update={"transitions": [*running.transitions[:-1], at_start]})
+            if task.state is state and task is current.record:
                 return True
             try:
-                changed = self._reported(task, state, exit_code, message)
+                changed = task if task.state is state else self._reported(task, state, exit_code, message)
             except ValueError as exc:
                 log.warning("%s refused: %s", where, exc)
                 return False

@@ -22,6 +22,7 @@ from runink.core.interfaces.barn import BarnBackend, TxnOp
 R = TypeVar("R", bound=Record)
 MAX_CONFLICT_RETRIES = 20
 DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 1024 operations)
+HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
 
 
 class Conflict(RuninkError):
@@ -57,6 +58,9 @@ class ClusterStore:
         # (key, revision) every commit also compares: the scheduling epoch a leader claimed
         # (ControlLoop), so a server that still thinks it leads writes nothing once another took over
         self.fence: tuple[str, int] | None = None
+        # job id -> its herd, from JOB_INDEX: never changes while the job exists, so a job is
+        # one read (reports and the API's job reads are many); bounded by clearing it when full
+        self._herd_of: dict[str, str] = {}
 
     # --- reading -----------------------------------------------------------------------
 
@@ -105,9 +109,18 @@ class ClusterStore:
 
     def job(self, job_id: str) -> Versioned[JobRecord]:
         check_name(job_id, "job")
-        herd = self.barn.get(self.JOB_INDEX + job_id)
-        found = None if herd is None else self._get(keys.job(herd.value.decode(), job_id), JobRecord)
-        if found is None:
+        herd = self._herd_of.get(job_id)
+        if herd is None:
+            indexed = self.barn.get(self.JOB_INDEX + job_id)
+            if indexed is None:
+                raise NotFound(f"job {job_id!r}: no such job")
+            herd = indexed.value.decode()
+            if len(self._herd_of) >= HERDS_OF_JOBS_KEPT:
+                self._herd_of.clear()
+            self._herd_of[job_id] = herd
+        found = self._get(keys.job(herd, job_id), JobRecord)
+        if found is None:  # deleted with its herd
+            self._herd_of.pop(job_id, None)
             raise NotFound(f"job {job_id!r}: no such job")
         return found
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -46,6 +47,7 @@ MAX_INCARNATION = 64
 MAX_REPORT_MESSAGE = 4 * MAX_MESSAGE  # bytes: the Lifecycle keeps MAX_MESSAGE characters of it
 MAX_COUNTER = 2**62  # attempts, fencing tokens and log offsets
 MAX_EXIT_CODE = 2**31
+MAX_TIME = 2.0**40  # seconds since the epoch a report's start time may name (year ~36,800)
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
@@ -330,10 +332,15 @@ class AgentService:
             else None
         )
         message = _text(report.message, MAX_REPORT_MESSAGE, "report.message")
+        started = report.started if report.HasField("started") else None
+        if started is not None and not (math.isfinite(started) and 0 <= started <= MAX_TIME):
+            raise BadRequest(f"report.started: {started!r} is not a time in [0, {MAX_TIME:g}]")
         placed_on = self._placed_on(herd, task_id, attempt)
         if placed_on is not None and placed_on != node:
             raise BadRequest(f"report for task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
-        accepted = self.lifecycle.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+        accepted = self.lifecycle.report(
+            herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
+        )
         return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
 
     def _log_chunk(self, rid: int, chunk: pb.LogChunk, node: str) -> pb.ServerMessage:

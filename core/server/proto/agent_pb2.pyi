@@ -56,7 +56,7 @@ class AssignmentsRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., wait_ms: _Optional[int] = ..., known: _Optional[str] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("herd", "task_id", "attempt", "token", "state", "exit_code", "message")
+    __slots__ = ("herd", "task_id", "attempt", "token", "state", "exit_code", "message", "started")
     HERD_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Report(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     herd: str
     task_id: str
     attempt: int
@@ -71,7 +72,8 @@ class Report(_message.Message):
     state: str
     exit_code: int
     message: str
-    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    started: float
+    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started: _Optional[float] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("herd", "task_id", "attempt", "token", "stream", "offset", "data")
