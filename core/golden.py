@@ -21,13 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from runink.core.agent.scenarios import ScenarioRun
 from runink.core.config import RuninkConfig
 from runink.core.datasets import resolve_dataset
 from runink.core.drivers import load_driver
 from runink.core.interfaces import Storage
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario, CompiledSink, compile_pipeline
 from runink.core.pipeline.dsl import DslError
-from runink.core.runner import LocalRunner, ScenarioRun
+from runink.core.runner import LocalRunner
 
 MAX_DIFFS = 5
 

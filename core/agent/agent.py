@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runink.core.agent.logs import LogShipper
+from runink.core.agent.scenarios import ScenarioAttempts
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
@@ -82,6 +83,7 @@ class Running:
     executor_id: str  # the executor's task id: the task's id with its attempt number
     handle: TaskHandle | None = None
     started: float = field(default_factory=time.monotonic)
+    scenario: bool = False  # a pipeline scenario's attempt (see core/agent/scenarios.py)
 
 
 #: how an attempt ended, as reported: (state, exit code, message)
@@ -305,9 +307,13 @@ class Agent:
         return self.handles_dir / f"{executor_id}.json"
 
     def _task_dir(self, executor_id: str) -> Path:
+        if isinstance(self.executor, ScenarioAttempts) and (found := self.executor.task_dir(executor_id)):
+            return found  # a scenario attempt works in its pipeline run's folder
         return self.work_dir / "tasks" / executor_id
 
-    def _save_handle(self, attempt: Attempt, handle: TaskHandle, outcome: Outcome | None = None) -> None:
+    def _save_handle(
+        self, attempt: Attempt, handle: TaskHandle, outcome: Outcome | None = None, *, scenario: bool = False
+    ) -> None:
         """Write the attempt's handle, and how it ended once it did, atomically (a temp file
         renamed over), readable by root only."""
         self.handles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -318,6 +324,7 @@ class Agent:
             "attempt": number,
             "token": token,
             "handle": handle.to_dict(),
+            "scenario": scenario,
         }
         if outcome is not None:
             state, exit_code, message = outcome
@@ -347,7 +354,7 @@ class Agent:
         can_recover = self.executor.capabilities().supports_recover
         for path in sorted(self.handles_dir.glob("*.json")):
             try:
-                attempt, handle, outcome = _read_handle(path)
+                attempt, handle, outcome, scenario = _read_handle(path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("node %s: %s: not an attempt's handle, left alone: %s", self.node_id, path, exc)
                 continue
@@ -357,7 +364,11 @@ class Agent:
                 self._report_ended(attempt, handle, outcome, can_recover)
                 continue
             why = None
-            if not can_recover:
+            if scenario:
+                # its outputs' staging lived in the old agent: nothing would publish them
+                why = "the agent restarted during this pipeline scenario's attempt: it is not re-attached"
+                self._discard(handle, can_recover)
+            elif not can_recover:
                 why = (
                     f"the agent restarted and its {self.executor.name or 'executor'} executor cannot re-attach "
                     "to running slices (supports_recover is false): the attempt's outcome is unknown"
@@ -376,6 +387,17 @@ class Agent:
             self.running[attempt] = Running(attempt, handle.task_id, handle)
             self._recovered.add(attempt)
             self._wake_when_ended(handle.task_id)
+
+    def _discard(self, handle: TaskHandle, can_recover: bool) -> None:
+        """Stop and forget a slice the old agent left that this one will not follow."""
+        if not can_recover:
+            return
+        try:
+            self.executor.recover(handle)
+            self.executor.stop(handle.task_id, self.stop_grace)
+            self.executor.destroy(handle.task_id)
+        except (RuninkError, OSError, KeyError, ValueError, TypeError) as exc:
+            log.info("node %s: %s: not stopped after the restart: %s", self.node_id, handle.task_id, exc)
 
     def _report_ended(self, attempt: Attempt, handle: TaskHandle, outcome: Outcome, can_recover: bool) -> None:
         """Queue the reports of an attempt that ended before a restart, from its saved result."""
@@ -481,6 +503,9 @@ class Agent:
         executor_id = f"{task.id}-a{task.attempt}"
         # As the local runner does: the task dir is private (0700) and holds the slice's work
         # dir, the one folder it may write (an isolating executor grants only such a folder).
+        if task.scenario is not None:
+            self._start_scenario(task, executor_id)
+            return
         task_dir = self._task_dir(executor_id)
         cwd = task_dir / "work"
         spec = TaskSpec(
@@ -512,12 +537,30 @@ class Agent:
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, f"node {self.node_id} could not start it: {_describe(exc)}")
             return
+        self._started(attempt, handle)
+
+    def _start_scenario(self, task: TaskRecord, executor_id: str) -> None:
+        """Start a pipeline scenario's attempt through the node's ScenarioAttempts."""
+        attempt = attempt_of(task)
+        scenarios = self.executor if isinstance(self.executor, ScenarioAttempts) else None
         try:
-            self._save_handle(attempt, handle)
+            if scenarios is None:
+                raise RuninkError(f"node {self.node_id} runs commands only: its agent was given no pipelines")
+            handle = scenarios.start_scenario(task, executor_id)
+        except (RuninkError, OSError) as exc:
+            self._done.add(attempt)
+            self._report(attempt, RunState.FAILED, None, _describe(exc))
+            return
+        self._started(attempt, handle, scenario=True)
+
+    def _started(self, attempt: Attempt, handle: TaskHandle, *, scenario: bool = False) -> None:
+        try:
+            self._save_handle(attempt, handle, scenario=scenario)
         except OSError as exc:  # it runs; only a restart of this agent would lose it
-            log.warning("node %s: %s: handle not saved, a restart cannot re-attach: %s", self.node_id, executor_id, exc)
-        self.running[attempt] = Running(attempt, executor_id, handle)
-        self._wake_when_ended(executor_id)
+            why = "handle not saved, a restart cannot re-attach"
+            log.warning("node %s: %s: %s: %s", self.node_id, handle.task_id, why, exc)
+        self.running[attempt] = Running(attempt, handle.task_id, handle, scenario=scenario)
+        self._wake_when_ended(handle.task_id)
         self._report_start(attempt)
 
     def _wake_when_ended(self, executor_id: str) -> None:
@@ -562,14 +605,14 @@ class Agent:
             outcome = (RunState(result.state.value), result.exit_code, result.message)
         if run.handle is not None:
             try:  # so a restart before the report is answered reports it, not a lost attempt
-                self._save_handle(attempt, run.handle, outcome)
+                self._save_handle(attempt, run.handle, outcome, scenario=run.scenario)
             except OSError as exc:
                 log.warning("node %s: %s: result not saved: %s", self.node_id, run.executor_id, _describe(exc))
         # destroyed in the executor only once the report was answered (a restart before then reports the result)
         self._report(attempt, *outcome, last=True, destroy=True, started=None if held is None else held[1])
 
 
-def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None]:
+def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None, bool]:
     data: Any = json.loads(path.read_text())
     attempt: Attempt = (str(data["herd"]), str(data["task"]), int(data["attempt"]), int(data["token"]))
     handle = TaskHandle.from_dict(data["handle"])
@@ -579,4 +622,4 @@ def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None]:
     if (result := data.get("result")) is not None:
         exit_code = result["exit_code"]
         outcome = (RunState(result["state"]), None if exit_code is None else int(exit_code), str(result["message"]))
-    return attempt, handle, outcome
+    return attempt, handle, outcome, data.get("scenario") is True

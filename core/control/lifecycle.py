@@ -22,16 +22,19 @@ from pydantic import ValidationError
 
 from runink.core.control.records import (
     Amount,
+    Herd,
     JobRecord,
     NodeRecord,
     Record,
     RunState,
+    ScenarioRef,
     TaskRecord,
     job_state,
     keys,
     new_id,
 )
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
@@ -127,16 +130,69 @@ class Lifecycle:
             job = JobRecord(id=job_id, herd=herd, tasks=[task_id])
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
-        over = found.record.quota.exceeded_by(task.resources, 1)
-        if over:
-            raise Refused(f"herd {herd!r}: the task alone exceeds the herd's quota: {over}")
-        nodes = [v.record for v in self.store.nodes()]
-        # With no node registered yet the task waits PENDING: nodes may join later.
-        if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
-            reasons = "; ".join(f"{n.id}: {never_fits(task.resources, n.capacity)}" for n in nodes)
-            raise Refused(f"the task can never fit any node ({reasons})")
+        self._admit(found.record, [task])
         self.store.submit(job, [task])
         return job
+
+    def submit_pipeline(
+        self, herd: str, compiled: CompiledPipeline, ref: Callable[[str], ScenarioRef], *, clamp: Amount | None = None
+    ) -> JobRecord:
+        """Store a pipeline run as a job of one task per scenario, each ``after`` the tasks of
+        the scenarios producing its source (so scenarios run in dependency order, across nodes
+        too). ``ref`` names each scenario's ScenarioRef; ``clamp``: resources no task asks past
+        (the embedded deployment's one node: a scenario asking more cpu than it has runs there
+        with all of it, as it always did). Refused, storing nothing, as ``submit_command``."""
+        try:
+            found = self.store.herd(herd)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        job_id = new_id("job")
+        ids = {item.name: new_id("task") for item in compiled.scenarios}
+        tasks = []
+        for item in compiled.scenarios:
+            scenario = item.scenario
+            req = scenario.requires
+            wanted = Amount(cpu=req.cpu, memory=req.memory or 0, gpu=req.gpu)
+            if clamp is not None:
+                wanted = Amount(
+                    cpu=min(wanted.cpu, clamp.cpu),
+                    memory=min(wanted.memory, clamp.memory),
+                    gpu=min(wanted.gpu, clamp.gpu),
+                )
+            try:
+                tasks.append(
+                    TaskRecord(
+                        id=ids[item.name],
+                        job_id=job_id,
+                        herd=herd,
+                        scenario=ref(item.name),
+                        resources=wanted,
+                        timeout=req.timeout,
+                        retries=scenario.retries,
+                        backoff=scenario.backoff,
+                        node_labels=dict(scenario.node_labels),
+                        after=[ids[name] for name in item.upstream],
+                    )
+                )
+            except ValidationError as exc:
+                raise _refusal(exc, f"scenario {item.name!r}") from None
+        job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in tasks])
+        self._admit(found.record, tasks)
+        self.store.submit(job, tasks)
+        return job
+
+    def _admit(self, herd: Herd, tasks: list[TaskRecord]) -> None:
+        """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on
+        its own, or one no registered node could hold even empty. With no node registered yet
+        they wait PENDING: nodes may join later."""
+        nodes = [v.record for v in self.store.nodes()]
+        for task in tasks:
+            over = herd.quota.exceeded_by(task.resources, 1)
+            if over:
+                raise Refused(f"herd {herd.name!r}: the task alone exceeds the herd's quota: {over}")
+            if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
+                reasons = "; ".join(f"{n.id}: {never_fits(task.resources, n.capacity)}" for n in nodes)
+                raise Refused(f"the task can never fit any node ({reasons})")
 
     # --- nodes -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources
 
@@ -172,13 +172,30 @@ class Transition(Record):
     reason: str = ""
 
 
+class ScenarioRef(Record):
+    """A pipeline scenario a task runs: the node compiles ``pipeline`` (or, in process, is
+    handed it compiled) and runs the scenario's slice as the local runner always has."""
+
+    pipeline: str = Field(min_length=1, max_length=4096)  # the .dsl file, as the submitter resolved it
+    scenario: str = Field(min_length=1, max_length=200)
+    run: str = Field(min_length=1, max_length=100)  # the run's id: names its work folder on the node
+
+    @field_validator("pipeline", "scenario", "run")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("contains a control character")
+        return value
+
+
 class TaskRecord(Record):
-    """One slice to run: a command (argv, no shell) with its resources, in a herd."""
+    """One slice to run, in a herd: a command (argv, no shell) or a pipeline's scenario."""
 
     id: str
     job_id: str
     herd: str
-    command: list[str]
+    command: list[str] = []
+    scenario: ScenarioRef | None = None
     resources: Amount = Amount()
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=100)
@@ -200,14 +217,20 @@ class TaskRecord(Record):
     @field_validator("command")
     @classmethod
     def _command(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("command: empty (give the program and its arguments)")
         if len(value) > MAX_COMMAND_ARGS:
             raise ValueError(f"command: {len(value)} arguments (at most {MAX_COMMAND_ARGS})")
         for i, arg in enumerate(value):
             if "\0" in arg or len(arg.encode()) > MAX_ARG_BYTES:
                 raise ValueError(f"command[{i}]: contains a NUL byte or is longer than {MAX_ARG_BYTES} bytes")
         return value
+
+    @model_validator(mode="after")
+    def _what_runs(self) -> TaskRecord:
+        if not self.command and self.scenario is None:
+            raise ValueError("command: empty (give the program and its arguments)")
+        if self.command and self.scenario is not None:
+            raise ValueError("a task runs a command or a scenario, not both")
+        return self
 
     def moved_to(self, state: RunState, reason: str = "", **changes: object) -> TaskRecord:
         """A copy in ``state``, the transition recorded. Raises ValueError if the task may not

@@ -1,0 +1,433 @@
+"""Pipeline scenarios as tasks on a node: what a scenario's attempt needs beyond its slice.
+
+A task that names a scenario (``TaskRecord.scenario``) is started by the agent through
+``ScenarioAttempts.start_scenario``: the attempt gets a private task dir, its sinks are staged
+beside their targets, its slice is built by core/slicetask.py and started by the node's own
+executor. ``ScenarioAttempts`` wraps that executor, so the agent follows a scenario attempt
+with the same ``wait`` / ``stop`` / ``destroy`` calls as a command's; the difference is when it
+ends: a scenario attempt has ended once its outputs were published (or its staging removed),
+not when its slice exited, so a downstream scenario placed after it always finds them.
+
+While the slice runs, its report (rows, steps, drift, its verdict) is read into the run's
+``ScenarioRun``; the node exports lineage (START with the first attempt, COMPLETE or FAIL with
+the last), metrics and logs through the plugin hooks, as only runners and agents do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runink.core.config import RuninkConfig
+from runink.core.control.records import ScenarioRef, TaskRecord
+from runink.core.errors import ExecutorError, RuninkError
+from runink.core.events import emit_lineage, export_log, export_metrics
+from runink.core.interfaces.executor import (
+    Executor,
+    ExecutorCapabilities,
+    Fingerprint,
+    TaskHandle,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    TaskStats,
+)
+from runink.core.model import LineageEvent, LogEntry, MetricSample, ScenarioState
+from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
+from runink.core.plugins import PluginManager
+from runink.core.report import ReportError, ReportReader, printable
+from runink.core.slicetask import report_path, slice_task
+from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
+
+READ_EVERY = 0.1  # seconds between reads of a running slice's report (progress)
+
+
+@dataclass
+class ScenarioRun:
+    """What a scenario's attempts did, as its slices reported it."""
+
+    name: str
+    state: ScenarioState = ScenarioState.PENDING
+    attempts: int = 0
+    rows_in: int = 0
+    rows_valid: int = 0
+    rows_invalid: int = 0
+    rows_malformed: int = 0
+    rows_out: int = 0
+    steps: dict[str, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    log_dir: str | None = None
+    contract_hash: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.name,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "rows_in": self.rows_in,
+            "rows_valid": self.rows_valid,
+            "rows_invalid": self.rows_invalid,
+            "rows_malformed": self.rows_malformed,
+            "rows_out": self.rows_out,
+            "steps": self.steps,
+            "outputs": self.outputs,
+            "drift": self.drift,
+            "error": self.error,
+            "elapsed": round(self.elapsed, 3),
+            "log_dir": self.log_dir,
+            "contract_hash": self.contract_hash,
+        }
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
+
+
+@dataclass
+class PipelineRun:
+    """One run of a compiled pipeline on this node: where its attempts work, what they may
+    read and write (``roots``: the pipeline's folder and what [paths] allow), and each
+    scenario's ``ScenarioRun``."""
+
+    compiled: CompiledPipeline
+    run_id: str
+    herd: str
+    work: Path  # <data_dir>/runs/<run id>
+    roots: tuple[Path, ...]
+    scenarios: dict[str, ScenarioRun]
+
+    def may_use(self, real: Path) -> bool:
+        """A real path the pipeline may read or write: in its folder or one [paths] allow lists."""
+        return any(real == root or root in real.parents for root in self.roots)
+
+
+@dataclass
+class _Attempt:
+    run: PipelineRun
+    item: CompiledScenario
+    task: TaskRecord
+    staged: dict[Path, Stage]
+    reader: ReportReader
+    task_dir: Path
+    report: dict[str, Any] = field(default_factory=dict)  # the slice's verdict: ok, error
+    result: TaskResult | None = None  # once ended: outputs published or staging removed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _result(attempt: _Attempt) -> TaskResult | None:
+    return attempt.result  # (read anew: another thread may have set it)
+
+
+class ScenarioAttempts(Executor):
+    """The node's executor, with pipeline scenarios on top (see the module's docstring).
+    ``pipelines`` finds the run a task's ScenarioRef names (RuninkError if this node has none)."""
+
+    def __init__(
+        self,
+        inner: Executor,
+        config: RuninkConfig,
+        manager: PluginManager,
+        pipelines: Callable[[ScenarioRef], PipelineRun],
+    ) -> None:
+        self.inner = inner
+        self.config = config
+        self.manager = manager
+        self.pipelines = pipelines
+        self.degrade = inner.degrade
+        self._attempts: dict[str, _Attempt] = {}
+        self._lock = threading.Lock()
+
+    # --- starting --------------------------------------------------------------------
+
+    def start_scenario(self, task: TaskRecord, executor_id: str) -> TaskHandle:
+        """Prepare and start one attempt of the scenario ``task`` names. Raises RuninkError,
+        saying why, for one that cannot start (nothing is left staged then)."""
+        ref = task.scenario
+        if ref is None:
+            raise RuninkError(f"task {task.id}: names no scenario")
+        run = self.pipelines(ref)
+        try:
+            item = run.compiled.get(ref.scenario)
+        except KeyError:
+            raise RuninkError(f"pipeline {ref.pipeline}: no scenario {ref.scenario!r}") from None
+        scenario = run.scenarios[item.name]
+        scenario.attempts = task.attempt
+        if scenario.started is None:
+            scenario.started = time.time()
+        scenario.state = ScenarioState.RUNNING
+        scenario.outputs = [r.key for r in item.outputs]
+        if task.attempt == 1:
+            emit_lineage(self.manager, self._lineage("START", run, item))
+        task_dir = run.work / slug(item.name) / f"attempt-{task.attempt}"
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        # The task dir is private (0700): the slice's work dir inside it is the slice's to
+        # change, and nothing it leaves there must be reachable by other users.
+        task_dir.mkdir(mode=0o700)
+        scenario.log_dir = str(task_dir)
+        (task_dir / "work").mkdir()
+        try:
+            readable = self._readable(run, item)
+            staged = stage_sinks(item, run.may_use)
+        except OSError as exc:
+            raise RuninkError(f"scenario {item.name!r}: cannot prepare its inputs and outputs: {exc}") from None
+        try:
+            spec = slice_task(
+                item,
+                self.config,
+                herd=run.herd,
+                task_id=executor_id,
+                task_dir=task_dir,
+                base_dir=run.compiled.pipeline.base_dir,
+                readable=readable,
+                staged=staged,
+            )
+            # made by the node, read through its own fd (see core/report.py)
+            reader = ReportReader.create(report_path(task_dir))
+        except (ReportError, RuninkError) as exc:
+            unstage(staged)
+            raise RuninkError(f"scenario {item.name!r}: {exc}") from None
+        try:
+            handle = self.inner.start(spec)
+        except ExecutorError as exc:
+            reader.close()
+            unstage(staged)
+            # a third-party driver's message may not say who refused
+            executor_name = getattr(self.inner, "name", "") or type(self.inner).__name__
+            raise RuninkError(f"scenario {item.name!r}: executor {executor_name!r} refused it: {exc}") from None
+        with self._lock:
+            self._attempts[executor_id] = _Attempt(run, item, task, staged, reader, task_dir)
+        return handle
+
+    def _readable(self, run: PipelineRun, item: CompiledScenario) -> tuple[Path, ...]:
+        """The pipeline's folder and the source, links resolved now and vetted again (a link
+        planted since compiling must not grant the slice a file of someone else's)."""
+        base = run.compiled.pipeline.base_dir.resolve()
+        if whole_home(base):
+            raise OSError(
+                f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
+                "put the pipeline in a folder of its own"
+            )
+        if item.source.remote:
+            return (base,)  # read from the store over the network, no local file to grant
+        source = item.source.path.resolve()
+        if item.source.path.exists() and not run.may_use(source):
+            raise OSError(f"the source {item.source.path} leads to {source}, outside what the pipeline may read")
+        # a missing source is not granted: the slice reports it, naming the file
+        return tuple(p for p in (base, source) if p.exists())
+
+    # --- following and ending ------------------------------------------------------------
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        attempt = self._attempts.get(task_id)
+        if attempt is None:
+            return self.inner.wait(task_id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if (ended_before := _result(attempt)) is not None:
+                return ended_before
+            step = READ_EVERY if deadline is None else max(0.0, min(READ_EVERY, deadline - time.monotonic()))
+            ended = self.inner.wait(task_id, step)
+            with attempt.lock:  # one thread reads the report and ends the attempt
+                if (ended_before := _result(attempt)) is not None:
+                    return ended_before  # (by another thread meanwhile)
+                self._read_report(attempt, final=ended is not None)
+                if ended is not None:
+                    attempt.result = self._ended(attempt, ended)
+                    return attempt.result
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _read_report(self, attempt: _Attempt, final: bool) -> None:
+        """Apply the slice's new report lines to its ScenarioRun; only the known fields, of their
+        types (the slice writes the file: it must not be able to break the node's accounting)."""
+        run = attempt.run.scenarios[attempt.item.name]
+        report = attempt.report
+        for event in attempt.reader.events(final=final):
+            for key in ("rows_in", "rows_valid", "rows_invalid", "rows_malformed", "rows_out"):
+                if type(event.get(key)) is int:
+                    setattr(run, key, event[key])
+            steps = event.get("steps")
+            if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):
+                run.steps = {printable(str(k), 200): v for k, v in list(steps.items())[:1000]}
+            drift = event.get("drift")
+            if isinstance(drift, list):
+                run.drift = [printable(str(d), 1000) for d in drift[:100]]
+            if isinstance(event.get("contract_hash"), str):
+                run.contract_hash = printable(event["contract_hash"], 200)
+            if isinstance(event.get("ok"), bool):
+                report["ok"] = event["ok"]
+            if isinstance(event.get("error"), str):
+                report["error"] = printable(event["error"], 4000)
+
+    def _ended(self, attempt: _Attempt, ended: TaskResult) -> TaskResult:
+        """The attempt's result once its slice exited: its verdict read, its outputs published
+        (or its staging removed), what it did exported when it was the scenario's last attempt."""
+        item, pipeline_run, task = attempt.item, attempt.run, attempt.task
+        run = pipeline_run.scenarios[item.name]
+        herd = pipeline_run.herd
+        attempt.reader.close()
+        for note in attempt.reader.notes():
+            self._log("warning", f"scenario {item.name!r}: {note}", herd, item.name)
+        state = ended.state
+        if state is TaskState.SUCCEEDED and not attempt.report.get("ok", False):
+            state = TaskState.FAILED
+        error: str | None = None
+        try:
+            if state is not TaskState.SUCCEEDED:
+                error = attempt.report.get("error") or self._describe_exit(ended, item)
+                self._log_failure(attempt, error)
+            else:
+                try:
+                    publish(attempt.staged)
+                except OSError as exc:
+                    state, error = TaskState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
+        finally:
+            unstage(attempt.staged)
+        run.error = error
+        last = state in (TaskState.SUCCEEDED, TaskState.CANCELLED) or task.attempt > task.retries
+        if last:
+            run.finished = time.time()
+            self._export_end(pipeline_run, item, run, state)
+        else:
+            delay = task.backoff * 2 ** (task.attempt - 1)
+            self._log(
+                "warning",
+                f"scenario {item.name!r} attempt {task.attempt} failed ({error}); retrying in {delay:g}s",
+                herd,
+                item.name,
+            )
+        return TaskResult(
+            task_id=ended.task_id,
+            state=state,
+            exit_code=ended.exit_code,
+            signal=ended.signal,
+            message=error or "",
+            started_at=ended.started_at,
+            finished_at=ended.finished_at,
+            cpu_seconds=ended.cpu_seconds,
+            peak_memory_bytes=ended.peak_memory_bytes,
+        )
+
+    def _describe_exit(self, ended: TaskResult, item: CompiledScenario) -> str:
+        if ended.state is TaskState.DEADLINE_EXCEEDED:
+            return f"scenario {item.name!r}: timed out after {item.scenario.requires.timeout:g}s"
+        return f"scenario {item.name!r}: slice ended {ended.state.value.lower()}: {ended.message}"
+
+    def _log_failure(self, attempt: _Attempt, error: str) -> None:
+        """One line for the failure; the slice's traceback stays in its log (shown at debug level)."""
+        name, herd = attempt.item.name, attempt.run.herd
+        log_path = attempt.task_dir / "stderr.log"
+        self._log("error", f"scenario {name!r} failed: {error} (log: {log_path})", herd, name)
+        try:
+            with open(log_path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4000))
+                tail = fh.read(4000).decode(errors="replace")
+        except OSError:
+            tail = ""
+        if tail.strip():
+            shown = "\n".join(printable(line, 1000) for line in tail.splitlines())  # the slice wrote it
+            self._log("debug", f"scenario {name!r}: the end of {log_path}:\n{shown}", herd, name)
+
+    def _lineage(
+        self, kind: Literal["START", "COMPLETE", "FAIL"], run: PipelineRun, item: CompiledScenario, facets: dict[str, Any] | None = None
+    ) -> LineageEvent:
+        inputs = (item.source.canonical(),)
+        outputs = tuple(ref.canonical() for ref in item.outputs)
+        job = f"{run.run_id}/{slug(item.name)}"
+        return LineageEvent(kind, job, item.name, run.herd, inputs, outputs, facets=facets or {})
+
+    def _export_end(
+        self, pipeline_run: PipelineRun, item: CompiledScenario, run: ScenarioRun, state: TaskState
+    ) -> None:
+        facets = {
+            "rows_in": run.rows_in,
+            "rows_valid": run.rows_valid,
+            "rows_invalid": run.rows_invalid,
+            "rows_out": run.rows_out,
+            "attempts": run.attempts,
+            "contract_hash": run.contract_hash,
+            "drift": run.drift,
+            "error": run.error,
+        }
+        kind: Literal["COMPLETE", "FAIL"] = "COMPLETE" if state is TaskState.SUCCEEDED else "FAIL"
+        emit_lineage(self.manager, self._lineage(kind, pipeline_run, item, facets))
+        labels = {
+            "pipeline": pipeline_run.compiled.pipeline.name,
+            "run_id": pipeline_run.run_id,
+            "scenario": item.name,
+            "herd": pipeline_run.herd,
+        }
+        export_metrics(
+            self.manager,
+            [
+                MetricSample("runink_rows_in_total", run.rows_in, "counter", labels),
+                MetricSample("runink_rows_invalid_total", run.rows_invalid, "counter", labels),
+                MetricSample("runink_rows_out_total", run.rows_out, "counter", labels),
+                MetricSample("runink_scenario_seconds", run.elapsed, "gauge", labels),
+            ],
+        )
+        for message in run.drift:
+            self._log("warning", f"schema drift in scenario {item.name!r}: {message}", pipeline_run.herd, item.name)
+
+    def _log(self, level: str, message: str, herd: str, scenario: str) -> None:
+        export_log(self.manager, LogEntry(message, level, "runner", {"herd": herd, "scenario": scenario}))  # type: ignore[arg-type]
+
+    # --- the rest is the node's executor's --------------------------------------------------
+
+    def task_dir(self, task_id: str) -> Path | None:
+        """A scenario attempt's task dir (None for a command's: the agent chose that one)."""
+        attempt = self._attempts.get(task_id)
+        return attempt.task_dir if attempt is not None else None
+
+    def stop(self, task_id: str, grace: float = 10.0) -> None:
+        self.inner.stop(task_id, grace)
+
+    def destroy(self, task_id: str) -> None:
+        with self._lock:
+            attempt = self._attempts.pop(task_id, None)
+        if attempt is not None and attempt.result is None:
+            # forgotten before it was followed to its end: nothing is published
+            attempt.reader.close()
+            unstage(attempt.staged)
+        self.inner.destroy(task_id)
+
+    def recover(self, handle: TaskHandle) -> None:
+        # (a scenario attempt's staging lives in this process: after a restart it is retried)
+        self.inner.recover(handle)
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        return self.inner.start(spec)
+
+    def capabilities(self) -> ExecutorCapabilities:
+        return self.inner.capabilities()
+
+    def fingerprint(self) -> Fingerprint:
+        return self.inner.fingerprint()
+
+    def inspect(self, task_id: str) -> TaskState:
+        return self.inner.inspect(task_id)
+
+    def stats(self, task_id: str) -> TaskStats:
+        return self.inner.stats(task_id)
+
+    def handle(self, task_id: str) -> TaskHandle:
+        return self.inner.handle(task_id)
+
+    def close(self) -> None:
+        self.inner.close()
