@@ -31,6 +31,7 @@ from runink.core.errors import ExecutorError
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledPipeline
+from runink.core.pipeline.model import StepRef
 from runink.core.pipeline.probe import MARK
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
@@ -118,7 +119,8 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         if scenario.source is not None and scenario.source.contract:
             refs.setdefault((scenario.source.contract, "contract"), str(scenario.source.at))
         for step in scenario.steps:
-            refs.setdefault((step.ref, "step"), str(step.at))
+            if isinstance(step, StepRef):  # a command step's program runs only in a real run
+                refs.setdefault((step.ref, "step"), str(step.at))
     if not refs:
         return []
     pipeline = compiled.pipeline

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
-from runink.core.dataplane.spec import SinkSpec, SliceSpec, SourceSpec
+from runink.core.dataplane.spec import CommandSpec, SinkSpec, SliceSpec, SourceSpec
 from runink.core.datasets import DatasetRef
 from runink.core.driverload import import_driver
 from runink.core.errors import RuninkError
@@ -23,6 +23,7 @@ from runink.core.interfaces.executor import TaskSpec
 from runink.core.interfaces.storage import Storage
 from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledScenario
+from runink.core.pipeline.model import CommandStep
 from runink.core.staging import Stage
 
 #: the data plane's entry point, run in the slice with the spec's path
@@ -79,7 +80,10 @@ def slice_task(
             options=dict(scenario.source.options) if scenario.source else {},
             contract=scenario.source.contract if scenario.source else None,
         ),
-        steps=tuple(step.ref for step in scenario.steps),
+        steps=tuple(
+            CommandSpec(step.command, step.shell, step.format) if isinstance(step, CommandStep) else step.ref
+            for step in scenario.steps
+        ),
         sinks=tuple(SinkSpec(s.ref.format, _sink_path(s.ref, staged), s.when, dict(s.options)) for s in item.sinks),
         drift_policy=config.herd_policy(herd).drift,
         report=str(report_path(task_dir)),

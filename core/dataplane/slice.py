@@ -2,9 +2,10 @@
 
 Run as ``python -m runink.core.dataplane.slice SPEC.json`` by an executor. One batch is in
 flight at a time (pull-based: the source is read only as fast as the sinks write), so
-memory stays flat whatever the input size. Progress, the final counts and any error go to
-the report file named in the spec as JSON lines; the runner (later the agent) reads it. The
-slice never talks to the control plane.
+memory stays flat whatever the input size; a command step (``@run``) takes the rows before
+it into a file, runs its program once and streams the file it wrote on. Progress, the final
+counts and any error go to the report file named in the spec as JSON lines; the runner (later
+the agent) reads it. The slice never talks to the control plane.
 
 User code (contracts, steps) is imported here, inside the slice, never by the launcher.
 Sinks write to temporary names and are renamed into place only when the whole scenario
@@ -13,25 +14,36 @@ succeeded; on any error every sink is discarded and the previous outputs stay in
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import csv
 import json
+import os
 import queue
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from runink.core.command_step import argv as command_argv
+from runink.core.command_step import placeholders, step_name
 from runink.core.contracts import Contract, detect_drift, validate
 from runink.core.dataplane.log_tags import TaggedStream, step_context
-from runink.core.dataplane.spec import SliceSpec, SpecError
+from runink.core.dataplane.spec import CommandSpec, SliceSpec, SpecError
 from runink.core.driverload import load_installed
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
+from runink.core.report import printable
 from runink.core.steps import StepFunction, adapt, import_reference
 
 META_COLUMNS = [
@@ -41,6 +53,8 @@ META_COLUMNS = [
     pa.field("_runink_text", pa.string()),
 ]
 REPORT_INTERVAL = 0.25
+T = TypeVar("T")
+MAX_LOG_LINE = 64 * 1024  # a command's longer output line reaches the log in pieces
 
 
 class SliceError(Exception):
@@ -98,7 +112,9 @@ def run(spec: SliceSpec) -> int:
             sys.path.insert(0, base_dir)
         source = spec.source
         contract = _load_contract(source.contract)
-        steps = _load_steps(list(spec.steps))
+        # the report is in the slice's own work dir (slicetask.report_path): command steps'
+        # files go there too, the one place the slice may write besides its sinks
+        steps = _load_steps(list(spec.steps), work_dir=Path(spec.report).parent, base_dir=Path(base_dir), spec=spec)
         source_driver: Storage = _storage(source.format, spec.storage_options)
         sinks = [
             SinkSlot(
@@ -111,49 +127,68 @@ def run(spec: SliceSpec) -> int:
             for s in spec.sinks
         ]
         output = SinkWriterThread(sinks, counters)
+        sink_output = output
         drift_reported: set[str] = set()
         drift_messages: list[str] = []
         dlq_schema: pa.Schema | None = None
         source_uri = source.uri
         unit = source_driver.position_unit
-        for read in source_driver.read(Path(source.path), raw=contract is not None, options=source.options):
-            batch = read.batch
-            counters.rows_in += batch.num_rows + len(read.malformed)
-            counters.rows_malformed += len(read.malformed)
-            if contract is not None:
-                new_drift = [d for d in detect_drift(contract, batch.schema) if d not in drift_reported]
-                if new_drift and batch.num_rows:
-                    drift_reported.update(new_drift)
-                    drift_messages.extend(new_drift)
-                    if spec.drift_policy == "block":
-                        raise SliceError(
-                            f"schema drift in {source_uri} against contract {source.contract} "
-                            f"(herd policy: block): {'; '.join(new_drift)}"
-                        )
-            if dlq_schema is None and batch.schema.names:
-                dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
-            invalid_parts = []
-            if contract is not None:
-                result = validate(contract, batch) if batch.num_rows else None
-                if result is not None and result.invalid.num_rows:
-                    positions = read.positions.take(result.invalid_index)
-                    invalid_parts.append(_dlq_rows(result.invalid, result.reasons, positions, source_uri, dlq_schema))
-                batch = result.valid if result is not None else pa.RecordBatch.from_pylist([], schema=contract.schema())
-            if read.malformed:  # dead letters whether or not the source has a contract
-                invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
-            for part in invalid_parts:
-                counters.rows_invalid += part.num_rows
-                output.submit("invalid", part)
-            counters.rows_valid += batch.num_rows
-            for ref, step in steps:
-                if batch.num_rows == 0:
-                    break
-                batch = _run_step(ref, step, batch, read.positions, unit=unit, source_uri=source_uri)
-                counters.steps[ref] = counters.steps.get(ref, 0) + batch.num_rows
-            if batch.num_rows:
-                counters.rows_out += batch.num_rows
-                output.submit("valid", batch)
+
+        def progress() -> None:
             reporter.send("progress", **_counts(counters))
+
+        def validated() -> Iterator[Flow]:
+            """The source's rows that meet the contract; the others go to the invalid sinks."""
+            nonlocal dlq_schema
+            for read in source_driver.read(Path(source.path), raw=contract is not None, options=source.options):
+                batch = read.batch
+                counters.rows_in += batch.num_rows + len(read.malformed)
+                counters.rows_malformed += len(read.malformed)
+                if contract is not None:
+                    new_drift = [d for d in detect_drift(contract, batch.schema) if d not in drift_reported]
+                    if new_drift and batch.num_rows:
+                        drift_reported.update(new_drift)
+                        drift_messages.extend(new_drift)
+                        if spec.drift_policy == "block":
+                            raise SliceError(
+                                f"schema drift in {source_uri} against contract {source.contract} "
+                                f"(herd policy: block): {'; '.join(new_drift)}"
+                            )
+                if dlq_schema is None and batch.schema.names:
+                    dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
+                invalid_parts = []
+                if contract is not None:
+                    result = validate(contract, batch) if batch.num_rows else None
+                    if result is not None and result.invalid.num_rows:
+                        positions = read.positions.take(result.invalid_index)
+                        invalid_parts.append(
+                            _dlq_rows(result.invalid, result.reasons, positions, source_uri, dlq_schema)
+                        )
+                    if result is not None:
+                        batch = result.valid
+                    else:
+                        batch = pa.RecordBatch.from_pylist([], schema=contract.schema())
+                if read.malformed:  # dead letters whether or not the source has a contract
+                    invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
+                for part in invalid_parts:
+                    counters.rows_invalid += part.num_rows
+                    sink_output.submit("invalid", part)
+                counters.rows_valid += batch.num_rows
+                yield Flow(batch, read.positions, source_uri, unit)
+
+        # Each step wraps the stream before it: a Python step maps batches as they come, a
+        # command step takes all of them (into its input file) before it yields its output.
+        stream: Iterator[Flow] = validated()
+        for step in steps:
+            if isinstance(step, CommandStage):
+                stream = step.stream(stream, counters, progress)
+            else:
+                stream = _python_step(stream, step[0], step[1], counters)
+        for flow in stream:
+            if flow.batch.num_rows:
+                counters.rows_out += flow.batch.num_rows
+                output.submit("valid", flow.batch)
+            progress()
         output.finish()
         _open_empty(sinks, contract, steps, dlq_schema)
         for slot in sinks:
@@ -214,17 +249,241 @@ def _load_contract(ref: str | None) -> type[Contract] | None:
     return contract
 
 
-def _load_steps(refs: list[str]) -> list[tuple[str, StepFunction]]:
-    steps = []
-    for ref in refs:
+PythonStep = tuple[str, StepFunction]
+
+
+@dataclass
+class Flow:
+    """A batch on its way to the sinks, and where its rows were read (for messages)."""
+
+    batch: pa.RecordBatch
+    positions: pa.Array  # of the rows as read (a step may have dropped or added some since)
+    origin: str  # the source's URI, or "the output of run:sort"
+    unit: str  # what a position counts: "line" or "row"
+
+
+def _load_steps(
+    steps: list[str | CommandSpec], *, work_dir: Path, base_dir: Path, spec: SliceSpec
+) -> list[PythonStep | CommandStage]:
+    loaded: list[PythonStep | CommandStage] = []
+    for index, step in enumerate(steps, start=1):
+        if isinstance(step, CommandSpec):
+            driver = _storage(step.format, spec.storage_options)
+            loaded.append(CommandStage(step, driver, folder=work_dir / f"run-{index}", cwd=base_dir))
+            continue
         try:
-            function = import_reference(ref)
+            function = import_reference(step)
         except Exception as exc:
-            raise SliceError(f"step {ref}: cannot import: {type(exc).__name__}: {exc}") from exc
+            raise SliceError(f"step {step}: cannot import: {type(exc).__name__}: {exc}") from exc
         if not callable(function):
-            raise SliceError(f"step {ref} is not callable")
-        steps.append((ref, adapt(ref, function)))
-    return steps
+            raise SliceError(f"step {step} is not callable")
+        loaded.append((step, adapt(step, function)))
+    return loaded
+
+
+def _python_step(stream: Iterator[Flow], ref: str, step: StepFunction, counters: Counters) -> Iterator[Flow]:
+    for flow in stream:
+        if not flow.batch.num_rows:  # an empty batch skips the steps (and is not written)
+            yield flow
+            continue
+        batch = _run_step(ref, step, flow.batch, flow.positions, unit=flow.unit, source_uri=flow.origin)
+        counters.steps[ref] = counters.steps.get(ref, 0) + batch.num_rows
+        yield Flow(batch, flow.positions, flow.origin, flow.unit)
+
+
+class CommandStage:
+    """A command step in the slice: the rows that reach it are written to its input file, the
+    program runs once (in this slice: same cgroup, namespaces and grants as the Python steps),
+    and the file it wrote is streamed back in batches as the step's output.
+
+    Its files are in a folder of its own in the slice's work dir, removed when the step is
+    done (or failed). The program reads the input file as its stdin unless the command names
+    ``{input}``, and its stdout is the output file unless it names ``{output}`` (then stdout
+    goes to the slice's log); its stderr goes to the slice's log, tagged with the step.
+    """
+
+    #: stderr lines kept for the failure message (the rest is in the slice's log)
+    STDERR_TAIL = 20
+
+    def __init__(self, spec: CommandSpec, driver: Storage, *, folder: Path, cwd: Path) -> None:
+        self.command = spec.command
+        self.shell = spec.shell
+        self.format = spec.format
+        self.driver = driver
+        self.folder = folder
+        self.cwd = cwd
+        self.ref = step_name(spec.command, spec.shell)
+        self.output_schema: pa.Schema | None = None  # of the last batch read from its output
+        suffix = driver.extensions[0] if driver.extensions else f".{spec.format}"
+        self.input = folder / f"input{suffix}"
+        self.output = folder / f"output{suffix}"
+
+    def stream(self, upstream: Iterator[Flow], counters: Counters, progress: Callable[[], None]) -> Iterator[Flow]:
+        shutil.rmtree(self.folder, ignore_errors=True)  # nothing stale is read as this run's output
+        self.folder.mkdir(mode=0o700)
+        try:
+            self._write_input(upstream, progress)
+            with step_context(self.ref):
+                self._execute()
+            yield from self._read_output(counters)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)  # the rows are in the sinks, not left here
+
+    def _write_input(self, upstream: Iterator[Flow], progress: Callable[[], None]) -> None:
+        writer: DatasetWriter | None = None
+        try:
+            for flow in upstream:
+                batch = flow.batch
+                if batch.num_rows:  # empty batches carry a schema from before the steps: not written
+                    writer = self._write(writer, batch)
+                progress()
+            if writer is None:
+                self.input.touch()  # no rows reached the step: an empty file
+            else:
+                self._guarded(writer.commit)
+        except BaseException:
+            if writer is not None:
+                with contextlib.suppress(Exception):  # the original error is the one to report
+                    writer.abort()
+            raise
+
+    def _write(self, writer: DatasetWriter | None, batch: pa.RecordBatch) -> DatasetWriter:
+        if writer is None and self.format == "csv":
+            writer = self._guarded(lambda: PlainCsvWriter(self.input, batch.schema))
+        elif writer is None:
+            writer = self._guarded(lambda: self.driver.writer(self.input, batch.schema))
+        expected = getattr(writer, "schema", batch.schema)
+        self._guarded(lambda: writer.write(batch if batch.schema == expected else batch.cast(expected)))
+        return writer
+
+    def _guarded(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except Exception as exc:
+            raise SliceError(
+                f"step {self.ref}: cannot write its input as {self.format}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _execute(self) -> None:
+        names = placeholders(self.command)
+        argv = command_argv(self.command, self.shell, input_path=str(self.input), output_path=str(self.output))
+        what = f"step {self.ref} ({self.command!r})"
+        with contextlib.ExitStack() as files:
+            stdin = files.enter_context(open(self.input, "rb")) if "input" not in names else subprocess.DEVNULL
+            stdout = files.enter_context(open(self.output, "wb")) if "output" not in names else subprocess.PIPE
+            try:
+                process = subprocess.Popen(
+                    argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd=self.cwd, close_fds=True
+                )
+            except FileNotFoundError:
+                path = os.environ.get("PATH", "")
+                raise SliceError(f"{what}: program {argv[0]!r} not found (PATH={path})") from None
+            except OSError as exc:
+                raise SliceError(f"{what}: cannot start {argv[0]!r}: {exc.strerror}") from None
+        tail: collections.deque[str] = collections.deque(maxlen=self.STDERR_TAIL)
+        pumps = [threading.Thread(target=self._pump, args=(process.stderr, sys.stderr, tail), daemon=True)]
+        if process.stdout is not None:
+            pumps.append(threading.Thread(target=self._pump, args=(process.stdout, sys.stdout, None), daemon=True))
+        for pump in pumps:
+            pump.start()
+        try:
+            status = process.wait()
+        finally:
+            if process.poll() is None:  # the slice is failing for another reason: the program goes too
+                process.kill()
+                process.wait()
+            for pump in pumps:
+                pump.join()
+        if status != 0:
+            if status < 0:
+                ended = f"was killed by signal {status_signal_name(-status)}"
+            else:
+                ended = f"exited with status {status}"
+            last = next((line for line in reversed(tail) if line.strip()), "")
+            detail = f" (stderr: {printable(last.strip(), 300)})" if last else ""
+            raise SliceError(f"{what} {ended}{detail}")
+        if not self.output.exists():
+            raise SliceError(f"{what} exited with status 0 but wrote no output file {{output}} ({self.output})")
+
+    def _pump(self, pipe: IO[bytes], into: TextIO, tail: collections.deque[str] | None) -> None:
+        """Copy the program's lines into the slice's log, tagged with this step (bounded lines)."""
+        with step_context(self.ref), pipe:
+            for raw in iter(lambda: pipe.readline(MAX_LOG_LINE), b""):
+                line = raw.decode("utf-8", errors="replace")
+                if tail is not None:
+                    tail.append(line.rstrip("\n"))
+                into.write(line if line.endswith("\n") else line + "\n")
+            into.flush()
+
+    def _read_output(self, counters: Counters) -> Iterator[Flow]:
+        origin = f"the output of {self.ref}"
+        unit = self.driver.position_unit
+        if self.output.stat().st_size == 0:  # nothing written: no rows (a CSV reader wants a header)
+            self.output_schema = pa.schema([])
+            return
+        reader = self.driver.read(self.output)
+        while True:
+            try:
+                read = next(reader)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise SliceError(
+                    f"step {self.ref}: cannot read its output as {self.format}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if read.malformed:
+                bad = read.malformed[0]
+                raise SliceError(f"step {self.ref}: its output {unit} {bad.position} is malformed: {bad.reason}")
+            self.output_schema = read.batch.schema
+            counters.steps[self.ref] = counters.steps.get(self.ref, 0) + read.batch.num_rows
+            yield Flow(read.batch, read.positions, origin, unit)
+        if self.output_schema is None and self.format == "csv":  # a header and no rows: its columns
+            with open(self.output, encoding="utf-8", errors="replace", newline="") as fh:
+                names = next(csv.reader([fh.readline(16 << 20)]), [])  # as long as a CSV source header may be
+            self.output_schema = pa.schema([pa.field(name, pa.string()) for name in names])
+
+
+class PlainCsvWriter(DatasetWriter):
+    """CSV for Unix tools: a header line, then a line per row, a value quoted only when it holds
+    a comma, a double quote or a line break (pyarrow's writer quotes every text value, which
+    ``awk -F,`` or ``cut -d,`` would see); a null is an empty value. Written in place: the file
+    is the step's own."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed by commit or abort
+        self._fh.write(_csv_lines([pa.array([name], pa.string()) for name in schema.names]))
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._fh.write(_csv_lines(batch.columns))
+
+    def commit(self) -> None:
+        self._fh.close()
+
+    def abort(self) -> None:
+        self._fh.close()
+
+
+def _csv_lines(columns: list[pa.Array]) -> bytes:
+    """The rows of ``columns`` as CSV lines, each ending with a line break (vectorized)."""
+    if not columns:
+        return b""
+    texts = []
+    for column in columns:
+        text = pc.fill_null(pc.cast(column, pa.string()), "")
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+        texts.append(pc.if_else(pc.match_substring_regex(text, '[,"\r\n]'), quoted, text))
+    lines = pc.binary_join_element_wise(*texts, ",")
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "\n")
+    return (str(whole[0].as_py()) + "\n").encode("utf-8")
+
+
+def status_signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _run_step(
@@ -344,7 +603,7 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
 def _open_empty(
     sinks: list[SinkSlot],
     contract: type[Contract] | None,
-    steps: list[tuple[str, StepFunction]],
+    steps: list[PythonStep | CommandStage],
     dlq_schema: pa.Schema | None,
 ) -> None:
     """Sinks that got no rows still get a (empty) dataset with the right columns."""
@@ -363,13 +622,18 @@ def _open_empty(
             raise SliceError(f"sink {slot.format}://{slot.path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _output_schema(contract: type[Contract] | None, steps: list[tuple[str, StepFunction]]) -> pa.Schema:
-    """The steps' output schema, found by running them on an empty batch of the input schema."""
+def _output_schema(contract: type[Contract] | None, steps: list[PythonStep | CommandStage]) -> pa.Schema:
+    """The steps' output schema, found by running them on an empty batch of the input schema
+    (from the last command step's output on: a program's output columns are known once it ran)."""
     batch = pa.RecordBatch.from_pylist([], schema=contract.schema() if contract else pa.schema([]))
-    for ref, step in steps:
+    for step in steps:
+        if isinstance(step, CommandStage):
+            batch = pa.RecordBatch.from_pylist([], schema=step.output_schema or pa.schema([]))
+            continue
+        ref, function = step
         try:
             with step_context(ref):
-                batch = step(batch)
+                batch = function(batch)
         except Exception:
             break
     return batch.schema

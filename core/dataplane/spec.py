@@ -38,13 +38,22 @@ class SinkSpec:
 
 
 @dataclass(frozen=True)
+class CommandSpec:
+    """A command step (``@run``): runink.core.command_step reads ``command``."""
+
+    command: str
+    shell: bool = False
+    format: str = "csv"  # of the files the rows are exchanged in
+
+
+@dataclass(frozen=True)
 class SliceSpec:
     task_id: str  # its log lines are tagged with it and the step that wrote them
     scenario: str
     herd: str
     base_dir: str  # the pipeline's folder: its step modules import from there
     source: SourceSpec
-    steps: tuple[str, ...]  # "module:function", in order
+    steps: tuple[str | CommandSpec, ...]  # "module:function" or a command step, in order
     sinks: tuple[SinkSpec, ...]
     drift_policy: str
     report: str  # the report file the runner reads (core/report.py)
@@ -68,15 +77,26 @@ class SliceSpec:
         try:
             source = SourceSpec(**_fields(data["source"], "source"))
             sinks = tuple(SinkSpec(**_fields(s, "sinks[]")) for s in data["sinks"])
-            spec = cls(**{**data, "source": source, "sinks": sinks, "steps": tuple(data["steps"])})
+            if not isinstance(data["steps"], list):
+                raise SpecError("slice spec field 'steps' is not a list")
+            steps = tuple(_step(step) for step in data["steps"])
+            spec = cls(**{**data, "source": source, "sinks": sinks, "steps": steps})
         except (KeyError, TypeError) as exc:
             raise SpecError(f"the slice spec lacks or mistypes a field: {exc}") from None
         for name in ("task_id", "scenario", "herd", "base_dir", "drift_policy", "report"):
             if not isinstance(getattr(spec, name), str):
                 raise SpecError(f"slice spec field {name!r} is not a string")
-        if not all(isinstance(step, str) for step in spec.steps):
-            raise SpecError("slice spec field 'steps' is not a list of strings")
         return spec
+
+
+def _step(value: Any) -> str | CommandSpec:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        command = CommandSpec(**value)
+        if isinstance(command.command, str) and isinstance(command.shell, bool) and isinstance(command.format, str):
+            return command
+    raise SpecError("slice spec field 'steps' is not a list of strings (Python steps) and objects (command steps)")
 
 
 def _fields(value: Any, where: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Checks, each reported at the annotation's file:line:column: every scenario has a source and
 a valid-row sink; dataset URIs resolve to an installed storage format with known options;
 ``module:function`` steps and ``module:Class`` contracts exist (found on disk and checked in
-the module's syntax tree, never imported: user code runs only inside the slice); one
+the module's syntax tree, never imported: user code runs only inside the slice); ``@run``
+commands split into arguments and use only the ``{input}`` and ``{output}`` placeholders; one
 scenario produces each dataset; scenarios connected through datasets form no cycle.
 
 Paths: every source and sink stays inside the pipeline's folder (symbolic links resolved), or
@@ -24,14 +25,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runink.core.datasets import DatasetError, DatasetRef, resolve_dataset
+from runink.core.command_step import CommandError
+from runink.core.command_step import check as check_command_line
+from runink.core.datasets import REMOTE_SCHEMES, DatasetError, DatasetRef, resolve_dataset
 from runink.core.drivers import driver_names
 from runink.core.interfaces import Storage
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
-from runink.core.pipeline.model import Location, Pipeline, Scenario, Sink
+from runink.core.pipeline.model import CommandStep, Location, Pipeline, Scenario, Sink, StepRef
 
 READ_OPTIONS = {
     "csv": {"delimiter", "block_size"},
@@ -100,8 +103,10 @@ def compile_pipeline(
         _check_network(scenario, source, scenario.source.at, "@source")
         if check_code and scenario.source.contract:
             _check_reference(scenario.source.contract, pipeline.base_dir, scenario.source.at, "contract", ast.ClassDef)
-        if check_code:
-            for step in scenario.steps:
+        for step in scenario.steps:
+            if isinstance(step, CommandStep):
+                _check_command(step, formats)
+            elif check_code:
                 _check_reference(step.ref, pipeline.base_dir, step.at, "step", (ast.FunctionDef,))
         sinks: list[CompiledSink] = []
         if not any(s.when == "valid" for s in scenario.sinks):
@@ -155,6 +160,20 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
     return ref
 
 
+def _check_command(step: CommandStep, formats: set[str]) -> None:
+    """A command step's command line splits, uses only {input} and {output}, and its rows are
+    exchanged in a file format a storage driver reads and writes locally."""
+    try:
+        check_command_line(step.command, step.shell)
+    except CommandError as exc:
+        raise DslError(step.at, f"@run {step.command!r}: {exc}") from None
+    local = sorted(formats - REMOTE_SCHEMES)
+    if step.format not in local:
+        raise DslError(
+            step.at, f"@run: format {step.format!r} is not a local file format of a storage driver ({', '.join(local)})"
+        )
+
+
 def _check_network(scenario: Scenario, ref: DatasetRef, at: Location, what: str) -> None:
     """A remote dataset is reached over the network, which a slice has only when granted."""
     if ref.remote and not scenario.network:
@@ -189,7 +208,7 @@ class _Places:
         if config is not None and config.file is not None:
             self.protected[os.path.realpath(config.file)] = "the configuration file"
         for scenario in pipeline.scenarios:
-            refs = [(step.ref, "step") for step in scenario.steps]
+            refs = [(step.ref, "step") for step in scenario.steps if isinstance(step, StepRef)]
             if scenario.source is not None and scenario.source.contract:
                 refs.append((scenario.source.contract, "contract"))
             for ref, what in refs:

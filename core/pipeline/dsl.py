@@ -36,6 +36,7 @@ from typing import Any
 
 from runink.core.errors import RuninkError
 from runink.core.pipeline.model import (
+    CommandStep,
     Location,
     Pipeline,
     Requirements,
@@ -67,6 +68,7 @@ _ANNOTATION_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 def _herd(name: str) -> None: ...
 def _source(uri: str, contract: str | None = None, **options: Any) -> None: ...
 def _step(ref: str) -> None: ...
+def _run(command: str, shell: bool = False, format: str = "csv") -> None: ...
 def _sink(uri: str, when: str = "valid", **options: Any) -> None: ...
 def _requires(
     cpu: float = 1, memory: str | int = 0, gpu: int = 0, timeout: str | float | None = None, pids: int = 0
@@ -81,6 +83,7 @@ SIGNATURES: dict[str, Callable[..., None]] = {
     "herd": _herd,
     "source": _source,
     "step": _step,
+    "run": _run,
     "sink": _sink,
     "requires": _requires,
     "affinity": _affinity,
@@ -312,6 +315,15 @@ def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
         return replace(scenario, source=Source(str(args["uri"]), args.get("contract"), args.get("options", {}), a.at))
     if a.name == "step":
         return replace(scenario, steps=(*scenario.steps, StepRef(str(args["ref"]), a.at)))
+    if a.name == "run":
+        command, shell, fmt = args["command"], args.get("shell", False), args.get("format", "csv")
+        if not isinstance(command, str):
+            raise DslError(a.at, f"@run: the command must be a string, got {command!r}")
+        if not isinstance(shell, bool):
+            raise DslError(a.at, f"@run: shell must be True or False, got {shell!r}")
+        if not isinstance(fmt, str):
+            raise DslError(a.at, f"@run: format must be a string (csv, jsonl, parquet...), got {fmt!r}")
+        return replace(scenario, steps=(*scenario.steps, CommandStep(command, shell, fmt, a.at)))
     if a.name == "sink":
         when = args.get("when", "valid")
         if when not in ("valid", "invalid"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from runink.core.command_step import step_name
 from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -82,6 +83,25 @@ class StepRef:
     @property
     def name(self) -> str:
         return self.ref.rsplit(":", 1)[-1]
+
+
+@dataclass(frozen=True)
+class CommandStep:
+    """A program run over the rows that reach it (``@run``): they are written to a file in
+    ``format``, the program runs once, and the file it writes is read back as the step's output."""
+
+    command: str  # placeholders {input} and {output}: runink.core.command_step
+    shell: bool = False
+    format: str = "csv"
+    at: Location = Location()
+
+    @property
+    def ref(self) -> str:
+        return step_name(self.command, self.shell)
+
+    @property
+    def name(self) -> str:
+        return self.ref.partition(":")[2]
 
 
 @dataclass(frozen=True)
@@ -156,7 +176,7 @@ class Scenario:
 
     name: str
     source: Source | None = None
-    steps: tuple[StepRef, ...] = ()
+    steps: tuple[StepRef | CommandStep, ...] = ()
     sinks: tuple[Sink, ...] = ()
     requires: Requirements = Requirements()
     node_labels: dict[str, str] = field(default_factory=dict)
@@ -228,6 +248,10 @@ class PipelineBuilder:
 
     def step(self, ref: str) -> PipelineBuilder:
         return self._update(steps=(*self._scenarios[-1].steps, StepRef(ref)))
+
+    def run(self, command: str, *, shell: bool = False, format: str = "csv") -> PipelineBuilder:
+        """A command step (``@run``)."""
+        return self._update(steps=(*self._scenarios[-1].steps, CommandStep(command, shell, format)))
 
     def sink(self, uri: str, *, when: Literal["valid", "invalid"] = "valid", **options: Any) -> PipelineBuilder:
         return self._update(sinks=(*self._scenarios[-1].sinks, Sink(uri, when, options)))
