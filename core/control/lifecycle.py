@@ -33,7 +33,7 @@ from runink.core.control.records import (
     keys,
     new_id,
 )
-from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused
+from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused, assigned_to
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
 
@@ -257,19 +257,9 @@ class Lifecycle:
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         """What the node's agent must run (tasks SCHEDULED or RUNNING on it) and the tasks it
-        ran that were cancelled, until it reports that attempt ended (so it stops them)."""
-        found = []
-        for versioned in self.store.tasks():
-            task = versioned.record
-            if task.node != node_id:
-                continue
-            if task.state in (RunState.SCHEDULED, RunState.RUNNING) or (
-                task.state is RunState.CANCELLED
-                and len(task.transitions) >= 2
-                and task.transitions[-2].state in (RunState.SCHEDULED, RunState.RUNNING)
-            ):
-                found.append(task)
-        return found
+        ran that were cancelled, until it reports that attempt ended (so it stops them): the
+        node's entries in the store's index of assigned tasks, one scan."""
+        return [v.record for v in self.store.assigned(node_id) if assigned_to(v.record) == node_id]
 
     # --- reports and cancellation -------------------------------------------------------
 

@@ -56,11 +56,10 @@ class Liveness:
         if not expired and not stranded:
             return []
 
-        tasks = self.store.tasks()
         dead: list[str] = []
         for versioned in expired:
             node = versioned.record
-            on_node = [t for t in tasks if t.record.node == node.id and t.record.state in ACTIVE]
+            on_node = [t for t in self.store.assigned(node.id) if t.record.state in ACTIVE]
             read = [(keys.node(node.id), versioned.revision)]
             writes: list[tuple[str, Record | None]] = [(keys.node(node.id), node.model_copy(update={"ready": False}))]
             for task in on_node:
@@ -75,10 +74,10 @@ class Liveness:
 
         # Tasks the scheduler placed on a node just before it was declared dead (its pass read
         # the node as ready) would wait there forever: send them back too.
-        not_ready = {v.record.id for v in nodes if not v.record.ready}
-        for task in tasks:
+        not_ready = [v.record.id for v in nodes if not v.record.ready]
+        for task in [t for node_id in not_ready for t in self.store.assigned(node_id)]:
             record = task.record
-            if record.node in not_ready and record.state in ACTIVE:
+            if record.state in ACTIVE:
                 key = keys.task(record.herd, record.id)
                 try:
                     self.store.commit([(key, task.revision)], [(key, _lost(record, record.node))])

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
-from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, TaskRecord, check_name, keys
+from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, RunState, TaskRecord, check_name, keys
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend, TxnOp
 
@@ -48,6 +48,14 @@ class ClusterStore:
     # herd name -> "": the herds are listed without scanning /herds/, which holds every job
     # and task too. Written by create_herd; an entry whose herd was deleted is skipped.
     HERD_INDEX = "/cluster/herds/"
+    # node/herd/task -> a copy of the task record, while that node's agent must run or stop it
+    # (``assigned_to``): an agent's assignments and a dead node's tasks are one small scan, not
+    # a scan of every task ever run. Written by ``commit`` in the same transaction as the task
+    # (so the copy has the task key's mod_revision, and a compare of one holds for the other);
+    # every write of a placed task goes through ``commit``.
+    ASSIGNED = "/cluster/assigned/"
+    # set once every assigned task has its entry (``index_assigned``: a Barn from before the index)
+    ASSIGNED_BUILT = "/cluster/assigned-built"
 
     def __init__(self, barn: BarnBackend) -> None:
         self.barn = barn
@@ -141,17 +149,48 @@ class ClusterStore:
     def job_tasks(self, job: JobRecord) -> list[Versioned[TaskRecord]]:
         return [self.task(job.herd, task_id) for task_id in job.tasks]
 
+    def assigned(self, node_id: str) -> list[Versioned[TaskRecord]]:
+        """The tasks ``node_id``'s agent must run or stop (``assigned_to``), from the index: one
+        scan of that node's entries. Each revision is its task key's (written together)."""
+        return self._scan(f"{self.ASSIGNED}{check_name(node_id, 'node')}/", TaskRecord)
+
     # --- writing -----------------------------------------------------------------------
 
     def commit(self, read: Iterable[tuple[str, int]], writes: Sequence[tuple[str, Record | None]]) -> int:
         """Write (``None``: delete) only if every key read is still at the revision read
         (0: still absent). Returns the revision after; raises Conflict otherwise."""
-        ops = [TxnOp(key, None if record is None else record.model_dump_json().encode()) for key, record in writes]
+        ops = []
+        for key, record in writes:
+            value = None if record is None else record.model_dump_json().encode()
+            ops.append(TxnOp(key, value))
+            if isinstance(record, TaskRecord):
+                ops += _index_ops(record, value)
         compare = [*read, self.fence] if self.fence is not None else list(read)
         held, revision = self.barn.transaction(compare, ops)
         if not held:
             raise Conflict("a record changed since it was read")
         return revision
+
+    def index_assigned(self) -> int:
+        """Give every assigned task its ASSIGNED entry, once: a Barn written before the index
+        holds tasks without one (their agents would not see them). Each task is written again
+        as it is, comparing its revision (``commit`` adds the entry; one changed meanwhile got
+        its entry from that write). Returns how many were indexed now."""
+        if self.barn.get(self.ASSIGNED_BUILT) is not None:
+            return 0
+        indexed = 0
+        for versioned in self.tasks():
+            task = versioned.record
+            if assigned_to(task) is None:
+                continue
+            key = keys.task(task.herd, task.id)
+            try:
+                self.commit([(key, versioned.revision)], [(key, task)])
+                indexed += 1
+            except Conflict:
+                continue
+        self.barn.transaction([(self.ASSIGNED_BUILT, 0)], [TxnOp(self.ASSIGNED_BUILT, b"1")])
+        return indexed
 
     def create_herd(self, herd: Herd) -> None:
         ops = [
@@ -241,6 +280,8 @@ class ClusterStore:
         # the job index first: a delete cut short after it still finds the jobs to finish with
         doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self.barn.scan(keys.jobs(name))]
         doomed += [kv.key for kv in self.barn.scan(f"{keys.HERDS}{name}/") if kv.key != herd_key]
+        # (a cancelled task whose node never said it stopped keeps its entry: ended, yet indexed)
+        doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if kv.key.split("/")[4] == name]
         for start in range(0, len(doomed), DELETE_BATCH):
             batch = [TxnOp(key, None) for key in doomed[start : start + DELETE_BATCH]]
             held, _ = self.barn.transaction([(herd_key, marked)], batch)
@@ -259,6 +300,40 @@ class ClusterStore:
             job = versioned.record
             if not job.state.final:
                 raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")
+
+
+def assigned_to(task: TaskRecord) -> str | None:
+    """The node whose agent must run or stop ``task`` now: its node while it is SCHEDULED or
+    RUNNING there, and after it was cancelled there while running, until the agent says that
+    attempt ended (the report takes its node away); else None."""
+    if task.node is None:
+        return None
+    if task.state in (RunState.SCHEDULED, RunState.RUNNING):
+        return task.node
+    if (
+        task.state is RunState.CANCELLED
+        and len(task.transitions) >= 2
+        and task.transitions[-2].state in (RunState.SCHEDULED, RunState.RUNNING)
+    ):
+        return task.node
+    return None
+
+
+def assigned_key(node_id: str, task: TaskRecord) -> str:
+    return f"{ClusterStore.ASSIGNED}{node_id}/{task.herd}/{task.id}"
+
+
+def _index_ops(task: TaskRecord, value: bytes | None) -> list[TxnOp]:
+    """What keeps ``task``'s ASSIGNED entry right as it is written: its copy under the node it
+    is assigned to, else no entry under the last node it was on. A task is assigned only by
+    the scheduler, from PENDING (on no node), and leaves its node by a write that records the
+    move in a transition naming that node (or keeps the node set): so the last node named is
+    the only one that can hold an entry."""
+    node = assigned_to(task)
+    if node is not None:
+        return [TxnOp(assigned_key(node, task), value)]
+    last = task.node or next((t.node for t in reversed(task.transitions) if t.node is not None), None)
+    return [] if last is None else [TxnOp(assigned_key(last, task), None)]
 
 
 def _parse(model: type[R], value: bytes, key: str) -> R:

@@ -14,7 +14,6 @@ attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=f
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import queue
@@ -30,7 +29,7 @@ from pydantic import ValidationError
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, check_name
-from runink.core.control.store import NotFound
+from runink.core.control.store import ClusterStore, NotFound
 from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message
@@ -127,17 +126,16 @@ def assignments_version(tasks: list[TaskRecord]) -> str:
 
 
 class TaskChanges:
-    """Counters of the changes of task records in the Barn, one per node the task was or is
-    placed on, followed by a watch (as the control loop's ``follow`` does), that long-polls
-    wait on: a long-poll looks at its node's assignments again only when a task of that node
-    changed (each look scans every task). Started by the first long-poll."""
+    """Counters of the changes of each node's assigned tasks, followed by a watch of the
+    store's index of them (``ClusterStore.ASSIGNED``: node/herd/task, so the node is in the
+    key), that long-polls wait on: a long-poll looks at its node's assignments again only when
+    one of that node's entries changed. Started by the first long-poll."""
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.barn = lifecycle.store.barn
         self.everyone = 0  # a change whose node is not known: every long-poll looks again
         self.per_node: dict[str, int] = {}
         self.changed = threading.Condition()
-        self._node_of: dict[str, str | None] = {}  # task key -> the node it was last seen on
         self._started = False
 
     def start(self) -> None:
@@ -151,37 +149,16 @@ class TaskChanges:
         said = ""
         while True:
             try:
-                events = self.barn.watch("/herds/", self.barn.revision() + 1)
+                events = self.barn.watch(ClusterStore.ASSIGNED, self.barn.revision() + 1)
                 self.bump(None)  # (what changed while no watch ran)
                 for event in events:
-                    if "/tasks/" in event.kv.key:
-                        self._seen(event.type == "DELETE", event.kv.key, event.kv.value)
+                    self.bump(event.kv.key[len(ClusterStore.ASSIGNED) :].split("/", 1)[0])
             except Exception as exc:  # the Barn away for a while: long-polls just wait out their time
                 line = printable(f"{type(exc).__name__}: {exc}", 300)
                 if line != said:  # (once per kind of failure, not every second)
                     log.warning("agent service: watch of task records failed: %s", line)
                     said = line
             time.sleep(1.0)
-
-    def _seen(self, deleted: bool, key: str, value: bytes) -> None:
-        """A task record changed: bump the node it was on and the one it is on now."""
-        known = key in self._node_of
-        before = self._node_of.pop(key, None)
-        if deleted:
-            self.bump(before if known else None)
-            return
-        try:
-            node = json.loads(value).get("node")
-        except (ValueError, AttributeError):
-            self.bump(None)
-            return
-        node = node if isinstance(node, str) else None
-        self._node_of[key] = node
-        if not known and node is None:  # (it may have left a node before the watch began)
-            self.bump(None)
-            return
-        for changed in {before, node} - {None}:
-            self.bump(changed)
 
     def bump(self, node: str | None) -> None:
         """Count a change of ``node``'s tasks (None: of any node's)."""
@@ -302,7 +279,7 @@ class AgentService:
 
     def _assignments(self, rid: int, node_id: str, wait_ms: int = 0, known: str = "") -> pb.ServerMessage:
         """The node's assignments; with ``wait_ms``, once their version differs from ``known``
-        or the wait ended (a change of any task record looks again)."""
+        or the wait ended (a change of the node's assigned tasks looks again)."""
         if wait_ms > 0:
             self.changes.start()
         deadline = time.monotonic() + wait_ms / 1000

@@ -1,0 +1,145 @@
+"""The store's index of assigned tasks by node (ClusterStore.ASSIGNED): after any sequence of
+submissions, scheduler passes, reports (late ones too), cancellations, node deaths and herd
+deletions, each node's entries are exactly the tasks a full scan finds assigned to it, with
+the same record and revision."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.liveness import Liveness
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore, Conflict, Refused, assigned_to
+from runink.core.drivers import load_driver
+from runink.core.interfaces import SchedulerPolicy
+from runink.core.plugins import PluginManager
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+NODES = ("n1", "n2", "n3")
+
+
+@pytest.fixture
+def manager() -> Iterator[PluginManager]:
+    with plugin_manager() as manager:
+        yield manager
+
+
+def check_index(store: ClusterStore) -> None:
+    expected: dict[str, dict[str, tuple[TaskRecord, int]]] = {}
+    for versioned in store.tasks():
+        node = assigned_to(versioned.record)
+        if node is not None:
+            expected.setdefault(node, {})[versioned.record.id] = (versioned.record, versioned.revision)
+    indexed_nodes = {kv.key.split("/")[3] for kv in store.barn.scan(ClusterStore.ASSIGNED)}
+    assert indexed_nodes <= set(expected), "an entry under a node with no assigned task"
+    for node in {*NODES, *expected}:
+        found = {v.record.id: (v.record, v.revision) for v in store.assigned(node)}
+        assert found == expected.get(node, {}), node
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_index_equals_a_full_scan_after_random_operations(manager: PluginManager, seed: int) -> None:
+    rng = random.Random(seed)
+    store = ClusterStore(MemoryBarn())
+    for herd in ("lab", "ops"):
+        store.create_herd(Herd(name=herd))
+    life = Lifecycle(store, clock=lambda: 0.0, jitter=lambda: 0.5)
+    scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+    liveness = Liveness(store, timeout=1.0)
+    clock = 0.0
+    for node in NODES:
+        life.register_node(NodeRecord(id=node, capacity=Amount(cpu=2, memory=1 << 30)))
+    jobs: list[str] = []
+    stale: list[tuple[str, str, int, int]] = []  # attempts placed again since: their reports are fenced
+
+    def tasks_in(*states: RunState) -> list[TaskRecord]:
+        return [v.record for v in store.tasks() if v.record.state in states]
+
+    for _ in range(150):
+        action = rng.choice(["submit", "submit", "pass", "report", "report", "report", "cancel", "dead", "late"])
+        if action == "submit":
+            herd = rng.choice(["lab", "ops"])
+            try:
+                command = ["/bin/true"]
+                jobs.append(life.submit_command(herd, command, Amount(cpu=0.5), retries=rng.randint(0, 2)).id)
+            except Refused:  # the herd is being deleted
+                pass
+        elif action == "pass":
+            scheduler.run_pass(now=1e9)
+        elif action == "report":
+            active = tasks_in(RunState.SCHEDULED, RunState.RUNNING, RunState.CANCELLED)
+            if active:
+                task = rng.choice(active)
+                state = rng.choice([RunState.RUNNING, RunState.SUCCEEDED, RunState.FAILED, RunState.PENDING])
+                started = rng.choice([None, 5.0])
+                life.report(task.herd, task.id, task.attempt, task.token, state, exit_code=0, started=started)
+                stale.append((task.herd, task.id, task.attempt, task.token))
+        elif action == "late" and stale:
+            herd, task_id, attempt, token = rng.choice(stale)
+            life.report(herd, task_id, attempt, token, rng.choice([RunState.RUNNING, RunState.SUCCEEDED]))
+        elif action == "cancel" and jobs:
+            life.cancel(rng.choice(jobs))
+        elif action == "dead":
+            # one node stops beating: found dead, its tasks placed again; then it registers again
+            node = rng.choice(NODES)
+            for other in NODES:
+                if other != node:
+                    life.heartbeat(other, store.node(other).record.incarnation)
+            liveness.observe(clock)
+            clock += 2.0
+            for other in NODES:
+                if other != node:
+                    life.heartbeat(other, store.node(other).record.incarnation)
+            liveness.observe(clock)
+            life.register_node(NodeRecord(id=node, capacity=Amount(cpu=2, memory=1 << 30)))
+        check_index(store)
+    # a herd deleted once its jobs ended takes its entries with it
+    for job_id in jobs:
+        life.cancel(job_id)
+    try:
+        store.delete_herd("ops")
+    except (Refused, Conflict):
+        pytest.fail("the herd's jobs were all cancelled")
+    assert not [kv for kv in store.barn.scan(ClusterStore.ASSIGNED) if kv.key.split("/")[4] == "ops"]
+    check_index(store)
+
+
+def test_lifecycle_assignments_come_from_the_index(manager: PluginManager) -> None:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
+    job = life.submit_command("lab", ["/bin/true"])
+    Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
+    (task,) = life.assignments("n1")
+    assert task.job_id == job.id and task.state is RunState.SCHEDULED
+    # an entry is all assignments() reads: without it (a Barn from before the index) none
+    store.barn.delete(f"{ClusterStore.ASSIGNED}n1/lab/{task.id}")
+    assert life.assignments("n1") == []
+    # ... until the leader indexes the Barn's assigned tasks (once)
+    assert store.index_assigned() == 1
+    assert [t.id for t in life.assignments("n1")] == [task.id]
+    assert store.index_assigned() == 0
+    check_index(store)
+
+
+def test_a_task_ended_on_its_node_leaves_that_nodes_entries(manager: PluginManager) -> None:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
+    life.submit_command("lab", ["/bin/true"])
+    Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
+    (task,) = life.assignments("n1")
+    key = f"{ClusterStore.ASSIGNED}n1/lab/{task.id}"
+    assert store.barn.get(key).mod_revision == store.task("lab", task.id).revision  # type: ignore[union-attr]
+    assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, started=1.0)
+    assert store.barn.get(key) is None and life.assignments("n1") == []
+    assert store.task("lab", task.id).record.node == "n1"  # (its record still says where it ran)
+    assert keys.task("lab", task.id)
