@@ -24,8 +24,8 @@ from typing import Any
 from runink.core.agent.agent import Agent
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
 from runink.core.config import RuninkConfig
-from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, JobRecord, RunState, ScenarioRef, TaskRecord
+from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
+from runink.core.control.records import Amount, Herd, JobRecord, RunState, TaskRecord
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import configured_driver, load_driver
@@ -214,19 +214,16 @@ class _EmbeddedPlane:
         self.agent.register()
         self.task_ids: dict[str, str] = {}
 
-    def _pipeline(self, ref: ScenarioRef) -> PipelineRun:
-        if ref.run != self.run.run_id:
-            raise RuninkError(f"run {ref.run}: not a run of this process")
+    def _pipeline(self, task: TaskRecord) -> PipelineRun:
+        if task.scenario is None or task.scenario.run != self.run.run_id:
+            raise RuninkError(f"task {task.id}: not a scenario of this process's run")
         return self.run
 
     def submit(self) -> JobRecord:
-        ref = self.run.compiled.pipeline.file or self.run.compiled.pipeline.base_dir
-        job = self.lifecycle.submit_pipeline(
-            self.run.herd,
-            self.run.compiled,
-            lambda name: ScenarioRef(pipeline=str(ref), scenario=name, run=self.run.run_id),
-            clamp=self.node,
-        )
+        pipeline = self.run.compiled.pipeline
+        where = str(pipeline.file or pipeline.base_dir)
+        tasks = pipeline_tasks(self.run.compiled, clamp=self.node)
+        job = self.lifecycle.submit_pipeline(self.run.herd, where, tasks, run=self.run.run_id)
         for versioned in self.store.job_tasks(job):
             task = versioned.record
             if task.scenario is not None:

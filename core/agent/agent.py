@@ -523,6 +523,7 @@ class Agent:
             limits=task.resources.resources(),
             timeout=task.timeout,
             herd=task.herd,
+            herd_limits=None if task.herd_quota is None else task.herd_quota.node_caps(),
         )
         try:
             task_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import grpc
 from pydantic import ValidationError
 
 from runink.core.control.logs import Chunk
-from runink.core.control.records import NodeRecord, RunState, TaskRecord
+from runink.core.control.records import NodeRecord, RunState, ScenarioRef, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message
@@ -227,10 +227,18 @@ class GrpcControl:
         if found is None:
             request = pb.AgentMessage(assignments=pb.AssignmentsRequest(node_id=node_id))
             found = self._only(self._ask(request, "assignments"), "assignments").assignments
-        try:
-            return [_task(t) for t in found.tasks]
-        except (ValidationError, ValueError) as exc:
-            raise ControlUnavailable(f"server {self.address}: a malformed assignment: {exc}") from None
+        tasks = []
+        for message in found.tasks:
+            try:
+                tasks.append(_task(message))
+            except (ValidationError, ValueError) as exc:
+                # One this agent cannot read (a newer server's, a broken one) fails alone, said
+                # why; the node goes on with the rest rather than failing every round.
+                why = printable(f"node {node_id} cannot run this assignment: {exc}", 400)
+                log.warning("%s: task %s: %s", self.address, printable(message.id, 100), why)
+                state = RunState.FAILED
+                self.report(message.herd, message.id, message.attempt, message.token, state, message=why)
+        return tasks
 
     def wait_assignments(self, node_id: str, known: str, wait: float) -> str:
         """Long-poll: the version of the node's assignments once it differs from ``known``, or
@@ -293,7 +301,14 @@ def _task(task: pb.Task) -> TaskRecord:
         token=task.token,
         state=RunState(task.state),
         node=task.node or None,
+        scenario=None if not task.HasField("scenario") else _scenario(task.scenario),
+        retries=task.retries,
+        backoff=task.backoff,
     )
+
+
+def _scenario(scenario: pb.Scenario) -> ScenarioRef:
+    return ScenarioRef(pipeline=scenario.pipeline, scenario=scenario.scenario, run=scenario.run)
 
 
 class FailoverControl:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runink.core.config import RuninkConfig
-from runink.core.control.records import ScenarioRef, TaskRecord
+from runink.core.control.records import TaskRecord
 from runink.core.errors import ExecutorError, RuninkError
 from runink.core.events import emit_lineage, export_log, export_metrics
 from runink.core.interfaces.executor import (
@@ -117,6 +117,56 @@ class PipelineRun:
         return any(real == root or root in real.parents for root in self.roots)
 
 
+class NodePipelines:
+    """The pipeline runs a cluster node's agent runs scenarios of, found by each task's
+    ScenarioRef: the .dsl it names is compiled here (so it must be on this node: a shared
+    path) the first time one of its run's tasks starts, with this node's config ([paths],
+    [limits]); the run works in ``<work>/runs/<run id>``. The last ``keep`` runs are kept."""
+
+    def __init__(
+        self, compile_file: Callable[[Path], CompiledPipeline], config: RuninkConfig, work: Path, keep: int = 64
+    ):
+        self.compile_file = compile_file
+        self.config = config
+        self.work = work
+        self.keep = keep
+        self._runs: dict[tuple[str, str, str], PipelineRun] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, task: TaskRecord) -> PipelineRun:
+        ref = task.scenario
+        if ref is None:
+            raise RuninkError(f"task {task.id}: names no scenario")
+        key = (ref.run, ref.pipeline, task.herd)
+        with self._lock:
+            if (found := self._runs.pop(key, None)) is not None:
+                self._runs[key] = found  # (most recently used last)
+                return found
+        path = Path(ref.pipeline)
+        if not path.is_absolute() or path.suffix != ".dsl":
+            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)}: not an absolute path to a .dsl file")
+        try:
+            compiled = self.compile_file(path)
+        except RuninkError as exc:
+            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)} on this node: {exc}") from None
+        except OSError as exc:
+            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)} on this node: {exc.strerror}") from None
+        allowed = (compiled.pipeline.base_dir, *(Path(p) for p in self.config.paths.allow))
+        run = PipelineRun(
+            compiled,
+            ref.run,
+            task.herd,
+            work=self.work / "runs" / ref.run,
+            roots=tuple(p.resolve() for p in allowed),
+            scenarios={s.name: ScenarioRun(s.name) for s in compiled.scenarios},
+        )
+        with self._lock:
+            run = self._runs.setdefault(key, run)
+            while len(self._runs) > self.keep:
+                del self._runs[next(iter(self._runs))]
+        return run
+
+
 @dataclass
 class _Attempt:
     run: PipelineRun
@@ -136,14 +186,15 @@ def _result(attempt: _Attempt) -> TaskResult | None:
 
 class ScenarioAttempts(Executor):
     """The node's executor, with pipeline scenarios on top (see the module's docstring).
-    ``pipelines`` finds the run a task's ScenarioRef names (RuninkError if this node has none)."""
+    ``pipelines`` finds the run a scenario task belongs to (RuninkError, saying why, if this
+    node cannot have it: ``NodePipelines`` for a cluster's agent)."""
 
     def __init__(
         self,
         inner: Executor,
         config: RuninkConfig,
         manager: PluginManager,
-        pipelines: Callable[[ScenarioRef], PipelineRun],
+        pipelines: Callable[[TaskRecord], PipelineRun],
     ) -> None:
         self.inner = inner
         self.config = config
@@ -161,11 +212,10 @@ class ScenarioAttempts(Executor):
         ref = task.scenario
         if ref is None:
             raise RuninkError(f"task {task.id}: names no scenario")
-        run = self.pipelines(ref)
-        try:
-            item = run.compiled.get(ref.scenario)
-        except KeyError:
-            raise RuninkError(f"pipeline {ref.pipeline}: no scenario {ref.scenario!r}") from None
+        run = self.pipelines(task)
+        item = next((s for s in run.compiled.scenarios if s.name == ref.scenario), None)
+        if item is None:
+            raise RuninkError(f"pipeline {ref.pipeline}: no scenario {printable(ref.scenario, 200)!r}")
         scenario = run.scenarios[item.name]
         scenario.attempts = task.attempt
         if scenario.started is None:
@@ -345,7 +395,11 @@ class ScenarioAttempts(Executor):
             self._log("debug", f"scenario {name!r}: the end of {log_path}:\n{shown}", herd, name)
 
     def _lineage(
-        self, kind: Literal["START", "COMPLETE", "FAIL"], run: PipelineRun, item: CompiledScenario, facets: dict[str, Any] | None = None
+        self,
+        kind: Literal["START", "COMPLETE", "FAIL"],
+        run: PipelineRun,
+        item: CompiledScenario,
+        facets: dict[str, Any] | None = None,
     ) -> LineageEvent:
         inputs = (item.source.canonical(),)
         outputs = tuple(ref.canonical() for ref in item.outputs)

@@ -94,6 +94,8 @@ def agent_command(
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import RUNNING_HOLD, Agent
     from runink.core.agent.grpc_control import FailoverControl
+    from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
+    from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.records import Amount, check_name
     from runink.core.drivers import auto_executor, configured_driver
 
@@ -124,6 +126,10 @@ def agent_command(
     else:
         executor = configured_driver(config, "executor", manager)
     executor = _recovering(executor, config, manager)
+    work = work_dir or Path(config.data_dir).resolve() / "agent" / name
+    # pipeline scenarios (`runink submit`): compiled here from their .dsl, with this node's config
+    pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, work)
+    executor = ScenarioAttempts(executor, config, manager, pipelines)
     control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()])
     agent = Agent(
         control,
@@ -131,7 +137,7 @@ def agent_command(
         name,
         capacity,
         labels=label_map,
-        work_dir=work_dir or Path(config.data_dir).resolve() / "agent" / name,
+        work_dir=work,
         hold_running=RUNNING_HOLD,
     )
     stop = threading.Event()

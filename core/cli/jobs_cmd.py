@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import typer
@@ -104,6 +105,50 @@ def exec_command(
     if state_name in EXIT_OF_STATE:  # stopped from outside: say how, as shells and timeout(1) do
         raise typer.Exit(EXIT_OF_STATE[state_name])
     raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else 1)
+
+
+def submit_command(
+    ctx: typer.Context,
+    pipeline: Path = typer.Argument(..., metavar="PIPELINE.dsl", help="The pipeline to run on the cluster."),
+    herd: str | None = typer.Option(None, "--herd", help="The herd to run in (default: the pipeline's @herd)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the job ended; exit 0 only if it succeeded."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Run a pipeline on the cluster: one task per scenario, placed in dependency order across
+    the nodes. It is compiled here first (errors name file:line), then again on each node that
+    runs one of its scenarios: the file and its folder must be at the same absolute path there
+    (a shared filesystem), its datasets on shared paths or s3://. Prints the job id at once
+    unless --wait."""
+    from runink.core.cli.run_cmd import load_pipeline
+    from runink.core.control.lifecycle import pipeline_tasks
+
+    state: CliState = ctx.obj
+    path = pipeline.resolve()
+    compiled = load_pipeline(path, state.config())
+    body = {
+        "herd": herd or compiled.pipeline.herd,
+        "pipeline": str(path),
+        "tasks": [t.model_dump() for t in pipeline_tasks(compiled)],
+    }
+    with _client(ctx, server) as client:
+        job_id = client.call("POST", "/v1/pipelines", body)["job"]["id"]
+        if not wait:
+            print_json({"job": job_id}) if json_output else print(job_id)
+            return
+        final = _wait(client, job_id)
+    if json_output:
+        print_json(final)
+    else:
+        print_table(
+            f"job {job_id} ({compiled.pipeline.name}, herd {final['job']['herd']}): {final['job']['state']}",
+            ["SCENARIO", "STATE", "ATTEMPT", "NODE", "MESSAGE"],
+            [
+                (_task_name(t), t["state"], t["attempt"], t.get("node") or "-", t.get("message") or "")
+                for t in final.get("tasks", [])
+            ],
+        )
+    raise typer.Exit(0 if final["job"]["state"] == "SUCCEEDED" else 1)
 
 
 def _wait(client: ClusterClient, job_id: str, output: Output | None = None, poll: float = 0.05) -> dict[str, Any]:
@@ -219,7 +264,14 @@ def status_command(
         f"job {job['id']} (herd {job['herd']}): {job['state']}",
         ["TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "MESSAGE"],
         [
-            (t["id"], t["state"], t["attempt"], t.get("node") or "-", t.get("exit_code"), t.get("message") or _why(t))
+            (
+                _task_name(t),
+                t["state"],
+                t["attempt"],
+                t.get("node") or "-",
+                t.get("exit_code"),
+                t.get("message") or _why(t),
+            )
             for t in answer.get("tasks", [])
         ],
     )
@@ -232,6 +284,12 @@ def status_command(
         if explain:
             lines = task.get("explain") or [_why(task) or "(no decision yet)"]
             print_table(f"task {task['id']}: the scheduler's last decision", ["DECISION"], [(line,) for line in lines])
+
+
+def _task_name(task: dict[str, Any]) -> str:
+    """A task's id, with its scenario's name when it runs one."""
+    scenario = (task.get("scenario") or {}).get("scenario")
+    return f"{task['id']} ({scenario})" if scenario else str(task["id"])
 
 
 def _why(task: dict[str, Any]) -> str:
@@ -388,6 +446,7 @@ _node_action("drain", "Take no new work; its agent lets running slices finish, t
 
 def register(app: typer.Typer) -> None:
     app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
+    app.command("submit")(submit_command)
     app.command("status")(status_command)
     app.command("logs")(logs_command)
     app.command("cancel")(cancel_command)

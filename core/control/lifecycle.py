@@ -21,10 +21,12 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from runink.core.control.records import (
+    MAX_PIPELINE_TASKS,
     Amount,
     Herd,
     JobRecord,
     NodeRecord,
+    PipelineTask,
     Record,
     RunState,
     ScenarioRef,
@@ -60,6 +62,33 @@ def _refusal(exc: ValidationError, what: str) -> Refused:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or what
     return Refused(f"{what}: {where}: {first['msg']}")
+
+
+def pipeline_tasks(compiled: CompiledPipeline, *, clamp: Amount | None = None) -> list[PipelineTask]:
+    """A compiled pipeline's scenarios as a pipeline job's tasks, in dependency order, each
+    after the scenarios producing its source. ``clamp``: resources no task asks past (the
+    embedded deployment's one node: a scenario asking more cpu than it has runs there with
+    all of it, as it always did)."""
+    tasks = []
+    for item in compiled.scenarios:
+        scenario, req = item.scenario, item.scenario.requires
+        wanted = Amount(cpu=req.cpu, memory=req.memory or 0, gpu=req.gpu)
+        if clamp is not None:
+            wanted = Amount(
+                cpu=min(wanted.cpu, clamp.cpu), memory=min(wanted.memory, clamp.memory), gpu=min(wanted.gpu, clamp.gpu)
+            )
+        tasks.append(
+            PipelineTask(
+                scenario=item.name,
+                after=list(item.upstream),
+                resources=wanted,
+                timeout=req.timeout,
+                retries=scenario.retries,
+                backoff=scenario.backoff,
+                node_labels=dict(scenario.node_labels),
+            )
+        )
+    return tasks
 
 
 def never_fits(request: Amount, capacity: Amount) -> str | None:
@@ -135,50 +164,59 @@ class Lifecycle:
         return job
 
     def submit_pipeline(
-        self, herd: str, compiled: CompiledPipeline, ref: Callable[[str], ScenarioRef], *, clamp: Amount | None = None
+        self,
+        herd: str,
+        pipeline: str,
+        tasks: list[PipelineTask],
+        *,
+        run: str | None = None,
+        priority: int = 0,
     ) -> JobRecord:
-        """Store a pipeline run as a job of one task per scenario, each ``after`` the tasks of
-        the scenarios producing its source (so scenarios run in dependency order, across nodes
-        too). ``ref`` names each scenario's ScenarioRef; ``clamp``: resources no task asks past
-        (the embedded deployment's one node: a scenario asking more cpu than it has runs there
-        with all of it, as it always did). Refused, storing nothing, as ``submit_command``."""
+        """Store a pipeline run as a job of one task per scenario (``pipeline_tasks`` builds
+        them from a compiled pipeline), each placed only once the tasks of the scenarios it
+        comes ``after`` succeeded: scenarios run in dependency order, across nodes too. Each
+        task names ``pipeline`` (its .dsl, compiled again where it runs) and ``run`` (the run's
+        id, naming its work folder there; default: the job's id). Refused, storing nothing, as
+        ``submit_command`` is, and for a scenario named twice or after one not before it."""
         try:
             found = self.store.herd(herd)
         except ValueError as exc:
             raise Refused(str(exc)) from None
+        if not 0 < len(tasks) <= MAX_PIPELINE_TASKS:
+            raise Refused(f"pipeline {pipeline}: {len(tasks)} scenarios (expected 1 to {MAX_PIPELINE_TASKS})")
         job_id = new_id("job")
-        ids = {item.name: new_id("task") for item in compiled.scenarios}
-        tasks = []
-        for item in compiled.scenarios:
-            scenario = item.scenario
-            req = scenario.requires
-            wanted = Amount(cpu=req.cpu, memory=req.memory or 0, gpu=req.gpu)
-            if clamp is not None:
-                wanted = Amount(
-                    cpu=min(wanted.cpu, clamp.cpu),
-                    memory=min(wanted.memory, clamp.memory),
-                    gpu=min(wanted.gpu, clamp.gpu),
-                )
+        ids: dict[str, str] = {}
+        records = []
+        for given in tasks:
+            name = given.scenario
+            if name in ids:
+                raise Refused(f"pipeline {pipeline}: scenario {printable(name, 200)!r} given twice")
+            unknown = [u for u in given.after if u not in ids]
+            if unknown:
+                why = f"comes after {printable(unknown[0], 200)!r}, not a scenario before it"
+                raise Refused(f"pipeline {pipeline}: scenario {printable(name, 200)!r} {why}")
+            ids[name] = new_id("task")
             try:
-                tasks.append(
+                records.append(
                     TaskRecord(
-                        id=ids[item.name],
+                        id=ids[name],
                         job_id=job_id,
                         herd=herd,
-                        scenario=ref(item.name),
-                        resources=wanted,
-                        timeout=req.timeout,
-                        retries=scenario.retries,
-                        backoff=scenario.backoff,
-                        node_labels=dict(scenario.node_labels),
-                        after=[ids[name] for name in item.upstream],
+                        scenario=ScenarioRef(pipeline=pipeline, scenario=name, run=run or job_id),
+                        resources=given.resources,
+                        timeout=given.timeout,
+                        retries=given.retries,
+                        backoff=given.backoff,
+                        priority=priority,
+                        node_labels=given.node_labels,
+                        after=[ids[u] for u in given.after],
                     )
                 )
             except ValidationError as exc:
-                raise _refusal(exc, f"scenario {item.name!r}") from None
-        job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in tasks])
-        self._admit(found.record, tasks)
-        self.store.submit(job, tasks)
+                raise _refusal(exc, f"scenario {printable(name, 200)!r}") from None
+        job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
+        self._admit(found.record, records)
+        self.store.submit(job, records)
         return job
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord]) -> None:

@@ -25,6 +25,7 @@ from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 MAX_COMMAND_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
+MAX_PIPELINE_TASKS = 1000  # scenarios in one pipeline job
 MAX_TRANSITIONS = 200  # per task: older ones are dropped (the first is kept)
 
 
@@ -178,14 +179,28 @@ class ScenarioRef(Record):
 
     pipeline: str = Field(min_length=1, max_length=4096)  # the .dsl file, as the submitter resolved it
     scenario: str = Field(min_length=1, max_length=200)
-    run: str = Field(min_length=1, max_length=100)  # the run's id: names its work folder on the node
+    # the run's id: names its work folder on the node (one plain path component)
+    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
-    @field_validator("pipeline", "scenario", "run")
+    @field_validator("pipeline", "scenario")
     @classmethod
     def _printable(cls, value: str) -> str:
         if not value.isprintable():
             raise ValueError("contains a control character")
         return value
+
+
+class PipelineTask(Record):
+    """One scenario of a pipeline job as submitted: what its task asks for, and the scenarios
+    (earlier in the submission) whose outputs it reads."""
+
+    scenario: str = Field(min_length=1, max_length=200)
+    after: list[str] = Field(default=[], max_length=MAX_PIPELINE_TASKS)
+    resources: Amount = Amount()
+    timeout: float | None = Field(default=None, gt=0, le=366 * 86400, allow_inf_nan=False)
+    retries: int = Field(default=0, ge=0, le=100)
+    backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+    node_labels: dict[str, str] = Field(default={}, max_length=64)
 
 
 class TaskRecord(Record):

@@ -33,6 +33,7 @@ from runink.core.control.records import (
     Amount,
     Herd,
     NodeRecord,
+    Quota,
     Record,
     RunState,
     TaskRecord,
@@ -218,7 +219,7 @@ class Scheduler:
                     explain = _explain(
                         best, ranked[1:], rejections, unschedulable, scored=scored, schedulable=len(candidates)
                     )
-                    changed = _scheduled(task, best.node_id, token, explain)
+                    changed = _scheduled(task, best.node_id, token, explain, herd.quota)
                     result.placed[task.id] = best.node_id
             if changed is not None:
                 key = keys.task(task.herd, task.id)
@@ -382,7 +383,7 @@ def _waiting(task: TaskRecord, reason: str, explain: list[str]) -> TaskRecord | 
     return task.model_copy(update={"pending_reason": reason, "explain": explain})
 
 
-def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str]) -> TaskRecord:
+def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str], quota: Quota) -> TaskRecord:
     """``task.moved_to(SCHEDULED, ...)`` without validating the whole record again: every
     value set here is built valid (a pass writes thousands of these)."""
     if RunState.SCHEDULED not in ALLOWED.get(task.state, frozenset()):
@@ -403,6 +404,7 @@ def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str]) -
             "explain": explain,
             "pending_reason": "",
             "transitions": transitions,
+            "herd_quota": quota,  # the node caps the herd's cgroup parent at it
         }
     )
 

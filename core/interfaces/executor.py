@@ -84,6 +84,10 @@ class TaskSpec:
     files: Mapping[str, str] = field(default_factory=dict)
     herd: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # the herd's caps on this node (its quota's cpu and memory; pids 0: none), for an executor
+    # that puts a herd's slices under a parent of their own capped at them (the linux one:
+    # ``herd-<name>``); None: no herd parent (the local runner). gpu is not a cap here.
+    herd_limits: Resources | None = None
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,12 @@ def task_message(task: TaskRecord) -> pb.Task:
         token=task.token,
         state=task.state.value,
         node=task.node or "",
+        retries=task.retries,
+        backoff=task.backoff,
     )
+    if task.scenario is not None:
+        ref = task.scenario
+        message.scenario.CopyFrom(pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run))
     if task.timeout is not None:
         message.timeout = task.timeout
     return message

@@ -24,10 +24,12 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
     MAX_COMMAND_ARGS,
+    MAX_PIPELINE_TASKS,
     NAME,
     Amount,
     Herd,
     NodeRecord,
+    PipelineTask,
     Quota,
     Record,
     RunState,
@@ -81,6 +83,17 @@ class JobIn(Body):
     node_labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=253)]] = Field(
         default_factory=dict, max_length=MAX_LABELS
     )
+
+
+class PipelineIn(Body):
+    """A pipeline run: its .dsl (an absolute path every node that runs it can read: the nodes
+    compile it again) and its scenarios as tasks, in dependency order (``runink submit``
+    builds them by compiling the file)."""
+
+    herd: str = Field(pattern=NAME.pattern, max_length=63)
+    pipeline: str = Field(min_length=2, max_length=4096, pattern=r"^/.*\.dsl$")
+    tasks: list[PipelineTask] = Field(min_length=1, max_length=MAX_PIPELINE_TASKS)
+    priority: int = Field(default=0, ge=-1000, le=1000)
 
 
 class BodyTooLarge(HTTPException):
@@ -256,6 +269,12 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
             priority=body.priority,
             node_labels=body.node_labels,
         )
+        return {"job": _dump(job)}
+
+    @app.post("/v1/pipelines", status_code=201)
+    def submit_pipeline(body: PipelineIn) -> dict[str, Any]:
+        # what the records refuse after this (a scenario twice, quota, fit) is a 409
+        job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority)
         return {"job": _dump(job)}
 
     @app.get("/v1/jobs")

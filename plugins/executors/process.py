@@ -126,6 +126,9 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
                 "memory": reason,
                 "pids": reason,
                 "gpu": reason,
+                # a herd's caps (TaskSpec.herd_limits) are ignored, not refused: only the
+                # scheduler's quota holds a herd here
+                "herd caps": reason,
                 "network": "shares the host network: no network namespace",
                 "filesystem": "sees the host filesystem: no mount namespace",
             },

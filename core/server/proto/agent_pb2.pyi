@@ -145,7 +145,7 @@ class HeartbeatAck(_message.Message):
     def __init__(self, ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node")
+    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node", "herd_quota", "scenario", "retries", "backoff")
     ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     HERD_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,10 @@ class Task(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    HERD_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
     id: str
     job_id: str
     herd: str
@@ -166,7 +170,33 @@ class Task(_message.Message):
     token: int
     state: str
     node: str
-    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+    herd_quota: HerdQuota
+    scenario: Scenario
+    retries: int
+    backoff: float
+    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ...) -> None: ...
+
+class Scenario(_message.Message):
+    __slots__ = ("pipeline", "scenario", "run")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    scenario: str
+    run: str
+    def __init__(self, pipeline: _Optional[str] = ..., scenario: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
+
+class HerdQuota(_message.Message):
+    __slots__ = ("cpu", "memory", "gpu", "max_slices")
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLICES_FIELD_NUMBER: _ClassVar[int]
+    cpu: float
+    memory: int
+    gpu: int
+    max_slices: int
+    def __init__(self, cpu: _Optional[float] = ..., memory: _Optional[int] = ..., gpu: _Optional[int] = ..., max_slices: _Optional[int] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("tasks", "version")

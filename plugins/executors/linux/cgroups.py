@@ -5,6 +5,19 @@ systemd works), below a ``runink`` parent: ``<own cgroup>/runink/<slice id>``. L
 written before any process joins, processes join through ``cgroup.procs``, usage is read at
 the end, and the cgroup is removed (after killing what is left) when the slice ends.
 
+A herd's slices (a TaskSpec with ``herd_limits``) go one level deeper, under that herd's own
+parent capped at its quota: ``<own cgroup>/runink/herd-<name>/<slice>`` (cpu, memory, pids:
+whatever caps the caller gives). Several processes make and remove these parents (the
+executor and its two launchers), so nothing assumes who was first: the parent is made on
+first use (``mkdir`` finding it made is fine) and whoever made it writes the caps; whoever
+makes a child under it then checks the caps are in place, once the child exists (it pins
+the parent: no one can remove it and make it again uncapped meanwhile), and writes them if
+not (the maker may not have yet), so no slice runs under an uncapped parent; a start that
+brings other caps (a changed quota) writes them. It is removed once empty
+(``remove_herd_if_empty``, by whoever removed a child of it: the kernel refuses the rmdir
+while another child is there), and a ``mkdir`` (or write) that finds the parent removed
+that moment makes it again.
+
 v2 keeps the "no internal processes" rule: controllers can only be enabled for a cgroup's
 children when it holds no process itself, so on v2 ``prepare`` first moves the calling
 process into ``<own>/runink-agent`` (a leaf), then enables cpu/memory/pids on ``<own>`` and
@@ -19,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +42,9 @@ CONTROLLERS = ("cpu", "memory", "pids", "cpuset")
 # v1 keeps cpu usage in its own controller (often co-mounted with cpu, here separate).
 V1_CONTROLLERS = (*CONTROLLERS, "cpuacct")
 CPU_PERIOD_US = 100_000
+HERD_PREFIX = "herd-"
+# the Barn's rule for names (records.check_name), checked again here: the name becomes a path
+_HERD_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 
 
 class CgroupError(Exception):
@@ -125,11 +142,27 @@ def detect(proc: Path = Path("/proc"), fs_root: Path | None = None) -> CgroupLay
     return CgroupLayout(1, found, missing)
 
 
+def herd_dir_name(herd: str) -> str:
+    """The directory of ``herd``'s parent, ``herd-<name>``. Refuses anything but a plain name of
+    1-63 characters (a ``/`` or ``..`` would put the cgroup somewhere else)."""
+    if not isinstance(herd, str) or not _HERD_NAME.fullmatch(herd) or ".." in herd:
+        raise CgroupError(
+            f"herd {herd!r}: not usable as a cgroup name (expected 1-63 of a-z 0-9 . _ -, "
+            "starting and ending with a letter or digit, no '..')"
+        )
+    return HERD_PREFIX + herd
+
+
+class _Gone(CgroupError):
+    """The cgroup written to was removed (a herd parent removed as empty, by another process)."""
+
+
 def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
     except OSError as exc:
-        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+        error = _Gone if exc.errno in (errno.ENOENT, errno.ENODEV) else CgroupError  # (ENODEV: being removed)
+        raise error(f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
 def _read_int(path: Path, default: int = 0) -> int:
@@ -312,13 +345,81 @@ class SliceCgroup:
                     time.sleep(0.01)
 
 
+def _write_caps(layout: CgroupLayout, dirs: dict[str, Path], caps: CgroupLimits) -> None:
+    """Write every cap of a herd parent, 0 as unlimited (what was there before is not known:
+    another process may have made the parent)."""
+    for name, wanted in (("cpu", caps.cpu), ("memory", caps.memory), ("pids", caps.pids)):
+        if wanted and name not in dirs:
+            raise CgroupError(
+                f"herd {name} cap requested but the {name} controller is unavailable: "
+                f"{layout.missing.get(name, 'unknown')}"
+            )
+    v2 = layout.version == 2
+    if "cpu" in dirs:
+        quota = max(1000, int(caps.cpu * CPU_PERIOD_US)) if caps.cpu else 0
+        if v2:
+            _write(dirs["cpu"] / "cpu.max", f"{quota or 'max'} {CPU_PERIOD_US}")
+        else:
+            _write(dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(dirs["cpu"] / "cpu.cfs_quota_us", str(quota or -1))
+    if "memory" in dirs:
+        memory = dirs["memory"]
+        if v2:
+            _write(memory / "memory.max", str(caps.memory or "max"))
+            if (memory / "memory.swap.max").exists():
+                _write(memory / "memory.swap.max", "0" if caps.memory else "max")
+        else:
+            files = [memory / "memory.limit_in_bytes"]
+            if (memory / "memory.memsw.limit_in_bytes").exists():  # no swapping past the cap either
+                files.append(memory / "memory.memsw.limit_in_bytes")
+            value = str(caps.memory or -1)
+            try:  # memsw may never be below the memory limit: lowering writes memory first...
+                for path in files:
+                    _write(path, value)
+            except CgroupError:  # ...raising writes memsw first
+                for path in reversed(files):
+                    _write(path, value)
+    if "pids" in dirs:
+        _write(dirs["pids"] / "pids.max", str(caps.pids or "max"))
+
+
+def _cap(path: Path) -> int:
+    """A cap as written to ``path``: 0 for none ("max", -1, or v1's huge "unlimited")."""
+    text = path.read_text().strip()
+    value = 0 if text == "max" else int(text)
+    return 0 if value < 0 or value >= 2**62 else value
+
+
+def _caps_in_place(layout: CgroupLayout, dirs: dict[str, Path], caps: CgroupLimits) -> bool:
+    """Whether a herd parent's files say ``caps`` already (memory as the kernel rounds it: pages)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    quota = max(1000, int(caps.cpu * CPU_PERIOD_US)) if caps.cpu else 0
+    try:
+        if "cpu" in dirs:
+            if layout.version == 2:
+                if (dirs["cpu"] / "cpu.max").read_text().split() != [str(quota or "max"), str(CPU_PERIOD_US)]:
+                    return False
+            elif _cap(dirs["cpu"] / "cpu.cfs_quota_us") != quota or _cap(dirs["cpu"] / "cpu.cfs_period_us") != (
+                CPU_PERIOD_US
+            ):
+                return False
+        if "memory" in dirs:
+            name = "memory.max" if layout.version == 2 else "memory.limit_in_bytes"
+            if _cap(dirs["memory"] / name) != caps.memory // page * page:
+                return False
+        return "pids" not in dirs or _cap(dirs["pids"] / "pids.max") == caps.pids
+    except (OSError, ValueError):
+        return False
+
+
 class CgroupManager:
-    """Creates slice cgroups under ``<own cgroup>/runink``."""
+    """Creates slice cgroups under ``<own cgroup>/runink`` (a herd's under ``runink/herd-<name>``)."""
 
     def __init__(self, layout: CgroupLayout | None = None, parent_name: str = "runink", prepared: bool = False) -> None:
         self.layout = layout or detect()
         self.parent_name = parent_name
         self._prepared = prepared  # True: the parents exist already (the launcher, after its executor)
+        self._herd_caps: dict[str, CgroupLimits] = {}  # herd -> the caps this manager last wrote
 
     def parents(self) -> dict[str, Path]:
         return {c: own / self.parent_name for c, own in self.layout.own.items()}
@@ -347,30 +448,123 @@ class CgroupManager:
                             _write(parent / name, (parent.parent / name).read_text().strip())
         self._prepared = True
 
-    def create(self, slice_id: str, limits: CgroupLimits = CgroupLimits()) -> SliceCgroup:
-        """A new cgroup for ``slice_id`` with ``limits`` applied (before any process joins)."""
+    def herd_parents(self, herd: str) -> dict[str, Path]:
+        name = herd_dir_name(herd)
+        return {c: parent / name for c, parent in self.parents().items()}
+
+    def caps_written(self, herd: str) -> CgroupLimits | None:
+        """The caps this manager last put in place on ``herd``'s parent (None: none, or it
+        removed the parent since): the launcher's start of a slice skips ``ensure_herd``
+        when they are the request's, as its sandbox's cgroup under that parent shows the
+        parent exists."""
+        return self._herd_caps.get(herd)
+
+    def ensure_herd(self, herd: str, caps: CgroupLimits, *, rewrite: bool = False) -> dict[str, Path]:
+        """``herd``'s parent, made if missing, with ``caps`` in place before it returns: written
+        when it was made now, with ``rewrite``, or when its files say other caps (a changed
+        quota; or another process made it a moment ago and is about to write them). Safe
+        against other processes making or removing it at the same time (module docstring)."""
+        self.prepare()
+        dirs = self.herd_parents(herd)
+        for attempt in range(5):
+            try:
+                made = self._make_herd(dirs)
+                if made or rewrite or not _caps_in_place(self.layout, dirs, caps):
+                    _write_caps(self.layout, dirs, caps)
+                break
+            except (_Gone, FileNotFoundError):
+                if attempt == 4:
+                    raise
+                # removed as empty that moment (its last child went, in another process): again
+        self._herd_caps[herd] = caps
+        return dirs
+
+    def _make_herd(self, dirs: dict[str, Path]) -> bool:
+        """Make the herd parent's directories that are missing; whether any was."""
+        made = False
+        for controller, directory in dirs.items():
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            made = True
+            if self.layout.version == 1 and controller == "cpuset":
+                # v1 cpuset children start empty: inherit the runink parent's cpus and mems
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    _write(directory / name, (directory.parent / name).read_text().strip())
+        if made and self.layout.version == 2 and dirs:
+            directory = next(iter(dirs.values()))
+            wanted = " ".join(f"+{c}" for c in self.layout.available if c in CONTROLLERS)
+            _write(directory / "cgroup.subtree_control", wanted)
+        return made
+
+    def create(
+        self,
+        slice_id: str,
+        limits: CgroupLimits = CgroupLimits(),
+        *,
+        herd: str | None = None,
+        herd_caps: CgroupLimits | None = None,
+    ) -> SliceCgroup:
+        """A new cgroup for ``slice_id`` with ``limits`` applied (before any process joins);
+        with ``herd``, under that herd's parent, capped at ``herd_caps`` (see ``ensure_herd``)."""
         if not slice_id or "/" in slice_id or slice_id in (".", ".."):
             raise CgroupError(f"invalid slice id {slice_id!r}")
         self.prepare()
-        dirs = {}
-        try:
-            for controller, parent in self.parents().items():
-                directory = parent / slice_id
-                directory.mkdir(exist_ok=self.layout.version == 2)
-                dirs[controller] = directory
-            cgroup = SliceCgroup(self.layout, dirs)
-            cgroup.apply(limits)
-        except FileExistsError:
-            raise CgroupError(f"a cgroup for slice {slice_id} exists already") from None
-        except Exception:
-            for directory in set(dirs.values()):
+        for attempt in range(3):
+            parents = self.parents() if herd is None else self.ensure_herd(herd, herd_caps or CgroupLimits())
+            dirs = {}
+            try:
+                for controller, parent in parents.items():
+                    directory = parent / slice_id
+                    directory.mkdir(exist_ok=self.layout.version == 2)
+                    dirs[controller] = directory
+                if herd is not None:
+                    # Checked again now that the child pins the parent: the one ensure_herd saw
+                    # may have been removed and made again since by a process yet to write caps.
+                    caps, herd_dirs = herd_caps or CgroupLimits(), {c: d.parent for c, d in dirs.items()}
+                    if not _caps_in_place(self.layout, herd_dirs, caps):
+                        _write_caps(self.layout, herd_dirs, caps)
+                cgroup = SliceCgroup(self.layout, dirs)
+                cgroup.apply(limits)
+            except FileExistsError:
+                raise CgroupError(f"a cgroup for slice {slice_id} exists already") from None
+            except FileNotFoundError:
+                for directory in set(dirs.values()):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                if herd is None or attempt == 2:
+                    raise
+                continue  # the herd's parent was removed as empty (its last slice ended) just now: again
+            except Exception:
+                for directory in set(dirs.values()):
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+                raise
+            return cgroup
+        raise AssertionError("unreachable")
+
+    def relative_name(self, cgroup: SliceCgroup) -> str | None:
+        """The cgroup's path below the runink parent: ``sandbox-1-2`` or ``herd-a/sandbox-1-2``."""
+        parents = self.parents()
+        for controller, directory in cgroup.dirs.items():
+            with contextlib.suppress(KeyError, ValueError):
+                return str(directory.relative_to(parents[controller]))
+        return None
+
+    def remove_herd_if_empty(self, dirs: dict[str, Path]) -> None:
+        """After a cgroup in ``dirs`` was removed: remove its herd parent too, unless it holds
+        another cgroup still (the kernel refuses the rmdir then; that is the check)."""
+        parents = self.parents()
+        for controller, directory in dirs.items():
+            herd = directory.parent
+            if herd.name.startswith(HERD_PREFIX) and herd.parent == parents.get(controller):
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
-            raise
-        return cgroup
+                    herd.rmdir()
+                    self._herd_caps.pop(herd.name.removeprefix(HERD_PREFIX), None)
 
     def leftovers(self) -> list[Path]:
-        """Slice cgroups still present under the runink parent(s) (for leak checks)."""
+        """Slice cgroups (and herd parents) still present under the runink parent(s) (for leak checks)."""
         found: list[Path] = []
         for parent in set(self.parents().values()):
             if parent.exists():

@@ -7,6 +7,10 @@ sandboxes and start every slice: one with the Python runtime preloaded, which ru
 process is cheaper). This class keeps the bookkeeping: the slice's cgroup (limits, usage, OOM kills,
 killing the whole tree), its task dir (logs, exit status), deadlines and cancellation.
 
+A spec with ``herd_limits`` puts the slice's cgroup under its herd's parent, capped at them
+(``runink/herd-<name>``, see cgroups.py); the parent goes when its last slice or warm sandbox
+does (a launcher builds its warm sandboxes under the herd of its last slice).
+
 Final states: SUCCEEDED, FAILED (exit code), OOMKILLED (the cgroup counted an OOM kill and
 the slice died of SIGKILL), DEADLINE_EXCEEDED, CANCELLED. Limits the machine cannot enforce
 (a missing controller, no root) refuse the task unless ``degrade = true``; nothing runs
@@ -45,7 +49,14 @@ from runink.core.interfaces.executor import (
 )
 from runink.core.report import printable
 from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
-from runink.plugins.executors.linux.cgroups import CgroupError, CgroupManager, SliceCgroup, detect
+from runink.plugins.executors.linux.cgroups import (
+    HERD_PREFIX,
+    CgroupError,
+    CgroupManager,
+    SliceCgroup,
+    detect,
+    herd_dir_name,
+)
 from runink.plugins.executors.linux.grants import mount_setattr_available
 from runink.plugins.executors.linux.launcher import network_refusal, slirp4netns_path
 from runink.plugins.executors.linux.logs import LogPump
@@ -252,7 +263,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             unenforced["network grant"] = f"{self.network_refusal}: @network tasks are refused"
         if "cgroups" in self._problems or "root" in self._problems:
             reason = self._problems.get("cgroups") or self._problems["root"]
-            unenforced.update({"cpu": reason, "memory": reason, "pids": reason})
+            unenforced.update({"cpu": reason, "memory": reason, "pids": reason, "herd caps": reason})
         if "seccomp" in self._problems:
             unenforced["seccomp"] = self._problems["seccomp"]
         enforced = tuple(
@@ -261,6 +272,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 "cpu",
                 "memory",
                 "pids",
+                "herd caps",
                 "network",
                 "filesystem",
                 "timeout",
@@ -323,14 +335,21 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
 
     def _sweep_stale_cgroups(self) -> None:
         """Remove the empty ``sandbox-<pid>-*`` cgroups of launchers that are gone (a runner
-        killed with SIGKILL whose launcher was killed too, a crash): nothing else removes them.
+        killed with SIGKILL whose launcher was killed too, a crash), and empty herd parents:
+        nothing else removes them.
         A cgroup that still holds processes (a slice outliving its agent) is left to ``recover``."""
         assert self.cgroups is not None
         parents = self.cgroups.parents()
-        names = {d.name for parent in parents.values() if parent.is_dir() for d in parent.glob("sandbox-*-*")}
+        names = {
+            str(d.relative_to(parent))
+            for parent in parents.values()
+            if parent.is_dir()
+            for pattern in ("sandbox-*-*", f"{HERD_PREFIX}*/sandbox-*-*")
+            for d in parent.glob(pattern)
+        }
         for name in sorted(names):
             try:
-                pid = int(name.split("-")[1])
+                pid = int(name.rpartition("/")[2].split("-")[1])
             except ValueError:
                 continue
             if _is_launcher(pid):
@@ -339,6 +358,11 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             if not stale.pids():
                 with contextlib.suppress(CgroupError):
                     stale.remove(timeout=0.5)
+                self.cgroups.remove_herd_if_empty(stale.dirs)
+        for parent in parents.values():  # herd parents left empty (safe: see cgroups.py)
+            for herd in parent.glob(f"{HERD_PREFIX}*") if parent.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    herd.rmdir()
 
     @property
     def _launcher(self) -> subprocess.Popen[str] | None:
@@ -407,14 +431,18 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 with self._lock:
                     in_use = {d.name for t in self._tasks.values() for d in t.cgroup.dirs.values()}
                 names = {
-                    d.name
+                    str(d.relative_to(parent))
                     for parent in self.cgroups.parents().values()
-                    for d in parent.glob(f"sandbox-{launcher.pid}-*")
+                    for pattern in (f"sandbox-{launcher.pid}-*", f"{HERD_PREFIX}*/sandbox-{launcher.pid}-*")
+                    for d in parent.glob(pattern)
                 }
-                for name in names - in_use:
+                for name in names:
+                    if name.rpartition("/")[2] in in_use:
+                        continue
                     warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
                     with contextlib.suppress(CgroupError):
                         warm.remove()
+                    self.cgroups.remove_herd_if_empty(warm.dirs)
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.1)
@@ -443,6 +471,14 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             network = False
         if self.cgroups is None:
             raise TaskRejectedError(f"task {spec.id}: no usable cgroups: {self._problems.get('cgroups')}")
+        herd_limits = None
+        if spec.herd_limits is not None:
+            try:  # the Barn checked the name; it becomes a path here, so it is checked again
+                herd_dir_name(spec.herd)
+            except CgroupError as exc:
+                raise TaskRejectedError(f"task {spec.id}: {exc}") from None
+            caps = spec.herd_limits  # (gpu: not a cgroup cap; the slice's own gpu limit is refused above)
+            herd_limits = Limits(float(caps.cpu), int(caps.memory), int(caps.pids))
         with self._lock:
             status_file = self._new_task_dir(spec)
         task_dir = status_file.parent
@@ -478,6 +514,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             network=network,
             userns=self.userns_refusal is None,
             limits=Limits(float(spec.limits.cpu), int(spec.limits.memory), int(spec.limits.pids)),
+            herd=spec.herd if herd_limits is not None else None,
+            herd_limits=herd_limits,
             stdout=stdout,
             stderr=stderr,
             status_file=str(status_file),
@@ -598,6 +636,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         usage = task.cgroup.usage()
         with contextlib.suppress(CgroupError):
             task.cgroup.remove()
+        if self.cgroups is not None:  # its herd's parent too, if that was its last slice here
+            self.cgroups.remove_herd_if_empty(task.cgroup.dirs)
         failure = None
         if code == 126:  # the payload could not set the slice up: its stderr says why
             failure = _setup_failure(Path(task.handle.task_dir) / "stderr.log")

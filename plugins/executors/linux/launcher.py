@@ -72,7 +72,14 @@ from typing import Any
 
 from runink.plugins.executors.linux import netguard
 from runink.plugins.executors.linux import payload as slice_payload
-from runink.plugins.executors.linux.cgroups import CgroupError, CgroupLayout, CgroupLimits, CgroupManager, SliceCgroup
+from runink.plugins.executors.linux.cgroups import (
+    CgroupError,
+    CgroupLayout,
+    CgroupLimits,
+    CgroupManager,
+    SliceCgroup,
+    herd_dir_name,
+)
 from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_tree, id_map_namespace
 from runink.plugins.executors.linux.messages import Bind, Event, Exited, Failed, LaunchRequest, MessageError, Started
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
@@ -146,6 +153,7 @@ class Sandbox:
     error: str | None = None
     cgroup: SliceCgroup | None = None  # the payload's cgroup (it joins it itself), kept by the slice
     limits: CgroupLimits = field(default_factory=CgroupLimits)  # what that cgroup was created with
+    herd: str | None = None  # the herd whose parent that cgroup is under (None: the runink parent)
     slirp: int | None = None  # @network: the slirp4netns process attached to its net namespace
     blocked: tuple[netguard.Prefix, ...] = ()  # @network: the host's prefixes it has prohibit routes for
     uid: int = 0  # the slice's uid and gid (unless the request names one), picked when it was built
@@ -184,6 +192,9 @@ class Launcher:
         # Warm cgroups get the limits of the last request: slices of a pipeline mostly ask for
         # the same, and a slice then writes no limit at all (each costs ~0.1-0.3 ms).
         self.expected_limits = CgroupLimits()
+        # ...and go under the last request's herd parent (herd, caps), so a run of one herd's
+        # slices moves no sandbox; a slice of another herd moves its sandbox there (see launch)
+        self.expected_herd: tuple[str, CgroupLimits] | None = None
         self.root = root
         self.links, self.directories = runtime_paths(extra_paths)
         self.native_init = native_init and native_init_available()
@@ -243,11 +254,12 @@ class Launcher:
                 raise LaunchError(network_refusal())
             blocked = self.blocked_now()
             exit_pipe, ready_pipe = os.pipe(), os.pipe()
-        limits, warm = self.expected_limits, None
+        limits, herd, warm = self.expected_limits, self.expected_herd, None
         if self.cgroups is not None:
             self.built += 1
             name = f"sandbox-{os.getpid()}-{self.built}"  # kept by the slice: see launch()
-            warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in self.cgroups.parents().items()})
+            parents = self.cgroups.parents() if herd is None else self.cgroups.herd_parents(herd[0])
+            warm = SliceCgroup(self.cgroups.layout, {c: p / name for c, p in parents.items()})
         control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         notify_read, notify_write = os.pipe()
         init = payload = None
@@ -266,7 +278,9 @@ class Launcher:
                 payload = os.fork()
                 if payload == 0:
                     ready = None if ready_pipe is None else ready_pipe[0]
-                    self._become_payload(control_child, warm, limits, network, slirp_ready=ready, blocked=blocked)
+                    self._become_payload(
+                        control_child, warm, limits, network, slirp_ready=ready, blocked=blocked, herd=herd
+                    )
             finally:
                 self._return_to_own_namespaces(kinds)
             os.write(notify_write, b"x")  # PID 2 exists: init watches it from now on
@@ -287,7 +301,10 @@ class Launcher:
                     with contextlib.suppress(OSError):  # (the exit pipe's write end is closed already)
                         os.close(fd)
             control_child.close()
-        sandbox = Sandbox(init, payload, network, control, cgroup=warm, limits=limits, slirp=slirp, blocked=blocked)
+        in_herd = None if herd is None or warm is None else herd[0]
+        sandbox = Sandbox(
+            init, payload, network, control, cgroup=warm, limits=limits, herd=in_herd, slirp=slirp, blocked=blocked
+        )
         self._prepare_user(sandbox)
         self.pool.append(sandbox)
         _rewarm_request_path()
@@ -387,6 +404,7 @@ class Launcher:
         *,
         slirp_ready: int | None = None,
         blocked: tuple[netguard.Prefix, ...] = (),
+        herd: tuple[str, CgroupLimits] | None = None,
     ) -> None:
         code = 126
         try:
@@ -394,7 +412,11 @@ class Launcher:
             self._detach_from_launcher(keep=keep)
             try:
                 if warm is not None and self.cgroups is not None:
-                    self.cgroups.create(next(iter(warm.dirs.values())).name, limits)
+                    name = next(iter(warm.dirs.values())).name
+                    if herd is None:
+                        self.cgroups.create(name, limits)
+                    else:
+                        self.cgroups.create(name, limits, herd=herd[0], herd_caps=herd[1])
                     warm.attach(0)  # "0": the writing process (its pid here is not the host's)
                 build_root(self.root, self.links, self.directories, network_isolated=True)
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this pid namespace's
@@ -472,6 +494,8 @@ class Launcher:
         if sandbox.cgroup is not None:
             with contextlib.suppress(CgroupError):
                 sandbox.cgroup.remove()
+            if self.cgroups is not None:
+                self.cgroups.remove_herd_if_empty(sandbox.cgroup.dirs)
             sandbox.cgroup = None
 
     def building(self) -> list[Sandbox]:
@@ -532,6 +556,7 @@ class Launcher:
         status_fd = None
         sandbox: Sandbox | None = None
         try:
+            herd = self._herd_of(req)
             binds = sorted(req.binds, key=Bind.depth)
             if len(binds) > MAX_BINDS:
                 raise LaunchError(f"too many granted paths ({len(binds)} > {MAX_BINDS})")
@@ -571,11 +596,17 @@ class Launcher:
             # mutex, which a sandbox being built holds for an RCU grace period while it joins
             # its own cgroup (5-25 ms measured on cgroup v1).
             cgroup = sandbox.cgroup
-            if cgroup is not None:
+            if cgroup is not None and self.cgroups is not None:
                 asked = req.limits
                 limits = CgroupLimits(asked.cpu, asked.memory, asked.pids, asked.cpuset)
-                cgroup.update(limits, sandbox.limits)
+                if (herd[0] if herd else None) != sandbox.herd:
+                    cgroup = self._move(sandbox, limits, herd)
+                else:
+                    if herd is not None and self.cgroups.caps_written(herd[0]) != herd[1]:
+                        self.cgroups.ensure_herd(*herd)  # a quota changed since: its new caps
+                    cgroup.update(limits, sandbox.limits)
                 self.expected_limits = limits
+                self.expected_herd = herd
             message = replace(req, binds=tuple(binds), uid=uid, gid=gid)
             socket.send_fds(sandbox.control, [message.to_line().encode()], opened)
         except (OSError, CgroupError) as exc:
@@ -593,8 +624,47 @@ class Launcher:
         sandbox.cgroup = None  # the slice's now: the executor removes it when the slice ends
         running = Running(slice_id, sandbox.payload, sandbox.init, status_fd, cgroup=cgroup, uid=uid)
         self.running[sandbox.payload] = self.running[sandbox.init] = running
-        name = next(iter(cgroup.dirs.values())).name if cgroup is not None and cgroup.dirs else None
+        name = self.cgroups.relative_name(cgroup) if cgroup is not None and self.cgroups is not None else None
         self.emit(Started(slice_id, sandbox.payload, name, uid))
+
+    @staticmethod
+    def _herd_of(req: LaunchRequest) -> tuple[str, CgroupLimits] | None:
+        """The herd parent a request asks for (name, caps), None for none; LaunchError for a
+        name that cannot be a cgroup's (the executor checks too: this process trusts no one)."""
+        if req.herd_limits is None:
+            return None
+        if req.herd is None:
+            raise LaunchError("herd_limits given without a herd")
+        try:
+            herd_dir_name(req.herd)
+        except CgroupError as exc:
+            raise LaunchError(str(exc)) from None
+        caps = req.herd_limits
+        return req.herd, CgroupLimits(caps.cpu, caps.memory, caps.pids)
+
+    def _move(self, sandbox: Sandbox, limits: CgroupLimits, herd: tuple[str, CgroupLimits] | None) -> SliceCgroup:
+        """Move a warm sandbox made for another herd (or none) into a new cgroup, with the
+        slice's limits, under ``herd``'s parent. Its payload is the one process in it (its init
+        never joins); memory it was charged stays with the old cgroup's herd until freed."""
+        assert self.cgroups is not None and sandbox.cgroup is not None
+        old = sandbox.cgroup
+        name = next(iter(old.dirs.values())).name
+        if herd is None:
+            moved = self.cgroups.create(name, limits)
+        else:
+            moved = self.cgroups.create(name, limits, herd=herd[0], herd_caps=herd[1])
+        try:
+            moved.attach(sandbox.payload)
+        except CgroupError:
+            with contextlib.suppress(CgroupError):
+                moved.remove()
+            self.cgroups.remove_herd_if_empty(moved.dirs)
+            raise
+        sandbox.cgroup, sandbox.herd, sandbox.limits = moved, None if herd is None else herd[0], limits
+        with contextlib.suppress(CgroupError):
+            old.remove()
+        self.cgroups.remove_herd_if_empty(old.dirs)
+        return moved
 
     def on_request(self, line: bytes) -> None:
         """One line of stdin: a request is launched; a malformed one fails (its "failed" event
@@ -658,6 +728,8 @@ class Launcher:
                     running.cgroup.remove()
                 except CgroupError as exc:
                     print(f"runink launcher: slice {running.id}: {exc}", file=sys.stderr, flush=True)
+                if self.cgroups is not None:
+                    self.cgroups.remove_herd_if_empty(running.cgroup.dirs)
         deadline = time.monotonic() + 5
         while self.running and time.monotonic() < deadline:
             self.reap()

@@ -152,17 +152,17 @@ class Limits:
     cpuset: str | None = None  # e.g. "0-1"
 
     @classmethod
-    def from_dict(cls, data: object, message_id: str) -> Limits:
-        fields = _fields(data, "limits", message_id)
-        _unknown(fields, _LIMITS_FIELDS, "limits.", message_id)
+    def from_dict(cls, data: object, message_id: str, name: str = "limits") -> Limits:
+        fields = _fields(data, name, message_id)
+        _unknown(fields, _LIMITS_FIELDS, f"{name}.", message_id)
         cpu = fields.get("cpu") or 0.0
         if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu < 0:
-            raise MessageError("limits.cpu", f"expected a number of cores >= 0, got {cpu!r}", message_id)
+            raise MessageError(f"{name}.cpu", f"expected a number of cores >= 0, got {cpu!r}", message_id)
         return cls(
             float(cpu),
-            _int(fields.get("memory") or 0, "limits.memory", message_id),
-            _int(fields.get("pids") or 0, "limits.pids", message_id),
-            _opt_str(fields.get("cpuset"), "limits.cpuset", message_id),
+            _int(fields.get("memory") or 0, f"{name}.memory", message_id),
+            _int(fields.get("pids") or 0, f"{name}.pids", message_id),
+            _opt_str(fields.get("cpuset"), f"{name}.cpuset", message_id),
         )
 
 
@@ -222,6 +222,10 @@ class LaunchRequest:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     python: PythonCode | None = None
+    # the herd whose parent cgroup the slice goes under, capped at ``herd_limits`` (cpuset
+    # unused); None: no herd parent (the slice's cgroup is directly under the runink parent)
+    herd: str | None = None
+    herd_limits: Limits | None = None
 
     def to_line(self) -> str:
         """The request as one JSON line (with its newline)."""
@@ -248,6 +252,11 @@ class LaunchRequest:
             data["files"] = self.files
         if self.python is not None:
             data["python"] = self.python.to_dict()
+        if self.herd is not None:
+            data["herd"] = self.herd
+        if self.herd_limits is not None:
+            caps = self.herd_limits
+            data["herd_limits"] = {"cpu": caps.cpu, "memory": caps.memory, "pids": caps.pids}
         return json.dumps(data) + "\n"
 
     @classmethod
@@ -288,12 +297,16 @@ class LaunchRequest:
             env=_mapping(get("env") or {}, "env", message_id),
             files=_mapping(get("files") or {}, "files", message_id),
             python=python,
+            herd=_opt_str(get("herd"), "herd", message_id),
+            herd_limits=None
+            if get("herd_limits") is None
+            else Limits.from_dict(data["herd_limits"], message_id, "herd_limits"),
         )
 
 
 _REQUEST_FIELDS = frozenset(
     {"v", "op", "id", "command", "cwd", "binds", "hostname", "uid", "gid", "network", "userns", "limits"}
-    | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python"}
+    | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python", "herd", "herd_limits"}
 )
 
 

@@ -1,0 +1,189 @@
+"""`runink submit`: a pipeline run on the cluster, one task per scenario placed in dependency
+order across nodes, each run by its node's agent as `runink run` runs it (the same code).
+Real `runink server` and `runink agent` processes on loopback; the intermediate dataset of a
+two-node pipeline goes through moto's S3 server (started here, loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from barn_cluster import free_ports
+from fixture_types import CliRunner
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agents run slices as root")
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    with open(log, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _ready(process: subprocess.Popen[str], log: Path) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
+
+
+def _cluster(tmp: Path, agents: dict[str, str], agent_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A server (memory Barn) and one agent per entry of ``agents`` (node id -> its label);
+    yields the CLI's environment."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    api, grpc = free_ports(2)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
+    processes = [_start(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp / "s.log", env)]
+    try:
+        _ready(processes[0], tmp / "s.log")
+        for node, label in agents.items():
+            args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", node, "--work-dir", str(tmp / node)]
+            processes.append(_start([*args, "--labels", label], tmp / f"{node}.log", {**env, **agent_env}))
+            _ready(processes[-1], tmp / f"{node}.log")
+        yield env
+    finally:
+        for process in reversed(processes):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+@pytest.fixture
+def one_agent(tmp_path: Path) -> Iterator[dict[str, str]]:
+    yield from _cluster(tmp_path / "cluster", {"n1": "zone=a"}, {})
+
+
+def _project(folder: Path, fail: bool = False) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "in.csv").write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(100)))
+    (folder / "steps.py").write_text(
+        "import pyarrow as pa\n"
+        "def fail(batch: pa.RecordBatch) -> pa.RecordBatch:\n"
+        "    raise RuntimeError('failed on purpose')\n"
+    )
+    step = '    @step("steps:fail")\n' if fail else ""
+    (folder / "p.dsl").write_text(
+        "Feature: Two steps\n"
+        "  Scenario: First\n"
+        '    @source("csv://in.csv")\n'
+        f"{step}"
+        '    @sink("csv://mid.csv")\n'
+        "  Scenario: Second\n"
+        '    @source("csv://mid.csv")\n'
+        '    @sink("csv://out.csv")\n'
+    )
+    return folder / "p.dsl"
+
+
+def test_submit_runs_a_pipelines_scenarios_in_order_on_the_cluster(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    pipeline = _project(tmp_path / "p")
+    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    out = run_cli("submit", str(pipeline), "--wait", "--json", env=one_agent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["job"]["state"] == "SUCCEEDED" and answer["job"]["kind"] == "pipeline"
+    tasks = {t["scenario"]["scenario"]: t for t in answer["tasks"]}
+    assert set(tasks) == {"First", "Second"}
+    assert tasks["Second"]["after"] == [tasks["First"]["id"]]
+    # the second was placed only after the first succeeded (its outputs published by then)
+    first_done = next(t["at"] for t in tasks["First"]["transitions"] if t["state"] == "SUCCEEDED")
+    second_placed = next(t["at"] for t in tasks["Second"]["transitions"] if t["state"] == "SCHEDULED")
+    assert second_placed >= first_done
+    assert (tmp_path / "p" / "out.csv").read_text().splitlines()[1:3] == ['0,"n0"', '1,"n1"']
+    # without --wait: the job's id at once
+    detached = run_cli("submit", str(pipeline), env=one_agent)
+    assert detached.returncode == 0 and detached.stdout.strip().startswith("job")
+
+
+def test_a_failed_scenario_skips_what_comes_after_it(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    pipeline = _project(tmp_path / "p", fail=True)
+    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    out = run_cli("submit", str(pipeline), "--wait", env=one_agent)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any("First" in line and "FAILED" in line and "failed on purpose" in line for line in lines), out.stdout
+    assert any("Second" in line and "SKIPPED" in line for line in lines), out.stdout
+    assert not (tmp_path / "p" / "mid.csv").exists()  # nothing half-written published
+
+
+def test_bad_submissions_are_refused_with_one_line(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    pipeline = _project(tmp_path / "p")
+    missing = run_cli("submit", str(tmp_path / "nope.dsl"), env=one_agent)
+    assert missing.returncode != 0 and "nope.dsl" in missing.stderr and "Traceback" not in missing.stderr
+    no_herd = run_cli("submit", str(pipeline), "--herd", "ghost", env=one_agent)
+    assert no_herd.returncode != 0 and "ghost" in no_herd.stderr and len(no_herd.stderr.strip().splitlines()) == 1
+    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    base = f"http://{one_agent['RUNINK_SERVER']}"
+    for body, status, words in (
+        ({"herd": "default", "pipeline": "relative.dsl", "tasks": [{"scenario": "a"}]}, 422, "pipeline"),
+        ({"herd": "default", "pipeline": str(pipeline), "tasks": []}, 422, "tasks"),
+        (
+            {"herd": "default", "pipeline": str(pipeline), "tasks": [{"scenario": "a", "after": ["b"]}]},
+            409,
+            "after 'b'",
+        ),
+        ({"herd": "default", "pipeline": str(pipeline), "tasks": [{"scenario": "a"}, {"scenario": "a"}]}, 409, "twice"),
+    ):
+        answer = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10)
+        assert answer.status_code == status and words in answer.text, (body, answer.text)
+    assert json.loads(run_cli("jobs", "list", "--json", env=one_agent).stdout) == []  # nothing stored
+
+
+def test_a_two_node_pipeline_passes_its_dataset_through_s3(run_cli: CliRunner, tmp_path: Path) -> None:
+    pytest.importorskip("moto.server")
+    from test_storage_s3 import REGION, _aws_env, _client, _objects, _start_moto
+
+    endpoint_gen = _start_moto(tmp_path, {})
+    endpoint = next(endpoint_gen)
+    try:
+        _client(endpoint).create_bucket(Bucket="shared")
+        folder = tmp_path / "p"
+        folder.mkdir()
+        (folder / "in.csv").write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(500)))
+        (folder / "runink.toml").write_text(f'[plugin.storage-s3]\nendpoint = "{endpoint}"\nregion = "{REGION}"\n')
+        (folder / "p.dsl").write_text(
+            "Feature: Across nodes\n"
+            '  @affinity(label="zone=a")\n'
+            "  @network\n"
+            "  Scenario: Writer\n"
+            '    @source("csv://in.csv")\n'
+            '    @sink("s3://shared/mid.parquet")\n'
+            '  @affinity(label="zone=b")\n'
+            "  @network\n"
+            "  Scenario: Reader\n"
+            '    @source("s3://shared/mid.parquet")\n'
+            '    @sink("parquet://out.parquet")\n'
+        )
+        # the agents' own config: the s3 driver's endpoint; slices through the process executor
+        # (a linux slice's network reaches the host through slirp4netns, not its loopback)
+        agent_env = {
+            **_aws_env(tmp_path),
+            "RUNINK_CONFIG": str(folder / "runink.toml"),
+            "RUNINK_EXECUTOR__DRIVER": "process",
+            "RUNINK_EXECUTOR__OPTIONS__DEGRADE": "true",  # (the process executor enforces no limits)
+        }
+        for env in _cluster(tmp_path / "cluster", {"n1": "zone=a", "n2": "zone=b"}, agent_env):
+            assert run_cli("herd", "create", "default", env=env).returncode == 0
+            out = run_cli("submit", str(folder / "p.dsl"), "--wait", "--json", env={**env, **agent_env})
+            assert out.returncode == 0, out.stdout + out.stderr
+            nodes = {t["scenario"]["scenario"]: t["node"] for t in json.loads(out.stdout)["tasks"]}
+            assert nodes == {"Writer": "n1", "Reader": "n2"}
+        final = pq.read_table(folder / "out.parquet")
+        assert final.num_rows == 500 and final.column("id").to_pylist() == list(range(500))
+        assert list(_objects(endpoint, "shared")) == ["mid.parquet"]
+    finally:
+        endpoint_gen.close()
