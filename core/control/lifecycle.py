@@ -160,7 +160,7 @@ class Lifecycle:
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
         self._admit(found.record, [task])
-        self.store.submit(job, [task])
+        self.store.submit(job, [task], found)
         return job
 
     def submit_pipeline(

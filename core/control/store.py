@@ -218,27 +218,24 @@ class ClusterStore:
                 continue
         raise Conflict(f"{key}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
-    def submit(self, job: JobRecord, tasks: Sequence[TaskRecord]) -> int:
+    def submit(self, job: JobRecord, tasks: Sequence[TaskRecord], herd: Versioned[Herd] | None = None) -> int:
         """Store a job and its tasks at once (all or none); returns the revision. The herd's
-        key and index entry are compared too: a herd deleted (or being deleted) meanwhile
-        refuses the job rather than holding one nobody lists."""
+        key is compared too (``herd``: as the caller read it, else read here): a herd deleted
+        (or being deleted: marking it changes the key) meanwhile refuses the job rather than
+        holding one nobody lists. (Its HERD_INDEX entry is created and deleted with the key.)"""
         writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
         ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
         absent = [*((key, 0) for key, _ in writes), (self.JOB_INDEX + job.id, 0)]
-        for _ in range(MAX_CONFLICT_RETRIES):
-            herd = self._get(keys.herd(job.herd), Herd)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            if attempt or herd is None:
+                herd = self._get(keys.herd(job.herd), Herd)
             if herd is None:
                 raise NotFound(f"herd {job.herd!r}: no such herd")
             if herd.record.deleting:
                 raise Refused(f"herd {job.herd!r}: being deleted")
-            index = self.barn.get(self.HERD_INDEX + job.herd)
-            fence = [
-                (keys.herd(job.herd), herd.revision),
-                (self.HERD_INDEX + job.herd, index.mod_revision if index else 0),
-            ]
-            held, revision = self.barn.transaction([*fence, *absent], ops)
+            held, revision = self.barn.transaction([(keys.herd(job.herd), herd.revision), *absent], ops)
             if held:
                 return revision
             if any(self.barn.get(key) is not None for key, _ in absent):
