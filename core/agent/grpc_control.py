@@ -21,7 +21,7 @@ import grpc
 from pydantic import ValidationError
 
 from runink.core.control.logs import Chunk
-from runink.core.control.records import NodeRecord, RunState, ScenarioRef, TaskRecord
+from runink.core.control.records import NodeRecord, Quota, RunState, ScenarioRef, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message
@@ -304,7 +304,12 @@ def _task(task: pb.Task) -> TaskRecord:
         scenario=None if not task.HasField("scenario") else _scenario(task.scenario),
         retries=task.retries,
         backoff=task.backoff,
+        herd_quota=None if not task.HasField("herd_quota") else _quota(task.herd_quota),
     )
+
+
+def _quota(quota: pb.HerdQuota) -> Quota:
+    return Quota(cpu=quota.cpu, memory=quota.memory, gpu=quota.gpu, max_slices=quota.max_slices)
 
 
 def _scenario(scenario: pb.Scenario) -> ScenarioRef:

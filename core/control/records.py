@@ -107,6 +107,13 @@ class Quota(Record):
     gpu: int = Field(default=0, ge=0)
     max_slices: int = Field(default=0, ge=0)
 
+    def node_caps(self) -> Resources:
+        """What a node caps the herd's cgroup parent at: cpu and memory. Not gpu (no gpu
+        isolation), not max_slices: the scheduler counts slices, and each slice's own pids
+        limit already bounds its processes (a process cap from the slice count would need one
+        pids limit shared by all the herd's slices)."""
+        return Resources(cpu=self.cpu, memory=self.memory)
+
     def exceeded_by(self, used: Amount, slices: int) -> str | None:
         """Why ``used`` (with ``slices`` slices) is past this quota, or None."""
         for name, limit, value in (
@@ -228,6 +235,9 @@ class TaskRecord(Record):
     pending_reason: str = ""  # why it is waiting, when it is
     not_before: float = 0.0  # a retry's backoff: not placed before this time (the scheduler's clock)
     transitions: list[Transition] = []
+    # the herd's quota as the scheduler saw it when it placed this attempt: the node caps the
+    # herd's cgroup parent at it (Quota.node_caps)
+    herd_quota: Quota | None = None
 
     @field_validator("command")
     @classmethod

@@ -198,6 +198,11 @@ def task_message(task: TaskRecord) -> pb.Task:
         message.scenario.CopyFrom(pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run))
     if task.timeout is not None:
         message.timeout = task.timeout
+    if task.herd_quota is not None:
+        quota = task.herd_quota
+        message.herd_quota.CopyFrom(
+            pb.HerdQuota(cpu=quota.cpu, memory=quota.memory, gpu=quota.gpu, max_slices=quota.max_slices)
+        )
     return message
 
 
