@@ -187,3 +187,29 @@ def test_a_two_node_pipeline_passes_its_dataset_through_s3(run_cli: CliRunner, t
         assert list(_objects(endpoint, "shared")) == ["mid.parquet"]
     finally:
         endpoint_gen.close()
+
+
+def test_a_scenarios_slice_runs_under_its_herds_capped_cgroup_parent(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "in.csv").write_text("id\n1\n")
+    (folder / "steps.py").write_text(
+        "import pyarrow as pa\n"
+        "def where(batch: pa.RecordBatch) -> pa.RecordBatch:\n"
+        "    groups = open('/proc/self/cgroup').read().replace('\\n', ' ')\n"
+        "    return batch.append_column('cgroup', pa.array([groups] * batch.num_rows))\n"
+    )
+    (folder / "p.dsl").write_text(
+        "Feature: Where\n"
+        "  Scenario: Where\n"
+        '    @source("csv://in.csv")\n'
+        '    @step("steps:where")\n'
+        '    @sink("jsonl://out.jsonl")\n'
+    )
+    assert run_cli("herd", "create", "lab", "--cpu", "2", "--memory", "1Gi", env=one_agent).returncode == 0
+    out = run_cli("submit", str(folder / "p.dsl"), "--herd", "lab", "--wait", env=one_agent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    groups = json.loads((folder / "out.jsonl").read_text().splitlines()[0])["cgroup"]
+    assert "/herd-lab/" in groups, groups

@@ -15,6 +15,7 @@ the last), metrics and logs through the plugin hooks, as only runners and agents
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -247,6 +248,8 @@ class ScenarioAttempts(Executor):
                 readable=readable,
                 staged=staged,
             )
+            if task.herd_quota is not None:  # under the herd's cgroup parent, as a command's slice
+                spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
             # made by the node, read through its own fd (see core/report.py)
             reader = ReportReader.create(report_path(task_dir))
         except (ReportError, RuninkError) as exc:
