@@ -27,6 +27,20 @@ _MEMORY_UNITS = {
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 
 
+#: a herd, node or job name: what may appear as one part of a Barn key (and a cgroup's)
+NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a valid herd, node or job name; else ValueError saying what is wrong."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r}: expected 1-63 lower-case letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
 MAX_MEMORY = 2**60  # 1 EiB: the largest memory limit a scenario or the config may set
 MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT: the largest pids limit
 

@@ -33,7 +33,7 @@ from runink.core.errors import RuninkError
 from runink.core.events import export_log
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.executor import Executor
-from runink.core.model import MAX_MEMORY, LogEntry, ScenarioState
+from runink.core.model import MAX_MEMORY, LogEntry, ScenarioState, check_name
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.plugins import PluginManager
 
@@ -95,6 +95,10 @@ class LocalRunner:
         """Run the pipeline; ``also_writable``: folders its sinks may be in besides the pipeline's
         own and those [paths] allow (``runink test`` redirects outputs to a temporary one)."""
         pipeline = compiled.pipeline
+        try:  # (a .dsl's @herd is checked where it is written; a pipeline built in Python here)
+            check_name(pipeline.herd, "herd")
+        except ValueError as exc:
+            raise RuninkError(f"pipeline {pipeline.name!r}: {exc}") from None
         allowed = (pipeline.base_dir, *(Path(p) for p in self.config.paths.allow), *also_writable)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         result = RunResult(

@@ -82,6 +82,8 @@ def test_parses_feature_scenarios_and_annotations() -> None:
         ("Feature: x\n  Scenario: a\n  Scenario: a\n", "p.dsl:3:3", "duplicate scenario name 'a'"),
         ('Feature: x\n  Scenario: a\n    @herd("h")\n', "p.dsl:3:5", "@herd belongs before 'Feature:'"),
         ('@step("s:f")\nFeature: x\n  Scenario: a\n', "p.dsl:1:1", "@step belongs to a Scenario"),
+        # a herd's name is a key in the Barn and a cgroup's name on the nodes
+        ('@herd("My Team")\nFeature: x\n  Scenario: a\n', "p.dsl:1:1", "@herd: herd 'My Team': expected 1-63"),
         ('Feature: x\n  Scenario: a\n    @source("a.csv")\n    @source("b.csv")\n', "p.dsl:4:5", "second @source"),
         ("Feature: x\n  Scenario: a\n    hello\n", "p.dsl:3:5", "unexpected text 'hello'"),
         ("Feature: x\n  Given x\n", "p.dsl:2:3", "'Given' line outside a Scenario"),

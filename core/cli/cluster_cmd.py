@@ -96,8 +96,9 @@ def agent_command(
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
     from runink.core.cli.run_cmd import load_pipeline
-    from runink.core.control.records import Amount, check_name
+    from runink.core.control.records import Amount
     from runink.core.drivers import auto_executor, configured_driver
+    from runink.core.model import check_name
 
     state: CliState = ctx.obj
     config = state.config()

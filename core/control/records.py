@@ -13,16 +13,13 @@ older attempt (a late agent, one cut off by a partition) names an older token an
 from __future__ import annotations
 
 import enum
-import re
 import secrets
 import time
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources
+from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources, check_name
 
-#: a herd, node or job name: what may appear as one part of a Barn key
-NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 MAX_COMMAND_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
 MAX_PIPELINE_TASKS = 1000  # scenarios in one pipeline job
@@ -63,15 +60,6 @@ ALLOWED: dict[RunState, frozenset[RunState]] = {
         }
     ),
 }
-
-
-def check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not NAME.match(value):
-        raise ValueError(
-            f"{what} {value!r}: expected 1-63 lower-case letters, digits, '.', '_' or '-', "
-            "starting and ending with a letter or digit"
-        )
-    return value
 
 
 def new_id(prefix: str) -> str:

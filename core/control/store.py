@@ -15,9 +15,10 @@ from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
-from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, RunState, TaskRecord, check_name, keys
+from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, RunState, TaskRecord, keys
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend, TxnOp
+from runink.core.model import check_name
 
 R = TypeVar("R", bound=Record)
 MAX_CONFLICT_RETRIES = 20

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.errors import RuninkError
+from runink.core.model import check_name
 from runink.core.pipeline.model import (
     CommandStep,
     Location,
@@ -155,7 +156,11 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
                 if annotation.name not in FEATURE_ANNOTATIONS:
                     raise DslError(annotation.at, f"@{annotation.name} belongs to a Scenario, not the Feature")
                 if annotation.name == "herd":
-                    feature = replace(feature, herd=str(annotation.args["name"]))
+                    try:
+                        herd = check_name(str(annotation.args["name"]), "herd")
+                    except ValueError as exc:
+                        raise DslError(annotation.at, f"@herd: {exc}") from None
+                    feature = replace(feature, herd=herd)
                 elif annotation.name == "requires":
                     feature_requires = _requirements(annotation, feature_requires)
                 elif annotation.name == "retries":

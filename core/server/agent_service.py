@@ -28,9 +28,10 @@ from pydantic import ValidationError
 
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, check_name
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.control.store import ClusterStore, NotFound
 from runink.core.errors import RuninkError
+from runink.core.model import check_name
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message
 from runink.core.server.proto import agent_pb2 as pb

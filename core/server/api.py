@@ -25,7 +25,6 @@ from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
     MAX_COMMAND_ARGS,
     MAX_PIPELINE_TASKS,
-    NAME,
     Amount,
     Herd,
     NodeRecord,
@@ -36,7 +35,7 @@ from runink.core.control.records import (
     TaskRecord,
 )
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
-from runink.core.model import MAX_MEMORY, MAX_PIDS
+from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
