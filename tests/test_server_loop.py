@@ -172,3 +172,28 @@ def test_a_server_that_still_thinks_it_leads_writes_nothing_once_another_claimed
         fresh = second.step(1, 1)
         assert fresh is not None and len(fresh.placed) == 1  # one fits; the other waits
         assert [t.record.state.value for t in setup.tasks("lab")].count("SCHEDULED") == 1
+
+
+def test_the_watch_pokes_for_tasks_that_may_be_placed_not_for_placements(manager: PluginManager) -> None:
+    store, lifecycle, loop, leadership = setup(manager)
+    stop = threading.Event()
+    loop.follow(store.barn, stop)
+    try:
+        time.sleep(0.2)  # (the watch is following)
+        loop._wake.clear()
+        job = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+        assert loop._wake.wait(2.0)  # a new PENDING task: a pass may place it
+        leadership.leads = True
+        loop.step(1.0, 1.0)
+        assert task_state(store, job.id) is RunState.SCHEDULED
+        loop._wake.clear()
+        time.sleep(0.3)
+        assert not loop._wake.is_set()  # its placement: nothing a pass could place
+        task = store.task("team", store.job(job.id).record.tasks[0]).record
+        assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.RUNNING)
+        time.sleep(0.3)
+        assert not loop._wake.is_set()  # its start: the same
+        assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0)
+        assert loop._wake.wait(2.0)  # its end frees its room
+    finally:
+        stop.set()

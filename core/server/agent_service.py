@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
-from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle
+from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.control.store import ClusterStore, NotFound
@@ -323,12 +323,12 @@ class AgentService:
         started = report.started if report.HasField("started") else None
         if started is not None and not (math.isfinite(started) and 0 <= started <= MAX_TIME):
             raise BadRequest(f"report.started: {started!r} is not a time in [0, {MAX_TIME:g}]")
-        placed_on = self._placed_on(herd, task_id, attempt)
-        if placed_on is not None and placed_on != node:
-            raise BadRequest(f"report for task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
-        accepted = self.lifecycle.report(
-            herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
-        )
+        try:  # (the lifecycle checks the node on the record it reads: one Barn read less)
+            accepted = self.lifecycle.report(
+                herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started, node=node
+            )
+        except PlacedElsewhere as exc:
+            raise BadRequest(str(exc)) from None
         return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
 
     def _log_chunk(self, rid: int, chunk: pb.LogChunk, node: str) -> pb.ServerMessage:
@@ -354,10 +354,7 @@ class AgentService:
             task = self.lifecycle.store.task(herd, task_id).record
         except NotFound:
             return None
-        if task.attempt == attempt:
-            return task.node
-        placed = [t.node for t in task.transitions if t.attempt == attempt and t.state is RunState.SCHEDULED]
-        return placed[-1] if placed else None
+        return placed_on(task, attempt)
 
 
 _LATE = object()  # no message before the bind deadline

@@ -9,6 +9,7 @@ a full timeout again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from runink.core.control.liveness import Liveness
-from runink.core.control.records import SchedulerEpoch, keys
+from runink.core.control.records import RunState, SchedulerEpoch, keys
 from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.interfaces.barn import BarnBackend
@@ -114,15 +115,16 @@ class ControlLoop:
             self._wake.wait(self.interval)
 
     def follow(self, barn: BarnBackend, stop: threading.Event) -> threading.Thread:
-        """Poke the loop on every change of the cluster's records in the Barn (a submission to
-        another server, an agent's report through another server): a thread following a
-        watch of the Barn, started again after an error."""
+        """Poke the loop on every change of a task record in the Barn that may let a pass place
+        something (a submission to another server, a task ending or given back through another
+        server): a thread following a watch of the Barn, started again after an error. A task
+        placed or started pokes nothing (``_may_place``): that pass would find nothing new."""
 
         def watch() -> None:
             while not stop.is_set():
                 try:
                     for event in barn.watch("/herds/", barn.revision() + 1):
-                        if "/tasks/" in event.kv.key or "/jobs/" in event.kv.key:  # (not task output)
+                        if "/tasks/" in event.kv.key and _may_place(event.type, event.kv.value):
                             self.poke()
                         if stop.is_set():
                             return
@@ -146,3 +148,16 @@ class ControlLoop:
         if line != last or now - at >= REPEAT_LOG_AFTER:
             log.error("%s", line)
             self._last_failure = (line, now)
+
+
+def _may_place(kind: str, value: bytes) -> bool:
+    """Whether a change of a task record may let a scheduler pass place something: any but a
+    task written SCHEDULED or RUNNING (its placement, its start: they only take room). Jobs'
+    records change with their tasks' in the same transaction: their own events add nothing."""
+    if kind != "PUT":
+        return True
+    try:
+        state = json.loads(value).get("state")
+    except (ValueError, AttributeError):
+        return True
+    return state not in (RunState.SCHEDULED, RunState.RUNNING)
