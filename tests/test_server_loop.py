@@ -14,12 +14,12 @@ import pytest
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.liveness import Liveness
 from runink.core.control.records import Amount, Herd, NodeRecord, RunState
-from runink.core.control.scheduler import Scheduler
+from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.interfaces import SchedulerPolicy
 from runink.core.plugins import PluginManager
-from runink.core.server.loop import ControlLoop
+from runink.core.server.loop import IDLE_PASS_EVERY, ControlLoop
 from runink.plugins.barn.memory import MemoryBarn
 from runink.testing import plugin_manager
 
@@ -195,5 +195,34 @@ def test_the_watch_pokes_for_tasks_that_may_be_placed_not_for_placements(manager
         assert not loop._wake.is_set()  # its start: the same
         assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0)
         assert loop._wake.wait(2.0)  # its end frees its room
+    finally:
+        stop.set()
+
+
+def test_run_skips_passes_while_nothing_waits_and_nothing_pokes(manager: PluginManager) -> None:
+    store, lifecycle, loop, leadership = setup(manager)
+    leadership.leads = True
+    loop.interval = 0.01
+    passes: list[float] = []
+    run_pass = loop.scheduler.run_pass
+
+    def counted(now: float) -> PassResult:
+        passes.append(time.monotonic())
+        return run_pass(now)
+
+    loop.scheduler.run_pass = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    loop.start(stop)
+    try:
+        time.sleep(0.6)
+        idle = len(passes)
+        # ~60 rounds; a pass in the first and then one per IDLE_PASS_EVERY
+        assert 2 <= idle <= 1 + 0.6 / IDLE_PASS_EVERY + 1
+        job = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+        loop.poke()
+        deadline = time.monotonic() + 2
+        while task_state(store, job.id) is not RunState.SCHEDULED and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert task_state(store, job.id) is RunState.SCHEDULED
     finally:
         stop.set()

@@ -28,6 +28,9 @@ from runink.core.report import printable
 log = logging.getLogger(__name__)
 
 REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again (a round runs every interval)
+#: seconds between scheduler passes while the last one left no task waiting and nothing poked
+#: the loop (a change the watch missed, while it started again, is placed within this)
+IDLE_PASS_EVERY = 0.25
 
 
 class ControlLoop:
@@ -51,11 +54,15 @@ class ControlLoop:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
         self._last_failure = ("", 0.0)
 
-    def step(self, now_wall: float, now_monotonic: float, *, observe: bool = True) -> PassResult | None:
-        """One round; returns the scheduler pass's result, or None when this server does not lead.
-        ``now_wall`` is the clock retries' backoff is dated with; ``now_monotonic`` liveness's.
-        ``observe``: look at the nodes' liveness too (``run`` skips it in rounds poked sooner
-        than ``interval`` after the last look: a Barn read less on a job's way to its node)."""
+    def step(
+        self, now_wall: float, now_monotonic: float, *, observe: bool = True, schedule: bool = True
+    ) -> PassResult | None:
+        """One round; returns the scheduler pass's result, or None when this server does not lead
+        (or ``schedule`` is false). ``now_wall`` is the clock retries' backoff is dated with;
+        ``now_monotonic`` liveness's. ``observe``: look at the nodes' liveness too (``run`` skips
+        it in rounds poked sooner than ``interval`` after the last look: a Barn read less on a
+        job's way to its node). ``schedule``: run a scheduler pass (``run`` skips it in rounds
+        nothing poked after a pass that left no task waiting: each pass reads every task)."""
         if not self.is_leader():
             if self._leading:
                 log.info("no longer the leader: scheduling stops here")
@@ -73,7 +80,8 @@ class ControlLoop:
         dead = self.liveness.observe(now_monotonic) if observe else []
         if dead:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
-        return self.scheduler.run_pass(now_wall)
+            schedule = True  # their tasks wait again
+        return self.scheduler.run_pass(now_wall) if schedule else None
 
     def _claim(self) -> bool:
         """Bump the scheduling epoch and fence this loop's writes with it: a server that still
@@ -101,18 +109,26 @@ class ControlLoop:
         """Rounds every ``interval``, or at once when poked, until ``stop`` is set; a round that
         raises is logged in one line (the same failure again only after REPEAT_LOG_AFTER
         seconds) and the next one runs."""
-        observed = -math.inf  # when liveness last looked (this loop's monotonic clock)
+        observed = passed = -math.inf  # when liveness last looked, the last pass (monotonic clock)
+        poked, waiting = True, True  # waiting: the last pass left tasks waiting (or there was none)
         while not stop.is_set():
             self._wake.clear()  # (a poke from here on starts another round)
             now = time.monotonic()
             observe = now - observed >= self.interval
+            schedule = poked or waiting or now - passed >= IDLE_PASS_EVERY
             try:
-                self.step(time.time(), now, observe=observe)
+                result = self.step(time.time(), now, observe=observe, schedule=schedule)
                 if observe:
                     observed = now
+                if result is not None:
+                    passed = now
+                    waiting = bool(result.pending) or not result.committed
+                elif schedule:  # not leading: once it leads, its first round places at once
+                    waiting = True
             except Exception as exc:  # the loop must outlive any one round
+                waiting = True
                 self._log_failure(exc)
-            self._wake.wait(self.interval)
+            poked = self._wake.wait(self.interval)
 
     def follow(self, barn: BarnBackend, stop: threading.Event) -> threading.Thread:
         """Poke the loop on every change of a task record in the Barn that may let a pass place
