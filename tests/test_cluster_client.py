@@ -6,7 +6,6 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, server_addresses
@@ -47,7 +46,7 @@ def silent() -> Iterator[list[Silent]]:
 
 
 def test_a_write_without_an_answer_is_not_sent_to_another_server(silent: list[Silent]) -> None:
-    client = ClusterClient([s.address for s in silent], timeout=httpx.Timeout(0.5, connect=0.5))
+    client = ClusterClient([s.address for s in silent], timeout=(0.5, 0.5))
     try:
         with pytest.raises(ClusterError, match="may have been done"):
             client.call("POST", "/v1/jobs", {"herd": "default", "command": ["/bin/true"]})
@@ -57,7 +56,7 @@ def test_a_write_without_an_answer_is_not_sent_to_another_server(silent: list[Si
 
 
 def test_a_read_without_an_answer_tries_the_next_server(silent: list[Silent]) -> None:
-    client = ClusterClient([s.address for s in silent], timeout=httpx.Timeout(0.5, connect=0.5))
+    client = ClusterClient([s.address for s in silent], timeout=(0.5, 0.5))
     try:
         with pytest.raises(ClusterError, match="no server answered"):
             client.call("GET", "/v1/jobs")

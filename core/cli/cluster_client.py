@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from runink.core.errors import RuninkError
 
-TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+if TYPE_CHECKING:  # imported when a client is made: ~70 ms every CLI start would pay otherwise
+    import httpx
+
+TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
 
 
 class ClusterError(RuninkError):
@@ -53,15 +54,19 @@ def server_addresses(flag: str | None, configured: str | None) -> list[str]:
 
 
 class ClusterClient:
-    def __init__(self, addresses: list[str], timeout: httpx.Timeout = TIMEOUT) -> None:
+    def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT) -> None:
+        import httpx
+
         self.addresses = addresses
-        self._http = httpx.Client(timeout=timeout)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]))
 
     def close(self) -> None:
         self._http.close()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         """The answer's JSON; raises ClusterError with the server's one-line reason."""
+        import httpx
+
         unreachable = []
         query = {k: v for k, v in params.items() if v is not None}
         for address in self.addresses:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 
 from runink.core.cli.cluster_client import context_file, read_context
@@ -294,6 +293,8 @@ def up_command(
 
 def _wait_for_leader(apis: list[str]) -> None:
     """Until one server answers a write (a leader is elected): create the default herd."""
+    import httpx
+
     deadline = time.monotonic() + UP_TIMEOUT
     with httpx.Client(timeout=5.0) as client:
         while time.monotonic() < deadline:
