@@ -6,7 +6,7 @@ overwrite each other's change unseen. Nothing here reads a clock to decide anyth
 in records are for people (when a transition happened), never compared across machines.
 
 A task is one slice's unit of scheduling. Each attempt of it carries an attempt number and
-a fencing token (the Barn revision at which that attempt was scheduled): a report from an
+a fencing token (a Barn revision past any the task's earlier attempts had): a report from an
 older attempt (a late agent, one cut off by a partition) names an older token and is refused.
 """
 

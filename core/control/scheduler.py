@@ -6,8 +6,8 @@ writes the decisions of the pass in Barn transactions of at most ``batch`` tasks
 its tasks' revisions: if another writer changed one of them meanwhile, that batch is refused
 (the others stand: the placements after it only assumed more was in use, never less) and the
 pass is read again and retried once, so a task is never lost nor placed twice. Each placement
-gets the next attempt number and a fencing token (a Barn revision read after the records, so it
-is greater than any token the task had).
+gets the next attempt number and a fencing token (the greatest Barn revision of the tasks read,
+so it is greater than any token the task had).
 
 Over many nodes a task is filtered and scored over a window of them (``window``, by default
 the larger of 50 and 5% of the schedulable nodes), the window moving on with every task so
@@ -119,9 +119,10 @@ class Scheduler:
         nodes = self.store.nodes()
         herds = {h.name: h for h in self.store.herds()}
         tasks = [v for name in herds for v in self.store.tasks(name)]
-        # Read after the records: greater than every revision seen, so greater than any token
-        # an earlier attempt of these tasks got (that token was read before its own commit).
-        token = self.store.barn.revision()
+        # Greater than any token an earlier attempt of these tasks got: that token was a revision
+        # read before the commit that placed it, so each such task's revision is past it (no
+        # read of the Barn's revision of its own: a pass is on every job's way to its node)
+        token = max((v.revision for v in tasks), default=0)
         result = PassResult(token=token)
 
         allocated: dict[str, Resources] = {}
