@@ -152,6 +152,20 @@ class ClusterConfig(_Section):
         description="The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes "
         "(else $RUNINK_SERVER, else the cluster `runink up` started).",
     )
+    shared_paths: list[Path] = Field(
+        default_factory=list,
+        description="Folders every node sees alike (a shared filesystem; absolute paths): `runink submit` "
+        "places a scenario reading a dataset another scenario wrote anywhere when it is under one, else on "
+        "the node that wrote it.",
+    )
+
+    @field_validator("shared_paths")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
+        return value
 
 
 class RunConfig(_Section):

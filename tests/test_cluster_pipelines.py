@@ -213,3 +213,32 @@ def test_a_scenarios_slice_runs_under_its_herds_capped_cgroup_parent(
     assert out.returncode == 0, out.stdout + out.stderr
     groups = json.loads((folder / "out.jsonl").read_text().splitlines()[0])["cgroup"]
     assert "/herd-lab/" in groups, groups
+
+
+def test_a_local_intermediate_dataset_keeps_its_reader_on_the_writers_node(run_cli: CliRunner, tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "in.csv").write_text("id\n1\n2\n")
+    (folder / "p.dsl").write_text(
+        "Feature: Local data\n"
+        '  @affinity(label="zone=b")\n'
+        "  Scenario: Writer\n"
+        '    @source("csv://in.csv")\n'
+        '    @sink("csv://mid.csv")\n'
+        "  Scenario: Reader\n"
+        '    @source("csv://mid.csv")\n'
+        '    @sink("csv://out.csv")\n'
+    )
+    for env in _cluster(tmp_path / "cluster", {"n1": "zone=a", "n2": "zone=b"}, {}):
+        assert run_cli("herd", "create", "default", env=env).returncode == 0
+        out = run_cli("submit", str(folder / "p.dsl"), "--wait", "--json", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        answer = json.loads(out.stdout)
+        nodes = {t["scenario"]["scenario"]: t["node"] for t in answer["tasks"]}
+        # both nodes are empty when Reader is placed: spread alone would take n1 (ties go by id)
+        assert nodes == {"Writer": "n2", "Reader": "n2"}
+        status = run_cli("status", answer["job"]["id"], "--explain", env=env)
+        assert status.returncode == 0, status.stderr
+        explained = " ".join(status.stdout.split())  # (the table may wrap a long line)
+        assert f"input {folder / 'mid.csv'} was written on node n2" in explained, status.stdout
+    assert (folder / "out.csv").read_text().splitlines()[1:] == ["1", "2"]

@@ -235,6 +235,18 @@ def test_past_quota_or_never_fitting_submission_is_409_and_stores_nothing(cluste
     assert cluster.stored_keys() == before
 
 
+def test_a_pipeline_colocated_with_an_unknown_scenario_is_409_and_stores_nothing(cluster: Cluster) -> None:
+    make_herd(cluster.client, "team")
+    before = cluster.stored_keys()
+    tasks = [{"scenario": "a"}, {"scenario": "b", "colocate_with": "ghost"}]
+    response = cluster.client.post("/v1/pipelines", json={"herd": "team", "pipeline": "/p/p.dsl", "tasks": tasks})
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        "pipeline /p/p.dsl: scenario 'b': colocate_with 'ghost' is no scenario of this submission"
+    )
+    assert cluster.stored_keys() == before
+
+
 def test_duplicate_herd_is_409(cluster: Cluster) -> None:
     make_herd(cluster.client, "team")
     response = cluster.client.post("/v1/herds", json={"name": "team"})

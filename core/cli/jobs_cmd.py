@@ -118,18 +118,23 @@ def submit_command(
     """Run a pipeline on the cluster: one task per scenario, placed in dependency order across
     the nodes. It is compiled here first (errors name file:line), then again on each node that
     runs one of its scenarios: the file and its folder must be at the same absolute path there
-    (a shared filesystem), its datasets on shared paths or s3://. Prints the job id at once
+    (a shared filesystem). A scenario reading a dataset another wrote runs on that one's node
+    unless the dataset is under [cluster] shared_paths or in s3://. Prints the job id at once
     unless --wait."""
     from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.lifecycle import pipeline_tasks
 
     state: CliState = ctx.obj
     path = pipeline.resolve()
-    compiled = load_pipeline(path, state.config())
+    config = state.config()
+    compiled = load_pipeline(path, config)
+    # a dataset one scenario writes and another reads, outside every shared path, exists only
+    # on the writer's node: the reader's task says so, and is placed there
+    tasks = pipeline_tasks(compiled, shared_paths=config.cluster.shared_paths)
     body = {
         "herd": herd or compiled.pipeline.herd,
         "pipeline": str(path),
-        "tasks": [t.model_dump() for t in pipeline_tasks(compiled)],
+        "tasks": [t.model_dump() for t in tasks],
     }
     with _client(ctx, server) as client:
         job_id = client.call("POST", "/v1/pipelines", body)["job"]["id"]

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -25,6 +27,8 @@ from runink.core.control.records import (
     Amount,
     Herd,
     JobRecord,
+    LocalInput,
+    Near,
     NodeRecord,
     PipelineTask,
     Record,
@@ -76,11 +80,17 @@ def _refusal(exc: ValidationError, what: str) -> Refused:
     return Refused(f"{what}: {where}: {first['msg']}")
 
 
-def pipeline_tasks(compiled: CompiledPipeline, *, clamp: Amount | None = None) -> list[PipelineTask]:
+def pipeline_tasks(
+    compiled: CompiledPipeline, *, clamp: Amount | None = None, shared_paths: Sequence[Path | str] = ()
+) -> list[PipelineTask]:
     """A compiled pipeline's scenarios as a pipeline job's tasks, in dependency order, each
     after the scenarios producing its source. ``clamp``: resources no task asks past (the
     embedded deployment's one node: a scenario asking more cpu than it has runs there with
-    all of it, as it always did)."""
+    all of it, as it always did). A source written by another scenario is the task's
+    ``local_input`` (it runs where that was written) unless it is remote (``s3://``) or under
+    one of ``shared_paths`` (folders every node sees: ``[cluster] shared_paths``); with one
+    node, as ``runink run`` has, that always holds."""
+    shared = _real_folders(shared_paths)
     tasks = []
     for item in compiled.scenarios:
         scenario, req = item.scenario, item.scenario.requires
@@ -98,9 +108,90 @@ def pipeline_tasks(compiled: CompiledPipeline, *, clamp: Amount | None = None) -
                 retries=scenario.retries,
                 backoff=scenario.backoff,
                 node_labels=dict(scenario.node_labels),
+                colocate_with=scenario.colocate_with,
+                local_input=_local_input(item.upstream, item.source.path, item.source.remote, shared),
             )
         )
     return tasks
+
+
+def _real_folders(folders: Sequence[Path | str]) -> list[str]:
+    """Each folder as given and with its links resolved (a path may be written either way)."""
+    return sorted({os.path.normpath(f) for f in folders} | {os.path.realpath(f) for f in folders})
+
+
+def _local_input(upstream: Sequence[str], path: Path, remote: bool, shared: Sequence[str]) -> LocalInput | None:
+    if not upstream or remote:
+        return None
+    for candidate in {os.path.normpath(path), os.path.realpath(path)}:
+        if any(candidate == folder or candidate.startswith(folder.rstrip(os.sep) + os.sep) for folder in shared):
+            return None
+    return LocalInput(scenario=upstream[0], path=str(path))
+
+
+def _with_near(
+    pipeline: str, tasks: list[PipelineTask], ids: dict[str, str], records: list[TaskRecord]
+) -> list[TaskRecord]:
+    """The records with their ``near`` constraints: the node of the scenario each is colocated
+    with, and of the upstream scenario that wrote its local input. Refused (one line) for a
+    ``colocate_with`` naming no other scenario of the submission, a local input from a scenario
+    it does not come after, and scenarios that would wait on each other for ever (colocated
+    with one that comes after it: one waits to be placed, the other to succeed)."""
+    waits: dict[str, list[str]] = {}  # scenario -> the scenarios it waits for (to succeed or be placed)
+    near: dict[str, list[Near]] = {}
+    for given in tasks:
+        name = printable(given.scenario, 200)
+        waits[given.scenario] = list(given.after)
+        other = given.colocate_with
+        if other is not None:
+            if other == given.scenario or other not in ids:
+                why = "itself" if other == given.scenario else "no scenario of this submission"
+                raise Refused(
+                    f"pipeline {pipeline}: scenario {name!r}: colocate_with {printable(other, 200)!r} is {why}"
+                )
+            near.setdefault(given.scenario, []).append(Near(task=ids[other], scenario=other))
+            waits[given.scenario].append(other)
+        local = given.local_input
+        if local is not None:
+            if local.scenario not in given.after:
+                why = f"local_input from {printable(local.scenario, 200)!r}, not a scenario it comes after"
+                raise Refused(f"pipeline {pipeline}: scenario {name!r}: {why}")
+            near.setdefault(given.scenario, []).append(
+                Near(task=ids[local.scenario], scenario=local.scenario, path=local.path)
+            )
+    cycle = _cycle(waits)
+    if cycle:
+        shown = " -> ".join(printable(n, 200) for n in [*cycle, cycle[0]])
+        raise Refused(f"pipeline {pipeline}: scenarios wait on each other for ever (after, colocate_with): {shown}")
+    return [
+        r.model_copy(update={"near": near[r.scenario.scenario]}) if r.scenario and r.scenario.scenario in near else r
+        for r in records
+    ]
+
+
+def _cycle(waits: dict[str, list[str]]) -> list[str]:
+    """A cycle in ``waits`` (each name -> the names it waits for), or []."""
+    done: set[str] = set()
+    for start in waits:
+        if start in done:
+            continue
+        path, on_path = [start], {start}
+        stack = [(start, iter(waits.get(start, [])))]
+        while stack:
+            node, rest = stack[-1]
+            step = next(rest, None)
+            if step is None:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif step in on_path:
+                return path[path.index(step) :]
+            elif step not in done:
+                stack.append((step, iter(waits.get(step, []))))
+                path.append(step)
+                on_path.add(step)
+    return []
 
 
 def never_fits(request: Amount, capacity: Amount) -> str | None:
@@ -189,7 +280,8 @@ class Lifecycle:
         comes ``after`` succeeded: scenarios run in dependency order, across nodes too. Each
         task names ``pipeline`` (its .dsl, compiled again where it runs) and ``run`` (the run's
         id, naming its work folder there; default: the job's id). Refused, storing nothing, as
-        ``submit_command`` is, and for a scenario named twice or after one not before it."""
+        ``submit_command`` is, and for a scenario named twice or after one not before it, or
+        placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``)."""
         try:
             found = self.store.herd(herd)
         except ValueError as exc:
@@ -226,6 +318,7 @@ class Lifecycle:
                 )
             except ValidationError as exc:
                 raise _refusal(exc, f"scenario {printable(name, 200)!r}") from None
+        records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         self._admit(found.record, records)
         self.store.submit(job, records)

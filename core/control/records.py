@@ -185,9 +185,27 @@ class ScenarioRef(Record):
         return value
 
 
+class LocalInput(Record):
+    """A scenario's source that is a local dataset (not under the submitter's ``[cluster]
+    shared_paths``, not in an object store) written by ``scenario``: it exists only on the node
+    that scenario ran on, so the reader must run there too."""
+
+    scenario: str = Field(min_length=1, max_length=200)
+    path: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("path")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("contains a control character")
+        return value
+
+
 class PipelineTask(Record):
-    """One scenario of a pipeline job as submitted: what its task asks for, and the scenarios
-    (earlier in the submission) whose outputs it reads."""
+    """One scenario of a pipeline job as submitted: what its task asks for, the scenarios
+    (earlier in the submission) whose outputs it reads, and where it must run: on the node of
+    another scenario of the submission (``colocate_with``, the DSL's ``@affinity``), and where
+    its ``local_input`` was written."""
 
     scenario: str = Field(min_length=1, max_length=200)
     after: list[str] = Field(default=[], max_length=MAX_PIPELINE_TASKS)
@@ -196,6 +214,23 @@ class PipelineTask(Record):
     retries: int = Field(default=0, ge=0, le=100)
     backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     node_labels: dict[str, str] = Field(default={}, max_length=64)
+    colocate_with: str | None = Field(default=None, min_length=1, max_length=200)
+    local_input: LocalInput | None = None
+
+
+class Near(Record):
+    """Place a task on the node of another task of its job (``task``, running ``scenario``): it
+    reads the local dataset at ``path`` that task wrote, or (no path) it is colocated with it."""
+
+    task: str
+    scenario: str = Field(min_length=1, max_length=200)
+    path: str = ""
+
+    def why(self, node: str) -> str:
+        """Why the task belongs on ``node`` (the other task's), in the scheduler's words."""
+        if self.path:
+            return f"input {self.path} was written on node {node} (not under [cluster] shared_paths)"
+        return f"colocated with {self.scenario} on {node}"
 
 
 class TaskRecord(Record):
@@ -213,6 +248,8 @@ class TaskRecord(Record):
     priority: int = Field(default=0, ge=-1000, le=1000)
     node_labels: dict[str, str] = {}
     after: list[str] = []  # tasks of the same job that must succeed before this one is placed
+    # tasks of the same job whose node this one must be placed on (once they have one)
+    near: list[Near] = Field(default=[], max_length=2)
     state: RunState = RunState.PENDING
     attempt: int = 0  # 1 for the first attempt once scheduled
     token: int = 0  # the fencing token of the current attempt (0: never scheduled)

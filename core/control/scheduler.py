@@ -132,7 +132,8 @@ class Scheduler:
         writes: list[tuple[str, Record | None]] = []
         read: list[tuple[str, int]] = []
         written: list[str] = []  # the task id of each write
-        tasks, skips = self._upstream_settled(tasks)
+        records = {v.record.id: v.record for v in tasks}
+        tasks, skips = self._upstream_settled(tasks, records)
         for versioned in tasks:
             task = versioned.record
             if task.state in ACTIVE and task.node is not None:
@@ -186,15 +187,22 @@ class Scheduler:
                 Amount.model_construct(cpu=after.cpu, memory=after.memory, gpu=after.gpu, pids=after.pids),
                 held.slices + 1,
             )
-            changed: TaskRecord | None
+            changed: TaskRecord | None = None
+            ranked: list[Placement] = []
+            rejections: list[NodeRejection] = []
+            scored = 0
+            near_explain: list[str] = []  # a task placed near another: its own explain
             if over is not None:
                 reason = f"herd {herd.name} quota: {over}"
                 changed = _waiting(task, reason, task.explain)
+            elif task.near:
+                ranked, reason, near_explain = self._place_near(
+                    task, want, records=records, candidates=candidates, position=position, unschedulable=unschedulable
+                )
+                if not ranked:
+                    changed = _waiting(task, reason, near_explain)
             else:
                 shape = (task.herd, want, tuple(sorted(task.node_labels.items())))
-                ranked: list[Placement] = []
-                rejections: list[NodeRejection] = []
-                scored = 0
                 if shape not in fit_nowhere:
                     request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
                     if window < len(candidates):
@@ -209,19 +217,17 @@ class Scheduler:
                         fit_nowhere[shape] = (_no_fit(rejected), rejected)
                     reason, rejected = fit_nowhere[shape]
                     changed = _waiting(task, reason, rejected)
-                else:
-                    best = ranked[0]
-                    node = candidates[position[best.node_id]]
-                    candidates[position[node.id]] = replace(
-                        node, allocated=node.allocated + want, running=node.running + 1
-                    )
-                    held.resources = after
-                    held.slices += 1
-                    explain = _explain(
-                        best, ranked[1:], rejections, unschedulable, scored=scored, schedulable=len(candidates)
-                    )
-                    changed = _scheduled(task, best.node_id, token, explain, herd.quota)
-                    result.placed[task.id] = best.node_id
+            if ranked:
+                best = ranked[0]
+                node = candidates[position[best.node_id]]
+                candidates[position[node.id]] = replace(node, allocated=node.allocated + want, running=node.running + 1)
+                held.resources = after
+                held.slices += 1
+                explain = near_explain or _explain(
+                    best, ranked[1:], rejections, unschedulable, scored=scored, schedulable=len(candidates)
+                )
+                changed = _scheduled(task, best.node_id, token, explain, herd.quota)
+                result.placed[task.id] = best.node_id
             if changed is not None:
                 key = keys.task(task.herd, task.id)
                 read.append((key, versioned.revision))
@@ -250,33 +256,40 @@ class Scheduler:
         return result
 
     def _upstream_settled(
-        self, tasks: list[Versioned[TaskRecord]]
+        self, tasks: list[Versioned[TaskRecord]], records: dict[str, TaskRecord]
     ) -> tuple[list[Versioned[TaskRecord]], list[_Writes]]:
         """The tasks this pass may consider, and the writes of the tasks it skips, one entry per
         job (its tasks' and its own: never committed apart, so a job is never left behind its
         tasks). A PENDING task waits while a task it comes ``after`` has not ended, and is
-        SKIPPED once one ended without succeeding."""
-        state = {v.record.id: v.record.state for v in tasks}
+        SKIPPED once one ended without succeeding, or one it must be placed ``near`` ended
+        without a node (never placed: there is no node to place it on). ``records``: every
+        task by id."""
         kept: list[Versioned[TaskRecord]] = []
         skipped: dict[str, list[TaskRecord]] = {}  # job id -> its tasks skipped now
         groups: dict[str, _Writes] = {}  # job id -> what its skips read and write
         for versioned in tasks:
             task = versioned.record
-            if task.state is not RunState.PENDING or not task.after:
+            if task.state is not RunState.PENDING or not (task.after or task.near):
                 kept.append(versioned)
                 continue
-            failed = [
-                u for u in task.after if state.get(u, RunState.FAILED).final and state.get(u) is not RunState.SUCCEEDED
-            ]
+            state = {u: r.state if (r := records.get(u)) is not None else None for u in task.after}
+            failed = [u for u, s in state.items() if s is None or (s.final and s is not RunState.SUCCEEDED)]
             # (an upstream id that is not there counts as failed: never wait for it forever)
-            if failed:
-                reason = f"upstream task {failed[0]} did not succeed ({state.get(failed[0], 'missing')})"
+            unplaced = [n for n in task.near if _never_placed(records.get(n.task))]
+            if failed or unplaced:
+                if failed:
+                    reason = f"upstream task {failed[0]} did not succeed ({state[failed[0]] or 'missing'})"
+                else:
+                    other = unplaced[0]
+                    partner = records.get(other.task)
+                    how = "missing" if partner is None else partner.state
+                    reason = f"colocated with {other.scenario}, whose task {other.task} ended ({how}) on no node"
                 changed = task.moved_to(RunState.SKIPPED, reason, pending_reason="")
                 compare, writes = groups.setdefault(task.job_id, ([], []))
                 compare.append((keys.task(task.herd, task.id), versioned.revision))
                 writes.append((keys.task(task.herd, task.id), changed))
                 skipped.setdefault(task.job_id, []).append(changed)
-            elif all(state.get(u) is RunState.SUCCEEDED for u in task.after):
+            elif all(s is RunState.SUCCEEDED for s in state.values()):
                 kept.append(versioned)
         for job_id, changed_tasks in skipped.items():
             job = self.store.job(job_id)
@@ -290,6 +303,47 @@ class Scheduler:
                 ended = job.record.model_copy(update={"state": new_state, "finished": finished})
                 writes.append((keys.job(job.record.herd, job_id), ended))
         return kept, list(groups.values())
+
+    def _place_near(
+        self,
+        task: TaskRecord,
+        want: Resources,
+        *,
+        records: dict[str, TaskRecord],
+        candidates: list[Node],
+        position: dict[str, int],
+        unschedulable: list[tuple[str, str]],
+    ) -> tuple[list[Placement], str, list[str]]:
+        """Place a task that must go where other tasks of its job are (``task.near``): the
+        ranking (empty: it waits), why it waits, and its explain. Only their node is looked at;
+        every other node is named as rejected, saying why."""
+        target: str | None = None
+        whys: list[str] = []
+        for near in task.near:
+            other = records.get(near.task)
+            if other is None or other.node is None:  # (one ended on no node is SKIPPED before)
+                what = f"input {near.path}" if near.path else f"colocated with {near.scenario}"
+                return [], f"{what}: waits until its task {near.task} ({near.scenario}) is placed", []
+            why = near.why(other.node)
+            if other.state.final and not near.path:
+                why += f" (where it ended {other.state})"
+            if target is not None and other.node != target:
+                return [], f"{whys[0]}, but {why}: no node can be both", []
+            target = other.node
+            whys.append(why)
+        assert target is not None  # (task.near is not empty)
+        why = "; ".join(whys)
+        if target not in position:
+            gone = dict(unschedulable).get(target, "no longer registered")
+            return [], f"{why}: {target} is {gone}", [f"{target}: {gone}"]
+        request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
+        ranked, rejections = self._place(request, [candidates[position[target]]])
+        others = [(node.id, why) for node in candidates if node.id != target] + unschedulable
+        if not ranked:
+            refused = "; ".join(f"{r.reason} [{r.plugin}]" for r in rejections) or "no fit"
+            return [], f"{why}: {target}: {refused}", _rejected(rejections, others)
+        explain = [f"chosen {target}: score {ranked[0].score:.3f}", f"{why}: placed there", *_rejected([], others)]
+        return ranked, "", explain
 
     def _next_window(self, candidates: list[Node], window: int) -> list[Node]:
         start = self._start % len(candidates)
@@ -361,6 +415,11 @@ def _fair_order(
         last_served[herd] = served
         served += 1
         yield task
+
+
+def _never_placed(task: TaskRecord | None) -> bool:
+    """A task that ended on no node (SKIPPED, cancelled before it was placed) or is gone."""
+    return task is None or (task.state.final and task.node is None)
 
 
 def _why_unschedulable(node: NodeRecord) -> str:
