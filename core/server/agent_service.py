@@ -35,7 +35,7 @@ from runink.core.model import check_name
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message
 from runink.core.server.proto import agent_pb2 as pb
-from runink.core.server.serve_api import is_loopback
+from runink.core.server.serve_api import require_loopback
 
 log = logging.getLogger(__name__)
 
@@ -398,11 +398,8 @@ def serve_agents(
     address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ValueError(f"agent service port {port}: not in [0, 65535]")
-    if not insecure_bind and not is_loopback(host):
-        raise ValueError(
-            f"agent service address {host!r}: not a loopback address; until authentication exists the "
-            "agent service listens on loopback only (give insecure_bind to listen there anyway)"
-        )
+    if not insecure_bind:
+        require_loopback(host, "agent service address", "insecure_bind")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="agent-stream"),
         # without so_reuseport 0, a second server on the same port binds too and shares its agents

@@ -35,7 +35,7 @@ from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
 from runink.core.server.loop import ControlLoop
-from runink.core.server.serve_api import is_loopback, serve_api, stop_api
+from runink.core.server.serve_api import require_loopback, serve_api, stop_api
 
 log = logging.getLogger("runink.server")
 
@@ -146,11 +146,11 @@ class Server:
 
     def __init__(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         for what, (host, _port) in (("--api", options.api), ("--agents", options.agents)):
-            if not options.insecure_bind and not is_loopback(host):
-                raise RuninkError(
-                    f"{what} {host}: not a loopback address; until authentication exists (issue 20) a server "
-                    "listens on loopback only: give --insecure-bind to listen there anyway"
-                )
+            if not options.insecure_bind:
+                try:
+                    require_loopback(host, what, "--insecure-bind")
+                except ValueError as exc:
+                    raise RuninkError(str(exc)) from None
         self.options = options
         self.member: Member | None = None
         self._stop = threading.Event()

@@ -26,6 +26,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def require_loopback(host: str, what: str, override: str) -> None:
+    """ValueError unless ``host`` is a loopback address: until authentication exists (issue 20)
+    nothing of a server may be reachable from the network by accident. ``what`` names the
+    address, ``override`` what lets it listen there anyway."""
+    if not is_loopback(host):
+        raise ValueError(
+            f"{what} {host!r}: not a loopback address; until authentication exists (issue 20) a server "
+            f"listens on loopback only: give {override} to listen there anyway"
+        )
+
+
 def serve_api(
     app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecure_bind: bool = False, log_level: str = "warning"
 ) -> tuple[uvicorn.Server, threading.Thread]:
@@ -33,11 +44,8 @@ def serve_api(
     return once it accepts connections. Stop it with ``stop_api``. Raises ValueError for a
     non-loopback host without ``insecure_bind``, OSError when the address cannot be bound,
     RuntimeError when uvicorn does not start."""
-    if not insecure_bind and not is_loopback(host):
-        raise ValueError(
-            f"API address {host!r}: not a loopback address; until authentication exists the API "
-            "listens on loopback only (give insecure_bind to listen there anyway)"
-        )
+    if not insecure_bind:
+        require_loopback(host, "API address", "insecure_bind")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family)
     bound_port = sock.getsockname()[1]
