@@ -1,0 +1,97 @@
+"""What a node does with a pipeline scenario's task it cannot trust: the ScenarioRef comes from
+the Barn (a submitter wrote it), so its path and run id are checked before they become paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from runink.core.agent.agent import Agent
+from runink.core.agent.scenarios import NodePipelines, PipelineRun, ScenarioAttempts
+from runink.core.config import RuninkConfig
+from runink.core.control.records import Amount, ScenarioRef, TaskRecord
+from runink.core.errors import RuninkError
+from runink.core.interfaces.executor import TaskHandle
+from runink.core.pipeline.compile import CompiledPipeline
+from runink.core.plugins import PluginManager
+from runink.plugins.executors.process import ProcessExecutor
+
+
+def _task(pipeline: str, run: str = "job-1") -> TaskRecord:
+    ref = ScenarioRef(pipeline=pipeline, scenario="a", run=run)
+    return TaskRecord(id="t1", job_id="job-1", herd="default", scenario=ref, attempt=1, token=5)
+
+
+@pytest.mark.parametrize("run", ["../etc", "a/b", "", ".hidden", "x" * 101, "a\nb"])
+def test_a_run_id_that_is_not_one_plain_path_component_is_refused(run: str) -> None:
+    with pytest.raises(ValidationError):
+        ScenarioRef(pipeline="/p/p.dsl", scenario="a", run=run)
+
+
+def test_a_task_names_a_command_or_a_scenario_never_both_nor_neither() -> None:
+    ref = ScenarioRef(pipeline="/p/p.dsl", scenario="a", run="r")
+    with pytest.raises(ValidationError, match="not both"):
+        TaskRecord(id="t", job_id="j", herd="h", command=["/bin/true"], scenario=ref)
+    with pytest.raises(ValidationError, match="command: empty"):
+        TaskRecord(id="t", job_id="j", herd="h")
+
+
+def test_the_node_compiles_only_an_absolute_dsl_path_and_says_why_in_one_line(tmp_path: Path) -> None:
+    compiled: list[Path] = []
+
+    def compile_file(path: Path) -> CompiledPipeline:
+        compiled.append(path)
+        raise RuninkError(f"{path}:3:5: unknown annotation @stepp")
+
+    pipelines = NodePipelines(compile_file, RuninkConfig(), tmp_path)
+    for bad in ("relative/p.dsl", "/etc/shadow"):
+        with pytest.raises(RuninkError, match=r"not an absolute path to a \.dsl file"):
+            pipelines(_task(bad))
+    assert compiled == []  # neither was read
+    with pytest.raises(RuninkError) as error:
+        pipelines(_task("/srv/p/p.dsl"))
+    assert str(error.value) == "pipeline /srv/p/p.dsl on this node: /srv/p/p.dsl:3:5: unknown annotation @stepp"
+
+
+def test_an_agent_restarted_during_a_scenarios_attempt_reports_it_failed(tmp_path: Path) -> None:
+    """Its outputs' staging was the old agent's: the attempt is not followed (it is retried)."""
+
+    class Reports:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, str]] = []
+
+        def register_node(self, node: object) -> object:
+            raise AssertionError("not reached")
+
+        def heartbeat(self, node_id: str, incarnation: str, **more: object) -> bool:
+            return True
+
+        def assignments(self, node_id: str) -> list[TaskRecord]:
+            return []
+
+        def report(self, herd: str, task_id: str, attempt: int, token: int, state: object, **more: object) -> bool:
+            self.sent.append((task_id, str(state)))
+            self.message = str(more.get("message", ""))
+            return True
+
+    handles = tmp_path / "attempts"
+    handles.mkdir()
+    handle = TaskHandle(task_id="t1-a1", driver="process", task_dir=str(tmp_path / "t"), started_at=0.0)
+    saved = {"herd": "default", "task": "t1", "attempt": 1, "token": 5, "handle": handle.to_dict(), "scenario": True}
+    (handles / "t1-a1.json").write_text(json.dumps(saved))
+    control = Reports()
+
+    def no_pipelines(task: TaskRecord) -> PipelineRun:
+        raise AssertionError("nothing is started")
+
+    attempts = ScenarioAttempts(ProcessExecutor(degrade=True), RuninkConfig(), PluginManager(), no_pipelines)
+    # (a fake control: only reports matter here)
+    agent = Agent(control, attempts, "n1", Amount(cpu=1), work_dir=tmp_path)  # type: ignore[arg-type]
+    agent.incarnation = "i"
+    agent.sync()
+    assert control.sent == [("t1", "FAILED")]
+    assert "scenario's attempt: it is not re-attached" in control.message
+    assert not (handles / "t1-a1.json").exists()  # answered: forgotten
