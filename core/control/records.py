@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -282,17 +283,25 @@ class TaskRecord(Record):
             raise ValueError("a task runs a command or a scenario, not both")
         return self
 
-    def moved_to(self, state: RunState, reason: str = "", **changes: object) -> TaskRecord:
+    def moved_to(self, state: RunState, reason: str = "", *, checked: bool = True, **changes: Any) -> TaskRecord:
         """A copy in ``state``, the transition recorded. Raises ValueError if the task may not
-        go there from where it is (a final state is final)."""
+        go there from where it is (a final state is final). ``checked=False``: ``changes`` are
+        not validated again, for a caller that built them valid (a scheduler pass writes
+        thousands of placements)."""
         if state not in ALLOWED.get(self.state, frozenset()):
             raise ValueError(f"task {self.id}: {self.state} -> {state} is not a valid transition")
-        data = self.model_dump()
-        data.update(changes, state=state)
-        now = Transition(state=state, attempt=data["attempt"], node=data["node"], reason=reason)
+        attempt, node = changes.get("attempt", self.attempt), changes.get("node", self.node)
+        if checked:
+            now = Transition(state=state, attempt=attempt, node=node, reason=reason)
+        else:
+            now = Transition.model_construct(state=state, at=time.time(), attempt=attempt, node=node, reason=reason)
         transitions = [*self.transitions, now]
         if len(transitions) > MAX_TRANSITIONS:
             transitions = [transitions[0], *transitions[-(MAX_TRANSITIONS - 1) :]]
+        if not checked:
+            return self.model_copy(update={**changes, "state": state, "transitions": transitions})
+        data = self.model_dump()
+        data.update(changes, state=state)
         data["transitions"] = [t.model_dump() for t in transitions]
         return TaskRecord.model_validate(data)
 

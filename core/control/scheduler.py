@@ -28,8 +28,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from runink.core.control.records import (
-    ALLOWED,
-    MAX_TRANSITIONS,
     Amount,
     Herd,
     NodeRecord,
@@ -37,7 +35,6 @@ from runink.core.control.records import (
     Record,
     RunState,
     TaskRecord,
-    Transition,
     job_state,
     keys,
 )
@@ -444,28 +441,17 @@ def _waiting(task: TaskRecord, reason: str, explain: list[str]) -> TaskRecord | 
 
 
 def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str], quota: Quota) -> TaskRecord:
-    """``task.moved_to(SCHEDULED, ...)`` without validating the whole record again: every
-    value set here is built valid (a pass writes thousands of these)."""
-    if RunState.SCHEDULED not in ALLOWED.get(task.state, frozenset()):
-        raise ValueError(f"task {task.id}: {task.state} -> {RunState.SCHEDULED} is not a valid transition")
-    attempt = task.attempt + 1
-    now = Transition.model_construct(
-        state=RunState.SCHEDULED, at=time.time(), attempt=attempt, node=node_id, reason=f"placed on {node_id}"
-    )
-    transitions = [*task.transitions, now]
-    if len(transitions) > MAX_TRANSITIONS:
-        transitions = [transitions[0], *transitions[-(MAX_TRANSITIONS - 1) :]]
-    return task.model_copy(
-        update={
-            "state": RunState.SCHEDULED,
-            "node": node_id,
-            "attempt": attempt,
-            "token": token,
-            "explain": explain,
-            "pending_reason": "",
-            "transitions": transitions,
-            "herd_quota": quota,  # the node caps the herd's cgroup parent at it
-        }
+    """The task placed on ``node_id``: its next attempt, with that attempt's fencing token."""
+    return task.moved_to(
+        RunState.SCHEDULED,
+        f"placed on {node_id}",
+        checked=False,  # every value is built valid here
+        node=node_id,
+        attempt=task.attempt + 1,
+        token=token,
+        explain=explain,
+        pending_reason="",
+        herd_quota=quota,  # the node caps the herd's cgroup parent at it
     )
 
 
