@@ -506,3 +506,35 @@ def test_an_agent_over_grpc_runs_a_job_well_within_its_interval(
         stop.set()
         runner.join(5)
     assert not runner.is_alive()
+
+
+def test_a_short_task_over_grpc_is_one_report_with_its_start(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    agent = Agent(control, executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=tmp_path, hold_running=30.0)
+    agent.sync()
+    job = life.submit_command("lab", ["/bin/true"])
+    placed = schedule(store, job.id)
+    key = keys.task("lab", placed.id)
+    writes_before = store.barn.get(key).version  # type: ignore[union-attr]
+    sync_until(agent, lambda: task_of(store, job.id).state.final)
+    task = task_of(store, job.id)
+    assert [t.state for t in task.transitions] == [RunState.SCHEDULED, RunState.RUNNING, RunState.SUCCEEDED]
+    assert task.transitions[0].at <= task.transitions[1].at <= task.transitions[2].at
+    assert store.barn.get(key).version == writes_before + 1  # type: ignore[union-attr]  # start and end: one write
+
+
+def test_a_start_time_that_is_no_time_ends_the_stream(
+    store: ClusterStore, life: Lifecycle, raw: Callable[[], RawStream]
+) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    placed = schedule(store, job.id)
+    stream = raw()
+    register(stream, "n1")
+    report = pb.Report(
+        herd="lab", task_id=placed.id, attempt=1, token=placed.token, state="SUCCEEDED", started=float("nan")
+    )
+    answer = stream.send(pb.AgentMessage(request_id=2, report=report))
+    assert answer.WhichOneof("body") == "error" and "report.started" in answer.error.message
+    assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    assert task_of(store, job.id).state is RunState.SCHEDULED
