@@ -142,4 +142,23 @@ def test_a_task_ended_on_its_node_leaves_that_nodes_entries(manager: PluginManag
     assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, started=1.0)
     assert store.barn.get(key) is None and life.assignments("n1") == []
     assert store.task("lab", task.id).record.node == "n1"  # (its record still says where it ran)
-    assert keys.task("lab", task.id)
+
+
+def test_liveness_sends_back_only_the_tasks_on_not_ready_nodes(manager: PluginManager) -> None:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    for node in ("n1", "n2"):
+        life.register_node(NodeRecord(id=node, capacity=Amount(cpu=1, memory=1 << 30)))
+    jobs = [life.submit_command("lab", ["/bin/true"], Amount(cpu=1)).id for _ in range(2)]
+    Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
+    on = {life.assignments(node)[0].job_id: node for node in ("n1", "n2")}
+    assert set(on) == set(jobs)
+    # n1 marked not ready by a leader that died before it sent its tasks back
+    store.update(keys.node("n1"), NodeRecord, lambda n: n.model_copy(update={"ready": False}))
+    Liveness(store, timeout=10).observe(0.0)
+    for job_id, node in on.items():
+        (task,) = store.job_tasks(store.job(job_id).record)
+        assert task.record.state is (RunState.PENDING if node == "n1" else RunState.SCHEDULED)
+    assert life.assignments("n1") == [] and len(life.assignments("n2")) == 1
+    check_index(store)

@@ -74,10 +74,10 @@ class Liveness:
 
         # Tasks the scheduler placed on a node just before it was declared dead (its pass read
         # the node as ready) would wait there forever: send them back too.
-        not_ready = [v.record.id for v in nodes if not v.record.ready]
-        for task in [t for node_id in not_ready for t in self.store.assigned(node_id)]:
+        not_ready = {v.record.id for v in nodes if not v.record.ready}
+        for task in self.store.assigned() if not_ready else []:  # (one scan, however many nodes died)
             record = task.record
-            if record.state in ACTIVE:
+            if record.node in not_ready and record.state in ACTIVE:
                 key = keys.task(record.herd, record.id)
                 try:
                     self.store.commit([(key, task.revision)], [(key, _lost(record, record.node))])

@@ -150,10 +150,12 @@ class ClusterStore:
     def job_tasks(self, job: JobRecord) -> list[Versioned[TaskRecord]]:
         return [self.task(job.herd, task_id) for task_id in job.tasks]
 
-    def assigned(self, node_id: str) -> list[Versioned[TaskRecord]]:
-        """The tasks ``node_id``'s agent must run or stop (``assigned_to``), from the index: one
-        scan of that node's entries. Each revision is its task key's (written together)."""
-        return self._scan(f"{self.ASSIGNED}{check_name(node_id, 'node')}/", TaskRecord)
+    def assigned(self, node_id: str | None = None) -> list[Versioned[TaskRecord]]:
+        """The tasks ``node_id``'s agent must run or stop (``assigned_to``; None: every node's),
+        from the index: one scan of those entries. Each revision is its task key's (written
+        together)."""
+        where = "" if node_id is None else f"{check_name(node_id, 'node')}/"
+        return self._scan(self.ASSIGNED + where, TaskRecord)
 
     # --- writing -----------------------------------------------------------------------
 
