@@ -351,3 +351,10 @@ def test_through_the_scheduler_and_the_agent_a_slice_lands_under_its_herds_cappe
         for parent in set(executor.cgroups.parents().values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+def test_a_quota_that_caps_neither_cpu_nor_memory_makes_no_herd_parent() -> None:
+    """(`runink run`'s herd has no quota: its slices stay where they always were)"""
+    assert Quota().node_caps() is None
+    assert Quota(max_slices=3, gpu=1).node_caps() is None
+    assert Quota(memory=MiB).node_caps() == Resources(cpu=0, memory=MiB)

@@ -248,7 +248,7 @@ class ScenarioAttempts(Executor):
                 readable=readable,
                 staged=staged,
             )
-            if task.herd_quota is not None:  # under the herd's cgroup parent, as a command's slice
+            if task.herd_quota is not None:  # under the herd's capped cgroup parent, as a command's slice
                 spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
             # made by the node, read through its own fd (see core/report.py)
             reader = ReportReader.create(report_path(task_dir))

@@ -96,11 +96,14 @@ class Quota(Record):
     gpu: int = Field(default=0, ge=0)
     max_slices: int = Field(default=0, ge=0)
 
-    def node_caps(self) -> Resources:
-        """What a node caps the herd's cgroup parent at: cpu and memory. Not gpu (no gpu
-        isolation), not max_slices: the scheduler counts slices, and each slice's own pids
-        limit already bounds its processes (a process cap from the slice count would need one
-        pids limit shared by all the herd's slices)."""
+    def node_caps(self) -> Resources | None:
+        """What a node caps the herd's cgroup parent at: cpu and memory; None when the quota
+        limits neither (no parent then: nothing to cap). Not gpu (no gpu isolation), not
+        max_slices: the scheduler counts slices, and each slice's own pids limit already
+        bounds its processes (a process cap from the slice count would need one pids limit
+        shared by all the herd's slices)."""
+        if not (self.cpu or self.memory):
+            return None
         return Resources(cpu=self.cpu, memory=self.memory)
 
     def exceeded_by(self, used: Amount, slices: int) -> str | None:
