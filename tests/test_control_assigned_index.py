@@ -162,3 +162,19 @@ def test_liveness_sends_back_only_the_tasks_on_not_ready_nodes(manager: PluginMa
         assert task.record.state is (RunState.PENDING if node == "n1" else RunState.SCHEDULED)
     assert life.assignments("n1") == [] and len(life.assignments("n2")) == 1
     check_index(store)
+
+
+def test_herds_are_listed_from_their_index_copies_which_follow_every_write() -> None:
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    store.create_herd(Herd(name="ops"))
+    # an entry from before the copies (empty): read from the herd's key
+    store.barn.put(f"{ClusterStore.HERD_INDEX}ops", b"")
+    assert [h.name for h in store.herds()] == ["lab", "ops"]
+    # a herd written through commit (update): its copy is written with it
+    store.update(keys.herd("lab"), Herd, lambda h: h.model_copy(update={"deleting": True}))
+    assert [h.deleting for h in store.herds()] == [True, False]
+    index = store.barn.get(f"{ClusterStore.HERD_INDEX}lab")
+    assert index is not None and index.mod_revision == store.herd("lab").revision
+    store.delete_herd("lab")  # (marked already: finishes)
+    assert [h.name for h in store.herds()] == ["ops"]

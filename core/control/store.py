@@ -46,8 +46,10 @@ class Versioned(Generic[R]):
 
 class ClusterStore:
     JOB_INDEX = "/cluster/jobs/"  # job id -> its herd, so a job is found by its id alone
-    # herd name -> "": the herds are listed without scanning /herds/, which holds every job
-    # and task too. Written by create_herd; an entry whose herd was deleted is skipped.
+    # herd name -> a copy of the herd's record: the herds are listed in one scan, without
+    # scanning /herds/ (which holds every job and task too) nor reading each herd. Written in
+    # the same transaction as the herd's key, by every write of it here (``_herd_ops``, and
+    # ``commit`` for a Herd); an entry written before the copies (empty) is read from the key.
     HERD_INDEX = "/cluster/herds/"
     # node/herd/task -> a copy of the task record, while that node's agent must run or stop it
     # (``assigned_to``): an agent's assignments and a dead node's tasks are one small scan, not
@@ -104,8 +106,13 @@ class ClusterStore:
         return found
 
     def herds(self) -> list[Herd]:
-        names = [kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)]
-        return [found.record for name in names if (found := self._get(keys.herd(name), Herd)) is not None]
+        found: list[Herd] = []
+        for kv in self.barn.scan(self.HERD_INDEX):
+            if kv.value:
+                found.append(_parse(Herd, kv.value, kv.key))
+            elif (herd := self._get(keys.herd(kv.key[len(self.HERD_INDEX) :]), Herd)) is not None:
+                found.append(herd.record)
+        return found
 
     def node(self, node_id: str) -> Versioned[NodeRecord]:
         found = self._get(keys.node(node_id), NodeRecord)
@@ -168,6 +175,8 @@ class ClusterStore:
             ops.append(TxnOp(key, value))
             if isinstance(record, TaskRecord):
                 ops += _index_ops(record, value)
+            elif isinstance(record, Herd):
+                ops.append(TxnOp(self.HERD_INDEX + record.name, value))
         compare = [*read, self.fence] if self.fence is not None else list(read)
         held, revision = self.barn.transaction(compare, ops)
         if not held:
@@ -195,12 +204,13 @@ class ClusterStore:
         self.barn.transaction([(self.ASSIGNED_BUILT, 0)], [TxnOp(self.ASSIGNED_BUILT, b"1")])
         return indexed
 
+    def _herd_ops(self, herd: Herd) -> list[TxnOp]:
+        """The writes of ``herd``: its key and its HERD_INDEX entry (a copy)."""
+        value = herd.model_dump_json().encode()
+        return [TxnOp(keys.herd(herd.name), value), TxnOp(self.HERD_INDEX + herd.name, value)]
+
     def create_herd(self, herd: Herd) -> None:
-        ops = [
-            TxnOp(keys.herd(herd.name), herd.model_dump_json().encode()),
-            TxnOp(self.HERD_INDEX + herd.name, b""),
-        ]
-        held, _ = self.barn.transaction([(keys.herd(herd.name), 0)], ops)
+        held, _ = self.barn.transaction([(keys.herd(herd.name), 0)], self._herd_ops(herd))
         if not held:
             raise Refused(f"herd {herd.name!r} exists already")
 
@@ -261,8 +271,7 @@ class ClusterStore:
                 marked = herd.revision
                 break
             held, marked = self.barn.transaction(
-                [(herd_key, herd.revision)],
-                [TxnOp(herd_key, herd.record.model_copy(update={"deleting": True}).model_dump_json().encode())],
+                [(herd_key, herd.revision)], self._herd_ops(herd.record.model_copy(update={"deleting": True}))
             )
             if held:
                 break
@@ -273,8 +282,7 @@ class ClusterStore:
             self._check_ended(name)
         except Refused:
             self.barn.transaction(
-                [(herd_key, marked)],
-                [TxnOp(herd_key, herd.record.model_copy(update={"deleting": False}).model_dump_json().encode())],
+                [(herd_key, marked)], self._herd_ops(herd.record.model_copy(update={"deleting": False}))
             )
             raise
         # the job index first: a delete cut short after it still finds the jobs to finish with
