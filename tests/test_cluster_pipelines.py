@@ -242,3 +242,21 @@ def test_a_local_intermediate_dataset_keeps_its_reader_on_the_writers_node(run_c
         explained = " ".join(status.stdout.split())  # (the table may wrap a long line)
         assert f"input {folder / 'mid.csv'} was written on node n2" in explained, status.stdout
     assert (folder / "out.csv").read_text().splitlines()[1:] == ["1", "2"]
+
+
+def test_several_commands_run_in_turn_in_one_slice_sharing_its_work_dir(
+    one_agent: dict[str, str], run_cli: CliRunner
+) -> None:
+    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    shared = run_cli("exec", "--command", "sh -c 'echo made > note.txt'", "--command", "cat note.txt", env=one_agent)
+    assert shared.returncode == 0 and shared.stdout == "made\n", shared.stdout + shared.stderr
+    # no shell reads the words: a ';' or '$(...)' is an argument like any other
+    literal = run_cli("exec", "--command", "echo a; echo $(id)", env=one_agent)
+    assert literal.returncode == 0 and literal.stdout == "a; echo $(id)\n", literal.stdout
+    # the first failure ends the job with its status; what comes after it never runs
+    stopped = run_cli("exec", "--command", "sh -c 'exit 4'", "--command", "echo never", env=one_agent)
+    assert stopped.returncode == 4 and "never" not in stopped.stdout
+    both = run_cli("exec", "--command", "true", "--", "/bin/true", env=one_agent)
+    assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr
+    unclosed = run_cli("exec", "--command", "echo 'oops", env=one_agent)
+    assert unclosed.returncode == 2 and "the 1st one" in unclosed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -59,8 +60,14 @@ def _amount(value: str | None, what: str, parse: Any) -> Any:
 
 def exec_command(
     ctx: typer.Context,
-    command: list[str] = typer.Argument(
-        ..., metavar="COMMAND", help="The program and its arguments (after --), run without a shell."
+    command: list[str] | None = typer.Argument(
+        None, metavar="COMMAND", help="The program and its arguments (after --), run without a shell."
+    ),
+    commands: list[str] = typer.Option(
+        [],
+        "--command",
+        help="Instead of COMMAND: one command line, split as a shell splits words (no shell runs it); "
+        "repeat it to run several in turn in one slice, sharing its work dir, stopping at the first that fails.",
     ),
     herd: str | None = typer.Option(None, "--herd", help="The herd to run in (default: the config's herd)."),
     cpu: float = typer.Option(1.0, "--cpu", min=0, help="Cores."),
@@ -71,12 +78,14 @@ def exec_command(
     server: str | None = SERVER,
     json_output: bool = typer.Option(False, "--json", help="Print the ended job as JSON (not the command's output)."),
 ) -> None:
-    """Run one command in an isolated slice on the cluster; print its output as it comes, and
-    exit with its status."""
+    """Run a command (or several in turn, with --command) in an isolated slice on the cluster; print
+    its output as it comes, and exit with its status."""
     state: CliState = ctx.obj
-    body = {
+    if bool(command) == bool(commands):
+        raise typer.BadParameter("give COMMAND (after --) or --command, not both", param_hint="COMMAND")
+    body: dict[str, Any] = {
         "herd": herd or state.config().herd,
-        "command": command,
+        **({"command": command} if command else {"commands": [_split(line, i) for i, line in enumerate(commands, 1)]}),
         "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0},
         "timeout": _amount(timeout, "--timeout", parse_duration),
         "retries": retries,
@@ -154,6 +163,20 @@ def submit_command(
             ],
         )
     raise typer.Exit(0 if final["job"]["state"] == "SUCCEEDED" else 1)
+
+
+def _split(line: str, number: int) -> list[str]:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:  # an unclosed quote
+        raise typer.BadParameter(f"the {_ordinal(number)} one, {line!r}: {exc}", param_hint="--command") from None
+    if not words:
+        raise typer.BadParameter(f"the {_ordinal(number)} one is empty", param_hint="--command")
+    return words
+
+
+def _ordinal(number: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(number, f"{number}th")
 
 
 def _wait(client: ClusterClient, job_id: str, output: Output | None = None, poll: float = 0.05) -> dict[str, Any]:

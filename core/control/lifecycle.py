@@ -16,6 +16,7 @@ import math
 import os
 import random
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -192,6 +193,18 @@ def _cycle(waits: dict[str, list[str]]) -> list[str]:
                 path.append(step)
                 on_path.add(step)
     return []
+
+
+MAX_COMMANDS = 100  # commands one job runs in turn in its slice
+
+
+def in_one_slice(commands: list[list[str]]) -> list[str]:
+    """The argv that runs ``commands`` in turn in one slice, sharing its work dir, and stops at
+    the first that fails (its exit status is the task's): ``/bin/sh -c`` sequences them, every
+    argument quoted, so no shell syntax in them is interpreted (a ``;`` or ``$(...)`` is text)."""
+    if not 0 < len(commands) <= MAX_COMMANDS or not all(commands):
+        raise ValueError(f"commands: give 1 to {MAX_COMMANDS} commands, each a program and its arguments")
+    return ["/bin/sh", "-c", " && ".join(shlex.join(command) for command in commands)]
 
 
 def never_fits(request: Amount, capacity: Amount) -> str | None:

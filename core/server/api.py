@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
     MAX_COMMAND_ARGS,
@@ -73,7 +73,11 @@ class ResourcesIn(Body):
 
 class JobIn(Body):
     herd: str = Field(pattern=NAME.pattern, max_length=63)
-    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    command: list[Annotated[str, Field(min_length=1)]] = Field(default=[], max_length=MAX_COMMAND_ARGS)
+    # several commands run in turn in one slice, sharing its work dir (seeds 002 and 003)
+    commands: list[Annotated[list[str], Field(min_length=1, max_length=MAX_COMMAND_ARGS)]] = Field(
+        default=[], max_length=MAX_COMMANDS
+    )
     resources: ResourcesIn = ResourcesIn()
     timeout: float | None = Field(default=None, gt=0, le=366 * 86400, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=100)
@@ -82,6 +86,12 @@ class JobIn(Body):
     node_labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=253)]] = Field(
         default_factory=dict, max_length=MAX_LABELS
     )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobIn:
+        if bool(self.command) == bool(self.commands):
+            raise ValueError("give command (one program and its arguments) or commands (a list of them), not both")
+        return self
 
 
 class PipelineIn(Body):
@@ -245,12 +255,13 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
     def submit_job(body: JobIn) -> dict[str, Any]:
         # Checked as the stored task would be, so a malformed request is a 422 naming the
         # field; what lifecycle refuses after this (quota, fit) is a 409.
+        argv = body.command or in_one_slice(body.commands)
         try:
             TaskRecord(
                 id="check",
                 job_id="check",
                 herd=body.herd,
-                command=body.command,
+                command=argv,
                 resources=Amount(**body.resources.model_dump()),
                 timeout=body.timeout,
             )
@@ -260,7 +271,7 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
             ) from None
         job = lifecycle.submit_command(
             body.herd,
-            body.command,
+            argv,
             Amount(**body.resources.model_dump()),
             timeout=body.timeout,
             retries=body.retries,
