@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.live import Live
@@ -22,7 +22,9 @@ from runink.core.drivers import auto_executor, configured_driver
 from runink.core.errors import RuninkError
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import parse_file
-from runink.core.runner import LocalRunner, RunResult
+
+if TYPE_CHECKING:  # the runner (the lifecycle, the agent) is imported by the commands that run
+    from runink.core.runner import RunResult
 
 STATE_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "SKIPPED": "yellow"}
 
@@ -135,6 +137,8 @@ def run_command(
                 last_print[run.name] = run.state
                 if run.state != "PENDING":
                     err.print(f"{time.strftime('%H:%M:%S')} {escape(run.name)}: {run.state.lower()}", highlight=False)
+
+    from runink.core.runner import LocalRunner
 
     runner = LocalRunner(config, manager, executor, on_update=on_update)
     if err.is_terminal and not json_output:
@@ -313,6 +317,7 @@ def golden_test_command(
 ) -> None:
     """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
     from runink.core import golden
+    from runink.core.runner import LocalRunner
 
     state: CliState = ctx.obj
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
