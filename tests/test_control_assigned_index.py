@@ -178,3 +178,25 @@ def test_herds_are_listed_from_their_index_copies_which_follow_every_write() -> 
     assert index is not None and index.mod_revision == store.herd("lab").revision
     store.delete_herd("lab")  # (marked already: finishes)
     assert [h.name for h in store.herds()] == ["ops"]
+
+
+def test_a_dead_node_with_more_tasks_than_one_transaction_holds_gives_them_all_back(
+    manager: PluginManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("runink.core.control.liveness.LOST_WITH_NODE", 3)
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=8, memory=1 << 30)))
+    for _ in range(7):
+        life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
+    Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
+    assert len(life.assignments("n1")) == 7
+    liveness = Liveness(store, timeout=1.0)
+    liveness.observe(0.0)
+    assert liveness.observe(2.0) == ["n1"]  # marked dead with 3 of its tasks
+    assert len(life.assignments("n1")) == 4
+    liveness.observe(2.1)  # the rest: the node is not ready now
+    assert life.assignments("n1") == []
+    assert all(v.record.state is RunState.PENDING for v in store.tasks())
+    check_index(store)

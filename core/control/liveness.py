@@ -18,6 +18,9 @@ from runink.core.control.records import NodeRecord, Record, RunState, TaskRecord
 from runink.core.control.store import ClusterStore, Conflict, Versioned
 
 ACTIVE = (RunState.SCHEDULED, RunState.RUNNING)
+#: tasks sent back in the transaction that marks their node dead: each is two operations (its
+#: record and its assigned-index entry), and a Barn transaction holds at most 1,024
+LOST_WITH_NODE = 400
 
 
 @dataclass
@@ -59,7 +62,8 @@ class Liveness:
         dead: list[str] = []
         for versioned in expired:
             node = versioned.record
-            on_node = [t for t in self.store.assigned(node.id) if t.record.state in ACTIVE]
+            # (the rest, past LOST_WITH_NODE, go back in the next round: the node is not ready then)
+            on_node = [t for t in self.store.assigned(node.id) if t.record.state in ACTIVE][:LOST_WITH_NODE]
             read = [(keys.node(node.id), versioned.revision)]
             writes: list[tuple[str, Record | None]] = [(keys.node(node.id), node.model_copy(update={"ready": False}))]
             for task in on_node:
