@@ -152,8 +152,8 @@ class FlakyControl:
     def register_node(self, node: NodeRecord) -> NodeRecord:
         return self.life.register_node(node)
 
-    def heartbeat(self, node_id: str, incarnation: str) -> bool:
-        return self.life.heartbeat(node_id, incarnation)
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
+        return self.life.heartbeat(node_id, incarnation, usage)
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         return self.life.assignments(node_id)

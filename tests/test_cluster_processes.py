@@ -90,6 +90,31 @@ def test_cancel_stops_a_running_slice(one_server: dict[str, str], run_cli: CliRu
     assert status["job"]["state"] == "CANCELLED"
 
 
+def test_nodes_list_and_status_show_a_running_tasks_memory(one_server: dict[str, str], run_cli: CliRunner) -> None:
+    """The agent samples its slices with its heartbeats: 50 MB a slice holds shows within seconds."""
+    assert run_cli("herd", "create", "default", env=one_server).returncode == 0
+    program = "x = bytearray(50_000_000); import time; time.sleep(30)"
+    job = run_cli("exec", "--detach", "--", "/usr/bin/python3", "-c", program, env=one_server)
+    job_id = job.stdout.strip()
+    assert job.returncode == 0, job.stderr
+    deadline = time.monotonic() + 20
+    while True:
+        (node,) = json.loads(run_cli("nodes", "list", "--json", env=one_server).stdout)
+        tasks = (node.get("usage") or {}).get("tasks", {})
+        if any(t["memory"] > 40_000_000 for t in tasks.values()):
+            break
+        assert time.monotonic() < deadline, f"no task's memory above 40 MB: {node.get('usage')}"
+        time.sleep(0.2)
+    assert node["usage"]["memory"] >= 40_000_000
+    status = json.loads(run_cli("status", job_id, "--json", env=one_server).stdout)
+    (task,) = status["tasks"]
+    assert task["state"] == "RUNNING" and task["usage"]["memory"] > 40_000_000 and task["usage"]["processes"] >= 1
+    listed = run_cli("nodes", "list", env=one_server).stdout
+    assert " cpu, " in listed and "USE" in listed
+    assert "running tasks: use" in run_cli("status", job_id, env=one_server).stdout
+    assert run_cli("cancel", job_id, env=one_server).returncode == 0
+
+
 def test_status_explain_says_why_a_task_waits(one_server: dict[str, str], run_cli: CliRunner) -> None:
     assert run_cli("herd", "create", "small", "--cpu", "1", env=one_server).returncode == 0
     refused = run_cli("exec", "--herd", "small", "--cpu", "2", "--", "/bin/true", env=one_server)

@@ -27,11 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
+from runink.core.control.records import (
+    MAX_USAGE_TASKS,
+    Amount,
+    NodeRecord,
+    NodeUsage,
+    RunState,
+    TaskRecord,
+    TaskUsage,
+)
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
+from runink.core.model import MAX_MEMORY
 from runink.core.report import printable
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
@@ -40,6 +51,9 @@ LONG_POLL = 3.0  # seconds a long-poll for new assignments waits (a control that
 #: seconds `runink agent` holds a started attempt's RUNNING report (Agent.hold_running): a task
 #: that ends by then is reported once, start and end in one commit (most short tasks do)
 RUNNING_HOLD = 0.05
+#: a usage sample costs at most this share of the time between samples: one that took longer
+#: (the process executor reads every process's /proc entry for each task) spaces the next
+USAGE_BUDGET = 0.1
 log = logging.getLogger(__name__)
 
 #: the environment a task gets (nothing is inherited from the agent)
@@ -51,7 +65,7 @@ class Control(Protocol):
 
     def register_node(self, node: NodeRecord) -> NodeRecord: ...
 
-    def heartbeat(self, node_id: str, incarnation: str) -> bool: ...
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool: ...
 
     def assignments(self, node_id: str) -> list[TaskRecord]: ...
 
@@ -159,6 +173,14 @@ class Agent:
         # at once (a control whose report() takes no ``started``).
         self.hold_running = hold_running
         self._held: dict[Attempt, tuple[float, float]] = {}  # attempt -> (send by, monotonic; started, time.time())
+        # Usage: sampled at most every ``usage_every`` seconds (run_forever: its heartbeat
+        # interval), by a thread of its own there, so a slow sample never delays a heartbeat;
+        # the next heartbeat carries the sample not sent yet.
+        self.usage_every = HEARTBEAT_INTERVAL
+        self._usage_due = 0.0  # (monotonic) when the next sample is due
+        self._usage_lock = threading.Lock()
+        self._unsent_usage: NodeUsage | None = None
+        self._last_sample: tuple[float, dict[Attempt, float]] | None = None  # (monotonic, cpu seconds by attempt)
 
     # --- one round ---------------------------------------------------------------------
 
@@ -176,8 +198,11 @@ class Agent:
         if not self.incarnation or self._must_register:
             self._must_register = False
             self.register()
-        elif not self._beating.is_set() and not self.control.heartbeat(self.node_id, self.incarnation):
-            self.register()
+        elif not self._beating.is_set():
+            if time.monotonic() >= self._usage_due:
+                self._keep_usage(self.sample_usage())
+            if not self._heartbeat():
+                self.register()
         self._flush()
         for run in list(self.running.values()):
             self.logs.ship(self.control, run.attempt, self._task_dir(run.executor_id))
@@ -240,6 +265,8 @@ class Agent:
         makes the node look dead."""
         beats = threading.Thread(target=self._beat, args=(heartbeat, stop), daemon=True, name="heartbeat")
         beats.start()
+        self.usage_every = heartbeat
+        threading.Thread(target=self._sample, args=(stop,), daemon=True, name="usage").start()
         # a round also starts as soon as a slice ends or the node's assignments change
         # (``wake``); ``stop`` wakes the loop too
 
@@ -291,11 +318,80 @@ class Agent:
         while not stop.is_set() and self._beating.is_set():
             if self.incarnation and not self._must_register:
                 try:
-                    if not self.control.heartbeat(self.node_id, self.incarnation):
+                    if not self._heartbeat():
                         self._must_register = True  # the next round registers
                 except Exception as exc:  # the control plane away: the next beat tries again
                     log.warning("node %s: heartbeat failed: %s", self.node_id, _describe(exc))
             stop.wait(every)
+
+    def _heartbeat(self) -> bool:
+        """One heartbeat, with the usage sample not sent yet if there is one."""
+        with self._usage_lock:
+            usage, self._unsent_usage = self._unsent_usage, None
+        if usage is None:
+            return self.control.heartbeat(self.node_id, self.incarnation)
+        return self.control.heartbeat(self.node_id, self.incarnation, usage=usage)
+
+    def _keep_usage(self, usage: NodeUsage) -> None:
+        with self._usage_lock:
+            self._unsent_usage = usage
+
+    def _sample(self, stop: threading.Event) -> None:
+        """Sample usage every ``usage_every`` seconds for the heartbeat thread to send."""
+        while not stop.is_set():
+            try:
+                self._keep_usage(self.sample_usage())
+            except Exception as exc:  # a sample is never worth the agent: the next one tries again
+                log.warning("node %s: usage not sampled: %s", self.node_id, _describe(exc))
+                self._usage_due = time.monotonic() + self.usage_every
+            stop.wait(max(0.0, self._usage_due - time.monotonic()))
+
+    def sample_usage(self) -> NodeUsage:
+        """What the attempts running here use now, by the executor's ``stats``: per task its
+        cpu seconds so far, memory and processes now, and its cores in use since the last
+        sample; for the node the sums. An attempt whose stats fail (it ended meanwhile) is left
+        out. Sets when the next sample is due: ``usage_every`` seconds on, or later when this
+        one took more than USAGE_BUDGET of that."""
+        began = time.monotonic()
+        since, before = self._last_sample or (None, {})
+        tasks: dict[str, TaskUsage] = {}
+        cpu_seconds: dict[Attempt, float] = {}
+        for attempt, run in self.running.copy().items():  # (a copy: the rounds change it meanwhile)
+            if len(tasks) >= MAX_USAGE_TASKS:
+                break
+            try:
+                stats = self.executor.stats(run.executor_id)
+            except Exception as exc:  # ended and forgotten meanwhile, an executor without stats
+                log.debug("node %s: %s: no usage: %s", self.node_id, run.executor_id, _describe(exc))
+                continue
+            # cores since the last sample: from the cpu time then, or from 0 for an attempt
+            # started after it (none for the first sample, or one re-attached after a restart)
+            previous = before.get(attempt, 0.0 if since is not None and run.started > since else None)
+            elapsed = 0.0 if since is None else began - since
+            cores = 0.0 if previous is None or elapsed <= 0 else (stats.cpu_seconds - previous) / elapsed
+            try:
+                usage = TaskUsage(
+                    attempt=attempt[2],
+                    cpu_seconds=stats.cpu_seconds,
+                    cpu=min(max(cores, 0.0), 4096.0),
+                    memory=stats.memory_bytes,
+                    processes=stats.processes,
+                )
+            except ValidationError as exc:
+                log.debug("node %s: %s: usage out of bounds: %s", self.node_id, run.executor_id, exc.errors()[0]["msg"])
+                continue
+            if (known := tasks.get(attempt[1])) is None or known.attempt < usage.attempt:
+                tasks[attempt[1]] = usage
+                cpu_seconds[attempt] = stats.cpu_seconds
+        now = time.monotonic()
+        self._last_sample = (began, cpu_seconds)
+        self._usage_due = began + max(self.usage_every, (now - began) / USAGE_BUDGET)
+        return NodeUsage(
+            cpu=min(sum(t.cpu for t in tasks.values()), 4096.0),
+            memory=min(sum(t.memory for t in tasks.values()), MAX_MEMORY),
+            tasks=tasks,
+            at=time.time(),
+        )
 
     # --- handles kept across restarts -----------------------------------------------------
 

@@ -21,10 +21,10 @@ import grpc
 from pydantic import ValidationError
 
 from runink.core.control.logs import Chunk
-from runink.core.control.records import NodeRecord, Quota, RunState, ScenarioRef, TaskRecord
+from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord
 from runink.core.errors import RuninkError
 from runink.core.report import printable
-from runink.core.server.proto import CONNECT, amount_of, capacity_message
+from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_message
 from runink.core.server.proto import agent_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,11 @@ class GrpcControl:
         except ValidationError as exc:
             raise ControlUnavailable(f"server {self.address}: a malformed registration: {exc}") from None
 
-    def heartbeat(self, node_id: str, incarnation: str) -> bool:
-        request = pb.AgentMessage(heartbeat=pb.Heartbeat(node_id=node_id, incarnation=incarnation))
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool:
+        beat = pb.Heartbeat(node_id=node_id, incarnation=incarnation)
+        if usage is not None:
+            beat.usage.CopyFrom(usage_message(usage))
+        request = pb.AgentMessage(heartbeat=beat)
         answers = self._ask(request, "heartbeat_ack")
         ok = bool(self._only(answers, "heartbeat_ack").heartbeat_ack.ok)
         self._tie = (node_id, incarnation) if ok else None
@@ -352,8 +355,8 @@ class FailoverControl:
         result: NodeRecord = self._call("register_node", node)
         return result
 
-    def heartbeat(self, node_id: str, incarnation: str) -> bool:
-        return bool(self._call("heartbeat", node_id, incarnation))
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool:
+        return bool(self._call("heartbeat", node_id, incarnation, usage))
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         result: list[TaskRecord] = self._call("assignments", node_id)

@@ -303,6 +303,24 @@ def status_command(
             for t in answer.get("tasks", [])
         ],
     )
+    using = [t for t in answer.get("tasks", []) if t.get("usage") and t["state"] == "RUNNING"]
+    if using:
+        print_table(
+            "running tasks: use (their nodes' last sample)",
+            ["TASK", "ATTEMPT", "CPU", "CPU TIME", "MEMORY", "PROCESSES", "AT"],
+            [
+                (
+                    _task_name(t),
+                    t["usage"]["attempt"],
+                    f"{t['usage']['cpu']:.2f}",
+                    f"{t['usage']['cpu_seconds']:.1f}s",
+                    _size(t["usage"]["memory"]),
+                    t["usage"]["processes"],
+                    _when(t["usage"]["at"]),
+                )
+                for t in using
+            ],
+        )
     for task in answer.get("tasks", []):
         rows = [
             (_when(t["at"]), t["state"], t.get("attempt"), t.get("node") or "-", t.get("reason"))
@@ -430,12 +448,31 @@ def _limit(value: float) -> str:
     return "-" if not value else f"{value:g}"
 
 
+def _size(value: float) -> str:
+    """Bytes as people read them: 120Mi, 7.5Gi."""
+    for unit in ("", "Ki", "Mi", "Gi", "Ti", "Pi"):
+        if abs(value) < 1024 or unit == "Pi":
+            break
+        value /= 1024
+    text = f"{value:.0f}" if unit == "" or value >= 10 else f"{value:.1f}".removesuffix(".0")
+    return text + unit
+
+
+def _use(node: dict[str, Any]) -> str:
+    """What a node's running tasks use (its agent's last sample) out of its capacity."""
+    usage, cap = node.get("usage"), node["capacity"]
+    if not usage:
+        return "-"
+    memory = _size(usage["memory"]) + (f"/{_size(cap['memory'])}" if cap["memory"] else "")
+    return f"{usage['cpu']:.1f}/{cap['cpu']:g} cpu, {memory}"
+
+
 # --- nodes ------------------------------------------------------------------------------
 
 
 @nodes_app.command("list")
 def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: bool = JSON) -> None:
-    """Nodes: capacity, labels, health."""
+    """Nodes: capacity, what their tasks use, labels, health."""
     with _client(ctx, server) as client:
         answer = client.call("GET", "/v1/nodes")
     nodes = answer["nodes"] if isinstance(answer, dict) else answer
@@ -448,8 +485,9 @@ def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: boo
         flags = [f for f in ("cordoned", "draining") if n.get(f)]
         cap = n["capacity"]
         labels = ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items()))
-        rows.append((n["id"], " ".join([health, *flags]), f"{cap['cpu']:g}", cap["memory"], cap["gpu"], labels or "-"))
-    print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "LABELS"], rows)
+        state = " ".join([health, *flags])
+        rows.append((n["id"], state, f"{cap['cpu']:g}", cap["memory"], cap["gpu"], _use(n), labels or "-"))
+    print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "USE", "LABELS"], rows)
 
 
 def _node_action(action: str, help_text: str) -> None:

@@ -31,6 +31,7 @@ from runink.core.control.records import (
     LocalInput,
     Near,
     NodeRecord,
+    NodeUsage,
     PipelineTask,
     Record,
     RunState,
@@ -39,6 +40,7 @@ from runink.core.control.records import (
     job_state,
     keys,
     new_id,
+    parse_usage,
 )
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused, assigned_to
 from runink.core.pipeline.compile import CompiledPipeline
@@ -374,9 +376,19 @@ class Lifecycle:
             return registered
         raise Conflict(f"node {node.id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
-    def heartbeat(self, node_id: str, incarnation: str) -> bool:
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
         """Count a heartbeat. False when ``incarnation`` is not the node's current one or the
-        node was found dead: its agent must register again."""
+        node was found dead: its agent must register again. ``usage`` (what the node's running
+        tasks use, a NodeUsage or its dict) goes into the node's record in the same write; one
+        that is malformed (it comes from the node) is dropped, said in one line, and the
+        heartbeat still counts."""
+        sample: NodeUsage | None = None
+        if usage is not None:
+            try:
+                sample = parse_usage(usage)
+            except ValueError as exc:
+                log.warning("node %s: usage sample dropped: %s", node_id, printable(str(exc), 300))
+        changes: dict[str, object] = {} if sample is None else {"usage": sample}
         refused: list[str] = []
 
         def beat(node: NodeRecord) -> NodeRecord | None:
@@ -387,7 +399,7 @@ class Lifecycle:
             if not node.ready:
                 refused.append("the node was found dead")
                 return None
-            return node.model_copy(update={"heartbeat": node.heartbeat + 1})
+            return node.model_copy(update={"heartbeat": node.heartbeat + 1, **changes})
 
         try:
             self.store.update(keys.node(node_id), NodeRecord, beat)

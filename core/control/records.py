@@ -17,7 +17,7 @@ import secrets
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources, check_name
 
@@ -131,6 +131,50 @@ class Herd(Record):
         return check_name(value, "herd")
 
 
+MAX_USAGE_TASKS = 1024  # tasks one usage sample may name (a node runs fewer at once)
+MAX_CPU_SECONDS = 1e12  # far past any task's cpu time: a larger number is a broken sample
+
+
+class TaskUsage(Record):
+    """One running attempt's use, as its node's agent measured it (the whole process tree)."""
+
+    attempt: int = Field(ge=1, le=2**62)
+    cpu_seconds: float = Field(ge=0, le=MAX_CPU_SECONDS, allow_inf_nan=False)  # so far
+    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)  # cores since the last sample
+    memory: int = Field(ge=0, le=MAX_MEMORY)  # bytes, now
+    processes: int = Field(ge=0, le=MAX_PIDS)
+
+
+class NodeUsage(Record):
+    """What a node's running tasks use, sampled by its agent with a heartbeat. It comes from
+    the node, so every number is bounded; ``at`` is the agent's clock, for people only."""
+
+    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)  # cores, since the last sample
+    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)  # bytes, now
+    tasks: dict[str, TaskUsage] = Field(default={}, max_length=MAX_USAGE_TASKS)  # by task id
+    at: float = Field(default=0.0, ge=0, le=1e11, allow_inf_nan=False)
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_ids(cls, value: dict[str, TaskUsage]) -> dict[str, TaskUsage]:
+        for task_id in value:
+            check_name(task_id, "task")
+        return value
+
+
+def parse_usage(sample: object) -> NodeUsage:
+    """``sample`` (a node's, sent with its heartbeat) as a NodeUsage; ValueError naming the
+    first thing wrong in it, in one line."""
+    if isinstance(sample, NodeUsage):
+        return sample
+    try:
+        return NodeUsage.model_validate(sample)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "usage"
+        raise ValueError(f"{where}: {first['msg']}") from None
+
+
 class NodeRecord(Record):
     """A worker node, as its agent registered it. ``heartbeat`` counts the agent's heartbeats:
     the leader sees liveness in it changing, with its own clock (liveness.py), never by
@@ -146,6 +190,7 @@ class NodeRecord(Record):
     heartbeat: int = 0
     incarnation: str = ""  # a new value each time the agent process (re)starts
     registered: float = Field(default_factory=time.time)
+    usage: NodeUsage | None = None  # the last sample its agent sent (None: none since it registered)
 
     @field_validator("id")
     @classmethod

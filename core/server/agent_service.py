@@ -33,7 +33,7 @@ from runink.core.control.store import ClusterStore, NotFound
 from runink.core.errors import RuninkError
 from runink.core.model import check_name
 from runink.core.report import printable
-from runink.core.server.proto import CONNECT, amount_of, capacity_message
+from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
 
@@ -88,6 +88,18 @@ def _counter(value: int, what: str, low: int = 0, high: int = MAX_COUNTER) -> in
     if not low <= value <= high:
         raise BadRequest(f"{what}: {value} not in [{low}, {high}]")
     return value
+
+
+def _usage(beat: pb.Heartbeat, node_id: str) -> dict[str, Any] | None:
+    """The heartbeat's usage sample, for the Lifecycle to check and store; None if it has none
+    or one too malformed to read (dropped, said in one line: the heartbeat still counts)."""
+    if not beat.HasField("usage"):
+        return None
+    try:
+        return usage_sample(beat.usage)
+    except ValueError as exc:
+        log.warning("node %s: usage sample dropped: %s", node_id, printable(str(exc), 300))
+        return None
 
 
 def node_of(message: pb.Register) -> NodeRecord:
@@ -268,7 +280,7 @@ class AgentService:
             incarnation = _text(request.heartbeat.incarnation, MAX_INCARNATION, "heartbeat.incarnation")
             if node is not None and node_id != node:
                 raise BadRequest(f"heartbeat.node_id: {node_id!r}, but this stream is node {node!r}'s")
-            if not self.lifecycle.heartbeat(node_id, incarnation):
+            if not self.lifecycle.heartbeat(node_id, incarnation, _usage(request.heartbeat, node_id)):
                 return [pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=False))], node
             # the current incarnation proves it is the agent that registered: the stream is its
             ack = pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=True))

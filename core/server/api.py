@@ -28,6 +28,7 @@ from runink.core.control.records import (
     Amount,
     Herd,
     NodeRecord,
+    NodeUsage,
     PipelineTask,
     Quota,
     Record,
@@ -196,6 +197,25 @@ def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
     }
 
 
+def _running_usage(store: ClusterStore, tasks: list[TaskRecord]) -> dict[str, dict[str, Any]]:
+    """The last usage sample of each RUNNING task, by task id: its node's, of its attempt."""
+    found: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, NodeUsage | None] = {}
+    for task in tasks:
+        if task.state is not RunState.RUNNING or task.node is None:
+            continue
+        if task.node not in nodes:
+            try:
+                nodes[task.node] = store.node(task.node).record.usage
+            except NotFound:
+                nodes[task.node] = None
+        sample = nodes[task.node]
+        use = None if sample is None else sample.tasks.get(task.id)
+        if sample is not None and use is not None and use.attempt == task.attempt:
+            found[task.id] = {**use.model_dump(mode="json"), "at": sample.at}
+    return found
+
+
 def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
     app = FastAPI(
         title="Runink",
@@ -301,7 +321,9 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
     def describe_job(job_id: NamePath, explain: bool = False) -> dict[str, Any]:
         job = store.job(job_id).record
         hidden = None if explain else {"explain", "pending_reason"}
-        return {"job": _dump(job), "tasks": [_dump(v.record, hidden) for v in store.job_tasks(job)]}
+        tasks = [v.record for v in store.job_tasks(job)]
+        usage = _running_usage(store, tasks)
+        return {"job": _dump(job), "tasks": [{**_dump(t, hidden), "usage": usage.get(t.id)} for t in tasks]}
 
     logs = TaskLogs(store)
 

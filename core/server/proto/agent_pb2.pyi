@@ -38,12 +38,42 @@ class Register(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("node_id", "incarnation")
+    __slots__ = ("node_id", "incarnation", "usage")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: str
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    usage: NodeUsage
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ...) -> None: ...
+
+class NodeUsage(_message.Message):
+    __slots__ = ("cpu", "memory", "tasks", "at")
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    cpu: float
+    memory: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    at: float
+    def __init__(self, cpu: _Optional[float] = ..., memory: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., at: _Optional[float] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("task_id", "attempt", "cpu_seconds", "cpu", "memory", "processes")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    cpu_seconds: float
+    cpu: float
+    memory: int
+    processes: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class AssignmentsRequest(_message.Message):
     __slots__ = ("node_id", "wait_ms", "known")
