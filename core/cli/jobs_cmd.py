@@ -28,6 +28,7 @@ FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "
 # exit statuses of `runink exec` for a command that did not exit by itself (as shells and timeout(1) say)
 EXIT_OF_STATE = {"OOMKILLED": 137, "DEADLINE_EXCEEDED": 124, "CANCELLED": 130}
 OUTPUT_POLL = 0.2  # seconds between reads of a running job's output
+JOB_WAIT = 5.0  # seconds one read of a job waits on the server for its next change
 
 herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
@@ -179,25 +180,29 @@ def _ordinal(number: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(number, f"{number}th")
 
 
-def _wait(client: ClusterClient, job_id: str, output: Output | None = None, poll: float = 0.05) -> dict[str, Any]:
+def _wait(client: ClusterClient, job_id: str, output: Output | None = None) -> dict[str, Any]:
     """The job once it ended; says on stderr where it is while it waits (state changes only)
     and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
-    agent sends a task's last output before it reports the task ended)."""
+    agent sends a task's last output before it reports the task ended). Each read waits on the
+    server for the job's next change (``wait``/``after``): no polling."""
     err = console(stderr=True)
     last = None
-    output_read = 0.0
+    revision = 0
     while True:
-        answer: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}")
+        wait = OUTPUT_POLL if output is not None else JOB_WAIT
+        asked = time.monotonic()
+        answer: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}", wait=wait, after=revision)
+        known, revision = revision, int(answer.get("revision") or 0)
+        if revision == known and time.monotonic() - asked < wait / 2:
+            time.sleep(0.05)  # a server that does not wait (an older one): no busy loop
         state = answer["job"]["state"]
-        if output is not None and (state in FINAL or time.monotonic() - output_read >= OUTPUT_POLL):
+        if output is not None:
             output.poll()
-            output_read = time.monotonic()
         if state in FINAL:
             return answer
         if state != last and err.is_terminal:
             err.print(f"{job_id}: {state}", highlight=False, markup=False)
         last = state
-        time.sleep(poll)
 
 
 def _binary(stream: Any) -> BinaryIO:

@@ -8,12 +8,15 @@ MAX_BODY -> 413, Conflict (others kept changing what was read) -> 503 with Retry
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,12 +41,14 @@ from runink.core.control.records import (
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME
 from runink.core.report import printable
+from runink.core.server.feed import JobWaits
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
 MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
 MAX_LABELS = 64
+MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
 RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
 
 NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
@@ -216,7 +221,9 @@ def _running_usage(store: ClusterStore, tasks: list[TaskRecord]) -> dict[str, di
     return found
 
 
-def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
+def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | None = None) -> FastAPI:
+    """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
+    of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored."""
     app = FastAPI(
         title="Runink",
         summary="Jobs over a pool of machines: herds with quotas, nodes, jobs and their tasks",
@@ -318,12 +325,35 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore) -> FastAPI:
         return {"jobs": [_dump(j) for j in jobs if state is None or j.state is state]}
 
     @app.get("/v1/jobs/{job_id}")
-    def describe_job(job_id: NamePath, explain: bool = False) -> dict[str, Any]:
-        job = store.job(job_id).record
-        hidden = None if explain else {"explain", "pending_reason"}
-        tasks = [v.record for v in store.job_tasks(job)]
-        usage = _running_usage(store, tasks)
-        return {"job": _dump(job), "tasks": [{**_dump(t, hidden), "usage": usage.get(t.id)} for t in tasks]}
+    async def describe_job(
+        job_id: NamePath,
+        explain: bool = False,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False)] = 0.0,
+        after: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """The job and its tasks, with the job record's ``revision``. With ``wait=S`` and
+        ``after=REV`` (a revision an earlier answer gave): answered once the job's record is
+        past ``REV`` (its state changed), or after ``S`` seconds as it is; no polling needed."""
+
+        def read() -> dict[str, Any]:
+            found = store.job(job_id)
+            job = found.record
+            hidden = None if explain else {"explain", "pending_reason"}
+            tasks = [v.record for v in store.job_tasks(job)]
+            usage = _running_usage(store, tasks)
+            listed = [{**_dump(t, hidden), "usage": usage.get(t.id)} for t in tasks]
+            return {"job": _dump(job), "revision": found.revision, "tasks": listed}
+
+        if not wait or job_waits is None:
+            return await run_in_threadpool(read)
+        async with job_waits.waiter(job_id) as changed:  # (registered before the read: no change missed)
+            answer = await run_in_threadpool(read)
+            if changed is None or answer["revision"] > after:
+                return answer
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+                return await run_in_threadpool(read)
+            return answer
 
     logs = TaskLogs(store)
 

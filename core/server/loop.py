@@ -22,7 +22,7 @@ from runink.core.control.liveness import Liveness
 from runink.core.control.records import RunState, SchedulerEpoch, keys
 from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore, Conflict
-from runink.core.interfaces.barn import BarnBackend
+from runink.core.interfaces.barn import WatchEvent
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
@@ -130,27 +130,13 @@ class ControlLoop:
                 self._log_failure(exc)
             poked = self._wake.wait(self.interval)
 
-    def follow(self, barn: BarnBackend, stop: threading.Event) -> threading.Thread:
-        """Poke the loop on every change of a task record in the Barn that may let a pass place
-        something (a submission to another server, a task ending or given back through another
-        server): a thread following a watch of the Barn, started again after an error. A task
-        placed or started pokes nothing (``_may_place``): that pass would find nothing new."""
-
-        def watch() -> None:
-            while not stop.is_set():
-                try:
-                    for event in barn.watch("/herds/", barn.revision() + 1):
-                        if "/tasks/" in event.kv.key and _may_place(event.type, event.kv.value):
-                            self.poke()
-                        if stop.is_set():
-                            return
-                except Exception as exc:  # the Barn away for a while: the interval still runs rounds
-                    self._log_failure(exc)
-                    stop.wait(1.0)
-
-        thread = threading.Thread(target=watch, name="control-loop-watch", daemon=True)
-        thread.start()
-        return thread
+    def on_change(self, event: WatchEvent) -> None:
+        """(a HerdsFeed listener) Poke the loop on a change of a task record that may let a
+        pass place something (a submission to another server, a task ending or given back
+        through another server). A task placed or started pokes nothing (``_may_place``):
+        that pass would find nothing new."""
+        if "/tasks/" in event.kv.key and _may_place(event.type, event.kv.value):
+            self.poke()
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="control-loop", daemon=True)

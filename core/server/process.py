@@ -34,6 +34,7 @@ from runink.core.interfaces.barn import BarnBackend
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
+from runink.core.server.feed import HerdsFeed, JobWaits
 from runink.core.server.loop import ControlLoop
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
 
@@ -180,12 +181,21 @@ class Server:
         liveness = Liveness(fenced, options.liveness_timeout)
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=LeaderCheck(barn))
         self.loop.start(self._stop)
-        self.loop.follow(barn, self._stop)  # a round at once when jobs or tasks change
+        # one watch of the herds' records: a round at once when tasks change, a job's waiting
+        # readers answered when it does
+        self.job_waits = JobWaits()
+        feed = HerdsFeed(barn, self._stop)
+        feed.listen(self.loop.on_change)
+        feed.listen(self.job_waits.on_change)
+        feed.start()
         self.agents = serve_agents(
             self.lifecycle, options.agents[0], options.agents[1], insecure_bind=options.insecure_bind
         )
         self.api, self._api_thread = serve_api(
-            create_app(self.lifecycle, self.store), options.api[0], options.api[1], insecure_bind=options.insecure_bind
+            create_app(self.lifecycle, self.store, self.job_waits),
+            options.api[0],
+            options.api[1],
+            insecure_bind=options.insecure_bind,
         )
 
     def addresses(self) -> dict[str, Any]:

@@ -1,0 +1,114 @@
+"""What a server follows of the Barn: one watch of the herds' records, shared.
+
+``HerdsFeed`` runs one thread following a Barn watch of ``/herds/`` (started again after an
+error) and hands every change to its listeners: the control loop (a task that may be placed:
+a pass at once) and ``JobWaits`` (a job's record changed: the requests waiting for it answer).
+One watch per server, however many listen.
+
+``JobWaits`` lets ``GET /v1/jobs/{id}?wait=S&after=REV`` wait until the job's record is past
+revision ``REV`` (or ``S`` seconds pass) instead of the client polling: a waiter is an asyncio
+event on the API's event loop, set from the feed's thread, so a waiting request holds no
+thread. At most ``max_waiters`` wait at once; past that a request answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+from runink.core.interfaces.barn import BarnBackend, WatchEvent
+from runink.core.report import printable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/herds/"
+RETRY_AFTER = 1.0  # seconds before the watch is started again after an error
+REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again
+
+Listener = Callable[[WatchEvent], None]
+
+
+class HerdsFeed:
+    def __init__(self, barn: BarnBackend, stop: threading.Event) -> None:
+        self.barn = barn
+        self.stop = stop
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with every change (from the feed's thread: it must be quick)."""
+        self._listeners.append(listener)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._follow, name="herds-feed", daemon=True)
+        thread.start()
+        return thread
+
+    def _follow(self) -> None:
+        last_logged = 0.0
+        while not self.stop.is_set():
+            try:
+                for event in self.barn.watch(PREFIX, self.barn.revision() + 1):
+                    for listener in self._listeners:
+                        listener(event)
+                    if self.stop.is_set():
+                        return
+            except Exception as exc:  # the Barn away for a while: listeners have their own rounds
+                now = time.monotonic()
+                if now - last_logged > REPEAT_LOG_AFTER:
+                    log.warning("watch of %s failed: %s", PREFIX, printable(str(exc), 300))
+                    last_logged = now
+                self.stop.wait(RETRY_AFTER)
+
+
+def job_of(key: str) -> str | None:
+    """The job id of a job record's key (``/herds/H/jobs/J``), else None."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[1] == "herds" and parts[3] == "jobs" and parts[4]:
+        return parts[4]
+    return None
+
+
+class JobWaits:
+    def __init__(self, max_waiters: int = 10_000) -> None:
+        self.max_waiters = max_waiters
+        self._lock = threading.Lock()
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._count = 0
+
+    def on_change(self, event: WatchEvent) -> None:
+        """(a HerdsFeed listener) Wake the requests waiting for this job."""
+        job_id = job_of(event.kv.key)
+        if job_id is None:
+            return
+        with self._lock:
+            waiters = list(self._waiting.get(job_id, ()))
+        for loop, woken in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
+                loop.call_soon_threadsafe(woken.set)
+
+    @contextlib.asynccontextmanager
+    async def waiter(self, job_id: str) -> AsyncIterator[asyncio.Event | None]:
+        """An event set when the job's record changes, registered before the caller reads the
+        record (so no change between its read and its wait is missed); None when too many
+        wait already (the caller answers at once)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            registered = self._count < self.max_waiters
+            if registered:
+                self._waiting.setdefault(job_id, set()).add(entry)
+                self._count += 1
+        try:
+            yield entry[1] if registered else None
+        finally:
+            if registered:
+                with self._lock:
+                    waiting = self._waiting.get(job_id)
+                    if waiting is not None:
+                        waiting.discard(entry)
+                        if not waiting:
+                            del self._waiting[job_id]
+                    self._count -= 1

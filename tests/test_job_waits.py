@@ -1,0 +1,105 @@
+"""A job's reader waits on the server for its next change (``GET /v1/jobs/{id}?wait=S&after=REV``)
+instead of polling: real uvicorn on 127.0.0.1, a memory Barn followed by the server's one watch
+(HerdsFeed), httpx as the client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd
+from runink.core.control.store import ClusterStore
+from runink.core.server.api import create_app
+from runink.core.server.feed import HerdsFeed, JobWaits, job_of
+from runink.core.server.serve_api import serve_api, stop_api
+from runink.plugins.barn.memory import MemoryBarn
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    lifecycle: Lifecycle
+    waits: JobWaits
+
+
+def _serve(waits: JobWaits) -> Iterator[Api]:
+    store = ClusterStore(MemoryBarn())
+    lifecycle = Lifecycle(store)
+    store.create_herd(Herd(name="team"))
+    stop = threading.Event()
+    feed = HerdsFeed(store.barn, stop)
+    feed.listen(waits.on_change)
+    feed.start()
+    server, thread = serve_api(create_app(lifecycle, store, waits), "127.0.0.1", 0)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as client:
+            time.sleep(0.1)  # (the feed's watch is following)
+            yield Api(client, lifecycle, waits)
+    finally:
+        stop.set()
+        stop_api(server, thread)
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    yield from _serve(JobWaits())
+
+
+def _later(seconds: float, do: object) -> None:
+    threading.Timer(seconds, do).start()  # type: ignore[arg-type]
+
+
+def test_a_waiting_read_answers_when_the_job_changes_not_before(api: Api) -> None:
+    job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    first = api.client.get(f"/v1/jobs/{job.id}").json()
+    assert first["job"]["state"] == "PENDING" and first["revision"] > 0
+    _later(0.3, lambda: api.lifecycle.cancel(job.id))
+    asked = time.monotonic()
+    changed = api.client.get(f"/v1/jobs/{job.id}", params={"wait": 10, "after": first["revision"]})
+    took = time.monotonic() - asked
+    assert changed.status_code == 200
+    assert changed.json()["job"]["state"] == "CANCELLED" and changed.json()["revision"] > first["revision"]
+    assert 0.25 < took < 5  # woken by the change, not by its 10 s
+    assert api.waits._waiting == {}  # nothing left registered
+
+
+def test_a_waiting_read_of_an_unchanged_job_answers_after_its_time(api: Api) -> None:
+    job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    revision = api.client.get(f"/v1/jobs/{job.id}").json()["revision"]
+    asked = time.monotonic()
+    same = api.client.get(f"/v1/jobs/{job.id}", params={"wait": 0.4, "after": revision}).json()
+    assert 0.35 < time.monotonic() - asked < 3 and same["revision"] == revision
+    # a revision the job is past already: at once
+    asked = time.monotonic()
+    api.client.get(f"/v1/jobs/{job.id}", params={"wait": 10, "after": revision - 1})
+    assert time.monotonic() - asked < 2
+
+
+def test_wait_is_bounded_and_validated(api: Api) -> None:
+    job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    for params in ({"wait": 31}, {"wait": -1}, {"wait": "nan"}, {"after": -1}):
+        answer = api.client.get(f"/v1/jobs/{job.id}", params=params)
+        assert answer.status_code == 422, (params, answer.text)
+    assert api.client.get("/v1/jobs/job-nope", params={"wait": 1}).status_code == 404
+
+
+def test_past_its_waiters_cap_a_read_answers_at_once() -> None:
+    for api in _serve(JobWaits(max_waiters=0)):
+        job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+        revision = api.client.get(f"/v1/jobs/{job.id}").json()["revision"]
+        asked = time.monotonic()
+        api.client.get(f"/v1/jobs/{job.id}", params={"wait": 10, "after": revision})
+        assert time.monotonic() - asked < 2
+
+
+def test_job_of_names_only_job_records() -> None:
+    assert job_of("/herds/team/jobs/job-1") == "job-1"
+    assert job_of("/herds/team/tasks/task-1") is None
+    assert job_of("/herds/team/jobs/") is None
+    assert job_of("/cluster/assigned/n1/team/task-1") is None
