@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import pytest
 from agent_helpers import schedule, task_of
 from barn_cluster import free_ports
 from fixture_types import CliRunner
+from runink_processes import ready, start_runink
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -219,21 +219,6 @@ def test_a_result_not_yet_reported_when_the_agent_restarts_is_reported_after(
 # --- processes -------------------------------------------------------------------------------
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    with open(log, "a") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _ready(process: subprocess.Popen[str], log: Path) -> None:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
-    json.loads(line)
-
-
 def _slices(marker: str) -> list[int]:
     found = subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
@@ -251,13 +236,13 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
     server_log = tmp_path / "server.log"
     server_args = ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", "--liveness-timeout", "2"]
-    processes: dict[str, subprocess.Popen[str]] = {"server": _start(server_args, server_log, env)}
+    processes: dict[str, subprocess.Popen[str]] = {"server": start_runink(server_args, server_log, env)}
 
     def agent(name: str) -> subprocess.Popen[str]:
         work, log = tmp_path / name, tmp_path / f"{name}.log"
         args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", name, "--work-dir", str(work)]
-        process = processes[name] = _start(args, log, env)
-        _ready(process, log)
+        process = processes[name] = start_runink(args, log, env)
+        ready(process, log)
         return process
 
     def status(job_id: str) -> dict[str, Any]:
@@ -274,7 +259,7 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
     # a command line no other process has (not even this test run at the same time elsewhere)
     marker = f"/bin/sleep 30.{uuid.uuid4().int % 10**6:06d}"
     try:
-        _ready(processes["server"], server_log)
+        ready(processes["server"], server_log)
         agent("a1")
         agent("a2")
         assert run_cli("herd", "create", "default", env=env).returncode == 0

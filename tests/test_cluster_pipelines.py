@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,22 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
+from runink_processes import ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agents run slices as root")
-
-
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    with open(log, "w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _ready(process: subprocess.Popen[str], log: Path) -> None:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
 
 
 def _cluster(tmp: Path, agents: dict[str, str], agent_env: dict[str, str]) -> Iterator[dict[str, str]]:
@@ -42,13 +27,15 @@ def _cluster(tmp: Path, agents: dict[str, str], agent_env: dict[str, str]) -> It
     tmp.mkdir(parents=True, exist_ok=True)
     api, grpc = free_ports(2)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
-    processes = [_start(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp / "s.log", env)]
+    processes = [
+        start_runink(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp / "s.log", env)
+    ]
     try:
-        _ready(processes[0], tmp / "s.log")
+        ready(processes[0], tmp / "s.log")
         for node, label in agents.items():
             args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", node, "--work-dir", str(tmp / node)]
-            processes.append(_start([*args, "--labels", label], tmp / f"{node}.log", {**env, **agent_env}))
-            _ready(processes[-1], tmp / f"{node}.log")
+            processes.append(start_runink([*args, "--labels", label], tmp / f"{node}.log", {**env, **agent_env}))
+            ready(processes[-1], tmp / f"{node}.log")
         yield env
     finally:
         for process in reversed(processes):

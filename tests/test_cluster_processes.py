@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,24 +14,9 @@ from pathlib import Path
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
+from runink_processes import ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
-
-
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    with open(log, "w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _ready(process: subprocess.Popen[str], log: Path) -> dict[str, object]:
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
-    event: dict[str, object] = json.loads(line)
-    return event
 
 
 @pytest.fixture
@@ -40,17 +24,19 @@ def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A server (memory Barn) and one agent, as processes; yields the CLI's environment."""
     api, grpc = free_ports(2)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
-    server = _start(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp_path / "s.log", env)
+    server = start_runink(
+        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp_path / "s.log", env
+    )
     processes = [server]
     try:
-        _ready(server, tmp_path / "s.log")
-        agent = _start(
+        ready(server, tmp_path / "s.log")
+        agent = start_runink(
             ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", "n1", "--work-dir", str(tmp_path / "agent")],
             tmp_path / "a.log",
             env,
         )
         processes.append(agent)
-        _ready(agent, tmp_path / "a.log")
+        ready(agent, tmp_path / "a.log")
         yield env
     finally:
         for process in reversed(processes):
