@@ -189,7 +189,10 @@ def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
             {"herd": "team", "command": ["/bin/true"], "resources": {"cpu": -1}},
             "body.resources.cpu: Input should be greater than or equal to 0",
         ),
-        ({"herd": "team", "command": []}, "body: Value error, give command (one program and its arguments) or commands"),
+        (
+            {"herd": "team", "command": []},
+            "body: Value error, give command (one program and its arguments) or commands",
+        ),
         (
             {"herd": "team", "command": ["/bin/true"], "commands": [["/bin/true"]]},
             "body: Value error, give command (one program and its arguments) or commands",
