@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, Quota, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, Herd, NodeRecord, PipelineTask, Quota, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -292,3 +292,41 @@ def test_a_herd_is_deleted_in_batches_of_at_most_500(store: ClusterStore, life: 
     # the mark (the herd and its index entry), jobs+tasks+job index, the herd and its index entry
     assert max(sizes) <= 500 and sum(sizes) == 2 + 900 + 2
     assert [kv.key for kv in barn.scan("/")] == []
+
+
+def test_a_pipeline_jobs_tasks_are_one_scan_and_a_report_reads_them_so(store: ClusterStore, life: Lifecycle) -> None:
+    """Every report reads its task's siblings (the job's state is derived from them): a
+    pipeline job's tasks are named after it, so that is one scan, not a read per scenario."""
+    tasks = [PipelineTask(scenario=f"s{i}", after=[f"s{i - 1}"] if i else []) for i in range(20)]
+    job = life.submit_pipeline("lab", "/p/p.dsl", tasks)
+    assert job.tasks == [f"{job.id}.{i:04d}" for i in range(1, 21)]
+    calls: list[str] = []
+    barn = store.barn
+    for name in ("get", "scan"):
+        original = getattr(barn, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(barn, name, counted)
+    assert [v.record.scenario.scenario for v in store.job_tasks(job) if v.record.scenario] == [
+        t.scenario for t in tasks
+    ]
+    assert calls == ["scan"]
+    first = schedule(store, store.task("lab", job.tasks[0]).record)
+    calls.clear()
+    assert life.report("lab", first.id, first.attempt, first.token, RunState.RUNNING)
+    assert calls.count("scan") == 1 and calls.count("get") <= 3  # its task, its job (and its index)
+    assert store.job(job.id).record.state is RunState.RUNNING
+    # a sibling changed since the job was read: the report works from the scan's fresh copy
+    second = store.task("lab", job.tasks[1])
+    changed = second.record.model_copy(update={"priority": 5})
+    store.commit(
+        [(keys.task("lab", second.record.id), second.revision)], [(keys.task("lab", second.record.id), changed)]
+    )
+    assert life.report("lab", first.id, first.attempt, first.token, RunState.SUCCEEDED, exit_code=0)
+    assert store.task("lab", first.id).record.state is RunState.SUCCEEDED
+    store.barn.delete(keys.task("lab", job.tasks[5]))
+    with pytest.raises(NotFound, match=rf"task '{job.tasks[5]}'"):
+        store.job_tasks(job)

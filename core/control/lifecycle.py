@@ -314,7 +314,8 @@ class Lifecycle:
             if unknown:
                 why = f"comes after {printable(unknown[0], 200)!r}, not a scenario before it"
                 raise Refused(f"pipeline {pipeline}: scenario {printable(name, 200)!r} {why}")
-            ids[name] = new_id("task")
+            # named after the job: its tasks are one scan (ClusterStore.job_tasks)
+            ids[name] = f"{job_id}.{len(ids) + 1:04d}"
             try:
                 records.append(
                     TaskRecord(
@@ -477,10 +478,11 @@ class Lifecycle:
                 job = self.store.job(current.record.job_id)
                 # the task itself as read above (one read less, and what is compared is what
                 # the change was made from); a one-task job reads nothing more
-                siblings = [
-                    current if sibling == current.record.id else self.store.task(herd, sibling)
-                    for sibling in job.record.tasks
-                ]
+                siblings = (
+                    [current]
+                    if job.record.tasks == [current.record.id]
+                    else [current if v.record.id == task_id else v for v in self.store.job_tasks(job.record)]
+                )
             except (NotFound, ValueError) as exc:
                 log.warning("%s refused: %s", where, exc)
                 return False

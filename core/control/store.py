@@ -155,7 +155,20 @@ class ClusterStore:
         return [v for name in herds for v in self._scan(keys.tasks(name), TaskRecord)]
 
     def job_tasks(self, job: JobRecord) -> list[Versioned[TaskRecord]]:
-        return [self.task(job.herd, task_id) for task_id in job.tasks]
+        """The job's tasks, in its order. Those named ``<job id>.<n>`` (a pipeline job's) are
+        one scan of that prefix, not one read each: every report of a task reads its siblings."""
+        prefix = f"{job.id}."
+        if len(job.tasks) < 2 or not all(t.startswith(prefix) for t in job.tasks):
+            return [self.task(job.herd, task_id) for task_id in job.tasks]
+        where = keys.tasks(job.herd) + prefix
+        found = {kv.key[len(keys.tasks(job.herd)) :]: kv for kv in self.barn.scan(where)}
+        tasks = []
+        for task_id in job.tasks:
+            kv = found.get(task_id)
+            if kv is None:
+                raise NotFound(f"task {task_id!r} of herd {job.herd!r}: no such task")
+            tasks.append(Versioned(_parse(TaskRecord, kv.value, kv.key), kv.mod_revision))
+        return tasks
 
     def assigned(self, node_id: str | None = None) -> list[Versioned[TaskRecord]]:
         """The tasks ``node_id``'s agent must run or stop (``assigned_to``; None: every node's),
