@@ -82,6 +82,7 @@ def test_submit_runs_a_pipelines_scenarios_in_order_on_the_cluster(
     tasks = {t["scenario"]["scenario"]: t for t in answer["tasks"]}
     assert set(tasks) == {"First", "Second"}
     assert tasks["Second"]["after"] == [tasks["First"]["id"]]
+    assert tasks["First"]["message"] == "rows in 100, invalid 0, out 100"  # what its slice did
     # the second was placed only after the first succeeded (its outputs published by then)
     first_done = next(t["at"] for t in tasks["First"]["transitions"] if t["state"] == "SUCCEEDED")
     second_placed = next(t["at"] for t in tasks["Second"]["transitions"] if t["state"] == "SCHEDULED")
