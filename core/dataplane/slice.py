@@ -105,6 +105,8 @@ def run(spec: SliceSpec) -> int:
     counters = Counters()
     sinks: list[SinkSlot] = []
     output: SinkWriterThread | None = None
+    reads: Iterator[Any] | None = None  # the source's batches (a generator the driver returns)
+    stream: Iterator[Flow] | None = None  # those batches through the steps
     scenario = spec.scenario
     try:
         base_dir = spec.base_dir
@@ -140,7 +142,8 @@ def run(spec: SliceSpec) -> int:
         def validated() -> Iterator[Flow]:
             """The source's rows that meet the contract; the others go to the invalid sinks."""
             nonlocal dlq_schema
-            for read in source_driver.read(Path(source.path), raw=contract is not None, options=source.options):
+            assert reads is not None
+            for read in reads:
                 batch = read.batch
                 counters.rows_in += batch.num_rows + len(read.malformed)
                 counters.rows_malformed += len(read.malformed)
@@ -178,7 +181,8 @@ def run(spec: SliceSpec) -> int:
 
         # Each step wraps the stream before it: a Python step maps batches as they come, a
         # command step takes all of them (into its input file) before it yields its output.
-        stream: Iterator[Flow] = validated()
+        reads = source_driver.read(Path(source.path), raw=contract is not None, options=source.options)
+        stream = validated()
         for step in steps:
             if isinstance(step, CommandStage):
                 stream = step.stream(stream, counters, progress)
@@ -204,6 +208,13 @@ def run(spec: SliceSpec) -> int:
         )
         return 0
     except Exception as exc:
+        # Closed here, not when the garbage collector finds the generators (held in a cycle by
+        # the traceback): a reader's cleanup (joining its read-ahead thread) must not run inside
+        # a collection, where it hung the slice for good on Python 3.13.
+        for generator in (stream, reads):  # the steps' first (a command step's reader too)
+            if generator is not None and (close := getattr(generator, "close", None)) is not None:
+                with contextlib.suppress(Exception):
+                    close()
         if output is not None:
             output.close()
         for slot in sinks:
