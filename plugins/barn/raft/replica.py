@@ -2,10 +2,20 @@
 ``_vendor/pysyncobj/syncobj.py``) replicates it.
 
 ``BarnNode`` is the pysyncobj ``SyncObj``: proposals from the event loop (grouped per loop turn
-into one log entry), linearizable reads behind a no-op barrier, membership changes, and the
-snapshots it writes at log compaction. ``BarnReplica`` applies the committed commands to the
-``BarnState`` in log order (pysyncobj's tick thread). ``expire_leases`` is the thread that
-proposes the expiry of due leases while this member leads. The HTTP side is ``api.py``.
+into one log entry), linearizable reads, membership changes, and the snapshots it writes at
+log compaction. ``BarnReplica`` applies the committed commands to the ``BarnState`` in log
+order (pysyncobj's tick thread). ``expire_leases`` is the thread that proposes the expiry of
+due leases while this member leads. The HTTP side is ``api.py``.
+
+Linearizable reads use Raft's ReadIndex (``readIndex`` in the vendored syncobj.py, fix 9): the
+leader records its commit index, confirms by one round of messages that a majority still
+follows it in its term, waits until it has applied that index, and reads its own state; no log
+entry, no fsync. The reads of one loop turn share a request, and the requests that arrive while
+a round is in flight share the next round. Until a new leader has committed its election no-op
+(an entry of its term; before that it does not know the commit index) a read falls back to
+the read barrier: a replicated no-op proposed after the read arrived. A leader that steps down
+or changes term answers its waiting reads "leadership lost" (503), so a leader cut off from the
+majority, which gets no confirmation, never answers a read.
 """
 
 from __future__ import annotations
@@ -26,7 +36,13 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf
 
 # the vendored module's own SyncObjException: the installed pysyncobj's is another class
-from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import SyncObj, SyncObjConsumer, SyncObjException, replicated
+from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
+    READ_INDEX_NOT_READY,
+    SyncObj,
+    SyncObjConsumer,
+    SyncObjException,
+    replicated,
+)
 from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
@@ -147,6 +163,7 @@ class BarnNode(SyncObj):
         self._pending: set[asyncio.Future[Any]] = set()  # proposals not answered yet (loop thread)
         self._watchers: set[asyncio.Future[None]] = set()  # loop thread only
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
+        self._read_index: asyncio.Future[Any] | None = None  # the ReadIndex not yet requested (loop thread)
         self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
         self.replica = BarnReplica(config.history, self._changed)
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
@@ -299,13 +316,32 @@ class BarnNode(SyncObj):
             raise NoLeader(f"the write was not committed ({exc.errorCode})") from None
 
     async def read(self, reader: Callable[[BarnState], Any]) -> Any:
-        """A linearizable read: wait for a no-op (the read barrier) proposed after this read
-        began to be applied, then read. Reads arriving in the same loop turn share one barrier."""
-        if self._barrier is None:
-            self._barrier = self._propose({"op": "noop"})
-        await self._outcome(self._barrier, "the read barrier", shared=True)
+        """A linearizable read: ReadIndex (a majority confirms this leader after the read began,
+        and this member has applied the commit index it had then), then read. A leader that
+        has not yet committed an entry of its term uses the read barrier instead: a no-op
+        proposed after this read began, applied. Reads arriving in the same loop turn share one
+        ReadIndex round (or barrier)."""
+        if self._read_index is None:
+            self._read_index = self._new_pending()
+            assert self._loop is not None
+            self._loop.call_soon(self._request_read_index)
+        request = self._read_index
+        try:
+            await self._outcome(request, "the read index", shared=True)
+        except NoLeader:
+            if not request.done() or request.result()[1] != READ_INDEX_NOT_READY:
+                raise
+            if self._barrier is None:
+                self._barrier = self._propose({"op": "noop"})
+            await self._outcome(self._barrier, "the read barrier", shared=True)
         with self.replica.lock:
             return reader(self.replica.state)
+
+    def _request_read_index(self) -> None:
+        # (loop thread, after the reads of this turn) their shared ReadIndex request
+        future, self._read_index = self._read_index, None
+        assert future is not None
+        self.readIndex(lambda index, error: self._hand_over((future, index, error)))
 
     async def membership(self, add: bool, raft: str) -> None:
         future, callback = self._callback()

@@ -8,10 +8,14 @@
 same order everywhere.
 
 * Writes return only after commit (a majority has the entry, synced to disk: see fsync).
-* Reads are linearizable: the leader commits a no-op (a read barrier: pysyncobj has no
-  ReadIndex) proposed after the read arrived, and reads its state once that is applied. The
-  reads arriving in one event-loop turn share a barrier, and barriers and writes proposed in
-  one tick share an append (group commit).
+* Reads are linearizable, by Raft's ReadIndex (patched pysyncobj, fix 9; ``replica.py``): the
+  leader records its commit index, a round of messages confirms that a majority still follows
+  it in its term, and once it has applied that index it reads its own state; no log entry, no
+  fsync. The reads arriving in one event-loop turn, or while a round is in flight, share a
+  round. A new leader that has not yet committed an entry of its term uses a read barrier
+  instead (a no-op proposed after the read arrived, committed, applied). A leader that steps
+  down answers waiting reads 503, and one cut off from the majority gets no confirmation: no
+  stale value. Writes (and barriers) proposed in one tick share an append (group commit).
 * A follower forwards each request to the leader's HTTP API; every answer names the leader
   (``X-Runink-Leader``) so clients go there next. With no leader (or no quorum) the answer is
   503 with Retry-After, never a stale value. A 503 on a write means its outcome is unknown

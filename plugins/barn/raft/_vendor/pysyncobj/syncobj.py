@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with eight changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with nine changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -29,6 +29,19 @@
 #    lastApplied unchanged, so the same entry was applied again at every tick and after every
 #    restart, a replica stopped for good by one entry (and a raising callback re-applied an
 #    entry that had been applied).
+# 9. ReadIndex (Raft thesis section 6.4), which pysyncobj lacked: ``SyncObj.readIndex(callback)``
+#    and ``READ_INDEX_NOT_READY``; two new messages, ``runink_read_round`` (leader -> followers:
+#    term, round) and ``runink_read_ack`` (sent back only by a follower whose current term is
+#    that term and whose leader is the sender); the leader's per-term record of the highest
+#    round each follower confirmed, and ``__runinkReadIndex`` in ``_onTick`` (after applying):
+#    takes the requests, starts a round for them when none is in flight (one at a time, as
+#    etcd: reads arriving meanwhile share the next) recording the commit index then, starts
+#    another if a round is unconfirmed after appendEntriesPeriod, answers a read once a
+#    majority confirmed a round started after it arrived and lastApplied reached the index
+#    recorded for that round. ``__setState`` fails the waiting reads (LEADER_CHANGED) when
+#    the leader steps down; a request on a non-leader gets NOT_LEADER, on a leader whose
+#    election no-op is not committed READ_INDEX_NOT_READY.
+#    The log, the journal and the existing messages are unchanged.
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -96,6 +109,9 @@ class _COMMAND_TYPE:
     VERSION = 3
 
 _bchr = functools.partial(struct.pack, 'B')
+
+# [runink fix] 9: readIndex's error for a leader that has not committed an entry of its term
+READ_INDEX_NOT_READY = 'read_index_not_ready'
 
 
 class SyncObjException(Exception):
@@ -218,6 +234,15 @@ class SyncObj(object):
         self.__readonlyNodes = set() # set of Node
         self.__connectedNodes = set() # set of Node
         self.__runinkFlushedIdx = None  # [runink fix] last log index made durable
+        # [runink fix] 9: ReadIndex. Requests come from any thread (deque.append is atomic); the
+        # rest is the tick thread's. Waiting: (round, commit index when it started, callbacks),
+        # oldest first. Acks: per follower, the highest round it confirmed in this term.
+        self.__runinkReadRequests = collections.deque()
+        self.__runinkReadsWaiting = collections.deque()
+        self.__runinkReadsNext = []  # taken, waiting for the round in flight to end
+        self.__runinkReadAcks = {}
+        self.__runinkReadRound = 0
+        self.__runinkReadResendTime = 0
         self.__nodeClass = nodeClass
 
         self.__raftState = _RAFT_STATE.FOLLOWER
@@ -764,6 +789,7 @@ class SyncObj(object):
                 self.__raftLeader = None
 
         needSendAppendEntries = self.__applyLogEntries()
+        self.__runinkReadIndex()
 
         if self.__raftState == _RAFT_STATE.LEADER:
             if monotonicTime() > self.__newAppendEntriesTime or needSendAppendEntries:
@@ -1032,6 +1058,17 @@ class SyncObj(object):
                         'term': message['term'],
                     })
 
+        if message['type'] == 'runink_read_round':
+            # [runink fix] 9: confirm leadership for ReadIndex, only to the leader this member
+            # follows in its current term
+            if message['term'] == self.__raftCurrentTerm and self.__raftState == _RAFT_STATE.FOLLOWER \
+                    and self.__raftLeader == node:
+                self.__transport.send(node, {
+                    'type': 'runink_read_ack',
+                    'term': self.__raftCurrentTerm,
+                    'round': message['round'],
+                })
+
         if message['type'] == 'append_entries' and message['term'] >= self.__raftCurrentTerm:
             if message['term'] > self.__raftCurrentTerm:
                 # A new leader at a higher term supersedes any pending transfer.
@@ -1169,6 +1206,11 @@ class SyncObj(object):
                     self.__onBecomeLeader()
 
         if self.__raftState == _RAFT_STATE.LEADER:
+            # [runink fix] 9: a follower still follows this leader in this term
+            if message['type'] == 'runink_read_ack' and message['term'] == self.__raftCurrentTerm:
+                if message['round'] > self.__runinkReadAcks.get(node, 0):
+                    self.__runinkReadAcks[node] = message['round']
+
             # [runink fix] a reply to another term's append_entries does not count
             if message['type'] == 'next_node_idx' and message.get('term', self.__raftCurrentTerm) == self.__raftCurrentTerm:
                 reset = message['reset']
@@ -1324,6 +1366,7 @@ class SyncObj(object):
         self.__setState(_RAFT_STATE.LEADER)
 
         self.__lastResponseTime.clear()
+        self.__runinkReadAcks = {}  # [runink fix] 9: acks count in the term they were given
         for node in self.__otherNodes | self.__readonlyNodes:
             self.__raftNextIndex[node] = self.__getCurrentLogIndex() + 1
             self.__raftMatchIndex[node] = 0
@@ -1337,6 +1380,82 @@ class SyncObj(object):
             self.__sendAppendEntries()
 
         self.__sendAppendEntries()
+
+    def readIndex(self, callback):
+        """[runink fix] 9: Raft's ReadIndex (thesis section 6.4). From any thread; ``callback(index,
+        error)`` is called by the tick thread. On the leader: the commit index is recorded, a
+        round of ``runink_read_round`` messages confirms that a majority (this member included)
+        still follows it in its term, and once this member has applied that index the callback
+        gets it with FAIL_REASON.SUCCESS: a read of the local state from then on is
+        linearizable. Reads requested while a round is in flight share the next. Errors:
+        NOT_LEADER (not the leader), LEADER_CHANGED (stepped down or a new term before the round was confirmed),
+        READ_INDEX_NOT_READY (a new leader that has not yet committed an entry of its term does
+        not know the commit index: use a replicated no-op instead)."""
+        self.__runinkReadRequests.append(callback)
+
+    def __runinkReadIndex(self):
+        # [runink fix] 9: take new ReadIndex requests, start a round for them, answer the
+        # confirmed and applied ones (tick thread)
+        requests, later = self.__runinkReadRequests, self.__runinkReadsNext
+        if self.__raftState != _RAFT_STATE.LEADER:
+            while requests:
+                self.__runinkCall(requests.popleft(), None, FAIL_REASON.NOT_LEADER)
+            return
+        while requests:
+            later.append(requests.popleft())
+        # the no-op pysyncobj appends on election is this term's first entry
+        if later and (self.__noopIDx is None or self.__raftCommitIndex < self.__noopIDx):
+            self.__runinkReadsNext = []
+            for callback in later:
+                self.__runinkCall(callback, None, READ_INDEX_NOT_READY)
+            later = self.__runinkReadsNext
+        majority = (len(self.__otherNodes) + 1) / 2
+
+        def confirmed(readRound):
+            return 1 + sum(1 for node in self.__otherNodes if self.__runinkReadAcks.get(node, 0) >= readRound) > majority
+
+        # One round in flight at a time (as etcd): reads arriving meanwhile go in the next one,
+        # started when it is confirmed, so under load a round serves more reads. A round
+        # unconfirmed for appendEntriesPeriod (lost messages, a follower that did not yet
+        # know this leader) is superseded by a new one, which confirms its reads too.
+        inFlight = bool(self.__runinkReadsWaiting) and not confirmed(self.__runinkReadRound)
+        if (later and not inFlight) or (inFlight and monotonicTime() > self.__runinkReadResendTime):
+            self.__runinkReadRound += 1
+            if later:
+                self.__runinkReadsWaiting.append((self.__runinkReadRound, self.__raftCommitIndex, later))
+                self.__runinkReadsNext = []
+            self.__runinkSendReadRound()
+        while self.__runinkReadsWaiting:
+            readRound, readIdx, callbacks = self.__runinkReadsWaiting[0]
+            if not confirmed(readRound) or self.__raftLastApplied < readIdx:
+                break
+            self.__runinkReadsWaiting.popleft()
+            for callback in callbacks:
+                self.__runinkCall(callback, readIdx, FAIL_REASON.SUCCESS)
+
+    def __runinkSendReadRound(self):
+        self.__runinkReadResendTime = monotonicTime() + self.__conf.appendEntriesPeriod
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'runink_read_round',
+                'term': self.__raftCurrentTerm,
+                'round': self.__runinkReadRound,
+            })
+
+    def __runinkFailReads(self, error):
+        # [runink fix] 9: a leader that steps down answers its waiting reads: never served stale
+        waiting, self.__runinkReadsWaiting = self.__runinkReadsWaiting, collections.deque()
+        waiting.append((None, None, self.__runinkReadsNext))
+        self.__runinkReadsNext = []
+        for _, _, callbacks in waiting:
+            for callback in callbacks:
+                self.__runinkCall(callback, None, error)
+
+    def __runinkCall(self, callback, result, error):
+        try:
+            callback(result, error)
+        except Exception:
+            logger.exception('a ReadIndex callback failed')
 
     def __runinkFlush(self):
         # [runink fix] sync the journal if it grew since the last sync (conf.runinkFsync)
@@ -1355,6 +1474,8 @@ class SyncObj(object):
     def __setState(self, newState):
         oldState = self.__raftState
         self.__raftState = newState
+        if oldState == _RAFT_STATE.LEADER and newState != _RAFT_STATE.LEADER:
+            self.__runinkFailReads(FAIL_REASON.LEADER_CHANGED)  # [runink fix] 9
         callback = self.__conf.onStateChanged
         if callback is not None and oldState != newState:
             callback(oldState, newState)

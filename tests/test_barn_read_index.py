@@ -1,0 +1,174 @@
+"""The Barn's linearizable reads by Raft's ReadIndex (vendored syncobj.py, fix 9).
+
+On the message-level simulation (tests/raft_sim.py): a read adds no log entry; a leader cut
+off from the majority never confirms a read and fails it when it learns of the new term; a new
+leader refuses ReadIndex until it has committed an entry of its term. On a real 3-member group:
+reads after a write see it from every member, and reads leave the log as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import raft_sim
+from barn_cluster import Cluster, free_ports
+from pysyncobj import FAIL_REASON
+
+import runink.plugins.barn.raft._vendor.pysyncobj.syncobj as patched
+from runink.plugins.barn.raft.client import RaftBarn
+from runink.plugins.barn.raft.server import BarnServer, Member, ServerConfig
+
+
+def settled(nodes: dict[str, Any], network: raft_sim.Network, leader: str) -> None:
+    """Tick until the leader has committed and applied everything in its log."""
+    deadline = time.monotonic() + 10
+    node = nodes[leader]
+    while time.monotonic() < deadline:
+        raft_sim.tick(nodes, network, pause=0.01)
+        if node.raftCommitIndex == node._SyncObj__getCurrentLogIndex() == node.raftLastApplied:
+            return
+    raise AssertionError("the leader did not commit its log")
+
+
+def read_index(node: Any) -> list[tuple[Any, Any]]:
+    answers: list[tuple[Any, Any]] = []
+    node.readIndex(lambda index, error: answers.append((index, error)))
+    return answers
+
+
+def test_a_read_index_adds_no_log_entry() -> None:
+    network, nodes = raft_sim.make_cluster(patched)
+    leader = raft_sim.elect(nodes, network)
+    nodes[leader].append(7)
+    settled(nodes, network, leader)
+    size, commit = nodes[leader]._getRaftLogSize(), nodes[leader].raftCommitIndex
+    answers = read_index(nodes[leader])
+    raft_sim.tick(nodes, network, 3)
+    assert answers == [(commit, FAIL_REASON.SUCCESS)]
+    assert nodes[leader]._getRaftLogSize() == size
+    assert nodes[leader].raftCommitIndex == commit
+    assert not any(m["type"] == "append_entries" and m.get("entries") for _, _, m in network.queue)
+
+
+def test_a_read_arriving_while_a_round_is_in_flight_waits_for_the_next_round() -> None:
+    """Acks to a round sent before a read arrived must not answer it (a leader deposed in
+    between would serve a stale value); it shares the next round, sent once this one is done."""
+    network, nodes = raft_sim.make_cluster(patched)
+    leader = raft_sim.elect(nodes, network)
+    settled(nodes, network, leader)
+    node = nodes[leader]
+    network.queue.clear()
+    first = read_index(node)
+    node.doTick(0)
+    second = read_index(node)
+    node.doTick(0)
+    rounds = [m["round"] for _, _, m in network.queue if m["type"] == "runink_read_round"]
+    assert len(rounds) == 2 and len(set(rounds)) == 1  # one round, to each follower
+    network.deliver()  # the followers ack...
+    network.deliver()  # ...and the leader gets the acks
+    node.doTick(0)
+    assert first == [(node.raftCommitIndex, FAIL_REASON.SUCCESS)]
+    assert second == []
+    assert {m["round"] for _, _, m in network.queue if m["type"] == "runink_read_round"} == {rounds[0] + 1}
+    network.deliver()
+    network.deliver()
+    node.doTick(0)
+    assert second == [(node.raftCommitIndex, FAIL_REASON.SUCCESS)]
+
+
+def test_a_leader_cut_off_from_the_majority_answers_no_read() -> None:
+    network, nodes = raft_sim.make_cluster(patched)
+    old = raft_sim.elect(nodes, network)
+    settled(nodes, network, old)
+    majority = [n for n in nodes if n != old]
+    network.down = set(majority)
+    answers = read_index(nodes[old])
+    for _ in range(20):  # 0.4 s: several resent rounds, none answered
+        raft_sim.tick(nodes, network, pause=0.02)
+    assert nodes[old]._isLeader()  # it still believes it leads (leaderFallbackTimeout is 30 s here)...
+    assert answers == []  # ...yet serves nothing
+    network.down = {old}
+    new = raft_sim.elect(nodes, network)
+    assert new != old
+    network.down = set()
+    raft_sim.tick(nodes, network, 3)  # the old leader hears of the new term
+    assert not nodes[old]._isLeader()
+    assert answers == [(None, FAIL_REASON.LEADER_CHANGED)]
+    late = read_index(nodes[old])
+    raft_sim.tick(nodes, network)
+    assert late == [(None, FAIL_REASON.NOT_LEADER)]
+
+
+def test_a_new_leader_serves_no_read_index_before_committing_an_entry_of_its_term() -> None:
+    network, nodes = raft_sim.make_cluster(patched)
+    leader = raft_sim.elect(nodes, network)
+    network.down = {n for n in nodes if n != leader}  # its election no-op reaches nobody
+    network.deliver()
+    node = nodes[leader]
+    assert node.raftCommitIndex < node._SyncObj__getCurrentLogIndex()
+    early = read_index(node)
+    raft_sim.tick(nodes, network)
+    assert early == [(None, patched.READ_INDEX_NOT_READY)]
+    network.down = set()
+    settled(nodes, network, leader)
+    later = read_index(node)
+    raft_sim.tick(nodes, network, 3)
+    assert later == [(node.raftCommitIndex, FAIL_REASON.SUCCESS)]
+
+
+def test_reads_after_a_write_see_it_and_add_no_log_entry(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client(leader, *[n for n in cluster.names if n != leader])
+        try:
+            for i in range(20):
+                barn.put(f"/ri/k{i}", b"v%d" % i)
+                for name in cluster.names:  # a follower forwards the read to the leader
+                    one = cluster.client(name)
+                    try:
+                        got = one.get(f"/ri/k{i}")
+                        assert got is not None and got.value == b"v%d" % i
+                    finally:
+                        one.close()
+            before = cluster.status(leader)
+            for _ in range(50):
+                got = barn.get("/ri/k19")
+                assert got is not None and got.value == b"v19"
+            after = cluster.status(leader)
+        finally:
+            barn.close()
+        assert after["term"] == before["term"]
+        assert (after["log_len"], after["commit_index"]) == (before["log_len"], before["commit_index"])
+    finally:
+        cluster.stop()
+
+
+def test_a_leader_not_ready_for_read_index_reads_behind_a_barrier(tmp_path: Path) -> None:
+    """The Barn's side of the rule above: until ReadIndex is available the read commits a no-op."""
+    raft, http_port = free_ports(2)
+    config = ServerConfig(Member("solo", f"127.0.0.1:{raft}", f"127.0.0.1:{http_port}"), [], tmp_path / "solo")
+    server = BarnServer(config)
+    server.start()
+    try:
+        barn = RaftBarn(endpoints=[f"127.0.0.1:{http_port}"], timeout=10)
+        barn.put("/ri/solo", b"v")
+        node = server.node
+        size = node._getRaftLogSize()
+        got = barn.get("/ri/solo")
+        assert got is not None and got.value == b"v"
+        assert node._getRaftLogSize() == size  # ReadIndex: no entry
+
+        def not_ready(callback: Any) -> None:
+            callback(None, patched.READ_INDEX_NOT_READY)
+
+        node.readIndex = not_ready
+        got = barn.get("/ri/solo")
+        assert got is not None and got.value == b"v"
+        assert node._getRaftLogSize() == size + 1  # the barrier's no-op
+        barn.close()
+    finally:
+        server.close()
