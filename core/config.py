@@ -26,9 +26,9 @@ import typing
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runink.core.errors import ConfigError
 from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
@@ -42,6 +42,17 @@ ENV_ALIASES = {
     "RUNINK_TRACE_PLUGINS": "plugins.trace",
     "RUNINK_SERVER": "cluster.server",
 }
+
+
+def _absolute(value: list[Path]) -> list[Path]:
+    for path in value:
+        if not path.is_absolute():
+            raise ValueError(f"{str(path)!r} is not an absolute path")
+    return value
+
+
+#: folders given by absolute path ([paths] allow, [cluster] shared_paths)
+AbsolutePaths = Annotated[list[Path], AfterValidator(_absolute)]
 
 
 class _Section(BaseModel):
@@ -132,18 +143,10 @@ class LimitsConfig(_Section):
 
 
 class PathsConfig(_Section):
-    allow: list[Path] = Field(
+    allow: AbsolutePaths = Field(
         default_factory=list,
         description="Folders outside a pipeline's own that its sources and sinks may use (absolute paths).",
     )
-
-    @field_validator("allow")
-    @classmethod
-    def _absolute(cls, value: list[Path]) -> list[Path]:
-        for path in value:
-            if not path.is_absolute():
-                raise ValueError(f"{str(path)!r} is not an absolute path")
-        return value
 
 
 class ClusterConfig(_Section):
@@ -152,20 +155,12 @@ class ClusterConfig(_Section):
         description="The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes "
         "(else $RUNINK_SERVER, else the cluster `runink up` started).",
     )
-    shared_paths: list[Path] = Field(
+    shared_paths: AbsolutePaths = Field(
         default_factory=list,
         description="Folders every node sees alike (a shared filesystem; absolute paths): `runink submit` "
         "places a scenario reading a dataset another scenario wrote anywhere when it is under one, else on "
         "the node that wrote it.",
     )
-
-    @field_validator("shared_paths")
-    @classmethod
-    def _absolute(cls, value: list[Path]) -> list[Path]:
-        for path in value:
-            if not path.is_absolute():
-                raise ValueError(f"{str(path)!r} is not an absolute path")
-        return value
 
 
 class RunConfig(_Section):
