@@ -373,12 +373,22 @@ def _write_caps(layout: CgroupLayout, dirs: dict[str, Path], caps: CgroupLimits)
             if (memory / "memory.memsw.limit_in_bytes").exists():  # no swapping past the cap either
                 files.append(memory / "memory.memsw.limit_in_bytes")
             value = str(caps.memory or -1)
-            try:  # memsw may never be below the memory limit: lowering writes memory first...
-                for path in files:
-                    _write(path, value)
-            except CgroupError:  # ...raising writes memsw first
-                for path in reversed(files):
-                    _write(path, value)
+            # memsw may never be below the memory limit: lowering writes memory first, raising
+            # memsw first. Another process may remove the empty parent and make it again
+            # (unlimited) between two writes, so a few tries of both orders.
+            for tries_left in range(2, -1, -1):
+                try:
+                    for path in files:
+                        _write(path, value)
+                    break
+                except CgroupError:
+                    try:
+                        for path in reversed(files):
+                            _write(path, value)
+                        break
+                    except CgroupError:
+                        if not tries_left:
+                            raise
     if "pids" in dirs:
         _write(dirs["pids"] / "pids.max", str(caps.pids or "max"))
 
