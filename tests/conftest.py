@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 from fixture_types import CliRunner, FakeDist, OnSysPath
 
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Herd
+from runink.core.control.store import ClusterStore
+from runink.plugins.barn.memory import MemoryBarn
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -95,3 +100,17 @@ def on_sys_path(monkeypatch: pytest.MonkeyPatch) -> OnSysPath:
         monkeypatch.syspath_prepend(str(site))
 
     return add
+
+
+@pytest.fixture
+def store() -> ClusterStore:
+    """A ClusterStore on a memory Barn holding the herd "lab" (no quota): what the agent and
+    lifecycle tests start from (a test file with other needs defines its own)."""
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    return store
+
+
+@pytest.fixture
+def life(store: ClusterStore) -> Lifecycle:
+    return Lifecycle(store)

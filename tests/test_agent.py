@@ -16,24 +16,11 @@ from agent_helpers import schedule, sync_until, task_of
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.logs import Chunk
-from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import RuninkError, TaskNotFoundError
 from runink.core.interfaces.executor import Executor
-from runink.plugins.barn.memory import MemoryBarn
-
-
-@pytest.fixture
-def store() -> ClusterStore:
-    store = ClusterStore(MemoryBarn())
-    store.create_herd(Herd(name="lab"))
-    return store
-
-
-@pytest.fixture
-def life(store: ClusterStore) -> Lifecycle:
-    return Lifecycle(store)
 
 
 @pytest.fixture

@@ -21,26 +21,13 @@ from agent_helpers import schedule, sync_until, task_of
 from runink.core.agent import Agent
 from runink.core.agent.grpc_control import ControlUnavailable, FailoverControl, GrpcControl
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, RunState, keys
+from runink.core.control.records import Amount, NodeRecord, RunState, keys
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.drivers import load_driver
 from runink.core.interfaces.executor import Executor
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.proto import CONNECT
 from runink.core.server.proto import agent_pb2 as pb
-from runink.plugins.barn.memory import MemoryBarn
-
-
-@pytest.fixture
-def store() -> ClusterStore:
-    store = ClusterStore(MemoryBarn())
-    store.create_herd(Herd(name="lab"))
-    return store
-
-
-@pytest.fixture
-def life(store: ClusterStore) -> Lifecycle:
-    return Lifecycle(store)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import (
     MAX_USAGE_TASKS,
     Amount,
-    Herd,
     NodeRecord,
     NodeUsage,
     RunState,
@@ -39,7 +38,6 @@ from runink.core.server.api import create_app
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.proto import usage_message, usage_sample
 from runink.core.server.serve_api import serve_api, stop_api
-from runink.plugins.barn.memory import MemoryBarn
 
 MiB = 1 << 20
 
@@ -62,18 +60,6 @@ class SetStats:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-@pytest.fixture
-def store() -> ClusterStore:
-    store = ClusterStore(MemoryBarn())
-    store.create_herd(Herd(name="lab"))
-    return store
-
-
-@pytest.fixture
-def life(store: ClusterStore) -> Lifecycle:
-    return Lifecycle(store)
 
 
 @pytest.fixture

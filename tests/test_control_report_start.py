@@ -12,23 +12,10 @@ from agent_helpers import schedule, sync_until, task_of
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, RunState
+from runink.core.control.records import Amount, NodeRecord, RunState
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.interfaces.executor import Executor
-from runink.plugins.barn.memory import MemoryBarn
-
-
-@pytest.fixture
-def store() -> ClusterStore:
-    store = ClusterStore(MemoryBarn())
-    store.create_herd(Herd(name="lab"))
-    return store
-
-
-@pytest.fixture
-def life(store: ClusterStore) -> Lifecycle:
-    return Lifecycle(store)
 
 
 def test_a_scheduled_task_ended_in_one_report_keeps_its_start_with_its_time(
