@@ -1,4 +1,5 @@
-"""What the agent tests share: placing a job's task by hand, reading it, syncing until."""
+"""What the agent tests share: placing a job's task by hand, reading it, syncing until, and
+the Lifecycle as an agent's control plane with reports that can fail (ProxyControl)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import time
 from collections.abc import Callable
 
 from runink.core.agent.agent import Agent
-from runink.core.control.records import RunState, TaskRecord, keys
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
+from runink.core.errors import RuninkError
 
 
 def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
@@ -32,3 +35,38 @@ def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 10.0, po
             return
         time.sleep(poll)
     raise AssertionError("condition not reached in time")
+
+
+class ProxyControl:
+    """The Lifecycle as an agent's control plane; a report for which ``unreachable(state)``
+    says so fails as if the control plane were away (subclasses say when)."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+
+    def register_node(self, node: NodeRecord) -> NodeRecord:
+        return self.life.register_node(node)
+
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
+        return self.life.heartbeat(node_id, incarnation, usage)
+
+    def assignments(self, node_id: str) -> list[TaskRecord]:
+        return self.life.assignments(node_id)
+
+    def unreachable(self, state: RunState) -> bool:
+        return False
+
+    def report(
+        self,
+        herd: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        state: RunState,
+        *,
+        exit_code: int | None = None,
+        message: str = "",
+    ) -> bool:
+        if self.unreachable(state):
+            raise RuninkError("control plane unreachable")
+        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)

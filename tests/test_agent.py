@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import schedule, sync_until, task_of
+from agent_helpers import ProxyControl, schedule, sync_until, task_of
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -129,37 +129,18 @@ def test_drain_reports_what_ended_by_itself(store: ClusterStore, life: Lifecycle
     assert (task.state, task.exit_code) == (RunState.FAILED, 5)
 
 
-class FlakyControl:
+class FlakyControl(ProxyControl):
     """The Lifecycle, away for the first ``failures`` reports (a server restarting)."""
 
     def __init__(self, life: Lifecycle, failures: int) -> None:
-        self.life = life
+        super().__init__(life)
         self.failures = failures
 
-    def register_node(self, node: NodeRecord) -> NodeRecord:
-        return self.life.register_node(node)
-
-    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
-        return self.life.heartbeat(node_id, incarnation, usage)
-
-    def assignments(self, node_id: str) -> list[TaskRecord]:
-        return self.life.assignments(node_id)
-
-    def report(
-        self,
-        herd: str,
-        task_id: str,
-        attempt: int,
-        token: int,
-        state: RunState,
-        *,
-        exit_code: int | None = None,
-        message: str = "",
-    ) -> bool:
+    def unreachable(self, state: RunState) -> bool:
         if self.failures:
             self.failures -= 1
-            raise RuninkError("control plane unreachable")
-        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+            return True
+        return False
 
 
 def test_reports_the_control_plane_missed_are_sent_later(store: ClusterStore, life: Lifecycle, tmp_path: Path) -> None:
@@ -188,21 +169,10 @@ class AwayControl(FlakyControl):
         self.sent.append(("chunk", (chunk.stream, chunk.offset, chunk.data)))
         return True, chunk.offset + len(chunk.data)
 
-    def report(
-        self,
-        herd: str,
-        task_id: str,
-        attempt: int,
-        token: int,
-        state: RunState,
-        *,
-        exit_code: int | None = None,
-        message: str = "",
-    ) -> bool:
-        if self.away:
-            raise RuninkError("control plane unreachable")
-        self.sent.append(("report", state))
-        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+    def unreachable(self, state: RunState) -> bool:
+        if not self.away:
+            self.sent.append(("report", state))
+        return self.away
 
 
 def test_the_last_output_and_the_task_are_kept_until_the_final_report_is_answered(

@@ -22,7 +22,7 @@ from typing import Any
 
 import agent_helpers
 import pytest
-from agent_helpers import schedule, task_of
+from agent_helpers import ProxyControl, schedule, task_of
 from barn_cluster import free_ports
 from fixture_types import CliRunner
 from runink_processes import ready, start_runink
@@ -31,7 +31,6 @@ from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, RunState
 from runink.core.control.store import ClusterStore
-from runink.core.errors import RuninkError
 from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.executors.linux.executor import LinuxExecutor
 
@@ -158,29 +157,11 @@ def test_a_running_attempt_the_restarted_agent_has_no_handle_for_is_reported_fai
     assert not second.running and second.refused_reports == 0
 
 
-class AwayForFinalReports:
+class AwayForFinalReports(ProxyControl):
     """The Lifecycle, unreachable for final reports (the server went away as the task ended)."""
 
-    def __init__(self, life: Lifecycle) -> None:
-        self.life = life
-        self.register_node = life.register_node
-        self.heartbeat = life.heartbeat
-        self.assignments = life.assignments
-
-    def report(
-        self,
-        herd: str,
-        task_id: str,
-        attempt: int,
-        token: int,
-        state: RunState,
-        *,
-        exit_code: int | None = None,
-        message: str = "",
-    ) -> bool:
-        if state.final:
-            raise RuninkError("control plane unreachable")
-        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+    def unreachable(self, state: RunState) -> bool:
+        return state.final
 
 
 def test_a_result_not_yet_reported_when_the_agent_restarts_is_reported_after(
