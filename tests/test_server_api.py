@@ -146,9 +146,9 @@ def test_no_answer_carries_a_nodes_incarnation(cluster: Cluster) -> None:
 
 
 def test_a_herd_larger_than_one_barn_transaction_is_deleted(cluster: Cluster) -> None:
-    """A raft Barn caps a transaction at 1024 operations: the delete goes in batches."""
+    """A Barn caps a transaction at MAX_TXN_OPS (4,096) operations: the delete goes in batches."""
     make_herd(cluster.client, "team")
-    for _ in range(700):  # 700 jobs + 700 tasks + 700 index entries
+    for _ in range(1400):  # 1,400 jobs + 1,400 tasks + 1,400 job index entries
         job = cluster.lifecycle.submit_command("team", ["/bin/true"])
         cluster.lifecycle.cancel(job.id)
     assert cluster.client.delete("/v1/herds/team").status_code == 204

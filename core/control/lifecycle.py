@@ -256,6 +256,7 @@ class Lifecycle:
         """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
         Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
         own, or could never fit any registered node; nothing is stored then."""
+        nodes = self.store.later(self.store.nodes)  # (read with the herd)
         try:
             found = self.store.herd(herd)
         except ValueError as exc:  # a malformed herd name
@@ -277,7 +278,7 @@ class Lifecycle:
             job = JobRecord(id=job_id, herd=herd, tasks=[task_id])
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
-        self._admit(found.record, [task])
+        self._admit(found.record, [task], [v.record for v in nodes()])
         self.store.submit(job, [task], found)
         return job
 
@@ -340,11 +341,12 @@ class Lifecycle:
         self.store.submit(job, records)
         return job
 
-    def _admit(self, herd: Herd, tasks: list[TaskRecord]) -> None:
+    def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on
-        its own, or one no registered node could hold even empty. With no node registered yet
-        they wait PENDING: nodes may join later."""
-        nodes = [v.record for v in self.store.nodes()]
+        its own, or one no registered node could hold even empty (``nodes``: the nodes, read
+        here if not given). With no node registered yet they wait PENDING: nodes may join later."""
+        if nodes is None:
+            nodes = [v.record for v in self.store.nodes()]
         for task in tasks:
             over = herd.quota.exceeded_by(task.resources, 1)
             if over:

@@ -38,7 +38,7 @@ from runink.core.control.records import (
     job_state,
     keys,
 )
-from runink.core.control.store import ClusterStore, Conflict, Versioned
+from runink.core.control.store import ClusterStore, Conflict, NotFound, Versioned
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.model import Node, NodeRejection, Placement, PlacementRequest, Resources
 from runink.core.plugins import PluginManager
@@ -113,9 +113,12 @@ class Scheduler:
         return retry
 
     def _attempt(self, now: float) -> PassResult:
-        nodes = self.store.nodes()
-        herds = {h.name: h for h in self.store.herds()}
-        tasks = [v for name in herds for v in self.store.tasks(name)]
+        nodes_read, herds_read = self.store.later(self.store.nodes), self.store.later(self.store.herds)
+        # the live tasks only (pending, or holding room on a node): one scan however many ended
+        live = self.store.live()
+        nodes = nodes_read()
+        herds = {h.name: h for h in herds_read()}
+        tasks = [v for v in live if v.record.herd in herds]
         # Greater than any token an earlier attempt of these tasks got: that token was a revision
         # read before the commit that placed it, so each such task's revision is past it (no
         # read of the Barn's revision of its own: a pass is on every job's way to its node)
@@ -129,8 +132,7 @@ class Scheduler:
         writes: list[tuple[str, Record | None]] = []
         read: list[tuple[str, int]] = []
         written: list[str] = []  # the task id of each write
-        records = {v.record.id: v.record for v in tasks}
-        tasks, skips = self._upstream_settled(tasks, records)
+        tasks, skips, records = self._upstream_settled(tasks)
         for versioned in tasks:
             task = versioned.record
             if task.state in ACTIVE and task.node is not None:
@@ -253,14 +255,34 @@ class Scheduler:
         return result
 
     def _upstream_settled(
-        self, tasks: list[Versioned[TaskRecord]], records: dict[str, TaskRecord]
-    ) -> tuple[list[Versioned[TaskRecord]], list[_Writes]]:
-        """The tasks this pass may consider, and the writes of the tasks it skips, one entry per
+        self, tasks: list[Versioned[TaskRecord]]
+    ) -> tuple[list[Versioned[TaskRecord]], list[_Writes], dict[str, TaskRecord]]:
+        """The tasks this pass may consider, the writes of the tasks it skips, one entry per
         job (its tasks' and its own: never committed apart, so a job is never left behind its
-        tasks). A PENDING task waits while a task it comes ``after`` has not ended, and is
-        SKIPPED once one ended without succeeding, or one it must be placed ``near`` ended
-        without a node (never placed: there is no node to place it on). ``records``: every
-        task by id."""
+        tasks), and the records of the tasks theirs name (``after``, ``near``) by id. A PENDING
+        task waits while a task it comes ``after`` has not ended, and is SKIPPED once one ended
+        without succeeding, or one it must be placed ``near`` ended without a node (never
+        placed: there is no node to place it on). ``tasks``: the live ones; the tasks of a job
+        one of them waits on are read when a task it names is not live (it ended)."""
+        records = {v.record.id: v.record for v in tasks}
+        siblings: dict[str, list[TaskRecord]] = {}  # job id -> all its tasks, for the jobs read
+
+        def job_tasks(job_id: str) -> list[TaskRecord]:
+            if job_id not in siblings:
+                job = self.store.job(job_id).record
+                siblings[job_id] = [v.record for v in self.store.job_tasks(job)]
+                for sibling in siblings[job_id]:
+                    records.setdefault(sibling.id, sibling)
+            return siblings[job_id]
+
+        for versioned in tasks:
+            task = versioned.record
+            named = [*task.after, *(n.task for n in task.near)]
+            if task.state is RunState.PENDING and any(other not in records for other in named):
+                try:
+                    job_tasks(task.job_id)
+                except NotFound:  # (its job deleted meanwhile: a name not found counts as failed)
+                    siblings[task.job_id] = []
         kept: list[Versioned[TaskRecord]] = []
         skipped: dict[str, list[TaskRecord]] = {}  # job id -> its tasks skipped now
         groups: dict[str, _Writes] = {}  # job id -> what its skips read and write
@@ -291,15 +313,14 @@ class Scheduler:
         for job_id, changed_tasks in skipped.items():
             job = self.store.job(job_id)
             now = {t.id: t for t in changed_tasks}
-            siblings = [now.get(v.record.id, v.record) for v in tasks if v.record.job_id == job_id]
-            new_state = job_state(siblings)
+            new_state = job_state([now.get(t.id, t) for t in job_tasks(job_id)])
             if new_state is not job.record.state:
                 finished = time.time() if new_state.final else None
                 compare, writes = groups[job_id]
                 compare.append((keys.job(job.record.herd, job_id), job.revision))
                 ended = job.record.model_copy(update={"state": new_state, "finished": finished})
                 writes.append((keys.job(job.record.herd, job_id), ended))
-        return kept, list(groups.values())
+        return kept, list(groups.values()), records
 
     def _place_near(
         self,

@@ -9,7 +9,9 @@ the scheduler's placements, a job and its tasks) is all or nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -21,8 +23,10 @@ from runink.core.interfaces.barn import BarnBackend, TxnOp
 from runink.core.model import check_name
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 MAX_CONFLICT_RETRIES = 20
-DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 1024 operations)
+READ_THREADS = 8  # reads a process's stores have in flight at once through ``later``
+DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 4,096 operations)
 HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
 
 
@@ -51,14 +55,21 @@ class ClusterStore:
     # the same transaction as the herd's key, by every write of it here (``_herd_ops``, and
     # ``commit`` for a Herd); an entry written before the copies (empty) is read from the key.
     HERD_INDEX = "/cluster/herds/"
-    # node/herd/task -> a copy of the task record, while that node's agent must run or stop it
-    # (``assigned_to``): an agent's assignments and a dead node's tasks are one small scan, not
-    # a scan of every task ever run. Written by ``commit`` in the same transaction as the task
-    # (so the copy has the task key's mod_revision, and a compare of one holds for the other);
-    # every write of a placed task goes through ``commit``.
-    ASSIGNED = "/cluster/assigned/"
-    # set once every assigned task has its entry (``index_assigned``: a Barn from before the index)
-    ASSIGNED_BUILT = "/cluster/assigned-built"
+    # The live tasks: a copy of each task record that a scheduler pass or an agent must look
+    # at, so those are small scans, not scans of every task ever run. Written in the same
+    # transaction as the task (``_index_ops``, from ``commit`` and ``submit``: every write of a
+    # task goes through one of them), so a copy has its task key's mod_revision and a compare
+    # of one holds for the other. Under one prefix: a pass reads them all in one scan.
+    LIVE = "/cluster/live/"
+    # node/herd/task while that node's agent must run or stop it (``assigned_to``): an agent's
+    # assignments and a dead node's tasks
+    ASSIGNED = LIVE + "on/"
+    # herd/task while it is PENDING: what a pass may place
+    PENDING = LIVE + "pending/"
+    # set once every live task has its entries (``index_live``: a Barn from before the index)
+    LIVE_BUILT = "/cluster/live-built"
+    # where assigned tasks were indexed before (emptied by ``index_live``)
+    OLD_ASSIGNED, OLD_ASSIGNED_BUILT = "/cluster/assigned/", "/cluster/assigned-built"
 
     def __init__(self, barn: BarnBackend) -> None:
         self.barn = barn
@@ -74,6 +85,14 @@ class ClusterStore:
         self._herd_of: dict[str, str] = {}
 
     # --- reading -----------------------------------------------------------------------
+
+    def later(self, read: Callable[[], T]) -> Callable[[], T]:
+        """``read``'s answer, taken by calling what this returns: on a remote Barn the read
+        starts now on another thread, so its round trip overlaps the caller's next ones (a
+        scheduler pass's three scans, a submission's two reads); else it reads when taken."""
+        if not self.barn.remote:
+            return read
+        return _reads().submit(read).result
 
     def _get(self, key: str, model: type[R]) -> Versioned[R] | None:
         kv = self.barn.get(key)
@@ -170,6 +189,11 @@ class ClusterStore:
             tasks.append(Versioned(_parse(TaskRecord, kv.value, kv.key), kv.mod_revision))
         return tasks
 
+    def live(self) -> list[Versioned[TaskRecord]]:
+        """Every task that is PENDING or assigned to a node (``assigned_to``), from the index:
+        one scan, however many tasks ended before. Each revision is its task key's."""
+        return self._scan(self.LIVE, TaskRecord)
+
     def assigned(self, node_id: str | None = None) -> list[Versioned[TaskRecord]]:
         """The tasks ``node_id``'s agent must run or stop (``assigned_to``; None: every node's),
         from the index: one scan of those entries. Each revision is its task key's (written
@@ -196,17 +220,23 @@ class ClusterStore:
             raise Conflict("a record changed since it was read")
         return revision
 
-    def index_assigned(self) -> int:
-        """Give every assigned task its ASSIGNED entry, once: a Barn written before the index
-        holds tasks without one (their agents would not see them). Each task is written again
-        as it is, comparing its revision (``commit`` adds the entry; one changed meanwhile got
-        its entry from that write). Returns how many were indexed now."""
-        if self.barn.get(self.ASSIGNED_BUILT) is not None:
+    def index_live(self) -> int:
+        """Give every live task its index entries, once: a Barn written before the index (or
+        before its PENDING entries) holds tasks without them (a pass would not place them, their
+        agents would not see them). Each such task is written again as it is, comparing its
+        revision (``commit`` adds the entries; one changed meanwhile got them from that write);
+        then the entries of the index's old place go. Returns how many tasks were indexed."""
+        if self.barn.get(self.LIVE_BUILT) is not None:
             return 0
         indexed = 0
+        entries = {kv.key for kv in self.barn.scan(self.LIVE)}
         for versioned in self.tasks():
             task = versioned.record
-            if assigned_to(task) is None:
+            node = assigned_to(task)
+            if task.state is RunState.PENDING:
+                if pending_key(task) in entries:
+                    continue
+            elif node is None or assigned_key(node, task) in entries:
                 continue
             key = keys.task(task.herd, task.id)
             try:
@@ -214,7 +244,10 @@ class ClusterStore:
                 indexed += 1
             except Conflict:
                 continue
-        self.barn.transaction([(self.ASSIGNED_BUILT, 0)], [TxnOp(self.ASSIGNED_BUILT, b"1")])
+        old = [kv.key for kv in self.barn.scan(self.OLD_ASSIGNED)] + [self.OLD_ASSIGNED_BUILT]
+        for start in range(0, len(old), DELETE_BATCH):
+            self.barn.transaction([], [TxnOp(key, None) for key in old[start : start + DELETE_BATCH]])
+        self.barn.transaction([(self.LIVE_BUILT, 0)], [TxnOp(self.LIVE_BUILT, b"1")])
         return indexed
 
     def _herd_ops(self, herd: Herd) -> list[TxnOp]:
@@ -253,6 +286,7 @@ class ClusterStore:
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
         ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
+        ops += [entry for task, op in zip(tasks, ops[2:], strict=True) for entry in _index_ops(task, op.value)]
         absent = [*((key, 0) for key, _ in writes), (self.JOB_INDEX + job.id, 0)]
         for attempt in range(MAX_CONFLICT_RETRIES):
             if attempt or herd is None:
@@ -302,7 +336,8 @@ class ClusterStore:
         doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self.barn.scan(keys.jobs(name))]
         doomed += [kv.key for kv in self.barn.scan(f"{keys.HERDS}{name}/") if kv.key != herd_key]
         # (a cancelled task whose node never said it stopped keeps its entry: ended, yet indexed)
-        doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if kv.key.split("/")[4] == name]
+        doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if _herd_of_entry(kv.key) == name]
+        doomed += [kv.key for kv in self.barn.scan(f"{self.PENDING}{name}/")]
         for start in range(0, len(doomed), DELETE_BATCH):
             batch = [TxnOp(key, None) for key in doomed[start : start + DELETE_BATCH]]
             held, _ = self.barn.transaction([(herd_key, marked)], batch)
@@ -321,6 +356,12 @@ class ClusterStore:
             job = versioned.record
             if not job.state.final:
                 raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")
+
+
+@functools.cache
+def _reads() -> ThreadPoolExecutor:
+    """The threads ``ClusterStore.later`` reads on (one process's stores share them)."""
+    return ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="barn-read")
 
 
 def assigned_to(task: TaskRecord) -> str | None:
@@ -344,17 +385,39 @@ def assigned_key(node_id: str, task: TaskRecord) -> str:
     return f"{ClusterStore.ASSIGNED}{node_id}/{task.herd}/{task.id}"
 
 
+def pending_key(task: TaskRecord) -> str:
+    return f"{ClusterStore.PENDING}{task.herd}/{task.id}"
+
+
+def _herd_of_entry(key: str) -> str:
+    """The herd of an ASSIGNED entry's key (``ASSIGNED``node/herd/task)."""
+    return key[len(ClusterStore.ASSIGNED) :].split("/")[1]
+
+
 def _index_ops(task: TaskRecord, value: bytes | None) -> list[TxnOp]:
-    """What keeps ``task``'s ASSIGNED entry right as it is written: its copy under the node it
-    is assigned to, else no entry under the last node it was on. A task is assigned only by
-    the scheduler, from PENDING (on no node), and leaves its node by a write that records the
-    move in a transition naming that node (or keeps the node set): so the last node named is
-    the only one that can hold an entry."""
+    """What keeps ``task``'s live entries right as it is written (``value``: its record).
+
+    ASSIGNED: its copy under the node it is assigned to, else no entry under the last node it
+    was on. A task is assigned only by the scheduler, from PENDING (on no node), and leaves its
+    node by a write that records the move in a transition naming that node (or keeps the node
+    set): so the last node named is the only one that can hold an entry.
+
+    PENDING: its copy while it is PENDING, else no entry. (Every other write deletes it: the
+    record cannot say whether it was PENDING before this write, which may make several
+    transitions at once; the Barn drops the delete of a key that is not there.)"""
+    ops: list[TxnOp] = []
     node = assigned_to(task)
     if node is not None:
-        return [TxnOp(assigned_key(node, task), value)]
-    last = task.node or next((t.node for t in reversed(task.transitions) if t.node is not None), None)
-    return [] if last is None else [TxnOp(assigned_key(last, task), None)]
+        ops.append(TxnOp(assigned_key(node, task), value))
+    else:
+        last = task.node or next((t.node for t in reversed(task.transitions) if t.node is not None), None)
+        if last is not None:
+            ops.append(TxnOp(assigned_key(last, task), None))
+    if task.state is RunState.PENDING:
+        ops.append(TxnOp(pending_key(task), value))
+    else:
+        ops.append(TxnOp(pending_key(task), None))
+    return ops
 
 
 def _parse(model: type[R], value: bytes, key: str) -> R:

@@ -43,6 +43,10 @@ class TxnOp:
 class BarnBackend(ABC):
     GROUP: ClassVar[str] = "runink.barn_backends"
     name: ClassVar[str] = ""
+    #: each call is a round trip to another process, so calls made from several threads at
+    #: once overlap (``ClusterStore.later`` starts independent reads together); an in-process
+    #: Barn would only pay for the threads
+    remote: ClassVar[bool] = False
 
     @abstractmethod
     def get(self, key: str) -> KeyValue | None: ...

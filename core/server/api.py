@@ -269,7 +269,7 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
     @app.get("/v1/herds/{name}")
     def describe_herd(name: NamePath) -> dict[str, Any]:
         herd = store.herd(name).record
-        use = _use([v.record for v in store.tasks(name)])
+        use = _use([v.record for v in store.live() if v.record.herd == name])  # (not every task ever run)
         return {**_dump(herd), "used": use}
 
     @app.delete("/v1/herds/{name}", status_code=204)
@@ -398,13 +398,13 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
 
     @app.get("/v1/nodes")
     def list_nodes() -> dict[str, Any]:
-        tasks = [v.record for v in store.tasks()]
+        tasks = [v.record for v in store.assigned()]
         return {"nodes": [node_view(v.record, tasks) for v in store.nodes()]}
 
     @app.get("/v1/nodes/{node_id}")
     def describe_node(node_id: NamePath) -> dict[str, Any]:
         node = store.node(node_id).record
-        return node_view(node, [v.record for v in store.tasks()])
+        return node_view(node, [v.record for v in store.assigned(node.id)])
 
     @app.post("/v1/nodes/{node_id}/cordon")
     def cordon(node_id: NamePath) -> dict[str, Any]:

@@ -72,9 +72,9 @@ class ControlLoop:
         if not self._leading:
             if not self._claim():
                 return None
-            indexed = self.store.index_assigned()  # (a Barn from before the index: once)
+            indexed = self.store.index_live()  # (a Barn from before the index: once)
             if indexed:
-                log.info("indexed %d assigned tasks by node", indexed)
+                log.info("indexed %d live tasks (placed or pending)", indexed)
             log.info("leader: scheduling here (every node gets a full liveness timeout)")
             self._leading = True
         dead = self.liveness.observe(now_monotonic) if observe else []

@@ -36,7 +36,7 @@ DEFAULT_DEDUP = 10_000
 MAX_ID = 2**63 - 1  # lease ids and revisions: what etcd's int64 holds
 MAX_TTL = 10 * 365 * 86400.0  # seconds: ten years; deadlines stay finite
 MAX_REQUEST_ID = 128  # characters
-MAX_TXN_OPS = 1024  # compares, and operations per side
+MAX_TXN_OPS = 4096  # compares, and operations per side (a 1,000-task pipeline writes ~2,000 with its index)
 
 log = logging.getLogger("runink.barn")
 

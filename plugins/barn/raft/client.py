@@ -34,6 +34,7 @@ WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
 
 class RaftBarn(BarnBackend):
     name: ClassVar[str] = "raft"
+    remote: ClassVar[bool] = True
     options_schema: ClassVar[OptionsSchema] = {
         "endpoints": (list, tuple, str),
         "timeout": float,

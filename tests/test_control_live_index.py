@@ -1,7 +1,7 @@
-"""The store's index of assigned tasks by node (ClusterStore.ASSIGNED): after any sequence of
-submissions, scheduler passes, reports (late ones too), cancellations, node deaths and herd
-deletions, each node's entries are exactly the tasks a full scan finds assigned to it, with
-the same record and revision."""
+"""The store's index of live tasks (ClusterStore.LIVE): after any sequence of submissions,
+scheduler passes, reports (late ones too), cancellations, node deaths and herd deletions, each
+node's ASSIGNED entries are exactly the tasks a full scan finds assigned to it, and the PENDING
+entries exactly the tasks a full scan finds PENDING, with the same record and revision."""
 
 from __future__ import annotations
 
@@ -36,11 +36,21 @@ def check_index(store: ClusterStore) -> None:
         node = assigned_to(versioned.record)
         if node is not None:
             expected.setdefault(node, {})[versioned.record.id] = (versioned.record, versioned.revision)
-    indexed_nodes = {kv.key.split("/")[3] for kv in store.barn.scan(ClusterStore.ASSIGNED)}
+    entries = store.barn.scan(ClusterStore.ASSIGNED)
+    indexed_nodes = {kv.key[len(ClusterStore.ASSIGNED) :].split("/")[0] for kv in entries}
     assert indexed_nodes <= set(expected), "an entry under a node with no assigned task"
     for node in {*NODES, *expected}:
         found = {v.record.id: (v.record, v.revision) for v in store.assigned(node)}
         assert found == expected.get(node, {}), node
+    pending = {v.record.id: (v.record, v.revision) for v in store.tasks() if v.record.state is RunState.PENDING}
+    indexed = {kv.key: kv for kv in store.barn.scan(ClusterStore.PENDING)}
+    assert {key.rsplit("/", 1)[1] for key in indexed} == set(pending)
+    for v in store.live():
+        if v.record.state is RunState.PENDING:
+            assert pending[v.record.id] == (v.record, v.revision)
+    # the live tasks are the assigned ones and the pending ones, each once
+    live = sorted(v.record.id for v in store.live())
+    assert live == sorted([*pending, *(t for tasks in expected.values() for t in tasks)])
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -106,7 +116,7 @@ def test_the_index_equals_a_full_scan_after_random_operations(manager: PluginMan
         store.delete_herd("ops")
     except (Refused, Conflict):
         pytest.fail("the herd's jobs were all cancelled")
-    assert not [kv for kv in store.barn.scan(ClusterStore.ASSIGNED) if kv.key.split("/")[4] == "ops"]
+    assert not [kv for kv in store.barn.scan(ClusterStore.LIVE) if "/ops/" in kv.key]
     check_index(store)
 
 
@@ -119,13 +129,36 @@ def test_lifecycle_assignments_come_from_the_index(manager: PluginManager) -> No
     Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
     (task,) = life.assignments("n1")
     assert task.job_id == job.id and task.state is RunState.SCHEDULED
-    # an entry is all assignments() reads: without it (a Barn from before the index) none
-    store.barn.delete(f"{ClusterStore.ASSIGNED}n1/lab/{task.id}")
+    check_index(store)
+
+
+def test_a_barn_from_before_the_live_index_is_indexed_once_by_the_leader(manager: PluginManager) -> None:
+    """A Barn written by an older version: assigned tasks indexed at the old place, pending
+    tasks not at all. Neither is seen (an agent gets nothing, a pass places nothing) until
+    ``index_live`` (the leader's first round) gives each its entries and empties the old place."""
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
+    scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+    placed = life.submit_command("lab", ["/bin/true"])
+    scheduler.run_pass(now=0.0)
+    waiting = life.submit_command("lab", ["/bin/true"])
+    (task,) = life.assignments("n1")
+    # what the older version left: no live entries; an old entry (and its marker) per assigned task
+    for kv in store.barn.scan(ClusterStore.LIVE):
+        store.barn.delete(kv.key)
+    store.barn.put(f"{ClusterStore.OLD_ASSIGNED}n1/lab/{task.id}", b"{}")
+    store.barn.put(ClusterStore.OLD_ASSIGNED_BUILT, b"1")
     assert life.assignments("n1") == []
-    # ... until the leader indexes the Barn's assigned tasks (once)
-    assert store.index_assigned() == 1
-    assert [t.id for t in life.assignments("n1")] == [task.id]
-    assert store.index_assigned() == 0
+    assert scheduler.run_pass(now=0.0).placed == {}
+    assert store.index_live() == 2
+    assert [t.job_id for t in life.assignments("n1")] == [placed.id]
+    assert store.barn.scan(ClusterStore.OLD_ASSIGNED) == [] and store.barn.get(ClusterStore.OLD_ASSIGNED_BUILT) is None
+    check_index(store)
+    assert store.index_live() == 0  # once
+    assert list(scheduler.run_pass(now=0.0).placed.values()) == ["n1"]
+    assert sorted(t.job_id for t in life.assignments("n1")) == sorted([placed.id, waiting.id])
     check_index(store)
 
 
@@ -138,6 +171,7 @@ def test_a_task_ended_on_its_node_leaves_that_nodes_entries(manager: PluginManag
     Scheduler(store, manager, load_driver(SchedulerPolicy, "spread")).run_pass(now=0.0)
     (task,) = life.assignments("n1")
     key = f"{ClusterStore.ASSIGNED}n1/lab/{task.id}"
+    assert store.barn.get(f"{ClusterStore.PENDING}lab/{task.id}") is None  # (placed: no longer pending)
     assert store.barn.get(key).mod_revision == store.task("lab", task.id).revision  # type: ignore[union-attr]
     assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, started=1.0)
     assert store.barn.get(key) is None and life.assignments("n1") == []
@@ -200,3 +234,39 @@ def test_a_dead_node_with_more_tasks_than_one_transaction_holds_gives_them_all_b
     assert life.assignments("n1") == []
     assert all(v.record.state is RunState.PENDING for v in store.tasks())
     check_index(store)
+
+
+class CountingBarn(MemoryBarn):
+    """A memory Barn that counts the records each scan returns, by prefix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scanned: dict[str, int] = {}
+
+    def scan(self, prefix: str, *, limit: int | None = None) -> list:  # type: ignore[override]
+        found = super().scan(prefix, limit=limit)
+        self.scanned[prefix] = self.scanned.get(prefix, 0) + len(found)
+        return found
+
+
+def test_a_pass_reads_the_live_tasks_not_every_task_ever_run(manager: PluginManager) -> None:
+    barn = CountingBarn()
+    store = ClusterStore(barn)
+    store.create_herd(Herd(name="lab"))
+    life = Lifecycle(store)
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
+    scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+    for _ in range(40):  # a history of ended tasks
+        life.submit_command("lab", ["/bin/true"])
+        scheduler.run_pass(now=0.0)
+        (task,) = life.assignments("n1")
+        assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, started=1.0)
+    running = life.submit_command("lab", ["/bin/true"])
+    scheduler.run_pass(now=0.0)
+    waiting = life.submit_command("lab", ["/bin/true"])
+    barn.scanned.clear()
+    placed = scheduler.run_pass(now=0.0).placed
+    assert list(placed) == store.job(waiting.id).record.tasks
+    assert not [prefix for prefix in barn.scanned if prefix.startswith(keys.HERDS)], barn.scanned
+    assert barn.scanned[ClusterStore.LIVE] == 2  # the running task and the waiting one
+    assert running.id != waiting.id
