@@ -75,6 +75,18 @@ def test_spread_prefers_the_emptiest_node() -> None:
     assert [p.node_id for p in ranking] == ["idle", "half", "busy"]
 
 
+def test_spread_gives_tasks_asking_for_nothing_to_the_node_holding_fewer_tasks() -> None:
+    """Utilisation ties every node for such a task; the node id alone would send them all to
+    the first node."""
+    nothing = PlacementRequest("t", "h", Resources())
+    nodes = [replace(make_node("a"), running=3), replace(make_node("b"), running=1), make_node("c")]
+    ranking = load_driver(SchedulerPolicy, "spread").rank(nothing, nodes, {})
+    assert [p.node_id for p in ranking] == ["c", "b", "a"]
+    # ... but utilisation comes first: a node holding fewer, larger tasks is the fuller one
+    busy = replace(make_node("few", used_cpu=4), running=1)
+    assert load_driver(SchedulerPolicy, "spread").rank(REQUEST, [busy, nodes[0]], {})[0].node_id == "a"
+
+
 def test_binpack_prefers_the_fullest_node() -> None:
     ranking = load_driver(SchedulerPolicy, "binpack").rank(REQUEST, NODES, {})
     assert [p.node_id for p in ranking] == ["busy", "half", "idle"]

@@ -13,8 +13,10 @@ submission (POST /v1/jobs) until SUCCEEDED is visible through the API:
 * **srun /bin/true** (anchor, same machine, taking turns with the client row): Debian's
   slurm-wlm, one slurmctld and one slurmd with munge, task/none, proctrack/linuxproc, started
   by this bench in a temp dir on loopback ports (`apt-get install slurm-wlm munge` first);
-* throughput: N short jobs submitted by 8 threads at once until all ended (jobs/s), against
-  `sbatch --wrap=/bin/true` of N jobs until Slurm's queue is empty.
+* throughput (jobs/s): N short jobs, by 8 threads each running one job at a time (submit,
+  wait until it ended, next); and, measured as Slurm is, the N jobs all submitted (8 threads)
+  then waited for until all ended; against `sbatch --wrap=/bin/true` of N jobs (one after
+  another) until Slurm's queue is empty.
 
 Needs root. Traffic stays on loopback.
 """
@@ -59,16 +61,22 @@ class Runink:
     def run_one(self, client: httpx.Client | None = None) -> float:
         http = client or self.http
         started = time.perf_counter()
+        self.wait_ended(http, self.submit(http))
+        return (time.perf_counter() - started) * 1000
+
+    def submit(self, http: httpx.Client) -> str:
         answer = http.post(self.apis[0] + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
         answer.raise_for_status()
-        job_id = answer.json()["job"]["id"]
+        return str(answer.json()["job"]["id"])
+
+    def wait_ended(self, http: httpx.Client, job_id: str) -> None:
         revision = 0
         while True:  # each read waits on the server for the job's next change (as `runink exec`)
             job = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision}).json()
             state, revision = job["job"]["state"], job["revision"]
             if state in FINAL:
                 assert state == "SUCCEEDED", state
-                return (time.perf_counter() - started) * 1000
+                return
 
     def run_cli(self) -> float:
         started = time.perf_counter()
@@ -187,6 +195,19 @@ def runink_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     return count / (time.perf_counter() - started)
 
 
+def runink_batch_rate(cluster: Runink, count: int, threads: int = 8) -> float:
+    """As ``sbatch_rate`` measures Slurm: every job submitted (by ``threads`` at once, each
+    POST answered once the job is stored), then each waited for until it ended."""
+    started = time.perf_counter()
+    clients = [httpx.Client(timeout=30) for _ in range(threads)]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        jobs = list(pool.map(lambda i: cluster.submit(clients[i % threads]), range(count)))
+        list(pool.map(lambda i: cluster.wait_ended(clients[i % threads], jobs[i]), range(count)))
+    for client in clients:
+        client.close()
+    return count / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -214,7 +235,8 @@ def main() -> None:
             rows.append(
                 ("runink exec -- /bin/true, CLI (its start included)", [cluster.run_cli() for _ in range(cli_runs)])
             )
-            rates.append(("runink, 8 threads submitting /bin/true", runink_rate(cluster, jobs)))
+            rates.append(("runink, 8 threads each running a job at a time", runink_rate(cluster, jobs)))
+            rates.append(("runink, all submitted (8 threads), then waited for", runink_batch_rate(cluster, jobs)))
             if slurm is not None:
                 rates.append(("sbatch --wrap=/bin/true (OverSubscribe=FORCE:16)", slurm.sbatch_rate(jobs)))
         finally:

@@ -2,8 +2,9 @@
 ``round-robin``, ``weighted``, ``least-connections`` and ``random``.
 
 Spread and binpack look at the fraction of each node's cpu and memory that would be in use
-after placing the task; spread prefers the emptiest node (even wear, room for bursts), binpack
-the fullest one that still fits (keeps whole nodes free for big tasks, or to power them down).
+after placing the task; spread prefers the emptiest node (even wear, room for bursts; between
+nodes used alike, the one holding fewer tasks), binpack the fullest one that still fits (keeps
+whole nodes free for big tasks, or to power them down).
 The other four are the classic load-balancing strategies (each class says how it scores).
 
 Every policy ranks only the nodes the filters kept (those the task fits on), and gives the
@@ -43,11 +44,26 @@ def _utilisation_after(request: PlacementRequest, node: Node) -> float:
     return min(1.0, max(0.0, sum(shares) / len(shares)))
 
 
+#: the share of spread's score given to how few tasks a node holds: it only orders nodes whose
+#: utilisation is (nearly) the same
+SPREAD_TASKS_SHARE = 1e-3
+
+
 class SpreadPolicy(SchedulerPolicy):
+    """The emptiest node by cpu and memory first; between nodes used alike, the one holding
+    fewer tasks: tasks that ask for no cpu and no memory (a plain ``runink exec``) take none of
+    either, so utilisation alone would tie every node for them and the first by id would take
+    them all."""
+
     name = "spread"
 
     def score_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> Mapping[str, float]:
-        return {node.id: 1.0 - _utilisation_after(request, node) for node in nodes}
+        most = max((node.running for node in nodes), default=0)
+        return {
+            node.id: (1.0 - _utilisation_after(request, node)) * (1.0 - SPREAD_TASKS_SHARE)
+            + SPREAD_TASKS_SHARE * (1.0 - node.running / (most + 1))
+            for node in nodes
+        }
 
 
 class BinpackPolicy(SchedulerPolicy):
