@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from runink.core.control.records import Amount, Herd, JobRecord, NodeRecord, Quota, TaskRecord, keys
 from runink.core.control.scheduler import Scheduler
-from runink.core.control.store import ClusterStore
+from runink.core.control.store import ClusterStore, pending_key
 from runink.core.drivers import load_driver
 from runink.core.interfaces import BarnBackend, SchedulerPolicy
 from runink.core.interfaces.barn import TxnOp
@@ -104,7 +104,9 @@ def load(barn: BarnBackend, nodes: list[NodeRecord], tasks: list[TaskRecord]) ->
         for task in tasks[start : start + SUBMIT_BATCH]:
             job = JobRecord(id=task.job_id, herd=task.herd, tasks=[task.id])
             ops.append(TxnOp(keys.job(job.herd, job.id), job.model_dump_json().encode()))
-            ops.append(TxnOp(keys.task(task.herd, task.id), task.model_dump_json().encode()))
+            value = task.model_dump_json().encode()
+            ops.append(TxnOp(keys.task(task.herd, task.id), value))
+            ops.append(TxnOp(pending_key(task), value))  # (ClusterStore.submit's index entry)
             ops.append(TxnOp(ClusterStore.JOB_INDEX + job.id, job.herd.encode()))
         held, _ = barn.transaction([], ops)
         assert held
