@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         AuthRequest,
         AuthzDecision,
         DriverSpec,
+        Grant,
         Identity,
         LineageEvent,
         LogEntry,
@@ -180,8 +181,12 @@ class Hooks:
         identity: Identity | None = self._hook.runink_authenticate(request=request)
         return identity
 
-    def authorize(self, identity: Identity, action: str, resource: str, herd: str) -> list[Answer[AuthzDecision]]:
-        return _answers(self._hook.runink_authorize(identity=identity, action=action, resource=resource, herd=herd))
+    def authorize(
+        self, identity: Identity, action: str, resource: str, herd: str, grants: Sequence[Grant] = ()
+    ) -> list[Answer[AuthzDecision]]:
+        return _answers(
+            self._hook.runink_authorize(identity=identity, action=action, resource=resource, herd=herd, grants=grants)
+        )
 
     # --- scheduling ---------------------------------------------------------------------
 

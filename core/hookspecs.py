@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         AuthRequest,
         AuthzDecision,
         DriverSpec,
+        Grant,
         Identity,
         LineageEvent,
         LogEntry,
@@ -82,10 +83,15 @@ def runink_authenticate(request: AuthRequest) -> Identity | None:
 
 
 @hookspec
-def runink_authorize(identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision | None:
+def runink_authorize(
+    identity: Identity, action: str, resource: str, herd: str, grants: Sequence[Grant]
+) -> AuthzDecision | None:
     """Vote on whether ``identity`` may perform ``action`` (e.g. ``"jobs.submit"``) on ``resource`` in ``herd``.
 
-    Called once per authorized operation by ``runink.core.security.authorize``. Return an
+    Called once per authorized operation by ``runink.core.security.authorize``. ``grants``:
+    the roles the identity holds in ``herd`` and cluster-wide (its bindings in the Barn and
+    what its token grants), read by the server; a plugin that needs them names the argument
+    (pluggy passes an implementation only the arguments it names). Return an
     ``AuthzDecision`` to allow or deny, or ``None`` to abstain. Combined: any deny wins;
     otherwise at least one allow is needed; with no votes at all the answer is deny.
     """

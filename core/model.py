@@ -145,6 +145,16 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """A role an identity holds: in ``herd``, or in every herd (``herd == "*"``, the cluster
+    roles). ``source`` says where it comes from (a binding in the Barn, the token itself)."""
+
+    role: str
+    herd: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class AuthzDecision:
     """An authorization plugin's vote: allow or deny, with the reason shown to the user on deny."""
 

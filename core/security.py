@@ -1,12 +1,46 @@
-"""Authentication and authorization: the chains of hook plugins the API server runs per request."""
+"""Authentication and authorization: the chains of hook plugins the API server runs per request,
+and the built-in roles a herd's bindings name.
+
+An action is ``RESOURCE.VERB`` (``jobs.submit``). A role is a set of actions; a binding gives
+a role to a subject (a user, a group, a service account) in one herd, or in every herd (the
+cluster roles, herd ``*``). Which plugin decides is configuration: the built-in RBAC plugin
+allows what the identity's roles allow; OPA or a plugin of your own may vote too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from runink.core.errors import AuthenticationError
-from runink.core.model import AuthRequest, AuthzDecision, Identity
+from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
+
+CLUSTER = "*"  # the herd of a cluster-wide grant or action
+
+_READ = frozenset({"herds.read", "jobs.read", "logs.read"})
+_RUN = _READ | {"jobs.submit", "jobs.cancel"}
+_ADMIN = _RUN | {"rbac.read", "rbac.bind", "tokens.create"}
+#: the built-in roles: what each lets its holder do in the herd it is bound in (``cluster-*``:
+#: in every herd, and the actions of no herd: herds, nodes, cluster bindings)
+ROLES: dict[str, frozenset[str]] = {
+    "viewer": _READ,
+    "runner": _RUN,
+    "editor": _RUN | {"rbac.read"},
+    "admin": _ADMIN,
+    "cluster-viewer": _READ | {"nodes.read", "rbac.read"},
+    "cluster-admin": _ADMIN | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update"},
+}
+HERD_ROLES = ("viewer", "runner", "editor", "admin")
+CLUSTER_ROLES = ("cluster-viewer", "cluster-admin")
+
+
+def allows(grants: Sequence[Grant], action: str, herd: str) -> Grant | None:
+    """The first grant whose role allows ``action`` in ``herd`` (a cluster grant: any herd)."""
+    for grant in grants:
+        if action in ROLES.get(grant.role, ()) and grant.herd in (herd, CLUSTER):
+            return grant
+    return None
 
 
 def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
@@ -17,11 +51,13 @@ def authenticate(manager: PluginManager, request: AuthRequest) -> Identity:
     return identity
 
 
-def authorize(manager: PluginManager, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
+def authorize(
+    manager: PluginManager, identity: Identity, action: str, resource: str, herd: str, *, grants: Sequence[Grant] = ()
+) -> AuthzDecision:
     """Combine every plugin's vote: any deny wins, else one allow is needed; no votes means deny."""
     votes: list[AuthzDecision] = [
         replace(answer.value, plugin=answer.plugin)
-        for answer in manager.hooks.authorize(identity, action, resource, herd)
+        for answer in manager.hooks.authorize(identity, action, resource, herd, grants)
     ]
     for vote in votes:
         if not vote.allowed:
@@ -29,4 +65,5 @@ def authorize(manager: PluginManager, identity: Identity, action: str, resource:
     for vote in votes:
         if vote.allowed:
             return vote
-    return AuthzDecision(False, f"no authorization plugin allows {action} on {resource} in herd {herd}", "")
+    where = "the cluster" if herd == CLUSTER else f"herd {herd}"
+    return AuthzDecision(False, f"{identity.subject} may not {action} in {where}", "")
