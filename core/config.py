@@ -35,7 +35,7 @@ from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
-ENV_NOT_KEYS = {"RUNINK_CONFIG", "RUNINK_DEBUG"}
+ENV_NOT_KEYS = {"RUNINK_CONFIG", "RUNINK_DEBUG", "RUNINK_TOKEN"}
 ENV_ALIASES = {
     "RUNINK_DISABLE_PLUGINS": "plugins.disable",
     "RUNINK_LOAD_PLUGINS": "plugins.load",

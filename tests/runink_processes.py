@@ -27,3 +27,30 @@ def ready(process: subprocess.Popen[str], log: Path) -> dict[str, Any]:
     assert line, f"it exited before it was ready: {log.read_text()[-2000:]}"
     event: dict[str, Any] = json.loads(line)
     return event
+
+
+def cluster_auth(folder: Path, env: dict[str, str]) -> list[str]:
+    """A cluster's token key in ``folder`` and a cluster-admin token in ``env["RUNINK_TOKEN"]``
+    (what the CLI sends, and ``admin_headers`` reads); returns the flags a server needs."""
+    from runink.core.model import Grant
+    from runink.core.security import CLUSTER
+    from runink.core.server.auth import ClusterTokens, new_key_file
+
+    key = folder / "auth-key.pem"
+    if not key.exists():
+        new_key_file(key)
+    env["RUNINK_TOKEN"] = ClusterTokens([key]).mint("admin", [Grant("cluster-admin", CLUSTER)], 3600)[0]
+    return ["--auth-key", str(key)]
+
+
+def admin_headers(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The Authorization header of the admin token: ``env``'s RUNINK_TOKEN (``cluster_auth``),
+    else the one `runink up` left in the context file of ``env``'s XDG_CONFIG_HOME."""
+    import os
+
+    env = env if env is not None else dict(os.environ)
+    token = env.get("RUNINK_TOKEN")
+    if not token:
+        base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        token = json.loads((Path(base) / "runink" / "cluster.json").read_text())["token"]
+    return {"Authorization": f"Bearer {token}"}

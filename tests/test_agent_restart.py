@@ -25,7 +25,7 @@ import pytest
 from agent_helpers import ProxyControl, schedule, task_of
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import ready, start_runink
+from runink_processes import cluster_auth, ready, start_runink
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -217,6 +217,7 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
     server_log = tmp_path / "server.log"
     server_args = ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", "--liveness-timeout", "2"]
+    server_args += cluster_auth(tmp_path, env)
     processes: dict[str, subprocess.Popen[str]] = {"server": start_runink(server_args, server_log, env)}
 
     def agent(name: str) -> subprocess.Popen[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import netns
 import pytest
+from runink_processes import admin_headers, cluster_auth
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 
@@ -45,10 +46,12 @@ def lab(tmp_path: Path) -> Iterator[tuple[netns.NetLab, httpx.Client, dict[str, 
         runink = [sys.executable, "-m", "runink"]
         server_address = net.address["srv"]
         processes: dict[str, subprocess.Popen[str]] = {}
+        env: dict[str, str] = {}
+        auth = cluster_auth(tmp_path, env)
         try:
             processes["srv"] = _start(
                 [*net.run_in("srv"), *runink, "server", "--api", f"{server_address}:{API}", "--agents",
-                 f"{server_address}:{GRPC}", "--insecure-bind", "--liveness-timeout", "2"],
+                 f"{server_address}:{GRPC}", "--insecure-bind", "--liveness-timeout", "2", *auth],
                 tmp_path / "srv.log",
             )  # fmt: skip
             _ready(processes["srv"], tmp_path / "srv.log")
@@ -59,7 +62,9 @@ def lab(tmp_path: Path) -> Iterator[tuple[netns.NetLab, httpx.Client, dict[str, 
                     tmp_path / f"{name}.log",
                 )  # fmt: skip
                 _ready(processes[name], tmp_path / f"{name}.log")
-            with httpx.Client(base_url=f"http://{server_address}:{API}", timeout=10) as client:
+            with httpx.Client(
+                base_url=f"http://{server_address}:{API}", timeout=10, headers=admin_headers(env)
+            ) as client:
                 yield net, client, processes
         finally:
             for process in processes.values():

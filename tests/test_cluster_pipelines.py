@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import ready, start_runink
+from runink_processes import admin_headers, cluster_auth, ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agents run slices as root")
 
@@ -28,7 +28,11 @@ def _cluster(tmp: Path, agents: dict[str, str], agent_env: dict[str, str]) -> It
     api, grpc = free_ports(2)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
     processes = [
-        start_runink(["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp / "s.log", env)
+        start_runink(
+            ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", *cluster_auth(tmp, env)],
+            tmp / "s.log",
+            env,
+        )
     ]
     try:
         ready(processes[0], tmp / "s.log")
@@ -126,7 +130,7 @@ def test_bad_submissions_are_refused_with_one_line(
         ),
         ({"herd": "default", "pipeline": str(pipeline), "tasks": [{"scenario": "a"}, {"scenario": "a"}]}, 409, "twice"),
     ):
-        answer = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10)
+        answer = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10, headers=admin_headers(one_agent))
         assert answer.status_code == status and words in answer.text, (body, answer.text)
     assert json.loads(run_cli("jobs", "list", "--json", env=one_agent).stdout) == []  # nothing stored
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import ready, start_runink
+from runink_processes import cluster_auth, ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -25,7 +25,9 @@ def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     api, grpc = free_ports(2)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
     server = start_runink(
-        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}"], tmp_path / "s.log", env
+        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", *cluster_auth(tmp_path, env)],
+        tmp_path / "s.log",
+        env,
     )
     processes = [server]
     try:

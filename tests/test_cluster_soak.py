@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
+from runink_processes import admin_headers
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,7 +45,7 @@ def _post(apis: list[str], body: dict[str, object]) -> str:
     while True:
         for api in apis:
             try:
-                answer = httpx.post(api + "/v1/jobs", json=body, timeout=10)
+                answer = httpx.post(api + "/v1/jobs", json=body, timeout=10, headers=admin_headers())
             except httpx.TransportError:
                 continue
             if answer.status_code == 201:
@@ -87,7 +88,7 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
 
         live = [s["api"] for s in cluster["servers"] if not s.get("killed")]
         deadline = time.monotonic() + FINISH_DEADLINE
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=admin_headers()) as client:
             while True:
                 answer = client.get(str(live[0]) + "/v1/jobs")
                 if answer.status_code != 200:  # (a 503 while the Barn elects: ask again)

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 import runink
-from runink.core.cli import cluster_cmd, config_cmd, contract_cmd, doctor_cmd, jobs_cmd, plugins_cmd, run_cmd
+from runink.core.cli import auth_cmd, cluster_cmd, config_cmd, contract_cmd, doctor_cmd, jobs_cmd, plugins_cmd, run_cmd
 from runink.core.cli.output import print_error
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
@@ -57,6 +57,7 @@ def build_app(state: CliState) -> typer.Typer:
     app.command("doctor")(doctor_cmd.doctor_command)
     jobs_cmd.register(app)
     cluster_cmd.register(app)
+    auth_cmd.register(app)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
     manager = state.plugins()

@@ -4,6 +4,9 @@ The server is found, first match wins, from ``--server``, ``$RUNINK_SERVER``, th
 ``[cluster] server``, or the cluster ``runink up`` started (its context file, as kind sets
 kubectl's context). Several comma-separated addresses may be given: any server answers API
 calls, so the client tries the next one when one cannot be reached.
+
+Every call carries a bearer token, first match wins: ``$RUNINK_TOKEN``, the one ``runink
+login`` stored, or the admin token of the cluster ``runink up`` started.
 """
 
 from __future__ import annotations
@@ -39,6 +42,26 @@ def read_context() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def token_file() -> Path:
+    """Where ``runink login`` keeps the CLI's token (readable by its owner only)."""
+    return context_file().with_name("token")
+
+
+def read_token() -> str | None:
+    """The token the CLI sends (see the module's doc), or None."""
+    if token := os.environ.get("RUNINK_TOKEN", "").strip():
+        return token
+    try:
+        stored = token_file().read_text().strip()
+    except OSError:
+        stored = ""
+    if stored:
+        return stored
+    context = read_context()
+    token = context.get("token") if context else None
+    return token if isinstance(token, str) and token else None
+
+
 def server_addresses(flag: str | None, configured: str | None) -> list[str]:
     """The API addresses to try, in order, as ``http://host:port``."""
     text = flag or os.environ.get("RUNINK_SERVER") or configured
@@ -58,7 +81,9 @@ class ClusterClient:
         import httpx
 
         self.addresses = addresses
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]))
+        token = read_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]), headers=headers)
 
     def close(self) -> None:
         self._http.close()

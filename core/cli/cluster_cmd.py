@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 UP_TIMEOUT = 60.0  # seconds for `runink up`'s servers to elect a leader and its agents to register
 UP_MARK = ".runink-up"  # the file that says `up` made a folder (`down` removes only such a one)
+ADMIN_TOKEN_TTL = 30 * 86400.0  # seconds the admin token `runink up` gives the CLI lasts
 
 
 def _wait_for_signal() -> None:
@@ -46,10 +47,18 @@ def server_command(
     api: str = typer.Option("127.0.0.1:8470", "--api", help="Where the REST API listens, HOST:PORT."),
     agents: str = typer.Option("127.0.0.1:8471", "--agents", help="Where agents connect (gRPC), HOST:PORT."),
     insecure_bind: bool = typer.Option(
-        False, "--insecure-bind", help="Listen on a non-loopback address although nothing authenticates yet."
+        False, "--insecure-bind", help="Listen on a non-loopback address although the API and gRPC are not TLS yet."
     ),
     liveness_timeout: float = typer.Option(
         10.0, "--liveness-timeout", min=0.1, help="Seconds without a heartbeat before a node is dead."
+    ),
+    auth_key: list[Path] = typer.Option(
+        [],
+        "--auth-key",
+        help="The cluster's token signing key (PEM, P-256; `runink up` makes one): the first signs, all verify.",
+    ),
+    insecure_dev: bool = typer.Option(
+        False, "--insecure-dev", help="Authenticate nobody, allow everything (development only; every answer says so)."
     ),
 ) -> None:
     """Run a control-plane server. Flags after `--` start its Barn member (`runink barn serve`'s
@@ -64,6 +73,8 @@ def server_command(
         insecure_bind=insecure_bind,
         liveness_timeout=liveness_timeout,
         config_path=str(state.config_path) if state.config_path else None,
+        auth_keys=list(auth_key),
+        insecure_dev=insecure_dev,
     )
     server = Server(options, state.config(), state.plugins())
     try:
@@ -237,6 +248,14 @@ def up_command(
             raise RuninkError(f"--dir {directory}: not an empty folder (`runink down` removes the cluster's folder)")
         root.mkdir(parents=True, exist_ok=True)
     (root / UP_MARK).write_text("made by `runink up`; `runink down` removes this folder\n")
+    # secure by default, as kind is: the cluster's token key, and a cluster-admin token for this CLI
+    from runink.core.model import Grant
+    from runink.core.security import CLUSTER
+    from runink.core.server.auth import ClusterTokens, new_key_file
+
+    auth_key = root / "auth-key.pem"
+    new_key_file(auth_key)
+    token, _ = ClusterTokens([auth_key]).mint("admin", [Grant("cluster-admin", CLUSTER)], ADMIN_TOKEN_TTL)
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(4 * servers)
@@ -251,7 +270,7 @@ def up_command(
             peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
             api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
             command = [
-                *base, "server", "--api", api, "--agents", grpc, "--",
+                *base, "server", "--api", api, "--agents", grpc, "--auth-key", str(auth_key), "--",
                 "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
             ]  # fmt: skip
             processes.append(_spawn(command, root / f"{name}.log"))
@@ -262,7 +281,7 @@ def up_command(
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
-        _wait_for_leader(started["api"])
+        _wait_for_leader(started["api"], token)
         for i in range(agents):
             name = f"agent-{i}"
             work = root / name
@@ -279,7 +298,10 @@ def up_command(
         raise
     target = context_file()
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(started, indent=2))
+    # the admin token: in the context file, readable by its owner only
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps({**started, "token": token}, indent=2))
     if json_output:
         print_json(started)
     else:
@@ -291,12 +313,12 @@ def up_command(
         )
 
 
-def _wait_for_leader(apis: list[str]) -> None:
+def _wait_for_leader(apis: list[str], token: str) -> None:
     """Until one server answers a write (a leader is elected): create the default herd."""
     import httpx
 
     deadline = time.monotonic() + UP_TIMEOUT
-    with httpx.Client(timeout=5.0) as client:
+    with httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {token}"}) as client:
         while time.monotonic() < deadline:
             for api in apis:
                 try:

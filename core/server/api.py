@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bind, bindings, unbind
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
@@ -39,8 +40,18 @@ from runink.core.control.records import (
     TaskRecord,
 )
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
-from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME
+from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, Grant, Identity
 from runink.core.report import printable
+from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
+from runink.core.server.auth import (
+    INSECURE_HEADER,
+    INSECURE_VALUE,
+    MAX_TTL,
+    ApiAuth,
+    ClusterTokens,
+    Forbidden,
+    Unauthenticated,
+)
 from runink.core.server.feed import JobWaits
 
 log = logging.getLogger(__name__)
@@ -111,6 +122,23 @@ class PipelineIn(Body):
     priority: int = Field(default=0, ge=-1000, le=1000)
 
 
+class BindingIn(Body):
+    kind: SubjectKind
+    subject: str = Field(min_length=1, max_length=MAX_SUBJECT)
+    role: str = Field(min_length=1, max_length=63)
+
+
+class UnbindIn(Body):
+    kind: SubjectKind
+    subject: str = Field(min_length=1, max_length=MAX_SUBJECT)
+
+
+class TokenIn(Body):
+    name: str = Field(pattern=NAME.pattern, max_length=63)  # the service account's
+    role: str = Field(min_length=1, max_length=63)
+    ttl: float = Field(default=3600.0, ge=60, le=MAX_TTL, allow_inf_nan=False)  # seconds
+
+
 class BodyTooLarge(HTTPException):
     """Raised while the body is read (FastAPI passes an HTTPException through as it is)."""
 
@@ -156,6 +184,31 @@ class BodyLimit:
         except BodyTooLarge:
             if not started:
                 await _too_large(scope, send)
+
+
+class InsecureHeader:
+    """Adds INSECURE_HEADER to every answer of a server that authenticates nobody."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (INSECURE_HEADER.lower().encode(), INSECURE_VALUE.encode()),
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
 
 async def _too_large(scope: Scope, send: Send) -> None:
@@ -221,9 +274,29 @@ def _running_usage(store: ClusterStore, tasks: list[TaskRecord]) -> dict[str, di
     return found
 
 
-def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | None = None) -> FastAPI:
+def _caller(request: Request) -> Identity:
+    """(every route but the public ones) The identity the request's token names: 401 without."""
+    auth: ApiAuth = request.app.state.auth
+    return auth.identify(request.headers, request.client.host if request.client else None)
+
+
+Caller = Annotated[Identity, Depends(_caller)]
+
+
+def create_app(
+    lifecycle: Lifecycle,
+    store: ClusterStore,
+    job_waits: JobWaits | None = None,
+    *,
+    auth: ApiAuth | None = None,
+    tokens: ClusterTokens | None = None,
+) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
-    of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored."""
+    of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
+    ``auth``: who may call what (core/server/auth.py); None: nobody is authenticated and every
+    answer says so (``--insecure-dev``). ``tokens``: the cluster's own, minted by the token
+    routes and served as JWKS; None: those routes answer 404."""
+    auth = auth or ApiAuth(None, store, insecure=True)  # type: ignore[arg-type]
     app = FastAPI(
         title="Runink",
         summary="Jobs over a pool of machines: herds with quotas, nodes, jobs and their tasks",
@@ -233,6 +306,14 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, validation_detail(exc.errors()))
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        return _error(401, str(exc), {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return _error(403, str(exc))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -253,33 +334,138 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
         return _error(500, f"internal error: {type(exc).__name__}")
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    if auth.insecure:
+        app.add_middleware(InsecureHeader)
+
+    app.state.auth = auth
+    def action(name: str) -> dict[str, Any]:
+        """A route's declaration of what it does (``openapi_extra``): checked by the tests to
+        be on every route that is not public."""
+        return {"x-runink-action": name}
+
+    # --- who am I, the cluster's keys ----------------------------------------------------
+
+    @app.get("/.well-known/jwks.json", openapi_extra=action("public"))
+    def jwks() -> dict[str, Any]:
+        """The public keys of the cluster's own tokens."""
+        if tokens is None:
+            raise NotFound("this cluster signs no tokens")
+        return tokens.jwks()
+
+    @app.get("/v1/whoami", openapi_extra=action("authenticated"))
+    def whoami(identity: Caller) -> dict[str, Any]:
+        grants = auth.grants(identity, CLUSTER) if not auth.insecure else []
+        return {
+            "subject": identity.subject,
+            "groups": list(identity.groups),
+            "authenticated_by": identity.authenticated_by,
+            "cluster_roles": sorted({g.role for g in grants if g.herd == CLUSTER}),
+        }
 
     # --- herds -------------------------------------------------------------------------
 
-    @app.post("/v1/herds", status_code=201)
-    def create_herd(body: HerdIn) -> dict[str, Any]:
+    @app.post("/v1/herds", status_code=201, openapi_extra=action("herds.create"))
+    def create_herd(body: HerdIn, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "herds.create", f"herds/{body.name}", CLUSTER)
         herd = Herd(name=body.name, quota=Quota(**body.quota.model_dump()))
         store.create_herd(herd)
         return _dump(herd)
 
-    @app.get("/v1/herds")
-    def list_herds() -> dict[str, Any]:
-        return {"herds": [_dump(h) for h in store.herds()]}
+    @app.get("/v1/herds", openapi_extra=action("herds.read"))
+    def list_herds(identity: Caller) -> dict[str, Any]:
+        """The herds the caller may read."""
+        readable = [h for h in store.herds() if auth.decide(identity, "herds.read", f"herds/{h.name}", h.name).allowed]
+        return {"herds": [_dump(h) for h in readable]}
 
-    @app.get("/v1/herds/{name}")
-    def describe_herd(name: NamePath) -> dict[str, Any]:
+    @app.get("/v1/herds/{name}", openapi_extra=action("herds.read"))
+    def describe_herd(name: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "herds.read", f"herds/{name}", name)
         herd = store.herd(name).record
         use = _use([v.record for v in store.live() if v.record.herd == name])  # (not every task ever run)
         return {**_dump(herd), "used": use}
 
-    @app.delete("/v1/herds/{name}", status_code=204)
-    def remove_herd(name: NamePath) -> None:
+    @app.delete("/v1/herds/{name}", status_code=204, openapi_extra=action("herds.delete"))
+    def remove_herd(name: NamePath, identity: Caller) -> None:
+        auth.check(identity, "herds.delete", f"herds/{name}", name)
         store.delete_herd(name)
+
+    # --- role bindings and tokens ----------------------------------------------------------
+
+    def list_bindings(identity: Identity, herd: str) -> dict[str, Any]:
+        auth.check(identity, "rbac.read", "rbac", herd)
+        if herd != CLUSTER:
+            store.herd(herd)  # NotFound names it
+        return {"bindings": [b.model_dump(mode="json") for b in bindings(store, herd)]}
+
+    def add_binding(identity: Identity, herd: str, body: BindingIn) -> dict[str, Any]:
+        auth.check(identity, "rbac.bind", f"rbac/{body.kind}/{body.subject}", herd)
+        try:
+            binding = Binding(kind=body.kind, subject=body.subject, role=body.role, herd=herd, by=identity.subject)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+        bind(store, binding)
+        auth.forget_bindings(herd)
+        return binding.model_dump(mode="json")
+
+    def remove_binding(identity: Identity, herd: str, body: UnbindIn) -> None:
+        auth.check(identity, "rbac.bind", f"rbac/{body.kind}/{body.subject}", herd)
+        unbind(store, herd, body.kind, body.subject)
+        auth.forget_bindings(herd)
+
+    @app.get("/v1/herds/{name}/rbac", openapi_extra=action("rbac.read"))
+    def herd_bindings(name: NamePath, identity: Caller) -> dict[str, Any]:
+        return list_bindings(identity, name)
+
+    @app.post("/v1/herds/{name}/rbac", status_code=201, openapi_extra=action("rbac.bind"))
+    def bind_in_herd(name: NamePath, body: BindingIn, identity: Caller) -> dict[str, Any]:
+        return add_binding(identity, name, body)
+
+    @app.post("/v1/herds/{name}/rbac/unbind", status_code=204, openapi_extra=action("rbac.bind"))
+    def unbind_in_herd(name: NamePath, body: UnbindIn, identity: Caller) -> None:
+        remove_binding(identity, name, body)
+
+    @app.get("/v1/rbac", openapi_extra=action("rbac.read"))
+    def cluster_bindings(identity: Caller) -> dict[str, Any]:
+        return list_bindings(identity, CLUSTER)
+
+    @app.post("/v1/rbac", status_code=201, openapi_extra=action("rbac.bind"))
+    def bind_in_cluster(body: BindingIn, identity: Caller) -> dict[str, Any]:
+        return add_binding(identity, CLUSTER, body)
+
+    @app.post("/v1/rbac/unbind", status_code=204, openapi_extra=action("rbac.bind"))
+    def unbind_in_cluster(body: UnbindIn, identity: Caller) -> None:
+        remove_binding(identity, CLUSTER, body)
+
+    def mint(identity: Identity, herd: str, body: TokenIn) -> dict[str, Any]:
+        auth.check(identity, "tokens.create", f"tokens/{body.name}", herd)
+        if tokens is None:
+            raise NotFound("this cluster signs no tokens (its servers were given no --auth-key)")
+        roles = CLUSTER_ROLES if herd == CLUSTER else HERD_ROLES
+        if body.role not in roles:
+            where = "the cluster" if herd == CLUSTER else "a herd"
+            raise Refused(f"role {body.role!r}: not a role of {where} (one of {', '.join(roles)})")
+        if herd != CLUSTER:
+            store.herd(herd)  # NotFound names it
+        token, expires = tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], body.ttl)
+        return {"token": token, "subject": f"sa:{body.name}", "role": body.role, "herd": herd, "expires": expires}
+
+    @app.post("/v1/herds/{name}/tokens", status_code=201, openapi_extra=action("tokens.create"))
+    def herd_token(name: NamePath, body: TokenIn, identity: Caller) -> dict[str, Any]:
+        """A service account's token holding ``role`` in the herd for ``ttl`` seconds."""
+        return mint(identity, name, body)
+
+    @app.post("/v1/tokens", status_code=201, openapi_extra=action("tokens.create"))
+    def cluster_token(body: TokenIn, identity: Caller) -> dict[str, Any]:
+        """A service account's token holding a cluster role."""
+        return mint(identity, CLUSTER, body)
 
     # --- jobs --------------------------------------------------------------------------
 
-    @app.post("/v1/jobs", status_code=201)
-    def submit_job(body: JobIn) -> dict[str, Any]:
+    @app.post("/v1/jobs", status_code=201, openapi_extra=action("jobs.submit"))
+    def submit_job(body: JobIn, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "jobs.submit", "jobs", body.herd)
         # Checked as the stored task would be, so a malformed request is a 422 naming the
         # field; what lifecycle refuses after this (quota, fit) is a 409.
         argv = body.command or in_one_slice(body.commands)
@@ -308,25 +494,33 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
         )
         return {"job": _dump(job)}
 
-    @app.post("/v1/pipelines", status_code=201)
-    def submit_pipeline(body: PipelineIn) -> dict[str, Any]:
+    @app.post("/v1/pipelines", status_code=201, openapi_extra=action("jobs.submit"))
+    def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd)
         # what the records refuse after this (a scenario twice, quota, fit) is a 409
         job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority)
         return {"job": _dump(job)}
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", openapi_extra=action("jobs.read"))
     def list_jobs(
+        identity: Caller,
         herd: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
         state: RunState | None = None,
     ) -> dict[str, Any]:
+        """The jobs of ``herd``, or of every herd the caller may read."""
         if herd is not None:
+            auth.check(identity, "jobs.read", "jobs", herd)
             store.herd(herd)  # NotFound names the herd
-        jobs = store.jobs(herd)
+            jobs = store.jobs(herd)
+        else:
+            names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
+            jobs = [j for name in names for j in store.jobs(name)]
         return {"jobs": [_dump(j) for j in jobs if state is None or j.state is state]}
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", openapi_extra=action("jobs.read"))
     async def describe_job(
         job_id: NamePath,
+        identity: Caller,
         explain: bool = False,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False)] = 0.0,
         after: Annotated[int, Query(ge=0)] = 0,
@@ -338,6 +532,7 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
         def read() -> dict[str, Any]:
             found = store.job(job_id)
             job = found.record
+            auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
             hidden = None if explain else {"explain", "pending_reason"}
             tasks = [v.record for v in store.job_tasks(job)]
             usage = _running_usage(store, tasks)
@@ -357,9 +552,10 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
 
     logs = TaskLogs(store)
 
-    @app.get("/v1/jobs/{job_id}/logs")
-    def job_logs(
+    @app.get("/v1/jobs/{job_id}/logs", openapi_extra=action("logs.read"))
+    def job_logs(  # noqa: PLR0917 (FastAPI: each query parameter is one)
         job_id: NamePath,
+        identity: Caller,
         stream: Literal["stdout", "stderr"] = "stdout",
         offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
         task: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
@@ -370,6 +566,7 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
         counts those between ``offset`` and the first byte returned that are no longer kept.
         ``data`` is base64: the output is bytes, not text."""
         job = store.job(job_id).record
+        auth.check(identity, "logs.read", f"jobs/{job_id}", job.herd)
         task_id = task or job.tasks[0]
         if task_id not in job.tasks:
             raise NotFound(f"task {task_id!r}: not a task of job {job_id}")
@@ -387,8 +584,9 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
             "data": base64.b64encode(read.data).decode(),
         }
 
-    @app.post("/v1/jobs/{job_id}/cancel")
-    def cancel_job(job_id: NamePath) -> dict[str, Any]:
+    @app.post("/v1/jobs/{job_id}/cancel", openapi_extra=action("jobs.cancel"))
+    def cancel_job(job_id: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "jobs.cancel", f"jobs/{job_id}", store.job(job_id).record.herd)
         return {"job": _dump(lifecycle.cancel(job_id))}
 
     # --- nodes -------------------------------------------------------------------------
@@ -396,26 +594,31 @@ def create_app(lifecycle: Lifecycle, store: ClusterStore, job_waits: JobWaits | 
     def node_view(node: NodeRecord, tasks: list[TaskRecord]) -> dict[str, Any]:
         return {**_dump(node), "used": _use([t for t in tasks if t.node == node.id])}
 
-    @app.get("/v1/nodes")
-    def list_nodes() -> dict[str, Any]:
+    @app.get("/v1/nodes", openapi_extra=action("nodes.read"))
+    def list_nodes(identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "nodes.read", "nodes", CLUSTER)
         tasks = [v.record for v in store.assigned()]
         return {"nodes": [node_view(v.record, tasks) for v in store.nodes()]}
 
-    @app.get("/v1/nodes/{node_id}")
-    def describe_node(node_id: NamePath) -> dict[str, Any]:
+    @app.get("/v1/nodes/{node_id}", openapi_extra=action("nodes.read"))
+    def describe_node(node_id: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "nodes.read", f"nodes/{node_id}", CLUSTER)
         node = store.node(node_id).record
         return node_view(node, [v.record for v in store.assigned(node.id)])
 
-    @app.post("/v1/nodes/{node_id}/cordon")
-    def cordon(node_id: NamePath) -> dict[str, Any]:
+    @app.post("/v1/nodes/{node_id}/cordon", openapi_extra=action("nodes.manage"))
+    def cordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
         return _dump(lifecycle.cordon(node_id))
 
-    @app.post("/v1/nodes/{node_id}/uncordon")
-    def uncordon(node_id: NamePath) -> dict[str, Any]:
+    @app.post("/v1/nodes/{node_id}/uncordon", openapi_extra=action("nodes.manage"))
+    def uncordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
         return _dump(lifecycle.uncordon(node_id))
 
-    @app.post("/v1/nodes/{node_id}/drain")
-    def drain(node_id: NamePath) -> dict[str, Any]:
+    @app.post("/v1/nodes/{node_id}/drain", openapi_extra=action("nodes.manage"))
+    def drain(node_id: NamePath, identity: Caller) -> dict[str, Any]:
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
         return _dump(lifecycle.drain(node_id))
 
     return app

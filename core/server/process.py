@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
@@ -34,6 +35,7 @@ from runink.core.interfaces.barn import BarnBackend
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
+from runink.core.server.auth import ApiAuth, ClusterTokens
 from runink.core.server.feed import HerdsFeed, JobWaits
 from runink.core.server.loop import ControlLoop
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
@@ -52,6 +54,8 @@ class ServerOptions:
     insecure_bind: bool = False
     liveness_timeout: float = 10.0  # seconds without a heartbeat before a node is dead
     config_path: str | None = None
+    auth_keys: list[Path] = field(default_factory=list)  # the cluster's token keys (--auth-key), the signing one first
+    insecure_dev: bool = False  # authenticate nobody, allow everything (development only)
 
 
 class LeaderCheck:
@@ -152,6 +156,13 @@ class Server:
                     require_loopback(host, what, "--insecure-bind")
                 except ValueError as exc:
                     raise RuninkError(str(exc)) from None
+        if not options.insecure_dev and not options.auth_keys and not _identity_plugins(manager):
+            raise RuninkError(
+                "no authentication configured: give --auth-key FILE (the cluster's token key; `runink up` "
+                "makes one), configure an identity plugin ([plugin.oidc]), or --insecure-dev to let anyone in"
+            )
+        # (a bad key file: refused before anything starts)
+        self.tokens = ClusterTokens(options.auth_keys) if options.auth_keys else None
         self.options = options
         self.member: Member | None = None
         self._stop = threading.Event()
@@ -191,8 +202,14 @@ class Server:
         self.agents = serve_agents(
             self.lifecycle, options.agents[0], options.agents[1], insecure_bind=options.insecure_bind
         )
+        tokens = self.tokens
+        if tokens is not None:
+            manager.register(tokens, "cluster-tokens")
+        auth = ApiAuth(manager, self.store, insecure=options.insecure_dev)
+        if options.insecure_dev:
+            log.warning("--insecure-dev: the API authenticates nobody and allows everything")
         self.api, self._api_thread = serve_api(
-            create_app(self.lifecycle, self.store, self.job_waits),
+            create_app(self.lifecycle, self.store, self.job_waits, auth=auth, tokens=tokens),
             options.api[0],
             options.api[1],
             insecure_bind=options.insecure_bind,
@@ -214,6 +231,17 @@ class Server:
         self.barn.close()
         if self.member is not None:
             self.member.stop()
+
+
+def _identity_plugins(manager: PluginManager) -> bool:
+    """Whether an installed identity plugin is configured to authenticate someone: one that
+    implements runink_authenticate and says ``configured = True`` (an OIDC plugin with no
+    issuer set installed by default is not: it would let nobody in)."""
+    for plugin in manager.pm.get_plugins():
+        configured = getattr(plugin, "configured", None)
+        if callable(getattr(plugin, "runink_authenticate", None)) and configured is True:
+            return True
+    return False
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:

@@ -80,6 +80,12 @@ class OidcAuthenticator:
         self.refresh_interval: float = 10
         self._reset_cache()
 
+    @property
+    def configured(self) -> bool:
+        """Whether it authenticates anyone (an issuer is set): a server needs one such plugin,
+        or its own token keys, to start without ``--insecure-dev``."""
+        return self.issuer is not None
+
     def _reset_cache(self) -> None:
         # _lock guards the caches; _fetch_lock makes fetches one at a time, so tokens of known
         # keys are not held up by a fetch in progress and concurrent unknown kids cause one fetch.

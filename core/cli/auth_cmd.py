@@ -1,0 +1,162 @@
+"""`runink login`, `runink whoami`, `runink token create`, `runink rbac bind|unbind|list`: who the
+CLI is to the cluster, and who may do what there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+
+import typer
+
+from runink.core.cli.cluster_client import token_file
+from runink.core.cli.jobs_cmd import JSON, SERVER, _client
+from runink.core.cli.output import print_json, print_table
+from runink.core.errors import RuninkError
+
+rbac_app = typer.Typer(help="Role bindings: who holds which role in a herd, or in the cluster.", no_args_is_help=True)
+token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_args_is_help=True)
+
+CLUSTER = "*"
+MAX_TOKEN = 16 * 1024  # characters of a token `runink login` stores
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``30m``, ``1h``, ``7d`` or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    try:
+        return float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected a duration such as 30m, 1h or 7d", param_hint="--ttl") from None
+
+
+def _subject(user: str | None, group: str | None, service_account: str | None) -> tuple[str, str]:
+    given = [(kind, name) for kind, name in (("user", user), ("group", group), ("sa", service_account)) if name]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --user, --group and --service-account")
+    return given[0]
+
+
+def _bindings_path(herd: str) -> str:
+    return "/v1/rbac" if herd == CLUSTER else f"/v1/herds/{herd}/rbac"
+
+
+def login_command(
+    token: str | None = typer.Option(
+        None, "--token", help="The token (default: read from standard input, so it stays out of the shell history)."
+    ),
+) -> None:
+    """Store the token every CLI command sends (`$RUNINK_TOKEN` overrides it)."""
+    text = token if token is not None else sys.stdin.read(MAX_TOKEN + 1)
+    text = text.strip()
+    if not text or len(text) > MAX_TOKEN or not text.isprintable() or " " in text:
+        raise RuninkError("login: the token must be one line of at most 16 KiB, without spaces")
+    path = token_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    print(f"token stored in {path}")
+
+
+def whoami_command(ctx: typer.Context, server: str | None = SERVER, json_output: bool = JSON) -> None:
+    """Who the cluster takes you for, and your cluster roles."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/whoami")
+    if json_output:
+        print_json(answer)
+        return
+    roles = ", ".join(answer["cluster_roles"]) or "none"
+    print(f"{answer['subject']} (by {answer['authenticated_by']}); cluster roles: {roles}")
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="The service account's name (the token's subject is sa:NAME)."),
+    role: str = typer.Option(
+        ..., "--role", help="viewer, runner, editor or admin (with --herd); cluster-viewer or cluster-admin."
+    ),
+    herd: str | None = typer.Option(None, "--herd", help="The herd the role is held in (none: a cluster role)."),
+    ttl: str = typer.Option("1h", "--ttl", help="How long the token lasts: 30m, 1h, 7d (1 minute to 90 days)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Mint a short-lived token for a CI system or a script; printed once, kept nowhere."""
+    path = f"/v1/herds/{herd}/tokens" if herd else "/v1/tokens"
+    with _client(ctx, server) as client:
+        answer = client.call("POST", path, {"name": name, "role": role, "ttl": _duration(ttl)})
+    if json_output:
+        print_json(answer)
+        return
+    expires = dt.datetime.fromtimestamp(answer["expires"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    where = f"herd {herd}" if herd else "the cluster"
+    print(f"# {answer['subject']}, {role} in {where}, until {expires}", file=sys.stderr)
+    print(answer["token"])
+
+
+@rbac_app.command("bind")
+def rbac_bind(
+    ctx: typer.Context,
+    herd: str = typer.Argument(..., metavar="HERD", help="The herd, or '*' for a cluster role."),
+    role: str = typer.Argument(
+        ..., metavar="ROLE", help="viewer, runner, editor, admin; cluster-viewer, cluster-admin."
+    ),
+    user: str | None = typer.Option(None, "--user", help="A user (the subject their identity provider names)."),
+    group: str | None = typer.Option(None, "--group", help="A group (from the identity provider's groups claim)."),
+    service_account: str | None = typer.Option(None, "--service-account", help="A service account's name."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Give a subject a role in a herd (replacing the one it held there)."""
+    kind, subject = _subject(user, group, service_account)
+    with _client(ctx, server) as client:
+        answer = client.call("POST", _bindings_path(herd), {"kind": kind, "subject": subject, "role": role})
+    print_json(answer) if json_output else print(
+        f"{kind} {subject}: {role} in {'the cluster' if herd == CLUSTER else herd}"
+    )
+
+
+@rbac_app.command("unbind")
+def rbac_unbind(
+    ctx: typer.Context,
+    herd: str = typer.Argument(..., metavar="HERD", help="The herd, or '*' for the cluster."),
+    user: str | None = typer.Option(None, "--user"),
+    group: str | None = typer.Option(None, "--group"),
+    service_account: str | None = typer.Option(None, "--service-account"),
+    server: str | None = SERVER,
+) -> None:
+    """Take a subject's role in a herd away."""
+    kind, subject = _subject(user, group, service_account)
+    with _client(ctx, server) as client:
+        client.call("POST", _bindings_path(herd) + "/unbind", {"kind": kind, "subject": subject})
+    print(f"{kind} {subject}: no role in {'the cluster' if herd == CLUSTER else herd} now")
+
+
+@rbac_app.command("list")
+def rbac_list(
+    ctx: typer.Context,
+    herd: str = typer.Argument(..., metavar="HERD", help="The herd, or '*' for the cluster's bindings."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """The role bindings of a herd (or of the cluster)."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", _bindings_path(herd))
+    if json_output:
+        print_json(answer["bindings"])
+        return
+    rows = [(b["kind"], b["subject"], b["role"], b["by"]) for b in answer["bindings"]]
+    print_table(
+        f"role bindings of {'the cluster' if herd == CLUSTER else 'herd ' + herd}",
+        ["KIND", "SUBJECT", "ROLE", "BOUND BY"],
+        rows,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("login")(login_command)
+    app.command("whoami")(whoami_command)
+    app.add_typer(token_app, name="token")
+    app.add_typer(rbac_app, name="rbac")

@@ -1,0 +1,249 @@
+"""Who may call the REST API.
+
+Each request names its caller with a bearer token; the ``runink_authenticate`` chain turns it
+into an Identity: the cluster's own tokens (``ClusterTokens``, registered by the server) and
+whatever identity plugins are installed (OIDC). Each route then asks ``ApiAuth.check`` for its
+action in its herd, with the roles the caller holds there (``grants``: its bindings in the
+Barn, and what its token grants); the ``runink_authorize`` chain decides (the RBAC plugin, OPA).
+No credentials: 401; credentials refused: 401 with the reason; not allowed: 403 with the reason.
+
+A server started with ``--insecure-dev`` authenticates nobody and allows everything, and says
+so in a header of every answer (INSECURE_HEADER).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runink.core.control.bindings import Binding, bindings
+from runink.core.control.store import ClusterStore
+from runink.core.errors import AuthenticationError, RuninkError
+from runink.core.hookspecs import hookimpl
+from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
+from runink.core.plugins import PluginManager
+from runink.core.security import CLUSTER, ROLES, authenticate, authorize
+
+INSECURE_HEADER = "X-Runink-Insecure"
+INSECURE_VALUE = "authentication is off (--insecure-dev): anyone may do anything"
+ISSUER = AUDIENCE = "runink"  # the cluster's own tokens: iss and aud
+ALGORITHM = "ES256"
+MAX_TOKEN = 16 * 1024  # characters of a bearer token
+MAX_TTL = 90 * 86400  # seconds a token the cluster signs may live
+LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
+BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
+
+
+class Unauthenticated(RuninkError):
+    """401: no credentials, or credentials no plugin accepts (the reason says which)."""
+
+
+class Forbidden(RuninkError):
+    """403: the caller may not do this (the reason says what it lacks)."""
+
+
+def bearer(headers: Any) -> str | None:
+    """The bearer token of an ``authorization`` header, else None."""
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = str(value).partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+# --- the cluster's own tokens ------------------------------------------------------------
+
+
+def new_key_file(path: Path) -> None:
+    """Write a new P-256 signing key (PEM, readable by its owner only); never over a file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+
+
+class ClusterTokens:
+    """Tokens the cluster signs: ES256 JWTs (``iss`` and ``aud`` "runink") naming a subject and
+    the roles it holds (``grants``), signed by the first of the cluster's keys and checked
+    against any of them (rotation: add the new key first, drop the old one once the tokens it
+    signed expired). Every server of a cluster is given the same keys (``--auth-key``)."""
+
+    def __init__(self, key_files: Sequence[Path]) -> None:
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        if not key_files:
+            raise RuninkError("cluster tokens: no signing key given")
+        self._keys: dict[str, Any] = {}  # kid -> private key, the signing one first
+        for path in key_files:
+            try:
+                key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+            except (OSError, ValueError, TypeError) as exc:
+                raise RuninkError(f"--auth-key {path}: not a readable PEM private key ({type(exc).__name__})") from None
+            if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+                raise RuninkError(f"--auth-key {path}: not a P-256 (ES256) key")
+            self._keys[_kid(jwt, key)] = key
+        self.signing_kid = next(iter(self._keys))
+
+    def mint(self, subject: str, grants: Sequence[Grant], ttl: float, *, now: float | None = None) -> tuple[str, float]:
+        """A token for ``subject`` holding ``grants`` for ``ttl`` seconds; and when it expires."""
+        import jwt
+
+        if not 0 < ttl <= MAX_TTL:
+            raise ValueError(f"ttl: {ttl:g} s (expected 1 s to {MAX_TTL // 86400} days)")
+        issued = time.time() if now is None else now
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": subject,
+            "iat": int(issued),
+            "nbf": int(issued),
+            "exp": int(issued + ttl),
+            "jti": secrets.token_hex(8),
+            "grants": [{"role": g.role, "herd": g.herd} for g in grants],
+        }
+        token = jwt.encode(claims, self._keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
+        return token, float(claims["exp"])
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, as ``/.well-known/jwks.json`` serves them."""
+        from jwt.algorithms import ECAlgorithm
+
+        found = []
+        for kid, key in self._keys.items():
+            jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+            found.append({**jwk, "kid": kid, "use": "sig", "alg": ALGORITHM})
+        return {"keys": found}
+
+    @hookimpl
+    def runink_authenticate(self, request: AuthRequest) -> Identity | None:
+        """A token the cluster signed (``iss`` "runink"), checked in full; another: None."""
+        import jwt
+
+        token = bearer(request.headers)
+        if token is None or len(token) > MAX_TOKEN:
+            return None
+        try:
+            if jwt.decode(token, options={"verify_signature": False}).get("iss") != ISSUER:
+                return None  # another issuer's: another plugin may take it
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return None  # not a JWT: not ours
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise AuthenticationError("token: signed by a key this cluster does not have")
+        try:
+            claims = jwt.decode(
+                token,
+                key.public_key(),
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=LEEWAY,
+                options={"require": ["exp", "iat", "nbf", "sub", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"token: {exc}") from None
+        grants = tuple(_token_grants(claims.get("grants")))
+        return Identity(str(claims["sub"]), claims={"grants": grants}, authenticated_by="runink-token")
+
+
+def _kid(jwt: Any, key: Any) -> str:
+    """The key's RFC 7638 thumbprint (what names it in a token's header and the JWKS)."""
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).decode().rstrip("=")
+
+
+def _token_grants(value: object) -> list[Grant]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise AuthenticationError("token: grants: not a list of at most 64 roles")
+    found = []
+    for item in value:
+        if not isinstance(item, dict) or item.get("role") not in ROLES or not isinstance(item.get("herd"), str):
+            raise AuthenticationError("token: grants: each one a known role and a herd")
+        found.append(Grant(str(item["role"]), str(item["herd"]), "token"))
+    return found
+
+
+# --- per request -------------------------------------------------------------------------
+
+
+class ApiAuth:
+    """What the API asks per request: who calls (``identify``), and may they (``check``)."""
+
+    def __init__(self, manager: PluginManager, store: ClusterStore, *, insecure: bool = False) -> None:
+        self.manager = manager
+        self.store = store
+        self.insecure = insecure
+        self._lock = threading.Lock()
+        self._bindings: dict[str, tuple[float, list[Binding]]] = {}  # herd -> (read at, its bindings)
+
+    def identify(self, headers: Any, peer: str | None) -> Identity:
+        if self.insecure:
+            return Identity("anonymous", authenticated_by="insecure-dev")
+        if bearer(headers) is None:
+            raise Unauthenticated("no credentials: send `Authorization: Bearer TOKEN` (`runink login`)")
+        try:
+            return authenticate(
+                self.manager, AuthRequest(headers={"authorization": headers["authorization"]}, peer=peer)
+            )
+        except AuthenticationError as exc:
+            raise Unauthenticated(str(exc)) from None
+
+    def grants(self, identity: Identity, herd: str) -> list[Grant]:
+        """The roles ``identity`` holds in ``herd`` and cluster-wide: its token's, and its
+        bindings' (as a user by its subject, a service account by ``sa:NAME``, its groups)."""
+        found = [g for g in identity.claims.get("grants", ()) if isinstance(g, Grant)]
+        if identity.authenticated_by == "runink-token" and identity.subject.startswith("sa:"):
+            subjects = {("sa", identity.subject[3:])}
+        else:
+            subjects = {("user", identity.subject)}
+        subjects |= {("group", group) for group in identity.groups}
+        for where in {herd, CLUSTER}:
+            for binding in self._read_bindings(where):
+                if (binding.kind, binding.subject) in subjects:
+                    found.append(Grant(binding.role, binding.herd, f"bound to {binding.kind} {binding.subject}"))
+        return found
+
+    def _read_bindings(self, herd: str) -> list[Binding]:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._bindings.get(herd)
+        if cached is not None and now - cached[0] < BINDINGS_FOR:
+            return cached[1]
+        found = bindings(self.store, herd)
+        with self._lock:
+            if len(self._bindings) > 10_000:
+                self._bindings.clear()
+            self._bindings[herd] = (now, found)
+        return found
+
+    def forget_bindings(self, herd: str) -> None:
+        """Read ``herd``'s bindings again on the next check (this server just changed them)."""
+        with self._lock:
+            self._bindings.pop(herd, None)
+
+    def decide(self, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
+        if self.insecure:
+            return AuthzDecision(True, "insecure-dev", "")
+        return authorize(self.manager, identity, action, resource, herd, grants=self.grants(identity, herd))
+
+    def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
+        """Raise Forbidden unless ``identity`` may do ``action`` on ``resource`` in ``herd``."""
+        decision = self.decide(identity, action, resource, herd)
+        if not decision.allowed:
+            raise Forbidden(decision.reason)

@@ -1,0 +1,351 @@
+"""Who may call what, over real sockets: the REST API with the cluster's own tokens and herd RBAC
+(uvicorn on 127.0.0.1 in a thread, a memory-Barn store, httpx as the client).
+
+Every route is enumerated from the app itself: each declares its action; each answers 401
+without credentials or with bad ones, and 403 to an identity without the role; and a user of
+one herd can neither read nor change anything of another herd (its jobs, logs, bindings,
+tokens, quota), nor the nodes, and a refused request changes nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi.routing import APIRoute
+
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.records import Amount, Herd, NodeRecord
+from runink.core.control.store import ClusterStore
+from runink.core.errors import RuninkError
+from runink.core.hookspecs import hookimpl
+from runink.core.model import AuthRequest, Grant, Identity
+from runink.core.plugins import PluginManager
+from runink.core.security import CLUSTER
+from runink.core.server.api import create_app
+from runink.core.server.auth import INSECURE_HEADER, ApiAuth, ClusterTokens, bearer, new_key_file
+from runink.core.server.serve_api import serve_api, stop_api
+from runink.plugins.auth.rbac import HerdRbac
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+GiB = 1024**3
+PUBLIC = {"/.well-known/jwks.json", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# routes that answer everyone authenticated, listing only what the caller may see
+FILTERED = {("GET", "/v1/herds"), ("GET", "/v1/jobs"), ("GET", "/v1/whoami")}
+
+
+class Users:
+    """An identity plugin standing in for an OIDC provider: ``Bearer user:NAME:GROUP,GROUP``."""
+
+    @hookimpl
+    def runink_authenticate(self, request: AuthRequest) -> Identity | None:
+        token = bearer(request.headers)
+        if token is None or not token.startswith("user:"):
+            return None
+        _, name, groups = token.split(":", 2)
+        return Identity(name, groups=tuple(g for g in groups.split(",") if g), authenticated_by="users")
+
+
+@dataclass
+class Api:
+    http: httpx.Client
+    app: Any
+    store: ClusterStore
+    lifecycle: Lifecycle
+    tokens: ClusterTokens
+    job: str  # a job of herd "team"
+
+    def token(self, role: str, herd: str, name: str = "t") -> str:
+        return self.tokens.mint(f"sa:{name}", [Grant(role, herd)], 600)[0]
+
+    def as_(self, token: str | None) -> dict[str, str]:
+        return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    def post(self, path: str, body: dict[str, Any] | None, token: str) -> httpx.Response:
+        """POST as ``token`` (a bearer token, or ``user:...`` for the Users plugin)."""
+        return self.http.post(path, json=body, headers=self.as_(token))
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    new_key_file(tmp_path / "key.pem")
+    tokens = ClusterTokens([tmp_path / "key.pem"])
+    store = ClusterStore(MemoryBarn())
+    for herd in ("team", "other"):
+        store.create_herd(Herd(name=herd))
+    lifecycle = Lifecycle(store)
+    lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
+    job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
+    with plugin_manager(
+        ("cluster-tokens", tokens), ("rbac", HerdRbac()), ("users", Users()), entrypoints=False
+    ) as manager:
+        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens)
+        server, thread = serve_api(app, "127.0.0.1", 0)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as http:
+                yield Api(http, app, store, lifecycle, tokens, job)
+        finally:
+            stop_api(server, thread)
+
+
+def routes(api: Api) -> list[tuple[str, str, str]]:
+    """(method, path as declared, its action) of every route of the app but the public ones."""
+    found = []
+    for route in api.app.routes:
+        if isinstance(route, APIRoute) and route.path not in PUBLIC:
+            for method in route.methods:
+                found.append((method, route.path, (route.openapi_extra or {}).get("x-runink-action", "")))
+    return sorted(found)
+
+
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/herds"): {"name": "new-herd"},
+    ("POST", "/v1/jobs"): {"herd": "team", "command": ["/bin/true"]},
+    ("POST", "/v1/pipelines"): {
+        "herd": "team",
+        "pipeline": "/srv/p.dsl",
+        "tasks": [{"scenario": "A", "after": [], "resources": {}}],
+    },
+    ("POST", "/v1/herds/{name}/rbac"): {"kind": "user", "subject": "mallory", "role": "admin"},
+    ("POST", "/v1/herds/{name}/rbac/unbind"): {"kind": "user", "subject": "alice"},
+    ("POST", "/v1/rbac"): {"kind": "user", "subject": "mallory", "role": "cluster-admin"},
+    ("POST", "/v1/rbac/unbind"): {"kind": "user", "subject": "root"},
+    ("POST", "/v1/herds/{name}/tokens"): {"name": "ci", "role": "admin"},
+    ("POST", "/v1/tokens"): {"name": "ci", "role": "cluster-admin"},
+}
+
+
+def call(api: Api, method: str, path: str, headers: dict[str, str], herd: str = "team") -> httpx.Response:
+    url = path.replace("{name}", herd).replace("{job_id}", api.job).replace("{node_id}", "n1")
+    body = BODIES.get((method, path))
+    return api.http.request(method, url, json=body, headers=headers)
+
+
+def _b64(part: dict[str, Any]) -> str:
+    return jwt.utils.base64url_encode(json.dumps(part).encode()).decode()
+
+
+def state(api: Api) -> list[tuple[str, bytes]]:
+    return [(kv.key, kv.value) for kv in api.store.barn.scan("/")]
+
+
+def test_every_route_declares_its_action(api: Api) -> None:
+    undeclared = [(m, p) for m, p, action in routes(api) if not action]
+    assert not undeclared, undeclared
+    assert len(routes(api)) >= 24  # (the enumeration found the API's routes)
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [None, "Basic YWxpY2U6cHc=", "Bearer", "Bearer not-a-jwt", "Bearer a.b.c"],
+    ids=["none", "basic", "bearer-alone", "garbage", "not-json-jwt"],
+)
+def test_every_route_answers_401_without_valid_credentials(api: Api, credentials: str | None) -> None:
+    before = state(api)
+    headers = {} if credentials is None else {"Authorization": credentials}
+    for method, path, _ in routes(api):
+        answer = call(api, method, path, headers)
+        assert answer.status_code == 401, (method, path, answer.status_code, answer.text)
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert state(api) == before
+
+
+def test_tokens_the_cluster_did_not_sign_as_they_are_are_401(api: Api, tmp_path: Path) -> None:
+    good = api.token("cluster-admin", CLUSTER)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    header = jwt.get_unverified_header(good)
+    new_key_file(tmp_path / "other.pem")
+    stranger = ClusterTokens([tmp_path / "other.pem"])
+    from cryptography.hazmat.primitives import serialization
+
+    own_key = serialization.load_pem_private_key((tmp_path / "key.pem").read_bytes(), None)
+    head, payload, signature = good.split(".")
+    forged_payload = _b64({**claims, "sub": "sa:root"})
+    bad = {
+        "expired": jwt.encode({**claims, "exp": int(time.time()) - 3600}, own_key, "ES256", headers=header),  # type: ignore[arg-type]
+        "not yet valid": jwt.encode({**claims, "nbf": int(time.time()) + 3600}, own_key, "ES256", headers=header),  # type: ignore[arg-type]
+        "wrong audience": jwt.encode({**claims, "aud": "kubernetes"}, own_key, "ES256", headers=header),  # type: ignore[arg-type]
+        "tampered": f"{head}.{forged_payload}.{signature}",
+        "another cluster's key": stranger.mint("sa:x", [Grant("cluster-admin", CLUSTER)], 600)[0],
+        "another key, our kid": jwt.encode(
+            claims,
+            serialization.load_pem_private_key((tmp_path / "other.pem").read_bytes(), None),  # type: ignore[arg-type]
+            "ES256",
+            headers=header,
+        ),
+        "alg none": f"{_b64({**header, 'alg': 'none'})}.{payload}.",
+        "no exp": jwt.encode({k: v for k, v in claims.items() if k != "exp"}, own_key, "ES256", headers=header),  # type: ignore[arg-type]
+        "unknown role": jwt.encode(
+            {**claims, "grants": [{"role": "god", "herd": "*"}]},
+            own_key,  # type: ignore[arg-type]
+            "ES256",
+            headers=header,
+        ),
+    }
+    assert api.http.get("/v1/nodes", headers=api.as_(good)).status_code == 200
+    for why, token in bad.items():
+        answer = api.http.get("/v1/nodes", headers=api.as_(token))
+        assert answer.status_code == 401, (why, answer.text)
+        assert token not in answer.text
+
+
+def test_every_route_answers_403_to_an_identity_without_the_role(api: Api) -> None:
+    before = state(api)
+    for who in (None, "viewer-of-other"):
+        token = api.token("viewer", "other") if who else api.tokens.mint("sa:nobody", [], 600)[0]
+        for method, path, _ in routes(api):
+            answer = call(api, method, path, api.as_(token))
+            if (method, path) in FILTERED:
+                assert answer.status_code == 200, (method, path, answer.text)
+                assert "team" not in answer.text and api.job not in answer.text
+            else:
+                assert answer.status_code == 403, (who, method, path, answer.status_code, answer.text)
+    assert state(api) == before
+
+
+def test_a_user_of_one_herd_reaches_nothing_of_another(api: Api) -> None:
+    """An admin of herd "other" (every right there) against herd "team"."""
+    before = state(api)
+    token = api.token("admin", "other")
+    for method, path, action in routes(api):
+        answer = call(api, method, path, api.as_(token), herd="team")
+        if (method, path) in FILTERED:
+            assert "team" not in answer.text and api.job not in answer.text and "secret-output" not in answer.text
+        elif action.startswith(("herds.", "nodes.")) or path in ("/v1/rbac", "/v1/rbac/unbind", "/v1/tokens"):
+            assert answer.status_code == 403, (method, path, answer.text)
+        else:  # herd-scoped: allowed in "other", so refused only because the herd is "team"
+            assert answer.status_code == 403, (method, path, answer.text)
+            assert "team" in answer.json()["detail"] or "cluster" in answer.json()["detail"]
+    assert state(api) == before
+    # ... while in its own herd it may do what its role allows
+    assert api.http.get("/v1/herds/other", headers=api.as_(token)).status_code == 200
+    assert api.post("/v1/jobs", {"herd": "other", "command": ["/bin/true"]}, token).status_code == 201
+
+
+def test_roles_allow_what_they_say_and_no_more(api: Api) -> None:
+    viewer, runner = api.token("viewer", "team"), api.token("runner", "team")
+    submit = {"herd": "team", "command": ["/bin/true"]}
+    assert api.http.get(f"/v1/jobs/{api.job}", headers=api.as_(viewer)).status_code == 200
+    assert api.http.get(f"/v1/jobs/{api.job}/logs", headers=api.as_(viewer)).status_code == 200
+    assert api.post("/v1/jobs", submit, viewer).status_code == 403
+    assert api.post(f"/v1/jobs/{api.job}/cancel", None, viewer).status_code == 403
+    assert api.post("/v1/jobs", submit, runner).status_code == 201
+    assert api.http.get("/v1/herds/team/rbac", headers=api.as_(runner)).status_code == 403
+    listed = api.http.get("/v1/jobs", headers=api.as_(viewer)).json()["jobs"]
+    assert {j["herd"] for j in listed} == {"team"}
+    assert [h["name"] for h in api.http.get("/v1/herds", headers=api.as_(viewer)).json()["herds"]] == ["team"]
+    # a cluster-viewer reads every herd and the nodes, changes nothing
+    cluster_viewer = api.token("cluster-viewer", CLUSTER)
+    assert api.http.get("/v1/nodes", headers=api.as_(cluster_viewer)).status_code == 200
+    assert api.post("/v1/nodes/n1/cordon", None, cluster_viewer).status_code == 403
+    assert len(api.http.get("/v1/herds", headers=api.as_(cluster_viewer)).json()["herds"]) == 2
+
+
+def test_bindings_give_and_take_roles_to_users_groups_and_service_accounts(api: Api) -> None:
+    admin = api.token("admin", "team", name="team-admin")
+    alice = "user:alice:devs,ops"
+    submit = {"herd": "team", "command": ["/bin/true"]}
+    assert api.post("/v1/jobs", submit, alice).status_code == 403
+    bound = api.http.post(
+        "/v1/herds/team/rbac", json={"kind": "group", "subject": "devs", "role": "runner"}, headers=api.as_(admin)
+    )
+    assert bound.status_code == 201 and bound.json()["by"] == "sa:team-admin"
+    assert api.post("/v1/jobs", submit, alice).status_code == 201
+    listed = api.http.get("/v1/herds/team/rbac", headers=api.as_(admin)).json()["bindings"]
+    assert [(b["kind"], b["subject"], b["role"]) for b in listed] == [("group", "devs", "runner")]
+    # a herd admin binds only herd roles, and only in its herd
+    cluster_role = {"kind": "user", "subject": "alice", "role": "cluster-admin"}
+    assert api.post("/v1/herds/team/rbac", cluster_role, admin).status_code == 409
+    assert api.post("/v1/rbac", cluster_role, admin).status_code == 403
+    assert (
+        api.http.post(
+            "/v1/herds/other/rbac", json=cluster_role | {"role": "viewer"}, headers=api.as_(admin)
+        ).status_code
+        == 403
+    )
+    # a subject with "/" and spaces (an OIDC sub may hold them) is bound and unbound as it is
+    odd = {"kind": "user", "subject": "https://idp.example/u 42", "role": "viewer"}
+    assert api.post("/v1/herds/team/rbac", odd, admin).status_code == 201
+    gone = api.http.post(
+        "/v1/herds/team/rbac/unbind", json={"kind": "group", "subject": "devs"}, headers=api.as_(admin)
+    )
+    assert gone.status_code == 204
+    assert api.post("/v1/jobs", submit, alice).status_code == 403  # (this server forgot at once)
+    again = api.http.post(
+        "/v1/herds/team/rbac/unbind", json={"kind": "group", "subject": "devs"}, headers=api.as_(admin)
+    )
+    assert again.status_code == 404
+    # a service account bound by name: its token needs no grant of its own
+    bare = api.tokens.mint("sa:deployer", [], 600)[0]
+    assert api.post("/v1/jobs", submit, bare).status_code == 403
+    sa = {"kind": "sa", "subject": "deployer", "role": "runner"}
+    assert api.post("/v1/herds/team/rbac", sa, admin).status_code == 201
+    assert api.post("/v1/jobs", submit, bare).status_code == 201
+
+
+def test_minted_tokens_hold_their_role_in_their_herd_only(api: Api) -> None:
+    admin = api.token("admin", "team")
+    minted = api.http.post(
+        "/v1/herds/team/tokens", json={"name": "ci", "role": "runner", "ttl": 600}, headers=api.as_(admin)
+    )
+    assert minted.status_code == 201
+    ci = minted.json()["token"]
+    assert minted.json()["subject"] == "sa:ci" and minted.json()["expires"] <= time.time() + 601
+    assert api.post("/v1/jobs", {"herd": "team", "command": ["/bin/true"]}, ci).status_code == 201
+    assert api.post("/v1/jobs", {"herd": "other", "command": ["/bin/true"]}, ci).status_code == 403
+    assert api.post("/v1/herds/team/tokens", {"name": "x", "role": "runner"}, ci).status_code == 403
+    assert (
+        api.http.post(
+            "/v1/herds/team/tokens", json={"name": "x", "role": "cluster-admin"}, headers=api.as_(admin)
+        ).status_code
+        == 409
+    )
+    too_long = api.http.post(
+        "/v1/herds/team/tokens", json={"name": "x", "role": "viewer", "ttl": 1e9}, headers=api.as_(admin)
+    )
+    assert too_long.status_code == 422 and "ttl" in too_long.json()["detail"]
+    # the JWKS verifies it (what another service would check it with)
+    keys = api.http.get("/.well-known/jwks.json").json()["keys"]
+    key = jwt.PyJWK(keys[0]).key
+    assert jwt.decode(ci, key, algorithms=["ES256"], audience="runink")["sub"] == "sa:ci"
+
+
+def test_an_insecure_server_says_so_in_every_answer() -> None:
+    store = ClusterStore(MemoryBarn())
+    app = create_app(Lifecycle(store), store)
+    server, thread = serve_api(app, "127.0.0.1", 0)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as http:
+            for answer in (http.get("/v1/herds"), http.get("/v1/jobs/job-nope"), http.post("/v1/herds", json={})):
+                assert "insecure-dev" in answer.headers[INSECURE_HEADER]
+    finally:
+        stop_api(server, thread)
+
+
+def test_a_server_without_authentication_refuses_to_start(tmp_path: Path) -> None:
+    from runink.core.config import RuninkConfig
+    from runink.core.server.process import Server, ServerOptions
+
+    with plugin_manager() as manager, pytest.raises(RuninkError, match="no authentication configured: give --auth-key"):
+        Server(ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0)), RuninkConfig(), manager)
+    (tmp_path / "bad.pem").write_text("not a key")
+    with plugin_manager() as manager, pytest.raises(RuninkError, match=r"--auth-key .*bad.pem: not a readable PEM"):
+        Server(
+            ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "bad.pem"]),
+            RuninkConfig(),
+            manager,
+        )
+
+
+def test_the_manager_of_the_fixture_has_no_other_authorizer(api: Api) -> None:
+    """(the matrix above proves RBAC alone: no stray plugin allowing everything)"""
+    manager: PluginManager = api.app.state.auth.manager
+    names = {name for name, plugin in manager.pm.list_name_plugin() if hasattr(plugin, "runink_authorize")}
+    assert names == {"rbac"}
