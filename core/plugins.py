@@ -182,7 +182,9 @@ class PluginManager:
             if plugin is not None:
                 self.pm.unregister(plugin)
             record = self._records.get(name) or PluginRecord(name, "hook", HOOK_GROUP, None, None, "runtime")
-            self._records[name] = replace(record, status="failed", error=error, hooks=())
+            # (details keeps the hooks it had: a server refuses to start without its authorizer)
+            details = {**record.details, "hooks": list(record.hooks)}
+            self._records[name] = replace(record, status="failed", error=error, hooks=(), details=details)
         log.warning("plugin %s failed: %s", name, error)
 
     def records(self) -> list[PluginRecord]:

@@ -525,3 +525,40 @@ def test_a_start_time_that_is_no_time_ends_the_stream(
     assert answer.WhichOneof("body") == "error" and "report.started" in answer.error.message
     assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
     assert task_of(store, job.id).state is RunState.SCHEDULED
+
+
+def test_a_heartbeats_assignments_from_before_a_long_polls_answer_are_not_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat thread's answer may be read by the server before a placement and arrive
+    after the long-poll that announced it (whose task the agent then started): taking the
+    heartbeat's list would stop that task as "no longer assigned". Two answers race here by
+    hand, the transport stood in for."""
+    control = GrpcControl("127.0.0.1:1")  # (nothing is sent: _ask is replaced)
+    placed = pb.Task(id="t1", job_id="j1", herd="lab", command=["/bin/true"], attempt=1, token=5, state="SCHEDULED")
+    before = pb.ServerMessage(assignments=pb.Assignments(version="v1"))
+    after = pb.ServerMessage(assignments=pb.Assignments(version="v2", tasks=[placed]))
+    beat_sent, long_poll_answered = threading.Event(), threading.Event()
+
+    def ask(request: pb.AgentMessage, until: str, **_: Any) -> list[pb.ServerMessage]:
+        if request.WhichOneof("body") == "heartbeat":
+            beat_sent.set()
+            assert long_poll_answered.wait(5)  # (the server read the assignments before the placement)
+            return [before, pb.ServerMessage(heartbeat_ack=pb.HeartbeatAck(ok=True))]
+        return [after]
+
+    monkeypatch.setattr(control, "_ask", ask)
+    beating = threading.Thread(target=control.heartbeat, args=("n1", "inc"))
+    beating.start()
+    assert beat_sent.wait(5)
+    assert control.wait_assignments("n1", known="v1", wait=1.0) == "v2"
+    long_poll_answered.set()
+    beating.join(5)
+    assert [t.id for t in control.assignments("n1")] == ["t1"]  # the long-poll's, not the late heartbeat's
+    # a heartbeat with nothing newer meanwhile is taken as it is
+    monkeypatch.setattr(
+        control, "_ask", lambda request, until, **_: [before, pb.ServerMessage(heartbeat_ack=pb.HeartbeatAck(ok=True))]
+    )
+    assert control.heartbeat("n1", "inc")
+    assert control.assignments("n1") == []
+    control.close()

@@ -344,6 +344,21 @@ def test_a_server_without_authentication_refuses_to_start(tmp_path: Path) -> Non
         )
 
 
+def test_a_server_does_not_start_without_an_authorization_plugin_that_failed(tmp_path: Path) -> None:
+    """Fail closed: an OPA plugin whose configuration is wrong would otherwise just not vote."""
+    from runink.core.config import load_config
+    from runink.core.server.process import Server, ServerOptions
+    from runink.plugins.auth.opa import OpaAuthorizer
+
+    (tmp_path / "runink.toml").write_text('[plugin.opa]\nurl = "http://127.0.0.1:9/"\ntimeout = 999\n')
+    config = load_config(tmp_path / "runink.toml")
+    new_key_file(tmp_path / "key.pem")
+    with plugin_manager(("opa", OpaAuthorizer()), config=config, entrypoints=False) as manager:
+        options = ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "key.pem"])
+        with pytest.raises(RuninkError, match=r"plugin opa failed \(runink_configure raised .*timeout.*does not start"):
+            Server(options, config, manager)
+
+
 def test_the_manager_of_the_fixture_has_no_other_authorizer(api: Api) -> None:
     """(the matrix above proves RBAC alone: no stray plugin allowing everything)"""
     manager: PluginManager = api.app.state.auth.manager

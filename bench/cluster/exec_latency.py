@@ -49,14 +49,18 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 class Runink:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, insecure: bool = False) -> None:
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
+        flags = ["--insecure-dev"] if insecure else []
         up = subprocess.run(
-            [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c")],
+            [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c"), *flags],
             capture_output=True, text=True, env=self.env, timeout=120, check=True,
         )  # fmt: skip
         self.apis = json.loads(up.stdout)["api"]
-        self.http = httpx.Client(timeout=10)
+        # the admin token `runink up` gave the CLI (its context file)
+        token = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())["token"]
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.http = httpx.Client(timeout=10, headers=self.headers)
 
     def run_one(self, client: httpx.Client | None = None) -> float:
         http = client or self.http
@@ -187,7 +191,7 @@ def _free_ports(count: int) -> list[int]:
 
 def runink_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     started = time.perf_counter()
-    clients = [httpx.Client(timeout=30) for _ in range(threads)]
+    clients = [httpx.Client(timeout=30, headers=cluster.headers) for _ in range(threads)]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda i: cluster.run_one(clients[i % threads]), range(count)))
     for client in clients:
@@ -199,7 +203,7 @@ def runink_batch_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     """As ``sbatch_rate`` measures Slurm: every job submitted (by ``threads`` at once, each
     POST answered once the job is stored), then each waited for until it ended."""
     started = time.perf_counter()
-    clients = [httpx.Client(timeout=30) for _ in range(threads)]
+    clients = [httpx.Client(timeout=30, headers=cluster.headers) for _ in range(threads)]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         jobs = list(pool.map(lambda i: cluster.submit(clients[i % threads]), range(count)))
         list(pool.map(lambda i: cluster.wait_ended(clients[i % threads], jobs[i]), range(count)))

@@ -34,9 +34,10 @@ def main() -> None:
             capture_output=True, text=True, env=env, timeout=120, check=True,
         )  # fmt: skip
         api = json.loads(up.stdout)["api"][0]
+        token = json.loads((Path(tmp) / "xdg" / "runink" / "cluster.json").read_text())["token"]
         rows: list[dict[str, float]] = []
         try:
-            with httpx.Client(timeout=10) as http:
+            with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"}) as http:
                 for i in range(WARM_UP + JOBS):
                     began = time.time()
                     answer = http.post(api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})

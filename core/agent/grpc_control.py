@@ -115,7 +115,13 @@ class GrpcControl:
         self._poll_stream: _Stream | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._fresh: pb.Assignments | None = None  # the last heartbeat's, while still current
+        self._fresh: pb.Assignments | None = None  # the last heartbeat's or long-poll's, while still current
+        # Bumped by every long-poll answer and report. A heartbeat's assignments are kept only
+        # if it did not move while the heartbeat was out: else they may be from before a
+        # placement the agent already acted on (a long-poll answered meanwhile), and taking
+        # them would stop the attempt it just started as "no longer assigned".
+        self._generation = 0
+        self._fresh_lock = threading.Lock()
         self._tie: tuple[str, str] | None = None  # (node id, incarnation) a new stream is tied with
 
     def close(self) -> None:
@@ -146,11 +152,14 @@ class GrpcControl:
                 tied = bool(self._only(self._ask(beat, "heartbeat_ack", poll=True), "heartbeat_ack").heartbeat_ack.ok)
             else:
                 # the tie's assignments are not the round's: a report may have just made them stale
-                kept = self._fresh
+                with self._fresh_lock:
+                    kept, generation = self._fresh, self._generation
                 try:
                     tied = self.heartbeat(node_id, incarnation)
                 finally:
-                    self._fresh = kept
+                    with self._fresh_lock:
+                        if self._generation == generation:  # (else newer ones came meanwhile)
+                            self._fresh = kept
             if not tied:
                 raise ControlUnavailable(f"server {self.address}: node {node_id} must register again")
         with self._lock:
@@ -217,16 +226,22 @@ class GrpcControl:
         if usage is not None:
             beat.usage.CopyFrom(usage_message(usage))
         request = pb.AgentMessage(heartbeat=beat)
+        with self._fresh_lock:
+            sent = self._generation
         answers = self._ask(request, "heartbeat_ack")
         ok = bool(self._only(answers, "heartbeat_ack").heartbeat_ack.ok)
         self._tie = (node_id, incarnation) if ok else None
         # an accepted heartbeat brings the node's assignments: the round's assignments() uses
-        # them unless a report changed something since
-        self._fresh = next((a.assignments for a in answers if a.WhichOneof("body") == "assignments"), None)
+        # them unless a long-poll answer or a report came since it was sent (``_generation``)
+        found = next((a.assignments for a in answers if a.WhichOneof("body") == "assignments"), None)
+        with self._fresh_lock:
+            if self._generation == sent:
+                self._fresh = found
         return ok
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
-        found, self._fresh = self._fresh, None
+        with self._fresh_lock:
+            found, self._fresh = self._fresh, None
         if found is None:
             request = pb.AgentMessage(assignments=pb.AssignmentsRequest(node_id=node_id))
             found = self._only(self._ask(request, "assignments"), "assignments").assignments
@@ -253,7 +268,9 @@ class GrpcControl:
         found = self._only(answers, "assignments").assignments
         if found.version != known:
             # the round this wakes uses them (no second call); a heartbeat's from before are stale
-            self._fresh = found
+            with self._fresh_lock:
+                self._generation += 1
+                self._fresh = found
         return str(found.version)
 
     def report(
@@ -273,7 +290,9 @@ class GrpcControl:
             report.exit_code = exit_code
         if started is not None:
             report.started = started
-        self._fresh = None
+        with self._fresh_lock:
+            self._generation += 1
+            self._fresh = None
         answers = self._ask(pb.AgentMessage(report=report), "report_ack")
         return bool(self._only(answers, "report_ack").report_ack.accepted)
 

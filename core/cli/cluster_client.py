@@ -58,8 +58,8 @@ def read_token() -> str | None:
     if stored:
         return stored
     context = read_context()
-    token = context.get("token") if context else None
-    return token if isinstance(token, str) and token else None
+    found = context.get("token") if context else None
+    return found if isinstance(found, str) and found else None
 
 
 def server_addresses(flag: str | None, configured: str | None) -> list[str]:

@@ -236,6 +236,9 @@ def up_command(
     agents: int = typer.Option(2, "--agents", min=0, max=32, help="Agents (worker nodes) on this machine."),
     directory: Path | None = typer.Option(None, "--dir", help="Where their state and logs go (default: a temp dir)."),
     json_output: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
+    insecure_dev: bool = typer.Option(
+        False, "--insecure-dev", help="Servers that authenticate nobody and allow everything (development only)."
+    ),
 ) -> None:
     """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
     if read_context() is not None:
@@ -256,6 +259,7 @@ def up_command(
     auth_key = root / "auth-key.pem"
     new_key_file(auth_key)
     token, _ = ClusterTokens([auth_key]).mint("admin", [Grant("cluster-admin", CLUSTER)], ADMIN_TOKEN_TTL)
+    auth = ["--insecure-dev"] if insecure_dev else ["--auth-key", str(auth_key)]
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(4 * servers)
@@ -270,7 +274,7 @@ def up_command(
             peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
             api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
             command = [
-                *base, "server", "--api", api, "--agents", grpc, "--auth-key", str(auth_key), "--",
+                *base, "server", "--api", api, "--agents", grpc, *auth, "--",
                 "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
             ]  # fmt: skip
             processes.append(_spawn(command, root / f"{name}.log"))

@@ -338,6 +338,7 @@ def create_app(
         app.add_middleware(InsecureHeader)
 
     app.state.auth = auth
+
     def action(name: str) -> dict[str, Any]:
         """A route's declaration of what it does (``openapi_extra``): checked by the tests to
         be on every route that is not public."""

@@ -105,18 +105,19 @@ class ClusterTokens:
         if not 0 < ttl <= MAX_TTL:
             raise ValueError(f"ttl: {ttl:g} s (expected 1 s to {MAX_TTL // 86400} days)")
         issued = time.time() if now is None else now
-        claims = {
+        expires = int(issued + ttl)
+        claims: dict[str, Any] = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "sub": subject,
             "iat": int(issued),
             "nbf": int(issued),
-            "exp": int(issued + ttl),
+            "exp": expires,
             "jti": secrets.token_hex(8),
             "grants": [{"role": g.role, "herd": g.herd} for g in grants],
         }
         token = jwt.encode(claims, self._keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
-        return token, float(claims["exp"])
+        return token, float(expires)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys, as ``/.well-known/jwks.json`` serves them."""

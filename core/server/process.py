@@ -156,6 +156,11 @@ class Server:
                     require_loopback(host, what, "--insecure-bind")
                 except ValueError as exc:
                     raise RuninkError(str(exc)) from None
+        guards = {"runink_authenticate", "runink_authorize"}
+        for record in manager.records():
+            if record.status == "failed" and guards & set(record.details.get("hooks", ())):
+                # fail closed: without it the others would decide alone (OPA's denies ignored)
+                raise RuninkError(f"plugin {record.name} failed ({record.error}): a server does not start without it")
         if not options.insecure_dev and not options.auth_keys and not _identity_plugins(manager):
             raise RuninkError(
                 "no authentication configured: give --auth-key FILE (the cluster's token key; `runink up` "

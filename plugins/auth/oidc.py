@@ -14,16 +14,16 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
-import jwt
 
 from runink.core.config import RuninkConfig
 from runink.core.errors import AuthenticationError
 from runink.core.hookspecs import hookimpl
 from runink.core.model import AuthRequest, Identity
+
+if TYPE_CHECKING:  # imported where used: every CLI start loads this plugin, most never use it
+    import jwt
 
 NAME = "oidc"
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
@@ -165,6 +165,8 @@ class OidcAuthenticator:
         issuer = self.issuer
         if issuer is None:
             return None
+        import jwt
+
         token = _bearer_token(request.headers)
         if token is None:
             return None
@@ -181,6 +183,8 @@ class OidcAuthenticator:
         return self._verify(token, header, issuer)
 
     def _verify(self, token: str, header: Mapping[str, Any], issuer: str) -> Identity:
+        import jwt
+
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             raise AuthenticationError(
@@ -229,6 +233,8 @@ class OidcAuthenticator:
     def _key(self, kid: str, algorithm: str) -> jwt.PyJWK:
         """The issuer's key ``kid`` bound to ``algorithm``; the JWKS is fetched again for an
         unknown kid, at most once per refresh_interval (a flood of made-up kids costs one fetch)."""
+        import jwt
+
         jwk = self._cached(kid)
         if jwk is None:
             with self._fetch_lock:
@@ -302,6 +308,8 @@ class OidcAuthenticator:
         return keys
 
     def _get_json(self, url: str) -> dict[str, Any]:
+        import httpx
+
         deadline = time.monotonic() + self.timeout
         body = bytearray()
         try:
@@ -339,6 +347,8 @@ def _bearer_token(headers: Mapping[str, str]) -> str | None:
 
 def _reason(error: jwt.PyJWTError) -> str:
     """A one-line reason for a verification failure, without the token's text."""
+    import jwt
+
     if isinstance(error, jwt.ExpiredSignatureError):
         return "it has expired"
     if isinstance(error, jwt.ImmatureSignatureError):

@@ -20,15 +20,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from runink.core.config import RuninkConfig
 from runink.core.errors import ConfigError
 from runink.core.hookspecs import hookimpl
 from runink.core.model import AuthzDecision, Grant, Identity
+
+if TYPE_CHECKING:  # imported once configured: every CLI start loads this plugin
+    import httpx
 
 NAME = "opa"
 DEFAULT_PATH = "runink/authz/allow"
@@ -157,6 +158,8 @@ class OpaAuthorizer:
             self._client = None
         if target is None:
             return
+        import httpx
+
         # trust_env off: OPA is a sidecar or an internal service; a proxy from the
         # environment would see every identity.
         self._client = httpx.Client(timeout=target.timeout, follow_redirects=False, trust_env=False)
@@ -192,6 +195,8 @@ class OpaAuthorizer:
 
     @staticmethod
     def _post(client: httpx.Client, target: OpaTarget, body: bytes, deadline: float) -> Any:
+        import httpx
+
         if time.monotonic() >= deadline:  # queued behind stuck calls: the caller has gone
             raise _Unreachable("no answer in time")
         try:
