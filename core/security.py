@@ -29,7 +29,8 @@ ROLES: dict[str, frozenset[str]] = {
     "editor": _RUN | {"rbac.read"},
     "admin": _ADMIN,
     "cluster-viewer": _READ | {"nodes.read", "rbac.read"},
-    "cluster-admin": _ADMIN | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update"},
+    "cluster-admin": _ADMIN
+    | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update", "audit.read"},
 }
 HERD_ROLES = ("viewer", "runner", "editor", "admin")
 CLUSTER_ROLES = ("cluster-viewer", "cluster-admin")

@@ -29,7 +29,7 @@ from runink.core.model import AuthRequest, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.security import CLUSTER
 from runink.core.server.api import create_app
-from runink.core.server.auth import INSECURE_HEADER, ApiAuth, ClusterTokens, bearer, new_key_file
+from runink.core.server.auth import AUDIT, INSECURE_HEADER, ApiAuth, ClusterTokens, bearer, new_key_file
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.auth.rbac import HerdRbac
 from runink.plugins.barn.memory import MemoryBarn
@@ -133,7 +133,8 @@ def _b64(part: dict[str, Any]) -> str:
 
 
 def state(api: Api) -> list[tuple[str, bytes]]:
-    return [(kv.key, kv.value) for kv in api.store.barn.scan("/")]
+    """Every record but the audit log's (a refused change is logged: that is all it may change)."""
+    return [(kv.key, kv.value) for kv in api.store.barn.scan("/") if not kv.key.startswith(AUDIT)]
 
 
 def test_every_route_declares_its_action(api: Api) -> None:
@@ -364,3 +365,24 @@ def test_the_manager_of_the_fixture_has_no_other_authorizer(api: Api) -> None:
     manager: PluginManager = api.app.state.auth.manager
     names = {name for name, plugin in manager.pm.list_name_plugin() if hasattr(plugin, "runink_authorize")}
     assert names == {"rbac"}
+
+
+def test_decisions_about_changes_go_to_the_audit_log_which_cluster_admins_read(api: Api) -> None:
+    runner, viewer = api.token("runner", "team", name="ci"), api.token("viewer", "team", name="peek")
+    assert api.post("/v1/jobs", {"herd": "team", "command": ["/bin/true"]}, runner).status_code == 201
+    assert api.post(f"/v1/jobs/{api.job}/cancel", None, viewer).status_code == 403
+    assert api.http.get(f"/v1/jobs/{api.job}", headers=api.as_(viewer)).status_code == 200  # (reads: not logged)
+    for who in (runner, api.token("admin", "team"), api.token("cluster-viewer", CLUSTER)):
+        assert api.http.get("/v1/audit", headers=api.as_(who)).status_code == 403
+    answer = api.http.get("/v1/audit", headers=api.as_(api.token("cluster-admin", CLUSTER)))
+    assert answer.status_code == 200
+    logged = [(r["subject"], r["action"], r["herd"], r["allowed"]) for r in answer.json()["records"]]
+    # (reads, allowed or not, change nothing: not logged)
+    assert logged == [("sa:ci", "jobs.submit", "team", True), ("sa:peek", "jobs.cancel", "team", False)]
+    denied = answer.json()["records"][1]
+    assert denied["resource"] == f"jobs/{api.job}" and "may not jobs.cancel" in denied["reason"]
+    # written once, under the day it was made (UTC)
+    today = f"{AUDIT}{time.strftime('%Y-%m-%d', time.gmtime())}/"
+    keys = [kv.key for kv in api.store.barn.scan(AUDIT)]
+    assert len(keys) == 2 and all(k.startswith(today) for k in keys)
+    assert all(kv.create_revision == kv.mod_revision for kv in api.store.barn.scan(AUDIT))

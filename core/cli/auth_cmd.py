@@ -155,7 +155,36 @@ def rbac_list(
     )
 
 
+def audit_command(
+    ctx: typer.Context,
+    day: str | None = typer.Option(None, "--day", help="The day, YYYY-MM-DD (UTC; default: today)."),
+    limit: int = typer.Option(100, "--limit", min=1, max=10_000, help="The last this many decisions."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Authorization decisions about changes, allowed or not (cluster admins)."""
+    with _client(ctx, server) as client:
+        records = client.call("GET", "/v1/audit", day=day, limit=limit)["records"]
+    if json_output:
+        print_json(records)
+        return
+    rows = [
+        (
+            dt.datetime.fromtimestamp(r["at"], dt.UTC).strftime("%H:%M:%S.%f")[:-3],
+            r["subject"],
+            r["action"],
+            r["herd"],
+            r["resource"],
+            "allowed" if r["allowed"] else "DENIED",
+            r["reason"],
+        )
+        for r in records
+    ]
+    print_table("audit", ["AT (UTC)", "WHO", "ACTION", "HERD", "RESOURCE", "DECISION", "WHY"], rows)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("audit")(audit_command)
     app.command("login")(login_command)
     app.command("whoami")(whoami_command)
     app.add_typer(token_app, name="token")

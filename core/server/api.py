@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -44,6 +46,7 @@ from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, Grant, Identity
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
 from runink.core.server.auth import (
+    AUDIT,
     INSECURE_HEADER,
     INSECURE_VALUE,
     MAX_TTL,
@@ -51,6 +54,7 @@ from runink.core.server.auth import (
     ClusterTokens,
     Forbidden,
     Unauthenticated,
+    audit_day,
 )
 from runink.core.server.feed import JobWaits
 
@@ -461,6 +465,17 @@ def create_app(
     def cluster_token(body: TokenIn, identity: Caller) -> dict[str, Any]:
         """A service account's token holding a cluster role."""
         return mint(identity, CLUSTER, body)
+
+    @app.get("/v1/audit", openapi_extra=action("audit.read"))
+    def read_audit(
+        identity: Caller,
+        day: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict[str, Any]:
+        """The last ``limit`` decisions about changes of ``day`` (UTC; default: today), oldest first."""
+        auth.check(identity, "audit.read", "audit", CLUSTER)
+        kept = store.barn.scan(f"{AUDIT}{day or audit_day(time.time())}/")[-limit:]
+        return {"records": [json.loads(kv.value) for kv in kept]}
 
     # --- jobs --------------------------------------------------------------------------
 

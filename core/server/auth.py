@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.control.bindings import Binding, bindings
+from runink.core.control.records import Record
 from runink.core.control.store import ClusterStore
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.hookspecs import hookimpl
+from runink.core.interfaces.barn import TxnOp
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.security import CLUSTER, ROLES, authenticate, authorize
@@ -40,6 +42,24 @@ MAX_TOKEN = 16 * 1024  # characters of a bearer token
 MAX_TTL = 90 * 86400  # seconds a token the cluster signs may live
 LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
 BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
+AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
+
+
+class AuditRecord(Record):
+    """One authorization decision about a change (every action but ``*.read``), allowed or not."""
+
+    at: float
+    subject: str
+    authenticated_by: str
+    action: str
+    resource: str
+    herd: str
+    allowed: bool
+    reason: str
+
+
+def audit_day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
 class Unauthenticated(RuninkError):
@@ -244,7 +264,26 @@ class ApiAuth:
         return authorize(self.manager, identity, action, resource, herd, grants=self.grants(identity, herd))
 
     def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
-        """Raise Forbidden unless ``identity`` may do ``action`` on ``resource`` in ``herd``."""
+        """Raise Forbidden unless ``identity`` may do ``action`` on ``resource`` in ``herd``;
+        a decision about a change is written to the audit log first (no change goes unlogged:
+        if the Barn cannot take the record, the request fails)."""
         decision = self.decide(identity, action, resource, herd)
+        if not self.insecure and not action.endswith(".read"):
+            self.audit(identity, action, resource, herd, decision)
         if not decision.allowed:
             raise Forbidden(decision.reason)
+
+    def audit(self, identity: Identity, action: str, resource: str, herd: str, decision: AuthzDecision) -> None:
+        now = time.time()
+        record = AuditRecord(
+            at=now,
+            subject=identity.subject[:256],
+            authenticated_by=identity.authenticated_by,
+            action=action,
+            resource=resource[:512],
+            herd=herd,
+            allowed=decision.allowed,
+            reason=decision.reason[:512],
+        )
+        key = f"{AUDIT}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
+        self.store.barn.transaction([(key, 0)], [TxnOp(key, record.model_dump_json().encode())])
