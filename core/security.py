@@ -32,6 +32,8 @@ ROLES: dict[str, frozenset[str]] = {
     "cluster-admin": _ADMIN
     | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update", "audit.read"},
 }
+#: a node's agent (tokens only, never bound): its gRPC stream, no action of the REST API
+ROLES["node"] = frozenset({"nodes.join"})
 HERD_ROLES = ("viewer", "runner", "editor", "admin")
 CLUSTER_ROLES = ("cluster-viewer", "cluster-admin")
 

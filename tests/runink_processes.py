@@ -54,3 +54,16 @@ def admin_headers(env: dict[str, str] | None = None) -> dict[str, str]:
         base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         token = json.loads((Path(base) / "runink" / "cluster.json").read_text())["token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def node_auth(folder: Path, node: str) -> list[str]:
+    """The flags an agent needs to join the cluster of ``cluster_auth(folder, ...)`` as ``node``:
+    a node token for it, in a file."""
+    from runink.core.model import Grant
+    from runink.core.security import CLUSTER
+    from runink.core.server.auth import ClusterTokens
+
+    token, _ = ClusterTokens([folder / "auth-key.pem"]).mint(f"node:{node}", [Grant("node", CLUSTER)], 3600)
+    path = folder / f"{node}.token"
+    path.write_text(token + "\n")
+    return ["--token-file", str(path)]

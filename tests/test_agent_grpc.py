@@ -562,3 +562,46 @@ def test_a_heartbeats_assignments_from_before_a_long_polls_answer_are_not_taken(
     assert control.heartbeat("n1", "inc")
     assert control.assignments("n1") == []
     control.close()
+
+
+def test_with_cluster_tokens_a_stream_must_carry_its_nodes_token(life: Lifecycle, tmp_path: Path) -> None:
+    """Only a token the cluster signed for ``node:NAME`` (role node) lets a stream in, and
+    only as NAME; no token, an admin's, another node's or a forged one: refused at once."""
+    from runink.core.model import Grant
+    from runink.core.server.auth import ClusterTokens, new_key_file
+
+    new_key_file(tmp_path / "key.pem")
+    new_key_file(tmp_path / "other.pem")
+    tokens = ClusterTokens([tmp_path / "key.pem"])
+    stranger = ClusterTokens([tmp_path / "other.pem"])
+    node = NodeRecord(id="n1", capacity=Amount(cpu=1, memory=1 << 30))
+
+    def node_token(name: str, signer: ClusterTokens = tokens) -> str:
+        return signer.mint(f"node:{name}", [Grant("node", "*")], 600)[0]
+
+    server = serve_agents(life, "127.0.0.1", 0, tokens=tokens)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        refused = {
+            "no token": None,
+            "an admin's": tokens.mint("admin", [Grant("cluster-admin", "*")], 600)[0],
+            "another node's": node_token("n2"),
+            "another cluster's": node_token("n1", stranger),
+            "garbage": "x.y.z",
+        }
+        for why, token in refused.items():
+            control = GrpcControl(address, timeout=5, token=token)
+            try:
+                with pytest.raises(ControlUnavailable):
+                    control.register_node(node)
+            finally:
+                control.close()
+            assert why and life.store.nodes() == []  # (nothing registered)
+        control = GrpcControl(address, timeout=5, token=node_token("n1"))
+        try:
+            assert control.register_node(node).id == "n1"
+            assert control.heartbeat("n1", life.store.node("n1").record.incarnation)
+        finally:
+            control.close()
+    finally:
+        server.stop(grace=None).wait()

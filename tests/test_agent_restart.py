@@ -25,7 +25,7 @@ import pytest
 from agent_helpers import ProxyControl, schedule, task_of
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import cluster_auth, ready, start_runink
+from runink_processes import cluster_auth, node_auth, ready, start_runink
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -223,6 +223,7 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
     def agent(name: str) -> subprocess.Popen[str]:
         work, log = tmp_path / name, tmp_path / f"{name}.log"
         args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", name, "--work-dir", str(work)]
+        args += node_auth(tmp_path, name)
         process = processes[name] = start_runink(args, log, env)
         ready(process, log)
         return process

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import admin_headers, cluster_auth, ready, start_runink
+from runink_processes import admin_headers, cluster_auth, node_auth, ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agents run slices as root")
 
@@ -38,6 +38,7 @@ def _cluster(tmp: Path, agents: dict[str, str], agent_env: dict[str, str]) -> It
         ready(processes[0], tmp / "s.log")
         for node, label in agents.items():
             args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", node, "--work-dir", str(tmp / node)]
+            args += node_auth(tmp, node)
             processes.append(start_runink([*args, "--labels", label], tmp / f"{node}.log", {**env, **agent_env}))
             ready(processes[-1], tmp / f"{node}.log")
         yield env

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import cluster_auth, ready, start_runink
+from runink_processes import cluster_auth, node_auth, ready, start_runink
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -33,7 +33,16 @@ def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         ready(server, tmp_path / "s.log")
         agent = start_runink(
-            ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", "n1", "--work-dir", str(tmp_path / "agent")],
+            [
+                "agent",
+                "--servers",
+                f"127.0.0.1:{grpc}",
+                "--node-id",
+                "n1",
+                "--work-dir",
+                str(tmp_path / "agent"),
+                *node_auth(tmp_path, "n1"),
+            ],
             tmp_path / "a.log",
             env,
         )

@@ -50,7 +50,7 @@ class _Call:
 class _Stream:
     """One open stream: its request queue, its reader thread and the calls waiting on it."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.requests: queue.Queue[pb.AgentMessage | None] = queue.Queue()
         self.waiting: dict[int, _Call] = {}
         self.lock = threading.Lock()
@@ -60,7 +60,7 @@ class _Stream:
             request_serializer=pb.AgentMessage.SerializeToString,
             response_deserializer=pb.ServerMessage.FromString,
         )
-        self.call = connect(self._outgoing())
+        self.call = connect(self._outgoing(), metadata=metadata or None)
         self.reader = threading.Thread(target=self._read, name="agent-stream-reader", daemon=True)
         self.reader.start()
 
@@ -103,9 +103,11 @@ class GrpcControl:
     """``Control`` (what the Agent asks of the control plane) over one gRPC stream to ``address``
     (host:port)."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        # the node's token (``runink agent --token-file``), sent with every stream
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", MAX_SERVER_MESSAGE_BYTES)]
         )
@@ -165,7 +167,7 @@ class GrpcControl:
         with self._lock:
             stream = self._poll_stream if poll else self._stream
             if stream is None or stream.broken is not None:
-                stream = _Stream(self._channel)
+                stream = _Stream(self._channel, self._metadata)
                 if poll:
                     self._poll_stream = stream
                 else:
@@ -343,13 +345,14 @@ class FailoverControl:
     so when the one in use is unreachable the next is tried (the Agent's next round, or at once
     for the same call). Its heartbeat on a new server carries its incarnation (tied to the node)."""
 
-    def __init__(self, addresses: list[str], *, timeout: float = 10.0) -> None:
+    def __init__(self, addresses: list[str], *, timeout: float = 10.0, token: str | None = None) -> None:
         if not addresses:
             raise ValueError("FailoverControl: no server address")
         self.addresses = addresses
         self.timeout = timeout
         self._index = 0
-        self._current = GrpcControl(addresses[0], timeout=timeout)
+        self.token = token
+        self._current = GrpcControl(addresses[0], timeout=timeout, token=token)
         self._lock = threading.Lock()  # the agent's heartbeat thread and its rounds call at once
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -366,7 +369,7 @@ class FailoverControl:
                         tie = current._tie  # the next server's stream is tied to the node with it
                         current.close()
                         self._index = (self._index + 1) % len(self.addresses)
-                        self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout)
+                        self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout, token=self.token)
                         self._current._tie = tie
         raise ControlUnavailable("no server answered: " + "; ".join(failures))
 

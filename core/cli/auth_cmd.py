@@ -10,7 +10,7 @@ import sys
 import typer
 
 from runink.core.cli.cluster_client import token_file
-from runink.core.cli.jobs_cmd import JSON, SERVER, _client
+from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
 from runink.core.errors import RuninkError
 
@@ -153,6 +153,24 @@ def rbac_list(
         ["KIND", "SUBJECT", "ROLE", "BOUND BY"],
         rows,
     )
+
+
+@nodes_app.command("token")
+def node_token(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node's id (its agent's --node-id)."),
+    ttl: str = typer.Option("30d", "--ttl", help="How long the token lasts: 1h, 30d (1 minute to 90 days)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Mint the token a node's agent connects with (`runink agent --token-file FILE`)."""
+    with _client(ctx, server) as client:
+        answer = client.call("POST", f"/v1/nodes/{node}/token", {"ttl": _duration(ttl)})
+    if json_output:
+        print_json(answer)
+        return
+    print(f"# node {node}: give it to its agent as --token-file", file=sys.stderr)
+    print(answer["token"])
 
 
 def audit_command(

@@ -95,6 +95,9 @@ def agent_command(
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Where tasks' dirs and logs go."),
     interval: float = typer.Option(0.1, "--interval", min=0.01, help="Seconds between syncs with the server."),
     drain_grace: float = typer.Option(30.0, "--drain-grace", min=0, help="On SIGTERM, seconds tasks may finish."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="This node's token (`runink nodes token NODE` mints one; `runink up` does)."
+    ),
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
     again over the same --work-dir and --node-id, it re-attaches to the slices it left running
@@ -141,7 +144,8 @@ def agent_command(
     # pipeline scenarios (`runink submit`): compiled here from their .dsl, with this node's config
     pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, work)
     executor = ScenarioAttempts(executor, config, manager, pipelines)
-    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()])
+    token = _read_token_file(token_file) if token_file else None
+    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token)
     agent = Agent(
         control,
         executor,
@@ -188,6 +192,19 @@ def _recovering(executor: Executor, config: RuninkConfig, manager: PluginManager
 
 #: the executor option that lets running slices outlive the agent (the linux driver's)
 OUTLIVE = "slices_outlive_executor"
+
+
+def _read_token_file(path: Path) -> str:
+    """The one-line token in ``path`` (at most 16 KiB, no symlink followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as source:
+            text = source.read(16 * 1024 + 1).strip()
+    except OSError as exc:
+        raise RuninkError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if not text or len(text) > 16 * 1024 or not text.isprintable() or " " in text:
+        raise RuninkError(f"--token-file {path}: not one token of at most 16 KiB on one line")
+    return text
 
 
 def _memory_total() -> int:
@@ -258,7 +275,8 @@ def up_command(
 
     auth_key = root / "auth-key.pem"
     new_key_file(auth_key)
-    token, _ = ClusterTokens([auth_key]).mint("admin", [Grant("cluster-admin", CLUSTER)], ADMIN_TOKEN_TTL)
+    tokens = ClusterTokens([auth_key])
+    token, _ = tokens.mint("admin", [Grant("cluster-admin", CLUSTER)], ADMIN_TOKEN_TTL)
     auth = ["--insecure-dev"] if insecure_dev else ["--auth-key", str(auth_key)]
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
@@ -292,6 +310,14 @@ def up_command(
             # every server's address, each agent starting with a different one (it fails over)
             order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
+            if not insecure_dev:  # its own token: it may act as this node only
+                work.mkdir(mode=0o700)
+                node_token, _ = tokens.mint(f"node:{name}", [Grant("node", CLUSTER)], ADMIN_TOKEN_TTL)
+                token_path = work / "node.token"
+                fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(node_token + "\n")
+                command += ["--token-file", str(token_path)]
             process = _spawn(command, root / f"{name}.log")
             processes.append(process)
             event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)

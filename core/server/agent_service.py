@@ -30,9 +30,10 @@ from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewher
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
 from runink.core.control.store import ClusterStore, NotFound
-from runink.core.errors import RuninkError
-from runink.core.model import check_name
+from runink.core.errors import AuthenticationError, RuninkError
+from runink.core.model import AuthRequest, check_name
 from runink.core.report import printable
+from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
@@ -59,6 +60,20 @@ MAX_WAIT_MS = 5000
 
 class BadRequest(Exception):
     """A request that fails the checks: the stream ends with its message."""
+
+
+class BadToken(Exception):
+    """A stream without a node's token: refused before any request is read (UNAUTHENTICATED)."""
+
+
+def _check_claim(request: pb.AgentMessage, pinned: str) -> None:
+    """A stream's first Register or Heartbeat must name the node its token is for."""
+    kind = request.WhichOneof("body")
+    claimed = (
+        request.register.node_id if kind == "register" else request.heartbeat.node_id if kind == "heartbeat" else None
+    )
+    if claimed is not None and claimed != pinned:
+        raise BadRequest(f"{kind}.node_id: {printable(claimed, 63)!r}, but the stream's token is node {pinned!r}'s")
 
 
 def _text(value: str, limit: int, what: str) -> str:
@@ -222,17 +237,44 @@ def task_message(task: TaskRecord) -> pb.Task:
 class AgentService:
     """The servicer: ``Connect`` is one agent's stream."""
 
-    def __init__(self, lifecycle: Lifecycle, bind_timeout: float = BIND_TIMEOUT) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, bind_timeout: float = BIND_TIMEOUT, tokens: ClusterTokens | None = None
+    ) -> None:
         self.lifecycle = lifecycle
         self.logs = TaskLogs(lifecycle.store)
         self.bind_timeout = bind_timeout
         self.changes = TaskChanges(lifecycle)
+        self.tokens = tokens  # None: any stream may act as any node (development only)
+
+    def _token_node(self, context: Any) -> str:
+        """The node the stream's token (``authorization`` metadata) lets it act as: a token the
+        cluster signed for ``node:NAME`` holding the ``node`` role. BadToken otherwise."""
+        assert self.tokens is not None
+        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        if bearer(metadata) is None:
+            raise BadToken("no token: start the agent with --token-file (`runink nodes token NODE` mints one)")
+        try:
+            identity = self.tokens.runink_authenticate(
+                AuthRequest(headers={"authorization": metadata["authorization"]})
+            )
+        except AuthenticationError as exc:
+            raise BadToken(str(exc)) from None
+        grants = identity.claims.get("grants", ()) if identity is not None else ()
+        if identity is None or not identity.subject.startswith("node:") or not any(g.role == "node" for g in grants):
+            raise BadToken("the token is not a node's (`runink nodes token NODE` mints one)")
+        return identity.subject[len("node:") :]
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)
         node: str | None = None  # the node this stream is bound to
         request_id = 0
         bind_by = time.monotonic() + self.bind_timeout
+        try:
+            pinned = None if self.tokens is None else self._token_node(context)
+        except BadToken as exc:
+            why = printable(str(exc), 400)
+            log.warning("agent stream from %s refused: %s", peer, why)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
         try:
             while True:
                 request = next(requests, None) if node is not None else _next_before(requests, bind_by)
@@ -247,6 +289,8 @@ class AgentService:
                     return  # the agent closed the stream
                 request_id = request.request_id
                 try:
+                    if node is None and pinned is not None:
+                        _check_claim(request, pinned)
                     answers, node = self._answer(request, node)
                 except BadRequest as exc:
                     why = printable(str(exc), 400)
@@ -401,10 +445,13 @@ def serve_agents(
     insecure_bind: bool = False,
     max_streams: int = MAX_STREAMS,
     bind_timeout: float = BIND_TIMEOUT,
+    tokens: ClusterTokens | None = None,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
-    which). Until authentication lands anything that reaches the port can act as an agent, so
-    a non-loopback host is refused (ValueError) unless ``insecure_bind`` is given. Each open
+    which). With ``tokens``, a stream must carry a node's token (``node:NAME``, role ``node``)
+    and may act as that node only; without, anything that reaches the port can act as any
+    node. The traffic is not TLS yet, so a non-loopback host is refused (ValueError) unless
+    ``insecure_bind`` is given. Each open
     stream holds a thread, so at most ``max_streams`` are open at once, and one that is not
     bound to a node within ``bind_timeout`` seconds is closed. OSError when the
     address cannot be bound."""
@@ -418,7 +465,7 @@ def serve_agents(
         options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
-    service = AgentService(lifecycle, bind_timeout)
+    service = AgentService(lifecycle, bind_timeout, tokens)
     connect = grpc.stream_stream_rpc_method_handler(
         service.Connect,
         request_deserializer=pb.AgentMessage.FromString,

@@ -143,6 +143,10 @@ class TokenIn(Body):
     ttl: float = Field(default=3600.0, ge=60, le=MAX_TTL, allow_inf_nan=False)  # seconds
 
 
+class NodeTokenIn(Body):
+    ttl: float = Field(default=30 * 86400.0, ge=60, le=MAX_TTL, allow_inf_nan=False)  # seconds
+
+
 class BodyTooLarge(HTTPException):
     """Raised while the body is read (FastAPI passes an HTTPException through as it is)."""
 
@@ -621,6 +625,17 @@ def create_app(
         auth.check(identity, "nodes.read", f"nodes/{node_id}", CLUSTER)
         node = store.node(node_id).record
         return node_view(node, [v.record for v in store.assigned(node.id)])
+
+    @app.post("/v1/nodes/{node_id}/token", status_code=201, openapi_extra=action("nodes.manage"))
+    def node_token(node_id: NamePath, identity: Caller, body: NodeTokenIn | None = None) -> dict[str, Any]:
+        """A token the agent of ``node_id`` connects with (`runink agent --token-file`): it may
+        act as that node only, and nothing on this API."""
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
+        if tokens is None:
+            raise NotFound("this cluster signs no tokens (its servers were given no --auth-key)")
+        ttl = (body or NodeTokenIn()).ttl
+        token, expires = tokens.mint(f"node:{node_id}", [Grant("node", CLUSTER)], ttl)
+        return {"token": token, "node": node_id, "expires": expires}
 
     @app.post("/v1/nodes/{node_id}/cordon", openapi_extra=action("nodes.manage"))
     def cordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:

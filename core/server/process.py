@@ -204,10 +204,14 @@ class Server:
         feed.listen(self.loop.on_change)
         feed.listen(self.job_waits.on_change)
         feed.start()
-        self.agents = serve_agents(
-            self.lifecycle, options.agents[0], options.agents[1], insecure_bind=options.insecure_bind
-        )
         tokens = self.tokens
+        self.agents = serve_agents(
+            self.lifecycle,
+            options.agents[0],
+            options.agents[1],
+            insecure_bind=options.insecure_bind,
+            tokens=None if options.insecure_dev else tokens,
+        )
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")
         auth = ApiAuth(manager, self.store, insecure=options.insecure_dev)
