@@ -304,7 +304,7 @@ def create_app(
     ``auth``: who may call what (core/server/auth.py); None: nobody is authenticated and every
     answer says so (``--insecure-dev``). ``tokens``: the cluster's own, minted by the token
     routes and served as JWKS; None: those routes answer 404."""
-    auth = auth or ApiAuth(None, store, insecure=True)  # type: ignore[arg-type]
+    auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
         summary="Jobs over a pool of machines: herds with quotas, nodes, jobs and their tasks",

@@ -206,7 +206,9 @@ def _token_grants(value: object) -> list[Grant]:
 class ApiAuth:
     """What the API asks per request: who calls (``identify``), and may they (``check``)."""
 
-    def __init__(self, manager: PluginManager, store: ClusterStore, *, insecure: bool = False) -> None:
+    def __init__(self, manager: PluginManager | None, store: ClusterStore, *, insecure: bool = False) -> None:
+        if manager is None and not insecure:
+            raise ValueError("ApiAuth: a plugin manager is needed unless insecure")
         self.manager = manager
         self.store = store
         self.insecure = insecure
@@ -219,6 +221,7 @@ class ApiAuth:
         if bearer(headers) is None:
             raise Unauthenticated("no credentials: send `Authorization: Bearer TOKEN` (`runink login`)")
         try:
+            assert self.manager is not None  # (see __init__)
             return authenticate(
                 self.manager, AuthRequest(headers={"authorization": headers["authorization"]}, peer=peer)
             )
@@ -261,6 +264,7 @@ class ApiAuth:
     def decide(self, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
         if self.insecure:
             return AuthzDecision(True, "insecure-dev", "")
+        assert self.manager is not None  # (see __init__)
         return authorize(self.manager, identity, action, resource, herd, grants=self.grants(identity, herd))
 
     def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
