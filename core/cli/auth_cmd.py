@@ -9,16 +9,14 @@ import sys
 
 import typer
 
-from runink.core.cli.cluster_client import token_file
+from runink.core.cli.cluster_client import MAX_TOKEN, one_token, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
-from runink.core.errors import RuninkError
 
 rbac_app = typer.Typer(help="Role bindings: who holds which role in a herd, or in the cluster.", no_args_is_help=True)
 token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_args_is_help=True)
 
 CLUSTER = "*"
-MAX_TOKEN = 16 * 1024  # characters of a token `runink login` stores
 
 
 def _duration(text: str) -> float:
@@ -48,10 +46,7 @@ def login_command(
     ),
 ) -> None:
     """Store the token every CLI command sends (`$RUNINK_TOKEN` overrides it)."""
-    text = token if token is not None else sys.stdin.read(MAX_TOKEN + 1)
-    text = text.strip()
-    if not text or len(text) > MAX_TOKEN or not text.isprintable() or " " in text:
-        raise RuninkError("login: the token must be one line of at most 16 KiB, without spaces")
+    text = one_token(token if token is not None else sys.stdin.read(MAX_TOKEN + 1), "login")
     path = token_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -42,6 +42,18 @@ def read_context() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+MAX_TOKEN = 16 * 1024  # characters of a token the CLI or an agent reads
+
+
+def one_token(text: str, where: str) -> str:
+    """``text`` stripped, if it is one token (one line, no spaces, at most MAX_TOKEN
+    characters); else RuninkError naming ``where``."""
+    text = text.strip()
+    if not text or len(text) > MAX_TOKEN or not text.isprintable() or " " in text:
+        raise RuninkError(f"{where}: not one token of at most 16 KiB on one line, without spaces")
+    return text
+
+
 def token_file() -> Path:
     """Where ``runink login`` keeps the CLI's token (readable by its owner only)."""
     return context_file().with_name("token")

@@ -196,15 +196,15 @@ OUTLIVE = "slices_outlive_executor"
 
 def _read_token_file(path: Path) -> str:
     """The one-line token in ``path`` (at most 16 KiB, no symlink followed)."""
+    from runink.core.cli.cluster_client import MAX_TOKEN, one_token
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd) as source:
-            text = source.read(16 * 1024 + 1).strip()
-    except OSError as exc:
-        raise RuninkError(f"--token-file {path}: {exc.strerror or exc}") from None
-    if not text or len(text) > 16 * 1024 or not text.isprintable() or " " in text:
-        raise RuninkError(f"--token-file {path}: not one token of at most 16 KiB on one line")
-    return text
+            text = source.read(MAX_TOKEN + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuninkError(f"--token-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return one_token(text, f"--token-file {path}")
 
 
 def _memory_total() -> int:
