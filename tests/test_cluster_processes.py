@@ -190,3 +190,31 @@ def test_down_stops_only_what_up_started_and_removes_only_its_folder(run_cli: Cl
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_cli_binds_roles_mints_tokens_and_reads_the_audit_log(
+    one_server: dict[str, str], run_cli: CliRunner
+) -> None:
+    """As the cluster admin (the env's RUNINK_TOKEN), then as a runner of one herd."""
+    whoami = json.loads(run_cli("whoami", "--json", env=one_server).stdout)
+    assert whoami["subject"] == "admin" and whoami["cluster_roles"] == ["cluster-admin"]
+    assert run_cli("herd", "create", "team", env=one_server).returncode == 0
+    bound = run_cli("rbac", "bind", "team", "viewer", "--user", "alice@example.com", env=one_server)
+    assert bound.returncode == 0, bound.stderr
+    listed = json.loads(run_cli("rbac", "list", "team", "--json", env=one_server).stdout)
+    assert [(b["kind"], b["subject"], b["role"]) for b in listed] == [("user", "alice@example.com", "viewer")]
+    minted = run_cli(
+        "token", "create", "--herd", "team", "--role", "runner", "--name", "ci", "--ttl", "10m", env=one_server
+    )
+    assert minted.returncode == 0 and "sa:ci, runner in herd team" in minted.stderr
+    runner = {**one_server, "RUNINK_TOKEN": minted.stdout.strip()}
+    ran = run_cli("exec", "--herd", "team", "--", "/bin/echo", "as ci", env=runner)
+    assert ran.returncode == 0 and ran.stdout == "as ci\n", ran.stderr
+    refused = run_cli("nodes", "list", env=runner)
+    assert refused.returncode != 0 and "403 sa:ci may not nodes.read in the cluster" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert run_cli("exec", "--herd", "default", "--", "/bin/true", env=runner).returncode != 0  # another herd
+    audit = json.loads(run_cli("audit", "--json", env=one_server).stdout)
+    submits = [(r["subject"], r["herd"], r["allowed"]) for r in audit if r["action"] == "jobs.submit"]
+    assert submits == [("sa:ci", "team", True), ("sa:ci", "default", False)]
+    assert run_cli("audit", env=runner).returncode != 0  # (cluster admins only)
