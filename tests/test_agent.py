@@ -312,3 +312,36 @@ def test_run_forever_reports_a_slice_end_well_before_its_interval(
         stop.set()
         runner.join(5)
     assert not runner.is_alive()  # stop wakes the loop too, within its 30 s interval
+
+
+def test_a_stale_pushed_list_does_not_stop_the_task_just_started(life: Lifecycle, tmp_path: Path) -> None:
+    """A control whose pushed lists (long-poll and heartbeat answers) may have been read before
+    the placement the agent acted on: the agent stops an attempt only when a list read now
+    (``current_assignments``) no longer has it."""
+
+    class LateLists(ProxyControl):
+        stale = False
+
+        def assignments(self, node_id: str) -> list[TaskRecord]:
+            return [] if self.stale else self.life.assignments(node_id)  # (an answer from before)
+
+        def current_assignments(self, node_id: str) -> list[TaskRecord]:
+            return self.life.assignments(node_id)
+
+    control = LateLists(life)
+    executor: Executor = load_driver(Executor, "process", {})
+    agent = Agent(control, executor, "n1", Amount(cpu=1), work_dir=tmp_path)
+    try:
+        agent.sync()  # registers
+        job = life.submit_command("lab", ["sleep", "5"])
+        schedule(life.store, job.id)
+        agent.sync()
+        assert len(agent.running) == 1
+        control.stale = True
+        agent.sync()
+        assert len(agent.running) == 1 and task_of(life.store, job.id).state is not RunState.CANCELLED
+        life.cancel(job.id)  # really gone: stopped
+        agent.sync()
+        assert not agent.running
+    finally:
+        executor.close()

@@ -222,6 +222,12 @@ class Agent:
                 why = f"node {self.node_id}'s agent restarted with no handle for this running attempt: outcome unknown"
                 self._report(attempt, RunState.FAILED, None, why)
         active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
+        if any(a not in active for a in self.running) and (ask := getattr(self.control, "current_assignments", None)):
+            # A pushed list (a long-poll's or heartbeat's answer) may have been read before a
+            # placement this agent already acted on: only a list read now says that an attempt
+            # really left (else the attempt it just started would be stopped as "not assigned").
+            assigned = {attempt_of(t): t for t in ask(self.node_id)}
+            active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
         for attempt in [a for a in self.running if a not in active]:
             self._stop(attempt, "no longer assigned to this node (cancelled or placed again)")
         self._done &= set(assigned)  # forget attempts the control plane forgot

@@ -223,6 +223,10 @@ class GrpcControl:
         except ValidationError as exc:
             raise ControlUnavailable(f"server {self.address}: a malformed registration: {exc}") from None
 
+    def current_assignments(self, node_id: str) -> list[TaskRecord]:
+        """Read by the server now, never a pushed list (see Agent.sync)."""
+        return self.assignments(node_id, ask=True)
+
     def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool:
         beat = pb.Heartbeat(node_id=node_id, incarnation=incarnation)
         if usage is not None:
@@ -241,9 +245,11 @@ class GrpcControl:
                 self._fresh = found
         return ok
 
-    def assignments(self, node_id: str) -> list[TaskRecord]:
+    def assignments(self, node_id: str, *, ask: bool = False) -> list[TaskRecord]:
+        """The node's assignments: the last pushed list (a long-poll's or heartbeat's answer)
+        if one came since the last call, else (or with ``ask``) read by the server now."""
         with self._fresh_lock:
-            found, self._fresh = self._fresh, None
+            found, self._fresh = (None, None) if ask else (self._fresh, None)
         if found is None:
             request = pb.AgentMessage(assignments=pb.AssignmentsRequest(node_id=node_id))
             found = self._only(self._ask(request, "assignments"), "assignments").assignments
@@ -382,6 +388,11 @@ class FailoverControl:
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         result: list[TaskRecord] = self._call("assignments", node_id)
+        return result
+
+    def current_assignments(self, node_id: str) -> list[TaskRecord]:
+        """Read by the server now, never a pushed list (see Agent.sync)."""
+        result: list[TaskRecord] = self._call("assignments", node_id, ask=True)
         return result
 
     def wait_assignments(self, node_id: str, known: str, wait: float) -> str:
