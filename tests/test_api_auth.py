@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from auth_helpers import secured_app
 from fastapi.routing import APIRoute
 
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord
 from runink.core.control.store import ClusterStore
 from runink.core.errors import RuninkError
 from runink.core.hookspecs import hookimpl
@@ -29,9 +29,8 @@ from runink.core.model import AuthRequest, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.security import CLUSTER
 from runink.core.server.api import create_app
-from runink.core.server.auth import AUDIT, INSECURE_HEADER, ApiAuth, ClusterTokens, bearer, new_key_file
+from runink.core.server.auth import AUDIT, INSECURE_HEADER, ClusterTokens, bearer, new_key_file
 from runink.core.server.serve_api import serve_api, stop_api
-from runink.plugins.auth.rbac import HerdRbac
 from runink.plugins.barn.memory import MemoryBarn
 from runink.testing import plugin_manager
 
@@ -75,22 +74,11 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    new_key_file(tmp_path / "key.pem")
-    tokens = ClusterTokens([tmp_path / "key.pem"])
-    store = ClusterStore(MemoryBarn())
-    for herd in ("team", "other"):
-        store.create_herd(Herd(name=herd))
-    lifecycle = Lifecycle(store)
-    lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
-    job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
-    with plugin_manager(
-        ("cluster-tokens", tokens), ("rbac", HerdRbac()), ("users", Users()), entrypoints=False
-    ) as manager:
-        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens)
-        server, thread = serve_api(app, "127.0.0.1", 0)
+    with secured_app(tmp_path, ("users", Users())) as secured:
+        server, thread = serve_api(secured.app, "127.0.0.1", 0)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as http:
-                yield Api(http, app, store, lifecycle, tokens, job)
+                yield Api(http, secured.app, secured.store, secured.lifecycle, secured.tokens, secured.job)
         finally:
             stop_api(server, thread)
 

@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 
 import pytest
 import schemathesis
+from auth_helpers import secured_app
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.core import NOT_SET
@@ -27,16 +28,10 @@ from schemathesis.core.transport import Response
 from schemathesis.generation.case import Case
 from schemathesis.schemas import APIOperation
 
-from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord
 from runink.core.control.store import ClusterStore
 from runink.core.model import Grant
 from runink.core.security import CLUSTER
-from runink.core.server.api import create_app
-from runink.core.server.auth import AUDIT, ApiAuth, ClusterTokens, new_key_file
-from runink.plugins.auth.rbac import HerdRbac
-from runink.plugins.barn.memory import MemoryBarn
-from runink.testing import plugin_manager
+from runink.core.server.auth import AUDIT, ClusterTokens
 
 GiB = 1024**3
 Operation: TypeAlias = "APIOperation[Any, Any, Any, Any]"
@@ -79,24 +74,15 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """As tests/test_api_auth.py's ``api``: herds "team" and "other", node n1, a job of team."""
-    new_key_file(tmp_path / "key.pem")
-    tokens = ClusterTokens([tmp_path / "key.pem"])
-    store = ClusterStore(MemoryBarn())
-    for herd in ("team", "other"):
-        store.create_herd(Herd(name=herd))
-    lifecycle = Lifecycle(store)
-    lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
-    job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
-    with plugin_manager(("cluster-tokens", tokens), ("rbac", HerdRbac()), entrypoints=False) as manager:
-        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens)
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    with secured_app(tmp_path) as secured:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", secured.app)
         operations = []
         for result in schema.get_all_operations():
             if isinstance(result, Err):
                 raise result.err()
             operations.append(result.ok())
         assert len(operations) >= 26  # (the schema has every route)
-        yield Cluster(store, tokens, job, operations)
+        yield Cluster(secured.store, secured.tokens, secured.job, operations)
 
 
 def describe(case: Case[Any], answer: Response) -> str:
