@@ -27,6 +27,10 @@ def login(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_login_stores_the_token_from_stdin_readable_by_its_owner_only(tmp_path: Path) -> None:
+    earlier = tmp_path / "xdg" / "runink" / "token"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("old\n")
+    earlier.chmod(0o644)  # (a file made by hand: login makes it its owner's only)
     done = login(tmp_path, "eyJ.abc.def\n")
     assert done.returncode == 0, done.stderr
     stored = tmp_path / "xdg" / "runink" / "token"

@@ -50,6 +50,7 @@ def login_command(
     path = token_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # (a file that was there keeps its mode through O_CREAT)
     with os.fdopen(fd, "w") as out:
         out.write(text + "\n")
     print(f"token stored in {path}")
