@@ -59,11 +59,9 @@ def admin_headers(env: dict[str, str] | None = None) -> dict[str, str]:
 def node_auth(folder: Path, node: str) -> list[str]:
     """The flags an agent needs to join the cluster of ``cluster_auth(folder, ...)`` as ``node``:
     a node token for it, in a file."""
-    from runink.core.model import Grant
-    from runink.core.security import CLUSTER
     from runink.core.server.auth import ClusterTokens
 
-    token, _ = ClusterTokens([folder / "auth-key.pem"]).mint(f"node:{node}", [Grant("node", CLUSTER)], 3600)
+    token, _ = ClusterTokens([folder / "auth-key.pem"]).mint_node(node, 3600)
     path = folder / f"{node}.token"
     path.write_text(token + "\n")
     return ["--token-file", str(path)]

@@ -577,7 +577,7 @@ def test_with_cluster_tokens_a_stream_must_carry_its_nodes_token(life: Lifecycle
     node = NodeRecord(id="n1", capacity=Amount(cpu=1, memory=1 << 30))
 
     def node_token(name: str, signer: ClusterTokens = tokens) -> str:
-        return signer.mint(f"node:{name}", [Grant("node", "*")], 600)[0]
+        return signer.mint_node(name, 600)[0]
 
     server = serve_agents(life, "127.0.0.1", 0, tokens=tokens)
     try:

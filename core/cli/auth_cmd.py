@@ -12,21 +12,20 @@ import typer
 from runink.core.cli.cluster_client import MAX_TOKEN, one_token, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
+from runink.core.security import CLUSTER
 
 rbac_app = typer.Typer(help="Role bindings: who holds which role in a herd, or in the cluster.", no_args_is_help=True)
 token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_args_is_help=True)
 
-CLUSTER = "*"
-
 
 def _duration(text: str) -> float:
-    """Seconds of ``30m``, ``1h``, ``7d`` or a plain number of seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    value = text.strip().lower()
+    """Seconds of ``30m``, ``1h``, ``7d`` or a plain number of seconds (the DSL's durations)."""
+    from runink.core.pipeline.model import parse_duration
+
     try:
-        return float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected a duration such as 30m, 1h or 7d", param_hint="--ttl") from None
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ttl") from None
 
 
 def _subject(user: str | None, group: str | None, service_account: str | None) -> tuple[str, str]:

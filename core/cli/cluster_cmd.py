@@ -312,7 +312,7 @@ def up_command(
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)
-                node_token, _ = tokens.mint(f"node:{name}", [Grant("node", CLUSTER)], ADMIN_TOKEN_TTL)
+                node_token, _ = tokens.mint_node(name, ADMIN_TOKEN_TTL)
                 token_path = work / "node.token"
                 fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "w") as out:

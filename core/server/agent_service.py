@@ -259,10 +259,10 @@ class AgentService:
             )
         except AuthenticationError as exc:
             raise BadToken(str(exc)) from None
-        grants = identity.claims.get("grants", ()) if identity is not None else ()
-        if identity is None or not identity.subject.startswith("node:") or not any(g.role == "node" for g in grants):
+        node = self.tokens.node_of(identity)
+        if node is None:
             raise BadToken("the token is not a node's (`runink nodes token NODE` mints one)")
-        return identity.subject[len("node:") :]
+        return node
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)

@@ -347,6 +347,12 @@ def create_app(
 
     app.state.auth = auth
 
+    def signer() -> ClusterTokens:
+        """The cluster's own tokens; NotFound on a server given no key."""
+        if tokens is None:
+            raise NotFound("this cluster signs no tokens (its servers were given no --auth-key)")
+        return tokens
+
     def action(name: str) -> dict[str, Any]:
         """A route's declaration of what it does (``openapi_extra``): checked by the tests to
         be on every route that is not public."""
@@ -357,9 +363,7 @@ def create_app(
     @app.get("/.well-known/jwks.json", openapi_extra=action("public"))
     def jwks() -> dict[str, Any]:
         """The public keys of the cluster's own tokens."""
-        if tokens is None:
-            raise NotFound("this cluster signs no tokens")
-        return tokens.jwks()
+        return signer().jwks()
 
     @app.get("/v1/whoami", openapi_extra=action("authenticated"))
     def whoami(identity: Caller) -> dict[str, Any]:
@@ -449,15 +453,14 @@ def create_app(
 
     def mint(identity: Identity, herd: str, body: TokenIn) -> dict[str, Any]:
         auth.check(identity, "tokens.create", f"tokens/{body.name}", herd)
-        if tokens is None:
-            raise NotFound("this cluster signs no tokens (its servers were given no --auth-key)")
+        cluster_tokens = signer()
         roles = CLUSTER_ROLES if herd == CLUSTER else HERD_ROLES
         if body.role not in roles:
             where = "the cluster" if herd == CLUSTER else "a herd"
             raise Refused(f"role {body.role!r}: not a role of {where} (one of {', '.join(roles)})")
         if herd != CLUSTER:
             store.herd(herd)  # NotFound names it
-        token, expires = tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], body.ttl)
+        token, expires = cluster_tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], body.ttl)
         return {"token": token, "subject": f"sa:{body.name}", "role": body.role, "herd": herd, "expires": expires}
 
     @app.post("/v1/herds/{name}/tokens", status_code=201, openapi_extra=action("tokens.create"))
@@ -631,10 +634,7 @@ def create_app(
         """A token the agent of ``node_id`` connects with (`runink agent --token-file`): it may
         act as that node only, and nothing on this API."""
         auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
-        if tokens is None:
-            raise NotFound("this cluster signs no tokens (its servers were given no --auth-key)")
-        ttl = (body or NodeTokenIn()).ttl
-        token, expires = tokens.mint(f"node:{node_id}", [Grant("node", CLUSTER)], ttl)
+        token, expires = signer().mint_node(node_id, (body or NodeTokenIn()).ttl)
         return {"token": token, "node": node_id, "expires": expires}
 
     @app.post("/v1/nodes/{node_id}/cordon", openapi_extra=action("nodes.manage"))

@@ -38,6 +38,7 @@ INSECURE_HEADER = "X-Runink-Insecure"
 INSECURE_VALUE = "authentication is off (--insecure-dev): anyone may do anything"
 ISSUER = AUDIENCE = "runink"  # the cluster's own tokens: iss and aud
 ALGORITHM = "ES256"
+NODE_SUBJECT = "node:"  # a node token's subject: node:NODE
 MAX_TOKEN = 16 * 1024  # characters of a bearer token
 MAX_TTL = 90 * 86400  # seconds a token the cluster signs may live
 LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
@@ -138,6 +139,18 @@ class ClusterTokens:
         }
         token = jwt.encode(claims, self._keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
         return token, float(expires)
+
+    def mint_node(self, node_id: str, ttl: float) -> tuple[str, float]:
+        """The token the agent of ``node_id`` connects with: ``node:NODE`` holding the node role."""
+        return self.mint(f"{NODE_SUBJECT}{node_id}", [Grant("node", CLUSTER)], ttl)
+
+    def node_of(self, identity: Identity | None) -> str | None:
+        """The node a token's identity may act as (a node token's), else None."""
+        if identity is None or not identity.subject.startswith(NODE_SUBJECT):
+            return None
+        if not any(isinstance(g, Grant) and g.role == "node" for g in identity.claims.get("grants", ())):
+            return None
+        return identity.subject[len(NODE_SUBJECT) :]
 
     def jwks(self) -> dict[str, Any]:
         """The public keys, as ``/.well-known/jwks.json`` serves them."""
