@@ -1,0 +1,318 @@
+"""The cluster's certificate authority and the TLS contexts built on it.
+
+``create_ca`` makes the cluster CA (an EC P-256 key and a self-signed certificate valid for 10
+years: ``ca.pem``, ``ca-key.pem``); ``issue`` signs a certificate for a server, a client or
+both (EKU serverAuth / clientAuth) with its names (SANs: DNS names and IP addresses);
+``server_context`` and ``client_context`` are ``ssl`` contexts for TLS 1.2+ (1.3 when both
+sides have it) that trust only the cluster CA.
+
+Files: keys are written 0600 and certificates 0644, each through a temporary file linked into
+place, so a reader never sees half a file and an existing file is never replaced (a second
+``create_ca`` in the same directory is an error, not a new CA that would orphan every issued
+certificate). Files are opened without following a symbolic link as their last component, so
+a link planted where a key is expected is refused rather than read or written through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import ipaddress
+import os
+import re
+import ssl
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca-key.pem"
+CA_DAYS = 3650
+CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates are valid from a little before now: peers' clocks differ
+Usage = Literal["server", "client", "both"]
+USAGES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
+    "server": (ExtendedKeyUsageOID.SERVER_AUTH,),
+    "client": (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    "both": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class CertFiles(NamedTuple):
+    cert: Path
+    key: Path
+
+
+class PkiError(ValueError):
+    """A CA or certificate cannot be made or loaded; the message names the file and why."""
+
+
+# --- making -----------------------------------------------------------------------------
+
+
+def create_ca(directory: str | Path, name: str = "runink cluster CA") -> CertFiles:
+    """A new CA in ``directory`` (created 0700 if missing): ``ca.pem`` and ``ca-key.pem`` (0600).
+    Refuses (PkiError) if either file exists."""
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = CertFiles(directory / CA_CERT, directory / CA_KEY)
+    for path in files:
+        if os.path.lexists(path):
+            raise PkiError(f"{path}: exists already; a cluster CA is never overwritten")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_new(files.key, _key_pem(key), 0o600)
+    try:
+        _write_new(files.cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    except BaseException:
+        files.key.unlink()  # no key without its certificate: the next create_ca may run
+        raise
+    return files
+
+
+def issue(
+    ca_dir: str | Path,
+    out_dir: str | Path,
+    common_name: str,
+    *,
+    sans: Sequence[str],
+    usage: Usage,
+    days: int = 365,
+) -> CertFiles:
+    """A certificate for ``common_name`` signed by the CA in ``ca_dir``, written to ``out_dir`` as
+    ``<common_name>.pem`` and ``<common_name>-key.pem`` (0600); refuses to overwrite either.
+
+    ``sans``: the names a peer checks (IP addresses and DNS names; a server needs one at least);
+    ``usage``: "server" (serverAuth), "client" (clientAuth) or "both". Valid ``days`` days, never
+    past the CA's own expiry."""
+    if usage not in USAGES:
+        raise PkiError(f"usage must be one of {', '.join(USAGES)}, got {usage!r}")
+    if not _SAFE_NAME.fullmatch(common_name):
+        raise PkiError(f"common name {common_name!r}: letters, digits, '.', '_' and '-' only (it names the files)")
+    if days <= 0:
+        raise PkiError(f"days must be positive, got {days}")
+    names = [_san(text) for text in sans]
+    if usage != "client" and not names:
+        raise PkiError(f"{common_name}: a server certificate needs at least one SAN (the names clients check)")
+    ca_dir, out_dir = Path(ca_dir), Path(out_dir)
+    ca_cert = _load_cert(ca_dir / CA_CERT)
+    ca_key = _load_key(ca_dir / CA_KEY)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = CertFiles(out_dir / f"{common_name}.pem", out_dir / f"{common_name}-key.pem")
+    for path in files:
+        if os.path.lexists(path):
+            raise PkiError(f"{path}: exists already; not overwritten")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(USAGES[usage])), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())
+    _write_new(files.key, _key_pem(key), 0o600)
+    try:
+        _write_new(files.cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    except BaseException:
+        files.key.unlink()
+        raise
+    return files
+
+
+def usages(der: bytes) -> set[str]:
+    """What a certificate (DER, as ``getpeercert(binary_form=True)`` gives it) is for:
+    {"server", "client"}, either or neither, from its extended key usage."""
+    try:
+        extension = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        return set()
+    found = set(extension.value)
+    return {
+        what
+        for what, oid in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH))
+        if oid in found
+    }
+
+
+# --- using ------------------------------------------------------------------------------
+
+
+def server_context(
+    cert: str | Path, key: str | Path, ca: str | Path, *, require_client_cert: bool = True
+) -> ssl.SSLContext:
+    """A server's context: this certificate and key; with ``require_client_cert`` a client
+    must present a certificate signed by the CA ``ca`` (mutual TLS), else the handshake fails."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, Path(cert), Path(key))
+    context.load_verify_locations(cadata=_read(Path(ca)).decode("ascii", "replace"))
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    return context
+
+
+def client_context(
+    cert: str | Path | None, key: str | Path | None, ca: str | Path, *, check_hostname: bool = True
+) -> ssl.SSLContext:
+    """A client's context: trusts only the CA ``ca`` and (``check_hostname``) checks the server's
+    name against its certificate's SANs; presents ``cert``/``key`` if given (both or neither)."""
+    if (cert is None) != (key is None):
+        raise PkiError("a client certificate needs its key, and a key its certificate: give both or neither")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=_read(Path(ca)).decode("ascii", "replace"))
+    if cert is not None and key is not None:
+        _load_chain(context, Path(cert), Path(key))
+    return context
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[int]:
+    """A descriptor of ``path``, refused if its last component is a symbolic link."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        reason = "a symbolic link, refused" if error.errno == errno.ELOOP else (error.strerror or str(error))
+        raise PkiError(f"{path}: {reason}") from None
+    try:
+        yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+def _read(path: Path) -> bytes:
+    with _opened(path) as descriptor, os.fdopen(os.dup(descriptor), "rb") as source:
+        return source.read()
+
+
+def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    # ssl loads a chain only from paths: the descriptors opened without following a link,
+    # through /proc (Linux), so the file checked is the file loaded
+    with _opened(cert) as cert_fd, _opened(key) as key_fd:
+        try:
+            if os.path.isdir("/proc/self/fd"):
+                context.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+            else:
+                context.load_cert_chain(cert, key)
+        except ssl.SSLError as error:
+            raise PkiError(f"{cert} / {key}: not a certificate and its key ({error.reason or error})") from None
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(_read(path))
+    except ValueError as error:
+        if isinstance(error, PkiError):
+            raise
+        raise PkiError(f"{path}: not a PEM certificate") from None
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(_read(path), password=None)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, PkiError):
+            raise
+        raise PkiError(f"{path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{path}: not an EC key")
+    return key
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """``path`` with ``data``, created with ``mode`` through a temporary file linked into place:
+    never half-written, never replacing a file (or link) that is there (PkiError)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, mode)  # the umask may have narrowed it (never widened: 0600 stays)
+        try:
+            os.link(temporary, path)  # fails if the name exists, unlike rename
+        except FileExistsError:
+            raise PkiError(f"{path}: exists already; not overwritten") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _san(text: str) -> x509.GeneralName:
+    text = text.strip()
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    labels = text.split(".")
+    if labels and labels[0] == "*":  # one wildcard, leftmost only
+        labels = labels[1:]
+    if not text or len(text) > 253 or not labels or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise PkiError(f"SAN {text!r}: neither an IP address nor a DNS name")
+    return x509.DNSName(text.lower())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
