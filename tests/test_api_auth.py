@@ -374,3 +374,23 @@ def test_decisions_about_changes_go_to_the_audit_log_which_cluster_admins_read(a
     keys = [kv.key for kv in api.store.barn.scan(AUDIT)]
     assert len(keys) == 2 and all(k.startswith(today) for k in keys)
     assert all(kv.create_revision == kv.mod_revision for kv in api.store.barn.scan(AUDIT))
+
+
+def test_a_submissions_audit_record_is_committed_with_the_job_and_a_refused_one_is_logged_too(api: Api) -> None:
+    runner = api.token("runner", "team", name="ci")
+    before = api.store.barn.revision()
+    answer = api.post("/v1/jobs", {"herd": "team", "command": ["/bin/true"]}, runner)
+    assert answer.status_code == 201
+    job = api.store.job(answer.json()["job"]["id"])
+    (record,) = api.store.barn.scan(AUDIT)
+    # one commit: the record's revision is the job's, and nothing else was committed between
+    assert record.mod_revision == job.revision == api.store.barn.revision() == before + 1
+    # refused after the decision (a request that can never fit): no job, and the allowed
+    # decision is in the log all the same; a body the schema refuses is no decision at all
+    huge = {"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 4000}}
+    assert api.post("/v1/jobs", huge, runner).status_code == 409
+    bad = {"herd": "team", "command": ["/bin/true"], "timeout": -1}
+    assert api.post("/v1/jobs", bad, runner).status_code == 422
+    assert len(api.store.jobs("team")) == 2  # the fixture's and the one above
+    logged = [json.loads(kv.value) for kv in api.store.barn.scan(AUDIT)]
+    assert [(r["action"], r["allowed"]) for r in logged] == [("jobs.submit", True)] * 2

@@ -3,12 +3,24 @@ job state in the same commit as its tasks, cancellation, node registration and h
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, PipelineTask, Quota, RunState, TaskRecord, keys
+from runink.core.control.records import (
+    Amount,
+    Herd,
+    NodeRecord,
+    PipelineTask,
+    Quota,
+    RunState,
+    TaskRecord,
+    job_of,
+    keys,
+)
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -330,3 +342,32 @@ def test_a_pipeline_jobs_tasks_are_one_scan_and_a_report_reads_them_so(store: Cl
     store.barn.delete(keys.task("lab", job.tasks[5]))
     with pytest.raises(NotFound, match=rf"task '{job.tasks[5]}'"):
         store.job_tasks(job)
+
+
+def test_a_report_reads_its_task_and_its_job_together_on_a_remote_barn(store: ClusterStore, life: Lifecycle) -> None:
+    """A command task is named after its job (as a pipeline's are), so a report starts the
+    read of the job beside the read of the task: one round trip of a remote Barn, not two."""
+    job = life.submit_command("lab", ["/bin/true"])
+    (task_id,) = job.tasks
+    assert job_of(task_id) == job.id and job_of("task-18c2f-1a2b3c4d") is None and job_of("job-1.x") is None
+    task = schedule(store, store.task("lab", task_id).record)
+    barn = store.barn
+    barn.remote = True  # (as the raft client says it is: reads through ``later`` overlap)
+    original, lock = barn.get, threading.Lock()
+    inside, most = [0], [0]
+
+    def slow_get(key: str) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # a round trip
+        try:
+            return original(key)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    barn.get = slow_get  # type: ignore[method-assign]
+    assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0, started=NOW)
+    assert most[0] == 2  # the job's read overlapped the task's
+    assert store.job(job.id).record.state is RunState.SUCCEEDED

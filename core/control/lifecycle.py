@@ -11,6 +11,7 @@ deployment of ``runink run``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,12 +38,15 @@ from runink.core.control.records import (
     RunState,
     ScenarioRef,
     TaskRecord,
+    job_of,
     job_state,
+    job_task_id,
     keys,
     new_id,
     parse_usage,
 )
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused, assigned_to
+from runink.core.interfaces.barn import TxnOp
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
 
@@ -252,19 +256,21 @@ class Lifecycle:
         backoff: float = 1.0,
         priority: int = 0,
         node_labels: dict[str, str] | None = None,
+        also: Sequence[TxnOp] = (),
     ) -> JobRecord:
         """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
         Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
-        own, or could never fit any registered node; nothing is stored then."""
+        own, or could never fit any registered node; nothing is stored then. ``also``: writes
+        committed with the job (the API's audit record of the submission)."""
         nodes = self.store.later(self.store.nodes)  # (read with the herd)
         try:
             found = self.store.herd(herd)
         except ValueError as exc:  # a malformed herd name
             raise Refused(str(exc)) from None
-        job_id, task_id = new_id("job"), new_id("task")
+        job_id = new_id("job")
         try:
             task = TaskRecord(
-                id=task_id,
+                id=job_task_id(job_id, 1),
                 job_id=job_id,
                 herd=herd,
                 command=command,
@@ -275,11 +281,11 @@ class Lifecycle:
                 priority=priority,
                 node_labels=node_labels or {},
             )
-            job = JobRecord(id=job_id, herd=herd, tasks=[task_id])
+            job = JobRecord(id=job_id, herd=herd, tasks=[task.id])
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
         self._admit(found.record, [task], [v.record for v in nodes()])
-        self.store.submit(job, [task], found)
+        self.store.submit(job, [task], found, also)
         return job
 
     def submit_pipeline(
@@ -290,6 +296,7 @@ class Lifecycle:
         *,
         run: str | None = None,
         priority: int = 0,
+        also: Sequence[TxnOp] = (),
     ) -> JobRecord:
         """Store a pipeline run as a job of one task per scenario (``pipeline_tasks`` builds
         them from a compiled pipeline), each placed only once the tasks of the scenarios it
@@ -297,7 +304,8 @@ class Lifecycle:
         task names ``pipeline`` (its .dsl, compiled again where it runs) and ``run`` (the run's
         id, naming its work folder there; default: the job's id). Refused, storing nothing, as
         ``submit_command`` is, and for a scenario named twice or after one not before it, or
-        placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``)."""
+        placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``).
+        ``also``: as ``submit_command``'s."""
         try:
             found = self.store.herd(herd)
         except ValueError as exc:
@@ -315,8 +323,7 @@ class Lifecycle:
             if unknown:
                 why = f"comes after {printable(unknown[0], 200)!r}, not a scenario before it"
                 raise Refused(f"pipeline {pipeline}: scenario {printable(name, 200)!r} {why}")
-            # named after the job: its tasks are one scan (ClusterStore.job_tasks)
-            ids[name] = f"{job_id}.{len(ids) + 1:04d}"
+            ids[name] = job_task_id(job_id, len(ids) + 1)
             try:
                 records.append(
                     TaskRecord(
@@ -338,7 +345,7 @@ class Lifecycle:
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         self._admit(found.record, records)
-        self.store.submit(job, records)
+        self.store.submit(job, records, found, also)
         return job
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
@@ -475,9 +482,14 @@ class Lifecycle:
             log.warning("%s refused: its start time is not a finite number", where)
             return False
         for _ in range(MAX_CONFLICT_RETRIES):
+            named = job_of(task_id)  # (its job read beside the task: one round trip, not two)
+            job_read = self.store.later(functools.partial(self.store.job, named)) if named else None
             try:
                 current = self.store.task(herd, task_id)
-                job = self.store.job(current.record.job_id)
+                if job_read is not None and current.record.job_id == named:
+                    job = job_read()
+                else:
+                    job = self.store.job(current.record.job_id)
                 # the task itself as read above (one read less, and what is compared is what
                 # the change was made from); a one-task job reads nothing more
                 siblings = (

@@ -64,8 +64,21 @@ ALLOWED: dict[RunState, frozenset[RunState]] = {
 
 
 def new_id(prefix: str) -> str:
-    """A job or task id: sortable by submission time, unique across servers."""
+    """A job id: sortable by submission time, unique across servers."""
     return f"{prefix}-{time.time_ns() // 1_000_000:x}-{secrets.token_hex(4)}"
+
+
+def job_task_id(job_id: str, number: int) -> str:
+    """The id of a job's ``number``-th task (from 1), named after the job: a job's tasks are
+    one scan (ClusterStore.job_tasks), and a task's job is known without reading the task."""
+    return f"{job_id}.{number:04d}"
+
+
+def job_of(task: str) -> str | None:
+    """The job a task id names (``job_task_id``'s), or None for an id of another shape (tasks
+    stored before command tasks were named after their job)."""
+    job, dot, number = task.rpartition(".")
+    return job if dot and job.startswith("job-") and number.isdigit() else None
 
 
 class Record(BaseModel):

@@ -277,16 +277,24 @@ class ClusterStore:
                 continue
         raise Conflict(f"{key}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
-    def submit(self, job: JobRecord, tasks: Sequence[TaskRecord], herd: Versioned[Herd] | None = None) -> int:
+    def submit(
+        self,
+        job: JobRecord,
+        tasks: Sequence[TaskRecord],
+        herd: Versioned[Herd] | None = None,
+        also: Sequence[TxnOp] = (),
+    ) -> int:
         """Store a job and its tasks at once (all or none); returns the revision. The herd's
         key is compared too (``herd``: as the caller read it, else read here): a herd deleted
         (or being deleted: marking it changes the key) meanwhile refuses the job rather than
-        holding one nobody lists. (Its HERD_INDEX entry is created and deleted with the key.)"""
+        holding one nobody lists. (Its HERD_INDEX entry is created and deleted with the key.)
+        ``also``: more writes made in the same transaction (the API's audit record of it)."""
         writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
         ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
         ops += [entry for task, op in zip(tasks, ops[2:], strict=True) for entry in _index_ops(task, op.value)]
+        ops += also
         absent = [*((key, 0) for key, _ in writes), (self.JOB_INDEX + job.id, 0)]
         for attempt in range(MAX_CONFLICT_RETRIES):
             if attempt or herd is None:

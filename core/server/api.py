@@ -488,40 +488,41 @@ def create_app(
 
     @app.post("/v1/jobs", status_code=201, openapi_extra=action("jobs.submit"))
     def submit_job(body: JobIn, identity: Caller) -> dict[str, Any]:
-        auth.check(identity, "jobs.submit", "jobs", body.herd)
-        # Checked as the stored task would be, so a malformed request is a 422 naming the
-        # field; what lifecycle refuses after this (quota, fit) is a 409.
-        argv = body.command or in_one_slice(body.commands)
-        try:
-            TaskRecord(
-                id="check",
-                job_id="check",
-                herd=body.herd,
-                command=argv,
-                resources=Amount(**body.resources.model_dump()),
+        with auth.change(identity, "jobs.submit", "jobs", body.herd) as audit:
+            # Checked as the stored task would be, so a malformed request is a 422 naming the
+            # field; what lifecycle refuses after this (quota, fit) is a 409.
+            argv = body.command or in_one_slice(body.commands)
+            try:
+                TaskRecord(
+                    id="check",
+                    job_id="check",
+                    herd=body.herd,
+                    command=argv,
+                    resources=Amount(**body.resources.model_dump()),
+                    timeout=body.timeout,
+                )
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+                ) from None
+            job = lifecycle.submit_command(
+                body.herd,
+                argv,
+                Amount(**body.resources.model_dump()),
                 timeout=body.timeout,
+                retries=body.retries,
+                backoff=body.backoff,
+                priority=body.priority,
+                node_labels=body.node_labels,
+                also=audit,
             )
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-            ) from None
-        job = lifecycle.submit_command(
-            body.herd,
-            argv,
-            Amount(**body.resources.model_dump()),
-            timeout=body.timeout,
-            retries=body.retries,
-            backoff=body.backoff,
-            priority=body.priority,
-            node_labels=body.node_labels,
-        )
         return {"job": _dump(job)}
 
     @app.post("/v1/pipelines", status_code=201, openapi_extra=action("jobs.submit"))
     def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
-        auth.check(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd)
-        # what the records refuse after this (a scenario twice, quota, fit) is a 409
-        job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority)
+        with auth.change(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd) as audit:
+            # what the records refuse after this (a scenario twice, quota, fit) is a 409
+            job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority, also=audit)
         return {"job": _dump(job)}
 
     @app.get("/v1/jobs", openapi_extra=action("jobs.read"))

@@ -14,13 +14,14 @@ so in a header of every answer (INSECURE_HEADER).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,13 +285,39 @@ class ApiAuth:
         """Raise Forbidden unless ``identity`` may do ``action`` on ``resource`` in ``herd``;
         a decision about a change is written to the audit log first (no change goes unlogged:
         if the Barn cannot take the record, the request fails)."""
-        decision = self.decide(identity, action, resource, herd)
-        if not self.insecure and not action.endswith(".read"):
-            self.audit(identity, action, resource, herd, decision)
-        if not decision.allowed:
-            raise Forbidden(decision.reason)
+        entry = self.check_change(identity, action, resource, herd)
+        if entry is not None:
+            self.write_audit(entry)
 
-    def audit(self, identity: Identity, action: str, resource: str, herd: str, decision: AuthzDecision) -> None:
+    def check_change(self, identity: Identity, action: str, resource: str, herd: str) -> TxnOp | None:
+        """``check``, leaving an allowed change's audit record to the caller: it commits the
+        record in the change's own transaction (one commit, and no change without its record),
+        or, if the change is not made, with ``write_audit``. A refusal is written here."""
+        decision = self.decide(identity, action, resource, herd)
+        entry = None
+        if not self.insecure and not action.endswith(".read"):
+            entry = self.audit_entry(identity, action, resource, herd, decision)
+        if not decision.allowed:
+            if entry is not None:
+                self.write_audit(entry)
+            raise Forbidden(decision.reason)
+        return entry
+
+    @contextlib.contextmanager
+    def change(self, identity: Identity, action: str, resource: str, herd: str) -> Iterator[list[TxnOp]]:
+        """``check_change`` around making the change: yields the writes to commit with it (its
+        audit record, if any); if the block raises (the change refused or failed), the record
+        is written on its own, so the decision is logged all the same."""
+        entry = self.check_change(identity, action, resource, herd)
+        try:
+            yield [] if entry is None else [entry]
+        except BaseException:
+            if entry is not None:
+                self.write_audit(entry)
+            raise
+
+    def audit_entry(self, identity: Identity, action: str, resource: str, herd: str, decision: AuthzDecision) -> TxnOp:
+        """The audit log's record of one decision, as the write that stores it."""
         now = time.time()
         record = AuditRecord(
             at=now,
@@ -303,4 +330,8 @@ class ApiAuth:
             reason=decision.reason[:512],
         )
         key = f"{AUDIT}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
-        self.store.barn.transaction([(key, 0)], [TxnOp(key, record.model_dump_json().encode())])
+        return TxnOp(key, record.model_dump_json().encode())
+
+    def write_audit(self, entry: TxnOp) -> None:
+        """Store an audit record on its own (once: a record there already is left as it is)."""
+        self.store.barn.transaction([(entry.key, 0)], [entry])
