@@ -166,6 +166,11 @@ def usages(der: bytes) -> set[str]:
     }
 
 
+def read_certificate(path: str | Path) -> bytes:
+    """The certificate in the PEM file ``path``, as DER (what ``usages`` takes)."""
+    return _load_cert(Path(path)).public_bytes(serialization.Encoding.DER)
+
+
 # --- using ------------------------------------------------------------------------------
 
 

@@ -78,6 +78,9 @@ class BarnServer:
             threading.Thread(target=expire_leases, args=(self.node, self.closed), name="barn-leases", daemon=True),
         ]
         self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
+        # with TLS: clients (a follower forwarding too) present a certificate of the cluster CA
+        self._tls_server = config.tls.http_server_context() if config.tls is not None else None
+        self._tls_client = config.tls.http_client_context() if config.tls is not None else None
         self._serving = threading.Event()
 
     def start(self) -> None:
@@ -105,7 +108,7 @@ class BarnServer:
         loop.call_soon(self._serving.set)
         try:
             limits = Limits() if self.config.max_connections is None else Limits(self.config.max_connections)
-            loop.run_until_complete(serve(self.request, self.socket, self._stopped, limits))
+            loop.run_until_complete(serve(self.request, self.socket, self._stopped, limits, self._tls_server))
         finally:
             loop.close()
 
@@ -295,7 +298,12 @@ class BarnServer:
                 cached[1].close()
             host, port = _split(leader.http)
             timeout = COMMIT_TIMEOUT + schema.WATCH_WAIT_MAX + 5
-            cached = (leader.http, http.client.HTTPConnection(host, port, timeout=timeout))
+            connection = (
+                http.client.HTTPConnection(host, port, timeout=timeout)
+                if self._tls_client is None
+                else http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls_client)
+            )
+            cached = (leader.http, connection)
             self._forward_connections.connection = cached
         connection = cached[1]
         try:

@@ -1,7 +1,10 @@
 """The ``raft`` Barn backend: a client of a group of Barn servers (``runink barn serve``).
 
 Options: ``endpoints`` (the servers' HTTP addresses, host:port), ``timeout`` (seconds a call
-keeps retrying while the group has no leader before raising NoQuorumError).
+keeps retrying while the group has no leader before raising NoQuorumError), and for servers
+started with ``--tls-*``: ``tls_ca`` (the cluster CA's certificate: HTTPS, the server's name
+checked against its certificate), ``tls_cert`` and ``tls_key`` (this client's certificate of
+that CA, which those servers require).
 
 Any member answers (a follower forwards to the leader). A write carries a request id, so
 retrying it after a lost answer or a 503 ("outcome unknown") cannot apply it twice. Each
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,9 +43,21 @@ class RaftBarn(BarnBackend):
         "endpoints": (list, tuple, str),
         "timeout": float,
         "history": (int, type(None)),
+        "tls_ca": (str, type(None)),
+        "tls_cert": (str, type(None)),
+        "tls_key": (str, type(None)),
     }
 
-    def __init__(self, *, endpoints: Sequence[str] | str, timeout: float = 10.0, history: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        endpoints: Sequence[str] | str,
+        timeout: float = 10.0,
+        history: int | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
         # ``history`` is the servers' setting (accepted so the conformance options fit both drivers)
         self.endpoints = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
         if not self.endpoints or not all(self.endpoints):
@@ -50,6 +66,7 @@ class RaftBarn(BarnBackend):
         self._local = threading.local()
         self._preferred = 0  # the endpoint that answered last
         self._closed = threading.Event()
+        self._tls = _tls_context(tls_ca, tls_cert, tls_key)
 
     # --- transport ------------------------------------------------------------------------
 
@@ -57,7 +74,11 @@ class RaftBarn(BarnBackend):
         connections: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", {})
         if index not in connections:
             host, _, port = self.endpoints[index].rpartition(":")
-            connections[index] = http.client.HTTPConnection(host, int(port), timeout=self.timeout)
+            connections[index] = (
+                http.client.HTTPConnection(host, int(port), timeout=self.timeout)
+                if self._tls is None
+                else http.client.HTTPSConnection(host, int(port), timeout=self.timeout, context=self._tls)
+            )
         return connections[index]
 
     def _drop(self, index: int) -> None:
@@ -188,3 +209,17 @@ class RaftBarn(BarnBackend):
         self._closed.set()
         for connection in self._local.__dict__.get("connections", {}).values():
             connection.close()
+
+
+def _tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """HTTPS to servers with a certificate of the CA ``ca``, presenting ``cert``/``key``."""
+    if ca is None:
+        if cert is not None or key is not None:
+            raise BarnError("the raft Barn's tls_cert and tls_key need tls_ca (the CA of the servers' certificates)")
+        return None
+    from runink.core.server import pki  # cryptography: only for TLS
+
+    try:
+        return pki.client_context(cert, key, ca)
+    except (ValueError, OSError) as exc:
+        raise BarnError(f"the raft Barn's TLS options: {exc}") from None

@@ -52,6 +52,11 @@ def serve_command(  # noqa: PLR0917 (typer options)
     secret_file: Path | None = typer.Option(
         None, envvar="RUNINK_BARN_SECRET_FILE", help="the group's shared secret (same file content on every member)"
     ),
+    tls_cert: Path | None = typer.Option(
+        None, help="this server's certificate (usage both, signed by --tls-ca): mutual TLS to members and clients"
+    ),
+    tls_key: Path | None = typer.Option(None, help="its private key"),
+    tls_ca: Path | None = typer.Option(None, help="the cluster CA: members and clients must present its certificates"),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
     from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
@@ -69,6 +74,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
     try:
         peers = [server.parse_member(item) for item in peer]
         secret = server.read_secret(secret_file) if secret_file is not None else None
+        tls = server.tls_files(tls_cert, tls_key, tls_ca)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     config = server.ServerConfig(
@@ -81,6 +87,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         compaction_entries=compaction_entries,
         compaction_seconds=compaction_seconds,
         secret=secret,
+        tls=tls,
         max_connections=max_connections,
     )
     raise typer.Exit(server.run_server(config))

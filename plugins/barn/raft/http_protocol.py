@@ -28,6 +28,7 @@ import http
 import json
 import logging
 import resource
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -378,11 +379,25 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def serve(handler: Handler, sock: Any, stopped: asyncio.Event, limits: Limits | None = None) -> None:
-    """Serve on the listening socket ``sock`` until ``stopped`` is set."""
-    connections = Connections(limits or Limits())
+async def serve(
+    handler: Handler,
+    sock: Any,
+    stopped: asyncio.Event,
+    limits: Limits | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Serve on the listening socket ``sock`` until ``stopped`` is set; over TLS with ``tls``
+    (a handshake not done within the header timeout closes the connection)."""
+    limits = limits or Limits()
+    connections = Connections(limits)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HttpProtocol(handler, connections), sock=sock, backlog=1024)
+    server = await loop.create_server(
+        lambda: HttpProtocol(handler, connections),
+        sock=sock,
+        backlog=1024,
+        ssl=tls,
+        ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
+    )
     sweeper = asyncio.ensure_future(connections.sweep())
     try:
         async with server:

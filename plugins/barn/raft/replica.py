@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -43,6 +44,7 @@ from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     SyncObjException,
     replicated,
 )
+from runink.plugins.barn.raft.tls import TlsFiles, TlsTransport
 from runink.plugins.barn.state import BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
@@ -72,6 +74,7 @@ class ServerConfig:
     compaction_seconds: float = 60.0  # ...at most this often
     history: int = 100_000  # changes kept for watches
     secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
+    tls: TlsFiles | None = None  # mutual TLS between members and on the HTTP API (tls.py)
     max_connections: int | None = None  # client connections at once (None: below the fd limit)
     extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
 
@@ -166,7 +169,9 @@ class BarnNode(SyncObj):
         self._read_index: asyncio.Future[Any] | None = None  # the ReadIndex not yet requested (loop thread)
         self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
         self.replica = BarnReplica(config.history, self._changed)
-        super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica])
+        # with TLS every Raft connection is mutual TLS with certificates of the cluster CA (tls.py)
+        transport = {} if config.tls is None else {"transportClass": functools.partial(TlsTransport, tls=config.tls)}
+        super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica], **transport)
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
         """(tick thread, at log compaction) The state and pysyncobj's own record, to ``path``;

@@ -50,6 +50,7 @@ from pathlib import Path
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.http_protocol import raise_fd_limit
 from runink.plugins.barn.raft.replica import Member, ServerConfig
+from runink.plugins.barn.raft.tls import TlsFiles
 
 # what other modules and tests import from here (the pieces live in replica.py, api.py, wire.py)
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "parse_member",
     "read_secret",
     "run_server",
+    "tls_files",
 ]
 
 log = logging.getLogger("runink.barn")
@@ -91,15 +93,31 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
+def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
+    """The member's TLS identity from ``--tls-cert``, ``--tls-key``, ``--tls-ca`` (all three, or
+    none: None); checked now, so a bad file is one line at start, not refused connections later.
+    Raises ValueError (pki.PkiError) naming the flag or file."""
+    given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, path in given.items() if path is None]
+    if missing:
+        raise ValueError(f"--tls-cert, --tls-key and --tls-ca go together: {', '.join(missing)} missing")
+    assert cert is not None and key is not None and ca is not None
+    files = TlsFiles(cert, key, ca)
+    files.check()
+    return files
+
+
 def run_server(config: ServerConfig) -> int:
     """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py)."""
     raise_fd_limit()  # before the server sizes its connection cap from it
     name, raft = config.me.name, config.me.raft
     logging.basicConfig(level=logging.WARNING, format=f"barn {name}: %(levelname)s %(message)s")
-    if config.secret is None:
+    if config.secret is None and config.tls is None:
         log.warning(
             "the Raft port %s is unauthenticated: anyone who can connect to it can run code in this server; "
-            "give every member the same --secret-file",
+            "give every member the same --secret-file, or a certificate of the cluster CA (--tls-*)",
             raft,
         )
     server = BarnServer(config)

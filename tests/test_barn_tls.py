@@ -1,0 +1,219 @@
+"""Mutual TLS in the raft Barn (plugins/barn/raft/tls.py): between members and on the HTTP API,
+with certificates of the cluster CA (core/server/pki.py). Real member processes on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from barn_cluster import Cluster
+from test_barn_secret import CreateFile, send_raw, wait_for_file
+
+from runink.core.drivers import load_driver
+from runink.core.interfaces import BarnBackend
+from runink.core.server import pki
+
+
+class TlsCluster(Cluster):
+    """``Cluster`` whose members get ``--tls-*`` flags from ``identities`` (name -> (cert, key,
+    ca); a member missing from it runs plaintext) and whose client speaks HTTPS with a client
+    certificate of the cluster CA."""
+
+    def __init__(self, root: Path, ca: Path, identities: dict[str, tuple[Path, Path, Path]], size: int = 3) -> None:
+        super().__init__(root, size=size, fsync=False)
+        self.identities = identities
+        self.user = pki.issue(ca, root / "certs", "test-client", sans=[], usage="client")
+        self.ca = ca
+
+    def command(self, name: str) -> list[str]:
+        command = super().command(name)
+        if name in self.identities:
+            cert, key, ca = self.identities[name]
+            command += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
+        return command
+
+    def client(self, *names: str, timeout: float = 10.0) -> Any:
+        options = {
+            "endpoints": [self.http[n] for n in names or self.names],
+            "timeout": timeout,
+            "tls_ca": str(self.ca / "ca.pem"),
+            "tls_cert": str(self.user.cert),
+            "tls_key": str(self.user.key),
+        }
+        return load_driver(BarnBackend, "raft", options)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+
+def member_identities(ca: Path, out: Path, names: str) -> dict[str, tuple[Path, Path, Path]]:
+    return {
+        name: (*pki.issue(ca, out, f"barn-{name}", sans=["127.0.0.1"], usage="both"), ca / "ca.pem") for name in names
+    }
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Path:
+    pki.create_ca(tmp_path / "ca")
+    return tmp_path / "ca"
+
+
+def wait_until(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
+def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(tmp_path: Path, ca: Path) -> None:
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "abc"))
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client()
+        assert barn.put("/k", b"v") == 1
+        assert barn.get("/k").value == b"v"
+        follower = next(n for n in cluster.names if n != leader)
+        via_follower = cluster.client(follower)  # the follower forwards to the leader over HTTPS
+        assert via_follower.put("/k2", b"v2") == 2
+        assert via_follower.get("/k2").value == b"v2"
+        assert wait_until(lambda: all(p["connected"] for p in cluster.status(leader)["peers"].values()), 5)
+        barn.close()
+        via_follower.close()
+        for name in cluster.names:
+            assert "refused" not in cluster.log(name), cluster.log(name)
+            assert "unauthenticated" not in cluster.log(name)  # TLS authenticates the Raft port
+    finally:
+        cluster.stop()
+
+
+def outsider_status(cluster: TlsCluster, name: str, ca: Path) -> dict[str, Any]:
+    """``name``'s status, asked with a client certificate of the CA ``ca`` (its own)."""
+    user = pki.issue(ca, cluster.root / "outsider", f"client-{time.monotonic_ns()}", sans=[], usage="client")
+    options = {"endpoints": [cluster.http[name]], "timeout": 3.0, "tls_ca": str(ca / "ca.pem"),
+               "tls_cert": str(user.cert), "tls_key": str(user.key)}  # fmt: skip
+    client = load_driver(BarnBackend, "raft", options)
+    try:
+        return dict(client.status())
+    finally:
+        client.close()
+
+
+def test_a_member_with_a_certificate_of_another_ca_never_joins(tmp_path: Path, ca: Path) -> None:
+    pki.create_ca(tmp_path / "other-ca")
+    identities = member_identities(ca, tmp_path / "certs", "ab")
+    identities.update(member_identities(tmp_path / "other-ca", tmp_path / "other-certs", "c"))
+    cluster = TlsCluster(tmp_path, ca, identities)
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client("a", "b")
+        barn.put("/k", b"v")  # a and b are a quorum of 3
+        time.sleep(1.0)  # ample for c to be sent the entry, were it connected
+        peers = cluster.status(leader)["peers"]
+        assert peers["c"]["connected"] is False and not peers["c"]["match_index"], peers
+        outsider = outsider_status(cluster, "c", tmp_path / "other-ca")
+        assert outsider["revision"] == 0 and outsider["state"] != "leader", outsider
+        assert not any(p["connected"] for p in outsider["peers"].values()), outsider
+        barn.close()
+        for name in "ab":  # each good member says why, once (not at every reconnection)
+            refusals = [line for line in cluster.log(name).splitlines() if "refused" in line]
+            assert refusals, cluster.log(name)
+            assert all("another CA" in line for line in refusals), refusals
+            assert len(refusals) <= 2, refusals  # one per direction at most: from c's host, to c
+    finally:
+        cluster.stop()
+
+
+def test_a_plaintext_member_cannot_join_a_tls_group(tmp_path: Path, ca: Path) -> None:
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "ab"))  # c: no --tls-*
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client("a", "b")
+        barn.put("/k", b"v")
+        marker = tmp_path / "ran-the-senders-code"
+        send_raw(cluster.raft[leader], CreateFile(marker))  # a plaintext pysyncobj message
+        assert not wait_for_file(marker, 0.5), "a TLS member unpickled a plaintext message"
+
+        def refused_plaintext() -> bool:
+            logs = cluster.log("a") + cluster.log("b")
+            return "does not speak TLS" in logs or "no TLS handshake within" in logs
+
+        assert wait_until(refused_plaintext, 6), cluster.log("a") + cluster.log("b")
+        peers = cluster.status(leader)["peers"]
+        assert peers["c"]["connected"] is False and not peers["c"]["match_index"], peers
+        plain = Cluster.client(cluster, "c", timeout=3.0)  # c serves plaintext HTTP
+        status = plain.status()
+        plain.close()
+        assert status["revision"] == 0 and not any(p["connected"] for p in status["peers"].values()), status
+        barn.close()
+    finally:
+        cluster.stop()
+
+
+def https(address: str, context: ssl.SSLContext | None) -> int:
+    """The status code of GET /v1/status at ``address`` (HTTPS with ``context``, else plain
+    HTTP); raises what the connection raises."""
+    host, _, port = address.rpartition(":")
+    connection = (
+        http.client.HTTPConnection(host, int(port), timeout=3)
+        if context is None
+        else http.client.HTTPSConnection(host, int(port), timeout=3, context=context)
+    )
+    try:
+        connection.request("GET", "/v1/status")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_http_api_wants_a_client_certificate_of_the_cluster_ca(tmp_path: Path, ca: Path) -> None:
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "a"), size=1)
+    cluster.start()
+    try:
+        address = cluster.http["a"]
+        user = cluster.user
+        assert https(address, pki.client_context(user.cert, user.key, ca / "ca.pem")) == 200
+        with pytest.raises((http.client.HTTPException, OSError)):
+            https(address, None)  # plaintext HTTP
+        refused = (ssl.SSLError, http.client.RemoteDisconnected, ConnectionResetError)  # an alert or just closed
+        with pytest.raises(refused):
+            https(address, pki.client_context(None, None, ca / "ca.pem"))  # no client certificate
+        pki.create_ca(tmp_path / "other-ca")
+        stranger = pki.issue(tmp_path / "other-ca", tmp_path / "other", "stranger", sans=[], usage="client")
+        with pytest.raises(refused):
+            https(address, pki.client_context(stranger.cert, stranger.key, ca / "ca.pem"))
+        # still serving after the refusals
+        assert https(address, pki.client_context(user.cert, user.key, ca / "ca.pem")) == 200
+    finally:
+        cluster.stop()
+
+
+def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "runink.plugins.barn.raft.server", "--name", "a",
+               "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    return subprocess.run([*command, *flags], check=False, capture_output=True, text=True, timeout=30)
+
+
+def test_tls_flags_are_all_three_or_none_and_checked_at_start(tmp_path: Path, ca: Path) -> None:
+    cert, _, ca_path = member_identities(ca, tmp_path / "certs", "a")["a"]
+    ca_pem = str(ca_path)
+    partial = serve(tmp_path, "--tls-cert", str(cert))
+    assert partial.returncode == 2, partial.stderr
+    assert "--tls-cert, --tls-key and --tls-ca go together: --tls-key, --tls-ca missing" in partial.stderr
+    user = pki.issue(ca, tmp_path / "certs", "user", sans=[], usage="client")
+    wrong = serve(tmp_path, "--tls-cert", str(user.cert), "--tls-key", str(user.key), "--tls-ca", ca_pem)
+    assert wrong.returncode == 2, wrong.stderr
+    assert "needs both usages (server and client), it has client" in wrong.stderr
+    missing = serve(tmp_path, "--tls-cert", str(cert), "--tls-key", str(tmp_path / "absent"), "--tls-ca", ca_pem)
+    assert missing.returncode == 2 and f"{tmp_path / 'absent'}: No such file or directory" in missing.stderr
+    assert "Traceback" not in partial.stderr + wrong.stderr + missing.stderr
