@@ -4,6 +4,7 @@ with certificates of the cluster CA (core/server/pki.py). Real member processes 
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from barn_cluster import Cluster
+from fixture_types import CliRunner
 from test_barn_secret import CreateFile, send_raw, wait_for_file
 
 from runink.core.drivers import load_driver
@@ -73,7 +75,9 @@ def wait_until(check: Any, seconds: float) -> bool:
     return bool(check())
 
 
-def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(tmp_path: Path, ca: Path) -> None:
+def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(
+    tmp_path: Path, ca: Path, run_cli: CliRunner
+) -> None:
     cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "abc"))
     cluster.start()
     try:
@@ -88,6 +92,14 @@ def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(tmp_path:
         assert wait_until(lambda: all(p["connected"] for p in cluster.status(leader)["peers"].values()), 5)
         barn.close()
         via_follower.close()
+        endpoints = ",".join(cluster.http.values())
+        tls = {"RUNINK_BARN_TLS_CA": str(ca / "ca.pem"), "RUNINK_BARN_TLS_CERT": str(cluster.user.cert),
+               "RUNINK_BARN_TLS_KEY": str(cluster.user.key)}  # fmt: skip
+        status = run_cli("barn", "status", "--endpoints", endpoints, "--json", env=tls)
+        assert status.returncode == 0, status.stderr
+        assert sorted(json.loads(status.stdout)[i]["state"] for i in range(3)) == ["follower", "follower", "leader"]
+        without = run_cli("barn", "status", "--endpoints", endpoints)  # no certificate: every server refuses
+        assert without.returncode == 1 and without.stdout.count("UNREACHABLE") == 3, without.stdout
         for name in cluster.names:
             assert "refused" not in cluster.log(name), cluster.log(name)
             assert "unauthenticated" not in cluster.log(name)  # TLS authenticates the Raft port

@@ -24,10 +24,23 @@ ENDPOINTS = typer.Option(
 )
 
 
-def _client(endpoints: str, timeout: float = 5.0) -> Any:
+CLIENT_CA = typer.Option(
+    None, "--tls-ca", envvar="RUNINK_BARN_TLS_CA", help="the cluster CA (servers started with --tls-*: HTTPS)"
+)
+CLIENT_CERT = typer.Option(
+    None, "--tls-cert", envvar="RUNINK_BARN_TLS_CERT", help="a client certificate of that CA (those servers want one)"
+)
+CLIENT_KEY = typer.Option(None, "--tls-key", envvar="RUNINK_BARN_TLS_KEY", help="its private key")
+
+
+def _client(endpoints: str, tls: tuple[Path | None, Path | None, Path | None], timeout: float = 5.0) -> Any:
     from runink.plugins.barn.raft.client import RaftBarn
 
-    return RaftBarn(endpoints=endpoints, timeout=timeout)
+    ca, cert, key = (None if path is None else str(path) for path in tls)
+    try:
+        return RaftBarn(endpoints=endpoints, timeout=timeout, tls_ca=ca, tls_cert=cert, tls_key=key)
+    except BarnError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command("serve")
@@ -112,13 +125,17 @@ def run_serve(argv: list[str], prog_name: str) -> int:
 
 @app.command("status")
 def status_command(
-    endpoints: str = ENDPOINTS, json_output: bool = typer.Option(False, "--json", help="Print JSON.")
+    endpoints: str = ENDPOINTS,
+    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+    tls_ca: Path | None = CLIENT_CA,
+    tls_cert: Path | None = CLIENT_CERT,
+    tls_key: Path | None = CLIENT_KEY,
 ) -> None:
     """Leader, term, commit index and each server's health, as every reachable server sees it."""
     addresses = [e.strip() for e in endpoints.split(",") if e.strip()]
     seen: list[dict[str, Any]] = []
     for address in addresses:
-        client = _client(address, timeout=2.0)
+        client = _client(address, (tls_ca, tls_cert, tls_key), timeout=2.0)
         try:
             seen.append({"endpoint": address, **client.status()})
         except BarnError as exc:
@@ -141,8 +158,10 @@ def status_command(
         raise typer.Exit(1)
 
 
-def _change(action: str, endpoints: str, name: str, raft: str, http: str, *, json_output: bool) -> None:
-    client = _client(endpoints)
+def _change(  # noqa: PLR0917 (the commands pass theirs on)
+    action: str, endpoints: str, name: str, raft: str, http: str, tls: tuple[Path | None, ...], *, json_output: bool
+) -> None:
+    client = _client(endpoints, (tls[0], tls[1], tls[2]))
     try:
         answer = client.call(f"/v1/members/{action}", {"name": name, "raft": raft, "http": http})
     finally:
@@ -154,23 +173,29 @@ def _change(action: str, endpoints: str, name: str, raft: str, http: str, *, jso
 
 
 @member_app.command("add")
-def member_add(
+def member_add(  # noqa: PLR0917 (typer options)
     name: str = typer.Argument(..., metavar="NAME", help="the new server's name"),
     raft: str = typer.Argument(..., metavar="RAFT", help="its Raft host:port"),
     http: str = typer.Argument(..., metavar="HTTP", help="its HTTP host:port"),
     endpoints: str = ENDPOINTS,
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    tls_ca: Path | None = CLIENT_CA,
+    tls_cert: Path | None = CLIENT_CERT,
+    tls_key: Path | None = CLIENT_KEY,
 ) -> None:
     """Add a server (start it with the current members as --peer first)."""
-    _change("add", endpoints, name, raft, http, json_output=json_output)
+    _change("add", endpoints, name, raft, http, (tls_ca, tls_cert, tls_key), json_output=json_output)
 
 
 @member_app.command("remove")
-def member_remove(
+def member_remove(  # noqa: PLR0917 (typer options)
     name: str = typer.Argument(..., metavar="NAME", help="the server's name"),
     raft: str = typer.Argument("", metavar="RAFT", help="its Raft host:port (default: the address the group knows)"),
     endpoints: str = ENDPOINTS,
     json_output: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    tls_ca: Path | None = CLIENT_CA,
+    tls_cert: Path | None = CLIENT_CERT,
+    tls_key: Path | None = CLIENT_KEY,
 ) -> None:
     """Remove a server from the group."""
-    _change("remove", endpoints, name, raft, "", json_output=json_output)
+    _change("remove", endpoints, name, raft, "", (tls_ca, tls_cert, tls_key), json_output=json_output)
