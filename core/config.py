@@ -363,7 +363,8 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any, sources: dict[s
 
 def _merge_env(environ: Mapping[str, str], merged: dict[str, Any], sources: dict[str, str]) -> None:
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
+        # RUNINK_SECRET_*: the env secrets driver's values (runink.plugins.secrets.env)
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS or name.startswith("RUNINK_SECRET_"):
             continue
         dotted = ENV_ALIASES.get(name) or name[len(ENV_PREFIX) :].lower().replace("__", ".")
         _set_dotted(merged, dotted, _coerce_text(dotted, environ[name]), sources, "$" + name)
