@@ -107,6 +107,22 @@ def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(
         cluster.stop()
 
 
+def test_tls_and_a_shared_secret_together(tmp_path: Path, ca: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("a shared secret of the three members")
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "abc"))
+    cluster.options = ("--secret-file", str(secret))  # pysyncobj's sealing, inside the TLS connection
+    cluster.start()
+    try:
+        barn = cluster.client()
+        assert barn.put("/k", b"v") == 1 and barn.get("/k").value == b"v"
+        leader = cluster.leader()
+        assert wait_until(lambda: all(p["connected"] for p in cluster.status(leader)["peers"].values()), 5)
+        barn.close()
+    finally:
+        cluster.stop()
+
+
 def outsider_status(cluster: TlsCluster, name: str, ca: Path) -> dict[str, Any]:
     """``name``'s status, asked with a client certificate of the CA ``ca`` (its own)."""
     user = pki.issue(ca, cluster.root / "outsider", f"client-{time.monotonic_ns()}", sans=[], usage="client")
@@ -141,6 +157,29 @@ def test_a_member_with_a_certificate_of_another_ca_never_joins(tmp_path: Path, c
             assert refusals, cluster.log(name)
             assert all("another CA" in line for line in refusals), refusals
             assert len(refusals) <= 2, refusals  # one per direction at most: from c's host, to c
+    finally:
+        cluster.stop()
+
+
+def test_a_member_whose_certificate_names_another_host_cannot_speak_as_a_member(tmp_path: Path, ca: Path) -> None:
+    # c's certificate is of the cluster CA but for 127.0.0.1, and c is the member at 127.0.0.2:
+    # c connects to a and b (the higher address connects), its handshakes succeed, and the
+    # address it then announces is not one its certificate names
+    identities = member_identities(ca, tmp_path / "certs", "abc")
+    cluster = TlsCluster(tmp_path, ca, identities)
+    cluster.raft["c"] = cluster.raft["c"].replace("127.0.0.1", "127.0.0.2")
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client("a", "b")
+        barn.put("/k", b"v")
+        time.sleep(1.0)
+        peers = cluster.status(leader)["peers"]
+        assert peers["c"]["connected"] is False and not peers["c"]["match_index"], peers
+        assert cluster.status("c")["revision"] == 0
+        barn.close()
+        logs = cluster.log("a") + cluster.log("b")
+        assert f"it says it is the member at {cluster.raft['c']}, but its certificate is for 127.0.0.1" in logs, logs
     finally:
         cluster.stop()
 

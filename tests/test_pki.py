@@ -90,6 +90,16 @@ def test_issue_sets_usages_and_names(ca: Path, tmp_path: Path) -> None:
         pki.issue(ca, tmp_path / "certs", "barn-a", sans=["127.0.0.1"], usage="server")
 
 
+def test_names_host_matches_as_a_tls_client_checks_a_server(ca: Path, tmp_path: Path) -> None:
+    files = pki.issue(ca, tmp_path, "s", sans=["10.0.0.1", "::1", "Barn.Example", "*.nodes.example"], usage="both")
+    der = pki.read_certificate(files.cert)
+    assert pki.names(der) == {"10.0.0.1", "::1", "barn.example", "*.nodes.example"}
+    for host in ("10.0.0.1", "[::1]", "0:0::1", "barn.example", "BARN.example.", "a.nodes.example"):
+        assert pki.names_host(der, host), host
+    for host in ("10.0.0.2", "example", "other.example", "nodes.example", "a.b.nodes.example", ""):
+        assert not pki.names_host(der, host), host
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

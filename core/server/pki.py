@@ -166,6 +166,30 @@ def usages(der: bytes) -> set[str]:
     }
 
 
+def names(der: bytes) -> set[str]:
+    """The names a certificate (DER) is for: its SANs, IP addresses in their compressed form,
+    DNS names lowercased (a wildcard as written, ``*.example.com``)."""
+    try:
+        extension = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return set()
+    found = {str(ip) for ip in extension.value.get_values_for_type(x509.IPAddress)}
+    return found | {name.lower() for name in extension.value.get_values_for_type(x509.DNSName)}
+
+
+def names_host(der: bytes, host: str) -> bool:
+    """Whether the certificate (DER) is for ``host`` (an IP address or a DNS name), as a TLS
+    client checks a server's: exact, or a wildcard standing for the leftmost label."""
+    held = names(der)
+    try:
+        return str(ipaddress.ip_address(host.strip("[]"))) in held
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    first, _, rest = host.partition(".")
+    return host in held or (bool(first) and bool(rest) and f"*.{rest}" in held)
+
+
 def read_certificate(path: str | Path) -> bytes:
     """The certificate in the PEM file ``path``, as DER (what ``usages`` takes)."""
     return _load_cert(Path(path)).public_bytes(serialization.Encoding.DER)

@@ -12,7 +12,10 @@ an ``ssl.SSLObject`` over two ``MemoryBIO``s on pysyncobj's own non-blocking soc
 sealing (``--secret-file``) are unchanged above it. Both sides present a certificate of the
 cluster CA, and a member's must carry both usages: a client certificate of the same CA (an
 agent's, a user's) does not make its holder a member, whose messages are unpickled. The
-connecting side checks the other's name (its Raft host) against the certificate's SANs. With
+connecting side checks the other's name (its Raft host) against the certificate's SANs; the
+accepting side checks the member address the other announces first (pysyncobj's own
+handshake) the same way, so a member's certificate speaks for that member only, and refuses
+pysyncobj's read-only nodes (they would be sent the whole log). With
 TLS 1.3 a client learns that the server refused its certificate only after its own handshake
 has finished, so the accepting side sends one byte (``ACCEPTED``) once it has checked the
 certificate, and the connecting side reports the connection to pysyncobj only when that byte
@@ -195,6 +198,7 @@ class TlsConnection:
         self._last_read = monotonic()
         self._mask = 0  # the events the poller watches for
         self._peer = self._where = "?"
+        self.peer_certificate = b""  # DER, once the handshake is done
 
     # --- TcpConnection's interface ----------------------------------------------------------
 
@@ -435,6 +439,7 @@ class TlsConnection:
             return
         self._handshaken = True
         der = self._tls.getpeercert(binary_form=True)
+        self.peer_certificate = der or b""
         held = pki.usages(der) if der else set()
         if held != {"server", "client"}:
             self._refuse(
@@ -476,6 +481,10 @@ class TlsConnection:
             self.disconnect()
             return
         del self._raw_out[:sent]
+
+    def refuse(self, reason: str) -> None:
+        """Close this connection and log why (once per peer and reason: RefusalLog)."""
+        self._refuse(reason)
 
     def _refuse(self, reason: str) -> None:
         self._refusals.refused(self._peer, self._where, reason)
@@ -637,6 +646,30 @@ class TlsTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj has no type
             conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
             conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
             self._connections[node] = conn
+
+    def _onIncomingMessageReceived(self, conn: TlsConnection, message: Any) -> None:
+        # After pysyncobj's key exchange (with --secret-file) an accepted connection's first
+        # message names the member it comes from: its certificate must be for that member's
+        # host, as the connecting side checks the name of the member it connects to. Otherwise
+        # any member's certificate could speak as any other member.
+        if isinstance(message, str) and (conn.sendRandKey or not self._syncObj.encryptor):
+            problem = self._claim_problem(conn, message)
+            if problem:
+                conn.refuse(problem)
+                self._unknownConnections.discard(conn)
+                return
+        super()._onIncomingMessageReceived(conn, message)
+
+    def _claim_problem(self, conn: TlsConnection, claimed: str) -> str | None:
+        if claimed == "readonly":
+            return "a read-only pysyncobj node: not accepted over TLS (only members)"
+        node = self._nodeAddrToNode.get(claimed)
+        if node is None:
+            return f"it says it is {claimed!r}, which is no member of this group"
+        if not pki.names_host(conn.peer_certificate, node.host):
+            held = ", ".join(sorted(pki.names(conn.peer_certificate))) or "no names"
+            return f"it says it is the member at {claimed}, but its certificate is for {held}, not {node.host}"
+        return None
 
     def _onTick(self) -> None:
         super()._onTick()
