@@ -123,6 +123,38 @@ def test_tls_and_a_shared_secret_together(tmp_path: Path, ca: Path) -> None:
         cluster.stop()
 
 
+def test_a_member_killed_and_restarted_catches_up_over_tls_from_a_snapshot(tmp_path: Path, ca: Path) -> None:
+    """Reconnection, and large messages (a snapshot of ~2 MB, sent in many partial writes)."""
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "abc"))
+    cluster.options = ("--compaction-entries", "50", "--compaction-seconds", "0.1")
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        laggard = next(n for n in cluster.names if n != leader)
+        barn = cluster.client()
+        cluster.kill(laggard)
+        value = bytes(range(256)) * 40  # 10 KB, incompressible enough
+        for i in range(200):
+            barn.put(f"/big/{i:03}", value)
+        time.sleep(0.5)  # a compaction period: the entries c lacks are gone from the log
+        assert cluster.status(leader)["log_len"] < 100, "no compaction: the test would not send a snapshot"
+        cluster.start(laggard)
+        laggard_client = cluster.client(laggard)
+
+        def caught_up() -> bool:
+            return len(laggard_client.scan("/big/", serializable=True)) == 200
+
+        assert wait_until(caught_up, 15), cluster.status(laggard)
+        assert all(kv.value == value for kv in laggard_client.scan("/big/", serializable=True))
+        cluster.kill(leader)  # and a new leader is elected over TLS
+        assert cluster.leader() != leader
+        assert barn.put("/after", b"v") == 201
+        barn.close()
+        laggard_client.close()
+    finally:
+        cluster.stop()
+
+
 def outsider_status(cluster: TlsCluster, name: str, ca: Path) -> dict[str, Any]:
     """``name``'s status, asked with a client certificate of the CA ``ca`` (its own)."""
     user = pki.issue(ca, cluster.root / "outsider", f"client-{time.monotonic_ns()}", sans=[], usage="client")
