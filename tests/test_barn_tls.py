@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -223,9 +224,18 @@ def test_a_plaintext_member_cannot_join_a_tls_group(tmp_path: Path, ca: Path) ->
         leader = cluster.leader()
         barn = cluster.client("a", "b")
         barn.put("/k", b"v")
+        host, port = cluster.raft[leader].rsplit(":", 1)
+        idle = socket.create_connection((host, int(port)), timeout=10)  # connects, never speaks
         marker = tmp_path / "ran-the-senders-code"
         send_raw(cluster.raft[leader], CreateFile(marker))  # a plaintext pysyncobj message
         assert not wait_for_file(marker, 0.5), "a TLS member unpickled a plaintext message"
+        with socket.create_connection((host, int(port)), timeout=3) as garbage:
+            garbage.sendall(bytes(range(256)) * 64)
+        no_certificate = pki.client_context(None, None, ca / "ca.pem")
+        raw = socket.create_connection((host, int(port)), timeout=3)
+        refused = (ssl.SSLError, ConnectionResetError)
+        with pytest.raises(refused), no_certificate.wrap_socket(raw, server_hostname=host) as tls:
+            tls.recv(1)  # TLS, but no client certificate: refused
 
         def refused_plaintext() -> bool:
             logs = cluster.log("a") + cluster.log("b")
@@ -238,6 +248,9 @@ def test_a_plaintext_member_cannot_join_a_tls_group(tmp_path: Path, ca: Path) ->
         status = plain.status()
         plain.close()
         assert status["revision"] == 0 and not any(p["connected"] for p in status["peers"].values()), status
+        assert barn.put("/k", b"w") == 2  # the members are unhurt by all of it
+        assert idle.recv(1) == b"", "a connection that never began a handshake was kept open"
+        idle.close()
         barn.close()
     finally:
         cluster.stop()
