@@ -83,10 +83,12 @@ def load_driver(
     *,
     manager: PluginManager | None = None,
     origin: str | None = None,
+    extra: Mapping[str, Any] = {},
 ) -> T:
     """Import and build the driver ``name`` of ``interface`` (``Executor``...) with ``options``.
 
     ``origin`` says where the name was chosen (``runink.toml:7``) for error messages.
+    ``extra``: options added only if the driver declares them (see ``configured_driver``).
     Raises DriverNotFoundError (listing the available names) or DriverLoadError.
     """
     group = group_of(interface)
@@ -111,6 +113,8 @@ def load_driver(
             raise DriverNotFoundError(f"no {group} driver named {name!r}{where}; available: {available}")
         factory = runtime[name][1].factory
     check_class(interface, name, factory, where)
+    declared = declared_schema(factory) or {}
+    options.update({key: value for key, value in extra.items() if key in declared})
     if cast(type, interface) is Executor:
         options["degrade"] = _degrade_option(options.get("degrade", False), name, where)
         if declared_schema(factory) is None and not _accepts(factory, "degrade"):
@@ -188,10 +192,14 @@ CONFIGURED_DRIVERS: dict[str, type] = {
 }
 
 
-def configured_driver(config: RuninkConfig, section: str, manager: PluginManager | None = None) -> Any:
+def configured_driver(
+    config: RuninkConfig, section: str, manager: PluginManager | None = None, *, extra: Mapping[str, Any] = {}
+) -> Any:
     """The driver a config section names (``[executor] driver = "process"``), built with its options.
 
     Returns None when the section names no driver (optional ones: secrets, annotator).
+    ``extra``: objects the caller has for a driver that declares an option of that name in
+    its ``options_schema`` (the server's Barn for the ``barn`` secret backend), never a file's.
     """
     try:
         interface = CONFIGURED_DRIVERS[section]
@@ -206,7 +214,7 @@ def configured_driver(config: RuninkConfig, section: str, manager: PluginManager
     origin = config.source_of(f"{section}.driver")
     if not origin.startswith(("--set ", "$")):  # those name the key already; a file line does not
         origin = f"{origin}: {section}.driver"
-    return load_driver(interface, name, settings.options, manager=manager, origin=origin)
+    return load_driver(interface, name, settings.options, manager=manager, origin=origin, extra=extra)
 
 
 def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) -> tuple[Any, RuninkConfig, str]:

@@ -33,6 +33,7 @@ from runink.core.errors import RuninkError
 from runink.core.events import export_log
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.executor import Executor
+from runink.core.interfaces.secrets import SecretBackend
 from runink.core.model import MAX_MEMORY, LogEntry, ScenarioState, check_name
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.plugins import PluginManager
@@ -189,6 +190,17 @@ def _host_memory() -> int:
         return MAX_MEMORY
 
 
+def _secret_backend(runner: LocalRunner, run: PipelineRun) -> SecretBackend | None:
+    """Where this run's @secrets come from: the ``[secrets]`` driver configured, else ``env``
+    (``RUNINK_SECRET_<HERD>__<NAME>``); loaded only for a pipeline that asks for a secret."""
+    if not any(item.scenario.secrets for item in run.compiled.scenarios):
+        return None
+    configured: SecretBackend | None = configured_driver(runner.config, "secrets", runner.manager)
+    if configured is not None:
+        return configured
+    return load_driver(SecretBackend, "env", {}, manager=runner.manager, origin="runink run's default")
+
+
 class _EmbeddedPlane:
     """The control plane and agent of one ``runink run``: the same Lifecycle, Scheduler and
     Agent as ``runink server`` / ``runink agent``, on the memory Barn, in this process."""
@@ -200,7 +212,7 @@ class _EmbeddedPlane:
         self.barn: BarnBackend = load_driver(BarnBackend, "memory", {}, manager=runner.manager)
         self.store = ClusterStore(self.barn)
         # no jitter: one node has no herd of retries to spread, and the logs say the exact delay
-        self.lifecycle = Lifecycle(self.store, jitter=lambda: 1.0)
+        self.lifecycle = Lifecycle(self.store, jitter=lambda: 1.0, secrets=_secret_backend(runner, run))
         self.store.create_herd(Herd(name=run.herd))
         policy = configured_driver(runner.config, "scheduler", runner.manager)
         self.scheduler = Scheduler(self.store, runner.manager, policy)

@@ -20,13 +20,16 @@ CLUSTER = "*"  # the herd of a cluster-wide grant or action
 
 _READ = frozenset({"herds.read", "jobs.read", "logs.read"})
 _RUN = _READ | {"jobs.submit", "jobs.cancel"}
-_ADMIN = _RUN | {"rbac.read", "rbac.bind", "tokens.create"}
+# secrets: names and versions read, values written, never read back (a runner's slices get
+# them: whoever may run jobs in a herd that has secrets may, through a job, see them)
+_EDIT = _RUN | {"rbac.read", "secrets.read", "secrets.write"}
+_ADMIN = _EDIT | {"rbac.bind", "tokens.create"}
 #: the built-in roles: what each lets its holder do in the herd it is bound in (``cluster-*``:
 #: in every herd, and the actions of no herd: herds, nodes, cluster bindings)
 ROLES: dict[str, frozenset[str]] = {
     "viewer": _READ,
     "runner": _RUN,
-    "editor": _RUN | {"rbac.read"},
+    "editor": _EDIT,
     "admin": _ADMIN,
     "cluster-viewer": _READ | {"nodes.read", "rbac.read"},
     "cluster-admin": _ADMIN

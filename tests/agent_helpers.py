@@ -70,3 +70,6 @@ class ProxyControl:
         if self.unreachable(state):
             raise RuninkError("control plane unreachable")
         return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        return self.life.task_secrets(herd, task_id, attempt, token, node)

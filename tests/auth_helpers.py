@@ -19,7 +19,11 @@ from runink.core.server.api import create_app
 from runink.core.server.auth import ApiAuth, ClusterTokens, new_key_file
 from runink.plugins.auth.rbac import HerdRbac
 from runink.plugins.barn.memory import MemoryBarn
+from runink.plugins.secrets.barn import BarnSecrets
 from runink.testing import plugin_manager
+
+#: the value of herd "team"'s secret db_password (no answer, log or record may hold it)
+SECRET_VALUE = b"hunter2-s3cr3t-value"
 
 GiB = 1024**3
 
@@ -40,7 +44,8 @@ def secured_app(folder: Path, *plugins: tuple[str, Any]) -> Iterator[SecuredApp]
     store = ClusterStore(MemoryBarn())
     for herd in ("team", "other"):
         store.create_herd(Herd(name=herd))
-    lifecycle = Lifecycle(store)
+    lifecycle = Lifecycle(store, secrets=BarnSecrets(store.barn, master_key=bytes(range(32))))
+    lifecycle.secrets.put("team", "db_password", SECRET_VALUE)  # type: ignore[union-attr]
     lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
     job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
     with plugin_manager(("cluster-tokens", tokens), ("rbac", HerdRbac()), *plugins, entrypoints=False) as manager:

@@ -107,11 +107,13 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/rbac/unbind"): {"kind": "user", "subject": "root"},
     ("POST", "/v1/herds/{name}/tokens"): {"name": "ci", "role": "admin"},
     ("POST", "/v1/tokens"): {"name": "ci", "role": "cluster-admin"},
+    ("PUT", "/v1/herds/{name}/secrets/{secret}"): {"value": "mallory-was-here"},
 }
 
 
 def call(api: Api, method: str, path: str, headers: dict[str, str], herd: str = "team") -> httpx.Response:
     url = path.replace("{name}", herd).replace("{job_id}", api.job).replace("{node_id}", "n1")
+    url = url.replace("{secret}", "db_password")
     body = BODIES.get((method, path))
     return api.http.request(method, url, json=body, headers=headers)
 

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 import pytest
 import schemathesis
-from auth_helpers import secured_app
+from auth_helpers import SECRET_VALUE, secured_app
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.core import NOT_SET
@@ -122,6 +122,7 @@ def sane(case: Case[Any], answer: Response, token: str | None) -> None:
     """What every answer to anyone must be."""
     assert answer.status_code < 500, describe(case, answer)
     assert "Traceback" not in answer.text, describe(case, answer)
+    assert SECRET_VALUE.decode() not in answer.text, describe(case, answer)  # (a secret's value: never)
     if token is not None:
         assert token not in answer.text, describe(case, answer)
     # a token minted (201) by a token route is its answer's "token", and in no other answer
@@ -160,7 +161,7 @@ def test_the_admin_of_another_herd_reaches_nothing_of_team(cluster: Cluster) -> 
     token = cluster.token("admin", "other")
     headers = {"Authorization": f"Bearer {token}"}
     before = cluster.state()
-    team = {"name": "team", "job_id": cluster.job, "node_id": "n1"}
+    team = {"name": "team", "job_id": cluster.job, "node_id": "n1", "secret": "db_password"}
     seen: set[int] = set()
 
     def changed_outside_other() -> list[str]:
@@ -213,7 +214,7 @@ def test_a_cluster_admin_never_gets_a_5xx_and_refusals_change_nothing(cluster: C
     node n1, where valid ones are carried out (the deletion of a herd last)."""
     token = cluster.token("cluster-admin", CLUSTER)
     headers = {"Authorization": f"Bearer {token}"}
-    team = {"name": "team", "job_id": cluster.job, "node_id": "n1"}
+    team = {"name": "team", "job_id": cluster.job, "node_id": "n1", "secret": "db_password"}
     seen: set[int] = set()
 
     def checker(on_team: bool) -> Callable[[Case[Any]], None]:

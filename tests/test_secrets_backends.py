@@ -28,8 +28,9 @@ from runink.core.interfaces.secrets import (
     SecretNotFoundError,
     SecretReadOnlyError,
 )
+from runink.core.masterkey import create_master_key, key_id, read_master_key
 from runink.plugins.barn.memory import MemoryBarn
-from runink.plugins.secrets.barn import BarnSecrets, create_master_key, key_id, read_master_key
+from runink.plugins.secrets.barn import BarnSecrets
 from runink.plugins.secrets.env import EnvSecrets, variable_name
 from runink.plugins.secrets.file import FileSecrets
 

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
+from runink.core.agent.secrets import with_secrets
 from runink.core.control.records import (
     MAX_USAGE_TASKS,
     Amount,
@@ -81,6 +82,10 @@ class Control(Protocol):
         message: str = "",
         started: float | None = None,  # passed only by an agent with hold_running
     ) -> bool: ...
+
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        """The values of the secrets an attempt placed on ``node`` receives (its record's names)."""
+        ...
 
 
 #: one attempt of a task: (herd, task id, attempt, fencing token)
@@ -605,8 +610,14 @@ class Agent:
         executor_id = f"{task.id}-a{task.attempt}"
         # As the local runner does: the task dir is private (0700) and holds the slice's work
         # dir, the one folder it may write (an isolating executor grants only such a folder).
+        try:
+            secrets = self._secrets(task)
+        except (RuninkError, OSError) as exc:
+            self._done.add(attempt)
+            self._report(attempt, RunState.FAILED, None, f"its secrets: {_describe(exc)}")
+            return
         if task.scenario is not None:
-            self._start_scenario(task, executor_id)
+            self._start_scenario(task, executor_id, secrets)
             return
         task_dir = self._task_dir(executor_id)
         cwd = task_dir / "work"
@@ -628,6 +639,7 @@ class Agent:
             herd_limits=None if task.herd_quota is None else task.herd_quota.node_caps(),
         )
         try:
+            spec = with_secrets(spec, task.herd, secrets, task.secrets_env)
             task_dir.parent.mkdir(parents=True, exist_ok=True)
             task_dir.mkdir(mode=0o700, exist_ok=True)
             cwd.mkdir(exist_ok=True)
@@ -642,14 +654,21 @@ class Agent:
             return
         self._started(attempt, handle)
 
-    def _start_scenario(self, task: TaskRecord, executor_id: str) -> None:
+    def _secrets(self, task: TaskRecord) -> dict[str, bytes]:
+        """The values of the secrets ``task`` names, asked of the control plane for this attempt
+        (it gives them only to the node the attempt is placed on)."""
+        if not task.secrets:
+            return {}
+        return self.control.task_secrets(task.herd, task.id, task.attempt, task.token, self.node_id)
+
+    def _start_scenario(self, task: TaskRecord, executor_id: str, secrets: dict[str, bytes]) -> None:
         """Start a pipeline scenario's attempt through the node's ScenarioAttempts."""
         attempt = attempt_of(task)
         scenarios = self.executor if isinstance(self.executor, ScenarioAttempts) else None
         try:
             if scenarios is None:
                 raise RuninkError(f"node {self.node_id} runs commands only: its agent was given no pipelines")
-            handle = scenarios.start_scenario(task, executor_id)
+            handle = scenarios.start_scenario(task, executor_id, secrets)
         except (RuninkError, OSError) as exc:
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, _describe(exc))

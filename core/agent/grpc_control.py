@@ -304,6 +304,15 @@ class GrpcControl:
         answers = self._ask(pb.AgentMessage(report=report), "report_ack")
         return bool(self._only(answers, "report_ack").report_ack.accepted)
 
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        """The secrets of an attempt this node starts (``node``: the stream's, checked by the
+        server); RuninkError saying why when the server gives none."""
+        request = pb.SecretsRequest(herd=herd, task_id=task_id, attempt=attempt, token=token)
+        answer = self._only(self._ask(pb.AgentMessage(secrets=request), "secrets"), "secrets").secrets
+        if answer.refused:
+            raise RuninkError(answer.refused)
+        return dict(answer.values)
+
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
         """Send new output of an attempt; (accepted, the bytes of the stream the server has seen)."""
         message = pb.LogChunk(
@@ -335,6 +344,8 @@ def _task(task: pb.Task) -> TaskRecord:
         retries=task.retries,
         backoff=task.backoff,
         herd_quota=None if not task.HasField("herd_quota") else _quota(task.herd_quota),
+        secrets=list(task.secrets),
+        secrets_env=task.secrets_env,
     )
 
 
@@ -415,6 +426,9 @@ class FailoverControl:
                 "report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
             )
         )
+
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        return dict(self._call("task_secrets", herd, task_id, attempt, token, node))
 
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
         accepted, seen = self._call("log_chunk", chunk)

@@ -20,11 +20,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runink.core.agent.secrets import with_secrets
 from runink.core.config import RuninkConfig
 from runink.core.control.records import TaskRecord
 from runink.core.errors import ExecutorError, RuninkError
@@ -207,9 +208,12 @@ class ScenarioAttempts(Executor):
 
     # --- starting --------------------------------------------------------------------
 
-    def start_scenario(self, task: TaskRecord, executor_id: str) -> TaskHandle:
-        """Prepare and start one attempt of the scenario ``task`` names. Raises RuninkError,
-        saying why, for one that cannot start (nothing is left staged then)."""
+    def start_scenario(
+        self, task: TaskRecord, executor_id: str, secrets: Mapping[str, bytes] | None = None
+    ) -> TaskHandle:
+        """Prepare and start one attempt of the scenario ``task`` names, its slice given
+        ``secrets`` (the values of those the task names). Raises RuninkError, saying why, for
+        one that cannot start (nothing is left staged then)."""
         ref = task.scenario
         if ref is None:
             raise RuninkError(f"task {task.id}: names no scenario")
@@ -250,6 +254,7 @@ class ScenarioAttempts(Executor):
             )
             if task.herd_quota is not None:  # under the herd's capped cgroup parent, as a command's slice
                 spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
+            spec = with_secrets(spec, run.herd, secrets or {}, task.secrets_env)
             # made by the node, read through its own fd (see core/report.py)
             reader = ReportReader.create(report_path(task_dir))
         except (ReportError, RuninkError) as exc:

@@ -10,7 +10,17 @@ from pathlib import Path
 import typer
 
 import runink
-from runink.core.cli import auth_cmd, cluster_cmd, config_cmd, contract_cmd, doctor_cmd, jobs_cmd, plugins_cmd, run_cmd
+from runink.core.cli import (
+    auth_cmd,
+    cluster_cmd,
+    config_cmd,
+    contract_cmd,
+    doctor_cmd,
+    jobs_cmd,
+    plugins_cmd,
+    run_cmd,
+    secret_cmd,
+)
 from runink.core.cli.output import print_error
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
@@ -58,6 +68,8 @@ def build_app(state: CliState) -> typer.Typer:
     jobs_cmd.register(app)
     cluster_cmd.register(app)
     auth_cmd.register(app)
+    secret_cmd.register(app)
+    secret_cmd.register(app)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
     manager = state.plugins()

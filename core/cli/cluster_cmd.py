@@ -60,6 +60,12 @@ def server_command(
     insecure_dev: bool = typer.Option(
         False, "--insecure-dev", help="Authenticate nobody, allow everything (development only; every answer says so)."
     ),
+    secrets_key: Path | None = typer.Option(
+        None,
+        "--secrets-key",
+        help="The master key of herds' secrets (the same file on every server; `runink up` makes one): "
+        "secrets are kept in the Barn encrypted under it.",
+    ),
 ) -> None:
     """Run a control-plane server. Flags after `--` start its Barn member (`runink barn serve`'s
     flags: --name, --raft, --http, --peer, --data-dir...); without them the Barn is in memory."""
@@ -75,6 +81,7 @@ def server_command(
         config_path=str(state.config_path) if state.config_path else None,
         auth_keys=list(auth_key),
         insecure_dev=insecure_dev,
+        secrets_key=secrets_key,
     )
     server = Server(options, state.config(), state.plugins())
     try:
@@ -278,6 +285,12 @@ def up_command(
     tokens = ClusterTokens([auth_key])
     token, _ = tokens.mint("admin", [Grant("cluster-admin", CLUSTER)], ADMIN_TOKEN_TTL)
     auth = ["--insecure-dev"] if insecure_dev else ["--auth-key", str(auth_key)]
+    # herds' secrets: kept in the Barn, encrypted under this master key (the same on every server)
+    from runink.core.masterkey import create_master_key
+
+    secrets_key = root / "secrets-key"
+    create_master_key(secrets_key)
+    auth += ["--secrets-key", str(secrets_key)]
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(4 * servers)

@@ -75,6 +75,12 @@ def exec_command(
     memory: str | None = typer.Option(None, "--memory", help='Memory, e.g. "256Mi" (default: none asked).'),
     timeout: str | None = typer.Option(None, "--timeout", help='Stop it after this long, e.g. "30s".'),
     retries: int = typer.Option(0, "--retries", min=0, max=100, help="Run it again this many times if it fails."),
+    secret: list[str] = typer.Option(
+        [], "--secret", help="A herd secret it gets as a file in $RUNINK_FILES (repeatable; `runink secret set`)."
+    ),
+    secrets_env: bool = typer.Option(
+        False, "--secrets-env", help="Give the secrets as environment variables too (db.password: DB_PASSWORD)."
+    ),
     detach: bool = typer.Option(False, "--detach", "-d", help="Print the job id and return at once."),
     server: str | None = SERVER,
     json_output: bool = typer.Option(False, "--json", help="Print the ended job as JSON (not the command's output)."),
@@ -90,6 +96,7 @@ def exec_command(
         "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0},
         "timeout": _amount(timeout, "--timeout", parse_duration),
         "retries": retries,
+        **({"secrets": secret, "secrets_env": secrets_env} if secret else {}),
     }
     with _client(ctx, server) as client:
         job = client.call("POST", "/v1/jobs", body)

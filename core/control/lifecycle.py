@@ -47,6 +47,7 @@ from runink.core.control.records import (
 )
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused, assigned_to
 from runink.core.interfaces.barn import TxnOp
+from runink.core.interfaces.secrets import SecretBackend
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
 
@@ -117,6 +118,8 @@ def pipeline_tasks(
                 node_labels=dict(scenario.node_labels),
                 colocate_with=scenario.colocate_with,
                 local_input=_local_input(item.upstream, item.source.path, item.source.remote, shared),
+                secrets=list(scenario.secrets),
+                secrets_env=scenario.secrets_env,
             )
         )
     return tasks
@@ -238,10 +241,48 @@ class Lifecycle:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
+        secrets: SecretBackend | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.jitter = jitter
+        self.secrets = secrets  # where herds' secrets are kept (None: no task may ask for one)
+
+    # --- secrets -----------------------------------------------------------------------
+
+    def _check_secrets(self, herd: str, tasks: list[TaskRecord]) -> None:
+        wanted = {name for task in tasks for name in task.secrets}
+        if not wanted:
+            return
+        if self.secrets is None:
+            raise Refused(f"herd {herd!r}: this cluster keeps no secrets (no secret backend configured)")
+        for task in tasks:
+            for name in task.secrets:
+                try:
+                    self.secrets.version(herd, name)
+                except KeyError:
+                    where = f"scenario {task.scenario.scenario!r}" if task.scenario else "the command"
+                    raise Refused(f"herd {herd!r} has no secret {name!r} ({where} asks for it)") from None
+
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        """The values of the secrets a task's attempt receives, for the node that runs it: only
+        the names the task record lists, only while that attempt is the task's current one and
+        placed on ``node`` (None: the in-process agent of ``runink run``). Raises Refused for
+        any other asker, NotFound for a task or secret that is gone; never logs a value."""
+        where = printable(f"secrets for task {task_id} attempt {attempt}", 300)
+        task = self.store.task(herd, task_id).record
+        if task.attempt != attempt or task.token != token or task.state not in (RunState.SCHEDULED, RunState.RUNNING):
+            raise Refused(f"{where}: not the task's current attempt, or it is not starting")
+        if node is not None and placed_on(task, attempt) != node:
+            raise Refused(f"{where}: the attempt is not placed on node {printable(node, 100)!r}")
+        if not task.secrets:
+            return {}
+        if self.secrets is None:
+            raise Refused(f"{where}: this cluster keeps no secrets (no secret backend configured)")
+        try:
+            return {name: self.secrets.get(herd, name) for name in task.secrets}
+        except KeyError as exc:  # deleted since the job was accepted
+            raise NotFound(f"{where}: {exc}") from None
 
     # --- submissions -------------------------------------------------------------------
 
@@ -256,12 +297,15 @@ class Lifecycle:
         backoff: float = 1.0,
         priority: int = 0,
         node_labels: dict[str, str] | None = None,
+        secrets: Sequence[str] = (),
+        secrets_env: bool = False,
         also: Sequence[TxnOp] = (),
     ) -> JobRecord:
         """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
         Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
-        own, or could never fit any registered node; nothing is stored then. ``also``: writes
-        committed with the job (the API's audit record of the submission)."""
+        own, or could never fit any registered node; nothing is stored then. ``secrets``: names
+        of the herd's secrets the task receives (files, and env vars with ``secrets_env``).
+        ``also``: writes committed with the job (the API's audit record of the submission)."""
         nodes = self.store.later(self.store.nodes)  # (read with the herd)
         try:
             found = self.store.herd(herd)
@@ -280,6 +324,8 @@ class Lifecycle:
                 backoff=backoff,
                 priority=priority,
                 node_labels=node_labels or {},
+                secrets=list(secrets),
+                secrets_env=secrets_env,
             )
             job = JobRecord(id=job_id, herd=herd, tasks=[task.id])
         except ValidationError as exc:
@@ -338,6 +384,8 @@ class Lifecycle:
                         priority=priority,
                         node_labels=given.node_labels,
                         after=[ids[u] for u in given.after],
+                        secrets=given.secrets,
+                        secrets_env=given.secrets_env,
                     )
                 )
             except ValidationError as exc:
@@ -350,8 +398,10 @@ class Lifecycle:
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on
-        its own, or one no registered node could hold even empty (``nodes``: the nodes, read
-        here if not given). With no node registered yet they wait PENDING: nodes may join later."""
+        its own, one asking for a secret its herd does not have, or one no registered node could
+        hold even empty (``nodes``: the nodes, read here if not given). With no node registered
+        yet they wait PENDING: nodes may join later."""
+        self._check_secrets(herd.name, tasks)
         if nodes is None:
             nodes = [v.record for v in self.store.nodes()]
         for task in tasks:

@@ -15,10 +15,20 @@ from __future__ import annotations
 import enum
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources, check_name
 
 MAX_COMMAND_ARGS = 4096
@@ -263,6 +273,21 @@ class LocalInput(Record):
         return value
 
 
+#: names of secrets a task receives: each a valid secret name, none twice
+SecretNames = Annotated[
+    list[Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME.pattern}$")]],
+    Field(max_length=MAX_TASK_SECRETS),
+    AfterValidator(lambda names: _no_repeats(names, "secret")),
+]
+
+
+def _no_repeats(names: list[str], what: str) -> list[str]:
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{what} {name!r} named twice")
+    return names
+
+
 class PipelineTask(Record):
     """One scenario of a pipeline job as submitted: what its task asks for, the scenarios
     (earlier in the submission) whose outputs it reads, and where it must run: on the node of
@@ -278,6 +303,8 @@ class PipelineTask(Record):
     node_labels: dict[str, str] = Field(default={}, max_length=64)
     colocate_with: str | None = Field(default=None, min_length=1, max_length=200)
     local_input: LocalInput | None = None
+    secrets: SecretNames = []  # the herd's secrets its slice receives (the DSL's @secrets)
+    secrets_env: bool = False  # ...as environment variables too, not only files
 
 
 class Near(Record):
@@ -325,6 +352,10 @@ class TaskRecord(Record):
     # the herd's quota as the scheduler saw it when it placed this attempt: the node caps the
     # herd's cgroup parent at it (Quota.node_caps)
     herd_quota: Quota | None = None
+    # names of the herd's secrets its slice receives (files in $RUNINK_FILES; with
+    # ``secrets_env`` environment variables too): the only ones its node may read for it
+    secrets: SecretNames = []
+    secrets_env: bool = False
 
     @field_validator("command")
     @classmethod

@@ -128,6 +128,12 @@ class SecretBackend(ABC):
     def list(self, herd: str) -> builtins.list[SecretInfo]:
         """The herd's secrets sorted by name: names and versions, never values."""
 
+    def rotate_master_key(self, new_master_key: bytes) -> int:
+        """Re-wrap what the backend keeps under ``new_master_key`` (``runink secret
+        rotate-master-key``); returns how many keys were re-wrapped. A backend that keeps no
+        master key (this default) raises SecretError saying so."""
+        raise SecretError(f"the {self.name or type(self).__name__!r} secret backend keeps no master key to rotate")
+
     def version(self, herd: str, name: str) -> int:
         """The latest version's number; SecretNotFoundError when absent. (A backend may answer
         it without reading the whole herd: this default reads the list.)"""

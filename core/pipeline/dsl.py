@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.errors import RuninkError
+from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import check_name
 from runink.core.pipeline.model import (
     CommandStep,
@@ -78,6 +79,7 @@ def _affinity(label: str | list[str] | None = None, colocate_with: str | None = 
 def _retries(n: int, backoff: str | float = "1s") -> None: ...
 def _golden(directory: str) -> None: ...
 def _network() -> None: ...
+def _secrets(*names: str, env: bool = False) -> None: ...
 
 
 SIGNATURES: dict[str, Callable[..., None]] = {
@@ -91,6 +93,7 @@ SIGNATURES: dict[str, Callable[..., None]] = {
     "retries": _retries,
     "golden": _golden,
     "network": _network,
+    "secrets": _secrets,
 }
 FEATURE_ANNOTATIONS = {"herd", "requires", "retries", "network"}
 SCENARIO_ANNOTATIONS = set(SIGNATURES) - {"herd"}
@@ -310,6 +313,23 @@ def _retries_of(annotation: Annotation) -> tuple[int, float]:
     return n, backoff
 
 
+def _with_secrets(scenario: Scenario, a: Annotation) -> Scenario:
+    """``@secrets("name", ..., env=False)``: the herd's secrets the scenario's slice receives,
+    as files in ``$RUNINK_FILES`` (and, with ``env=True``, as environment variables too)."""
+    names, env = a.args.get("names", ()), a.args.get("env", False)
+    if not names:
+        raise DslError(a.at, "@secrets: name at least one secret")
+    for name in names:
+        if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
+            raise DslError(a.at, f"@secrets: {name!r} is not a secret name (1-128 letters, digits, '.', '_' or '-')")
+    if not isinstance(env, bool):
+        raise DslError(a.at, f"@secrets: env must be True or False, got {env!r}")
+    merged = (*scenario.secrets, *(n for n in names if n not in scenario.secrets))
+    if len(merged) > MAX_TASK_SECRETS:
+        raise DslError(a.at, f"@secrets: {len(merged)} secrets, at most {MAX_TASK_SECRETS} per scenario")
+    return replace(scenario, secrets=merged, secrets_env=scenario.secrets_env or env)
+
+
 def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
     a, args = annotation, annotation.args
     if a.name not in SCENARIO_ANNOTATIONS:
@@ -357,4 +377,6 @@ def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
         return replace(scenario, golden=str(args["directory"]))
     if a.name == "network":
         return replace(scenario, network=True)
+    if a.name == "secrets":
+        return _with_secrets(scenario, a)
     raise AssertionError(a.name)  # pragma: no cover - SIGNATURES and this function agree

@@ -185,6 +185,8 @@ class Scenario:
     backoff: float = 1.0
     golden: str | None = None
     network: bool = False
+    secrets: tuple[str, ...] = ()  # the herd's secrets its slice receives (@secrets)
+    secrets_env: bool = False  # ...as environment variables too
     description: tuple[str, ...] = ()
     at: Location = Location()
 

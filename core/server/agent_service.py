@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
-from runink.core.control.store import ClusterStore, NotFound
+from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.model import AuthRequest, check_name
 from runink.core.report import printable
@@ -220,6 +220,8 @@ def task_message(task: TaskRecord) -> pb.Task:
         node=task.node or "",
         retries=task.retries,
         backoff=task.backoff,
+        secrets=task.secrets,
+        secrets_env=task.secrets_env,
     )
     if task.scenario is not None:
         ref = task.scenario
@@ -342,6 +344,8 @@ class AgentService:
             return [self._report(rid, request.report, node)], node
         if kind == "log_chunk":
             return [self._log_chunk(rid, request.log_chunk, node)], node
+        if kind == "secrets":
+            return [self._secrets(rid, request.secrets, node)], node
         raise BadRequest(f"{kind}: not a request this server knows")
 
     def _assignments(self, rid: int, node_id: str, wait_ms: int = 0, known: str = "") -> pb.ServerMessage:
@@ -402,6 +406,18 @@ class AgentService:
             raise BadRequest(f"output of task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
         accepted, seen = self.logs.append(Chunk(herd, task_id, attempt, token, chunk.stream, offset, chunk.data))
         return pb.ServerMessage(request_id=rid, log_ack=pb.LogAck(accepted=accepted, next_offset=seen))
+
+    def _secrets(self, rid: int, request: pb.SecretsRequest, node: str) -> pb.ServerMessage:
+        herd = _name(request.herd, "secrets.herd")
+        task_id = _name(request.task_id, "secrets.task_id")
+        attempt = _counter(request.attempt, "secrets.attempt")
+        token = _counter(request.token, "secrets.token")
+        try:  # (the lifecycle checks attempt, token and node on the record it reads)
+            values = self.lifecycle.task_secrets(herd, task_id, attempt, token, node)
+        except (Refused, NotFound) as exc:
+            log.warning("node %s: %s", node, printable(str(exc), 400))  # (names only: no value is in it)
+            return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(refused=printable(str(exc), 400)))
+        return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(values=values))
 
     def _placed_on(self, herd: str, task_id: str, attempt: int) -> str | None:
         """The node the task's ``attempt`` was placed on, when known (the Lifecycle refuses a

@@ -39,9 +39,11 @@ from runink.core.control.records import (
     Quota,
     Record,
     RunState,
+    SecretNames,
     TaskRecord,
 )
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
+from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, Grant, Identity
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
@@ -107,6 +109,8 @@ class JobIn(Body):
     node_labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=253)]] = Field(
         default_factory=dict, max_length=MAX_LABELS
     )
+    secrets: SecretNames = []  # names of the herd's secrets the command receives (files)
+    secrets_env: bool = False  # ...and as environment variables
 
     @model_validator(mode="after")
     def _one_of(self) -> JobIn:
@@ -135,6 +139,13 @@ class BindingIn(Body):
 class UnbindIn(Body):
     kind: SubjectKind
     subject: str = Field(min_length=1, max_length=MAX_SUBJECT)
+
+
+SecretPath = Annotated[str, Path(pattern=f"^{SECRET_NAME.pattern}$", max_length=128)]
+
+
+class SecretIn(Body):
+    value: str = Field(max_length=MAX_SECRET_BYTES)  # text (UTF-8); never echoed back
 
 
 class TokenIn(Body):
@@ -451,6 +462,44 @@ def create_app(
     def unbind_in_cluster(body: UnbindIn, identity: Caller) -> None:
         remove_binding(identity, CLUSTER, body)
 
+    # --- secrets (names and versions out, values in only) -----------------------------------
+
+    def secret_backend(herd: str) -> SecretBackend:
+        """The cluster's secret backend once ``herd`` is known to exist; NotFound otherwise."""
+        store.herd(herd)  # NotFound names it
+        if lifecycle.secrets is None:
+            raise NotFound("this cluster keeps no secrets (its servers were given no --secrets-key)")
+        return lifecycle.secrets
+
+    @app.get("/v1/herds/{name}/secrets", openapi_extra=action("secrets.read"))
+    def list_secrets(name: NamePath, identity: Caller) -> dict[str, Any]:
+        """The herd's secrets: names, versions and when each was last set; never a value."""
+        auth.check(identity, "secrets.read", "secrets", name)
+        infos = secret_backend(name).list(name)
+        return {"secrets": [{"name": i.name, "version": i.version, "updated": i.updated} for i in infos]}
+
+    @app.put("/v1/herds/{name}/secrets/{secret}", openapi_extra=action("secrets.write"))
+    def set_secret(name: NamePath, secret: SecretPath, body: SecretIn, identity: Caller) -> dict[str, Any]:
+        """Store a new version of the secret (slices started from now on get it)."""
+        auth.check(identity, "secrets.write", f"secrets/{secret}", name)
+        try:
+            value = body.value.encode("utf-8")
+        except UnicodeEncodeError:  # (a lone surrogate: JSON allows it, text does not)
+            raise Refused(f"secret {secret!r} of herd {name!r}: the value is not valid text") from None
+        if len(value) > MAX_SECRET_BYTES:  # (checked again in bytes: a character may be 4)
+            raise Refused(f"secret {secret!r} of herd {name!r}: {len(value)} bytes, at most {MAX_SECRET_BYTES}")
+        try:
+            version = secret_backend(name).put(name, secret, value)
+        except InvalidSecretError as exc:
+            raise Refused(str(exc)) from None
+        return {"herd": name, "name": secret, "version": version}
+
+    @app.delete("/v1/herds/{name}/secrets/{secret}", status_code=204, openapi_extra=action("secrets.write"))
+    def delete_secret(name: NamePath, secret: SecretPath, identity: Caller) -> None:
+        auth.check(identity, "secrets.write", f"secrets/{secret}", name)
+        if not secret_backend(name).delete(name, secret):
+            raise NotFound(f"herd {name!r} has no secret {secret!r}")
+
     def mint(identity: Identity, herd: str, body: TokenIn) -> dict[str, Any]:
         auth.check(identity, "tokens.create", f"tokens/{body.name}", herd)
         cluster_tokens = signer()
@@ -514,6 +563,8 @@ def create_app(
                 backoff=body.backoff,
                 priority=body.priority,
                 node_labels=body.node_labels,
+                secrets=body.secrets,
+                secrets_env=body.secrets_env,
                 also=audit,
             )
         return {"job": _dump(job)}

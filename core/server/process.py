@@ -32,6 +32,7 @@ from runink.core.control.store import ClusterStore
 from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend
+from runink.core.interfaces.secrets import SecretBackend
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -56,6 +57,21 @@ class ServerOptions:
     config_path: str | None = None
     auth_keys: list[Path] = field(default_factory=list)  # the cluster's token keys (--auth-key), the signing one first
     insecure_dev: bool = False  # authenticate nobody, allow everything (development only)
+    secrets_key: Path | None = None  # the master key of herds' secrets in the Barn (--secrets-key)
+
+
+def secret_backend(
+    options: ServerOptions, config: RuninkConfig, manager: PluginManager, barn: BarnBackend
+) -> SecretBackend | None:
+    """Where the cluster keeps herds' secrets: with ``--secrets-key``, the ``barn`` driver
+    (envelope-encrypted under that master key, only ciphertext in the Barn); else the
+    ``[secrets]`` driver configured, if any (one that takes a ``barn`` option is given the
+    server's). None: no secrets (a job asking for one is refused, saying so)."""
+    if options.secrets_key is not None:
+        found = {"barn": barn, "master_key_file": str(options.secrets_key)}
+        return load_driver(SecretBackend, "barn", found, manager=manager, origin="--secrets-key")
+    backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra=dict(barn=barn))
+    return backend
 
 
 class LeaderCheck:
@@ -190,7 +206,7 @@ class Server:
             barn = load_driver(BarnBackend, "memory", {}, manager=manager)
         self.barn: BarnBackend = barn
         self.store = ClusterStore(barn)
-        self.lifecycle = Lifecycle(self.store)
+        self.lifecycle = Lifecycle(self.store, secrets=secret_backend(options, config, manager, barn))
         policy: Any = configured_driver(config, "scheduler", manager)
         fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
         scheduler = Scheduler(fenced, manager, policy)

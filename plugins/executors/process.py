@@ -277,6 +277,8 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
         # Whatever the main process left running in its group goes with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(task.pid, signal.SIGKILL)
+        # its files (secrets among them) go with it: no tmpfs here, they were on the disk
+        shutil.rmtree(Path(task.handle.task_dir) / "files", ignore_errors=True)
         self._settle(task, TaskExit(code, sig), cpu, peak)
 
     def _terminate(self, task: _Task, grace: float) -> None:

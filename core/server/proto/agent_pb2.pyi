@@ -123,21 +123,35 @@ class LogChunk(_message.Message):
     data: bytes
     def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., stream: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SecretsRequest(_message.Message):
+    __slots__ = ("herd", "task_id", "attempt", "token")
+    HERD_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    herd: str
+    task_id: str
+    attempt: int
+    token: int
+    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk")
+    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk", "secrets")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     LOG_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     register: Register
     heartbeat: Heartbeat
     assignments: AssignmentsRequest
     report: Report
     log_chunk: LogChunk
-    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ...) -> None: ...
+    secrets: SecretsRequest
+    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation")
@@ -175,7 +189,7 @@ class HeartbeatAck(_message.Message):
     def __init__(self, ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node", "herd_quota", "scenario", "retries", "backoff")
+    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node", "herd_quota", "scenario", "retries", "backoff", "secrets", "secrets_env")
     ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     HERD_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +204,8 @@ class Task(_message.Message):
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_ENV_FIELD_NUMBER: _ClassVar[int]
     id: str
     job_id: str
     herd: str
@@ -204,7 +220,9 @@ class Task(_message.Message):
     scenario: Scenario
     retries: int
     backoff: float
-    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ...) -> None: ...
+    secrets: _containers.RepeatedScalarFieldContainer[str]
+    secrets_env: bool
+    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ..., secrets: _Optional[_Iterable[str]] = ..., secrets_env: _Optional[bool] = ...) -> None: ...
 
 class Scenario(_message.Message):
     __slots__ = ("pipeline", "scenario", "run")
@@ -256,8 +274,23 @@ class Error(_message.Message):
     message: str
     def __init__(self, message: _Optional[str] = ...) -> None: ...
 
+class Secrets(_message.Message):
+    __slots__ = ("values", "refused")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, bytes]
+    refused: str
+    def __init__(self, values: _Optional[_Mapping[str, bytes]] = ..., refused: _Optional[str] = ...) -> None: ...
+
 class ServerMessage(_message.Message):
-    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack")
+    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack", "secrets")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +298,7 @@ class ServerMessage(_message.Message):
     REPORT_ACK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOG_ACK_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     registered: Registered
     heartbeat_ack: HeartbeatAck
@@ -272,4 +306,5 @@ class ServerMessage(_message.Message):
     report_ack: ReportAck
     error: Error
     log_ack: LogAck
-    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ...) -> None: ...
+    secrets: Secrets
+    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., secrets: _Optional[_Union[Secrets, _Mapping]] = ...) -> None: ...

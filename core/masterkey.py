@@ -1,0 +1,119 @@
+"""A master key file: 32 random bytes, base64, in a file only its owner can read. The ``barn``
+secret backend wraps each herd's data key with it; ``runink up`` makes one and
+``runink secret rotate-master-key`` reads a new one, so the file's format lives here, in the
+core, not in the plugin."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from runink.core.interfaces.secrets import SecretError
+
+MASTER_KEY_BYTES = 32
+MAX_KEY_FILE_BYTES = 1024  # a master key file is 45 bytes; more is not one
+
+__all__ = ["MASTER_KEY_BYTES", "create_master_key", "key_id", "read_master_key"]
+
+
+def key_id(key: bytes) -> str:
+    """A key's public name: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def read_master_key(path: str | Path) -> bytes:
+    """The master key in ``path`` (base64 of 32 bytes). The file must be a regular file, not a
+    symlink, readable by its owner only; SecretError naming the file otherwise."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: a FIFO put there must not hang the server; it is refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise SecretError(f"master key file {path}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SecretError(f"master key file {path} is a symlink; refused (name the file itself)") from None
+        raise SecretError(f"master key file {path}: cannot open it: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"master key file {path} is not a regular file; refused")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise SecretError(
+                f"master key file {path} has mode {mode:04o}: group or others may read it; refused (chmod 600 {path})"
+            )
+        data = _read_bounded(fd, MAX_KEY_FILE_BYTES)
+    finally:
+        os.close(fd)
+    if data is None:
+        raise SecretError(f"master key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a master key file")
+    try:
+        key = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SecretError(f"master key file {path} does not hold base64 text: not a master key file") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise SecretError(f"master key file {path} holds {len(key)} bytes; a master key is {MASTER_KEY_BYTES}")
+    return key
+
+
+def _read_bounded(fd: int, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``fd``; None if there are more."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
+
+
+def create_master_key(path: str | Path) -> str:
+    """Write a new random master key to ``path`` (mode 0600) and return its key id.
+
+    Written to a temporary file in the same directory and linked into place, so the file
+    appears whole or not at all, and never replaces one that is there (SecretError then)."""
+    path = Path(path)
+    key = os.urandom(MASTER_KEY_BYTES)
+    temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SecretError(f"master key file {path}: cannot create it in {path.parent}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, base64.b64encode(key) + b"\n")  # 45 bytes: one write
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)  # fails if anything (even a dangling symlink) has that name
+        except FileExistsError:
+            raise SecretError(f"master key file {path} exists; refusing to overwrite it") from None
+        except OSError as exc:
+            raise SecretError(f"master key file {path}: cannot create it: {exc.strerror}") from None
+    finally:
+        os.unlink(temporary)
+    _sync_directory(path.parent)
+    return key_id(key)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the file itself is synced
+    finally:
+        os.close(fd)
