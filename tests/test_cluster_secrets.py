@@ -79,3 +79,19 @@ def test_a_slice_gets_its_herds_secret_and_the_plaintext_is_nowhere_else(
     assert len(journals) == 3 and all(b"sha256sum" in p.read_bytes() for p in journals)  # (they hold values raw)
     leaked = [str(p) for p in files if VALUE.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+    # a new master key: the herd's data key re-wrapped in the Barn; the old key opens nothing now
+    barn = ",".join(str(address).removeprefix("http://") for address in started["barn"])  # type: ignore[attr-defined]
+    new_key = tmp_path / "new-key"
+    assert "written to" in cli("secret", "new-key", str(new_key))
+    old_key = folder / "secrets-key"
+    rotated = cli("secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), "--barn", barn)
+    assert rotated.startswith("1 herd data key(s) re-wrapped"), rotated
+    again = run_cli(
+        "secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), "--barn", barn, env=env
+    )
+    assert again.returncode == 0 and again.stdout.startswith("0 herd data key(s)")  # (done already: skipped)
+    stale = run_cli(
+        "secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(old_key), "--barn", barn, env=env
+    )
+    assert stale.returncode != 0 and len(stale.stderr.strip().splitlines()) == 1, stale.stderr
