@@ -26,6 +26,11 @@ same order everywhere.
   default) the journal is fdatasynced before a member acknowledges an entry and before the
   leader counts its own copy, so an acknowledged write survives a power loss of a minority,
   and a full-cluster restart.
+* Security: with ``--tls-cert/--tls-key/--tls-ca`` every connection is mutual TLS with
+  certificates of the cluster CA: between members (``tls.py``: a member's certificate has
+  both usages and names its host) and on the HTTP API (any client certificate of the CA; no
+  bearer tokens yet). Without them members and clients speak plaintext, and the Raft port
+  runs what it is sent unless every member has the same ``--secret-file``.
 * Threads: one event loop (uvloop; HTTP parsed by httptools: http_protocol.py) serves every
   connection; the tick thread runs Raft; a pool forwards to the leader; one thread expires
   leases.
