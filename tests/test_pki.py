@@ -151,6 +151,28 @@ def test_mutual_tls_accepts_a_certificate_of_the_ca_only(ca: Path, tmp_path: Pat
     assert client_side.startswith("refused"), client_side
 
 
+def test_a_server_not_requiring_a_client_certificate_still_verifies_one_presented(ca: Path, tmp_path: Path) -> None:
+    server = pki.issue(ca, tmp_path / "certs", "server", sans=["127.0.0.1"], usage="server")
+    client = pki.issue(ca, tmp_path / "certs", "client", sans=[], usage="client")
+    pki.create_ca(tmp_path / "other-ca")
+    stranger = pki.issue(tmp_path / "other-ca", tmp_path / "other", "client", sans=[], usage="client")
+    optional = pki.server_context(server.cert, server.key, ca / "ca.pem", require_client_cert=False)
+    assert optional.verify_mode == ssl.CERT_OPTIONAL
+    assert handshake(optional, pki.client_context(None, None, ca / "ca.pem"))[0] == "ok TLSv1.3"
+    assert handshake(optional, pki.client_context(client.cert, client.key, ca / "ca.pem"))[0] == "ok TLSv1.3"
+    server_side, _ = handshake(optional, pki.client_context(stranger.cert, stranger.key, ca / "ca.pem"))
+    assert "certificate verify failed" in server_side, server_side
+
+
+def test_read_pem_refuses_a_symbolic_link(ca: Path, tmp_path: Path) -> None:
+    assert pki.read_pem(ca / "ca.pem").startswith(b"-----BEGIN CERTIFICATE-----")
+    (tmp_path / "link.pem").symlink_to(ca / "ca.pem")
+    with pytest.raises(pki.PkiError, match="symbolic link"):
+        pki.read_pem(tmp_path / "link.pem")
+    with pytest.raises(pki.PkiError, match="No such file"):
+        pki.read_pem(tmp_path / "absent.pem")
+
+
 def test_the_client_checks_the_servers_ca_and_name(ca: Path, tmp_path: Path) -> None:
     server = pki.issue(ca, tmp_path / "certs", "server", sans=["barn.example"], usage="server")
     client = pki.issue(ca, tmp_path / "certs", "client", sans=[], usage="client")

@@ -190,6 +190,12 @@ def names_host(der: bytes, host: str) -> bool:
     return host in held or (bool(first) and bool(rest) and f"*.{rest}" in held)
 
 
+def read_pem(path: str | Path) -> bytes:
+    """A PEM file's bytes, read without following a symbolic link (for APIs that take bytes,
+    such as ``grpc.ssl_server_credentials``); PkiError naming the file if it cannot be read."""
+    return _read(Path(path))
+
+
 def read_certificate(path: str | Path) -> bytes:
     """The certificate in the PEM file ``path``, as DER (what ``usages`` takes)."""
     return _load_cert(Path(path)).public_bytes(serialization.Encoding.DER)
@@ -201,13 +207,15 @@ def read_certificate(path: str | Path) -> bytes:
 def server_context(
     cert: str | Path, key: str | Path, ca: str | Path, *, require_client_cert: bool = True
 ) -> ssl.SSLContext:
-    """A server's context: this certificate and key; with ``require_client_cert`` a client
-    must present a certificate signed by the CA ``ca`` (mutual TLS), else the handshake fails."""
+    """A server's context: this certificate and key. With ``require_client_cert`` a client
+    must present a certificate signed by the CA ``ca`` (mutual TLS), else the handshake fails;
+    without, a client may present none (then authenticate otherwise, e.g. a bearer token), but
+    one it presents must still be of the CA (``peercert`` then names a verified client)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_chain(context, Path(cert), Path(key))
     context.load_verify_locations(cadata=_read(Path(ca)).decode("ascii", "replace"))
-    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
 
 
