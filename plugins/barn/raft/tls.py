@@ -191,6 +191,7 @@ class TlsConnection:
         self._outgoing = ssl.MemoryBIO()
         self._tcp_connecting = False
         self._handshaken = False
+        self._received_any = False  # a connection closed before sending a byte is a port probe
         self._awaiting_accept = False
         self._plain_out = bytearray()  # frames sent before the handshake finished
         self._raw_out = bytearray()  # TLS records not yet taken by the socket
@@ -311,7 +312,8 @@ class TlsConnection:
             if self._state == CONNECTION_STATE.DISCONNECTED:
                 return
             if closed or event & POLL_EVENT_TYPE.ERROR:
-                if self._state == CONNECTION_STATE.CONNECTING:
+                # (a probe of the port, such as the check before adding a member, sends nothing: not logged)
+                if self._state == CONNECTION_STATE.CONNECTING and self._received_any:
                     self._refuse("the peer closed the connection during the TLS handshake")
                 else:
                     self.disconnect()
@@ -338,6 +340,7 @@ class TlsConnection:
                 closed = True
                 break
             self._incoming.write(data)
+            self._received_any = True
             self._last_read = monotonic()
         if not self._handshaken:
             self._advance_handshake()
