@@ -155,6 +155,11 @@ class ClusterConfig(_Section):
         description="The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes "
         "(else $RUNINK_SERVER, else the cluster `runink up` started).",
     )
+    ca: str | None = Field(
+        default=None,
+        description="The cluster CA's certificate (PEM) the CLI checks an https:// server against "
+        "(else the one of the cluster `runink up` started, else the system's).",
+    )
     shared_paths: AbsolutePaths = Field(
         default_factory=list,
         description="Folders every node sees alike (a shared filesystem; absolute paths): `runink submit` "

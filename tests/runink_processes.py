@@ -5,6 +5,7 @@ session of its own (so a test can signal its whole group), and wait until it say
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def ready(process: subprocess.Popen[str], log: Path) -> dict[str, Any]:
 
 def cluster_auth(folder: Path, env: dict[str, str]) -> list[str]:
     """A cluster's token key in ``folder`` and a cluster-admin token in ``env["RUNINK_TOKEN"]``
-    (what the CLI sends, and ``admin_headers`` reads); returns the flags a server needs."""
+    (what the CLI sends, and ``admin_headers`` reads); returns the flags a server needs (in
+    plaintext: tests/test_cluster_tls.py runs servers with TLS)."""
     from runink.core.model import Grant
     from runink.core.security import CLUSTER
     from runink.core.server.auth import ClusterTokens, new_key_file
@@ -40,7 +42,7 @@ def cluster_auth(folder: Path, env: dict[str, str]) -> list[str]:
     if not key.exists():
         new_key_file(key)
     env["RUNINK_TOKEN"] = ClusterTokens([key]).mint("admin", [Grant("cluster-admin", CLUSTER)], 3600)[0]
-    return ["--auth-key", str(key)]
+    return ["--auth-key", str(key), "--plaintext"]
 
 
 def admin_headers(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -65,3 +67,18 @@ def node_auth(folder: Path, node: str) -> list[str]:
     path = folder / f"{node}.token"
     path.write_text(token + "\n")
     return ["--token-file", str(path)]
+
+
+def up_tls(env: dict[str, str] | None = None) -> ssl.SSLContext:
+    """A TLS context for the cluster `runink up` started (the context file of ``env``'s
+    XDG_CONFIG_HOME): trusts its CA and presents its first server's certificate, which the
+    Barn members' HTTP API asks for (the REST API does not mind it)."""
+    import os
+
+    from runink.core.server import pki
+
+    env = env if env is not None else dict(os.environ)
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    context = json.loads((Path(base) / "runink" / "cluster.json").read_text())
+    tls = Path(context["dir"]) / "tls"
+    return pki.client_context(tls / "server.s0.pem", tls / "server.s0-key.pem", context["ca"])

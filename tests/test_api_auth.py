@@ -325,11 +325,13 @@ def test_a_server_without_authentication_refuses_to_start(tmp_path: Path) -> Non
     from runink.core.server.process import Server, ServerOptions
 
     with plugin_manager() as manager, pytest.raises(RuninkError, match="no authentication configured: give --auth-key"):
-        Server(ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0)), RuninkConfig(), manager)
+        Server(ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), plaintext=True), RuninkConfig(), manager)
     (tmp_path / "bad.pem").write_text("not a key")
     with plugin_manager() as manager, pytest.raises(RuninkError, match=r"--auth-key .*bad.pem: not a readable PEM"):
         Server(
-            ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "bad.pem"]),
+            ServerOptions(
+                api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "bad.pem"], plaintext=True
+            ),
             RuninkConfig(),
             manager,
         )
@@ -345,7 +347,9 @@ def test_a_server_does_not_start_without_an_authorization_plugin_that_failed(tmp
     config = load_config(tmp_path / "runink.toml")
     new_key_file(tmp_path / "key.pem")
     with plugin_manager(("opa", OpaAuthorizer()), config=config, entrypoints=False) as manager:
-        options = ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "key.pem"])
+        options = ServerOptions(
+            api=("127.0.0.1", 0), agents=("127.0.0.1", 0), auth_keys=[tmp_path / "key.pem"], plaintext=True
+        )
         with pytest.raises(RuninkError, match=r"plugin opa failed \(runink_configure raised .*timeout.*does not start"):
             Server(options, config, manager)
 

@@ -31,7 +31,8 @@ class TlsCluster(Cluster):
     def __init__(self, root: Path, ca: Path, identities: dict[str, tuple[Path, Path, Path]], size: int = 3) -> None:
         super().__init__(root, size=size, fsync=False)
         self.identities = identities
-        self.user = pki.issue(ca, root / "certs", "test-client", sans=[], usage="client")
+        # a server's (both usages): the HTTP API serves no client-only certificate
+        self.user = pki.issue(ca, root / "certs", "test-client", sans=["127.0.0.1"], usage="both")
         self.ca = ca
 
     def command(self, name: str) -> list[str]:
@@ -179,7 +180,7 @@ def test_a_server_added_to_a_tls_group_joins_over_tls(tmp_path: Path, ca: Path) 
 
 def outsider_status(cluster: TlsCluster, name: str, ca: Path) -> dict[str, Any]:
     """``name``'s status, asked with a client certificate of the CA ``ca`` (its own)."""
-    user = pki.issue(ca, cluster.root / "outsider", f"client-{time.monotonic_ns()}", sans=[], usage="client")
+    user = pki.issue(ca, cluster.root / "outsider", f"client-{time.monotonic_ns()}", sans=["127.0.0.1"], usage="both")
     options = {"endpoints": [cluster.http[name]], "timeout": 3.0, "tls_ca": str(ca / "ca.pem"),
                "tls_cert": str(user.cert), "tls_key": str(user.key)}  # fmt: skip
     client = load_driver(BarnBackend, "raft", options)
@@ -309,6 +310,9 @@ def test_the_http_api_wants_a_client_certificate_of_the_cluster_ca(tmp_path: Pat
         stranger = pki.issue(tmp_path / "other-ca", tmp_path / "other", "stranger", sans=[], usage="client")
         with pytest.raises(refused):
             https(address, pki.client_context(stranger.cert, stranger.key, ca / "ca.pem"))
+        # a client-only certificate of the cluster CA (an agent's node certificate): 403, not the Barn
+        node = pki.issue(ca, tmp_path / "node", "node.n1", sans=[], usage="client")
+        assert https(address, pki.client_context(node.cert, node.key, ca / "ca.pem")) == 403
         # still serving after the refusals
         assert https(address, pki.client_context(user.cert, user.key, ca / "ca.pem")) == 200
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import cluster_auth, node_auth, ready, start_runink
+from runink_processes import cluster_auth, node_auth, ready, start_runink, up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -123,8 +123,12 @@ def test_status_explain_says_why_a_task_waits(one_server: dict[str, str], run_cl
 
 def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:
     (port,) = free_ports(1)
-    out = run_cli("server", "--api", f"0.0.0.0:{port}")
+    out = run_cli("server", "--api", f"0.0.0.0:{port}", "--plaintext")
     assert out.returncode != 0 and "--insecure-bind" in out.stderr and "Traceback" not in out.stderr
+    # and not in plaintext unless told: TLS, or --plaintext said on purpose
+    out = run_cli("server", "--api", f"127.0.0.1:{port}")
+    assert out.returncode != 0 and "no TLS: give --tls-cert, --tls-key and --tls-ca" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -155,7 +159,7 @@ def _leading_server(started: dict[str, list[dict[str, object]]]) -> dict[str, ob
     import httpx
 
     for server in started["servers"]:
-        status = httpx.get(f"http://{server['barn']}/v1/status", timeout=5).json()
+        status = httpx.get(f"https://{server['barn']}/v1/status", timeout=5, verify=up_tls()).json()
         if status.get("state") == "leader":
             return server
     raise AssertionError("no leader")

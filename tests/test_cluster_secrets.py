@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
+from runink_processes import up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -66,7 +67,8 @@ def test_a_slice_gets_its_herds_secret_and_the_plaintext_is_nowhere_else(
     # no API answer holds it: jobs, their tasks and logs, the audit log, the secrets' list
     token = json.loads((tmp_path / "xdg" / "runink" / "cluster.json").read_text())["token"]
     api = str(started["api"][0])  # type: ignore[index]
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api, headers=headers, timeout=10, verify=up_tls(env)) as http:
         jobs = http.get("/v1/jobs").json()["jobs"]
         answers = [http.get("/v1/jobs").text, http.get("/v1/audit").text, http.get("/v1/herds/default/secrets").text]
         for job in jobs:
@@ -81,17 +83,16 @@ def test_a_slice_gets_its_herds_secret_and_the_plaintext_is_nowhere_else(
     assert not leaked, leaked
 
     # a new master key: the herd's data key re-wrapped in the Barn; the old key opens nothing now
-    barn = ",".join(str(address).removeprefix("http://") for address in started["barn"])  # type: ignore[attr-defined]
+    barn = ",".join(str(address).split("://")[-1] for address in started["barn"])  # type: ignore[attr-defined]
+    certs = folder / "tls"
+    to_barn = ["--barn", barn, "--tls-cert", str(certs / "server.s0.pem")]
+    to_barn += ["--tls-key", str(certs / "server.s0-key.pem"), "--tls-ca", str(certs / "ca.pem")]
     new_key = tmp_path / "new-key"
     assert "written to" in cli("secret", "new-key", str(new_key))
     old_key = folder / "secrets-key"
-    rotated = cli("secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), "--barn", barn)
+    rotated = cli("secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), *to_barn)
     assert rotated.startswith("1 herd data key(s) re-wrapped"), rotated
-    again = run_cli(
-        "secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), "--barn", barn, env=env
-    )
+    again = run_cli("secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(new_key), *to_barn, env=env)
     assert again.returncode == 0 and again.stdout.startswith("0 herd data key(s)")  # (done already: skipped)
-    stale = run_cli(
-        "secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(old_key), "--barn", barn, env=env
-    )
+    stale = run_cli("secret", "rotate-master-key", "--key", str(old_key), "--new-key", str(old_key), *to_barn, env=env)
     assert stale.returncode != 0 and len(stale.stderr.strip().splitlines()) == 1, stale.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
-from runink_processes import admin_headers
+from runink_processes import admin_headers, up_tls
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,7 +32,8 @@ FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
 def _leading(servers: list[dict[str, object]]) -> dict[str, object]:
     for server in servers:
         try:
-            if httpx.get(f"http://{server['barn']}/v1/status", timeout=2).json().get("state") == "leader":
+            status = httpx.get(f"https://{server['barn']}/v1/status", timeout=2, verify=up_tls())
+            if status.json().get("state") == "leader":
                 return server
         except httpx.HTTPError:
             continue
@@ -45,7 +46,7 @@ def _post(apis: list[str], body: dict[str, object]) -> str:
     while True:
         for api in apis:
             try:
-                answer = httpx.post(api + "/v1/jobs", json=body, timeout=10, headers=admin_headers())
+                answer = httpx.post(api + "/v1/jobs", json=body, timeout=10, headers=admin_headers(), verify=up_tls())
             except httpx.TransportError:
                 continue
             if answer.status_code == 201:
@@ -88,7 +89,7 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
 
         live = [s["api"] for s in cluster["servers"] if not s.get("killed")]
         deadline = time.monotonic() + FINISH_DEADLINE
-        with httpx.Client(timeout=30, headers=admin_headers()) as client:
+        with httpx.Client(timeout=30, headers=admin_headers(), verify=up_tls()) as client:
             while True:
                 answer = client.get(str(live[0]) + "/v1/jobs")
                 if answer.status_code != 200:  # (a 503 while the Barn elects: ask again)

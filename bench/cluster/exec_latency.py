@@ -2,6 +2,7 @@
 
     python bench/cluster/exec_latency.py            # 500 jobs per client row, 100 CLI runs
     python bench/cluster/exec_latency.py --quick    # 50 / 20
+    python bench/cluster/exec_latency.py --secure-vs-plain [--quick]   # TLS + auth on against off
 
 A local cluster of real processes (`runink up --servers 3 --agents 2`: three servers, each with
 its raft Barn member, two agents with the linux executor) runs `/bin/true` as a job, from
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -57,10 +59,16 @@ class Runink:
             capture_output=True, text=True, env=self.env, timeout=120, check=True,
         )  # fmt: skip
         self.apis = json.loads(up.stdout)["api"]
-        # the admin token `runink up` gave the CLI (its context file)
-        token = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())["token"]
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.http = httpx.Client(timeout=10, headers=self.headers)
+        # the admin token `runink up` gave the CLI, and its CA (its context file): TLS unless --insecure-dev
+        context = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())
+        self.headers = {"Authorization": f"Bearer {context['token']}"}
+        self.verify: ssl.SSLContext | bool = True
+        if "ca" in context:
+            self.verify = ssl.create_default_context(cafile=context["ca"])
+        self.http = self.client(10)
+
+    def client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(timeout=timeout, headers=self.headers, verify=self.verify)
 
     def run_one(self, client: httpx.Client | None = None) -> float:
         http = client or self.http
@@ -191,7 +199,7 @@ def _free_ports(count: int) -> list[int]:
 
 def runink_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     started = time.perf_counter()
-    clients = [httpx.Client(timeout=30, headers=cluster.headers) for _ in range(threads)]
+    clients = [cluster.client(30) for _ in range(threads)]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda i: cluster.run_one(clients[i % threads]), range(count)))
     for client in clients:
@@ -203,7 +211,7 @@ def runink_batch_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     """As ``sbatch_rate`` measures Slurm: every job submitted (by ``threads`` at once, each
     POST answered once the job is stored), then each waited for until it ended."""
     started = time.perf_counter()
-    clients = [httpx.Client(timeout=30, headers=cluster.headers) for _ in range(threads)]
+    clients = [cluster.client(30) for _ in range(threads)]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         jobs = list(pool.map(lambda i: cluster.submit(clients[i % threads]), range(count)))
         list(pool.map(lambda i: cluster.wait_ended(clients[i % threads], jobs[i]), range(count)))
@@ -212,13 +220,53 @@ def runink_batch_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     return count / (time.perf_counter() - started)
 
 
+def secure_vs_plain(jobs: int) -> None:
+    """Two `runink up` clusters at once, the default (TLS everywhere, tokens, RBAC, audit) and
+    `--insecure-dev` (plaintext, nobody authenticated): jobs taking turns, A B A B, so the
+    machine's drift falls on both alike; p50/p99 of each and the ratio."""
+    with tempfile.TemporaryDirectory(prefix="runink-bench-tls-") as tmp:
+        secure = Runink(Path(tmp) / "secure")
+        plain = Runink(Path(tmp) / "plain", insecure=True)
+        try:
+            for _ in range(3):
+                secure.run_one()
+                plain.run_one()
+            samples: dict[str, list[float]] = {"secure": [], "plain": []}
+            for _ in range(jobs):
+                samples["secure"].append(secure.run_one())
+                samples["plain"].append(plain.run_one())
+        finally:
+            secure.close()
+            plain.close()
+    machine = f"{os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}"
+    print(f"# {dt.date.today()} · {machine}")
+    print()
+    print("| runink exec -- /bin/true, Python client | jobs | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: |")
+    names = {
+        "secure": "TLS everywhere + tokens, RBAC, audit (`runink up`)",
+        "plain": "plaintext, no auth (`--insecure-dev`)",
+    }
+    for key, name in names.items():
+        p50, p99 = percentiles(samples[key])
+        print(f"| {name} | {jobs} | {p50:.1f} | {p99:.1f} |")
+    ratio = percentiles(samples["secure"])[0] / percentiles(samples["plain"])[0]
+    print(f"\nsecure ÷ plaintext, p50: {ratio:.2f}x (target: at most 1.20x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--secure-vs-plain", action="store_true", help="only: TLS and authentication on against plaintext, interleaved"
+    )
     args = parser.parse_args()
     jobs, cli_runs = (50, 20) if args.quick else (500, 100)
     if os.geteuid() != 0:
         raise SystemExit("bench/cluster/exec_latency needs root")
+    if args.secure_vs_plain:
+        secure_vs_plain(jobs)
+        return
     with tempfile.TemporaryDirectory(prefix="runink-bench-exec-") as tmp:
         root = Path(tmp)
         cluster = Runink(root / "runink")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -34,10 +35,12 @@ def main() -> None:
             capture_output=True, text=True, env=env, timeout=120, check=True,
         )  # fmt: skip
         api = json.loads(up.stdout)["api"][0]
-        token = json.loads((Path(tmp) / "xdg" / "runink" / "cluster.json").read_text())["token"]
+        context = json.loads((Path(tmp) / "xdg" / "runink" / "cluster.json").read_text())
+        verify = ssl.create_default_context(cafile=context["ca"])
         rows: list[dict[str, float]] = []
         try:
-            with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"}) as http:
+            headers = {"Authorization": f"Bearer {context['token']}"}
+            with httpx.Client(timeout=10, headers=headers, verify=verify) as http:
                 for i in range(WARM_UP + JOBS):
                     began = time.time()
                     answer = http.post(api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})

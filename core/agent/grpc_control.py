@@ -26,6 +26,7 @@ from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_message
 from runink.core.server.proto import agent_pb2 as pb
+from runink.core.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,20 @@ class GrpcControl:
     """``Control`` (what the Agent asks of the control plane) over one gRPC stream to ``address``
     (host:port)."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 10.0, token: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
         # the node's token (``runink agent --token-file``), sent with every stream
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_SERVER_MESSAGE_BYTES)]
+        options = [("grpc.max_receive_message_length", MAX_SERVER_MESSAGE_BYTES)]
+        # with ``tls``: mutual TLS, the server's certificate checked against the cluster CA and
+        # the address's host, the node's own presented (it names the node)
+        self._channel = (
+            grpc.insecure_channel(address, options=options)
+            if tls is None
+            else grpc.secure_channel(address, tls.grpc_channel(), options=options)
         )
         self._stream: _Stream | None = None
         # long-polls go on a stream of their own: the server answers a stream's requests in
@@ -362,14 +370,17 @@ class FailoverControl:
     so when the one in use is unreachable the next is tried (the Agent's next round, or at once
     for the same call). Its heartbeat on a new server carries its incarnation (tied to the node)."""
 
-    def __init__(self, addresses: list[str], *, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self, addresses: list[str], *, timeout: float = 10.0, token: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("FailoverControl: no server address")
         self.addresses = addresses
         self.timeout = timeout
         self._index = 0
         self.token = token
-        self._current = GrpcControl(addresses[0], timeout=timeout, token=token)
+        self.tls = tls
+        self._current = GrpcControl(addresses[0], timeout=timeout, token=token, tls=tls)
         self._lock = threading.Lock()  # the agent's heartbeat thread and its rounds call at once
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -386,7 +397,9 @@ class FailoverControl:
                         tie = current._tie  # the next server's stream is tied to the node with it
                         current.close()
                         self._index = (self._index + 1) % len(self.addresses)
-                        self._current = GrpcControl(self.addresses[self._index], timeout=self.timeout, token=self.token)
+                        self._current = GrpcControl(
+                            self.addresses[self._index], timeout=self.timeout, token=self.token, tls=self.tls
+                        )
                         self._current._tie = tie
         raise ControlUnavailable("no server answered: " + "; ".join(failures))
 

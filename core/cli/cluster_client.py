@@ -88,14 +88,33 @@ def server_addresses(flag: str | None, configured: str | None) -> list[str]:
     return [a if "://" in a else f"http://{a}" for a in (part.strip() for part in text.split(",")) if a]
 
 
+def cluster_ca(configured: str | None) -> str | None:
+    """The CA certificate an https:// server is checked against: ``[cluster] ca``, else the
+    one of the cluster ``runink up`` started; None: the system's CAs."""
+    if configured:
+        return configured
+    context = read_context()
+    found = context.get("ca") if context else None
+    return found if isinstance(found, str) and found else None
+
+
 class ClusterClient:
-    def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT) -> None:
+    def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT, *, ca: str | None = None) -> None:
+        import ssl
+
         import httpx
 
         self.addresses = addresses
         token = read_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]), headers=headers)
+        verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            try:
+                verify = ssl.create_default_context(cafile=ca)
+            except (OSError, ssl.SSLError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else exc
+                raise ClusterError(f"the cluster CA {ca}: {why}") from None
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]), headers=headers, verify=verify)
 
     def close(self) -> None:
         self._http.close()

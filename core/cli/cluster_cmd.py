@@ -42,6 +42,11 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+TLS_CERT = typer.Option(None, "--tls-cert", help="This process's certificate of the cluster CA (PEM).")
+TLS_KEY = typer.Option(None, "--tls-key", help="Its private key.")
+TLS_CA = typer.Option(None, "--tls-ca", help="The cluster CA's certificate: peers must present one of its.")
+
+
 def server_command(
     ctx: typer.Context,
     api: str = typer.Option("127.0.0.1:8470", "--api", help="Where the REST API listens, HOST:PORT."),
@@ -66,11 +71,33 @@ def server_command(
         help="The master key of herds' secrets (the same file on every server; `runink up` makes one): "
         "secrets are kept in the Barn encrypted under it.",
     ),
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_ca: Path | None = TLS_CA,
+    plaintext: bool = typer.Option(
+        False, "--plaintext", help="No TLS on the API, the agents' stream and the Barn (development only)."
+    ),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        metavar="DIR",
+        help="Make the cluster CA in DIR (if not there) and this server's certificate (--name, --san), print "
+        "the --tls-* flags to use, and exit.",
+    ),
+    name: str = typer.Option("s0", "--name", help="With --init: the server's name (its certificate's)."),
+    san: list[str] = typer.Option(
+        [], "--san", help="With --init: a name clients reach it by, IP or DNS (repeatable; default 127.0.0.1)."
+    ),
 ) -> None:
     """Run a control-plane server. Flags after `--` start its Barn member (`runink barn serve`'s
-    flags: --name, --raft, --http, --peer, --data-dir...); without them the Barn is in memory."""
+    flags: --name, --raft, --http, --peer, --data-dir...); without them the Barn is in memory.
+    With --tls-*, the REST API is HTTPS, agents' streams and the Barn's traffic mutual TLS."""
     from runink.core.server.process import Server, ServerOptions, parse_address
+    from runink.core.server.tls import TlsFiles
 
+    if init is not None:
+        _init_server_certificate(init, name, san or ["127.0.0.1"])
+        return
     state: CliState = ctx.obj
     options = ServerOptions(
         api=parse_address(api, "--api"),
@@ -82,6 +109,8 @@ def server_command(
         auth_keys=list(auth_key),
         insecure_dev=insecure_dev,
         secrets_key=secrets_key,
+        tls=TlsFiles.given(tls_cert, tls_key, tls_ca),
+        plaintext=plaintext,
     )
     server = Server(options, state.config(), state.plugins())
     try:
@@ -89,6 +118,21 @@ def server_command(
         _wait_for_signal()
     finally:
         server.close()
+
+
+def _init_server_certificate(directory: Path, name: str, sans: list[str]) -> None:
+    """``runink server --init``: the cluster CA (made once) and a server's certificate."""
+    from runink.core.server import pki
+    from runink.core.server.tls import SERVER_PREFIX
+
+    try:
+        if not (directory / pki.CA_CERT).exists():
+            pki.create_ca(directory)
+            print(f"cluster CA made: {directory / pki.CA_CERT} (its key {directory / pki.CA_KEY}: keep it private)")
+        files = pki.issue(directory, directory, SERVER_PREFIX + name, sans=sans, usage="both")
+    except pki.PkiError as exc:
+        raise RuninkError(f"--init {directory}: {exc}") from None
+    print(f"--tls-cert {files.cert} --tls-key {files.key} --tls-ca {directory / pki.CA_CERT}")
 
 
 def agent_command(
@@ -105,6 +149,9 @@ def agent_command(
     token_file: Path | None = typer.Option(
         None, "--token-file", help="This node's token (`runink nodes token NODE` mints one; `runink up` does)."
     ),
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_ca: Path | None = TLS_CA,
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
     again over the same --work-dir and --node-id, it re-attaches to the slices it left running
@@ -119,6 +166,7 @@ def agent_command(
     from runink.core.control.records import Amount
     from runink.core.drivers import auto_executor, configured_driver
     from runink.core.model import check_name
+    from runink.core.server.tls import TlsFiles
 
     state: CliState = ctx.obj
     config = state.config()
@@ -152,7 +200,8 @@ def agent_command(
     pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, work)
     executor = ScenarioAttempts(executor, config, manager, pipelines)
     token = _read_token_file(token_file) if token_file else None
-    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token)
+    tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
+    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token, tls=tls)
     agent = Agent(
         control,
         executor,
@@ -291,6 +340,9 @@ def up_command(
     secrets_key = root / "secrets-key"
     create_master_key(secrets_key)
     auth += ["--secrets-key", str(secrets_key)]
+    # TLS everywhere (HTTPS API, mutual TLS for agents and the Barn) with a CA of its own;
+    # --insecure-dev: plaintext
+    tls = None if insecure_dev else _LocalCa(root / "tls")
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(4 * servers)
@@ -305,7 +357,7 @@ def up_command(
             peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
             api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
             command = [
-                *base, "server", "--api", api, "--agents", grpc, *auth, "--",
+                *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []), "--",
                 "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
             ]  # fmt: skip
             processes.append(_spawn(command, root / f"{name}.log"))
@@ -316,13 +368,14 @@ def up_command(
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
-        _wait_for_leader(started["api"], token)
+        _wait_for_leader(started["api"], token, tls.ca if tls else None)
         for i in range(agents):
             name = f"agent-{i}"
             work = root / name
             # every server's address, each agent starting with a different one (it fails over)
             order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
+            command += tls.node(name) if tls else []
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)
                 node_token, _ = tokens.mint_node(name, ADMIN_TOKEN_TTL)
@@ -344,7 +397,7 @@ def up_command(
     # the admin token: in the context file, readable by its owner only
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(json.dumps({**started, "token": token}, indent=2))
+        out.write(json.dumps({**started, "token": token, **({"ca": str(tls.ca)} if tls else {})}, indent=2))
     if json_output:
         print_json(started)
     else:
@@ -356,12 +409,41 @@ def up_command(
         )
 
 
-def _wait_for_leader(apis: list[str], token: str) -> None:
+class _LocalCa:
+    """`runink up`'s cluster CA and the certificates it issues its servers and agents."""
+
+    def __init__(self, directory: Path) -> None:
+        from runink.core.server import pki
+
+        self.directory = directory
+        self.ca = pki.create_ca(directory).cert
+
+    def _issue(self, name: str, usage: str) -> list[str]:
+        from runink.core.server import pki
+
+        files = pki.issue(self.directory, self.directory, name, sans=["127.0.0.1", "localhost"], usage=usage)  # type: ignore[arg-type]
+        return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(self.ca)]
+
+    def server(self, name: str) -> list[str]:
+        from runink.core.server.tls import SERVER_PREFIX
+
+        return self._issue(SERVER_PREFIX + name, "both")
+
+    def node(self, name: str) -> list[str]:
+        from runink.core.server.tls import NODE_PREFIX
+
+        return self._issue(NODE_PREFIX + name, "client")
+
+
+def _wait_for_leader(apis: list[str], token: str, ca: Path | None) -> None:
     """Until one server answers a write (a leader is elected): create the default herd."""
+    import ssl
+
     import httpx
 
     deadline = time.monotonic() + UP_TIMEOUT
-    with httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {token}"}) as client:
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+    with httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {token}"}, verify=verify) as client:
         while time.monotonic() < deadline:
             for api in apis:
                 try:

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import typer
 
-from runink.core.cli.cluster_client import ClusterClient, server_addresses
+from runink.core.cli.cluster_client import ClusterClient, cluster_ca, server_addresses
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.model import parse_memory
@@ -40,7 +40,7 @@ def _client(ctx: typer.Context, server: str | None) -> Iterator[ClusterClient]:
     state: CliState = ctx.obj
     config = state.try_config()
     configured = config.cluster.server if config is not None else None
-    client = ClusterClient(server_addresses(server, configured))
+    client = ClusterClient(server_addresses(server, configured), ca=cluster_ca(config.cluster.ca if config else None))
     try:
         yield client
     finally:

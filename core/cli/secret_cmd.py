@@ -103,6 +103,11 @@ def rotate_master_key(
     key: Path = typer.Option(..., "--key", help="The master key the servers use now (their --secrets-key)."),
     new_key: Path = typer.Option(..., "--new-key", help="The new master key (`runink secret new-key FILE` makes one)."),
     barn: str = typer.Option(..., "--barn", help="The Barn's members' HTTP addresses, HOST:PORT,..."),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="A certificate the Barn takes (a server's: both usages; `runink server --init`)."
+    ),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its private key."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="The cluster CA (a Barn started with --tls-*)."),
 ) -> None:
     """Re-wrap every herd's data key under a new master key, in the Barn itself (run it where
     the Barn is reachable). Then restart every server with --secrets-key NEW; the secrets'
@@ -114,7 +119,11 @@ def rotate_master_key(
 
     state = ctx.obj
     manager = state.plugins()
-    store: BarnBackend = load_driver(BarnBackend, "raft", {"endpoints": barn}, manager=manager, origin="--barn")
+    from runink.core.server.tls import TlsFiles
+
+    tls = TlsFiles.given(tls_cert, tls_key, tls_ca)
+    found = {"endpoints": barn, **(tls.barn_options() if tls else {})}
+    store: BarnBackend = load_driver(BarnBackend, "raft", found, manager=manager, origin="--barn")
     try:
         new = read_master_key(new_key)
         options = {"barn": store, "master_key_file": str(key)}

@@ -37,6 +37,7 @@ from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
+from runink.core.server.tls import TlsFiles, node_of_peer
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,39 @@ class AgentService:
     """The servicer: ``Connect`` is one agent's stream."""
 
     def __init__(
-        self, lifecycle: Lifecycle, bind_timeout: float = BIND_TIMEOUT, tokens: ClusterTokens | None = None
+        self,
+        lifecycle: Lifecycle,
+        bind_timeout: float = BIND_TIMEOUT,
+        tokens: ClusterTokens | None = None,
+        *,
+        certificates: bool = False,
     ) -> None:
         self.lifecycle = lifecycle
         self.logs = TaskLogs(lifecycle.store)
         self.bind_timeout = bind_timeout
         self.changes = TaskChanges(lifecycle)
-        self.tokens = tokens  # None: any stream may act as any node (development only)
+        # who a stream is: its node certificate (mutual TLS) and/or its node token; with
+        # neither, any stream may act as any node (development only)
+        self.tokens = tokens
+        self.certificates = certificates
+
+    def _stream_node(self, context: Any) -> str | None:
+        """The node the stream may act as: its certificate's (``node.NAME``), its token's, and
+        they must agree when both are there. None: no way to tell (development). BadToken when
+        the stream proves no node."""
+        by_certificate = None
+        if self.certificates:
+            by_certificate = node_of_peer(context.auth_context() or {})
+            if by_certificate is None:
+                raise BadToken("the stream's certificate is not a node's (node.NAME, of the cluster CA)")
+        if self.tokens is None:
+            return by_certificate
+        if by_certificate is not None and not _has_token(context):
+            return by_certificate
+        by_token = self._token_node(context)
+        if by_certificate is not None and by_token != by_certificate:
+            raise BadToken(f"the token is node {by_token!r}'s but the certificate node {by_certificate!r}'s")
+        return by_token
 
     def _token_node(self, context: Any) -> str:
         """The node the stream's token (``authorization`` metadata) lets it act as: a token the
@@ -272,7 +299,7 @@ class AgentService:
         request_id = 0
         bind_by = time.monotonic() + self.bind_timeout
         try:
-            pinned = None if self.tokens is None else self._token_node(context)
+            pinned = self._stream_node(context)
         except BadToken as exc:
             why = printable(str(exc), 400)
             log.warning("agent stream from %s refused: %s", peer, why)
@@ -429,6 +456,11 @@ class AgentService:
         return placed_on(task, attempt)
 
 
+def _has_token(context: Any) -> bool:
+    metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    return bearer(metadata) is not None
+
+
 _LATE = object()  # no message before the bind deadline
 
 
@@ -462,26 +494,28 @@ def serve_agents(
     max_streams: int = MAX_STREAMS,
     bind_timeout: float = BIND_TIMEOUT,
     tokens: ClusterTokens | None = None,
+    tls: TlsFiles | None = None,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
-    which). With ``tokens``, a stream must carry a node's token (``node:NAME``, role ``node``)
-    and may act as that node only; without, anything that reaches the port can act as any
-    node. The traffic is not TLS yet, so a non-loopback host is refused (ValueError) unless
-    ``insecure_bind`` is given. Each open
-    stream holds a thread, so at most ``max_streams`` are open at once, and one that is not
-    bound to a node within ``bind_timeout`` seconds is closed. OSError when the
-    address cannot be bound."""
+    which). With ``tls``, mutual TLS: a stream must present a node's certificate of the
+    cluster CA (``node.NAME``) and may act as that node only. With ``tokens``, a stream must
+    carry a node's token (``node:NAME``, role ``node``) unless its certificate names it; both
+    given, they must agree. With neither, anything that reaches the port can act as any node.
+    Plaintext (no ``tls``) on a non-loopback host is refused (ValueError) unless
+    ``insecure_bind`` is given. Each open stream holds a thread, so at most ``max_streams`` are
+    open at once, and one that is not bound to a node within ``bind_timeout`` seconds is
+    closed. OSError when the address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ValueError(f"agent service port {port}: not in [0, 65535]")
-    if not insecure_bind:
-        require_loopback(host, "agent service address", "insecure_bind")
+    if not insecure_bind and tls is None:
+        require_loopback(host, "agent service address (plaintext)", "insecure_bind")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="agent-stream"),
         # without so_reuseport 0, a second server on the same port binds too and shares its agents
         options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
-    service = AgentService(lifecycle, bind_timeout, tokens)
+    service = AgentService(lifecycle, bind_timeout, tokens, certificates=tls is not None)
     connect = grpc.stream_stream_rpc_method_handler(
         service.Connect,
         request_deserializer=pb.AgentMessage.FromString,
@@ -491,7 +525,7 @@ def serve_agents(
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, {method: connect}),))
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(where)
+        bound = server.add_insecure_port(where) if tls is None else server.add_secure_port(where, tls.grpc_server())
     except RuntimeError as exc:  # grpcio raises it for an address in use or not local
         raise OSError(f"agent service: cannot listen on {where}: {exc}") from None
     if not bound:

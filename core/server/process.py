@@ -40,6 +40,7 @@ from runink.core.server.auth import ApiAuth, ClusterTokens
 from runink.core.server.feed import HerdsFeed, JobWaits
 from runink.core.server.loop import ControlLoop
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
+from runink.core.server.tls import TlsFiles
 
 log = logging.getLogger("runink.server")
 
@@ -58,6 +59,8 @@ class ServerOptions:
     auth_keys: list[Path] = field(default_factory=list)  # the cluster's token keys (--auth-key), the signing one first
     insecure_dev: bool = False  # authenticate nobody, allow everything (development only)
     secrets_key: Path | None = None  # the master key of herds' secrets in the Barn (--secrets-key)
+    tls: TlsFiles | None = None  # HTTPS API, mutual TLS for agents and the Barn (--tls-*)
+    plaintext: bool = False  # no TLS, said on purpose (development only)
 
 
 def secret_backend(
@@ -166,8 +169,13 @@ class Server:
     """A running server; ``close()`` stops it (API, agents' streams, loop, member)."""
 
     def __init__(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
+        if options.tls is None and not (options.plaintext or options.insecure_dev):
+            raise RuninkError(
+                "no TLS: give --tls-cert, --tls-key and --tls-ca (`runink server --init DIR` makes them; "
+                "`runink up` does for a local cluster), or --plaintext (development only)"
+            )
         for what, (host, _port) in (("--api", options.api), ("--agents", options.agents)):
-            if not options.insecure_bind:
+            if not options.insecure_bind and options.tls is None:
                 try:
                     require_loopback(host, what, "--insecure-bind")
                 except ValueError as exc:
@@ -200,8 +208,10 @@ class Server:
 
     def _start(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         if options.barn_args:
-            self.member = Member(options.barn_args, options.config_path)
-            barn = load_driver(BarnBackend, "raft", {"endpoints": [self.member.http]}, manager=manager)
+            tls = options.tls
+            self.member = Member([*options.barn_args, *(tls.barn_flags() if tls else [])], options.config_path)
+            found = {"endpoints": [self.member.http], **(tls.barn_options() if tls else {})}
+            barn = load_driver(BarnBackend, "raft", found, manager=manager)
         else:
             barn = load_driver(BarnBackend, "memory", {}, manager=manager)
         self.barn: BarnBackend = barn
@@ -227,6 +237,7 @@ class Server:
             options.agents[1],
             insecure_bind=options.insecure_bind,
             tokens=None if options.insecure_dev else tokens,
+            tls=options.tls,
         )
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")
@@ -238,12 +249,13 @@ class Server:
             options.api[0],
             options.api[1],
             insecure_bind=options.insecure_bind,
+            tls=options.tls,
         )
 
     def addresses(self) -> dict[str, Any]:
         """Where it listens (the ports it was given, or the ones it got for port 0)."""
         return {
-            "api": f"http://{self.options.api[0]}:{self.api.config.port}",
+            "api": f"{'http' if self.options.tls is None else 'https'}://{self.options.api[0]}:{self.api.config.port}",
             "agents": f"{self.options.agents[0]}:{self.agents.port}",
             "barn": self.member.http if self.member else "memory",
             "pid": os.getpid(),

@@ -14,6 +14,8 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from runink.core.server.tls import TlsFiles
+
 START_TIMEOUT = 10.0  # seconds for uvicorn to start accepting connections
 
 
@@ -38,18 +40,34 @@ def require_loopback(host: str, what: str, override: str) -> None:
 
 
 def serve_api(
-    app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecure_bind: bool = False, log_level: str = "warning"
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    insecure_bind: bool = False,
+    log_level: str = "warning",
+    tls: TlsFiles | None = None,
 ) -> tuple[uvicorn.Server, threading.Thread]:
     """Serve ``app`` on ``host:port`` (0: a free port; ``server.config.port`` says which) and
-    return once it accepts connections. Stop it with ``stop_api``. Raises ValueError for a
-    non-loopback host without ``insecure_bind``, OSError when the address cannot be bound,
-    RuntimeError when uvicorn does not start."""
-    if not insecure_bind:
-        require_loopback(host, "API address", "insecure_bind")
+    return once it accepts connections; HTTPS with ``tls`` (clients authenticate with tokens,
+    no client certificate is asked). Stop it with ``stop_api``. Raises ValueError for a
+    non-loopback host served in plaintext without ``insecure_bind``, OSError when the address
+    cannot be bound, RuntimeError when uvicorn does not start."""
+    if not insecure_bind and tls is None:
+        require_loopback(host, "API address (plaintext)", "insecure_bind")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family)
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level, access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=bound_port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=None if tls is None else str(tls.cert),
+        ssl_keyfile=None if tls is None else str(tls.key),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"api-{bound_port}", daemon=True)
     thread.start()

@@ -35,6 +35,8 @@ from typing import Any, cast
 
 import httptools
 
+from runink.core.server import pki
+
 log = logging.getLogger("runink.barn")
 
 MAX_BODY = 16 << 20  # bytes: well above the largest value the Barn accepts
@@ -156,6 +158,12 @@ class HttpProtocol(asyncio.Protocol):
             # over the cap: refused at once, so idle clients cannot take the descriptors the
             # journal, snapshots and Raft connections need
             self.transport.write(_refusal(503, "too many connections to this Barn server; retry later"))
+            self.transport.close()
+            self.transport, self.closing = None, True
+            return
+        refused = _not_a_members_certificate(self.transport)
+        if refused:
+            self.transport.write(_refusal(403, refused))
             self.transport.close()
             self.transport, self.closing = None, True
             return
@@ -377,6 +385,20 @@ def raise_fd_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _not_a_members_certificate(transport: asyncio.Transport) -> str:
+    """Why a TLS client may not use this API ("" if it may, or the connection is plaintext):
+    only certificates with both usages (servers' and members', as `runink server --init` makes
+    them) are let in; a client-only one of the same CA (an agent's node certificate) is not,
+    so a node cannot read or write the Barn behind its server's back."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return ""
+    der = ssl_object.getpeercert(binary_form=True)
+    if der is None or pki.usages(der) != {"server", "client"}:
+        return "this Barn serves servers only: a client certificate with both usages (server and client) is needed"
+    return ""
 
 
 async def serve(
