@@ -51,13 +51,13 @@ VALUE = b"v" * 100
 
 class Tls:
     """One CA, one certificate for every member of both systems (usage both, 127.0.0.1) and one
-    for the clients."""
+    for the clients (both usages too: a server's, the only kind the Barn's HTTP API serves)."""
 
     def __init__(self, root: Path) -> None:
         pki.create_ca(root)
         self.ca = str(root / "ca.pem")
         self.cert, self.key = map(str, pki.issue(root, root, "member", sans=["127.0.0.1"], usage="both"))
-        self.client_cert, self.client_key = map(str, pki.issue(root, root, "client", sans=[], usage="client"))
+        self.client_cert, self.client_key = map(str, pki.issue(root, root, "client", sans=["127.0.0.1"], usage="both"))
 
     def client_context(self) -> ssl.SSLContext:
         return pki.client_context(self.client_cert, self.client_key, self.ca)
