@@ -79,7 +79,9 @@ class Cluster:
         for other in self.peers_of.get(name, self.names):
             if other != name:
                 command += ["--peer", f"{other}={self.raft[other]},{self.http[other]}"]
-        return command + ([] if self.fsync else ["--no-fsync"]) + list(self.options)
+        # (no TLS in this harness unless its options give the --tls-* flags: then they do)
+        plaintext = [] if "--tls-cert" in self.options else ["--plaintext"]
+        return command + ([] if self.fsync else ["--no-fsync"]) + list(self.options) + plaintext
 
     def start(self, *names: str) -> None:
         for name in names or self.names:

@@ -19,7 +19,7 @@ def config(*args, fsync, **kwargs):
 server.ServerConfig = config
 from runink.core.cli import main
 main(["barn", "serve", "--name", "a", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", sys.argv[1],
-      *sys.argv[2:]])
+      "--plaintext", *sys.argv[2:]])
 """
 
 

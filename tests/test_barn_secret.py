@@ -105,7 +105,7 @@ def test_a_missing_or_short_secret_file_is_a_one_line_error(tmp_path: Path) -> N
     def serve(secret_file: Path) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "runink.plugins.barn.raft.server", "--name", "a",
                    "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--data-dir", str(tmp_path / "data"),
-                   "--secret-file", str(secret_file)]  # fmt: skip
+                   "--secret-file", str(secret_file), "--plaintext"]  # fmt: skip
         return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
 
     missing = serve(tmp_path / "absent")

@@ -39,6 +39,7 @@ class TlsCluster(Cluster):
         command = super().command(name)
         if name in self.identities:
             cert, key, ca = self.identities[name]
+            command = [part for part in command if part != "--plaintext"]
             command += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca)]
         return command
 
@@ -326,7 +327,7 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_tls_flags_are_all_three_or_none_and_checked_at_start(tmp_path: Path, ca: Path) -> None:
-    cert, _, ca_path = member_identities(ca, tmp_path / "certs", "a")["a"]
+    cert, key, ca_path = member_identities(ca, tmp_path / "certs", "a")["a"]
     ca_pem = str(ca_path)
     partial = serve(tmp_path, "--tls-cert", str(cert))
     assert partial.returncode == 2, partial.stderr
@@ -338,3 +339,8 @@ def test_tls_flags_are_all_three_or_none_and_checked_at_start(tmp_path: Path, ca
     missing = serve(tmp_path, "--tls-cert", str(cert), "--tls-key", str(tmp_path / "absent"), "--tls-ca", ca_pem)
     assert missing.returncode == 2 and f"{tmp_path / 'absent'}: No such file or directory" in missing.stderr
     assert "Traceback" not in partial.stderr + wrong.stderr + missing.stderr
+    # plaintext only when said on purpose, and not both
+    bare = serve(tmp_path)
+    assert bare.returncode == 2 and "no TLS: give --tls-cert, --tls-key and --tls-ca" in bare.stderr
+    both = serve(tmp_path, "--plaintext", "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", ca_pem)
+    assert both.returncode == 2 and "--plaintext and --tls-* contradict" in both.stderr

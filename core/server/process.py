@@ -209,7 +209,8 @@ class Server:
     def _start(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         if options.barn_args:
             tls = options.tls
-            self.member = Member([*options.barn_args, *(tls.barn_flags() if tls else [])], options.config_path)
+            member_tls = tls.barn_flags() if tls else ["--plaintext"]  # (a server in plaintext said so)
+            self.member = Member([*options.barn_args, *member_tls], options.config_path)
             found = {"endpoints": [self.member.http], **(tls.barn_options() if tls else {})}
             barn = load_driver(BarnBackend, "raft", found, manager=manager)
         else:

@@ -70,6 +70,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     ),
     tls_key: Path | None = typer.Option(None, help="its private key"),
     tls_ca: Path | None = typer.Option(None, help="the cluster CA: members and clients must present its certificates"),
+    plaintext: bool = typer.Option(
+        False, "--plaintext", help="no TLS: anyone who reaches the HTTP API may read and write (development only)"
+    ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
     from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
@@ -90,6 +93,13 @@ def serve_command(  # noqa: PLR0917 (typer options)
         tls = server.tls_files(tls_cert, tls_key, tls_ca)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if tls is not None and plaintext:
+        raise typer.BadParameter("--plaintext and --tls-* contradict each other: give one")
+    if tls is None and not plaintext:
+        raise typer.BadParameter(
+            "no TLS: give --tls-cert, --tls-key and --tls-ca (`runink server --init` makes them), "
+            "or --plaintext (development only)"
+        )
     config = server.ServerConfig(
         server.Member(name, raft, http),
         peers,
