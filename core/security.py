@@ -10,7 +10,7 @@ allows what the identity's roles allow; OPA or a plugin of your own may vote too
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from runink.core.errors import AuthenticationError
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
@@ -18,7 +18,7 @@ from runink.core.plugins import PluginManager
 
 CLUSTER = "*"  # the herd of a cluster-wide grant or action
 
-_READ = frozenset({"herds.read", "jobs.read", "logs.read"})
+_READ = frozenset({"herds.read", "jobs.read", "logs.read", "roles.read"})
 _RUN = _READ | {"jobs.submit", "jobs.cancel"}
 # secrets: names and versions read, values written, never read back (a runner's slices get
 # them: whoever may run jobs in a herd that has secrets may, through a job, see them)
@@ -33,18 +33,40 @@ ROLES: dict[str, frozenset[str]] = {
     "admin": _ADMIN,
     "cluster-viewer": _READ | {"nodes.read", "rbac.read"},
     "cluster-admin": _ADMIN
-    | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update", "audit.read"},
+    | {"nodes.read", "nodes.manage", "herds.create", "herds.delete", "herds.update", "audit.read", "roles.manage"},
 }
 #: a node's agent (tokens only, never bound): its gRPC stream, no action of the REST API
 ROLES["node"] = frozenset({"nodes.join"})
 HERD_ROLES = ("viewer", "runner", "editor", "admin")
 CLUSTER_ROLES = ("cluster-viewer", "cluster-admin")
+#: every action a role can name, and those a herd role can (a custom role's: custom roles are
+#: bound in one herd); the rest are the cluster's (nodes, herds' lifecycle, the audit log)
+KNOWN_ACTIONS = frozenset().union(*ROLES.values())
+HERD_ACTIONS = frozenset().union(*(ROLES[role] for role in HERD_ROLES))
+CLUSTER_ACTIONS = KNOWN_ACTIONS - HERD_ACTIONS
+
+
+@dataclass(frozen=True)
+class CustomGrant(Grant):
+    """A grant of a custom role (defined in the Barn, core/control/roles.py), carrying the
+    actions the role allowed when the grant was built: an authorization plugin decides from
+    the grant alone, without reading the Barn."""
+
+    actions: frozenset[str] = frozenset()
+
+
+def actions_of(grant: Grant) -> frozenset[str]:
+    """What ``grant``'s role allows: a built-in role's actions (a custom grant never redefines
+    one), else the actions a custom grant carries; nothing for an unknown role."""
+    if grant.role in ROLES:
+        return ROLES[grant.role]
+    return grant.actions if isinstance(grant, CustomGrant) else frozenset()
 
 
 def allows(grants: Sequence[Grant], action: str, herd: str) -> Grant | None:
     """The first grant whose role allows ``action`` in ``herd`` (a cluster grant: any herd)."""
     for grant in grants:
-        if action in ROLES.get(grant.role, ()) and grant.herd in (herd, CLUSTER):
+        if action in actions_of(grant) and grant.herd in (herd, CLUSTER):
             return grant
     return None
 

@@ -1,5 +1,5 @@
-"""`runink login`, `runink whoami`, `runink token create`, `runink rbac bind|unbind|list`: who the
-CLI is to the cluster, and who may do what there."""
+"""`runink login`, `runink whoami`, `runink token create`, `runink rbac bind|unbind|list|role`: who
+the CLI is to the cluster, and who may do what there."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from runink.core.cli import roles_cmd
 from runink.core.cli.cluster_client import MAX_TOKEN, one_token, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
@@ -96,7 +97,9 @@ def rbac_bind(
     ctx: typer.Context,
     herd: str = typer.Argument(..., metavar="HERD", help="The herd, or '*' for a cluster role."),
     role: str = typer.Argument(
-        ..., metavar="ROLE", help="viewer, runner, editor, admin; cluster-viewer, cluster-admin."
+        ...,
+        metavar="ROLE",
+        help="viewer, runner, editor, admin or a custom role (`runink rbac role list`); cluster-viewer, cluster-admin.",
     ),
     user: str | None = typer.Option(None, "--user", help="A user (the subject their identity provider names)."),
     group: str | None = typer.Option(None, "--group", help="A group (from the identity provider's groups claim)."),
@@ -202,3 +205,4 @@ def register(app: typer.Typer) -> None:
     app.command("whoami")(whoami_command)
     app.add_typer(token_app, name="token")
     app.add_typer(rbac_app, name="rbac")
+    roles_cmd.register(rbac_app)

@@ -27,6 +27,7 @@ from typing import Any
 
 from runink.core.control.bindings import Binding, bindings
 from runink.core.control.records import Record
+from runink.core.control.roles import RoleCache
 from runink.core.control.store import ClusterStore
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.hookspecs import hookimpl
@@ -228,6 +229,7 @@ class ApiAuth:
         self.insecure = insecure
         self._lock = threading.Lock()
         self._bindings: dict[str, tuple[float, list[Binding]]] = {}  # herd -> (read at, its bindings)
+        self.roles = RoleCache(store)  # the custom roles' actions, read at most once a second
 
     def identify(self, headers: Any, peer: str | None) -> Identity:
         if self.insecure:
@@ -254,7 +256,9 @@ class ApiAuth:
         for where in {herd, CLUSTER}:
             for binding in self._read_bindings(where):
                 if (binding.kind, binding.subject) in subjects:
-                    found.append(Grant(binding.role, binding.herd, f"bound to {binding.kind} {binding.subject}"))
+                    found.append(
+                        self.roles.grant(binding.role, binding.herd, f"bound to {binding.kind} {binding.subject}")
+                    )
         return found
 
     def _read_bindings(self, herd: str) -> list[Binding]:

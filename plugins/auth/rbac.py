@@ -1,5 +1,6 @@
 """Herd RBAC, the built-in authorization plugin: allows an action when one of the roles the
-caller holds in the herd (or cluster-wide) includes it (``runink.core.security.ROLES``).
+caller holds in the herd (or cluster-wide) includes it (``runink.core.security.ROLES``; a
+custom role's actions come with its grant, a ``CustomGrant`` the server resolved from the Barn).
 It never denies: with no role that allows it, it abstains, and no allow means deny; another
 plugin (OPA) may deny what a role allows."""
 
