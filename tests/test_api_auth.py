@@ -35,7 +35,15 @@ from runink.plugins.barn.memory import MemoryBarn
 from runink.testing import plugin_manager
 
 GiB = 1024**3
-PUBLIC = {"/.well-known/jwks.json", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {
+    "/.well-known/jwks.json",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/v1/cluster/ca",  # (the CA a joining node pins by the fingerprint in its token)
+    "/v1/nodes/join",  # (its credential is the one-time join token in the body)
+}
 # routes that answer everyone authenticated, listing only what the caller may see
 FILTERED = {("GET", "/v1/herds"), ("GET", "/v1/jobs"), ("GET", "/v1/whoami")}
 

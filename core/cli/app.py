@@ -17,6 +17,7 @@ from runink.core.cli import (
     contract_cmd,
     doctor_cmd,
     jobs_cmd,
+    join_cmd,
     plugins_cmd,
     run_cmd,
     secret_cmd,
@@ -69,6 +70,7 @@ def build_app(state: CliState) -> typer.Typer:
     cluster_cmd.register(app)
     auth_cmd.register(app)
     secret_cmd.register(app)
+    join_cmd.register(app)
     secret_cmd.register(app)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.

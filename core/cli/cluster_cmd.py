@@ -77,6 +77,9 @@ def server_command(
     plaintext: bool = typer.Option(
         False, "--plaintext", help="No TLS on the API, the agents' stream and the Barn (development only)."
     ),
+    tls_ca_key: Path | None = typer.Option(
+        None, "--tls-ca-key", help="The CA's key: sign the certificates of nodes that join (`runink node join`)."
+    ),
     init: Path | None = typer.Option(
         None,
         "--init",
@@ -111,6 +114,7 @@ def server_command(
         secrets_key=secrets_key,
         tls=TlsFiles.given(tls_cert, tls_key, tls_ca),
         plaintext=plaintext,
+        ca_key=tls_ca_key,
     )
     server = Server(options, state.config(), state.plugins())
     try:
@@ -425,9 +429,11 @@ class _LocalCa:
         return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(self.ca)]
 
     def server(self, name: str) -> list[str]:
+        from runink.core.server import pki
         from runink.core.server.tls import SERVER_PREFIX
 
-        return self._issue(SERVER_PREFIX + name, "both")
+        # (with the CA's key: it signs the certificates of nodes that join later)
+        return [*self._issue(SERVER_PREFIX + name, "both"), "--tls-ca-key", str(self.directory / pki.CA_KEY)]
 
     def node(self, name: str) -> list[str]:
         from runink.core.server.tls import NODE_PREFIX

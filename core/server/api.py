@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import pathlib
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
@@ -44,9 +45,10 @@ from runink.core.control.records import (
 )
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
-from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, Grant, Identity
+from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
+from runink.core.server import join, pki
 from runink.core.server.auth import (
     AUDIT,
     INSECURE_HEADER,
@@ -59,6 +61,8 @@ from runink.core.server.auth import (
     audit_day,
 )
 from runink.core.server.feed import JobWaits
+from runink.core.server.join import MAX_JOIN_TTL
+from runink.core.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,15 @@ class TokenIn(Body):
 
 class NodeTokenIn(Body):
     ttl: float = Field(default=30 * 86400.0, ge=60, le=MAX_TTL, allow_inf_nan=False)  # seconds
+
+
+class JoinTokenIn(Body):
+    ttl: float = Field(default=3600.0, ge=60, le=MAX_JOIN_TTL, allow_inf_nan=False)  # seconds
+
+
+class JoinIn(Body):
+    token: str = Field(max_length=200)  # `runink nodes join-token`'s
+    csr: str = Field(max_length=16 * 1024)  # PEM: the node made its key, it keeps it
 
 
 class BodyTooLarge(HTTPException):
@@ -309,12 +322,16 @@ def create_app(
     *,
     auth: ApiAuth | None = None,
     tokens: ClusterTokens | None = None,
+    tls: TlsFiles | None = None,
+    ca_key: pathlib.Path | None = None,
 ) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
     of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
     ``auth``: who may call what (core/server/auth.py); None: nobody is authenticated and every
     answer says so (``--insecure-dev``). ``tokens``: the cluster's own, minted by the token
-    routes and served as JWKS; None: those routes answer 404."""
+    routes and served as JWKS; None: those routes answer 404. ``tls``: the server's TLS files
+    (its CA served to joining nodes); ``ca_key``: the CA's key, to sign the certificates of
+    nodes that join (else those routes answer 404)."""
     auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
@@ -688,6 +705,51 @@ def create_app(
         auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
         token, expires = signer().mint_node(node_id, (body or NodeTokenIn()).ttl)
         return {"token": token, "node": node_id, "expires": expires}
+
+    # --- nodes joining: a one-time token for a node certificate ------------------------------
+
+    def signing() -> tuple[pathlib.Path, pathlib.Path]:
+        if tls is None or ca_key is None:
+            raise NotFound("this server signs no node certificates (it was given no --tls-ca-key)")
+        return tls.ca, ca_key
+
+    @app.get("/v1/cluster/ca", openapi_extra=action("public"))
+    def cluster_ca() -> dict[str, Any]:
+        """The cluster CA's certificate: a joining node keeps it only if its fingerprint is the
+        one its join token carries."""
+        if tls is None:
+            raise NotFound("this cluster speaks no TLS")
+        pem = pki.read_pem(tls.ca)
+        return {"ca": pem.decode("ascii", "replace"), "fingerprint": pki.fingerprint(pem)}
+
+    @app.post("/v1/nodes/{node_id}/join-token", status_code=201, openapi_extra=action("nodes.manage"))
+    def join_token(node_id: NamePath, identity: Caller, body: JoinTokenIn | None = None) -> dict[str, Any]:
+        """A one-time token a new machine joins as ``node_id`` with (`runink node join`)."""
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
+        ca, _ = signing()
+        token, expires = join.mint(store, node_id, (body or JoinTokenIn()).ttl, ca)
+        return {"token": token, "node": node_id, "expires": expires}
+
+    @app.post("/v1/nodes/join", openapi_extra=action("public"))
+    def join_cluster(body: JoinIn) -> dict[str, Any]:
+        """Spend a join token: the certificate ``node.NAME`` (client usage) for the key of the
+        signing request, NAME being the node the token was minted for."""
+        ca, key = signing()
+        try:
+            token = join.JoinToken.parse(body.token)
+        except ValueError as exc:
+            raise Unauthenticated(str(exc)) from None
+        signed: list[str] = []
+
+        def sign(node: str) -> bytes:
+            signed.append(node)
+            return join.sign_node(ca, key, node, body.csr.encode("utf-8", "replace"))
+
+        certificate = join.redeem(store, token, sign)
+        node = signed[0]
+        allowed = AuthzDecision(True, "a join token minted for this node", "")
+        auth.write_audit(auth.audit_entry(Identity(f"join:{node}"), "nodes.join", f"nodes/{node}", CLUSTER, allowed))
+        return {"node": node, "cert": certificate.decode("ascii"), "ca": pki.read_pem(ca).decode("ascii")}
 
     @app.post("/v1/nodes/{node_id}/cordon", openapi_extra=action("nodes.manage"))
     def cordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:

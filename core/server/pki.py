@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import hashlib
 import ipaddress
 import os
 import re
@@ -149,6 +150,74 @@ def issue(
         files.key.unlink()
         raise
     return files
+
+
+def new_request(common_name: str, key_path: str | Path) -> bytes:
+    """A new EC P-256 key written to ``key_path`` (0600, never overwritten) and a certificate
+    signing request (PEM) for ``common_name`` with it: the key never leaves the machine."""
+    if not _SAFE_NAME.fullmatch(common_name):
+        raise PkiError(f"common name {common_name!r}: letters, digits, '.', '_' and '-' only")
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    _write_new(Path(key_path), _key_pem(key), 0o600)
+    return request.public_bytes(serialization.Encoding.PEM)
+
+
+def sign_request(
+    ca_cert: str | Path, ca_key: str | Path, request_pem: bytes, common_name: str, *, usage: Usage, days: int = 365
+) -> bytes:
+    """A certificate (PEM) for the key of ``request_pem`` (a CSR), signed by the CA, named
+    ``common_name`` whatever the request says (the signer decides who it is), for ``usage``,
+    with no SAN. PkiError for a request that is not one, or whose signature does not hold."""
+    if usage not in USAGES:
+        raise PkiError(f"usage must be one of {', '.join(USAGES)}, got {usage!r}")
+    if not _SAFE_NAME.fullmatch(common_name):
+        raise PkiError(f"common name {common_name!r}: letters, digits, '.', '_' and '-' only")
+    try:
+        request = x509.load_pem_x509_csr(request_pem)
+    except ValueError:
+        raise PkiError("not a PEM certificate signing request") from None
+    if not request.is_signature_valid:
+        raise PkiError("the signing request's signature does not hold")
+    public_key = request.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+        raise PkiError("the signing request's key is not EC P-256")
+    authority, authority_key = _load_cert(Path(ca_cert)), _load_key(Path(ca_key))
+    now = _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(authority.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), authority.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(USAGES[usage])), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority_key.public_key()), critical=False)
+        .sign(authority_key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def fingerprint(pem: bytes) -> str:
+    """A certificate's SHA-256 fingerprint (hex of its DER): how a join token names the CA."""
+    try:
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        raise PkiError("not a PEM certificate") from None
+    return hashlib.sha256(der).hexdigest()
+
+
+def write_new(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """``_write_new`` for callers: a file made whole or not at all, never replacing one."""
+    _write_new(Path(path), data, mode)
 
 
 def usages(der: bytes) -> set[str]:

@@ -60,6 +60,7 @@ class ServerOptions:
     insecure_dev: bool = False  # authenticate nobody, allow everything (development only)
     secrets_key: Path | None = None  # the master key of herds' secrets in the Barn (--secrets-key)
     tls: TlsFiles | None = None  # HTTPS API, mutual TLS for agents and the Barn (--tls-*)
+    ca_key: Path | None = None  # the CA's key: this server signs joining nodes' certificates
     plaintext: bool = False  # no TLS, said on purpose (development only)
 
 
@@ -169,6 +170,8 @@ class Server:
     """A running server; ``close()`` stops it (API, agents' streams, loop, member)."""
 
     def __init__(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
+        if options.ca_key is not None and options.tls is None:
+            raise RuninkError("--tls-ca-key goes with --tls-cert, --tls-key and --tls-ca (it signs with that CA)")
         if options.tls is None and not (options.plaintext or options.insecure_dev):
             raise RuninkError(
                 "no TLS: give --tls-cert, --tls-key and --tls-ca (`runink server --init DIR` makes them; "
@@ -246,7 +249,15 @@ class Server:
         if options.insecure_dev:
             log.warning("--insecure-dev: the API authenticates nobody and allows everything")
         self.api, self._api_thread = serve_api(
-            create_app(self.lifecycle, self.store, self.job_waits, auth=auth, tokens=tokens),
+            create_app(
+                self.lifecycle,
+                self.store,
+                self.job_waits,
+                auth=auth,
+                tokens=tokens,
+                tls=options.tls,
+                ca_key=options.ca_key,
+            ),
             options.api[0],
             options.api[1],
             insecure_bind=options.insecure_bind,
