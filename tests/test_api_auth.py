@@ -116,6 +116,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/herds/{name}/tokens"): {"name": "ci", "role": "admin"},
     ("POST", "/v1/tokens"): {"name": "ci", "role": "cluster-admin"},
     ("PUT", "/v1/herds/{name}/secrets/{secret}"): {"value": "mallory-was-here"},
+    ("PUT", "/v1/roles/{name}"): {"allows": ["jobs.read"]},
 }
 
 

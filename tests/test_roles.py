@@ -372,7 +372,6 @@ def test_a_bound_custom_role_works_over_the_api_and_a_change_counts_at_once(api:
     assert api.call("DELETE", "/v1/roles/log-reader", admin).status_code == 204
 
 
-@pytest.mark.xfail(strict=True, reason="api.py's add_binding still calls bindings.bind (to switch to roles.bind_role)")
 def test_a_herd_admin_binds_a_custom_role_through_the_api(api: Api) -> None:
     define(api.store, "log-reader", "logs.read")
     binding = {"kind": "user", "subject": "alice", "role": "log-reader"}

@@ -71,7 +71,6 @@ def build_app(state: CliState) -> typer.Typer:
     auth_cmd.register(app)
     secret_cmd.register(app)
     join_cmd.register(app)
-    secret_cmd.register(app)
 
     # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
     manager = state.plugins()

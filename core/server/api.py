@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bind, bindings, unbind
+from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
@@ -43,6 +43,7 @@ from runink.core.control.records import (
     SecretNames,
     TaskRecord,
 )
+from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
@@ -62,6 +63,7 @@ from runink.core.server.auth import (
 )
 from runink.core.server.feed import JobWaits
 from runink.core.server.join import MAX_JOIN_TTL
+from runink.core.server.roles_api import add_role_routes
 from runink.core.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -386,6 +388,8 @@ def create_app(
         be on every route that is not public."""
         return {"x-runink-action": name}
 
+    add_role_routes(app, store, auth, action)
+
     # --- who am I, the cluster's keys ----------------------------------------------------
 
     @app.get("/.well-known/jwks.json", openapi_extra=action("public"))
@@ -446,7 +450,7 @@ def create_app(
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
-        bind(store, binding)
+        bind_role(store, binding)
         auth.forget_bindings(herd)
         return binding.model_dump(mode="json")
 
