@@ -44,8 +44,17 @@ def login_command(
     token: str | None = typer.Option(
         None, "--token", help="The token (default: read from standard input, so it stays out of the shell history)."
     ),
+    issuer: str | None = typer.Option(
+        None, "--issuer", help="Log in at this OIDC provider instead, with a device code (you enter it in a browser)."
+    ),
+    client_id: str = typer.Option("runink", "--client-id", help="With --issuer: the CLI's client id there."),
 ) -> None:
-    """Store the token every CLI command sends (`$RUNINK_TOKEN` overrides it)."""
+    """Store the token every CLI command sends (`$RUNINK_TOKEN` overrides it): a pasted one, or
+    with --issuer one your identity provider gives after you enter a device code (RFC 8628)."""
+    if issuer is not None:
+        from runink.core.cli.device_login import device_login
+
+        token = device_login(issuer, client_id, show=lambda line: print(line, file=sys.stderr, flush=True))
     text = one_token(token if token is not None else sys.stdin.read(MAX_TOKEN + 1), "login")
     path = token_file()
     path.parent.mkdir(parents=True, exist_ok=True)
