@@ -35,7 +35,16 @@ from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
-ENV_NOT_KEYS = {"RUNINK_CONFIG", "RUNINK_DEBUG", "RUNINK_TOKEN"}
+# (the raft Barn's commands read the RUNINK_BARN_* ones: `runink barn serve/status/member`)
+ENV_NOT_KEYS = {
+    "RUNINK_CONFIG",
+    "RUNINK_DEBUG",
+    "RUNINK_TOKEN",
+    "RUNINK_BARN_SECRET_FILE",
+    "RUNINK_BARN_TLS_CA",
+    "RUNINK_BARN_TLS_CERT",
+    "RUNINK_BARN_TLS_KEY",
+}
 ENV_ALIASES = {
     "RUNINK_DISABLE_PLUGINS": "plugins.disable",
     "RUNINK_LOAD_PLUGINS": "plugins.load",

@@ -20,7 +20,10 @@ from test_barn_secret import CreateFile, send_raw, wait_for_file
 
 from runink.core.drivers import load_driver
 from runink.core.interfaces import BarnBackend
+from runink.core.model import Grant
+from runink.core.security import CLUSTER
 from runink.core.server import pki
+from runink.core.server.auth import ClusterTokens, new_key_file
 
 
 class TlsCluster(Cluster):
@@ -279,7 +282,7 @@ def test_a_plaintext_member_cannot_join_a_tls_group(tmp_path: Path, ca: Path) ->
         cluster.stop()
 
 
-def https(address: str, context: ssl.SSLContext | None) -> int:
+def https(address: str, context: ssl.SSLContext | None, headers: dict[str, str] | None = None) -> int:
     """The status code of GET /v1/status at ``address`` (HTTPS with ``context``, else plain
     HTTP); raises what the connection raises."""
     host, _, port = address.rpartition(":")
@@ -289,7 +292,7 @@ def https(address: str, context: ssl.SSLContext | None) -> int:
         else http.client.HTTPSConnection(host, int(port), timeout=3, context=context)
     )
     try:
-        connection.request("GET", "/v1/status")
+        connection.request("GET", "/v1/status", headers=headers or {})
         return connection.getresponse().status
     finally:
         connection.close()
@@ -316,6 +319,45 @@ def test_the_http_api_wants_a_client_certificate_of_the_cluster_ca(tmp_path: Pat
         assert https(address, pki.client_context(node.cert, node.key, ca / "ca.pem")) == 403
         # still serving after the refusals
         assert https(address, pki.client_context(user.cert, user.key, ca / "ca.pem")) == 200
+    finally:
+        cluster.stop()
+
+
+def test_the_http_api_takes_a_cluster_admins_token_instead_of_a_certificate(tmp_path: Path, ca: Path) -> None:
+    """Started with --auth-key (the cluster's token key): a client without a certificate gets
+    in with a token granting cluster-admin; any other token, or none, gets 401."""
+    new_key_file(tmp_path / "auth-key.pem")
+    tokens = ClusterTokens([tmp_path / "auth-key.pem"])
+    cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "a"), size=1)
+    cluster.options = ("--auth-key", str(tmp_path / "auth-key.pem"))
+    cluster.start()
+    try:
+        no_certificate = pki.client_context(None, None, ca / "ca.pem")
+
+        def status(token: str | None) -> int:
+            return https(cluster.http["a"], no_certificate, {"Authorization": f"Bearer {token}"} if token else {})
+
+        admin = tokens.mint("admin", [Grant("cluster-admin", CLUSTER)], 600)[0]
+        assert status(admin) == 200
+        assert status(tokens.mint("ci", [Grant("admin", "team")], 600)[0]) == 401  # a herd's admin: no
+        assert status(tokens.mint_node("n1", 600)[0]) == 401
+        assert status(None) == 401
+        pki.create_ca(tmp_path / "other-ca")
+        new_key_file(tmp_path / "other-key.pem")
+        stranger = ClusterTokens([tmp_path / "other-key.pem"]).mint("admin", [Grant("cluster-admin", CLUSTER)], 600)
+        assert status(stranger[0]) == 401  # another cluster's
+        client = load_driver(
+            BarnBackend, "raft", {"endpoints": [cluster.http["a"]], "tls_ca": str(ca / "ca.pem"), "token": admin}
+        )
+        try:
+            client.put("/k", b"by token")
+            assert client.get("/k").value == b"by token"
+        finally:
+            client.close()
+        # a node's client-only certificate is still refused, token or not
+        node = pki.issue(ca, tmp_path / "node", "node.n1", sans=[], usage="client")
+        with_node = pki.client_context(node.cert, node.key, ca / "ca.pem")
+        assert https(cluster.http["a"], with_node, {"Authorization": f"Bearer {admin}"}) == 403
     finally:
         cluster.stop()
 

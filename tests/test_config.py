@@ -119,6 +119,16 @@ def test_json_values_from_environment() -> None:
     assert config.executor.options == {"degrade": True}
 
 
+def test_variables_other_commands_read_are_not_config_keys() -> None:
+    """`runink barn` reads RUNINK_BARN_TLS_* and RUNINK_BARN_SECRET_FILE, the env secret driver
+    RUNINK_SECRET_*, the CLI RUNINK_TOKEN: exported for those, they must not break the rest."""
+    environ = {name: "x" for name in ("RUNINK_BARN_TLS_CA", "RUNINK_BARN_TLS_CERT", "RUNINK_BARN_TLS_KEY",
+                                      "RUNINK_BARN_SECRET_FILE", "RUNINK_TOKEN", "RUNINK_SECRET_TEAM__DB")}  # fmt: skip
+    assert load_config(environ=environ) == load_config(environ={})
+    with pytest.raises(ConfigError, match="barn_tls_cq: unknown key"):  # (a typo still is one)
+        load_config(environ={"RUNINK_BARN_TLS_CQ": "x"})
+
+
 def test_every_driver_section_uses_driver_and_options() -> None:
     from runink.core.drivers import CONFIGURED_DRIVERS
 

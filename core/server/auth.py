@@ -154,6 +154,21 @@ class ClusterTokens:
             return None
         return identity.subject[len(NODE_SUBJECT) :]
 
+    def admin_refusal(self, authorization: str | None) -> str:
+        """ "" if ``authorization`` (an Authorization header) bears a token this cluster signed
+        whose own grants hold cluster-admin (bindings are not read: the Barn's HTTP API asks
+        this of itself), else why not, in one line."""
+        try:
+            identity = self.runink_authenticate(AuthRequest(headers={"authorization": authorization or ""}))
+        except AuthenticationError as exc:
+            return str(exc)
+        if identity is None:
+            return "no token of this cluster (and no client certificate of its CA)"
+        grants = identity.claims.get("grants", ())
+        if not any(isinstance(g, Grant) and g.role == "cluster-admin" and g.herd == CLUSTER for g in grants):
+            return f"{identity.subject}: the token does not grant cluster-admin"
+        return ""
+
     def jwks(self) -> dict[str, Any]:
         """The public keys, as ``/.well-known/jwks.json`` serves them."""
         from jwt.algorithms import ECAlgorithm

@@ -213,6 +213,8 @@ class Server:
         if options.barn_args:
             tls = options.tls
             member_tls = tls.barn_flags() if tls else ["--plaintext"]  # (a server in plaintext said so)
+            if tls is not None:  # its admins' tokens are taken too, by clients without a certificate
+                member_tls += [flag for key in options.auth_keys for flag in ("--auth-key", str(key))]
             self.member = Member([*options.barn_args, *member_tls], options.config_path)
             found = {"endpoints": [self.member.http], **(tls.barn_options() if tls else {})}
             barn = load_driver(BarnBackend, "raft", found, manager=manager)

@@ -28,6 +28,7 @@ except ImportError:  # optional: the standard loop works, a little slower
     uvloop = None  # type: ignore[assignment]
 
 from runink.core.errors import BarnError
+from runink.core.server.auth import ClusterTokens
 from runink.plugins.barn.raft import schema
 from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, serve
 from runink.plugins.barn.raft.replica import (
@@ -79,9 +80,16 @@ class BarnServer:
         ]
         self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
         # with TLS: clients (a follower forwarding too) present a certificate of the cluster CA
-        self._tls_server = config.tls.http_server_context() if config.tls is not None else None
+        self._tokens = ClusterTokens(config.auth_keys) if config.auth_keys and config.tls is not None else None
+        tokens_too = self._tokens is not None
+        self._tls_server = config.tls.http_server_context(tokens_too=tokens_too) if config.tls is not None else None
         self._tls_client = config.tls.http_client_context() if config.tls is not None else None
         self._serving = threading.Event()
+
+    def _token_refusal(self, authorization: bytes | None) -> str:
+        """Why a request without a client certificate is refused ("" if its token is a cluster admin's)."""
+        assert self._tokens is not None
+        return self._tokens.admin_refusal(None if authorization is None else authorization.decode("latin-1"))
 
     def start(self) -> None:
         for thread in self._threads:
@@ -108,7 +116,10 @@ class BarnServer:
         loop.call_soon(self._serving.set)
         try:
             limits = Limits() if self.config.max_connections is None else Limits(self.config.max_connections)
-            loop.run_until_complete(serve(self.request, self.socket, self._stopped, limits, self._tls_server))
+            token_check = None if self._tokens is None else self._token_refusal
+            loop.run_until_complete(
+                serve(self.request, self.socket, self._stopped, limits, self._tls_server, token_check=token_check)
+            )
         finally:
             loop.close()
 

@@ -4,7 +4,8 @@ Options: ``endpoints`` (the servers' HTTP addresses, host:port), ``timeout`` (se
 keeps retrying while the group has no leader before raising NoQuorumError), and for servers
 started with ``--tls-*``: ``tls_ca`` (the cluster CA's certificate: HTTPS, the server's name
 checked against its certificate), ``tls_cert`` and ``tls_key`` (this client's certificate of
-that CA, which those servers require).
+that CA, which those servers require), or instead of a certificate ``token`` (a token of the
+cluster granting cluster-admin, for servers started with ``--auth-key`` too).
 
 Any member answers (a follower forwards to the leader). A write carries a request id, so
 retrying it after a lost answer or a 503 ("outcome unknown") cannot apply it twice. Each
@@ -46,6 +47,7 @@ class RaftBarn(BarnBackend):
         "tls_ca": (str, type(None)),
         "tls_cert": (str, type(None)),
         "tls_key": (str, type(None)),
+        "token": (str, type(None)),
     }
 
     def __init__(
@@ -57,6 +59,7 @@ class RaftBarn(BarnBackend):
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        token: str | None = None,
     ) -> None:
         # ``history`` is the servers' setting (accepted so the conformance options fit both drivers)
         self.endpoints = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
@@ -67,6 +70,9 @@ class RaftBarn(BarnBackend):
         self._preferred = 0  # the endpoint that answered last
         self._closed = threading.Event()
         self._tls = _tls_context(tls_ca, tls_cert, tls_key)
+        # a cluster admin's token, sent on every request: what a client without a certificate
+        # shows a TLS member started with --auth-key
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     # --- transport ------------------------------------------------------------------------
 
@@ -106,7 +112,7 @@ class RaftBarn(BarnBackend):
                     if connection.sock is not None:
                         connection.sock.settimeout(budget)
                 payload_out = data if method == "POST" else None
-                connection.request(method, path, payload_out, {"Content-Type": "application/json"})
+                connection.request(method, path, payload_out, {"Content-Type": "application/json", **self._headers})
                 answer = connection.getresponse()
                 payload = json.loads(answer.read() or b"{}")
             except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -7,6 +7,7 @@ runink.plugins.barn.raft.server`` runs the same command (``server.main``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def _client(endpoints: str, tls: tuple[Path | None, Path | None, Path | None], t
 
     ca, cert, key = (None if path is None else str(path) for path in tls)
     try:
-        return RaftBarn(endpoints=endpoints, timeout=timeout, tls_ca=ca, tls_cert=cert, tls_key=key)
+        token = os.environ.get("RUNINK_TOKEN") or None  # (a cluster admin's: with TLS and no certificate)
+        return RaftBarn(endpoints=endpoints, timeout=timeout, tls_ca=ca, tls_cert=cert, tls_key=key, token=token)
     except BarnError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -73,6 +75,12 @@ def serve_command(  # noqa: PLR0917 (typer options)
     plaintext: bool = typer.Option(
         False, "--plaintext", help="no TLS: anyone who reaches the HTTP API may read and write (development only)"
     ),
+    auth_key: list[Path] = typer.Option(
+        [],
+        "--auth-key",
+        help="with --tls-*: the cluster's token key (`runink server`'s): a client without a certificate may use "
+        "the HTTP API with a token granting cluster-admin",
+    ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
     from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
@@ -95,6 +103,8 @@ def serve_command(  # noqa: PLR0917 (typer options)
         raise typer.BadParameter(str(exc)) from None
     if tls is not None and plaintext:
         raise typer.BadParameter("--plaintext and --tls-* contradict each other: give one")
+    if auth_key and tls is None:
+        raise typer.BadParameter("--auth-key goes with --tls-* (tokens are taken only over TLS)")
     if tls is None and not plaintext:
         raise typer.BadParameter(
             "no TLS: give --tls-cert, --tls-key and --tls-ca (`runink server --init` makes them), "
@@ -111,6 +121,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         compaction_seconds=compaction_seconds,
         secret=secret,
         tls=tls,
+        auth_keys=list(auth_key),
         max_connections=max_connections,
     )
     raise typer.Exit(server.run_server(config))

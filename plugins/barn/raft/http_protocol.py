@@ -126,9 +126,13 @@ class Connections:
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Handler, connections: Connections) -> None:
+    def __init__(
+        self, handler: Handler, connections: Connections, token_check: Callable[[bytes | None], str] | None = None
+    ) -> None:
         self.handler = handler
         self.connections = connections
+        self.token_check = token_check
+        self.needs_token = False  # a TLS client without a certificate: each request shows a token
         self.limits = connections.limits
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -161,7 +165,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport, self.closing = None, True
             return
-        refused = _not_a_members_certificate(self.transport)
+        refused, self.needs_token = _admission(self.transport, self.token_check is not None)
         if refused:
             self.transport.write(_refusal(403, refused))
             self.transport.close()
@@ -315,8 +319,16 @@ class HttpProtocol(asyncio.Protocol):
         request = self.waiting.popleft()
         if len(self.waiting) == MAX_PIPELINED // 2 and not self.paused and not self.closing:
             self.transport.resume_reading()
-        task = asyncio.ensure_future(self.handler(request))
+        task = asyncio.ensure_future(self._handle(request))
         task.add_done_callback(lambda done: self._answer(request, done))
+
+    async def _handle(self, request: Request) -> Response:
+        if self.needs_token and self.token_check is not None:
+            refusal = self.token_check(request.headers.get(b"authorization"))
+            if refusal:
+                body = json.dumps({"error": "unauthenticated", "message": refusal[:400]}).encode()
+                return Response(401, body, [("WWW-Authenticate", "Bearer")])
+        return await self.handler(request)
 
     def _answer(self, request: Request, done: asyncio.Future[Response]) -> None:
         if done.cancelled():
@@ -387,18 +399,24 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _not_a_members_certificate(transport: asyncio.Transport) -> str:
-    """Why a TLS client may not use this API ("" if it may, or the connection is plaintext):
-    only certificates with both usages (servers' and members', as `runink server --init` makes
-    them) are let in; a client-only one of the same CA (an agent's node certificate) is not,
-    so a node cannot read or write the Barn behind its server's back."""
+def _admission(transport: asyncio.Transport, tokens: bool) -> tuple[str, bool]:
+    """(why a client may not use this API, or ""; whether each of its requests must show a
+    token). Plaintext: let in (the member was started with --plaintext). TLS: a certificate with
+    both usages (a server's or a member's, as `runink server --init` makes them) is let in; a
+    client-only one of the same CA (an agent's node certificate) is not, so a node cannot read
+    or write the Barn behind its server's back; none at all only where tokens are taken."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return ""
+        return "", False
     der = ssl_object.getpeercert(binary_form=True)
-    if der is None or pki.usages(der) != {"server", "client"}:
-        return "this Barn serves servers only: a client certificate with both usages (server and client) is needed"
-    return ""
+    if der is None:
+        if tokens:
+            return "", True
+        return "a client certificate of the cluster CA is needed", False
+    if pki.usages(der) != {"server", "client"}:
+        why = "this Barn serves servers only: a client certificate with both usages (server and client) is needed"
+        return why, False
+    return "", False
 
 
 async def serve(
@@ -407,14 +425,18 @@ async def serve(
     stopped: asyncio.Event,
     limits: Limits | None = None,
     tls: ssl.SSLContext | None = None,
+    *,
+    token_check: Callable[[bytes | None], str] | None = None,
 ) -> None:
     """Serve on the listening socket ``sock`` until ``stopped`` is set; over TLS with ``tls``
-    (a handshake not done within the header timeout closes the connection)."""
+    (a handshake not done within the header timeout closes the connection). ``token_check``:
+    a TLS client without a certificate is let in, and each of its requests answered only if
+    this says "" of its Authorization header (else 401 with what it says)."""
     limits = limits or Limits()
     connections = Connections(limits)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: HttpProtocol(handler, connections),
+        lambda: HttpProtocol(handler, connections, token_check),
         sock=sock,
         backlog=1024,
         ssl=tls,

@@ -75,6 +75,9 @@ class ServerConfig:
     history: int = 100_000  # changes kept for watches
     secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
     tls: TlsFiles | None = None  # mutual TLS between members and on the HTTP API (tls.py)
+    # the cluster's token keys: with TLS, a client without a certificate may use the HTTP API
+    # with a token that grants cluster-admin (none: a certificate is needed)
+    auth_keys: list[Path] = field(default_factory=list)
     max_connections: int | None = None  # client connections at once (None: below the fd limit)
     extra: dict[str, Any] = field(default_factory=dict)  # tests: other SyncObjConf options
 

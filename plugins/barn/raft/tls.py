@@ -85,9 +85,11 @@ class TlsFiles:
                 f"it has {', '.join(sorted(held)) or 'none'} (issue it with usage 'both')"
             )
 
-    def http_server_context(self) -> ssl.SSLContext:
-        """The HTTP API's: clients must present a certificate of the cluster CA."""
-        return pki.server_context(self.cert, self.key, self.ca, require_client_cert=True)
+    def http_server_context(self, *, tokens_too: bool = False) -> ssl.SSLContext:
+        """The HTTP API's: clients must present a certificate of the cluster CA, or, with
+        ``tokens_too``, may present none (they then need a cluster admin's token) but not
+        another's."""
+        return pki.server_context(self.cert, self.key, self.ca, require_client_cert=not tokens_too)
 
     def http_client_context(self) -> ssl.SSLContext:
         """A follower forwarding to the leader's HTTP API: this member's certificate, the
