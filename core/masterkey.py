@@ -26,9 +26,19 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+ENV_SOURCE = "env:"  # a master key given as env:NAME is read from the environment variable NAME
+
+
 def read_master_key(path: str | Path) -> bytes:
-    """The master key in ``path`` (base64 of 32 bytes). The file must be a regular file, not a
-    symlink, readable by its owner only; SecretError naming the file otherwise."""
+    """The master key in ``path`` (base64 of 32 bytes), or in the environment variable NAME for
+    ``env:NAME``. The file must be a regular file, not a symlink, readable by its owner only;
+    SecretError naming the file (or variable) otherwise."""
+    if str(path).startswith(ENV_SOURCE):
+        name = str(path)[len(ENV_SOURCE) :]
+        value = os.environ.get(name)
+        if not name or value is None:
+            raise SecretError(f"master key {path}: the environment variable {name or '(no name)'} is not set")
+        return _decoded(value.encode()[: MAX_KEY_FILE_BYTES + 1], f"${name}")
     path = Path(path)
     try:
         # O_NONBLOCK: a FIFO put there must not hang the server; it is refused below
@@ -53,12 +63,18 @@ def read_master_key(path: str | Path) -> bytes:
         os.close(fd)
     if data is None:
         raise SecretError(f"master key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a master key file")
+    return _decoded(data, f"master key file {path}")
+
+
+def _decoded(data: bytes, where: str) -> bytes:
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise SecretError(f"{where} is larger than {MAX_KEY_FILE_BYTES} bytes: not a master key")
     try:
         key = base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise SecretError(f"master key file {path} does not hold base64 text: not a master key file") from None
+        raise SecretError(f"{where} does not hold base64 text: not a master key") from None
     if len(key) != MASTER_KEY_BYTES:
-        raise SecretError(f"master key file {path} holds {len(key)} bytes; a master key is {MASTER_KEY_BYTES}")
+        raise SecretError(f"{where} holds {len(key)} bytes; a master key is {MASTER_KEY_BYTES}")
     return key
 
 

@@ -507,3 +507,18 @@ def test_env_secret_variables_are_not_config_keys(tmp_path: Path, monkeypatch: p
     assert config.secrets.driver == "env"
     with pytest.raises(ConfigError):  # any other unknown RUNINK_ variable still is an error
         load_config(environ={"RUNINK_SECRETX_RISK": "pw"})
+
+
+def test_a_master_key_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    monkeypatch.setenv("TEAM_MASTER_KEY", base64.b64encode(key).decode())
+    assert read_master_key("env:TEAM_MASTER_KEY") == key
+    barn = MemoryBarn()
+    stored = BarnSecrets(barn, master_key_file="env:TEAM_MASTER_KEY")
+    stored.put("team", "pw", b"v1")
+    assert BarnSecrets(barn, master_key=key).get("team", "pw") == b"v1"  # the same key
+    with pytest.raises(SecretError, match=r"the environment variable NOPE_KEY is not set"):
+        read_master_key("env:NOPE_KEY")
+    monkeypatch.setenv("SHORT_KEY", base64.b64encode(b"short").decode())
+    with pytest.raises(SecretError, match=r"\$SHORT_KEY holds 5 bytes; a master key is 32"):
+        read_master_key("env:SHORT_KEY")
