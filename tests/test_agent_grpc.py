@@ -605,3 +605,41 @@ def test_with_cluster_tokens_a_stream_must_carry_its_nodes_token(life: Lifecycle
             control.close()
     finally:
         server.stop(grace=None).wait()
+
+
+def test_a_rounds_reports_go_in_one_message(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    """Six short tasks ending in one round: their reports reach the server in one Reports
+    message (one round trip), each accepted."""
+    sent: list[int] = []
+    original = control.report_many
+
+    def counted(reports: Any) -> list[bool]:
+        sent.append(len(reports))
+        return original(reports)
+
+    control.report_many = counted  # type: ignore[method-assign]
+    agent = make_agent(control, executor, tmp_path)
+    agent.sync()
+    jobs = [life.submit_command("lab", ["/bin/true"]) for _ in range(6)]
+    for job in jobs:
+        schedule(store, job.id)
+    agent.sync()  # starts all six
+    time.sleep(0.5)  # (they end meanwhile)
+    sync_until(agent, lambda: all(task_of(store, job.id).state.final for job in jobs))
+    assert all(task_of(store, job.id).state is RunState.SUCCEEDED for job in jobs)
+    assert max(sent) == 6 and agent.refused_reports == 0
+
+
+def test_a_reports_message_over_the_limit_ends_the_stream(
+    store: ClusterStore, life: Lifecycle, raw: Callable[[], RawStream]
+) -> None:
+    job = life.submit_command("lab", ["/bin/true"])
+    placed = schedule(store, job.id)
+    stream = raw()
+    register(stream, "n1")
+    one = pb.Report(herd="lab", task_id=placed.id, attempt=1, token=placed.token, state="RUNNING")
+    answer = stream.send(pb.AgentMessage(request_id=2, reports=pb.Reports(reports=[one] * 65)))
+    assert answer.WhichOneof("body") == "error" and "at most 64" in answer.error.message
+    assert task_of(store, job.id).state is RunState.SCHEDULED

@@ -18,6 +18,7 @@ from runink.core.control.records import (
     Quota,
     RunState,
     TaskRecord,
+    TaskReport,
     job_of,
     keys,
 )
@@ -371,3 +372,41 @@ def test_a_report_reads_its_task_and_its_job_together_on_a_remote_barn(store: Cl
     assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0, started=NOW)
     assert most[0] == 2  # the job's read overlapped the task's
     assert store.job(job.id).record.state is RunState.SUCCEEDED
+
+
+def test_report_many_applies_different_tasks_at_once_and_one_tasks_in_order(
+    store: ClusterStore, life: Lifecycle
+) -> None:
+    """A round of an agent's reports: those of different tasks overlap on a remote Barn (one
+    round's time, not one per report); those of one task keep their order."""
+    tasks = [schedule(store, only_task(store, life.submit_command("lab", ["/bin/true"]).id)) for _ in range(4)]
+    barn = store.barn
+    barn.remote = True
+    original, lock = barn.get, threading.Lock()
+    inside, most = [0], [0]
+
+    def slow_get(key: str) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return original(key)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    barn.get = slow_get  # type: ignore[method-assign]
+    first = tasks[0]
+    reports = [
+        TaskReport(first.herd, first.id, first.attempt, first.token, RunState.RUNNING, started=NOW),
+        TaskReport(first.herd, first.id, first.attempt, first.token, RunState.SUCCEEDED, exit_code=0),
+        *(TaskReport(t.herd, t.id, t.attempt, t.token, RunState.FAILED, exit_code=3, started=NOW) for t in tasks[1:]),
+        TaskReport(first.herd, first.id, first.attempt + 1, first.token, RunState.FAILED),  # an old attempt's: fenced
+    ]
+    began = time.monotonic()
+    assert life.report_many(reports) == [True, True, True, True, True, False]
+    assert most[0] >= 4  # the four tasks' reads overlapped
+    assert time.monotonic() - began < 0.05 * 2 * len(reports)  # (sequentially: two reads a report)
+    assert store.task("lab", first.id).record.state is RunState.SUCCEEDED  # RUNNING then SUCCEEDED, in order
+    assert all(store.task("lab", t.id).record.state is RunState.FAILED for t in tasks[1:])

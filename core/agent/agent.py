@@ -39,6 +39,7 @@ from runink.core.control.records import (
     NodeUsage,
     RunState,
     TaskRecord,
+    TaskReport,
     TaskUsage,
 )
 from runink.core.errors import RuninkError
@@ -57,6 +58,8 @@ RUNNING_HOLD = 0.05
 USAGE_BUDGET = 0.1
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 64  # reports sent at once (the agent service's MAX_REPORTS)
+MAX_BATCH_BYTES = 128 * 1024  # of their messages: the batch stays under a gRPC message's limit
 #: the environment a task gets (nothing is inherited from the agent)
 TASK_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -166,6 +169,7 @@ class Agent:
         self._done: set[Attempt] = set()  # ended here: never started again
         # reports not answered yet; the last one of an attempt (final, or given back) forgets its handle
         self._outbox: list[_Report] = []
+        self._in_round = False  # in sync(): reports wait for the round's flush
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
@@ -197,7 +201,17 @@ class Agent:
     def sync(self) -> None:
         """One round: heartbeat (register again if refused), report what ended, stop what is
         no longer assigned here, start what is newly assigned (unless draining). The first
-        round re-attaches first to the attempts a previous agent left running (``recover``)."""
+        round re-attaches first to the attempts a previous agent left running (``recover``).
+        Reports made during the round are sent together: those of what ended once all ended
+        were collected, the rest at the round's end."""
+        self._in_round = True
+        try:
+            self._round()
+        finally:
+            self._in_round = False
+            self._flush()
+
+    def _round(self) -> None:
         if not self._loaded:
             self.recover()
         if not self.incarnation or self._must_register:
@@ -213,6 +227,7 @@ class Agent:
             self.logs.ship(self.control, run.attempt, self._task_dir(run.executor_id))
         self._collect()
         self._send_held(time.monotonic())
+        self._flush()  # (what ended, at once: before the round's other work)
         assigned = {attempt_of(t): t for t in self.control.assignments(self.node_id)}
         for attempt in self._recovered & set(assigned):
             # the old agent may have died before its RUNNING report was sent
@@ -536,7 +551,8 @@ class Agent:
         started: float | None = None,
     ) -> None:
         self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy, started=started))
-        self._flush()
+        if not self._in_round:  # (in a round, sent with the round's others)
+            self._flush()
 
     def _report_start(self, attempt: Attempt) -> None:
         """RUNNING, now or (``hold_running``) with the attempt's end if it ends soon enough."""
@@ -563,7 +579,12 @@ class Agent:
         """Send the reports not answered yet, in order; what cannot be sent now (the control
         plane away) is sent on a later round, so an ended task's report is not lost. An
         attempt's last output goes before its final report, so a reader that sees it ended has
-        it all; only once that report was answered are its task and handle forgotten."""
+        it all; only once that report was answered are its task and handle forgotten. A control
+        with ``report_many`` gets them a round at a time (one round trip for all)."""
+        if callable(getattr(self.control, "report_many", None)):
+            while self._outbox and self._flush_batch():
+                pass
+            return
         while self._outbox:
             report = self._outbox[0]
             herd, task_id, number, token = report.attempt
@@ -593,6 +614,39 @@ class Agent:
                 self.refused_reports += 1
                 why = "report %s for task %s attempt %d refused"
                 log.info("node %s: " + why, self.node_id, report.state, task_id, number)
+
+    def _flush_batch(self) -> bool:
+        """Send the outbox's first reports at once (each last one's output shipped first, up to
+        the first that cannot be); True if all of them were answered."""
+        batch: list[_Report] = []
+        size, blocked = 0, False
+        for report in self._outbox[:MAX_BATCH]:
+            size += len(report.message.encode())
+            if size > MAX_BATCH_BYTES:
+                break
+            executor_id = executor_id_of(report.attempt)
+            if report.last and not self.logs.ship(self.control, report.attempt, self._task_dir(executor_id), last=True):
+                blocked = True  # its output could not all be sent now: it and what follows, on a later round
+                break
+            batch.append(report)
+        if not batch:
+            return False
+        try:
+            accepted = self.control.report_many(  # type: ignore[attr-defined]
+                [TaskReport(*r.attempt, r.state, r.exit_code, r.message, r.started) for r in batch]
+            )
+        except (RuninkError, OSError) as exc:
+            log.warning("node %s: %d report(s) not sent yet: %s", self.node_id, len(batch), exc)
+            return False
+        del self._outbox[: len(batch)]
+        for report, ok in zip(batch, accepted, strict=True):
+            if report.last:  # answered (accepted or fenced): a restarted agent has nothing to follow
+                self._forget(executor_id_of(report.attempt), destroy=report.destroy)
+            if not ok:
+                self.refused_reports += 1
+                why = "report %s for task %s attempt %d refused"
+                log.info("node %s: " + why, self.node_id, report.state, report.attempt[1], report.attempt[2])
+        return not blocked
 
     def _forget(self, executor_id: str, *, destroy: bool) -> None:
         if destroy:

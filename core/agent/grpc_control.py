@@ -14,14 +14,14 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
 from pydantic import ValidationError
 
 from runink.core.control.logs import Chunk
-from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord
+from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord, TaskReport
 from runink.core.errors import RuninkError
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_message
@@ -301,16 +301,24 @@ class GrpcControl:
         message: str = "",
         started: float | None = None,
     ) -> bool:
-        report = pb.Report(herd=herd, task_id=task_id, attempt=attempt, token=token, state=str(state), message=message)
-        if exit_code is not None:
-            report.exit_code = exit_code
-        if started is not None:
-            report.started = started
+        report = _report_message(TaskReport(herd, task_id, attempt, token, state, exit_code, message, started))
         with self._fresh_lock:
             self._generation += 1
             self._fresh = None
         answers = self._ask(pb.AgentMessage(report=report), "report_ack")
         return bool(self._only(answers, "report_ack").report_ack.accepted)
+
+    def report_many(self, reports: Sequence[TaskReport]) -> list[bool]:
+        """Several reports in one message and one answer (a round's: see Agent._flush)."""
+        message = pb.Reports(reports=[_report_message(r) for r in reports])
+        with self._fresh_lock:
+            self._generation += 1
+            self._fresh = None
+        answer = self._only(self._ask(pb.AgentMessage(reports=message), "report_acks"), "report_acks")
+        accepted = [bool(a) for a in answer.report_acks.accepted]
+        if len(accepted) != len(reports):
+            raise ControlUnavailable(f"server {self.address}: {len(accepted)} answers to {len(reports)} reports")
+        return accepted
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         """The secrets of an attempt this node starts (``node``: the stream's, checked by the
@@ -334,6 +342,22 @@ class GrpcControl:
         )
         ack = self._only(self._ask(pb.AgentMessage(log_chunk=message), "log_ack"), "log_ack").log_ack
         return bool(ack.accepted), int(ack.next_offset)
+
+
+def _report_message(report: TaskReport) -> pb.Report:
+    message = pb.Report(
+        herd=report.herd,
+        task_id=report.task_id,
+        attempt=report.attempt,
+        token=report.token,
+        state=str(report.state),
+        message=report.message,
+    )
+    if report.exit_code is not None:
+        message.exit_code = report.exit_code
+    if report.started is not None:
+        message.started = report.started
+    return message
 
 
 def _task(task: pb.Task) -> TaskRecord:
@@ -439,6 +463,9 @@ class FailoverControl:
                 "report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
             )
         )
+
+    def report_many(self, reports: Sequence[TaskReport]) -> list[bool]:
+        return list(self._call("report_many", reports))
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         return dict(self._call("task_secrets", herd, task_id, attempt, token, node))

@@ -20,6 +20,7 @@ import secrets
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -38,6 +39,7 @@ from runink.core.control.records import (
     RunState,
     ScenarioRef,
     TaskRecord,
+    TaskReport,
     job_of,
     job_state,
     job_task_id,
@@ -54,6 +56,7 @@ from runink.core.report import printable
 log = logging.getLogger(__name__)
 
 #: final states that count as a failure of the attempt: retried while retries are left
+REPORT_THREADS = 16  # reports of different tasks a process applies at once (report_many)
 MAX_MESSAGE = 4000  # characters of an agent's message kept (it comes from the node: bounded, printable)
 RETRIED = frozenset({RunState.FAILED, RunState.OOMKILLED, RunState.DEADLINE_EXCEEDED})
 #: what an agent may report: the task started, ended, or was given back to be placed again
@@ -72,6 +75,13 @@ REPORTABLE = frozenset(
 
 class PlacedElsewhere(Refused):
     """A report from a node that the attempt it names was not placed on."""
+
+
+@functools.cache
+def _appliers() -> ThreadPoolExecutor:
+    """The threads ``report_many`` applies the reports of different tasks on (a process's
+    lifecycles share them: each report is a few Barn round trips, mostly waiting)."""
+    return ThreadPoolExecutor(max_workers=REPORT_THREADS, thread_name_prefix="report")
 
 
 def placed_on(task: TaskRecord, attempt: int) -> str | None:
@@ -490,6 +500,33 @@ class Lifecycle:
         return [v.record for v in self.store.assigned(node_id) if assigned_to(v.record) == node_id]
 
     # --- reports and cancellation -------------------------------------------------------
+
+    def report_many(self, reports: Sequence[TaskReport], *, node: str | None = None) -> list[bool]:
+        """``report`` each (its answer at its place): those of one task in order, those of
+        different tasks at once on a remote Barn, so an agent's round of reports costs about
+        one report's round trips, not one per report. Raises what ``report`` raises
+        (PlacedElsewhere) once all were tried."""
+        results = [False] * len(reports)
+        by_task: dict[tuple[str, str], list[int]] = {}
+        for index, report in enumerate(reports):
+            by_task.setdefault((report.herd, report.task_id), []).append(index)
+
+        def apply(indexes: list[int]) -> None:
+            for index in indexes:
+                r = reports[index]
+                results[index] = self.report(
+                    r.herd, r.task_id, r.attempt, r.token, r.state,
+                    exit_code=r.exit_code, message=r.message, started=r.started, node=node,
+                )  # fmt: skip
+
+        groups = list(by_task.values())
+        if not self.store.barn.remote or len(groups) == 1:
+            for indexes in groups:
+                apply(indexes)
+            return results
+        for future in [_appliers().submit(apply, indexes) for indexes in groups]:
+            future.result()
+        return results
 
     def report(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -230,6 +231,21 @@ class SchedulerEpoch(Record):
 
     epoch: int = 0
     holder: str = ""
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """An agent's report of one attempt of a task: what ``Lifecycle.report`` takes, and what an
+    agent sends a round of at once (``report_many``)."""
+
+    herd: str
+    task_id: str
+    attempt: int
+    token: int
+    state: RunState
+    exit_code: int | None = None
+    message: str = ""
+    started: float | None = None  # when the attempt started on its node (see Lifecycle.report)
 
 
 class Transition(Record):

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord
+from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, TaskReport
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.model import AuthRequest, check_name
@@ -49,6 +49,7 @@ MAX_INCARNATION = 64
 MAX_REPORT_MESSAGE = 4 * MAX_MESSAGE  # bytes: the Lifecycle keeps MAX_MESSAGE characters of it
 MAX_COUNTER = 2**62  # attempts, fencing tokens and log offsets
 MAX_EXIT_CODE = 2**31
+MAX_REPORTS = 64  # reports of one Reports message (each at most MAX_REPORT_MESSAGE: under the message limit)
 MAX_TIME = 2.0**40  # seconds since the epoch a report's start time may name (year ~36,800)
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
@@ -206,6 +207,28 @@ class TaskChanges:
         """Return once ``node``'s tasks changed since ``generation`` or after ``timeout`` seconds."""
         with self.changed:
             self.changed.wait_for(lambda: (self.everyone, self.per_node.get(node, 0)) != generation, timeout)
+
+
+def _task_report(report: pb.Report) -> TaskReport:
+    """A report as the lifecycle takes it, every field checked (BadRequest naming it)."""
+    herd = _name(report.herd, "report.herd")
+    task_id = _name(report.task_id, "report.task_id")
+    attempt = _counter(report.attempt, "report.attempt")
+    token = _counter(report.token, "report.token")
+    try:
+        state = RunState(report.state)
+    except ValueError:
+        raise BadRequest(f"report.state: {printable(report.state, 40)!r} is not a task state") from None
+    exit_code = (
+        _counter(report.exit_code, "report.exit_code", -MAX_EXIT_CODE, MAX_EXIT_CODE)
+        if report.HasField("exit_code")
+        else None
+    )
+    message = _text(report.message, MAX_REPORT_MESSAGE, "report.message")
+    started = report.started if report.HasField("started") else None
+    if started is not None and not (math.isfinite(started) and 0 <= started <= MAX_TIME):
+        raise BadRequest(f"report.started: {started!r} is not a time in [0, {MAX_TIME:g}]")
+    return TaskReport(herd, task_id, attempt, token, state, exit_code, message, started)
 
 
 def task_message(task: TaskRecord) -> pb.Task:
@@ -369,6 +392,8 @@ class AgentService:
             return [self._assignments(rid, node, wait_ms, known)], node
         if kind == "report":
             return [self._report(rid, request.report, node)], node
+        if kind == "reports":
+            return [self._reports(rid, request.reports, node)], node
         if kind == "log_chunk":
             return [self._log_chunk(rid, request.log_chunk, node)], node
         if kind == "secrets":
@@ -393,30 +418,20 @@ class AgentService:
         return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks, version=version))
 
     def _report(self, rid: int, report: pb.Report, node: str) -> pb.ServerMessage:
-        herd = _name(report.herd, "report.herd")
-        task_id = _name(report.task_id, "report.task_id")
-        attempt = _counter(report.attempt, "report.attempt")
-        token = _counter(report.token, "report.token")
-        try:
-            state = RunState(report.state)
-        except ValueError:
-            raise BadRequest(f"report.state: {printable(report.state, 40)!r} is not a task state") from None
-        exit_code = (
-            _counter(report.exit_code, "report.exit_code", -MAX_EXIT_CODE, MAX_EXIT_CODE)
-            if report.HasField("exit_code")
-            else None
-        )
-        message = _text(report.message, MAX_REPORT_MESSAGE, "report.message")
-        started = report.started if report.HasField("started") else None
-        if started is not None and not (math.isfinite(started) and 0 <= started <= MAX_TIME):
-            raise BadRequest(f"report.started: {started!r} is not a time in [0, {MAX_TIME:g}]")
+        (accepted,) = self._apply([_task_report(report)], node)
+        return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
+
+    def _reports(self, rid: int, reports: pb.Reports, node: str) -> pb.ServerMessage:
+        if len(reports.reports) > MAX_REPORTS:
+            raise BadRequest(f"reports: {len(reports.reports)} at once (at most {MAX_REPORTS})")
+        accepted = self._apply([_task_report(report) for report in reports.reports], node)
+        return pb.ServerMessage(request_id=rid, report_acks=pb.ReportAcks(accepted=accepted))
+
+    def _apply(self, reports: list[TaskReport], node: str) -> list[bool]:
         try:  # (the lifecycle checks the node on the record it reads: one Barn read less)
-            accepted = self.lifecycle.report(
-                herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started, node=node
-            )
+            return self.lifecycle.report_many(reports, node=node)
         except PlacedElsewhere as exc:
             raise BadRequest(str(exc)) from None
-        return pb.ServerMessage(request_id=rid, report_ack=pb.ReportAck(accepted=accepted))
 
     def _log_chunk(self, rid: int, chunk: pb.LogChunk, node: str) -> pb.ServerMessage:
         herd = _name(chunk.herd, "log_chunk.herd")

@@ -105,6 +105,12 @@ class Report(_message.Message):
     started: float
     def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started: _Optional[float] = ...) -> None: ...
 
+class Reports(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[Report]
+    def __init__(self, reports: _Optional[_Iterable[_Union[Report, _Mapping]]] = ...) -> None: ...
+
 class LogChunk(_message.Message):
     __slots__ = ("herd", "task_id", "attempt", "token", "stream", "offset", "data")
     HERD_FIELD_NUMBER: _ClassVar[int]
@@ -136,7 +142,7 @@ class SecretsRequest(_message.Message):
     def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk", "secrets")
+    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk", "secrets", "reports")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +150,7 @@ class AgentMessage(_message.Message):
     REPORT_FIELD_NUMBER: _ClassVar[int]
     LOG_CHUNK_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     register: Register
     heartbeat: Heartbeat
@@ -151,7 +158,8 @@ class AgentMessage(_message.Message):
     report: Report
     log_chunk: LogChunk
     secrets: SecretsRequest
-    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ...) -> None: ...
+    reports: Reports
+    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ..., reports: _Optional[_Union[Reports, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation")
@@ -260,6 +268,12 @@ class ReportAck(_message.Message):
     accepted: bool
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
 
+class ReportAcks(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, accepted: _Optional[_Iterable[bool]] = ...) -> None: ...
+
 class LogAck(_message.Message):
     __slots__ = ("accepted", "next_offset")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -290,7 +304,7 @@ class Secrets(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, bytes]] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack", "secrets")
+    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack", "secrets", "report_acks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +313,7 @@ class ServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOG_ACK_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ACKS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     registered: Registered
     heartbeat_ack: HeartbeatAck
@@ -307,4 +322,5 @@ class ServerMessage(_message.Message):
     error: Error
     log_ack: LogAck
     secrets: Secrets
-    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., secrets: _Optional[_Union[Secrets, _Mapping]] = ...) -> None: ...
+    report_acks: ReportAcks
+    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., secrets: _Optional[_Union[Secrets, _Mapping]] = ..., report_acks: _Optional[_Union[ReportAcks, _Mapping]] = ...) -> None: ...
