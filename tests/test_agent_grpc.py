@@ -643,3 +643,31 @@ def test_a_reports_message_over_the_limit_ends_the_stream(
     answer = stream.send(pb.AgentMessage(request_id=2, reports=pb.Reports(reports=[one] * 65)))
     assert answer.WhichOneof("body") == "error" and "at most 64" in answer.error.message
     assert task_of(store, job.id).state is RunState.SCHEDULED
+
+
+def test_long_polls_read_a_nodes_assignments_again_only_after_they_changed(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl
+) -> None:
+    """A long-poll answered and asked again reads the node's assignments once, not twice: an
+    unchanged count of the node's changes means an unchanged list. A change is still seen."""
+    control.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
+    scans: list[str] = []
+    original = life.assignments
+
+    def counted(node: str) -> list[Any]:
+        scans.append(node)
+        return original(node)
+
+    life.assignments = counted  # type: ignore[method-assign]
+    version = control.wait_assignments("n1", "", 5.0)  # (starts the watch)
+    time.sleep(0.3)  # (the watch runs)
+    version = control.wait_assignments("n1", "", 5.0)
+    scans.clear()
+    for _ in range(3):
+        assert control.wait_assignments("n1", version, 0.2) == version
+    assert scans == []  # nothing changed: no read at all
+    job = life.submit_command("lab", ["/bin/true"])
+    schedule(store, job.id)
+    changed = control.wait_assignments("n1", version, 5.0)
+    assert changed != version and scans == ["n1"]
+    assert [t.job_id for t in control.assignments("n1")] == [job.id]

@@ -103,3 +103,31 @@ def test_job_of_names_only_job_records() -> None:
     assert job_of("/herds/team/tasks/task-1") is None
     assert job_of("/herds/team/jobs/") is None
     assert job_of("/cluster/assigned/n1/team/task-1") is None
+
+
+def test_a_reader_with_the_feeds_revision_waits_without_reading_first(api: Api) -> None:
+    """The feed saw the revision the reader has: nothing newer to read, so the request reads
+    the Barn only once the job changed (one read, not two)."""
+    job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
+    first = api.client.get(f"/v1/jobs/{job.id}").json()
+    deadline = time.monotonic() + 5
+    while api.waits.seen(job.id) != first["revision"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert api.waits.seen(job.id) == first["revision"]
+    store = api.lifecycle.store
+    reads: list[str] = []
+    original = store.barn.get
+
+    def counted(key: str) -> object:
+        if threading.current_thread().name.startswith("AnyIO"):  # the API's reads (not the cancel's)
+            reads.append(key)
+        return original(key)
+
+    store.barn.get = counted  # type: ignore[method-assign]
+    _later(0.3, lambda: api.lifecycle.cancel(job.id))
+    began = time.monotonic()
+    answer = api.client.get(f"/v1/jobs/{job.id}", params={"wait": 5, "after": first["revision"]}).json()
+    assert 0.25 < time.monotonic() - began < 4 and answer["revision"] > first["revision"]
+    assert answer["job"]["state"] == "CANCELLED"
+    job_reads = [k for k in reads if k.endswith(f"/jobs/{job.id}")]
+    assert len(job_reads) == 1, reads  # read once, after the change (not also before the wait)

@@ -167,6 +167,8 @@ class TaskChanges:
         self.per_node: dict[str, int] = {}
         self.changed = threading.Condition()
         self._started = False
+        # the watch runs and counts every change: a generation unchanged means nothing changed
+        self.live = False
 
     def start(self) -> None:
         with self.changed:
@@ -181,9 +183,11 @@ class TaskChanges:
             try:
                 events = self.barn.watch(ClusterStore.ASSIGNED, self.barn.revision() + 1)
                 self.bump(None)  # (what changed while no watch ran)
+                self.live = True
                 for event in events:
                     self.bump(event.kv.key[len(ClusterStore.ASSIGNED) :].split("/", 1)[0])
             except Exception as exc:  # the Barn away for a while: long-polls just wait out their time
+                self.live = False  # (changes go uncounted until the watch runs again)
                 line = printable(f"{type(exc).__name__}: {exc}", 300)
                 if line != said:  # (once per kind of failure, not every second)
                     log.warning("agent service: watch of task records failed: %s", line)
@@ -279,6 +283,9 @@ class AgentService:
         # neither, any stream may act as any node (development only)
         self.tokens = tokens
         self.certificates = certificates
+        # node -> (the changes' generation it was read at, its assignments, their version)
+        self._assigned_at: dict[str, tuple[tuple[int, int], list[TaskRecord], str]] = {}
+        self._assigned_lock = threading.Lock()
 
     def _stream_node(self, context: Any) -> str | None:
         """The node the stream may act as: its certificate's (``node.NAME``), its token's, and
@@ -408,14 +415,28 @@ class AgentService:
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             generation = self.changes.generation(node_id)
-            found = self.lifecycle.assignments(node_id)
-            version = assignments_version(found)
+            found, version = self._assigned(node_id, generation if self.changes.live else None)
             left = deadline - time.monotonic()
             if version != known or left <= 0:
                 break
             self.changes.wait_past(node_id, generation, left)
         tasks = [task_message(t) for t in found]
         return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks, version=version))
+
+    def _assigned(self, node: str, generation: tuple[int, int] | None) -> tuple[list[TaskRecord], str]:
+        """The node's assignments and their version: read again only if its entries changed
+        since the last read at ``generation`` (a long-poll answered, then asked again at once,
+        reads once; None: no watch counts the changes, always read)."""
+        with self._assigned_lock:
+            cached = self._assigned_at.get(node)
+        if generation is not None and cached is not None and cached[0] == generation:
+            return cached[1], cached[2]
+        found = self.lifecycle.assignments(node)
+        version = assignments_version(found)
+        if generation is not None:
+            with self._assigned_lock:
+                self._assigned_at[node] = (generation, found, version)
+        return found, version
 
     def _report(self, rid: int, report: pb.Report, node: str) -> pb.ServerMessage:
         (accepted,) = self._apply([_task_report(report)], node)

@@ -638,6 +638,13 @@ def create_app(
         if not wait or job_waits is None:
             return await run_in_threadpool(read)
         async with job_waits.waiter(job_id) as changed:  # (registered before the read: no change missed)
+            seen = job_waits.seen(job_id)
+            if changed is not None and after and seen is not None and seen <= after:
+                # the feed saw nothing past what this reader has: wait for it before reading
+                # (the feed lags the Barn, never leads it; the read after checks who may see it)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait)
+                return await run_in_threadpool(read)
             answer = await run_in_threadpool(read)
             if changed is None or answer["revision"] > after:
                 return answer

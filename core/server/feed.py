@@ -72,19 +72,34 @@ def job_of(key: str) -> str | None:
     return None
 
 
+SEEN_KEPT = 10_000  # jobs whose last revision the feed remembers (the oldest forgotten first)
+
+
 class JobWaits:
     def __init__(self, max_waiters: int = 10_000) -> None:
         self.max_waiters = max_waiters
         self._lock = threading.Lock()
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._count = 0
+        self._seen: dict[str, int] = {}  # job -> the revision of its record the feed saw last
+
+    def seen(self, job_id: str) -> int | None:
+        """The revision of the job's record the feed saw last (None: not seen). The feed may lag
+        behind the Barn, never run ahead of it: a reader that was answered revision R and is
+        told R here has nothing newer to read yet."""
+        with self._lock:
+            return self._seen.get(job_id)
 
     def on_change(self, event: WatchEvent) -> None:
-        """(a HerdsFeed listener) Wake the requests waiting for this job."""
+        """(a HerdsFeed listener) Note the job's revision and wake the requests waiting for it."""
         job_id = job_of(event.kv.key)
         if job_id is None:
             return
         with self._lock:
+            self._seen.pop(job_id, None)  # (re-inserted: the dict keeps the most recent last)
+            self._seen[job_id] = event.revision
+            if len(self._seen) > SEEN_KEPT:
+                del self._seen[next(iter(self._seen))]
             waiters = list(self._waiting.get(job_id, ()))
         for loop, woken in waiters:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
