@@ -188,6 +188,12 @@ class Hooks:
             self._hook.runink_authorize(identity=identity, action=action, resource=resource, herd=herd, grants=grants)
         )
 
+    # --- secrets ------------------------------------------------------------------------
+
+    def master_key(self, source: str) -> bytes | None:
+        key: bytes | None = self._hook.runink_master_key(source=source)
+        return key
+
     # --- scheduling ---------------------------------------------------------------------
 
     def filter_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Sequence[NodeRejection]]]:

@@ -97,6 +97,23 @@ def runink_authorize(
     """
 
 
+# --- secrets ----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def runink_master_key(source: str) -> bytes | None:
+    """The master key of herds' secrets that ``source`` names, from a key service (a KMS).
+
+    Called once at a server's start (and by ``runink secret rotate-master-key``) for a source
+    given as ``kms:...`` (``--secrets-key kms:aws/alias/runink``; a file path and
+    ``env:NAME`` are read by the core) by ``runink.core.server.process.secret_backend``.
+    Return the key's 32 bytes if this plugin knows the source, ``None`` to let the next one
+    try. firstresult; when no plugin answers, the server refuses to start, naming the source.
+    A plugin that knows the source but cannot get the key raises: the error names it. Never
+    log the key.
+    """
+
+
 # --- scheduling -------------------------------------------------------------------------
 
 

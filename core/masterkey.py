@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from runink.core.interfaces.secrets import SecretError
@@ -27,6 +28,25 @@ def key_id(key: bytes) -> str:
 
 
 ENV_SOURCE = "env:"  # a master key given as env:NAME is read from the environment variable NAME
+KMS_SOURCE = "kms:"  # kms:...: a plugin's (the runink_master_key hook), not read here
+
+
+def master_key_of(source: str | Path, from_plugins: Callable[[str], bytes | None]) -> bytes:
+    """The master key ``source`` names: ``kms:...`` asked of the plugins (``from_plugins``, the
+    runink_master_key hook), else a file or ``env:NAME`` (``read_master_key``)."""
+    if not str(source).startswith(KMS_SOURCE):
+        return read_master_key(source)
+    try:
+        key = from_plugins(str(source))
+    except SecretError:
+        raise
+    except Exception as exc:  # a plugin's failure: one line naming the source, no traceback
+        raise SecretError(f"master key {source}: the plugin serving it failed: {type(exc).__name__}: {exc}") from None
+    if key is None:
+        raise SecretError(f"master key {source}: no plugin knows it (install the KMS plugin that serves it)")
+    if not isinstance(key, bytes) or len(key) != MASTER_KEY_BYTES:
+        raise SecretError(f"master key {source}: the plugin's answer is not {MASTER_KEY_BYTES} bytes")
+    return key
 
 
 def read_master_key(path: str | Path) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 from runink.core.config import load_config
 from runink.core.drivers import load_driver
 from runink.core.errors import ConfigError, RuninkError
+from runink.core.hookspecs import hookimpl
 from runink.core.interfaces import SecretBackend
 from runink.core.interfaces.barn import KeyValue
 from runink.core.interfaces.secrets import (
@@ -33,6 +34,7 @@ from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.secrets.barn import BarnSecrets
 from runink.plugins.secrets.env import EnvSecrets, variable_name
 from runink.plugins.secrets.file import FileSecrets
+from runink.testing import plugin_manager
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -522,3 +524,40 @@ def test_a_master_key_may_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SHORT_KEY", base64.b64encode(b"short").decode())
     with pytest.raises(SecretError, match=r"\$SHORT_KEY holds 5 bytes; a master key is 32"):
         read_master_key("env:SHORT_KEY")
+
+
+class FakeKms:
+    """A KMS plugin: serves one master key under kms:test/runink, refuses kms:test/broken."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.asked: list[str] = []
+
+    @hookimpl
+    def runink_master_key(self, source: str) -> bytes | None:
+        self.asked.append(source)
+        if source == "kms:test/broken":
+            raise RuntimeError("the KMS said no")
+        return self.key if source == "kms:test/runink" else None
+
+
+def test_hook_runink_master_key(tmp_path: Path) -> None:
+    """A server given --secrets-key kms:... gets its master key from the plugin that knows it;
+    an unknown source or a plugin's failure stops it with a line naming the source."""
+    from runink.core.config import RuninkConfig
+    from runink.core.server.process import ServerOptions, secret_backend
+
+    key = os.urandom(32)
+    kms = FakeKms(key)
+    barn = MemoryBarn()
+    with plugin_manager(("kms", kms), entrypoints=False) as manager:
+        options = ServerOptions(secrets_key=Path("kms:test/runink"))
+        backend = secret_backend(options, RuninkConfig(), manager, barn)
+        assert backend is not None
+        backend.put("team", "pw", b"v1")
+        assert BarnSecrets(barn, master_key=key).get("team", "pw") == b"v1"  # under the KMS's key
+        assert kms.asked == ["kms:test/runink"]
+        with pytest.raises(SecretError, match="master key kms:test/other: no plugin knows it"):
+            secret_backend(ServerOptions(secrets_key=Path("kms:test/other")), RuninkConfig(), manager, barn)
+        with pytest.raises(SecretError, match=r"kms:test/broken: the plugin serving it failed: RuntimeError: the KMS"):
+            secret_backend(ServerOptions(secrets_key=Path("kms:test/broken")), RuninkConfig(), manager, barn)

@@ -115,7 +115,7 @@ def rotate_master_key(
     from runink.core.drivers import load_driver
     from runink.core.interfaces.barn import BarnBackend
     from runink.core.interfaces.secrets import SecretBackend
-    from runink.core.masterkey import key_id, read_master_key
+    from runink.core.masterkey import key_id, master_key_of
 
     state = ctx.obj
     manager = state.plugins()
@@ -125,8 +125,8 @@ def rotate_master_key(
     found = {"endpoints": barn, **(tls.barn_options() if tls else {})}
     store: BarnBackend = load_driver(BarnBackend, "raft", found, manager=manager, origin="--barn")
     try:
-        new = read_master_key(new_key)
-        options = {"barn": store, "master_key_file": str(key)}
+        new = master_key_of(str(new_key), manager.hooks.master_key)
+        options = {"barn": store, "master_key": master_key_of(str(key), manager.hooks.master_key)}
         backend = load_driver(SecretBackend, "barn", options, manager=manager, origin="--key")
         count = backend.rotate_master_key(new)
     finally:

@@ -33,6 +33,7 @@ from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.secrets import SecretBackend
+from runink.core.masterkey import KMS_SOURCE, master_key_of
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -67,12 +68,17 @@ class ServerOptions:
 def secret_backend(
     options: ServerOptions, config: RuninkConfig, manager: PluginManager, barn: BarnBackend
 ) -> SecretBackend | None:
-    """Where the cluster keeps herds' secrets: with ``--secrets-key``, the ``barn`` driver
-    (envelope-encrypted under that master key, only ciphertext in the Barn); else the
+    """Where the cluster keeps herds' secrets: with ``--secrets-key`` (a file, ``env:NAME``, or
+    ``kms:...`` a plugin serves: runink_master_key), the ``barn`` driver (envelope-encrypted
+    under that master key, only ciphertext in the Barn); else the
     ``[secrets]`` driver configured, if any (one that takes a ``barn`` option is given the
     server's). None: no secrets (a job asking for one is refused, saying so)."""
     if options.secrets_key is not None:
-        found = {"barn": barn, "master_key_file": str(options.secrets_key)}
+        source = str(options.secrets_key)
+        found: dict[str, Any] = {"barn": barn, "master_key_file": source}  # (its errors name the file)
+        if source.startswith(KMS_SOURCE):
+            key = master_key_of(source, lambda kms: manager.hooks.master_key(kms))  # noqa: PLW0108 (a visible hook call)
+            found = {"barn": barn, "master_key": key}
         return load_driver(SecretBackend, "barn", found, manager=manager, origin="--secrets-key")
     backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra=dict(barn=barn))
     return backend
