@@ -16,11 +16,13 @@ from agent_helpers import ProxyControl, schedule, sync_until, task_of
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.logs import Chunk
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import RuninkError, TaskNotFoundError
 from runink.core.interfaces.executor import Executor
+from runink.plugins.barn.memory import MemoryBarn
+from runink.plugins.secrets.barn import BarnSecrets
 
 
 @pytest.fixture
@@ -343,5 +345,51 @@ def test_a_stale_pushed_list_does_not_stop_the_task_just_started(life: Lifecycle
         life.cancel(job.id)  # really gone: stopped
         agent.sync()
         assert not agent.running
+    finally:
+        executor.close()
+
+
+class SecretsAwayOnce(ProxyControl):
+    """The control plane cannot be asked for secrets once (a failover), then can."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        super().__init__(life)
+        self.asked = 0
+
+    def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
+        self.asked += 1
+        if self.asked == 1:
+            raise RuninkError("server away: no answer within 10s")
+        return super().task_secrets(herd, task_id, attempt, token, node)
+
+
+def test_an_attempt_whose_secrets_cannot_be_read_now_starts_on_a_later_round(tmp_path: Path) -> None:
+    """The control plane away a moment is no reason to fail the attempt (a job with no retries
+    would fail with it); a refusal is: the attempt fails saying why."""
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="lab"))
+    secrets = BarnSecrets(store.barn, master_key=bytes(32))
+    secrets.put("lab", "token", b"s3cret")
+    life = Lifecycle(store, secrets=secrets)
+    control = SecretsAwayOnce(life)
+    executor: Executor = load_driver(Executor, "process", {})
+    agent = Agent(control, executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=tmp_path, stop_grace=2.0)
+    try:
+        agent.sync()
+        job = life.submit_command("lab", ["/bin/sh", "-c", 'test "$(cat "$RUNINK_FILES/token")" = s3cret'],
+                                  secrets=["token"])  # fmt: skip
+        schedule(store, job.id)
+        sync_until(agent, lambda: task_of(store, job.id).state.final)
+        assert task_of(store, job.id).state is RunState.SUCCEEDED and control.asked == 2
+        # deleted after a job asking for it was accepted: refused at start, the attempt fails saying so
+        secrets.delete("lab", "token")
+        placed = life.submit_command("lab", ["/bin/true"])
+        record = store.task("lab", placed.tasks[0])
+        moved = record.record.model_copy(update={"secrets": ["token"]})
+        store.commit([(keys.task("lab", moved.id), record.revision)], [(keys.task("lab", moved.id), moved)])
+        schedule(store, placed.id)
+        sync_until(agent, lambda: task_of(store, placed.id).state.final)
+        failed = task_of(store, placed.id)
+        assert failed.state is RunState.FAILED and "has no secret 'token'" in failed.message
     finally:
         executor.close()

@@ -131,6 +131,15 @@ def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> No
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_server_letting_anyone_in_stays_on_loopback_even_with_tls(run_cli: CliRunner, tmp_path: Path) -> None:
+    made = run_cli("server", "--init", str(tmp_path / "pki"), "--name", "s0")
+    assert made.returncode == 0, made.stderr
+    tls = made.stdout.strip().splitlines()[-1].split()
+    (port,) = free_ports(1)
+    out = run_cli("server", "--api", f"0.0.0.0:{port}", "--insecure-dev", *tls)
+    assert out.returncode != 0 and "--insecure-bind" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp_path: Path) -> None:
     up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
     assert up.returncode == 0, up.stderr

@@ -35,6 +35,7 @@ def _serve(waits: JobWaits) -> Iterator[Api]:
     stop = threading.Event()
     feed = HerdsFeed(store.barn, stop)
     feed.listen(waits.on_change)
+    feed.on_restart(waits.reset)
     feed.start()
     server, thread = serve_api(create_app(lifecycle, store, waits), "127.0.0.1", 0)
     try:
@@ -111,9 +112,9 @@ def test_a_reader_with_the_feeds_revision_waits_without_reading_first(api: Api) 
     job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
     first = api.client.get(f"/v1/jobs/{job.id}").json()
     deadline = time.monotonic() + 5
-    while api.waits.seen(job.id) != first["revision"] and time.monotonic() < deadline:
+    while api.waits.seen(job.id) != (first["revision"], "team") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert api.waits.seen(job.id) == first["revision"]
+    assert api.waits.seen(job.id) == (first["revision"], "team")
     store = api.lifecycle.store
     reads: list[str] = []
     original = store.barn.get
@@ -131,3 +132,30 @@ def test_a_reader_with_the_feeds_revision_waits_without_reading_first(api: Api) 
     assert answer["job"]["state"] == "CANCELLED"
     job_reads = [k for k in reads if k.endswith(f"/jobs/{job.id}")]
     assert len(job_reads) == 1, reads  # read once, after the change (not also before the wait)
+
+
+def test_a_restarted_feed_forgets_what_it_saw_and_wakes_every_waiter() -> None:
+    """Changes made while the feed's watch was down are not delivered: what it saw is
+    forgotten (readers read the Barn again), and waiting requests wake to read now."""
+    import asyncio
+
+    waits = JobWaits()
+    barn = MemoryBarn()
+    store = ClusterStore(barn)
+    store.create_herd(Herd(name="team"))
+    job = Lifecycle(store).submit_command("team", ["/bin/true"], Amount(cpu=1))
+    for event in barn.watch("/herds/", 1):
+        waits.on_change(event)
+        if waits.seen(job.id) is not None:
+            break
+    assert waits.seen(job.id) is not None
+
+    async def wait_and_reset() -> bool:
+        async with waits.waiter(job.id) as changed:
+            assert changed is not None
+            asyncio.get_running_loop().call_later(0.05, waits.reset)
+            await asyncio.wait_for(changed.wait(), 5)
+            return True
+
+    assert asyncio.run(wait_and_reset())
+    assert waits.seen(job.id) is None

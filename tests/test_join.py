@@ -79,3 +79,16 @@ def test_two_redeeming_at_once_sign_once(tmp_path: Path, ca: pki.CertFiles) -> N
 def test_a_malformed_token_is_refused_naming_the_shape(text: str) -> None:
     with pytest.raises(ValueError, match="not a join token"):
         join.JoinToken.parse(text)
+
+
+def test_a_second_ca_riding_along_the_pinned_one_is_refused(tmp_path: Path, ca: pki.CertFiles) -> None:
+    """A server in the middle answering the real CA followed by its own: the fingerprint of the
+    first matches, yet nothing is trusted (trusting the whole PEM would trust the second)."""
+    real = pki.read_pem(ca.cert)
+    expected = pki.fingerprint(real)
+    assert join.pinned_ca(real, expected) is not None
+    mallory = pki.create_ca(tmp_path / "mallory")
+    assert join.pinned_ca(real + pki.read_pem(mallory.cert), expected) is None
+    assert join.pinned_ca(pki.read_pem(mallory.cert), expected) is None
+    leaf = pki.issue(tmp_path / "ca", tmp_path / "leaf", "leaf", sans=["127.0.0.1"], usage="server")
+    assert join.pinned_ca(pki.read_pem(leaf.cert), pki.fingerprint(pki.read_pem(leaf.cert))) is None  # not a CA

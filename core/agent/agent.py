@@ -31,7 +31,8 @@ from pydantic import ValidationError
 
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
-from runink.core.agent.secrets import with_secrets
+from runink.core.agent.secrets import SecretsRefused, with_secrets
+from runink.core.control.lifecycle import MAX_MESSAGE
 from runink.core.control.records import (
     MAX_USAGE_TASKS,
     Amount,
@@ -42,6 +43,7 @@ from runink.core.control.records import (
     TaskReport,
     TaskUsage,
 )
+from runink.core.control.store import NotFound, Refused
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
 from runink.core.model import MAX_MEMORY
@@ -550,6 +552,7 @@ class Agent:
         destroy: bool = False,
         started: float | None = None,
     ) -> None:
+        message = printable(message, MAX_MESSAGE)  # (bounded: one report too large would hold up the rest)
         self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy, started=started))
         if not self._in_round:  # (in a round, sent with the round's others)
             self._flush()
@@ -666,9 +669,12 @@ class Agent:
         # dir, the one folder it may write (an isolating executor grants only such a folder).
         try:
             secrets = self._secrets(task)
-        except (RuninkError, OSError) as exc:
+        except (SecretsRefused, Refused, NotFound) as exc:  # the control plane said no: it fails
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, f"its secrets: {_describe(exc)}")
+            return
+        except (RuninkError, OSError) as exc:  # the control plane away a moment: a later round starts it
+            log.warning("node %s: task %s not started yet, its secrets not read: %s", self.node_id, task.id, exc)
             return
         if task.scenario is not None:
             self._start_scenario(task, executor_id, secrets)

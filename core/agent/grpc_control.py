@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
+from runink.core.agent.secrets import SecretsRefused
 from runink.core.control.logs import Chunk
 from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord, TaskReport
 from runink.core.errors import RuninkError
@@ -326,7 +327,7 @@ class GrpcControl:
         request = pb.SecretsRequest(herd=herd, task_id=task_id, attempt=attempt, token=token)
         answer = self._only(self._ask(pb.AgentMessage(secrets=request), "secrets"), "secrets").secrets
         if answer.refused:
-            raise RuninkError(answer.refused)
+            raise SecretsRefused(answer.refused)
         return dict(answer.values)
 
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:

@@ -15,6 +15,11 @@ from runink.core.interfaces.executor import TaskSpec
 _NOT_IN_ENV_NAME = re.compile(r"[^A-Z0-9]")
 
 
+class SecretsRefused(RuninkError):
+    """The control plane gives the attempt no secrets (not its current attempt, not placed on
+    this node, a secret gone): the attempt fails, saying why."""
+
+
 def env_name(secret: str) -> str:
     """The environment variable a secret is given as: ``db.password`` -> ``DB_PASSWORD``."""
     return _NOT_IN_ENV_NAME.sub("_", secret.upper())

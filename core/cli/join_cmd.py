@@ -48,7 +48,7 @@ def node_join(
     import httpx
 
     from runink.core.server import pki
-    from runink.core.server.join import JoinToken, same_fingerprint
+    from runink.core.server.join import JoinToken, pinned_ca
 
     try:
         parsed = JoinToken.parse(token)
@@ -63,10 +63,15 @@ def node_join(
         ca_pem = str(found.json()["ca"]).encode()
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         raise RuninkError(f"{base}: cannot read the cluster CA: {exc}") from None
-    if not same_fingerprint(ca_pem, parsed.ca_fingerprint):
-        raise RuninkError(f"{base}: its CA is not the one the token names: refused (a server in the middle?)")
+    pinned = pinned_ca(ca_pem, parsed.ca_fingerprint)
+    if pinned is None:
+        raise RuninkError(f"{base}: its CA is not (only) the one the token names: refused (a server in the middle?)")
+    ca_pem = pinned
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key, cert, ca = directory / "node-key.pem", directory / "node.pem", directory / "ca.pem"
+    there = [str(path) for path in (key, cert, ca) if path.exists() or path.is_symlink()]
+    if there:  # (checked before the token is spent)
+        raise RuninkError(f"--dir {directory}: {', '.join(there)} exist(s) already: give an empty folder")
     try:
         request = pki.new_request("node.joining", key)  # (the server names the certificate)
     except pki.PkiError as exc:

@@ -502,14 +502,14 @@ class Lifecycle:
     # --- reports and cancellation -------------------------------------------------------
 
     def report_many(self, reports: Sequence[TaskReport], *, node: str | None = None) -> list[bool]:
-        """``report`` each (its answer at its place): those of one task in order, those of
-        different tasks at once on a remote Barn, so an agent's round of reports costs about
+        """``report`` each (its answer at its place): those of one job in order, those of
+        different jobs at once on a remote Barn, so an agent's round of reports costs about
         one report's round trips, not one per report. Raises what ``report`` raises
         (PlacedElsewhere) once all were tried."""
         results = [False] * len(reports)
-        by_task: dict[tuple[str, str], list[int]] = {}
+        by_task: dict[tuple[str, str], list[int]] = {}  # (by job: a job's tasks' commits compare each other)
         for index, report in enumerate(reports):
-            by_task.setdefault((report.herd, report.task_id), []).append(index)
+            by_task.setdefault((report.herd, job_of(report.task_id) or report.task_id), []).append(index)
 
         def apply(indexes: list[int]) -> None:
             for index in indexes:

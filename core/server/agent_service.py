@@ -415,7 +415,8 @@ class AgentService:
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             generation = self.changes.generation(node_id)
-            found, version = self._assigned(node_id, generation if self.changes.live else None)
+            # (the cache only for long-polls: a direct read, as current_assignments, reads now)
+            found, version = self._assigned(node_id, generation if self.changes.live and wait_ms > 0 else None)
             left = deadline - time.monotonic()
             if version != known or left <= 0:
                 break

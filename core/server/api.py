@@ -639,9 +639,10 @@ def create_app(
             return await run_in_threadpool(read)
         async with job_waits.waiter(job_id) as changed:  # (registered before the read: no change missed)
             seen = job_waits.seen(job_id)
-            if changed is not None and after and seen is not None and seen <= after:
+            if changed is not None and after and seen is not None and seen[0] <= after:
                 # the feed saw nothing past what this reader has: wait for it before reading
-                # (the feed lags the Barn, never leads it; the read after checks who may see it)
+                # (the feed lags the Barn, never leads it), once the caller may read the job
+                auth.check(identity, "jobs.read", f"jobs/{job_id}", seen[1])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait)
                 return await run_in_threadpool(read)

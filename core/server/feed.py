@@ -37,10 +37,16 @@ class HerdsFeed:
         self.barn = barn
         self.stop = stop
         self._listeners: list[Listener] = []
+        self._resets: list[Callable[[], None]] = []
 
     def listen(self, listener: Listener) -> None:
         """Call ``listener`` with every change (from the feed's thread: it must be quick)."""
         self._listeners.append(listener)
+
+    def on_restart(self, reset: Callable[[], None]) -> None:
+        """Call ``reset`` each time the watch starts (again): changes made while none ran are
+        not delivered, so what a listener learnt from the feed may be behind."""
+        self._resets.append(reset)
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self._follow, name="herds-feed", daemon=True)
@@ -51,7 +57,10 @@ class HerdsFeed:
         last_logged = 0.0
         while not self.stop.is_set():
             try:
-                for event in self.barn.watch(PREFIX, self.barn.revision() + 1):
+                start = self.barn.revision() + 1
+                for reset in self._resets:
+                    reset()
+                for event in self.barn.watch(PREFIX, start):
                     for listener in self._listeners:
                         listener(event)
                     if self.stop.is_set():
@@ -81,12 +90,22 @@ class JobWaits:
         self._lock = threading.Lock()
         self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._count = 0
-        self._seen: dict[str, int] = {}  # job -> the revision of its record the feed saw last
+        self._seen: dict[str, tuple[int, str]] = {}  # job -> (its record's revision the feed saw last, herd)
 
-    def seen(self, job_id: str) -> int | None:
-        """The revision of the job's record the feed saw last (None: not seen). The feed may lag
-        behind the Barn, never run ahead of it: a reader that was answered revision R and is
-        told R here has nothing newer to read yet."""
+    def reset(self) -> None:
+        """(a HerdsFeed restart) Forget the revisions seen, and wake every waiting request to
+        read the Barn: a change made while the feed's watch was down is not delivered."""
+        with self._lock:
+            self._seen.clear()
+            waiters = [waiter for entries in self._waiting.values() for waiter in entries]
+        for loop, woken in waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(woken.set)
+
+    def seen(self, job_id: str) -> tuple[int, str] | None:
+        """The revision of the job's record the feed saw last, and its herd (None: not seen).
+        The feed may lag behind the Barn, never run ahead of it: a reader that was answered
+        revision R and is told R here has nothing newer to read yet."""
         with self._lock:
             return self._seen.get(job_id)
 
@@ -97,7 +116,7 @@ class JobWaits:
             return
         with self._lock:
             self._seen.pop(job_id, None)  # (re-inserted: the dict keeps the most recent last)
-            self._seen[job_id] = event.revision
+            self._seen[job_id] = (event.revision, event.kv.key.split("/")[2])
             if len(self._seen) > SEEN_KEPT:
                 del self._seen[next(iter(self._seen))]
             waiters = list(self._waiting.get(job_id, ()))

@@ -95,9 +95,11 @@ def sign_node(ca_cert: Path, ca_key: Path, node: str, request_pem: bytes) -> byt
         raise Refused(f"join: {exc}") from None
 
 
-def same_fingerprint(pem: bytes, expected: str) -> bool:
-    """Whether the CA ``pem`` is the one whose fingerprint a join token carries."""
+def pinned_ca(pem: bytes, expected: str) -> bytes | None:
+    """The CA certificate ``pem`` holds, re-encoded, if it is one CA certificate alone whose
+    fingerprint is the one a join token carries; else None (nothing of it is to be trusted)."""
     try:
-        return hmac.compare_digest(pki.fingerprint(pem), expected)
+        alone = pki.one_ca(pem)
+        return alone if hmac.compare_digest(pki.fingerprint(alone), expected) else None
     except pki.PkiError:
-        return False
+        return None

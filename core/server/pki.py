@@ -215,6 +215,24 @@ def fingerprint(pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def one_ca(pem: bytes) -> bytes:
+    """``pem`` as exactly one CA certificate, re-encoded (what a joining node keeps): PkiError
+    for anything else, so no second certificate rides along with the one a fingerprint names."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise PkiError("not PEM certificates") from None
+    if len(certificates) != 1:
+        raise PkiError(f"{len(certificates)} certificates where one CA certificate is expected")
+    try:
+        constraints = certificates[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise PkiError("the certificate is not a CA's (no basic constraints)") from None
+    if not constraints.ca:
+        raise PkiError("the certificate is not a CA's")
+    return certificates[0].public_bytes(serialization.Encoding.PEM)
+
+
 def write_new(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """``_write_new`` for callers: a file made whole or not at all, never replacing one."""
     _write_new(Path(path), data, mode)

@@ -184,7 +184,9 @@ class Server:
                 "`runink up` does for a local cluster), or --plaintext (development only)"
             )
         for what, (host, _port) in (("--api", options.api), ("--agents", options.agents)):
-            if not options.insecure_bind and options.tls is None:
+            # loopback only, unless said otherwise, in plaintext and whenever anyone may do
+            # anything (--insecure-dev): TLS does not make an open door safe to publish
+            if not options.insecure_bind and (options.tls is None or options.insecure_dev):
                 try:
                     require_loopback(host, what, "--insecure-bind")
                 except ValueError as exc:
@@ -241,6 +243,7 @@ class Server:
         feed = HerdsFeed(barn, self._stop)
         feed.listen(self.loop.on_change)
         feed.listen(self.job_waits.on_change)
+        feed.on_restart(self.job_waits.reset)
         feed.start()
         tokens = self.tokens
         self.agents = serve_agents(

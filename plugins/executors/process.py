@@ -192,6 +192,7 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
                         close_fds=True,
                     )
                 except OSError as exc:
+                    shutil.rmtree(task_dir / "files", ignore_errors=True)  # (its secrets go with it)
                     raise TaskRejectedError(f"task {spec.id}: cannot start: {exc}") from exc
             # The supervisor shell is the group leader; Popen's own bookkeeping is bypassed
             # (we reap with wait4 for rusage), so tell it not to reap this pid later.
