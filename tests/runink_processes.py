@@ -8,6 +8,9 @@ import json
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,29 @@ def up_tls(env: dict[str, str] | None = None) -> ssl.SSLContext:
     context = json.loads((Path(base) / "runink" / "cluster.json").read_text())
     tls = Path(context["dir"]) / "tls"
     return pki.client_context(tls / "server.s0.pem", tls / "server.s0-key.pem", context["ca"])
+
+
+@dataclass
+class UpCluster:
+    """A cluster `runink up` started for a test: the CLI's environment (its own context file),
+    the cluster's folder and what `runink up --json` printed."""
+
+    env: dict[str, str]
+    folder: Path
+    started: dict[str, Any]
+
+
+@contextmanager
+def up_cluster(run_cli: Any, tmp_path: Path, servers: int, agents: int) -> Iterator[UpCluster]:
+    """`runink up --servers N --agents M` in ``tmp_path/cluster`` (TLS, tokens: the default), and
+    `runink down` after."""
+    import os
+
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    folder = tmp_path / "cluster"
+    up = run_cli("up", "--servers", str(servers), "--agents", str(agents), "--json", "--dir", str(folder), env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield UpCluster(env, folder, json.loads(up.stdout))
+    finally:
+        run_cli("down", env=env)

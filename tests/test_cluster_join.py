@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixture_types import CliRunner
-from runink_processes import ready, start_runink
+from runink_processes import UpCluster, ready, start_runink, up_cluster
 
 from runink.core.server import pki
 
@@ -21,20 +21,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux exe
 
 
 @pytest.fixture
-def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, object]]]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    up = run_cli("up", "--servers", "1", "--agents", "0", "--json", "--dir", str(tmp_path / "cluster"), env=env)
-    assert up.returncode == 0, up.stderr
-    try:
-        yield env, json.loads(up.stdout)
-    finally:
-        run_cli("down", env=env)
+def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[UpCluster]:
+    with up_cluster(run_cli, tmp_path, servers=1, agents=0) as up:
+        yield up
 
 
 def test_a_machine_joins_with_a_one_time_token_and_runs_work(
-    cluster: tuple[dict[str, str], dict[str, object]], run_cli: CliRunner, tmp_path: Path
+    cluster: UpCluster, run_cli: CliRunner, tmp_path: Path
 ) -> None:
-    env, started = cluster
+    env, started = cluster.env, cluster.started
     api, grpc = str(started["api"][0]), str(started["grpc"][0])  # type: ignore[index]
     minted = run_cli("nodes", "join-token", "n9", "--ttl", "10m", env=env)
     assert minted.returncode == 0, minted.stderr

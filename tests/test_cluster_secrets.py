@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
-from runink_processes import up_tls
+from runink_processes import UpCluster, up_cluster, up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -23,21 +23,15 @@ VALUE = "pa55-w0rd-nobody-may-see-7f3a9c"
 
 
 @pytest.fixture
-def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, dict[str, object]]]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    folder = tmp_path / "cluster"
-    up = run_cli("up", "--servers", "3", "--agents", "1", "--json", "--dir", str(folder), env=env)
-    assert up.returncode == 0, up.stderr
-    try:
-        yield env, folder, json.loads(up.stdout)
-    finally:
-        run_cli("down", env=env)
+def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[UpCluster]:
+    with up_cluster(run_cli, tmp_path, servers=3, agents=1) as up:
+        yield up
 
 
 def test_a_slice_gets_its_herds_secret_and_the_plaintext_is_nowhere_else(
-    cluster: tuple[dict[str, str], Path, dict[str, object]], run_cli: CliRunner, tmp_path: Path
+    cluster: UpCluster, run_cli: CliRunner, tmp_path: Path
 ) -> None:
-    env, folder, started = cluster
+    env, folder, started = cluster.env, cluster.folder, cluster.started
     value_file = tmp_path / "value"
     value_file.write_text(VALUE + "\n")
     said: list[str] = []

@@ -104,7 +104,12 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
                 )
                 time.sleep(1.0)
             for job_id in accepted:  # exactly one final state each, never two successes
-                answer = client.get(f"{live[0]}/v1/jobs/{job_id}").json()
+                got = client.get(f"{live[0]}/v1/jobs/{job_id}")
+                if got.status_code != 200:  # (the server's log says why)
+                    server = next(s for s in cluster["servers"] if s["api"] == live[0])
+                    log_tail = (tmp_path / "cluster" / f"{server['name']}.log").read_text()[-3000:]
+                    raise AssertionError((job_id, got.status_code, got.text[:300], log_tail))
+                answer = got.json()
                 transitions = answer["tasks"][0]["transitions"]
                 finals = [t["state"] for t in transitions if t["state"] in FINAL]
                 assert len(finals) == 1, (job_id, transitions)

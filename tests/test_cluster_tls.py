@@ -5,7 +5,6 @@ another CA, or a certificate that is not a node's is refused, and the test shows
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
-from runink_processes import admin_headers, up_tls
+from runink_processes import UpCluster, admin_headers, up_cluster, up_tls
 
 from runink.core.agent.grpc_control import GrpcControl
 from runink.core.control.records import Amount, NodeRecord
@@ -26,15 +25,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux exe
 
 
 @pytest.fixture
-def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, dict[str, object]]]:
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    folder = tmp_path / "cluster"
-    up = run_cli("up", "--servers", "1", "--agents", "1", "--json", "--dir", str(folder), env=env)
-    assert up.returncode == 0, up.stderr
-    try:
-        yield env, folder, json.loads(up.stdout)
-    finally:
-        run_cli("down", env=env)
+def cluster(run_cli: CliRunner, tmp_path: Path) -> Iterator[UpCluster]:
+    with up_cluster(run_cli, tmp_path, servers=1, agents=1) as up:
+        yield up
 
 
 def register(address: str, tls: TlsFiles | None, node: str = "agent-0") -> str:
@@ -50,9 +43,9 @@ def register(address: str, tls: TlsFiles | None, node: str = "agent-0") -> str:
 
 
 def test_the_cluster_speaks_tls_only_and_a_certificate_names_its_node(
-    cluster: tuple[dict[str, str], Path, dict[str, object]], run_cli: CliRunner, tmp_path: Path
+    cluster: UpCluster, run_cli: CliRunner, tmp_path: Path
 ) -> None:
-    env, folder, started = cluster
+    env, folder, started = cluster.env, cluster.folder, cluster.started
     api = str(started["api"][0])  # type: ignore[index]
     assert api.startswith("https://")
     # the CLI checks the server against the cluster CA (from the context `runink up` wrote)
