@@ -56,7 +56,7 @@ from runink.core.report import printable
 log = logging.getLogger(__name__)
 
 #: final states that count as a failure of the attempt: retried while retries are left
-REPORT_THREADS = 16  # reports of different tasks a process applies at once (report_many)
+REPORT_THREADS = 16  # reports of different jobs a process applies at once (report_many)
 MAX_MESSAGE = 4000  # characters of an agent's message kept (it comes from the node: bounded, printable)
 RETRIED = frozenset({RunState.FAILED, RunState.OOMKILLED, RunState.DEADLINE_EXCEEDED})
 #: what an agent may report: the task started, ended, or was given back to be placed again
@@ -79,7 +79,7 @@ class PlacedElsewhere(Refused):
 
 @functools.cache
 def _appliers() -> ThreadPoolExecutor:
-    """The threads ``report_many`` applies the reports of different tasks on (a process's
+    """The threads ``report_many`` applies the reports of different jobs on (a process's
     lifecycles share them: each report is a few Barn round trips, mostly waiting)."""
     return ThreadPoolExecutor(max_workers=REPORT_THREADS, thread_name_prefix="report")
 
@@ -277,7 +277,7 @@ class Lifecycle:
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         """The values of the secrets a task's attempt receives, for the node that runs it: only
         the names the task record lists, only while that attempt is the task's current one and
-        placed on ``node`` (None: the in-process agent of ``runink run``). Raises Refused for
+        placed on ``node`` (None: not checked). Raises Refused for
         any other asker, NotFound for a task or secret that is gone; never logs a value."""
         where = printable(f"secrets for task {task_id} attempt {attempt}", 300)
         task = self.store.task(herd, task_id).record
@@ -507,9 +507,9 @@ class Lifecycle:
         one report's round trips, not one per report. Raises what ``report`` raises
         (PlacedElsewhere) once all were tried."""
         results = [False] * len(reports)
-        by_task: dict[tuple[str, str], list[int]] = {}  # (by job: a job's tasks' commits compare each other)
+        by_job: dict[tuple[str, str], list[int]] = {}  # (by job: a job's tasks' commits compare each other)
         for index, report in enumerate(reports):
-            by_task.setdefault((report.herd, job_of(report.task_id) or report.task_id), []).append(index)
+            by_job.setdefault((report.herd, job_of(report.task_id) or report.task_id), []).append(index)
 
         def apply(indexes: list[int]) -> None:
             for index in indexes:
@@ -519,7 +519,7 @@ class Lifecycle:
                     exit_code=r.exit_code, message=r.message, started=r.started, node=node,
                 )  # fmt: skip
 
-        groups = list(by_task.values())
+        groups = list(by_job.values())
         if not self.store.barn.remote or len(groups) == 1:
             for indexes in groups:
                 apply(indexes)
