@@ -52,7 +52,9 @@ def server_command(
     api: str = typer.Option("127.0.0.1:8470", "--api", help="Where the REST API listens, HOST:PORT."),
     agents: str = typer.Option("127.0.0.1:8471", "--agents", help="Where agents connect (gRPC), HOST:PORT."),
     insecure_bind: bool = typer.Option(
-        False, "--insecure-bind", help="Listen on a non-loopback address although the API and gRPC are not TLS yet."
+        False,
+        "--insecure-bind",
+        help="Listen on a non-loopback address in plaintext (or with --insecure-dev); with TLS no flag is needed.",
     ),
     liveness_timeout: float = typer.Option(
         10.0, "--liveness-timeout", min=0.1, help="Seconds without a heartbeat before a node is dead."
