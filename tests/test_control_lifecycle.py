@@ -345,15 +345,11 @@ def test_a_pipeline_jobs_tasks_are_one_scan_and_a_report_reads_them_so(store: Cl
         store.job_tasks(job)
 
 
-def test_a_report_reads_its_task_and_its_job_together_on_a_remote_barn(store: ClusterStore, life: Lifecycle) -> None:
-    """A command task is named after its job (as a pipeline's are), so a report starts the
-    read of the job beside the read of the task: one round trip of a remote Barn, not two."""
-    job = life.submit_command("lab", ["/bin/true"])
-    (task_id,) = job.tasks
-    assert job_of(task_id) == job.id and job_of("task-18c2f-1a2b3c4d") is None and job_of("job-1.x") is None
-    task = schedule(store, store.task("lab", task_id).record)
+def remote_with_slow_gets(store: ClusterStore) -> list[int]:
+    """Make ``store``'s Barn act as a remote one (reads through ``later`` overlap) whose gets
+    take a round trip (50 ms); returns a cell holding the most gets seen in flight at once."""
     barn = store.barn
-    barn.remote = True  # (as the raft client says it is: reads through ``later`` overlap)
+    barn.remote = True  # (as the raft client says it is)
     original, lock = barn.get, threading.Lock()
     inside, most = [0], [0]
 
@@ -369,6 +365,17 @@ def test_a_report_reads_its_task_and_its_job_together_on_a_remote_barn(store: Cl
                 inside[0] -= 1
 
     barn.get = slow_get  # type: ignore[method-assign]
+    return most
+
+
+def test_a_report_reads_its_task_and_its_job_together_on_a_remote_barn(store: ClusterStore, life: Lifecycle) -> None:
+    """A command task is named after its job (as a pipeline's are), so a report starts the
+    read of the job beside the read of the task: one round trip of a remote Barn, not two."""
+    job = life.submit_command("lab", ["/bin/true"])
+    (task_id,) = job.tasks
+    assert job_of(task_id) == job.id and job_of("task-18c2f-1a2b3c4d") is None and job_of("job-1.x") is None
+    task = schedule(store, store.task("lab", task_id).record)
+    most = remote_with_slow_gets(store)
     assert life.report("lab", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0, started=NOW)
     assert most[0] == 2  # the job's read overlapped the task's
     assert store.job(job.id).record.state is RunState.SUCCEEDED
@@ -380,23 +387,7 @@ def test_report_many_applies_different_tasks_at_once_and_one_tasks_in_order(
     """A round of an agent's reports: those of different tasks overlap on a remote Barn (one
     round's time, not one per report); those of one task keep their order."""
     tasks = [schedule(store, only_task(store, life.submit_command("lab", ["/bin/true"]).id)) for _ in range(4)]
-    barn = store.barn
-    barn.remote = True
-    original, lock = barn.get, threading.Lock()
-    inside, most = [0], [0]
-
-    def slow_get(key: str) -> Any:
-        with lock:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        time.sleep(0.05)
-        try:
-            return original(key)
-        finally:
-            with lock:
-                inside[0] -= 1
-
-    barn.get = slow_get  # type: ignore[method-assign]
+    most = remote_with_slow_gets(store)
     first = tasks[0]
     reports = [
         TaskReport(first.herd, first.id, first.attempt, first.token, RunState.RUNNING, started=NOW),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -90,14 +92,31 @@ def token_create(
 ) -> None:
     """Mint a short-lived token for a CI system or a script; printed once, kept nowhere."""
     path = f"/v1/herds/{herd}/tokens" if herd else "/v1/tokens"
+    body = {"name": name, "role": role, "ttl": _duration(ttl)}
+
+    def about(answer: dict[str, Any]) -> str:
+        expires = dt.datetime.fromtimestamp(answer["expires"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return f"{answer['subject']}, {role} in {f'herd {herd}' if herd else 'the cluster'}, until {expires}"
+
+    mint_token(ctx, server, path, body, json_output, about)
+
+
+def mint_token(
+    ctx: typer.Context,
+    server: str | None,
+    path: str,
+    body: dict[str, Any],
+    json_output: bool,
+    about: Callable[[dict[str, Any]], str],
+) -> None:
+    """POST ``body`` to a route that mints a token; print its answer (``--json``), else the
+    token alone on stdout (for a file or a pipe) and ``about`` it as a comment on stderr."""
     with _client(ctx, server) as client:
-        answer = client.call("POST", path, {"name": name, "role": role, "ttl": _duration(ttl)})
+        answer = client.call("POST", path, body)
     if json_output:
         print_json(answer)
         return
-    expires = dt.datetime.fromtimestamp(answer["expires"], dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    where = f"herd {herd}" if herd else "the cluster"
-    print(f"# {answer['subject']}, {role} in {where}, until {expires}", file=sys.stderr)
+    print(f"# {about(answer)}", file=sys.stderr)
     print(answer["token"])
 
 
@@ -171,13 +190,8 @@ def node_token(
     json_output: bool = JSON,
 ) -> None:
     """Mint the token a node's agent connects with (`runink agent --token-file FILE`)."""
-    with _client(ctx, server) as client:
-        answer = client.call("POST", f"/v1/nodes/{node}/token", {"ttl": _duration(ttl)})
-    if json_output:
-        print_json(answer)
-        return
-    print(f"# node {node}: give it to its agent as --token-file", file=sys.stderr)
-    print(answer["token"])
+    path, hint = f"/v1/nodes/{node}/token", f"node {node}: give it to its agent as --token-file"
+    mint_token(ctx, server, path, {"ttl": _duration(ttl)}, json_output, lambda _: hint)
 
 
 def audit_command(

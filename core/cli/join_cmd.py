@@ -9,9 +9,8 @@ from pathlib import Path
 
 import typer
 
-from runink.core.cli.auth_cmd import _duration
-from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
-from runink.core.cli.output import print_json
+from runink.core.cli.auth_cmd import _duration, mint_token
+from runink.core.cli.jobs_cmd import JSON, SERVER, nodes_app
 from runink.core.errors import RuninkError
 
 node_app = typer.Typer(help="This machine as a node of a cluster: `runink node join`.", no_args_is_help=True)
@@ -26,13 +25,8 @@ def node_join_token(
     json_output: bool = JSON,
 ) -> None:
     """Mint a one-time token a new machine joins the cluster with (`runink node join TOKEN`)."""
-    with _client(ctx, server) as client:
-        answer = client.call("POST", f"/v1/nodes/{node}/join-token", {"ttl": _duration(ttl)})
-    if json_output:
-        print_json(answer)
-        return
-    print(f"# node {node}: on the new machine, `runink node join TOKEN --server URL --dir DIR`", file=sys.stderr)
-    print(answer["token"])
+    hint = f"node {node}: on the new machine, `runink node join TOKEN --server URL --dir DIR`"
+    mint_token(ctx, server, f"/v1/nodes/{node}/join-token", {"ttl": _duration(ttl)}, json_output, lambda _: hint)
 
 
 @node_app.command("join")

@@ -125,24 +125,7 @@ def issue(
         if os.path.lexists(path):
             raise PkiError(f"{path}: exists already; not overwritten")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(list(USAGES[usage])), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    certificate = builder.sign(ca_key, hashes.SHA256())
+    certificate = _signed(ca_cert, ca_key, key.public_key(), common_name, usage=usage, days=days, names=names)
     _write_new(files.key, _key_pem(key), 0o600)
     try:
         _write_new(files.cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -187,8 +170,24 @@ def sign_request(
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
         raise PkiError("the signing request's key is not EC P-256")
     authority, authority_key = _load_cert(Path(ca_cert)), _load_key(Path(ca_key))
+    certificate = _signed(authority, authority_key, public_key, common_name, usage=usage, days=days)
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _signed(
+    authority: x509.Certificate,
+    authority_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    common_name: str,
+    *,
+    usage: Usage,
+    days: int,
+    names: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    """A leaf certificate (no CA) for ``public_key``, signed by the CA: valid from a little
+    before now (peers' clocks differ) for ``days`` days, never past the CA's own expiry."""
     now = _now()
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(authority.subject)
@@ -201,9 +200,10 @@ def sign_request(
         .add_extension(x509.ExtendedKeyUsage(list(USAGES[usage])), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(authority_key.public_key()), critical=False)
-        .sign(authority_key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.PEM)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+    return builder.sign(authority_key, hashes.SHA256())
 
 
 def fingerprint(pem: bytes) -> str:
