@@ -50,9 +50,14 @@ def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         ready(agent, tmp_path / "a.log")
         yield env
     finally:
-        for process in reversed(processes):
+        for process, log in zip(reversed(processes), ("a.log", "s.log")[2 - len(processes) :], strict=True):
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                ended = (tmp_path / log).read_text()[-3000:]
+                pytest.fail(f"runink {process.args[3]} did not stop within 30 s of SIGTERM; its log ends: {ended}")
 
 
 def test_exec_runs_a_command_on_the_cluster_and_exits_with_its_status(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -221,6 +222,47 @@ def _outlive(linux: LinuxExecutor, tmp_path: Path) -> None:
     while linux.cgroups.leftovers() and time.monotonic() < deadline:  # its warm cgroups go too
         time.sleep(0.1)
     assert [p.name for p in linux.cgroups.leftovers()] == []
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_signal_for_the_runners_process_group_leaves_its_slices_to_it(tmp_path: Path) -> None:
+    """Ctrl-C on a terminal or a service manager's SIGTERM reaches the runner's whole process
+    group: the runner decides what its slices do (an agent drains), so its launcher must not
+    die of it mid-request (that left a start waiting 30 s for an answer)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "runner.py"
+    script.write_text(
+        f"""
+import json, os, signal, sys, uuid
+from pathlib import Path
+from runink.core.interfaces.executor import TaskSpec
+from runink.plugins.executors.linux.executor import LinuxExecutor
+signal.signal(signal.SIGTERM, lambda *_: print("runner got SIGTERM", flush=True))
+linux = LinuxExecutor(cgroup_parent="runink-test-" + uuid.uuid4().hex[:8])
+work = Path({str(tmp_path)!r}) / "work"
+work.mkdir(); os.chmod(work, 0o777)
+command = ("sh", "-c", "sleep 1; exit 7")
+spec = TaskSpec("g-1", command, Path({str(tmp_path)!r}) / "g-1", env={{"PATH": "/usr/bin:/bin"}}, cwd=work)
+linux.start(spec)
+print("started", flush=True)
+result = linux.wait(spec.id, 20)
+print(json.dumps([result.state.value, result.exit_code]), flush=True)
+linux.close()
+"""
+    )
+    runner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert runner.stdout is not None
+        assert runner.stdout.readline().strip() == "started"
+        os.killpg(runner.pid, signal.SIGTERM)  # the whole group, as a terminal or systemd signals it
+        out, _ = runner.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert out.splitlines() == ["runner got SIGTERM", '["FAILED", 7]']  # the slice ran to its own end
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")

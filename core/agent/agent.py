@@ -268,6 +268,9 @@ class Agent:
         rest and give them back to be placed again."""
         self.draining = True
         deadline = time.monotonic() + grace
+        if self.running:
+            why = "node %s: draining: %d running task(s) may end for up to %gs"
+            log.warning(why, self.node_id, len(self.running), grace)
         while self.running and time.monotonic() < deadline:
             try:
                 self.sync()

@@ -87,6 +87,7 @@ def _storage_modules() -> list[str]:
     return sorted({ep.module for ep in entry_points(group="runink.storage")})
 
 
+LAUNCHER_GONE_GRACE = 1.0  # a launcher found dead: how long its last answers may take to be read
 ORPHAN_SWEEP_SECONDS = 2.0  # after a launcher died: how long its warm sandboxes' cgroups are swept
 
 
@@ -324,8 +325,16 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 if not self._swept:
                     self._swept = True
                     self._sweep_stale_cgroups()
+            # In a process group of its own: a signal for this process's group (Ctrl-C on a
+            # terminal, a service manager's SIGTERM) is this process's to act on; a launcher
+            # killed by it mid-request would leave slices half-started. It ends with its stdin.
             launcher = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": os.defpath}
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={"PATH": os.defpath},
+                process_group=0,
             )
             self._launchers[kind] = launcher
             threading.Thread(
@@ -534,9 +543,15 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             launcher = self._launcher_process("python" if python else "exec")
             task.launcher = pending.launcher = launcher
             assert launcher.stdin is not None
-            launcher.stdin.write(request.to_line())
-            launcher.stdin.flush()
-        started_in_time = pending.event.wait(30)
+            try:
+                launcher.stdin.write(request.to_line())
+                launcher.stdin.flush()
+                sent = True
+            except OSError:  # it died since it was started (killed): no answer will come
+                sent = False
+        if not sent:
+            self._give_up(spec.id, pending)
+        started_in_time = self._wait_started(spec.id, pending, launcher, 30)
         with self._lock:
             if not started_in_time and spec.id in self._pending:  # the launcher may still act on it
                 pending.abandoned_fds = [secrets_fd, *log_fds]
@@ -555,6 +570,31 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         (task_dir / "handle.json").write_text(json.dumps(handle.to_dict()))
         self._watch(task)
         return handle
+
+    def _wait_started(self, task_id: str, pending: _Pending, launcher: subprocess.Popen[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` for the launcher's answer to ``task_id``'s request. A launcher
+        that died unanswered is noticed by its process ending, not only by the end of its
+        output: a process it forked may hold that open."""
+        deadline = time.monotonic() + timeout
+        gone_since: float | None = None
+        while not pending.event.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if launcher.poll() is None:
+                continue
+            gone_since = gone_since or now
+            if now - gone_since >= LAUNCHER_GONE_GRACE:  # (its last lines had time to be read)
+                self._give_up(task_id, pending)
+        return True
+
+    def _give_up(self, task_id: str, pending: _Pending) -> None:
+        """The launcher will never answer ``task_id``'s request: start() says so."""
+        with self._lock:
+            if self._pending.get(task_id) is pending:
+                del self._pending[task_id]
+                pending.message = "the launcher exited before it started the slice"
+                pending.event.set()
 
     def recover(self, handle: TaskHandle) -> None:
         self._check_handle(handle)
