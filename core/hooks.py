@@ -56,6 +56,7 @@ T = TypeVar("T")
 ISOLATED = frozenset(
     {
         "runink_configure",
+        "runink_unconfigure",
         "runink_cli_commands",
         "runink_register_drivers",
         "runink_lineage_event",
@@ -201,6 +202,10 @@ class Hooks:
 
     def score_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Mapping[str, float]]]:
         return _answers(self._hook.runink_score_nodes(request=request, nodes=nodes))
+
+    def unconfigure(self) -> list[str]:
+        """Returns the plugins that raised."""
+        return self._fan_out("runink_unconfigure", self._hook.runink_unconfigure)
 
     # --- lineage, metrics and logs: return the names of the sinks that failed -------------
 

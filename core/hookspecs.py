@@ -66,6 +66,17 @@ def runink_configure(config: RuninkConfig) -> None:
     """
 
 
+@hookspec
+def runink_unconfigure() -> None:
+    """The process is done with its plugins: send what is still buffered and close.
+
+    Called once by the CLI as a command ends (whatever the way: a run, a server or agent
+    stopping, an error), and by ``runink.testing.plugin_manager`` as its block ends. A sink that
+    delivers from a thread of its own (the lineage sinks) waits here, bounded, for what it
+    queued. Fan-out; one plugin raising is logged and does not stop the others.
+    """
+
+
 # --- authentication and authorization ---------------------------------------------------
 
 

@@ -93,6 +93,7 @@ class PluginManager:
         self._records: dict[str, PluginRecord] = {}
         self._lock = threading.RLock()
         self.hooks = Hooks(self)
+        self._unconfigured = False
         if self.settings.trace:
             self.enable_tracing()
 
@@ -197,6 +198,12 @@ class PluginManager:
         """Call ``runink_configure`` (historic: later plugins get it at registration); a plugin that
         raises is marked failed."""
         self.hooks.configure(config)
+
+    def unconfigure(self) -> None:
+        """Call ``runink_unconfigure`` once: plugins send what they buffer and close."""
+        if not self._unconfigured:
+            self._unconfigured = True
+            self.hooks.unconfigure()
 
     def enable_tracing(self) -> None:
         self.settings = self.settings.model_copy(update={"trace": True})

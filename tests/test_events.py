@@ -47,12 +47,13 @@ def test_hook_runink_lineage_event(tmp_path: Path) -> None:
         failed = emit_lineage(manager, EVENT)
     assert failed == ["boom"]
     assert first.events == [EVENT] and second.events == [EVENT]
-    # The built-in lineage-jsonl sink wrote an OpenLineage-shaped line under data_dir.
+    # The built-in lineage-jsonl sink wrote an OpenLineage run event under data_dir (by the
+    # time the manager was unconfigured: it writes from a thread of its own).
     line = json.loads((tmp_path / "lineage" / "events.jsonl").read_text().splitlines()[0])
     assert line["eventType"] == "COMPLETE"
-    assert line["job"] == {"namespace": "runink/finance", "name": "orders:validate"}
-    assert line["outputs"] == [{"namespace": "runink/finance", "name": "parquet://out/orders.parquet"}]
-    assert line["run"]["facets"] == {"rows": 10}
+    assert line["job"] == {"namespace": "runink.finance", "name": "orders:validate", "facets": {}}
+    assert [(o["namespace"], o["name"]) for o in line["outputs"]] == [("file", "out/orders.parquet")]
+    assert line["run"]["facets"]["runink"]["herd"] == "finance"
 
 
 def test_hook_runink_export_metrics() -> None:

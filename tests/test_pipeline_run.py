@@ -67,10 +67,18 @@ def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path) -> None:
     lineage = orders / ".runink" / "lineage" / "events.jsonl"  # data_dir is relative to the working directory
     events = [json.loads(x) for x in lineage.read_text().splitlines()]
     kinds = [(e["eventType"], e["job"]["name"]) for e in events]
-    assert ("COMPLETE", "Validate orders") in kinds and ("START", "Large orders") in kinds
-    complete = next(e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == "Validate orders")
-    assert complete["run"]["facets"]["rows_invalid"] == 20 and complete["run"]["facets"]["contract_hash"]
-    assert any(o["name"].endswith("silver/orders.parquet") for o in complete["outputs"])
+    assert ("COMPLETE", "Orders to silver.Validate orders") in kinds
+    assert ("START", "Orders to silver.Large orders") in kinds
+    complete = next(e for e in events if kinds[events.index(e)] == ("COMPLETE", "Orders to silver.Validate orders"))
+    facet = complete["run"]["facets"]["runink"]
+    assert facet["rowsInvalid"] == 20 and facet["contractHash"] and facet["state"] == "SUCCEEDED"
+    # OpenLineage's own facets: rows read, rows written, the output's schema, the pipeline run as parent
+    assert complete["inputs"][0]["inputFacets"]["dataQualityMetrics"]["rowCount"] == 1000
+    silver = next(o for o in complete["outputs"] if o["name"].endswith("silver/orders.parquet"))
+    assert silver["namespace"] == "file" and silver["outputFacets"]["outputStatistics"]["rowCount"] == 980
+    assert "amount_eur" in [f["name"] for f in silver["facets"]["schema"]["fields"]]
+    parents = {e["run"]["facets"]["parent"]["run"]["runId"] for e in events}
+    assert len(parents) == 1 and len({e["run"]["runId"] for e in events}) == 2  # one run per scenario
 
 
 def test_table_output_and_progress(run_cli: CliRunner, orders: Path) -> None:

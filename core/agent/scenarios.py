@@ -70,6 +70,12 @@ class ScenarioRun:
     finished: float | None = None
     log_dir: str | None = None
     contract_hash: str | None = None
+    contract: str | None = None
+    #: the source's schema as read ("input") and the valid output's ("output"): [[name, type], ...]
+    schemas: dict[str, list[list[str]]] = field(default_factory=dict)
+    job_id: str | None = None  # the cluster's job and task running it, and the node of its last attempt
+    task_id: str | None = None
+    node: str | None = None
 
     @property
     def elapsed(self) -> float:
@@ -95,6 +101,15 @@ class ScenarioRun:
             "log_dir": self.log_dir,
             "contract_hash": self.contract_hash,
         }
+
+
+def _schema_fields(value: Any) -> list[list[str]] | None:
+    """A schema a slice reported (``[[name, type], ...]``), if it is one: bounded, printable."""
+    if not isinstance(value, list) or len(value) > 1000:
+        return None
+    if not all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in value):
+        return None
+    return [[printable(name, 200), printable(kind, 200)] for name, kind in value]
 
 
 def slug(name: str) -> str:
@@ -223,6 +238,7 @@ class ScenarioAttempts(Executor):
             raise RuninkError(f"pipeline {ref.pipeline}: no scenario {printable(ref.scenario, 200)!r}")
         scenario = run.scenarios[item.name]
         scenario.attempts = task.attempt
+        scenario.job_id, scenario.task_id, scenario.node = task.job_id, task.id, task.node
         if scenario.started is None:
             scenario.started = time.time()
         scenario.state = ScenarioState.RUNNING
@@ -328,6 +344,15 @@ class ScenarioAttempts(Executor):
                 run.drift = [printable(str(d), 1000) for d in drift[:100]]
             if isinstance(event.get("contract_hash"), str):
                 run.contract_hash = printable(event["contract_hash"], 200)
+            if isinstance(event.get("contract"), str):
+                run.contract = printable(event["contract"], 200)
+            schemas = event.get("schemas")
+            if isinstance(schemas, dict):
+                run.schemas = {
+                    kind: fields
+                    for kind in ("input", "output")
+                    if (fields := _schema_fields(schemas.get(kind))) is not None
+                }
             if isinstance(event.get("ok"), bool):
                 report["ok"] = event["ok"]
             if isinstance(event.get("error"), str):
@@ -413,7 +438,17 @@ class ScenarioAttempts(Executor):
         inputs = (item.source.canonical(),)
         outputs = tuple(ref.canonical() for ref in item.outputs)
         job = f"{run.run_id}/{slug(item.name)}"
-        return LineageEvent(kind, job, item.name, run.herd, inputs, outputs, facets=facets or {})
+        scenario = run.scenarios[item.name]
+        where = {
+            "pipeline": run.compiled.pipeline.name,
+            "pipeline_run": run.run_id,
+            "job_id": scenario.job_id,
+            "task_id": scenario.task_id,
+            "node": scenario.node,
+            "attempt": scenario.attempts,
+            "invalid_outputs": [s.ref.canonical() for s in item.sinks if s.when != "valid"],
+        }
+        return LineageEvent(kind, job, item.name, run.herd, inputs, outputs, facets={**where, **(facets or {})})
 
     def _export_end(
         self, pipeline_run: PipelineRun, item: CompiledScenario, run: ScenarioRun, state: TaskState
@@ -425,8 +460,13 @@ class ScenarioAttempts(Executor):
             "rows_out": run.rows_out,
             "attempts": run.attempts,
             "contract_hash": run.contract_hash,
+            "contract": run.contract,
+            "schemas": run.schemas,
             "drift": run.drift,
             "error": run.error,
+            "state": state.value,
+            "started": run.started,
+            "finished": run.finished or time.time(),
         }
         kind: Literal["COMPLETE", "FAIL"] = "COMPLETE" if state is TaskState.SUCCEEDED else "FAIL"
         emit_lineage(self.manager, self._lineage(kind, pipeline_run, item, facets))

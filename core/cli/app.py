@@ -6,6 +6,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -91,9 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     try:
-        app = build_app(state)
-        command = typer.main.get_command(app)
-        outcome = command.main(args=argv, prog_name="runink", standalone_mode=False)
+        outcome = _run(state, argv)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -117,3 +116,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     # Click returns an eager option's exit code (--version) instead of raising.
     sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+def _run(state: CliState, argv: list[str]) -> Any:
+    """Build the CLI and run the command ``argv``; then, however it ended, let the plugins
+    send what they still buffer (lineage sinks deliver from threads of their own)."""
+    try:
+        app = build_app(state)
+        command = typer.main.get_command(app)
+        return command.main(args=argv, prog_name="runink", standalone_mode=False)
+    finally:
+        state.close()

@@ -65,6 +65,11 @@ class CliState:
             self._plugins = create_plugin_manager(config)
         return self._plugins
 
+    def close(self) -> None:
+        """The command ended: plugins send what they buffer (``runink_unconfigure``)."""
+        if self._plugins is not None:
+            self._plugins.unconfigure()
+
 
 def _apply_log_settings(config: RuninkConfig, debug: bool) -> None:
     logging.getLogger("runink").setLevel(logging.DEBUG if debug else config.log.level.upper())

@@ -139,12 +139,15 @@ def run(spec: SliceSpec) -> int:
         def progress() -> None:
             reporter.send("progress", **_counts(counters))
 
+        schemas: dict[str, pa.Schema] = {}  # what lineage records: the source's, as read, and the output's
+
         def validated() -> Iterator[Flow]:
             """The source's rows that meet the contract; the others go to the invalid sinks."""
             nonlocal dlq_schema
             assert reads is not None
             for read in reads:
                 batch = read.batch
+                schemas.setdefault("input", contract.schema() if contract is not None else batch.schema)
                 counters.rows_in += batch.num_rows + len(read.malformed)
                 counters.rows_malformed += len(read.malformed)
                 if contract is not None:
@@ -190,6 +193,7 @@ def run(spec: SliceSpec) -> int:
                 stream = _python_step(stream, step[0], step[1], counters)
         for flow in stream:
             if flow.batch.num_rows:
+                schemas.setdefault("output", flow.batch.schema)
                 counters.rows_out += flow.batch.num_rows
                 output.submit("valid", flow.batch)
             progress()
@@ -204,6 +208,8 @@ def run(spec: SliceSpec) -> int:
             ok=True,
             drift=drift_messages,
             contract_hash=contract.contract_hash() if contract else None,
+            contract=contract.__name__ if contract else None,
+            schemas={kind: _schema_fields(schema) for kind, schema in schemas.items()},
             **_counts(counters),
         )
         return 0
@@ -234,6 +240,11 @@ def _storage(fmt: str, options: dict[str, dict[str, Any]]) -> Storage:
         return load_installed(Storage, fmt, options.get(fmt))
     except RuninkError as exc:
         raise SliceError(f"storage driver {fmt!r}: {exc}") from None
+
+
+def _schema_fields(schema: pa.Schema) -> list[list[str]]:
+    """A schema as ``[[name, Arrow type], ...]`` (what lineage and the catalog keep)."""
+    return [[field.name, str(field.type)] for field in schema]
 
 
 def _counts(counters: Counters) -> dict[str, Any]:

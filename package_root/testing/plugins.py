@@ -25,7 +25,10 @@ def plugin_manager(
         name, obj = plugin if isinstance(plugin, tuple) else (None, plugin)
         manager.register(obj, name)
     manager.configure(config)
-    yield manager
+    try:
+        yield manager
+    finally:
+        manager.unconfigure()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """Lineage sinks (hook plugins: every registered sink receives every event)."""
 
-from runink.plugins.lineage.sink import LineageSink
+from runink.plugins.lineage.sink import LineageSink, QueuedLineageSink
 
-__all__ = ["LineageSink"]
+__all__ = ["LineageSink", "QueuedLineageSink"]
