@@ -1,0 +1,76 @@
+"""The ``catalog`` lineage sink: every lineage event recorded in the catalog's database, from the
+sink's own thread (a run never waits for it, nor for SQLAlchemy's import).
+
+    [plugin.catalog]
+    url = "postgresql+psycopg://runink@db/runink"   # default: sqlite:///<data_dir>/catalog.db
+    enabled = true
+
+The schema is brought to the newest migration the first time the sink writes (and by every
+``runink catalog`` command), so a new version of Runink upgrades an existing catalog in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from runink.core.config import RuninkConfig
+from runink.core.errors import RuninkError
+from runink.core.hookspecs import hookimpl
+from runink.core.model import LineageEvent
+from runink.plugins.lineage.sink import QueuedLineageSink
+
+
+class CatalogSink(QueuedLineageSink):
+    label = "catalog"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url: str | None = None
+        self.enabled = True
+        self._engine: Any = None
+
+    @hookimpl
+    def runink_configure(self, config: RuninkConfig) -> None:
+        from runink.plugins.lineage.catalog.store import default_url  # (no SQLAlchemy here)
+
+        options = config.plugin_options("catalog")
+        url, enabled = options.get("url"), options.get("enabled", True)
+        if url is not None and not (isinstance(url, str) and "://" in url):
+            raise RuninkError(
+                f"[plugin.catalog] url: expected a database URL (sqlite:///PATH, postgresql+psycopg://...), got {url!r}"
+            )
+        if not isinstance(enabled, bool):
+            raise RuninkError(f"[plugin.catalog] enabled: expected true or false, got {enabled!r}")
+        self.url = url or default_url(Path(config.data_dir))
+        self.enabled = enabled
+
+    def active(self) -> bool:
+        return self.enabled
+
+    def engine(self) -> Any:
+        """The catalog's engine, its schema at the newest migration (made on first use)."""
+        if self._engine is None:
+            from runink.plugins.lineage.catalog.store import engine_for, migrate
+
+            engine = engine_for(self.url or "sqlite:///.runink/catalog.db")
+            migrate(engine)
+            self._engine = engine
+        return self._engine
+
+    def deliver(self, event: LineageEvent) -> None:
+        from runink.plugins.lineage.catalog.store import record
+
+        record(self.engine(), event)
+
+    def closed(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @hookimpl
+    def runink_cli_commands(self, app: typer.Typer) -> None:
+        from runink.plugins.lineage.catalog.cli import register
+
+        register(app, self)

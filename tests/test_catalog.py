@@ -1,0 +1,267 @@
+"""The lineage catalog: fed by runs with no user code, read by `runink catalog` and `runink
+lineage`; its schema made and changed only by alembic migrations, on SQLite and on a real
+PostgreSQL (Debian's, started here as the postgres user)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from barn_cluster import free_ports
+from fixture_types import CliRunner
+
+from runink.core.model import LineageEvent
+from runink.plugins.lineage.catalog.models import CatalogTable
+from runink.plugins.lineage.catalog.queries import CatalogError, find_dataset, lineage, list_datasets
+from runink.plugins.lineage.catalog.store import MIGRATIONS, engine_for, migrate, record
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def orders(tmp_path: Path) -> Path:
+    target = tmp_path / "orders"
+    shutil.copytree(
+        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
+    )
+    return target
+
+
+def _json(out: subprocess.CompletedProcess[str]) -> object:
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_run_fills_the_catalog_and_the_cli_reads_it(run_cli: CliRunner, orders: Path) -> None:
+    for _ in range(2):
+        assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0
+    datasets = _json(run_cli("catalog", "list", "--json", cwd=orders))
+    assert isinstance(datasets, list)
+    by_path = {d["uri"].partition("://")[2].removeprefix(str(orders) + "/"): d for d in datasets}
+    assert sorted(by_path) == [
+        "data/orders.csv",
+        "out/dlq/orders.jsonl",
+        "out/gold/large_orders.csv",
+        "out/silver/orders.parquet",
+    ]
+    assert {d["herd"] for d in datasets} == {"finance"}
+    assert by_path["out/silver/orders.parquet"]["rows"] == 980 and by_path["out/dlq/orders.jsonl"]["rows"] == 20
+    assert by_path["data/orders.csv"]["rows"] == 1000 and by_path["data/orders.csv"]["contract"] == "Order"
+
+    shown = _json(run_cli("catalog", "show", "out/silver/orders.parquet", "--json", cwd=orders))
+    assert isinstance(shown, dict)
+    assert ("amount_eur", "double") in [tuple(c) for c in shown["schema"]]
+    assert [(r["scenario"], r["direction"], r["state"], r["rows"]) for r in shown["runs"]] == [
+        ("Large orders", "read", "SUCCEEDED", 980),
+        ("Validate orders", "wrote", "SUCCEEDED", 980),
+    ] * 2  # two runs, newest first
+    source = _json(run_cli("catalog", "show", "data/orders.csv", "--json", cwd=orders))
+    assert isinstance(source, dict) and [v["contract"] for v in source["contract_versions"]] == ["Order"]
+
+    graph = _json(run_cli("lineage", "out/gold/large_orders.csv", "--upstream", "--depth", "5", "--json", cwd=orders))
+    assert isinstance(graph, dict)
+    names = {d["id"]: d["uri"].rpartition("/")[2] for d in graph["datasets"]}
+    runs = {r["id"]: r["scenario"] for r in graph["runs"]}
+    edges = {(names.get(e["from"]) or runs[e["from"]], names.get(e["to"]) or runs[e["to"]]) for e in graph["edges"]}
+    assert edges == {
+        ("orders.csv", "Validate orders"),
+        ("Validate orders", "orders.parquet"),
+        ("orders.parquet", "Large orders"),
+        ("Large orders", "large_orders.csv"),
+    }
+    assert len(graph["runs"]) == 4  # both runs of both scenarios
+    one_hop = _json(run_cli("lineage", "out/gold/large_orders.csv", "--upstream", "--depth", "1", "--json", cwd=orders))
+    assert isinstance(one_hop, dict) and sorted(d["uri"].rpartition("/")[2] for d in one_hop["datasets"]) == [
+        "large_orders.csv",
+        "orders.parquet",
+    ]
+    tree = run_cli("lineage", "data/orders.csv", "--downstream", cwd=orders)
+    assert tree.returncode == 0 and "Validate orders" in tree.stdout and "large_orders.csv" in tree.stdout
+    dot = run_cli("lineage", "data/orders.csv", "--format", "dot", cwd=orders)
+    assert (
+        dot.returncode == 0 and dot.stdout.startswith("digraph lineage {") and dot.stdout.count("->") == 10
+    )  # 2 runs x (3 edges of Validate, 2 of Large)
+
+
+def test_queries_answer_only_with_the_herds_asked_for(run_cli: CliRunner, orders: Path) -> None:
+    assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0
+    assert _json(run_cli("catalog", "list", "--herd", "other", "--json", cwd=orders)) == []
+    refused = run_cli("lineage", "out/silver/orders.parquet", "--herd", "other", cwd=orders)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "dataset 'out/silver/orders.parquet': not in the catalog" in refused.stderr
+    bad = run_cli("lineage", "out/silver/orders.parquet", "--format", "png", cwd=orders)
+    assert bad.returncode == 2 and "'png': expected one of tree, json, dot" in bad.stderr
+
+
+def test_failed_runs_and_drift_are_recorded(run_cli: CliRunner, tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    contract = "from runink.core.contracts import Contract, Field\n\nclass Row(Contract):\n    id: int = Field(ge=0)\n"
+    (project / "contracts.py").write_text(contract + "    name: str\n")
+    (project / "steps.py").write_text("def boom(batch):\n    raise ValueError('cursed')\n")
+    (project / "in.csv").write_text("id,name,extra\n1,a,x\n")
+    dsl = """
+        Feature: p
+          Scenario: a
+            @source("in.csv", contract="contracts:Row")
+            @sink("out/a.csv")
+          Scenario: b
+            @source("out/a.csv")
+            @step("steps:boom")
+            @sink("out/b.csv")
+    """
+    (project / "p.dsl").write_text(textwrap.dedent(dsl))
+    out = run_cli("run", "p.dsl", cwd=project)
+    assert out.returncode == 1
+    source = _json(run_cli("catalog", "show", "in.csv", "--json", cwd=project))
+    assert isinstance(source, dict) and [d["message"] for d in source["drift"]] == [
+        "column 'extra' is not in the contract"
+    ]
+    failed = _json(run_cli("catalog", "show", "out/b.csv", "--json", cwd=project))
+    assert isinstance(failed, dict) and failed["rows"] is None  # never written
+    (run,) = failed["runs"]
+    assert run["state"] == "FAILED" and "cursed" in run["error"]
+    dot = run_cli("lineage", "out/a.csv", "--format", "dot", cwd=project).stdout
+    assert "color=red" in dot  # the failed run stands out
+
+
+def test_a_disabled_catalog_records_nothing(run_cli: CliRunner, orders: Path) -> None:
+    (orders / "runink.toml").write_text("[plugin.catalog]\nenabled = false\n")
+    assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0
+    assert not (orders / ".runink" / "catalog.db").exists()
+    (orders / "runink.toml").write_text('[plugin.catalog]\nurl = "catalog.db"\n')
+    out = run_cli("catalog", "list", cwd=orders)
+    assert "[plugin.catalog] url: expected a database URL" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def _revisions() -> list[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return [s.revision for s in reversed(list(ScriptDirectory.from_config(config).walk_revisions()))]
+
+
+def _model_drift(url: str) -> list[object]:
+    """What alembic's autogenerate would change to make the database match the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = engine_for(url)
+    with engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection), CatalogTable.metadata))
+
+
+def _check_migrations(url: str) -> None:
+    engine = engine_for(url)
+    migrate(engine)  # from an empty database
+    assert _model_drift(url) == []  # the migrations make exactly the tables the models describe
+    migrate(engine)  # at the newest already: nothing to do
+    # every version up from the one before it (and down again), data kept on the way up
+    revisions = _revisions()
+    assert revisions[0] == "0001"
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    for revision in revisions:
+        migrate(engine, revision)
+        _feed(engine, f"run-{revision}")
+    assert len(list_datasets(engine, None)) == 2
+    engine.dispose()
+
+
+def _feed(engine: object, run: str) -> None:
+    start = LineageEvent("START", f"{run}/a", "a", "h", ("csv:///in.csv",), (f"parquet:///{run}.parquet",))
+    end = LineageEvent(
+        "COMPLETE", f"{run}/a", "a", "h", ("csv:///in.csv",), (f"parquet:///{run}.parquet",), facets={"rows_out": 3}
+    )
+    record(engine, start)  # type: ignore[arg-type]
+    record(engine, end)  # type: ignore[arg-type]
+
+
+def test_migrations_on_sqlite(tmp_path: Path) -> None:
+    _check_migrations(f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server of its own on loopback (Debian's postgresql package, which .ci/run
+    installs), run as the postgres user; yields its URL."""
+    bindir = _postgres_bin()
+    if bindir is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's postgresql package and root (to run it as the postgres user)")
+    # (not under pytest's temp folders: they are root's alone, and the server runs as postgres)
+    folder = Path(tempfile.mkdtemp(prefix="runink-pg-"))
+    os.chmod(folder, 0o755)
+    data = folder / "data"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    (port,) = free_ports(1)
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "runink"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"
+    subprocess.run(
+        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://runink@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
+
+
+def test_migrations_on_postgresql(postgres: str) -> None:
+    _check_migrations(postgres)
+
+
+def test_a_lineage_query_on_postgresql(postgres: str) -> None:
+    """A chain of 6 runs over 7 datasets, in two herds; depth and herds are honoured."""
+    engine = engine_for(postgres)
+    migrate(engine)
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for number in range(6):
+        herd = "a" if number < 3 else "b"
+        event = LineageEvent(
+            "COMPLETE", f"chain/s{number}", f"s{number}", herd, (f"csv:///d{number}",), (f"csv:///d{number + 1}",),
+            event_time=moment + timedelta(seconds=number), facets={"rows_out": number},
+        )  # fmt: skip
+        record(engine, event)
+    root = find_dataset(engine, "csv:///d3", ["a"])
+    graph = lineage(engine, root, "upstream", 5, ["a"])
+    assert sorted(d["uri"] for d in graph.datasets.values()) == ["csv:///d0", "csv:///d1", "csv:///d2", "csv:///d3"]
+    graph = lineage(engine, root, "upstream", 2, ["a"])
+    assert sorted(d["uri"] for d in graph.datasets.values()) == ["csv:///d1", "csv:///d2", "csv:///d3"]
+    with pytest.raises(CatalogError, match="not in the catalog"):
+        find_dataset(engine, "csv:///d5", ["a"])  # herd b's
+    engine.dispose()
