@@ -16,7 +16,9 @@ from typing import Any
 
 
 def start_runink(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    """``python -m runink ARGS``: stdout a pipe (its ready line), stderr appended to ``log``."""
+    """``python -m runink ARGS``: stdout a pipe (its ready line), stderr appended to ``log``;
+    its data_dir (catalog, lineage) beside the log unless ``env`` names one (not the cwd's)."""
+    env = {"RUNINK_DATA_DIR": str(log.with_name(log.stem + "-data")), **env}
     with open(log, "a") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "runink", *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env,

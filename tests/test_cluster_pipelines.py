@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,34 @@ def test_submit_runs_a_pipelines_scenarios_in_order_on_the_cluster(
     # without --wait: the job's id at once
     detached = run_cli("submit", str(pipeline), env=one_agent)
     assert detached.returncode == 0 and detached.stdout.strip().startswith("job")
+
+
+def test_the_server_records_the_lineage_its_nodes_send(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The agent sends its scenarios' lineage over its stream; the server, which owns the
+    catalog, records it (with the job, task and node the record says); the node writes none."""
+    pipeline = _project(tmp_path / "p")
+    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    out = run_cli("submit", str(pipeline), "--wait", "--json", env=one_agent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = json.loads(out.stdout)["job"]["id"]
+    server_catalog = {**one_agent, "RUNINK_DATA_DIR": str(tmp_path / "cluster" / "s-data")}
+    deadline = time.monotonic() + 20  # (the server's sink writes from a thread of its own)
+    while True:
+        shown = run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), "--json", env=server_catalog)
+        if (shown.returncode == 0 and len(json.loads(shown.stdout)["runs"]) == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["rows"] == 100 and detail["herd"] == "default"
+    runs = {r["scenario"]: r for r in detail["runs"]}
+    assert runs["First"]["direction"] == "wrote" and runs["Second"]["direction"] == "read"
+    assert {r["job"] for r in runs.values()} == {job} and {r["node"] for r in runs.values()} == {"n1"}
+    assert {r["state"] for r in runs.values()} == {"SUCCEEDED"}
+    node_data = tmp_path / "cluster" / "n1-data"
+    assert not (node_data / "catalog.db").exists() and not (node_data / "lineage").exists()
 
 
 def test_a_failed_scenario_skips_what_comes_after_it(

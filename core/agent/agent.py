@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
 from runink.core.agent.secrets import SecretsRefused, with_secrets
@@ -150,6 +151,7 @@ class Agent:
         stop_grace: float = 10.0,
         max_running: int | None = None,
         hold_running: float = 0.0,
+        lineage: LineageOutbox | None = None,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -175,6 +177,7 @@ class Agent:
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
+        self.lineage = lineage  # the lineage events of the scenarios this node runs, to send
         # set when a running attempt's slice ends (one waiter thread per attempt) or the node's
         # assignments change (the long-poll): run_forever starts its next round then, not at
         # the end of its interval
@@ -586,7 +589,10 @@ class Agent:
         plane away) is sent on a later round, so an ended task's report is not lost. An
         attempt's last output goes before its final report, so a reader that sees it ended has
         it all; only once that report was answered are its task and handle forgotten. A control
-        with ``report_many`` gets them a round at a time (one round trip for all)."""
+        with ``report_many`` gets them a round at a time (one round trip for all). Lineage
+        events go first: a reader that sees a scenario's task ended finds its lineage."""
+        if self.lineage is not None and len(self.lineage) and callable(getattr(self.control, "lineage", None)):
+            self.lineage.send(self.control)
         if callable(getattr(self.control, "report_many", None)):
             while self._outbox and self._flush_batch():
                 pass

@@ -20,10 +20,12 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
+from runink.core.agent.lineage import facets_json
 from runink.core.agent.secrets import SecretsRefused
 from runink.core.control.logs import Chunk
 from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord, TaskReport
 from runink.core.errors import RuninkError
+from runink.core.model import LineageEvent
 from runink.core.report import printable
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_message
 from runink.core.server.proto import agent_pb2 as pb
@@ -330,6 +332,12 @@ class GrpcControl:
             raise SecretsRefused(answer.refused)
         return dict(answer.values)
 
+    def lineage(self, event: LineageEvent, herd: str, task_id: str, attempt: int) -> bool:
+        """Send a lineage event of an attempt of this node's; False: refused (not its attempt)."""
+        message = _lineage_message(event, herd, task_id, attempt)
+        answer = self._only(self._ask(pb.AgentMessage(lineage=message), "lineage_ack"), "lineage_ack")
+        return bool(answer.lineage_ack.accepted)
+
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
         """Send new output of an attempt; (accepted, the bytes of the stream the server has seen)."""
         message = pb.LogChunk(
@@ -343,6 +351,19 @@ class GrpcControl:
         )
         ack = self._only(self._ask(pb.AgentMessage(log_chunk=message), "log_ack"), "log_ack").log_ack
         return bool(ack.accepted), int(ack.next_offset)
+
+
+def _lineage_message(event: LineageEvent, herd: str, task_id: str, attempt: int) -> pb.Lineage:
+    return pb.Lineage(
+        herd=herd,
+        task_id=task_id,
+        attempt=attempt,
+        event_type=event.event_type,
+        inputs=list(event.inputs),
+        outputs=list(event.outputs),
+        event_time=event.event_time.timestamp(),
+        facets_json=facets_json(event),
+    )
 
 
 def _report_message(report: TaskReport) -> pb.Report:
@@ -470,6 +491,9 @@ class FailoverControl:
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         return dict(self._call("task_secrets", herd, task_id, attempt, token, node))
+
+    def lineage(self, event: LineageEvent, herd: str, task_id: str, attempt: int) -> bool:
+        return bool(self._call("lineage", event, herd, task_id, attempt))
 
     def log_chunk(self, chunk: Chunk) -> tuple[bool, int]:
         accepted, seen = self._call("log_chunk", chunk)

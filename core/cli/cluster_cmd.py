@@ -167,6 +167,7 @@ def agent_command(
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import RUNNING_HOLD, Agent
     from runink.core.agent.grpc_control import FailoverControl
+    from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
     from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.records import Amount
@@ -204,6 +205,12 @@ def agent_command(
     work = work_dir or Path(config.data_dir).resolve() / "agent" / name
     # pipeline scenarios (`runink submit`): compiled here from their .dsl, with this node's config
     pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, work)
+    # lineage goes to the servers (they own the catalog): the node's one lineage sink sends it
+    lineage = LineageOutbox()
+    for sink in SERVER_SINKS:
+        if manager.pm.get_plugin(sink) is not None:
+            manager.unregister(sink)
+    manager.register(lineage, "lineage-to-servers")
     executor = ScenarioAttempts(executor, config, manager, pipelines)
     token = _read_token_file(token_file) if token_file else None
     tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
@@ -216,6 +223,7 @@ def agent_command(
         labels=label_map,
         work_dir=work,
         hold_running=RUNNING_HOLD,
+        lineage=lineage,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -291,10 +299,13 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[str]:
+def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     log = open(log_path, "a")  # noqa: SIM115 (the child keeps it; closed here after the fork)
     try:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        environment = {**os.environ, **(env or {})}
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, env=environment
+        )
     finally:
         log.close()
 
@@ -366,7 +377,8 @@ def up_command(
                 *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []), "--",
                 "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
             ]  # fmt: skip
-            processes.append(_spawn(command, root / f"{name}.log"))
+            # their data_dir: one catalog (SQLite) the servers of this machine share
+            processes.append(_spawn(command, root / f"{name}.log", {"RUNINK_DATA_DIR": str(root)}))
         for name, process in zip(names, processes, strict=True):
             event = _first_event(process, f"server {name}", root / f"{name}.log", UP_TIMEOUT)
             started["servers"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid), **event})

@@ -14,24 +14,27 @@ attempt or token is not an error: the Lifecycle refuses it (ReportAck accepted=f
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import grpc
 from pydantic import ValidationError
 
+from runink.core.agent.scenarios import slug
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, TaskReport
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
-from runink.core.model import AuthRequest, check_name
+from runink.core.model import AuthRequest, LineageEvent, check_name
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
@@ -54,6 +57,14 @@ MAX_TIME = 2.0**40  # seconds since the epoch a report's start time may name (ye
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
+MAX_LINEAGE_DATASETS = 64  # inputs, and outputs, of one lineage event
+MAX_DATASET_URI = 2048
+MAX_FACETS_BYTES = 64 * 1024
+LINEAGE_EVENTS: dict[str, Literal["START", "COMPLETE", "FAIL"]] = {
+    "START": "START",
+    "COMPLETE": "COMPLETE",
+    "FAIL": "FAIL",
+}
 #: seconds a new stream has to send a Register, or a Heartbeat of its node's incarnation
 BIND_TIMEOUT = 10.0
 #: the longest an assignments long-poll waits (ms), whatever the agent asks
@@ -274,8 +285,11 @@ class AgentService:
         tokens: ClusterTokens | None = None,
         *,
         certificates: bool = False,
+        on_lineage: Callable[[LineageEvent], object] | None = None,
     ) -> None:
         self.lifecycle = lifecycle
+        # where the lineage events of the nodes' scenarios go (the server's lineage sinks)
+        self.on_lineage = on_lineage
         self.logs = TaskLogs(lifecycle.store)
         self.bind_timeout = bind_timeout
         self.changes = TaskChanges(lifecycle)
@@ -405,6 +419,8 @@ class AgentService:
             return [self._log_chunk(rid, request.log_chunk, node)], node
         if kind == "secrets":
             return [self._secrets(rid, request.secrets, node)], node
+        if kind == "lineage":
+            return [self._lineage(rid, request.lineage, node)], node
         raise BadRequest(f"{kind}: not a request this server knows")
 
     def _assignments(self, rid: int, node_id: str, wait_ms: int = 0, known: str = "") -> pb.ServerMessage:
@@ -483,6 +499,59 @@ class AgentService:
             return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(refused=printable(str(exc), 400)))
         return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(values=values))
 
+    def _lineage(self, rid: int, message: pb.Lineage, node: str) -> pb.ServerMessage:
+        """A lineage event of a scenario attempt placed on ``node``: to the server's sinks, with
+        its herd, run and job taken from the task's record. An event of an attempt that is not
+        (or no longer) this node's is refused, not an error: the agent drops it."""
+        herd = _name(message.herd, "lineage.herd")
+        task_id = _name(message.task_id, "lineage.task_id")
+        attempt = _counter(message.attempt, "lineage.attempt")
+        event_type = LINEAGE_EVENTS.get(message.event_type)
+        if event_type is None:
+            kind = printable(message.event_type, 40)
+            raise BadRequest(f"lineage.event_type: {kind!r} is not START, COMPLETE or FAIL")
+        for field, uris in (("inputs", message.inputs), ("outputs", message.outputs)):
+            if len(uris) > MAX_LINEAGE_DATASETS:
+                raise BadRequest(f"lineage.{field}: {len(uris)} datasets (at most {MAX_LINEAGE_DATASETS})")
+            for uri in uris:
+                _text(uri, MAX_DATASET_URI, f"lineage.{field}")
+        if len(message.facets_json) > MAX_FACETS_BYTES:
+            raise BadRequest(f"lineage.facets_json: {len(message.facets_json)} bytes (at most {MAX_FACETS_BYTES})")
+        try:
+            facets = json.loads(message.facets_json or "{}")
+        except ValueError as exc:
+            raise BadRequest(f"lineage.facets_json: not JSON: {exc}") from None
+        if not isinstance(facets, dict):
+            raise BadRequest("lineage.facets_json: not a JSON object")
+        try:
+            task = self.lifecycle.store.task(herd, task_id).record
+        except NotFound:
+            task = None
+        if task is None or task.scenario is None or placed_on(task, attempt) != node:
+            why = "lineage of task %s attempt %d from node %s refused: not a scenario attempt placed there"
+            log.info(why, task_id, attempt, node)
+            return pb.ServerMessage(request_id=rid, lineage_ack=pb.LineageAck(accepted=False))
+        scenario = task.scenario
+        facets.update(  # what the record says, whatever the node sent
+            job_id=task.job_id, task_id=task.id, node=node, attempt=attempt, pipeline_run=scenario.run
+        )
+        moment = message.event_time
+        sane = math.isfinite(moment) and 0 < moment < MAX_TIME
+        when = datetime.fromtimestamp(moment, UTC) if sane else datetime.now(UTC)
+        event = LineageEvent(
+            event_type,
+            f"{scenario.run}/{slug(scenario.scenario)}",
+            scenario.scenario,
+            task.herd,
+            tuple(message.inputs),
+            tuple(message.outputs),
+            event_time=when,
+            facets=facets,
+        )
+        if self.on_lineage is not None:
+            self.on_lineage(event)
+        return pb.ServerMessage(request_id=rid, lineage_ack=pb.LineageAck(accepted=True))
+
     def _placed_on(self, herd: str, task_id: str, attempt: int) -> str | None:
         """The node the task's ``attempt`` was placed on, when known (the Lifecycle refuses a
         report of an unknown task or attempt itself)."""
@@ -532,6 +601,7 @@ def serve_agents(
     bind_timeout: float = BIND_TIMEOUT,
     tokens: ClusterTokens | None = None,
     tls: TlsFiles | None = None,
+    on_lineage: Callable[[LineageEvent], object] | None = None,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
     which). With ``tls``, mutual TLS: a stream must present a node's certificate of the
@@ -552,7 +622,7 @@ def serve_agents(
         options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
-    service = AgentService(lifecycle, bind_timeout, tokens, certificates=tls is not None)
+    service = AgentService(lifecycle, bind_timeout, tokens, certificates=tls is not None, on_lineage=on_lineage)
     connect = grpc.stream_stream_rpc_method_handler(
         service.Connect,
         request_deserializer=pb.AgentMessage.FromString,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
+from runink.core.events import emit_lineage
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
@@ -253,6 +255,8 @@ class Server:
             insecure_bind=options.insecure_bind,
             tokens=None if options.insecure_dev else tokens,
             tls=options.tls,
+            # the nodes' lineage events go to this server's sinks (the catalog it owns)
+            on_lineage=functools.partial(emit_lineage, manager),
         )
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")

@@ -141,8 +141,28 @@ class SecretsRequest(_message.Message):
     token: int
     def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
+class Lineage(_message.Message):
+    __slots__ = ("herd", "task_id", "attempt", "event_type", "inputs", "outputs", "event_time", "facets_json")
+    HERD_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    FACETS_JSON_FIELD_NUMBER: _ClassVar[int]
+    herd: str
+    task_id: str
+    attempt: int
+    event_type: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    event_time: float
+    facets_json: str
+    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., event_type: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., event_time: _Optional[float] = ..., facets_json: _Optional[str] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
-    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk", "secrets", "reports")
+    __slots__ = ("request_id", "register", "heartbeat", "assignments", "report", "log_chunk", "secrets", "reports", "lineage")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +171,7 @@ class AgentMessage(_message.Message):
     LOG_CHUNK_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     register: Register
     heartbeat: Heartbeat
@@ -159,7 +180,8 @@ class AgentMessage(_message.Message):
     log_chunk: LogChunk
     secrets: SecretsRequest
     reports: Reports
-    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ..., reports: _Optional[_Union[Reports, _Mapping]] = ...) -> None: ...
+    lineage: Lineage
+    def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ..., reports: _Optional[_Union[Reports, _Mapping]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation")
@@ -303,8 +325,14 @@ class Secrets(_message.Message):
     refused: str
     def __init__(self, values: _Optional[_Mapping[str, bytes]] = ..., refused: _Optional[str] = ...) -> None: ...
 
+class LineageAck(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
 class ServerMessage(_message.Message):
-    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack", "secrets", "report_acks")
+    __slots__ = ("request_id", "registered", "heartbeat_ack", "assignments", "report_ack", "error", "log_ack", "secrets", "report_acks", "lineage_ack")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +342,7 @@ class ServerMessage(_message.Message):
     LOG_ACK_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     REPORT_ACKS_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_ACK_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     registered: Registered
     heartbeat_ack: HeartbeatAck
@@ -323,4 +352,5 @@ class ServerMessage(_message.Message):
     log_ack: LogAck
     secrets: Secrets
     report_acks: ReportAcks
-    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., secrets: _Optional[_Union[Secrets, _Mapping]] = ..., report_acks: _Optional[_Union[ReportAcks, _Mapping]] = ...) -> None: ...
+    lineage_ack: LineageAck
+    def __init__(self, request_id: _Optional[int] = ..., registered: _Optional[_Union[Registered, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., log_ack: _Optional[_Union[LogAck, _Mapping]] = ..., secrets: _Optional[_Union[Secrets, _Mapping]] = ..., report_acks: _Optional[_Union[ReportAcks, _Mapping]] = ..., lineage_ack: _Optional[_Union[LineageAck, _Mapping]] = ...) -> None: ...
