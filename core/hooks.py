@@ -31,6 +31,7 @@ from runink.core.errors import PluginError, describe_exception
 
 if TYPE_CHECKING:
     import typer
+    from fastapi import APIRouter
 
     from runink.core.config import RuninkConfig
     from runink.core.model import (
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         NodeRejection,
         PlacementRequest,
     )
+    from runink.core.security import RouteGuard
 
 log = logging.getLogger("runink.plugins")
 trace_log = logging.getLogger("runink.plugins.trace")
@@ -57,6 +59,7 @@ ISOLATED = frozenset(
     {
         "runink_configure",
         "runink_unconfigure",
+        "runink_api_routes",
         "runink_cli_commands",
         "runink_register_drivers",
         "runink_lineage_event",
@@ -206,6 +209,10 @@ class Hooks:
     def unconfigure(self) -> list[str]:
         """Returns the plugins that raised."""
         return self._fan_out("runink_unconfigure", self._hook.runink_unconfigure)
+
+    def api_routes(self, router: APIRouter, guard: RouteGuard) -> list[str]:
+        """Returns the plugins that raised (the server starts without their routes)."""
+        return self._fan_out("runink_api_routes", lambda: self._hook.runink_api_routes(router=router, guard=guard))
 
     # --- lineage, metrics and logs: return the names of the sinks that failed -------------
 

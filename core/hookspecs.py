@@ -30,6 +30,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import typer
+    from fastapi import APIRouter
 
     from runink.core.config import RuninkConfig
     from runink.core.model import (
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         NodeRejection,
         PlacementRequest,
     )
+    from runink.core.security import RouteGuard
 
 PROJECT = "runink"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -148,6 +150,23 @@ def runink_score_nodes(request: PlacementRequest, nodes: Sequence[Node]) -> Mapp
     ``{node_id: score}`` (nodes left out score 0) or ``None`` to abstain. Combined: the
     configured scheduler policy driver ranks the nodes from its own score plus every
     plugin's scores (each plugin weighted by ``scheduler.weights[NAME]``, default 1).
+    """
+
+
+# --- the servers' REST API --------------------------------------------------------------
+
+
+@hookspec
+def runink_api_routes(router: APIRouter, guard: RouteGuard) -> None:
+    """Add routes to every server's REST API (paths under ``/v1/``).
+
+    Called once per server as its API is built (by ``runink.core.server.api.create_app``).
+    Each route authenticates with ``guard.caller`` (a FastAPI dependency:
+    ``identity: Identity = Depends(guard.caller)``), authorizes with
+    ``guard.check`` or answers only with ``guard.herds(identity, action)``, and declares its
+    action with ``openapi_extra=guard.declare(action)``. Built in: the ``catalog`` plugin's
+    ``/v1/catalog/...`` routes. Fan-out; one plugin raising is logged and the server starts
+    without its routes.
     """
 
 

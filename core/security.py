@@ -9,8 +9,9 @@ allows what the identity's roles allow; OPA or a plugin of your own may vote too
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from runink.core.errors import AuthenticationError
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
@@ -18,7 +19,7 @@ from runink.core.plugins import PluginManager
 
 CLUSTER = "*"  # the herd of a cluster-wide grant or action
 
-_READ = frozenset({"herds.read", "jobs.read", "logs.read", "roles.read"})
+_READ = frozenset({"herds.read", "jobs.read", "logs.read", "roles.read", "catalog.read"})
 _RUN = _READ | {"jobs.submit", "jobs.cancel"}
 # secrets: names and versions read, values written, never read back (a runner's slices get
 # them: whoever may run jobs in a herd that has secrets may, through a job, see them)
@@ -44,6 +45,24 @@ CLUSTER_ROLES = ("cluster-viewer", "cluster-admin")
 KNOWN_ACTIONS = frozenset().union(*ROLES.values())
 HERD_ACTIONS = frozenset().union(*(ROLES[role] for role in HERD_ROLES))
 CLUSTER_ACTIONS = KNOWN_ACTIONS - HERD_ACTIONS
+
+
+class RouteGuard(Protocol):
+    """What a plugin's REST routes (``runink_api_routes``) authenticate and authorize with, as
+    the server's own routes do."""
+
+    #: a FastAPI dependency giving the request's identity (401 without credentials):
+    #: ``identity: Identity = Depends(guard.caller)``
+    caller: Callable[..., Identity]
+
+    def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
+        """Raise (403) unless ``identity`` may do ``action`` on ``resource`` in ``herd``."""
+
+    def herds(self, identity: Identity, action: str) -> list[str]:
+        """The herds in which ``identity`` may do ``action`` (to answer with those only)."""
+
+    def declare(self, action: str) -> dict[str, Any]:
+        """A route's ``openapi_extra``: the action it needs (every route declares one)."""
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,9 @@ def test_the_server_records_the_lineage_its_nodes_send(
     out = run_cli("submit", str(pipeline), "--wait", "--json", env=one_agent)
     assert out.returncode == 0, out.stdout + out.stderr
     job = json.loads(out.stdout)["job"]["id"]
-    server_catalog = {**one_agent, "RUNINK_DATA_DIR": str(tmp_path / "cluster" / "s-data")}
     deadline = time.monotonic() + 20  # (the server's sink writes from a thread of its own)
-    while True:
-        shown = run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), "--json", env=server_catalog)
+    while True:  # the server's catalog, over its REST API (`--cluster`: the cluster RUNINK_SERVER names)
+        shown = run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), "--cluster", "--json", env=one_agent)
         if (shown.returncode == 0 and len(json.loads(shown.stdout)["runs"]) == 2) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -123,8 +122,23 @@ def test_the_server_records_the_lineage_its_nodes_send(
     assert runs["First"]["direction"] == "wrote" and runs["Second"]["direction"] == "read"
     assert {r["job"] for r in runs.values()} == {job} and {r["node"] for r in runs.values()} == {"n1"}
     assert {r["state"] for r in runs.values()} == {"SUCCEEDED"}
+    graph = json.loads(run_cli("lineage", str(tmp_path / "p" / "out.csv"), "--cluster", "--json", env=one_agent).stdout)
+    assert sorted(d["uri"].rpartition("/")[2] for d in graph["datasets"]) == ["in.csv", "mid.csv", "out.csv"]
+    # the server's data_dir holds it: the node wrote none
+    local = {**one_agent, "RUNINK_DATA_DIR": str(tmp_path / "cluster" / "s-data")}
+    assert run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), env=local).returncode == 0
     node_data = tmp_path / "cluster" / "n1-data"
     assert not (node_data / "catalog.db").exists() and not (node_data / "lineage").exists()
+    # RBAC: a viewer of another herd reads nothing of this one
+    from runink.core.model import Grant
+    from runink.core.server.auth import ClusterTokens
+
+    stranger, _ = ClusterTokens([tmp_path / "cluster" / "auth-key.pem"]).mint("eve", [Grant("viewer", "other")], 600)
+    theirs = {**one_agent, "RUNINK_TOKEN": stranger}
+    listed = run_cli("catalog", "list", "--cluster", "--json", env=theirs)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    hidden = run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), "--cluster", env=theirs)
+    assert hidden.returncode != 0 and "404" in hidden.stderr and "not in the catalog" in hidden.stderr
 
 
 def test_a_failed_scenario_skips_what_comes_after_it(

@@ -15,10 +15,10 @@ import json
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -317,6 +317,21 @@ def _caller(request: Request) -> Identity:
 Caller = Annotated[Identity, Depends(_caller)]
 
 
+class _Guard:
+    """The RouteGuard the plugins' routes get (core/security.py)."""
+
+    def __init__(self, auth: ApiAuth, store: ClusterStore, declare: Callable[[str], dict[str, Any]]) -> None:
+        self.auth, self.store, self.declare = auth, store, declare
+        self.caller = _caller
+
+    def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
+        self.auth.check(identity, action, resource, herd)
+
+    def herds(self, identity: Identity, action: str) -> list[str]:
+        resource = action.partition(".")[0]  # (as the server's own routes name it: "jobs" for jobs.read)
+        return [h.name for h in self.store.herds() if self.auth.decide(identity, action, resource, h.name).allowed]
+
+
 def create_app(
     lifecycle: Lifecycle,
     store: ClusterStore,
@@ -389,6 +404,10 @@ def create_app(
         return {"x-runink-action": name}
 
     add_role_routes(app, store, auth, action)
+    if auth.manager is not None:  # plugins' routes (the catalog's), guarded as these are
+        router = APIRouter()
+        auth.manager.hooks.api_routes(router, _Guard(auth, store, action))
+        app.include_router(router)
 
     # --- who am I, the cluster's keys ----------------------------------------------------
 

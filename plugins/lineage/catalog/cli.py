@@ -20,16 +20,24 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
     catalog = typer.Typer(
         help="The catalog of datasets and runs that lineage feeds (docs/lineage.md).", no_args_is_help=True
     )
+    cluster_help = "Ask the cluster (found as `runink jobs` finds it) instead of the local catalog."
+    server_help = "Ask this cluster's API (HOST:PORT) instead of the local catalog."
 
     @catalog.command("list")
     def list_command(
+        ctx: typer.Context,
         herd: list[str] = typer.Option([], "--herd", help="Only this herd's datasets (repeat for more)."),
+        cluster: bool = typer.Option(False, "--cluster", help=cluster_help),
+        server: str | None = typer.Option(None, "--server", help=server_help),
         as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
     ) -> None:
         """Every dataset a run read or wrote: herd, URI, contract, rows, last run."""
-        from runink.plugins.lineage.catalog.queries import list_datasets
+        if cluster or server:
+            found = _ask(ctx, server, "/v1/catalog/datasets", herd=herd or None)["datasets"]
+        else:
+            from runink.plugins.lineage.catalog.queries import list_datasets
 
-        found = list_datasets(sink.engine(), herd or None)
+            found = list_datasets(sink.engine(), herd or None)
         if as_json:
             print_json(found)
             return
@@ -40,16 +48,22 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
 
     @catalog.command("show")
     def show_command(
+        ctx: typer.Context,
         dataset: str = typer.Argument(..., help="Its URI (runink catalog list) or its path."),
         herd: list[str] = typer.Option([], "--herd", help="Look in this herd only (repeat for more)."),
         runs: int = typer.Option(20, "--runs", min=1, max=1000, help="How many recent runs to show."),
+        cluster: bool = typer.Option(False, "--cluster", help=cluster_help),
+        server: str | None = typer.Option(None, "--server", help=server_help),
         as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
     ) -> None:
         """One dataset: schema, contract versions, recent runs with row counts, drift, annotations."""
-        from runink.plugins.lineage.catalog.queries import dataset_detail, find_dataset
+        if cluster or server:
+            detail = _ask(ctx, server, "/v1/catalog/dataset", uri=_absolute(dataset), herd=herd or None, runs=runs)
+        else:
+            from runink.plugins.lineage.catalog.queries import dataset_detail, find_dataset
 
-        engine = sink.engine()
-        detail = dataset_detail(engine, find_dataset(engine, dataset, herd or None), runs)
+            engine = sink.engine()
+            detail = dataset_detail(engine, find_dataset(engine, dataset, herd or None), runs)
         if as_json:
             print_json(detail)
             return
@@ -59,31 +73,58 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
 
     @app.command("lineage")
     def lineage_command(
+        ctx: typer.Context,
         dataset: str = typer.Argument(..., help="Its URI (runink catalog list) or its path."),
         upstream: bool = typer.Option(False, "--upstream", help="Only what it was made from."),
         downstream: bool = typer.Option(False, "--downstream", help="Only what was made from it."),
         depth: int = typer.Option(3, "--depth", min=1, max=50, help="Dataset hops to follow."),
         output: str = typer.Option("tree", "--format", help=f"One of {', '.join(FORMATS)}."),
         herd: list[str] = typer.Option([], "--herd", help="Look in this herd only (repeat for more)."),
+        cluster: bool = typer.Option(False, "--cluster", help=cluster_help),
+        server: str | None = typer.Option(None, "--server", help=server_help),
         as_json: bool = typer.Option(False, "--json", help="The same as --format json."),
     ) -> None:
         """The lineage graph around a dataset: the runs that wrote and read it, and their datasets."""
-        from runink.plugins.lineage.catalog.queries import find_dataset, lineage
+        from runink.plugins.lineage.catalog.queries import LineageGraph, find_dataset, lineage
 
         if output not in FORMATS:
             raise typer.BadParameter(f"{output!r}: expected one of {', '.join(FORMATS)}", param_hint="--format")
         if upstream and downstream:
             raise typer.BadParameter("give --upstream or --downstream, not both (neither: both ways)")
-        engine = sink.engine()
-        root = find_dataset(engine, dataset, herd or None)
         direction: Direction = "upstream" if upstream else "downstream" if downstream else "both"
-        graph = lineage(engine, root, direction, depth, herd or None)
+        if cluster or server:
+            where = {"uri": _absolute(dataset), "herd": herd or None, "direction": direction, "depth": depth}
+            graph = LineageGraph.from_json(_ask(ctx, server, "/v1/catalog/lineage", **where))
+        else:
+            engine = sink.engine()
+            root = find_dataset(engine, dataset, herd or None)
+            graph = lineage(engine, root, direction, depth, herd or None)
         if as_json or output == "json":
             print_json(graph.to_json())
         elif output == "dot":
             print(to_dot(graph), end="")
         else:
             _print_tree(graph, direction)
+
+
+def _ask(ctx: typer.Context, server: str | None, path: str, **params: Any) -> Any:
+    """A GET of the cluster's API (its address and CA found as the cluster commands find them)."""
+    from runink.core.cli.cluster_client import ClusterClient, cluster_ca, server_addresses
+
+    config = ctx.obj.try_config()
+    configured = config.cluster.server if config is not None else None
+    client = ClusterClient(server_addresses(server, configured), ca=cluster_ca(config.cluster.ca if config else None))
+    try:
+        return client.call("GET", path, **{k: v for k, v in params.items() if v is not None})
+    finally:
+        client.close()
+
+
+def _absolute(dataset: str) -> str:
+    """A dataset as a server takes it: a URI, or a path made absolute here."""
+    from pathlib import Path
+
+    return dataset if "://" in dataset else str(Path(dataset).resolve())
 
 
 def to_dot(graph: LineageGraph) -> str:

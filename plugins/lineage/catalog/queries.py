@@ -118,6 +118,15 @@ class LineageGraph:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     edges: set[tuple[str, str]] = field(default_factory=set)  # ("d:<id>", "r:<id>") or ("r:<id>", "d:<id>")
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LineageGraph:
+        """The graph ``to_json`` gave (a server's answer)."""
+        graph = cls(int(str(data["root"])[2:]))
+        graph.datasets = {int(d["id"][2:]): {k: v for k, v in d.items() if k != "id"} for d in data["datasets"]}
+        graph.runs = {r["id"][2:]: {k: v for k, v in r.items() if k != "id"} for r in data["runs"]}
+        graph.edges = {(e["from"], e["to"]) for e in data["edges"]}
+        return graph
+
     def to_json(self) -> dict[str, Any]:
         return {
             "root": f"d:{self.root}",

@@ -70,6 +70,12 @@ class CatalogSink(QueuedLineageSink):
             self._engine.dispose()
 
     @hookimpl
+    def runink_api_routes(self, router: Any, guard: Any) -> None:
+        from runink.plugins.lineage.catalog.api import add_routes
+
+        add_routes(router, guard, self)
+
+    @hookimpl
     def runink_cli_commands(self, app: typer.Typer) -> None:
         from runink.plugins.lineage.catalog.cli import register
 

@@ -1,0 +1,91 @@
+"""Plugins' REST routes (`runink_api_routes`) are authenticated and authorized as the server's
+own; the catalog's routes answer only with the herds the caller may read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from auth_helpers import secured_app
+from fastapi import APIRouter, Depends
+from fastapi.testclient import TestClient
+
+from runink.core import hookimpl
+from runink.core.config import RuninkConfig
+from runink.core.model import Grant, Identity, LineageEvent
+from runink.core.security import RouteGuard
+from runink.core.server.api import create_app
+from runink.core.server.auth import ApiAuth
+from runink.plugins.auth.rbac import HerdRbac
+from runink.plugins.lineage.catalog.sink import CatalogSink
+from runink.plugins.lineage.catalog.store import record
+from runink.testing import plugin_manager
+
+
+class _Routes:
+    @hookimpl
+    def runink_api_routes(self, router: APIRouter, guard: RouteGuard) -> None:
+        caller = Depends(guard.caller)
+
+        @router.get("/v1/example/herds", openapi_extra=guard.declare("jobs.read"))
+        def herds(identity: Identity = caller) -> dict[str, Any]:
+            return {"herds": guard.herds(identity, "jobs.read")}
+
+        @router.get("/v1/example/herds/{herd}", openapi_extra=guard.declare("jobs.read"))
+        def one(herd: str, identity: Identity = caller) -> dict[str, Any]:
+            guard.check(identity, "jobs.read", "jobs", herd)
+            return {"herd": herd}
+
+
+def _headers(tokens: Any, *grants: Grant) -> dict[str, str]:
+    token, _ = tokens.mint("someone", list(grants), 600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_hook_runink_api_routes(tmp_path: Path) -> None:
+    with (
+        secured_app(tmp_path) as secured,
+        plugin_manager(
+            ("cluster-tokens", secured.tokens), ("rbac", HerdRbac()), ("example", _Routes()), entrypoints=False
+        ) as manager,
+    ):
+        app = create_app(secured.lifecycle, secured.store, auth=ApiAuth(manager, secured.store), tokens=secured.tokens)
+        client = TestClient(app)
+        viewer = _headers(secured.tokens, Grant("viewer", "team"))
+        assert client.get("/v1/example/herds", headers=viewer).json() == {"herds": ["team"]}
+        assert client.get("/v1/example/herds/team", headers=viewer).status_code == 200
+        assert client.get("/v1/example/herds/other", headers=viewer).status_code == 403
+        assert client.get("/v1/example/herds").status_code == 401
+        paths = app.openapi()["paths"]
+        assert paths["/v1/example/herds"]["get"]["x-runink-action"] == "jobs.read"  # declared, as every route
+
+
+def _event(herd: str, name: str) -> LineageEvent:
+    facets = {"rows_out": 5, "pipeline": "p", "pipeline_run": f"run-{herd}"}
+    inputs, outputs = (f"csv:///{herd}/in.csv",), (f"csv:///{herd}/{name}.csv",)
+    return LineageEvent("COMPLETE", f"run-{herd}/s", "s", herd, inputs, outputs, facets=facets)
+
+
+def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path: Path) -> None:
+    sink = CatalogSink()
+    sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
+    for herd in ("team", "other"):
+        record(sink.engine(), _event(herd, "out"))
+    with secured_app(tmp_path, ("catalog", sink)) as secured:
+        client = TestClient(secured.app)
+        viewer = _headers(secured.tokens, Grant("viewer", "team"))
+        listed = client.get("/v1/catalog/datasets", headers=viewer).json()["datasets"]
+        assert sorted(d["uri"] for d in listed) == ["csv:///team/in.csv", "csv:///team/out.csv"]
+        assert client.get("/v1/catalog/datasets", params={"herd": "other"}, headers=viewer).json() == {"datasets": []}
+        shown = client.get("/v1/catalog/dataset", params={"uri": "csv:///team/out.csv"}, headers=viewer)
+        assert shown.status_code == 200 and shown.json()["rows"] == 5
+        hidden = client.get("/v1/catalog/dataset", params={"uri": "csv:///other/out.csv"}, headers=viewer)
+        assert hidden.status_code == 404 and "not in the catalog" in hidden.json()["detail"]
+        graph = client.get("/v1/catalog/lineage", params={"uri": "/team/out.csv", "depth": 2}, headers=viewer).json()
+        assert sorted(d["uri"] for d in graph["datasets"]) == ["csv:///team/in.csv", "csv:///team/out.csv"]
+        relative = client.get("/v1/catalog/lineage", params={"uri": "team/out.csv"}, headers=viewer)
+        assert relative.status_code == 422 and "absolute path" in relative.json()["detail"]
+        assert client.get("/v1/catalog/datasets").status_code == 401
+        cluster_viewer = _headers(secured.tokens, Grant("cluster-viewer", "*"))
+        assert len(client.get("/v1/catalog/datasets", headers=cluster_viewer).json()["datasets"]) == 4
+    sink.close()
