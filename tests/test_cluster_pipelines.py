@@ -122,6 +122,12 @@ def test_the_server_records_the_lineage_its_nodes_send(
     assert runs["First"]["direction"] == "wrote" and runs["Second"]["direction"] == "read"
     assert {r["job"] for r in runs.values()} == {job} and {r["node"] for r in runs.values()} == {"n1"}
     assert {r["state"] for r in runs.values()} == {"SUCCEEDED"}
+    status = json.loads(run_cli("status", job, "--json", env=one_agent).stdout)  # what each scenario read and wrote
+    by_scenario = {d["scenario"]: d for d in status["datasets"]}
+    assert [(d["uri"].rpartition("/")[2], d["rows"]) for d in by_scenario["First"]["wrote"]] == [("mid.csv", 100)]
+    assert [d["uri"].rpartition("/")[2] for d in by_scenario["Second"]["read"]] == ["mid.csv"]
+    table = run_cli("status", job, env=one_agent)
+    assert table.returncode == 0 and "datasets (the lineage catalog)" in table.stdout and "(100 rows)" in table.stdout
     graph = json.loads(run_cli("lineage", str(tmp_path / "p" / "out.csv"), "--cluster", "--json", env=one_agent).stdout)
     assert sorted(d["uri"].rpartition("/")[2] for d in graph["datasets"]) == ["in.csv", "mid.csv", "out.csv"]
     # the server's data_dir holds it: the node wrote none

@@ -27,6 +27,10 @@ TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
 class ClusterError(RuninkError):
     """The cluster said no (its one-line reason), or could not be reached."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of the answer, if there was one
+
 
 def context_file() -> Path:
     """Where ``runink up`` writes the local cluster it started (``runink down`` removes it)."""
@@ -142,7 +146,7 @@ class ClusterClient:
                     "done: check (e.g. `runink jobs list`) before trying again"
                 ) from None
             if answer.status_code >= 400:
-                raise ClusterError(f"{method} {path}: {answer.status_code} {_detail(answer)}")
+                raise ClusterError(f"{method} {path}: {answer.status_code} {_detail(answer)}", answer.status_code)
             return answer.json() if answer.content else None
         raise ClusterError(f"no server answered ({'; '.join(unreachable)})")
 

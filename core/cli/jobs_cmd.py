@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import typer
 
-from runink.core.cli.cluster_client import ClusterClient, cluster_ca, server_addresses
+from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.model import parse_memory
@@ -286,6 +286,22 @@ def logs_command(
             time.sleep(OUTPUT_POLL)
 
 
+def _datasets(client: ClusterClient, job_id: str) -> list[dict[str, Any]] | None:
+    """What the job's scenarios read and wrote, from the servers' lineage catalog (None: the
+    servers keep none, their `catalog` plugin being off)."""
+    try:
+        found: list[dict[str, Any]] = client.call("GET", f"/v1/catalog/jobs/{job_id}")["scenarios"]
+    except ClusterError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
+def _uris(datasets: list[dict[str, Any]]) -> str:
+    return "\n".join(d["uri"] + ("" if d["rows"] is None else f" ({d['rows']} rows)") for d in datasets)
+
+
 def status_command(
     ctx: typer.Context,
     job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
@@ -296,6 +312,8 @@ def status_command(
     """A job, its tasks and their transitions."""
     with _client(ctx, server) as client:
         answer = client.call("GET", f"/v1/jobs/{job_id}", explain="true" if explain else None)
+        if answer["job"].get("kind") == "pipeline":
+            answer["datasets"] = _datasets(client, job_id)
     if json_output:
         print_json(answer)
         return
@@ -315,6 +333,12 @@ def status_command(
             for t in answer.get("tasks", [])
         ],
     )
+    if answer.get("datasets"):
+        print_table(
+            "datasets (the lineage catalog)",
+            ["SCENARIO", "READ", "WROTE"],
+            [(d["scenario"], _uris(d["read"]), _uris(d["wrote"])) for d in answer["datasets"]],
+        )
     using = [t for t in answer.get("tasks", []) if t.get("usage") and t["state"] == "RUNNING"]
     if using:
         print_table(

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from runink.core.model import Identity
-from runink.plugins.lineage.catalog.queries import CatalogError, dataset_detail, find_dataset, lineage, list_datasets
+from runink.plugins.lineage.catalog.queries import (
+    CatalogError,
+    dataset_detail,
+    find_dataset,
+    job_datasets,
+    lineage,
+    list_datasets,
+)
 
 if TYPE_CHECKING:
     from runink.core.security import RouteGuard
@@ -51,6 +58,13 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
     ) -> dict[str, Any]:
         """One dataset: schema, contract versions, recent runs with row counts, drift, annotations."""
         return dataset_detail(sink.engine(), dataset(uri, readable(identity, herd)), runs)
+
+    @router.get("/v1/catalog/jobs/{job_id}", openapi_extra=guard.declare(READ), tags=["catalog"])
+    def catalog_job(
+        job_id: Annotated[str, Path(min_length=1, max_length=200)], identity: Identity = caller
+    ) -> dict[str, Any]:
+        """What each scenario of a pipeline job read and wrote (for `runink status`)."""
+        return {"job": job_id, "scenarios": job_datasets(sink.engine(), job_id, guard.herds(identity, READ))}
 
     @router.get("/v1/catalog/lineage", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_lineage(

@@ -196,6 +196,27 @@ def _datasets(session: Session, ids: Iterable[int], herds: Collection[str] | Non
     return list(session.scalars(query))
 
 
+def job_datasets(engine: Engine, job_id: str, herds: Collection[str] | None) -> list[dict[str, Any]]:
+    """The datasets each scenario run of a cluster job read and wrote, with row counts."""
+    query = (
+        select(StepRun, col(LineageEdge.direction), col(LineageEdge.rows), col(Dataset.uri))
+        .join(LineageEdge, col(LineageEdge.step_run) == col(StepRun.id))
+        .join(Dataset, col(Dataset.id) == col(LineageEdge.dataset_id))
+        .where(col(StepRun.job_id) == job_id)
+        .order_by(col(StepRun.started), col(Dataset.uri))
+    )
+    if herds is not None:
+        query = query.where(col(StepRun.herd).in_(list(herds)))
+    found: dict[str, dict[str, Any]] = {}
+    with Session(engine) as session:
+        for step, direction, rows, uri in session.execute(query):
+            entry = found.setdefault(
+                step.id, {"scenario": step.scenario, "run": step.id, "state": step.state, "read": [], "wrote": []}
+            )
+            entry["read" if direction == "in" else "wrote"].append({"uri": uri, "rows": rows})
+    return list(found.values())
+
+
 def count_step_runs(engine: Engine) -> int:
     with Session(engine) as session:
         return int(session.scalar(select(func.count()).select_from(StepRun)) or 0)
