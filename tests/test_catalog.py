@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from barn_cluster import free_ports
@@ -24,6 +25,7 @@ from runink.plugins.lineage.catalog.queries import CatalogError, find_dataset, l
 from runink.plugins.lineage.catalog.store import HEAD_REVISION, MIGRATIONS, engine_for, migrate, record
 
 REPO = Path(__file__).resolve().parent.parent
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def test_queries_answer_only_with_the_herds_asked_for(run_cli: CliRunner, orders
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "dataset 'out/silver/orders.parquet': not in the catalog" in refused.stderr
     bad = run_cli("lineage", "out/silver/orders.parquet", "--format", "png", cwd=orders)
-    assert bad.returncode == 2 and "'png': expected one of tree, json, dot" in bad.stderr
+    assert bad.returncode == 2 and "'png': expected one of tree, json, dot, svg" in bad.stderr
 
 
 def test_failed_runs_and_drift_are_recorded(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -131,6 +133,14 @@ def test_failed_runs_and_drift_are_recorded(run_cli: CliRunner, tmp_path: Path) 
     assert run["state"] == "FAILED" and "cursed" in run["error"]
     dot = run_cli("lineage", "out/a.csv", "--format", "dot", cwd=project).stdout
     assert "color=red" in dot  # the failed run stands out
+    svg = ElementTree.fromstring(run_cli("lineage", "out/a.csv", "--format", "svg", cwd=project).stdout)
+    nodes = {g.get("id"): g for g in svg.iter(f"{SVG}g") if "node" in (g.get("class") or "")}
+    states = {n.get("data-state") for n in nodes.values() if "run" in (n.get("class") or "")}
+    assert states == {"SUCCEEDED", "FAILED"} and len(nodes) == 5  # in.csv -> a -> a.csv -> b -> b.csv
+    failed = next(n for n in nodes.values() if n.get("data-state") == "FAILED")
+    assert failed.find(f".//{SVG}rect").get("stroke") == "#c62828"  # drawn red
+    edges = [(e.get("data-from"), e.get("data-to")) for e in svg.iter(f"{SVG}path") if e.get("class") == "edge"]
+    assert len(edges) == 4 and all(a in nodes and b in nodes for a, b in edges)
 
 
 def test_a_disabled_catalog_records_nothing(run_cli: CliRunner, orders: Path) -> None:

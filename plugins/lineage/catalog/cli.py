@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from runink.plugins.lineage.catalog.queries import Direction, LineageGraph
     from runink.plugins.lineage.catalog.sink import CatalogSink
 
-FORMATS = ("tree", "json", "dot")
+FORMATS = ("tree", "json", "dot", "svg")
 
 
 def register(app: typer.Typer, sink: CatalogSink) -> None:
@@ -103,6 +103,10 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
             print_json(graph.to_json())
         elif output == "dot":
             print(to_dot(graph), end="")
+        elif output == "svg":
+            from runink.plugins.lineage.catalog.svg import to_svg
+
+            print(to_svg(graph), end="")
         else:
             _print_tree(graph, direction)
 
