@@ -22,7 +22,8 @@ from fixture_types import CliRunner
 from runink.core.model import LineageEvent
 from runink.plugins.lineage.catalog.models import CatalogTable
 from runink.plugins.lineage.catalog.queries import CatalogError, find_dataset, lineage, list_datasets
-from runink.plugins.lineage.catalog.store import HEAD_REVISION, MIGRATIONS, engine_for, migrate, record
+from runink.plugins.lineage.catalog.store import MIGRATIONS, engine_for, migrate
+from runink.plugins.lineage.catalog.writer import HEAD_REVISION, CatalogWriter
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -192,18 +193,20 @@ def _check_migrations(url: str) -> None:
         command.downgrade(config, "base")
     for revision in revisions:
         migrate(engine, revision)
-        _feed(engine, f"run-{revision}")
+        _feed(url, f"run-{revision}")
     assert len(list_datasets(engine, None)) == 2
     engine.dispose()
 
 
-def _feed(engine: object, run: str) -> None:
+def _feed(url: str, run: str) -> None:
     start = LineageEvent("START", f"{run}/a", "a", "h", ("csv:///in.csv",), (f"parquet:///{run}.parquet",))
     end = LineageEvent(
         "COMPLETE", f"{run}/a", "a", "h", ("csv:///in.csv",), (f"parquet:///{run}.parquet",), facets={"rows_out": 3}
     )
-    record(engine, start)  # type: ignore[arg-type]
-    record(engine, end)  # type: ignore[arg-type]
+    writer = CatalogWriter(url)
+    writer.record(start)
+    writer.record(end)
+    writer.close()
 
 
 def test_migrations_on_sqlite(tmp_path: Path) -> None:
@@ -259,6 +262,7 @@ def test_a_lineage_query_on_postgresql(postgres: str) -> None:
     """A chain of 6 runs over 7 datasets, in two herds; depth and herds are honoured."""
     engine = engine_for(postgres)
     migrate(engine)
+    writer = CatalogWriter(postgres)
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     for number in range(6):
         herd = "a" if number < 3 else "b"
@@ -266,7 +270,8 @@ def test_a_lineage_query_on_postgresql(postgres: str) -> None:
             "COMPLETE", f"chain/s{number}", f"s{number}", herd, (f"csv:///d{number}",), (f"csv:///d{number + 1}",),
             event_time=moment + timedelta(seconds=number), facets={"rows_out": number},
         )  # fmt: skip
-        record(engine, event)
+        writer.record(event)
+    writer.close()
     root = find_dataset(engine, "csv:///d3", ["a"])
     graph = lineage(engine, root, "upstream", 5, ["a"])
     assert sorted(d["uri"] for d in graph.datasets.values()) == ["csv:///d0", "csv:///d1", "csv:///d2", "csv:///d3"]

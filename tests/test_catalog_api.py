@@ -18,7 +18,7 @@ from runink.core.server.api import create_app
 from runink.core.server.auth import ApiAuth
 from runink.plugins.auth.rbac import HerdRbac
 from runink.plugins.lineage.catalog.sink import CatalogSink
-from runink.plugins.lineage.catalog.store import record
+from runink.plugins.lineage.catalog.writer import CatalogWriter
 from runink.testing import plugin_manager
 
 
@@ -69,8 +69,11 @@ def _event(herd: str, name: str) -> LineageEvent:
 def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path: Path) -> None:
     sink = CatalogSink()
     sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
+    sink.engine()  # (the schema made)
+    writer = CatalogWriter(str(sink.url))
     for herd in ("team", "other"):
-        record(sink.engine(), _event(herd, "out"))
+        writer.record(_event(herd, "out"))
+    writer.close()
     with secured_app(tmp_path, ("catalog", sink)) as secured:
         client = TestClient(secured.app)
         viewer = _headers(secured.tokens, Grant("viewer", "team"))

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-HEAVY = ("polars", "pyarrow", "numpy", "pysyncobj", "uvloop", "cryptography")
+HEAVY = ("polars", "pyarrow", "numpy", "pysyncobj", "uvloop", "cryptography", "sqlalchemy", "openlineage", "alembic")
 
 
 def runink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -30,12 +30,11 @@ class CatalogSink(QueuedLineageSink):
         super().__init__()
         self.url: str | None = None
         self.enabled = True
-        self._engine: Any = None
+        self._engine: Any = None  # SQLAlchemy's, for queries and migrations
+        self._writer: Any = None  # the events' (writer.py)
 
     @hookimpl
     def runink_configure(self, config: RuninkConfig) -> None:
-        from runink.plugins.lineage.catalog.store import default_url  # (no SQLAlchemy here)
-
         options = config.plugin_options("catalog")
         url, enabled = options.get("url"), options.get("enabled", True)
         if url is not None and not (isinstance(url, str) and "://" in url):
@@ -44,7 +43,7 @@ class CatalogSink(QueuedLineageSink):
             )
         if not isinstance(enabled, bool):
             raise RuninkError(f"[plugin.catalog] enabled: expected true or false, got {enabled!r}")
-        self.url = url or default_url(Path(config.data_dir))
+        self.url = url or f"sqlite:///{(Path(config.data_dir) / 'catalog.db').resolve()}"
         self.enabled = enabled
 
     def active(self) -> bool:
@@ -61,11 +60,21 @@ class CatalogSink(QueuedLineageSink):
         return self._engine
 
     def deliver(self, event: LineageEvent) -> None:
-        from runink.plugins.lineage.catalog.store import record
+        if self._writer is None:
+            from runink.plugins.lineage.catalog.writer import HEAD_REVISION, CatalogWriter
 
-        record(self.engine(), event)
+            url = self.url or "sqlite:///.runink/catalog.db"
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            writer = CatalogWriter(url)
+            if writer.revision() != HEAD_REVISION:  # new, or made by an older Runink: migrated first
+                self.engine()
+            self._writer = writer
+        self._writer.record(event)
 
     def closed(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         if self._engine is not None:
             self._engine.dispose()
 
