@@ -6,17 +6,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi.responses import HTMLResponse
 
 from runink.core.model import Identity
 from runink.plugins.lineage.catalog.queries import (
     CatalogError,
+    LineageGraph,
     dataset_detail,
     find_dataset,
     job_datasets,
     lineage,
     list_datasets,
+    run_detail,
 )
+from runink.plugins.lineage.catalog.ui import SECURITY_HEADERS, dataset_href, page, run_href
 
 if TYPE_CHECKING:
     from runink.core.security import RouteGuard
@@ -27,6 +31,12 @@ HerdQuery = Annotated[list[str] | None, Query(max_length=64, description="Only t
 DatasetQuery = Annotated[
     str, Query(min_length=1, max_length=2048, description="Its URI (as listed) or its absolute path.")
 ]
+
+
+def _href(graph: LineageGraph, node: str) -> str:
+    if node.startswith("d:"):
+        return dataset_href(graph.datasets[int(node[2:])]["uri"])
+    return run_href(node[2:])
 
 
 def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
@@ -65,6 +75,40 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
     ) -> dict[str, Any]:
         """What each scenario of a pipeline job read and wrote (for `runink status`)."""
         return {"job": job_id, "scenarios": job_datasets(sink.engine(), job_id, guard.herds(identity, READ))}
+
+    @router.get("/v1/catalog/runs/{run_id:path}", openapi_extra=guard.declare(READ), tags=["catalog"])
+    def catalog_run(run_id: Annotated[str, Path(min_length=1, max_length=200)], identity: Identity = caller) -> Any:
+        """One step run: what it did, and the datasets it read and wrote."""
+        try:
+            return run_detail(sink.engine(), run_id, guard.herds(identity, READ))
+        except CatalogError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @router.get("/v1/catalog/lineage.svg", openapi_extra=guard.declare(READ), tags=["catalog"])
+    def catalog_lineage_svg(
+        uri: DatasetQuery,
+        herd: HerdQuery = None,
+        direction: Literal["upstream", "downstream", "both"] = "both",
+        depth: Annotated[int, Query(ge=1, le=50)] = 3,
+        identity: Identity = caller,
+    ) -> Response:
+        """The lineage graph as SVG, each node a link to its page (/ui/...)."""
+        from runink.plugins.lineage.catalog.svg import to_svg
+
+        herds = readable(identity, herd)
+        graph = lineage(sink.engine(), dataset(uri, herds), direction, depth, herds)
+        drawn = to_svg(graph, lambda node: _href(graph, node))
+        return Response(drawn, media_type="image/svg+xml", headers=SECURITY_HEADERS)
+
+    @router.get("/ui/lineage/{target:path}", openapi_extra=guard.declare("public"), include_in_schema=False)
+    def ui_lineage(target: str) -> HTMLResponse:
+        """The page of a dataset's lineage (no data in it: its script asks the API)."""
+        name = target if "://" in target else "/" + target.lstrip("/")
+        return HTMLResponse(page("lineage", name[:2048]), headers=SECURITY_HEADERS)
+
+    @router.get("/ui/runs/{run_id:path}", openapi_extra=guard.declare("public"), include_in_schema=False)
+    def ui_run(run_id: str) -> HTMLResponse:
+        return HTMLResponse(page("run", run_id[:200]), headers=SECURITY_HEADERS)
 
     @router.get("/v1/catalog/lineage", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_lineage(

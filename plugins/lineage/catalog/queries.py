@@ -196,6 +196,24 @@ def _datasets(session: Session, ids: Iterable[int], herds: Collection[str] | Non
     return list(session.scalars(query))
 
 
+def run_detail(engine: Engine, run_id: str, herds: Collection[str] | None) -> dict[str, Any]:
+    """One step run: what it did, and the datasets it read and wrote (with their row counts)."""
+    with Session(engine) as session:
+        step = session.get(StepRun, run_id)
+        if step is None or (herds is not None and step.herd not in herds):
+            raise CatalogError(f"run {run_id!r}: not in the catalog")
+        edges = session.execute(
+            select(col(LineageEdge.direction), col(LineageEdge.rows), Dataset)
+            .join(Dataset, col(Dataset.id) == col(LineageEdge.dataset_id))
+            .where(col(LineageEdge.step_run) == run_id)
+            .order_by(col(Dataset.uri))
+        )
+        datasets: dict[str, list[dict[str, Any]]] = {"read": [], "wrote": []}
+        for direction, rows, dataset in edges:
+            datasets["read" if direction == "in" else "wrote"].append({"uri": dataset.uri, "rows": rows})
+        return {**_step_summary(step), "task": step.task_id, "finished": _when(step.finished), **datasets}
+
+
 def job_datasets(engine: Engine, job_id: str, herds: Collection[str] | None) -> list[dict[str, Any]]:
     """The datasets each scenario run of a cluster job read and wrote, with row counts."""
     query = (
@@ -267,6 +285,10 @@ def _annotation(note: Annotation) -> dict[str, Any]:
         "run": note.step_run,
         "created": note.created.isoformat(),
     }
+
+
+def _when(moment: Any) -> str | None:
+    return None if moment is None else str(moment.isoformat())
 
 
 def _escape_like(text: str) -> str:
