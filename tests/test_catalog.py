@@ -5,10 +5,8 @@ PostgreSQL (Debian's, started here as the postgres user)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +14,6 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from barn_cluster import free_ports
 from fixture_types import CliRunner
 
 from runink.core.model import LineageEvent
@@ -24,6 +21,7 @@ from runink.plugins.lineage.catalog.models import CatalogTable
 from runink.plugins.lineage.catalog.queries import CatalogError, find_dataset, lineage, list_datasets
 from runink.plugins.lineage.catalog.store import MIGRATIONS, engine_for, migrate
 from runink.plugins.lineage.catalog.writer import HEAD_REVISION, CatalogWriter
+from runink.testing.postgres import PostgresUnavailable, temporary_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -213,45 +211,14 @@ def test_migrations_on_sqlite(tmp_path: Path) -> None:
     _check_migrations(f"sqlite:///{tmp_path / 'catalog.db'}")
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """A PostgreSQL server of its own on loopback (Debian's postgresql package, which .ci/run
-    installs), run as the postgres user; yields its URL."""
-    bindir = _postgres_bin()
-    if bindir is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's postgresql package and root (to run it as the postgres user)")
-    # (not under pytest's temp folders: they are root's alone, and the server runs as postgres)
-    folder = Path(tempfile.mkdtemp(prefix="runink-pg-"))
-    os.chmod(folder, 0o755)
-    data = folder / "data"
-    data.mkdir()
-    shutil.chown(data, "postgres", "postgres")
-    (port,) = free_ports(1)
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "runink"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"
-    subprocess.run(
-        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"],
-        check=True,
-        capture_output=True,
-    )
+    """A PostgreSQL server of its own (Debian's postgresql package, which .ci/run installs)."""
     try:
-        yield f"postgresql+psycopg://runink@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
+        with temporary_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_migrations_on_postgresql(postgres: str) -> None:

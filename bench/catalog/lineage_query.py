@@ -15,17 +15,12 @@ step run read by its key through the same session machinery. Target (issue 21): 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine, insert, text
 from sqlmodel import Session
@@ -33,6 +28,7 @@ from sqlmodel import Session
 from runink.plugins.lineage.catalog.models import Dataset, LineageEdge, PipelineRun, StepRun
 from runink.plugins.lineage.catalog.queries import find_dataset, lineage
 from runink.plugins.lineage.catalog.store import engine_for, migrate
+from runink.testing.postgres import PostgresUnavailable, temporary_postgres
 
 PIPELINES = 200
 CHAIN = 5
@@ -149,42 +145,6 @@ def measure(name: str, url: str, runs_per_chain: int, times: int) -> list[str]:
     return rows
 
 
-@contextmanager
-def postgres() -> Iterator[str | None]:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found or os.geteuid() != 0:
-        yield None
-        return
-    bindir = found[-1].parent
-    folder = Path(tempfile.mkdtemp(prefix="runink-pg-bench-"))
-    os.chmod(folder, 0o755)
-    data = folder / "data"
-    data.mkdir()
-    shutil.chown(data, "postgres", "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = 54329
-    subprocess.run(
-        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "runink"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {data}"
-    subprocess.run(
-        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://runink@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-per-chain", type=int, default=100)
@@ -193,11 +153,11 @@ def main() -> None:
     rows = ["| database | step runs | query | median ms | worst ms |", "| --- | ---: | --- | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as folder:
         rows += measure("SQLite (file, WAL)", f"sqlite:///{folder}/catalog.db", args.runs_per_chain, args.times)
-    with postgres() as url:
-        if url is None:
-            print("PostgreSQL: skipped (needs Debian's postgresql package and root)", file=sys.stderr)
-        else:
-            rows += measure("PostgreSQL 15 (loopback)", url, args.runs_per_chain, args.times)
+    try:
+        with temporary_postgres(durable=True) as url:
+            rows += measure("PostgreSQL (loopback)", url, args.runs_per_chain, args.times)
+    except PostgresUnavailable as exc:
+        print(f"PostgreSQL: skipped ({exc})", file=sys.stderr)
     print("\n".join(rows))
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from runink.core.errors import RuninkError
+from runink.plugins.lineage.catalog.annotations import list_annotations
 from runink.plugins.lineage.catalog.models import (
-    Annotation,
     ContractVersion,
     Dataset,
     LineageEdge,
@@ -84,9 +84,6 @@ def dataset_detail(engine: Engine, dataset: Dataset, runs: int = 20) -> dict[str
             .order_by(col(SchemaDrift.seen).desc())
             .limit(50)
         )
-        notes = session.scalars(
-            select(Annotation).where(col(Annotation.dataset_id) == dataset.id).order_by(col(Annotation.created))
-        )
         return {
             **_dataset_summary(dataset),
             "schema": json.loads(dataset.columns_json) if dataset.columns_json else None,
@@ -104,7 +101,7 @@ def dataset_detail(engine: Engine, dataset: Dataset, runs: int = 20) -> dict[str
                 for direction, rows, step in touched
             ],
             "drift": [{"run": d.step_run, "message": d.message, "seen": d.seen.isoformat()} for d in drift],
-            "annotations": [_annotation(a) for a in notes],
+            "annotations": list_annotations(engine, dataset),
         }
 
 
@@ -269,21 +266,6 @@ def _step_summary(step: StepRun) -> dict[str, Any]:
         "started": step.started.isoformat(),
         "duration": step.duration,
         "error": step.error,
-    }
-
-
-def _annotation(note: Annotation) -> dict[str, Any]:
-    return {
-        "column": note.column,
-        "record": note.record,
-        "key": note.key,
-        "value": note.value,
-        "confidence": note.confidence,
-        "model": note.model,
-        "failed": note.failed,
-        "author": note.author,
-        "run": note.step_run,
-        "created": note.created.isoformat(),
     }
 
 
