@@ -8,6 +8,7 @@ discovery runs for real without a pip install per test.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,16 @@ from runink.core.control.store import ClusterStore
 from runink.plugins.barn.memory import MemoryBarn
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def orders(tmp_path: Path) -> Path:
+    """A copy of examples/orders (its data, contracts, steps and .dsl; no outputs) to run."""
+    target = tmp_path / "orders"
+    shutil.copytree(
+        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
+    )
+    return target
 
 
 def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -5,7 +5,6 @@ PostgreSQL (Debian's, started here as the postgres user)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -25,15 +24,6 @@ from runink.testing.postgres import PostgresUnavailable, temporary_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-@pytest.fixture
-def orders(tmp_path: Path) -> Path:
-    target = tmp_path / "orders"
-    shutil.copytree(
-        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
-    )
-    return target
 
 
 def _json(out: subprocess.CompletedProcess[str]) -> object:

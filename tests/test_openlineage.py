@@ -5,7 +5,6 @@ never make a run wait or fail."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -53,15 +52,6 @@ def validate(event: dict[str, Any]) -> None:
         if facet["_schemaURL"] == RUNINK_FACET_SCHEMA:  # ours: its fields are documented in docs/lineage.md
             continue
         Draft202012Validator({"$ref": facet["_schemaURL"]}, registry=REGISTRY).validate(facet)
-
-
-@pytest.fixture
-def orders(tmp_path: Path) -> Path:
-    target = tmp_path / "orders"
-    shutil.copytree(
-        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
-    )
-    return target
 
 
 def test_a_runs_events_validate_against_the_openlineage_schema(run_cli: CliRunner, orders: Path) -> None:

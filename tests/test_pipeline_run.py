@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -25,15 +24,6 @@ def _writing(final: Path) -> CompiledScenario:
     """A compiled scenario whose one sink is ``final`` (stage_sinks reads only its sinks' paths)."""
     ref = DatasetRef("csv", final, str(final))
     return CompiledScenario(Scenario("writes"), ref, (CompiledSink(ref, "valid", {}),))
-
-
-@pytest.fixture
-def orders(tmp_path: Path) -> Path:
-    target = tmp_path / "orders"
-    shutil.copytree(
-        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
-    )
-    return target
 
 
 def summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
