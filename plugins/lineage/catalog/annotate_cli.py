@@ -57,7 +57,7 @@ class AnnotationCommands:
 
 def register(app: typer.Typer, plugin: AnnotationCommands) -> None:
     @app.command("annotate")
-    def annotate_command(  # noqa: PLR0917 (a typer command's options are its parameters)
+    def annotate_command(
         ctx: typer.Context,
         dataset: str = typer.Argument(..., help="Its URI (runink catalog list) or its path."),
         model: str | None = typer.Option(None, "--model", help="The model (default: [annotator] options.model)."),
@@ -130,22 +130,31 @@ def register(app: typer.Typer, plugin: AnnotationCommands) -> None:
         ctx: typer.Context,
         dataset: str = typer.Argument(..., help="Its URI (runink catalog list) or its path."),
         herd: list[str] = typer.Option([], "--herd", help="Look in this herd only (repeat for more)."),
+        cluster: bool = typer.Option(False, "--cluster", help="Ask the cluster instead of the local catalog."),
+        server: str | None = typer.Option(None, "--server", help="Ask this cluster's API (HOST:PORT)."),
         as_json: bool = typer.Option(False, "--json", help="JSON for scripts."),
     ) -> None:
         """What models and people said about a dataset, its columns and records."""
-        from runink.plugins.lineage.catalog.annotations import list_annotations
-        from runink.plugins.lineage.catalog.queries import find_dataset
+        if cluster or server:
+            from runink.plugins.lineage.catalog.cli import as_server_sees, ask_cluster
 
-        state: CliState = ctx.obj
-        config = plugin.config or state.config()
-        engine = catalog_engine(config, state.plugins())
-        found = find_dataset(engine, dataset, herd or None)
-        notes = list_annotations(engine, found)
+            where = {"uri": as_server_sees(dataset), "herd": herd or None, "runs": 1}
+            detail = ask_cluster(ctx, server, "/v1/catalog/dataset", **where)
+            uri, owner, notes = detail["uri"], detail["herd"], detail["annotations"]
+        else:
+            from runink.plugins.lineage.catalog.annotations import list_annotations
+            from runink.plugins.lineage.catalog.queries import find_dataset
+
+            state: CliState = ctx.obj
+            config = plugin.config or state.config()
+            engine = catalog_engine(config, state.plugins())
+            found = find_dataset(engine, dataset, herd or None)
+            uri, owner, notes = found.uri, found.herd, list_annotations(engine, found)
         if as_json:
             print_json(notes)
             return
         print_table(
-            f"{found.uri} ({found.herd})",
+            f"{uri} ({owner})",
             ("target", "key", "value", "confidence", "by", "failed", "created"),
             [
                 (

@@ -33,7 +33,7 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
     ) -> None:
         """Every dataset a run read or wrote: herd, URI, contract, rows, last run."""
         if cluster or server:
-            found = _ask(ctx, server, "/v1/catalog/datasets", herd=herd or None)["datasets"]
+            found = ask_cluster(ctx, server, "/v1/catalog/datasets", herd=herd or None)["datasets"]
         else:
             from runink.plugins.lineage.catalog.queries import list_datasets
 
@@ -58,7 +58,9 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
     ) -> None:
         """One dataset: schema, contract versions, recent runs with row counts, drift, annotations."""
         if cluster or server:
-            detail = _ask(ctx, server, "/v1/catalog/dataset", uri=_absolute(dataset), herd=herd or None, runs=runs)
+            detail = ask_cluster(
+                ctx, server, "/v1/catalog/dataset", uri=as_server_sees(dataset), herd=herd or None, runs=runs
+            )
         else:
             from runink.plugins.lineage.catalog.queries import dataset_detail, find_dataset
 
@@ -93,8 +95,8 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
             raise typer.BadParameter("give --upstream or --downstream, not both (neither: both ways)")
         direction: Direction = "upstream" if upstream else "downstream" if downstream else "both"
         if cluster or server:
-            where = {"uri": _absolute(dataset), "herd": herd or None, "direction": direction, "depth": depth}
-            graph = LineageGraph.from_json(_ask(ctx, server, "/v1/catalog/lineage", **where))
+            where = {"uri": as_server_sees(dataset), "herd": herd or None, "direction": direction, "depth": depth}
+            graph = LineageGraph.from_json(ask_cluster(ctx, server, "/v1/catalog/lineage", **where))
         else:
             engine = sink.engine()
             root = find_dataset(engine, dataset, herd or None)
@@ -111,7 +113,7 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
             _print_tree(graph, direction)
 
 
-def _ask(ctx: typer.Context, server: str | None, path: str, **params: Any) -> Any:
+def ask_cluster(ctx: typer.Context, server: str | None, path: str, **params: Any) -> Any:
     """A GET of the cluster's API (its address and CA found as the cluster commands find them)."""
     from runink.core.cli.cluster_client import ClusterClient, cluster_ca, server_addresses
 
@@ -124,7 +126,7 @@ def _ask(ctx: typer.Context, server: str | None, path: str, **params: Any) -> An
         client.close()
 
 
-def _absolute(dataset: str) -> str:
+def as_server_sees(dataset: str) -> str:
     """A dataset as a server takes it: a URI, or a path made absolute here."""
     from pathlib import Path
 
