@@ -9,21 +9,22 @@ probe, so both give a slice the same environment.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
-from runink.core.dataplane.spec import CommandSpec, SinkSpec, SliceSpec, SourceSpec
+from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SinkSpec, SliceSpec, SourceSpec
 from runink.core.datasets import DatasetRef
 from runink.core.driverload import import_driver
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import TaskSpec
 from runink.core.interfaces.storage import Storage
 from runink.core.model import Resources
-from runink.core.pipeline.compile import CompiledScenario
-from runink.core.pipeline.model import CommandStep
+from runink.core.pipeline.compile import MAX_PROMPT_BYTES, CompiledScenario
+from runink.core.pipeline.model import AnnotateStep, CommandStep, StepRef
 from runink.core.staging import Stage
 
 #: the data plane's entry point, run in the slice with the spec's path
@@ -80,10 +81,7 @@ def slice_task(
             options=dict(scenario.source.options) if scenario.source else {},
             contract=scenario.source.contract if scenario.source else None,
         ),
-        steps=tuple(
-            CommandSpec(step.command, step.shell, step.format) if isinstance(step, CommandStep) else step.ref
-            for step in scenario.steps
-        ),
+        steps=tuple(_step_spec(step, base_dir, config) for step in scenario.steps),
         sinks=tuple(SinkSpec(s.ref.format, _sink_path(s.ref, staged), s.when, dict(s.options)) for s in item.sinks),
         drift_policy=config.herd_policy(herd).drift,
         report=str(report_path(task_dir)),
@@ -168,3 +166,31 @@ def _storage_env(item: CompiledScenario) -> dict[str, str]:
 def report_path(task_dir: Path) -> Path:
     """Where the slice writes its progress (the runner creates it first: core/report.py)."""
     return task_dir / "work" / "report.jsonl"
+
+
+def _step_spec(
+    step: StepRef | CommandStep | AnnotateStep, base_dir: Path, config: RuninkConfig
+) -> str | CommandSpec | AnnotateSpec:
+    """What the slice runs for ``step``: a Python step's reference, a command, or an annotate
+    step with its prompt read here (the compile checked the file) and [annotator]'s driver."""
+    if isinstance(step, CommandStep):
+        return CommandSpec(step.command, step.shell, step.format)
+    if isinstance(step, AnnotateStep):
+        path = base_dir / step.prompt
+        try:
+            text = path.read_bytes()[:MAX_PROMPT_BYTES].decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RuninkError(f"{step.at}: @annotate: cannot read prompt file {path}: {exc}") from None
+        options = dict(config.annotator.options)
+        if step.model:
+            options["model"] = step.model
+        return AnnotateSpec(
+            prompt_text=text,
+            prompt_path=step.prompt,
+            prompt_hash=hashlib.sha256(text.encode()).hexdigest(),
+            fields=list(step.fields),
+            columns=None if step.columns is None else list(step.columns),
+            driver=str(config.annotator.driver or "openai"),
+            options=options,
+        )
+    return step.ref

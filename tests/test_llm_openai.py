@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from fixture_types import CliRunner
 
@@ -492,3 +493,61 @@ def test_runink_annotate_and_annotations(run_cli: CliRunner, chat: FakeChat, tmp
     assert chat.bodies[-1]["model"] == "other-model"
     notes = json.loads(run_cli("annotations", "out/silver/orders.parquet", "--json", cwd=project, env=env).stdout)
     assert notes[-1]["failed"] and notes[-1]["raw"] == "not json" and notes[-1]["model"] == "other-model"
+
+
+def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, chat: FakeChat, orders: Path) -> None:
+    """`@annotate` in a scenario: each valid record goes to the model (its masked fields masked
+    already), its fields become columns of the output, and the catalog keeps the run's
+    annotations: input -> annotating step run -> annotations of the output."""
+    (orders / "prompts").mkdir()
+    (orders / "prompts" / "classify.txt").write_text("Summarise each order and rate how sensitive it is.\n")
+    (orders / "annotate.dsl").write_text(
+        '@herd("finance")\n'
+        "Feature: Annotated orders\n"
+        "  @network\n"
+        "  Scenario: Classify\n"
+        '    @source("csv://data/orders.csv", contract="contracts:Order")\n'
+        '    @annotate(prompt="prompts/classify.txt", fields=["summary", "sensitivity"],'
+        ' columns=["order_id", "customer_email", "amount"])\n'
+        '    @sink("parquet://out/annotated.parquet")\n'
+        '    @sink("jsonl://out/dlq.jsonl", when="invalid")\n'
+    )
+    (orders / "runink.toml").write_text(
+        f'[annotator]\noptions = {{ base_url = "{chat.url}", api_key = "test-key", batch_size = 100 }}\n'
+    )
+    # the process executor: a linux slice's network (slirp4netns) refuses the host's loopback,
+    # where this test's model listens
+    out = run_cli("run", "annotate.dsl", "--set", "executor.driver=process", "--json", cwd=orders)
+    assert out.returncode == 0, out.stderr
+    table = pq.read_table(orders / "out" / "annotated.parquet")
+    assert table.num_rows == 980 and {"summary", "sensitivity", "_runink_annotation_error"} <= set(table.column_names)
+    assert set(table.column("sensitivity").to_pylist()) == {"low"} and table.column("summary").null_count == 0
+    assert chat.requests_seen() == 10  # 980 records, 100 a request
+    sent = b"".join(chat.raw_bodies)
+    assert b"****.com" in sent and not re.search(rb"[a-z0-9.]+@[a-z0-9.]+\.com", sent)  # masked by the contract
+    assert b"quantity" not in sent  # only the columns named
+    notes = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
+    summary = next(n for n in notes if n["key"] == "annotated")
+    assert summary["value"] == "980 records, 0 failed" and summary["prompt_path"] == "prompts/classify.txt"
+    records = [n for n in notes if n["target"].startswith("record:")]
+    assert len(records) == 200 and {n["key"] for n in records} == {"summary", "sensitivity"}  # the first 100 records
+    shown = json.loads(run_cli("catalog", "show", "out/annotated.parquet", "--json", cwd=orders).stdout)
+    (wrote,) = [r for r in shown["runs"] if r["direction"] == "wrote"]
+    assert {n["run"] for n in notes} == {wrote["run"]}  # the annotating step run, which read the source
+
+
+def test_an_annotate_step_is_checked_at_compile_time(run_cli: CliRunner, orders: Path) -> None:
+    body = (
+        '@herd("finance")\nFeature: F\n  Scenario: S\n    @source("csv://data/orders.csv")\n'
+        "    {annotate}\n"
+        '    @sink("csv://out/x.csv")\n'
+    )
+    for annotate, why in (
+        ('@annotate(prompt="nope.txt", fields=["a"])', "prompt file nope.txt does not exist"),
+        ('@annotate(prompt="orders.dsl", fields=[])', "fields must be a list of field names"),
+        ('@annotate(prompt="orders.dsl", fields=["a b"])', "field 'a b' is not a name"),
+        ('@annotate(prompt="orders.dsl", fields=["a"])', "needs @network"),
+    ):
+        (orders / "bad.dsl").write_text(body.replace("{annotate}", annotate))
+        out = run_cli("run", "bad.dsl", cwd=orders)
+        assert out.returncode == 2 and why in out.stderr and "bad.dsl:5" in out.stderr, out.stderr

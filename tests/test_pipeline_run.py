@@ -324,7 +324,7 @@ def test_compile_error_is_one_line(run_cli: CliRunner, project: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: p.dsl:5:5: unknown annotation @stepp (did you mean 'step'?); known: @herd, @source, "
-        "@step, @run, @sink, @requires, @affinity, @retries, @golden, @network, @secrets"
+        "@step, @run, @sink, @requires, @affinity, @retries, @golden, @network, @secrets, @annotate"
     )
     assert "Traceback" not in out.stderr
 

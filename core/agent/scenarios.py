@@ -73,6 +73,8 @@ class ScenarioRun:
     contract: str | None = None
     #: the source's schema as read ("input") and the valid output's ("output"): [[name, type], ...]
     schemas: dict[str, list[list[str]]] = field(default_factory=dict)
+    #: what its @annotate steps did (a summary each, with the first records' annotations)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
     job_id: str | None = None  # the cluster's job and task running it, and the node of its last attempt
     task_id: str | None = None
     node: str | None = None
@@ -101,6 +103,43 @@ class ScenarioRun:
             "log_dir": self.log_dir,
             "contract_hash": self.contract_hash,
         }
+
+
+def _annotation_summary(value: Any) -> dict[str, Any] | None:
+    """An @annotate step's summary as the slice reported it: its known fields, of their types,
+    bounded (the slice writes the report: it must not be able to bloat the node or the catalog)."""
+    if not isinstance(value, dict):
+        return None
+    text = {key: printable(str(value.get(key) or ""), 200) for key in ("step", "driver", "model", "prompt_path")}
+    digest = value.get("prompt_hash")
+    fields = value.get("fields")
+    counts = {key: value.get(key) if type(value.get(key)) is int else 0 for key in ("records", "failed")}
+    notes = []
+    entries = value.get("annotations")
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("record"), str):
+            continue
+        answer = entry.get("fields")
+        notes.append(
+            {
+                "record": printable(entry["record"], 100),
+                "failed": entry.get("failed") is True,
+                "fields": {printable(str(k), 63): printable(str(v), 2000) for k, v in list(answer.items())[:32]}
+                if isinstance(answer, dict)
+                else {},
+                "error": printable(str(entry.get("error") or ""), 2000),
+                "raw": printable(str(entry.get("raw") or ""), 2000),
+            }
+        )
+        if len(notes) >= 100:
+            break
+    return {
+        **text,
+        "prompt_hash": printable(digest, 64) if isinstance(digest, str) else "",
+        "fields": [printable(str(f), 63) for f in fields[:32]] if isinstance(fields, list) else [],
+        **counts,
+        "annotations": notes,
+    }
 
 
 def _schema_fields(value: Any) -> list[list[str]] | None:
@@ -346,6 +385,9 @@ class ScenarioAttempts(Executor):
                 run.contract_hash = printable(event["contract_hash"], 200)
             if isinstance(event.get("contract"), str):
                 run.contract = printable(event["contract"], 200)
+            annotations = event.get("annotations")
+            if isinstance(annotations, list):
+                run.annotations = [a for a in (_annotation_summary(x) for x in annotations[:16]) if a is not None]
             schemas = event.get("schemas")
             if isinstance(schemas, dict):
                 run.schemas = {
@@ -462,6 +504,7 @@ class ScenarioAttempts(Executor):
             "contract_hash": run.contract_hash,
             "contract": run.contract,
             "schemas": run.schemas,
+            "annotations": run.annotations,
             "drift": run.drift,
             "error": run.error,
             "state": state.value,

@@ -38,8 +38,9 @@ import pyarrow.compute as pc
 from runink.core.command_step import argv as command_argv
 from runink.core.command_step import placeholders, step_name
 from runink.core.contracts import Contract, detect_drift, validate
+from runink.core.dataplane.annotate import AnnotateStage, annotated
 from runink.core.dataplane.log_tags import TaggedStream, step_context
-from runink.core.dataplane.spec import CommandSpec, SliceSpec, SpecError
+from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, SpecError
 from runink.core.driverload import load_installed
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
@@ -189,6 +190,8 @@ def run(spec: SliceSpec) -> int:
         for step in steps:
             if isinstance(step, CommandStage):
                 stream = step.stream(stream, counters, progress)
+            elif isinstance(step, AnnotateStage):
+                stream = annotated(stream, step, counters)
             else:
                 stream = _python_step(stream, step[0], step[1], counters)
         for flow in stream:
@@ -210,6 +213,7 @@ def run(spec: SliceSpec) -> int:
             contract_hash=contract.contract_hash() if contract else None,
             contract=contract.__name__ if contract else None,
             schemas={kind: _schema_fields(schema) for kind, schema in schemas.items()},
+            annotations=[step.summary() for step in steps if isinstance(step, AnnotateStage)],
             **_counts(counters),
         )
         return 0
@@ -285,10 +289,13 @@ class Flow:
 
 
 def _load_steps(
-    steps: list[str | CommandSpec], *, work_dir: Path, base_dir: Path, spec: SliceSpec
-) -> list[PythonStep | CommandStage]:
-    loaded: list[PythonStep | CommandStage] = []
+    steps: list[str | CommandSpec | AnnotateSpec], *, work_dir: Path, base_dir: Path, spec: SliceSpec
+) -> list[PythonStep | CommandStage | AnnotateStage]:
+    loaded: list[PythonStep | CommandStage | AnnotateStage] = []
     for index, step in enumerate(steps, start=1):
+        if isinstance(step, AnnotateSpec):
+            loaded.append(AnnotateStage(step))
+            continue
         if isinstance(step, CommandSpec):
             driver = _storage(step.format, spec.storage_options)
             loaded.append(CommandStage(step, driver, folder=work_dir / f"run-{index}", cwd=base_dir))
@@ -625,7 +632,7 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
 def _open_empty(
     sinks: list[SinkSlot],
     contract: type[Contract] | None,
-    steps: list[PythonStep | CommandStage],
+    steps: list[PythonStep | CommandStage | AnnotateStage],
     dlq_schema: pa.Schema | None,
 ) -> None:
     """Sinks that got no rows still get a (empty) dataset with the right columns."""
@@ -644,13 +651,18 @@ def _open_empty(
             raise SliceError(f"sink {slot.format}://{slot.path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _output_schema(contract: type[Contract] | None, steps: list[PythonStep | CommandStage]) -> pa.Schema:
+def _output_schema(
+    contract: type[Contract] | None, steps: list[PythonStep | CommandStage | AnnotateStage]
+) -> pa.Schema:
     """The steps' output schema, found by running them on an empty batch of the input schema
     (from the last command step's output on: a program's output columns are known once it ran)."""
     batch = pa.RecordBatch.from_pylist([], schema=contract.schema() if contract else pa.schema([]))
     for step in steps:
         if isinstance(step, CommandStage):
             batch = pa.RecordBatch.from_pylist([], schema=step.output_schema or pa.schema([]))
+            continue
+        if isinstance(step, AnnotateStage):
+            batch = step.annotate(batch)  # (no rows: its columns only, no model asked)
             continue
         ref, function = step
         try:

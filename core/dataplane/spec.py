@@ -47,13 +47,29 @@ class CommandSpec:
 
 
 @dataclass(frozen=True)
+class AnnotateSpec:
+    """An ``@annotate`` step: the prompt's text (read by the node; the slice reads no file for
+    it), its path and hash (what the catalog records), the fields asked for, the columns the
+    model sees (None: all), and the annotator driver with its options ([annotator])."""
+
+    prompt_text: str
+    prompt_path: str
+    prompt_hash: str
+    fields: list[str]
+    columns: list[str] | None = None
+    driver: str = "openai"
+    options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "annotate"
+
+
+@dataclass(frozen=True)
 class SliceSpec:
     task_id: str  # its log lines are tagged with it and the step that wrote them
     scenario: str
     herd: str
     base_dir: str  # the pipeline's folder: its step modules import from there
     source: SourceSpec
-    steps: tuple[str | CommandSpec, ...]  # "module:function" or a command step, in order
+    steps: tuple[str | CommandSpec | AnnotateSpec, ...]  # "module:function", a command or an annotate step
     sinks: tuple[SinkSpec, ...]
     drift_policy: str
     report: str  # the report file the runner reads (core/report.py)
@@ -89,10 +105,23 @@ class SliceSpec:
         return spec
 
 
-def _step(value: Any) -> str | CommandSpec:
+def _step(value: Any) -> str | CommandSpec | AnnotateSpec:
     if isinstance(value, str):
         return value
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value.get("kind") == "annotate":
+        annotate = AnnotateSpec(**value)
+        texts = (annotate.prompt_text, annotate.prompt_path, annotate.prompt_hash, annotate.driver)
+        fields = annotate.fields if isinstance(annotate.fields, list) else None
+        columns = annotate.columns if annotate.columns is None or isinstance(annotate.columns, list) else None
+        if (
+            all(isinstance(t, str) for t in texts)
+            and fields
+            and all(isinstance(f, str) for f in fields)
+            and (annotate.columns is None or (columns and all(isinstance(c, str) for c in columns)))
+            and isinstance(annotate.options, dict)
+        ):
+            return annotate
+    elif isinstance(value, dict):
         command = CommandSpec(**value)
         if isinstance(command.command, str) and isinstance(command.shell, bool) and isinstance(command.format, str):
             return command

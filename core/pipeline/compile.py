@@ -34,7 +34,7 @@ from runink.core.interfaces import Storage
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
-from runink.core.pipeline.model import CommandStep, Location, Pipeline, Scenario, Sink, StepRef
+from runink.core.pipeline.model import AnnotateStep, CommandStep, Location, Pipeline, Scenario, Sink, StepRef
 
 READ_OPTIONS = {
     "csv": {"delimiter", "block_size"},
@@ -43,6 +43,7 @@ READ_OPTIONS = {
     "s3": {"batch_rows"},
 }
 WRITE_OPTIONS = {"csv": set(), "jsonl": set(), "parquet": {"compression"}, "s3": {"compression"}}
+MAX_PROMPT_BYTES = 64 * 1024  # an @annotate prompt file
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ def compile_pipeline(
         for step in scenario.steps:
             if isinstance(step, CommandStep):
                 _check_command(step, formats)
+            elif isinstance(step, AnnotateStep):
+                _check_annotate(scenario, step, pipeline.base_dir)
             elif check_code:
                 _check_reference(step.ref, pipeline.base_dir, step.at, "step", (ast.FunctionDef,))
         sinks: list[CompiledSink] = []
@@ -158,6 +161,18 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
     if ref.format not in formats:
         raise DslError(at, f"no storage driver for format {ref.format!r} (installed: {', '.join(sorted(formats))})")
     return ref
+
+
+def _check_annotate(scenario: Scenario, step: AnnotateStep, base_dir: Path) -> None:
+    """The prompt file is there (read by the node that runs the scenario); the records go to
+    a model over the network, which the scenario must be granted."""
+    prompt = base_dir / step.prompt
+    if not prompt.is_file():
+        raise DslError(step.at, f"@annotate: prompt file {step.prompt} does not exist (beside the pipeline: {prompt})")
+    if prompt.stat().st_size > MAX_PROMPT_BYTES:
+        raise DslError(step.at, f"@annotate: prompt file {step.prompt} is over {MAX_PROMPT_BYTES} bytes")
+    if not scenario.network:
+        raise DslError(step.at, f"@annotate sends records to a model: scenario {scenario.name!r} needs @network")
 
 
 def _check_command(step: CommandStep, formats: set[str]) -> None:

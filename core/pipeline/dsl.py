@@ -38,6 +38,7 @@ from runink.core.errors import RuninkError
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import check_name
 from runink.core.pipeline.model import (
+    AnnotateStep,
     CommandStep,
     Location,
     Pipeline,
@@ -62,6 +63,7 @@ class DslError(RuninkError):
 
 
 KEYWORDS = ("Given", "When", "Then", "And", "But")
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # an @annotate field: a column of the output
 _ANNOTATION_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -80,6 +82,7 @@ def _retries(n: int, backoff: str | float = "1s") -> None: ...
 def _golden(directory: str) -> None: ...
 def _network() -> None: ...
 def _secrets(*names: str, env: bool = False) -> None: ...
+def _annotate(prompt: str, fields: list[str], model: str | None = None, columns: list[str] | None = None) -> None: ...
 
 
 SIGNATURES: dict[str, Callable[..., None]] = {
@@ -94,6 +97,7 @@ SIGNATURES: dict[str, Callable[..., None]] = {
     "golden": _golden,
     "network": _network,
     "secrets": _secrets,
+    "annotate": _annotate,
 }
 FEATURE_ANNOTATIONS = {"herd", "requires", "retries", "network"}
 SCENARIO_ANNOTATIONS = set(SIGNATURES) - {"herd"}
@@ -330,6 +334,27 @@ def _with_secrets(scenario: Scenario, a: Annotation) -> Scenario:
     return replace(scenario, secrets=merged, secrets_env=scenario.secrets_env or env)
 
 
+def _annotation_step(a: Annotation) -> AnnotateStep:
+    """``@annotate(prompt, fields, model=None, columns=None)``, its arguments checked."""
+    prompt, fields, model, columns = a.args["prompt"], a.args["fields"], a.args.get("model"), a.args.get("columns")
+    if not isinstance(prompt, str) or not prompt:
+        raise DslError(a.at, f"@annotate: prompt must be the path of a prompt file, got {prompt!r}")
+    if not isinstance(fields, list) or not fields:
+        raise DslError(a.at, f"@annotate: fields must be a list of field names, got {fields!r}")
+    for name in fields:
+        if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+            raise DslError(a.at, f"@annotate: field {name!r} is not a name (letters, digits, '_'; not first a digit)")
+    if len(set(fields)) != len(fields):
+        raise DslError(a.at, f"@annotate: a field is named twice in {fields!r}")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise DslError(a.at, f"@annotate: model must be a model's name, got {model!r}")
+    if columns is not None and not (
+        isinstance(columns, list) and columns and all(isinstance(c, str) and c for c in columns)
+    ):
+        raise DslError(a.at, f"@annotate: columns must be a list of column names, got {columns!r}")
+    return AnnotateStep(prompt, tuple(fields), model, None if columns is None else tuple(columns), a.at)
+
+
 def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
     a, args = annotation, annotation.args
     if a.name not in SCENARIO_ANNOTATIONS:
@@ -349,6 +374,8 @@ def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
         if not isinstance(fmt, str):
             raise DslError(a.at, f"@run: format must be a string (csv, jsonl, parquet...), got {fmt!r}")
         return replace(scenario, steps=(*scenario.steps, CommandStep(command, shell, fmt, a.at)))
+    if a.name == "annotate":
+        return replace(scenario, steps=(*scenario.steps, _annotation_step(a)))
     if a.name == "sink":
         when = args.get("when", "valid")
         if when not in ("valid", "invalid"):

@@ -86,6 +86,27 @@ class StepRef:
 
 
 @dataclass(frozen=True)
+class AnnotateStep:
+    """Records annotated by a model (``@annotate``): the ``fields`` it answers about each record,
+    asked with the prompt in the file ``prompt`` (beside the pipeline), become columns of the
+    rows that pass (``columns``: what of each record the model sees; all by default)."""
+
+    prompt: str
+    fields: tuple[str, ...]
+    model: str | None = None
+    columns: tuple[str, ...] | None = None
+    at: Location = Location()
+
+    @property
+    def ref(self) -> str:
+        return f"annotate:{self.prompt}"
+
+    @property
+    def name(self) -> str:
+        return self.ref
+
+
+@dataclass(frozen=True)
 class CommandStep:
     """A program run over the rows that reach it (``@run``): they are written to a file in
     ``format``, the program runs once, and the file it writes is read back as the step's output."""
@@ -176,7 +197,7 @@ class Scenario:
 
     name: str
     source: Source | None = None
-    steps: tuple[StepRef | CommandStep, ...] = ()
+    steps: tuple[StepRef | CommandStep | AnnotateStep, ...] = ()
     sinks: tuple[Sink, ...] = ()
     requires: Requirements = Requirements()
     node_labels: dict[str, str] = field(default_factory=dict)

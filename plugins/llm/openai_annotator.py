@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import RuninkError, describe_exception
-from runink.core.interfaces.annotator import Annotation, Annotator
+from runink.core.interfaces.annotator import Annotation, Annotator, RecordResult
 
 log = logging.getLogger(__name__)
 
@@ -100,29 +100,6 @@ class Usage:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "total_tokens": self.total_tokens, "cost": round(self.cost, 6)}
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    """One record's answer: the requested ``fields`` parsed, or ``failed`` with the ``raw``
-    model text (``error`` says why: "parse", "budget", "request")."""
-
-    index: int
-    fields: dict[str, Any] | None
-    failed: bool = False
-    raw: str | None = None
-    error: str | None = None
-
-    def annotations(self, record_id: str, model: str) -> list[Annotation]:
-        """As catalog annotations of record ``record_id``: one per field, or one failed one."""
-        target = f"record:{record_id}"
-        if self.failed or self.fields is None:
-            extra = {"failed": True, "raw": self.raw, "error": self.error}
-            return [Annotation(target, "failed", "", 0.0, model, extra)]
-        return [
-            Annotation(target, key, value if isinstance(value, str) else json.dumps(value), 1.0, model)
-            for key, value in self.fields.items()
-        ]
 
 
 @dataclass

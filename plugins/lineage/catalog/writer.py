@@ -59,6 +59,12 @@ VALUES (:herd, :contract, :hash, :dataset_id, :now, :run) ON CONFLICT (herd, con
 _DRIFT = """
 INSERT INTO schema_drift (herd, step_run, dataset_id, message, seen)
 VALUES (:herd, :run, :dataset_id, :message, :now)"""
+_FORGET_NOTES = "DELETE FROM annotations WHERE step_run = :run AND dataset_id = :dataset_id"
+_NOTE = """
+INSERT INTO annotations (herd, dataset_id, "column", record, key, value, confidence, model, prompt_path, prompt_hash,
+    step_run, failed, raw, author, created)
+VALUES (:herd, :dataset_id, NULL, :record, :key, :value, NULL, :model, :prompt_path, :prompt_hash, :run, :failed, :raw,
+    NULL, :now)"""
 _EDGE = """
 INSERT INTO lineage_edges (herd, step_run, dataset_id, direction, rows)
 VALUES (:herd, :run, :dataset_id, :direction, :rows)
@@ -165,7 +171,45 @@ class _Event:
                 self.run(
                     _WRITTEN, {"rows": rows, "run": lineage.run_id, "now": self.now, "columns": columns, "id": dataset}
                 )
+                if uri not in invalid:
+                    self._annotations(dataset)
             self._edge(dataset, "out", rows)
+
+    def _annotations(self, dataset: int) -> None:
+        """The @annotate steps' annotations, on the output they are in (its records): input ->
+        annotating step run -> annotations. Recorded again, they replace the run's earlier ones."""
+        summaries = self.facets.get("annotations")
+        if not isinstance(summaries, list) or not summaries:
+            return
+        run = self.lineage.run_id
+        self.run(_FORGET_NOTES, {"run": run, "dataset_id": dataset})
+        for summary in summaries:
+            if not isinstance(summary, dict):
+                continue
+            common = {
+                "herd": self.herd,
+                "dataset_id": dataset,
+                "model": _text(summary.get("model")),
+                "prompt_path": _text(summary.get("prompt_path")),
+                "prompt_hash": _text(summary.get("prompt_hash")),
+                "run": run,
+                "now": self.now,
+            }
+            total = f"{summary.get('records', 0)} records, {summary.get('failed', 0)} failed"
+            self.run(
+                _NOTE, {**common, "record": None, "key": "annotated", "value": total, "failed": False, "raw": None}
+            )
+            for entry in summary.get("annotations") or ():
+                if not isinstance(entry, dict):
+                    continue
+                record = _text(entry.get("record"))
+                if entry.get("failed"):
+                    failed = {"record": record, "key": "failed", "value": _text(entry.get("error")), "failed": True}
+                    self.run(_NOTE, {**common, **failed, "raw": _text(entry.get("raw"))})
+                    continue
+                for key, value in (entry.get("fields") or {}).items():
+                    answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
+                    self.run(_NOTE, {**common, **answer})
 
     def _step(self, pipeline_run: str) -> dict[str, Any]:
         facets, lineage = self.facets, self.lineage
