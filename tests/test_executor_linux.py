@@ -266,6 +266,28 @@ linux.close()
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_mount_point_a_launcher_left_is_removed_by_the_next_one(linux: LinuxExecutor, tmp_path: Path) -> None:
+    """A launcher that could not remove its sandboxes' mount point (a sandbox still held it)
+    leaves it: the next executor's first launcher removes it (empty, of no live launcher)."""
+    import tempfile
+
+    stale = Path(tempfile.gettempdir()) / f"runink-root-{os.getpid()}-left"  # (this pid is no launcher)
+    stale.mkdir(exist_ok=True)
+    kept = Path(tempfile.gettempdir()) / f"runink-root-{os.getpid()}-notempty"
+    (kept / "x").mkdir(parents=True, exist_ok=True)
+    try:
+        spec = _spec(tmp_path, "/bin/true")
+        linux.start(spec)
+        assert linux.wait(spec.id, 20) is not None
+        assert not stale.exists() and (kept / "x").exists()  # only empty ones go
+    finally:
+        (kept / "x").rmdir()
+        kept.rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            stale.rmdir()
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
 def test_a_slice_cannot_find_an_earlier_slices_secrets_in_memory(linux: LinuxExecutor, tmp_path: Path) -> None:
     """Python slices are forks of the launcher: it must never have held another slice's env or files."""
     import sys

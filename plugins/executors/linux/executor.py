@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,19 @@ def _is_launcher(pid: int) -> bool:
     except OSError:
         return False
     return b"runink.plugins.executors.linux.launcher" in cmdline
+
+
+def _sweep_stale_roots() -> None:
+    """Remove the empty sandbox mount points (``<tmp>/runink-root-<pid>-*``) of launchers that
+    are gone: one that could not remove its own (a sandbox still holding it) leaves it."""
+    for root in Path(tempfile.gettempdir()).glob("runink-root-*-*"):
+        try:
+            pid = int(root.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if not _is_launcher(pid):
+            with contextlib.suppress(OSError):  # (not empty, not a folder, not ours: left alone)
+                os.rmdir(root)
 
 
 def _python_fast_path(command: tuple[str, ...]) -> PythonCode | None:
@@ -212,6 +226,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         # the launcher). True (an agent that recovers them after a restart): they go on.
         self.slices_outlive_executor = bool(slices_outlive_executor)
         self._swept = False
+        self._roots_swept = False
         self._log_keeper: threading.Thread | None = None
         self._logs: LogPump | None = None
         self._problems = self._detect_problems()
@@ -328,6 +343,9 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             # In a process group of its own: a signal for this process's group (Ctrl-C on a
             # terminal, a service manager's SIGTERM) is this process's to act on; a launcher
             # killed by it mid-request would leave slices half-started. It ends with its stdin.
+            if not self._roots_swept:
+                self._roots_swept = True
+                _sweep_stale_roots()
             launcher = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,

@@ -871,9 +871,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _remove_root(root: str, timeout: float = 2.0) -> None:
+def _remove_root(root: str, timeout: float = 8.0) -> None:
     """Remove the sandboxes' mount point. A sandbox killed by the drain may hold it busy for a
-    moment (its mount namespace goes with its last process): try again for up to ``timeout``."""
+    moment (its mount namespace goes with its last process; seconds on a loaded machine): try
+    again for up to ``timeout``. One left behind is removed by the next executor's sweep."""
     deadline = time.monotonic() + timeout
     while True:
         try:
