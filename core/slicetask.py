@@ -93,7 +93,7 @@ def slice_task(
         id=task_id,
         command=(*SLICE_COMMAND, str(spec_path)),
         task_dir=task_dir,
-        env=_with_secrets({**slice_env(work_dir), **_storage_env(item)}, secrets),
+        env=_with_secrets({**slice_env(work_dir), **_storage_env(item), **_annotator_env(spec, config)}, secrets),
         cwd=work_dir,
         readable=readable,
         writable=(work_dir, *sorted(stage.path for stage in staged.values())),
@@ -181,7 +181,8 @@ def _step_spec(
             text = path.read_bytes()[:MAX_PROMPT_BYTES].decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise RuninkError(f"{step.at}: @annotate: cannot read prompt file {path}: {exc}") from None
-        options = dict(config.annotator.options)
+        # (its API key goes in the slice's environment, never in the spec file: _annotator_env)
+        options = {k: v for k, v in config.annotator.options.items() if k != "api_key"}
         if step.model:
             options["model"] = step.model
         return AnnotateSpec(
@@ -194,3 +195,12 @@ def _step_spec(
             options=options,
         )
     return step.ref
+
+
+def _annotator_env(spec: SliceSpec, config: RuninkConfig) -> dict[str, str]:
+    """An @annotate step's API key from [annotator] options (else the slice has only what its
+    @secrets give it), as OPENAI_API_KEY: the slice's environment, not its spec file on disk."""
+    key = config.annotator.options.get("api_key")
+    if isinstance(key, str) and key and any(isinstance(step, AnnotateSpec) for step in spec.steps):
+        return {"OPENAI_API_KEY": key}
+    return {}

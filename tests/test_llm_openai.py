@@ -526,6 +526,10 @@ def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, ch
     sent = b"".join(chat.raw_bodies)
     assert b"****.com" in sent and not re.search(rb"[a-z0-9.]+@[a-z0-9.]+\.com", sent)  # masked by the contract
     assert b"quantity" not in sent  # only the columns named
+    # the API key reached the slice (the driver refuses to start without one) through its
+    # environment, not through its spec file, which stays on disk with the run
+    specs = list((orders / ".runink").rglob("slice.json"))
+    assert specs and not [p for p in specs if "test-key" in p.read_text()]
     notes = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
     summary = next(n for n in notes if n["key"] == "annotated")
     assert summary["value"] == "980 records, 0 failed" and summary["prompt_path"] == "prompts/classify.txt"
