@@ -532,7 +532,8 @@ def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, ch
     assert specs and not [p for p in specs if "test-key" in p.read_text()]
     notes = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
     summary = next(n for n in notes if n["key"] == "annotated")
-    assert summary["value"] == "980 records, 0 failed" and summary["prompt_path"] == "prompts/classify.txt"
+    assert summary["value"].startswith("980 records, 0 failed; ") and summary["prompt_path"] == "prompts/classify.txt"
+    assert " tokens, 10 requests, cost " in summary["value"]  # what the run spent
     records = [n for n in notes if n["target"].startswith("record:")]
     assert len(records) == 200 and {n["key"] for n in records} == {"summary", "sensitivity"}  # the first 100 records
     shown = json.loads(run_cli("catalog", "show", "out/annotated.parquet", "--json", cwd=orders).stdout)

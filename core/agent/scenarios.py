@@ -133,8 +133,15 @@ def _annotation_summary(value: Any) -> dict[str, Any] | None:
         )
         if len(notes) >= 100:
             break
+    usage = value.get("usage") if isinstance(value.get("usage"), dict) else {}
+    spent = {
+        "tokens": usage.get("total_tokens") if type(usage.get("total_tokens")) is int else None,
+        "cost": usage.get("cost") if type(usage.get("cost")) in (int, float) else None,
+        "requests": usage.get("requests") if type(usage.get("requests")) is int else None,
+    }
     return {
         **text,
+        **spent,
         "prompt_hash": printable(digest, 64) if isinstance(digest, str) else "",
         "fields": [printable(str(f), 63) for f in fields[:32]] if isinstance(fields, list) else [],
         **counts,

@@ -130,7 +130,8 @@ class Annotation(CatalogTable, table=True):
     model: str | None = Field(default=None, max_length=200)
     prompt_path: str | None = Field(default=None, max_length=1000)
     prompt_hash: str | None = Field(default=None, max_length=64)
-    step_run: str | None = Field(default=None, foreign_key="step_runs.id", max_length=200)
+    # (indexed: a run's annotations are replaced when its end is recorded again; migration 0002)
+    step_run: str | None = Field(default=None, foreign_key="step_runs.id", max_length=200, index=True)
     failed: bool = False  # the model's answer did not parse: ``raw`` holds it
     raw: str | None = None
     author: str | None = Field(default=None, max_length=200)

@@ -22,7 +22,7 @@ from runink.core.model import LineageEvent
 SQLITE = "sqlite:///"
 #: the newest migration (tests/test_catalog.py checks it is alembic's head): a catalog at it is
 #: written without importing SQLAlchemy or alembic at all
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 _PIPELINE_RUN = """
 INSERT INTO pipeline_runs (id, herd, pipeline, started, updated) VALUES (:id, :herd, :pipeline, :now, :now)
@@ -196,6 +196,8 @@ class _Event:
                 "now": self.now,
             }
             total = f"{summary.get('records', 0)} records, {summary.get('failed', 0)} failed"
+            if summary.get("tokens") is not None:  # what the run spent (the annotator's usage)
+                total += f"; {summary['tokens']} tokens, {summary.get('requests')} requests, cost {summary.get('cost')}"
             self.run(
                 _NOTE, {**common, "record": None, "key": "annotated", "value": total, "failed": False, "raw": None}
             )
