@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 
 import pytest
 from fixture_types import CliRunner
+from sqlalchemy import text
 
 from runink.core.model import LineageEvent
 from runink.plugins.lineage.catalog.models import CatalogTable
@@ -168,9 +169,10 @@ def _check_migrations(url: str) -> None:
     migrate(engine)  # from an empty database
     assert _model_drift(url) == []  # the migrations make exactly the tables the models describe
     migrate(engine)  # at the newest already: nothing to do
-    # every version up from the one before it (and down again), data kept on the way up
     revisions = _revisions()
     assert revisions[0] == "0001" and revisions[-1] == HEAD_REVISION  # (migrate skips alembic at HEAD_REVISION)
+    # from each version to the next, holding data: a dataset written at the first is still
+    # there, whole, at the newest (its new columns empty), and today's writer works on it
     from alembic import command
     from alembic.config import Config
 
@@ -179,10 +181,19 @@ def _check_migrations(url: str) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
-    for revision in revisions:
+    migrate(engine, revisions[0])
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO datasets (herd, uri, rows, updated) VALUES ('h', 'csv:///old.csv', 7, '2026-01-01')")
+        )
+    for revision in revisions[1:]:
         migrate(engine, revision)
-        _feed(url, f"run-{revision}")
-    assert len(list_datasets(engine, None)) == 1 + len(revisions)  # fed at each version, kept by the next
+        with engine.connect() as connection:  # (plain SQL: the models describe the newest tables)
+            assert connection.execute(text("SELECT uri, rows FROM datasets")).all() == [("csv:///old.csv", 7)]
+    (old,) = list_datasets(engine, None)
+    assert (old["uri"], old["rows"]) == ("csv:///old.csv", 7)
+    _feed(url, "run-now")
+    assert len(list_datasets(engine, None)) == 3  # and the newest writes beside it
     engine.dispose()
 
 

@@ -487,6 +487,15 @@ def test_runink_annotate_and_annotations(run_cli: CliRunner, chat: FakeChat, tmp
     notes = json.loads(listed.stdout)
     assert len(notes) == answer["stored"] and notes[0]["model"] == "gpt-4o-mini"
 
+    # the raw source, with no mask option now: the fields its contract marks pii (customer_email,
+    # as the catalog learnt from the run that read it) are masked in what is sent, though the
+    # sample is the CSV as it is on disk
+    (project / "runink.toml").write_text(f'[annotator]\noptions = {{ base_url = "{chat.url}", retry_base = 0.01 }}\n')
+    raw = run_cli("annotate", "data/orders.csv", "--sample", "5", "--json", cwd=project, env=env)
+    assert raw.returncode == 0, raw.stderr
+    sent = chat.raw_bodies[-1]
+    assert b"[masked]" in sent and not re.search(rb"[a-z0-9._]+@[a-z0-9.]+\.[a-z]+", sent)
+
     chat.script = [("text", "not json")]
     bad = run_cli("annotate", "out/silver/orders.parquet", "--model", "other-model", cwd=project, env=env)
     assert bad.returncode == 1 and "parse: the answer is not a JSON object; stored as failed" in bad.stderr

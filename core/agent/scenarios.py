@@ -73,6 +73,8 @@ class ScenarioRun:
     contract: str | None = None
     #: the source's schema as read ("input") and the valid output's ("output"): [[name, type], ...]
     schemas: dict[str, list[list[str]]] = field(default_factory=dict)
+    #: the source's columns its contract marks pii or mask (never sent to a model unmasked)
+    pii: list[str] = field(default_factory=list)
     #: what its @annotate steps did (a summary each, with the first records' annotations)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     job_id: str | None = None  # the cluster's job and task running it, and the node of its last attempt
@@ -392,6 +394,9 @@ class ScenarioAttempts(Executor):
                 run.contract_hash = printable(event["contract_hash"], 200)
             if isinstance(event.get("contract"), str):
                 run.contract = printable(event["contract"], 200)
+            pii = event.get("pii")
+            if isinstance(pii, list):
+                run.pii = [printable(str(name), 200) for name in pii[:1000]]
             annotations = event.get("annotations")
             if isinstance(annotations, list):
                 run.annotations = [a for a in (_annotation_summary(x) for x in annotations[:16]) if a is not None]
@@ -512,6 +517,7 @@ class ScenarioAttempts(Executor):
             "contract": run.contract,
             "schemas": run.schemas,
             "annotations": run.annotations,
+            "pii_columns": run.pii,
             "drift": run.drift,
             "error": run.error,
             "state": state.value,

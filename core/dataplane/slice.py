@@ -212,6 +212,7 @@ def run(spec: SliceSpec) -> int:
             drift=drift_messages,
             contract_hash=contract.contract_hash() if contract else None,
             contract=contract.__name__ if contract else None,
+            pii=[f.name for f in contract.fields() if f.constraints.pii or f.constraints.mask] if contract else [],
             schemas={kind: _schema_fields(schema) for kind, schema in schemas.items()},
             annotations=[step.summary() for step in steps if isinstance(step, AnnotateStage)],
             **_counts(counters),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ import typer
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.errors import RuninkError
 from runink.core.hookspecs import hookimpl
+
+#: what a masked value is sent as
+MASKED = "[masked]"
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -75,6 +79,7 @@ def register(app: typer.Typer, plugin: AnnotationCommands) -> None:
         engine = catalog_engine(config, manager)
         found = find_dataset(engine, dataset, herd or None)
         schema, rows = read_sample(found.uri, sample, manager)
+        rows = masked(rows, found)
         annotator = build_annotator(config, manager, model)
         try:
             notes = annotator.annotate(found.uri, schema, rows)
@@ -180,6 +185,13 @@ def catalog_engine(config: RuninkConfig, manager: PluginManager) -> Engine:
         sink = CatalogSink()
         sink.runink_configure(config)
     return sink.engine()  # type: ignore[no-any-return]
+
+
+def masked(rows: list[dict[str, Any]], dataset: Any) -> list[dict[str, Any]]:
+    """The sample with the columns a contract marked pii or mask masked (the catalog keeps
+    which, from the runs that read the dataset with its contract): they never reach a model."""
+    hidden = set(json.loads(dataset.pii_json)) if dataset.pii_json else set()
+    return [{key: MASKED if key in hidden and value is not None else value for key, value in r.items()} for r in rows]
 
 
 def read_sample(

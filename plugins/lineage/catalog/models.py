@@ -28,6 +28,8 @@ class Dataset(CatalogTable, table=True):
     contract: str | None = Field(default=None, max_length=200)  # the contract of its last reading or writing
     contract_hash: str | None = Field(default=None, max_length=64)
     columns_json: str | None = None  # [[name, Arrow type], ...] as last seen
+    # its columns a contract marked pii or mask (["email", ...]): runink annotate masks them (0003)
+    pii_json: str | None = None
     rows: int | None = None  # rows in its last write (or read, if never written here)
     last_run: str | None = Field(default=None, max_length=200)  # the step run that last touched it
     updated: datetime

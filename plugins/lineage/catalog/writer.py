@@ -22,7 +22,7 @@ from runink.core.model import LineageEvent
 SQLITE = "sqlite:///"
 #: the newest migration (tests/test_catalog.py checks it is alembic's head): a catalog at it is
 #: written without importing SQLAlchemy or alembic at all
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 _PIPELINE_RUN = """
 INSERT INTO pipeline_runs (id, herd, pipeline, started, updated) VALUES (:id, :herd, :pipeline, :now, :now)
@@ -47,7 +47,7 @@ INSERT INTO datasets (herd, uri, updated) VALUES (:herd, :uri, :now) ON CONFLICT
 _DATASET_ROW = "SELECT id, last_run, columns_json FROM datasets WHERE herd = :herd AND uri = :uri"
 _READ = """
 UPDATE datasets SET rows = CASE WHEN last_run IS NULL THEN COALESCE(CAST(:rows AS INTEGER), rows) ELSE rows END,
-    columns_json = COALESCE(columns_json, :columns),
+    columns_json = COALESCE(columns_json, :columns), pii_json = COALESCE(:pii, pii_json),
     contract = COALESCE(:contract, contract), contract_hash = COALESCE(:contract_hash, contract_hash)
 WHERE id = :id"""
 _WRITTEN = """
@@ -154,7 +154,9 @@ class _Event:
             dataset = self._dataset(uri)
             if self.ended:
                 columns = json.dumps(schemas["input"]) if schemas.get("input") is not None else None
-                known = {"rows": step["rows_in"], "columns": columns, "id": dataset}
+                pii = facets.get("pii_columns")
+                marked = json.dumps([str(c) for c in pii]) if isinstance(pii, list) and pii else None
+                known = {"rows": step["rows_in"], "columns": columns, "id": dataset, "pii": marked}
                 self.run(_READ, {**known, "contract": contract, "contract_hash": digest if contract else None})
                 if contract and digest:
                     version = {"herd": herd, "contract": contract, "hash": digest, "dataset_id": dataset}
