@@ -135,10 +135,12 @@ def _annotation_summary(value: Any) -> dict[str, Any] | None:
         )
         if len(notes) >= 100:
             break
-    usage = value.get("usage") if isinstance(value.get("usage"), dict) else {}
+    found = value.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
+    cost = usage.get("cost")
     spent = {
         "tokens": usage.get("total_tokens") if type(usage.get("total_tokens")) is int else None,
-        "cost": usage.get("cost") if type(usage.get("cost")) in (int, float) else None,
+        "cost": cost if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
         "requests": usage.get("requests") if type(usage.get("requests")) is int else None,
     }
     return {
