@@ -248,3 +248,29 @@ def test_a_lineage_query_on_postgresql(postgres: str) -> None:
     with pytest.raises(CatalogError, match="not in the catalog"):
         find_dataset(engine, "csv:///d5", ["a"])  # herd b's
     engine.dispose()
+
+
+def test_a_lineage_graph_is_bounded_to_its_most_recent_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runink.plugins.lineage.catalog import queries
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    engine = engine_for(url)
+    migrate(engine)
+    writer = CatalogWriter(url)
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for number in range(5):  # five daily runs writing the same dataset
+        day = moment + timedelta(days=number)
+        event = LineageEvent(
+            "COMPLETE", f"day-{number}/s", "s", "h", ("csv:///in.csv",), ("csv:///out.csv",),
+            event_time=day, facets={"started": day.timestamp()},
+        )  # fmt: skip
+        writer.record(event)
+    writer.close()
+    root = find_dataset(engine, "csv:///out.csv", None)
+    assert not lineage(engine, root, "both", 5, None).truncated
+    monkeypatch.setattr(queries, "MAX_RUNS", 3)
+    graph = lineage(engine, root, "both", 5, None)
+    assert graph.truncated and sorted(graph.runs) == ["day-2/s", "day-3/s", "day-4/s"]  # the most recent
+    assert all(a[2:] in graph.runs or b[2:] in graph.runs for a, b in graph.edges)
+    assert graph.to_json()["truncated"] is True
+    engine.dispose()

@@ -87,7 +87,7 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
         as_json: bool = typer.Option(False, "--json", help="The same as --format json."),
     ) -> None:
         """The lineage graph around a dataset: the runs that wrote and read it, and their datasets."""
-        from runink.plugins.lineage.catalog.queries import LineageGraph, find_dataset, lineage
+        from runink.plugins.lineage.catalog.queries import MAX_RUNS, LineageGraph, find_dataset, lineage
 
         if output not in FORMATS:
             raise typer.BadParameter(f"{output!r}: expected one of {', '.join(FORMATS)}", param_hint="--format")
@@ -101,6 +101,12 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
             engine = sink.engine()
             root = find_dataset(engine, dataset, herd or None)
             graph = lineage(engine, root, direction, depth, herd or None)
+        if graph.truncated:
+            console(stderr=True).print(
+                f"lineage of {dataset}: over {MAX_RUNS} runs: the most recent shown (--depth smaller: fewer)",
+                highlight=False,
+                markup=False,
+            )
         if as_json or output == "json":
             print_json(graph.to_json())
         elif output == "dot":

@@ -27,6 +27,8 @@ from runink.plugins.lineage.catalog.models import (
 )
 
 Direction = Literal["upstream", "downstream", "both"]
+MAX_RUNS = 2000  # step runs in one lineage graph (a person reads it; the rest: a narrower query)
+MAX_ROWS = 20 * MAX_RUNS  # rows one hop's query may read
 
 
 class CatalogError(RuninkError):
@@ -114,6 +116,7 @@ class LineageGraph:
     datasets: dict[int, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     edges: set[tuple[str, str]] = field(default_factory=set)  # ("d:<id>", "r:<id>") or ("r:<id>", "d:<id>")
+    truncated: bool = False  # more runs than MAX_RUNS: the most recent ones are in it
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LineageGraph:
@@ -122,6 +125,7 @@ class LineageGraph:
         graph.datasets = {int(d["id"][2:]): {k: v for k, v in d.items() if k != "id"} for d in data["datasets"]}
         graph.runs = {r["id"][2:]: {k: v for k, v in r.items() if k != "id"} for r in data["runs"]}
         graph.edges = {(e["from"], e["to"]) for e in data["edges"]}
+        graph.truncated = bool(data.get("truncated"))
         return graph
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +134,7 @@ class LineageGraph:
             "datasets": [{"id": f"d:{i}", **d} for i, d in sorted(self.datasets.items())],
             "runs": [{"id": f"r:{i}", **r} for i, r in sorted(self.runs.items())],
             "edges": [{"from": a, "to": b} for a, b in sorted(self.edges)],
+            "truncated": self.truncated,
         }
 
 
@@ -163,23 +168,31 @@ def _hop(
         .join(StepRun, col(StepRun.id) == col(LineageEdge.step_run))
         .outerjoin(other, (col(other.step_run) == col(LineageEdge.step_run)) & (col(other.direction) == far))
         .where(col(LineageEdge.dataset_id).in_(frontier), col(LineageEdge.direction) == near)
+        .order_by(col(StepRun.started).desc())  # (past the bound, the most recent runs are kept)
+        .limit(MAX_ROWS)
     )
     if herds is not None:
         query = query.where(col(StepRun.herd).in_(list(herds)))
     reached: set[int] = set()
+    far_edges: list[tuple[int, tuple[str, str]]] = []
     for known, step, found in session.execute(query):
+        if step.id not in graph.runs and len(graph.runs) >= MAX_RUNS:
+            graph.truncated = True
+            continue
         run_node, known_node = f"r:{step.id}", f"d:{known}"
         graph.runs.setdefault(step.id, _step_summary(step))
         graph.edges.add((run_node, known_node) if near == "out" else (known_node, run_node))
         if found is None:
             continue
         found_node = f"d:{found}"
-        graph.edges.add((found_node, run_node) if far == "in" else (run_node, found_node))
+        far_edges.append((found, (found_node, run_node) if far == "in" else (run_node, found_node)))
         if found not in graph.datasets:
             reached.add(found)
     for dataset in _datasets(session, reached, herds):
         assert dataset.id is not None
         graph.datasets[dataset.id] = _dataset_summary(dataset)
+    # an edge only to a dataset the caller may read (a run may have read another herd's)
+    graph.edges.update(edge for found, edge in far_edges if found in graph.datasets)
     return {d for d in reached if d in graph.datasets}
 
 
