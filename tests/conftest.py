@@ -26,14 +26,23 @@ from runink.plugins.barn.memory import MemoryBarn
 REPO = Path(__file__).resolve().parent.parent
 
 
+def copy_example(name: str, folder: Path) -> Path:
+    """A copy of examples/NAME in ``folder`` (its data, contracts, steps and .dsl; no outputs)."""
+    target = folder / name
+    shutil.copytree(REPO / "examples" / name, target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink"))
+    return target
+
+
 @pytest.fixture
 def orders(tmp_path: Path) -> Path:
-    """A copy of examples/orders (its data, contracts, steps and .dsl; no outputs) to run."""
-    target = tmp_path / "orders"
-    shutil.copytree(
-        REPO / "examples" / "orders", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
-    )
-    return target
+    """A copy of examples/orders to run."""
+    return copy_example("orders", tmp_path)
+
+
+@pytest.fixture
+def trades(tmp_path: Path) -> Path:
+    """A copy of examples/trades (with its golden tests) to run."""
+    return copy_example("trades", tmp_path)
 
 
 def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

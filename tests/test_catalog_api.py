@@ -70,7 +70,7 @@ def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path:
     sink = CatalogSink()
     sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
     sink.engine()  # (the schema made)
-    writer = CatalogWriter(str(sink.url))
+    writer = CatalogWriter(sink.url)
     for herd in ("team", "other"):
         writer.record(_event(herd, "out"))
     writer.close()

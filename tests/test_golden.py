@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 from fixture_types import CliRunner
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def trades(tmp_path: Path) -> Path:
-    target = tmp_path / "trades"
-    shutil.copytree(
-        REPO / "examples" / "trades", target, ignore=shutil.ignore_patterns("out", "__pycache__", ".runink")
-    )
-    return target
 
 
 def test_shipped_golden_passes(run_cli: CliRunner, trades: Path) -> None:
@@ -39,7 +26,6 @@ def test_changed_step_fails_with_diff_then_update(run_cli: CliRunner, trades: Pa
     assert run_cli("test", "trades.dsl", cwd=trades).returncode == 0
 
 
-def test_no_golden_scenarios_is_an_error(run_cli: CliRunner, tmp_path: Path) -> None:
-    shutil.copytree(REPO / "examples" / "orders", tmp_path / "orders", ignore=shutil.ignore_patterns("out"))
-    out = run_cli("test", "orders", cwd=tmp_path)
+def test_no_golden_scenarios_is_an_error(run_cli: CliRunner, orders: Path) -> None:
+    out = run_cli("test", "orders", cwd=orders.parent)
     assert out.returncode == 1 and "no scenario with @golden" in out.stderr

@@ -21,14 +21,11 @@ from runink_processes import cluster_auth, ready, start_runink
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def served(tmp_path: Path, run_cli: CliRunner) -> Iterator[dict[str, Any]]:
+def served(tmp_path: Path, run_cli: CliRunner, orders: Path) -> Iterator[dict[str, Any]]:
     """examples/orders run once into a data folder, and a server reading that catalog."""
-    orders = tmp_path / "orders"
-    shutil.copytree(REPO / "examples" / "orders", orders, ignore=shutil.ignore_patterns("out", "__pycache__"))
     data = tmp_path / "data"
     assert run_cli("run", "orders.dsl", cwd=orders, env={"RUNINK_DATA_DIR": str(data)}).returncode == 0
     api, grpc = free_ports(2)

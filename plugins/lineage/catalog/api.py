@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import HTMLResponse
@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from runink.core.model import Identity
 from runink.plugins.lineage.catalog.queries import (
     CatalogError,
+    Direction,
     LineageGraph,
     dataset_detail,
     find_dataset,
@@ -54,6 +55,10 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
         except CatalogError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    def graph(identity: Identity, uri: str, herd: list[str] | None, direction: Direction, depth: int) -> LineageGraph:
+        herds = readable(identity, herd)
+        return lineage(sink.engine(), dataset(uri, herds), direction, depth, herds)
+
     @router.get("/v1/catalog/datasets", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_datasets(herd: HerdQuery = None, identity: Identity = caller) -> dict[str, Any]:
         """Every dataset of the herds the caller may read: herd, URI, contract, rows, last run."""
@@ -88,16 +93,15 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
     def catalog_lineage_svg(
         uri: DatasetQuery,
         herd: HerdQuery = None,
-        direction: Literal["upstream", "downstream", "both"] = "both",
+        direction: Direction = "both",
         depth: Annotated[int, Query(ge=1, le=50)] = 3,
         identity: Identity = caller,
     ) -> Response:
         """The lineage graph as SVG, each node a link to its page (/ui/...)."""
         from runink.plugins.lineage.catalog.svg import to_svg
 
-        herds = readable(identity, herd)
-        graph = lineage(sink.engine(), dataset(uri, herds), direction, depth, herds)
-        drawn = to_svg(graph, lambda node: _href(graph, node))
+        found = graph(identity, uri, herd, direction, depth)
+        drawn = to_svg(found, lambda node: _href(found, node))
         return Response(drawn, media_type="image/svg+xml", headers=SECURITY_HEADERS)
 
     @router.get("/ui/lineage/{target:path}", openapi_extra=guard.declare("public"), include_in_schema=False)
@@ -114,10 +118,9 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
     def catalog_lineage(
         uri: DatasetQuery,
         herd: HerdQuery = None,
-        direction: Literal["upstream", "downstream", "both"] = "both",
+        direction: Direction = "both",
         depth: Annotated[int, Query(ge=1, le=50)] = 3,
         identity: Identity = caller,
     ) -> dict[str, Any]:
         """The lineage graph around a dataset, ``depth`` dataset hops each way asked."""
-        herds = readable(identity, herd)
-        return lineage(sink.engine(), dataset(uri, herds), direction, depth, herds).to_json()
+        return graph(identity, uri, herd, direction, depth).to_json()

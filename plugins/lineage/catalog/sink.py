@@ -28,7 +28,7 @@ class CatalogSink(QueuedLineageSink):
 
     def __init__(self) -> None:
         super().__init__()
-        self.url: str | None = None
+        self.url = "sqlite:///.runink/catalog.db"  # (until runink_configure names <data_dir>'s)
         self.enabled = True
         self._engine: Any = None  # SQLAlchemy's, for queries and migrations
         self._writer: Any = None  # the events' (writer.py)
@@ -54,7 +54,7 @@ class CatalogSink(QueuedLineageSink):
         if self._engine is None:
             from runink.plugins.lineage.catalog.store import engine_for, migrate
 
-            engine = engine_for(self.url or "sqlite:///.runink/catalog.db")
+            engine = engine_for(self.url)
             migrate(engine)
             self._engine = engine
         return self._engine
@@ -63,10 +63,7 @@ class CatalogSink(QueuedLineageSink):
         if self._writer is None:
             from runink.plugins.lineage.catalog.writer import HEAD_REVISION, CatalogWriter
 
-            url = self.url or "sqlite:///.runink/catalog.db"
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            writer = CatalogWriter(url)
+            writer = CatalogWriter(self.url)
             if writer.revision() != HEAD_REVISION:  # new, or made by an older Runink: migrated first
                 self.engine()
             self._writer = writer

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
-from runink.plugins.lineage.catalog.writer import HEAD_REVISION
+from runink.plugins.lineage.catalog.writer import HEAD_REVISION, SQLITE, SQLITE_PRAGMAS
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -16,16 +16,16 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def engine_for(url: str) -> Engine:
     """An engine for ``url`` (``sqlite:///PATH`` or ``postgresql+psycopg://...``); SQLite in
     WAL mode with foreign keys on, its folder made."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    if url.startswith(SQLITE):
+        path = Path(url.removeprefix(SQLITE))
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
             cursor = connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            for pragma in SQLITE_PRAGMAS:
+                cursor.execute(pragma)
             cursor.close()
 
         return engine

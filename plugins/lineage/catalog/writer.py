@@ -20,6 +20,8 @@ from typing import Any
 from runink.core.model import LineageEvent
 
 SQLITE = "sqlite:///"
+#: what every connection to a SQLite catalog sets (the writer's here, SQLAlchemy's in store.py)
+SQLITE_PRAGMAS = ("PRAGMA foreign_keys=ON", "PRAGMA journal_mode=WAL")
 #: the newest migration (tests/test_catalog.py checks it is alembic's head): a catalog at it is
 #: written without importing SQLAlchemy or alembic at all
 HEAD_REVISION = "0003"
@@ -80,9 +82,10 @@ class CatalogWriter:
         self._engine: Any = None
         if url.startswith(SQLITE):
             path = Path(url.removeprefix(SQLITE))
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._sqlite.execute("PRAGMA foreign_keys=ON")
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
+            for pragma in SQLITE_PRAGMAS:
+                self._sqlite.execute(pragma)
         else:
             from runink.plugins.lineage.catalog.store import engine_for
 
