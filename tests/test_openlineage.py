@@ -166,10 +166,14 @@ class _Slow(QueuedLineageSink):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[str] = []
+        self.closings = 0
 
     def deliver(self, event: LineageEvent) -> None:
         time.sleep(0.05)
         self.seen.append(event.run_id)
+
+    def closed(self) -> None:
+        self.closings += 1
 
 
 def test_hook_runink_unconfigure() -> None:
@@ -183,6 +187,8 @@ def test_hook_runink_unconfigure() -> None:
         manager.unconfigure()
         assert sink.seen == [f"run-{n}" for n in range(5)] and sink.delivered == 5
         manager.unconfigure()  # once only: nothing happens the second time
+        sink.close()  # (as the process's exit does too): the sink releases what it holds once
+        assert sink.closings == 1
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:

@@ -54,6 +54,7 @@ class QueuedLineageSink(LineageSink):
         self.delivered = self.failed = self.dropped = 0
         self._queue: queue.Queue[LineageEvent] = queue.Queue(self.queue_size)
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     @abstractmethod
@@ -94,9 +95,12 @@ class QueuedLineageSink(LineageSink):
         return not self._queue.unfinished_tasks
 
     def close(self) -> None:
-        """Deliver what is queued (at most ``flush_timeout`` seconds), then ``closed()``."""
-        if self._thread is None:
-            return
+        """Deliver what is queued (at most ``flush_timeout`` seconds), then ``closed()``, once
+        (``runink_unconfigure`` and the process's exit both call it)."""
+        with self._lock:
+            if self._thread is None or self._closed:
+                return
+            self._closed = True
         if not self.flush(self.flush_timeout):
             waiting = self._queue.unfinished_tasks
             log.warning("%s: %d event(s) not delivered in %gs", self.label, waiting, self.flush_timeout)
