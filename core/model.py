@@ -172,10 +172,12 @@ class LineageEvent:
     """One lineage event: a run of a job (pipeline scenario or step) started, completed or failed.
 
     Inputs and outputs are dataset URIs. ``facets`` carries extra structured data (row counts,
-    contract hashes, schema) in the spirit of OpenLineage facets.
+    contract hashes, schema) in the spirit of OpenLineage facets. An ``OTHER`` event carries
+    what a running job made between its START and its end: record annotations of its
+    ``@annotate`` steps (``facets["record_annotations"]``), for the catalog.
     """
 
-    event_type: Literal["START", "COMPLETE", "FAIL", "ABORT"]
+    event_type: Literal["START", "COMPLETE", "FAIL", "ABORT", "OTHER"]
     run_id: str
     job: str
     herd: str

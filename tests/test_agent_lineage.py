@@ -84,6 +84,21 @@ def test_an_event_of_an_attempt_on_the_node_reaches_the_servers_sinks_as_the_rec
     assert event.facets["pipeline_run"] == "run-7" and event.outputs == ("parquet:///srv/out.parquet",)
 
 
+def test_record_annotations_made_while_a_scenario_runs_reach_the_sinks_too(
+    life: Lifecycle, store: ClusterStore, stream: Callable[[], RawStream], received: tuple[str, list[LineageEvent]]
+) -> None:
+    task_id, _ = _scenario_task(life, store)
+    agent = stream()
+    register(agent, "n1")
+    chunk = {"model": "m", "records": [{"record": "0", "failed": False, "fields": {"summary": "s"}}]}
+    facets = json.dumps({"record_annotations": chunk})
+    answer = agent.send(_lineage(task_id, event_type="OTHER", facets_json=facets))
+    assert answer.WhichOneof("body") == "lineage_ack" and answer.lineage_ack.accepted
+    (event,) = received[1]
+    assert event.event_type == "OTHER" and event.facets["record_annotations"] == chunk
+    assert event.run_id == "run-7/validate-orders" and event.facets["node"] == "n1"
+
+
 def test_an_event_of_another_nodes_attempt_or_a_command_is_refused_and_the_stream_goes_on(
     life: Lifecycle, store: ClusterStore, stream: Callable[[], RawStream], received: tuple[str, list[LineageEvent]]
 ) -> None:
@@ -144,3 +159,15 @@ def test_the_outbox_keeps_events_in_order_while_the_servers_are_away_and_bounds_
     assert outbox.send(control) and len(outbox) == 0
     assert control.sent == ["START t1/1", "COMPLETE t1/1", "START gone/1"]
     assert (outbox.sent, outbox.refused) == (2, 1)
+
+
+def test_the_outbox_drops_an_event_the_servers_would_refuse_for_its_size_and_goes_on() -> None:
+    """Sent, it would be refused on every round, and every event after it would wait forever."""
+    outbox = LineageOutbox()
+    task = {"task_id": "t1", "attempt": 1}
+    big = {**task, "record_annotations": {"records": ["é" * 20_000]}}  # 120,000 bytes as JSON
+    for kind, facets in (("START", task), ("OTHER", big), ("COMPLETE", task)):
+        outbox.runink_lineage_event(LineageEvent(kind, "r/t1", "s", "lab", facets=facets))  # type: ignore[arg-type]
+    control = _Away()
+    control.up = True
+    assert outbox.send(control) and control.sent == ["START t1/1", "COMPLETE t1/1"] and outbox.too_large == 1

@@ -274,3 +274,58 @@ def test_a_lineage_graph_is_bounded_to_its_most_recent_runs(tmp_path: Path, monk
     assert all(a[2:] in graph.runs or b[2:] in graph.runs for a, b in graph.edges)
     assert graph.to_json()["truncated"] is True
     engine.dispose()
+
+
+def test_record_annotations_are_upserted_as_they_come_and_go_with_a_failed_run(tmp_path: Path) -> None:
+    _check_record_annotations(f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+def test_record_annotations_on_postgresql(postgres: str) -> None:
+    _check_record_annotations(postgres)
+
+
+def _check_record_annotations(url: str) -> None:
+    """OTHER events carry record annotations while a scenario runs: each record's keys are
+    stored once however often a chunk comes (a resend, a retried attempt), on the valid output
+    only; a run that fails takes its records' annotations with it (its output was not
+    published), and its end recorded again keeps what COMPLETE kept."""
+    from runink.plugins.lineage.catalog.annotations import list_annotations
+
+    engine = engine_for(url)
+    migrate(engine)
+    writer = CatalogWriter(url)
+    outputs = ("parquet:///out.parquet", "jsonl:///dlq.jsonl")
+    facets = {"invalid_outputs": ["jsonl:///dlq.jsonl"]}
+
+    def event(kind: str, run: str, **more: object) -> LineageEvent:
+        return LineageEvent(kind, run, "s", "h", ("csv:///in.csv",), outputs, facets={**facets, **more})  # type: ignore[arg-type]
+
+    def chunk(first: int, value: str) -> dict[str, object]:
+        records = [{"record": str(n), "failed": False, "fields": {"summary": f"{value}{n}"}} for n in range(first, 5)]
+        records.append({"record": "9", "failed": True, "error": "parse", "raw": "not json"})
+        return {"model": "m", "prompt_path": "p.txt", "prompt_hash": "h", "records": records}
+
+    summary = [{"model": "m", "records": 6, "failed": 1, "tokens": 10, "requests": 1, "cost": 0.5}]
+    for run in ("good/s", "bad/s"):
+        writer.record(event("START", run))
+        writer.record(event("OTHER", run, record_annotations=chunk(0, "a")))
+        writer.record(event("OTHER", run, record_annotations=chunk(0, "a")))  # delivered twice
+        writer.record(event("OTHER", run, record_annotations=chunk(2, "b")))  # records 2-4 annotated again
+    writer.record(event("COMPLETE", "good/s", annotations=summary))
+    writer.record(event("COMPLETE", "good/s", annotations=summary))  # recorded again
+    writer.record(event("FAIL", "bad/s", annotations=summary))
+    writer.close()
+    notes = list_annotations(engine, find_dataset(engine, "parquet:///out.parquet", None))
+    assert {n["run"] for n in notes} == {"good/s"}
+    values = sorted((n["target"], n["key"], n["value"]) for n in notes)
+    assert values == [
+        ("dataset", "annotated", "6 records, 1 failed; 10 tokens, 1 requests, cost 0.5"),
+        ("record:0", "summary", "a0"),
+        ("record:1", "summary", "a1"),
+        ("record:2", "summary", "b2"),
+        ("record:3", "summary", "b3"),
+        ("record:4", "summary", "b4"),
+        ("record:9", "failed", "parse"),
+    ]
+    assert not list_annotations(engine, find_dataset(engine, "jsonl:///dlq.jsonl", None))
+    engine.dispose()

@@ -14,15 +14,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixture_types import CliRunner
 
 pytest.importorskip("openai", reason="the openai extra is not installed (pip install -e '.[openai]')")
 
+from runink.core.dataplane.annotate import CHUNK_BYTES, MAX_RECORD_BYTES, AnnotateStage
+from runink.core.dataplane.spec import AnnotateSpec
 from runink.core.driverload import construct
 from runink.core.errors import DriverLoadError
-from runink.core.interfaces.annotator import Annotator
+from runink.core.interfaces.annotator import Annotator, RecordResult
 from runink.plugins.llm.openai_annotator import AnnotatorError, OpenAIAnnotator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -544,7 +547,8 @@ def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, ch
     assert summary["value"].startswith("980 records, 0 failed; ") and summary["prompt_path"] == "prompts/classify.txt"
     assert " tokens, 10 requests, cost " in summary["value"]  # what the run spent
     records = [n for n in notes if n["target"].startswith("record:")]
-    assert len(records) == 200 and {n["key"] for n in records} == {"summary", "sensitivity"}  # the first 100 records
+    assert len(records) == 980 * 2 and {n["key"] for n in records} == {"summary", "sensitivity"}  # every record's
+    assert {n["target"] for n in records} == {f"record:{i}" for i in range(980)}
     shown = json.loads(run_cli("catalog", "show", "out/annotated.parquet", "--json", cwd=orders).stdout)
     (wrote,) = [r for r in shown["runs"] if r["direction"] == "wrote"]
     assert {n["run"] for n in notes} == {wrote["run"]}  # the annotating step run, which read the source
@@ -565,3 +569,41 @@ def test_an_annotate_step_is_checked_at_compile_time(run_cli: CliRunner, orders:
         (orders / "bad.dsl").write_text(body.replace("{annotate}", annotate))
         out = run_cli("run", "bad.dsl", cwd=orders)
         assert out.returncode == 2 and why in out.stderr and "bad.dsl:5" in out.stderr, out.stderr
+
+
+class _Echo:
+    """An annotator that answers each record with long non-ASCII text, every third one failed."""
+
+    model = "echo"
+
+    def annotate_records(self, records: list[dict[str, Any]], fields: list[str], prompt: str) -> list[RecordResult]:
+        results = []
+        for index, record in enumerate(records):
+            if record["n"] % 3 == 0:
+                results.append(RecordResult(index, None, failed=True, raw="ö" * 30_000, error="parse"))
+            else:
+                results.append(RecordResult(index, {name: "é" * (record["n"] * 97) for name in fields}))
+        return results
+
+
+def test_every_record_annotation_is_reported_in_bounded_chunks_in_order() -> None:
+    """What the slice reports: each record's annotation once, in order, in report lines of at
+    most CHUNK_BYTES (one record's JSON at most MAX_RECORD_BYTES, non-ASCII text included),
+    so the runner and the servers' bound (64 KiB of facets) always take them."""
+    spec = AnnotateSpec("p", "prompts/p.txt", "h" * 64, ["summary", "tags"])
+    stage = AnnotateStage(spec, _Echo())  # type: ignore[arg-type]
+    reported: list[dict[str, Any]] = []
+    seen = 0
+    for start in range(0, 600, 200):
+        batch = pa.RecordBatch.from_pydict({"n": list(range(start, start + 200))})
+        stage.annotate(batch, seen)
+        seen += batch.num_rows
+        reported.extend(stage.chunks())
+    assert len(reported) > 10 and all(len(json.dumps(c)) <= CHUNK_BYTES + 2048 for c in reported)
+    entries = [e for c in reported for e in c["records"]]
+    assert [e["record"] for e in entries] == [str(n) for n in range(600)]
+    assert all(len(json.dumps(e)) <= MAX_RECORD_BYTES for e in entries)
+    assert entries[3]["failed"] and entries[3]["raw"].startswith("ööö") and entries[4]["fields"]["tags"] == "é" * 388
+    assert reported[0]["model"] == "echo" and reported[0]["prompt_path"] == "prompts/p.txt"
+    assert stage.summary()["records"] == 600 and stage.summary()["failed"] == 200
+    assert list(stage.chunks()) == []  # each reported once

@@ -21,6 +21,8 @@ from runink.core.model import LineageEvent
 log = logging.getLogger(__name__)
 
 MAX_WAITING = 10_000
+#: bytes of one event's facets (JSON) the servers take; a larger event is dropped here, counted
+MAX_FACETS_BYTES = 64 * 1024
 #: the built-in lineage sinks an agent leaves to the servers (they would write on the node)
 SERVER_SINKS = ("catalog", "lineage-jsonl", "openlineage")
 
@@ -32,7 +34,7 @@ class LineageControl(Protocol):
 class LineageOutbox:
     def __init__(self, limit: int = MAX_WAITING) -> None:
         self.limit = limit
-        self.sent = self.refused = self.dropped = 0
+        self.sent = self.refused = self.dropped = self.too_large = 0
         self._waiting: collections.deque[LineageEvent] = collections.deque()
         self._lock = threading.Lock()
 
@@ -40,6 +42,15 @@ class LineageOutbox:
     def runink_lineage_event(self, event: LineageEvent) -> None:
         if not isinstance(event.facets.get("task_id"), str) or type(event.facets.get("attempt")) is not int:
             return  # not a cluster task's scenario: nothing to send it as
+        if len(facets_json(event)) > MAX_FACETS_BYTES:  # (the servers would refuse it for good)
+            self.too_large += 1
+            log.warning(
+                "lineage: a %s event of task %s dropped: its facets are over %d bytes",
+                event.event_type,
+                event.facets["task_id"],
+                MAX_FACETS_BYTES,
+            )
+            return
         with self._lock:
             if len(self._waiting) >= self.limit:
                 self.dropped += 1

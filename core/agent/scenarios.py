@@ -16,6 +16,7 @@ the last), metrics and logs through the plugin hooks, as only runners and agents
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import threading
@@ -47,7 +48,12 @@ from runink.core.report import ReportError, ReportReader, printable
 from runink.core.slicetask import report_path, slice_task
 from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
 
+log = logging.getLogger(__name__)
+
 READ_EVERY = 0.1  # seconds between reads of a running slice's report (progress)
+#: record annotations an attempt's slice may report (each goes to the catalog); more are dropped
+MAX_RECORD_ANNOTATIONS = 1_000_000
+MAX_CHUNK_RECORDS = 10_000  # (a 1 MiB report line holds fewer)
 
 
 @dataclass
@@ -75,7 +81,7 @@ class ScenarioRun:
     schemas: dict[str, list[list[str]]] = field(default_factory=dict)
     #: the source's columns its contract marks pii or mask (never sent to a model unmasked)
     pii: list[str] = field(default_factory=list)
-    #: what its @annotate steps did (a summary each, with the first records' annotations)
+    #: what its @annotate steps did (a summary each; the records' annotations went as they came)
     annotations: list[dict[str, Any]] = field(default_factory=list)
     job_id: str | None = None  # the cluster's job and task running it, and the node of its last attempt
     task_id: str | None = None
@@ -112,29 +118,8 @@ def _annotation_summary(value: Any) -> dict[str, Any] | None:
     bounded (the slice writes the report: it must not be able to bloat the node or the catalog)."""
     if not isinstance(value, dict):
         return None
-    text = {key: printable(str(value.get(key) or ""), 200) for key in ("step", "driver", "model", "prompt_path")}
-    digest = value.get("prompt_hash")
     fields = value.get("fields")
     counts = {key: value.get(key) if type(value.get(key)) is int else 0 for key in ("records", "failed")}
-    notes = []
-    entries = value.get("annotations")
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("record"), str):
-            continue
-        answer = entry.get("fields")
-        notes.append(
-            {
-                "record": printable(entry["record"], 100),
-                "failed": entry.get("failed") is True,
-                "fields": {printable(str(k), 63): printable(str(v), 2000) for k, v in list(answer.items())[:32]}
-                if isinstance(answer, dict)
-                else {},
-                "error": printable(str(entry.get("error") or ""), 2000),
-                "raw": printable(str(entry.get("raw") or ""), 2000),
-            }
-        )
-        if len(notes) >= 100:
-            break
     found = value.get("usage")
     usage: dict[str, Any] = found if isinstance(found, dict) else {}
     cost = usage.get("cost")
@@ -144,13 +129,42 @@ def _annotation_summary(value: Any) -> dict[str, Any] | None:
         "requests": usage.get("requests") if type(usage.get("requests")) is int else None,
     }
     return {
-        **text,
+        **_made_by(value),
+        "driver": printable(str(value.get("driver") or ""), 200),
         **spent,
-        "prompt_hash": printable(digest, 64) if isinstance(digest, str) else "",
         "fields": [printable(str(f), 63) for f in fields[:32]] if isinstance(fields, list) else [],
         **counts,
-        "annotations": notes,
     }
+
+
+def _made_by(value: dict[str, Any]) -> dict[str, str]:
+    """The step, model and prompt a slice said made some annotations: printable, bounded."""
+    text = {key: printable(str(value.get(key) or ""), 200) for key in ("step", "model", "prompt_path")}
+    digest = value.get("prompt_hash")
+    return {**text, "prompt_hash": printable(digest, 64) if isinstance(digest, str) else ""}
+
+
+def _record_annotations(value: dict[str, Any]) -> dict[str, Any] | None:
+    """A chunk of record annotations as the slice reported it (an ``annotated`` line), bounded:
+    ``records`` of ``{record, failed, fields | error and raw}``; None if it holds none."""
+    entries = value.get("records")
+    notes = []
+    for entry in entries[:MAX_CHUNK_RECORDS] if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("record"), str):
+            continue
+        answer = entry.get("fields")
+        notes.append(
+            {
+                "record": printable(entry["record"], 100),
+                "failed": entry.get("failed") is True,
+                "fields": {printable(str(k), 63): printable(str(v), 16_000) for k, v in list(answer.items())[:32]}
+                if isinstance(answer, dict)
+                else {},
+                "error": printable(str(entry.get("error") or ""), 2000),
+                "raw": printable(str(entry.get("raw") or ""), 16_000),
+            }
+        )
+    return {**_made_by(value), "records": notes} if notes else None
 
 
 def _schema_fields(value: Any) -> list[list[str]] | None:
@@ -243,6 +257,7 @@ class _Attempt:
     reader: ReportReader
     task_dir: Path
     report: dict[str, Any] = field(default_factory=dict)  # the slice's verdict: ok, error
+    annotated: int = 0  # record annotations its slice reported (passed on, up to a bound)
     result: TaskResult | None = None  # once ended: outputs published or staging removed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -383,6 +398,9 @@ class ScenarioAttempts(Executor):
         run = attempt.run.scenarios[attempt.item.name]
         report = attempt.report
         for event in attempt.reader.events(final=final):
+            if event.get("event") == "annotated":
+                self._pass_annotations(attempt, event)
+                continue
             for key in ("rows_in", "rows_valid", "rows_invalid", "rows_malformed", "rows_out"):
                 if type(event.get(key)) is int:
                     setattr(run, key, event[key])
@@ -413,6 +431,23 @@ class ScenarioAttempts(Executor):
                 report["ok"] = event["ok"]
             if isinstance(event.get("error"), str):
                 report["error"] = printable(event["error"], 4000)
+
+    def _pass_annotations(self, attempt: _Attempt, event: dict[str, Any]) -> None:
+        """A chunk of record annotations the slice made, to the lineage sinks at once (an
+        OTHER event of the scenario's run: the catalog keeps them), up to a bound a run."""
+        chunk = _record_annotations(event)
+        if chunk is None:
+            return
+        room = MAX_RECORD_ANNOTATIONS - attempt.annotated
+        attempt.annotated += len(chunk["records"])
+        if room <= 0:
+            return
+        if room < len(chunk["records"]):
+            chunk["records"] = chunk["records"][:room]
+            why = "scenario %s: more than %d record annotations; the catalog keeps the first, the output all"
+            log.warning(why, attempt.item.name, MAX_RECORD_ANNOTATIONS)
+        facets = {"record_annotations": chunk}
+        emit_lineage(self.manager, self._lineage("OTHER", attempt.run, attempt.item, facets))
 
     def _ended(self, attempt: _Attempt, ended: TaskResult) -> TaskResult:
         """The attempt's result once its slice exited: its verdict read, its outputs published
@@ -486,7 +521,7 @@ class ScenarioAttempts(Executor):
 
     def _lineage(
         self,
-        kind: Literal["START", "COMPLETE", "FAIL"],
+        kind: Literal["START", "COMPLETE", "FAIL", "OTHER"],
         run: PipelineRun,
         item: CompiledScenario,
         facets: dict[str, Any] | None = None,

@@ -7,14 +7,16 @@ the slice, which must be granted the network (the compile checks ``@network``); 
 comes from the slice's environment (``@secrets("OPENAI_API_KEY", env=True)``, or the runner's
 variables for a process executor). A record whose answer did not parse keeps its row, with the
 fields empty and ``_runink_annotation_error`` saying why; the step never fails a run for it.
-What the step did (records, failed ones, model, prompt, tokens and cost, and the first records'
-annotations) goes to the runner in the slice's report, for the catalog: the slice writes no
-catalog itself.
+Every record's annotation goes to the runner in the slice's report as it is made, in
+``annotated`` lines of at most ``CHUNK_BYTES`` each, and what the step did (records, failed ones,
+model, prompt, tokens and cost) in the report's last line; the runner passes both on to the
+catalog: the slice writes no catalog itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -26,9 +28,13 @@ if TYPE_CHECKING:
     from runink.core.interfaces.annotator import Annotator
 
 ERROR_COLUMN = "_runink_annotation_error"
-#: record annotations reported for the catalog (all of them are in the output's columns)
-REPORTED = 100
-MAX_VALUE = 2000  # characters of one reported value
+#: bytes of record annotations in one report line (the runner's bound on a lineage event's facets
+#: is 64 KiB; a report line's is 1 MiB)
+CHUNK_BYTES = 48 * 1024
+#: characters of the values of one record's annotation, all fields together (and of its raw text)
+MAX_RECORD_TEXT = 16_000
+#: bytes of one record's annotation as JSON (non-ASCII text takes up to 6 bytes a character)
+MAX_RECORD_BYTES = 24 * 1024
 
 
 class AnnotateStage:
@@ -36,7 +42,7 @@ class AnnotateStage:
         self.spec = spec
         self.annotator = annotator
         self.records = self.failed = 0
-        self.reported: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
 
     @property
     def ref(self) -> str:
@@ -76,39 +82,79 @@ class AnnotateStage:
             errors.append((result.error or "the answer did not parse") if result.failed else None)
             self.records += 1
             self.failed += result.failed
-            if len(self.reported) < REPORTED:
-                self._report(first_position + number, result)
+            self._keep(first_position + number, result)
         added = [pa.array(values[name], pa.string()) for name in fields] + [pa.array(errors, pa.string())]
         return pa.RecordBatch.from_arrays([*batch.columns, *added], names=[*batch.schema.names, *fields, ERROR_COLUMN])
 
-    def _report(self, position: int, result: Any) -> None:
+    def _keep(self, position: int, result: Any) -> None:
+        """One record's annotation, bounded, to report with the next chunk."""
         entry: dict[str, Any] = {"record": str(position), "failed": bool(result.failed)}
         if result.failed:
-            entry["error"] = str(result.error or "")[:MAX_VALUE]
-            entry["raw"] = None if result.raw is None else str(result.raw)[:MAX_VALUE]
+            entry["error"] = str(result.error or "")[:2000]
+            entry["raw"] = None if result.raw is None else str(result.raw)[:MAX_RECORD_TEXT]
         else:
-            entry["fields"] = {k: str(v)[:MAX_VALUE] for k, v in (result.fields or {}).items()}
-        self.reported.append(entry)
+            answer = result.fields or {}
+            each = MAX_RECORD_TEXT // max(1, len(answer))
+            entry["fields"] = {str(k)[:63]: str(v)[:each] for k, v in list(answer.items())[:32]}
+        for _ in range(8):  # its texts shortened in proportion until it fits
+            size = len(json.dumps(entry))
+            if size <= MAX_RECORD_BYTES:
+                break
+            _shorten(entry, MAX_RECORD_BYTES / size)
+        self._pending.append(entry)
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        """The annotations made since the last call, as report lines' payloads (``step``, what
+        made them, and ``records``), each at most about ``CHUNK_BYTES``."""
+        pending, self._pending = self._pending, []
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for entry in pending:
+            length = len(json.dumps(entry))
+            if chunk and size + length > CHUNK_BYTES:
+                yield self._chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += length
+        if chunk:
+            yield self._chunk(chunk)
+
+    def _chunk(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**self._made_by(), "records": records}
+
+    def _made_by(self) -> dict[str, Any]:
+        return {
+            "step": self.ref,
+            "model": str(getattr(self.annotator, "model", "") or self.spec.options.get("model") or ""),
+            "prompt_path": self.spec.prompt_path,
+            "prompt_hash": self.spec.prompt_hash,
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the slice reports of this step (the catalog's annotations of its run)."""
         usage = getattr(self.annotator, "usage", None)
         return {
-            "step": self.ref,
+            **self._made_by(),
             "driver": self.spec.driver,
-            "model": str(getattr(self.annotator, "model", "") or self.spec.options.get("model") or ""),
-            "prompt_path": self.spec.prompt_path,
-            "prompt_hash": self.spec.prompt_hash,
             "fields": list(self.spec.fields),
             "records": self.records,
             "failed": self.failed,
             "usage": usage.to_json() if usage is not None and hasattr(usage, "to_json") else None,
-            "annotations": self.reported,
         }
 
 
-def annotated(stream: Iterator[Any], stage: AnnotateStage, counters: Any) -> Iterator[Any]:
-    """The flows of ``stream`` with their records annotated (a batch at a time)."""
+def _shorten(entry: dict[str, Any], ratio: float) -> None:
+    for holder in (entry, entry.get("fields") or {}):
+        for key, value in holder.items():
+            if isinstance(value, str) and key != "record":
+                holder[key] = value[: int(len(value) * ratio * 0.9)]
+
+
+def annotated(
+    stream: Iterator[Any], stage: AnnotateStage, counters: Any, report: Callable[[dict[str, Any]], None]
+) -> Iterator[Any]:
+    """The flows of ``stream`` with their records annotated (a batch at a time); each batch's
+    annotations go to ``report`` before its rows go on."""
     from runink.core.dataplane.slice import Flow
 
     seen = 0
@@ -118,5 +164,7 @@ def annotated(stream: Iterator[Any], stage: AnnotateStage, counters: Any) -> Ite
             continue
         batch = stage.annotate(flow.batch, seen)
         seen += flow.batch.num_rows
+        for chunk in stage.chunks():
+            report(chunk)
         counters.steps[stage.ref] = counters.steps.get(stage.ref, 0) + batch.num_rows
         yield Flow(batch, flow.positions, flow.origin, flow.unit)

@@ -191,7 +191,7 @@ def run(spec: SliceSpec) -> int:
             if isinstance(step, CommandStage):
                 stream = step.stream(stream, counters, progress)
             elif isinstance(step, AnnotateStage):
-                stream = annotated(stream, step, counters)
+                stream = annotated(stream, step, counters, lambda c: reporter.send("annotated", force=True, **c))
             else:
                 stream = _python_step(stream, step[0], step[1], counters)
         for flow in stream:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import grpc
 from pydantic import ValidationError
 
+from runink.core.agent.lineage import MAX_FACETS_BYTES
 from runink.core.agent.scenarios import slug
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
@@ -59,11 +60,11 @@ MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
 MAX_LINEAGE_DATASETS = 64  # inputs, and outputs, of one lineage event
 MAX_DATASET_URI = 2048
-MAX_FACETS_BYTES = 64 * 1024
-LINEAGE_EVENTS: dict[str, Literal["START", "COMPLETE", "FAIL"]] = {
+LINEAGE_EVENTS: dict[str, Literal["START", "COMPLETE", "FAIL", "OTHER"]] = {
     "START": "START",
     "COMPLETE": "COMPLETE",
     "FAIL": "FAIL",
+    "OTHER": "OTHER",  # record annotations made while it runs
 }
 #: seconds a new stream has to send a Register, or a Heartbeat of its node's incarnation
 BIND_TIMEOUT = 10.0
@@ -509,7 +510,7 @@ class AgentService:
         event_type = LINEAGE_EVENTS.get(message.event_type)
         if event_type is None:
             kind = printable(message.event_type, 40)
-            raise BadRequest(f"lineage.event_type: {kind!r} is not START, COMPLETE or FAIL")
+            raise BadRequest(f"lineage.event_type: {kind!r} is not START, COMPLETE, FAIL or OTHER")
         for field, uris in (("inputs", message.inputs), ("outputs", message.outputs)):
             if len(uris) > MAX_LINEAGE_DATASETS:
                 raise BadRequest(f"lineage.{field}: {len(uris)} datasets (at most {MAX_LINEAGE_DATASETS})")

@@ -14,11 +14,12 @@ from pathlib import Path
 from runink.core.config import RuninkConfig
 from runink.core.hookspecs import hookimpl
 from runink.core.model import LineageEvent
-from runink.plugins.lineage.sink import QueuedLineageSink
+from runink.plugins.lineage.sink import RUN_STATES, QueuedLineageSink
 
 
 class JsonlLineageSink(QueuedLineageSink):
     label = "lineage-jsonl"
+    event_types = RUN_STATES
 
     def __init__(self) -> None:
         super().__init__()

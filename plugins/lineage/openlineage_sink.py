@@ -26,7 +26,7 @@ from runink.core.config import RuninkConfig
 from runink.core.errors import RuninkError
 from runink.core.hookspecs import hookimpl
 from runink.core.model import LineageEvent
-from runink.plugins.lineage.sink import QueuedLineageSink
+from runink.plugins.lineage.sink import RUN_STATES, QueuedLineageSink
 
 #: the client's own environment: one of these set means "send", even without [plugin.openlineage]
 CLIENT_ENVIRONMENT = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE__TRANSPORT__TYPE")
@@ -34,6 +34,7 @@ CLIENT_ENVIRONMENT = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE__TRA
 
 class OpenLineageSink(QueuedLineageSink):
     label = "openlineage"
+    event_types = RUN_STATES
 
     def __init__(self) -> None:
         super().__init__()

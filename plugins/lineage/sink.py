@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the events of a job run's states, which OpenLineage consumers take (``OTHER`` events carry
+#: record annotations, for the catalog)
+RUN_STATES = frozenset({"START", "COMPLETE", "FAIL", "ABORT"})
+
 
 class LineageSink(ABC):
     @abstractmethod
@@ -47,6 +51,8 @@ class QueuedLineageSink(LineageSink):
 
     queue_size = 10_000
     flush_timeout = 10.0
+    #: the event types it takes (None: all); the others are not even queued
+    event_types: frozenset[str] | None = None
     #: the sink's name in its log lines
     label = "lineage sink"
 
@@ -71,7 +77,7 @@ class QueuedLineageSink(LineageSink):
         self._queue = queue.Queue(size)
 
     def emit(self, event: LineageEvent) -> None:
-        if not self.active():
+        if not self.active() or (self.event_types is not None and event.event_type not in self.event_types):
             return
         with self._lock:
             if self._thread is None:

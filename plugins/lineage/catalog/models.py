@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint, text
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -120,6 +120,19 @@ class Annotation(CatalogTable, table=True):
     """What a person or a model said about a dataset, one of its columns or one record."""
 
     __tablename__ = "annotations"
+    # a record's annotation is upserted as it comes (migration 0004): one per run, dataset, record, key
+    __table_args__ = (
+        Index(
+            "ux_annotations_record",
+            "step_run",
+            "dataset_id",
+            "record",
+            "key",
+            unique=True,
+            sqlite_where=text("record IS NOT NULL"),
+            postgresql_where=text("record IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     herd: str = Field(max_length=64)

@@ -24,7 +24,7 @@ SQLITE = "sqlite:///"
 SQLITE_PRAGMAS = ("PRAGMA foreign_keys=ON", "PRAGMA journal_mode=WAL")
 #: the newest migration (tests/test_catalog.py checks it is alembic's head): a catalog at it is
 #: written without importing SQLAlchemy or alembic at all
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 _PIPELINE_RUN = """
 INSERT INTO pipeline_runs (id, herd, pipeline, started, updated) VALUES (:id, :herd, :pipeline, :now, :now)
@@ -61,12 +61,22 @@ VALUES (:herd, :contract, :hash, :dataset_id, :now, :run) ON CONFLICT (herd, con
 _DRIFT = """
 INSERT INTO schema_drift (herd, step_run, dataset_id, message, seen)
 VALUES (:herd, :run, :dataset_id, :message, :now)"""
-_FORGET_NOTES = "DELETE FROM annotations WHERE step_run = :run AND dataset_id = :dataset_id"
+#: a run's summary of its @annotate steps, replaced when its end is recorded again
+_FORGET_SUMMARY = "DELETE FROM annotations WHERE step_run = :run AND dataset_id = :dataset_id AND record IS NULL"
+#: a failed run's record annotations (its output was not published)
+_FORGET_RECORDS = "DELETE FROM annotations WHERE step_run = :run AND dataset_id = :dataset_id AND record IS NOT NULL"
 _NOTE = """
 INSERT INTO annotations (herd, dataset_id, "column", record, key, value, confidence, model, prompt_path, prompt_hash,
     step_run, failed, raw, author, created)
 VALUES (:herd, :dataset_id, NULL, :record, :key, :value, NULL, :model, :prompt_path, :prompt_hash, :run, :failed, :raw,
     NULL, :now)"""
+_RECORD_NOTE = (
+    _NOTE
+    + """
+ON CONFLICT (step_run, dataset_id, record, key) WHERE record IS NOT NULL DO UPDATE SET value = excluded.value,
+    model = excluded.model, prompt_path = excluded.prompt_path, prompt_hash = excluded.prompt_hash,
+    failed = excluded.failed, raw = excluded.raw, created = excluded.created"""
+)
 _EDGE = """
 INSERT INTO lineage_edges (herd, step_run, dataset_id, direction, rows)
 VALUES (:herd, :run, :dataset_id, :direction, :rows)
@@ -141,7 +151,7 @@ class _Event:
         self.facets: Mapping[str, Any] = lineage.facets
         self.herd = lineage.herd
         self.now = time(lineage.event_time.astimezone(UTC))
-        self.ended = lineage.event_type != "START"
+        self.ended = lineage.event_type in ("COMPLETE", "FAIL", "ABORT")
 
     def record(self) -> None:
         lineage, facets, herd = self.lineage, self.facets, self.herd
@@ -149,9 +159,14 @@ class _Event:
         pipeline = str(facets.get("pipeline") or lineage.job)
         self.run(_PIPELINE_RUN, {"id": pipeline_run, "herd": herd, "pipeline": pipeline, "now": self.now})
         step = self._step(pipeline_run)
+        invalid = set(facets.get("invalid_outputs") or ())
+        if lineage.event_type == "OTHER":  # record annotations, on the outputs they are in
+            for uri in lineage.outputs:
+                if uri not in invalid:
+                    self._record_notes(self._dataset(uri))
+            return
         found = facets.get("schemas")
         schemas: dict[str, Any] = found if isinstance(found, dict) else {}
-        invalid = set(facets.get("invalid_outputs") or ())
         contract, digest = _text(facets.get("contract")), _text(facets.get("contract_hash"))
         for uri in lineage.inputs:
             dataset = self._dataset(uri)
@@ -177,46 +192,59 @@ class _Event:
                     _WRITTEN, {"rows": rows, "run": lineage.run_id, "now": self.now, "columns": columns, "id": dataset}
                 )
                 if uri not in invalid:
-                    self._annotations(dataset)
+                    self._summary_notes(dataset)
+            elif self.ended and uri not in invalid:  # not published: what its records were annotated with goes too
+                self.run(_FORGET_RECORDS, {"run": lineage.run_id, "dataset_id": dataset})
             self._edge(dataset, "out", rows)
 
-    def _annotations(self, dataset: int) -> None:
-        """The @annotate steps' annotations, on the output they are in (its records): input ->
-        annotating step run -> annotations. Recorded again, they replace the run's earlier ones."""
+    def _summary_notes(self, dataset: int) -> None:
+        """What each @annotate step did (records, failures, tokens, cost), on the output its
+        records are in: input -> annotating step run -> annotations. Recorded again, they
+        replace the run's earlier ones."""
         summaries = self.facets.get("annotations")
         if not isinstance(summaries, list) or not summaries:
             return
-        run = self.lineage.run_id
-        self.run(_FORGET_NOTES, {"run": run, "dataset_id": dataset})
+        self.run(_FORGET_SUMMARY, {"run": self.lineage.run_id, "dataset_id": dataset})
         for summary in summaries:
             if not isinstance(summary, dict):
                 continue
-            common = {
-                "herd": self.herd,
-                "dataset_id": dataset,
-                "model": _text(summary.get("model")),
-                "prompt_path": _text(summary.get("prompt_path")),
-                "prompt_hash": _text(summary.get("prompt_hash")),
-                "run": run,
-                "now": self.now,
-            }
             total = f"{summary.get('records', 0)} records, {summary.get('failed', 0)} failed"
             if summary.get("tokens") is not None:  # what the run spent (the annotator's usage)
                 total += f"; {summary['tokens']} tokens, {summary.get('requests')} requests, cost {summary.get('cost')}"
-            self.run(
-                _NOTE, {**common, "record": None, "key": "annotated", "value": total, "failed": False, "raw": None}
-            )
-            for entry in summary.get("annotations") or ():
-                if not isinstance(entry, dict):
-                    continue
-                record = _text(entry.get("record"))
-                if entry.get("failed"):
-                    failed = {"record": record, "key": "failed", "value": _text(entry.get("error")), "failed": True}
-                    self.run(_NOTE, {**common, **failed, "raw": _text(entry.get("raw"))})
-                    continue
-                for key, value in (entry.get("fields") or {}).items():
-                    answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
-                    self.run(_NOTE, {**common, **answer})
+            note = {"record": None, "key": "annotated", "value": total, "failed": False, "raw": None}
+            self.run(_NOTE, {**self._made_by(summary, dataset), **note})
+
+    def _record_notes(self, dataset: int) -> None:
+        """The records' annotations of an OTHER event (a chunk as the slice made them), each
+        upserted: a chunk recorded twice, or a record annotated again, replaces its rows."""
+        chunk = self.facets.get("record_annotations")
+        if not isinstance(chunk, dict):
+            return
+        common = self._made_by(chunk, dataset)
+        for entry in chunk.get("records") or ():
+            if not isinstance(entry, dict):
+                continue
+            record = _text(entry.get("record"))
+            if record is None:
+                continue
+            if entry.get("failed"):
+                failed = {"record": record, "key": "failed", "value": _text(entry.get("error")), "failed": True}
+                self.run(_RECORD_NOTE, {**common, **failed, "raw": _text(entry.get("raw"))})
+                continue
+            for key, value in (entry.get("fields") or {}).items():
+                answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
+                self.run(_RECORD_NOTE, {**common, **answer})
+
+    def _made_by(self, made: dict[str, Any], dataset: int) -> dict[str, Any]:
+        return {
+            "herd": self.herd,
+            "dataset_id": dataset,
+            "model": _text(made.get("model")),
+            "prompt_path": _text(made.get("prompt_path")),
+            "prompt_hash": _text(made.get("prompt_hash")),
+            "run": self.lineage.run_id,
+            "now": self.now,
+        }
 
     def _step(self, pipeline_run: str) -> dict[str, Any]:
         facets, lineage = self.facets, self.lineage
