@@ -20,7 +20,7 @@ from runink.core.plugins import PluginManager
 CLUSTER = "*"  # the herd of a cluster-wide grant or action
 
 _READ = frozenset({"herds.read", "jobs.read", "logs.read", "roles.read", "catalog.read"})
-_RUN = _READ | {"jobs.submit", "jobs.cancel"}
+_RUN = _READ | {"jobs.submit", "jobs.cancel", "catalog.annotate"}
 # secrets: names and versions read, values written, never read back (a runner's slices get
 # them: whoever may run jobs in a herd that has secrets may, through a job, see them)
 _EDIT = _RUN | {"rbac.read", "secrets.read", "secrets.write"}

@@ -4,6 +4,7 @@ PostgreSQL (Debian's, started here as the postgres user)."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import textwrap
@@ -81,6 +82,33 @@ def test_a_run_fills_the_catalog_and_the_cli_reads_it(run_cli: CliRunner, orders
     assert (
         dot.returncode == 0 and dot.stdout.startswith("digraph lineage {") and dot.stdout.count("->") == 10
     )  # 2 runs x (3 edges of Validate, 2 of Large)
+
+
+def test_a_person_annotates_a_dataset_its_columns_and_records(run_cli: CliRunner, orders: Path) -> None:
+    assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0
+    out = "out/silver/orders.parquet"
+    for where in ([], ["--column", "amount_eur"], ["--record", "7"]):
+        noted = run_cli("annotate", out, "--note", "owner=finance team", "--note", "checked=yes", *where, cwd=orders)
+        assert noted.returncode == 0, noted.stderr
+    page = _json(run_cli("annotations", out, "--json", cwd=orders))
+    assert isinstance(page, dict) and page["next"] is None
+    assert [(n["target"], n["key"], n["value"], n["model"]) for n in page["annotations"]] == [
+        (target, key, value, None)
+        for target in ("dataset", "column:amount_eur", "record:7")
+        for key, value in (("owner", "finance team"), ("checked", "yes"))
+    ]
+    assert {n["author"] for n in page["annotations"]} == {getpass.getuser()}  # who ran the command
+    one = _json(run_cli("annotations", out, "--record", "7", "--limit", "1", "--json", cwd=orders))
+    assert isinstance(one, dict) and [n["key"] for n in one["annotations"]] == ["owner"] and one["next"]
+    shown = _json(run_cli("catalog", "show", out, "--json", cwd=orders))
+    assert isinstance(shown, dict) and len(shown["annotations"]) == 4 and shown["record_annotations"] == 2
+    for args, why in (
+        (["--note", "owner"], "--note 'owner': expected KEY=VALUE"),
+        (["--column", "x"], "--column and --record name what a --note is about"),
+        (["--note", "a=b", "--column", "x", "--record", "1"], "give one"),
+    ):
+        bad = run_cli("annotate", out, *args, cwd=orders)
+        assert bad.returncode != 0 and why in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_queries_answer_only_with_the_herds_asked_for(run_cli: CliRunner, orders: Path) -> None:

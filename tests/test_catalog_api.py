@@ -92,3 +92,45 @@ def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path:
         cluster_viewer = _headers(secured.tokens, Grant("cluster-viewer", "*"))
         assert len(client.get("/v1/catalog/datasets", headers=cluster_viewer).json()["datasets"]) == 4
     sink.close()
+
+
+def test_annotations_are_stored_by_runners_as_their_author_and_listed_a_page_at_a_time(tmp_path: Path) -> None:
+    sink = CatalogSink()
+    sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
+    sink.engine()
+    writer = CatalogWriter(sink.url)
+    for herd in ("team", "other"):
+        writer.record(_event(herd, "out"))
+    writer.close()
+    with secured_app(tmp_path, ("catalog", sink)) as secured:
+        client = TestClient(secured.app)
+        viewer = _headers(secured.tokens, Grant("viewer", "team"))
+        runner = _headers(secured.tokens, Grant("runner", "team"))
+        notes = [{"target": "column:amount", "key": "description", "value": "in EUR"}]
+        notes += [{"target": f"record:{n}", "key": "ok", "value": "yes", "confidence": 0.5} for n in range(5)]
+        new = {"uri": "csv:///team/out.csv", "annotations": notes}
+        refused = client.post("/v1/catalog/annotations", json=new, headers=viewer)
+        assert refused.status_code == 403  # it may read the dataset, not annotate it
+        stored = client.post("/v1/catalog/annotations", json=new, headers=runner)
+        assert stored.status_code == 201 and stored.json()["stored"] == 6 and stored.json()["herd"] == "team"
+        elsewhere = client.post("/v1/catalog/annotations", json={**new, "uri": "csv:///other/out.csv"}, headers=runner)
+        assert elsewhere.status_code == 404  # another herd's: not even there
+        for bad in (
+            {**new, "annotations": [{"target": "row:1", "key": "k", "value": "v"}]},
+            {**new, "annotations": [{"target": "dataset", "key": "k", "value": "v", "confidence": 2}]},
+            {**new, "annotations": []},
+            {**new, "annotations": [{"target": "dataset", "key": "k", "value": "v" * 20_001}]},
+            {**new, "author": "someone else"},
+        ):
+            assert client.post("/v1/catalog/annotations", json=bad, headers=runner).status_code == 422
+        query = {"uri": "csv:///team/out.csv", "limit": 4}
+        first = client.get("/v1/catalog/annotations", params=query, headers=viewer).json()
+        assert [n["target"] for n in first["annotations"]] == ["column:amount", "record:0", "record:1", "record:2"]
+        assert {n["author"] for n in first["annotations"]} == {"someone"} and first["annotations"][0]["model"] is None
+        rest = client.get("/v1/catalog/annotations", params={**query, "after": first["next"]}, headers=viewer).json()
+        assert [n["target"] for n in rest["annotations"]] == ["record:3", "record:4"] and rest["next"] is None
+        one = client.get("/v1/catalog/annotations", params={**query, "record": "3"}, headers=viewer).json()
+        assert [n["value"] for n in one["annotations"]] == ["yes"]
+        shown = client.get("/v1/catalog/dataset", params={"uri": "csv:///team/out.csv"}, headers=viewer).json()
+        assert [n["target"] for n in shown["annotations"]] == ["column:amount"] and shown["record_annotations"] == 5
+    sink.close()

@@ -135,21 +135,13 @@ def test_the_server_records_the_lineage_its_nodes_send(
     assert run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), env=local).returncode == 0
     node_data = tmp_path / "cluster" / "n1-data"
     assert not (node_data / "catalog.db").exists() and not (node_data / "lineage").exists()
-    # an annotation of the dataset in the server's catalog is read through the cluster too
-    from runink.core.interfaces.annotator import Annotation
-    from runink.plugins.lineage.catalog.annotations import add_annotations
-    from runink.plugins.lineage.catalog.queries import find_dataset
-    from runink.plugins.lineage.catalog.store import engine_for
-
-    engine = engine_for(f"sqlite:///{tmp_path / 'cluster' / 's-data' / 'catalog.db'}")
-    mid = find_dataset(engine, str(tmp_path / "p" / "mid.csv"), None)
-    note = Annotation("column:name", "pii", "no", 0.9)
-    add_annotations(engine, mid, [note], model="test-model", prompt_path=None, prompt_hash=None)
-    engine.dispose()
-    notes = run_cli("annotations", str(tmp_path / "p" / "mid.csv"), "--cluster", "--json", env=one_agent)
-    assert [(n["column"], n["key"], n["value"], n["model"]) for n in json.loads(notes.stdout)] == [
-        ("name", "pii", "no", "test-model")
-    ]
+    # a person's annotation, stored through the cluster's API as the CLI's identity, read back
+    mid = str(tmp_path / "p" / "mid.csv")
+    noted = run_cli("annotate", mid, "--note", "pii=no", "--column", "name", "--cluster", "--json", env=one_agent)
+    assert noted.returncode == 0 and json.loads(noted.stdout)["stored"] == 1, noted.stderr
+    notes = json.loads(run_cli("annotations", mid, "--cluster", "--json", env=one_agent).stdout)["annotations"]
+    assert [(n["column"], n["key"], n["value"], n["model"]) for n in notes] == [("name", "pii", "no", None)]
+    assert notes[0]["author"]  # the token's subject
     # RBAC: a viewer of another herd reads nothing of this one
     from runink.core.model import Grant
     from runink.core.server.auth import ClusterTokens
@@ -160,8 +152,10 @@ def test_the_server_records_the_lineage_its_nodes_send(
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     hidden = run_cli("catalog", "show", str(tmp_path / "p" / "mid.csv"), "--cluster", env=theirs)
     assert hidden.returncode != 0 and "404" in hidden.stderr and "not in the catalog" in hidden.stderr
-    unseen = run_cli("annotations", str(tmp_path / "p" / "mid.csv"), "--cluster", env=theirs)
+    unseen = run_cli("annotations", mid, "--cluster", env=theirs)
     assert unseen.returncode != 0 and "404" in unseen.stderr and "no" not in unseen.stdout
+    forged = run_cli("annotate", mid, "--note", "pii=yes", "--cluster", env=theirs)
+    assert forged.returncode != 0 and "404" in forged.stderr
 
 
 def test_a_failed_scenario_skips_what_comes_after_it(

@@ -487,7 +487,7 @@ def test_runink_annotate_and_annotations(run_cli: CliRunner, chat: FakeChat, tmp
     assert b"[masked]" in chat.raw_bodies[0]
     listed = run_cli("annotations", "out/silver/orders.parquet", "--json", cwd=project, env=env)
     assert listed.returncode == 0, listed.stderr
-    notes = json.loads(listed.stdout)
+    notes = json.loads(listed.stdout)["annotations"]
     assert len(notes) == answer["stored"] and notes[0]["model"] == "gpt-4o-mini"
 
     # the raw source, with no mask option now: the fields its contract marks pii (customer_email,
@@ -503,7 +503,9 @@ def test_runink_annotate_and_annotations(run_cli: CliRunner, chat: FakeChat, tmp
     bad = run_cli("annotate", "out/silver/orders.parquet", "--model", "other-model", cwd=project, env=env)
     assert bad.returncode == 1 and "parse: the answer is not a JSON object; stored as failed" in bad.stderr
     assert chat.bodies[-1]["model"] == "other-model"
-    notes = json.loads(run_cli("annotations", "out/silver/orders.parquet", "--json", cwd=project, env=env).stdout)
+    notes = json.loads(run_cli("annotations", "out/silver/orders.parquet", "--json", cwd=project, env=env).stdout)[
+        "annotations"
+    ]
     assert notes[-1]["failed"] and notes[-1]["raw"] == "not json" and notes[-1]["model"] == "other-model"
 
 
@@ -542,7 +544,10 @@ def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, ch
     # environment, not through its spec file, which stays on disk with the run
     specs = list((orders / ".runink").rglob("slice.json"))
     assert specs and not [p for p in specs if "test-key" in p.read_text()]
-    notes = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
+    page = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
+    assert len(page["annotations"]) == 1000 and page["next"] == page["annotations"][-1]["id"]  # a page at a time
+    more = run_cli("annotations", "out/annotated.parquet", "--after", str(page["next"]), "--json", cwd=orders)
+    notes = page["annotations"] + json.loads(more.stdout)["annotations"]
     summary = next(n for n in notes if n["key"] == "annotated")
     assert summary["value"].startswith("980 records, 0 failed; ") and summary["prompt_path"] == "prompts/classify.txt"
     assert " tokens, 10 requests, cost " in summary["value"]  # what the run spent

@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from runink.core.errors import RuninkError
 from runink.core.interfaces.annotator import Annotation
+from runink.plugins.lineage.catalog import MAX_LISTED
 from runink.plugins.lineage.catalog.models import Annotation as AnnotationRow
 from runink.plugins.lineage.catalog.models import Dataset
 
@@ -64,7 +65,7 @@ def add_annotations(
                 # a failed one has no value: the reason it failed is kept there instead
                 value=note.value or (str(note.extra.get("error") or "") if failed else ""),
                 confidence=note.confidence,
-                model=note.model or model,
+                model=note.model or model or None,  # (a person's: none)
                 prompt_path=prompt_path,
                 prompt_hash=prompt_hash,
                 step_run=step_run,
@@ -80,37 +81,59 @@ def add_annotations(
     return len(rows)
 
 
-def list_annotations(engine: Engine, dataset: Dataset) -> list[dict[str, Any]]:
-    """Every annotation of ``dataset``, oldest first (the caller found the dataset with the
-    herds it may read)."""
+def list_annotations(
+    engine: Engine,
+    dataset: Dataset,
+    *,
+    records: bool = True,
+    record: str | None = None,
+    after: int = 0,
+    limit: int = MAX_LISTED,
+) -> list[dict[str, Any]]:
+    """``dataset``'s annotations in the order they were first stored, at most ``limit`` (up to
+    MAX_LISTED) of those with an id above ``after``: all, only one ``record``'s, or (``records``
+    False) only those of the dataset and its columns. The caller found the dataset with the
+    herds it may read."""
+    query = select(AnnotationRow).where(col(AnnotationRow.dataset_id) == dataset.id, col(AnnotationRow.id) > after)
+    if record is not None:
+        query = query.where(col(AnnotationRow.record) == record)
+    elif not records:
+        query = query.where(col(AnnotationRow.record).is_(None))
     with Session(engine) as session:
-        found = session.scalars(
-            select(AnnotationRow)
-            .where(col(AnnotationRow.dataset_id) == dataset.id)
-            .order_by(col(AnnotationRow.created), col(AnnotationRow.id))
+        found = session.scalars(query.order_by(col(AnnotationRow.id)).limit(max(0, min(limit, MAX_LISTED))))
+        return [_listed(note) for note in found]
+
+
+def count_record_annotations(engine: Engine, dataset: Dataset) -> int:
+    with Session(engine) as session:
+        query = (
+            select(func.count())
+            .select_from(AnnotationRow)
+            .where(col(AnnotationRow.dataset_id) == dataset.id, col(AnnotationRow.record).is_not(None))
         )
-        return [
-            {
-                "id": note.id,
-                "herd": note.herd,
-                "target": "dataset"
-                if note.column is None and note.record is None
-                else f"column:{note.column}"
-                if note.column is not None
-                else f"record:{note.record}",
-                "column": note.column,
-                "record": note.record,
-                "key": note.key,
-                "value": note.value,
-                "confidence": note.confidence,
-                "model": note.model,
-                "prompt_path": note.prompt_path,
-                "prompt_hash": note.prompt_hash,
-                "run": note.step_run,
-                "failed": note.failed,
-                "raw": note.raw,
-                "author": note.author,
-                "created": note.created.isoformat(),
-            }
-            for note in found
-        ]
+        return int(session.scalar(query) or 0)
+
+
+def _listed(note: AnnotationRow) -> dict[str, Any]:
+    return {
+        "id": note.id,
+        "herd": note.herd,
+        "target": "dataset"
+        if note.column is None and note.record is None
+        else f"column:{note.column}"
+        if note.column is not None
+        else f"record:{note.record}",
+        "column": note.column,
+        "record": note.record,
+        "key": note.key,
+        "value": note.value,
+        "confidence": note.confidence,
+        "model": note.model,
+        "prompt_path": note.prompt_path,
+        "prompt_hash": note.prompt_hash,
+        "run": note.step_run,
+        "failed": note.failed,
+        "raw": note.raw,
+        "author": note.author,
+        "created": note.created.isoformat(),
+    }

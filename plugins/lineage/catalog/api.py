@@ -1,6 +1,7 @@
 """The catalog's REST routes on every server (``runink_api_routes``): the same answers as
-``runink catalog list|show`` and ``runink lineage``, with only the herds the caller may read
-(action ``catalog.read``: the viewer role and up)."""
+``runink catalog list|show``, ``runink lineage`` and ``runink annotations``, with only the
+herds the caller may read (action ``catalog.read``: the viewer role and up); and annotations
+stored by a person or by ``runink annotate`` (action ``catalog.annotate``: runner and up)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
 
+from runink.core.errors import RuninkError
+from runink.core.interfaces.annotator import Annotation
 from runink.core.model import Identity
+from runink.plugins.lineage.catalog import MAX_LISTED
+from runink.plugins.lineage.catalog.annotations import add_annotations, list_annotations
 from runink.plugins.lineage.catalog.queries import (
     CatalogError,
     Direction,
@@ -28,10 +34,35 @@ if TYPE_CHECKING:
     from runink.plugins.lineage.catalog.sink import CatalogSink
 
 READ = "catalog.read"
+ANNOTATE = "catalog.annotate"
 HerdQuery = Annotated[list[str] | None, Query(max_length=64, description="Only these herds (of those you may read).")]
 DatasetQuery = Annotated[
     str, Query(min_length=1, max_length=2048, description="Its URI (as listed) or its absolute path.")
 ]
+
+
+class NewAnnotation(BaseModel):
+    """One annotation to store: its target (``dataset``, ``column:NAME`` or ``record:ID``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(min_length=1, max_length=300, pattern=r"^(dataset|column:.+|record:.+)$")
+    key: str = Field(min_length=1, max_length=200)
+    value: str = Field(max_length=20_000)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    failed: bool = False  # a model's answer that did not parse: ``raw`` holds it, ``value`` why
+    raw: str | None = Field(default=None, max_length=20_000)
+
+
+class NewAnnotations(BaseModel):
+    """Annotations of one dataset, by a person or by a model (then its name and prompt)."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(min_length=1, max_length=2048)
+    herd: str | None = Field(default=None, max_length=64)
+    model: str | None = Field(default=None, max_length=200)
+    prompt_path: str | None = Field(default=None, max_length=1000)
+    prompt_hash: str | None = Field(default=None, max_length=64)
+    annotations: list[NewAnnotation] = Field(min_length=1, max_length=1000)
 
 
 def _href(graph: LineageGraph, node: str) -> str:
@@ -73,6 +104,54 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
     ) -> dict[str, Any]:
         """One dataset: schema, contract versions, recent runs with row counts, drift, annotations."""
         return dataset_detail(sink.engine(), dataset(uri, readable(identity, herd)), runs)
+
+    @router.get("/v1/catalog/annotations", openapi_extra=guard.declare(READ), tags=["catalog"])
+    def catalog_annotations(
+        uri: DatasetQuery,
+        *,
+        herd: HerdQuery = None,
+        record: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        after: Annotated[int, Query(ge=0, description="Page on: the last id of the page before.")] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = MAX_LISTED,
+        identity: Identity = caller,
+    ) -> dict[str, Any]:
+        """A dataset's annotations (its own, its columns', its records'), oldest first, a page at
+        a time: ``next`` is the ``after`` of the next page (null: no more)."""
+        found = dataset(uri, readable(identity, herd))
+        notes = list_annotations(sink.engine(), found, record=record, after=after, limit=limit)
+        more = notes[-1]["id"] if len(notes) == limit else None
+        return {"dataset": found.uri, "herd": found.herd, "annotations": notes, "next": more}
+
+    @router.post("/v1/catalog/annotations", openapi_extra=guard.declare(ANNOTATE), tags=["catalog"], status_code=201)
+    def catalog_annotate(new: NewAnnotations, identity: Identity = caller) -> dict[str, Any]:
+        """Store annotations of a dataset as the caller (its author): a person's, or what
+        ``runink annotate`` got from a model."""
+        found = dataset(new.uri, readable(identity, None if new.herd is None else [new.herd]))
+        guard.check(identity, ANNOTATE, f"catalog/datasets/{found.id}", found.herd)  # (403 if it may only read)
+        notes = [
+            Annotation(
+                n.target,
+                n.key,
+                n.value,
+                n.confidence if n.confidence is not None else 1.0,
+                new.model or "",
+                {"failed": True, "raw": n.raw, "error": n.value} if n.failed else {},
+            )
+            for n in new.annotations
+        ]
+        try:
+            stored = add_annotations(
+                sink.engine(),
+                found,
+                notes,
+                model=new.model or "",
+                prompt_path=new.prompt_path,
+                prompt_hash=new.prompt_hash,
+                author=identity.subject,
+            )
+        except RuninkError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"dataset": found.uri, "herd": found.herd, "stored": stored}
 
     @router.get("/v1/catalog/jobs/{job_id}", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_job(

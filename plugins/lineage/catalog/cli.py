@@ -121,13 +121,24 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
 
 def ask_cluster(ctx: typer.Context, server: str | None, path: str, **params: Any) -> Any:
     """A GET of the cluster's API (its address and CA found as the cluster commands find them)."""
+    return _call_cluster(ctx, server, "GET", path, None, {k: v for k, v in params.items() if v is not None})
+
+
+def post_cluster(ctx: typer.Context, server: str | None, path: str, body: Any) -> Any:
+    """A POST of ``body`` (JSON) to the cluster's API."""
+    return _call_cluster(ctx, server, "POST", path, body, {})
+
+
+def _call_cluster(
+    ctx: typer.Context, server: str | None, method: str, path: str, body: Any, params: dict[str, Any]
+) -> Any:
     from runink.core.cli.cluster_client import ClusterClient, cluster_ca, server_addresses
 
     config = ctx.obj.try_config()
     configured = config.cluster.server if config is not None else None
     client = ClusterClient(server_addresses(server, configured), ca=cluster_ca(config.cluster.ca if config else None))
     try:
-        return client.call("GET", path, **{k: v for k, v in params.items() if v is not None})
+        return client.call(method, path, body, **params)
     finally:
         client.close()
 

@@ -120,7 +120,7 @@ class Annotation(CatalogTable, table=True):
     """What a person or a model said about a dataset, one of its columns or one record."""
 
     __tablename__ = "annotations"
-    # a record's annotation is upserted as it comes (migration 0004): one per run, dataset, record, key
+    # (migration 0004) a record's annotation is upserted as it comes: one per run, dataset, record, key
     __table_args__ = (
         Index(
             "ux_annotations_record",
@@ -131,6 +131,15 @@ class Annotation(CatalogTable, table=True):
             unique=True,
             sqlite_where=text("record IS NOT NULL"),
             postgresql_where=text("record IS NOT NULL"),
+        ),
+        # listed a page at a time (runink annotations), the dataset's own apart (runink catalog show)
+        Index("ix_annotations_dataset_page", "dataset_id", "id"),
+        Index(
+            "ix_annotations_dataset_notes",
+            "dataset_id",
+            "id",
+            sqlite_where=text("record IS NULL"),
+            postgresql_where=text("record IS NULL"),
         ),
     )
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from runink.core.errors import RuninkError
-from runink.plugins.lineage.catalog.annotations import list_annotations
+from runink.plugins.lineage.catalog.annotations import count_record_annotations, list_annotations
 from runink.plugins.lineage.catalog.models import (
     ContractVersion,
     Dataset,
@@ -66,7 +66,8 @@ def find_dataset(engine: Engine, name: str, herds: Collection[str] | None, base:
 
 def dataset_detail(engine: Engine, dataset: Dataset, runs: int = 20) -> dict[str, Any]:
     """Its schema, contract versions, last ``runs`` step runs that read or wrote it (with row
-    counts), the drift seen on it and its annotations."""
+    counts), the drift seen on it, its annotations (its own and its columns', the first 200) and
+    how many its records have."""
     with Session(engine) as session:
         versions = session.scalars(
             select(ContractVersion)
@@ -89,6 +90,8 @@ def dataset_detail(engine: Engine, dataset: Dataset, runs: int = 20) -> dict[str
         return {
             **_dataset_summary(dataset),
             "schema": json.loads(dataset.columns_json) if dataset.columns_json else None,
+            # its columns a contract marked pii or mask (runink annotate masks them)
+            "pii": json.loads(dataset.pii_json) if dataset.pii_json else [],
             "contract_versions": [
                 {
                     "contract": v.contract,
@@ -103,7 +106,9 @@ def dataset_detail(engine: Engine, dataset: Dataset, runs: int = 20) -> dict[str
                 for direction, rows, step in touched
             ],
             "drift": [{"run": d.step_run, "message": d.message, "seen": d.seen.isoformat()} for d in drift],
-            "annotations": list_annotations(engine, dataset),
+            # the dataset's and its columns' (the records' are listed by `runink annotations`)
+            "annotations": list_annotations(engine, dataset, records=False, limit=200),
+            "record_annotations": count_record_annotations(engine, dataset),
         }
 
 
