@@ -248,3 +248,6 @@ def _print_detail(detail: dict[str, Any]) -> None:
             for a in detail["annotations"]
         ]
         print_table("annotations", ("column", "key", "value", "confidence", "by"), notes)
+    if detail.get("record_annotations"):
+        line = f"{detail['record_annotations']} record annotations (runink annotations {detail['uri']})"
+        console().print(line, highlight=False, markup=False)

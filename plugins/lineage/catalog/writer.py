@@ -123,7 +123,7 @@ class CatalogWriter:
             connection = self._sqlite
             connection.execute("BEGIN IMMEDIATE")
             try:
-                _Event(lambda sql, p: connection.execute(sql, p).fetchall(), _sqlite_time, lineage).record()
+                _Event(_fetch(connection), connection.executemany, _sqlite_time, lineage).record()
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
@@ -135,8 +135,11 @@ class CatalogWriter:
             result = transaction.execute(text(sql), params)
             return list(result.fetchall()) if result.returns_rows else []
 
+        def run_many(sql: str, rows: list[dict[str, Any]]) -> None:
+            transaction.execute(text(sql), rows)  # (one batch: psycopg pipelines them)
+
         with self._engine.begin() as transaction:
-            _Event(run, _aware, lineage).record()
+            _Event(run, run_many, _aware, lineage).record()
 
     def close(self) -> None:
         if self._sqlite is not None:
@@ -146,8 +149,8 @@ class CatalogWriter:
 
 
 class _Event:
-    def __init__(self, run: Any, time: Any, lineage: LineageEvent) -> None:
-        self.run, self.time, self.lineage = run, time, lineage
+    def __init__(self, run: Any, run_many: Any, time: Any, lineage: LineageEvent) -> None:
+        self.run, self.run_many, self.time, self.lineage = run, run_many, time, lineage
         self.facets: Mapping[str, Any] = lineage.facets
         self.herd = lineage.herd
         self.now = time(lineage.event_time.astimezone(UTC))
@@ -221,6 +224,7 @@ class _Event:
         if not isinstance(chunk, dict):
             return
         common = self._made_by(chunk, dataset)
+        rows = []
         for entry in chunk.get("records") or ():
             if not isinstance(entry, dict):
                 continue
@@ -229,11 +233,13 @@ class _Event:
                 continue
             if entry.get("failed"):
                 failed = {"record": record, "key": "failed", "value": _text(entry.get("error")), "failed": True}
-                self.run(_RECORD_NOTE, {**common, **failed, "raw": _text(entry.get("raw"))})
+                rows.append({**common, **failed, "raw": _text(entry.get("raw"))})
                 continue
             for key, value in (entry.get("fields") or {}).items():
                 answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
-                self.run(_RECORD_NOTE, {**common, **answer})
+                rows.append({**common, **answer})
+        if rows:
+            self.run_many(_RECORD_NOTE, rows)
 
     def _made_by(self, made: dict[str, Any], dataset: int) -> dict[str, Any]:
         return {
@@ -287,6 +293,10 @@ class _Event:
     def _edge(self, dataset: int, direction: str, rows: int | None) -> None:
         edge = {"herd": self.herd, "run": self.lineage.run_id, "dataset_id": dataset, "direction": direction}
         self.run(_EDGE, {**edge, "rows": rows})
+
+
+def _fetch(connection: sqlite3.Connection) -> Any:
+    return lambda sql, params: connection.execute(sql, params).fetchall()
 
 
 def _sqlite_time(moment: datetime) -> str:
