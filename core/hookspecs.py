@@ -175,7 +175,8 @@ def runink_api_routes(router: APIRouter, guard: RouteGuard) -> None:
 
 @hookspec
 def runink_lineage_event(event: LineageEvent) -> None:
-    """Record a lineage event (a job run started, completed or failed, with its datasets).
+    """Record a lineage event (a job run started, completed or failed, with its datasets; or
+    ``OTHER``: what a running job made, such as record annotations, for the catalog).
 
     Called for every event by ``runink.core.events.emit_lineage``. Fan-out: every lineage
     sink receives every event; one sink raising is logged and does not stop the others.

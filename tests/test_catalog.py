@@ -331,6 +331,10 @@ def _check_record_annotations(url: str) -> None:
     def chunk(first: int, value: str) -> dict[str, object]:
         records = [{"record": str(n), "failed": False, "fields": {"summary": f"{value}{n}"}} for n in range(first, 5)]
         records.append({"record": "9", "failed": True, "error": "parse", "raw": "not json"})
+        if value == "a":  # the first attempt failed on record 4 ...
+            records[-2] = {"record": "4", "failed": True, "error": "request", "raw": ""}
+        else:  # ... and record 9 parsed the second time
+            records[-1] = {"record": "9", "failed": False, "fields": {"summary": "b9"}}
         return {"model": "m", "prompt_path": "p.txt", "prompt_hash": "h", "records": records}
 
     summary = [{"model": "m", "records": 6, "failed": 1, "tokens": 10, "requests": 1, "cost": 0.5}]
@@ -338,7 +342,7 @@ def _check_record_annotations(url: str) -> None:
         writer.record(event("START", run))
         writer.record(event("OTHER", run, record_annotations=chunk(0, "a")))
         writer.record(event("OTHER", run, record_annotations=chunk(0, "a")))  # delivered twice
-        writer.record(event("OTHER", run, record_annotations=chunk(2, "b")))  # records 2-4 annotated again
+        writer.record(event("OTHER", run, record_annotations=chunk(2, "b")))  # records 2-4 and 9 again
     writer.record(event("COMPLETE", "good/s", annotations=summary))
     writer.record(event("COMPLETE", "good/s", annotations=summary))  # recorded again
     writer.record(event("FAIL", "bad/s", annotations=summary))
@@ -353,7 +357,7 @@ def _check_record_annotations(url: str) -> None:
         ("record:2", "summary", "b2"),
         ("record:3", "summary", "b3"),
         ("record:4", "summary", "b4"),
-        ("record:9", "failed", "parse"),
+        ("record:9", "summary", "b9"),
     ]
     assert not list_annotations(engine, find_dataset(engine, "jsonl:///dlq.jsonl", None))
     engine.dispose()

@@ -102,7 +102,7 @@ def register(app: typer.Typer, plugin: AnnotationCommands) -> None:
             raise RuninkError("--column and --record name what a --note is about: give --note KEY=VALUE")
         if column and record:
             raise RuninkError("--column and --record: give one (a note is about a column or a record)")
-        target = _find(ctx, plugin, dataset, herd, server if remote else None, remote)
+        target = _find(ctx, plugin, dataset, herd, server, remote)
         usage = None
         if note:
             about = f"column:{column}" if column else f"record:{record}" if record else "dataset"
@@ -241,7 +241,7 @@ def _store_on_cluster(
                 {
                     "target": n.target,
                     "key": n.key,
-                    "value": n.value or (str(n.extra.get("error") or "") if n.extra.get("failed") else ""),
+                    "value": (n.value or (str(n.extra.get("error") or "") if n.extra.get("failed") else ""))[:20_000],
                     "confidence": n.confidence,
                     "failed": bool(n.extra.get("failed", False)),
                     "raw": None if n.extra.get("raw") is None else str(n.extra["raw"])[:20_000],

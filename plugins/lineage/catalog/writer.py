@@ -77,6 +77,12 @@ ON CONFLICT (step_run, dataset_id, record, key) WHERE record IS NOT NULL DO UPDA
     model = excluded.model, prompt_path = excluded.prompt_path, prompt_hash = excluded.prompt_hash,
     failed = excluded.failed, raw = excluded.raw, created = excluded.created"""
 )
+#: a record's earlier answer of the other kind (a retried attempt's: failed before, parsed now, or
+#: the other way round), so that a record holds one attempt's annotation
+_CLEAR_FAILED = """DELETE FROM annotations
+WHERE step_run = :run AND dataset_id = :dataset_id AND record = :record AND key = 'failed'"""
+_CLEAR_ANSWERS = """DELETE FROM annotations
+WHERE step_run = :run AND dataset_id = :dataset_id AND record = :record AND key <> 'failed'"""
 _EDGE = """
 INSERT INTO lineage_edges (herd, step_run, dataset_id, direction, rows)
 VALUES (:herd, :run, :dataset_id, :direction, :rows)
@@ -224,20 +230,28 @@ class _Event:
         if not isinstance(chunk, dict):
             return
         common = self._made_by(chunk, dataset)
-        rows = []
+        rows: list[dict[str, Any]] = []
+        answered: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
         for entry in chunk.get("records") or ():
             if not isinstance(entry, dict):
                 continue
             record = _text(entry.get("record"))
             if record is None:
                 continue
+            which = {"run": common["run"], "dataset_id": dataset, "record": record}
             if entry.get("failed"):
+                failures.append(which)
                 failed = {"record": record, "key": "failed", "value": _text(entry.get("error")), "failed": True}
                 rows.append({**common, **failed, "raw": _text(entry.get("raw"))})
                 continue
+            answered.append(which)
             for key, value in (entry.get("fields") or {}).items():
                 answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
                 rows.append({**common, **answer})
+        for sql, which in ((_CLEAR_FAILED, answered), (_CLEAR_ANSWERS, failures)):
+            if which:
+                self.run_many(sql, which)
         if rows:
             self.run_many(_RECORD_NOTE, rows)
 
