@@ -95,3 +95,34 @@ def test_an_agent_restarted_during_a_scenarios_attempt_reports_it_failed(tmp_pat
     assert control.sent == [("t1", "FAILED")]
     assert "scenario's attempt: it is not re-attached" in control.message
     assert not (handles / "t1-a1.json").exists()  # answered: forgotten
+
+
+def test_record_annotations_a_slice_reports_are_taken_only_as_they_should_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slice writes them: entries of the wrong shape are left out, texts and fields are
+    bounded, and an attempt passes on no more than MAX_RECORD_ANNOTATIONS in all."""
+    from runink.core.agent import scenarios
+
+    reported = {
+        "model": "m\x1b[2J" + "x" * 500,
+        "prompt_hash": 7,
+        "records": [
+            "not a dict",
+            {"record": 3, "fields": {}},  # not a string
+            {"record": "1", "fields": {f"f{n}": "v" * 20_000 for n in range(40)}},
+            {"record": "2", "failed": "yes", "raw": "r" * 20_000},
+        ],
+    }
+    chunk = scenarios._record_annotations(reported)
+    assert chunk is not None and [e["record"] for e in chunk["records"]] == ["1", "2"]
+    first, second = chunk["records"]
+    assert len(first["fields"]) == 32 and {len(v) for v in first["fields"].values()} == {16_000}
+    assert second["failed"] is False and len(second["raw"]) == 16_000  # only True is true
+    assert "\x1b" not in chunk["model"] and len(chunk["model"]) == 200 and chunk["prompt_hash"] == ""
+    assert scenarios._record_annotations({"records": "nope"}) is None
+    monkeypatch.setattr(scenarios, "MAX_RECORD_ANNOTATIONS", 3)
+    many = {"records": [{"record": str(n), "fields": {"a": "b"}} for n in range(5)]}
+    bounded = scenarios._record_annotations(many, passed=1)
+    assert bounded is not None and [e["record"] for e in bounded["records"]] == ["0", "1"]
+    assert scenarios._record_annotations(many, passed=3) is None

@@ -144,12 +144,14 @@ def _made_by(value: dict[str, Any]) -> dict[str, str]:
     return {**text, "prompt_hash": printable(digest, 64) if isinstance(digest, str) else ""}
 
 
-def _record_annotations(value: dict[str, Any]) -> dict[str, Any] | None:
+def _record_annotations(value: dict[str, Any], passed: int = 0) -> dict[str, Any] | None:
     """A chunk of record annotations as the slice reported it (an ``annotated`` line), bounded:
-    ``records`` of ``{record, failed, fields | error and raw}``; None if it holds none."""
+    ``records`` of ``{record, failed, fields | error and raw}``, no more than the attempt may
+    still pass on after ``passed``; None if it holds none."""
     entries = value.get("records")
+    room = min(MAX_CHUNK_RECORDS, MAX_RECORD_ANNOTATIONS - passed)
     notes = []
-    for entry in entries[:MAX_CHUNK_RECORDS] if isinstance(entries, list) else []:
+    for entry in entries[: max(0, room)] if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or not isinstance(entry.get("record"), str):
             continue
         answer = entry.get("fields")
@@ -435,16 +437,12 @@ class ScenarioAttempts(Executor):
     def _pass_annotations(self, attempt: _Attempt, event: dict[str, Any]) -> None:
         """A chunk of record annotations the slice made, to the lineage sinks at once (an
         OTHER event of the scenario's run: the catalog keeps them), up to a bound a run."""
-        chunk = _record_annotations(event)
+        chunk = _record_annotations(event, attempt.annotated)
         if chunk is None:
             return
-        room = MAX_RECORD_ANNOTATIONS - attempt.annotated
         attempt.annotated += len(chunk["records"])
-        if room <= 0:
-            return
-        if room < len(chunk["records"]):
-            chunk["records"] = chunk["records"][:room]
-            why = "scenario %s: more than %d record annotations; the catalog keeps the first, the output all"
+        if attempt.annotated >= MAX_RECORD_ANNOTATIONS:
+            why = "scenario %s: %d record annotations; the catalog keeps these, the output all"
             log.warning(why, attempt.item.name, MAX_RECORD_ANNOTATIONS)
         facets = {"record_annotations": chunk}
         emit_lineage(self.manager, self._lineage("OTHER", attempt.run, attempt.item, facets))
