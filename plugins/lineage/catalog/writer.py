@@ -249,9 +249,9 @@ class _Event:
             for key, value in (entry.get("fields") or {}).items():
                 answer = {"record": record, "key": str(key), "value": _text(value), "failed": False, "raw": None}
                 rows.append({**common, **answer})
-        for sql, which in ((_CLEAR_FAILED, answered), (_CLEAR_ANSWERS, failures)):
-            if which:
-                self.run_many(sql, which)
+        for sql, records in ((_CLEAR_FAILED, answered), (_CLEAR_ANSWERS, failures)):
+            if records:
+                self.run_many(sql, records)
         if rows:
             self.run_many(_RECORD_NOTE, rows)
 
