@@ -177,6 +177,16 @@ class ClusterConfig(_Section):
     )
 
 
+class MetricsConfig(_Section):
+    address: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$",
+        description="HOST:PORT where this process serves /metrics for Prometheus (off when unset; "
+        "--metrics of runink server, agent and barn serve, --metrics-port of runink run). Plain HTTP: "
+        "keep it on loopback or a network you trust.",
+    )
+
+
 class RunConfig(_Section):
     max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
 
@@ -193,6 +203,7 @@ class RuninkConfig(_Section):
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.agent.agent import Agent
+from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
 from runink.core.config import RuninkConfig
 from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
@@ -217,7 +218,9 @@ class _EmbeddedPlane:
         policy = configured_driver(runner.config, "scheduler", runner.manager)
         self.scheduler = Scheduler(self.store, runner.manager, policy)
         self.node = Amount(cpu=runner.cpus, memory=min(_host_memory(), MAX_MEMORY))
-        attempts = ScenarioAttempts(runner.executor, runner.config, runner.manager, self._pipeline)
+        # (the runner's executor is closed by the runner: the meter only stops reporting)
+        self.metered = MeteredExecutor(runner.executor, runner.manager, self.NODE)
+        attempts = ScenarioAttempts(self.metered, runner.config, runner.manager, self._pipeline)
         self.agent = Agent(
             self.lifecycle,
             attempts,
@@ -247,4 +250,5 @@ class _EmbeddedPlane:
         return job
 
     def close(self) -> None:
+        self.metered.unregister()
         self.barn.close()

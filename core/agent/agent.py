@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from runink.core import metrics
 from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
@@ -47,7 +48,7 @@ from runink.core.control.records import (
 from runink.core.control.store import NotFound, Refused
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
-from runink.core.model import MAX_MEMORY
+from runink.core.model import MAX_MEMORY, MetricSample
 from runink.core.report import printable
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
@@ -194,6 +195,7 @@ class Agent:
         self._usage_due = 0.0  # (monotonic) when the next sample is due
         self._usage_lock = threading.Lock()
         self._unsent_usage: NodeUsage | None = None
+        self._last_usage: NodeUsage | None = None  # (its /metrics gauges)
         self._last_sample: tuple[float, dict[Attempt, float]] | None = None  # (monotonic, cpu seconds by attempt)
 
     # --- one round ---------------------------------------------------------------------
@@ -299,6 +301,7 @@ class Agent:
         makes the node look dead."""
         beats = threading.Thread(target=self._beat, args=(heartbeat, stop), daemon=True, name="heartbeat")
         beats.start()
+        unregister = metrics.register_gauges(self._node_gauges)
         self.usage_every = heartbeat
         threading.Thread(target=self._sample, args=(stop,), daemon=True, name="usage").start()
         # a round also starts as soon as a slice ends or the node's assignments change
@@ -324,6 +327,19 @@ class Agent:
                 self.wake.wait(self._round_wait(interval))
         finally:
             self._beating.clear()
+            unregister()
+
+    def _node_gauges(self) -> list[MetricSample]:
+        """The node's capacity and its slices' use at the last usage sample (for /metrics)."""
+        node = self.node_id
+        found = [
+            metrics.sample("runink_node_cpus", self.capacity.cpu, node=node),
+            metrics.sample("runink_node_memory_bytes", self.capacity.memory, node=node),
+        ]
+        if (usage := self._last_usage) is not None:
+            found.append(metrics.sample("runink_node_cpus_used", usage.cpu, node=node))
+            found.append(metrics.sample("runink_node_memory_used_bytes", usage.memory, node=node))
+        return found
 
     def _poll_assignments(self, wait_for: Any, interval: float, stop: threading.Event) -> None:
         """Long-poll the control plane (one call at a time) for a change of this node's
@@ -368,7 +384,7 @@ class Agent:
 
     def _keep_usage(self, usage: NodeUsage) -> None:
         with self._usage_lock:
-            self._unsent_usage = usage
+            self._unsent_usage = self._last_usage = usage
 
     def _sample(self, stop: threading.Event) -> None:
         """Sample usage every ``usage_every`` seconds for the heartbeat thread to send."""

@@ -14,9 +14,10 @@ import logging
 import threading
 from typing import Any, Protocol
 
+from runink.core import metrics
 from runink.core.errors import RuninkError
 from runink.core.hookspecs import hookimpl
-from runink.core.model import LineageEvent
+from runink.core.model import LineageEvent, MetricSample
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ class LineageOutbox:
                     log.warning("lineage: %d event(s) dropped: the servers were away too long", self.dropped)
                 return
             self._waiting.append(event)
+
+    def dropped_samples(self) -> list[MetricSample]:
+        """Its drops (servers away too long, an event too large), as the exporters' metric."""
+        return [
+            metrics.sample(
+                "runink_exporter_dropped_total", self.dropped + self.too_large, exporter="lineage-to-servers"
+            )
+        ]
 
     def __len__(self) -> int:
         return len(self._waiting)

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runink.core import metrics
 from runink.core.agent.secrets import with_secrets
 from runink.core.config import RuninkConfig
 from runink.core.control.records import TaskRecord
 from runink.core.errors import ExecutorError, RuninkError
-from runink.core.events import emit_lineage, export_log, export_metrics
+from runink.core.events import emit_lineage, export_log
 from runink.core.interfaces.executor import (
     Executor,
     ExecutorCapabilities,
@@ -167,6 +168,31 @@ def _record_annotations(value: dict[str, Any], passed: int = 0) -> dict[str, Any
             }
         )
     return {**_made_by(value), "records": notes} if notes else None
+
+
+def _scenario_samples(
+    pipeline_run: PipelineRun, item: CompiledScenario, run: ScenarioRun, state: TaskState
+) -> list[MetricSample]:
+    """What a scenario run did, as metrics (labels: herd, pipeline, scenario; never the run)."""
+    where = {"herd": pipeline_run.herd, "pipeline": pipeline_run.compiled.pipeline.name, "scenario": item.name}
+    found = [
+        metrics.sample("runink_rows_in_total", run.rows_in, **where),
+        metrics.sample("runink_rows_valid_total", run.rows_valid, **where),
+        metrics.sample("runink_rows_invalid_total", run.rows_invalid, **where),  # (malformed ones too)
+        metrics.sample("runink_rows_out_total", run.rows_out, **where),
+        metrics.sample("runink_schema_drift_total", len(run.drift), **where),
+        metrics.sample("runink_scenario_runs_total", 1, state=state.value, **where),
+        metrics.sample("runink_scenario_seconds", run.elapsed, **where),
+    ]
+    found += [metrics.sample("runink_step_rows_total", rows, step=step, **where) for step, rows in run.steps.items()]
+    for summary in run.annotations:  # the @annotate steps' model use
+        model = {**where, "model": summary.get("model") or ""}
+        for name, key in (("runink_llm_tokens_total", "tokens"), ("runink_llm_cost_total", "cost")):
+            if summary.get(key) is not None:
+                found.append(metrics.sample(name, summary[key], **model))
+        if summary.get("requests") is not None:
+            found.append(metrics.sample("runink_llm_requests_total", summary["requests"], **model))
+    return found
 
 
 def _schema_fields(value: Any) -> list[list[str]] | None:
@@ -561,21 +587,7 @@ class ScenarioAttempts(Executor):
         }
         kind: Literal["COMPLETE", "FAIL"] = "COMPLETE" if state is TaskState.SUCCEEDED else "FAIL"
         emit_lineage(self.manager, self._lineage(kind, pipeline_run, item, facets))
-        labels = {
-            "pipeline": pipeline_run.compiled.pipeline.name,
-            "run_id": pipeline_run.run_id,
-            "scenario": item.name,
-            "herd": pipeline_run.herd,
-        }
-        export_metrics(
-            self.manager,
-            [
-                MetricSample("runink_rows_in_total", run.rows_in, "counter", labels),
-                MetricSample("runink_rows_invalid_total", run.rows_invalid, "counter", labels),
-                MetricSample("runink_rows_out_total", run.rows_out, "counter", labels),
-                MetricSample("runink_scenario_seconds", run.elapsed, "gauge", labels),
-            ],
-        )
+        metrics.report(self.manager, _scenario_samples(pipeline_run, item, run, state))
         for message in run.drift:
             self._log("warning", f"schema drift in scenario {item.name!r}: {message}", pipeline_run.herd, item.name)
 

@@ -47,6 +47,13 @@ TLS_KEY = typer.Option(None, "--tls-key", help="Its private key.")
 TLS_CA = typer.Option(None, "--tls-ca", help="The cluster CA's certificate: peers must present one of its.")
 
 
+METRICS_OPTION = typer.Option(
+    None,
+    "--metrics",
+    help="HOST:PORT to serve /metrics on, for Prometheus (plain HTTP: keep it on loopback). Default: none.",
+)
+
+
 def server_command(
     ctx: typer.Context,
     api: str = typer.Option("127.0.0.1:8470", "--api", help="Where the REST API listens, HOST:PORT."),
@@ -76,6 +83,7 @@ def server_command(
     tls_cert: Path | None = TLS_CERT,
     tls_key: Path | None = TLS_KEY,
     tls_ca: Path | None = TLS_CA,
+    metrics: str | None = METRICS_OPTION,  # (applied before the plugins load: CliState.from_argv)
     plaintext: bool = typer.Option(
         False, "--plaintext", help="No TLS on the API, the agents' stream and the Barn (development only)."
     ),
@@ -158,6 +166,7 @@ def agent_command(
     tls_cert: Path | None = TLS_CERT,
     tls_key: Path | None = TLS_KEY,
     tls_ca: Path | None = TLS_CA,
+    metrics: str | None = METRICS_OPTION,  # (applied before the plugins load: CliState.from_argv)
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
     again over the same --work-dir and --node-id, it re-attaches to the slices it left running
@@ -168,10 +177,12 @@ def agent_command(
     from runink.core.agent.agent import RUNNING_HOLD, Agent
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
+    from runink.core.agent.metered import MeteredExecutor
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
     from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.records import Amount
     from runink.core.drivers import auto_executor, configured_driver
+    from runink.core.metrics import register_gauges
     from runink.core.model import check_name
     from runink.core.server.tls import TlsFiles
 
@@ -211,7 +222,8 @@ def agent_command(
         if manager.pm.get_plugin(sink) is not None:
             manager.unregister(sink)
     manager.register(lineage, "lineage-to-servers")
-    executor = ScenarioAttempts(executor, config, manager, pipelines)
+    register_gauges(lineage.dropped_samples)  # (for the agent's life)
+    executor = ScenarioAttempts(MeteredExecutor(executor, manager, name), config, manager, pipelines)
     token = _read_token_file(token_file) if token_file else None
     tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
     control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token, tls=tls)
@@ -362,20 +374,27 @@ def up_command(
     tls = None if insecure_dev else _LocalCa(root / "tls")
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
-    ports = _free_ports(4 * servers)
+    ports = _free_ports(6 * servers + agents)
+    metrics_ports = iter(ports[4 * servers :])  # each process's /metrics
     names = [f"s{i}" for i in range(servers)]
     raft = {n: f"127.0.0.1:{ports[4 * i]}" for i, n in enumerate(names)}
     http = {n: f"127.0.0.1:{ports[4 * i + 1]}" for i, n in enumerate(names)}
-    started: dict[str, Any] = {"dir": str(root), "servers": [], "agents": [], "api": [], "grpc": [], "barn": []}
+    started: dict[str, Any] = {
+        "dir": str(root), "servers": [], "agents": [], "api": [], "grpc": [], "barn": [], "metrics": {},
+    }  # fmt: skip
     processes: list[subprocess.Popen[str]] = []
     err = console(stderr=True)
     try:
         for i, name in enumerate(names):
             peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
             api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
+            metrics = started["metrics"]
+            metrics[name], metrics[f"{name}-barn"] = (f"127.0.0.1:{next(metrics_ports)}" for _ in range(2))
             command = [
-                *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []), "--",
+                *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []),
+                "--metrics", metrics[name], "--",
                 "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
+                "--metrics", metrics[f"{name}-barn"],
             ]  # fmt: skip
             # their data_dir: one catalog (SQLite) the servers of this machine share
             processes.append(_spawn(command, root / f"{name}.log", {"RUNINK_DATA_DIR": str(root)}))
@@ -392,7 +411,9 @@ def up_command(
             work = root / name
             # every server's address, each agent starting with a different one (it fails over)
             order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
+            started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
+            command += ["--metrics", started["metrics"][name]]
             command += tls.node(name) if tls else []
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)

@@ -89,6 +89,13 @@ def run_command(
     ctx: typer.Context,
     pipeline: Path = typer.Argument(..., metavar="PIPELINE", help="The pipeline's .dsl file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set executor.driver=process."),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics (Prometheus) on 127.0.0.1:PORT while the run lasts.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan; run nothing."),
     json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:

@@ -36,6 +36,10 @@ class CliState:
                 key, eq, value = argv[index + 1].partition("=")
                 if eq and key.strip():
                     overrides[key.strip()] = value
+            elif arg in ("--metrics", "--metrics-port") and index + 1 < len(argv):
+                # (server, agent, barn serve; run): the exporter plugins serve once configured
+                value = argv[index + 1]
+                overrides["metrics.address"] = f"127.0.0.1:{value}" if arg == "--metrics-port" else value
             elif arg == "--":
                 break
         debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")

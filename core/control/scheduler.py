@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from runink.core import metrics
 from runink.core.control.records import (
     Amount,
     Herd,
@@ -63,6 +64,8 @@ class PassResult:
     token: int = 0  # the fencing token given to this pass's (last attempt's) placements
     conflicts: int = 0  # batches refused because a task changed mid-pass
     committed: bool = True  # False: a batch was refused twice; its tasks wait for the next pass
+    waiting: dict[str, int] = field(default_factory=dict)  # herd -> its PENDING tasks after the pass
+    waited: dict[str, tuple[str, float]] = field(default_factory=dict)  # placed task id -> (herd, seconds PENDING)
 
 
 @dataclass
@@ -104,13 +107,24 @@ class Scheduler:
 
     def run_pass(self, now: float) -> PassResult:
         """Place every PENDING task whose backoff is over (``now`` is this scheduler's clock)."""
+        began = time.perf_counter()
         result = self._attempt(now)
-        if result.committed:
-            return result
-        retry = self._attempt(now)
-        retry.conflicts += result.conflicts
-        retry.placed = {**result.placed, **retry.placed}
-        return retry
+        if not result.committed:
+            retry = self._attempt(now)
+            retry.conflicts += result.conflicts
+            retry.placed = {**result.placed, **retry.placed}
+            retry.waited = {**result.waited, **retry.waited}
+            result = retry
+        self._report(result, time.perf_counter() - began)
+        return result
+
+    def _report(self, result: PassResult, took: float) -> None:
+        found = [metrics.sample("runink_scheduler_pass_seconds", took)]
+        found += [metrics.sample("runink_scheduler_pending_tasks", n, herd=h) for h, n in result.waiting.items()]
+        for herd, seconds in result.waited.values():
+            found.append(metrics.sample("runink_scheduler_placements_total", 1, herd=herd))
+            found.append(metrics.sample("runink_scheduler_placement_seconds", seconds, herd=herd))
+        metrics.report(self.manager, found)
 
     def _attempt(self, now: float) -> PassResult:
         nodes_read, herds_read = self.store.later(self.store.nodes), self.store.later(self.store.herds)
@@ -123,7 +137,7 @@ class Scheduler:
         # read before the commit that placed it, so each such task's revision is past it (no
         # read of the Barn's revision of its own: a pass is on every job's way to its node)
         token = max((v.revision for v in tasks), default=0)
-        result = PassResult(token=token)
+        result = PassResult(token=token, waiting=dict.fromkeys(herds, 0))
 
         allocated: dict[str, Resources] = {}
         running: dict[str, int] = {}  # node id -> its SCHEDULED and RUNNING tasks
@@ -142,8 +156,10 @@ class Scheduler:
                 held = usage.setdefault(task.herd, _Usage())
                 held.resources += want
                 held.slices += 1
-            elif task.state is RunState.PENDING and task.not_before <= now:
-                queues.setdefault(task.herd, []).append(versioned)
+            elif task.state is RunState.PENDING:
+                result.waiting[task.herd] = result.waiting.get(task.herd, 0) + 1
+                if task.not_before <= now:
+                    queues.setdefault(task.herd, []).append(versioned)
         if not queues and not skips:
             return result
 
@@ -227,6 +243,9 @@ class Scheduler:
                 )
                 changed = _scheduled(task, best.node_id, token, explain, herd.quota)
                 result.placed[task.id] = best.node_id
+                since = task.transitions[-1].at if task.transitions else time.time()
+                result.waited[task.id] = (task.herd, max(0.0, time.time() - since))
+                result.waiting[task.herd] -= 1
             if changed is not None:
                 key = keys.task(task.herd, task.id)
                 read.append((key, versioned.revision))
@@ -251,7 +270,9 @@ class Scheduler:
                 result.conflicts += 1
                 result.committed = False
                 for task_id in written[start:end]:
-                    result.placed.pop(task_id, None)
+                    if result.placed.pop(task_id, None) is not None:
+                        refused, _ = result.waited.pop(task_id)
+                        result.waiting[refused] += 1
         return result
 
     def _upstream_settled(

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runink.core import metrics
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
@@ -47,6 +48,7 @@ from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
+from runink.core.plugins import PluginManager
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
 from runink.core.server import join, pki
@@ -178,6 +180,44 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self) -> None:
         super().__init__(413, f"request body larger than {MAX_BODY} bytes")
+
+
+class RequestMetrics:
+    """Counts each request and times it (until its answer's headers are sent), by route
+    template, never by path: ``/v1/jobs/{job_id}``, one series whatever the job."""
+
+    def __init__(self, app: ASGIApp, manager: PluginManager) -> None:
+        self.app = app
+        self.manager = manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+        elapsed: float | None = None
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status, elapsed
+            if message["type"] == "http.response.start":
+                status, elapsed = int(message["status"]), time.perf_counter() - began
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            found = scope.get("route")
+            route = getattr(found, "path", None) or "unmatched"
+            method = str(scope.get("method", ""))
+            took = elapsed if elapsed is not None else time.perf_counter() - began
+            metrics.report(
+                self.manager,
+                [
+                    metrics.sample("runink_api_requests_total", 1, route=route, method=method, status=str(status)),
+                    metrics.sample("runink_api_request_seconds", took, route=route, method=method),
+                ],
+            )
 
 
 class BodyLimit:
@@ -341,6 +381,7 @@ def create_app(
     tokens: ClusterTokens | None = None,
     tls: TlsFiles | None = None,
     ca_key: pathlib.Path | None = None,
+    manager: PluginManager | None = None,
 ) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
     of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
@@ -348,7 +389,8 @@ def create_app(
     answer says so (``--insecure-dev``). ``tokens``: the cluster's own, minted by the token
     routes and served as JWKS; None: those routes answer 404. ``tls``: the server's TLS files
     (its CA served to joining nodes); ``ca_key``: the CA's key, to sign the certificates of
-    nodes that join (else those routes answer 404)."""
+    nodes that join (else those routes answer 404). ``manager``: the plugins requests are
+    reported to as metrics (none: not measured)."""
     auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
@@ -389,6 +431,8 @@ def create_app(
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     if auth.insecure:
         app.add_middleware(InsecureHeader)
+    if manager is not None:
+        app.add_middleware(RequestMetrics, manager=manager)  # (outermost: every answer counted)
 
     app.state.auth = auth
 

@@ -272,6 +272,7 @@ class Server:
                 tokens=tokens,
                 tls=options.tls,
                 ca_key=options.ca_key,
+                manager=manager,
             ),
             options.api[0],
             options.api[1],

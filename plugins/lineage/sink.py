@@ -19,10 +19,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+from runink.core import metrics
 from runink.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from runink.core.model import LineageEvent
+    from collections.abc import Callable
+
+    from runink.core.model import LineageEvent, MetricSample
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class QueuedLineageSink(LineageSink):
         self._queue: queue.Queue[LineageEvent] = queue.Queue(self.queue_size)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._unregister: Callable[[], None] = lambda: None  # its drops' metric, once it delivers
         self._lock = threading.Lock()
 
     @abstractmethod
@@ -84,6 +88,7 @@ class QueuedLineageSink(LineageSink):
                 self._thread = threading.Thread(target=self._deliver_forever, daemon=True, name=self.label)
                 self._thread.start()
                 atexit.register(self.close)  # (a library user that never unconfigures)
+                self._unregister = metrics.register_gauges(self._dropped)
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -107,10 +112,14 @@ class QueuedLineageSink(LineageSink):
             if self._thread is None or self._closed:
                 return
             self._closed = True
+        self._unregister()
         if not self.flush(self.flush_timeout):
             waiting = self._queue.unfinished_tasks
             log.warning("%s: %d event(s) not delivered in %gs", self.label, waiting, self.flush_timeout)
         self.closed()
+
+    def _dropped(self) -> list[MetricSample]:
+        return [metrics.sample("runink_exporter_dropped_total", self.dropped, exporter=self.label)]
 
     def closed(self) -> None:
         """What is queued was delivered (or the flush timed out): release what the sink holds."""

@@ -47,6 +47,7 @@ def _client(endpoints: str, tls: tuple[Path | None, Path | None, Path | None], t
 
 @app.command("serve")
 def serve_command(  # noqa: PLR0917 (typer options)
+    ctx: typer.Context,
     name: str = typer.Option(..., help="this server's name in the group"),
     raft: str = typer.Option(..., help="host:port of its Raft transport"),
     http: str = typer.Option(..., help="host:port of its client API"),
@@ -80,6 +81,11 @@ def serve_command(  # noqa: PLR0917 (typer options)
         "--auth-key",
         help="with --tls-*: the cluster's token key (`runink server`'s): a client without a certificate may use "
         "the HTTP API with a token granting cluster-admin",
+    ),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="HOST:PORT to serve /metrics on, for Prometheus (plain HTTP: keep it on loopback)",
     ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
@@ -124,7 +130,11 @@ def serve_command(  # noqa: PLR0917 (typer options)
         auth_keys=list(auth_key),
         max_connections=max_connections,
     )
-    raise typer.Exit(server.run_server(config))
+    # (the plugins of `runink barn serve`, configured with --metrics before this ran; none when
+    # run as its own program)
+    state = ctx.obj if ctx is not None else None
+    manager = state.plugins() if state is not None and hasattr(state, "plugins") else None
+    raise typer.Exit(server.run_server(config, manager))
 
 
 def run_serve(argv: list[str], prog_name: str) -> int:

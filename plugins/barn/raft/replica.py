@@ -171,6 +171,9 @@ class BarnNode(SyncObj):
         self._barrier: asyncio.Future[Any] | None = None  # the read barrier not yet proposed (loop thread)
         self._read_index: asyncio.Future[Any] | None = None  # the ReadIndex not yet requested (loop thread)
         self._batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []  # proposals of this loop turn
+        # told of each write proposed here: its seconds to commit and apply, and whether it did
+        # (`runink barn serve --metrics`); None: not measured
+        self.on_commit: Callable[[float, bool], None] | None = None
         self.replica = BarnReplica(config.history, self._changed)
         # with TLS every Raft connection is mutual TLS with certificates of the cluster CA (tls.py)
         transport = {} if config.tls is None else {"transportClass": functools.partial(TlsTransport, tls=config.tls)}
@@ -314,7 +317,16 @@ class BarnNode(SyncObj):
     async def commit(self, command: dict[str, Any]) -> Any:
         """Propose on this member (the leader) and wait for the commit; the state's refusal
         (an unknown lease, a bad command) raised as its error."""
-        return raise_for(await self._outcome(self._propose(command), "the write"))
+        began = time.perf_counter()
+        try:
+            outcome = await self._outcome(self._propose(command), "the write")
+        except NoLeader:
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - began, False)
+            raise
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began, True)
+        return raise_for(outcome)
 
     def commit_blocking(self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT) -> Any:
         """``commit`` for threads other than the loop's (the lease expirer)."""

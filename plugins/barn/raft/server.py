@@ -50,12 +50,19 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from runink.core import metrics
+from runink.core.model import MetricSample
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.http_protocol import raise_fd_limit
 from runink.plugins.barn.raft.replica import Member, ServerConfig
 from runink.plugins.barn.raft.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from runink.core.plugins import PluginManager
 
 # what other modules and tests import from here (the pieces live in replica.py, api.py, wire.py)
 __all__ = [
@@ -114,8 +121,9 @@ def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles 
     return files
 
 
-def run_server(config: ServerConfig) -> int:
-    """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py)."""
+def run_server(config: ServerConfig, manager: PluginManager | None = None) -> int:
+    """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py).
+    ``manager``: the plugins its metrics go to (none: not measured)."""
     raise_fd_limit()  # before the server sizes its connection cap from it
     name, raft = config.me.name, config.me.raft
     logging.basicConfig(level=logging.WARNING, format=f"barn {name}: %(levelname)s %(message)s")
@@ -127,13 +135,42 @@ def run_server(config: ServerConfig) -> int:
         )
     server = BarnServer(config)
     server.start()
+    unregister = _measure(server, manager) if manager is not None else None
     print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+    if unregister is not None:
+        unregister()
     server.close()
     return 0
+
+
+def _measure(server: BarnServer, manager: PluginManager) -> Callable[[], None]:
+    """The member's raft state as gauges (read when scraped), its writes as events."""
+
+    def commit(seconds: float, committed: bool) -> None:
+        result = "committed" if committed else "failed"
+        found = [metrics.sample("runink_barn_proposals_total", 1, result=result)]
+        if committed:
+            found.append(metrics.sample("runink_barn_proposal_seconds", seconds))
+        metrics.report(manager, found)
+
+    def gauges() -> list[MetricSample]:
+        status = server.status()
+        connected = sum(1 for p in status["peers"].values() if p["connected"])
+        return [
+            metrics.sample("runink_barn_leader", 1 if status["state"] == "leader" else 0),
+            metrics.sample("runink_barn_term", status["term"]),
+            metrics.sample("runink_barn_commit_index", status["commit_index"]),
+            metrics.sample("runink_barn_applied_index", status["last_applied"]),
+            metrics.sample("runink_barn_apply_lag", max(0, status["commit_index"] - status["last_applied"])),
+            metrics.sample("runink_barn_peers_connected", connected),
+        ]
+
+    server.node.on_commit = commit
+    return metrics.register_gauges(gauges)
 
 
 def main(argv: list[str] | None = None) -> int:
