@@ -125,6 +125,11 @@ DEPRECATED_DRIVER_KEYS = {"scheduler": "policy", "barn": "backend", "secrets": "
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["text", "json"] = "text"
+    slice_output: bool = Field(
+        default=False,
+        description="Hand every line slices print to the log exporters (runink_export_log: the fluentd "
+        "plugin ships them), with herd, job, task, step and node; they are in each task's log files anyway.",
+    )
 
 
 class HerdConfig(_Section):

@@ -24,6 +24,7 @@ from typing import Any
 from runink.core.agent.agent import Agent
 from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
+from runink.core.agent.slice_lines import slice_lines
 from runink.core.config import RuninkConfig
 from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
 from runink.core.control.records import Amount, Herd, JobRecord, RunState, TaskRecord
@@ -229,6 +230,7 @@ class _EmbeddedPlane:
             work_dir=run.work,
             stop_grace=5.0,
             max_running=runner.max_parallel,
+            slice_lines=slice_lines(runner.config, runner.manager, self.NODE),
         )
         self.agent.register()
         self.task_ids: dict[str, str] = {}

@@ -221,3 +221,48 @@ def test_prometheus_scrapes_a_cluster_and_answers_about_a_pipeline_run(
         finally:
             server.terminate()
             server.wait(30)
+
+
+def test_an_embedded_run_serves_metrics_while_it_runs(run_cli: CliRunner, tmp_path: Path) -> None:
+    """`runink run --metrics-port`: its slice is seen running, and its start timed, by a scrape
+    made while it runs (a step waits for the test to let it go)."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "in.csv").write_text("id\n1\n2\n")
+    release = project / "release"
+    (project / "steps.py").write_text(
+        "import pathlib, time\n"
+        "def wait(batch):\n"
+        "    deadline = time.monotonic() + 30\n"
+        f"    while not pathlib.Path({str(release)!r}).exists() and time.monotonic() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    return batch\n"
+    )
+    (project / "p.dsl").write_text(
+        'Feature: Slow\n  Scenario: Wait\n    @source("csv://in.csv")\n    @step("steps:wait")\n'
+        '    @sink("csv://out.csv")\n'
+    )
+    port = _free_port()
+    command = [sys.executable, "-m", "runink", "run", "p.dsl", "--metrics-port", str(port), "--set"]
+    running = subprocess.Popen(
+        [*command, "executor.driver=process"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = _scrape(f"127.0.0.1:{port}")
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if _value(text, 'runink_slices_running{herd="default",node="local"}') == 1:
+                break
+            time.sleep(0.1)
+        assert _value(text, 'runink_slices_running{herd="default",node="local"}') == 1, text[-2000:]
+        assert (_value(text, 'runink_slice_start_seconds_count{node="local"}') or 0) >= 1
+    finally:
+        release.write_text("go")
+        _, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert (project / "out.csv").read_text().splitlines()[1:] == ["1", "2"]

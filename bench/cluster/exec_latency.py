@@ -3,6 +3,7 @@
     python bench/cluster/exec_latency.py            # 500 jobs per client row, 100 CLI runs
     python bench/cluster/exec_latency.py --quick    # 50 / 20
     python bench/cluster/exec_latency.py --secure-vs-plain [--quick]   # TLS + auth on against off
+    python bench/cluster/exec_latency.py --metrics-vs-none [--quick]   # /metrics served and scraped, against none
 
 A local cluster of real processes (`runink up --servers 3 --agents 2`: three servers, each with
 its raft Barn member, two agents with the linux executor) runs `/bin/true` as a job, from
@@ -51,14 +52,15 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 class Runink:
-    def __init__(self, root: Path, *, insecure: bool = False) -> None:
+    def __init__(self, root: Path, *, insecure: bool = False, metrics: bool = True) -> None:
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
-        flags = ["--insecure-dev"] if insecure else []
+        flags = (["--insecure-dev"] if insecure else []) + ([] if metrics else ["--no-metrics"])
         up = subprocess.run(
             [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c"), *flags],
             capture_output=True, text=True, env=self.env, timeout=120, check=True,
         )  # fmt: skip
         self.apis = json.loads(up.stdout)["api"]
+        self.metrics = list(json.loads(up.stdout).get("metrics", {}).values())  # each process's /metrics
         # the admin token `runink up` gave the CLI, and its CA (its context file): TLS unless --insecure-dev
         context = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())
         self.headers = {"Authorization": f"Bearer {context['token']}"}
@@ -84,7 +86,11 @@ class Runink:
     def wait_ended(self, http: httpx.Client, job_id: str) -> None:
         revision = 0
         while True:  # each read waits on the server for the job's next change (as `runink exec`)
-            job = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision}).json()
+            answer = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
+            if answer.status_code == 503:  # the Barn busy a moment ("try again")
+                continue
+            answer.raise_for_status()
+            job = answer.json()
             state, revision = job["job"]["state"], job["revision"]
             if state in FINAL:
                 assert state == "SUCCEEDED", state
@@ -254,11 +260,61 @@ def secure_vs_plain(jobs: int) -> None:
     print(f"\nsecure ÷ plaintext, p50: {ratio:.2f}x (target: at most 1.20x)")
 
 
+def metrics_vs_none(jobs: int, every: float = 1.0) -> None:
+    """Two `runink up` clusters at once, one serving /metrics in every process and scraped every
+    ``every`` seconds (as Prometheus would, at a short interval), one serving none
+    (`--no-metrics`): jobs taking turns, A B A B; p50/p99 of each and the ratio."""
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="runink-bench-metrics-") as tmp:
+        metered = Runink(Path(tmp) / "metered")
+        bare = Runink(Path(tmp) / "bare", metrics=False)
+        stop = threading.Event()
+        scrapes = [0]
+
+        def scrape() -> None:
+            with httpx.Client(timeout=5) as http:
+                while not stop.wait(every):
+                    for address in metered.metrics:
+                        http.get(f"http://{address}/metrics").raise_for_status()
+                        scrapes[0] += 1
+
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        try:
+            for _ in range(3):
+                metered.run_one()
+                bare.run_one()
+            samples: dict[str, list[float]] = {"metered": [], "bare": []}
+            for _ in range(jobs):
+                samples["metered"].append(metered.run_one())
+                samples["bare"].append(bare.run_one())
+        finally:
+            stop.set()
+            scraper.join(10)
+            metered.close()
+            bare.close()
+    machine = f"{os.cpu_count()} cores · Linux {platform.release()} · Python {platform.python_version()}"
+    print(f"# {dt.date.today()} · {machine} · {scrapes[0]} scrapes of {len(metered.metrics)} endpoints")
+    print()
+    print("| runink exec -- /bin/true, Python client | jobs | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: |")
+    names = {"metered": f"/metrics in every process, scraped every {every:g} s", "bare": "no metrics (`--no-metrics`)"}
+    for key, name in names.items():
+        p50, p99 = percentiles(samples[key])
+        print(f"| {name} | {jobs} | {p50:.1f} | {p99:.1f} |")
+    ratio = percentiles(samples["metered"])[0] / percentiles(samples["bare"])[0]
+    print(f"\nmetrics ÷ none, p50: {ratio:.2f}x (target: under 1.05x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--secure-vs-plain", action="store_true", help="only: TLS and authentication on against plaintext, interleaved"
+    )
+    parser.add_argument(
+        "--metrics-vs-none", action="store_true", help="only: /metrics served and scraped against none, interleaved"
     )
     args = parser.parse_args()
     jobs, cli_runs = (50, 20) if args.quick else (500, 100)
@@ -266,6 +322,9 @@ def main() -> None:
         raise SystemExit("bench/cluster/exec_latency needs root")
     if args.secure_vs_plain:
         secure_vs_plain(jobs)
+        return
+    if args.metrics_vs_none:
+        metrics_vs_none(jobs)
         return
     with tempfile.TemporaryDirectory(prefix="runink-bench-exec-") as tmp:
         root = Path(tmp)

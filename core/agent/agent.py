@@ -34,6 +34,7 @@ from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
 from runink.core.agent.secrets import SecretsRefused, with_secrets
+from runink.core.agent.slice_lines import SliceLines
 from runink.core.control.lifecycle import MAX_MESSAGE
 from runink.core.control.records import (
     MAX_USAGE_TASKS,
@@ -110,6 +111,7 @@ class Running:
     handle: TaskHandle | None = None
     started: float = field(default_factory=time.monotonic)
     scenario: bool = False  # a pipeline scenario's attempt (see core/agent/scenarios.py)
+    job: str = ""  # its job's id (the labels of its output lines)
 
 
 #: how an attempt ended, as reported: (state, exit code, message)
@@ -153,6 +155,7 @@ class Agent:
         max_running: int | None = None,
         hold_running: float = 0.0,
         lineage: LineageOutbox | None = None,
+        slice_lines: SliceLines | None = None,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -179,6 +182,7 @@ class Agent:
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
         self.lineage = lineage  # the lineage events of the scenarios this node runs, to send
+        self.slice_lines = slice_lines  # every line its slices print, to the log exporters ([log] slice_output)
         # set when a running attempt's slice ends (one waiter thread per attempt) or the node's
         # assignments change (the long-poll): run_forever starts its next round then, not at
         # the end of its interval
@@ -232,6 +236,7 @@ class Agent:
         self._flush()
         for run in list(self.running.values()):
             self.logs.ship(self.control, run.attempt, self._task_dir(run.executor_id))
+            self._export_lines(run)
         self._collect()
         self._send_held(time.monotonic())
         self._flush()  # (what ended, at once: before the round's other work)
@@ -737,7 +742,7 @@ class Agent:
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, f"node {self.node_id} could not start it: {_describe(exc)}")
             return
-        self._started(attempt, handle)
+        self._started(attempt, handle, job=task.job_id)
 
     def _secrets(self, task: TaskRecord) -> dict[str, bytes]:
         """The values of the secrets ``task`` names, asked of the control plane for this attempt
@@ -758,15 +763,15 @@ class Agent:
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, _describe(exc))
             return
-        self._started(attempt, handle, scenario=True)
+        self._started(attempt, handle, scenario=True, job=task.job_id)
 
-    def _started(self, attempt: Attempt, handle: TaskHandle, *, scenario: bool = False) -> None:
+    def _started(self, attempt: Attempt, handle: TaskHandle, *, scenario: bool = False, job: str = "") -> None:
         try:
             self._save_handle(attempt, handle, scenario=scenario)
         except OSError as exc:  # it runs; only a restart of this agent would lose it
             why = "handle not saved, a restart cannot re-attach"
             log.warning("node %s: %s: %s: %s", self.node_id, handle.task_id, why, exc)
-        self.running[attempt] = Running(attempt, handle.task_id, handle, scenario=scenario)
+        self.running[attempt] = Running(attempt, handle.task_id, handle, scenario=scenario, job=job)
         self._wake_when_ended(handle.task_id)
         self._report_start(attempt)
 
@@ -795,8 +800,19 @@ class Agent:
         self.executor.stop(run.executor_id, self.stop_grace)
         self._finish(attempt, self.executor.wait(run.executor_id, self.stop_grace))
 
+    def _export_lines(self, run: Running, *, last: bool = False) -> None:
+        if self.slice_lines is None:
+            return
+        herd, task_id, number, _ = run.attempt
+        labels = {"herd": herd, "job": run.job, "task": task_id, "attempt": str(number)}
+        try:
+            self.slice_lines.read(run.executor_id, self._task_dir(run.executor_id), labels, last=last)
+        except Exception as exc:  # its lines are never worth the agent: the next round tries again
+            log.warning("node %s: %s: output lines not exported: %s", self.node_id, run.executor_id, _describe(exc))
+
     def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
+        self._export_lines(run, last=True)
         self._done.add(attempt)
         held = self._held.pop(attempt, None)  # its RUNNING goes with the end, with its time
         if result is None:  # not ended within the stop grace: nothing true to report

@@ -179,6 +179,7 @@ def agent_command(
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
     from runink.core.agent.metered import MeteredExecutor
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
+    from runink.core.agent.slice_lines import slice_lines
     from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.records import Amount
     from runink.core.drivers import auto_executor, configured_driver
@@ -236,6 +237,7 @@ def agent_command(
         work_dir=work,
         hold_running=RUNNING_HOLD,
         lineage=lineage,
+        slice_lines=slice_lines(config, manager, name),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -341,6 +343,9 @@ def up_command(
     insecure_dev: bool = typer.Option(
         False, "--insecure-dev", help="Servers that authenticate nobody and allow everything (development only)."
     ),
+    no_metrics: bool = typer.Option(
+        False, "--no-metrics", help="Serve no /metrics (each process serves them on a loopback port by default)."
+    ),
 ) -> None:
     """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
     if read_context() is not None:
@@ -390,11 +395,13 @@ def up_command(
             api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
             metrics = started["metrics"]
             metrics[name], metrics[f"{name}-barn"] = (f"127.0.0.1:{next(metrics_ports)}" for _ in range(2))
+            served, barn_served = (
+                ([], []) if no_metrics else (["--metrics", metrics[name]], ["--metrics", metrics[f"{name}-barn"]])
+            )
             command = [
-                *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []),
-                "--metrics", metrics[name], "--",
-                "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name), *peers,
-                "--metrics", metrics[f"{name}-barn"],
+                *base, "server", "--api", api, "--agents", grpc, *auth, *(tls.server(name) if tls else []), *served,
+                "--", "--name", name, "--raft", raft[name], "--http", http[name], "--data-dir", str(root / name),
+                *peers, *barn_served,
             ]  # fmt: skip
             # their data_dir: one catalog (SQLite) the servers of this machine share
             processes.append(_spawn(command, root / f"{name}.log", {"RUNINK_DATA_DIR": str(root)}))
@@ -413,7 +420,7 @@ def up_command(
             order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
             started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
-            command += ["--metrics", started["metrics"][name]]
+            command += [] if no_metrics else ["--metrics", started["metrics"][name]]
             command += tls.node(name) if tls else []
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)
@@ -437,6 +444,8 @@ def up_command(
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps({**started, "token": token, **({"ca": str(tls.ca)} if tls else {})}, indent=2))
+    if no_metrics:
+        started["metrics"] = {}
     if json_output:
         print_json(started)
     else:

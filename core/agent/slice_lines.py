@@ -1,0 +1,105 @@
+"""Every line a running slice prints, to the log exporters (``runink_export_log``), with the
+herd, job, task, attempt, step and node it came from (``[log] slice_output = true``).
+
+The agent (and the embedded run's in-process agent) reads each running attempt's
+``stdout.log`` and ``stderr.log`` in its task dir once a round, from where it left off: never
+following a link, never blocking, at most ``per_round`` bytes a stream a round (the rest next
+round), a line at most ``MAX_LINE`` bytes (a longer one goes out in pieces). The slice writes
+those files, so what it says of itself is not trusted: the step comes from the ``[task step]``
+tag its log lines carry (core/dataplane/log_tags.py), printable and bounded; the herd, job,
+task and node come from the agent's own records.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from runink.core.config import RuninkConfig
+from runink.core.events import export_log
+from runink.core.model import LogEntry
+from runink.core.plugins import PluginManager
+from runink.core.report import printable
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 16 * 1024
+PER_ROUND = 1 << 20
+STREAMS = ("stdout", "stderr")
+_TAG = re.compile(r"^\[(\S{1,200}) (\S{1,200})\] ")
+
+
+class SliceLines:
+    def __init__(self, export: Callable[[LogEntry], object], node: str, *, per_round: int = PER_ROUND) -> None:
+        self.export = export
+        self.node = node
+        self.per_round = per_round
+        self._at: dict[tuple[str, str], int] = {}  # (attempt key, stream) -> bytes read
+        self._partial: dict[tuple[str, str], bytes] = {}  # a line not ended yet
+
+    def read(self, key: str, task_dir: Path, labels: dict[str, str], *, last: bool = False) -> int:
+        """Export the new lines of attempt ``key``'s streams; ``last``: it ended, so its
+        unfinished last line goes too and it is forgotten. How many lines went."""
+        sent = 0
+        for stream in STREAMS:
+            sent += self._read_stream(key, task_dir / f"{stream}.log", stream, labels, last)
+        if last:
+            self.forget(key)
+        return sent
+
+    def forget(self, key: str) -> None:
+        for stream in STREAMS:
+            self._at.pop((key, stream), None)
+            self._partial.pop((key, stream), None)
+
+    def _read_stream(self, key: str, path: Path, stream: str, labels: dict[str, str], last: bool) -> int:
+        where = (key, stream)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                log.warning("slice output %s: %s", path, exc.strerror)
+            return 0
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return 0
+            at = self._at.get(where, 0)
+            if info.st_size < at:  # truncated or replaced: from its start again
+                at, self._partial[where] = 0, b""
+            data = os.pread(fd, min(self.per_round, max(0, info.st_size - at)), at)
+        finally:
+            os.close(fd)
+        self._at[where] = at + len(data)
+        pending = self._partial.get(where, b"") + data
+        *lines, rest = pending.split(b"\n")
+        while len(rest) > MAX_LINE:  # a line too long: out in pieces
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        if last and rest:
+            lines.append(rest)
+            rest = b""
+        self._partial[where] = rest
+        for raw in lines:
+            self._export(raw, stream, labels)
+        return len(lines)
+
+    def _export(self, raw: bytes, stream: str, labels: dict[str, str]) -> None:
+        text = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip("\r")
+        step = "slice"
+        if (tagged := _TAG.match(text)) is not None:
+            step, text = printable(tagged.group(2), 200), text[tagged.end() :]
+        fields = {**labels, "step": step, "stream": stream, "node": self.node}
+        self.export(LogEntry(text, "info" if stream == "stdout" else "warning", "slice", fields))
+
+
+def slice_lines(config: RuninkConfig, manager: PluginManager, node: str) -> SliceLines | None:
+    """The node's reader of its slices' lines when ``[log] slice_output`` is on, else None."""
+    if not config.log.slice_output:
+        return None
+    return SliceLines(lambda entry: export_log(manager, entry), node)
