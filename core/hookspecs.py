@@ -187,8 +187,11 @@ def runink_lineage_event(event: LineageEvent) -> None:
 def runink_export_metrics(samples: Sequence[MetricSample]) -> None:
     """Export a batch of metric samples (to Prometheus, StatsD, a file...).
 
-    Called by ``runink.core.events.export_metrics`` whenever the runner or agent flushes
-    metrics. Fan-out, failures isolated as for lineage.
+    Called by ``runink.core.metrics.report`` as things happen in any process: a counter
+    sample's value is an increment, a gauge's the new value, a histogram's one observation
+    (the catalog: ``runink.core.metrics.METRICS``). State gauges are read with
+    ``runink.core.metrics.collect()`` when an exporter is asked. Fan-out, failures isolated as
+    for lineage; called on request paths, so it must not block.
     """
 
 
@@ -196,7 +199,9 @@ def runink_export_metrics(samples: Sequence[MetricSample]) -> None:
 def runink_export_log(entry: LogEntry) -> None:
     """Export one structured log record (platform or slice output) to a log system.
 
-    Called by ``runink.core.events.export_log``. Fan-out, failures isolated as for lineage.
+    Called by ``runink.core.events.export_log``: the runner's and nodes' messages, and every
+    line a slice prints when ``[log] slice_output`` is on (source ``slice``). Fan-out, failures
+    isolated as for lineage; called from a node's round, so it must not block.
     """
 
 

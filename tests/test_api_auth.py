@@ -43,6 +43,8 @@ PUBLIC = {
     "/redoc",
     "/v1/cluster/ca",  # (the CA a joining node pins by the fingerprint in its token)
     "/v1/nodes/join",  # (its credential is the one-time join token in the body)
+    "/healthz",  # (probes: alive, and whether the Barn answers; nothing else)
+    "/readyz",
 }
 # routes that answer everyone authenticated, listing only what the caller may see
 FILTERED = {("GET", "/v1/herds"), ("GET", "/v1/jobs"), ("GET", "/v1/whoami")}

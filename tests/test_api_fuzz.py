@@ -39,7 +39,13 @@ Operation: TypeAlias = "APIOperation[Any, Any, Any, Any]"
 EXAMPLES = int(os.environ.get("RUNINK_FUZZ_EXAMPLES", "8"))
 # routes anyone may call -> what they may answer (the app here speaks no TLS and signs no
 # node certificates: the joining routes say so)
-PUBLIC = {"/.well-known/jwks.json": {200}, "/v1/cluster/ca": {404}, "/v1/nodes/join": {400, 401, 404, 422}}
+PUBLIC = {
+    "/.well-known/jwks.json": {200},
+    "/v1/cluster/ca": {404},
+    "/v1/nodes/join": {400, 401, 404, 422},
+    "/healthz": {200},
+    "/readyz": {200},
+}
 JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]*")
 
 

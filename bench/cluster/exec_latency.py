@@ -89,7 +89,8 @@ class Runink:
             answer = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
             if answer.status_code == 503:  # the Barn busy a moment ("try again")
                 continue
-            answer.raise_for_status()
+            if answer.status_code != 200:
+                raise RuntimeError(f"GET /v1/jobs/{job_id}: {answer.status_code} {answer.text[:300]}")
             job = answer.json()
             state, revision = job["job"]["state"], job["revision"]
             if state in FINAL:

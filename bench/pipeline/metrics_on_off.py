@@ -1,7 +1,8 @@
-"""bench/pipeline/metrics_on_off: does serving metrics slow a pipeline? `runink run` on
-bench/pipeline's work without metrics, against `runink run --metrics-port PORT` with its
-/metrics scraped every second while it runs (as Prometheus would, at a short interval), taking
-turns (off, on, on, off, ...).
+"""bench/pipeline/metrics_on_off: do metrics and log shipping slow a pipeline? `runink run` on
+bench/pipeline's work without either, against `runink run --metrics-port PORT` with its /metrics
+scraped every second while it runs (as Prometheus would, at a short interval) and its log
+records and slice lines shipped to a forward-protocol receiver in this process (``[log]
+slice_output``, ``[plugin.fluentd]``), taking turns (off, on, on, off, ...).
 
     python bench/pipeline/metrics_on_off.py                 # 1M rows, 5 rounds
     python bench/pipeline/metrics_on_off.py --rows 100000 --rounds 3
@@ -47,6 +48,24 @@ def _scrape_while(port: int, stop: threading.Event, seen: list[int]) -> None:
             pass
 
 
+def _receive_forward(server: socket.socket, records: list[int]) -> None:
+    """A Fluentd forward input, acks on, counting records (the bench's collector)."""
+    import msgpack
+
+    def serve(connection: socket.socket) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        with connection:
+            while data := connection.recv(65536):
+                unpacker.feed(data)
+                for _tag, entries, option in unpacker:
+                    records[0] += len(entries)
+                    connection.sendall(msgpack.packb({"ack": option["chunk"]}))
+
+    while True:
+        connection, _ = server.accept()
+        threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -66,10 +85,17 @@ def main() -> None:
     config.write_text(
         f"data_dir = {json.dumps(str(project / 'state'))}\n[paths]\nallow = [{json.dumps(str(work.resolve()))}]\n"
     )
+    collector = socket.create_server(("127.0.0.1", 0))
+    shipped = [0]
+    threading.Thread(target=_receive_forward, args=(collector, shipped), daemon=True).start()
+    shipping = project / "shipping.toml"
+    shipping.write_text(
+        config.read_text() + f'[log]\nslice_output = true\n[plugin.fluentd]\nhost = "127.0.0.1"\n'
+        f"port = {collector.getsockname()[1]}\n"
+    )
     out = work / "out-metrics"
     (project / "bench.dsl").write_text(DSL.format(source=source, out=out))
-    command = [*RUNINK, "--config", str(config), "run", str(project / "bench.dsl")]
-    results: dict[str, list[dict[str, float]]] = {"metrics off": [], "metrics on, scraped every 1 s": []}
+    results: dict[str, list[dict[str, float]]] = {"off": [], "metrics scraped every 1 s, logs shipped": []}
     scrapes = [0]
     for round_number in range(args.rounds):
         variants = list(results)
@@ -79,8 +105,10 @@ def main() -> None:
             stop = threading.Event()
             extra: list[str] = []
             scraper = None
-            if variant != "metrics off":
+            command = [*RUNINK, "--config", str(config), "run", str(project / "bench.dsl")]
+            if variant != "off":
                 port = _free_port()
+                command[len(RUNINK) + 1] = str(shipping)
                 extra = ["--metrics-port", str(port)]
                 scraper = threading.Thread(target=_scrape_while, args=(port, stop, scrapes), daemon=True)
                 scraper.start()
@@ -105,7 +133,7 @@ def main() -> None:
                 f"({time.perf_counter() - began:.2f} s with the wrapper)",
                 file=sys.stderr,
             )
-    print(f"{scrapes[0]} scrapes answered", file=sys.stderr)
+    print(f"{scrapes[0]} scrapes answered, {shipped[0]} log records shipped", file=sys.stderr)
     heading = f"variant ({args.rows:,} rows, {args.rounds} rounds taking turns)"
     print(f"| {heading} | median s | median CPU s | peak RSS MiB (largest process) |")
     print("| --- | ---: | ---: | ---: |")
@@ -116,7 +144,7 @@ def main() -> None:
         rss = max(r["peak_rss_kb"] for r in runs) / 1024
         medians[variant] = (seconds, cpu)
         print(f"| {variant} | {seconds:.2f} | {cpu:.2f} | {rss:.0f} |")
-    on, off = medians["metrics on, scraped every 1 s"], medians["metrics off"]
+    on, off = medians["metrics scraped every 1 s, logs shipped"], medians["off"]
     print(f"\non / off: wall {on[0] / off[0]:.3f}x, CPU {on[1] / off[1]:.3f}x (target: under 1.03x)")
 
 

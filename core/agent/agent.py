@@ -200,6 +200,7 @@ class Agent:
         self._usage_lock = threading.Lock()
         self._unsent_usage: NodeUsage | None = None
         self._last_usage: NodeUsage | None = None  # (its /metrics gauges)
+        self.last_beat_ok: float | None = None  # (monotonic) its last heartbeat the servers took: /readyz
         self._last_sample: tuple[float, dict[Attempt, float]] | None = None  # (monotonic, cpu seconds by attempt)
 
     # --- one round ---------------------------------------------------------------------
@@ -384,8 +385,12 @@ class Agent:
         with self._usage_lock:
             usage, self._unsent_usage = self._unsent_usage, None
         if usage is None:
-            return self.control.heartbeat(self.node_id, self.incarnation)
-        return self.control.heartbeat(self.node_id, self.incarnation, usage=usage)
+            accepted = self.control.heartbeat(self.node_id, self.incarnation)
+        else:
+            accepted = self.control.heartbeat(self.node_id, self.incarnation, usage=usage)
+        if accepted:
+            self.last_beat_ok = time.monotonic()
+        return accepted
 
     def _keep_usage(self, usage: NodeUsage) -> None:
         with self._usage_lock:

@@ -167,6 +167,9 @@ def agent_command(
     tls_key: Path | None = TLS_KEY,
     tls_ca: Path | None = TLS_CA,
     metrics: str | None = METRICS_OPTION,  # (applied before the plugins load: CliState.from_argv)
+    health: str | None = typer.Option(
+        None, "--health", help="HOST:PORT to answer /healthz and /readyz on (plain HTTP: keep it on loopback)."
+    ),
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
     again over the same --work-dir and --node-id, it re-attaches to the slices it left running
@@ -174,7 +177,7 @@ def agent_command(
     the driver can (the linux driver's slices_outlive_executor, unless the config sets it); with
     one that cannot re-attach, those attempts are reported FAILED on restart. SIGTERM drains: no
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
-    from runink.core.agent.agent import RUNNING_HOLD, Agent
+    from runink.core.agent.agent import HEARTBEAT_INTERVAL, RUNNING_HOLD, Agent
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
     from runink.core.agent.metered import MeteredExecutor
@@ -242,12 +245,22 @@ def agent_command(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    probes = None
+    if health is not None:
+        from runink.core.agent.health import agent_readiness, serve_health
+
+        host, _, port = health.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise typer.BadParameter(f"{health!r}: expected HOST:PORT", param_hint="--health")
+        probes = serve_health(host.strip("[]"), int(port), agent_readiness(agent, stale=3 * HEARTBEAT_INTERVAL))
     try:
         agent.register()
         print(json.dumps({"event": "registered", "node": name, "pid": os.getpid()}), flush=True)
         agent.run_forever(interval, stop)
         agent.drain(drain_grace)
     finally:
+        if probes is not None:
+            probes.shutdown()
         control.close()
         executor.close()
 
@@ -379,13 +392,15 @@ def up_command(
     tls = None if insecure_dev else _LocalCa(root / "tls")
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
-    ports = _free_ports(6 * servers + agents)
-    metrics_ports = iter(ports[4 * servers :])  # each process's /metrics
+    ports = _free_ports(6 * servers + 2 * agents)
+    metrics_ports = iter(ports[4 * servers : 6 * servers + agents])  # each process's /metrics
+    health_ports = iter(ports[6 * servers + agents :])  # each agent's /healthz and /readyz
     names = [f"s{i}" for i in range(servers)]
     raft = {n: f"127.0.0.1:{ports[4 * i]}" for i, n in enumerate(names)}
     http = {n: f"127.0.0.1:{ports[4 * i + 1]}" for i, n in enumerate(names)}
     started: dict[str, Any] = {
         "dir": str(root), "servers": [], "agents": [], "api": [], "grpc": [], "barn": [], "metrics": {},
+        "health": {},
     }  # fmt: skip
     processes: list[subprocess.Popen[str]] = []
     err = console(stderr=True)
@@ -413,6 +428,8 @@ def up_command(
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
         _wait_for_leader(started["api"], token, tls.ca if tls else None)
+        for name, api in zip(names, started["api"], strict=True):
+            _wait_ready(f"{api}/readyz", tls.ca if tls else None, f"server {name}")
         for i in range(agents):
             name = f"agent-{i}"
             work = root / name
@@ -421,6 +438,8 @@ def up_command(
             started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
             command += [] if no_metrics else ["--metrics", started["metrics"][name]]
+            started["health"][name] = f"127.0.0.1:{next(health_ports)}"
+            command += ["--health", started["health"][name]]
             command += tls.node(name) if tls else []
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)
@@ -433,6 +452,7 @@ def up_command(
             process = _spawn(command, root / f"{name}.log")
             processes.append(process)
             event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)
+            _wait_ready(f"http://{started['health'][name]}/readyz", None, f"agent {name}")
             started["agents"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid)})
             err.print(f"agent {name}: registered")
     except BaseException:
@@ -504,6 +524,29 @@ def _wait_for_leader(apis: list[str], token: str, ca: Path | None) -> None:
                     return
             time.sleep(0.2)
     raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
+
+
+def _wait_ready(url: str, ca: Path | None, what: str) -> None:
+    """Until ``url`` (a /readyz) answers 200; RuninkError with its last answer after UP_TIMEOUT."""
+    import ssl
+
+    import httpx
+
+    deadline = time.monotonic() + UP_TIMEOUT
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+    last = "no answer"
+    with httpx.Client(timeout=5.0, verify=verify) as client:
+        while time.monotonic() < deadline:
+            try:
+                answer = client.get(url)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            else:
+                if answer.status_code == 200:
+                    return
+                last = f"{answer.status_code} {answer.text[:200]}"
+            time.sleep(0.1)
+    raise RuninkError(f"{what} not ready within {UP_TIMEOUT:g}s ({url}: {last})")
 
 
 def _start_time(pid: int) -> int | None:

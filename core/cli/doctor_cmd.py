@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import time
 from typing import Any
 
 import typer
@@ -79,14 +80,90 @@ def collect(state: CliState) -> dict[str, Any]:
     return {"runink": runink.__version__, "python": platform.python_version(), "checks": checks}
 
 
-def doctor_command(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Check what this machine and the configured executor can enforce (cgroups, namespaces, limits)."""
+def collect_cluster(state: CliState, server: str | None, herd: str, timeout: float = 30.0) -> dict[str, Any]:
+    """A running cluster end to end: each server ready (its /readyz: the Barn answers), its
+    nodes ready, and a job (`/bin/true` in ``herd``) placed, run and seen SUCCEEDED."""
+    from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
+
+    config = state.try_config()
+    addresses = server_addresses(server, config.cluster.server if config else None)
+    ca = cluster_ca(config.cluster.ca if config else None)
+    checks: list[Check] = []
+    for address in addresses:
+        one = ClusterClient([address], ca=ca)
+        try:
+            answer = one.call("GET", "/readyz")
+            checks.append(Check("cluster", f"server {address}", True, f"ready (Barn revision {answer['revision']})"))
+        except ClusterError as exc:
+            checks.append(Check("cluster", f"server {address}", False, str(exc)))
+        finally:
+            one.close()
+    client = ClusterClient(addresses, ca=ca)
+    try:
+        try:
+            nodes = client.call("GET", "/v1/nodes")["nodes"]
+            ready = [n["id"] for n in nodes if n.get("ready")]
+            detail = f"{len(ready)} of {len(nodes)} ready" + (f": {', '.join(ready[:10])}" if ready else "")
+            checks.append(Check("cluster", "nodes", bool(ready), detail))
+        except ClusterError as exc:
+            checks.append(Check("cluster", "nodes", False, str(exc)))
+        checks.append(_a_job_runs(client, herd, timeout))
+    finally:
+        client.close()
+    return {
+        "runink": runink.__version__,
+        "python": platform.python_version(),
+        "checks": [dataclasses.asdict(c) for c in checks],
+    }
+
+
+def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
+    from runink.core.cli.cluster_client import ClusterError
+
+    began = time.monotonic()
+    try:
+        job = client.call("POST", "/v1/jobs", {"herd": herd, "command": ["/bin/true"]})["job"]["id"]
+        revision, state = 0, "PENDING"
+        while time.monotonic() - began < timeout:
+            answer = client.call("GET", f"/v1/jobs/{job}", wait=2, after=revision)
+            state, revision = answer["job"]["state"], answer["revision"]
+            if state in ("SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"):
+                break
+    except ClusterError as exc:
+        return Check("cluster", "a job runs", False, f"/bin/true in herd {herd}: {exc}")
+    took = time.monotonic() - began
+    if state != "SUCCEEDED":
+        return Check("cluster", "a job runs", False, f"/bin/true in herd {herd}: {state} after {took:.1f}s ({job})")
+    return Check("cluster", "a job runs", True, f"/bin/true in herd {herd}: SUCCEEDED in {took * 1000:.0f} ms ({job})")
+
+
+def doctor_command(
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="Check the cluster instead: servers, nodes, a job end to end."
+    ),
+    server: str | None = typer.Option(None, "--server", help="With --cluster: that cluster's API (HOST:PORT,...)."),
+    herd: str = typer.Option("default", "--herd", help="With --cluster: the herd the test job runs in."),
+) -> None:
+    """Check what this machine and the configured executor can enforce (cgroups, namespaces,
+    limits); with --cluster, a running cluster end to end."""
+    if cluster or server:
+        report = collect_cluster(ctx.obj, server, herd)
+        _show(report, json_output)
+        if not all(c["ok"] for c in report["checks"]):
+            raise typer.Exit(1)
+        return
     report = collect(ctx.obj)
-    if json_output:
-        print_json(report)
-    else:
-        rows = [(c["area"], c["check"], "ok" if c["ok"] else "NO", c["detail"]) for c in report["checks"]]
-        print_table(f"runink {report['runink']} on Python {report['python']}", ["AREA", "CHECK", "", "DETAIL"], rows)
+    _show(report, json_output)
     executor_ok = all(c["ok"] for c in report["checks"] if c["area"] == "executor" and ":" not in c["check"])
     if not executor_ok:
         raise typer.Exit(1)
+
+
+def _show(report: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print_json(report)
+        return
+    rows = [(c["area"], c["check"], "ok" if c["ok"] else "NO", c["detail"]) for c in report["checks"]]
+    print_table(f"runink {report['runink']} on Python {report['python']}", ["AREA", "CHECK", "", "DETAIL"], rows)

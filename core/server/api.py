@@ -46,6 +46,7 @@ from runink.core.control.records import (
 )
 from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
+from runink.core.errors import BarnError, RuninkError
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
@@ -74,6 +75,7 @@ MAX_BODY = 1024 * 1024  # bytes of a request body
 MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
 MAX_LABELS = 64
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
+READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
 RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
 
 NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
@@ -422,6 +424,15 @@ def create_app(
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return _error(503, f"{exc}; try again", {"Retry-After": RETRY_AFTER})
 
+    @app.exception_handler(BarnError)
+    async def _barn_away(request: Request, exc: BarnError) -> JSONResponse:
+        # the Barn did not answer in time (no leader a moment, a loaded machine): a read may be
+        # tried again; a change may have been made, so its caller checks before trying again
+        why = printable(str(exc), 300)
+        log.warning("%s %s: the Barn: %s", request.method, request.url.path, why)
+        then = "try again" if request.method in ("GET", "HEAD") else "it may have been done: check before trying again"
+        return _error(503, f"the Barn did not answer ({why}); {then}", {"Retry-After": RETRY_AFTER})
+
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         # the client gets one line; uvicorn logs the traceback on this server only
@@ -454,6 +465,22 @@ def create_app(
         app.include_router(router)
 
     # --- who am I, the cluster's keys ----------------------------------------------------
+
+    @app.get("/healthz", openapi_extra=action("public"), tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Alive: the server answers (nothing else is checked)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", openapi_extra=action("public"), tags=["health"], responses={503: {}})
+    async def readyz() -> JSONResponse:
+        """Ready: a linearizable read of the Barn answers (its raft group has a quorum and a
+        leader), within READY_TIMEOUT seconds; else 503 saying why."""
+        try:
+            revision = await asyncio.wait_for(run_in_threadpool(store.barn.revision), READY_TIMEOUT)
+        except (TimeoutError, RuninkError, OSError) as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else printable(str(exc), 300)
+            return _error(503, f"not ready: the Barn: {why}", {"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "revision": revision})
 
     @app.get("/.well-known/jwks.json", openapi_extra=action("public"))
     def jwks() -> dict[str, Any]:
