@@ -124,7 +124,11 @@ DEPRECATED_DRIVER_KEYS = {"scheduler": "policy", "barn": "backend", "secrets": "
 
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "warning"
-    format: Literal["text", "json"] = "text"
+    format: Literal["auto", "text", "json"] = Field(
+        default="auto",
+        description="Runink's own log lines on stderr: text, one JSON object a line, or auto (JSON for "
+        "runink server, agent and barn serve when their stderr is not a terminal, text otherwise).",
+    )
     slice_output: bool = Field(
         default=False,
         description="Hand every line slices print to the log exporters (runink_export_log: the fluentd "

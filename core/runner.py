@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runink.core import logs
 from runink.core.agent.agent import Agent
 from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
@@ -118,8 +119,10 @@ class LocalRunner:
         )
         plane = self._plane = _EmbeddedPlane(self, this_run)
         try:
-            job = plane.submit()
-            self._follow(plane, job, result)
+            with logs.correlation(run=run_id):
+                job = plane.submit()
+                with logs.correlation(job=job.id):
+                    self._follow(plane, job, result)
         finally:
             self._plane = None
             plane.close()

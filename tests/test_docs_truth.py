@@ -31,7 +31,6 @@ DOCS = {path.name: path.read_text() for path in sorted((REPO / "docs").glob("*.m
 NOT_READ: dict[str, str] = {
     "scheduler.weights": r"config\.scheduler\.weights\b",
     "barn": r"config\.barn\b|configured_driver\([^,)]*,\s*[\"']barn[\"']",
-    "log.format": r"log\.format\b",
 }
 #: files that handle every key generically (the model, `config show`, the driver loader, and
 #: `--dry-run`'s check that driver names exist): not uses of the key

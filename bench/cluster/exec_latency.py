@@ -287,9 +287,10 @@ def metrics_vs_none(jobs: int, every: float = 1.0) -> None:
                 metered.run_one()
                 bare.run_one()
             samples: dict[str, list[float]] = {"metered": [], "bare": []}
-            for _ in range(jobs):
-                samples["metered"].append(metered.run_one())
-                samples["bare"].append(bare.run_one())
+            for number in range(jobs):  # A B B A: which goes first alternates
+                pair = [("metered", metered), ("bare", bare)]
+                for key, cluster in pair if number % 2 == 0 else pair[::-1]:
+                    samples[key].append(cluster.run_one())
         finally:
             stop.set()
             scraper.join(10)
@@ -317,6 +318,9 @@ def main() -> None:
     parser.add_argument(
         "--metrics-vs-none", action="store_true", help="only: /metrics served and scraped against none, interleaved"
     )
+    parser.add_argument(
+        "--scrape-every", type=float, default=1.0, help="with --metrics-vs-none: seconds between scrapes"
+    )
     args = parser.parse_args()
     jobs, cli_runs = (50, 20) if args.quick else (500, 100)
     if os.geteuid() != 0:
@@ -325,7 +329,7 @@ def main() -> None:
         secure_vs_plain(jobs)
         return
     if args.metrics_vs_none:
-        metrics_vs_none(jobs)
+        metrics_vs_none(jobs, args.scrape_every)
         return
     with tempfile.TemporaryDirectory(prefix="runink-bench-exec-") as tmp:
         root = Path(tmp)

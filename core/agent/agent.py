@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from runink.core import metrics
+from runink.core import logs, metrics
 from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
@@ -698,6 +698,10 @@ class Agent:
             log.warning("node %s: %s: handle not removed: %s", self.node_id, executor_id, _describe(exc))
 
     def _start(self, task: TaskRecord) -> None:
+        with logs.correlation(job=task.job_id, task=task.id):
+            self._start_task(task)
+
+    def _start_task(self, task: TaskRecord) -> None:
         attempt = attempt_of(task)
         executor_id = f"{task.id}-a{task.attempt}"
         # As the local runner does: the task dir is private (0700) and holds the slice's work
@@ -816,6 +820,10 @@ class Agent:
             log.warning("node %s: %s: output lines not exported: %s", self.node_id, run.executor_id, _describe(exc))
 
     def _finish(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
+        with logs.correlation(job=self.running[attempt].job, task=attempt[1]):
+            self._finish_attempt(attempt, result, give_back=give_back)
+
+    def _finish_attempt(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
         self._export_lines(run, last=True)
         self._done.add(attempt)

@@ -17,6 +17,7 @@ class CliState:
     config_path: Path | None = None
     debug: bool = False
     overrides: dict[str, str] = field(default_factory=dict)
+    daemon: bool = False  # runink server, agent, barn serve: long-running, logged to a collector
     _config: RuninkConfig | None = None
     _config_error: ConfigError | None = None
     _plugins: PluginManager | None = field(default=None, repr=False)
@@ -43,7 +44,7 @@ class CliState:
             elif arg == "--":
                 break
         debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
-        return cls(config_path=config_path, debug=debug, overrides=overrides)
+        return cls(config_path=config_path, debug=debug, overrides=overrides, daemon=_is_daemon(argv))
 
     def try_config(self) -> RuninkConfig | None:
         """The config, or None if it is invalid (the error is kept for ``config()``)."""
@@ -65,7 +66,7 @@ class CliState:
         """The plugin manager: built from the config when it is valid, from defaults otherwise."""
         if self._plugins is None:
             config = self.try_config() or RuninkConfig()
-            _apply_log_settings(config, self.debug)
+            _apply_log_settings(config, self.debug, self.daemon)
             self._plugins = create_plugin_manager(config)
         return self._plugins
 
@@ -75,7 +76,19 @@ class CliState:
             self._plugins.unconfigure()
 
 
-def _apply_log_settings(config: RuninkConfig, debug: bool) -> None:
+_VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value
+
+
+def _is_daemon(argv: list[str]) -> bool:
+    """Whether the command is a long-running process: ``server``, ``agent``, ``barn serve``."""
+    words = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)]
+    return words[:1] in (["server"], ["agent"]) or words[:2] == ["barn", "serve"]
+
+
+def _apply_log_settings(config: RuninkConfig, debug: bool, daemon: bool = False) -> None:
+    from runink.core import logs
+
     logging.getLogger("runink").setLevel(logging.DEBUG if debug else config.log.level.upper())
+    logs.setup(config.log.format, daemon)
     if config.plugins.trace:
         logging.getLogger("runink.plugins.trace").setLevel(logging.INFO)

@@ -15,6 +15,7 @@ import json
 import logging
 import pathlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runink.core import metrics
+from runink.core import logs, metrics
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
@@ -186,7 +187,8 @@ class BodyTooLarge(HTTPException):
 
 class RequestMetrics:
     """Counts each request and times it (until its answer's headers are sent), by route
-    template, never by path: ``/v1/jobs/{job_id}``, one series whatever the job."""
+    template, never by path: ``/v1/jobs/{job_id}``, one series whatever the job. Gives each
+    request an id, in its answer's ``X-Request-Id`` and in every log line it causes."""
 
     def __init__(self, app: ASGIApp, manager: PluginManager) -> None:
         self.app = app
@@ -199,15 +201,18 @@ class RequestMetrics:
         began = time.perf_counter()
         status = 500
         elapsed: float | None = None
+        request_id = uuid.uuid4().hex[:16]
 
         async def timed_send(message: Message) -> None:
             nonlocal status, elapsed
             if message["type"] == "http.response.start":
                 status, elapsed = int(message["status"]), time.perf_counter() - began
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, timed_send)
+            with logs.correlation(request=request_id):  # (the log lines of this request carry it)
+                await self.app(scope, receive, timed_send)
         finally:
             found = scope.get("route")
             route = getattr(found, "path", None) or "unmatched"
