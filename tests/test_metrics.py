@@ -64,8 +64,9 @@ def test_the_exporter_serves_counters_gauges_histograms_and_state(exporter: Prom
     def broken() -> list[MetricSample]:
         raise RuntimeError("gone")
 
+    dropped = metrics.sample("runink_exporter_dropped_total", 3, exporter="catalog")  # (a component's total)
     sources = [
-        metrics.register_gauges(lambda: [metrics.sample("runink_barn_term", 7)]),
+        metrics.register_gauges(lambda: [metrics.sample("runink_barn_term", 7), dropped]),
         metrics.register_gauges(broken),
     ]
     try:
@@ -82,6 +83,10 @@ def test_the_exporter_serves_counters_gauges_histograms_and_state(exporter: Prom
     assert _value(text, "runink_barn_term") == 7  # read at the scrape (the broken source skipped)
     assert "# HELP runink_rows_in_total Rows a scenario read from its source." in text
     assert "_created" not in text
+    assert _value(text, 'runink_exporter_dropped_total{exporter="catalog"}') == 3
+    assert "# TYPE runink_exporter_dropped_total counter" in text
+    kinds = re.findall(r"^# TYPE (\S+) ", text, re.M)  # one family per name (Prometheus refuses repeats)
+    assert len(kinds) == len(set(kinds)), sorted(k for k in kinds if kinds.count(k) > 1)
 
 
 def test_a_metric_takes_a_bounded_number_of_label_sets(

@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from runink.core import metrics
 from runink.core.hookspecs import hookimpl
 from runink.core.metrics import METRICS, MetricSpec, collect
 
@@ -33,22 +35,29 @@ log = logging.getLogger(__name__)
 MAX_SERIES = 10_000  # label sets of one metric
 #: the catalog's gauges set by events (the others are state, read when scraped)
 EVENT_GAUGES = frozenset({"runink_scheduler_pending_tasks"})
+#: the catalog's counters read when scraped (absolute totals a component keeps)
+STATE_COUNTERS = frozenset({"runink_exporter_dropped_total"})
+
+
+def _is_state(spec: MetricSpec) -> bool:
+    return spec.name in STATE_COUNTERS or (spec.kind == "gauge" and spec.name not in EVENT_GAUGES)
 
 
 class _State:
     """The state gauges, read when scraped (a prometheus-client collector)."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families: dict[str, GaugeMetricFamily] = {}
+        families: dict[str, Any] = {}
         for found in collect():
             spec = METRICS.get(found.name)
             names = list(spec.labels) if spec is not None else sorted(found.labels)
             family = families.get(found.name)
             if family is None:
-                described = spec.help if spec is not None else "(a plugin's gauge)"
-                family = families[found.name] = GaugeMetricFamily(found.name, described, labels=names)
+                described = spec.help if spec is not None else "(a plugin's metric)"
+                kind = CounterMetricFamily if found.kind == "counter" else GaugeMetricFamily
+                family = families[found.name] = kind(found.name, described, labels=names)
             family.add_metric([str(found.labels.get(name, "")) for name in names], found.value)
         yield from families.values()
 
@@ -68,6 +77,7 @@ class PrometheusExporter:
         self._series: dict[str, set[tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self._server: Any = None
+        self._unregister: Any = None
 
     @hookimpl
     def runink_configure(self, config: RuninkConfig) -> None:
@@ -85,9 +95,11 @@ class PrometheusExporter:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # (no *_created series)
         self.registry = CollectorRegistry(auto_describe=True)
         for spec in METRICS.values():
-            if spec.kind != "gauge" or spec.name in EVENT_GAUGES:
+            if not _is_state(spec):
                 self._declare(spec)
         self.registry.register(_State())
+        own = metrics.sample("runink_exporter_dropped_total", 0, exporter="prometheus")
+        self._unregister = metrics.register_gauges(lambda: [replace(own, value=float(self.dropped))])
         server = _serve(self.registry, host, port)
         self._server = server
         self.address = (host, int(server.server_port))
@@ -97,9 +109,15 @@ class PrometheusExporter:
     @hookimpl
     def runink_unconfigure(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+            self._unregister()
+            server, self._server = self._server, None
+
+            def stop() -> None:
+                server.shutdown()
+                server.server_close()
+
+            # (in a thread: the command ending never waits on the server's poll)
+            threading.Thread(target=stop, daemon=True, name="metrics-stop").start()
 
     @hookimpl
     def runink_export_metrics(self, samples: Sequence[MetricSample]) -> None:
@@ -112,6 +130,8 @@ class PrometheusExporter:
         spec = METRICS.get(found.name) or MetricSpec(
             found.name, found.kind, "(a plugin's metric)", tuple(sorted(found.labels))
         )
+        if found.name in METRICS and _is_state(spec):
+            return  # (read when scraped: not an event)
         metric = self._metrics.get(found.name) or self._declare(spec)
         values = tuple(str(found.labels.get(name, "")) for name in spec.labels)
         if values and not self._room(found.name, values):
@@ -134,7 +154,6 @@ class PrometheusExporter:
                 seen.add(values)
                 return True
         self.dropped += 1
-        self._metrics["runink_exporter_dropped_total"].labels("prometheus").inc()
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning("metrics: %s has %d label sets: new ones dropped (%d so far)", name, MAX_SERIES, self.dropped)
         return False
