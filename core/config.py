@@ -198,6 +198,13 @@ class MetricsConfig(_Section):
 
 class RunConfig(_Section):
     max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
+    fail_on_invalid: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="A scenario whose invalid rows pass this percent of the rows it read fails, its outputs "
+        "not published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).",
+    )
 
 
 class RuninkConfig(_Section):

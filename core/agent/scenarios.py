@@ -71,6 +71,7 @@ class ScenarioRun:
     rows_out: int = 0
     steps: dict[str, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)  # those of outputs its invalid rows go to
     drift: list[str] = field(default_factory=list)
     error: str | None = None
     started: float | None = None
@@ -106,6 +107,7 @@ class ScenarioRun:
             "rows_out": self.rows_out,
             "steps": self.steps,
             "outputs": self.outputs,
+            "dead_letters": self.dead_letters,
             "drift": self.drift,
             "error": self.error,
             "elapsed": round(self.elapsed, 3),
@@ -336,6 +338,7 @@ class ScenarioAttempts(Executor):
             scenario.started = time.time()
         scenario.state = ScenarioState.RUNNING
         scenario.outputs = [r.key for r in item.outputs]
+        scenario.dead_letters = [s.ref.key for s in item.sinks if s.when != "valid"]
         if task.attempt == 1:
             emit_lineage(self.manager, self._lineage("START", run, item))
         task_dir = run.work / slug(item.name) / f"attempt-{task.attempt}"
@@ -486,9 +489,11 @@ class ScenarioAttempts(Executor):
         if state is TaskState.SUCCEEDED and not attempt.report.get("ok", False):
             state = TaskState.FAILED
         error: str | None = None
+        if state is TaskState.SUCCEEDED and (too_many := self._too_many_invalid(item, run)) is not None:
+            state, error = TaskState.FAILED, too_many
         try:
             if state is not TaskState.SUCCEEDED:
-                error = attempt.report.get("error") or self._describe_exit(ended, item)
+                error = error or attempt.report.get("error") or self._describe_exit(ended, item)
                 self._log_failure(attempt, error)
             else:
                 try:
@@ -521,6 +526,19 @@ class ScenarioAttempts(Executor):
             finished_at=ended.finished_at,
             cpu_seconds=ended.cpu_seconds,
             peak_memory_bytes=ended.peak_memory_bytes,
+        )
+
+    def _too_many_invalid(self, item: CompiledScenario, run: ScenarioRun) -> str | None:
+        """Why the scenario fails for its invalid rows ([run] fail_on_invalid), or None."""
+        limit = self.config.run.fail_on_invalid
+        if limit is None or not run.rows_in:
+            return None
+        share = 100 * run.rows_invalid / run.rows_in
+        if share <= limit:
+            return None
+        return (
+            f"scenario {item.name!r}: {run.rows_invalid:,} of {run.rows_in:,} rows invalid ({share:.1f}%), "
+            f"over --fail-on-invalid {limit:g}%: its outputs were not published"
         )
 
     def _describe_exit(self, ended: TaskResult, item: CompiledScenario) -> str:

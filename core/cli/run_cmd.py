@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the runner (the lifecycle, the agent) is imported by the co
     from runink.core.runner import RunResult
 
 STATE_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "SKIPPED": "yellow"}
+PROGRESS_EVERY = 5.0  # seconds between a running scenario's progress lines when stderr is not a terminal
 
 
 def parse_sets(values: list[str]) -> dict[str, str]:
@@ -66,8 +67,8 @@ def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
 
 def _table(result: RunResult) -> Table:
     table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
-    numeric = {"IN", "VALID", "INVALID", "OUT", "TIME"}
-    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "TIME"):
+    numeric = {"IN", "VALID", "INVALID", "OUT", "ROWS/S", "TIME"}
+    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "ROWS/S", "TIME"):
         table.add_column(column, justify="right" if column in numeric else "left")
     for run in result.scenarios:
         style = STATE_STYLE.get(run.state, "red")
@@ -80,9 +81,35 @@ def _table(result: RunResult) -> Table:
             f"{run.rows_invalid:,}",
             escape(steps),
             f"{run.rows_out:,}",
+            f"{_rate(run):,.0f}" if run.rows_in else "-",
             f"{run.elapsed:.1f}s",
         )
     return table
+
+
+def _rate(run: Any) -> float:
+    """Rows read per second so far."""
+    return run.rows_in / run.elapsed if run.elapsed > 0 else 0.0
+
+
+def _shown(path: str) -> str:
+    """A dataset's path as the person typed it: relative to the current folder when under it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def where_rows_went(run: Any) -> str | None:
+    """``NAME: 980 valid rows -> out/x.parquet; 20 dead letters -> out/dlq.jsonl``, for a
+    scenario that wrote its outputs."""
+    if run.state != "SUCCEEDED":
+        return None
+    valid = [_shown(p) for p in run.outputs if p not in run.dead_letters]
+    parts = [f"{run.rows_out:,} valid rows -> {', '.join(valid)}"] if valid else []
+    if run.dead_letters:
+        parts.append(f"{run.rows_invalid:,} dead letters -> {', '.join(_shown(p) for p in run.dead_letters)}")
+    return f"{run.name}: {'; '.join(parts)}" if parts else None
 
 
 def run_command(
@@ -96,6 +123,14 @@ def run_command(
         max=65535,
         help="Serve /metrics (Prometheus) on 127.0.0.1:PORT while the run lasts.",
     ),
+    fail_on_invalid: float | None = typer.Option(
+        None,
+        "--fail-on-invalid",
+        min=0,
+        max=100,
+        metavar="PCT",
+        help="Fail a scenario whose invalid rows pass PCT percent of its rows (its outputs not published).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and print the plan; run nothing."),
     json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
@@ -103,6 +138,8 @@ def run_command(
     state: CliState = ctx.obj
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
     config = state.config()
+    if fail_on_invalid is not None:
+        config = config.model_copy(update={"run": config.run.model_copy(update={"fail_on_invalid": fail_on_invalid})})
     compiled = load_pipeline(pipeline, config)
     if dry_run:
         problems = _dry_run_problems(config, compiled, state)
@@ -134,16 +171,24 @@ def run_command(
     err = console(stderr=True)
     live: Live | None = None
     last_print: dict[str, str] = {}
+    last_progress: dict[str, float] = {}
 
     def on_update(result: RunResult) -> None:
         if live is not None:
             live.update(_table(result))
             return
-        for run in result.scenarios:  # not a terminal: one line per state change
+        now = time.monotonic()
+        for run in result.scenarios:  # not a terminal: a line per state change, progress every few seconds
+            stamp = time.strftime("%H:%M:%S")
             if last_print.get(run.name) != run.state:
                 last_print[run.name] = run.state
+                last_progress[run.name] = now
                 if run.state != "PENDING":
-                    err.print(f"{time.strftime('%H:%M:%S')} {escape(run.name)}: {run.state.lower()}", highlight=False)
+                    err.print(f"{stamp} {escape(run.name)}: {run.state.lower()}", highlight=False)
+            elif run.state == "RUNNING" and now - last_progress.get(run.name, now) >= PROGRESS_EVERY:
+                last_progress[run.name] = now
+                counts = f"rows in {run.rows_in:,}, out {run.rows_out:,}, invalid {run.rows_invalid:,}"
+                err.print(f"{stamp} {escape(run.name)}: {counts} ({_rate(run):,.0f} rows/s)", highlight=False)
 
     from runink.core.runner import LocalRunner
 
@@ -188,6 +233,8 @@ def run_command(
     else:
         console().print(_table(result))
         for run in result.scenarios:
+            if (went := where_rows_went(run)) is not None:
+                console().print(escape(went), highlight=False, soft_wrap=True)
             if run.error:
                 err.print(f"[red]{escape(run.name)}[/]: {escape(failure_line(run))}", highlight=False, soft_wrap=True)
             for message in run.drift:
