@@ -53,6 +53,13 @@ ENV_ALIASES = {
 }
 
 
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/runink``, else ``~/.local/share/runink``: one place for everything runs
+    leave, whatever folder they were started from (a read-only one included)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "runink"
+
+
 def _absolute(value: list[Path]) -> list[Path]:
     for path in value:
         if not path.is_absolute():
@@ -211,7 +218,11 @@ class RuninkConfig(_Section):
     """The whole configuration. ``sources`` maps each dotted key that was set to where it came from."""
 
     herd: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    data_dir: Path = Field(default=Path(".runink"), description="Where local state (lineage, logs) is kept.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where local state is kept: runs' work dirs and slice logs, lineage, the catalog "
+        "($RUNINK_DATA_DIR; default $XDG_DATA_HOME/runink, ~/.local/share/runink), never the current folder.",
+    )
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)

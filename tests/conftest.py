@@ -58,6 +58,13 @@ def _no_ambient_runink_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         if name.startswith("RUNINK_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))  # (runs' state: tmp_path/xdg-data/runink)
+
+
+@pytest.fixture
+def data_home(tmp_path: Path) -> Path:
+    """Where the test's runs keep their state (the default data dir, under its XDG_DATA_HOME)."""
+    return tmp_path / "xdg-data" / "runink"
 
 
 @pytest.fixture
@@ -73,6 +80,7 @@ def run_cli(tmp_path: Path) -> CliRunner:
     ) -> subprocess.CompletedProcess[str]:
         full_env = _clean_env(env)
         full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+        full_env.setdefault("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
         if pythonpath is not None:
             full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
         return subprocess.run(

@@ -161,10 +161,10 @@ def test_failed_runs_and_drift_are_recorded(run_cli: CliRunner, tmp_path: Path) 
     assert len(edges) == 4 and all(a in nodes and b in nodes for a, b in edges)
 
 
-def test_a_disabled_catalog_records_nothing(run_cli: CliRunner, orders: Path) -> None:
+def test_a_disabled_catalog_records_nothing(run_cli: CliRunner, orders: Path, data_home: Path) -> None:
     (orders / "runink.toml").write_text("[plugin.catalog]\nenabled = false\n")
     assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0
-    assert not (orders / ".runink" / "catalog.db").exists()
+    assert not (data_home / "catalog.db").exists()
     (orders / "runink.toml").write_text('[plugin.catalog]\nurl = "catalog.db"\n')
     out = run_cli("catalog", "list", cwd=orders)
     assert "[plugin.catalog] url: expected a database URL" in out.stderr and "Traceback" not in out.stderr

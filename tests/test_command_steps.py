@@ -249,7 +249,9 @@ def test_no_shell_unless_asked(run_cli: CliRunner, tmp_path: Path, executor: str
     assert csv_rows(tmp_path / "q" / "out" / "shell.csv") == [['"answer"'], ["52"]]
 
 
-def test_unknown_placeholder_is_a_compile_error_naming_file_and_line(run_cli: CliRunner, tmp_path: Path) -> None:
+def test_unknown_placeholder_is_a_compile_error_naming_file_and_line(
+    run_cli: CliRunner, tmp_path: Path, data_home: Path
+) -> None:
     dsl = pipeline(
         tmp_path / "p",
         """\
@@ -264,7 +266,7 @@ def test_unknown_placeholder_is_a_compile_error_naming_file_and_line(run_cli: Cl
         f"error: {dsl.name}:5:5: @run 'sort {{inptu}} -o {{output}}': unknown placeholder {{inptu}} "
         "(known: {input}, {output}; write {{ and }} for literal braces)"
     ), out.stderr
-    assert not (dsl.parent / "out").exists() and not (dsl.parent / ".runink" / "runs").exists()
+    assert not (dsl.parent / "out").exists() and not (data_home / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,9 @@ def test_the_executor_gets_the_scenario_values_or_the_configured_defaults(
     }
 
 
-def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(run_cli: CliRunner, tmp_path: Path) -> None:
+def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(
+    run_cli: CliRunner, tmp_path: Path, data_home: Path
+) -> None:
     (tmp_path / "in.csv").write_text("id\n1\n")
     (tmp_path / "p.dsl").write_text(
         'Feature: x\n  Scenario: a\n    @requires(cpu=1e400)\n    @source("in.csv")\n    @sink("out.csv")\n'
@@ -143,7 +145,7 @@ def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(run_cli: C
     assert out.stderr.strip().splitlines() == [
         "error: p.dsl:3:5: @requires: cpu must be a number of cores > 0 and at most 65536, got inf"
     ]
-    assert not (tmp_path / "out.csv").exists() and not (tmp_path / ".runink").exists()
+    assert not (tmp_path / "out.csv").exists() and not (data_home / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -405,7 +405,7 @@ def test_options_are_checked_with_one_line_naming_the_option(monkeypatch: pytest
 
 
 def test_annotations_of_a_real_run_are_stored_in_the_catalog(
-    run_cli: CliRunner, chat: FakeChat, tmp_path: Path
+    run_cli: CliRunner, chat: FakeChat, tmp_path: Path, data_home: Path
 ) -> None:
     """The command's steps in-process: the orders example fills the catalog, its silver output is
     read through its storage driver, annotated and stored, and read back."""
@@ -422,7 +422,7 @@ def test_annotations_of_a_real_run_are_stored_in_the_catalog(
     )
     done = run_cli("run", "orders.dsl", cwd=project)
     assert done.returncode == 0, done.stderr
-    engine = engine_for(f"sqlite:///{project / '.runink' / 'catalog.db'}")
+    engine = engine_for(f"sqlite:///{data_home / 'catalog.db'}")
     migrate(engine)
     dataset = find_dataset(engine, "out/silver/orders.parquet", None, base=project)
     schema, sample = read_sample(dataset.uri, 3)
@@ -509,7 +509,9 @@ def test_runink_annotate_and_annotations(run_cli: CliRunner, chat: FakeChat, tmp
     assert notes[-1]["failed"] and notes[-1]["raw"] == "not json" and notes[-1]["model"] == "other-model"
 
 
-def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, chat: FakeChat, orders: Path) -> None:
+def test_the_annotate_step_annotates_records_in_the_slice(
+    run_cli: CliRunner, chat: FakeChat, orders: Path, data_home: Path
+) -> None:
     """`@annotate` in a scenario: each valid record goes to the model (its masked fields masked
     already), its fields become columns of the output, and the catalog keeps the run's
     annotations: input -> annotating step run -> annotations of the output."""
@@ -542,7 +544,7 @@ def test_the_annotate_step_annotates_records_in_the_slice(run_cli: CliRunner, ch
     assert b"quantity" not in sent  # only the columns named
     # the API key reached the slice (the driver refuses to start without one) through its
     # environment, not through its spec file, which stays on disk with the run
-    specs = list((orders / ".runink").rglob("slice.json"))
+    specs = list((data_home / "runs").rglob("slice.json"))
     assert specs and not [p for p in specs if "test-key" in p.read_text()]
     page = json.loads(run_cli("annotations", "out/annotated.parquet", "--json", cwd=orders).stdout)
     assert len(page["annotations"]) == 1000 and page["next"] == page["annotations"][-1]["id"]  # a page at a time

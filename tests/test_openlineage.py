@@ -54,10 +54,12 @@ def validate(event: dict[str, Any]) -> None:
         Draft202012Validator({"$ref": facet["_schemaURL"]}, registry=REGISTRY).validate(facet)
 
 
-def test_a_runs_events_validate_against_the_openlineage_schema(run_cli: CliRunner, orders: Path) -> None:
+def test_a_runs_events_validate_against_the_openlineage_schema(
+    run_cli: CliRunner, orders: Path, data_home: Path
+) -> None:
     out = run_cli("run", "orders.dsl", cwd=orders)
     assert out.returncode == 0, out.stderr
-    events = [json.loads(line) for line in (orders / ".runink" / "lineage" / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (data_home / "lineage" / "events.jsonl").read_text().splitlines()]
     assert [e["eventType"] for e in events].count("START") == 2 and len(events) == 4
     for event in events:
         validate(event)
@@ -106,7 +108,7 @@ def collector() -> Iterator[tuple[str, type[_Collector]]]:
 
 
 def test_the_http_transport_posts_every_event_in_the_order_runs_happen(
-    run_cli: CliRunner, orders: Path, collector: tuple[str, type[_Collector]]
+    run_cli: CliRunner, orders: Path, collector: tuple[str, type[_Collector]], data_home: Path
 ) -> None:
     url, handler = collector
     config = orders / "runink.toml"
@@ -117,7 +119,7 @@ def test_the_http_transport_posts_every_event_in_the_order_runs_happen(
     assert out.returncode == 0, out.stderr
     # every event, once the command returned (the sink flushes as the command ends), in the
     # order they were emitted: the same order the JSON Lines sink wrote them in
-    written = [json.loads(line) for line in (orders / ".runink" / "lineage" / "events.jsonl").read_text().splitlines()]
+    written = [json.loads(line) for line in (data_home / "lineage" / "events.jsonl").read_text().splitlines()]
     assert [path for path, _ in handler.received] == ["/api/v1/lineage"] * 4
     posted = [event for _, event in handler.received]
     assert [(e["eventType"], e["run"]["runId"]) for e in posted] == [

@@ -105,7 +105,9 @@ def test_paths_allow_opens_listed_folders_only(project: Path, tmp_path: Path) ->
     )
 
 
-def test_runink_run_reads_and_writes_nothing_outside(run_cli: CliRunner, project: Path, tmp_path: Path) -> None:
+def test_runink_run_reads_and_writes_nothing_outside(
+    run_cli: CliRunner, project: Path, tmp_path: Path, data_home: Path
+) -> None:
     env = {"RUNINK_EXECUTOR__DRIVER": "process"}
     victim = tmp_path / "outside" / "root-only.csv"
     victim.write_text("precious\n")
@@ -129,7 +131,7 @@ def test_runink_run_reads_and_writes_nothing_outside(run_cli: CliRunner, project
             assert (source if line == 3 else sink) in lines[0]
         assert (project / "p.dsl").read_text() == text
     assert victim.read_text() == "precious\n" and (project / "steps.py").read_text() == steps_before
-    assert not (project / "out").exists() and not (project / ".runink").exists()
+    assert not (project / "out").exists() and not (data_home / "runs").exists()
     # allowed in the configuration file: the same absolute paths work
     (project / "runink.toml").write_text(f'[paths]\nallow = ["{tmp_path / "outside"}"]\n')
     (project / "p.dsl").write_text(

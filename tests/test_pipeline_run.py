@@ -32,7 +32,7 @@ def summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
-def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path) -> None:
+def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path, data_home: Path) -> None:
     out = run_cli("run", "orders.dsl", "--json", cwd=orders)
     result = summary(out)
     assert out.returncode == 0 and result["ok"]
@@ -54,7 +54,7 @@ def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path) -> None:
     lines = (orders / "data" / "orders.csv").read_text().splitlines()
     assert lines[malformed[0]["_runink_position"] - 1] == malformed[0]["_runink_text"]
     # lineage: START and COMPLETE for both scenarios, with their datasets
-    lineage = orders / ".runink" / "lineage" / "events.jsonl"  # data_dir is relative to the working directory
+    lineage = data_home / "lineage" / "events.jsonl"  # the data dir: $XDG_DATA_HOME/runink, not the project's
     events = [json.loads(x) for x in lineage.read_text().splitlines()]
     kinds = [(e["eventType"], e["job"]["name"]) for e in events]
     assert ("COMPLETE", "Orders to silver.Validate orders") in kinds
@@ -329,12 +329,14 @@ def test_compile_error_is_one_line(run_cli: CliRunner, project: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_set_overrides_reach_plugins_and_drivers(run_cli: CliRunner, orders: Path, tmp_path: Path) -> None:
+def test_set_overrides_reach_plugins_and_drivers(
+    run_cli: CliRunner, orders: Path, tmp_path: Path, data_home: Path
+) -> None:
     data = tmp_path / "state"
     out = run_cli("run", "orders.dsl", "--json", "--set", f"data_dir={data}", cwd=orders)
     assert out.returncode == 0, out.stderr
     assert (data / "lineage" / "events.jsonl").exists()  # the lineage plugin saw the override
-    assert not (orders / ".runink").exists()
+    assert not (data_home / "lineage").exists()  # (the default data dir: not used)
     bad = run_cli("run", "orders.dsl", "--set", "executor.driver=nope", cwd=orders)
     assert bad.returncode == 1
     assert "no runink.executors driver named 'nope' (set at --set executor.driver)" in bad.stderr
@@ -566,3 +568,22 @@ def test_third_party_executors_get_degrade_and_are_named(
     old = run("--set", "executor.driver=old")
     assert old.returncode == 1
     assert "driver 'old' does not take the 'degrade' option every executor driver takes" in old.stderr
+
+
+def test_a_run_from_a_read_only_folder_keeps_its_state_in_the_data_dir(
+    run_cli: CliRunner, orders: Path, tmp_path: Path, data_home: Path
+) -> None:
+    """Nothing a run leaves goes to the folder it was started from: a read-only one is fine."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only folder needs root")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
+    try:
+        out = run_cli("run", str(orders / "orders.dsl"), cwd=read_only)
+        assert out.returncode == 0, out.stderr
+        assert (orders / "out" / "silver" / "orders.parquet").exists()
+        assert (data_home / "lineage" / "events.jsonl").exists() and any((data_home / "runs").iterdir())
+        assert (data_home / "catalog.db").exists() and os.listdir(read_only) == []
+    finally:
+        subprocess.run(["umount", str(read_only)], check=False)

@@ -33,7 +33,11 @@ class JsonlLineageSink(QueuedLineageSink):
     def deliver(self, event: LineageEvent) -> None:
         from runink.plugins.lineage.openlineage_events import to_json  # (imported by the first event)
 
-        path = self.path or Path(".runink") / "lineage" / "events.jsonl"
+        if self.path is None:  # (never configured: the default data dir's)
+            from runink.core.config import default_data_dir
+
+            self.path = default_data_dir() / "lineage" / "events.jsonl"
+        path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(to_json(event) + "\n")
