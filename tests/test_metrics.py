@@ -271,3 +271,14 @@ def test_an_embedded_run_serves_metrics_while_it_runs(run_cli: CliRunner, tmp_pa
         _, err = running.communicate(timeout=60)
     assert running.returncode == 0, err
     assert (project / "out.csv").read_text().splitlines()[1:] == ["1", "2"]
+
+
+def test_a_metrics_address_that_is_not_one_is_refused_in_one_line(run_cli: CliRunner, tmp_path: Path) -> None:
+    member = ["barn", "serve", "--name", "a", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2", "--plaintext"]
+    for command in (
+        ["agent", "--servers", "127.0.0.1:1", "--metrics", "nope"],
+        [*member, "--data-dir", str(tmp_path / "barn"), "--metrics", "127.0.0.1:99999"],
+    ):
+        out = run_cli(*command)
+        assert out.returncode == 2 and "expected HOST:PORT" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "OverflowError" not in out.stderr

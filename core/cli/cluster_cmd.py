@@ -21,7 +21,7 @@ import typer
 
 from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
-from runink.core.cli.state import CliState
+from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
 from runink.core.model import parse_memory
 
@@ -47,9 +47,16 @@ TLS_KEY = typer.Option(None, "--tls-key", help="Its private key.")
 TLS_CA = typer.Option(None, "--tls-ca", help="The cluster CA's certificate: peers must present one of its.")
 
 
+def _an_address(value: str | None) -> str | None:
+    if value is not None and host_port(value) is None:
+        raise typer.BadParameter(f"{value!r}: expected HOST:PORT")
+    return value
+
+
 METRICS_OPTION = typer.Option(
     None,
     "--metrics",
+    callback=_an_address,
     help="HOST:PORT to serve /metrics on, for Prometheus (plain HTTP: keep it on loopback). Default: none.",
 )
 
@@ -190,6 +197,11 @@ def agent_command(
     from runink.core.model import check_name
     from runink.core.server.tls import TlsFiles
 
+    probe_at = None
+    if health is not None:  # (checked before anything starts)
+        probe_at = host_port(health)
+        if probe_at is None:
+            raise typer.BadParameter(f"{health!r}: expected HOST:PORT", param_hint="--health")
     state: CliState = ctx.obj
     config = state.config()
     manager = state.plugins()
@@ -246,13 +258,10 @@ def agent_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     probes = None
-    if health is not None:
+    if probe_at is not None:
         from runink.core.agent.health import agent_readiness, serve_health
 
-        host, _, port = health.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise typer.BadParameter(f"{health!r}: expected HOST:PORT", param_hint="--health")
-        probes = serve_health(host.strip("[]"), int(port), agent_readiness(agent, stale=3 * HEARTBEAT_INTERVAL))
+        probes = serve_health(*probe_at, agent_readiness(agent, stale=3 * HEARTBEAT_INTERVAL))
     try:
         agent.register()
         print(json.dumps({"event": "registered", "node": name, "pid": os.getpid()}), flush=True)

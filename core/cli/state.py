@@ -38,9 +38,12 @@ class CliState:
                 if eq and key.strip():
                     overrides[key.strip()] = value
             elif arg in ("--metrics", "--metrics-port") and index + 1 < len(argv):
-                # (server, agent, barn serve; run): the exporter plugins serve once configured
+                # (server, agent, barn serve; run): the exporter plugins serve once configured;
+                # a value that is not an address is left to the command's option to refuse
                 value = argv[index + 1]
-                overrides["metrics.address"] = f"127.0.0.1:{value}" if arg == "--metrics-port" else value
+                address = f"127.0.0.1:{value}" if arg == "--metrics-port" else value
+                if host_port(address) is not None:
+                    overrides["metrics.address"] = address
             elif arg == "--":
                 break
         debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
@@ -74,6 +77,14 @@ class CliState:
         """The command ended: plugins send what they buffer (``runink_unconfigure``)."""
         if self._plugins is not None:
             self._plugins.unconfigure()
+
+
+def host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port), or None if it is not one."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535 or any(c.isspace() or c == "/" for c in host):
+        return None
+    return host.strip("[]"), int(port)
 
 
 _VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from runink.core.cli.output import print_json, print_table
+from runink.core.cli.state import host_port
 from runink.core.errors import BarnError
 
 app = typer.Typer(help="Run and inspect the Barn (the Raft-replicated state store).", no_args_is_help=True)
@@ -101,6 +102,8 @@ def serve_command(  # noqa: PLR0917 (typer options)
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise typer.BadParameter(f"{flag} must be positive, got {value}")
+    if metrics is not None and host_port(metrics) is None:  # (a valid one was applied before the plugins loaded)
+        raise typer.BadParameter(f"--metrics {metrics!r}: expected HOST:PORT")
     try:
         peers = [server.parse_member(item) for item in peer]
         secret = server.read_secret(secret_file) if secret_file is not None else None
