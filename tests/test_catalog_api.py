@@ -66,7 +66,8 @@ def _event(herd: str, name: str) -> LineageEvent:
     return LineageEvent("COMPLETE", f"run-{herd}/s", "s", herd, inputs, outputs, facets=facets)
 
 
-def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path: Path) -> None:
+def _two_herds_catalog(tmp_path: Path) -> CatalogSink:
+    """A catalog sink whose catalog holds a run of herd ``team`` and one of ``other``."""
     sink = CatalogSink()
     sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
     sink.engine()  # (the schema made)
@@ -74,6 +75,11 @@ def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path:
     for herd in ("team", "other"):
         writer.record(_event(herd, "out"))
     writer.close()
+    return sink
+
+
+def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path: Path) -> None:
+    sink = _two_herds_catalog(tmp_path)
     with secured_app(tmp_path, ("catalog", sink)) as secured:
         client = TestClient(secured.app)
         viewer = _headers(secured.tokens, Grant("viewer", "team"))
@@ -95,13 +101,7 @@ def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path:
 
 
 def test_annotations_are_stored_by_runners_as_their_author_and_listed_a_page_at_a_time(tmp_path: Path) -> None:
-    sink = CatalogSink()
-    sink.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
-    sink.engine()
-    writer = CatalogWriter(sink.url)
-    for herd in ("team", "other"):
-        writer.record(_event(herd, "out"))
-    writer.close()
+    sink = _two_herds_catalog(tmp_path)
     with secured_app(tmp_path, ("catalog", sink)) as secured:
         client = TestClient(secured.app)
         viewer = _headers(secured.tokens, Grant("viewer", "team"))
