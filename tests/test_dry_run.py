@@ -48,13 +48,14 @@ Scenario: a
 """
 
 
-def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: CliRunner, project: Path) -> None:
+def test_a_good_pipeline_passes_and_leaves_nothing_behind(run_cli: CliRunner, project: Path, data_home: Path) -> None:
     dsl(project, GOOD)
     before = sorted(p.name for p in project.rglob("*"))
     out = run_cli("run", "p.dsl", "--dry-run", "--json", cwd=project, env=PROCESS)
     assert out.returncode == 0, out.stderr
     assert '"scenario": "a"' in out.stdout
-    assert sorted(p.name for p in project.rglob("*")) == before  # no .runink, out/ or __pycache__
+    assert sorted(p.name for p in project.rglob("*")) == before  # no out/ or __pycache__
+    assert not data_home.exists()  # nor any state of a run
 
 
 def test_sources_must_exist_and_be_readable(run_cli: CliRunner, project: Path) -> None:

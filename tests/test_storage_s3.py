@@ -347,7 +347,7 @@ def test_an_s3_dataset_without_network_is_refused_at_compile_time(
 
 
 def test_config_credentials_reach_the_slice_and_no_file_of_the_run_holds_them(
-    run_cli: CliRunner, endpoint: str, bucket: str, tmp_path: Path
+    run_cli: CliRunner, endpoint: str, bucket: str, tmp_path: Path, data_home: Path
 ) -> None:
     """``access_key``/``secret_key`` from ``[plugin.storage-s3]`` go to the slice as variables
     (in memory), not in its spec: no file the run keeps has the secret."""
@@ -358,7 +358,8 @@ def test_config_credentials_reach_the_slice_and_no_file_of_the_run_holds_them(
     out = _run(run_cli, folder, env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert pq.read_table(folder / "out" / "final.parquet").num_rows == 2000
-    kept = [p for p in folder.rglob("*") if p.is_file() and p != config]
+    # (the project's folder, and the data dir: the run's work dirs, logs, lineage, catalog)
+    kept = [p for root in (folder, data_home) for p in root.rglob("*") if p.is_file() and p != config]
     assert any(p.name == "slice.json" for p in kept)  # the specs are there, without the secret
     assert [p for p in kept if SECRET_KEY.encode() in p.read_bytes()] == []
 
