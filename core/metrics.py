@@ -146,6 +146,20 @@ _SPECS = (
         "runink_slices_running", "gauge", "Slices running on the node, per herd.", ("node", "herd"), where="agent"
     ),
     MetricSpec(
+        "runink_slices_cpus_used",
+        "gauge",
+        "Cores a herd's running slices used between the agent's last two usage samples (cgroup accounting).",
+        ("node", "herd"),
+        where="agent",
+    ),
+    MetricSpec(
+        "runink_slices_memory_bytes",
+        "gauge",
+        "Memory a herd's running slices use, at the agent's last usage sample (cgroup accounting).",
+        ("node", "herd"),
+        where="agent",
+    ),
+    MetricSpec(
         "runink_slice_start_seconds",
         "histogram",
         "From an attempt's start to its slice running (isolation set up, process started).",

@@ -283,3 +283,20 @@ def test_sizes_and_use_read_as_people_write_them() -> None:
     ]
     assert _use({"capacity": {"cpu": 4, "memory": 0}, "usage": None}) == "-"
     assert _use({"capacity": {"cpu": 4, "memory": 0}, "usage": {"cpu": 0.25, "memory": 5 * MiB}}) == "0.2/4 cpu, 5Mi"
+
+
+def test_the_node_and_its_herds_use_are_metrics_of_the_last_sample(
+    store: ClusterStore, life: Lifecycle, agent: Agent, executor: SetStats
+) -> None:
+    """For /metrics: the node's capacity and use, and its running slices' use per herd (the
+    sample a heartbeat carried), never per task."""
+    _, first_id = run_sleeping(store, life, agent)
+    _, second_id = run_sleeping(store, life, agent)
+    executor.set[first_id] = TaskStats(first_id, 0.0, 100 * MiB, 3)
+    executor.set[second_id] = TaskStats(second_id, 0.0, 50 * MiB, 1)
+    agent.sync()
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in agent._node_gauges()}
+    assert found[("runink_node_cpus", (("node", "n1"),))] == 2
+    assert found[("runink_node_memory_used_bytes", (("node", "n1"),))] == 150 * MiB
+    assert found[("runink_slices_memory_bytes", (("herd", "lab"), ("node", "n1")))] == 150 * MiB
+    assert all("task" not in dict(labels) for _name, labels in found)

@@ -345,6 +345,15 @@ class Agent:
         if (usage := self._last_usage) is not None:
             found.append(metrics.sample("runink_node_cpus_used", usage.cpu, node=node))
             found.append(metrics.sample("runink_node_memory_used_bytes", usage.memory, node=node))
+            herd_of = {attempt[1]: attempt[0] for attempt in list(self.running)}
+            by_herd: dict[str, tuple[float, int]] = {}
+            for task_id, used in usage.tasks.items():
+                if (herd := herd_of.get(task_id)) is not None:  # (still running here)
+                    cpu, memory = by_herd.get(herd, (0.0, 0))
+                    by_herd[herd] = (cpu + used.cpu, memory + used.memory)
+            for herd, (cpu, memory) in sorted(by_herd.items()):
+                found.append(metrics.sample("runink_slices_cpus_used", cpu, node=node, herd=herd))
+                found.append(metrics.sample("runink_slices_memory_bytes", memory, node=node, herd=herd))
         return found
 
     def _poll_assignments(self, wait_for: Any, interval: float, stop: threading.Event) -> None:
