@@ -282,3 +282,21 @@ def test_a_metrics_address_that_is_not_one_is_refused_in_one_line(run_cli: CliRu
         out = run_cli(*command)
         assert out.returncode == 2 and "expected HOST:PORT" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and "OverflowError" not in out.stderr
+
+
+def test_only_the_serving_commands_take_the_configured_metrics_address(run_cli: CliRunner, tmp_path: Path) -> None:
+    """One config file for every command: `runink jobs list` or `config show` never binds (or
+    fights for) the address a server's, an agent's or a run's metrics are served on."""
+    import socket
+
+    with socket.socket() as held:  # the port is taken, as a running server would hold it
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        config = tmp_path / "runink.toml"
+        config.write_text(f'[metrics]\naddress = "127.0.0.1:{held.getsockname()[1]}"\n')
+        shown = run_cli("--config", str(config), "plugins", "list", "--json")
+        assert shown.returncode == 0 and "prometheus" not in shown.stderr, shown.stderr
+        (listed,) = [p for p in json.loads(shown.stdout) if p["name"] == "prometheus"]
+        assert listed["status"] != "failed", listed
+        taken = run_cli("--config", str(config), "run", "nothing.dsl")  # a run does try (and says so)
+        assert "plugin prometheus failed" in taken.stderr

@@ -18,6 +18,7 @@ class CliState:
     debug: bool = False
     overrides: dict[str, str] = field(default_factory=dict)
     daemon: bool = False  # runink server, agent, barn serve: long-running, logged to a collector
+    serves_metrics: bool = False  # those and runink run: the commands that serve [metrics] address
     _config: RuninkConfig | None = None
     _config_error: ConfigError | None = None
     _plugins: PluginManager | None = field(default=None, repr=False)
@@ -47,7 +48,15 @@ class CliState:
             elif arg == "--":
                 break
         debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
-        return cls(config_path=config_path, debug=debug, overrides=overrides, daemon=_is_daemon(argv))
+        words = _command_words(argv)
+        daemon = words[:1] in (["server"], ["agent"]) or words[:2] == ["barn", "serve"]
+        return cls(
+            config_path=config_path,
+            debug=debug,
+            overrides=overrides,
+            daemon=daemon,
+            serves_metrics=daemon or words[:1] == ["run"],
+        )
 
     def try_config(self) -> RuninkConfig | None:
         """The config, or None if it is invalid (the error is kept for ``config()``)."""
@@ -70,6 +79,10 @@ class CliState:
         if self._plugins is None:
             config = self.try_config() or RuninkConfig()
             _apply_log_settings(config, self.debug, self.daemon)
+            if not self.serves_metrics and config.metrics.address is not None:
+                # (a config file shared by every command names the address of the ones that
+                # serve: `runink jobs list` must not take, or fight for, that port)
+                config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"address": None})})
             self._plugins = create_plugin_manager(config)
         return self._plugins
 
@@ -90,10 +103,9 @@ def host_port(text: str) -> tuple[str, int] | None:
 _VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value
 
 
-def _is_daemon(argv: list[str]) -> bool:
-    """Whether the command is a long-running process: ``server``, ``agent``, ``barn serve``."""
-    words = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)]
-    return words[:1] in (["server"], ["agent"]) or words[:2] == ["barn", "serve"]
+def _command_words(argv: list[str]) -> list[str]:
+    """The command's words (``barn serve``), its options and their values left out."""
+    return [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)]
 
 
 def _apply_log_settings(config: RuninkConfig, debug: bool, daemon: bool = False) -> None:
