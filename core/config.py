@@ -197,8 +197,8 @@ class MetricsConfig(_Section):
     address: str | None = Field(
         default=None,
         pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$",
-        description="HOST:PORT where this process serves /metrics for Prometheus (off when unset; "
-        "--metrics of runink server, agent and barn serve, --metrics-port of runink run). Plain HTTP: "
+        description="HOST:PORT where runink server, agent, barn serve or run serves /metrics for Prometheus "
+        "(off when unset; their --metrics, run's --metrics-port; other commands ignore it). Plain HTTP: "
         "keep it on loopback or a network you trust.",
     )
 
