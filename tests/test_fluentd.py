@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +213,52 @@ def test_every_line_a_slice_prints_reaches_the_collector_with_its_labels(
     assert first["stream"] == "stdout" and first["job"].startswith("job-") and first["task"]
     warning = next(r for _c, _t, r in receiver.got if r["message"] == "a warning")
     assert warning["stream"] == "stderr" and warning["level"] == "warning"
+
+
+def test_a_collector_stopped_mid_run_and_started_again_still_gets_every_line(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The issue's scenario with a real slice: it prints for two seconds; the collector goes
+    down after the first lines and comes back on the same port; every line arrives, a line
+    twice only under one chunk id."""
+    receiver = Receiver()
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "in.csv").write_text("id\n1\n")
+    (project / "steps.py").write_text(
+        "import time\n"
+        "def talk(batch):\n"
+        "    for n in range(40):\n"
+        "        print(f'line {n}', flush=True)\n"
+        "        time.sleep(0.05)\n"
+        "    return batch\n"
+    )
+    (project / "p.dsl").write_text(
+        'Feature: Talk\n  Scenario: Talk\n    @source("csv://in.csv")\n    @step("steps:talk")\n'
+        '    @sink("csv://out.csv")\n'
+    )
+    (project / "runink.toml").write_text(
+        f'[log]\nslice_output = true\n[plugin.fluentd]\nhost = "127.0.0.1"\nport = {receiver.port}\nack_timeout = 0.5\n'
+    )
+    command = [sys.executable, "-m", "runink", "run", "p.dsl", "--set", "executor.driver=process"]
+    running = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    again: Receiver | None = None
+    try:
+        _wait(lambda: len(receiver.messages()) >= 5, 20)
+        assert receiver.messages(), "no line arrived before the stop"
+        receiver.close()  # down mid-run ...
+        time.sleep(1.0)
+        again = Receiver(receiver.port)  # ... up again on the same port
+        _, err = running.communicate(timeout=60)  # (its exit waits for the acks, ack_timeout at most)
+        assert running.returncode == 0, err
+        _wait(lambda: {f"line {n}" for n in range(40)} <= set(receiver.messages() + again.messages()), 10)
+        got = receiver.got + again.got
+        lines = [r for _c, _t, r in got if r["message"].startswith("line ")]
+        assert {r["message"] for r in lines} == {f"line {n}" for n in range(40)}
+        _only_repeated_under_the_same_chunk(got)
+    finally:
+        if running.poll() is None:
+            running.kill()
+        if again is not None:
+            again.close()
+        receiver.close()
