@@ -262,3 +262,26 @@ def test_a_collector_stopped_mid_run_and_started_again_still_gets_every_line(
         if again is not None:
             again.close()
         receiver.close()
+
+
+def test_slice_lines_are_read_from_where_they_were_left_bounded_and_never_through_a_link(tmp_path: Path) -> None:
+    from runink.core.agent.slice_lines import MAX_LINE, SliceLines
+
+    got: list[LogEntry] = []
+    lines = SliceLines(got.append, "n1")
+    task = tmp_path / "task"
+    task.mkdir()
+    out = task / "stdout.log"
+    long = "x" * (MAX_LINE + 10)
+    out.write_text(f"[t1 steps:a] first\n{long}\nhalf")
+    assert lines.read("t1-a1", task, {"herd": "lab"}) == 3  # the unfinished line waits
+    assert [e.message for e in got] == ["first", "x" * MAX_LINE, "x" * 10]
+    assert got[0].fields["step"] == "steps:a" and got[1].fields["step"] == "slice"
+    with out.open("a") as more:
+        more.write(" done\n")
+    lines.read("t1-a1", task, {"herd": "lab"})
+    assert got[-1].message == "half done"  # read on from where it was left
+    out.unlink()
+    (task / "secret").write_text("do not read\n")
+    out.symlink_to(task / "secret")  # a slice's link to a file it wants the node to read
+    assert lines.read("t1-a2", task, {"herd": "lab"}, last=True) == 0 and got[-1].message == "half done"

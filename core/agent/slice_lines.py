@@ -85,12 +85,13 @@ class SliceLines:
             lines.append(rest)
             rest = b""
         self._partial[where] = rest
-        for raw in lines:
+        pieces = [line[i : i + MAX_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LINE)]
+        for raw in pieces:
             self._export(raw, stream, labels)
-        return len(lines)
+        return len(pieces)
 
     def _export(self, raw: bytes, stream: str, labels: dict[str, str]) -> None:
-        text = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip("\r")
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
         step = "slice"
         if (tagged := _TAG.match(text)) is not None:
             step, text = printable(tagged.group(2), 200), text[tagged.end() :]
