@@ -45,6 +45,15 @@ MAX_MEMORY = 2**60  # 1 EiB: the largest memory limit a scenario or the config m
 MAX_PIDS = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT: the largest pids limit
 
 
+def split_address(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port), the host ``""`` when not given; None
+    when it is not one (no port, or one past 65535)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def parse_memory(value: str | int | float) -> int:
     """Bytes from ``"256Mi"``, ``"1G"``, ``"512k"`` or a plain number of bytes.
 

@@ -11,11 +11,12 @@ an attempt the server fences is not sent again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,25 @@ SendChunk = Callable[[Chunk], tuple[bool, int]]
 class _Position:
     at: int = 0  # where the next read starts in the file
     offset: int = 0  # where that byte is in the stream (a rotated or truncated file starts again at 0)
+
+
+@contextlib.contextmanager
+def output_file(path: Path, what: str) -> Iterator[tuple[int, int] | None]:
+    """An attempt's output file the slice writes, as (descriptor, size): opened without
+    following a link and without blocking, and only if it is a regular file; None when it is
+    not there (yet), a link, or not regular (an error other than those is logged)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ELOOP):
+            log.warning("%s: cannot open %s: %s", what, path, exc.strerror)
+        yield None
+        return
+    try:
+        info = os.fstat(fd)
+        yield (fd, info.st_size) if stat.S_ISREG(info.st_mode) else None
+    finally:
+        os.close(fd)
 
 
 class LogShipper:
@@ -70,22 +90,15 @@ class LogShipper:
         """False when the rest of this round's sending should stop (server away, fenced)."""
         herd, task_id, number, token = attempt
         position = self._positions.setdefault((attempt, stream), _Position())
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ELOOP):
-                log.warning("output of task %s: cannot open %s: %s", task_id, path, exc.strerror)
-            return True  # not written yet, or a link the agent will not follow
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return True
-            if info.st_size < position.at:  # rotated or truncated by the executor: read it from its start
+        with output_file(path, f"output of task {task_id}") as opened:
+            if opened is None:
+                return True  # not written yet, or a link the agent will not follow
+            fd, end = opened
+            if end < position.at:  # rotated or truncated by the executor: read it from its start
                 position.at = 0
-            skipped = max(0, info.st_size - position.at - self.per_round)
+            skipped = max(0, end - position.at - self.per_round)
             position.at += skipped
             position.offset += skipped
-            end = info.st_size
             while position.at < end:
                 try:
                     data = os.pread(fd, min(self.chunk_bytes, end - position.at), position.at)
@@ -106,5 +119,3 @@ class LogShipper:
                 position.at += len(data)
                 position.offset += len(data)
             return True
-        finally:
-            os.close(fd)

@@ -12,21 +12,17 @@ task and node come from the agent's own records.
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from runink.core.agent.logs import output_file
 from runink.core.config import RuninkConfig
 from runink.core.events import export_log
 from runink.core.model import LogEntry
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
-
-log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024
 PER_ROUND = 1 << 20
@@ -59,22 +55,14 @@ class SliceLines:
 
     def _read_stream(self, key: str, path: Path, stream: str, labels: dict[str, str], last: bool) -> int:
         where = (key, stream)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ELOOP):
-                log.warning("slice output %s: %s", path, exc.strerror)
-            return 0
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
+        with output_file(path, "slice output") as opened:
+            if opened is None:
                 return 0
+            fd, size = opened
             at = self._at.get(where, 0)
-            if info.st_size < at:  # truncated or replaced: from its start again
+            if size < at:  # truncated or replaced: from its start again
                 at, self._partial[where] = 0, b""
-            data = os.pread(fd, min(self.per_round, max(0, info.st_size - at)), at)
-        finally:
-            os.close(fd)
+            data = os.pread(fd, min(self.per_round, max(0, size - at)), at)
         self._at[where] = at + len(data)
         pending = self._partial.get(where, b"") + data
         *lines, rest = pending.split(b"\n")

@@ -119,6 +119,7 @@ def collect_cluster(state: CliState, server: str | None, herd: str, timeout: flo
 
 def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
     from runink.core.cli.cluster_client import ClusterError
+    from runink.core.cli.jobs_cmd import FINAL
 
     began = time.monotonic()
     try:
@@ -127,7 +128,7 @@ def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
         while time.monotonic() - began < timeout:
             answer = client.call("GET", f"/v1/jobs/{job}", wait=2, after=revision)
             state, revision = answer["job"]["state"], answer["revision"]
-            if state in ("SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"):
+            if state in FINAL:
                 break
     except ClusterError as exc:
         return Check("cluster", "a job runs", False, f"/bin/true in herd {herd}: {exc}")

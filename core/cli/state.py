@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runink.core.config import RuninkConfig, load_config
 from runink.core.errors import ConfigError
+from runink.core.model import split_address
 from runink.core.plugins import PluginManager, create_plugin_manager
 
 
@@ -93,11 +94,11 @@ class CliState:
 
 
 def host_port(text: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port), or None if it is not one."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535 or any(c.isspace() or c == "/" for c in host):
+    """``HOST:PORT`` with a host (``[v6]:PORT`` too) as (host, port), or None if it is not one."""
+    found = split_address(text)
+    if found is None or not found[0] or any(c.isspace() or c == "/" for c in found[0]):
         return None
-    return host.strip("[]"), int(port)
+    return found
 
 
 _VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value

@@ -42,7 +42,7 @@ class AnnotateStage:
         self.spec = spec
         self.annotator = annotator
         self.records = self.failed = 0
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[dict[str, Any], int]] = []  # (a record's annotation, its bytes as JSON)
 
     @property
     def ref(self) -> str:
@@ -101,7 +101,7 @@ class AnnotateStage:
             if size <= MAX_RECORD_BYTES:
                 break
             _shorten(entry, MAX_RECORD_BYTES / size)
-        self._pending.append(entry)
+        self._pending.append((entry, size))
 
     def chunks(self) -> Iterator[dict[str, Any]]:
         """The annotations made since the last call, as report lines' payloads (``step``, what
@@ -109,8 +109,7 @@ class AnnotateStage:
         pending, self._pending = self._pending, []
         chunk: list[dict[str, Any]] = []
         size = 0
-        for entry in pending:
-            length = len(json.dumps(entry))
+        for entry, length in pending:
             if chunk and size + length > CHUNK_BYTES:
                 yield self._chunk(chunk)
                 chunk, size = [], 0

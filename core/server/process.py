@@ -36,6 +36,7 @@ from runink.core.events import emit_lineage
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
+from runink.core.model import split_address
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -310,7 +311,7 @@ def _identity_plugins(manager: PluginManager) -> bool:
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    found = split_address(text)
+    if found is None:
         raise RuninkError(f"{what} {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return found[0] or "127.0.0.1", found[1]

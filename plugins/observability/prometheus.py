@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from runink.core import metrics
 from runink.core.hookspecs import hookimpl
 from runink.core.metrics import METRICS, MetricSpec, collect
+from runink.core.model import split_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,8 +85,8 @@ class PrometheusExporter:
         address = config.metrics.address
         if address is None or self._server is not None:
             return
-        host, _, port = address.rpartition(":")
-        self.serve(host.strip("[]") or "127.0.0.1", int(port))
+        host, port = split_address(address) or ("", 0)  # (the config's pattern checked it)
+        self.serve(host or "127.0.0.1", port)
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         """Serve ``/metrics`` on ``host:port`` (port 0: any free one) from a thread of its own."""
