@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runink.core.errors import ConfigError
-from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
+from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
@@ -212,6 +212,39 @@ class RunConfig(_Section):
         description="A scenario whose invalid rows pass this percent of the rows it read fails, its outputs "
         "not published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).",
     )
+    keep_for: str | int = Field(
+        default="30d",
+        description='Past runs (their logs and records under the data dir) started longer ago than this go: "30d", '
+        '"12h" (0: kept whatever their age). Applied after each run and by `runink jobs prune`.',
+    )
+    keep_size: str | int = Field(
+        default="5GiB",
+        description='Past runs go, oldest first, while all runs take more than this: "5GiB", "500Mi" (0: no bound).',
+    )
+
+    @field_validator("keep_for")
+    @classmethod
+    def _keep_for_parses(cls, value: str | int) -> str | int:
+        if value not in (0, "0"):
+            parse_duration(value)
+        return value
+
+    @field_validator("keep_size")
+    @classmethod
+    def _keep_size_parses(cls, value: str | int) -> str | int:
+        if not 0 <= parse_memory(value) <= MAX_MEMORY:
+            raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
+        return value
+
+    @property
+    def keep_for_seconds(self) -> float | None:
+        """None: no bound on age."""
+        return None if self.keep_for in (0, "0") else parse_duration(self.keep_for)
+
+    @property
+    def keep_size_bytes(self) -> int | None:
+        """None: no bound on size."""
+        return parse_memory(self.keep_size) or None
 
 
 class RuninkConfig(_Section):

@@ -54,6 +54,34 @@ def split_address(text: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+#: a duration's upper bound: beyond it a value is a typo (or an attack) that would only
+#: surface as a crash where it is used (a timer)
+MAX_DURATION = 366 * 86400.0
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a number of seconds.
+
+    Positive, finite and at most 366 days; raises ValueError naming the value otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds > 0:  # also NaN
+        raise ValueError(f"invalid duration {value!r}: must be positive")
+    if not seconds <= MAX_DURATION:  # also inf
+        raise ValueError(f"invalid duration {value!r}: at most 366 days")
+    return seconds
+
+
 def parse_memory(value: str | int | float) -> int:
     """Bytes from ``"256Mi"``, ``"1G"``, ``"512k"`` or a plain number of bytes.
 

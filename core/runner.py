@@ -12,6 +12,7 @@ between the two deployments because there is one copy of it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -31,15 +32,20 @@ from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
 from runink.core.control.records import Amount, Herd, JobRecord, RunState, TaskRecord
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
+from runink.core.control.views import job_answer
 from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
 from runink.core.events import export_log
+from runink.core.history import RunHistory, RunRecorder
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.executor import Executor
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.model import MAX_MEMORY, LogEntry, ScenarioState, check_name
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.plugins import PluginManager
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY = 60.0  # seconds: past runs are pruned after a run at most this often
 
 
 @dataclass
@@ -118,19 +124,35 @@ class LocalRunner:
             scenarios=runs,
         )
         plane = self._plane = _EmbeddedPlane(self, this_run)
+        recorder = RunRecorder(this_run.work, run_id, pipeline.name, str(pipeline.file or pipeline.base_dir))
+        job: JobRecord | None = None
         try:
             with logs.correlation(run=run_id):
                 job = plane.submit()
                 with logs.correlation(job=job.id):
-                    self._follow(plane, job, result)
+                    self._follow(plane, job, result, recorder)
         finally:
             self._plane = None
+            if job is not None:  # kept for `runink jobs list`, `status` and `logs` (core/history.py)
+                _record(recorder, plane, job, result, final=True)
             plane.close()
         result.finished = time.time()
         self.on_update(result)
+        self._prune(run_id)
         return result
 
-    def _follow(self, plane: _EmbeddedPlane, job: JobRecord, result: RunResult) -> None:
+    def _prune(self, run_id: str) -> None:
+        """Past runs beyond ``[run] keep_for`` and ``keep_size`` go (this one stays), once a
+        minute at most."""
+        kept = self.config.run
+        history = RunHistory(self.config.data_dir)
+        try:
+            if history.due(PRUNE_EVERY):
+                history.prune(older_than=kept.keep_for_seconds, max_bytes=kept.keep_size_bytes, keep=(run_id,))
+        except OSError as exc:  # the run itself went well: say so and go on
+            log.warning("could not prune past runs in %s: %s", self.config.data_dir, exc)
+
+    def _follow(self, plane: _EmbeddedPlane, job: JobRecord, result: RunResult, recorder: RunRecorder) -> None:
         """Drive the plane until every task of the job ended: a scheduler pass, an agent round,
         the scenarios' states from their tasks'; again at once when something changed, else
         when a slice ends (the agent's ``wake``) or after a short while (retries' backoff)."""
@@ -148,6 +170,8 @@ class LocalRunner:
             now = {t.id: (t.state, t.attempt) for t in tasks}
             for task in tasks:
                 self._apply(task, result, names)
+            if now != seen:
+                _record(recorder, plane, job, result)
             self.on_update(result)
             if all(t.state.final for t in tasks) and not plane.agent.running:
                 return
@@ -182,6 +206,52 @@ class LocalRunner:
 
     def _log(self, level: str, message: str, herd: str, scenario: str) -> None:
         export_log(self.manager, LogEntry(message, level, "runner", {"herd": herd, "scenario": scenario}))  # type: ignore[arg-type]
+
+
+def _record(
+    recorder: RunRecorder, plane: _EmbeddedPlane, job: JobRecord, result: RunResult, *, final: bool = False
+) -> None:
+    """Write the run's record: its job as the API answers it, where each attempt's output is,
+    what each scenario read and wrote. A disk that refuses it costs the record, not the run."""
+    names = {task_id: name for name, task_id in plane.task_ids.items()}
+    runs = {r.name: r for r in result.scenarios}
+    logs: dict[str, dict[str, str]] = {}
+    for task_id, name in names.items():
+        run = runs[name]
+        if run.log_dir and run.attempts:  # (each attempt's folder is named as core/agent/scenarios.py does)
+            folder = Path(run.log_dir).parent.name
+            logs[task_id] = {str(n): f"{folder}/attempt-{n}" for n in range(1, run.attempts + 1)}
+    try:
+        recorder.write(job_answer(plane.store, job.id, explain=True), logs, _datasets(plane.run, result), final=final)
+    except OSError as exc:
+        log.warning("run %s: could not write its record in %s: %s", result.run_id, recorder.work, exc)
+
+
+def _datasets(run: PipelineRun, result: RunResult) -> list[dict[str, Any]]:
+    """What each scenario that started read and, once it succeeded, wrote, with row counts:
+    the shape of the catalog's ``GET /v1/catalog/jobs/{id}``."""
+    found = []
+    for item in run.compiled.scenarios:
+        scenario = next(r for r in result.scenarios if r.name == item.name)
+        if scenario.started is None:
+            continue
+        wrote = []
+        if scenario.state is ScenarioState.SUCCEEDED:
+            invalid = {s.ref.key for s in item.sinks if s.when != "valid"}
+            wrote = [
+                {"uri": ref.canonical(), "rows": scenario.rows_invalid if ref.key in invalid else scenario.rows_out}
+                for ref in item.outputs
+            ]
+        found.append(
+            {
+                "scenario": item.name,
+                "run": scenario.task_id,
+                "state": scenario.state.value,
+                "read": [{"uri": item.source.canonical(), "rows": scenario.rows_in}],
+                "wrote": wrote,
+            }
+        )
+    return found
 
 
 def _state_of(result: RunResult, name: str) -> ScenarioState:

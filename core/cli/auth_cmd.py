@@ -23,7 +23,7 @@ token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_arg
 
 def _duration(text: str) -> float:
     """Seconds of ``30m``, ``1h``, ``7d`` or a plain number of seconds (the DSL's durations)."""
-    from runink.core.pipeline.model import parse_duration
+    from runink.core.model import parse_duration
 
     try:
         return parse_duration(text)

@@ -14,10 +14,11 @@ from typing import Any, BinaryIO
 import typer
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
+from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
-from runink.core.model import parse_memory
-from runink.core.pipeline.model import parse_duration
+from runink.core.history import RUN_ID
+from runink.core.model import parse_duration, parse_memory
 
 SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
@@ -29,10 +30,11 @@ FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "
 EXIT_OF_STATE = {"OOMKILLED": 137, "DEADLINE_EXCEEDED": 124, "CANCELLED": 130}
 OUTPUT_POLL = 0.2  # seconds between reads of a running job's output
 JOB_WAIT = 5.0  # seconds one read of a job waits on the server for its next change
+MAX_READS = 256  # reads of one stream per poll: what a slice writes faster than it is read waits
 
 herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Jobs: list them.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: list them; prune the runs kept on this machine.", no_args_is_help=True)
 
 
 @contextmanager
@@ -45,6 +47,43 @@ def _client(ctx: typer.Context, server: str | None) -> Iterator[ClusterClient]:
         yield client
     finally:
         client.close()
+
+
+def _data_dir(ctx: typer.Context) -> Path:
+    from runink.core.config import default_data_dir
+
+    config = ctx.obj.try_config()
+    return Path(config.data_dir) if config is not None else default_data_dir()
+
+
+def _has_cluster(ctx: typer.Context, server: str | None) -> bool:
+    """Whether a cluster is named (--server, $RUNINK_SERVER, the config, `runink up`)."""
+    config = ctx.obj.try_config()
+    try:
+        server_addresses(server, config.cluster.server if config is not None else None)
+    except ClusterError:
+        return False
+    return True
+
+
+@contextmanager
+def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator[ClusterClient | LocalRuns]:
+    """Who knows the job: a run ``runink run`` kept on this machine (named by its job id or its
+    run id), else the cluster. With a cluster named, it is asked first; a job it does not know
+    is looked for among the kept runs."""
+    local = LocalRuns(_data_dir(ctx))
+    if RUN_ID.match(job_id) or not _has_cluster(ctx, server):
+        yield local
+        return
+    with _client(ctx, server) as client:
+        try:
+            client.call("GET", f"/v1/jobs/{job_id}")
+        except ClusterError as exc:
+            if exc.status != 404 or local.history.find(job_id) is None:
+                raise
+            yield local
+            return
+        yield client
 
 
 def _amount(value: str | None, what: str, parse: Any) -> Any:
@@ -222,7 +261,7 @@ class Output:
     through rich, which would read markup in it), from where the last read ended. When the task
     runs again (a retry), its new attempt's output follows from its start."""
 
-    def __init__(self, client: ClusterClient, job_id: str, streams: dict[str, BinaryIO]) -> None:
+    def __init__(self, client: ClusterClient | LocalRuns, job_id: str, streams: dict[str, BinaryIO]) -> None:
         self.client = client
         self.job_id = job_id
         self.streams = streams
@@ -240,6 +279,13 @@ class Output:
         final, what was written is all of the output that is kept)."""
         state = ""
         for stream, out in self.streams.items():
+            state = state or self._poll_stream(stream, out)
+        return state
+
+    def _poll_stream(self, stream: str, out: BinaryIO) -> str:
+        """Write what ``stream`` has new; the job's state as its first read said."""
+        state = ""
+        for _ in range(MAX_READS):
             answer = self._read(stream)
             if answer["attempt"] != self.attempts[stream]:
                 if self.attempts[stream] is not None and self.offsets[stream]:
@@ -260,6 +306,8 @@ class Output:
                 out.write(data)
                 out.flush()
             self.offsets[stream] = answer["next_offset"]
+            if not answer.get("more"):  # (a kept run's log answers in pieces; a server keeps one tail)
+                break
         return state
 
 
@@ -271,10 +319,11 @@ def logs_command(
     server: str | None = SERVER,
     json_output: bool = typer.Option(False, "--json", help="Print the API's answer (data in base64; no --follow)."),
 ) -> None:
-    """A job's output (the last bytes the server keeps of it), written as the command wrote it."""
+    """A job's output (the last bytes the server keeps of it; all of it for a run of `runink run`
+    on this machine), written as the command wrote it."""
     if stream not in ("stdout", "stderr"):
         raise typer.BadParameter(f"{stream!r}: expected stdout or stderr", param_hint="--stream")
-    with _client(ctx, server) as client:
+    with _job_client(ctx, server, job_id) as client:
         if json_output:
             print_json(client.call("GET", f"/v1/jobs/{job_id}/logs", stream=stream))
             return
@@ -286,7 +335,7 @@ def logs_command(
             time.sleep(OUTPUT_POLL)
 
 
-def _datasets(client: ClusterClient, job_id: str) -> list[dict[str, Any]] | None:
+def _datasets(client: ClusterClient | LocalRuns, job_id: str) -> list[dict[str, Any]] | None:
     """What the job's scenarios read and wrote, from the servers' lineage catalog (None: the
     servers keep none, their `catalog` plugin being off)."""
     try:
@@ -309,8 +358,9 @@ def status_command(
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """A job, its tasks and their transitions."""
-    with _client(ctx, server) as client:
+    """A job, its tasks and their transitions: a cluster's, or a run of `runink run` on this
+    machine (its job id or run id)."""
+    with _job_client(ctx, server, job_id) as client:
         answer = client.call("GET", f"/v1/jobs/{job_id}", explain="true" if explain else None)
         if answer["job"].get("kind") == "pipeline":
             answer["datasets"] = _datasets(client, job_id)
@@ -388,8 +438,9 @@ def cancel_command(
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Cancel a job: its running slices are stopped, its waiting tasks never start."""
-    with _client(ctx, server) as client:
+    """Cancel a job: its running slices are stopped, its waiting tasks never start. A run of
+    `runink run` on this machine is stopped as Ctrl-C stops it."""
+    with _job_client(ctx, server, job_id) as client:
         answer = client.call("POST", f"/v1/jobs/{job_id}/cancel")
     print_json(answer) if json_output else print(f"{job_id}: cancelled")
 
@@ -399,18 +450,89 @@ def jobs_list(
     ctx: typer.Context,
     herd: str | None = typer.Option(None, "--herd", help="Only this herd's jobs."),
     state: str | None = typer.Option(None, "--state", help="Only jobs in this state (e.g. RUNNING)."),
+    local: bool = typer.Option(
+        False, "--local", help="The runs of `runink run` kept on this machine (the default when no cluster is named)."
+    ),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Jobs, newest last."""
-    with _client(ctx, server) as client:
-        answer = client.call("GET", "/v1/jobs", herd=herd, state=state.upper() if state else None)
-    jobs = answer["jobs"] if isinstance(answer, dict) else answer
+    """Jobs, newest last: a cluster's, or the runs of `runink run` kept on this machine."""
+    wanted = state.upper() if state else None
+    if local or not _has_cluster(ctx, server):
+        runs = LocalRuns(_data_dir(ctx))
+        jobs = runs.call("GET", "/v1/jobs", herd=herd, state=wanted)["jobs"]
+        title = f"jobs: runs of `runink run` kept in {runs.history.runs}"
+    else:
+        with _client(ctx, server) as client:
+            answer = client.call("GET", "/v1/jobs", herd=herd, state=wanted)
+        jobs = answer["jobs"] if isinstance(answer, dict) else answer
+        title = "jobs"
     if json_output:
         print_json(jobs)
         return
     rows = [(j["id"], j["herd"], j["kind"], j["state"], _when(j["submitted"]), len(j["tasks"])) for j in jobs]
-    print_table("jobs", ["JOB", "HERD", "KIND", "STATE", "SUBMITTED", "TASKS"], rows)
+    print_table(title, ["JOB", "HERD", "KIND", "STATE", "SUBMITTED", "TASKS"], rows)
+
+
+@jobs_app.command("prune")
+def jobs_prune(
+    ctx: typer.Context,
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help='Remove ended runs started longer ago than this, e.g. "7d" (default: [run] keep_for).',
+    ),
+    max_size: str | None = typer.Option(
+        None,
+        "--max-size",
+        help='Then the oldest, while runs take more than this, e.g. "1GiB" (default: [run] keep_size).',
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; remove nothing."),
+    json_output: bool = JSON,
+) -> None:
+    """Remove the runs of `runink run` kept on this machine (their records, logs and work dirs;
+    never their outputs) by age and size. A run still running stays."""
+    from runink.core.config import RunConfig
+    from runink.core.history import RunHistory
+
+    config = ctx.obj.config()
+    try:  # (the options as the config's keys read them: "0" is no bound)
+        bounds = RunConfig(
+            keep_for=older_than if older_than is not None else config.run.keep_for,
+            keep_size=max_size if max_size is not None else config.run.keep_size,
+        )
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") else {}
+        hint = "--older-than" if first.get("loc", ("",))[0] == "keep_for" else "--max-size"
+        raise typer.BadParameter(str(first.get("msg", exc)).removeprefix("Value error, "), param_hint=hint) from None
+    history = RunHistory(config.data_dir)
+    removed = history.prune(older_than=bounds.keep_for_seconds, max_bytes=bounds.keep_size_bytes, dry_run=dry_run)
+    if json_output:
+        print_json(
+            {
+                "dry_run": dry_run,
+                "removed": [
+                    {"run": kept.run_id, "job": kept.job_id, "bytes": size, "why": why} for kept, size, why in removed
+                ],
+                "bytes": sum(size for _, size, _ in removed),
+            }
+        )
+        return
+    verb = "would remove" if dry_run else "removed"
+    print_table(
+        f"runs kept in {history.runs}: {verb} {len(removed)} ({_size(sum(size for _, size, _ in removed))})",
+        ["RUN", "JOB", "STARTED", "SIZE", "WHY"],
+        [
+            (
+                kept.run_id,
+                kept.job_id or "-",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(kept.started)),
+                _size(size),
+                why,
+            )
+            for kept, size, why in removed
+        ],
+    )
 
 
 # --- herds ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 
 from runink.core.errors import RuninkError
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
-from runink.core.model import check_name
+from runink.core.model import check_name, parse_duration
 from runink.core.pipeline.model import (
     AnnotateStep,
     CommandStep,
@@ -47,7 +47,6 @@ from runink.core.pipeline.model import (
     Sink,
     Source,
     StepRef,
-    parse_duration,
 )
 
 

@@ -15,44 +15,17 @@ Built by the .dsl parser or in Python with ``PipelineBuilder``::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from runink.core.command_step import step_name
-from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_memory
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
+from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
 
 #: Upper bounds of what a requirement can sensibly be; beyond them a value is a typo (or an
 #: attack) that would only surface as a crash where it is used (a cgroup write, a timer).
-MAX_DURATION = 366 * 86400.0
 MAX_CPU = 65536.0
 MAX_GPU = 1024
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``"10m"``, ``"90s"``, ``"1.5h"``, ``"250ms"`` or a number of seconds.
-
-    Positive, finite and at most 366 days; raises ValueError naming the value otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(value)
-        if not match:
-            raise ValueError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 2h)")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if not seconds > 0:  # also NaN
-        raise ValueError(f"invalid duration {value!r}: must be positive")
-    if not seconds <= MAX_DURATION:  # also inf
-        raise ValueError(f"invalid duration {value!r}: at most 366 days")
-    return seconds
 
 
 @dataclass(frozen=True)

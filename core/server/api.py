@@ -36,17 +36,17 @@ from runink.core.control.records import (
     MAX_PIPELINE_TASKS,
     Amount,
     Herd,
+    JobRecord,
     NodeRecord,
-    NodeUsage,
     PipelineTask,
     Quota,
-    Record,
     RunState,
     SecretNames,
     TaskRecord,
 )
 from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
+from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import BarnError, RuninkError
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
@@ -314,16 +314,6 @@ def validation_detail(errors: Sequence[Any]) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-#: never answered: a node's incarnation is its agent's credential (a heartbeat carrying it
-#: ties a gRPC stream to the node)
-SECRET_FIELDS: dict[type[Record], set[str]] = {NodeRecord: {"incarnation"}}
-
-
-def _dump(record: Record, exclude: set[str] | None = None) -> dict[str, Any]:
-    hidden = (exclude or set()) | SECRET_FIELDS.get(type(record), set())
-    return record.model_dump(mode="json", exclude=hidden or None)
-
-
 def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
     """What these tasks hold while SCHEDULED or RUNNING: their resources and slice count."""
     held = [t for t in tasks if t.state in (RunState.SCHEDULED, RunState.RUNNING)]
@@ -334,25 +324,6 @@ def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
         "pids": sum(t.resources.pids for t in held),
         "slices": len(held),
     }
-
-
-def _running_usage(store: ClusterStore, tasks: list[TaskRecord]) -> dict[str, dict[str, Any]]:
-    """The last usage sample of each RUNNING task, by task id: its node's, of its attempt."""
-    found: dict[str, dict[str, Any]] = {}
-    nodes: dict[str, NodeUsage | None] = {}
-    for task in tasks:
-        if task.state is not RunState.RUNNING or task.node is None:
-            continue
-        if task.node not in nodes:
-            try:
-                nodes[task.node] = store.node(task.node).record.usage
-            except NotFound:
-                nodes[task.node] = None
-        sample = nodes[task.node]
-        use = None if sample is None else sample.tasks.get(task.id)
-        if sample is not None and use is not None and use.attempt == task.attempt:
-            found[task.id] = {**use.model_dump(mode="json"), "at": sample.at}
-    return found
 
 
 def _caller(request: Request) -> Identity:
@@ -509,20 +480,20 @@ def create_app(
         auth.check(identity, "herds.create", f"herds/{body.name}", CLUSTER)
         herd = Herd(name=body.name, quota=Quota(**body.quota.model_dump()))
         store.create_herd(herd)
-        return _dump(herd)
+        return dump_record(herd)
 
     @app.get("/v1/herds", openapi_extra=action("herds.read"))
     def list_herds(identity: Caller) -> dict[str, Any]:
         """The herds the caller may read."""
         readable = [h for h in store.herds() if auth.decide(identity, "herds.read", f"herds/{h.name}", h.name).allowed]
-        return {"herds": [_dump(h) for h in readable]}
+        return {"herds": [dump_record(h) for h in readable]}
 
     @app.get("/v1/herds/{name}", openapi_extra=action("herds.read"))
     def describe_herd(name: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "herds.read", f"herds/{name}", name)
         herd = store.herd(name).record
         use = _use([v.record for v in store.live() if v.record.herd == name])  # (not every task ever run)
-        return {**_dump(herd), "used": use}
+        return {**dump_record(herd), "used": use}
 
     @app.delete("/v1/herds/{name}", status_code=204, openapi_extra=action("herds.delete"))
     def remove_herd(name: NamePath, identity: Caller) -> None:
@@ -683,14 +654,14 @@ def create_app(
                 secrets_env=body.secrets_env,
                 also=audit,
             )
-        return {"job": _dump(job)}
+        return {"job": dump_record(job)}
 
     @app.post("/v1/pipelines", status_code=201, openapi_extra=action("jobs.submit"))
     def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
         with auth.change(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd) as audit:
             # what the records refuse after this (a scenario twice, quota, fit) is a 409
             job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority, also=audit)
-        return {"job": _dump(job)}
+        return {"job": dump_record(job)}
 
     @app.get("/v1/jobs", openapi_extra=action("jobs.read"))
     def list_jobs(
@@ -706,7 +677,7 @@ def create_app(
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
             jobs = [j for name in names for j in store.jobs(name)]
-        return {"jobs": [_dump(j) for j in jobs if state is None or j.state is state]}
+        return {"jobs": [dump_record(j) for j in jobs if state is None or j.state is state]}
 
     @app.get("/v1/jobs/{job_id}", openapi_extra=action("jobs.read"))
     async def describe_job(
@@ -721,14 +692,10 @@ def create_app(
         past ``REV`` (its state changed), or after ``S`` seconds as it is; no polling needed."""
 
         def read() -> dict[str, Any]:
-            found = store.job(job_id)
-            job = found.record
-            auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
-            hidden = None if explain else {"explain", "pending_reason"}
-            tasks = [v.record for v in store.job_tasks(job)]
-            usage = _running_usage(store, tasks)
-            listed = [{**_dump(t, hidden), "usage": usage.get(t.id)} for t in tasks]
-            return {"job": _dump(job), "revision": found.revision, "tasks": listed}
+            def may_read(job: JobRecord) -> None:
+                auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
+
+            return job_answer(store, job_id, explain=explain, check=may_read)
 
         if not wait or job_waits is None:
             return await run_in_threadpool(read)
@@ -786,12 +753,12 @@ def create_app(
     @app.post("/v1/jobs/{job_id}/cancel", openapi_extra=action("jobs.cancel"))
     def cancel_job(job_id: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "jobs.cancel", f"jobs/{job_id}", store.job(job_id).record.herd)
-        return {"job": _dump(lifecycle.cancel(job_id))}
+        return {"job": dump_record(lifecycle.cancel(job_id))}
 
     # --- nodes -------------------------------------------------------------------------
 
     def node_view(node: NodeRecord, tasks: list[TaskRecord]) -> dict[str, Any]:
-        return {**_dump(node), "used": _use([t for t in tasks if t.node == node.id])}
+        return {**dump_record(node), "used": _use([t for t in tasks if t.node == node.id])}
 
     @app.get("/v1/nodes", openapi_extra=action("nodes.read"))
     def list_nodes(identity: Caller) -> dict[str, Any]:
@@ -861,16 +828,16 @@ def create_app(
     @app.post("/v1/nodes/{node_id}/cordon", openapi_extra=action("nodes.manage"))
     def cordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
-        return _dump(lifecycle.cordon(node_id))
+        return dump_record(lifecycle.cordon(node_id))
 
     @app.post("/v1/nodes/{node_id}/uncordon", openapi_extra=action("nodes.manage"))
     def uncordon(node_id: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
-        return _dump(lifecycle.uncordon(node_id))
+        return dump_record(lifecycle.uncordon(node_id))
 
     @app.post("/v1/nodes/{node_id}/drain", openapi_extra=action("nodes.manage"))
     def drain(node_id: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "nodes.manage", f"nodes/{node_id}", CLUSTER)
-        return _dump(lifecycle.drain(node_id))
+        return dump_record(lifecycle.drain(node_id))
 
     return app

@@ -1,0 +1,424 @@
+"""Runs of ``runink run`` kept under the data directory: found again by ``runink jobs list``,
+``status``, ``logs`` and ``cancel`` while and after they run, and pruned by age and size.
+
+Each run keeps ``runs/<run id>/run.json`` in the data directory: its job and tasks as the
+cluster's API answers them (core/control/views.py), the folder of each attempt's output (its
+``stdout.log`` and ``stderr.log``), the datasets each scenario read and wrote, and the process
+running it. The runner rewrites the file whenever a task changes state (a temp file renamed
+over it: a reader sees the old one or the new one, never half of one) and once more at the
+end, with the run folder's size. A run whose process ended before its job did (killed with
+SIGKILL, the machine stopped) reads as FAILED, saying so.
+
+Everything here reads what a slice could have touched (its attempt's folder is beside its
+work dir) as untrusted: no link is followed, nothing is read unbounded or blocking, and every
+field of a record is checked before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
+RECORD = "run.json"
+PRUNED_STAMP = ".pruned"  # its time: when runs were last pruned after a run
+FORMAT = 1
+#: bytes of a run's record read at most (a 1,000-task pipeline's is ~1.5 MiB)
+MAX_RECORD = 8 * 1024 * 1024
+#: bytes of output one read returns (the CLI reads on until it has all of it)
+READ_BYTES = 256 * 1024
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,199}$")
+LOG_DIR = re.compile(r"^[a-z0-9-]{1,40}/attempt-[0-9]{1,9}$")  # as core/agent/scenarios.py names them
+STREAMS = ("stdout", "stderr")
+FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "SKIPPED"}
+#: seconds a run's folder without a record is left alone (a run starting writes one at once)
+UNRECORDED_GRACE = 3600.0
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class HistoryError(Exception):
+    """A kept run cannot be read as asked (an unknown task, a stream never written)."""
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc's), or None if there is no
+    such process: with the pid it names one process, not whichever reuses the pid later."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as file:
+            text = file.read(4096)
+    except (OSError, ValueError):
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: fields count from its end
+        return int(text[text.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def runs_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / RUNS
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed, not counted)."""
+    total = 0
+    for root, dirs, files in os.walk(path):  # (os.walk follows no link to a folder by default)
+        for name in files + dirs:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_blocks * 512 if info.st_blocks else info.st_size
+    return total
+
+
+# --- writing: the runner's side ------------------------------------------------------------
+
+
+class RunRecorder:
+    """Keeps one run's record up to date in its folder (``work``, the run's work dir)."""
+
+    def __init__(self, work: Path, run_id: str, pipeline: str, file: str) -> None:
+        self.work = work
+        self.base = {
+            "format": FORMAT,
+            "run": run_id,
+            "pipeline": pipeline,
+            "file": file,
+            "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
+            "started": time.time(),
+        }
+
+    def write(
+        self,
+        answer: dict[str, Any],
+        logs: dict[str, dict[str, str]],
+        datasets: list[dict[str, Any]],
+        *,
+        final: bool = False,
+    ) -> None:
+        """Replace the record: ``answer`` is the job's as ``job_answer`` gives it (explained),
+        ``logs`` each task's attempts' folders (relative to the run's), ``datasets`` what each
+        scenario read and wrote. ``final``: the run ended; its folder's size is recorded."""
+        record = {**self.base, "answer": answer, "logs": logs, "datasets": datasets, "updated": time.time()}
+        if final:
+            record["ended"] = True
+            record["size"] = folder_size(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        temp = self.work / f".{RECORD}.{os.getpid()}.tmp"
+        data = json.dumps(record, separators=(",", ":")).encode()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            if final:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.work / RECORD)
+
+
+# --- reading: the CLI's side -----------------------------------------------------------------
+
+
+def _read_bounded(fd: int, limit: int) -> bytes:
+    chunks = []
+    left = limit + 1
+    while left > 0:
+        data = os.read(fd, min(left, 1024 * 1024))
+        if not data:
+            break
+        chunks.append(data)
+        left -= len(data)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _opened(folder: Path, parts: tuple[str, ...], *, directory: bool = False) -> Iterator[int]:
+    """An fd of ``folder/parts...``, no link followed on the way nor at the end; a file must be
+    regular (opened without blocking). OSError otherwise."""
+    fd = os.open(folder, _DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = _DIRECTORY if (directory or not last) else _FILE
+            step = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        if not directory and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{folder.joinpath(*parts)}: not a regular file")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _str(value: object, what: str, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+        raise ValueError(f"{what}: not what a run's record holds")
+    return value
+
+
+@dataclass
+class KeptRun:
+    """One run's folder and its record (``record`` None: a run that left no readable record,
+    e.g. one made by an older Runink or killed before it wrote one)."""
+
+    run_id: str
+    path: Path
+    record: dict[str, Any] | None
+    mtime: float
+    problem: str | None = None  # why the record could not be read
+    _alive: bool | None = field(default=None, repr=False)
+
+    @property
+    def job(self) -> dict[str, Any] | None:
+        return self.record["answer"]["job"] if self.record else None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job["id"] if self.job else None
+
+    @property
+    def started(self) -> float:
+        return float(self.record["started"]) if self.record else self.mtime
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process running it is still there (the same process: its start time
+        is checked, not only its pid)."""
+        if self._alive is None:
+            record = self.record or {}
+            pid, start = record.get("pid"), record.get("pid_start")
+            self._alive = (
+                not record.get("ended")
+                and type(pid) is int
+                and pid > 0
+                and start is not None
+                and process_start(pid) == start
+            )
+        return bool(self._alive)
+
+    @property
+    def ended(self) -> bool:
+        """Its job ended, or it never will (its process is gone)."""
+        return not self.alive
+
+    def answer(self, *, explain: bool = False) -> dict[str, Any]:
+        """The job as ``GET /v1/jobs/{id}`` answers it. A run whose process is gone before its
+        job ended reads as FAILED, its unfinished tasks saying why."""
+        if self.record is None:
+            raise HistoryError(f"run {self.run_id}: {self.problem or 'no record'}")
+        answer: dict[str, Any] = json.loads(json.dumps(self.record["answer"]))  # (a copy to change)
+        job = answer["job"]
+        if job["state"] not in FINAL and not self.alive:
+            why = f"the runink run process (pid {self.record.get('pid')}) ended before this task did"
+            for task in answer["tasks"]:
+                if task.get("state") not in FINAL:
+                    task.update(state="FAILED", message=why, usage=None)
+            job.update(state="FAILED", finished=job.get("finished") or self.record.get("updated"))
+        if not explain:
+            for task in answer["tasks"]:
+                task.pop("explain", None)
+                task.pop("pending_reason", None)
+        return answer
+
+    def size(self) -> int:
+        recorded = (self.record or {}).get("size")
+        return recorded if type(recorded) is int and recorded >= 0 else folder_size(self.path)
+
+    def read_log(self, task_id: str | None, stream: str, offset: int, attempt: int | None) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}/logs``'s answer from the attempt's log file: at most READ_BYTES
+        from ``offset``; ``more``: there is more to read now."""
+        if stream not in STREAMS:
+            raise HistoryError(f"stream {stream!r}: expected stdout or stderr")
+        answer = self.answer()
+        job = answer["job"]
+        task_id = task_id or job["tasks"][0]
+        task = next((t for t in answer["tasks"] if t["id"] == task_id), None)
+        if task is None:
+            raise HistoryError(f"task {task_id!r}: not a task of job {job['id']}")
+        number = int(task["attempt"]) if attempt is None else attempt
+        data, end = b"", 0
+        relative = ((self.record or {}).get("logs") or {}).get(task_id, {}).get(str(number))
+        if number > 0 and relative is not None:
+            parts = (*_str(relative, "an attempt's folder", LOG_DIR).split("/"), f"{stream}.log")
+            try:
+                with _opened(self.path, parts) as fd:
+                    end = os.fstat(fd).st_size
+                    if offset < end:
+                        data = os.pread(fd, min(READ_BYTES, end - offset), offset)
+            except FileNotFoundError:
+                pass  # not written (yet)
+            except OSError as exc:
+                log.warning("run %s: cannot read %s of task %s: %s", self.run_id, stream, task_id, exc)
+        start = min(offset, end)
+        return {
+            "job": job["id"],
+            "state": job["state"],
+            "task": task_id,
+            "attempt": number,
+            "stream": stream,
+            "offset": start,
+            "next_offset": start + len(data),
+            "dropped": 0,
+            "kept_bytes": end,
+            "more": start + len(data) < end,
+            "data": data,
+        }
+
+
+def _load(runs: Path, name: str) -> KeptRun | None:
+    """The run in ``runs/name``; None when ``name`` is not a run's folder."""
+    if not RUN_ID.match(name):
+        return None
+    path = runs / name
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None  # a link or a file: not one Runink made
+    kept = KeptRun(name, path, None, info.st_mtime)
+    try:
+        with _opened(path, (RECORD,)) as fd:
+            data = _read_bounded(fd, MAX_RECORD)
+        if len(data) > MAX_RECORD:
+            raise ValueError(f"larger than {MAX_RECORD} bytes")
+        kept.record = _checked(json.loads(data), name)
+    except FileNotFoundError:
+        kept.problem = "it left no record"
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        kept.problem = f"its record cannot be read: {exc}"
+    return kept
+
+
+def _checked(record: Any, run_id: str) -> dict[str, Any]:
+    """The record if it has the shape this module writes (the fields the readers use)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("run") != run_id:
+        raise ValueError("not a run record of this version")
+    answer = record["answer"]
+    job = answer["job"]
+    _str(job["id"], "job id", ID)
+    _str(job["herd"], "herd", ID)
+    _str(job["state"], "job state")
+    if not isinstance(job["tasks"], list) or not job["tasks"] or not isinstance(answer["tasks"], list):
+        raise ValueError("a job without tasks")
+    for task in answer["tasks"]:
+        _str(task["id"], "task id", ID)
+        if type(task["attempt"]) is not int:
+            raise ValueError("task attempt: not a number")
+    if not isinstance(record.get("logs", {}), dict) or not isinstance(record.get("datasets", []), list):
+        raise ValueError("logs or datasets: not what a run's record holds")
+    for number in ("started", "updated"):
+        if not isinstance(record.get(number), int | float):
+            raise ValueError(f"{number}: not a number")
+    return record
+
+
+class RunHistory:
+    """The runs kept under a data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.runs = runs_dir(data_dir)
+
+    def all(self) -> list[KeptRun]:
+        """Every kept run, oldest first."""
+        try:
+            names = os.listdir(self.runs)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = [kept for name in names if (kept := _load(self.runs, name)) is not None]
+        return sorted(found, key=lambda kept: (kept.started, kept.run_id))
+
+    def find(self, ident: str) -> KeptRun | None:
+        """The run with this run id or job id (None: not a run of this machine)."""
+        if RUN_ID.match(ident):
+            kept = _load(self.runs, ident)
+            return kept if kept is not None and kept.record is not None else None
+        if not ident.startswith("job-"):
+            return None
+        return next((kept for kept in self.all() if kept.job_id == ident), None)
+
+    def due(self, every: float) -> bool:
+        """Whether the last automatic prune was more than ``every`` seconds ago (and note this
+        one): each run after it pays no read of every record (~70 ms for 1,000 kept runs)."""
+        stamp = self.runs / PRUNED_STAMP
+        with contextlib.suppress(FileNotFoundError):
+            if 0 <= time.time() - os.lstat(stamp).st_mtime < every:
+                return False
+        self.runs.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.utime(stamp, follow_symlinks=False)
+        return True
+
+    def prune(
+        self,
+        *,
+        older_than: float | None,
+        max_bytes: int | None,
+        dry_run: bool = False,
+        keep: tuple[str, ...] = (),
+        now: float | None = None,
+    ) -> list[tuple[KeptRun, int, str]]:
+        """Remove ended runs started more than ``older_than`` seconds ago, then the oldest
+        ended ones until the rest take at most ``max_bytes``. A running one and those in
+        ``keep`` stay. Returns (run, bytes, why) of each removed (or, ``dry_run``, that would be)."""
+        now = time.time() if now is None else now
+        runs = self.all()
+        sizes = {kept.run_id: kept.size() for kept in runs}
+        total = sum(sizes.values())
+        chosen: list[tuple[KeptRun, int, str]] = []
+        for kept in runs:  # oldest first
+            if kept.run_id in keep or not kept.ended:
+                continue
+            if kept.record is None and now - kept.mtime < UNRECORDED_GRACE:
+                continue  # perhaps a run starting now, its record not written yet
+            if older_than is not None and now - kept.started > older_than:
+                why = f"older than {_age(older_than)}"
+            elif max_bytes is not None and total > max_bytes:
+                why = f"runs take more than {_bytes(max_bytes)}"
+            else:
+                continue
+            chosen.append((kept, sizes[kept.run_id], why))
+            total -= sizes[kept.run_id]
+        if not dry_run:
+            chosen = [item for item in chosen if self._remove(item[0])]
+        return chosen
+
+    def _remove(self, kept: KeptRun) -> bool:
+        """Renamed aside first (a reader sees the run whole or not at all), then removed; links
+        inside are removed, never followed. False when another process removed it meanwhile."""
+        aside = self.runs / f".pruned-{kept.run_id}-{os.getpid()}"
+        try:
+            os.rename(kept.path, aside)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
