@@ -80,6 +80,12 @@ def test_a_past_run_is_listed_its_status_and_whole_output_read(
     assert run_cli("logs", run_id, "--stream", "stderr").stdout.endswith("to stderr\n")
     piece = json.loads(run_cli("logs", job["id"], "--json").stdout)
     assert piece["more"] is True and piece["next_offset"] == len(base64.b64decode(piece["data"])) == 256 * 1024
+    # a cluster named (here one that does not answer): a job it does not know is a kept run's
+    elsewhere = run_cli("status", job["id"], "--json", env={"RUNINK_SERVER": "127.0.0.1:1"})
+    assert elsewhere.returncode == 0 and json.loads(elsewhere.stdout)["job"]["id"] == job["id"], elsewhere.stderr
+    cluster_jobs = run_cli("jobs", "list", env={"RUNINK_SERVER": "127.0.0.1:1"})
+    assert cluster_jobs.returncode == 1 and "no server answered" in cluster_jobs.stderr  # the cluster's, unless --local
+    assert job["id"] in run_cli("jobs", "list", "--local", env={"RUNINK_SERVER": "127.0.0.1:1"}).stdout
     text = run_cli("status", job["id"])
     assert "SUCCEEDED" in text.stdout and "Traceback" not in text.stderr
     unknown = run_cli("status", "job-0-00000000")

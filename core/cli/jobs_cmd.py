@@ -70,7 +70,7 @@ def _has_cluster(ctx: typer.Context, server: str | None) -> bool:
 def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator[ClusterClient | LocalRuns]:
     """Who knows the job: a run ``runink run`` kept on this machine (named by its job id or its
     run id), else the cluster. With a cluster named, it is asked first; a job it does not know
-    is looked for among the kept runs."""
+    (or could not be asked about) is looked for among the kept runs."""
     local = LocalRuns(_data_dir(ctx))
     if RUN_ID.match(job_id) or not _has_cluster(ctx, server):
         yield local
@@ -79,7 +79,7 @@ def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator
         try:
             client.call("GET", f"/v1/jobs/{job_id}")
         except ClusterError as exc:
-            if exc.status != 404 or local.history.find(job_id) is None:
+            if exc.status not in (None, 404) or local.history.find(job_id) is None:
                 raise
             yield local
             return
