@@ -5,6 +5,7 @@ invalid share passes a threshold (its outputs not published, what follows it ski
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from fixture_types import CliRunner
@@ -44,14 +45,18 @@ def test_fail_on_invalid_fails_the_scenario_and_publishes_nothing(run_cli: CliRu
 def test_without_a_terminal_a_running_scenario_says_how_far_it_is(run_cli: CliRunner, tmp_path: Path) -> None:
     project = tmp_path / "p"
     project.mkdir()
-    (project / "in.csv").write_text("id\n" + "".join(f"{i}\n" for i in range(100)))
-    (project / "steps.py").write_text("import time\ndef slow(batch):\n    time.sleep(6)\n    return batch\n")
+    # 8 blocks of 1 KiB, a second each: after 5 s the line says how much is read and what is left
+    (project / "in.csv").write_text("id,pad\n" + "".join(f"{i:07d},{'x' * 24}\n" for i in range(256)))
+    (project / "steps.py").write_text("import time\ndef slow(batch):\n    time.sleep(1)\n    return batch\n")
     (project / "p.dsl").write_text(
-        'Feature: Slow\n  Scenario: Crawl\n    @source("csv://in.csv")\n    @step("steps:slow")\n'
+        'Feature: Slow\n  Scenario: Crawl\n    @source("csv://in.csv", block_size=1024)\n    @step("steps:slow")\n'
         '    @sink("csv://out.csv")\n'
     )
     out = run_cli("run", "p.dsl", cwd=project)  # (stderr a pipe: no live table)
     assert out.returncode == 0, out.stderr
     progress = [line for line in out.stderr.splitlines() if "Crawl: rows in" in line]
-    assert progress and progress[0].endswith("rows/s)"), out.stderr
+    assert progress, out.stderr
+    pace = re.search(r"\(([\d,]+) rows/s; (\d+)% read, (\d+)s left\)$", progress[0])
+    assert pace is not None, progress[0]
+    assert 30 <= int(pace[2]) <= 95 and 1 <= int(pace[3]) <= 10, progress[0]
     assert "Crawl: running" in out.stderr and "Crawl: succeeded" in out.stderr

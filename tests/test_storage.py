@@ -170,3 +170,23 @@ def test_jsonl_deep_nesting_and_overlong_lines_are_dead_letters(
         (3, "nested deeper than 512 levels"),
         (5, f"line longer than {1 << 20} bytes"),
     ]
+
+
+READ_IN_PIECES = [("csv", {"block_size": 1024}), ("jsonl", {"chunk_lines": 100}), ("parquet", {"batch_rows": 100})]
+
+
+@pytest.mark.parametrize(("fmt", "options"), READ_IN_PIECES)
+def test_each_batch_says_how_much_of_the_file_is_read(tmp_path: Path, fmt: str, options: dict[str, int]) -> None:
+    storage = load_driver(Storage, fmt)
+    path = tmp_path / f"data.{fmt}"
+    writer = storage.writer(path, SCHEMA)
+    writer.write(pa.RecordBatch.from_pydict({"id": list(range(1000)), "name": ["n" * 10] * 1000}, schema=SCHEMA))
+    writer.commit()
+    reads = list(storage.read(path, options=options))
+    fractions = [read.fraction for read in reads]
+    assert len(reads) >= 5 and all(f is not None for f in fractions), fractions
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0 < fractions[0] < 0.5
+    rows = 0
+    for read in reads:  # (rows and bytes grow together in these files: the share read is the share of rows)
+        rows += read.batch.num_rows
+        assert read.fraction == pytest.approx(rows / 1000, abs=0.05)

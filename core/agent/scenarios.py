@@ -69,6 +69,8 @@ class ScenarioRun:
     rows_invalid: int = 0
     rows_malformed: int = 0
     rows_out: int = 0
+    #: how much of its source the running attempt has read (0 to 1), if its storage driver knows
+    read: float | None = None
     steps: dict[str, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     dead_letters: list[str] = field(default_factory=list)  # those of outputs its invalid rows go to
@@ -333,6 +335,7 @@ class ScenarioAttempts(Executor):
             raise RuninkError(f"pipeline {ref.pipeline}: no scenario {printable(ref.scenario, 200)!r}")
         scenario = run.scenarios[item.name]
         scenario.attempts = task.attempt
+        scenario.read = None  # (an attempt reads its source from the start)
         scenario.job_id, scenario.task_id, scenario.node = task.job_id, task.id, task.node
         if scenario.started is None:
             scenario.started = time.time()
@@ -435,6 +438,9 @@ class ScenarioAttempts(Executor):
             for key in ("rows_in", "rows_valid", "rows_invalid", "rows_malformed", "rows_out"):
                 if type(event.get(key)) is int:
                     setattr(run, key, event[key])
+            read = event.get("read")
+            if type(read) in (int, float) and 0 <= read <= 1:  # (NaN fails both comparisons)
+                run.read = float(read)
             steps = event.get("steps")
             if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):
                 run.steps = {printable(str(k), 200): v for k, v in list(steps.items())[:1000]}

@@ -65,15 +65,18 @@ def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
     }
 
 
-def _table(result: RunResult) -> Table:
+def _table(result: RunResult, *, live: bool = False) -> Table:
+    """The run's table; ``live`` (while it runs): with each running scenario's share of its
+    source read and the time left, where its storage driver knows the share."""
     table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
-    numeric = {"IN", "VALID", "INVALID", "OUT", "ROWS/S", "TIME"}
-    for column in ("SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "ROWS/S", "TIME"):
+    numeric = {"IN", "VALID", "INVALID", "OUT", "ROWS/S", "TIME", "DONE", "LEFT"}
+    columns = ["SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "ROWS/S", "TIME"]
+    for column in columns + (["DONE", "LEFT"] if live else []):
         table.add_column(column, justify="right" if column in numeric else "left")
     for run in result.scenarios:
         style = STATE_STYLE.get(run.state, "red")
         steps = " > ".join(f"{ref.rsplit(':', 1)[-1]} {rows:,}" for ref, rows in run.steps.items()) or "-"
-        table.add_row(
+        row = [
             escape(run.name),
             f"[{style}]{run.state}[/]",
             f"{run.rows_in:,}",
@@ -83,13 +86,32 @@ def _table(result: RunResult) -> Table:
             f"{run.rows_out:,}",
             f"{_rate(run):,.0f}" if run.rows_in else "-",
             f"{run.elapsed:.1f}s",
-        )
+        ]
+        if live:
+            done, left = _how_far(run)
+            row += [done or "-", left or "-"]
+        table.add_row(*row)
     return table
 
 
 def _rate(run: Any) -> float:
     """Rows read per second so far."""
     return run.rows_in / run.elapsed if run.elapsed > 0 else 0.0
+
+
+def _how_far(run: Any) -> tuple[str | None, str | None]:
+    """A running scenario's share of its source read (``42%``) and the time left at its pace
+    so far (``1m05s``), when its storage driver says how much it read; the time left once a
+    percent is read (before, the slice's start would weigh too much in it)."""
+    if run.state != "RUNNING" or run.read is None:
+        return None, None
+    done = f"{run.read * 100:.0f}%"
+    if not 0.01 <= run.read < 1 or run.elapsed <= 0:  # (all read: what is left is the last batches' steps)
+        return done, None
+    seconds = round(run.elapsed * (1 - run.read) / run.read)
+    hours, rest = divmod(seconds, 3600)
+    left = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+    return done, left
 
 
 def _shown(path: str) -> str:
@@ -175,7 +197,7 @@ def run_command(
 
     def on_update(result: RunResult) -> None:
         if live is not None:
-            live.update(_table(result))
+            live.update(_table(result, live=True))
             return
         now = time.monotonic()
         for run in result.scenarios:  # not a terminal: a line per state change, progress every few seconds
@@ -188,7 +210,10 @@ def run_command(
             elif run.state == "RUNNING" and now - last_progress.get(run.name, now) >= PROGRESS_EVERY:
                 last_progress[run.name] = now
                 counts = f"rows in {run.rows_in:,}, out {run.rows_out:,}, invalid {run.rows_invalid:,}"
-                err.print(f"{stamp} {escape(run.name)}: {counts} ({_rate(run):,.0f} rows/s)", highlight=False)
+                done, left = _how_far(run)
+                pace = f"{_rate(run):,.0f} rows/s"
+                pace += (f"; {done} read" if done else "") + (f", {left} left" if left else "")
+                err.print(f"{stamp} {escape(run.name)}: {counts} ({pace})", highlight=False)
 
     from runink.core.runner import LocalRunner
 

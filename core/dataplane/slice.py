@@ -71,6 +71,7 @@ class Counters:
     rows_out: int = 0
     steps: dict[str, int] = field(default_factory=dict)
     sinks: dict[str, int] = field(default_factory=dict)
+    read: float | None = None  # how much of the source is read (0 to 1), when its driver knows
 
 
 class Reporter:
@@ -150,6 +151,8 @@ def run(spec: SliceSpec) -> int:
                 batch = read.batch
                 schemas.setdefault("input", contract.schema() if contract is not None else batch.schema)
                 counters.rows_in += batch.num_rows + len(read.malformed)
+                if read.fraction is not None:
+                    counters.read = read.fraction
                 counters.rows_malformed += len(read.malformed)
                 if contract is not None:
                     new_drift = [d for d in detect_drift(contract, batch.schema) if d not in drift_reported]
@@ -261,6 +264,7 @@ def _counts(counters: Counters) -> dict[str, Any]:
         "rows_out": counters.rows_out,
         "steps": dict(counters.steps),
         "sinks": dict(counters.sinks),
+        **({} if counters.read is None else {"read": round(counters.read, 4)}),
     }
 
 

@@ -50,6 +50,9 @@ class ReadBatch:
     batch: pa.RecordBatch
     positions: pa.Array  # int64, one per row: the line (text formats) or row number
     malformed: list[Malformed] = field(default_factory=list)
+    #: how much of the dataset is read once this batch is, from 0 to 1 (bytes of a file, rows
+    #: of a Parquet file); None: not known. `runink run` shows it as percent done and time left.
+    fraction: float | None = None
 
 
 class DatasetWriter(ABC):

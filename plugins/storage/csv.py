@@ -13,7 +13,9 @@ was blank. Only a block whose counts differ is looked at line by line.
 from __future__ import annotations
 
 import csv as stdlib_csv
+import os
 import queue
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -84,6 +86,15 @@ def _split_lines(chunk: memoryview | bytes) -> list[bytes]:
 
 def _text(line: bytes) -> str:
     return Malformed.text_of(line, MAX_TEXT)
+
+
+def _size(fh: IO[bytes]) -> int | None:
+    """The file's size, if it is a regular file (not a pipe or a device)."""
+    try:
+        info = os.fstat(fh.fileno())
+    except (OSError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_size > 0 else None
 
 
 def _blocks(fh: IO[bytes], block_size: int, line: int) -> Iterator[tuple[memoryview, int, int] | Malformed]:
@@ -368,14 +379,16 @@ class CsvStorage(Storage):
                 raise DatasetError(f"{path}:1: duplicate column names in header: {names}")
             parser = _ChunkParser(path, names, delimiter, raw)
             pending: list[Malformed] = []
+            size, consumed = _size(fh), fh.tell()  # bytes parsed so far: how far the read is
             for block in _ahead(_blocks(fh, block_size, 2)):
                 if isinstance(block, Malformed):
                     pending.append(block)
                     continue
                 read = parser.parse(*block)
-                if pending:
-                    read = ReadBatch(read.batch, read.positions, [*pending, *read.malformed])
-                    pending = []
+                consumed += len(block[0])
+                fraction = min(1.0, consumed / size) if size else None
+                read = ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
+                pending = []
                 yield read
             if pending:
                 schema = pa.schema([pa.field(n, (parser.types or {}).get(n, pa.string())) for n in names])

@@ -8,9 +8,12 @@ malformed record found before parsing; such lines are skipped in pieces, never h
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,8 @@ class JsonlStorage(Storage):
         except FileNotFoundError:
             raise DatasetError(f"source {path} does not exist") from None
         readline, limit = fh.readline, MAX_LINE_BYTES
+        info = os.fstat(fh.fileno())
+        size = info.st_size if stat.S_ISREG(info.st_mode) else 0  # how far the read is, in bytes
         try:
             line_no = 0
             while True:
@@ -100,7 +105,8 @@ class JsonlStorage(Storage):
                             break
                 if not lines and not skipped:
                     return
-                yield self._parse(lines, numbers, raw, skipped)
+                read = self._parse(lines, numbers, raw, skipped)
+                yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
 

@@ -28,9 +28,11 @@ class ParquetStorage(Storage):
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
         row = 0
+        total = file.metadata.num_rows
         for batch in file.iter_batches(batch_size=int((options or {}).get("batch_rows", BATCH_ROWS))):
-            yield ReadBatch(batch, pa.array(range(row + 1, row + 1 + batch.num_rows), pa.int64()))
+            positions = pa.array(range(row + 1, row + 1 + batch.num_rows), pa.int64())
             row += batch.num_rows
+            yield ReadBatch(batch, positions, fraction=min(1.0, row / total) if total > 0 else None)
 
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
         return ParquetWriter(path, schema, (options or {}).get("compression", "zstd"))
