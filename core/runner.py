@@ -32,6 +32,7 @@ from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
 from runink.core.control.records import Amount, Herd, JobRecord, RunState, TaskRecord
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
+from runink.core.control.transitions import TransitionLog
 from runink.core.control.views import job_answer
 from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
@@ -168,6 +169,10 @@ class LocalRunner:
             plane.agent.sync()
             tasks = [v.record for v in plane.store.job_tasks(job)]
             now = {t.id: (t.state, t.attempt) for t in tasks}
+            if now != seen:
+                for task in tasks:  # (to the log exporters: Fluentd ships them as runink.control)
+                    if seen.get(task.id) != now[task.id]:
+                        plane.transitions.task_changed(task.herd, task.id, task.model_dump(mode="json"))
             for task in tasks:
                 self._apply(task, result, names)
             if now != seen:
@@ -307,6 +312,7 @@ class _EmbeddedPlane:
         )
         self.agent.register()
         self.task_ids: dict[str, str] = {}
+        self.transitions = TransitionLog(runner.manager, whole_history=True)
 
     def _pipeline(self, task: TaskRecord) -> PipelineRun:
         if task.scenario is None or task.scenario.run != self.run.run_id:

@@ -100,14 +100,26 @@ class UpCluster:
 
 
 @contextmanager
-def up_cluster(run_cli: Any, tmp_path: Path, servers: int, agents: int) -> Iterator[UpCluster]:
+def up_cluster(
+    run_cli: Any, tmp_path: Path, servers: int, agents: int, extra_env: dict[str, str] | None = None
+) -> Iterator[UpCluster]:
     """`runink up --servers N --agents M` in ``tmp_path/cluster`` (TLS, tokens: the default), and
-    `runink down` after."""
+    `runink down` after; ``extra_env``: given to `runink up` (so to its processes) only."""
     import os
 
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    up = run_cli(
+        "up",
+        "--servers",
+        str(servers),
+        "--agents",
+        str(agents),
+        "--json",
+        "--dir",
+        str(tmp_path / "cluster"),
+        env={**env, **(extra_env or {})},
+    )
     folder = tmp_path / "cluster"
-    up = run_cli("up", "--servers", str(servers), "--agents", str(agents), "--json", "--dir", str(folder), env=env)
     assert up.returncode == 0, up.stderr
     try:
         yield UpCluster(env, folder, json.loads(up.stdout))

@@ -439,7 +439,7 @@ class ScenarioAttempts(Executor):
                 if type(event.get(key)) is int:
                     setattr(run, key, event[key])
             read = event.get("read")
-            if type(read) in (int, float) and 0 <= read <= 1:  # (NaN fails both comparisons)
+            if isinstance(read, int | float) and not isinstance(read, bool) and 0 <= read <= 1:  # (not NaN)
                 run.read = float(read)
             steps = event.get("steps")
             if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):

@@ -30,6 +30,7 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.liveness import Liveness
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
+from runink.core.control.transitions import TransitionLog
 from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import RuninkError
 from runink.core.events import emit_lineage
@@ -238,7 +239,8 @@ class Server:
         fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
-        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=LeaderCheck(barn))
+        leads = LeaderCheck(barn)
+        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads)
         self.loop.start(self._stop)
         # one watch of the herds' records: a round at once when tasks change, a job's waiting
         # readers answered when it does
@@ -246,6 +248,7 @@ class Server:
         feed = HerdsFeed(barn, self._stop)
         feed.listen(self.loop.on_change)
         feed.listen(self.job_waits.on_change)
+        feed.listen(TransitionLog(manager, leads).on_change)  # tasks' transitions, to the log exporters
         feed.on_restart(self.job_waits.reset)
         feed.start()
         tokens = self.tokens
