@@ -1,7 +1,7 @@
 """bench/pipeline/metrics_on_off: do metrics and log shipping slow a pipeline? `runink run` on
 bench/pipeline's work without either, against `runink run --metrics-port PORT` with its /metrics
 scraped every second while it runs (as Prometheus would, at a short interval) and its log
-records and slice lines shipped to a forward-protocol receiver in this process (``[log]
+records and slice lines shipped to a forward-protocol receiver in a process of its own (``[log]
 slice_output``, ``[plugin.fluentd]``), taking turns (off, on, on, off, ...).
 
     python bench/pipeline/metrics_on_off.py                 # 1M rows, 5 rounds
@@ -27,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+from forward_receiver import ForwardReceiver  # noqa: E402 (bench/)
 from lineage_sinks import WRAPPER  # noqa: E402 (beside this file)
 from run import DSL, RUNINK, counts, generate  # noqa: E402
 
@@ -48,24 +50,6 @@ def _scrape_while(port: int, stop: threading.Event, seen: list[int]) -> None:
             pass
 
 
-def _receive_forward(server: socket.socket, records: list[int]) -> None:
-    """A Fluentd forward input, acks on, counting records (the bench's collector)."""
-    import msgpack
-
-    def serve(connection: socket.socket) -> None:
-        unpacker = msgpack.Unpacker(raw=False)
-        with connection:
-            while data := connection.recv(65536):
-                unpacker.feed(data)
-                for _tag, entries, option in unpacker:
-                    records[0] += len(entries)
-                    connection.sendall(msgpack.packb({"ack": option["chunk"]}))
-
-    while True:
-        connection, _ = server.accept()
-        threading.Thread(target=serve, args=(connection,), daemon=True).start()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -85,13 +69,12 @@ def main() -> None:
     config.write_text(
         f"data_dir = {json.dumps(str(project / 'state'))}\n[paths]\nallow = [{json.dumps(str(work.resolve()))}]\n"
     )
-    collector = socket.create_server(("127.0.0.1", 0))
-    shipped = [0]
-    threading.Thread(target=_receive_forward, args=(collector, shipped), daemon=True).start()
+    collector = ForwardReceiver()
+    collector_port = collector.port
     shipping = project / "shipping.toml"
     shipping.write_text(
         config.read_text() + f'[log]\nslice_output = true\n[plugin.fluentd]\nhost = "127.0.0.1"\n'
-        f"port = {collector.getsockname()[1]}\n"
+        f"port = {collector_port}\n"
     )
     out = work / "out-metrics"
     (project / "bench.dsl").write_text(DSL.format(source=source, out=out))
@@ -133,7 +116,8 @@ def main() -> None:
                 f"({time.perf_counter() - began:.2f} s with the wrapper)",
                 file=sys.stderr,
             )
-    print(f"{scrapes[0]} scrapes answered, {shipped[0]} log records shipped", file=sys.stderr)
+    print(f"{scrapes[0]} scrapes answered, {collector.records} log records shipped", file=sys.stderr)
+    collector.close()
     heading = f"variant ({args.rows:,} rows, {args.rounds} rounds taking turns)"
     print(f"| {heading} | median s | median CPU s | peak RSS MiB (largest process) |")
     print("| --- | ---: | ---: | ---: |")
