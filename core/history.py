@@ -251,7 +251,8 @@ class KeptRun:
             raise HistoryError(f"task {task_id!r}: not a task of job {job['id']}")
         number = int(task["attempt"]) if attempt is None else attempt
         data, end = b"", 0
-        relative = ((self.record or {}).get("logs") or {}).get(task_id, {}).get(str(number))
+        attempts = ((self.record or {}).get("logs") or {}).get(task_id)
+        relative = attempts.get(str(number)) if isinstance(attempts, dict) else None
         if number > 0 and relative is not None:
             parts = (*_str(relative, "an attempt's folder", LOG_DIR).split("/"), f"{stream}.log")
             try:

@@ -312,7 +312,7 @@ class _EmbeddedPlane:
         )
         self.agent.register()
         self.task_ids: dict[str, str] = {}
-        self.transitions = TransitionLog(runner.manager, whole_history=True)
+        self.transitions = TransitionLog(runner.manager, whole_history=True, failure_level="info")
 
     def _pipeline(self, task: TaskRecord) -> PipelineRun:
         if task.scenario is None or task.scenario.run != self.run.run_id:

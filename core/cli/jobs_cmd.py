@@ -279,7 +279,8 @@ class Output:
         final, what was written is all of the output that is kept)."""
         state = ""
         for stream, out in self.streams.items():
-            state = state or self._poll_stream(stream, out)
+            read = self._poll_stream(stream, out)  # (every stream is read, whatever the first said)
+            state = state or read
         return state
 
     def _poll_stream(self, stream: str, out: BinaryIO) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from runink.core.events import export_log
 from runink.core.interfaces.barn import WatchEvent
@@ -45,11 +45,17 @@ class TransitionLog:
     ``whole_history``: the embedded run sees every task from its start."""
 
     def __init__(
-        self, manager: PluginManager, leads: Callable[[], bool] = lambda: True, *, whole_history: bool = False
+        self,
+        manager: PluginManager,
+        leads: Callable[[], bool] = lambda: True,
+        *,
+        whole_history: bool = False,
+        failure_level: Literal["info", "warning"] = "warning",
     ) -> None:
         self.manager = manager
         self.leads = leads
         self.whole_history = whole_history
+        self.failure_level = failure_level  # (`runink run` says each failure itself: info there)
         self._last: OrderedDict[str, float] = OrderedDict()  # task id -> its last exported transition's time
 
     def on_change(self, event: WatchEvent) -> None:
@@ -96,5 +102,5 @@ class TransitionLog:
         where = f" on {node}" if node else ""
         message = f"task {task_id}: {state} (attempt {attempt}{where})" + (f": {reason}" if reason else "")
         fields = {"herd": herd, "job": job, "task": task_id, "node": node, "state": state, "attempt": attempt}
-        level = "warning" if state in FAILURES else "info"
+        level = self.failure_level if state in FAILURES else "info"
         export_log(self.manager, LogEntry(message, level, "control", {**fields, "reason": reason}))  # type: ignore[arg-type]
