@@ -191,6 +191,23 @@ class ClusterConfig(_Section):
         "places a scenario reading a dataset another scenario wrote anywhere when it is under one, else on "
         "the node that wrote it.",
     )
+    audit_keep_for: str | int = Field(
+        default="365d",
+        description='How long servers keep the audit log\'s records: "365d", "90d" (whole days: a record goes '
+        "once its day is older; 0: kept as long as the Barn is). The leading server removes older ones hourly.",
+    )
+
+    @field_validator("audit_keep_for")
+    @classmethod
+    def _audit_keep_for_parses(cls, value: str | int) -> str | int:
+        if value not in (0, "0"):
+            parse_duration(value)
+        return value
+
+    @property
+    def audit_keep_seconds(self) -> float | None:
+        """None: no bound."""
+        return None if self.audit_keep_for in (0, "0") else parse_duration(self.audit_keep_for)
 
 
 class MetricsConfig(_Section):

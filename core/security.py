@@ -24,7 +24,7 @@ _RUN = _READ | {"jobs.submit", "jobs.cancel", "catalog.annotate"}
 # secrets: names and versions read, values written, never read back (a runner's slices get
 # them: whoever may run jobs in a herd that has secrets may, through a job, see them)
 _EDIT = _RUN | {"rbac.read", "secrets.read", "secrets.write"}
-_ADMIN = _EDIT | {"rbac.bind", "tokens.create"}
+_ADMIN = _EDIT | {"rbac.bind", "tokens.create", "tokens.revoke"}
 #: the built-in roles: what each lets its holder do in the herd it is bound in (``cluster-*``:
 #: in every herd, and the actions of no herd: herds, nodes, cluster bindings)
 ROLES: dict[str, frozenset[str]] = {

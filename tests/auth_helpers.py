@@ -16,7 +16,8 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, NodeRecord
 from runink.core.control.store import ClusterStore
 from runink.core.server.api import create_app
-from runink.core.server.auth import ApiAuth, ClusterTokens, new_key_file
+from runink.core.server.auth import LEEWAY, MAX_TTL, ApiAuth, ClusterTokens, new_key_file
+from runink.core.server.revocations import Revocations
 from runink.plugins.auth.rbac import HerdRbac
 from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.secrets.barn import BarnSecrets
@@ -42,6 +43,7 @@ def secured_app(folder: Path, *plugins: tuple[str, Any]) -> Iterator[SecuredApp]
     new_key_file(folder / "key.pem")
     tokens = ClusterTokens([folder / "key.pem"])
     store = ClusterStore(MemoryBarn())
+    tokens.revocations = Revocations(store.barn, max_ttl=MAX_TTL, leeway=LEEWAY)  # (as a server has them)
     for herd in ("team", "other"):
         store.create_herd(Herd(name=herd))
     lifecycle = Lifecycle(store, secrets=BarnSecrets(store.barn, master_key=bytes(range(32))))

@@ -607,6 +607,46 @@ def test_with_cluster_tokens_a_stream_must_carry_its_nodes_token(life: Lifecycle
         server.stop(grace=None).wait()
 
 
+def test_a_node_token_revoked_ends_its_stream_and_keeps_it_out(life: Lifecycle, tmp_path: Path) -> None:
+    """`runink nodes revoke NODE`: the stream that came in with the node's token ends at its
+    next message, and the token cannot open another; a token minted later can."""
+    from runink.core.server.auth import LEEWAY, MAX_TTL, ClusterTokens, new_key_file
+    from runink.core.server.revocations import Revocations
+
+    new_key_file(tmp_path / "key.pem")
+    tokens = ClusterTokens([tmp_path / "key.pem"])
+    tokens.revocations = Revocations(life.store.barn, max_ttl=MAX_TTL, leeway=LEEWAY)
+    node = NodeRecord(id="n1", capacity=Amount(cpu=1, memory=1 << 30))
+    old = tokens.mint_node("n1", 600)[0]
+    server = serve_agents(life, "127.0.0.1", 0, tokens=tokens)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        control = GrpcControl(address, timeout=5, token=old)
+        try:
+            assert control.register_node(node).id == "n1"
+            incarnation = life.store.node("n1").record.incarnation
+            assert control.heartbeat("n1", incarnation)
+            tokens.revocations.revoke_subject("node:n1", by="admin")
+            with pytest.raises(ControlUnavailable, match="revoked"):
+                control.heartbeat("n1", incarnation)
+        finally:
+            control.close()
+        again = GrpcControl(address, timeout=5, token=old)
+        try:
+            with pytest.raises(ControlUnavailable, match="revoked"):
+                again.register_node(node)
+        finally:
+            again.close()
+        time.sleep(1.05)  # (revocations are to the second a token was issued in)
+        fresh = GrpcControl(address, timeout=5, token=tokens.mint_node("n1", 600)[0])
+        try:
+            assert fresh.register_node(node).id == "n1"
+        finally:
+            fresh.close()
+    finally:
+        server.stop(grace=None).wait()
+
+
 def test_a_rounds_reports_go_in_one_message(
     store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
 ) -> None:

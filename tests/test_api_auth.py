@@ -117,9 +117,14 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/rbac/unbind"): {"kind": "user", "subject": "root"},
     ("POST", "/v1/herds/{name}/tokens"): {"name": "ci", "role": "admin"},
     ("POST", "/v1/tokens"): {"name": "ci", "role": "cluster-admin"},
+    ("POST", "/v1/tokens/revoke"): {"subject": "sa:ci"},
     ("PUT", "/v1/herds/{name}/secrets/{secret}"): {"value": "mallory-was-here"},
     ("PUT", "/v1/roles/{name}"): {"allows": ["jobs.read"]},
 }
+
+
+#: routes of the cluster's, not of a herd: refused to a herd's admin as the cluster's
+CLUSTER_PATHS = ("/v1/rbac", "/v1/rbac/unbind", "/v1/tokens", "/v1/tokens/revoke")
 
 
 def call(api: Api, method: str, path: str, headers: dict[str, str], herd: str = "team") -> httpx.Response:
@@ -220,7 +225,7 @@ def test_a_user_of_one_herd_reaches_nothing_of_another(api: Api) -> None:
         answer = call(api, method, path, api.as_(token), herd="team")
         if (method, path) in FILTERED:
             assert "team" not in answer.text and api.job not in answer.text and "secret-output" not in answer.text
-        elif action.startswith(("herds.", "nodes.")) or path in ("/v1/rbac", "/v1/rbac/unbind", "/v1/tokens"):
+        elif action.startswith(("herds.", "nodes.")) or path in CLUSTER_PATHS:
             assert answer.status_code == 403, (method, path, answer.text)
         else:  # herd-scoped: allowed in "other", so refused only because the herd is "team"
             assert answer.status_code == 403, (method, path, answer.text)

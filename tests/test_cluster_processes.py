@@ -236,3 +236,13 @@ def test_the_cli_binds_roles_mints_tokens_and_reads_the_audit_log(
     submits = [(r["subject"], r["herd"], r["allowed"]) for r in audit if r["action"] == "jobs.submit"]
     assert submits == [("sa:ci", "team", True), ("sa:ci", "default", False)]
     assert run_cli("audit", env=runner).returncode != 0  # (cluster admins only)
+    # revoked (the token itself, from stdin): refused from then on, in one line
+    token_file = Path(one_server["XDG_CONFIG_HOME"]).parent / "ci.token"
+    token_file.write_text(runner["RUNINK_TOKEN"] + "\n")
+    revoked = run_cli("token", "revoke", "--token-file", str(token_file), env=one_server)
+    assert revoked.returncode == 0 and revoked.stdout.startswith("revoked token ") and "of sa:ci" in revoked.stdout
+    after = run_cli("exec", "--herd", "team", "--", "/bin/true", env=runner)
+    assert after.returncode != 0 and "401" in after.stderr and "revoked" in after.stderr
+    assert "Traceback" not in after.stderr
+    nothing = run_cli("token", "revoke", env=one_server)
+    assert nothing.returncode == 2 and "give one of TOKEN" in nothing.stderr

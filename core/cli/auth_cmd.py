@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -101,6 +102,53 @@ def token_create(
     mint_token(ctx, server, path, body, json_output, about)
 
 
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context,
+    token: str | None = typer.Argument(
+        None, metavar="[TOKEN]", help="The token itself (- reads it from stdin); an admin of its herds may revoke it."
+    ),
+    from_file: Path | None = typer.Option(None, "--token-file", help="Read the token from this file."),
+    jti: str | None = typer.Option(
+        None, "--jti", help="The token's id (`token create --json` prints it); cluster admins."
+    ),
+    subject: str | None = typer.Option(
+        None,
+        "--subject",
+        help="Every token of this subject issued up to now, e.g. sa:ci or node:agent-1; cluster admins.",
+    ),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Revoke a token the cluster signed before it expires: every server refuses it within a
+    second (an agent's stream using it ends)."""
+    if from_file is not None:
+        try:
+            with from_file.open() as opened:  # (bounded: a token is at most MAX_TOKEN characters)
+                token = one_token(opened.read(MAX_TOKEN + 2), str(from_file))
+        except OSError as exc:
+            raise typer.BadParameter(f"{from_file}: {exc.strerror}", param_hint="--token-file") from None
+    elif token == "-":
+        token = one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
+    given = {k: v for k, v in {"token": token, "jti": jti, "subject": subject}.items() if v is not None}
+    if len(given) != 1:
+        raise typer.BadParameter("give one of TOKEN (or --token-file), --jti and --subject", param_hint="TOKEN")
+    _revoke(ctx, server, given, json_output)
+
+
+def _revoke(ctx: typer.Context, server: str | None, body: dict[str, str], json_output: bool) -> None:
+    with _client(ctx, server) as client:
+        answer = client.call("POST", "/v1/tokens/revoke", body)
+    if json_output:
+        print_json(answer)
+        return
+    revoked = answer["revoked"]
+    if "jti" in revoked:
+        print(f"revoked token {revoked['jti']}" + (f" of {revoked['subject']}" if revoked.get("subject") else ""))
+    else:
+        print(f"revoked every token of {revoked['subject']} issued up to now")
+
+
 def mint_token(
     ctx: typer.Context,
     server: str | None,
@@ -192,6 +240,18 @@ def node_token(
     """Mint the token a node's agent connects with (`runink agent --token-file FILE`)."""
     path, hint = f"/v1/nodes/{node}/token", f"node {node}: give it to its agent as --token-file"
     mint_token(ctx, server, path, {"ttl": _duration(ttl)}, json_output, lambda _: hint)
+
+
+@nodes_app.command("revoke")
+def node_revoke(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node's id (its agent's --node-id)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Revoke every token minted for a node so far: its agent's stream ends and it cannot
+    connect again until given a new one (`runink nodes token NODE`)."""
+    _revoke(ctx, server, {"subject": f"node:{node}"}, json_output)
 
 
 def audit_command(

@@ -103,4 +103,4 @@ class TransitionLog:
         message = f"task {task_id}: {state} (attempt {attempt}{where})" + (f": {reason}" if reason else "")
         fields = {"herd": herd, "job": job, "task": task_id, "node": node, "state": state, "attempt": attempt}
         level = self.failure_level if state in FAILURES else "info"
-        export_log(self.manager, LogEntry(message, level, "control", {**fields, "reason": reason}))  # type: ignore[arg-type]
+        export_log(self.manager, LogEntry(message, level, "control", {**fields, "reason": reason}))

@@ -35,7 +35,7 @@ from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, TaskReport
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
-from runink.core.model import AuthRequest, LineageEvent, check_name
+from runink.core.model import AuthRequest, Identity, LineageEvent, check_name
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
@@ -302,25 +302,26 @@ class AgentService:
         self._assigned_at: dict[str, tuple[tuple[int, int], list[TaskRecord], str]] = {}
         self._assigned_lock = threading.Lock()
 
-    def _stream_node(self, context: Any) -> str | None:
+    def _stream_node(self, context: Any) -> tuple[str | None, Identity | None]:
         """The node the stream may act as: its certificate's (``node.NAME``), its token's, and
         they must agree when both are there. None: no way to tell (development). BadToken when
-        the stream proves no node."""
+        the stream proves no node. With it, the token's identity (checked again while the
+        stream lasts: a token revoked ends it)."""
         by_certificate = None
         if self.certificates:
             by_certificate = node_of_peer(context.auth_context() or {})
             if by_certificate is None:
                 raise BadToken("the stream's certificate is not a node's (node.NAME, of the cluster CA)")
         if self.tokens is None:
-            return by_certificate
+            return by_certificate, None
         if by_certificate is not None and not _has_token(context):
-            return by_certificate
-        by_token = self._token_node(context)
+            return by_certificate, None
+        by_token, identity = self._token_node(context)
         if by_certificate is not None and by_token != by_certificate:
             raise BadToken(f"the token is node {by_token!r}'s but the certificate node {by_certificate!r}'s")
-        return by_token
+        return by_token, identity
 
-    def _token_node(self, context: Any) -> str:
+    def _token_node(self, context: Any) -> tuple[str, Identity]:
         """The node the stream's token (``authorization`` metadata) lets it act as: a token the
         cluster signed for ``node:NAME`` holding the ``node`` role. BadToken otherwise."""
         assert self.tokens is not None
@@ -336,7 +337,8 @@ class AgentService:
         node = self.tokens.node_of(identity)
         if node is None:
             raise BadToken("the token is not a node's (`runink nodes token NODE` mints one)")
-        return node
+        assert identity is not None
+        return node, identity
 
     def Connect(self, requests: Iterator[pb.AgentMessage], context: Any) -> Iterator[pb.ServerMessage]:
         peer = printable(str(context.peer()), 200)
@@ -344,7 +346,7 @@ class AgentService:
         request_id = 0
         bind_by = time.monotonic() + self.bind_timeout
         try:
-            pinned = self._stream_node(context)
+            pinned, token = self._stream_node(context)
         except BadToken as exc:
             why = printable(str(exc), 400)
             log.warning("agent stream from %s refused: %s", peer, why)
@@ -361,6 +363,10 @@ class AgentService:
                     return
                 if not isinstance(request, pb.AgentMessage):
                     return  # the agent closed the stream
+                if token is not None and self.tokens is not None and (revoked := self.tokens.why_revoked(token)):
+                    why = printable(f"token: {revoked}", 400)
+                    log.warning("agent stream from %s (node %s) ended: %s", peer, node or pinned, why)
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
                 request_id = request.request_id
                 try:
                     if node is None and pinned is not None:

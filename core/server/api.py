@@ -47,9 +47,9 @@ from runink.core.control.records import (
 from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.control.views import dump_record, job_answer
-from runink.core.errors import BarnError, RuninkError
+from runink.core.errors import AuthenticationError, BarnError, RuninkError
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
-from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthzDecision, Grant, Identity
+from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
@@ -58,6 +58,7 @@ from runink.core.server.auth import (
     AUDIT,
     INSECURE_HEADER,
     INSECURE_VALUE,
+    MAX_TOKEN,
     MAX_TTL,
     ApiAuth,
     ClusterTokens,
@@ -67,6 +68,7 @@ from runink.core.server.auth import (
 )
 from runink.core.server.feed import JobWaits
 from runink.core.server.join import MAX_JOIN_TTL
+from runink.core.server.revocations import MAX_SUBJECT as MAX_REVOKED_SUBJECT
 from runink.core.server.roles_api import add_role_routes
 from runink.core.server.tls import TlsFiles
 
@@ -163,6 +165,23 @@ class TokenIn(Body):
     name: str = Field(pattern=NAME.pattern, max_length=63)  # the service account's
     role: str = Field(min_length=1, max_length=63)
     ttl: float = Field(default=3600.0, ge=60, le=MAX_TTL, allow_inf_nan=False)  # seconds
+
+
+class RevokeIn(Body):
+    """One of: a token (the CLI sends the token itself: who may revoke it is read from it), its
+    ``jti``, or a ``subject`` (every token it holds, issued up to now)."""
+
+    token: str | None = Field(default=None, min_length=1, max_length=MAX_TOKEN)
+    jti: str | None = Field(default=None, pattern=r"^[0-9a-f]{1,64}$")
+    subject: str | None = Field(default=None, min_length=1, max_length=MAX_REVOKED_SUBJECT)
+
+    @model_validator(mode="after")
+    def _one(self) -> RevokeIn:
+        if sum(value is not None for value in (self.token, self.jti, self.subject)) != 1:
+            raise ValueError("give exactly one of token, jti and subject")
+        if self.subject is not None and not self.subject.isprintable():
+            raise ValueError("subject: printable text only")
+        return self
 
 
 class NodeTokenIn(Body):
@@ -303,6 +322,10 @@ async def _no_receive() -> Message:
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": printable(detail, MAX_DETAIL)}, status_code=status, headers=headers)
+
+
+def _revoking(jti: str) -> tuple[str, str]:
+    return "tokens.revoke", f"tokens/{jti}"
 
 
 def validation_detail(errors: Sequence[Any]) -> str:
@@ -597,7 +620,9 @@ def create_app(
         if herd != CLUSTER:
             store.herd(herd)  # NotFound names it
         token, expires = cluster_tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], body.ttl)
-        return {"token": token, "subject": f"sa:{body.name}", "role": body.role, "herd": herd, "expires": expires}
+        subject = f"sa:{body.name}"
+        jti = cluster_tokens.jti_of(token)  # (what `runink token revoke --jti` names it by)
+        return {"token": token, "subject": subject, "role": body.role, "herd": herd, "expires": expires, "jti": jti}
 
     @app.post("/v1/herds/{name}/tokens", status_code=201, openapi_extra=action("tokens.create"))
     def herd_token(name: NamePath, body: TokenIn, identity: Caller) -> dict[str, Any]:
@@ -608,6 +633,44 @@ def create_app(
     def cluster_token(body: TokenIn, identity: Caller) -> dict[str, Any]:
         """A service account's token holding a cluster role."""
         return mint(identity, CLUSTER, body)
+
+    @app.post("/v1/tokens/revoke", openapi_extra=action("tokens.revoke"))
+    def revoke_token(body: RevokeIn, identity: Caller) -> dict[str, Any]:
+        """Revoke a token the cluster signed before it expires, or every token of a subject
+        issued up to now (a service account's ``sa:NAME``, a node's ``node:NAME``). A token
+        given whole may be revoked by an admin of each herd its roles are in; a ``jti`` or a
+        ``subject`` by a cluster admin. Every server refuses it within a second."""
+        cluster_tokens = signer()
+        revocations = cluster_tokens.revocations
+        if revocations is None:
+            raise NotFound("this server keeps no revocations")
+        if body.token is not None:
+            try:
+                target = cluster_tokens.runink_authenticate(
+                    AuthRequest(headers={"authorization": f"Bearer {body.token}"})
+                )
+            except AuthenticationError as exc:
+                raise Refused(f"{exc} (an expired or revoked token needs no revoking)") from None
+            if target is None:
+                raise Refused("token: not one this cluster signed")
+            jti = target.claims.get("jti")
+            if not isinstance(jti, str):
+                raise Refused("token: it has no jti; revoke its subject instead")
+            herds = sorted({g.herd for g in target.claims.get("grants", ())}) or [CLUSTER]
+            with contextlib.ExitStack() as stack:  # (allowed in every herd it holds a role in)
+                audits = [e for h in herds for e in stack.enter_context(auth.change(identity, *_revoking(jti), h))]
+                record = revocations.revoke_token(jti, target.subject, float(target.claims["exp"]), identity.subject)
+        else:
+            what = body.jti if body.jti is not None else f"subject {body.subject}"
+            with auth.change(identity, "tokens.revoke", f"tokens/{what}", CLUSTER) as audits:
+                if body.jti is not None:
+                    record = revocations.revoke_token(body.jti, "", None, identity.subject)
+                else:
+                    assert body.subject is not None
+                    record = revocations.revoke_subject(body.subject, identity.subject)
+        for entry in audits:  # (the revocation's leases are not transactions: recorded once it held)
+            auth.write_audit(entry)
+        return {"revoked": record}
 
     @app.get("/v1/audit", openapi_extra=action("audit.read"))
     def read_audit(

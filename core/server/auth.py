@@ -35,6 +35,7 @@ from runink.core.interfaces.barn import TxnOp
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.security import CLUSTER, ROLES, authenticate, authorize
+from runink.core.server.revocations import Revocations, RevocationsUnknown
 
 INSECURE_HEADER = "X-Runink-Insecure"
 INSECURE_VALUE = "authentication is off (--insecure-dev): anyone may do anything"
@@ -120,6 +121,7 @@ class ClusterTokens:
                 raise RuninkError(f"--auth-key {path}: not a P-256 (ES256) key")
             self._keys[_kid(jwt, key)] = key
         self.signing_kid = next(iter(self._keys))
+        self.revocations: Revocations | None = None  # (a server sets them once its Barn is there)
 
     def mint(self, subject: str, grants: Sequence[Grant], ttl: float, *, now: float | None = None) -> tuple[str, float]:
         """A token for ``subject`` holding ``grants`` for ``ttl`` seconds; and when it expires."""
@@ -141,6 +143,14 @@ class ClusterTokens:
         }
         token = jwt.encode(claims, self._keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
         return token, float(expires)
+
+    @staticmethod
+    def jti_of(token: str) -> str | None:
+        """The ``jti`` of a token this cluster minted (read, not verified: it is ours)."""
+        import jwt
+
+        found = jwt.decode(token, options={"verify_signature": False}).get("jti")
+        return found if isinstance(found, str) else None
 
     def mint_node(self, node_id: str, ttl: float) -> tuple[str, float]:
         """The token the agent of ``node_id`` connects with: ``node:NODE`` holding the node role."""
@@ -209,7 +219,26 @@ class ClusterTokens:
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"token: {exc}") from None
         grants = tuple(_token_grants(claims.get("grants")))
-        return Identity(str(claims["sub"]), claims={"grants": grants}, authenticated_by="runink-token")
+        identity = Identity(
+            str(claims["sub"]),
+            claims={"grants": grants, "jti": claims.get("jti"), "iat": claims.get("iat"), "exp": claims.get("exp")},
+            authenticated_by="runink-token",
+        )
+        if (why := self.why_revoked(identity)) is not None:
+            raise AuthenticationError(f"token: {why}")
+        return identity
+
+    def why_revoked(self, identity: Identity) -> str | None:
+        """Why this token's identity no longer counts (revoked: core/server/revocations.py), or
+        None; a server that cannot tell takes no token."""
+        if self.revocations is None:
+            return None
+        try:
+            return self.revocations.why_revoked(
+                identity.subject, identity.claims.get("jti"), identity.claims.get("iat")
+            )
+        except RevocationsUnknown as exc:
+            return str(exc)
 
 
 def _kid(jwt: Any, key: Any) -> str:

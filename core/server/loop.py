@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from runink.core.control.liveness import Liveness
 from runink.core.control.records import RunState, SchedulerEpoch, keys
@@ -41,6 +41,8 @@ class ControlLoop:
         liveness: Liveness,
         is_leader: Callable[[], bool],
         interval: float = 0.05,
+        *,
+        chores: Sequence[Callable[[float], object]] = (),
     ) -> None:
         if not interval > 0:
             raise ValueError(f"control loop interval: {interval!r} (expected seconds > 0)")
@@ -49,6 +51,7 @@ class ControlLoop:
         self.liveness = liveness
         self.is_leader = is_leader
         self.interval = interval
+        self.chores = chores  # (the leader's housekeeping, each given the wall clock every round)
         self._leading = False
         self._wake = threading.Event()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
@@ -81,7 +84,13 @@ class ControlLoop:
         if dead:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
             schedule = True  # their tasks wait again
-        return self.scheduler.run_pass(now_wall) if schedule else None
+        result = self.scheduler.run_pass(now_wall) if schedule else None
+        for chore in self.chores:
+            try:
+                chore(now_wall)
+            except Exception as exc:  # a chore's failure is its own: scheduling goes on
+                self._log_failure(exc)
+        return result
 
     def _claim(self) -> bool:
         """Bump the scheduling epoch and fence this loop's writes with it: a server that still

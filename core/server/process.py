@@ -41,9 +41,11 @@ from runink.core.model import split_address
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
-from runink.core.server.auth import ApiAuth, ClusterTokens
+from runink.core.server.audit_retention import AuditRetention
+from runink.core.server.auth import LEEWAY, MAX_TTL, ApiAuth, ClusterTokens
 from runink.core.server.feed import HerdsFeed, JobWaits
 from runink.core.server.loop import ControlLoop
+from runink.core.server.revocations import Revocations
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
 from runink.core.server.tls import TlsFiles
 
@@ -235,12 +237,15 @@ class Server:
         self.barn: BarnBackend = barn
         self.store = ClusterStore(barn)
         self.lifecycle = Lifecycle(self.store, secrets=secret_backend(options, config, manager, barn))
+        if self.tokens is not None:  # tokens revoked before they expire: refused by every server
+            self.tokens.revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
         policy: Any = configured_driver(config, "scheduler", manager)
         fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
         leads = LeaderCheck(barn)
-        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads)
+        retention = AuditRetention(barn, config.cluster.audit_keep_seconds)
+        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=[retention])
         self.loop.start(self._stop)
         # one watch of the herds' records: a round at once when tasks change, a job's waiting
         # readers answered when it does

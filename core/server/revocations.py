@@ -1,0 +1,116 @@
+"""Tokens the cluster signed, revoked before they expire: one token (by its ``jti``) or every
+token of a subject issued up to a moment (a service account's, a node's).
+
+Revocations live in the Barn under ``/cluster/revoked/``, each on a lease that ends when it no
+longer matters (a token's once the token expired; a subject's once no token issued before it
+can still be valid, MAX_TTL later), so the list stays as short as the tokens are. Every server
+reads the list at most once a second (a revoked token is refused by every server within a
+second, by the one that revoked it at once); a server that cannot read it for STALE_AFTER
+seconds refuses every token of the cluster's rather than take a revoked one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from typing import Any
+
+from runink.core.errors import BarnError
+from runink.core.interfaces.barn import BarnBackend
+
+PREFIX = "/cluster/revoked/"
+TOKENS = PREFIX + "tokens/"  # JTI -> {subject, expires, at, by}
+SUBJECTS = PREFIX + "subjects/"  # base64url(subject) -> {subject, before, at, by}
+FRESH_FOR = 1.0  # seconds a server trusts the list it read
+STALE_AFTER = 10.0  # seconds without a successful read after which every cluster token is refused
+MAX_SUBJECT = 256  # characters of a subject
+MAX_JTI = 64
+
+
+class RevocationsUnknown(Exception):
+    """The list could not be read for STALE_AFTER seconds: no token can be taken."""
+
+
+def subject_key(subject: str) -> str:
+    return SUBJECTS + base64.urlsafe_b64encode(subject.encode()).decode().rstrip("=")
+
+
+class Revocations:
+    def __init__(self, barn: BarnBackend, *, max_ttl: float, leeway: float, clock: Any = time.time) -> None:
+        self.barn = barn
+        self.max_ttl = max_ttl
+        self.leeway = leeway
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._read_at = -1e18  # monotonic time of the last successful read
+        self._tokens: set[str] = set()
+        self._subjects: dict[str, float] = {}  # subject -> tokens issued up to this time are revoked
+
+    # --- checking -------------------------------------------------------------------------
+
+    def why_revoked(self, subject: str, jti: object, issued: object) -> str | None:
+        """Why a token of ``subject`` with ``jti`` issued at ``issued`` (its claims) is
+        revoked, or None. RevocationsUnknown when the list is too old to tell."""
+        self._refresh()
+        with self._lock:
+            if isinstance(jti, str) and jti in self._tokens:
+                return "revoked"
+            before = self._subjects.get(subject)
+        if before is not None and isinstance(issued, int | float) and issued <= before:
+            at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(before))
+            return f"every token of {subject} issued up to {at} was revoked"
+        return None
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._read_at < FRESH_FOR:
+            return
+        try:
+            found = self.barn.scan(PREFIX)
+        except BarnError as exc:
+            if now - self._read_at > STALE_AFTER:
+                raise RevocationsUnknown(f"the revoked tokens cannot be read ({exc})") from None
+            return  # the last list, a few seconds old, still stands
+        tokens, subjects = set(), {}
+        for kv in found:
+            try:
+                record = json.loads(kv.value)
+                if kv.key.startswith(TOKENS):
+                    tokens.add(kv.key[len(TOKENS) :])
+                elif kv.key.startswith(SUBJECTS):
+                    subjects[str(record["subject"])] = float(record["before"])
+            except (ValueError, KeyError, TypeError):
+                continue  # (written by this module only: not one of its records)
+        with self._lock:
+            self._tokens, self._subjects, self._read_at = tokens, subjects, now
+
+    def forget_cache(self) -> None:
+        """Read the list again at the next check (this server just changed it)."""
+        self._read_at = -1e18
+
+    # --- revoking -------------------------------------------------------------------------
+
+    def revoke_token(self, jti: str, subject: str, expires: float | None, by: str) -> dict[str, Any]:
+        """Revoke the token ``jti`` (``expires``: when it expires anyway; None: not known, kept
+        MAX_TTL)."""
+        now = self.clock()
+        until = expires if expires is not None else now + self.max_ttl
+        ttl = max(1.0, until - now + self.leeway)
+        record = {"jti": jti, "subject": subject, "expires": until, "at": now, "by": by}
+        self._put(TOKENS + jti, record, ttl)
+        return record
+
+    def revoke_subject(self, subject: str, by: str) -> dict[str, Any]:
+        """Revoke every token of ``subject`` issued up to this second (tokens say when they were
+        issued to the second: one minted in the next second stays good)."""
+        now = self.clock()
+        record = {"subject": subject, "before": float(int(now)), "at": now, "by": by}
+        self._put(subject_key(subject), record, self.max_ttl + self.leeway)
+        return record
+
+    def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:
+        lease = self.barn.grant_lease(ttl)
+        self.barn.put(key, json.dumps(record).encode(), lease=lease)
+        self.forget_cache()

@@ -1,0 +1,173 @@
+"""Tokens the cluster signed can be revoked before they expire: one token (given whole, by a
+herd admin of the herds it holds roles in; by jti, cluster admins) or every token of a subject
+issued so far. Refused at once by the server that revoked it, within a second by the others;
+revocations go from the Barn once they no longer matter; a server that cannot read them
+refuses the cluster's tokens. Every decision is in the audit log. And the audit log's
+retention: whole days past it go, the rest stays."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from auth_helpers import secured_app
+
+from runink.core.errors import BarnError
+from runink.core.interfaces.barn import TxnOp
+from runink.core.model import Grant
+from runink.core.security import CLUSTER
+from runink.core.server.audit_retention import AuditRetention
+from runink.core.server.auth import AUDIT, LEEWAY, MAX_TTL, ClusterTokens, audit_day
+from runink.core.server.revocations import PREFIX, Revocations, RevocationsUnknown
+from runink.core.server.serve_api import serve_api, stop_api
+from runink.plugins.barn.memory import MemoryBarn
+
+
+class Cluster:
+    def __init__(self, http: httpx.Client, tokens: ClusterTokens, barn: Any) -> None:
+        self.http, self.tokens, self.barn = http, tokens, barn
+
+    def token(self, role: str, herd: str, name: str = "ci", ttl: float = 600) -> str:
+        return self.tokens.mint(f"sa:{name}", [Grant(role, herd)], ttl)[0]
+
+    def get(self, token: str) -> httpx.Response:
+        return self.http.get("/v1/herds/team", headers={"Authorization": f"Bearer {token}"})
+
+    def revoke(self, body: dict[str, str], token: str) -> httpx.Response:
+        return self.http.post("/v1/tokens/revoke", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    def audit(self, admin: str) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = self.http.get("/v1/audit", headers={"Authorization": f"Bearer {admin}"}).json()[
+            "records"
+        ]
+        return [r for r in records if r["action"] == "tokens.revoke"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with secured_app(tmp_path) as secured:
+        server, thread = serve_api(secured.app, "127.0.0.1", 0)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as http:
+                yield Cluster(http, secured.tokens, secured.store.barn)
+        finally:
+            stop_api(server, thread)
+
+
+def test_a_token_revoked_whole_by_its_herds_admin_is_refused_at_once(cluster: Cluster) -> None:
+    ci = cluster.token("runner", "team")
+    twin = cluster.token("runner", "team")  # the same subject, another token: it stays good
+    assert cluster.get(ci).status_code == 200
+    team_admin, other_admin = cluster.token("admin", "team", "boss"), cluster.token("admin", "other", "boss2")
+    refused = cluster.revoke({"token": ci}, other_admin)
+    assert refused.status_code == 403 and "team" in refused.json()["detail"]
+    assert cluster.get(ci).status_code == 200  # (a refused revocation changed nothing)
+    done = cluster.revoke({"token": ci}, team_admin)
+    assert done.status_code == 200, done.text
+    assert done.json()["revoked"]["subject"] == "sa:ci"
+    answer = cluster.get(ci)
+    assert answer.status_code == 401 and "revoked" in answer.json()["detail"]
+    assert cluster.get(twin).status_code == 200
+    again = cluster.revoke({"token": ci}, team_admin)
+    assert again.status_code == 409 and "needs no revoking" in again.json()["detail"]
+    admin = cluster.token("cluster-admin", CLUSTER, "root")
+    decisions = [(r["subject"], r["herd"], r["allowed"]) for r in cluster.audit(admin)]
+    assert ("sa:boss2", "team", False) in decisions and ("sa:boss", "team", True) in decisions
+
+
+def test_by_jti_or_by_subject_only_cluster_admins_revoke(cluster: Cluster) -> None:
+    admin = cluster.token("cluster-admin", CLUSTER, "root")
+    team_admin = cluster.token("admin", "team", "boss")
+    ci = cluster.token("runner", "team")
+    jti = cluster.tokens.jti_of(ci)
+    assert jti is not None
+    assert cluster.revoke({"jti": jti}, team_admin).status_code == 403
+    assert cluster.revoke({"subject": "sa:ci"}, team_admin).status_code == 403
+    assert cluster.revoke({"jti": jti}, admin).status_code == 200
+    assert cluster.get(ci).status_code == 401
+    older = cluster.token("runner", "team", "bot")
+    assert cluster.revoke({"subject": "sa:bot"}, admin).status_code == 200
+    assert "every token of sa:bot issued up to" in cluster.get(older).json()["detail"]
+    time.sleep(1.05)  # (to the second a token is issued in)
+    assert cluster.get(cluster.token("runner", "team", "bot")).status_code == 200  # minted after: good
+    for bad in ({}, {"jti": jti, "subject": "sa:x"}, {"jti": "NOT-HEX"}, {"subject": "a\nb"}):
+        assert cluster.revoke(bad, admin).status_code == 422, bad
+
+
+def test_revocations_leave_the_barn_when_they_no_longer_matter_and_other_servers_see_them(
+    tmp_path: Path,
+) -> None:
+    now = [1_000_000.0]
+    barn = MemoryBarn(clock=lambda: now[0], lease_check_interval=0.01)
+    try:
+        here = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY, clock=lambda: now[0])
+        there = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY, clock=lambda: now[0])  # another server
+        assert there.why_revoked("sa:ci", "abc", now[0]) is None  # (read: trusted for a second)
+        here.revoke_token("abc", "sa:ci", expires=now[0] + 60, by="root")
+        assert here.why_revoked("sa:ci", "abc", now[0]) == "revoked"  # this server: at once
+        assert there.why_revoked("sa:ci", "abc", now[0]) is None  # the other: within a second
+        time.sleep(1.05)
+        assert there.why_revoked("sa:ci", "abc", now[0]) == "revoked"
+        here.revoke_subject("node:n1", by="root")
+        assert [kv.key for kv in barn.scan(PREFIX)] != []
+        now[0] += 60 + LEEWAY + 1  # the token expired: its revocation is not needed any more
+        _wait(lambda: len(barn.scan(PREFIX)) == 1)
+        now[0] += MAX_TTL  # no token issued before the subject's revocation can still be good
+        _wait(lambda: barn.scan(PREFIX) == [])
+    finally:
+        barn.close()
+
+
+def test_a_server_that_cannot_read_revocations_takes_no_token(tmp_path: Path) -> None:
+    class Away(MemoryBarn):
+        def scan(self, prefix: str, *, limit: int | None = None) -> list[Any]:
+            raise BarnError("no leader")
+
+    revocations = Revocations(Away(), max_ttl=MAX_TTL, leeway=LEEWAY)
+    with pytest.raises(RevocationsUnknown):
+        revocations.why_revoked("sa:ci", "abc", time.time())
+
+
+def test_the_audit_logs_retention_removes_whole_days_past_it() -> None:
+    barn = MemoryBarn()
+    day = 86400.0
+    now = 1_800_000_000.0
+    for age_days, count in ((400, 3), (91, 2), (90, 2), (1, 1)):
+        for n in range(count):
+            at = now - age_days * day
+            barn.put(f"{AUDIT}{audit_day(at)}/{int(at * 1e9):020d}-{n}", json.dumps({"at": at}).encode())
+    retention = AuditRetention(barn, keep_for=90 * day)
+    assert retention(now) == 5  # the 400- and 91-day-old ones
+    assert sorted({kv.key.split("/")[3] for kv in barn.scan(AUDIT)}) == [
+        audit_day(now - 90 * day),
+        audit_day(now - day),
+    ]
+    barn.put(f"{AUDIT}{audit_day(now - 200 * day)}/x", b"{}")
+    assert retention(now + 60) == 0  # an hour has not passed: not looked at again
+    assert retention(now + 3600) == 1
+    assert AuditRetention(barn, keep_for=None)(now + 10 * 365 * day) == 0  # 0: kept as long as the Barn is
+    barn.transaction([], [TxnOp(kv.key, None) for kv in barn.scan(AUDIT)])
+
+
+def _wait(predicate: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "not within 5 s"
+        time.sleep(0.02)
+
+
+def test_a_backlog_goes_over_several_rounds() -> None:
+    barn = MemoryBarn()
+    now = 1_800_000_000.0
+    old = audit_day(now - 400 * 86400.0)
+    barn.transaction([], [TxnOp(f"{AUDIT}{old}/{n:08d}", b"{}") for n in range(3000)])
+    barn.transaction([], [TxnOp(f"{AUDIT}{old}/{n:08d}", b"{}") for n in range(3000, 6000)])
+    retention = AuditRetention(barn, keep_for=90 * 86400.0)
+    assert retention(now) == 5000  # at most five batches a round...
+    assert retention(now + 0.05) == 1000  # ... and the next round goes on at once
+    assert barn.scan(AUDIT) == []
