@@ -23,7 +23,8 @@ from runink.core.interfaces import BarnBackend
 from runink.core.model import Grant
 from runink.core.security import CLUSTER
 from runink.core.server import pki
-from runink.core.server.auth import ClusterTokens, new_key_file
+from runink.core.server.auth import LEEWAY, MAX_TTL, ClusterTokens, new_key_file
+from runink.core.server.revocations import Revocations
 
 
 class TlsCluster(Cluster):
@@ -352,8 +353,16 @@ def test_the_http_api_takes_a_cluster_admins_token_instead_of_a_certificate(tmp_
         try:
             client.put("/k", b"by token")
             assert client.get("/k").value == b"by token"
+            # revoked (as a server writes it): every member refuses it within a second
+            Revocations(client, max_ttl=MAX_TTL, leeway=LEEWAY).revoke_subject("admin", by="test")
+            deadline = time.monotonic() + 5
+            while status(admin) == 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert status(admin) == 401
         finally:
             client.close()
+        time.sleep(1.05)  # (a token of the next second is a new one)
+        assert status(tokens.mint("admin", [Grant("cluster-admin", CLUSTER)], 600)[0]) == 200
         # a node's client-only certificate is still refused, token or not
         node = pki.issue(ca, tmp_path / "node", "node.n1", sans=[], usage="client")
         with_node = pki.client_context(node.cert, node.key, ca / "ca.pem")

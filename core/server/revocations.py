@@ -15,10 +15,10 @@ import base64
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from runink.core.errors import BarnError
-from runink.core.interfaces.barn import BarnBackend
+from runink.core.interfaces.barn import BarnBackend, KeyValue
 
 PREFIX = "/cluster/revoked/"
 TOKENS = PREFIX + "tokens/"  # JTI -> {subject, expires, at, by}
@@ -27,6 +27,12 @@ FRESH_FOR = 1.0  # seconds a server trusts the list it read
 STALE_AFTER = 10.0  # seconds without a successful read after which every cluster token is refused
 MAX_SUBJECT = 256  # characters of a subject
 MAX_JTI = 64
+
+
+class Scans(Protocol):
+    """Where the revocations are read: a Barn (a server's), or a Barn member's own copy."""
+
+    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]: ...
 
 
 class RevocationsUnknown(Exception):
@@ -38,7 +44,7 @@ def subject_key(subject: str) -> str:
 
 
 class Revocations:
-    def __init__(self, barn: BarnBackend, *, max_ttl: float, leeway: float, clock: Any = time.time) -> None:
+    def __init__(self, barn: Scans, *, max_ttl: float, leeway: float, clock: Any = time.time) -> None:
         self.barn = barn
         self.max_ttl = max_ttl
         self.leeway = leeway
@@ -111,6 +117,8 @@ class Revocations:
         return record
 
     def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:
+        if not isinstance(self.barn, BarnBackend):
+            raise TypeError("revocations are written through a Barn client, not a member's copy")
         lease = self.barn.grant_lease(ttl)
         self.barn.put(key, json.dumps(record).encode(), lease=lease)
         self.forget_cache()

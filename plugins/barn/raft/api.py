@@ -28,7 +28,9 @@ except ImportError:  # optional: the standard loop works, a little slower
     uvloop = None  # type: ignore[assignment]
 
 from runink.core.errors import BarnError
-from runink.core.server.auth import ClusterTokens
+from runink.core.interfaces.barn import KeyValue
+from runink.core.server.auth import LEEWAY, MAX_TTL, ClusterTokens
+from runink.core.server.revocations import Revocations
 from runink.plugins.barn.raft import schema
 from runink.plugins.barn.raft.http_protocol import Limits, Request, Response, serve
 from runink.plugins.barn.raft.replica import (
@@ -81,6 +83,8 @@ class BarnServer:
         self.socket = socket.create_server(_split(config.me.http), family=_family(config.me.http), backlog=1024)
         # with TLS: clients (a follower forwarding too) present a certificate of the cluster CA
         self._tokens = ClusterTokens(config.auth_keys) if config.auth_keys and config.tls is not None else None
+        if self._tokens is not None:  # a revoked admin token is refused here too (read from this member's copy)
+            self._tokens.revocations = Revocations(_OwnCopy(self.node), max_ttl=MAX_TTL, leeway=LEEWAY)
         tokens_too = self._tokens is not None
         self._tls_server = config.tls.http_server_context(tokens_too=tokens_too) if config.tls is not None else None
         self._tls_client = config.tls.http_client_context() if config.tls is not None else None
@@ -381,3 +385,15 @@ def _unreachable(address: str) -> str | None:
         return f"did not answer within {MEMBER_CHECK_TIMEOUT:g}s"
     except (OSError, ValueError) as exc:
         return f"cannot be reached: {getattr(exc, 'strerror', None) or exc}"
+
+
+class _OwnCopy:
+    """This member's applied state, read as a Barn's ``scan`` (may lag the leader by a few
+    milliseconds: a revocation counts here as soon as this member applied it)."""
+
+    def __init__(self, node: BarnNode) -> None:
+        self.node = node
+
+    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+        with self.node.replica.lock:
+            return self.node.replica.state.scan(prefix, limit)
