@@ -210,6 +210,37 @@ class ClusterConfig(_Section):
         return None if self.audit_keep_for in (0, "0") else parse_duration(self.audit_keep_for)
 
 
+class AdmissionConfig(_Section):
+    """What a server admits (issue 23): per-job bounds and each herd's submission rate, the
+    cluster's defaults (a herd's own, `runink herd create --max-job-cpu ...`, win). 0: no bound."""
+
+    max_cpu: float = Field(default=0.0, ge=0, le=4096, description="Cores any one task of a job may ask for.")
+    max_memory: str | int = Field(default=0, description='Memory any one task may ask for: "32Gi" (0: no bound).')
+    max_gpu: int = Field(default=0, ge=0, le=1024, description="GPUs any one task may ask for.")
+    max_timeout: str | int = Field(default=0, description='The longest timeout a task may ask for: "1h" (0: no bound).')
+    rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1_000_000,
+        description="Jobs per second each herd may submit (a token bucket; 0: no limit).",
+    )
+    burst: int = Field(default=20, ge=1, le=1_000_000, description="Jobs a herd may submit at once past its rate.")
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_parses(cls, value: str | int) -> str | int:
+        if not 0 <= parse_memory(value) <= MAX_MEMORY:
+            raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
+        return value
+
+    @field_validator("max_timeout")
+    @classmethod
+    def _timeout_parses(cls, value: str | int) -> str | int:
+        if value not in (0, "0"):
+            parse_duration(value)
+        return value
+
+
 class MetricsConfig(_Section):
     address: str | None = Field(
         default=None,
@@ -281,6 +312,7 @@ class RuninkConfig(_Section):
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

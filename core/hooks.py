@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from runink.core.config import RuninkConfig
     from runink.core.model import (
+        AdmissionDecision,
+        AdmissionRequest,
         AuthRequest,
         AuthzDecision,
         DriverSpec,
@@ -68,7 +70,9 @@ ISOLATED = frozenset(
     }
 )
 # Each non-None answer is tagged with the plugin that gave it.
-TAGGED = frozenset({"runink_authorize", "runink_filter_nodes", "runink_score_nodes", "runink_register_drivers"})
+TAGGED = frozenset(
+    {"runink_authorize", "runink_admit", "runink_filter_nodes", "runink_score_nodes", "runink_register_drivers"}
+)
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ class Hooks:
         return _answers(
             self._hook.runink_authorize(identity=identity, action=action, resource=resource, herd=herd, grants=grants)
         )
+
+    def admit(self, job: AdmissionRequest, identity: Identity | None) -> list[Answer[AdmissionDecision]]:
+        return _answers(self._hook.runink_admit(job=job, identity=identity))
 
     # --- secrets ------------------------------------------------------------------------
 

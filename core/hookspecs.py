@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from runink.core.config import RuninkConfig
     from runink.core.model import (
+        AdmissionDecision,
+        AdmissionRequest,
         AuthRequest,
         AuthzDecision,
         DriverSpec,
@@ -107,6 +109,21 @@ def runink_authorize(
     (pluggy passes an implementation only the arguments it names). Return an
     ``AuthzDecision`` to allow or deny, or ``None`` to abstain. Combined: any deny wins;
     otherwise at least one allow is needed; with no votes at all the answer is deny.
+    """
+
+
+@hookspec
+def runink_admit(job: AdmissionRequest, identity: Identity | None) -> AdmissionDecision | None:
+    """Admit or refuse a job before anything of it is stored (a server's submission).
+
+    Called once per submission by ``runink.core.control.admission.Admission``, after the
+    caller was authorized, with what each task asks for, the herd's effective per-job bounds
+    and its submission rate bucket (refilled up to now), and who submits (None on a server
+    that authenticates nobody). Return an ``AdmissionDecision`` to refuse (its ``status``,
+    ``reason`` and ``retry_after`` become the answer: 422 for a bound, 429 for a rate) or to
+    allow, or ``None`` to abstain. Combined: any refusal wins; no refusal admits. The built-in
+    ``admission`` plugin checks the bounds and the rate; a plugin adds its own rules ("no GPU
+    jobs after 18:00"). Keep it pure and quick: it runs on every submission.
     """
 
 

@@ -200,6 +200,64 @@ class AuthzDecision:
     plugin: str = ""
 
 
+@dataclass(frozen=True)
+class TaskDemand:
+    """What one task of a job asks for, as admission sees it (0 / None: nothing asked)."""
+
+    name: str  # the task's scenario, or "command"
+    cpu: float = 0.0
+    memory: int = 0
+    gpu: int = 0
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class JobBounds:
+    """What any one task of a job may ask for at most (None: no bound), and where each bound
+    was set (``source``: "[admission] max_cpu" or "herd team"), for the refusal to say."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    gpu: int | None = None
+    timeout: float | None = None
+    source: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RateBucket:
+    """A herd's submission token bucket, refilled up to now: ``tokens`` left (a job takes one),
+    refilled at ``rate`` per second up to ``burst``."""
+
+    tokens: float
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """A job about to be created, before anything of it is stored (``runink_admit``)."""
+
+    herd: str
+    kind: str  # "command" or "pipeline"
+    tasks: tuple[TaskDemand, ...]
+    bounds: JobBounds  # the herd's effective per-job bounds
+    bucket: RateBucket | None  # the herd's rate limit now; None: none
+    now: float
+
+
+@dataclass(frozen=True)
+class AdmissionDecision:
+    """An admission plugin's answer: refuse (``allowed`` False, with the HTTP ``status`` the
+    API answers, a reason naming the bound, the requested value and the limit, and
+    ``retry_after`` seconds for a limit that passes) or allow."""
+
+    allowed: bool
+    reason: str = ""
+    status: int = 403
+    retry_after: float | None = None
+    plugin: str = ""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

@@ -86,6 +86,11 @@ def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator
         yield client
 
 
+def _seconds(value: str) -> float:
+    """A duration, or 0 (no bound)."""
+    return 0.0 if value.strip() == "0" else parse_duration(value)
+
+
 def _amount(value: str | None, what: str, parse: Any) -> Any:
     if value is None:
         return None
@@ -547,13 +552,32 @@ def herd_create(
     memory: str | None = typer.Option(None, "--memory", help='Memory they may use together, e.g. "64Gi".'),
     gpu: int = typer.Option(0, "--gpu", min=0, help="GPUs (0: no limit)."),
     max_slices: int = typer.Option(0, "--max-slices", min=0, help="Slices at once (0: no limit)."),
+    max_job_cpu: float | None = typer.Option(
+        None, "--max-job-cpu", min=0, help="Cores any one task of a job may ask for (default: [admission]; 0: none)."
+    ),
+    max_job_memory: str | None = typer.Option(None, "--max-job-memory", help='Memory any one task may ask, "32Gi".'),
+    max_job_gpu: int | None = typer.Option(None, "--max-job-gpu", min=0, help="GPUs any one task may ask for."),
+    max_job_timeout: str | None = typer.Option(None, "--max-job-timeout", help='The longest task timeout, "1h".'),
+    rate: float | None = typer.Option(
+        None, "--rate", min=0, help="Jobs per second the herd may submit (default: [admission] rate; 0: no limit)."
+    ),
+    burst: int | None = typer.Option(None, "--burst", min=1, help="Jobs it may submit at once past its rate."),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Create a herd with its quota."""
+    """Create a herd with its quota and, if given, its own admission limits."""
     quota = {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu, "max_slices": max_slices}
+    own = {
+        "max_cpu": max_job_cpu,
+        "max_memory": _amount(max_job_memory, "--max-job-memory", parse_memory),
+        "max_gpu": max_job_gpu,
+        "max_timeout": _amount(max_job_timeout, "--max-job-timeout", _seconds),
+        "rate": rate,
+        "burst": burst,
+    }
+    body = {"name": name, "quota": quota, "admission": {k: v for k, v in own.items() if v is not None}}
     with _client(ctx, server) as client:
-        answer = client.call("POST", "/v1/herds", {"name": name, "quota": quota})
+        answer = client.call("POST", "/v1/herds", body)
     print_json(answer) if json_output else print(f"herd {name} created")
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -47,11 +48,23 @@ from runink.core.control.records import (
     new_id,
     parse_usage,
 )
-from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound, Refused, assigned_to
+from runink.core.control.store import (
+    MAX_CONFLICT_RETRIES,
+    ClusterStore,
+    Conflict,
+    NotFound,
+    Refused,
+    StaleRead,
+    Versioned,
+    assigned_to,
+)
 from runink.core.interfaces.barn import TxnOp
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
+
+if TYPE_CHECKING:
+    from runink.core.control.admission import Gate
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +323,15 @@ class Lifecycle:
         secrets: Sequence[str] = (),
         secrets_env: bool = False,
         also: Sequence[TxnOp] = (),
+        admit: Gate | None = None,
     ) -> JobRecord:
         """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
         Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
         own, or could never fit any registered node; nothing is stored then. ``secrets``: names
         of the herd's secrets the task receives (files, and env vars with ``secrets_env``).
-        ``also``: writes committed with the job (the API's audit record of the submission)."""
+        ``also``: writes committed with the job (the API's audit record of the submission).
+        ``admit``: the server's admission (core/control/admission.py), asked once the herd is
+        read; it raises to refuse, and its writes are committed with the job."""
         nodes = self.store.later(self.store.nodes)  # (read with the herd)
         try:
             found = self.store.herd(herd)
@@ -341,8 +357,28 @@ class Lifecycle:
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
         self._admit(found.record, [task], [v.record for v in nodes()])
-        self.store.submit(job, [task], found, also)
+        self._store(job, [task], found, also, admit)
         return job
+
+    def _store(
+        self, job: JobRecord, tasks: list[TaskRecord], herd: Versioned[Herd], also: Sequence[TxnOp], admit: Gate | None
+    ) -> None:
+        """Admit the job (``admit``) and store it with what admission writes; admitted again on
+        the herd as it is now when another server changed what it was admitted on."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            admitted = admit(herd.record, job.kind, tasks) if admit is not None else None
+            try:
+                if admitted is None:
+                    self.store.submit(job, tasks, herd, also)
+                    return
+                revision = self.store.submit(job, tasks, herd, [*also, *admitted.ops], admitted.compare)
+            except StaleRead:
+                admitted.on_stale()  # type: ignore[union-attr]  # (only raised with a compare)
+                herd = self.store.herd(job.herd)
+                continue
+            admitted.on_commit(revision)
+            return
+        raise Conflict(f"herd {job.herd}: its admission state changed {MAX_CONFLICT_RETRIES} times in a row")
 
     def submit_pipeline(
         self,
@@ -353,6 +389,7 @@ class Lifecycle:
         run: str | None = None,
         priority: int = 0,
         also: Sequence[TxnOp] = (),
+        admit: Gate | None = None,
     ) -> JobRecord:
         """Store a pipeline run as a job of one task per scenario (``pipeline_tasks`` builds
         them from a compiled pipeline), each placed only once the tasks of the scenarios it
@@ -361,7 +398,7 @@ class Lifecycle:
         id, naming its work folder there; default: the job's id). Refused, storing nothing, as
         ``submit_command`` is, and for a scenario named twice or after one not before it, or
         placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``).
-        ``also``: as ``submit_command``'s."""
+        ``also`` and ``admit``: as ``submit_command``'s."""
         try:
             found = self.store.herd(herd)
         except ValueError as exc:
@@ -403,7 +440,7 @@ class Lifecycle:
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         self._admit(found.record, records)
-        self.store.submit(job, records, found, also)
+        self._store(job, records, found, also, admit)
         return job
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:

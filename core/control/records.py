@@ -143,9 +143,21 @@ class Quota(Record):
         return None
 
 
+class HerdAdmission(Record):
+    """A herd's own admission limits (None: the cluster's, ``[admission]``; 0: no bound)."""
+
+    max_cpu: float | None = Field(default=None, ge=0, le=4096, allow_inf_nan=False)
+    max_memory: int | None = Field(default=None, ge=0, le=2**62)
+    max_gpu: int | None = Field(default=None, ge=0, le=1024)
+    max_timeout: float | None = Field(default=None, ge=0, le=366 * 86400, allow_inf_nan=False)
+    rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)  # jobs per second
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class Herd(Record):
     name: str
     quota: Quota = Quota()
+    admission: HerdAdmission = HerdAdmission()
     created: float = Field(default_factory=time.time)
     deleting: bool = False  # being deleted: takes no new jobs (ClusterStore.delete_herd)
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, RunState, TaskRecord, keys
 from runink.core.errors import RuninkError
-from runink.core.interfaces.barn import BarnBackend, TxnOp
+from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp
 from runink.core.model import check_name
 
 R = TypeVar("R", bound=Record)
@@ -32,6 +32,10 @@ HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
 
 class Conflict(RuninkError):
     """What was read changed before the write: read again and retry."""
+
+
+class StaleRead(Conflict):
+    """A value a write was computed from (given to compare) changed: compute it again."""
 
 
 class NotFound(RuninkError):
@@ -283,12 +287,15 @@ class ClusterStore:
         tasks: Sequence[TaskRecord],
         herd: Versioned[Herd] | None = None,
         also: Sequence[TxnOp] = (),
+        compare: Sequence[tuple[str, int]] = (),
     ) -> int:
         """Store a job and its tasks at once (all or none); returns the revision. The herd's
         key is compared too (``herd``: as the caller read it, else read here): a herd deleted
         (or being deleted: marking it changes the key) meanwhile refuses the job rather than
         holding one nobody lists. (Its HERD_INDEX entry is created and deleted with the key.)
-        ``also``: more writes made in the same transaction (the API's audit record of it)."""
+        ``also``: more writes made in the same transaction (the API's audit record of it, the
+        herd's rate bucket), computed from the values at the revisions in ``compare``: one of
+        them changed raises StaleRead at once (compute them again)."""
         writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
@@ -303,11 +310,13 @@ class ClusterStore:
                 raise NotFound(f"herd {job.herd!r}: no such herd")
             if herd.record.deleting:
                 raise Refused(f"herd {job.herd!r}: being deleted")
-            held, revision = self.barn.transaction([(keys.herd(job.herd), herd.revision), *absent], ops)
+            held, revision = self.barn.transaction([(keys.herd(job.herd), herd.revision), *absent, *compare], ops)
             if held:
                 return revision
             if any(self.barn.get(key) is not None for key, _ in absent):
                 raise Refused(f"job {job.id}: exists already")
+            if any(_mod_revision(self.barn.get(key)) != read for key, read in compare):
+                raise StaleRead(f"herd {job.herd}: what the job was admitted on changed meanwhile")
             # the herd changed (its quota, or a delete began): read it again
         raise Conflict(f"herd {job.herd}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
@@ -435,3 +444,7 @@ def _parse(model: type[R], value: bytes, key: str) -> R:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "record"
         raise RuninkError(f"Barn key {key}: {where}: {first['msg']}") from None
+
+
+def _mod_revision(found: KeyValue | None) -> int:
+    return 0 if found is None else found.mod_revision

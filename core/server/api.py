@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import pathlib
 import time
 import uuid
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runink.core import logs, metrics
+from runink.core.control.admission import Admission, AdmissionRefused
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
@@ -36,6 +38,7 @@ from runink.core.control.records import (
     MAX_PIPELINE_TASKS,
     Amount,
     Herd,
+    HerdAdmission,
     JobRecord,
     NodeRecord,
     PipelineTask,
@@ -95,9 +98,21 @@ class QuotaIn(Body):
     max_slices: int = Field(default=0, ge=0, le=1_000_000_000)
 
 
+class HerdAdmissionIn(Body):
+    """The herd's own admission limits (absent: the cluster's ``[admission]``; 0: no bound)."""
+
+    max_cpu: float | None = Field(default=None, ge=0, le=4096, allow_inf_nan=False)
+    max_memory: int | None = Field(default=None, ge=0, le=MAX_MEMORY)
+    max_gpu: int | None = Field(default=None, ge=0, le=1024)
+    max_timeout: float | None = Field(default=None, ge=0, le=366 * 86400, allow_inf_nan=False)
+    rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class HerdIn(Body):
     name: str = Field(pattern=NAME.pattern, max_length=63)
     quota: QuotaIn = QuotaIn()
+    admission: HerdAdmissionIn = HerdAdmissionIn()
 
 
 class ResourcesIn(Body):
@@ -383,6 +398,7 @@ def create_app(
     tls: TlsFiles | None = None,
     ca_key: pathlib.Path | None = None,
     manager: PluginManager | None = None,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
     of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
@@ -391,7 +407,8 @@ def create_app(
     routes and served as JWKS; None: those routes answer 404. ``tls``: the server's TLS files
     (its CA served to joining nodes); ``ca_key``: the CA's key, to sign the certificates of
     nodes that join (else those routes answer 404). ``manager``: the plugins requests are
-    reported to as metrics (none: not measured)."""
+    reported to as metrics (none: not measured). ``admission``: what every submission must
+    pass (core/control/admission.py; none: only the quota and fit checks)."""
     auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
@@ -418,6 +435,11 @@ def create_app(
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         return _error(409, str(exc))
+
+    @app.exception_handler(AdmissionRefused)
+    async def _not_admitted(request: Request, exc: AdmissionRefused) -> JSONResponse:
+        wait = None if exc.retry_after is None else {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return _error(exc.status if 400 <= exc.status < 600 else 403, str(exc), wait)
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
@@ -501,7 +523,11 @@ def create_app(
     @app.post("/v1/herds", status_code=201, openapi_extra=action("herds.create"))
     def create_herd(body: HerdIn, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "herds.create", f"herds/{body.name}", CLUSTER)
-        herd = Herd(name=body.name, quota=Quota(**body.quota.model_dump()))
+        herd = Herd(
+            name=body.name,
+            quota=Quota(**body.quota.model_dump()),
+            admission=HerdAdmission(**body.admission.model_dump()),
+        )
         store.create_herd(herd)
         return dump_record(herd)
 
@@ -716,6 +742,7 @@ def create_app(
                 secrets=body.secrets,
                 secrets_env=body.secrets_env,
                 also=audit,
+                admit=None if admission is None else admission.gate(identity),
             )
         return {"job": dump_record(job)}
 
@@ -723,7 +750,14 @@ def create_app(
     def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
         with auth.change(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd) as audit:
             # what the records refuse after this (a scenario twice, quota, fit) is a 409
-            job = lifecycle.submit_pipeline(body.herd, body.pipeline, body.tasks, priority=body.priority, also=audit)
+            job = lifecycle.submit_pipeline(
+                body.herd,
+                body.pipeline,
+                body.tasks,
+                priority=body.priority,
+                also=audit,
+                admit=None if admission is None else admission.gate(identity),
+            )
         return {"job": dump_record(job)}
 
     @app.get("/v1/jobs", openapi_extra=action("jobs.read"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.config import RuninkConfig
+from runink.core.control.admission import Admission
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.liveness import Liveness
 from runink.core.control.scheduler import Scheduler
@@ -282,6 +283,7 @@ class Server:
                 tls=options.tls,
                 ca_key=options.ca_key,
                 manager=manager,
+                admission=Admission(self.store, manager, config.admission),
             ),
             options.api[0],
             options.api[1],

@@ -1,0 +1,193 @@
+"""Admission: what a job must pass before anything of it is stored.
+
+A server asks the ``runink_admit`` hook about every submission (the built-in ``admission``
+plugin checks per-job bounds and the herd's submission rate; a plugin adds rules of its own)
+with what each task asks for, the herd's effective bounds (its own, else ``[admission]``) and
+its rate bucket refilled up to now. Any refusal refuses: nothing is stored, and the API answers
+the decision's status (422 for a bound, 429 with Retry-After for the rate).
+
+The rate is a token bucket per herd kept in the Barn (``/herds/<herd>/admission``): a job
+takes one token, and the bucket is written in the job's own transaction, compared against the
+revision it was read at. So the count is exact whatever server takes the submission, and
+after a server restarts or another leads: two servers taking the same token both try to
+commit, one fails its compare and admits again on the bucket as it is now. A server keeps the
+bucket it last wrote, so a herd's submissions through one server cost no extra read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runink.core.config import AdmissionConfig
+from runink.core.control.records import Herd, Record, TaskRecord
+from runink.core.control.store import ClusterStore, Conflict
+from runink.core.errors import PluginError, RuninkError
+from runink.core.interfaces.barn import TxnOp
+from runink.core.model import (
+    AdmissionDecision,
+    AdmissionRequest,
+    Identity,
+    JobBounds,
+    RateBucket,
+    TaskDemand,
+    parse_duration,
+    parse_memory,
+)
+from runink.core.plugins import PluginManager
+
+
+def bucket_key(herd: str) -> str:
+    return f"/herds/{herd}/admission"
+
+
+class Bucket(Record):
+    """A herd's rate bucket as stored: ``tokens`` left at time ``at``."""
+
+    tokens: float
+    at: float
+
+
+class AdmissionRefused(RuninkError):
+    """A refused job: the API answers ``status`` (with ``Retry-After`` when set)."""
+
+    def __init__(self, decision: AdmissionDecision) -> None:
+        super().__init__(decision.reason)
+        self.status = decision.status
+        self.retry_after = decision.retry_after
+
+
+class AdmissionStale(Conflict):
+    """The herd's bucket changed since it was read (another server took a token): admit again."""
+
+
+@dataclass
+class Admitted:
+    """What an admitted job commits with itself: the bucket's new state, compared against the
+    revision it was read at; ``on_commit(revision)`` once it is stored."""
+
+    ops: list[TxnOp] = field(default_factory=list)
+    compare: list[tuple[str, int]] = field(default_factory=list)
+    on_commit: Callable[[int], None] = lambda _revision: None
+    on_stale: Callable[[], None] = lambda: None  # the compare failed: read the state again
+
+
+#: a lifecycle's admission step: (the herd as read, the job's kind, its tasks) -> Admitted
+Gate = Callable[[Herd, str, list[TaskRecord]], Admitted]
+
+
+def cluster_bounds(config: AdmissionConfig) -> JobBounds:
+    def bound(value: float) -> float | None:
+        return value or None
+
+    timeout = None if config.max_timeout in (0, "0") else parse_duration(config.max_timeout)
+    return JobBounds(
+        cpu=bound(config.max_cpu),
+        memory=parse_memory(config.max_memory) or None,
+        gpu=config.max_gpu or None,
+        timeout=timeout,
+        source=dict.fromkeys(("cpu", "memory", "gpu", "timeout"), "[admission]"),
+    )
+
+
+def herd_bounds(herd: Herd, defaults: JobBounds) -> JobBounds:
+    """The herd's own bounds where it set them (0: none), else the cluster's."""
+    own = herd.admission
+    values, source = {}, dict(defaults.source)
+    for name, mine in (
+        ("cpu", own.max_cpu),
+        ("memory", own.max_memory),
+        ("gpu", own.max_gpu),
+        ("timeout", own.max_timeout),
+    ):
+        if mine is None:
+            values[name] = getattr(defaults, name)
+        else:
+            values[name] = mine or None
+            source[name] = f"herd {herd.name}"
+    return JobBounds(**values, source=source)
+
+
+def demand(task: TaskRecord) -> TaskDemand:
+    name = task.scenario.scenario if task.scenario is not None else "command"
+    return TaskDemand(name, task.resources.cpu, task.resources.memory, task.resources.gpu, task.timeout)
+
+
+class Admission:
+    def __init__(
+        self,
+        store: ClusterStore,
+        manager: PluginManager,
+        config: AdmissionConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.config = config
+        self.defaults = cluster_bounds(config)
+        self.clock = clock
+        self._buckets: dict[str, tuple[Bucket | None, int]] = {}  # herd -> (bucket, its mod_revision)
+        self._lock = threading.Lock()
+
+    def gate(self, identity: Identity | None) -> Gate:
+        """The step a submission's lifecycle runs once it read the herd (``Lifecycle.submit_*``)."""
+        return lambda herd, kind, tasks: self.admit(herd, kind, tasks, identity)
+
+    def _rate(self, herd: Herd) -> tuple[float, int]:
+        own = herd.admission
+        rate = self.config.rate if own.rate is None else own.rate
+        return rate, self.config.burst if own.burst is None else own.burst
+
+    def _bucket(self, herd: str) -> tuple[Bucket | None, int]:
+        with self._lock:
+            known = self._buckets.get(herd)
+        if known is not None:
+            return known
+        found = self.store.barn.get(bucket_key(herd))
+        read = (None, 0) if found is None else (Bucket.model_validate_json(found.value), found.mod_revision)
+        with self._lock:
+            self._buckets[herd] = read
+        return read
+
+    def forget(self, herd: str) -> None:
+        """Read the herd's bucket again next time (another server changed it)."""
+        with self._lock:
+            self._buckets.pop(herd, None)
+
+    def admit(self, herd: Herd, kind: str, tasks: list[TaskRecord], identity: Identity | None) -> Admitted:
+        """Ask the plugins; AdmissionRefused when one refuses, else what to commit with the job."""
+        now = self.clock()
+        rate, burst = self._rate(herd)
+        bucket: RateBucket | None = None
+        stored: Bucket | None = None
+        revision = 0
+        if rate > 0:
+            stored, revision = self._bucket(herd.name)
+            tokens = (
+                float(burst) if stored is None else min(float(burst), stored.tokens + max(0.0, now - stored.at) * rate)
+            )
+            bucket = RateBucket(tokens, rate, burst)
+        request = AdmissionRequest(
+            herd.name, kind, tuple(demand(t) for t in tasks), herd_bounds(herd, self.defaults), bucket, now
+        )
+        try:
+            answers = self.manager.hooks.admit(request, identity)
+        except PluginError as exc:  # a plugin that cannot decide admits nothing
+            raise AdmissionRefused(AdmissionDecision(False, f"admission: {exc}", 503, 1.0)) from None
+        for answer in answers:
+            if not answer.value.allowed:
+                raise AdmissionRefused(answer.value)
+        if bucket is None:
+            return Admitted()
+        taken = Bucket(tokens=max(0.0, bucket.tokens - 1), at=now)  # (never below: a plugin may admit past it)
+        key = bucket_key(herd.name)
+
+        def committed(at: int) -> None:
+            with self._lock:
+                self._buckets[herd.name] = (taken, at)
+
+        ops = [TxnOp(key, taken.model_dump_json().encode())]
+        return Admitted(ops, [(key, revision)], committed, lambda: self.forget(herd.name))

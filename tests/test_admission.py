@@ -1,0 +1,285 @@
+"""Admission (issue 23): per-job bounds refuse exactly past their limit, with a 422 naming the
+bound, the value and the limit, and store nothing; a herd's own bounds win over the cluster's;
+the submission rate is a token bucket in the Barn, exact under concurrent clients and across
+servers, even one stopped mid-burst; a plugin adds its own rule; a herd's quota is released
+once whichever way its job ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from runink.core import hookimpl
+from runink.core.config import AdmissionConfig
+from runink.core.control.admission import Admission, AdmissionRefused, bucket_key
+from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.liveness import Liveness
+from runink.core.control.records import Amount, Herd, HerdAdmission, NodeRecord, Quota, RunState
+from runink.core.control.scheduler import Scheduler
+from runink.core.control.store import ClusterStore
+from runink.core.drivers import load_driver
+from runink.core.interfaces import SchedulerPolicy
+from runink.core.model import AdmissionDecision, AdmissionRequest, Identity
+from runink.core.server.api import create_app
+from runink.core.server.serve_api import serve_api, stop_api
+from runink.plugins.admission import limits
+from runink.plugins.barn.memory import MemoryBarn
+from runink.testing import plugin_manager
+
+GiB = 1024**3
+
+
+@dataclass
+class Server:
+    http: httpx.Client
+    admission: Admission
+    stop: Callable[[], None]
+
+    def submit(self, herd: str = "team", **fields: Any) -> httpx.Response:
+        body = {"herd": herd, "command": ["/bin/true"], **fields}
+        return self.http.post("/v1/jobs", json=body)
+
+
+class Servers:
+    """Servers (each its API and admission) over one Barn: as a cluster's servers are."""
+
+    def __init__(self, config: AdmissionConfig, plugins: tuple[tuple[str, object], ...] = ()) -> None:
+        self.store = ClusterStore(MemoryBarn())
+        self.lifecycle = Lifecycle(self.store)
+        self.store.create_herd(Herd(name="team"))
+        self.store.create_herd(Herd(name="big", admission=HerdAdmission(max_cpu=8, rate=0)))
+        self.store.create_herd(Herd(name="free", admission=HerdAdmission(max_cpu=0)))
+        self.config = config
+        self.plugins = (("admission", limits), *plugins)
+        self.clock: Callable[[], float] = time.time
+        self.running: list[Server] = []
+
+    def start(self) -> Server:
+        manager = plugin_manager(*self.plugins, entrypoints=False).__enter__()
+        # (a lambda: tests swap the clock after the servers start)
+        admission = Admission(self.store, manager, self.config, clock=lambda: self.clock())  # noqa: PLW0108
+        app = create_app(self.lifecycle, self.store, admission=admission)
+        api, thread = serve_api(app, "127.0.0.1", 0)
+        http = httpx.Client(base_url=f"http://127.0.0.1:{api.config.port}", timeout=10)
+
+        def stop() -> None:
+            http.close()
+            stop_api(api, thread)
+
+        server = Server(http, admission, stop)
+        self.running.append(server)
+        return server
+
+    def jobs(self, herd: str = "team") -> int:
+        return len(self.store.jobs(herd))
+
+    def close(self) -> None:
+        for server in self.running:
+            server.stop()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Servers]]:
+    made: list[Servers] = []
+
+    def make(plugins: tuple[tuple[str, object], ...] = (), **config: Any) -> Servers:
+        made.append(Servers(AdmissionConfig(**config), plugins))
+        return made[-1]
+
+    yield make
+    for found in made:
+        found.close()
+
+
+@pytest.mark.parametrize(
+    ("bound", "config", "at_limit", "over"),
+    [
+        ("cpu", {"max_cpu": 2}, {"resources": {"cpu": 2}}, {"resources": {"cpu": 2.001}}),
+        ("memory", {"max_memory": "1Gi"}, {"resources": {"memory": GiB}}, {"resources": {"memory": GiB + 1}}),
+        ("gpu", {"max_gpu": 2}, {"resources": {"gpu": 2}}, {"resources": {"gpu": 3}}),
+        ("timeout", {"max_timeout": "1m"}, {"timeout": 60}, {"timeout": 60.001}),
+    ],
+)
+def test_each_bound_refuses_exactly_past_its_limit(
+    servers: Callable[..., Servers], bound: str, config: dict[str, Any], at_limit: dict[str, Any], over: dict[str, Any]
+) -> None:
+    cluster = servers(**config)
+    server = cluster.start()
+    assert server.submit(**at_limit).status_code == 201
+    refused = server.submit(**over)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert detail.startswith(f"herd team: task 'command': {bound} ") and "over the per-job bound" in detail
+    assert "[admission]" in detail
+    assert cluster.jobs() == 1  # the refused one stored nothing
+    if bound == "timeout":
+        none_asked = server.submit()
+        assert none_asked.status_code == 422 and "none asked" in none_asked.json()["detail"]
+
+
+def test_a_herds_own_bounds_win_and_zero_lifts_the_cluster_bound(servers: Callable[..., Servers]) -> None:
+    cluster = servers(max_cpu=2)
+    server = cluster.start()
+    assert server.submit("team", resources={"cpu": 4}).status_code == 422
+    assert server.submit("big", resources={"cpu": 4}).status_code == 201
+    over = server.submit("big", resources={"cpu": 9})
+    assert over.status_code == 422 and "over the per-job bound 8 cores (herd big)" in over.json()["detail"]
+    assert server.submit("free", resources={"cpu": 64}).status_code == 201
+
+
+def test_the_rate_is_a_token_bucket_with_retry_after(servers: Callable[..., Servers]) -> None:
+    cluster = servers(rate=5, burst=3)
+    now = [1000.0]
+    cluster.clock = lambda: now[0]
+    server = cluster.start()
+    assert [server.submit().status_code for _ in range(3)] == [201] * 3  # the burst
+    refused = server.submit()
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert "submission rate 5 jobs/s (burst 3) reached; try again in 0.20 s" in refused.json()["detail"]
+    now[0] += 0.2  # one token back
+    assert server.submit().status_code == 201
+    assert server.submit().status_code == 429
+    now[0] += 100  # full again, never past the burst
+    assert [server.submit().status_code for _ in range(4)] == [201, 201, 201, 429]
+    assert server.submit("big").status_code == 201  # (herd big: rate 0, no limit)
+    assert cluster.jobs() == 7 and cluster.store.barn.get(bucket_key("team")) is not None
+
+
+def test_the_rate_holds_within_one_token_under_8_clients_on_two_servers_one_stopped_mid_burst(
+    servers: Callable[..., Servers],
+) -> None:
+    rate, burst = 20.0, 10
+    cluster = servers(rate=rate, burst=burst)
+    first, second = cluster.start(), cluster.start()
+    admitted: list[float] = []
+    lock = threading.Lock()
+    began = time.monotonic()
+    stop_at = began + 2.0
+
+    def client(number: int) -> None:
+        while time.monotonic() < stop_at:
+            server = first if number % 2 and time.monotonic() < began + 1.0 else second
+            try:
+                answer = server.submit()
+            except httpx.HTTPError:  # (the first server stopped under it)
+                continue
+            if answer.status_code == 201:
+                with lock:
+                    admitted.append(time.monotonic())
+            else:
+                assert answer.status_code == 429, answer.text
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    first.stop()  # a server gone mid-burst: the bucket is in the Barn, the others go on with it
+    for thread in threads:
+        thread.join(30)
+    elapsed = max(admitted) - began
+    allowed = burst + rate * elapsed
+    assert len(admitted) <= allowed + 1, (len(admitted), allowed)
+    assert len(admitted) >= rate * 2.0 + burst - rate * 0.2 - 1  # (the clients kept it busy to the end)
+    assert cluster.jobs() == len(admitted)  # each admitted job stored once, no refused one
+
+
+class NoGpuAtNight:
+    @hookimpl
+    def runink_admit(self, job: AdmissionRequest, identity: Identity | None) -> AdmissionDecision | None:
+        if any(t.gpu for t in job.tasks) and time.gmtime(job.now).tm_hour >= 18:
+            return AdmissionDecision(False, f"herd {job.herd}: no GPU jobs after 18:00", 403)
+        return None
+
+
+class Broken:
+    @hookimpl
+    def runink_admit(self, job: AdmissionRequest, identity: Identity | None) -> AdmissionDecision | None:
+        raise RuntimeError("boom")
+
+
+def test_a_plugin_adds_a_rule_and_one_that_fails_admits_nothing(servers: Callable[..., Servers]) -> None:
+    cluster = servers(plugins=(("night", NoGpuAtNight()),))
+    cluster.clock = lambda: 1_800_000_000.0 + 19 * 3600 - (1_800_000_000 % 86400)  # 19:00 UTC
+    server = cluster.start()
+    refused = server.submit(resources={"gpu": 1})
+    assert refused.status_code == 403 and refused.json()["detail"] == "herd team: no GPU jobs after 18:00"
+    assert server.submit().status_code == 201
+    broken = servers(plugins=(("broken", Broken()),)).start()
+    answer = broken.submit()
+    assert answer.status_code == 503 and "plugin broken failed in runink_admit" in answer.json()["detail"]
+
+
+def test_a_herds_quota_is_released_once_whichever_way_its_job_ends() -> None:
+    store = ClusterStore(MemoryBarn())
+    life = Lifecycle(store)
+    store.create_herd(Herd(name="one", quota=Quota(max_slices=1)))
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=8, memory=16 * GiB)))
+    with plugin_manager(entrypoints=True) as manager:
+        scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
+
+        def placed() -> list[str]:
+            scheduler.run_pass(time.time())
+            held = (RunState.SCHEDULED, RunState.RUNNING)
+            return [t.id for t in (v.record for v in store.tasks("one")) if t.state in held]
+
+        jobs = [life.submit_command("one", ["/bin/true"]) for _ in range(6)]
+        ends: list[Callable[[str], None]] = []
+
+        def report(state: RunState) -> Callable[[str], None]:
+            def end(task_id: str) -> None:
+                task = store.task("one", task_id).record
+                assert life.report("one", task_id, task.attempt, task.token, RunState.RUNNING)
+                code = 0 if state is RunState.SUCCEEDED else 1
+                assert life.report("one", task_id, task.attempt, task.token, state, exit_code=code)
+
+            return end
+
+        def node_dies(task_id: str) -> None:
+            liveness = Liveness(store, 0.01)
+            liveness.observe(0.0)
+            liveness.observe(10.0)
+            life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=8, memory=16 * GiB)))
+
+        ends = [
+            report(RunState.SUCCEEDED),
+            report(RunState.FAILED),
+            lambda task_id: life.cancel(task_id.rsplit(".", 1)[0]) and None,
+            report(RunState.OOMKILLED),
+            node_dies,
+        ]
+        ended = []
+        for end in ends:
+            (running,) = placed()  # one slice at a time: the quota holds
+            end(running)
+            ended.append(running.rsplit(".", 1)[0])
+            assert len(placed()) == 1  # released once: the next one goes, and only one
+        states = [store.job(job).record.state for job in ended]
+        assert states[:4] == [RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.OOMKILLED]
+        assert len(jobs) == 6 and states[4] is not RunState.RUNNING  # (the dead node's task waits again)
+
+
+def test_hook_runink_admit() -> None:
+    """Through the core: the built-in rules and a plugin's, combined (any refusal wins)."""
+    store = ClusterStore(MemoryBarn())
+    herd = Herd(name="team")
+    store.create_herd(herd)
+    task = Lifecycle(store).submit_command("team", ["/bin/true"], Amount(cpu=1, gpu=1))
+    (record,) = [v.record for v in store.job_tasks(task)]
+    night = 1_800_000_000.0 - (1_800_000_000 % 86400) + 20 * 3600
+    with plugin_manager(("admission", limits), ("night", NoGpuAtNight()), entrypoints=False) as manager:
+        gate = Admission(store, manager, AdmissionConfig(max_cpu=2), clock=lambda: night)
+        with pytest.raises(AdmissionRefused) as refused:
+            gate.admit(herd, "command", [record], None)
+        assert refused.value.status == 403 and "no GPU jobs after 18:00" in str(refused.value)
+        day = Admission(store, manager, AdmissionConfig(max_cpu=2), clock=lambda: night - 10 * 3600)
+        assert day.admit(herd, "command", [record], None).ops == []  # no rate: nothing to write
+        over = Admission(store, manager, AdmissionConfig(max_cpu=0.5), clock=lambda: night - 10 * 3600)
+        with pytest.raises(AdmissionRefused) as past:
+            over.admit(herd, "command", [record], None)
+        assert past.value.status == 422 and "cpu 1 cores is over the per-job bound 0.5 cores" in str(past.value)
