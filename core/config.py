@@ -241,6 +241,16 @@ class AdmissionConfig(_Section):
         return value
 
 
+class CostConfig(_Section):
+    """What a job's resources cost, to estimate its worst case at admission and price what its
+    tasks used ($RUNINK_COST__CPU_SECOND...; seed 004's defaults)."""
+
+    cpu_second: float = Field(default=0.000048, ge=0, le=1e6, description="Per cpu-second.")
+    gb_second: float = Field(default=0.000006, ge=0, le=1e6, description="Per GB-second of memory (10^9 bytes).")
+    gpu_second: float = Field(default=0.00028, ge=0, le=1e6, description="Per GPU-second.")
+    currency: str = Field(default="USD", pattern=r"^[A-Za-z$€£¥]{1,8}$", description="What the rates are in.")
+
+
 class MetricsConfig(_Section):
     address: str | None = Field(
         default=None,
@@ -313,6 +323,7 @@ class RuninkConfig(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

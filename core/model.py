@@ -243,6 +243,7 @@ class AdmissionRequest:
     bounds: JobBounds  # the herd's effective per-job bounds
     bucket: RateBucket | None  # the herd's rate limit now; None: none
     now: float
+    estimate: float | None = None  # its worst-case cost ([cost] rates); None: a task has no timeout
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,14 @@ def test_hook_runink_admit() -> None:
         with pytest.raises(AdmissionRefused) as past:
             over.admit(herd, "command", [record], None)
         assert past.value.status == 422 and "cpu 1 cores is over the per-job bound 0.5 cores" in str(past.value)
+
+
+def test_the_worst_case_cost_comes_with_the_job(servers: Callable[..., Servers]) -> None:
+    server = servers().start()
+    answer = server.submit(resources={"cpu": 2, "memory": 4 * 10**9, "gpu": 1}, timeout=3600, retries=1)
+    assert answer.status_code == 201, answer.text
+    # 2 attempts x 3,600 s x (2 cpu x 0.000048 + 4 GB x 0.000006 + 1 GPU x 0.00028), seed 004's rates
+    assert answer.json()["job"]["estimate"] == pytest.approx(2.88)
+    job = server.http.get(f"/v1/jobs/{answer.json()['job']['id']}").json()["job"]
+    assert job["estimate"] == pytest.approx(2.88)  # (stored with it)
+    assert server.submit(resources={"cpu": 2}).json()["job"]["estimate"] is None  # no timeout: no worst case

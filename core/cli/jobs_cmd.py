@@ -158,6 +158,8 @@ def exec_command(
         line = f"{job_id}: {final['job']['state']}"
         if task.get("message"):
             line += f": {task['message']}"
+        if final["job"].get("estimate") is not None:
+            line += f" (worst-case cost {final['job']['estimate']:.4g})"
         console(stderr=True).print(line, highlight=False, markup=False)
     state_name = final["job"]["state"]
     if state_name == "SUCCEEDED":
@@ -198,9 +200,15 @@ def submit_command(
         "tasks": [t.model_dump() for t in tasks],
     }
     with _client(ctx, server) as client:
-        job_id = client.call("POST", "/v1/pipelines", body)["job"]["id"]
+        submitted = client.call("POST", "/v1/pipelines", body)["job"]
+        job_id = submitted["id"]
         if not wait:
-            print_json({"job": job_id}) if json_output else print(job_id)
+            if json_output:
+                print_json({"job": job_id, "estimate": submitted.get("estimate")})
+                return
+            print(job_id)
+            if submitted.get("estimate") is not None:
+                print(f"# worst-case cost {submitted['estimate']:.4g}", file=sys.stderr)
             return
         final = _wait(client, job_id)
     if json_output:
@@ -374,8 +382,9 @@ def status_command(
         print_json(answer)
         return
     job = answer["job"]
+    cost = "" if job.get("estimate") is None else f", worst-case cost {job['estimate']:.4g}"
     print_table(
-        f"job {job['id']} (herd {job['herd']}): {job['state']}",
+        f"job {job['id']} (herd {job['herd']}{cost}): {job['state']}",
         ["TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "MESSAGE"],
         [
             (

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runink.core.config import AdmissionConfig
+from runink.core.config import AdmissionConfig, CostConfig
+from runink.core.control.cost import worst_case
 from runink.core.control.records import Herd, Record, TaskRecord
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.errors import PluginError, RuninkError
@@ -72,6 +73,7 @@ class Admitted:
     compare: list[tuple[str, int]] = field(default_factory=list)
     on_commit: Callable[[int], None] = lambda _revision: None
     on_stale: Callable[[], None] = lambda: None  # the compare failed: read the state again
+    estimate: float | None = None  # the job's worst-case cost, stored with it
 
 
 #: a lifecycle's admission step: (the herd as read, the job's kind, its tasks) -> Admitted
@@ -122,11 +124,13 @@ class Admission:
         manager: PluginManager,
         config: AdmissionConfig,
         *,
+        rates: CostConfig | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.manager = manager
         self.config = config
+        self.rates = rates or CostConfig()
         self.defaults = cluster_bounds(config)
         self.clock = clock
         self._buckets: dict[str, tuple[Bucket | None, int]] = {}  # herd -> (bucket, its mod_revision)
@@ -170,8 +174,9 @@ class Admission:
                 float(burst) if stored is None else min(float(burst), stored.tokens + max(0.0, now - stored.at) * rate)
             )
             bucket = RateBucket(tokens, rate, burst)
+        estimate = worst_case(tasks, self.rates)
         request = AdmissionRequest(
-            herd.name, kind, tuple(demand(t) for t in tasks), herd_bounds(herd, self.defaults), bucket, now
+            herd.name, kind, tuple(demand(t) for t in tasks), herd_bounds(herd, self.defaults), bucket, now, estimate
         )
         try:
             answers = self.manager.hooks.admit(request, identity)
@@ -181,7 +186,7 @@ class Admission:
             if not answer.value.allowed:
                 raise AdmissionRefused(answer.value)
         if bucket is None:
-            return Admitted()
+            return Admitted(estimate=estimate)
         taken = Bucket(tokens=max(0.0, bucket.tokens - 1), at=now)  # (never below: a plugin may admit past it)
         key = bucket_key(herd.name)
 
@@ -190,4 +195,4 @@ class Admission:
                 self._buckets[herd.name] = (taken, at)
 
         ops = [TxnOp(key, taken.model_dump_json().encode())]
-        return Admitted(ops, [(key, revision)], committed, lambda: self.forget(herd.name))
+        return Admitted(ops, [(key, revision)], committed, lambda: self.forget(herd.name), estimate)

@@ -357,27 +357,28 @@ class Lifecycle:
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
         self._admit(found.record, [task], [v.record for v in nodes()])
-        self._store(job, [task], found, also, admit)
-        return job
+        return self._store(job, [task], found, also, admit)
 
     def _store(
         self, job: JobRecord, tasks: list[TaskRecord], herd: Versioned[Herd], also: Sequence[TxnOp], admit: Gate | None
-    ) -> None:
-        """Admit the job (``admit``) and store it with what admission writes; admitted again on
-        the herd as it is now when another server changed what it was admitted on."""
+    ) -> JobRecord:
+        """Admit the job (``admit``) and store it, with its estimate and what admission writes;
+        admitted again on the herd as it is now when another server changed what it was
+        admitted on. Returns the job as stored."""
+        if admit is None:
+            self.store.submit(job, tasks, herd, also)
+            return job
         for _ in range(MAX_CONFLICT_RETRIES):
-            admitted = admit(herd.record, job.kind, tasks) if admit is not None else None
+            admitted = admit(herd.record, job.kind, tasks)
+            priced = job.model_copy(update={"estimate": admitted.estimate})
             try:
-                if admitted is None:
-                    self.store.submit(job, tasks, herd, also)
-                    return
-                revision = self.store.submit(job, tasks, herd, [*also, *admitted.ops], admitted.compare)
+                revision = self.store.submit(priced, tasks, herd, [*also, *admitted.ops], admitted.compare)
             except StaleRead:
-                admitted.on_stale()  # type: ignore[union-attr]  # (only raised with a compare)
+                admitted.on_stale()
                 herd = self.store.herd(job.herd)
                 continue
             admitted.on_commit(revision)
-            return
+            return priced
         raise Conflict(f"herd {job.herd}: its admission state changed {MAX_CONFLICT_RETRIES} times in a row")
 
     def submit_pipeline(
@@ -440,8 +441,7 @@ class Lifecycle:
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         self._admit(found.record, records)
-        self._store(job, records, found, also, admit)
-        return job
+        return self._store(job, records, found, also, admit)
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on

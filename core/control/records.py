@@ -436,6 +436,8 @@ class JobRecord(Record):
     submitted: float = Field(default_factory=time.time)
     state: RunState = RunState.PENDING
     finished: float | None = None
+    #: the worst case of what it may cost, at its admission ([cost] rates; None: a task has no timeout)
+    estimate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 def job_state(tasks: list[TaskRecord]) -> RunState:

@@ -283,7 +283,7 @@ class Server:
                 tls=options.tls,
                 ca_key=options.ca_key,
                 manager=manager,
-                admission=Admission(self.store, manager, config.admission),
+                admission=Admission(self.store, manager, config.admission, rates=config.cost),
             ),
             options.api[0],
             options.api[1],
