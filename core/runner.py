@@ -292,7 +292,9 @@ class _EmbeddedPlane:
         self.barn: BarnBackend = load_driver(BarnBackend, "memory", {}, manager=runner.manager)
         self.store = ClusterStore(self.barn)
         # no jitter: one node has no herd of retries to spread, and the logs say the exact delay
-        self.lifecycle = Lifecycle(self.store, jitter=lambda: 1.0, secrets=_secret_backend(runner, run))
+        self.lifecycle = Lifecycle(
+            self.store, jitter=lambda: 1.0, secrets=_secret_backend(runner, run), rates=runner.config.cost
+        )
         self.store.create_herd(Herd(name=run.herd))
         policy = configured_driver(runner.config, "scheduler", runner.manager)
         self.scheduler = Scheduler(self.store, runner.manager, policy)

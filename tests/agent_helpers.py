@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from runink.core.agent.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import NodeRecord, RunState, TaskRecord, keys
+from runink.core.control.records import Accounting, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
 from runink.core.errors import RuninkError
 
@@ -66,10 +66,13 @@ class ProxyControl:
         *,
         exit_code: int | None = None,
         message: str = "",
+        accounting: Accounting | None = None,
     ) -> bool:
         if self.unreachable(state):
             raise RuninkError("control plane unreachable")
-        return self.life.report(herd, task_id, attempt, token, state, exit_code=exit_code, message=message)
+        return self.life.report(
+            herd, task_id, attempt, token, state, exit_code=exit_code, message=message, accounting=accounting
+        )
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         return self.life.task_secrets(herd, task_id, attempt, token, node)

@@ -147,6 +147,47 @@ def test_an_agent_over_grpc_runs_tasks_to_their_end(
     assert agent.refused_reports == 0
 
 
+def test_an_ended_attempts_accounting_is_priced_into_its_task(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    """Over the stream: the cpu time, peak memory and run time the executor accounted reach
+    the task record, priced at the lifecycle's [cost] rates (each attempt once)."""
+    from runink.core.config import CostConfig
+
+    life.rates = CostConfig(cpu_second=1.0, gb_second=10.0, gpu_second=0.0)
+    agent = make_agent(control, executor, tmp_path)
+    agent.sync()
+    burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"
+    job = life.submit_command("lab", ["sh", "-c", burn], timeout=60, retries=1)
+    schedule(store, job.id)
+    sync_until(agent, lambda: task_of(store, job.id).state.final)
+    task = task_of(store, job.id)
+    assert task.state is RunState.SUCCEEDED
+    assert task.cpu_seconds > 0.05 and task.peak_memory > 1 << 20 and task.run_seconds >= task.cpu_seconds * 0.5
+    priced = task.cpu_seconds * 1.0 + task.peak_memory / 1e9 * task.run_seconds * 10.0
+    assert task.cost == pytest.approx(priced)
+    assert agent.refused_reports == 0
+
+
+def test_a_reports_accounting_is_taken_only_whole_and_bounded() -> None:
+    from runink.core.server.agent_service import BadRequest, _task_report
+
+    def report(**fields: object) -> pb.Report:
+        return pb.Report(herd="lab", task_id="t", attempt=1, token=1, state="SUCCEEDED", **fields)  # type: ignore[arg-type]
+
+    taken = _task_report(report(cpu_seconds=1.5, peak_memory=1 << 20, seconds=2.0)).accounting
+    assert taken is not None and (taken.cpu_seconds, taken.peak_memory, taken.seconds) == (1.5, 1 << 20, 2.0)
+    assert _task_report(report(cpu_seconds=1.5)).accounting is None  # (not whole: not taken)
+    for broken in (
+        {"cpu_seconds": float("nan"), "peak_memory": 1, "seconds": 1.0},
+        {"cpu_seconds": 1.0, "peak_memory": -1, "seconds": 1.0},
+        {"cpu_seconds": 1.0, "peak_memory": 1, "seconds": float("inf")},
+        {"cpu_seconds": -1.0, "peak_memory": 1, "seconds": 1.0},
+    ):
+        with pytest.raises(BadRequest, match=r"report\.(cpu_seconds|peak_memory|seconds)"):
+            _task_report(report(**broken))
+
+
 def test_assignments_carry_what_the_agent_needs(
     store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -38,6 +39,7 @@ from runink.core.agent.slice_lines import SliceLines
 from runink.core.control.lifecycle import MAX_MESSAGE
 from runink.core.control.records import (
     MAX_USAGE_TASKS,
+    Accounting,
     Amount,
     NodeRecord,
     NodeUsage,
@@ -89,6 +91,7 @@ class Control(Protocol):
         exit_code: int | None = None,
         message: str = "",
         started: float | None = None,  # passed only by an agent with hold_running
+        accounting: Accounting | None = None,  # passed only with an ended attempt's
     ) -> bool: ...
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
@@ -129,6 +132,7 @@ class _Report:
     last: bool = False  # final (or given back): once answered its handle and task are forgotten
     destroy: bool = False  # the executor knows the attempt: destroyed once the report was answered
     started: float | None = None  # when the attempt started (time.time()): its RUNNING goes with this report
+    accounting: Accounting | None = None  # an ended attempt's (its executor's), priced by the server
 
 
 def executor_id_of(attempt: Attempt) -> str:
@@ -592,9 +596,14 @@ class Agent:
         last: bool = False,
         destroy: bool = False,
         started: float | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         message = printable(message, MAX_MESSAGE)  # (bounded: one report too large would hold up the rest)
-        self._outbox.append(_Report(attempt, state, exit_code, message, last=last, destroy=destroy, started=started))
+        self._outbox.append(
+            _Report(
+                attempt, state, exit_code, message, last=last, destroy=destroy, started=started, accounting=accounting
+            )
+        )
         if not self._in_round:  # (in a round, sent with the round's others)
             self._flush()
 
@@ -639,8 +648,10 @@ class Agent:
             if report.last and not self.logs.ship(self.control, report.attempt, self._task_dir(executor_id), last=True):
                 return  # its output could not all be sent now: tried again on a later round
             try:
-                # ``started`` only when there is one: a control may not take it (see hold_running)
-                extra = {} if report.started is None else {"started": report.started}
+                # ``started`` and ``accounting`` only when there are: a control may not take them
+                extra: dict[str, Any] = {} if report.started is None else {"started": report.started}
+                if report.accounting is not None:
+                    extra["accounting"] = report.accounting
                 accepted = self.control.report(
                     herd,
                     task_id,
@@ -680,7 +691,7 @@ class Agent:
             return False
         try:
             accepted = self.control.report_many(  # type: ignore[attr-defined]
-                [TaskReport(*r.attempt, r.state, r.exit_code, r.message, r.started) for r in batch]
+                [TaskReport(*r.attempt, r.state, r.exit_code, r.message, r.started, r.accounting) for r in batch]
             )
         except (RuninkError, OSError) as exc:
             log.warning("node %s: %d report(s) not sent yet: %s", self.node_id, len(batch), exc)
@@ -854,7 +865,22 @@ class Agent:
             except OSError as exc:
                 log.warning("node %s: %s: result not saved: %s", self.node_id, run.executor_id, _describe(exc))
         # destroyed in the executor only once the report was answered (a restart before then reports the result)
-        self._report(attempt, *outcome, last=True, destroy=True, started=None if held is None else held[1])
+        self._report(
+            attempt,
+            *outcome,
+            last=True,
+            destroy=True,
+            started=None if held is None else held[1],
+            accounting=_accounting(result),
+        )
+
+
+def _accounting(result: TaskResult) -> Accounting | None:
+    """What the ended attempt used, if its executor accounted it (cpu time and peak memory)."""
+    if result.cpu_seconds is None or result.peak_memory_bytes is None:
+        return None
+    cpu = result.cpu_seconds if math.isfinite(result.cpu_seconds) and result.cpu_seconds >= 0 else 0.0
+    return Accounting(cpu, max(0, int(result.peak_memory_bytes)), result.duration)
 
 
 def _read_handle(path: Path) -> tuple[Attempt, TaskHandle, Outcome | None, bool]:

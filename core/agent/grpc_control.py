@@ -23,7 +23,16 @@ from pydantic import ValidationError
 from runink.core.agent.lineage import facets_json
 from runink.core.agent.secrets import SecretsRefused
 from runink.core.control.logs import Chunk
-from runink.core.control.records import NodeRecord, NodeUsage, Quota, RunState, ScenarioRef, TaskRecord, TaskReport
+from runink.core.control.records import (
+    Accounting,
+    NodeRecord,
+    NodeUsage,
+    Quota,
+    RunState,
+    ScenarioRef,
+    TaskRecord,
+    TaskReport,
+)
 from runink.core.errors import RuninkError
 from runink.core.model import LineageEvent
 from runink.core.report import printable
@@ -303,8 +312,11 @@ class GrpcControl:
         exit_code: int | None = None,
         message: str = "",
         started: float | None = None,
+        accounting: Accounting | None = None,
     ) -> bool:
-        report = _report_message(TaskReport(herd, task_id, attempt, token, state, exit_code, message, started))
+        report = _report_message(
+            TaskReport(herd, task_id, attempt, token, state, exit_code, message, started, accounting)
+        )
         with self._fresh_lock:
             self._generation += 1
             self._fresh = None
@@ -379,6 +391,10 @@ def _report_message(report: TaskReport) -> pb.Report:
         message.exit_code = report.exit_code
     if report.started is not None:
         message.started = report.started
+    if report.accounting is not None:
+        message.cpu_seconds = report.accounting.cpu_seconds
+        message.peak_memory = report.accounting.peak_memory
+        message.seconds = report.accounting.seconds
     return message
 
 
@@ -479,10 +495,20 @@ class FailoverControl:
         exit_code: int | None = None,
         message: str = "",
         started: float | None = None,
+        accounting: Accounting | None = None,
     ) -> bool:
         return bool(
             self._call(
-                "report", herd, task_id, attempt, token, state, exit_code=exit_code, message=message, started=started
+                "report",
+                herd,
+                task_id,
+                attempt,
+                token,
+                state,
+                exit_code=exit_code,
+                message=message,
+                started=started,
+                accounting=accounting,
             )
         )
 

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from runink.core.config import CostConfig
+from runink.core.control.cost import used as attempt_cost
 from runink.core.control.records import (
     MAX_PIPELINE_TASKS,
+    Accounting,
     Amount,
     Herd,
     JobRecord,
@@ -265,11 +268,13 @@ class Lifecycle:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
         secrets: SecretBackend | None = None,
+        rates: CostConfig | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.jitter = jitter
         self.secrets = secrets  # where herds' secrets are kept (None: no task may ask for one)
+        self.rates = rates or CostConfig()  # what ended attempts' accounting is priced at
 
     # --- secrets -----------------------------------------------------------------------
 
@@ -553,7 +558,7 @@ class Lifecycle:
                 r = reports[index]
                 results[index] = self.report(
                     r.herd, r.task_id, r.attempt, r.token, r.state,
-                    exit_code=r.exit_code, message=r.message, started=r.started, node=node,
+                    exit_code=r.exit_code, message=r.message, started=r.started, node=node, accounting=r.accounting,
                 )  # fmt: skip
 
         groups = list(by_job.values())
@@ -577,6 +582,7 @@ class Lifecycle:
         message: str = "",
         started: float | None = None,
         node: str | None = None,
+        accounting: Accounting | None = None,
     ) -> bool:
         """An agent's report of the attempt it runs. False (nothing changed, one line logged)
         when the attempt or token is not the task's current one, or the task may not go to
@@ -590,7 +596,10 @@ class Lifecycle:
 
         ``node``: the node the report comes from (the agent service's stream); a report on an
         attempt placed on another node raises PlacedElsewhere (checked on the record read
-        here: no read of its own)."""
+        here: no read of its own).
+
+        ``accounting``: what the ended attempt used (its node's executor's): added to the
+        task's, and priced at ``[cost]`` into its cost, with the state it ended in."""
         # every field comes from an agent: logged and stored only bounded and printable
         where = printable(f"report for task {task_id} attempt {attempt} (token {token}): {state}", 400)
         message = printable(message, MAX_MESSAGE)
@@ -657,6 +666,8 @@ class Lifecycle:
             except ValueError as exc:
                 log.warning("%s refused: %s", where, exc)
                 return False
+            if accounting is not None and changed is not task and state is not RunState.RUNNING:
+                changed = self._priced(changed, accounting)
             tasks = [changed if v.record.id == task.id else v.record for v in siblings]
             writes = self._with_job(job.record, tasks)
             writes.insert(0, (keys.task(herd, task.id), changed))
@@ -685,6 +696,19 @@ class Lifecycle:
                 not_before=self.clock() + delay,
             )
         return task.moved_to(state, message or ended, exit_code=exit_code, message=message)
+
+    def _priced(self, task: TaskRecord, used: Accounting) -> TaskRecord:
+        """The task with an ended attempt's accounting added (counted once: only a report that
+        changes the task's state brings it)."""
+        cost = attempt_cost(used.cpu_seconds, used.peak_memory, used.seconds, task.resources.gpu, self.rates)
+        return task.model_copy(
+            update={
+                "cpu_seconds": task.cpu_seconds + used.cpu_seconds,
+                "peak_memory": max(task.peak_memory, used.peak_memory),
+                "run_seconds": task.run_seconds + used.seconds,
+                "cost": task.cost + cost,
+            }
+        )
 
     def _with_job(self, job: JobRecord, tasks: list[TaskRecord]) -> list[tuple[str, Record | None]]:
         """The job's write (none when its state does not change) for its tasks as given."""

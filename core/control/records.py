@@ -258,6 +258,16 @@ class TaskReport:
     exit_code: int | None = None
     message: str = ""
     started: float | None = None  # when the attempt started on its node (see Lifecycle.report)
+    accounting: Accounting | None = None  # an ended attempt's, from its cgroup: priced into the task's cost
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What an ended attempt used, as its node's executor accounted it (its cgroup)."""
+
+    cpu_seconds: float  # cpu time of its whole process tree
+    peak_memory: int  # bytes, at most at once
+    seconds: float  # how long it ran
 
 
 class Transition(Record):
@@ -376,6 +386,11 @@ class TaskRecord(Record):
     explain: list[str] = []  # the last scheduling decision: chosen node, why others were not
     pending_reason: str = ""  # why it is waiting, when it is
     not_before: float = 0.0  # a retry's backoff: not placed before this time (the scheduler's clock)
+    # what its ended attempts used (their nodes' accounting), and that priced at [cost] rates
+    cpu_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    peak_memory: int = Field(default=0, ge=0)  # the most any of its attempts held at once
+    run_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     transitions: list[Transition] = []
     # the herd's quota as the scheduler saw it when it placed this attempt: the node caps the
     # herd's cgroup parent at it (Quota.node_caps)
@@ -438,6 +453,7 @@ class JobRecord(Record):
     finished: float | None = None
     #: the worst case of what it may cost, at its admission ([cost] rates; None: a task has no timeout)
     estimate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    owner: str = ""  # who submitted it (the caller's subject; "" on a server that authenticates nobody)
 
 
 def job_state(tasks: list[TaskRecord]) -> RunState:

@@ -32,7 +32,15 @@ from runink.core.agent.lineage import MAX_FACETS_BYTES
 from runink.core.agent.scenarios import slug
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
-from runink.core.control.records import Amount, NodeRecord, RunState, TaskRecord, TaskReport
+from runink.core.control.records import (
+    MAX_CPU_SECONDS,
+    Accounting,
+    Amount,
+    NodeRecord,
+    RunState,
+    TaskRecord,
+    TaskReport,
+)
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.model import AuthRequest, Identity, LineageEvent, check_name
@@ -244,7 +252,21 @@ def _task_report(report: pb.Report) -> TaskReport:
     started = report.started if report.HasField("started") else None
     if started is not None and not (math.isfinite(started) and 0 <= started <= MAX_TIME):
         raise BadRequest(f"report.started: {started!r} is not a time in [0, {MAX_TIME:g}]")
-    return TaskReport(herd, task_id, attempt, token, state, exit_code, message, started)
+    return TaskReport(herd, task_id, attempt, token, state, exit_code, message, started, _accounting(report))
+
+
+def _accounting(report: pb.Report) -> Accounting | None:
+    """An ended attempt's accounting, if the report carries it whole, each field bounded."""
+    if not (report.HasField("cpu_seconds") and report.HasField("peak_memory") and report.HasField("seconds")):
+        return None
+    for name, value, top in (
+        ("cpu_seconds", report.cpu_seconds, MAX_CPU_SECONDS),
+        ("seconds", report.seconds, MAX_CPU_SECONDS),
+    ):
+        if not (math.isfinite(value) and 0 <= value <= top):
+            raise BadRequest(f"report.{name}: {value!r} is not a number of seconds in [0, {top:g}]")
+    peak = _counter(report.peak_memory, "report.peak_memory", 0, MAX_COUNTER)
+    return Accounting(report.cpu_seconds, peak, report.seconds)
 
 
 def task_message(task: TaskRecord) -> pb.Task:

@@ -237,7 +237,9 @@ class Server:
             barn = load_driver(BarnBackend, "memory", {}, manager=manager)
         self.barn: BarnBackend = barn
         self.store = ClusterStore(barn)
-        self.lifecycle = Lifecycle(self.store, secrets=secret_backend(options, config, manager, barn))
+        self.lifecycle = Lifecycle(
+            self.store, secrets=secret_backend(options, config, manager, barn), rates=config.cost
+        )
         if self.tokens is not None:  # tokens revoked before they expire: refused by every server
             self.tokens.revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
         policy: Any = configured_driver(config, "scheduler", manager)

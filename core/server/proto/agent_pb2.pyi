@@ -86,7 +86,7 @@ class AssignmentsRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., wait_ms: _Optional[int] = ..., known: _Optional[str] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("herd", "task_id", "attempt", "token", "state", "exit_code", "message", "started")
+    __slots__ = ("herd", "task_id", "attempt", "token", "state", "exit_code", "message", "started", "cpu_seconds", "peak_memory", "seconds")
     HERD_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,9 @@ class Report(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
     herd: str
     task_id: str
     attempt: int
@@ -103,7 +106,10 @@ class Report(_message.Message):
     exit_code: int
     message: str
     started: float
-    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started: _Optional[float] = ...) -> None: ...
+    cpu_seconds: float
+    peak_memory: int
+    seconds: float
+    def __init__(self, herd: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., started: _Optional[float] = ..., cpu_seconds: _Optional[float] = ..., peak_memory: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class Reports(_message.Message):
     __slots__ = ("reports",)
