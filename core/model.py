@@ -234,6 +234,17 @@ class RateBucket:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A herd's spending bound: ``limit`` over the last ``period`` seconds, of which ``spent``
+    (what its tasks' ended attempts cost, as priced when they ended)."""
+
+    limit: float
+    period: float
+    spent: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class AdmissionRequest:
     """A job about to be created, before anything of it is stored (``runink_admit``)."""
 
@@ -244,6 +255,7 @@ class AdmissionRequest:
     bucket: RateBucket | None  # the herd's rate limit now; None: none
     now: float
     estimate: float | None = None  # its worst-case cost ([cost] rates); None: a task has no timeout
+    budget: Budget | None = None  # the herd's, when it has one
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from runink.core.config import AdmissionConfig
+from runink.core.control.admission import Admission
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, NodeRecord
 from runink.core.control.store import ClusterStore
@@ -51,5 +53,6 @@ def secured_app(folder: Path, *plugins: tuple[str, Any]) -> Iterator[SecuredApp]
     lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
     job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
     with plugin_manager(("cluster-tokens", tokens), ("rbac", HerdRbac()), *plugins, entrypoints=False) as manager:
-        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens)
+        admission = Admission(store, manager, AdmissionConfig())  # (records who submits each job)
+        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens, admission=admission)
         yield SecuredApp(app, store, lifecycle, tokens, job)

@@ -20,7 +20,17 @@ from runink.core.config import AdmissionConfig
 from runink.core.control.admission import Admission, AdmissionRefused, bucket_key
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.liveness import Liveness
-from runink.core.control.records import Amount, Herd, HerdAdmission, NodeRecord, Quota, RunState
+from runink.core.control.records import (
+    Accounting,
+    Amount,
+    Herd,
+    HerdAdmission,
+    NodeRecord,
+    Quota,
+    RunState,
+    TaskRecord,
+    keys,
+)
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
@@ -294,3 +304,49 @@ def test_the_worst_case_cost_comes_with_the_job(servers: Callable[..., Servers])
     job = server.http.get(f"/v1/jobs/{answer.json()['job']['id']}").json()["job"]
     assert job["estimate"] == pytest.approx(2.88)  # (stored with it)
     assert server.submit(resources={"cpu": 2}).json()["job"]["estimate"] is None  # no timeout: no worst case
+
+
+def test_runink_cost_reports_estimates_against_what_tasks_used(servers: Callable[..., Servers]) -> None:
+    cluster = servers()
+    server = cluster.start()
+    hour = {"resources": {"cpu": 1}, "timeout": 3600}
+    ids = [server.submit("team", **hour).json()["job"]["id"] for _ in range(2)]
+    server.submit("big", resources={"cpu": 1})  # no timeout: unbounded
+    for job in ids[:1]:  # one ran: 100 cpu-seconds, 2 GB held 200 s
+        (task,) = [v.record for v in cluster.store.job_tasks(cluster.store.job(job).record)]
+        cluster.store.update(
+            keys.task("team", task.id), TaskRecord, lambda t: t.model_copy(update={"state": RunState.RUNNING})
+        )
+        running = cluster.store.task("team", task.id).record
+        used = Accounting(cpu_seconds=100.0, peak_memory=2 * 10**9, seconds=200.0)
+        assert cluster.lifecycle.report(
+            "team", task.id, running.attempt, running.token, RunState.SUCCEEDED, exit_code=0, accounting=used
+        )
+    report = server.http.get("/v1/cost", params={"by": "herd"}).json()
+    rows = {r["group"]: r for r in report["rows"]}
+    assert report["currency"] == "USD" and set(rows) == {"team", "big"}
+    assert rows["team"]["jobs"] == 2 and rows["team"]["estimate"] == pytest.approx(2 * 3600 * 0.000048)
+    assert rows["team"]["actual"] == pytest.approx(100 * 0.000048 + 2 * 200 * 0.000006)
+    assert rows["big"]["unbounded"] == 1 and rows["big"]["actual"] == 0
+    by_user = server.http.get("/v1/cost", params={"by": "user", "herd": "team"}).json()["rows"]
+    assert [r["group"] for r in by_user] == ["anonymous"]  # (who submitted: this server authenticates nobody)
+    assert server.http.get("/v1/cost", params={"since": 0.001}).json()["rows"] == []  # none that recent
+
+
+def test_a_herd_whose_budget_is_spent_takes_no_new_job(
+    servers: Callable[..., Servers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runink.core.control.admission as admission_module
+
+    monkeypatch.setattr(admission_module, "SPENT_FOR", 0.0)  # (a server sums what was spent every 10 s)
+    cluster = servers()
+    cluster.store.create_herd(Herd(name="lean", admission=HerdAdmission(budget=0.01)))
+    server = cluster.start()
+    first = server.submit("lean")
+    assert first.status_code == 201
+    (task,) = [v.record for v in cluster.store.job_tasks(cluster.store.job(first.json()["job"]["id"]).record)]
+    cluster.store.update(keys.task("lean", task.id), TaskRecord, lambda t: t.model_copy(update={"cost": 0.02}))
+    refused = server.submit("lean")
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["detail"] == "herd lean: its budget of 0.01 USD for 30 days is spent (0.02 USD)"
+    assert cluster.jobs("lean") == 1

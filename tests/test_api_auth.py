@@ -47,7 +47,7 @@ PUBLIC = {
     "/readyz",
 }
 # routes that answer everyone authenticated, listing only what the caller may see
-FILTERED = {("GET", "/v1/herds"), ("GET", "/v1/jobs"), ("GET", "/v1/whoami")}
+FILTERED = {("GET", "/v1/herds"), ("GET", "/v1/jobs"), ("GET", "/v1/whoami"), ("GET", "/v1/cost")}
 
 
 class Users:
@@ -243,7 +243,8 @@ def test_roles_allow_what_they_say_and_no_more(api: Api) -> None:
     assert api.http.get(f"/v1/jobs/{api.job}/logs", headers=api.as_(viewer)).status_code == 200
     assert api.post("/v1/jobs", submit, viewer).status_code == 403
     assert api.post(f"/v1/jobs/{api.job}/cancel", None, viewer).status_code == 403
-    assert api.post("/v1/jobs", submit, runner).status_code == 201
+    submitted = api.post("/v1/jobs", submit, runner)
+    assert submitted.status_code == 201 and submitted.json()["job"]["owner"] == "sa:t"  # (who submitted it)
     assert api.http.get("/v1/herds/team/rbac", headers=api.as_(runner)).status_code == 403
     listed = api.http.get("/v1/jobs", headers=api.as_(viewer)).json()["jobs"]
     assert {j["herd"] for j in listed} == {"team"}

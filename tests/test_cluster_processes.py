@@ -246,3 +246,18 @@ def test_the_cli_binds_roles_mints_tokens_and_reads_the_audit_log(
     assert "Traceback" not in after.stderr
     nothing = run_cli("token", "revoke", env=one_server)
     assert nothing.returncode == 2 and "give one of TOKEN" in nothing.stderr
+    # admission and cost: a herd's own bound refuses in one line; runink cost reports what ran
+    made = run_cli("herd", "create", "lean", "--max-job-cpu", "1", "--budget", "5", env=one_server)
+    assert made.returncode == 0, made.stderr
+    over = run_cli("exec", "--herd", "lean", "--cpu", "2", "--", "/bin/true", env=one_server)
+    assert (
+        over.returncode != 0
+        and "422 herd lean: task 'command': cpu 2 cores is over the per-job bound 1 cores" in over.stderr
+    )
+    assert len(over.stderr.strip().splitlines()) == 1
+    ran = run_cli("exec", "--herd", "lean", "--cpu", "1", "--timeout", "1m", "--", "/bin/true", env=one_server)
+    assert ran.returncode == 0 and "worst-case cost" in ran.stderr, ran.stderr
+    cost = json.loads(run_cli("cost", "--by", "user", "--herd", "lean", "--json", env=one_server).stdout)
+    (row,) = cost["rows"]
+    assert row["group"] == "admin" and row["jobs"] == 1 and row["estimate"] > 0 and row["actual"] > 0
+    assert "ACTUAL" in run_cli("cost", env=one_server).stdout

@@ -550,6 +550,41 @@ def jobs_prune(
     )
 
 
+def cost_command(
+    ctx: typer.Context,
+    herd: str | None = typer.Option(None, "--herd", help="Only this herd (default: every herd you may read)."),
+    since: str = typer.Option("7d", "--since", help='Jobs submitted in the last ..., e.g. "24h", "30d".'),
+    by: str = typer.Option("herd", "--by", help="Group by herd, pipeline, scenario or user."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """What jobs cost: their worst-case estimates against what their tasks used ([cost] rates)."""
+    if by not in ("herd", "pipeline", "scenario", "user"):
+        raise typer.BadParameter(f"{by!r}: expected herd, pipeline, scenario or user", param_hint="--by")
+    seconds = _amount(since, "--since", parse_duration)
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/cost", herd=herd, since=seconds, by=by)
+    if json_output:
+        print_json(answer)
+        return
+    currency = answer["currency"]
+    rows = [
+        (
+            r["group"],
+            r["jobs"],
+            r["tasks"],
+            f"{r['estimate']:.4g}" + (f" (+{r['unbounded']} unbounded)" if r["unbounded"] else ""),
+            f"{r['actual']:.4g}",
+        )
+        for r in answer["rows"]
+    ]
+    print_table(
+        f"cost of the jobs since {time.strftime('%Y-%m-%d %H:%M', time.localtime(answer['since']))} ({currency})",
+        [by.upper(), "JOBS", "TASKS", "ESTIMATE (worst case)", "ACTUAL"],
+        rows,
+    )
+
+
 # --- herds ------------------------------------------------------------------------------
 
 
@@ -571,6 +606,10 @@ def herd_create(
         None, "--rate", min=0, help="Jobs per second the herd may submit (default: [admission] rate; 0: no limit)."
     ),
     burst: int | None = typer.Option(None, "--burst", min=1, help="Jobs it may submit at once past its rate."),
+    budget: float | None = typer.Option(
+        None, "--budget", min=0, help="Refuse new jobs once its tasks cost this much over --budget-period ([cost])."
+    ),
+    budget_period: str = typer.Option("30d", "--budget-period", help='The budget\'s window, e.g. "30d".'),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
@@ -583,6 +622,8 @@ def herd_create(
         "max_timeout": _amount(max_job_timeout, "--max-job-timeout", _seconds),
         "rate": rate,
         "burst": burst,
+        "budget": budget,
+        "budget_period": _amount(budget_period, "--budget-period", parse_duration) if budget else None,
     }
     body = {"name": name, "quota": quota, "admission": {k: v for k, v in own.items() if v is not None}}
     with _client(ctx, server) as client:
@@ -708,6 +749,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
     app.command("logs")(logs_command)
     app.command("cancel")(cancel_command)
+    app.command("cost")(cost_command)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(herd_app, name="herd")
     app.add_typer(nodes_app, name="nodes")

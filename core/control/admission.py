@@ -30,6 +30,7 @@ from runink.core.interfaces.barn import TxnOp
 from runink.core.model import (
     AdmissionDecision,
     AdmissionRequest,
+    Budget,
     Identity,
     JobBounds,
     RateBucket,
@@ -38,6 +39,9 @@ from runink.core.model import (
     parse_memory,
 )
 from runink.core.plugins import PluginManager
+
+#: seconds a server trusts the sum of what a herd spent (budgets)
+SPENT_FOR = 10.0
 
 
 def bucket_key(herd: str) -> str:
@@ -74,6 +78,7 @@ class Admitted:
     on_commit: Callable[[int], None] = lambda _revision: None
     on_stale: Callable[[], None] = lambda: None  # the compare failed: read the state again
     estimate: float | None = None  # the job's worst-case cost, stored with it
+    owner: str = ""  # who submitted it, stored with it
 
 
 #: a lifecycle's admission step: (the herd as read, the job's kind, its tasks) -> Admitted
@@ -134,6 +139,7 @@ class Admission:
         self.defaults = cluster_bounds(config)
         self.clock = clock
         self._buckets: dict[str, tuple[Bucket | None, int]] = {}  # herd -> (bucket, its mod_revision)
+        self._spent: dict[str, tuple[float, float]] = {}  # herd -> (when summed, monotonic; spent)
         self._lock = threading.Lock()
 
     def gate(self, identity: Identity | None) -> Gate:
@@ -156,6 +162,24 @@ class Admission:
             self._buckets[herd] = read
         return read
 
+    def _budget(self, herd: Herd, now: float) -> Budget | None:
+        """The herd's budget with what it spent over its period: its tasks' costs, summed at
+        most every SPENT_FOR seconds (a budget is crossed by at most what is admitted then)."""
+        limit = herd.admission.budget
+        if not limit:
+            return None
+        period = herd.admission.budget_period
+        with self._lock:
+            known = self._spent.get(herd.name)
+        if known is None or time.monotonic() - known[0] >= SPENT_FOR:
+            since = now - period
+            jobs = {j.id for j in self.store.jobs(herd.name) if j.submitted >= since}
+            spent = sum(v.record.cost for v in self.store.tasks(herd.name) if v.record.job_id in jobs)
+            known = (time.monotonic(), spent)
+            with self._lock:
+                self._spent[herd.name] = known
+        return Budget(limit, period, known[1], self.rates.currency)
+
     def forget(self, herd: str) -> None:
         """Read the herd's bucket again next time (another server changed it)."""
         with self._lock:
@@ -176,7 +200,14 @@ class Admission:
             bucket = RateBucket(tokens, rate, burst)
         estimate = worst_case(tasks, self.rates)
         request = AdmissionRequest(
-            herd.name, kind, tuple(demand(t) for t in tasks), herd_bounds(herd, self.defaults), bucket, now, estimate
+            herd.name,
+            kind,
+            tuple(demand(t) for t in tasks),
+            herd_bounds(herd, self.defaults),
+            bucket,
+            now,
+            estimate,
+            self._budget(herd, now),
         )
         try:
             answers = self.manager.hooks.admit(request, identity)
@@ -185,8 +216,9 @@ class Admission:
         for answer in answers:
             if not answer.value.allowed:
                 raise AdmissionRefused(answer.value)
+        owner = identity.subject if identity is not None else ""
         if bucket is None:
-            return Admitted(estimate=estimate)
+            return Admitted(estimate=estimate, owner=owner)
         taken = Bucket(tokens=max(0.0, bucket.tokens - 1), at=now)  # (never below: a plugin may admit past it)
         key = bucket_key(herd.name)
 
@@ -195,4 +227,4 @@ class Admission:
                 self._buckets[herd.name] = (taken, at)
 
         ops = [TxnOp(key, taken.model_dump_json().encode())]
-        return Admitted(ops, [(key, revision)], committed, lambda: self.forget(herd.name), estimate)
+        return Admitted(ops, [(key, revision)], committed, lambda: self.forget(herd.name), estimate, owner)

@@ -3,10 +3,11 @@ priced at the ``[cost]`` rates (per cpu-second, GB-second of memory, GPU-second)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 from runink.core.config import CostConfig
-from runink.core.control.records import TaskRecord
+from runink.core.control.records import JobRecord, TaskRecord
 
 GB = 1e9  # bytes: the rates are per GB-second, as cloud providers bill
 
@@ -43,3 +44,42 @@ def used(cpu_seconds: float, peak_memory: int, seconds: float, gpus: int, rates:
         + peak_memory / GB * seconds * rates.gb_second
         + gpus * seconds * rates.gpu_second
     )
+
+
+By = Literal["herd", "pipeline", "scenario", "user"]
+
+
+def _group(by: By, job: JobRecord, task: TaskRecord) -> str:
+    if by == "herd":
+        return job.herd
+    if by == "user":
+        return job.owner or "(unauthenticated)"
+    if task.scenario is None:
+        return "(commands)"
+    return task.scenario.pipeline if by == "pipeline" else f"{task.scenario.pipeline}: {task.scenario.scenario}"
+
+
+def report(jobs: Iterable[JobRecord], tasks: Iterable[TaskRecord], by: By, rates: CostConfig) -> list[dict[str, Any]]:
+    """Estimate against actual per group (``by``): the jobs (those given), their tasks' worst
+    cases summed (``unbounded``: tasks without one), and what their ended attempts cost."""
+    known = {job.id: job for job in jobs}
+    rows: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        job = known.get(task.job_id)
+        if job is None:
+            continue
+        row = rows.setdefault(
+            _group(by, job, task), {"jobs": set(), "tasks": 0, "estimate": 0.0, "unbounded": 0, "actual": 0.0}
+        )
+        row["jobs"].add(job.id)
+        row["tasks"] += 1
+        worst = task_worst_case(task, rates)
+        if worst is None:
+            row["unbounded"] += 1
+        else:
+            row["estimate"] += worst
+        row["actual"] += task.cost
+    return [
+        {"group": name, **row, "jobs": len(row["jobs"])}
+        for name, row in sorted(rows.items(), key=lambda item: -item[1]["actual"])
+    ]

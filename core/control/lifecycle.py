@@ -375,7 +375,7 @@ class Lifecycle:
             return job
         for _ in range(MAX_CONFLICT_RETRIES):
             admitted = admit(herd.record, job.kind, tasks)
-            priced = job.model_copy(update={"estimate": admitted.estimate})
+            priced = job.model_copy(update={"estimate": admitted.estimate, "owner": admitted.owner})
             try:
                 revision = self.store.submit(priced, tasks, herd, [*also, *admitted.ops], admitted.compare)
             except StaleRead:

@@ -152,6 +152,8 @@ class HerdAdmission(Record):
     max_timeout: float | None = Field(default=None, ge=0, le=366 * 86400, allow_inf_nan=False)
     rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)  # jobs per second
     burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    budget: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # [cost] currency; 0/None: none
+    budget_period: float = Field(default=30 * 86400.0, gt=0, le=366 * 86400, allow_inf_nan=False)  # seconds
 
 
 class Herd(Record):

@@ -29,8 +29,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runink.core import logs, metrics
+from runink.core.config import CostConfig
 from runink.core.control.admission import Admission, AdmissionRefused
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
+from runink.core.control.cost import report as cost_report
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import TaskLogs
 from runink.core.control.records import (
@@ -107,6 +109,8 @@ class HerdAdmissionIn(Body):
     max_timeout: float | None = Field(default=None, ge=0, le=366 * 86400, allow_inf_nan=False)
     rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)
     burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    budget: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    budget_period: float = Field(default=30 * 86400.0, gt=0, le=366 * 86400, allow_inf_nan=False)
 
 
 class HerdIn(Body):
@@ -759,6 +763,28 @@ def create_app(
                 admit=None if admission is None else admission.gate(identity),
             )
         return {"job": dump_record(job)}
+
+    @app.get("/v1/cost", openapi_extra=action("jobs.read"))
+    def read_cost(
+        identity: Caller,
+        herd: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
+        since: Annotated[float, Query(ge=0, le=366 * 86400, allow_inf_nan=False)] = 7 * 86400.0,
+        by: Literal["herd", "pipeline", "scenario", "user"] = "herd",
+    ) -> dict[str, Any]:
+        """Estimate against actual cost of the jobs submitted in the last ``since`` seconds, of
+        ``herd`` or of every herd the caller may read, grouped ``by``."""
+        if herd is not None:
+            auth.check(identity, "jobs.read", "cost", herd)
+            store.herd(herd)  # NotFound names it
+            names = [herd]
+        else:
+            names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
+        after = time.time() - since
+        jobs = [j for name in names for j in store.jobs(name) if j.submitted >= after]
+        tasks = [v.record for name in names for v in store.tasks(name)]
+        rates = admission.rates if admission is not None else CostConfig()
+        rows = cost_report(jobs, tasks, by, rates)
+        return {"by": by, "since": after, "currency": rates.currency, "rows": rows}
 
     @app.get("/v1/jobs", openapi_extra=action("jobs.read"))
     def list_jobs(

@@ -13,6 +13,8 @@ from runink.core.model import AdmissionDecision, AdmissionRequest, Identity, Job
 OVER_BOUND = 422
 #: the API status of a submission past the herd's rate (with Retry-After)
 TOO_MANY = 429
+#: the API status of a submission to a herd whose budget is spent
+PAYMENT_REQUIRED = 402
 
 
 def _size(value: float) -> str:
@@ -45,6 +47,15 @@ def runink_admit(job: AdmissionRequest, identity: Identity | None) -> AdmissionD
     for task in job.tasks:
         if (why := _over(task, job.bounds)) is not None:
             return AdmissionDecision(False, f"herd {job.herd}: task {task.name!r}: {why}", OVER_BOUND)
+    budget = job.budget
+    if budget is not None and budget.spent >= budget.limit:
+        days = budget.period / 86400
+        return AdmissionDecision(
+            False,
+            f"herd {job.herd}: its budget of {budget.limit:g} {budget.currency} for {days:g} days is spent "
+            f"({budget.spent:.4g} {budget.currency})",
+            PAYMENT_REQUIRED,
+        )
     bucket = job.bucket
     if bucket is not None and bucket.tokens < 1:
         wait = (1 - bucket.tokens) / bucket.rate
