@@ -23,7 +23,7 @@ from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
-from runink.core.model import parse_memory
+from runink.core.model import parse_memory, split_address
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -97,6 +97,15 @@ def server_command(
     tls_ca_key: Path | None = typer.Option(
         None, "--tls-ca-key", help="The CA's key: sign the certificates of nodes that join (`runink node join`)."
     ),
+    barn: str | None = typer.Option(
+        None,
+        "--barn",
+        metavar="etcd://HOST:PORT,...",
+        help="Keep the cluster's state in this etcd (v3 API) instead of a Barn member of the server's own.",
+    ),
+    barn_ca: Path | None = typer.Option(None, "--barn-ca", help="With --barn: the etcd's CA (TLS to it)."),
+    barn_cert: Path | None = typer.Option(None, "--barn-cert", help="With --barn: a client certificate for it."),
+    barn_key: Path | None = typer.Option(None, "--barn-key", help="With --barn: that certificate's key."),
     init: Path | None = typer.Option(
         None,
         "--init",
@@ -119,9 +128,21 @@ def server_command(
         _init_server_certificate(init, name, san or ["127.0.0.1"])
         return
     state: CliState = ctx.obj
+    if barn is not None:
+        if not barn.startswith("etcd://") or not all(split_address(e) for e in barn[7:].split(",")):
+            raise typer.BadParameter(f"{barn!r}: expected etcd://HOST:PORT[,HOST:PORT...]", param_hint="--barn")
+        if ctx.args:
+            raise typer.BadParameter("give --barn or a Barn member's flags after --, not both", param_hint="--barn")
+    barn_tls = {
+        name: str(path)
+        for name, path in (("tls_ca", barn_ca), ("tls_cert", barn_cert), ("tls_key", barn_key))
+        if path is not None
+    }
     options = ServerOptions(
         api=parse_address(api, "--api"),
         agents=parse_address(agents, "--agents"),
+        barn_url=barn,
+        barn_tls=barn_tls,
         barn_args=list(ctx.args),
         insecure_bind=insecure_bind,
         liveness_timeout=liveness_timeout,

@@ -2,15 +2,17 @@
 
 A server asks the ``runink_admit`` hook about every submission (the built-in ``admission``
 plugin checks per-job bounds and the herd's submission rate; a plugin adds rules of its own)
-with what each task asks for, the herd's effective bounds (its own, else ``[admission]``) and
-its rate bucket refilled up to now. Any refusal refuses: nothing is stored, and the API answers
-the decision's status (422 for a bound, 429 with Retry-After for the rate).
+with what each task asks for, the herd's effective bounds (its own, else ``[admission]``), its
+rate bucket refilled up to now, the job's worst-case cost and the herd's budget with what it
+spent. Any refusal refuses: nothing is stored, and the API answers the decision's status (422
+for a bound, 402 for a spent budget, 429 with Retry-After for the rate). An admitted job is
+stored with its estimate and who submitted it.
 
 The rate is a token bucket per herd kept in the Barn (``/herds/<herd>/admission``): a job
 takes one token, and the bucket is written in the job's own transaction, compared against the
-revision it was read at. So the count is exact whatever server takes the submission, and
-after a server restarts or another leads: two servers taking the same token both try to
-commit, one fails its compare and admits again on the bucket as it is now. A server keeps the
+revision it was read at (a changed one raises ``StaleRead`` in the store: the lifecycle admits
+again on the bucket as it is now). So the count is exact whatever server takes the
+submission, and after a server restarts or another leads. A server keeps the
 bucket it last wrote, so a herd's submissions through one server cost no extra read.
 """
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from runink.core.config import AdmissionConfig, CostConfig
 from runink.core.control.cost import worst_case
 from runink.core.control.records import Herd, Record, TaskRecord
-from runink.core.control.store import ClusterStore, Conflict
+from runink.core.control.store import ClusterStore
 from runink.core.errors import PluginError, RuninkError
 from runink.core.interfaces.barn import TxnOp
 from runink.core.model import (
@@ -62,10 +64,6 @@ class AdmissionRefused(RuninkError):
         super().__init__(decision.reason)
         self.status = decision.status
         self.retry_after = decision.retry_after
-
-
-class AdmissionStale(Conflict):
-    """The herd's bucket changed since it was read (another server took a token): admit again."""
 
 
 @dataclass

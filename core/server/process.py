@@ -16,11 +16,14 @@ import functools
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.control.transitions import TransitionLog
 from runink.core.drivers import configured_driver, load_driver
-from runink.core.errors import RuninkError
+from runink.core.errors import LeaseNotFoundError, RuninkError
 from runink.core.events import emit_lineage
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.secrets import SecretBackend
@@ -61,6 +64,8 @@ class ServerOptions:
     api: tuple[str, int] = ("127.0.0.1", 8470)
     agents: tuple[str, int] = ("127.0.0.1", 8471)
     barn_args: list[str] = field(default_factory=list)  # `runink barn serve` flags; empty: memory Barn
+    barn_url: str | None = None  # etcd://HOST:PORT,...: the state in an etcd (no member of its own)
+    barn_tls: dict[str, str] = field(default_factory=dict)  # tls_ca/tls_cert/tls_key of that etcd's clients
     insecure_bind: bool = False
     liveness_timeout: float = 10.0  # seconds without a heartbeat before a node is dead
     config_path: str | None = None
@@ -89,6 +94,51 @@ def secret_backend(
         return load_driver(SecretBackend, "barn", found, manager=manager, origin="--secrets-key")
     backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra={"barn": barn})
     return backend
+
+
+class LeaseLeadership:
+    """Who schedules when the Barn is an etcd shared by servers that run no member of their
+    own: the server holding ``/cluster/leader``, a key on a lease it keeps alive (renewed at
+    most every LEADER_CHECK_EVERY seconds, LEASE_TTL long). When its holder stops or loses
+    etcd, the lease ends and another server takes the key. Scheduling is fenced by its epoch
+    as ever (``ControlLoop._claim``), so two that both believe they lead a moment cannot
+    overfill a node."""
+
+    KEY = "/cluster/leader"
+    LEASE_TTL = 5.0
+
+    def __init__(self, barn: BarnBackend) -> None:
+        self.barn = barn
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".encode()
+        self._lease: int | None = None
+        self._asked = 0.0
+        self._answer = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._asked < LEADER_CHECK_EVERY:
+            return self._answer
+        self._asked = now
+        try:
+            self._answer = self._hold()
+        except RuninkError:
+            self._answer, self._lease = False, None  # etcd cannot be asked: do not schedule
+        return self._answer
+
+    def _hold(self) -> bool:
+        if self._lease is not None:
+            try:
+                self.barn.keep_alive(self._lease)
+            except LeaseNotFoundError:
+                self._lease = None
+        found = self.barn.get(self.KEY)
+        if found is not None:
+            return found.value == self.me and self._lease is not None
+        if self._lease is None:
+            self._lease = self.barn.grant_lease(self.LEASE_TTL)
+        self.barn.put(self.KEY, self.me, lease=self._lease)  # (two racing: the last one's stays)
+        again = self.barn.get(self.KEY)
+        return again is not None and again.value == self.me
 
 
 class LeaderCheck:
@@ -225,7 +275,10 @@ class Server:
             self.member.stop()
 
     def _start(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
-        if options.barn_args:
+        if options.barn_url is not None:
+            endpoints = options.barn_url.removeprefix("etcd://").split(",")
+            barn = load_driver(BarnBackend, "etcd", {"endpoints": endpoints, **options.barn_tls}, manager=manager)
+        elif options.barn_args:
             tls = options.tls
             member_tls = tls.barn_flags() if tls else ["--plaintext"]  # (a server in plaintext said so)
             if tls is not None:  # its admins' tokens are taken too, by clients without a certificate
@@ -246,7 +299,7 @@ class Server:
         fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
-        leads = LeaderCheck(barn)
+        leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
         retention = AuditRetention(barn, config.cluster.audit_keep_seconds)
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=[retention])
         self.loop.start(self._stop)
