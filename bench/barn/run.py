@@ -1,4 +1,5 @@
-"""bench/barn: the raft Barn against etcd, side by side in one run.
+"""bench/barn: the raft Barn against etcd, side by side in one run, with the Barn API on that
+etcd (the `etcd` driver) beside them.
 
     python bench/barn/run.py            # 1,000 sequential puts; 8 x 200 puts, 64 x 100 puts and gets, 3 turns
     python bench/barn/run.py --quick
@@ -213,14 +214,26 @@ def main() -> None:
                 client = barn.client(barn_leader)
                 return lambda key: client.put(key, VALUE) and None
 
+            def etcd_driver() -> Any:  # the Barn API through the `etcd` driver, on the same etcd
+                secured = {"tls_ca": tls.ca, "tls_cert": tls.client_cert, "tls_key": tls.client_key} if tls else {}
+                return load_driver(BarnBackend, "etcd", {"endpoints": [etcd.client[etcd_leader]], **secured})
+
+            def driver_putter() -> Callable[[str], None]:
+                client = etcd_driver()
+                return lambda key: client.put(key, VALUE) and None
+
             makers: dict[str, dict[str, Callable[[], Callable[[str], None]]]] = {
                 "etcd": {
                     "put": lambda: EtcdClient(etcd.client[etcd_leader], etcd.context).put,
                     "get": lambda: EtcdClient(etcd.client[etcd_leader], etcd.context).get,
                 },
                 "barn": {"put": barn_putter, "get": lambda: barn.client(barn_leader).get},
+                "driver": {
+                    "put": driver_putter,
+                    "get": lambda: etcd_driver().get,
+                },
             }
-            results: dict[str, dict[object, float]] = {"etcd": {}, "barn": {}}
+            results: dict[str, dict[object, float]] = {"etcd": {}, "barn": {}, "driver": {}}
             for system, make in makers.items():
                 put = make["put"]()
                 for i in range(50):  # warm-up
@@ -230,9 +243,10 @@ def main() -> None:
             # the drift of a shared machine falls on both alike
             for measure, clients, each, kind in ((8, 8, per_client, "put"), (64, 64, per_client // 2, "put"),
                                                  ("reads", 64, per_client // 2, "get")):  # fmt: skip
-                rates: dict[str, list[float]] = {"etcd": [], "barn": []}
+                rates: dict[str, list[float]] = {"etcd": [], "barn": [], "driver": []}
                 for turn in range(rounds):
-                    order = ["etcd", "barn"] if turn % 2 == 0 else ["barn", "etcd"]
+                    systems = ["etcd", "barn", "driver"]
+                    order = systems[turn % 3 :] + systems[: turn % 3]  # (each goes first in turn)
                     for system in order:
                         # reads go to keys the 64-client writes of this turn wrote
                         tag = f"{system}-64-{turn}" if kind == "get" else f"{system}-{measure}-{turn}"
@@ -242,22 +256,25 @@ def main() -> None:
         finally:
             barn.stop()
             etcd.stop()
-    e, b = results["etcd"], results["barn"]
+    e, b, d = results["etcd"], results["barn"], results["driver"]
     machine = f"{os.cpu_count()} cores · Linux {platform.release()}"
     sealed = " (Raft traffic sealed with a shared secret)" if args.secret else ""
     sealed += " (both: mutual TLS between members and to clients)" if args.tls else ""
     print(f"# {dt.date.today()} · {machine} · etcd 3 members vs Barn 3 members{sealed}, loopback")
     print(f"# throughput: median of {rounds} turns each, the systems alternating\n")
-    print("| measure | etcd | Barn | Barn ÷ etcd |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| measure | etcd (JSON gateway) | Barn (raft) | Barn ÷ etcd | Barn API on etcd (`etcd` driver, gRPC) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for label, key in (("sequential put p50", "p50"), ("sequential put p99", "p99")):
-        print(f"| {label} ({count} puts) | {e[key]:.2f} ms | {b[key]:.2f} ms | {b[key] / e[key]:.2f} |")
+        row = (
+            f"| {label} ({count} puts) | {e[key]:.2f} ms | {b[key]:.2f} ms | {b[key] / e[key]:.2f} | {d[key]:.2f} ms |"
+        )
+        print(row)
     for label, key in (
         ("puts/s, 8 clients", 8),
         ("puts/s, 64 clients", 64),
         ("linearizable gets/s, 64 clients", "reads"),
     ):
-        print(f"| {label} | {e[key]:,.0f} | {b[key]:,.0f} | {b[key] / e[key]:.2f} |")
+        print(f"| {label} | {e[key]:,.0f} | {b[key]:,.0f} | {b[key] / e[key]:.2f} | {d[key]:,.0f} |")
 
 
 if __name__ == "__main__":
