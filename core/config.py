@@ -129,6 +129,11 @@ class AnnotatorConfig(DriverChoice):
 DEPRECATED_DRIVER_KEYS = {"scheduler": "policy", "barn": "backend", "secrets": "backend"}
 
 
+def duration_or_none(value: str | int) -> float | None:
+    """Seconds from a duration ("30d", "1h"), or None for 0 ("no bound"); ValueError naming it."""
+    return None if value in (0, "0") else parse_duration(value)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["auto", "text", "json"] = Field(
@@ -200,14 +205,13 @@ class ClusterConfig(_Section):
     @field_validator("audit_keep_for")
     @classmethod
     def _audit_keep_for_parses(cls, value: str | int) -> str | int:
-        if value not in (0, "0"):
-            parse_duration(value)
+        duration_or_none(value)
         return value
 
     @property
     def audit_keep_seconds(self) -> float | None:
         """None: no bound."""
-        return None if self.audit_keep_for in (0, "0") else parse_duration(self.audit_keep_for)
+        return duration_or_none(self.audit_keep_for)
 
 
 class AdmissionConfig(_Section):
@@ -236,8 +240,7 @@ class AdmissionConfig(_Section):
     @field_validator("max_timeout")
     @classmethod
     def _timeout_parses(cls, value: str | int) -> str | int:
-        if value not in (0, "0"):
-            parse_duration(value)
+        duration_or_none(value)
         return value
 
 
@@ -283,8 +286,7 @@ class RunConfig(_Section):
     @field_validator("keep_for")
     @classmethod
     def _keep_for_parses(cls, value: str | int) -> str | int:
-        if value not in (0, "0"):
-            parse_duration(value)
+        duration_or_none(value)
         return value
 
     @field_validator("keep_size")
@@ -297,7 +299,7 @@ class RunConfig(_Section):
     @property
     def keep_for_seconds(self) -> float | None:
         """None: no bound on age."""
-        return None if self.keep_for in (0, "0") else parse_duration(self.keep_for)
+        return duration_or_none(self.keep_for)
 
     @property
     def keep_size_bytes(self) -> int | None:

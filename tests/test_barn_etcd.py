@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,17 +26,6 @@ from runink.core.interfaces.barn import BarnBackend
 from runink.testing.barn import COMPACTION_HISTORY, BarnConformance
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Three etcd members on loopback; yields their client endpoints."""
@@ -45,7 +33,7 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     if binary is None:
         pytest.skip("no etcd binary (Debian's `etcd-server` package; .ci/run installs it)")
     root = tmp_path_factory.mktemp("etcd")
-    ports = _free_ports(6)
+    ports = free_ports(6)
     names = ["e0", "e1", "e2"]
     client = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(names)}
     peer = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names)}
@@ -104,7 +92,7 @@ def test_one_member_leads_and_a_dead_endpoint_is_skipped(etcd: list[str]) -> Non
         finally:
             barn.close()
     assert led.count(True) == 1
-    (dead,) = _free_ports(1)
+    (dead,) = free_ports(1)
     barn = load_driver(BarnBackend, "etcd", {"endpoints": [f"127.0.0.1:{dead}", *etcd], "timeout": 3.0})
     try:
         assert barn.put("/test/failover", b"x") > 0 and barn.get("/test/failover") is not None

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from runink.core.config import AdmissionConfig, CostConfig
+from runink.core.config import AdmissionConfig, CostConfig, duration_or_none
 from runink.core.control.cost import worst_case
 from runink.core.control.records import Herd, Record, TaskRecord
 from runink.core.control.store import ClusterStore
@@ -37,7 +37,6 @@ from runink.core.model import (
     JobBounds,
     RateBucket,
     TaskDemand,
-    parse_duration,
     parse_memory,
 )
 from runink.core.plugins import PluginManager
@@ -87,7 +86,7 @@ def cluster_bounds(config: AdmissionConfig) -> JobBounds:
     def bound(value: float) -> float | None:
         return value or None
 
-    timeout = None if config.max_timeout in (0, "0") else parse_duration(config.max_timeout)
+    timeout = duration_or_none(config.max_timeout)
     return JobBounds(
         cpu=bound(config.max_cpu),
         memory=parse_memory(config.max_memory) or None,
