@@ -164,3 +164,62 @@ def test_two_servers_on_one_etcd_one_schedules_and_a_job_runs(
             process.wait(30)
     bad = run_cli("server", "--barn", "redis://x:1")
     assert bad.returncode == 2 and "expected etcd://HOST:PORT" in bad.stderr
+
+
+def test_over_mutual_tls_with_a_client_certificate_and_never_without(tmp_path: Path) -> None:
+    """One etcd member asking for client certificates of a CA (`--client-cert-auth`): the
+    driver with `tls_ca`/`tls_cert`/`tls_key` works; without its certificate, or trusting
+    another CA, it is refused."""
+    from runink.core.errors import BarnError
+    from runink.core.server import pki
+
+    binary = shutil.which("etcd")
+    if binary is None:
+        pytest.skip("no etcd binary (Debian's `etcd-server` package; .ci/run installs it)")
+    pki.create_ca(tmp_path / "ca")
+    member = pki.issue(tmp_path / "ca", tmp_path, "member", sans=["127.0.0.1"], usage="both")
+    client = pki.issue(tmp_path / "ca", tmp_path, "client", sans=["127.0.0.1"], usage="client")
+    pki.create_ca(tmp_path / "other")
+    client_port, peer_port = free_ports(2)
+    url, peer = f"https://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    command = [
+        binary, "--name", "t0", "--data-dir", str(tmp_path / "data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"t0={peer}", "--log-level", "error",
+        "--cert-file", str(member.cert), "--key-file", str(member.key),
+        "--trusted-ca-file", str(tmp_path / "ca" / "ca.pem"), "--client-cert-auth",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("w"))
+    endpoint = f"127.0.0.1:{client_port}"
+    secured = {"tls_ca": str(tmp_path / "ca" / "ca.pem"), "tls_cert": str(client.cert), "tls_key": str(client.key)}
+    try:
+        barn = load_driver(BarnBackend, "etcd", {"endpoints": [endpoint], "timeout": 3.0, **secured})
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert barn.put("/tls/k", b"v") > 0
+                    break
+                except BarnError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            found = barn.get("/tls/k")
+            assert found is not None and found.value == b"v"
+        finally:
+            barn.close()
+        for options in (
+            {"tls_ca": secured["tls_ca"]},  # no client certificate
+            {**secured, "tls_ca": str(tmp_path / "other" / "ca.pem")},  # trusting another CA
+            {},  # plaintext
+        ):
+            stranger = load_driver(BarnBackend, "etcd", {"endpoints": [endpoint], "timeout": 3.0, **options})
+            try:
+                with pytest.raises(BarnError):
+                    stranger.get("/tls/k")
+            finally:
+                stranger.close()
+    finally:
+        process.terminate()
+        process.wait(10)
