@@ -23,7 +23,7 @@ from runink.core.control.records import Herd, RunState
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.interfaces.barn import BarnBackend
-from runink.testing.barn import COMPACTION_HISTORY, BarnConformance
+from runink.testing.barn import COMPACTION_HISTORY, BarnConformance, take
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,14 @@ def test_one_member_leads_and_a_dead_endpoint_is_skipped(etcd: list[str]) -> Non
         assert barn.put("/test/failover", b"x") > 0 and barn.get("/test/failover") is not None
     finally:
         barn.close()
+    watcher = load_driver(BarnBackend, "etcd", {"endpoints": [f"127.0.0.1:{dead}", *etcd], "timeout": 3.0})
+    try:  # a watch goes past the dead endpoint too
+        events = watcher.watch("/test/failover-watch/", 0)
+        revision = watcher.put("/test/failover-watch/k", b"seen")
+        (event,) = take(events, 1)
+        assert event.kv.key == "/test/failover-watch/k" and event.revision == revision
+    finally:
+        watcher.close()
 
 
 def test_the_clusters_store_and_lifecycle_run_on_etcd(etcd: list[str], tmp_path: Path) -> None:

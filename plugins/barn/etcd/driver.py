@@ -208,18 +208,7 @@ class EtcdBarn(BarnBackend):
     def watch(self, prefix: str, from_revision: int) -> Iterator[WatchEvent]:
         start = check_key(prefix).encode()
         create = pb.WatchCreateRequest(key=start, range_end=_range_end(start), start_revision=max(0, from_revision))
-        requests: queue.Queue[Any] = queue.Queue()
-        requests.put(pb.WatchRequest(create_request=create))
-
-        def send() -> Iterator[Any]:
-            while True:
-                item = requests.get()
-                if item is None:
-                    return
-                yield item
-
-        stream = _stub(rpc.WatchStub, self._channels[self._current]).Watch(send())
-        first = self._next(stream)
+        stream, first, requests = self._open_watch(pb.WatchRequest(create_request=create))
         if first.canceled or first.compact_revision:
             requests.put(None)
             stream.cancel()
@@ -231,11 +220,29 @@ class EtcdBarn(BarnBackend):
             raise BarnError(f"watch of {prefix}: refused by etcd ({first.cancel_reason or 'canceled'})")
         return self._events(stream, requests, first, prefix)
 
-    def _next(self, stream: Any) -> Any:
-        try:
-            return next(stream)
-        except grpc.RpcError as exc:
-            raise _barn_error(exc) from None
+    def _open_watch(self, create: Any) -> tuple[Any, Any, queue.Queue[Any]]:
+        """A Watch stream sent ``create``, its first answer and the queue of what it sends next
+        (None ends it), from the current endpoint or the next ones it cannot reach (as
+        ``_call``): each try with a queue of its own."""
+        if self._closed.is_set():
+            raise BarnError("the etcd Barn is closed")
+        failures = []
+        for step in range(len(self._channels)):
+            index = (self._current + step) % len(self._channels)
+            requests: queue.Queue[Any] = queue.Queue()
+            requests.put(create)
+            stream = _stub(rpc.WatchStub, self._channels[index]).Watch(_drain(requests))
+            try:
+                first = next(stream)
+            except grpc.RpcError as exc:
+                requests.put(None)
+                if exc.code() in UNREACHABLE:
+                    failures.append(f"{self.endpoints[index]}: {exc.code().name}")
+                    continue
+                raise _barn_error(exc) from None
+            self._current = index
+            return stream, first, requests
+        raise BarnError(f"no etcd endpoint answered the watch ({'; '.join(failures)})")
 
     def _events(self, stream: Any, requests: queue.Queue[Any], first: Any, prefix: str) -> Iterator[WatchEvent]:
         closer = threading.Thread(target=self._cancel_on_close, args=(stream, requests), daemon=True)
@@ -313,15 +320,7 @@ class _KeepAlive:
         self.timeout = timeout
         self.broken = False
         self._requests: queue.Queue[Any] = queue.Queue()
-
-        def send() -> Iterator[Any]:
-            while True:
-                item = self._requests.get()
-                if item is None:
-                    return
-                yield item
-
-        self._stream = _stub(rpc.LeaseStub, channel).LeaseKeepAlive(send())
+        self._stream = _stub(rpc.LeaseStub, channel).LeaseKeepAlive(_drain(self._requests))
 
     def beat(self) -> None:
         self._requests.put(pb.LeaseKeepAliveRequest(ID=int(self.lease)))
@@ -336,6 +335,15 @@ class _KeepAlive:
     def close(self) -> None:
         self._requests.put(None)
         self._stream.cancel()
+
+
+def _drain(requests: queue.Queue[Any]) -> Iterator[Any]:
+    """What a stream sends: the queue's items, until a None."""
+    while True:
+        item = requests.get()
+        if item is None:
+            return
+        yield item
 
 
 def _stub(factory: Any, channel: grpc.Channel) -> Any:
