@@ -134,6 +134,23 @@ def duration_or_none(value: str | int) -> float | None:
     return None if value in (0, "0") else parse_duration(value)
 
 
+def _duration_or_zero(value: str | int) -> str | int:
+    duration_or_none(value)
+    return value
+
+
+def _size_or_zero(value: str | int) -> str | int:
+    if not 0 <= parse_memory(value) <= MAX_MEMORY:
+        raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
+    return value
+
+
+#: a duration ("30d", "1h") or 0 (no bound), kept as written
+DurationOrZero = Annotated[str | int, AfterValidator(_duration_or_zero)]
+#: a size ("5GiB", "500Mi", bytes) or 0 (no bound), kept as written
+SizeOrZero = Annotated[str | int, AfterValidator(_size_or_zero)]
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["auto", "text", "json"] = Field(
@@ -196,17 +213,11 @@ class ClusterConfig(_Section):
         "places a scenario reading a dataset another scenario wrote anywhere when it is under one, else on "
         "the node that wrote it.",
     )
-    audit_keep_for: str | int = Field(
+    audit_keep_for: DurationOrZero = Field(
         default="365d",
         description='How long servers keep the audit log\'s records: "365d", "90d" (whole days: a record goes '
         "once its day is older; 0: kept as long as the Barn is). The leading server removes older ones hourly.",
     )
-
-    @field_validator("audit_keep_for")
-    @classmethod
-    def _audit_keep_for_parses(cls, value: str | int) -> str | int:
-        duration_or_none(value)
-        return value
 
     @property
     def audit_keep_seconds(self) -> float | None:
@@ -219,9 +230,11 @@ class AdmissionConfig(_Section):
     cluster's defaults (a herd's own, `runink herd create --max-job-cpu ...`, win). 0: no bound."""
 
     max_cpu: float = Field(default=0.0, ge=0, le=4096, description="Cores any one task of a job may ask for.")
-    max_memory: str | int = Field(default=0, description='Memory any one task may ask for: "32Gi" (0: no bound).')
+    max_memory: SizeOrZero = Field(default=0, description='Memory any one task may ask for: "32Gi" (0: no bound).')
     max_gpu: int = Field(default=0, ge=0, le=1024, description="GPUs any one task may ask for.")
-    max_timeout: str | int = Field(default=0, description='The longest timeout a task may ask for: "1h" (0: no bound).')
+    max_timeout: DurationOrZero = Field(
+        default=0, description='The longest timeout a task may ask for: "1h" (0: no bound).'
+    )
     rate: float = Field(
         default=0.0,
         ge=0,
@@ -229,19 +242,6 @@ class AdmissionConfig(_Section):
         description="Jobs per second each herd may submit (a token bucket; 0: no limit).",
     )
     burst: int = Field(default=20, ge=1, le=1_000_000, description="Jobs a herd may submit at once past its rate.")
-
-    @field_validator("max_memory")
-    @classmethod
-    def _memory_parses(cls, value: str | int) -> str | int:
-        if not 0 <= parse_memory(value) <= MAX_MEMORY:
-            raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
-        return value
-
-    @field_validator("max_timeout")
-    @classmethod
-    def _timeout_parses(cls, value: str | int) -> str | int:
-        duration_or_none(value)
-        return value
 
 
 class CostConfig(_Section):
@@ -273,28 +273,15 @@ class RunConfig(_Section):
         description="A scenario whose invalid rows pass this percent of the rows it read fails, its outputs "
         "not published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).",
     )
-    keep_for: str | int = Field(
+    keep_for: DurationOrZero = Field(
         default="30d",
         description='Past runs (their logs and records under the data dir) started longer ago than this go: "30d", '
         '"12h" (0: kept whatever their age). Applied after each run and by `runink jobs prune`.',
     )
-    keep_size: str | int = Field(
+    keep_size: SizeOrZero = Field(
         default="5GiB",
         description='Past runs go, oldest first, while all runs take more than this: "5GiB", "500Mi" (0: no bound).',
     )
-
-    @field_validator("keep_for")
-    @classmethod
-    def _keep_for_parses(cls, value: str | int) -> str | int:
-        duration_or_none(value)
-        return value
-
-    @field_validator("keep_size")
-    @classmethod
-    def _keep_size_parses(cls, value: str | int) -> str | int:
-        if not 0 <= parse_memory(value) <= MAX_MEMORY:
-            raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
-        return value
 
     @property
     def keep_for_seconds(self) -> float | None:
