@@ -24,6 +24,7 @@ from typing import Any
 
 from runink.core import logs
 from runink.core.agent.agent import Agent
+from runink.core.agent.gpus import find_gpus
 from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
 from runink.core.agent.slice_lines import slice_lines
@@ -298,7 +299,8 @@ class _EmbeddedPlane:
         self.store.create_herd(Herd(name=run.herd))
         policy = configured_driver(runner.config, "scheduler", runner.manager)
         self.scheduler = Scheduler(self.store, runner.manager, policy)
-        self.node = Amount(cpu=runner.cpus, memory=min(_host_memory(), MAX_MEMORY))
+        gpus = find_gpus()  # (none without nvidia-smi: a scenario's @requires(gpu) is then clamped to 0)
+        self.node = Amount(cpu=runner.cpus, memory=min(_host_memory(), MAX_MEMORY), gpu=len(gpus.gpus))
         # (the runner's executor is closed by the runner: the meter only stops reporting)
         self.metered = MeteredExecutor(runner.executor, runner.manager, self.NODE)
         attempts = ScenarioAttempts(self.metered, runner.config, runner.manager, self._pipeline)
@@ -311,6 +313,7 @@ class _EmbeddedPlane:
             stop_grace=5.0,
             max_running=runner.max_parallel,
             slice_lines=slice_lines(runner.config, runner.manager, self.NODE),
+            gpus=gpus,
         )
         self.agent.register()
         self.task_ids: dict[str, str] = {}

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from runink.core import logs, metrics
+from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
@@ -160,12 +161,17 @@ class Agent:
         hold_running: float = 0.0,
         lineage: LineageOutbox | None = None,
         slice_lines: SliceLines | None = None,
+        gpus: GpuInventory | None = None,
     ) -> None:
         self.control = control
         self.executor = executor
         self.node_id = node_id
         self.capacity = capacity
         self.labels = dict(labels or {})
+        # the GPUs it offers (capacity.gpu of them when any): tasks are given theirs by id
+        self.gpus = gpus or GpuInventory()
+        if isinstance(executor, ScenarioAttempts):  # a scenario's slice is given its GPUs there
+            executor.gpus = self.gpus
         self.work_dir = Path(work_dir)
         self.stop_grace = stop_grace
         # Slices run at once here (default: 4 per core, at least 4): assignments past it wait
@@ -210,7 +216,9 @@ class Agent:
     # --- one round ---------------------------------------------------------------------
 
     def register(self) -> NodeRecord:
-        node = self.control.register_node(NodeRecord(id=self.node_id, capacity=self.capacity, labels=self.labels))
+        node = self.control.register_node(
+            NodeRecord(id=self.node_id, capacity=self.capacity, labels=self.labels, gpus=self.gpus.ids)
+        )
         self.incarnation = node.incarnation
         return node
 
@@ -759,6 +767,7 @@ class Agent:
         )
         try:
             spec = with_secrets(spec, task.herd, secrets, task.secrets_env)
+            spec = grant_gpus(spec, task.gpus, self.gpus)
             task_dir.parent.mkdir(parents=True, exist_ok=True)
             task_dir.mkdir(mode=0o700, exist_ok=True)
             cwd.mkdir(exist_ok=True)

@@ -224,6 +224,7 @@ class GrpcControl:
                 capacity=capacity_message(node.capacity),
                 labels=node.labels,
                 address=node.address,
+                gpus=node.gpus,
             )
         )
         done = self._only(self._ask(request, "registered"), "registered").registered
@@ -239,6 +240,7 @@ class GrpcControl:
                 draining=done.draining,
                 heartbeat=done.heartbeat,
                 incarnation=done.incarnation,
+                gpus=list(done.gpus),
             )
         except ValidationError as exc:
             raise ControlUnavailable(f"server {self.address}: a malformed registration: {exc}") from None
@@ -416,6 +418,7 @@ def _task(task: pb.Task) -> TaskRecord:
         herd_quota=None if not task.HasField("herd_quota") else _quota(task.herd_quota),
         secrets=list(task.secrets),
         secrets_env=task.secrets_env,
+        gpus=list(task.gpus),
     )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runink.core import metrics
+from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.secrets import with_secrets
 from runink.core.config import RuninkConfig
 from runink.core.control.records import TaskRecord
@@ -315,6 +316,7 @@ class ScenarioAttempts(Executor):
         self.manager = manager
         self.pipelines = pipelines
         self.degrade = inner.degrade
+        self.gpus = GpuInventory()  # the node's, set by its Agent: a slice is given its own
         self._attempts: dict[str, _Attempt] = {}
         self._lock = threading.Lock()
 
@@ -370,6 +372,7 @@ class ScenarioAttempts(Executor):
             if task.herd_quota is not None:  # under the herd's capped cgroup parent, as a command's slice
                 spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
             spec = with_secrets(spec, run.herd, secrets or {}, task.secrets_env)
+            spec = grant_gpus(spec, task.gpus, self.gpus)
             # made by the node, read through its own fd (see core/report.py)
             reader = ReportReader.create(report_path(task_dir))
         except (ReportError, RuninkError) as exc:

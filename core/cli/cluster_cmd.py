@@ -184,7 +184,12 @@ def agent_command(
     labels: list[str] = typer.Option([], "--labels", help="A label k=v for placement constraints (repeatable)."),
     cpus: float | None = typer.Option(None, "--cpus", min=0, help="Cores to offer (default: all)."),
     memory: str | None = typer.Option(None, "--memory", help='Memory to offer, e.g. "16Gi" (default: all).'),
-    gpus: int = typer.Option(0, "--gpus", min=0, help="GPUs to offer."),
+    gpus: int | None = typer.Option(
+        None, "--gpus", min=0, help="GPUs to offer: the first N that nvidia-smi lists (default: all it lists)."
+    ),
+    gpu_device_dir: Path = typer.Option(
+        Path("/dev"), "--gpu-device-dir", help="Where the GPUs' device nodes (nvidia0, nvidiactl...) are."
+    ),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Where tasks' dirs and logs go."),
     interval: float = typer.Option(0.1, "--interval", min=0.01, help="Seconds between syncs with the server."),
     drain_grace: float = typer.Option(30.0, "--drain-grace", min=0, help="On SIGTERM, seconds tasks may finish."),
@@ -206,6 +211,7 @@ def agent_command(
     one that cannot re-attach, those attempts are reported FAILED on restart. SIGTERM drains: no
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import HEARTBEAT_INTERVAL, RUNNING_HOLD, Agent
+    from runink.core.agent.gpus import find_gpus
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
     from runink.core.agent.metered import MeteredExecutor
@@ -237,10 +243,11 @@ def agent_command(
         if not eq or not key:
             raise typer.BadParameter(f"{item!r}: expected k=v", param_hint="--labels")
         label_map[key] = value
+    inventory = find_gpus(gpu_device_dir).limited_to(gpus)
     capacity = Amount(
         cpu=cpus if cpus is not None else float(os.cpu_count() or 1),
         memory=parse_memory(memory) if memory else _memory_total(),
-        gpu=gpus,
+        gpu=len(inventory.gpus),
     )
     if config.executor.driver == "auto":
         executor, config, note = auto_executor(config, manager)
@@ -274,6 +281,7 @@ def agent_command(
         hold_running=RUNNING_HOLD,
         lineage=lineage,
         slice_lines=slice_lines(config, manager, name),
+        gpus=inventory,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -285,7 +293,7 @@ def agent_command(
         probes = serve_health(*probe_at, agent_readiness(agent, stale=3 * HEARTBEAT_INTERVAL))
     try:
         agent.register()
-        print(json.dumps({"event": "registered", "node": name, "pid": os.getpid()}), flush=True)
+        print(json.dumps({"event": "registered", "node": name, "pid": os.getpid(), "gpus": inventory.ids}), flush=True)
         agent.run_forever(interval, stop)
         agent.drain(drain_grace)
     finally:

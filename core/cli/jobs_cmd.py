@@ -117,6 +117,9 @@ def exec_command(
     herd: str | None = typer.Option(None, "--herd", help="The herd to run in (default: the config's herd)."),
     cpu: float = typer.Option(1.0, "--cpu", min=0, help="Cores."),
     memory: str | None = typer.Option(None, "--memory", help='Memory, e.g. "256Mi" (default: none asked).'),
+    gpu: int = typer.Option(
+        0, "--gpu", min=0, max=1024, help="GPUs: placed where that many are free; the slice sees only its own."
+    ),
     timeout: str | None = typer.Option(None, "--timeout", help='Stop it after this long, e.g. "30s".'),
     retries: int = typer.Option(0, "--retries", min=0, max=100, help="Run it again this many times if it fails."),
     secret: list[str] = typer.Option(
@@ -137,7 +140,7 @@ def exec_command(
     body: dict[str, Any] = {
         "herd": herd or state.config().herd,
         **({"command": command} if command else {"commands": [_split(line, i) for i, line in enumerate(commands, 1)]}),
-        "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0},
+        "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu},
         "timeout": _amount(timeout, "--timeout", parse_duration),
         "retries": retries,
         **({"secrets": secret, "secrets_env": secrets_env} if secret else {}),

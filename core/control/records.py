@@ -229,11 +229,20 @@ class NodeRecord(Record):
     incarnation: str = ""  # a new value each time the agent process (re)starts
     registered: float = Field(default_factory=time.time)
     usage: NodeUsage | None = None  # the last sample its agent sent (None: none since it registered)
+    # its GPUs' ids, which the scheduler gives tasks: as many as capacity.gpu where listed
+    # (none listed: GPUs offered without devices, which an isolating executor refuses to use)
+    gpus: GpuIds = []
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         return check_name(value, "node")
+
+    @model_validator(mode="after")
+    def _gpus_counted(self) -> NodeRecord:
+        if self.gpus and len(self.gpus) != self.capacity.gpu:
+            raise ValueError(f"gpus: {len(self.gpus)} listed but capacity.gpu is {self.capacity.gpu}")
+        return self
 
     @property
     def schedulable(self) -> bool:
@@ -320,6 +329,13 @@ SecretNames = Annotated[
     AfterValidator(lambda names: _no_repeats(names, "secret")),
 ]
 
+#: a node's GPUs by id (their UUIDs: core/agent/gpus.py), none twice
+GpuIds = Annotated[
+    list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$")]],
+    Field(max_length=64),
+    AfterValidator(lambda ids: _no_repeats(ids, "gpu")),
+]
+
 
 def _no_repeats(names: list[str], what: str) -> list[str]:
     for name in names:
@@ -401,6 +417,8 @@ class TaskRecord(Record):
     # ``secrets_env`` environment variables too): the only ones its node may read for it
     secrets: SecretNames = []
     secrets_env: bool = False
+    # the GPUs (ids of its node's) the scheduler gave the current attempt: resources.gpu of them
+    gpus: GpuIds = []
 
     @field_validator("command")
     @classmethod

@@ -141,6 +141,7 @@ class Scheduler:
 
         allocated: dict[str, Resources] = {}
         running: dict[str, int] = {}  # node id -> its SCHEDULED and RUNNING tasks
+        gpus_held: dict[str, set[str]] = {}  # node id -> the ids of its GPUs those tasks hold
         usage: dict[str, _Usage] = {name: _Usage() for name in herds}
         queues: dict[str, list[Versioned[TaskRecord]]] = {}
         writes: list[tuple[str, Record | None]] = []
@@ -153,6 +154,8 @@ class Scheduler:
                 want = task.resources.resources()
                 allocated[task.node] = allocated.get(task.node, Resources()) + want
                 running[task.node] = running.get(task.node, 0) + 1
+                if task.gpus:
+                    gpus_held.setdefault(task.node, set()).update(task.gpus)
                 held = usage.setdefault(task.herd, _Usage())
                 held.resources += want
                 held.slices += 1
@@ -165,8 +168,10 @@ class Scheduler:
 
         candidates: list[Node] = []
         unschedulable: list[tuple[str, str]] = []
+        node_gpus: dict[str, list[str]] = {}
         for versioned_node in nodes:
             record = versioned_node.record
+            node_gpus[record.id] = record.gpus
             if record.schedulable:
                 candidates.append(
                     Node(
@@ -241,7 +246,8 @@ class Scheduler:
                 explain = near_explain or _explain(
                     best, ranked[1:], rejections, unschedulable, scored=scored, schedulable=len(candidates)
                 )
-                changed = _scheduled(task, best.node_id, token, explain, herd.quota)
+                gpus = _free_gpus(node_gpus.get(best.node_id, []), gpus_held.setdefault(best.node_id, set()), want.gpu)
+                changed = _scheduled(task, best.node_id, token, explain, herd.quota, gpus=gpus)
                 result.placed[task.id] = best.node_id
                 since = task.transitions[-1].at if task.transitions else time.time()
                 result.waited[task.id] = (task.herd, max(0.0, time.time() - since))
@@ -482,8 +488,22 @@ def _waiting(task: TaskRecord, reason: str, explain: list[str]) -> TaskRecord | 
     return task.model_copy(update={"pending_reason": reason, "explain": explain})
 
 
-def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str], quota: Quota) -> TaskRecord:
-    """The task placed on ``node_id``: its next attempt, with that attempt's fencing token."""
+def _free_gpus(ids: list[str], held: set[str], count: int) -> list[str]:
+    """``count`` of a node's GPU ``ids`` no task holds, now held (the first free ones). The
+    node's free gpu count was checked by the filters; a node that lists no ids (GPUs offered
+    without devices) gives none, and its executor decides whether the task may run."""
+    if count <= 0 or not ids:
+        return []
+    chosen = [g for g in ids if g not in held][:count]
+    held.update(chosen)
+    return chosen
+
+
+def _scheduled(
+    task: TaskRecord, node_id: str, token: int, explain: list[str], quota: Quota, *, gpus: list[str]
+) -> TaskRecord:
+    """The task placed on ``node_id``: its next attempt, with that attempt's fencing token
+    and the node's GPUs it is given."""
     return task.moved_to(
         RunState.SCHEDULED,
         f"placed on {node_id}",
@@ -494,6 +514,7 @@ def _scheduled(task: TaskRecord, node_id: str, token: int, explain: list[str], q
         explain=explain,
         pending_reason="",
         herd_quota=quota,  # the node caps the herd's cgroup parent at it
+        gpus=gpus,
     )
 
 

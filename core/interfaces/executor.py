@@ -88,6 +88,11 @@ class TaskSpec:
     # that puts a herd's slices under a parent of their own capped at them (the linux one:
     # ``herd-<name>``); None: no herd parent (the local runner). gpu is not a cap here.
     herd_limits: Resources | None = None
+    # device nodes the task is given (host paths of character devices: its GPUs' own and their
+    # driver's control nodes, see core/agent/gpus.py). An executor that isolates devices shows
+    # the task these at /dev/<name> and no others; one that cannot refuses the task unless it
+    # is configured to degrade. ``limits.gpu`` is how many GPUs the task asked for.
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,10 @@ def node_of(message: pb.Register) -> NodeRecord:
         )
     address = _text(message.address, MAX_ADDRESS, "register.address")
     capacity = _amount(message.capacity, "register.capacity")
-    return NodeRecord(id=node_id, capacity=capacity, labels=labels, address=address)
+    try:
+        return NodeRecord(id=node_id, capacity=capacity, labels=labels, address=address, gpus=list(message.gpus))
+    except ValidationError as exc:
+        raise BadRequest(f"register.gpus: {printable(str(exc.errors()[0]['msg']), 300)}") from None
 
 
 def registered(node: NodeRecord) -> pb.Registered:
@@ -165,6 +168,7 @@ def registered(node: NodeRecord) -> pb.Registered:
         draining=node.draining,
         heartbeat=node.heartbeat,
         incarnation=node.incarnation,
+        gpus=node.gpus,
     )
 
 
@@ -284,6 +288,7 @@ def task_message(task: TaskRecord) -> pb.Task:
         backoff=task.backoff,
         secrets=task.secrets,
         secrets_env=task.secrets_env,
+        gpus=task.gpus,
     )
     if task.scenario is not None:
         ref = task.scenario

@@ -159,6 +159,11 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
                 f"task {spec.id}: the process executor cannot enforce {', '.join(sorted(limits))} limits "
                 "(no cgroups); use an isolating executor or set executor.options.degrade = true"
             )
+        if spec.devices and not self.degrade:
+            raise TaskRejectedError(
+                f"task {spec.id}: the process executor cannot give devices ({len(spec.devices)} asked) to a "
+                "task alone: every process here sees all of the host's; use the linux executor"
+            )
         path = spec.env.get("PATH", os.defpath)
         if shutil.which(spec.command[0], path=path) is None:
             raise TaskRejectedError(f"task {spec.id}: command not found: {spec.command[0]}")

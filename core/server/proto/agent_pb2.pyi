@@ -19,7 +19,7 @@ class Capacity(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory: _Optional[int] = ..., gpu: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "capacity", "labels", "address")
+    __slots__ = ("node_id", "capacity", "labels", "address", "gpus")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,11 +31,13 @@ class Register(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     capacity: Capacity
     labels: _containers.ScalarMap[str, str]
     address: str
-    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("node_id", "incarnation", "usage")
@@ -190,7 +192,7 @@ class AgentMessage(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ..., reports: _Optional[_Union[Reports, _Mapping]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation")
+    __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation", "gpus")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class Registered(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     capacity: Capacity
     labels: _containers.ScalarMap[str, str]
@@ -216,7 +219,8 @@ class Registered(_message.Message):
     draining: bool
     heartbeat: int
     incarnation: str
-    def __init__(self, id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., heartbeat: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., heartbeat: _Optional[int] = ..., incarnation: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("ok",)
@@ -225,7 +229,7 @@ class HeartbeatAck(_message.Message):
     def __init__(self, ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node", "herd_quota", "scenario", "retries", "backoff", "secrets", "secrets_env")
+    __slots__ = ("id", "job_id", "herd", "command", "resources", "timeout", "attempt", "token", "state", "node", "herd_quota", "scenario", "retries", "backoff", "secrets", "secrets_env", "gpus")
     ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     HERD_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +246,7 @@ class Task(_message.Message):
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     SECRETS_ENV_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     job_id: str
     herd: str
@@ -258,7 +263,8 @@ class Task(_message.Message):
     backoff: float
     secrets: _containers.RepeatedScalarFieldContainer[str]
     secrets_env: bool
-    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ..., secrets: _Optional[_Iterable[str]] = ..., secrets_env: _Optional[bool] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ..., secrets: _Optional[_Iterable[str]] = ..., secrets_env: _Optional[bool] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Scenario(_message.Message):
     __slots__ = ("pipeline", "scenario", "run")

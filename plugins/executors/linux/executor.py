@@ -272,7 +272,9 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         return problems
 
     def capabilities(self) -> ExecutorCapabilities:
-        unenforced = {"gpu": "no gpu isolation yet"}
+        unenforced: dict[str, str] = {}
+        if "root" in self._problems:
+            unenforced["gpu"] = self._problems["root"]
         if self.userns_refusal is not None:
             unenforced["user namespace"] = self.userns_refusal
         if self.network_refusal is not None:
@@ -291,6 +293,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 "herd caps",
                 "network",
                 "filesystem",
+                "gpu",  # a slice sees its own GPUs' device nodes only
                 "timeout",
                 "process-tree kill",
                 "clean environment",
@@ -484,8 +487,11 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 f"task {spec.id}: the linux executor cannot isolate here: "
                 + "; ".join(f"{k}: {v}" for k, v in self._problems.items())
             )
-        if spec.limits.gpu and not self.degrade:
-            raise TaskRejectedError(f"task {spec.id}: the linux executor cannot enforce gpu limits yet")
+        if spec.limits.gpu and not spec.devices and not self.degrade:
+            raise TaskRejectedError(
+                f"task {spec.id}: asks for {spec.limits.gpu} GPU(s) but is given no GPU device "
+                "(does this node have any?)"
+            )
         network = spec.network
         if network and self.network_refusal is not None:
             if not self.degrade:
@@ -504,7 +510,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 herd_dir_name(spec.herd)
             except CgroupError as exc:
                 raise TaskRejectedError(f"task {spec.id}: {exc}") from None
-            caps = spec.herd_limits  # (gpu: not a cgroup cap; the slice's own gpu limit is refused above)
+            caps = spec.herd_limits  # (gpu: not a cgroup cap; a slice's GPUs are its devices)
             herd_limits = Limits(float(caps.cpu), int(caps.memory), int(caps.pids))
         with self._lock:
             status_file = self._new_task_dir(spec)
@@ -543,6 +549,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             limits=Limits(float(spec.limits.cpu), int(spec.limits.memory), int(spec.limits.pids)),
             herd=spec.herd if herd_limits is not None else None,
             herd_limits=herd_limits,
+            devices=tuple(spec.devices),
             stdout=stdout,
             stderr=stderr,
             status_file=str(status_file),

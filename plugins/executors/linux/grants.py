@@ -175,6 +175,28 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     return tree
 
 
+def grant_device(path: str) -> int:
+    """A detached mount of the character device ``path`` (a GPU's node) for the slice: read-only
+    and nosuid like every grant, but not nodev, or the device could not be opened. Raises
+    GrantError for a link on the way or anything but a character device."""
+    fd = _open_no_symlinks(path)
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            raise GrantError(f"cannot grant device {path}: not a character device")
+        tree = int(libc.syscall(SYS_OPEN_TREE, fd, b"", AT_EMPTY_PATH | OPEN_TREE_CLONE | os.O_CLOEXEC))
+        if tree < 0:
+            raise GrantError(f"cannot grant device {path}: {_errno_error('open_tree').strerror}")
+    finally:
+        os.close(fd)
+    # (nodev cleared: the device's own file system may be mounted nodev, /tmp in a test)
+    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, 0, 0)
+    done = libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))
+    if int(done) != 0 and ctypes.get_errno() != errno.ENOSYS:  # (before 5.12: the payload's remount)
+        os.close(tree)
+        raise GrantError(f"cannot grant device {path}: {_errno_error('mount_setattr').strerror}")
+    return tree
+
+
 def mount_setattr_available() -> bool:
     """Whether this kernel has mount_setattr (Linux 5.12+): asked with a bad fd, it says EBADF."""
     libc.syscall(SYS_MOUNT_SETATTR, -1, b"", 0, None, 0)

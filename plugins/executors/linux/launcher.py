@@ -80,7 +80,7 @@ from runink.plugins.executors.linux.cgroups import (
     SliceCgroup,
     herd_dir_name,
 )
-from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_tree, id_map_namespace
+from runink.plugins.executors.linux.grants import GrantError, IdMaps, grant_device, grant_tree, id_map_namespace
 from runink.plugins.executors.linux.messages import Bind, Event, Exited, Failed, LaunchRequest, MessageError, Started
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 from runink.plugins.executors.linux.payload import (
@@ -581,6 +581,8 @@ class Launcher:
                     opened.append(grant_tree(bind.path, writable=bind.writable, idmaps=idmaps))
             finally:
                 idmaps.close()
+            for device in req.devices:  # after the binds' fds, in the request's order (payload.run)
+                opened.append(grant_device(device))
         except (OSError, LaunchError, GrantError) as exc:
             for fd in opened:
                 os.close(fd)

@@ -16,6 +16,7 @@ Only the standard library is imported here: the sandbox side (payload.py) uses t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +227,8 @@ class LaunchRequest:
     # unused); None: no herd parent (the slice's cgroup is directly under the runink parent)
     herd: str | None = None
     herd_limits: Limits | None = None
+    # host paths of character devices the slice gets at /dev/<name> (its GPUs): see _devices
+    devices: tuple[str, ...] = ()
 
     def to_line(self) -> str:
         """The request as one JSON line (with its newline)."""
@@ -254,6 +257,8 @@ class LaunchRequest:
             data["python"] = self.python.to_dict()
         if self.herd is not None:
             data["herd"] = self.herd
+        if self.devices:
+            data["devices"] = list(self.devices)
         if self.herd_limits is not None:
             caps = self.herd_limits
             data["herd_limits"] = {"cpu": caps.cpu, "memory": caps.memory, "pids": caps.pids}
@@ -301,13 +306,34 @@ class LaunchRequest:
             herd_limits=None
             if get("herd_limits") is None
             else Limits.from_dict(data["herd_limits"], message_id, "herd_limits"),
+            devices=_devices(get("devices") or [], message_id),
         )
 
 
 _REQUEST_FIELDS = frozenset(
     {"v", "op", "id", "command", "cwd", "binds", "hostname", "uid", "gid", "network", "userns", "limits"}
-    | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python", "herd", "herd_limits"}
+    | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python", "herd", "herd_limits", "devices"}
 )
+MAX_DEVICES = 64
+# a device's name in the slice's /dev: a plain file name, none of the devices every slice has
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RESERVED_DEVICES = frozenset({"null", "zero", "full", "random", "urandom", "fd", "stdin", "stdout", "stderr", "shm"})
+
+
+def _devices(value: object, message_id: str) -> tuple[str, ...]:
+    """Absolute paths of distinct names (each becomes /dev/<name> in the slice), at most 64."""
+    paths = _strings(value, "devices", message_id)
+    if len(paths) > MAX_DEVICES:
+        raise MessageError("devices", f"{len(paths)} devices (at most {MAX_DEVICES})", message_id)
+    names: set[str] = set()
+    for i, path in enumerate(paths):
+        name = path.rsplit("/", 1)[-1]
+        if not path.startswith("/") or not _DEVICE_NAME.match(name) or name in _RESERVED_DEVICES:
+            raise MessageError(f"devices[{i}]", f"{path[:200]!r} is not an absolute path to a device", message_id)
+        if name in names:
+            raise MessageError(f"devices[{i}]", f"a second device named {name!r}", message_id)
+        names.add(name)
+    return paths
 
 
 # --- the events -----------------------------------------------------------------------

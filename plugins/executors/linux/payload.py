@@ -31,7 +31,7 @@ import sys
 import traceback
 from typing import Any
 
-from runink.plugins.executors.linux.messages import Bind, LaunchRequest, Limits, PythonCode
+from runink.plugins.executors.linux.messages import MAX_DEVICES, Bind, LaunchRequest, Limits, PythonCode
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 from runink.plugins.executors.linux.seccomp import LoadableFilter
 from runink.plugins.executors.linux.syscalls import (
@@ -199,7 +199,7 @@ def run(control: socket.socket) -> int:
     _warm_up()
     control.send(b"ready")
     # fds: stdout, stderr, the secrets memfd, the status file, then one per granted path
-    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + 4)
+    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + MAX_DEVICES + 4)
     if not message:
         return 0  # the launcher drained its pool
     stdout_fd, stderr_fd, secrets_fd, status_fd, *mount_fds = fds
@@ -215,6 +215,8 @@ def run(control: socket.socket) -> int:
         uid, gid = req.uid, req.gid
         secrets = _read_secrets(secrets_fd)
         files = {**req.files, **secrets.get("files", {})}
+        device_fds = mount_fds[len(mount_fds) - len(req.devices) :]
+        mount_fds = mount_fds[: len(mount_fds) - len(req.devices)]
         for bind, fd in zip(req.binds, mount_fds, strict=True):
             target = bind.path
             if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -227,6 +229,8 @@ def run(control: socket.socket) -> int:
             # the flags again: mount_setattr set them too, but a kernel before 5.12 has none
             flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (0 if bind.writable else MS_RDONLY)
             mount(None, target, None, flags)
+        if req.devices:
+            _add_devices(req.devices, device_fds)
         if files:
             _private_files(files, uid, gid)
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -331,6 +335,19 @@ def _read_secrets(fd: int) -> dict[str, Any]:
     os.close(fd)
     data = b"".join(chunks)
     return json.loads(data) if data.strip() else {}
+
+
+def _add_devices(devices: tuple[str, ...], fds: list[int]) -> None:
+    """The granted device nodes (the launcher's detached mounts) at /dev/<name>: /dev, read-only
+    otherwise, is writable only meanwhile. The slice can make no device node of its own (no
+    CAP_MKNOD), so these are the only GPUs it can open."""
+    mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_NOSUID)
+    for path, fd in zip(devices, fds, strict=True):
+        target = "/dev/" + path.rsplit("/", 1)[-1]  # (a plain name: messages._devices)
+        open(target, "x").close()
+        move_mount(fd, target)
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_RDONLY)  # not nodev: a device
+    mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
 
 def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
