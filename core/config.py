@@ -28,7 +28,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from runink.core.errors import ConfigError
 from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
@@ -225,6 +234,48 @@ class ClusterConfig(_Section):
         return duration_or_none(self.audit_keep_for)
 
 
+def _duration(value: str | int) -> str | int:
+    parse_duration(value)
+    return value
+
+
+#: a positive duration ("30s", "5m"), kept as written
+Duration = Annotated[str | int, AfterValidator(_duration)]
+
+
+class ScalingConfig(DriverChoice):
+    """The autoscaler the leading server runs (issue 23; docs/cluster.md, Autoscaling): nodes
+    added while tasks wait for room, idle ones drained and removed. Off unless a driver is named."""
+
+    driver: str | None = Field(
+        default=None, description='The scaler that starts and stops nodes (runink.scalers; "local": `runink up`).'
+    )
+    min_nodes: int = Field(default=0, ge=0, le=10_000, description="Nodes the scaler keeps at least.")
+    max_nodes: int = Field(default=10, ge=0, le=10_000, description="Nodes the scaler starts at most.")
+    pending_per_node: int = Field(
+        default=4,
+        ge=1,
+        le=100_000,
+        description="Waiting tasks one added node is counted to take: tasks that fit no node add "
+        "ceil(waiting / this) nodes at once.",
+    )
+    scale_down_idle: Duration = Field(
+        default="5m", description="How long a node runs no task before it is drained and removed."
+    )
+    cooldown: Duration = Field(default="1m", description="The least time between two scaling actions.")
+    drain_grace: Duration = Field(
+        default="10m",
+        description="How long a node picked for removal may finish its tasks; then its agent is stopped, "
+        "which gives the rest back to be placed elsewhere.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingConfig:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes {self.min_nodes} is more than max_nodes {self.max_nodes}")
+        return self
+
+
 class AdmissionConfig(_Section):
     """What a server admits (issue 23): per-job bounds and each herd's submission rate, the
     cluster's defaults (a herd's own, `runink herd create --max-job-cpu ...`, win). 0: no bound."""
@@ -313,6 +364,7 @@ class RuninkConfig(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

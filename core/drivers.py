@@ -9,6 +9,7 @@ Entry-point groups (public API):
 ``runink.barn_backends``       ``BarnBackend``: the cluster state store
 ``runink.annotators``          ``Annotator``: LLM annotations of datasets
 ``runink.storage``             ``Storage``: dataset sources/sinks, one per URI scheme
+``runink.scalers``             ``Scaler``: starts and stops worker nodes for the autoscaler
 =============================  =======================================================
 
 The group of each is its interface's ``GROUP`` (the only place it is written). Loading goes
@@ -37,14 +38,22 @@ from runink.core.driverload import (
     import_driver,
 )
 from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
-from runink.core.interfaces import Annotator, BarnBackend, Executor, SchedulerPolicy, SecretBackend, Storage
+from runink.core.interfaces import Annotator, BarnBackend, Executor, Scaler, SchedulerPolicy, SecretBackend, Storage
 from runink.core.model import DriverSpec  # re-exported: plugins and tests import it from here
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
 
 T = TypeVar("T")
 
 #: The driver interfaces; each names its entry-point group in ``GROUP``.
-DRIVER_INTERFACES: tuple[type, ...] = (Executor, SchedulerPolicy, SecretBackend, BarnBackend, Annotator, Storage)
+DRIVER_INTERFACES: tuple[type, ...] = (
+    Executor,
+    SchedulerPolicy,
+    SecretBackend,
+    BarnBackend,
+    Annotator,
+    Storage,
+    Scaler,
+)
 #: entry-point group -> interface, derived from the interfaces' GROUP
 DRIVER_GROUPS: dict[str, type] = {group_of(interface): interface for interface in DRIVER_INTERFACES}
 
@@ -189,6 +198,7 @@ CONFIGURED_DRIVERS: dict[str, type] = {
     "barn": BarnBackend,
     "secrets": SecretBackend,
     "annotator": Annotator,
+    "scaling": Scaler,
 }
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runink.core.processes import process_start
+
 log = logging.getLogger(__name__)
 
 RUNS = "runs"
@@ -52,20 +54,6 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 class HistoryError(Exception):
     """A kept run cannot be read as asked (an unknown task, a stream never written)."""
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc's), or None if there is no
-    such process: with the pid it names one process, not whichever reuses the pid later."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as file:
-            text = file.read(4096)
-    except (OSError, ValueError):
-        return None
-    try:  # the command name (field 2) may hold spaces and parentheses: fields count from its end
-        return int(text[text.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return None
 
 
 def runs_dir(data_dir: Path) -> Path:

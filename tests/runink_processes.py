@@ -101,10 +101,17 @@ class UpCluster:
 
 @contextmanager
 def up_cluster(
-    run_cli: Any, tmp_path: Path, servers: int, agents: int, extra_env: dict[str, str] | None = None
+    run_cli: Any,
+    tmp_path: Path,
+    servers: int,
+    agents: int,
+    extra_env: dict[str, str] | None = None,
+    *,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[UpCluster]:
     """`runink up --servers N --agents M` in ``tmp_path/cluster`` (TLS, tokens: the default), and
-    `runink down` after; ``extra_env``: given to `runink up` (so to its processes) only."""
+    `runink down` after; ``extra_env``: given to `runink up` (so to its processes) only;
+    ``extra_args``: more flags for `runink up`."""
     import os
 
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
@@ -117,6 +124,7 @@ def up_cluster(
         "--json",
         "--dir",
         str(tmp_path / "cluster"),
+        *extra_args,
         env={**env, **(extra_env or {})},
     )
     folder = tmp_path / "cluster"

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from fixture_types import CliRunner
 
-from runink.core.history import PRUNED_STAMP, RECORD, RunHistory, process_start
+from runink.core.history import PRUNED_STAMP, RECORD, RunHistory
+from runink.core.processes import process_start
 
 LINE = "x" * 99 + "\n"  # 100 bytes
 LINES = 6000  # 600,000 bytes: more than one read of a kept log answers

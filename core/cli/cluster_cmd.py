@@ -23,7 +23,9 @@ from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
+from runink.core.local_nodes import FOLDER, LocalNodes
 from runink.core.model import parse_memory, split_address
+from runink.core.processes import process_start
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -397,8 +399,19 @@ def up_command(
     no_metrics: bool = typer.Option(
         False, "--no-metrics", help="Serve no /metrics (each process serves them on a loopback port by default)."
     ),
+    scale_max: int = typer.Option(
+        0,
+        "--scale-max",
+        min=0,
+        max=32,
+        help="Autoscale: the servers keep --agents agents at least and add more, up to this many, while "
+        "tasks wait for room, and remove idle ones ([scaling] in the config sets the threshold, idle delay "
+        "and cooldown). 0: no autoscaling.",
+    ),
 ) -> None:
     """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
+    if scale_max and scale_max < agents:
+        raise typer.BadParameter(f"{scale_max} is fewer than --agents {agents}", param_hint="--scale-max")
     if read_context() is not None:
         raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
     if directory is None:
@@ -431,6 +444,16 @@ def up_command(
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(6 * servers + 2 * agents)
+    # every agent (those started now, those the autoscaler may start) has a launch file there
+    nodes = LocalNodes(root, create=True)
+    scaling = {}
+    if scale_max:  # the servers' `local` scaler over that folder
+        scaling = {
+            "RUNINK_SCALING__DRIVER": "local",
+            "RUNINK_SCALING__OPTIONS": json.dumps({"dir": str(root)}),
+            "RUNINK_SCALING__MIN_NODES": str(agents),
+            "RUNINK_SCALING__MAX_NODES": str(scale_max),
+        }
     metrics_ports = iter(ports[4 * servers : 6 * servers + agents])  # each process's /metrics
     health_ports = iter(ports[6 * servers + agents :])  # each agent's /healthz and /readyz
     names = [f"s{i}" for i in range(servers)]
@@ -457,10 +480,10 @@ def up_command(
                 *peers, *barn_served,
             ]  # fmt: skip
             # their data_dir: one catalog (SQLite) the servers of this machine share
-            processes.append(_spawn(command, root / f"{name}.log", {"RUNINK_DATA_DIR": str(root)}))
+            processes.append(_spawn(command, root / f"{name}.log", {"RUNINK_DATA_DIR": str(root), **scaling}))
         for name, process in zip(names, processes, strict=True):
             event = _first_event(process, f"server {name}", root / f"{name}.log", UP_TIMEOUT)
-            started["servers"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid), **event})
+            started["servers"].append({"name": name, "pid": process.pid, "start": process_start(process.pid), **event})
             started["api"].append(event["api"])
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
@@ -468,16 +491,17 @@ def up_command(
         _wait_for_leader(started["api"], token, tls.ca if tls else None)
         for name, api in zip(names, started["api"], strict=True):
             _wait_ready(f"{api}/readyz", tls.ca if tls else None, f"server {name}")
-        for i in range(agents):
+        for i in range(max(agents, scale_max)):
             name = f"agent-{i}"
             work = root / name
             # every server's address, each agent starting with a different one (it fails over)
             order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
-            started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
             command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
-            command += [] if no_metrics else ["--metrics", started["metrics"][name]]
-            started["health"][name] = f"127.0.0.1:{next(health_ports)}"
-            command += ["--health", started["health"][name]]
+            if i < agents:  # (ports for those started now: one reserved long before would not stay free)
+                started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
+                command += [] if no_metrics else ["--metrics", started["metrics"][name]]
+                started["health"][name] = f"127.0.0.1:{next(health_ports)}"
+                command += ["--health", started["health"][name]]
             command += tls.node(name) if tls else []
             if not insecure_dev:  # its own token: it may act as this node only
                 work.mkdir(mode=0o700)
@@ -487,14 +511,18 @@ def up_command(
                 with os.fdopen(fd, "w") as out:
                     out.write(node_token + "\n")
                 command += ["--token-file", str(token_path)]
-            process = _spawn(command, root / f"{name}.log")
-            processes.append(process)
-            event = _first_event(process, f"agent {name}", root / f"{name}.log", UP_TIMEOUT)
-            _wait_ready(f"http://{started['health'][name]}/readyz", None, f"agent {name}")
-            started["agents"].append({"name": name, "pid": process.pid, "start": _start_time(process.pid)})
+            nodes.add_launch(name, command, root / f"{name}.log", i)
+        # with autoscaling, the leading server's autoscaler starts them (min_nodes): not both
+        first = nodes.start(agents) if not scale_max else [f"agent-{i}" for i in range(agents)]
+        for name in first:
+            _wait_ready(f"http://{started['health'][name]}/readyz", None, f"agent {name}", nodes.process(name))
+            found = nodes.process(name)
+            pid, start = found if found is not None else (None, None)
+            started["agents"].append({"name": name, "pid": pid, "start": start})
             err.print(f"agent {name}: registered")
     except BaseException:
-        _stop([process.pid for process in processes])
+        nodes.stop_starting()
+        _stop([process.pid for process in processes] + _agent_pids(nodes))
         raise
     target = context_file()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -564,8 +592,9 @@ def _wait_for_leader(apis: list[str], token: str, ca: Path | None) -> None:
     raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
 
 
-def _wait_ready(url: str, ca: Path | None, what: str) -> None:
-    """Until ``url`` (a /readyz) answers 200; RuninkError with its last answer after UP_TIMEOUT."""
+def _wait_ready(url: str, ca: Path | None, what: str, process: tuple[int, int] | None = None) -> None:
+    """Until ``url`` (a /readyz) answers 200; RuninkError with its last answer after UP_TIMEOUT,
+    or at once once ``process`` (pid, start time: the one that should answer) has ended."""
     import ssl
 
     import httpx
@@ -583,18 +612,15 @@ def _wait_ready(url: str, ca: Path | None, what: str) -> None:
                 if answer.status_code == 200:
                     return
                 last = f"{answer.status_code} {answer.text[:200]}"
+            if process is not None and process_start(process[0]) != process[1]:
+                raise RuninkError(f"{what} ended before it was ready (see its log)")
             time.sleep(0.1)
     raise RuninkError(f"{what} not ready within {UP_TIMEOUT:g}s ({url}: {last})")
 
 
-def _start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot: /proc/PID/stat field 22), None if gone.
-    With the pid it names one process: a pid reused after a reboot has another start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])
+def _agent_pids(nodes: LocalNodes) -> list[int]:
+    """The pids of the cluster's agents that run (those `up` started and those its servers did)."""
+    return [found[0] for name in nodes.running() if (found := nodes.process(name)) is not None]
 
 
 def _ours(item: object) -> int | None:
@@ -602,7 +628,7 @@ def _ours(item: object) -> int | None:
     if not isinstance(item, dict) or not isinstance(item.get("pid"), int):
         return None
     pid: int = item["pid"]
-    return pid if item.get("start") is not None and _start_time(pid) == item["start"] else None
+    return pid if item.get("start") is not None and process_start(pid) == item["start"] else None
 
 
 def _stop(pids: list[int], timeout: float = 30.0) -> None:
@@ -636,10 +662,15 @@ def down_command(
     context = read_context()
     if context is None:
         raise RuninkError(f"no local cluster is up (no {context_file()})")
-    for kind in ("agents", "servers"):  # agents first: they drain, servers still answer them
-        _stop([pid for pid in map(_ours, context.get(kind, [])) if pid is not None])
-    context_file().unlink(missing_ok=True)
     directory = context.get("dir")
+    agents = [pid for pid in map(_ours, context.get("agents", [])) if pid is not None]
+    if isinstance(directory, str) and Path(directory, FOLDER).is_dir():
+        nodes = LocalNodes(directory)
+        nodes.stop_starting()  # (the servers' autoscaler starts none while they go)
+        agents = sorted(set(agents) | set(_agent_pids(nodes)))
+    _stop(agents)  # agents first: they drain, servers still answer them
+    _stop([pid for pid in map(_ours, context.get("servers", [])) if pid is not None])
+    context_file().unlink(missing_ok=True)
     if isinstance(directory, str) and not keep and Path(directory, UP_MARK).is_file():
         shutil.rmtree(directory, ignore_errors=True)
     print(f"local cluster stopped{'' if keep else ' and its directory removed'}")

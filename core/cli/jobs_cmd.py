@@ -726,6 +726,41 @@ def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: boo
     print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "USE", "LABELS"], rows)
 
 
+@nodes_app.command("scaling")
+def nodes_scaling(ctx: typer.Context, server: str | None = SERVER, json_output: bool = JSON) -> None:
+    """The autoscaler: its policy, its nodes, the size it wants, and its decisions with their reasons."""
+    with _client(ctx, server) as client:
+        answer = client.call("GET", "/v1/scaling")
+    if json_output:
+        print_json(answer)
+        return
+    out = console()
+    if not answer["enabled"]:
+        out.print("autoscaling is off (no [scaling] driver)", highlight=False)
+    else:
+        policy = answer["policy"]
+        out.print(
+            f"scaler {answer['scaler']}: {len(answer['nodes'])} node(s) ({', '.join(answer['nodes']) or 'none'}), "
+            f"wants {answer['desired']}; min {policy['min_nodes']}, max {policy['max_nodes']}, "
+            f"{policy['pending_per_node']} waiting task(s) per node added, idle {policy['idle_delay']:g}s, "
+            f"cooldown {policy['cooldown']:g}s"
+            + (f"; removing {', '.join(answer['removing'])}" if answer["removing"] else ""),
+            highlight=False,
+            markup=False,
+        )
+    rows = [
+        (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["at"])),
+            d["action"],
+            ",".join(d["nodes"]) or "-",
+            f"{d['size']} -> {d['desired']}",
+            d["reason"],
+        )
+        for d in reversed(answer["decisions"][-20:])
+    ]
+    print_table("decisions (newest first)", ["WHEN", "ACTION", "NODES", "SIZE", "REASON"], rows)
+
+
 def _node_action(action: str, help_text: str) -> None:
     def command(
         ctx: typer.Context,

@@ -490,6 +490,26 @@ def job_state(tasks: list[TaskRecord]) -> RunState:
     return RunState.RUNNING if any(s.final for s in states) else RunState.PENDING
 
 
+class ScalingDecision(Record):
+    """One decision of the autoscaler (core/control/autoscale.py), as `runink nodes scaling` shows it."""
+
+    at: float  # when (the leading server's clock, seconds since the epoch)
+    action: str  # "up", "drain", "remove", "hold" (it would act, a bound or the cooldown stops it), "error"
+    nodes: list[str] = []  # the nodes it started, drained or removed
+    reason: str
+    size: int  # the scaler's nodes before it
+    desired: int  # what it wants after it
+
+
+class ScalingState(Record):
+    """The autoscaler's state, kept in the Barn so a new leader goes on where the last one was."""
+
+    desired: int = 0
+    last_action: float = 0.0  # when nodes were last added or one was drained (for the cooldown)
+    removing: dict[str, float] = {}  # node -> when it was drained for removal
+    decisions: list[ScalingDecision] = []  # the last ones, oldest first
+
+
 class keys:
     """Where each record lives. Jobs and tasks are under their herd's prefix (RBAC and quotas
     scope by it); nodes are the cluster's."""
@@ -497,6 +517,7 @@ class keys:
     NODES = "/cluster/nodes/"
     HERDS = "/herds/"
     SCHEDULER = "/cluster/scheduler"  # the scheduling epoch: claimed by each new leader
+    SCALING = "/cluster/scaling"  # the autoscaler's ScalingState
 
     @staticmethod
     def herd(name: str) -> str:

@@ -17,7 +17,16 @@ from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
-from runink.core.control.records import Herd, JobRecord, NodeRecord, Record, RunState, TaskRecord, keys
+from runink.core.control.records import (
+    Herd,
+    JobRecord,
+    NodeRecord,
+    Record,
+    RunState,
+    ScalingState,
+    TaskRecord,
+    keys,
+)
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp
 from runink.core.model import check_name
@@ -192,6 +201,10 @@ class ClusterStore:
                 raise NotFound(f"task {task_id!r} of herd {job.herd!r}: no such task")
             tasks.append(Versioned(_parse(TaskRecord, kv.value, kv.key), kv.mod_revision))
         return tasks
+
+    def scaling(self) -> Versioned[ScalingState]:
+        """The autoscaler's state (revision 0: none written yet)."""
+        return self._get(keys.SCALING, ScalingState) or Versioned(ScalingState(), 0)
 
     def live(self) -> list[Versioned[TaskRecord]]:
         """Every task that is PENDING or assigned to a node (``assigned_to``), from the index:

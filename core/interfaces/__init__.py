@@ -18,6 +18,7 @@ from runink.core.interfaces.executor import (
     TaskState,
     TaskStats,
 )
+from runink.core.interfaces.scaler import Scaler, ScalerError
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.interfaces.storage import Storage
@@ -31,6 +32,8 @@ __all__ = [
     "ExecutorCapabilities",
     "Fingerprint",
     "KeyValue",
+    "Scaler",
+    "ScalerError",
     "SchedulerPolicy",
     "SecretBackend",
     "Storage",

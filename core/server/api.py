@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runink.core import logs, metrics
 from runink.core.config import CostConfig
 from runink.core.control.admission import Admission, AdmissionRefused
+from runink.core.control.autoscale import ScalingPolicy
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.cost import report as cost_report
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
@@ -53,6 +55,7 @@ from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
+from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
 from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
@@ -403,6 +406,7 @@ def create_app(
     ca_key: pathlib.Path | None = None,
     manager: PluginManager | None = None,
     admission: Admission | None = None,
+    scaling: tuple[Scaler, ScalingPolicy] | None = None,
 ) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
     of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
@@ -412,7 +416,8 @@ def create_app(
     (its CA served to joining nodes); ``ca_key``: the CA's key, to sign the certificates of
     nodes that join (else those routes answer 404). ``manager``: the plugins requests are
     reported to as metrics (none: not measured). ``admission``: what every submission must
-    pass (core/control/admission.py; none: only the quota and fit checks)."""
+    pass (core/control/admission.py; none: only the quota and fit checks). ``scaling``: the
+    cluster's scaler and autoscaling policy, shown by ``GET /v1/scaling`` (none: autoscaling off)."""
     auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
@@ -888,6 +893,28 @@ def create_app(
         auth.check(identity, "nodes.read", "nodes", CLUSTER)
         tasks = [v.record for v in store.assigned()]
         return {"nodes": [node_view(v.record, tasks) for v in store.nodes()]}
+
+    @app.get("/v1/scaling", openapi_extra=action("nodes.read"))
+    def scaling_state(identity: Caller) -> dict[str, Any]:
+        """The autoscaler: its policy, the nodes its scaler runs, what it wants, its last decisions."""
+        auth.check(identity, "nodes.read", "nodes", CLUSTER)
+        state = store.scaling().record
+        answer: dict[str, Any] = {
+            "enabled": scaling is not None,
+            "scaler": None,
+            "policy": None,
+            "nodes": [],
+            "desired": state.desired,
+            "removing": sorted(state.removing),
+            "decisions": dump_record(state)["decisions"],
+        }
+        if scaling is not None:
+            scaler, policy = scaling
+            answer.update(scaler=scaler.name or type(scaler).__name__, policy=dataclasses.asdict(policy))
+            answer["nodes"] = scaler.nodes()
+            if not state.decisions:  # (nothing decided yet: it wants what it has)
+                answer["desired"] = len(answer["nodes"])
+        return answer
 
     @app.get("/v1/nodes/{node_id}", openapi_extra=action("nodes.read"))
     def describe_node(node_id: NamePath, identity: Caller) -> dict[str, Any]:

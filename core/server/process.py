@@ -30,6 +30,7 @@ from typing import Any
 
 from runink.core.config import RuninkConfig
 from runink.core.control.admission import Admission
+from runink.core.control.autoscale import Autoscaler, ScalingPolicy
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.liveness import Liveness
 from runink.core.control.scheduler import Scheduler
@@ -39,6 +40,7 @@ from runink.core.drivers import configured_driver, load_driver
 from runink.core.errors import LeaseNotFoundError, RuninkError
 from runink.core.events import emit_lineage
 from runink.core.interfaces.barn import BarnBackend
+from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
 from runink.core.model import split_address
@@ -300,8 +302,11 @@ class Server:
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
         leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
-        retention = AuditRetention(barn, config.cluster.audit_keep_seconds)
-        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=[retention])
+        chores: list[Callable[[float], object]] = [AuditRetention(barn, config.cluster.audit_keep_seconds)]
+        self.scaler: Scaler | None = configured_driver(config, "scaling", manager)
+        if self.scaler is not None:  # (the leader's: nodes added and removed, see [scaling])
+            chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
+        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
         self.loop.start(self._stop)
         # one watch of the herds' records: a round at once when tasks change, a job's waiting
         # readers answered when it does
@@ -339,6 +344,7 @@ class Server:
                 ca_key=options.ca_key,
                 manager=manager,
                 admission=Admission(self.store, manager, config.admission, rates=config.cost),
+                scaling=None if self.scaler is None else (self.scaler, ScalingPolicy.from_config(config.scaling)),
             ),
             options.api[0],
             options.api[1],
@@ -359,6 +365,8 @@ class Server:
         self._stop.set()
         stop_api(self.api, self._api_thread)
         self.agents.stop(grace=2).wait(3)
+        if self.scaler is not None:
+            self.scaler.close()  # (its nodes go on)
         self.barn.close()
         if self.member is not None:
             self.member.stop()
