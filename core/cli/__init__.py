@@ -1,5 +1,36 @@
-"""The ``runink`` command line."""
+"""The ``runink`` command line.
 
-from runink.core.cli.app import build_app, main
+``main`` answers ``runink --version`` before anything else is imported, and imports the
+commands (``runink.core.cli.app``) only for a command: a CLI that starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
+
+    from runink.core.cli.state import CliState
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``runink`` script (see ``runink.core.cli.app.main``)."""
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        import runink
+
+        print(f"runink {runink.__version__}")
+        sys.exit(0)
+    from runink.core.cli.app import main as run
+
+    run(argv)
+
+
+def build_app(state: CliState) -> typer.Typer:
+    from runink.core.cli.app import build_app as build
+
+    return build(state)
+
 
 __all__ = ["build_app", "main"]
