@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.control.transitions import TransitionLog
 from runink.core.control.views import job_answer
-from runink.core.drivers import configured_driver, load_driver
+from runink.core.drivers import auto_executor, configured_driver, load_driver
 from runink.core.errors import RuninkError
 from runink.core.events import export_log
 from runink.core.history import RunHistory, RunRecorder
@@ -338,3 +339,89 @@ class _EmbeddedPlane:
     def close(self) -> None:
         self.metered.unregister()
         self.barn.close()
+
+
+def pipeline_executor(
+    config: RuninkConfig, compiled: CompiledPipeline, manager: PluginManager, quiet: bool = False
+) -> Any:
+    """The configured executor. The embedded default runs on the plain process executor, which
+    cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
+    scenarios without them and says so once on stderr. The same holds for any executor driver
+    that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
+    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
+    """
+    isolates: bool | None = None  # not known until a driver is built
+    if config.executor.driver == "auto":
+        isolating, config, note = auto_executor(config, manager)
+        if isolating is not None:
+            return isolating
+        isolates = False  # auto's fallback: a driver that said it isolates nothing
+        if not quiet:
+            print(note, file=sys.stderr)
+    if "degrade" not in config.executor.options:
+        if isolates is None:
+            executor = configured_driver(config, "executor", manager)
+            if executor.capabilities().isolation != "none":
+                return executor
+            executor.close()
+        wanted = sorted(
+            {
+                k
+                for item in compiled.scenarios
+                for k, v in (
+                    ("cpu", item.scenario.requires.cpu),
+                    ("memory", item.scenario.requires.memory),
+                    ("gpu", item.scenario.requires.gpu),
+                )
+                if v
+            }
+        )
+        if wanted and not quiet:
+            print(
+                f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "
+                "scenarios run without them (set executor.options.degrade=false to refuse instead)",
+                file=sys.stderr,
+            )
+        config = config.model_copy(deep=True)
+        config.executor.options["degrade"] = True
+    return configured_driver(config, "executor", manager)
+
+
+def run_pipeline(
+    pipeline: Any,
+    *,
+    config: RuninkConfig | None = None,
+    config_path: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a pipeline on this machine as `runink run` does and return its ``--json`` summary
+    (``ok`` false when a scenario failed). ``pipeline``: a ``.dsl`` path, a ``Pipeline`` from
+    ``PipelineBuilder(...).build()``, or a compiled one. The config is ``config``, else read as
+    the CLI reads it (``config_path``, ``$RUNINK_CONFIG``, ./runink.toml...) with ``overrides``
+    (``{"executor.driver": "process"}``, as ``--set``). Raises RuninkError (a ConfigError, a
+    PipelineError...) naming what was wrong."""
+    from runink.core.config import load_config
+    from runink.core.pipeline.compile import compile_pipeline
+    from runink.core.pipeline.dsl import parse_file
+    from runink.core.pipeline.model import Pipeline
+    from runink.core.plugins import create_plugin_manager
+
+    if config is None:
+        config = load_config(config_path, overrides=overrides)
+    if isinstance(pipeline, CompiledPipeline):
+        compiled = pipeline
+    elif isinstance(pipeline, Pipeline):
+        compiled = compile_pipeline(pipeline, config=config)
+    elif isinstance(pipeline, (str, Path)):
+        compiled = compile_pipeline(parse_file(Path(pipeline)), config=config)
+    else:
+        raise TypeError(f"runink.run: expected a .dsl path or a Pipeline, got {type(pipeline).__name__}")
+    manager = create_plugin_manager(config)
+    try:
+        executor = pipeline_executor(config, compiled, manager, quiet=True)
+        try:
+            return LocalRunner(config, manager, executor).run(compiled).to_json()
+        finally:
+            executor.close()
+    finally:
+        manager.unconfigure()

@@ -17,6 +17,7 @@ from runink.core.cli import (
     config_cmd,
     contract_cmd,
     doctor_cmd,
+    init_cmd,
     jobs_cmd,
     join_cmd,
     plugins_cmd,
@@ -69,6 +70,7 @@ def build_app(state: CliState) -> typer.Typer:
     app.command("run")(run_cmd.run_command)
     app.command("test")(run_cmd.golden_test_command)
     app.command("doctor")(doctor_cmd.doctor_command)
+    app.command("init")(init_cmd.init_command)
     jobs_cmd.register(app)
     cluster_cmd.register(app)
     auth_cmd.register(app)

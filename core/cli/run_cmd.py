@@ -18,7 +18,6 @@ from rich.table import Table
 from runink.core.cli.output import console, print_error, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.config import RuninkConfig
-from runink.core.drivers import auto_executor, configured_driver
 from runink.core.errors import RuninkError
 from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import parse_file
@@ -189,7 +188,9 @@ def run_command(
             )
         return
     manager = state.plugins()
-    executor = _executor(config, compiled, manager)
+    from runink.core.runner import LocalRunner, pipeline_executor
+
+    executor = pipeline_executor(config, compiled, manager)
     err = console(stderr=True)
     live: Live | None = None
     last_print: dict[str, str] = {}
@@ -214,8 +215,6 @@ def run_command(
                 pace = f"{_rate(run):,.0f} rows/s"
                 pace += (f"; {done} read" if done else "") + (f", {left} left" if left else "")
                 err.print(f"{stamp} {escape(run.name)}: {counts} ({pace})", highlight=False)
-
-    from runink.core.runner import LocalRunner
 
     runner = LocalRunner(config, manager, executor, on_update=on_update)
     if err.is_terminal and not json_output:
@@ -330,61 +329,18 @@ def _restore_sigterm() -> None:
 def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: CliState) -> list[str]:
     """Everything --dry-run can check without running the pipeline (see runink.core.dryrun)."""
     from runink.core import dryrun
+    from runink.core.runner import pipeline_executor
 
     manager = state.plugins()
     drivers = dryrun.check_drivers(config, manager)
     problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
     if "executor" not in drivers:  # the step modules are imported in a slice: it needs the executor
-        executor = _executor(config, compiled, manager, quiet=True)
+        executor = pipeline_executor(config, compiled, manager, quiet=True)
         try:
             problems += dryrun.check_code(compiled, executor, config)
         finally:
             executor.close()
     return problems
-
-
-def _executor(config: Any, compiled: CompiledPipeline, manager: Any, quiet: bool = False) -> Any:
-    """The configured executor. The embedded default runs on the plain process executor, which
-    cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
-    scenarios without them and says so once on stderr. The same holds for any executor driver
-    that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
-    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
-    """
-    isolates: bool | None = None  # not known until a driver is built
-    if config.executor.driver == "auto":
-        isolating, config, note = auto_executor(config, manager)
-        if isolating is not None:
-            return isolating
-        isolates = False  # auto's fallback: a driver that said it isolates nothing
-        if not quiet:
-            print(note, file=sys.stderr)
-    if "degrade" not in config.executor.options:
-        if isolates is None:
-            executor = configured_driver(config, "executor", manager)
-            if executor.capabilities().isolation != "none":
-                return executor
-            executor.close()
-        wanted = sorted(
-            {
-                k
-                for item in compiled.scenarios
-                for k, v in (
-                    ("cpu", item.scenario.requires.cpu),
-                    ("memory", item.scenario.requires.memory),
-                    ("gpu", item.scenario.requires.gpu),
-                )
-                if v
-            }
-        )
-        if wanted and not quiet:
-            print(
-                f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "
-                "scenarios run without them (set executor.options.degrade=false to refuse instead)",
-                file=sys.stderr,
-            )
-        config = config.model_copy(deep=True)
-        config.executor.options["degrade"] = True
-    return configured_driver(config, "executor", manager)
 
 
 def golden_test_command(
@@ -396,7 +352,7 @@ def golden_test_command(
 ) -> None:
     """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
     from runink.core import golden
-    from runink.core.runner import LocalRunner
+    from runink.core.runner import LocalRunner, pipeline_executor
 
     state: CliState = ctx.obj
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
@@ -412,7 +368,7 @@ def golden_test_command(
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue
-        executor = _executor(config, compiled, manager, quiet=True)
+        executor = pipeline_executor(config, compiled, manager, quiet=True)
         runner = LocalRunner(config, manager, executor)
         try:
             outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]

@@ -1,0 +1,71 @@
+"""`runink init [DIR]`: a small working pipeline to start from.
+
+It writes a .dsl, a contract, a step, sample data and a golden test that `runink run` and
+`runink test` pass at once (tests/test_init.py runs both on what it writes). Nothing is
+overwritten: a file that is there already stops it before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import typer
+
+from runink.core.cli.output import print_json
+from runink.core.errors import RuninkError
+
+TEMPLATE = "project_template"  # beside this module: the project's files, as written
+# A file named NAME.template is written as NAME: its Python is the project's, not a module of
+# the package (no linter or type checker of runink's takes it), and "gitignore" gets its dot.
+SUFFIX = ".template"
+RENAMED = {"gitignore": ".gitignore"}
+
+
+def _template() -> dict[str, bytes]:
+    """The template's files by their path in the project."""
+    found: dict[str, bytes] = {}
+
+    def walk(folder: Traversable, prefix: str) -> None:
+        for item in folder.iterdir():
+            if item.name == "__pycache__":
+                continue
+            if item.is_dir():
+                walk(item, f"{prefix}{item.name}/")
+            else:
+                name = item.name.removesuffix(SUFFIX)
+                found[prefix + RENAMED.get(name, name)] = item.read_bytes()
+
+    walk(resources.files("runink.core.cli") / TEMPLATE, "")
+    return dict(sorted(found.items()))
+
+
+def init_command(
+    directory: Path = typer.Argument(Path("."), metavar="DIR", help="Where to write it (made if missing)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the files written as JSON."),
+) -> None:
+    """Write a small working pipeline (a .dsl, a contract, a step, sample data, a golden test)
+    that `runink run` and `runink test` pass at once."""
+    root = directory.resolve()
+    if root.exists() and not root.is_dir():
+        raise RuninkError(f"{directory}: not a folder")
+    files = _template()
+    there = [name for name in files if os.path.lexists(root / name)]
+    if there:
+        raise RuninkError(f"{root / there[0]}: already there (runink init writes into a new or empty folder)")
+    written = []
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL and no link followed: a file made meanwhile is never overwritten
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        written.append(str(path))
+    if json_output:
+        print_json({"dir": str(root), "files": written})
+        return
+    where = "" if root == Path.cwd().resolve() else f"cd {directory} && "
+    print(f"wrote a pipeline in {root} ({len(written)} files); try:\n  {where}runink run pipeline.dsl && runink test")
