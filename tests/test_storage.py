@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,30 @@ def test_each_batch_says_how_much_of_the_file_is_read(tmp_path: Path, fmt: str, 
     for read in reads:  # (rows and bytes grow together in these files: the share read is the share of rows)
         rows += read.batch.num_rows
         assert read.fraction == pytest.approx(rows / 1000, abs=0.05)
+
+
+def test_jsonl_writes_timestamps_in_iso_8601_with_their_offset(tmp_path: Path) -> None:
+    """Naive timestamps are UTC (contracts convert offsets to UTC, take naive values as UTC):
+    written with T and +00:00, read back as the same instant; zoned ones keep their zone."""
+    import datetime as dt
+
+    from runink.plugins.storage.jsonl import JsonlWriter
+
+    path = tmp_path / "out.jsonl"
+    batch = pa.record_batch(
+        {
+            "at": pa.array(
+                [dt.datetime(2026, 3, 2, 8, 15), dt.datetime(2026, 3, 2, 8, 15, 1, 500), None], pa.timestamp("us")
+            ),
+            "zoned": pa.array([dt.datetime(2026, 3, 2, 8, 15, tzinfo=dt.UTC)] * 3, pa.timestamp("ms", "UTC")),
+            "day": pa.array([dt.date(2026, 3, 2)] * 3),
+        }
+    )
+    writer = JsonlWriter(path)
+    writer.write(batch)
+    writer.commit()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["at"] for r in rows] == ["2026-03-02T08:15:00+00:00", "2026-03-02T08:15:01.000500+00:00", None]
+    assert rows[0]["zoned"] == "2026-03-02T08:15:00+00:00" and rows[0]["day"] == "2026-03-02"
+    for text in rows[0]["at"], rows[1]["at"]:
+        assert dt.datetime.fromisoformat(text).tzinfo == dt.UTC

@@ -167,8 +167,23 @@ class JsonlWriter(AtomicFileWriter):
             return
         import polars as pl  # imported in the slice only, when a JSONL sink is used
 
-        frame = pl.DataFrame(pl.from_arrow(batch))
+        frame = pl.DataFrame(pl.from_arrow(_utc_timestamps(batch)))
         frame.write_ndjson(self._fh)
 
     def _close(self) -> None:
         self._fh.close()
+
+
+def _utc_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Timestamps without a zone as UTC ones (what they are: contracts convert offsets to UTC
+    and take naive values as UTC), so each is written in ISO 8601 with its offset,
+    ``2026-03-02T08:15:00+00:00``, not ``2026-03-02 08:15:00``. Only the type changes."""
+    naive = [i for i, f in enumerate(batch.schema) if pa.types.is_timestamp(f.type) and f.type.tz is None]
+    for i in naive:
+        column = batch.column(i)
+        batch = batch.set_column(
+            i,
+            batch.schema.field(i).with_type(pa.timestamp(column.type.unit, "UTC")),
+            column.cast(pa.timestamp(column.type.unit, "UTC")),
+        )
+    return batch
