@@ -410,4 +410,37 @@ def contract_diff(old: type[Contract], new: type[Contract]) -> list[dict[str, An
             }
             breaking = "type" in detail or any(k != "description" for k in detail)
             changes.append({"field": name, "change": "changed", "breaking": breaking, "detail": detail})
+    for change in changes:
+        change["summary"] = _in_words(change)
     return sorted(changes, key=lambda c: (c["field"], c["change"]))
+
+
+def _in_words(change: dict[str, Any]) -> str:
+    """A change as a person says it: ``nullable -> required; type float -> int; ge 0 -> 1``."""
+    detail = change["detail"]
+    if change["change"] in ("added", "removed"):
+        kind = "required" if detail.get("required") else "nullable"
+        rules = [f"{k} {_word(v)}" for k, v in detail.items() if k not in {"name", "type", "required"}]
+        said = f"{change['change']}: {kind} {detail.get('type')}" + (f" ({', '.join(rules)})" if rules else "")
+        if change["change"] == "added" and detail.get("required"):
+            said += "; rows written before have none"
+        return said
+    words = []
+    for key, (before, after) in detail.items():
+        if key == "required":
+            words.append(f"{'required' if before else 'nullable'} -> {'required' if after else 'nullable'}")
+        elif before is None:
+            words.append(f"{key} {_word(after)} added")
+        elif after is None:
+            words.append(f"{key} {_word(before)} dropped")
+        else:
+            words.append(f"{key} {_word(before)} -> {_word(after)}")
+    return "; ".join(words)
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_word(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from fixture_types import CliRunner
 
 from runink.core.contracts import Contract, ContractError, Field, contract_diff, detect_drift, validate
 
@@ -170,3 +173,55 @@ def test_diff_marks_breaking_changes() -> None:
     assert changes["a"]["change"] == "changed" and changes["a"]["detail"] == {"ge": [0, 1]} and changes["a"]["breaking"]
     assert changes["b"]["change"] == "removed" and changes["b"]["breaking"]
     assert changes["c"]["change"] == "added" and not changes["c"]["breaking"]
+
+
+def test_diff_says_each_change_in_words() -> None:
+    class V1(Contract):
+        amount: float = Field(ge=0)
+        note: str | None = None
+        code: str = Field(regex=r"O-\d+")
+        gone: int
+
+    class V2(Contract):
+        amount: int = Field(ge=1, le=100)
+        note: str
+        code: str = Field(regex=r"O-\d{6}")
+        added: str | None = Field(enum=["a", "b"])
+        must: int
+
+    said = {c["field"]: c["summary"] for c in contract_diff(V1, V2)}
+    assert said == {
+        "amount": "ge 0 -> 1; le 100 added; type float -> int",
+        "note": "nullable -> required",
+        "code": r"regex O-\d+ -> O-\d{6}",
+        "added": "added: nullable str (enum a, b)",
+        "must": "added: required int; rows written before have none",
+        "gone": "removed: required int",
+    }
+
+
+def test_contract_commands_take_a_file_from_any_folder(run_cli: CliRunner, tmp_path: Path) -> None:
+    """A contract file importing a module beside it loads whatever the current folder; diff
+    prints words, not Python reprs, and exits 1 on a breaking change."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "common.py").write_text("CODE = r'O-\\d+'\n")
+    (folder / "v1.py").write_text(
+        "from common import CODE\nfrom runink.core.contracts import Contract, Field\n\n"
+        "class Order(Contract):\n    code: str = Field(regex=CODE)\n    note: str | None = None\n"
+    )
+    (folder / "v2.py").write_text(
+        "from runink.core.contracts import Contract, Field\n\n"
+        "class Order(Contract):\n    code: str = Field(regex=r'O-\\d{6}')\n    note: str\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shown = run_cli("contract", "show", str(folder / "v1.py") + ":Order", "--json", cwd=elsewhere)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["fields"][0]["regex"] == r"O-\d+"
+    diffed = run_cli("contract", "diff", "../project/v1.py:Order", "../project/v2.py:Order", cwd=elsewhere)
+    assert diffed.returncode == 1, diffed.stderr
+    assert "nullable -> required" in diffed.stdout and r"regex O-\d+ -> O-\d{6}" in diffed.stdout
+    assert "[" not in diffed.stdout.split("DETAIL", 1)[1].replace("┃", "")  # no Python lists
+    missing = run_cli("contract", "show", "nope.py:Order", cwd=elsewhere)
+    assert missing.returncode == 1 and "file nope.py does not exist" in missing.stderr

@@ -27,13 +27,19 @@ def load_contract(ref: str) -> type[Contract]:
         raise RuninkError(f"contract {ref!r}: expected MODULE:Class or FILE.py:Class")
     try:
         if target.endswith(".py"):
-            path = Path(target)
-            if not path.exists():
-                raise RuninkError(f"contract {ref!r}: file {path} does not exist")
-            spec = importlib.util.spec_from_file_location(f"_runink_contract_{abs(hash(path.resolve()))}", path)
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise RuninkError(f"contract {ref!r}: file {target} does not exist")
+            spec = importlib.util.spec_from_file_location(f"_runink_contract_{abs(hash(path))}", path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            # its folder first on the path while it runs: a contract importing a module beside
+            # it loads from any directory, as it does in its pipeline's slice
+            sys.path.insert(0, str(path.parent))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
         else:
             if str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
@@ -88,7 +94,7 @@ def diff(
         )
     else:
         rows: list[tuple[Any, ...]] = [
-            (c["field"], c["change"], "yes" if c["breaking"] else "no", c["detail"]) for c in changes
+            (c["field"], c["change"], "yes" if c["breaking"] else "no", c["summary"]) for c in changes
         ]
         print_table(f"{old} -> {new}", ["FIELD", "CHANGE", "BREAKING", "DETAIL"], rows)
         if not changes:
