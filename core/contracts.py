@@ -13,14 +13,18 @@ A contract is a class with annotated fields::
         created_at: datetime
 
 A field is required unless its type admits None. Types: str, int, float, bool, datetime,
-date. Validation converts raw (string) columns to the contract's Arrow schema and checks
-every constraint with ``pyarrow.compute`` — no Python loop per record — and returns the
-valid rows typed plus, for each invalid row, every reason it failed.
+date, and ``Decimal`` with its precision and scale (``amount: Decimal = Field(precision=12,
+scale=2, gt=0)``: Arrow's decimal128, exact; a value with more digits than that is invalid,
+never rounded, and bounds compare exactly). Validation converts raw (string) columns to the
+contract's Arrow schema and checks every constraint with ``pyarrow.compute`` — no Python
+loop per record — and returns the valid rows typed plus, for each invalid row, every reason
+it failed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 import json
 import re
@@ -41,11 +45,22 @@ ARROW_TYPES: dict[type, pa.DataType] = {
     bool: pa.bool_(),
     dt.datetime: pa.timestamp("us"),
     dt.date: pa.date32(),
+    decimal.Decimal: pa.decimal128(38, 0),  # (each field's own precision and scale: ContractField.arrow_type)
 }
-TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dt.datetime: "datetime", dt.date: "date"}
+TYPE_NAMES = {
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    dt.datetime: "datetime",
+    dt.date: "date",
+    decimal.Decimal: "decimal",
+}
+MAX_DECIMAL_PRECISION = 38  # decimal128's
 
 _INT_RE = r"^[+-]?\d{1,18}$"
 _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(?i:nan|inf|infinity)$"
+_DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 _DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 _TRUE = ["true", "t", "yes", "y", "1"]
@@ -60,10 +75,10 @@ class ContractError(Exception):
 class Field:
     """Constraints of one contract field (all optional)."""
 
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
+    ge: float | decimal.Decimal | None = None
+    gt: float | decimal.Decimal | None = None
+    le: float | decimal.Decimal | None = None
+    lt: float | decimal.Decimal | None = None
     enum: Sequence[Any] | None = None
     regex: str | None = None
     min_length: int | None = None
@@ -71,6 +86,8 @@ class Field:
     pii: bool = False
     mask: bool = False
     description: str = ""
+    precision: int | None = None  # a Decimal field's digits in all (1-38)...
+    scale: int | None = None  # ...and after the point (0-precision)
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,16 @@ class ContractField:
 
     @property
     def arrow_type(self) -> pa.DataType:
+        if self.type is decimal.Decimal:
+            return pa.decimal128(self.constraints.precision or MAX_DECIMAL_PRECISION, self.constraints.scale or 0)
         return ARROW_TYPES[self.type]
+
+    @property
+    def type_name(self) -> str:
+        """``decimal(12,2)`` for a Decimal, else the type's name."""
+        if self.type is decimal.Decimal:
+            return f"decimal({self.constraints.precision},{self.constraints.scale})"
+        return TYPE_NAMES[self.type]
 
     def describe(self) -> dict[str, Any]:
         constraints = {
@@ -90,6 +116,7 @@ class ContractField:
             for key, value in vars(self.constraints).items()
             if value is not None and value is not False and value != ""
         }
+        constraints = {k: _plain(v) for k, v in constraints.items()}  # (exact bounds as text, JSON-safe)
         return {"name": self.name, "type": TYPE_NAMES[self.type], "required": self.required, **constraints}
 
 
@@ -144,6 +171,19 @@ class Contract:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _exact(value: Any) -> decimal.Decimal:
+    """A bound or enum value of a Decimal field, exactly as written (0.1 is 0.1, not a float's digits)."""
+    return value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+
+
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -154,9 +194,28 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
 
 def _check_constraints(contract: str, name: str, base: type, spec: Field) -> None:
     where = f"contract {contract}.{name}"
-    numeric = base in (int, float)
+    numeric = base in (int, float, decimal.Decimal)
     if any(v is not None for v in (spec.ge, spec.gt, spec.le, spec.lt)) and not numeric:
-        raise ContractError(f"{where}: ge/gt/le/lt apply to int and float fields, not {TYPE_NAMES[base]}")
+        raise ContractError(f"{where}: ge/gt/le/lt apply to int, float and Decimal fields, not {TYPE_NAMES[base]}")
+    if base is decimal.Decimal:
+        if spec.precision is None or spec.scale is None:
+            raise ContractError(
+                f"{where}: a Decimal field needs Field(precision=P, scale=S), e.g. precision=12, scale=2"
+            )
+        if not 1 <= spec.precision <= MAX_DECIMAL_PRECISION or not 0 <= spec.scale <= spec.precision:
+            raise ContractError(
+                f"{where}: precision must be 1-{MAX_DECIMAL_PRECISION} and scale 0-precision, "
+                f"got precision={spec.precision}, scale={spec.scale}"
+            )
+        for key in ("ge", "gt", "le", "lt"):
+            bound = getattr(spec, key)
+            if bound is not None:
+                try:
+                    _exact(bound)
+                except decimal.InvalidOperation:
+                    raise ContractError(f"{where}: {key}={bound!r} is not a number") from None
+    elif spec.precision is not None or spec.scale is not None:
+        raise ContractError(f"{where}: precision/scale apply to Decimal fields")
     if (spec.regex or spec.min_length is not None or spec.max_length is not None) and base is not str:
         raise ContractError(f"{where}: regex/min_length/max_length apply to str fields")
     if spec.regex is not None:
@@ -224,7 +283,7 @@ def validate(contract: type[Contract], batch: pa.RecordBatch) -> ValidationResul
         raw = batch.column(spec.name) if spec.name in names else pa.nulls(n, pa.string())
         value, conversion_failed = _convert(raw, spec)
         if conversion_failed is not None:
-            failures.append((conversion_failed, f"{spec.name}: not a valid {TYPE_NAMES[spec.type]}"))
+            failures.append((conversion_failed, f"{spec.name}: not a valid {spec.type_name}"))
         if spec.required:
             missing = pc.is_null(value)
             if conversion_failed is not None:
@@ -275,7 +334,7 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
     if raw.type == target:
         return raw, None
     if not (pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type)):
-        if _compatible(raw.type, spec):
+        if _compatible(raw.type, spec) and spec.type is not decimal.Decimal:
             return pc.cast(raw, target), None
         raw = pc.cast(raw, pa.string())
     text = raw.cast(pa.string())
@@ -295,7 +354,13 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         ok = pc.or_(is_true, is_false)
         value = pc.if_else(ok, is_true, pa.scalar(None, pa.bool_()))
         return value, pc.and_(present, pc.invert(ok))
-    pattern = {int: _INT_RE, float: _FLOAT_RE, dt.date: _DATE_RE, dt.datetime: _DATETIME_RE}[spec.type]
+    pattern = {
+        int: _INT_RE,
+        float: _FLOAT_RE,
+        dt.date: _DATE_RE,
+        dt.datetime: _DATETIME_RE,
+        decimal.Decimal: _DECIMAL_RE,
+    }[spec.type]
     ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
     candidates = pc.if_else(ok, text, pa.scalar(None, pa.string()))
     try:
@@ -351,10 +416,16 @@ def _constraint_failures(value: pa.Array, spec: ContractField) -> list[tuple[pa.
         (c.le, pc.greater, ">"),
         (c.lt, pc.greater_equal, ">="),
     ):
-        if bound is not None:
+        if bound is None:
+            continue
+        if spec.type is decimal.Decimal:  # exact: the bound as written, compared as a decimal
+            exact = _exact(bound)
+            parts.append((pc.fill_null(compare(value, pa.scalar(exact)), False), f"{name}: {word} {exact}"))
+        else:
             parts.append((pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
     if c.enum is not None:
-        allowed = pa.array(list(c.enum), spec.arrow_type)
+        listed = [_exact(v) for v in c.enum] if spec.type is decimal.Decimal else list(c.enum)
+        allowed = pa.array(listed, spec.arrow_type)
         outside = pc.and_(pc.is_valid(value), pc.invert(pc.is_in(value, allowed)))
         parts.append((outside, f"{name}: not one of {', '.join(map(str, c.enum))}"))
     if c.regex is not None:

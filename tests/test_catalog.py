@@ -51,7 +51,7 @@ def test_a_run_fills_the_catalog_and_the_cli_reads_it(run_cli: CliRunner, orders
 
     shown = _json(run_cli("catalog", "show", "out/silver/orders.parquet", "--json", cwd=orders))
     assert isinstance(shown, dict)
-    assert ("amount_eur", "double") in [tuple(c) for c in shown["schema"]]
+    assert ("amount_eur", "decimal128(14, 2)") in [tuple(c) for c in shown["schema"]]  # money: exact
     assert [(r["scenario"], r["direction"], r["state"], r["rows"]) for r in shown["runs"]] == [
         ("Large orders", "read", "SUCCEEDED", 980),
         ("Validate orders", "wrote", "SUCCEEDED", 980),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -149,7 +150,7 @@ def test_drift() -> None:
     ("body", "message"),
     [
         ("x: list[int]", "unsupported type"),
-        ("x: str = Field(ge=1)", "ge/gt/le/lt apply to int and float"),
+        ("x: str = Field(ge=1)", "ge/gt/le/lt apply to int, float and Decimal"),
         ("x: int = Field(regex='a')", "regex/min_length/max_length apply to str"),
         ("x: str = Field(regex='(')", "invalid regex"),
         ("x: str = 'default'", "default must be Field"),
@@ -225,3 +226,73 @@ def test_contract_commands_take_a_file_from_any_folder(run_cli: CliRunner, tmp_p
     assert "[" not in diffed.stdout.split("DETAIL", 1)[1].replace("┃", "")  # no Python lists
     missing = run_cli("contract", "show", "nope.py:Order", cwd=elsewhere)
     assert missing.returncode == 1 and "file nope.py does not exist" in missing.stderr
+
+
+class Money(Contract):
+    amount: Decimal = Field(precision=12, scale=2, gt=0, le="1000.10")
+    fee: Decimal | None = Field(precision=6, scale=3, enum=["0.5", "1.25"])
+
+
+def test_decimal_fields_are_exact() -> None:
+    """decimal128(precision, scale): a value with more digits is invalid (never rounded), bounds
+    and enums compare exactly, one digit past a bound fails."""
+    batch = pa.record_batch(
+        {
+            "amount": [
+                "12.34",
+                "12.345",
+                "0.01",
+                "0",
+                "1000.10",
+                "1000.11",
+                "abc",
+                "1e2",
+                "1234567890.12",
+                "12345678901",
+            ],
+            "fee": ["0.5", "0.500", "1.25", "0.6", None, None, None, None, None, None],
+        }
+    )
+    result = validate(Money, batch)
+    assert result.valid.schema.field("amount").type == pa.decimal128(12, 2)
+    assert result.valid.schema.field("fee").type == pa.decimal128(6, 3)
+    assert result.valid.column("amount").to_pylist() == [
+        Decimal("12.34"), Decimal("0.01"), Decimal("1000.10"), Decimal("100.00")
+    ]  # fmt: skip
+    assert result.valid.column("fee").to_pylist() == [Decimal("0.500"), Decimal("1.250"), None, None]
+    reasons = dict(zip(result.invalid_index.to_pylist(), result.reasons.to_pylist(), strict=True))
+    assert reasons == {
+        1: "amount: not a valid decimal(12,2)",  # 3 decimals: not rounded
+        3: "amount: <= 0; fee: not one of 0.5, 1.25",
+        5: "amount: > 1000.10",  # one cent past the bound (1000.10 itself, row 4, passes)
+        6: "amount: not a valid decimal(12,2)",
+        8: "amount: > 1000.10",  # a decimal(12,2) (10 digits before the point), past the bound
+        9: "amount: not a valid decimal(12,2)",  # 11 digits before the point: past precision 12, scale 2
+    }
+    assert Money.describe()["fields"][0] == {
+        "name": "amount", "type": "decimal", "required": True, "gt": 0, "le": "1000.10", "precision": 12, "scale": 2
+    }  # fmt: skip
+
+
+def test_decimal_columns_that_arrive_typed_keep_their_value() -> None:
+    batch = pa.record_batch(
+        {"amount": pa.array([Decimal("5.5"), Decimal("5.555")], pa.decimal128(10, 3)), "fee": pa.array([None, 1])}
+    )
+    result = validate(Money, batch)
+    assert result.valid.column("amount").to_pylist() == [Decimal("5.50")]  # 5.500: nothing lost
+    assert result.reasons.to_pylist() == ["amount: not a valid decimal(12,2); fee: not one of 0.5, 1.25"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("x: Decimal = Field(gt=0)", r"a Decimal field needs Field\(precision=P, scale=S\)"),
+        ("x: Decimal = Field(precision=39, scale=2)", "precision must be 1-38 and scale 0-precision"),
+        ("x: Decimal = Field(precision=4, scale=5)", "precision must be 1-38 and scale 0-precision"),
+        ("x: int = Field(precision=3, scale=1)", "precision/scale apply to Decimal fields"),
+        ("x: Decimal = Field(precision=4, scale=2, ge='abc')", "ge='abc' is not a number"),
+    ],
+)
+def test_malformed_decimal_fields(body: str, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        exec(f"class Bad(Contract):\n    {body}\n", {"Contract": Contract, "Field": Field, "__name__": __name__})

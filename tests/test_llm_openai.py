@@ -426,7 +426,7 @@ def test_annotations_of_a_real_run_are_stored_in_the_catalog(
     migrate(engine)
     dataset = find_dataset(engine, "out/silver/orders.parquet", None, base=project)
     schema, sample = read_sample(dataset.uri, 3)
-    assert len(sample) == 3 and "customer_email" in schema and schema["amount"] == "double"
+    assert len(sample) == 3 and "customer_email" in schema and schema["amount"] == "decimal128(12, 2)"
     ann = annotator(chat, mask=["customer_email"])
     notes = ann.annotate(dataset.uri, schema, sample)
     stored = add_annotations(

@@ -47,7 +47,7 @@ def test_orders_example_end_to_end(run_cli: CliRunner, orders: Path, data_home: 
     dlq = [json.loads(line) for line in (orders / "out" / "dlq" / "orders.jsonl").read_text().splitlines()]
     assert len(dlq) == 20
     first = dlq[0]
-    assert first["order_id"] == "O-0000049" and first["_runink_reason"] == "amount: not a valid float"
+    assert first["order_id"] == "O-0000049" and first["_runink_reason"] == "amount: not a valid decimal(12,2)"
     assert first["_runink_position"] == 51  # the file line: header is line 1
     malformed = [r for r in dlq if r["_runink_text"]]
     assert len(malformed) == 4 and malformed[0]["_runink_reason"].startswith("malformed line: expected 7 columns")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-EUR_RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17}
+# money stays exact: the contract makes amount a decimal(12,2), and the rates are decimals too
+EUR_RATES = {"EUR": Decimal("1.00"), "USD": Decimal("0.92"), "GBP": Decimal("1.17")}
 
 
 def normalize(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -20,9 +23,9 @@ def normalize(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def enrich(orders: pl.DataFrame) -> pl.DataFrame:
     """Add the amount in EUR and the order date."""
-    rate = pl.col("currency").replace_strict(EUR_RATES, return_dtype=pl.Float64)
+    rate = pl.col("currency").replace_strict(EUR_RATES, return_dtype=pl.Decimal(6, 4))
     return orders.with_columns(
-        amount_eur=(pl.col("amount") * rate).round(2),
+        amount_eur=(pl.col("amount") * rate).round(2).cast(pl.Decimal(14, 2)),
         order_date=pl.col("created_at").dt.date(),
     )
 
@@ -30,7 +33,7 @@ def enrich(orders: pl.DataFrame) -> pl.DataFrame:
 def large_orders(orders: pl.DataFrame) -> pl.DataFrame:
     """Orders worth 400 EUR or more, largest first within each batch."""
     return (
-        orders.filter(pl.col("amount_eur") >= 400)
+        orders.filter(pl.col("amount_eur") >= Decimal(400))
         .select("order_id", "order_date", "country", "currency", "amount", "amount_eur")
         .sort("amount_eur", descending=True)
     )
