@@ -7,13 +7,16 @@ discovery runs for real without a pip install per test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fixture_types import CliRunner, FakeDist, OnSysPath
@@ -22,6 +25,9 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Herd
 from runink.core.control.store import ClusterStore
 from runink.plugins.barn.memory import MemoryBarn
+
+if TYPE_CHECKING:
+    from runink.plugins.executors.linux.executor import LinuxExecutor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,3 +148,18 @@ def store() -> ClusterStore:
 @pytest.fixture
 def life(store: ClusterStore) -> Lifecycle:
     return Lifecycle(store)
+
+
+@pytest.fixture
+def linux() -> Iterator[LinuxExecutor]:
+    """A linux executor with a cgroup parent of its own, so leak checks see only its slices
+    and cgroups (tox runs envs in parallel); closed, and its parents removed, after."""
+    from runink.plugins.executors.linux.executor import LinuxExecutor
+
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    yield executor
+    executor.close()
+    if executor.cgroups is not None:
+        for parent in set(executor.cgroups.parents().values()):
+            with contextlib.suppress(OSError):
+                parent.rmdir()

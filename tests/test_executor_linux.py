@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -31,18 +31,6 @@ class TestLinuxExecutorSlicesOutliveIt(ExecutorConformance):
 
     driver_name = "linux"
     driver_options = {"slices_outlive_executor": True}
-
-
-@pytest.fixture
-def linux() -> Iterator[LinuxExecutor]:
-    """An executor with its own cgroup parent, so leak checks see only its slices (tox runs envs in parallel)."""
-    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
-    yield executor
-    executor.close()
-    if executor.cgroups is not None:
-        for parent in set(executor.cgroups.parents().values()):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
 
 
 def _spec(

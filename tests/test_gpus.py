@@ -7,7 +7,6 @@ so a slice can really open and write the one it is given).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,17 +179,6 @@ PROBE = textwrap.dedent(
     time.sleep(hold[0] if hold else 0)
     """
 )
-
-
-@pytest.fixture
-def linux() -> Iterator[LinuxExecutor]:
-    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
-    yield executor
-    executor.close()
-    if executor.cgroups is not None:
-        for parent in set(executor.cgroups.parents().values()):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
 
 
 def _spec(tmp_path: Path, *command: str, gpus: int = 0, env: dict[str, str] | None = None) -> TaskSpec:

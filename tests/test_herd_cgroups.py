@@ -11,7 +11,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,18 +33,6 @@ needs_v1 = pytest.mark.skipif(
     os.geteuid() != 0 or LAYOUT.version != 1 or not {"cpu", "memory", "pids"} <= set(LAYOUT.own),
     reason="needs root and cgroup v1 cpu, memory and pids controllers",
 )
-
-
-@pytest.fixture
-def linux() -> Iterator[LinuxExecutor]:
-    """An executor with its own cgroup parent, so leak checks see only its cgroups."""
-    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
-    yield executor
-    executor.close()
-    if executor.cgroups is not None:
-        for parent in set(executor.cgroups.parents().values()):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
 
 
 def spec(tmp_path: Path, herd: str, caps: Resources | None, *command: str, limits: Resources | None = None) -> TaskSpec:
