@@ -30,7 +30,7 @@ from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import RuninkError, TaskRejectedError
 from runink.core.interfaces import SchedulerPolicy
-from runink.core.interfaces.executor import TaskSpec, TaskState
+from runink.core.interfaces.executor import TaskHandle, TaskSpec, TaskState
 from runink.core.model import Resources
 from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.executors.linux.executor import LinuxExecutor
@@ -311,3 +311,39 @@ def _ended(run_cli: CliRunner, job_id: str, env: dict[str, str], timeout: float 
             return status
         assert time.monotonic() < deadline, f"job {job_id} still {status['job']} after {timeout} s"
         time.sleep(0.2)
+
+
+def test_a_pipeline_scenarios_slice_is_given_its_gpus_too(run_cli: CliRunner, tmp_path: Path) -> None:
+    """`@requires(gpu=1)` on a cluster: the node's ScenarioAttempts grants the scenario's slice
+    the GPU its task was given, as a command's (the executor double keeps the spec it got)."""
+    from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
+    from runink.core.cli.run_cmd import load_pipeline
+    from runink.core.config import RuninkConfig
+    from runink.core.control.records import ScenarioRef
+    from runink.core.plugins import PluginManager
+
+    assert run_cli("init", "project").returncode == 0
+    dsl = tmp_path / "project" / "pipeline.dsl"
+    dsl.write_text(dsl.read_text().replace('@requires(cpu=1, memory="256Mi"', '@requires(cpu=1, gpu=1, memory="256Mi"'))
+    bin_dir, devices = fake_nvidia(tmp_path / "node")
+    inventory = find_gpus(devices, smi=str(bin_dir / "nvidia-smi"))
+    given: list[TaskSpec] = []
+
+    class Keeps(ProcessExecutor):
+        def start(self, spec: TaskSpec) -> TaskHandle:
+            given.append(spec)
+            raise TaskRejectedError("kept, not run")
+
+    config = RuninkConfig()
+    pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, tmp_path / "work")
+    attempts = ScenarioAttempts(Keeps(degrade=True), config, PluginManager(), pipelines)
+    attempts.gpus = inventory
+    task = TaskRecord(
+        id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=Amount(gpu=1), gpus=[UUIDS[1]],
+        scenario=ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1"),
+    )  # fmt: skip
+    with pytest.raises(RuninkError, match="kept, not run"):
+        attempts.start_scenario(task, "t1-a1")
+    (spec,) = given
+    assert spec.limits.gpu == 1 and spec.env["CUDA_VISIBLE_DEVICES"] == UUIDS[1]
+    assert spec.devices == (str(devices / "nvidia1"), str(devices / "nvidiactl"))
