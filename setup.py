@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from setuptools import Command, Distribution, find_packages, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build import build
 
 INIT_SOURCE = "plugins/executors/linux/runink_init.c"
@@ -70,11 +71,21 @@ class PlatformDistribution(Distribution):
         return True
 
 
+class PlatformWheel(bdist_wheel):
+    """One wheel per platform for every Python 3: runink-init is a program, not an extension
+    module, so no CPython version or ABI is in the tag (``py3-none-linux_x86_64``; auditwheel
+    then makes that ``manylinux_2_17_x86_64``)."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        _python, _abi, platform = super().get_tag()
+        return "py3", "none", platform
+
+
 build.sub_commands.append(("build_init", None))
 
 setup(
     distclass=PlatformDistribution,
-    cmdclass={"build_init": build_init},
+    cmdclass={"build_init": build_init, "bdist_wheel": PlatformWheel},
     packages=[
         *packages_under("package_root", "runink"),
         *packages_under("core", "runink.core"),
