@@ -1,0 +1,454 @@
+"""The ``slurm`` executor (packages/runink-slurm, a third-party package) against a real Slurm.
+
+The package is pip-installed (offline, as tests/test_third_party_package.py does) into a
+throwaway virtualenv; `runink plugins list` there shows its driver. That venv's site-packages
+is then put on this process's path (and on PYTHONPATH for the subprocesses the conformance
+suite starts), so the driver is loaded by name through its entry point, as an agent loads it.
+
+The Slurm is Debian's slurm-wlm: a munged, slurmctld and slurmd started by the module's
+fixture as root in a temp dir (``runink_slurm.testing.LocalSlurm``: loopback, free ports, its
+own munge key and socket; task/cgroup on cgroup v1 where this machine has it, so Slurm
+enforces memory). Skipped, saying why, without the packages or root.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import time
+import uuid
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runink.core.drivers import load_driver
+from runink.core.errors import DriverLoadError, TaskRejectedError
+from runink.core.interfaces import Executor, TaskHandle, TaskSpec, TaskState
+from runink.core.model import Resources
+from runink.testing import ExecutorConformance
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "packages" / "runink-slurm"
+SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun", "sinfo")
+_absent = [name for name in SLURM_PROGRAMS if shutil.which(name) is None]
+
+pytestmark = [
+    pytest.mark.skipif(bool(_absent), reason=f"needs Debian's slurm-wlm and munge (missing: {', '.join(_absent)})"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="starts slurmctld and slurmd, which need root"),
+]
+
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+MiB = 1024 * 1024
+
+
+def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNINK_", "PYTHON"))}
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env, **kwargs)
+
+
+def _purelib(python: Path) -> Path:
+    return Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def venv_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new venv seeing this environment's packages (runink), with runink-slurm pip-installed:
+    offline, no build isolation, from a copy (the build writes nothing into the repository)."""
+    root = tmp_path_factory.mktemp("slurm-venv")
+    source = root / "src"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    venv.EnvBuilder(with_pip=False, system_site_packages=True).create(root / "venv")
+    python = root / "venv" / "bin" / "python"
+    parents = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if Path(p).is_dir()]
+    purelib = _purelib(python)
+    (purelib / "_runink_parent_env.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in parents) + "\n"
+    )
+    pip = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation"]
+    install = _run([*pip, "--disable-pip-version-check", str(source)], cwd=root)
+    assert install.returncode == 0, install.stdout + install.stderr
+    return python
+
+
+@pytest.fixture(scope="module")
+def installed(venv_python: Path) -> Iterator[Path]:
+    """The venv's site-packages (runink_slurm and its dist-info) on this process's path and on
+    PYTHONPATH: the driver is found by its entry point here and in subprocesses."""
+    purelib = _purelib(venv_python)
+    saved = os.environ.get("PYTHONPATH")
+    sys.path.insert(0, str(purelib))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(purelib), saved]))
+    importlib.invalidate_caches()
+    try:
+        yield purelib
+    finally:
+        sys.path.remove(str(purelib))
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+        for name in [name for name in sys.modules if name.split(".")[0] == "runink_slurm"]:
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def slurm(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A running local Slurm; SLURM_CONF points every client (and the driver) at it."""
+    from runink_slurm.testing import LocalSlurm
+
+    # LOCAL_SLURM_CGROUPS=none runs the module against a Slurm that confines nothing (as where
+    # there is no cgroup v1): the limits are then unenforced and refused
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), cgroups=os.environ.get("LOCAL_SLURM_CGROUPS", "auto"))
+    cluster.start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm_executor(slurm: Any) -> Iterator[Executor]:
+    executor = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    try:
+        yield executor
+    finally:
+        executor.close()
+        slurm.cancel_all()
+
+
+def _spec(tmp_path: Path, *command: str, **overrides: Any) -> TaskSpec:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    task_id = overrides.pop("id", f"t-{uuid.uuid4().hex[:10]}")
+    values: dict[str, Any] = {
+        "id": task_id,
+        "command": command,
+        "task_dir": tmp_path / "tasks" / task_id,
+        "env": dict(BASE_ENV),
+        "cwd": work,
+    }
+    values.update(overrides)
+    return TaskSpec(**values)
+
+
+def _job(executor: Executor, task_id: str) -> dict[str, str]:
+    """``scontrol show job`` of the task's job, as key -> value."""
+    job_id = executor.handle(task_id).driver_state["job_id"]
+    out = _run(["scontrol", "show", "job", "--oneliner", str(job_id)]).stdout
+    return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+def _until(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+# --- the package ------------------------------------------------------------------------
+
+
+def test_the_package_is_a_discovered_third_party_driver(venv_python: Path, tmp_path: Path) -> None:
+    out = _run([str(venv_python), "-m", "runink", "plugins", "list", "--json"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    row = rows["slurm"]
+    assert (row["kind"], row["group"], row["status"]) == ("driver", "runink.executors", "loaded"), row
+    assert (row["package"], row["version"], row["source"]) == ("runink-slurm", "0.1.0", "third-party"), row
+
+
+def test_not_visible_outside_where_it_is_installed(tmp_path: Path) -> None:
+    out = _run([sys.executable, "-m", "runink", "plugins", "list", "--json"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "runink-slurm" not in out.stdout
+
+
+# --- the Executor contract -------------------------------------------------------------
+
+
+class TestSlurmConformance(ExecutorConformance):
+    """The whole conformance suite. Memory is enforced here (task/cgroup), so the case for a
+    refused unenforceable memory limit skips; the limits Slurm does not enforce (pids, gpu
+    without gres, network, filesystem) are in ``capabilities().unenforced``."""
+
+    driver_name = "slurm"
+    driver_options = {"poll_interval": 0.1}
+
+    @pytest.fixture
+    def executor(self, slurm: Any) -> Iterator[Executor]:
+        executor = load_driver(Executor, self.driver_name, self.driver_options)
+        try:
+            yield executor
+        finally:
+            executor.close()
+            slurm.cancel_all()
+
+
+# --- what it says it enforces ------------------------------------------------------------
+
+
+def test_capabilities_follow_the_cluster(slurm: Any, slurm_executor: Executor) -> None:
+    caps = slurm_executor.capabilities()
+    assert caps.isolation == "slurm"
+    assert {"pids", "network", "filesystem", "herd caps", "gpu"} <= set(caps.unenforced)
+    assert "GresTypes" in caps.unenforced["gpu"]
+    if slurm.enforces_memory:
+        assert {"cpu", "memory", "timeout"} <= set(caps.enforced)
+    else:
+        assert {"cpu", "memory"} <= set(caps.unenforced)
+    fingerprint = slurm_executor.fingerprint()
+    assert fingerprint.healthy and fingerprint.attributes["slurm.cluster"] == "runinktest"
+    doctor = {check.check: check for check in slurm_executor.diagnose()}
+    assert doctor["slurm"].ok and "isolation slurm" in doctor["slurm"].detail
+    assert not doctor["slurm: pids"].ok
+
+
+def test_limits_become_the_jobs_request(slurm: Any, slurm_executor: Executor, tmp_path: Path) -> None:
+    """cpu (rounded up), memory (MiB), timeout (minutes, rounded up) reach Slurm, which confines the job."""
+    probe = "cat /proc/self/cgroup > cgroup.txt; sleep 30"
+    spec = _spec(tmp_path, "sh", "-c", probe, limits=Resources(cpu=1.5, memory=100 * MiB), timeout=90)
+    if not slurm.enforces_memory:  # refused as it is, asked of Slurm with degrade
+        with pytest.raises(TaskRejectedError, match=r"cannot enforce cpu, memory limits"):
+            slurm_executor.start(spec)
+        slurm_executor = load_driver(Executor, "slurm", {"poll_interval": 0.1, "degrade": True})
+    slurm_executor.start(spec)
+    job = _job(slurm_executor, spec.id)
+    assert job["JobState"] == "RUNNING"
+    assert job["JobName"] == f"runink-{spec.id}"
+    assert job["CPUs/Task"] == "2" and job["MinMemoryNode"] == "100M" and job["TimeLimit"] == "00:02:00"
+    assert job["StdOut"] == str(spec.task_dir / "stdout.log") and job["WorkDir"] == str(tmp_path / "work")
+    if slurm.enforces_memory:
+        _until((tmp_path / "work" / "cgroup.txt").exists, 10, "the job never wrote its cgroup")
+        lines = (tmp_path / "work" / "cgroup.txt").read_text().splitlines()
+        memory = next(line for line in lines if ":memory:" in line)
+        job_cgroup = memory.split(":", 2)[2].split("/step_")[0]
+        limit = Path("/sys/fs/cgroup/memory", job_cgroup.lstrip("/"), "memory.limit_in_bytes").read_text()
+        assert int(limit) == 100 * MiB
+    slurm_executor.stop(spec.id, grace=1)
+
+
+# --- Slurm's final states -----------------------------------------------------------------
+
+
+def test_over_its_memory_is_oomkilled(slurm: Any, slurm_executor: Executor, tmp_path: Path) -> None:
+    if not slurm.enforces_memory:
+        pytest.skip("this Slurm runs without task/cgroup (no cgroup v1 here): memory is not enforced")
+    grow = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
+    spec = _spec(tmp_path, "sh", "-c", grow, limits=Resources(memory=64 * MiB))
+    slurm_executor.start(spec)
+    result = slurm_executor.wait(spec.id, 60)
+    assert result is not None and result.state is TaskState.OOMKILLED, result
+    assert "OUT_OF_MEMORY" in result.message
+    assert _job(slurm_executor, spec.id)["JobState"] == "OUT_OF_MEMORY"
+    assert "survived" not in slurm_executor.read_log(spec.id)
+
+
+def test_past_its_timeout_is_deadline_exceeded_to_the_second(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sleep", "60", timeout=2)
+    started = time.monotonic()
+    slurm_executor.start(spec)
+    assert _job(slurm_executor, spec.id)["TimeLimit"] == "00:01:00"  # Slurm's own limit: the backstop
+    result = slurm_executor.wait(spec.id, 30)
+    assert result is not None and result.state is TaskState.DEADLINE_EXCEEDED, result
+    assert result.message == "timed out after 2s"
+    assert 2 <= result.duration < 5 and time.monotonic() - started < 15
+
+
+@pytest.mark.slow
+def test_slurm_time_limit_is_deadline_exceeded(slurm_executor: Executor, tmp_path: Path) -> None:
+    """Slurm's TIMEOUT (its limit in minutes, checked every 30 s): about 90 s."""
+    spec = _spec(tmp_path, "sleep", "600")
+    slurm_executor.start(spec)
+    job_id = str(slurm_executor.handle(spec.id).driver_state["job_id"])
+    assert _run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=1"]).returncode == 0
+    result = slurm_executor.wait(spec.id, 150)
+    assert result is not None and result.state is TaskState.DEADLINE_EXCEEDED, result
+    assert "TIMEOUT" in result.message
+
+
+def test_stopped_is_cancelled_in_slurm_too(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sleep", "60")
+    slurm_executor.start(spec)
+    slurm_executor.stop(spec.id, grace=5)
+    result = slurm_executor.wait(spec.id, 1)
+    assert result is not None and result.state is TaskState.CANCELLED and result.message == "stopped"
+    assert _job(slurm_executor, spec.id)["JobState"] in ("CANCELLED", "FAILED")  # TERM: the job script exits 143
+
+
+def test_cancelled_by_an_operator_is_a_failure(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sleep", "60")
+    slurm_executor.start(spec)
+    job_id = str(slurm_executor.handle(spec.id).driver_state["job_id"])
+    assert _run(["scancel", job_id]).returncode == 0
+    result = slurm_executor.wait(spec.id, 30)
+    assert result is not None and result.state is TaskState.FAILED, result
+    assert "cancelled in Slurm, not by Runink" in result.message
+
+
+def test_exit_code_is_exact(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sh", "-c", "echo bye >&2; exit 3")
+    slurm_executor.start(spec)
+    result = slurm_executor.wait(spec.id, 30)
+    assert result is not None
+    assert (result.state, result.exit_code, result.message) == (TaskState.FAILED, 3, "exit code 3")
+    job = _job(slurm_executor, spec.id)
+    assert (job["JobState"], job["ExitCode"]) == ("FAILED", "3:0")
+    assert "bye" in slurm_executor.read_log(spec.id, "stderr")
+
+
+# --- the environment, logs, recovery -------------------------------------------------------
+
+
+def test_env_is_exact_and_on_no_command_line(slurm: Any, slurm_executor: Executor, tmp_path: Path) -> None:
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    env = {**BASE_ENV, "API_TOKEN": secret, "QUOTED": 'it\'s "$HOME" `x`\nline two'}
+    spec = _spec(tmp_path, "sh", "-c", "env > env.txt; : > ready; sleep 30", env=env)
+    slurm_executor.start(spec)
+    work = tmp_path / "work"
+    _until((work / "ready").exists, 15, "the task never ran")
+    launch = spec.task_dir / "launch"
+    assert launch.stat().st_mode & 0o777 == 0o600
+    for entry in Path("/proc").iterdir():  # no process shows it in its arguments
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert secret.encode() not in cmdline, f"pid {entry.name}: {cmdline[:200]!r}"
+    job_id = str(slurm_executor.handle(spec.id).driver_state["job_id"])
+    stored = _run(["scontrol", "write", "batch_script", job_id, "-"])
+    assert stored.returncode == 0 and "runink-slurm" in stored.stdout
+    assert secret not in stored.stdout  # the script Slurm keeps
+    assert secret not in _run(["scontrol", "show", "job", job_id]).stdout
+    slurm_executor.stop(spec.id, grace=1)
+    seen = (work / "env.txt").read_text()
+    assert f"API_TOKEN={secret}\n" in seen and 'QUOTED=it\'s "$HOME" `x`\nline two\n' in seen
+    names = {line.split("=", 1)[0] for line in seen.splitlines() if "=" in line and not line.startswith("line two")}
+    assert names - {"PWD", "SHLVL", "_"} == set(env)  # nothing of Slurm's or the agent's
+    assert not launch.exists(), "the task's environment outlived it"
+    for log in Path(slurm.root).glob("*.log"):
+        assert secret not in log.read_text(errors="replace"), log
+
+
+def test_environment_names_a_shell_cannot_carry_are_refused(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "true", env={**BASE_ENV, "NOT-A-NAME": "x"})
+    with pytest.raises(TaskRejectedError, match="NOT-A-NAME"):
+        slurm_executor.start(spec)
+
+
+def test_output_streams_back_while_it_runs(slurm_executor: Executor, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sh", "-c", "echo first; sleep 30")
+    slurm_executor.start(spec)
+    _until(lambda: "first" in slurm_executor.read_log(spec.id), 10, "no output while running")
+    assert slurm_executor.inspect(spec.id) is TaskState.RUNNING
+    slurm_executor.stop(spec.id, grace=1)
+
+
+def test_stats_through_sstat_off_the_node(
+    slurm_executor: Executor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the job does not run on the agent's machine (`scontrol listpids` finds nothing),
+    its usage comes from sstat, cpu in whole seconds; the result's cpu is the job's own count."""
+    burn = "i=0; while [ $i -lt 2500000 ]; do i=$((i+1)); done; : > burnt; sleep 30"
+    spec = _spec(tmp_path, "sh", "-c", burn)
+    slurm_executor.start(spec)
+    _until((tmp_path / "work" / "burnt").exists, 30, "the burn never ended")
+    monkeypatch.setattr(slurm_executor.cli, "local_pids", lambda job_id: None)  # type: ignore[attr-defined]
+    stats = slurm_executor.stats(spec.id)
+    assert stats.processes >= 1 and stats.memory_bytes > 0
+    assert stats.cpu_seconds >= 1 and stats.cpu_seconds == int(stats.cpu_seconds)
+    slurm_executor.stop(spec.id, grace=2)
+    result = slurm_executor.wait(spec.id, 5)
+    assert result is not None and result.cpu_seconds is not None and result.cpu_seconds > 1  # the shell's `times`
+
+
+def test_recover_a_job_that_ended_meanwhile(slurm: Any, tmp_path: Path) -> None:
+    """The agent was down while the job ended: a new instance still learns its exit code."""
+    first = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    spec = _spec(tmp_path, "sh", "-c", "exit 5")
+    handle = first.start(spec)
+    first.close()
+    saved = TaskHandle.from_dict(json.loads(json.dumps(handle.to_dict())))  # as the agent stores it
+    _until((spec.task_dir / "exit_status").exists, 20, "the job never ended")
+    time.sleep(0.5)
+    second = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    try:
+        second.recover(saved)
+        result = second.wait(spec.id, 20)
+        assert result is not None and (result.state, result.exit_code) == (TaskState.FAILED, 5)
+    finally:
+        second.close()
+
+
+def test_recover_refuses_a_foreign_or_forged_handle(slurm_executor: Executor) -> None:
+    with pytest.raises(TaskRejectedError, match="driver 'process'"):
+        slurm_executor.recover(TaskHandle("x", "process", "/tmp/x", 0.0))
+    with pytest.raises(TaskRejectedError, match="not a slurm executor handle"):
+        slurm_executor.recover(TaskHandle("x", "slurm", "/tmp/x", 0.0, driver_state={"job_id": "1; rm -rf /"}))
+
+
+# --- limits Slurm does not enforce here, and bad options --------------------------------------
+
+
+def test_gpus_are_refused_where_slurm_has_none(slurm: Any, tmp_path: Path) -> None:
+    strict = load_driver(Executor, "slurm", {})
+    with pytest.raises(TaskRejectedError, match="gpu"):
+        strict.start(_spec(tmp_path, "true", limits=Resources(gpu=1)))
+    degraded = load_driver(Executor, "slurm", {"degrade": True})
+    with pytest.raises(TaskRejectedError, match="Slurm refused it"):  # asked of Slurm: no gres here
+        degraded.start(_spec(tmp_path, "true", limits=Resources(gpu=1)))
+
+
+def test_a_partition_slurm_does_not_have_is_refused_by_slurm(slurm: Any, tmp_path: Path) -> None:
+    executor = load_driver(Executor, "slurm", {"partition": "nosuch"})
+    with pytest.raises(TaskRejectedError, match=r"Slurm refused it: .*[Pp]artition"):
+        executor.start(_spec(tmp_path, "true"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sbatch_args": ["--export=ALL"]}, "--export is not allowed in sbatch_args"),
+        ({"sbatch_args": ["--wrap=rm -rf /"]}, "--wrap is not allowed"),
+        ({"sbatch_args": ["-p", "debug"]}, "is not a long option"),
+        ({"sbatch_args": ["--qos=normal\n--uid=0"]}, "is not a long option"),
+        ({"partition": "a b"}, "option partition 'a b' is not a Slurm name"),
+        ({"account": "--uid=0"}, "is not a Slurm name"),
+        ({"poll_interval": 0}, "option poll_interval must be between"),
+        ({"bin_dir": "relative/bin"}, "option bin_dir must be an absolute path"),
+        ({"bin_dir": "/nonexistent/runink-slurm-bin"}, "is not a directory"),
+        ({"poll_interval": "often"}, "option poll_interval must be float"),
+        ({"colour": "blue"}, "bad options \\['colour'\\]"),
+    ],
+)
+def test_bad_options_are_refused_clearly(installed: Path, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(DriverLoadError, match=message):
+        load_driver(Executor, "slurm", options)
+
+
+def test_allowed_sbatch_args_reach_slurm(slurm_executor: Executor, slurm: Any, tmp_path: Path) -> None:
+    executor = load_driver(Executor, "slurm", {"sbatch_args": ["--comment=from-runink"], "partition": "runink"})
+    try:
+        spec = _spec(tmp_path, "sleep", "30")
+        executor.start(spec)
+        job = _job(executor, spec.id)
+        assert job["Partition"] == "runink"
+        assert "from-runink" in _run(["scontrol", "show", "job", str(job["JobId"])]).stdout
+        executor.stop(spec.id, grace=1)
+    finally:
+        executor.close()
