@@ -41,7 +41,10 @@ def test_doctor_reports_every_area(run_cli: CliRunner) -> None:
 def test_doctor_table(run_cli: CliRunner) -> None:
     out = run_cli("doctor")
     assert out.returncode == 0
-    assert "namespaces" in out.stdout and "not enforced" in out.stdout
+    assert "namespaces" in out.stdout and "enforces" in out.stdout
+    # what a driver cannot enforce is a line of its own (the process executor: every limit)
+    plain = run_cli("doctor", env={"RUNINK_EXECUTOR__DRIVER": "process", "COLUMNS": "200"})
+    assert plain.returncode == 0 and "not enforced: plain host processes" in plain.stdout, plain.stdout
 
 
 def test_doctor_asks_each_executor_driver_through_its_interface() -> None:
