@@ -218,29 +218,3 @@ def test_jsonl_writes_timestamps_in_iso_8601_with_their_offset(tmp_path: Path) -
     assert rows[0]["zoned"] == "2026-03-02T08:15:00+00:00" and rows[0]["day"] == "2026-03-02"
     for text in rows[0]["at"], rows[1]["at"]:
         assert dt.datetime.fromisoformat(text).tzinfo == dt.UTC
-
-
-def test_parquet_gathers_batches_into_large_row_groups(tmp_path: Path) -> None:
-    """A row group per incoming batch made files ~1.8x polars'; groups are ROW_GROUP_ROWS now,
-    the last one holding the rest, and an aborted output leaves nothing."""
-    import pyarrow.parquet as pq
-
-    from runink.plugins.storage.parquet import ROW_GROUP_ROWS, ParquetWriter
-
-    schema = pa.schema([("x", pa.int64())])
-    path = tmp_path / "out.parquet"
-    writer = ParquetWriter(path, schema, "zstd")
-    batch_rows = 60_000
-    batches = ROW_GROUP_ROWS // batch_rows + 2  # past one group
-    for i in range(batches):
-        writer.write(pa.record_batch({"x": pa.array(range(i * batch_rows, (i + 1) * batch_rows), pa.int64())}))
-    writer.write(pa.record_batch({"x": pa.array([], pa.int64())}))  # (an empty batch adds nothing)
-    writer.commit()
-    metadata = pq.ParquetFile(path).metadata
-    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-    assert len(groups) == 2 and groups[0] >= ROW_GROUP_ROWS and sum(groups) == batches * batch_rows
-    assert pq.read_table(path).column("x").to_pylist() == list(range(batches * batch_rows))
-    aborted = ParquetWriter(tmp_path / "gone.parquet", schema, "zstd")
-    aborted.write(pa.record_batch({"x": pa.array([1], pa.int64())}))
-    aborted.abort()
-    assert list(tmp_path.iterdir()) == [path]

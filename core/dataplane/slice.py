@@ -28,7 +28,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
@@ -38,7 +37,7 @@ import pyarrow.compute as pc
 
 from runink.core.command_step import argv as command_argv
 from runink.core.command_step import placeholders, step_name
-from runink.core.contracts import Contract, ValidationResult, detect_drift, validate
+from runink.core.contracts import Contract, detect_drift, validate
 from runink.core.dataplane.annotate import AnnotateStage, annotated
 from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, SpecError
@@ -55,8 +54,6 @@ META_COLUMNS = [
     pa.field("_runink_text", pa.string()),
 ]
 REPORT_INTERVAL = 0.25
-VALIDATORS = 2  # threads validating batches ahead of the steps
-VALIDATE_AHEAD = 3  # batches validated ahead at most (each a reader's batch: ~64k rows)
 T = TypeVar("T")
 MAX_LOG_LINE = 64 * 1024  # a command's longer output line reaches the log in pieces
 
@@ -150,7 +147,7 @@ def run(spec: SliceSpec) -> int:
             """The source's rows that meet the contract; the others go to the invalid sinks."""
             nonlocal dlq_schema
             assert reads is not None
-            for read, result in _validated_in_order(reads, contract):
+            for read in reads:
                 batch = read.batch
                 schemas.setdefault("input", contract.schema() if contract is not None else batch.schema)
                 counters.rows_in += batch.num_rows + len(read.malformed)
@@ -171,6 +168,7 @@ def run(spec: SliceSpec) -> int:
                     dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
                 invalid_parts = []
                 if contract is not None:
+                    result = validate(contract, batch) if batch.num_rows else None
                     if result is not None and result.invalid.num_rows:
                         positions = read.positions.take(result.invalid_index)
                         invalid_parts.append(
@@ -241,32 +239,6 @@ def run(spec: SliceSpec) -> int:
         traceback.print_exc(file=sys.stderr)
         reporter.send("done", force=True, ok=False, error=f"scenario {scenario!r}: {message}", **_counts(counters))
         return 1
-
-
-def _validated_in_order(
-    reads: Iterator[Any], contract: type[Contract] | None
-) -> Iterator[tuple[Any, ValidationResult | None]]:
-    """Each read with its batch's validation (None: no contract, or no row), in the reads'
-    order. The next batches are validated on threads of their own meanwhile: pyarrow's kernels
-    let go of the GIL, so validation runs on one core while the steps and the sinks use the
-    other. At most VALIDATE_AHEAD batches wait for the steps: memory stays bounded."""
-    if contract is None:
-        for read in reads:
-            yield read, None
-        return
-    pool = ThreadPoolExecutor(VALIDATORS, thread_name_prefix="runink-validate")
-    pending: collections.deque[tuple[Any, Future[ValidationResult] | None]] = collections.deque()
-    try:
-        for read in reads:
-            pending.append((read, pool.submit(validate, contract, read.batch) if read.batch.num_rows else None))
-            if len(pending) > VALIDATE_AHEAD:
-                taken, future = pending.popleft()
-                yield taken, None if future is None else future.result()
-        while pending:
-            taken, future = pending.popleft()
-            yield taken, None if future is None else future.result()
-    finally:  # (the stream closed early, or failed: validations not started are dropped)
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _storage(fmt: str, options: dict[str, dict[str, Any]]) -> Storage:
