@@ -265,3 +265,57 @@ def test_runink_up_adds_an_agent_while_a_task_waits_and_removes_an_idle_one(run_
         assert actions[4][0] == "drain" and actions[5] == ("remove", actions[4][1])
         assert decisions[4]["reason"].startswith("idle for")
         assert len(scaling_state["nodes"]) == 1 and scaling_state["enabled"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agents' linux executor needs root")
+def test_a_new_leader_goes_on_scaling_where_the_killed_one_was(run_cli: CliRunner, tmp_path: Path) -> None:
+    """3 servers: the leader scales up for a waiting task and is SIGKILLed; the next leader
+    reads the stored state, and drains and removes the idle agent later. No job is lost."""
+    import signal
+
+    import httpx
+    from runink_processes import up_tls
+
+    scaling = {
+        "RUNINK_SCALING__PENDING_PER_NODE": "1",
+        "RUNINK_SCALING__COOLDOWN": "1s",
+        "RUNINK_SCALING__SCALE_DOWN_IDLE": "4s",
+    }
+    with up_cluster(run_cli, tmp_path, 3, 1, scaling, extra_args=("--scale-max", "2")) as cluster:
+        env = cluster.env
+
+        def cli(*args: str) -> Any:
+            done = run_cli(*args, "--json", env=env)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        whole_node = str(os.cpu_count() or 1)
+        jobs = []
+        for _ in range(2):
+            job = run_cli("exec", "--cpu", whole_node, "--detach", "--", "/bin/sleep", "4", env=env)
+            assert job.returncode == 0, job.stderr
+            jobs.append(job.stdout.strip())
+        deadline = time.monotonic() + 60
+        while not any(d["action"] == "up" and d["nodes"] == ["agent-1"] for d in cli("nodes", "scaling")["decisions"]):
+            assert time.monotonic() < deadline, cli("nodes", "scaling")
+            time.sleep(0.2)
+        leader = next(
+            s
+            for s in cluster.started["servers"]
+            if httpx.get(f"https://{s['barn']}/v1/status", timeout=5, verify=up_tls(env)).json().get("state")
+            == "leader"
+        )
+        os.killpg(leader["pid"], signal.SIGKILL)
+        for job in jobs:  # none lost: each ends SUCCEEDED
+            while (state := cli("status", job)["job"]["state"]) in ("PENDING", "SCHEDULED", "RUNNING"):
+                assert time.monotonic() < deadline + 60, (job, state)
+                time.sleep(0.3)
+            assert state == "SUCCEEDED", (job, state)
+        while len(cli("nodes", "list")) != 1:  # the new leader drains and removes one after 4 s idle
+            assert time.monotonic() < deadline + 90, cli("nodes", "scaling")
+            time.sleep(0.5)
+        decisions = cli("nodes", "scaling")["decisions"]
+        actions = [(d["action"], d["nodes"]) for d in decisions]
+        assert ("up", ["agent-1"]) in actions and [a for a, _ in actions[-2:]] == ["drain", "remove"], decisions
+        assert decisions[-1]["at"] > decisions[actions.index(("up", ["agent-1"]))]["at"]

@@ -213,8 +213,8 @@ class Autoscaler:
         except ScalerError as exc:
             log.error("autoscaler: scale up failed: %s", exc)
             return stored + self._append("error", f"scale up: {printable(str(exc), 300)}", decision)
-        if not started:
-            return stored + self._append("error", "the scaler started no node", decision)
+        if not started:  # (none left to start, or another server, leading a moment ago, started them)
+            return stored + self._append("hold", "the scaler started no node: it has none left to start", decision)
         log.info("autoscaler: started %s (%s)", ", ".join(started), decision.reason)
         return stored + self._append("up", f"started {len(started)}", decision, started)
 
