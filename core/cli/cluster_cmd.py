@@ -466,9 +466,33 @@ def up_command(
     processes: list[subprocess.Popen[str]] = []
     err = console(stderr=True)
     try:
+        # Every agent's launch file first (those started now, those the autoscaler may start):
+        # a server's autoscaler may look for them as soon as it leads.
+        grpc_addresses = [f"127.0.0.1:{ports[4 * i + 3]}" for i in range(servers)]  # (each server's --agents)
+        for i in range(max(agents, scale_max)):
+            name = f"agent-{i}"
+            work = root / name
+            # every server's address, each agent starting with a different one (it fails over)
+            order = grpc_addresses[i % servers :] + grpc_addresses[: i % servers]
+            command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
+            if i < agents:  # (ports for those started now: one reserved long before would not stay free)
+                started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
+                command += [] if no_metrics else ["--metrics", started["metrics"][name]]
+                started["health"][name] = f"127.0.0.1:{next(health_ports)}"
+                command += ["--health", started["health"][name]]
+            command += tls.node(name) if tls else []
+            if not insecure_dev:  # its own token: it may act as this node only
+                work.mkdir(mode=0o700)
+                node_token, _ = tokens.mint_node(name, ADMIN_TOKEN_TTL)
+                token_path = work / "node.token"
+                fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(node_token + "\n")
+                command += ["--token-file", str(token_path)]
+            nodes.add_launch(name, command, root / f"{name}.log", i)
         for i, name in enumerate(names):
             peers = [f"--peer={o}={raft[o]},{http[o]}" for o in names if o != name]
-            api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", f"127.0.0.1:{ports[4 * i + 3]}"
+            api, grpc = f"127.0.0.1:{ports[4 * i + 2]}", grpc_addresses[i]
             metrics = started["metrics"]
             metrics[name], metrics[f"{name}-barn"] = (f"127.0.0.1:{next(metrics_ports)}" for _ in range(2))
             served, barn_served = (
@@ -491,27 +515,6 @@ def up_command(
         _wait_for_leader(started["api"], token, tls.ca if tls else None)
         for name, api in zip(names, started["api"], strict=True):
             _wait_ready(f"{api}/readyz", tls.ca if tls else None, f"server {name}")
-        for i in range(max(agents, scale_max)):
-            name = f"agent-{i}"
-            work = root / name
-            # every server's address, each agent starting with a different one (it fails over)
-            order = started["grpc"][i % servers :] + started["grpc"][: i % servers]
-            command = [*base, "agent", "--servers", ",".join(order), "--node-id", name, "--work-dir", str(work)]
-            if i < agents:  # (ports for those started now: one reserved long before would not stay free)
-                started["metrics"][name] = f"127.0.0.1:{next(metrics_ports)}"
-                command += [] if no_metrics else ["--metrics", started["metrics"][name]]
-                started["health"][name] = f"127.0.0.1:{next(health_ports)}"
-                command += ["--health", started["health"][name]]
-            command += tls.node(name) if tls else []
-            if not insecure_dev:  # its own token: it may act as this node only
-                work.mkdir(mode=0o700)
-                node_token, _ = tokens.mint_node(name, ADMIN_TOKEN_TTL)
-                token_path = work / "node.token"
-                fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(node_token + "\n")
-                command += ["--token-file", str(token_path)]
-            nodes.add_launch(name, command, root / f"{name}.log", i)
         # with autoscaling, the leading server's autoscaler starts them (min_nodes): not both
         first = nodes.start(agents) if not scale_max else [f"agent-{i}" for i in range(agents)]
         for name in first:
