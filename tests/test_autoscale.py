@@ -220,27 +220,43 @@ def test_a_server_that_no_longer_leads_records_and_starts_nothing(manager: Plugi
     assert world.scaler.started == 0 and world.store.scaling().revision == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the agents' linux executor needs root")
-def test_runink_up_adds_an_agent_while_a_task_waits_and_removes_an_idle_one(run_cli: CliRunner, tmp_path: Path) -> None:
-    scaling = {
+def _scaling(idle: str) -> dict[str, str]:
+    """The [scaling] of a `runink up --scale-max` test: a node per waiting task, short delays."""
+    return {
         "RUNINK_SCALING__PENDING_PER_NODE": "1",
         "RUNINK_SCALING__COOLDOWN": "1s",
-        "RUNINK_SCALING__SCALE_DOWN_IDLE": "3s",
+        "RUNINK_SCALING__SCALE_DOWN_IDLE": idle,
     }
-    with up_cluster(run_cli, tmp_path, 1, 1, scaling, extra_args=("--scale-max", "2")) as cluster:
-        env = cluster.env
 
-        def cli(*args: str) -> Any:
-            done = run_cli(*args, "--json", env=env)
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
 
-        whole_node = str(os.cpu_count() or 1)  # each task takes a whole agent: the second waits
+class Cli:
+    """The CLI against a `runink up` cluster: JSON answers, jobs that each take a whole agent."""
+
+    def __init__(self, run_cli: CliRunner, env: dict[str, str]) -> None:
+        self.run_cli, self.env = run_cli, env
+
+    def __call__(self, *args: str) -> Any:
+        done = self.run_cli(*args, "--json", env=self.env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def whole_node_jobs(self, count: int, seconds: int) -> list[str]:
+        """``count`` jobs sleeping ``seconds``, each asking for every core of an agent: one waits per agent."""
         jobs = []
-        for _ in range(2):
-            job = run_cli("exec", "--cpu", whole_node, "--detach", "--", "/bin/sleep", "3", env=env)
+        for _ in range(count):
+            job = self.run_cli(
+                "exec", "--cpu", str(os.cpu_count() or 1), "--detach", "--", "/bin/sleep", str(seconds), env=self.env
+            )
             assert job.returncode == 0, job.stderr
             jobs.append(job.stdout.strip())
+        return jobs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agents' linux executor needs root")
+def test_runink_up_adds_an_agent_while_a_task_waits_and_removes_an_idle_one(run_cli: CliRunner, tmp_path: Path) -> None:
+    with up_cluster(run_cli, tmp_path, 1, 1, _scaling("3s"), extra_args=("--scale-max", "2")) as cluster:
+        cli = Cli(run_cli, cluster.env)
+        jobs = cli.whole_node_jobs(2, 3)  # the second waits for room
         deadline = time.monotonic() + 60
         ended: dict[str, Any] = {}
         while len(ended) < 2:
@@ -277,25 +293,10 @@ def test_a_new_leader_goes_on_scaling_where_the_killed_one_was(run_cli: CliRunne
     import httpx
     from runink_processes import up_tls
 
-    scaling = {
-        "RUNINK_SCALING__PENDING_PER_NODE": "1",
-        "RUNINK_SCALING__COOLDOWN": "1s",
-        "RUNINK_SCALING__SCALE_DOWN_IDLE": "4s",
-    }
-    with up_cluster(run_cli, tmp_path, 3, 1, scaling, extra_args=("--scale-max", "2")) as cluster:
+    with up_cluster(run_cli, tmp_path, 3, 1, _scaling("4s"), extra_args=("--scale-max", "2")) as cluster:
         env = cluster.env
-
-        def cli(*args: str) -> Any:
-            done = run_cli(*args, "--json", env=env)
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
-
-        whole_node = str(os.cpu_count() or 1)
-        jobs = []
-        for _ in range(2):
-            job = run_cli("exec", "--cpu", whole_node, "--detach", "--", "/bin/sleep", "4", env=env)
-            assert job.returncode == 0, job.stderr
-            jobs.append(job.stdout.strip())
+        cli = Cli(run_cli, env)
+        jobs = cli.whole_node_jobs(2, 4)
         deadline = time.monotonic() + 60
         while not any(d["action"] == "up" and d["nodes"] == ["agent-1"] for d in cli("nodes", "scaling")["decisions"]):
             assert time.monotonic() < deadline, cli("nodes", "scaling")
