@@ -35,6 +35,7 @@ def test_a_request_round_trips_through_its_line() -> None:
         status_file="/t/exit_status",
         secrets="/proc/1/fd/7",
         python=PythonCode(module="runink.core.dataplane.slice", args=("a",)),
+        devices=("/dev/nvidia1", "/dev/nvidiactl"),
     )
     line = request.to_line()
     assert line.endswith("\n") and "\n" not in line[:-1]
@@ -72,6 +73,12 @@ def test_a_hand_written_request_keeps_the_defaults() -> None:
         ({"op": "kill"}, "op: unknown operation 'kill'"),
         ({"colour": "red"}, "colour: unknown field"),
         ({"v": 2}, "v: version 2 not understood"),
+        ({"devices": "/dev/nvidia0"}, "devices: expected a list of strings"),
+        ({"devices": ["nvidia0"]}, "devices[0]: 'nvidia0' is not an absolute path to a device"),
+        ({"devices": ["/dev/nvidia0", "/x/null"]}, "devices[1]: '/x/null' is not an absolute path to a device"),
+        ({"devices": ["/dev/nvidia0", "/other/nvidia0"]}, "devices[1]: a second device named 'nvidia0'"),
+        ({"devices": ["/dev/.."]}, "devices[0]"),
+        ({"devices": [f"/dev/n{i}" for i in range(65)]}, "devices: 65 devices (at most 64)"),
     ],
 )
 def test_a_bad_request_names_its_field(change: dict[str, object], named: str) -> None:
