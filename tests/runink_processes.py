@@ -133,3 +133,42 @@ def up_cluster(
         yield UpCluster(env, folder, json.loads(up.stdout))
     finally:
         run_cli("down", env=env)
+
+
+@contextmanager
+def server_and_agent(
+    tmp_path: Path, env: dict[str, str], *, node: str = "n1", agent_args: tuple[str, ...] = ()
+) -> Iterator[dict[str, Any]]:
+    """A server (memory Barn) and one agent (``node``, with ``agent_args``), as processes on
+    loopback; ``env`` (the CLI's) gets RUNINK_SERVER and an admin token. Yields the agent's
+    ready event. After, each is sent SIGTERM and must stop within 30 s (else SIGKILL and a
+    failure naming the end of its log)."""
+    import os
+    import signal
+
+    import pytest
+    from barn_cluster import free_ports
+
+    api, grpc = free_ports(2)
+    env["RUNINK_SERVER"] = f"127.0.0.1:{api}"
+    server = start_runink(
+        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", *cluster_auth(tmp_path, env)],
+        tmp_path / "s.log",
+        env,
+    )
+    processes = [server]
+    try:
+        ready(server, tmp_path / "s.log")
+        command = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", node, "--work-dir", str(tmp_path / "agent")]
+        agent = start_runink([*command, *agent_args, *node_auth(tmp_path, node)], tmp_path / "a.log", env)
+        processes.append(agent)
+        yield ready(agent, tmp_path / "a.log")
+    finally:
+        for process, log in zip(reversed(processes), ("a.log", "s.log")[2 - len(processes) :], strict=True):
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                ended = (tmp_path / log).read_text()[-3000:]
+                pytest.fail(f"runink {process.args[3]} did not stop within 30 s of SIGTERM; its log ends: {ended}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import cluster_auth, node_auth, ready, start_runink, up_tls
+from runink_processes import server_and_agent, up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -22,42 +22,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux exe
 @pytest.fixture
 def one_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A server (memory Barn) and one agent, as processes; yields the CLI's environment."""
-    api, grpc = free_ports(2)
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}
-    server = start_runink(
-        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", *cluster_auth(tmp_path, env)],
-        tmp_path / "s.log",
-        env,
-    )
-    processes = [server]
-    try:
-        ready(server, tmp_path / "s.log")
-        agent = start_runink(
-            [
-                "agent",
-                "--servers",
-                f"127.0.0.1:{grpc}",
-                "--node-id",
-                "n1",
-                "--work-dir",
-                str(tmp_path / "agent"),
-                *node_auth(tmp_path, "n1"),
-            ],
-            tmp_path / "a.log",
-            env,
-        )
-        processes.append(agent)
-        ready(agent, tmp_path / "a.log")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    with server_and_agent(tmp_path, env):
         yield env
-    finally:
-        for process, log in zip(reversed(processes), ("a.log", "s.log")[2 - len(processes) :], strict=True):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                ended = (tmp_path / log).read_text()[-3000:]
-                pytest.fail(f"runink {process.args[3]} did not stop within 30 s of SIGTERM; its log ends: {ended}")
 
 
 def test_exec_runs_a_command_on_the_cluster_and_exits_with_its_status(

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import subprocess
 import sys
 import textwrap
 import time
@@ -19,9 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from barn_cluster import free_ports
 from fixture_types import CliRunner
-from runink_processes import cluster_auth, node_auth, ready, start_runink
+from runink_processes import server_and_agent
 
 from runink.core.agent.gpus import GpuInventory, find_gpus, grant_gpus
 from runink.core.control.records import Amount, Herd, NodeRecord, RunState, TaskRecord, keys
@@ -249,26 +246,10 @@ def test_exec_gpu_on_a_cluster_agent_with_two_gpus(tmp_path: Path, run_cli: CliR
     """`runink agent` finds the GPUs, `runink exec --gpu 1` runs where one is free, each slice
     with its own; a third waits PENDING until one is given back."""
     bin_dir, devices = fake_nvidia(tmp_path / "node")
-    api, grpc = free_ports(2)
-    env = {
-        **os.environ,
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-        "RUNINK_SERVER": f"127.0.0.1:{api}",
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-    }
-    server = start_runink(
-        ["server", "--api", f"127.0.0.1:{api}", "--agents", f"127.0.0.1:{grpc}", *cluster_auth(tmp_path, env)],
-        tmp_path / "s.log",
-        env,
-    )
-    processes = [server]
-    try:
-        ready(server, tmp_path / "s.log")
-        agent_args = ["agent", "--servers", f"127.0.0.1:{grpc}", "--node-id", "g1", "--work-dir", str(tmp_path / "a")]
-        agent_args += ["--gpu-device-dir", str(devices), *node_auth(tmp_path, "g1")]
-        agent = start_runink(agent_args, tmp_path / "a.log", env)
-        processes.append(agent)
-        assert ready(agent, tmp_path / "a.log")["gpus"] == list(UUIDS)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    agent_args = ("--gpu-device-dir", str(devices))
+    with server_and_agent(tmp_path, env, node="g1", agent_args=agent_args) as agent:
+        assert agent["gpus"] == list(UUIDS)
         (node,) = json.loads(run_cli("nodes", "list", "--json", env=env).stdout)
         assert node["capacity"]["gpu"] == 2 and node["gpus"] == list(UUIDS)
         assert run_cli("herd", "create", "default", "--cpu", "4", env=env).returncode == 0
@@ -294,13 +275,6 @@ def test_exec_gpu_on_a_cluster_agent_with_two_gpus(tmp_path: Path, run_cli: CliR
         assert set(given[:2]) == set(UUIDS) and given[2] in UUIDS
         too_many = run_cli("exec", "--gpu", "3", "--detach", "--", "/bin/true", env=env)
         assert too_many.returncode == 1 and "gpu 3 > capacity 2" in too_many.stderr  # refused at once
-    finally:
-        for process in reversed(processes):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _ended(run_cli: CliRunner, job_id: str, env: dict[str, str], timeout: float = 60) -> dict[str, object]:

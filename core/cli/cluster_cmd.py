@@ -23,13 +23,13 @@ from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
-from runink.core.local_nodes import FOLDER, LocalNodes
 from runink.core.model import parse_memory, split_address
 from runink.core.processes import process_start
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
     from runink.core.interfaces.executor import Executor
+    from runink.core.local_nodes import LocalNodes
     from runink.core.plugins import PluginManager
 
 UP_TIMEOUT = 60.0  # seconds for `runink up`'s servers to elect a leader and its agents to register
@@ -445,6 +445,8 @@ def up_command(
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
     ports = _free_ports(6 * servers + 2 * agents)
     # every agent (those started now, those the autoscaler may start) has a launch file there
+    from runink.core.local_nodes import LocalNodes  # (only up and down: not on every command's start)
+
     nodes = LocalNodes(root, create=True)
     scaling = {}
     if scale_max:  # the servers' `local` scaler over that folder
@@ -667,6 +669,8 @@ def down_command(
         raise RuninkError(f"no local cluster is up (no {context_file()})")
     directory = context.get("dir")
     agents = [pid for pid in map(_ours, context.get("agents", [])) if pid is not None]
+    from runink.core.local_nodes import FOLDER, LocalNodes
+
     if isinstance(directory, str) and Path(directory, FOLDER).is_dir():
         nodes = LocalNodes(directory)
         nodes.stop_starting()  # (the servers' autoscaler starts none while they go)

@@ -40,6 +40,19 @@ class TxnOp:
     value: bytes | None
 
 
+#: the options every Barn driver that is a client of remote servers takes (the raft and etcd
+#: drivers): where the servers are, how long a call may take, the watch history a client keeps,
+#: and the TLS files; a driver adds its own (``{**REMOTE_CLIENT_OPTIONS, "token": ...}``)
+REMOTE_CLIENT_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "endpoints": (list, tuple, str),
+    "timeout": float,
+    "history": (int, type(None)),
+    "tls_ca": (str, type(None)),
+    "tls_cert": (str, type(None)),
+    "tls_key": (str, type(None)),
+}
+
+
 class BarnBackend(ABC):
     GROUP: ClassVar[str] = "runink.barn_backends"
     name: ClassVar[str] = ""

@@ -30,7 +30,15 @@ import grpc
 
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
-from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
+from runink.core.interfaces.barn import (
+    REMOTE_CLIENT_OPTIONS,
+    BarnBackend,
+    KeyValue,
+    TxnOp,
+    WatchEvent,
+    check_key,
+    check_value,
+)
 from runink.plugins.barn.etcd.proto import etcd_rpc_pb2 as pb
 from runink.plugins.barn.etcd.proto import etcd_rpc_pb2_grpc as rpc
 
@@ -58,14 +66,7 @@ def _kv(kv: Any) -> KeyValue:
 class EtcdBarn(BarnBackend):
     name: ClassVar[str] = "etcd"
     remote: ClassVar[bool] = True
-    options_schema: ClassVar[OptionsSchema] = {
-        "endpoints": (list, tuple, str),
-        "timeout": float,
-        "history": (int, type(None)),
-        "tls_ca": (str, type(None)),
-        "tls_cert": (str, type(None)),
-        "tls_key": (str, type(None)),
-    }
+    options_schema: ClassVar[OptionsSchema] = dict(REMOTE_CLIENT_OPTIONS)
 
     def __init__(
         self,

@@ -24,7 +24,15 @@ from typing import Any, ClassVar
 
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import BarnError, NoQuorumError
-from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent, check_key, check_value
+from runink.core.interfaces.barn import (
+    REMOTE_CLIENT_OPTIONS,
+    BarnBackend,
+    KeyValue,
+    TxnOp,
+    WatchEvent,
+    check_key,
+    check_value,
+)
 from runink.plugins.barn.raft.wire import (
     LEADER_HEADER,
     b64,
@@ -40,15 +48,7 @@ WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
 class RaftBarn(BarnBackend):
     name: ClassVar[str] = "raft"
     remote: ClassVar[bool] = True
-    options_schema: ClassVar[OptionsSchema] = {
-        "endpoints": (list, tuple, str),
-        "timeout": float,
-        "history": (int, type(None)),
-        "tls_ca": (str, type(None)),
-        "tls_cert": (str, type(None)),
-        "tls_key": (str, type(None)),
-        "token": (str, type(None)),
-    }
+    options_schema: ClassVar[OptionsSchema] = {**REMOTE_CLIENT_OPTIONS, "token": (str, type(None))}
 
     def __init__(
         self,
