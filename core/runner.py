@@ -25,7 +25,7 @@ from typing import Any
 
 from runink.core import logs
 from runink.core.agent.agent import Agent
-from runink.core.agent.gpus import find_gpus
+from runink.core.agent.gpus import GpuInventory, find_gpus
 from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
 from runink.core.agent.slice_lines import slice_lines
@@ -300,7 +300,9 @@ class _EmbeddedPlane:
         self.store.create_herd(Herd(name=run.herd))
         policy = configured_driver(runner.config, "scheduler", runner.manager)
         self.scheduler = Scheduler(self.store, runner.manager, policy)
-        gpus = find_gpus()  # (none without nvidia-smi: a scenario's @requires(gpu) is then clamped to 0)
+        # nvidia-smi asked only for a pipeline that wants GPUs (none found: @requires(gpu) is clamped to 0)
+        wants_gpus = any(item.scenario.requires.gpu for item in run.compiled.scenarios)
+        gpus = find_gpus() if wants_gpus else GpuInventory()
         self.node = Amount(cpu=runner.cpus, memory=min(_host_memory(), MAX_MEMORY), gpu=len(gpus.gpus))
         # (the runner's executor is closed by the runner: the meter only stops reporting)
         self.metered = MeteredExecutor(runner.executor, runner.manager, self.NODE)
