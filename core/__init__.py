@@ -4,6 +4,17 @@ Plugin authors need ``hookimpl`` (to mark hook implementations) and the interfac
 ``runink.core.interfaces``.
 """
 
-from runink.core.hookspecs import hookimpl
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["hookimpl"]
+
+
+def __getattr__(name: str) -> Any:
+    # (pluggy is imported when a plugin asks for hookimpl, not by every `runink --help`)
+    if name == "hookimpl":
+        from runink.core.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module 'runink.core' has no attribute {name!r}")

@@ -229,8 +229,10 @@ def runink_export_log(entry: LogEntry) -> None:
 def runink_cli_commands(app: typer.Typer) -> None:
     """Add commands or command groups to the ``runink`` CLI (``app.command()``, ``app.add_typer()``).
 
-    Called once while the CLI is built, before arguments are parsed. Fan-out. A plugin that
-    raises here is marked failed; the CLI still starts.
+    Called when one of the plugins' commands is run, by ``runink plugins list`` and when the
+    CLI's command index is rebuilt (``runink --help`` lists from that index). Fan-out. A name
+    a built-in command has is left out. A plugin that raises here is marked failed; the CLI
+    still starts.
     """
 
 

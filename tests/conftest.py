@@ -65,6 +65,7 @@ def _no_ambient_runink_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))  # (runs' state: tmp_path/xdg-data/runink)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # (the CLI's command index)
 
 
 @pytest.fixture
@@ -87,6 +88,7 @@ def run_cli(tmp_path: Path) -> CliRunner:
         full_env = _clean_env(env)
         full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
         full_env.setdefault("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+        full_env.setdefault("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
         if pythonpath is not None:
             full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
         return subprocess.run(

@@ -121,7 +121,7 @@ def test_keys_the_readme_calls_unused_are_accepted_and_unread(key: str) -> None:
 def cli_options() -> dict[str, list[str]]:
     """Every command path of the built CLI -> its options (in a child: building the CLI loads plugins)."""
     code = """
-import json, typer
+import json
 from runink.core.cli.app import build_app
 from runink.core.cli.state import CliState
 found = {}
@@ -129,7 +129,7 @@ def walk(command, path):
     found[" ".join(path)] = [o for p in command.params for o in (*p.opts, *p.secondary_opts)] + ["--help"]
     for name, sub in getattr(command, "commands", {}).items():
         walk(sub, [*path, name])
-walk(typer.main.get_command(build_app(CliState.from_argv([]))), [])
+walk(build_app(CliState.from_argv([])), [])
 print(json.dumps(found))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

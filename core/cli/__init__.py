@@ -10,8 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import typer
-
+    from runink.core.cli.app import RootGroup
     from runink.core.cli.state import CliState
 
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     run(argv)
 
 
-def build_app(state: CliState) -> typer.Typer:
+def build_app(state: CliState) -> RootGroup:
     from runink.core.cli.app import build_app as build
 
     return build(state)

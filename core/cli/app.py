@@ -1,33 +1,48 @@
-"""Builds the ``runink`` CLI and runs it: plugin commands included, errors as one line."""
+"""Builds the ``runink`` CLI and runs it: plugin commands included, errors as one line.
+
+The root group builds a command only when it is invoked, from its own module (or from the
+plugins' ``runink_cli_commands`` for theirs), and lists every command from the command index
+(``command_index``): ``runink --help`` imports no command module, no config and no plugin.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 import runink
-from runink.core.cli import (
-    auth_cmd,
-    cluster_cmd,
-    config_cmd,
-    contract_cmd,
-    doctor_cmd,
-    init_cmd,
-    jobs_cmd,
-    join_cmd,
-    plugins_cmd,
-    run_cmd,
-    secret_cmd,
-)
+from runink.core.cli import command_index
+from runink.core.cli.command_index import BUILTIN, PLUGIN, CommandEntry
 from runink.core.cli.output import print_error
 from runink.core.cli.state import CliState
 from runink.core.errors import RuninkError
-from runink.core.plugins import describe_exception
+
+if TYPE_CHECKING:  # (typer carries its own click)
+    from typer._click import Command, Context, HelpFormatter
+
+#: modules of runink.core.cli whose register(app) adds top-level commands, in --help's order
+BUILTIN_MODULES = (
+    "plugins_cmd",
+    "config_cmd",
+    "contract_cmd",
+    "run_cmd",
+    "doctor_cmd",
+    "init_cmd",
+    "jobs_cmd",
+    "cluster_cmd",
+    "auth_cmd",
+    "secret_cmd",
+    "join_cmd",
+)
 
 
 def _version_callback(value: bool) -> None:
@@ -36,16 +51,155 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-def build_app(state: CliState) -> typer.Typer:
-    app = typer.Typer(
+def _typer(**settings: Any) -> typer.Typer:
+    # plain click help: rich's formatting costs ~70 ms of imports on every --help
+    return typer.Typer(pretty_exceptions_enable=False, rich_markup_mode=None, **settings)
+
+
+class RootGroup(TyperGroup):
+    """``runink``: its commands built when invoked, listed from the command index."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._entries: list[CommandEntry] | None = None
+        self._plugin_commands: dict[str, Command] | None = None
+        self._listing = False  # while --help or completion lists: entries stand in for commands
+
+    def _state(self, ctx: Context) -> CliState:
+        state = ctx.find_root().obj
+        assert isinstance(state, CliState), "the root context carries the CliState"
+        return state
+
+    def entries(self, ctx: Context) -> list[CommandEntry]:
+        """Every top-level command: from the index, else from building them all (then indexed)."""
+        if self._entries is None:
+            state = self._state(ctx)
+            key = command_index.fingerprint(state.config_path, state.overrides)
+            self._entries = command_index.load(key)
+            if self._entries is None:
+                self._entries, files = self.build_all(state)
+                command_index.save(key, self._entries, files)
+        return self._entries
+
+    def build_all(self, state: CliState) -> tuple[list[CommandEntry], set[str]]:
+        """Build every command into ``self.commands``; their index entries and the files they come from."""
+        entries: list[CommandEntry] = []
+        files = {__file__}  # (how they are listed and ordered is this module's)
+        for module in BUILTIN_MODULES:
+            for name, command in _module_commands(module).items():
+                self.commands[name] = command
+                entries.append(_entry(name, command, BUILTIN, module))
+                files.update(_source_files(command, f"runink.core.cli.{module}"))
+        built_in = {entry.name for entry in entries}
+        for name, command in self._plugins_commands(state).items():
+            if name in built_in:  # a plugin cannot take a built-in command's name
+                logging.getLogger(__name__).warning("plugin command %r ignored: a built-in command has it", name)
+                continue
+            self.commands[name] = command
+            entries.append(_entry(name, command, PLUGIN, ""))
+            files.update(_source_files(command, None))
+        # --help's order, as typer lists one app: commands, then groups; built-in ones first
+        entries.sort(key=lambda e: (isinstance(self.commands[e.name], TyperGroup), e.source == PLUGIN))
+        self._entries = entries
+        return entries, files
+
+    def _plugins_commands(self, state: CliState) -> dict[str, Command]:
+        # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
+        if self._plugin_commands is None:
+            app = _typer()
+            state.plugins().hooks.cli_commands(app)
+            self._plugin_commands = dict(_group_of(app).commands)
+        return self._plugin_commands
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [entry.name for entry in self.entries(ctx)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in self.commands and not self._listing:
+            return self.commands[cmd_name]
+        entry = next((e for e in self.entries(ctx) if e.name == cmd_name), None)
+        if entry is None:
+            return None
+        if self._listing:  # (the same whether the index was read or just built)
+            return TyperCommand(
+                entry.name,
+                help=entry.help,
+                short_help=entry.short_help,
+                hidden=entry.hidden,
+                deprecated=entry.deprecated,
+            )
+        if entry.source == BUILTIN and entry.module in BUILTIN_MODULES:
+            command = _module_commands(entry.module).get(cmd_name)
+        else:
+            command = self._plugins_commands(self._state(ctx)).get(cmd_name)
+        if command is None:  # the index was wrong (a module edited in the same tick): build all
+            self.build_all(self._state(ctx))
+            command = self.commands.get(cmd_name)
+        if command is not None:
+            self.commands[cmd_name] = command
+        return command
+
+    @contextlib.contextmanager
+    def listing(self) -> Iterator[None]:
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        with self.listing():
+            super().format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: Context, incomplete: str) -> list[Any]:
+        with self.listing():
+            return super().shell_complete(ctx, incomplete)
+
+
+def _group_of(app: typer.Typer) -> TyperGroup:
+    return typer.main.get_group(app)
+
+
+def _module_commands(module: str) -> dict[str, Command]:
+    """The top-level commands a built-in module's ``register(app)`` adds, built."""
+    app = _typer()
+    importlib.import_module(f"runink.core.cli.{module}").register(app)
+    return dict(_group_of(app).commands)
+
+
+def _entry(name: str, command: Command, source: str, module: str) -> CommandEntry:
+    return CommandEntry(
+        name=name,
+        source=source,
+        module=module,
+        help=command.help,
+        short_help=command.short_help,
+        hidden=command.hidden,
+        deprecated=bool(command.deprecated),
+    )
+
+
+def _source_files(command: Command, module: str | None) -> set[str]:
+    """The files a command's name and help come from: its registering module, its callback's."""
+    found = set()
+    for name in (module, getattr(command.callback, "__module__", None)):
+        file = getattr(sys.modules.get(name or ""), "__file__", None)
+        if file:
+            found.add(file)
+    if isinstance(command, TyperGroup):  # a group's help is its Typer's, set where its commands are
+        for sub in command.commands.values():
+            found.update(_source_files(sub, None))
+    return found
+
+
+def _root(state: CliState) -> typer.Typer:
+    app = _typer(
         name="runink",
         help="Runink: run data pipelines on this machine, each scenario in an isolated slice.",
         no_args_is_help=True,
         add_completion=True,  # --install-completion, --show-completion (typer loads its shell code only for them)
-        pretty_exceptions_enable=False,
-        # plain click help: rich's formatting costs ~70 ms of imports on every --help
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        cls=RootGroup,
+        context_settings={"help_option_names": ["-h", "--help"], "obj": state},
     )
 
     @app.callback()
@@ -64,23 +218,22 @@ def build_app(state: CliState) -> typer.Typer:
     ) -> None:
         ctx.obj = state
 
-    app.add_typer(plugins_cmd.app, name="plugins")
-    app.add_typer(config_cmd.app, name="config")
-    app.add_typer(contract_cmd.app, name="contract")
-    app.command("run")(run_cmd.run_command)
-    app.command("test")(run_cmd.golden_test_command)
-    app.command("doctor")(doctor_cmd.doctor_command)
-    app.command("init")(init_cmd.init_command)
-    jobs_cmd.register(app)
-    cluster_cmd.register(app)
-    auth_cmd.register(app)
-    secret_cmd.register(app)
-    join_cmd.register(app)
-
-    # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
-    manager = state.plugins()
-    manager.hooks.cli_commands(app)
     return app
+
+
+def root_command(state: CliState) -> RootGroup:
+    """The ``runink`` command: commands built when invoked (what ``main`` runs)."""
+    command = typer.main.get_command(_root(state))
+    assert isinstance(command, RootGroup)
+    return command
+
+
+def build_app(state: CliState) -> RootGroup:
+    """The ``runink`` command with every command built (plugins' included): for tools and tests
+    that walk the whole tree (``.commands``)."""
+    command = root_command(state)
+    command.build_all(state)
+    return command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # anything else is our bug: say so in one line, details with --debug
         if state.debug:
             traceback.print_exc()
+        from runink.core.plugins import describe_exception
+
         print_error(f"internal error: {describe_exception(exc)} (run with --debug for the traceback)")
         sys.exit(1)
     # Click returns an eager option's exit code (--version) instead of raising.
@@ -126,8 +281,6 @@ def _run(state: CliState, argv: list[str]) -> Any:
     """Build the CLI and run the command ``argv``; then, however it ended, let the plugins
     send what they still buffer (lineage sinks deliver from threads of their own)."""
     try:
-        app = build_app(state)
-        command = typer.main.get_command(app)
-        return command.main(args=argv, prog_name="runink", standalone_mode=False)
+        return root_command(state).main(args=argv, prog_name="runink", standalone_mode=False)
     finally:
         state.close()

@@ -34,3 +34,7 @@ def show(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", h
         return
     rows = [(key, value, config.source_of(key)) for key, value in _leaves(data)]
     print_table(f"config file: {config.file or '(none)'}", ["KEY", "VALUE", "SOURCE"], rows)
+
+
+def register(app_: typer.Typer) -> None:
+    app_.add_typer(app, name="config")

@@ -101,3 +101,7 @@ def diff(
             typer.echo("no changes")
     if breaking:
         raise typer.Exit(1)
+
+
+def register(app_: typer.Typer) -> None:
+    app_.add_typer(app, name="contract")

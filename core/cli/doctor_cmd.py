@@ -168,3 +168,7 @@ def _show(report: dict[str, Any], json_output: bool) -> None:
         return
     rows = [(c["area"], c["check"], "ok" if c["ok"] else "NO", c["detail"]) for c in report["checks"]]
     print_table(f"runink {report['runink']} on Python {report['python']}", ["AREA", "CHECK", "", "DETAIL"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor_command)

@@ -69,3 +69,7 @@ def init_command(
         return
     where = "" if root == Path.cwd().resolve() else f"cd {directory} && "
     print(f"wrote a pipeline in {root} ({len(written)} files); try:\n  {where}runink run pipeline.dsl && runink test")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init_command)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:  # (rich is imported when something is printed with it: --help does not)
+    from rich.console import Console
 
 
 def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     # Piped output keeps whole rows instead of wrapping at 80 columns.
     width = None if stream.isatty() else 240
@@ -24,6 +25,9 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -33,4 +37,6 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
 
 
 def print_error(message: str) -> None:
+    from rich.markup import escape
+
     console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)

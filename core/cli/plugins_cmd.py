@@ -20,6 +20,9 @@ app = typer.Typer(help="List installed plugins and hooks.", no_args_is_help=True
 
 def all_records(state: CliState) -> list[PluginRecord]:
     manager = state.plugins()
+    # A plugin whose commands fail to build is failed: the CLI builds them only when one is
+    # run, so build them here, to report it.
+    manager.hooks.cli_commands(typer.Typer())
     return manager.records() + [_with_capabilities(state, r) for r in list_drivers(manager)]
 
 
@@ -100,3 +103,7 @@ def list_hooks(ctx: typer.Context, json_output: bool = typer.Option(False, "--js
     print_table(
         None, ["HOOK", "SUMMARY", "PLUGINS"], [(r["hook"], r["summary"], ", ".join(r["plugins"])) for r in rows]
     )
+
+
+def register(app_: typer.Typer) -> None:
+    app_.add_typer(app, name="plugins")

@@ -392,3 +392,8 @@ def golden_test_command(
         err.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("test")(golden_test_command)

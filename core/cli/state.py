@@ -6,11 +6,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from runink.core.config import RuninkConfig, load_config
-from runink.core.errors import ConfigError
-from runink.core.model import split_address
-from runink.core.plugins import PluginManager, create_plugin_manager
+if TYPE_CHECKING:  # (imported when first used: a command that needs neither starts faster)
+    from runink.core.config import RuninkConfig
+    from runink.core.errors import ConfigError
+    from runink.core.plugins import PluginManager
 
 
 @dataclass
@@ -23,6 +24,7 @@ class CliState:
     _config: RuninkConfig | None = None
     _config_error: ConfigError | None = None
     _plugins: PluginManager | None = field(default=None, repr=False)
+    _logs_set: bool = field(default=False, repr=False)
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> CliState:
@@ -62,10 +64,15 @@ class CliState:
     def try_config(self) -> RuninkConfig | None:
         """The config, or None if it is invalid (the error is kept for ``config()``)."""
         if self._config is None and self._config_error is None:
+            from runink.core.config import load_config
+            from runink.core.errors import ConfigError
+
             try:
                 self._config = load_config(self.config_path, overrides=self.overrides)
             except ConfigError as exc:
                 self._config_error = exc
+            else:
+                self._apply_log_settings(self._config)
         return self._config
 
     def config(self) -> RuninkConfig:
@@ -78,14 +85,25 @@ class CliState:
     def plugins(self) -> PluginManager:
         """The plugin manager: built from the config when it is valid, from defaults otherwise."""
         if self._plugins is None:
-            config = self.try_config() or RuninkConfig()
-            _apply_log_settings(config, self.debug, self.daemon)
+            from runink.core.config import RuninkConfig
+            from runink.core.plugins import create_plugin_manager
+
+            config = self.try_config()
+            if config is None:
+                config = RuninkConfig()
+                self._apply_log_settings(config)
             if not self.serves_metrics and config.metrics.address is not None:
                 # (a config file shared by every command names the address of the ones that
                 # serve: `runink jobs list` must not take, or fight for, that port)
                 config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"address": None})})
             self._plugins = create_plugin_manager(config)
         return self._plugins
+
+    def _apply_log_settings(self, config: RuninkConfig) -> None:
+        """The log level and format the config asks for, once the config is known."""
+        if not self._logs_set:
+            self._logs_set = True
+            _apply_log_settings(config, self.debug, self.daemon)
 
     def close(self) -> None:
         """The command ended: plugins send what they buffer (``runink_unconfigure``)."""
@@ -95,6 +113,8 @@ class CliState:
 
 def host_port(text: str) -> tuple[str, int] | None:
     """``HOST:PORT`` with a host (``[v6]:PORT`` too) as (host, port), or None if it is not one."""
+    from runink.core.model import split_address
+
     found = split_address(text)
     if found is None or not found[0] or any(c.isspace() or c == "/" for c in found[0]):
         return None
