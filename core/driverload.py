@@ -52,13 +52,26 @@ def group_of(interface: Interface[Any]) -> str:
     return group
 
 
+_ALL: dict[tuple[str, ...], importlib.metadata.EntryPoints] = {}
+
+
+def installed_entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+    """The entry points of ``group`` in every installed package. Every package's metadata is
+    read once per import path, for all groups (each read is a scan of every package: ~25 ms)."""
+    key = tuple(sys.path)
+    every = _ALL.get(key)
+    if every is None:
+        every = _ALL[key] = importlib.metadata.entry_points()
+    return list(every.select(group=group))
+
+
 def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
     """The installed drivers of an entry-point group, by name (the first one of a name wins)."""
     key = (group, tuple(sys.path))
     found = _CACHE.get(key)
     if found is None:
         found = {}
-        for ep in importlib.metadata.entry_points(group=group):
+        for ep in installed_entry_points(group):
             if found.setdefault(ep.name, ep).value != ep.value:
                 _AMBIGUOUS.add((group, ep.name))
         _CACHE[key] = found

@@ -83,9 +83,9 @@ DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
 
 def _storage_modules() -> list[str]:
     """The modules of the installed storage drivers (what a pipeline slice imports first)."""
-    from importlib.metadata import entry_points
+    from runink.core.driverload import installed_entry_points
 
-    return sorted({ep.module for ep in entry_points(group="runink.storage")})
+    return sorted({ep.module for ep in installed_entry_points("runink.storage")})
 
 
 LAUNCHER_GONE_GRACE = 1.0  # a launcher found dead: how long its last answers may take to be read
