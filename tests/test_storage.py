@@ -218,3 +218,42 @@ def test_jsonl_writes_timestamps_in_iso_8601_with_their_offset(tmp_path: Path) -
     assert rows[0]["zoned"] == "2026-03-02T08:15:00+00:00" and rows[0]["day"] == "2026-03-02"
     for text in rows[0]["at"], rows[1]["at"]:
         assert dt.datetime.fromisoformat(text).tzinfo == dt.UTC
+
+
+def test_csv_is_parsed_one_batch_ahead_and_a_reader_dropped_early_leaves_nothing_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next block is parsed (off the caller's thread) while the caller holds this batch, in
+    order; a reader closed after one batch stops its thread and closes the file."""
+    import os
+    import threading
+    import time
+
+    path = tmp_path / "in.csv"
+    path.write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(20_000)))
+    from runink.plugins.storage import csv as csv_module
+
+    parsed_on: set[str] = set()
+    parse = csv_module._ChunkParser.parse
+
+    def recording(self: object, *args: object) -> object:
+        parsed_on.add(threading.current_thread().name)
+        return parse(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(csv_module._ChunkParser, "parse", recording)
+    csv = load_driver(Storage, "csv")
+    rows = [int(v) for batch in csv.read(path, options={"block_size": 4096}) for v in batch.batch.column("id")]
+    assert rows == list(range(20_000))  # in order, none lost or repeated
+    assert parsed_on == {"runink-csv-read"}
+
+    fds = len(os.listdir("/proc/self/fd"))
+    reader = csv.read(path, options={"block_size": 4096})
+    first = next(reader)
+    deadline = time.monotonic() + 5
+    while not any(t.name == "runink-csv-read" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(t.name == "runink-csv-read" for t in threading.enumerate())
+    assert first.batch.column("id")[0].as_py() == 0
+    reader.close()
+    assert not any(t.name == "runink-csv-read" for t in threading.enumerate())
+    assert len(os.listdir("/proc/self/fd")) == fds
