@@ -257,3 +257,39 @@ def test_csv_is_parsed_one_batch_ahead_and_a_reader_dropped_early_leaves_nothing
     reader.close()
     assert not any(t.name == "runink-csv-read" for t in threading.enumerate())
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_parquet_keeps_dictionaries_for_few_distinct_values_only(tmp_path: Path) -> None:
+    """Columns whose first batch has few distinct values are dictionary-encoded, the others
+    plain; every value round-trips; an output with no row is still a Parquet file."""
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    n = 5_000
+    batch = pa.record_batch(
+        {
+            "id": pa.array([f"order-{i:06d}" for i in range(n)]),
+            "currency": pa.array(["EUR", "USD", "GBP"][i % 3] for i in range(n)),
+            "amount": pa.array([decimal.Decimal(i) / 100 for i in range(n)], pa.decimal128(12, 2)),
+            "quantity": pa.array([i % 7 for i in range(n)], pa.int64()),
+            "note": pa.array([None] * n, pa.string()),
+        }
+    )
+    parquet = load_driver(Storage, "parquet")
+    writer = parquet.writer(tmp_path / "out.parquet", batch.schema)
+    writer.write(batch)
+    writer.write(batch)
+    writer.commit()
+    file = pq.ParquetFile(tmp_path / "out.parquet")
+    assert file.read().equals(pa.Table.from_batches([batch, batch])) and file.metadata.num_rows == 2 * n
+    group = file.metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema: any("DICTIONARY" in e for e in group.column(i).encodings)
+        for i in range(group.num_columns)
+    }
+    assert dictionary == {"id": False, "currency": True, "amount": False, "quantity": True, "note": True}
+
+    empty = parquet.writer(tmp_path / "empty.parquet", batch.schema)
+    empty.commit()
+    assert pq.read_table(tmp_path / "empty.parquet").schema.equals(batch.schema)
