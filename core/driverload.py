@@ -52,7 +52,8 @@ def group_of(interface: Interface[Any]) -> str:
     return group
 
 
-_ALL: dict[tuple[str, ...], importlib.metadata.EntryPoints] = {}
+#: every installed entry point, per import path (SelectableGroups before Python 3.12, EntryPoints after)
+_ALL: dict[tuple[str, ...], Any] = {}
 
 
 def installed_entry_points(group: str) -> list[importlib.metadata.EntryPoint]:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from runink.core.datasets import DatasetError
 from runink.core.driverload import OptionsSchema
 from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage
+from runink.plugins.storage.parquet import dictionary_columns
 
 BATCH_ROWS = 65_536
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -201,10 +202,14 @@ class S3ParquetWriter(DatasetWriter):
         self._sweep(bucket)
         try:
             self._stream = fs.open_output_stream(self.temp)
-            self._writer = pq.ParquetWriter(self._stream, schema, compression=compression)
         except OSError as exc:
             raise DatasetError(f"{self.uri}: cannot write it: {_one_line(exc)}") from None
+        self.schema, self.compression = schema, compression
+        self._writer: pq.ParquetWriter | None = None  # opened by the first batch, as the parquet driver's
         self._closed = False
+
+    def _open(self, dictionary: list[str] | bool) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self._stream, self.schema, compression=self.compression, use_dictionary=dictionary)
 
     def _sweep(self, bucket: str) -> None:
         """Delete up to SWEEP_MAX temporaries dead writers left in the bucket (older than
@@ -225,6 +230,8 @@ class S3ParquetWriter(DatasetWriter):
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
+            if self._writer is None:
+                self._writer = self._open(dictionary_columns(batch))
             self._writer.write_batch(batch)
         except OSError as exc:
             raise DatasetError(f"{self.uri}: cannot write it: {_one_line(exc)}") from None
@@ -233,7 +240,7 @@ class S3ParquetWriter(DatasetWriter):
         if not self._closed:
             self._closed = True
             try:
-                self._writer.close()
+                (self._writer or self._open(True)).close()
             finally:
                 self._stream.close()  # completes the upload of the temporary object
 
