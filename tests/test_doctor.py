@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 from fixture_types import CliRunner
 
-from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS, probe
+from runink.plugins.executors.linux import namespaces
+from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS, probe, probe_many
 
 
 def test_namespace_probe_is_real() -> None:
@@ -15,6 +20,40 @@ def test_namespace_probe_is_real() -> None:
         assert probe("pid") is None and probe("mount") is None
     else:
         assert probe("mount") is not None  # unprivileged: the kernel refuses it, and we say why
+
+
+def test_namespace_probes_in_one_child_answer_each_kind_as_alone() -> None:
+    """One child probes every kind (each in a fork of its own): the same answers as one
+    probe per kind, and a kind the kernel refuses does not hide the others."""
+    together = probe_many(list(NAMESPACE_FLAGS))
+    assert together == {name: probe(name) for name in NAMESPACE_FLAGS}
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or system_python is None:
+        return
+    # A refusal among them: the module (it needs only the standard library) run by the system's
+    # Python as nobody, who may not read this venv, from a folder nobody may read.
+    folder = Path(tempfile.mkdtemp(prefix="runink-probe-"))  # (tmp_path's parents are root's alone)
+    folder.chmod(0o755)
+    shutil.copy(namespaces.__file__, folder / "namespaces.py")
+    code = "import json, namespaces; print(json.dumps(namespaces.probe_many(['mount', 'user', 'pid'])))"
+    try:
+        done = subprocess.run(
+            [system_python, "-c", code],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            user=65534,
+            group=65534,
+            extra_groups=[],
+        )
+    finally:
+        shutil.rmtree(folder)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert list(answers) == ["mount", "user", "pid"]
+    assert answers["mount"] == "Operation not permitted" and answers["pid"] == "Operation not permitted"
 
 
 def test_doctor_reports_every_area(run_cli: CliRunner) -> None:

@@ -71,7 +71,7 @@ from runink.plugins.executors.linux.messages import (
     Started,
     parse_event,
 )
-from runink.plugins.executors.linux.namespaces import probe, probe_unprivileged_user
+from runink.plugins.executors.linux.namespaces import probe_many, probe_unprivileged_user
 from runink.plugins.executors.linux.payload import FILES_DIR
 from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
 from runink.plugins.executors.linux.syscalls import open_tree
@@ -249,8 +249,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         problems = {}
         if os.geteuid() != 0:
             problems["root"] = "not root: cannot create slice cgroups and namespaces"
-        for name in ("pid", "mount", "uts", "ipc", "net"):
-            if (reason := probe(name)) is not None:
+        for name, reason in probe_many(["pid", "mount", "uts", "ipc", "net"]).items():
+            if reason is not None:
                 problems[f"{name} namespace"] = reason
         if "root" not in problems:
             try:  # grants are moved into warm sandboxes with the new mount API

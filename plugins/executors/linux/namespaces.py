@@ -19,30 +19,50 @@ NAMESPACE_FLAGS = {
     "user": 0x10000000,  # CLONE_NEWUSER
 }
 
+# One child probes every kind asked for, each in a fork of its own (a fresh process per probe,
+# as if each had its own child, for ~1 ms instead of a Python start each): "NAME\tREASON" lines,
+# REASON empty when the kernel allowed it.
 _PROBE = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.unshare(int(sys.argv[1])) != 0:
-    print(os.strerror(ctypes.get_errno()))
-    sys.exit(1)
+for name, flag in zip(sys.argv[1::2], sys.argv[2::2]):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        if libc.unshare(int(flag)) != 0:
+            os.write(write, os.strerror(ctypes.get_errno()).encode())
+            os._exit(1)
+        os._exit(0)
+    os.close(write)
+    reason = os.read(read, 512).decode(errors="replace").replace("\\t", " ").replace("\\n", " ")
+    os.close(read)
+    status = os.waitpid(pid, 0)[1]
+    print(name + "\\t" + ("" if status == 0 else reason or "refused"), flush=True)
 """
 
 
 def probe(name: str) -> str | None:
     """None when the namespace can be created here, else the reason (the kernel's error)."""
-    flag = NAMESPACE_FLAGS[name]
+    return probe_many([name])[name]
+
+
+def probe_many(names: list[str]) -> dict[str, str | None]:
+    """Each namespace kind of ``names`` -> None (permitted here) or the reason it is not."""
+    args = [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])]
     try:
         done = subprocess.run(
-            [sys.executable, "-S", "-c", _PROBE, str(flag)], capture_output=True, text=True, timeout=10, check=False
+            [sys.executable, "-S", "-c", _PROBE, *args], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"probe failed: {exc}"
-    if done.returncode == 0:
-        return None
-    if done.stdout.strip():
-        return done.stdout.strip()  # the kernel's reason, e.g. "Operation not permitted"
+        return dict.fromkeys(names, f"probe failed: {exc}")
+    found: dict[str, str | None] = {}
+    for line in done.stdout.splitlines():
+        name, _, reason = line.partition("\t")
+        if name in names:
+            found[name] = reason.strip() or None  # the kernel's reason, e.g. "Operation not permitted"
     lines = done.stderr.strip().splitlines()
-    return lines[-1] if lines else "refused"
+    failure = lines[-1] if lines else "refused"
+    return {name: found.get(name, failure) for name in names}
 
 
 _PROBE_UNPRIVILEGED_USER = """
@@ -78,4 +98,4 @@ def probe_unprivileged_user() -> str | None:
 
 def probe_all() -> dict[str, str | None]:
     """Every namespace kind -> None (permitted) or the reason it is not."""
-    return {name: probe(name) for name in NAMESPACE_FLAGS}
+    return probe_many(list(NAMESPACE_FLAGS))
