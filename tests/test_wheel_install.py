@@ -61,6 +61,7 @@ def test_the_wheel_is_one_per_platform_and_checked_by_auditwheel(dist: Path) -> 
     assert "runink/core/cli/project_template/pipeline.dsl" in names  # runink init's files
     assert "License-Expression: Apache-2.0 AND MIT" in metadata
     assert "Classifier: Programming Language :: Python :: 3.13" in metadata
+    assert "Project-URL: Source, https://github.com/runink/runink" in metadata
     (sdist,) = dist.glob("*.tar.gz")
     listed = subprocess.run(["tar", "tzf", str(sdist)], capture_output=True, text=True, check=True).stdout
     assert "/examples/orders/orders.dsl" in listed and "/examples/trades/golden/" in listed
