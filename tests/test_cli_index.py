@@ -151,3 +151,50 @@ def test_an_unwritable_cache_leaves_the_cli_working(run_cli: CliRunner, tmp_path
     blocker.write_text("")
     out = run_cli("--help", env={"XDG_CACHE_HOME": str(blocker)})
     assert out.returncode == 0 and "exec" in commands_listed(out.stdout)
+
+
+def test_each_command_built_alone_is_the_one_the_full_build_has() -> None:
+    """A command is built from its own module when run: in a fresh process, with no other
+    command module imported, it has every subcommand and option it has when every command
+    module was imported first (a module that adds to another's group must be imported by it)."""
+    walk = """
+import json
+from runink.core.cli.state import CliState
+def tree(command, path=""):
+    found = {path: sorted(o for p in command.params for o in (*p.opts, *p.secondary_opts))}
+    for name, sub in getattr(command, "commands", {}).items():
+        found.update(tree(sub, f"{path} {name}"))
+    return found
+"""
+    full = (
+        walk
+        + """
+import importlib
+from runink.core.cli.app import BUILTIN_MODULES, build_app
+for module in BUILTIN_MODULES:  # every module imported before any command is built
+    importlib.import_module(f"runink.core.cli.{module}")
+group = build_app(CliState.from_argv([]))
+print(json.dumps({e.name: [e.source, e.module, tree(group.commands[e.name])] for e in group.entries(None)}))
+"""
+    )
+
+    def child(code: str) -> object:
+        command = [sys.executable, "-c", code]
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    everything = child(full)
+    assert isinstance(everything, dict)
+    modules = {module for source, module, _ in everything.values() if source == "builtin"}
+    for module in sorted(modules):
+        alone = child(
+            walk
+            + f"""
+from runink.core.cli.app import _module_commands
+print(json.dumps({{name: tree(c) for name, c in _module_commands({module!r}).items()}}))
+"""
+        )
+        assert isinstance(alone, dict)
+        for name, built in alone.items():
+            assert built == everything[name][2], f"runink {name} built from {module} alone differs"

@@ -790,4 +790,8 @@ def register(app: typer.Typer) -> None:
     app.command("cost")(cost_command)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(herd_app, name="herd")
+    # `runink nodes` also holds commands defined beside their feature: `token` and `revoke`
+    # (auth_cmd), `join-token` (join_cmd); their modules add them to nodes_app when imported.
+    from runink.core.cli import auth_cmd, join_cmd  # noqa: F401
+
     app.add_typer(nodes_app, name="nodes")
