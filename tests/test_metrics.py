@@ -298,5 +298,10 @@ def test_only_the_serving_commands_take_the_configured_metrics_address(run_cli: 
         assert shown.returncode == 0 and "prometheus" not in shown.stderr, shown.stderr
         (listed,) = [p for p in json.loads(shown.stdout) if p["name"] == "prometheus"]
         assert listed["status"] != "failed", listed
-        taken = run_cli("--config", str(config), "run", "nothing.dsl")  # a run does try (and says so)
+        # a run does try (and says so); a two-row pipeline, so that the run gets as far as its plugins
+        (tmp_path / "in.csv").write_text("id\n1\n2\n")
+        (tmp_path / "p.dsl").write_text(
+            'Feature: F\n  Scenario: S\n    @source("csv://in.csv")\n    @sink("csv://out.csv")\n'
+        )
+        taken = run_cli("--config", str(config), "run", "p.dsl")
         assert "plugin prometheus failed" in taken.stderr
