@@ -25,11 +25,10 @@ import time
 import uuid
 from pathlib import Path
 
-from runink.core.interfaces.executor import TaskSpec
 from runink.plugins.executors.linux.executor import LinuxExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import LIMITS  # (the same limits as the bench's slices)
+from run import pass_slice  # (the same slice as the bench's throughput row)
 
 
 def cpu_seconds(pid: int) -> tuple[float, float, float, float]:
@@ -56,14 +55,7 @@ def main() -> None:
         executor = LinuxExecutor(cgroup_parent=f"runink-bench-{tag}", slices_outlive_executor=True, pool=args.pool)
 
         def one(i: int) -> None:
-            spec = TaskSpec(
-                f"t-{tag}-{i}",
-                (sys.executable, "-c", "pass"),
-                work / "out" / str(i),
-                env={"PATH": "/usr/bin:/bin"},
-                cwd=work,
-                limits=LIMITS,
-            )
+            spec = pass_slice(f"t-{tag}-{i}", work)
             began = time.perf_counter()
             executor.start(spec)
             started = time.perf_counter()

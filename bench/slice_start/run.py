@@ -272,6 +272,18 @@ def compare_executors(previous: str, count: int, rounds: int = 6) -> list[tuple[
     return rows
 
 
+def pass_slice(task_id: str, work: Path) -> TaskSpec:
+    """The throughput rows' slice: ``python -c pass`` with the bench's limits, output in ``work``."""
+    return TaskSpec(
+        task_id,
+        (sys.executable, "-c", "pass"),
+        work / "tput" / task_id,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=work,
+        limits=LIMITS,
+    )
+
+
 def throughput(run_one: Callable[[int], None], count: int, in_flight: int = 4) -> float:
     """Slices started and finished per second, ``in_flight`` at a time."""
     started = time.perf_counter()
@@ -341,14 +353,7 @@ def main() -> None:
             )
 
             def one_slice(i: int) -> None:
-                spec = TaskSpec(
-                    f"t-{tag}-{i}",
-                    (sys.executable, "-c", "pass"),
-                    work / "tput" / str(i),
-                    env={"PATH": "/usr/bin:/bin"},
-                    cwd=work,
-                    limits=LIMITS,
-                )
+                spec = pass_slice(f"t-{tag}-{i}", work)
                 executor.start(spec)
                 result = executor.wait(spec.id, 60)
                 assert result is not None and result.exit_code == 0, result
