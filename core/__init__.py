@@ -6,7 +6,10 @@ Plugin authors need ``hookimpl`` (to mark hook implementations) and the interfac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (typed as what it is; at run time __getattr__ imports it when first asked)
+    from runink.core.hookspecs import hookimpl as hookimpl
 
 __all__ = ["hookimpl"]
 
