@@ -42,6 +42,8 @@ from pathlib import Path
 
 import httpx
 
+from runink.core.ports import free_ports
+
 RUNINK = [sys.executable, "-m", "runink"]
 FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
 
@@ -144,7 +146,7 @@ class Slurm:
         (root / "spool").mkdir()
         host = platform.node().split(".")[0]
         conf = root / "slurm.conf"
-        ports = _free_ports(2)
+        ports = free_ports(2)
         conf.write_text(
             SLURM_CONF.format(host=host, root=root, ctld_port=ports[0], d_port=ports[1], cpus=os.cpu_count() or 1)
         )
@@ -192,18 +194,6 @@ class Slurm:
         for process in (self.d, self.ctld):
             process.terminate()
             process.wait(30)
-
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def runink_rate(cluster: Runink, count: int, threads: int = 8) -> float:

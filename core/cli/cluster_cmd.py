@@ -24,6 +24,7 @@ from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
 from runink.core.model import parse_memory, split_address
+from runink.core.ports import free_ports
 from runink.core.processes import process_start
 
 if TYPE_CHECKING:
@@ -355,17 +356,6 @@ def _memory_total() -> int:
 # --- runink up / down -------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     log = open(log_path, "a")  # noqa: SIM115 (the child keeps it; closed here after the fork)
     try:
@@ -443,7 +433,7 @@ def up_command(
     tls = None if insecure_dev else _LocalCa(root / "tls")
     state: CliState = ctx.obj
     base = [sys.executable, "-m", "runink"] + (["--config", str(state.config_path)] if state.config_path else [])
-    ports = _free_ports(6 * servers + 2 * agents)
+    ports = free_ports(6 * servers + 2 * agents)
     # every agent (those started now, those the autoscaler may start) has a launch file there
     from runink.core.local_nodes import LocalNodes  # (only up and down: not on every command's start)
 

@@ -28,12 +28,13 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+
+from runink.core.ports import free_ports
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun", "sinfo")
 CGROUP_V1_CONTROLLERS = ("memory", "cpuset", "freezer", "cpuacct")
@@ -109,17 +110,6 @@ def cgroup_v1_usable() -> bool:
         except OSError:
             return False
     return True
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class LocalSlurm:
