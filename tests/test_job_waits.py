@@ -70,6 +70,20 @@ def test_a_waiting_read_answers_when_the_job_changes_not_before(api: Api) -> Non
     assert api.waits._waiting == {}  # nothing left registered
 
 
+def test_a_submissions_answer_gives_the_revision_its_first_wait_waits_past(api: Api) -> None:
+    """POST /v1/jobs answers with the revision the job was stored at: a reader waits from it
+    at once (no read of the job before its first change), as `runink exec` does."""
+    posted = api.client.post("/v1/jobs", json={"herd": "team", "command": ["/bin/true"]})
+    assert posted.status_code == 201, posted.text
+    job_id, revision = posted.json()["job"]["id"], posted.json()["revision"]
+    assert api.client.get(f"/v1/jobs/{job_id}").json()["revision"] == revision
+    _later(0.3, lambda: api.lifecycle.cancel(job_id))
+    asked = time.monotonic()
+    changed = api.client.get(f"/v1/jobs/{job_id}", params={"wait": 10, "after": revision}).json()
+    assert 0.25 < time.monotonic() - asked < 5  # waited for the change, not answered as stored
+    assert changed["job"]["state"] == "CANCELLED" and changed["revision"] > revision
+
+
 def test_a_waiting_read_of_an_unchanged_job_answers_after_its_time(api: Api) -> None:
     job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
     revision = api.client.get(f"/v1/jobs/{job.id}").json()["revision"]

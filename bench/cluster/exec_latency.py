@@ -79,16 +79,16 @@ class Runink:
     def run_one(self, client: httpx.Client | None = None) -> float:
         http = client or self.http
         started = time.perf_counter()
-        self.wait_ended(http, self.submit(http))
+        self.wait_ended(http, *self.submit(http))
         return (time.perf_counter() - started) * 1000
 
-    def submit(self, http: httpx.Client) -> str:
+    def submit(self, http: httpx.Client) -> tuple[str, int]:
+        """The job's id and the revision it was stored at (its first wait's ``after``)."""
         answer = http.post(self.apis[0] + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
         answer.raise_for_status()
-        return str(answer.json()["job"]["id"])
+        return str(answer.json()["job"]["id"]), int(answer.json()["revision"])
 
-    def wait_ended(self, http: httpx.Client, job_id: str) -> None:
-        revision = 0
+    def wait_ended(self, http: httpx.Client, job_id: str, revision: int) -> None:
         while True:  # each read waits on the server for the job's next change (as `runink exec`)
             answer = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
             if answer.status_code == 503:  # the Barn busy a moment ("try again")
@@ -213,7 +213,7 @@ def runink_batch_rate(cluster: Runink, count: int, threads: int = 8) -> float:
     clients = [cluster.client(30) for _ in range(threads)]
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         jobs = list(pool.map(lambda i: cluster.submit(clients[i % threads]), range(count)))
-        list(pool.map(lambda i: cluster.wait_ended(clients[i % threads], jobs[i]), range(count)))
+        list(pool.map(lambda i: cluster.wait_ended(clients[i % threads], *jobs[i]), range(count)))
     for client in clients:
         client.close()
     return count / (time.perf_counter() - started)

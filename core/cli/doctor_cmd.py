@@ -123,8 +123,8 @@ def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
 
     began = time.monotonic()
     try:
-        job = client.call("POST", "/v1/jobs", {"herd": herd, "command": ["/bin/true"]})["job"]["id"]
-        revision, state = 0, "PENDING"
+        submitted = client.call("POST", "/v1/jobs", {"herd": herd, "command": ["/bin/true"]})
+        job, revision, state = submitted["job"]["id"], int(submitted.get("revision") or 0), "PENDING"
         while time.monotonic() - began < timeout:
             answer = client.call("GET", f"/v1/jobs/{job}", wait=2, after=revision)
             state, revision = answer["job"]["state"], answer["revision"]

@@ -153,7 +153,7 @@ def exec_command(
             return
         streams = {"stdout": _binary(sys.stdout), "stderr": _binary(sys.stderr)}
         output = None if json_output else Output(client, job_id, streams)
-        final = _wait(client, job_id, output)
+        final = _wait(client, job_id, output, after=int(job.get("revision") or 0))
     task = (final.get("tasks") or [{}])[0]
     if json_output:
         print_json(final)
@@ -203,7 +203,8 @@ def submit_command(
         "tasks": [t.model_dump() for t in tasks],
     }
     with _client(ctx, server) as client:
-        submitted = client.call("POST", "/v1/pipelines", body)["job"]
+        answer = client.call("POST", "/v1/pipelines", body)
+        submitted = answer["job"]
         job_id = submitted["id"]
         if not wait:
             if json_output:
@@ -213,7 +214,7 @@ def submit_command(
             if submitted.get("estimate") is not None:
                 print(f"# worst-case cost {submitted['estimate']:.4g}", file=sys.stderr)
             return
-        final = _wait(client, job_id)
+        final = _wait(client, job_id, after=int(answer.get("revision") or 0))
     if json_output:
         print_json(final)
     else:
@@ -242,14 +243,15 @@ def _ordinal(number: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(number, f"{number}th")
 
 
-def _wait(client: ClusterClient, job_id: str, output: Output | None = None) -> dict[str, Any]:
+def _wait(client: ClusterClient, job_id: str, output: Output | None = None, *, after: int = 0) -> dict[str, Any]:
     """The job once it ended; says on stderr where it is while it waits (state changes only)
     and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
     agent sends a task's last output before it reports the task ended). Each read waits on the
-    server for the job's next change (``wait``/``after``): no polling."""
+    server for the job's next change (``wait``/``after``): no polling. ``after``: the revision
+    the submission's answer gave (its first read waits for a change past it)."""
     err = console(stderr=True)
     last = None
-    revision = 0
+    revision = after
     while True:
         wait = OUTPUT_POLL if output is not None else JOB_WAIT
         asked = time.monotonic()

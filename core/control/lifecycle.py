@@ -329,6 +329,7 @@ class Lifecycle:
         secrets_env: bool = False,
         also: Sequence[TxnOp] = (),
         admit: Gate | None = None,
+        on_stored: Callable[[int], object] | None = None,
     ) -> JobRecord:
         """Store a job of one task running ``command``. Raises NotFound for an unknown herd,
         Refused (saying why) for a request that is malformed, exceeds the herd's quota on its
@@ -336,7 +337,8 @@ class Lifecycle:
         of the herd's secrets the task receives (files, and env vars with ``secrets_env``).
         ``also``: writes committed with the job (the API's audit record of the submission).
         ``admit``: the server's admission (core/control/admission.py), asked once the herd is
-        read; it raises to refuse, and its writes are committed with the job."""
+        read; it raises to refuse, and its writes are committed with the job. ``on_stored``:
+        called with the revision the job was stored at (a waiter's first ``after``)."""
         nodes = self.store.later(self.store.nodes)  # (read with the herd)
         try:
             found = self.store.herd(herd)
@@ -362,16 +364,24 @@ class Lifecycle:
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
         self._admit(found.record, [task], [v.record for v in nodes()])
-        return self._store(job, [task], found, also, admit)
+        return self._store(job, [task], found, also, admit, on_stored)
 
-    def _store(
-        self, job: JobRecord, tasks: list[TaskRecord], herd: Versioned[Herd], also: Sequence[TxnOp], admit: Gate | None
+    def _store(  # noqa: PLR0917 (the submissions' parts, passed on)
+        self,
+        job: JobRecord,
+        tasks: list[TaskRecord],
+        herd: Versioned[Herd],
+        also: Sequence[TxnOp],
+        admit: Gate | None,
+        on_stored: Callable[[int], object] | None,
     ) -> JobRecord:
         """Admit the job (``admit``) and store it, with its estimate and what admission writes;
         admitted again on the herd as it is now when another server changed what it was
-        admitted on. Returns the job as stored."""
+        admitted on. Returns the job as stored (``on_stored`` is given the revision)."""
         if admit is None:
-            self.store.submit(job, tasks, herd, also)
+            revision = self.store.submit(job, tasks, herd, also)
+            if on_stored is not None:
+                on_stored(revision)
             return job
         for _ in range(MAX_CONFLICT_RETRIES):
             admitted = admit(herd.record, job.kind, tasks)
@@ -383,6 +393,8 @@ class Lifecycle:
                 herd = self.store.herd(job.herd)
                 continue
             admitted.on_commit(revision)
+            if on_stored is not None:
+                on_stored(revision)
             return priced
         raise Conflict(f"herd {job.herd}: its admission state changed {MAX_CONFLICT_RETRIES} times in a row")
 
@@ -396,6 +408,7 @@ class Lifecycle:
         priority: int = 0,
         also: Sequence[TxnOp] = (),
         admit: Gate | None = None,
+        on_stored: Callable[[int], object] | None = None,
     ) -> JobRecord:
         """Store a pipeline run as a job of one task per scenario (``pipeline_tasks`` builds
         them from a compiled pipeline), each placed only once the tasks of the scenarios it
@@ -404,7 +417,7 @@ class Lifecycle:
         id, naming its work folder there; default: the job's id). Refused, storing nothing, as
         ``submit_command`` is, and for a scenario named twice or after one not before it, or
         placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``).
-        ``also`` and ``admit``: as ``submit_command``'s."""
+        ``also``, ``admit`` and ``on_stored``: as ``submit_command``'s."""
         try:
             found = self.store.herd(herd)
         except ValueError as exc:
@@ -446,7 +459,7 @@ class Lifecycle:
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         self._admit(found.record, records)
-        return self._store(job, records, found, also, admit)
+        return self._store(job, records, found, also, admit, on_stored)
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on

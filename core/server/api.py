@@ -739,6 +739,7 @@ def create_app(
                 raise RequestValidationError(
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
                 ) from None
+            stored: list[int] = []
             job = lifecycle.submit_command(
                 body.herd,
                 argv,
@@ -752,13 +753,16 @@ def create_app(
                 secrets_env=body.secrets_env,
                 also=audit,
                 admit=None if admission is None else admission.gate(identity),
+                on_stored=stored.append,
             )
-        return {"job": dump_record(job)}
+        # (the revision: a waiter's first ``after``, so it waits without reading the job first)
+        return {"job": dump_record(job), "revision": stored[0]}
 
     @app.post("/v1/pipelines", status_code=201, openapi_extra=action("jobs.submit"))
     def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
         with auth.change(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd) as audit:
             # what the records refuse after this (a scenario twice, quota, fit) is a 409
+            stored: list[int] = []
             job = lifecycle.submit_pipeline(
                 body.herd,
                 body.pipeline,
@@ -766,8 +770,9 @@ def create_app(
                 priority=body.priority,
                 also=audit,
                 admit=None if admission is None else admission.gate(identity),
+                on_stored=stored.append,
             )
-        return {"job": dump_record(job)}
+        return {"job": dump_record(job), "revision": stored[0]}
 
     @app.get("/v1/cost", openapi_extra=action("jobs.read"))
     def read_cost(
