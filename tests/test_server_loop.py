@@ -197,7 +197,22 @@ def test_the_watch_pokes_for_tasks_that_may_be_placed_not_for_placements(manager
         time.sleep(0.3)
         assert not loop._wake.is_set()  # its start: the same
         assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0)
-        assert loop._wake.wait(2.0)  # its end frees its room
+        time.sleep(0.3)
+        assert not loop._wake.is_set()  # its end frees room, but the last pass left nothing waiting
+        # a task too large for the room left waits; another's end then pokes
+        held = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=3))
+        assert loop._wake.wait(2.0)
+        loop.step(2.0, 2.0)
+        waits = lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=2))
+        assert loop._wake.wait(2.0)
+        assert loop.step(3.0, 3.0).pending and loop.waiting  # type: ignore[union-attr]
+        loop._wake.clear()
+        task = store.task("team", store.job(held.id).record.tasks[0]).record
+        assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.RUNNING)
+        assert lifecycle.report("team", task.id, task.attempt, task.token, RunState.SUCCEEDED, exit_code=0)
+        assert loop._wake.wait(2.0)  # room for the waiting one
+        loop.step(4.0, 4.0)
+        assert task_state(store, waits.id) is RunState.SCHEDULED and not loop.waiting
     finally:
         stop.set()
 

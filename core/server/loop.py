@@ -53,6 +53,8 @@ class ControlLoop:
         self.interval = interval
         self.chores = chores  # (the leader's housekeeping, each given the wall clock every round)
         self._leading = False
+        # the last pass left tasks waiting (or there was none yet): a task's end may let one in
+        self.waiting = True
         self._wake = threading.Event()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
         self._last_failure = ("", 0.0)
@@ -85,6 +87,8 @@ class ControlLoop:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
             schedule = True  # their tasks wait again
         result = self.scheduler.run_pass(now_wall) if schedule else None
+        if result is not None:
+            self.waiting = bool(result.pending) or not result.committed
         for chore in self.chores:
             try:
                 chore(now_wall)
@@ -119,32 +123,35 @@ class ControlLoop:
         raises is logged in one line (the same failure again only after REPEAT_LOG_AFTER
         seconds) and the next one runs."""
         observed = passed = -math.inf  # when liveness last looked, the last pass (monotonic clock)
-        poked, waiting = True, True  # waiting: the last pass left tasks waiting (or there was none)
+        poked = True
         while not stop.is_set():
             self._wake.clear()  # (a poke from here on starts another round)
             now = time.monotonic()
             observe = now - observed >= self.interval
-            schedule = poked or waiting or now - passed >= IDLE_PASS_EVERY
+            schedule = poked or self.waiting or now - passed >= IDLE_PASS_EVERY
             try:
                 result = self.step(time.time(), now, observe=observe, schedule=schedule)
                 if observe:
                     observed = now
                 if result is not None:
                     passed = now
-                    waiting = bool(result.pending) or not result.committed
                 elif schedule:  # not leading: once it leads, its first round places at once
-                    waiting = True
+                    self.waiting = True
             except Exception as exc:  # the loop must outlive any one round
-                waiting = True
+                self.waiting = True
                 self._log_failure(exc)
             poked = self._wake.wait(self.interval)
 
     def on_change(self, event: WatchEvent) -> None:
         """(a HerdsFeed listener) Poke the loop on a change of a task record that may let a
-        pass place something (a submission to another server, a task ending or given back
-        through another server). A task placed or started pokes nothing (``_may_place``):
-        that pass would find nothing new."""
-        if "/tasks/" in event.kv.key and _may_place(event.type, event.kv.value):
+        pass place something: a task to place (a submission to another server, a retry), or a
+        task's end or move while the last pass left tasks waiting (room they may take). A task
+        placed or started pokes nothing (``_may_place``), nor an end with nothing waiting:
+        that pass would find nothing to do."""
+        if "/tasks/" not in event.kv.key:
+            return
+        change = _may_place(event.type, event.kv.value)
+        if change == "adds" or (change == "frees" and self.waiting):
             self.poke()
 
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -161,14 +168,18 @@ class ControlLoop:
             self._last_failure = (line, now)
 
 
-def _may_place(kind: str, value: bytes) -> bool:
-    """Whether a change of a task record may let a scheduler pass place something: any but a
-    task written SCHEDULED or RUNNING (its placement, its start: they only take room). Jobs'
-    records change with their tasks' in the same transaction: their own events add nothing."""
+def _may_place(kind: str, value: bytes) -> str | None:
+    """How a change of a task record may let a scheduler pass place something: "adds" a task
+    to place (written PENDING; a record that cannot be read counts so too), "frees" room (an
+    end, a cancel, a delete), None for a task written SCHEDULED or RUNNING (its placement, its
+    start: they only take room). Jobs' records change with their tasks' in the same
+    transaction: their own events add nothing."""
     if kind != "PUT":
-        return True
+        return "frees"
     try:
         state = json.loads(value).get("state")
     except (ValueError, AttributeError):
-        return True
-    return state not in (RunState.SCHEDULED, RunState.RUNNING)
+        return "adds"
+    if state in (RunState.SCHEDULED, RunState.RUNNING):
+        return None
+    return "adds" if state == RunState.PENDING else "frees"
