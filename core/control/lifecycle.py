@@ -627,7 +627,25 @@ class Lifecycle:
         if started is not None and not math.isfinite(started):
             log.warning("%s refused: its start time is not a finite number", where)
             return False
-        for _ in range(MAX_CONFLICT_RETRIES):
+        report = TaskReport(herd, task_id, attempt, token, state, exit_code, message, started, accounting)
+        # The first try starts from the records this server's watch saw last (``recent``: no
+        # round trip). Only its commit, comparing their revisions, proves them current: any
+        # other outcome (a refusal, nothing to change, a conflict) is decided on records read now.
+        recent = self.store.recent is not None
+        for _ in range(MAX_CONFLICT_RETRIES + 1):
+            if recent:
+                recent = False
+                try:
+                    current = self.store.task(herd, task_id, recent=True)
+                    job = self.store.job_in(herd, current.record.job_id, recent=True)
+                    if job.record.tasks != [task_id]:
+                        continue  # (a pipeline's: its siblings are read anyway)
+                    outcome = self._apply_report(current, job, [current], report, node)
+                except (NotFound, ValueError, PlacedElsewhere):
+                    continue
+                if outcome == "committed":
+                    return True
+                continue
             named = job_of(task_id)  # (its job read beside the task: one round trip, not two)
             job_read = self.store.later(functools.partial(self.store.job, named)) if named else None
             try:
@@ -646,51 +664,69 @@ class Lifecycle:
             except (NotFound, ValueError) as exc:
                 log.warning("%s refused: %s", where, exc)
                 return False
-            task = current.record
-            placed = None if node is None else placed_on(task, attempt)
-            if placed is not None and placed != node:
-                raise PlacedElsewhere(
-                    f"report for task {task_id} attempt {attempt}: placed on node {placed!r}, not {node!r}"
-                )
-            if task.attempt != attempt or task.token != token:
-                log.warning("%s refused: fenced (the task is at attempt %d, token %d)", where, task.attempt, task.token)
-                return False
-            if task.state is RunState.CANCELLED and state.final:
-                # The agent says the cancelled attempt ended: it holds nothing on the node now,
-                # so the task leaves the node's assignments (else they grow for ever).
-                if task.node is None:
-                    return True
-                try:
-                    self.store.commit(
-                        [(keys.task(herd, task.id), current.revision)],
-                        [(keys.task(herd, task.id), task.model_copy(update={"node": None}))],
-                    )
-                except Conflict:
-                    continue
-                return True
-            if started is not None and task.state is RunState.SCHEDULED:
-                running = task.moved_to(RunState.RUNNING, "started on its node")
-                at_start = running.transitions[-1].model_copy(update={"at": started})
-                task = running.model_copy(update={"transitions": [*running.transitions[:-1], at_start]})
-            if task.state is state and task is current.record:
-                return True
-            try:
-                changed = task if task.state is state else self._reported(task, state, exit_code, message)
-            except ValueError as exc:
-                log.warning("%s refused: %s", where, exc)
-                return False
-            if accounting is not None and changed is not task and state is not RunState.RUNNING:
-                changed = self._priced(changed, accounting)
-            tasks = [changed if v.record.id == task.id else v.record for v in siblings]
-            writes = self._with_job(job.record, tasks)
-            writes.insert(0, (keys.task(herd, task.id), changed))
-            read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in siblings]
-            try:
-                self.store.commit([*read, (keys.job(job.record.herd, job.record.id), job.revision)], writes)
-                return True
-            except Conflict:
+            outcome = self._apply_report(current, job, siblings, report, node)
+            if outcome == "conflict":
                 continue
+            if outcome.startswith("refused"):
+                log.warning("%s refused: %s", where, outcome.removeprefix("refused: "))
+                return False
+            return True
         raise Conflict(f"task {task_id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def _apply_report(
+        self,
+        current: Versioned[TaskRecord],
+        job: Versioned[JobRecord],
+        siblings: list[Versioned[TaskRecord]],
+        report: TaskReport,
+        node: str | None,
+    ) -> str:
+        """``report``'s change of ``current`` (of ``job``, with its ``siblings``: the versions
+        read), committed comparing them. Returns "committed", "unchanged" (accepted: nothing to
+        change), "conflict" (one changed since it was read) or "refused: WHY"; raises
+        PlacedElsewhere for an attempt placed on another node than ``node``."""
+        task, herd, attempt, state = current.record, current.record.herd, report.attempt, report.state
+        placed = None if node is None else placed_on(task, attempt)
+        if placed is not None and placed != node:
+            raise PlacedElsewhere(
+                f"report for task {task.id} attempt {attempt}: placed on node {placed!r}, not {node!r}"
+            )
+        if task.attempt != attempt or task.token != report.token:
+            return f"refused: fenced (the task is at attempt {task.attempt}, token {task.token})"
+        if task.state is RunState.CANCELLED and state.final:
+            # The agent says the cancelled attempt ended: it holds nothing on the node now,
+            # so the task leaves the node's assignments (else they grow for ever).
+            if task.node is None:
+                return "unchanged"
+            try:
+                self.store.commit(
+                    [(keys.task(herd, task.id), current.revision)],
+                    [(keys.task(herd, task.id), task.model_copy(update={"node": None}))],
+                )
+            except Conflict:
+                return "conflict"
+            return "committed"
+        if report.started is not None and task.state is RunState.SCHEDULED:
+            running = task.moved_to(RunState.RUNNING, "started on its node")
+            at_start = running.transitions[-1].model_copy(update={"at": report.started})
+            task = running.model_copy(update={"transitions": [*running.transitions[:-1], at_start]})
+        if task.state is state and task is current.record:
+            return "unchanged"
+        try:
+            changed = task if task.state is state else self._reported(task, state, report.exit_code, report.message)
+        except ValueError as exc:
+            return f"refused: {exc}"
+        if report.accounting is not None and changed is not task and state is not RunState.RUNNING:
+            changed = self._priced(changed, report.accounting)
+        tasks = [changed if v.record.id == task.id else v.record for v in siblings]
+        writes = self._with_job(job.record, tasks)
+        writes.insert(0, (keys.task(herd, task.id), changed))
+        read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in siblings]
+        try:
+            self.store.commit([*read, (keys.job(job.record.herd, job.record.id), job.revision)], writes)
+        except Conflict:
+            return "conflict"
+        return "committed"
 
     def _reported(self, task: TaskRecord, state: RunState, exit_code: int | None, message: str) -> TaskRecord:
         ended = f"{state}" + (f" (exit {exit_code})" if exit_code is not None else "")

@@ -96,6 +96,11 @@ class ClusterStore:
         # job id -> its herd, from JOB_INDEX: never changes while the job exists, so a job is
         # one read (reports and the API's job reads are many); bounded by clearing it when full
         self._herd_of: dict[str, str] = {}
+        # key -> the newest value of a job's or task's record a watch of this server saw, or
+        # None (core/server/feed.py RecentRecords): where a read only starts a commit that
+        # compares that record's revision (``recent=True``), it starts from this value, no
+        # round trip; a stale one fails the compare, and the caller reads the Barn then
+        self.recent: Callable[[str], KeyValue | None] | None = None
 
     # --- reading -----------------------------------------------------------------------
 
@@ -107,8 +112,10 @@ class ClusterStore:
             return read
         return _reads().submit(read).result
 
-    def _get(self, key: str, model: type[R]) -> Versioned[R] | None:
-        kv = self.barn.get(key)
+    def _get(self, key: str, model: type[R], *, recent: bool = False) -> Versioned[R] | None:
+        kv = self.recent(key) if recent and self.recent is not None else None
+        if kv is None:
+            kv = self.barn.get(key)
         if kv is None:
             return None
         return Versioned(_parse(model, kv.value, key), kv.mod_revision)
@@ -172,12 +179,21 @@ class ClusterStore:
             raise NotFound(f"job {job_id!r}: no such job")
         return found
 
+    def job_in(self, herd: str, job_id: str, *, recent: bool = False) -> Versioned[JobRecord]:
+        """A job whose herd is known (a task's): no JOB_INDEX read. ``recent``: as ``task``'s."""
+        found = self._get(keys.job(herd, check_name(job_id, "job")), JobRecord, recent=recent)
+        if found is None:
+            raise NotFound(f"job {job_id!r} of herd {herd!r}: no such job")
+        return found
+
     def jobs(self, herd: str | None = None) -> list[JobRecord]:
         herds = [herd] if herd is not None else [h.name for h in self.herds()]
         return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord)]
 
-    def task(self, herd: str, task_id: str) -> Versioned[TaskRecord]:
-        found = self._get(keys.task(herd, task_id), TaskRecord)
+    def task(self, herd: str, task_id: str, *, recent: bool = False) -> Versioned[TaskRecord]:
+        """``recent``: the value this server's watch saw last if it has one (``self.recent``),
+        for a commit that compares the task's revision: it may be stale."""
+        found = self._get(keys.task(herd, task_id), TaskRecord, recent=recent)
         if found is None:
             raise NotFound(f"task {task_id!r} of herd {herd!r}: no such task")
         return found

@@ -5,6 +5,10 @@ error) and hands every change to its listeners: the control loop (a task that ma
 a pass at once) and ``JobWaits`` (a job's record changed: the requests waiting for it answer).
 One watch per server, however many listen.
 
+``RecentRecords`` keeps the newest value seen of the jobs' and tasks' records, for reads that
+only start a commit comparing that record's revision (an agent's report): a stale value only
+fails the compare, and the commit is made again from a read of the Barn.
+
 ``JobWaits`` lets ``GET /v1/jobs/{id}?wait=S&after=REV`` wait until the job's record is past
 revision ``REV`` (or ``S`` seconds pass) instead of the client polling: a waiter is an asyncio
 event on the API's event loop, set from the feed's thread, so a waiting request holds no
@@ -18,9 +22,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
-from runink.core.interfaces.barn import BarnBackend, WatchEvent
+from runink.core.interfaces.barn import BarnBackend, KeyValue, WatchEvent
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,42 @@ def job_of(key: str) -> str | None:
 
 
 SEEN_KEPT = 10_000  # jobs whose last revision the feed remembers (the oldest forgotten first)
+RECENT_KEPT = 20_000  # records whose newest value RecentRecords keeps (the least recently changed go)
+
+
+class RecentRecords:
+    """(a HerdsFeed listener) The newest value the feed saw of each job and task record
+    (``/herds/H/jobs/J``, ``/herds/H/tasks/T``) changed since it started, at most ``kept`` of
+    them: ``get`` is ``ClusterStore.recent``. A value is never older than one the Barn held,
+    but may be older than the Barn's now: use it only where a commit compares its revision."""
+
+    def __init__(self, kept: int = RECENT_KEPT) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._values: OrderedDict[str, KeyValue] = OrderedDict()
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._lock:
+            return self._values.get(key)
+
+    def reset(self) -> None:
+        """(a HerdsFeed restart) Forget everything: a change made while the watch was down
+        is not delivered, and a kept value would stay older than it for good."""
+        with self._lock:
+            self._values.clear()
+
+    def on_change(self, event: WatchEvent) -> None:
+        parts = event.kv.key.split("/")
+        if len(parts) != 5 or parts[1] != "herds" or parts[3] not in ("jobs", "tasks"):
+            return
+        with self._lock:
+            if event.type != "PUT":
+                self._values.pop(event.kv.key, None)
+                return
+            known = self._values.pop(event.kv.key, None)  # (re-inserted: the newest change last)
+            self._values[event.kv.key] = known if known and known.mod_revision > event.kv.mod_revision else event.kv
+            if len(self._values) > self.kept:
+                self._values.popitem(last=False)
 
 
 class JobWaits:

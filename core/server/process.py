@@ -49,7 +49,7 @@ from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
 from runink.core.server.audit_retention import AuditRetention
 from runink.core.server.auth import LEEWAY, MAX_TTL, ApiAuth, ClusterTokens
-from runink.core.server.feed import HerdsFeed, JobWaits
+from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords
 from runink.core.server.loop import ControlLoop
 from runink.core.server.revocations import Revocations
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
@@ -309,9 +309,14 @@ class Server:
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
         self.loop.start(self._stop)
         # one watch of the herds' records: a round at once when tasks change, a job's waiting
-        # readers answered when it does
+        # readers answered when it does, and the newest records kept for the agents' reports
+        # (first: what the others wake sees them)
         self.job_waits = JobWaits()
         feed = HerdsFeed(barn, self._stop)
+        recent = RecentRecords()
+        feed.listen(recent.on_change)
+        feed.on_restart(recent.reset)
+        self.lifecycle.store.recent = recent.get
         feed.listen(self.loop.on_change)
         feed.listen(self.job_waits.on_change)
         feed.listen(TransitionLog(manager, leads).on_change)  # tasks' transitions, to the log exporters
