@@ -15,8 +15,9 @@ import pytest
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd
 from runink.core.control.store import ClusterStore
+from runink.core.control.views import job_answer
 from runink.core.server.api import create_app
-from runink.core.server.feed import HerdsFeed, JobWaits, job_of
+from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords, job_of
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -28,12 +29,18 @@ class Api:
     waits: JobWaits
 
 
-def _serve(waits: JobWaits) -> Iterator[Api]:
+def _serve(waits: JobWaits, *, recent: bool = True) -> Iterator[Api]:
+    """The API with the watch's listeners a server has (``recent``: RecentRecords first)."""
     store = ClusterStore(MemoryBarn())
     lifecycle = Lifecycle(store)
     store.create_herd(Herd(name="team"))
     stop = threading.Event()
     feed = HerdsFeed(store.barn, stop)
+    if recent:
+        records = RecentRecords()
+        feed.listen(records.on_change)
+        feed.on_restart(records.reset)
+        store.recent = records.get
     feed.listen(waits.on_change)
     feed.on_restart(waits.reset)
     feed.start()
@@ -120,9 +127,17 @@ def test_job_of_names_only_job_records() -> None:
     assert job_of("/cluster/assigned/n1/team/task-1") is None
 
 
-def test_a_reader_with_the_feeds_revision_waits_without_reading_first(api: Api) -> None:
+@pytest.mark.parametrize("recent", [False, True], ids=["read", "watched"])
+def test_a_reader_with_the_feeds_revision_waits_without_reading_first(recent: bool) -> None:
     """The feed saw the revision the reader has: nothing newer to read, so the request reads
-    the Barn only once the job changed (one read, not two)."""
+    the Barn only once the job changed (one read, not two); with the records the watch saw
+    kept (a server's RecentRecords), not even then: the job and its task, changed by one
+    commit, answer as the Barn would."""
+    for api in _serve(JobWaits(), recent=recent):
+        _reads_once_after_the_change(api, recent)
+
+
+def _reads_once_after_the_change(api: Api, recent: bool) -> None:
     job = api.lifecycle.submit_command("team", ["/bin/true"], Amount(cpu=1))
     first = api.client.get(f"/v1/jobs/{job.id}").json()
     deadline = time.monotonic() + 5
@@ -143,9 +158,12 @@ def test_a_reader_with_the_feeds_revision_waits_without_reading_first(api: Api) 
     began = time.monotonic()
     answer = api.client.get(f"/v1/jobs/{job.id}", params={"wait": 5, "after": first["revision"]}).json()
     assert 0.25 < time.monotonic() - began < 4 and answer["revision"] > first["revision"]
-    assert answer["job"]["state"] == "CANCELLED"
+    assert answer["job"]["state"] == "CANCELLED" and answer["tasks"][0]["state"] == "CANCELLED"
     job_reads = [k for k in reads if k.endswith(f"/jobs/{job.id}")]
-    assert len(job_reads) == 1, reads  # read once, after the change (not also before the wait)
+    # read once, after the change (not also before the wait); from the watch, not at all
+    assert len(job_reads) == (0 if recent else 1), reads
+    store.barn.get = original  # type: ignore[method-assign]
+    assert answer == job_answer(store, job.id)  # what a read of the Barn answers
 
 
 def test_a_restarted_feed_forgets_what_it_saw_and_wakes_every_waiter() -> None:

@@ -111,3 +111,21 @@ def test_a_stale_recent_record_is_never_what_a_report_is_refused_or_lost_on() ->
     ended = store.task("lab", task.id).record
     assert ended.state is RunState.SUCCEEDED and ended.attempt == 2
     assert store.job(task.job_id).record.state.value == "SUCCEEDED"
+
+
+def test_a_jobs_recent_records_answer_only_when_one_commit_wrote_the_job_and_all_its_tasks() -> None:
+    store, life, task = _setup()  # submitted (job and task together), then placed (the task alone)
+    barn = {kv.key: kv for kv in store.barn.scan("/herds/")}
+    store.recent = barn.get
+    assert store.recent_job("lab", task.job_id) is None  # the task is past its job's commit
+    life.cancel(task.job_id)  # the task and the job, in one commit
+    barn.update({kv.key: kv for kv in store.barn.scan("/herds/")})
+    recent = store.recent_job("lab", task.job_id)
+    assert recent is not None
+    job, (cancelled,) = recent
+    assert job.record.state.value == "CANCELLED" and cancelled.record.state is RunState.CANCELLED
+    assert (job.revision, cancelled.revision) == (store.job(task.job_id).revision, store.task("lab", task.id).revision)
+    del barn[keys.task("lab", task.id)]  # one task not seen (forgotten past the bound): read
+    assert store.recent_job("lab", task.job_id) is None
+    store.recent = None
+    assert store.recent_job("lab", task.job_id) is None

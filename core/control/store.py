@@ -186,6 +186,24 @@ class ClusterStore:
             raise NotFound(f"job {job_id!r} of herd {herd!r}: no such job")
         return found
 
+    def recent_job(self, herd: str, job_id: str) -> tuple[Versioned[JobRecord], list[Versioned[TaskRecord]]] | None:
+        """The job and its tasks as this server's watch saw them last (``recent``: no round
+        trip), when they are one commit's: every task's record written by the commit that wrote
+        the job's (as a one-task job's submission and end are). Else None: read them."""
+        if self.recent is None:
+            return None
+        found = self.recent(keys.job(herd, job_id))
+        if found is None:
+            return None
+        job = _parse(JobRecord, found.value, found.key)
+        tasks = []
+        for task_id in job.tasks:
+            task = self.recent(keys.task(herd, task_id))
+            if task is None or task.mod_revision != found.mod_revision:
+                return None
+            tasks.append(Versioned(_parse(TaskRecord, task.value, task.key), task.mod_revision))
+        return Versioned(job, found.mod_revision), tasks
+
     def jobs(self, herd: str | None = None) -> list[JobRecord]:
         herds = [herd] if herd is not None else [h.name for h in self.herds()]
         return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord)]

@@ -42,16 +42,29 @@ def running_usage(store: ClusterStore, tasks: list[TaskRecord]) -> dict[str, dic
 
 
 def job_answer(
-    store: ClusterStore, job_id: str, *, explain: bool = False, check: Callable[[JobRecord], None] | None = None
+    store: ClusterStore,
+    job_id: str,
+    *,
+    explain: bool = False,
+    check: Callable[[JobRecord], None] | None = None,
+    seen_past: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/jobs/{job_id}``'s answer: the job, its record's revision and its tasks, each
     with its last usage sample while it runs. NotFound for an unknown job; ``check`` (the
-    caller's authorization) sees the job before anything else is read."""
-    found = store.job(job_id)
+    caller's authorization) sees the job before anything else is read. ``seen_past``: (herd,
+    revision) for a waiter woken by the job's change: answered from the records the server's
+    watch saw (``ClusterStore.recent_job``) if the job's is past that revision, else read."""
+    recent = None
+    if seen_past is not None:
+        herd, after = seen_past
+        recent = store.recent_job(herd, job_id)
+        if recent is not None and recent[0].revision <= after:
+            recent = None  # (woken by a timeout or a restarted watch: read)
+    found = recent[0] if recent is not None else store.job(job_id)
     job = found.record
     if check is not None:
         check(job)
-    tasks = [v.record for v in store.job_tasks(job)]
+    tasks = [v.record for v in (recent[1] if recent is not None else store.job_tasks(job))]
     usage = running_usage(store, tasks)
     hidden = None if explain else EXPLAIN_FIELDS
     listed = [{**dump_record(t, hidden), "usage": usage.get(t.id)} for t in tasks]

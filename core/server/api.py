@@ -824,11 +824,14 @@ def create_app(
         ``after=REV`` (a revision an earlier answer gave): answered once the job's record is
         past ``REV`` (its state changed), or after ``S`` seconds as it is; no polling needed."""
 
-        def read() -> dict[str, Any]:
+        def read(woken: tuple[str, int] | None = None) -> dict[str, Any]:
+            """``woken``: (herd, revision) of a waiter the job's change woke: the records the
+            watch saw may answer (``job_answer``'s ``seen_past``)."""
+
             def may_read(job: JobRecord) -> None:
                 auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
 
-            return job_answer(store, job_id, explain=explain, check=may_read)
+            return job_answer(store, job_id, explain=explain, check=may_read, seen_past=woken)
 
         if not wait or job_waits is None:
             return await run_in_threadpool(read)
@@ -840,13 +843,13 @@ def create_app(
                 auth.check(identity, "jobs.read", f"jobs/{job_id}", seen[1])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait)
-                return await run_in_threadpool(read)
+                return await run_in_threadpool(read, (seen[1], after))
             answer = await run_in_threadpool(read)
             if changed is None or answer["revision"] > after:
                 return answer
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), wait)
-                return await run_in_threadpool(read)
+                return await run_in_threadpool(read, (answer["job"]["herd"], after))
             return answer
 
     logs = TaskLogs(store)
