@@ -445,6 +445,16 @@ def assigned_to(task: TaskRecord) -> str | None:
     return None
 
 
+def entry_node(task: TaskRecord) -> str | None:
+    """The node whose ASSIGNED entry a write of ``task`` puts (``assigned_to``) or deletes
+    (the last node it was on; see ``_index_ops``): the one node whose assignments the write
+    may change. None: on no node yet."""
+    node = assigned_to(task)
+    if node is not None:
+        return node
+    return task.node or next((t.node for t in reversed(task.transitions) if t.node is not None), None)
+
+
 def assigned_key(node_id: str, task: TaskRecord) -> str:
     return f"{ClusterStore.ASSIGNED}{node_id}/{task.herd}/{task.id}"
 
@@ -470,13 +480,9 @@ def _index_ops(task: TaskRecord, value: bytes | None) -> list[TxnOp]:
     record cannot say whether it was PENDING before this write, which may make several
     transitions at once; the Barn drops the delete of a key that is not there.)"""
     ops: list[TxnOp] = []
-    node = assigned_to(task)
+    node = entry_node(task)
     if node is not None:
-        ops.append(TxnOp(assigned_key(node, task), value))
-    else:
-        last = task.node or next((t.node for t in reversed(task.transitions) if t.node is not None), None)
-        if last is not None:
-            ops.append(TxnOp(assigned_key(last, task), None))
+        ops.append(TxnOp(assigned_key(node, task), value if assigned_to(task) is not None else None))
     if task.state is RunState.PENDING:
         ops.append(TxnOp(pending_key(task), value))
     else:

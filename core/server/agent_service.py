@@ -41,11 +41,13 @@ from runink.core.control.records import (
     TaskRecord,
     TaskReport,
 )
-from runink.core.control.store import ClusterStore, NotFound, Refused
+from runink.core.control.store import NotFound, Refused, entry_node
 from runink.core.errors import AuthenticationError, RuninkError
+from runink.core.interfaces.barn import WatchEvent
 from runink.core.model import AuthRequest, Identity, LineageEvent, check_name
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
+from runink.core.server.feed import HerdsFeed
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
@@ -180,43 +182,53 @@ def assignments_version(tasks: list[TaskRecord]) -> str:
 
 
 class TaskChanges:
-    """Counters of the changes of each node's assigned tasks, followed by a watch of the
-    store's index of them (``ClusterStore.ASSIGNED``: node/herd/task, so the node is in the
-    key), that long-polls wait on: a long-poll looks at its node's assignments again only when
-    one of that node's entries changed. Started by the first long-poll."""
+    """Counters of the changes of each node's assigned tasks, that long-polls wait on: a
+    long-poll looks at its node's assignments again only when a write of one of its tasks
+    came. Followed from the watch of the herds' records (``feed``: the server's own, shared;
+    else one started here by the first long-poll): each task record written bumps the one node
+    whose assignments that write may change (``entry_node``), a deleted one every node."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self.barn = lifecycle.store.barn
+    def __init__(self, lifecycle: Lifecycle, feed: HerdsFeed | None = None) -> None:
         self.everyone = 0  # a change whose node is not known: every long-poll looks again
         self.per_node: dict[str, int] = {}
         self.changed = threading.Condition()
-        self._started = False
-        # the watch runs and counts every change: a generation unchanged means nothing changed
-        self.live = False
+        self._barn = lifecycle.store.barn
+        self._feed = feed
+        if feed is not None:
+            self._follow(feed)
+
+    @property
+    def live(self) -> bool:
+        """The watch follows and counts every change: a generation unchanged means nothing changed."""
+        return self._feed is not None and self._feed.following
 
     def start(self) -> None:
+        """Follow a watch of its own if given none (a service without a server's feed)."""
         with self.changed:
-            if self._started:
+            if self._feed is not None:
                 return
-            self._started = True
-        threading.Thread(target=self._watch, name="agent-service-watch", daemon=True).start()
+            self._feed = HerdsFeed(self._barn, threading.Event(), name="agent-service-watch")
+        self._follow(self._feed)
+        self._feed.start()
 
-    def _watch(self) -> None:
-        said = ""
-        while True:
-            try:
-                events = self.barn.watch(ClusterStore.ASSIGNED, self.barn.revision() + 1)
-                self.bump(None)  # (what changed while no watch ran)
-                self.live = True
-                for event in events:
-                    self.bump(event.kv.key[len(ClusterStore.ASSIGNED) :].split("/", 1)[0])
-            except Exception as exc:  # the Barn away for a while: long-polls just wait out their time
-                self.live = False  # (changes go uncounted until the watch runs again)
-                line = printable(f"{type(exc).__name__}: {exc}", 300)
-                if line != said:  # (once per kind of failure, not every second)
-                    log.warning("agent service: watch of task records failed: %s", line)
-                    said = line
-            time.sleep(1.0)
+    def _follow(self, feed: HerdsFeed) -> None:
+        feed.listen(self.on_change)
+        feed.on_restart(lambda: self.bump(None))  # (what changed while no watch ran)
+
+    def on_change(self, event: WatchEvent) -> None:
+        parts = event.kv.key.split("/")
+        if len(parts) != 5 or parts[3] != "tasks":
+            return
+        if event.type != "PUT":
+            self.bump(None)
+            return
+        try:
+            node = entry_node(TaskRecord.model_validate_json(event.kv.value))
+        except ValidationError:  # (not a record this server reads: every long-poll looks)
+            self.bump(None)
+            return
+        if node is not None:
+            self.bump(node)
 
     def bump(self, node: str | None) -> None:
         """Count a change of ``node``'s tasks (None: of any node's)."""
@@ -314,13 +326,14 @@ class AgentService:
         *,
         certificates: bool = False,
         on_lineage: Callable[[LineageEvent], object] | None = None,
+        feed: HerdsFeed | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         # where the lineage events of the nodes' scenarios go (the server's lineage sinks)
         self.on_lineage = on_lineage
         self.logs = TaskLogs(lifecycle.store)
         self.bind_timeout = bind_timeout
-        self.changes = TaskChanges(lifecycle)
+        self.changes = TaskChanges(lifecycle, feed)
         # who a stream is: its node certificate (mutual TLS) and/or its node token; with
         # neither, any stream may act as any node (development only)
         self.tokens = tokens
@@ -636,6 +649,7 @@ def serve_agents(
     tokens: ClusterTokens | None = None,
     tls: TlsFiles | None = None,
     on_lineage: Callable[[LineageEvent], object] | None = None,
+    feed: HerdsFeed | None = None,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
     which). With ``tls``, mutual TLS: a stream must present a node's certificate of the
@@ -645,7 +659,8 @@ def serve_agents(
     Plaintext (no ``tls``) on a non-loopback host is refused (ValueError) unless
     ``insecure_bind`` is given. Each open stream holds a thread, so at most ``max_streams`` are
     open at once, and one that is not bound to a node within ``bind_timeout`` seconds is
-    closed. OSError when the address cannot be bound."""
+    closed. ``feed``: the server's watch of the herds' records, which long-polls wait on (else
+    the service starts its own). OSError when the address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ValueError(f"agent service port {port}: not in [0, 65535]")
     if not insecure_bind and tls is None:
@@ -656,7 +671,9 @@ def serve_agents(
         options=[("grpc.max_receive_message_length", MAX_AGENT_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_streams,
     )
-    service = AgentService(lifecycle, bind_timeout, tokens, certificates=tls is not None, on_lineage=on_lineage)
+    service = AgentService(
+        lifecycle, bind_timeout, tokens, certificates=tls is not None, on_lineage=on_lineage, feed=feed
+    )
     connect = grpc.stream_stream_rpc_method_handler(
         service.Connect,
         request_deserializer=pb.AgentMessage.FromString,

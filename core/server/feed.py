@@ -38,9 +38,13 @@ Listener = Callable[[WatchEvent], None]
 
 
 class HerdsFeed:
-    def __init__(self, barn: BarnBackend, stop: threading.Event) -> None:
+    def __init__(self, barn: BarnBackend, stop: threading.Event, *, name: str = "herds-feed") -> None:
         self.barn = barn
         self.stop = stop
+        self.name = name
+        # the watch runs: every change from now on reaches the listeners (else they wait for a
+        # restart, which ``on_restart`` says)
+        self.following = False
         self._listeners: list[Listener] = []
         self._resets: list[Callable[[], None]] = []
 
@@ -54,7 +58,7 @@ class HerdsFeed:
         self._resets.append(reset)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._follow, name="herds-feed", daemon=True)
+        thread = threading.Thread(target=self._follow, name=self.name, daemon=True)
         thread.start()
         return thread
 
@@ -65,12 +69,14 @@ class HerdsFeed:
                 start = self.barn.revision() + 1
                 for reset in self._resets:
                     reset()
+                self.following = True  # (from ``start`` on: nothing after it is missed)
                 for event in self.barn.watch(PREFIX, start):
                     for listener in self._listeners:
                         listener(event)
                     if self.stop.is_set():
                         return
             except Exception as exc:  # the Barn away for a while: listeners have their own rounds
+                self.following = False
                 now = time.monotonic()
                 if now - last_logged > REPEAT_LOG_AFTER:
                     log.warning("watch of %s failed: %s", PREFIX, printable(str(exc), 300))

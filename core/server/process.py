@@ -309,8 +309,8 @@ class Server:
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
         self.loop.start(self._stop)
         # one watch of the herds' records: a round at once when tasks change, a job's waiting
-        # readers answered when it does, and the newest records kept for the agents' reports
-        # (first: what the others wake sees them)
+        # readers answered when it does, the newest records kept for the agents' reports
+        # (first: what the others wake sees them), and the agents' long-polls woken
         self.job_waits = JobWaits()
         feed = HerdsFeed(barn, self._stop)
         recent = RecentRecords()
@@ -321,7 +321,6 @@ class Server:
         feed.listen(self.job_waits.on_change)
         feed.listen(TransitionLog(manager, leads).on_change)  # tasks' transitions, to the log exporters
         feed.on_restart(self.job_waits.reset)
-        feed.start()
         tokens = self.tokens
         self.agents = serve_agents(
             self.lifecycle,
@@ -332,7 +331,9 @@ class Server:
             tls=options.tls,
             # the nodes' lineage events go to this server's sinks (the catalog it owns)
             on_lineage=functools.partial(emit_lineage, manager),
+            feed=feed,
         )
+        feed.start()
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")
         auth = ApiAuth(manager, self.store, insecure=options.insecure_dev)
