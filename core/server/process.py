@@ -286,7 +286,9 @@ class Server:
             if tls is not None:  # its admins' tokens are taken too, by clients without a certificate
                 member_tls += [flag for key in options.auth_keys for flag in ("--auth-key", str(key))]
             self.member = Member([*options.barn_args, *member_tls], options.config_path)
-            found = {"endpoints": [self.member.http], **(tls.barn_options() if tls else {})}
+            # its own member first (whether it leads is asked of it), then whichever leads:
+            # a follower would forward every call, one more hop and twice the work
+            found = {"endpoints": [self.member.http], "follow_leader": True, **(tls.barn_options() if tls else {})}
             barn = load_driver(BarnBackend, "raft", found, manager=manager)
         else:
             barn = load_driver(BarnBackend, "memory", {}, manager=manager)

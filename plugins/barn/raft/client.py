@@ -5,7 +5,10 @@ keeps retrying while the group has no leader before raising NoQuorumError), and 
 started with ``--tls-*``: ``tls_ca`` (the cluster CA's certificate: HTTPS, the server's name
 checked against its certificate), ``tls_cert`` and ``tls_key`` (this client's certificate of
 that CA, which those servers require), or instead of a certificate ``token`` (a token of the
-cluster granting cluster-admin, for servers started with ``--auth-key`` too).
+cluster granting cluster-admin, for servers started with ``--auth-key`` too), and
+``follow_leader``: send calls to the leader a member names even when it is not one of the
+``endpoints`` (a control-plane server's client of its own member: no forwarding hop through
+that member; ``leads`` still asks the first endpoint).
 
 Any member answers (a follower forwards to the leader). A write carries a request id, so
 retrying it after a lost answer or a 503 ("outcome unknown") cannot apply it twice. Each
@@ -43,12 +46,17 @@ from runink.plugins.barn.raft.wire import (
 )
 
 WATCH_WAIT = 5.0  # seconds one watch long-poll waits on the server
+MAX_LEARNED = 8  # leaders' addresses a follow_leader client adds to its endpoints, at most
 
 
 class RaftBarn(BarnBackend):
     name: ClassVar[str] = "raft"
     remote: ClassVar[bool] = True
-    options_schema: ClassVar[OptionsSchema] = {**REMOTE_CLIENT_OPTIONS, "token": (str, type(None))}
+    options_schema: ClassVar[OptionsSchema] = {
+        **REMOTE_CLIENT_OPTIONS,
+        "token": (str, type(None)),
+        "follow_leader": bool,
+    }
 
     def __init__(
         self,
@@ -60,12 +68,16 @@ class RaftBarn(BarnBackend):
         tls_cert: str | None = None,
         tls_key: str | None = None,
         token: str | None = None,
+        follow_leader: bool = False,
     ) -> None:
         # ``history`` is the servers' setting (accepted so the conformance options fit both drivers)
         self.endpoints = [e.strip() for e in (endpoints.split(",") if isinstance(endpoints, str) else endpoints)]
         if not self.endpoints or not all(self.endpoints):
             raise BarnError("the raft Barn needs endpoints: host:port of one or more Barn servers")
         self.timeout = float(timeout)
+        self.follow_leader = bool(follow_leader)
+        self._given = len(self.endpoints)  # (the rest: leaders learnt, with follow_leader)
+        self._learn_lock = threading.Lock()
         self._local = threading.local()
         self._preferred = 0  # the endpoint that answered last
         self._closed = threading.Event()
@@ -92,14 +104,17 @@ class RaftBarn(BarnBackend):
         if connection is not None:
             connection.close()
 
-    def call(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-        """One request, retried on other members and while there is no leader (503)."""
+    def call(
+        self, path: str, body: dict[str, Any] | None = None, method: str = "POST", *, first: bool = False
+    ) -> dict[str, Any]:
+        """One request, retried on other members and while there is no leader (503); with
+        ``first``, asked of the first endpoint only."""
         data = json.dumps(body or {}).encode()
         deadline = time.monotonic() + self.timeout
         last = "no answer"
         attempt = 0
         while not self._closed.is_set():
-            index = (self._preferred + attempt) % len(self.endpoints)
+            index = 0 if first else (self._preferred + attempt) % len(self.endpoints)
             attempt += 1
             try:
                 connection = self._connection(index)
@@ -120,7 +135,8 @@ class RaftBarn(BarnBackend):
                 last = f"{self.endpoints[index]}: {exc}"
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
-                self._prefer(answer.getheader(LEADER_HEADER), index)
+                if not first:
+                    self._prefer(answer.getheader(LEADER_HEADER), index)
                 if answer.status == 200:
                     return dict(payload)
                 if answer.status != 503:
@@ -134,8 +150,20 @@ class RaftBarn(BarnBackend):
 
     def _prefer(self, leader: str | None, answered: int) -> None:
         """Send the next calls to the leader the server named, if it is one of ours (a
-        follower would forward them: one more hop), else to the member that answered."""
+        follower would forward them: one more hop) or ``follow_leader`` learns it, else to the
+        member that answered."""
+        if leader and leader not in self.endpoints and self.follow_leader:
+            self._learn(leader)
         self._preferred = self.endpoints.index(leader) if leader in self.endpoints else answered
+
+    def _learn(self, leader: str) -> None:
+        """Add a leader's address a member named (host:port; bounded) to the endpoints."""
+        host, _, port = leader.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or len(leader) > 300:
+            return
+        with self._learn_lock:
+            if leader not in self.endpoints and len(self.endpoints) < self._given + MAX_LEARNED:
+                self.endpoints.append(leader)  # (appended: each thread's connections keep their index)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -197,8 +225,8 @@ class RaftBarn(BarnBackend):
         return self.call("/v1/status", method="GET")
 
     def leads(self) -> bool | None:
-        """Whether the member answering (the first endpoint that does: give one) is the leader."""
-        return bool(self.status().get("state") == "leader")
+        """Whether the first endpoint's member is the leader (a server's own member)."""
+        return bool(self.call("/v1/status", method="GET", first=True).get("state") == "leader")
 
     # --- leases ---------------------------------------------------------------------------
 
