@@ -244,3 +244,28 @@ def test_run_skips_passes_while_nothing_waits_and_nothing_pokes(manager: PluginM
         assert task_state(store, job.id) is RunState.SCHEDULED
     finally:
         stop.set()
+
+
+def test_run_looks_at_liveness_a_twentieth_of_its_timeout_apart_not_every_round(manager: PluginManager) -> None:
+    store, lifecycle, loop, leadership = setup(manager)
+    leadership.leads = True
+    loop.interval = 0.01
+    looks: list[float] = []
+    observe = loop.liveness.observe
+
+    def counted(now: float) -> list[str]:
+        looks.append(now)
+        return observe(now)
+
+    loop.liveness.observe = counted  # type: ignore[method-assign]
+    loop.liveness.timeout = 4.0  # (a look every 0.2 s)
+    stop = threading.Event()
+    loop.start(stop)
+    try:
+        for _ in range(30):  # pokes: rounds every ~20 ms
+            loop.poke()
+            time.sleep(0.02)
+    finally:
+        stop.set()
+    assert 2 <= len(looks) <= 5, looks  # ~0.6 s / 0.2 s, not one a round
+    assert all(b - a >= 0.19 for a, b in zip(looks, looks[1:], strict=False))

@@ -31,6 +31,10 @@ REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again (a ro
 #: seconds between scheduler passes while the last one left no task waiting and nothing poked
 #: the loop (a change the watch missed, while it started again, is placed within this)
 IDLE_PASS_EVERY = 0.25
+#: liveness looks at the nodes every this much of its timeout (and at most every interval): a
+#: node is found dead within 5% past its timeout, with one read of every node 2 times a second
+#: at the default 10 s, not 20 (each read on a job's way: a pass waits behind it)
+OBSERVE_FRACTION = 0.05
 
 
 class ControlLoop:
@@ -64,9 +68,9 @@ class ControlLoop:
     ) -> PassResult | None:
         """One round; returns the scheduler pass's result, or None when this server does not lead
         (or ``schedule`` is false). ``now_wall`` is the clock retries' backoff is dated with;
-        ``now_monotonic`` liveness's. ``observe``: look at the nodes' liveness too (``run`` skips
-        it in rounds poked sooner than ``interval`` after the last look: a Barn read less on a
-        job's way to its node). ``schedule``: run a scheduler pass (``run`` skips it in rounds
+        ``now_monotonic`` liveness's. ``observe``: look at the nodes' liveness too (``run`` looks
+        every ``OBSERVE_FRACTION`` of its timeout, at most every ``interval``: a Barn read less
+        on most jobs' way to their node). ``schedule``: run a scheduler pass (``run`` skips it in rounds
         nothing poked after a pass that left no task waiting: each pass reads every task)."""
         if not self.is_leader():
             if self._leading:
@@ -127,7 +131,7 @@ class ControlLoop:
         while not stop.is_set():
             self._wake.clear()  # (a poke from here on starts another round)
             now = time.monotonic()
-            observe = now - observed >= self.interval
+            observe = now - observed >= max(self.interval, self.liveness.timeout * OBSERVE_FRACTION)
             schedule = poked or self.waiting or now - passed >= IDLE_PASS_EVERY
             try:
                 result = self.step(time.time(), now, observe=observe, schedule=schedule)
