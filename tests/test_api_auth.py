@@ -23,13 +23,13 @@ from fastapi.routing import APIRoute
 
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.store import ClusterStore
-from runink.core.errors import RuninkError
+from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.hookspecs import hookimpl
 from runink.core.model import AuthRequest, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.security import CLUSTER
 from runink.core.server.api import create_app
-from runink.core.server.auth import AUDIT, INSECURE_HEADER, ClusterTokens, bearer, new_key_file
+from runink.core.server.auth import AUDIT, INSECURE_HEADER, LEEWAY, ClusterTokens, bearer, new_key_file
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 from runink.testing import plugin_manager
@@ -417,3 +417,21 @@ def test_a_submissions_audit_record_is_committed_with_the_job_and_a_refused_one_
     assert len(api.store.jobs("team")) == 2  # the fixture's and the one above
     logged = [json.loads(kv.value) for kv in api.store.barn.scan(AUDIT)]
     assert [(r["action"], r["allowed"]) for r in logged] == [("jobs.submit", True)] * 2
+
+
+def test_a_token_checked_once_is_still_refused_once_it_expired(tmp_path: Path) -> None:
+    """The server keeps a token's checked identity (one ES256 verify per token, not per
+    request), but its expiry is looked at on every request, with the same leeway."""
+    new_key_file(tmp_path / "key.pem")
+    tokens = ClusterTokens([tmp_path / "key.pem"])
+    # within its leeway for about 0.6 s more
+    token, _ = tokens.mint("sa:short", [Grant("cluster-admin", CLUSTER)], 1, now=time.time() - LEEWAY - 0.4)
+    request = AuthRequest(headers={"authorization": f"Bearer {token}"})
+    first = tokens.runink_authenticate(request)
+    assert first is not None and first.subject == "sa:short"
+    assert tokens.runink_authenticate(request) is first  # (kept: not checked again)
+    time.sleep(0.8)
+    with pytest.raises(AuthenticationError):
+        tokens.runink_authenticate(request)
+    with pytest.raises(AuthenticationError, match="expired"):  # forgotten: checked in full again
+        tokens.runink_authenticate(request)

@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ NODE_SUBJECT = "node:"  # a node token's subject: node:NODE
 MAX_TOKEN = 16 * 1024  # characters of a bearer token
 MAX_TTL = 90 * 86400  # seconds a token the cluster signs may live
 LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
+VERIFIED_KEPT = 4096  # tokens whose checked claims a server keeps (the least recently used go)
 BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
 AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
 
@@ -122,6 +124,11 @@ class ClusterTokens:
             self._keys[_kid(jwt, key)] = key
         self.signing_kid = next(iter(self._keys))
         self.revocations: Revocations | None = None  # (a server sets them once its Barn is there)
+        # token -> its identity, once its signature and claims were checked: a client sends the
+        # same token with every request (the check is an ES256 verify); its expiry and whether
+        # it was revoked are still looked at each time, and the keys never change
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def mint(self, subject: str, grants: Sequence[Grant], ttl: float, *, now: float | None = None) -> tuple[str, float]:
         """A token for ``subject`` holding ``grants`` for ``ttl`` seconds; and when it expires."""
@@ -191,12 +198,41 @@ class ClusterTokens:
 
     @hookimpl
     def runink_authenticate(self, request: AuthRequest) -> Identity | None:
-        """A token the cluster signed (``iss`` "runink"), checked in full; another: None."""
-        import jwt
-
+        """A token the cluster signed (``iss`` "runink"), checked in full (once: its expiry and
+        revocation each time); another: None."""
         token = bearer(request.headers)
         if token is None or len(token) > MAX_TOKEN:
             return None
+        identity = self._checked(token)
+        if identity is None:
+            identity = self._check(token)
+            if identity is None:
+                return None
+            with self._verified_lock:
+                self._verified[token] = identity
+                if len(self._verified) > VERIFIED_KEPT:
+                    self._verified.popitem(last=False)
+        if (why := self.why_revoked(identity)) is not None:
+            raise AuthenticationError(f"token: {why}")
+        return identity
+
+    def _checked(self, token: str) -> Identity | None:
+        """The identity of a token checked before, unless it expired since (then forgotten)."""
+        with self._verified_lock:
+            identity = self._verified.get(token)
+            if identity is None:
+                return None
+            if identity.claims["exp"] > time.time() - LEEWAY:  # (as the full check: ``leeway``)
+                self._verified.move_to_end(token)
+                return identity
+            del self._verified[token]
+        return None
+
+    def _check(self, token: str) -> Identity | None:
+        """The identity of a token this cluster signed, its signature and claims checked; None
+        for another issuer's or not a JWT; AuthenticationError for a bad one of ours."""
+        import jwt
+
         try:
             if jwt.decode(token, options={"verify_signature": False}).get("iss") != ISSUER:
                 return None  # another issuer's: another plugin may take it
@@ -219,14 +255,11 @@ class ClusterTokens:
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"token: {exc}") from None
         grants = tuple(_token_grants(claims.get("grants")))
-        identity = Identity(
+        return Identity(
             str(claims["sub"]),
             claims={"grants": grants, "jti": claims.get("jti"), "iat": claims.get("iat"), "exp": claims.get("exp")},
             authenticated_by="runink-token",
         )
-        if (why := self.why_revoked(identity)) is not None:
-            raise AuthenticationError(f"token: {why}")
-        return identity
 
     def why_revoked(self, identity: Identity) -> str | None:
         """Why this token's identity no longer counts (revoked: core/server/revocations.py), or
