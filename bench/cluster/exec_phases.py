@@ -3,7 +3,8 @@
     python bench/cluster/exec_phases.py      # as root
 
 On a `runink up --servers 3 --agents 2` cluster (XDG_CONFIG_HOME in a temp dir, `runink down`
-after), 3 warm-up jobs then 15 jobs one at a time, each polled every 1 ms until it ended;
+after), 3 warm-up jobs then 15 jobs one at a time, each waited for as `runink exec` does
+(`GET /v1/jobs/ID?wait=5&after=REVISION`, from the revision the submission answered);
 prints the median of each phase, from the job's submission time and its task's transition
 times (the servers' clocks: the same machine).
 """
@@ -46,10 +47,12 @@ def main() -> None:
                     answer = http.post(api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
                     answer.raise_for_status()
                     posted = time.time()
-                    while (got := http.get(f"{api}/v1/jobs/{answer.json()['job']['id']}").json())["job"][
-                        "state"
-                    ] not in FINAL:
-                        time.sleep(0.001)
+                    job_id, revision = answer.json()["job"]["id"], answer.json()["revision"]
+                    while True:  # each read waits on the server for the job's next change
+                        got = http.get(f"{api}/v1/jobs/{job_id}", params={"wait": 5, "after": revision}).json()
+                        revision = got["revision"]
+                        if got["job"]["state"] in FINAL:
+                            break
                     seen = time.time()
                     assert got["job"]["state"] == "SUCCEEDED", got["job"]["state"]
                     at = {t["state"]: t["at"] for t in got["tasks"][0]["transitions"]}
