@@ -8,15 +8,19 @@ reads after a write see it from every member, and reads leave the log as it was.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import raft_sim
 from barn_cluster import Cluster, free_ports
 from pysyncobj import FAIL_REASON
 
 import runink.plugins.barn.raft._vendor.pysyncobj.syncobj as patched
+from runink.core.errors import NoQuorumError
 from runink.plugins.barn.raft.client import RaftBarn
 from runink.plugins.barn.raft.server import BarnServer, Member, ServerConfig
 
@@ -172,3 +176,32 @@ def test_a_leader_not_ready_for_read_index_reads_behind_a_barrier(tmp_path: Path
         barn.close()
     finally:
         server.close()
+
+
+def test_a_watchs_next_call_needs_no_read_round_its_first_does(tmp_path: Path) -> None:
+    """A watch going on (``from_revision`` given) is answered from the leader's applied log
+    without a read round: it answers while both followers are stopped, when no round can
+    complete; a watch starting from now (no revision) still confirms the leader first."""
+    cluster = Cluster(tmp_path, fsync=False)
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        barn = cluster.client(leader, timeout=2)
+        revision = barn.put("/w/k", b"1")
+        followers = [n for n in cluster.names if n != leader]
+        for name in followers:
+            os.kill(cluster.processes[name].pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            answer = barn.call("/v1/watch", {"prefix": "/w/", "from_revision": revision, "wait": 0.2})
+            assert [e["kv"]["key"] for e in answer["events"]] == ["/w/k"]  # (applied: committed)
+            quiet = barn.call("/v1/watch", {"prefix": "/w/", "from_revision": answer["next"], "wait": 0.2})
+            assert quiet["events"] == [] and time.monotonic() - began < 1.5
+            with pytest.raises(NoQuorumError):  # a start from now: a read round, which cannot complete
+                barn.call("/v1/watch", {"prefix": "/w/", "from_revision": 0, "wait": 0.2})
+        finally:
+            for name in followers:
+                os.kill(cluster.processes[name].pid, signal.SIGCONT)
+        barn.close()
+    finally:
+        cluster.stop()

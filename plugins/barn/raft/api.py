@@ -241,7 +241,13 @@ class BarnServer:
         """Events under ``prefix`` from ``from_revision``: at once if there are some, else
         waiting up to ``wait`` seconds. ``next`` is where the client's next call starts."""
         prefix, from_revision = body.prefix, body.from_revision
-        start = await self.node.read(lambda s: from_revision if from_revision > 0 else s.revision + 1)
+        if from_revision > 0 and self.node.is_leader():
+            # A watch going on (its client's next call): no read round. Its events come from
+            # applied, so committed, entries only; a leader cut off meanwhile has none new to
+            # give and steps down within the election timeout: the next call goes elsewhere.
+            start = from_revision
+        else:  # (where it starts, and that this member leads: confirmed by a majority)
+            start = await self.node.read(lambda s: from_revision if from_revision > 0 else s.revision + 1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + body.wait
         while True:
