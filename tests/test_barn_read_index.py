@@ -202,6 +202,12 @@ def test_a_watchs_next_call_needs_no_read_round_its_first_does(tmp_path: Path) -
         finally:
             for name in followers:
                 os.kill(cluster.processes[name].pid, signal.SIGCONT)
+        # (the stopped members follow again before the group is stopped)
+        deadline = time.monotonic() + 10
+        while not all(cluster.status(n).get("state") == "follower" for n in followers):
+            assert time.monotonic() < deadline, "the resumed members did not follow again"
+            time.sleep(0.1)
+        assert barn.put("/w/k", b"2") > revision
         barn.close()
     finally:
         cluster.stop()
