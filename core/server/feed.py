@@ -1,13 +1,16 @@
 """What a server follows of the Barn: one watch of the herds' records, shared.
 
 ``HerdsFeed`` runs one thread following a Barn watch of ``/herds/`` (started again after an
-error) and hands every change to its listeners: the control loop (a task that may be placed:
-a pass at once) and ``JobWaits`` (a job's record changed: the requests waiting for it answer).
-One watch per server, however many listen.
+error) and hands every change to its listeners: ``RecentRecords`` (first, so what the others
+wake finds the change there), the control loop (a task that may be placed: a pass at once),
+``JobWaits`` (a job's record changed: the requests waiting for it answer) and the agent
+service's ``TaskChanges`` (a node's task written: its agent's long-poll looks again). One
+watch per server, however many listen.
 
 ``RecentRecords`` keeps the newest value seen of the jobs' and tasks' records, for reads that
-only start a commit comparing that record's revision (an agent's report): a stale value only
-fails the compare, and the commit is made again from a read of the Barn.
+only start a commit comparing that record's revision (an agent's report), and for a waiter's
+answer when one commit wrote a job and all its tasks: a stale value only fails the compare,
+and the commit is made again from a read of the Barn.
 
 ``JobWaits`` lets ``GET /v1/jobs/{id}?wait=S&after=REV`` wait until the job's record is past
 revision ``REV`` (or ``S`` seconds pass) instead of the client polling: a waiter is an asyncio
@@ -93,7 +96,9 @@ def job_of(key: str) -> str | None:
 
 
 SEEN_KEPT = 10_000  # jobs whose last revision the feed remembers (the oldest forgotten first)
-RECENT_KEPT = 20_000  # records whose newest value RecentRecords keeps (the least recently changed go)
+# records whose newest value RecentRecords keeps, the least recently changed going first (a few
+# KB each: ~10-20 MB at most; past it, reports read the Barn as before)
+RECENT_KEPT = 5_000
 
 
 class RecentRecords:
