@@ -753,3 +753,41 @@ def test_long_polls_read_a_nodes_assignments_again_only_after_they_changed(
     assert changed != version and scans == ["n1"]
     assert [t.job_id for t in control.current_assignments("n1")] == [job.id]
     assert scans == ["n1", "n1"]  # a direct read reads now, whatever the cache says
+
+
+def test_an_idle_agents_rounds_do_not_each_read_its_assignments(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    """Rounds every 20 ms for 1.5 s: the assignments come from the long-poll's pushes and the
+    heartbeats' lists, reused between them (``REUSE_FOR``), not read by the server each round
+    (each read is a scan of the Barn); a job placed meanwhile still runs at once."""
+    reads: list[str] = []
+    original = life.assignments
+
+    def counted(node: str) -> list[Any]:
+        reads.append(node)
+        return original(node)
+
+    life.assignments = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run_forever, args=(0.02, stop), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not agent.incarnation:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        reads.clear()
+        time.sleep(1.5)  # ~75 rounds
+        assert len(reads) <= 6, reads  # heartbeats' lists (1 s), a long-poll's: not one a round
+        job = life.submit_command("lab", ["/bin/true"])
+        schedule(store, job.id)
+        deadline = time.monotonic() + 5
+        while task_of(store, job.id).state is not RunState.SUCCEEDED:
+            assert time.monotonic() < deadline, task_of(store, job.id).state
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(5)
+    assert not runner.is_alive()

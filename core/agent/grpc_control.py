@@ -14,6 +14,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: what one answer may weigh (assignments carry whole commands)
 MAX_SERVER_MESSAGE_BYTES = 64 * 1024 * 1024
+# seconds a round may reuse the assignments the last one had, when no newer list came: a
+# long-poll pushes every change of the set, a heartbeat brings a list every second; an idle
+# agent's rounds (10 a second) then read nothing (each read is a scan of the Barn)
+REUSE_FOR = 2.0
 
 
 class ControlUnavailable(RuninkError):
@@ -144,6 +149,7 @@ class GrpcControl:
         # them would stop the attempt it just started as "no longer assigned".
         self._generation = 0
         self._fresh_lock = threading.Lock()
+        self._last: tuple[float, list[TaskRecord]] | None = None  # (monotonic time, the last call's list)
         self._tie: tuple[str, str] | None = None  # (node id, incarnation) a new stream is tied with
 
     def close(self) -> None:
@@ -269,9 +275,15 @@ class GrpcControl:
 
     def assignments(self, node_id: str, *, ask: bool = False) -> list[TaskRecord]:
         """The node's assignments: the last pushed list (a long-poll's or heartbeat's answer)
-        if one came since the last call, else (or with ``ask``) read by the server now."""
+        if one came since the last call; else the last call's, for ``REUSE_FOR`` seconds; else
+        (or with ``ask``) read by the server now. (A list's task states may be behind this
+        agent's own reports: the agent decides on its own records of what it runs and ran, and
+        reads a list now before stopping anything, ``current_assignments``.)"""
         with self._fresh_lock:
             found, self._fresh = (None, None) if ask else (self._fresh, None)
+            last = None if ask else self._last
+        if found is None and last is not None and time.monotonic() - last[0] < REUSE_FOR:
+            return list(last[1])
         if found is None:
             request = pb.AgentMessage(assignments=pb.AssignmentsRequest(node_id=node_id))
             found = self._only(self._ask(request, "assignments"), "assignments").assignments
@@ -286,6 +298,8 @@ class GrpcControl:
                 log.warning("%s: task %s: %s", self.address, printable(message.id, 100), why)
                 state = RunState.FAILED
                 self.report(message.herd, message.id, message.attempt, message.token, state, message=why)
+        with self._fresh_lock:
+            self._last = (time.monotonic(), tasks)
         return tasks
 
     def wait_assignments(self, node_id: str, known: str, wait: float) -> str:
