@@ -39,10 +39,9 @@ ADMIN_TOKEN_TTL = 30 * 86400.0  # seconds the admin token `runink up` gives the 
 
 
 def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    from runink.core.signals import wait_for_stop
+
+    wait_for_stop()
 
 
 TLS_CERT = typer.Option(None, "--tls-cert", help="This process's certificate of the cluster CA (PEM).")

@@ -47,15 +47,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runink.core import metrics
 from runink.core.model import MetricSample
+from runink.core.signals import wait_for_stop
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.http_protocol import raise_fd_limit
 from runink.plugins.barn.raft.replica import Member, ServerConfig
@@ -137,10 +136,7 @@ def run_server(config: ServerConfig, manager: PluginManager | None = None) -> in
     server.start()
     unregister = _measure(server, manager) if manager is not None else None
     print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop()
     if unregister is not None:
         unregister()
     server.close()
