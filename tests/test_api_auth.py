@@ -424,13 +424,14 @@ def test_a_token_checked_once_is_still_refused_once_it_expired(tmp_path: Path) -
     request), but its expiry is looked at on every request, with the same leeway."""
     new_key_file(tmp_path / "key.pem")
     tokens = ClusterTokens([tmp_path / "key.pem"])
-    # within its leeway for about 0.6 s more
-    token, _ = tokens.mint("sa:short", [Grant("cluster-admin", CLUSTER)], 1, now=time.time() - LEEWAY - 0.4)
+    # exp (whole seconds) = base - LEEWAY + 2: within its leeway until base + 2, 1-2 s from now
+    base = int(time.time())
+    token, _ = tokens.mint("sa:short", [Grant("cluster-admin", CLUSTER)], 2, now=base - LEEWAY)
     request = AuthRequest(headers={"authorization": f"Bearer {token}"})
     first = tokens.runink_authenticate(request)
     assert first is not None and first.subject == "sa:short"
     assert tokens.runink_authenticate(request) is first  # (kept: not checked again)
-    time.sleep(0.8)
+    time.sleep(max(0.0, base + 2 - time.time()) + 0.2)
     with pytest.raises(AuthenticationError):
         tokens.runink_authenticate(request)
     with pytest.raises(AuthenticationError, match="expired"):  # forgotten: checked in full again
