@@ -170,6 +170,7 @@ def test_the_rate_holds_within_one_token_under_8_clients_on_two_servers_one_stop
     admitted: list[float] = []
     refused: list[int] = []
     unexpected: list[str] = []
+    lost: list[int] = []  # answers lost with the stopped server: admitted or not, unknown
     lock = threading.Lock()
     began = time.monotonic()
     stop_at = began + 2.0
@@ -180,6 +181,8 @@ def test_the_rate_holds_within_one_token_under_8_clients_on_two_servers_one_stop
             try:
                 answer = server.submit()
             except (httpx.HTTPError, RuntimeError):  # (the first server stopped under it, its client closed)
+                with lock:
+                    lost.append(1)
                 continue
             with lock:
                 if answer.status_code == 201:
@@ -201,7 +204,10 @@ def test_the_rate_holds_within_one_token_under_8_clients_on_two_servers_one_stop
     allowed = burst + rate * elapsed
     assert len(admitted) <= allowed + 1, (len(admitted), allowed)  # never more than one token past it
     assert refused and len(admitted) >= burst + rate * elapsed * 0.5  # (the clients kept the bucket empty)
-    assert cluster.jobs() == len(admitted)  # each admitted job stored once, no refused one
+    # each admitted job stored once, no refused one; one more only where its answer was lost
+    stored = cluster.jobs()
+    assert len(admitted) <= stored <= len(admitted) + len(lost), (stored, len(admitted), len(lost))
+    assert stored <= allowed + 1
 
 
 class NoGpuAtNight:
