@@ -27,6 +27,14 @@ def task_of(store: ClusterStore, job_id: str) -> TaskRecord:
     return task.record
 
 
+def until_succeeded(store: ClusterStore, job_id: str, timeout: float = 5.0) -> None:
+    """Wait (the agent runs elsewhere) until the job's one task is SUCCEEDED."""
+    deadline = time.monotonic() + timeout
+    while task_of(store, job_id).state is not RunState.SUCCEEDED:
+        assert time.monotonic() < deadline, task_of(store, job_id).state
+        time.sleep(0.02)
+
+
 def sync_until(agent: Agent, done: Callable[[], bool], timeout: float = 10.0, poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_helpers import ProxyControl, schedule, sync_until, task_of
+from agent_helpers import ProxyControl, schedule, sync_until, task_of, until_succeeded
 
 from runink.core.agent import Agent
 from runink.core.control.lifecycle import Lifecycle
@@ -306,10 +306,7 @@ def test_run_forever_reports_a_slice_end_well_before_its_interval(
     runner = threading.Thread(target=agent.run_forever, args=(30.0, stop), daemon=True)
     runner.start()
     try:
-        deadline = time.monotonic() + 5
-        while task_of(store, job.id).state is not RunState.SUCCEEDED:
-            assert time.monotonic() < deadline, task_of(store, job.id).state
-            time.sleep(0.02)
+        until_succeeded(store, job.id)
     finally:
         stop.set()
         runner.join(5)

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agent_helpers import schedule, sync_until, task_of
+from agent_helpers import schedule, sync_until, task_of, until_succeeded
 
 from runink.core.agent import Agent
 from runink.core.agent.grpc_control import ControlUnavailable, FailoverControl, GrpcControl
@@ -526,10 +526,7 @@ def test_an_agent_over_grpc_runs_a_job_well_within_its_interval(
         time.sleep(0.5)  # the first round is over: only a wake starts another
         job = life.submit_command("lab", ["/bin/true"])
         schedule(store, job.id)
-        deadline = time.monotonic() + 5
-        while task_of(store, job.id).state is not RunState.SUCCEEDED:
-            assert time.monotonic() < deadline, task_of(store, job.id).state
-            time.sleep(0.02)
+        until_succeeded(store, job.id)
     finally:
         stop.set()
         runner.join(5)
@@ -783,10 +780,7 @@ def test_an_idle_agents_rounds_do_not_each_read_its_assignments(
         assert len(reads) <= 6, reads  # heartbeats' lists (1 s), a long-poll's: not one a round
         job = life.submit_command("lab", ["/bin/true"])
         schedule(store, job.id)
-        deadline = time.monotonic() + 5
-        while task_of(store, job.id).state is not RunState.SUCCEEDED:
-            assert time.monotonic() < deadline, task_of(store, job.id).state
-            time.sleep(0.02)
+        until_succeeded(store, job.id)
     finally:
         stop.set()
         runner.join(5)

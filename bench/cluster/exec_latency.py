@@ -44,7 +44,6 @@ import httpx
 
 from runink.core.ports import free_ports
 
-RUNINK = [sys.executable, "-m", "runink"]
 FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -55,12 +54,20 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 class Runink:
     def __init__(
-        self, root: Path, *, insecure: bool = False, metrics: bool = True, up_env: dict[str, str] | None = None
+        self,
+        root: Path,
+        *,
+        insecure: bool = False,
+        metrics: bool = True,
+        up_env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        # ``python``: the interpreter whose Runink runs the cluster (another version's venv)
+        self.runink = [python, "-m", "runink"]
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
         flags = (["--insecure-dev"] if insecure else []) + ([] if metrics else ["--no-metrics"])
         up = subprocess.run(
-            [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c"), *flags],
+            [*self.runink, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c"), *flags],
             capture_output=True, text=True, env={**self.env, **(up_env or {})}, timeout=120, check=True,
         )  # fmt: skip
         self.apis = json.loads(up.stdout)["api"]
@@ -86,7 +93,8 @@ class Runink:
         """The job's id and the revision it was stored at (its first wait's ``after``)."""
         answer = http.post(self.apis[0] + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
         answer.raise_for_status()
-        return str(answer.json()["job"]["id"]), int(answer.json()["revision"])
+        # (a version from before the submission's revision: its first wait reads the job at once)
+        return str(answer.json()["job"]["id"]), int(answer.json().get("revision") or 0)
 
     def wait_ended(self, http: httpx.Client, job_id: str, revision: int) -> None:
         while True:  # each read waits on the server for the job's next change (as `runink exec`)
@@ -103,14 +111,12 @@ class Runink:
 
     def run_cli(self) -> float:
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "runink", "exec", "--", "/bin/true"], env=self.env, check=True, capture_output=True
-        )
+        subprocess.run([*self.runink, "exec", "--", "/bin/true"], env=self.env, check=True, capture_output=True)
         return (time.perf_counter() - started) * 1000
 
     def close(self) -> None:
         self.http.close()
-        subprocess.run([*RUNINK, "down"], env=self.env, capture_output=True, timeout=120, check=False)
+        subprocess.run([*self.runink, "down"], env=self.env, capture_output=True, timeout=120, check=False)
 
 
 SLURM_CONF = """ClusterName=bench

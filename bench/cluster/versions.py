@@ -16,78 +16,14 @@ Prints each round and the medians. Root only (the agents' slices).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import ssl
 import statistics
-import subprocess
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from exec_latency import Runink, runink_batch_rate, runink_rate
 
-FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
 SINGLE, MANY, THREADS = 40, 100, 8
-
-
-class Cluster:
-    def __init__(self, python: str, root: Path) -> None:
-        self.python = python
-        self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
-        up = subprocess.run(
-            [python, "-m", "runink", "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(root / "c")],
-            capture_output=True, text=True, env=self.env, timeout=180, check=True,
-        )  # fmt: skip
-        self.api = json.loads(up.stdout)["api"][0]
-        context = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())
-        self.headers = {"Authorization": f"Bearer {context['token']}"}
-        self.verify = ssl.create_default_context(cafile=context["ca"])
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(timeout=30, headers=self.headers, verify=self.verify)
-
-    def submit(self, http: httpx.Client) -> tuple[str, int]:
-        answer = http.post(self.api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
-        answer.raise_for_status()
-        return answer.json()["job"]["id"], int(answer.json().get("revision") or 0)
-
-    def wait(self, http: httpx.Client, job_id: str, revision: int) -> None:
-        while True:
-            answer = http.get(f"{self.api}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
-            if answer.status_code == 503:  # the Barn busy a moment
-                continue
-            answer.raise_for_status()
-            job = answer.json()
-            revision = job["revision"]
-            if job["job"]["state"] in FINAL:
-                assert job["job"]["state"] == "SUCCEEDED", job["job"]["state"]
-                return
-
-    def one(self, http: httpx.Client) -> float:
-        began = time.perf_counter()
-        self.wait(http, *self.submit(http))
-        return (time.perf_counter() - began) * 1000
-
-    def rate(self, count: int, *, all_first: bool) -> float:
-        clients = [self.client() for _ in range(THREADS)]
-        began = time.perf_counter()
-        with ThreadPoolExecutor(THREADS) as pool:
-            if all_first:
-                jobs = list(pool.map(lambda i: self.submit(clients[i % THREADS]), range(count)))
-                list(pool.map(lambda i: self.wait(clients[i % THREADS], *jobs[i]), range(count)))
-            else:
-                list(pool.map(lambda i: self.one(clients[i % THREADS]), range(count)))
-        took = time.perf_counter() - began
-        for client in clients:
-            client.close()
-        return count / took
-
-    def down(self) -> None:
-        subprocess.run(
-            [self.python, "-m", "runink", "down"], env=self.env, capture_output=True, timeout=120, check=False
-        )
 
 
 def cpu_by_kind() -> dict[str, float]:
@@ -117,19 +53,17 @@ def cpu_by_kind() -> dict[str, float]:
 
 def measure(python: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="runink-bench-versions-") as tmp:
-        cluster = Cluster(python, Path(tmp))
+        cluster = Runink(Path(tmp), python=python)
         try:
-            http = cluster.client()
             for _ in range(5):  # warm-up: connections, warm sandboxes
-                cluster.one(http)
-            single = sorted(cluster.one(http) for _ in range(SINGLE))
-            http.close()
+                cluster.run_one()
+            single = sorted(cluster.run_one() for _ in range(SINGLE))
             before, mine = cpu_by_kind(), os.times()
-            rate = cluster.rate(MANY, all_first=False)
+            rate = runink_rate(cluster, MANY, THREADS)
             after, mine_after = cpu_by_kind(), os.times()
-            batch = cluster.rate(MANY, all_first=True)
+            batch = runink_batch_rate(cluster, MANY, THREADS)
         finally:
-            cluster.down()
+            cluster.close()
     row = {
         "p50 ms": statistics.median(single),
         "p99 ms": single[int(len(single) * 0.99) - 1],

@@ -38,12 +38,6 @@ UP_MARK = ".runink-up"  # the file that says `up` made a folder (`down` removes 
 ADMIN_TOKEN_TTL = 30 * 86400.0  # seconds the admin token `runink up` gives the CLI lasts
 
 
-def _wait_for_signal() -> None:
-    from runink.core.signals import wait_for_stop
-
-    wait_for_stop()
-
-
 TLS_CERT = typer.Option(None, "--tls-cert", help="This process's certificate of the cluster CA (PEM).")
 TLS_KEY = typer.Option(None, "--tls-key", help="Its private key.")
 TLS_CA = typer.Option(None, "--tls-ca", help="The cluster CA's certificate: peers must present one of its.")
@@ -156,10 +150,12 @@ def server_command(
         plaintext=plaintext,
         ca_key=tls_ca_key,
     )
+    from runink.core.signals import wait_for_stop
+
     server = Server(options, state.config(), state.plugins())
     try:
         print(json.dumps({"event": "serving", **server.addresses()}), flush=True)
-        _wait_for_signal()
+        wait_for_stop()
     finally:
         server.close()
 
