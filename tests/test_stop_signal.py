@@ -62,9 +62,7 @@ def test_a_stop_that_hangs_leaves_every_threads_stack_in_the_log(tmp_path: Path)
         "signals.wait_for_stop()\n"
         "close_that_hangs()\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None and process.stdout.readline() == "waiting\n"
         process.terminate()
@@ -73,4 +71,4 @@ def test_a_stop_that_hangs_leaves_every_threads_stack_in_the_log(tmp_path: Path)
     finally:
         process.kill()
         _, stderr = process.communicate(timeout=10)
-    assert 'in close_that_hangs' in stderr, stderr  # faulthandler's line for the hanging frame
+    assert "in close_that_hangs" in stderr, stderr  # faulthandler's line for the hanging frame
