@@ -16,22 +16,15 @@ plugins' ``runink_cli_commands``, when it is invoked. It lists names and help te
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import stat
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import runink
+from runink.core.cli import index_store
 
+NAME = "commands"  # the index's file: index_store.cache_file(NAME)
 #: where a command comes from: a module of runink.core.cli, or the plugins' hook
 BUILTIN, PLUGIN = "builtin", "plugin"
-MAX_BYTES = 1 << 20  # an index larger than this is not read (a few KiB is usual)
-MAX_FINGERPRINTS = 16  # (one per interpreter, import path and config: several projects, venvs)
 
 
 @dataclass(frozen=True)
@@ -69,89 +62,25 @@ _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "runink" / "commands.json"
-
-
-def _mtime(path: str | os.PathLike[str]) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
+    return index_store.cache_file(NAME)
 
 
 def fingerprint(config_path: Path | None, overrides: dict[str, str]) -> str:
     """What the listing depends on, outside the command modules' own files, as one hash."""
-    candidates = [
-        str(config_path) if config_path is not None else "",
-        os.environ.get("RUNINK_CONFIG", ""),
-        os.path.join(os.getcwd(), "runink.toml"),
-        os.path.join(os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config"), "runink", "config.toml"),
-    ]
-    # sys.path[0] is the script's folder or, with `python -m`, the current one: left out, or
-    # every file written there would throw the index away (entry points come from site dirs)
-    paths = [p for p in sys.path[1:] if p and os.path.isdir(p)]
-    facts = {
-        "runink": runink.__version__,
-        "python": [sys.executable, sys.version],
-        "paths": [[p, _mtime(p)] for p in paths],
-        "config": [[p, _mtime(p)] for p in candidates if p],
-        "env": sorted([k, v] for k, v in os.environ.items() if k.upper().startswith("RUNINK_PLUGINS")),
-        "set": sorted([k, v] for k, v in overrides.items() if k.startswith("plugins.")),
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-
-
-def _read_fingerprints() -> dict[str, Any]:
-    """The stored fingerprints (a link, a FIFO or a file past MAX_BYTES is not read: OSError)."""
-    fd = os.open(cache_file(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise OSError("not a file")
-        data = handle.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise OSError("too large")
-    fingerprints = json.loads(data)["fingerprints"]
-    if not isinstance(fingerprints, dict):
-        raise ValueError("fingerprints is not an object")
-    return fingerprints
+    return index_store.fingerprint(config_path, overrides, "RUNINK_PLUGINS")
 
 
 def load(key: str) -> list[CommandEntry] | None:
     """The entries stored under ``key``, or None when there are none or they are stale or unreadable."""
+    stored = index_store.load(NAME, key)
+    if stored is None:
+        return None
     try:
-        stored = _read_fingerprints()[key]
-        files = stored["files"]
-        if not isinstance(files, list) or any(_mtime(path) != mtime for path, mtime in files):
-            return None
-        return [CommandEntry.from_json(raw) for raw in stored["entries"]]
-    except (OSError, ValueError, KeyError, TypeError):  # missing, cut, edited by hand: build in full
+        return [CommandEntry.from_json(raw) for raw in stored]
+    except (ValueError, KeyError, TypeError):  # edited by hand: build in full
         return None
 
 
 def save(key: str, entries: list[CommandEntry], files: set[str]) -> None:
     """Store ``entries`` under ``key`` (atomically: a reader sees the old file or the new one)."""
-    path = cache_file()
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fingerprints = _read_fingerprints()
-        except (OSError, ValueError, KeyError, TypeError):
-            fingerprints = {}
-        fingerprints.pop(key, None)
-        while len(fingerprints) >= MAX_FINGERPRINTS:  # the oldest go first (dicts keep order)
-            fingerprints.pop(next(iter(fingerprints)))
-        fingerprints[key] = {
-            "files": sorted([f, _mtime(f)] for f in files),
-            "entries": [asdict(entry) for entry in entries],
-        }
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".commands-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"fingerprints": fingerprints}, handle)
-            os.replace(temp, path)
-        except BaseException:
-            os.unlink(temp)
-            raise
-    except OSError:  # a read-only home: the CLI works, only its --help stays slow
-        return
+    index_store.save(NAME, key, [asdict(entry) for entry in entries], files)
