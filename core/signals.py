@@ -1,37 +1,74 @@
-"""Waiting, in a long-running process's main thread, for the signal that stops it."""
+"""Stopping a long-running process on SIGTERM/SIGINT, whichever of its threads gets the signal.
+
+Python runs a signal's handler in the main thread, between two bytecodes, whatever that thread
+is doing: a handler that takes a lock the main thread holds there deadlocks. Setting a
+``threading.Event`` from a handler did, now and then, while the main thread was inside a wait
+on that same Event (a Barn member ignored SIGTERM for good). And when the kernel hands the
+signal to another thread, the handler waits until the main thread next wakes.
+
+So the handlers here do nothing: the signal's number reaches a pipe through Python's C-level
+wakeup fd (``signal.set_wakeup_fd``, written at once by whichever thread got the signal), and
+a thread of its own reads it and sets an Event, as an ordinary thread, holding no lock of the
+main thread's.
+"""
 
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import sys
 import threading
 
-#: seconds between the main thread's looks at whether a stop signal came
-LOOK_EVERY = 0.5
 #: a stop that takes longer than this (seconds from the signal) writes every thread's stack
 #: to stderr, once: where a slow stop hangs is in the process's log
 SLOW_STOP_REPORT = 3.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def wait_for_stop(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> signal.Signals:
-    """Block the main thread until one of ``signals`` arrives; returns it. Waits in slices of
-    LOOK_EVERY seconds, not at once: the kernel may hand a process's signal to any of its
-    threads (a member or server has many), which only notes it, and Python runs the handler in
-    the main thread when that thread next wakes; an untimed wait might never wake (seen after a
-    SIGSTOP/SIGCONT: SIGTERM ignored for good). Once the signal came, a stop that then takes
-    more than SLOW_STOP_REPORT seconds writes every thread's stack to stderr (the process goes
-    on stopping)."""
-    came: list[signal.Signals] = []
-    stop = threading.Event()
+class StopSignal(threading.Event):
+    """Set when one of its signals came; ``came`` is the first of them."""
 
-    def handler(signum: int, _frame: object) -> None:
-        came.append(signal.Signals(signum))
-        stop.set()
+    came: signal.Signals | None = None
 
+
+def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignal:
+    """An Event set when one of ``signals`` arrives. Call from the main thread (Python lets only
+    it set handlers), once per process: it takes the process's one wakeup fd. Once set, a stop
+    that takes more than SLOW_STOP_REPORT seconds writes every thread's stack to stderr (the
+    process goes on stopping)."""
+    stop = StopSignal()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)  # (the C handler must never block: a full pipe drops bytes)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    wanted = {int(s): s for s in signals}
+
+    def ignore(_signum: int, _frame: object) -> None:
+        """(the Python-level handler: the wakeup fd carried the signal already)"""
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            came = [wanted[number] for number in data if number in wanted]
+            if came and not stop.is_set():
+                stop.came = came[0]
+                faulthandler.dump_traceback_later(SLOW_STOP_REPORT, exit=False, file=sys.stderr)
+                stop.set()
+
+    threading.Thread(target=watch, daemon=True, name="stop-signals").start()
     for signum in signals:
-        signal.signal(signum, handler)
-    while not stop.wait(LOOK_EVERY):
-        pass
-    faulthandler.dump_traceback_later(SLOW_STOP_REPORT, exit=False, file=sys.stderr)
-    return came[0]
+        signal.signal(signum, ignore)
+    return stop
+
+
+def wait_for_stop(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> signal.Signals:
+    """Block the main thread until one of ``signals`` arrives (stop_event); returns it."""
+    stop = stop_event(signals)
+    stop.wait()
+    assert stop.came is not None
+    return stop.came

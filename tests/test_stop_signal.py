@@ -58,8 +58,9 @@ def test_a_stop_that_hangs_leaves_every_threads_stack_in_the_log(tmp_path: Path)
         "signals.SLOW_STOP_REPORT = 0.3\n"
         "def close_that_hangs():\n"
         "    time.sleep(30)\n"
+        "stop = signals.stop_event()\n"
         "print('waiting', flush=True)\n"
-        "signals.wait_for_stop()\n"
+        "stop.wait()\n"
         "close_that_hangs()\n"
     )
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from runink.core.errors import RuninkError
 from runink.core.model import parse_memory, split_address
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
+from runink.core.signals import stop_event, wait_for_stop
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -150,7 +150,6 @@ def server_command(
         plaintext=plaintext,
         ca_key=tls_ca_key,
     )
-    from runink.core.signals import wait_for_stop
 
     server = Server(options, state.config(), state.plugins())
     try:
@@ -281,9 +280,7 @@ def agent_command(
         slice_lines=slice_lines(config, manager, name),
         gpus=inventory,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_event()  # (set by a thread of its own: never by a handler that could deadlock)
     probes = None
     if probe_at is not None:
         from runink.core.agent.health import agent_readiness, serve_health
