@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd
+from runink.core.control.records import Amount, Herd, keys
 from runink.core.control.store import ClusterStore
 from runink.core.control.views import job_answer
 from runink.core.server.api import create_app
-from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords, job_of
+from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -120,11 +120,15 @@ def test_past_its_waiters_cap_a_read_answers_at_once() -> None:
         assert time.monotonic() - asked < 2
 
 
-def test_job_of_names_only_job_records() -> None:
-    assert job_of("/herds/team/jobs/job-1") == "job-1"
-    assert job_of("/herds/team/tasks/task-1") is None
-    assert job_of("/herds/team/jobs/") is None
-    assert job_of("/cluster/assigned/n1/team/task-1") is None
+def test_record_of_names_only_job_and_task_records() -> None:
+    assert keys.record_of("/herds/team/jobs/job-1") == ("jobs", "team", "job-1")
+    assert keys.record_of("/herds/team/tasks/task-1") == ("tasks", "team", "task-1")
+    assert keys.record_of("/herds/team/jobs/") is None
+    assert keys.record_of("/herds/team/herd") is None
+    assert keys.record_of("/herds/team/rbac/x") is None
+    assert keys.record_of("herds/team/jobs/job-1") is None
+    assert keys.record_of("/herds/team/jobs/job-1/x") is None
+    assert keys.record_of("/cluster/assigned/n1/team/task-1") is None
 
 
 @pytest.mark.parametrize("recent", [False, True], ids=["read", "watched"])

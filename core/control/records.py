@@ -542,3 +542,12 @@ class keys:
     @staticmethod
     def task(herd: str, task_id: str) -> str:
         return keys.tasks(herd) + check_name(task_id, "task")
+
+    @staticmethod
+    def record_of(key: str) -> tuple[str, str, str] | None:
+        """(kind, herd, id) of a job's or a task's key (``/herds/H/jobs/J``: kind "jobs",
+        ``/herds/H/tasks/T``: "tasks"); None for any other key."""
+        parts = key.split("/")
+        if len(parts) == 5 and parts[0] == "" and parts[1] == "herds" and parts[3] in ("jobs", "tasks") and parts[4]:
+            return parts[3], parts[2], parts[4]
+        return None

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
+from runink.core.control.records import keys
 from runink.core.events import export_log
 from runink.core.interfaces.barn import WatchEvent
 from runink.core.model import LogEntry
@@ -32,10 +33,8 @@ MAX_VALUE = 1 << 20
 
 def _task_key(key: str) -> tuple[str, str] | None:
     """(herd, task id) of ``/herds/<herd>/tasks/<id>``; None for any other key."""
-    parts = key.split("/")
-    if len(parts) == 5 and parts[0] == "" and parts[1] == "herds" and parts[3] == "tasks":
-        return parts[2], parts[4]
-    return None
+    found = keys.record_of(key)
+    return (found[1], found[2]) if found is not None and found[0] == "tasks" else None
 
 
 class TransitionLog:

@@ -40,6 +40,7 @@ from runink.core.control.records import (
     RunState,
     TaskRecord,
     TaskReport,
+    keys,
 )
 from runink.core.control.store import NotFound, Refused, entry_node
 from runink.core.errors import AuthenticationError, RuninkError
@@ -216,8 +217,8 @@ class TaskChanges:
         feed.on_restart(lambda: self.bump(None))  # (what changed while no watch ran)
 
     def on_change(self, event: WatchEvent) -> None:
-        parts = event.kv.key.split("/")
-        if len(parts) != 5 or parts[3] != "tasks":
+        found = keys.record_of(event.kv.key)
+        if found is None or found[0] != "tasks":
             return
         if event.type != "PUT":
             self.bump(None)

@@ -28,12 +28,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
+from runink.core.control.records import keys
 from runink.core.interfaces.barn import BarnBackend, KeyValue, WatchEvent
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/herds/"
+PREFIX = keys.HERDS
 RETRY_AFTER = 1.0  # seconds before the watch is started again after an error
 REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again
 
@@ -87,14 +88,6 @@ class HerdsFeed:
                 self.stop.wait(RETRY_AFTER)
 
 
-def job_of(key: str) -> str | None:
-    """The job id of a job record's key (``/herds/H/jobs/J``), else None."""
-    parts = key.split("/")
-    if len(parts) == 5 and parts[1] == "herds" and parts[3] == "jobs" and parts[4]:
-        return parts[4]
-    return None
-
-
 SEEN_KEPT = 10_000  # jobs whose last revision the feed remembers (the oldest forgotten first)
 # records whose newest value RecentRecords keeps, the least recently changed going first (a few
 # KB each: ~10-20 MB at most; past it, reports read the Barn as before)
@@ -123,8 +116,7 @@ class RecentRecords:
             self._values.clear()
 
     def on_change(self, event: WatchEvent) -> None:
-        parts = event.kv.key.split("/")
-        if len(parts) != 5 or parts[1] != "herds" or parts[3] not in ("jobs", "tasks"):
+        if keys.record_of(event.kv.key) is None:
             return
         with self._lock:
             if event.type != "PUT":
@@ -163,12 +155,13 @@ class JobWaits:
 
     def on_change(self, event: WatchEvent) -> None:
         """(a HerdsFeed listener) Note the job's revision and wake the requests waiting for it."""
-        job_id = job_of(event.kv.key)
-        if job_id is None:
+        found = keys.record_of(event.kv.key)
+        if found is None or found[0] != "jobs":
             return
+        _, herd, job_id = found
         with self._lock:
             self._seen.pop(job_id, None)  # (re-inserted: the dict keeps the most recent last)
-            self._seen[job_id] = (event.revision, event.kv.key.split("/")[2])
+            self._seen[job_id] = (event.revision, herd)
             if len(self._seen) > SEEN_KEPT:
                 del self._seen[next(iter(self._seen))]
             waiters = list(self._waiting.get(job_id, ()))
