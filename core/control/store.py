@@ -173,11 +173,11 @@ class ClusterStore:
             if len(self._herd_of) >= HERDS_OF_JOBS_KEPT:
                 self._herd_of.clear()
             self._herd_of[job_id] = herd
-        found = self._get(keys.job(herd, job_id), JobRecord)
-        if found is None:  # deleted with its herd
+        try:
+            return self.job_in(herd, job_id)
+        except NotFound:  # deleted with its herd
             self._herd_of.pop(job_id, None)
-            raise NotFound(f"job {job_id!r}: no such job")
-        return found
+            raise NotFound(f"job {job_id!r}: no such job") from None
 
     def job_in(self, herd: str, job_id: str, *, recent: bool = False) -> Versioned[JobRecord]:
         """A job whose herd is known (a task's): no JOB_INDEX read. ``recent``: as ``task``'s."""
