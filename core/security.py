@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runink.core.errors import AuthenticationError
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
-from runink.core.plugins import PluginManager
+
+if TYPE_CHECKING:  # (the CLI's commands read CLUSTER without loading the plugin machinery)
+    from runink.core.plugins import PluginManager
 
 CLUSTER = "*"  # the herd of a cluster-wide grant or action
 
