@@ -14,6 +14,7 @@ main thread's.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -43,8 +44,11 @@ def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignal
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     wanted = {int(s): s for s in signals}
 
-    def ignore(_signum: int, _frame: object) -> None:
-        """(the Python-level handler: the wakeup fd carried the signal already)"""
+    def again(signum: int, _frame: object) -> None:
+        """(the Python-level handler, in the main thread when it next runs) The number once
+        more, lock-free: should other code take the wakeup fd over, the signal still arrives."""
+        with contextlib.suppress(OSError):
+            os.write(write_end, bytes([signum]))
 
     def watch() -> None:
         while True:
@@ -62,7 +66,7 @@ def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignal
 
     threading.Thread(target=watch, daemon=True, name="stop-signals").start()
     for signum in signals:
-        signal.signal(signum, ignore)
+        signal.signal(signum, again)
     return stop
 
 

@@ -73,3 +73,27 @@ def test_a_stop_that_hangs_leaves_every_threads_stack_in_the_log(tmp_path: Path)
         process.kill()
         _, stderr = process.communicate(timeout=10)
     assert "in close_that_hangs" in stderr, stderr  # faulthandler's line for the hanging frame
+
+
+def test_the_stop_still_comes_when_other_code_takes_the_wakeup_fd(tmp_path: Path) -> None:
+    script = tmp_path / "taken.py"
+    script.write_text(
+        "import signal\n"
+        "from runink.core import signals\n"
+        "stop = signals.stop_event()\n"
+        "signal.set_wakeup_fd(-1)  # (as other code taking it over would)\n"
+        "print('waiting', flush=True)\n"
+        "while not stop.wait(0.1):  # (a loop of rounds, as the agent's)\n"
+        "    pass\n"
+        "print(stop.came.name, flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "waiting\n"
+        process.terminate()
+        assert process.wait(10) == 0
+        assert process.stdout.read() == "SIGTERM\n"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
