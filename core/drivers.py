@@ -21,9 +21,10 @@ before it is built. Hook plugins may add drivers at run time through ``runink_re
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from runink.core.config import RuninkConfig
 from runink.core.driverload import (
@@ -41,6 +42,9 @@ from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, Scaler, SchedulerPolicy, SecretBackend, Storage
 from runink.core.model import DriverSpec  # re-exported: plugins and tests import it from here
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
+
+if TYPE_CHECKING:
+    from runink.core.pipeline.compile import CompiledPipeline
 
 T = TypeVar("T")
 
@@ -265,3 +269,49 @@ def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) ->
     config.executor.driver = fallback
     why = f" ({'; '.join(reasons)})" if reasons else ""
     return None, config, f"note: scenarios run as plain processes, not isolated{why}"
+
+
+def pipeline_executor(
+    config: RuninkConfig, compiled: CompiledPipeline, manager: PluginManager, quiet: bool = False
+) -> Any:
+    """The configured executor. The embedded default runs on the plain process executor, which
+    cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
+    scenarios without them and says so once on stderr. The same holds for any executor driver
+    that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
+    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
+    """
+    isolates: bool | None = None  # not known until a driver is built
+    if config.executor.driver == "auto":
+        isolating, config, note = auto_executor(config, manager)
+        if isolating is not None:
+            return isolating
+        isolates = False  # auto's fallback: a driver that said it isolates nothing
+        if not quiet:
+            print(note, file=sys.stderr)
+    if "degrade" not in config.executor.options:
+        if isolates is None:
+            executor = configured_driver(config, "executor", manager)
+            if executor.capabilities().isolation != "none":
+                return executor
+            executor.close()
+        wanted = sorted(
+            {
+                k
+                for item in compiled.scenarios
+                for k, v in (
+                    ("cpu", item.scenario.requires.cpu),
+                    ("memory", item.scenario.requires.memory),
+                    ("gpu", item.scenario.requires.gpu),
+                )
+                if v
+            }
+        )
+        if wanted and not quiet:
+            print(
+                f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "
+                "scenarios run without them (set executor.options.degrade=false to refuse instead)",
+                file=sys.stderr,
+            )
+        config = config.model_copy(deep=True)
+        config.executor.options["degrade"] = True
+    return configured_driver(config, "executor", manager)

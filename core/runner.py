@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.control.transitions import TransitionLog
 from runink.core.control.views import job_answer
-from runink.core.drivers import auto_executor, configured_driver, load_driver
+from runink.core.drivers import configured_driver, load_driver, pipeline_executor
 from runink.core.errors import RuninkError
 from runink.core.events import export_log
 from runink.core.history import RunHistory, RunRecorder
@@ -341,52 +340,6 @@ class _EmbeddedPlane:
     def close(self) -> None:
         self.metered.unregister()
         self.barn.close()
-
-
-def pipeline_executor(
-    config: RuninkConfig, compiled: CompiledPipeline, manager: PluginManager, quiet: bool = False
-) -> Any:
-    """The configured executor. The embedded default runs on the plain process executor, which
-    cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
-    scenarios without them and says so once on stderr. The same holds for any executor driver
-    that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
-    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
-    """
-    isolates: bool | None = None  # not known until a driver is built
-    if config.executor.driver == "auto":
-        isolating, config, note = auto_executor(config, manager)
-        if isolating is not None:
-            return isolating
-        isolates = False  # auto's fallback: a driver that said it isolates nothing
-        if not quiet:
-            print(note, file=sys.stderr)
-    if "degrade" not in config.executor.options:
-        if isolates is None:
-            executor = configured_driver(config, "executor", manager)
-            if executor.capabilities().isolation != "none":
-                return executor
-            executor.close()
-        wanted = sorted(
-            {
-                k
-                for item in compiled.scenarios
-                for k, v in (
-                    ("cpu", item.scenario.requires.cpu),
-                    ("memory", item.scenario.requires.memory),
-                    ("gpu", item.scenario.requires.gpu),
-                )
-                if v
-            }
-        )
-        if wanted and not quiet:
-            print(
-                f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "
-                "scenarios run without them (set executor.options.degrade=false to refuse instead)",
-                file=sys.stderr,
-            )
-        config = config.model_copy(deep=True)
-        config.executor.options["degrade"] = True
-    return configured_driver(config, "executor", manager)
 
 
 def run_pipeline(

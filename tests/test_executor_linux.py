@@ -337,3 +337,29 @@ def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecuto
         assert result is not None and result.exit_code == 0, linux.read_log(spec.id, "stderr")
         inside = linux.read_log(spec.id).strip()
         assert inside.startswith("user:[") and inside != host  # both paths: a command and a Python step
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_prepare_starts_the_preloaded_launcher_the_first_python_slice_uses(tmp_path: Path) -> None:
+    import sys
+
+    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    try:
+        assert executor._launchers == {}  # (started on first use: none yet)
+        executor.prepare()
+        launcher = executor._launchers["python"]
+        assert launcher.poll() is None and "exec" not in executor._launchers
+        executor.prepare()
+        assert executor._launchers["python"] is launcher  # (once)
+        spec = _spec(tmp_path, sys.executable, "-c", "print('hello')")
+        executor.start(spec)
+        result = executor.wait(spec.id, 30)
+        assert result is not None and result.exit_code == 0 and executor.read_log(spec.id) == "hello\n"
+        assert executor._launchers == {"python": launcher}  # the slice came from the prepared one
+        executor.destroy(spec.id)
+    finally:
+        executor.close()
+        if executor.cgroups is not None:
+            for parent in set(executor.cgroups.parents().values()):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()

@@ -86,6 +86,9 @@ class MeteredExecutor(Executor):
         with self._lock:
             self._herds.pop(task_id, None)
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def close(self) -> None:
         self.unregister()
         self.inner.close()

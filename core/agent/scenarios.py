@@ -662,5 +662,8 @@ class ScenarioAttempts(Executor):
     def handle(self, task_id: str) -> TaskHandle:
         return self.inner.handle(task_id)
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def close(self) -> None:
         self.inner.close()

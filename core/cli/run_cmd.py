@@ -188,9 +188,12 @@ def run_command(
             )
         return
     manager = state.plugins()
-    from runink.core.runner import LocalRunner, pipeline_executor
+    from runink.core.drivers import pipeline_executor
 
     executor = pipeline_executor(config, compiled, manager)
+    executor.prepare()  # (its helper starts while the runner is imported and set up)
+    from runink.core.runner import LocalRunner
+
     err = console(stderr=True)
     live: Live | None = None
     last_print: dict[str, str] = {}

@@ -241,6 +241,15 @@ class Executor(ABC):
     def recover(self, handle: TaskHandle) -> None:
         """Re-attach to a task started by an earlier instance of this driver (agent restart)."""
 
+    def prepare(self) -> None:
+        """Begin, without waiting, what the first ``start`` would otherwise wait for (a helper
+        process's start), so it overlaps the caller's own setup. Optional: ``start`` works
+        without it, and it never raises for what ``start`` would refuse (``start`` says so).
+
+        Called by ``runink run`` as soon as its executor is chosen. Default: nothing.
+        """
+        return None
+
     def close(self) -> None:
         """Release what the driver started for itself (helper processes); running tasks go on.
 

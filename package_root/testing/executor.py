@@ -127,6 +127,12 @@ class ExecutorConformance:
         assert result.finished_at >= result.started_at > 0
         assert executor.inspect(spec.id) is TaskState.SUCCEEDED
 
+    def test_prepare_is_optional_and_harmless(self, executor: Executor, tmp_path: Path, work: Path) -> None:
+        executor.prepare()
+        executor.prepare()  # (twice: nothing more)
+        result = self.run(executor, self.spec(tmp_path, work, "true"))
+        assert result.state is TaskState.SUCCEEDED and result.exit_code == 0
+
     def test_failure_reports_exit_code(self, executor: Executor, tmp_path: Path, work: Path) -> None:
         result = self.run(executor, self.spec(tmp_path, work, "sh", "-c", "exit 3"))
         assert result.state is TaskState.FAILED

@@ -322,6 +322,14 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
 
     # --- launcher ---------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Start the runtime-preloaded launcher now (~0.3-0.4 s of imports), not at the first
+        slice: ``runink run`` goes on with its setup meanwhile. Nothing where start() refuses."""
+        if (self._problems and not self.degrade) or self.cgroups is None:
+            return
+        with self._lock:
+            self._launcher_process("python")
+
     def _launcher_process(self, kind: str) -> subprocess.Popen[str]:
         """The ``python`` (runtime preloaded) or ``exec`` launcher, started on first use."""
         launcher = self._launchers.get(kind)
