@@ -6,10 +6,10 @@ is doing: a handler that takes a lock the main thread holds there deadlocks. Set
 on that same Event (a Barn member ignored SIGTERM for good). And when the kernel hands the
 signal to another thread, the handler waits until the main thread next wakes.
 
-So the handlers here do nothing: the signal's number reaches a pipe through Python's C-level
-wakeup fd (``signal.set_wakeup_fd``, written at once by whichever thread got the signal), and
-a thread of its own reads it and sets an Event, as an ordinary thread, holding no lock of the
-main thread's.
+So the handlers here take no lock: the signal's number reaches a pipe through Python's
+C-level wakeup fd (``signal.set_wakeup_fd``, written at once by whichever thread got the
+signal; the Python-level handler writes it again), and a thread of its own reads it and sets
+an Event, as an ordinary thread, holding no lock of the main thread's.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ class StopSignal(threading.Event):
     came: signal.Signals | None = None
 
 
-def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignal:
+def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS, slow_after: float | None = None) -> StopSignal:
     """An Event set when one of ``signals`` arrives. Call from the main thread (Python lets only
     it set handlers), once per process: it takes the process's one wakeup fd. Once set, a stop
-    that takes more than SLOW_STOP_REPORT seconds writes every thread's stack to stderr (the
-    process goes on stopping)."""
+    that takes more than ``slow_after`` seconds (default SLOW_STOP_REPORT; longer for a
+    process that drains) writes every thread's stack to stderr, once; the process goes on
+    stopping."""
     stop = StopSignal()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(write_end, False)  # (the C handler must never block: a full pipe drops bytes)
@@ -61,7 +62,8 @@ def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> StopSignal
             came = [wanted[number] for number in data if number in wanted]
             if came and not stop.is_set():
                 stop.came = came[0]
-                faulthandler.dump_traceback_later(SLOW_STOP_REPORT, exit=False, file=sys.stderr)
+                report = SLOW_STOP_REPORT if slow_after is None else slow_after
+                faulthandler.dump_traceback_later(report, exit=False, file=sys.stderr)
                 stop.set()
 
     threading.Thread(target=watch, daemon=True, name="stop-signals").start()

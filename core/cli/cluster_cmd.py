@@ -25,7 +25,7 @@ from runink.core.errors import RuninkError
 from runink.core.model import parse_memory, split_address
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
-from runink.core.signals import stop_event, wait_for_stop
+from runink.core.signals import SLOW_STOP_REPORT, stop_event, wait_for_stop
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -280,7 +280,9 @@ def agent_command(
         slice_lines=slice_lines(config, manager, name),
         gpus=inventory,
     )
-    stop = stop_event()  # (set by a thread of its own: never by a handler that could deadlock)
+    # (set by a thread of its own, never by a handler that could deadlock; a stop is a drain of
+    # up to drain_grace: only one past it is slow)
+    stop = stop_event(slow_after=drain_grace + SLOW_STOP_REPORT)
     probes = None
     if probe_at is not None:
         from runink.core.agent.health import agent_readiness, serve_health
