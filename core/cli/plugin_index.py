@@ -8,8 +8,8 @@ upgrading or removing a package changes them), the config files, every ``RUNINK_
 ``--set`` override, this user, the kernel's release and boot (an executor's capabilities are
 probed on this host), and the mtimes of every module the check imported from outside
 site-packages and the standard library (an editable install's sources, a plugin in
-development on PYTHONPATH). Anything else
-changed, and the next listing checks in full again. ``runink plugins list --refresh`` always does.
+development on PYTHONPATH). Anything else changed, and the next listing checks in full
+again; ``runink plugins list --refresh`` always does.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _is_record(raw: Any) -> bool:
 
 def save(key: str, found: dict[str, Any]) -> None:
     """Store a full check (as load returns it); valid while the modules it imported from
-    outside the import path's folders keep their mtimes (the folders' are in the fingerprint)."""
+    outside site-packages and the standard library keep their mtimes (_own_module_files)."""
     index_store.save(NAME, key, found, _own_module_files())
 
 
