@@ -256,7 +256,9 @@ class Cli:
 def test_runink_up_adds_an_agent_while_a_task_waits_and_removes_an_idle_one(run_cli: CliRunner, tmp_path: Path) -> None:
     with up_cluster(run_cli, tmp_path, 1, 1, _scaling("3s"), extra_args=("--scale-max", "2")) as cluster:
         cli = Cli(run_cli, cluster.env)
-        jobs = cli.whole_node_jobs(2, 3)  # the second waits for room
+        # the second waits for room; the first outlasts the new agent's start and registration
+        # (3 s was too short on a loaded CI machine: the second ran on agent-0 after the first)
+        jobs = cli.whole_node_jobs(2, 8)
         deadline = time.monotonic() + 60
         ended: dict[str, Any] = {}
         while len(ended) < 2:
@@ -296,7 +298,7 @@ def test_a_new_leader_goes_on_scaling_where_the_killed_one_was(run_cli: CliRunne
     with up_cluster(run_cli, tmp_path, 3, 1, _scaling("4s"), extra_args=("--scale-max", "2")) as cluster:
         env = cluster.env
         cli = Cli(run_cli, env)
-        jobs = cli.whole_node_jobs(2, 4)
+        jobs = cli.whole_node_jobs(2, 8)  # (each outlasts a new agent's start, as above)
         deadline = time.monotonic() + 60
         while not any(d["action"] == "up" and d["nodes"] == ["agent-1"] for d in cli("nodes", "scaling")["decisions"]):
             assert time.monotonic() < deadline, cli("nodes", "scaling")
