@@ -332,7 +332,7 @@ def _restore_sigterm() -> None:
 def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: CliState) -> list[str]:
     """Everything --dry-run can check without running the pipeline (see runink.core.dryrun)."""
     from runink.core import dryrun
-    from runink.core.runner import pipeline_executor
+    from runink.core.drivers import pipeline_executor
 
     manager = state.plugins()
     drivers = dryrun.check_drivers(config, manager)
@@ -355,7 +355,8 @@ def golden_test_command(
 ) -> None:
     """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
     from runink.core import golden
-    from runink.core.runner import LocalRunner, pipeline_executor
+    from runink.core.drivers import pipeline_executor
+    from runink.core.runner import LocalRunner
 
     state: CliState = ctx.obj
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
