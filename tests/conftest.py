@@ -160,6 +160,11 @@ def linux() -> Iterator[LinuxExecutor]:
 
     executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
     yield executor
+    close_linux(executor)
+
+
+def close_linux(executor: LinuxExecutor) -> None:
+    """Close a test's linux executor and remove its cgroup parents (what is left in one stays)."""
     executor.close()
     if executor.cgroups is not None:
         for parent in set(executor.cgroups.parents().values()):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from conftest import close_linux
 from proc_tree import descendants
 
 from runink.core.interfaces.executor import TaskSpec
@@ -171,11 +172,7 @@ def test_logs_are_live_and_capped(tmp_path: Path) -> None:
         assert executor.read_log(spec.id).rstrip().endswith("line 039999 " + "x" * 40)  # the newest lines kept
         executor.destroy(spec.id)
     finally:
-        executor.close()
-        if executor.cgroups is not None:
-            for parent in set(executor.cgroups.parents().values()):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+        close_linux(executor)
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
@@ -185,11 +182,7 @@ def test_a_slice_outlives_its_launcher(tmp_path: Path) -> None:
     try:
         _outlive(linux, tmp_path)
     finally:
-        linux.close()
-        if linux.cgroups is not None:
-            for parent in set(linux.cgroups.parents().values()):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+        close_linux(linux)
 
 
 def _outlive(linux: LinuxExecutor, tmp_path: Path) -> None:
@@ -340,26 +333,20 @@ def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecuto
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_prepare_starts_the_preloaded_launcher_the_first_python_slice_uses(tmp_path: Path) -> None:
+def test_prepare_starts_the_preloaded_launcher_the_first_python_slice_uses(
+    linux: LinuxExecutor, tmp_path: Path
+) -> None:
     import sys
 
-    executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
-    try:
-        assert executor._launchers == {}  # (started on first use: none yet)
-        executor.prepare()
-        launcher = executor._launchers["python"]
-        assert launcher.poll() is None and "exec" not in executor._launchers
-        executor.prepare()
-        assert executor._launchers["python"] is launcher  # (once)
-        spec = _spec(tmp_path, sys.executable, "-c", "print('hello')")
-        executor.start(spec)
-        result = executor.wait(spec.id, 30)
-        assert result is not None and result.exit_code == 0 and executor.read_log(spec.id) == "hello\n"
-        assert executor._launchers == {"python": launcher}  # the slice came from the prepared one
-        executor.destroy(spec.id)
-    finally:
-        executor.close()
-        if executor.cgroups is not None:
-            for parent in set(executor.cgroups.parents().values()):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+    assert linux._launchers == {}  # (started on first use: none yet)
+    linux.prepare()
+    launcher = linux._launchers["python"]
+    assert launcher.poll() is None and "exec" not in linux._launchers
+    linux.prepare()
+    assert linux._launchers["python"] is launcher  # (once)
+    spec = _spec(tmp_path, sys.executable, "-c", "print('hello')")
+    linux.start(spec)
+    result = linux.wait(spec.id, 30)
+    assert result is not None and result.exit_code == 0 and linux.read_log(spec.id) == "hello\n"
+    assert linux._launchers == {"python": launcher}  # the slice came from the prepared one
+    linux.destroy(spec.id)

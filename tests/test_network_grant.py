@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import close_linux
 from launcher_client import Launcher as LauncherClient
 
 from runink.plugins.executors.linux.launcher import slirp4netns_path
@@ -327,8 +328,4 @@ def test_without_slirp4netns_a_granted_task_is_refused_in_one_line(
             assert result is not None and result.state is TaskState.SUCCEEDED, result
             assert linux.read_log(task.id).split() == ["lo"]  # its own loopback, not the host's interfaces
         finally:
-            linux.close()
-            if linux.cgroups is not None:
-                for parent in set(linux.cgroups.parents().values()):
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
+            close_linux(linux)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
@@ -10,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import close_linux
 
 from runink.core.interfaces.executor import TaskSpec, TaskState
 from runink.plugins.executors.linux.executor import LinuxExecutor
@@ -51,11 +51,7 @@ def test_a_flood_of_output_leaves_at_most_twice_the_cap(tmp_path: Path) -> None:
         assert rotated.endswith(b"\n") and len(rotated) > CAP // 2  # rotated at a line's end, nearly full
         executor.destroy(spec.id)
     finally:
-        executor.close()
-        if executor.cgroups is not None:
-            for parent in set(executor.cgroups.parents().values()):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+        close_linux(executor)
 
 
 def test_capped_log_rotates_at_line_ends_and_splits_only_overlong_lines(tmp_path: Path) -> None:
