@@ -61,10 +61,6 @@ _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def cache_file() -> Path:
-    return index_store.cache_file(NAME)
-
-
 def fingerprint(config_path: Path | None, overrides: dict[str, str]) -> str:
     """What the listing depends on, outside the command modules' own files, as one hash."""
     return index_store.fingerprint(config_path, overrides, "RUNINK_PLUGINS")
