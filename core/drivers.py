@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from runink.core.config import RuninkConfig
 from runink.core.driverload import (
@@ -42,9 +42,6 @@ from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, Scaler, SchedulerPolicy, SecretBackend, Storage
 from runink.core.model import DriverSpec  # re-exported: plugins and tests import it from here
 from runink.core.plugins import PluginManager, PluginRecord, describe_exception, is_allowed, is_disabled, source_of
-
-if TYPE_CHECKING:
-    from runink.core.pipeline.compile import CompiledPipeline
 
 T = TypeVar("T")
 
@@ -272,13 +269,14 @@ def auto_executor(config: RuninkConfig, manager: PluginManager | None = None) ->
 
 
 def pipeline_executor(
-    config: RuninkConfig, compiled: CompiledPipeline, manager: PluginManager, quiet: bool = False
+    config: RuninkConfig, limits_asked: Sequence[str], manager: PluginManager, quiet: bool = False
 ) -> Any:
     """The configured executor. The embedded default runs on the plain process executor, which
     cannot enforce limits: unless ``executor.options.degrade`` is set explicitly, it runs the
     scenarios without them and says so once on stderr. The same holds for any executor driver
     that isolates nothing (``capabilities().isolation == "none"``, a third party's included);
-    an isolating one refuses what it cannot enforce unless ``degrade`` is set.
+    an isolating one refuses what it cannot enforce unless ``degrade`` is set. ``limits_asked``:
+    what the pipeline's scenarios ask for (``CompiledPipeline.limits_asked``), named in that note.
     """
     isolates: bool | None = None  # not known until a driver is built
     if config.executor.driver == "auto":
@@ -294,18 +292,7 @@ def pipeline_executor(
             if executor.capabilities().isolation != "none":
                 return executor
             executor.close()
-        wanted = sorted(
-            {
-                k
-                for item in compiled.scenarios
-                for k, v in (
-                    ("cpu", item.scenario.requires.cpu),
-                    ("memory", item.scenario.requires.memory),
-                    ("gpu", item.scenario.requires.gpu),
-                )
-                if v
-            }
-        )
+        wanted = list(limits_asked)
         if wanted and not quiet:
             print(
                 f"warning: executor {config.executor.driver!r} does not enforce {', '.join(wanted)} limits; "

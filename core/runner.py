@@ -373,7 +373,7 @@ def run_pipeline(
         raise TypeError(f"runink.run: expected a .dsl path or a Pipeline, got {type(pipeline).__name__}")
     manager = create_plugin_manager(config)
     try:
-        executor = pipeline_executor(config, compiled, manager, quiet=True)
+        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
         try:
             return LocalRunner(config, manager, executor).run(compiled).to_json()
         finally:

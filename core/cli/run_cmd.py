@@ -190,7 +190,7 @@ def run_command(
     manager = state.plugins()
     from runink.core.drivers import pipeline_executor
 
-    executor = pipeline_executor(config, compiled, manager)
+    executor = pipeline_executor(config, compiled.limits_asked(), manager)
     executor.prepare()  # (its helper starts while the runner is imported and set up)
     from runink.core.runner import LocalRunner
 
@@ -338,7 +338,7 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
     drivers = dryrun.check_drivers(config, manager)
     problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
     if "executor" not in drivers:  # the step modules are imported in a slice: it needs the executor
-        executor = pipeline_executor(config, compiled, manager, quiet=True)
+        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
         try:
             problems += dryrun.check_code(compiled, executor, config)
         finally:
@@ -372,7 +372,7 @@ def golden_test_command(
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue
-        executor = pipeline_executor(config, compiled, manager, quiet=True)
+        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
         runner = LocalRunner(config, manager, executor)
         try:
             outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]

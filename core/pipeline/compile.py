@@ -82,6 +82,20 @@ class CompiledPipeline:
     def get(self, name: str) -> CompiledScenario:
         return next(s for s in self.scenarios if s.name == name)
 
+    def limits_asked(self) -> list[str]:
+        """The limits its scenarios' ``@requires`` ask for ("cpu", "memory", "gpu"), sorted."""
+        asked = {
+            name
+            for item in self.scenarios
+            for name, value in (
+                ("cpu", item.scenario.requires.cpu),
+                ("memory", item.scenario.requires.memory),
+                ("gpu", item.scenario.requires.gpu),
+            )
+            if value
+        }
+        return sorted(asked)
+
 
 def compile_pipeline(
     pipeline: Pipeline, *, check_code: bool = True, config: RuninkConfig | None = None
