@@ -83,6 +83,21 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(start: Serve) -> No
         assert read_all(never_asked) == b""  # closed without a word
 
 
+def test_a_connection_idle_after_its_answer_gets_no_408(start: Serve) -> None:
+    """A request that ended exactly where a read ended leaves nothing half sent: the
+    connection waits for the next one under the idle timeout, not the header timeout. (It
+    used to get an unasked 408 after the header timeout, which the client then read as the
+    answer to its next request: a cluster idle for 10 s failed its next submission.)"""
+    address = start(Limits(header_timeout=0.3, body_timeout=0.3, idle_timeout=30))
+    with socket.create_connection(address) as sock:
+        sock.settimeout(5)
+        for path in ("/first", "/after-idle"):
+            sock.sendall(request(path))  # one write: the request ends with the read
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200") and path.encode() in answer, answer
+            time.sleep(1.5)  # past the header timeout and a sweep
+
+
 def test_connections_past_the_cap_get_503_and_those_held_still_work(start: Serve) -> None:
     address = start(Limits(max_connections=5))
     held = [socket.create_connection(address) for _ in range(5)]

@@ -147,6 +147,7 @@ class HttpProtocol(asyncio.Protocol):
         self.late_status: int | None = None
         self.in_head = True  # between requests or reading a request line and headers
         self.head_size = 0  # bytes of the current head so far (within one HEAD_SLICE)
+        self.in_message = False  # a request has begun and not yet ended
         self._url: list[bytes] = []
         self._url_size = 0
         self._headers: dict[bytes, bytes] = {}
@@ -252,6 +253,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url, self._url_size, self._headers, self._header_count = [], 0, {}, 0
         self._body, self._size, self.head_size = [], 0, 0
+        self.in_message = True
         if not self.busy:
             self._deadline(self.limits.header_timeout, 408)
 
@@ -281,7 +283,7 @@ class HttpProtocol(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.in_head, self.head_size = True, 0
+        self.in_head, self.head_size, self.in_message = True, 0, False
         if self._size > MAX_BODY:
             raise _Refusal(413, f"the request body is over {MAX_BODY} bytes")
         request = Request(
@@ -309,7 +311,9 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.close()
                 self.transport = None
                 return
-            if self.in_head and self.head_size == 0:
+            # (not head_size: a request that ended with a read leaves it counted until the
+            # next begins, and an idle connection must not get a 408 it never asked for)
+            if not self.in_message:
                 self._idle()
             else:  # a request is half read: its clock runs from now
                 self._deadline(self.limits.header_timeout if self.in_head else self.limits.body_timeout, 408)
