@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from runink.core.errors import ConfigError
-from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
+from runink.core.units import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.interfaces.scaler import ScalerError
-from runink.core.model import check_name
 from runink.core.processes import process_start
+from runink.core.units import check_name
 
 FOLDER = "scaler"
 STOPPED = ".stopped"

@@ -42,9 +42,10 @@ from runink.core.history import RunHistory, RunRecorder
 from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.executor import Executor
 from runink.core.interfaces.secrets import SecretBackend
-from runink.core.model import MAX_MEMORY, LogEntry, ScenarioState, check_name
+from runink.core.model import LogEntry, ScenarioState
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.plugins import PluginManager
+from runink.core.units import MAX_MEMORY, check_name
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 60.0  # seconds: past runs are pruned after a run at most this often

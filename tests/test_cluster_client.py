@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +68,116 @@ def test_a_read_without_an_answer_tries_the_next_server(silent: list[Silent]) ->
     assert [s.requests for s in silent] == [1, 1]
 
 
+class OneShot:
+    """A server on loopback that answers each request on a kept-alive connection, then closes
+    the connection (as a server's idle timeout does) unless ``keep`` is set; records what it was asked."""
+
+    def __init__(self, keep: bool) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.keep = keep
+        self.connections = 0
+        self.asked: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            while True:
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        if not (chunk := conn.recv(65536)):
+                            return
+                        data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        ),
+                        0,
+                    )
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                except OSError:
+                    return
+                self.asked.append(head.split(b"\r\n")[0] + b" " + body)
+                answer = b'{"ok": true}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(answer), answer)
+                )
+                if not self.keep:
+                    time.sleep(0.1)
+                    return  # closed without a word, after the answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_calls_reuse_a_connection_and_a_closed_one_is_replaced(keep: bool) -> None:
+    server = OneShot(keep)
+    client = ClusterClient([server.address], timeout=(2, 2))
+    try:
+        assert client.call("POST", "/v1/jobs", {"herd": "h"}) == {"ok": True}
+        time.sleep(0.3)  # (the one-shot server has closed by now)
+        assert client.call("POST", "/v1/jobs", {"herd": "h"}) == {"ok": True}  # not "may have been done"
+        assert client.call("GET", "/v1/jobs/j", wait=0.5, after=3, explain=True, herd=None) == {"ok": True}
+    finally:
+        client.close()
+        server.close()
+    assert server.connections == (1 if keep else 3)
+    assert server.asked == [
+        b'POST /v1/jobs HTTP/1.1 {"herd":"h"}',
+        b'POST /v1/jobs HTTP/1.1 {"herd":"h"}',
+        b"GET /v1/jobs/j?wait=0.5&after=3&explain=true HTTP/1.1 ",
+    ]
+
+
+def test_a_server_the_ca_does_not_vouch_for_is_not_asked(tmp_path: Path) -> None:
+    """An https:// server whose certificate the given CA did not sign: refused at the handshake,
+    said in one line, and the request never sent."""
+    import ssl
+
+    from runink.core.server import pki
+
+    pki.create_ca(tmp_path / "ours")
+    pki.create_ca(tmp_path / "theirs")
+    cert = pki.issue(tmp_path / "theirs", tmp_path / "theirs", "server.s0", sans=["127.0.0.1"], usage="server")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert, cert.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                requests.append(tls.recv(65536))
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = ClusterClient([f"https://127.0.0.1:{listener.getsockname()[1]}"], ca=str(tmp_path / "ours" / "ca.pem"))
+    try:
+        with pytest.raises(ClusterError, match=r"no server answered.*its certificate: "):
+            client.call("POST", "/v1/jobs", {"herd": "h"})
+    finally:
+        client.close()
+        listener.close()
+    assert requests == []
+
+
 def test_server_addresses_come_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNINK_SERVER", "127.0.0.1:1,127.0.0.1:2")
     assert server_addresses(None, None) == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
@@ -78,3 +191,11 @@ def test_the_clis_final_states_are_the_records_final_states() -> None:
     from runink.core.control.records import RunState
 
     assert {state.value for state in RunState if state.final} == FINAL
+
+
+def test_the_clis_cluster_herd_is_the_securitys() -> None:
+    """auth_cmd spells security.CLUSTER out (importing security would slow the CLI's start)."""
+    from runink.core.cli.auth_cmd import CLUSTER
+    from runink.core.security import CLUSTER as SECURITY_CLUSTER
+
+    assert CLUSTER == SECURITY_CLUSTER

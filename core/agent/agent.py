@@ -52,8 +52,9 @@ from runink.core.control.records import (
 from runink.core.control.store import NotFound, Refused
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
-from runink.core.model import MAX_MEMORY, MetricSample
+from runink.core.model import MetricSample
 from runink.core.report import printable
+from runink.core.units import MAX_MEMORY
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
 MAX_STARTS_PER_ROUND = 16  # slices a round starts at most (the rest the next round)

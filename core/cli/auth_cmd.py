@@ -16,7 +16,10 @@ from runink.core.cli import roles_cmd
 from runink.core.cli.cluster_client import MAX_TOKEN, one_token, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
-from runink.core.security import CLUSTER
+
+# runink.core.security.CLUSTER, spelled out: importing security loads the model (~15 ms of
+# every cluster command's start, as jobs_cmd imports this module for `nodes token`)
+CLUSTER = "*"
 
 rbac_app = typer.Typer(help="Role bindings: who holds which role in a herd, or in the cluster.", no_args_is_help=True)
 token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_args_is_help=True)
@@ -24,7 +27,7 @@ token_app = typer.Typer(help="Service-account tokens the cluster signs.", no_arg
 
 def _duration(text: str) -> float:
     """Seconds of ``30m``, ``1h``, ``7d`` or a plain number of seconds (the DSL's durations)."""
-    from runink.core.model import parse_duration
+    from runink.core.units import parse_duration
 
     try:
         return parse_duration(text)

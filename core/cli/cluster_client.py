@@ -11,15 +11,19 @@ login`` stored, or the admin token of the cluster ``runink up`` started.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 from runink.core.errors import RuninkError
 
-if TYPE_CHECKING:  # imported when a client is made: ~70 ms every CLI start would pay otherwise
-    import httpx
+if TYPE_CHECKING:
+    import ssl
 
 TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
 
@@ -103,58 +107,176 @@ def cluster_ca(configured: str | None) -> str | None:
 
 
 class ClusterClient:
+    """Calls to a cluster's REST API over one kept-alive connection per server.
+
+    On the standard library's ``http.client`` rather than httpx: every cluster command pays its
+    client's imports at start, and httpx (with the rich it imports for its own CLI) costs
+    ~60-100 ms of them against ~15-25 for ``http.client`` and ``ssl``. The calls are JSON requests
+    to servers named by address, so nothing else of httpx is needed. Proxies in the
+    environment are not used: the servers are asked directly."""
+
     def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT, *, ca: str | None = None) -> None:
-        import ssl
-
-        import httpx
-
         self.addresses = addresses
+        self.timeout, self.connect_timeout = timeout
         token = read_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: ssl.SSLContext | bool = True
-        if ca is not None:
-            try:
-                verify = ssl.create_default_context(cafile=ca)
-            except (OSError, ssl.SSLError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else exc
-                raise ClusterError(f"the cluster CA {ca}: {why}") from None
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout[0], connect=timeout[1]), headers=headers, verify=verify)
+        self._headers = {"Accept": "application/json", "User-Agent": "runink-cli"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._ca = ca
+        self._tls: ssl.SSLContext | None = None  # made at the first https:// server
+        self._connections: dict[str, http.client.HTTPConnection] = {}
 
     def close(self) -> None:
-        self._http.close()
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         """The answer's JSON; raises ClusterError with the server's one-line reason."""
-        import httpx
-
         unreachable = []
-        query = {k: v for k, v in params.items() if v is not None}
+        query = {k: _query_value(v) for k, v in params.items() if v is not None}
+        target = path + ("?" + urlencode(query) if query else "")
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         for address in self.addresses:
             try:
-                answer = self._http.request(method, address + path, json=body, params=query)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: the next one
-                unreachable.append(f"{address}: {exc.__class__.__name__}")
+                status, content = self._ask(address, method, target, payload)
+            except _NotSent as exc:  # the next one
+                unreachable.append(f"{address}: {_reason(exc.__cause__ or exc)}")
                 continue
-            except httpx.TransportError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 if method == "GET":  # reading again elsewhere changes nothing
-                    unreachable.append(f"{address}: {exc.__class__.__name__}")
+                    unreachable.append(f"{address}: {_reason(exc)}")
                     continue
                 # The request may have been carried out: sending it again elsewhere could do it
                 # twice (two jobs for one `exec`), so say so instead.
                 raise ClusterError(
-                    f"{method} {path}: {address} did not answer ({exc.__class__.__name__}); it may have been "
+                    f"{method} {path}: {address} did not answer ({_reason(exc)}); it may have been "
                     "done: check (e.g. `runink jobs list`) before trying again"
                 ) from None
-            if answer.status_code >= 400:
-                raise ClusterError(f"{method} {path}: {answer.status_code} {_detail(answer)}", answer.status_code)
-            return answer.json() if answer.content else None
+            if status >= 400:
+                raise ClusterError(f"{method} {path}: {status} {_detail(content)}", status)
+            try:
+                return json.loads(content) if content else None
+            except ValueError:
+                raise ClusterError(f"{method} {path}: {address} answered {status} with no JSON") from None
         raise ClusterError(f"no server answered ({'; '.join(unreachable)})")
 
+    def _ask(self, address: str, method: str, target: str, payload: bytes | None) -> tuple[int, bytes]:
+        """The answer's status and body. Raises _NotSent when the request could not be sent
+        (no connection), OSError or HTTPException when it was sent and no answer came."""
+        kept = self._kept(address)
+        if kept is not None:
+            try:
+                return self._exchange(kept, method, target, payload)
+            except (OSError, http.client.HTTPException):
+                self._drop(address)
+                if method != "GET":
+                    raise
+                # (a server may close a kept connection just as a request goes out on it: a
+                # read is asked again once, on a new connection)
+        try:
+            connection = self._connect(address)
+        except OSError as exc:  # (ssl.SSLError is one)
+            self._drop(address)
+            raise _NotSent() from exc
+        try:
+            return self._exchange(connection, method, target, payload)
+        except (OSError, http.client.HTTPException):
+            self._drop(address)
+            raise
 
-def _detail(answer: httpx.Response) -> str:
+    def _kept(self, address: str) -> http.client.HTTPConnection | None:
+        """The kept connection to ``address``, unless the server has closed it (or sent what
+        nobody asked for) since its last answer."""
+        connection = self._connections.get(address)
+        if connection is not None and connection.sock is not None and not _readable(connection.sock):
+            return connection
+        self._drop(address)
+        return None
+
+    def _connect(self, address: str) -> http.client.HTTPConnection:
+        """A new connection to ``address``, connected within the connect timeout (TLS too)."""
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClusterError(f"{address}: not an http:// or https:// server address")
+        connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self.connect_timeout, context=self._tls_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.connect_timeout)
+        self._connections[address] = connection
+        connection.connect()  # (the TLS handshake included)
+        assert connection.sock is not None
+        connection.sock.settimeout(self.timeout)
+        return connection
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, method: str, target: str, payload: bytes | None
+    ) -> tuple[int, bytes]:
+        headers = dict(self._headers)
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        connection.request(method, target, body=payload, headers=headers)
+        answer = connection.getresponse()
+        content = answer.read(MAX_ANSWER + 1)
+        if len(content) > MAX_ANSWER:
+            connection.close()
+            raise ClusterError(f"{method} {target}: the answer is over {MAX_ANSWER >> 20} MiB")
+        if answer.will_close:
+            connection.close()
+        return answer.status, content
+
+    def _drop(self, address: str) -> None:
+        connection = self._connections.pop(address, None)
+        if connection is not None:
+            connection.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        import ssl
+
+        if self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=self._ca)
+            except (OSError, ssl.SSLError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else exc
+                raise ClusterError(f"the cluster CA {self._ca}: {why}") from None
+        return self._tls
+
+
+MAX_ANSWER = 256 << 20  # bytes of one answer the CLI reads
+
+
+class _NotSent(Exception):
+    """No connection to the server could be made: the request was not sent."""
+
+
+def _query_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a kept connection has input before a request was sent: the server closed it
+    (or wrote something unasked). Either way it cannot carry the next request."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _reason(exc: BaseException) -> str:
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate: {exc.verify_message}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _detail(content: bytes) -> str:
     try:
-        detail = answer.json().get("detail")
+        detail = json.loads(content).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    text = detail if isinstance(detail, str) else answer.text
+    text = detail if isinstance(detail, str) else content.decode("utf-8", "replace")
     return " ".join(str(text).split())[:2000]

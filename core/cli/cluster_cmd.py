@@ -22,10 +22,10 @@ from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
-from runink.core.model import parse_memory, split_address
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
 from runink.core.signals import SLOW_STOP_REPORT, stop_event, wait_for_stop
+from runink.core.units import parse_memory, split_address
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -218,8 +218,8 @@ def agent_command(
     from runink.core.control.records import Amount
     from runink.core.drivers import auto_executor, configured_driver
     from runink.core.metrics import register_gauges
-    from runink.core.model import check_name
     from runink.core.server.tls import TlsFiles
+    from runink.core.units import check_name
 
     probe_at = None
     if health is not None:  # (checked before anything starts)

@@ -18,7 +18,7 @@ from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.history import RUN_ID
-from runink.core.model import parse_duration, parse_memory
+from runink.core.units import parse_duration, parse_memory
 
 SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
@@ -40,9 +40,9 @@ jobs_app = typer.Typer(help="Jobs: list them; prune the runs kept on this machin
 @contextmanager
 def _client(ctx: typer.Context, server: str | None) -> Iterator[ClusterClient]:
     state: CliState = ctx.obj
-    config = state.try_config()
-    configured = config.cluster.server if config is not None else None
-    client = ClusterClient(server_addresses(server, configured), ca=cluster_ca(config.cluster.ca if config else None))
+    settings = state.cluster_settings()
+    configured = settings.server if settings is not None else None
+    client = ClusterClient(server_addresses(server, configured), ca=cluster_ca(settings.ca if settings else None))
     try:
         yield client
     finally:
@@ -50,17 +50,19 @@ def _client(ctx: typer.Context, server: str | None) -> Iterator[ClusterClient]:
 
 
 def _data_dir(ctx: typer.Context) -> Path:
+    settings = ctx.obj.cluster_settings()
+    if settings is not None:
+        return Path(settings.data_dir)
     from runink.core.config import default_data_dir
 
-    config = ctx.obj.try_config()
-    return Path(config.data_dir) if config is not None else default_data_dir()
+    return default_data_dir()
 
 
 def _has_cluster(ctx: typer.Context, server: str | None) -> bool:
     """Whether a cluster is named (--server, $RUNINK_SERVER, the config, `runink up`)."""
-    config = ctx.obj.try_config()
+    settings = ctx.obj.cluster_settings()
     try:
-        server_addresses(server, config.cluster.server if config is not None else None)
+        server_addresses(server, settings.server if settings is not None else None)
     except ClusterError:
         return False
     return True
@@ -84,6 +86,11 @@ def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator
             yield local
             return
         yield client
+
+
+def _default_herd(state: CliState) -> str:
+    settings = state.cluster_settings()
+    return settings.herd if settings is not None else state.config().herd  # (the latter raises its error)
 
 
 def _seconds(value: str) -> float:
@@ -138,7 +145,7 @@ def exec_command(
     if bool(command) == bool(commands):
         raise typer.BadParameter("give COMMAND (after --) or --command, not both", param_hint="COMMAND")
     body: dict[str, Any] = {
-        "herd": herd or state.config().herd,
+        "herd": herd or _default_herd(state),
         **({"command": command} if command else {"commands": [_split(line, i) for i, line in enumerate(commands, 1)]}),
         "resources": {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu},
         "timeout": _amount(timeout, "--timeout", parse_duration),
@@ -163,7 +170,7 @@ def exec_command(
             line += f": {task['message']}"
         if final["job"].get("estimate") is not None:
             line += f" (worst-case cost {final['job']['estimate']:.4g})"
-        console(stderr=True).print(line, highlight=False, markup=False)
+        _say(line)
     state_name = final["job"]["state"]
     if state_name == "SUCCEEDED":
         raise typer.Exit(0)
@@ -249,7 +256,7 @@ def _wait(client: ClusterClient, job_id: str, output: Output | None = None, *, a
     agent sends a task's last output before it reports the task ended). Each read waits on the
     server for the job's next change (``wait``/``after``): no polling. ``after``: the revision
     the submission's answer gave (its first read waits for a change past it)."""
-    err = console(stderr=True)
+    tell = sys.stderr.isatty()
     last = None
     revision = after
     while True:
@@ -264,9 +271,14 @@ def _wait(client: ClusterClient, job_id: str, output: Output | None = None, *, a
             output.poll()
         if state in FINAL:
             return answer
-        if state != last and err.is_terminal:
-            err.print(f"{job_id}: {state}", highlight=False, markup=False)
+        if state != last and tell:
+            _say(f"{job_id}: {state}")
         last = state
+
+
+def _say(line: str) -> None:
+    """A line about the job on stderr, as it is (plain: rich's imports cost ~30 ms a start)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _binary(stream: Any) -> BinaryIO:
@@ -313,12 +325,9 @@ class Output:
                 self.attempts[stream] = answer["attempt"]
             state = state or answer["state"]
             if answer["dropped"]:
-                err = console(stderr=True)
-                err.print(
+                _say(
                     f"[{answer['dropped']} bytes of {stream} not kept: the server keeps the last "
-                    f"{answer['kept_bytes']} bytes of each stream]",
-                    highlight=False,
-                    markup=False,
+                    f"{answer['kept_bytes']} bytes of each stream]"
                 )
             data = base64.b64decode(answer["data"])
             if data:

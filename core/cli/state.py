@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # (imported when first used: a command that needs neither starts faster)
+    from runink.core.cli.cluster_settings import ClusterSettings
     from runink.core.config import RuninkConfig
     from runink.core.errors import ConfigError
     from runink.core.plugins import PluginManager
@@ -25,6 +26,7 @@ class CliState:
     _config_error: ConfigError | None = None
     _plugins: PluginManager | None = field(default=None, repr=False)
     _logs_set: bool = field(default=False, repr=False)
+    _settings: ClusterSettings | None = field(default=None, repr=False)
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> CliState:
@@ -75,6 +77,27 @@ class CliState:
                 self._apply_log_settings(self._config)
         return self._config
 
+    def cluster_settings(self) -> ClusterSettings | None:
+        """What the cluster commands take from the config, or None if it is invalid (as
+        ``try_config``): kept between runs while the config is unchanged (``cluster_settings``),
+        so these commands do not load the config in full."""
+        if self._settings is None:
+            from runink.core.cli import cluster_settings as kept
+
+            key = kept.fingerprint(self.config_path, self.overrides)
+            self._settings = kept.load(key)
+            if self._settings is None:
+                config = self.try_config()
+                if config is None:
+                    return None
+                self._settings = kept.ClusterSettings.of(config)
+                kept.save(key, self._settings)
+            if not self._logs_set:
+                self._logs_set = True
+                settings = self._settings
+                _apply_log_settings(settings.log_level, settings.log_format, settings.trace, self.debug, self.daemon)
+        return self._settings
+
     def config(self) -> RuninkConfig:
         config = self.try_config()
         if config is None:
@@ -103,7 +126,7 @@ class CliState:
         """The log level and format the config asks for, once the config is known."""
         if not self._logs_set:
             self._logs_set = True
-            _apply_log_settings(config, self.debug, self.daemon)
+            _apply_log_settings(config.log.level, config.log.format, config.plugins.trace, self.debug, self.daemon)
 
     def close(self) -> None:
         """The command ended: plugins send what they buffer (``runink_unconfigure``)."""
@@ -113,7 +136,7 @@ class CliState:
 
 def host_port(text: str) -> tuple[str, int] | None:
     """``HOST:PORT`` with a host (``[v6]:PORT`` too) as (host, port), or None if it is not one."""
-    from runink.core.model import split_address
+    from runink.core.units import split_address
 
     found = split_address(text)
     if found is None or not found[0] or any(c.isspace() or c == "/" for c in found[0]):
@@ -129,10 +152,10 @@ def _command_words(argv: list[str]) -> list[str]:
     return [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)]
 
 
-def _apply_log_settings(config: RuninkConfig, debug: bool, daemon: bool = False) -> None:
+def _apply_log_settings(level: str, format: str, trace: bool, debug: bool, daemon: bool = False) -> None:
     from runink.core import logs
 
-    logging.getLogger("runink").setLevel(logging.DEBUG if debug else config.log.level.upper())
-    logs.setup(config.log.format, daemon)
-    if config.plugins.trace:
+    logging.getLogger("runink").setLevel(logging.DEBUG if debug else level.upper())
+    logs.setup(format, daemon)
+    if trace:
         logging.getLogger("runink.plugins.trace").setLevel(logging.INFO)

@@ -29,17 +29,9 @@ from runink.core.control.records import Herd, Record, TaskRecord
 from runink.core.control.store import ClusterStore
 from runink.core.errors import PluginError, RuninkError
 from runink.core.interfaces.barn import TxnOp
-from runink.core.model import (
-    AdmissionDecision,
-    AdmissionRequest,
-    Budget,
-    Identity,
-    JobBounds,
-    RateBucket,
-    TaskDemand,
-    parse_memory,
-)
+from runink.core.model import AdmissionDecision, AdmissionRequest, Budget, Identity, JobBounds, RateBucket, TaskDemand
 from runink.core.plugins import PluginManager
+from runink.core.units import parse_memory
 
 #: seconds a server trusts the sum of what a herd spent (budgets)
 SPENT_FOR = 10.0

@@ -36,8 +36,8 @@ from runink.core.config import ScalingConfig
 from runink.core.control.records import NodeRecord, RunState, ScalingDecision, ScalingState, keys
 from runink.core.control.store import ClusterStore, Conflict, NotFound
 from runink.core.interfaces.scaler import Scaler, ScalerError
-from runink.core.model import parse_duration
 from runink.core.report import printable
+from runink.core.units import parse_duration
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from runink.core.control.records import keys
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound
 from runink.core.interfaces.barn import TxnOp
-from runink.core.model import check_name
 from runink.core.report import printable
+from runink.core.units import check_name
 
 log = logging.getLogger(__name__)
 

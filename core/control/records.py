@@ -30,7 +30,8 @@ from pydantic import (
 )
 
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
-from runink.core.model import MAX_MEMORY, MAX_PIDS, Resources, check_name
+from runink.core.model import Resources
+from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name
 
 MAX_COMMAND_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024

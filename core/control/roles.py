@@ -25,8 +25,9 @@ from runink.core.control.bindings import Binding, bind, binding_key, bindings
 from runink.core.control.records import Record, keys
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.interfaces.barn import TxnOp
-from runink.core.model import NAME, Grant, check_name
+from runink.core.model import Grant
 from runink.core.security import CLUSTER, CLUSTER_ACTIONS, HERD_ACTIONS, HERD_ROLES, KNOWN_ACTIONS, ROLES, CustomGrant
+from runink.core.units import NAME, check_name
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from runink.core.control.records import (
 )
 from runink.core.errors import RuninkError
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp
-from runink.core.model import check_name
+from runink.core.units import check_name
 
 R = TypeVar("R", bound=Record)
 T = TypeVar("T")

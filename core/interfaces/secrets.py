@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from runink.core.errors import RuninkError
-from runink.core.model import check_name
+from runink.core.units import check_name
 
 #: a secret's name: one part of a Barn key and one file name, never '.'-first (no hidden or '..')
 SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -69,7 +69,7 @@ def _shown(value: object) -> str:
 
 
 def check_herd(herd: object) -> str:
-    """``herd`` if it is a valid herd name (the core's rule, ``runink.core.model.check_name``)."""
+    """``herd`` if it is a valid herd name (the core's rule, ``runink.core.units.check_name``)."""
     if not isinstance(herd, str):
         raise InvalidSecretError(f"secrets: a herd name must be a string, got {type(herd).__name__}")
     try:

@@ -36,7 +36,6 @@ from typing import Any
 
 from runink.core.errors import RuninkError
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
-from runink.core.model import check_name, parse_duration
 from runink.core.pipeline.model import (
     AnnotateStep,
     CommandStep,
@@ -48,6 +47,7 @@ from runink.core.pipeline.model import (
     Source,
     StepRef,
 )
+from runink.core.units import check_name, parse_duration
 
 
 class DslError(RuninkError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runink.core.command_step import step_name
-from runink.core.model import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
+from runink.core.units import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
 
 #: Upper bounds of what a requirement can sensibly be; beyond them a value is a typo (or an
 #: attack) that would only surface as a crash where it is used (a cgroup write, a timer).

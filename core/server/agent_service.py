@@ -45,7 +45,7 @@ from runink.core.control.records import (
 from runink.core.control.store import NotFound, Refused, entry_node
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.interfaces.barn import WatchEvent
-from runink.core.model import AuthRequest, Identity, LineageEvent, check_name
+from runink.core.model import AuthRequest, Identity, LineageEvent
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.feed import HerdsFeed
@@ -53,6 +53,7 @@ from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
 from runink.core.server.tls import TlsFiles, node_of_peer
+from runink.core.units import check_name
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
 from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
-from runink.core.model import MAX_MEMORY, MAX_PIDS, NAME, AuthRequest, AuthzDecision, Grant, Identity
+from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
@@ -79,6 +79,7 @@ from runink.core.server.join import MAX_JOIN_TTL
 from runink.core.server.revocations import MAX_SUBJECT as MAX_REVOKED_SUBJECT
 from runink.core.server.roles_api import add_role_routes
 from runink.core.server.tls import TlsFiles
+from runink.core.units import MAX_MEMORY, MAX_PIDS, NAME
 
 log = logging.getLogger(__name__)
 

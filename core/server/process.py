@@ -43,7 +43,6 @@ from runink.core.interfaces.barn import BarnBackend
 from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
-from runink.core.model import split_address
 from runink.core.plugins import PluginManager
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -54,6 +53,7 @@ from runink.core.server.loop import ControlLoop
 from runink.core.server.revocations import Revocations
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
 from runink.core.server.tls import TlsFiles
+from runink.core.units import split_address
 
 log = logging.getLogger("runink.server")
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runink.core.control.roles import MAX_ALLOWS, RoleRecord, define_role, delete_role, role_records
 from runink.core.control.store import ClusterStore
-from runink.core.model import NAME, Identity
+from runink.core.model import Identity
 from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES, ROLES
 from runink.core.server.auth import ApiAuth
+from runink.core.units import NAME
 
 RolePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
 HerdQuery = Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from runink.core import metrics
 from runink.core.hookspecs import hookimpl
 from runink.core.metrics import METRICS, MetricSpec, collect
-from runink.core.model import split_address
+from runink.core.units import split_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
