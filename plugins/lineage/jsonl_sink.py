@@ -4,7 +4,7 @@ Default file: ``<data_dir>/lineage/events.jsonl``; set ``[plugin.lineage-jsonl] 
 to change it. Each line is a valid OpenLineage run event, the same one the ``openlineage``
 sink sends (see ``openlineage_events``), so a consumer such as Marquez takes the file as is.
 Lines are written by the sink's own thread (``QueuedLineageSink``): a run never waits for
-the disk, nor for the OpenLineage client's import (~0.25 s).
+the disk. The events are built without the OpenLineage client (``openlineage_events``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class JsonlLineageSink(QueuedLineageSink):
         self.path = Path(option) if option else Path(config.data_dir) / "lineage" / "events.jsonl"
 
     def deliver(self, event: LineageEvent) -> None:
-        from runink.plugins.lineage.openlineage_events import to_json  # (imported by the first event)
+        from runink.plugins.lineage.openlineage_events import to_json
 
         if self.path is None:  # (never configured: the default data dir's)
             from runink.core.config import default_data_dir

@@ -62,8 +62,6 @@ class OpenLineageSink(QueuedLineageSink):
         return self.enabled
 
     def deliver(self, event: LineageEvent) -> None:
-        from runink.plugins.lineage.openlineage_events import to_run_event
-
         if self._client is None:  # built in this thread, by the first event: a run never waits for its import
             from openlineage.client import OpenLineageClient
 
@@ -73,3 +71,29 @@ class OpenLineageSink(QueuedLineageSink):
     def closed(self) -> None:
         if self._client is not None:
             self._client.close(timeout=1.0)
+
+
+def to_run_event(event: LineageEvent) -> Any:
+    """``event`` as the client's RunEvent, which its ``emit`` takes: the event's dict
+    (``openlineage_events.to_dict``) in the client's classes, each facet kept as a dict (the
+    client serializes them as they are)."""
+    from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+
+    from runink.plugins.lineage.openlineage_events import to_dict
+
+    found = to_dict(event)
+    return RunEvent(
+        eventType=RunState(found["eventType"]),
+        eventTime=found["eventTime"],
+        run=Run(runId=found["run"]["runId"], facets=found["run"]["facets"]),
+        job=Job(namespace=found["job"]["namespace"], name=found["job"]["name"], facets=found["job"]["facets"]),
+        producer=found["producer"],
+        inputs=[
+            InputDataset(namespace=d["namespace"], name=d["name"], facets=d["facets"], inputFacets=d["inputFacets"])
+            for d in found["inputs"]
+        ],
+        outputs=[
+            OutputDataset(namespace=d["namespace"], name=d["name"], facets=d["facets"], outputFacets=d["outputFacets"])
+            for d in found["outputs"]
+        ],
+    )
