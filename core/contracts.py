@@ -338,8 +338,11 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
             return pc.cast(raw, target), None
         raw = pc.cast(raw, pa.string())
     text = raw.cast(pa.string())
-    if spec.type is not str and spec.type is not bool and not (spec.type is dt.datetime and _has_offsets(text)):
-        try:  # fast path: the whole column converts as it is (the usual case)
+    if spec.type is not str and spec.type is not bool:
+        # Fast path: the whole column converts as it is (the usual case). A timestamp with a
+        # zone (Z, +02:00) makes this cast fail ("expected no zone offset"; tested), so it
+        # reaches _cast_text, which converts it to UTC: no pass over the column looks first.
+        try:
             return pc.cast(text, target), pa.array(np.zeros(len(text), dtype=bool))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # some value does not: find which, value by value below
@@ -372,21 +375,16 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
     return value, pc.and_(present, pc.invert(ok))
 
 
-def _has_offsets(text: pa.Array) -> bool:
-    """Whether any value carries a zone (Z or +hh:mm), which a plain cast would reject or misread."""
-    return bool(pc.any(pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$")).as_py())
-
-
 def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
     if spec.type is dt.datetime:
         # Offsets are converted to UTC; naive values are taken as UTC.
+        zoned = pc.fill_null(pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$"), False)
+        if not pc.any(zoned).as_py():
+            return pc.cast(text, pa.timestamp("us"))
         normalised = pc.replace_substring_regex(text, r"Z$", "+00:00")
-        has_offset = pc.fill_null(pc.match_substring_regex(normalised, r"[+-]\d{2}:?\d{2}$"), False)
-        if pc.any(has_offset).as_py():
-            aware = pc.cast(pc.if_else(has_offset, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
-            naive = pc.cast(pc.if_else(has_offset, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
-            return pc.if_else(has_offset, pc.cast(aware, pa.timestamp("us")), naive)
-        return pc.cast(normalised, pa.timestamp("us"))
+        aware = pc.cast(pc.if_else(zoned, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
+        naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
+        return pc.if_else(zoned, pc.cast(aware, pa.timestamp("us")), naive)
     return pc.cast(text, spec.arrow_type)
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from fixture_types import CliRunner
 
@@ -116,6 +117,19 @@ def test_optional_fields_accept_nulls_and_missing_columns() -> None:
 def test_offsets_convert_to_utc() -> None:
     result = validate(Order, batch_of({**GOOD_ROW, "created_at": "2026-01-02T03:04:05+02:00"}))
     assert result.valid.to_pylist()[0]["created_at"] == dt.datetime(2026, 1, 2, 1, 4, 5)
+    # zoned and naive values in one column, every spelling of a zone: each converted to UTC
+    # (validation tries a plain cast first; pyarrow must refuse a zoned value there, not misread it)
+    written = ["2026-01-02T03:04:05Z", "2026-01-02 03:04:05", "2026-01-02T03:04:05-0130", "2026-01-02T03:04:05+02:00"]
+    for zoned in (written[0], written[2], written[3]):
+        with pytest.raises(pa.ArrowInvalid):
+            pc.cast(pa.array([zoned]), pa.timestamp("us"))
+    result = validate(Order, raw(**{k: [v] * len(written) for k, v in GOOD_ROW.items()} | {"created_at": written}))
+    assert [r["created_at"] for r in result.valid.to_pylist()] == [
+        dt.datetime(2026, 1, 2, 3, 4, 5),
+        dt.datetime(2026, 1, 2, 3, 4, 5),
+        dt.datetime(2026, 1, 2, 4, 34, 5),
+        dt.datetime(2026, 1, 2, 1, 4, 5),
+    ]
 
 
 def test_typed_input_is_accepted() -> None:
