@@ -1,0 +1,50 @@
+"""A step's batch on its way in and out of polars (core/steps.py): every column and value
+arrives as Arrow had it, and the step's output leaves in the types the next step and the
+sinks expect (string, not large_string or string views)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pyarrow as pa
+
+from runink.core.steps import adapt
+
+BATCH = pa.RecordBatch.from_pydict(
+    {
+        "short": ["a", None, "", "ÄÖü"],
+        "long": ["a string well past twelve bytes", None, "x" * 100, "日本語のテキストは長い"],
+        "number": [1.5, None, -0.0, 1e300],
+        "count": pa.array([1, 2, None, 4], pa.int64()),
+        "flag": [True, None, False, True],
+        "at": pa.array([dt.datetime(2026, 1, 1), None, dt.datetime(1970, 1, 1), dt.datetime(2262, 4, 11)]),
+        "words": pa.array([["a", "b"], None, [], ["ü"]], pa.list_(pa.string())),
+        "raw": pa.array([b"\x00\xff", None, b"", b"x"], pa.binary()),
+    }
+)
+
+
+def test_a_polars_step_sees_every_value_and_returns_plain_types() -> None:
+    seen: list[pl.DataFrame] = []
+
+    def identity(frame: pl.DataFrame) -> pl.DataFrame:
+        seen.append(frame)
+        return frame
+
+    out = adapt("steps:identity", identity)(BATCH)
+    assert seen[0].to_dicts() == BATCH.to_pylist()
+    assert out.to_pylist() == BATCH.to_pylist()
+    assert out.schema.field("short").type == pa.string() and out.schema.field("long").type == pa.string()
+
+
+def test_a_polars_steps_string_work_is_right_on_long_and_missing_values() -> None:
+    def upper(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.select(pl.col("long").str.to_uppercase(), pl.col("short").str.len_chars().alias("n"))
+
+    out = adapt("steps:upper", upper)(BATCH)
+    assert out.to_pydict() == {
+        "long": ["A STRING WELL PAST TWELVE BYTES", None, "X" * 100, "日本語のテキストは長い"],
+        "n": [1, None, 0, 3],
+    }
+    assert out.schema.field("long").type == pa.string()
