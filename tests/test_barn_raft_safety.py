@@ -6,6 +6,10 @@ reorders the nodes' messages itself, so the bad interleaving happens every time.
 
 from __future__ import annotations
 
+import os
+import select
+from typing import Any
+
 import pysyncobj.syncobj as stock
 import pytest
 import raft_sim
@@ -39,3 +43,48 @@ def test_patched_pysyncobj_under_message_chaos(seed: int) -> None:
     (history,) = histories
     assert set(acknowledged) <= set(history)
     assert len(history) == len(set(history))  # nothing applied twice
+
+
+class _Poller:
+    """Stands in for pysyncobj's poller: keeps what subscribes, and says whether a fd is readable."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[int, Any] = {}
+
+    def subscribe(self, descr: int, callback: Any, mask: int) -> None:
+        self.callbacks[descr] = callback
+
+    def readable(self) -> list[int]:
+        return [fd for fd in self.callbacks if select.select([fd], [], [], 0)[0]]
+
+
+def test_the_tick_threads_wake_up_is_never_lost() -> None:
+    """[runink fix] 10: another thread wakes the tick thread's poll through a pipe, one byte
+    per wake-up. A wake-up asked for while the tick thread drains the pipe must not leave the
+    waker believing a byte is pending when none is: every later wake-up would be skipped, and
+    each write wait for the poll's timeout (it did, once, in a run of the Barn bench)."""
+    syncobj = patched
+    poller = _Poller()
+    wake = syncobj._RuninkWake(poller)
+    (fd,) = poller.callbacks
+    drain = poller.callbacks[fd]
+    wake.notify()
+    wake.notify()  # (one byte for both)
+    assert poller.readable() == [fd] and os.read(fd, 16) == b"w"
+    os.write(wake._RuninkWake__write, b"w")  # put the byte back for the drain
+
+    real_read = os.read
+    interleaved = []
+
+    def read_while_woken(descr: int, size: int) -> bytes:  # the other thread wakes mid-drain
+        if not interleaved:
+            interleaved.append(True)
+            wake.notify()
+        return real_read(descr, size)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(syncobj.os, "read", read_while_woken)
+        drain(fd, 0)
+    assert interleaved and poller.readable() == []
+    wake.notify()  # a later wake-up is written
+    assert poller.readable() == [fd]

@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with nine changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with ten changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -42,6 +42,15 @@
 #    the leader steps down; a request on a non-leader gets NOT_LEADER, on a leader whose
 #    election no-op is not committed READ_INDEX_NOT_READY.
 #    The log, the journal and the existing messages are unchanged.
+# 10. The tick thread is woken when another thread hands it work (a command, a ReadIndex
+#    request): a pipe in its poller, written once per wake-up. pysyncobj did so only without
+#    appendEntriesUseBatch (and its notifier raised once the pipe was full); with batching a
+#    command waited for the poll's timeout, so autoTickPeriod had to be 1 ms, and each
+#    member ticked ~1,000 times a second doing nothing (the three members of a cluster spent
+#    more CPU on that than on its jobs). Now the timeout only paces pysyncobj's timers. A
+#    command that comes while the leader's last append is not yet committed, or a read while
+#    a round is in flight, does not wake it: the followers' replies do, and the tick they
+#    wake takes everything that came meanwhile (group commit, as before).
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -143,6 +152,41 @@ class SyncObjConsumer(object):
 
 
 # https://github.com/bakwc/PySyncObj
+
+class _RuninkWake(object):
+    # [runink fix] 10: wakes the tick thread's poll from any thread. One byte per wake-up:
+    # ``armed`` says one is in the pipe, not yet drained. The drain disarms after reading: a
+    # wake-up asked for while it reads finds it armed and writes nothing, and its work is
+    # taken by the tick this poll ends (it was queued first). Disarming before reading could
+    # read that byte with the flag left set, and no wake-up would ever be written again.
+    # A full pipe is a wake-up pending.
+
+    def __init__(self, poller):
+        from pysyncobj.poller import POLL_EVENT_TYPE
+
+        self.__read, self.__write = os.pipe()
+        os.set_blocking(self.__read, False)
+        os.set_blocking(self.__write, False)
+        self.__armed = False
+        poller.subscribe(self.__read, self.__drain, POLL_EVENT_TYPE.READ)
+
+    def notify(self):
+        if self.__armed:
+            return
+        self.__armed = True
+        try:
+            os.write(self.__write, b'w')
+        except BlockingIOError:
+            pass
+
+    def __drain(self, descr, eventMask):
+        try:
+            while os.read(self.__read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.__armed = False
+
 
 def _runinkSync(journal):
     # [runink fix] make the journal durable. mmap.flush() (msync) holds the GIL for the whole
@@ -353,6 +397,8 @@ class SyncObj(object):
         self.__commandsQueue = FastQueue(self.__conf.commandsQueueSize)
         if not self.__conf.appendEntriesUseBatch and PIPE_NOTIFIER_ENABLED:
             self.__pipeNotifier = PipeNotifier(self._poller)
+        self.__runinkWake = _RuninkWake(self._poller)  # [runink fix] 10
+        self.__runinkHolding = False  # [runink fix] 10: the leader waits for a commit (tick thread writes)
         self.__needLoadDumpFile = True
 
         self.__lastReadonlyCheck = 0
@@ -590,6 +636,12 @@ class SyncObj(object):
                 self.__pipeNotifier.notify()
         except Queue.Full:
             self.__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        # [runink fix] 10: a leader with entries not yet committed takes this command at the
+        # tick that its followers' replies wake (group commit: one append, one sync for all
+        # that came meanwhile); otherwise at once. (Read after the put: see _onTick's end.)
+        if not self.__runinkHolding:
+            self.__runinkWake.notify()
 
     def _checkCommandsToApply(self):
         startTime = monotonicTime()
@@ -807,6 +859,16 @@ class SyncObj(object):
             for callback in self.__onTickCallbacks:
                 callback()
 
+        # [runink fix] 10: while the leader's last append is not committed, commands wait for
+        # the replies that commit it (they wake this poll). Set before looking at the queue: a
+        # command put after that look sees the flag and wakes the poll itself if it is False;
+        # one that saw an older True is in the queue now, and is not left waiting.
+        holding = self.__raftState == _RAFT_STATE.LEADER and self.__raftCommitIndex < self.__getCurrentLogIndex()
+        self.__runinkHolding = holding
+        if (not holding and self.__commandsQueue._FastQueue__queue) or (
+            self.__runinkReadRequests and not self.__runinkReadsWaiting
+        ):
+            timeToWait = 0
         self._poller.poll(timeToWait)
 
     def __applyLogEntries(self):
@@ -1392,6 +1454,8 @@ class SyncObj(object):
         READ_INDEX_NOT_READY (a new leader that has not yet committed an entry of its term does
         not know the commit index: use a replicated no-op instead)."""
         self.__runinkReadRequests.append(callback)
+        if not self.__runinkReadsWaiting:  # [runink fix] 10: else the round's acks wake it
+            self.__runinkWake.notify()
 
     def __runinkReadIndex(self):
         # [runink fix] 9: take new ReadIndex requests, start a round for them, answer the
