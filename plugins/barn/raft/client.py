@@ -17,7 +17,6 @@ thread keeps its own keep-alive connection.
 
 from __future__ import annotations
 
-import http.client
 import json
 import ssl
 import threading
@@ -36,6 +35,7 @@ from runink.core.interfaces.barn import (
     check_key,
     check_value,
 )
+from runink.plugins.barn.raft.connection import BarnConnection
 from runink.plugins.barn.raft.wire import (
     LEADER_HEADER,
     b64,
@@ -84,19 +84,15 @@ class RaftBarn(BarnBackend):
         self._tls = _tls_context(tls_ca, tls_cert, tls_key)
         # a cluster admin's token, sent on every request: what a client without a certificate
         # shows a TLS member started with --auth-key
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
 
     # --- transport ------------------------------------------------------------------------
 
-    def _connection(self, index: int) -> http.client.HTTPConnection:
-        connections: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("connections", {})
+    def _connection(self, index: int) -> BarnConnection:
+        connections: dict[int, BarnConnection] = self._local.__dict__.setdefault("connections", {})
         if index not in connections:
             host, _, port = self.endpoints[index].rpartition(":")
-            connections[index] = (
-                http.client.HTTPConnection(host, int(port), timeout=self.timeout)
-                if self._tls is None
-                else http.client.HTTPSConnection(host, int(port), timeout=self.timeout, context=self._tls)
-            )
+            connections[index] = BarnConnection(host.strip("[]"), int(port), self.timeout, self._tls)
         return connections[index]
 
     def _drop(self, index: int) -> None:
@@ -123,26 +119,22 @@ class RaftBarn(BarnBackend):
                 # changes (settimeout is a system call)
                 budget = self.timeout + float((body or {}).get("wait", 0))
                 if connection.timeout != budget:
-                    connection.timeout = budget
-                    if connection.sock is not None:
-                        connection.sock.settimeout(budget)
-                payload_out = data if method == "POST" else None
-                connection.request(method, path, payload_out, {"Content-Type": "application/json", **self._headers})
-                answer = connection.getresponse()
-                payload = json.loads(answer.read() or b"{}")
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+                    connection.settimeout(budget)
+                answer = connection.request(method, path, data if method == "POST" else None, self._headers)
+                payload = json.loads(answer.body or b"{}")
+            except (OSError, ValueError) as exc:
                 self._drop(index)
                 last = f"{self.endpoints[index]}: {exc}"
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
                 if not first:
-                    self._prefer(answer.getheader(LEADER_HEADER), index)
+                    self._prefer(answer.header(LEADER_HEADER), index)
                 if answer.status == 200:
                     return dict(payload)
                 if answer.status != 503:
                     raise error_from_answer(answer.status, payload)
                 last = f"{self.endpoints[index]}: {payload.get('message')}"
-                wait = min(float(answer.getheader("Retry-After") or 1), 0.2)
+                wait = min(float(answer.header("Retry-After") or 1), 0.2)
             if time.monotonic() + wait > deadline:
                 break
             time.sleep(wait)
