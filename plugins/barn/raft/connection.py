@@ -81,7 +81,7 @@ class BarnConnection:
                 raise OSError(f"a malformed answer from the Barn server: {exc}") from None
             if answer.size > MAX_ANSWER:
                 raise OSError(f"an answer of over {MAX_ANSWER >> 20} MiB from the Barn server")
-            if answer.complete and answer.extra:
+            if answer.extra:  # (set only once the answer is complete)
                 raise OSError("the Barn server sent more than its answer")
         if not answer.keep_alive:
             self.close()
