@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from http_stub import HttpStub, ok
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, server_addresses
 
@@ -68,67 +69,9 @@ def test_a_read_without_an_answer_tries_the_next_server(silent: list[Silent]) ->
     assert [s.requests for s in silent] == [1, 1]
 
 
-class OneShot:
-    """A server on loopback that answers each request on a kept-alive connection, then closes
-    the connection (as a server's idle timeout does) unless ``keep`` is set; records what it was asked."""
-
-    def __init__(self, keep: bool) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.keep = keep
-        self.connections = 0
-        self.asked: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            while True:
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        if not (chunk := conn.recv(65536)):
-                            return
-                        data += chunk
-                    head, _, body = data.partition(b"\r\n\r\n")
-                    length = next(
-                        (
-                            int(line.split(b":")[1])
-                            for line in head.split(b"\r\n")
-                            if line.lower().startswith(b"content-length")
-                        ),
-                        0,
-                    )
-                    while len(body) < length:
-                        body += conn.recv(65536)
-                except OSError:
-                    return
-                self.asked.append(head.split(b"\r\n")[0] + b" " + body)
-                answer = b'{"ok": true}'
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                    % (len(answer), answer)
-                )
-                if not self.keep:
-                    time.sleep(0.1)
-                    return  # closed without a word, after the answer
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("keep", [True, False])
 def test_calls_reuse_a_connection_and_a_closed_one_is_replaced(keep: bool) -> None:
-    server = OneShot(keep)
+    server = HttpStub(lambda request: ok(b'{"ok": true}'), close_after=not keep, linger=0.1)
     client = ClusterClient([server.address], timeout=(2, 2))
     try:
         assert client.call("POST", "/v1/jobs", {"herd": "h"}) == {"ok": True}
@@ -139,7 +82,7 @@ def test_calls_reuse_a_connection_and_a_closed_one_is_replaced(keep: bool) -> No
         client.close()
         server.close()
     assert server.connections == (1 if keep else 3)
-    assert server.asked == [
+    assert server.asked() == [
         b'POST /v1/jobs HTTP/1.1 {"herd":"h"}',
         b'POST /v1/jobs HTTP/1.1 {"herd":"h"}',
         b"GET /v1/jobs/j?wait=0.5&after=3&explain=true HTTP/1.1 ",
