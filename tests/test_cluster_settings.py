@@ -111,3 +111,18 @@ def test_a_kept_file_edited_by_hand_or_linked_is_not_trusted(tmp_path: Path) -> 
     assert probe(tmp_path)["loaded"] is True
     assert not kept.is_symlink() and target.read_text() == planted  # the link replaced, its target untouched
     assert probe(tmp_path)["loaded"] is False
+
+
+def test_a_kept_file_another_user_owns_is_not_read(tmp_path: Path) -> None:
+    """(A shared $XDG_CACHE_HOME: another user's file could name their server, and the CLI
+    would send it this user's token.)"""
+    write_config(tmp_path, '[cluster]\nserver = "127.0.0.1:7001"\n')
+    probe(tmp_path)
+    kept = tmp_path / "cache" / "runink" / "settings.json"
+    data = json.loads(kept.read_text())
+    for entry in data["fingerprints"].values():
+        entry["entries"]["server"] = "203.0.113.9:443"
+    kept.write_text(json.dumps(data))
+    os.chown(kept, 65534, 65534)  # (the tests run as root)
+    found = probe(tmp_path)
+    assert (found["server"], found["loaded"]) == ("127.0.0.1:7001", True)

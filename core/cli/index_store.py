@@ -67,11 +67,16 @@ def fingerprint(config_path: Path | None, overrides: dict[str, str], env_prefix:
 
 
 def _read_fingerprints(name: str) -> dict[str, Any]:
-    """The stored fingerprints (a link, a FIFO or a file past MAX_BYTES is not read: OSError)."""
+    """The stored fingerprints (a link, a FIFO, a file another user owns or one past MAX_BYTES
+    is not read: OSError). (Another user's file could name another cluster to send tokens to,
+    were $XDG_CACHE_HOME a shared folder.)"""
     fd = os.open(cache_file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        found = os.fstat(handle.fileno())
+        if not stat.S_ISREG(found.st_mode):
             raise OSError("not a file")
+        if found.st_uid != os.geteuid():
+            raise OSError("another user's file")
         data = handle.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise OSError("too large")
