@@ -25,7 +25,8 @@ class BarnConnection:
     def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.timeout, self.context = host, port, timeout, context
         self.sock: socket.socket | None = None
-        self._head = f"Host: {host}:{port}\r\n".encode("latin-1")
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # (an IPv6 host in brackets)
+        self._head = f"Host: {authority}\r\n".encode("latin-1")
 
     def settimeout(self, timeout: float) -> None:
         self.timeout = timeout
