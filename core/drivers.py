@@ -20,6 +20,7 @@ before it is built. Hook plugins may add drivers at run time through ``runink_re
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -161,27 +162,9 @@ def _accepts(factory: Callable[..., Any], keyword: str) -> bool:
 def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type] | None = None) -> list[PluginRecord]:
     """One record per installed driver, with its status; imports each (not instantiating it) to check it loads."""
     records: list[PluginRecord] = []
-    settings = manager.settings if manager is not None else None
     for group, interface in (groups or DRIVER_GROUPS).items():
-        for name, ep in sorted(entry_points(group).items()):
-            package = ep.dist.name if ep.dist else None
-            version = ep.dist.version if ep.dist else None
-            record = PluginRecord(name, "driver", group, package, version, source_of(package))
-            if settings is not None and is_disabled(name, group, settings):
-                records.append(replace(record, status="disabled", error="disabled by plugins.disable"))
-                continue
-            if settings is not None and not is_allowed(name, group, package, settings):
-                records.append(replace(record, status="disabled", error="not in plugins.load"))
-                continue
-            try:
-                target = ep.load()
-            except Exception as exc:
-                records.append(replace(record, status="failed", error=describe_exception(exc)))
-                continue
-            if inspect.isclass(target) and not issubclass(target, interface):
-                records.append(replace(record, status="failed", error=f"not a {interface.__name__} subclass"))
-                continue
-            records.append(record)
+        for _name, ep in sorted(entry_points(group).items()):
+            records.append(_installed_record(ep, group, interface, manager))
         for name, (plugin, _spec) in sorted(_runtime_specs(manager, group).items()):
             if name in entry_points(group):
                 continue
@@ -189,6 +172,40 @@ def list_drivers(manager: PluginManager | None = None, groups: Mapping[str, type
                 PluginRecord(name, "driver", group, None, None, "runtime", details={"registered_by": plugin})
             )
     return records
+
+
+def driver_record(interface: type, name: str, manager: PluginManager | None = None) -> PluginRecord | None:
+    """The record of driver ``name`` of ``interface``'s group as ``list_drivers`` has it, or
+    None if there is none: only that driver is imported, not the rest of its group."""
+    group = group_of(interface)
+    ep = entry_points(group).get(name)
+    if ep is not None:
+        return _installed_record(ep, group, interface, manager)
+    runtime = _runtime_specs(manager, group).get(name)
+    if runtime is None:
+        return None
+    return PluginRecord(name, "driver", group, None, None, "runtime", details={"registered_by": runtime[0]})
+
+
+def _installed_record(
+    ep: importlib.metadata.EntryPoint, group: str, interface: type, manager: PluginManager | None
+) -> PluginRecord:
+    """An installed driver's record: disabled, failed to load (or not the interface's), or loaded."""
+    settings = manager.settings if manager is not None else None
+    package = ep.dist.name if ep.dist else None
+    version = ep.dist.version if ep.dist else None
+    record = PluginRecord(ep.name, "driver", group, package, version, source_of(package))
+    if settings is not None and is_disabled(ep.name, group, settings):
+        return replace(record, status="disabled", error="disabled by plugins.disable")
+    if settings is not None and not is_allowed(ep.name, group, package, settings):
+        return replace(record, status="disabled", error="not in plugins.load")
+    try:
+        target = ep.load()
+    except Exception as exc:
+        return replace(record, status="failed", error=describe_exception(exc))
+    if inspect.isclass(target) and not issubclass(target, interface):
+        return replace(record, status="failed", error=f"not a {interface.__name__} subclass")
+    return record
 
 
 #: config section -> the interface of the driver it chooses (its ``driver`` key names it,

@@ -22,17 +22,19 @@ import shutil
 import stat
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runink.core.config import RuninkConfig
 from runink.core.driverload import group_of
-from runink.core.drivers import CONFIGURED_DRIVERS, list_drivers
+from runink.core.drivers import CONFIGURED_DRIVERS, driver_names, driver_record
 from runink.core.errors import ExecutorError
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.pipeline.model import StepRef
-from runink.core.pipeline.probe import MARK
+from runink.core.pipeline.probe import FILES_MARK, MARK, MAX_FILES
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
 from runink.core.slicetask import slice_env
@@ -53,11 +55,10 @@ def check_drivers(config: RuninkConfig, manager: PluginManager | None) -> dict[s
         name = getattr(config, section).driver
         if name is None or (section == "executor" and name == "auto"):
             continue
-        records = {r.name: r for r in list_drivers(manager, {group: interface})}
+        record = driver_record(interface, name, manager)  # (only the named one is imported)
         origin = config.source_of(f"{section}.{key}")
-        record = records.get(name)
         if record is None:
-            names = sorted(records) + (["auto"] if section == "executor" else [])
+            names = driver_names(interface, manager) + (["auto"] if section == "executor" else [])
             problems[section] = (
                 f"{origin}: {section}.{key} = {name!r} names no installed {group} driver "
                 f"(available: {', '.join(sorted(names)) or 'none'})"
@@ -111,9 +112,10 @@ def check_sinks(compiled: CompiledPipeline) -> list[str]:
     return problems
 
 
-def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkConfig) -> list[str]:
-    """Import the step and contract modules in a slice and check what each reference names."""
-    refs: dict[tuple[str, str], str] = {}  # (ref, kind) -> where it is first named
+def code_refs(compiled: CompiledPipeline) -> dict[tuple[str, str], str]:
+    """The step and contract references the code check imports: (ref, kind) -> where it is
+    first named."""
+    refs: dict[tuple[str, str], str] = {}
     for item in compiled.scenarios:
         scenario = item.scenario
         if scenario.source is not None and scenario.source.contract:
@@ -121,15 +123,32 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
         for step in scenario.steps:
             if isinstance(step, StepRef):  # a command step's program runs only in a real run
                 refs.setdefault((step.ref, "step"), str(step.at))
+    return refs
+
+
+@dataclass
+class CodeCheck:
+    """What ``check_code`` found: its problems, and the source files of the modules the check
+    imported outside the standard library and site-packages (None when it could not tell)."""
+
+    problems: list[str]
+    files: list[str] | None = None
+
+
+def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkConfig) -> CodeCheck:
+    """Import the step and contract modules in a slice and check what each reference names."""
+    refs = code_refs(compiled)
     if not refs:
-        return []
+        return CodeCheck([], [])
     pipeline = compiled.pipeline
     base = pipeline.base_dir.resolve()  # a real path (the launcher refuses links), vetted as a run does
     if whole_home(base):
-        return [
-            f"{pipeline.file or pipeline.name}: the pipeline's folder {base} is / or a home folder: "
-            "a slice is granted the whole folder, put the pipeline in a folder of its own"
-        ]
+        return CodeCheck(
+            [
+                f"{pipeline.file or pipeline.name}: the pipeline's folder {base} is / or a home folder: "
+                "a slice is granted the whole folder, put the pipeline in a folder of its own"
+            ]
+        )
     task_id = f"dry-run-{uuid.uuid4().hex[:12]}"
     data_dir = Path(config.data_dir).resolve()
     task_dir = data_dir / "dry-run" / task_id
@@ -162,18 +181,21 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
     try:
         executor.start(task)
     except ExecutorError as exc:
-        return [f"{where}: cannot check the step modules: {exc}"]
+        return CodeCheck([f"{where}: cannot check the step modules: {exc}"])
     try:
         ended = executor.wait(task_id)
     finally:
         executor.destroy(task_id)
-    answer = _probe_answer(task_dir / "stdout.log")
+    tail = _output_tail(task_dir / "stdout.log")
+    answer = _marked(tail, MARK)
     if answer is None:
         state = ended.state.value.lower() if ended is not None else "unknown"
         detail = f": {ended.message}" if ended is not None and ended.message else ""
         if ended is not None and ended.state is TaskState.DEADLINE_EXCEEDED:
             detail = f": the imports took more than {PROBE_TIMEOUT:g}s"
-        return [f"{where}: cannot check the step modules: the check ended {state}{detail} (logs: {task_dir})"]
+        return CodeCheck(
+            [f"{where}: cannot check the step modules: the check ended {state}{detail} (logs: {task_dir})"]
+        )
     problems = []
     for result in answer:
         if result.get("error"):
@@ -184,31 +206,42 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
     for folder in reversed(made):
         with contextlib.suppress(OSError):
             folder.rmdir()
-    return problems
+    files = _marked(tail, FILES_MARK)
+    return CodeCheck(problems, files if files is not None and len(files) <= MAX_FILES else None)
 
 
-def _probe_answer(stdout: Path) -> list[dict[str, object]] | None:
-    """The probe's answer: its last MARK line (read from the end, without following links)."""
+def _output_tail(stdout: Path) -> str:
+    """The end of the probe's output (read without following links; "" if it cannot be)."""
     try:
         fd = os.open(stdout, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return None
+        return ""
     with open(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None
+            return ""
         size = fh.seek(0, os.SEEK_END)
         fh.seek(max(0, size - PROBE_OUTPUT_TAIL))
-        tail = fh.read(PROBE_OUTPUT_TAIL).decode("utf-8", errors="replace")
+        return fh.read(PROBE_OUTPUT_TAIL).decode("utf-8", errors="replace")
+
+
+def _marked(tail: str, mark: str) -> Any:
+    """The JSON of the last line carrying ``mark``, if it is the shape the probe writes after
+    that mark (MARK: a list of objects; FILES_MARK: a list of absolute paths); else None. The
+    slice wrote it (step modules run there): nothing else is taken."""
     for line in reversed(tail.splitlines()):
         # the linux executor's log may prefix lines; the mark is found wherever it starts
-        index = line.find(MARK)
-        if index >= 0:
-            try:
-                answer = json.loads(line[index + len(MARK) :])
-            except json.JSONDecodeError:
-                return None
-            # the slice wrote it (step modules run there): only a list of objects is an answer
-            if isinstance(answer, list) and all(isinstance(item, dict) for item in answer):
-                return answer
+        index = line.find(mark)
+        if index < 0:
+            continue
+        try:
+            answer = json.loads(line[index + len(mark) :])
+        except json.JSONDecodeError:
             return None
+        if not isinstance(answer, list):
+            return None
+        if mark == MARK and all(isinstance(item, dict) for item in answer):
+            return answer
+        if mark == FILES_MARK and all(isinstance(f, str) and f.startswith("/") and len(f) < 4096 for f in answer):
+            return answer
+        return None
     return None

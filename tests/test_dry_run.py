@@ -176,3 +176,35 @@ def test_a_driver_name_from_the_config_file_names_its_key(run_cli: CliRunner, pr
         f"error: no runink.executors driver named 'proces' (set at {toml}:5: executor.driver); "
         "available: linux, process"
     ]
+
+
+def test_a_good_code_check_is_kept_until_what_it_imported_changes(
+    run_cli: CliRunner, project: Path, tmp_path: Path
+) -> None:
+    """The slice that imports the step modules is ~half of a dry run: a good check is kept,
+    and made again once a module it imported, the pipeline's folder or the refs change."""
+    log = tmp_path / "imports.log"  # (the process executor lets the module write there)
+    helper = project / "helper.py"
+    helper.write_text(f"open({str(log)!r}, 'a').write('helper\\n')\n")
+    (project / "steps.py").write_text("import helper\n\ndef keep(batch):\n    return batch\n")
+    dsl(project, GOOD)
+
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        return run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)
+
+    def imports() -> int:
+        return log.read_text().count("helper") if log.exists() else 0
+
+    assert dry_run().returncode == 0 and imports() == 1
+    assert dry_run().returncode == 0 and imports() == 1  # kept: no slice
+    stat = helper.stat()
+    helper.write_text(helper.read_text() + "# edited\n")  # a module the steps import, edited
+    os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert dry_run().returncode == 0 and imports() == 2
+    (project / "other.py").write_text("x = 1\n")  # the folder changed: a module could shadow another
+    assert dry_run().returncode == 0 and imports() == 3
+    # a broken step is never kept as good
+    (project / "steps.py").write_text("import helper\n\nkeep = 3\n")
+    for _ in range(2):
+        assert errors(dry_run()) == ["p.dsl:4:5: step 'steps:keep': 'keep' is a int, not a function"]
+    assert imports() == 5

@@ -11,9 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
 
 from runink.core.cli.output import console, print_error, print_json, print_table
 from runink.core.cli.state import CliState
@@ -23,8 +20,13 @@ from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import parse_file
 
 if TYPE_CHECKING:  # the runner (the lifecycle, the agent) is imported by the commands that run
+    from rich.live import Live
+    from rich.table import Table
+
     from runink.core.runner import RunResult
 
+#: the index of good code checks of `--dry-run` (index_store.cache_file(CODE_CHECKS))
+CODE_CHECKS = "code-checks"
 STATE_STYLE = {"SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "dim", "SKIPPED": "yellow"}
 PROGRESS_EVERY = 5.0  # seconds between a running scenario's progress lines when stderr is not a terminal
 
@@ -65,6 +67,9 @@ def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
 
 
 def _table(result: RunResult, *, live: bool = False) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     """The run's table; ``live`` (while it runs): with each running scenario's share of its
     source read and the time left, where its storage driver knows the share."""
     table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
@@ -192,6 +197,9 @@ def run_command(
 
     executor = pipeline_executor(config, compiled.limits_asked(), manager)
     executor.prepare()  # (its helper starts while the runner is imported and set up)
+    from rich.live import Live  # (rich's imports: ~35 ms a dry run does without)
+    from rich.markup import escape
+
     from runink.core.runner import LocalRunner
 
     err = console(stderr=True)
@@ -332,18 +340,40 @@ def _restore_sigterm() -> None:
 def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: CliState) -> list[str]:
     """Everything --dry-run can check without running the pipeline (see runink.core.dryrun)."""
     from runink.core import dryrun
+    from runink.core.cli import index_store
     from runink.core.drivers import pipeline_executor
 
     manager = state.plugins()
     drivers = dryrun.check_drivers(config, manager)
     problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
-    if "executor" not in drivers:  # the step modules are imported in a slice: it needs the executor
-        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
-        try:
-            problems += dryrun.check_code(compiled, executor, config)
-        finally:
-            executor.close()
-    return problems
+    if "executor" in drivers:  # the step modules are imported in a slice: it needs the executor
+        return problems
+    # A good check is kept (the index CODE_CHECKS) while nothing it depended on changed: the
+    # files of the modules it imported outside site-packages and the standard library, the
+    # pipeline's folder (a module added there), the refs, the executor's settings, the config,
+    # the installed packages and runink's version. The slice costs ~0.5 s of a ~1 s dry run.
+    base = str(compiled.pipeline.base_dir.resolve())
+    key = index_store.fingerprint(
+        state.config_path,
+        state.overrides,
+        "RUNINK_",
+        base=base,
+        refs=sorted(dryrun.code_refs(compiled)),
+        executor=config.executor.model_dump(mode="json"),
+        limits=config.limits.model_dump(mode="json"),
+    )
+    if index_store.load(CODE_CHECKS, key) is not None:
+        return problems
+    executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
+    try:
+        found = dryrun.check_code(compiled, executor, config)
+    finally:
+        executor.close()
+    if not found.problems and found.files is not None:
+        files = {*found.files, base}
+        if all(index_store.mtime(f) is not None for f in files):  # (a file only the slice saw: not kept)
+            index_store.save(CODE_CHECKS, key, True, files)
+    return problems + found.problems
 
 
 def golden_test_command(
@@ -354,6 +384,8 @@ def golden_test_command(
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
+    from rich.markup import escape
+
     from runink.core import golden
     from runink.core.drivers import pipeline_executor
     from runink.core.runner import LocalRunner

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Any
 
 MARK = "runink-probe-result: "
+#: the line that lists the files of the modules the check imported (see imported_files)
+FILES_MARK = "runink-probe-files: "
+MAX_FILES = 20_000  # files listed, at most (a larger import graph: the check is not kept)
 
 
 def check(ref: str, kind: str) -> str | None:
@@ -52,9 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     if base_dir not in sys.path:
         sys.path.insert(0, base_dir)  # as the slice does: the pipeline's modules come first
     results = [{"ref": r["ref"], "kind": r["kind"], "error": check(r["ref"], r["kind"])} for r in spec["refs"]]
+    sys.stdout.write("\n" + FILES_MARK + json.dumps(imported_files()) + "\n")
     sys.stdout.write("\n" + MARK + json.dumps(results) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def imported_files() -> list[str]:
+    """The source files of the imported modules, but the standard library's and site-packages'
+    (a package installed or removed changes its site folder, which the dry run's record of a
+    good check depends on anyway): what, edited, could change the check's answer."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    installed = {*site.getsitepackages(), site.getusersitepackages(), paths["stdlib"], paths["platstdlib"]}
+    installed |= {paths["purelib"], paths["platlib"]}
+    skip = tuple(os.path.join(p, "") for p in installed if p)
+    files = {
+        file
+        for module in list(sys.modules.values())
+        if isinstance(file := getattr(module, "__file__", None), str)
+        and os.path.isabs(file)
+        and not file.startswith(skip)
+    }
+    return sorted(files)
 
 
 if __name__ == "__main__":
