@@ -104,14 +104,15 @@ def test_half_a_core(linux: LinuxExecutor, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
-def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [100, pytest.param(1000, marks=pytest.mark.slow)])  # (the soak: `tox -e slow`)
+def test_many_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path: Path, count: int) -> None:
     import subprocess
 
     from runink.core.interfaces.executor import TaskState
 
     mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
     used: set[str] = set()
-    for _ in range(1000):
+    for _ in range(count):
         spec = _spec(tmp_path, "sh", "-c", "sleep 0.001 & true")
         handle = linux.start(spec)
         used.update(handle.driver_state["cgroup"].values())
@@ -119,7 +120,7 @@ def test_a_thousand_slices_leave_nothing_behind(linux: LinuxExecutor, tmp_path: 
         assert result is not None and result.state is TaskState.SUCCEEDED, result
         linux.destroy(spec.id)
     assert linux.cgroups is not None
-    assert len(used) == 1000 * len(set(linux.cgroups.parents().values()))  # a cgroup of its own per slice
+    assert len(used) == count * len(set(linux.cgroups.parents().values()))  # a cgroup of its own per slice
     assert [d for d in used if Path(d).exists()] == []  # no slice cgroup left
     assert len({p.name for p in linux.cgroups.leftovers()}) <= linux.pool + 1  # only the warm sandboxes'
     launcher = linux._launcher
