@@ -67,11 +67,11 @@ def plan_json(compiled: CompiledPipeline) -> dict[str, Any]:
 
 
 def _table(result: RunResult, *, live: bool = False) -> Table:
+    """The run's table; ``live`` (while it runs): with each running scenario's share of its
+    source read and the time left, where its storage driver knows the share."""
     from rich.markup import escape
     from rich.table import Table
 
-    """The run's table; ``live`` (while it runs): with each running scenario's share of its
-    source read and the time left, where its storage driver knows the share."""
     table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
     numeric = {"IN", "VALID", "INVALID", "OUT", "ROWS/S", "TIME", "DONE", "LEFT"}
     columns = ["SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "ROWS/S", "TIME"]
