@@ -9,7 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
-Reply = Callable[[bytes], bytes | None]  # a request's bytes -> what to write (None: close without a word)
+#: a request's bytes -> what to write (b"": nothing, the connection held; None: close without a word)
+Reply = Callable[[bytes], bytes | None]
 
 
 def ok(body: bytes, extra_headers: bytes = b"") -> bytes:

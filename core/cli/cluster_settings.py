@@ -54,13 +54,7 @@ class ClusterSettings:
 
     @classmethod
     def from_json(cls, raw: Any) -> ClusterSettings:
-        if not isinstance(raw, dict):
-            raise ValueError("not an object")
-        settings = cls(**{name: raw[name] for name in cls.__dataclass_fields__})
-        for name, kinds in _TYPES.items():
-            if not isinstance(getattr(settings, name), kinds):
-                raise ValueError(f"bad {name}")
-        return settings
+        return index_store.typed_entry(cls, raw, _TYPES)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

@@ -41,13 +41,7 @@ class CommandEntry:
 
     @classmethod
     def from_json(cls, raw: Any) -> CommandEntry:
-        if not isinstance(raw, dict):
-            raise ValueError("an entry is not an object")
-        entry = cls(**{name: raw[name] for name in cls.__dataclass_fields__})
-        for name, kinds in _ENTRY_TYPES.items():
-            if not isinstance(getattr(entry, name), kinds):
-                raise ValueError(f"entry {entry.name!r}: bad {name}")
-        return entry
+        return index_store.typed_entry(cls, raw, _ENTRY_TYPES)
 
 
 _ENTRY_TYPES: dict[str, tuple[type, ...]] = {

@@ -17,13 +17,27 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import runink
 
+T = TypeVar("T")
 MAX_BYTES = 1 << 20  # an index larger than this is not read (a few KiB is usual)
 MAX_FINGERPRINTS = 16  # (one per interpreter, import path and config: several projects, venvs)
+
+
+def typed_entry(cls: type[T], raw: Any, kinds: Mapping[str, tuple[type, ...]]) -> T:
+    """``cls`` (a dataclass) from a stored JSON object, each field in ``kinds`` checked to be
+    of one of its types: ValueError (or KeyError, TypeError) when the index was edited by hand."""
+    if not isinstance(raw, dict):
+        raise ValueError("an entry is not an object")
+    entry = cls(**{name: raw[name] for name in cls.__dataclass_fields__})  # type: ignore[attr-defined]
+    for name, allowed in kinds.items():
+        if not isinstance(getattr(entry, name), allowed):
+            raise ValueError(f"bad {name}")
+    return entry
 
 
 def cache_file(name: str) -> Path:

@@ -15,14 +15,12 @@ again; ``runink plugins list --refresh`` always does.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from runink.core.cli import index_store
 
 NAME = "plugins"  # the index's file: index_store.cache_file(NAME)
-INSTALLED_PATHS = ("stdlib", "platstdlib", "purelib", "platlib")  # (sysconfig's names)
 
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -89,15 +87,6 @@ def _own_module_files() -> set[str]:
     """Files of the imported modules, except those pip installs (site-packages) and the standard
     library's: a package installed, upgraded or removed changes its site folder, in the
     fingerprint; a file edited in place (an editable install, a folder on PYTHONPATH) does not."""
-    import site
-    import sysconfig
+    from runink.core.pipeline.probe import imported_files  # (the dry run's check lists the same)
 
-    paths = sysconfig.get_paths()
-    installed = {*site.getsitepackages(), site.getusersitepackages(), *(paths[k] for k in INSTALLED_PATHS)}
-    site_dirs = tuple(os.path.join(p, "") for p in installed if p)
-    files = set()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if isinstance(file, str) and os.path.isabs(file) and not file.startswith(site_dirs):
-            files.add(file)
-    return files
+    return set(imported_files())
