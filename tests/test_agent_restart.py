@@ -201,7 +201,8 @@ def test_a_result_not_yet_reported_when_the_agent_restarts_is_reported_after(
 
 
 def _slices(marker: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", marker], check=False, capture_output=True, text=True)
+    # the sleep itself, not the shell around it (whose command line holds the marker too)
+    found = subprocess.run(["pgrep", "-f", f"^{marker}"], check=False, capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
 
 
@@ -246,7 +247,9 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
         agent("a1")
         agent("a2")
         assert run_cli("herd", "create", "default", env=env).returncode == 0
-        submitted = run_cli("exec", "--detach", "--", *marker.split(), env=env)
+        # the shell ends with 0 once its sleep is stopped: attempt 2 ends when the test has seen
+        # enough, not after 30 s
+        submitted = run_cli("exec", "--detach", "--", "/bin/sh", "-c", f"{marker}; exit 0", env=env)
         job_id = submitted.stdout.strip()
         assert submitted.returncode == 0 and job_id.startswith("job-"), submitted.stderr
         _until("attempt 1 never ran", lambda: task(job_id)["state"] == "RUNNING", 20)
@@ -284,6 +287,8 @@ def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli:
         )
         assert after["transitions"] == second["transitions"]
 
+        (attempt_2,) = _slices(marker)
+        os.kill(attempt_2, signal.SIGTERM)
         _until("the job never ended", lambda: status(job_id)["job"]["state"] != "RUNNING", 45)
         ended = task(job_id)
         assert (ended["state"], ended["attempt"], ended["exit_code"]) == ("SUCCEEDED", 2, 0)
