@@ -66,6 +66,24 @@ def installed_entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
     return list(every.select(group=group))
 
 
+#: distribution -> (name, version): a distribution's ``name`` and ``version`` each parse its
+#: whole METADATA file again (runink's, with its long description: ~1 ms a parse)
+_PACKAGES: dict[int, tuple[importlib.metadata.Distribution, str | None, str | None]] = {}
+
+
+def package_of(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    """The name and version of the package that installed ``ep`` (None, None: not known).
+    Its metadata is read once per distribution."""
+    dist = ep.dist
+    if dist is None:
+        return None, None
+    known = _PACKAGES.get(id(dist))
+    if known is None or known[0] is not dist:  # (the distribution kept: its id stays its own)
+        metadata = dist.metadata
+        known = _PACKAGES[id(dist)] = (dist, metadata["Name"], metadata["Version"])
+    return known[1], known[2]
+
+
 def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
     """The installed drivers of an entry-point group, by name (the first one of a name wins)."""
     key = (group, tuple(sys.path))

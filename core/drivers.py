@@ -38,6 +38,7 @@ from runink.core.driverload import (
     entry_points,
     group_of,
     import_driver,
+    package_of,
 )
 from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
 from runink.core.interfaces import Annotator, BarnBackend, Executor, Scaler, SchedulerPolicy, SecretBackend, Storage
@@ -113,7 +114,7 @@ def load_driver(
     factory: Callable[..., Any]
     if name in eps:
         ep = eps[name]
-        package = ep.dist.name if ep.dist else None
+        package, _ = package_of(ep)
         if settings is not None and not is_allowed(name, group, package, settings):
             raise DriverLoadError(f"{group} driver {name!r} from {package} is not in plugins.load{where}")
         factory = import_driver(interface, name, where)
@@ -192,8 +193,7 @@ def _installed_record(
 ) -> PluginRecord:
     """An installed driver's record: disabled, failed to load (or not the interface's), or loaded."""
     settings = manager.settings if manager is not None else None
-    package = ep.dist.name if ep.dist else None
-    version = ep.dist.version if ep.dist else None
+    package, version = package_of(ep)
     record = PluginRecord(ep.name, "driver", group, package, version, source_of(package))
     if settings is not None and is_disabled(ep.name, group, settings):
         return replace(record, status="disabled", error="disabled by plugins.disable")

@@ -22,6 +22,7 @@ import shutil
 import stat
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +47,26 @@ PROBE_TIMEOUT = 60.0
 PROBE_OUTPUT_TAIL = 1024 * 1024
 
 
-def check_drivers(config: RuninkConfig, manager: PluginManager | None) -> dict[str, str]:
-    """Config section -> what is wrong with the driver it names (none, not loadable, disabled)."""
+def check_drivers(config: RuninkConfig, plugins: Callable[[], PluginManager | None]) -> dict[str, str]:
+    """Config section -> what is wrong with the driver it names (none, not loadable, disabled).
+
+    ``plugins`` gives the loaded hook plugins. It is called only for a name no installed
+    package registers (a hook plugin may register that driver at run time): loading every
+    plugin costs a dry run ~40 ms it rarely needs."""
     problems: dict[str, str] = {}
     key = "driver"  # every driver section names its driver with it
+    settings_only = PluginManager(config.plugins)  # (the allow and deny lists; no plugin loaded)
     for section, interface in CONFIGURED_DRIVERS.items():
         group = group_of(interface)
         name = getattr(config, section).driver
         if name is None or (section == "executor" and name == "auto"):
             continue
-        record = driver_record(interface, name, manager)  # (only the named one is imported)
+        record = driver_record(interface, name, settings_only)  # (only the named one is imported)
+        if record is None:
+            record = driver_record(interface, name, plugins())
         origin = config.source_of(f"{section}.{key}")
         if record is None:
-            names = driver_names(interface, manager) + (["auto"] if section == "executor" else [])
+            names = driver_names(interface, plugins()) + (["auto"] if section == "executor" else [])
             problems[section] = (
                 f"{origin}: {section}.{key} = {name!r} names no installed {group} driver "
                 f"(available: {', '.join(sorted(names)) or 'none'})"

@@ -22,7 +22,7 @@ import pluggy
 
 from runink.core import hookspecs
 from runink.core.config import PluginsConfig, RuninkConfig
-from runink.core.driverload import installed_entry_points
+from runink.core.driverload import installed_entry_points, package_of
 from runink.core.errors import describe_exception as describe_exception  # noqa: PLC0414  (re-exported: it moved)
 from runink.core.hooks import Hooks, guard_implementations
 
@@ -107,8 +107,7 @@ class PluginManager:
     def load_entrypoints(self, group: str = HOOK_GROUP) -> None:
         """Load and register every hook plugin of the entry-point group, recording each outcome."""
         for ep in sorted(installed_entry_points(group), key=lambda e: e.name):
-            package = ep.dist.name if ep.dist else None
-            version = ep.dist.version if ep.dist else None
+            package, version = package_of(ep)
             base = PluginRecord(ep.name, "hook", group, package, version, source_of(package))
             if ep.name in self._records:
                 self._records[f"{ep.name}@{package}"] = replace(

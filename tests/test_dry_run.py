@@ -158,6 +158,39 @@ def test_every_configured_driver_name_must_exist(run_cli: CliRunner, project: Pa
     assert line.startswith(f"{var}: {key} = 'nope' names no installed {group} driver (available: "), line
 
 
+def test_hook_plugins_are_loaded_only_for_a_driver_no_package_installs() -> None:
+    """The dry run reads an installed driver from its entry point without loading the hook
+    plugins; a name no package installs is looked up among the drivers hook plugins register."""
+    from runink.core import hookimpl
+    from runink.core.config import load_config
+    from runink.core.dryrun import check_drivers
+    from runink.core.drivers import DriverSpec
+    from runink.core.interfaces import SchedulerPolicy
+    from runink.core.plugins import PluginManager
+    from runink.plugins.scheduling.policies import SpreadPolicy
+    from runink.testing import plugin_manager
+
+    class Registrar:
+        @hookimpl
+        def runink_register_drivers(self) -> list[DriverSpec]:
+            return [DriverSpec(SchedulerPolicy.GROUP, "mine", SpreadPolicy)]
+
+    with plugin_manager(("registrar", Registrar())) as manager:
+        asked: list[str] = []
+
+        def plugins() -> PluginManager:
+            asked.append("plugins")
+            return manager
+
+        installed = load_config(environ={}, overrides={"scheduler.driver": "spread", "executor.driver": "process"})
+        assert check_drivers(installed, plugins) == {} and asked == []
+        runtime = load_config(environ={}, overrides={"scheduler.driver": "mine", "executor.driver": "process"})
+        assert check_drivers(runtime, plugins) == {} and asked == ["plugins"]
+        missing = load_config(environ={}, overrides={"scheduler.driver": "nope"})
+        problem = check_drivers(missing, plugins)["scheduler"]
+        assert "names no installed runink.scheduler_policies driver" in problem and "mine" in problem, problem
+
+
 def test_a_driver_name_from_the_config_file_names_its_key(run_cli: CliRunner, project: Path) -> None:
     dsl(project, GOOD)
     (project / "runink.toml").write_text('[scheduler]\ndriver = "spred"\n\n[executor]\ndriver = "proces"\n')

@@ -343,8 +343,7 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
     from runink.core.cli import index_store
     from runink.core.drivers import pipeline_executor
 
-    manager = state.plugins()
-    drivers = dryrun.check_drivers(config, manager)
+    drivers = dryrun.check_drivers(config, state.plugins)
     problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
     if "executor" in drivers:  # the step modules are imported in a slice: it needs the executor
         return problems
@@ -364,7 +363,7 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
     )
     if index_store.load(CODE_CHECKS, key) is not None:
         return problems
-    executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
+    executor = pipeline_executor(config, compiled.limits_asked(), state.plugins(), quiet=True)
     try:
         found = dryrun.check_code(compiled, executor, config)
     finally:
@@ -404,7 +403,7 @@ def golden_test_command(
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue
-        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
+        executor = pipeline_executor(config, compiled.limits_asked(), state.plugins(), quiet=True)
         runner = LocalRunner(config, manager, executor)
         try:
             outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]
