@@ -163,8 +163,8 @@ def test_hook_plugins_are_loaded_only_for_a_driver_no_package_installs() -> None
     plugins; a name no package installs is looked up among the drivers hook plugins register."""
     from runink.core import hookimpl
     from runink.core.config import load_config
-    from runink.core.dryrun import check_drivers
     from runink.core.drivers import DriverSpec
+    from runink.core.dryrun import check_drivers
     from runink.core.interfaces import SchedulerPolicy
     from runink.core.plugins import PluginManager
     from runink.plugins.scheduling.policies import SpreadPolicy
