@@ -71,7 +71,7 @@ from runink.plugins.executors.linux.messages import (
     Started,
     parse_event,
 )
-from runink.plugins.executors.linux.namespaces import probe_many, probe_unprivileged_user
+from runink.plugins.executors.linux.namespaces import NamespaceProbe, UnprivilegedUserProbe
 from runink.plugins.executors.linux.payload import FILES_DIR
 from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
 from runink.plugins.executors.linux.syscalls import open_tree
@@ -229,12 +229,14 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         self._roots_swept = False
         self._log_keeper: threading.Thread | None = None
         self._logs: LogPump | None = None
-        self._problems = self._detect_problems()
         # A user namespace per slice where the kernel lets an unprivileged process make one
-        # (see launcher._enter_user_namespace); reported, not required.
+        # (see launcher._enter_user_namespace); reported, not required. Its probe's child runs
+        # while the other checks do (each is a Python start: they were ~50 ms in a row).
+        userns = UnprivilegedUserProbe() if user_namespace and os.geteuid() == 0 else None
+        self._problems = self._detect_problems()
         self.userns_refusal: str | None = "disabled (user_namespace = false)"
         if user_namespace:
-            self.userns_refusal = self._problems.get("root") or probe_unprivileged_user()
+            self.userns_refusal = self._problems.get("root") or (userns.result() if userns else None)
         # @network: the slice's own net namespace with slirp4netns attached (see the launcher)
         self.network_refusal: str | None = None if slirp4netns_path() else network_refusal()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
@@ -247,11 +249,9 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
     @staticmethod
     def _detect_problems() -> dict[str, str]:
         problems = {}
+        namespaces = NamespaceProbe(["pid", "mount", "uts", "ipc", "net"])  # (answered at the end)
         if os.geteuid() != 0:
             problems["root"] = "not root: cannot create slice cgroups and namespaces"
-        for name, reason in probe_many(["pid", "mount", "uts", "ipc", "net"]).items():
-            if reason is not None:
-                problems[f"{name} namespace"] = reason
         if "root" not in problems:
             try:  # grants are moved into warm sandboxes with the new mount API
                 os.close(open_tree("/"))
@@ -269,7 +269,9 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             build_program()
         except (SeccompUnavailable, OSError) as exc:
             problems["seccomp"] = f"{exc} (Debian: apt install libseccomp2; pip install pyseccomp)"
-        return problems
+        refused = {f"{name} namespace": reason for name, reason in namespaces.result().items() if reason is not None}
+        root = {"root": problems.pop("root")} if "root" in problems else {}
+        return {**root, **refused, **problems}  # (in the order they were always reported)
 
     def capabilities(self) -> ExecutorCapabilities:
         unenforced: dict[str, str] = {}

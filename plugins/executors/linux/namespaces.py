@@ -41,6 +41,63 @@ for name, flag in zip(sys.argv[1::2], sys.argv[2::2]):
 """
 
 
+PROBE_TIMEOUT = 10.0  # seconds a probe's child may take
+
+
+class _Child:
+    """A probe's child process, started at once: the caller does other work while it runs
+    (a Python start is ~25 ms) and reads ``answer()`` when it needs it."""
+
+    def __init__(self, script: str, args: list[str]) -> None:
+        self.failure: str | None = None
+        self.process: subprocess.Popen[str] | None = None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-c", script, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as exc:
+            self.failure = f"probe failed: {exc}"
+
+    def answer(self) -> tuple[int, str, str] | str:
+        """(exit status, stdout, stderr), or why there is none."""
+        if self.process is None:
+            return self.failure or "probe failed"
+        try:
+            out, err = self.process.communicate(timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            self.process.kill()
+            self.process.communicate()
+            return f"probe failed: {exc}"
+        return self.process.returncode, out, err
+
+
+class NamespaceProbe:
+    """``probe_many`` started now, answered by ``result()``."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._child = _Child(_PROBE, [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])])
+
+    def result(self) -> dict[str, str | None]:
+        """Each namespace kind -> None (permitted here) or the reason it is not."""
+        answer = self._child.answer()
+        if isinstance(answer, str):
+            return dict.fromkeys(self.names, answer)
+        _, out, err = answer
+        found: dict[str, str | None] = {}
+        for line in out.splitlines():
+            name, _, reason = line.partition("\t")
+            if name in self.names:
+                found[name] = reason.strip() or None  # the kernel's reason, e.g. "Operation not permitted"
+        lines = err.strip().splitlines()
+        failure = lines[-1] if lines else "refused"
+        return {name: found.get(name, failure) for name in self.names}
+
+
 def probe(name: str) -> str | None:
     """None when the namespace can be created here, else the reason (the kernel's error)."""
     return probe_many([name])[name]
@@ -48,21 +105,7 @@ def probe(name: str) -> str | None:
 
 def probe_many(names: list[str]) -> dict[str, str | None]:
     """Each namespace kind of ``names`` -> None (permitted here) or the reason it is not."""
-    args = [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])]
-    try:
-        done = subprocess.run(
-            [sys.executable, "-S", "-c", _PROBE, *args], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return dict.fromkeys(names, f"probe failed: {exc}")
-    found: dict[str, str | None] = {}
-    for line in done.stdout.splitlines():
-        name, _, reason = line.partition("\t")
-        if name in names:
-            found[name] = reason.strip() or None  # the kernel's reason, e.g. "Operation not permitted"
-    lines = done.stderr.strip().splitlines()
-    failure = lines[-1] if lines else "refused"
-    return {name: found.get(name, failure) for name in names}
+    return NamespaceProbe(names).result()
 
 
 _PROBE_UNPRIVILEGED_USER = """
@@ -77,23 +120,28 @@ if libc.unshare(0x10000000) != 0:
 """
 
 
-def probe_unprivileged_user() -> str | None:
+class UnprivilegedUserProbe:
     """Whether an unprivileged process (a slice, after it dropped root) may create a user
-    namespace here: None if so, else the reason. Needs root to drop from."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-S", "-c", _PROBE_UNPRIVILEGED_USER],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"probe failed: {exc}"
-    if done.returncode == 0:
-        return None
-    lines = (done.stdout.strip() or done.stderr.strip() or "refused").splitlines()
-    return f"unprivileged user namespaces refused: {lines[-1]}"
+    namespace here, started now; needs root to drop from."""
+
+    def __init__(self) -> None:
+        self._child = _Child(_PROBE_UNPRIVILEGED_USER, [])
+
+    def result(self) -> str | None:
+        """None if it may, else the reason."""
+        answer = self._child.answer()
+        if isinstance(answer, str):
+            return answer
+        status, out, err = answer
+        if status == 0:
+            return None
+        lines = (out.strip() or err.strip() or "refused").splitlines()
+        return f"unprivileged user namespaces refused: {lines[-1]}"
+
+
+def probe_unprivileged_user() -> str | None:
+    """(``UnprivilegedUserProbe``, waited for)"""
+    return UnprivilegedUserProbe().result()
 
 
 def probe_all() -> dict[str, str | None]:
