@@ -44,6 +44,7 @@ from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, Spe
 from runink.core.driverload import load_installed
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
+from runink.core.readahead import ahead
 from runink.core.report import printable
 from runink.core.steps import StepFunction, adapt, import_reference
 
@@ -106,9 +107,10 @@ def run(spec: SliceSpec) -> int:
     reporter = Reporter(Path(spec.report))
     counters = Counters()
     sinks: list[SinkSlot] = []
-    output: SinkWriterThread | None = None
+    output: SinkWriters | None = None
     reads: Iterator[Any] | None = None  # the source's batches (a generator the driver returns)
     stream: Iterator[Flow] | None = None  # those batches through the steps
+    checking: Iterator[Flow] | None = None  # those batches through the contract's checks
     scenario = spec.scenario
     try:
         base_dir = spec.base_dir
@@ -130,7 +132,7 @@ def run(spec: SliceSpec) -> int:
             )
             for s in spec.sinks
         ]
-        output = SinkWriterThread(sinks, counters)
+        output = SinkWriters(sinks, counters)
         sink_output = output
         drift_reported: set[str] = set()
         drift_messages: list[str] = []
@@ -189,7 +191,9 @@ def run(spec: SliceSpec) -> int:
         # Each step wraps the stream before it: a Python step maps batches as they come, a
         # command step takes all of them (into its input file) before it yields its output.
         reads = source_driver.read(Path(source.path), raw=contract is not None, options=source.options)
-        stream = validated()
+        # checked on a thread of its own: the next batch is checked while this one goes through
+        # the steps (both mostly pyarrow and polars work, which releases the GIL)
+        checking = stream = ahead(validated(), "runink-validate") if contract is not None else validated()
         for step in steps:
             if isinstance(step, CommandStage):
                 stream = step.stream(stream, counters, progress)
@@ -225,7 +229,7 @@ def run(spec: SliceSpec) -> int:
         # Closed here, not when the garbage collector finds the generators (held in a cycle by
         # the traceback): a reader's cleanup (joining its read-ahead thread) must not run inside
         # a collection, where it hung the slice for good on Python 3.13.
-        for generator in (stream, reads):  # the steps' first (a command step's reader too)
+        for generator in (stream, checking, reads):  # the steps' first (a command step's reader too)
             if generator is not None and (close := getattr(generator, "close", None)) is not None:
                 with contextlib.suppress(Exception):
                     close()
@@ -569,8 +573,8 @@ def _conform(columns: dict[str, pa.Array], n: int, schema: pa.Schema) -> pa.Reco
 
 
 class SinkWriterThread:
-    """Writes batches to the sinks on one background thread, so encoding and compressing
-    output (which releases the GIL) overlaps with reading and validating the next batch.
+    """Writes batches to sinks on one background thread, so encoding and compressing output
+    (which releases the GIL) overlaps with reading and validating the next batch.
 
     The queue holds at most ``QUEUE_BATCHES`` batches: memory stays bounded, and a slow sink
     slows the source down (backpressure). A sink error is raised on the next ``submit`` or
@@ -579,12 +583,12 @@ class SinkWriterThread:
 
     QUEUE_BATCHES = 4
 
-    def __init__(self, sinks: list[SinkSlot], counters: Counters) -> None:
+    def __init__(self, sinks: list[SinkSlot], counters: Counters, name: str = "runink-sink-writer") -> None:
         self.sinks = sinks
         self.counters = counters
         self.error: BaseException | None = None
         self.queue: queue.Queue[tuple[str, pa.RecordBatch] | None] = queue.Queue(self.QUEUE_BATCHES)
-        self.thread = threading.Thread(target=self._loop, name="runink-sink-writer", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
@@ -610,6 +614,41 @@ class SinkWriterThread:
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
+
+
+class SinkWriters:
+    """A ``SinkWriterThread`` for each kind of rows the sinks take (valid, invalid): the
+    dead letters are encoded on the second core while the valid rows' Parquet is, instead of
+    after it on the same thread (one writer thread was a slice's slowest stage)."""
+
+    def __init__(self, sinks: list[SinkSlot], counters: Counters) -> None:
+        kinds = sorted({slot.when for slot in sinks})
+        self.threads = {
+            when: SinkWriterThread([s for s in sinks if s.when == when], counters, f"runink-sink-{when}")
+            for when in kinds
+        }
+
+    def _raise_first_error(self) -> None:
+        for thread in self.threads.values():
+            if thread.error is not None:
+                raise thread.error
+
+    def submit(self, when: str, batch: pa.RecordBatch) -> None:
+        """Write ``batch`` to the sinks of ``when`` (none: dropped); an earlier error of any
+        sink is raised here."""
+        self._raise_first_error()
+        thread = self.threads.get(when)
+        if thread is not None:
+            thread.submit(when, batch)
+
+    def finish(self) -> None:
+        """Wait until everything submitted is written; raise the first sink error."""
+        self.close()
+        self._raise_first_error()
+
+    def close(self) -> None:
+        for thread in self.threads.values():
+            thread.close()
 
 
 def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Counters) -> None:

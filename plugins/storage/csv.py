@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import csv as stdlib_csv
 import os
-import queue
 import stat
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +26,7 @@ import pyarrow.csv as pacsv
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
+from runink.core.readahead import ahead
 
 # Bytes per parsed block, i.e. per batch. Peak memory is proportional to it (validation makes
 # several column-sized intermediates): measured on 1M/10M-row orders, 2 MiB gives 291/320 MB
@@ -129,47 +128,6 @@ def _blocks(fh: IO[bytes], block_size: int, line: int) -> Iterator[tuple[memoryv
         count = _count_lines(data, cut)
         yield memoryview(data)[:cut], line, count
         line += count
-
-
-T = TypeVar("T")
-
-
-def _ahead(items: Iterator[T]) -> Iterator[T]:
-    """``items`` produced on a thread one step ahead of the caller."""
-    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(item: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                slot.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put((False, exc))
-
-    thread = threading.Thread(target=produce, name="runink-csv-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            more, item = slot.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _skip_line(fh: IO[bytes], block_size: int) -> bytes:
@@ -397,7 +355,7 @@ class CsvStorage(Storage):
                 raise DatasetError(f"{path}:1: duplicate column names in header: {names}")
             # Parsed on a thread one batch ahead: pyarrow parses without the GIL, so the next
             # block is parsed while the caller validates and transforms this one.
-            yield from _ahead(_parsed(fh, _ChunkParser(path, names, delimiter, raw), block_size))
+            yield from ahead(_parsed(fh, _ChunkParser(path, names, delimiter, raw), block_size), "runink-csv-read")
 
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
         return CsvWriter(path, schema)
