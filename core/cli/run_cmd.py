@@ -403,7 +403,7 @@ def golden_test_command(
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue
-        executor = pipeline_executor(config, compiled.limits_asked(), state.plugins(), quiet=True)
+        executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
         runner = LocalRunner(config, manager, executor)
         try:
             outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]
