@@ -334,6 +334,47 @@ def test_slices_get_a_user_namespace_where_the_kernel_allows(linux: LinuxExecuto
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_prestarted_launcher_is_taken_over_by_the_first_executor_and_only_by_it(tmp_path: Path) -> None:
+    """``LinuxExecutor.prestart`` (what `runink run` calls before its config is loaded) starts
+    the Python launcher at once; the first executor built takes it over with its own
+    arguments (its cgroup parent here), a second one starts its own."""
+    import sys
+    import time
+
+    from runink.plugins.executors.linux import executor as module
+
+    LinuxExecutor.prestart()
+    prestarted = module._prestarted
+    assert prestarted is not None and prestarted.poll() is None and "--await-config" in prestarted.args
+    LinuxExecutor.prestart()
+    assert module._prestarted is prestarted  # (once)
+    first = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    second = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    try:
+        first.prepare()
+        assert first._launchers["python"] is prestarted and module._prestarted is None
+        second.prepare()
+        assert second._launchers["python"] is not prestarted
+        for executor in (first, second):
+            spec = _spec(tmp_path, sys.executable, "-c", "import sys; print('pyarrow' in sys.modules)")
+            executor.start(spec)
+            result = executor.wait(spec.id, 30)
+            assert result is not None and result.exit_code == 0, executor.read_log(spec.id, "stderr")
+            assert executor.read_log(spec.id) == "True\n"  # (the preloaded runtime)
+            executor.destroy(spec.id)
+        # it builds its warm sandboxes under the cgroup parent it was sent, the first executor's
+        assert first.cgroups is not None
+        deadline = time.monotonic() + 10
+        while not [d for p in first.cgroups.parents().values() for d in p.glob(f"sandbox-{prestarted.pid}-*")]:
+            assert time.monotonic() < deadline, "no warm sandbox of the prestarted launcher under its parent"
+            time.sleep(0.05)
+    finally:
+        close_linux(first)
+        close_linux(second)
+    assert prestarted.wait(10) is not None  # (ended with its executor)
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
 def test_prepare_starts_the_preloaded_launcher_the_first_python_slice_uses(
     linux: LinuxExecutor, tmp_path: Path
 ) -> None:

@@ -266,6 +266,58 @@ def test_python_runs_in_the_preloaded_interpreter(work: Path) -> None:
         preloaded.close()
 
 
+def test_an_awaiting_launcher_preloads_first_and_serves_with_the_arguments_it_is_sent(work: Path) -> None:
+    """``--await-config`` (a launcher started before its executor knew its arguments): the
+    preload is done at once, the rest of the arguments come as the first line of its input,
+    and it serves as if started with them; with no arguments sent, it ends quietly."""
+    awaiting = Launcher("--await-config", "--preload", "pyarrow")
+    try:
+        assert awaiting.process.stdin
+        awaiting.process.stdin.write(
+            json.dumps(["--pool", "1", "--preload", "pyarrow,runink.core.dataplane.slice"]) + "\n"
+        )
+        awaiting.process.stdin.flush()
+        code = "import sys; print('pyarrow' in sys.modules, 'runink.core.dataplane.slice' in sys.modules)"
+        req = request(work, "") | {"python": {"code": code, "args": []}}
+        assert awaiting.run(req)["code"] == 0, (work / "err.log").read_text()
+        assert (work / "out.log").read_text().split() == ["True", "True"]
+        assert awaiting.run(request(work, "exit 3"))["code"] == 3
+    finally:
+        awaiting.close()
+    assert awaiting.process.returncode == 0
+
+    # a request in the same write as the arguments (read with them) is answered too
+    early = Launcher("--await-config")
+    try:
+        assert early.process.stdin and early.process.stdout
+        req = request(work, "exit 4")
+        early.process.stdin.write(json.dumps(["--pool", "0"]) + "\n" + json.dumps({"op": "launch", **req}) + "\n")
+        early.process.stdin.flush()
+        events = [json.loads(early.process.stdout.readline()) for _ in range(2)]
+        assert [(e["event"], e.get("code")) for e in events] == [("started", None), ("exited", 4)], events
+    finally:
+        early.close()
+
+    for given, refusal in (
+        ("", None),
+        ("not json\n", "not JSON"),
+        ('["--await-config"]\n', "await again"),
+        ('["--pool"', "cut"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--await-config"],
+            check=False,
+            input=given,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if refusal is None:
+            assert (done.returncode, done.stderr) == (0, "")  # nobody came for it
+        else:
+            assert done.returncode == 1 and refusal in done.stderr, done.stderr
+
+
 def test_preloading_a_module_that_starts_threads_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--preload", "polars"],

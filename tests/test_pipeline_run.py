@@ -101,6 +101,26 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: CliRunner, 
             assert not list(Path(output).parent.glob(".runink-stage-*"))  # staging removed
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not _linux_isolates(), reason="the linux executor cannot isolate here")
+def test_a_second_run_with_the_same_config_starts_its_launcher_before_loading_the_config(
+    run_cli: CliRunner, orders: Path
+) -> None:
+    """`runink run` keeps the executor driver it used under the config's fingerprint; the next
+    run with that config asks the driver to prestart (the linux launcher starts importing the
+    slices' runtime before the config is loaded) and the executor takes it over."""
+    taken = "took over the prestarted launcher"
+    first = run_cli("--debug", "run", "orders.dsl", cwd=orders)
+    assert first.returncode == 0 and taken not in first.stderr, first.stderr
+    second = run_cli("--debug", "run", "orders.dsl", "--json", cwd=orders)
+    assert second.returncode == 0 and taken in second.stderr, second.stderr
+    assert json.loads(second.stdout)["ok"]
+    # another config (the process executor): no guess for it, and nothing taken over
+    process = run_cli("--debug", "run", "orders.dsl", cwd=orders, env={"RUNINK_EXECUTOR__DRIVER": "process"})
+    assert process.returncode == 0 and taken not in process.stderr, process.stderr
+    again = run_cli("--debug", "run", "orders.dsl", cwd=orders, env={"RUNINK_EXECUTOR__DRIVER": "process"})
+    assert again.returncode == 0 and taken not in again.stderr, again.stderr
+
+
 def test_dry_run_writes_nothing(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("run", "orders.dsl", "--dry-run", "--json", cwd=orders)
     plan = json.loads(out.stdout)

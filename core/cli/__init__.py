@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``runink`` script (see ``runink.core.cli.app.main``)."""
-    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--version"]:
         import runink
 
         print(f"runink {runink.__version__}")
         sys.exit(0)
+    from runink.core.cli import prestart
+
+    prestart.for_argv(args)  # (before the commands' imports: what `runink run` waits for first)
     from runink.core.cli.app import main as run
 
     run(argv)

@@ -197,6 +197,9 @@ def run_command(
 
     executor = pipeline_executor(config, compiled.limits_asked(), manager)
     executor.prepare()  # (its helper starts while the runner is imported and set up)
+    from runink.core.cli import prestart
+
+    prestart.remember(state, executor)  # (the next run with this config starts it sooner)
     from rich.live import Live  # (rich's imports: ~35 ms a dry run does without)
     from rich.markup import escape
 

@@ -241,6 +241,17 @@ class Executor(ABC):
     def recover(self, handle: TaskHandle) -> None:
         """Re-attach to a task started by an earlier instance of this driver (agent restart)."""
 
+    @classmethod
+    def prestart(cls) -> None:
+        """Begin what every instance of this driver waits for first (a helper process's start)
+        before the caller has even loaded its config: ``runink run`` calls it at its start
+        when its last run with the same config used this driver. The instance built later
+        takes it over (in ``prepare`` or its first ``start``); what no instance takes over
+        must end with the calling process. Optional; it must not raise for a guess that
+        turns out wrong (another driver chosen this time). Default: nothing.
+        """
+        return None
+
     def prepare(self) -> None:
         """Begin, without waiting, what the first ``start`` would otherwise wait for (a helper
         process's start), so it overlaps the caller's own setup. Optional: ``start`` works

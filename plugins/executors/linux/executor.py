@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
@@ -86,6 +87,49 @@ def _storage_modules() -> list[str]:
     from runink.core.driverload import installed_entry_points
 
     return sorted({ep.module for ep in installed_entry_points("runink.storage")})
+
+
+log = logging.getLogger(__name__)
+
+LAUNCHER_MODULE = "runink.plugins.executors.linux.launcher"
+#: the Python launcher ``LinuxExecutor.prestart`` started, until an instance adopts it
+_prestarted: subprocess.Popen[str] | None = None
+_prestarted_lock = threading.Lock()
+
+
+def _launcher_popen(command: list[str]) -> subprocess.Popen[str]:
+    # In a process group of its own: a signal for this process's group (Ctrl-C on a
+    # terminal, a service manager's SIGTERM) is this process's to act on; a launcher
+    # killed by it mid-request would leave slices half-started. It ends with its stdin.
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": os.defpath},
+        process_group=0,
+    )
+
+
+def _adopt_prestarted(arguments: list[str]) -> subprocess.Popen[str] | None:
+    """The prestarted launcher, given ``arguments`` (what it would have been started with), or
+    None when there is none or it is gone."""
+    global _prestarted
+    with _prestarted_lock:
+        launcher, _prestarted = _prestarted, None
+    if launcher is None:
+        return None
+    if launcher.poll() is None:
+        assert launcher.stdin is not None
+        try:
+            launcher.stdin.write(json.dumps(arguments) + "\n")
+            launcher.stdin.flush()
+            return launcher
+        except OSError:
+            pass
+    launcher.kill()  # (gone or not listening: a fresh one is started instead)
+    launcher.wait()
+    return None
 
 
 LAUNCHER_GONE_GRACE = 1.0  # a launcher found dead: how long its last answers may take to be read
@@ -324,6 +368,22 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
 
     # --- launcher ---------------------------------------------------------------------
 
+    @classmethod
+    def prestart(cls) -> None:
+        """Start the Python launcher now, importing the runtime slices share (~0.25 s), before
+        the caller has loaded its config and built this executor; the first instance adopts it
+        and sends it the rest of its arguments (``launcher --await-config``). Only as root
+        (else no instance can use it); nothing adopts it: it ends with this process."""
+        global _prestarted
+        if os.geteuid() != 0:
+            return
+        with _prestarted_lock:
+            if _prestarted is None:
+                preload = ",".join([*DEFAULT_PRELOAD, *_storage_modules()])
+                _prestarted = _launcher_popen(
+                    [sys.executable, "-m", LAUNCHER_MODULE, "--await-config", "--preload", preload]
+                )
+
     def prepare(self) -> None:
         """Start the runtime-preloaded launcher now (~0.3-0.4 s of imports), not at the first
         slice: ``runink run`` goes on with its setup meanwhile. Nothing where start() refuses."""
@@ -336,7 +396,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         """The ``python`` (runtime preloaded) or ``exec`` launcher, started on first use."""
         launcher = self._launchers.get(kind)
         if launcher is None or launcher.poll() is not None:
-            command = [sys.executable, "-m", "runink.plugins.executors.linux.launcher", "--pool", str(self.pool)]
+            command = [sys.executable, "-m", LAUNCHER_MODULE, "--pool", str(self.pool)]
             if kind == "python":
                 command += ["--preload", ",".join(self.preload)]
             for path in self.readable:
@@ -353,20 +413,13 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 if not self._swept:
                     self._swept = True
                     self._sweep_stale_cgroups()
-            # In a process group of its own: a signal for this process's group (Ctrl-C on a
-            # terminal, a service manager's SIGTERM) is this process's to act on; a launcher
-            # killed by it mid-request would leave slices half-started. It ends with its stdin.
             if not self._roots_swept:
                 self._roots_swept = True
                 _sweep_stale_roots()
-            launcher = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env={"PATH": os.defpath},
-                process_group=0,
-            )
+            adopted = _adopt_prestarted(command[3:]) if kind == "python" else None
+            if adopted is not None:
+                log.debug("took over the prestarted launcher (pid %d)", adopted.pid)
+            launcher = adopted or _launcher_popen(command)
             self._launchers[kind] = launcher
             threading.Thread(
                 target=self._read_events, args=(launcher,), daemon=True, name=f"runink-launcher-{kind}"

@@ -737,8 +737,9 @@ class Launcher:
             self.reap()
             time.sleep(0.01)
 
-    def serve(self, stdin: Any) -> None:
-        buffer = b""
+    def serve(self, stdin: Any, early: bytes = b"") -> None:
+        """Answer the requests on ``stdin`` (``early``: bytes of them already read) until its end."""
+        buffer = early
         fd = stdin.fileno()
         # SIGCHLD wakes the select at once (no polling delay between a slice's exit and its event).
         wake_read, wake_write = os.pipe()
@@ -747,6 +748,9 @@ class Launcher:
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
         signal.set_wakeup_fd(wake_write)
         try:
+            while b"\n" in buffer:  # (requests read with an awaiting launcher's arguments)
+                line, buffer = buffer.split(b"\n", 1)
+                self.on_request(line)
             while True:
                 controls = {s.control.fileno(): s for s in self.building()}
                 missing = self.short()
@@ -818,6 +822,33 @@ def preload(modules: list[str]) -> None:
         )
 
 
+MAX_CONFIG_LINE = 1 << 20  # bytes of the awaited arguments' line
+
+
+def _read_config_line(fd: int) -> tuple[list[str] | None, bytes]:
+    """The arguments the executor sends an awaiting launcher, a JSON list of strings on one line
+    (None: end of input first), and the bytes read past that line: the requests that came
+    right behind it, which ``serve`` must see first (it reads the descriptor, not a buffer)."""
+    data = b""
+    while b"\n" not in data:
+        if len(data) > MAX_CONFIG_LINE:
+            raise SystemExit("runink launcher: the awaited arguments' line is too long")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            if data:
+                raise SystemExit("runink launcher: the awaited arguments' line is cut")
+            return None, b""
+        data += chunk
+    line, rest = data.split(b"\n", 1)
+    try:
+        given = json.loads(line)
+    except ValueError:
+        raise SystemExit("runink launcher: the awaited arguments are not JSON") from None
+    if not isinstance(given, list) or not all(isinstance(arg, str) for arg in given):
+        raise SystemExit("runink launcher: the awaited arguments must be a JSON list of strings")
+    return given, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runink.plugins.executors.linux.launcher")
     parser.add_argument("--pool", type=int, default=2, help="warm sandboxes kept ready (per network mode)")
@@ -839,7 +870,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-seccomp", action="store_true", help="run slices without the seccomp filter (the executor's degrade)"
     )
+    parser.add_argument(
+        "--await-config",
+        action="store_true",
+        help="import --preload now, then read the other arguments as a JSON list on the first line of stdin "
+        "(a launcher started before its executor knew them; end of input first: exit 0)",
+    )
     args = parser.parse_args(argv)
+    early = b""  # (requests read with the awaited arguments)
+    if args.await_config:
+        if args.preload:  # the slow part, done while the executor is still being set up
+            preload([m for m in args.preload.split(",") if m])
+        given, early = _read_config_line(sys.stdin.fileno())
+        if given is None:  # nobody came for it (the run chose another driver, or ended first)
+            return 0
+        args = parser.parse_args(given)
+        if args.await_config:
+            raise SystemExit("runink launcher: the awaited arguments ask to await again")
     # The payload's globals (it reads them in the forks), set once, before any sandbox is forked.
     slice_payload.SLICE_UMASK = os.umask(0o022)
     if not args.no_seccomp:
@@ -867,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
             native_init=native,
             slices_outlive=args.slices_outlive,
         )
-        launcher.serve(sys.stdin.buffer)
+        launcher.serve(sys.stdin.buffer, early)
     finally:
         _remove_root(root)
     return 0
