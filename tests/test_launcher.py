@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -266,22 +268,39 @@ def test_python_runs_in_the_preloaded_interpreter(work: Path) -> None:
         preloaded.close()
 
 
+@contextlib.contextmanager
+def _answers_within(seconds: int) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging the test run when a launcher never answers."""
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"no answer from the launcher in {seconds} s")
+
+    before = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_an_awaiting_launcher_preloads_first_and_serves_with_the_arguments_it_is_sent(work: Path) -> None:
     """``--await-config`` (a launcher started before its executor knew its arguments): the
     preload is done at once, the rest of the arguments come as the first line of its input,
     and it serves as if started with them; with no arguments sent, it ends quietly."""
     awaiting = Launcher("--await-config", "--preload", "pyarrow")
     try:
-        assert awaiting.process.stdin
-        awaiting.process.stdin.write(
-            json.dumps(["--pool", "1", "--preload", "pyarrow,runink.core.dataplane.slice"]) + "\n"
-        )
-        awaiting.process.stdin.flush()
-        code = "import sys; print('pyarrow' in sys.modules, 'runink.core.dataplane.slice' in sys.modules)"
-        req = request(work, "") | {"python": {"code": code, "args": []}}
-        assert awaiting.run(req)["code"] == 0, (work / "err.log").read_text()
-        assert (work / "out.log").read_text().split() == ["True", "True"]
-        assert awaiting.run(request(work, "exit 3"))["code"] == 3
+        with _answers_within(60):
+            assert awaiting.process.stdin
+            awaiting.process.stdin.write(
+                json.dumps(["--pool", "1", "--preload", "pyarrow,runink.core.dataplane.slice"]) + "\n"
+            )
+            awaiting.process.stdin.flush()
+            code = "import sys; print('pyarrow' in sys.modules, 'runink.core.dataplane.slice' in sys.modules)"
+            req = request(work, "") | {"python": {"code": code, "args": []}}
+            assert awaiting.run(req)["code"] == 0, (work / "err.log").read_text()
+            assert (work / "out.log").read_text().split() == ["True", "True"]
+            assert awaiting.run(request(work, "exit 3"))["code"] == 3
     finally:
         awaiting.close()
     assert awaiting.process.returncode == 0
@@ -289,12 +308,13 @@ def test_an_awaiting_launcher_preloads_first_and_serves_with_the_arguments_it_is
     # a request in the same write as the arguments (read with them) is answered too
     early = Launcher("--await-config")
     try:
-        assert early.process.stdin and early.process.stdout
-        req = request(work, "exit 4")
-        early.process.stdin.write(json.dumps(["--pool", "0"]) + "\n" + json.dumps({"op": "launch", **req}) + "\n")
-        early.process.stdin.flush()
-        events = [json.loads(early.process.stdout.readline()) for _ in range(2)]
-        assert [(e["event"], e.get("code")) for e in events] == [("started", None), ("exited", 4)], events
+        with _answers_within(60):
+            assert early.process.stdin and early.process.stdout
+            req = request(work, "exit 4")
+            early.process.stdin.write(json.dumps(["--pool", "0"]) + "\n" + json.dumps({"op": "launch", **req}) + "\n")
+            early.process.stdin.flush()
+            events = [json.loads(early.process.stdout.readline()) for _ in range(2)]
+            assert [(e["event"], e.get("code")) for e in events] == [("started", None), ("exited", 4)], events
     finally:
         early.close()
 
