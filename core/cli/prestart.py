@@ -5,7 +5,8 @@ the slices' runtime meanwhile). The instance built later takes over what was sta
 
 The guess is kept in an index (``index_store``, ``$XDG_CACHE_HOME/runink/executors.json``)
 under the config's fingerprint: the config files and their mtimes, every ``RUNINK_*``
-variable, every ``--set``, the folder and home, runink's version and interpreter. It only
+variable, every ``--set``, the folder, home and data dir (``cluster_settings.fingerprint``), runink's
+version and interpreter. It only
 chooses which installed driver is asked; what that driver starts is its own code. A wrong
 guess costs only the work started for nothing, which ends with the command.
 """
@@ -13,11 +14,9 @@ guess costs only the work started for nothing, which ends with the command.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
-from runink.core.cli import index_store
+from runink.core.cli import cluster_settings, index_store
 from runink.core.cli.state import CliState, _command_words
 
 NAME = "executors"  # the index's file: index_store.cache_file(NAME)
@@ -28,9 +27,7 @@ _guessed: dict[str, str | None] = {}  # fingerprint -> the driver asked to prest
 
 
 def _key(state: CliState) -> str:
-    return index_store.fingerprint(
-        state.config_path, state.overrides, "RUNINK_", cwd=os.getcwd(), home=str(Path.home())
-    )
+    return cluster_settings.fingerprint(state.config_path, state.overrides)  # (the same facts as the config's values)
 
 
 def for_argv(argv: list[str]) -> None:
