@@ -5,10 +5,10 @@ the slices' runtime meanwhile). The instance built later takes over what was sta
 
 The guess is kept in an index (``index_store``, ``$XDG_CACHE_HOME/runink/executors.json``)
 under the config's fingerprint: the config files and their mtimes, every ``RUNINK_*``
-variable, every ``--set``, the folder, home and data dir (``cluster_settings.fingerprint``), runink's
-version and interpreter. It only
-chooses which installed driver is asked; what that driver starts is its own code. A wrong
-guess costs only the work started for nothing, which ends with the command.
+variable, every ``--set``, the folder, home and data dir, runink's version and interpreter
+(``cluster_settings.fingerprint``). It only chooses which installed driver is asked; what
+that driver starts is its own code. A wrong guess costs only the work started for nothing,
+which ends with the command.
 """
 
 from __future__ import annotations
