@@ -732,9 +732,9 @@ def test_long_polls_read_a_nodes_assignments_again_only_after_they_changed(
     scans: list[str] = []
     original = life.assignments
 
-    def counted(node: str) -> list[Any]:
+    def counted(node: str, *, recent: bool = False) -> list[Any]:
         scans.append(node)
-        return original(node)
+        return original(node, recent=recent)
 
     life.assignments = counted  # type: ignore[method-assign]
     version = control.wait_assignments("n1", "", 5.0)  # (starts the watch)
@@ -761,9 +761,9 @@ def test_an_idle_agents_rounds_do_not_each_read_its_assignments(
     reads: list[str] = []
     original = life.assignments
 
-    def counted(node: str) -> list[Any]:
+    def counted(node: str, *, recent: bool = False) -> list[Any]:
         reads.append(node)
-        return original(node)
+        return original(node, recent=recent)
 
     life.assignments = counted  # type: ignore[method-assign]
     stop = threading.Event()

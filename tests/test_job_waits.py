@@ -1,6 +1,6 @@
 """A job's reader waits on the server for its next change (``GET /v1/jobs/{id}?wait=S&after=REV``)
 instead of polling: real uvicorn on 127.0.0.1, a memory Barn followed by the server's one watch
-(HerdsFeed), httpx as the client."""
+(BarnFeed), httpx as the client."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from runink.core.control.records import Amount, Herd, keys
 from runink.core.control.store import ClusterStore
 from runink.core.control.views import job_answer
 from runink.core.server.api import create_app
-from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords
+from runink.core.server.feed import BarnFeed, JobWaits, RecentRecords
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -35,7 +35,7 @@ def _serve(waits: JobWaits, *, recent: bool = True) -> Iterator[Api]:
     lifecycle = Lifecycle(store)
     store.create_herd(Herd(name="team"))
     stop = threading.Event()
-    feed = HerdsFeed(store.barn, stop)
+    feed = BarnFeed(store.barn, stop)
     if recent:
         records = RecentRecords()
         feed.listen(records.on_change)

@@ -1,6 +1,6 @@
 """A report starts from the records the server's watch saw last (``RecentRecords``, no Barn
 read) and only its commit proves them current: a stale one is never what a refusal, an
-"already so" or a lost report is decided on. Memory Barn, the real HerdsFeed watch."""
+"already so" or a lost report is decided on. Memory Barn, the real BarnFeed watch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
 from runink.core.interfaces.barn import KeyValue, WatchEvent
-from runink.core.server.feed import HerdsFeed, RecentRecords
+from runink.core.server.feed import BarnFeed, RecentRecords
 from runink.plugins.barn.memory import MemoryBarn
 
 
@@ -66,7 +66,7 @@ def test_a_report_on_the_watchs_current_records_reads_nothing_and_commits() -> N
     store = ClusterStore(MemoryBarn())
     stop = threading.Event()
     recent = RecentRecords()
-    feed = HerdsFeed(store.barn, stop)
+    feed = BarnFeed(store.barn, stop)
     feed.listen(recent.on_change)
     feed.start()
     try:

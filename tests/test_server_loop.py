@@ -20,7 +20,7 @@ from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.interfaces import SchedulerPolicy
 from runink.core.plugins import PluginManager
-from runink.core.server.feed import HerdsFeed
+from runink.core.server.feed import BarnFeed
 from runink.core.server.loop import IDLE_PASS_EVERY, ControlLoop
 from runink.plugins.barn.memory import MemoryBarn
 from runink.testing import plugin_manager
@@ -179,7 +179,7 @@ def test_a_server_that_still_thinks_it_leads_writes_nothing_once_another_claimed
 def test_the_watch_pokes_for_tasks_that_may_be_placed_not_for_placements(manager: PluginManager) -> None:
     store, lifecycle, loop, leadership = setup(manager)
     stop = threading.Event()
-    feed = HerdsFeed(store.barn, stop)
+    feed = BarnFeed(store.barn, stop)
     feed.listen(loop.on_change)
     feed.start()
     try:

@@ -1,6 +1,6 @@
-"""The agents' long-polls wait on ``TaskChanges``, fed by the server's one watch of the herds'
-records: a write of a task wakes only the node whose assignments it may change. Memory Barn,
-the real HerdsFeed."""
+"""The agents' long-polls wait on ``TaskChanges``, fed by the server's one watch: a write of a
+task wakes only the node whose assignments it changes (its entry in the index of assigned
+tasks). Memory Barn, the real BarnFeed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, Herd, RunState, keys
 from runink.core.control.store import ClusterStore
 from runink.core.server.agent_service import TaskChanges
-from runink.core.server.feed import HerdsFeed
+from runink.core.server.feed import BarnFeed
 from runink.plugins.barn.memory import MemoryBarn
 
 
@@ -27,7 +27,7 @@ def test_a_task_write_wakes_the_node_it_is_placed_on_or_leaves_and_no_other() ->
     store.create_herd(Herd(name="lab"))
     life = Lifecycle(store)
     stop = threading.Event()
-    feed = HerdsFeed(store.barn, stop)
+    feed = BarnFeed(store.barn, stop)
     changes = TaskChanges(life, feed)
     assert not changes.live  # (the watch is not running yet)
     feed.start()
@@ -50,8 +50,13 @@ def test_a_task_write_wakes_the_node_it_is_placed_on_or_leaves_and_no_other() ->
         woke = threading.Event()
         seen = changes.generation("n1")
         threading.Thread(target=lambda: (changes.wait_past("n1", seen, 5), woke.set()), daemon=True).start()
-        store.barn.delete(keys.task("lab", placed.id))  # a deleted record: every node looks again
+        time.sleep(0.2)
+        assert not woke.is_set()
+        store.barn.put(keys.task("lab", "job-x.0001"), b"{}")  # not an entry of the index: nobody looks
+        time.sleep(0.2)
+        assert not woke.is_set()
+        store.barn.put(ClusterStore.ASSIGNED + "n1/lab/job-x.0001", b"{}")
         assert woke.wait(5)
-        assert changes.generation("n2")[0] == n2[0] + 1
+        assert changes.generation("n2") == n2
     finally:
         stop.set()

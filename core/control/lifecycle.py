@@ -339,9 +339,12 @@ class Lifecycle:
         ``admit``: the server's admission (core/control/admission.py), asked once the herd is
         read; it raises to refuse, and its writes are committed with the job. ``on_stored``:
         called with the revision the job was stored at (a waiter's first ``after``)."""
-        nodes = self.store.later(self.store.nodes)  # (read with the herd)
+        # from this server's view of the Barn if it has one (no round trip: the commit compares
+        # the herd's revision), else read from the Barn, the two at once
+        recent = self.store.view is not None
+        nodes = functools.partial(self.store.nodes, recent=True) if recent else self.store.later(self.store.nodes)
         try:
-            found = self.store.herd(herd)
+            found = self.store.herd(herd, recent=recent)
         except ValueError as exc:  # a malformed herd name
             raise Refused(str(exc)) from None
         job_id = new_id("job")
@@ -363,8 +366,9 @@ class Lifecycle:
             job = JobRecord(id=job_id, herd=herd, tasks=[task.id])
         except ValidationError as exc:
             raise _refusal(exc, "submission") from None
-        self._admit(found.record, [task], [v.record for v in nodes()])
-        return self._store(job, [task], found, also, admit, on_stored)
+        known = [v.record for v in nodes()]
+        self._admit(found.record, [task], known)
+        return self._store(job, [task], found, also, admit, on_stored, known)
 
     def _store(  # noqa: PLR0917 (the submissions' parts, passed on)
         self,
@@ -374,12 +378,15 @@ class Lifecycle:
         also: Sequence[TxnOp],
         admit: Gate | None,
         on_stored: Callable[[int], object] | None,
+        nodes: list[NodeRecord] | None = None,
     ) -> JobRecord:
         """Admit the job (``admit``) and store it, with its estimate and what admission writes;
         admitted again on the herd as it is now when another server changed what it was
-        admitted on. Returns the job as stored (``on_stored`` is given the revision)."""
+        admitted on. Returns the job as stored (``on_stored`` is given the revision). A herd
+        read again (it changed since ``herd``) is checked again as ``_admit`` does (``nodes``)."""
+        recheck = functools.partial(self._admit, tasks=tasks, nodes=nodes)
         if admit is None:
-            revision = self.store.submit(job, tasks, herd, also)
+            revision = self.store.submit(job, tasks, herd, also, recheck=recheck)
             if on_stored is not None:
                 on_stored(revision)
             return job
@@ -387,7 +394,9 @@ class Lifecycle:
             admitted = admit(herd.record, job.kind, tasks)
             priced = job.model_copy(update={"estimate": admitted.estimate, "owner": admitted.owner})
             try:
-                revision = self.store.submit(priced, tasks, herd, [*also, *admitted.ops], admitted.compare)
+                revision = self.store.submit(
+                    priced, tasks, herd, [*also, *admitted.ops], admitted.compare, recheck=recheck
+                )
             except StaleRead:
                 admitted.on_stale()
                 herd = self.store.herd(job.herd)
@@ -419,7 +428,7 @@ class Lifecycle:
         placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``).
         ``also``, ``admit`` and ``on_stored``: as ``submit_command``'s."""
         try:
-            found = self.store.herd(herd)
+            found = self.store.herd(herd, recent=self.store.view is not None)  # (as submit_command's)
         except ValueError as exc:
             raise Refused(str(exc)) from None
         if not 0 < len(tasks) <= MAX_PIPELINE_TASKS:
@@ -458,8 +467,9 @@ class Lifecycle:
                 raise _refusal(exc, f"scenario {printable(name, 200)!r}") from None
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
-        self._admit(found.record, records)
-        return self._store(job, records, found, also, admit, on_stored)
+        nodes = [v.record for v in self.store.nodes(recent=True)]
+        self._admit(found.record, records, nodes)
+        return self._store(job, records, found, also, admit, on_stored, nodes)
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on
@@ -468,11 +478,13 @@ class Lifecycle:
         yet they wait PENDING: nodes may join later."""
         self._check_secrets(herd.name, tasks)
         if nodes is None:
-            nodes = [v.record for v in self.store.nodes()]
+            nodes = [v.record for v in self.store.nodes(recent=True)]
         for task in tasks:
             over = herd.quota.exceeded_by(task.resources, 1)
             if over:
                 raise Refused(f"herd {herd.name!r}: the task alone exceeds the herd's quota: {over}")
+            if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
+                nodes = [v.record for v in self.store.nodes()]  # (one that just joined: not in a view yet)
             if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
                 reasons = "; ".join(f"{n.id}: {never_fits(task.resources, n.capacity)}" for n in nodes)
                 raise Refused(f"the task can never fit any node ({reasons})")
@@ -548,11 +560,12 @@ class Lifecycle:
     def drain(self, node_id: str) -> NodeRecord:
         return self._set_node(node_id, draining=True)
 
-    def assignments(self, node_id: str) -> list[TaskRecord]:
+    def assignments(self, node_id: str, *, recent: bool = False) -> list[TaskRecord]:
         """What the node's agent must run (tasks SCHEDULED or RUNNING on it) and the tasks it
         ran that were cancelled, until it reports that attempt ended (so it stops them): the
-        node's entries in the store's index of assigned tasks, one scan."""
-        return [v.record for v in self.store.assigned(node_id) if assigned_to(v.record) == node_id]
+        node's entries in the store's index of assigned tasks, one scan. ``recent``: from this
+        server's view of them (``ClusterStore.view``), for a long-poll woken by their change."""
+        return [v.record for v in self.store.assigned(node_id, recent=recent) if assigned_to(v.record) == node_id]
 
     # --- reports and cancellation -------------------------------------------------------
 

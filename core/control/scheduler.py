@@ -108,9 +108,9 @@ class Scheduler:
     def run_pass(self, now: float) -> PassResult:
         """Place every PENDING task whose backoff is over (``now`` is this scheduler's clock)."""
         began = time.perf_counter()
-        result = self._attempt(now)
-        if not result.committed:
-            retry = self._attempt(now)
+        result = self._attempt(now, recent=True)
+        if not result.committed:  # (read again from the Barn: the view may be what was behind)
+            retry = self._attempt(now, recent=False)
             retry.conflicts += result.conflicts
             retry.placed = {**result.placed, **retry.placed}
             retry.waited = {**result.waited, **retry.waited}
@@ -126,12 +126,18 @@ class Scheduler:
             found.append(metrics.sample("runink_scheduler_placement_seconds", seconds, herd=herd))
         metrics.report(self.manager, found)
 
-    def _attempt(self, now: float) -> PassResult:
-        nodes_read, herds_read = self.store.later(self.store.nodes), self.store.later(self.store.herds)
-        # the live tasks only (pending, or holding room on a node): one scan however many ended
-        live = self.store.live()
-        nodes = nodes_read()
-        herds = {h.name: h for h in herds_read()}
+    def _attempt(self, now: float, *, recent: bool) -> PassResult:
+        """One pass. ``recent``: read from the server's view of the Barn (``ClusterStore.view``:
+        no round trip) where it has one; else from the Barn, the three scans at once."""
+        if recent and self.store.view is not None:
+            live, nodes = self.store.live(recent=True), self.store.nodes(recent=True)
+            herds = {h.name: h for h in self.store.herds(recent=True)}
+        else:
+            nodes_read, herds_read = self.store.later(self.store.nodes), self.store.later(self.store.herds)
+            # the live tasks only (pending, or holding room on a node): one scan however many ended
+            live = self.store.live()
+            nodes = nodes_read()
+            herds = {h.name: h for h in herds_read()}
         tasks = [v for v in live if v.record.herd in herds]
         # Greater than any token an earlier attempt of these tasks got: that token was a revision
         # read before the commit that placed it, so each such task's revision is past it (no

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -53,6 +53,19 @@ class NotFound(RuninkError):
 
 class Refused(RuninkError):
     """A request that cannot be done as asked (the API answers 4xx with this text)."""
+
+
+class View(Protocol):
+    """What a server's watch keeps of the keys most read (core/server/feed.py ``LiveView``)."""
+
+    def scan(self, prefix: str, floor: int = 0) -> list[KeyValue] | None:
+        """The keys under ``prefix`` once every change up to ``floor`` is in; None: read the Barn."""
+
+    def get(self, key: str) -> tuple[bool, KeyValue | None]:
+        """(whether the view can say; the key's value, None: absent)"""
+
+    def wrote(self, ops: Sequence[TxnOp], revision: int) -> None:
+        """Apply a commit made through a store at once."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,12 @@ class ClusterStore:
         # compares that record's revision (``recent=True``), it starts from this value, no
         # round trip; a stale one fails the compare, and the caller reads the Barn then
         self.recent: Callable[[str], KeyValue | None] | None = None
+        # The nodes, the herds' index and the live tasks as this server's watch keeps them
+        # (``recent=True`` reads; None: every read is the Barn's). This store's commits are
+        # applied there as made; a read of it waits until it has every change up to
+        # ``view_floor`` (the scheduling epoch a new leader claimed: every placement before it).
+        self.view: View | None = None
+        self.view_floor = 0
 
     # --- reading -----------------------------------------------------------------------
 
@@ -120,11 +139,14 @@ class ClusterStore:
             return None
         return Versioned(_parse(model, kv.value, key), kv.mod_revision)
 
-    def _scan(self, prefix: str, model: type[R], suffix: str = "") -> list[Versioned[R]]:
+    def _scan(self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False) -> list[Versioned[R]]:
+        kvs = self.view.scan(prefix, self.view_floor) if recent and self.view is not None else None
+        if kvs is None:
+            kvs = self.barn.scan(prefix)
         before = self._parsed.get(prefix, {})
         now: dict[str, tuple[int, Record]] = {}
         found: list[Versioned[R]] = []
-        for kv in self.barn.scan(prefix):
+        for kv in kvs:
             if not kv.key.endswith(suffix):
                 continue
             known = before.get(kv.key)
@@ -138,15 +160,25 @@ class ClusterStore:
         self._parsed[prefix] = now
         return found
 
-    def herd(self, name: str) -> Versioned[Herd]:
+    def herd(self, name: str, *, recent: bool = False) -> Versioned[Herd]:
+        """``recent``: from this server's view (``view``) when it has the herd, for a commit
+        that compares the herd's revision (its index copy is written with it: the same one)."""
+        if recent and self.view is not None:
+            known, kv = self.view.get(self.HERD_INDEX + check_name(name, "herd"))
+            if known and kv is not None and kv.value:
+                return Versioned(_parse(Herd, kv.value, kv.key), kv.mod_revision)
         found = self._get(keys.herd(name), Herd)
         if found is None:
             raise NotFound(f"herd {name!r}: no such herd")
         return found
 
-    def herds(self) -> list[Herd]:
+    def herds(self, *, recent: bool = False) -> list[Herd]:
+        """``recent``: from this server's view (``view``), if it has them."""
+        kvs = self.view.scan(self.HERD_INDEX, self.view_floor) if recent and self.view is not None else None
+        if kvs is None:
+            kvs = self.barn.scan(self.HERD_INDEX)
         found: list[Herd] = []
-        for kv in self.barn.scan(self.HERD_INDEX):
+        for kv in kvs:
             if kv.value:
                 found.append(_parse(Herd, kv.value, kv.key))
             elif (herd := self._get(keys.herd(kv.key[len(self.HERD_INDEX) :]), Herd)) is not None:
@@ -159,8 +191,9 @@ class ClusterStore:
             raise NotFound(f"node {node_id!r}: no such node")
         return found
 
-    def nodes(self) -> list[Versioned[NodeRecord]]:
-        return self._scan(keys.NODES, NodeRecord)
+    def nodes(self, *, recent: bool = False) -> list[Versioned[NodeRecord]]:
+        """``recent``: from this server's view (``view``), if it has them."""
+        return self._scan(keys.NODES, NodeRecord, recent=recent)
 
     def job(self, job_id: str) -> Versioned[JobRecord]:
         check_name(job_id, "job")
@@ -240,17 +273,18 @@ class ClusterStore:
         """The autoscaler's state (revision 0: none written yet)."""
         return self._get(keys.SCALING, ScalingState) or Versioned(ScalingState(), 0)
 
-    def live(self) -> list[Versioned[TaskRecord]]:
+    def live(self, *, recent: bool = False) -> list[Versioned[TaskRecord]]:
         """Every task that is PENDING or assigned to a node (``assigned_to``), from the index:
-        one scan, however many tasks ended before. Each revision is its task key's."""
-        return self._scan(self.LIVE, TaskRecord)
+        one scan, however many tasks ended before. Each revision is its task key's.
+        ``recent``: from this server's view (``view``), if it has them."""
+        return self._scan(self.LIVE, TaskRecord, recent=recent)
 
-    def assigned(self, node_id: str | None = None) -> list[Versioned[TaskRecord]]:
+    def assigned(self, node_id: str | None = None, *, recent: bool = False) -> list[Versioned[TaskRecord]]:
         """The tasks ``node_id``'s agent must run or stop (``assigned_to``; None: every node's),
         from the index: one scan of those entries. Each revision is its task key's (written
-        together)."""
+        together). ``recent``: from this server's view (``view``), if it has them."""
         where = "" if node_id is None else f"{check_name(node_id, 'node')}/"
-        return self._scan(self.ASSIGNED + where, TaskRecord)
+        return self._scan(self.ASSIGNED + where, TaskRecord, recent=recent)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -269,6 +303,8 @@ class ClusterStore:
         held, revision = self.barn.transaction(compare, ops)
         if not held:
             raise Conflict("a record changed since it was read")
+        if self.view is not None:
+            self.view.wrote(ops, revision)
         return revision
 
     def index_live(self) -> int:
@@ -335,6 +371,8 @@ class ClusterStore:
         herd: Versioned[Herd] | None = None,
         also: Sequence[TxnOp] = (),
         compare: Sequence[tuple[str, int]] = (),
+        *,
+        recheck: Callable[[Herd], None] | None = None,
     ) -> int:
         """Store a job and its tasks at once (all or none); returns the revision. The herd's
         key is compared too (``herd``: as the caller read it, else read here): a herd deleted
@@ -342,7 +380,8 @@ class ClusterStore:
         holding one nobody lists. (Its HERD_INDEX entry is created and deleted with the key.)
         ``also``: more writes made in the same transaction (the API's audit record of it, the
         herd's rate bucket), computed from the values at the revisions in ``compare``: one of
-        them changed raises StaleRead at once (compute them again)."""
+        them changed raises StaleRead at once (compute them again). ``recheck``: called with the
+        herd each time it is read again here (it raises to refuse the job on what it is now)."""
         writes: list[tuple[str, Record | None]] = [(keys.job(job.herd, job.id), job)]
         writes += [(keys.task(t.herd, t.id), t) for t in tasks]
         ops = [TxnOp(self.JOB_INDEX + job.id, job.herd.encode())]
@@ -357,8 +396,12 @@ class ClusterStore:
                 raise NotFound(f"herd {job.herd!r}: no such herd")
             if herd.record.deleting:
                 raise Refused(f"herd {job.herd!r}: being deleted")
+            if attempt and recheck is not None:
+                recheck(herd.record)
             held, revision = self.barn.transaction([(keys.herd(job.herd), herd.revision), *absent, *compare], ops)
             if held:
+                if self.view is not None:
+                    self.view.wrote(ops, revision)
                 return revision
             if any(self.barn.get(key) is not None for key, _ in absent):
                 raise Refused(f"job {job.id}: exists already")

@@ -40,15 +40,14 @@ from runink.core.control.records import (
     RunState,
     TaskRecord,
     TaskReport,
-    keys,
 )
-from runink.core.control.store import NotFound, Refused, entry_node
+from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.interfaces.barn import WatchEvent
 from runink.core.model import AuthRequest, Identity, LineageEvent
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
-from runink.core.server.feed import HerdsFeed
+from runink.core.server.feed import BarnFeed
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
@@ -185,12 +184,13 @@ def assignments_version(tasks: list[TaskRecord]) -> str:
 
 class TaskChanges:
     """Counters of the changes of each node's assigned tasks, that long-polls wait on: a
-    long-poll looks at its node's assignments again only when a write of one of its tasks
-    came. Followed from the watch of the herds' records (``feed``: the server's own, shared;
-    else one started here by the first long-poll): each task record written bumps the one node
-    whose assignments that write may change (``entry_node``), a deleted one every node."""
+    long-poll looks at its node's assignments again only when one of its entries in the index
+    of assigned tasks (``ClusterStore.ASSIGNED``) changed. Followed from a watch (``feed``: the
+    server's own, shared, whose view then holds the change before it is counted; else one of
+    that index started here by the first long-poll): each entry written or deleted bumps the
+    node its key names, a restart of the watch every node."""
 
-    def __init__(self, lifecycle: Lifecycle, feed: HerdsFeed | None = None) -> None:
+    def __init__(self, lifecycle: Lifecycle, feed: BarnFeed | None = None) -> None:
         self.everyone = 0  # a change whose node is not known: every long-poll looks again
         self.per_node: dict[str, int] = {}
         self.changed = threading.Condition()
@@ -209,28 +209,20 @@ class TaskChanges:
         with self.changed:
             if self._feed is not None:
                 return
-            self._feed = HerdsFeed(self._barn, threading.Event(), name="agent-service-watch")
+            self._feed = BarnFeed(
+                self._barn, threading.Event(), prefix=ClusterStore.ASSIGNED, name="agent-service-watch"
+            )
         self._follow(self._feed)
         self._feed.start()
 
-    def _follow(self, feed: HerdsFeed) -> None:
+    def _follow(self, feed: BarnFeed) -> None:
         feed.listen(self.on_change)
         feed.on_restart(lambda: self.bump(None))  # (what changed while no watch ran)
 
     def on_change(self, event: WatchEvent) -> None:
-        found = keys.record_of(event.kv.key)
-        if found is None or found[0] != "tasks":
-            return
-        if event.type != "PUT":
-            self.bump(None)
-            return
-        try:
-            node = entry_node(TaskRecord.model_validate_json(event.kv.value))
-        except ValidationError:  # (not a record this server reads: every long-poll looks)
-            self.bump(None)
-            return
-        if node is not None:
-            self.bump(node)
+        key = event.kv.key
+        if key.startswith(ClusterStore.ASSIGNED):  # (ASSIGNED node/herd/task)
+            self.bump(key[len(ClusterStore.ASSIGNED) :].split("/", 1)[0])
 
     def bump(self, node: str | None) -> None:
         """Count a change of ``node``'s tasks (None: of any node's)."""
@@ -328,7 +320,7 @@ class AgentService:
         *,
         certificates: bool = False,
         on_lineage: Callable[[LineageEvent], object] | None = None,
-        feed: HerdsFeed | None = None,
+        feed: BarnFeed | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         # where the lineage events of the nodes' scenarios go (the server's lineage sinks)
@@ -497,7 +489,8 @@ class AgentService:
             cached = self._assigned_at.get(node)
         if generation is not None and cached is not None and cached[0] == generation:
             return cached[1], cached[2]
-        found = self.lifecycle.assignments(node)
+        # a long-poll's from this server's view: woken by the change it reads there (TaskChanges)
+        found = self.lifecycle.assignments(node, recent=generation is not None)
         version = assignments_version(found)
         if generation is not None:
             with self._assigned_lock:
@@ -651,7 +644,7 @@ def serve_agents(
     tokens: ClusterTokens | None = None,
     tls: TlsFiles | None = None,
     on_lineage: Callable[[LineageEvent], object] | None = None,
-    feed: HerdsFeed | None = None,
+    feed: BarnFeed | None = None,
 ) -> grpc.Server:
     """Start the agent service on ``host:port`` (port 0: a free port; ``server.port`` says
     which). With ``tls``, mutual TLS: a stream must present a node's certificate of the
@@ -661,8 +654,8 @@ def serve_agents(
     Plaintext (no ``tls``) on a non-loopback host is refused (ValueError) unless
     ``insecure_bind`` is given. Each open stream holds a thread, so at most ``max_streams`` are
     open at once, and one that is not bound to a node within ``bind_timeout`` seconds is
-    closed. ``feed``: the server's watch of the herds' records, which long-polls wait on (else
-    the service starts its own). OSError when the address cannot be bound."""
+    closed. ``feed``: the server's watch of the Barn, which long-polls wait on (else the
+    service starts its own). OSError when the address cannot be bound."""
     if not 0 <= port <= 65535:
         raise ValueError(f"agent service port {port}: not in [0, 65535]")
     if not insecure_bind and tls is None:

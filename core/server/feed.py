@@ -1,11 +1,16 @@
-"""What a server follows of the Barn: one watch of the herds' records, shared.
+"""What a server follows of the Barn: one watch of every key, shared.
 
-``HerdsFeed`` runs one thread following a Barn watch of ``/herds/`` (started again after an
-error) and hands every change to its listeners: ``RecentRecords`` (first, so what the others
-wake finds the change there), the control loop (a task that may be placed: a pass at once),
-``JobWaits`` (a job's record changed: the requests waiting for it answer) and the agent
-service's ``TaskChanges`` (a node's task written: its agent's long-poll looks again). One
-watch per server, however many listen.
+``BarnFeed`` runs one thread following a Barn watch (of every key, on a server; started again
+after an error) and hands every change to its listeners, in the order they listen:
+``LiveView`` and ``RecentRecords`` first (so what the others wake finds the change there), then
+the control loop (a task to place: a pass at once), ``JobWaits`` (a job's record changed: the
+requests waiting for it answer) and the agent service's ``TaskChanges`` (a node's assignments
+changed: its agent's long-poll looks again). One watch per server, however many listen: a
+commit's changes come in one answer, whatever keys it wrote.
+
+``LiveView`` keeps what a scheduler pass, a submission and an agent's long-poll read (the
+nodes, the herds' index and the live tasks' index), so they need no Barn read: see its
+docstring for why each may read it.
 
 ``RecentRecords`` keeps the newest value seen of the jobs' and tasks' records, for reads that
 only start a commit comparing that record's revision (an agent's report), and for a waiter's
@@ -26,25 +31,28 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from runink.core.control.records import keys
-from runink.core.interfaces.barn import BarnBackend, KeyValue, WatchEvent
+from runink.core.control.store import ClusterStore
+from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
 
-PREFIX = keys.HERDS
 RETRY_AFTER = 1.0  # seconds before the watch is started again after an error
 REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again
 
 Listener = Callable[[WatchEvent], None]
 
 
-class HerdsFeed:
-    def __init__(self, barn: BarnBackend, stop: threading.Event, *, name: str = "herds-feed") -> None:
+class BarnFeed:
+    """``prefix``: the keys watched (a server's feed: all of them)."""
+
+    def __init__(self, barn: BarnBackend, stop: threading.Event, *, prefix: str = "/", name: str = "barn-feed") -> None:
         self.barn = barn
         self.stop = stop
+        self.prefix = prefix
         self.name = name
         # the watch runs: every change from now on reaches the listeners (else they wait for a
         # restart, which ``on_restart`` says)
@@ -74,7 +82,7 @@ class HerdsFeed:
                 for reset in self._resets:
                     reset()
                 self.following = True  # (from ``start`` on: nothing after it is missed)
-                for event in self.barn.watch(PREFIX, start):
+                for event in self.barn.watch(self.prefix, start):
                     for listener in self._listeners:
                         listener(event)
                     if self.stop.is_set():
@@ -83,7 +91,7 @@ class HerdsFeed:
                 self.following = False
                 now = time.monotonic()
                 if now - last_logged > REPEAT_LOG_AFTER:
-                    log.warning("watch of %s failed: %s", PREFIX, printable(str(exc), 300))
+                    log.warning("watch of %s failed: %s", self.prefix, printable(str(exc), 300))
                     last_logged = now
                 self.stop.wait(RETRY_AFTER)
 
@@ -95,7 +103,7 @@ RECENT_KEPT = 5_000
 
 
 class RecentRecords:
-    """(a HerdsFeed listener) The newest value the feed saw of each job and task record
+    """(a BarnFeed listener) The newest value the feed saw of each job and task record
     (``/herds/H/jobs/J``, ``/herds/H/tasks/T``) changed since it started, at most ``kept`` of
     them: ``get`` is ``ClusterStore.recent``. A value is never older than one the Barn held,
     but may be older than the Barn's now: use it only where a commit compares its revision."""
@@ -110,7 +118,7 @@ class RecentRecords:
             return self._values.get(key)
 
     def reset(self) -> None:
-        """(a HerdsFeed restart) Forget everything: a change made while the watch was down
+        """(a BarnFeed restart) Forget everything: a change made while the watch was down
         is not delivered, and a kept value would stay older than it for good."""
         with self._lock:
             self._values.clear()
@@ -128,6 +136,131 @@ class RecentRecords:
                 self._values.popitem(last=False)
 
 
+class LiveView:
+    """(a BarnFeed listener, the first) The keys a scheduler pass, a submission and an agent's
+    long-poll read, as this server's watch delivered them: the nodes, the herds' index and the
+    live tasks' index (``ClusterStore.view``). Each may read it, not the Barn, because:
+
+    - a submission only checks that a task could fit some node, and compares the herd's
+      revision in its commit (the index copy is written with the herd's key: same revision);
+    - an agent's long-poll is woken by its node's index entries changing (``TaskChanges``),
+      after this view has them: it reads what woke it, or newer;
+    - a scheduler pass must count every placement, or it could overfill a node. Only the
+      leader's scheduler places, through its own store, whose commits are applied here as
+      they are made (``wrote``); and a new leader reads here only once the view has its
+      claim of the scheduling epoch, so every placement before it (``ClusterStore.view_floor``).
+      What others write (submissions, ends) may be seen a moment late: a task then waits for
+      the next pass, room is freed a pass later, and a commit still compares each task's
+      revision.
+
+    While the watch is not following, or being started again, ``scan`` answers None: read the
+    Barn. Values are the Barn's bytes; the store parses them (and only the changed ones again).
+    """
+
+    PREFIXES = (keys.NODES, ClusterStore.HERD_INDEX, ClusterStore.LIVE)
+    CATCH_UP = 0.5  # seconds a read waits for the watch to reach its floor before reading the Barn
+
+    def __init__(self, barn: BarnBackend, feed: BarnFeed) -> None:
+        self._barn = barn
+        self._feed = feed
+        self._changed = threading.Condition()
+        self._kvs: dict[str, KeyValue] = {}
+        self._ready = False  # filled since the watch last started
+        self.revision = 0  # the newest change the watch delivered (every earlier one is here)
+        # own commits not yet delivered by the watch: key -> (revision, value or None: deleted),
+        # applied again over a restart's scan that may predate them
+        self._local: dict[str, tuple[int, KeyValue | None]] = {}
+        self._local_top = 0
+        self._waiting = 0
+        if not all(prefix.startswith(feed.prefix) for prefix in self.PREFIXES):
+            raise ValueError(f"a LiveView needs a feed of every key it keeps, not only of {feed.prefix}")
+        feed.on_restart(self.reset)
+        feed.listen(self.on_change)
+
+    def reset(self) -> None:
+        """(the watch starts again) Read the keys anew: changes made while no watch ran are not
+        delivered. The watch starts before this read: what it replays is applied by revision."""
+        with self._changed:
+            self._ready = False
+        at = self._barn.revision()
+        found = {kv.key: kv for prefix in self.PREFIXES for kv in self._barn.scan(prefix)}
+        with self._changed:
+            self._kvs = found
+            for key, (revision, kv) in self._local.items():
+                if revision > at:
+                    self._put(key, revision, kv)
+            self.revision = max(self.revision, at)
+            self._ready = True
+            self._changed.notify_all()
+
+    def on_change(self, event: WatchEvent) -> None:
+        key = event.kv.key
+        with self._changed:
+            if key.startswith(self.PREFIXES):
+                self._put(key, event.revision, event.kv if event.type == "PUT" else None)
+            self.revision = event.revision
+            if self._local and self.revision >= self._local_top:
+                self._local.clear()
+            if self._waiting:
+                self._changed.notify_all()
+
+    def wrote(self, ops: Sequence[TxnOp], revision: int) -> None:
+        """(a store's commit) Apply the writes committed at ``revision`` now, before the watch
+        delivers them (values as the watch will: the same bytes, that revision)."""
+        with self._changed:
+            for op in ops:
+                if op.key.startswith(self.PREFIXES):
+                    kv = None if op.value is None else KeyValue(op.key, op.value, revision, revision, 0)
+                    self._put(op.key, revision, kv)
+                    self._local[op.key] = (revision, kv)
+            self._local_top = max(self._local_top, revision)
+
+    def _put(self, key: str, revision: int, kv: KeyValue | None) -> None:
+        known = self._kvs.get(key)
+        if known is not None and known.mod_revision >= revision:
+            return  # (a replay, or an own commit the watch is only now delivering)
+        local = self._local.get(key)
+        if local is not None and local[0] > revision:
+            return  # (an older change than an own commit: a deleted key must stay deleted)
+        if kv is None:
+            self._kvs.pop(key, None)
+        else:
+            self._kvs[key] = kv
+
+    def scan(self, prefix: str, floor: int = 0) -> list[KeyValue] | None:
+        """The keys under ``prefix`` (one of PREFIXES or under one), in key order, once the
+        view has every change up to revision ``floor``; None when it cannot say (the watch is
+        not following, or did not reach ``floor`` within CATCH_UP): read the Barn then."""
+        if not prefix.startswith(self.PREFIXES):
+            raise ValueError(f"{prefix}: not a prefix this view keeps")
+        with self._changed:
+            if not self._current(floor):
+                return None
+            return sorted((kv for key, kv in self._kvs.items() if key.startswith(prefix)), key=lambda kv: kv.key)
+
+    def get(self, key: str) -> tuple[bool, KeyValue | None]:
+        """(whether the view can say, as ``scan``; the key's value, None: absent)"""
+        if not key.startswith(self.PREFIXES):
+            raise ValueError(f"{key}: not a key this view keeps")
+        with self._changed:
+            if not self._current(0):
+                return False, None
+            return True, self._kvs.get(key)
+
+    def _current(self, floor: int) -> bool:
+        """(holding the lock) Whether the view may be read: following, and past ``floor``."""
+        if not (self._ready and self._feed.following):
+            return False
+        if self.revision >= floor:
+            return True
+        self._waiting += 1
+        try:
+            caught_up = self._changed.wait_for(lambda: self.revision >= floor or not self._ready, self.CATCH_UP)
+            return caught_up and self._ready
+        finally:
+            self._waiting -= 1
+
+
 class JobWaits:
     def __init__(self, max_waiters: int = 10_000) -> None:
         self.max_waiters = max_waiters
@@ -137,7 +270,7 @@ class JobWaits:
         self._seen: dict[str, tuple[int, str]] = {}  # job -> (its record's revision the feed saw last, herd)
 
     def reset(self) -> None:
-        """(a HerdsFeed restart) Forget the revisions seen, and wake every waiting request to
+        """(a BarnFeed restart) Forget the revisions seen, and wake every waiting request to
         read the Barn: a change made while the feed's watch was down is not delivered."""
         with self._lock:
             self._seen.clear()
@@ -154,7 +287,7 @@ class JobWaits:
             return self._seen.get(job_id)
 
     def on_change(self, event: WatchEvent) -> None:
-        """(a HerdsFeed listener) Note the job's revision and wake the requests waiting for it."""
+        """(a BarnFeed listener) Note the job's revision and wake the requests waiting for it."""
         found = keys.record_of(event.kv.key)
         if found is None or found[0] != "jobs":
             return

@@ -9,7 +9,6 @@ a full timeout again.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from runink.core.control.liveness import Liveness
-from runink.core.control.records import RunState, SchedulerEpoch, keys
+from runink.core.control.records import SchedulerEpoch, keys
 from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.interfaces.barn import WatchEvent
@@ -115,6 +114,9 @@ class ControlLoop:
         except Conflict:  # another server claimed at the same moment: the next round looks again
             return False
         self.store.fence = (keys.SCHEDULER, revision)
+        # this server's view of the Barn serves the passes once it has the claim, and so every
+        # placement an earlier leader made (ClusterStore.view)
+        self.store.view_floor = revision
         return True
 
     def poke(self) -> None:
@@ -147,15 +149,16 @@ class ControlLoop:
             poked = self._wake.wait(self.interval)
 
     def on_change(self, event: WatchEvent) -> None:
-        """(a HerdsFeed listener) Poke the loop on a change of a task record that may let a
-        pass place something: a task to place (a submission to another server, a retry), or a
-        task's end or move while the last pass left tasks waiting (room they may take). A task
-        placed or started pokes nothing (``_may_place``), nor an end with nothing waiting:
-        that pass would find nothing to do."""
-        if "/tasks/" not in event.kv.key:
+        """(a BarnFeed listener, after the LiveView: a pass it wakes finds the change there) Poke
+        the loop on a change of the live tasks' index that may let a pass place something: a
+        task's PENDING entry written (a submission, a retry, a reason changed), or an entry
+        deleted while the last pass left tasks waiting (a task placed, ended, moved, cancelled:
+        room, or a dependency settled). An entry written on a node (a placement, a start) pokes
+        nothing, nor a deletion with nothing waiting: that pass would find nothing to do."""
+        key = event.kv.key
+        if not key.startswith(ClusterStore.LIVE):
             return
-        change = _may_place(event.type, event.kv.value)
-        if change == "adds" or (change == "frees" and self.waiting):
+        if key.startswith(ClusterStore.PENDING) if event.type == "PUT" else self.waiting:
             self.poke()
 
     def start(self, stop: threading.Event) -> threading.Thread:
@@ -170,20 +173,3 @@ class ControlLoop:
         if line != last or now - at >= REPEAT_LOG_AFTER:
             log.error("%s", line)
             self._last_failure = (line, now)
-
-
-def _may_place(kind: str, value: bytes) -> str | None:
-    """How a change of a task record may let a scheduler pass place something: "adds" a task
-    to place (written PENDING; a record that cannot be read counts so too), "frees" room (an
-    end, a cancel, a delete), None for a task written SCHEDULED or RUNNING (its placement, its
-    start: they only take room). Jobs' records change with their tasks' in the same
-    transaction: their own events add nothing."""
-    if kind != "PUT":
-        return "frees"
-    try:
-        state = json.loads(value).get("state")
-    except (ValueError, AttributeError):
-        return "adds"
-    if state in (RunState.SCHEDULED, RunState.RUNNING):
-        return None
-    return "adds" if state == RunState.PENDING else "frees"

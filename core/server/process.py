@@ -48,7 +48,7 @@ from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
 from runink.core.server.audit_retention import AuditRetention
 from runink.core.server.auth import LEEWAY, MAX_TTL, ApiAuth, ClusterTokens
-from runink.core.server.feed import HerdsFeed, JobWaits, RecentRecords
+from runink.core.server.feed import BarnFeed, JobWaits, LiveView, RecentRecords
 from runink.core.server.loop import ControlLoop
 from runink.core.server.revocations import Revocations
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
@@ -310,11 +310,14 @@ class Server:
             chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
         self.loop.start(self._stop)
-        # one watch of the herds' records: a round at once when tasks change, a job's waiting
-        # readers answered when it does, the newest records kept for the agents' reports
-        # (first: what the others wake sees them), and the agents' long-polls woken
+        # one watch of every key: the view of the nodes, herds and live tasks that passes,
+        # submissions and long-polls read, and the newest records kept for the agents' reports
+        # (first: what the others wake finds them), a round at once when tasks change, a job's
+        # waiting readers answered when it does, and the agents' long-polls woken
         self.job_waits = JobWaits()
-        feed = HerdsFeed(barn, self._stop)
+        feed = BarnFeed(barn, self._stop)
+        view = LiveView(barn, feed)
+        self.lifecycle.store.view = fenced.view = view
         recent = RecentRecords()
         feed.listen(recent.on_change)
         feed.on_restart(recent.reset)
