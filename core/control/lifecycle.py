@@ -70,6 +70,9 @@ if TYPE_CHECKING:
     from runink.core.control.admission import Gate
 
 log = logging.getLogger(__name__)
+#: places a submission's tasks and has the callable given store them so, with the scheduling
+#: epoch to compare; returns what it returned, or None having called nothing (ControlLoop.place_with)
+Placer = Callable[[list[TaskRecord], Callable[[list[TaskRecord], tuple[str, int]], int]], int | None]
 
 #: final states that count as a failure of the attempt: retried while retries are left
 REPORT_THREADS = 16  # reports of different jobs a process applies at once (report_many)
@@ -275,6 +278,10 @@ class Lifecycle:
         self.jitter = jitter
         self.secrets = secrets  # where herds' secrets are kept (None: no task may ask for one)
         self.rates = rates or CostConfig()  # what ended attempts' accounting is priced at
+        # The leader's scheduler on this server (core/server/loop.py ``ControlLoop.place_with``):
+        # a submission's tasks placed in the commit that stores them, when nothing waits and
+        # they fit; it returns None otherwise (then they are stored PENDING). None: never.
+        self.placer: Placer | None = None
 
     # --- secrets -----------------------------------------------------------------------
 
@@ -386,7 +393,7 @@ class Lifecycle:
         read again (it changed since ``herd``) is checked again as ``_admit`` does (``nodes``)."""
         recheck = functools.partial(self._admit, tasks=tasks, nodes=nodes)
         if admit is None:
-            revision = self.store.submit(job, tasks, herd, also, recheck=recheck)
+            revision = self._submit(job, tasks, herd, also, (), recheck)
             if on_stored is not None:
                 on_stored(revision)
             return job
@@ -394,9 +401,7 @@ class Lifecycle:
             admitted = admit(herd.record, job.kind, tasks)
             priced = job.model_copy(update={"estimate": admitted.estimate, "owner": admitted.owner})
             try:
-                revision = self.store.submit(
-                    priced, tasks, herd, [*also, *admitted.ops], admitted.compare, recheck=recheck
-                )
+                revision = self._submit(priced, tasks, herd, [*also, *admitted.ops], admitted.compare, recheck)
             except StaleRead:
                 admitted.on_stale()
                 herd = self.store.herd(job.herd)
@@ -406,6 +411,30 @@ class Lifecycle:
                 on_stored(revision)
             return priced
         raise Conflict(f"herd {job.herd}: its admission state changed {MAX_CONFLICT_RETRIES} times in a row")
+
+    def _submit(  # noqa: PLR0917 (store.submit's, passed on)
+        self,
+        job: JobRecord,
+        tasks: list[TaskRecord],
+        herd: Versioned[Herd],
+        ops: Sequence[TxnOp],
+        compare: Sequence[tuple[str, int]],
+        recheck: Callable[[Herd], None],
+    ) -> int:
+        """``store.submit``, the tasks placed in the same commit when this server's scheduler
+        can place them now (``placer``); else (or when its epoch changed meanwhile) PENDING."""
+        if self.placer is not None:
+
+            def placed(records: list[TaskRecord], fence: tuple[str, int]) -> int:
+                return self.store.submit(job, records, herd, ops, [*compare, fence], recheck=recheck)
+
+            try:
+                revision = self.placer(tasks, placed)
+            except StaleRead:  # (another leader's epoch, or what admission read: stored PENDING, or raised again)
+                revision = None
+            if revision is not None:
+                return revision
+        return self.store.submit(job, tasks, herd, ops, compare, recheck=recheck)
 
     def submit_pipeline(
         self,

@@ -66,6 +66,7 @@ class PassResult:
     committed: bool = True  # False: a batch was refused twice; its tasks wait for the next pass
     waiting: dict[str, int] = field(default_factory=dict)  # herd -> its PENDING tasks after the pass
     waited: dict[str, tuple[str, float]] = field(default_factory=dict)  # placed task id -> (herd, seconds PENDING)
+    records: dict[str, TaskRecord] = field(default_factory=dict)  # (``place_new``) task id -> its record placed
 
 
 @dataclass
@@ -118,6 +119,25 @@ class Scheduler:
         self._report(result, time.perf_counter() - began)
         return result
 
+    def place_new(self, tasks: Sequence[TaskRecord], now: float) -> PassResult | None:
+        """Place tasks not stored yet (a submission's), as a pass would, without committing:
+        the result's ``records`` are the tasks placed, for the caller to store so. None unless
+        every one of them is placed and no stored task waits to be placed before them (they
+        would jump its queue), or with no view of the Barn to read (``ClusterStore.view``):
+        then they are stored PENDING and a pass places them. The caller holds what serializes
+        passes until its commit is in the view, and reports the result (``report``) once it
+        committed."""
+        if self.store.view is None or any(t.after or t.near or t.state is not RunState.PENDING for t in tasks):
+            return None
+        result = self._attempt(now, recent=True, new=tasks)
+        if len(result.records) != len(tasks):
+            return None
+        return result
+
+    def report(self, result: PassResult, took: float) -> None:
+        """Report a pass's (or ``place_new``'s) metrics."""
+        self._report(result, took)
+
     def _report(self, result: PassResult, took: float) -> None:
         found = [metrics.sample("runink_scheduler_pass_seconds", took)]
         found += [metrics.sample("runink_scheduler_pending_tasks", n, herd=h) for h, n in result.waiting.items()]
@@ -126,9 +146,11 @@ class Scheduler:
             found.append(metrics.sample("runink_scheduler_placement_seconds", seconds, herd=herd))
         metrics.report(self.manager, found)
 
-    def _attempt(self, now: float, *, recent: bool) -> PassResult:
+    def _attempt(self, now: float, *, recent: bool, new: Sequence[TaskRecord] = ()) -> PassResult:
         """One pass. ``recent``: read from the server's view of the Barn (``ClusterStore.view``:
-        no round trip) where it has one; else from the Barn, the three scans at once."""
+        no round trip) where it has one; else from the Barn, the three scans at once. ``new``:
+        tasks not stored yet (``place_new``), placed only if no other task waits to be, and
+        nothing committed: their records placed are in the result's ``records``."""
         if recent and self.store.view is not None:
             live, nodes = self.store.live(recent=True), self.store.nodes(recent=True)
             herds = {h.name: h for h in self.store.herds(recent=True)}
@@ -139,10 +161,13 @@ class Scheduler:
             nodes = nodes_read()
             herds = {h.name: h for h in herds_read()}
         tasks = [v for v in live if v.record.herd in herds]
+        tasks += [Versioned(t, 0) for t in new if t.herd in herds]
         # Greater than any token an earlier attempt of these tasks got: that token was a revision
         # read before the commit that placed it, so each such task's revision is past it (no
         # read of the Barn's revision of its own: a pass is on every job's way to its node)
         token = max((v.revision for v in tasks), default=0)
+        if new and self.store.view is not None:  # (new tasks have no revision: past what the view saw)
+            token = max(token, self.store.view.revision)
         result = PassResult(token=token, waiting=dict.fromkeys(herds, 0))
 
         allocated: dict[str, Resources] = {}
@@ -171,6 +196,8 @@ class Scheduler:
                     queues.setdefault(task.herd, []).append(versioned)
         if not queues and not skips:
             return result
+        if new and (skips or any(v.revision for queue in queues.values() for v in queue)):
+            return result  # (a stored task waits: the new ones do not go before it)
 
         candidates: list[Node] = []
         unschedulable: list[tuple[str, str]] = []
@@ -266,6 +293,11 @@ class Scheduler:
             if task.id not in result.placed:
                 result.pending[task.id] = (changed or task).pending_reason
 
+        if new:
+            for task_id, (_, placed) in zip(written, writes, strict=True):
+                if task_id in result.placed and isinstance(placed, TaskRecord):
+                    result.records[task_id] = placed
+            return result
         for compare, skip_writes in _packed(skips, self.batch):
             try:
                 self.store.commit(compare, skip_writes)

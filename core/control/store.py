@@ -58,6 +58,8 @@ class Refused(RuninkError):
 class View(Protocol):
     """What a server's watch keeps of the keys most read (core/server/feed.py ``LiveView``)."""
 
+    revision: int  # the newest change it has (every earlier one too)
+
     def scan(self, prefix: str, floor: int = 0) -> list[KeyValue] | None:
         """The keys under ``prefix`` once every change up to ``floor`` is in; None: read the Barn."""
 

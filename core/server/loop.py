@@ -16,15 +16,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from runink.core.control.liveness import Liveness
-from runink.core.control.records import SchedulerEpoch, keys
+from runink.core.control.records import SchedulerEpoch, TaskRecord, keys
 from runink.core.control.scheduler import PassResult, Scheduler
 from runink.core.control.store import ClusterStore, Conflict
 from runink.core.interfaces.barn import WatchEvent
 from runink.core.report import printable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPEAT_LOG_AFTER = 30.0  # seconds before the same failure is logged again (a round runs every interval)
 #: seconds between scheduler passes while the last one left no task waiting and nothing poked
@@ -59,6 +61,9 @@ class ControlLoop:
         # the last pass left tasks waiting (or there was none yet): a task's end may let one in
         self.waiting = True
         self._wake = threading.Event()
+        # held by each pass and by a submission placed at once (``place_with``) until its commit
+        # is in the view: the next one counts what the last one placed
+        self._placing = threading.Lock()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
         self._last_failure = ("", 0.0)
 
@@ -89,7 +94,11 @@ class ControlLoop:
         if dead:
             log.warning("nodes found dead (their tasks are placed again): %s", ", ".join(dead))
             schedule = True  # their tasks wait again
-        result = self.scheduler.run_pass(now_wall) if schedule else None
+        if schedule:
+            with self._placing:
+                result = self.scheduler.run_pass(now_wall)
+        else:
+            result = None
         if result is not None:
             self.waiting = bool(result.pending) or not result.committed
         for chore in self.chores:
@@ -118,6 +127,25 @@ class ControlLoop:
         # placement an earlier leader made (ClusterStore.view)
         self.store.view_floor = revision
         return True
+
+    def place_with(self, tasks: list[TaskRecord], commit: Callable[[list[TaskRecord], tuple[str, int]], T]) -> T | None:
+        """Place a submission's ``tasks`` (not stored yet) at once, and have ``commit`` store
+        them so with the scheduling epoch this leader claimed (a compare its commit must make:
+        a server that no longer leads stores nothing); returns what ``commit`` returned. None,
+        having called nothing, when this server does not schedule now, tasks wait already, or
+        one does not fit (``Scheduler.place_new``): store them PENDING, a pass places them.
+        One commit on a job's way instead of two. Exceptions from ``commit`` propagate."""
+        fence = self.store.fence
+        if not self._leading or fence is None:
+            return None
+        with self._placing:  # (a pass placing meanwhile could take the same room)
+            began = time.perf_counter()
+            result = self.scheduler.place_new(tasks, time.time())
+            if result is None:
+                return None
+            stored = commit([result.records[t.id] for t in tasks], fence)
+        self.scheduler.report(result, time.perf_counter() - began)
+        return stored
 
     def poke(self) -> None:
         """Run the next round now (something changed: a submission, a report, a node), not at

@@ -309,6 +309,7 @@ class Server:
         if self.scaler is not None:  # (the leader's: nodes added and removed, see [scaling])
             chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
+        self.lifecycle.placer = self.loop.place_with  # (while it leads: a submission placed in its own commit)
         self.loop.start(self._stop)
         # one watch of every key: the view of the nodes, herds and live tasks that passes,
         # submissions and long-polls read, and the newest records kept for the agents' reports
