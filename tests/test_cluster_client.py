@@ -118,3 +118,32 @@ def test_the_clis_cluster_herd_is_the_securitys() -> None:
     from runink.core.security import CLUSTER as SECURITY_CLUSTER
 
     assert CLUSTER == SECURITY_CLUSTER
+
+
+def test_calls_go_first_to_the_server_the_answers_name_as_scheduling_never_to_one_not_given() -> None:
+    """An answer names the server that schedules now (X-Runink-Scheduler): when it is one of
+    the servers given, the next calls go there; a name not given is never asked."""
+    from runink.core.cli.cluster_client import SCHEDULER_HEADER as CLIENT_HEADER
+    from runink.core.server.api import SCHEDULER_HEADER
+
+    assert CLIENT_HEADER == SCHEDULER_HEADER  # (spelt out in the CLI: the server's module is not imported)
+    named: list[str] = ["http://127.0.0.1:9/"]  # (port 9: nothing listens there)
+
+    def answer(request: bytes) -> bytes:
+        return ok(b"{}", f"{SCHEDULER_HEADER}: {named[0]}\r\n".encode())
+
+    first, second = HttpStub(answer), HttpStub(answer)
+    client = ClusterClient([first.address, second.address], timeout=(2, 2))
+    try:
+        client.call("POST", "/v1/jobs", {"herd": "h"})
+        client.call("POST", "/v1/jobs", {"herd": "h"})  # a server not given: still the first
+        assert [len(first.requests), len(second.requests)] == [2, 0]
+        named[0] = second.address + "/"
+        client.call("POST", "/v1/jobs", {"herd": "h"})  # (this answer names the second)
+        client.call("POST", "/v1/jobs", {"herd": "h"})
+        client.call("GET", "/v1/jobs/j")
+        assert [len(first.requests), len(second.requests)] == [3, 2]
+    finally:
+        client.close()
+        first.close()
+        second.close()

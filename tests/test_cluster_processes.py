@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from barn_cluster import free_ports
@@ -123,6 +124,7 @@ def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp
         assert sorted(n["id"] for n in nodes) == ["agent-0", "agent-1"]
         # kill the server whose Barn member leads; another one schedules within seconds
         leader = _leading_server(started)
+        _answers_name_the_scheduling_server(started, leader)
         os.killpg(leader["pid"], signal.SIGKILL)
         began = time.monotonic()
         again = run_cli("exec", "--", "/bin/sh", "-c", "exit 5")
@@ -134,6 +136,15 @@ def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp
     for item in [*started["servers"], *started["agents"]]:
         with pytest.raises(ProcessLookupError):
             os.killpg(item["pid"], 0)
+
+
+def _answers_name_the_scheduling_server(started: dict[str, Any], leader: dict[str, Any]) -> None:
+    """Every server's answers name the leader's API (X-Runink-Scheduler): clients submit there."""
+    import httpx
+
+    with httpx.Client(verify=up_tls(), timeout=10) as http:
+        for api in started["api"]:
+            assert http.get(api + "/healthz").headers.get("x-runink-scheduler") == leader["api"]
 
 
 def _leading_server(started: dict[str, list[dict[str, object]]]) -> dict[str, object]:

@@ -71,6 +71,9 @@ class Runink:
             capture_output=True, text=True, env={**self.env, **(up_env or {})}, timeout=120, check=True,
         )  # fmt: skip
         self.apis = json.loads(up.stdout)["api"]
+        # asked first: the server the answers name as scheduling (X-Runink-Scheduler), as the
+        # CLI's client does (a submission there is placed in the commit that stores it)
+        self.api = self.apis[0]
         self.metrics = list(json.loads(up.stdout).get("metrics", {}).values())  # each process's /metrics
         # the admin token `runink up` gave the CLI, and its CA (its context file): TLS unless --insecure-dev
         context = json.loads((root / "xdg" / "runink" / "cluster.json").read_text())
@@ -91,14 +94,15 @@ class Runink:
 
     def submit(self, http: httpx.Client) -> tuple[str, int]:
         """The job's id and the revision it was stored at (its first wait's ``after``)."""
-        answer = http.post(self.apis[0] + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
+        answer = http.post(self.api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
         answer.raise_for_status()
+        self._follow(answer)
         # (a version from before the submission's revision: its first wait reads the job at once)
         return str(answer.json()["job"]["id"]), int(answer.json().get("revision") or 0)
 
     def wait_ended(self, http: httpx.Client, job_id: str, revision: int) -> None:
         while True:  # each read waits on the server for the job's next change (as `runink exec`)
-            answer = http.get(f"{self.apis[0]}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
+            answer = http.get(f"{self.api}/v1/jobs/{job_id}", params={"wait": 5, "after": revision})
             if answer.status_code == 503:  # the Barn busy a moment ("try again")
                 continue
             if answer.status_code != 200:
@@ -108,6 +112,11 @@ class Runink:
             if state in FINAL:
                 assert state == "SUCCEEDED", state
                 return
+
+    def _follow(self, answer: httpx.Response) -> None:
+        named = answer.headers.get("x-runink-scheduler")
+        if named in self.apis:
+            self.api = named
 
     def run_cli(self) -> float:
         started = time.perf_counter()

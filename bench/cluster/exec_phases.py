@@ -35,7 +35,8 @@ def main() -> None:
             [*RUNINK, "up", "--servers", "3", "--agents", "2", "--json", "--dir", str(Path(tmp) / "c")],
             capture_output=True, text=True, env=env, timeout=120, check=True,
         )  # fmt: skip
-        api = json.loads(up.stdout)["api"][0]
+        apis = json.loads(up.stdout)["api"]
+        api = apis[0]
         context = json.loads((Path(tmp) / "xdg" / "runink" / "cluster.json").read_text())
         verify = ssl.create_default_context(cafile=context["ca"])
         rows: list[dict[str, float]] = []
@@ -46,6 +47,9 @@ def main() -> None:
                     began = time.time()
                     answer = http.post(api + "/v1/jobs", json={"herd": "default", "command": ["/bin/true"]})
                     answer.raise_for_status()
+                    # the next ones go where the answer says the cluster schedules, as the CLI's client does
+                    named = answer.headers.get("x-runink-scheduler")
+                    api = named if named in apis else api
                     posted = time.time()
                     job_id, revision = answer.json()["job"]["id"], answer.json()["revision"]
                     while True:  # each read waits on the server for the job's next change

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import ssl
 
 TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
+SCHEDULER_HEADER = "X-Runink-Scheduler"  # (core/server/api.py's: the server that schedules now)
 
 
 class ClusterError(RuninkError):
@@ -113,7 +114,11 @@ class ClusterClient:
     client's imports at start, and httpx (with the rich it imports for its own CLI) costs
     ~60-100 ms of them against ~15-25 for ``http.client`` and ``ssl``. The calls are JSON requests
     to servers named by address, so nothing else of httpx is needed. Proxies in the
-    environment are not used: the servers are asked directly."""
+    environment are not used: the servers are asked directly.
+
+    Every answer names the server that schedules now (SCHEDULER_HEADER): when it is one of
+    ``addresses``, the next calls go there first (a submission there is placed in the commit
+    that stores it: one Barn commit less on a job's way). Never to a server not given."""
 
     def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT, *, ca: str | None = None) -> None:
         self.addresses = addresses
@@ -125,6 +130,7 @@ class ClusterClient:
         self._ca = ca
         self._tls: ssl.SSLContext | None = None  # made at the first https:// server
         self._connections: dict[str, http.client.HTTPConnection] = {}
+        self._scheduler = ""  # the server the last answer named (SCHEDULER_HEADER)
 
     def close(self) -> None:
         for connection in self._connections.values():
@@ -153,6 +159,7 @@ class ClusterClient:
                     f"{method} {path}: {address} did not answer ({_reason(exc)}); it may have been "
                     "done: check (e.g. `runink jobs list`) before trying again"
                 ) from None
+            self._prefer(self._scheduler)
             if status >= 400:
                 raise ClusterError(f"{method} {path}: {status} {_detail(content)}", status)
             try:
@@ -160,6 +167,15 @@ class ClusterClient:
             except ValueError:
                 raise ClusterError(f"{method} {path}: {address} answered {status} with no JSON") from None
         raise ClusterError(f"no server answered ({'; '.join(unreachable)})")
+
+    def _prefer(self, address: str) -> None:
+        """Ask ``address`` first from now on, if it is one of the servers given."""
+        wanted = address.rstrip("/")
+        if not wanted or self.addresses[0].rstrip("/") == wanted:
+            return
+        known = [a for a in self.addresses if a.rstrip("/") == wanted]
+        if known:
+            self.addresses = [known[0], *(a for a in self.addresses if a is not known[0])]
 
     def _ask(self, address: str, method: str, target: str, payload: bytes | None) -> tuple[int, bytes]:
         """The answer's status and body. Raises _NotSent when the request could not be sent
@@ -220,6 +236,7 @@ class ClusterClient:
             headers["Content-Type"] = "application/json"
         connection.request(method, target, body=payload, headers=headers)
         answer = connection.getresponse()
+        self._scheduler = answer.getheader(SCHEDULER_HEADER) or ""
         content = answer.read(MAX_ANSWER + 1)
         if len(content) > MAX_ANSWER:
             connection.close()

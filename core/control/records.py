@@ -255,6 +255,9 @@ class SchedulerEpoch(Record):
 
     epoch: int = 0
     holder: str = ""
+    # the claiming server's API (as `runink up` and its --api name it; "" when it listens on
+    # every address): clients send their submissions there, where they are placed at once
+    api: str = Field(default="", max_length=300)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ from runink.core.units import MAX_MEMORY, MAX_PIDS, NAME
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
+SCHEDULER_HEADER = "X-Runink-Scheduler"  # the API of the server that schedules now (AddedHeaders)
 MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
 MAX_LABELS = 64
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
@@ -309,11 +310,14 @@ class BodyLimit:
                 await _too_large(scope, send)
 
 
-class InsecureHeader:
-    """Adds INSECURE_HEADER to every answer of a server that authenticates nobody."""
+class AddedHeaders:
+    """Adds the headers ``headers()`` gives (taken as each answer starts) to every answer:
+    INSECURE_HEADER on a server that authenticates nobody, SCHEDULER_HEADER where the cluster
+    schedules."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: Callable[[], list[tuple[bytes, bytes]]]) -> None:
         self.app = app
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -322,13 +326,7 @@ class InsecureHeader:
 
         async def marked(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", []),
-                        (INSECURE_HEADER.lower().encode(), INSECURE_VALUE.encode()),
-                    ],
-                }
+                message = {**message, "headers": [*message.get("headers", []), *self.headers()]}
             await send(message)
 
         await self.app(scope, receive, marked)
@@ -408,6 +406,7 @@ def create_app(
     manager: PluginManager | None = None,
     admission: Admission | None = None,
     scaling: tuple[Scaler, ScalingPolicy] | None = None,
+    scheduling_api: Callable[[], str] | None = None,
 ) -> FastAPI:
     """The REST API over ``lifecycle`` and ``store``; ``job_waits`` (fed by the server's watch
     of the Barn) lets a job's reader wait for its next change: without it, ``wait`` is ignored.
@@ -418,7 +417,9 @@ def create_app(
     nodes that join (else those routes answer 404). ``manager``: the plugins requests are
     reported to as metrics (none: not measured). ``admission``: what every submission must
     pass (core/control/admission.py; none: only the quota and fit checks). ``scaling``: the
-    cluster's scaler and autoscaling policy, shown by ``GET /v1/scaling`` (none: autoscaling off)."""
+    cluster's scaler and autoscaling policy, shown by ``GET /v1/scaling`` (none: autoscaling off).
+    ``scheduling_api``: the API of the server that schedules now ("" unknown), named in every
+    answer's SCHEDULER_HEADER: a submission there is placed in the commit that stores it."""
     auth = auth or ApiAuth(None, store, insecure=True)
     app = FastAPI(
         title="Runink",
@@ -472,7 +473,15 @@ def create_app(
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     if auth.insecure:
-        app.add_middleware(InsecureHeader)
+        insecure = [(INSECURE_HEADER.lower().encode(), INSECURE_VALUE.encode())]
+        app.add_middleware(AddedHeaders, headers=lambda: insecure)
+    if scheduling_api is not None:
+
+        def scheduler() -> list[tuple[bytes, bytes]]:
+            found = scheduling_api()
+            return [(SCHEDULER_HEADER.lower().encode(), found.encode())] if found else []
+
+        app.add_middleware(AddedHeaders, headers=scheduler)
     if manager is not None:
         app.add_middleware(RequestMetrics, manager=manager)  # (outermost: every answer counted)
 

@@ -33,7 +33,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from runink.core.control.records import keys
+from pydantic import ValidationError
+
+from runink.core.control.records import SchedulerEpoch, keys
 from runink.core.control.store import ClusterStore
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
 from runink.core.report import printable
@@ -157,7 +159,7 @@ class LiveView:
     Barn. Values are the Barn's bytes; the store parses them (and only the changed ones again).
     """
 
-    PREFIXES = (keys.NODES, ClusterStore.HERD_INDEX, ClusterStore.LIVE)
+    PREFIXES = (keys.NODES, ClusterStore.HERD_INDEX, ClusterStore.LIVE, keys.SCHEDULER)
     CATCH_UP = 0.5  # seconds a read waits for the watch to reach its floor before reading the Barn
 
     def __init__(self, barn: BarnBackend, feed: BarnFeed) -> None:
@@ -172,6 +174,7 @@ class LiveView:
         self._local: dict[str, tuple[int, KeyValue | None]] = {}
         self._local_top = 0
         self._waiting = 0
+        self._epoch: tuple[int, str] = (0, "")  # (the scheduling epoch's revision, its API)
         if not all(prefix.startswith(feed.prefix) for prefix in self.PREFIXES):
             raise ValueError(f"a LiveView needs a feed of every key it keeps, not only of {feed.prefix}")
         feed.on_restart(self.reset)
@@ -246,6 +249,20 @@ class LiveView:
             if not self._current(0):
                 return False, None
             return True, self._kvs.get(key)
+
+    def scheduling_api(self) -> str:
+        """The API of the server that schedules now, as its claim of the epoch names it ("":
+        not known, or it names none): answers tell clients to submit there."""
+        known, kv = self.get(keys.SCHEDULER)
+        if not known or kv is None:
+            return ""
+        if self._epoch[0] != kv.mod_revision:
+            try:
+                api = SchedulerEpoch.model_validate_json(kv.value).api
+            except ValidationError:
+                api = ""
+            self._epoch = (kv.mod_revision, api)
+        return self._epoch[1]
 
     def _current(self, floor: int) -> bool:
         """(holding the lock) Whether the view may be read: following, and past ``floor``."""

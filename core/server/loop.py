@@ -65,6 +65,7 @@ class ControlLoop:
         # is in the view: the next one counts what the last one placed
         self._placing = threading.Lock()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
+        self.api = ""  # this server's API, written with each claim for clients (SchedulerEpoch.api)
         self._last_failure = ("", 0.0)
 
     def step(
@@ -115,7 +116,7 @@ class ControlLoop:
         self.store.fence = None
         current = self.store.barn.get(keys.SCHEDULER)
         epoch = SchedulerEpoch() if current is None else SchedulerEpoch.model_validate_json(current.value)
-        claimed = SchedulerEpoch(epoch=epoch.epoch + 1, holder=self.holder)
+        claimed = SchedulerEpoch(epoch=epoch.epoch + 1, holder=self.holder, api=self.api)
         try:
             revision = self.store.commit(
                 [(keys.SCHEDULER, current.mod_revision if current else 0)], [(keys.SCHEDULER, claimed)]

@@ -310,7 +310,6 @@ class Server:
             chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
         self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
         self.lifecycle.placer = self.loop.place_with  # (while it leads: a submission placed in its own commit)
-        self.loop.start(self._stop)
         # one watch of every key: the view of the nodes, herds and live tasks that passes,
         # submissions and long-polls read, and the newest records kept for the agents' reports
         # (first: what the others wake finds them), a round at once when tasks change, a job's
@@ -357,12 +356,17 @@ class Server:
                 manager=manager,
                 admission=Admission(self.store, manager, config.admission, rates=config.cost),
                 scaling=None if self.scaler is None else (self.scaler, ScalingPolicy.from_config(config.scaling)),
+                scheduling_api=view.scheduling_api,
             ),
             options.api[0],
             options.api[1],
             insecure_bind=options.insecure_bind,
             tls=options.tls,
         )
+        # (started once the API answers, so its first claim names where: a host listening on
+        # every address names none, clients reach it by a name of their own)
+        self.loop.api = "" if options.api[0] in ("", "0.0.0.0", "::") else self.addresses()["api"]
+        self.loop.start(self._stop)
 
     def addresses(self) -> dict[str, Any]:
         """Where it listens (the ports it was given, or the ones it got for port 0)."""
