@@ -54,5 +54,6 @@ def secured_app(folder: Path, *plugins: tuple[str, Any]) -> Iterator[SecuredApp]
     job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id
     with plugin_manager(("cluster-tokens", tokens), ("rbac", HerdRbac()), *plugins, entrypoints=False) as manager:
         admission = Admission(store, manager, AdmissionConfig())  # (records who submits each job)
-        app = create_app(lifecycle, store, auth=ApiAuth(manager, store), tokens=tokens, admission=admission)
+        auth = ApiAuth(manager, store, tokens=tokens)  # (as a server has it: checked tokens known at once)
+        app = create_app(lifecycle, store, auth=auth, tokens=tokens, admission=admission)
         yield SecuredApp(app, store, lifecycle, tokens, job)

@@ -171,3 +171,37 @@ def test_a_backlog_goes_over_several_rounds() -> None:
     assert retention(now) == 5000  # at most five batches a round...
     assert retention(now + 0.05) == 1000  # ... and the next round goes on at once
     assert barn.scan(AUDIT) == []
+
+
+def test_a_token_known_on_the_event_loop_is_one_checked_before_with_a_fresh_revocation_list(tmp_path: Path) -> None:
+    """``ApiAuth.identify_known`` (no thread, no I/O) knows a cluster token only once the full
+    check took it, and only while the revocation list needs no read; a revoked one is refused
+    there too. Anything else goes to ``identify``."""
+    import jwt
+
+    from runink.core.control.store import ClusterStore
+    from runink.core.server.auth import ApiAuth, Unauthenticated, new_key_file
+    from runink.testing import plugin_manager
+
+    new_key_file(tmp_path / "key.pem")
+    tokens = ClusterTokens([tmp_path / "key.pem"])
+    barn = MemoryBarn()
+    tokens.revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
+    token, _ = tokens.mint("sa:ci", [Grant("admin", "team")], 600)
+    jti = str(jwt.decode(token, options={"verify_signature": False})["jti"])
+    headers = {"authorization": f"Bearer {token}"}
+    with plugin_manager(("cluster-tokens", tokens), entrypoints=False) as manager:
+        auth = ApiAuth(manager, ClusterStore(barn), tokens=tokens)
+        assert auth.identify_known(headers) is None  # never checked: the hooks decide
+        assert auth.identify(headers, None).subject == "sa:ci"
+        known = auth.identify_known(headers)
+        assert known is not None and known.subject == "sa:ci"
+        tokens.revocations.forget_cache()  # (the list is due to be read again)
+        assert auth.identify_known(headers) is None
+        tokens.revocations.revoke_token(jti, "sa:ci", None, by="root")
+        with pytest.raises(Unauthenticated, match="revoked"):
+            auth.identify(headers, None)  # (reads the list: fresh again)
+        with pytest.raises(Unauthenticated, match="revoked"):
+            auth.identify_known(headers)
+        assert auth.identify_known({}) is None  # no token: the full path says why
+    barn.close()

@@ -129,6 +129,8 @@ class Scheduler:
         committed."""
         if self.store.view is None or any(t.after or t.near or t.state is not RunState.PENDING for t in tasks):
             return None
+        if self.store.view.any_under(ClusterStore.PENDING) is not False:  # (a task waits: no pass read for that)
+            return None
         result = self._attempt(now, recent=True, new=tasks)
         if len(result.records) != len(tasks):
             return None

@@ -69,6 +69,9 @@ class View(Protocol):
     def wrote(self, ops: Sequence[TxnOp], revision: int) -> None:
         """Apply a commit made through a store at once."""
 
+    def any_under(self, prefix: str) -> bool | None:
+        """Whether it holds a key under ``prefix``; None: it cannot say."""
+
 
 @dataclass(frozen=True)
 class Versioned(Generic[R]):

@@ -370,10 +370,21 @@ def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
     }
 
 
-def _caller(request: Request) -> Identity:
-    """(every route but the public ones) The identity the request's token names: 401 without."""
+def _identify(request: Request) -> Identity:
+    """The identity the request's token names: 401 without (the plugins' routes' dependency,
+    ``RouteGuard.caller``: FastAPI runs it on a thread)."""
     auth: ApiAuth = request.app.state.auth
     return auth.identify(request.headers, request.client.host if request.client else None)
+
+
+async def _caller(request: Request) -> Identity:
+    """(every route of the server's own but the public ones) As ``_identify``: known at once
+    for a token checked before, else found on a thread (a plugin may do I/O)."""
+    auth: ApiAuth = request.app.state.auth
+    known = auth.identify_known(request.headers)
+    if known is not None:
+        return known
+    return await run_in_threadpool(_identify, request)
 
 
 Caller = Annotated[Identity, Depends(_caller)]
@@ -384,7 +395,7 @@ class _Guard:
 
     def __init__(self, auth: ApiAuth, store: ClusterStore, declare: Callable[[str], dict[str, Any]]) -> None:
         self.auth, self.store, self.declare = auth, store, declare
-        self.caller = _caller
+        self.caller = _identify
 
     def check(self, identity: Identity, action: str, resource: str, herd: str) -> None:
         self.auth.check(identity, action, resource, herd)

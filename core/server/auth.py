@@ -216,6 +216,17 @@ class ClusterTokens:
             raise AuthenticationError(f"token: {why}")
         return identity
 
+    def known(self, token: str) -> Identity | None:
+        """The identity of a token checked before, if telling needs no I/O (its revocation
+        list read under a second ago): the API answers such a request without a thread of
+        its own. None: ask ``runink_authenticate``. AuthenticationError: revoked."""
+        identity = self._checked(token)
+        if identity is None or (self.revocations is not None and not self.revocations.fresh()):
+            return None
+        if (why := self.why_revoked(identity)) is not None:
+            raise AuthenticationError(f"token: {why}")
+        return identity
+
     def _checked(self, token: str) -> Identity | None:
         """The identity of a token checked before, unless it expired since (then forgotten)."""
         with self._verified_lock:
@@ -298,15 +309,37 @@ def _token_grants(value: object) -> list[Grant]:
 class ApiAuth:
     """What the API asks per request: who calls (``identify``), and may they (``check``)."""
 
-    def __init__(self, manager: PluginManager | None, store: ClusterStore, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        manager: PluginManager | None,
+        store: ClusterStore,
+        *,
+        insecure: bool = False,
+        tokens: ClusterTokens | None = None,
+    ) -> None:
         if manager is None and not insecure:
             raise ValueError("ApiAuth: a plugin manager is needed unless insecure")
         self.manager = manager
+        self.tokens = tokens  # (the cluster's own token plugin, registered with ``manager``)
         self.store = store
         self.insecure = insecure
         self._lock = threading.Lock()
         self._bindings: dict[str, tuple[float, list[Binding]]] = {}  # herd -> (read at, its bindings)
         self.roles = RoleCache(store)  # the custom roles' actions, read at most once a second
+
+    def identify_known(self, headers: Any) -> Identity | None:
+        """Who calls, when that is known without I/O (on the event loop): authentication off,
+        or a cluster token checked before (``ClusterTokens.known``); else None (``identify``,
+        on a thread: a plugin may read a key set over the network)."""
+        if self.insecure:
+            return Identity("anonymous", authenticated_by="insecure-dev")
+        token = bearer(headers)
+        if token is None or self.tokens is None:
+            return None
+        try:
+            return self.tokens.known(token)
+        except AuthenticationError as exc:
+            raise Unauthenticated(str(exc)) from None
 
     def identify(self, headers: Any, peer: str | None) -> Identity:
         if self.insecure:

@@ -160,13 +160,15 @@ class LiveView:
     """
 
     PREFIXES = (keys.NODES, ClusterStore.HERD_INDEX, ClusterStore.LIVE, keys.SCHEDULER)
+    # kept apart, so a scan of one (a node's assignments, the tasks waiting) looks at it only
+    PARTS = (keys.NODES, ClusterStore.HERD_INDEX, ClusterStore.ASSIGNED, ClusterStore.PENDING, keys.SCHEDULER)
     CATCH_UP = 0.5  # seconds a read waits for the watch to reach its floor before reading the Barn
 
     def __init__(self, barn: BarnBackend, feed: BarnFeed) -> None:
         self._barn = barn
         self._feed = feed
         self._changed = threading.Condition()
-        self._kvs: dict[str, KeyValue] = {}
+        self._parts: dict[str, dict[str, KeyValue]] = {part: {} for part in self.PARTS}
         self._ready = False  # filled since the watch last started
         self.revision = 0  # the newest change the watch delivered (every earlier one is here)
         # own commits not yet delivered by the watch: key -> (revision, value or None: deleted),
@@ -186,12 +188,17 @@ class LiveView:
         with self._changed:
             self._ready = False
         at = self._barn.revision()
-        found = {kv.key: kv for prefix in self.PREFIXES for kv in self._barn.scan(prefix)}
+        found: dict[str, dict[str, KeyValue]] = {part: {} for part in self.PARTS}
+        for prefix in self.PREFIXES:
+            for kv in self._barn.scan(prefix):
+                part = _part(self.PARTS, kv.key)
+                if part is not None:
+                    found[part][kv.key] = kv
         with self._changed:
-            self._kvs = found
-            for key, (revision, kv) in self._local.items():
+            self._parts = found
+            for key, (revision, value) in self._local.items():
                 if revision > at:
-                    self._put(key, revision, kv)
+                    self._put(key, revision, value)
             self.revision = max(self.revision, at)
             self._ready = True
             self._changed.notify_all()
@@ -219,16 +226,20 @@ class LiveView:
             self._local_top = max(self._local_top, revision)
 
     def _put(self, key: str, revision: int, kv: KeyValue | None) -> None:
-        known = self._kvs.get(key)
+        part = _part(self.PARTS, key)
+        if part is None:  # (under LIVE, not an entry of the index)
+            return
+        kept = self._parts[part]
+        known = kept.get(key)
         if known is not None and known.mod_revision >= revision:
             return  # (a replay, or an own commit the watch is only now delivering)
         local = self._local.get(key)
         if local is not None and local[0] > revision:
             return  # (an older change than an own commit: a deleted key must stay deleted)
         if kv is None:
-            self._kvs.pop(key, None)
+            kept.pop(key, None)
         else:
-            self._kvs[key] = kv
+            kept[key] = kv
 
     def scan(self, prefix: str, floor: int = 0) -> list[KeyValue] | None:
         """The keys under ``prefix`` (one of PREFIXES or under one), in key order, once the
@@ -239,7 +250,16 @@ class LiveView:
         with self._changed:
             if not self._current(floor):
                 return None
-            return sorted((kv for key, kv in self._kvs.items() if key.startswith(prefix)), key=lambda kv: kv.key)
+            parts = [kept for part, kept in self._parts.items() if part.startswith(prefix) or prefix.startswith(part)]
+            found = [kv for kept in parts for key, kv in kept.items() if key.startswith(prefix)]
+        return sorted(found, key=lambda kv: kv.key)
+
+    def any_under(self, prefix: str) -> bool | None:
+        """Whether the view holds a key under ``prefix`` (a part of PARTS); None: it cannot say."""
+        with self._changed:
+            if not self._current(0):
+                return None
+            return bool(self._parts[prefix])
 
     def get(self, key: str) -> tuple[bool, KeyValue | None]:
         """(whether the view can say, as ``scan``; the key's value, None: absent)"""
@@ -248,7 +268,8 @@ class LiveView:
         with self._changed:
             if not self._current(0):
                 return False, None
-            return True, self._kvs.get(key)
+            part = _part(self.PARTS, key)
+            return True, None if part is None else self._parts[part].get(key)
 
     def scheduling_api(self) -> str:
         """The API of the server that schedules now, as its claim of the epoch names it ("":
@@ -276,6 +297,10 @@ class LiveView:
             return caught_up and self._ready
         finally:
             self._waiting -= 1
+
+
+def _part(parts: Sequence[str], key: str) -> str | None:
+    return next((part for part in parts if key.startswith(part)), None)
 
 
 class JobWaits:

@@ -137,7 +137,7 @@ class ControlLoop:
         one does not fit (``Scheduler.place_new``): store them PENDING, a pass places them.
         One commit on a job's way instead of two. Exceptions from ``commit`` propagate."""
         fence = self.store.fence
-        if not self._leading or fence is None:
+        if not self._leading or fence is None or self.waiting:
             return None
         with self._placing:  # (a pass placing meanwhile could take the same room)
             began = time.perf_counter()

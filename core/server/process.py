@@ -341,7 +341,7 @@ class Server:
         feed.start()
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")
-        auth = ApiAuth(manager, self.store, insecure=options.insecure_dev)
+        auth = ApiAuth(manager, self.store, insecure=options.insecure_dev, tokens=tokens)
         if options.insecure_dev:
             log.warning("--insecure-dev: the API authenticates nobody and allows everything")
         self.api, self._api_thread = serve_api(

@@ -69,6 +69,10 @@ class Revocations:
             return f"every token of {subject} issued up to {at} was revoked"
         return None
 
+    def fresh(self) -> bool:
+        """Whether a check now needs no read of the list (it was read under FRESH_FOR ago)."""
+        return time.monotonic() - self._read_at < FRESH_FOR
+
     def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._read_at < FRESH_FOR:
