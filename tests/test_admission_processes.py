@@ -38,6 +38,7 @@ def _leader(servers: list[dict[str, object]]) -> dict[str, object]:
     raise AssertionError("no leader")
 
 
+@pytest.mark.slow  # (chaos: `tox -e slow`)
 def test_the_rate_bucket_is_right_after_the_leader_is_killed_mid_burst(run_cli: CliRunner, tmp_path: Path) -> None:
     with up_cluster(run_cli, tmp_path, 3, 0) as cluster:
         env = cluster.env

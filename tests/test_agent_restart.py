@@ -213,6 +213,7 @@ def _until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # (chaos: `tox -e slow`)
 def test_an_agent_killed_mid_task_is_replaced_and_its_restart_is_fenced(run_cli: CliRunner, tmp_path: Path) -> None:
     api, grpc = free_ports(2)
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RUNINK_SERVER": f"127.0.0.1:{api}"}

@@ -87,6 +87,7 @@ def state_of(cluster: Cluster, name: str) -> tuple[int, dict[str, bytes]]:
     return int(answer["revision"]), {kv["key"]: kv["value"] for kv in answer["kvs"]}
 
 
+@pytest.mark.slow  # (chaos: `tox -e slow`)
 def test_a_cut_off_leader_stops_and_the_majority_serves_without_losing_writes(tmp_path: Path) -> None:
     with netns.NetLab(["a", "b", "c"]) as lab:
         cluster = Cluster(tmp_path, lab=lab)

@@ -85,6 +85,7 @@ def _until(what: str, check: object, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # (chaos: `tox -e slow`)
 def test_a_partitioned_agents_attempt_is_placed_again_and_fenced(
     lab: tuple[netns.NetLab, httpx.Client, dict[str, subprocess.Popen[str]]],
 ) -> None:

@@ -208,7 +208,7 @@ class LiveView:
         with self._changed:
             if key.startswith(self.PREFIXES):
                 self._put(key, event.revision, event.kv if event.type == "PUT" else None)
-            self.revision = event.revision
+            self.revision = max(self.revision, event.revision)  # (a restart's replay: already in)
             if self._local and self.revision >= self._local_top:
                 self._local.clear()
             if self._waiting:
