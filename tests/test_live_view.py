@@ -211,3 +211,23 @@ def test_a_servers_feed_of_every_key_serves_a_view_a_narrower_one_does_not() -> 
     LiveView(barn, BarnFeed(barn, threading.Event()))
     with pytest.raises(ValueError, match="a LiveView needs a feed of every key"):
         LiveView(barn, BarnFeed(barn, threading.Event(), prefix=keys.HERDS))
+
+
+def test_it_names_the_scheduling_servers_api_only_when_it_is_an_address(
+    cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
+) -> None:
+    """The leader's claim of the epoch names its API, which every answer's X-Runink-Scheduler
+    header repeats: only an http(s) address goes there, never a line break or a path."""
+    from runink.core.control.records import SchedulerEpoch
+
+    setup, _, feed, view = cluster
+    assert view.scheduling_api() == ""  # no claim yet
+    for api, named in (
+        ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+        ("https://x\r\nSet-Cookie: a=b", ""),
+        ("https://127.0.0.1:8443/elsewhere", ""),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+    ):
+        setup.barn.put(keys.SCHEDULER, SchedulerEpoch(epoch=1, api=api).model_dump_json().encode())
+        feed.deliver(1)
+        assert view.scheduling_api() == named

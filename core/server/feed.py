@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -282,6 +283,8 @@ class LiveView:
                 api = SchedulerEpoch.model_validate_json(kv.value).api
             except ValidationError:
                 api = ""
+            if not _API.fullmatch(api):  # (it goes into a header: an address, nothing else)
+                api = ""
             self._epoch = (kv.mod_revision, api)
         return self._epoch[1]
 
@@ -297,6 +300,9 @@ class LiveView:
             return caught_up and self._ready
         finally:
             self._waiting -= 1
+
+
+_API = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def _part(parts: Sequence[str], key: str) -> str | None:
