@@ -74,19 +74,9 @@ def data_home(tmp_path: Path) -> Path:
     return tmp_path / "xdg-data" / "runink"
 
 
-@pytest.fixture(scope="session")
-def shared_cli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One $XDG_CACHE_HOME for the CLI runs of every test that does not choose its own: each
-    cache the CLI keeps (its command index, the plugin listing, the config values and executor
-    kept under a config's fingerprint) is keyed by what it depends on, so tests share it as
-    one user's commands do, and ~300 tests' first commands do not each start cold."""
-    return tmp_path_factory.mktemp("cli-cache")
-
-
 @pytest.fixture
-def run_cli(tmp_path: Path, shared_cli_cache: Path) -> CliRunner:
-    """Run ``python -m runink ARGS`` in a subprocess (cwd: a temp dir), return the completed
-    process. Its cache is the session's (``shared_cli_cache``) unless ``env`` names another."""
+def run_cli(tmp_path: Path) -> CliRunner:
+    """Run ``python -m runink ARGS`` in a subprocess (cwd: a temp dir), return the completed process."""
 
     def run(
         *args: str,
@@ -98,8 +88,7 @@ def run_cli(tmp_path: Path, shared_cli_cache: Path) -> CliRunner:
         full_env = _clean_env(env)
         full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
         full_env.setdefault("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
-        if full_env.get("XDG_CACHE_HOME") in (None, str(tmp_path / "xdg-cache")):  # (not one the test chose)
-            full_env["XDG_CACHE_HOME"] = str(shared_cli_cache)
+        full_env.setdefault("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
         if pythonpath is not None:
             full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
         return subprocess.run(

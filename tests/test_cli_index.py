@@ -130,19 +130,18 @@ def test_a_plugin_cannot_take_a_built_in_command(run_cli: CliRunner, fake_dist: 
 
 
 def test_a_broken_or_foreign_index_is_rebuilt(run_cli: CliRunner, tmp_path: Path) -> None:
-    cache = {"XDG_CACHE_HOME": str(tmp_path / "own-cache")}  # (its own: the test damages it)
-    index = tmp_path / "own-cache" / "runink" / "commands.json"
-    expected = run_cli("--help", env=cache).stdout
+    index = tmp_path / "xdg-cache" / "runink" / "commands.json"
+    expected = run_cli("--help").stdout
     for damage in ("{not json", json.dumps({"fingerprints": {"x": 1}}), "x" * (2 << 20)):
         index.write_text(damage)
-        out = run_cli("--help", env=cache)
+        out = run_cli("--help")
         assert out.returncode == 0 and out.stdout == expected and "Traceback" not in out.stderr
     # a link is not followed: the CLI lists from a build and replaces the link by a file
     target = tmp_path / "elsewhere.json"
     target.write_text(index.read_text())
     index.unlink()
     index.symlink_to(target)
-    out = run_cli("--help", env=cache)
+    out = run_cli("--help")
     assert out.returncode == 0 and out.stdout == expected
     assert not index.is_symlink()
 

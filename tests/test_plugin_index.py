@@ -105,16 +105,15 @@ def test_what_the_listing_depends_on_changes_it_at_once(
 
 
 def test_a_broken_index_or_an_invalid_config_is_not_answered_from_it(run_cli: CliRunner, tmp_path: Path) -> None:
-    cache = {"XDG_CACHE_HOME": str(tmp_path / "own-cache")}  # (its own: the test damages it)
-    index = tmp_path / "own-cache" / "runink" / "plugins.json"
-    expected = rows(run_cli("plugins", "list", "--json", env=cache))
+    index = tmp_path / "xdg-cache" / "runink" / "plugins.json"
+    expected = rows(run_cli("plugins", "list", "--json"))
     fingerprints = json.loads(index.read_text())["fingerprints"]
     for entry in fingerprints.values():
         entry["entries"]["records"][0]["hooks"] = "not a list"
     for damage in ("{not json", json.dumps({"fingerprints": fingerprints}), "x" * (2 << 20)):
         index.write_text(damage)
-        out = run_cli("plugins", "list", "--json", env=cache)
+        out = run_cli("plugins", "list", "--json")
         assert rows(out) == expected and "Traceback" not in out.stderr
     (tmp_path / "runink.toml").write_text("[executor]\ndriver = 3\n")
-    out = run_cli("plugins", "list", env=cache)
+    out = run_cli("plugins", "list")
     assert out.returncode != 0 and "executor.driver" in out.stderr and "Traceback" not in out.stderr
