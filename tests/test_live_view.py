@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from runink.core.control.lifecycle import Lifecycle
-from runink.core.control.records import Amount, Herd, NodeRecord, RunState, keys
+from runink.core.control.records import Amount, Herd, NodeRecord, Record, RunState, keys
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
@@ -96,6 +96,23 @@ def cluster() -> Iterator[tuple[ClusterStore, Lifecycle, HeldFeed, LiveView]]:
     barn.close()
 
 
+Placement = tuple[list[tuple[str, int]], list[tuple[str, Record | None]]]
+
+
+def _viewing_store_and_a_placement(
+    setup: ClusterStore, life: Lifecycle, view: LiveView
+) -> tuple[ClusterStore, Placement]:
+    """A store that reads ``view``, and the commit (what it read, what it writes) placing a
+    new job's task on n1, not made yet."""
+    job = life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
+    store = ClusterStore(setup.barn)
+    store.view = view
+    current = store.task("lab", job.tasks[0])
+    placed = current.record.moved_to(RunState.SCHEDULED, node="n1", attempt=1, token=current.revision)
+    key = keys.task("lab", placed.id)
+    return store, ([(key, current.revision)], [(key, placed)])
+
+
 def test_it_keeps_the_nodes_herds_and_live_tasks_as_the_watch_delivers_them(
     cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
 ) -> None:
@@ -121,16 +138,12 @@ def test_its_own_commits_are_in_it_before_the_watch_brings_them_and_older_change
     cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
 ) -> None:
     setup, life, feed, view = cluster
-    job = life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
-    store = ClusterStore(setup.barn)
-    store.view = view
-    current = store.task("lab", job.tasks[0])
-    placed = current.record.moved_to(RunState.SCHEDULED, node="n1", attempt=1, token=current.revision)
-    key = keys.task("lab", placed.id)
-    store.commit([(key, current.revision)], [(key, placed)])
+    store, placement = _viewing_store_and_a_placement(setup, life, view)
+    store.commit(*placement)
     # at once: on n1, no longer pending, though the watch delivered neither the submission nor this
     assert [(v.record.state, v.record.node) for v in store.live(recent=True)] == [(RunState.SCHEDULED, "n1")]
-    assert [v.record.id for v in store.assigned("n1", recent=True)] == [placed.id]
+    placed = placement[1][0][1]
+    assert placed is not None and [v.record.id for v in store.assigned("n1", recent=True)] == [placed.id]
     feed.deliver(4)  # the submission's job, task, pending entry, job index: older, kept out
     assert [(v.record.state, v.record.node) for v in store.live(recent=True)] == [(RunState.SCHEDULED, "n1")]
     feed.deliver()
@@ -190,18 +203,14 @@ def test_a_restart_reads_everything_again_and_keeps_own_commits_the_read_missed(
     cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
 ) -> None:
     setup, life, _, view = cluster
-    job = life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
-    store = ClusterStore(setup.barn)
-    store.view = view
-    current = store.task("lab", job.tasks[0])
-    placed = current.record.moved_to(RunState.SCHEDULED, node="n1", attempt=1, token=current.revision)
-    key = keys.task("lab", placed.id)
+    store, placement = _viewing_store_and_a_placement(setup, life, view)
     read = setup.barn.scan
     # the watch starts again; its read of the keys was answered just before this commit
     before = {prefix: read(prefix) for prefix in LiveView.PREFIXES}
     setup.barn.scan = lambda prefix, limit=None: before[prefix]  # type: ignore[method-assign]
-    store.commit([(key, current.revision)], [(key, placed)])
-    setup.barn.revision = lambda: current.revision  # type: ignore[method-assign]
+    store.commit(*placement)
+    read_at = placement[0][0][1]  # (the revision the placement was computed from)
+    setup.barn.revision = lambda: read_at  # type: ignore[method-assign]
     view.reset()
     assert [(v.record.state, v.record.node) for v in store.live(recent=True)] == [(RunState.SCHEDULED, "n1")]
 

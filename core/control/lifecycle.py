@@ -457,7 +457,7 @@ class Lifecycle:
         placed near one that cannot be (``_with_near``: ``colocate_with``, ``local_input``).
         ``also``, ``admit`` and ``on_stored``: as ``submit_command``'s."""
         try:
-            found = self.store.herd(herd, recent=self.store.view is not None)  # (as submit_command's)
+            found = self.store.herd(herd, recent=True)  # (as submit_command's)
         except ValueError as exc:
             raise Refused(str(exc)) from None
         if not 0 < len(tasks) <= MAX_PIPELINE_TASKS:

@@ -116,7 +116,7 @@ class Scheduler:
             retry.placed = {**result.placed, **retry.placed}
             retry.waited = {**result.waited, **retry.waited}
             result = retry
-        self._report(result, time.perf_counter() - began)
+        self.report(result, time.perf_counter() - began)
         return result
 
     def place_new(self, tasks: Sequence[TaskRecord], now: float) -> PassResult | None:
@@ -138,9 +138,6 @@ class Scheduler:
 
     def report(self, result: PassResult, took: float) -> None:
         """Report a pass's (or ``place_new``'s) metrics."""
-        self._report(result, took)
-
-    def _report(self, result: PassResult, took: float) -> None:
         found = [metrics.sample("runink_scheduler_pass_seconds", took)]
         found += [metrics.sample("runink_scheduler_pending_tasks", n, herd=h) for h, n in result.waiting.items()]
         for herd, seconds in result.waited.values():

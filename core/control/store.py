@@ -144,10 +144,13 @@ class ClusterStore:
             return None
         return Versioned(_parse(model, kv.value, key), kv.mod_revision)
 
-    def _scan(self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False) -> list[Versioned[R]]:
+    def _kvs(self, prefix: str, recent: bool) -> list[KeyValue]:
+        """The keys under ``prefix``: from the view when ``recent`` and it can say, else the Barn's."""
         kvs = self.view.scan(prefix, self.view_floor) if recent and self.view is not None else None
-        if kvs is None:
-            kvs = self.barn.scan(prefix)
+        return self.barn.scan(prefix) if kvs is None else kvs
+
+    def _scan(self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False) -> list[Versioned[R]]:
+        kvs = self._kvs(prefix, recent)
         before = self._parsed.get(prefix, {})
         now: dict[str, tuple[int, Record]] = {}
         found: list[Versioned[R]] = []
@@ -179,11 +182,8 @@ class ClusterStore:
 
     def herds(self, *, recent: bool = False) -> list[Herd]:
         """``recent``: from this server's view (``view``), if it has them."""
-        kvs = self.view.scan(self.HERD_INDEX, self.view_floor) if recent and self.view is not None else None
-        if kvs is None:
-            kvs = self.barn.scan(self.HERD_INDEX)
         found: list[Herd] = []
-        for kv in kvs:
+        for kv in self._kvs(self.HERD_INDEX, recent):
             if kv.value:
                 found.append(_parse(Herd, kv.value, kv.key))
             elif (herd := self._get(keys.herd(kv.key[len(self.HERD_INDEX) :]), Herd)) is not None:
