@@ -34,7 +34,7 @@ class NetLab:
     def __init__(self, hosts: list[str], subnet: int | None = None) -> None:
         self.hosts = list(hosts)
         tag = os.getpid() % 100_000
-        self.subnet = subnet if subnet is not None else 10 + tag % 240  # 10.231.<subnet>.0/24
+        self.subnet = subnet if subnet is not None else _free_subnet(10 + tag % 240)  # 10.231.<subnet>.0/24
         self.prefix = f"rk{tag}"  # names of namespaces and links (links: at most 15 characters)
         self.switch = f"{self.prefix}sw"
         self.namespace = {h: f"{self.prefix}-{h}" for h in self.hosts}
@@ -100,6 +100,14 @@ class NetLab:
         for src, dst in self._cuts:
             _ip("-n", self.namespace[src], "route", "del", "blackhole", f"{self.address[dst]}/32")
         self._cuts.clear()
+
+
+def _free_subnet(start: int) -> int:
+    """The first 10.231.N.0/24 from ``start`` on that no link of this namespace has: tests in
+    parallel (pytest-xdist workers) each build their own lab."""
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    used = {int(part.split(".")[2]) for part in shown.split() if part.startswith("10.231.")}
+    return next((10 + (start - 10 + i) % 240 for i in range(240) if 10 + (start - 10 + i) % 240 not in used), start)
 
 
 def _ip(*args: str) -> None:
