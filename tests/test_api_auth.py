@@ -256,6 +256,27 @@ def test_roles_allow_what_they_say_and_no_more(api: Api) -> None:
     assert len(api.http.get("/v1/herds", headers=api.as_(cluster_viewer)).json()["herds"]) == 2
 
 
+def test_an_ended_jobs_answer_carries_its_output_only_to_whom_may_read_logs(api: Api) -> None:
+    admin = api.as_(api.token("cluster-admin", CLUSTER))
+    assert api.http.put("/v1/roles/job-reader", json={"allows": ["jobs.read"]}, headers=admin).status_code == 200
+    bound = {"kind": "user", "subject": "bob", "role": "job-reader"}
+    assert api.post("/v1/herds/team/rbac", bound, api.token("admin", "team")).status_code == 201
+    viewer, reader = api.as_(api.token("viewer", "team")), api.as_("user:bob:")
+    path = f"/v1/jobs/{api.job}?output=true"
+    assert "output" not in api.http.get(path, headers=viewer).json()  # (not ended yet)
+    assert api.post(f"/v1/jobs/{api.job}/cancel", None, api.token("admin", "team")).status_code == 200
+    ended = api.http.get(path, headers=viewer).json()
+    assert ended["job"]["state"] == "CANCELLED"
+    assert {s: (o["data"], o["next_offset"]) for s, o in ended["output"].items()} == {
+        "stdout": ("", 0),
+        "stderr": ("", 0),
+    }
+    as_reader = api.http.get(path, headers=reader)
+    assert as_reader.status_code == 200 and "output" not in as_reader.json()  # jobs.read, not logs.read
+    assert api.http.get(f"/v1/jobs/{api.job}/logs", headers=reader).status_code == 403
+    assert "output" not in api.http.get(f"/v1/jobs/{api.job}", headers=viewer).json()  # (not asked)
+
+
 def test_bindings_give_and_take_roles_to_users_groups_and_service_accounts(api: Api) -> None:
     admin = api.token("admin", "team", name="team-admin")
     alice = "user:alice:devs,ops"

@@ -1,7 +1,8 @@
 """`runink exec` against a server that speaks the REST API (a stub on loopback): the command
-runs end to end, and once the config's values are kept it starts without the heavy imports
-(pydantic's config models, httpx, rich): what made a cluster command take ~0.55 s instead of
-~0.2 (bench/README.md)."""
+runs end to end; once the config's values are kept it starts without the heavy imports
+(pydantic's config models, httpx, rich, and, on its short path, typer); the short path
+(``exec_fast``) sends what the full command sends and exits as it does, and leaves to it
+every form it does not read; an ended job's output comes in its final answer."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from http_stub import HttpStub, ok
 
-# One CLI run in this process's interpreter; prints its exit status and which heavy modules it loaded.
+# One CLI run in this process's interpreter; prints its exit status and which heavy modules it
+# loaded. FULL: the same through the full CLI only (typer), never the short path.
 RUN = """
 import json, sys
 from runink.core.cli import main
-HEAVY = ("pydantic", "runink.core.config", "httpx", "rich", "runink.core.model")
+HEAVY = ("pydantic", "runink.core.config", "httpx", "rich", "runink.core.model", "typer", "dataclasses")
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
@@ -27,19 +31,41 @@ print(json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules]}
 """
 
 
-def api(request: bytes) -> bytes:
-    """The REST API's answers for one `/bin/true` job that has already ended."""
-    line = request.split(b"\r\n", 1)[0]
-    if line.startswith(b"POST /v1/jobs "):
-        return ok(json.dumps({"job": {"id": "job-1", "state": "PENDING"}, "revision": 3}).encode())
-    if line.startswith(b"GET /v1/jobs/job-1/logs"):
-        data = base64.b64encode(b"hello\n" if b"stream=stdout" in line else b"").decode()
-        answer = {"attempt": 1, "state": "SUCCEEDED", "dropped": 0, "kept_bytes": 0, "data": data}
-        return ok(json.dumps({**answer, "next_offset": 6 if data else 0, "more": False}).encode())
-    if line.startswith(b"GET /v1/jobs/job-1"):
-        job = {"id": "job-1", "state": "SUCCEEDED", "herd": "team"}
-        return ok(json.dumps({"job": job, "tasks": [{"state": "SUCCEEDED", "exit_code": 0}], "revision": 4}).encode())
-    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+FULL = RUN.replace("from runink.core.cli import main", "from runink.core.cli.app import main")
+
+
+def log_read(stream: bytes) -> dict[str, object]:
+    """What GET /v1/jobs/job-1/logs answers for ``stream`` from offset 0."""
+    data = b"hello\n" if stream == b"stdout" else b""
+    answer = {"attempt": 1, "state": "SUCCEEDED", "dropped": 0, "kept_bytes": 0, "offset": 0}
+    return {**answer, "data": base64.b64encode(data).decode(), "next_offset": len(data)}
+
+
+def api_of(state: str = "SUCCEEDED", exit_code: int = 0, *, embeds: bool = False) -> Callable[[bytes], bytes]:
+    """The REST API's answers for one job that has already ended in ``state``; with
+    ``embeds``, its final answer carries its output when asked (``output=true``), as today's
+    servers do; without, as older ones."""
+
+    def api(request: bytes) -> bytes:
+        line = request.split(b"\r\n", 1)[0]
+        if line.startswith(b"POST /v1/jobs "):
+            return ok(json.dumps({"job": {"id": "job-1", "state": "PENDING"}, "revision": 3}).encode())
+        if line.startswith(b"GET /v1/jobs/job-1/logs"):
+            return ok(
+                json.dumps({**log_read(b"stdout" if b"stream=stdout" in line else b"stderr"), "more": False}).encode()
+            )
+        if line.startswith(b"GET /v1/jobs/job-1"):
+            job = {"id": "job-1", "state": state, "herd": "team"}
+            answer = {"job": job, "tasks": [{"state": state, "exit_code": exit_code}], "revision": 4}
+            if embeds and b"output=true" in line:
+                answer["output"] = {"stdout": log_read(b"stdout"), "stderr": log_read(b"stderr")}
+            return ok(json.dumps(answer).encode())
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+
+    return api
+
+
+api = api_of()
 
 
 def test_exec_runs_end_to_end_and_starts_light_once_the_config_is_kept(tmp_path: Path) -> None:
@@ -69,3 +95,92 @@ def test_exec_runs_end_to_end_and_starts_light_once_the_config_is_kept(tmp_path:
     assert runs[1]["heavy"] == []  # ...the next one its kept values, and nothing heavy
     posted = [r for r in server.requests if r.startswith(b"POST /v1/jobs ")]
     assert len(posted) == 2 and all(json.loads(r.partition(b"\r\n\r\n")[2])["herd"] == "team" for r in posted)
+
+
+def _project(tmp_path: Path, server: HttpStub) -> dict[str, str]:
+    """A project whose config names ``server``; the environment a CLI run gets."""
+    (tmp_path / "runink.toml").write_text(f'herd = "team"\n[cluster]\nserver = "127.0.0.1:{server.port}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
+    return env | {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+
+
+def _cli(tmp_path: Path, env: dict[str, str], *args: str, full: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", FULL if full else RUN, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _posted(server: HttpStub) -> list[object]:
+    return [json.loads(r.partition(b"\r\n\r\n")[2]) for r in server.requests if r.startswith(b"POST ")]
+
+
+@pytest.mark.parametrize(
+    ("args", "state", "exit_code", "status"),
+    [
+        (["--", "/bin/true"], "SUCCEEDED", 0, 0),
+        (["--herd", "lab", "--cpu", "0.5", "--memory", "64Mi", "--gpu=1", "--", "/bin/echo", "a b"], "FAILED", 3, 3),
+        (["--timeout=30s", "--retries", "2", "--server", "{server}", "/bin/echo", "--cpu", "3"], "OOMKILLED", 0, 137),
+        (["-d", "--", "/bin/true"], "SUCCEEDED", 0, 0),
+        (["--json", "--detach", "--", "/bin/true"], "SUCCEEDED", 0, 0),
+        (["--json", "--", "/bin/true"], "DEADLINE_EXCEEDED", 0, 124),
+    ],
+)
+def test_the_short_path_sends_what_the_full_command_sends_and_exits_as_it_does(
+    tmp_path: Path, args: list[str], state: str, exit_code: int, status: int
+) -> None:
+    ran = {}
+    for full in (False, True):
+        server = HttpStub(api_of(state, exit_code, embeds=True))
+        env = _project(tmp_path, server)
+        try:
+            argv = [a.replace("{server}", f"127.0.0.1:{server.port}") for a in args]
+            for _ in range(2):  # (the second run reads the kept settings)
+                done = _cli(tmp_path, env, "exec", *argv, full=full)
+            printed, _, last = done.stdout.rstrip("\n").rpartition("\n")  # (the last line: RUN's)
+            result = json.loads(last)
+            ran[full] = (result["code"], printed, done.stderr, _posted(server)[-1])
+            if not full:
+                assert "typer" not in result["heavy"]  # (the short path ran)
+        finally:
+            server.close()
+    assert ran[False] == ran[True]
+    assert ran[False][0] == status
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--help"], "Usage: runink exec"),
+        (["--cpu", "-1", "--", "/bin/true"], "Invalid value for '--cpu'"),
+        (["--memory", "lots", "--", "/bin/true"], "Invalid value for --memory"),
+        (["--bogus", "--", "/bin/true"], "No such option: --bogus"),
+        (["--herd"], "Option '--herd' requires an argument"),
+    ],
+)
+def test_what_the_short_path_does_not_read_the_full_command_answers(tmp_path: Path, args: list[str], said: str) -> None:
+    server = HttpStub(api)
+    try:
+        done = _cli(tmp_path, _project(tmp_path, server), "exec", *args)
+    finally:
+        server.close()
+    assert said in done.stdout + done.stderr
+    assert _posted(server) == []  # nothing submitted
+
+
+def test_an_ended_jobs_output_in_its_final_answer_needs_no_log_reads(tmp_path: Path) -> None:
+    reads = {}
+    for embeds in (True, False):
+        server = HttpStub(api_of(embeds=embeds))
+        try:
+            done = _cli(tmp_path, _project(tmp_path, server), "exec", "--", "/bin/true")
+        finally:
+            server.close()
+        assert done.stdout.startswith("hello\n") and "job-1: SUCCEEDED" in done.stderr, done.stderr
+        reads[embeds] = len([r for r in server.requests if b"/logs" in r.split(b"\r\n", 1)[0]])
+    assert reads == {True: 0, False: 2}  # (an older server: each stream read)

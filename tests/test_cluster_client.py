@@ -147,3 +147,35 @@ def test_calls_go_first_to_the_server_the_answers_name_as_scheduling_never_to_on
         client.close()
         first.close()
         second.close()
+
+
+def test_the_next_command_asks_the_server_that_scheduled_last_first_and_only_among_those_given() -> None:
+    """The server an answer named is kept (the user's cache) for the next client of the same
+    servers, whose first call then goes there; a kept name that is not one of the servers
+    given (another cluster's, or the file edited) changes nothing."""
+    from runink.core.cli import index_store
+    from runink.core.cli.cluster_client import HINTS, SCHEDULER_HEADER
+
+    first, second = HttpStub(lambda _: b""), HttpStub(lambda _: b"")
+    first.reply = second.reply = lambda _: ok(b"{}", f"{SCHEDULER_HEADER}: {second.address}\r\n".encode())
+    try:
+        client = ClusterClient([first.address, second.address], timeout=(2, 2))
+        client.call("GET", "/v1/jobs")  # (the first server's answer names the second)
+        client.close()
+        after = ClusterClient([second.address, first.address], timeout=(2, 2))  # (any order: one cluster)
+        after.call("GET", "/v1/jobs")
+        after.close()
+        again = ClusterClient([first.address, second.address], timeout=(2, 2))
+        again.call("GET", "/v1/jobs")
+        again.close()
+        assert [len(first.requests), len(second.requests)] == [1, 2]
+        key = ",".join(sorted([first.address, second.address]))
+        index_store.save(HINTS, key, "http://127.0.0.1:9", set())  # (not one of them)
+        first.reply = lambda _: ok(b"{}")
+        stray = ClusterClient([first.address, second.address], timeout=(2, 2))
+        stray.call("GET", "/v1/jobs")
+        stray.close()
+        assert [len(first.requests), len(second.requests)] == [2, 2]
+    finally:
+        first.close()
+        second.close()

@@ -112,6 +112,20 @@ def test_both_streams_of_a_failed_command_through_the_api(cluster: Cluster) -> N
     assert cluster.logs(job_id, offset=4)["bytes"] == b""
 
 
+def test_an_ended_jobs_answer_asked_for_its_output_carries_what_the_logs_route_answers(cluster: Cluster) -> None:
+    job_id = cluster.submit("sh", "-c", "echo out; echo err >&2; exit 2")
+    asked = cluster.api.get(f"/v1/jobs/{job_id}", params={"output": "true"}).json()
+    assert asked["job"]["state"] == "PENDING" and "output" not in asked  # (only once it ended)
+    cluster.run(job_id)
+    answer = cluster.api.get(f"/v1/jobs/{job_id}", params={"output": "true"}).json()
+    assert answer["job"]["state"] == "FAILED"
+    for stream in ("stdout", "stderr"):
+        routed = cluster.logs(job_id, stream=stream)
+        del routed["bytes"]
+        assert answer["output"][stream] == routed
+    assert base64.b64decode(answer["output"]["stderr"]["data"]) == b"err\n"
+
+
 def test_a_large_output_keeps_only_the_tail_and_says_what_was_dropped(cluster: Cluster) -> None:
     mib = 1024 * 1024
     job_id = cluster.submit("sh", "-c", f"head -c {mib} /dev/zero | tr '\\0' a; printf END")
@@ -122,6 +136,8 @@ def test_a_large_output_keeps_only_the_tail_and_says_what_was_dropped(cluster: C
     assert out["next_offset"] == total
     assert len(out["bytes"]) == TAIL_BYTES and out["bytes"].endswith(b"aaaEND")
     assert (out["offset"], out["dropped"]) == (total - TAIL_BYTES, total - TAIL_BYTES)
+    embedded = cluster.api.get(f"/v1/jobs/{job_id}", params={"output": "true"}).json()["output"]["stdout"]
+    assert (embedded["offset"], embedded["dropped"], embedded["next_offset"]) == (out["offset"], out["dropped"], total)
     task = cluster.task(job_id)
     stored = cluster.store.barn.get(log_key("lab", task.id, 1, "stdout"))
     assert stored is not None and len(stored.value) <= TAIL_BYTES + 8  # bounded in the Barn too

@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"runink {runink.__version__}")
         sys.exit(0)
+    if args[:1] == ["exec"]:  # (its common forms without building the CLI: exec_fast)
+        from runink.core.cli import exec_fast
+
+        status = exec_fast.main(args[1:])
+        if status is not None:
+            sys.exit(status)
     from runink.core.cli import prestart
 
     prestart.for_argv(args)  # (before the commands' imports: what `runink run` waits for first)

@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import logging
 import sys
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +21,8 @@ from typer.core import TyperCommand, TyperGroup
 import runink
 from runink.core.cli import command_index
 from runink.core.cli.command_index import BUILTIN, PLUGIN, CommandEntry
-from runink.core.cli.output import print_error
+from runink.core.cli.output import exit_status, print_error
 from runink.core.cli.state import CliState
-from runink.core.errors import RuninkError
 
 if TYPE_CHECKING:  # (typer carries its own click)
     from typer._click import Command, Context, HelpFormatter
@@ -258,21 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # usage errors: click's own message and usage line
         exc.show()  # type: ignore[attr-defined]
         sys.exit(getattr(exc, "exit_code", 2))
-    except RuninkError as exc:
-        if state.debug:
-            traceback.print_exc()
-        print_error(str(exc))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print_error("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # anything else is our bug: say so in one line, details with --debug
-        if state.debug:
-            traceback.print_exc()
-        from runink.core.plugins import describe_exception
-
-        print_error(f"internal error: {describe_exception(exc)} (run with --debug for the traceback)")
-        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as exc:  # a RuninkError's one line; anything else is our bug
+        sys.exit(exit_status(exc, state.debug))
     # Click returns an eager option's exit code (--version) instead of raising.
     sys.exit(outcome if isinstance(outcome, int) else 0)
 

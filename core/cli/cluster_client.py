@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
 SCHEDULER_HEADER = "X-Runink-Scheduler"  # (core/server/api.py's: the server that schedules now)
+# the index (index_store) of the server that last scheduled, per cluster: a command's first
+# call goes there (its submission is placed in the commit that stores it), not to the first
+# server given. A stale hint costs what no hint costs: the answer names the new one.
+HINTS = "scheduler"
 
 
 class ClusterError(RuninkError):
@@ -118,7 +122,8 @@ class ClusterClient:
 
     Every answer names the server that schedules now (SCHEDULER_HEADER): when it is one of
     ``addresses``, the next calls go there first (a submission there is placed in the commit
-    that stores it: one Barn commit less on a job's way). Never to a server not given."""
+    that stores it: one Barn commit less on a job's way). Never to a server not given. The
+    server named last is kept for the next command (HINTS), whose first call goes there."""
 
     def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT, *, ca: str | None = None) -> None:
         self.addresses = addresses
@@ -131,8 +136,16 @@ class ClusterClient:
         self._tls: ssl.SSLContext | None = None  # made at the first https:// server
         self._connections: dict[str, http.client.HTTPConnection] = {}
         self._scheduler = ""  # the server the last answer named (SCHEDULER_HEADER)
+        self._hint = _scheduler_hint(addresses)
+        self._prefer(self._hint)
 
     def close(self) -> None:
+        named = self._scheduler.rstrip("/")
+        if named and named != self._hint and named in (a.rstrip("/") for a in self.addresses):
+            from runink.core.cli import index_store
+
+            index_store.save(HINTS, _cluster_key(self.addresses), named, set())
+            self._hint = named
         for connection in self._connections.values():
             connection.close()
         self._connections.clear()
@@ -267,6 +280,20 @@ MAX_ANSWER = 256 << 20  # bytes of one answer the CLI reads
 
 class _NotSent(Exception):
     """No connection to the server could be made: the request was not sent."""
+
+
+def _cluster_key(addresses: list[str]) -> str:
+    """The cluster a list of servers names, whatever their order (the hint's key)."""
+    return ",".join(sorted(a.rstrip("/") for a in addresses))
+
+
+def _scheduler_hint(addresses: list[str]) -> str:
+    """The server that scheduled when a command last talked to these servers (HINTS), or "".
+    Only ever used to choose among ``addresses``: the hint cannot send a call elsewhere."""
+    from runink.core.cli import index_store
+
+    found = index_store.load(HINTS, _cluster_key(addresses))
+    return found if isinstance(found, str) else ""
 
 
 def _query_value(value: Any) -> str:

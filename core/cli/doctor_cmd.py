@@ -119,7 +119,7 @@ def collect_cluster(state: CliState, server: str | None, herd: str, timeout: flo
 
 def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
     from runink.core.cli.cluster_client import ClusterError
-    from runink.core.cli.jobs_cmd import FINAL
+    from runink.core.cli.job_watch import FINAL
 
     began = time.monotonic()
     try:

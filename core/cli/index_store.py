@@ -29,11 +29,13 @@ MAX_FINGERPRINTS = 16  # (one per interpreter, import path and config: several p
 
 
 def typed_entry(cls: type[T], raw: Any, kinds: Mapping[str, tuple[type, ...]]) -> T:
-    """``cls`` (a dataclass) from a stored JSON object, each field in ``kinds`` checked to be
-    of one of its types: ValueError (or KeyError, TypeError) when the index was edited by hand."""
+    """``cls`` (a dataclass or a NamedTuple) from a stored JSON object, each field in ``kinds``
+    checked to be of one of its types: ValueError (or KeyError, TypeError) when the index was
+    edited by hand."""
     if not isinstance(raw, dict):
         raise ValueError("an entry is not an object")
-    entry = cls(**{name: raw[name] for name in cls.__dataclass_fields__})  # type: ignore[attr-defined]
+    fields = getattr(cls, "_fields", None) or cls.__dataclass_fields__  # type: ignore[attr-defined]
+    entry = cls(**{name: raw[name] for name in fields})
     for name, allowed in kinds.items():
         if not isinstance(getattr(entry, name), allowed):
             raise ValueError(f"bad {name}")

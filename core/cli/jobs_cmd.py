@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import shlex
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import typer
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
+from runink.core.cli.job_watch import FINAL, OUTPUT_POLL, Output, binary, run_exec, wait_for_job
 from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
@@ -24,13 +24,6 @@ SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
 )
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
-# RunState.final, spelled out: importing the records would add ~10 ms to every CLI start
-FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "SKIPPED"}
-# exit statuses of `runink exec` for a command that did not exit by itself (as shells and timeout(1) say)
-EXIT_OF_STATE = {"OOMKILLED": 137, "DEADLINE_EXCEEDED": 124, "CANCELLED": 130}
-OUTPUT_POLL = 0.2  # seconds between reads of a running job's output
-JOB_WAIT = 5.0  # seconds one read of a job waits on the server for its next change
-MAX_READS = 256  # reads of one stream per poll: what a slice writes faster than it is read waits
 
 herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
@@ -153,31 +146,8 @@ def exec_command(
         **({"secrets": secret, "secrets_env": secrets_env} if secret else {}),
     }
     with _client(ctx, server) as client:
-        job = client.call("POST", "/v1/jobs", body)
-        job_id = job["job"]["id"] if "job" in job else job["id"]
-        if detach:
-            print_json({"job": job_id}) if json_output else print(job_id)
-            return
-        streams = {"stdout": _binary(sys.stdout), "stderr": _binary(sys.stderr)}
-        output = None if json_output else Output(client, job_id, streams)
-        final = _wait(client, job_id, output, after=int(job.get("revision") or 0))
-    task = (final.get("tasks") or [{}])[0]
-    if json_output:
-        print_json(final)
-    else:
-        line = f"{job_id}: {final['job']['state']}"
-        if task.get("message"):
-            line += f": {task['message']}"
-        if final["job"].get("estimate") is not None:
-            line += f" (worst-case cost {final['job']['estimate']:.4g})"
-        _say(line)
-    state_name = final["job"]["state"]
-    if state_name == "SUCCEEDED":
-        raise typer.Exit(0)
-    code = task.get("exit_code")
-    if state_name in EXIT_OF_STATE:  # stopped from outside: say how, as shells and timeout(1) do
-        raise typer.Exit(EXIT_OF_STATE[state_name])
-    raise typer.Exit(code if isinstance(code, int) and 0 < code < 256 else 1)
+        status = run_exec(client, body, detach=detach, json_output=json_output)
+    raise typer.Exit(status)
 
 
 def submit_command(
@@ -221,7 +191,7 @@ def submit_command(
             if submitted.get("estimate") is not None:
                 print(f"# worst-case cost {submitted['estimate']:.4g}", file=sys.stderr)
             return
-        final = _wait(client, job_id, after=int(answer.get("revision") or 0))
+        final = wait_for_job(client, job_id, after=int(answer.get("revision") or 0))
     if json_output:
         print_json(final)
     else:
@@ -250,95 +220,6 @@ def _ordinal(number: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(number, f"{number}th")
 
 
-def _wait(client: ClusterClient, job_id: str, output: Output | None = None, *, after: int = 0) -> dict[str, Any]:
-    """The job once it ended; says on stderr where it is while it waits (state changes only)
-    and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
-    agent sends a task's last output before it reports the task ended). Each read waits on the
-    server for the job's next change (``wait``/``after``): no polling. ``after``: the revision
-    the submission's answer gave (its first read waits for a change past it)."""
-    tell = sys.stderr.isatty()
-    last = None
-    revision = after
-    while True:
-        wait = OUTPUT_POLL if output is not None else JOB_WAIT
-        asked = time.monotonic()
-        answer: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}", wait=wait, after=revision)
-        known, revision = revision, int(answer.get("revision") or 0)
-        if revision == known and time.monotonic() - asked < wait / 2:
-            time.sleep(0.05)  # a server that does not wait (an older one): no busy loop
-        state = answer["job"]["state"]
-        if output is not None:
-            output.poll()
-        if state in FINAL:
-            return answer
-        if state != last and tell:
-            _say(f"{job_id}: {state}")
-        last = state
-
-
-def _say(line: str) -> None:
-    """A line about the job on stderr, as it is (plain: rich's imports cost ~30 ms a start)."""
-    print(line, file=sys.stderr, flush=True)
-
-
-def _binary(stream: Any) -> BinaryIO:
-    buffer: BinaryIO = getattr(stream, "buffer", stream)
-    return buffer
-
-
-class Output:
-    """A job's output read through the API and written as it is (bytes from the command: never
-    through rich, which would read markup in it), from where the last read ended. When the task
-    runs again (a retry), its new attempt's output follows from its start."""
-
-    def __init__(self, client: ClusterClient | LocalRuns, job_id: str, streams: dict[str, BinaryIO]) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.streams = streams
-        self.offsets = dict.fromkeys(streams, 0)
-        self.attempts: dict[str, int | None] = dict.fromkeys(streams)
-
-    def _read(self, stream: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self.client.call(
-            "GET", f"/v1/jobs/{self.job_id}/logs", stream=stream, offset=self.offsets[stream]
-        )
-        return answer
-
-    def poll(self) -> str:
-        """Write what each stream has new; returns the job's state as read with it (when it is
-        final, what was written is all of the output that is kept)."""
-        state = ""
-        for stream, out in self.streams.items():
-            read = self._poll_stream(stream, out)  # (every stream is read, whatever the first said)
-            state = state or read
-        return state
-
-    def _poll_stream(self, stream: str, out: BinaryIO) -> str:
-        """Write what ``stream`` has new; the job's state as its first read said."""
-        state = ""
-        for _ in range(MAX_READS):
-            answer = self._read(stream)
-            if answer["attempt"] != self.attempts[stream]:
-                if self.attempts[stream] is not None and self.offsets[stream]:
-                    self.offsets[stream] = 0  # a new attempt: its output from the start
-                    answer = self._read(stream)
-                self.attempts[stream] = answer["attempt"]
-            state = state or answer["state"]
-            if answer["dropped"]:
-                _say(
-                    f"[{answer['dropped']} bytes of {stream} not kept: the server keeps the last "
-                    f"{answer['kept_bytes']} bytes of each stream]"
-                )
-            data = base64.b64decode(answer["data"])
-            if data:
-                out.write(data)
-                out.flush()
-            self.offsets[stream] = answer["next_offset"]
-            if not answer.get("more"):  # (a kept run's log answers in pieces; a server keeps one tail)
-                break
-        return state
-
-
 def logs_command(
     ctx: typer.Context,
     job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
@@ -355,7 +236,7 @@ def logs_command(
         if json_output:
             print_json(client.call("GET", f"/v1/jobs/{job_id}/logs", stream=stream))
             return
-        output = Output(client, job_id, {stream: _binary(sys.stdout)})
+        output = Output(client, job_id, {stream: binary(sys.stdout)})
         while True:
             state = output.poll()
             if not follow or state in FINAL:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,3 +41,22 @@ def print_error(message: str) -> None:
     from rich.markup import escape
 
     console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+
+
+def exit_status(exc: BaseException, debug: bool) -> int:
+    """Say in one line why a command failed (the traceback too with ``debug``) and return its
+    exit status: a RuninkError's own, 130 for an interrupt, 1 for anything else (our bug)."""
+    from runink.core.errors import RuninkError
+
+    if isinstance(exc, KeyboardInterrupt):
+        print_error("interrupted")
+        return 130
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, RuninkError):
+        print_error(str(exc))
+        return exc.exit_code
+    from runink.core.plugins import describe_exception
+
+    print_error(f"internal error: {describe_exception(exc)} (run with --debug for the traceback)")
+    return 1

@@ -105,6 +105,20 @@ class TaskLogs:
         self.store = store
         self.tail_bytes = tail_bytes
 
+    def read_all(self, herd: str, task_id: str, attempt: int) -> dict[str, LogRead]:
+        """What is kept of each stream of the task's ``attempt``, from its start, in one scan
+        (an attempt's streams share a prefix)."""
+        if attempt <= 0:  # never scheduled: nothing ran yet
+            return {stream: LogRead(attempt, 0, b"", 0) for stream in STREAMS}
+        prefix = log_key(herd, task_id, attempt, STREAMS[0]).rpartition("/")[0] + "/"
+        found = {kv.key[len(prefix) :]: kv for kv in self.store.barn.scan(prefix)}
+        reads = {}
+        for stream in STREAMS:
+            kv = found.get(stream)
+            tail = Tail(0, b"") if kv is None else Tail.decode(kv.value, kv.key)
+            reads[stream] = LogRead(attempt, tail.start, tail.data, tail.total)
+        return reads
+
     def append(self, chunk: Chunk) -> tuple[bool, int]:
         """Keep a chunk of an attempt's stream. Returns (accepted, bytes seen so far);
         refused (False, 0) when the task is not at the chunk's attempt and token, or unknown."""

@@ -36,7 +36,7 @@ from runink.core.control.autoscale import ScalingPolicy
 from runink.core.control.bindings import MAX_SUBJECT, Binding, SubjectKind, bindings, unbind
 from runink.core.control.cost import report as cost_report
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
-from runink.core.control.logs import TaskLogs
+from runink.core.control.logs import LogRead, TaskLogs
 from runink.core.control.records import (
     MAX_COMMAND_ARGS,
     MAX_PIPELINE_TASKS,
@@ -836,29 +836,45 @@ def create_app(
         return {"jobs": [dump_record(j) for j in jobs if state is None or j.state is state]}
 
     @app.get("/v1/jobs/{job_id}", openapi_extra=action("jobs.read"), response_model=dict[str, Any])
-    async def describe_job(
+    async def describe_job(  # noqa: PLR0917 (FastAPI: each query parameter is one)
         job_id: NamePath,
         identity: Caller,
         explain: bool = False,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False)] = 0.0,
         after: Annotated[int, Query(ge=0)] = 0,
+        output: bool = False,
     ) -> JSONResponse:
         """The job and its tasks, with the job record's ``revision``. With ``wait=S`` and
         ``after=REV`` (a revision an earlier answer gave): answered once the job's record is
-        past ``REV`` (its state changed), or after ``S`` seconds as it is; no polling needed."""
+        past ``REV`` (its state changed), or after ``S`` seconds as it is; no polling needed.
+        With ``output=true``, an answer whose job has ended carries its first task's output
+        (``output``: per stream, what ``GET .../logs`` answers from offset 0) if the caller may
+        read logs: ``runink exec`` needs no more reads."""
 
         def may_read(job: JobRecord) -> None:
             auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
 
+        def answer_of(found: dict[str, Any]) -> JSONResponse:
+            job, tasks = found["job"], found["tasks"]
+            readable = output and tasks and RunState(job["state"]).final
+            if readable and auth.decide(identity, "logs.read", f"jobs/{job_id}", job["herd"]).allowed:
+                task, state = tasks[0], job["state"]  # (ended: at its last attempt)
+                reads = logs.read_all(job["herd"], task["id"], task["attempt"])
+                found["output"] = {
+                    stream: log_answer(job_id, state, task["id"], stream, offset=0, read=read)
+                    for stream, read in reads.items()
+                }
+            return JSONResponse(found)
+
         def read(woken: tuple[str, int] | None = None) -> JSONResponse:
             """``woken``: (herd, revision) of a waiter the job's change woke: the records the
             watch saw may answer (``job_answer``'s ``seen_past``)."""
-            return JSONResponse(job_answer(store, job_id, explain=explain, check=may_read, seen_past=woken))
+            return answer_of(job_answer(store, job_id, explain=explain, check=may_read, seen_past=woken))
 
         def read_now() -> tuple[JSONResponse, str, int]:
             """(the answer, the job's herd, its record's revision)"""
             found = job_answer(store, job_id, explain=explain, check=may_read)
-            return JSONResponse(found), found["job"]["herd"], found["revision"]
+            return answer_of(found), found["job"]["herd"], found["revision"]
 
         if not wait or job_waits is None:
             return await run_in_threadpool(read)
@@ -900,9 +916,13 @@ def create_app(
         if task_id not in job.tasks:
             raise NotFound(f"task {task_id!r}: not a task of job {job_id}")
         read = logs.read(job.herd, task_id, stream, offset, attempt)
+        return log_answer(job.id, job.state.value, task_id, stream, offset=offset, read=read)
+
+    def log_answer(job_id: str, state: str, task_id: str, stream: str, *, offset: int, read: LogRead) -> dict[str, Any]:
+        """``GET /v1/jobs/{job_id}/logs``'s answer for ``read`` (asked from ``offset``)."""
         return {
-            "job": job.id,
-            "state": job.state.value,
+            "job": job_id,
+            "state": state,
             "task": task_id,
             "attempt": read.attempt,
             "stream": stream,
