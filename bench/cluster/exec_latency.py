@@ -11,7 +11,8 @@ submission (POST /v1/jobs) until SUCCEEDED is visible through the API:
 
 * **runink, Python client**: one process, httpx, a job at a time, each read of the job waiting
   on the server for its next change (`?wait=5&after=REVISION`, as `runink exec` reads it);
-* **runink, CLI**: `runink exec -- /bin/true`, the CLI's own start included;
+* **runink, CLI**: `runink exec -- /bin/true`, the CLI's own start included (one run every
+  N/CLI-runs client jobs, taking turns with them and srun);
 * **srun /bin/true** (anchor, same machine, taking turns with the client row): Debian's
   slurm-wlm, one slurmctld and one slurmd with munge, task/none, proctrack/linuxproc, started
   by this bench in a temp dir on loopback ports (`apt-get install slurm-wlm munge` first);
@@ -64,6 +65,9 @@ class Runink:
     ) -> None:
         # ``python``: the interpreter whose Runink runs the cluster (another version's venv)
         self.runink = [python, "-m", "runink"]
+        # the CLI row runs what users run: the venv's `runink` script (no runpy)
+        script = Path(python).parent / "runink"
+        self.cli = [str(script)] if script.exists() else self.runink
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(root / "xdg")}
         flags = (["--insecure-dev"] if insecure else []) + ([] if metrics else ["--no-metrics"])
         up = subprocess.run(
@@ -120,7 +124,7 @@ class Runink:
 
     def run_cli(self) -> float:
         started = time.perf_counter()
-        subprocess.run([*self.runink, "exec", "--", "/bin/true"], env=self.env, check=True, capture_output=True)
+        subprocess.run([*self.cli, "exec", "--", "/bin/true"], env=self.env, check=True, capture_output=True)
         return (time.perf_counter() - started) * 1000
 
     def close(self) -> None:
@@ -387,17 +391,18 @@ def main() -> None:
         try:
             for _ in range(3):  # warm-up: warm sandboxes, connections
                 cluster.run_one()
-            client, srun = [], []
-            for _ in range(jobs):  # taking turns: the machine's drift falls on both alike
+            client, srun, cli = [], [], []
+            every = max(1, jobs // cli_runs)
+            for index in range(jobs):  # taking turns: the machine's drift falls on all alike
                 client.append(cluster.run_one())
                 if slurm is not None:
                     srun.append(slurm.srun())
+                if index % every == 0 and len(cli) < cli_runs:
+                    cli.append(cluster.run_cli())
             rows.append(("runink exec -- /bin/true, Python client (one process)", client))
             if srun:
                 rows.append(("srun /bin/true (slurm-wlm, task/none)", srun))
-            rows.append(
-                ("runink exec -- /bin/true, CLI (its start included)", [cluster.run_cli() for _ in range(cli_runs)])
-            )
+            rows.append(("runink exec -- /bin/true, CLI (its start included)", cli))
             rates.append(("runink, 8 threads each running a job at a time", runink_rate(cluster, jobs)))
             rates.append(("runink, all submitted (8 threads), then waited for", runink_batch_rate(cluster, jobs)))
             if slurm is not None:
