@@ -62,9 +62,9 @@ def wait_for_job(client: ClusterClient, job_id: str, output: Output | None = Non
     """The job once it ended; says on stderr where it is while it waits (state changes only)
     and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
     agent sends a task's last output before it reports the task ended; a job that ended before
-    any was read brings it in its final answer). Each read waits on the
-    server for the job's next change (``wait``/``after``): no polling. ``after``: the revision
-    the submission's answer gave (its first read waits for a change past it)."""
+    any was read brings it in its final answer). Each read waits on the server for the job's
+    next change (``wait``/``after``): no polling. ``after``: the revision the submission's
+    answer gave (its first read waits for a change past it)."""
     tell = sys.stderr.isatty()
     last = None
     revision = after

@@ -59,6 +59,7 @@ log = logging.getLogger("runink.server")
 
 MEMBER_START_TIMEOUT = 30.0  # seconds for the embedded Barn member to serve
 LEADER_CHECK_EVERY = 0.5  # seconds between asking the member whether it leads
+FEED_STOP_WAIT = 3.0  # seconds close() waits for the watch thread to end with its Barn client
 
 
 @dataclass
@@ -338,7 +339,7 @@ class Server:
             on_lineage=functools.partial(emit_lineage, manager),
             feed=feed,
         )
-        feed.start()
+        self._feed_thread = feed.start()
         if tokens is not None:
             manager.register(tokens, "cluster-tokens")
         auth = ApiAuth(manager, self.store, insecure=options.insecure_dev, tokens=tokens)
@@ -384,6 +385,9 @@ class Server:
         if self.scaler is not None:
             self.scaler.close()  # (its nodes go on)
         self.barn.close()
+        # the watch ends with its Barn client: a thread left inside a gRPC or HTTP call when
+        # the interpreter exits can hold a lock that the call's finalizer then waits for
+        self._feed_thread.join(FEED_STOP_WAIT)
         if self.member is not None:
             self.member.stop()
 

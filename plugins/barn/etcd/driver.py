@@ -47,6 +47,7 @@ DEFAULT_HISTORY = 100_000
 LEASE_GONE = ("lease not found", "requested lease not found")
 #: gRPC codes that mean this endpoint could not answer: the next one is tried
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CLOSE_WAIT = 2.0  # seconds close() waits for each open watch's closer to end
 
 
 def _range_end(prefix: bytes) -> bytes:
@@ -104,6 +105,7 @@ class EtcdBarn(BarnBackend):
         self._lock = threading.Lock()
         self._writes = 0  # since the last compaction this client made
         self._closed = threading.Event()
+        self._closers: set[threading.Thread] = set()  # (each open watch's: joined by close)
         self._keepers: dict[int, _KeepAlive] = {}
 
     # --- calls ---------------------------------------------------------------------------
@@ -247,6 +249,8 @@ class EtcdBarn(BarnBackend):
 
     def _events(self, stream: Any, requests: queue.Queue[Any], first: Any, prefix: str) -> Iterator[WatchEvent]:
         closer = threading.Thread(target=self._cancel_on_close, args=(stream, requests), daemon=True)
+        with self._lock:
+            self._closers.add(closer)
         closer.start()
         answer = first
         try:
@@ -272,11 +276,15 @@ class EtcdBarn(BarnBackend):
 
     def _cancel_on_close(self, stream: Any, requests: queue.Queue[Any]) -> None:
         """Ends a watch's stream when the Barn is closed (a watch blocks when idle)."""
-        while not self._closed.wait(0.5):
-            if stream.done():
-                return
-        requests.put(None)
-        stream.cancel()
+        try:
+            while not self._closed.wait(0.5):
+                if stream.done():
+                    return
+            requests.put(None)
+            stream.cancel()
+        finally:
+            with self._lock:
+                self._closers.discard(threading.current_thread())
 
     # --- leases --------------------------------------------------------------------------
 
@@ -311,6 +319,13 @@ class EtcdBarn(BarnBackend):
             keeper.close()
         for channel in self._channels:
             channel.close()
+        # a closer still cancelling its stream when the interpreter exits is frozen holding
+        # the call's lock, and the call's __del__ then waits for it forever (a server that
+        # never exited on SIGTERM): they end here
+        with self._lock:
+            closers = list(self._closers)
+        for closer in closers:
+            closer.join(CLOSE_WAIT)
 
 
 class _KeepAlive:
