@@ -184,3 +184,24 @@ def test_an_ended_jobs_output_in_its_final_answer_needs_no_log_reads(tmp_path: P
         assert done.stdout.startswith("hello\n") and "job-1: SUCCEEDED" in done.stderr, done.stderr
         reads[embeds] = len([r for r in server.requests if b"/logs" in r.split(b"\r\n", 1)[0]])
     assert reads == {True: 0, False: 2}  # (an older server: each stream read)
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "overrides"),
+    [
+        (["exec", "/bin/echo", "--config", "x.toml", "--set", "a=b"], None, {}),
+        (["exec", "--herd", "h", "--secret", "s", "/bin/sh", "-c", "x"], None, {}),
+        (["--config", "exec", "exec", "/bin/echo", "--config", "x"], "exec", {}),
+        (["--config", "c.toml", "exec", "--", "/bin/echo", "--set", "a=b"], "c.toml", {}),
+        (["--config", "c.toml", "run", "p.dsl", "--set", "a=b"], "c.toml", {"a": "b"}),
+    ],
+)
+def test_the_options_of_execs_command_are_not_runinks(
+    argv: list[str], config: str | None, overrides: dict[str, str]
+) -> None:
+    """`runink exec CMD ARGS`: ARGS are the command's, even where they look like runink's own
+    options (`--config`, `--set`): the config is not read from them."""
+    from runink.core.cli.state import CliState
+
+    state = CliState.from_argv(argv)
+    assert (None if state.config_path is None else str(state.config_path), state.overrides) == (config, overrides)

@@ -44,7 +44,7 @@ class CliState:
         """Read the options needed before the CLI is built (plugins may add commands)."""
         config_path = None
         overrides: dict[str, str] = {}
-        for index, arg in enumerate(argv):
+        for index, arg in enumerate(_own_args(argv)):
             if arg in ("--config", "-c") and index + 1 < len(argv):
                 config_path = Path(argv[index + 1])
             elif arg.startswith("--config="):
@@ -156,6 +156,22 @@ def host_port(text: str) -> tuple[str, int] | None:
 
 
 _VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value
+# `runink exec`'s options that take a value: its COMMAND starts at the first other word
+_EXEC_VALUED = ("--herd", "--cpu", "--memory", "--gpu", "--timeout", "--retries", "--server", "--command", "--secret")
+
+
+def _own_args(argv: list[str]) -> list[str]:
+    """``argv`` up to where it stops being runink's: ``runink exec``'s COMMAND and what follows
+    it are the command's own (``runink exec /bin/echo --config x`` reads no config from x)."""
+    first = next(
+        (i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)), None
+    )
+    if first is None or argv[first] != "exec":
+        return argv
+    index = first + 1
+    while index < len(argv) and argv[index].startswith("-") and argv[index] not in ("-", "--"):
+        index += 2 if argv[index] in _EXEC_VALUED else 1
+    return argv[:index]
 
 
 def _command_words(argv: list[str]) -> list[str]:
