@@ -169,7 +169,12 @@ def test_two_servers_on_one_etcd_one_schedules_and_a_job_runs(
         for process in reversed(processes):
             os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:  # (a stop that hangs fails the test, and leaves nothing behind)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+                raise
     bad = run_cli("server", "--barn", "redis://x:1")
     assert bad.returncode == 2 and "expected etcd://HOST:PORT" in bad.stderr
 
