@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from launcher_client import Launcher
-from proc_tree import descendants
+from proc_tree import descendants, host_mounts
 
 from runink.plugins.executors.linux.cgroups import CgroupManager, SliceCgroup, detect
 from runink.plugins.executors.linux.launcher import native_init_available
@@ -180,7 +180,7 @@ def test_memory_limit_from_the_first_instruction(launcher: Launcher, work: Path)
 
 
 def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> None:
-    mounts_before = Path("/proc/self/mountinfo").read_text().count("\n")
+    mounts_before = host_mounts()
     for _ in range(100):
         assert launcher.run(request(work, "sleep 0.001 & true"))["code"] == 0
     children = subprocess.run(
@@ -189,7 +189,7 @@ def test_many_slices_leave_nothing_behind(launcher: Launcher, work: Path) -> Non
     # only warm sandboxes (2 without network, 1 with), an init and a payload each, and the network one's slirp4netns
     assert len(children) <= 7
     assert {uid for _, uid in descendants(launcher.process.pid)} <= {0}  # only warm sandboxes: no slice left
-    assert Path("/proc/self/mountinfo").read_text().count("\n") == mounts_before
+    assert host_mounts() == mounts_before
     launcher.close()
     children = subprocess.run(
         ["ps", "--ppid", str(launcher.process.pid), "-o", "pid="], capture_output=True, text=True, check=False
@@ -248,6 +248,30 @@ def test_a_malformed_request_fails_naming_its_field_and_the_launcher_serves_on(l
     req = request(work, "true", uid="100001")
     assert "uid: expected an integer, got str" in launcher.run(req)["message"]
     assert launcher.run(request(work, "exit 3"))["code"] == 3  # still serving
+
+
+def test_requests_that_wait_for_sandboxes_keep_their_order_and_block_no_other_answer(work: Path) -> None:
+    """More requests at once than warm sandboxes: each waits for one of its own (in order)
+    while the launcher serves on, so a malformed request sent last is answered before them;
+    every one then starts and exits. (A waiting request used to block the launcher.)"""
+    launcher = Launcher("--pool", "1")
+    try:
+        assert launcher.process.stdin and launcher.process.stdout
+        valid = [request(work, f"echo {i} >> order.log") for i in range(4)]
+        bad = {**request(work, "true"), "uid": "x"}
+        lines = "".join(json.dumps({"op": "launch", **r}) + "\n" for r in [*valid, bad])
+        launcher.process.stdin.write(lines)  # (one write: read and taken together)
+        launcher.process.stdin.flush()
+        events = [json.loads(launcher.process.stdout.readline()) for _ in range(2 * len(valid) + 1)]
+    finally:
+        launcher.close()
+    failed = [i for i, e in enumerate(events) if e["event"] == "failed"]
+    assert [events[i]["id"] for i in failed] == [bad["id"]]  # the only failure: the malformed one
+    started = [e["id"] for e in events if e["event"] == "started"]
+    assert started == [r["id"] for r in valid]  # in the order they came
+    assert failed[0] < events.index(next(e for e in events if e["id"] == valid[-1]["id"]))
+    assert sorted(e["id"] for e in events if e["event"] == "exited") == sorted(r["id"] for r in valid)
+    assert sorted((work / "order.log").read_text().split()) == ["0", "1", "2", "3"]  # (each ran once)
 
 
 def test_python_runs_in_the_preloaded_interpreter(work: Path) -> None:

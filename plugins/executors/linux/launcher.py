@@ -51,6 +51,7 @@ sandbox is in payload.py, the root it builds in rootfs.py, the libc calls in sys
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import fcntl
 import gc
@@ -97,7 +98,8 @@ from runink.plugins.executors.linux.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSU
 
 UID_BASE, UID_RANGE = 100_000, 50_000  # slices run as one of these: never root, never a host user
 BUILD_DELAY = 0.005  # seconds of quiet before building the next warm sandbox
-MAX_BUILDING = 2  # sandboxes being built at once (the launcher only forks; each builds itself)
+MAX_BUILDING = 4  # sandboxes being built at once (the launcher only forks; each builds itself)
+SANDBOX_WAIT = 10.0  # seconds a request waits for a sandbox before it fails
 INIT_BINARY = Path(__file__).with_name("runink-init")  # built by setup.py (runink_init.c)
 # @network: the user-mode network stack attached to a granted sandbox's own net namespace
 SLIRP_PACKAGE = "slirp4netns"
@@ -206,6 +208,9 @@ class Launcher:
         self.host_prefixes: tuple[netguard.Prefix, ...] | None = None
         self.out = out
         self.pool: list[Sandbox] = []
+        # requests waiting for a sandbox of their kind to get ready (FIFO), with when they came:
+        # the launcher serves on meanwhile instead of blocking on one sandbox's build
+        self.pending: collections.deque[tuple[LaunchRequest, float]] = collections.deque()
         self.running: dict[int, Running] = {}  # by the host pids of both its payload and its init
         self.failures = 0
         files = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
@@ -476,6 +481,11 @@ class Launcher:
             sandbox.error = message.decode(errors="replace").removeprefix("error ") or "the sandbox died"
             self.discard(sandbox)
             self.failures += 1
+            # the first request waiting for a sandbox of that kind fails with the reason
+            waiting = next((p for p in self.pending if p[0].network == sandbox.network), None)
+            if waiting is not None:
+                self.pending.remove(waiting)
+                self.emit(Failed(waiting[0].id, sandbox.error))
 
     def discard(self, sandbox: Sandbox) -> None:
         """End a sandbox that never ran a slice (killing its init ends its namespace, payload included)."""
@@ -669,8 +679,9 @@ class Launcher:
         return moved
 
     def on_request(self, line: bytes) -> None:
-        """One line of stdin: a request is launched; a malformed one fails (its "failed" event
-        names the field), and the launcher goes on serving."""
+        """One line of stdin: a request is launched, or waits (in order) for a sandbox of its
+        kind to get ready; a malformed one fails (its "failed" event names the field), and the
+        launcher goes on serving."""
         if not line.strip():
             return
         try:
@@ -678,7 +689,45 @@ class Launcher:
         except MessageError as exc:
             self.emit(Failed(exc.message_id, f"bad launch request: {exc}"))
             return
-        self.launch(request)
+        self.pending.append((request, time.monotonic()))
+        self.launch_pending()
+
+    def launch_pending(self) -> None:
+        """Launch the waiting requests, in order, while a sandbox of the first one's kind is
+        ready; when none is and none is being built, start building one. A request whose
+        sandbox cannot be built fails with the reason; one that waited past SANDBOX_WAIT fails.
+        (A request used to wait for its sandbox with the launcher blocked: every other
+        request, build and slice's end waited too.)"""
+        while self.pending:
+            request, came = self.pending[0]
+            if any(s.ready and s.network == request.network for s in self.pool):
+                self.pending.popleft()
+                self.launch(request)  # (take() hands it the ready sandbox)
+                continue
+            if time.monotonic() - came > SANDBOX_WAIT:
+                self.pending.popleft()
+                self.emit(Failed(request.id, f"no sandbox got ready within {SANDBOX_WAIT:g} s"))
+                continue
+            if not any(s.network == request.network for s in self.building()):
+                try:
+                    self.create(request.network)
+                except LaunchError as exc:
+                    self.failures += 1
+                    self.pending.popleft()
+                    self.emit(Failed(request.id, str(exc)))
+                    continue
+            return
+
+    def wanted(self) -> tuple[bool, bool] | None:
+        """Which kind of sandbox to build next, and whether at once: one a waiting request
+        needs (fewer of its kind are being built than requests wait), else what the pool lacks
+        (``short``). After 3 failed builds in a row, requests build their own (launch_pending)."""
+        if self.pending and self.failures < 3 and len(self.building()) < MAX_BUILDING:
+            network = self.pending[0][0].network
+            waiting = sum(1 for r, _ in self.pending if r.network == network)
+            if len([s for s in self.building() if s.network == network]) < waiting:
+                return network, True
+        return self.short()
 
     def reap(self) -> None:
         while True:
@@ -753,7 +802,7 @@ class Launcher:
                 self.on_request(line)
             while True:
                 controls = {s.control.fileno(): s for s in self.building()}
-                missing = self.short()
+                missing = self.wanted()
                 # Builds start once the launcher has been idle for BUILD_DELAY (a build, a fork
                 # of this process, competes for the CPUs with the slice just started), at once
                 # if no sandbox of that kind is ready (the next request would wait for it).
@@ -765,6 +814,7 @@ class Launcher:
                 for control_fd in ready:
                     if control_fd in controls and controls[control_fd] in self.pool:
                         self.on_control(controls[control_fd])
+                self.launch_pending()
                 if fd in ready:
                     chunk = os.read(fd, 65536)
                     if not chunk:
@@ -774,13 +824,18 @@ class Launcher:
                         line, buffer = buffer.split(b"\n", 1)
                         self.on_request(line)
                 self.reap()
-                if not ready and missing is not None:  # idle: build the next warm sandbox
+                # idle, or a request waits: build the next sandbox
+                if missing is not None and (not ready or self.pending):
                     try:
                         self.create(missing[0])
                     except LaunchError as exc:
                         self.failures += 1
                         print(f"runink launcher: {exc}", file=sys.stderr, flush=True)
         finally:
+            while self.pending:  # (stdin ended: nobody reads these answers, a killed one may)
+                request, _ = self.pending.popleft()
+                with contextlib.suppress(OSError):
+                    self.emit(Failed(request.id, "the launcher stopped before a sandbox got ready"))
             if not self.slices_outlive:
                 self.end_running()
             self.drain()
