@@ -190,6 +190,7 @@ def test_an_ended_jobs_output_in_its_final_answer_needs_no_log_reads(tmp_path: P
     ("argv", "config", "overrides"),
     [
         (["exec", "/bin/echo", "--config", "x.toml", "--set", "a=b"], None, {}),
+        (["exec", "--json", "/bin/echo", "-c", "x.toml"], None, {}),
         (["exec", "--herd", "h", "--secret", "s", "/bin/sh", "-c", "x"], None, {}),
         (["--config", "exec", "exec", "/bin/echo", "--config", "x"], "exec", {}),
         (["--config", "c.toml", "exec", "--", "/bin/echo", "--set", "a=b"], "c.toml", {}),

@@ -44,26 +44,27 @@ class CliState:
         """Read the options needed before the CLI is built (plugins may add commands)."""
         config_path = None
         overrides: dict[str, str] = {}
-        for index, arg in enumerate(_own_args(argv)):
-            if arg in ("--config", "-c") and index + 1 < len(argv):
-                config_path = Path(argv[index + 1])
+        own = _own_args(argv)  # (not the words of the command `runink exec` runs)
+        for index, arg in enumerate(own):
+            if arg in ("--config", "-c") and index + 1 < len(own):
+                config_path = Path(own[index + 1])
             elif arg.startswith("--config="):
                 config_path = Path(arg.split("=", 1)[1])
-            elif arg == "--set" and index + 1 < len(argv):
+            elif arg == "--set" and index + 1 < len(own):
                 # --set KEY=VALUE (run, test) applies before plugins load, so they see it too
-                key, eq, value = argv[index + 1].partition("=")
+                key, eq, value = own[index + 1].partition("=")
                 if eq and key.strip():
                     overrides[key.strip()] = value
-            elif arg in ("--metrics", "--metrics-port") and index + 1 < len(argv):
+            elif arg in ("--metrics", "--metrics-port") and index + 1 < len(own):
                 # (server, agent, barn serve; run): the exporter plugins serve once configured;
                 # a value that is not an address is left to the command's option to refuse
-                value = argv[index + 1]
+                value = own[index + 1]
                 address = f"127.0.0.1:{value}" if arg == "--metrics-port" else value
                 if host_port(address) is not None:
                     overrides["metrics.address"] = address
             elif arg == "--":
                 break
-        debug = "--debug" in argv or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
+        debug = "--debug" in own or os.environ.get("RUNINK_DEBUG", "") not in ("", "0", "false")
         words = _command_words(argv)
         daemon = words[:1] in (["server"], ["agent"]) or words[:2] == ["barn", "serve"]
         return cls(
