@@ -206,3 +206,38 @@ def test_the_options_of_execs_command_are_not_runinks(
 
     state = CliState.from_argv(argv)
     assert (None if state.config_path is None else str(state.config_path), state.overrides) == (config, overrides)
+
+
+def test_the_script_ends_at_once_with_all_its_output_written_and_the_commands_status(tmp_path: Path) -> None:
+    """`runink exec` as a script ends without the interpreter's teardown (exec_fast.exit_now):
+    what it wrote is all out, large output too, and it exits with the command's status."""
+    big = b"".join(b"%06d\n" % i for i in range(40_000))  # 280 KB
+    read = {"attempt": 1, "state": "FAILED", "dropped": 0, "kept_bytes": 0, "offset": 0}
+
+    def api(request: bytes) -> bytes:
+        line = request.split(b"\r\n", 1)[0]
+        if line.startswith(b"POST /v1/jobs "):
+            return ok(json.dumps({"job": {"id": "job-1", "state": "PENDING"}, "revision": 3}).encode())
+        output = {
+            "stdout": {**read, "data": base64.b64encode(big).decode(), "next_offset": len(big)},
+            "stderr": {**read, "data": base64.b64encode(b"oops\n").decode(), "next_offset": 5},
+        }
+        job = {"id": "job-1", "state": "FAILED", "herd": "team"}
+        answer = {"job": job, "tasks": [{"state": "FAILED", "exit_code": 3}], "revision": 4, "output": output}
+        return ok(json.dumps(answer).encode())
+
+    server = HttpStub(api)
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "runink", "exec", "--", "/bin/false"],
+            cwd=tmp_path,
+            env=_project(tmp_path, server),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        server.close()
+    assert ran.returncode == 3, ran.stderr
+    assert ran.stdout == big
+    assert ran.stderr.startswith(b"oops\n") and b"job-1: FAILED" in ran.stderr
