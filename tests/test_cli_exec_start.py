@@ -22,7 +22,7 @@ from http_stub import HttpStub, ok
 RUN = """
 import json, sys
 from runink.core.cli import main
-HEAVY = ("pydantic", "runink.core.config", "httpx", "rich", "runink.core.model", "typer", "dataclasses")
+HEAVY = ("pydantic", "runink.core.config", "httpx", "rich", "runink.core.model", "typer", "dataclasses", "logging")
 try:
     main(sys.argv[1:])
 except SystemExit as exc:

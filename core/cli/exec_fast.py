@@ -15,7 +15,6 @@ choice is made before anything is sent, so a job is never submitted twice.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import sys
@@ -97,7 +96,7 @@ def main(args: list[str]) -> int | None:
     from runink.core.cli.state import CliState
 
     state = CliState.from_argv(["exec"])  # ($RUNINK_DEBUG; the global options are the full CLI's)
-    settings = state.cluster_settings()
+    settings = state.cluster_settings(logs=False)  # (nothing on this path logs)
     if settings is None:
         return None  # an invalid config: the full command names what is wrong
     try:
@@ -127,5 +126,6 @@ def exit_now(status: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # (a reader that went away: nothing more to say)
             stream.flush()
-    logging.shutdown()
+    if "logging" in sys.modules:  # (not imported on this path unless the config was read in full)
+        sys.modules["logging"].shutdown()
     os._exit(status)

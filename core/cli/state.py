@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,10 +88,11 @@ class CliState:
                 self._apply_log_settings(self._config)
         return self._config
 
-    def cluster_settings(self) -> ClusterSettings | None:
+    def cluster_settings(self, *, logs: bool = True) -> ClusterSettings | None:
         """What the cluster commands take from the config, or None if it is invalid (as
         ``try_config``): kept between runs while the config is unchanged (``cluster_settings``),
-        so these commands do not load the config in full."""
+        so these commands do not load the config in full. ``logs``: apply the config's log
+        settings too (a caller that logs nothing need not)."""
         if self._settings is None:
             from runink.core.cli import cluster_settings as kept
 
@@ -104,7 +104,7 @@ class CliState:
                     return None
                 self._settings = kept.ClusterSettings.of(config)
                 kept.save(key, self._settings)
-            if not self._logs_set:
+            if logs and not self._logs_set:
                 self._logs_set = True
                 settings = self._settings
                 _apply_log_settings(settings.log_level, settings.log_format, settings.trace, self.debug, self.daemon)
@@ -181,6 +181,8 @@ def _command_words(argv: list[str]) -> list[str]:
 
 
 def _apply_log_settings(level: str, format: str, trace: bool, debug: bool, daemon: bool = False) -> None:
+    import logging  # (~6 ms: `runink exec`'s short path logs nothing and does without)
+
     from runink.core import logs
 
     logging.getLogger("runink").setLevel(logging.DEBUG if debug else level.upper())
