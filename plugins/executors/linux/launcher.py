@@ -824,10 +824,12 @@ class Launcher:
                         line, buffer = buffer.split(b"\n", 1)
                         self.on_request(line)
                 self.reap()
-                # idle, or a request waits: build the next sandbox
-                if missing is not None and (not ready or self.pending):
+                # idle, or a request waits: build the next sandbox (asked again while requests
+                # wait: serving them may have started builds already)
+                build = self.wanted() if self.pending else None if ready else missing
+                if build is not None:
                     try:
-                        self.create(missing[0])
+                        self.create(build[0])
                     except LaunchError as exc:
                         self.failures += 1
                         print(f"runink launcher: {exc}", file=sys.stderr, flush=True)
