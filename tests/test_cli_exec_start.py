@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from http_stub import HttpStub, ok
@@ -68,35 +69,6 @@ def api_of(state: str = "SUCCEEDED", exit_code: int = 0, *, embeds: bool = False
 api = api_of()
 
 
-def test_exec_runs_end_to_end_and_starts_light_once_the_config_is_kept(tmp_path: Path) -> None:
-    server = HttpStub(api)
-    (tmp_path / "runink.toml").write_text(f'herd = "team"\n[cluster]\nserver = "127.0.0.1:{server.port}"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
-    env |= {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
-    runs = []
-    try:
-        for _ in range(2):
-            ran = subprocess.run(
-                [sys.executable, "-c", RUN, "exec", "--", "/bin/true"],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            runs.append(json.loads(ran.stdout.strip().splitlines()[-1]))
-            assert ran.stdout.startswith("hello\n"), (ran.stdout, ran.stderr)  # the command's output
-            assert "job-1: SUCCEEDED" in ran.stderr, ran.stderr
-    finally:
-        server.close()
-    assert [r["code"] for r in runs] == [0, 0]
-    assert "runink.core.config" in runs[0]["heavy"]  # the first run reads the config in full...
-    assert runs[1]["heavy"] == []  # ...the next one its kept values, and nothing heavy
-    posted = [r for r in server.requests if r.startswith(b"POST /v1/jobs ")]
-    assert len(posted) == 2 and all(json.loads(r.partition(b"\r\n\r\n")[2])["herd"] == "team" for r in posted)
-
-
 def _project(tmp_path: Path, server: HttpStub) -> dict[str, str]:
     """A project whose config names ``server``; the environment a CLI run gets."""
     (tmp_path / "runink.toml").write_text(f'herd = "team"\n[cluster]\nserver = "127.0.0.1:{server.port}"\n')
@@ -116,8 +88,27 @@ def _cli(tmp_path: Path, env: dict[str, str], *args: str, full: bool = False) ->
     )
 
 
-def _posted(server: HttpStub) -> list[object]:
+def _posted(server: HttpStub) -> list[dict[str, Any]]:
     return [json.loads(r.partition(b"\r\n\r\n")[2]) for r in server.requests if r.startswith(b"POST ")]
+
+
+def test_exec_runs_end_to_end_and_starts_light_once_the_config_is_kept(tmp_path: Path) -> None:
+    server = HttpStub(api)
+    env = _project(tmp_path, server)
+    runs = []
+    try:
+        for _ in range(2):
+            ran = _cli(tmp_path, env, "exec", "--", "/bin/true")
+            runs.append(json.loads(ran.stdout.strip().splitlines()[-1]))
+            assert ran.stdout.startswith("hello\n"), (ran.stdout, ran.stderr)  # the command's output
+            assert "job-1: SUCCEEDED" in ran.stderr, ran.stderr
+    finally:
+        server.close()
+    assert [r["code"] for r in runs] == [0, 0]
+    assert "runink.core.config" in runs[0]["heavy"]  # the first run reads the config in full...
+    assert runs[1]["heavy"] == []  # ...the next one its kept values, and nothing heavy
+    posted = _posted(server)
+    assert len(posted) == 2 and all(p["herd"] == "team" for p in posted)
 
 
 @pytest.mark.parametrize(
