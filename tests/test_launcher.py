@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,7 +264,11 @@ def test_requests_that_wait_for_sandboxes_keep_their_order_and_block_no_other_an
         lines = "".join(json.dumps({"op": "launch", **r}) + "\n" for r in [*valid, bad])
         launcher.process.stdin.write(lines)  # (one write: read and taken together)
         launcher.process.stdin.flush()
-        events = [json.loads(launcher.process.stdout.readline()) for _ in range(2 * len(valid) + 1)]
+        lines_out: queue.Queue[str] = queue.Queue()  # (read on a thread: a launch that failed
+        # sends one event less, and the test must end rather than wait for it)
+        stdout = launcher.process.stdout
+        threading.Thread(target=lambda: [lines_out.put(line) for line in stdout], daemon=True).start()
+        events = [json.loads(lines_out.get(timeout=60)) for _ in range(2 * len(valid) + 1)]
     finally:
         launcher.close()
     failed = [i for i, e in enumerate(events) if e["event"] == "failed"]
