@@ -52,7 +52,7 @@ def parse(args: list[str]) -> ExecArgs | None:
         name, eq, value = arg.partition("=")
         if name in FLAGS and not eq:
             setattr(parsed, FLAGS[name], True)
-        elif name in VALUED and name.startswith("--"):
+        elif name in VALUED:
             if not eq:
                 index += 1
                 if index == len(args) or args[index].startswith("-"):

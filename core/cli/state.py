@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runink.core.cli import exec_fast
+
 if TYPE_CHECKING:  # (imported when first used: a command that needs neither starts faster)
     from runink.core.cli.cluster_settings import ClusterSettings
     from runink.core.config import RuninkConfig
@@ -158,7 +160,7 @@ def host_port(text: str) -> tuple[str, int] | None:
 
 _VALUED = ("--config", "-c", "--set", "--metrics", "--metrics-port")  # options that take a value
 # `runink exec`'s options that take a value: its COMMAND starts at the first other word
-_EXEC_VALUED = ("--herd", "--cpu", "--memory", "--gpu", "--timeout", "--retries", "--server", "--command", "--secret")
+_EXEC_VALUED = (*exec_fast.VALUED, "--command", "--secret")
 
 
 def _own_args(argv: list[str]) -> list[str]:
