@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 # the options read here (the full command's names), and how each value is read
 VALUED = ("--herd", "--cpu", "--memory", "--gpu", "--timeout", "--retries", "--server")
 FLAGS = {"--detach": "detach", "-d": "detach", "--json": "json_output"}
+MAX_GPU, MAX_RETRIES = 1024, 100  # the full command's bounds too (jobs_cmd's --gpu, --retries)
 
 
 class ExecArgs:
@@ -79,7 +80,7 @@ def resources(parsed: ExecArgs) -> dict[str, Any] | None:
         timeout = parse_duration(values["--timeout"]) if "--timeout" in values else None
     except ValueError:
         return None
-    if not (math.isfinite(cpu) and cpu >= 0 and 0 <= gpu <= 1024 and 0 <= retries <= 100):
+    if not (math.isfinite(cpu) and cpu >= 0 and 0 <= gpu <= MAX_GPU and 0 <= retries <= MAX_RETRIES):
         return None
     return {"resources": {"cpu": cpu, "memory": memory or 0, "gpu": gpu}, "timeout": timeout, "retries": retries}
 

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
+from runink.core.cli.exec_fast import MAX_GPU, MAX_RETRIES
 from runink.core.cli.job_watch import FINAL, OUTPUT_POLL, Output, binary, run_exec, wait_for_job
 from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
@@ -118,10 +119,12 @@ def exec_command(
     cpu: float = typer.Option(1.0, "--cpu", min=0, help="Cores."),
     memory: str | None = typer.Option(None, "--memory", help='Memory, e.g. "256Mi" (default: none asked).'),
     gpu: int = typer.Option(
-        0, "--gpu", min=0, max=1024, help="GPUs: placed where that many are free; the slice sees only its own."
+        0, "--gpu", min=0, max=MAX_GPU, help="GPUs: placed where that many are free; the slice sees only its own."
     ),
     timeout: str | None = typer.Option(None, "--timeout", help='Stop it after this long, e.g. "30s".'),
-    retries: int = typer.Option(0, "--retries", min=0, max=100, help="Run it again this many times if it fails."),
+    retries: int = typer.Option(
+        0, "--retries", min=0, max=MAX_RETRIES, help="Run it again this many times if it fails."
+    ),
     secret: list[str] = typer.Option(
         [], "--secret", help="A herd secret it gets as a file in $RUNINK_FILES (repeatable; `runink secret set`)."
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,9 +167,7 @@ _EXEC_VALUED = (*exec_fast.VALUED, "--command", "--secret")
 def _own_args(argv: list[str]) -> list[str]:
     """``argv`` up to where it stops being runink's: ``runink exec``'s COMMAND and what follows
     it are the command's own (``runink exec /bin/echo --config x`` reads no config from x)."""
-    first = next(
-        (i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)), None
-    )
+    first = next(_word_indexes(argv), None)
     if first is None or argv[first] != "exec":
         return argv
     index = first + 1
@@ -177,9 +176,14 @@ def _own_args(argv: list[str]) -> list[str]:
     return argv[:index]
 
 
+def _word_indexes(argv: list[str]) -> Iterator[int]:
+    """Where the command's words are in ``argv``: not options, nor the values of runink's own."""
+    return (i for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED))
+
+
 def _command_words(argv: list[str]) -> list[str]:
     """The command's words (``barn serve``), its options and their values left out."""
-    return [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] not in _VALUED)]
+    return [argv[i] for i in _word_indexes(argv)]
 
 
 def _apply_log_settings(level: str, format: str, trace: bool, debug: bool, daemon: bool = False) -> None:
