@@ -171,6 +171,8 @@ def test_a_run_whose_process_died_reads_as_failed_and_can_be_pruned(
     assert task["state"] == "FAILED" and f"(pid {process.pid}) ended before this task did" in task["message"]
     listed = json.loads(run_cli("jobs", "list", "--state", "failed", "--json").stdout)
     assert [j["id"] for j in listed] == [status["job"]["id"]]
+    started = json.loads((run / RECORD).read_text())["started"]
+    time.sleep(max(0.0, started + 1.2 - time.time()))  # (older than 1s for sure: a fast CLI gets here sooner)
     pruned = json.loads(run_cli("jobs", "prune", "--older-than", "1s", "--json").stdout)
     assert [r["run"] for r in pruned["removed"]] == [run.name] and pruned["bytes"] > 0
     assert not run.exists()
