@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
         status = exec_fast.main(args[1:])
         if status is not None:
             if argv is None:  # (the `runink` script: the process ends here)
-                exec_fast.exit_now(status)
+                from runink.core.cli.process_end import end_now
+
+                end_now(status)
             sys.exit(status)
     from runink.core.cli import prestart
 

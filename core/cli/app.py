@@ -11,9 +11,9 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -235,11 +235,18 @@ def build_app(state: CliState) -> RootGroup:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``runink`` script: exit 0 on success, non-zero with a one-line error otherwise."""
+    """Entry point of the ``runink`` script: exit 0 on success, non-zero with a one-line error
+    otherwise. The script (``argv`` None) ends without the interpreter's teardown (process_end)."""
+    if argv is None:
+        from runink.core.cli.process_end import end_now
+
+        finish: Callable[[int], NoReturn] = end_now
+    else:
+        finish = sys.exit
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--version"]:  # answered before plugins and config load
         print(f"runink {runink.__version__}")
-        sys.exit(0)
+        finish(0)
     state = CliState.from_argv(argv)
     logging.basicConfig(
         level=logging.DEBUG if state.debug else logging.WARNING,
@@ -249,17 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         outcome = _run(state, argv)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        finish(exc.exit_code)
     except typer.Abort:
         print_error("aborted")
-        sys.exit(130)
+        finish(130)
     except typer.TyperException as exc:  # usage errors: click's own message and usage line
         exc.show()  # type: ignore[attr-defined]
-        sys.exit(getattr(exc, "exit_code", 2))
+        finish(getattr(exc, "exit_code", 2))
     except (Exception, KeyboardInterrupt) as exc:  # a RuninkError's one line; anything else is our bug
-        sys.exit(exit_status(exc, state.debug))
+        finish(exit_status(exc, state.debug))
     # Click returns an eager option's exit code (--version) instead of raising.
-    sys.exit(outcome if isinstance(outcome, int) else 0)
+    finish(outcome if isinstance(outcome, int) else 0)
 
 
 def _run(state: CliState, argv: list[str]) -> Any:

@@ -14,11 +14,9 @@ choice is made before anything is sent, so a job is never submitted twice.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 # the options read here (the full command's names), and how each value is read
 VALUED = ("--herd", "--cpu", "--memory", "--gpu", "--timeout", "--retries", "--server")
@@ -117,16 +115,3 @@ def main(args: list[str]) -> int | None:
     finally:
         client.close()
         sys.stdout.flush()
-
-
-def exit_now(status: int) -> NoReturn:
-    """End the process with ``status`` once what it printed is out, without the interpreter's
-    teardown of its modules (~12-20 ms of a ~120 ms `runink exec` here, measured with strace
-    and farm-bench): nothing on this path needs it. (The script's entry point only: a caller
-    that imports ``main`` gets SystemExit as usual.)"""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # (a reader that went away: nothing more to say)
-            stream.flush()
-    if "logging" in sys.modules:  # (not imported on this path unless the config was read in full)
-        sys.modules["logging"].shutdown()
-    os._exit(status)
