@@ -393,3 +393,25 @@ def test_prepare_starts_the_preloaded_launcher_the_first_python_slice_uses(
     assert result is not None and result.exit_code == 0 and linux.read_log(spec.id) == "hello\n"
     assert linux._launchers == {"python": launcher}  # the slice came from the prepared one
     linux.destroy(spec.id)
+
+
+def test_the_sweep_after_a_launcher_died_finds_nothing_under_a_removed_cgroup_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher gone while its cgroup parent is being removed (a test's cleanup, an operator):
+    the executor's sweep for its warm sandboxes' cgroups finds none there, rather than its
+    event thread dying of the FileNotFoundError a glob raises when the folder goes between
+    its check and its scan (seen in CI, Python 3.11)."""
+    from runink.plugins.executors.linux.executor import _matching
+
+    (tmp_path / "sandbox-7-1").mkdir()
+    (tmp_path / "herd-a" / "sandbox-7-2").mkdir(parents=True)
+    assert _matching(tmp_path, "sandbox-7-*") == ["sandbox-7-1"]
+    assert _matching(tmp_path, "herd-*/sandbox-7-*") == ["herd-a/sandbox-7-2"]
+    assert _matching(tmp_path / "gone", "sandbox-7-*") == []
+
+    def vanished(self: Path, pattern: str) -> list[Path]:
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "glob", vanished)
+    assert _matching(tmp_path, "sandbox-7-*") == []

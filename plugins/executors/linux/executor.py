@@ -131,6 +131,15 @@ def _wait_exited(process: subprocess.Popen[str], timeout: float) -> None:
         os.close(pidfd)
 
 
+def _matching(parent: Path, pattern: str) -> list[str]:
+    """The paths under ``parent`` that ``pattern`` matches, relative to it; none if ``parent``
+    is gone (removed meanwhile: on Python 3.11 a glob there raises)."""
+    try:
+        return [str(found.relative_to(parent)) for found in parent.glob(pattern)]
+    except OSError:
+        return []
+
+
 def _adopt_prestarted(arguments: list[str]) -> subprocess.Popen[str] | None:
     """The prestarted launcher, given ``arguments`` (what it would have been started with), or
     None when there is none or it is gone."""
@@ -547,10 +556,10 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 with self._lock:
                     in_use = {d.name for t in self._tasks.values() for d in t.cgroup.dirs.values()}
                 names = {
-                    str(d.relative_to(parent))
+                    name
                     for parent in self.cgroups.parents().values()
                     for pattern in (f"sandbox-{launcher.pid}-*", f"{HERD_PREFIX}*/sandbox-{launcher.pid}-*")
-                    for d in parent.glob(pattern)
+                    for name in _matching(parent, pattern)
                 }
                 for name in names:
                     if name.rpartition("/")[2] in in_use:
