@@ -234,6 +234,8 @@ print("started", flush=True)
 result = linux.wait(spec.id, 20)
 print(json.dumps([result.state.value, result.exit_code]), flush=True)
 linux.close()
+for parent in set(linux.cgroups.parents().values()):  # (the test's own cgroup parents)
+    parent.rmdir()
 """
     )
     runner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import close_linux
 
 from runink.core.interfaces.executor import TaskSpec, TaskState
 from runink.plugins.executors.linux.executor import LinuxExecutor
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {P
 def linux() -> Iterator[LinuxExecutor]:
     executor = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", pool=1)
     yield executor
-    executor.close()
+    close_linux(executor)  # (its cgroup parents too)
 
 
 def _task(folder: Path, script: str, *, writable: tuple[Path, ...] = (), readable: tuple[Path, ...] = ()) -> TaskSpec:

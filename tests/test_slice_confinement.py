@@ -49,6 +49,8 @@ RUNNER = textwrap.dedent(
     print(json.dumps({"state": result.state.value, "stdout": executor.read_log(spec.id),
                       "stderr": executor.read_log(spec.id, "stderr")}))
     executor.close()
+    for parent in set(executor.cgroups.parents().values()):  # (the test's own cgroup parents)
+        parent.rmdir()
     """
 )
 
