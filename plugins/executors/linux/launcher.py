@@ -69,7 +69,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runink.plugins.executors.linux import netguard
 from runink.plugins.executors.linux import payload as slice_payload
@@ -551,9 +551,9 @@ class Launcher:
         kind is ready (build at once), or None if it lacks none.
 
         ``pool_size`` warm sandboxes without the network are kept, and one with it once a slice
-        asked for the network (``network_asked``); at most MAX_BUILDING
-        are built at once; after 3 failed builds in a row the pool stops refilling (requests
-        then build their own and report the error).
+        asked for the network (``network_asked``); at most MAX_BUILDING are built at once;
+        after 3 failed builds in a row the pool stops refilling (requests then build their own
+        and report the error).
         """
         if self.failures >= 3 or len(self.building()) >= MAX_BUILDING:
             return None
@@ -1009,7 +1009,7 @@ def _remove_root(root: str, timeout: float = 8.0) -> None:
             time.sleep(0.02)
 
 
-def end(code: int) -> None:
+def end(code: int) -> NoReturn:
     """End the launcher once its answers are out, without the interpreter's teardown of the
     preloaded runtime (~15 ms of pyarrow's and the rest's objects freed one by one, on the way
     of every `runink run`'s end). Nothing is left for it: the launcher is single-threaded and
