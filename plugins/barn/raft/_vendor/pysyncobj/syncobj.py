@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with ten changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with eleven changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -51,6 +51,14 @@
 #    command that comes while the leader's last append is not yet committed, or a read while
 #    a round is in flight, does not wake it: the followers' replies do, and the tick they
 #    wake takes everything that came meanwhile (group commit, as before).
+# 11. An entry larger than appendEntriesBatchSizeBytes goes to a follower in chunks, the last
+#    marked 'finish'. pysyncobj chose that mark by the length of the entry's command, not of
+#    the pickled entry it sends, which is a few bytes longer: where those bytes crossed a
+#    chunk boundary, two chunks were marked 'finish', the follower unpickled the first of
+#    them, cut short, and failed at every resend. A follower stopped for good; with two such
+#    entries in a row, or one after a member's death, the group lost its quorum. The soak test
+#    (tests/test_cluster_soak.py) hung so after its leader was killed; tests/test_barn_raft_safety.py
+#    commits entries across such boundaries.
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -1579,7 +1587,8 @@ class SyncObj(object):
                             currData = entry[pos:pos + batchSizeBytes]
                             if pos == 0:
                                 transmission = 'start'
-                            elif pos + batchSizeBytes >= len(entries[0][0]):
+                            # [runink fix] 11: the last chunk of the pickled entry, not of its command
+                            elif pos + batchSizeBytes >= len(entry):
                                 transmission = 'finish'
                             else:
                                 transmission = 'process'
