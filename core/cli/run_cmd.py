@@ -200,7 +200,6 @@ def run_command(
     from runink.core.cli import prestart
 
     prestart.remember(state, executor)  # (the next run with this config starts it sooner)
-    from rich.live import Live  # (rich's imports: ~35 ms a dry run does without)
     from rich.markup import escape
 
     from runink.core.runner import LocalRunner
@@ -232,6 +231,8 @@ def run_command(
 
     runner = LocalRunner(config, manager, executor, on_update=on_update)
     if err.is_terminal and not json_output:
+        from rich.live import Live  # (only for a terminal: ~14 ms before the first slice starts)
+
         live = Live(console=err, refresh_per_second=4, transient=True)
     result_box: dict[str, Any] = {}
 
