@@ -223,7 +223,8 @@ import json, os, signal, sys, uuid
 from pathlib import Path
 from runink.core.interfaces.executor import TaskSpec
 from runink.plugins.executors.linux.executor import LinuxExecutor
-signal.signal(signal.SIGTERM, lambda *_: print("runner got SIGTERM", flush=True))
+# (os.write: a print here may interrupt the main thread's print of stdout, which Python 3.13 refuses)
+signal.signal(signal.SIGTERM, lambda *_: os.write(1, b"runner got SIGTERM\\n"))
 linux = LinuxExecutor(cgroup_parent="runink-test-" + uuid.uuid4().hex[:8])
 work = Path({str(tmp_path)!r}) / "work"
 work.mkdir(); os.chmod(work, 0o777)
