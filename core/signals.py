@@ -70,11 +70,3 @@ def stop_event(signals: tuple[signal.Signals, ...] = STOP_SIGNALS, slow_after: f
     for signum in signals:
         signal.signal(signum, again)
     return stop
-
-
-def wait_for_stop(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> signal.Signals:
-    """Block the main thread until one of ``signals`` arrives (stop_event); returns it."""
-    stop = stop_event(signals)
-    stop.wait()
-    assert stop.came is not None
-    return stop.came

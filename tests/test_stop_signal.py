@@ -1,5 +1,5 @@
 """A long-running process stops on SIGTERM whichever of its threads the kernel hands the
-signal to (``runink.core.signals.wait_for_stop``): real Barn members, stopped with SIGSTOP
+signal to (``runink.core.signals.stop_event``): real Barn members, stopped with SIGSTOP
 for a while, then resumed and terminated at once (an untimed wait in the main thread never
 ran the handler: the members stayed up)."""
 

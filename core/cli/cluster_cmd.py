@@ -24,7 +24,7 @@ from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
-from runink.core.signals import SLOW_STOP_REPORT, stop_event, wait_for_stop
+from runink.core.signals import SLOW_STOP_REPORT, stop_event
 from runink.core.units import parse_memory, split_address
 
 if TYPE_CHECKING:
@@ -151,10 +151,11 @@ def server_command(
         ca_key=tls_ca_key,
     )
 
+    stop = stop_event()  # (before it says it serves: a SIGTERM from then on is a stop, never the default death)
     server = Server(options, state.config(), state.plugins())
     try:
         print(json.dumps({"event": "serving", **server.addresses()}), flush=True)
-        wait_for_stop()
+        stop.wait()
     finally:
         server.close()
 

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from runink.core import metrics
 from runink.core.model import MetricSample
-from runink.core.signals import wait_for_stop
+from runink.core.signals import stop_event
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.http_protocol import raise_fd_limit
 from runink.plugins.barn.raft.replica import Member, ServerConfig
@@ -132,11 +132,13 @@ def run_server(config: ServerConfig, manager: PluginManager | None = None) -> in
             "give every member the same --secret-file, or a certificate of the cluster CA (--tls-*)",
             raft,
         )
+    # (before it says it serves: a SIGTERM from then on is a stop, never the default death)
+    stop = stop_event()
     server = BarnServer(config)
     server.start()
     unregister = _measure(server, manager) if manager is not None else None
     print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
-    wait_for_stop()
+    stop.wait()
     if unregister is not None:
         unregister()
     server.close()
