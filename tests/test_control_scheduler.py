@@ -420,3 +420,17 @@ def test_a_request_that_fits_nowhere_for_one_herd_is_still_placed_for_another(
         result = scheduler(store, restricted).run_pass(now=0)
     assert result.placed == {allowed: "n1"}
     assert "herd a may not run here" in result.pending[refused]
+
+
+def test_within_a_herd_the_queue_is_in_submission_order_whatever_the_ids(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """Task ids carry their job's time in milliseconds, then a random part: two submissions in
+    one millisecond have ids in a random order. The queue goes by ``queued`` (the submission's
+    time in nanoseconds) before the id: the task submitted first is placed first."""
+    add_herd(store, "h")
+    add_node(store, "n1", cpu=2)
+    later = submit(store, "h", 1, cpu=1, prefix="a", queued=2_000)  # (its id sorts first)
+    first = submit(store, "h", 1, cpu=2, prefix="b", queued=1_000)
+    assert scheduler(store, manager).run_pass(now=0).placed.keys() == set(first)
+    assert task(store, "h", later[0]).state is RunState.PENDING  # (it does not jump the queue)

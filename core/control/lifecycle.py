@@ -366,6 +366,7 @@ class Lifecycle:
                 retries=retries,
                 backoff=backoff,
                 priority=priority,
+                queued=time.time_ns(),
                 node_labels=node_labels or {},
                 secrets=list(secrets),
                 secrets_env=secrets_env,
@@ -465,6 +466,7 @@ class Lifecycle:
         job_id = new_id("job")
         ids: dict[str, str] = {}
         records = []
+        queued = time.time_ns()  # (the job's tasks at once: in their own order, by id, among themselves)
         for given in tasks:
             name = given.scenario
             if name in ids:
@@ -486,6 +488,7 @@ class Lifecycle:
                         retries=given.retries,
                         backoff=given.backoff,
                         priority=priority,
+                        queued=queued,
                         node_labels=given.node_labels,
                         after=[ids[u] for u in given.after],
                         secrets=given.secrets,

@@ -395,6 +395,9 @@ class TaskRecord(Record):
     retries: int = Field(default=0, ge=0, le=100)
     backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     priority: int = Field(default=0, ge=-1000, le=1000)
+    # when it was submitted (time.time_ns()): the queue's order in its herd at equal priority,
+    # before the id (whose time is in milliseconds); 0: a record from before this field
+    queued: int = Field(default=0, ge=0)
     node_labels: dict[str, str] = {}
     after: list[str] = []  # tasks of the same job that must succeed before this one is placed
     # tasks of the same job whose node this one must be placed on (once they have one)

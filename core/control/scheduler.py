@@ -460,12 +460,14 @@ def _fair_order(
     usage: dict[str, _Usage],
     total: Resources,
 ) -> Iterator[Versioned[TaskRecord]]:
-    """The tasks in the order to place them: the highest priority first; at equal priority the
+    """The tasks in the order to place them: the highest priority first; within a herd at equal
+    priority, in the order they were submitted (``queued``, then the id); at equal priority the
     herd using least of its quota (or, without one, of an equal share of the cluster) goes
     first, herds at equal share in turn. The caller updates ``usage`` as it places; each
     choice, made lazily, sees the placements before it."""
     order: dict[str, deque[Versioned[TaskRecord]]] = {
-        herd: deque(sorted(items, key=lambda v: (-v.record.priority, v.record.id))) for herd, items in queues.items()
+        herd: deque(sorted(items, key=lambda v: (-v.record.priority, v.record.queued, v.record.id)))
+        for herd, items in queues.items()
     }
     equal = 1 / max(1, len(herds))
     last_served: dict[str, int] = {}
