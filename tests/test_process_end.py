@@ -1,4 +1,4 @@
-"""The `runink` script ends without the interpreter's teardown (runink.core.cli.process_end),
+"""The `runink` script ends without the interpreter's teardown (runink.core.process_end),
 yet everything an ordinary exit runs that matters has run: the threads that are not daemons
 finished, a thread pool's queued work done, the atexit functions called, all output out."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 ENDING = """
 import atexit, concurrent.futures, sys, threading, time
 from pathlib import Path
-from runink.core.cli.process_end import end_now
+from runink.core.process_end import end_now
 
 out = Path(sys.argv[1])
 
@@ -54,7 +54,7 @@ def test_the_runink_script_ends_that_way_and_a_caller_of_main_gets_system_exit(t
     probe = (
         "import sys; from runink.core.cli import main\n"
         "try:\n    main(['--bogus-option'])\nexcept SystemExit as exc:\n    print('caught', exc.code)\n"
-        "import runink.core.cli.process_end as p\n"
+        "import runink.core.process_end as p\n"
         "p.end_now = lambda status: (print('end_now', status), sys.exit(status))\n"
         "sys.argv = ['runink', '--bogus-option']\nmain()\n"
     )

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         status = exec_fast.main(args[1:])
         if status is not None:
             if argv is None:  # (the `runink` script: the process ends here)
-                from runink.core.cli.process_end import end_now
+                from runink.core.process_end import end_now
 
                 end_now(status)
             sys.exit(status)

@@ -236,9 +236,9 @@ def build_app(state: CliState) -> RootGroup:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``runink`` script: exit 0 on success, non-zero with a one-line error
-    otherwise. The script (``argv`` None) ends without the interpreter's teardown (process_end)."""
+    otherwise. The script (``argv`` None) ends without the interpreter's teardown (core.process_end)."""
     if argv is None:
-        from runink.core.cli.process_end import end_now
+        from runink.core.process_end import end_now
 
         finish: Callable[[int], NoReturn] = end_now
     else:

@@ -69,8 +69,9 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from runink.core.process_end import end_now
 from runink.plugins.executors.linux import netguard
 from runink.plugins.executors.linux import payload as slice_payload
 from runink.plugins.executors.linux.cgroups import (
@@ -1009,16 +1010,5 @@ def _remove_root(root: str, timeout: float = 8.0) -> None:
             time.sleep(0.02)
 
 
-def end(code: int) -> NoReturn:
-    """End the launcher once its answers are out, without the interpreter's teardown of the
-    preloaded runtime (~15 ms of pyarrow's and the rest's objects freed one by one, on the way
-    of every `runink run`'s end). Nothing is left for it: the launcher is single-threaded and
-    registers no exit functions."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # (the executor that went away: nothing more to say)
-            stream.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    end(main())
+    end_now(main())  # (no teardown of the preloaded runtime: ~15 ms of every run's end)
