@@ -14,10 +14,20 @@ Precedence, lowest to highest:
 4. command-line flags of a command (e.g. ``runink run --set executor.driver=process``).
 
 Every error names the key and where its value came from (``runink.toml:12`` or the variable).
+
+The sections are msgspec Structs, validated by ``msgspec.convert`` in lax mode (text from a
+variable or a flag becomes the number or boolean its key expects). msgspec, not pydantic: every
+command reads the config, and building pydantic's validators for these sections cost each
+command ~95 ms of start (msgspec: <1 ms). Values are validated where they come from a user
+(``load_config``, ``model_validate``); a section built in code (``LimitsConfig(pids=64)``) is
+trusted as written. The models keep pydantic's method names (``model_copy``, ``model_dump``,
+``model_validate``) for the plugins that got a config from ``runink_configure``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -28,16 +38,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
 
 from runink.core.errors import ConfigError
 from runink.core.units import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
@@ -69,69 +71,112 @@ def default_data_dir() -> Path:
     return Path(base) / "runink"
 
 
-def _absolute(value: list[Path]) -> list[Path]:
-    for path in value:
-        if not path.is_absolute():
-            raise ValueError(f"{str(path)!r} is not an absolute path")
+class InvalidField(ValueError):
+    """A field's value failed a check of its section's: msgspec reports the section's path, this
+    names the field below it (``_describe_validation_error`` joins them)."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    """msgspec's hook for the types it does not know: ``Path`` from text."""
+    if kind is Path:
+        if isinstance(value, str):
+            return Path(value)
+        raise TypeError(f"Expected a path, got `{type(value).__name__}`")
+    raise NotImplementedError(kind)
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, Section):
+        return {name: _to_python(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {key: _to_python(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_python(item) for item in value]
     return value
 
 
-#: folders given by absolute path ([paths] allow, [cluster] shared_paths)
-AbsolutePaths = Annotated[list[Path], AfterValidator(_absolute)]
+class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
+    """A table of the config: unknown keys refused. ``dict=True``: RuninkConfig keeps where its
+    values came from beside its fields."""
+
+    @classmethod
+    def model_validate(cls, data: Any) -> typing.Self:
+        """A section from plain data (a TOML table), checked; msgspec.ValidationError if invalid."""
+        return msgspec.convert(data, cls, strict=False, dec_hook=_decode_path)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> typing.Self:
+        """A copy, with ``update``'s fields replaced (not checked, as pydantic's)."""
+        base = copy.deepcopy(self) if deep else self
+        result = msgspec.structs.replace(base, **(update or {}))
+        result.__dict__.update(self.__dict__)  # (where the values came from)
+        return result
+
+    def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """Plain data: dicts and lists (``mode="json"``: paths as text too)."""
+        if mode == "json":
+            return typing.cast(dict[str, Any], msgspec.to_builtins(self, enc_hook=str))
+        return typing.cast(dict[str, Any], _to_python(self))
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        """Each field's type, without its ``Annotated`` constraints."""
+        return _field_types(cls)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-class PluginsConfig(_Section):
-    disable: list[str] = Field(
-        default_factory=list,
-        description="Plugins not to load: hook plugin names, driver names or GROUP:NAME.",
-    )
-    load: list[str] | None = Field(
-        default=None,
-        description="Allow-list: when set, only these third-party plugins load (built-in ones always do).",
-    )
-    trace: bool = Field(default=False, description="Log every hook call and its result to stderr.")
+class PluginsConfig(Section):
+    #: Plugins not to load: hook plugin names, driver names or GROUP:NAME.
+    disable: list[str] = field(default_factory=list)
+    #: Allow-list: when set, only these third-party plugins load (built-in ones always do).
+    load: list[str] | None = None
+    #: Log every hook call and its result to stderr.
+    trace: bool = False
 
 
-class DriverChoice(_Section):
+class DriverChoice(Section):
     """A section that chooses a driver: every one names it with ``driver`` and builds it with ``options``."""
 
-    driver: str | None
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the driver.")
+    driver: str | None = None
+    #: Keyword arguments for the driver.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class ExecutorConfig(DriverChoice):
-    driver: str = Field(
-        default="auto",
-        description='"auto": the first driver of prefer that is healthy and isolates here, else the first healthy one.',
-    )
-    prefer: list[str] = Field(
-        default_factory=lambda: ["linux", "process"],
-        min_length=1,
-        description='The drivers "auto" considers, in order (each judged by its own fingerprint and capabilities).',
-    )
+    #: "auto": the first driver of prefer that is healthy and isolates here, else the first healthy one.
+    driver: str = "auto"
+    #: The drivers "auto" considers, in order (each judged by its own fingerprint and capabilities).
+    prefer: Annotated[list[str], Meta(min_length=1)] = field(default_factory=lambda: ["linux", "process"])
 
 
 class SchedulerConfig(DriverChoice):
-    driver: str = Field(default="spread", description="The scheduler policy (runink.scheduler_policies).")
-    weights: dict[str, float] = Field(
-        default_factory=dict, description="Weight of each score plugin's scores (default 1)."
-    )
+    #: The scheduler policy (runink.scheduler_policies).
+    driver: str = "spread"
+    #: Weight of each score plugin's scores (default 1).
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 class BarnConfig(DriverChoice):
-    driver: str = Field(default="memory", description="The Barn backend (runink.barn_backends).")
+    #: The Barn backend (runink.barn_backends).
+    driver: str = "memory"
 
 
 class SecretsConfig(DriverChoice):
-    driver: str | None = Field(default=None, description="The secret backend (runink.secret_backends), if any.")
+    #: The secret backend (runink.secret_backends), if any.
+    driver: str | None = None
 
 
 class AnnotatorConfig(DriverChoice):
-    driver: str | None = Field(default=None, description="The annotator (runink.annotators), if any.")
+    #: The annotator (runink.annotators), if any.
+    driver: str | None = None
 
 
 #: section -> the key that named its driver before every section used ``driver`` (still read, with a warning)
@@ -143,90 +188,91 @@ def duration_or_none(value: str | int) -> float | None:
     return None if value in (0, "0") else parse_duration(value)
 
 
-def _duration_or_zero(value: str | int) -> str | int:
-    duration_or_none(value)
-    return value
+def _check_duration(section: Section, name: str, *, zero: bool) -> None:
+    """``name`` is a positive duration ("30s", "5m"), or 0 (no bound) when ``zero``."""
+    value = getattr(section, name)
+    try:
+        duration_or_none(value) if zero else parse_duration(value)
+    except ValueError as exc:
+        raise InvalidField(name, str(exc)) from None
 
 
-def _size_or_zero(value: str | int) -> str | int:
-    if not 0 <= parse_memory(value) <= MAX_MEMORY:
-        raise ValueError(f"must be at most 1Ei bytes, got {value!r}")
-    return value
+def _check_size(section: Section, name: str, *, zero: bool) -> None:
+    """``name`` is a size ("5GiB", "500Mi", bytes) at most 1Ei, more than 0 unless ``zero``."""
+    value = getattr(section, name)
+    try:
+        size = parse_memory(value)
+    except ValueError as exc:
+        raise InvalidField(name, str(exc)) from None
+    if not (0 if zero else 1) <= size <= MAX_MEMORY:
+        bound = "at most 1Ei bytes" if zero else "more than 0 and at most 1Ei bytes"
+        raise InvalidField(name, f"must be {bound}, got {value!r}")
 
 
-#: a duration ("30d", "1h") or 0 (no bound), kept as written
-DurationOrZero = Annotated[str | int, AfterValidator(_duration_or_zero)]
-#: a size ("5GiB", "500Mi", bytes) or 0 (no bound), kept as written
-SizeOrZero = Annotated[str | int, AfterValidator(_size_or_zero)]
+def _check_absolute(section: Section, name: str) -> None:
+    for path in getattr(section, name):
+        if not path.is_absolute():
+            raise InvalidField(name, f"{str(path)!r} is not an absolute path")
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "warning"
-    format: Literal["auto", "text", "json"] = Field(
-        default="auto",
-        description="Runink's own log lines on stderr: text, one JSON object a line, or auto (JSON for "
-        "runink server, agent and barn serve when their stderr is not a terminal, text otherwise).",
-    )
-    slice_output: bool = Field(
-        default=False,
-        description="Hand every line slices print to the log exporters (runink_export_log: the fluentd "
-        "plugin ships them), with herd, job, task, step and node; they are in each task's log files anyway.",
-    )
+    #: Runink's own log lines on stderr: text, one JSON object a line, or auto (JSON for runink
+    #: server, agent and barn serve when their stderr is not a terminal, text otherwise).
+    format: Literal["auto", "text", "json"] = "auto"
+    #: Hand every line slices print to the log exporters (runink_export_log: the fluentd plugin
+    #: ships them), with herd, job, task, step and node; they are in each task's log files anyway.
+    slice_output: bool = False
 
 
-class HerdConfig(_Section):
-    drift: Literal["warn", "block"] = Field(
-        default="warn", description="What schema drift against a contract does: warn, or block the scenario."
-    )
+class HerdConfig(Section):
+    #: What schema drift against a contract does: warn, or block the scenario.
+    drift: Literal["warn", "block"] = "warn"
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     """Limits of every slice whose ``@requires`` does not set them (a scenario may ask for more)."""
 
-    pids: int = Field(default=1024, ge=1, le=MAX_PIDS, description="Processes and threads per slice.")
-    memory: str | int = Field(default="2GiB", description='Memory per slice: "2GiB", "512Mi" or bytes.')
+    #: Processes and threads per slice.
+    pids: Annotated[int, Meta(ge=1, le=MAX_PIDS)] = 1024
+    #: Memory per slice: "2GiB", "512Mi" or bytes.
+    memory: str | int = "2GiB"
 
-    @field_validator("memory")
-    @classmethod
-    def _memory_parses(cls, value: str | int) -> str | int:
-        if not 0 < parse_memory(value) <= MAX_MEMORY:
-            raise ValueError(f"must be more than 0 and at most 1Ei bytes, got {value!r}")
-        return value
+    def __post_init__(self) -> None:
+        _check_size(self, "memory", zero=False)
 
     @property
     def memory_bytes(self) -> int:
         return parse_memory(self.memory)
 
 
-class PathsConfig(_Section):
-    allow: AbsolutePaths = Field(
-        default_factory=list,
-        description="Folders outside a pipeline's own that its sources and sinks may use (absolute paths).",
-    )
+class PathsConfig(Section):
+    #: Folders outside a pipeline's own that its sources and sinks may use (absolute paths).
+    allow: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_absolute(self, "allow")
 
 
-class ClusterConfig(_Section):
-    server: str | None = Field(
-        default=None,
-        description="The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes "
-        "(else $RUNINK_SERVER, else the cluster `runink up` started).",
-    )
-    ca: str | None = Field(
-        default=None,
-        description="The cluster CA's certificate (PEM) the CLI checks an https:// server against "
-        "(else the one of the cluster `runink up` started, else the system's).",
-    )
-    shared_paths: AbsolutePaths = Field(
-        default_factory=list,
-        description="Folders every node sees alike (a shared filesystem; absolute paths): `runink submit` "
-        "places a scenario reading a dataset another scenario wrote anywhere when it is under one, else on "
-        "the node that wrote it.",
-    )
-    audit_keep_for: DurationOrZero = Field(
-        default="365d",
-        description='How long servers keep the audit log\'s records: "365d", "90d" (whole days: a record goes '
-        "once its day is older; 0: kept as long as the Barn is). The leading server removes older ones hourly.",
-    )
+class ClusterConfig(Section):
+    #: The cluster's API, HOST:PORT[,HOST:PORT...], for exec, jobs, status, herd, nodes (else
+    #: $RUNINK_SERVER, else the cluster `runink up` started).
+    server: str | None = None
+    #: The cluster CA's certificate (PEM) the CLI checks an https:// server against (else the one
+    #: of the cluster `runink up` started, else the system's).
+    ca: str | None = None
+    #: Folders every node sees alike (a shared filesystem; absolute paths): `runink submit` places
+    #: a scenario reading a dataset another scenario wrote anywhere when it is under one, else on
+    #: the node that wrote it.
+    shared_paths: list[Path] = field(default_factory=list)
+    #: How long servers keep the audit log's records: "365d", "90d" (whole days: a record goes
+    #: once its day is older; 0: kept as long as the Barn is). The leading server removes older
+    #: ones hourly.
+    audit_keep_for: str | int = "365d"
+
+    def __post_init__(self) -> None:
+        _check_absolute(self, "shared_paths")
+        _check_duration(self, "audit_keep_for", zero=True)
 
     @property
     def audit_keep_seconds(self) -> float | None:
@@ -234,105 +280,92 @@ class ClusterConfig(_Section):
         return duration_or_none(self.audit_keep_for)
 
 
-def _duration(value: str | int) -> str | int:
-    parse_duration(value)
-    return value
-
-
-#: a positive duration ("30s", "5m"), kept as written
-Duration = Annotated[str | int, AfterValidator(_duration)]
-
-
 class ScalingConfig(DriverChoice):
     """The autoscaler the leading server runs (issue 23; docs/cluster.md, Autoscaling): nodes
     added while tasks wait for room, idle ones drained and removed. Off unless a driver is named."""
 
-    driver: str | None = Field(
-        default=None, description='The scaler that starts and stops nodes (runink.scalers; "local": `runink up`).'
-    )
-    min_nodes: int = Field(default=0, ge=0, le=10_000, description="Nodes the scaler keeps at least.")
-    max_nodes: int = Field(default=10, ge=0, le=10_000, description="Nodes the scaler starts at most.")
-    pending_per_node: int = Field(
-        default=4,
-        ge=1,
-        le=100_000,
-        description="Waiting tasks one added node is counted to take: tasks that fit no node add "
-        "ceil(waiting / this) nodes at once.",
-    )
-    scale_down_idle: Duration = Field(
-        default="5m", description="How long a node runs no task before it is drained and removed."
-    )
-    cooldown: Duration = Field(default="1m", description="The least time between two scaling actions.")
-    drain_grace: Duration = Field(
-        default="10m",
-        description="How long a node picked for removal may finish its tasks; then its agent is stopped, "
-        "which gives the rest back to be placed elsewhere.",
-    )
+    #: The scaler that starts and stops nodes (runink.scalers; "local": `runink up`).
+    driver: str | None = None
+    #: Nodes the scaler keeps at least.
+    min_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    #: Nodes the scaler starts at most.
+    max_nodes: Annotated[int, Meta(ge=0, le=10_000)] = 10
+    #: Waiting tasks one added node is counted to take: tasks that fit no node add
+    #: ceil(waiting / this) nodes at once.
+    pending_per_node: Annotated[int, Meta(ge=1, le=100_000)] = 4
+    #: How long a node runs no task before it is drained and removed.
+    scale_down_idle: str | int = "5m"
+    #: The least time between two scaling actions.
+    cooldown: str | int = "1m"
+    #: How long a node picked for removal may finish its tasks; then its agent is stopped, which
+    #: gives the rest back to be placed elsewhere.
+    drain_grace: str | int = "10m"
 
-    @model_validator(mode="after")
-    def _bounds(self) -> ScalingConfig:
+    def __post_init__(self) -> None:
+        for name in ("scale_down_idle", "cooldown", "drain_grace"):
+            _check_duration(self, name, zero=False)
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes {self.min_nodes} is more than max_nodes {self.max_nodes}")
-        return self
 
 
-class AdmissionConfig(_Section):
+class AdmissionConfig(Section):
     """What a server admits (issue 23): per-job bounds and each herd's submission rate, the
     cluster's defaults (a herd's own, `runink herd create --max-job-cpu ...`, win). 0: no bound."""
 
-    max_cpu: float = Field(default=0.0, ge=0, le=4096, description="Cores any one task of a job may ask for.")
-    max_memory: SizeOrZero = Field(default=0, description='Memory any one task may ask for: "32Gi" (0: no bound).')
-    max_gpu: int = Field(default=0, ge=0, le=1024, description="GPUs any one task may ask for.")
-    max_timeout: DurationOrZero = Field(
-        default=0, description='The longest timeout a task may ask for: "1h" (0: no bound).'
-    )
-    rate: float = Field(
-        default=0.0,
-        ge=0,
-        le=1_000_000,
-        description="Jobs per second each herd may submit (a token bucket; 0: no limit).",
-    )
-    burst: int = Field(default=20, ge=1, le=1_000_000, description="Jobs a herd may submit at once past its rate.")
+    #: Cores any one task of a job may ask for.
+    max_cpu: Annotated[float, Meta(ge=0, le=4096)] = 0.0
+    #: Memory any one task may ask for: "32Gi" (0: no bound).
+    max_memory: str | int = 0
+    #: GPUs any one task may ask for.
+    max_gpu: Annotated[int, Meta(ge=0, le=1024)] = 0
+    #: The longest timeout a task may ask for: "1h" (0: no bound).
+    max_timeout: str | int = 0
+    #: Jobs per second each herd may submit (a token bucket; 0: no limit).
+    rate: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0
+    #: Jobs a herd may submit at once past its rate.
+    burst: Annotated[int, Meta(ge=1, le=1_000_000)] = 20
+
+    def __post_init__(self) -> None:
+        _check_size(self, "max_memory", zero=True)
+        _check_duration(self, "max_timeout", zero=True)
 
 
-class CostConfig(_Section):
+class CostConfig(Section):
     """What a job's resources cost, to estimate its worst case at admission and price what its
     tasks used ($RUNINK_COST__CPU_SECOND...; seed 004's defaults)."""
 
-    cpu_second: float = Field(default=0.000048, ge=0, le=1e6, description="Per cpu-second.")
-    gb_second: float = Field(default=0.000006, ge=0, le=1e6, description="Per GB-second of memory (10^9 bytes).")
-    gpu_second: float = Field(default=0.00028, ge=0, le=1e6, description="Per GPU-second.")
-    currency: str = Field(default="USD", pattern=r"^[A-Za-z$€£¥]{1,8}$", description="What the rates are in.")
+    #: Per cpu-second.
+    cpu_second: Annotated[float, Meta(ge=0, le=1e6)] = 0.000048
+    #: Per GB-second of memory (10^9 bytes).
+    gb_second: Annotated[float, Meta(ge=0, le=1e6)] = 0.000006
+    #: Per GPU-second.
+    gpu_second: Annotated[float, Meta(ge=0, le=1e6)] = 0.00028
+    #: What the rates are in.
+    currency: Annotated[str, Meta(pattern=r"^[A-Za-z$€£¥]{1,8}$")] = "USD"
 
 
-class MetricsConfig(_Section):
-    address: str | None = Field(
-        default=None,
-        pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$",
-        description="HOST:PORT where runink server, agent, barn serve or run serves /metrics for Prometheus "
-        "(off when unset; their --metrics, run's --metrics-port; other commands ignore it). Plain HTTP: "
-        "keep it on loopback or a network you trust.",
-    )
+class MetricsConfig(Section):
+    #: HOST:PORT where runink server, agent, barn serve or run serves /metrics for Prometheus (off
+    #: when unset; their --metrics, run's --metrics-port; other commands ignore it). Plain HTTP:
+    #: keep it on loopback or a network you trust.
+    address: Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")] | None = None
 
 
-class RunConfig(_Section):
-    max_parallel: int = Field(default=0, ge=0, description="Scenarios run at once by `runink run` (0: one per cpu).")
-    fail_on_invalid: float | None = Field(
-        default=None,
-        ge=0,
-        le=100,
-        description="A scenario whose invalid rows pass this percent of the rows it read fails, its outputs "
-        "not published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).",
-    )
-    keep_for: DurationOrZero = Field(
-        default="30d",
-        description='Past runs (their logs and records under the data dir) started longer ago than this go: "30d", '
-        '"12h" (0: kept whatever their age). Applied after each run and by `runink jobs prune`.',
-    )
-    keep_size: SizeOrZero = Field(
-        default="5GiB",
-        description='Past runs go, oldest first, while all runs take more than this: "5GiB", "500Mi" (0: no bound).',
-    )
+class RunConfig(Section):
+    #: Scenarios run at once by `runink run` (0: one per cpu).
+    max_parallel: Annotated[int, Meta(ge=0)] = 0
+    #: A scenario whose invalid rows pass this percent of the rows it read fails, its outputs not
+    #: published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).
+    fail_on_invalid: Annotated[float, Meta(ge=0, le=100)] | None = None
+    #: Past runs (their logs and records under the data dir) started longer ago than this go:
+    #: "30d", "12h" (0: kept whatever their age). Applied after each run and by `runink jobs prune`.
+    keep_for: str | int = "30d"
+    #: Past runs go, oldest first, while all runs take more than this: "5GiB", "500Mi" (0: no bound).
+    keep_size: str | int = "5GiB"
+
+    def __post_init__(self) -> None:
+        _check_duration(self, "keep_for", zero=True)
+        _check_size(self, "keep_size", zero=True)
 
     @property
     def keep_for_seconds(self) -> float | None:
@@ -345,48 +378,57 @@ class RunConfig(_Section):
         return parse_memory(self.keep_size) or None
 
 
-class RuninkConfig(_Section):
+class RuninkConfig(Section):
     """The whole configuration. ``sources`` maps each dotted key that was set to where it came from."""
 
-    herd: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    data_dir: Path = Field(
-        default_factory=default_data_dir,
-        description="Where local state is kept: runs' work dirs and slice logs, lineage, the catalog "
-        "($RUNINK_DATA_DIR; default $XDG_DATA_HOME/runink, ~/.local/share/runink), never the current folder.",
-    )
-    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    barn: BarnConfig = Field(default_factory=BarnConfig)
-    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
-    annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    cost: CostConfig = Field(default_factory=CostConfig)
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    paths: PathsConfig = Field(default_factory=PathsConfig)
-    herds: dict[str, HerdConfig] = Field(default_factory=dict, description="Per-herd policies ([herds.NAME]).")
-    plugin: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Options of each plugin, by plugin name ([plugin.NAME])."
-    )
+    herd: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "default"
+    #: Where local state is kept: runs' work dirs and slice logs, lineage, the catalog
+    #: ($RUNINK_DATA_DIR; default $XDG_DATA_HOME/runink, ~/.local/share/runink), never the current folder.
+    data_dir: Path = field(default_factory=default_data_dir)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    barn: BarnConfig = field(default_factory=BarnConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    #: Per-herd policies ([herds.NAME]).
+    herds: dict[str, HerdConfig] = field(default_factory=dict)
+    #: Options of each plugin, by plugin name ([plugin.NAME]).
+    plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    # Not configuration: where each value came from, for error messages and `runink config show`.
-    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
-    _file: Path | None = PrivateAttr(default=None)
+    @classmethod
+    def model_validate(cls, data: Any) -> typing.Self:
+        # msgspec names a dict's key `[...]` in its errors: each herd's table is checked on its own,
+        # so that an error names the herd.
+        herds = data.get("herds") if isinstance(data, dict) else None
+        if isinstance(herds, dict):
+            checked = {}
+            for name, table in herds.items():
+                try:
+                    checked[name] = HerdConfig.model_validate(table)
+                except msgspec.ValidationError as exc:
+                    raise msgspec.ValidationError(_below(f"herds.{name}", str(exc))) from None
+            data = {**data, "herds": checked}
+        return super().model_validate(data)
 
     @property
     def sources(self) -> dict[str, str]:
         """Each dotted key that was set, mapped to ``FILE:LINE``, ``$VAR`` or ``--set KEY``."""
-        return self._sources
+        return typing.cast(dict[str, str], self.__dict__.setdefault("_sources", {}))
 
     @property
     def file(self) -> Path | None:
         """The config file that was read, if any."""
-        return self._file
+        return typing.cast(Path | None, self.__dict__.get("_file"))
 
     def herd_policy(self, herd: str) -> HerdConfig:
         return self.herds.get(herd, HerdConfig())
@@ -403,6 +445,17 @@ class RuninkConfig(_Section):
             if found:
                 return found
         return "default"
+
+
+_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _below(prefix: str, message: str) -> str:
+    """msgspec's ``message - at `$.path``` with ``prefix`` put before the path."""
+    match = _AT.match(message)
+    if not match:
+        return f"{message} - at `$.{prefix}`"
+    return f"{match['message']} - at `$.{prefix}{match['path']}`"
 
 
 def default_config_path(cwd: Path | None = None) -> Path | None:
@@ -449,10 +502,9 @@ def load_config(
 
     try:
         config = RuninkConfig.model_validate(merged)
-    except ValidationError as exc:
+    except msgspec.ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, sources)) from None
-    config._sources = sources
-    config._file = file if file is not None and file.exists() else None
+    config.__dict__.update(_sources=sources, _file=file if file is not None and file.exists() else None)
     return config
 
 
@@ -560,7 +612,7 @@ def _coerce_text(dotted: str, raw: str) -> Any:
     """A string from the environment or a flag, made into the type its key expects.
 
     JSON is accepted for tables and lists; a list key also takes comma-separated text.
-    Scalars stay strings and pydantic converts them ("true", "2", "0.5").
+    Scalars stay strings and msgspec converts them ("true", "2", "0.5").
     """
     stripped = raw.strip()
     if stripped.startswith(("{", "[")):
@@ -577,32 +629,50 @@ def _expects_list(dotted: str) -> bool:
     model: Any = RuninkConfig
     annotation: Any = None
     for part in dotted.split("."):
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
+        fields = model.field_types() if isinstance(model, type) and issubclass(model, Section) else {}
+        if part not in fields:
             return False
-        annotation = fields[part].annotation
-        model = annotation
+        annotation = model = fields[part]
     origins = {typing.get_origin(annotation)} | {typing.get_origin(arg) for arg in typing.get_args(annotation)}
     return list in origins
 
 
-def _describe_validation_error(exc: ValidationError, sources: dict[str, str]) -> str:
-    """One line per problem: ``SOURCE: key: what is wrong``."""
-    problems = []
-    for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        dotted = ".".join(loc)
-        origin = "default"
-        for end in range(len(loc), 0, -1):
-            if (candidate := ".".join(loc[:end])) in sources:
-                origin = sources[candidate]
-                break
-        else:  # an unknown table: its keys were recorded below it
-            below = sorted(key for key in sources if key.startswith(dotted + "."))
-            if below:
-                origin = sources[below[0]]
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{origin}: {dotted}: {message}")
-    return "; ".join(problems) if len(problems) > 1 else problems[0]
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+
+
+def _describe_validation_error(exc: msgspec.ValidationError, sources: dict[str, str]) -> str:
+    """``SOURCE: key: what is wrong`` from msgspec's ``what is wrong - at `$.key```."""
+    match = _AT.match(str(exc))
+    message, path = (match["message"], match["path"]) if match else (str(exc), "")
+    loc = [part for part in re.split(r"\.|\[[^\]]*\]", path) if part]  # (list indexes and dict keys dropped)
+    if unknown := _UNKNOWN_FIELD.match(message):
+        loc.append(unknown["name"])
+        message = "unknown key"
+    elif (section := _section_at(loc)) and (name := message.split(": ", 1)[0]) in section.field_types():
+        loc.append(name)  # a section's own check of that field (InvalidField)
+        message = message.split(": ", 1)[1]
+    dotted = ".".join(loc)
+    origin = "default"
+    for end in range(len(loc), 0, -1):
+        if (candidate := ".".join(loc[:end])) in sources:
+            origin = sources[candidate]
+            break
+    else:  # an unknown table: its keys were recorded below it
+        below = sorted(key for key in sources if key.startswith(dotted + "."))
+        if below:
+            origin = sources[below[0]]
+    return f"{origin}: {dotted}: {message}" if dotted else f"{origin}: {message}"
+
+
+def _section_at(loc: list[str]) -> type[Section] | None:
+    """The section at ``loc`` (RuninkConfig for the top, HerdConfig for ``herds.NAME``), if any."""
+    model: type[Section] = RuninkConfig
+    parts = iter(loc)
+    for part in parts:
+        kind = model.field_types().get(part)
+        if part == "herds" and model is RuninkConfig:
+            kind = HerdConfig if next(parts, None) is not None else None
+        if not (isinstance(kind, type) and issubclass(kind, Section)):
+            return None
+        model = kind
+    return model

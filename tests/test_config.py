@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
-from runink.core.config import RuninkConfig, load_config
+from runink.core.config import RuninkConfig, Section, load_config
 from runink.core.errors import ConfigError
 
 
@@ -103,7 +102,7 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 
 
 def test_bad_herd_name(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\$RUNINK_HERD: herd: String should match"):
+    with pytest.raises(ConfigError, match=r"\$RUNINK_HERD: herd: Expected `str` matching regex"):
         load_config(environ={"RUNINK_HERD": "Finance Team"})
 
 
@@ -133,9 +132,9 @@ def test_every_driver_section_uses_driver_and_options() -> None:
     from runink.core.drivers import CONFIGURED_DRIVERS
 
     for section in CONFIGURED_DRIVERS:
-        model = RuninkConfig.model_fields[section].annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel), section
-        fields = model.model_fields
+        model = RuninkConfig.field_types()[section]
+        assert isinstance(model, type) and issubclass(model, Section), section
+        fields = model.field_types()
         assert {"driver", "options"} <= set(fields), section
         assert not {"policy", "backend"} & set(fields), section
 
@@ -155,3 +154,55 @@ def test_an_old_driver_key_and_driver_both_set_is_an_error(tmp_path: Path) -> No
     file = write(tmp_path / "runink.toml", '[barn]\nbackend = "memory"\ndriver = "raft"\n')
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(file))}:2: barn.backend and barn.driver both set"):
         load_config(file, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[limits]\nmemory = "0"\n', "2: limits.memory: must be more than 0 and at most 1Ei bytes, got '0'"),
+        ("[limits]\npids = 0\n", "2: limits.pids: Expected `int` >= 1"),
+        ('[herds.finance]\ndrift = "stop"\n', "1: herds.finance.drift: Invalid enum value 'stop'"),
+        ('[herds.finance]\ndirft = "warn"\n', "1: herds.finance.dirft: unknown key"),
+        ('[paths]\nallow = ["/data", "data"]\n', "2: paths.allow: 'data' is not an absolute path"),
+        ('[paths]\nallow = ["/data", 3]\n', "2: paths.allow: Expected a path, got `int`"),
+        ('[run]\nkeep_for = "soon"\n', "2: run.keep_for: "),
+        ("[scaling]\nmin_nodes = 5\nmax_nodes = 2\n", "3: scaling: min_nodes 5 is more than max_nodes 2"),
+    ],
+)
+def test_a_bad_value_names_its_line_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
+    file = write(tmp_path / "runink.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(file, environ={})
+    assert str(info.value).startswith(f"{file}:{expected}"), str(info.value)
+
+
+def test_text_from_variables_becomes_the_type_its_key_expects() -> None:
+    config = load_config(
+        environ={
+            "RUNINK_PLUGINS__TRACE": "true",
+            "RUNINK_LIMITS__PIDS": "64",
+            "RUNINK_RUN__FAIL_ON_INVALID": "0.5",
+            "RUNINK_PATHS__ALLOW": "/a,/b",
+            "RUNINK_LIMITS__MEMORY": "512Mi",
+        }
+    )
+    assert config.plugins.trace is True
+    assert config.limits.pids == 64
+    assert config.run.fail_on_invalid == 0.5
+    assert config.paths.allow == [Path("/a"), Path("/b")]
+    assert config.limits.memory_bytes == 512 * 2**20
+    with pytest.raises(ConfigError, match=r"^\$RUNINK_LIMITS__PIDS: limits.pids: Expected `int`, got `str`$"):
+        load_config(environ={"RUNINK_LIMITS__PIDS": "many"})
+
+
+def test_a_copy_keeps_where_values_came_from_and_a_dump_is_plain_data(tmp_path: Path) -> None:
+    file = write(tmp_path / "runink.toml", '[paths]\nallow = ["/data"]\n')
+    config = load_config(file, environ={})
+    copied = config.model_copy(update={"herd": "ops"}, deep=True)
+    assert (copied.herd, config.herd) == ("ops", "default")
+    assert copied.source_of("paths.allow") == f"{file}:2" and copied.file == file
+    copied.paths.allow.append(Path("/other"))
+    assert config.paths.allow == [Path("/data")]  # (deep)
+    assert config.model_dump(mode="json")["paths"] == {"allow": ["/data"]}
+    assert config.model_dump()["paths"] == {"allow": [Path("/data")]}
+    assert RuninkConfig.model_validate(config.model_dump(mode="json")) == config

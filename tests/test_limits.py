@@ -151,8 +151,8 @@ def test_runink_run_refuses_a_nonsense_limit_before_starting_anything(
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"RUNINK_LIMITS__MEMORY": "lots"}, "$RUNINK_LIMITS__MEMORY: limits.memory: Value error, invalid memory size"),
-        ({"RUNINK_LIMITS__PIDS": "0"}, "$RUNINK_LIMITS__PIDS: limits.pids: Input should be greater than or equal to 1"),
+        ({"RUNINK_LIMITS__MEMORY": "lots"}, "$RUNINK_LIMITS__MEMORY: limits.memory: invalid memory size"),
+        ({"RUNINK_LIMITS__PIDS": "0"}, "$RUNINK_LIMITS__PIDS: limits.pids: Expected `int` >= 1"),
     ],
 )
 def test_nonsense_limit_defaults_are_config_errors(environ: dict[str, str], message: str) -> None:

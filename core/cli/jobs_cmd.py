@@ -405,7 +405,7 @@ def jobs_prune(
 ) -> None:
     """Remove the runs of `runink run` kept on this machine (their records, logs and work dirs;
     never their outputs) by age and size. A run still running stays."""
-    from runink.core.config import RunConfig
+    from runink.core.config import InvalidField, RunConfig
     from runink.core.history import RunHistory
 
     config = ctx.obj.config()
@@ -414,10 +414,9 @@ def jobs_prune(
             keep_for=older_than if older_than is not None else config.run.keep_for,
             keep_size=max_size if max_size is not None else config.run.keep_size,
         )
-    except ValueError as exc:
-        first = exc.errors()[0] if hasattr(exc, "errors") else {}
-        hint = "--older-than" if first.get("loc", ("",))[0] == "keep_for" else "--max-size"
-        raise typer.BadParameter(str(first.get("msg", exc)).removeprefix("Value error, "), param_hint=hint) from None
+    except InvalidField as exc:
+        hint = "--older-than" if exc.field == "keep_for" else "--max-size"
+        raise typer.BadParameter(exc.problem, param_hint=hint) from None
     history = RunHistory(config.data_dir)
     removed = history.prune(older_than=bounds.keep_for_seconds, max_bytes=bounds.keep_size_bytes, dry_run=dry_run)
     if json_output:
