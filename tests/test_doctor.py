@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,43 @@ def test_namespace_probes_in_one_child_answer_each_kind_as_alone() -> None:
     answers = json.loads(done.stdout)
     assert list(answers) == ["mount", "user", "pid"]
     assert answers["mount"] == "Operation not permitted" and answers["pid"] == "Operation not permitted"
+
+
+PROBE_BOTH_WAYS = """
+import json, subprocess, sys, threading
+from runink.plugins.executors.linux import namespaces as n
+spawned = []
+real_popen = subprocess.Popen
+def popen(*args, **kwargs):
+    spawned.append(args)
+    return real_popen(*args, **kwargs)
+n.subprocess.Popen = popen
+alone = n._single_threaded()
+forked = [n.probe_many(list(n.NAMESPACE_FLAGS)), n.probe_unprivileged_user()]
+forks = len(spawned)
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+threaded = not n._single_threaded()
+in_child = [n.probe_many(list(n.NAMESPACE_FLAGS)), n.probe_unprivileged_user()]
+stop.set()
+other.join()
+print(json.dumps({"alone": alone, "threaded": threaded, "forks": forks, "children": len(spawned) - forks,
+                  "forked": forked, "in_child": in_child}))
+"""
+
+
+def test_a_process_with_threads_probes_in_a_python_child_with_the_same_answers() -> None:
+    """One thread (the CLI): the probes fork this process; more (an agent's gRPC threads, whose
+    locks a fork would copy held): a Python child probes instead. Both answer alike."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_BOTH_WAYS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["alone"] and seen["threaded"]
+    assert (seen["forks"], seen["children"]) == (0, 2)  # (each way really ran)
+    assert seen["in_child"] == seen["forked"]
 
 
 def test_doctor_reports_every_area(run_cli: CliRunner) -> None:

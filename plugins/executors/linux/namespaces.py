@@ -1,11 +1,15 @@
 """Which Linux namespaces this process may create, probed for real (in a child process).
 
 Python 3.11 has no ``os.unshare``, so the probe calls libc's ``unshare(2)`` through ctypes in a
-short-lived child: the calling process (an agent, the CLI) stays untouched.
+short-lived child: the calling process (an agent, the CLI) stays untouched. A process with one
+thread (the CLI) forks that child from itself (~1 ms a probe); one with more (an agent: its
+gRPC threads, whose locks a fork would copy held) starts a Python child for them (~25 ms).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import subprocess
 import sys
 
@@ -75,15 +79,76 @@ class _Child:
         return self.process.returncode, out, err
 
 
+REASON_MAX = 512  # bytes of a forked probe's reason read
+
+
+def _single_threaded() -> bool:
+    """Whether this process has one thread: a fork of it then copies no lock another holds."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _forked_unshare(names: list[str], *, as_nobody: bool = False) -> dict[str, str | None]:
+    """Each kind of ``names`` -> None if ``unshare(2)`` of it was allowed in a fork of this
+    (single-threaded) process, else the kernel's reason. One fork tries them all, ``user``
+    last (in a new user namespace the others would be allowed); ``as_nobody``: after dropping
+    root as a slice does."""
+    order = sorted(names, key=lambda name: name == "user")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only these calls, then _exit (never back into the caller's code)
+        try:
+            os.close(read)
+            if as_nobody:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+            libc = ctypes.CDLL(None, use_errno=True)
+            for name in order:
+                refused = os.strerror(ctypes.get_errno()) if libc.unshare(NAMESPACE_FLAGS[name]) != 0 else ""
+                os.write(write, f"{name}\t{refused}\n".encode())
+        except BaseException as exc:
+            os.write(write, f"\t{type(exc).__name__}: {exc}\n".encode()[:REASON_MAX])
+        finally:
+            os._exit(0)
+    os.close(write)
+    chunks = []
+    try:
+        while (chunk := os.read(read, REASON_MAX)) and sum(map(len, chunks)) < REASON_MAX * len(names):
+            chunks.append(chunk)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    found: dict[str, str] = {}
+    failure = "refused"
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        name, _, reason = line.partition("\t")
+        if not name:
+            failure = reason.strip() or failure
+        elif name in names:
+            found[name] = reason.strip()
+    return {name: (found[name] or None) if name in found else failure for name in names}
+
+
 class NamespaceProbe:
     """``probe_many`` started now, answered by ``result()``."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self._child = _Child(_PROBE, [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])])
+        self._found: dict[str, str | None] | None = None
+        self._child: _Child | None = None
+        if _single_threaded():
+            self._found = _forked_unshare(names)
+        else:
+            self._child = _Child(_PROBE, [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])])
 
     def result(self) -> dict[str, str | None]:
         """Each namespace kind -> None (permitted here) or the reason it is not."""
+        if self._child is None:
+            assert self._found is not None
+            return dict(self._found)
         answer = self._child.answer()
         if isinstance(answer, str):
             return dict.fromkeys(self.names, answer)
@@ -125,10 +190,18 @@ class UnprivilegedUserProbe:
     namespace here, started now; needs root to drop from."""
 
     def __init__(self) -> None:
-        self._child = _Child(_PROBE_UNPRIVILEGED_USER, [])
+        self._found: str | None = None
+        self._child: _Child | None = None
+        if _single_threaded():
+            refused = _forked_unshare(["user"], as_nobody=True)["user"]
+            self._found = None if refused is None else f"unprivileged user namespaces refused: {refused}"
+        else:
+            self._child = _Child(_PROBE_UNPRIVILEGED_USER, [])
 
     def result(self) -> str | None:
         """None if it may, else the reason."""
+        if self._child is None:
+            return self._found
         answer = self._child.answer()
         if isinstance(answer, str):
             return answer
