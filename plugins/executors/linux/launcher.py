@@ -971,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preload:
         preload([m for m in args.preload.split(",") if m])
     else:
-        slice_payload.WARM_SPAWN = True
+        slice_payload.WARM_PYTHON = False
     gc.collect()
     gc.freeze()  # what every sandbox inherits: never walked by the collector (no copy-on-write)
     root = tempfile.mkdtemp(prefix=f"runink-root-{os.getpid()}-")  # the sandboxes' mount point (in their namespaces)

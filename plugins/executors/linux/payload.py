@@ -6,7 +6,7 @@ files, drops to the slice's uid/gid (in a user namespace of its own where allowe
 no_new_privs and the seccomp filter, and runs the command or the Python code (``run``). It
 writes the exit status to the task's status file itself (``write_status``).
 
-The module's globals (WARM_SPAWN, SLICE_FILTER, SLICE_UMASK) are set by the launcher's
+The module's globals (WARM_PYTHON, SLICE_FILTER, SLICE_UMASK) are set by the launcher's
 ``main`` before it forks any sandbox, as attributes of this module: the forked payloads read
 them here.
 """
@@ -63,9 +63,9 @@ FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 COMMAND_DEFAULT_SIGNALS = (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ)
 
-# Set by the launcher's main() for a launcher without preloaded modules, whose slices are
-# commands: its payloads start one throwaway process while they wait (see _warm_up).
-WARM_SPAWN = False
+# Cleared by the launcher's main() for a launcher without preloaded modules, whose slices are
+# commands: its payloads do not warm up the paths of Python code run in the slice (see _warm_up).
+WARM_PYTHON = True
 # The slices' seccomp filter, built once before any sandbox is forked (None: --no-seccomp)
 SLICE_FILTER: tuple[LoadableFilter, LoadableFilter] | None = None  # (warm part, final part): seccomp.py
 # The umask the launcher was started with, given back to each slice (its outputs' modes);
@@ -169,8 +169,8 @@ def _warm_up() -> None:
     gc.freeze()  # no collection here: the launcher froze its heap at start; this adds the few newer objects
     LaunchRequest.from_line(WARM_UP_REQUEST)
     json.loads(b'{"env": {"A": "b"}, "files": {}}')  # the secrets (_read_secrets)
-    # the compiler's and the evaluation loop's common paths, as a step's first lines take them
-    exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
+    if WARM_PYTHON:  # the compiler's and the evaluation loop's common paths, as a step's first lines take them
+        exec(compile(_WARM_UP_CODE, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
     os.environ.clear()  # the slice's environment is its request's alone (and clearing it later cost ~0.2 ms)
     os.environ.update({"A": "b"})
     os.environ.clear()
@@ -186,12 +186,8 @@ def _warm_up() -> None:
     libc.sethostname(placeholder, len(placeholder))
     with contextlib.suppress(OSError):
         os.makedirs("/", exist_ok=True)
-    if WARM_SPAWN:
-        # A fork's first posix_spawn costs ~1.1 ms (its first copy-on-write faults), the next
-        # ~0.3 ms: pay the first here, with /bin/true, rather than in the command's start.
-        with contextlib.suppress(OSError, ChildProcessError):
-            true = os.posix_spawn("/bin/true", ["/bin/true"], {}, setsigdef=COMMAND_DEFAULT_SIGNALS)
-            os.waitpid(true, 0)
+    # No throwaway posix_spawn for a command's first copy-on-write faults: it cost a command
+    # slice ~1.1 ms of CPU and did not make the command start sooner (bench/README.md, issue 19).
 
 
 def run(control: socket.socket) -> int:
