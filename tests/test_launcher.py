@@ -74,9 +74,8 @@ def test_slice_is_isolated(launcher: Launcher, work: Path) -> None:
         req = request(work, script, hostname="slice-7")
         assert launcher.run(req)["code"] == 0, (work / "err.log").read_text()
         out = (work / "out.log").read_text().splitlines()
-        # 1: the slice's init, 2: the payload waiting for the command, 3: the /bin/true its warm-up
-        # spawned (and reaped); no host process
-        assert out[0] == "pid=4"
+        # 1: the slice's init, 2: the payload waiting for the command, 3: the command; no host process
+        assert out[0] == "pid=3"
         assert out[1] == "slice-7"
         assert out[2] == "100001"  # never root inside
         assert int(out[3]) <= 5  # only the slice's own processes in /proc
@@ -100,7 +99,7 @@ def test_the_python_init_isolates_the_same(work: Path) -> None:
         script = "echo pid=$$; ls /proc | grep -c '^[0-9]'; sleep 5 & exit 4"  # an orphan: PID 1 must end it
         assert fallback.run(request(work, script))["code"] == 4
         out = (work / "out.log").read_text().split()
-        assert out[0] == "pid=4" and int(out[1]) <= 5
+        assert out[0] == "pid=3" and int(out[1]) <= 5
         assert {uid for _, uid in descendants(fallback.process.pid)} <= {0}  # the orphan went with its sandbox
     finally:
         fallback.close()
