@@ -2,9 +2,12 @@
 
     python bench/slice_start/cpu_per_slice.py                 # 300 slices, 4 in flight
     python bench/slice_start/cpu_per_slice.py --slices 600 --pool 4
+    python bench/slice_start/cpu_per_slice.py --command       # /bin/true slices, as `runink exec` runs
 
 Runs Python-step slices (``python -c pass``) through the linux executor as run.py's
-throughput row does (start, wait, destroy; 4 in flight), and reads the CPU time of this
+throughput row does (start, wait, destroy; 4 in flight), or with ``--command`` ``/bin/true``
+command slices (the command launcher's, as a cluster's `runink exec -- /bin/true` jobs), and
+reads the CPU time of this
 process, of the launcher and of the launcher's reaped children (the sandboxes and slices)
 from /proc before and after. Prints slices/s, CPU per slice of each, and the median time
 start(), wait() and destroy() took. What no process is charged for (kernel work in its own
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import os
 import statistics
 import sys
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--pool", type=int, default=2, help="warm sandboxes the launcher keeps")
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--command", action="store_true", help="/bin/true command slices instead of Python steps")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (cgroups and namespaces)")
@@ -56,6 +61,8 @@ def main() -> None:
 
         def one(i: int) -> None:
             spec = pass_slice(f"t-{tag}-{i}", work)
+            if args.command:
+                spec = dataclasses.replace(spec, command=("/bin/true",))
             began = time.perf_counter()
             executor.start(spec)
             started = time.perf_counter()
@@ -69,7 +76,7 @@ def main() -> None:
             for i in range(5):  # the launcher's start and warm pool: not counted
                 one(1_000_000 + i)
             timings.clear()
-            launcher = executor._launcher_process("python").pid
+            launcher = executor._launcher_process("exec" if args.command else "python").pid
             ours, theirs, began = os.times(), cpu_seconds(launcher), time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(args.in_flight) as pool:
                 list(pool.map(one, range(args.slices)))
@@ -82,7 +89,8 @@ def main() -> None:
                     parent.rmdir()
     n = args.slices
     per = [1000 * (after - before) / n for before, after in zip(theirs, theirs_after, strict=True)]
-    print(f"{n / took:.0f} slices/s ({n} slices, {args.in_flight} in flight, pool {args.pool})")
+    kind = "/bin/true command" if args.command else "Python-step"
+    print(f"{n / took:.0f} {kind} slices/s ({n} slices, {args.in_flight} in flight, pool {args.pool})")
     own = (1000 * (ours_after.user - ours.user) / n, 1000 * (ours_after.system - ours.system) / n)
     print(f"CPU ms per slice: this process user {own[0]:.2f} system {own[1]:.2f}; ", end="")
     print(f"launcher user {per[0]:.2f} system {per[1]:.2f}; ", end="")
