@@ -17,8 +17,9 @@ Every error names the key and where its value came from (``runink.toml:12`` or t
 
 The sections are msgspec Structs, validated by ``msgspec.convert`` in lax mode (text from a
 variable or a flag becomes the number or boolean its key expects). msgspec, not pydantic: every
-command reads the config, and building pydantic's validators for these sections cost each
-command ~95 ms of start (msgspec: <1 ms). Values are validated where they come from a user
+command reads the config, and pydantic's import and the building of its validators for these
+sections cost each command ~70 ms of start (msgspec's import and load: ~10 ms). Values are
+validated where they come from a user
 (``load_config``, ``model_validate``); a section built in code (``LimitsConfig(pids=64)``) is
 trusted as written. The models keep pydantic's method names (``model_copy``, ``model_dump``,
 ``model_validate``) for the plugins that got a config from ``runink_configure``.
@@ -110,10 +111,11 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tru
         return msgspec.convert(data, cls, strict=False, dec_hook=_decode_path)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> typing.Self:
-        """A copy, with ``update``'s fields replaced (not checked, as pydantic's)."""
+        """A copy, with ``update``'s fields replaced: checked by the section's own checks
+        (``__post_init__``), not against the fields' types and bounds (as pydantic's is not)."""
         base = copy.deepcopy(self) if deep else self
         result = msgspec.structs.replace(base, **(update or {}))
-        result.__dict__.update(self.__dict__)  # (where the values came from)
+        result.__dict__.update(copy.deepcopy(self.__dict__) if deep else self.__dict__)  # (where values came from)
         return result
 
     def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
@@ -160,8 +162,8 @@ class ExecutorConfig(DriverChoice):
 class SchedulerConfig(DriverChoice):
     #: The scheduler policy (runink.scheduler_policies).
     driver: str = "spread"
-    #: Weight of each score plugin's scores (default 1).
-    weights: dict[str, float] = field(default_factory=dict)
+    #: Weight of each score plugin's scores (default 1); finite.
+    weights: dict[str, Annotated[float, Meta(ge=-1e6, le=1e6)]] = field(default_factory=dict)
 
 
 class BarnConfig(DriverChoice):

@@ -206,3 +206,9 @@ def test_a_copy_keeps_where_values_came_from_and_a_dump_is_plain_data(tmp_path: 
     assert config.model_dump(mode="json")["paths"] == {"allow": ["/data"]}
     assert config.model_dump()["paths"] == {"allow": [Path("/data")]}
     assert RuninkConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_a_weight_must_be_a_finite_number() -> None:
+    with pytest.raises(ConfigError, match=r"^\$RUNINK_SCHEDULER__WEIGHTS: scheduler.weights: Expected `float` >="):
+        load_config(environ={"RUNINK_SCHEDULER__WEIGHTS": '{"spread": NaN}'})
+    assert load_config(environ={"RUNINK_SCHEDULER__WEIGHTS": '{"spread": 2}'}).scheduler.weights == {"spread": 2.0}
