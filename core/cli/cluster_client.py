@@ -11,7 +11,6 @@ login`` stored, or the admin token of the cluster ``runink up`` started.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import select
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from runink.core.errors import RuninkError
+from runink.core.http_connection import HttpConnection
 
 if TYPE_CHECKING:
     import ssl
@@ -114,11 +114,11 @@ def cluster_ca(configured: str | None) -> str | None:
 class ClusterClient:
     """Calls to a cluster's REST API over one kept-alive connection per server.
 
-    On the standard library's ``http.client`` rather than httpx: every cluster command pays its
-    client's imports at start, and httpx (with the rich it imports for its own CLI) costs
-    ~60-100 ms of them against ~15-25 for ``http.client`` and ``ssl``. The calls are JSON requests
-    to servers named by address, so nothing else of httpx is needed. Proxies in the
-    environment are not used: the servers are asked directly.
+    On ``runink.core.http_connection`` (httptools), not httpx nor ``http.client``: every cluster
+    command pays its client's imports at start, and httpx (with the rich it imports for its own
+    CLI) costs ~60-100 ms of them, ``http.client`` ~10 (the ``email`` package it parses headers
+    with). The calls are JSON requests to servers named by address, so nothing else is needed.
+    Proxies in the environment are not used: the servers are asked directly.
 
     Every answer names the server that schedules now (SCHEDULER_HEADER): when it is one of
     ``addresses``, the next calls go there first (a submission there is placed in the commit
@@ -134,7 +134,7 @@ class ClusterClient:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ca = ca
         self._tls: ssl.SSLContext | None = None  # made at the first https:// server
-        self._connections: dict[str, http.client.HTTPConnection] = {}
+        self._connections: dict[str, HttpConnection] = {}
         self._scheduler = ""  # the server the last answer named (SCHEDULER_HEADER)
         self._hint = _scheduler_hint(addresses)
         self._prefer(self._hint)
@@ -162,7 +162,7 @@ class ClusterClient:
             except _NotSent as exc:  # the next one
                 unreachable.append(f"{address}: {_reason(exc.__cause__ or exc)}")
                 continue
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:
                 if method == "GET":  # reading again elsewhere changes nothing
                     unreachable.append(f"{address}: {_reason(exc)}")
                     continue
@@ -192,12 +192,12 @@ class ClusterClient:
 
     def _ask(self, address: str, method: str, target: str, payload: bytes | None) -> tuple[int, bytes]:
         """The answer's status and body. Raises _NotSent when the request could not be sent
-        (no connection), OSError or HTTPException when it was sent and no answer came."""
+        (no connection), OSError when it was sent and no answer came."""
         kept = self._kept(address)
         if kept is not None:
             try:
                 return self._exchange(kept, method, target, payload)
-            except (OSError, http.client.HTTPException):
+            except OSError:
                 self._drop(address)
                 if method != "GET":
                     raise
@@ -210,11 +210,11 @@ class ClusterClient:
             raise _NotSent() from exc
         try:
             return self._exchange(connection, method, target, payload)
-        except (OSError, http.client.HTTPException):
+        except OSError:
             self._drop(address)
             raise
 
-    def _kept(self, address: str) -> http.client.HTTPConnection | None:
+    def _kept(self, address: str) -> HttpConnection | None:
         """The kept connection to ``address``, unless the server has closed it (or sent what
         nobody asked for) since its last answer."""
         connection = self._connections.get(address)
@@ -223,40 +223,27 @@ class ClusterClient:
         self._drop(address)
         return None
 
-    def _connect(self, address: str) -> http.client.HTTPConnection:
+    def _connect(self, address: str) -> HttpConnection:
         """A new connection to ``address``, connected within the connect timeout (TLS too)."""
         parts = urlsplit(address)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClusterError(f"{address}: not an http:// or https:// server address")
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=self.connect_timeout, context=self._tls_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.connect_timeout)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        context = self._tls_context() if parts.scheme == "https" else None
+        connection = HttpConnection(parts.hostname, port, self.timeout, context, connect_timeout=self.connect_timeout)
         self._connections[address] = connection
-        connection.connect()  # (the TLS handshake included)
-        assert connection.sock is not None
-        connection.sock.settimeout(self.timeout)
+        connection.connect()
         return connection
 
     def _exchange(
-        self, connection: http.client.HTTPConnection, method: str, target: str, payload: bytes | None
+        self, connection: HttpConnection, method: str, target: str, payload: bytes | None
     ) -> tuple[int, bytes]:
         headers = dict(self._headers)
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        connection.request(method, target, body=payload, headers=headers)
-        answer = connection.getresponse()
-        self._scheduler = answer.getheader(SCHEDULER_HEADER) or ""
-        content = answer.read(MAX_ANSWER + 1)
-        if len(content) > MAX_ANSWER:
-            connection.close()
-            raise ClusterError(f"{method} {target}: the answer is over {MAX_ANSWER >> 20} MiB")
-        if answer.will_close:
-            connection.close()
-        return answer.status, content
+        answer = connection.request(method, target, payload, headers)
+        self._scheduler = answer.header(SCHEDULER_HEADER) or ""
+        return answer.status, answer.body
 
     def _drop(self, address: str) -> None:
         connection = self._connections.pop(address, None)
@@ -273,9 +260,6 @@ class ClusterClient:
                 why = exc.strerror if isinstance(exc, OSError) else exc
                 raise ClusterError(f"the cluster CA {self._ca}: {why}") from None
         return self._tls
-
-
-MAX_ANSWER = 256 << 20  # bytes of one answer the CLI reads
 
 
 class _NotSent(Exception):

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import BarnError, NoQuorumError
+from runink.core.http_connection import HttpConnection
 from runink.core.interfaces.barn import (
     REMOTE_CLIENT_OPTIONS,
     BarnBackend,
@@ -35,7 +36,6 @@ from runink.core.interfaces.barn import (
     check_key,
     check_value,
 )
-from runink.plugins.barn.raft.connection import BarnConnection
 from runink.plugins.barn.raft.wire import (
     LEADER_HEADER,
     b64,
@@ -88,11 +88,11 @@ class RaftBarn(BarnBackend):
 
     # --- transport ------------------------------------------------------------------------
 
-    def _connection(self, index: int) -> BarnConnection:
-        connections: dict[int, BarnConnection] = self._local.__dict__.setdefault("connections", {})
+    def _connection(self, index: int) -> HttpConnection:
+        connections: dict[int, HttpConnection] = self._local.__dict__.setdefault("connections", {})
         if index not in connections:
             host, _, port = self.endpoints[index].rpartition(":")
-            connections[index] = BarnConnection(host.strip("[]"), int(port), self.timeout, self._tls)
+            connections[index] = HttpConnection(host.strip("[]"), int(port), self.timeout, self._tls)
         return connections[index]
 
     def _drop(self, index: int) -> None:

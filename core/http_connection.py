@@ -1,13 +1,15 @@
-"""One keep-alive HTTP/1.1 connection from a Barn client to a Barn server.
+"""One keep-alive HTTP/1.1 client connection: the raft Barn's client (``Barn`` calls) and the
+CLI's cluster client (``runink status``, ``exec`` ...) talk through it.
 
 Why not ``http.client``: a control-plane server makes ~10 Barn calls per job (writes, reads,
 watch long-polls), and ``http.client`` spent about half of each call's client CPU outside the
 socket: the request assembled header by header, the answer's headers parsed by the ``email``
-package. Here a request goes out in one write and its answer is parsed by httptools, the
-parser the Barn server uses. The answers are the Barn's own (JSON with a Content-Length, one
-at a time per connection); anything else (a malformed answer, one past MAX_ANSWER bytes,
-bytes nobody asked for) closes the connection and raises ``OSError``, as a network failure
-does, so the caller's retry logic covers both.
+package, whose import is also ~10 ms of every cluster command's start. Here a request goes out
+in one write and its answer is parsed by httptools (the parser the Barn server uses),
+bounded: one answer at a time per connection, its body at most MAX_ANSWER bytes. Anything
+else (a malformed answer, one past MAX_ANSWER, bytes nobody asked for) closes the connection
+and raises ``OSError``, as a network failure does, so the caller's retry logic covers both.
+Proxies are not used: the servers are asked directly.
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ MAX_ANSWER = 256 << 20  # bytes of one answer's body, at most
 READ_SIZE = 64 << 10  # (a read allocates this much: keep it under malloc's mmap threshold)
 
 
-class BarnConnection:
-    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext | None = None) -> None:
+class HttpConnection:
+    """To ``host:port`` (TLS with ``context``); ``timeout``: each socket operation's, and the
+    connect's unless ``connect_timeout`` is given."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        context: ssl.SSLContext | None = None,
+        *,
+        connect_timeout: float | None = None,
+    ) -> None:
         self.host, self.port, self.timeout, self.context = host, port, timeout, context
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.sock: socket.socket | None = None
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # (an IPv6 host in brackets)
         self._head = f"Host: {authority}\r\n".encode("latin-1")
@@ -41,7 +55,7 @@ class BarnConnection:
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         """Send one request and read its answer (``OSError`` if either fails)."""
         if self.sock is None:
-            self._connect()
+            self.connect()
         assert self.sock is not None
         head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._head]
         head.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
@@ -55,12 +69,15 @@ class BarnConnection:
             self.close()
             raise
 
-    def _connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+    def connect(self) -> None:
+        """Connect now (the TLS handshake included; ``request`` does it when not connected)."""
+        self.close()
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.context is not None:
                 sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            sock.settimeout(self.timeout)
         except BaseException:
             sock.close()
             raise
@@ -73,17 +90,17 @@ class BarnConnection:
         while not answer.complete:
             data = self.sock.recv(READ_SIZE)
             if not data:
-                raise ConnectionResetError("the Barn server closed the connection before its answer ended")
+                raise ConnectionResetError("the server closed the connection before its answer ended")
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                raise OSError("the Barn server asked to upgrade the connection") from None
+                raise OSError("the server asked to upgrade the connection") from None
             except httptools.HttpParserError as exc:
-                raise OSError(f"a malformed answer from the Barn server: {exc}") from None
+                raise OSError(f"a malformed answer from the server: {exc}") from None
             if answer.size > MAX_ANSWER:
-                raise OSError(f"an answer of over {MAX_ANSWER >> 20} MiB from the Barn server")
+                raise OSError(f"an answer of over {MAX_ANSWER >> 20} MiB from the server")
             if answer.extra:  # (set only once the answer is complete)
-                raise OSError("the Barn server sent more than its answer")
+                raise OSError("the server sent more than its answer")
         if not answer.keep_alive:
             self.close()
         return answer

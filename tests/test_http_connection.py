@@ -1,4 +1,4 @@
-"""The raft Barn client's HTTP connection (plugins/barn/raft/connection.py): one request per
+"""The HTTP connection of the raft Barn's client and the CLI's (core/http_connection.py): one request per
 write, answers parsed by httptools, kept alive while the server allows; anything but a
 well-formed answer closes it and raises OSError (the client's retry logic takes it from
 there)."""
@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from http_stub import HttpStub, Reply, ok
 
-from runink.plugins.barn.raft import connection as barn_connection
-from runink.plugins.barn.raft.connection import BarnConnection
+from runink.core import http_connection
+from runink.core.http_connection import HttpConnection
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def serve() -> Iterator[Callable[..., HttpStub]]:
 def test_requests_share_one_connection_and_answers_are_read_whole(serve: Callable[..., HttpStub]) -> None:
     big = b'{"v": "' + b"x" * 300_000 + b'"}'  # more than one read
     server = serve(lambda request: ok(big if b"/big" in request else b'{"n": 1}', b"Leader: 10.0.0.1:80\r\n"))
-    connection = BarnConnection("127.0.0.1", server.port, 5.0)
+    connection = HttpConnection("127.0.0.1", server.port, 5.0)
     try:
         first = connection.request("POST", "/v1/put", b'{"k": 1}', {"Content-Type": "application/json"})
         second = connection.request("GET", "/big", None, {})
@@ -45,7 +45,7 @@ def test_requests_share_one_connection_and_answers_are_read_whole(serve: Callabl
 
 def test_a_server_that_says_close_gets_a_new_connection(serve: Callable[..., HttpStub]) -> None:
     server = serve(lambda request: ok(b"{}", b"Connection: close\r\n"))
-    connection = BarnConnection("127.0.0.1", server.port, 5.0)
+    connection = HttpConnection("127.0.0.1", server.port, 5.0)
     for _ in range(3):
         assert connection.request("GET", "/v1/status", None, {}).status == 200
     assert connection.sock is None and server.connections == 3
@@ -65,9 +65,9 @@ def test_a_server_that_says_close_gets_a_new_connection(serve: Callable[..., Htt
 def test_anything_but_one_answer_closes_the_connection_and_raises(
     serve: Callable[..., HttpStub], monkeypatch: pytest.MonkeyPatch, written: bytes | None, why: str
 ) -> None:
-    monkeypatch.setattr(barn_connection, "MAX_ANSWER", 65_536)
+    monkeypatch.setattr(http_connection, "MAX_ANSWER", 65_536)
     server = serve(lambda request: written, close_after=True)
-    connection = BarnConnection("127.0.0.1", server.port, 5.0)
+    connection = HttpConnection("127.0.0.1", server.port, 5.0)
     with pytest.raises(OSError, match=why):
         connection.request("GET", "/v1/status", None, {})
     assert connection.sock is None
