@@ -14,6 +14,7 @@ Proxies are not used: the servers are asked directly.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 
@@ -21,6 +22,10 @@ import httptools
 
 MAX_ANSWER = 256 << 20  # bytes of one answer's body, at most
 READ_SIZE = 64 << 10  # (a read allocates this much: keep it under malloc's mmap threshold)
+# what a request line's target or a header may not hold (a space, a line break: a request
+# split in two, or headers of the caller's own making); http.client refuses them too
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_UNSAFE_HEADER = re.compile(r"[\x00\r\n]")
 
 
 class HttpConnection:
@@ -53,7 +58,13 @@ class HttpConnection:
             self.sock = None
 
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
-        """Send one request and read its answer (``OSError`` if either fails)."""
+        """Send one request and read its answer (``OSError`` if either fails; ``ValueError``,
+        nothing sent, for a target or header that would not be one)."""
+        if _UNSAFE_TARGET.search(path) or not path.startswith("/"):
+            raise ValueError(f"not a request path: {path!r}")
+        for name, value in headers.items():
+            if _UNSAFE_HEADER.search(name) or _UNSAFE_HEADER.search(value) or ":" in name:
+                raise ValueError(f"not a header: {name!r}")
         if self.sock is None:
             self.connect()
         assert self.sock is not None

@@ -179,3 +179,17 @@ def test_the_next_command_asks_the_server_that_scheduled_last_first_and_only_amo
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("job", ["a b", "j\r\nX-Injected: 1", "j\x00"])
+def test_a_job_id_that_would_split_the_request_is_refused_before_anything_is_sent(job: str) -> None:
+    server = HttpStub(lambda request: ok(b'{"ok": true}'))
+    client = ClusterClient([server.address], timeout=(2, 2))
+    try:
+        with pytest.raises(ClusterError, match=r"(?s)^GET /v1/jobs/.*: not a request path"):
+            client.call("GET", f"/v1/jobs/{job}")
+        assert client.call("GET", "/v1/jobs/j") == {"ok": True}  # (the connection is still good)
+    finally:
+        client.close()
+        server.close()
+    assert [request.split(b"\r\n")[0] for request in server.requests] == [b"GET /v1/jobs/j HTTP/1.1"]

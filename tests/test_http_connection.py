@@ -71,3 +71,26 @@ def test_anything_but_one_answer_closes_the_connection_and_raises(
     with pytest.raises(OSError, match=why):
         connection.request("GET", "/v1/status", None, {})
     assert connection.sock is None
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/get x", {}),
+        ("/v1/get\r\nX-Injected: 1", {}),
+        ("v1/get", {}),
+        ("/v1/get", {"Authorization": "Bearer t\r\nX-Injected: 1"}),
+        ("/v1/get", {"X-Bad\r\nName": "v"}),
+        ("/v1/get", {"X-Bad: Name": "v"}),
+    ],
+)
+def test_a_target_or_header_that_would_split_the_request_is_refused_unsent(
+    serve: Callable[..., HttpStub], path: str, headers: dict[str, str]
+) -> None:
+    server = serve(lambda request: ok(b"{}"))
+    connection = HttpConnection("127.0.0.1", server.port, 5.0)
+    with pytest.raises(ValueError, match="not a"):
+        connection.request("GET", path, None, headers)
+    assert connection.request("GET", "/v1/get", None, {}).status == 200
+    connection.close()
+    assert len(server.requests) == 1

@@ -162,6 +162,8 @@ class ClusterClient:
             except _NotSent as exc:  # the next one
                 unreachable.append(f"{address}: {_reason(exc.__cause__ or exc)}")
                 continue
+            except ValueError as exc:  # (refused before anything was sent: a job id with a space ...)
+                raise ClusterError(f"{method} {path}: {exc}") from None
             except OSError as exc:
                 if method == "GET":  # reading again elsewhere changes nothing
                     unreachable.append(f"{address}: {_reason(exc)}")
