@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -499,7 +500,7 @@ def up_command(
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
-        _wait_for_leader(started["api"], token, tls.ca if tls else None)
+        _wait_for_leader(started["api"], token, tls.ca if tls else None, [root / f"{name}.log" for name in names])
         for name, api in zip(names, started["api"], strict=True):
             _wait_ready(f"{api}/readyz", tls.ca if tls else None, f"server {name}")
         # with autoscaling, the leading server's autoscaler starts them (min_nodes): not both
@@ -561,25 +562,60 @@ class _LocalCa:
         return self._issue(NODE_PREFIX + name, "client")
 
 
-def _wait_for_leader(apis: list[str], token: str, ca: Path | None) -> None:
-    """Until one server answers a write (a leader is elected): create the default herd."""
+def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequence[Path] = ()) -> None:
+    """Until one server answers a write (a leader is elected): create the default herd. If none
+    does in time, RuninkError with the last answer and the newest warning of the servers' ``logs``
+    (why they found no leader: a member unreachable, a certificate refused ...)."""
     import ssl
 
     import httpx
 
     deadline = time.monotonic() + UP_TIMEOUT
     verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+    last = "no answer"
     with httpx.Client(timeout=5.0, headers={"Authorization": f"Bearer {token}"}, verify=verify) as client:
         while time.monotonic() < deadline:
             for api in apis:
                 try:
                     answer = client.post(api + "/v1/herds", json={"name": "default"})
-                except httpx.TransportError:
+                except httpx.TransportError as exc:
+                    last = f"{api}: {exc.__class__.__name__}"
                     continue
                 if answer.status_code in (200, 201, 409):
                     return
+                last = f"{api}: {answer.status_code} {' '.join(answer.text.split())[:300]}"
             time.sleep(0.2)
-    raise RuninkError(f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?)")
+    warning = _newest_warning(logs)
+    raise RuninkError(
+        f"no server of {', '.join(apis)} could write within {UP_TIMEOUT:g}s (no Barn leader?); last answer "
+        f"{last}" + (f"; newest warning, {warning}" if warning else "")
+    )
+
+
+LOG_TAIL = 64 * 1024  # bytes of each server's log read for its newest warning
+
+
+def _newest_warning(logs: Sequence[Path]) -> str:
+    """``LOG: message`` of the newest warning or error among the JSON log lines at the ends of
+    ``logs`` (by their ``time``), or ""."""
+    newest: tuple[str, str] = ("", "")
+    for log in logs:
+        try:
+            with open(log, "rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL))
+                tail = file.read(LOG_TAIL).decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in tail.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") in ("warning", "error"):
+                when, message = str(record.get("time", "")), " ".join(str(record.get("message", "")).split())
+                if when >= newest[0]:
+                    newest = (when, f"{log}: {message[:500]}")
+    return newest[1]
 
 
 def _wait_ready(url: str, ca: Path | None, what: str, process: tuple[int, int] | None = None) -> None:
