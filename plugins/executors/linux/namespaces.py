@@ -114,7 +114,7 @@ def _forked_unshare(names: list[str], *, as_nobody: bool = False) -> dict[str, s
         finally:
             os._exit(0)
     os.close(write)
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while (chunk := os.read(read, REASON_MAX)) and sum(map(len, chunks)) < REASON_MAX * len(names):
             chunks.append(chunk)
