@@ -68,7 +68,7 @@ def popen(*args, **kwargs):
 n.subprocess.Popen = popen
 alone = n._single_threaded()
 forked = [n.probe_many(list(n.NAMESPACE_FLAGS)), n.probe_unprivileged_user()]
-forks = len(spawned)
+children_alone = len(spawned)
 stop = threading.Event()
 other = threading.Thread(target=stop.wait)
 other.start()
@@ -76,8 +76,8 @@ threaded = not n._single_threaded()
 in_child = [n.probe_many(list(n.NAMESPACE_FLAGS)), n.probe_unprivileged_user()]
 stop.set()
 other.join()
-print(json.dumps({"alone": alone, "threaded": threaded, "forks": forks, "children": len(spawned) - forks,
-                  "forked": forked, "in_child": in_child}))
+print(json.dumps({"alone": alone, "threaded": threaded, "children_alone": children_alone,
+                  "children_threaded": len(spawned) - children_alone, "forked": forked, "in_child": in_child}))
 """
 
 
@@ -90,7 +90,7 @@ def test_a_process_with_threads_probes_in_a_python_child_with_the_same_answers()
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["alone"] and seen["threaded"]
-    assert (seen["forks"], seen["children"]) == (0, 2)  # (each way really ran)
+    assert (seen["children_alone"], seen["children_threaded"]) == (0, 2)  # (each way really ran)
     assert seen["in_child"] == seen["forked"]
 
 
