@@ -197,3 +197,65 @@ def test_missing_controller_is_named(tmp_path: Path) -> None:
     with pytest.raises(CgroupError, match="cpu limit requested but the cpu controller is unavailable: not enabled"):
         manager.create("s-2", CgroupLimits(cpu=1))
     assert not (fs / "sys/fs/cgroup/system.slice/runink.service/runink/s-2").exists()
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "30"])
+
+
+@pytest.mark.parametrize("listed_again", [True, False])
+def test_a_signal_reaches_only_a_process_still_listed_once_pinned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed_again: bool
+) -> None:
+    """The pid read from cgroup.procs is signalled only if cgroup.procs still lists it once the
+    process is pinned by a pidfd: else the number may be another process's now (pids wrap)."""
+    process = _sleeper()
+    cgroup = SliceCgroup(LAYOUT, {"pids": tmp_path})
+    reads = iter([[process.pid], [process.pid] if listed_again else []])
+    monkeypatch.setattr(cgroup, "pids", lambda: next(reads))  # (first read, then the one after pinning)
+    try:
+        cgroup.send_signal(15)
+        try:
+            code = process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == (-15 if listed_again else None)  # (not listed again: this pid is "another's")
+    finally:
+        process.kill()
+        process.wait()
+
+
+@needs_v1
+def test_send_signal_reaches_every_process_of_a_real_cgroup(manager: CgroupManager) -> None:
+    cgroup = manager.create(f"s-{uuid.uuid4().hex[:6]}")
+    try:
+        inside = [_sleeper() for _ in range(3)]
+        for process in inside:
+            cgroup.attach(process.pid)
+        outside = _sleeper()
+        cgroup.send_signal(15)
+        assert [process.wait(5) for process in inside] == [-15, -15, -15]
+        assert outside.poll() is None
+        outside.kill()
+        outside.wait()
+    finally:
+        cgroup.remove()
+        cleanup(manager)
+
+
+def test_a_signal_to_more_processes_than_a_batch_pins_them_a_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runink.plugins.executors.linux import cgroups
+
+    monkeypatch.setattr(cgroups, "PIN_BATCH", 2)
+    processes = [_sleeper() for _ in range(5)]
+    cgroup = SliceCgroup(LAYOUT, {"pids": tmp_path})
+    monkeypatch.setattr(cgroup, "pids", lambda: [p.pid for p in processes if p.poll() is None])
+    try:
+        cgroup.send_signal(15)
+        assert [p.wait(5) for p in processes] == [-15] * 5
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

@@ -186,6 +186,9 @@ def _read_keyed(path: Path) -> dict[str, int]:
     return values
 
 
+PIN_BATCH = 256  # processes pinned (a pidfd each) at once by SliceCgroup.send_signal
+
+
 class SliceCgroup:
     """One slice's cgroup (one directory per controller on v1, one directory on v2)."""
 
@@ -310,6 +313,41 @@ class SliceCgroup:
         pids = _read_int(self.dirs["pids"] / "pids.current") if "pids" in self.dirs else 0
         return CgroupUsage(usage_ns / 1e9, peak, current, ooms, pids)
 
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to every process in the cgroup, and to no other.
+
+        A pid read from cgroup.procs may be another process's by the time it is signalled: the
+        one read ended, was reaped (by the slice's init) and its number was given again, which
+        takes no time where pids wrap early (``kernel.pid_max`` is 32768 on many hosts). So each
+        is pinned first (a pidfd), cgroup.procs read again, and only a pid still listed there is
+        signalled, through its pidfd: the process the pidfd holds either still had that pid then
+        (it is this cgroup's) or has ended (the signal goes nowhere)."""
+        pids = self.pids()
+        for start in range(0, len(pids), PIN_BATCH):  # (a slice may hold more processes than this may hold fds)
+            self._send_pinned(pids[start : start + PIN_BATCH], signum)
+
+    def _send_pinned(self, pids: list[int], signum: int) -> None:
+        pinned: dict[int, int] = {}
+        try:
+            for pid in pids:
+                try:
+                    pinned[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:  # (ended already)
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ENOSYS:
+                        raise
+                    with contextlib.suppress(ProcessLookupError):  # (a kernel before 5.3: the old way)
+                        os.kill(pid, signum)
+            still = set(self.pids()) if pinned else set()
+            for pid, pidfd in pinned.items():
+                if pid in still:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(pidfd, signum)
+        finally:
+            for pidfd in pinned.values():
+                os.close(pidfd)
+
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the cgroup (cgroup.kill where the kernel has it) and wait until empty."""
         deadline = time.monotonic() + timeout
@@ -321,9 +359,7 @@ class SliceCgroup:
             if kill_file is not None:
                 _write(kill_file, "1")
             else:
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                self.send_signal(signal.SIGKILL)
             if time.monotonic() > deadline:
                 raise CgroupError(f"processes {pids} still in {self.procs_files[0].parent} after SIGKILL")
             time.sleep(0.01)

@@ -811,9 +811,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         self._settle(task, end, usage.cpu_seconds, usage.memory_peak or None)
 
     def _terminate(self, task: _Task, grace: float) -> None:
-        for pid in task.cgroup.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        task.cgroup.send_signal(signal.SIGTERM)
         if task.done.wait(grace):
             return
         with contextlib.suppress(CgroupError):
