@@ -107,7 +107,15 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tru
 
     @classmethod
     def model_validate(cls, data: Any) -> typing.Self:
-        """A section from plain data (a TOML table), checked; msgspec.ValidationError if invalid."""
+        """A section from plain data (a TOML table), checked; msgspec.ValidationError if invalid.
+
+        msgspec names a dict's key `[...]` in its errors: the tables of a field that maps names
+        to sections (``herds``) are checked one by one first, so that an error names its key."""
+        if isinstance(data, dict):
+            for name, kind in cls.field_types().items():
+                tables, section = data.get(name), _dict_of_sections(kind)
+                if section is not None and isinstance(tables, dict):
+                    data = {**data, name: {key: _checked(section, f"{name}.{key}", t) for key, t in tables.items()}}
         return msgspec.convert(data, cls, strict=False, dec_hook=_decode_path)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> typing.Self:
@@ -133,6 +141,20 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tru
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _dict_of_sections(kind: Any) -> type[Section] | None:
+    """The section of a ``dict[str, SECTION]`` field's type, else None."""
+    value = typing.get_args(kind)[1] if typing.get_origin(kind) is dict else None
+    return value if isinstance(value, type) and issubclass(value, Section) else None
+
+
+def _checked(section: type[Section], where: str, table: Any) -> Section:
+    """``table`` as a ``section`` at the dotted key ``where``, its errors' paths below it."""
+    try:
+        return section.model_validate(table)
+    except msgspec.ValidationError as exc:
+        raise msgspec.ValidationError(_below(where, str(exc))) from None
 
 
 class PluginsConfig(Section):
@@ -407,21 +429,6 @@ class RuninkConfig(Section):
     #: Options of each plugin, by plugin name ([plugin.NAME]).
     plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @classmethod
-    def model_validate(cls, data: Any) -> typing.Self:
-        # msgspec names a dict's key `[...]` in its errors: each herd's table is checked on its own,
-        # so that an error names the herd.
-        herds = data.get("herds") if isinstance(data, dict) else None
-        if isinstance(herds, dict):
-            checked = {}
-            for name, table in herds.items():
-                try:
-                    checked[name] = HerdConfig.model_validate(table)
-                except msgspec.ValidationError as exc:
-                    raise msgspec.ValidationError(_below(f"herds.{name}", str(exc))) from None
-            data = {**data, "herds": checked}
-        return super().model_validate(data)
-
     @property
     def sources(self) -> dict[str, str]:
         """Each dotted key that was set, mapped to ``FILE:LINE``, ``$VAR`` or ``--set KEY``."""
@@ -627,14 +634,23 @@ def _coerce_text(dotted: str, raw: str) -> Any:
     return raw
 
 
-def _expects_list(dotted: str) -> bool:
-    model: Any = RuninkConfig
-    annotation: Any = None
-    for part in dotted.split("."):
-        fields = model.field_types() if isinstance(model, type) and issubclass(model, Section) else {}
+def _type_at(loc: list[str]) -> Any:
+    """The type of the config's key at ``loc`` (the key of a field mapping names to sections
+    leads to that section), or None for no such key; RuninkConfig for the top."""
+    kind: Any = RuninkConfig
+    parts = iter(loc)
+    for part in parts:
+        fields = kind.field_types() if isinstance(kind, type) and issubclass(kind, Section) else {}
         if part not in fields:
-            return False
-        annotation = model = fields[part]
+            return None
+        kind = fields[part]
+        if (section := _dict_of_sections(kind)) is not None and next(parts, None) is not None:
+            kind = section
+    return kind
+
+
+def _expects_list(dotted: str) -> bool:
+    annotation = _type_at(dotted.split("."))
     origins = {typing.get_origin(annotation)} | {typing.get_origin(arg) for arg in typing.get_args(annotation)}
     return list in origins
 
@@ -668,13 +684,5 @@ def _describe_validation_error(exc: msgspec.ValidationError, sources: dict[str, 
 
 def _section_at(loc: list[str]) -> type[Section] | None:
     """The section at ``loc`` (RuninkConfig for the top, HerdConfig for ``herds.NAME``), if any."""
-    model: type[Section] = RuninkConfig
-    parts = iter(loc)
-    for part in parts:
-        kind = model.field_types().get(part)
-        if part == "herds" and model is RuninkConfig:
-            kind = HerdConfig if next(parts, None) is not None else None
-        if not (isinstance(kind, type) and issubclass(kind, Section)):
-            return None
-        model = kind
-    return model
+    kind = _type_at(loc)
+    return kind if isinstance(kind, type) and issubclass(kind, Section) else None
