@@ -562,7 +562,7 @@ class _LocalCa:
         return self._issue(NODE_PREFIX + name, "client")
 
 
-def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequence[Path] = ()) -> None:
+def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequence[Path]) -> None:
     """Until one server answers a write (a leader is elected): create the default herd. If none
     does in time, RuninkError with the last answer and the newest warning of the servers' ``logs``
     (why they found no leader: a member unreachable, a certificate refused ...)."""

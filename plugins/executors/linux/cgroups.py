@@ -313,7 +313,7 @@ class SliceCgroup:
         pids = _read_int(self.dirs["pids"] / "pids.current") if "pids" in self.dirs else 0
         return CgroupUsage(usage_ns / 1e9, peak, current, ooms, pids)
 
-    def send_signal(self, signum: int) -> None:
+    def send_signal(self, signum: int, pids: list[int] | None = None) -> None:
         """Send ``signum`` to every process in the cgroup, and to no other.
 
         A pid read from cgroup.procs may be another process's by the time it is signalled: the
@@ -321,8 +321,9 @@ class SliceCgroup:
         takes no time where pids wrap early (``kernel.pid_max`` is 32768 on many hosts). So each
         is pinned first (a pidfd), cgroup.procs read again, and only a pid still listed there is
         signalled, through its pidfd: the process the pidfd holds either still had that pid then
-        (it is this cgroup's) or has ended (the signal goes nowhere)."""
-        pids = self.pids()
+        (it is this cgroup's) or has ended (the signal goes nowhere). ``pids``: cgroup.procs as
+        the caller has just read it."""
+        pids = self.pids() if pids is None else pids
         for start in range(0, len(pids), PIN_BATCH):  # (a slice may hold more processes than this may hold fds)
             self._send_pinned(pids[start : start + PIN_BATCH], signum)
 
@@ -359,7 +360,7 @@ class SliceCgroup:
             if kill_file is not None:
                 _write(kill_file, "1")
             else:
-                self.send_signal(signal.SIGKILL)
+                self.send_signal(signal.SIGKILL, pids)
             if time.monotonic() > deadline:
                 raise CgroupError(f"processes {pids} still in {self.procs_files[0].parent} after SIGKILL")
             time.sleep(0.01)
