@@ -3,12 +3,14 @@
 Python 3.11 has no ``os.unshare``, so the probe calls libc's ``unshare(2)`` through ctypes in a
 short-lived child: the calling process (an agent, the CLI) stays untouched. A process with one
 thread (the CLI) forks that child from itself (~1 ms a probe); one with more (an agent: its
-gRPC threads, whose locks a fork would copy held) starts a Python child for them (~25 ms).
+gRPC threads, whose locks a fork would copy held) starts a Python child (~25 ms) that runs this
+module's same probe, forking itself.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -23,25 +25,13 @@ NAMESPACE_FLAGS = {
     "user": 0x10000000,  # CLONE_NEWUSER
 }
 
-# One child probes every kind asked for, each in a fork of its own (a fresh process per probe,
-# as if each had its own child, for ~1 ms instead of a Python start each): "NAME\tREASON" lines,
-# REASON empty when the kernel allowed it.
-_PROBE = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for name, flag in zip(sys.argv[1::2], sys.argv[2::2]):
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        if libc.unshare(int(flag)) != 0:
-            os.write(write, os.strerror(ctypes.get_errno()).encode())
-            os._exit(1)
-        os._exit(0)
-    os.close(write)
-    reason = os.read(read, 512).decode(errors="replace").replace("\\t", " ").replace("\\n", " ")
-    os.close(read)
-    status = os.waitpid(pid, 0)[1]
-    print(name + "\\t" + ("" if status == 0 else reason or "refused"), flush=True)
+# The Python child of a process with threads: this module's file run (standard library only,
+# no site: ``-S``), its _forked_unshare's answer printed as JSON. Arguments: the module's path,
+# "1" to drop to nobody first, the kinds.
+_CHILD = """
+import json, runpy, sys
+probe = runpy.run_path(sys.argv[1])["_forked_unshare"]
+print(json.dumps(probe(sys.argv[3:], as_nobody=sys.argv[2] == "1")))
 """
 
 
@@ -52,12 +42,12 @@ class _Child:
     """A probe's child process, started at once: the caller does other work while it runs
     (a Python start is ~25 ms) and reads ``answer()`` when it needs it."""
 
-    def __init__(self, script: str, args: list[str]) -> None:
+    def __init__(self, args: list[str]) -> None:
         self.failure: str | None = None
         self.process: subprocess.Popen[str] | None = None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-c", script, *args],
+                [sys.executable, "-S", "-c", _CHILD, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -132,35 +122,43 @@ def _forked_unshare(names: list[str], *, as_nobody: bool = False) -> dict[str, s
     return {name: (found[name] or None) if name in found else failure for name in names}
 
 
-class NamespaceProbe:
-    """``probe_many`` started now, answered by ``result()``."""
+class _Probe:
+    """``_forked_unshare(names, as_nobody=...)`` started now (in a Python child where this
+    process has threads), answered by ``found()``."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], *, as_nobody: bool = False) -> None:
         self.names = names
-        self._found: dict[str, str | None] | None = None
+        self._found: dict[str, str | None] = {}
         self._child: _Child | None = None
         if _single_threaded():
-            self._found = _forked_unshare(names)
+            self._found = _forked_unshare(names, as_nobody=as_nobody)
         else:
-            self._child = _Child(_PROBE, [str(part) for name in names for part in (name, NAMESPACE_FLAGS[name])])
+            self._child = _Child([__file__, "1" if as_nobody else "0", *names])
 
-    def result(self) -> dict[str, str | None]:
-        """Each namespace kind -> None (permitted here) or the reason it is not."""
+    def found(self) -> dict[str, str | None]:
+        """Each kind -> None (permitted here) or the reason it is not."""
         if self._child is None:
-            assert self._found is not None
             return dict(self._found)
         answer = self._child.answer()
         if isinstance(answer, str):
             return dict.fromkeys(self.names, answer)
         _, out, err = answer
-        found: dict[str, str | None] = {}
-        for line in out.splitlines():
-            name, _, reason = line.partition("\t")
-            if name in self.names:
-                found[name] = reason.strip() or None  # the kernel's reason, e.g. "Operation not permitted"
-        lines = err.strip().splitlines()
-        failure = lines[-1] if lines else "refused"
-        return {name: found.get(name, failure) for name in self.names}
+        try:
+            found = json.loads(out)
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            lines = err.strip().splitlines()
+            return dict.fromkeys(self.names, lines[-1] if lines else "refused")
+        return {name: None if found.get(name) is None else str(found[name]) for name in self.names}
+
+
+class NamespaceProbe(_Probe):
+    """``probe_many`` started now, answered by ``result()``."""
+
+    def result(self) -> dict[str, str | None]:
+        """Each namespace kind -> None (permitted here) or the reason it is not."""
+        return self.found()
 
 
 def probe(name: str) -> str | None:
@@ -173,43 +171,17 @@ def probe_many(names: list[str]) -> dict[str, str | None]:
     return NamespaceProbe(names).result()
 
 
-_PROBE_UNPRIVILEGED_USER = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-os.setgroups([])
-os.setresgid(65534, 65534, 65534)
-os.setresuid(65534, 65534, 65534)
-if libc.unshare(0x10000000) != 0:
-    print(os.strerror(ctypes.get_errno()))
-    sys.exit(1)
-"""
-
-
-class UnprivilegedUserProbe:
+class UnprivilegedUserProbe(_Probe):
     """Whether an unprivileged process (a slice, after it dropped root) may create a user
     namespace here, started now; needs root to drop from."""
 
     def __init__(self) -> None:
-        self._found: str | None = None
-        self._child: _Child | None = None
-        if _single_threaded():
-            refused = _forked_unshare(["user"], as_nobody=True)["user"]
-            self._found = None if refused is None else f"unprivileged user namespaces refused: {refused}"
-        else:
-            self._child = _Child(_PROBE_UNPRIVILEGED_USER, [])
+        super().__init__(["user"], as_nobody=True)
 
     def result(self) -> str | None:
         """None if it may, else the reason."""
-        if self._child is None:
-            return self._found
-        answer = self._child.answer()
-        if isinstance(answer, str):
-            return answer
-        status, out, err = answer
-        if status == 0:
-            return None
-        lines = (out.strip() or err.strip() or "refused").splitlines()
-        return f"unprivileged user namespaces refused: {lines[-1]}"
+        refused = self.found()["user"]
+        return None if refused is None else f"unprivileged user namespaces refused: {refused}"
 
 
 def probe_unprivileged_user() -> str | None:
