@@ -203,7 +203,7 @@ def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
             {"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 1, "disk": 1}},
             "body.resources.disk: Extra inputs are not permitted",
         ),
-        ({"herd": "team", "command": ["a\0b"]}, "body.command: Value error, command[0]: contains a NUL byte"),
+        ({"herd": "team", "command": ["a\0b"]}, "body: command[0]: contains a NUL byte"),
         ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd: String should match pattern"),
         ({"command": ["/bin/true"]}, "body.herd: Field required"),
     ],

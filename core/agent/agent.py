@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from runink.core import logs, metrics
 from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.lineage import LineageOutbox
@@ -44,6 +42,7 @@ from runink.core.control.records import (
     Amount,
     NodeRecord,
     NodeUsage,
+    RecordError,
     RunState,
     TaskRecord,
     TaskReport,
@@ -452,15 +451,17 @@ class Agent:
             elapsed = 0.0 if since is None else began - since
             cores = 0.0 if previous is None or elapsed <= 0 else (stats.cpu_seconds - previous) / elapsed
             try:
-                usage = TaskUsage(
-                    attempt=attempt[2],
-                    cpu_seconds=stats.cpu_seconds,
-                    cpu=min(max(cores, 0.0), 4096.0),
-                    memory=stats.memory_bytes,
-                    processes=stats.processes,
+                usage = TaskUsage.model_validate(  # (an executor's numbers: checked)
+                    {
+                        "attempt": attempt[2],
+                        "cpu_seconds": stats.cpu_seconds,
+                        "cpu": min(max(cores, 0.0), 4096.0),
+                        "memory": stats.memory_bytes,
+                        "processes": stats.processes,
+                    }
                 )
-            except ValidationError as exc:
-                log.debug("node %s: %s: usage out of bounds: %s", self.node_id, run.executor_id, exc.errors()[0]["msg"])
+            except RecordError as exc:
+                log.debug("node %s: %s: usage out of bounds: %s", self.node_id, run.executor_id, exc)
                 continue
             if (known := tasks.get(attempt[1])) is None or known.attempt < usage.attempt:
                 tasks[attempt[1]] = usage

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
-from pydantic import ValidationError
 
 from runink.core.agent.lineage import facets_json
 from runink.core.agent.secrets import SecretsRefused
@@ -28,9 +27,8 @@ from runink.core.control.records import (
     Accounting,
     NodeRecord,
     NodeUsage,
-    Quota,
+    RecordError,
     RunState,
-    ScenarioRef,
     TaskRecord,
     TaskReport,
 )
@@ -236,19 +234,21 @@ class GrpcControl:
         done = self._only(self._ask(request, "registered"), "registered").registered
         self._tie = (done.id, done.incarnation)
         try:
-            return NodeRecord(
-                id=done.id,
-                capacity=amount_of(done.capacity),
-                labels=dict(done.labels),
-                address=done.address,
-                ready=done.ready,
-                cordoned=done.cordoned,
-                draining=done.draining,
-                heartbeat=done.heartbeat,
-                incarnation=done.incarnation,
-                gpus=list(done.gpus),
+            return NodeRecord.model_validate(
+                {
+                    "id": done.id,
+                    "capacity": amount_of(done.capacity),
+                    "labels": dict(done.labels),
+                    "address": done.address,
+                    "ready": done.ready,
+                    "cordoned": done.cordoned,
+                    "draining": done.draining,
+                    "heartbeat": done.heartbeat,
+                    "incarnation": done.incarnation,
+                    "gpus": list(done.gpus),
+                }
             )
-        except ValidationError as exc:
+        except RecordError as exc:
             raise ControlUnavailable(f"server {self.address}: a malformed registration: {exc}") from None
 
     def current_assignments(self, node_id: str) -> list[TaskRecord]:
@@ -291,7 +291,7 @@ class GrpcControl:
         for message in found.tasks:
             try:
                 tasks.append(_task(message))
-            except (ValidationError, ValueError) as exc:
+            except ValueError as exc:  # (RecordError too)
                 # One this agent cannot read (a newer server's, a broken one) fails alone, said
                 # why; the node goes on with the rest rather than failing every round.
                 why = printable(f"node {node_id} cannot run this assignment: {exc}", 400)
@@ -415,33 +415,36 @@ def _report_message(report: TaskReport) -> pb.Report:
 
 
 def _task(task: pb.Task) -> TaskRecord:
-    return TaskRecord(
-        id=task.id,
-        job_id=task.job_id,
-        herd=task.herd,
-        command=list(task.command),
-        resources=amount_of(task.resources),
-        timeout=task.timeout if task.HasField("timeout") else None,
-        attempt=task.attempt,
-        token=task.token,
-        state=RunState(task.state),
-        node=task.node or None,
-        scenario=None if not task.HasField("scenario") else _scenario(task.scenario),
-        retries=task.retries,
-        backoff=task.backoff,
-        herd_quota=None if not task.HasField("herd_quota") else _quota(task.herd_quota),
-        secrets=list(task.secrets),
-        secrets_env=task.secrets_env,
-        gpus=list(task.gpus),
+    """The task a server's message describes, checked (RecordError naming what is wrong)."""
+    return TaskRecord.model_validate(
+        {
+            "id": task.id,
+            "job_id": task.job_id,
+            "herd": task.herd,
+            "command": list(task.command),
+            "resources": amount_of(task.resources),
+            "timeout": task.timeout if task.HasField("timeout") else None,
+            "attempt": task.attempt,
+            "token": task.token,
+            "state": task.state,
+            "node": task.node or None,
+            "scenario": None if not task.HasField("scenario") else _scenario(task.scenario),
+            "retries": task.retries,
+            "backoff": task.backoff,
+            "herd_quota": None if not task.HasField("herd_quota") else _quota(task.herd_quota),
+            "secrets": list(task.secrets),
+            "secrets_env": task.secrets_env,
+            "gpus": list(task.gpus),
+        }
     )
 
 
-def _quota(quota: pb.HerdQuota) -> Quota:
-    return Quota(cpu=quota.cpu, memory=quota.memory, gpu=quota.gpu, max_slices=quota.max_slices)
+def _quota(quota: pb.HerdQuota) -> dict[str, Any]:
+    return {"cpu": quota.cpu, "memory": quota.memory, "gpu": quota.gpu, "max_slices": quota.max_slices}
 
 
-def _scenario(scenario: pb.Scenario) -> ScenarioRef:
-    return ScenarioRef(pipeline=scenario.pipeline, scenario=scenario.scenario, run=scenario.run)
+def _scenario(scenario: pb.Scenario) -> dict[str, Any]:
+    return {"pipeline": scenario.pipeline, "scenario": scenario.scenario, "run": scenario.run}
 
 
 class FailoverControl:

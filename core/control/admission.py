@@ -41,7 +41,7 @@ def bucket_key(herd: str) -> str:
     return f"/herds/{herd}/admission"
 
 
-class Bucket(Record):
+class Bucket(Record, kw_only=True):
     """A herd's rate bucket as stored: ``tokens`` left at time ``at``."""
 
     tokens: float

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from msgspec import Meta, field
 
 from runink.core.control.records import Record, keys
 from runink.core.control.store import ClusterStore, NotFound, Refused
@@ -24,20 +24,17 @@ MAX_SUBJECT = 256  # characters of a subject's name
 CLUSTER_BINDINGS = "/cluster/rbac/"
 
 
-class Binding(Record):
+class Binding(Record, kw_only=True):
     kind: SubjectKind
-    subject: str = Field(min_length=1, max_length=MAX_SUBJECT)
+    subject: Annotated[str, Meta(min_length=1, max_length=MAX_SUBJECT)]
     role: str
     herd: str  # a herd's name, or "*": every herd (a cluster role)
     by: str = ""  # who bound it
-    at: float = Field(default_factory=time.time)
+    at: float = field(default_factory=time.time)
 
-    @field_validator("subject")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
+    def __post_init__(self) -> None:
+        if not self.subject.isprintable():
             raise ValueError("subject: not printable text")
-        return value
 
 
 def prefix_of(herd: str) -> str:

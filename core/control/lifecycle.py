@@ -24,8 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from runink.core.config import CostConfig
 from runink.core.control.cost import used as attempt_cost
 from runink.core.control.records import (
@@ -40,8 +38,8 @@ from runink.core.control.records import (
     NodeUsage,
     PipelineTask,
     Record,
+    RecordError,
     RunState,
-    ScenarioRef,
     TaskRecord,
     TaskReport,
     job_of,
@@ -111,10 +109,8 @@ def placed_on(task: TaskRecord, attempt: int) -> str | None:
     return placed[-1] if placed else None
 
 
-def _refusal(exc: ValidationError, what: str) -> Refused:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or what
-    return Refused(f"{what}: {where}: {first['msg']}")
+def _refusal(exc: RecordError, what: str) -> Refused:
+    return Refused(f"{what}: {exc}")
 
 
 def pipeline_tasks(
@@ -356,23 +352,25 @@ class Lifecycle:
             raise Refused(str(exc)) from None
         job_id = new_id("job")
         try:
-            task = TaskRecord(
-                id=job_task_id(job_id, 1),
-                job_id=job_id,
-                herd=herd,
-                command=command,
-                resources=resources or Amount(),
-                timeout=timeout,
-                retries=retries,
-                backoff=backoff,
-                priority=priority,
-                queued=time.time_ns(),
-                node_labels=node_labels or {},
-                secrets=list(secrets),
-                secrets_env=secrets_env,
+            task = TaskRecord.model_validate(  # (every value the caller gave checked)
+                {
+                    "id": job_task_id(job_id, 1),
+                    "job_id": job_id,
+                    "herd": herd,
+                    "command": command,
+                    "resources": (resources or Amount()).model_dump(),
+                    "timeout": timeout,
+                    "retries": retries,
+                    "backoff": backoff,
+                    "priority": priority,
+                    "queued": time.time_ns(),
+                    "node_labels": node_labels or {},
+                    "secrets": list(secrets),
+                    "secrets_env": secrets_env,
+                }
             )
             job = JobRecord(id=job_id, herd=herd, tasks=[task.id])
-        except ValidationError as exc:
+        except RecordError as exc:
             raise _refusal(exc, "submission") from None
         known = [v.record for v in nodes()]
         self._admit(found.record, [task], known)
@@ -478,24 +476,26 @@ class Lifecycle:
             ids[name] = job_task_id(job_id, len(ids) + 1)
             try:
                 records.append(
-                    TaskRecord(
-                        id=ids[name],
-                        job_id=job_id,
-                        herd=herd,
-                        scenario=ScenarioRef(pipeline=pipeline, scenario=name, run=run or job_id),
-                        resources=given.resources,
-                        timeout=given.timeout,
-                        retries=given.retries,
-                        backoff=given.backoff,
-                        priority=priority,
-                        queued=queued,
-                        node_labels=given.node_labels,
-                        after=[ids[u] for u in given.after],
-                        secrets=given.secrets,
-                        secrets_env=given.secrets_env,
+                    TaskRecord.model_validate(  # (every value the caller gave checked)
+                        {
+                            "id": ids[name],
+                            "job_id": job_id,
+                            "herd": herd,
+                            "scenario": {"pipeline": pipeline, "scenario": name, "run": run or job_id},
+                            "resources": given.resources.model_dump(),
+                            "timeout": given.timeout,
+                            "retries": given.retries,
+                            "backoff": given.backoff,
+                            "priority": priority,
+                            "queued": queued,
+                            "node_labels": given.node_labels,
+                            "after": [ids[u] for u in given.after],
+                            "secrets": given.secrets,
+                            "secrets_env": given.secrets_env,
+                        }
                     )
                 )
-            except ValidationError as exc:
+            except RecordError as exc:
                 raise _refusal(exc, f"scenario {printable(name, 200)!r}") from None
         records = _with_near(pipeline, tasks, ids, records)
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])

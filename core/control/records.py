@@ -1,8 +1,11 @@
 """The cluster's state, as records in the Barn: herds, nodes, jobs and their tasks.
 
-Every record is a pydantic model stored as JSON under one key (``keys``); every write goes
+Every record is a msgspec Struct stored as JSON under one key (``keys``); every write goes
 through ``ClusterStore`` (store.py), which checks the key's revision, so two servers never
-overwrite each other's change unseen. Nothing here reads a clock to decide anything: times
+overwrite each other's change unseen. A record is checked (types, bounds, its own checks)
+when it is read (``model_validate``, ``model_validate_json``), the way every record from a
+request, a message or the Barn is made; constructing one directly checks only its own
+checks (``__post_init__``): for values the code made itself. Nothing here reads a clock to decide anything: times
 in records are for people (when a transition happened), never compared across machines.
 
 A task is one slice's unit of scheduling. Each attempt of it carries an attempt number and
@@ -13,21 +16,17 @@ older attempt (a late agent, one cut off by a partition) names an older token an
 from __future__ import annotations
 
 import enum
+import functools
+import math
+import re
 import secrets
 import time
+import typing
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
 
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import Resources
@@ -93,17 +92,153 @@ def job_of(task: str) -> str | None:
     return job if dot and job.startswith("job-") and number.isdigit() else None
 
 
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class RecordError(ValueError):
+    """A record's data that fails its checks: ``loc``, the path to the value (field names and
+    list positions), and ``msg``, what is wrong. ``errors()`` gives them as pydantic's
+    ValidationError does, for the callers that report the first problem."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str) -> None:
+        # (a record's own checks name their field in msg: "command: empty ...")
+        super().__init__(f"{'.'.join(str(p) for p in loc)}: {msg}" if loc else msg)
+        self.loc = loc
+        self.msg = msg
+
+    def errors(self, include_url: bool = False) -> list[dict[str, Any]]:
+        return [{"type": "value_error", "loc": self.loc, "msg": self.msg, "input": None}]
 
 
-class Amount(Record):
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`$")
+
+
+def _record_error(exc: msgspec.ValidationError) -> RecordError:
+    """msgspec's one-line error (``Expected `int` >= 1 - at `$.resources.cpu```) as a RecordError."""
+    found = _AT.match(str(exc))
+    assert found is not None  # (the pattern matches any text)
+    msg, loc = found["msg"], []
+    for name, index in _PATH_PART.findall(found["path"] or ""):
+        loc.append(name if name else ("..." if index == "..." else int(index)))
+    named = _FIELD_NAMED.match(msg)
+    if named:  # the field is part of where, as for any other problem
+        loc.append(named["name"])
+        msg = "required" if "missing" in msg else "not a known field"
+    return RecordError(tuple(loc), msg)
+
+
+def _finite(record: msgspec.Struct, *names: str) -> None:
+    """Refuse an infinite or NaN value of ``names`` (a bound on one side lets infinity pass)."""
+    for name in names:
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number")
+
+
+@functools.cache
+def _record_tables(model: type[Record]) -> list[tuple[str, type[Record]]]:
+    """The fields of ``model`` that map names to records (``dict[str, RECORD]``), with that record."""
+    found = []
+    for info in msgspec.structs.fields(model):
+        kind = info.type
+        while typing.get_origin(kind) is Annotated:
+            kind = typing.get_args(kind)[0]
+        if typing.get_origin(kind) is dict:
+            value = typing.get_args(kind)[1]
+            if isinstance(value, type) and issubclass(value, Record):
+                found.append((info.name, value))
+    return found
+
+
+def _entry(model: type[Record], where: tuple[str, str], value: Any) -> Any:
+    """``value`` as a ``model`` (a table's entry at ``where``), its errors' places below it."""
+    try:
+        return model.model_validate(value)
+    except RecordError as exc:
+        raise RecordError((*where, *exc.loc), exc.msg) from None
+
+
+@functools.cache
+def _decoder(model: type[Record]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(model)
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+class Record(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A record of the cluster's state. The ``model_*`` methods are the ones the code (and
+    plugins) used when records were pydantic models."""
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Self:
+        """A record from plain data (a dict, a request's body), checked; RecordError if invalid.
+        Records nested in ``data`` as objects already are taken as they are.
+
+        msgspec names a dict's key ``[...]`` in its errors: the records of a field that maps
+        names to records (``NodeUsage.tasks``) are checked one by one first, so that an error
+        names its key."""
+        if isinstance(data, cls):
+            return data
+        if isinstance(data, dict):
+            for name, model in _record_tables(cls):
+                table = data.get(name)
+                if isinstance(table, dict):
+                    data = {**data, name: {key: _entry(model, (name, key), value) for key, value in table.items()}}
+        try:
+            return msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _record_error(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, data: bytes | str) -> Self:
+        """A record from its JSON, checked; RecordError if invalid or not JSON."""
+        try:
+            return _decoder(cls).decode(data)
+        except msgspec.ValidationError as exc:
+            raise _record_error(exc) from None
+        except msgspec.DecodeError as exc:
+            raise RecordError((), f"not a JSON record: {exc}") from None
+
+    @classmethod
+    def model_construct(cls, **values: Any) -> Self:
+        """A record from values the caller built valid (not checked)."""
+        return cls(**values)
+
+    def model_dump(
+        self, *, mode: Literal["python", "json"] = "python", exclude: set[str] | None = None
+    ) -> dict[str, Any]:
+        """Plain data: dicts, lists, and states as their names (either ``mode``)."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        if exclude:
+            for name in exclude:
+                data.pop(name, None)
+        return data
+
+    def model_dump_json(self) -> str:
+        return _ENCODER.encode(self).decode()
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:
+        """A copy with ``update``'s fields replaced, not checked again (as pydantic's was not)."""
+        return msgspec.structs.replace(self, **(update or {}))
+
+
+Cores = Annotated[float, Meta(ge=0, le=4096)]
+Memory = Annotated[int, Meta(ge=0, le=MAX_MEMORY)]
+Gpus = Annotated[int, Meta(ge=0, le=1024)]
+Pids = Annotated[int, Meta(ge=0, le=MAX_PIDS)]
+NonNegative = Annotated[int, Meta(ge=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+ScenarioName = Annotated[str, Meta(min_length=1, max_length=200)]
+PathText = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Amount(Record, kw_only=True):
     """An amount of resources, as the API and the Barn write it (cpu in cores, memory in bytes)."""
 
-    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)
-    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)
-    gpu: int = Field(default=0, ge=0, le=1024)
-    pids: int = Field(default=0, ge=0, le=MAX_PIDS)
+    cpu: Cores = 0.0
+    memory: Memory = 0
+    gpu: Gpus = 0
+    pids: Pids = 0
 
     def resources(self) -> Resources:
         return Resources(self.cpu, self.memory, self.gpu, self.pids)
@@ -113,13 +248,13 @@ class Amount(Record):
         return cls(cpu=resources.cpu, memory=resources.memory, gpu=resources.gpu, pids=resources.pids)
 
 
-class Quota(Record):
+class Quota(Record, kw_only=True):
     """A herd's quota: what all its running and scheduled slices may use together (0: no limit)."""
 
-    cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
-    memory: int = Field(default=0, ge=0)
-    gpu: int = Field(default=0, ge=0)
-    max_slices: int = Field(default=0, ge=0)
+    cpu: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0
+    memory: NonNegative = 0
+    gpu: NonNegative = 0
+    max_slices: NonNegative = 0
 
     def node_caps(self) -> Resources | None:
         """What a node caps the herd's cgroup parent at: cpu and memory; None when the quota
@@ -144,61 +279,62 @@ class Quota(Record):
         return None
 
 
-class HerdAdmission(Record):
+class HerdAdmission(Record, kw_only=True):
     """A herd's own admission limits (None: the cluster's, ``[admission]``; 0: no bound)."""
 
-    max_cpu: float | None = Field(default=None, ge=0, le=4096, allow_inf_nan=False)
-    max_memory: int | None = Field(default=None, ge=0, le=2**62)
-    max_gpu: int | None = Field(default=None, ge=0, le=1024)
-    max_timeout: float | None = Field(default=None, ge=0, le=366 * 86400, allow_inf_nan=False)
-    rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)  # jobs per second
-    burst: int | None = Field(default=None, ge=1, le=1_000_000)
-    budget: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # [cost] currency; 0/None: none
-    budget_period: float = Field(default=30 * 86400.0, gt=0, le=366 * 86400, allow_inf_nan=False)  # seconds
+    max_cpu: Cores | None = None
+    max_memory: Annotated[int, Meta(ge=0, le=2**62)] | None = None
+    max_gpu: Gpus | None = None
+    max_timeout: Annotated[float, Meta(ge=0, le=366 * 86400)] | None = None
+    rate: Annotated[float, Meta(ge=0, le=1_000_000)] | None = None  # jobs per second
+    burst: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    budget: NonNegativeFloat | None = None  # [cost] currency; 0/None: none
+    budget_period: Annotated[float, Meta(gt=0, le=366 * 86400)] = 30 * 86400.0  # seconds
+
+    def __post_init__(self) -> None:
+        _finite(self, "budget")
 
 
-class Herd(Record):
+class Herd(Record, kw_only=True):
     name: str
-    quota: Quota = Quota()
-    admission: HerdAdmission = HerdAdmission()
-    created: float = Field(default_factory=time.time)
+    quota: Quota = field(default_factory=Quota)
+    admission: HerdAdmission = field(default_factory=HerdAdmission)
+    created: float = field(default_factory=time.time)
     deleting: bool = False  # being deleted: takes no new jobs (ClusterStore.delete_herd)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "herd")
+    def __post_init__(self) -> None:
+        check_name(self.name, "herd")
 
 
 MAX_USAGE_TASKS = 1024  # tasks one usage sample may name (a node runs fewer at once)
 MAX_CPU_SECONDS = 1e12  # far past any task's cpu time: a larger number is a broken sample
 
 
-class TaskUsage(Record):
+class TaskUsage(Record, kw_only=True):
     """One running attempt's use, as its node's agent measured it (the whole process tree)."""
 
-    attempt: int = Field(ge=1, le=2**62)
-    cpu_seconds: float = Field(ge=0, le=MAX_CPU_SECONDS, allow_inf_nan=False)  # so far
-    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)  # cores since the last sample
-    memory: int = Field(ge=0, le=MAX_MEMORY)  # bytes, now
-    processes: int = Field(ge=0, le=MAX_PIDS)
+    attempt: Annotated[int, Meta(ge=1, le=2**62)]
+    cpu_seconds: Annotated[float, Meta(ge=0, le=MAX_CPU_SECONDS)]  # so far
+    cpu: Cores = 0.0  # cores since the last sample
+    memory: Memory  # bytes, now
+    processes: Pids
 
 
-class NodeUsage(Record):
+class NodeUsage(Record, kw_only=True):
     """What a node's running tasks use, sampled by its agent with a heartbeat. It comes from
     the node, so every number is bounded; ``at`` is the agent's clock, for people only."""
 
-    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)  # cores, since the last sample
-    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)  # bytes, now
-    tasks: dict[str, TaskUsage] = Field(default={}, max_length=MAX_USAGE_TASKS)  # by task id
-    at: float = Field(default=0.0, ge=0, le=1e11, allow_inf_nan=False)
+    cpu: Cores = 0.0  # cores, since the last sample
+    memory: Memory = 0  # bytes, now
+    tasks: Annotated[dict[str, TaskUsage], Meta(max_length=MAX_USAGE_TASKS)] = {}  # by task id
+    at: Annotated[float, Meta(ge=0, le=1e11)] = 0.0
 
-    @field_validator("tasks")
-    @classmethod
-    def _task_ids(cls, value: dict[str, TaskUsage]) -> dict[str, TaskUsage]:
-        for task_id in value:
-            check_name(task_id, "task")
-        return value
+    def __post_init__(self) -> None:
+        for task_id in self.tasks:
+            try:
+                check_name(task_id, "task")
+            except ValueError as exc:
+                raise ValueError(f"tasks: {exc}") from None
 
 
 def parse_usage(sample: object) -> NodeUsage:
@@ -206,15 +342,30 @@ def parse_usage(sample: object) -> NodeUsage:
     first thing wrong in it, in one line."""
     if isinstance(sample, NodeUsage):
         return sample
+    if not isinstance(sample, dict):
+        raise ValueError(f"usage: expected an object, got {type(sample).__name__}")
     try:
         return NodeUsage.model_validate(sample)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "usage"
-        raise ValueError(f"{where}: {first['msg']}") from None
+    except RecordError as exc:
+        raise ValueError(str(exc)) from None
 
 
-class NodeRecord(Record):
+#: a node's GPUs by id (their UUIDs: core/agent/gpus.py), none twice (checked by its record)
+GpuIds = Annotated[list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$")]], Meta(max_length=64)]
+
+#: names of secrets a task receives: each a valid secret name, none twice (checked by its record)
+SecretNames = Annotated[
+    list[Annotated[str, Meta(pattern=f"^{SECRET_NAME.pattern}$")]], Meta(max_length=MAX_TASK_SECRETS)
+]
+
+
+def _no_repeats(names: list[str], what: str) -> None:
+    if len(set(names)) != len(names):
+        name = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"{what} {name!r} named twice")
+
+
+class NodeRecord(Record, kw_only=True):
     """A worker node, as its agent registered it. ``heartbeat`` counts the agent's heartbeats:
     the leader sees liveness in it changing, with its own clock (liveness.py), never by
     comparing times written by other machines."""
@@ -228,36 +379,31 @@ class NodeRecord(Record):
     draining: bool = False  # takes no new work; its agent stops when its tasks are done
     heartbeat: int = 0
     incarnation: str = ""  # a new value each time the agent process (re)starts
-    registered: float = Field(default_factory=time.time)
+    registered: float = field(default_factory=time.time)
     usage: NodeUsage | None = None  # the last sample its agent sent (None: none since it registered)
     # its GPUs' ids, which the scheduler gives tasks: as many as capacity.gpu where listed
     # (none listed: GPUs offered without devices, which an isolating executor refuses to use)
     gpus: GpuIds = []
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return check_name(value, "node")
-
-    @model_validator(mode="after")
-    def _gpus_counted(self) -> NodeRecord:
+    def __post_init__(self) -> None:
+        check_name(self.id, "node")
+        _no_repeats(self.gpus, "gpu")
         if self.gpus and len(self.gpus) != self.capacity.gpu:
             raise ValueError(f"gpus: {len(self.gpus)} listed but capacity.gpu is {self.capacity.gpu}")
-        return self
 
     @property
     def schedulable(self) -> bool:
         return self.ready and not self.cordoned and not self.draining
 
 
-class SchedulerEpoch(Record):
+class SchedulerEpoch(Record, kw_only=True):
     """Bumped by each server that starts scheduling: its passes compare the key's revision."""
 
     epoch: int = 0
     holder: str = ""
     # the claiming server's API (as `runink up` and its --api name it; "" when it listens on
     # every address): clients send their submissions there, where they are placed at once
-    api: str = Field(default="", max_length=300)
+    api: Annotated[str, Meta(max_length=300)] = ""
 
 
 @dataclass(frozen=True)
@@ -285,94 +431,73 @@ class Accounting:
     seconds: float  # how long it ran
 
 
-class Transition(Record):
+class Transition(Record, kw_only=True):
     state: RunState
-    at: float = Field(default_factory=time.time)
+    at: float = field(default_factory=time.time)
     attempt: int = 0
     node: str | None = None
     reason: str = ""
 
 
-class ScenarioRef(Record):
+def _printable(value: str, name: str) -> None:
+    if not value.isprintable():
+        raise ValueError(f"{name}: contains a control character")
+
+
+class ScenarioRef(Record, kw_only=True):
     """A pipeline scenario a task runs: the node compiles ``pipeline`` (or, in process, is
     handed it compiled) and runs the scenario's slice as the local runner always has."""
 
-    pipeline: str = Field(min_length=1, max_length=4096)  # the .dsl file, as the submitter resolved it
-    scenario: str = Field(min_length=1, max_length=200)
+    pipeline: PathText  # the .dsl file, as the submitter resolved it
+    scenario: ScenarioName
     # the run's id: names its work folder on the node (one plain path component)
-    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+    run: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")]
 
-    @field_validator("pipeline", "scenario")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
-            raise ValueError("contains a control character")
-        return value
+    def __post_init__(self) -> None:
+        _printable(self.pipeline, "pipeline")
+        _printable(self.scenario, "scenario")
 
 
-class LocalInput(Record):
+class LocalInput(Record, kw_only=True):
     """A scenario's source that is a local dataset (not under the submitter's ``[cluster]
     shared_paths``, not in an object store) written by ``scenario``: it exists only on the node
     that scenario ran on, so the reader must run there too."""
 
-    scenario: str = Field(min_length=1, max_length=200)
-    path: str = Field(min_length=1, max_length=4096)
+    scenario: ScenarioName
+    path: PathText
 
-    @field_validator("path")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
-            raise ValueError("contains a control character")
-        return value
+    def __post_init__(self) -> None:
+        _printable(self.path, "path")
 
 
-#: names of secrets a task receives: each a valid secret name, none twice
-SecretNames = Annotated[
-    list[Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME.pattern}$")]],
-    Field(max_length=MAX_TASK_SECRETS),
-    AfterValidator(lambda names: _no_repeats(names, "secret")),
-]
-
-#: a node's GPUs by id (their UUIDs: core/agent/gpus.py), none twice
-GpuIds = Annotated[
-    list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$")]],
-    Field(max_length=64),
-    AfterValidator(lambda ids: _no_repeats(ids, "gpu")),
-]
-
-
-def _no_repeats(names: list[str], what: str) -> list[str]:
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"{what} {name!r} named twice")
-    return names
-
-
-class PipelineTask(Record):
+class PipelineTask(Record, kw_only=True):
     """One scenario of a pipeline job as submitted: what its task asks for, the scenarios
     (earlier in the submission) whose outputs it reads, and where it must run: on the node of
     another scenario of the submission (``colocate_with``, the DSL's ``@affinity``), and where
     its ``local_input`` was written."""
 
-    scenario: str = Field(min_length=1, max_length=200)
-    after: list[str] = Field(default=[], max_length=MAX_PIPELINE_TASKS)
-    resources: Amount = Amount()
-    timeout: float | None = Field(default=None, gt=0, le=366 * 86400, allow_inf_nan=False)
-    retries: int = Field(default=0, ge=0, le=100)
-    backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
-    node_labels: dict[str, str] = Field(default={}, max_length=64)
-    colocate_with: str | None = Field(default=None, min_length=1, max_length=200)
+    scenario: ScenarioName
+    after: Annotated[list[str], Meta(max_length=MAX_PIPELINE_TASKS)] = []
+    resources: Amount = field(default_factory=Amount)
+    timeout: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    backoff: Annotated[float, Meta(ge=0, le=3600)] = 1.0
+    node_labels: Annotated[dict[str, str], Meta(max_length=64)] = {}
+    colocate_with: ScenarioName | None = None
     local_input: LocalInput | None = None
     secrets: SecretNames = []  # the herd's secrets its slice receives (the DSL's @secrets)
     secrets_env: bool = False  # ...as environment variables too, not only files
 
+    def __post_init__(self) -> None:
+        _no_repeats(self.secrets, "secret")
 
-class Near(Record):
+
+class Near(Record, kw_only=True):
     """Place a task on the node of another task of its job (``task``, running ``scenario``): it
     reads the local dataset at ``path`` that task wrote, or (no path) it is colocated with it."""
 
     task: str
-    scenario: str = Field(min_length=1, max_length=200)
+    scenario: ScenarioName
     path: str = ""
 
     def why(self, node: str) -> str:
@@ -382,7 +507,7 @@ class Near(Record):
         return f"colocated with {self.scenario} on {node}"
 
 
-class TaskRecord(Record):
+class TaskRecord(Record, kw_only=True):
     """One slice to run, in a herd: a command (argv, no shell) or a pipeline's scenario."""
 
     id: str
@@ -390,18 +515,18 @@ class TaskRecord(Record):
     herd: str
     command: list[str] = []
     scenario: ScenarioRef | None = None
-    resources: Amount = Amount()
-    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    retries: int = Field(default=0, ge=0, le=100)
-    backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    resources: Amount = field(default_factory=Amount)
+    timeout: Annotated[float, Meta(gt=0)] | None = None
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    backoff: Annotated[float, Meta(ge=0, le=3600)] = 1.0
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
     # when it was submitted (time.time_ns()): the queue's order in its herd at equal priority,
     # before the id (whose time is in milliseconds); 0: a record from before this field
-    queued: int = Field(default=0, ge=0)
+    queued: NonNegative = 0
     node_labels: dict[str, str] = {}
     after: list[str] = []  # tasks of the same job that must succeed before this one is placed
     # tasks of the same job whose node this one must be placed on (once they have one)
-    near: list[Near] = Field(default=[], max_length=2)
+    near: Annotated[list[Near], Meta(max_length=2)] = []
     state: RunState = RunState.PENDING
     attempt: int = 0  # 1 for the first attempt once scheduled
     token: int = 0  # the fencing token of the current attempt (0: never scheduled)
@@ -412,10 +537,10 @@ class TaskRecord(Record):
     pending_reason: str = ""  # why it is waiting, when it is
     not_before: float = 0.0  # a retry's backoff: not placed before this time (the scheduler's clock)
     # what its ended attempts used (their nodes' accounting), and that priced at [cost] rates
-    cpu_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    peak_memory: int = Field(default=0, ge=0)  # the most any of its attempts held at once
-    run_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    cost: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    cpu_seconds: NonNegativeFloat = 0.0
+    peak_memory: NonNegative = 0  # the most any of its attempts held at once
+    run_seconds: NonNegativeFloat = 0.0
+    cost: NonNegativeFloat = 0.0
     transitions: list[Transition] = []
     # the herd's quota as the scheduler saw it when it placed this attempt: the node caps the
     # herd's cgroup parent at it (Quota.node_caps)
@@ -427,23 +552,19 @@ class TaskRecord(Record):
     # the GPUs (ids of its node's) the scheduler gave the current attempt: resources.gpu of them
     gpus: GpuIds = []
 
-    @field_validator("command")
-    @classmethod
-    def _command(cls, value: list[str]) -> list[str]:
-        if len(value) > MAX_COMMAND_ARGS:
-            raise ValueError(f"command: {len(value)} arguments (at most {MAX_COMMAND_ARGS})")
-        for i, arg in enumerate(value):
+    def __post_init__(self) -> None:
+        if len(self.command) > MAX_COMMAND_ARGS:
+            raise ValueError(f"command: {len(self.command)} arguments (at most {MAX_COMMAND_ARGS})")
+        for i, arg in enumerate(self.command):
             if "\0" in arg or len(arg.encode()) > MAX_ARG_BYTES:
                 raise ValueError(f"command[{i}]: contains a NUL byte or is longer than {MAX_ARG_BYTES} bytes")
-        return value
-
-    @model_validator(mode="after")
-    def _what_runs(self) -> TaskRecord:
         if not self.command and self.scenario is None:
             raise ValueError("command: empty (give the program and its arguments)")
         if self.command and self.scenario is not None:
             raise ValueError("a task runs a command or a scenario, not both")
-        return self
+        _finite(self, "timeout", "cpu_seconds", "run_seconds", "cost")
+        _no_repeats(self.secrets, "secret")
+        _no_repeats(self.gpus, "gpu")
 
     def moved_to(self, state: RunState, reason: str = "", *, checked: bool = True, **changes: Any) -> TaskRecord:
         """A copy in ``state``, the transition recorded. Raises ValueError if the task may not
@@ -453,10 +574,7 @@ class TaskRecord(Record):
         if state not in ALLOWED.get(self.state, frozenset()):
             raise ValueError(f"task {self.id}: {self.state} -> {state} is not a valid transition")
         attempt, node = changes.get("attempt", self.attempt), changes.get("node", self.node)
-        if checked:
-            now = Transition(state=state, attempt=attempt, node=node, reason=reason)
-        else:
-            now = Transition.model_construct(state=state, at=time.time(), attempt=attempt, node=node, reason=reason)
+        now = Transition(state=state, at=time.time(), attempt=attempt, node=node, reason=reason)
         transitions = [*self.transitions, now]
         if len(transitions) > MAX_TRANSITIONS:
             transitions = [transitions[0], *transitions[-(MAX_TRANSITIONS - 1) :]]
@@ -468,19 +586,22 @@ class TaskRecord(Record):
         return TaskRecord.model_validate(data)
 
 
-class JobRecord(Record):
+class JobRecord(Record, kw_only=True):
     """A submitted command or pipeline run: its tasks and, derived from theirs, its state."""
 
     id: str
     herd: str
     kind: str = "command"
     tasks: list[str]
-    submitted: float = Field(default_factory=time.time)
+    submitted: float = field(default_factory=time.time)
     state: RunState = RunState.PENDING
     finished: float | None = None
     #: the worst case of what it may cost, at its admission ([cost] rates; None: a task has no timeout)
-    estimate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    estimate: NonNegativeFloat | None = None
     owner: str = ""  # who submitted it (the caller's subject; "" on a server that authenticates nobody)
+
+    def __post_init__(self) -> None:
+        _finite(self, "estimate")
 
 
 def job_state(tasks: list[TaskRecord]) -> RunState:
@@ -497,7 +618,7 @@ def job_state(tasks: list[TaskRecord]) -> RunState:
     return RunState.RUNNING if any(s.final for s in states) else RunState.PENDING
 
 
-class ScalingDecision(Record):
+class ScalingDecision(Record, kw_only=True):
     """One decision of the autoscaler (core/control/autoscale.py), as `runink nodes scaling` shows it."""
 
     at: float  # when (the leading server's clock, seconds since the epoch)
@@ -508,7 +629,7 @@ class ScalingDecision(Record):
     desired: int  # what it wants after it
 
 
-class ScalingState(Record):
+class ScalingState(Record, kw_only=True):
     """The autoscaler's state, kept in the Barn so a new leader goes on where the last one was."""
 
     desired: int = 0

@@ -18,11 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from msgspec import Meta, field
 
 from runink.core.control.bindings import Binding, bind, binding_key, bindings
-from runink.core.control.records import Record, keys
+from runink.core.control.records import Record, RecordError, keys
 from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.interfaces.barn import TxnOp
 from runink.core.model import Grant
@@ -36,16 +37,14 @@ MAX_ALLOWS = 256  # actions (or RESOURCE.* patterns) one definition may list
 ROLES_FOR = 1.0  # seconds a server trusts the custom roles it read (a narrowed role lasts this long)
 
 
-class RoleRecord(Record):
+class RoleRecord(Record, kw_only=True):
     name: str
-    allows: list[str] = Field(max_length=MAX_ALLOWS)  # RESOURCE.VERB, sorted (patterns expanded)
+    allows: Annotated[list[str], Meta(max_length=MAX_ALLOWS)]  # RESOURCE.VERB, sorted (patterns expanded)
     by: str = ""  # who defined it (last)
-    at: float = Field(default_factory=time.time)
+    at: float = field(default_factory=time.time)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "role")
+    def __post_init__(self) -> None:
+        check_name(self.name, "role")
 
 
 def role_key(name: str) -> str:
@@ -115,8 +114,8 @@ def role_records(store: ClusterStore) -> list[RoleRecord]:
     for kv in store.barn.scan(CUSTOM_ROLES):
         try:
             found.append(RoleRecord.model_validate_json(kv.value))
-        except ValidationError as exc:
-            log.warning("%s: not a role record, ignored (%s)", kv.key, exc.errors()[0]["msg"])
+        except RecordError as exc:
+            log.warning("%s: not a role record, ignored (%s)", kv.key, exc)
     return found
 
 

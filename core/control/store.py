@@ -15,13 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from pydantic import ValidationError
-
 from runink.core.control.records import (
     Herd,
     JobRecord,
     NodeRecord,
     Record,
+    RecordError,
     RunState,
     ScalingState,
     TaskRecord,
@@ -541,10 +540,8 @@ def _index_ops(task: TaskRecord, value: bytes | None) -> list[TxnOp]:
 def _parse(model: type[R], value: bytes, key: str) -> R:
     try:
         return model.model_validate_json(value)
-    except ValidationError as exc:  # written by a newer version, or by hand: say where
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "record"
-        raise RuninkError(f"Barn key {key}: {where}: {first['msg']}") from None
+    except RecordError as exc:  # written by a newer version, or by hand: say where
+        raise RuninkError(f"Barn key {key}: {exc}") from None
 
 
 def _mod_revision(found: KeyValue | None) -> int:

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import grpc
-from pydantic import ValidationError
 
 from runink.core.agent.lineage import MAX_FACETS_BYTES
 from runink.core.agent.scenarios import slug
@@ -37,6 +36,7 @@ from runink.core.control.records import (
     Accounting,
     Amount,
     NodeRecord,
+    RecordError,
     RunState,
     TaskRecord,
     TaskReport,
@@ -119,9 +119,8 @@ def _name(value: str, what: str) -> str:
 def _amount(capacity: pb.Capacity, what: str) -> Amount:
     try:
         return amount_of(capacity)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise BadRequest(f"{what}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    except RecordError as exc:
+        raise BadRequest(f"{what}.{'.'.join(str(p) for p in exc.loc)}: {exc.msg}") from None
 
 
 def _counter(value: int, what: str, low: int = 0, high: int = MAX_COUNTER) -> int:
@@ -155,9 +154,11 @@ def node_of(message: pb.Register) -> NodeRecord:
     address = _text(message.address, MAX_ADDRESS, "register.address")
     capacity = _amount(message.capacity, "register.capacity")
     try:
-        return NodeRecord(id=node_id, capacity=capacity, labels=labels, address=address, gpus=list(message.gpus))
-    except ValidationError as exc:
-        raise BadRequest(f"register.gpus: {printable(str(exc.errors()[0]['msg']), 300)}") from None
+        return NodeRecord.model_validate(
+            {"id": node_id, "capacity": capacity, "labels": labels, "address": address, "gpus": list(message.gpus)}
+        )
+    except RecordError as exc:
+        raise BadRequest(f"register.gpus: {printable(exc.msg, 300)}") from None
 
 
 def registered(node: NodeRecord) -> pb.Registered:

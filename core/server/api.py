@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,8 +47,8 @@ from runink.core.control.records import (
     NodeRecord,
     PipelineTask,
     Quota,
+    RecordError,
     RunState,
-    SecretNames,
     TaskRecord,
 )
 from runink.core.control.roles import bind_role
@@ -56,7 +56,13 @@ from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
 from runink.core.interfaces.scaler import Scaler
-from runink.core.interfaces.secrets import MAX_SECRET_BYTES, SECRET_NAME, InvalidSecretError, SecretBackend
+from runink.core.interfaces.secrets import (
+    MAX_SECRET_BYTES,
+    MAX_TASK_SECRETS,
+    SECRET_NAME,
+    InvalidSecretError,
+    SecretBackend,
+)
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
 from runink.core.report import printable
@@ -131,6 +137,20 @@ class ResourcesIn(Body):
     pids: int = Field(default=0, ge=0, le=MAX_PIDS)
 
 
+def _no_repeated_secrets(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError(f"secret {next(n for n in names if names.count(n) > 1)!r} named twice")
+    return names
+
+
+#: names of the herd's secrets a task receives: each a valid secret name, none twice (as TaskRecord's)
+SecretNamesIn = Annotated[
+    list[Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME.pattern}$")]],
+    Field(max_length=MAX_TASK_SECRETS),
+    AfterValidator(_no_repeated_secrets),
+]
+
+
 class JobIn(Body):
     herd: str = Field(pattern=NAME.pattern, max_length=63)
     command: list[Annotated[str, Field(min_length=1)]] = Field(default=[], max_length=MAX_COMMAND_ARGS)
@@ -146,7 +166,7 @@ class JobIn(Body):
     node_labels: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=253)]] = Field(
         default_factory=dict, max_length=MAX_LABELS
     )
-    secrets: SecretNames = []  # names of the herd's secrets the command receives (files)
+    secrets: SecretNamesIn = []  # names of the herd's secrets the command receives (files)
     secrets_env: bool = False  # ...and as environment variables
 
     @model_validator(mode="after")
@@ -163,7 +183,8 @@ class PipelineIn(Body):
 
     herd: str = Field(pattern=NAME.pattern, max_length=63)
     pipeline: str = Field(min_length=2, max_length=4096, pattern=r"^/.*\.dsl$")
-    tasks: list[PipelineTask] = Field(min_length=1, max_length=MAX_PIPELINE_TASKS)
+    # each a PipelineTask (a record, not a pydantic model: checked by ``pipeline_tasks_of``)
+    tasks: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_PIPELINE_TASKS)
     priority: int = Field(default=0, ge=-1000, le=1000)
 
 
@@ -347,6 +368,18 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 def _revoking(jti: str) -> tuple[str, str]:
     return "tokens.revoke", f"tokens/{jti}"
+
+
+def pipeline_tasks_of(given: list[dict[str, Any]]) -> list[PipelineTask]:
+    """A pipeline submission's tasks, checked; a 422 naming the first bad field (``body.tasks.N...``)."""
+    tasks = []
+    for index, task in enumerate(given):
+        try:
+            tasks.append(PipelineTask.model_validate(task))
+        except RecordError as exc:
+            where = ("body", "tasks", index, *exc.loc)
+            raise RequestValidationError([{"type": "value_error", "loc": where, "msg": exc.msg}]) from None
+    return tasks
 
 
 def validation_detail(errors: Sequence[Any]) -> str:
@@ -590,11 +623,11 @@ def create_app(
     def add_binding(identity: Identity, herd: str, body: BindingIn) -> dict[str, Any]:
         auth.check(identity, "rbac.bind", f"rbac/{body.kind}/{body.subject}", herd)
         try:
-            binding = Binding(kind=body.kind, subject=body.subject, role=body.role, herd=herd, by=identity.subject)
-        except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-            ) from None
+            binding = Binding.model_validate(
+                {"kind": body.kind, "subject": body.subject, "role": body.role, "herd": herd, "by": identity.subject}
+            )
+        except RecordError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", *exc.loc), "msg": exc.msg}]) from None
         bind_role(store, binding)
         auth.forget_bindings(herd)
         return binding.model_dump(mode="json")
@@ -750,17 +783,19 @@ def create_app(
             # field; what lifecycle refuses after this (quota, fit) is a 409.
             argv = body.command or in_one_slice(body.commands)
             try:
-                TaskRecord(
-                    id="check",
-                    job_id="check",
-                    herd=body.herd,
-                    command=argv,
-                    resources=Amount(**body.resources.model_dump()),
-                    timeout=body.timeout,
+                TaskRecord.model_validate(
+                    {
+                        "id": "check",
+                        "job_id": "check",
+                        "herd": body.herd,
+                        "command": argv,
+                        "resources": body.resources.model_dump(),
+                        "timeout": body.timeout,
+                    }
                 )
-            except ValidationError as exc:
+            except RecordError as exc:
                 raise RequestValidationError(
-                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+                    [{"type": "value_error", "loc": ("body", *exc.loc), "msg": exc.msg}]
                 ) from None
             stored: list[int] = []
             job = lifecycle.submit_command(
@@ -789,7 +824,7 @@ def create_app(
             job = lifecycle.submit_pipeline(
                 body.herd,
                 body.pipeline,
-                body.tasks,
+                pipeline_tasks_of(body.tasks),
                 priority=body.priority,
                 also=audit,
                 admit=None if admission is None else admission.gate(identity),

@@ -51,7 +51,7 @@ BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked ro
 AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
 
 
-class AuditRecord(Record):
+class AuditRecord(Record, kw_only=True):
     """One authorization decision about a change (every action but ``*.read``), allowed or not."""
 
     at: float

@@ -34,9 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from pydantic import ValidationError
-
-from runink.core.control.records import SchedulerEpoch, keys
+from runink.core.control.records import RecordError, SchedulerEpoch, keys
 from runink.core.control.store import ClusterStore
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
 from runink.core.report import printable
@@ -281,7 +279,7 @@ class LiveView:
         if self._epoch[0] != kv.mod_revision:
             try:
                 api = SchedulerEpoch.model_validate_json(kv.value).api
-            except ValidationError:
+            except RecordError:
                 api = ""
             if not _API.fullmatch(api):  # (it goes into a header: an address, nothing else)
                 api = ""

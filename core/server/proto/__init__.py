@@ -17,8 +17,10 @@ def capacity_message(amount: Amount) -> agent_pb2.Capacity:
 
 
 def amount_of(capacity: agent_pb2.Capacity) -> Amount:
-    """The amount a Capacity message says, checked (pydantic's ValidationError if out of bounds)."""
-    return Amount(cpu=capacity.cpu, memory=capacity.memory, gpu=capacity.gpu, pids=capacity.pids)
+    """The amount a Capacity message says, checked (RecordError if out of bounds)."""
+    return Amount.model_validate(
+        {"cpu": capacity.cpu, "memory": capacity.memory, "gpu": capacity.gpu, "pids": capacity.pids}
+    )
 
 
 def usage_message(usage: NodeUsage) -> agent_pb2.NodeUsage:
