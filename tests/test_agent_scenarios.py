@@ -36,7 +36,7 @@ def test_a_task_names_a_command_or_a_scenario_never_both_nor_neither() -> None:
         TaskRecord(id="t", job_id="j", herd="h", command=["/bin/true"], scenario=ref)
     with pytest.raises(ValueError, match="command: empty"):
         TaskRecord(id="t", job_id="j", herd="h")
-    with pytest.raises(RecordError, match="^command: empty"):  # (read from data: the same check)
+    with pytest.raises(RecordError, match=r"^command: empty"):  # (read from data: the same check)
         TaskRecord.model_validate({"id": "t", "job_id": "j", "herd": "h"})
 
 
