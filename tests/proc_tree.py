@@ -27,7 +27,8 @@ def descendants(root: int) -> list[tuple[int, int]]:
 
 
 def host_mounts() -> int:
-    """The mounts this process sees, but the network namespaces' (``/run/netns/NAME``): tests
-    in other pytest-xdist workers make and remove those while a leak check runs."""
+    """The mounts this process sees, but the network namespaces' (``/run/netns/NAME``) and
+    those in pytest's temporary folders (a read-only tmpfs of test_pipeline_run's): tests in
+    other pytest-xdist workers make and remove those while a leak check runs."""
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return sum(1 for line in lines if " /run/netns/" not in line)
+    return sum(1 for line in lines if " /run/netns/" not in line and " /tmp/pytest-of-" not in line)

@@ -345,18 +345,18 @@ def test_a_prestarted_launcher_is_taken_over_by_the_first_executor_and_only_by_i
     import sys
     import time
 
-    from runink.plugins.executors.linux import executor as module
+    from runink.plugins.executors.linux import prestart as module
 
     LinuxExecutor.prestart()
-    prestarted = module._prestarted
+    prestarted = module._started
     assert prestarted is not None and prestarted.poll() is None and "--await-config" in prestarted.args
     LinuxExecutor.prestart()
-    assert module._prestarted is prestarted  # (once)
+    assert module._started is prestarted  # (once)
     first = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
     second = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
     try:
         first.prepare()
-        assert first._launchers["python"] is prestarted and module._prestarted is None
+        assert first._launchers["python"] is prestarted and module._started is None
         second.prepare()
         assert second._launchers["python"] is not prestarted
         for executor in (first, second):

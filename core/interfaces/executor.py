@@ -252,6 +252,18 @@ class Executor(ABC):
         """
         return None
 
+    @classmethod
+    def prestart_entry(cls) -> tuple[str, list[str]] | None:
+        """``prestart`` as a function of a module light to import (``"MODULE:FUNCTION"``, a
+        module under ``runink.``: the CLI imports no other) and the text arguments to call it
+        with, or None (default: ``runink run`` imports this driver and calls ``prestart``).
+        ``runink run`` keeps it with the driver's name and calls it at its next start without
+        importing the driver (or reading entry points): sooner.
+        Asked when a run chose this driver: what it returns must stay right while the config
+        and the installed packages are unchanged (the kept entry is dropped when they change).
+        """
+        return None
+
     def prepare(self) -> None:
         """Begin, without waiting, what the first ``start`` would otherwise wait for (a helper
         process's start), so it overlaps the caller's own setup. Optional: ``start`` works

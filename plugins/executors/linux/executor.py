@@ -52,6 +52,7 @@ from runink.core.interfaces.executor import (
 )
 from runink.core.report import printable
 from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
+from runink.plugins.executors.linux import prestart as head_start
 from runink.plugins.executors.linux.cgroups import (
     HERD_PREFIX,
     CgroupError,
@@ -83,6 +84,11 @@ LOG_DRAIN_SECONDS = 5.0  # at a slice's end: how long its last output may take t
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
 
 
+def _prestart_preload() -> list[str]:
+    """What a prestarted launcher imports before it knows its executor's ``preload``."""
+    return [*DEFAULT_PRELOAD, *_storage_modules()]
+
+
 def _storage_modules() -> list[str]:
     """The modules of the installed storage drivers (what a pipeline slice imports first)."""
     from runink.core.driverload import installed_entry_points
@@ -91,25 +97,6 @@ def _storage_modules() -> list[str]:
 
 
 log = logging.getLogger(__name__)
-
-LAUNCHER_MODULE = "runink.plugins.executors.linux.launcher"
-#: the Python launcher ``LinuxExecutor.prestart`` started, until an instance adopts it
-_prestarted: subprocess.Popen[str] | None = None
-_prestarted_lock = threading.Lock()
-
-
-def _launcher_popen(command: list[str]) -> subprocess.Popen[str]:
-    # In a process group of its own: a signal for this process's group (Ctrl-C on a
-    # terminal, a service manager's SIGTERM) is this process's to act on; a launcher
-    # killed by it mid-request would leave slices half-started. It ends with its stdin.
-    return subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={"PATH": os.defpath},
-        process_group=0,
-    )
 
 
 def _wait_exited(process: subprocess.Popen[str], timeout: float) -> None:
@@ -143,9 +130,7 @@ def _matching(parent: Path, pattern: str) -> list[str]:
 def _adopt_prestarted(arguments: list[str]) -> subprocess.Popen[str] | None:
     """The prestarted launcher, given ``arguments`` (what it would have been started with), or
     None when there is none or it is gone."""
-    global _prestarted
-    with _prestarted_lock:
-        launcher, _prestarted = _prestarted, None
+    launcher = head_start.take()
     if launcher is None:
         return None
     if launcher.poll() is None:
@@ -406,15 +391,12 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         the caller has loaded its config and built this executor; the first instance adopts it
         and sends it the rest of its arguments (``launcher --await-config``). Only as root
         (else no instance can use it); nothing adopts it: it ends with this process."""
-        global _prestarted
-        if os.geteuid() != 0:
-            return
-        with _prestarted_lock:
-            if _prestarted is None:
-                preload = ",".join([*DEFAULT_PRELOAD, *_storage_modules()])
-                _prestarted = _launcher_popen(
-                    [sys.executable, "-m", LAUNCHER_MODULE, "--await-config", "--preload", preload]
-                )
+        head_start.start(*_prestart_preload())
+
+    @classmethod
+    def prestart_entry(cls) -> tuple[str, list[str]]:
+        """``prestart`` without importing this module: prestart.py's ``start`` (see it)."""
+        return f"{head_start.__name__}:{head_start.start.__name__}", _prestart_preload()
 
     def prepare(self) -> None:
         """Start the runtime-preloaded launcher now (~0.3-0.4 s of imports), not at the first
@@ -428,7 +410,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         """The ``python`` (runtime preloaded) or ``exec`` launcher, started on first use."""
         launcher = self._launchers.get(kind)
         if launcher is None or launcher.poll() is not None:
-            command = [sys.executable, "-m", LAUNCHER_MODULE, "--pool", str(self.pool)]
+            command = [sys.executable, "-m", head_start.LAUNCHER_MODULE, "--pool", str(self.pool)]
             if kind == "python":
                 command += ["--preload", ",".join(self.preload)]
             for path in self.readable:
@@ -451,7 +433,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             adopted = _adopt_prestarted(command[3:]) if kind == "python" else None
             if adopted is not None:
                 log.debug("took over the prestarted launcher (pid %d)", adopted.pid)
-            launcher = adopted or _launcher_popen(command)
+            launcher = adopted or head_start.launcher_popen(command)
             self._launchers[kind] = launcher
             threading.Thread(
                 target=self._read_events, args=(launcher,), daemon=True, name=f"runink-launcher-{kind}"

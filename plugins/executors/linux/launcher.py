@@ -877,15 +877,21 @@ def _rewarm_request_path() -> None:
     Started(request.id, 1, "s", 1).to_line()
 
 
-def preload(modules: list[str]) -> None:
-    """Import the runtime slices share; refuse if that started a thread (forks must stay safe)."""
+def preload(modules: list[str], *, guessed: bool = False) -> None:
+    """Import the runtime slices share; refuse if that started a thread (forks must stay safe).
+    ``guessed``: the list a prestart guessed (``--await-config``), imported as far as it can be:
+    one that fails is left to the executor's own ``--preload`` that follows, which must import."""
     # Both read at load time: pyarrow's jemalloc would start a background thread, and
     # OpenBLAS (loaded with numpy) a pool of them. A slice can raise the BLAS threads again
     # (threadpoolctl); the forked slices keep jemalloc without its background thread.
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            if not guessed:
+                raise
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         raise SystemExit(
@@ -952,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     early = b""  # (requests read with the awaited arguments)
     if args.await_config:
         if args.preload:  # the slow part, done while the executor is still being set up
-            preload([m for m in args.preload.split(",") if m])
+            preload([m for m in args.preload.split(",") if m], guessed=True)
         given, early = _read_config_line(sys.stdin.fileno())
         if given is None:  # nobody came for it (the run chose another driver, or ended first)
             return 0
