@@ -1,7 +1,8 @@
 """The one way a driver is found and built: the interface's ``GROUP`` names its entry-point group.
 
-Cheap to import on purpose (importlib.metadata and the errors only: no pydantic, stevedore or
-pluggy), so a slice loads its storage drivers through it too. ``runink.core.drivers`` builds
+Cheap to import on purpose (the errors only: no pydantic, stevedore or pluggy, and
+importlib.metadata when entry points are first read), so a slice loads its storage drivers
+through it too. ``runink.core.drivers`` builds
 on it and adds what configuration brings: plugin allow/deny lists, drivers that hook plugins
 register at run time, and where a name was set.
 
@@ -18,13 +19,17 @@ arguments, a TypeError reported as bad options.
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
 import inspect
+import re
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from runink.core.errors import DriverLoadError, DriverNotFoundError, describe_exception
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 T = TypeVar("T")
 
@@ -59,6 +64,8 @@ _ALL: dict[tuple[str, ...], Any] = {}
 def installed_entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
     """The entry points of ``group`` in every installed package. Every package's metadata is
     read once per import path, for all groups (each read is a scan of every package: ~25 ms)."""
+    import importlib.metadata  # (~10 ms: not for a slice given its drivers' targets, import_target)
+
     key = tuple(sys.path)
     every = _ALL.get(key)
     if every is None:
@@ -95,6 +102,37 @@ def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
                 _AMBIGUOUS.add((group, ep.name))
         _CACHE[key] = found
     return found
+
+
+#: an entry point's target as ``target_of`` writes it: MODULE:ATTRIBUTE (dotted names)
+_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def target_of(interface: Interface[Any], name: str) -> str:
+    """Installed driver ``name``'s target, ``MODULE:ATTRIBUTE``, for a process that will build it
+    with ``import_target`` (a slice: no scan of every package's entry points there)."""
+    group = group_of(interface)
+    ep = entry_points(group).get(name)
+    if ep is None or (group, name) in _AMBIGUOUS or not _TARGET.fullmatch(ep.value):
+        import_driver(interface, name)  # (raises the error that says why)
+        raise DriverLoadError(
+            f"{group} driver {name!r}: entry point {ep.value if ep else None!r} is not MODULE:ATTRIBUTE"
+        )
+    return ep.value
+
+
+def import_target(interface: Interface[Any], name: str, target: str) -> Callable[..., Any]:
+    """Driver ``name``'s factory from its ``target`` (``target_of``'s), imported but not built."""
+    group = group_of(interface)
+    if not _TARGET.fullmatch(target):
+        raise DriverLoadError(f"{group} driver {name!r}: {target!r} is not MODULE:ATTRIBUTE")
+    module, _, attribute = target.partition(":")
+    try:
+        return cast(Callable[..., Any], getattr(importlib.import_module(module), attribute))
+    except Exception as exc:
+        raise DriverLoadError(
+            f"{group} driver {name!r} ({target}) failed to import: {describe_exception(exc)}"
+        ) from exc
 
 
 def import_driver(interface: Interface[Any], name: str, where: str = "") -> Callable[..., Any]:
@@ -158,9 +196,13 @@ def check_class(interface: Interface[Any], name: str, factory: Callable[..., Any
         )
 
 
-def load_installed(interface: Interface[T], name: str, options: Mapping[str, Any] | None = None) -> T:
-    """An installed driver built with ``options``, without configuration's plugin rules (the slice's way)."""
-    return construct(interface, name, import_driver(interface, name), dict(options or {}))
+def load_installed(
+    interface: Interface[T], name: str, options: Mapping[str, Any] | None = None, target: str | None = None
+) -> T:
+    """An installed driver built with ``options``, without configuration's plugin rules (the
+    slice's way); ``target``: its entry point's (``target_of``), to import without a scan."""
+    factory = import_driver(interface, name) if target is None else import_target(interface, name, target)
+    return construct(interface, name, factory, dict(options or {}))
 
 
 def check_options(

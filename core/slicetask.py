@@ -18,7 +18,7 @@ from typing import Any
 from runink.core.config import RuninkConfig
 from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SinkSpec, SliceSpec, SourceSpec
 from runink.core.datasets import DatasetRef
-from runink.core.driverload import import_driver
+from runink.core.driverload import import_driver, target_of
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import TaskSpec
 from runink.core.interfaces.storage import Storage
@@ -69,6 +69,7 @@ def slice_task(
     scenario = item.scenario
     work_dir = task_dir / "work"
     storage_options, secrets = _storage_options(item, config)
+    steps = tuple(_step_spec(step, base_dir, config) for step in scenario.steps)
     spec = SliceSpec(
         task_id=task_id,
         scenario=item.name,
@@ -81,11 +82,18 @@ def slice_task(
             options=dict(scenario.source.options) if scenario.source else {},
             contract=scenario.source.contract if scenario.source else None,
         ),
-        steps=tuple(_step_spec(step, base_dir, config) for step in scenario.steps),
+        steps=steps,
         sinks=tuple(SinkSpec(s.ref.format, _sink_path(s.ref, staged), s.when, dict(s.options)) for s in item.sinks),
         drift_policy=config.herd_policy(herd).drift,
         report=str(report_path(task_dir)),
         storage_options=storage_options,
+        storage_drivers=_storage_drivers(
+            {
+                item.source.format,
+                *(s.ref.format for s in item.sinks),
+                *(s.format for s in steps if isinstance(s, CommandSpec)),
+            }
+        ),
     )
     spec_path = work_dir / "slice.json"
     spec_path.write_text(spec.to_json())
@@ -113,6 +121,19 @@ def _sink_path(ref: DatasetRef, staged: dict[Path, Stage]) -> str:
 
 def _remote_formats(item: CompiledScenario) -> set[str]:
     return {ref.format for ref in (item.source, *item.outputs) if ref.remote}
+
+
+def _storage_drivers(formats: set[str]) -> dict[str, str]:
+    """The targets of the storage drivers of ``formats`` (the slice imports them by target,
+    without scanning every package's entry points); one that cannot be found is left out (the
+    slice loads it by name, and says why it cannot)."""
+    drivers = {}
+    for fmt in sorted(f for f in formats if f):
+        try:
+            drivers[fmt] = target_of(Storage, fmt)
+        except RuninkError:
+            continue
+    return drivers
 
 
 def _storage_options(item: CompiledScenario, config: RuninkConfig) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

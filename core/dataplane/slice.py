@@ -121,14 +121,14 @@ def run(spec: SliceSpec) -> int:
         # the report is in the slice's own work dir (slicetask.report_path): command steps'
         # files go there too, the one place the slice may write besides its sinks
         steps = _load_steps(list(spec.steps), work_dir=Path(spec.report).parent, base_dir=Path(base_dir), spec=spec)
-        source_driver: Storage = _storage(source.format, spec.storage_options)
+        source_driver: Storage = _storage(source.format, spec.storage_options, spec.storage_drivers)
         sinks = [
             SinkSlot(
                 s.format,
                 Path(s.path),
                 s.when,
                 s.options,
-                _storage(s.format, spec.storage_options),
+                _storage(s.format, spec.storage_options, spec.storage_drivers),
             )
             for s in spec.sinks
         ]
@@ -245,11 +245,12 @@ def run(spec: SliceSpec) -> int:
         return 1
 
 
-def _storage(fmt: str, options: dict[str, dict[str, Any]]) -> Storage:
+def _storage(fmt: str, options: dict[str, dict[str, Any]], drivers: dict[str, str]) -> Storage:
     """The storage driver for a format, through the one driver loader (runink.core.driverload,
-    which imports no config or plugin machinery); the names were checked at compile time."""
+    which imports no config or plugin machinery); the names were checked at compile time, and
+    ``drivers`` (the spec's) names their targets, imported without a scan of entry points."""
     try:
-        return load_installed(Storage, fmt, options.get(fmt))
+        return load_installed(Storage, fmt, options.get(fmt), drivers.get(fmt))
     except RuninkError as exc:
         raise SliceError(f"storage driver {fmt!r}: {exc}") from None
 
@@ -306,7 +307,7 @@ def _load_steps(
             loaded.append(AnnotateStage(step))
             continue
         if isinstance(step, CommandSpec):
-            driver = _storage(step.format, spec.storage_options)
+            driver = _storage(step.format, spec.storage_options, spec.storage_drivers)
             loaded.append(CommandStage(step, driver, folder=work_dir / f"run-{index}", cwd=base_dir))
             continue
         try:

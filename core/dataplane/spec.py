@@ -75,6 +75,9 @@ class SliceSpec:
     report: str  # the report file the runner reads (core/report.py)
     #: a remote storage driver's options by format ([plugin.storage-FORMAT]: endpoint, credentials)
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the storage drivers' targets (MODULE:ATTRIBUTE) by format, as the runner's entry points
+    #: name them: the slice imports them without scanning every package's (~17 ms)
+    storage_drivers: dict[str, str] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -102,6 +105,9 @@ class SliceSpec:
         for name in ("task_id", "scenario", "herd", "base_dir", "drift_policy", "report"):
             if not isinstance(getattr(spec, name), str):
                 raise SpecError(f"slice spec field {name!r} is not a string")
+        drivers = spec.storage_drivers
+        if not isinstance(drivers, dict) or not all(isinstance(v, str) for v in drivers.values()):
+            raise SpecError("slice spec field 'storage_drivers' is not an object of strings")
         return spec
 
 
