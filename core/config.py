@@ -365,14 +365,14 @@ class CostConfig(Section):
     #: Per GPU-second.
     gpu_second: Annotated[float, Meta(ge=0, le=1e6)] = 0.00028
     #: What the rates are in.
-    currency: Annotated[str, Meta(pattern=r"^[A-Za-z$€£¥]{1,8}$")] = "USD"
+    currency: Annotated[str, Meta(pattern=r"^[A-Za-z$€£¥]{1,8}\Z")] = "USD"
 
 
 class MetricsConfig(Section):
     #: HOST:PORT where runink server, agent, barn serve or run serves /metrics for Prometheus (off
     #: when unset; their --metrics, run's --metrics-port; other commands ignore it). Plain HTTP:
     #: keep it on loopback or a network you trust.
-    address: Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")] | None = None
+    address: Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}\Z")] | None = None
 
 
 class RunConfig(Section):
@@ -405,7 +405,7 @@ class RunConfig(Section):
 class RuninkConfig(Section):
     """The whole configuration. ``sources`` maps each dotted key that was set to where it came from."""
 
-    herd: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "default"
+    herd: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}\Z")] = "default"
     #: Where local state is kept: runs' work dirs and slice logs, lineage, the catalog
     #: ($RUNINK_DATA_DIR; default $XDG_DATA_HOME/runink, ~/.local/share/runink), never the current folder.
     data_dir: Path = field(default_factory=default_data_dir)

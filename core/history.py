@@ -153,7 +153,7 @@ def _opened(folder: Path, parts: tuple[str, ...], *, directory: bool = False) ->
 
 
 def _str(value: object, what: str, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise ValueError(f"{what}: not what a run's record holds")
     return value
 
@@ -270,7 +270,7 @@ class KeptRun:
 
 def _load(runs: Path, name: str) -> KeptRun | None:
     """The run in ``runs/name``; None when ``name`` is not a run's folder."""
-    if not RUN_ID.match(name):
+    if not RUN_ID.fullmatch(name):
         return None
     path = runs / name
     try:
@@ -333,7 +333,7 @@ class RunHistory:
 
     def find(self, ident: str) -> KeptRun | None:
         """The run with this run id or job id (None: not a run of this machine)."""
-        if RUN_ID.match(ident):
+        if RUN_ID.fullmatch(ident):
             kept = _load(self.runs, ident)
             return kept if kept is not None and kept.record is not None else None
         if not ident.startswith("job-"):

@@ -29,7 +29,7 @@ NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a valid herd, node or job name; else ValueError saying what is wrong."""
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ValueError(
             f"{what} {value!r}: expected 1-63 lower-case letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"

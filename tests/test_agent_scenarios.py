@@ -16,6 +16,7 @@ from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import TaskHandle
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.plugins import PluginManager
+from runink.core.units import check_name
 from runink.plugins.executors.process import ProcessExecutor
 
 
@@ -24,7 +25,7 @@ def _task(pipeline: str, run: str = "job-1") -> TaskRecord:
     return TaskRecord(id="t1", job_id="job-1", herd="default", scenario=ref, attempt=1, token=5)
 
 
-@pytest.mark.parametrize("run", ["../etc", "a/b", "", ".hidden", "x" * 101, "a\nb"])
+@pytest.mark.parametrize("run", ["../etc", "a/b", "", ".hidden", "x" * 101, "a\nb", "run\n"])
 def test_a_run_id_that_is_not_one_plain_path_component_is_refused(run: str) -> None:
     with pytest.raises(RecordError, match="run"):
         ScenarioRef.model_validate({"pipeline": "/p/p.dsl", "scenario": "a", "run": run})
@@ -127,3 +128,15 @@ def test_record_annotations_a_slice_reports_are_taken_only_as_they_should_be(
     bounded = scenarios._record_annotations(many, passed=1)
     assert bounded is not None and [e["record"] for e in bounded["records"]] == ["0", "1"]
     assert scenarios._record_annotations(many, passed=3) is None
+
+
+def test_names_with_a_trailing_line_break_are_refused() -> None:
+    """A pattern's ``$`` matches before a final line break in Python's re: names, secrets and
+    GPU ids are matched whole (``fullmatch``, ``\\Z``)."""
+    with pytest.raises(ValueError, match="herd 'team\\\\n'"):
+        check_name("team\n", "herd")
+    base = {"id": "t", "job_id": "j", "herd": "h", "command": ["/bin/true"]}
+    for change in ({"secrets": ["token\n"]}, {"gpus": ["GPU-1\n"], "resources": {"gpu": 1}}):
+        with pytest.raises(RecordError, match="matching regex"):
+            TaskRecord.model_validate({**base, **change})
+    assert TaskRecord.model_validate({**base, "secrets": ["token"]}).secrets == ["token"]

@@ -104,6 +104,10 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 def test_bad_herd_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\$RUNINK_HERD: herd: Expected `str` matching regex"):
         load_config(environ={"RUNINK_HERD": "Finance Team"})
+    # a pattern's $ would let one trailing line break through (Python's re): every one ends in \Z
+    for key, value in (("RUNINK_HERD", "finance\n"), ("RUNINK_COST__CURRENCY", "EUR\n")):
+        with pytest.raises(ConfigError, match="matching regex"):
+            load_config(environ={key: value})
 
 
 def test_plugin_options_tables(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def parse_gpu(line: str, device_dir: Path) -> Gpu:
     index_text, uuid, name, memory_text, bus = fields
     if not index_text.isdigit() or int(index_text) >= 4096:
         raise ValueError(f"index {index_text[:40]!r} is not a small whole number")
-    if not _UUID.match(uuid) or not GPU_ID.match(uuid):
+    if not _UUID.fullmatch(uuid) or not GPU_ID.fullmatch(uuid):
         raise ValueError(f"uuid {uuid[:100]!r} is not a GPU UUID")
     if not memory_text.isdigit():
         raise ValueError(f"memory.total {memory_text[:40]!r} is not a number of MiB")
@@ -139,7 +139,7 @@ def parse_gpu(line: str, device_dir: Path) -> Gpu:
 def _device_minor(bus: str) -> int | None:
     """The device's minor number from the driver (/proc/driver/nvidia/gpus/<bus>/information);
     None where it cannot be read (the minor is then taken to be the index, as it mostly is)."""
-    match = _BUS.match(bus)
+    match = _BUS.fullmatch(bus)
     if match is None:
         return None
     domain, number, function = match.groups()

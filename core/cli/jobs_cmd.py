@@ -68,7 +68,7 @@ def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator
     run id), else the cluster. With a cluster named, it is asked first; a job it does not know
     (or could not be asked about) is looked for among the kept runs."""
     local = LocalRuns(_data_dir(ctx))
-    if RUN_ID.match(job_id) or not _has_cluster(ctx, server):
+    if RUN_ID.fullmatch(job_id) or not _has_cluster(ctx, server):
         yield local
         return
     with _client(ctx, server) as client:

@@ -4,9 +4,10 @@ Every record is a msgspec Struct stored as JSON under one key (``keys``); every 
 through ``ClusterStore`` (store.py), which checks the key's revision, so two servers never
 overwrite each other's change unseen. A record is checked (types, bounds, its own checks)
 when it is read (``model_validate``, ``model_validate_json``), the way every record from a
-request, a message or the Barn is made; constructing one directly checks only its own
-checks (``__post_init__``): for values the code made itself. Nothing here reads a clock to decide anything: times
-in records are for people (when a transition happened), never compared across machines.
+request, a message or the Barn is made; constructing one directly runs only its own checks
+(``__post_init__``): for values the code made itself. Nothing here reads a clock to decide
+anything: times in records are for people (when a transition happened), never compared
+across machines.
 
 A task is one slice's unit of scheduling. Each attempt of it carries an attempt number and
 a fencing token (a Barn revision past any the task's earlier attempts had): a report from an
@@ -351,11 +352,11 @@ def parse_usage(sample: object) -> NodeUsage:
 
 
 #: a node's GPUs by id (their UUIDs: core/agent/gpus.py), none twice (checked by its record)
-GpuIds = Annotated[list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$")]], Meta(max_length=64)]
+GpuIds = Annotated[list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}\Z")]], Meta(max_length=64)]
 
 #: names of secrets a task receives: each a valid secret name, none twice (checked by its record)
 SecretNames = Annotated[
-    list[Annotated[str, Meta(pattern=f"^{SECRET_NAME.pattern}$")]], Meta(max_length=MAX_TASK_SECRETS)
+    list[Annotated[str, Meta(pattern=rf"^{SECRET_NAME.pattern}\Z")]], Meta(max_length=MAX_TASK_SECRETS)
 ]
 
 
@@ -451,7 +452,7 @@ class ScenarioRef(Record, kw_only=True):
     pipeline: PathText  # the .dsl file, as the submitter resolved it
     scenario: ScenarioName
     # the run's id: names its work folder on the node (one plain path component)
-    run: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")]
+    run: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")]
 
     def __post_init__(self) -> None:
         _printable(self.pipeline, "pipeline")

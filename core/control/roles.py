@@ -102,7 +102,7 @@ def define_role(store: ClusterStore, role: RoleRecord) -> RoleRecord:
 def read_role(store: ClusterStore, name: str) -> tuple[RoleRecord, int]:
     """The custom role ``name`` and its key's revision; NotFound if there is none (nor can be:
     a name breaking the name rule, as a binding's role may be)."""
-    kv = store.barn.get(role_key(name)) if NAME.match(name) else None
+    kv = store.barn.get(role_key(name)) if NAME.fullmatch(name) else None
     if kv is None:
         raise NotFound(f"role {name!r}: no such custom role")
     return RoleRecord.model_validate_json(kv.value), kv.mod_revision

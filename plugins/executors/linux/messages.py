@@ -328,7 +328,7 @@ def _devices(value: object, message_id: str) -> tuple[str, ...]:
     names: set[str] = set()
     for i, path in enumerate(paths):
         name = path.rsplit("/", 1)[-1]
-        if not path.startswith("/") or not _DEVICE_NAME.match(name) or name in _RESERVED_DEVICES:
+        if not path.startswith("/") or not _DEVICE_NAME.fullmatch(name) or name in _RESERVED_DEVICES:
             raise MessageError(f"devices[{i}]", f"{path[:200]!r} is not an absolute path to a device", message_id)
         if name in names:
             raise MessageError(f"devices[{i}]", f"a second device named {name!r}", message_id)
