@@ -194,7 +194,7 @@ class Record(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def model_validate_json(cls, data: bytes | str) -> Self:
         """A record from its JSON, checked; RecordError if invalid or not JSON."""
         try:
-            return _decoder(cls).decode(data)
+            return typing.cast(Self, _decoder(cls).decode(data))
         except msgspec.ValidationError as exc:
             raise _record_error(exc) from None
         except msgspec.DecodeError as exc:
