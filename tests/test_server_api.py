@@ -255,6 +255,30 @@ def test_a_pipeline_colocated_with_an_unknown_scenario_is_409_and_stores_nothing
     assert cluster.stored_keys() == before
 
 
+@pytest.mark.parametrize(
+    ("tasks", "detail"),
+    [
+        ([{"scenario": "a"}, {"scenario": "b", "resources": {"cpu": -1}}], "body.tasks.1.resources.cpu: Expected"),
+        ([{"scenario": "a", "retries": "many"}], "body.tasks.0.retries: Expected `int`"),
+        ([{"scenario": "a", "shell": True}], "body.tasks.0.shell: not a known field"),
+        ([{"after": []}], "body.tasks.0.scenario: required"),
+        ([{"scenario": "a", "secrets": ["s", "s"]}], "body.tasks.0: secret 's' named twice"),
+        ([{"scenario": "a", "local_input": {"scenario": "b", "path": "/d\n"}}], "body.tasks.0.local_input: path:"),
+        (["a"], "body.tasks.0: Input should be a valid dictionary"),  # (FastAPI's own check first)
+    ],
+)
+def test_a_malformed_pipeline_task_is_422_naming_its_field(cluster: Cluster, tasks: list[object], detail: str) -> None:
+    """A pipeline's tasks are records the API checks itself (not pydantic models): the same one
+    line as any other malformed body, naming the task and its field; nothing is stored."""
+    make_herd(cluster.client, "team")
+    before = cluster.stored_keys()
+    response = cluster.client.post("/v1/pipelines", json={"herd": "team", "pipeline": "/p/p.dsl", "tasks": tasks})
+    assert response.status_code == 422, response.text
+    got = response.json()["detail"]
+    assert got.startswith(detail) and "\n" not in got, got
+    assert cluster.stored_keys() == before
+
+
 def test_duplicate_herd_is_409(cluster: Cluster) -> None:
     make_herd(cluster.client, "team")
     response = cluster.client.post("/v1/herds", json={"name": "team"})

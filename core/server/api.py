@@ -184,7 +184,14 @@ class PipelineIn(Body):
     herd: str = Field(pattern=NAME.pattern, max_length=63)
     pipeline: str = Field(min_length=2, max_length=4096, pattern=r"^/.*\.dsl$")
     # each a PipelineTask (a record, not a pydantic model: checked by ``pipeline_tasks_of``)
-    tasks: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_PIPELINE_TASKS)
+    tasks: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_PIPELINE_TASKS,
+        description="The scenarios as tasks, in dependency order, each an object: scenario (required), "
+        "after, resources {cpu, memory, gpu, pids}, timeout, retries, backoff, node_labels, colocate_with, "
+        "local_input {scenario, path}, secrets, secrets_env; checked as the stored task is "
+        "(a 422 names body.tasks.N.FIELD).",
+    )
     priority: int = Field(default=0, ge=-1000, le=1000)
 
 
