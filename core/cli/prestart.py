@@ -10,7 +10,7 @@ and the mtimes of the import path's folders, so installing or removing a package
 (``cluster_settings.fingerprint``). With the driver's name it keeps the driver's light
 prestart function and its arguments where the driver has one (``Executor.prestart_entry``,
 a function of a module of runink's own): that function is called without importing the
-driver or reading entry points, ~60 ms sooner. The index only chooses which installed code
+driver or reading entry points, ~55 ms sooner. The index only chooses which installed code
 is asked; what is started is that code's. A wrong guess costs only the work started for
 nothing, which ends with the command.
 """

@@ -2,7 +2,7 @@
 
 ``runink run`` calls ``start`` at its beginning, when its last run with the same config used
 this driver (``LinuxExecutor.prestart_entry``): it imports this module only, not the driver's,
-so the launcher starts ~60 ms sooner and imports the slices' runtime while the CLI loads its
+so the launcher starts ~55 ms sooner and imports the slices' runtime while the CLI loads its
 config. The first executor built takes the launcher over (``take``) and sends it the rest of
 its arguments; one nobody takes over ends with the command (the end of its input).
 """
