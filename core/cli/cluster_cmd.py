@@ -217,7 +217,7 @@ def agent_command(
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
     from runink.core.agent.slice_lines import slice_lines
     from runink.core.cli.run_cmd import load_pipeline
-    from runink.core.control.records import Amount
+    from runink.core.control.records import Amount, RecordError
     from runink.core.drivers import auto_executor, configured_driver
     from runink.core.metrics import register_gauges
     from runink.core.server.tls import TlsFiles
@@ -243,11 +243,16 @@ def agent_command(
             raise typer.BadParameter(f"{item!r}: expected k=v", param_hint="--labels")
         label_map[key] = value
     inventory = find_gpus(gpu_device_dir).limited_to(gpus)
-    capacity = Amount(
-        cpu=cpus if cpus is not None else float(os.cpu_count() or 1),
-        memory=parse_memory(memory) if memory else _memory_total(),
-        gpu=len(inventory.gpus),
-    )
+    try:
+        memory_bytes = parse_memory(memory) if memory else _memory_total()
+    except ValueError as exc:
+        raise RuninkError(f"--memory: {exc}") from None
+    try:  # (checked here: a capacity the servers would refuse is an error of this command's options)
+        cpu = cpus if cpus is not None else float(os.cpu_count() or 1)
+        capacity = Amount.model_validate({"cpu": cpu, "memory": memory_bytes, "gpu": len(inventory.gpus)})
+    except RecordError as exc:
+        option = {"cpu": "--cpus", "memory": "--memory", "gpu": "--gpus"}.get(str(exc.loc[0]) if exc.loc else "", "")
+        raise RuninkError(f"{option or 'capacity'}: {exc.msg}") from None
     if config.executor.driver == "auto":
         executor, config, note = auto_executor(config, manager)
         if executor is None:
