@@ -418,3 +418,54 @@ def test_the_sweep_after_a_launcher_died_finds_nothing_under_a_removed_cgroup_pa
 
     monkeypatch.setattr(Path, "glob", vanished)
     assert _matching(tmp_path, "sandbox-7-*") == []
+
+
+def test_what_a_killed_launcher_left_in_its_process_group_is_killed_before_it_is_reaped() -> None:
+    """A launcher SIGKILLed while it builds a sandbox leaves the child it forked for it (the
+    id-mapping namespace's holder pauses until the launcher kills it) holding copies of its
+    descriptors: the warm sandboxes waiting on their sockets never saw their end (found as
+    leftover processes after test_a_slice_outlives_its_launcher). ``_end_its_group`` kills
+    that group; a child with a session of its own (a sandbox, a running slice) is left alone."""
+    import signal
+    import sys
+    import time
+
+    from runink.plugins.executors.linux import prestart
+    from runink.plugins.executors.linux.executor import _end_its_group
+
+    code = (
+        "import os, sys, time\n"
+        "stay = os.fork()\n"
+        "if stay == 0:\n"  # in the group, holding this process's stdout (the launcher's pipe)
+        "    time.sleep(60); os._exit(0)\n"
+        "alone = os.fork()\n"
+        "if alone == 0:\n"  # a session of its own, as a sandbox: not the group's to end
+        "    os.setsid(); os.close(1); time.sleep(60); os._exit(0)\n"
+        "print(stay, alone, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    launcher = prestart.launcher_popen([sys.executable, "-c", code])  # (its own process group, as a launcher's)
+    assert launcher.stdout is not None
+    stay, alone = (int(pid) for pid in launcher.stdout.readline().split())
+    try:
+        launcher.send_signal(signal.SIGKILL)
+        _end_its_group(launcher)
+        deadline = time.monotonic() + 10  # (it sleeps for 60 s unless killed)
+        while _running(stay):
+            assert time.monotonic() < deadline, "the child left in the launcher's group lives on"
+            time.sleep(0.05)
+        assert launcher.stdout.read() == ""  # the pipe's other copy went with it
+        assert _running(alone)  # (the one in a session of its own lives on)
+        assert launcher.wait(10) == -signal.SIGKILL
+    finally:
+        for pid in (stay, alone):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps orphans here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -146,6 +146,26 @@ def _adopt_prestarted(arguments: list[str]) -> subprocess.Popen[str] | None:
     return None
 
 
+def _end_its_group(launcher: subprocess.Popen[str]) -> None:
+    """Once ``launcher`` has exited, kill what is left in its process group: the children it
+    forked that have no session of their own yet. A launcher killed while it was building a
+    sandbox (SIGKILL, the OOM killer) leaves them: the holder of an id-mapping namespace
+    (grants.py, paused until the launcher kills it) or a payload still setting itself up. They
+    hold copies of the launcher's descriptors, the warm sandboxes' sockets among them, so those
+    sandboxes would wait for a request forever. Running slices and warm sandboxes are in
+    sessions of their own: not touched. The group is killed before the launcher is reaped, so
+    its id (the launcher's pid) cannot be another process's meanwhile."""
+    if launcher.returncode is not None:  # reaped already: its pid may be another's by now
+        return
+    try:
+        os.waitid(os.P_PID, launcher.pid, os.WEXITED | os.WNOWAIT)  # (exited, not reaped)
+    except ChildProcessError:  # (reaped by another thread meanwhile)
+        return
+    if launcher.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
 LAUNCHER_EXIT_WAIT = 10.0  # seconds close() waits for each launcher to exit
 LAUNCHER_GONE_GRACE = 1.0  # a launcher found dead: how long its last answers may take to be read
 ORPHAN_SWEEP_SECONDS = 2.0  # after a launcher died: how long its warm sandboxes' cgroups are swept
@@ -530,6 +550,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             orphans = [t for t in self._tasks.values() if not t.done.is_set() and t.launcher is launcher]
         for task in orphans:
             threading.Thread(target=self._poll_recovered, args=(task,), daemon=True).start()
+        _end_its_group(launcher)
         if launcher.wait() != 0 and self.cgroups is not None:  # it could not remove its warm sandboxes' cgroups
             # A sandbox being built when the launcher died creates its cgroup itself, possibly
             # after this first looks: look again for a while.
