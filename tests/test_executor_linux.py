@@ -438,9 +438,11 @@ def test_what_a_killed_launcher_left_in_its_process_group_is_killed_before_it_is
         "stay = os.fork()\n"
         "if stay == 0:\n"  # in the group, holding this process's stdout (the launcher's pipe)
         "    time.sleep(60); os._exit(0)\n"
+        "ready, done = os.pipe()\n"
         "alone = os.fork()\n"
         "if alone == 0:\n"  # a session of its own, as a sandbox: not the group's to end
-        "    os.setsid(); os.close(1); time.sleep(60); os._exit(0)\n"
+        "    os.setsid(); os.close(1); os.write(done, b'x'); time.sleep(60); os._exit(0)\n"
+        "os.read(ready, 1)\n"  # (in its session before the launcher is killed)
         "print(stay, alone, flush=True)\n"
         "time.sleep(60)\n"
     )
