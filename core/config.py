@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, field
 
+from runink.core import structs
 from runink.core.errors import ConfigError
 from runink.core.units import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
 
@@ -145,8 +146,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _dict_of_sections(kind: Any) -> type[Section] | None:
     """The section of a ``dict[str, SECTION]`` field's type, else None."""
-    value = typing.get_args(kind)[1] if typing.get_origin(kind) is dict else None
-    return value if isinstance(value, type) and issubclass(value, Section) else None
+    return typing.cast(type[Section] | None, structs.table_of(kind, Section))
 
 
 def _checked(section: type[Section], where: str, table: Any) -> Section:
@@ -456,15 +456,11 @@ class RuninkConfig(Section):
         return "default"
 
 
-_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
-
-
 def _below(prefix: str, message: str) -> str:
     """msgspec's ``message - at `$.path``` with ``prefix`` put before the path."""
-    match = _AT.match(message)
-    if not match:
-        return f"{message} - at `$.{prefix}`"
-    return f"{match['message']} - at `$.{prefix}{match['path']}`"
+    match = structs.AT.match(message)
+    assert match is not None  # (the pattern matches any text)
+    return f"{match['message']} - at `$.{prefix}{match['path'] or ''}`"
 
 
 def default_config_path(cwd: Path | None = None) -> Path | None:
@@ -655,16 +651,12 @@ def _expects_list(dotted: str) -> bool:
     return list in origins
 
 
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
-
-
 def _describe_validation_error(exc: msgspec.ValidationError, sources: dict[str, str]) -> str:
     """``SOURCE: key: what is wrong`` from msgspec's ``what is wrong - at `$.key```."""
-    match = _AT.match(str(exc))
-    message, path = (match["message"], match["path"]) if match else (str(exc), "")
-    loc = [part for part in re.split(r"\.|\[[^\]]*\]", path) if part]  # (list indexes and dict keys dropped)
-    if unknown := _UNKNOWN_FIELD.match(message):
-        loc.append(unknown["name"])
+    message, where = structs.split(exc)
+    loc = [part for part in where if isinstance(part, str)]  # (list indexes and dict keys dropped)
+    if (named := structs.field_named(message)) is not None and named[1]:  # (unknown, not missing)
+        loc.append(named[0])
         message = "unknown key"
     elif (section := _section_at(loc)) and (name := message.split(": ", 1)[0]) in section.field_types():
         loc.append(name)  # a section's own check of that field (InvalidField)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import functools
 import math
-import re
 import secrets
 import time
 import typing
@@ -29,6 +28,7 @@ from typing import Annotated, Any, Literal, Self
 import msgspec
 from msgspec import Meta, field
 
+from runink.core import structs
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import Resources
 from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name
@@ -108,22 +108,13 @@ class RecordError(ValueError):
         return [{"type": "value_error", "loc": self.loc, "msg": self.msg, "input": None}]
 
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
-_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`$")
-
-
 def _record_error(exc: msgspec.ValidationError) -> RecordError:
     """msgspec's one-line error (``Expected `int` >= 1 - at `$.resources.cpu```) as a RecordError."""
-    found = _AT.match(str(exc))
-    assert found is not None  # (the pattern matches any text)
-    msg, loc = found["msg"], []
-    for name, index in _PATH_PART.findall(found["path"] or ""):
-        loc.append(name if name else ("..." if index == "..." else int(index)))
-    named = _FIELD_NAMED.match(msg)
-    if named:  # the field is part of where, as for any other problem
-        loc.append(named["name"])
-        msg = "required" if "missing" in msg else "not a known field"
+    msg, where = structs.split(exc)
+    loc: list[str | int] = ["..." if part is None else part for part in where]
+    if (named := structs.field_named(msg)) is not None:  # the field is part of where, as for any other problem
+        loc.append(named[0])
+        msg = "not a known field" if named[1] else "required"
     return RecordError(tuple(loc), msg)
 
 
@@ -138,16 +129,8 @@ def _finite(record: msgspec.Struct, *names: str) -> None:
 @functools.cache
 def _record_tables(model: type[Record]) -> list[tuple[str, type[Record]]]:
     """The fields of ``model`` that map names to records (``dict[str, RECORD]``), with that record."""
-    found = []
-    for info in msgspec.structs.fields(model):
-        kind = info.type
-        while typing.get_origin(kind) is Annotated:
-            kind = typing.get_args(kind)[0]
-        if typing.get_origin(kind) is dict:
-            value = typing.get_args(kind)[1]
-            if isinstance(value, type) and issubclass(value, Record):
-                found.append((info.name, value))
-    return found
+    tables = ((info.name, structs.table_of(info.type, Record)) for info in msgspec.structs.fields(model))
+    return [(name, typing.cast(type[Record], value)) for name, value in tables if value is not None]
 
 
 def _entry(model: type[Record], where: tuple[str, str], value: Any) -> Any:
@@ -360,10 +343,12 @@ SecretNames = Annotated[
 ]
 
 
-def _no_repeats(names: list[str], what: str) -> None:
+def no_repeats(names: list[str], what: str) -> list[str]:
+    """``names``, or ValueError naming the first one given twice (secrets, GPU ids)."""
     if len(set(names)) != len(names):
         name = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"{what} {name!r} named twice")
+    return names
 
 
 class NodeRecord(Record, kw_only=True):
@@ -388,7 +373,7 @@ class NodeRecord(Record, kw_only=True):
 
     def __post_init__(self) -> None:
         check_name(self.id, "node")
-        _no_repeats(self.gpus, "gpu")
+        no_repeats(self.gpus, "gpu")
         if self.gpus and len(self.gpus) != self.capacity.gpu:
             raise ValueError(f"gpus: {len(self.gpus)} listed but capacity.gpu is {self.capacity.gpu}")
 
@@ -490,7 +475,7 @@ class PipelineTask(Record, kw_only=True):
     secrets_env: bool = False  # ...as environment variables too, not only files
 
     def __post_init__(self) -> None:
-        _no_repeats(self.secrets, "secret")
+        no_repeats(self.secrets, "secret")
 
 
 class Near(Record, kw_only=True):
@@ -564,8 +549,8 @@ class TaskRecord(Record, kw_only=True):
         if self.command and self.scenario is not None:
             raise ValueError("a task runs a command or a scenario, not both")
         _finite(self, "timeout", "cpu_seconds", "run_seconds", "cost")
-        _no_repeats(self.secrets, "secret")
-        _no_repeats(self.gpus, "gpu")
+        no_repeats(self.secrets, "secret")
+        no_repeats(self.gpus, "gpu")
 
     def moved_to(self, state: RunState, reason: str = "", *, checked: bool = True, **changes: Any) -> TaskRecord:
         """A copy in ``state``, the transition recorded. Raises ValueError if the task may not

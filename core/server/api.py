@@ -50,6 +50,7 @@ from runink.core.control.records import (
     RecordError,
     RunState,
     TaskRecord,
+    no_repeats,
 )
 from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
@@ -137,17 +138,11 @@ class ResourcesIn(Body):
     pids: int = Field(default=0, ge=0, le=MAX_PIDS)
 
 
-def _no_repeated_secrets(names: list[str]) -> list[str]:
-    if len(set(names)) != len(names):
-        raise ValueError(f"secret {next(n for n in names if names.count(n) > 1)!r} named twice")
-    return names
-
-
 #: names of the herd's secrets a task receives: each a valid secret name, none twice (as TaskRecord's)
 SecretNamesIn = Annotated[
     list[Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME.pattern}$")]],
     Field(max_length=MAX_TASK_SECRETS),
-    AfterValidator(_no_repeated_secrets),
+    AfterValidator(lambda names: no_repeats(names, "secret")),
 ]
 
 
@@ -384,9 +379,14 @@ def pipeline_tasks_of(given: list[dict[str, Any]]) -> list[PipelineTask]:
         try:
             tasks.append(PipelineTask.model_validate(task))
         except RecordError as exc:
-            where = ("body", "tasks", index, *exc.loc)
-            raise RequestValidationError([{"type": "value_error", "loc": where, "msg": exc.msg}]) from None
+            raise _in_body(exc, "tasks", index) from None
     return tasks
+
+
+def _in_body(exc: RecordError, *where: str | int) -> RequestValidationError:
+    """A record's error in a request's body (``where``: the part of it the record was) as the
+    422 any other malformed body gets."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *where, *exc.loc), "msg": exc.msg}])
 
 
 def validation_detail(errors: Sequence[Any]) -> str:
@@ -634,7 +634,7 @@ def create_app(
                 {"kind": body.kind, "subject": body.subject, "role": body.role, "herd": herd, "by": identity.subject}
             )
         except RecordError as exc:
-            raise RequestValidationError([{"type": "value_error", "loc": ("body", *exc.loc), "msg": exc.msg}]) from None
+            raise _in_body(exc) from None
         bind_role(store, binding)
         auth.forget_bindings(herd)
         return binding.model_dump(mode="json")
@@ -801,9 +801,7 @@ def create_app(
                     }
                 )
             except RecordError as exc:
-                raise RequestValidationError(
-                    [{"type": "value_error", "loc": ("body", *exc.loc), "msg": exc.msg}]
-                ) from None
+                raise _in_body(exc) from None
             stored: list[int] = []
             job = lifecycle.submit_command(
                 body.herd,

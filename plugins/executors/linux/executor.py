@@ -297,7 +297,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         self.degrade = bool(degrade)
         self.timeout_grace = float(timeout_grace)
         self.pool = int(pool)
-        self.preload = [*DEFAULT_PRELOAD, *_storage_modules(), *preload]
+        self.preload = [*_prestart_preload(), *preload]
         self.readable = [str(p) for p in readable]
         self.log_max_bytes = int(log_max_bytes)
         # False (the embedded runner): running slices end when this executor closes or its
