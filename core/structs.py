@@ -44,3 +44,28 @@ def table_of(kind: Any, base: type) -> type | None:
         kind = typing.get_args(kind)[0]
     value = typing.get_args(kind)[1] if typing.get_origin(kind) is dict else None
     return value if isinstance(value, type) and issubclass(value, base) else None
+
+
+def json_schema(kind: type) -> dict[str, Any]:
+    """``kind``'s JSON Schema with its nested Structs written in place (no ``$ref``), for a
+    document that has no ``$defs`` of its own (FastAPI's OpenAPI). A pattern's ``\\Z`` (the
+    end of the text in Python's ``re``; ``$`` also matches before a final line break) is
+    written ``$``, which means the end in the ECMA dialect OpenAPI uses."""
+    found = msgspec.json.schema(kind)
+    defs = found.pop("$defs", {})
+
+    def resolved(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolved(defs[ref.removeprefix("#/$defs/")])
+            return {k: _ecma(v) if k == "pattern" else resolved(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolved(item) for item in node]
+        return node
+
+    return resolved(found)
+
+
+def _ecma(pattern: Any) -> Any:
+    return pattern[:-2] + "$" if isinstance(pattern, str) and pattern.endswith("\\Z") else pattern

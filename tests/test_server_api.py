@@ -3,6 +3,7 @@ as the client, and the real scheduler between calls for --explain."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -318,6 +319,20 @@ def test_openapi_lists_the_v1_paths(cluster: Cluster) -> None:
         "/v1/nodes/{node_id}/drain",
     } <= set(document["paths"])
     assert cluster.client.get("/docs").status_code == 200
+
+
+def test_openapi_describes_a_pipeline_task(cluster: Cluster) -> None:
+    # the tasks are checked as records (msgspec), not by FastAPI: their schema is written in
+    document = cluster.client.get("/openapi.json").json()
+    tasks = document["components"]["schemas"]["PipelineIn"]["properties"]["tasks"]
+    task = tasks["items"]
+    assert task["required"] == ["scenario"] and task["additionalProperties"] is False
+    assert {"scenario", "after", "resources", "timeout", "retries", "local_input", "secrets"} <= set(task["properties"])
+    assert task["properties"]["resources"]["properties"]["memory"]["type"] == "integer"  # nested, in place
+    assert "$ref" not in json.dumps(tasks) and "$defs" not in json.dumps(document)
+    # Python's end of text (\Z) is written as the end OpenAPI's regex dialect knows
+    secret = task["properties"]["secrets"]["items"]["pattern"]
+    assert secret.endswith("$") and "\\Z" not in secret
 
 
 def test_conflict_is_503_with_retry_after_and_a_fault_is_one_line(cluster: Cluster) -> None:

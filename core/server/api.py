@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runink.core import logs, metrics
+from runink.core import logs, metrics, structs
 from runink.core.config import CostConfig
 from runink.core.control.admission import Admission, AdmissionRefused
 from runink.core.control.autoscale import ScalingPolicy
@@ -178,14 +178,14 @@ class PipelineIn(Body):
 
     herd: str = Field(pattern=NAME.pattern, max_length=63)
     pipeline: str = Field(min_length=2, max_length=4096, pattern=r"^/.*\.dsl$")
-    # each a PipelineTask (a record, not a pydantic model: checked by ``pipeline_tasks_of``)
+    # each a PipelineTask (a record, not a pydantic model: checked by ``pipeline_tasks_of``;
+    # its schema, msgspec's, is written into the OpenAPI document)
     tasks: list[dict[str, Any]] = Field(
         min_length=1,
         max_length=MAX_PIPELINE_TASKS,
-        description="The scenarios as tasks, in dependency order, each an object: scenario (required), "
-        "after, resources {cpu, memory, gpu, pids}, timeout, retries, backoff, node_labels, colocate_with, "
-        "local_input {scenario, path}, secrets, secrets_env; checked as the stored task is "
+        description="The scenarios as tasks, in dependency order; checked as the stored task is "
         "(a 422 names body.tasks.N.FIELD).",
+        json_schema_extra=lambda schema: schema.update(items=structs.json_schema(PipelineTask)),
     )
     priority: int = Field(default=0, ge=-1000, le=1000)
 
