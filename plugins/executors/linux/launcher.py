@@ -881,6 +881,12 @@ def preload(modules: list[str], *, guessed: bool = False) -> None:
     """Import the runtime slices share; refuse if that started a thread (forks must stay safe).
     ``guessed``: the list a prestart guessed (``--await-config``), imported as far as it can be:
     one that fails is left to the executor's own ``--preload`` that follows, which must import."""
+    # Arrow's allocator for the slices: jemalloc, not its default mimalloc. A slice's threads
+    # (reader, checks, steps, writers) each allocate; mimalloc kept ~80 MiB of freed pages
+    # resident per 1M-row run where ~15 MiB were in use (peak RSS 216-224 MiB against
+    # 166-172 with jemalloc, the same time: bench/README.md). One named in runink's own
+    # environment is kept (prestart.launcher_popen passes it on).
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     # Both read at load time: pyarrow's jemalloc would start a background thread, and
     # OpenBLAS (loaded with numpy) a pool of them. A slice can raise the BLAS threads again
     # (threadpoolctl); the forked slices keep jemalloc without its background thread.
@@ -892,6 +898,8 @@ def preload(modules: list[str], *, guessed: bool = False) -> None:
         except ImportError:
             if not guessed:
                 raise
+    if "pyarrow" in sys.modules:  # chosen now, from this environment (a slice's is its request's)
+        sys.modules["pyarrow"].default_memory_pool()
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         raise SystemExit(

@@ -15,6 +15,9 @@ import sys
 import threading
 
 LAUNCHER_MODULE = "runink.plugins.executors.linux.launcher"
+#: the variables of this process's environment a launcher gets (nothing else of it: the slices'
+#: environments are their requests'): Arrow's allocator, read when the launcher imports pyarrow
+PASSED_ON = ("ARROW_DEFAULT_MEMORY_POOL",)
 
 #: the launcher ``start`` started, until an executor takes it over
 _started: subprocess.Popen[str] | None = None
@@ -31,7 +34,7 @@ def launcher_popen(command: list[str]) -> subprocess.Popen[str]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={"PATH": os.defpath},
+        env={"PATH": os.defpath, **{k: os.environ[k] for k in PASSED_ON if k in os.environ}},
         process_group=0,
     )
 
