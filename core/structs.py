@@ -64,7 +64,8 @@ def json_schema(kind: type) -> dict[str, Any]:
             return [resolved(item) for item in node]
         return node
 
-    return resolved(found)
+    inlined: dict[str, Any] = resolved(found)
+    return inlined
 
 
 def _ecma(pattern: Any) -> Any:

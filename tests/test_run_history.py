@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from fixture_types import CliRunner
 
-from runink.core.history import PRUNED_STAMP, RECORD, RunHistory
+from runink.core import history as history_module
+from runink.core.history import INDEX, PRUNED_STAMP, RECORD, RunHistory
 from runink.core.processes import process_start
 
 LINE = "x" * 99 + "\n"  # 100 bytes
@@ -223,6 +224,74 @@ def test_prune_by_age_then_oldest_first_by_size_keeping_the_running_one(tmp_path
     assert not old.exists() and not mid.exists() and new.exists() and live.exists()
     assert [k.run_id for k in history.all()] == [live.name, new.name]  # oldest first
     assert not [p for p in runs.iterdir() if p.name.startswith(".pruned-")]
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loaded: list[str] = []
+    real = history_module._load
+
+    def counted(runs: Path, name: str) -> history_module.KeptRun | None:
+        loaded.append(name)
+        return real(runs, name)
+
+    monkeypatch.setattr(history_module, "_load", counted)
+    return loaded
+
+
+def test_a_prune_reads_only_the_records_of_runs_it_has_not_seen_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every `runink run` prunes (once a minute): with thousands of kept runs, reading every
+    record each time cost ~60 us a run. Ended runs go into an index; the next prune reads
+    only the new ones' records, and those of the runs it removes."""
+    data = tmp_path / "data"
+    runs = data / "runs"
+    now = time.time()
+    for day in range(1, 6):
+        kept_run(runs, f"202601{day:02d}-000000-aaaaaa", now - day * 86400, 100)
+    loaded = _counting_loads(monkeypatch)
+    assert RunHistory(data).prune(older_than=30 * 86400, max_bytes=None) == []
+    assert len(loaded) == 5 and (runs / INDEX).is_file()
+    newer = kept_run(runs, "20260110-000000-bbbbbb", now - 3600, 100)
+    old = kept_run(runs, "20251101-000000-cccccc", now - 40 * 86400, 100)
+    loaded.clear()
+    removed = RunHistory(data).prune(older_than=30 * 86400, max_bytes=None)
+    assert [k.run_id for k, _, _ in removed] == [old.name]
+    assert sorted(loaded) == sorted([newer.name, old.name])
+    loaded.clear()
+    # by size, oldest first: the indexed runs' sizes are the index's, their records read only to go
+    size = history_module.folder_size(newer)  # (each run's, the same)
+    removed = RunHistory(data).prune(older_than=None, max_bytes=4 * size)  # 6 kept: the 2 oldest go
+    assert [k.run_id for k, _, _ in removed] == ["20260105-000000-aaaaaa", "20260104-000000-aaaaaa"]
+    assert sorted(loaded) == ["20260104-000000-aaaaaa", "20260105-000000-aaaaaa"]
+    index = json.loads((runs / INDEX).read_text())
+    assert sorted(index) == sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
+    assert RunHistory(data).find(f"job-{newer.name[-6:]}").run_id == newer.name  # found through the index
+
+
+def test_an_index_that_lies_or_breaks_changes_nothing_a_prune_decides(tmp_path: Path) -> None:
+    """The index is a cache: an entry is a hint, the record decides; a broken one is ignored."""
+    data = tmp_path / "data"
+    runs = data / "runs"
+    now = time.time()
+    live = kept_run(runs, "20260302-000000-dddddd", now - 3600, 100, state="RUNNING")
+    record = json.loads((live / RECORD).read_text())
+    record.update(pid=os.getpid(), pid_start=process_start(os.getpid()), ended=False)
+    (live / RECORD).write_text(json.dumps(record))
+    done = kept_run(runs, "20260301-000000-cccccc", now - 7200, 100)
+    # the running run said to be ended and old: its record says it runs, so it stays
+    (runs / INDEX).write_text(json.dumps({live.name: [now - 90 * 86400, 100, "job-dddddd"]}))
+    assert RunHistory(data).prune(older_than=30 * 86400, max_bytes=None) == []
+    assert live.exists()
+    for broken in ("{not json", "[]", json.dumps({live.name: ["x", -1, 3], "../etc": [0, 0, None]})):
+        (runs / INDEX).write_text(broken)
+        assert RunHistory(data).prune(older_than=30 * 86400, max_bytes=None) == []
+        assert live.exists() and done.exists()
+    (runs / INDEX).unlink()
+    (runs / INDEX).symlink_to(tmp_path / "elsewhere.json")  # a link is not read, nor written through
+    (tmp_path / "elsewhere.json").write_text(json.dumps({done.name: [now - 90 * 86400, 1, None]}))
+    assert RunHistory(data).prune(older_than=30 * 86400, max_bytes=None) == []
+    assert done.exists() and json.loads((tmp_path / "elsewhere.json").read_text())[done.name][1] == 1
 
 
 def test_prune_removes_a_planted_link_and_never_what_it_points_to(tmp_path: Path) -> None:
