@@ -378,6 +378,40 @@ def test_a_prestarted_launcher_is_taken_over_by_the_first_executor_and_only_by_i
     assert prestarted.wait(10) is not None  # (ended with its executor)
 
 
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_caller_that_says_how_many_slices_come_gets_no_more_warm_sandboxes(tmp_path: Path) -> None:
+    """`runink run` tells its executor how many slices it will start (its scenarios): after
+    the last one no warm sandbox is built (each costs a fork, cgroup and teardown beside the
+    running slice); without the hint the pool is refilled, as an agent wants."""
+    import sys
+    import time
+
+    told = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+    untold = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}")
+
+    def warm(executor: LinuxExecutor) -> list[Path]:
+        assert executor.cgroups is not None
+        launcher = executor._launchers["python"]
+        return [d for p in executor.cgroups.parents().values() for d in p.glob(f"sandbox-{launcher.pid}-*")]
+
+    try:
+        for executor, starts in ((told, 1), (untold, None)):
+            executor.prepare(starts)
+            spec = _spec(tmp_path, sys.executable, "-c", "print('ok')")
+            executor.start(spec)
+            result = executor.wait(spec.id, 30)
+            assert result is not None and result.exit_code == 0, executor.read_log(spec.id, "stderr")
+            executor.destroy(spec.id)  # (its cgroup goes)
+        deadline = time.monotonic() + 10
+        while len({d.name for d in warm(untold)}) < 2:  # refilled: pool 2
+            assert time.monotonic() < deadline, "the executor without a hint kept no warm sandboxes"
+            time.sleep(0.05)
+        assert warm(told) == []  # (it had all that time to build one)
+    finally:
+        close_linux(told)
+        close_linux(untold)
+
+
 def _has_jemalloc() -> bool:
     import pyarrow as pa
 

@@ -86,8 +86,8 @@ class MeteredExecutor(Executor):
         with self._lock:
             self._herds.pop(task_id, None)
 
-    def prepare(self) -> None:
-        self.inner.prepare()
+    def prepare(self, starts: int | None = None) -> None:
+        self.inner.prepare(starts)
 
     def close(self) -> None:
         self.unregister()

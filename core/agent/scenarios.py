@@ -662,8 +662,8 @@ class ScenarioAttempts(Executor):
     def handle(self, task_id: str) -> TaskHandle:
         return self.inner.handle(task_id)
 
-    def prepare(self) -> None:
-        self.inner.prepare()
+    def prepare(self, starts: int | None = None) -> None:
+        self.inner.prepare(starts)
 
     def close(self) -> None:
         self.inner.close()

@@ -196,7 +196,7 @@ def run_command(
     from runink.core.drivers import pipeline_executor
 
     executor = pipeline_executor(config, compiled.limits_asked(), manager)
-    executor.prepare()  # (its helper starts while the runner is imported and set up)
+    executor.prepare(len(compiled.scenarios))  # (its helper starts while the runner is set up)
     from runink.core.cli import prestart
 
     prestart.remember(state, executor)  # (the next run with this config starts it sooner)

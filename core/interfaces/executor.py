@@ -264,10 +264,14 @@ class Executor(ABC):
         """
         return None
 
-    def prepare(self) -> None:
+    def prepare(self, starts: int | None = None) -> None:
         """Begin, without waiting, what the first ``start`` would otherwise wait for (a helper
         process's start), so it overlaps the caller's own setup. Optional: ``start`` works
         without it, and it never raises for what ``start`` would refuse (``start`` says so).
+
+        ``starts``: how many tasks the caller expects to start in all, if it knows (``runink
+        run``: one per scenario; None from an agent): a hint, so a driver keeps no more ready
+        than will be used (linux: warm sandboxes). A start past it still works, if slower.
 
         Called by ``runink run`` as soon as its executor is chosen. Default: nothing.
         """

@@ -322,6 +322,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         self.network_refusal: str | None = None if slirp4netns_path() else network_refusal()
         self.cgroups = CgroupManager(detect(), parent_name=cgroup_parent) if "cgroups" not in self._problems else None
         self._launchers: dict[str, subprocess.Popen[str]] = {}
+        self._expected_starts: int | None = None  # (prepare's hint)
 
         self._pending: dict[str, _Pending] = {}
 
@@ -418,9 +419,12 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         """``prestart`` without importing this module: prestart.py's ``start`` (see it)."""
         return f"{head_start.__name__}:{head_start.start.__name__}", _prestart_preload()
 
-    def prepare(self) -> None:
+    def prepare(self, starts: int | None = None) -> None:
         """Start the runtime-preloaded launcher now (~0.3-0.4 s of imports), not at the first
-        slice: ``runink run`` goes on with its setup meanwhile. Nothing where start() refuses."""
+        slice: ``runink run`` goes on with its setup meanwhile. Nothing where start() refuses.
+        ``starts`` (the slices to come, when known): it keeps no more sandboxes warm than that."""
+        if starts is not None:
+            self._expected_starts = max(0, int(starts))
         if (self._problems and not self.degrade) or self.cgroups is None:
             return
         with self._lock:
@@ -433,6 +437,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             command = [sys.executable, "-m", head_start.LAUNCHER_MODULE, "--pool", str(self.pool)]
             if kind == "python":
                 command += ["--preload", ",".join(self.preload)]
+                if self._expected_starts is not None:
+                    command += ["--expect", str(self._expected_starts)]
             for path in self.readable:
                 command += ["--readable", path]
             if self.slices_outlive_executor:

@@ -189,8 +189,14 @@ class Launcher:
         *,
         native_init: bool = True,
         slices_outlive: bool = False,
+        expected: int | None = None,
     ) -> None:
         self.pool_size = pool_size
+        # How many slices the executor's caller said it would start in all (`runink run`: its
+        # scenarios), None: unknown (an agent). No more sandboxes are kept warm than are still
+        # to come: each costs a fork and its teardown, on two cores beside the slice that runs.
+        self.expected = expected
+        self.requested = 0  # launch requests seen
         self.cgroups = cgroups
         self.built = 0
         # Warm cgroups get the limits of the last request: slices of a pipeline mostly ask for
@@ -552,14 +558,16 @@ class Launcher:
         kind is ready (build at once), or None if it lacks none.
 
         ``pool_size`` warm sandboxes without the network are kept, and one with it once a slice
-        asked for the network (``network_asked``); at most MAX_BUILDING are built at once;
+        asked for the network (``network_asked``), but no more than the slices still expected
+        (``expected``, when known); at most MAX_BUILDING are built at once;
         after 3 failed builds in a row the pool stops refilling (requests then build their own
         and report the error).
         """
         if self.failures >= 3 or len(self.building()) >= MAX_BUILDING:
             return None
-        with_network = min(self.pool_size, 1) if self.slirp is not None and self.network_asked else 0
-        for network, size in ((False, self.pool_size), (True, with_network)):
+        kept = self.pool_size if self.expected is None else min(self.pool_size, self.expected - self.requested)
+        with_network = min(kept, 1) if self.slirp is not None and self.network_asked else 0
+        for network, size in ((False, kept), (True, with_network)):
             kind = [s for s in self.pool if s.network == network]
             if len(kind) < size:
                 return network, not any(s.ready for s in kind)
@@ -696,6 +704,7 @@ class Launcher:
             self.emit(Failed(exc.message_id, f"bad launch request: {exc}"))
             return
         self.network_asked = self.network_asked or request.network
+        self.requested += 1
         self.pending.append((request, time.monotonic()))
         self.launch_pending()
 
@@ -938,6 +947,12 @@ def _read_config_line(fd: int) -> tuple[list[str] | None, bytes]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runink.plugins.executors.linux.launcher")
     parser.add_argument("--pool", type=int, default=2, help="warm sandboxes kept ready (per network mode)")
+    parser.add_argument(
+        "--expect",
+        type=int,
+        default=None,
+        help="the slices to be asked for in all, if known: no more sandboxes are kept warm than are still to come",
+    )
     parser.add_argument("--preload", default="", help="comma-separated modules to import once, for every slice")
     parser.add_argument("--readable", action="append", default=[], help="an extra host path every slice sees")
     parser.add_argument(
@@ -1001,6 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
             cgroups,
             native_init=native,
             slices_outlive=args.slices_outlive,
+            expected=None if args.expect is None else max(0, args.expect),
         )
         launcher.serve(sys.stdin.buffer, early)
     finally:
