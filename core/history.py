@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from runink.core.processes import process_start
+from runink.core.units import NAME as HERD
 
 log = logging.getLogger(__name__)
 
 RUNS = "runs"
 RECORD = "run.json"
 PRUNED_STAMP = ".pruned"  # its time: when runs were last pruned after a run
+PRUNING = ".pruned-"  # a run renamed aside to be removed: .pruned-<run id>-<pid>
 # Ended runs as a prune found them, {run id: [started, bytes, job id]}: the next prune reads
 # this instead of every record it keeps (~60 us a run: 1,400 runs took ~85 ms, every minute,
 # at the end of a `runink run`), and a job id is found without reading every record. A cache:
@@ -50,6 +54,7 @@ READ_BYTES = 256 * 1024
 RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,199}$")
 LOG_DIR = re.compile(r"^[a-z0-9-]{1,40}/attempt-[0-9]{1,9}$")  # as core/agent/scenarios.py names them
+ATTEMPT = re.compile(r"^[0-9]{1,9}$")
 STREAMS = ("stdout", "stderr")
 FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED", "SKIPPED"}
 #: seconds a run's folder without a record is left alone (a run starting writes one at once)
@@ -174,6 +179,8 @@ class KeptRun:
     record: dict[str, Any] | None
     mtime: float
     problem: str | None = None  # why the record could not be read
+    # (pid, its start) of a record that is JSON but failed the checks: whether it still runs
+    process: tuple[int, Any] | None = None
     _alive: bool | None = field(default=None, repr=False)
 
     @property
@@ -193,14 +200,15 @@ class KeptRun:
         """Whether the process running it is still there (the same process: its start time
         is checked, not only its pid)."""
         if self._alive is None:
-            record = self.record or {}
-            pid, start = record.get("pid"), record.get("pid_start")
+            if self.record is not None:
+                record = self.record
+                pid, start = record.get("pid"), record.get("pid_start")
+                ended = bool(record.get("ended"))
+            else:  # unreadable: still running if the process it names is (never removed then)
+                pid, start = self.process or (None, None)
+                ended = False
             self._alive = (
-                not record.get("ended")
-                and type(pid) is int
-                and pid > 0
-                and start is not None
-                and process_start(pid) == start
+                not ended and type(pid) is int and pid > 0 and start is not None and process_start(pid) == start
             )
         return bool(self._alive)
 
@@ -291,12 +299,24 @@ def _load(runs: Path, name: str) -> KeptRun | None:
             data = _read_bounded(fd, MAX_RECORD)
         if len(data) > MAX_RECORD:
             raise ValueError(f"larger than {MAX_RECORD} bytes")
-        kept.record = _checked(json.loads(data), name)
+        parsed = json.loads(data)
+        kept.record = _checked(parsed, name)
     except FileNotFoundError:
         kept.problem = "it left no record"
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except RecursionError:  # (nested past the interpreter's depth: not a record this module wrote)
+        kept.problem = "its record cannot be read: nested too deeply"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         kept.problem = f"its record cannot be read: {exc}"
+        kept.process = _process_of(parsed) if "parsed" in locals() else None
     return kept
+
+
+def _process_of(parsed: Any) -> tuple[int, Any] | None:
+    """The process a record that failed its checks names, if it names one."""
+    if not isinstance(parsed, dict):
+        return None
+    pid, start = parsed.get("pid"), parsed.get("pid_start")
+    return (pid, start) if type(pid) is int and pid > 0 and isinstance(start, int | float | str) else None
 
 
 def _checked(record: Any, run_id: str) -> dict[str, Any]:
@@ -306,7 +326,7 @@ def _checked(record: Any, run_id: str) -> dict[str, Any]:
     answer = record["answer"]
     job = answer["job"]
     _str(job["id"], "job id", ID)
-    _str(job["herd"], "herd", ID)
+    _str(job["herd"], "herd", HERD)
     _str(job["state"], "job state")
     if not isinstance(job["tasks"], list) or not job["tasks"] or not isinstance(answer["tasks"], list):
         raise ValueError("a job without tasks")
@@ -314,12 +334,42 @@ def _checked(record: Any, run_id: str) -> dict[str, Any]:
         _str(task["id"], "task id", ID)
         if type(task["attempt"]) is not int:
             raise ValueError("task attempt: not a number")
-    if not isinstance(record.get("logs", {}), dict) or not isinstance(record.get("datasets", []), list):
-        raise ValueError("logs or datasets: not what a run's record holds")
+    logs = record.get("logs", {})
+    if not isinstance(logs, dict):
+        raise ValueError("logs: not what a run's record holds")
+    for task_id, attempts in logs.items():
+        _str(task_id, "a log's task", ID)
+        if not isinstance(attempts, dict):
+            raise ValueError("logs: not what a run's record holds")
+        for number, folder in attempts.items():
+            _str(number, "a log's attempt", ATTEMPT)
+            _str(folder, "an attempt's folder", LOG_DIR)
+    datasets = record.get("datasets", [])
+    if not isinstance(datasets, list) or not all(_is_dataset(item) for item in datasets):
+        raise ValueError("datasets: not what a run's record holds")
     for number in ("started", "updated"):
-        if not isinstance(record.get(number), int | float):
+        value = record.get(number)
+        if not (isinstance(value, int | float) and type(value) is not bool and math.isfinite(value)):
             raise ValueError(f"{number}: not a number")
     return record
+
+
+def _is_dataset(item: Any) -> bool:
+    """One scenario's entry as runner._datasets writes it (what `runink status` shows)."""
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("scenario"), str)
+        and all(
+            isinstance(item.get(kind), list)
+            and all(
+                isinstance(uri, dict)
+                and isinstance(uri.get("uri"), str)
+                and (uri.get("rows") is None or type(uri.get("rows")) is int)
+                for uri in item[kind]
+            )
+            for kind in ("read", "wrote")
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -359,8 +409,10 @@ class RunHistory:
         for name, settled in index.items():  # an ended run, by the index; its record says for sure
             if settled.job == ident and (kept := _load(self.runs, name)) is not None and kept.job_id == ident:
                 return kept
-        unsettled = (kept for name in self._names() if name not in index and (kept := _load(self.runs, name)))
-        return next((kept for kept in unsettled if kept.job_id == ident), None)
+        # the others first (newer, not indexed yet), then the indexed ones too: an index is a hint
+        names = sorted(self._names(), key=lambda name: name in index)
+        found = (kept for name in names if (kept := _load(self.runs, name)) is not None)
+        return next((kept for kept in found if kept.job_id == ident), None)
 
     def _read_index(self) -> dict[str, Settled]:
         """The index's entries that are well formed (none if it cannot be read: it is a cache)."""
@@ -368,7 +420,7 @@ class RunHistory:
             with _opened(self.runs, (INDEX,)) as fd:
                 data = _read_bounded(fd, MAX_INDEX)
             entries = json.loads(data) if len(data) <= MAX_INDEX else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         if not isinstance(entries, dict):
             return {}
@@ -378,7 +430,8 @@ class RunHistory:
                 continue
             started, size, job = entry
             if (
-                isinstance(started, int | float)
+                type(started) in (int, float)
+                and math.isfinite(started)
                 and type(size) is int
                 and size >= 0
                 and (job is None or (isinstance(job, str) and ID.fullmatch(job)))
@@ -425,8 +478,25 @@ class RunHistory:
         """Remove ended runs started more than ``older_than`` seconds ago, then the oldest
         ended ones until the rest take at most ``max_bytes``. A running one and those in
         ``keep`` stay. Returns (run, bytes, why) of each removed (or, ``dry_run``, that would be)."""
+        try:
+            return self._prune(
+                self._read_index(), older_than=older_than, max_bytes=max_bytes, dry_run=dry_run, keep=keep, now=now
+            )
+        except _IndexWrong:  # (an entry its run's record contradicts: decided again from the records)
+            return self._prune({}, older_than=older_than, max_bytes=max_bytes, dry_run=dry_run, keep=keep, now=now)
+
+    def _prune(
+        self,
+        index: dict[str, Settled],
+        *,
+        older_than: float | None,
+        max_bytes: int | None,
+        dry_run: bool,
+        keep: tuple[str, ...],
+        now: float | None,
+    ) -> list[tuple[KeptRun, int, str]]:
         now = time.time() if now is None else now
-        index = self._read_index()
+        self._remove_leftovers()
         settled: dict[str, Settled] = {}
         runs: list[tuple[float, str, int, KeptRun | None]] = []  # (started, run id, bytes, the run if read)
         for name in self._names():
@@ -440,7 +510,7 @@ class RunHistory:
                 continue
             size = kept.size()
             if kept.record is not None and kept.ended:
-                settled[name] = Settled(kept.started, size, kept.job_id)
+                settled[name] = _settled(kept)
             runs.append((kept.started, name, size, kept))
         total = sum(size for _, _, size, _ in runs)
         chosen: list[tuple[KeptRun, int, str]] = []
@@ -458,9 +528,11 @@ class RunHistory:
             else:
                 continue
             kept = read or _load(self.runs, name)
-            if kept is None or not kept.ended:  # (removed, or the index was wrong: left for the next)
+            if kept is None:  # (removed meanwhile)
                 settled.pop(name, None)
                 continue
+            if read is None and (kept.record is None or not kept.ended or settled[name] != _settled(kept)):
+                raise _IndexWrong(name)
             chosen.append((kept, size, why))
             total -= size
         if not dry_run:
@@ -474,13 +546,58 @@ class RunHistory:
     def _remove(self, kept: KeptRun) -> bool:
         """Renamed aside first (a reader sees the run whole or not at all), then removed; links
         inside are removed, never followed. False when another process removed it meanwhile."""
-        aside = self.runs / f".pruned-{kept.run_id}-{os.getpid()}"
+        aside = self.runs / f"{PRUNING}{kept.run_id}-{os.getpid()}"
         try:
             os.rename(kept.path, aside)
         except FileNotFoundError:
             return False
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove_tree(aside)
         return True
+
+    def _remove_leftovers(self) -> None:
+        """What a prune renamed aside and could not remove (it was killed, or a folder was
+        not writable then): removed now."""
+        try:
+            names = [name for name in os.listdir(self.runs) if name.startswith(PRUNING)]
+        except OSError:
+            return
+        for name in names:
+            path = self.runs / name
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path``, links not followed; a folder a slice left without write or search
+    permission (its own work dir, ``chmod 500``) is given them back first: the run's owner
+    may, and without it the folder stayed, uncounted, for good."""
+
+    def unlock(function: Any, failed: str, _exc: Any) -> None:
+        for folder in (os.path.dirname(failed), failed):
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(folder).st_mode):  # (a link is never chmod-ed: it would follow)
+                    os.chmod(folder, 0o700)
+        with contextlib.suppress(OSError):
+            if function in (os.rmdir, os.unlink, os.remove):
+                function(failed)
+            else:  # a folder that could not be listed: now it can
+                shutil.rmtree(failed, ignore_errors=True)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=unlock)
+    else:
+        shutil.rmtree(path, onerror=unlock)  # (3.11 has no onexc)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)  # (what the handler could not unlock stays, for the next prune)
+
+
+class _IndexWrong(Exception):
+    """An index entry that its run's record contradicts."""
+
+
+def _settled(kept: KeptRun) -> Settled:
+    return Settled(kept.started, kept.size(), kept.job_id)
 
 
 def _age(seconds: float) -> str:

@@ -294,6 +294,106 @@ def test_an_index_that_lies_or_breaks_changes_nothing_a_prune_decides(tmp_path: 
     assert done.exists() and json.loads((tmp_path / "elsewhere.json").read_text())[done.name][1] == 1
 
 
+def test_a_record_is_checked_field_by_field_and_a_run_it_cannot_read_is_not_removed_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    runs = data / "runs"
+    now = time.time()
+    herd = kept_run(runs, "20260301-000000-aaaaaa", now - 60, 10)
+    record = json.loads((herd / RECORD).read_text())
+    record["answer"]["job"]["herd"] = "data_eng"  # a herd name may have "_" (units.NAME)
+    (herd / RECORD).write_text(json.dumps(record))
+    history = RunHistory(data)
+    assert [k.job["herd"] for k in history.all() if k.record] == ["data_eng"]
+    broken = {
+        "logs": {"t1": {"1": 1}},  # an attempt's folder that is not a folder name
+        "datasets": [1],
+        "started": float("nan"),
+    }
+    for name, (field, value) in zip(("bbbbbb", "cccccc", "dddddd"), broken.items(), strict=True):
+        folder = kept_run(runs, f"20260302-000000-{name}", now - 60, 10)
+        record = json.loads((folder / RECORD).read_text())
+        record[field] = value
+        (folder / RECORD).write_text(json.dumps(record))
+        kept = history.find(folder.name)
+        assert kept is None  # not a record this module wrote: nothing of it is used
+        assert "cannot be read" in str(next(k for k in history.all() if k.run_id == folder.name).problem)
+    # a running run whose record fails its checks names its process: not removed, however old
+    live = kept_run(runs, "20260101-000000-eeeeee", now - 90 * 86400, 10, state="RUNNING")
+    record = json.loads((live / RECORD).read_text())
+    record.update(pid=os.getpid(), pid_start=process_start(os.getpid()), ended=False, datasets=[1])
+    (live / RECORD).write_text(json.dumps(record))
+    os.utime(live, (now - 2 * 86400, now - 2 * 86400))  # (past the grace of a folder without a record)
+    removed = history.prune(older_than=86400, max_bytes=None)
+    assert live.exists() and live.name not in [k.run_id for k, _, _ in removed]
+    (runs / INDEX).write_text("[" * 100_000)  # nested past the interpreter's depth: ignored
+    (live / RECORD).write_text("[" * 100_000)
+    assert history.prune(older_than=None, max_bytes=None) == [] and history.find(live.name) is None
+
+
+def test_an_index_that_lies_about_a_runs_age_or_job_decides_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    runs = data / "runs"
+    now = time.time()
+    run = kept_run(runs, "20260301-000000-aaaaaa", now - 60, 10)
+    other = kept_run(runs, "20260301-000001-bbbbbb", now - 60, 10)
+    history = RunHistory(data)
+    assert history.prune(older_than=86400, max_bytes=None) == []  # (writes the index)
+    index = json.loads((runs / INDEX).read_text())
+    index[run.name][0] = now - 90 * 86400  # "started 90 days ago"
+    index[other.name][2] = "job-nothing"  # the wrong job
+    (runs / INDEX).write_text(json.dumps(index))
+    assert history.prune(older_than=86400, max_bytes=None) == [] and run.exists()
+    assert history.find(f"job-{other.name[-6:]}").run_id == other.name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes files another user's (root only)")
+def test_a_folder_a_slice_made_read_only_is_removed_by_a_prune_and_a_leftover_later(
+    request: pytest.FixtureRequest,
+) -> None:
+    """As root nothing is refused, so the prune runs as nobody over nobody's files, as a user's
+    `runink run` with the process executor would: the slice's `chmod 500` of its own folder."""
+    import shutil
+    import tempfile
+    import traceback
+
+    home = Path(tempfile.mkdtemp())  # (pytest's folders are root's alone: nobody could not reach this)
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    data = home / "data"
+    runs = data / "runs"
+    run = kept_run(runs, "20260101-000000-aaaaaa", time.time() - 90 * 86400, 10)
+    trap = run / "s" / "attempt-1" / "work" / "trap"
+    trap.mkdir(parents=True)
+    (trap / "big").write_bytes(b"x" * 100_000)
+    leftover = runs / ".pruned-20251201-000000-cccccc-123"  # what a killed prune left
+    shutil.copytree(run, leftover)
+    for folder in (trap, leftover / "s" / "attempt-1" / "work" / "trap"):
+        folder.chmod(0o500)
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    read, write = os.pipe()
+    child = os.fork()  # (the interpreter's files may not be nobody's to read: history is imported already)
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            removed = RunHistory(data).prune(older_than=86400, max_bytes=None)
+            os.write(write, json.dumps([k.run_id for k, _, _ in removed]).encode())
+        except BaseException:
+            os.write(write, traceback.format_exc().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        said = answer.read()
+    os.waitpid(child, 0)
+    assert said == json.dumps([run.name])
+
+    assert not [p for p in runs.iterdir() if p.name.startswith(".pruned-")]  # nothing left, nothing stays
+
+
 def test_prune_removes_a_planted_link_and_never_what_it_points_to(tmp_path: Path) -> None:
     data = tmp_path / "data"
     precious = tmp_path / "precious"
