@@ -316,6 +316,95 @@ def test_garbage_from_one_agent_drops_its_stream_while_another_keeps_working(
     assert good.refused_reports == 0
 
 
+def test_no_node_may_report_on_or_write_the_output_of_a_task_never_placed_on_it(
+    store: ClusterStore, life: Lifecycle, raw: Callable[[], RawStream]
+) -> None:
+    """A PENDING task's attempt 0 and token 0 are easy to guess: being placed nowhere must not
+    let any node end it (it ended another herd's job) or write its output."""
+    job = life.submit_command("lab", ["/bin/true"])
+    pending = task_of(store, job.id)
+    assert pending.state is RunState.PENDING and (pending.attempt, pending.token, pending.node) == (0, 0, None)
+    guesses = (
+        pb.AgentMessage(
+            request_id=2, report=pb.Report(herd="lab", task_id=pending.id, attempt=0, token=0, state="CANCELLED")
+        ),
+        pb.AgentMessage(
+            request_id=2,
+            log_chunk=pb.LogChunk(herd="lab", task_id=pending.id, attempt=0, token=0, stream="stdout", data=b"x"),
+        ),
+    )
+    for guess in guesses:
+        stream = raw()
+        register(stream, "evil")
+        answer = stream.send(guess)
+        assert answer.WhichOneof("body") == "error" and "placed on node None" in answer.error.message
+        assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    assert task_of(store, job.id).state is RunState.PENDING
+    assert list(store.barn.scan("/herds/lab/logs/")) == []
+
+
+def test_a_late_report_of_an_attempt_taken_back_from_a_dead_node_is_refused(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl, executor: Executor, tmp_path: Path
+) -> None:
+    """Its node declared dead, a task goes back to PENDING at the same attempt and token until it
+    is placed again: the node's agent, back, stops the attempt and reports CANCELLED, which
+    must not end a task that is to run again."""
+    from runink.core.control.liveness import _lost
+
+    agent = make_agent(control, executor, tmp_path)
+    agent.register()
+    job = life.submit_command("lab", ["/bin/sleep", "100"], retries=3)
+    placed = schedule(store, job.id)
+    assert control.report("lab", placed.id, placed.attempt, placed.token, RunState.RUNNING)
+    current = store.task("lab", placed.id)
+    lost = _lost(current.record, "n1")
+    store.commit([(keys.task("lab", placed.id), current.revision)], [(keys.task("lab", placed.id), lost)])
+    assert (lost.state, lost.attempt, lost.token) == (RunState.PENDING, placed.attempt, placed.token)
+    assert not control.report("lab", placed.id, placed.attempt, placed.token, RunState.CANCELLED)
+    assert task_of(store, job.id).state is RunState.PENDING
+    assert control.heartbeat("n1", agent.incarnation)  # refused, not dropped: the stream goes on
+
+
+@pytest.mark.parametrize(
+    ("lineage", "why"),
+    [
+        pytest.param(
+            pb.Lineage(herd="lab", task_id="t", attempt=1, event_type="START", facets_json="[" * 50_000),
+            "nested too deeply",
+            id="facets-nested-past-the-interpreters-depth",
+        ),
+    ],
+)
+def test_lineage_that_would_break_the_server_ends_only_its_stream(
+    lineage: pb.Lineage, why: str, raw: Callable[[], RawStream], agent: Agent
+) -> None:
+    stream = raw()
+    register(stream, "evil")
+    answer = stream.send(pb.AgentMessage(request_id=2, lineage=lineage))
+    assert answer.WhichOneof("body") == "error" and why in answer.error.message
+    assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    agent.sync()  # another agent's stream goes on
+
+
+@pytest.mark.parametrize(
+    "register_message",
+    [
+        pb.Register(node_id="ok", capacity=pb.Capacity(cpu=1), labels={"zone\nfake": "a"}),
+        pb.Register(node_id="ok", capacity=pb.Capacity(cpu=1), labels={"zone": "a\x1b[2J"}),
+        pb.Register(node_id="ok", capacity=pb.Capacity(cpu=1), address="10.0.0.1\nINFO forged line"),
+    ],
+    ids=["label-key-line-break", "label-escape-sequence", "address-line-break"],
+)
+def test_a_node_cannot_register_text_that_would_forge_a_line_where_it_is_shown(
+    register_message: pb.Register, store: ClusterStore, raw: Callable[[], RawStream]
+) -> None:
+    stream = raw()
+    answer = stream.send(pb.AgentMessage(request_id=1, register=register_message))
+    assert answer.WhichOneof("body") == "error" and "control character" in answer.error.message
+    assert stream.ended() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.record.id for v in store.nodes()] == []
+
+
 def test_the_agent_reconnects_after_the_server_restarts(
     store: ClusterStore, life: Lifecycle, executor: Executor, tmp_path: Path
 ) -> None:
@@ -785,3 +874,12 @@ def test_an_idle_agents_rounds_do_not_each_read_its_assignments(
         stop.set()
         runner.join(5)
     assert not runner.is_alive()
+
+
+def test_the_latest_time_an_agent_may_name_is_one_the_views_can_show() -> None:
+    # a report's start and a lineage event's time past year 9999 broke datetime (and the stream)
+    from datetime import UTC, datetime
+
+    from runink.core.server import agent_service
+
+    assert datetime.fromtimestamp(agent_service.MAX_TIME, UTC).year == 9999

@@ -102,8 +102,10 @@ def _appliers() -> ThreadPoolExecutor:
 
 
 def placed_on(task: TaskRecord, attempt: int) -> str | None:
-    """The node ``task``'s ``attempt`` was placed on, when its record says (None: not known)."""
-    if task.attempt == attempt:
+    """The node ``task``'s ``attempt`` was placed on, when its record says (None: never placed,
+    or not known). The current attempt's node, else (it left its node: cancelled, taken back)
+    the node its placement named."""
+    if task.attempt == attempt and task.node is not None:
         return task.node
     placed = [t.node for t in task.transitions if t.attempt == attempt and t.state is RunState.SCHEDULED]
     return placed[-1] if placed else None
@@ -732,12 +734,16 @@ class Lifecycle:
         PlacedElsewhere for an attempt placed on another node than ``node``."""
         task, herd, attempt, state = current.record, current.record.herd, report.attempt, report.state
         placed = None if node is None else placed_on(task, attempt)
-        if placed is not None and placed != node:
+        if node is not None and placed != node:  # (None: this attempt was placed on no node)
             raise PlacedElsewhere(
                 f"report for task {task.id} attempt {attempt}: placed on node {placed!r}, not {node!r}"
             )
         if task.attempt != attempt or task.token != report.token:
             return f"refused: fenced (the task is at attempt {task.attempt}, token {task.token})"
+        if task.state is RunState.PENDING:
+            # its attempt was taken back (its node was declared dead) or never placed: a late
+            # report of the old node must not end a task that waits to run again
+            return "refused: the task waits to be placed (its attempt was taken back)"
         if task.state is RunState.CANCELLED and state.final:
             # The agent says the cancelled attempt ended: it holds nothing on the node now,
             # so the task leaves the node's assignments (else they grow for ever).

@@ -14,7 +14,7 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from runink.core.control.records import keys
+from runink.core.control.records import RunState, keys
 from runink.core.control.store import MAX_CONFLICT_RETRIES, ClusterStore, Conflict, NotFound
 from runink.core.interfaces.barn import TxnOp
 from runink.core.report import printable
@@ -133,6 +133,9 @@ class TaskLogs:
                 return False, 0
             if task.record.attempt != attempt or task.record.token != token:
                 log.warning("%s refused: fenced (the task is at attempt %d)", where, task.record.attempt)
+                return False, 0
+            if task.record.state is RunState.PENDING:  # (its attempt taken back: see Lifecycle)
+                log.warning("%s refused: the task waits to be placed", where)
                 return False, 0
             found = self.store.barn.get(key)
             tail = Tail(0, b"") if found is None else Tail.decode(found.value, key)

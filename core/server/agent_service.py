@@ -65,7 +65,9 @@ MAX_REPORT_MESSAGE = 4 * MAX_MESSAGE  # bytes: the Lifecycle keeps MAX_MESSAGE c
 MAX_COUNTER = 2**62  # attempts, fencing tokens and log offsets
 MAX_EXIT_CODE = 2**31
 MAX_REPORTS = 64  # reports of one Reports message (each at most MAX_REPORT_MESSAGE: under the message limit)
-MAX_TIME = 2.0**40  # seconds since the epoch a report's start time may name (year ~36,800)
+# seconds since the epoch a report's start time or a lineage event may name: the end of year
+# 9999, the last one `datetime` (the API's views, the CLI) can show
+MAX_TIME = 253402300799.0
 #: what one agent message may weigh on the wire (a larger one is refused by gRPC itself)
 MAX_AGENT_MESSAGE_BYTES = 256 * 1024
 MAX_STREAMS = 1024
@@ -109,6 +111,15 @@ def _text(value: str, limit: int, what: str) -> str:
     return value
 
 
+def _printable(value: str, limit: int, what: str) -> str:
+    """Text shown as it is (a node's labels in `runink nodes list`, its address in logs): no
+    line break, escape sequence or other control character that could forge a line."""
+    _text(value, limit, what)
+    if not value.isprintable():
+        raise BadRequest(f"{what}: {printable(value, 63)!r} has a control character")
+    return value
+
+
 def _name(value: str, what: str) -> str:
     try:
         return check_name(value, what)
@@ -148,10 +159,10 @@ def node_of(message: pb.Register) -> NodeRecord:
         raise BadRequest(f"register.labels: {len(message.labels)} labels (at most {MAX_LABELS})")
     labels = {}
     for key, value in message.labels.items():
-        labels[_text(key, MAX_LABEL_KEY, "register.labels key")] = _text(
+        labels[_printable(key, MAX_LABEL_KEY, "register.labels key")] = _printable(
             value, MAX_LABEL_VALUE, f"register.labels[{printable(key, 63)}]"
         )
-    address = _text(message.address, MAX_ADDRESS, "register.address")
+    address = _printable(message.address, MAX_ADDRESS, "register.address")
     capacity = _amount(message.capacity, "register.capacity")
     try:
         return NodeRecord.model_validate(
@@ -525,7 +536,7 @@ class AgentService:
         if len(chunk.data) > MAX_CHUNK_BYTES:
             raise BadRequest(f"log_chunk.data: {len(chunk.data)} bytes (at most {MAX_CHUNK_BYTES})")
         placed_on = self._placed_on(herd, task_id, attempt)
-        if placed_on is not None and placed_on != node:
+        if placed_on != node:  # (None: not placed anywhere, or an unknown task: nobody's to write)
             raise BadRequest(f"output of task {task_id} attempt {attempt}: placed on node {placed_on!r}, not {node!r}")
         accepted, seen = self.logs.append(Chunk(herd, task_id, attempt, token, chunk.stream, offset, chunk.data))
         return pb.ServerMessage(request_id=rid, log_ack=pb.LogAck(accepted=accepted, next_offset=seen))
@@ -564,6 +575,8 @@ class AgentService:
             facets = json.loads(message.facets_json or "{}")
         except ValueError as exc:
             raise BadRequest(f"lineage.facets_json: not JSON: {exc}") from None
+        except RecursionError:  # (within the size bound, nested past the interpreter's depth)
+            raise BadRequest("lineage.facets_json: nested too deeply") from None
         if not isinstance(facets, dict):
             raise BadRequest("lineage.facets_json: not a JSON object")
         try:
