@@ -294,6 +294,7 @@ def _load(runs: Path, name: str) -> KeptRun | None:
     if not stat.S_ISDIR(info.st_mode):
         return None  # a link or a file: not one Runink made
     kept = KeptRun(name, path, None, info.st_mtime)
+    parsed: Any = None
     try:
         with _opened(path, (RECORD,)) as fd:
             data = _read_bounded(fd, MAX_RECORD)
@@ -307,7 +308,7 @@ def _load(runs: Path, name: str) -> KeptRun | None:
         kept.problem = "its record cannot be read: nested too deeply"
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         kept.problem = f"its record cannot be read: {exc}"
-        kept.process = _process_of(parsed) if "parsed" in locals() else None
+        kept.process = _process_of(parsed)
     return kept
 
 
@@ -573,11 +574,16 @@ def _remove_tree(path: Path) -> None:
     permission (its own work dir, ``chmod 500``) is given them back first: the run's owner
     may, and without it the folder stayed, uncounted, for good."""
 
+    top = str(path)
+
     def unlock(function: Any, failed: str, _exc: Any) -> None:
         for folder in (os.path.dirname(failed), failed):
-            with contextlib.suppress(OSError):
-                if stat.S_ISDIR(os.lstat(folder).st_mode):  # (a link is never chmod-ed: it would follow)
-                    os.chmod(folder, 0o700)
+            if folder != top and not folder.startswith(top + os.sep):
+                continue  # (nothing outside the tree is touched)
+            # never through a link (a process the slice left could swap one in): fchmodat
+            # without following refuses a link, on Linux with NotImplementedError
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.chmod(folder, 0o700, follow_symlinks=False)
         with contextlib.suppress(OSError):
             if function in (os.rmdir, os.unlink, os.remove):
                 function(failed)
