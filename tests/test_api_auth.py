@@ -346,6 +346,31 @@ def test_minted_tokens_hold_their_role_in_their_herd_only(api: Api) -> None:
     assert jwt.decode(ci, key, algorithms=["ES256"], audience="runink")["sub"] == "sa:ci"
 
 
+def test_a_herd_admin_minting_a_name_bound_elsewhere_holds_none_of_those_bindings(api: Api) -> None:
+    """Any herd admin may mint a service account of any name: a name bound in another herd,
+    or cluster-wide, is another account there (it made a herd admin cluster-admin)."""
+    root = api.token("cluster-admin", CLUSTER, name="root")
+    assert api.post("/v1/rbac", {"kind": "sa", "subject": "deployer", "role": "cluster-admin"}, root).status_code == 201
+    assert api.post("/v1/herds/other/rbac", {"kind": "sa", "subject": "etl", "role": "admin"}, root).status_code == 201
+    admin = api.token("admin", "team", name="mallory")
+    minted = {}
+    for name in ("deployer", "etl"):
+        answer = api.post("/v1/herds/team/tokens", {"name": name, "role": "viewer"}, admin)
+        assert answer.status_code == 201
+        minted[name] = answer.json()["token"]
+    assert api.http.get("/v1/whoami", headers=api.as_(minted["deployer"])).json()["cluster_roles"] == []
+    assert api.post("/v1/herds", {"name": "taken"}, minted["deployer"]).status_code == 403
+    assert api.post("/v1/tokens", {"name": "x", "role": "cluster-admin"}, minted["deployer"]).status_code == 403
+    assert api.http.get("/v1/herds/other/secrets", headers=api.as_(minted["etl"])).status_code == 403
+    assert api.post("/v1/jobs", {"herd": "other", "command": ["/bin/true"]}, minted["etl"]).status_code == 403
+    # in its own herd a herd's service account takes the bindings of its name there
+    assert api.post("/v1/herds/team/rbac", {"kind": "sa", "subject": "etl", "role": "runner"}, admin).status_code == 201
+    assert api.post("/v1/jobs", {"herd": "team", "command": ["/bin/true"]}, minted["etl"]).status_code == 201
+    # and the cluster's own service accounts keep theirs everywhere (the operator's token)
+    cluster_sa = api.tokens.mint("sa:deployer", [Grant("viewer", CLUSTER)], 600)[0]
+    assert "cluster-admin" in api.http.get("/v1/whoami", headers=api.as_(cluster_sa)).json()["cluster_roles"]
+
+
 def test_an_insecure_server_says_so_in_every_answer() -> None:
     store = ClusterStore(MemoryBarn())
     app = create_app(Lifecycle(store), store)

@@ -356,16 +356,28 @@ class ApiAuth:
 
     def grants(self, identity: Identity, herd: str) -> list[Grant]:
         """The roles ``identity`` holds in ``herd`` and cluster-wide: its token's, and its
-        bindings' (as a user by its subject, a service account by ``sa:NAME``, its groups)."""
+        bindings' (as a user by its subject, a service account by ``sa:NAME``, its groups).
+
+        A herd's service account (a token minted with roles in herds only: ``POST
+        /v1/herds/H/tokens``) takes the bindings of its name in those herds alone: any herd
+        admin may mint any name, so the same name bound in another herd or cluster-wide is
+        another account (else a herd admin minting ``sa:deployer`` held the cluster's
+        ``deployer`` bindings). A cluster's (minted with a cluster role, or by the operator
+        without any) takes them in every herd and cluster-wide."""
         found = [g for g in identity.claims.get("grants", ()) if isinstance(g, Grant)]
+        account: tuple[str, str] | None = None
+        minted_in = {g.herd for g in found}
         if identity.authenticated_by == "runink-token" and identity.subject.startswith("sa:"):
-            subjects = {("sa", identity.subject[3:])}
+            account, subjects = ("sa", identity.subject[3:]), set()
         else:
             subjects = {("user", identity.subject)}
         subjects |= {("group", group) for group in identity.groups}
+        herds_only = bool(minted_in) and CLUSTER not in minted_in
         for where in {herd, CLUSTER}:
+            own_account = account is not None and (not herds_only or where in minted_in)
             for binding in self._read_bindings(where):
-                if (binding.kind, binding.subject) in subjects:
+                bound = (binding.kind, binding.subject)
+                if bound in subjects or (own_account and bound == account):
                     found.append(
                         self.roles.grant(binding.role, binding.herd, f"bound to {binding.kind} {binding.subject}")
                     )
