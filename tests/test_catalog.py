@@ -361,3 +361,18 @@ def _check_record_annotations(url: str) -> None:
     ]
     assert not list_annotations(engine, find_dataset(engine, "jsonl:///dlq.jsonl", None))
     engine.dispose()
+
+
+def test_a_step_run_with_one_count_unknown_is_drawn_with_a_question_mark() -> None:
+    # an event may carry rows_out and no rows_in (the catalog keeps NULL): the SVG answered 500
+    from runink.plugins.lineage.catalog.queries import LineageGraph
+    from runink.plugins.lineage.catalog.svg import to_svg
+
+    graph = LineageGraph(
+        root=1,
+        datasets={1: {"uri": "csv:///team/out.csv", "herd": "team", "rows": None}},
+        runs={"7": {"scenario": "s", "state": "SUCCEEDED", "rows_in": None, "rows_out": 5}},
+        edges={("r:7", "d:1")},
+    )
+    drawn = ElementTree.fromstring(to_svg(graph))
+    assert "in ? out 5" in "".join(drawn.itertext())

@@ -205,6 +205,15 @@ def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
             "body.resources.disk: Extra inputs are not permitted",
         ),
         ({"herd": "team", "command": ["a\0b"]}, "body: command[0]: contains a NUL byte"),
+        # labels show as they are (a pending reason, --explain): no line break or NUL
+        (
+            {"herd": "team", "command": ["/bin/true"], "node_labels": {"gpu\nFAKE: chosen": "yes"}},
+            "body.node_labels.gpu FAKE: chosen.[key]: String should match pattern",  # (shown on one line)
+        ),
+        (
+            {"herd": "team", "command": ["/bin/true"], "node_labels": {"gpu": "yes\0"}},
+            "body.node_labels.gpu: String should match pattern",
+        ),
         ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd: String should match pattern"),
         ({"command": ["/bin/true"]}, "body.herd: Field required"),
     ],
@@ -265,6 +274,8 @@ def test_a_pipeline_colocated_with_an_unknown_scenario_is_409_and_stores_nothing
         ([{"after": []}], "body.tasks.0.scenario: required"),
         ([{"scenario": "a", "secrets": ["s", "s"]}], "body.tasks.0: secret 's' named twice"),
         ([{"scenario": "a", "local_input": {"scenario": "b", "path": "/d\n"}}], "body.tasks.0.local_input: path:"),
+        ([{"scenario": "a", "node_labels": {"gpu": "y\r\nx"}}], "body.tasks.0.node_labels"),
+        ([{"scenario": "a", "node_labels": {"k": "v" * 254}}], "body.tasks.0.node_labels"),
         (["a"], "body.tasks.0: Input should be a valid dictionary"),  # (FastAPI's own check first)
     ],
 )

@@ -214,6 +214,13 @@ NonNegative = Annotated[int, Meta(ge=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 ScenarioName = Annotated[str, Meta(min_length=1, max_length=200)]
 PathText = Annotated[str, Meta(min_length=1, max_length=4096)]
+# A label's key or value: shown as it is (`runink nodes list`, a task's pending reason and
+# --explain), so printable text, no control character that could forge a line
+LABEL_TEXT = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+MAX_LABELS = 64
+LabelKey = Annotated[str, Meta(min_length=1, max_length=253, pattern=LABEL_TEXT)]
+LabelValue = Annotated[str, Meta(max_length=253, pattern=LABEL_TEXT)]
+Labels = Annotated[dict[LabelKey, LabelValue], Meta(max_length=MAX_LABELS)]
 
 
 class Amount(Record, kw_only=True):
@@ -358,7 +365,7 @@ class NodeRecord(Record, kw_only=True):
 
     id: str
     capacity: Amount
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     address: str = ""
     ready: bool = True  # False: the leader found it dead (its tasks were placed again)
     cordoned: bool = False  # takes no new work
@@ -468,7 +475,7 @@ class PipelineTask(Record, kw_only=True):
     timeout: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     backoff: Annotated[float, Meta(ge=0, le=3600)] = 1.0
-    node_labels: Annotated[dict[str, str], Meta(max_length=64)] = {}
+    node_labels: Labels = {}
     colocate_with: ScenarioName | None = None
     local_input: LocalInput | None = None
     secrets: SecretNames = []  # the herd's secrets its slice receives (the DSL's @secrets)
@@ -509,7 +516,7 @@ class TaskRecord(Record, kw_only=True):
     # when it was submitted (time.time_ns()): the queue's order in its herd at equal priority,
     # before the id (whose time is in milliseconds); 0: a record from before this field
     queued: NonNegative = 0
-    node_labels: dict[str, str] = {}
+    node_labels: Labels = {}
     after: list[str] = []  # tasks of the same job that must succeed before this one is placed
     # tasks of the same job whose node this one must be placed on (once they have one)
     near: Annotated[list[Near], Meta(max_length=2)] = []

@@ -84,9 +84,14 @@ def _label(graph: LineageGraph, node: str) -> tuple[str, str, str | None]:
         rows = "" if data["rows"] is None else f" · {data['rows']:,} rows"
         return data["uri"], f"herd {data['herd']}{rows}", None
     run = graph.runs[node[2:]]
-    counts = "" if run["rows_out"] is None else f" · in {run['rows_in']:,} out {run['rows_out']:,}"
+    rows_in, rows_out = (_count(run[k]) for k in ("rows_in", "rows_out"))
+    counts = "" if run["rows_in"] is None and run["rows_out"] is None else f" · in {rows_in} out {rows_out}"
     colour = GREEN if run["state"] == "SUCCEEDED" else None if run["state"] == "RUNNING" else FAILED
     return run["scenario"], f"{run['state']}{counts}", colour
+
+
+def _count(rows: int | None) -> str:
+    return "?" if rows is None else f"{rows:,}"  # (one count may be unknown: an event without it)
 
 
 def _node(graph: LineageGraph, node: str, at: tuple[int, int], root: bool, href: str | None) -> str:
