@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import sys
 import uuid
@@ -31,6 +30,7 @@ from runink.core.config import RuninkConfig
 from runink.core.driverload import group_of
 from runink.core.drivers import CONFIGURED_DRIVERS, driver_names, driver_record
 from runink.core.errors import ExecutorError
+from runink.core.fstree import remove_tree
 from runink.core.interfaces.executor import Executor, TaskSpec, TaskState
 from runink.core.model import Resources
 from runink.core.pipeline.compile import CompiledPipeline
@@ -210,7 +210,8 @@ def check_code(compiled: CompiledPipeline, executor: Executor, config: RuninkCon
             key = (str(result.get("ref")), str(result.get("kind")))
             if key in refs:
                 problems.append(f"{refs[key]}: {key[1]} {key[0]!r}: {printable(str(result['error']), 1000)}")
-    shutil.rmtree(task_dir, ignore_errors=True)  # kept only when the check itself failed
+    with contextlib.suppress(OSError):  # (what the check's slice wrote: any depth, fstree)
+        remove_tree(task_dir)  # kept only when the check itself failed
     for folder in reversed(made):
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -22,15 +22,14 @@ import logging
 import math
 import os
 import re
-import shutil
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runink.core.fstree import remove_tree, tree_size
 from runink.core.processes import process_start
 from runink.core.units import NAME as HERD
 
@@ -72,15 +71,9 @@ def runs_dir(data_dir: Path) -> Path:
 
 
 def folder_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed, not counted)."""
-    total = 0
-    for root, dirs, files in os.walk(path):  # (os.walk follows no link to a folder by default)
-        for name in files + dirs:
-            with contextlib.suppress(OSError):
-                info = os.lstat(os.path.join(root, name))
-                if stat.S_ISREG(info.st_mode):
-                    total += info.st_blocks * 512 if info.st_blocks else info.st_size
-    return total
+    """Bytes of the regular files under ``path`` (links not followed, not counted; any
+    depth a slice made walks without recursing: core/fstree.py)."""
+    return tree_size(path)
 
 
 # --- writing: the runner's side ------------------------------------------------------------
@@ -570,32 +563,11 @@ class RunHistory:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove ``path``, links not followed; a folder a slice left without write or search
-    permission (its own work dir, ``chmod 500``) is given them back first: the run's owner
-    may, and without it the folder stayed, uncounted, for good."""
-
-    top = str(path)
-
-    def unlock(function: Any, failed: str, _exc: Any) -> None:
-        for folder in (os.path.dirname(failed), failed):
-            if folder != top and not folder.startswith(top + os.sep):
-                continue  # (nothing outside the tree is touched)
-            # never through a link (a process the slice left could swap one in): fchmodat
-            # without following refuses a link, on Linux with NotImplementedError
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.chmod(folder, 0o700, follow_symlinks=False)
-        with contextlib.suppress(OSError):
-            if function in (os.rmdir, os.unlink, os.remove):
-                function(failed)
-            else:  # a folder that could not be listed: now it can
-                shutil.rmtree(failed, ignore_errors=True)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=unlock)
-    else:
-        shutil.rmtree(path, onerror=unlock)  # (3.11 has no onexc)
+    """Remove ``path``: links removed, never followed; folders a slice left read-only given
+    back their permissions; any depth (core/fstree.py). What cannot be removed stays, for the
+    next prune."""
     with contextlib.suppress(OSError):
-        shutil.rmtree(path)  # (what the handler could not unlock stays, for the next prune)
+        remove_tree(path)
 
 
 class _IndexWrong(Exception):

@@ -1,6 +1,11 @@
-"""Naming one process across time: its pid and its start time, as /proc gives them."""
+"""Naming one process across time (its pid and its start time, as /proc gives them), and
+reading the exit status a process's wrapper left."""
 
 from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
 
 
 def process_start(pid: int) -> int | None:
@@ -17,3 +22,25 @@ def process_start(pid: int) -> int | None:
         return None if fields[0] == b"Z" else int(fields[19])
     except (ValueError, IndexError):
         return None
+
+
+MAX_STATUS_BYTES = 16  # an exit status as text: "-2147483648" and a line break fit
+
+
+def read_exit_status(path: Path) -> int:
+    """The exit status a task's wrapper or sandbox wrote to ``path``, which the task itself
+    may have written anything to, or replaced (a Python slice runs in the process holding
+    it open; a process-executor task owns its task dir): a sparse 2 GiB file was read whole.
+    Read without following a link or blocking, at most MAX_STATUS_BYTES, and only a number
+    in the range of an exit status counts: OSError or ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        text = os.read(fd, MAX_STATUS_BYTES + 1)
+    finally:
+        os.close(fd)
+    code = int(text.strip()) if len(text) <= MAX_STATUS_BYTES else None
+    if code is None or not -(2**31) <= code < 2**31:
+        raise ValueError(f"{path}: not an exit status")
+    return code

@@ -152,7 +152,7 @@ class LocalRunner:
         try:
             if history.due(PRUNE_EVERY):
                 history.prune(older_than=kept.keep_for_seconds, max_bytes=kept.keep_size_bytes, keep=(run_id,))
-        except OSError as exc:  # the run itself went well: say so and go on
+        except Exception as exc:  # the run itself went well: say so and go on (whatever a past run holds)
             log.warning("could not prune past runs in %s: %s", self.config.data_dir, exc)
 
     def _follow(self, plane: _EmbeddedPlane, job: JobRecord, result: RunResult, recorder: RunRecorder) -> None:

@@ -11,13 +11,13 @@ import contextlib
 import fcntl
 import os
 import secrets
-import shutil
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runink.core.fstree import remove_tree
 from runink.core.pipeline.compile import CompiledScenario
 
 
@@ -151,18 +151,10 @@ def _remove_stage(folder: int, name: str, fd: int) -> None:
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o700)  # (the runner's own: it may always enter it)
     with contextlib.suppress(OSError), os.scandir(fd) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    with contextlib.suppress(OSError):
-                        inner = os.open(entry.name, _DIRECTORY, dir_fd=fd)
-                        try:
-                            os.fchmod(inner, 0o700)  # a slice may have made its own folder unreadable
-                        finally:
-                            os.close(inner)
-                    shutil.rmtree(entry.name, dir_fd=fd)
-                else:
-                    os.unlink(entry.name, dir_fd=fd)
+        names = [entry.name for entry in entries]
+    for entry in names:  # (a slice's tree: any depth, folders it made read-only: fstree)
+        with contextlib.suppress(OSError):
+            remove_tree(entry, dir_fd=fd)
     with contextlib.suppress(OSError):
         mine = os.fstat(fd)
         there = os.stat(name, dir_fd=folder, follow_symlinks=False)

@@ -285,3 +285,16 @@ def test_slice_lines_are_read_from_where_they_were_left_bounded_and_never_throug
     (task / "secret").write_text("do not read\n")
     out.symlink_to(task / "secret")  # a slice's link to a file it wants the node to read
     assert lines.read("t1-a2", task, {"herd": "lab"}, last=True) == 0 and got[-1].message == "half done"
+
+
+def test_slice_lines_reach_logs_without_escape_sequences(tmp_path: Path) -> None:
+    # a slice's text goes to the node's log exporters, a terminal among them
+    from runink.core.agent.slice_lines import SliceLines
+
+    got: list[LogEntry] = []
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "stdout.log").write_text("hello \x1b]0;PWNED\x07\x1b[2J\x1b[31mfake: all good\x1b[0m\n")
+    assert SliceLines(got.append, "n1").read("t1-a1", task, {"herd": "lab"}) == 1
+    assert "\x1b" not in got[0].message and "\x07" not in got[0].message
+    assert got[0].message.startswith("hello ") and "fake: all good" in got[0].message

@@ -119,20 +119,30 @@ class ScenarioRun:
         }
 
 
+MAX_COUNT = 2**63 - 1  # a count a slice reports (rows, tokens, requests): what SQLite and a metric hold
+
+
+def _count(value: Any) -> int | None:
+    """A count the slice reported, if it is one: an int in [0, MAX_COUNT] (not a bool)."""
+    return value if type(value) is int and 0 <= value <= MAX_COUNT else None
+
+
 def _annotation_summary(value: Any) -> dict[str, Any] | None:
     """An @annotate step's summary as the slice reported it: its known fields, of their types,
     bounded (the slice writes the report: it must not be able to bloat the node or the catalog)."""
     if not isinstance(value, dict):
         return None
     fields = value.get("fields")
-    counts = {key: value.get(key) if type(value.get(key)) is int else 0 for key in ("records", "failed")}
+    counts = {key: _count(value.get(key)) or 0 for key in ("records", "failed")}
     found = value.get("usage")
     usage: dict[str, Any] = found if isinstance(found, dict) else {}
     cost = usage.get("cost")
     spent = {
-        "tokens": usage.get("total_tokens") if type(usage.get("total_tokens")) is int else None,
-        "cost": cost if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        "requests": usage.get("requests") if type(usage.get("requests")) is int else None,
+        "tokens": _count(usage.get("total_tokens")),
+        "cost": float(cost)
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < 1e15  # (not NaN)
+        else None,
+        "requests": _count(usage.get("requests")),
     }
     return {
         **_made_by(value),
@@ -439,13 +449,13 @@ class ScenarioAttempts(Executor):
                 self._pass_annotations(attempt, event)
                 continue
             for key in ("rows_in", "rows_valid", "rows_invalid", "rows_malformed", "rows_out"):
-                if type(event.get(key)) is int:
-                    setattr(run, key, event[key])
+                if (count := _count(event.get(key))) is not None:
+                    setattr(run, key, count)
             read = event.get("read")
             if isinstance(read, int | float) and not isinstance(read, bool) and 0 <= read <= 1:  # (not NaN)
                 run.read = float(read)
             steps = event.get("steps")
-            if isinstance(steps, dict) and all(type(v) is int for v in steps.values()):
+            if isinstance(steps, dict) and all(_count(v) is not None for v in steps.values()):
                 run.steps = {printable(str(k), 200): v for k, v in list(steps.items())[:1000]}
             drift = event.get("drift")
             if isinstance(drift, list):
@@ -515,7 +525,10 @@ class ScenarioAttempts(Executor):
         last = state in (TaskState.SUCCEEDED, TaskState.CANCELLED) or task.attempt > task.retries
         if last:
             run.finished = time.time()
-            self._export_end(pipeline_run, item, run, state)
+            try:
+                self._export_end(pipeline_run, item, run, state)
+            except Exception:  # (what it did is told, not decided: the attempt's result stands)
+                log.exception("scenario %r: exporting its end failed", item.name)
         else:
             delay = task.backoff * 2 ** (task.attempt - 1)
             self._log(

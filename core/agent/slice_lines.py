@@ -84,6 +84,9 @@ class SliceLines:
         if (tagged := _TAG.match(text)) is not None:
             step, text = printable(tagged.group(2), 200), text[tagged.end() :]
         fields = {**labels, "step": step, "stream": stream, "node": self.node}
+        # the slice's own text, shown on terminals and in log files: no escape sequence
+        # (one could retitle the window or clear the screen) nor any other control character
+        text = printable(text, MAX_LINE)
         self.export(LogEntry(text, "info" if stream == "stdout" else "warning", "slice", fields))
 
 

@@ -42,6 +42,7 @@ from runink.core.interfaces.executor import (
     TaskSpec,
     TaskStats,
 )
+from runink.core.processes import read_exit_status
 from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
 
 # Runs "$@" as a child, so the exit status can be recorded even when no one waits for this
@@ -274,7 +275,7 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
     @staticmethod
     def _recorded_status(task: _Task) -> tuple[int | None, int | None]:
         try:
-            code = int(task.status_file.read_text().strip())
+            code = read_exit_status(task.status_file)
         except (OSError, ValueError):
             return None, None
         return code, None

@@ -50,6 +50,7 @@ from runink.core.interfaces.executor import (
     TaskSpec,
     TaskStats,
 )
+from runink.core.processes import read_exit_status
 from runink.core.report import printable
 from runink.core.taskbook import BookedTask, BookkeepingExecutor, TaskExit
 from runink.plugins.executors.linux import prestart as head_start
@@ -746,7 +747,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
                 code = -1
                 for _ in range(20):
                     try:
-                        code = int(task.status_file.read_text().strip())
+                        code = read_exit_status(task.status_file)
                         break
                     except (OSError, ValueError):
                         time.sleep(0.05)

@@ -1,0 +1,182 @@
+"""Removing and measuring folder trees a slice wrote, whatever their shape.
+
+A slice is untrusted: its work dir and staging folders may hold links, folders it made
+read-only, and chains of folders thousands deep. ``shutil.rmtree`` and ``os.walk`` recurse (a
+3,000-deep chain raised RecursionError, which no ``except OSError`` caught: the runner's end
+and every later prune failed), and paths that deep pass PATH_MAX. Both walks here keep their
+own stack of folder descriptors, every call relative to one (openat, unlinkat: no link is
+followed, no long path is built), at most ``MAX_OPEN`` open at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+#: folder descriptors one walk holds at most; a folder deeper than that is moved up to the
+#: tree's top before it is emptied (removal), or not counted (size)
+MAX_OPEN = 64
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: Path | str, *, dir_fd: int | None = None) -> None:
+    """Remove ``path`` (relative to ``dir_fd`` if given) and all under it; a link is removed,
+    never followed; a folder without write or search permission is given them first (the
+    owner may). Raises OSError if something could not be removed (it stays); nothing if
+    ``path`` is gone already."""
+    try:
+        info = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path, dir_fd=dir_fd)
+        return
+    top = _open_folder(path, dir_fd)
+    try:
+        _empty(top)
+    finally:
+        os.close(top)
+    os.rmdir(path, dir_fd=dir_fd)
+
+
+def tree_size(path: Path | str) -> int:
+    """Bytes of the regular files under ``path`` (allocated blocks; links not followed, not
+    counted; folders deeper than ``MAX_OPEN`` levels not counted). 0 if it cannot be read."""
+    try:
+        top = os.open(path, _DIRECTORY)
+    except OSError:
+        return 0
+    total = 0
+    stack: list[tuple[int, list[str]]] = []  # (a folder's descriptor, its sub-folders not walked yet)
+
+    def enter(fd: int) -> None:
+        nonlocal total
+        stack.append((fd, []))
+        total += _files_size(fd, stack[-1][1])
+
+    try:
+        enter(top)
+        while stack:
+            fd, folders = stack[-1]
+            if not folders:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = folders.pop()
+            if len(stack) < MAX_OPEN:
+                with contextlib.suppress(OSError):
+                    enter(os.open(name, _DIRECTORY, dir_fd=fd))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return total
+
+
+def _files_size(fd: int, folders: list[str]) -> int:
+    """The size of the files in the folder open as ``fd``; its sub-folders' names go to ``folders``."""
+    total = 0
+    with contextlib.suppress(OSError), os.scandir(fd) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    folders.append(entry.name)
+                elif stat.S_ISREG(info.st_mode):
+                    total += info.st_blocks * 512 if info.st_blocks else info.st_size
+    return total
+
+
+def _open_folder(name: Path | str, dir_fd: int | None) -> int:
+    """A descriptor of the folder ``name`` (never through a link), given search and read
+    permission first if it lacked them."""
+    try:
+        return os.open(name, _DIRECTORY, dir_fd=dir_fd)
+    except PermissionError:
+        # fchmodat without following: a link is refused (NotImplementedError on Linux)
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+        return os.open(name, _DIRECTORY, dir_fd=dir_fd)
+
+
+def _empty(top: int) -> None:
+    """Remove everything in the folder open as ``top``. Each folder on the stack keeps the
+    names of its sub-folders still to empty; one at depth MAX_OPEN is moved up into ``top``
+    (renameat, within the tree) and emptied from there. Raises the last OSError met (what
+    could not be removed stays)."""
+    errors: list[OSError] = []
+    stack: list[tuple[int, str, list[str]]] = [(top, "", _remove_files(top, errors))]  # (fd, name, folders left)
+    try:
+        while stack:
+            fd, name, folders = stack[-1]
+            if not folders:  # emptied: closed, then removed from its parent (the top is the caller's)
+                stack.pop()
+                if stack:
+                    os.close(fd)
+                    try:
+                        _in_writable(stack[-1][0], os.rmdir, name)
+                    except OSError as exc:
+                        _note(errors, exc)
+                continue
+            folder = folders.pop()
+            try:
+                if len(stack) >= MAX_OPEN:
+                    up = f".runink-deep-{secrets.token_hex(8)}"  # (a name the slice cannot have made first)
+                    _in_writable(fd, _rename_up, folder, up, top)
+                    stack[0][2].append(up)
+                else:
+                    child = _open_folder(folder, fd)
+                    stack.append((child, folder, []))
+                    stack[-1][2].extend(_remove_files(child, errors))
+            except OSError as exc:
+                _note(errors, exc)
+    finally:
+        for fd, _, _ in stack[1:]:
+            os.close(fd)
+    if errors:
+        raise errors[0]
+
+
+def _note(errors: list[OSError], exc: OSError) -> None:
+    if not errors:  # (the first is enough to say why; a tree of millions must not fill memory)
+        errors.append(exc)
+
+
+def _rename_up(name: str, up: str, top: int, *, dir_fd: int) -> None:
+    os.rename(name, up, src_dir_fd=dir_fd, dst_dir_fd=top)
+
+
+def _remove_files(fd: int, errors: list[OSError]) -> list[str]:
+    """Unlink every entry of the folder open as ``fd`` but its folders, whose names it returns;
+    what cannot be removed goes to ``errors`` (and stays)."""
+    try:
+        with os.scandir(fd) as entries:
+            names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    except OSError as exc:
+        _note(errors, exc)
+        return []
+    folders = []
+    for name, is_folder in names:
+        if is_folder:
+            folders.append(name)
+            continue
+        try:
+            _in_writable(fd, os.unlink, name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _note(errors, exc)
+    return folders
+
+
+def _in_writable(fd: int, change: Callable[..., None], *args: object) -> None:
+    """``change(*args, dir_fd=fd)``, a removal in the folder open as ``fd``; if refused, the
+    folder is given write and search permission (its owner may) and it is tried once more."""
+    try:
+        change(*args, dir_fd=fd)
+    except PermissionError:
+        os.fchmod(fd, 0o700)
+        change(*args, dir_fd=fd)
