@@ -235,8 +235,14 @@ def _check_size(section: Section, name: str, *, zero: bool) -> None:
 
 def _check_absolute(section: Section, name: str) -> None:
     for path in getattr(section, name):
-        if not path.is_absolute():
-            raise InvalidField(name, f"{str(path)!r} is not an absolute path")
+        _absolute_path(path, name)
+
+
+def _absolute_path(path: Path, name: str) -> None:
+    if "\0" in str(path):
+        raise InvalidField(name, f"{str(path)!r} contains a NUL byte")
+    if not path.is_absolute():
+        raise InvalidField(name, f"{str(path)!r} is not an absolute path")
 
 
 class LogConfig(Section):
@@ -429,6 +435,12 @@ class RuninkConfig(Section):
     #: Options of each plugin, by plugin name ([plugin.NAME]).
     plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # ("" is the current folder, which data_dir never is)
+        _absolute_path(self.data_dir, "data_dir")
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise InvalidField("data_dir", f"{str(self.data_dir)!r} is not a folder")
+
     @property
     def sources(self) -> dict[str, str]:
         """Each dotted key that was set, mapped to ``FILE:LINE``, ``$VAR`` or ``--set KEY``."""
@@ -533,9 +545,12 @@ def _rename_deprecated_keys(merged: dict[str, Any], sources: dict[str, str]) -> 
 
 def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str]) -> None:
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        at = file.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{file}:{at}: not UTF-8 text ({exc.reason})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -45,13 +46,24 @@ class _Ids(logging.Filter):
         return True
 
 
+# the password of a URL (``scheme://user:PASSWORD@host``): a library logs the URL it sends to
+# (openlineage's HTTP transport, at debug level), and logs go to terminals and collectors
+URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(?P<at>@)", re.IGNORECASE)
+MASK = "********"
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of each URL in it masked."""
+    return URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text) if "@" in text else text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             **getattr(record, "runink_ids", {}),
         }
         if record.exc_info:
@@ -64,7 +76,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))
         ids = getattr(record, "runink_ids", None)
         return f"{text} [{' '.join(f'{k}={v}' for k, v in ids.items())}]" if ids else text
 

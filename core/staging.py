@@ -176,6 +176,11 @@ def publish(stages: dict[Path, Stage]) -> None:
     file with one link is taken, its mode reset to a data file's (no setuid, setgid or exec
     bits: it is stored as the runner's user's) and its data synced before the rename."""
     umask = _umask()
+    for stage in stages.values():  # (all or none: a folder in one's place fails before any goes)
+        with contextlib.suppress(FileNotFoundError):
+            there = os.stat(stage.final.name, dir_fd=stage.folder, follow_symlinks=False)
+            if stat.S_ISDIR(there.st_mode):
+                raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
     for stage in stages.values():
         name = stage.final.name
         with contextlib.suppress(OSError):

@@ -110,6 +110,27 @@ def test_config_show_names_sources(run_cli: CliRunner, tmp_path: Path) -> None:
     assert shown["sources"] == {"herd": f"{tmp_path / 'runink.toml'}:1", "executor.driver": "$RUNINK_EXECUTOR__DRIVER"}
 
 
+def test_config_show_masks_credentials_and_its_json_is_strict(run_cli: CliRunner, tmp_path: Path) -> None:
+    # its output goes to terminals, tickets and CI logs: a plugin's secret_key, a URL's password
+    (tmp_path / "runink.toml").write_text(
+        '[plugin.storage-s3]\naccess_key = "AKIAEXAMPLE"\nsecret_key = "SUPERSECRET123"\nregion = "eu-1"\n'
+        '[plugin.openlineage]\nurl = "http://admin:OLPASSWORD99@127.0.0.1:9"\nlimit = nan\n'
+    )
+    table = run_cli("config", "show")
+    strict = run_cli("config", "show", "--json")
+    for out in (table, strict):
+        assert out.returncode == 0, out.stderr
+        assert "SUPERSECRET123" not in out.stdout and "AKIAEXAMPLE" not in out.stdout
+        assert "OLPASSWORD99" not in out.stdout and "admin:********@127.0.0.1" in out.stdout
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"not JSON: {name}")
+
+    shown = json.loads(strict.stdout, parse_constant=refuse)
+    assert shown["config"]["plugin"]["storage-s3"]["region"] == "eu-1"  # (what is no credential stays)
+    assert shown["config"]["plugin"]["openlineage"]["limit"] == "nan"  # (JSON has no NaN)
+
+
 def test_hook_runink_cli_commands(run_cli: CliRunner, fake_dist: FakeDist) -> None:
     """A plugin adds a command; a plugin whose registration raises is failed and the CLI still runs."""
     modules = {

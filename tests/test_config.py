@@ -216,3 +216,23 @@ def test_a_weight_must_be_a_finite_number() -> None:
     with pytest.raises(ConfigError, match=r"^\$RUNINK_SCHEDULER__WEIGHTS: scheduler.weights: Expected `float` >="):
         load_config(environ={"RUNINK_SCHEDULER__WEIGHTS": '{"spread": NaN}'})
     assert load_config(environ={"RUNINK_SCHEDULER__WEIGHTS": '{"spread": 2}'}).scheduler.weights == {"spread": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'herd = "a"\nname = "\xff\xfe"\n', "runink.toml:2: not UTF-8 text (invalid start byte)"),
+        (b'data_dir = ""\n', "runink.toml:1: data_dir: '.' is not an absolute path"),  # (the current folder)
+        (b'data_dir = "/etc/passwd"\n', "runink.toml:1: data_dir: '/etc/passwd' is not a folder"),
+        (b'[paths]\nallow = ["/da\\u0000ta"]\n', "runink.toml:2: paths.allow: '/da\\x00ta' contains a NUL byte"),
+    ],
+)
+def test_a_config_that_cannot_be_used_is_one_line_naming_file_and_line(
+    tmp_path: Path, text: bytes, message: str
+) -> None:
+    # (each was an internal error: UnicodeDecodeError, NotADirectoryError, "embedded null byte")
+    file = tmp_path / "runink.toml"
+    file.write_bytes(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(file, environ={})
+    assert str(raised.value) == f"{tmp_path}/{message}"

@@ -156,6 +156,15 @@ def compile_text(tmp_path: Path, body: str) -> CompiledPipeline:
             8,
             "also written by scenario 'a'",
         ),
+        # a sink names one file: a folder (trailing "/"), or the folder of another sink's file,
+        # could not be published (it failed after the other sink was: half an output)
+        ('  Scenario: a\n    @source("i.csv")\n    @sink("parquet://out/orders/")\n', 4, "names a folder"),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @sink("jsonl://out/o/rejected.jsonl", when="invalid")\n'
+            '    @sink("parquet://out/o")\n',
+            5,
+            "is the folder of another sink's file",
+        ),
     ],
 )
 def test_compile_errors(tmp_path: Path, body: str, line: int, message: str) -> None:
@@ -288,3 +297,28 @@ def test_annotations_above_a_scenario_are_its_own(text: str) -> None:
         "b.csv",
         ["c.csv"],
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('@source("csv://in.csv", contract=5)', "@source: contract=5 is not text or None"),
+        ("@affinity(label=5)", "@affinity: label=5 is not text or a list of text or None"),
+        ("@step({[]: 1})", "@step: arguments must be literals"),
+        ('@sink("csv://out/a\\x00b.csv")', "@sink: uri contains a NUL byte"),
+        ("@retries(n=True)", "@retries: n=True is not a whole number"),
+    ],
+)
+def test_an_argument_of_the_wrong_type_is_one_line_naming_it(tmp_path: Path, line: str, message: str) -> None:
+    # (each broke the compiler with a TypeError or ValueError: an internal error, no line)
+    body = ["Feature: F", "  Scenario: S", '    @source("csv://in.csv")', '    @sink("csv://out/o.csv")']
+    if line.startswith("@source"):
+        body[2], where = f"    {line}", 3
+    else:
+        body.insert(3, f"    {line}")
+        where = 4
+    dsl = tmp_path / "p.dsl"
+    dsl.write_text("\n".join(body) + "\n")
+    with pytest.raises(DslError) as raised:
+        parse_file(dsl)
+    assert str(raised.value).startswith(f"{dsl}:{where}:5: ") and message in str(raised.value)

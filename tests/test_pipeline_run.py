@@ -607,3 +607,30 @@ def test_a_run_from_a_read_only_folder_keeps_its_state_in_the_data_dir(
         assert (data_home / "catalog.db").exists() and os.listdir(read_only) == []
     finally:
         subprocess.run(["umount", str(read_only)], check=False)
+
+
+def test_publishing_is_all_or_none_when_a_folder_took_one_sinks_place(tmp_path: Path) -> None:
+    """A failed scenario publishes nothing: one sink's place taken by a folder (made during the
+    run) fails the publication before any output moves."""
+    from runink.core.pipeline.model import Scenario as _Scenario
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import stage_sinks as _stage_sinks
+    from runink.core.staging import unstage as _unstage
+
+    first, second = tmp_path / "out" / "a.csv", tmp_path / "out" / "b.csv"
+    refs = [DatasetRef("csv", path, str(path)) for path in (first, second)]
+    item = CompiledScenario(_Scenario("writes"), refs[0], tuple(CompiledSink(r, "valid", {}) for r in refs))
+    stages = _stage_sinks(item)
+    for final in (first, second):
+        stages[final].file.write_text("id\n1\n")
+    second.mkdir()  # (a folder in its place since the run began)
+    with pytest.raises(OSError, match="a folder is in its place"):
+        _publish(stages)
+    assert not first.exists()  # the other one was not published either
+    _unstage(stages)
+
+
+def test_fail_on_invalid_takes_a_percentage_not_nan(run_cli: CliRunner, orders: Path) -> None:
+    # (click's range let NaN through: every scenario with rows then failed, "over nan%")
+    out = run_cli("run", "orders.dsl", "--fail-on-invalid", "nan", cwd=orders)
+    assert out.returncode == 2 and "--fail-on-invalid" in out.stderr and "Traceback" not in out.stderr

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -411,9 +412,18 @@ class ScenarioAttempts(Executor):
             )
         if item.source.remote:
             return (base,)  # read from the store over the network, no local file to grant
-        source = item.source.path.resolve()
+        try:
+            source = item.source.path.resolve()
+        except RuntimeError:  # (3.11's word for a loop of links)
+            raise OSError(f"the source {item.source.path}: a loop of symbolic links") from None
         if item.source.path.exists() and not run.may_use(source):
             raise OSError(f"the source {item.source.path} leads to {source}, outside what the pipeline may read")
+        try:
+            mode = source.stat().st_mode
+        except OSError:
+            mode = stat.S_IFREG  # (missing or unreadable: the slice says so)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a slice would wait on a FIFO for ever)
+            raise OSError(f"the source {item.source.path} is not a regular file")
         # a missing source is not granted: the slice reports it, naming the file
         return tuple(p for p in (base, source) if p.exists())
 

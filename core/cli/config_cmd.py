@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import typer
 
 from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
+from runink.core.logs import MASK, redact
 
 app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+
+
+# A setting whose name says it holds a credential (a plugin's secret_key, api_key, password,
+# token...) is shown masked, and so is the password of a URL: the output goes to terminals,
+# tickets and CI logs. Where each came from is still shown.
+_SECRET_KEY = re.compile(r"secret|passw|token|credential|private|api_?key|access_?key|auth", re.IGNORECASE)
+
+
+def masked(data: Any, key: str = "") -> Any:
+    """``data`` with what looks like a credential masked (_SECRET_KEY; a URL's password: logs.redact)."""
+    if isinstance(data, dict):
+        return {k: masked(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [masked(v, key) for v in data]
+    if data not in (None, "", False) and _SECRET_KEY.search(key) and not isinstance(data, bool | int | float):
+        return MASK
+    return redact(data) if isinstance(data, str) else data
 
 
 def _leaves(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -25,10 +44,11 @@ def _leaves(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 @app.command("show")
 def show(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Print every setting with its value and source (file:line, $VARIABLE or default)."""
+    """Print every setting with its value and source (file:line, $VARIABLE or default);
+    credentials (a secret_key, password, token... or a URL's password) show masked."""
     state: CliState = ctx.obj
     config = state.config()
-    data = config.model_dump(mode="json")
+    data = masked(config.model_dump(mode="json"))
     if json_output:
         print_json({"file": str(config.file) if config.file else None, "config": data, "sources": config.sources})
         return

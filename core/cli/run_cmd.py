@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -165,6 +166,8 @@ def run_command(
     parse_sets(set_)  # validates the syntax; the values were applied when the CLI started
     config = state.config()
     if fail_on_invalid is not None:
+        if not math.isfinite(fail_on_invalid):  # (click's range check lets NaN through)
+            raise typer.BadParameter(f"{fail_on_invalid}: a percentage from 0 to 100", param_hint="--fail-on-invalid")
         config = config.model_copy(update={"run": config.run.model_copy(update={"fail_on_invalid": fail_on_invalid})})
     compiled = load_pipeline(pipeline, config)
     if dry_run:

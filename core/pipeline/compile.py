@@ -130,6 +130,8 @@ def compile_pipeline(
             raise DslError(scenario.at, f"scenario {scenario.name!r} has no @sink for its output")
         for sink in scenario.sinks:
             ref = _dataset(sink.uri, pipeline.base_dir, sink.at, formats)
+            if not ref.remote and sink.uri.strip().endswith("/"):
+                raise DslError(sink.at, f"@sink {sink.uri!r}: names a folder; a sink writes one file (name it)")
             real = places.check(ref, sink.at, "@sink")
             places.check_sink(ref, real, sink.at)
             _check_options(ref, sink.options, WRITE_OPTIONS, sink.at, "@sink")
@@ -142,6 +144,12 @@ def compile_pipeline(
             written_as[real] = (ref, sink)
             sinks.append(CompiledSink(ref, sink.when, dict(sink.options)))
         compiled[scenario.name] = CompiledScenario(scenario, source, tuple(sinks))
+
+    # A sink whose file is the folder of another's could not be published beside it: refused
+    for real, (_, sink) in written_as.items():
+        inner = next((other for other in written_as if other.startswith(real + os.sep)), None)
+        if inner is not None:
+            raise DslError(sink.at, f"@sink {sink.uri!r}: {real} is the folder of another sink's file ({inner})")
 
     # A sink that is some scenario's source connects the two (the reader runs after). Written
     # under another name (a symbolic link), that would be a dependency nobody can see: refused.

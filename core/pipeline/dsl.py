@@ -29,6 +29,8 @@ import ast
 import difflib
 import inspect
 import re
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -280,7 +282,7 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
     try:
         args = [ast.literal_eval(arg) for arg in node.args]
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
-    except ValueError:
+    except (ValueError, TypeError, MemoryError, RecursionError):  # ({[]: 1}: a literal that cannot be built)
         raise DslError(at, f"@{name}: arguments must be literals (strings, numbers, lists, True/False)") from None
     if any(kw.arg is None for kw in node.keywords):
         raise DslError(at, f"@{name}: **arguments are not allowed")
@@ -289,8 +291,63 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
     except TypeError as exc:
         raise DslError(at, f"@{name}: {exc}") from None
     values = dict(bound.arguments)
+    _check_types(name, values, at)
     extra = values.pop("options", {})
     return Annotation(name, {**values, **extra, **({"options": extra} if extra else {})}, at)
+
+
+def _check_types(name: str, values: dict[str, Any], at: Location) -> None:
+    """Each argument of the type its signature names (``contract=5`` or ``label=5`` broke the
+    compiler with a TypeError), and no text holding a NUL byte (no file name can)."""
+    hints = typing.get_type_hints(SIGNATURES[name])
+    parameters = inspect.signature(SIGNATURES[name]).parameters
+    for key, value in values.items():
+        kind = parameters[key].kind
+        hint = hints.get(key, Any)
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            hint = Any  # (a source's or sink's options: its driver checks them)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            hint = list[hint]  # type: ignore[valid-type]
+        if not _of_type(value, hint):
+            raise DslError(at, f"@{name}: {key}={value!r} is not {_type_name(hint)}")
+        if _has_nul(value):
+            raise DslError(at, f"@{name}: {key} contains a NUL byte")
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_of_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(_of_type(item, args[0] if args else Any) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "True or False", type(None): "None"}
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return names.get(hint, str(hint))
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _syntax_error(exc: SyntaxError, at: Location, offset: int, name: str) -> DslError:
