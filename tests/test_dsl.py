@@ -322,3 +322,34 @@ def test_an_argument_of_the_wrong_type_is_one_line_naming_it(tmp_path: Path, lin
     with pytest.raises(DslError) as raised:
         parse_file(dsl)
     assert str(raised.value).startswith(f"{dsl}:{where}:5: ") and message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "from impl import *\n",
+        "import sys\nif sys.version_info >= (3, 11):\n    def f(batch):\n        return batch\n",
+        "try:\n    from fast import f\nexcept ImportError:\n    def f(batch):\n        return batch\n",
+    ],
+    ids=["star-import", "defined-under-if", "defined-under-try"],
+)
+def test_a_step_the_module_may_define_is_not_refused_by_the_code_check(tmp_path: Path, module: str) -> None:
+    # (the check read only top-level definitions: valid step modules were refused)
+    (tmp_path / "impl.py").write_text("def f(batch):\n    return batch\n")
+    (tmp_path / "mysteps.py").write_text(module)
+    compiled = compile_text(
+        tmp_path, '  Scenario: a\n    @source("i.csv")\n    @step("mysteps:f")\n    @sink("o.csv")\n'
+    )
+    assert [s.name for s in compiled.scenarios] == ["a"]
+    (tmp_path / "mysteps.py").write_text("def g(batch):\n    return batch\n")
+    with pytest.raises(DslError, match="defines no 'f'"):  # (what is surely missing still is)
+        compile_text(tmp_path, '  Scenario: a\n    @source("i.csv")\n    @step("mysteps:f")\n    @sink("o.csv")\n')
+
+
+def test_a_pipeline_files_encoding_is_one_line_naming_its_line_and_a_bom_is_no_text(tmp_path: Path) -> None:
+    dsl = tmp_path / "p.dsl"
+    dsl.write_bytes(b'Feature: f\n  Scenario: a\n    @source("i\xff.csv")\n    @sink("o.csv")\n')
+    with pytest.raises(DslError, match=rf"^{dsl}:3:1: not UTF-8 text \(invalid start byte\)$"):
+        parse_file(dsl)
+    dsl.write_bytes(b'\xef\xbb\xbfFeature: f\n  Scenario: a\n    @source("i.csv")\n    @sink("o.csv")\n')
+    assert [s.name for s in parse_file(dsl).scenarios] == ["a"]

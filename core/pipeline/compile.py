@@ -359,15 +359,39 @@ def _check_reference(ref: str, base_dir: Path, at: Location, what: str, kinds: o
         tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
     except SyntaxError as exc:
         raise DslError(at, f"{what} {ref!r}: {file}:{exc.lineno}: syntax error: {exc.msg}") from None
-    defined = set()
-    for node in tree.body:
+    defined, starred = _module_names(tree.body)
+    if attribute not in defined and not starred:  # (a `from x import *` may bring it: the slice tells)
+        raise DslError(at, f"{what} {ref!r}: {file.name} defines no {attribute!r}")
+
+
+def _module_names(body: list[ast.stmt]) -> tuple[set[str], bool]:
+    """The names a module's code binds at its top level, in blocks too (``if``, ``try``,
+    ``with``, ``for``: a function defined under ``if sys.version_info...`` is the module's),
+    and whether it star-imports (then any name may be its)."""
+    defined: set[str] = set()
+    starred = False
+    for node in body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             defined.add(node.name)
-        elif isinstance(node, ast.Assign):
-            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            defined.add(node.target.id)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.For | ast.With):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For):
+                targets = [node.target]
+            elif isinstance(node, ast.With):
+                targets = [item.optional_vars for item in node.items if item.optional_vars is not None]
+            for target in targets:
+                defined.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
         elif isinstance(node, ast.ImportFrom | ast.Import):
+            starred = starred or any(alias.name == "*" for alias in node.names)
             defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    if attribute not in defined:
-        raise DslError(at, f"{what} {ref!r}: {file.name} defines no {attribute!r}")
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue  # (its body's names are its own)
+        for block in ("body", "orelse", "finalbody", "handlers"):  # (if, try, with, for, while)
+            inner = getattr(node, block, None)
+            if isinstance(inner, list) and inner:
+                if block == "handlers":
+                    inner = [statement for handler in inner for statement in handler.body]
+                names, star = _module_names(inner)
+                defined |= names
+                starred = starred or star
+    return defined, starred

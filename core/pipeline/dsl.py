@@ -114,11 +114,16 @@ class Annotation:
 def parse_file(path: Path | str) -> Pipeline:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RuninkError(f"pipeline file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuninkError(f"cannot read pipeline file {path}: {exc}") from None
+    except OSError as exc:
+        raise RuninkError(f"cannot read pipeline file {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # (a BOM, as some editors write, is no text of the pipeline)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DslError(Location(str(path), line, 1), f"not UTF-8 text ({exc.reason})") from None
     return parse(text, path)
 
 
