@@ -192,8 +192,26 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool)
+
+
 def _check_constraints(contract: str, name: str, base: type, spec: Field) -> None:
     where = f"contract {contract}.{name}"
+    # each constraint of its kind (gt="abc" or enum=5 reached Arrow's kernels, or crashed
+    # `contract show`, with no contract nor field named)
+    for key in ("ge", "gt", "le", "lt"):
+        bound = getattr(spec, key)
+        if bound is not None and not (_number(bound) or (base is decimal.Decimal and isinstance(bound, str))):
+            raise ContractError(f"{where}: {key}={bound!r} is not a number")
+    for key in ("min_length", "max_length", "precision", "scale"):
+        count = getattr(spec, key)
+        if count is not None and (type(count) is not int or count < 0):
+            raise ContractError(f"{where}: {key}={count!r} is not a whole number >= 0")
+    if spec.enum is not None and (isinstance(spec.enum, str | bytes) or not isinstance(spec.enum, Sequence)):
+        raise ContractError(f"{where}: enum={spec.enum!r} is not a list of values")
+    if spec.regex is not None and not isinstance(spec.regex, str):
+        raise ContractError(f"{where}: regex={spec.regex!r} is not text")
     numeric = base in (int, float, decimal.Decimal)
     if any(v is not None for v in (spec.ge, spec.gt, spec.le, spec.lt)) and not numeric:
         raise ContractError(f"{where}: ge/gt/le/lt apply to int, float and Decimal fields, not {TYPE_NAMES[base]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -310,3 +311,18 @@ def test_decimal_columns_that_arrive_typed_keep_their_value() -> None:
 def test_malformed_decimal_fields(body: str, message: str) -> None:
     with pytest.raises(ContractError, match=message):
         exec(f"class Bad(Contract):\n    {body}\n", {"Contract": Contract, "Field": Field, "__name__": __name__})
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ('amount: float = Field(gt="abc")', "contract Bad.amount: gt='abc' is not a number"),
+        ("amount: float = Field(enum=5)", "contract Bad.amount: enum=5 is not a list of values"),
+        ('name: str = Field(min_length="x")', "contract Bad.name: min_length='x' is not a whole number >= 0"),
+        ("name: str = Field(regex=5)", "contract Bad.name: regex=5 is not text"),
+    ],
+)
+def test_a_constraint_of_the_wrong_kind_is_refused_naming_the_field(field: str, message: str) -> None:
+    # (each passed the dry run, then reached Arrow's kernels or crashed `contract show`)
+    with pytest.raises(ContractError, match=re.escape(message)):
+        exec(f"class Bad(Contract):\n    {field}\n", {"Contract": Contract, "Field": Field})

@@ -293,3 +293,16 @@ def test_parquet_keeps_dictionaries_for_few_distinct_values_only(tmp_path: Path)
     empty = parquet.writer(tmp_path / "empty.parquet", batch.schema)
     empty.commit()
     assert pq.read_table(tmp_path / "empty.parquet").schema.equals(batch.schema)
+
+
+def test_a_corrupt_parquet_page_is_an_error_naming_the_file_and_where(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"id": list(range(5000)), "name": [f"n{i}" for i in range(5000)]}), path)
+    data = bytearray(path.read_bytes())
+    data[100:114] = b"garbagegarbage"  # (inside the first column chunk's pages)
+    path.write_bytes(bytes(data))
+    storage = load_driver(Storage, "parquet")
+    with pytest.raises(DatasetError, match=rf"^{path}: not readable past row 0: "):
+        list(storage.read(path))

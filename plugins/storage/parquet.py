@@ -30,7 +30,14 @@ class ParquetStorage(Storage):
             raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
         row = 0
         total = file.metadata.num_rows
-        for batch in file.iter_batches(batch_size=int((options or {}).get("batch_rows", BATCH_ROWS))):
+        batches = file.iter_batches(batch_size=int((options or {}).get("batch_rows", BATCH_ROWS)))
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:  # (a corrupt page: say which file, and after what)
+                raise DatasetError(f"{path}: not readable past row {row}: {exc}") from None
+            if batch is None:
+                return
             positions = pa.array(range(row + 1, row + 1 + batch.num_rows), pa.int64())
             row += batch.num_rows
             yield ReadBatch(batch, positions, fraction=min(1.0, row / total) if total > 0 else None)
