@@ -36,13 +36,20 @@ if TYPE_CHECKING:
 from runink.core.pipeline.dsl import DslError
 from runink.core.pipeline.model import AnnotateStep, CommandStep, Location, Pipeline, Scenario, Sink, StepRef
 
-READ_OPTIONS = {
-    "csv": {"delimiter", "block_size"},
-    "jsonl": {"chunk_lines"},
-    "parquet": {"batch_rows"},
-    "s3": {"batch_rows"},
+# The built-in formats' options and their kinds (a third-party format checks its own): a
+# wrong kind is a .dsl error at its line, not a TypeError in the slice
+READ_OPTIONS: dict[str, dict[str, type]] = {
+    "csv": {"delimiter": str, "block_size": int},
+    "jsonl": {"chunk_lines": int},
+    "parquet": {"batch_rows": int},
+    "s3": {"batch_rows": int},
 }
-WRITE_OPTIONS = {"csv": set(), "jsonl": set(), "parquet": {"compression"}, "s3": {"compression"}}
+WRITE_OPTIONS: dict[str, dict[str, type]] = {
+    "csv": {},
+    "jsonl": {},
+    "parquet": {"compression": str},
+    "s3": {"compression": str},
+}
 MAX_PROMPT_BYTES = 64 * 1024  # an @annotate prompt file
 
 
@@ -293,15 +300,23 @@ class _Places:
 
 
 def _check_options(
-    ref: DatasetRef, options: dict[str, object], known: dict[str, set[str]], at: Location, what: str
+    ref: DatasetRef, options: dict[str, object], known: dict[str, dict[str, type]], at: Location, what: str
 ) -> None:
     allowed = known.get(ref.format)
     if allowed is None:
         return  # a third-party format validates its own options
-    unknown = sorted(set(options) - allowed)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
         expected = ", ".join(sorted(allowed)) or "none"
         raise DslError(at, f"{what}: unknown option(s) {', '.join(unknown)} for {ref.format} (expected: {expected})")
+    for name, value in options.items():
+        kind = allowed[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):  # type: ignore[operator]
+            wanted = "a whole number > 0" if kind is int else "text"
+            raise DslError(at, f"{what}: option {name}={value!r} for {ref.format} is not {wanted}")
+    delimiter = options.get("delimiter")
+    if isinstance(delimiter, str) and len(delimiter) != 1:
+        raise DslError(at, f"{what}: option delimiter={delimiter!r} for csv is not one character")
 
 
 def _levels(compiled: dict[str, CompiledScenario]) -> tuple[tuple[str, ...], ...]:
