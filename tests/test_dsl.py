@@ -313,7 +313,7 @@ def test_annotations_above_a_scenario_are_its_own(text: str) -> None:
         ("@affinity(label=5)", "@affinity: label=5 is not text or a list of text or None"),
         ("@step({[]: 1})", "@step: arguments must be literals"),
         ('@sink("csv://out/a\\x00b.csv")', "@sink: uri contains a NUL byte"),
-        ("@retries(n=True)", "@retries: n=True is not a whole number"),
+        ("@retries(n=True)", "@retries: n must be a whole number >= 0, got True"),
     ],
 )
 def test_an_argument_of_the_wrong_type_is_one_line_naming_it(tmp_path: Path, line: str, message: str) -> None:

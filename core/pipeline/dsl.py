@@ -301,10 +301,15 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
     return Annotation(name, {**values, **extra, **({"options": extra} if extra else {})}, at)
 
 
+# the annotations whose arguments are checked here by their signature's types; the others
+# (@requires, @run, @retries, @secrets, @annotate) check their own, with messages of their own
+TYPED_HERE = {"herd", "source", "step", "sink", "affinity", "golden"}
+
+
 def _check_types(name: str, values: dict[str, Any], at: Location) -> None:
     """Each argument of the type its signature names (``contract=5`` or ``label=5`` broke the
     compiler with a TypeError), and no text holding a NUL byte (no file name can)."""
-    hints = typing.get_type_hints(SIGNATURES[name])
+    hints = typing.get_type_hints(SIGNATURES[name]) if name in TYPED_HERE else {}
     parameters = inspect.signature(SIGNATURES[name]).parameters
     for key, value in values.items():
         kind = parameters[key].kind
@@ -369,7 +374,7 @@ def _requirements(annotation: Annotation, base: Requirements) -> Requirements:
 
 def _retries_of(annotation: Annotation) -> tuple[int, float]:
     n = annotation.args["n"]
-    if not isinstance(n, int) or n < 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise DslError(annotation.at, f"@retries: n must be a whole number >= 0, got {n!r}")
     try:
         backoff = parse_duration(annotation.args.get("backoff", "1s"))
