@@ -104,6 +104,7 @@ def slice_task(
         env=_with_secrets({**slice_env(work_dir), **_storage_env(item), **_annotator_env(spec, config)}, secrets),
         cwd=work_dir,
         readable=readable,
+        hidden=_hidden_config(config, readable),
         writable=(work_dir, *sorted(stage.path for stage in staged.values())),
         limits=slice_limits(item, config),
         timeout=scenario.requires.timeout,
@@ -111,6 +112,21 @@ def slice_task(
         herd=herd,
         labels={"scenario": item.name},
     )
+
+
+def _hidden_config(config: RuninkConfig, readable: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The config file in use, when it lies inside a folder the slice reads (``runink run``
+    from the project folder reads ./runink.toml): it may hold a plugin's credentials (an s3
+    secret_key, an annotator's api_key) that reach only the slices meant to have them, as
+    variables; the slice sees it empty."""
+    if config.file is None:
+        return ()
+    try:
+        file = Path(config.file).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return ()
+    inside = any(file.is_relative_to(folder) and file != folder for folder in readable)
+    return (file,) if inside else ()
 
 
 def _sink_path(ref: DatasetRef, staged: dict[Path, Stage]) -> str:

@@ -72,6 +72,38 @@ def test_oom_is_reported_as_oomkilled(linux: LinuxExecutor, tmp_path: Path) -> N
     assert result.peak_memory_bytes is not None and result.peak_memory_bytes <= 64 * 1024**2 + 4096
 
 
+TCP_HOARD = """
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
+pairs, total, chunk = [], 0, b"x" * 65536
+while total < 512 << 20:  # sent to its own loopback, never read: kernel memory, not the process's
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    c.connect(srv.getsockname()); s, _ = srv.accept()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    c.setblocking(False)
+    try:
+        while total < 512 << 20:
+            total += c.send(chunk)
+    except BlockingIOError:
+        pass
+    pairs.append((c, s))
+print("queued", total >> 20, "MiB", flush=True)
+"""
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_socket_buffers_count_against_the_memory_limit(linux: LinuxExecutor, tmp_path: Path) -> None:
+    """cgroup v1 counts TCP buffers only once memory.kmem.tcp.limit_in_bytes is set: a slice
+    queued 512 MiB in its own loopback sockets under a 64 MiB limit (v2 counts them anyway)."""
+    import sys
+
+    spec = _spec(tmp_path, sys.executable, "-c", TCP_HOARD, limits=Resources(memory=64 * 1024**2))
+    linux.start(spec)
+    result = linux.wait(spec.id, 60)
+    assert result is not None and "queued 512 MiB" not in linux.read_log(spec.id), result
+    linux.destroy(spec.id)
+
+
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
 def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path: Path) -> None:
 

@@ -87,3 +87,22 @@ def evil(batch):
     finally:
         fstree.remove_tree(tmp_path)  # (pytest's own clean-up of this folder would recurse)
         os.makedirs(tmp_path)
+
+
+def test_a_slice_reads_the_config_in_its_folder_as_empty(run_cli: CliRunner, tmp_path: Path) -> None:
+    """`runink run` from the project reads ./runink.toml, inside the folder every slice reads:
+    the credentials in it (an s3 secret_key, an annotator's api_key) are for the slices meant
+    to have them, as variables; a slice sees the file empty."""
+    steps = """from pathlib import Path
+def evil(batch):
+    seen = (Path(__file__).parent / "runink.toml").read_text()
+    if "S3-SECRET" in seen:
+        raise SystemExit("read the credentials: " + seen)
+    return batch
+"""
+    project = _project(tmp_path, steps)
+    (project / "runink.toml").write_text('[plugin.storage-s3]\nsecret_key = "S3-SECRET"\n')
+    (project / "runink.toml").chmod(0o600)
+    out = run_cli("run", "p.dsl", cwd=project)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (project / "runink.toml").read_text() == '[plugin.storage-s3]\nsecret_key = "S3-SECRET"\n'

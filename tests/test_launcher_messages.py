@@ -36,6 +36,7 @@ def test_a_request_round_trips_through_its_line() -> None:
         secrets="/proc/1/fd/7",
         python=PythonCode(module="runink.core.dataplane.slice", args=("a",)),
         devices=("/dev/nvidia1", "/dev/nvidiactl"),
+        hidden=("/p/runink.toml",),
     )
     line = request.to_line()
     assert line.endswith("\n") and "\n" not in line[:-1]
@@ -77,6 +78,9 @@ def test_a_hand_written_request_keeps_the_defaults() -> None:
         ({"devices": ["nvidia0"]}, "devices[0]: 'nvidia0' is not an absolute path to a device"),
         ({"devices": ["/dev/nvidia0", "/x/null"]}, "devices[1]: '/x/null' is not an absolute path to a device"),
         ({"devices": ["/dev/nvidia0", "/other/nvidia0"]}, "devices[1]: a second device named 'nvidia0'"),
+        ({"hidden": ["runink.toml"]}, "hidden[0]: 'runink.toml' is not an absolute, normal path"),
+        ({"hidden": ["/p/../etc/shadow"]}, "hidden[0]: '/p/../etc/shadow' is not an absolute, normal path"),
+        ({"hidden": ["/p"] * 17}, "hidden: 17 paths (at most 16)"),
         ({"devices": ["/dev/.."]}, "devices[0]"),
         ({"devices": [f"/dev/n{i}" for i in range(65)]}, "devices: 65 devices (at most 64)"),
     ],

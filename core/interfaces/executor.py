@@ -80,6 +80,9 @@ class TaskSpec:
     timeout: float | None = None
     network: bool = False
     readable: tuple[Path, ...] = ()
+    # files inside ``readable`` the task must not read (the config in use, which may hold
+    # credentials): an isolating runtime shows them empty; one that does not ignores them
+    hidden: tuple[Path, ...] = ()
     writable: tuple[Path, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     herd: str = "default"

@@ -231,6 +231,7 @@ class SliceCgroup:
                 memsw = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
                 if memsw.exists():  # no swapping past the limit either
                     _write(memsw, str(limits.memory))
+                _limit_tcp(self.dirs["memory"], limits.memory)
         if limits.pids:
             _write(self.dirs["pids"] / "pids.max", str(limits.pids))
         if not v2 and "cpuset" in self.dirs:
@@ -277,6 +278,7 @@ class SliceCgroup:
                 raising = not limits.memory or (previous.memory and limits.memory > previous.memory)
                 for path in reversed(files) if raising else files:
                     _write(path, value)
+                _limit_tcp(memory, limits.memory)
         if limits.pids != previous.pids:
             _write(self.dirs["pids"] / "pids.max", str(limits.pids or "max"))
         if limits.cpuset != previous.cpuset and "cpuset" in self.dirs:
@@ -426,6 +428,7 @@ def _write_caps(layout: CgroupLayout, dirs: dict[str, Path], caps: CgroupLimits)
                     except CgroupError:
                         if not tries_left:
                             raise
+            _limit_tcp(memory, caps.memory)
     if "pids" in dirs:
         _write(dirs["pids"] / "pids.max", str(caps.pids or "max"))
 
@@ -617,3 +620,14 @@ class CgroupManager:
             if parent.exists():
                 found.extend(p for p in parent.iterdir() if p.is_dir())
         return sorted(found)
+
+
+def _limit_tcp(memory: Path, limit: int) -> None:
+    """cgroup v1 counts a cgroup's TCP buffers only once ``memory.kmem.tcp.limit_in_bytes`` is
+    set: without it a slice queued 512 MiB in loopback sockets under a 64 MiB limit (v2
+    counts socket memory with the rest). Set to the memory limit (0: unlimited); a kernel
+    without the file, or one that refuses it, keeps v1's default."""
+    tcp = memory / "memory.kmem.tcp.limit_in_bytes"
+    if tcp.exists():
+        with contextlib.suppress(CgroupError):
+            _write(tcp, str(limit or -1))

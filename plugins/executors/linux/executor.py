@@ -655,6 +655,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             herd=spec.herd if herd_limits is not None else None,
             herd_limits=herd_limits,
             devices=tuple(spec.devices),
+            hidden=tuple(str(path) for path in spec.hidden),
             stdout=stdout,
             stderr=stderr,
             status_file=str(status_file),

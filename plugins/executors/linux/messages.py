@@ -229,6 +229,9 @@ class LaunchRequest:
     herd_limits: Limits | None = None
     # host paths of character devices the slice gets at /dev/<name> (its GPUs): see _devices
     devices: tuple[str, ...] = ()
+    # files inside its read-only grants the slice must not read (a config holding credentials):
+    # shown empty (/dev/null mounted over each); see _hidden
+    hidden: tuple[str, ...] = ()
 
     def to_line(self) -> str:
         """The request as one JSON line (with its newline)."""
@@ -259,6 +262,8 @@ class LaunchRequest:
             data["herd"] = self.herd
         if self.devices:
             data["devices"] = list(self.devices)
+        if self.hidden:
+            data["hidden"] = list(self.hidden)
         if self.herd_limits is not None:
             caps = self.herd_limits
             data["herd_limits"] = {"cpu": caps.cpu, "memory": caps.memory, "pids": caps.pids}
@@ -307,17 +312,34 @@ class LaunchRequest:
             if get("herd_limits") is None
             else Limits.from_dict(data["herd_limits"], message_id, "herd_limits"),
             devices=_devices(get("devices") or [], message_id),
+            hidden=_hidden(get("hidden") or [], message_id),
         )
 
 
 _REQUEST_FIELDS = frozenset(
     {"v", "op", "id", "command", "cwd", "binds", "hostname", "uid", "gid", "network", "userns", "limits"}
     | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python", "herd", "herd_limits", "devices"}
+    | {"hidden"}
 )
 MAX_DEVICES = 64
 # a device's name in the slice's /dev: a plain file name, none of the devices every slice has
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RESERVED_DEVICES = frozenset({"null", "zero", "full", "random", "urandom", "fd", "stdin", "stdout", "stderr", "shm"})
+
+
+MAX_HIDDEN = 16
+
+
+def _hidden(value: object, message_id: str) -> tuple[str, ...]:
+    """Absolute, normal paths (no '.', '..' or '//' part), at most MAX_HIDDEN."""
+    paths = _strings(value, "hidden", message_id)
+    if len(paths) > MAX_HIDDEN:
+        raise MessageError("hidden", f"{len(paths)} paths (at most {MAX_HIDDEN})", message_id)
+    for i, path in enumerate(paths):
+        parts = path.split("/")[1:]
+        if not path.startswith("/") or not parts or any(p in ("", ".", "..") for p in parts):
+            raise MessageError(f"hidden[{i}]", f"{path[:200]!r} is not an absolute, normal path", message_id)
+    return paths
 
 
 def _devices(value: object, message_id: str) -> tuple[str, ...]:

@@ -227,6 +227,8 @@ def run(control: socket.socket) -> int:
             mount(None, target, None, flags)
         if req.devices:
             _add_devices(req.devices, device_fds)
+        for path in req.hidden:  # (inside a read-only grant: a config holding credentials)
+            _hide(path)
         if files:
             _private_files(files, uid, gid)
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
@@ -344,6 +346,18 @@ def _add_devices(devices: tuple[str, ...], fds: list[int]) -> None:
         move_mount(fd, target)
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_RDONLY)  # not nodev: a device
     mount(None, "/dev", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+
+
+def _hide(path: str) -> None:
+    """Show the file at ``path`` empty: /dev/null mounted over it, read-only. A path that is
+    not there, or is a folder, is left (the runner names files it found)."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    mount("/dev/null", path, None, MS_BIND)
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
 
 
 def _private_files(files: dict[str, str], uid: int, gid: int) -> None:
