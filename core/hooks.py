@@ -92,6 +92,15 @@ class Answer(Generic[T]):
     value: T
 
 
+def _shape(value: object) -> str:
+    """What a hook returned, for the trace, without its value: a master key, a token, a
+    configuration's credentials are hooks' results too."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    size = f" of {len(value)}" if isinstance(value, list | tuple | dict | bytes | str) else ""
+    return f"a {type(value).__name__}{size}"
+
+
 def _guard(
     function: Callable[..., object], plugin: str, hook: str, tracing: Callable[[], bool]
 ) -> Callable[..., object]:
@@ -109,7 +118,7 @@ def _guard(
             log.warning("plugin %s raised in %s: %s", plugin, hook, describe_exception(exc))
             return HookFailure(plugin, hook, exc)
         if tracing():
-            trace_log.info("%s from %s returned %r", hook, plugin, result)
+            trace_log.info("%s from %s returned %s", hook, plugin, _shape(result))
         return Answer(plugin, result) if tag and result is not None else result
 
     return guarded

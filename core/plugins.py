@@ -207,11 +207,18 @@ class PluginManager:
 
     def enable_tracing(self) -> None:
         self.settings = self.settings.model_copy(update={"trace": True})
-        self.pm.trace.root.setwriter(lambda message: trace_log.info(message.rstrip()))
+        self.pm.trace.root.setwriter(_trace_line)
         self.pm.enable_tracing()
 
     def implementers(self, hook_name: str) -> list[str]:
         return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
+
+
+def _trace_line(message: str) -> None:
+    """pluggy's trace of a call, without its arguments (the config, a request's credentials)
+    nor its result (a master key): the hook's name alone."""
+    first = (message.strip().splitlines() or [""])[0]
+    trace_log.info(first.split(" --> ", 1)[0] if first.startswith("finish ") else first)
 
 
 def create_plugin_manager(

@@ -360,3 +360,14 @@ def test_a_pipeline_files_encoding_is_one_line_naming_its_line_and_a_bom_is_no_t
         parse_file(dsl)
     dsl.write_bytes(b'\xef\xbb\xbfFeature: f\n  Scenario: a\n    @source("i.csv")\n    @sink("o.csv")\n')
     assert [s.name for s in parse_file(dsl).scenarios] == ["a"]
+
+
+def test_secrets_of_one_scenario_are_all_files_or_all_variables_too(tmp_path: Path) -> None:
+    # (env=True on one @secrets put every secret of the scenario in the slice's environment)
+    dsl = tmp_path / "p.dsl"
+    dsl.write_text(
+        'Feature: F\n  Scenario: S\n    @secrets("db.password")\n    @secrets("openai_api_key", env=True)\n'
+        '    @source("csv://in.csv")\n    @sink("csv://out/o.csv")\n'
+    )
+    with pytest.raises(DslError, match=r"p.dsl:4:5: @secrets: env=True here, env=False on this scenario"):
+        parse_file(dsl)

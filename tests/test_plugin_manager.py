@@ -141,6 +141,23 @@ def test_tracing_logs_every_hook_call(caplog: pytest.LogCaptureFixture) -> None:
     assert "runink_authenticate" in caplog.text
 
 
+def test_tracing_logs_no_argument_nor_result_values(caplog: pytest.LogCaptureFixture) -> None:
+    # a KMS plugin's runink_master_key returns the key; runink_configure gets every credential
+    class Kms:
+        @hookimpl
+        def runink_master_key(self, source: str) -> bytes:
+            return b"MASTER-KEY-BYTES"
+
+    manager = PluginManager(PluginsConfig(trace=True))
+    manager.register(Kms(), "kms")
+    config = RuninkConfig.model_validate({"plugin": {"storage-s3": {"secret_key": "S3-SECRET"}}})
+    with caplog.at_level(logging.INFO, logger="runink.plugins.trace"):
+        manager.configure(config)
+        manager.hook.runink_master_key(source="kms:x")
+    assert "finish runink_master_key" in caplog.text  # (the call, without its result)
+    assert "MASTER-KEY" not in caplog.text and "S3-SECRET" not in caplog.text
+
+
 def test_registered_plugin_is_scoped_to_the_block() -> None:
     class Plugin:
         @hookimpl

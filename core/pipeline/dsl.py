@@ -394,6 +394,13 @@ def _with_secrets(scenario: Scenario, a: Annotation) -> Scenario:
             raise DslError(a.at, f"@secrets: {name!r} is not a secret name (1-128 letters, digits, '.', '_' or '-')")
     if not isinstance(env, bool):
         raise DslError(a.at, f"@secrets: env must be True or False, got {env!r}")
+    if scenario.secrets and env != scenario.secrets_env:
+        # (one flag for the slice: env=True on one @secrets put every secret in its environment)
+        raise DslError(
+            a.at,
+            f"@secrets: env={env} here, env={scenario.secrets_env} on this scenario's other @secrets: "
+            "its secrets are all files, or all variables too (give them the same env)",
+        )
     merged = (*scenario.secrets, *(n for n in names if n not in scenario.secrets))
     if len(merged) > MAX_TASK_SECRETS:
         raise DslError(a.at, f"@secrets: {len(merged)} secrets, at most {MAX_TASK_SECRETS} per scenario")
