@@ -48,7 +48,7 @@ def secured_app(folder: Path, *plugins: tuple[str, Any]) -> Iterator[SecuredApp]
     tokens.revocations = Revocations(store.barn, max_ttl=MAX_TTL, leeway=LEEWAY)  # (as a server has them)
     for herd in ("team", "other"):
         store.create_herd(Herd(name=herd))
-    lifecycle = Lifecycle(store, secrets=BarnSecrets(store.barn, master_key=bytes(range(32))))
+    lifecycle = Lifecycle(store, secrets=BarnSecrets(store.barn, master_key=bytes(range(32)), herds=True))
     lifecycle.secrets.put("team", "db_password", SECRET_VALUE)  # type: ignore[union-attr]
     lifecycle.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=16 * GiB)))
     job = lifecycle.submit_command("team", ["/bin/echo", "secret-output"]).id

@@ -15,6 +15,8 @@ from auth_helpers import SECRET_VALUE, secured_app
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import RunState, keys
 from runink.core.control.store import ClusterStore, NotFound, Refused
+from runink.core.interfaces.barn import TxnOp
+from runink.core.interfaces.secrets import InvalidSecretError
 from runink.core.model import Grant
 from runink.core.server.auth import ClusterTokens
 from runink.core.server.serve_api import serve_api, stop_api
@@ -137,3 +139,38 @@ def test_a_node_gets_an_attempts_secrets_only_while_it_runs_it_there(api: Api) -
         life.task_secrets("team", task_id, task.attempt, task.token, "n1")
     with pytest.raises(NotFound):
         life.task_secrets("team", "job-1-2.0001", 1, 1, "n1")
+
+
+def test_a_herd_being_deleted_takes_no_secret_and_its_next_namesake_inherits_none(api: Api) -> None:
+    """A secret set while its herd was being deleted survived the delete, and a new herd of
+    the same name read it (one tenant's secret reached another)."""
+    admin = api.as_("cluster-admin", "*")
+    assert api.http.put("/v1/herds/team/secrets/a", json={"value": "old"}, headers=admin).status_code == 200
+    current = api.store.herd("team")
+    marked = current.record.model_copy(update={"deleting": True})
+    api.store.barn.transaction(
+        [(keys.herd("team"), current.revision)], [TxnOp(keys.herd("team"), marked.model_dump_json().encode())]
+    )
+    late = api.http.put("/v1/herds/team/secrets/late", json={"value": "late"}, headers=admin)
+    assert late.status_code == 409 and "being deleted" in late.text
+    # the Barn backend compares the herd's record in its own write (what the API's check cannot)
+    backend = api.lifecycle.secrets
+    assert backend is not None
+    with pytest.raises(InvalidSecretError, match="being deleted"):
+        backend.put("team", "late", b"late")
+    with pytest.raises(InvalidSecretError, match="no such herd"):
+        backend.put("ghost", "s", b"x")
+
+
+def test_a_herd_keeps_a_bounded_number_of_secrets(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runink.core.server import api as api_module
+
+    editor = api.as_("editor")
+    kept = len(api.http.get("/v1/herds/team/secrets", headers=editor).json()["secrets"])
+    monkeypatch.setattr(api_module, "MAX_HERD_SECRETS", kept + 2)
+    for name in ("a", "b"):
+        assert api.http.put(f"/v1/herds/team/secrets/{name}", json={"value": "x"}, headers=editor).status_code == 200
+    third = api.http.put("/v1/herds/team/secrets/c", json={"value": "x"}, headers=editor)
+    assert third.status_code == 409 and f"at most {kept + 2}" in third.text
+    again = api.http.put("/v1/herds/team/secrets/a", json={"value": "y"}, headers=editor)  # a new version: fine
+    assert again.status_code == 200 and again.json()["version"] == 2

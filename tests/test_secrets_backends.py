@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from runink.core.config import load_config
+from runink.core.control.records import Herd
+from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import ConfigError, RuninkError
 from runink.core.hookspecs import hookimpl
@@ -554,6 +556,7 @@ def test_hook_runink_master_key(tmp_path: Path) -> None:
         options = ServerOptions(secrets_key=Path("kms:test/runink"))
         backend = secret_backend(options, RuninkConfig(), manager, barn)
         assert backend is not None
+        ClusterStore(barn).create_herd(Herd(name="team"))  # (a server's secrets go to live herds only)
         backend.put("team", "pw", b"v1")
         assert BarnSecrets(barn, master_key=key).get("team", "pw") == b"v1"  # under the KMS's key
         assert kms.asked == ["kms:test/runink"]

@@ -60,7 +60,7 @@ from runink.core.control.store import (
     assigned_to,
 )
 from runink.core.interfaces.barn import TxnOp
-from runink.core.interfaces.secrets import SecretBackend
+from runink.core.interfaces.secrets import SecretBackend, SecretError
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import printable
 
@@ -316,6 +316,8 @@ class Lifecycle:
             return {name: self.secrets.get(herd, name) for name in task.secrets}
         except KeyError as exc:  # deleted since the job was accepted
             raise NotFound(f"{where}: {exc}") from None
+        except SecretError as exc:  # (one that cannot be opened: no retry makes it openable)
+            raise Refused(f"{where}: {exc}") from None
 
     # --- submissions -------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ MAX_BODY = 1024 * 1024  # bytes of a request body
 SCHEDULER_HEADER = "X-Runink-Scheduler"  # the API of the server that schedules now (AddedHeaders)
 MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
 MAX_LABELS = 64
+MAX_HERD_SECRETS = 1000  # secrets one herd keeps (each at most MAX_SECRET_BYTES): ~64 MiB of Barn at most
 # a label's text: no control character (records.LABEL_TEXT; `$` is the end of the text in
 # the Rust regex dialect pydantic uses)
 LABEL_TEXT = r"^[^\x00-\x1f\x7f-\x9f]*$"
@@ -675,8 +676,10 @@ def create_app(
     # --- secrets (names and versions out, values in only) -----------------------------------
 
     def secret_backend(herd: str) -> SecretBackend:
-        """The cluster's secret backend once ``herd`` is known to exist; NotFound otherwise."""
-        store.herd(herd)  # NotFound names it
+        """The cluster's secret backend once ``herd`` is known to exist; NotFound otherwise,
+        Refused while it is being deleted (the Barn backend compares that in its write too)."""
+        if store.herd(herd).record.deleting:  # (NotFound names it)
+            raise Refused(f"herd {herd!r} is being deleted")
         if lifecycle.secrets is None:
             raise NotFound("this cluster keeps no secrets (its servers were given no --secrets-key)")
         return lifecycle.secrets
@@ -698,8 +701,12 @@ def create_app(
             raise Refused(f"secret {secret!r} of herd {name!r}: the value is not valid text") from None
         if len(value) > MAX_SECRET_BYTES:  # (checked again in bytes: a character may be 4)
             raise Refused(f"secret {secret!r} of herd {name!r}: {len(value)} bytes, at most {MAX_SECRET_BYTES}")
+        backend = secret_backend(name)
+        kept = {info.name for info in backend.list(name)}
+        if secret not in kept and len(kept) >= MAX_HERD_SECRETS:  # (the Barn is every herd's)
+            raise Refused(f"herd {name!r} keeps {len(kept)} secrets, at most {MAX_HERD_SECRETS}: delete some first")
         try:
-            version = secret_backend(name).put(name, secret, value)
+            version = backend.put(name, secret, value)
         except InvalidSecretError as exc:
             raise Refused(str(exc)) from None
         return {"herd": name, "name": secret, "version": version}

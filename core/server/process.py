@@ -90,10 +90,11 @@ def secret_backend(
     server's). None: no secrets (a job asking for one is refused, saying so)."""
     if options.secrets_key is not None:
         source = str(options.secrets_key)
-        found: dict[str, Any] = {"barn": barn, "master_key_file": source}  # (its errors name the file)
+        # herds: the server's Barn holds the herd records (a secret only for a live herd)
+        found: dict[str, Any] = {"barn": barn, "master_key_file": source, "herds": True}  # (errors name the file)
         if source.startswith(KMS_SOURCE):
             key = master_key_of(source, lambda kms: manager.hooks.master_key(kms))  # noqa: PLW0108 (a visible hook call)
-            found = {"barn": barn, "master_key": key}
+            found = {"barn": barn, "master_key": key, "herds": True}
         return load_driver(SecretBackend, "barn", found, manager=manager, origin="--secrets-key")
     backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra={"barn": barn})
     return backend

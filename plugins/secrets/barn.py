@@ -93,6 +93,9 @@ class _DataKey:
         return f"_DataKey(id={self.id!r})"
 
 
+HERD_RECORD = "herd"  # the cluster's record of a herd: /herds/NAME/herd (core/control/records.keys.herd)
+
+
 class BarnSecrets(SecretBackend):
     """Herd secrets in the Barn under ``/herds/HERD/``, envelope-encrypted (see the module doc).
 
@@ -100,10 +103,19 @@ class BarnSecrets(SecretBackend):
     (``master_key``), not both."""
 
     name: ClassVar[str] = "barn"
-    options_schema: ClassVar[OptionsSchema] = {"barn": object, "master_key_file": (str, Path), "master_key": object}
+    options_schema: ClassVar[OptionsSchema] = {
+        "barn": object,
+        "master_key_file": (str, Path),
+        "master_key": object,
+        "herds": bool,
+    }
 
     def __init__(
-        self, barn: BarnBackend, master_key_file: str | Path | None = None, master_key: bytes | None = None
+        self,
+        barn: BarnBackend,
+        master_key_file: str | Path | None = None,
+        master_key: bytes | None = None,
+        herds: bool = False,
     ) -> None:
         if not isinstance(barn, BarnBackend):
             raise InvalidSecretError(f"barn secrets: barn must be a BarnBackend, got {type(barn).__name__}")
@@ -117,6 +129,11 @@ class BarnSecrets(SecretBackend):
             self._master = _check_master_key(master_key, "master_key")
             self._source = "the master key given"
         self._master_id = key_id(self._master)
+        # ``herds``: the Barn holds the cluster's herd records (a server's): a secret is stored
+        # only in a herd that exists and is not being deleted, its record's revision compared
+        # in the same transaction (a put racing a herd's delete left its secret to the next
+        # herd of that name)
+        self.herds = bool(herds)
         self._lock = threading.Lock()
         self._data_keys: dict[str, _DataKey] = {}  # herd -> its unwrapped data key
 
@@ -179,6 +196,7 @@ class BarnSecrets(SecretBackend):
             }
             # the data key's revision too: a rotation or a herd deleted meanwhile makes this put read again
             compare = [(key, 0 if kv is None else kv.mod_revision), (wrapped_key, data_key.mod_revision)]
+            compare += self._herd_compare(herd)
             held, _ = self.barn.transaction(compare, [TxnOp(key, _encode(stored))])
             if held:
                 return version
@@ -333,7 +351,26 @@ class BarnSecrets(SecretBackend):
             "wrapped": _b64(AESGCM(self._master).encrypt(nonce, raw, _data_key_aad(herd, self._master_id))),
             "created": time.time(),
         }
-        self.barn.transaction([(wrapped_key, 0)], [TxnOp(wrapped_key, _encode(stored)), TxnOp(HERD_INDEX + herd, b"")])
+        self.barn.transaction(
+            [(wrapped_key, 0), *self._herd_compare(herd)],
+            [TxnOp(wrapped_key, _encode(stored)), TxnOp(HERD_INDEX + herd, b"")],
+        )
+
+    def _herd_compare(self, herd: str) -> builtins.list[tuple[str, int]]:
+        """With ``herds``: the herd record's key and revision for a write to compare; refused
+        if the herd is gone or being deleted."""
+        if not self.herds:
+            return []
+        record_key = herd_key(herd, HERD_RECORD)
+        kv = self.barn.get(record_key)
+        try:
+            deleting = kv is not None and bool(json.loads(kv.value).get("deleting"))
+        except (ValueError, AttributeError):
+            deleting = False
+        if kv is None or deleting:
+            why = "being deleted" if deleting else "no such herd"
+            raise InvalidSecretError(f"herd {herd}: {why}: it takes no secret")
+        return [(record_key, kv.mod_revision)]
 
     def _unwrap(self, herd: str, kv: KeyValue, record: dict[str, Any], cipher: AESGCM) -> bytes:
         wrapped_with = _field(kv, record, "master_key_id", str)
