@@ -564,3 +564,19 @@ def test_hook_runink_master_key(tmp_path: Path) -> None:
             secret_backend(ServerOptions(secrets_key=Path("kms:test/other")), RuninkConfig(), manager, barn)
         with pytest.raises(SecretError, match=r"kms:test/broken: the plugin serving it failed: RuntimeError: the KMS"):
             secret_backend(ServerOptions(secrets_key=Path("kms:test/broken")), RuninkConfig(), manager, barn)
+
+
+def test_a_servers_configured_barn_backend_stores_secrets_for_live_herds_only(tmp_path: Path) -> None:
+    # (as --secrets-key's: a put racing a herd's delete must not leave its secret to the next)
+    from runink.core.config import RuninkConfig
+    from runink.core.server.process import ServerOptions, secret_backend
+
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(KEY).decode() + "\n")
+    key_file.chmod(0o600)
+    config = RuninkConfig.model_validate({"secrets": {"driver": "barn", "options": {"master_key_file": str(key_file)}}})
+    with plugin_manager(entrypoints=True) as manager:
+        backend = secret_backend(ServerOptions(), config, manager, MemoryBarn())
+    assert isinstance(backend, BarnSecrets) and backend.herds
+    with pytest.raises(InvalidSecretError, match="no such herd"):
+        backend.put("ghost", "pw", b"v")

@@ -96,7 +96,7 @@ def secret_backend(
             key = master_key_of(source, lambda kms: manager.hooks.master_key(kms))  # noqa: PLW0108 (a visible hook call)
             found = {"barn": barn, "master_key": key, "herds": True}
         return load_driver(SecretBackend, "barn", found, manager=manager, origin="--secrets-key")
-    backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra={"barn": barn})
+    backend: SecretBackend | None = configured_driver(config, "secrets", manager, extra={"barn": barn, "herds": True})
     return backend
 
 
