@@ -556,10 +556,7 @@ class RunHistory:
         except OSError:
             return
         for name in names:
-            path = self.runs / name
-            with contextlib.suppress(OSError):
-                if stat.S_ISDIR(os.lstat(path).st_mode):
-                    _remove_tree(path)
+            _remove_tree(self.runs / name)  # (a link or a file there goes too, never followed)
 
 
 def _remove_tree(path: Path) -> None:

@@ -59,7 +59,7 @@ def json_schema(kind: type) -> dict[str, Any]:
             ref = node.get("$ref")
             if isinstance(ref, str) and ref.startswith("#/$defs/"):
                 return resolved(defs[ref.removeprefix("#/$defs/")])
-            return {k: _ecma(v) if k == "pattern" else resolved(v) for k, v in node.items()}
+            return {k: ecma_pattern(v) if k == "pattern" else resolved(v) for k, v in node.items()}
         if isinstance(node, list):
             return [resolved(item) for item in node]
         return node
@@ -68,5 +68,7 @@ def json_schema(kind: type) -> dict[str, Any]:
     return inlined
 
 
-def _ecma(pattern: Any) -> Any:
+def ecma_pattern(pattern: Any) -> Any:
+    """A record's pattern for an ECMA or Rust regex dialect (OpenAPI's, pydantic's): its
+    closing ``\\Z`` (Python's end of the text) written ``$`` (theirs)."""
     return pattern[:-2] + "$" if isinstance(pattern, str) and pattern.endswith("\\Z") else pattern

@@ -33,6 +33,7 @@ from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewher
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import (
     MAX_CPU_SECONDS,
+    MAX_LABELS,
     Accounting,
     Amount,
     NodeRecord,
@@ -56,7 +57,6 @@ from runink.core.units import check_name
 
 log = logging.getLogger(__name__)
 
-MAX_LABELS = 64
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 253
 MAX_ADDRESS = 253

@@ -38,7 +38,9 @@ from runink.core.control.cost import report as cost_report
 from runink.core.control.lifecycle import MAX_COMMANDS, Lifecycle, in_one_slice
 from runink.core.control.logs import LogRead, TaskLogs
 from runink.core.control.records import (
+    LABEL_TEXT,
     MAX_COMMAND_ARGS,
+    MAX_LABELS,
     MAX_PIPELINE_TASKS,
     Amount,
     Herd,
@@ -93,11 +95,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024  # bytes of a request body
 SCHEDULER_HEADER = "X-Runink-Scheduler"  # the API of the server that schedules now (AddedHeaders)
 MAX_DETAIL = 500  # characters of an error's detail (it may quote what the client sent)
-MAX_LABELS = 64
 MAX_HERD_SECRETS = 1000  # secrets one herd keeps (each at most MAX_SECRET_BYTES): ~64 MiB of Barn at most
-# a label's text: no control character (records.LABEL_TEXT; `$` is the end of the text in
-# the Rust regex dialect pydantic uses)
-LABEL_TEXT = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# a label's text as the records check it, in the regex dialect pydantic uses
+LABEL_PATTERN = structs.ecma_pattern(LABEL_TEXT)
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
 RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
@@ -163,8 +163,8 @@ class JobIn(Body):
     backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     priority: int = Field(default=0, ge=-1000, le=1000)
     node_labels: dict[
-        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_TEXT)],
-        Annotated[str, Field(max_length=253, pattern=LABEL_TEXT)],
+        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
+        Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
     ] = Field(default_factory=dict, max_length=MAX_LABELS)
     secrets: SecretNamesIn = []  # names of the herd's secrets the command receives (files)
     secrets_env: bool = False  # ...and as environment variables
