@@ -559,6 +559,10 @@ def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str]) -> 
     for dotted, value in _flatten(data):
         line = lines.get(dotted) or lines.get(dotted.rsplit(".", 1)[0])
         _set_dotted(merged, dotted, value, sources, f"{file}:{line}" if line else str(file))
+        if isinstance(value, dict):  # a free-form table: its keys' own lines, for the messages about them
+            for key in value:
+                if key_line := lines.get(f"{dotted}.{key}"):
+                    sources[f"{dotted}.{key}"] = f"{file}:{key_line}"
 
 
 _TABLE_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")

@@ -195,8 +195,16 @@ class PluginManager:
     # --- calling hooks ---------------------------------------------------------------
 
     def configure(self, config: RuninkConfig) -> None:
-        """Call ``runink_configure`` (historic: later plugins get it at registration); a plugin that
-        raises is marked failed."""
+        """Check the config's ``[plugin.NAME]`` tables against what the plugins declare
+        (runink.core.plugin_options), then call ``runink_configure`` (historic: later plugins
+        get it at registration); a plugin whose table is wrong, or that raises, is marked failed."""
+        from runink.core.plugin_options import check_plugin_tables, plugin_schema
+
+        with self._lock:
+            schemas = {name: plugin_schema(plugin) for name, plugin in self.pm.list_name_plugin()}
+            known = set(self._records) | set(schemas)
+        for name, error in check_plugin_tables(config, schemas, known).items():
+            self.mark_failed(name, error)  # as if its runink_configure had raised: never called
         self.hooks.configure(config)
 
     def unconfigure(self) -> None:

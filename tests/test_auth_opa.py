@@ -301,7 +301,7 @@ def test_not_configured_abstains() -> None:
         ({"url": "http://opa:8181", "path": "a//b"}, r"\[plugin.opa\] path "),
         ({"url": "http://opa:8181", "timeout": 0.05}, r"\[plugin.opa\] timeout .*outside 0.1..30"),
         ({"url": "http://opa:8181", "timeout": 31}, r"\[plugin.opa\] timeout .*outside 0.1..30"),
-        ({"url": "http://opa:8181", "timeout": "2"}, r"\[plugin.opa\] timeout .*number of seconds"),
+        ({"url": "http://opa:8181", "timeout": "soon"}, r"\[plugin.opa\] timeout .*number of seconds"),
         ({"url": "http://opa:8181", "tiemout": 2}, r"\[plugin.opa\] tiemout .*unknown option"),
     ],
 )

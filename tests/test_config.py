@@ -165,8 +165,8 @@ def test_an_old_driver_key_and_driver_both_set_is_an_error(tmp_path: Path) -> No
     [
         ('[limits]\nmemory = "0"\n', "2: limits.memory: must be more than 0 and at most 1Ei bytes, got '0'"),
         ("[limits]\npids = 0\n", "2: limits.pids: Expected `int` >= 1"),
-        ('[herds.finance]\ndrift = "stop"\n', "1: herds.finance.drift: Invalid enum value 'stop'"),
-        ('[herds.finance]\ndirft = "warn"\n', "1: herds.finance.dirft: unknown key"),
+        ('[herds.finance]\ndrift = "stop"\n', "2: herds.finance.drift: Invalid enum value 'stop'"),
+        ('[herds.finance]\ndirft = "warn"\n', "2: herds.finance.dirft: unknown key"),
         ('[paths]\nallow = ["/data", "data"]\n', "2: paths.allow: 'data' is not an absolute path"),
         ('[paths]\nallow = ["/data", 3]\n', "2: paths.allow: Expected a path, got `int`"),
         ('[run]\nkeep_for = "soon"\n', "2: run.keep_for: "),

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from runink.core.config import RuninkConfig
@@ -25,6 +25,8 @@ from runink.core.model import AuthRequest, Identity
 if TYPE_CHECKING:  # imported where used: every CLI start loads this plugin, most never use it
     import jwt
 
+    from runink.core.driverload import OptionsSchema
+
 NAME = "oidc"
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
 DEFAULT_ALGORITHMS = ("RS256", "ES256")
@@ -33,7 +35,15 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_GROUPS = 256
 MAX_GROUP_CHARS = 256
 FETCH_TIMEOUT = 5.0
-_OPTIONS = ("issuer", "audience", "groups_claim", "leeway", "algorithms", "refresh_interval")
+#: [plugin.oidc] (checked by runink.core.plugin_options before runink_configure)
+OPTIONS: OptionsSchema = {
+    "issuer": str,
+    "audience": (str, list),
+    "groups_claim": str,
+    "leeway": float,
+    "algorithms": list,
+    "refresh_interval": float,
+}
 _COPIED_CLAIMS = ("email", "iss", "name")
 
 
@@ -68,6 +78,8 @@ def _one_line(text: str) -> str:
 
 class OidcAuthenticator:
     """The ``oidc`` authentication plugin. ``clock`` (monotonic seconds) paces JWKS refreshes."""
+
+    options_schema: ClassVar[OptionsSchema] = OPTIONS
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -108,9 +120,9 @@ class OidcAuthenticator:
             where = "" if source == "default" else f" (set at {source})"
             return ValueError(f"[plugin.{NAME}] {option}: {why}{where}")
 
-        unknown = sorted(set(options) - set(_OPTIONS))
+        unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise bad(unknown[0], f"unknown option; the options are {', '.join(_OPTIONS)}")
+            raise bad(unknown[0], f"unknown option; the options are {', '.join(OPTIONS)}")
         self._reset_cache()
         issuer = options.get("issuer")
         if issuer is None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from runink.core.config import RuninkConfig
@@ -31,11 +31,15 @@ from runink.core.model import AuthzDecision, Grant, Identity
 if TYPE_CHECKING:  # imported once configured: every CLI start loads this plugin
     import httpx
 
+    from runink.core.driverload import OptionsSchema
+
 NAME = "opa"
 DEFAULT_PATH = "runink/authz/allow"
 DEFAULT_TIMEOUT = 2.0
 MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 30.0
 MAX_ANSWER_BYTES = 1024 * 1024
+#: [plugin.opa] (checked by runink.core.plugin_options before runink_configure)
+OPTIONS: OptionsSchema = {"url": str, "path": str, "timeout": float}
 MAX_REASON_CHARS = 200
 _PATH = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
 # A call that times out can leave its worker busy with the request a while longer; more workers
@@ -64,9 +68,9 @@ def parse_options(config: RuninkConfig) -> OpaTarget | None:
     options = config.plugin_options(NAME)
     if not options:
         return None
-    unknown = sorted(set(options) - {"url", "path", "timeout"})
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise _option_error(config, unknown[0], "unknown option (known: url, path, timeout)")
+        raise _option_error(config, unknown[0], f"unknown option (known: {', '.join(OPTIONS)})")
     url = options.get("url")
     if url is None:
         raise _option_error(config, "url", "required when [plugin.opa] is set (e.g. http://127.0.0.1:8181)")
@@ -143,6 +147,8 @@ def decide(answer: Any, path: str) -> AuthzDecision:
 
 class OpaAuthorizer:
     """Votes on every authorization with the configured OPA policy's decision."""
+
+    options_schema: ClassVar[OptionsSchema] = OPTIONS
 
     def __init__(self) -> None:
         self.target: OpaTarget | None = None

@@ -10,14 +10,20 @@ the disk. The events are built without the OpenLineage client (``openlineage_eve
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from runink.core.config import RuninkConfig
 from runink.core.hookspecs import hookimpl
 from runink.core.model import LineageEvent
 from runink.plugins.lineage.sink import RUN_STATES, QueuedLineageSink
 
+if TYPE_CHECKING:
+    from runink.core.driverload import OptionsSchema
+
 
 class JsonlLineageSink(QueuedLineageSink):
+    #: [plugin.lineage-jsonl] (checked by runink.core.plugin_options before runink_configure)
+    options_schema: ClassVar[OptionsSchema] = {"path": str}
     label = "lineage-jsonl"
     event_types = RUN_STATES
 

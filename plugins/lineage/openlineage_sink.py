@@ -20,7 +20,7 @@ transport retries by its own ``retry`` settings).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runink.core.config import RuninkConfig
 from runink.core.errors import RuninkError
@@ -28,11 +28,16 @@ from runink.core.hookspecs import hookimpl
 from runink.core.model import LineageEvent
 from runink.plugins.lineage.sink import RUN_STATES, QueuedLineageSink
 
+if TYPE_CHECKING:
+    from runink.core.driverload import OptionsSchema
+
 #: the client's own environment: one of these set means "send", even without [plugin.openlineage]
 CLIENT_ENVIRONMENT = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE__TRANSPORT__TYPE")
 
 
 class OpenLineageSink(QueuedLineageSink):
+    #: [plugin.openlineage] (checked by runink.core.plugin_options before runink_configure)
+    options_schema: ClassVar[OptionsSchema] = {"transport": dict, "queue": int, "flush_timeout": float}
     label = "openlineage"
     event_types = RUN_STATES
 

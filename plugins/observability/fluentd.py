@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runink.core import metrics
 from runink.core.errors import ConfigError
@@ -39,6 +39,7 @@ from runink.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
+    from runink.core.driverload import OptionsSchema
     from runink.core.model import LogEntry, MetricSample
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ BACKOFF = (0.2, 10.0)
 
 
 class FluentdExporter:
+    #: [plugin.fluentd] (checked by runink.core.plugin_options before runink_configure)
+    options_schema: ClassVar[OptionsSchema] = {
+        "host": str,
+        "port": int,
+        "tag": str,
+        "buffer": int,
+        "chunk": int,
+        "ack_timeout": float,
+    }
+
     def __init__(self) -> None:
         self.address: tuple[str, int] | None = None
         self.tag = "runink"

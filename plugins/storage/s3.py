@@ -26,16 +26,16 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
-
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runink.core.datasets import DatasetError
 from runink.core.driverload import OptionsSchema
 from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage
-from runink.plugins.storage.parquet import dictionary_columns
+
+if TYPE_CHECKING:  # imported where used: the runner reads this driver's options (checking a config) without Arrow
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
 BATCH_ROWS = 65_536
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -70,6 +70,8 @@ def _compression(uri: str, options: Mapping[str, Any]) -> str:
     value = options.get("compression", "zstd")
     if not isinstance(value, str) or value.lower() not in COMPRESSIONS:
         raise DatasetError(f"{uri}: option compression={value!r}: expected one of {', '.join(COMPRESSIONS)}")
+    import pyarrow as pa
+
     if value.lower() != "none" and not pa.Codec.is_available(value.lower()):
         raise DatasetError(f"{uri}: option compression={value!r}: this pyarrow is built without it")
     return value.lower()
@@ -135,6 +137,8 @@ class S3Storage(Storage):
             scheme, host = "https", endpoint
         if scheme not in ("http", "https"):
             raise DatasetError(f"storage driver 's3': endpoint {endpoint!r} must be http:// or https://")
+        import pyarrow.fs as pafs
+
         self._endpoint = endpoint
         self._settings: dict[str, Any] = {
             "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
@@ -154,10 +158,15 @@ class S3Storage(Storage):
 
     def filesystem(self) -> pafs.S3FileSystem:
         if self._fs is None:
+            import pyarrow.fs as pafs
+
             self._fs = pafs.S3FileSystem(**self._settings)
         return self._fs
 
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         uri = f"s3://{path.as_posix()}"
         _check_format(uri)
         _batch_rows(uri, options or {})  # before any request
@@ -209,11 +218,15 @@ class S3ParquetWriter(DatasetWriter):
         self._closed = False
 
     def _open(self, dictionary: list[str] | bool) -> pq.ParquetWriter:
+        import pyarrow.parquet as pq
+
         return pq.ParquetWriter(self._stream, self.schema, compression=self.compression, use_dictionary=dictionary)
 
     def _sweep(self, bucket: str) -> None:
         """Delete up to SWEEP_MAX temporaries dead writers left in the bucket (older than
         STALE_AFTER): a listing of the temporaries' folder only, not of the bucket."""
+        import pyarrow.fs as pafs
+
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(f"{bucket}/{TEMP_FOLDER}", allow_not_found=True))
         except OSError as exc:  # the first request: a wrong endpoint or credentials show here
@@ -229,6 +242,8 @@ class S3ParquetWriter(DatasetWriter):
                 self.fs.delete_file(path)
 
     def write(self, batch: pa.RecordBatch) -> None:
+        from runink.plugins.storage.parquet import dictionary_columns
+
         try:
             if self._writer is None:
                 self._writer = self._open(dictionary_columns(batch))

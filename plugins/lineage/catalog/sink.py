@@ -12,7 +12,7 @@ The schema is brought to the newest migration the first time the sink writes (an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import typer
 
@@ -22,8 +22,13 @@ from runink.core.hookspecs import hookimpl
 from runink.core.model import LineageEvent
 from runink.plugins.lineage.sink import QueuedLineageSink
 
+if TYPE_CHECKING:
+    from runink.core.driverload import OptionsSchema
+
 
 class CatalogSink(QueuedLineageSink):
+    #: [plugin.catalog] (checked by runink.core.plugin_options before runink_configure)
+    options_schema: ClassVar[OptionsSchema] = {"url": str, "enabled": bool}
     label = "catalog"
 
     def __init__(self) -> None:
