@@ -9,15 +9,25 @@ import asyncio
 import contextlib
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from runink.plugins.barn.raft.http_protocol import MAX_HEAD, Limits, Request, Response, serve
+from runink.core.server import pki
+from runink.plugins.barn.raft.http_protocol import (
+    MAX_HANDSHAKES_PER_ADDRESS,
+    MAX_HEAD,
+    Limits,
+    Request,
+    Response,
+    serve,
+)
 
-Serve = Callable[[Limits], tuple[str, int]]
+Serve = Callable[..., tuple[str, int]]
 
 
 @pytest.fixture
@@ -28,13 +38,13 @@ def start() -> Iterator[Serve]:
     async def echo(request: Request) -> Response:
         return Response(200, f'{{"path": "{request.path}", "body": {len(request.body)}}}'.encode())
 
-    def run(limits: Limits) -> tuple[str, int]:
+    def run(limits: Limits, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
         listener = socket.create_server(("127.0.0.1", 0))
         loop = asyncio.new_event_loop()
         stopped = asyncio.Event()
-        thread = threading.Thread(
-            target=loop.run_until_complete, args=(serve(echo, listener, stopped, limits),), daemon=True
-        )
+        # (with TLS: clients without a certificate let in, each request's token said fine)
+        serving = serve(echo, listener, stopped, limits, tls, token_check=(lambda _header: "") if tls else None)
+        thread = threading.Thread(target=loop.run_until_complete, args=(serving,), daemon=True)
         thread.start()
         stops.append((loop, stopped, thread))
         address: tuple[str, int] = listener.getsockname()
@@ -195,3 +205,107 @@ def test_requests_pipelined_behind_a_slow_answer_are_not_read_ahead_without_boun
         loop.call_soon_threadsafe(stopped.set)
         thread.join(5)
     assert sent < 200 * len(request), f"{sent // len(request)} requests read ahead of their answers"
+
+
+def test_a_client_that_reads_no_answer_gets_no_more_answered_until_it_reads() -> None:
+    """300 reads of a large value pipelined in one packet, and no answer read: the server
+    answers until its send buffer is full, then no more (each answer would sit in memory: ~400
+    MiB held for 300 reads of a 1 MiB value), and goes on once the client reads."""
+    answered = []
+    big = b'{"value": "' + b"v" * (1 << 20) + b'"}'
+
+    async def large(request: Request) -> Response:
+        answered.append(request.path)
+        return Response(200, big)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop = asyncio.new_event_loop()
+    stopped = asyncio.Event()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(serve(large, listener, stopped, Limits()),), daemon=True
+    )
+    thread.start()
+    try:
+        with socket.create_connection(listener.getsockname()) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.sendall(b"".join(request(f"/v1/get/{n}") for n in range(300)))
+            time.sleep(1.0)
+            assert len(answered) < 16, f"{len(answered)} answered to a client that reads none"
+            received, deadline = 0, time.monotonic() + 30
+            sock.settimeout(5)
+            while received < 300 * len(big) and time.monotonic() < deadline:
+                received += len(sock.recv(1 << 20))
+            assert len(answered) == 300 and received > 300 * len(big)  # (heads too)
+    finally:
+        loop.call_soon_threadsafe(stopped.set)
+        thread.join(5)
+
+
+def silent_connections(address: tuple[str, int], sources: list[str]) -> list[socket.socket]:
+    """TCP connections that never send a byte (no TLS handshake), one from each source address."""
+    return [socket.create_connection(address, timeout=2, source_address=(source, 0)) for source in sources]
+
+
+def closed_by_server(socks: list[socket.socket], within: float) -> list[socket.socket]:
+    """Those of ``socks`` the server closed within ``within`` seconds (all looked at together)."""
+    time.sleep(within)
+    ready, _, _ = select.select(socks, [], [], 0)
+    closed = []
+    for sock in ready:
+        try:
+            gone = sock.recv(1) == b""
+        except ConnectionResetError:
+            gone = True
+        if gone:
+            closed.append(sock)
+    return closed
+
+
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = tmp_path / "ca"
+    pki.create_ca(ca)
+    cert, key = pki.issue(ca, tmp_path, "barn", sans=["127.0.0.1"], usage="both")[:2]
+    server = pki.server_context(cert, key, ca / "ca.pem", require_client_cert=False)
+    return server, pki.client_context(None, None, ca / "ca.pem")
+
+
+def tls_request(address: tuple[str, int], client: ssl.SSLContext, source: str = "127.0.0.1") -> bytes:
+    with (
+        socket.create_connection(address, timeout=5, source_address=(source, 0)) as raw,
+        client.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        sock.sendall(request("/ok", b"Connection: close\r\n"))
+        return read_all(sock)
+
+
+def test_tls_connections_count_in_the_cap_from_their_accept_not_their_handshake(start: Serve, tmp_path: Path) -> None:
+    """Sockets that never start a TLS handshake once escaped the cap (it was checked when the
+    handshake ended) and took every descriptor: the journal failed with EMFILE."""
+    server, client = tls_contexts(tmp_path)
+    address = start(Limits(max_connections=8, header_timeout=1.5), server)
+    held = silent_connections(address, [f"127.0.0.{n}" for n in range(2, 22)])  # 20 hosts, 1 each
+    try:
+        # closed at once: the 8 others hold the cap while they handshake
+        refused = closed_by_server(held, 0.5)
+        assert len(refused) == 20 - 8
+        # full: a real client is turned away too (closed, no handshake)...
+        with pytest.raises((ConnectionResetError, ssl.SSLError)):
+            tls_request(address, client)
+        time.sleep(1.5)  # ... until the handshakes time out
+        assert len(closed_by_server([sock for sock in held if sock not in refused], 0.5)) == 8
+        assert tls_request(address, client).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_one_address_cannot_fill_the_cap_with_handshakes(start: Serve, tmp_path: Path) -> None:
+    server, client = tls_contexts(tmp_path)
+    address = start(Limits(max_connections=200, header_timeout=5.0), server)
+    held = silent_connections(address, ["127.0.0.2"] * (MAX_HANDSHAKES_PER_ADDRESS + 10))
+    try:
+        assert len(closed_by_server(held, 0.5)) == 10
+        assert tls_request(address, client, source="127.0.0.3").startswith(b"HTTP/1.1 200")  # another host's
+    finally:
+        for sock in held:
+            sock.close()

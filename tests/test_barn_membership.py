@@ -77,3 +77,52 @@ def test_add_a_server_then_remove_one(tmp_path: Path, run_cli: CliRunner) -> Non
         client.close()
     finally:
         cluster.stop()
+
+
+def test_a_name_keeps_its_addresses_and_an_address_its_name(tmp_path: Path) -> None:
+    """A member add that reused a name with another member's addresses was taken (200) and made
+    members lose their leader for good; a remove with a wrong address answered 200 and removed
+    nothing. Both are refused now, naming why, and the group keeps serving through every member."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(name: str, path: str, body: dict[str, str]) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            f"http://{cluster.http[name]}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start()
+        leader = cluster.leader()
+        first, second = (n for n in ("a", "b", "c") if n != leader)
+        status, answer = post(
+            leader, "/v1/members/add", {"name": leader, "raft": cluster.raft[second], "http": cluster.http[second]}
+        )
+        assert status >= 400 and f"that address is member {second}'s" in str(answer["message"]), answer
+        status, answer = post(
+            leader, "/v1/members/add", {"name": leader, "raft": "127.0.0.1:1", "http": cluster.http[leader]}
+        )
+        assert status >= 400 and f"a member of that name has Raft {cluster.raft[leader]}" in str(answer["message"])
+        status, answer = post(leader, "/v1/members/remove", {"name": first, "raft": "127.0.0.1:1"})
+        assert status >= 400 and f"its Raft address is {cluster.raft[first]}" in str(answer["message"]), answer
+
+        # nothing changed: a follower restarted (a cold view of the members) still finds the
+        # leader and forwards to it
+        cluster.kill(first)
+        cluster.start(first)
+        via_first = cluster.client(first)
+        try:
+            wait_until(lambda: cluster.status(first).get("leader") == leader, 15, f"{first} finding the leader")
+            assert via_first.put("/m/still", b"ok") > 0
+        finally:
+            via_first.close()
+        assert sorted(cluster.status(leader)["peers"]) == sorted(n for n in ("a", "b", "c") if n != leader)
+    finally:
+        cluster.stop()

@@ -68,3 +68,32 @@ def test_a_batch_applies_each_command_as_if_alone() -> None:
     assert expected[0] == 1 and expected[3] == 1 and expected[4] is True
     assert expected[1]["error"] == "bad_request" and expected[2]["error"] == "lease_not_found"
     assert batched.snapshot() == alone.snapshot()
+
+
+def test_a_watch_page_is_bounded_and_ends_on_a_whole_revision() -> None:
+    """A watch answer is built under the replica's lock: a page at most, never half of a
+    transaction's events (the next page starts after the last event's revision)."""
+    state = BarnState()
+    for i in range(5):  # revisions 1..5: two events each
+        state.apply(
+            {"op": "txn", "compare": [], "success": [(f"/w/{i}/a", b"x" * 100, None), (f"/w/{i}/b", b"1", None)]}
+        )
+    state.apply({"op": "put", "key": "/other", "value": b"1", "lease": None})  # revision 6, another prefix
+    state.apply({"op": "put", "key": "/w/last", "value": b"1", "lease": None})  # revision 7
+
+    page, complete = state.events_page("/w/", 1, max_events=3, max_bytes=1 << 20)
+    assert [e.revision for e in page] == [1, 1, 2, 2] and not complete  # 3 asked: revision 2 kept whole
+    page, complete = state.events_page("/w/", 3, max_events=100, max_bytes=200)
+    assert [e.revision for e in page] == [3, 3, 4, 4] and not complete  # past 200 bytes at revision 4's end
+    page, complete = state.events_page("/w/", 5, max_events=100, max_bytes=1 << 20)
+    assert [(e.revision, e.kv.key) for e in page] == [(5, "/w/4/a"), (5, "/w/4/b"), (7, "/w/last")] and complete
+
+    everything = [e for e in state.events_since("/w/", 1)]
+    paged, start = [], 1
+    while True:
+        page, complete = state.events_page("/w/", start, max_events=1, max_bytes=1)
+        paged += page
+        if complete:
+            break
+        start = page[-1].revision + 1
+    assert paged == everything

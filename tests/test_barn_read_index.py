@@ -211,3 +211,66 @@ def test_a_watchs_next_call_needs_no_read_round_its_first_does(tmp_path: Path) -
         barn.close()
     finally:
         cluster.stop()
+
+
+def test_a_watch_from_far_back_comes_in_pages_and_misses_nothing(tmp_path: Path) -> None:
+    """A watch of a long history is answered a page at a time (MAX_WATCH_BYTES: four watches of
+    200 1 MiB changes once built ~1 GiB of answers on the leader's loop and stalled writes 7.8
+    s); ``next`` goes on from the page's last revision, and the client's watch sees every change."""
+    from runink.plugins.barn.raft.api import MAX_WATCH_BYTES
+
+    cluster = Cluster(tmp_path, fsync=False)
+    cluster.start()
+    try:
+        barn = cluster.client(cluster.leader(), timeout=10)
+        value = b"v" * (1 << 20)
+        revisions = [barn.put(f"/big/{n:02d}", value) for n in range(12)]
+        answer = barn.call("/v1/watch", {"prefix": "/big/", "from_revision": revisions[0], "wait": 0})
+        events = answer["events"]
+        assert 0 < len(events) < 12 and len(events) <= MAX_WATCH_BYTES // len(value) + 1
+        assert answer["next"] == events[-1]["revision"] + 1
+        seen = []
+        for event in barn.watch("/big/", revisions[0]):
+            seen.append((event.kv.key, event.revision, len(event.kv.value)))
+            if len(seen) == 12:
+                break
+        assert seen == [(f"/big/{n:02d}", revisions[n], len(value)) for n in range(12)]
+        barn.close()
+    finally:
+        cluster.stop()
+
+
+def test_watches_sent_to_a_follower_do_not_hold_up_its_writes(tmp_path: Path) -> None:
+    """A follower forwards to the leader from a pool of threads; a watch's long poll holds its
+    thread for its whole wait, so 32 watches once took every thread and a put through that
+    follower waited for them (28 s). Watches are forwarded from threads of their own."""
+    import threading
+
+    from runink.plugins.barn.raft.api import FORWARD_THREADS
+
+    cluster = Cluster(tmp_path, fsync=False)
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        follower = next(n for n in cluster.names if n != leader)
+        barn = cluster.client(follower, timeout=30)
+        start = barn.put("/w/first", b"1") + 1
+        watchers = [
+            threading.Thread(
+                target=lambda: cluster.client(follower, timeout=30).call(
+                    "/v1/watch", {"prefix": "/never/", "from_revision": start, "wait": 6}
+                ),
+                daemon=True,
+            )
+            for _ in range(FORWARD_THREADS + 4)
+        ]
+        for watcher in watchers:
+            watcher.start()
+        time.sleep(1.0)  # the watches are waiting on the leader, through the follower
+        assert barn.put("/w/second", b"2") == start
+        assert all(watcher.is_alive() for watcher in watchers)  # the put did not wait for them
+        for watcher in watchers:
+            watcher.join(15)
+        barn.close()
+    finally:
+        cluster.stop()

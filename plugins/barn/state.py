@@ -211,6 +211,27 @@ class BarnState:
         start = bisect.bisect_left(self._event_revisions, from_revision)
         return [e for e in self.events[start:] if e.kv.key.startswith(prefix)]
 
+    def events_page(
+        self, prefix: str, from_revision: int, max_events: int, max_bytes: int
+    ) -> tuple[list[WatchEvent], bool]:
+        """``events_since``, at most ``max_events`` events or ``max_bytes`` of keys and values
+        (more only to end a revision: a revision's events go together); and whether that is
+        all of them (else the next page starts after the last event's revision)."""
+        if from_revision <= self.compacted:
+            raise CompactedError(
+                f"revision {from_revision} is compacted (the Barn keeps changes after {self.compacted})"
+            )
+        found: list[WatchEvent] = []
+        size = 0
+        for index in range(bisect.bisect_left(self._event_revisions, from_revision), len(self.events)):
+            event = self.events[index]
+            if found and (len(found) >= max_events or size >= max_bytes) and event.revision != found[-1].revision:
+                return found, False
+            if event.kv.key.startswith(prefix):
+                found.append(event)
+                size += len(event.kv.key) + len(event.kv.value)
+        return found, True
+
     def due_leases(self, now: float) -> bool:
         return any(lease.expires_at <= now for lease in self.leases.values())
 

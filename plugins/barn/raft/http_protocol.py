@@ -9,7 +9,8 @@ in 3 alternating pairs of runs (64 clients, 6,400 puts each): the leader's CPU p
 
 What it does: keep-alive (HTTP/1.1's default; ``Connection: close`` honoured), pipelined
 requests answered in order, bodies up to ``MAX_BODY`` (413 beyond), 400 and close on an
-unparsable request, and no more reading from a client that does not read its answers.
+unparsable request, and, for a client that does not read its answers, no more reading of its
+requests nor answering of those read ahead until it does (dropped when idle meanwhile).
 
 What it refuses, so that no client can starve the server (each refusal is an answer, then
 the connection closes): a URL over ``MAX_URL`` (414) and a head over ``MAX_HEAD`` or
@@ -28,6 +29,7 @@ import http
 import json
 import logging
 import resource
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ LINGER = 2.0  # seconds a refused client's input is still read (and dropped) bef
 SWEEP = 1.0  # seconds between looks for connections past their deadline
 MAX_CONNECTIONS = 10_000  # client connections, at most (see default_max_connections)
 FD_RESERVE = 256  # descriptors kept for everything but client connections
+MAX_HANDSHAKES_PER_ADDRESS = 64  # TLS handshakes under way from one address: one host cannot fill the cap
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class Connections:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.live: set[HttpProtocol] = set()
+        self.handshaking = 0  # accepted, TLS not done yet: counted in the cap too
+        self.handshakes_from: collections.Counter[str] = collections.Counter()  # (their peers' addresses)
+
+    def full(self) -> bool:
+        return len(self.live) + self.handshaking >= self.limits.max_connections
 
     async def sweep(self) -> None:
         """Every ``SWEEP`` seconds, end the connections past their deadline: one timer for
@@ -127,9 +135,15 @@ class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
     def __init__(
-        self, handler: Handler, connections: Connections, token_check: Callable[[bytes | None], str] | None = None
+        self,
+        handler: Handler,
+        connections: Connections,
+        token_check: Callable[[bytes | None], str] | None = None,
+        *,
+        counted: bool = False,
     ) -> None:
         self.handler = handler
+        self.counted = counted  # let in by _TlsServer, which counted it in the cap from its accept
         self.connections = connections
         self.token_check = token_check
         self.needs_token = False  # a TLS client without a certificate: each request shows a token
@@ -159,7 +173,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
-        if len(self.connections.live) >= self.limits.max_connections:
+        if not self.counted and self.connections.full():
             # over the cap: refused at once, so idle clients cannot take the descriptors the
             # journal, snapshots and Raft connections need
             self.transport.write(_refusal(503, "too many connections to this Barn server; retry later"))
@@ -234,6 +248,8 @@ class HttpProtocol(asyncio.Protocol):
         self.paused = False
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if not self.busy and self.waiting:
+                self._next()
 
     def expire(self) -> None:
         """(the sweep) The deadline passed: 408 for a request half sent, else just close."""
@@ -318,6 +334,13 @@ class HttpProtocol(asyncio.Protocol):
             else:  # a request is half read: its clock runs from now
                 self._deadline(self.limits.header_timeout if self.in_head else self.limits.body_timeout, 408)
             return
+        if self.paused:
+            # the client does not read its answers: the next one waits for resume_writing (else
+            # every request read ahead is answered into memory: 300 pipelined reads of a 1 MiB
+            # value held ~400 MiB), and a client that never reads is dropped when idle
+            self.busy = False
+            self._idle()
+            return
         self.busy = True
         self.deadline = None
         request = self.waiting.popleft()
@@ -377,6 +400,72 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.transport.write_eof()
         self._deadline(LINGER, None)
+
+
+class _TlsServer:
+    """Accepts TLS connections counting each in the cap from its accept. (With
+    ``create_server(ssl=...)`` a protocol sees a connection only once its handshake is done, so
+    connections that never finish one escaped the cap: ~1,000 silent sockets took every
+    descriptor and the journal failed with EMFILE.) Over the cap, or past
+    MAX_HANDSHAKES_PER_ADDRESS from one address, a socket is closed at once; else its handshake
+    runs (bounded by the header timeout) and it is handed to an HttpProtocol."""
+
+    def __init__(
+        self, sock: Any, tls: ssl.SSLContext, connections: Connections, make: Callable[[], HttpProtocol]
+    ) -> None:
+        self.sock, self.tls, self.connections, self.make = sock, tls, connections, make
+        self.handshakes: set[asyncio.Future[Any]] = set()
+        self.accepting: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> _TlsServer:
+        self.sock.setblocking(False)
+        self.accepting = asyncio.ensure_future(self._accept())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.accepting is not None:
+            self.accepting.cancel()
+        for handshake in list(self.handshakes):
+            handshake.cancel()
+        self.sock.close()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        connections = self.connections
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(self.sock)
+            except OSError as exc:  # EMFILE, ECONNABORTED...: this accept only
+                log.warning("accepting a connection failed: %s", exc)
+                await asyncio.sleep(0.05)
+                continue
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if connections.full() or connections.handshakes_from[address] >= MAX_HANDSHAKES_PER_ADDRESS:
+                conn.close()  # (no answer: the client speaks TLS, and a plain 503 would be noise to it)
+                continue
+            connections.handshaking += 1
+            connections.handshakes_from[address] += 1
+            handshake = asyncio.ensure_future(self._secure(conn, address))
+            self.handshakes.add(handshake)
+            handshake.add_done_callback(self.handshakes.discard)
+
+    async def _secure(self, conn: socket.socket, address: str) -> None:
+        connections = self.connections
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self.make, conn, ssl=self.tls, ssl_handshake_timeout=connections.limits.header_timeout
+            )
+        except Exception as exc:  # a failed or timed-out handshake, a client gone: this connection only
+            log.debug("a TLS handshake from %s failed: %s", address, exc)
+            conn.close()
+        except asyncio.CancelledError:  # the server is stopping
+            conn.close()
+            raise
+        finally:
+            connections.handshaking -= 1
+            connections.handshakes_from[address] -= 1
+            if connections.handshakes_from[address] <= 0:
+                del connections.handshakes_from[address]
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -439,13 +528,17 @@ async def serve(
     limits = limits or Limits()
     connections = Connections(limits)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: HttpProtocol(handler, connections, token_check),
-        sock=sock,
-        backlog=1024,
-        ssl=tls,
-        ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
-    )
+
+    server: asyncio.AbstractServer | _TlsServer
+    if tls is None:
+        server = await loop.create_server(
+            lambda: HttpProtocol(handler, connections, token_check), sock=sock, backlog=1024
+        )
+    else:  # accepted here, so that a connection counts from its accept, not from its handshake's end
+        sock.listen(1024)
+        server = _TlsServer(
+            sock, tls, connections, lambda: HttpProtocol(handler, connections, token_check, counted=True)
+        )
     sweeper = asyncio.ensure_future(connections.sweep())
     try:
         async with server:
