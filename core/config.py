@@ -299,15 +299,25 @@ class ClusterConfig(Section):
     #: once its day is older; 0: kept as long as the Barn is). The leading server removes older
     #: ones hourly.
     audit_keep_for: str | int = "365d"
+    #: How long servers keep a job that ended (its tasks and output with it): "7d", "12h" (0:
+    #: kept as long as the Barn is). The leading server removes older ones every minute, oldest
+    #: first; `runink jobs list`, `status`, `logs` and `runink cost` show the jobs kept.
+    jobs_keep_for: str | int = "7d"
 
     def __post_init__(self) -> None:
         _check_absolute(self, "shared_paths")
         _check_duration(self, "audit_keep_for", zero=True)
+        _check_duration(self, "jobs_keep_for", zero=True)
 
     @property
     def audit_keep_seconds(self) -> float | None:
         """None: no bound."""
         return duration_or_none(self.audit_keep_for)
+
+    @property
+    def jobs_keep_seconds(self) -> float | None:
+        """None: no bound."""
+        return duration_or_none(self.jobs_keep_for)
 
 
 class ScalingConfig(DriverChoice):

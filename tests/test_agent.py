@@ -74,11 +74,28 @@ def test_a_cancelled_running_task_is_stopped(store: ClusterStore, life: Lifecycl
     assert task_of(store, job.id).state is RunState.RUNNING and len(agent.running) == 1
     life.cancel(job.id)
     started = time.monotonic()
-    agent.sync()
-    assert not agent.running and time.monotonic() - started < 5
+    sync_until(agent, lambda: not agent.running)  # (a stop runs in a thread: a later round collects it)
+    assert time.monotonic() - started < 5
     assert task_of(store, job.id).state is RunState.CANCELLED
     assert store.job(job.id).record.state is RunState.CANCELLED
     assert agent.refused_reports == 0
+
+
+def test_a_slice_that_ignores_its_stop_holds_up_no_round(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
+    """A stop waits up to the grace (2 s here) for the slice to end: it once held the agent's
+    round, so any herd could freeze a node 10 s per slice it cancelled. The round goes on:
+    another task starts while the stopped one still ignores its SIGTERM, then it is collected."""
+    stubborn = life.submit_command("lab", ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+    schedule(store, stubborn.id)
+    agent.sync()
+    time.sleep(0.3)  # (its trap is set)
+    life.cancel(stubborn.id)
+    other = life.submit_command("lab", ["sleep", "30"])
+    schedule(store, other.id)
+    agent.sync()  # (it once waited here for the grace, then collected the stopped slice)
+    assert task_of(store, other.id).state is RunState.RUNNING and len(agent.running) == 2
+    sync_until(agent, lambda: len(agent.running) == 1)  # killed once the grace is over
+    assert task_of(store, stubborn.id).state is RunState.CANCELLED
 
 
 def test_a_late_report_for_an_attempt_placed_again_is_refused(
@@ -94,8 +111,9 @@ def test_a_late_report_for_an_attempt_placed_again_is_refused(
     store.commit([(keys.task("lab", first.id), current.revision)], [(keys.task("lab", first.id), back)])
     second = schedule(store, job.id, node="n2")
     before = store.task("lab", first.id)
-    agent.sync()  # n1's agent is no longer assigned attempt 1: stops it, and its report is fenced
-    assert not agent.running and agent.refused_reports == 1
+    # n1's agent is no longer assigned attempt 1: stops it, and its report is fenced
+    sync_until(agent, lambda: not agent.running)
+    assert agent.refused_reports == 1
     after = store.task("lab", first.id)
     assert after == before
     assert (after.record.state, after.record.attempt, after.record.token) == (
@@ -340,8 +358,7 @@ def test_a_stale_pushed_list_does_not_stop_the_task_just_started(life: Lifecycle
         agent.sync()
         assert len(agent.running) == 1 and task_of(life.store, job.id).state is not RunState.CANCELLED
         life.cancel(job.id)  # really gone: stopped
-        agent.sync()
-        assert not agent.running
+        sync_until(agent, lambda: not agent.running)
     finally:
         executor.close()
 

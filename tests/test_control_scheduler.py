@@ -186,13 +186,19 @@ def test_fair_share_between_two_herds_with_equal_demand(store: ClusterStore, man
     assert sorted(result.placed) == alpha[:3] + beta[:3]
 
 
-def test_priority_comes_before_fair_share(store: ClusterStore, manager: PluginManager) -> None:
+def test_priority_orders_a_herds_own_tasks_and_never_beats_fair_share(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """Anyone who may submit sets a priority (up to 1,000): across herds it once let one herd's
+    queue drain before another's fair share. It orders the tasks of its own herd."""
     add_herd(store, "alpha")
     add_herd(store, "beta")
-    add_node(store, "n1", cpu=3)
-    submit(store, "alpha", 3)
-    urgent = submit(store, "beta", 3, prefix="u", priority=10)
-    assert sorted(scheduler(store, manager).run_pass(now=0).placed) == urgent
+    add_node(store, "n1", cpu=4)
+    plain = submit(store, "alpha", 2)
+    urgent = submit(store, "alpha", 2, prefix="u", priority=10)  # submitted later, placed first
+    loud = submit(store, "beta", 4, prefix="x", priority=1000)
+    assert sorted(scheduler(store, manager).run_pass(now=0).placed) == sorted(urgent + loud[:2])
+    assert all(task(store, "alpha", t).state is RunState.PENDING for t in plain)
 
 
 def test_a_retry_waits_for_its_backoff(store: ClusterStore, manager: PluginManager) -> None:
@@ -356,6 +362,30 @@ def test_a_task_waits_for_the_tasks_it_comes_after(store: ClusterStore, manager:
     assert passes.run_pass(2).placed == {"down": "n1"}
 
 
+def test_an_ended_upstream_is_read_from_the_barn_once_not_every_pass(
+    store: ClusterStore, manager: PluginManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task waiting to be placed after a task that ended (no longer live) made every pass
+    read its job and the job's tasks from the Barn: 300 such jobs, 756 ms a pass."""
+    add_node(store, "n1")
+    add_herd(store, "lab")
+    tasks = [
+        TaskRecord(id="up", job_id="j", herd="lab", command=["/bin/true"]),
+        TaskRecord(id="down", job_id="j", herd="lab", command=["/bin/true"], after=["up"], node_labels={"never": "x"}),
+    ]
+    store.submit(JobRecord(id="j", herd="lab", tasks=["up", "down"]), tasks)
+    passes = scheduler(store, manager)
+    assert passes.run_pass(0).placed == {"up": "n1"}
+    _end(store, "up", RunState.SUCCEEDED)
+    reads: list[str] = []
+    job = store.job
+    monkeypatch.setattr(store, "job", lambda job_id: reads.append(job_id) or job(job_id))
+    for now in range(1, 6):
+        assert passes.run_pass(now).placed == {}  # (no node has the label)
+    assert reads == ["j"]
+    assert "never" in task(store, "lab", "down").pending_reason
+
+
 def test_a_task_whose_upstream_failed_is_skipped_and_the_job_ends(store: ClusterStore, manager: PluginManager) -> None:
     add_node(store, "n1")
     add_herd(store, "lab")
@@ -434,3 +464,53 @@ def test_within_a_herd_the_queue_is_in_submission_order_whatever_the_ids(
     first = submit(store, "h", 1, cpu=2, prefix="b", queued=1_000)
     assert scheduler(store, manager).run_pass(now=0).placed.keys() == set(first)
     assert task(store, "h", later[0]).state is RunState.PENDING  # (it does not jump the queue)
+
+
+def test_a_pass_too_large_for_one_transaction_is_split_and_one_task_too_large_alone_waits(
+    store: ClusterStore, manager: PluginManager, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Placements of large tasks once made one transaction over the Barn's request limit: the
+    leader got a 413 every round and placed nothing for anyone. A batch too large is split; a
+    task whose write alone is too large stays PENDING (logged), and the others are placed."""
+    from runink.core.control import store as store_module
+
+    add_herd(store, "big")
+    add_herd(store, "small")
+    add_node(store, "n1", cpu=64)
+    big = submit(store, "big", 6, command=["/bin/echo", "x" * 40_000])  # ~80 kB a write (task + index)
+    huge = submit(store, "big", 1, prefix="huge", command=["/bin/echo", *["y" * 100_000] * 3])
+    small = submit(store, "small", 3)
+    monkeypatch.setattr(store_module, "MAX_COMMIT_BYTES", 500_000)
+
+    result = scheduler(store, manager).run_pass(now=0)
+    assert sorted(result.placed) == sorted(big + small)
+    assert task(store, "big", huge[0]).state is RunState.PENDING
+    assert all(
+        task(store, h, t).state is RunState.SCHEDULED for h, ids in (("big", big), ("small", small)) for t in ids
+    )
+    assert f"a write of {keys.task('big', huge[0])} is too large" in caplog.text and "too large to store" in caplog.text
+
+
+def test_a_cancelled_slice_holds_its_node_and_quota_until_its_agent_says_it_ended(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """A cancel frees nothing at once: the slice runs on until its agent has stopped it (up to
+    the stop's grace), so a herd that cancelled and submitted again overran its quota and the
+    node meanwhile. Its room comes back with the agent's report of the end."""
+    from runink.core.control.lifecycle import Lifecycle
+
+    add_herd(store, "h", cpu=2)
+    add_node(store, "n1", cpu=2)
+    [first] = submit(store, "h", 1, cpu=2)
+    sched = scheduler(store, manager)
+    assert first in sched.run_pass(now=0).placed
+    life = Lifecycle(store)
+    placed = task(store, "h", first)
+    life.report("h", first, placed.attempt, placed.token, RunState.RUNNING, node="n1")
+    life.cancel(first)
+    assert task(store, "h", first).state is RunState.CANCELLED and task(store, "h", first).node == "n1"
+    [second] = submit(store, "h", 1, cpu=2, prefix="again")
+    assert second not in sched.run_pass(now=1).placed  # the cancelled slice still holds n1 and the quota
+    life.report("h", first, placed.attempt, placed.token, RunState.CANCELLED, node="n1")  # its agent: ended
+    assert task(store, "h", first).node is None
+    assert second in sched.run_pass(now=2).placed

@@ -216,6 +216,11 @@ def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
         ),
         ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd: String should match pattern"),
         ({"command": ["/bin/true"]}, "body.herd: Field required"),
+        # each of its task's writes carries it, and a scheduler pass writes many tasks
+        (
+            {"herd": "team", "commands": [["/bin/echo", "x" * 100_000]] * 3},
+            "body: Value error, the command lines are 300,033 bytes in all, at most 262,144",
+        ),
     ],
 )
 def test_malformed_submission_is_422_naming_the_field(cluster: Cluster, body: dict[str, object], detail: str) -> None:
@@ -273,6 +278,7 @@ def test_a_pipeline_colocated_with_an_unknown_scenario_is_409_and_stores_nothing
         ([{"scenario": "a", "shell": True}], "body.tasks.0.shell: not a known field"),
         ([{"after": []}], "body.tasks.0.scenario: required"),
         ([{"scenario": "a", "secrets": ["s", "s"]}], "body.tasks.0: secret 's' named twice"),
+        ([{"scenario": "a"}, {"scenario": "b", "after": ["a"] * 1000}], "body.tasks.1: after 'a' named twice"),
         ([{"scenario": "a", "local_input": {"scenario": "b", "path": "/d\n"}}], "body.tasks.0.local_input: path:"),
         ([{"scenario": "a", "node_labels": {"gpu": "y\r\nx"}}], "body.tasks.0.node_labels"),
         ([{"scenario": "a", "node_labels": {"k": "v" * 254}}], "body.tasks.0.node_labels"),
@@ -370,3 +376,20 @@ def test_non_loopback_address_is_refused() -> None:
     store = ClusterStore(MemoryBarn())
     with pytest.raises(ValueError, match="loopback only"):
         serve_api(create_app(Lifecycle(store), store), "0.0.0.0", 0)
+
+
+def test_a_submission_too_large_to_store_is_413_and_stores_nothing(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Barn refusing a transaction for its size was a 503 ("try again": it never would
+    succeed); it is refused before it is sent now, as what it is."""
+    from runink.core.control import store as store_module
+
+    make_herd(cluster.client)
+    cluster.add_node("n1")
+    before = cluster.stored_keys()
+    monkeypatch.setattr(store_module, "MAX_COMMIT_BYTES", 20_000)
+    response = cluster.client.post("/v1/jobs", json={"herd": "team", "command": ["/bin/echo", "x" * 30_000]})
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("too large to store: ")
+    assert cluster.stored_keys() == before

@@ -185,6 +185,7 @@ class Agent:
         self.running: dict[Attempt, Running] = {}
         self.refused_reports = 0  # reports the control plane refused (fenced, not allowed)
         self._done: set[Attempt] = set()  # ended here: never started again
+        self._stopping: set[Attempt] = set()  # asked to stop (a thread each): collected when they end
         # reports not answered yet; the last one of an attempt (final, or given back) forgets its handle
         self._outbox: list[_Report] = []
         self._in_round = False  # in sync(): reports wait for the round's flush
@@ -840,10 +841,24 @@ class Agent:
                 self._finish(attempt, result)
 
     def _stop(self, attempt: Attempt, why: str) -> None:
+        """Stop the attempt's slice from a thread of its own: a stop waits up to the grace for
+        the slice to end, and a slice that ignores SIGTERM once held the whole round (every
+        other slice's start and end, the heartbeat's report) for it, stop after stop. The
+        round collects the end as any other (``_collect``)."""
+        if attempt in self._stopping:
+            return
+        self._stopping.add(attempt)
         run = self.running[attempt]
         log.info("node %s: stopping %s: %s", self.node_id, run.executor_id, why)
-        self.executor.stop(run.executor_id, self.stop_grace)
-        self._finish(attempt, self.executor.wait(run.executor_id, self.stop_grace))
+
+        def stop() -> None:
+            try:
+                self.executor.stop(run.executor_id, self.stop_grace)
+            except Exception as exc:  # (ended and forgotten meanwhile): its end is collected as any
+                log.warning("node %s: %s: stop failed: %s", self.node_id, run.executor_id, _describe(exc))
+            self.wake.set()
+
+        threading.Thread(target=stop, name=f"stop-{run.executor_id}", daemon=True).start()
 
     def _export_lines(self, run: Running, *, last: bool = False) -> None:
         if self.slice_lines is None:
@@ -861,6 +876,7 @@ class Agent:
 
     def _finish_attempt(self, attempt: Attempt, result: TaskResult | None, *, give_back: bool = False) -> None:
         run = self.running.pop(attempt)
+        self._stopping.discard(attempt)
         self._export_lines(run, last=True)
         self._done.add(attempt)
         held = self._held.pop(attempt, None)  # its RUNNING goes with the end, with its time

@@ -35,6 +35,9 @@ from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name
 
 MAX_COMMAND_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
+# a job's command lines, all their arguments (what a submission may ask; stored records are
+# read as they are): each of its task's writes carries them, and a pass writes many tasks
+MAX_COMMAND_BYTES = 256 * 1024
 MAX_PIPELINE_TASKS = 1000  # scenarios in one pipeline job
 MAX_TRANSITIONS = 200  # per task: older ones are dropped (the first is kept)
 
@@ -483,6 +486,7 @@ class PipelineTask(Record, kw_only=True):
 
     def __post_init__(self) -> None:
         no_repeats(self.secrets, "secret")
+        no_repeats(self.after, "after")  # (1,000 of one name were stored as 1,000 task ids)
 
 
 class Near(Record, kw_only=True):

@@ -21,6 +21,7 @@ reason, with counts, past ``REJECTIONS_LISTED`` nodes).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from collections import deque
@@ -39,13 +40,12 @@ from runink.core.control.records import (
     job_state,
     keys,
 )
-from runink.core.control.store import ClusterStore, Conflict, NotFound, Versioned
+from runink.core.control.store import ClusterStore, Conflict, NotFound, TooLarge, Versioned, assigned_to
 from runink.core.interfaces.scheduler_policy import SchedulerPolicy
 from runink.core.model import Node, NodeRejection, Placement, PlacementRequest, Resources
 from runink.core.plugins import PluginManager
 from runink.core.scheduling import rank
 
-ACTIVE = (RunState.SCHEDULED, RunState.RUNNING)  # states that hold a node's resources
 REASONS_IN_PENDING = 5  # rejections quoted in pending_reason (explain has them all)
 OTHERS_IN_EXPLAIN = 5  # lower-ranked feasible nodes named in explain
 REJECTIONS_LISTED = 20  # up to this many rejected nodes are named one by one; past it, grouped by reason
@@ -54,6 +54,9 @@ WINDOW_MIN = 50  # nodes filtered and scored per task, at least (every node when
 WINDOW_SHARE = 0.05  # ... or this share of the schedulable nodes, when that is more
 BATCH = 500  # tasks written per Barn transaction
 #: what a transaction compares (key, revision read) and writes
+log = logging.getLogger(__name__)
+MAX_ENDED_KEPT = 100_000  # ended tasks a scheduler keeps (Scheduler._ended): past it, read again
+
 _Writes = tuple[list[tuple[str, int]], list[tuple[str, Record | None]]]
 
 
@@ -100,6 +103,10 @@ class Scheduler:
         self.window = window
         self.batch = batch
         self._start = 0  # where the next task's window begins among the candidates
+        # ended tasks that live ones name (after, near), read from the Barn once: an ended task
+        # off its node never changes again. (300 pipeline jobs waiting on an ended task each
+        # made every pass read two Barn keys per job: 756 ms a pass, every pass.)
+        self._ended: dict[str, TaskRecord] = {}
 
     @staticmethod
     def window_for(nodes: int) -> int:
@@ -180,12 +187,15 @@ class Scheduler:
         tasks, skips, records = self._upstream_settled(tasks)
         for versioned in tasks:
             task = versioned.record
-            if task.state in ACTIVE and task.node is not None:
+            if (on := assigned_to(task)) is not None:
+                # SCHEDULED or RUNNING on its node, or cancelled there and not yet stopped: its
+                # slice holds the node and the herd's quota until its agent says it ended (a
+                # cancel and a new submission once overran both for up to the stop's grace)
                 want = task.resources.resources()
-                allocated[task.node] = allocated.get(task.node, Resources()) + want
-                running[task.node] = running.get(task.node, 0) + 1
+                allocated[on] = allocated.get(on, Resources()) + want
+                running[on] = running.get(on, 0) + 1
                 if task.gpus:
-                    gpus_held.setdefault(task.node, set()).update(task.gpus)
+                    gpus_held.setdefault(on, set()).update(task.gpus)
                 held = usage.setdefault(task.herd, _Usage())
                 held.resources += want
                 held.slices += 1
@@ -297,26 +307,48 @@ class Scheduler:
                 if task_id in result.placed and isinstance(placed, TaskRecord):
                     result.records[task_id] = placed
             return result
-        for compare, skip_writes in _packed(skips, self.batch):
-            try:
-                self.store.commit(compare, skip_writes)
-            except Conflict:  # its jobs' tasks stay PENDING, their jobs as they were: read again
-                result.conflicts += 1
-                result.committed = False
+        for group in _packed(skips, self.batch):
+            self._commit(result, [group])
         for start in range(0, len(writes), self.batch):
             end = start + self.batch
-            try:
-                self.store.commit(read[start:end], writes[start:end])
-            except Conflict:
-                # Its tasks stay as they were; later batches stand (they assumed these held
-                # their nodes: more in use than is, never less). The pass is read again.
-                result.conflicts += 1
-                result.committed = False
-                for task_id in written[start:end]:
-                    if result.placed.pop(task_id, None) is not None:
-                        refused, _ = result.waited.pop(task_id)
-                        result.waiting[refused] += 1
+            # one group per task: a batch too large to send is split between them
+            groups = [
+                ([one_read], [one_write])
+                for one_read, one_write in zip(read[start:end], writes[start:end], strict=True)
+            ]
+            self._commit(result, groups, written[start:end])
         return result
+
+    def _commit(self, result: PassResult, groups: list[_Writes], task_ids: Sequence[str] = ()) -> None:
+        """Commit ``groups`` (compares and writes that go together) in one transaction, or, when
+        that is too large to send (TooLarge), halves of them in turn, down to one group: one
+        that is too large alone is left as it was and logged, and the rest of the pass stands.
+        ``task_ids``: the tasks the groups place, one per group (none for skips)."""
+        try:
+            self.store.commit([c for compare, _ in groups for c in compare], [w for _, ws in groups for w in ws])
+        except TooLarge as exc:
+            if len(groups) > 1:
+                half = len(groups) // 2
+                self._commit(result, groups[:half], task_ids[:half])
+                self._commit(result, groups[half:], task_ids[half:])
+                return
+            keys = ", ".join(key for key, _ in groups[0][1][:3])
+            log.error("scheduler: a write of %s is too large to store, left as it was: %s", keys, exc)
+            self._unplace(result, task_ids)
+        except Conflict:
+            # Its tasks stay as they were (a skip's jobs' tasks PENDING); later batches stand
+            # (they assumed these held their nodes: more in use than is, never less). The pass
+            # is read again.
+            result.conflicts += 1
+            result.committed = False
+            self._unplace(result, task_ids)
+
+    @staticmethod
+    def _unplace(result: PassResult, task_ids: Sequence[str]) -> None:
+        for task_id in task_ids:
+            if result.placed.pop(task_id, None) is not None:
+                refused, _ = result.waited.pop(task_id)
+                result.waiting[refused] += 1
 
     def _upstream_settled(
         self, tasks: list[Versioned[TaskRecord]]
@@ -335,14 +367,23 @@ class Scheduler:
             if job_id not in siblings:
                 job = self.store.job(job_id).record
                 siblings[job_id] = [v.record for v in self.store.job_tasks(job)]
+                if len(self._ended) > MAX_ENDED_KEPT:
+                    self._ended.clear()
                 for sibling in siblings[job_id]:
                     records.setdefault(sibling.id, sibling)
+                    if sibling.state.final and assigned_to(sibling) is None:
+                        self._ended[sibling.id] = sibling
             return siblings[job_id]
 
         for versioned in tasks:
             task = versioned.record
+            if task.state is not RunState.PENDING:
+                continue
             named = [*task.after, *(n.task for n in task.near)]
-            if task.state is RunState.PENDING and any(other not in records for other in named):
+            for name in named:
+                if name not in records and (upstream := self._ended.get(name)) is not None:
+                    records[name] = upstream
+            if any(other not in records for other in named):
                 try:
                     job_tasks(task.job_id)
                 except NotFound:  # (its job deleted meanwhile: a name not found counts as failed)
@@ -460,11 +501,12 @@ def _fair_order(
     usage: dict[str, _Usage],
     total: Resources,
 ) -> Iterator[Versioned[TaskRecord]]:
-    """The tasks in the order to place them: the highest priority first; within a herd at equal
-    priority, in the order they were submitted (``queued``, then the id); at equal priority the
-    herd using least of its quota (or, without one, of an equal share of the cluster) goes
-    first, herds at equal share in turn. The caller updates ``usage`` as it places; each
-    choice, made lazily, sees the placements before it."""
+    """The tasks in the order to place them: between herds, the herd using least of its quota
+    (or, without one, of an equal share of the cluster) first, herds at equal share in turn;
+    within a herd, the highest priority first, then in the order they were submitted
+    (``queued``, then the id). A priority orders its own herd's tasks only: anyone who may
+    submit sets it, so across herds it would let one herd's queue starve the others. The caller
+    updates ``usage`` as it places; each choice, made lazily, sees the placements before it."""
     order: dict[str, deque[Versioned[TaskRecord]]] = {
         herd: deque(sorted(items, key=lambda v: (-v.record.priority, v.record.queued, v.record.id)))
         for herd, items in queues.items()
@@ -490,7 +532,7 @@ def _fair_order(
     while order:
         herd = min(
             order,
-            key=lambda h: (-order[h][0].record.priority, share(h), last_served.get(h, -1), h),
+            key=lambda h: (share(h), last_served.get(h, -1), h),
         )
         queue = order[herd]
         task = queue.popleft()

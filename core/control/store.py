@@ -36,6 +36,11 @@ MAX_CONFLICT_RETRIES = 20
 READ_THREADS = 8  # reads a process's stores have in flight at once through ``later``
 DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 4,096 operations)
 HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
+# keys and values of one transaction, at most: well under every Barn's request limit (the raft
+# Barn's is 16 MiB of JSON, values in base64). Past it a write is refused before it is sent: a
+# pass of large placements once sent one over the limit, got a 413 on every round, and
+# placed nothing for anyone again.
+MAX_COMMIT_BYTES = 8 << 20
 
 
 class Conflict(RuninkError):
@@ -52,6 +57,10 @@ class NotFound(RuninkError):
 
 class Refused(RuninkError):
     """A request that cannot be done as asked (the API answers 4xx with this text)."""
+
+
+class TooLarge(RuninkError):
+    """A transaction past MAX_COMMIT_BYTES, refused before it was sent (the API answers 413)."""
 
 
 class View(Protocol):
@@ -303,6 +312,9 @@ class ClusterStore:
                 ops += _index_ops(record, value)
             elif isinstance(record, Herd):
                 ops.append(TxnOp(self.HERD_INDEX + record.name, value))
+            elif isinstance(record, JobRecord) and record.finished is not None:
+                ops.append(TxnOp(ended_key(record), b""))
+        _fits(ops)
         compare = [*read, self.fence] if self.fence is not None else list(read)
         held, revision = self.barn.transaction(compare, ops)
         if not held:
@@ -392,6 +404,7 @@ class ClusterStore:
         ops += [TxnOp(key, None if r is None else r.model_dump_json().encode()) for key, r in writes]
         ops += [entry for task, op in zip(tasks, ops[2:], strict=True) for entry in _index_ops(task, op.value)]
         ops += also
+        _fits(ops)
         absent = [*((key, 0) for key, _ in writes), (self.JOB_INDEX + job.id, 0)]
         for attempt in range(MAX_CONFLICT_RETRIES):
             if attempt or herd is None:
@@ -413,6 +426,51 @@ class ClusterStore:
                 raise StaleRead(f"herd {job.herd}: what the job was admitted on changed meanwhile")
             # the herd changed (its quota, or a delete began): read it again
         raise Conflict(f"herd {job.herd}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def forget_ended(self, before: float, limit: int) -> tuple[int, bool]:
+        """Remove up to ``limit`` jobs that ended before ``before`` (seconds since the epoch),
+        each herd's oldest first (its ``ended_key`` entries), with their tasks and their tasks'
+        logs. A job goes last, in a transaction comparing its record: a look cut short leaves it
+        (and its entry) for the next, never tasks without a job. A job with a task its agent must
+        still stop (``assigned_to``) is left for a later look. Returns (jobs removed, whether
+        the look stopped at ``limit`` with older ones maybe left)."""
+        removed = 0
+        for herd in sorted(kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)):
+            prefix = f"{keys.HERDS}{herd}/ended/"
+            budget = limit - removed
+            entries = self.barn.scan(prefix, limit=budget)
+            for entry in entries:
+                when, _, job_id = entry.key[len(prefix) :].partition("/")
+                if not when.isdigit() or not job_id or "/" in job_id:  # (not ours: never read again)
+                    self.barn.transaction([], [TxnOp(entry.key, None)])
+                    continue
+                if int(when) >= before:
+                    break
+                removed += self._forget_job(entry.key, herd, job_id)
+            else:
+                if len(entries) == budget:
+                    return removed, True
+        return removed, False
+
+    def _forget_job(self, entry: str, herd: str, job_id: str) -> int:
+        key = keys.job(herd, job_id)
+        current = self._get(key, JobRecord)
+        if current is None or current.record.finished is None or ended_key(current.record) != entry:
+            self.barn.transaction([], [TxnOp(entry, None)])  # gone, or ended again since: its own entry says when
+            return 0
+        doomed: list[str] = []
+        for task_id in current.record.tasks:
+            task = self._get(keys.task(herd, task_id), TaskRecord)
+            if task is not None and assigned_to(task.record) is not None:
+                return 0  # (cancelled while running: kept until its agent says it stopped)
+            doomed.append(keys.task(herd, task_id))
+            doomed += [kv.key for kv in self.barn.scan(f"/herds/{herd}/logs/{task_id}/")]
+        for start in range(0, len(doomed), DELETE_BATCH):
+            self.barn.transaction([], [TxnOp(k, None) for k in doomed[start : start + DELETE_BATCH]])
+        last = [TxnOp(key, None), TxnOp(self.JOB_INDEX + job_id, None), TxnOp(entry, None)]
+        held, _ = self.barn.transaction([(key, current.revision)], last)
+        self._herd_of.pop(job_id, None)
+        return 1 if held else 0
 
     def delete_herd(self, name: str) -> None:
         """Delete a herd with its jobs, tasks and logs. Refused while any of its jobs has not
@@ -513,6 +571,21 @@ def pending_key(task: TaskRecord) -> str:
 def _herd_of_entry(key: str) -> str:
     """The herd of an ASSIGNED entry's key (``ASSIGNED``node/herd/task)."""
     return key[len(ClusterStore.ASSIGNED) :].split("/")[1]
+
+
+def ended_key(job: JobRecord) -> str:
+    """``/herds/HERD/ended/<when it ended: 11 digits of seconds>/<job id>``, written with the
+    job's final record: a herd's oldest ended jobs first in one scan, for the retention
+    (``forget_ended``); under the herd's prefix, so a herd's deletion takes them too."""
+    assert job.finished is not None
+    when = min(max(int(job.finished), 0), 10**11 - 1)
+    return f"{keys.HERDS}{job.herd}/ended/{when:011d}/{job.id}"
+
+
+def _fits(ops: list[TxnOp]) -> None:
+    size = sum(len(op.key) + len(op.value or b"") for op in ops)
+    if size > MAX_COMMIT_BYTES:
+        raise TooLarge(f"{len(ops)} writes of {size:,} bytes in all: at most {MAX_COMMIT_BYTES:,} in one transaction")
 
 
 def _index_ops(task: TaskRecord, value: bytes | None) -> list[TxnOp]:

@@ -40,6 +40,7 @@ from runink.core.control.logs import LogRead, TaskLogs
 from runink.core.control.records import (
     LABEL_TEXT,
     MAX_COMMAND_ARGS,
+    MAX_COMMAND_BYTES,
     MAX_LABELS,
     MAX_PIPELINE_TASKS,
     Amount,
@@ -55,7 +56,7 @@ from runink.core.control.records import (
     no_repeats,
 )
 from runink.core.control.roles import bind_role
-from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
+from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
 from runink.core.interfaces.scaler import Scaler
@@ -173,6 +174,9 @@ class JobIn(Body):
     def _one_of(self) -> JobIn:
         if bool(self.command) == bool(self.commands):
             raise ValueError("give command (one program and its arguments) or commands (a list of them), not both")
+        size = sum(len(arg.encode()) + 1 for line in (self.command, *self.commands) for arg in line)
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the command lines are {size:,} bytes in all, at most {MAX_COMMAND_BYTES:,}")
         return self
 
 
@@ -502,6 +506,10 @@ def create_app(
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         return _error(409, str(exc))
+
+    @app.exception_handler(TooLarge)
+    async def _too_large(request: Request, exc: TooLarge) -> JSONResponse:  # (never sent: nothing was done)
+        return _error(413, f"too large to store: {exc}")
 
     @app.exception_handler(AdmissionRefused)
     async def _not_admitted(request: Request, exc: AdmissionRefused) -> JSONResponse:

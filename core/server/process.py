@@ -49,6 +49,7 @@ from runink.core.server.api import create_app
 from runink.core.server.audit_retention import AuditRetention
 from runink.core.server.auth import LEEWAY, MAX_TTL, ApiAuth, ClusterTokens
 from runink.core.server.feed import BarnFeed, JobWaits, LiveView, RecentRecords
+from runink.core.server.job_retention import JobRetention
 from runink.core.server.loop import ControlLoop
 from runink.core.server.revocations import Revocations
 from runink.core.server.serve_api import require_loopback, serve_api, stop_api
@@ -306,7 +307,10 @@ class Server:
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
         leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
-        chores: list[Callable[[float], object]] = [AuditRetention(barn, config.cluster.audit_keep_seconds)]
+        chores: list[Callable[[float], object]] = [
+            AuditRetention(barn, config.cluster.audit_keep_seconds),
+            JobRetention(fenced, config.cluster.jobs_keep_seconds),
+        ]
         self.scaler: Scaler | None = configured_driver(config, "scaling", manager)
         if self.scaler is not None:  # (the leader's: nodes added and removed, see [scaling])
             chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
