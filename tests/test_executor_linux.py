@@ -120,6 +120,21 @@ def test_fork_bomb_is_contained(linux: LinuxExecutor, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_a_command_line_as_long_as_a_job_may_have_starts(linux: LinuxExecutor, tmp_path: Path) -> None:
+    """A slice's request goes to its sandbox as one SEQPACKET message: past the socket's send
+    buffer (~208 KiB) a 240 KiB command line failed to start (EMSGSIZE). The API takes up to
+    256 KiB of command lines (MAX_COMMAND_BYTES); each argument up to Linux's 128 KiB."""
+    from runink.core.control.records import MAX_COMMAND_BYTES
+
+    args = ["a" * 100_000, "b" * 100_000, "c" * (MAX_COMMAND_BYTES - 200_100)]
+    spec = _spec(tmp_path, "sh", "-c", 'echo "${#1} ${#2} ${#3}"', "sh", *args)
+    linux.start(spec)
+    result = linux.wait(spec.id, 60)
+    assert result is not None and result.exit_code == 0, result
+    assert (spec.task_dir / "stdout.log").read_text() == f"100000 100000 {MAX_COMMAND_BYTES - 200_100}\n"
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
 def test_half_a_core(linux: LinuxExecutor, tmp_path: Path) -> None:
 
     spec = _spec(

@@ -87,6 +87,7 @@ from runink.plugins.executors.linux.messages import Bind, Event, Exited, Failed,
 from runink.plugins.executors.linux.namespaces import NAMESPACE_FLAGS
 from runink.plugins.executors.linux.payload import (
     MAX_BINDS,
+    MAX_REQUEST,
     LaunchError,
     exit_code,
     leave_session,
@@ -107,6 +108,19 @@ SLIRP_PACKAGE = "slirp4netns"
 SLIRP_SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 SLIRP_READY_SECONDS = 10.0
 DRAIN_WAIT = 2.0  # seconds the launcher waits at its end for its warm sandboxes' slirp4netns to exit
+SMALL_REQUEST = 64 << 10  # bytes of a slice's request that any control socket's buffer holds
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # (Linux; Python names it only from 3.12)
+
+
+def _room_for(control: socket.socket, size: int) -> None:
+    """Let the sandbox's control socket send one message of ``size`` bytes: a SEQPACKET
+    message must fit its send buffer whole (~208 KiB by default: a job's 240 KiB command line
+    failed with EMSGSIZE). Root may force it past the system's wmem_max."""
+    wanted = size + (64 << 10)
+    try:
+        control.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wanted)
+    except OSError:  # (not root): as far as wmem_max allows
+        control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
 
 
 def native_init_available() -> bool:
@@ -633,8 +647,12 @@ class Launcher:
                     cgroup.update(limits, sandbox.limits)
                 self.expected_limits = limits
                 self.expected_herd = herd
-            message = replace(req, binds=tuple(binds), uid=uid, gid=gid)
-            socket.send_fds(sandbox.control, [message.to_line().encode()], opened)
+            line = replace(req, binds=tuple(binds), uid=uid, gid=gid).to_line().encode()
+            if len(line) > MAX_REQUEST:  # (the payload reads no more)
+                raise OSError(f"the slice's request is {len(line):,} bytes, at most {MAX_REQUEST:,}")
+            if len(line) > SMALL_REQUEST:  # (a long command line): one message, so a buffer that holds it
+                _room_for(sandbox.control, len(line))
+            socket.send_fds(sandbox.control, [line], opened)
         except (OSError, CgroupError) as exc:
             self.discard(sandbox)
             if status_fd is not None:

@@ -57,6 +57,7 @@ from runink.plugins.executors.linux.syscalls import (
 )
 
 MAX_BINDS = 200  # granted paths in one request
+MAX_REQUEST = 1 << 20  # bytes of a slice's request (its command line, env, binds): the launcher sends no more
 FILES_DIR = "/run/runink/files"  # inside the sandbox: the task's granted files (tmpfs)
 # Left to the command: the waiting payload ignores them (the executor signals every process
 # of a slice); reset to the default in the command, with SIGPIPE and SIGXFSZ that Python ignores.
@@ -195,7 +196,7 @@ def run(control: socket.socket) -> int:
     _warm_up()
     control.send(b"ready")
     # fds: stdout, stderr, the secrets memfd, the status file, then one per granted path
-    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, MAX_BINDS + MAX_DEVICES + 4)
+    message, fds, _flags, _addr = socket.recv_fds(control, MAX_REQUEST, MAX_BINDS + MAX_DEVICES + 4)
     if not message:
         return 0  # the launcher drained its pool
     stdout_fd, stderr_fd, secrets_fd, status_fd, *mount_fds = fds
