@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from runink.core.errors import CompactedError
 from runink.core.interfaces.barn import herd_key
 from runink.plugins.barn.state import BarnState
 from runink.testing import BarnConformance
@@ -97,3 +98,19 @@ def test_a_watch_page_is_bounded_and_ends_on_a_whole_revision() -> None:
             break
         start = page[-1].revision + 1
     assert paged == everything
+
+
+def test_the_history_is_bounded_by_bytes_too() -> None:
+    """Overwriting one key with large values kept every old value for watches (300 MiB of
+    history for one live key); the oldest go once the history passes its bytes."""
+    state = BarnState(history=1000, history_bytes=10 * 1024)
+    for i in range(100):
+        state.apply({"op": "put", "key": "/one", "value": bytes([i]) * 1024, "lease": None})
+    kept = sum(len(e.kv.key) + len(e.kv.value) for e in state.events)
+    assert kept <= 10 * 1024 + 10 * 1024 // 4 and len(state.events) < 20
+    assert state.compacted == state.events[0].revision - 1
+    with pytest.raises(CompactedError):
+        state.events_since("/one", 1)
+    restored = BarnState.restore(state.snapshot(), history=1000, history_bytes=10 * 1024)
+    restored.apply({"op": "put", "key": "/one", "value": b"x" * 1024, "lease": None})
+    assert sum(len(e.kv.key) + len(e.kv.value) for e in restored.events) <= 10 * 1024 + 10 * 1024 // 4

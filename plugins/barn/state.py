@@ -12,7 +12,9 @@ Semantics (etcd's):
 * a key records ``create_revision``, ``mod_revision`` and ``version`` (puts since created);
 * ``compare_and_set`` and transactions compare ``mod_revision`` (0: the key is absent);
 * the history of changes is kept for ``watch`` from a past revision, up to ``history``
-  events; an older start revision raises ``CompactedError``;
+  events and ``history_bytes`` of their keys and values (a key overwritten with 1 MiB values
+  300 times once held ~1 GiB on every member); an older start revision raises
+  ``CompactedError``;
 * a command may carry a ``request_id``: applied once, its result is remembered (the last
   ``dedup`` of them), so a client retrying after "outcome unknown" (a leader change, a
   timeout) cannot apply it twice.
@@ -32,6 +34,7 @@ from runink.core.errors import BarnError, CompactedError, LeaseNotFoundError
 from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key, check_value, short_repr
 
 DEFAULT_HISTORY = 100_000
+DEFAULT_HISTORY_BYTES = 256 << 20
 DEFAULT_DEDUP = 10_000
 MAX_ID = 2**63 - 1  # lease ids and revisions: what etcd's int64 holds
 MAX_TTL = 10 * 365 * 86400.0  # seconds: ten years; deadlines stay finite
@@ -50,7 +53,9 @@ class Lease:
 
 
 class BarnState:
-    def __init__(self, history: int = DEFAULT_HISTORY, dedup: int = DEFAULT_DEDUP) -> None:
+    def __init__(
+        self, history: int = DEFAULT_HISTORY, dedup: int = DEFAULT_DEDUP, history_bytes: int = DEFAULT_HISTORY_BYTES
+    ) -> None:
         self.revision = 0
         self.compacted = 0  # events up to this revision are gone from the history
         self.kvs: dict[str, KeyValue] = {}
@@ -60,6 +65,8 @@ class BarnState:
         self.events: list[WatchEvent] = []  # in revision order
         self._event_revisions: list[int] = []  # the same, for bisect
         self.history = history
+        self.history_bytes = history_bytes
+        self._event_bytes = 0  # keys and values in ``events``
         self.dedup = dedup
         self.results: OrderedDict[str, Any] = OrderedDict()
         # Barn servers added or removed at runtime: name -> (raft, http), None once removed.
@@ -251,8 +258,14 @@ class BarnState:
         }
 
     @classmethod
-    def restore(cls, data: dict[str, Any], history: int = DEFAULT_HISTORY, dedup: int = DEFAULT_DEDUP) -> BarnState:
-        state = cls(history, dedup)
+    def restore(
+        cls,
+        data: dict[str, Any],
+        history: int = DEFAULT_HISTORY,
+        dedup: int = DEFAULT_DEDUP,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+    ) -> BarnState:
+        state = cls(history, dedup, history_bytes)
         state.revision = data["revision"]
         state.compacted = data["compacted"]
         state.kvs = {t[0]: KeyValue(*t) for t in data["kvs"]}
@@ -264,6 +277,7 @@ class BarnState:
         state.next_lease = data["next_lease"]
         state.events = [WatchEvent(t, KeyValue(*kv), r) for t, kv, r in data["events"]]
         state._event_revisions = [e.revision for e in state.events]
+        state._event_bytes = sum(_size(e) for e in state.events)
         state.results = OrderedDict((k, v) for k, v in data["results"])
         state.members = {n: None if m is None else (m[0], m[1]) for n, m in data.get("members", {}).items()}
         return state
@@ -313,13 +327,28 @@ class BarnState:
     def _record(self, event: WatchEvent) -> None:
         self.events.append(event)
         self._event_revisions.append(event.revision)
-        if len(self.events) > self.history + self.history // 4 + 1:  # trimmed in chunks: amortized O(1)
-            cut = len(self.events) - self.history
-            # a revision's events go together: never keep half of a transaction
-            while cut < len(self.events) and self.events[cut].revision == self.events[cut - 1].revision:
+        self._event_bytes += _size(event)
+        # trimmed in chunks (amortized O(1)), to the bounds: the oldest first
+        if len(self.events) > self.history + self.history // 4 + 1:
+            self._trim(len(self.events) - self.history)
+        elif self._event_bytes > self.history_bytes + self.history_bytes // 4:
+            cut, over = 0, self._event_bytes - self.history_bytes
+            while cut < len(self.events) - 1 and over > 0:
+                over -= _size(self.events[cut])
                 cut += 1
-            self.compacted = self.events[cut - 1].revision
-            del self.events[:cut], self._event_revisions[:cut]
+            self._trim(cut)
+
+    def _trim(self, cut: int) -> None:
+        # a revision's events go together: never keep half of a transaction
+        while cut < len(self.events) and self.events[cut].revision == self.events[cut - 1].revision:
+            cut += 1
+        self.compacted = self.events[cut - 1].revision
+        self._event_bytes -= sum(_size(e) for e in self.events[:cut])
+        del self.events[:cut], self._event_revisions[:cut]
+
+
+def _size(event: WatchEvent) -> int:
+    return len(event.kv.key) + len(event.kv.value)
 
 
 def check_command(c: dict[str, Any]) -> None:

@@ -63,6 +63,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
     compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
     history: int = typer.Option(100_000, help="changes kept for watches"),
+    history_mib: int = typer.Option(256, help="...and at most this many MiB of their keys and values"),
     max_connections: int | None = typer.Option(
         None, help="client connections served at once, more are refused (default: the descriptor limit less 256)"
     ),
@@ -97,6 +98,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         "--compaction-seconds": compaction_seconds,
         "--compaction-entries": compaction_entries,
         "--history": history,
+        "--history-mib": history_mib,
         "--max-connections": max_connections,
     }
     for flag, value in positive.items():
@@ -126,6 +128,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         fsync=fsync,
         election_timeout=election_timeout,
         history=history,
+        history_bytes=history_mib << 20,
         compaction_entries=compaction_entries,
         compaction_seconds=compaction_seconds,
         secret=secret,

@@ -45,7 +45,7 @@ from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     replicated,
 )
 from runink.plugins.barn.raft.tls import TlsFiles, TlsTransport
-from runink.plugins.barn.state import BarnState, raise_for
+from runink.plugins.barn.state import DEFAULT_HISTORY_BYTES, BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
 #: seconds a member's tick thread waits for an event before it looks at pysyncobj's timers
@@ -76,6 +76,7 @@ class ServerConfig:
     compaction_entries: int = 10_000  # compact the log past this many entries...
     compaction_seconds: float = 60.0  # ...at most this often
     history: int = 100_000  # changes kept for watches
+    history_bytes: int = DEFAULT_HISTORY_BYTES  # ...and their keys' and values' bytes, at most
     secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
     tls: TlsFiles | None = None  # mutual TLS between members and on the HTTP API (tls.py)
     # the cluster's token keys: with TLS, a client without a certificate may use the HTTP API
@@ -98,11 +99,11 @@ class BarnReplica(SyncObjConsumer):
     entirely (a restart after compaction, or a snapshot install, left an empty Barn).
     """
 
-    def __init__(self, history: int, on_change: Callable[[], None]) -> None:
+    def __init__(self, history: int, on_change: Callable[[], None], history_bytes: int = DEFAULT_HISTORY_BYTES) -> None:
         super().__init__()
         self.lock = threading.Lock()  # the state: applied by the tick thread, read by the loop
-        self.state = BarnState(history=history)
-        self.history = history
+        self.state = BarnState(history=history, history_bytes=history_bytes)
+        self.history, self.history_bytes = history, history_bytes
         self.on_change = on_change
 
     @replicated
@@ -118,7 +119,7 @@ class BarnReplica(SyncObjConsumer):
         return result
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        state = BarnState.restore(snapshot, history=self.history)
+        state = BarnState.restore(snapshot, history=self.history, history_bytes=self.history_bytes)
         with self.lock:
             self.state = state
         self.on_change()
@@ -179,7 +180,7 @@ class BarnNode(SyncObj):
         # told of each write proposed here: its seconds to commit and apply, and whether it did
         # (`runink barn serve --metrics`); None: not measured
         self.on_commit: Callable[[float, bool], None] | None = None
-        self.replica = BarnReplica(config.history, self._changed)
+        self.replica = BarnReplica(config.history, self._changed, config.history_bytes)
         # with TLS every Raft connection is mutual TLS with certificates of the cluster CA (tls.py)
         transport = {} if config.tls is None else {"transportClass": functools.partial(TlsTransport, tls=config.tls)}
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica], **transport)
