@@ -21,7 +21,6 @@ A plugin that declares nothing keeps reading its table unchecked, as before.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -64,6 +63,8 @@ def check_plugin_tables(
             except ConfigError as exc:
                 wrong[table] = str(exc)
         elif table not in known and table not in _storage_tables():
+            import difflib  # (only for a table nobody reads: ~6 ms of import)
+
             readers = sorted({name for name, declared in schemas.items() if declared is not None} | _storage_tables())
             close = difflib.get_close_matches(table, readers, n=1)
             hint = f"did you mean [plugin.{close[0]}]?" if close else f"tables read: {', '.join(readers)}"
