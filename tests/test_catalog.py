@@ -161,6 +161,50 @@ def test_failed_runs_and_drift_are_recorded(run_cli: CliRunner, tmp_path: Path) 
     assert len(edges) == 4 and all(a in nodes and b in nodes for a, b in edges)
 
 
+def test_pii_marks_of_a_dataset_add_up_over_the_contracts_that_read_it(run_cli: CliRunner, tmp_path: Path) -> None:
+    """Two contracts read one file, each marking another column pii: the second run once
+    replaced the first's marks, and `runink annotate` then sent that column to the model."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "people.csv").write_text("id,email,phone\n1,alice@example.com,+33123456789\n")
+    header = "from runink.core.contracts import Contract, Field\n\n"
+    (project / "contracts.py").write_text(
+        header
+        + "class ByEmail(Contract):\n    id: int\n    email: str = Field(pii=True)\n    phone: str\n\n"
+        + "class ByPhone(Contract):\n    id: int\n    email: str\n    phone: str = Field(pii=True)\n"
+    )
+    for name, contract in (("a", "ByEmail"), ("b", "ByPhone")):
+        dsl = f"""
+            Feature: {name}
+              Scenario: read {name}
+                @source("people.csv", contract="contracts:{contract}")
+                @sink("out/{name}.csv")
+        """
+        (project / f"{name}.dsl").write_text(textwrap.dedent(dsl))
+        assert run_cli("run", f"{name}.dsl", cwd=project).returncode == 0
+    shown = _json(run_cli("catalog", "show", "people.csv", "--json", cwd=project))
+    assert isinstance(shown, dict) and shown["pii"] == ["email", "phone"]
+
+
+def test_a_dataset_name_with_markup_is_shown_as_it_is(run_cli: CliRunner, tmp_path: Path) -> None:
+    """Anyone who names a dataset chooses its characters: `[/]` in one made `catalog show`
+    crash for the whole herd (rich markup)."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "in.csv").write_text("id\n1\n")
+    dsl = """
+        Feature: p
+          Scenario: odd name
+            @source("in.csv")
+            @sink("out/x[/]y[bold].csv")
+    """
+    (project / "p.dsl").write_text(textwrap.dedent(dsl))
+    assert run_cli("run", "p.dsl", cwd=project).returncode == 0
+    shown = run_cli("catalog", "show", "out/x[/]y[bold].csv", cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    assert "x[/]y[bold].csv" in shown.stdout
+
+
 def test_a_disabled_catalog_records_nothing(run_cli: CliRunner, orders: Path, data_home: Path) -> None:
     (orders / "runink.toml").write_text("[plugin.catalog]\nenabled = false\n")
     assert run_cli("run", "orders.dsl", cwd=orders).returncode == 0

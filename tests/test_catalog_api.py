@@ -85,7 +85,8 @@ def test_the_catalogs_routes_answer_with_the_herds_the_caller_may_read(tmp_path:
         viewer = _headers(secured.tokens, Grant("viewer", "team"))
         listed = client.get("/v1/catalog/datasets", headers=viewer).json()["datasets"]
         assert sorted(d["uri"] for d in listed) == ["csv:///team/in.csv", "csv:///team/out.csv"]
-        assert client.get("/v1/catalog/datasets", params={"herd": "other"}, headers=viewer).json() == {"datasets": []}
+        nothing = {"datasets": [], "next": None}
+        assert client.get("/v1/catalog/datasets", params={"herd": "other"}, headers=viewer).json() == nothing
         shown = client.get("/v1/catalog/dataset", params={"uri": "csv:///team/out.csv"}, headers=viewer)
         assert shown.status_code == 200 and shown.json()["rows"] == 5
         hidden = client.get("/v1/catalog/dataset", params={"uri": "csv:///other/out.csv"}, headers=viewer)
@@ -133,4 +134,62 @@ def test_annotations_are_stored_by_runners_as_their_author_and_listed_a_page_at_
         assert [n["value"] for n in one["annotations"]] == ["yes"]
         shown = client.get("/v1/catalog/dataset", params={"uri": "csv:///team/out.csv"}, headers=viewer).json()
         assert [n["target"] for n in shown["annotations"]] == ["column:amount"] and shown["record_annotations"] == 5
+    sink.close()
+
+
+def test_datasets_come_a_page_at_a_time_and_bad_text_or_ids_are_422(tmp_path: Path) -> None:
+    """100,000 datasets were one 17 MB answer (any viewer, any time); an ``after`` past the ids'
+    column or a NUL in a name was a 500 (PostgreSQL refuses NUL in text, and logged the query)."""
+    sink = _two_herds_catalog(tmp_path)
+    writer = CatalogWriter(sink.url)
+    for n in range(5):
+        writer.record(_event("team", f"more-{n}"))
+    writer.close()
+    with secured_app(tmp_path, ("catalog", sink)) as secured:
+        client = TestClient(secured.app)
+        viewer = _headers(secured.tokens, Grant("viewer", "team"))
+        seen, after = [], 0
+        for _ in range(10):
+            page = client.get("/v1/catalog/datasets", params={"limit": 3, "after": after}, headers=viewer).json()
+            assert len(page["datasets"]) <= 3
+            seen += [d["uri"] for d in page["datasets"]]
+            if page["next"] is None:
+                break
+            after = page["next"]
+        assert sorted(seen) == sorted(
+            ["csv:///team/in.csv", "csv:///team/out.csv"] + [f"csv:///team/more-{n}.csv" for n in range(5)]
+        )
+        runner = _headers(secured.tokens, Grant("runner", "team"))
+        for method, path, params, body in (
+            ("GET", "/v1/catalog/datasets", {"after": 2**63}, None),
+            ("GET", "/v1/catalog/annotations", {"uri": "csv:///team/out.csv", "after": 2**31}, None),
+            ("GET", "/v1/catalog/dataset", {"uri": "csv:///team/out.csv\0"}, None),
+            ("GET", "/v1/catalog/annotations", {"uri": "csv:///team/out.csv", "record": "a\0b"}, None),
+            ("GET", "/v1/catalog/runs/a%00b", {}, None),
+            ("GET", "/v1/catalog/jobs/a%00b", {}, None),
+            (
+                "POST",
+                "/v1/catalog/annotations",
+                {},
+                {"uri": "csv:///team/out.csv", "annotations": [{"target": "dataset", "key": "k", "value": "a\0b"}]},
+            ),
+        ):
+            answer = client.request(method, path, params=params, json=body, headers=runner)
+            assert answer.status_code == 422, (path, params, answer.text)
+    sink.close()
+
+
+def test_the_catalog_and_the_lineage_file_are_their_owners_only(tmp_path: Path) -> None:
+    """Every herd's lineage, errors and annotations are in them: they were 0644."""
+    from runink.plugins.lineage.jsonl_sink import JsonlLineageSink
+
+    sink = _two_herds_catalog(tmp_path)
+    database = Path(sink.url.removeprefix("sqlite:///"))
+    assert database.stat().st_mode & 0o777 == 0o600
+    assert all(p.stat().st_mode & 0o077 == 0 for p in database.parent.glob("catalog.db*"))
+    jsonl = JsonlLineageSink()
+    jsonl.runink_configure(RuninkConfig(data_dir=tmp_path / "data"))
+    jsonl.deliver(_event("team", "out"))
+    assert jsonl.path is not None and jsonl.path.stat().st_mode & 0o777 == 0o600
+    assert jsonl.path.parent.stat().st_mode & 0o777 == 0o700
     sink.close()

@@ -9,6 +9,7 @@ the disk. The events are built without the OpenLineage client (``openlineage_eve
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -44,6 +45,8 @@ class JsonlLineageSink(QueuedLineageSink):
 
             self.path = default_data_dir() / "lineage" / "events.jsonl"
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # readable by its owner only (every herd's lineage is in it); a link is never followed
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "a", encoding="utf-8") as fh:
             fh.write(to_json(event) + "\n")

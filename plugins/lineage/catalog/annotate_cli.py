@@ -153,7 +153,9 @@ def register(app: typer.Typer, plugin: AnnotationCommands) -> None:
         dataset: str = typer.Argument(..., help="Its URI (runink catalog list) or its path."),
         record: str | None = typer.Option(None, "--record", help="Only this record's."),
         limit: int = typer.Option(MAX_LISTED, "--limit", min=1, max=MAX_LISTED, help="At most this many."),
-        after: int = typer.Option(0, "--after", min=0, help="Those after this id (the last one listed)."),
+        after: int = typer.Option(
+            0, "--after", min=0, max=2**31 - 1, help="Those after this id (the last one listed)."
+        ),
         herd: list[str] = typer.Option([], "--herd", help="Look in this herd only (repeat for more)."),
         cluster: bool = typer.Option(False, "--cluster", help="Ask the cluster instead of the local catalog."),
         server: str | None = typer.Option(None, "--server", help="Ask this cluster's API (HOST:PORT)."),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runink.core.errors import RuninkError
 from runink.core.interfaces.annotator import Annotation
@@ -24,7 +24,7 @@ from runink.plugins.lineage.catalog.queries import (
     find_dataset,
     job_datasets,
     lineage,
-    list_datasets,
+    page_datasets,
     run_detail,
 )
 from runink.plugins.lineage.catalog.ui import SECURITY_HEADERS, dataset_href, page, run_href
@@ -35,33 +35,45 @@ if TYPE_CHECKING:
 
 READ = "catalog.read"
 ANNOTATE = "catalog.annotate"
+MAX_ROW_ID = 2**31 - 1  # the catalog's ids (an INTEGER column: a larger ``after`` was a 500)
+
+
+def _no_nul(text: str) -> str:
+    # (PostgreSQL refuses NUL in text: a 500, the query and its values in the server's log)
+    if "\0" in text:
+        raise ValueError("contains a NUL byte")
+    return text
+
+
+NoNul = AfterValidator(_no_nul)
 HerdQuery = Annotated[list[str] | None, Query(max_length=64, description="Only these herds (of those you may read).")]
 DatasetQuery = Annotated[
-    str, Query(min_length=1, max_length=2048, description="Its URI (as listed) or its absolute path.")
+    str, Query(min_length=1, max_length=2048, description="Its URI (as listed) or its absolute path."), NoNul
 ]
+AfterQuery = Annotated[int, Query(ge=0, le=MAX_ROW_ID, description="Page on: the last id of the page before.")]
 
 
 class NewAnnotation(BaseModel):
     """One annotation to store: its target (``dataset``, ``column:NAME`` or ``record:ID``)."""
 
     model_config = ConfigDict(extra="forbid")
-    target: str = Field(min_length=1, max_length=300, pattern=r"^(dataset|column:.+|record:.+)$")
-    key: str = Field(min_length=1, max_length=200)
-    value: str = Field(max_length=20_000)
+    target: Annotated[str, NoNul] = Field(min_length=1, max_length=300, pattern=r"^(dataset|column:.+|record:.+)$")
+    key: Annotated[str, NoNul] = Field(min_length=1, max_length=200)
+    value: Annotated[str, NoNul] = Field(max_length=20_000)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     failed: bool = False  # a model's answer that did not parse: ``raw`` holds it, ``value`` why
-    raw: str | None = Field(default=None, max_length=20_000)
+    raw: Annotated[str, NoNul] | None = Field(default=None, max_length=20_000)
 
 
 class NewAnnotations(BaseModel):
     """Annotations of one dataset, by a person or by a model (then its name and prompt)."""
 
     model_config = ConfigDict(extra="forbid")
-    uri: str = Field(min_length=1, max_length=2048)
-    herd: str | None = Field(default=None, max_length=64)
-    model: str | None = Field(default=None, max_length=200)
-    prompt_path: str | None = Field(default=None, max_length=1000)
-    prompt_hash: str | None = Field(default=None, max_length=64)
+    uri: Annotated[str, NoNul] = Field(min_length=1, max_length=2048)
+    herd: Annotated[str, NoNul] | None = Field(default=None, max_length=64)
+    model: Annotated[str, NoNul] | None = Field(default=None, max_length=200)
+    prompt_path: Annotated[str, NoNul] | None = Field(default=None, max_length=1000)
+    prompt_hash: Annotated[str, NoNul] | None = Field(default=None, max_length=64)
     annotations: list[NewAnnotation] = Field(min_length=1, max_length=1000)
 
 
@@ -91,9 +103,17 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
         return lineage(sink.engine(), dataset(uri, herds), direction, depth, herds)
 
     @router.get("/v1/catalog/datasets", openapi_extra=guard.declare(READ), tags=["catalog"])
-    def catalog_datasets(herd: HerdQuery = None, identity: Identity = caller) -> dict[str, Any]:
-        """Every dataset of the herds the caller may read: herd, URI, contract, rows, last run."""
-        return {"datasets": list_datasets(sink.engine(), readable(identity, herd))}
+    def catalog_datasets(
+        herd: HerdQuery = None,
+        after: AfterQuery = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = MAX_LISTED,
+        identity: Identity = caller,
+    ) -> dict[str, Any]:
+        """The datasets of the herds the caller may read (herd, URI, contract, rows, last run),
+        in the order they were first seen, a page at a time: ``next`` is the ``after`` of the
+        next page (null: no more)."""
+        found, more = page_datasets(sink.engine(), readable(identity, herd), after, limit)
+        return {"datasets": found, "next": more}
 
     @router.get("/v1/catalog/dataset", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_dataset(
@@ -110,8 +130,8 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
         uri: DatasetQuery,
         *,
         herd: HerdQuery = None,
-        record: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        after: Annotated[int, Query(ge=0, description="Page on: the last id of the page before.")] = 0,
+        record: Annotated[str | None, Query(min_length=1, max_length=200), NoNul] = None,
+        after: AfterQuery = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = MAX_LISTED,
         identity: Identity = caller,
     ) -> dict[str, Any]:
@@ -155,13 +175,15 @@ def add_routes(router: APIRouter, guard: RouteGuard, sink: CatalogSink) -> None:
 
     @router.get("/v1/catalog/jobs/{job_id}", openapi_extra=guard.declare(READ), tags=["catalog"])
     def catalog_job(
-        job_id: Annotated[str, Path(min_length=1, max_length=200)], identity: Identity = caller
+        job_id: Annotated[str, Path(min_length=1, max_length=200), NoNul], identity: Identity = caller
     ) -> dict[str, Any]:
         """What each scenario of a pipeline job read and wrote (for `runink status`)."""
         return {"job": job_id, "scenarios": job_datasets(sink.engine(), job_id, guard.herds(identity, READ))}
 
     @router.get("/v1/catalog/runs/{run_id:path}", openapi_extra=guard.declare(READ), tags=["catalog"])
-    def catalog_run(run_id: Annotated[str, Path(min_length=1, max_length=200)], identity: Identity = caller) -> Any:
+    def catalog_run(
+        run_id: Annotated[str, Path(min_length=1, max_length=200), NoNul], identity: Identity = caller
+    ) -> Any:
         """One step run: what it did, and the datasets it read and wrote."""
         try:
             return run_detail(sink.engine(), run_id, guard.herds(identity, READ))

@@ -33,7 +33,14 @@ def register(app: typer.Typer, sink: CatalogSink) -> None:
     ) -> None:
         """Every dataset a run read or wrote: herd, URI, contract, rows, last run."""
         if cluster or server:
-            found = ask_cluster(ctx, server, "/v1/catalog/datasets", herd=herd or None)["datasets"]
+            found, after = [], 0
+            while True:  # a page at a time
+                page = ask_cluster(ctx, server, "/v1/catalog/datasets", herd=herd or None, after=after)
+                found += page["datasets"]
+                if not page.get("next"):
+                    break
+                after = page["next"]
+            found.sort(key=lambda d: (d["herd"], d["uri"]))
         else:
             from runink.plugins.lineage.catalog.queries import list_datasets
 
@@ -214,8 +221,11 @@ def _print_tree(graph: LineageGraph, direction: str) -> None:
 
 
 def _print_detail(detail: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     out = console()
-    out.print(f"[bold]{detail['uri']}[/]  herd {detail['herd']}  rows {detail['rows']}  last run {detail['last_run']}")
+    uri, herd, rows, last = (escape(str(detail[k])) for k in ("uri", "herd", "rows", "last_run"))
+    out.print(f"[bold]{uri}[/]  herd {herd}  rows {rows}  last run {last}")  # (names are anyone's: never markup)
     if detail["schema"]:
         print_table("schema", ("column", "type"), detail["schema"])
     if detail["contract_versions"]:

@@ -44,6 +44,20 @@ def list_datasets(engine: Engine, herds: Collection[str] | None) -> list[dict[st
         return [_dataset_summary(d) for d in session.scalars(query)]
 
 
+def page_datasets(
+    engine: Engine, herds: Collection[str] | None, after: int, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of ``list_datasets`` in the order they were first seen: at most ``limit`` after
+    the dataset id ``after``, and the ``after`` of the next page (None: no more)."""
+    with Session(engine) as session:
+        query = select(Dataset).where(col(Dataset.id) > after).order_by(col(Dataset.id)).limit(limit)
+        if herds is not None:
+            query = query.where(col(Dataset.herd).in_(list(herds)))
+        found = list(session.scalars(query))
+    more = found[-1].id if len(found) == limit else None
+    return [_dataset_summary(d) for d in found], more
+
+
 def find_dataset(engine: Engine, name: str, herds: Collection[str] | None, base: Path | None = None) -> Dataset:
     """The dataset ``name`` names: its catalog URI (``parquet:///abs/x.parquet``), or a path
     (relative to ``base``) in any format. Refused when none, or several herds, match."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
-from runink.plugins.lineage.catalog.writer import HEAD_REVISION, SQLITE, SQLITE_PRAGMAS
+from runink.plugins.lineage.catalog.writer import HEAD_REVISION, SQLITE, SQLITE_PRAGMAS, private_file
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -18,7 +18,7 @@ def engine_for(url: str) -> Engine:
     WAL mode with foreign keys on, its folder made."""
     if url.startswith(SQLITE):
         path = Path(url.removeprefix(SQLITE))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -10,7 +10,9 @@ for both (SQLite >= 3.24 and PostgreSQL both take ``ON CONFLICT``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ _STEP_START = "SELECT started FROM step_runs WHERE id = :id"
 _DATASET = """
 INSERT INTO datasets (herd, uri, updated) VALUES (:herd, :uri, :now) ON CONFLICT (herd, uri) DO NOTHING"""
 _DATASET_ROW = "SELECT id, last_run, columns_json FROM datasets WHERE herd = :herd AND uri = :uri"
+_PII = "SELECT pii_json FROM datasets WHERE id = :id"
 _READ = """
 UPDATE datasets SET rows = CASE WHEN last_run IS NULL THEN COALESCE(CAST(:rows AS INTEGER), rows) ELSE rows END,
     columns_json = COALESCE(columns_json, :columns), pii_json = COALESCE(:pii, pii_json),
@@ -98,7 +101,7 @@ class CatalogWriter:
         self._engine: Any = None
         if url.startswith(SQLITE):
             path = Path(url.removeprefix(SQLITE))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
             self._sqlite = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             for pragma in SQLITE_PRAGMAS:
                 self._sqlite.execute(pragma)
@@ -182,7 +185,7 @@ class _Event:
             if self.ended:
                 columns = json.dumps(schemas["input"]) if schemas.get("input") is not None else None
                 pii = facets.get("pii_columns")
-                marked = json.dumps([str(c) for c in pii]) if isinstance(pii, list) and pii else None
+                marked = self._pii_marks(dataset, pii) if isinstance(pii, list) and pii else None
                 known = {"rows": step["rows_in"], "columns": columns, "id": dataset, "pii": marked}
                 self.run(_READ, {**known, "contract": contract, "contract_hash": digest if contract else None})
                 if contract and digest:
@@ -300,6 +303,18 @@ class _Event:
         self.run(_STEP_ENDED, step)
         return step
 
+    def _pii_marks(self, dataset: int, marked: list[Any]) -> str:
+        """The dataset's PII columns: those marked before and those this run's contract marks.
+        Never fewer: a later contract that marks other columns once erased the earlier marks,
+        and `runink annotate` sent those columns to the model unmasked."""
+        found = self.run(_PII, {"id": dataset})
+        try:
+            before = json.loads(found[0][0]) if found and found[0][0] else []
+        except ValueError:
+            before = []
+        known = [str(c) for c in before] if isinstance(before, list) else []
+        return json.dumps(sorted({*known, *(str(c) for c in marked)}))
+
     def _dataset(self, uri: str) -> int:
         self.run(_DATASET, {"herd": self.herd, "uri": uri, "now": self.now})
         return int(self.run(_DATASET_ROW, {"herd": self.herd, "uri": uri})[0][0])
@@ -307,6 +322,17 @@ class _Event:
     def _edge(self, dataset: int, direction: str, rows: int | None) -> None:
         edge = {"herd": self.herd, "run": self.lineage.run_id, "dataset_id": dataset, "direction": direction}
         self.run(_EDGE, {**edge, "rows": rows})
+
+
+def private_file(path: Path) -> None:
+    """Create the SQLite file ``path`` (and its folder) readable by its owner only, if it is not
+    there: every herd's lineage, errors and annotations are in it, and SQLite gives its -wal
+    and -shm files the database file's mode. (It was made 0644 in a 0755 folder.)"""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # (another process made it meanwhile)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
 
 
 def _fetch(connection: sqlite3.Connection) -> Any:
