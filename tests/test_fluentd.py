@@ -28,9 +28,10 @@ from runink.plugins.observability.fluentd import FluentdExporter
 class Receiver:
     """A Fluentd ``forward`` input, acks on: keeps (chunk id, tag, record) of every message."""
 
-    def __init__(self, port: int = 0, *, lose_acks: int = 0) -> None:
+    def __init__(self, port: int = 0, *, lose_acks: int = 0, garbage: int = 0) -> None:
         self.got: list[tuple[str, str, dict[str, Any]]] = []
         self.lose_acks = lose_acks  # the first N messages: stored, then the connection dropped
+        self.garbage = garbage  # the first N messages: answered with garbage, not stored
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", port))
         self.port = self._server.getsockname()[1]
@@ -59,6 +60,10 @@ class Receiver:
                     return
                 unpacker.feed(data)
                 for tag, entries, option in unpacker:
+                    if self.garbage > 0:  # msgpack's header of a 1 MB string, then 8 KB of it
+                        self.garbage -= 1
+                        connection.sendall(b"\xdb\x00\x10\x00\x00" + b"A" * 8192)
+                        continue
                     with self._lock:
                         self.got.extend((option["chunk"], tag, record) for _moment, record in entries)
                         lose = self.lose_acks > 0
@@ -174,6 +179,21 @@ def test_past_its_buffer_lines_are_dropped_and_counted_never_waited_for() -> Non
     finally:
         exporter.runink_unconfigure()
     assert not [s for s in metrics.collect() if s.labels.get("exporter") == "fluentd"]  # unregistered
+
+
+def test_past_its_buffer_in_bytes_lines_are_dropped_too() -> None:
+    """The buffer was bounded in records only: 10,000 lines of wide characters took 640 MB."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens there
+    exporter = _exporter(port, buffer=10_000, buffer_bytes=1 << 20, ack_timeout=0.2)
+    try:
+        wide = "\U0001f600" * 4000  # ~16 KB of UTF-8, 16 KB in memory too (4 bytes a character)
+        for _ in range(200):
+            exporter.runink_export_log(LogEntry(wide, "info", "slice", {"herd": "lab"}))
+        assert 50 <= len(exporter._waiting) <= 64 and exporter.dropped == 200 - len(exporter._waiting)
+    finally:
+        exporter.runink_unconfigure()
 
 
 def test_a_wrong_option_is_one_line_naming_it() -> None:
@@ -298,3 +318,41 @@ def test_slice_lines_reach_logs_without_escape_sequences(tmp_path: Path) -> None
     assert SliceLines(got.append, "n1").read("t1-a1", task, {"herd": "lab"}) == 1
     assert "\x1b" not in got[0].message and "\x07" not in got[0].message
     assert got[0].message.startswith("hello ") and "fake: all good" in got[0].message
+
+
+def test_a_slice_printing_only_newlines_makes_no_records_and_a_round_stays_bounded(tmp_path: Path) -> None:
+    """1 MiB of newlines was a million records in one round (32 s of the agent's round, no
+    start nor timeout meanwhile): blank lines make none, and a round takes MAX_LINES lines at
+    most, the rest the next round, none lost nor sent twice."""
+    from runink.core.agent.slice_lines import MAX_LINE, MAX_LINES, SliceLines
+
+    got: list[LogEntry] = []
+    lines = SliceLines(got.append, "n1")
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "stdout.log").write_bytes(b"\n" * (1 << 20))
+    assert lines.read("t1-a1", task, {"herd": "lab"}) == 0 and got == []
+    (task / "stderr.log").write_text("".join(f"line {n}\n" for n in range(MAX_LINES + 500)))
+    assert lines.read("t1-a1", task, {"herd": "lab"}) == MAX_LINES
+    assert lines.read("t1-a1", task, {"herd": "lab"}) == 500
+    assert [e.message for e in got] == [f"line {n}" for n in range(MAX_LINES + 500)]
+    # a line is bounded in bytes: invalid bytes become U+FFFD (3 bytes each once encoded)
+    (task / "stdout.log").write_bytes(b"\n" * (1 << 20) + b"\xff" * MAX_LINE + b"\n")
+    lines.read("t1-a1", task, {"herd": "lab"}, last=True)
+    assert len(got[-1].message.encode()) <= MAX_LINE
+
+
+def test_a_collector_answering_garbage_fails_that_attempt_only() -> None:
+    """An answer msgpack cannot take (BufferFull: past the ack's bound) killed the sender's
+    thread for good: every later record waited, then was dropped, until a restart."""
+    receiver = Receiver(garbage=1)
+    exporter = _exporter(receiver.port, ack_timeout=1.0)
+    try:
+        for number in range(50):
+            exporter.runink_export_log(_entry(number))
+        assert exporter.flush(30)
+        assert sorted(set(receiver.messages()), key=lambda m: int(m.split()[1])) == [f"line {n}" for n in range(50)]
+        assert exporter.resent >= 1 and exporter.dropped == 0
+    finally:
+        exporter.runink_unconfigure()
+        receiver.close()

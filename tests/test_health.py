@@ -4,12 +4,14 @@ taken); `runink up` waits on them; `runink doctor --cluster` checks a cluster en
 from __future__ import annotations
 
 import json
+import select
 import ssl
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from fixture_types import CliRunner
 from runink_processes import up_cluster
@@ -101,3 +103,38 @@ def test_a_barn_that_does_not_answer_is_a_503_not_an_internal_error() -> None:
     answer = client.get("/v1/jobs/job-1")
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", answer.text
     assert answer.json()["detail"] == "the Barn did not answer (no leader within 5s); try again"
+
+
+def test_probes_and_scrapes_take_a_bounded_number_of_threads_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread per connection for as long as the client liked: 300 half-sent requests held
+    300 threads (500 slow scrapes 455 MiB). Past MAX_CLIENTS a connection is closed at once,
+    and one that sends nothing is closed after TIMEOUT; a probe is answered meanwhile."""
+    import socket
+    import threading
+
+    from runink.core import small_http
+
+    monkeypatch.setattr(small_http, "TIMEOUT", 0.5)
+    server = serve_health("127.0.0.1", 0, lambda: (True, "fine"))
+    address = server.server_address[:2]
+    threads = threading.active_count()
+    try:
+        silent = [socket.create_connection(address, timeout=5) for _ in range(small_http.MAX_CLIENTS + 20)]
+        time.sleep(0.2)
+        assert threading.active_count() <= threads + small_http.MAX_CLIENTS
+        time.sleep(1.0)  # (the silent ones time out)
+        ready, _, _ = select.select(silent, [], [], 0)
+        closed = 0
+        for sock in ready:
+            try:
+                closed += sock.recv(1024) == b""
+            except OSError:  # (reset)
+                closed += 1
+        assert closed == len(silent)
+        for sock in silent:
+            sock.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{address[1]}/healthz", timeout=5) as answer:
+            assert json.loads(answer.read()) == {"status": "alive"}
+        assert threading.active_count() <= threads + 1
+    finally:
+        server.shutdown()

@@ -305,3 +305,27 @@ def test_only_the_serving_commands_take_the_configured_metrics_address(run_cli: 
         )
         taken = run_cli("--config", str(config), "run", "p.dsl")
         assert "plugin prometheus failed" in taken.stderr
+
+
+def test_step_metrics_name_only_the_steps_a_scenario_has(tmp_path: Path) -> None:
+    """A slice writes its own report: 1,000 made-up step names a run filled the node's series
+    cap, and other herds' step metrics were dropped. Names the scenario does not have are
+    counted under ``other``."""
+    from runink.core.agent.scenarios import PipelineRun, ScenarioRun, _scenario_samples
+    from runink.core.config import RuninkConfig
+    from runink.core.interfaces.executor import TaskState
+    from runink.core.pipeline.compile import compile_pipeline
+    from runink.core.pipeline.dsl import parse_file
+
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "steps.py").write_text("def keep(batch):\n    return batch\n")
+    dsl = 'Feature: p\n  Scenario: s\n    @source("in.csv")\n    @step("steps:keep")\n    @sink("out/s.csv")\n'
+    (tmp_path / "p.dsl").write_text(dsl)
+    compiled = compile_pipeline(parse_file(tmp_path / "p.dsl"), config=RuninkConfig(data_dir=tmp_path / "data"))
+    item = compiled.scenarios[0]
+    forged = {f"made-up-{n}": 1 for n in range(1000)}
+    run = ScenarioRun(item.name, steps={"steps:keep": 5, **forged})
+    pipeline_run = PipelineRun(compiled, "r1", "lab", tmp_path / "work", (tmp_path,), {item.name: run})
+    samples = _scenario_samples(pipeline_run, item, run, TaskState.SUCCEEDED)
+    steps = {s.labels["step"]: s.value for s in samples if s.name == "runink_step_rows_total"}
+    assert steps == {"steps:keep": 5, "other": 1000}

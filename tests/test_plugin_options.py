@@ -55,7 +55,7 @@ def test_an_unknown_key_fails_its_plugin_naming_the_table_the_key_its_line_and_t
     manager = create_plugin_manager(load_config(path))
     assert failures(manager) == {
         "fluentd": f"[plugin.fluentd] hots ({path}:4): unknown option; "
-        "the options are ack_timeout, buffer, chunk, host, port, tag"
+        "the options are ack_timeout, buffer, buffer_bytes, chunk, host, port, tag"
     }
     assert manager.pm.get_plugin("fluentd") is None
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from runink.core.small_http import Bounded
+
 #: (ready, why): what /readyz answers
 Readiness = Callable[[], tuple[bool, str]]
 
@@ -41,7 +43,10 @@ def serve_health(host: str, port: int, ready: Readiness) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             pass  # (probes every few seconds: not worth a line each)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(Bounded, ThreadingHTTPServer):
+        pass
+
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     # (polled every 50 ms for a shutdown: the default half second would delay the agent's exit)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="health").start()

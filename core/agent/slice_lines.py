@@ -4,7 +4,9 @@ herd, job, task, attempt, step and node it came from (``[log] slice_output = tru
 The agent (and the embedded run's in-process agent) reads each running attempt's
 ``stdout.log`` and ``stderr.log`` in its task dir once a round, from where it left off: never
 following a link, never blocking, at most ``per_round`` bytes a stream a round (the rest next
-round), a line at most ``MAX_LINE`` bytes (a longer one goes out in pieces). The slice writes
+round), at most ``MAX_LINES`` lines a stream a round, blank ones skipped (a slice printing
+only newlines made a million records a round: the agent's round took 32 s), a line at most
+``MAX_LINE`` bytes of UTF-8 (a longer one goes out in pieces). The slice writes
 those files, so what it says of itself is not trusted: the step comes from the ``[task step]``
 tag its log lines carry (core/dataplane/log_tags.py), printable and bounded; the herd, job,
 task and node come from the agent's own records.
@@ -26,6 +28,7 @@ from runink.core.report import printable
 
 MAX_LINE = 16 * 1024
 PER_ROUND = 1 << 20
+MAX_LINES = 1000  # records a stream a round, at most: the rest next round (an ended slice's: dropped)
 STREAMS = ("stdout", "stderr")
 _TAG = re.compile(r"^\[(\S{1,200}) (\S{1,200})\] ")
 
@@ -63,9 +66,14 @@ class SliceLines:
             if size < at:  # truncated or replaced: from its start again
                 at, self._partial[where] = 0, b""
             data = os.pread(fd, min(self.per_round, max(0, size - at)), at)
+        before = self._partial.get(where, b"")
+        pending = before + data
+        *lines, rest = pending.split(b"\n", MAX_LINES)
+        if len(lines) == MAX_LINES and rest:  # more lines than a round takes: the rest is read again next round
+            self._at[where] = at + sum(len(line) + 1 for line in lines) - len(before)
+            self._partial[where] = b""
+            return self._send(lines, stream, labels)
         self._at[where] = at + len(data)
-        pending = self._partial.get(where, b"") + data
-        *lines, rest = pending.split(b"\n")
         while len(rest) > MAX_LINE:  # a line too long: out in pieces
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
@@ -73,10 +81,16 @@ class SliceLines:
             lines.append(rest)
             rest = b""
         self._partial[where] = rest
-        pieces = [line[i : i + MAX_LINE] for line in lines for i in range(0, max(len(line), 1), MAX_LINE)]
+        return self._send(lines, stream, labels)
+
+    def _send(self, lines: list[bytes], stream: str, labels: dict[str, str]) -> int:
+        pieces = [line[i : i + MAX_LINE] for line in lines for i in range(0, len(line), MAX_LINE)]
+        sent = 0
         for raw in pieces:
-            self._export(raw, stream, labels)
-        return len(pieces)
+            if raw.strip(b"\r\t "):  # (a blank line says nothing)
+                self._export(raw, stream, labels)
+                sent += 1
+        return sent
 
     def _export(self, raw: bytes, stream: str, labels: dict[str, str]) -> None:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
@@ -87,6 +101,8 @@ class SliceLines:
         # the slice's own text, shown on terminals and in log files: no escape sequence
         # (one could retitle the window or clear the screen) nor any other control character
         text = printable(text, MAX_LINE)
+        if len(text) > MAX_LINE // 4:  # bounded in bytes, not characters (a \xff is 3 bytes once replaced)
+            text = text.encode()[:MAX_LINE].decode("utf-8", errors="ignore")
         self.export(LogEntry(text, "info" if stream == "stdout" else "warning", "slice", fields))
 
 

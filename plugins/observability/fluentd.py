@@ -29,6 +29,7 @@ import collections
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER = 4096  # bytes of an ack
 BACKOFF = (0.2, 10.0)
+# the buffer's records in memory, at most (with ``buffer``, their count): 10,000 records of 16
+# KiB lines that decode to wide characters once took 640 MB
+BUFFER_BYTES = 64 << 20
 
 
 class FluentdExporter:
@@ -55,6 +59,7 @@ class FluentdExporter:
         "port": int,
         "tag": str,
         "buffer": int,
+        "buffer_bytes": int,
         "chunk": int,
         "ack_timeout": float,
     }
@@ -63,6 +68,8 @@ class FluentdExporter:
         self.address: tuple[str, int] | None = None
         self.tag = "runink"
         self.capacity = 10_000
+        self.capacity_bytes = BUFFER_BYTES
+        self._bytes = 0  # what the buffered records take (``_size``)
         self.chunk = 500
         self.ack_timeout = 5.0
         self.dropped = self.shipped = self.resent = 0
@@ -84,12 +91,17 @@ class FluentdExporter:
             self.address = (str(options["host"]), int(options.get("port", 24224)))
             self.tag = str(options.get("tag", "runink"))
             self.capacity = int(options.get("buffer", 10_000))
+            self.capacity_bytes = int(options.get("buffer_bytes", BUFFER_BYTES))
             self.chunk = int(options.get("chunk", 500))
             self.ack_timeout = float(options.get("ack_timeout", 5.0))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if not (0 < self.address[1] < 65536 and self.capacity > 0 and self.chunk > 0 and self.ack_timeout > 0):
-            raise ConfigError(f"{where}: port, buffer, chunk and ack_timeout must be positive (port < 65536)")
+        if not (
+            0 < self.address[1] < 65536 and min(self.capacity, self.capacity_bytes, self.chunk, self.ack_timeout) > 0
+        ):
+            raise ConfigError(
+                f"{where}: port, buffer, buffer_bytes, chunk and ack_timeout must be positive (port < 65536)"
+            )
         self._unregister = metrics.register_gauges(self._dropped)
 
     def _dropped(self) -> list[MetricSample]:
@@ -100,13 +112,15 @@ class FluentdExporter:
         if self.address is None:
             return
         record = {"message": entry.message, "level": entry.level, **{k: str(v) for k, v in entry.fields.items()}}
+        size = _size(record)
         with self._lock:
-            if len(self._waiting) >= self.capacity:
+            if len(self._waiting) >= self.capacity or self._bytes + size > self.capacity_bytes:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.warning("fluentd: %d record(s) dropped: the collector is away or slow", self.dropped)
                 return
             self._waiting.append((f"{self.tag}.{entry.source}", entry.timestamp.timestamp(), record))
+            self._bytes += size
             if self._thread is None:
                 self._thread = threading.Thread(target=self._ship_forever, daemon=True, name="fluentd")
                 self._thread.start()
@@ -146,7 +160,9 @@ class FluentdExporter:
                 continue
             try:
                 self._send(batch, chunk_id)
-            except (OSError, ValueError) as exc:
+            except Exception as exc:
+                # any failure is this attempt's (a collector's garbage raised msgpack's BufferFull):
+                # the thread, the only sender, must live on, else every later record is dropped
                 self._close()
                 self.resent += 1
                 log.info("fluentd: %d record(s) not acknowledged (%s); again in %.1fs", len(batch), exc, delay)
@@ -155,7 +171,7 @@ class FluentdExporter:
                 continue
             with self._lock:  # acknowledged: those leave the buffer
                 for _ in batch:
-                    self._waiting.popleft()
+                    self._bytes -= _size(self._waiting.popleft()[2])
             self.shipped += len(batch)
             batch, delay = [], BACKOFF[0]
 
@@ -205,3 +221,8 @@ class FluentdExporter:
                 self._socket.close()
             finally:
                 self._socket = None
+
+
+def _size(record: dict[str, str]) -> int:
+    """What a buffered record's strings take in memory (a wide character is 4 bytes there)."""
+    return sum(sys.getsizeof(value) for value in record.values())

@@ -184,10 +184,15 @@ def _serve(registry: Any, host: str, port: int) -> Any:
 
     from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
+    from runink.core.small_http import Bounded
+
     class Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass  # (a scrape a line would drown the process's log)
 
-    server = make_server(host, port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=Quiet)
+    class Server(Bounded, ThreadingWSGIServer):
+        pass
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Quiet)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="metrics").start()
     return server

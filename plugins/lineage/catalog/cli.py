@@ -224,8 +224,8 @@ def _print_detail(detail: dict[str, Any]) -> None:
     from rich.markup import escape
 
     out = console()
-    uri, herd, rows, last = (escape(str(detail[k])) for k in ("uri", "herd", "rows", "last_run"))
-    out.print(f"[bold]{uri}[/]  herd {herd}  rows {rows}  last run {last}")  # (names are anyone's: never markup)
+    uri, herd, count, last = (escape(str(detail[k])) for k in ("uri", "herd", "rows", "last_run"))
+    out.print(f"[bold]{uri}[/]  herd {herd}  rows {count}  last run {last}")  # (names are anyone's: never markup)
     if detail["schema"]:
         print_table("schema", ("column", "type"), detail["schema"])
     if detail["contract_versions"]:
