@@ -1,4 +1,5 @@
-"""Removing and measuring folder trees a slice wrote, whatever their shape.
+"""Folder trees: removing and measuring those a slice wrote, whatever their shape; keeping a
+server's state folder its owner's only (``private_folder``).
 
 A slice is untrusted: its work dir and staging folders may hold links, folders it made
 read-only, and chains of folders thousands deep. ``shutil.rmtree`` and ``os.walk`` recurse (a
@@ -21,6 +22,17 @@ from pathlib import Path
 #: tree's top before it is emptied (removal), or not counted (size)
 MAX_OPEN = 64
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def private_folder(path: Path) -> None:
+    """Make ``path`` (and its parents) if needed, and leave it its owner's only (0700): a
+    folder of a server's state (a Barn member's journal holds every herd's records, a local
+    cluster's folder its members' and agents'), which was made 0755 with 0644 files in it.
+    One owned by another user is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def remove_tree(path: Path | str, *, dir_fd: int | None = None) -> None:

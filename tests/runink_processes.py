@@ -129,6 +129,8 @@ def up_cluster(
     )
     folder = tmp_path / "cluster"
     assert up.returncode == 0, up.stderr
+    # its members' journals and its agents' work: every herd's jobs and output, no other user's
+    assert folder.stat().st_mode & 0o777 == 0o700
     try:
         yield UpCluster(env, folder, json.loads(up.stdout))
     finally:

@@ -126,3 +126,21 @@ def test_a_name_keeps_its_addresses_and_an_address_its_name(tmp_path: Path) -> N
         assert sorted(cluster.status(leader)["peers"]) == sorted(n for n in ("a", "b", "c") if n != leader)
     finally:
         cluster.stop()
+
+
+def test_a_members_folder_is_its_owners_only(tmp_path: Path) -> None:
+    """Its journal holds every herd's records (jobs, their commands and output): the folder
+    was 0755 and the journal 0644, readable by every user of the host."""
+    import os
+
+    (tmp_path / "a").mkdir(mode=0o755)  # (an operator's folder, as made)
+    os.chmod(tmp_path / "a", 0o755)
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start()
+        cluster.leader()
+        for name in ("a", "b", "c"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o700, name
+            assert (tmp_path / name / "raft.journal").exists()
+    finally:
+        cluster.stop()

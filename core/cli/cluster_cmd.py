@@ -23,6 +23,7 @@ from runink.core.cli.cluster_client import context_file, read_context
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
+from runink.core.fstree import private_folder
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
 from runink.core.signals import SLOW_STOP_REPORT, stop_event
@@ -411,7 +412,8 @@ def up_command(
         root = directory.resolve()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RuninkError(f"--dir {directory}: not an empty folder (`runink down` removes the cluster's folder)")
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(root)  # (the members' journals, the agents' work: every herd's jobs and output)
     (root / UP_MARK).write_text("made by `runink up`; `runink down` removes this folder\n")
     # secure by default, as kind is: the cluster's token key, and a cluster-admin token for this CLI
     from runink.core.model import Grant

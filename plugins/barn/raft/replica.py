@@ -37,6 +37,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf
 
 # the vendored module's own SyncObjException: the installed pysyncobj's is another class
+from runink.core.fstree import private_folder
 from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     READ_INDEX_NOT_READY,
     SyncObj,
@@ -134,7 +135,7 @@ class BarnNode(SyncObj):
     """
 
     def __init__(self, config: ServerConfig) -> None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(config.data_dir)
         timeout = config.election_timeout
         conf = SyncObjConf(
             autoTick=True,
