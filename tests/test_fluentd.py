@@ -163,10 +163,16 @@ def test_a_lost_ack_makes_a_resend_with_the_same_chunk_id() -> None:
         receiver.close()
 
 
-def test_past_its_buffer_lines_are_dropped_and_counted_never_waited_for() -> None:
+def _nobody_listens() -> int:
+    """A loopback port nobody listens on (bound a moment, then let go)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens there
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_past_its_buffer_lines_are_dropped_and_counted_never_waited_for() -> None:
+    port = _nobody_listens()
     exporter = _exporter(port, buffer=100, ack_timeout=0.2)
     try:
         began = time.monotonic()
@@ -183,9 +189,7 @@ def test_past_its_buffer_lines_are_dropped_and_counted_never_waited_for() -> Non
 
 def test_past_its_buffer_in_bytes_lines_are_dropped_too() -> None:
     """The buffer was bounded in records only: 10,000 lines of wide characters took 640 MB."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens there
+    port = _nobody_listens()
     exporter = _exporter(port, buffer=10_000, buffer_bytes=1 << 20, ack_timeout=0.2)
     try:
         wide = "\U0001f600" * 4000  # ~16 KB of UTF-8, 16 KB in memory too (4 bytes a character)
