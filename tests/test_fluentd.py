@@ -192,9 +192,8 @@ def test_past_its_buffer_in_bytes_lines_are_dropped_too() -> None:
     port = _nobody_listens()
     exporter = _exporter(port, buffer=10_000, buffer_bytes=1 << 20, ack_timeout=0.2)
     try:
-        wide = "\U0001f600" * 4000  # ~16 KB of UTF-8, 16 KB in memory too (4 bytes a character)
-        for _ in range(200):
-            exporter.runink_export_log(LogEntry(wide, "info", "slice", {"herd": "lab"}))
+        for n in range(200):  # ~16 KB of UTF-8 each, 16 KB in memory too (4 bytes a character)
+            exporter.runink_export_log(LogEntry(f"{n:04d}" + "\U0001f600" * 4000, "info", "slice", {"herd": "lab"}))
         assert 50 <= len(exporter._waiting) <= 64 and exporter.dropped == 200 - len(exporter._waiting)
     finally:
         exporter.runink_unconfigure()
@@ -360,3 +359,16 @@ def test_a_collector_answering_garbage_fails_that_attempt_only() -> None:
     finally:
         exporter.runink_unconfigure()
         receiver.close()
+
+
+def test_the_buffers_bytes_come_back_to_zero_once_all_is_acknowledged(receiver: Receiver) -> None:
+    """A string's size grows once it has been encoded (CPython keeps its UTF-8): counted again
+    at its ack, the buffer's bytes drifted below zero, and the bound with them."""
+    exporter = _exporter(receiver.port, ack_timeout=1.0)
+    try:
+        for n in range(300):
+            exporter.runink_export_log(LogEntry(f"ligne {n} é" * 50, "info", "slice", {"herd": "lab"}))
+        assert exporter.flush(30)
+        assert exporter._bytes == 0 and not exporter._sizes
+    finally:
+        exporter.runink_unconfigure()

@@ -70,6 +70,7 @@ class FluentdExporter:
         self.capacity = 10_000
         self.capacity_bytes = BUFFER_BYTES
         self._bytes = 0  # what the buffered records take (``_size``)
+        self._sizes: collections.deque[int] = collections.deque()  # each one's, as counted when it came
         self.chunk = 500
         self.ack_timeout = 5.0
         self.dropped = self.shipped = self.resent = 0
@@ -120,6 +121,7 @@ class FluentdExporter:
                     log.warning("fluentd: %d record(s) dropped: the collector is away or slow", self.dropped)
                 return
             self._waiting.append((f"{self.tag}.{entry.source}", entry.timestamp.timestamp(), record))
+            self._sizes.append(size)
             self._bytes += size
             if self._thread is None:
                 self._thread = threading.Thread(target=self._ship_forever, daemon=True, name="fluentd")
@@ -171,7 +173,8 @@ class FluentdExporter:
                 continue
             with self._lock:  # acknowledged: those leave the buffer
                 for _ in batch:
-                    self._bytes -= _size(self._waiting.popleft()[2])
+                    self._waiting.popleft()
+                    self._bytes -= self._sizes.popleft()  # (a string's size grows once encoded: its UTF-8 is kept)
             self.shipped += len(batch)
             batch, delay = [], BACKOFF[0]
 
