@@ -108,7 +108,7 @@ def test_a_barn_that_does_not_answer_is_a_503_not_an_internal_error() -> None:
 def test_probes_and_scrapes_take_a_bounded_number_of_threads_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread per connection for as long as the client liked: 300 half-sent requests held
     300 threads (500 slow scrapes 455 MiB). Past MAX_CLIENTS a connection is closed at once,
-    and one that sends nothing is closed after TIMEOUT; a probe is answered meanwhile."""
+    and one that sends nothing is closed after TIMEOUT; probes are answered after."""
     import socket
     import threading
 
