@@ -309,3 +309,43 @@ def test_one_address_cannot_fill_the_cap_with_handshakes(start: Serve, tmp_path:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_member_refuses_writes_past_its_quota_and_takes_deletes(tmp_path: Path) -> None:
+    """Nothing bounded what the live keys and values took in every member's memory: a write
+    that would take them past ``--quota-mib`` is refused by the leader before it is proposed,
+    saying so; a delete always goes through, and makes room."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    from barn_cluster import Cluster
+
+    cluster = Cluster(tmp_path, size=1, fsync=False, options=("--quota-mib", "1"))
+    cluster.start()
+    try:
+        cluster.leader()
+
+        def post(path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+            ask = urllib.request.Request(
+                f"http://{cluster.http['a']}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(ask, timeout=10) as answer:
+                    return answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        half = base64.b64encode(b"v" * (600 << 10)).decode()
+        assert post("/v1/put", {"key": "/q/one", "value": half})[0] == 200
+        status, answer = post("/v1/put", {"key": "/q/two", "value": half})
+        assert status == 400 and "the Barn is full" in str(answer["message"]), answer
+        status, answer = post(
+            "/v1/txn", {"compare": [], "success": [{"key": "/q/three", "value": half}], "failure": []}
+        )
+        assert status == 400 and "the Barn is full" in str(answer["message"]), answer
+        assert post("/v1/delete", {"key": "/q/one"})[0] == 200
+        assert post("/v1/put", {"key": "/q/two", "value": half})[0] == 200  # room again
+    finally:
+        cluster.stop()

@@ -114,3 +114,17 @@ def test_the_history_is_bounded_by_bytes_too() -> None:
     restored = BarnState.restore(state.snapshot(), history=1000, history_bytes=10 * 1024)
     restored.apply({"op": "put", "key": "/one", "value": b"x" * 1024, "lease": None})
     assert sum(len(e.kv.key) + len(e.kv.value) for e in restored.events) <= 10 * 1024 + 10 * 1024 // 4
+
+
+def test_the_live_bytes_follow_puts_deletes_leases_and_a_snapshot() -> None:
+    """What a raft member's quota is checked against (``--quota-mib``)."""
+    state = BarnState()
+    state.apply({"op": "put", "key": "/a", "value": b"x" * 100, "lease": None})
+    state.apply({"op": "put", "key": "/a", "value": b"x" * 10, "lease": None})  # (replaced: not added)
+    lease = state.apply({"op": "grant", "ttl": 5, "now": 100.0})
+    state.apply({"op": "txn", "compare": [], "success": [("/b", b"y" * 50, None), ("/c", b"z", lease)]})
+    assert state.live_bytes == (2 + 10) + (2 + 50) + (2 + 1)
+    state.apply({"op": "delete", "key": "/b"})
+    state.apply({"op": "expire", "now": 106.0})  # the lease's key goes
+    assert state.live_bytes == 2 + 10
+    assert BarnState.restore(state.snapshot()).live_bytes == 2 + 10

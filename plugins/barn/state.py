@@ -35,6 +35,7 @@ from runink.core.interfaces.barn import KeyValue, WatchEvent, check_key, check_v
 
 DEFAULT_HISTORY = 100_000
 DEFAULT_HISTORY_BYTES = 256 << 20
+DEFAULT_QUOTA_BYTES = 2 << 30  # live keys and values a raft member's leader lets writes reach (etcd's default)
 DEFAULT_DEDUP = 10_000
 MAX_ID = 2**63 - 1  # lease ids and revisions: what etcd's int64 holds
 MAX_TTL = 10 * 365 * 86400.0  # seconds: ten years; deadlines stay finite
@@ -67,6 +68,7 @@ class BarnState:
         self.history = history
         self.history_bytes = history_bytes
         self._event_bytes = 0  # keys and values in ``events``
+        self.live_bytes = 0  # keys and values of ``kvs`` (a member's quota is checked against it)
         self.dedup = dedup
         self.results: OrderedDict[str, Any] = OrderedDict()
         # Barn servers added or removed at runtime: name -> (raft, http), None once removed.
@@ -270,6 +272,7 @@ class BarnState:
         state.compacted = data["compacted"]
         state.kvs = {t[0]: KeyValue(*t) for t in data["kvs"]}
         state._sorted_keys = sorted(state.kvs)
+        state.live_bytes = sum(len(kv.key) + len(kv.value) for kv in state.kvs.values())
         state.leases = {i: Lease(i, ttl, exp) for i, ttl, exp in data["leases"]}
         for kv in state.kvs.values():
             if kv.lease is not None and kv.lease in state.leases:
@@ -296,6 +299,7 @@ class BarnState:
 
     def _put(self, key: str, value: bytes, lease: int | None) -> None:
         old = self.kvs.get(key)
+        self.live_bytes += len(key) + len(value) - (0 if old is None else len(old.key) + len(old.value))
         if old is None:
             bisect.insort(self._sorted_keys, key)
             kv = KeyValue(key, value, self.revision, self.revision, 1, lease)
@@ -310,6 +314,7 @@ class BarnState:
 
     def _delete(self, key: str) -> None:
         old = self.kvs.pop(key)
+        self.live_bytes -= len(old.key) + len(old.value)
         del self._sorted_keys[bisect.bisect_left(self._sorted_keys, key)]
         if old.lease is not None and old.lease in self.leases:
             self.leases[old.lease].keys.discard(key)

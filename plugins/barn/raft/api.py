@@ -203,6 +203,8 @@ class BarnServer:
     # operations (on the leader)
     async def handle(self, body: schema.Body) -> Any:
         node = self.node
+        if isinstance(body, schema.Put | schema.Txn):
+            self._check_quota(body)
         if isinstance(body, schema.Put):
             command: dict[str, Any] = {"op": "put", "key": body.key, "value": body.value, "lease": body.lease}
             return {"revision": await node.commit(_with_id(command, body.request_id))}
@@ -278,6 +280,24 @@ class BarnServer:
                 return {"events": [event_json(e) for e in events], "next": max(start, after)}
             looked_from = max(looked_from, revision + 1)
             await asyncio.wait([waiter], timeout=left)
+
+    def _check_quota(self, body: schema.Put | schema.Txn) -> None:
+        """Refuse a write that would take the live keys and values past the member's quota
+        (``--quota-mib``): checked by the leader before it proposes, as etcd does, so every
+        member applies the same commands whatever its own flag. Deletes always go through."""
+        quota = self.config.quota_bytes
+        if quota is None:
+            return
+        if isinstance(body, schema.Put):
+            adding = len(body.key) + len(body.value)
+        else:
+            adding = sum(len(op.key) + len(op.value) for op in (*body.success, *body.failure) if op.value is not None)
+        live = self.node.replica.state.live_bytes
+        if adding and live + adding > quota:
+            raise BarnError(
+                f"the Barn is full: {live:,} bytes of keys and values, this write {adding:,} more, its quota "
+                f"{quota:,} (runink barn serve --quota-mib); delete what is not needed"
+            )
 
     async def _members(self, body: schema.MemberAdd | schema.MemberRemove) -> dict[str, Any]:
         """Add or remove a member (pysyncobj's dynamic membership, one change at a time)."""

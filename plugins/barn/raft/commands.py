@@ -64,6 +64,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
     history: int = typer.Option(100_000, help="changes kept for watches"),
     history_mib: int = typer.Option(256, help="...and at most this many MiB of their keys and values"),
+    quota_mib: int = typer.Option(
+        2048, help="live keys and values, at most: a write past it is refused (deletes go through); 0: no quota"
+    ),
     max_connections: int | None = typer.Option(
         None, help="client connections served at once, more are refused (default: the descriptor limit less 256)"
     ),
@@ -104,6 +107,8 @@ def serve_command(  # noqa: PLR0917 (typer options)
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise typer.BadParameter(f"{flag} must be positive, got {value}")
+    if quota_mib < 0:
+        raise typer.BadParameter(f"--quota-mib must be 0 (no quota) or positive, got {quota_mib}")
     if metrics is not None and host_port(metrics) is None:  # (a valid one was applied before the plugins loaded)
         raise typer.BadParameter(f"--metrics {metrics!r}: expected HOST:PORT")
     try:
@@ -129,6 +134,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         election_timeout=election_timeout,
         history=history,
         history_bytes=history_mib << 20,
+        quota_bytes=(quota_mib << 20) or None,
         compaction_entries=compaction_entries,
         compaction_seconds=compaction_seconds,
         secret=secret,

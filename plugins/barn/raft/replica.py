@@ -46,7 +46,7 @@ from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     replicated,
 )
 from runink.plugins.barn.raft.tls import TlsFiles, TlsTransport
-from runink.plugins.barn.state import DEFAULT_HISTORY_BYTES, BarnState, raise_for
+from runink.plugins.barn.state import DEFAULT_HISTORY_BYTES, DEFAULT_QUOTA_BYTES, BarnState, raise_for
 
 COMMIT_TIMEOUT = 5.0  # seconds a write waits for its commit before answering 503
 #: seconds a member's tick thread waits for an event before it looks at pysyncobj's timers
@@ -78,6 +78,7 @@ class ServerConfig:
     compaction_seconds: float = 60.0  # ...at most this often
     history: int = 100_000  # changes kept for watches
     history_bytes: int = DEFAULT_HISTORY_BYTES  # ...and their keys' and values' bytes, at most
+    quota_bytes: int | None = DEFAULT_QUOTA_BYTES  # live keys and values a leader lets writes reach (None: no quota)
     secret: bytes | None = None  # shared by the members: authenticates and encrypts Raft traffic
     tls: TlsFiles | None = None  # mutual TLS between members and on the HTTP API (tls.py)
     # the cluster's token keys: with TLS, a client without a certificate may use the HTTP API
