@@ -307,6 +307,31 @@ def test_a_herd_is_deleted_in_batches_of_at_most_500(store: ClusterStore, life: 
     assert [kv.key for kv in barn.scan("/")] == []
 
 
+def test_a_herds_whole_history_is_read_a_page_at_a_time(store: ClusterStore, life: Lifecycle) -> None:
+    """A herd's jobs and tasks (its cost, its listing, its deletion) were one Barn answer each:
+    200 tasks of 1 MiB took a member past its 10 s, and an admin could not delete the herd."""
+    from runink.core.control.store import SCAN_PAGE
+
+    ids = [life.submit_command("lab", ["/bin/true"]).id for _ in range(SCAN_PAGE + 44)]
+    for job_id in ids:
+        life.cancel(job_id)
+    barn = store.barn
+    scan = barn.scan
+    asked: list[tuple[str, int | None]] = []
+
+    def counted(prefix: str, *, limit: int | None = None, after: str | None = None) -> Any:
+        asked.append((prefix, limit))
+        return scan(prefix, limit=limit, after=after)
+
+    barn.scan = counted  # type: ignore[method-assign]
+    assert sorted(t.record.job_id for t in store.tasks("lab")) == sorted(ids)
+    assert sorted(j.id for j in store.jobs("lab")) == sorted(ids)
+    store.delete_herd("lab")
+    herds = [(prefix, limit) for prefix, limit in asked if prefix.startswith("/herds/lab/")]
+    assert herds and all(limit == SCAN_PAGE for _, limit in herds)
+    assert [kv.key for kv in scan("/herds/lab/")] == []
+
+
 def test_a_pipeline_jobs_tasks_are_one_scan_and_a_report_reads_them_so(store: ClusterStore, life: Lifecycle) -> None:
     """Every report reads its task's siblings (the job's state is derived from them): a
     pipeline job's tasks are named after it, so that is one scan, not a read per scenario."""

@@ -243,8 +243,8 @@ class CountingBarn(MemoryBarn):
         super().__init__()
         self.scanned: dict[str, int] = {}
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list:  # type: ignore[override]
-        found = super().scan(prefix, limit=limit)
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list:  # type: ignore[override]
+        found = super().scan(prefix, limit=limit, after=after)
         self.scanned[prefix] = self.scanned.get(prefix, 0) + len(found)
         return found
 

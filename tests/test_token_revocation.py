@@ -125,7 +125,7 @@ def test_revocations_leave_the_barn_when_they_no_longer_matter_and_other_servers
 
 def test_a_server_that_cannot_read_revocations_takes_no_token(tmp_path: Path) -> None:
     class Away(MemoryBarn):
-        def scan(self, prefix: str, *, limit: int | None = None) -> list[Any]:
+        def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[Any]:
             raise BarnError("no leader")
 
     revocations = Revocations(Away(), max_ttl=MAX_TTL, leeway=LEEWAY)

@@ -36,6 +36,9 @@ MAX_CONFLICT_RETRIES = 20
 READ_THREADS = 8  # reads a process's stores have in flight at once through ``later``
 DELETE_BATCH = 500  # deletions per Barn transaction (a raft Barn caps one at 4,096 operations)
 HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
+# keys per Barn request when reading all of a herd's jobs or tasks: 200 tasks of 1 MiB in one
+# answer once took a member past 10 s, and the herd's cost and its deletion failed
+SCAN_PAGE = 256
 # keys and values of one transaction, at most: well under every Barn's request limit (the raft
 # Barn's is 16 MiB of JSON, values in base64). Past it a write is refused before it is sent: a
 # pass of large placements once sent one over the limit, got a 413 on every round, and
@@ -152,13 +155,28 @@ class ClusterStore:
             return None
         return Versioned(_parse(model, kv.value, key), kv.mod_revision)
 
-    def _kvs(self, prefix: str, recent: bool) -> list[KeyValue]:
-        """The keys under ``prefix``: from the view when ``recent`` and it can say, else the Barn's."""
+    def _kvs(self, prefix: str, recent: bool, paged: bool = False) -> list[KeyValue]:
+        """The keys under ``prefix``: from the view when ``recent`` and it can say, else the
+        Barn's (``paged``: a page of SCAN_PAGE keys a request, for a herd's whole history)."""
         kvs = self.view.scan(prefix, self.view_floor) if recent and self.view is not None else None
-        return self.barn.scan(prefix) if kvs is None else kvs
+        if kvs is None:
+            kvs = self._pages(prefix) if paged else self.barn.scan(prefix)
+        return kvs
 
-    def _scan(self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False) -> list[Versioned[R]]:
-        kvs = self._kvs(prefix, recent)
+    def _pages(self, prefix: str) -> list[KeyValue]:
+        """Every key under ``prefix``, SCAN_PAGE of them a Barn request (not one snapshot: for
+        the jobs and tasks of a herd, whose ended ones never change)."""
+        found: list[KeyValue] = []
+        while True:
+            page = self.barn.scan(prefix, limit=SCAN_PAGE, after=found[-1].key if found else None)
+            found += page
+            if len(page) < SCAN_PAGE:
+                return found
+
+    def _scan(
+        self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False, paged: bool = False
+    ) -> list[Versioned[R]]:
+        kvs = self._kvs(prefix, recent, paged)
         before = self._parsed.get(prefix, {})
         now: dict[str, tuple[int, Record]] = {}
         found: list[Versioned[R]] = []
@@ -252,7 +270,7 @@ class ClusterStore:
 
     def jobs(self, herd: str | None = None) -> list[JobRecord]:
         herds = [herd] if herd is not None else [h.name for h in self.herds()]
-        return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord)]
+        return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord, paged=True)]
 
     def task(self, herd: str, task_id: str, *, recent: bool = False) -> Versioned[TaskRecord]:
         """``recent``: the value this server's watch saw last if it has one (``self.recent``),
@@ -264,7 +282,7 @@ class ClusterStore:
 
     def tasks(self, herd: str | None = None) -> list[Versioned[TaskRecord]]:
         herds = [herd] if herd is not None else [h.name for h in self.herds()]
-        return [v for name in herds for v in self._scan(keys.tasks(name), TaskRecord)]
+        return [v for name in herds for v in self._scan(keys.tasks(name), TaskRecord, paged=True)]
 
     def job_tasks(self, job: JobRecord) -> list[Versioned[TaskRecord]]:
         """The job's tasks, in its order. Those named ``<job id>.<n>`` (a pipeline job's) are
@@ -502,8 +520,8 @@ class ClusterStore:
             )
             raise
         # the job index first: a delete cut short after it still finds the jobs to finish with
-        doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self.barn.scan(keys.jobs(name))]
-        doomed += [kv.key for kv in self.barn.scan(f"{keys.HERDS}{name}/") if kv.key != herd_key]
+        doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self._pages(keys.jobs(name))]
+        doomed += [kv.key for kv in self._pages(f"{keys.HERDS}{name}/") if kv.key != herd_key]
         # (a cancelled task whose node never said it stopped keeps its entry: ended, yet indexed)
         doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if _herd_of_entry(kv.key) == name]
         doomed += [kv.key for kv in self.barn.scan(f"{self.PENDING}{name}/")]
@@ -521,7 +539,7 @@ class ClusterStore:
             raise Conflict(f"herd {name}: changed while being deleted")
 
     def _check_ended(self, name: str) -> None:
-        for versioned in self._scan(keys.jobs(name), JobRecord):
+        for versioned in self._scan(keys.jobs(name), JobRecord, paged=True):
             job = versioned.record
             if not job.state.final:
                 raise Refused(f"herd {name!r}: job {job.id} has not ended ({job.state}); cancel it first")

@@ -79,8 +79,9 @@ class BarnBackend(ABC):
         return held
 
     @abstractmethod
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
-        """Keys starting with ``prefix``, sorted by key."""
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[KeyValue]:
+        """Keys starting with ``prefix``, sorted by key, at most ``limit`` of them; ``after``:
+        only those after this key (a page on from the last key of the page before)."""
 
     @abstractmethod
     def transaction(

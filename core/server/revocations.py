@@ -32,7 +32,7 @@ MAX_JTI = 64
 class Scans(Protocol):
     """Where the revocations are read: a Barn (a server's), or a Barn member's own copy."""
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]: ...
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[KeyValue]: ...
 
 
 class RevocationsUnknown(Exception):

@@ -107,6 +107,10 @@ class BarnConformance:
         assert [kv.value for kv in barn.scan(prefix + "c/")] == [b"c/0", b"c/1"]
         assert [kv.key for kv in barn.scan(prefix, limit=2)] == [prefix + "a", prefix + "b"]
         assert barn.scan(prefix + "none/") == []
+        # pages: on from the last key of the page before
+        assert [kv.key for kv in barn.scan(prefix, limit=2, after=prefix + "b")] == [prefix + "c/0", prefix + "c/1"]
+        assert [kv.key for kv in barn.scan(prefix, after=prefix + "c/1")] == []
+        assert [kv.key for kv in barn.scan(prefix + "c/", after=prefix)] == [prefix + "c/0", prefix + "c/1"]
 
     def test_transaction_is_atomic_and_one_revision(self, barn: BarnBackend, prefix: str) -> None:
         a, b, c = prefix + "a", prefix + "b", prefix + "c"

@@ -83,9 +83,9 @@ class MemoryBarn(BarnBackend):
         with self._changed:
             return self._state.get(check_key(key))
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[KeyValue]:
         with self._changed:
-            return self._state.scan(prefix, limit)
+            return self._state.scan(prefix, limit, after)
 
     def revision(self) -> int:
         with self._changed:

@@ -202,8 +202,10 @@ class BarnState:
         kv = self.kvs.get(key)
         return kv.mod_revision if kv else 0
 
-    def scan(self, prefix: str, limit: int | None = None) -> list[KeyValue]:
+    def scan(self, prefix: str, limit: int | None = None, after: str | None = None) -> list[KeyValue]:
         start = bisect.bisect_left(self._sorted_keys, prefix)
+        if after is not None:
+            start = max(start, bisect.bisect_right(self._sorted_keys, after))
         found: list[KeyValue] = []
         for key in self._sorted_keys[start:]:
             if not key.startswith(prefix) or (limit is not None and len(found) >= limit):

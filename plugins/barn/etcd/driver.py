@@ -150,9 +150,10 @@ class EtcdBarn(BarnBackend):
             self._wrote(int(answer.header.revision))
         return bool(answer.deleted)
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[KeyValue]:
         start = check_key(prefix).encode()
-        request = pb.RangeRequest(key=start, range_end=_range_end(start), limit=limit or 0)
+        first = start if after is None else max(start, after.encode() + b"\0")  # (the key right after it)
+        request = pb.RangeRequest(key=first, range_end=_range_end(start), limit=limit or 0)
         return [_kv(kv) for kv in self._kv("Range", request).kvs]  # (etcd answers sorted by key)
 
     def transaction(

@@ -224,8 +224,8 @@ class BarnServer:
             key = body.key
             return {"kv": kv_json(await node.read(lambda s: s.get(key)))}
         if isinstance(body, schema.Scan):
-            prefix, limit = body.prefix, body.limit
-            return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit))]}
+            prefix, limit, after = body.prefix, body.limit, body.after
+            return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit, after))]}
         if isinstance(body, schema.Nothing):  # /v1/revision
             return {"revision": await node.read(lambda s: s.revision)}
         if isinstance(body, schema.Watch):
@@ -248,7 +248,7 @@ class BarnServer:
             state = self.node.replica.state
             if isinstance(body, schema.Get):
                 return {"kv": kv_json(state.get(body.key)), "revision": state.revision}
-            kvs = state.scan(body.prefix, body.limit)
+            kvs = state.scan(body.prefix, body.limit, body.after)
             return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
 
     async def _watch(self, body: schema.Watch) -> dict[str, Any]:
@@ -454,6 +454,6 @@ class _OwnCopy:
     def __init__(self, node: BarnNode) -> None:
         self.node = node
 
-    def scan(self, prefix: str, *, limit: int | None = None) -> list[KeyValue]:
+    def scan(self, prefix: str, *, limit: int | None = None, after: str | None = None) -> list[KeyValue]:
         with self.node.replica.lock:
-            return self.node.replica.state.scan(prefix, limit)
+            return self.node.replica.state.scan(prefix, limit, after)

@@ -193,9 +193,12 @@ class RaftBarn(BarnBackend):
     def get(self, key: str) -> KeyValue | None:
         return kv_from_json(self.call("/v1/get", {"key": check_key(key)})["kv"])
 
-    def scan(self, prefix: str, *, limit: int | None = None, serializable: bool = False) -> list[KeyValue]:
+    def scan(
+        self, prefix: str, *, limit: int | None = None, after: str | None = None, serializable: bool = False
+    ) -> list[KeyValue]:
         """``serializable``: the answering member's own copy, maybe stale (see the server)."""
-        kvs = self.call("/v1/scan", {"prefix": prefix, "limit": limit, "serializable": serializable})["kvs"]
+        asked = {"prefix": prefix, "limit": limit, "after": after, "serializable": serializable}
+        kvs = self.call("/v1/scan", asked)["kvs"]
         return [kv for kv in (kv_from_json(x) for x in kvs) if kv is not None]
 
     def revision(self) -> int:

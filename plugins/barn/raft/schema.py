@@ -110,6 +110,7 @@ class Get(Body):
 class Scan(Body):
     prefix: Prefix = ""
     limit: Annotated[int, Field(ge=0, le=MAX_ID)] | None = None
+    after: Prefix | None = None  # only the keys after this one: the next page
     serializable: bool = False
 
 
