@@ -116,3 +116,13 @@ def test_zero_keeps_every_job_and_bad_values_are_refused(life: Lifecycle, clock:
     assert ClusterConfig(jobs_keep_for="12h").jobs_keep_seconds == 12 * 3600
     with pytest.raises(ValueError, match="jobs_keep_for"):
         ClusterConfig(jobs_keep_for="soon")
+
+
+def test_jobs_that_ended_before_their_entries_existed_are_indexed_then_removed(life: Lifecycle, clock: Clock) -> None:
+    """Jobs a server of an earlier version ended have no ``ended`` entry: the first look
+    writes them, so the retention removes those jobs too."""
+    old = run_to(life, RunState.SUCCEEDED)
+    for kv in life.store.barn.scan("/herds/lab/ended/"):  # (as an earlier version left it)
+        life.store.barn.delete(kv.key)
+    clock.now += 3 * DAY
+    assert JobRetention(life.store, keep_for=DAY)(clock.now) == 1 and kept_keys(life, old) == []

@@ -470,6 +470,23 @@ class ClusterStore:
                     return removed, True
         return removed, False
 
+    def index_ended(self) -> int:
+        """Give every ended job its ``ended_key`` entry if it has none (jobs that ended before
+        the entries were written: the retention would never see them). A page at a time;
+        returns how many entries were written."""
+        written = 0
+        for herd in sorted(kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)):
+            have = {kv.key for kv in self._pages(f"{keys.HERDS}{herd}/ended/")}
+            ops = [
+                TxnOp(ended_key(job), b"")
+                for job in (v.record for v in self._scan(keys.jobs(herd), JobRecord, paged=True))
+                if job.finished is not None and ended_key(job) not in have
+            ]
+            for start in range(0, len(ops), DELETE_BATCH):
+                self.barn.transaction([], ops[start : start + DELETE_BATCH])
+            written += len(ops)
+        return written
+
     def _forget_job(self, entry: str, herd: str, job_id: str) -> int:
         key = keys.job(herd, job_id)
         current = self._get(key, JobRecord)

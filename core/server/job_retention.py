@@ -23,6 +23,7 @@ class JobRetention:
         self.keep_for = keep_for
         self.every = every
         self._looked = -1e18
+        self._indexed = False  # (jobs ended before the entries existed: indexed at the first look)
 
     def __call__(self, now: float) -> int:
         """Remove what ended before the retention (if ``every`` went by since the last look, or
@@ -30,6 +31,10 @@ class JobRetention:
         if self.keep_for is None or now - self._looked < self.every:
             return 0
         self._looked = now
+        if not self._indexed:
+            if indexed := self.store.index_ended():
+                log.info("%d job(s) that ended before this version indexed for the retention", indexed)
+            self._indexed = True
         removed, more = self.store.forget_ended(now - self.keep_for, PER_ROUND)
         if more:
             self._looked = -1e18  # the next round goes on
