@@ -477,10 +477,9 @@ class ClusterStore:
         written = 0
         for herd in sorted(kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)):
             have = {kv.key for kv in self._pages(f"{keys.HERDS}{herd}/ended/")}
+            jobs = (_parse(JobRecord, kv.value, kv.key) for kv in self._pages(keys.jobs(herd)))  # (none kept)
             ops = [
-                TxnOp(ended_key(job), b"")
-                for job in (v.record for v in self._scan(keys.jobs(herd), JobRecord, paged=True))
-                if job.finished is not None and ended_key(job) not in have
+                TxnOp(ended_key(job), b"") for job in jobs if job.finished is not None and ended_key(job) not in have
             ]
             for start in range(0, len(ops), DELETE_BATCH):
                 self.barn.transaction([], ops[start : start + DELETE_BATCH])
