@@ -316,9 +316,6 @@ def test_a_member_refuses_writes_past_its_quota_and_takes_deletes(tmp_path: Path
     that would take them past ``--quota-mib`` is refused by the leader before it is proposed,
     saying so; a delete always goes through, and makes room."""
     import base64
-    import json
-    import urllib.error
-    import urllib.request
 
     from barn_cluster import Cluster
 
@@ -328,14 +325,7 @@ def test_a_member_refuses_writes_past_its_quota_and_takes_deletes(tmp_path: Path
         cluster.leader()
 
         def post(path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
-            ask = urllib.request.Request(
-                f"http://{cluster.http['a']}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(ask, timeout=10) as answer:
-                    return answer.status, json.loads(answer.read())
-            except urllib.error.HTTPError as error:
-                return error.code, json.loads(error.read())
+            return cluster.post("a", path, body)
 
         half = base64.b64encode(b"v" * (600 << 10)).decode()
         assert post("/v1/put", {"key": "/q/one", "value": half})[0] == 200

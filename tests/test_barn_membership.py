@@ -83,21 +83,8 @@ def test_a_name_keeps_its_addresses_and_an_address_its_name(tmp_path: Path) -> N
     """A member add that reused a name with another member's addresses was taken (200) and made
     members lose their leader for good; a remove with a wrong address answered 200 and removed
     nothing. Both are refused now, naming why, and the group keeps serving through every member."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    def post(name: str, path: str, body: dict[str, str]) -> tuple[int, dict[str, object]]:
-        request = urllib.request.Request(
-            f"http://{cluster.http[name]}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
     cluster = Cluster(tmp_path)
+    post = cluster.post
     try:
         cluster.start()
         leader = cluster.leader()
