@@ -453,7 +453,7 @@ class ClusterStore:
         still stop (``assigned_to``) is left for a later look. Returns (jobs removed, whether
         the look stopped at ``limit`` with older ones maybe left)."""
         removed = 0
-        for herd in sorted(kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)):
+        for herd in sorted(h.name for h in self.herds()):
             prefix = f"{keys.HERDS}{herd}/ended/"
             budget = limit - removed
             entries = self.barn.scan(prefix, limit=budget)
@@ -475,7 +475,7 @@ class ClusterStore:
         the entries were written: the retention would never see them). A page at a time;
         returns how many entries were written."""
         written = 0
-        for herd in sorted(kv.key[len(self.HERD_INDEX) :] for kv in self.barn.scan(self.HERD_INDEX)):
+        for herd in sorted(h.name for h in self.herds()):
             have = {kv.key for kv in self._pages(f"{keys.HERDS}{herd}/ended/")}
             jobs = (_parse(JobRecord, kv.value, kv.key) for kv in self._pages(keys.jobs(herd)))  # (none kept)
             ops = [
