@@ -364,6 +364,9 @@ class AdmissionConfig(Section):
     rate: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0
     #: Jobs a herd may submit at once past its rate.
     burst: Annotated[int, Meta(ge=1, le=1_000_000)] = 20
+    #: Tasks each herd may have not ended at once: waiting, placed or running (0: no bound).
+    #: One herd cannot fill the Barn, nor the queue, for all.
+    max_queued: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 10_000
 
     def __post_init__(self) -> None:
         _check_size(self, "max_memory", zero=True)

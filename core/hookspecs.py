@@ -117,12 +117,13 @@ def runink_admit(job: AdmissionRequest, identity: Identity | None) -> AdmissionD
     """Admit or refuse a job before anything of it is stored (a server's submission).
 
     Called once per submission by ``runink.core.control.admission.Admission``, after the
-    caller was authorized, with what each task asks for, the herd's effective per-job bounds
-    and its submission rate bucket (refilled up to now), and who submits (None on a server
+    caller was authorized, with what each task asks for, the herd's effective per-job bounds,
+    its submission rate bucket (refilled up to now), its budget and its bound on tasks not
+    ended with their count, and who submits (None on a server
     that authenticates nobody). Return an ``AdmissionDecision`` to refuse (its ``status``,
-    ``reason`` and ``retry_after`` become the answer: 422 for a bound, 429 for a rate) or to
+    ``reason`` and ``retry_after`` become the answer: 422 for a bound, 429 for a rate or a full queue) or to
     allow, or ``None`` to abstain. Combined: any refusal wins; no refusal admits. The built-in
-    ``admission`` plugin checks the bounds and the rate; a plugin adds its own rules ("no GPU
+    ``admission`` plugin checks the bounds, the budget, the queue and the rate; a plugin adds its own rules ("no GPU
     jobs after 18:00"). Keep it pure and quick: it runs on every submission.
     """
 

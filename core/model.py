@@ -155,6 +155,18 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class QueueBound:
+    """A herd's bound on its tasks not ended (waiting, placed or running): ``not_ended`` now,
+    at most ``limit``, set by ``source`` ("[admission] max_queued" or "herd team"). The count
+    is the answering server's, a moment behind the Barn: concurrent submissions through
+    several servers may pass the bound by what they submit at once."""
+
+    not_ended: int
+    limit: int
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class AdmissionRequest:
     """A job about to be created, before anything of it is stored (``runink_admit``)."""
 
@@ -166,6 +178,7 @@ class AdmissionRequest:
     now: float
     estimate: float | None = None  # its worst-case cost ([cost] rates); None: a task has no timeout
     budget: Budget | None = None  # the herd's, when it has one
+    queue: QueueBound | None = None  # the herd's bound on tasks not ended, when it has one
 
 
 @dataclass(frozen=True)

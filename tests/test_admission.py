@@ -161,6 +161,51 @@ def test_the_rate_is_a_token_bucket_with_retry_after(servers: Callable[..., Serv
     assert cluster.jobs() == 7 and cluster.store.barn.get(bucket_key("team")) is not None
 
 
+def test_a_herds_tasks_not_ended_are_bounded_and_a_slot_frees_when_one_ends(
+    servers: Callable[..., Servers],
+) -> None:
+    """A herd with 3 tasks waiting takes no more ([admission] max_queued 3): a 429 naming the
+    count, the bound and where it is set, without Retry-After, nothing stored; another herd is
+    not held back by it; once one ends (cancelled here) one more is taken."""
+    cluster = servers(max_queued=3)
+    cluster.store.create_herd(Herd(name="own", admission=HerdAdmission(max_queued=1)))
+    server = cluster.start()
+    created = [server.submit() for _ in range(3)]
+    assert [a.status_code for a in created] == [201] * 3
+    refused = server.submit()
+    assert refused.status_code == 429 and "Retry-After" not in refused.headers
+    assert refused.json()["detail"] == (
+        "herd team: 3 tasks not ended, at most 3 ([admission] max_queued); this job adds 1: wait for some to end"
+    )
+    assert cluster.jobs() == 3  # the refused one stored nothing
+    assert server.submit("big").status_code == 201  # another herd's queue is its own
+    assert server.submit("own").status_code == 201
+    own = server.submit("own")  # its own bound wins
+    assert own.status_code == 429 and "1 tasks not ended, at most 1 (herd own)" in own.json()["detail"]
+    described = server.http.get("/v1/herds/team").json()
+    assert described["used"]["not_ended"] == 3 and described["max_queued"] == 3
+    cluster.lifecycle.cancel(created[0].json()["job"]["id"])  # waiting: it ends at once
+    assert server.submit().status_code == 201
+    assert server.submit().status_code == 429
+
+
+def test_the_queue_bound_counts_every_task_of_a_pipeline_and_zero_lifts_it(servers: Callable[..., Servers]) -> None:
+    cluster = servers(max_queued=2)
+    cluster.store.create_herd(Herd(name="unbounded", admission=HerdAdmission(max_queued=0)))
+    with plugin_manager(("admission", limits), entrypoints=False) as manager:
+        gate = Admission(cluster.store, manager, cluster.config)
+        herd = cluster.store.herd("team").record
+        first = cluster.lifecycle.submit_command("team", ["/bin/true"])
+        tasks = [v.record for v in cluster.store.job_tasks(first)]
+        with pytest.raises(AdmissionRefused) as refused:
+            gate.admit(herd, "pipeline", tasks * 2, None)  # 1 not ended + 2 > 2
+        assert refused.value.status == 429 and "this job adds 2" in str(refused.value)
+        assert gate.admit(herd, "pipeline", tasks, None).ops == []  # 1 + 1: at the bound, taken
+        for _ in range(5):
+            cluster.lifecycle.submit_command("unbounded", ["/bin/true"])
+        assert gate.admit(cluster.store.herd("unbounded").record, "command", tasks, None).ops == []
+
+
 def test_the_rate_holds_within_one_token_under_8_clients_on_two_servers_one_stopped_mid_burst(
     servers: Callable[..., Servers],
 ) -> None:

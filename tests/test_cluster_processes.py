@@ -94,6 +94,29 @@ def test_status_explain_says_why_a_task_waits(one_server: dict[str, str], run_cl
     assert labelled.returncode == 0
 
 
+def test_a_herds_queue_is_bounded_and_describe_shows_it(one_server: dict[str, str], run_cli: CliRunner) -> None:
+    """--max-queued 2: one slice runs, one waits for the quota, a third is refused in one
+    line; once one ends the server's count (its watch's) takes one more."""
+    made = run_cli("herd", "create", "q", "--max-slices", "1", "--max-queued", "2", env=one_server)
+    assert made.returncode == 0, made.stderr
+    detached = [run_cli("exec", "--herd", "q", "--detach", "--", "sleep", "61.5", env=one_server) for _ in range(2)]
+    assert [d.returncode for d in detached] == [0, 0], [d.stderr for d in detached]
+    refused = run_cli("exec", "--herd", "q", "--", "/bin/true", env=one_server)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "herd q: 2 tasks not ended, at most 2 (herd q)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    described = json.loads(run_cli("herd", "describe", "q", "--json", env=one_server).stdout)
+    assert described["used"]["not_ended"] == 2 and described["max_queued"] == 2
+    assert "tasks not ended" in run_cli("herd", "describe", "q", env=one_server).stdout
+    assert run_cli("cancel", detached[0].stdout.strip(), env=one_server).returncode == 0
+    deadline = time.monotonic() + 20
+    while (taken := run_cli("exec", "--herd", "q", "--detach", "--", "sleep", "61.5", env=one_server)).returncode:
+        assert time.monotonic() < deadline, taken.stderr  # (the cancelled slice stops, then its slot frees)
+        time.sleep(0.2)
+    for job in (detached[1].stdout.strip(), taken.stdout.strip()):
+        assert run_cli("cancel", job, env=one_server).returncode == 0
+
+
 def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:
     (port,) = free_ports(1)
     out = run_cli("server", "--api", f"0.0.0.0:{port}", "--plaintext")

@@ -240,3 +240,32 @@ def test_it_names_the_scheduling_servers_api_only_when_it_is_an_address(
         setup.barn.put(keys.SCHEDULER, SchedulerEpoch(epoch=1, api=api).model_dump_json().encode())
         feed.deliver(1)
         assert view.scheduling_api() == named
+
+
+def test_it_counts_each_herds_tasks_not_ended_as_their_entries_come_and_go(
+    cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
+) -> None:
+    """The count admission's queue bound reads at every submission: waiting and placed tasks,
+    per herd, kept as the watch delivers them, the same after a restart's read."""
+    setup, life, feed, view = cluster
+    setup.create_herd(Herd(name="other"))
+    store, placement = _viewing_store_and_a_placement(setup, life, view)  # lab: one waiting
+    life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
+    life.submit_command("other", ["/bin/true"], Amount(cpu=1))
+    assert view.live_tasks("lab") == 0  # nothing delivered yet
+    feed.deliver()
+    assert (view.live_tasks("lab"), view.live_tasks("other"), view.live_tasks("none")) == (2, 1, 0)
+    store.commit(*placement)  # placed: its pending entry goes, its node's comes
+    assert view.live_tasks("lab") == 2
+    placed = placement[1][0][1]
+    assert placed is not None
+    ended = store.task("lab", placed.id)
+    done = ended.record.moved_to(RunState.RUNNING).moved_to(RunState.SUCCEEDED)
+    store.commit([(keys.task("lab", placed.id), ended.revision)], [(keys.task("lab", placed.id), done)])
+    feed.deliver()
+    assert (view.live_tasks("lab"), view.live_tasks("other")) == (1, 1)
+    assert store.not_ended("lab") == 1
+    view.reset()  # a restart's read counts the same
+    assert (view.live_tasks("lab"), view.live_tasks("other")) == (1, 1)
+    feed.following = False  # cannot say: the store reads the Barn's index
+    assert view.live_tasks("lab") is None and store.not_ended("lab") == 1

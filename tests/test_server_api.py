@@ -95,7 +95,7 @@ def test_herd_job_explain_cancel_through_the_api(cluster: Cluster) -> None:
 
     described = client.get("/v1/herds/team").json()
     assert described["quota"]["cpu"] == 8
-    assert described["used"] == {"cpu": 2, "memory": 0, "gpu": 0, "pids": 0, "slices": 1}
+    assert described["used"] == {"cpu": 2, "memory": 0, "gpu": 0, "pids": 0, "slices": 1, "not_ended": 1}
     nodes = {n["id"]: n for n in client.get("/v1/nodes").json()["nodes"]}
     assert nodes["big"]["used"]["slices"] == 1 and nodes["small"]["used"]["slices"] == 0
 

@@ -503,6 +503,12 @@ def herd_create(
         None, "--rate", min=0, help="Jobs per second the herd may submit (default: [admission] rate; 0: no limit)."
     ),
     burst: int | None = typer.Option(None, "--burst", min=1, help="Jobs it may submit at once past its rate."),
+    max_queued: int | None = typer.Option(
+        None,
+        "--max-queued",
+        min=0,
+        help="Tasks it may have not ended at once, waiting or running (default: [admission] max_queued; 0: none).",
+    ),
     budget: float | None = typer.Option(
         None, "--budget", min=0, help="Refuse new jobs once its tasks cost this much over --budget-period ([cost])."
     ),
@@ -519,6 +525,7 @@ def herd_create(
         "max_timeout": _amount(max_job_timeout, "--max-job-timeout", _seconds),
         "rate": rate,
         "burst": burst,
+        "max_queued": max_queued,
         "budget": budget,
         "budget_period": _amount(budget_period, "--budget-period", parse_duration) if budget else None,
     }
@@ -558,6 +565,8 @@ def herd_describe(
     used = answer.get("used", {})
     in_use = {**used, "max_slices": used.get("slices", 0)}  # (slices in use count against max_slices)
     rows = [(k, in_use.get(k, 0), _limit(herd["quota"][k])) for k in ("cpu", "memory", "gpu", "max_slices")]
+    if "not_ended" in used:  # (tasks waiting, placed or running, against admission's bound)
+        rows.append(("tasks not ended", used["not_ended"], _limit(answer.get("max_queued", 0))))
     print_table(f"herd {herd['name']}", ["RESOURCE", "IN USE", "QUOTA"], rows)
 
 

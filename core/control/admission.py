@@ -29,7 +29,16 @@ from runink.core.control.records import Herd, Record, TaskRecord
 from runink.core.control.store import ClusterStore
 from runink.core.errors import PluginError, RuninkError
 from runink.core.interfaces.barn import TxnOp
-from runink.core.model import AdmissionDecision, AdmissionRequest, Budget, Identity, JobBounds, RateBucket, TaskDemand
+from runink.core.model import (
+    AdmissionDecision,
+    AdmissionRequest,
+    Budget,
+    Identity,
+    JobBounds,
+    QueueBound,
+    RateBucket,
+    TaskDemand,
+)
 from runink.core.plugins import PluginManager
 from runink.core.units import parse_memory
 
@@ -169,6 +178,18 @@ class Admission:
                 self._spent[herd.name] = known
         return Budget(limit, period, known[1], self.rates.currency)
 
+    def queue_limit(self, herd: Herd) -> tuple[int, str]:
+        """The herd's bound on its tasks not ended (0: none) and where it is set."""
+        own = herd.admission.max_queued
+        if own is None:
+            return self.config.max_queued, "[admission] max_queued"
+        return own, f"herd {herd.name}"
+
+    def _queue(self, herd: Herd) -> QueueBound | None:
+        """The herd's bound on its tasks not ended, with how many it has now (None: no bound)."""
+        limit, source = self.queue_limit(herd)
+        return QueueBound(self.store.not_ended(herd.name), limit, source) if limit else None
+
     def forget(self, herd: str) -> None:
         """Read the herd's bucket again next time (another server changed it)."""
         with self._lock:
@@ -197,6 +218,7 @@ class Admission:
             now,
             estimate,
             self._budget(herd, now),
+            self._queue(herd),
         )
         try:
             answers = self.manager.hooks.admit(request, identity)

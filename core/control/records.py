@@ -283,6 +283,7 @@ class HerdAdmission(Record, kw_only=True):
     rate: Annotated[float, Meta(ge=0, le=1_000_000)] | None = None  # jobs per second
     burst: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
     budget: NonNegativeFloat | None = None  # [cost] currency; 0/None: none
+    max_queued: Annotated[int, Meta(ge=0, le=1_000_000_000)] | None = None  # tasks not ended
     budget_period: Annotated[float, Meta(gt=0, le=366 * 86400)] = 30 * 86400.0  # seconds
 
     def __post_init__(self) -> None:

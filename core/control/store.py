@@ -83,6 +83,9 @@ class View(Protocol):
     def any_under(self, prefix: str) -> bool | None:
         """Whether it holds a key under ``prefix``; None: it cannot say."""
 
+    def live_tasks(self, herd: str) -> int | None:
+        """How many of ``herd``'s tasks have a live entry; None: it cannot say."""
+
 
 @dataclass(frozen=True)
 class Versioned(Generic[R]):
@@ -317,6 +320,17 @@ class ClusterStore:
         where = "" if node_id is None else f"{check_name(node_id, 'node')}/"
         return self._scan(self.ASSIGNED + where, TaskRecord, recent=recent)
 
+    def not_ended(self, herd: str) -> int:
+        """How many of ``herd``'s tasks have not ended (waiting, placed, running, or cancelled
+        and not yet stopped by their agent): its live entries. From this server's view when it
+        can say (a count kept as they change, a moment behind the Barn), else the Barn's index
+        (a page at a time)."""
+        known = self.view.live_tasks(herd) if self.view is not None else None
+        if known is not None:
+            return known
+        pending = self._pages(f"{self.PENDING}{herd}/")
+        return len(pending) + sum(herd_of_live(kv.key) == herd for kv in self._pages(self.ASSIGNED))
+
     # --- writing -----------------------------------------------------------------------
 
     def commit(self, read: Iterable[tuple[str, int]], writes: Sequence[tuple[str, Record | None]]) -> int:
@@ -539,7 +553,7 @@ class ClusterStore:
         doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self._pages(keys.jobs(name))]
         doomed += [kv.key for kv in self._pages(f"{keys.HERDS}{name}/") if kv.key != herd_key]
         # (a cancelled task whose node never said it stopped keeps its entry: ended, yet indexed)
-        doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if _herd_of_entry(kv.key) == name]
+        doomed += [kv.key for kv in self.barn.scan(self.ASSIGNED) if herd_of_live(kv.key) == name]
         doomed += [kv.key for kv in self.barn.scan(f"{self.PENDING}{name}/")]
         for start in range(0, len(doomed), DELETE_BATCH):
             batch = [TxnOp(key, None) for key in doomed[start : start + DELETE_BATCH]]
@@ -602,9 +616,11 @@ def pending_key(task: TaskRecord) -> str:
     return f"{ClusterStore.PENDING}{task.herd}/{task.id}"
 
 
-def _herd_of_entry(key: str) -> str:
-    """The herd of an ASSIGNED entry's key (``ASSIGNED``node/herd/task)."""
-    return key[len(ClusterStore.ASSIGNED) :].split("/")[1]
+def herd_of_live(key: str) -> str:
+    """The herd of a live entry's key: ``ASSIGNED``node/herd/task or ``PENDING``herd/task."""
+    if key.startswith(ClusterStore.ASSIGNED):
+        return key[len(ClusterStore.ASSIGNED) :].split("/")[1]
+    return key[len(ClusterStore.PENDING) :].split("/", maxsplit=1)[0]
 
 
 def ended_key(job: JobRecord) -> str:

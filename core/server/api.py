@@ -127,6 +127,7 @@ class HerdAdmissionIn(Body):
     rate: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)
     burst: int | None = Field(default=None, ge=1, le=1_000_000)
     budget: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    max_queued: int | None = Field(default=None, ge=0, le=1_000_000_000)
     budget_period: float = Field(default=30 * 86400.0, gt=0, le=366 * 86400, allow_inf_nan=False)
 
 
@@ -624,8 +625,10 @@ def create_app(
     def describe_herd(name: NamePath, identity: Caller) -> dict[str, Any]:
         auth.check(identity, "herds.read", f"herds/{name}", name)
         herd = store.herd(name).record
-        use = _use([v.record for v in store.live() if v.record.herd == name])  # (not every task ever run)
-        return {**dump_record(herd), "used": use}
+        live = [v.record for v in store.live() if v.record.herd == name]  # (not every task ever run)
+        use = {**_use(live), "not_ended": len(live)}
+        bound = {} if admission is None else {"max_queued": admission.queue_limit(herd)[0]}
+        return {**dump_record(herd), "used": use, **bound}
 
     @app.delete("/v1/herds/{name}", status_code=204, openapi_extra=action("herds.delete"))
     def remove_herd(name: NamePath, identity: Caller) -> None:

@@ -31,11 +31,11 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from runink.core.control.records import RecordError, SchedulerEpoch, keys
-from runink.core.control.store import ClusterStore
+from runink.core.control.store import ClusterStore, herd_of_live
 from runink.core.interfaces.barn import BarnBackend, KeyValue, TxnOp, WatchEvent
 from runink.core.report import printable
 
@@ -168,6 +168,9 @@ class LiveView:
         self._feed = feed
         self._changed = threading.Condition()
         self._parts: dict[str, dict[str, KeyValue]] = {part: {} for part in self.PARTS}
+        # herd -> its live entries (ASSIGNED and PENDING): its tasks not ended, counted as the
+        # entries come and go (admission asks at every submission: no scan)
+        self._live: Counter[str] = Counter()
         self._ready = False  # filled since the watch last started
         self.revision = 0  # the newest change the watch delivered (every earlier one is here)
         # own commits not yet delivered by the watch: key -> (revision, value or None: deleted),
@@ -195,6 +198,7 @@ class LiveView:
                     found[part][kv.key] = kv
         with self._changed:
             self._parts = found
+            self._live = Counter(herd_of_live(key) for part in _LIVE_PARTS for key in found[part])
             for key, (revision, value) in self._local.items():
                 if revision > at:
                     self._put(key, revision, value)
@@ -235,6 +239,11 @@ class LiveView:
         local = self._local.get(key)
         if local is not None and local[0] > revision:
             return  # (an older change than an own commit: a deleted key must stay deleted)
+        if part in _LIVE_PARTS and (known is None) != (kv is None):
+            herd = herd_of_live(key)
+            self._live[herd] += 1 if known is None else -1
+            if not self._live[herd]:
+                del self._live[herd]  # (deleted herds leave nothing)
         if kv is None:
             kept.pop(key, None)
         else:
@@ -259,6 +268,14 @@ class LiveView:
             if not self._current(0):
                 return None
             return bool(self._parts[prefix])
+
+    def live_tasks(self, herd: str) -> int | None:
+        """How many of ``herd``'s tasks have a live entry (not ended: waiting, placed, running,
+        or cancelled and not yet stopped); None: the view cannot say."""
+        with self._changed:
+            if not self._current(0):
+                return None
+            return self._live[herd]
 
     def get(self, key: str) -> tuple[bool, KeyValue | None]:
         """(whether the view can say, as ``scan``; the key's value, None: absent)"""
@@ -301,6 +318,9 @@ class LiveView:
 
 
 _API = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+_LIVE_PARTS = (ClusterStore.ASSIGNED, ClusterStore.PENDING)
 
 
 def _part(parts: Sequence[str], key: str) -> str | None:

@@ -1,6 +1,7 @@
-"""The built-in admission rules (the first ``runink_admit`` plugin): per-job bounds and the
-herd's submission rate. Pure: the bounds and the rate bucket come with the request (the core
-reads them, and consumes the token in the job's own transaction)."""
+"""The built-in admission rules (the first ``runink_admit`` plugin): per-job bounds, the
+herd's budget, its bound on tasks not ended and its submission rate. Pure: the bounds, the
+counts and the rate bucket come with the request (the core reads them, and consumes the token
+in the job's own transaction)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from runink.core.model import AdmissionDecision, AdmissionRequest, Identity, Job
 
 #: the API status of a job past a bound (the request is valid, but not admissible here)
 OVER_BOUND = 422
-#: the API status of a submission past the herd's rate (with Retry-After)
+#: the API status of a submission past the herd's rate (with Retry-After) or its bound on
+#: tasks not ended (without: when some end is not known)
 TOO_MANY = 429
 #: the API status of a submission to a herd whose budget is spent
 PAYMENT_REQUIRED = 402
@@ -55,6 +57,14 @@ def runink_admit(job: AdmissionRequest, identity: Identity | None) -> AdmissionD
             f"herd {job.herd}: its budget of {budget.limit:g} {budget.currency} for {days:g} days is spent "
             f"({budget.spent:.4g} {budget.currency})",
             PAYMENT_REQUIRED,
+        )
+    queue = job.queue
+    if queue is not None and queue.not_ended + len(job.tasks) > queue.limit:
+        return AdmissionDecision(
+            False,
+            f"herd {job.herd}: {queue.not_ended:,} tasks not ended, at most {queue.limit:,} "
+            f"({queue.source}); this job adds {len(job.tasks)}: wait for some to end",
+            TOO_MANY,
         )
     bucket = job.bucket
     if bucket is not None and bucket.tokens < 1:
