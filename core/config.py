@@ -303,6 +303,10 @@ class ClusterConfig(Section):
     #: kept as long as the Barn is). The leading server removes older ones every minute, oldest
     #: first; `runink jobs list`, `status`, `logs` and `runink cost` show the jobs kept.
     jobs_keep_for: str | int = "7d"
+    #: Ended jobs each herd keeps at most, its newest (0: no bound by count): past it the
+    #: oldest go as they would past jobs_keep_for, so one herd's many short jobs cannot fill
+    #: the Barn within that time.
+    jobs_keep_max: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 10_000
 
     def __post_init__(self) -> None:
         _check_absolute(self, "shared_paths")

@@ -3,6 +3,7 @@ that ended long enough ago, oldest first, with their tasks and output; nothing e
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from agent_helpers import schedule
 
@@ -126,3 +127,27 @@ def test_jobs_that_ended_before_their_entries_existed_are_indexed_then_removed(l
         life.store.barn.delete(kv.key)
     clock.now += 3 * DAY
     assert JobRetention(life.store, keep_for=DAY)(clock.now) == 1 and kept_keys(life, old) == []
+
+
+def test_each_herd_keeps_at_most_its_newest_ended_jobs_whatever_their_age(life: Lifecycle, clock: Clock) -> None:
+    """[cluster] jobs_keep_max: a herd's ended jobs past its newest N go, oldest first, the
+    age bound still applying to the rest; another herd's count is its own; jobs not ended
+    never count nor go."""
+    life.store.create_herd(Herd(name="other"))
+    ended = []
+    for _ in range(5):
+        ended.append(run_to(life, RunState.SUCCEEDED))
+        clock.now += 10
+    running = run_to(life, RunState.RUNNING)
+    other = life.submit_command("other", ["/bin/true"]).id
+    task = schedule(life.store, other)
+    life.report("other", task.id, task.attempt, task.token, RunState.FAILED, node="n1")
+    assert JobRetention(life.store, keep_for=None, keep_max=3)(clock.now) == 2
+    assert [j for j in ended if kept_keys(life, j)] == ended[2:]
+    assert life.store.job(running).record.state is RunState.RUNNING and kept_keys(life, other)
+    clock.now += DAY
+    both = JobRetention(life.store, keep_for=DAY + 15, keep_max=3)  # and the age: 2 more are too old
+    assert both(clock.now) == 2 and [j for j in ended if kept_keys(life, j)] == ended[4:]
+    assert ClusterConfig().jobs_keep_max == 10_000
+    with pytest.raises(msgspec.ValidationError, match="jobs_keep_max"):
+        ClusterConfig.model_validate({"jobs_keep_max": -1})

@@ -309,7 +309,7 @@ class Server:
         leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
         chores: list[Callable[[float], object]] = [
             AuditRetention(barn, config.cluster.audit_keep_seconds),
-            JobRetention(fenced, config.cluster.jobs_keep_seconds),
+            JobRetention(fenced, config.cluster.jobs_keep_seconds, config.cluster.jobs_keep_max),
         ]
         self.scaler: Scaler | None = configured_driver(config, "scaling", manager)
         if self.scaler is not None:  # (the leader's: nodes added and removed, see [scaling])
