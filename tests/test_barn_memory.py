@@ -128,3 +128,19 @@ def test_the_live_bytes_follow_puts_deletes_leases_and_a_snapshot() -> None:
     state.apply({"op": "expire", "now": 106.0})  # the lease's key goes
     assert state.live_bytes == 2 + 10
     assert BarnState.restore(state.snapshot()).live_bytes == 2 + 10
+
+
+def test_a_scan_page_stops_at_its_key_and_byte_bounds_and_says_more_were_left() -> None:
+    state = BarnState()
+    for n in range(5):
+        state.apply({"op": "put", "key": f"/p/{n}", "value": b"x" * 10, "lease": None})
+    state.apply({"op": "put", "key": "/q", "value": b"", "lease": None})
+    keys = lambda kvs: [kv.key for kv in kvs]  # noqa: E731
+    found, more = state.scan_page("/p/", None, None, 2, 1 << 20)
+    assert keys(found) == ["/p/0", "/p/1"] and more
+    found, more = state.scan_page("/p/", None, "/p/1", 10, 30)  # 14 bytes a key: two fit in 30
+    assert keys(found) == ["/p/2", "/p/3"] and more
+    assert state.scan_page("/p/", None, "/p/3", 10, 30) == ([state.get("/p/4")], False)
+    assert state.scan_page("/p/", 3, None, 3, 1 << 20)[1] is False  # (the limit asked, not a bound)
+    big, more = state.scan_page("/p/", None, None, 10, 1)  # the first key always, past the bytes
+    assert keys(big) == ["/p/0"] and more

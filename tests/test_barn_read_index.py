@@ -274,3 +274,30 @@ def test_watches_sent_to_a_follower_do_not_hold_up_its_writes(tmp_path: Path) ->
         barn.close()
     finally:
         cluster.stop()
+
+
+def test_a_scan_comes_in_pages_and_the_client_reads_them_all(tmp_path: Path) -> None:
+    """A scan is answered a page at most (MAX_SCAN_BYTES, MAX_SCAN_KEYS: a scan of every key was
+    one answer of the whole state), ``more`` saying some were left out; the client's ``scan``
+    asks on from the last key and returns them all, a ``limit`` counting across pages."""
+    from runink.plugins.barn.raft.api import MAX_SCAN_BYTES
+
+    cluster = Cluster(tmp_path, fsync=False)
+    cluster.start()
+    try:
+        barn = cluster.client(cluster.leader(), timeout=10)
+        value = b"v" * (1 << 20)
+        for n in range(12):
+            barn.put(f"/big/{n:02d}", value)
+        barn.put("/big0", b"not under the prefix")
+        answer = barn.call("/v1/scan", {"prefix": "/big/"})
+        assert answer["more"] is True and 0 < len(answer["kvs"]) <= MAX_SCAN_BYTES // len(value) + 1
+        local = barn.call("/v1/scan", {"prefix": "/big/", "serializable": True})
+        assert local["more"] is True and len(local["kvs"]) == len(answer["kvs"])
+        assert [kv.key for kv in barn.scan("/big/")] == [f"/big/{n:02d}" for n in range(12)]
+        assert [kv.key for kv in barn.scan("/big/", limit=7)] == [f"/big/{n:02d}" for n in range(7)]
+        assert [kv.key for kv in barn.scan("/big/", after="/big/09")] == ["/big/10", "/big/11"]
+        assert barn.call("/v1/scan", {"prefix": "/big/", "after": "/big/09"})["more"] is False
+        barn.close()
+    finally:
+        cluster.stop()

@@ -213,6 +213,26 @@ class BarnState:
             found.append(self.kvs[key])
         return found
 
+    def scan_page(
+        self, prefix: str, limit: int | None, after: str | None, max_keys: int, max_bytes: int
+    ) -> tuple[list[KeyValue], bool]:
+        """As ``scan``, at most ``max_keys`` keys and, past the first, ``max_bytes`` of keys and
+        values: (the keys, whether these bounds left out more of those asked for)."""
+        start = bisect.bisect_left(self._sorted_keys, prefix)
+        if after is not None:
+            start = max(start, bisect.bisect_right(self._sorted_keys, after))
+        found: list[KeyValue] = []
+        size = 0
+        for key in self._sorted_keys[start:]:
+            if not key.startswith(prefix) or (limit is not None and len(found) >= limit):
+                return found, False
+            kv = self.kvs[key]
+            size += len(key) + len(kv.value)
+            if len(found) >= max_keys or (found and size > max_bytes):
+                return found, True
+            found.append(kv)
+        return found, False
+
     def events_since(self, prefix: str, from_revision: int) -> list[WatchEvent]:
         """The kept changes under ``prefix`` with revision >= ``from_revision``."""
         if from_revision <= self.compacted:

@@ -63,6 +63,10 @@ MEMBER_CHECK_TIMEOUT = 2.0  # seconds to connect to a member being added
 # on the loop's thread, 4 watches of a history of 200 1 MiB values once stalled writes 7.8 s
 MAX_WATCH_EVENTS = 1_000
 MAX_WATCH_BYTES = 4 << 20
+# a scan answer at most, for the same reasons ("more": the client asks for the next page): a
+# scan of every key was one answer of the whole state
+MAX_SCAN_KEYS = 10_000
+MAX_SCAN_BYTES = 4 << 20
 
 
 class BarnServer:
@@ -225,7 +229,8 @@ class BarnServer:
             return {"kv": kv_json(await node.read(lambda s: s.get(key)))}
         if isinstance(body, schema.Scan):
             prefix, limit, after = body.prefix, body.limit, body.after
-            return {"kvs": [kv_json(kv) for kv in await node.read(lambda s: s.scan(prefix, limit, after))]}
+            kvs, more = await node.read(lambda s: s.scan_page(prefix, limit, after, MAX_SCAN_KEYS, MAX_SCAN_BYTES))
+            return {"kvs": [kv_json(kv) for kv in kvs], "more": more}
         if isinstance(body, schema.Nothing):  # /v1/revision
             return {"revision": await node.read(lambda s: s.revision)}
         if isinstance(body, schema.Watch):
@@ -248,8 +253,8 @@ class BarnServer:
             state = self.node.replica.state
             if isinstance(body, schema.Get):
                 return {"kv": kv_json(state.get(body.key)), "revision": state.revision}
-            kvs = state.scan(body.prefix, body.limit, body.after)
-            return {"kvs": [kv_json(kv) for kv in kvs], "revision": state.revision}
+            kvs, more = state.scan_page(body.prefix, body.limit, body.after, MAX_SCAN_KEYS, MAX_SCAN_BYTES)
+            return {"kvs": [kv_json(kv) for kv in kvs], "more": more, "revision": state.revision}
 
     async def _watch(self, body: schema.Watch) -> dict[str, Any]:
         """Events under ``prefix`` from ``from_revision``: at once if there are some, else

@@ -196,10 +196,18 @@ class RaftBarn(BarnBackend):
     def scan(
         self, prefix: str, *, limit: int | None = None, after: str | None = None, serializable: bool = False
     ) -> list[KeyValue]:
-        """``serializable``: the answering member's own copy, maybe stale (see the server)."""
-        asked = {"prefix": prefix, "limit": limit, "after": after, "serializable": serializable}
-        kvs = self.call("/v1/scan", asked)["kvs"]
-        return [kv for kv in (kv_from_json(x) for x in kvs) if kv is not None]
+        """``serializable``: the answering member's own copy, maybe stale (see the server). A
+        member answers a page at most ("more": the rest asked for, from the last key), so a
+        large scan is several reads, not one snapshot."""
+        found: list[KeyValue] = []
+        while True:
+            left = None if limit is None else limit - len(found)
+            asked = {"prefix": prefix, "limit": left, "after": after, "serializable": serializable}
+            answer = self.call("/v1/scan", asked)
+            found += [kv for kv in (kv_from_json(x) for x in answer["kvs"]) if kv is not None]
+            if not answer.get("more") or not answer["kvs"] or (limit is not None and len(found) >= limit):
+                return found
+            after = found[-1].key
 
     def revision(self) -> int:
         return int(self.call("/v1/revision")["revision"])
