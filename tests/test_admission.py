@@ -306,6 +306,12 @@ def test_a_herds_quota_is_released_once_whichever_way_its_job_ends() -> None:
 
             return end
 
+        def cancelled(task_id: str) -> None:
+            task = store.task("one", task_id).record
+            life.cancel(task.job_id)
+            assert placed() == []  # held until its agent says the attempt ended (never started here)
+            assert life.report("one", task_id, task.attempt, task.token, RunState.CANCELLED, node="n1")
+
         def node_dies(task_id: str) -> None:
             liveness = Liveness(store, 0.01)
             liveness.observe(0.0)
@@ -315,7 +321,7 @@ def test_a_herds_quota_is_released_once_whichever_way_its_job_ends() -> None:
         ends = [
             report(RunState.SUCCEEDED),
             report(RunState.FAILED),
-            lambda task_id: life.cancel(task_id.rsplit(".", 1)[0]) and None,
+            cancelled,
             report(RunState.OOMKILLED),
             node_dies,
         ]

@@ -81,6 +81,21 @@ def test_a_cancelled_running_task_is_stopped(store: ClusterStore, life: Lifecycl
     assert agent.refused_reports == 0
 
 
+def test_a_task_cancelled_before_it_started_gives_its_node_back_at_the_next_round(
+    store: ClusterStore, life: Lifecycle, agent: Agent
+) -> None:
+    """Cancelled while SCHEDULED, it holds its node until its agent says the attempt ended: one
+    that never started it says so at once, and does not start it."""
+    job = life.submit_command("lab", ["sleep", "30"])
+    schedule(store, job.id)
+    life.cancel(job.id)
+    assert task_of(store, job.id).node == "n1"  # held: the agent may have started it
+    agent.sync()
+    task = task_of(store, job.id)
+    assert (task.state, task.node) == (RunState.CANCELLED, None) and not agent.running
+    assert life.assignments("n1") == [] and agent.refused_reports == 0
+
+
 def test_a_slice_that_ignores_its_stop_holds_up_no_round(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
     """A stop waits up to the grace (2 s here) for the slice to end: it once held the agent's
     round, so any herd could freeze a node 10 s per slice it cancelled. The round goes on:

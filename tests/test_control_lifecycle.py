@@ -192,17 +192,20 @@ def test_a_cancelled_task_leaves_its_nodes_assignments_once_its_end_is_reported(
     assert store.task("lab", task.id).revision == revision
 
 
-def test_a_task_cancelled_before_it_started_leaves_its_nodes_assignments_at_once(
+def test_a_task_cancelled_while_scheduled_keeps_its_node_until_its_agent_says_it_ended(
     store: ClusterStore, life: Lifecycle
 ) -> None:
+    """Its agent may have started it already (a RUNNING report is held a moment): its room on
+    the node is held until the agent says the attempt ended, stopped or never started."""
     life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
     job = life.submit_command("lab", ["sleep", "30"])
     task = schedule(store, only_task(store, job.id))
     life.cancel(job.id)
+    assert [t.id for t in life.assignments("n1")] == [task.id]  # so its agent stops it, or says it never ran
+    assert (only_task(store, job.id).state, only_task(store, job.id).node) == (RunState.CANCELLED, "n1")
+    assert life.report("lab", task.id, 1, task.token, RunState.CANCELLED)
     assert life.assignments("n1") == []
     assert (only_task(store, job.id).state, only_task(store, job.id).node) == (RunState.CANCELLED, None)
-    # an agent that started it meanwhile stops it (no longer assigned) and says so: accepted
-    assert life.report("lab", task.id, 1, task.token, RunState.CANCELLED)
 
 
 def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> None:

@@ -317,6 +317,33 @@ def test_a_node_whose_heartbeat_keeps_changing_is_never_declared_dead(store: Clu
     assert store.node("n1").record.ready is True
 
 
+def test_a_cancelled_task_a_dead_node_never_said_stopped_frees_its_herds_quota(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """A cancelled slice holds its node and quota until its agent says it ended: a dead node's
+    agent never will, so the node's death takes it off the node (it stays CANCELLED), else the
+    herd's quota was held for good."""
+    from runink.core.control.lifecycle import Lifecycle
+
+    add_herd(store, "h", cpu=2)
+    add_node(store, "n1", cpu=2)
+    add_node(store, "n2", cpu=2)
+    [first] = submit(store, "h", 1, cpu=2)
+    sched = scheduler(store, manager)
+    node = sched.run_pass(now=0).placed[first]
+    Lifecycle(store).cancel(first)
+    [second] = submit(store, "h", 1, cpu=2, prefix="again")
+    assert second not in sched.run_pass(now=1).placed  # held: the quota is the herd's 2 cores
+    liveness = Liveness(store, timeout=10)
+    liveness.observe(1000.0)
+    other = ({"n1", "n2"} - {node}).pop()
+    beat(store, other)
+    assert liveness.observe(1010.0) == [node]
+    released = task(store, "h", first)
+    assert (released.state, released.node) == (RunState.CANCELLED, None)
+    assert sched.run_pass(now=2).placed == {second: other}
+
+
 def test_a_task_left_on_a_dead_node_goes_back_to_pending(store: ClusterStore, manager: PluginManager) -> None:
     """The scheduler read the node as ready just before it was declared dead."""
     add_herd(store, "h")

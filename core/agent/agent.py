@@ -276,6 +276,11 @@ class Agent:
             active = {a for a, t in assigned.items() if t.state in (RunState.SCHEDULED, RunState.RUNNING)}
         for attempt in [a for a in self.running if a not in active]:
             self._stop(attempt, "no longer assigned to this node (cancelled or placed again)")
+        for attempt, task in assigned.items():
+            # cancelled before it started here: nothing to stop, its room on the node goes back now
+            if task.state is RunState.CANCELLED and attempt not in self.running and attempt not in self._done:
+                self._done.add(attempt)
+                self._report(attempt, RunState.CANCELLED, None, "cancelled before it started on this node")
         self._done &= set(assigned)  # forget attempts the control plane forgot
         if self.draining:
             return

@@ -843,9 +843,8 @@ class Lifecycle:
 
 
 def _cancelled(task: TaskRecord) -> TaskRecord:
-    """The task cancelled. One only SCHEDULED leaves its node at once: its agent either never
-    started it or stops it on its next sync (it stops every attempt no longer assigned), and
-    would never report an end the record is waiting for."""
-    if task.state is RunState.SCHEDULED:
-        return task.moved_to(RunState.CANCELLED, "cancelled", node=None)
+    """The task cancelled. A placed one keeps its node (``assigned_to``), and so its room there
+    and its herd's quota, until its agent says that attempt ended: one only SCHEDULED may have
+    started already (an agent holds a RUNNING report for a moment), and a slice stops within
+    the stop's grace. An agent reports at once the end of one it never started."""
     return task.moved_to(RunState.CANCELLED, "cancelled")
