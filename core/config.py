@@ -299,6 +299,10 @@ class ClusterConfig(Section):
     #: once its day is older; 0: kept as long as the Barn is). The leading server removes older
     #: ones hourly.
     audit_keep_for: str | int = "365d"
+    #: Audit records the servers keep at most, the newest (0: no bound by count): past it the
+    #: oldest go whatever their day. The log is in the Barn, and every submission writes one:
+    #: at 10 a second a year of days would not fit (~250 bytes a record).
+    audit_keep_max: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 500_000
     #: How long servers keep a job that ended (its tasks and output with it): "7d", "12h" (0:
     #: kept as long as the Barn is). The leading server removes older ones every minute, oldest
     #: first; `runink jobs list`, `status`, `logs` and `runink cost` show the jobs kept.

@@ -148,10 +148,30 @@ def test_the_audit_logs_retention_removes_whole_days_past_it() -> None:
         audit_day(now - day),
     ]
     barn.put(f"{AUDIT}{audit_day(now - 200 * day)}/x", b"{}")
-    assert retention(now + 60) == 0  # an hour has not passed: not looked at again
-    assert retention(now + 3600) == 1
+    assert retention(now + 30) == 0  # a minute has not passed: not looked at again
+    assert retention(now + 60) == 1
     assert AuditRetention(barn, keep_for=None)(now + 10 * 365 * day) == 0  # 0: kept as long as the Barn is
     barn.transaction([], [TxnOp(kv.key, None) for kv in barn.scan(AUDIT)])
+
+
+def test_the_audit_log_keeps_at_most_its_newest_records_whatever_their_day() -> None:
+    """[cluster] audit_keep_max: every submission writes a record, so days alone let a busy
+    cluster fill its Barn; past the bound the oldest go, the age bound still applying."""
+    barn = MemoryBarn()
+    day = 86400.0
+    now = 1_800_000_000.0
+    for age_days in (3, 2, 1, 0):
+        at = now - age_days * day
+        barn.transaction(
+            [], [TxnOp(f"{AUDIT}{audit_day(at)}/{int(at * 1e9) + n:020d}-{n}", b"{}") for n in range(1500)]
+        )
+    assert AuditRetention(barn, keep_for=None, keep_max=2000)(now) == 4000
+    kept = barn.scan(AUDIT)
+    assert len(kept) == 2000 and {kv.key.split("/")[3] for kv in kept} == {audit_day(now - day), audit_day(now)}
+    assert kept[0].key.endswith("-1000")  # the day's oldest went first
+    both = AuditRetention(barn, keep_for=0.25 * day, keep_max=1800)  # (now is 08:00 UTC: yesterday is past it)
+    assert both(now) == 500  # 200 past the count, then the rest of yesterday (300) past the age
+    assert {kv.key.split("/")[3] for kv in barn.scan(AUDIT)} == {audit_day(now)} and barn.count(AUDIT) == 1500
 
 
 def _wait(predicate: Any, seconds: float = 5.0) -> None:

@@ -39,8 +39,6 @@ HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
 # keys per Barn request when reading all of a herd's jobs or tasks: 200 tasks of 1 MiB in one
 # answer once took a member past 10 s, and the herd's cost and its deletion failed
 SCAN_PAGE = 256
-# keys per request reading a herd's ended index (a key each, no value): ~250 KB a page
-ENDED_PAGE = 4096
 # keys and values of one transaction, at most: well under every Barn's request limit (the raft
 # Barn's is 16 MiB of JSON, values in base64). Past it a write is refused before it is sent: a
 # pass of large placements once sent one over the limit, got a 413 on every round, and
@@ -168,15 +166,14 @@ class ClusterStore:
             kvs = self._pages(prefix) if paged else self.barn.scan(prefix)
         return kvs
 
-    def _pages(self, prefix: str, size: int = 0) -> list[KeyValue]:
-        """Every key under ``prefix``, ``size`` (default SCAN_PAGE) of them a Barn request (not
-        one snapshot: for the jobs and tasks of a herd, whose ended ones never change)."""
-        size = size or SCAN_PAGE
+    def _pages(self, prefix: str) -> list[KeyValue]:
+        """Every key under ``prefix``, SCAN_PAGE of them a Barn request (not one snapshot: for
+        the jobs and tasks of a herd, whose ended ones never change)."""
         found: list[KeyValue] = []
         while True:
-            page = self.barn.scan(prefix, limit=size, after=found[-1].key if found else None)
+            page = self.barn.scan(prefix, limit=SCAN_PAGE, after=found[-1].key if found else None)
             found += page
-            if len(page) < size:
+            if len(page) < SCAN_PAGE:
                 return found
 
     def _scan(
@@ -474,12 +471,11 @@ class ClusterStore:
         for herd in sorted(h.name for h in self.herds()):
             prefix = f"{keys.HERDS}{herd}/ended/"
             budget = limit - removed
-            # with a count to keep, every entry (small: a key and no value) to know how many
-            entries = self._pages(prefix, ENDED_PAGE) if keep else self.barn.scan(prefix, limit=budget)
-            past_count = max(0, len(entries) - keep) if keep else 0
+            if budget <= 0:  # (a limit of 0 is no limit to some Barns)
+                return removed, True
+            entries = self.barn.scan(prefix, limit=budget)
+            past_count = max(0, self.barn.count(prefix) - keep) if keep and entries else 0
             for index, entry in enumerate(entries):
-                if removed == limit:
-                    return removed, True
                 when, _, job_id = entry.key[len(prefix) :].partition("/")
                 if not when.isdigit() or not job_id or "/" in job_id:  # (not ours: never read again)
                     self.barn.transaction([], [TxnOp(entry.key, None)])
@@ -488,7 +484,7 @@ class ClusterStore:
                     break
                 removed += self._forget_job(entry.key, herd, job_id)
             else:
-                if not keep and len(entries) == budget:
+                if len(entries) == budget:
                     return removed, True
         return removed, False
 

@@ -83,6 +83,15 @@ class BarnBackend(ABC):
         """Keys starting with ``prefix``, sorted by key, at most ``limit`` of them; ``after``:
         only those after this key (a page on from the last key of the page before)."""
 
+    def count(self, prefix: str) -> int:
+        """How many keys start with ``prefix``. Here a scan a page at a time; a backend that
+        can count without reading the values overrides it (every built-in one does)."""
+        counted, after = 0, None
+        while page := self.scan(prefix, limit=COUNT_PAGE, after=after):
+            counted += len(page)
+            after = page[-1].key
+        return counted
+
     @abstractmethod
     def transaction(
         self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
@@ -120,6 +129,7 @@ class BarnBackend(ABC):
         """Release what the backend holds (threads, sockets, files); ends open watches."""
 
 
+COUNT_PAGE = 1000  # keys per scan of BarnBackend.count's fallback
 MAX_KEY_BYTES = 4096  # a key, UTF-8 encoded
 MAX_VALUE_BYTES = 4 << 20  # a value (the Raft server's request limit is 16 MiB of base64 JSON)
 

@@ -1,6 +1,8 @@
 """The audit log's retention: the leading server removes records older than ``[cluster]
 audit_keep_for``, a day at a time (records are kept by UTC day: ``/cluster/audit/DAY/...``),
-once an hour. Records are never changed; only whole days past the retention go."""
+and the oldest past the ``audit_keep_max`` newest, once a minute. Records are never changed,
+only removed, oldest first. The count bound is what keeps a busy cluster's Barn from filling:
+every submission writes a record, and at 10 a second a year of days is ~100 GiB."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from runink.core.server.auth import AUDIT, audit_day
 
 log = logging.getLogger(__name__)
 
-EVERY = 3600.0  # seconds between two looks
+EVERY = 60.0  # seconds between two looks
 BATCH = 1000  # records removed per Barn transaction
 MAX_BATCHES = 5  # per round of the loop: a backlog goes over the next rounds, never holding one long
 
@@ -19,30 +21,41 @@ MAX_BATCHES = 5  # per round of the loop: a backlog goes over the next rounds, n
 class AuditRetention:
     """A chore of the leading server's control loop: ``__call__(now)``."""
 
-    def __init__(self, barn: BarnBackend, keep_for: float | None, *, every: float = EVERY) -> None:
+    def __init__(self, barn: BarnBackend, keep_for: float | None, keep_max: int = 0, *, every: float = EVERY) -> None:
         self.barn = barn
         self.keep_for = keep_for
+        self.keep_max = keep_max  # records kept at most, the newest (0: no bound by count)
         self.every = every
         self._looked = -1e18
 
     def __call__(self, now: float) -> int:
-        """Remove what is past the retention (if an hour went by since the last look); returns
-        how many records went."""
-        if self.keep_for is None or now - self._looked < self.every:
+        """Remove what is past the retention (if ``every`` went by since the last look, or the
+        last one left some); returns how many records went."""
+        if (self.keep_for is None and not self.keep_max) or now - self._looked < self.every:
             return 0
         self._looked = now
-        oldest_kept = audit_day(now - self.keep_for)  # days before this one go
+        oldest_kept = None if self.keep_for is None else audit_day(now - self.keep_for)  # days before go
+        over = max(0, self.barn.count(AUDIT) - self.keep_max) if self.keep_max else 0
         removed = 0
         for _ in range(MAX_BATCHES):
-            first = self.barn.scan(AUDIT, limit=1)
-            day = first[0].key[len(AUDIT) :].split("/", 1)[0] if first else None
-            if day is None or day >= oldest_kept:
-                break
-            batch = self.barn.scan(f"{AUDIT}{day}/", limit=BATCH)
+            if over > removed:  # the oldest records, whatever their day
+                batch = self.barn.scan(AUDIT, limit=min(BATCH, over - removed))
+            else:
+                first = self.barn.scan(AUDIT, limit=1)
+                day = first[0].key[len(AUDIT) :].split("/", 1)[0] if first else None
+                if day is None or oldest_kept is None or day >= oldest_kept:
+                    break
+                batch = self.barn.scan(f"{AUDIT}{day}/", limit=BATCH)
             self.barn.transaction([], [TxnOp(kv.key, None) for kv in batch])
             removed += len(batch)
         else:  # more may be left: the next round goes on
             self._looked = -1e18
         if removed:
-            log.info("audit log: %d record(s) from before %s removed ([cluster] audit_keep_for)", removed, oldest_kept)
+            log.info(
+                "audit log: %d record(s) removed: from before %s, or past the %s newest kept"
+                " ([cluster] audit_keep_for, audit_keep_max)",
+                removed,
+                oldest_kept or "-",
+                self.keep_max or "-",
+            )
         return removed

@@ -308,7 +308,7 @@ class Server:
         liveness = Liveness(fenced, options.liveness_timeout)
         leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
         chores: list[Callable[[float], object]] = [
-            AuditRetention(barn, config.cluster.audit_keep_seconds),
+            AuditRetention(barn, config.cluster.audit_keep_seconds, config.cluster.audit_keep_max),
             JobRetention(fenced, config.cluster.jobs_keep_seconds, config.cluster.jobs_keep_max),
         ]
         self.scaler: Scaler | None = configured_driver(config, "scaling", manager)

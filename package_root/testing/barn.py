@@ -112,6 +112,15 @@ class BarnConformance:
         assert [kv.key for kv in barn.scan(prefix, after=prefix + "c/1")] == []
         assert [kv.key for kv in barn.scan(prefix + "c/", after=prefix)] == [prefix + "c/0", prefix + "c/1"]
 
+    def test_count_is_exact_on_prefix_and_follows_deletes(self, barn: BarnBackend, prefix: str) -> None:
+        for name in ("a", "b", "c/0", "c/1", "c/2"):
+            barn.put(prefix + name, b"x")
+        barn.put(prefix.rstrip("/") + "x/other", b"not under the prefix")
+        assert barn.count(prefix) == 5 and barn.count(prefix + "c/") == 3 and barn.count(prefix + "none/") == 0
+        barn.delete(prefix + "c/1")
+        assert barn.count(prefix + "c/") == 2 and barn.count(prefix + "c/1") == 0
+        assert BarnBackend.count(barn, prefix) == barn.count(prefix) == 4  # (the scan-based fallback agrees)
+
     def test_transaction_is_atomic_and_one_revision(self, barn: BarnBackend, prefix: str) -> None:
         a, b, c = prefix + "a", prefix + "b", prefix + "c"
         barn.put(a, b"1")

@@ -87,6 +87,10 @@ class MemoryBarn(BarnBackend):
         with self._changed:
             return self._state.scan(prefix, limit, after)
 
+    def count(self, prefix: str) -> int:
+        with self._changed:
+            return self._state.count(prefix)
+
     def revision(self) -> int:
         with self._changed:
             return self._state.revision

@@ -213,6 +213,13 @@ class BarnState:
             found.append(self.kvs[key])
         return found
 
+    def count(self, prefix: str) -> int:
+        """How many keys start with ``prefix`` (two bisections of the sorted keys)."""
+        start = bisect.bisect_left(self._sorted_keys, prefix)
+        past = _past(prefix)
+        end = len(self._sorted_keys) if past is None else bisect.bisect_left(self._sorted_keys, past, start)
+        return end - start
+
     def scan_page(
         self, prefix: str, limit: int | None, after: str | None, max_keys: int, max_bytes: int
     ) -> tuple[list[KeyValue], bool]:
@@ -372,6 +379,14 @@ class BarnState:
         self.compacted = self.events[cut - 1].revision
         self._event_bytes -= sum(_size(e) for e in self.events[:cut])
         del self.events[:cut], self._event_revisions[:cut]
+
+
+def _past(prefix: str) -> str | None:
+    """The first string after every one that starts with ``prefix`` (None: there is none)."""
+    stripped = prefix.rstrip(chr(0x10FFFF))
+    if not stripped:
+        return None
+    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
 
 
 def _size(event: WatchEvent) -> int:

@@ -156,6 +156,10 @@ class EtcdBarn(BarnBackend):
         request = pb.RangeRequest(key=first, range_end=_range_end(start), limit=limit or 0)
         return [_kv(kv) for kv in self._kv("Range", request).kvs]  # (etcd answers sorted by key)
 
+    def count(self, prefix: str) -> int:
+        start = check_key(prefix).encode()
+        return int(self._kv("Range", pb.RangeRequest(key=start, range_end=_range_end(start), count_only=True)).count)
+
     def transaction(
         self, compare: Sequence[tuple[str, int]], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
     ) -> tuple[bool, int]:

@@ -1,9 +1,9 @@
 """The Barn's HTTP API on one member: routes, forwarding to the leader, the event loop.
 
 HTTP API (JSON; keys are strings, values base64: ``wire.py``): POST /v1/put, /v1/get,
-/v1/delete, /v1/txn, /v1/scan, /v1/watch (long poll), /v1/lease/grant, /v1/lease/keepalive,
-/v1/lease/revoke, /v1/revision; GET /v1/status; POST /v1/members/add, /v1/members/remove.
-``"serializable": true`` on /v1/get and /v1/scan reads the answering member's own copy
+/v1/delete, /v1/txn, /v1/scan, /v1/count, /v1/watch (long poll), /v1/lease/grant,
+/v1/lease/keepalive, /v1/lease/revoke, /v1/revision; GET /v1/status; POST /v1/members/add,
+/v1/members/remove. ``"serializable": true`` on /v1/get, /v1/scan and /v1/count reads the answering member's own copy
 (possibly stale, like etcd's). Every body is validated against ``schema.py`` before anything is
 proposed (400 otherwise); the transport's limits (timeouts, the connection cap, 413/414/431) are
 in ``http_protocol.py``. The leader proposes and reads through the replica (``replica.py``); a
@@ -191,7 +191,7 @@ class BarnServer:
         except BarnError as exc:
             return error_answer(BarnError(f"{path}: {exc}"))
         try:
-            if isinstance(body, schema.Get | schema.Scan) and body.serializable:
+            if isinstance(body, schema.Get | schema.Scan | schema.Count) and body.serializable:
                 return Answer(200, self.local_read(body))
             if not self.node.is_leader():
                 watch = isinstance(body, schema.Watch)
@@ -231,6 +231,9 @@ class BarnServer:
             prefix, limit, after = body.prefix, body.limit, body.after
             kvs, more = await node.read(lambda s: s.scan_page(prefix, limit, after, MAX_SCAN_KEYS, MAX_SCAN_BYTES))
             return {"kvs": [kv_json(kv) for kv in kvs], "more": more}
+        if isinstance(body, schema.Count):
+            prefix = body.prefix
+            return {"count": await node.read(lambda s: s.count(prefix))}
         if isinstance(body, schema.Nothing):  # /v1/revision
             return {"revision": await node.read(lambda s: s.revision)}
         if isinstance(body, schema.Watch):
@@ -246,13 +249,15 @@ class BarnServer:
             return {"revision": revoked}
         raise AssertionError(f"no handler for {type(body).__name__}")  # schema.ROUTES and this agree
 
-    def local_read(self, body: schema.Get | schema.Scan) -> dict[str, Any]:
+    def local_read(self, body: schema.Get | schema.Scan | schema.Count) -> dict[str, Any]:
         """This member's applied state, without a barrier or the leader (etcd's "serializable"
         reads): may be stale; for diagnostics and checks of each member's copy."""
         with self.node.replica.lock:
             state = self.node.replica.state
             if isinstance(body, schema.Get):
                 return {"kv": kv_json(state.get(body.key)), "revision": state.revision}
+            if isinstance(body, schema.Count):
+                return {"count": state.count(body.prefix), "revision": state.revision}
             kvs, more = state.scan_page(body.prefix, body.limit, body.after, MAX_SCAN_KEYS, MAX_SCAN_BYTES)
             return {"kvs": [kv_json(kv) for kv in kvs], "more": more, "revision": state.revision}
 

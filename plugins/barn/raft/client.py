@@ -209,6 +209,9 @@ class RaftBarn(BarnBackend):
                 return found
             after = found[-1].key
 
+    def count(self, prefix: str) -> int:
+        return int(self.call("/v1/count", {"prefix": prefix})["count"])
+
     def revision(self) -> int:
         return int(self.call("/v1/revision")["revision"])
 

@@ -114,6 +114,11 @@ class Scan(Body):
     serializable: bool = False
 
 
+class Count(Body):
+    prefix: Prefix = ""
+    serializable: bool = False
+
+
 class Nothing(Body):
     pass
 
@@ -156,6 +161,7 @@ ROUTES: dict[str, type[Body]] = {
     "/v1/txn": Txn,
     "/v1/get": Get,
     "/v1/scan": Scan,
+    "/v1/count": Count,
     "/v1/revision": Nothing,
     "/v1/watch": Watch,
     "/v1/lease/grant": Grant,
