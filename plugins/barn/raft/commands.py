@@ -62,6 +62,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     election_timeout: float = typer.Option(0.3, help="seconds (the minimum; the maximum is twice)"),
     compaction_entries: int = typer.Option(10_000, help="snapshot and compact the log past this many entries"),
     compaction_seconds: float = typer.Option(60.0, help="...at most this often"),
+    compaction_mib: int = typer.Option(
+        64, help="...or once this many MiB of commands came since the last snapshot (0: no bound by size)"
+    ),
     history: int = typer.Option(100_000, help="changes kept for watches"),
     history_mib: int = typer.Option(256, help="...and at most this many MiB of their keys and values"),
     quota_mib: int = typer.Option(
@@ -109,6 +112,8 @@ def serve_command(  # noqa: PLR0917 (typer options)
             raise typer.BadParameter(f"{flag} must be positive, got {value}")
     if quota_mib < 0:
         raise typer.BadParameter(f"--quota-mib must be 0 (no quota) or positive, got {quota_mib}")
+    if compaction_mib < 0:
+        raise typer.BadParameter(f"--compaction-mib must be 0 (no bound) or positive, got {compaction_mib}")
     if metrics is not None and host_port(metrics) is None:  # (a valid one was applied before the plugins loaded)
         raise typer.BadParameter(f"--metrics {metrics!r}: expected HOST:PORT")
     try:
@@ -137,6 +142,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
         quota_bytes=(quota_mib << 20) or None,
         compaction_entries=compaction_entries,
         compaction_seconds=compaction_seconds,
+        compaction_bytes=compaction_mib << 20,
         secret=secret,
         tls=tls,
         auth_keys=list(auth_key),

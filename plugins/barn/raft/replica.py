@@ -76,6 +76,7 @@ class ServerConfig:
     election_timeout: float = 0.3  # seconds (the minimum; the maximum is twice that)
     compaction_entries: int = 10_000  # compact the log past this many entries...
     compaction_seconds: float = 60.0  # ...at most this often
+    compaction_bytes: int = 64 << 20  # ...or once this many bytes of commands came (0: no bound)
     history: int = 100_000  # changes kept for watches
     history_bytes: int = DEFAULT_HISTORY_BYTES  # ...and their keys' and values' bytes, at most
     quota_bytes: int | None = DEFAULT_QUOTA_BYTES  # live keys and values a leader lets writes reach (None: no quota)
@@ -161,6 +162,8 @@ class BarnNode(SyncObj):
             **config.extra,
         )
         conf.runinkFsync = config.fsync
+        # entries stay in memory until a snapshot replaces them: bounded by their bytes too
+        conf.runinkCompactionBytes = config.compaction_bytes or None
         # pysyncobj unpickles what peers send: without a shared secret anyone who can connect
         # to the Raft port can run code here. With one, every message is Fernet-sealed
         # (AES + HMAC) and a connection that fails to authenticate is dropped before unpickling.
