@@ -90,12 +90,28 @@ class FakeChat:
                     self._answer(raw, chat.answer_for(body))
                 elif kind == "text":
                     self._answer(raw, arg)
+                elif kind == "usage":  # (a normal answer claiming these token counts)
+                    self._answer(raw, chat.answer_for(body), usage=arg)
+                elif kind == "drip":  # (its Content-Length, then a byte every ``gap`` seconds)
+                    size, gap = arg
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    for _ in range(size):
+                        if chat.release.wait(gap):
+                            return
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            return
                 else:
                     time.sleep(chat.delay(body))
                     self._answer(raw, chat.answer_for(body))
 
-            def _answer(self, raw: bytes, content: str) -> None:
-                usage = (len(raw) // 4, len(content.encode()) // 4)
+            def _answer(self, raw: bytes, content: str, usage: tuple[int, int] | None = None) -> None:
+                usage = usage or (len(raw) // 4, len(content.encode()) // 4)
                 with chat.lock:
                     chat.usage.append(usage)
                 answer = {
@@ -293,6 +309,57 @@ def test_a_request_that_times_out_is_retried(chat: FakeChat) -> None:
     assert chat.requests_seen() == 2 and ann.usage.retries == 1 and ann.usage.requests == 1
     assert ann.usage.lost_tokens > 0  # the lost attempt counts against the budget
     assert elapsed < 2.0
+
+
+def test_an_answer_that_drips_is_cut_at_the_timeout_not_per_read(chat: FakeChat) -> None:
+    """A byte every 0.1 s kept a request open as long as the server went on (httpx's timeout
+    is per read): the whole answer must come within ``timeout``."""
+    chat.script = [("drip", (200, 0.1))]
+    ann = annotator(chat, timeout=0.6, max_retries=0)
+    started = time.monotonic()
+    (result,) = ann.annotate_records(records(1), FIELDS, "Summarise.")
+    assert result.failed and result.error == "request failed after 1 attempts: timed out"
+    assert time.monotonic() - started < 3.0  # (20 s of drip otherwise)
+    assert ann.usage.lost_tokens > 0
+
+
+def test_an_answer_past_its_size_fails_at_once_and_is_not_retried(chat: FakeChat) -> None:
+    chat.script = [("status", (200, {}, "x" * (3 << 20)))]
+    ann = annotator(chat, max_output_tokens=100)  # 1 MiB at most (100 tokens x 64 bytes < 1 MiB)
+    (result,) = ann.annotate_records(records(1), FIELDS, "Summarise.")
+    assert result.failed and result.error == "request failed: the answer passed 1,048,576 bytes"
+    assert chat.requests_seen() == 1 and ann.usage.retries == 0
+
+
+def test_a_redirect_is_not_followed(chat: FakeChat) -> None:
+    """A 307 re-sent the records (with the redirect's body) to the host it named."""
+    chat.script = [("status", (307, {"Location": chat.url + "/chat/completions"}, "{}"))]
+    (result,) = annotator(chat).annotate_records(records(1), FIELDS, "Summarise.")
+    assert result.failed and (result.error or "").startswith("request refused: HTTP 307")
+    assert chat.requests_seen() == 1
+
+
+def test_negative_token_counts_give_no_budget_back(chat: FakeChat) -> None:
+    """A server reporting -10^9 tokens once had every later request sent past the budget."""
+    first = annotator(chat, batch_size=1)
+    first.annotate_records(records(1), FIELDS, "Summarise.")
+    per_request = first.usage.total_tokens
+    bound = first._bound([{"role": "user", "content": "x" * 700}])[0]
+    chat.script = [("usage", (-(10**9), 0))] + [("usage", (10**6, 10**6))] * 10
+    ann = annotator(chat, batch_size=1, max_in_flight=1, max_tokens_per_run=3 * bound)
+    results = ann.annotate_records(records(6), FIELDS, "Summarise.")
+    assert chat.requests_seen() - 1 <= 3 and ann.usage.total_tokens > 0 and per_request > 0
+    assert any(r.failed and (r.error or "").startswith("budget:") for r in results)
+
+
+def test_a_fence_of_spaces_and_an_odd_shape_are_failed_answers_not_a_hang_or_a_crash(chat: FakeChat) -> None:
+    from runink.plugins.llm.openai_annotator import _json_object
+
+    assert _json_object("```" + " " * 5_000) is None  # (a lazy regular expression took 48 s on it)
+    assert _json_object('```json\n{"a": 1}\n```') == {"a": 1} and _json_object("``````") is None
+    chat.script = [("status", (200, {}, json.dumps({"choices": {"0": 1}})))]
+    (result,) = annotator(chat).annotate_records(records(1), FIELDS, "Summarise.")
+    assert result.failed  # (a KeyError failed the whole scenario)
 
 
 def test_malformed_answers_are_failed_results_with_the_raw_text(chat: FakeChat) -> None:

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import re
 import string
 import threading
 import time
@@ -50,6 +49,10 @@ MASKED = "[masked]"
 MAX_SAMPLE_VALUE = 200
 #: per-message and per-request framing tokens the chat format adds (an upper bound)
 FRAMING_TOKENS = 16
+#: an answer's bytes, at most: max_output_tokens of this many bytes each (JSON escapes, the
+#: answer's framing), never under a MiB; past it the request fails (a 100 MB answer was read whole)
+ANSWER_BYTES_PER_TOKEN = 64
+MIN_ANSWER_BYTES = 1 << 20
 
 DEFAULT_DATASET_PROMPT = """\
 You document datasets for a data catalog. Given a dataset's name, its schema ({column: type})
@@ -390,8 +393,14 @@ class OpenAIAnnotator(Annotator):
             if self._client is None:
                 from openai import OpenAI
 
+                from runink.plugins.llm.bounded_http import bounded_client
+
                 self._client = OpenAI(
-                    api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                    api_key=self._api_key,
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                    max_retries=0,
+                    http_client=bounded_client(self.timeout),  # (answers within the timeout and a size)
                 )
             return self._client
 
@@ -457,7 +466,10 @@ class OpenAIAnnotator(Annotator):
         Every attempt (retries too) first reserves its upper bound within the budget."""
         import openai
 
+        from runink.plugins.llm.bounded_http import AnswerTooLarge, limits
+
         bound = self._bound(messages)
+        answer_bytes = max(MIN_ANSWER_BYTES, self.max_output_tokens * ANSWER_BYTES_PER_TOKEN)
         extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         attempt = 0
         while True:
@@ -468,7 +480,8 @@ class OpenAIAnnotator(Annotator):
             with self._usage_lock:
                 self.usage.attempts += 1
             try:
-                with self._slots:  # the bound holds across calls from several threads too
+                # the whole answer within the timeout and its size (not each read: bounded_http.py)
+                with self._slots, limits(self.timeout, answer_bytes):
                     response = self.client().chat.completions.create(
                         model=self.model,
                         messages=messages,
@@ -494,6 +507,9 @@ class OpenAIAnnotator(Annotator):
                     if after is not None:
                         wait = min(after, self.max_retry_wait)
                 reason = f"HTTP {status}"
+            except AnswerTooLarge as exc:  # (it may have been billed: the bound counts)
+                used = bound
+                return self._given_up(f"request failed: {exc}")
             except (openai.OpenAIError, ValueError) as exc:  # an answer the client cannot read (not JSON...)
                 return self._given_up(f"request failed: {self._scrub(describe_exception(exc))}")
             else:
@@ -541,15 +557,15 @@ def _shorten(value: Any) -> Any:
     return value
 
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
-
-
 def _json_object(text: str) -> dict[str, Any] | None:
-    """The answer as a JSON object (a ```json fence around it allowed), else None."""
-    fenced = _FENCE.match(text)
+    """The answer as a JSON object (a ```json fence around it allowed), else None. No regular
+    expression: one with a lazy group backtracked for minutes on ``` and 5,000 spaces."""
+    body = text.strip()
+    if len(body) >= 6 and body.startswith("```") and body.endswith("```"):
+        body = body[3:-3].removeprefix("json").strip()
     try:
-        data = json.loads(fenced.group(1) if fenced else text)
-    except (json.JSONDecodeError, TypeError):
+        data = json.loads(body)
+    except (json.JSONDecodeError, TypeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -581,7 +597,8 @@ def _tokens(response: Any, bound: tuple[int, float]) -> tuple[int, int]:
     usage = getattr(response, "usage", None)
     prompt = getattr(usage, "prompt_tokens", None)
     completion = getattr(usage, "completion_tokens", None)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    # (a negative count would give back budget: a server once reported -10^9 and spent freely)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
         return bound[0], 0
     return prompt, completion
 
@@ -589,6 +606,6 @@ def _tokens(response: Any, bound: tuple[int, float]) -> tuple[int, int]:
 def _content(response: Any) -> str:
     try:
         content = response.choices[0].message.content
-    except (AttributeError, IndexError, TypeError):
+    except Exception:  # any shape ("choices" an object: KeyError) is an answer that did not parse
         return ""
     return content if isinstance(content, str) else ""
