@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixture_types import CliRunner
 
 from runink.core.agent.agent import Agent
 from runink.core.agent.scenarios import NodePipelines, PipelineRun, ScenarioAttempts
@@ -15,13 +16,14 @@ from runink.core.control.records import Amount, RecordError, ScenarioRef, TaskRe
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import TaskHandle
 from runink.core.pipeline.compile import CompiledPipeline
+from runink.core.pipeline.dsl import DslError, Location
 from runink.core.plugins import PluginManager
 from runink.core.units import check_name
 from runink.plugins.executors.process import ProcessExecutor
 
 
-def _task(pipeline: str, run: str = "job-1") -> TaskRecord:
-    ref = ScenarioRef(pipeline=pipeline, scenario="a", run=run)
+def _task(pipeline: str, run: str = "job-1", roots: tuple[str, ...] = ("/srv",)) -> TaskRecord:
+    ref = ScenarioRef(pipeline=pipeline, scenario="a", run=run, roots=list(roots))
     return TaskRecord(id="t1", job_id="job-1", herd="default", scenario=ref, attempt=1, token=5)
 
 
@@ -41,21 +43,34 @@ def test_a_task_names_a_command_or_a_scenario_never_both_nor_neither() -> None:
         TaskRecord.model_validate({"id": "t", "job_id": "j", "herd": "h"})
 
 
-def test_the_node_compiles_only_an_absolute_dsl_path_and_says_why_in_one_line(tmp_path: Path) -> None:
-    compiled: list[Path] = []
+def test_the_node_compiles_only_a_dsl_its_herd_may_have_and_says_why_without_its_text(tmp_path: Path) -> None:
+    """Read as pipeline_file.py allows (tests/test_pipeline_file.py), compiled from its text;
+    a compile error names line and column, never the text (the agent read it as root: a link
+    to /etc/shadow once had its first line quoted back); a parser's RecursionError is a refusal."""
+    compiled: list[str] = []
+    errors = iter([DslError(Location("x", 3, 5), "unexpected text 'root:*:20228:0'"), RecursionError("deep")])
 
-    def compile_file(path: Path) -> CompiledPipeline:
-        compiled.append(path)
-        raise RuninkError(f"{path}:3:5: unknown annotation @stepp")
+    def compile_text(text: str, path: Path) -> CompiledPipeline:
+        compiled.append(text)
+        raise next(errors)
 
-    pipelines = NodePipelines(compile_file, RuninkConfig(), tmp_path)
-    for bad in ("relative/p.dsl", "/etc/shadow"):
-        with pytest.raises(RuninkError, match=r"not an absolute path to a \.dsl file"):
-            pipelines(_task(bad))
-    assert compiled == []  # neither was read
+    folder = tmp_path / "srv" / "p"
+    folder.mkdir(parents=True)
+    (folder / "p.dsl").write_text("Feature: x\n")
+    pipelines = NodePipelines(compile_text, RuninkConfig(), tmp_path / "work")
+    dsl = str(folder / "p.dsl")
+    for bad, roots in (("relative/p.dsl", (str(tmp_path),)), ("/etc/shadow", ("/etc",)), (dsl, ("/srv",)), (dsl, ())):
+        with pytest.raises(RuninkError, match=r"^pipeline "):
+            pipelines(_task(bad, roots=roots))
+    assert compiled == []  # none was read
     with pytest.raises(RuninkError) as error:
-        pipelines(_task("/srv/p/p.dsl"))
-    assert str(error.value) == "pipeline /srv/p/p.dsl on this node: /srv/p/p.dsl:3:5: unknown annotation @stepp"
+        pipelines(_task(dsl, roots=(str(tmp_path / "srv"),)))
+    assert str(error.value) == (
+        f"pipeline {dsl} on this node: 3:5: it does not compile here (`runink check` it where it was submitted from)"
+    )
+    with pytest.raises(RuninkError, match=r"it does not compile here \(RecursionError\)$"):
+        pipelines(_task(dsl, run="job-2", roots=(str(tmp_path / "srv"),)))
+    assert compiled == ["Feature: x\n"] * 2
 
 
 def test_an_agent_restarted_during_a_scenarios_attempt_reports_it_failed(tmp_path: Path) -> None:
@@ -140,3 +155,41 @@ def test_names_with_a_trailing_line_break_are_refused() -> None:
         with pytest.raises(RecordError, match="matching regex"):
             TaskRecord.model_validate({**base, **change})
     assert TaskRecord.model_validate({**base, "secrets": ["token"]}).secrets == ["token"]
+
+
+def test_a_scenarios_slice_is_limited_to_what_its_task_booked_not_what_its_file_says(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The node reads the .dsl from a path its submitter chose: a task booked at 0.1 core once
+    ran with the 2 cores and 8 GiB its file's @requires said (the scheduler counted 0.1)."""
+    from runink.core.errors import TaskRejectedError
+    from runink.core.interfaces.executor import TaskSpec
+    from runink.core.pipeline.compile import compile_pipeline
+    from runink.core.pipeline.dsl import parse
+
+    assert run_cli("init", "project").returncode == 0
+    dsl = tmp_path / "project" / "pipeline.dsl"
+    dsl.write_text(dsl.read_text().replace('@requires(cpu=1, memory="256Mi"', '@requires(cpu=2, memory="8Gi"'))
+    given: list[TaskSpec] = []
+
+    class Keeps(ProcessExecutor):
+        def start(self, spec: TaskSpec) -> TaskHandle:
+            given.append(spec)
+            raise TaskRejectedError("kept, not run")
+
+    config = RuninkConfig()
+
+    def compile_text(text: str, path: Path) -> CompiledPipeline:
+        return compile_pipeline(parse(text, path), check_code=False, config=config)
+
+    attempts = ScenarioAttempts(
+        Keeps(degrade=True), config, PluginManager(), NodePipelines(compile_text, config, tmp_path)
+    )
+    ref = ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1", roots=[str(tmp_path)])
+    booked = Amount(cpu=0.1, memory=64 << 20)
+    task = TaskRecord(id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=booked, scenario=ref)
+    with pytest.raises(RuninkError, match="kept, not run"):
+        attempts.start_scenario(task, "t1-a1")
+    (spec,) = given
+    assert (spec.limits.cpu, spec.limits.memory) == (0.1, 64 << 20)
+    assert spec.limits.pids == config.limits.pids  # (this node's [limits] where the task asked none)

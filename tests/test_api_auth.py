@@ -120,6 +120,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/tokens/revoke"): {"subject": "sa:ci"},
     ("PUT", "/v1/herds/{name}/secrets/{secret}"): {"value": "mallory-was-here"},
     ("PUT", "/v1/roles/{name}"): {"allows": ["jobs.read"]},
+    ("PUT", "/v1/herds/{name}/roots"): {"roots": ["/srv/pipelines"]},
 }
 
 

@@ -80,7 +80,7 @@ def test_submit_runs_a_pipelines_scenarios_in_order_on_the_cluster(
     one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
 ) -> None:
     pipeline = _project(tmp_path / "p")
-    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=one_agent).returncode == 0
     out = run_cli("submit", str(pipeline), "--wait", "--json", env=one_agent)
     assert out.returncode == 0, out.stdout + out.stderr
     answer = json.loads(out.stdout)
@@ -105,7 +105,7 @@ def test_the_server_records_the_lineage_its_nodes_send(
     """The agent sends its scenarios' lineage over its stream; the server, which owns the
     catalog, records it (with the job, task and node the record says); the node writes none."""
     pipeline = _project(tmp_path / "p")
-    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=one_agent).returncode == 0
     out = run_cli("submit", str(pipeline), "--wait", "--json", env=one_agent)
     assert out.returncode == 0, out.stdout + out.stderr
     job = json.loads(out.stdout)["job"]["id"]
@@ -162,7 +162,7 @@ def test_a_failed_scenario_skips_what_comes_after_it(
     one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
 ) -> None:
     pipeline = _project(tmp_path / "p", fail=True)
-    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=one_agent).returncode == 0
     out = run_cli("submit", str(pipeline), "--wait", env=one_agent)
     assert out.returncode == 1
     lines = out.stdout.splitlines()
@@ -179,7 +179,7 @@ def test_bad_submissions_are_refused_with_one_line(
     assert missing.returncode != 0 and "nope.dsl" in missing.stderr and "Traceback" not in missing.stderr
     no_herd = run_cli("submit", str(pipeline), "--herd", "ghost", env=one_agent)
     assert no_herd.returncode != 0 and "ghost" in no_herd.stderr and len(no_herd.stderr.strip().splitlines()) == 1
-    assert run_cli("herd", "create", "default", env=one_agent).returncode == 0
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=one_agent).returncode == 0
     base = f"http://{one_agent['RUNINK_SERVER']}"
     for body, status, words in (
         ({"herd": "default", "pipeline": "relative.dsl", "tasks": [{"scenario": "a"}]}, 422, "pipeline"),
@@ -194,6 +194,43 @@ def test_bad_submissions_are_refused_with_one_line(
         answer = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10, headers=admin_headers(one_agent))
         assert answer.status_code == status and words in answer.text, (body, answer.text)
     assert json.loads(run_cli("jobs", "list", "--json", env=one_agent).stdout) == []  # nothing stored
+
+
+def test_a_pipeline_outside_its_herds_roots_or_through_a_link_never_runs_nor_shows_what_it_points_at(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A herd member choosing the .dsl path itself (the API: `runink submit` compiles it first):
+    outside the herd's roots it is a 403; a link in them to a root-only file fails its task on
+    the node, and neither the task nor the server's log holds a byte of that file (the agent,
+    root, read it and quoted its first line back); a FIFO fails at once, and the node starts
+    other work meanwhile (its read once blocked the agent's every start)."""
+    _project(tmp_path / "p")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET-root-only-value\n")
+    secret.chmod(0o600)
+    (tmp_path / "p" / "evil.dsl").symlink_to(secret)
+    os.mkfifo(tmp_path / "p" / "fifo.dsl")
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path / "p"), env=one_agent).returncode == 0
+    base, headers = f"http://{one_agent['RUNINK_SERVER']}", admin_headers(one_agent)
+
+    def post(path: Path) -> httpx.Response:
+        body = {"herd": "default", "pipeline": str(path), "tasks": [{"scenario": "First"}]}
+        return httpx.post(f"{base}/v1/pipelines", json=body, timeout=10, headers=headers)
+
+    outside = post(tmp_path / "q" / "p.dsl")
+    assert outside.status_code == 403 and "not in a folder its pipelines may be in" in outside.text
+    jobs = {name: post(tmp_path / "p" / name).json()["job"]["id"] for name in ("evil.dsl", "fifo.dsl")}
+    other = run_cli("exec", "--", "/bin/true", env=one_agent)
+    assert other.returncode == 0, other.stderr
+    deadline = time.monotonic() + 30
+    for name, why in (("evil.dsl", "a symbolic link on its way"), ("fifo.dsl", "not a regular file")):
+        while (status := json.loads(run_cli("status", jobs[name], "--json", env=one_agent).stdout))["job"][
+            "state"
+        ] != "FAILED":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert why in json.dumps(status) and "TOPSECRET" not in json.dumps(status), status
+    assert "TOPSECRET" not in (tmp_path / "cluster" / "s.log").read_text()
 
 
 def test_a_two_node_pipeline_passes_its_dataset_through_s3(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -230,7 +267,7 @@ def test_a_two_node_pipeline_passes_its_dataset_through_s3(run_cli: CliRunner, t
             "RUNINK_EXECUTOR__OPTIONS__DEGRADE": "true",  # (the process executor enforces no limits)
         }
         for env in _cluster(tmp_path / "cluster", {"n1": "zone=a", "n2": "zone=b"}, agent_env):
-            assert run_cli("herd", "create", "default", env=env).returncode == 0
+            assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=env).returncode == 0
             out = run_cli("submit", str(folder / "p.dsl"), "--wait", "--json", env={**env, **agent_env})
             assert out.returncode == 0, out.stdout + out.stderr
             nodes = {t["scenario"]["scenario"]: t["node"] for t in json.loads(out.stdout)["tasks"]}
@@ -261,7 +298,8 @@ def test_a_scenarios_slice_runs_under_its_herds_capped_cgroup_parent(
         '    @step("steps:where")\n'
         '    @sink("jsonl://out.jsonl")\n'
     )
-    assert run_cli("herd", "create", "lab", "--cpu", "2", "--memory", "1Gi", env=one_agent).returncode == 0
+    made = run_cli("herd", "create", "lab", "--cpu", "2", "--memory", "1Gi", "--root", str(tmp_path), env=one_agent)
+    assert made.returncode == 0
     out = run_cli("submit", str(folder / "p.dsl"), "--herd", "lab", "--wait", env=one_agent)
     assert out.returncode == 0, out.stdout + out.stderr
     groups = json.loads((folder / "out.jsonl").read_text().splitlines()[0])["cgroup"]
@@ -283,7 +321,7 @@ def test_a_local_intermediate_dataset_keeps_its_reader_on_the_writers_node(run_c
         '    @sink("csv://out.csv")\n'
     )
     for env in _cluster(tmp_path / "cluster", {"n1": "zone=a", "n2": "zone=b"}, {}):
-        assert run_cli("herd", "create", "default", env=env).returncode == 0
+        assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=env).returncode == 0
         out = run_cli("submit", str(folder / "p.dsl"), "--wait", "--json", env=env)
         assert out.returncode == 0, out.stdout + out.stderr
         answer = json.loads(out.stdout)

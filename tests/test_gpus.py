@@ -291,9 +291,10 @@ def test_a_pipeline_scenarios_slice_is_given_its_gpus_too(run_cli: CliRunner, tm
     """`@requires(gpu=1)` on a cluster: the node's ScenarioAttempts grants the scenario's slice
     the GPU its task was given, as a command's (the executor double keeps the spec it got)."""
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
-    from runink.core.cli.run_cmd import load_pipeline
     from runink.core.config import RuninkConfig
     from runink.core.control.records import ScenarioRef
+    from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
+    from runink.core.pipeline.dsl import parse
     from runink.core.plugins import PluginManager
 
     assert run_cli("init", "project").returncode == 0
@@ -309,12 +310,16 @@ def test_a_pipeline_scenarios_slice_is_given_its_gpus_too(run_cli: CliRunner, tm
             raise TaskRejectedError("kept, not run")
 
     config = RuninkConfig()
-    pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, tmp_path / "work")
+
+    def compile_text(text: str, path: Path) -> CompiledPipeline:
+        return compile_pipeline(parse(text, path), check_code=False, config=config)
+
+    pipelines = NodePipelines(compile_text, config, tmp_path / "work")
     attempts = ScenarioAttempts(Keeps(degrade=True), config, PluginManager(), pipelines)
     attempts.gpus = inventory
     task = TaskRecord(
         id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=Amount(gpu=1), gpus=[UUIDS[1]],
-        scenario=ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1"),
+        scenario=ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1", roots=[str(tmp_path)]),
     )  # fmt: skip
     with pytest.raises(RuninkError, match="kept, not run"):
         attempts.start_scenario(task, "t1-a1")

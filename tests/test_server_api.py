@@ -55,7 +55,8 @@ def cluster() -> Iterator[Cluster]:
 
 
 def make_herd(client: httpx.Client, name: str = "team", **quota: float) -> None:
-    response = client.post("/v1/herds", json={"name": name, "quota": quota})
+    """The herd, its pipelines in /p (where this file's pipeline submissions say they are)."""
+    response = client.post("/v1/herds", json={"name": name, "quota": quota, "roots": ["/p"]})
     assert response.status_code == 201, response.text
 
 
@@ -295,6 +296,33 @@ def test_a_malformed_pipeline_task_is_422_naming_its_field(cluster: Cluster, tas
     got = response.json()["detail"]
     assert got.startswith(detail) and "\n" not in got, got
     assert cluster.stored_keys() == before
+
+
+def test_a_pipeline_outside_its_herds_roots_is_403_and_roots_are_a_cluster_admins(cluster: Cluster) -> None:
+    """Each scenario's slice is granted its .dsl's whole folder: a herd's pipelines may be only
+    where a cluster admin said (a member once ran another herd's pipeline, and one in /tmp
+    granted its slices all of /tmp). The node checks again (tests/test_pipeline_file.py)."""
+    make_herd(cluster.client, "team")
+    before = cluster.stored_keys()
+    tasks = [{"scenario": "a"}]
+    for path in ("/q/p.dsl", "/p/../q/p.dsl", "/pp/p.dsl", "/p"):
+        response = cluster.client.post("/v1/pipelines", json={"herd": "team", "pipeline": path, "tasks": tasks})
+        assert response.status_code in (403, 422), (path, response.text)
+    assert response.status_code == 422  # ("/p": not a .dsl path)
+    refused = cluster.client.post("/v1/pipelines", json={"herd": "team", "pipeline": "/q/p.dsl", "tasks": tasks})
+    assert refused.json()["detail"] == (
+        "herd team: /q/p.dsl is not in a folder its pipelines may be in (/p; a cluster admin sets them: "
+        "runink herd roots team DIR...)"
+    )
+    assert cluster.stored_keys() == before
+    changed = cluster.client.put("/v1/herds/team/roots", json={"roots": ["/q/", "/q", "/srv/x/../y"]})
+    assert changed.status_code == 200 and changed.json()["roots"] == ["/q", "/srv/y"]
+    taken = cluster.client.post("/v1/pipelines", json={"herd": "team", "pipeline": "/q/p.dsl", "tasks": tasks})
+    assert taken.status_code == 201, taken.text
+    (task,) = [kv for kv in cluster.stored_keys() if "/tasks/" in kv]
+    assert json.loads(cluster.store.barn.get(task).value)["scenario"]["roots"] == ["/q", "/srv/y"]  # (for the node)
+    for bad in (["/"], ["relative"], ["/a\n"], ["/x"] * 65):
+        assert cluster.client.put("/v1/herds/team/roots", json={"roots": bad}).status_code == 422, bad
 
 
 def test_duplicate_herd_is_409(cluster: Cluster) -> None:

@@ -814,6 +814,11 @@ class Agent:
             self._done.add(attempt)
             self._report(attempt, RunState.FAILED, None, _describe(exc))
             return
+        except Exception as exc:  # anything else its pipeline made raise: this attempt fails, not every round
+            log.exception("node %s: scenario task %s could not start", self.node_id, task.id)
+            self._done.add(attempt)
+            self._report(attempt, RunState.FAILED, None, f"node {self.node_id} could not start it: {_describe(exc)}")
+            return
         self._started(attempt, handle, scenario=True, job=task.job_id)
 
     def _started(self, attempt: Attempt, handle: TaskHandle, *, scenario: bool = False, job: str = "") -> None:

@@ -444,7 +444,12 @@ def _quota(quota: pb.HerdQuota) -> dict[str, Any]:
 
 
 def _scenario(scenario: pb.Scenario) -> dict[str, Any]:
-    return {"pipeline": scenario.pipeline, "scenario": scenario.scenario, "run": scenario.run}
+    return {
+        "pipeline": scenario.pipeline,
+        "scenario": scenario.scenario,
+        "run": scenario.run,
+        "roots": list(scenario.roots),
+    }
 
 
 class FailoverControl:

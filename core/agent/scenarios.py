@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from runink.core import metrics
 from runink.core.agent.gpus import GpuInventory, grant_gpus
+from runink.core.agent.pipeline_file import read_submitted
 from runink.core.agent.secrets import with_secrets
 from runink.core.config import RuninkConfig
 from runink.core.control.records import TaskRecord
@@ -44,8 +45,9 @@ from runink.core.interfaces.executor import (
     TaskState,
     TaskStats,
 )
-from runink.core.model import LineageEvent, LogEntry, MetricSample, ScenarioState
+from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources, ScenarioState
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
+from runink.core.pipeline.dsl import DslError
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
 from runink.core.slicetask import report_path, slice_task
@@ -251,14 +253,18 @@ class PipelineRun:
 
 class NodePipelines:
     """The pipeline runs a cluster node's agent runs scenarios of, found by each task's
-    ScenarioRef: the .dsl it names is compiled here (so it must be on this node: a shared
-    path) the first time one of its run's tasks starts, with this node's config ([paths],
-    [limits]); the run works in ``<work>/runs/<run id>``. The last ``keep`` runs are kept."""
+    ScenarioRef: the .dsl it names is read as ``read_submitted`` allows (in the herd's roots,
+    no link, a regular file of bounded size: pipeline_file.py) and compiled here (so it must be
+    on this node: a shared path) the first time one of its run's tasks starts, with this node's
+    config ([paths], [limits]); the run works in ``<work>/runs/<run id>``. The last ``keep``
+    runs are kept. ``compile_text(text, path)`` compiles without reading the steps' code (the
+    submitter's runink did; the slice imports it, unprivileged), and what it refuses is said
+    without the file's text (the agent read it as root)."""
 
     def __init__(
-        self, compile_file: Callable[[Path], CompiledPipeline], config: RuninkConfig, work: Path, keep: int = 64
+        self, compile_text: Callable[[str, Path], CompiledPipeline], config: RuninkConfig, work: Path, keep: int = 64
     ):
-        self.compile_file = compile_file
+        self.compile_text = compile_text
         self.config = config
         self.work = work
         self.keep = keep
@@ -275,14 +281,22 @@ class NodePipelines:
                 self._runs[key] = found  # (most recently used last)
                 return found
         path = Path(ref.pipeline)
-        if not path.is_absolute() or path.suffix != ".dsl":
-            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)}: not an absolute path to a .dsl file")
+        text = read_submitted(ref.pipeline, ref.roots)
+        shown = printable(ref.pipeline, 400)
         try:
-            compiled = self.compile_file(path)
+            compiled = self.compile_text(text, path)
+        except DslError as exc:  # (its detail may quote the file: not shown, the submitter has it)
+            raise RuninkError(
+                f"pipeline {shown} on this node: {exc.at.line}:{exc.at.column}: it does not compile here "
+                "(`runink check` it where it was submitted from)"
+            ) from None
         except RuninkError as exc:
-            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)} on this node: {exc}") from None
+            raise RuninkError(f"pipeline {shown} on this node: {exc}") from None
         except OSError as exc:
-            raise RuninkError(f"pipeline {printable(ref.pipeline, 400)} on this node: {exc.strerror}") from None
+            raise RuninkError(f"pipeline {shown} on this node: {exc.strerror}") from None
+        except (RecursionError, MemoryError, ValueError) as exc:  # (what a hostile file makes a parser raise)
+            why = type(exc).__name__
+            raise RuninkError(f"pipeline {shown} on this node: it does not compile here ({why})") from None
         allowed = (compiled.pipeline.base_dir, *(Path(p) for p in self.config.paths.allow))
         run = PipelineRun(
             compiled,
@@ -387,6 +401,12 @@ class ScenarioAttempts(Executor):
                 readable=readable,
                 staged=staged,
             )
+            # The limits the scheduler counted (the task's), not the .dsl's @requires: the node
+            # reads the file from a path the submitter chose, and a task booked at 0.1 core
+            # once ran with the 2 cores its file said. This node's [limits] where it asked none.
+            booked, defaults = task.resources, self.config.limits
+            memory, pids = booked.memory or defaults.memory_bytes, booked.pids or defaults.pids
+            spec = dataclasses.replace(spec, limits=Resources(booked.cpu, memory, booked.gpu, pids))
             if task.herd_quota is not None:  # under the herd's capped cgroup parent, as a command's slice
                 spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
             spec = with_secrets(spec, run.herd, secrets or {}, task.secrets_env)

@@ -217,10 +217,11 @@ def agent_command(
     from runink.core.agent.metered import MeteredExecutor
     from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
     from runink.core.agent.slice_lines import slice_lines
-    from runink.core.cli.run_cmd import load_pipeline
     from runink.core.control.records import Amount, RecordError
     from runink.core.drivers import auto_executor, configured_driver
     from runink.core.metrics import register_gauges
+    from runink.core.pipeline.compile import compile_pipeline
+    from runink.core.pipeline.dsl import parse
     from runink.core.server.tls import TlsFiles
     from runink.core.units import check_name
 
@@ -264,7 +265,9 @@ def agent_command(
     executor = _recovering(executor, config, manager)
     work = work_dir or Path(config.data_dir).resolve() / "agent" / name
     # pipeline scenarios (`runink submit`): compiled here from their .dsl, with this node's config
-    pipelines = NodePipelines(lambda path: load_pipeline(path, config), config, work)
+    pipelines = NodePipelines(
+        lambda text, path: compile_pipeline(parse(text, path), check_code=False, config=config), config, work
+    )
     # lineage goes to the servers (they own the catalog): the node's one lineage sink sends it
     lineage = LineageOutbox()
     for sink in SERVER_SINKS:
@@ -400,8 +403,14 @@ def up_command(
         "tasks wait for room, and remove idle ones ([scaling] in the config sets the threshold, idle delay "
         "and cooldown). 0: no autoscaling.",
     ),
+    herd_root: list[Path] = typer.Option(
+        [],
+        "--root",
+        help="A folder the default herd's pipelines may be in (repeat; default: the current folder).",
+    ),
 ) -> None:
-    """Start a local cluster of real processes and point the CLI at it (until `runink down`)."""
+    """Start a local cluster of real processes and point the CLI at it (until `runink down`).
+    It has one herd, default, whose pipelines may be in the current folder (or --root's)."""
     if scale_max and scale_max < agents:
         raise typer.BadParameter(f"{scale_max} is fewer than --agents {agents}", param_hint="--scale-max")
     if read_context() is not None:
@@ -507,7 +516,11 @@ def up_command(
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
-        _wait_for_leader(started["api"], token, tls.ca if tls else None, [root / f"{name}.log" for name in names])
+        roots = [os.path.realpath(r) for r in herd_root] or [os.path.realpath(os.getcwd())]
+        started["roots"] = [r for r in roots if r != "/"]  # (/ is no herd's: its pipelines' slices get their folder)
+        herd = {"name": "default", "roots": started["roots"]}
+        _wait_for_leader(started["api"], token, tls.ca if tls else None, [root / f"{name}.log" for name in names], herd)
+        err.print(f"herd default: its pipelines may be in {', '.join(started['roots']) or 'no folder (--root)'}")
         for name, api in zip(names, started["api"], strict=True):
             _wait_ready(f"{api}/readyz", tls.ca if tls else None, f"server {name}")
         # with autoscaling, the leading server's autoscaler starts them (min_nodes): not both
@@ -569,8 +582,8 @@ class _LocalCa:
         return self._issue(NODE_PREFIX + name, "client")
 
 
-def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequence[Path]) -> None:
-    """Until one server answers a write (a leader is elected): create the default herd. If none
+def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequence[Path], herd: dict[str, Any]) -> None:
+    """Until one server answers a write (a leader is elected): create the default ``herd``. If none
     does in time, RuninkError with the last answer and the newest warning of the servers' ``logs``
     (why they found no leader: a member unreachable, a certificate refused ...)."""
     import ssl
@@ -584,7 +597,7 @@ def _wait_for_leader(apis: list[str], token: str, ca: Path | None, logs: Sequenc
         while time.monotonic() < deadline:
             for api in apis:
                 try:
-                    answer = client.post(api + "/v1/herds", json={"name": "default"})
+                    answer = client.post(api + "/v1/herds", json=herd)
                 except httpx.TransportError as exc:
                     last = f"{api}: {exc.__class__.__name__}"
                     continue

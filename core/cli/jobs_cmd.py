@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -513,10 +514,15 @@ def herd_create(
         None, "--budget", min=0, help="Refuse new jobs once its tasks cost this much over --budget-period ([cost])."
     ),
     budget_period: str = typer.Option("30d", "--budget-period", help='The budget\'s window, e.g. "30d".'),
+    root: list[str] = typer.Option(
+        [],
+        "--root",
+        help="A folder its pipelines' .dsl files may be in (repeat; each scenario's slice gets its .dsl's folder).",
+    ),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Create a herd with its quota and, if given, its own admission limits."""
+    """Create a herd with its quota and, if given, its own admission limits and pipeline roots."""
     quota = {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu, "max_slices": max_slices}
     own = {
         "max_cpu": max_job_cpu,
@@ -529,10 +535,42 @@ def herd_create(
         "budget": budget,
         "budget_period": _amount(budget_period, "--budget-period", parse_duration) if budget else None,
     }
-    body = {"name": name, "quota": quota, "admission": {k: v for k, v in own.items() if v is not None}}
+    body = {
+        "name": name,
+        "quota": quota,
+        "admission": {k: v for k, v in own.items() if v is not None},
+        "roots": [_absolute(r, "--root") for r in root],
+    }
     with _client(ctx, server) as client:
         answer = client.call("POST", "/v1/herds", body)
     print_json(answer) if json_output else print(f"herd {name} created")
+
+
+@herd_app.command("roots")
+def herd_roots(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The herd."),
+    roots: list[str] = typer.Argument(None, metavar="DIR...", help="Its folders (none: it may run no pipeline)."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Set the folders a herd's pipelines may be in (replacing those it had; cluster admins)."""
+    body = {"roots": [_absolute(r, "DIR") for r in roots or []]}
+    with _client(ctx, server) as client:
+        answer = client.call("PUT", f"/v1/herds/{name}/roots", body)
+    if json_output:
+        print_json(answer)
+    else:
+        print(f"herd {name}: pipelines in " + (", ".join(answer.get("roots", [])) or "no folder (commands only)"))
+
+
+def _absolute(path: str, flag: str) -> str:
+    """A folder given on the command line, as the servers take it (its real path: ~, . and links resolved here)."""
+    resolved = os.path.realpath(os.path.expanduser(path))
+    if resolved == "/":
+        why = "not / (each scenario's slice gets its pipeline's whole folder)"
+        raise typer.BadParameter(f"{path!r}: {why}", param_hint=flag)
+    return resolved
 
 
 @herd_app.command("list")
@@ -568,6 +606,7 @@ def herd_describe(
     if "not_ended" in used:  # (tasks waiting, placed or running, against admission's bound)
         rows.append(("tasks not ended", used["not_ended"], _limit(answer.get("max_queued", 0))))
     print_table(f"herd {herd['name']}", ["RESOURCE", "IN USE", "QUOTA"], rows)
+    print("pipelines in: " + (", ".join(herd.get("roots") or []) or "no folder (commands only: runink herd roots)"))
 
 
 @herd_app.command("delete")

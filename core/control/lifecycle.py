@@ -485,7 +485,12 @@ class Lifecycle:
                             "id": ids[name],
                             "job_id": job_id,
                             "herd": herd,
-                            "scenario": {"pipeline": pipeline, "scenario": name, "run": run or job_id},
+                            "scenario": {
+                                "pipeline": pipeline,
+                                "scenario": name,
+                                "run": run or job_id,
+                                "roots": found.record.roots,  # (the node compiles only in them)
+                            },
                             "resources": given.resources.model_dump(),
                             "timeout": given.timeout,
                             "retries": given.retries,

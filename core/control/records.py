@@ -19,9 +19,11 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import posixpath
 import secrets
 import time
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
@@ -290,15 +292,39 @@ class HerdAdmission(Record, kw_only=True):
         _finite(self, "budget")
 
 
+MAX_ROOTS = 64  # folders a herd's pipelines may be in, at most
+
+
+def check_root(path: str) -> str:
+    """A herd root as stored: an absolute, normalised path of printable characters, not /."""
+    if not path.startswith("/") or not path.isprintable() or len(path) > 4096:
+        raise ValueError(f"root {path[:200]!r}: not an absolute path of printable characters")
+    normal = posixpath.normpath(path)
+    if normal == "/" or normal.startswith("//"):
+        raise ValueError(f"root {path[:200]!r}: not / (a herd's pipelines get their whole folder)")
+    return normal
+
+
+def under_root(path: str, roots: Sequence[str]) -> bool:
+    """Whether the absolute ``path`` (normalised here) lies in one of ``roots``."""
+    normal = posixpath.normpath(path)
+    return any(normal.startswith(root.rstrip("/") + "/") for root in roots)
+
+
 class Herd(Record, kw_only=True):
     name: str
     quota: Quota = field(default_factory=Quota)
     admission: HerdAdmission = field(default_factory=HerdAdmission)
+    # the folders (on the shared filesystem) its pipelines' .dsl files may be in: each
+    # scenario's slice is granted the whole folder of its .dsl, so a cluster admin says which
+    # are the herd's (none: it may submit commands, no pipeline)
+    roots: Annotated[list[str], Meta(max_length=MAX_ROOTS)] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     deleting: bool = False  # being deleted: takes no new jobs (ClusterStore.delete_herd)
 
     def __post_init__(self) -> None:
         check_name(self.name, "herd")
+        self.roots = sorted({check_root(r) for r in self.roots})
 
 
 MAX_USAGE_TASKS = 1024  # tasks one usage sample may name (a node runs fewer at once)
@@ -447,12 +473,17 @@ class ScenarioRef(Record, kw_only=True):
 
     pipeline: PathText  # the .dsl file, as the submitter resolved it
     scenario: ScenarioName
+    # the herd's roots when it was submitted (the server's, from the herd): the node compiles
+    # ``pipeline`` only in one of them
+    roots: Annotated[list[PathText], Meta(max_length=MAX_ROOTS)] = []
     # the run's id: names its work folder on the node (one plain path component)
     run: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z")]
 
     def __post_init__(self) -> None:
         _printable(self.pipeline, "pipeline")
         _printable(self.scenario, "scenario")
+        for root in self.roots:
+            check_root(root)
 
 
 class LocalInput(Record, kw_only=True):

@@ -254,6 +254,8 @@ def _split_pending(pending: list[Annotation], scenario_column: int) -> tuple[lis
 
 
 def _suggest(word: str, options: list[str]) -> str:
+    if len(word) > 64:  # (no keyword is that long; difflib on a whole megabyte line held gigabytes)
+        return ""
     close = difflib.get_close_matches(word, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -272,12 +274,14 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
     call = f"f{rest}" if rest else "f()"
     try:
         tree = ast.parse(call, mode="eval")
+    except (RecursionError, MemoryError):  # (nested past what the parser takes: not a SyntaxError)
+        raise DslError(at, f"@{name}: its arguments are nested too deeply") from None
     except SyntaxError as exc:
         # a trailing comment after the closing parenthesis
         if "#" in rest:
             try:
                 tree = ast.parse(f"f{rest[: rest.rindex('#')].strip()}", mode="eval")
-            except SyntaxError:
+            except (SyntaxError, RecursionError, MemoryError):
                 raise _syntax_error(exc, at, match.end(), name) from None
         else:
             raise _syntax_error(exc, at, match.end(), name) from None

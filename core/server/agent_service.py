@@ -310,7 +310,9 @@ def task_message(task: TaskRecord) -> pb.Task:
     )
     if task.scenario is not None:
         ref = task.scenario
-        message.scenario.CopyFrom(pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run))
+        message.scenario.CopyFrom(
+            pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run, roots=ref.roots)
+        )
     if task.timeout is not None:
         message.timeout = task.timeout
     if task.herd_quota is not None:

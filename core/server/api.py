@@ -43,6 +43,7 @@ from runink.core.control.records import (
     MAX_COMMAND_BYTES,
     MAX_LABELS,
     MAX_PIPELINE_TASKS,
+    MAX_ROOTS,
     Amount,
     Herd,
     HerdAdmission,
@@ -53,7 +54,10 @@ from runink.core.control.records import (
     RecordError,
     RunState,
     TaskRecord,
+    check_root,
+    keys,
     no_repeats,
+    under_root,
 )
 from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge
@@ -131,10 +135,26 @@ class HerdAdmissionIn(Body):
     budget_period: float = Field(default=30 * 86400.0, gt=0, le=366 * 86400, allow_inf_nan=False)
 
 
+def _roots(values: list[str]) -> list[str]:
+    return sorted({check_root(v) for v in values})
+
+
+Roots = Annotated[
+    list[Annotated[str, Field(min_length=2, max_length=4096)]],
+    Field(max_length=MAX_ROOTS, description="absolute folders its pipelines' .dsl files may be in (not /)"),
+    AfterValidator(_roots),
+]
+
+
 class HerdIn(Body):
     name: str = Field(pattern=NAME.pattern, max_length=63)
     quota: QuotaIn = QuotaIn()
     admission: HerdAdmissionIn = HerdAdmissionIn()
+    roots: Roots = []
+
+
+class RootsIn(Body):
+    roots: Roots
 
 
 class ResourcesIn(Body):
@@ -611,8 +631,17 @@ def create_app(
             name=body.name,
             quota=Quota(**body.quota.model_dump()),
             admission=HerdAdmission(**body.admission.model_dump()),
+            roots=body.roots,
         )
         store.create_herd(herd)
+        return dump_record(herd)
+
+    @app.put("/v1/herds/{name}/roots", openapi_extra=action("herds.update"))
+    def set_herd_roots(name: NamePath, body: RootsIn, identity: Caller) -> dict[str, Any]:
+        """The folders the herd's pipelines may be in (replacing those it had): each scenario's
+        slice is granted its .dsl's whole folder, so only a cluster admin says which are a herd's."""
+        auth.check(identity, "herds.update", f"herds/{name}/roots", CLUSTER)
+        herd = store.update(keys.herd(name), Herd, lambda h: h.model_copy(update={"roots": body.roots}))
         return dump_record(herd)
 
     @app.get("/v1/herds", openapi_extra=action("herds.read"))
@@ -846,6 +875,14 @@ def create_app(
     @app.post("/v1/pipelines", status_code=201, openapi_extra=action("jobs.submit"))
     def submit_pipeline(body: PipelineIn, identity: Caller) -> dict[str, Any]:
         with auth.change(identity, "jobs.submit", f"pipelines{body.pipeline}", body.herd) as audit:
+            roots = store.herd(body.herd, recent=True).record.roots
+            if not under_root(body.pipeline, roots):
+                # its slices get the .dsl's whole folder: only where a cluster admin said
+                raise Forbidden(
+                    f"herd {body.herd}: {body.pipeline} is not in a folder its pipelines may be in "
+                    f"({', '.join(roots) or 'none set'}; a cluster admin sets them: "
+                    f"runink herd roots {body.herd} DIR...)"
+                )
             # what the records refuse after this (a scenario twice, quota, fit) is a 409
             stored: list[int] = []
             job = lifecycle.submit_pipeline(

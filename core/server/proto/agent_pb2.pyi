@@ -267,14 +267,16 @@ class Task(_message.Message):
     def __init__(self, id: _Optional[str] = ..., job_id: _Optional[str] = ..., herd: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Capacity, _Mapping]] = ..., timeout: _Optional[float] = ..., attempt: _Optional[int] = ..., token: _Optional[int] = ..., state: _Optional[str] = ..., node: _Optional[str] = ..., herd_quota: _Optional[_Union[HerdQuota, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., retries: _Optional[int] = ..., backoff: _Optional[float] = ..., secrets: _Optional[_Iterable[str]] = ..., secrets_env: _Optional[bool] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Scenario(_message.Message):
-    __slots__ = ("pipeline", "scenario", "run")
+    __slots__ = ("pipeline", "scenario", "run", "roots")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    ROOTS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     scenario: str
     run: str
-    def __init__(self, pipeline: _Optional[str] = ..., scenario: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
+    roots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pipeline: _Optional[str] = ..., scenario: _Optional[str] = ..., run: _Optional[str] = ..., roots: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HerdQuota(_message.Message):
     __slots__ = ("cpu", "memory", "gpu", "max_slices")
