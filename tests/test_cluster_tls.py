@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,29 @@ def test_the_cluster_speaks_tls_only_and_a_certificate_names_its_node(
     # still serving its agent after all that
     again = run_cli("exec", "--", "/bin/true", env=env)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_revoked_node_is_kept_out_by_its_certificate_too(
+    cluster: UpCluster, run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A node certificate alone lets an agent in (`runink node join` gives no token): after
+    `runink nodes revoke NODE`, whoever holds the node's key registered again without its
+    token. Its certificates issued before the revocation are refused now; one issued after is not."""
+    env, folder, started = cluster.env, cluster.folder, cluster.started
+    grpc = str(started["grpc"][0])  # type: ignore[index]
+    certs = folder / "tls"
+    node = TlsFiles(certs / "node.agent-0.pem", certs / "node.agent-0-key.pem", certs / "ca.pem")
+    assert register(grpc, node) == "ok"  # (the certificate, no token)
+    revoked = run_cli("nodes", "revoke", "agent-0", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + 10  # (each server reads the list at most a second old)
+    while (answer := register(grpc, node)) == "ok":
+        assert time.monotonic() < deadline, "the revoked node's certificate still lets it in"
+        time.sleep(0.2)
+    assert "certificate: every token of node:agent-0 issued up to" in answer and "join again" in answer
+    time.sleep(1.05)  # (revocations are to the second)
+    fresh = pki.issue(certs, tmp_path / "new", "node.agent-0", sans=[], usage="client")
+    assert register(grpc, TlsFiles(fresh.cert, fresh.key, certs / "ca.pem")) == "ok"
 
 
 def test_server_init_makes_the_ca_once_and_a_certificate_per_server(run_cli: CliRunner, tmp_path: Path) -> None:

@@ -252,8 +252,9 @@ def node_revoke(
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Revoke every token minted for a node so far: its agent's stream ends and it cannot
-    connect again until given a new one (`runink nodes token NODE`)."""
+    """Revoke every token minted for a node so far, and every certificate issued to it: its
+    agent's stream ends and it cannot connect again until given a new token (`runink nodes
+    token NODE`) or certificate (`runink nodes join-token NODE`)."""
     _revoke(ctx, server, {"subject": f"node:{node}"}, json_output)
 
 

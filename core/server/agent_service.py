@@ -52,7 +52,7 @@ from runink.core.server.feed import BarnFeed
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
 from runink.core.server.serve_api import require_loopback
-from runink.core.server.tls import TlsFiles, node_of_peer
+from runink.core.server.tls import TlsFiles, certificate_issued, node_of_peer
 from runink.core.units import check_name
 
 log = logging.getLogger(__name__)
@@ -350,24 +350,37 @@ class AgentService:
         self._assigned_at: dict[str, tuple[tuple[int, int], list[TaskRecord], str]] = {}
         self._assigned_lock = threading.Lock()
 
-    def _stream_node(self, context: Any) -> tuple[str | None, Identity | None]:
+    def _stream_node(self, context: Any) -> tuple[str | None, Identity | None, float | None]:
         """The node the stream may act as: its certificate's (``node.NAME``), its token's, and
         they must agree when both are there. None: no way to tell (development). BadToken when
-        the stream proves no node. With it, the token's identity (checked again while the
-        stream lasts: a token revoked ends it)."""
-        by_certificate = None
+        the stream proves no node, or its certificate was issued before the node was revoked
+        (``runink nodes revoke``: a certificate alone lets an agent in). With it, the token's
+        identity (checked again while the stream lasts: a token revoked ends it), and when its
+        certificate was issued (so is it: a node revoked ends its stream)."""
+        by_certificate, issued = None, None
         if self.certificates:
-            by_certificate = node_of_peer(context.auth_context() or {})
+            auth_context = context.auth_context() or {}
+            by_certificate = node_of_peer(auth_context)
             if by_certificate is None:
                 raise BadToken("the stream's certificate is not a node's (node.NAME, of the cluster CA)")
+            issued = certificate_issued(auth_context)
+            if revoked := self._certificate_revoked(by_certificate, issued):
+                raise BadToken(f"certificate: {revoked} (join again: `runink nodes join-token`)")
         if self.tokens is None:
-            return by_certificate, None
+            return by_certificate, None, issued
         if by_certificate is not None and not _has_token(context):
-            return by_certificate, None
+            return by_certificate, None, issued
         by_token, identity = self._token_node(context)
         if by_certificate is not None and by_token != by_certificate:
             raise BadToken(f"the token is node {by_token!r}'s but the certificate node {by_certificate!r}'s")
-        return by_token, identity
+        return by_token, identity, issued
+
+    def _certificate_revoked(self, node: str, issued: float | None) -> str | None:
+        """Why ``node``'s certificate issued at ``issued`` is revoked, or None (none presented,
+        or no revocations: a cluster without tokens)."""
+        if issued is None or self.tokens is None:
+            return None
+        return self.tokens.why_certificate_revoked(node, issued)
 
     def _token_node(self, context: Any) -> tuple[str, Identity]:
         """The node the stream's token (``authorization`` metadata) lets it act as: a token the
@@ -394,7 +407,7 @@ class AgentService:
         request_id = 0
         bind_by = time.monotonic() + self.bind_timeout
         try:
-            pinned, token = self._stream_node(context)
+            pinned, token, issued = self._stream_node(context)
         except BadToken as exc:
             why = printable(str(exc), 400)
             log.warning("agent stream from %s refused: %s", peer, why)
@@ -413,6 +426,10 @@ class AgentService:
                     return  # the agent closed the stream
                 if token is not None and self.tokens is not None and (revoked := self.tokens.why_revoked(token)):
                     why = printable(f"token: {revoked}", 400)
+                    log.warning("agent stream from %s (node %s) ended: %s", peer, node or pinned, why)
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+                if pinned is not None and (revoked := self._certificate_revoked(pinned, issued)):
+                    why = printable(f"certificate: {revoked}", 400)
                     log.warning("agent stream from %s (node %s) ended: %s", peer, node or pinned, why)
                     context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
                 request_id = request.request_id

@@ -272,6 +272,17 @@ class ClusterTokens:
             authenticated_by="runink-token",
         )
 
+    def why_certificate_revoked(self, node: str, issued: float) -> str | None:
+        """Why node ``node``'s certificate issued at ``issued`` no longer counts (``runink nodes
+        revoke``: every credential of ``node:NAME`` issued up to then), or None; a server that
+        cannot tell takes none."""
+        if self.revocations is None:
+            return None
+        try:
+            return self.revocations.why_revoked(f"node:{node}", None, issued)
+        except RevocationsUnknown as exc:
+            return str(exc)
+
     def why_revoked(self, identity: Identity) -> str | None:
         """Why this token's identity no longer counts (revoked: core/server/revocations.py), or
         None; a server that cannot tell takes no token."""

@@ -27,6 +27,9 @@ FRESH_FOR = 1.0  # seconds a server trusts the list it read
 STALE_AFTER = 10.0  # seconds without a successful read after which every cluster token is refused
 MAX_SUBJECT = 256  # characters of a subject
 MAX_JTI = 64
+# seconds a node's certificate lives at most (pki.py issues them for 365 days): a node's
+# revocation is kept that long, its certificate refused (a certificate alone lets an agent in)
+NODE_CERTIFICATE_TTL = 366 * 86400
 
 
 class Scans(Protocol):
@@ -114,10 +117,12 @@ class Revocations:
 
     def revoke_subject(self, subject: str, by: str) -> dict[str, Any]:
         """Revoke every token of ``subject`` issued up to this second (tokens say when they were
-        issued to the second: one minted in the next second stays good)."""
+        issued to the second: one minted in the next second stays good); a node's certificates
+        too (``node:NAME``: kept as long as a certificate lives, not a token)."""
         now = self.clock()
         record = {"subject": subject, "before": float(int(now)), "at": now, "by": by}
-        self._put(subject_key(subject), record, self.max_ttl + self.leeway)
+        lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
+        self._put(subject_key(subject), record, lives + self.leeway)
         return record
 
     def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:

@@ -77,6 +77,18 @@ class TlsFiles:
         return {"tls_ca": str(self.ca), "tls_cert": str(self.cert), "tls_key": str(self.key)}
 
 
+def certificate_issued(auth_context: dict[str, Any]) -> float | None:
+    """When a gRPC peer's verified certificate was issued (seconds since the epoch: its
+    not-before, which pki.py sets CLOCK_SKEW before the issue), or None when it presented none."""
+    pems = auth_context.get("x509_pem_cert") or []
+    if len(pems) != 1:
+        return None
+    from cryptography import x509
+
+    pem = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
+    return (x509.load_pem_x509_certificate(pem).not_valid_before_utc + pki.CLOCK_SKEW).timestamp()
+
+
 def node_of_peer(auth_context: dict[str, Any]) -> str | None:
     """The node a gRPC peer's verified certificate names (``node.NAME``), or None when it
     presented none (plaintext) or one that is not a node's (a server's, say)."""
