@@ -63,6 +63,11 @@ def resolve_dataset(uri: str, base_dir: Path) -> DatasetRef:
         bucket, _, key = rest.partition("/")
         if not bucket or not key.strip("/"):
             raise DatasetError(f"dataset {uri!r}: expected {scheme}://BUCKET/KEY")
+        # the key stays in the bucket: a leading / replaced the bucket (s3://home//other/x
+        # wrote to bucket "other") and ..  segments climbed out of it; one name, one object
+        parts = key.split("/")
+        if key.startswith("/") or any(part in (".", "..") for part in parts) or "" in parts[:-1]:
+            raise DatasetError(f"dataset {uri!r}: its key must not start with /, hold // or name . or ..")
         return DatasetRef(scheme, Path(bucket) / key, uri, remote=True)
     path = Path(rest).expanduser()
     if not path.is_absolute():

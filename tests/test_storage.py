@@ -27,6 +27,19 @@ def test_resolve_dataset(tmp_path: Path) -> None:
         resolve_dataset("x.txt", tmp_path)
 
 
+@pytest.mark.parametrize(
+    "uri", ["s3://home//other/x.parquet", "s3://home/../other/x.parquet", "s3://home/a/../../other/x.parquet",
+            "s3://home/./x.parquet", "s3://home/a//x.parquet"],
+)  # fmt: skip
+def test_an_object_store_key_stays_in_its_bucket(tmp_path: Path, uri: str) -> None:
+    """A leading / replaced the bucket (s3://home//other/x wrote to bucket other), .. climbed
+    out of it, and the write-conflict check saw two names for one object."""
+    with pytest.raises(DatasetError, match="must not start with /, hold // or name . or .."):
+        resolve_dataset(uri, tmp_path)
+    ref = resolve_dataset("s3://home/a/b..c/x.parquet", tmp_path)
+    assert ref.remote and str(ref.path) == "home/a/b..c/x.parquet"
+
+
 def test_physical_lines_skip_malformed() -> None:
     # records 1..4 with lines 3 and 5 malformed: header 1, r1=2, bad 3, r2=4, bad 5, r3=6, r4=7
     assert physical_lines(np.arange(1, 5), [3, 5]).tolist() == [2, 4, 6, 7]
