@@ -34,7 +34,7 @@ def test_resolve_dataset(tmp_path: Path) -> None:
 def test_an_object_store_key_stays_in_its_bucket(tmp_path: Path, uri: str) -> None:
     """A leading / replaced the bucket (s3://home//other/x wrote to bucket other), .. climbed
     out of it, and the write-conflict check saw two names for one object."""
-    with pytest.raises(DatasetError, match="must not start with /, hold // or name . or .."):
+    with pytest.raises(DatasetError, match=r"must not start with /, hold // or name \. or \.\."):
         resolve_dataset(uri, tmp_path)
     ref = resolve_dataset("s3://home/a/b..c/x.parquet", tmp_path)
     assert ref.remote and str(ref.path) == "home/a/b..c/x.parquet"
