@@ -184,6 +184,9 @@ def test_pii_marks_of_a_dataset_add_up_over_the_contracts_that_read_it(run_cli: 
         assert run_cli("run", f"{name}.dsl", cwd=project).returncode == 0
     shown = _json(run_cli("catalog", "show", "people.csv", "--json", cwd=project))
     assert isinstance(shown, dict) and shown["pii"] == ["email", "phone"]
+    # and on what each run wrote: `runink annotate` of an output sent its pii columns unmasked
+    written = _json(run_cli("catalog", "show", "out/a.csv", "--json", cwd=project))
+    assert isinstance(written, dict) and written["pii"] == ["email"]
 
 
 def test_a_dataset_name_with_markup_is_shown_as_it_is(run_cli: CliRunner, tmp_path: Path) -> None:

@@ -598,6 +598,8 @@ def test_the_annotate_step_annotates_records_in_the_slice(
     (orders / "runink.toml").write_text(
         f'[annotator]\noptions = {{ base_url = "{chat.url}", api_key = "test-key", batch_size = 100 }}\n'
     )
+    contract = orders / "contracts.py"  # order_id marked pii (not mask): it stays in the output, not sent
+    contract.write_text(contract.read_text().replace('Field(regex=r"O-', 'Field(pii=True, regex=r"O-'))
     # the process executor: a linux slice's network (slirp4netns) refuses the host's loopback,
     # where this test's model listens
     out = run_cli("run", "annotate.dsl", "--set", "executor.driver=process", "--json", cwd=orders)
@@ -609,6 +611,7 @@ def test_the_annotate_step_annotates_records_in_the_slice(
     sent = b"".join(chat.raw_bodies)
     assert b"****.com" in sent and not re.search(rb"[a-z0-9.]+@[a-z0-9.]+\.com", sent)  # masked by the contract
     assert b"quantity" not in sent  # only the columns named
+    assert not re.search(rb"O-[0-9]{6}", sent) and b'order_id\\": \\"[masked]' in sent  # a pii field
     # the API key reached the slice (the driver refuses to start without one) through its
     # environment, not through its spec file, which stays on disk with the run
     specs = list((data_home / "runs").rglob("slice.json"))
@@ -650,7 +653,9 @@ class _Echo:
 
     model = "echo"
 
-    def annotate_records(self, records: list[dict[str, Any]], fields: list[str], prompt: str) -> list[RecordResult]:
+    def annotate_records(
+        self, records: list[dict[str, Any]], fields: list[str], prompt: str, *, mask: tuple[str, ...] = ()
+    ) -> list[RecordResult]:
         results = []
         for index, record in enumerate(records):
             if record["n"] % 3 == 0:
@@ -658,6 +663,17 @@ class _Echo:
             else:
                 results.append(RecordResult(index, {name: "é" * (record["n"] * 97) for name in fields}))
         return results
+
+
+def test_the_annotate_step_masks_a_contracts_pii_fields_too(chat: FakeChat) -> None:
+    """A field the contract marks pii (not mask: its value is kept in the output) went to the
+    model in clear; the slice gives the step its contract's pii fields to mask."""
+    spec = AnnotateSpec("p", "prompts/p.txt", "h" * 64, ["summary", "sensitivity"])
+    stage = AnnotateStage(spec, annotator(chat), mask=("customer_email",))
+    batch = pa.RecordBatch.from_pylist(records(3))
+    stage.annotate(batch)
+    sent = b"".join(chat.raw_bodies)
+    assert b"person1@example.com" not in sent and b"[masked]" in sent and b"O-000001" in sent
 
 
 def test_every_record_annotation_is_reported_in_bounded_chunks_in_order() -> None:

@@ -1,9 +1,10 @@
 """The ``@annotate`` step in the slice: each record that reaches it goes to an annotator (a
 model), and the fields it answers become columns of the record.
 
-The rows it sees have been validated, so a contract's ``mask=True`` fields are masked already:
-their values never leave the slice. The driver ([annotator], default ``openai``) is loaded in
-the slice, which must be granted the network (the compile checks ``@network``); its API key
+The rows it sees have been validated, so a contract's ``mask=True`` fields are masked already,
+and its other ``pii=True`` fields are masked here (``mask``): their values never leave the
+slice. The driver ([annotator], default ``openai``) is loaded in the slice, which must be
+granted the network (the compile checks ``@network``); its API key
 comes from the slice's environment (``@secrets("OPENAI_API_KEY", env=True)``, or the runner's
 variables for a process executor). A record whose answer did not parse keeps its row, with the
 fields empty and ``_runink_annotation_error`` saying why; the step never fails a run for it.
@@ -38,9 +39,10 @@ MAX_RECORD_BYTES = 24 * 1024
 
 
 class AnnotateStage:
-    def __init__(self, spec: AnnotateSpec, annotator: Annotator | None = None) -> None:
+    def __init__(self, spec: AnnotateSpec, annotator: Annotator | None = None, *, mask: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.annotator = annotator
+        self.mask = mask  # fields whose values are not sent (the contract's pii ones)
         self.records = self.failed = 0
         self._pending: list[tuple[dict[str, Any], int]] = []  # (a record's annotation, its bytes as JSON)
 
@@ -69,7 +71,7 @@ class AnnotateStage:
             )
         shown = batch.select(self.spec.columns) if self.spec.columns else batch
         records = shown.to_pylist()
-        results = self._driver().annotate_records(records, fields, self.spec.prompt_text)
+        results = self._driver().annotate_records(records, fields, self.spec.prompt_text, mask=self.mask)
         if len(results) != len(records):
             raise RuninkError(f"@annotate: the annotator answered {len(results)} results for {len(records)} records")
         values: dict[str, list[str | None]] = {name: [] for name in fields}

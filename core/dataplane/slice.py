@@ -120,7 +120,13 @@ def run(spec: SliceSpec) -> int:
         contract = _load_contract(source.contract)
         # the report is in the slice's own work dir (slicetask.report_path): command steps'
         # files go there too, the one place the slice may write besides its sinks
-        steps = _load_steps(list(spec.steps), work_dir=Path(spec.report).parent, base_dir=Path(base_dir), spec=spec)
+        # the contract's pii fields not masked by it already, hidden before a record reaches a
+        # model: a pii-only column went to it in clear
+        fields = contract.fields() if contract else []
+        pii = tuple(f.name for f in fields if f.constraints.pii and not f.constraints.mask)
+        steps = _load_steps(
+            list(spec.steps), work_dir=Path(spec.report).parent, base_dir=Path(base_dir), spec=spec, pii=pii
+        )
         source_driver: Storage = _storage(source.format, spec.storage_options, spec.storage_drivers)
         sinks = [
             SinkSlot(
@@ -299,12 +305,17 @@ class Flow:
 
 
 def _load_steps(
-    steps: list[str | CommandSpec | AnnotateSpec], *, work_dir: Path, base_dir: Path, spec: SliceSpec
+    steps: list[str | CommandSpec | AnnotateSpec],
+    *,
+    work_dir: Path,
+    base_dir: Path,
+    spec: SliceSpec,
+    pii: tuple[str, ...] = (),
 ) -> list[PythonStep | CommandStage | AnnotateStage]:
     loaded: list[PythonStep | CommandStage | AnnotateStage] = []
     for index, step in enumerate(steps, start=1):
         if isinstance(step, AnnotateSpec):
-            loaded.append(AnnotateStage(step))
+            loaded.append(AnnotateStage(step, mask=pii))
             continue
         if isinstance(step, CommandSpec):
             driver = _storage(step.format, spec.storage_options, spec.storage_drivers)

@@ -56,7 +56,8 @@ UPDATE datasets SET rows = CASE WHEN last_run IS NULL THEN COALESCE(CAST(:rows A
     contract = COALESCE(:contract, contract), contract_hash = COALESCE(:contract_hash, contract_hash)
 WHERE id = :id"""
 _WRITTEN = """
-UPDATE datasets SET rows = :rows, last_run = :run, updated = :now, columns_json = COALESCE(:columns, columns_json)
+UPDATE datasets SET rows = :rows, last_run = :run, updated = :now, columns_json = COALESCE(:columns, columns_json),
+    pii_json = COALESCE(:pii, pii_json)
 WHERE id = :id"""
 _CONTRACT = """
 INSERT INTO contract_versions (herd, contract, hash, dataset_id, first_seen, first_run)
@@ -200,9 +201,12 @@ class _Event:
             rows = step["rows_invalid"] if uri in invalid else step["rows_out"]
             if lineage.event_type == "COMPLETE":
                 columns = json.dumps(schemas["output"]) if uri not in invalid and schemas.get("output") else None
-                self.run(
-                    _WRITTEN, {"rows": rows, "run": lineage.run_id, "now": self.now, "columns": columns, "id": dataset}
-                )
+                # the source's pii columns that it writes (a DLQ carries the rows as read: all of
+                # them): `runink annotate` of an output sent them to the model unmasked
+                marks = _written_pii(facets.get("pii_columns"), None if uri in invalid else schemas.get("output"))
+                pii = self._pii_marks(dataset, marks) if marks else None
+                written = {"rows": rows, "run": lineage.run_id, "now": self.now, "columns": columns, "pii": pii}
+                self.run(_WRITTEN, {**written, "id": dataset})
                 if uri not in invalid:
                     self._summary_notes(dataset)
             elif self.ended and uri not in invalid:  # not published: what its records were annotated with goes too
@@ -365,3 +369,15 @@ def _text(value: Any) -> str | None:
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int else None
+
+
+def _written_pii(pii: Any, schema: Any) -> list[str]:
+    """Of the source's pii columns, those an output holds (its schema: ``[[name, type], ...]``;
+    every one when its schema is not known)."""
+    if not isinstance(pii, list) or not pii:
+        return []
+    names = [str(c) for c in pii]
+    if not isinstance(schema, list) or not schema:
+        return names
+    held = {str(f[0]) for f in schema if isinstance(f, list | tuple) and f}
+    return [n for n in names if n in held]
