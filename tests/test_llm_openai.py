@@ -362,6 +362,20 @@ def test_a_fence_of_spaces_and_an_odd_shape_are_failed_answers_not_a_hang_or_a_c
     assert result.failed  # (a KeyError failed the whole scenario)
 
 
+def test_a_dataset_answer_holds_a_bounded_description_and_tags(chat: FakeChat) -> None:
+    """One answer of a 5 MB description and 200,000 tags was stored whole in the catalog."""
+    from runink.plugins.llm.openai_annotator import MAX_DESCRIPTION
+
+    huge = {"dataset": {"description": "d" * 100_000, "tags": ["t"] * 10, "confidence": 0.5}}
+    chat.script = [("text", json.dumps(huge))]
+    ann = annotator(chat)
+    (note, *tags) = ann.annotate("orders", {"order_id": "string"}, [])
+    assert note.key == "description" and len(note.value) == MAX_DESCRIPTION and len(tags) == 10
+    chat.script = [("text", json.dumps({"dataset": {"description": "d", "tags": ["t"] * 40}}))]
+    (failed,) = ann.annotate("orders", {"order_id": "string"}, [])
+    assert failed.key == "failed" and "more than 32 tags" in failed.extra["error"]
+
+
 def test_malformed_answers_are_failed_results_with_the_raw_text(chat: FakeChat) -> None:
     partial = json.dumps({"results": [{"id": 2, "summary": "ok", "sensitivity": "low"}, {"id": 3, "summary": "no"}]})
     chat.script = [("text", "I think these orders are fine."), ("text", partial)]

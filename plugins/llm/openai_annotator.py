@@ -53,6 +53,11 @@ FRAMING_TOKENS = 16
 #: answer's framing), never under a MiB; past it the request fails (a 100 MB answer was read whole)
 ANSWER_BYTES_PER_TOKEN = 64
 MIN_ANSWER_BYTES = 1 << 20
+#: what one target (the dataset, a column) of an answer may hold: its description's characters
+#: and its tags (each at most MAX_TAG characters); one answer of 200,000 tags was stored whole
+MAX_DESCRIPTION = 20_000
+MAX_TAGS = 32
+MAX_TAG = 200
 
 DEFAULT_DATASET_PROMPT = """\
 You document datasets for a data catalog. Given a dataset's name, its schema ({column: type})
@@ -356,10 +361,13 @@ class OpenAIAnnotator(Annotator):
         if description is not None:
             if not isinstance(description, str):
                 raise ValueError(f"{target}: description is not text")
-            notes.append(Annotation(target, "description", description, float(confidence), self.model))
+            text = description[:MAX_DESCRIPTION]
+            notes.append(Annotation(target, "description", text, float(confidence), self.model))
         tags = about.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise ValueError(f"{target}: tags is not a list of text")
+        if len(tags) > MAX_TAGS or any(len(tag) > MAX_TAG for tag in tags):
+            raise ValueError(f"{target}: more than {MAX_TAGS} tags, or one longer than {MAX_TAG} characters")
         notes.extend(Annotation(target, "tag", tag, float(confidence), self.model) for tag in tags)
         return notes
 

@@ -23,6 +23,9 @@ from runink.plugins.lineage.catalog.models import Dataset
 
 #: the longest raw answer kept (characters): enough to see what went wrong
 MAX_RAW = 20_000
+#: the longest value kept (characters), as the cluster's API takes (a model's 5 MB description
+#: was stored whole)
+MAX_VALUE = 20_000
 
 
 def _target(target: str) -> tuple[str | None, str | None]:
@@ -63,7 +66,7 @@ def add_annotations(
                 record=record,
                 key=note.key,
                 # a failed one has no value: the reason it failed is kept there instead
-                value=note.value or (str(note.extra.get("error") or "") if failed else ""),
+                value=(note.value or (str(note.extra.get("error") or "") if failed else ""))[:MAX_VALUE],
                 confidence=note.confidence,
                 model=note.model or model or None,  # (a person's: none)
                 prompt_path=prompt_path,
