@@ -54,6 +54,7 @@ class Issuer:
     jwks_requests: int = 0
     discovery_requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    jwks_hold: threading.Event | None = None  # set: the JWKS answer waits for it (a hung provider)
 
     @property
     def url(self) -> str:
@@ -67,6 +68,9 @@ class Issuer:
         if path == "/jwks.json":
             with self.lock:
                 self.jwks_requests += 1
+            if self.jwks_hold is not None:
+                self.jwks_hold.wait(10)
+            with self.lock:
                 return {"keys": list(self.keys)}
         return None
 
@@ -310,6 +314,41 @@ def test_a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_interval(issu
     # known keys keep working within the interval, without fetching
     assert check(plugin, sign(claims(issuer), EC_KEY, "ES256", "ec-1")) is not None
     assert issuer.jwks_requests == 2
+
+
+def test_a_subject_with_control_characters_is_refused(issuer: Issuer) -> None:
+    """It went into the audit log as it was, and `runink audit` printed its escape sequences to
+    the cluster admin's terminal (retitled it, cleared the screen)."""
+    plugin = configured(issuer)
+    for subject in ("eve\x1b]0;pwned\x07", "line\nbreak", "x" * 257):
+        rejected(plugin, sign(claims(issuer, sub=subject)), "at most 256 printable characters")
+    assert check(plugin, sign(claims(issuer, sub="élodie@example.com"))) is not None
+
+
+def test_no_request_waits_behind_a_key_set_fetch(issuer: Issuer) -> None:
+    """A burst of made-up kids while the provider hung held every API thread for the fetch's
+    timeout (a cluster admin's cached token too): one request fetches, the others are refused
+    at once."""
+    clock = Clock()
+    plugin = configured(issuer, clock)
+    assert check(plugin, sign(claims(issuer))) is not None
+    clock.now += 11
+    issuer.jwks_hold = threading.Event()
+    fetching = threading.Thread(
+        target=lambda: rejected(plugin, sign(claims(issuer), OTHER_RSA_KEY, kid="first"), "unknown"), daemon=True
+    )
+    fetching.start()
+    deadline = time.monotonic() + 5
+    while issuer.jwks_requests < 2 and time.monotonic() < deadline:  # (its fetch is under way)
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert rejected(plugin, sign(claims(issuer), OTHER_RSA_KEY, kid="second"), "unknown") == (
+        "OIDC token rejected: unknown signing key"
+    )
+    assert time.monotonic() - started < 1.0  # (not the fetch's timeout)
+    assert check(plugin, sign(claims(issuer), EC_KEY, "ES256", "ec-1")) is not None  # a known key: no wait
+    issuer.jwks_hold.set()
+    fetching.join(10)
 
 
 def test_an_unreachable_issuer_is_a_one_line_401_quickly(issuer: Issuer) -> None:

@@ -155,3 +155,32 @@ def test_slow_down_widens_the_interval_and_plain_http_is_for_loopback_only(provi
     assert waits == [0.1, 5.1, 10.1]  # each slow_down adds 5 s (RFC 8628 3.5)
     with pytest.raises(DeviceLoginError, match="an https:// URL"):
         device_login("http://idp.example.com", CLIENT, show=lambda line: None)
+
+
+def test_the_device_code_goes_only_to_https_endpoints_and_what_the_provider_shows_is_printable(
+    provider: Provider,
+) -> None:
+    """The discovery document's endpoints were not checked: the device code (enough to take the
+    user's token) and the token went in plaintext to whatever host it named."""
+    original = provider.get
+
+    def elsewhere(path: str) -> tuple[int, dict[str, Any]]:
+        status, body = original(path)
+        if path == "/.well-known/openid-configuration":
+            body = {**body, "token_endpoint": "http://tokens.idp.example.com/token"}
+        return status, body
+
+    provider.get = elsewhere  # type: ignore[method-assign]
+    with pytest.raises(DeviceLoginError, match="its token_endpoint http://tokens.idp.example.com/token: an https://"):
+        device_login(provider.url, CLIENT, show=lambda line: None)
+    provider.get = original  # type: ignore[method-assign]
+    original_post = provider.post
+
+    def escapes(path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        status, body = original_post(path, form)
+        return status, ({**body, "user_code": "AB\x1b]0;pwned\x07CD"} if path == "/device" else body)
+
+    provider.post = escapes  # type: ignore[method-assign]
+    shown: list[str] = []
+    device_login(provider.url, CLIENT, show=shown.append, sleep=lambda s: None)
+    assert shown and "\x1b" not in shown[0] and "\x07" not in shown[0]

@@ -148,8 +148,11 @@ def _revoke(ctx: typer.Context, server: str | None, body: dict[str, str], json_o
     revoked = answer["revoked"]
     if "jti" in revoked:
         print(f"revoked token {revoked['jti']}" + (f" of {revoked['subject']}" if revoked.get("subject") else ""))
-    else:
-        print(f"revoked every token of {revoked['subject']} issued up to now")
+    else:  # (an identity provider's tokens are not the cluster's to revoke: said, not implied)
+        print(
+            f"revoked every token this cluster signed for {revoked['subject']} up to now "
+            "(an identity provider's tokens are revoked at the provider; remove the subject's bindings)"
+        )
 
 
 def mint_token(

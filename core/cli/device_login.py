@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runink.core.errors import RuninkError
+from runink.core.report import printable
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_WAIT = 900.0  # seconds: the longest a code is waited for, whatever the provider says
@@ -24,7 +25,7 @@ class DeviceLoginError(RuninkError):
     """The provider refused, the code expired, or the provider answered what the RFC does not."""
 
 
-def _check_issuer(issuer: str) -> str:
+def _check_issuer(issuer: str, what: str = "--issuer") -> str:
     """``issuer`` if it is https (or http on loopback: development); DeviceLoginError else."""
     parts = urlsplit(issuer)
     host = parts.hostname or ""
@@ -33,7 +34,7 @@ def _check_issuer(issuer: str) -> str:
     except ValueError:
         loopback = host == "localhost"
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise DeviceLoginError(f"--issuer {issuer}: an https:// URL (http only on loopback)")
+        raise DeviceLoginError(f"{what} {printable(issuer, 300)}: an https:// URL (http only on loopback)")
     return issuer.rstrip("/")
 
 
@@ -57,6 +58,10 @@ def device_login(
         token_endpoint = discovery.get("token_endpoint")
         if not isinstance(device_endpoint, str) or not isinstance(token_endpoint, str):
             raise DeviceLoginError(f"{base}: the provider offers no device authorization (RFC 8628)")
+        # the device code (enough to take the user's token) and the token travel to these: https
+        # only, as the issuer (a discovery document once sent them in plaintext elsewhere)
+        _check_issuer(device_endpoint, f"{base}: its device_authorization_endpoint")
+        _check_issuer(token_endpoint, f"{base}: its token_endpoint")
         grant = _json(http.post(device_endpoint, data={"client_id": client_id, "scope": scope}), "the device code")
         try:
             device_code, user_code = str(grant["device_code"]), str(grant["user_code"])
@@ -65,6 +70,7 @@ def device_login(
             interval = max(float(grant.get("interval", DEFAULT_INTERVAL)), 0.1)
         except (KeyError, TypeError, ValueError):
             raise DeviceLoginError(f"{base}: its device authorization answer is not RFC 8628's") from None
+        where, user_code = printable(where, 500), printable(user_code, 100)  # (the provider's: onto a terminal)
         show(f"open {where} and enter the code {user_code} (waiting up to {lifetime:.0f} s)")
         deadline = time.monotonic() + lifetime
         while time.monotonic() < deadline:

@@ -35,6 +35,7 @@ from runink.core.hookspecs import hookimpl
 from runink.core.interfaces.barn import TxnOp
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
 from runink.core.plugins import PluginManager
+from runink.core.report import printable
 from runink.core.security import CLUSTER, ROLES, authenticate, authorize
 from runink.core.server.revocations import Revocations, RevocationsUnknown
 
@@ -458,13 +459,13 @@ class ApiAuth:
         now = time.time()
         record = AuditRecord(
             at=now,
-            subject=identity.subject[:256],
+            subject=printable(identity.subject, 256),  # (an identity provider's: shown on terminals)
             authenticated_by=identity.authenticated_by,
             action=action,
             resource=resource[:512],
             herd=herd,
             allowed=decision.allowed,
-            reason=decision.reason[:512],
+            reason=printable(decision.reason, 512),
         )
         key = f"{AUDIT}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
         return TxnOp(key, record.model_dump_json().encode())

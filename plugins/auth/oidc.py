@@ -222,6 +222,8 @@ class OidcAuthenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise AuthenticationError("OIDC token rejected: sub must be a non-empty string")
+        if not subject.isprintable() or len(subject) > 256:  # (it goes into the audit log, onto terminals)
+            raise AuthenticationError("OIDC token rejected: sub must be at most 256 printable characters")
         return Identity(
             subject=subject,
             groups=self._groups(claims),
@@ -249,10 +251,16 @@ class OidcAuthenticator:
 
         jwk = self._cached(kid)
         if jwk is None:
-            with self._fetch_lock:
+            # one fetch at a time, and no request waits behind it: a burst of made-up kids while
+            # the provider hung held every API thread for the fetch's timeout (cached admins too)
+            if not self._fetch_lock.acquire(blocking=False):
+                raise AuthenticationError("OIDC token rejected: unknown signing key")
+            try:
                 jwk = self._cached(kid)
                 if jwk is None:
                     jwk = self._refresh(kid)
+            finally:
+                self._fetch_lock.release()
         with self._lock:
             parsed = self._parsed.get((kid, algorithm))
         if parsed is not None:
