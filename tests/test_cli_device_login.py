@@ -171,7 +171,9 @@ def test_the_device_code_goes_only_to_https_endpoints_and_what_the_provider_show
         return status, body
 
     provider.get = elsewhere  # type: ignore[method-assign]
-    with pytest.raises(DeviceLoginError, match="its token_endpoint http://tokens.idp.example.com/token: an https://"):
+    with pytest.raises(
+        DeviceLoginError, match=r"its token_endpoint http://tokens\.idp\.example\.com/token: an https://"
+    ):
         device_login(provider.url, CLIENT, show=lambda line: None)
     provider.get = original  # type: ignore[method-assign]
     original_post = provider.post

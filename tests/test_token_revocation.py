@@ -23,7 +23,7 @@ from runink.core.model import Grant
 from runink.core.security import CLUSTER
 from runink.core.server.audit_retention import AuditRetention
 from runink.core.server.auth import AUDIT, LEEWAY, MAX_TTL, ClusterTokens, audit_day
-from runink.core.server.revocations import PREFIX, Revocations, RevocationsUnknown
+from runink.core.server.revocations import NODE_CERTIFICATE_TTL, PREFIX, Revocations, RevocationsUnknown
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
 
@@ -113,11 +113,14 @@ def test_revocations_leave_the_barn_when_they_no_longer_matter_and_other_servers
         assert there.why_revoked("sa:ci", "abc", now[0]) is None  # the other: within a second
         time.sleep(1.05)
         assert there.why_revoked("sa:ci", "abc", now[0]) == "revoked"
+        here.revoke_subject("sa:deployer", by="root")
         here.revoke_subject("node:n1", by="root")
         assert [kv.key for kv in barn.scan(PREFIX)] != []
         now[0] += 60 + LEEWAY + 1  # the token expired: its revocation is not needed any more
+        _wait(lambda: len(barn.scan(PREFIX)) == 2)
+        now[0] += MAX_TTL  # no token issued before the subject's revocation can still be good...
         _wait(lambda: len(barn.scan(PREFIX)) == 1)
-        now[0] += MAX_TTL  # no token issued before the subject's revocation can still be good
+        now[0] += NODE_CERTIFICATE_TTL  # ... nor a node's certificate, which lives a year
         _wait(lambda: barn.scan(PREFIX) == [])
     finally:
         barn.close()
