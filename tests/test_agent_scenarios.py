@@ -187,9 +187,11 @@ def test_a_scenarios_slice_is_limited_to_what_its_task_booked_not_what_its_file_
     )
     ref = ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1", roots=[str(tmp_path)])
     booked = Amount(cpu=0.1, memory=64 << 20)
-    task = TaskRecord(id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=booked, scenario=ref)
+    task = TaskRecord(
+        id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=booked, scenario=ref, timeout=30
+    )
     with pytest.raises(RuninkError, match="kept, not run"):
         attempts.start_scenario(task, "t1-a1")
     (spec,) = given
-    assert (spec.limits.cpu, spec.limits.memory) == (0.1, 64 << 20)
+    assert (spec.limits.cpu, spec.limits.memory, spec.timeout) == (0.1, 64 << 20, 30)  # (its file: 5m)
     assert spec.limits.pids == config.limits.pids  # (this node's [limits] where the task asked none)

@@ -401,12 +401,14 @@ class ScenarioAttempts(Executor):
                 readable=readable,
                 staged=staged,
             )
-            # The limits the scheduler counted (the task's), not the .dsl's @requires: the node
-            # reads the file from a path the submitter chose, and a task booked at 0.1 core
-            # once ran with the 2 cores its file said. This node's [limits] where it asked none.
+            # The limits and timeout the scheduler counted and admission priced (the task's),
+            # not the .dsl's @requires: the node reads the file from a path the submitter chose,
+            # and a task booked at 0.1 core once ran with the 2 cores its file said. This node's
+            # [limits] where it asked none.
             booked, defaults = task.resources, self.config.limits
             memory, pids = booked.memory or defaults.memory_bytes, booked.pids or defaults.pids
-            spec = dataclasses.replace(spec, limits=Resources(booked.cpu, memory, booked.gpu, pids))
+            limits = Resources(booked.cpu, memory, booked.gpu, pids)
+            spec = dataclasses.replace(spec, limits=limits, timeout=task.timeout)
             if task.herd_quota is not None:  # under the herd's capped cgroup parent, as a command's slice
                 spec = dataclasses.replace(spec, herd_limits=task.herd_quota.node_caps())
             spec = with_secrets(spec, run.herd, secrets or {}, task.secrets_env)
