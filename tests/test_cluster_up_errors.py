@@ -40,7 +40,7 @@ def test_no_leader_in_time_says_the_last_answer_and_the_newest_warning(
     ]
     try:
         with pytest.raises(RuninkError) as info:
-            cluster_cmd._wait_for_leader([server.address], "token", None, logs)
+            cluster_cmd._wait_for_leader([server.address], "token", None, logs, {"name": "default"})
     finally:
         server.close()
     message = str(info.value)

@@ -129,10 +129,14 @@ def pipeline_tasks(
     tasks = []
     for item in compiled.scenarios:
         scenario, req = item.scenario, item.scenario.requires
-        wanted = Amount(cpu=req.cpu, memory=req.memory or 0, gpu=req.gpu)
+        # (pids too: the node gives the slice what its task asked, not what its file says)
+        wanted = Amount(cpu=req.cpu, memory=req.memory or 0, gpu=req.gpu, pids=req.pids or 0)
         if clamp is not None:
             wanted = Amount(
-                cpu=min(wanted.cpu, clamp.cpu), memory=min(wanted.memory, clamp.memory), gpu=min(wanted.gpu, clamp.gpu)
+                cpu=min(wanted.cpu, clamp.cpu),
+                memory=min(wanted.memory, clamp.memory),
+                gpu=min(wanted.gpu, clamp.gpu),
+                pids=wanted.pids,
             )
         tasks.append(
             PipelineTask(

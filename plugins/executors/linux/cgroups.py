@@ -165,6 +165,16 @@ def _write(path: Path, value: str) -> None:
         raise error(f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
+def _read_text(path: Path) -> str:
+    """A cgroup file's text; _Gone when its cgroup was removed (or is being: ENODEV)."""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            raise _Gone(f"cannot read {path}: {exc.strerror}") from None
+        raise
+
+
 def _read_int(path: Path, default: int = 0) -> int:
     try:
         text = path.read_text().strip()
@@ -535,13 +545,18 @@ class CgroupManager:
         for controller, directory in dirs.items():
             try:
                 directory.mkdir()
+                made = True
             except FileExistsError:
-                continue
-            made = True
+                if not (self.layout.version == 1 and controller == "cpuset"):
+                    continue
             if self.layout.version == 1 and controller == "cpuset":
-                # v1 cpuset children start empty: inherit the runink parent's cpus and mems
+                # v1 cpuset children start empty: inherit the runink parent's cpus and mems. Made
+                # by another process a moment ago, it may be empty still: a sandbox under it then
+                # copied nothing and could not take its process (ENOSPC), so whoever sees it empty
+                # fills it (the same values: writing them twice is harmless)
                 for name in ("cpuset.cpus", "cpuset.mems"):
-                    _write(directory / name, (directory.parent / name).read_text().strip())
+                    if not _read_text(directory / name):
+                        _write(directory / name, _read_text(directory.parent / name))
         if made and self.layout.version == 2 and dirs:
             directory = next(iter(dirs.values()))
             wanted = " ".join(f"+{c}" for c in self.layout.available if c in CONTROLLERS)
