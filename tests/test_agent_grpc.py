@@ -573,6 +573,23 @@ def test_the_tie_heartbeat_after_a_broken_stream_does_not_bring_back_stale_assig
     assert assigned.state is RunState.RUNNING
 
 
+def test_a_pipeline_task_stored_before_tasks_carried_roots_gets_its_herds_roots_now(
+    store: ClusterStore, life: Lifecycle, control: GrpcControl
+) -> None:
+    """Queued across the upgrade that gave herds roots, its record has none (the node would
+    refuse it for good): the server sends its herd's roots of now, once an admin set them."""
+    from runink.core.control.records import Herd, PipelineTask
+
+    control.register_node(NodeRecord(id="n1", capacity=Amount(cpu=1)))
+    job = life.submit_pipeline("lab", "/srv/lab/p.dsl", [PipelineTask(scenario="A")])  # (no roots yet)
+    schedule(store, job.id)
+    (before,) = control.assignments("n1")
+    assert before.scenario is not None and before.scenario.roots == []
+    store.update(keys.herd("lab"), Herd, lambda h: h.model_copy(update={"roots": ["/srv/lab"]}))
+    (after,) = control.current_assignments("n1")  # (read now: not the list of a moment ago)
+    assert after.scenario is not None and after.scenario.roots == ["/srv/lab"]
+
+
 def test_a_long_poll_returns_on_a_new_assignment_before_its_wait(
     store: ClusterStore, life: Lifecycle, control: GrpcControl
 ) -> None:

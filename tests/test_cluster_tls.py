@@ -93,7 +93,7 @@ def test_a_revoked_node_is_kept_out_by_its_certificate_too(
     while (answer := register(grpc, node)) == "ok":
         assert time.monotonic() < deadline, "the revoked node's certificate still lets it in"
         time.sleep(0.2)
-    assert "certificate: every token of node:agent-0 issued up to" in answer and "join again" in answer
+    assert "certificate: every token and certificate of node:agent-0 issued up to" in answer and "join again" in answer
     time.sleep(1.05)  # (revocations are to the second)
     fresh = pki.issue(certs, tmp_path / "new", "node.agent-0", sans=[], usage="client")
     assert register(grpc, TlsFiles(fresh.cert, fresh.key, certs / "ca.pem")) == "ok"

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -517,7 +518,9 @@ def up_command(
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
         roots = [os.path.realpath(r) for r in herd_root] or [os.path.realpath(os.getcwd())]
-        started["roots"] = [r for r in roots if r != "/"]  # (/ is no herd's: its pipelines' slices get their folder)
+        # (not / nor a folder anyone may write, as /tmp: a pipeline's slices get its folder, and
+        # the nodes refuse a .dsl there anyway)
+        started["roots"] = [r for r in roots if r != "/" and not os.stat(r).st_mode & (stat.S_IWOTH | stat.S_ISVTX)]
         herd = {"name": "default", "roots": started["roots"]}
         _wait_for_leader(started["api"], token, tls.ca if tls else None, [root / f"{name}.log" for name in names], herd)
         err.print(f"herd default: its pipelines may be in {', '.join(started['roots']) or 'no folder (--root)'}")

@@ -291,7 +291,9 @@ def _accounting(report: pb.Report) -> Accounting | None:
     return Accounting(report.cpu_seconds, peak, report.seconds)
 
 
-def task_message(task: TaskRecord) -> pb.Task:
+def task_message(task: TaskRecord, roots: list[str] | None = None) -> pb.Task:
+    """``task`` as its node gets it; ``roots``: its scenario's, when its record has none (a
+    task stored before herds had roots: its herd's now)."""
     message = pb.Task(
         id=task.id,
         job_id=task.job_id,
@@ -311,7 +313,7 @@ def task_message(task: TaskRecord) -> pb.Task:
     if task.scenario is not None:
         ref = task.scenario
         message.scenario.CopyFrom(
-            pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run, roots=ref.roots)
+            pb.Scenario(pipeline=ref.pipeline, scenario=ref.scenario, run=ref.run, roots=ref.roots or roots or [])
         )
     if task.timeout is not None:
         message.timeout = task.timeout
@@ -509,8 +511,18 @@ class AgentService:
             if version != known or left <= 0:
                 break
             self.changes.wait_past(node_id, generation, left)
-        tasks = [task_message(t) for t in found]
+        tasks = [task_message(t, self._legacy_roots(t)) for t in found]
         return pb.ServerMessage(request_id=rid, assignments=pb.Assignments(tasks=tasks, version=version))
+
+    def _legacy_roots(self, task: TaskRecord) -> list[str] | None:
+        """The herd's roots now, for a scenario task stored before tasks carried them (else
+        None): queued across an upgrade, it runs once an admin gave its herd roots."""
+        if task.scenario is None or task.scenario.roots:
+            return None
+        try:
+            return self.lifecycle.store.herd(task.herd, recent=True).record.roots
+        except RuninkError:  # (the herd is gone: its node refuses the task, saying why)
+            return None
 
     def _assigned(self, node: str, generation: tuple[int, int] | None) -> tuple[list[TaskRecord], str]:
         """The node's assignments and their version: read again only if its entries changed

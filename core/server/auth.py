@@ -280,9 +280,10 @@ class ClusterTokens:
         if self.revocations is None:
             return None
         try:
-            return self.revocations.why_revoked(f"node:{node}", None, issued)
+            why = self.revocations.why_revoked(f"node:{node}", None, issued)
         except RevocationsUnknown as exc:
             return str(exc)
+        return None if why is None else why.replace("every token of", "every token and certificate of", 1)
 
     def why_revoked(self, identity: Identity) -> str | None:
         """Why this token's identity no longer counts (revoked: core/server/revocations.py), or

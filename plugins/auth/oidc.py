@@ -99,8 +99,10 @@ class OidcAuthenticator:
         return self.issuer is not None
 
     def _reset_cache(self) -> None:
-        # _lock guards the caches; _fetch_lock makes fetches one at a time, so tokens of known
-        # keys are not held up by a fetch in progress and concurrent unknown kids cause one fetch.
+        # _lock guards the caches; _fetch_lock makes fetches one at a time: tokens of known keys
+        # are not held up by a fetch in progress, and a token of an unknown kid that comes while
+        # one is under way is refused at once (after a key rotation, a moment of 401s until the
+        # fetch lands) rather than wait for it.
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._jwks_uri: str | None = None
