@@ -446,6 +446,31 @@ def test_decisions_about_changes_go_to_the_audit_log_which_cluster_admins_read(a
     assert all(kv.create_revision == kv.mod_revision for kv in api.store.barn.scan(AUDIT))
 
 
+def test_the_audit_log_is_read_a_page_at_a_time_keeping_the_last_records(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/audit read a whole day into memory to return its last ``limit`` records."""
+    from runink.core.server import api as api_module
+
+    monkeypatch.setattr(api_module, "AUDIT_PAGE", 3)
+    day = f"{AUDIT}{time.strftime('%Y-%m-%d', time.gmtime())}/"
+    for n in range(10):
+        api.store.barn.put(f"{day}{n:020d}-x", json.dumps({"n": n}).encode())
+    sizes: list[int | None] = []
+    scan = api.store.barn.scan
+
+    def counted(prefix: str, *, limit: int | None = None, after: str | None = None) -> list[Any]:
+        if prefix.startswith(AUDIT):
+            sizes.append(limit)
+        return scan(prefix, limit=limit, after=after)
+
+    monkeypatch.setattr(api.store.barn, "scan", counted)
+    admin = api.as_(api.token("cluster-admin", CLUSTER))
+    answer = api.http.get("/v1/audit", params={"limit": 4}, headers=admin)
+    assert [r["n"] for r in answer.json()["records"]] == [6, 7, 8, 9]
+    assert sizes and set(sizes) == {3}  # (every read a page)
+
+
 def test_a_submissions_audit_record_is_committed_with_the_job_and_a_refused_one_is_logged_too(api: Api) -> None:
     runner = api.token("runner", "team", name="ci")
     before = api.store.barn.revision()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import json
@@ -63,6 +64,7 @@ from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
+from runink.core.interfaces.barn import KeyValue
 from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import (
     MAX_SECRET_BYTES,
@@ -104,6 +106,7 @@ MAX_HERD_SECRETS = 1000  # secrets one herd keeps (each at most MAX_SECRET_BYTES
 # a label's text as the records check it, in the regex dialect pydantic uses
 LABEL_PATTERN = structs.ecma_pattern(LABEL_TEXT)
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
+AUDIT_PAGE = 1000  # audit records per Barn read of GET /v1/audit
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
 RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
 
@@ -827,7 +830,15 @@ def create_app(
     ) -> dict[str, Any]:
         """The last ``limit`` decisions about changes of ``day`` (UTC; default: today), oldest first."""
         auth.check(identity, "audit.read", "audit", CLUSTER)
-        kept = store.barn.scan(f"{AUDIT}{day or audit_day(time.time())}/")[-limit:]
+        prefix = f"{AUDIT}{day or audit_day(time.time())}/"
+        # a page at a time, keeping the last ``limit``: a busy day was read whole into memory
+        kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)
+        after = None
+        while page := store.barn.scan(prefix, limit=AUDIT_PAGE, after=after):
+            kept.extend(page)
+            after = page[-1].key
+            if len(page) < AUDIT_PAGE:
+                break
         return {"records": [json.loads(kv.value) for kv in kept]}
 
     # --- jobs --------------------------------------------------------------------------
