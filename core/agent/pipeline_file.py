@@ -12,6 +12,7 @@ MAX_DSL_BYTES, opened without blocking (a FIFO once held the node's every start)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import stat
@@ -87,8 +88,6 @@ def _open_folder(folder: str, shown: str) -> int:
 
 
 def _why(exc: OSError) -> str:
-    import errno
-
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return "a symbolic link on its way (give its real path), or a part of it is not a folder"
     return exc.strerror or str(exc)
