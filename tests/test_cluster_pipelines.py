@@ -231,6 +231,13 @@ def test_a_pipeline_outside_its_herds_roots_or_through_a_link_never_runs_nor_sho
             time.sleep(0.2)
         assert why in json.dumps(status) and "TOPSECRET" not in json.dumps(status), status
     assert "TOPSECRET" not in (tmp_path / "cluster" / "s.log").read_text()
+    # a cluster admin changes the herd's roots from the CLI
+    changed = run_cli("herd", "roots", "default", str(tmp_path / "q"), str(tmp_path / "p"), env=one_agent)
+    assert changed.returncode == 0 and "pipelines in " in changed.stdout, changed.stderr
+    (herd,) = json.loads(run_cli("herd", "list", "--json", env=one_agent).stdout)
+    assert herd["roots"] == sorted([str(tmp_path / "p"), str(tmp_path / "q")])
+    assert post(tmp_path / "q" / "p.dsl").status_code == 201  # (in its roots now: the node checks the rest)
+    assert run_cli("herd", "roots", "default", "/", env=one_agent).returncode != 0  # (never /)
 
 
 def test_a_two_node_pipeline_passes_its_dataset_through_s3(run_cli: CliRunner, tmp_path: Path) -> None:

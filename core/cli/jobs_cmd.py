@@ -582,8 +582,15 @@ def herd_list(ctx: typer.Context, server: str | None = SERVER, json_output: bool
     if json_output:
         print_json(herds)
         return
-    rows = [(h["name"], *(_limit(h["quota"][k]) for k in ("cpu", "memory", "gpu", "max_slices"))) for h in herds]
-    print_table("herds", ["HERD", "CPU", "MEMORY", "GPU", "MAX SLICES"], rows)
+    rows = [
+        (
+            h["name"],
+            *(_limit(h["quota"][k]) for k in ("cpu", "memory", "gpu", "max_slices")),
+            ", ".join(h.get("roots") or []) or "-",
+        )
+        for h in herds
+    ]
+    print_table("herds", ["HERD", "CPU", "MEMORY", "GPU", "MAX SLICES", "PIPELINES IN"], rows)
 
 
 @herd_app.command("describe")
