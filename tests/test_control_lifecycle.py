@@ -222,6 +222,9 @@ def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> No
     third = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
     assert third.ready and life.heartbeat("n1", third.incarnation)
     assert not life.uncordon("n1").cordoned and life.drain("n1").draining
+    # an admin's drain holds when the node registers again (a node once undid it so); uncordon ends it
+    assert life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4))).draining
+    assert not life.uncordon("n1").draining
     with pytest.raises(NotFound):
         life.cordon("ghost")
 

@@ -452,3 +452,29 @@ def test_allowed_sbatch_args_reach_slurm(slurm_executor: Executor, slurm: Any, t
         executor.stop(spec.id, grace=1)
     finally:
         executor.close()
+
+
+def test_files_a_job_writes_are_read_without_following_a_link_or_blocking(installed: Path, tmp_path: Path) -> None:
+    """The job writes its task dir: a FIFO put in place of its exit status held the agent's one
+    monitor thread (every task of the node, for good), and a stdout.log linked to /etc/shadow
+    was read as root."""
+    from runink_slurm import executor as slurm_module
+
+    secret = tmp_path / "secret"
+    secret.write_text("root:*:20228:0:99999:7:::\n")
+    os.mkfifo(tmp_path / "exit_status")
+    (tmp_path / "times").symlink_to(secret)
+    began = time.monotonic()
+    assert slurm_module._read_int(tmp_path / "exit_status") is None
+    assert slurm_module._read_times(tmp_path / "times") is None
+    assert time.monotonic() - began < 1
+    (tmp_path / "status").write_text("3\n")
+    assert slurm_module._read_int(tmp_path / "status") == 3
+
+
+def test_root_jobs_are_said_not_kept_apart(slurm_executor: Executor) -> None:
+    caps = slurm_executor.capabilities()
+    if os.geteuid() == 0:
+        assert "tasks apart" in caps.unenforced and "root" in caps.unenforced["tasks apart"]
+    else:
+        assert "tasks apart" not in caps.unenforced

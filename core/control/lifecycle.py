@@ -538,7 +538,9 @@ class Lifecycle:
 
     def register_node(self, node: NodeRecord) -> NodeRecord:
         """Register (or register again) a node's agent under a new incarnation. A node known
-        already keeps its cordoned flag and its heartbeat count, and comes back ready."""
+        already keeps its cordoned and draining flags (an admin's: only `runink nodes uncordon`
+        clears them; a node registering again once undid a drain) and its heartbeat count, and
+        comes back ready."""
         key = keys.node(node.id)
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
@@ -548,6 +550,7 @@ class Lifecycle:
             changes: dict[str, object] = {"incarnation": secrets.token_hex(8), "ready": True, "draining": False}
             if current is not None:
                 changes["cordoned"] = current.record.cordoned
+                changes["draining"] = current.record.draining
                 changes["heartbeat"] = current.record.heartbeat + 1
             registered = NodeRecord.model_validate({**node.model_dump(), **changes})
             try:

@@ -58,6 +58,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from runink.core.agent.logs import output_file
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import TaskNotFoundError, TaskRejectedError
 from runink.core.interfaces.executor import (
@@ -284,6 +286,12 @@ class SlurmExecutor(Executor):
             "network": "jobs share their node's network: no network namespace",
             "filesystem": "jobs see their node's file systems: no mount namespace",
         }
+        if os.geteuid() == 0:
+            # (sbatch is given no --uid: a job runs as the agent's user)
+            unenforced["tasks apart"] = (
+                "jobs run as the agent's user, root: a job can leave its cgroup (its limits), read other "
+                "jobs' folders (their secrets) and cancel them; run the agent as an unprivileged user"
+            )
         if config is None:
             why = f"Slurm's configuration could not be read: {self._config_error}"
             unenforced.update({"cpu": why, "memory": why, "gpu": why})
@@ -713,17 +721,15 @@ class SlurmExecutor(Executor):
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"no log stream {stream!r}: stdout or stderr")
         path = Path(self.handle(task_id).task_dir) / f"{stream}.log"
-        try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size > MAX_LOG:
-                    fh.seek(size - MAX_LOG)
-                    return f"[runink-slurm: {size - MAX_LOG} earlier bytes not shown]\n" + fh.read(MAX_LOG).decode(
-                        errors="replace"
-                    )
-                return fh.read(MAX_LOG).decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        # the job writes that folder: no link followed (one to /etc/shadow was read as root),
+        # no blocking read (a FIFO), a regular file only
+        with output_file(path, f"task {task_id}") as opened:
+            if opened is None:
+                return ""
+            fd, size = opened
+            skipped = max(0, size - MAX_LOG)
+            data = os.pread(fd, MAX_LOG, skipped).decode(errors="replace")
+        return (f"[runink-slurm: {skipped} earlier bytes not shown]\n" if skipped else "") + data
 
     def close(self) -> None:
         self._closed.set()
@@ -822,22 +828,34 @@ def _remove_secrets(task_dir: Path) -> None:
     shutil.rmtree(task_dir / "files", ignore_errors=True)
 
 
-def _read_int(path: Path) -> int | None:
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of a file the job wrote, read as the job cannot abuse: no link
+    followed, no blocking open or read (a FIFO put in its place held the monitor thread, so
+    every task of the agent, for good), a regular file only; None otherwise."""
     try:
-        with open(path, "rb") as fh:
-            text = fh.read(32).decode(errors="replace").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: Path) -> int | None:
+    data = _read_small(path, 32)
+    text = "" if data is None else data.decode(errors="replace").strip()
     return int(text) if re.fullmatch(r"\d{1,3}", text) else None
 
 
 def _read_times(path: Path) -> float | None:
     """The children's user + system cpu from the shell's ``times`` (its second line)."""
-    try:
-        with open(path, "rb") as fh:
-            lines = fh.read(512).decode(errors="replace").splitlines()
-    except OSError:
+    data = _read_small(path, 512)
+    if data is None:
         return None
+    lines = data.decode(errors="replace").splitlines()
     if len(lines) < 2:
         return None
     found = re.findall(r"(\d{1,7})m(\d{1,7}(?:\.\d{1,9})?)s", lines[1])
