@@ -75,12 +75,19 @@ class World:
         self.autoscaler = Autoscaler(self.store, self.scaler, policy, clock=lambda: self.now)
         self.submitted = 0
 
-    def submit(self, count: int, cpu: float = 2) -> list[str]:
+    def submit(self, count: int, cpu: float = 2, labels: dict[str, str] | None = None) -> list[str]:
         ids = []
         for _ in range(count):
             task_id = f"t{self.submitted:03d}"
             self.submitted += 1
-            task = TaskRecord(id=task_id, job_id=task_id, herd="h", command=["/bin/true"], resources=Amount(cpu=cpu))
+            task = TaskRecord(
+                id=task_id,
+                job_id=task_id,
+                herd="h",
+                command=["/bin/true"],
+                resources=Amount(cpu=cpu),
+                node_labels=labels or {},
+            )
             self.store.submit(JobRecord(id=task_id, herd="h", tasks=[task_id]), [task])
             ids.append(task_id)
         return ids
@@ -130,6 +137,23 @@ def test_max_nodes_and_the_cooldown_hold_it_back_and_say_so_once(manager: Plugin
     assert world.step(10) == []  # the same reason: not stored again
     assert world.store.scaling().record.decisions[-1].reason.endswith("at max_nodes 2")
     assert world.scaler.started == 2
+
+
+def test_tasks_asking_for_a_label_no_node_has_add_no_node(manager: PluginManager) -> None:
+    """One herd's tasks asking for a label no node has held the cluster at max_nodes for good
+    (and kept it from scaling down): a new node would not take them."""
+    world = World(manager, ScalingPolicy(pending_per_node=1, max_nodes=5, cooldown=0))
+    world.submit(1)
+    assert world.step() == ["up", "up n0"]  # (no node at all: a new one may help)
+    world.step()
+    world.submit(5, cpu=1, labels={"no-such-label": "x"})
+    for _ in range(3):
+        world.step(1)
+    assert world.scaler.started == 1
+    reason = world.task("t001").pending_reason
+    assert reason.startswith("no node fits") and "[node-labels]" in reason
+    world.submit(2)  # room, not labels: more nodes
+    assert any(action.startswith("up n") for action in world.step(1))
 
 
 def test_nodes_still_starting_count_for_the_tasks_they_will_take(manager: PluginManager) -> None:

@@ -140,7 +140,7 @@ class Autoscaler:
             task = versioned.record
             if task.state in ACTIVE and task.node is not None:
                 busy[task.node] = busy.get(task.node, 0) + 1
-            elif task.state is RunState.PENDING and task.pending_reason.startswith(NO_ROOM):
+            elif task.state is RunState.PENDING and _room_would_help(task.pending_reason):
                 waiting += 1
         return _Look(managed, records, busy, waiting)
 
@@ -299,6 +299,34 @@ class Autoscaler:
             self.store.update(
                 keys.node(node), NodeRecord, lambda n: None if n.draining else n.model_copy(update={"draining": True})
             )
+
+
+_REJECTED = re.compile(r"(?P<node>[^:]+): .*?(?: \[(?P<tag>[A-Za-z0-9_.-]+)\])?(?:, e\.g\. .*)?")
+
+
+def _room_would_help(reason: str) -> bool:
+    """Whether a task waiting for ``reason`` (its pending reason) could take a new node like the
+    others: no node is registered, or some node refused it for room alone ([resource-fit]) or
+    is unschedulable (a line without a filter's tag). Not one every node refused for something
+    else too (its labels): a herd's tasks asking for a label no node has once held the cluster
+    at max_nodes for good. Past the nodes listed one by one (lines grouped by kind), a
+    [resource-fit] line is enough."""
+    if reason.startswith("no nodes registered"):
+        return True
+    if not reason.startswith("no node fits: "):
+        return False
+    tags: dict[str, set[str]] = {}
+    for line in reason.removeprefix("no node fits: ").split("; "):
+        found = _REJECTED.fullmatch(line)
+        if found is None or line.startswith("and "):
+            continue
+        node, tag = found["node"], found["tag"] or ""
+        if re.fullmatch(r"\d+ nodes", node):  # (a group of nodes: which else refused them is not said)
+            if tag in ("", "resource-fit"):
+                return True
+            continue
+        tags.setdefault(node, set()).add(tag)
+    return any(found <= {"", "resource-fit"} for found in tags.values())
 
 
 def _kind(reason: str) -> str:
