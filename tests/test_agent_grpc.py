@@ -590,6 +590,20 @@ def test_a_pipeline_task_stored_before_tasks_carried_roots_gets_its_herds_roots_
     assert after.scenario is not None and after.scenario.roots == ["/srv/lab"]
 
 
+def test_a_node_claiming_a_restricted_label_is_refused(life: Lifecycle, address: str) -> None:
+    """Labels under restricted.runink.io/ are a cluster admin's (`runink nodes label`): a node
+    claiming one at its Register is dropped, saying why, and nothing is registered."""
+    control = GrpcControl(address, timeout=5)
+    try:
+        with pytest.raises(ControlUnavailable, match="is set by cluster admins, not by a node"):
+            control.register_node(
+                NodeRecord(id="n9", capacity=Amount(cpu=1), labels={"restricted.runink.io/pool": "gpu"})
+            )
+    finally:
+        control.close()
+    assert [v.record.id for v in life.store.nodes()] == []
+
+
 def test_a_long_poll_returns_on_a_new_assignment_before_its_wait(
     store: ClusterStore, life: Lifecycle, control: GrpcControl
 ) -> None:

@@ -117,6 +117,35 @@ def test_a_herds_queue_is_bounded_and_describe_shows_it(one_server: dict[str, st
         assert run_cli("cancel", job, env=one_server).returncode == 0
 
 
+def test_an_admin_labels_a_node_and_a_job_asking_for_that_label_runs_there(
+    one_server: dict[str, str], run_cli: CliRunner
+) -> None:
+    """`runink nodes label`: restricted labels, which no node's agent may claim for itself."""
+    import httpx
+    from runink_processes import admin_headers
+
+    assert run_cli("herd", "create", "default", env=one_server).returncode == 0
+    labelled = run_cli("nodes", "label", "n1", "restricted.runink.io/pool=gpu", env=one_server)
+    assert labelled.returncode == 0 and "restricted.runink.io/pool=gpu" in labelled.stdout, labelled.stderr
+    (node,) = json.loads(run_cli("nodes", "list", "--json", env=one_server).stdout)
+    assert node["labels"]["restricted.runink.io/pool"] == "gpu"
+    refused = run_cli("nodes", "label", "n1", "zone=a", env=one_server)
+    assert refused.returncode != 0 and "restricted.runink.io/" in refused.stderr
+    body = {"herd": "default", "command": ["/bin/true"], "node_labels": {"restricted.runink.io/pool": "gpu"}}
+    base = f"http://{one_server['RUNINK_SERVER']}"
+    answer = httpx.post(f"{base}/v1/jobs", json=body, headers=admin_headers(one_server), timeout=10)
+    assert answer.status_code == 201, answer.text
+    job = answer.json()["job"]["id"]
+    deadline = time.monotonic() + 20
+    while True:
+        status = json.loads(run_cli("status", job, "--json", env=one_server).stdout)
+        if status["job"]["state"] == "SUCCEEDED":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["tasks"][0]["node"] == "n1"
+
+
 def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:
     (port,) = free_ports(1)
     out = run_cli("server", "--api", f"0.0.0.0:{port}", "--plaintext")

@@ -229,6 +229,25 @@ def test_heartbeats_and_registration(store: ClusterStore, life: Lifecycle) -> No
         life.cordon("ghost")
 
 
+def test_restricted_labels_are_an_admins_and_no_node_claims_or_undoes_them(
+    store: ClusterStore, life: Lifecycle
+) -> None:
+    """A node says its own capacity and labels: one with stolen credentials claimed every label
+    tasks asked for. Labels under restricted.runink.io/ only an admin sets (`runink nodes
+    label`); a Register claiming one is refused, and one registering again keeps the admin's."""
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4), labels={"zone": "a"}))
+    labelled = life.label("n1", {"restricted.runink.io/pool": "gpu"})
+    assert labelled.labels == {"zone": "a", "restricted.runink.io/pool": "gpu"}
+    again = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4), labels={"zone": "b"}))
+    assert again.labels == {"zone": "b", "restricted.runink.io/pool": "gpu"}
+    claims = {"restricted.runink.io/pool": "gpu"}
+    with pytest.raises(Refused, match="set by cluster admins"):
+        life.register_node(NodeRecord(id="evil", capacity=Amount(cpu=4096), labels=claims))
+    with pytest.raises(Refused, match=r"labels under restricted\.runink\.io/ only"):
+        life.label("n1", {"zone": "c"})
+    assert life.label("n1", {}).labels == {"zone": "b"}  # (cleared; its own stay)
+
+
 def test_an_agents_message_is_stored_bounded_and_printable(
     store: ClusterStore, life: Lifecycle, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -199,6 +199,14 @@ def test_weighted_lets_a_heavier_node_fill_to_its_weights_share() -> None:
     assert [p.node_id for p in policy.rank(REQUEST, NODES, {})] == [p.node_id for p in spread.rank(REQUEST, NODES, {})]
 
 
+def test_a_weight_past_its_bound_counts_as_the_bound() -> None:
+    """A node sets its own labels: one claiming a weight of 1e300 drew every task."""
+    from runink.plugins.scheduling.policies import MAX_WEIGHT, _weight
+
+    assert _weight("evil", WEIGHT_LABEL, "1e300") == MAX_WEIGHT == 1000
+    assert _weight("n", WEIGHT_LABEL, "2.5") == 2.5
+
+
 def test_weighted_share_of_tasks_follows_the_weights(store: ClusterStore, manager: PluginManager) -> None:
     add_node(store, "a", cpu=16, **{WEIGHT_LABEL: "2"})
     add_node(store, "b", cpu=16)

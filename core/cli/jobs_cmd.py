@@ -725,6 +725,33 @@ def _node_action(action: str, help_text: str) -> None:
     nodes_app.command(action)(command)
 
 
+@nodes_app.command("label")
+def node_label(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node id."),
+    labels: list[str] = typer.Argument(
+        None, metavar="KEY=VALUE...", help="Its restricted labels, restricted.runink.io/... (none: cleared)."
+    ),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Set a node's restricted labels (cluster admins): its agent cannot claim them, so a task
+    asking for one (a pipeline's @affinity(label=...), a job's node_labels) runs only where an admin said."""
+    pairs = {}
+    for given in labels or []:
+        key, sep, value = given.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{given!r}: expected KEY=VALUE", param_hint="KEY=VALUE")
+        pairs[key] = value
+    with _client(ctx, server) as client:
+        answer = client.call("PUT", f"/v1/nodes/{node}/labels", {"labels": pairs})
+    if json_output:
+        print_json(answer)
+    else:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(answer.get("labels", {}).items())) or "none"
+        print(f"node {node}: labels {shown}")
+
+
 _node_action("cordon", "Take no new work on this node; what runs there goes on.")
 _node_action("uncordon", "Take new work on this node again.")
 _node_action("drain", "Take no new work; its agent lets running slices finish, then gives the rest back.")

@@ -19,7 +19,7 @@ import random
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from runink.core.config import CostConfig
 from runink.core.control.cost import used as attempt_cost
 from runink.core.control.records import (
     MAX_PIPELINE_TASKS,
+    RESTRICTED_LABELS,
     Accounting,
     Amount,
     Herd,
@@ -547,11 +548,17 @@ class Lifecycle:
                 current = self.store.node(node.id)
             except NotFound:
                 current = None
+            claimed = [k for k in node.labels if k.startswith(RESTRICTED_LABELS)]
+            if claimed:
+                why = "set by cluster admins (runink nodes label), not by a node"
+                raise Refused(f"node {node.id}: label {claimed[0]!r}: {why}")
             changes: dict[str, object] = {"incarnation": secrets.token_hex(8), "ready": True, "draining": False}
             if current is not None:
                 changes["cordoned"] = current.record.cordoned
                 changes["draining"] = current.record.draining
                 changes["heartbeat"] = current.record.heartbeat + 1
+                kept = {k: v for k, v in current.record.labels.items() if k.startswith(RESTRICTED_LABELS)}
+                changes["labels"] = {**node.labels, **kept}  # (an admin's stay as they were)
             registered = NodeRecord.model_validate({**node.model_dump(), **changes})
             try:
                 self.store.commit([(key, current.revision if current else 0)], [(key, registered)])
@@ -598,6 +605,20 @@ class Lifecycle:
     def _set_node(self, node_id: str, **flags: bool) -> NodeRecord:
         self.store.node(node_id)  # NotFound with the node's name
         return self.store.update(keys.node(node_id), NodeRecord, lambda n: n.model_copy(update=flags))
+
+    def label(self, node_id: str, labels: Mapping[str, str]) -> NodeRecord:
+        """Set the node's restricted labels (``RESTRICTED_LABELS``: a cluster admin's, which no
+        Register changes) to ``labels``, replacing those it had; its own stay."""
+        wrong = [k for k in labels if not k.startswith(RESTRICTED_LABELS)]
+        if wrong:
+            raise Refused(f"label {wrong[0]!r}: an admin sets labels under {RESTRICTED_LABELS} only")
+        self.store.node(node_id)  # NotFound with the node's name
+
+        def relabel(node: NodeRecord) -> NodeRecord:
+            own = {k: v for k, v in node.labels.items() if not k.startswith(RESTRICTED_LABELS)}
+            return NodeRecord.model_validate({**node.model_dump(), "labels": {**own, **labels}})
+
+        return self.store.update(keys.node(node_id), NodeRecord, relabel)
 
     def cordon(self, node_id: str) -> NodeRecord:
         return self._set_node(node_id, cordoned=True)

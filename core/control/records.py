@@ -222,6 +222,9 @@ PathText = Annotated[str, Meta(min_length=1, max_length=4096)]
 # A label's key or value: shown as it is (`runink nodes list`, a task's pending reason and
 # --explain), so printable text, no control character that could forge a line
 LABEL_TEXT = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+#: node labels only a cluster admin sets (`runink nodes label`), never a node's own agent: what
+#: a task asks under it, a node with stolen credentials cannot claim (Kubernetes' NodeRestriction)
+RESTRICTED_LABELS = "restricted.runink.io/"
 MAX_LABELS = 64
 LabelKey = Annotated[str, Meta(min_length=1, max_length=253, pattern=LABEL_TEXT)]
 LabelValue = Annotated[str, Meta(max_length=253, pattern=LABEL_TEXT)]

@@ -34,6 +34,7 @@ from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import (
     MAX_CPU_SECONDS,
     MAX_LABELS,
+    RESTRICTED_LABELS,
     Accounting,
     Amount,
     NodeRecord,
@@ -162,6 +163,8 @@ def node_of(message: pb.Register) -> NodeRecord:
         labels[_printable(key, MAX_LABEL_KEY, "register.labels key")] = _printable(
             value, MAX_LABEL_VALUE, f"register.labels[{printable(key, 63)}]"
         )
+        if key.startswith(RESTRICTED_LABELS):  # (a node claims none: what tasks ask under it, admins set)
+            raise BadRequest(f"register.labels: {printable(key, 63)!r} is set by cluster admins, not by a node")
     address = _printable(message.address, MAX_ADDRESS, "register.address")
     capacity = _amount(message.capacity, "register.capacity")
     try:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 #: the node label the weighted policy reads (``runink agent --labels runink.io/weight=2``)
 WEIGHT_LABEL = "runink.io/weight"
+MAX_WEIGHT = 1000.0  # a weight past it counts as it
 
 
 def _utilisation_after(request: PlacementRequest, node: Node) -> float:
@@ -165,7 +166,9 @@ def _weight(node_id: str, label: str, text: str) -> float:
     if not math.isfinite(value) or value < 0:
         log.warning("node %s: label %s=%r is not a weight (a number >= 0); counted as 1", node_id, label, text)
         return 1.0
-    return value
+    # (a node sets its own labels: one claiming 1e300 drew every task; an admin who wants the
+    # weight out of nodes' hands names a restricted label, option label = "restricted.runink.io/weight")
+    return min(value, MAX_WEIGHT)
 
 
 class LeastConnectionsPolicy(SchedulerPolicy):
