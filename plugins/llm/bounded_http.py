@@ -1,24 +1,22 @@
-"""An httpx client whose every answer comes within a deadline and a size, for the model server.
+"""An HTTP client whose every answer comes within a deadline and a size, for the model server.
 
 httpx's timeouts bound each read, not a request: a server sending a byte every half second
 kept a request open for as long as it went on, and the openai client reads an answer whole, so
 a 100 MB answer was held and parsed. Here the client's network streams (httpcore's, under each
 of its transports, env proxies included) read at most until the calling thread's deadline and
 at most its byte budget (``limits``); redirects are not followed (a 307 re-sent the records to
-another host).
+another host). The client is of the library the installed openai uses: httpx2 (on httpcore2)
+from openai 3 on, httpx (on httpcore) before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
+import importlib
 import threading
 import time
-import typing
 from collections.abc import Iterator
-
-import httpcore
-import httpx
+from typing import Any
 
 _bounds = threading.local()  # the calling thread's deadline, budget and bytes read, while ``limits`` holds
 
@@ -38,23 +36,39 @@ def limits(seconds: float, max_bytes: int) -> Iterator[None]:
         _bounds.deadline = _bounds.budget = None
 
 
-def _timeout(timeout: float | None) -> float | None:
-    """The read or write timeout, cut to what is left before the deadline."""
-    deadline = getattr(_bounds, "deadline", None)
+def libraries() -> tuple[Any, Any]:
+    """(httpx, httpcore) as the installed openai client uses them."""
+    from openai import _base_client
+
+    if hasattr(_base_client, "httpx2"):
+        return importlib.import_module("httpx2"), importlib.import_module("httpcore2")
+    return importlib.import_module("httpx"), importlib.import_module("httpcore")
+
+
+def _cut(core: Any, timeout: float | None) -> float | None:
+    """A read or write timeout cut to what is left before the deadline (``core``'s ReadTimeout
+    past it: its client maps it to its own timeout error, openai's to APITimeoutError)."""
+    deadline: float | None = getattr(_bounds, "deadline", None)
     if deadline is None:
         return timeout
     left = deadline - time.monotonic()
     if left <= 0:
-        raise httpcore.ReadTimeout("the answer did not come within the request's timeout")
+        raise core.ReadTimeout("the answer did not come within the request's timeout")
     return left if timeout is None else min(timeout, left)
 
 
-class _BoundedStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+class _BoundedStream:
+    """A network stream (httpcore's interface) whose reads and writes end at the deadline."""
+
+    def __init__(self, inner: Any, core: Any) -> None:
         self._inner = inner
+        self._core = core
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return _cut(self._core, timeout)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = self._inner.read(max_bytes, _timeout(timeout))
+        data: bytes = self._inner.read(max_bytes, self._timeout(timeout))
         budget = getattr(_bounds, "budget", None)
         if budget is not None:
             _bounds.read += len(data)
@@ -63,23 +77,24 @@ class _BoundedStream(httpcore.NetworkStream):
         return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _timeout(timeout))
+        self._inner.write(buffer, self._timeout(timeout))
 
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, _timeout(timeout)))
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, self._timeout(timeout)), self._core)
 
-    def get_extra_info(self, info: str) -> typing.Any:
+    def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
 
 
-class _BoundedBackend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+class _BoundedBackend:
+    """A network backend (httpcore's interface) whose streams are bounded."""
+
+    def __init__(self, inner: Any, core: Any) -> None:
         self._inner = inner
+        self._core = core
 
     def connect_tcp(
         self,
@@ -87,30 +102,34 @@ class _BoundedBackend(httpcore.NetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        return _BoundedStream(self._inner.connect_tcp(host, port, _timeout(timeout), local_address, socket_options))
+        socket_options: Any = None,
+    ) -> _BoundedStream:
+        inner = self._inner.connect_tcp(host, port, _cut(self._core, timeout), local_address, socket_options)
+        return _BoundedStream(inner, self._core)
 
     def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[typing.Any] | None = None
-    ) -> httpcore.NetworkStream:
-        return _BoundedStream(self._inner.connect_unix_socket(path, _timeout(timeout), socket_options))
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> _BoundedStream:
+        inner = self._inner.connect_unix_socket(path, _cut(self._core, timeout), socket_options)
+        return _BoundedStream(inner, self._core)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
 
 
-def bounded_client(timeout: float) -> httpx.Client:
-    """An httpx client (env proxies and certificates as httpx's defaults) whose reads obey
-    ``limits`` and which follows no redirect. Raises RuntimeError if this httpx keeps its
-    connections elsewhere than this module knows (answers could not be bounded)."""
-    client = httpx.Client(timeout=timeout, follow_redirects=False)
+def bounded_client(timeout: float) -> Any:
+    """A client of the openai client's HTTP library (env proxies and certificates as its
+    defaults) whose reads obey ``limits`` and which follows no redirect. Raises RuntimeError
+    if that library keeps its connections elsewhere than this module knows (answers could not
+    be bounded)."""
+    http, core = libraries()
+    client = http.Client(timeout=timeout, follow_redirects=False)
     transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
     for transport in transports:
         pool = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if backend is None:
             client.close()
-            raise RuntimeError(f"httpx {httpx.__version__}: its transports cannot be bounded (no network backend)")
-        pool._network_backend = _BoundedBackend(backend)  # type: ignore[union-attr]
+            raise RuntimeError(f"{http.__name__} {http.__version__}: its transports cannot be bounded")
+        pool._network_backend = _BoundedBackend(backend, core)  # type: ignore[union-attr]
     return client

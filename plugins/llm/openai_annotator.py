@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from runink.core.driverload import OptionsSchema
 from runink.core.errors import RuninkError, describe_exception
@@ -608,7 +608,7 @@ def _tokens(response: Any, bound: tuple[int, float]) -> tuple[int, int]:
     # (a negative count would give back budget: a server once reported -10^9 and spent freely)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
         return bound[0], 0
-    return prompt, completion
+    return cast(int, prompt), cast(int, completion)
 
 
 def _content(response: Any) -> str:
