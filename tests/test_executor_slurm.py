@@ -478,3 +478,17 @@ def test_root_jobs_are_said_not_kept_apart(slurm_executor: Executor) -> None:
         assert "tasks apart" in caps.unenforced and "root" in caps.unenforced["tasks apart"]
     else:
         assert "tasks apart" not in caps.unenforced
+
+
+@pytest.mark.parametrize(
+    ("limits", "timeout"),
+    [({"cpu": float("inf")}, None), ({"cpu": float("nan")}, None), ({}, float("inf")), ({}, 1e12)],
+)
+def test_a_limit_or_timeout_that_is_no_finite_number_is_refused_as_a_task(
+    slurm_executor: Executor, tmp_path: Path, limits: dict[str, float], timeout: float | None
+) -> None:
+    """inf and nan raised OverflowError and ValueError out of start(); 1e12 s crashed the
+    deadline's timer thread (the control plane refuses them first: defence in depth)."""
+    spec = _spec(tmp_path, "/bin/true", limits=Resources(**limits), timeout=timeout)
+    with pytest.raises(TaskRejectedError, match=r"not a finite number|at most a year"):
+        slurm_executor.start(spec)

@@ -86,6 +86,7 @@ log = logging.getLogger("runink.executor.slurm")
 MiB = 1024 * 1024
 #: largest log read_log returns (its last bytes); the agent ships the files itself
 MAX_LOG = 8 * MiB
+MAX_TIMEOUT = 366 * 86400.0  # seconds: a task's timeout, at most (1e12 crashed the deadline's timer)
 #: seconds a job may run (says squeue) before its marker shows, before it counts as started
 NO_MARKER_AFTER = 5.0
 #: sbatch options an operator may add (``sbatch_args``); the executor sets the others itself
@@ -395,8 +396,10 @@ class SlurmExecutor(Executor):
         caps = self.capabilities()
         asked = {"cpu": spec.limits.cpu, "memory": spec.limits.memory, "gpu": spec.limits.gpu, "pids": spec.limits.pids}
         for limit, value in asked.items():
-            if value and value < 0:
-                raise TaskRejectedError(f"task {spec.id}: negative {limit} limit")
+            if value and (not math.isfinite(value) or value < 0):  # (inf and nan: an error of this driver's)
+                raise TaskRejectedError(f"task {spec.id}: {limit} limit {value!r} is not a finite number >= 0")
+        if spec.timeout is not None and not 0 < spec.timeout <= MAX_TIMEOUT:
+            raise TaskRejectedError(f"task {spec.id}: timeout {spec.timeout!r} is not above 0 and at most a year")
         unenforceable = sorted(limit for limit, value in asked.items() if value and limit in caps.unenforced)
         if unenforceable and not self.degrade:
             reasons = "; ".join(f"{limit}: {caps.unenforced[limit]}" for limit in unenforceable)
