@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from runink.core.agent.agent import Agent
+from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
+from runink.core.config import RuninkConfig
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Accounting, NodeRecord, RunState, TaskRecord, keys
 from runink.core.control.store import ClusterStore
-from runink.core.errors import RuninkError
+from runink.core.errors import RuninkError, TaskRejectedError
+from runink.core.interfaces.executor import TaskHandle, TaskSpec
+from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
+from runink.core.pipeline.dsl import parse
+from runink.core.plugins import PluginManager
+from runink.plugins.executors.process import ProcessExecutor
 
 
 def schedule(store: ClusterStore, job_id: str, node: str = "n1") -> TaskRecord:
@@ -84,3 +92,24 @@ class ProxyControl:
 
     def task_secrets(self, herd: str, task_id: str, attempt: int, token: int, node: str | None) -> dict[str, bytes]:
         return self.life.task_secrets(herd, task_id, attempt, token, node)
+
+
+def keeping_attempts(work: Path) -> tuple[ScenarioAttempts, list[TaskSpec]]:
+    """A node's ScenarioAttempts (pipelines compiled as an agent compiles them: from their text,
+    without the steps' code) over an executor that keeps each spec it is given and runs
+    nothing (its start raises TaskRejectedError "kept, not run"), and the specs it kept."""
+    given: list[TaskSpec] = []
+
+    class Keeps(ProcessExecutor):
+        def start(self, spec: TaskSpec) -> TaskHandle:
+            given.append(spec)
+            raise TaskRejectedError("kept, not run")
+
+    config = RuninkConfig()
+
+    def compile_text(text: str, path: Path) -> CompiledPipeline:
+        return compile_pipeline(parse(text, path), check_code=False, config=config)
+
+    return ScenarioAttempts(
+        Keeps(degrade=True), config, PluginManager(), NodePipelines(compile_text, config, work)
+    ), given

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from agent_helpers import keeping_attempts
 from fixture_types import CliRunner
 
 from runink.core.agent.agent import Agent
@@ -162,29 +163,11 @@ def test_a_scenarios_slice_is_limited_to_what_its_task_booked_not_what_its_file_
 ) -> None:
     """The node reads the .dsl from a path its submitter chose: a task booked at 0.1 core once
     ran with the 2 cores and 8 GiB its file's @requires said (the scheduler counted 0.1)."""
-    from runink.core.errors import TaskRejectedError
-    from runink.core.interfaces.executor import TaskSpec
-    from runink.core.pipeline.compile import compile_pipeline
-    from runink.core.pipeline.dsl import parse
 
     assert run_cli("init", "project").returncode == 0
     dsl = tmp_path / "project" / "pipeline.dsl"
     dsl.write_text(dsl.read_text().replace('@requires(cpu=1, memory="256Mi"', '@requires(cpu=2, memory="8Gi"'))
-    given: list[TaskSpec] = []
-
-    class Keeps(ProcessExecutor):
-        def start(self, spec: TaskSpec) -> TaskHandle:
-            given.append(spec)
-            raise TaskRejectedError("kept, not run")
-
-    config = RuninkConfig()
-
-    def compile_text(text: str, path: Path) -> CompiledPipeline:
-        return compile_pipeline(parse(text, path), check_code=False, config=config)
-
-    attempts = ScenarioAttempts(
-        Keeps(degrade=True), config, PluginManager(), NodePipelines(compile_text, config, tmp_path)
-    )
+    attempts, given = keeping_attempts(tmp_path)
     ref = ScenarioRef(pipeline=str(dsl), scenario="Clean orders", run="r1", roots=[str(tmp_path)])
     booked = Amount(cpu=0.1, memory=64 << 20)
     task = TaskRecord(
@@ -194,4 +177,4 @@ def test_a_scenarios_slice_is_limited_to_what_its_task_booked_not_what_its_file_
         attempts.start_scenario(task, "t1-a1")
     (spec,) = given
     assert (spec.limits.cpu, spec.limits.memory, spec.timeout) == (0.1, 64 << 20, 30)  # (its file: 5m)
-    assert spec.limits.pids == config.limits.pids  # (this node's [limits] where the task asked none)
+    assert spec.limits.pids == RuninkConfig().limits.pids  # (this node's [limits] where the task asked none)

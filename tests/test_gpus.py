@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from agent_helpers import keeping_attempts
 from fixture_types import CliRunner
 from runink_processes import server_and_agent
 
@@ -27,7 +28,7 @@ from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import RuninkError, TaskRejectedError
 from runink.core.interfaces import SchedulerPolicy
-from runink.core.interfaces.executor import TaskHandle, TaskSpec, TaskState
+from runink.core.interfaces.executor import TaskSpec, TaskState
 from runink.core.model import Resources
 from runink.plugins.barn.memory import MemoryBarn
 from runink.plugins.executors.linux.executor import LinuxExecutor
@@ -290,32 +291,14 @@ def _ended(run_cli: CliRunner, job_id: str, env: dict[str, str], timeout: float 
 def test_a_pipeline_scenarios_slice_is_given_its_gpus_too(run_cli: CliRunner, tmp_path: Path) -> None:
     """`@requires(gpu=1)` on a cluster: the node's ScenarioAttempts grants the scenario's slice
     the GPU its task was given, as a command's (the executor double keeps the spec it got)."""
-    from runink.core.agent.scenarios import NodePipelines, ScenarioAttempts
-    from runink.core.config import RuninkConfig
     from runink.core.control.records import ScenarioRef
-    from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
-    from runink.core.pipeline.dsl import parse
-    from runink.core.plugins import PluginManager
 
     assert run_cli("init", "project").returncode == 0
     dsl = tmp_path / "project" / "pipeline.dsl"
     dsl.write_text(dsl.read_text().replace('@requires(cpu=1, memory="256Mi"', '@requires(cpu=1, gpu=1, memory="256Mi"'))
     bin_dir, devices = fake_nvidia(tmp_path / "node")
     inventory = find_gpus(devices, smi=str(bin_dir / "nvidia-smi"))
-    given: list[TaskSpec] = []
-
-    class Keeps(ProcessExecutor):
-        def start(self, spec: TaskSpec) -> TaskHandle:
-            given.append(spec)
-            raise TaskRejectedError("kept, not run")
-
-    config = RuninkConfig()
-
-    def compile_text(text: str, path: Path) -> CompiledPipeline:
-        return compile_pipeline(parse(text, path), check_code=False, config=config)
-
-    pipelines = NodePipelines(compile_text, config, tmp_path / "work")
-    attempts = ScenarioAttempts(Keeps(degrade=True), config, PluginManager(), pipelines)
+    attempts, given = keeping_attempts(tmp_path / "work")
     attempts.gpus = inventory
     task = TaskRecord(
         id="t1", job_id="job-1", herd="default", attempt=1, token=5, resources=Amount(gpu=1), gpus=[UUIDS[1]],
