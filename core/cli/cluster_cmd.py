@@ -414,6 +414,9 @@ def up_command(
     It has one herd, default, whose pipelines may be in the current folder (or --root's)."""
     if scale_max and scale_max < agents:
         raise typer.BadParameter(f"{scale_max} is fewer than --agents {agents}", param_hint="--scale-max")
+    for given in herd_root:
+        if not given.is_dir():
+            raise typer.BadParameter(f"{given}: not a folder", param_hint="--root")
     if read_context() is not None:
         raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
     if directory is None:
