@@ -218,6 +218,28 @@ def test_up_refuses_a_folder_that_holds_something(run_cli: CliRunner, tmp_path: 
     assert (folder / "keep.txt").read_text() == "mine"
 
 
+def test_up_gives_its_default_herd_the_current_folder_unless_anyone_may_write_it(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A herd's pipelines may be only in its roots: `runink up` gives `default` the folder it
+    runs in, or `--root`'s, never one anyone may write (the nodes refuse a .dsl there), and
+    refuses a `--root` that is no folder in one line."""
+    missing = run_cli("up", "--servers", "1", "--agents", "0", "--root", str(tmp_path / "nope"))
+    assert missing.returncode != 0 and "not a folder" in missing.stderr and "Traceback" not in missing.stderr
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    up = run_cli("up", "--servers", "1", "--agents", "0", "--json", "--dir", str(tmp_path / "c"), cwd=shared, env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert json.loads(up.stdout)["roots"] == [] and "no folder (--root)" in up.stderr
+        (herd,) = json.loads(run_cli("herd", "list", "--json", env=env).stdout)
+        assert herd["name"] == "default" and herd["roots"] == []
+    finally:
+        run_cli("down", env=env)
+
+
 def test_down_stops_only_what_up_started_and_removes_only_its_folder(run_cli: CliRunner, tmp_path: Path) -> None:
     """A stale context (a reboot since, a pid reused by someone else's process, a folder that
     is not up's): `down` kills nothing it did not start and deletes nothing it did not make."""
