@@ -137,6 +137,11 @@ def test_a_collector_down_a_while_still_gets_every_line_and_a_repeat_only_under_
         exporter.runink_unconfigure()
 
 
+def _lines_once(receiver: Receiver) -> list[str]:
+    """The "line N" messages received, each once (a resend counted once), in N's order."""
+    return sorted(set(receiver.messages()), key=lambda m: int(m.split()[1]))
+
+
 def _only_repeated_under_the_same_chunk(got: list[tuple[str, str, dict[str, Any]]]) -> None:
     """A line received twice came in two messages with one chunk id (a resend), never as new."""
     chunk_of: dict[str, str] = {}
@@ -154,7 +159,7 @@ def test_a_lost_ack_makes_a_resend_with_the_same_chunk_id() -> None:
         first = [record["message"] for chunk, _tag, record in receiver.got if chunk == receiver.got[0][0]]
         # the first message, stored but not acknowledged, came again whole under its chunk id
         assert first and len(first) % 2 == 0 and first[: len(first) // 2] == first[len(first) // 2 :]
-        assert sorted(set(receiver.messages()), key=lambda m: int(m.split()[1])) == [f"line {n}" for n in range(10)]
+        assert _lines_once(receiver) == [f"line {n}" for n in range(10)]
         assert len(receiver.got) == 10 + len(first) // 2
         _only_repeated_under_the_same_chunk(receiver.got)
         assert exporter.resent == 1 and receiver.got[0][1] == "runink.slice"
@@ -354,7 +359,7 @@ def test_a_collector_answering_garbage_fails_that_attempt_only() -> None:
         for number in range(50):
             exporter.runink_export_log(_entry(number))
         assert exporter.flush(30)
-        assert sorted(set(receiver.messages()), key=lambda m: int(m.split()[1])) == [f"line {n}" for n in range(50)]
+        assert _lines_once(receiver) == [f"line {n}" for n in range(50)]
         assert exporter.resent >= 1 and exporter.dropped == 0
     finally:
         exporter.runink_unconfigure()

@@ -10,7 +10,7 @@ the scheduler's placements, a job and its tasks) is all or nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -166,15 +166,19 @@ class ClusterStore:
             kvs = self._pages(prefix) if paged else self.barn.scan(prefix)
         return kvs
 
+    def pages(self, prefix: str, size: int = SCAN_PAGE) -> Iterator[list[KeyValue]]:
+        """The keys under ``prefix``, ``size`` of them a Barn request, page after page (not one
+        snapshot: for what never changes once written, a herd's ended jobs, the audit log)."""
+        after = None
+        while page := self.barn.scan(prefix, limit=size, after=after):
+            yield page
+            if len(page) < size:
+                return
+            after = page[-1].key
+
     def _pages(self, prefix: str) -> list[KeyValue]:
-        """Every key under ``prefix``, SCAN_PAGE of them a Barn request (not one snapshot: for
-        the jobs and tasks of a herd, whose ended ones never change)."""
-        found: list[KeyValue] = []
-        while True:
-            page = self.barn.scan(prefix, limit=SCAN_PAGE, after=found[-1].key if found else None)
-            found += page
-            if len(page) < SCAN_PAGE:
-                return found
+        """Every key under ``prefix``, a page at a time (``pages``)."""
+        return [kv for page in self.pages(prefix) for kv in page]
 
     def _scan(
         self, prefix: str, model: type[R], suffix: str = "", *, recent: bool = False, paged: bool = False
@@ -328,8 +332,9 @@ class ClusterStore:
         known = self.view.live_tasks(herd) if self.view is not None else None
         if known is not None:
             return known
-        pending = self._pages(f"{self.PENDING}{herd}/")
-        return len(pending) + sum(herd_of_live(kv.key) == herd for kv in self._pages(self.ASSIGNED))
+        # (the waiting counted in the Barn; the placed are keyed by node first: read, a page at a time)
+        pending = self.barn.count(f"{self.PENDING}{herd}/")
+        return pending + sum(herd_of_live(kv.key) == herd for kv in self._pages(self.ASSIGNED))
 
     # --- writing -----------------------------------------------------------------------
 

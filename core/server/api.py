@@ -842,12 +842,8 @@ def create_app(
         prefix = f"{AUDIT}{day or audit_day(time.time())}/"
         # a page at a time, keeping the last ``limit``: a busy day was read whole into memory
         kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)
-        after = None
-        while page := store.barn.scan(prefix, limit=AUDIT_PAGE, after=after):
+        for page in store.pages(prefix, AUDIT_PAGE):
             kept.extend(page)
-            after = page[-1].key
-            if len(page) < AUDIT_PAGE:
-                break
         return {"records": [json.loads(kv.value) for kv in kept]}
 
     # --- jobs --------------------------------------------------------------------------
