@@ -9,17 +9,24 @@ The Slurm is Debian's slurm-wlm: a munged, slurmctld and slurmd started by the m
 fixture as root in a temp dir (``runink_slurm.testing.LocalSlurm``: loopback, free ports, its
 own munge key and socket; task/cgroup on cgroup v1 where this machine has it, so Slurm
 enforces memory). Skipped, saying why, without the packages or root.
+
+The tests run as root, as agents do, so the driver is given ``run_as`` (every herd's jobs as
+``nobody``) unless a test says otherwise, and their folders are made where that user can
+pass (pytest's own temp folders are root's, 0700).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+import pwd
 import shutil
 import site
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import venv
@@ -47,6 +54,38 @@ pytestmark = [
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 MiB = 1024 * 1024
+JOB_USER = "nobody"
+#: what an agent run as root is given: every herd's jobs as an unprivileged user
+AS_USER = {"run_as": {"*": JOB_USER}}
+
+
+def _load(**options: Any) -> Executor:
+    return load_driver(Executor, "slurm", {**AS_USER, **options})
+
+
+@pytest.fixture(scope="module")
+def jobs_base() -> Iterator[Path]:
+    """A folder the jobs' user may pass through (0711), for the tests' task and work dirs."""
+    base = Path(tempfile.mkdtemp(prefix="runink-slurm-jobs-"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_path(jobs_base: Path) -> Path:
+    """(this module's: under ``jobs_base``, so a job run as JOB_USER reaches its task dir)"""
+    path = Path(tempfile.mkdtemp(dir=jobs_base))
+    path.chmod(0o711)
+    return path
+
+
+def _work_dir(path: Path) -> Path:
+    """A work dir outside the task dir: the caller's to give the job's user."""
+    path.mkdir(parents=True, exist_ok=True)
+    user = pwd.getpwnam(JOB_USER)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    return path
 
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -123,7 +162,7 @@ def slurm(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def slurm_executor(slurm: Any) -> Iterator[Executor]:
-    executor = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    executor = _load(poll_interval=0.1)
     try:
         yield executor
     finally:
@@ -132,8 +171,7 @@ def slurm_executor(slurm: Any) -> Iterator[Executor]:
 
 
 def _spec(tmp_path: Path, *command: str, **overrides: Any) -> TaskSpec:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
+    work = _work_dir(tmp_path / "work")
     task_id = overrides.pop("id", f"t-{uuid.uuid4().hex[:10]}")
     values: dict[str, Any] = {
         "id": task_id,
@@ -187,7 +225,11 @@ class TestSlurmConformance(ExecutorConformance):
     without gres, network, filesystem) are in ``capabilities().unenforced``."""
 
     driver_name = "slurm"
-    driver_options = {"poll_interval": 0.1}
+    driver_options = {"poll_interval": 0.1, **AS_USER}
+
+    @pytest.fixture
+    def work(self, tmp_path: Path) -> Path:
+        return _work_dir(tmp_path / "work")
 
     @pytest.fixture
     def executor(self, slurm: Any) -> Iterator[Executor]:
@@ -225,7 +267,7 @@ def test_limits_become_the_jobs_request(slurm: Any, slurm_executor: Executor, tm
     if not slurm.enforces_memory:  # refused as it is, asked of Slurm with degrade
         with pytest.raises(TaskRejectedError, match=r"cannot enforce cpu, memory limits"):
             slurm_executor.start(spec)
-        slurm_executor = load_driver(Executor, "slurm", {"poll_interval": 0.1, "degrade": True})
+        slurm_executor = _load(poll_interval=0.1, degrade=True)
     slurm_executor.start(spec)
     job = _job(slurm_executor, spec.id)
     assert job["JobState"] == "RUNNING"
@@ -322,7 +364,7 @@ def test_env_is_exact_and_on_no_command_line(slurm: Any, slurm_executor: Executo
     work = tmp_path / "work"
     _until((work / "ready").exists, 15, "the task never ran")
     launch = spec.task_dir / "launch"
-    assert launch.stat().st_mode & 0o777 == 0o600
+    assert launch.stat().st_mode & 0o777 == 0o600 and launch.stat().st_uid == pwd.getpwnam(JOB_USER).pw_uid
     for entry in Path("/proc").iterdir():  # no process shows it in its arguments
         if entry.name.isdigit():
             try:
@@ -379,14 +421,14 @@ def test_stats_through_sstat_off_the_node(
 
 def test_recover_a_job_that_ended_meanwhile(slurm: Any, tmp_path: Path) -> None:
     """The agent was down while the job ended: a new instance still learns its exit code."""
-    first = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    first = _load(poll_interval=0.1)
     spec = _spec(tmp_path, "sh", "-c", "exit 5")
     handle = first.start(spec)
     first.close()
     saved = TaskHandle.from_dict(json.loads(json.dumps(handle.to_dict())))  # as the agent stores it
-    _until((spec.task_dir / "exit_status").exists, 20, "the job never ended")
+    _until((spec.task_dir / "state" / "exit_status").exists, 20, "the job never ended")
     time.sleep(0.5)
-    second = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    second = _load(poll_interval=0.1)
     try:
         second.recover(saved)
         result = second.wait(spec.id, 20)
@@ -406,16 +448,16 @@ def test_recover_refuses_a_foreign_or_forged_handle(slurm_executor: Executor) ->
 
 
 def test_gpus_are_refused_where_slurm_has_none(slurm: Any, tmp_path: Path) -> None:
-    strict = load_driver(Executor, "slurm", {})
+    strict = _load()
     with pytest.raises(TaskRejectedError, match="gpu"):
         strict.start(_spec(tmp_path, "true", limits=Resources(gpu=1)))
-    degraded = load_driver(Executor, "slurm", {"degrade": True})
+    degraded = _load(degrade=True)
     with pytest.raises(TaskRejectedError, match="Slurm refused it"):  # asked of Slurm: no gres here
         degraded.start(_spec(tmp_path, "true", limits=Resources(gpu=1)))
 
 
 def test_a_partition_slurm_does_not_have_is_refused_by_slurm(slurm: Any, tmp_path: Path) -> None:
-    executor = load_driver(Executor, "slurm", {"partition": "nosuch"})
+    executor = _load(partition="nosuch")
     with pytest.raises(TaskRejectedError, match=r"Slurm refused it: .*[Pp]artition"):
         executor.start(_spec(tmp_path, "true"))
 
@@ -442,7 +484,7 @@ def test_bad_options_are_refused_clearly(installed: Path, options: dict[str, Any
 
 
 def test_allowed_sbatch_args_reach_slurm(slurm_executor: Executor, slurm: Any, tmp_path: Path) -> None:
-    executor = load_driver(Executor, "slurm", {"sbatch_args": ["--comment=from-runink"], "partition": "runink"})
+    executor = _load(sbatch_args=["--comment=from-runink"], partition="runink")
     try:
         spec = _spec(tmp_path, "sleep", "30")
         executor.start(spec)
@@ -472,12 +514,104 @@ def test_files_a_job_writes_are_read_without_following_a_link_or_blocking(instal
     assert slurm_module._read_int(tmp_path / "status") == 3
 
 
-def test_root_jobs_are_said_not_kept_apart(slurm_executor: Executor) -> None:
-    caps = slurm_executor.capabilities()
-    if os.geteuid() == 0:
-        assert "tasks apart" in caps.unenforced and "root" in caps.unenforced["tasks apart"]
-    else:
-        assert "tasks apart" not in caps.unenforced
+# --- whose jobs: an agent run as root submits each herd's as its own unprivileged user ---------
+
+
+def _finished(executor: Executor, spec: TaskSpec, within: float = 30) -> Any:
+    executor.start(spec)
+    result = executor.wait(spec.id, within)
+    assert result is not None, f"{spec.id} did not end"
+    return result
+
+
+def test_a_root_agent_refuses_a_herd_without_a_user_unless_root_jobs_are_allowed(slurm: Any, tmp_path: Path) -> None:
+    """Before run_as, an agent run as root submitted every job as root: a job could leave its
+    cgroup, read the other jobs' folders (their secrets) and cancel them."""
+    bare = load_driver(Executor, "slurm", {"poll_interval": 0.1})
+    assert "tasks apart" in bare.capabilities().enforced  # (by refusing what it cannot keep apart)
+    with pytest.raises(TaskRejectedError, match=r"herd 'default' has no Slurm user .*run_as.*allow_root_jobs"):
+        bare.start(_spec(tmp_path, "id", "-u"))
+    allowed = load_driver(Executor, "slurm", {"poll_interval": 0.1, "allow_root_jobs": True})
+    try:
+        assert "root" in allowed.capabilities().unenforced["tasks apart"]
+        spec = _spec(tmp_path, "id", "-u")
+        assert _finished(allowed, spec).state is TaskState.SUCCEEDED
+        assert allowed.read_log(spec.id).strip() == "0"
+    finally:
+        allowed.close()
+
+
+def _as_agent(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with its work dir where an agent makes it: in its task dir, the agent's (root's)."""
+    work = spec.task_dir / "work"
+    work.mkdir(parents=True)
+    return dataclasses.replace(spec, cwd=work)
+
+
+def test_each_herd_s_jobs_run_as_its_user_and_cannot_reach_another_herd_s(slurm: Any, tmp_path: Path) -> None:
+    """run_as maps herds to users: herd a's job runs as nobody and can read neither a root-only
+    file nor herd b's launch file (its environment: its secrets) nor its work dir; its own work
+    dir and output are its own; the task dir stays the agent's (0711), so nothing the job does
+    there can swap what the agent reads for a link."""
+    executor = load_driver(Executor, "slurm", {"poll_interval": 0.1, "run_as": {"a": JOB_USER, "b": "daemon:daemon"}})
+    try:
+        secret = tmp_path / "root-only"
+        secret.write_text("root's\n")
+        secret.chmod(0o600)
+        b_spec = _as_agent(_spec(tmp_path / "b", "sh", "-c", "echo b-data > mine.txt; id -un; sleep 30", herd="b"))
+        executor.start(b_spec)
+        b_work = Path(str(b_spec.cwd))
+        _until((b_work / "mine.txt").exists, 15, "herd b's job never wrote its file")
+        probe = (
+            "id -un; id -u; echo x > own.txt && echo wrote-own; "
+            f"cat {secret} || echo no-root-file; cat {b_spec.task_dir / 'launch'} || echo no-b-launch; "
+            f"cat {b_work / 'mine.txt'} || echo no-b-work; touch {b_spec.task_dir / 'planted'} || echo no-b-task-dir"
+        )
+        a_spec = _as_agent(_spec(tmp_path / "a", "sh", "-c", probe, herd="a"))
+        assert _finished(executor, a_spec).state is TaskState.SUCCEEDED
+        out = executor.read_log(a_spec.id).split()
+        assert out[:3] == [JOB_USER, str(pwd.getpwnam(JOB_USER).pw_uid), "wrote-own"], out
+        assert {"no-root-file", "no-b-launch", "no-b-work", "no-b-task-dir"} <= set(out), out
+        assert "root's" not in out and "b-data" not in out
+        assert "daemon" in executor.read_log(b_spec.id)
+        info = os.stat(a_spec.task_dir)
+        assert (info.st_uid, info.st_mode & 0o777) == (0, 0o711)
+        assert os.stat(a_spec.task_dir / "state").st_uid == pwd.getpwnam(JOB_USER).pw_uid
+        assert not (b_spec.task_dir / "planted").exists()
+        assert os.stat(b_work).st_uid == pwd.getpwnam("daemon").pw_uid  # (given by the executor)
+        executor.stop(b_spec.id, grace=1)
+    finally:
+        executor.close()
+
+
+def test_a_task_its_job_s_user_could_not_reach_is_refused_saying_where(
+    slurm_executor: Executor, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # root's
+    with pytest.raises(TaskRejectedError, match=rf"user {JOB_USER} cannot reach its task dir .*: {private} is not"):
+        slurm_executor.start(_spec(private, "true"))
+    with pytest.raises(TaskRejectedError, match=r"writable path .* is outside its task dir"):
+        slurm_executor.start(_spec(tmp_path, "true", writable=(private,)))
+
+
+@pytest.mark.parametrize(
+    ("run_as", "message"),
+    [
+        ({"*": "root"}, "is root"),
+        ({"*": "0"}, "is root"),
+        ({"*": "nobody:root"}, "is root"),
+        ({"*": "runink-no-such-user"}, "no user 'runink-no-such-user' on this node"),
+        ({"*": "nobody:runink-no-such-group"}, "no group"),
+        ({"Bad Herd": "nobody"}, "is not a herd name"),
+        ({"*": "a b"}, "is not USER or USER:GROUP"),
+    ],
+)
+def test_a_run_as_that_is_root_or_unknown_is_refused_at_load(
+    installed: Path, run_as: dict[str, str], message: str
+) -> None:
+    with pytest.raises(DriverLoadError, match=message):
+        load_driver(Executor, "slurm", {"run_as": run_as})
 
 
 @pytest.mark.parametrize(

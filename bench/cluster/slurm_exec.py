@@ -127,6 +127,9 @@ def main() -> None:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "site"), os.environ.get("PYTHONPATH")])),
             "RUNINK_EXECUTOR__DRIVER": "slurm",
             "RUNINK_EXECUTOR__OPTIONS__POLL_INTERVAL": str(args.poll_interval),
+            # root jobs, as srun's beside them here (the agent runs as root; a run_as user would
+            # need a work dir it can pass through: the driver's README)
+            "RUNINK_EXECUTOR__OPTIONS__ALLOW_ROOT_JOBS": "true",
         }
         cli_env = {k: v for k, v in env.items() if not k.startswith("RUNINK_EXECUTOR")}
         up = subprocess.run(
@@ -140,7 +143,7 @@ def main() -> None:
             from runink.core.drivers import load_driver
             from runink.core.interfaces import Executor
 
-            options = {"poll_interval": args.poll_interval, "slurm_conf": str(slurm.conf)}
+            options = {"poll_interval": args.poll_interval, "slurm_conf": str(slurm.conf), "allow_root_jobs": True}
             executor = load_driver(Executor, "slurm", options)
             wait = ["--wait", "--quiet", "--output=/dev/null"]
             variants: dict[str, Callable[[], float]] = {

@@ -7,13 +7,14 @@ How it keeps the Executor contract (``runink.core.interfaces.executor``) through
   stores, or in a log) and submits ``TASK_DIR/job.sh`` with ``sbatch --parsable``: job name
   ``runink-<task id>``, ``--cpus-per-task`` / ``--mem`` / ``--time`` / ``--gres=gpu:N`` from
   the task's limits and timeout, ``--chdir``, ``--output`` / ``--error`` to ``stdout.log`` /
-  ``stderr.log`` in the task dir, ``--no-requeue``. It returns once the job's script runs (it
-  touches ``TASK_DIR/started``), waiting at most ``start_timeout`` seconds: a job Slurm keeps
-  queued longer is returned still PENDING, and its timeout counts from when it starts.
+  ``stderr.log`` in the task dir, ``--no-requeue``, and for an agent run as root the herd's
+  ``run_as`` user (``--uid`` / ``--gid``; users.py). It returns once the job's script runs (it
+  touches ``TASK_DIR/state/started``), waiting at most ``start_timeout`` seconds: a job Slurm
+  keeps queued longer is returned still PENDING, and its timeout counts from when it starts.
 * The job script clears the environment Slurm gives it (``env -i``) and runs a few lines of
   ``sh`` that start the command with exactly the task's environment (from ``launch``, then
   deleted by the executor once the task ends) and record its exit status and cpu time in the
-  task dir, so the result is exact and a new executor instance can still read it.
+  task dir's ``state/``, so the result is exact and a new executor instance can still read it.
 * sbatch itself runs with a scrubbed environment (PATH, HOME, LANG, SLURM_CONF) and
   ``--export=ALL``: so nothing of the agent's environment reaches the job. (``--export=NONE``
   makes slurmd load the user's login environment on the node, ``su - USER``, about a second a
@@ -80,6 +81,7 @@ from runink.core.interfaces.executor import (
     TaskStats,
 )
 from runink_slurm.slurm import FINAL_STATES, JobRow, SlurmCli, SlurmError, minutes_for, parse_exit_code, valid_job_id
+from runink_slurm.users import ANY_HERD, JobUser, parse_run_as, unreachable
 
 log = logging.getLogger("runink.executor.slurm")
 
@@ -131,8 +133,9 @@ GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GPU_DEVICE_ORD
 # own SIGKILL (scancel --signal=KILL) cancels the job, which waits KillWait (30 s by default)
 # after a TERM before it kills; what left the group dies as the job's step ends.
 RUNNER = r"""dir=$1
+state=$2
 PATH=/usr/local/bin:/usr/bin:/bin
-: > "$dir/started" || exit 125
+: > "$state/started" || exit 125
 trap : TERM INT HUP
 trap 'kill -KILL 0' USR2
 /bin/sh -c '. "$1" && exec "$@"' runink-task "$dir/launch" &
@@ -141,10 +144,13 @@ while :; do
   wait "$child"; rc=$?
   kill -0 "$child" 2>/dev/null || break
 done
-times > "$dir/times.tmp" 2>/dev/null && mv -f "$dir/times.tmp" "$dir/times"
-printf '%s\n' "$rc" > "$dir/exit_status.tmp" && mv -f "$dir/exit_status.tmp" "$dir/exit_status"
+times > "$state/times.tmp" 2>/dev/null && mv -f "$state/times.tmp" "$state/times"
+printf '%s\n' "$rc" > "$state/exit_status.tmp" && mv -f "$state/exit_status.tmp" "$state/exit_status"
 exit "$rc"
 """
+#: the folder of the task dir the job script writes (its start marker, exit status, cpu time):
+#: the job's user's own, in a task dir that stays the agent's (see ``JobUser``)
+STATE_DIR = "state"
 
 
 @dataclass(eq=False)
@@ -153,6 +159,7 @@ class _Task:
     job_id: str
     task_dir: Path
     timeout: float | None
+    state_dir: Path  # where its job script writes its marker, exit status and cpu time
     done: threading.Event = field(default_factory=threading.Event)
     result: TaskResult | None = None
     cancelled: bool = False  # stop() was called before it ended
@@ -217,6 +224,8 @@ class SlurmExecutor(Executor):
         "timeout_grace": float,
         "start_timeout": float,
         "command_timeout": float,
+        "run_as": dict,
+        "allow_root_jobs": bool,
     }
 
     def __init__(
@@ -232,13 +241,18 @@ class SlurmExecutor(Executor):
         timeout_grace: float = 2.0,
         start_timeout: float = 30.0,
         command_timeout: float = 30.0,
+        run_as: Mapping[str, str] | None = None,
+        allow_root_jobs: bool = False,
     ) -> None:
         """``partition`` / ``account``: sbatch's; ``sbatch_args``: more sbatch options (from
         ALLOWED_SBATCH); ``poll_interval``: seconds between squeue calls; ``bin_dir``: where
         the Slurm commands are (default: PATH); ``slurm_conf``: the slurm.conf they read
         (default: $SLURM_CONF, else theirs); ``timeout_grace``: seconds between TERM and KILL
         when a timeout passes; ``start_timeout``: how long ``start`` waits for a queued job to
-        start; ``command_timeout``: the bound on each Slurm command."""
+        start; ``command_timeout``: the bound on each Slurm command. ``run_as``: herd (or
+        ``*``) -> the unprivileged ``user[:group]`` its jobs run as, for an agent run as root
+        (users.py); such an agent refuses the tasks of a herd with none unless
+        ``allow_root_jobs``."""
         self.degrade = bool(degrade)
         self.partition = _check_name("partition", str(partition))
         self.account = _check_name("account", str(account))
@@ -253,6 +267,14 @@ class SlurmExecutor(Executor):
         if bin_dir and not os.path.isdir(bin_dir):
             raise ValueError(f"slurm executor: option bin_dir {bin_dir!r} is not a directory")
         self.cli = SlurmCli(str(bin_dir), str(slurm_conf), command_timeout)
+        self.run_as = parse_run_as(run_as or {})
+        self.allow_root_jobs = bool(allow_root_jobs)
+        self.as_root = os.geteuid() == 0
+        if self.run_as and not self.as_root:
+            raise ValueError(
+                "slurm executor: option run_as needs the agent to run as root (sbatch --uid is root's); "
+                "an unprivileged agent's jobs run as its own user"
+            )
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -287,12 +309,13 @@ class SlurmExecutor(Executor):
             "network": "jobs share their node's network: no network namespace",
             "filesystem": "jobs see their node's file systems: no mount namespace",
         }
-        if os.geteuid() == 0:
-            # (sbatch is given no --uid: a job runs as the agent's user)
+        if self.as_root and self.allow_root_jobs and ANY_HERD not in self.run_as:
             unenforced["tasks apart"] = (
-                "jobs run as the agent's user, root: a job can leave its cgroup (its limits), read other "
-                "jobs' folders (their secrets) and cancel them; run the agent as an unprivileged user"
+                "allow_root_jobs: the jobs of herds run_as does not name run as root, and a root job can "
+                "leave its cgroup (its limits), read other jobs' folders (their secrets) and cancel them"
             )
+        else:  # (each herd's jobs as its own unprivileged user, or as this unprivileged agent's)
+            enforced.append("tasks apart")
         if config is None:
             why = f"Slurm's configuration could not be read: {self._config_error}"
             unenforced.update({"cpu": why, "memory": why, "gpu": why})
@@ -352,15 +375,18 @@ class SlurmExecutor(Executor):
         for what, path in (("task dir", task_dir), ("work dir", cwd)):
             if any(c in str(path) for c in "%\\") or any(ord(c) < 32 for c in str(path)):
                 raise TaskRejectedError(f"task {spec.id}: its {what} {str(path)[:200]!r} has a character Slurm reads")
+        user = self._job_user(spec, task_dir, cwd)
         launch = self._launch_text(spec, cwd)
         with self._lock:
             if spec.id in self._tasks:
                 raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
             placeholder = TaskHandle(spec.id, self.name, str(task_dir), time.time())
             # the id is taken while sbatch runs (a task without a job id is not found by the calls)
-            self._tasks[spec.id] = _Task(handle=placeholder, job_id="", task_dir=task_dir, timeout=None)
+            self._tasks[spec.id] = _Task(
+                handle=placeholder, job_id="", task_dir=task_dir, timeout=None, state_dir=task_dir / STATE_DIR
+            )
         try:
-            job_id = self._submit(spec, task_dir, cwd, launch)
+            job_id = self._submit(spec, task_dir, cwd, launch, user)
         except BaseException:
             with self._lock:
                 self._tasks.pop(spec.id, None)
@@ -373,6 +399,7 @@ class SlurmExecutor(Executor):
             job_id=job_id,
             task_dir=task_dir,
             timeout=timeout,
+            state_dir=task_dir / STATE_DIR,
         )
         with self._lock:
             self._tasks[spec.id] = task
@@ -385,12 +412,45 @@ class SlurmExecutor(Executor):
             task_dir=str(task_dir),
             started_at=started or submitted,
             deadline=(started + timeout) if started and timeout else None,
-            driver_state={"job_id": job_id, "timeout": timeout},
+            driver_state={"job_id": job_id, "timeout": timeout, "state": STATE_DIR},
         )
         task.handle = handle
         with contextlib.suppress(OSError):
             _write_private(task_dir / "handle.json", json.dumps(handle.to_dict()))
         return handle
+
+    def _job_user(self, spec: TaskSpec, task_dir: Path, cwd: Path) -> JobUser | None:
+        """The user the task's job runs as (None: this agent's own), or TaskRejectedError: an
+        agent run as root submits a herd's jobs as its ``run_as`` user, or as root only when
+        ``allow_root_jobs`` says so. That user is given the task dir's parts the job writes
+        (nothing else: a writable path outside it is refused) and must reach them."""
+        if not self.as_root:
+            return None
+        user = self.run_as.get(spec.herd) or self.run_as.get(ANY_HERD)
+        if user is None:
+            if self.allow_root_jobs:
+                return None
+            raise TaskRejectedError(
+                f"task {spec.id}: herd {spec.herd!r} has no Slurm user and this agent runs as root, so its job "
+                "would run as root and could reach every other job; map the herd to an unprivileged user "
+                f'(executor.options.run_as = {{ "{spec.herd}" = "USER" }}) or set allow_root_jobs = true'
+            )
+        for path in spec.writable:
+            if Path(path) != task_dir and task_dir not in Path(path).parents:
+                raise TaskRejectedError(
+                    f"task {spec.id}: writable path {str(path)[:200]!r} is outside its task dir, and the slurm "
+                    f"executor gives its job's user ({user.name}) only that (a pipeline's outputs need "
+                    "allow_root_jobs, or an agent run as that user)"
+                )
+        task_dir.mkdir(parents=True, exist_ok=True)  # (folders it would make: as the umask says)
+        for what, path in (("task dir", task_dir), ("work dir", cwd)):
+            blocked = unreachable(path, user)
+            if blocked is not None:
+                raise TaskRejectedError(
+                    f"task {spec.id}: its job's user {user.name} cannot reach its {what} {str(path)[:200]!r}: "
+                    f"{blocked} is not searchable by it (chmod o+x, or a work dir elsewhere)"
+                )
+        return user
 
     def _check_limits(self, spec: TaskSpec) -> None:
         caps = self.capabilities()
@@ -425,21 +485,27 @@ class SlurmExecutor(Executor):
         lines.append("set -- " + " ".join(shlex.quote(str(word)) for word in spec.command))
         return "\n".join(lines) + "\n"
 
-    def _submit(self, spec: TaskSpec, task_dir: Path, cwd: Path, launch: str) -> str:
+    def _submit(self, spec: TaskSpec, task_dir: Path, cwd: Path, launch: str, user: JobUser | None) -> str:
         task_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("started", "exit_status", "times", "launch", "job.sh", "handle.json"):
+        for name in ("launch", "job.sh", "handle.json"):
             (task_dir / name).unlink(missing_ok=True)
+        owner = None if user is None else (user.uid, user.gid)
+        state_dir = task_dir / STATE_DIR
+        shutil.rmtree(state_dir, ignore_errors=True)  # (an earlier submission's; never follows a link)
+        state_dir.mkdir(mode=0o700)
+        if user is not None:
+            _give_task_dir(task_dir, cwd, state_dir, user)
         if spec.files:
-            files = _write_files(task_dir / "files", spec.files, spec.id)
+            files = _write_files(task_dir / "files", spec.files, spec.id, owner)
             launch = launch.replace("\nset -- ", f"\nexport RUNINK_FILES={shlex.quote(str(files))}\nset -- ", 1)
-        _write_private(task_dir / "launch", launch)
+        _write_private(task_dir / "launch", launch, owner)
         keep_gpus = " ".join(f'${{{name}+"{name}=${name}"}}' for name in GPU_VARIABLES) if spec.limits.gpu else ""
         script = (
             "#!/bin/sh\n"
             f"# runink-slurm: task {_job_name(spec.id)}; its environment and command are in its task dir's "
             "launch file (mode 0600), never here\n"
             f"exec /usr/bin/env -i {keep_gpus + ' ' if keep_gpus else ''}/bin/sh -c {shlex.quote(RUNNER)} "
-            f"runink-slurm {shlex.quote(str(task_dir))}\n"
+            f"runink-slurm {shlex.quote(str(task_dir))} {shlex.quote(str(state_dir))}\n"
         )
         _write_private(task_dir / "job.sh", script)
         args = [
@@ -462,6 +528,8 @@ class SlurmExecutor(Executor):
             args.append(f"--time={minutes_for(spec.timeout)}")
         if spec.limits.gpu:
             args.append(f"--gres=gpu:{int(spec.limits.gpu)}")
+        if user is not None:  # (root's right: the job runs as the herd's user, not as root)
+            args += [f"--uid={user.uid}", f"--gid={user.gid}"]
         if self.partition:
             args.append(f"--partition={self.partition}")
         if self.account:
@@ -512,7 +580,7 @@ class SlurmExecutor(Executor):
             if task.started_at is not None:
                 return True
         try:
-            started = min(time.time(), (task.task_dir / "started").stat().st_mtime)
+            started = min(time.time(), os.stat(task.state_dir / "started", follow_symlinks=False).st_mtime)
         except OSError:
             if not running:
                 return False
@@ -542,11 +610,14 @@ class SlurmExecutor(Executor):
             timeout = float(timeout) if timeout is not None else None
         except (SlurmError, TypeError, ValueError) as exc:
             raise TaskRejectedError(f"task {handle.task_id}: not a slurm executor handle: {exc}") from exc
+        task_dir = Path(handle.task_dir)
         task = _Task(
             handle=handle,
             job_id=job_id,
-            task_dir=Path(handle.task_dir),
+            task_dir=task_dir,
             timeout=timeout if timeout and timeout > 0 else None,
+            # (a handle of a version before the state folder: its job writes the task dir itself)
+            state_dir=task_dir / STATE_DIR if state.get("state") == STATE_DIR else task_dir,
         )
         with self._lock:
             if handle.task_id in self._tasks:
@@ -603,8 +674,8 @@ class SlurmExecutor(Executor):
                 self._finish(task, row)
 
     def _finish(self, task: _Task, row: JobRow | None) -> None:
-        code = _read_int(task.task_dir / "exit_status")
-        cpu = _read_times(task.task_dir / "times")
+        code = _read_int(task.state_dir / "exit_status")
+        cpu = _read_times(task.state_dir / "times")
         state_name = row.state if row else ""
         slurm_code: tuple[int | None, int | None] = (None, None)
         if row is None or code is None:
@@ -619,7 +690,7 @@ class SlurmExecutor(Executor):
                 if accounted is not None:
                     state_name, exit_text = accounted
                     slurm_code = parse_exit_code(exit_text)
-        if task.started_at is None and (task.task_dir / "started").exists():
+        if task.started_at is None and os.path.lexists(task.state_dir / "started"):
             self._note_start(task)
         with task.lock:
             if task.done.is_set():
@@ -809,21 +880,57 @@ def _job_name(task_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:100] or "task"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """A new file only its owner can read (an earlier one, or a link there, is replaced)."""
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """A new file only its owner (``owner``: uid, gid; else this process's) can read (an
+    earlier one, or a link there, is replaced)."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
+        if owner is not None:
+            os.fchown(fh.fileno(), *owner)
         fh.write(text)
 
 
-def _write_files(folder: Path, files: Mapping[str, str], task_id: str) -> Path:
-    folder.mkdir(mode=0o700, exist_ok=True)
-    for name, content in files.items():
+def _write_files(folder: Path, files: Mapping[str, str], task_id: str, owner: tuple[int, int] | None = None) -> Path:
+    for name in files:
         if not name or "/" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
             raise TaskRejectedError(f"task {task_id}: invalid file name {name[:80]!r}")
-        _write_private(folder / name, content)
+    shutil.rmtree(folder, ignore_errors=True)  # (an earlier submission's, perhaps its user's: made anew)
+    folder.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(folder, *owner, follow_symlinks=False)
+    for name, content in files.items():
+        _write_private(folder / name, content, owner)
     return folder
+
+
+def _give_task_dir(task_dir: Path, cwd: Path, state_dir: Path, user: JobUser) -> None:
+    """Set the task dir up for a job run as ``user``: the task dir stays this agent's (0711:
+    passed through, not listed or written), so the job cannot swap what the agent reads there
+    for a link; the job's user gets the folder its script writes, its output files (opened by
+    slurmd as that user) and its work dir when it is the task dir's own."""
+    fd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise TaskRejectedError(f"task dir {str(task_dir)[:200]!r} is not this agent's")
+        os.fchmod(fd, 0o711)
+    finally:
+        os.close(fd)
+    os.chown(state_dir, user.uid, user.gid, follow_symlinks=False)
+    for stream in ("stdout.log", "stderr.log"):
+        out = os.open(task_dir / stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchown(out, user.uid, user.gid)
+        finally:
+            os.close(out)
+    if cwd.parent == task_dir and cwd.exists():  # (a work dir elsewhere is the caller's to give)
+        work = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.fstat(work).st_uid == os.geteuid():
+                os.fchown(work, user.uid, user.gid)
+                os.fchmod(work, 0o700)  # (the task dir is passed through by all: the work dir is not)
+        finally:
+            os.close(work)
 
 
 def _remove_secrets(task_dir: Path) -> None:

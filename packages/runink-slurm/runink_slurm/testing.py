@@ -29,6 +29,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ AuthInfo=socket={munge_socket}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={spool}
 SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/slurmctld.log
@@ -126,6 +127,10 @@ class LocalSlurm:
         self.env = {"SLURM_CONF": str(self.conf)}
         self._processes: list[subprocess.Popen[bytes]] = []
         self._names: dict[int, str] = {}
+        # slurmd's spool, where a job's script is exec'd as the job's user: in a folder of its
+        # own that every user can pass through, as /var/spool/slurmd is (``root`` may be
+        # anywhere: a test's private temp folder)
+        self.spool: Path | None = None
 
     @property
     def enforces_memory(self) -> bool:
@@ -144,8 +149,10 @@ class LocalSlurm:
         reason = missing()
         if reason:
             raise RuntimeError(reason)
-        for folder in ("state", "spool", "munge", "munge-key"):
+        for folder in ("state", "munge", "munge-key"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self.spool = Path(tempfile.mkdtemp(prefix="runink-slurmd-spool-"))
+        os.chmod(self.spool, 0o755)
         os.chmod(self.root / "munge", 0o755)  # the socket's folder: every job's user reaches it
         os.chmod(self.root / "munge-key", 0o700)
         key = self.root / "munge-key" / "munge.key"
@@ -160,6 +167,7 @@ class LocalSlurm:
             "d_port": d_port,
             "munge_socket": self.munge_socket,
             "root": self.root,
+            "spool": self.spool,
             # without cgroups, pgid: the job's process group is killed as it ends (linuxproc
             # follows the process tree, which a task's orphaned children leave)
             "proctrack": "proctrack/cgroup" if self.cgroups == "v1" else "proctrack/pgid",
@@ -268,3 +276,6 @@ class LocalSlurm:
                         os.killpg(process.pid, signal.SIGKILL)
                     process.wait(10)
         self._processes.clear()
+        if self.spool is not None:
+            shutil.rmtree(self.spool, ignore_errors=True)
+            self.spool = None
