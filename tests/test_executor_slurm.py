@@ -437,6 +437,29 @@ def test_recover_a_job_that_ended_meanwhile(slurm: Any, tmp_path: Path) -> None:
         second.close()
 
 
+def test_a_job_cannot_stretch_its_timeout_over_an_agent_restart(slurm: Any, tmp_path: Path) -> None:
+    """The job writes its start marker's folder: one that kept touching the marker made a
+    recovering executor count its timeout from the restart (here: 7 s after its start, not 4)."""
+    first = _load(poll_interval=0.1)
+    touch = "while :; do touch ../tasks/$RUNINK_ID/state/started; sleep 0.1; done"
+    spec = _spec(tmp_path, "sh", "-c", touch, timeout=4)
+    spec = dataclasses.replace(spec, env={**spec.env, "RUNINK_ID": spec.id})
+    handle = first.start(spec)
+    began = handle.started_at
+    assert handle.deadline == began + 4
+    first.close()
+    saved = TaskHandle.from_dict(json.loads(json.dumps(handle.to_dict())))  # as the agent stores it
+    time.sleep(max(0.0, began + 3 - time.time()))
+    second = _load(poll_interval=0.1)
+    try:
+        second.recover(saved)
+        result = second.wait(spec.id, 20)
+        assert result is not None and result.state is TaskState.DEADLINE_EXCEEDED, result
+        assert time.time() - began < 6, "its timeout counted from the restart"
+    finally:
+        second.close()
+
+
 def test_recover_refuses_a_foreign_or_forged_handle(slurm_executor: Executor) -> None:
     with pytest.raises(TaskRejectedError, match="driver 'process'"):
         slurm_executor.recover(TaskHandle("x", "process", "/tmp/x", 0.0))

@@ -573,9 +573,9 @@ class SlurmExecutor(Executor):
                 self._wake.set()
             task.done.wait(0.02)
 
-    def _note_start(self, task: _Task, running: bool = False) -> bool:
-        """Record when the job started (its marker's time; now if Slurm says it runs but the
-        marker is not visible here) and arm its deadline; True once started."""
+    def _note_start(self, task: _Task, running: bool = False, not_after: float | None = None) -> bool:
+        """Record when the job started (its marker's time, at most ``not_after``; now if Slurm
+        says it runs but the marker is not visible here) and arm its deadline; True once started."""
         with task.lock:
             if task.started_at is not None:
                 return True
@@ -585,6 +585,11 @@ class SlurmExecutor(Executor):
             if not running:
                 return False
             started = time.time()
+        self._arm(task, started if not_after is None else min(started, not_after))
+        return True
+
+    def _arm(self, task: _Task, started: float) -> None:
+        """The job started at ``started``: its deadline counts from then."""
         with task.lock:
             if task.started_at is None:
                 task.started_at = started
@@ -593,7 +598,15 @@ class SlurmExecutor(Executor):
                     task.timer = threading.Timer(delay, self._on_deadline, (task,))
                     task.timer.daemon = True
                     task.timer.start()
-        return True
+
+    def _slurm_start(self, job_id: str) -> float | None:
+        """When Slurm says the job started (its StartTime, local time to the second, so the
+        second after it), or None."""
+        with contextlib.suppress(SlurmError):
+            fields = self.cli.job_fields(job_id) or {}
+            with contextlib.suppress(ValueError, OverflowError):
+                return time.mktime(time.strptime(fields.get("StartTime", ""), "%Y-%m-%dT%H:%M:%S")) + 1.0
+        return None
 
     def _on_deadline(self, task: _Task) -> None:
         if not task.done.is_set():
@@ -608,6 +621,9 @@ class SlurmExecutor(Executor):
             job_id = valid_job_id(state.get("job_id", ""))
             timeout = state.get("timeout")
             timeout = float(timeout) if timeout is not None else None
+            deadline = float(handle.deadline) if handle.deadline is not None else None
+            if deadline is not None and not math.isfinite(deadline):
+                raise ValueError(f"deadline {deadline!r}")
         except (SlurmError, TypeError, ValueError) as exc:
             raise TaskRejectedError(f"task {handle.task_id}: not a slurm executor handle: {exc}") from exc
         task_dir = Path(handle.task_dir)
@@ -623,7 +639,13 @@ class SlurmExecutor(Executor):
             if handle.task_id in self._tasks:
                 return
             self._tasks[handle.task_id] = task
-        self._note_start(task)
+        # Its deadline counts from its start as the handle recorded it, never from the marker
+        # as it is now: the job writes that folder and could touch it again to stretch its
+        # timeout over the agent's restart (Slurm's own start time bounds a marker read now).
+        if deadline is not None and task.timeout is not None:
+            self._arm(task, deadline - task.timeout)
+        else:
+            self._note_start(task, not_after=self._slurm_start(job_id))
         self._ensure_monitor()
         self._poll([task])  # its state now, not one interval later
 
@@ -806,8 +828,16 @@ class SlurmExecutor(Executor):
         return (f"[runink-slurm: {skipped} earlier bytes not shown]\n" if skipped else "") + data
 
     def close(self) -> None:
+        """Stop following the jobs; they run on (a new instance ``recover``s them), and no
+        deadline of this instance stops one any more."""
         self._closed.set()
         self._wake.set()
+        with self._lock:
+            tasks = list(self._tasks.values())
+        for task in tasks:
+            with task.lock:
+                if task.timer is not None:
+                    task.timer.cancel()
 
 
 # --- helpers ----------------------------------------------------------------------------
