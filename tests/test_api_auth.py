@@ -121,6 +121,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/herds/{name}/secrets/{secret}"): {"value": "mallory-was-here"},
     ("PUT", "/v1/roles/{name}"): {"allows": ["jobs.read"]},
     ("PUT", "/v1/herds/{name}/roots"): {"roots": ["/srv/pipelines"]},
+    ("PUT", "/v1/herds/{name}/node-labels"): {"node_labels": {"restricted.runink.io/pool": "mallory"}},
     ("PUT", "/v1/nodes/{node_id}/labels"): {"labels": {"restricted.runink.io/pool": "mallory"}},
 }
 

@@ -144,6 +144,27 @@ def test_an_admin_labels_a_node_and_a_job_asking_for_that_label_runs_there(
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
     assert status["tasks"][0]["node"] == "n1"
+    # a herd kept to the nodes of another pool: its job waits, saying why, until n1 is in it
+    kept = run_cli("herd", "create", "vault", "--node-label", "restricted.runink.io/pool=vault", env=one_server)
+    assert kept.returncode == 0, kept.stderr
+    loose = run_cli("herd", "node-labels", "vault", "zone=a", env=one_server)
+    assert loose.returncode != 0 and "restricted.runink.io/" in loose.stderr and "Traceback" not in loose.stderr
+    waiting = run_cli("exec", "--herd", "vault", "--detach", "--", "/bin/true", env=one_server).stdout.strip()
+    deadline = time.monotonic() + 20
+    while "label mismatch" not in (explained := run_cli("status", waiting, "--explain", env=one_server).stdout):
+        assert time.monotonic() < deadline, explained
+        time.sleep(0.2)
+    assert "restricted.runink.io/pool='vault'" in explained
+    assert (
+        "runs on nodes with restricted.runink.io/pool=vault"
+        in run_cli("herd", "describe", "vault", env=one_server).stdout
+    )
+    assert run_cli("nodes", "label", "n1", "restricted.runink.io/pool=vault", env=one_server).returncode == 0
+    while json.loads(run_cli("status", waiting, "--json", env=one_server).stdout)["job"]["state"] != "SUCCEEDED":
+        assert time.monotonic() < deadline + 20, run_cli("status", waiting, "--explain", env=one_server).stdout
+        time.sleep(0.2)
+    cleared = run_cli("herd", "node-labels", "vault", env=one_server)
+    assert cleared.returncode == 0 and "runs on any node" in cleared.stdout
 
 
 def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:

@@ -163,6 +163,30 @@ def test_node_labels_constrain_placement_and_explain_says_why(store: ClusterStor
     assert "b2: cordoned" in explain
 
 
+def test_a_herd_kept_to_labelled_nodes_runs_only_there_whatever_its_tasks_ask(
+    store: ClusterStore, manager: PluginManager
+) -> None:
+    """A cluster admin keeps a herd to the nodes with a restricted label (which only admins set
+    on nodes): its tasks go nowhere else, even one asking for another value of that label, and
+    one whose node is full waits saying why; other herds are not kept."""
+    pool = "restricted.runink.io/pool"
+    store.create_herd(Herd(name="secure", node_labels={pool: "vault"}))
+    add_herd(store, "open")
+    add_node(store, "big", cpu=64)  # (what a node with stolen credentials would claim)
+    add_node(store, "v1", cpu=1, **{pool: "vault"})
+    first, second = submit(store, "secure", 2)
+    (escape,) = submit(store, "secure", 1, prefix="x", node_labels={pool: "other", "zone": "a"})
+    (free,) = submit(store, "open", 1)
+    placed = scheduler(store, manager).run_pass(now=0).placed
+    assert placed[first] == "v1" and placed[free] == "big"
+    assert second not in placed and escape not in placed
+    explain = task(store, "secure", second).explain
+    assert any(line.startswith("big: label mismatch: restricted.runink.io/pool='vault'") for line in explain), explain
+    assert "zone='a'" in " ".join(task(store, "secure", escape).explain)  # (its own labels still count too)
+    with pytest.raises(ValueError, match=r"node label 'zone': only labels under restricted\.runink\.io/"):
+        Herd(name="loose", node_labels={"zone": "a"})
+
+
 def test_a_task_that_fits_nowhere_waits_with_every_node_in_explain(store: ClusterStore, manager: PluginManager) -> None:
     add_herd(store, "h")
     add_node(store, "n1", cpu=2)

@@ -519,10 +519,16 @@ def herd_create(
         "--root",
         help="A folder its pipelines' .dsl files may be in (repeat; each scenario's slice gets its .dsl's folder).",
     ),
+    node_label: list[str] = typer.Option(
+        [],
+        "--node-label",
+        metavar="KEY=VALUE",
+        help="Keep its tasks to nodes with this restricted label, restricted.runink.io/... (repeat).",
+    ),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
-    """Create a herd with its quota and, if given, its own admission limits and pipeline roots."""
+    """Create a herd with its quota and, if given, its own admission limits, pipeline roots and nodes."""
     quota = {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu, "max_slices": max_slices}
     own = {
         "max_cpu": max_job_cpu,
@@ -540,6 +546,7 @@ def herd_create(
         "quota": quota,
         "admission": {k: v for k, v in own.items() if v is not None},
         "roots": [_absolute(r, "--root") for r in root],
+        "node_labels": _pairs(node_label, "--node-label"),
     }
     with _client(ctx, server) as client:
         answer = client.call("POST", "/v1/herds", body)
@@ -562,6 +569,45 @@ def herd_roots(
         print_json(answer)
     else:
         print(f"herd {name}: pipelines in " + (", ".join(answer.get("roots", [])) or "no folder (commands only)"))
+
+
+@herd_app.command("node-labels")
+def herd_node_labels(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The herd."),
+    labels: list[str] = typer.Argument(
+        None, metavar="KEY=VALUE...", help="Restricted labels, restricted.runink.io/... (none: any node)."
+    ),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Keep a herd's tasks to the nodes with these restricted labels (replacing those it had;
+    cluster admins). Only an admin sets those on nodes (runink nodes label), so a node whose
+    credentials were stolen cannot draw this herd's tasks."""
+    body = {"node_labels": _pairs(labels or [], "KEY=VALUE")}
+    with _client(ctx, server) as client:
+        answer = client.call("PUT", f"/v1/herds/{name}/node-labels", body)
+    if json_output:
+        print_json(answer)
+    else:
+        print(f"herd {name}: {_kept_to(answer)}")
+
+
+def _pairs(given: list[str], hint: str) -> dict[str, str]:
+    """KEY=VALUE arguments as a mapping (a bad one: one line naming it)."""
+    pairs = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=hint)
+        pairs[key] = value
+    return pairs
+
+
+def _kept_to(herd: dict[str, Any]) -> str:
+    labels = herd.get("node_labels") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return f"runs on nodes with {shown}" if shown else "runs on any node"
 
 
 def _absolute(path: str, flag: str) -> str:
@@ -614,6 +660,7 @@ def herd_describe(
         rows.append(("tasks not ended", used["not_ended"], _limit(answer.get("max_queued", 0))))
     print_table(f"herd {herd['name']}", ["RESOURCE", "IN USE", "QUOTA"], rows)
     print("pipelines in: " + (", ".join(herd.get("roots") or []) or "no folder (commands only: runink herd roots)"))
+    print(f"placement: {_kept_to(herd)}")
 
 
 @herd_app.command("delete")
@@ -737,12 +784,7 @@ def node_label(
 ) -> None:
     """Set a node's restricted labels (cluster admins): its agent cannot claim them, so a task
     asking for one (a pipeline's @affinity(label=...), a job's node_labels) runs only where an admin said."""
-    pairs = {}
-    for given in labels or []:
-        key, sep, value = given.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{given!r}: expected KEY=VALUE", param_hint="KEY=VALUE")
-        pairs[key] = value
+    pairs = _pairs(labels or [], "KEY=VALUE")
     with _client(ctx, server) as client:
         answer = client.call("PUT", f"/v1/nodes/{node}/labels", {"labels": pairs})
     if json_output:

@@ -23,7 +23,7 @@ import posixpath
 import secrets
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
@@ -226,6 +226,16 @@ LABEL_TEXT = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
 #: a task asks under it, a node with stolen credentials cannot claim (Kubernetes' NodeRestriction)
 RESTRICTED_LABELS = "restricted.runink.io/"
 MAX_LABELS = 64
+
+
+def check_restricted(labels: Mapping[str, str], what: str) -> None:
+    """ValueError unless every key of ``labels`` is a restricted one (only admins set those on nodes)."""
+    wrong = [k for k in labels if not k.startswith(RESTRICTED_LABELS)]
+    if wrong:
+        why = f"only labels under {RESTRICTED_LABELS} (an admin's on nodes) keep a herd"
+        raise ValueError(f"{what} {wrong[0]!r}: {why}")
+
+
 LabelKey = Annotated[str, Meta(min_length=1, max_length=253, pattern=LABEL_TEXT)]
 LabelValue = Annotated[str, Meta(max_length=253, pattern=LABEL_TEXT)]
 Labels = Annotated[dict[LabelKey, LabelValue], Meta(max_length=MAX_LABELS)]
@@ -322,12 +332,21 @@ class Herd(Record, kw_only=True):
     # scenario's slice is granted the whole folder of its .dsl, so a cluster admin says which
     # are the herd's (none: it may submit commands, no pipeline)
     roots: Annotated[list[str], Meta(max_length=MAX_ROOTS)] = field(default_factory=list)
+    # the restricted labels (a cluster admin's, RESTRICTED_LABELS) a node must have to run its
+    # tasks: the herd is kept to those nodes, whatever its tasks ask (none: any node)
+    node_labels: Labels = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     deleting: bool = False  # being deleted: takes no new jobs (ClusterStore.delete_herd)
 
     def __post_init__(self) -> None:
         check_name(self.name, "herd")
         self.roots = sorted({check_root(r) for r in self.roots})
+        check_restricted(self.node_labels, f"herd {self.name}: node label")
+
+    def placement_labels(self, asked: Mapping[str, str]) -> dict[str, str]:
+        """The labels a node needs to run a task of this herd that asks for ``asked``: the
+        herd's own win over the task's (a task cannot ask its way off the herd's nodes)."""
+        return {**asked, **self.node_labels} if self.node_labels else dict(asked)
 
 
 MAX_USAGE_TASKS = 1024  # tasks one usage sample may name (a node runs fewer at once)

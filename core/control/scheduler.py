@@ -254,19 +254,26 @@ class Scheduler:
             rejections: list[NodeRejection] = []
             scored = 0
             near_explain: list[str] = []  # a task placed near another: its own explain
+            labels = herd.placement_labels(task.node_labels)  # (a herd kept to some nodes: theirs)
             if over is not None:
                 reason = f"herd {herd.name} quota: {over}"
                 changed = _waiting(task, reason, task.explain)
             elif task.near:
                 ranked, reason, near_explain = self._place_near(
-                    task, want, records=records, candidates=candidates, position=position, unschedulable=unschedulable
+                    task,
+                    want,
+                    labels,
+                    records=records,
+                    candidates=candidates,
+                    position=position,
+                    unschedulable=unschedulable,
                 )
                 if not ranked:
                     changed = _waiting(task, reason, near_explain)
             else:
-                shape = (task.herd, want, tuple(sorted(task.node_labels.items())))
+                shape = (task.herd, want, tuple(sorted(labels.items())))
                 if shape not in fit_nowhere:
-                    request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
+                    request = PlacementRequest(task.id, task.herd, want, labels)
                     if window < len(candidates):
                         ranked, rejections = self._place(request, self._next_window(candidates, window))
                         scored = window
@@ -431,15 +438,17 @@ class Scheduler:
         self,
         task: TaskRecord,
         want: Resources,
+        labels: dict[str, str],
         *,
         records: dict[str, TaskRecord],
         candidates: list[Node],
         position: dict[str, int],
         unschedulable: list[tuple[str, str]],
     ) -> tuple[list[Placement], str, list[str]]:
-        """Place a task that must go where other tasks of its job are (``task.near``): the
-        ranking (empty: it waits), why it waits, and its explain. Only their node is looked at;
-        every other node is named as rejected, saying why."""
+        """Place a task that must go where other tasks of its job are (``task.near``), on a node
+        with ``labels`` (its own and its herd's): the ranking (empty: it waits), why it waits,
+        and its explain. Only their node is looked at; every other node is named as rejected,
+        saying why."""
         target: str | None = None
         whys: list[str] = []
         for near in task.near:
@@ -459,7 +468,7 @@ class Scheduler:
         if target not in position:
             gone = dict(unschedulable).get(target, "no longer registered")
             return [], f"{why}: {target} is {gone}", [f"{target}: {gone}"]
-        request = PlacementRequest(task.id, task.herd, want, dict(task.node_labels))
+        request = PlacementRequest(task.id, task.herd, want, labels)
         ranked, rejections = self._place(request, [candidates[position[target]]])
         others = [(node.id, why) for node in candidates if node.id != target] + unschedulable
         if not ranked:

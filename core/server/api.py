@@ -45,6 +45,7 @@ from runink.core.control.records import (
     MAX_LABELS,
     MAX_PIPELINE_TASKS,
     MAX_ROOTS,
+    RESTRICTED_LABELS,
     Amount,
     Herd,
     HerdAdmission,
@@ -55,6 +56,7 @@ from runink.core.control.records import (
     RecordError,
     RunState,
     TaskRecord,
+    check_restricted,
     check_root,
     keys,
     no_repeats,
@@ -149,15 +151,36 @@ Roots = Annotated[
 ]
 
 
+def _restricted(labels: dict[str, str]) -> dict[str, str]:
+    check_restricted(labels, "node label")
+    return labels
+
+
+#: the restricted labels a herd is kept to (a node must have them all to run its tasks)
+HerdNodeLabels = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
+        Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
+    ],
+    Field(max_length=MAX_LABELS, description=f"labels under {RESTRICTED_LABELS} a node must have to run its tasks"),
+    AfterValidator(_restricted),
+]
+
+
 class HerdIn(Body):
     name: str = Field(pattern=NAME.pattern, max_length=63)
     quota: QuotaIn = QuotaIn()
     admission: HerdAdmissionIn = HerdAdmissionIn()
     roots: Roots = []
+    node_labels: HerdNodeLabels = {}
 
 
 class RootsIn(Body):
     roots: Roots
+
+
+class HerdNodeLabelsIn(Body):
+    node_labels: HerdNodeLabels
 
 
 class NodeLabelsIn(Body):
@@ -644,6 +667,7 @@ def create_app(
             quota=Quota(**body.quota.model_dump()),
             admission=HerdAdmission(**body.admission.model_dump()),
             roots=body.roots,
+            node_labels=body.node_labels,
         )
         store.create_herd(herd)
         return dump_record(herd)
@@ -654,6 +678,16 @@ def create_app(
         slice is granted its .dsl's whole folder, so only a cluster admin says which are a herd's."""
         auth.check(identity, "herds.update", f"herds/{name}/roots", CLUSTER)
         herd = store.update(keys.herd(name), Herd, lambda h: h.model_copy(update={"roots": body.roots}))
+        return dump_record(herd)
+
+    @app.put("/v1/herds/{name}/node-labels", openapi_extra=action("herds.update"))
+    def set_herd_node_labels(name: NamePath, body: HerdNodeLabelsIn, identity: Caller) -> dict[str, Any]:
+        """The restricted labels a node must have to run the herd's tasks (replacing those it
+        had; none: any node). Tasks waiting are placed by them from the next pass on; running
+        ones run on where they are."""
+        auth.check(identity, "herds.update", f"herds/{name}/node-labels", CLUSTER)
+        update = {"node_labels": body.node_labels}
+        herd = store.update(keys.herd(name), Herd, lambda h: h.model_copy(update=update))
         return dump_record(herd)
 
     @app.get("/v1/herds", openapi_extra=action("herds.read"))
