@@ -158,8 +158,8 @@ class Budget:
 class QueueBound:
     """A herd's bound on its tasks not ended (waiting, placed or running): ``not_ended`` now,
     at most ``limit``, set by ``source`` ("[admission] max_queued" or "herd team"). The count
-    is the answering server's, a moment behind the Barn: concurrent submissions through
-    several servers may pass the bound by what they submit at once."""
+    is the answering server's (its view of the Barn, plus what it admitted and is storing):
+    concurrent submissions through several servers may pass the bound by what they submit at once."""
 
     not_ended: int
     limit: int

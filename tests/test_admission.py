@@ -189,6 +189,42 @@ def test_a_herds_tasks_not_ended_are_bounded_and_a_slot_frees_when_one_ends(
     assert server.submit().status_code == 429
 
 
+def test_concurrent_submissions_through_one_server_never_pass_the_queue_bound(
+    servers: Callable[..., Servers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each submission read the herd's count before any of the others was stored: 18 jobs
+    passed a bound of 5 through one server (a review's run). What a server admitted and has
+    not stored yet counts too."""
+    cluster = servers(max_queued=5)
+    barn = cluster.store.barn
+    commit = barn.transaction
+
+    def as_a_raft_commit(*args: Any, **kwargs: Any) -> Any:  # (milliseconds, not microseconds)
+        time.sleep(0.005)
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(barn, "transaction", as_a_raft_commit)
+    server = cluster.start()
+    statuses: list[int] = []
+    lock = threading.Lock()
+    go = threading.Barrier(8)
+
+    def client() -> None:
+        go.wait()
+        for _ in range(6):
+            answer = server.submit(resources={"cpu": 0.1})
+            with lock:
+                statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert set(statuses) <= {201, 429}, statuses
+    assert statuses.count(201) == cluster.jobs() == 5
+
+
 def test_the_queue_bound_counts_every_task_of_a_pipeline_and_zero_lifts_it(servers: Callable[..., Servers]) -> None:
     cluster = servers(max_queued=2)
     cluster.store.create_herd(Herd(name="unbounded", admission=HerdAdmission(max_queued=0)))

@@ -414,6 +414,8 @@ class Lifecycle:
                 admitted.on_stale()
                 herd = self.store.herd(job.herd)
                 continue
+            finally:  # (stored: this server's view counts its tasks from its commit on)
+                admitted.release()
             admitted.on_commit(revision)
             if on_stored is not None:
                 on_stored(revision)
