@@ -38,6 +38,7 @@ class Node:
     labels: Mapping[str, str] = field(default_factory=dict)
     healthy: bool = True
     running: int = 0  # tasks holding this node (SCHEDULED or RUNNING), for least-connections
+    slots: int = 0  # tasks it runs at once (its agent's; 0: no bound said)
 
     @property
     def free(self) -> Resources:

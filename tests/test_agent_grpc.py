@@ -132,6 +132,7 @@ def test_an_agent_over_grpc_runs_tasks_to_their_end(
     agent.sync()  # registers through the stream
     node = store.node("n1").record
     assert node.incarnation == agent.incarnation != "" and node.capacity.cpu == 4
+    assert node.slots == agent.max_running == 16  # (4 a core: the scheduler places no more here)
     agent.sync()
     assert store.node("n1").record.heartbeat == 1
     ok = life.submit_command("lab", ["/bin/true"])

@@ -187,6 +187,27 @@ def test_a_herd_kept_to_labelled_nodes_runs_only_there_whatever_its_tasks_ask(
         Herd(name="loose", node_labels={"zone": "a"})
 
 
+def test_a_node_takes_no_more_tasks_than_its_agent_runs_at_once(store: ClusterStore, manager: PluginManager) -> None:
+    """Tasks asking for almost no cpu filled every agent's slots (4 a core): another herd's job,
+    placed there all the same, waited SCHEDULED on a full node holding its herd's quota. Now
+    the node's slots are full: it waits PENDING, saying so, and goes where there is room."""
+    add_herd(store, "hog")
+    add_herd(store, "other")
+    store.commit(
+        [(keys.node("small"), 0)], [(keys.node("small"), NodeRecord(id="small", capacity=Amount(cpu=4), slots=2))]
+    )
+    hogs = submit(store, "hog", 3, cpu=0.05)
+    placed = scheduler(store, manager).run_pass(now=0).placed
+    assert sorted(placed) == hogs[:2] and set(placed.values()) == {"small"}
+    (other,) = submit(store, "other", 1, cpu=0.05)
+    assert scheduler(store, manager).run_pass(now=0).placed == {}
+    waiting = task(store, "other", other)
+    assert waiting.state is RunState.PENDING
+    assert "small: slots: 2 tasks hold it, its agent runs 2 at once [resource-fit]" in waiting.explain
+    add_node(store, "roomy")
+    assert scheduler(store, manager).run_pass(now=0).placed[other] == "roomy"  # (fair share: before hog's third)
+
+
 def test_a_task_that_fits_nowhere_waits_with_every_node_in_explain(store: ClusterStore, manager: PluginManager) -> None:
     add_herd(store, "h")
     add_node(store, "n1", cpu=2)

@@ -218,7 +218,13 @@ class Agent:
 
     def register(self) -> NodeRecord:
         node = self.control.register_node(
-            NodeRecord(id=self.node_id, capacity=self.capacity, labels=self.labels, gpus=self.gpus.ids)
+            NodeRecord(
+                id=self.node_id,
+                capacity=self.capacity,
+                labels=self.labels,
+                gpus=self.gpus.ids,
+                slots=self.max_running,  # (the scheduler places no more here)
+            )
         )
         self.incarnation = node.incarnation
         return node

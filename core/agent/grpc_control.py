@@ -229,6 +229,7 @@ class GrpcControl:
                 labels=node.labels,
                 address=node.address,
                 gpus=node.gpus,
+                slots=node.slots,
             )
         )
         done = self._only(self._ask(request, "registered"), "registered").registered
@@ -246,6 +247,7 @@ class GrpcControl:
                     "heartbeat": done.heartbeat,
                     "incarnation": done.incarnation,
                     "gpus": list(done.gpus),
+                    "slots": done.slots,
                 }
             )
         except RecordError as exc:

@@ -410,6 +410,9 @@ def no_repeats(names: list[str], what: str) -> list[str]:
     return names
 
 
+MAX_SLOTS = 1_000_000  # tasks one node may say it runs at once
+
+
 class NodeRecord(Record, kw_only=True):
     """A worker node, as its agent registered it. ``heartbeat`` counts the agent's heartbeats:
     the leader sees liveness in it changing, with its own clock (liveness.py), never by
@@ -429,6 +432,10 @@ class NodeRecord(Record, kw_only=True):
     # its GPUs' ids, which the scheduler gives tasks: as many as capacity.gpu where listed
     # (none listed: GPUs offered without devices, which an isolating executor refuses to use)
     gpus: GpuIds = []
+    # tasks its agent runs at once (0: not said): the scheduler places no more there (tasks
+    # asking for almost no cpu once filled every agent's slots, and another herd's job, placed
+    # there all the same, waited SCHEDULED holding its quota)
+    slots: Annotated[int, Meta(ge=0, le=MAX_SLOTS)] = 0
 
     def __post_init__(self) -> None:
         check_name(self.id, "node")

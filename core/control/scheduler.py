@@ -222,6 +222,7 @@ class Scheduler:
                         allocated.get(record.id, Resources()),
                         dict(record.labels),
                         running=running.get(record.id, 0),
+                        slots=record.slots,
                     )
                 )
             else:

@@ -34,6 +34,7 @@ from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import (
     MAX_CPU_SECONDS,
     MAX_LABELS,
+    MAX_SLOTS,
     RESTRICTED_LABELS,
     Accounting,
     Amount,
@@ -169,7 +170,14 @@ def node_of(message: pb.Register) -> NodeRecord:
     capacity = _amount(message.capacity, "register.capacity")
     try:
         return NodeRecord.model_validate(
-            {"id": node_id, "capacity": capacity, "labels": labels, "address": address, "gpus": list(message.gpus)}
+            {
+                "id": node_id,
+                "capacity": capacity,
+                "labels": labels,
+                "address": address,
+                "gpus": list(message.gpus),
+                "slots": _counter(message.slots, "register.slots", high=MAX_SLOTS),
+            }
         )
     except RecordError as exc:
         raise BadRequest(f"register.gpus: {printable(exc.msg, 300)}") from None
@@ -187,6 +195,7 @@ def registered(node: NodeRecord) -> pb.Registered:
         heartbeat=node.heartbeat,
         incarnation=node.incarnation,
         gpus=node.gpus,
+        slots=node.slots,
     )
 
 

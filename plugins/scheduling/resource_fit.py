@@ -1,4 +1,5 @@
-"""Filter hook: drop nodes that are unhealthy or lack the free cpu, memory or gpus the task asks for."""
+"""Filter hook: drop nodes that are unhealthy, lack the free cpu, memory or gpus the task asks
+for, or run as many tasks as their agent runs at once (its slots)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def _shortfall(request: PlacementRequest, node: Node) -> str | None:
         missing.append(f"memory {want.memory} > free {free.memory} bytes")
     if want.gpu > free.gpu:
         missing.append(f"gpu {want.gpu} > free {free.gpu}")
+    if node.slots and node.running >= node.slots:
+        missing.append(f"slots: {node.running} tasks hold it, its agent runs {node.slots} at once")
     return "; ".join(missing) or None
 
 

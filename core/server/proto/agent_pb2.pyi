@@ -19,7 +19,7 @@ class Capacity(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory: _Optional[int] = ..., gpu: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "capacity", "labels", "address", "gpus")
+    __slots__ = ("node_id", "capacity", "labels", "address", "gpus", "slots")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,12 +32,14 @@ class Register(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     capacity: Capacity
     labels: _containers.ScalarMap[str, str]
     address: str
     gpus: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+    slots: int
+    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("node_id", "incarnation", "usage")
@@ -192,7 +194,7 @@ class AgentMessage(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentsRequest, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., log_chunk: _Optional[_Union[LogChunk, _Mapping]] = ..., secrets: _Optional[_Union[SecretsRequest, _Mapping]] = ..., reports: _Optional[_Union[Reports, _Mapping]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation", "gpus")
+    __slots__ = ("id", "capacity", "labels", "address", "ready", "cordoned", "draining", "heartbeat", "incarnation", "gpus", "slots")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +212,7 @@ class Registered(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     capacity: Capacity
     labels: _containers.ScalarMap[str, str]
@@ -220,7 +223,8 @@ class Registered(_message.Message):
     heartbeat: int
     incarnation: str
     gpus: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., heartbeat: _Optional[int] = ..., incarnation: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+    slots: int
+    def __init__(self, id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., cordoned: _Optional[bool] = ..., draining: _Optional[bool] = ..., heartbeat: _Optional[int] = ..., incarnation: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("ok",)
