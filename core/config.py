@@ -375,10 +375,21 @@ class AdmissionConfig(Section):
     #: Tasks each herd may have not ended at once: waiting, placed or running (0: no bound).
     #: One herd cannot fill the Barn, nor the queue, for all.
     max_queued: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 10_000
+    #: Cores a task asking none is given when its herd's quota limits cpu (its slice's limit,
+    #: and what its herd's quota counts).
+    default_cpu: Annotated[float, Meta(gt=0, le=4096)] = 1.0
+    #: Memory a task asking none is given when its herd's quota limits memory: "256Mi".
+    default_memory: str | int = "256Mi"
 
     def __post_init__(self) -> None:
         _check_size(self, "max_memory", zero=True)
         _check_duration(self, "max_timeout", zero=True)
+        _check_size(self, "default_memory", zero=False)
+
+    @property
+    def default_request(self) -> tuple[float, int]:
+        """(cores, bytes) a task asking none of a resource its herd's quota limits is given."""
+        return self.default_cpu, parse_memory(self.default_memory)
 
 
 class CostConfig(Section):

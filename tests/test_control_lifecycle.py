@@ -155,7 +155,7 @@ def test_job_state_follows_its_tasks_in_the_same_commit(store: ClusterStore, lif
 
 
 def test_cancel_ends_every_task_and_the_job(store: ClusterStore, life: Lifecycle) -> None:
-    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
     job = life.submit_command("lab", ["sleep", "30"])
     task = schedule(store, only_task(store, job.id))
     assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
@@ -175,7 +175,7 @@ def test_a_cancelled_task_leaves_its_nodes_assignments_once_its_end_is_reported(
     store: ClusterStore, life: Lifecycle, ended: RunState
 ) -> None:
     """Else every task ever cancelled while running stays in the heartbeat answer for ever."""
-    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
     job = life.submit_command("lab", ["sleep", "30"])
     task = schedule(store, only_task(store, job.id))
     assert life.report("lab", task.id, 1, task.token, RunState.RUNNING)
@@ -197,7 +197,7 @@ def test_a_task_cancelled_while_scheduled_keeps_its_node_until_its_agent_says_it
 ) -> None:
     """Its agent may have started it already (a RUNNING report is held a moment): its room on
     the node is held until the agent says the attempt ended, stopped or never started."""
-    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4)))
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
     job = life.submit_command("lab", ["sleep", "30"])
     task = schedule(store, only_task(store, job.id))
     life.cancel(job.id)
@@ -451,3 +451,21 @@ def test_report_many_applies_different_tasks_at_once_and_one_tasks_in_order(
     assert time.monotonic() - began < 0.05 * 2 * len(reports)  # (sequentially: two reads a report)
     assert store.task("lab", first.id).record.state is RunState.SUCCEEDED  # RUNNING then SUCCEEDED, in order
     assert all(store.task("lab", t.id).record.state is RunState.FAILED for t in tasks[1:])
+
+
+def test_a_task_asking_none_of_what_its_herds_quota_limits_is_given_the_defaults(
+    store: ClusterStore, life: Lifecycle
+) -> None:
+    """A slice asking no cpu or memory had no limit of its own, only its herd's parent on its
+    node, capped at the whole quota: its use counted nowhere (a herd on two nodes used 1.33
+    cores of a 1-core quota, a review's run). It is given [admission] default_cpu and
+    default_memory now (at most the quota), where the quota limits them, and counts."""
+    store.create_herd(Herd(name="small", quota=Quota(cpu=0.5, memory=1 << 30)))
+    store.create_herd(Herd(name="open"))
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=4 << 30)))
+    booked = only_task(store, life.submit_command("small", ["/bin/true"]).id).resources
+    assert (booked.cpu, booked.memory) == (0.5, 256 * 1024**2)
+    asked = only_task(store, life.submit_command("small", ["/bin/true"], Amount(cpu=0.25, memory=1 << 20)).id)
+    assert (asked.resources.cpu, asked.resources.memory) == (0.25, 1 << 20)
+    free = only_task(store, life.submit_command("open", ["/bin/true"]).id).resources
+    assert (free.cpu, free.memory) == (0, 0)  # (no quota to count against: as asked)

@@ -38,6 +38,7 @@ from runink.core.control.records import (
     NodeRecord,
     NodeUsage,
     PipelineTask,
+    Quota,
     Record,
     RecordError,
     RunState,
@@ -248,6 +249,17 @@ def in_one_slice(commands: list[list[str]]) -> list[str]:
     return ["/bin/sh", "-c", " && ".join(shlex.join(command) for command in commands)]
 
 
+def unbooked(quota: Quota, request: Amount) -> str | None:
+    """The resource (cpu or memory) ``quota`` limits and ``request`` asks none of, or None. A
+    slice asking none has no limit of its own, only its herd's parent on its node, capped at
+    the whole quota: its use counted nowhere, a herd on two nodes used 1.33 cores of a 1-core
+    quota (a review's run)."""
+    for name, limit, asked in (("cpu", quota.cpu, request.cpu), ("memory", quota.memory, request.memory)):
+        if limit and not asked:
+            return name
+    return None
+
+
 def never_fits(request: Amount, capacity: Amount) -> str | None:
     """Why a node of ``capacity`` could never hold ``request`` (even empty), or None."""
     for name, wanted, has in (
@@ -275,8 +287,12 @@ class Lifecycle:
         jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
         secrets: SecretBackend | None = None,
         rates: CostConfig | None = None,
+        default_request: tuple[float, int] = (1.0, 256 * 1024**2),
     ) -> None:
         self.store = store
+        # (cores, bytes) a task asking none of a resource its herd's quota limits is given
+        # ([admission] default_cpu, default_memory): see ``unbooked``
+        self.default_request = default_request
         self.clock = clock
         self.jitter = jitter
         self.secrets = secrets  # where herds' secrets are kept (None: no task may ask for one)
@@ -382,6 +398,7 @@ class Lifecycle:
         except RecordError as exc:
             raise _refusal(exc, "submission") from None
         known = [v.record for v in nodes()]
+        task = self._booked(found.record, task)
         self._admit(found.record, [task], known)
         return self._store(job, [task], found, also, admit, on_stored, known)
 
@@ -513,11 +530,24 @@ class Lifecycle:
                 )
             except RecordError as exc:
                 raise _refusal(exc, f"scenario {printable(name, 200)!r}") from None
-        records = _with_near(pipeline, tasks, ids, records)
+        records = [self._booked(found.record, t) for t in _with_near(pipeline, tasks, ids, records)]
         job = JobRecord(id=job_id, herd=herd, kind="pipeline", tasks=[t.id for t in records])
         nodes = [v.record for v in self.store.nodes(recent=True)]
         self._admit(found.record, records, nodes)
         return self._store(job, records, found, also, admit, on_stored, nodes)
+
+    def _booked(self, herd: Herd, task: TaskRecord) -> TaskRecord:
+        """``task`` given the default cpu and memory (``default_request``) where it asks none
+        and its herd's quota limits them: its slice is limited to them and they count."""
+        cpu, memory = self.default_request
+        given: dict[str, float | int] = {}
+        if herd.quota.cpu and not task.resources.cpu:
+            given["cpu"] = min(cpu, herd.quota.cpu)
+        if herd.quota.memory and not task.resources.memory:
+            given["memory"] = min(memory, herd.quota.memory)
+        if not given:
+            return task
+        return task.model_copy(update={"resources": task.resources.model_copy(update=given)})
 
     def _admit(self, herd: Herd, tasks: list[TaskRecord], nodes: list[NodeRecord] | None = None) -> None:
         """Refuse (Refused, saying why) tasks that could never run: one past its herd's quota on
@@ -531,6 +561,8 @@ class Lifecycle:
             over = herd.quota.exceeded_by(task.resources, 1)
             if over:
                 raise Refused(f"herd {herd.name!r}: the task alone exceeds the herd's quota: {over}")
+            if unasked := unbooked(herd.quota, task.resources):  # (its quota set since it was given defaults)
+                raise Refused(f"herd {herd.name!r} now has a {unasked} quota: submit the job again")
             if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
                 nodes = [v.record for v in self.store.nodes()]  # (one that just joined: not in a view yet)
             if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):

@@ -298,7 +298,10 @@ class Server:
         self.barn: BarnBackend = barn
         self.store = ClusterStore(barn)
         self.lifecycle = Lifecycle(
-            self.store, secrets=secret_backend(options, config, manager, barn), rates=config.cost
+            self.store,
+            secrets=secret_backend(options, config, manager, barn),
+            rates=config.cost,
+            default_request=config.admission.default_request,
         )
         if self.tokens is not None:  # tokens revoked before they expire: refused by every server
             self.tokens.revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
