@@ -61,8 +61,16 @@ MAX_DECIMAL_PRECISION = 38  # decimal128's
 _INT_RE = r"^[+-]?\d{1,18}$"
 _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(?i:nan|inf|infinity)$"
 _DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
-_DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+# years 0001-9999, as Python's dates (Arrow reads year 0000, which no output can write back)
+_YEAR = r"(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})"
+_DATE_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}$"
+_DATETIME_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}([T ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d{{1,9}})?)?)?(Z|[+-]\d{{2}}:?\d{{2}})?$"
+#: a decimal's text longer than this may hold more digits than decimal128 has, which Arrow's
+#: cast wraps without a word (12.5000...0001 became 0.00): such values are read exactly, in Python
+MAX_DECIMAL_TEXT = 40
+_EPOCH = dt.datetime(1970, 1, 1)
+_FIRST_MICROSECOND = (dt.datetime(1, 1, 1) - _EPOCH) // dt.timedelta(microseconds=1)
+_LAST_MICROSECOND = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999) - _EPOCH) // dt.timedelta(microseconds=1)
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 
@@ -298,12 +306,16 @@ def validate(contract: type[Contract], batch: pa.RecordBatch) -> ValidationResul
     failures: list[tuple[pa.Array, str]] = []
     names = set(batch.schema.names)
     for spec in contract.fields():
+        if len(batch.schema.get_all_field_indices(spec.name)) > 1:
+            raise ContractError(f"the source has {spec.name!r} more than once among its columns")
         raw = batch.column(spec.name) if spec.name in names else pa.nulls(n, pa.string())
         value, conversion_failed = _convert(raw, spec)
         if conversion_failed is not None:
             failures.append((conversion_failed, f"{spec.name}: not a valid {spec.type_name}"))
         if spec.required:
             missing = pc.is_null(value)
+            if spec.type is float and (nan := _nan(value)) is not None:  # (no value: JSON writes it null)
+                missing = pc.or_(missing, nan)
             if conversion_failed is not None:
                 missing = pc.and_(missing, pc.invert(conversion_failed))
             failures.append((missing, f"{spec.name}: required"))
@@ -353,17 +365,35 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         return raw, None
     if not (pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type)):
         if _compatible(raw.type, spec) and spec.type is not decimal.Decimal:
-            return pc.cast(raw, target), None
-        raw = pc.cast(raw, pa.string())
+            try:
+                return pc.cast(raw, target), None
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if pa.types.is_timestamp(raw.type):  # (nanoseconds: invalid only where some are lost)
+                    value = pc.cast(raw, target, safe=False)
+                    lost = pc.fill_null(pc.not_equal(pc.cast(value, raw.type, safe=False), raw), False)
+                    return pc.if_else(lost, pa.scalar(None, target), value), lost
+                # (a uint64 past int64, an int past 2**53 for a float): value by value, as text
+        try:
+            raw = pc.cast(raw, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # (a struct, a list): no value is one
+            return pa.nulls(len(raw), target), pc.is_valid(raw)
     text = raw.cast(pa.string())
-    if spec.type is not str and spec.type is not bool:
+    long = None
+    if spec.type is decimal.Decimal:
+        long = pc.fill_null(pc.greater(pc.utf8_length(text), MAX_DECIMAL_TEXT), False)
+        if not pc.any(long).as_py():
+            long = None
+    if spec.type is not str and spec.type is not bool and long is None:
         # Fast path: the whole column converts as it is (the usual case). A timestamp with a
         # zone (Z, +02:00) makes this cast fail ("expected no zone offset"; tested), so it
         # reaches _cast_text, which converts it to UTC: no pass over the column looks first.
         try:
-            return pc.cast(text, target), pa.array(np.zeros(len(text), dtype=bool))
+            value = pc.cast(text, target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # some value does not: find which, value by value below
+        else:
+            if _cast_as_written(text, value, spec):
+                return value, pa.array(np.zeros(len(text), dtype=bool))
     text = pc.utf8_trim_whitespace(text)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     if spec.type is str:
@@ -383,14 +413,63 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         decimal.Decimal: _DECIMAL_RE,
     }[spec.type]
     ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    if long is not None:
+        ok = pc.and_(ok, pc.invert(long))
     candidates = pc.if_else(ok, text, pa.scalar(None, pa.string()))
     try:
         value = _cast_text(candidates, spec)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
         # A value matched the pattern but is still invalid (2024-02-30, int overflow):
         # convert this batch element by element to find which.
         value, ok = _cast_each(candidates, spec, ok)
+    if long is not None:
+        exact, read = _long_decimals(text, long, spec)
+        value, ok = pc.if_else(long, exact, value), pc.or_(ok, read)
     return value, pc.and_(present, pc.invert(ok))
+
+
+def _nan(value: pa.Array) -> pa.Array | None:
+    """The mask of the NaN values of a float column, None when it has none (the usual case:
+    no mask to combine)."""
+    nan = pc.fill_null(pc.is_nan(value), False)
+    return nan if pc.any(nan).as_py() else None
+
+
+def _cast_as_written(text: pa.Array, value: pa.Array, spec: ContractField) -> bool:
+    """Whether the fast path's cast read every value as the contract's type reads it: Arrow
+    also takes an int written in hex (0x10 became 16) and years 0000 or 10000 (which Python,
+    and so every output, cannot write)."""
+    if spec.type is int:  # (digits only, the usual case, is one cheap pass; ignore_case is a regex)
+        plain = pc.all(pc.ascii_is_decimal(text)).as_py() is not False
+        return plain or not any(pc.any(pc.match_substring(text, x)).as_py() for x in ("x", "X"))
+    if spec.type in (dt.date, dt.datetime) and value.null_count < len(value):
+        extremes = pc.min_max(value.cast(pa.timestamp("us")))  # (.value: as_py of year 0 raises)
+        return bool(extremes["min"].value >= _FIRST_MICROSECOND and extremes["max"].value <= _LAST_MICROSECOND)
+    return True
+
+
+def _long_decimals(text: pa.Array, long: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array]:
+    """The values of the ``long`` texts read exactly (Python's decimal), None where one has
+    more digits than the field's precision or scale holds; and which were read."""
+    precision, scale = spec.arrow_type.precision, spec.arrow_type.scale
+    step = decimal.Decimal(1).scaleb(-scale)
+    values: list[decimal.Decimal | None] = [None] * len(text)
+    read = [False] * len(text)
+    for index in pc.indices_nonzero(long).to_pylist():
+        written = text[index].as_py().strip()
+        if not re.fullmatch(_DECIMAL_RE, written) or len(written) > 4096:
+            continue
+        with decimal.localcontext() as context:
+            context.prec = 4200
+            try:
+                number = decimal.Decimal(written)
+                exact = number.quantize(step)
+            except decimal.InvalidOperation:
+                continue
+            if exact != number or (exact and exact.adjusted() + 1 + scale > precision):
+                continue  # (digits past its scale would be lost; past its precision it does not fit)
+        values[index], read[index] = exact, True
+    return pa.array(values, spec.arrow_type), pa.array(read)
 
 
 def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
@@ -417,8 +496,8 @@ def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Ar
         try:
             values.append(_cast_text(pa.array([item]), spec)[0].as_py())
             oks.append(True)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values.append(None)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError):
+            values.append(None)  # (OverflowError: a date Arrow reads and Python cannot hold)
             oks.append(False)
     return pa.array(values, spec.arrow_type), pa.array(oks)
 
@@ -439,6 +518,9 @@ def _constraint_failures(value: pa.Array, spec: ContractField) -> list[tuple[pa.
             parts.append((pc.fill_null(compare(value, pa.scalar(exact)), False), f"{name}: {word} {exact}"))
         else:
             parts.append((pc.fill_null(compare(value, bound), False), f"{name}: {word} {bound:g}"))
+    bounded = any(b is not None for b in (c.ge, c.gt, c.le, c.lt))
+    if spec.type is float and bounded and (nan := _nan(value)) is not None:
+        parts.append((nan, f"{name}: NaN, within no bound"))  # (every comparison with NaN is false)
     if c.enum is not None:
         listed = [_exact(v) for v in c.enum] if spec.type is decimal.Decimal else list(c.enum)
         allowed = pa.array(listed, spec.arrow_type)

@@ -326,3 +326,86 @@ def test_a_constraint_of_the_wrong_kind_is_refused_naming_the_field(field: str, 
     # (each passed the dry run, then reached Arrow's kernels or crashed `contract show`)
     with pytest.raises(ContractError, match=re.escape(message)):
         exec(f"class Bad(Contract):\n    {field}\n", {"Contract": Contract, "Field": Field})
+
+
+def test_a_decimal_with_more_digits_than_decimal128_holds_is_never_wrapped() -> None:
+    """Arrow's cast of a text with more than 38 digits wraps without a word:
+    12.50000000000000000000000000000000000000001 became 0.00 and passed `gt=0` (a review's
+    run). Such texts are read exactly: invalid when a digit would be lost, their value when not."""
+    long_zero_tail = "12.5" + "0" * 45
+    batch = pa.record_batch(
+        {
+            "amount": ["12.5" + "0" * 37 + "1", long_zero_tail, "-0." + "0" * 40 + "1", "12.50", "9" * 45],
+            "fee": ["0.5"] * 5,
+        }
+    )
+    result = validate(Money, batch)
+    assert result.valid.column("amount").to_pylist() == [Decimal("12.50"), Decimal("12.50")]
+    reasons = dict(zip(result.invalid_index.to_pylist(), result.reasons.to_pylist(), strict=True))
+    assert reasons == {
+        0: "amount: not a valid decimal(12,2)",
+        2: "amount: not a valid decimal(12,2)",
+        4: "amount: not a valid decimal(12,2)",
+    }
+
+
+class Reading(Contract):
+    value: float = Field(ge=0, le=100)
+    count: int | None = None
+    day: dt.date | None = None
+    at: dt.datetime | None = None
+
+
+def test_what_arrow_reads_and_the_contract_does_not_is_invalid_not_a_crash() -> None:
+    """NaN is within no bound and is no value; an int written in hex is no int; years 0000 and
+    10000 are no dates (Arrow reads them, no output can write them back); a year 0000 beside an
+    impossible date made the batch fail with OverflowError (a review's run)."""
+    batch = raw(
+        value=["NaN", "50", "50", "50", "50", "50"],
+        count=["1", "0x10", "2", None, None, None],
+        day=[None, None, "0000-01-01", "2026-02-30", "+10000-01-01", "2026-02-28"],
+        at=[None, None, None, "0000-01-01T00:00:00", None, "9999-12-31T23:59:59"],
+    )
+    result = validate(Reading, batch)
+    reasons = dict(zip(result.invalid_index.to_pylist(), result.reasons.to_pylist(), strict=True))
+    assert reasons == {
+        0: "value: required; value: NaN, within no bound",
+        1: "count: not a valid int",
+        2: "day: not a valid date",
+        3: "day: not a valid date; at: not a valid datetime",
+        4: "day: not a valid date",
+    }
+    assert result.valid.column("day").to_pylist() == [dt.date(2026, 2, 28)]
+    alone = validate(Reading, raw(value=["1"], count=["0x10"], day=["0000-01-01"], at=[None]))
+    assert alone.reasons.to_pylist() == ["count: not a valid int; day: not a valid date"]  # (the fast path too)
+
+    class Required(Contract):
+        value: float
+
+    assert validate(Required, raw(value=["NaN", "1"])).reasons.to_pylist() == ["value: required"]
+
+
+def test_typed_columns_a_field_cannot_hold_are_invalid_rows_and_a_repeated_column_is_named() -> None:
+    """From Parquet: a uint64 past int64, a nanosecond timestamp, a struct where text is due.
+    Each failed the batch with a bare ArrowInvalid; a column named twice with a KeyError."""
+
+    class Typed(Contract):
+        count: int | None = None
+        at: dt.datetime | None = None
+        name: str | None = None
+
+    batch = pa.record_batch(
+        {
+            "count": pa.array([1, 2**63 + 5, 3], pa.uint64()),
+            "at": pa.array([0, 1_500, 2_000], pa.timestamp("ns")),
+            "name": pa.array([{"a": 1}, None, None], pa.struct([("a", pa.int64())])),
+        }
+    )
+    result = validate(Typed, batch)
+    reasons = dict(zip(result.invalid_index.to_pylist(), result.reasons.to_pylist(), strict=True))
+    assert reasons == {0: "name: not a valid str", 1: "count: not a valid int; at: not a valid datetime"}
+    assert result.valid.column("count").to_pylist() == [3]
+    assert result.valid.column("at").to_pylist() == [dt.datetime(1970, 1, 1, 0, 0, 0, 2)]  # (2,000 ns: no digit lost)
+    twice = pa.RecordBatch.from_arrays([pa.array(["1"]), pa.array(["2"])], names=["count", "count"])
+    with pytest.raises(ContractError, match="the source has 'count' more than once among its columns"):
+        validate(Typed, twice)
