@@ -3,6 +3,7 @@ job state in the same commit as its tasks, cancellation, node registration and h
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from runink.core.control.records import (
     job_of,
     keys,
 )
-from runink.core.control.store import ClusterStore, NotFound, Refused
+from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused
 from runink.plugins.barn.memory import MemoryBarn
 
 NOW = 1000.0
@@ -469,3 +470,39 @@ def test_a_task_asking_none_of_what_its_herds_quota_limits_is_given_the_defaults
     assert (asked.resources.cpu, asked.resources.memory) == (0.25, 1 << 20)
     free = only_task(store, life.submit_command("open", ["/bin/true"]).id).resources
     assert (free.cpu, free.memory) == (0, 0)  # (no quota to count against: as asked)
+
+
+def test_a_large_job_is_cancelled_while_its_tasks_keep_changing(store: ClusterStore, life: Lifecycle) -> None:
+    """One commit comparing a thousand tasks' revisions, while agents and the scheduler kept
+    writing some of them, failed 20 times in a row (503) and the job ran on (a review's run).
+    A large job is cancelled some tasks a commit, the job with its last ones."""
+    from runink.core.control.lifecycle import CANCEL_BATCH, PipelineTask
+
+    tasks = [PipelineTask(scenario=f"s{i}", resources=Amount(cpu=0.001, memory=1)) for i in range(3 * CANCEL_BATCH)]
+    job = life.submit_pipeline("lab", "/srv/p.dsl", tasks)
+    ids = store.job(job.id).record.tasks
+    stop = threading.Event()
+
+    def churn() -> None:  # (what reports and passes do: a task rewritten every moment)
+        turn = 0
+        while not stop.is_set():
+            task_id = ids[turn % len(ids)]
+            turn += 7
+            found = store.task("lab", task_id)
+            if found.record.state.final:
+                continue
+            changed = found.record.model_copy(update={"pending_reason": f"waits ({turn})"})
+            with contextlib.suppress(Conflict):
+                store.commit([(keys.task("lab", task_id), found.revision)], [(keys.task("lab", task_id), changed)])
+
+    threads = [threading.Thread(target=churn) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        ended = life.cancel(job.id)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert ended.state is RunState.CANCELLED and store.job(job.id).record.state is RunState.CANCELLED
+    assert {v.record.state for v in store.job_tasks(store.job(job.id).record)} == {RunState.CANCELLED}

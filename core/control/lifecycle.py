@@ -11,6 +11,7 @@ deployment of ``runink run``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -258,6 +259,12 @@ def unbooked(quota: Quota, request: Amount) -> str | None:
         if limit and not asked:
             return name
     return None
+
+
+#: tasks cancelled per commit (a job of more: several commits, the job with its last ones)
+CANCEL_BATCH = 100
+#: seconds a cancel tries while the job's tasks keep changing under it
+CANCEL_WITHIN = 30.0
 
 
 def never_fits(request: Amount, capacity: Amount) -> str | None:
@@ -889,24 +896,41 @@ class Lifecycle:
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel every task of the job not ended yet (an agent running one stops it on its
-        next sync); the job is CANCELLED. A job that ended already is left as it is."""
-        for _ in range(MAX_CONFLICT_RETRIES):
+        next sync); the job is CANCELLED. A job that ended already is left as it is. A job of
+        few tasks is cancelled in one commit; a larger one CANCEL_BATCH tasks a commit, the
+        job with its last ones: one commit comparing a thousand tasks' revisions while agents
+        and the scheduler kept writing some failed 20 times in a row (a review's run)."""
+        deadline = time.monotonic() + CANCEL_WITHIN
+        cancelled_some = False
+        while True:
             job = self.store.job(job_id)
-            tasks = self.store.job_tasks(job.record)
-            writes: list[tuple[str, Record | None]] = [
-                (keys.task(v.record.herd, v.record.id), _cancelled(v.record)) for v in tasks if not v.record.state.final
-            ]
-            if not writes:
+            live = [v for v in self.store.job_tasks(job.record) if not v.record.state.final]
+            if not live and (job.record.state.final or not cancelled_some):
                 return job.record
-            cancelled = job.record.model_copy(update={"state": RunState.CANCELLED, "finished": self.clock()})
-            writes.append((keys.job(job.record.herd, job.record.id), cancelled))
-            read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in tasks]
-            try:
-                self.store.commit([*read, (keys.job(job.record.herd, job.record.id), job.revision)], writes)
-                return cancelled
-            except Conflict:
-                continue
-        raise Conflict(f"job {job_id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+            if len(live) > CANCEL_BATCH:
+                for at in range(0, len(live), CANCEL_BATCH):
+                    read, writes = _cancels(live[at : at + CANCEL_BATCH])
+                    with contextlib.suppress(Conflict):  # (read again, and tried again, next round)
+                        self.store.commit(read, writes)
+                        cancelled_some = True
+            else:
+                ended = job.record.model_copy(update={"state": RunState.CANCELLED, "finished": self.clock()})
+                read, writes = _cancels(live)
+                job_key = keys.job(job.record.herd, job.record.id)
+                try:
+                    self.store.commit([*read, (job_key, job.revision)], [*writes, (job_key, ended)])
+                    return ended
+                except Conflict:
+                    pass
+            if time.monotonic() > deadline:
+                raise Conflict(f"job {job_id}: its tasks kept changing for {CANCEL_WITHIN:g} s; cancel it again")
+            time.sleep(0.01)
+
+
+def _cancels(tasks: list[Versioned[TaskRecord]]) -> tuple[list[tuple[str, int]], list[tuple[str, Record | None]]]:
+    """What a commit cancelling ``tasks`` reads (each at the revision it was read) and writes."""
+    read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in tasks]
+    return read, [(key, _cancelled(v.record)) for (key, _), v in zip(read, tasks, strict=True)]
 
 
 def _cancelled(task: TaskRecord) -> TaskRecord:
