@@ -391,6 +391,7 @@ def test_conflict_is_503_with_retry_after_and_a_fault_is_one_line(cluster: Clust
         raise Conflict("a record changed since it was read")
 
     cluster.store.commit = always_changed  # type: ignore[method-assign]
+    cluster.lifecycle.cancel_within = 0.2  # (it tries for a while: 5 s)
     response = cluster.client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
 

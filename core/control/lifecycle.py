@@ -263,8 +263,8 @@ def unbooked(quota: Quota, request: Amount) -> str | None:
 
 #: tasks cancelled per commit (a job of more: several commits, the job with its last ones)
 CANCEL_BATCH = 100
-#: seconds a cancel tries while the job's tasks keep changing under it
-CANCEL_WITHIN = 30.0
+#: seconds a cancel tries while the job's tasks keep changing under it (within a client's read timeout)
+CANCEL_WITHIN = 5.0
 
 
 def never_fits(request: Amount, capacity: Amount) -> str | None:
@@ -300,6 +300,7 @@ class Lifecycle:
         # (cores, bytes) a task asking none of a resource its herd's quota limits is given
         # ([admission] default_cpu, default_memory): see ``unbooked``
         self.default_request = default_request
+        self.cancel_within = CANCEL_WITHIN
         self.clock = clock
         self.jitter = jitter
         self.secrets = secrets  # where herds' secrets are kept (None: no task may ask for one)
@@ -900,7 +901,7 @@ class Lifecycle:
         few tasks is cancelled in one commit; a larger one CANCEL_BATCH tasks a commit, the
         job with its last ones: one commit comparing a thousand tasks' revisions while agents
         and the scheduler kept writing some failed 20 times in a row (a review's run)."""
-        deadline = time.monotonic() + CANCEL_WITHIN
+        deadline = time.monotonic() + self.cancel_within
         cancelled_some = False
         while True:
             job = self.store.job(job_id)
@@ -923,7 +924,7 @@ class Lifecycle:
                 except Conflict:
                     pass
             if time.monotonic() > deadline:
-                raise Conflict(f"job {job_id}: its tasks kept changing for {CANCEL_WITHIN:g} s; cancel it again")
+                raise Conflict(f"job {job_id}: its tasks kept changing for {self.cancel_within:g} s; cancel it again")
             time.sleep(0.01)
 
 
