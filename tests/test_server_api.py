@@ -68,6 +68,23 @@ def submit(client: httpx.Client, herd: str = "team", cpu: float = 1, **fields: o
     return job_id
 
 
+def test_use_counts_a_cancelled_slice_until_its_agent_says_it_stopped(cluster: Cluster) -> None:
+    """As the scheduler counts it: `runink herd describe` and `runink nodes list` showed
+    nothing used while a cancelled slice that ignores SIGTERM ran on (a review's run)."""
+    make_herd(cluster.client, cpu=8)
+    cluster.add_node("n1")
+    job_id = submit(cluster.client, cpu=2)
+    assert cluster.scheduler.run_pass(now=0.0).placed
+    assert cluster.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    described = cluster.client.get("/v1/herds/team").json()
+    assert (described["used"]["cpu"], described["used"]["slices"]) == (2, 1)
+    (node,) = cluster.client.get("/v1/nodes").json()["nodes"]
+    assert node["used"]["slices"] == 1
+    task = cluster.store.job_tasks(cluster.store.job(job_id).record)[0].record
+    assert cluster.lifecycle.report("team", task.id, task.attempt, task.token, RunState.CANCELLED)
+    assert cluster.client.get("/v1/herds/team").json()["used"]["slices"] == 0
+
+
 def test_herd_job_explain_cancel_through_the_api(cluster: Cluster) -> None:
     client = cluster.client
     make_herd(client, "team", cpu=8, max_slices=4)

@@ -63,7 +63,7 @@ from runink.core.control.records import (
     under_root,
 )
 from runink.core.control.roles import bind_role
-from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge
+from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge, assigned_to
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
 from runink.core.interfaces.barn import KeyValue
@@ -464,8 +464,9 @@ def validation_detail(errors: Sequence[Any]) -> str:
 
 
 def _use(tasks: list[TaskRecord]) -> dict[str, Any]:
-    """What these tasks hold while SCHEDULED or RUNNING: their resources and slice count."""
-    held = [t for t in tasks if t.state in (RunState.SCHEDULED, RunState.RUNNING)]
+    """What these tasks hold on their nodes, as the scheduler counts it (``assigned_to``):
+    SCHEDULED or RUNNING, or cancelled there and not yet stopped; their resources and slices."""
+    held = [t for t in tasks if assigned_to(t) is not None]
     return {
         "cpu": sum(t.resources.cpu for t in held),
         "memory": sum(t.resources.memory for t in held),
@@ -1090,7 +1091,7 @@ def create_app(
     # --- nodes -------------------------------------------------------------------------
 
     def node_view(node: NodeRecord, tasks: list[TaskRecord]) -> dict[str, Any]:
-        return {**dump_record(node), "used": _use([t for t in tasks if t.node == node.id])}
+        return {**dump_record(node), "used": _use([t for t in tasks if assigned_to(t) == node.id])}
 
     @app.get("/v1/nodes", openapi_extra=action("nodes.read"))
     def list_nodes(identity: Caller) -> dict[str, Any]:
