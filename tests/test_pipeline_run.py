@@ -634,3 +634,23 @@ def test_fail_on_invalid_takes_a_percentage_not_nan(run_cli: CliRunner, orders: 
     # (click's range let NaN through: every scenario with rows then failed, "over nan%")
     out = run_cli("run", "orders.dsl", "--fail-on-invalid", "nan", cwd=orders)
     assert out.returncode == 2 and "--fail-on-invalid" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_source_column_named_like_a_dead_letter_field_is_kept_beside_it(run_cli: CliRunner, project: Path) -> None:
+    """A source with a `_runink_position` column made every dead-letter sink fail with a
+    duplicate column (a review's run): it is kept as `source._runink_position`."""
+    (project / "in.csv").write_text("id,name,_runink_position\n1,a,x\n-2,b,y\n")
+    dsl(
+        project,
+        """
+        Scenario: reserved names
+          @source("in.csv", contract="contracts:Row")
+          @sink("out/a.parquet")
+          @sink("out/dlq.jsonl", when="invalid")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    (scenario,) = summary(out)["scenarios"]
+    assert scenario["state"] == "SUCCEEDED", out.stderr
+    (dead,) = [json.loads(x) for x in (project / "out" / "dlq.jsonl").read_text().splitlines()]
+    assert (dead["source._runink_position"], dead["_runink_position"], dead["id"]) == ("y", 3, "-2")

@@ -54,6 +54,7 @@ META_COLUMNS = [
     pa.field("_runink_position", pa.int64()),
     pa.field("_runink_text", pa.string()),
 ]
+META_NAMES = frozenset(f.name for f in META_COLUMNS)
 REPORT_INTERVAL = 0.25
 T = TypeVar("T")
 MAX_LOG_LINE = 64 * 1024  # a command's longer output line reaches the log in pieces
@@ -173,7 +174,8 @@ def run(spec: SliceSpec) -> int:
                                 f"(herd policy: block): {'; '.join(new_drift)}"
                             )
                 if dlq_schema is None and batch.schema.names:
-                    dlq_schema = pa.schema([pa.field(n, pa.string()) for n in batch.schema.names] + META_COLUMNS)
+                    own = [pa.field(_dead_letter_name(n), pa.string()) for n in batch.schema.names]
+                    dlq_schema = pa.schema(own + META_COLUMNS)
                 invalid_parts = []
                 if contract is not None:
                     result = validate(contract, batch) if batch.num_rows else None
@@ -556,14 +558,20 @@ def _dlq_rows(
     assert schema is not None
     n = invalid.num_rows
     columns = {}
-    for name in schema.names:
-        if name in invalid.schema.names:
-            columns[name] = invalid.column(name).cast(pa.string())
+    for name in invalid.schema.names:
+        if _dead_letter_name(name) in schema.names:
+            columns[_dead_letter_name(name)] = invalid.column(name).cast(pa.string())
     columns["_runink_reason"] = reasons
     columns["_runink_source"] = pa.array([source_uri] * n, pa.string())
     columns["_runink_position"] = positions
     columns["_runink_text"] = pa.nulls(n, pa.string())
     return _conform(columns, n, schema)
+
+
+def _dead_letter_name(column: str) -> str:
+    """A source column's name in a dead-letter record: its own, unless it is one of the
+    record's (a source with a ``_runink_reason`` column made every dead-letter sink fail)."""
+    return f"source.{column}" if column in META_NAMES else column
 
 
 def _malformed_rows(malformed: list[Malformed], source_uri: str, unit: str, schema: pa.Schema | None) -> pa.RecordBatch:
