@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from runink.core import metrics
@@ -239,7 +239,9 @@ class Scheduler:
         # Keyed on the herd too: filter hooks are given it, and may answer per herd.
         fit_nowhere: dict[tuple[str, Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
 
-        for versioned in _fair_order(queues, herds, usage, total):
+        full: dict[str, str] = {}  # herd -> what of its quota is used up: none of its tasks fits now
+        passed_over: list[Versioned[TaskRecord]] = []  # the rest of a full herd's queue: not looked at
+        for versioned in _fair_order(queues, herds, usage, total, full=full, passed_over=passed_over):
             task = versioned.record
             herd = herds[task.herd]
             want = task.resources.resources()
@@ -259,6 +261,8 @@ class Scheduler:
             if over is not None:
                 reason = f"herd {herd.name} quota: {over}"
                 changed = _waiting(task, reason, task.explain)
+                if used_up := _used_up(herd.quota, held):
+                    full[herd.name] = used_up  # (9,000 tasks of a full herd made every pass ~0.2 s)
             elif task.near:
                 ranked, reason, near_explain = self._place_near(
                     task,
@@ -309,6 +313,17 @@ class Scheduler:
                 written.append(task.id)
             if task.id not in result.placed:
                 result.pending[task.id] = (changed or task).pending_reason
+        for versioned in passed_over:  # (waiting: a reason written once, when it has none of its quota)
+            task = versioned.record
+            changed = None
+            if not task.pending_reason.startswith(f"herd {task.herd} quota: "):
+                changed = _waiting(task, f"herd {task.herd} quota: {full[task.herd]}", task.explain)
+            if changed is not None:
+                key = keys.task(task.herd, task.id)
+                read.append((key, versioned.revision))
+                writes.append((key, changed))
+                written.append(task.id)
+            result.pending[task.id] = (changed or task).pending_reason
 
         if new:
             for task_id, (_, placed) in zip(written, writes, strict=True):
@@ -510,13 +525,18 @@ def _fair_order(
     herds: dict[str, Herd],
     usage: dict[str, _Usage],
     total: Resources,
+    *,
+    full: Mapping[str, str] | None = None,
+    passed_over: list[Versioned[TaskRecord]] | None = None,
 ) -> Iterator[Versioned[TaskRecord]]:
     """The tasks in the order to place them: between herds, the herd using least of its quota
     (or, without one, of an equal share of the cluster) first, herds at equal share in turn;
     within a herd, the highest priority first, then in the order they were submitted
     (``queued``, then the id). A priority orders its own herd's tasks only: anyone who may
     submit sets it, so across herds it would let one herd's queue starve the others. The caller
-    updates ``usage`` as it places; each choice, made lazily, sees the placements before it."""
+    updates ``usage`` as it places; each choice, made lazily, sees the placements before it.
+    A herd the caller puts in ``full`` is served no more: the rest of its queue goes to
+    ``passed_over``."""
     order: dict[str, deque[Versioned[TaskRecord]]] = {
         herd: deque(sorted(items, key=lambda v: (-v.record.priority, v.record.queued, v.record.id)))
         for herd, items in queues.items()
@@ -540,6 +560,12 @@ def _fair_order(
         return max(parts, default=0.0)
 
     while order:
+        for name in [h for h in order if h in (full or {})]:
+            if passed_over is not None:
+                passed_over.extend(order[name])
+            del order[name]
+        if not order:
+            return
         herd = min(
             order,
             key=lambda h: (share(h), last_served.get(h, -1), h),
@@ -551,6 +577,18 @@ def _fair_order(
         last_served[herd] = served
         served += 1
         yield task
+
+
+def _used_up(quota: Quota, held: _Usage) -> str | None:
+    """What of ``quota`` ``held`` uses up, so that no task of the herd fits until some end (a
+    task asks some of each resource its herd's quota limits: Lifecycle gives it a default);
+    None while some is left."""
+    if quota.max_slices and held.slices >= quota.max_slices:
+        return f"max_slices used up ({held.slices} of {quota.max_slices})"
+    for name, limit, used in (("cpu", quota.cpu, held.resources.cpu), ("memory", quota.memory, held.resources.memory)):
+        if limit and used >= limit:
+            return f"{name} used up ({used:g} of {limit:g})"
+    return None
 
 
 def _never_placed(task: TaskRecord | None) -> bool:
