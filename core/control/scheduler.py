@@ -239,7 +239,8 @@ class Scheduler:
         # Keyed on the herd too: filter hooks are given it, and may answer per herd.
         fit_nowhere: dict[tuple[str, Resources, tuple[tuple[str, str], ...]], tuple[str, list[str]]] = {}
 
-        full: dict[str, str] = {}  # herd -> what of its quota is used up: none of its tasks fits now
+        # herd -> what of its quota is used up: none of its tasks fits now (its queue passed over)
+        full = {h: used for h in queues if (used := _used_up(herds[h].quota, usage[h])) is not None}
         passed_over: list[Versioned[TaskRecord]] = []  # the rest of a full herd's queue: not looked at
         for versioned in _fair_order(queues, herds, usage, total, full=full, passed_over=passed_over):
             task = versioned.record
@@ -537,9 +538,12 @@ def _fair_order(
     updates ``usage`` as it places; each choice, made lazily, sees the placements before it.
     A herd the caller puts in ``full`` is served no more: the rest of its queue goes to
     ``passed_over``."""
+    if passed_over is not None:  # (full already: not even sorted)
+        passed_over.extend(v for herd, items in queues.items() if herd in (full or {}) for v in items)
     order: dict[str, deque[Versioned[TaskRecord]]] = {
         herd: deque(sorted(items, key=lambda v: (-v.record.priority, v.record.queued, v.record.id)))
         for herd, items in queues.items()
+        if herd not in (full or {})
     }
     equal = 1 / max(1, len(herds))
     last_served: dict[str, int] = {}
