@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 
 from runink.core.datasets import DatasetError, resolve_dataset
 from runink.core.drivers import load_driver
 from runink.core.interfaces import Storage
-from runink.plugins.storage.csv import physical_lines
+from runink.plugins.storage.csv import UNCLOSED, physical_lines
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
 BATCH = pa.RecordBatch.from_pydict({"id": [1, 2], "name": ["a", "b"]}, schema=SCHEMA)
@@ -161,6 +162,106 @@ def test_csv_overlong_line_is_skipped_not_held(tmp_path: Path, monkeypatch: pyte
     rows, positions, bad = _csv_read(path, block_size=1024)
     assert rows == [{"a": "1", "b": "x"}, {"a": "3", "b": "z"}] and positions == [2, 4]
     assert [(line, reason) for line, reason, _ in bad] == [(3, "line longer than 4096 bytes")]
+
+
+@pytest.mark.parametrize("bad_line", ['"', "1"])  # a quote left open; a wrong column count
+def test_csv_many_malformed_lines_are_read_in_one_pass_and_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_line: str
+) -> None:
+    """Each record a quote swallowed was parsed again on its own, every piece kept for a concat:
+    1M lines of a lone quote (2 MB) took 100 s and 1.8 GB. Now every line is looked at once,
+    the block parsed again once per piece of MAX_MALFORMED lines, each piece its own batch."""
+    from runink.plugins.storage import csv as csv_module
+
+    monkeypatch.setattr(csv_module, "MAX_MALFORMED", 1000)
+    parses = 0
+    read_csv = csv_module.pacsv.read_csv
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal parses
+        parses += 1
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(csv_module.pacsv, "read_csv", counting)
+    lines = [f"{i},x" if i % 10 == 0 else bad_line for i in range(10_000)]
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n" + "\n".join(lines) + "\n")
+    reads = list(load_driver(Storage, "csv").read(path, raw=True))
+    assert parses <= 2 + len(lines) // 1000  # the block, then once per piece (was one per swallowed record)
+    assert max(len(read.malformed) for read in reads) <= 1000 and len(reads) >= 9
+    assert [p for read in reads for p in read.positions.to_pylist()] == list(range(2, 10_002, 10))
+    assert [r["a"] for read in reads for r in read.batch.to_pylist()] == [str(i) for i in range(0, 10_000, 10)]
+    bad = [m.position for read in reads for m in read.malformed]
+    assert bad == [i + 2 for i in range(10_000) if i % 10]  # each at its own line, in order
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_csv_a_quote_left_open_on_the_last_line_of_a_block_or_file_is_malformed(tmp_path: Path, eol: str) -> None:
+    """The record swallowed only the block's final line break, so the counts matched: a valid
+    row with a line break appended to its value."""
+    line = "{:04d},{}x" + eol  # 10 or 11 bytes; the first 1024-byte block ends with line 93 or 102
+    last_of_block = 1024 // len(line.format(0, "xxx")) - 1
+    lines = [line.format(i, '"xx' if i == last_of_block else "xxx") for i in range(200)]
+    for end in ("", eol):  # the file's last line, with or without a final line break
+        path = tmp_path / "x.csv"
+        path.write_text("a,b" + eol + "".join(lines) + '0200,"unclosed' + end, newline="")
+        rows, positions, bad = _csv_read(path, block_size=1024)
+        assert [(line, reason) for line, reason, _ in bad] == [(last_of_block + 2, UNCLOSED), (202, UNCLOSED)]
+        assert bad[1][2] == '0200,"unclosed'
+        assert all("\n" not in r["b"] and "\r" not in r["b"] for r in rows)
+        assert positions == [i + 2 for i in range(200) if i != last_of_block]
+
+
+def test_csv_a_line_leaves_a_quote_open_exactly_when_pyarrow_would_read_on(tmp_path: Path) -> None:
+    """The line-by-line check agrees with pyarrow on each line alone: a quote opens a value only
+    at its start, "" is a quote inside one, text after the closing quote is part of the value."""
+    from runink.plugins.storage.csv import _closed_line
+
+    def records(data: str, delimiter: str) -> int:
+        invalid = 0
+
+        def skip(row: pacsv.InvalidRow) -> str:
+            nonlocal invalid
+            invalid += 1
+            return "skip"
+
+        table = pacsv.read_csv(
+            pa.BufferReader(data.encode()),
+            read_options=pacsv.ReadOptions(column_names=["c"]),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
+        )
+        return table.num_rows + invalid
+
+    lines = ['a,"b"', '"a"b"c,d', 'a"b,c', '"a"",x', '"a""",x', '""""', '"', '" ', ' "a', 'x,"', 'x,""', '"a,b"c"']
+    for delimiter in (",", ";", "\t", "|"):
+        closed = _closed_line(delimiter)
+        for line in (x.replace(",", delimiter) for x in lines):
+            # the line and one more are two records, unless the line swallows the next
+            assert bool(closed(line.encode())) == (records(line + "\nz\n", delimiter) == 2), (delimiter, line)
+
+
+def test_csv_only_an_empty_value_is_null(tmp_path: Path) -> None:
+    """pyarrow's default null values made "NA" (Namibia), "N/A", "null", "NaN" and "#N/A" null."""
+    path = tmp_path / "x.csv"
+    path.write_text('a,b,n\nNA,N/A,1\nnull,NaN,NA\n#N/A,,\n"",x,2\n')
+    rows, _, bad = _csv_read(path)
+    assert not bad
+    assert [(r["a"], r["b"], r["n"]) for r in rows] == [
+        ("NA", "N/A", "1"),
+        ("null", "NaN", "NA"),
+        ("#N/A", None, None),
+        (None, "x", "2"),
+    ]
+    typed = [read.batch for read in load_driver(Storage, "csv").read(path)]
+    assert typed[0].column("n").to_pylist() == ["1", "NA", None, "2"]  # text, not a number with a null
+
+
+def test_csv_a_header_of_too_many_columns_fails_at_once(tmp_path: Path) -> None:
+    """A 13.9 MB file whose header named 1M columns took 12.7 GB."""
+    path = tmp_path / "x.csv"
+    path.write_text(",".join(f"c{i}" for i in range(10_001)) + "\n" + ",".join(["1"] * 10_001) + "\n")
+    with pytest.raises(DatasetError, match=rf"^{path}:1: the header has 10,001 columns, more than 10,000$"):
+        list(load_driver(Storage, "csv").read(path))
 
 
 def test_jsonl_deep_nesting_and_overlong_lines_are_dead_letters(
@@ -319,3 +420,125 @@ def test_a_corrupt_parquet_page_is_an_error_naming_the_file_and_where(tmp_path: 
     storage = load_driver(Storage, "parquet")
     with pytest.raises(DatasetError, match=rf"^{path}: not readable past row 0: "):
         list(storage.read(path))
+
+
+def _jsonl_read(
+    path: Path, *, raw: bool = True, **options: object
+) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=raw, options=options or None))
+    rows = [r for read in reads for r in read.batch.to_pylist()]
+    positions = [p for read in reads for p in read.positions.to_pylist()]
+    bad = [(m.position, m.reason) for read in reads for m in read.malformed]
+    return rows, positions, bad
+
+
+def test_jsonl_depth_check_is_linear_in_the_line(tmp_path: Path) -> None:
+    """600 '[' then an unclosed string of escaped quotes: the check's string pattern rescanned the
+    rest of the line from each quote (32 KB took 3.3 s, 1 MB about an hour: the run hung)."""
+    import time
+
+    from runink.plugins.storage.jsonl import _too_deep
+
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"[" * 600 + b'"' + b'\\"' * 32_000 + b'\n{"a": 2}\n')
+    start = time.monotonic()
+    rows, positions, bad = _jsonl_read(path)
+    assert time.monotonic() - start < 2  # (seconds: about 13 before; milliseconds now)
+    assert (rows, positions, bad) == ([{"a": "1"}, {"a": "2"}], [1, 3], [(2, "nested deeper than 512 levels")])
+    # the same answers as before for lines that parse: brackets in strings (escaped quotes too) do not count
+    assert not _too_deep(b'{"s": "\\"' + b"[" * 600 + b'", "t": ["\\\\"]}')
+    assert _too_deep(b'{"s": "\\\\", "a": ' + b"[" * 600 + b"]" * 600 + b"}")
+    assert not _too_deep(b'[[["' + b"[" * 600)  # an unclosed string: the parser stops there
+
+
+def test_jsonl_chunks_are_bounded_in_bytes_and_keep_positions(tmp_path: Path) -> None:
+    """A chunk was 65,536 lines whatever their size: a 400 MB file of 1 MiB lines was read whole
+    (1.9 GB, killed). Lines longer than pyarrow's 1 MiB block went through the Python fallback
+    (every value as text); they are read as the other lines are."""
+    from runink.plugins.storage.jsonl import CHUNK_BYTES
+
+    line = 300 << 10
+    path = tmp_path / "x.jsonl"
+    with path.open("w") as fh:
+        for i in range(1, 41):
+            fh.write("\n" if i % 10 == 0 else "{oops\n" if i % 10 == 5 else f'{{"id": {i}, "s": "{"x" * line}"}}\n')
+        fh.write('{"id": 41, "s": "' + "y" * (3 << 19) + '"}\n')  # 1.5 MiB
+    reads = list(load_driver(Storage, "jsonl").read(path))
+    held = [sum(len(row["s"]) for row in read.batch.to_pylist()) for read in reads]
+    assert len(reads) >= 3 and max(held) <= CHUNK_BYTES + (3 << 19), held
+    expected = [i for i in range(1, 42) if i % 10 not in (0, 5)]
+    assert [p for read in reads for p in read.positions.to_pylist()] == expected
+    assert [row["id"] for read in reads for row in read.batch.to_pylist()] == expected  # ints: pyarrow's reading
+    assert [m.position for read in reads for m in read.malformed] == [5, 15, 25, 35]
+    small = list(load_driver(Storage, "jsonl").read(path, options={"chunk_bytes": 1}))
+    assert [read.positions.to_pylist() for read in small if read.batch.num_rows][:3] == [[1], [2], [3]]
+
+
+@pytest.mark.parametrize("others", [False, True])
+def test_jsonl_a_line_of_more_than_one_json_value_is_one_dead_letter(tmp_path: Path, others: bool) -> None:
+    """pyarrow reads two objects on a line as two rows: the positions were one short (the row of
+    line 3 said line 4) or the read failed (ArrowIndexError). ``others``: the chunk has other bad
+    lines and a type conflict too (pyarrow fails on it and it is read line by line)."""
+    path = tmp_path / "x.jsonl"
+    path.write_text(
+        '{"a": 1}\n{"a": 2} {"a": 3}\n{"a": 4}\n' + ('{"a": 5}x\n[1] [2]\n{"a": "six"}\n' if others else "")
+    )
+    rows, positions, bad = _jsonl_read(path)
+    assert [r["a"] for r in rows] == ["1", "4"] + (["six"] if others else [])
+    assert positions == [1, 3] + ([6] if others else [])
+    after = "invalid JSON: text after the JSON value, at character {} (a line holds one JSON object)"
+    assert bad == [(2, after.format(10))] + ([(4, after.format(9)), (5, after.format(5))] if others else [])
+
+
+@pytest.mark.parametrize("conflict", [False, True])
+def test_jsonl_a_lone_surrogate_is_a_dead_letter(tmp_path: Path, conflict: bool) -> None:
+    """A \\ud800 escape is half a UTF-16 pair, no character: pyarrow refuses it, Python's parser
+    takes it, and the batch failed with UnicodeEncodeError. A whole pair is a character, kept."""
+    path = tmp_path / "x.jsonl"
+    path.write_text(
+        '{"a": "ok"}\n{"a": "\\ud800"}\n{"a": "\\ud83d\\ude00"}\n{"\\udfff": 1}\n{"a": "\\\\ud800"}\n'
+        + ('{"a": 7}\n' if conflict else "")
+    )
+    rows, positions, bad = _jsonl_read(path)
+    assert rows == [{"a": "ok"}, {"a": "\U0001f600"}, {"a": "\\ud800"}] + ([{"a": "7"}] if conflict else [])
+    assert positions == [1, 3, 5] + ([6] if conflict else [])
+    assert bad == [
+        (2, "invalid JSON: a string holds a lone UTF-16 surrogate, \\ud800"),
+        (4, "invalid JSON: a string holds a lone UTF-16 surrogate, \\udfff"),
+    ]
+
+
+def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
+    """pyarrow makes timestamps of strings that look like one: a str field "2026-01-01T00:00:00"
+    reached the contract as "2026-01-01 00:00:00" (and "...Z" lost its Z)."""
+    path = tmp_path / "x.jsonl"
+    lines = [
+        {"code": "2026-01-01T00:00:00", "day": "2026-01-01", "z": "2026-03-02T08:15:00Z", "r": "NaN"},
+        {"code": "2026-03-01 12:30", "day": "2026-01-02", "n": {"at": "2026-01-01T00:00:00"}, "l": ["2026-01-01"]},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows, positions, bad = _jsonl_read(path)
+    assert positions == [1, 2] and bad == []
+    assert [{k: v for k, v in row.items() if v is not None} for row in rows] == [
+        {"code": "2026-01-01T00:00:00", "day": "2026-01-01", "z": "2026-03-02T08:15:00Z", "r": "NaN"},
+        {"code": "2026-03-01 12:30", "day": "2026-01-02", "n": '{"at": "2026-01-01T00:00:00"}', "l": '["2026-01-01"]'},
+    ]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_jsonl_nan_and_infinity_are_no_json(tmp_path: Path, raw: bool) -> None:
+    """pyarrow reads NaN, Infinity and Inf, which JSON has not, as numbers (raw: the text "nan"
+    reached the contract): each line is a dead letter, the others keep pyarrow's types."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"r": 1.5}\n{"r": NaN}\n{"n": {"x": [-Infinity]}}\n{"r": Inf}\n{"r": 2.5, "n": {"x": [1.0]}}\n')
+    rows, positions, bad = _jsonl_read(path, raw=raw)
+    assert positions == [1, 5] and [row["r"] for row in rows] == (["1.5", "2.5"] if raw else [1.5, 2.5])
+    assert [(line, reason.split(":")[0]) for line, reason in bad] == [
+        (2, "invalid JSON"),
+        (3, "invalid JSON"),
+        (4, "invalid JSON"),
+    ]
+    assert [reason for _, reason in bad][:2] == [
+        "invalid JSON: NaN is not a JSON value",
+        "invalid JSON: -Infinity is not a JSON value",
+    ]

@@ -7,21 +7,24 @@ line, and the lines after it are read as usual.
 
 The common case costs a count of the line breaks of each block: when the parser returns as
 many records (valid and invalid) as the block has lines, no value spanned lines and no line
-was blank. Only a block whose counts differ is looked at line by line.
+was blank, unless the last line left a quote open (it swallowed only the block's final break:
+that line alone is checked). Any other block is looked at line by line: each line is checked
+once, the malformed ones made blank, and the lines parsed once more, in pieces of at most
+``MAX_MALFORMED`` lines (time linear in the block, memory bounded).
 """
 
 from __future__ import annotations
 
 import csv as stdlib_csv
 import os
+import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
@@ -38,6 +41,12 @@ BLOCK_SIZE = 2 << 20
 MAX_TEXT = 4096
 UNCLOSED = "a quoted value does not close on its line (a CSV value may not span lines)"
 BOM = b"\xef\xbb\xbf"
+#: malformed records in one batch at most: each is a Python object here and a dead-letter row
+#: later, so a block of short malformed lines is read in pieces of this many lines (a 2 MiB
+#: block of 1M lone quotes in one batch took 560 MB).
+MAX_MALFORMED = 1 << 16
+#: columns a CSV source may have: memory grows with them (a header of 1M columns took 12.7 GB).
+MAX_COLUMNS = 10_000
 
 
 def _header(fh: IO[bytes], path: Path, delimiter: str) -> list[str]:
@@ -74,13 +83,6 @@ def _count_lines(data: bytes, end: int) -> int:
     if data.find(b"\r", 0, end) >= 0:
         n += data.count(b"\r", 0, end) - data.count(b"\r\n", 0, end)
     return n
-
-
-def _split_lines(chunk: memoryview | bytes) -> list[bytes]:
-    """The lines of a chunk that ends with a line break, without their breaks."""
-    lines = bytes(chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    lines.pop()  # after the final break
-    return lines
 
 
 def _text(line: bytes) -> str:
@@ -139,180 +141,159 @@ def _skip_line(fh: IO[bytes], block_size: int) -> bytes:
     return b""
 
 
+def _closed_line(delimiter: str) -> Callable[[bytes], object]:
+    """A test of whether a line (without its break) leaves no quote open, as pyarrow parses it:
+    a quote opens a value only at its start; inside, "" is a quote; after the closing quote the
+    value goes on as text to the delimiter. Possessive repeats: linear in the line's length."""
+    d = re.escape(delimiter.encode())
+    field = rb'(?:"(?:[^"]++|"")*+"[^%b]*+|[^"%b][^%b]*+|)' % (d, d, d)
+    return re.compile(rb"%b(?:%b%b)*+" % (field, d, field)).fullmatch
+
+
+def _last_line(chunk: memoryview | bytes) -> bytes:
+    """The chunk's last line, without its break (the chunk ends with one)."""
+    view = memoryview(chunk)
+    end = len(view) - 1
+    if end > 0 and view[end] == 10 and view[end - 1] == 13:
+        end -= 1
+    start, step = end, 256
+    while start > 0:  # back from the end in growing windows: the line may be long, the chunk longer
+        low = max(0, start - step)
+        window = bytes(view[low:start])
+        cut = max(window.rfind(b"\n"), window.rfind(b"\r"))
+        if cut >= 0:
+            start = low + cut + 1
+            break
+        start, step = low, step * 2
+    return bytes(view[start:end])
+
+
+#: a parsed piece of a chunk: its batch, the file line of each row, its malformed records
+Parsed = tuple[pa.RecordBatch, np.ndarray, list[Malformed]]
+
+
 class _ChunkParser:
     """Parses chunks of whole lines: a batch, the file line of each of its rows, the malformed records."""
-
-    MAX_NESTING = 16  # re-parses of swallowed lines inside swallowed lines (never seen beyond 2)
 
     def __init__(self, path: Path, names: list[str], delimiter: str, raw: bool) -> None:
         self.path = path
         self.names = names
         self.delimiter = delimiter
+        self.closed = _closed_line(delimiter)
         # raw: every column as text. Otherwise the types pyarrow infers on the first rows are kept
         # for the rest of the file, as pyarrow's own streaming reader does.
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
 
-    def parse(self, chunk: memoryview, first_line: int, count: int) -> ReadBatch:
-        batch, lines, bad = self._parse(chunk, first_line, count, self.types, 0)
-        if batch.num_rows and self.types is None:
-            self.types = dict(zip(batch.schema.names, batch.schema.types, strict=True))
-        bad.sort(key=lambda m: m.position)
-        return ReadBatch(batch, pa.array(lines, pa.int64()), bad)
+    def parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[ReadBatch]:
+        """The chunk's batch; several if it is looked at line by line and holds more than
+        MAX_MALFORMED lines (each batch then has at most that many malformed records)."""
+        for batch, lines, bad in self._parse(chunk, first_line, count):
+            if batch.num_rows and self.types is None:
+                self.types = dict(zip(batch.schema.names, batch.schema.types, strict=True))
+            bad.sort(key=lambda m: m.position)
+            yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
 
-    def _read(
-        self, chunk: memoryview | bytes, types: dict[str, pa.DataType] | None, invalid: list[pacsv.InvalidRow]
-    ) -> pa.RecordBatch:
+    def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
+        """The chunk's records as a batch, the ones with a wrong column count in ``invalid``.
+        More than MAX_MALFORMED of those: ArrowInvalid (the caller reads the chunk in pieces)."""
+
         def on_invalid(row: pacsv.InvalidRow) -> str:
             invalid.append(row)
-            return "skip"
+            return "skip" if len(invalid) <= MAX_MALFORMED else "error"
 
         table = pacsv.read_csv(
             pa.BufferReader(chunk),
             # one block for the whole chunk: one batch, and row numbers counted from its start
             read_options=pacsv.ReadOptions(column_names=self.names, use_threads=False, block_size=len(chunk) + 1),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+            # only an empty value is null: "NA" (Namibia), "null", "N/A"... are text, as any other
+            convert_options=pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True),
         )
         if table.num_rows == 0:
             return pa.RecordBatch.from_pylist([], schema=table.schema)
         batches = table.to_batches()
         return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
-    def _parse(
-        self, chunk: memoryview | bytes, first_line: int, count: int, types: dict[str, pa.DataType] | None, depth: int
-    ) -> tuple[pa.RecordBatch, np.ndarray, list[Malformed]]:
+    def _parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[Parsed]:
         """``count``: the chunk's lines."""
         invalid: list[pacsv.InvalidRow] = []
-        not_utf8: list[Malformed] = []
-        split: list[bytes] | None = None  # the chunk's lines, split once if needed
         try:
-            batch = self._read(chunk, types, invalid)
-        except pa.ArrowInvalid as exc:
-            split = _split_lines(chunk)
-            chunk, not_utf8 = _blank_non_utf8(split, first_line)
-            if not not_utf8:
-                raise self._error(first_line, count, exc) from None
-            invalid = []
-            try:
-                batch = self._read(chunk, types, invalid)
-            except pa.ArrowInvalid as again:
-                raise self._error(first_line, count, again) from None
-        if not not_utf8 and batch.num_rows + len(invalid) == count:
-            # As many records as lines: no value spans lines, no line is blank (the common case).
+            batch = self._read(chunk, invalid)
+        except pa.ArrowInvalid:  # a line not UTF-8, many malformed lines, lines swallowed into a typed value...
+            yield from self._by_line(chunk, first_line)
+            return
+        # As many records as lines: no value spans lines, no line is blank (the common case),
+        # unless a quote left open on the last line swallowed only the chunk's final break.
+        if batch.num_rows + len(invalid) == count and self.closed(_last_line(chunk)):
             numbers = [int(row.number) for row in invalid]
             rows = np.arange(1, batch.num_rows + 1, dtype=np.int64)
             lines = physical_lines(rows, [n + 1 for n in numbers]) + (first_line - 2)
-            return (
-                batch,
-                lines,
-                [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)],
-            )
-        return self._by_line(chunk, first_line, batch, invalid, not_utf8, depth=depth, lines=split)
+            yield batch, lines, [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)]
+        else:
+            del batch, invalid  # (freed before the chunk is parsed again)
+            yield from self._by_line(chunk, first_line)
 
-    def _by_line(
-        self,
-        chunk: memoryview | bytes,
-        first_line: int,
-        batch: pa.RecordBatch,
-        invalid: list[pacsv.InvalidRow],
-        bad: list[Malformed],
-        *,
-        depth: int,
-        lines: list[bytes] | None = None,
-    ) -> tuple[pa.RecordBatch, np.ndarray, list[Malformed]]:
-        """Match records to lines: skip blank lines, and make a record that spans lines (a quote
-        left open) one malformed record at its first line, re-reading the lines it swallowed.
-        ``lines``: the chunk's, if already split."""
-        lines = _split_lines(chunk) if lines is None else lines
-        invalid_at = {int(row.number): row for row in invalid}
-        spans = _spans(batch)
-        types = self.types or dict(zip(batch.schema.names, batch.schema.types, strict=True))
-        keep: list[int] = []
-        keep_lines: list[int] = []
-        parts: list[tuple[pa.RecordBatch, np.ndarray]] = []
-        k = valid = 0
-        for record in range(1, batch.num_rows + len(invalid) + 1):
-            while k < len(lines) and not lines[k]:
-                k += 1  # pyarrow skips empty lines
-            start = min(k, len(lines) - 1)
-            row = invalid_at.get(record)
-            span = int(spans[valid]) if row is None else 1 + _breaks(row.text or "")
-            k = start + span
-            if span > 1:
-                bad.append(Malformed(first_line + start, UNCLOSED, _text(lines[start])))
-                swallowed = lines[start + 1 : k]
-                if swallowed and depth < self.MAX_NESTING:
-                    sub_batch, sub_lines, sub_bad = self._parse(
-                        b"\n".join(swallowed) + b"\n", first_line + start + 1, len(swallowed), types, depth + 1
-                    )
-                    parts.append((sub_batch, sub_lines))
-                    bad.extend(sub_bad)
-                else:
-                    bad.extend(
-                        Malformed(first_line + start + 1 + i, UNCLOSED, _text(x)) for i, x in enumerate(swallowed) if x
-                    )
-            elif row is None:
-                keep.append(valid)
-                keep_lines.append(first_line + start)
-            else:
-                bad.append(_wrong_count(row, first_line + start))
-            if row is None:
-                valid += 1
-        kept = batch.take(pa.array(keep, pa.int64())) if len(keep) < batch.num_rows else batch
-        positions = np.asarray(keep_lines, dtype=np.int64)
-        if not parts:
-            return kept, positions, bad
-        # rows re-read from swallowed lines go back to their place in file order
+    def _by_line(self, chunk: memoryview, first_line: int) -> Iterator[Parsed]:
+        """The chunk in pieces of MAX_MALFORMED lines, each looked at line by line. Linear in the
+        chunk's size whatever its lines hold (a parse per swallowed record was not: 80 s and
+        1 GB per MB of lines holding a lone quote)."""
+        data = bytes(chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)  # offsets, not 1M bytes objects
+        start = 0
+        for low in range(0, len(ends), MAX_MALFORMED):
+            end = int(ends[min(low + MAX_MALFORMED, len(ends)) - 1]) + 1
+            yield self._lines(data[start:end], first_line + low)
+            start = end
+
+    def _lines(self, piece: bytes, first_line: int) -> Parsed:
+        """A line not UTF-8 or leaving a quote open is a malformed record and is made blank; the
+        lines are then parsed once, and the records are the lines not blank, in order.
+        ``piece``: lines, each ending with \\n."""
         try:
-            table = pa.concat_tables(
-                [pa.Table.from_batches([b]) for b in [kept, *(p[0] for p in parts)]], promote_options="permissive"
-            )
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            piece.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError:
+            utf8 = False  # which lines: looked at below
+        lines = piece.split(b"\n")
+        lines.pop()  # after the final break
+        bad: list[Malformed] = []
+        kept = np.zeros(len(lines), dtype=bool)
+        for i, line in enumerate(lines):
+            if not line:
+                continue  # pyarrow skips blank lines
+            reason = None
+            if not utf8:
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    reason = f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+            if reason is None and b'"' in line and not self.closed(line):
+                reason = UNCLOSED
+            if reason is None:
+                kept[i] = True
+            else:
+                bad.append(Malformed(first_line + i, reason, _text(line)))
+                lines[i] = b""  # blank: the other lines keep their numbers
+        invalid: list[pacsv.InvalidRow] = []
+        try:
+            batch = self._read(b"\n".join(lines) + b"\n", invalid)
+        except pa.ArrowInvalid as exc:
             raise self._error(first_line, len(lines), exc) from None
-        positions = np.concatenate([positions, *(p[1] for p in parts)])
-        order = np.argsort(positions, kind="stable")
-        combined = table.combine_chunks()
-        merged = (
-            combined.to_batches()[0] if combined.num_rows else pa.RecordBatch.from_pylist([], schema=combined.schema)
-        )
-        return merged.take(pa.array(order)), positions[order], bad
+        records = np.flatnonzero(kept) + first_line  # the file line of each record
+        found = batch.num_rows + len(invalid)
+        if found != len(records):  # cannot be, as long as closed() parses as pyarrow does
+            raise self._error(first_line, len(lines), f"{found} records in {len(records)} lines")
+        numbers = np.asarray([int(row.number) - 1 for row in invalid], dtype=np.int64)
+        bad.extend(_wrong_count(row, int(records[n])) for row, n in zip(invalid, numbers, strict=True))
+        return batch, np.delete(records, numbers), bad
 
-    def _error(self, first_line: int, count: int, exc: Exception) -> DatasetError:
+    def _error(self, first_line: int, count: int, exc: Exception | str) -> DatasetError:
         return DatasetError(f"{self.path}: lines {first_line}-{first_line + count - 1}: {exc}")
-
-
-def _spans(batch: pa.RecordBatch) -> np.ndarray:
-    """Lines each row's record covered: 1 + the line breaks inside its (quoted) values."""
-    spans = np.ones(batch.num_rows, dtype=np.int64)
-    for column in batch.columns:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            for pattern, sign in (("\n", 1), ("\r", 1), ("\r\n", -1)):
-                spans += sign * pc.count_substring(column, pattern).fill_null(0).to_numpy(zero_copy_only=False)
-    return spans
-
-
-def _breaks(text: str) -> int:
-    return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
 def _wrong_count(row: pacsv.InvalidRow, line: int) -> Malformed:
     text = row.text or ""
     return Malformed(line, f"expected {row.expected_columns} columns, got {row.actual_columns}", text[:MAX_TEXT])
-
-
-def _blank_non_utf8(lines: list[bytes], first_line: int) -> tuple[bytes, list[Malformed]]:
-    """The chunk again, each line that is not UTF-8 made blank in it and in ``lines`` (so line
-    numbers stay), and those lines."""
-    bad = []
-    for i, line in enumerate(lines):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.append(
-                Malformed(first_line + i, f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)", _text(line))
-            )
-            lines[i] = b""
-    return b"\n".join(lines) + b"\n", bad
 
 
 def _parsed(fh: IO[bytes], parser: _ChunkParser, block_size: int) -> Iterator[ReadBatch]:
@@ -324,11 +305,11 @@ def _parsed(fh: IO[bytes], parser: _ChunkParser, block_size: int) -> Iterator[Re
         if isinstance(block, Malformed):
             pending.append(block)
             continue
-        read = parser.parse(*block)
         consumed += len(block[0])
         fraction = min(1.0, consumed / size) if size else None
-        yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
-        pending = []
+        for read in parser.parse(*block):
+            yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
+            pending = []
     if pending:
         schema = pa.schema([pa.field(n, (parser.types or {}).get(n, pa.string())) for n in names])
         yield ReadBatch(pa.RecordBatch.from_pylist([], schema=schema), pa.array([], pa.int64()), pending)
@@ -351,6 +332,8 @@ class CsvStorage(Storage):
             raise DatasetError(f"cannot read {path}: {exc}") from None
         with fh:
             names = _header(fh, path, delimiter)
+            if len(names) > MAX_COLUMNS:
+                raise DatasetError(f"{path}:1: the header has {len(names):,} columns, more than {MAX_COLUMNS:,}")
             if len(set(names)) != len(names):
                 raise DatasetError(f"{path}:1: duplicate column names in header: {names}")
             # Parsed on a thread one batch ahead: pyarrow parses without the GIL, so the next

@@ -1,7 +1,8 @@
 """JSON Lines datasets: parsed in chunks of lines with pyarrow; an invalid line is reported, not fatal.
 
-A chunk that pyarrow cannot parse is re-read line by line only to find the bad lines; the
-good ones still go through the vectorized parser. A line longer than ``MAX_LINE_BYTES`` or
+A chunk is at most ``CHUNK_LINES`` lines and about ``CHUNK_BYTES`` bytes. A chunk that pyarrow
+cannot parse as one JSON object per line is re-read line by line only to find the bad lines;
+the good ones still go through the vectorized parser. A line longer than ``MAX_LINE_BYTES`` or
 nested deeper than ``MAX_DEPTH`` (which would crash the parser or exhaust the stack) is a
 malformed record found before parsing; such lines are skipped in pieces, never held whole.
 """
@@ -20,24 +21,31 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
 
 CHUNK_LINES = 65_536
+#: a chunk also ends once its lines hold this many bytes: peak memory is a few times a chunk's
+#: size (65,536 lines of 1 MiB would be one 64 GiB chunk).
+CHUNK_BYTES = 4 << 20
 #: deeper nesting is a malformed record (pyarrow's parser recurses: 100,000 levels crash it).
 MAX_DEPTH = 512
 MAX_TEXT = 1000
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string, or an unclosed one up to the end of the line: each match succeeds where it starts,
+# so the scan is linear (requiring the closing quote made each quote of an unclosed string
+# rescan the rest of the line: quadratic, about an hour for 1 MB of \").
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
 
 
 def _too_deep(line: bytes) -> bool:
     """Nested deeper than MAX_DEPTH? Cheap for almost every line: nesting needs that many brackets."""
     if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
         return False
-    # Brackets outside strings, as the parser sees them (an unclosed string counts its brackets:
-    # an overestimate, never an underestimate).
+    # Brackets outside strings, as the parser sees them (it stops at an unclosed string, so the
+    # brackets in one need no counting).
     codes = np.frombuffer(_STRING.sub(b'""', line), np.uint8)
     steps = ((codes == 0x5B) | (codes == 0x7B)).astype(np.int32) - ((codes == 0x5D) | (codes == 0x7D))
     return int(np.cumsum(steps).max(initial=0)) > MAX_DEPTH
@@ -71,6 +79,80 @@ def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
+def _read_json(lines: list[bytes], raw: bool) -> pa.Table | None:
+    """The lines as pyarrow reads them, one row for each; None if it cannot read them so (it
+    makes two rows of two objects on one line)."""
+    data = pa.py_buffer(b"".join(lines))
+    # a block must hold the longest line: pyarrow fails on one that straddles two blocks
+    options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
+    try:
+        table = pajson.read_json(pa.BufferReader(data), read_options=options)
+        if raw and (text := _timestamps_as_text(table.schema)):
+            # pyarrow makes timestamps of strings that look like one ("2026-01-01" became
+            # "2026-01-01 00:00:00"): read those columns again, alone, as the text they are
+            parse = pajson.ParseOptions(explicit_schema=pa.schema(text), unexpected_field_behavior="ignore")
+            again = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
+            for field in text:
+                index = table.schema.get_field_index(field.name)
+                table = table.set_column(index, field, again.column(field.name))
+    except pa.ArrowInvalid:
+        return None
+    return table if table.num_rows == len(lines) else None
+
+
+def _timestamps_as_text(schema: pa.Schema) -> list[pa.Field]:
+    """The fields holding a timestamp (nested ones too), with each timestamp as a string."""
+
+    def as_text(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_timestamp(kind):
+            return pa.string()
+        if pa.types.is_struct(kind):
+            return pa.struct([field.with_type(as_text(field.type)) for field in kind])
+        if pa.types.is_list(kind):
+            return pa.list_(kind.value_field.with_type(as_text(kind.value_type)))
+        return kind
+
+    return [field.with_type(text) for field in schema if (text := as_text(field.type)) != field.type]
+
+
+def _non_finite(array: pa.Array | pa.ChunkedArray) -> bool:
+    """Holds a NaN or an infinity: pyarrow reads NaN and Infinity, which are no JSON, as numbers."""
+    if pa.types.is_floating(array.type):
+        return bool(pc.any(pc.invert(pc.is_finite(array))).as_py())
+    if isinstance(array, pa.ChunkedArray):
+        return any(_non_finite(chunk) for chunk in array.chunks)
+    if pa.types.is_struct(array.type):
+        return any(_non_finite(child) for child in array.flatten())
+    if pa.types.is_list(array.type):
+        return _non_finite(array.flatten())
+    return False
+
+
+def _invalid(line: bytes) -> str | None:
+    """Why a line is not one JSON object (as Python's parser reads it), if it is not."""
+    try:
+        value = json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # (pyarrow made a row of each value)
+            return f"text after the JSON value, at character {exc.colno} (a line holds one JSON object)"
+        return exc.msg
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting, if MAX_DEPTH is raised
+        return str(exc)
+    if not isinstance(value, dict):
+        return f"expected a JSON object, got {type(value).__name__}"
+    if b"\\u" in line:
+        # A \u escape of half a UTF-16 pair is no character: no text can hold it (pyarrow refuses it).
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            return f"a string holds a lone UTF-16 surrogate, \\u{ord(exc.object[exc.start]):04x}"
+    return None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 class JsonlStorage(Storage):
     name = "jsonl"
     position_unit = "line"
@@ -78,6 +160,7 @@ class JsonlStorage(Storage):
 
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
         chunk_lines = int((options or {}).get("chunk_lines", CHUNK_LINES))
+        chunk_bytes = int((options or {}).get("chunk_bytes", CHUNK_BYTES))
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally, across yields
         except FileNotFoundError:
@@ -91,17 +174,20 @@ class JsonlStorage(Storage):
                 lines: list[bytes] = []
                 numbers: list[int] = []
                 skipped: list[Malformed] = []
+                held = 0  # bytes of the chunk's lines (and dead letters' texts)
                 while raw_line := readline(limit):
                     line_no += 1
                     # only a line longer than MAX_DEPTH bytes can be too deep or too long
                     if len(raw_line) > MAX_DEPTH and (reason := _oversized(raw_line, fh)):
                         skipped.append(Malformed(line_no, reason, _text(raw_line)))
-                        if len(skipped) >= chunk_lines:
+                        held += len(skipped[-1].text)
+                        if len(skipped) >= chunk_lines or held >= chunk_bytes:
                             break
                     elif raw_line.strip():
                         lines.append(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
                         numbers.append(line_no)
-                        if len(lines) >= chunk_lines:
+                        held += len(raw_line)
+                        if len(lines) >= chunk_lines or held >= chunk_bytes:
                             break
                 if not lines and not skipped:
                     return
@@ -120,27 +206,20 @@ class JsonlStorage(Storage):
 
     def _parse_lines(self, lines: list[bytes], numbers: list[int], raw: bool) -> ReadBatch:
         malformed: list[Malformed] = []
-        try:
-            table = pajson.read_json(io.BytesIO(b"".join(lines)))
-        except pa.ArrowInvalid:
+        table = _read_json(lines, raw)
+        if table is None or any(_non_finite(column) for column in table.columns):
             good_lines, good_numbers = [], []
             for line, number in zip(lines, numbers, strict=True):
-                try:
-                    value = json.loads(line)
-                    if not isinstance(value, dict):
-                        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-                except (ValueError, RecursionError) as exc:  # RecursionError: nesting, if MAX_DEPTH is raised
-                    detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                    malformed.append(Malformed(number, f"invalid JSON: {detail}", _text(line).rstrip("\n")))
+                if (reason := _invalid(line)) is not None:
+                    malformed.append(Malformed(number, f"invalid JSON: {reason}", _text(line).rstrip("\n")))
                     continue
                 good_lines.append(line)
                 good_numbers.append(number)
             lines, numbers = good_lines, good_numbers
             if not lines:
                 return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), malformed)
-            try:
-                table = pajson.read_json(io.BytesIO(b"".join(lines)))
-            except pa.ArrowInvalid:
+            table = _read_json(lines, raw)
+            if table is None:
                 # Valid JSON whose types conflict between lines: fall back to Python for this chunk.
                 rows = [
                     {k: (v if isinstance(v, str) or v is None else json.dumps(v)) for k, v in json.loads(x).items()}
