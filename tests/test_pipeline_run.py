@@ -654,3 +654,37 @@ def test_a_source_column_named_like_a_dead_letter_field_is_kept_beside_it(run_cl
     assert scenario["state"] == "SUCCEEDED", out.stderr
     (dead,) = [json.loads(x) for x in (project / "out" / "dlq.jsonl").read_text().splitlines()]
     assert (dead["source._runink_position"], dead["_runink_position"], dead["id"]) == ("y", 3, "-2")
+
+
+def test_a_malformed_record_of_a_source_that_masks_a_field_is_not_written_as_text(
+    run_cli: CliRunner, project: Path
+) -> None:
+    """A malformed line's raw text held the unmasked e-mail that `mask=True` keeps out of every
+    output (a review's run): a record that cannot be split into fields may hold the field anywhere."""
+    write(
+        project / "masked.py",
+        """
+        from runink.core.contracts import Contract, Field
+
+        class Person(Contract):
+            id: int
+            email: str = Field(pii=True, mask=True)
+    """,
+    )
+    (project / "in.csv").write_text('id,email\n1,ann@example.com\n2,"bob@example.com\n3,cy@example.com\n')
+    dsl(
+        project,
+        """
+        Scenario: masked
+          @source("in.csv", contract="masked:Person")
+          @sink("out/a.parquet")
+          @sink("out/dlq.jsonl", when="invalid")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    assert summary(out)["scenarios"][0]["state"] == "SUCCEEDED", out.stderr
+    dlq = (project / "out" / "dlq.jsonl").read_text()
+    (dead,) = [json.loads(x) for x in dlq.splitlines()]
+    assert dead["_runink_text"] == "**** (masked: 18 characters)" and dead["_runink_position"] == 3
+    assert "bob@" not in dlq
+    assert pq.read_table(project / "out" / "a.parquet").column("email").to_pylist() == ["****.com", "****.com"]

@@ -189,7 +189,8 @@ def run(spec: SliceSpec) -> int:
                     else:
                         batch = pa.RecordBatch.from_pylist([], schema=contract.schema())
                 if read.malformed:  # dead letters whether or not the source has a contract
-                    invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema))
+                    masks = contract is not None and any(f.constraints.mask for f in contract.fields())
+                    invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema, masked=masks))
                 for part in invalid_parts:
                     counters.rows_invalid += part.num_rows
                     sink_output.submit("invalid", part)
@@ -574,7 +575,12 @@ def _dead_letter_name(column: str) -> str:
     return f"source.{column}" if column in META_NAMES else column
 
 
-def _malformed_rows(malformed: list[Malformed], source_uri: str, unit: str, schema: pa.Schema | None) -> pa.RecordBatch:
+def _malformed_rows(
+    malformed: list[Malformed], source_uri: str, unit: str, schema: pa.Schema | None, *, masked: bool = False
+) -> pa.RecordBatch:
+    """Dead letters of records that could not be read. ``masked``: the source's contract masks a
+    field, and a record that could not be split into fields may hold it anywhere: its text is
+    not written, only how long it was (a malformed line's text held an unmasked e-mail)."""
     if schema is None:
         schema = pa.schema(META_COLUMNS)
     n = len(malformed)
@@ -582,7 +588,9 @@ def _malformed_rows(malformed: list[Malformed], source_uri: str, unit: str, sche
         "_runink_reason": pa.array([f"malformed {unit}: {m.reason}" for m in malformed], pa.string()),
         "_runink_source": pa.array([source_uri] * n, pa.string()),
         "_runink_position": pa.array([m.position for m in malformed], pa.int64()),
-        "_runink_text": pa.array([m.text for m in malformed], pa.string()),
+        "_runink_text": pa.array(
+            [f"**** (masked: {len(m.text):,} characters)" if masked else m.text for m in malformed], pa.string()
+        ),
     }
     return _conform(columns, n, schema)
 
