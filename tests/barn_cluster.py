@@ -127,6 +127,16 @@ class Cluster:
     def alive(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.poll() is None]
 
+    def pause(self, name: str, within: float = 5.0) -> None:
+        """SIGSTOP member ``name`` and return once it is stopped (state T): a test that then
+        expects it silent must not race the signal's delivery."""
+        pid = self.processes[name].pid
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + within
+        while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+            assert time.monotonic() < deadline, f"member {name} not stopped within {within}s"
+            time.sleep(0.01)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
         process.send_signal(sig)

@@ -38,7 +38,7 @@ def test_a_follow_leader_client_reaches_the_leader_past_its_member_and_asks_its_
         assert follows.leads() is False  # its member is a follower
         assert asks_member.put("/k", b"2") > 0
         # the member stopped: the plain client has no way to the leader; the other goes direct
-        os.kill(cluster.processes[member].pid, signal.SIGSTOP)
+        cluster.pause(member)
         try:
             assert follows.put("/k", b"3") > 0
             assert follows.get("/k").value == b"3"  # type: ignore[union-attr]
