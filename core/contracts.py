@@ -277,12 +277,19 @@ def detect_drift(contract: type[Contract], schema: pa.Schema) -> list[str]:
         if f.name not in names:
             drift.append(f"column {f.name!r} is missing")
             continue
+        _once(schema, f.name)
         actual = schema.field(f.name).type
         if not pa.types.is_string(actual) and not pa.types.is_large_string(actual) and not _compatible(actual, f):
             drift.append(f"column {f.name!r} is {actual}, contract says {f.arrow_type}")
     expected = {f.name for f in contract.fields()}
     drift.extend(f"column {name!r} is not in the contract" for name in schema.names if name not in expected)
     return drift
+
+
+def _once(schema: pa.Schema, name: str) -> None:
+    """ContractError unless the contract's column ``name`` is in ``schema`` at most once."""
+    if len(schema.get_all_field_indices(name)) > 1:
+        raise ContractError(f"the source has {name!r} more than once among its columns")
 
 
 def _compatible(actual: pa.DataType, spec: ContractField) -> bool:
@@ -306,8 +313,7 @@ def validate(contract: type[Contract], batch: pa.RecordBatch) -> ValidationResul
     failures: list[tuple[pa.Array, str]] = []
     names = set(batch.schema.names)
     for spec in contract.fields():
-        if len(batch.schema.get_all_field_indices(spec.name)) > 1:
-            raise ContractError(f"the source has {spec.name!r} more than once among its columns")
+        _once(batch.schema, spec.name)
         raw = batch.column(spec.name) if spec.name in names else pa.nulls(n, pa.string())
         value, conversion_failed = _convert(raw, spec)
         if conversion_failed is not None:

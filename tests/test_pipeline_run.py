@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixture_types import CliRunner, FakeDist
@@ -688,3 +689,34 @@ def test_a_malformed_record_of_a_source_that_masks_a_field_is_not_written_as_tex
     assert dead["_runink_text"] == "**** (masked: 18 characters)" and dead["_runink_position"] == 3
     assert "bob@" not in dlq
     assert pq.read_table(project / "out" / "a.parquet").column("email").to_pylist() == ["****.com", "****.com"]
+
+
+def test_a_parquet_source_a_contract_cannot_read_fails_or_dead_letters_naming_it(
+    run_cli: CliRunner, project: Path
+) -> None:
+    """A struct where text is due failed the scenario with ArrowNotImplementedError (its dead
+    letter could not be written as text), a column named twice with a bare KeyError (a review's run)."""
+    struct = pa.table({"id": pa.array([1, 2]), "name": pa.array([{"x": 1}, None], pa.struct([("x", pa.int64())]))})
+    pq.write_table(struct, project / "struct.parquet")
+    twice = pa.Table.from_arrays([pa.array([1]), pa.array(["a"]), pa.array(["b"])], names=["id", "name", "name"])
+    pq.write_table(twice, project / "twice.parquet")
+    dsl(
+        project,
+        """
+        Scenario: struct
+          @source("struct.parquet", contract="contracts:Row")
+          @sink("out/a.parquet")
+          @sink("out/dlq.jsonl", when="invalid")
+        Scenario: twice
+          @source("twice.parquet", contract="contracts:Row")
+          @sink("out/b.parquet")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    struct_run, twice_run = summary(out)["scenarios"]
+    assert struct_run["state"] == "SUCCEEDED", out.stderr
+    dead = [json.loads(x) for x in (project / "out" / "dlq.jsonl").read_text().splitlines()]
+    reasons = [(d["name"], d["_runink_reason"]) for d in dead]
+    assert reasons == [('{"x": 1}', "name: not a valid str"), (None, "name: required")]
+    assert twice_run["state"] == "FAILED"
+    assert "twice.parquet: the source has 'name' more than once among its columns" in twice_run["error"]

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from runink.core.command_step import argv as command_argv
 from runink.core.command_step import placeholders, step_name
-from runink.core.contracts import Contract, detect_drift, validate
+from runink.core.contracts import Contract, ContractError, detect_drift, validate
 from runink.core.dataplane.annotate import AnnotateStage, annotated
 from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, SpecError
@@ -164,7 +164,11 @@ def run(spec: SliceSpec) -> int:
                     counters.read = read.fraction
                 counters.rows_malformed += len(read.malformed)
                 if contract is not None:
-                    new_drift = [d for d in detect_drift(contract, batch.schema) if d not in drift_reported]
+                    try:
+                        drifted = detect_drift(contract, batch.schema)
+                    except ContractError as exc:  # (a column named twice)
+                        raise SliceError(f"{source_uri}: {exc}") from None
+                    new_drift = [d for d in drifted if d not in drift_reported]
                     if new_drift and batch.num_rows:
                         drift_reported.update(new_drift)
                         drift_messages.extend(new_drift)
@@ -561,12 +565,22 @@ def _dlq_rows(
     columns = {}
     for name in invalid.schema.names:
         if _dead_letter_name(name) in schema.names:
-            columns[_dead_letter_name(name)] = invalid.column(name).cast(pa.string())
+            columns[_dead_letter_name(name)] = _as_text(invalid.column(name))
     columns["_runink_reason"] = reasons
     columns["_runink_source"] = pa.array([source_uri] * n, pa.string())
     columns["_runink_position"] = positions
     columns["_runink_text"] = pa.nulls(n, pa.string())
     return _conform(columns, n, schema)
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    """A source column as the text a dead-letter record keeps: a nested one (a struct, a list:
+    no cast to text, it failed the scenario) as JSON."""
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        texts = [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in column.to_pylist()]
+        return pa.array(texts, pa.string())
 
 
 def _dead_letter_name(column: str) -> str:

@@ -26,7 +26,7 @@ class ParquetStorage(Storage):
             file = pq.ParquetFile(path)
         except FileNotFoundError:
             raise DatasetError(f"source {path} does not exist") from None
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:  # (ArrowNotImplementedError too: an unknown encoding)
             raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from None
         row = 0
         total = file.metadata.num_rows
