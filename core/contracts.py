@@ -66,8 +66,9 @@ _YEAR = r"(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})"
 _DATE_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}$"
 _DATETIME_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}([T ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d{{1,9}})?)?)?(Z|[+-]\d{{2}}:?\d{{2}})?$"
 #: a decimal's text longer than this may hold more digits than decimal128 has, which Arrow's
-#: cast wraps without a word (12.5000...0001 became 0.00): such values are read exactly, in Python
-MAX_DECIMAL_TEXT = 40
+#: cast wraps without a word (12.5000...0001 became 0.00; -9 39 times a positive value): such
+#: values are read exactly, in Python. 38 digits always fit; every wrap found had 39 or more.
+MAX_DECIMAL_TEXT = 38
 _EPOCH = dt.datetime(1970, 1, 1)
 _FIRST_MICROSECOND = (dt.datetime(1, 1, 1) - _EPOCH) // dt.timedelta(microseconds=1)
 _LAST_MICROSECOND = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999) - _EPOCH) // dt.timedelta(microseconds=1)
@@ -431,6 +432,11 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
     if long is not None:
         exact, read = _long_decimals(text, long, spec)
         value, ok = pc.if_else(long, exact, value), pc.or_(ok, read)
+    if spec.type in (dt.date, dt.datetime):  # (an offset moves 0001-01-01T00:00+01:00 to year 0)
+        micros = value.cast(pa.timestamp("us")).cast(pa.int64())
+        before, after = pc.less(micros, _FIRST_MICROSECOND), pc.greater(micros, _LAST_MICROSECOND)
+        outside = pc.fill_null(pc.or_(before, after), False)
+        value, ok = pc.if_else(outside, pa.scalar(None, value.type), value), pc.and_(ok, pc.invert(outside))
     return value, pc.and_(present, pc.invert(ok))
 
 
@@ -561,7 +567,11 @@ def _mask_pii(contract: type[Contract], batch: pa.RecordBatch) -> pa.RecordBatch
     for name in batch.schema.names:
         column = batch.column(name)
         if name in masked:
-            text = column.cast(pa.string())
+            try:
+                text = column.cast(pa.string())
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # (a struct, a list: none of it kept)
+                arrays.append(pa.nulls(len(column), column.type))
+                continue
             tail = pc.utf8_slice_codeunits(text, start=-4)
             column = pc.binary_join_element_wise(pa.scalar("****"), tail, "").cast(column.type)
         arrays.append(column)

@@ -409,3 +409,33 @@ def test_typed_columns_a_field_cannot_hold_are_invalid_rows_and_a_repeated_colum
     twice = pa.RecordBatch.from_arrays([pa.array(["1"]), pa.array(["2"])], names=["count", "count"])
     with pytest.raises(ContractError, match="the source has 'count' more than once among its columns"):
         validate(Typed, twice)
+
+
+def test_decimals_of_39_digits_offsets_past_year_1_and_masked_structs_are_invalid_rows() -> None:
+    """From a review of the fixes above: Arrow wraps from 39 digits (-9 written 39 times came
+    out a positive value, valid), an offset moved 0001-01-01T00:00+01:00 into year 0 (valid, and
+    no output could write it), and a struct under a masked field failed the batch."""
+
+    class Wide(Contract):
+        amount: Decimal = Field(precision=38, scale=2, gt=0)
+
+    wrapped = validate(Wide, raw(amount=["-" + "9" * 39, "9" * 39, "1" + "0" * 35]))
+    assert wrapped.valid.column("amount").to_pylist() == [Decimal("1" + "0" * 35)]
+    assert wrapped.reasons.to_pylist() == ["amount: not a valid decimal(38,2)"] * 2
+
+    class Event(Contract):
+        at: dt.datetime
+
+    moved = validate(Event, raw(at=["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00", "2024-01-01T00:00:00Z"]))
+    assert moved.valid.column("at").to_pylist() == [dt.datetime(2024, 1, 1)]
+    assert moved.reasons.to_pylist() == ["at: not a valid datetime"] * 2
+
+    class Person(Contract):
+        id: int
+        email: str = Field(pii=True, mask=True)
+
+    struct = pa.array([{"a": "ann@example.com"}], pa.struct([("a", pa.string())]))
+    nested = pa.record_batch({"id": [1], "email": struct})
+    result = validate(Person, nested)
+    assert result.reasons.to_pylist() == ["email: not a valid str"]
+    assert result.invalid.column("email").to_pylist() == [None]  # (masked: none of it kept)
