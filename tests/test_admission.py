@@ -317,6 +317,26 @@ def test_a_plugin_adds_a_rule_and_one_that_fails_admits_nothing(servers: Callabl
     assert answer.status_code == 503 and "plugin broken failed in runink_admit" in answer.json()["detail"]
 
 
+class Sloppy:
+    @hookimpl
+    def runink_admit(self, job: AdmissionRequest, identity: Identity | None) -> Any:
+        return True  # (not an AdmissionDecision)
+
+
+def test_a_submission_that_fails_in_admission_gives_its_queue_slots_back() -> None:
+    """A plugin answering something that is no decision made every submission fail, and each
+    kept its tasks counted against the herd's queue bound for good (a review's run)."""
+    store = ClusterStore(MemoryBarn())
+    store.create_herd(Herd(name="team"))
+    task = TaskRecord(id="t", job_id="j", herd="team", command=["/bin/true"])
+    with plugin_manager(("sloppy", Sloppy()), entrypoints=False) as manager:
+        gate = Admission(store, manager, AdmissionConfig(max_queued=2, rate=0))
+        for _ in range(3):
+            with pytest.raises(AttributeError):
+                gate.admit(store.herd("team").record, "command", [task], None)
+        assert dict(gate._reserved) == {}
+
+
 def test_a_herds_quota_is_released_once_whichever_way_its_job_ends() -> None:
     store = ClusterStore(MemoryBarn())
     life = Lifecycle(store)

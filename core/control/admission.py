@@ -247,16 +247,15 @@ class Admission:
         )
         try:
             answers = self.manager.hooks.admit(request, identity)
+            for answer in answers:
+                if not answer.value.allowed:
+                    raise AdmissionRefused(answer.value)
         except PluginError as exc:  # a plugin that cannot decide admits nothing
             release()
             raise AdmissionRefused(AdmissionDecision(False, f"admission: {exc}", 503, 1.0)) from None
-        except BaseException:
+        except BaseException:  # (refused, or a plugin's answer that is no decision: nothing held)
             release()
             raise
-        for answer in answers:
-            if not answer.value.allowed:
-                release()
-                raise AdmissionRefused(answer.value)
         owner = identity.subject if identity is not None else ""
         if bucket is None:
             return Admitted(estimate=estimate, owner=owner, release=release)
