@@ -641,7 +641,7 @@ def test_fail_on_invalid_takes_a_percentage_not_nan(run_cli: CliRunner, orders: 
 def test_a_source_column_named_like_a_dead_letter_field_is_kept_beside_it(run_cli: CliRunner, project: Path) -> None:
     """A source with a `_runink_position` column made every dead-letter sink fail with a
     duplicate column (a review's run): it is kept as `source._runink_position`."""
-    (project / "in.csv").write_text("id,name,_runink_position\n1,a,x\n-2,b,y\n")
+    (project / "in.csv").write_text("id,name,_runink_position,source._runink_position\n1,a,x,p\n-2,b,y,q\n")
     dsl(
         project,
         """
@@ -655,7 +655,8 @@ def test_a_source_column_named_like_a_dead_letter_field_is_kept_beside_it(run_cl
     (scenario,) = summary(out)["scenarios"]
     assert scenario["state"] == "SUCCEEDED", out.stderr
     (dead,) = [json.loads(x) for x in (project / "out" / "dlq.jsonl").read_text().splitlines()]
-    assert (dead["source._runink_position"], dead["_runink_position"], dead["id"]) == ("y", 3, "-2")
+    assert (dead["source.source._runink_position"], dead["source._runink_position"]) == ("y", "q")
+    assert (dead["_runink_position"], dead["id"]) == (3, "-2")  # (prefixed again: that name is the source's own)
 
 
 def test_a_malformed_record_of_a_source_that_masks_a_field_is_not_written_as_text(

@@ -178,7 +178,7 @@ def run(spec: SliceSpec) -> int:
                                 f"(herd policy: block): {'; '.join(new_drift)}"
                             )
                 if dlq_schema is None and batch.schema.names:
-                    own = [pa.field(_dead_letter_name(n), pa.string()) for n in batch.schema.names]
+                    own = [pa.field(n, pa.string()) for n in _dead_letter_names(batch.schema.names).values()]
                     dlq_schema = pa.schema(own + META_COLUMNS)
                 invalid_parts = []
                 if contract is not None:
@@ -563,9 +563,9 @@ def _dlq_rows(
     assert schema is not None
     n = invalid.num_rows
     columns = {}
-    for name in invalid.schema.names:
-        if _dead_letter_name(name) in schema.names:
-            columns[_dead_letter_name(name)] = _as_text(invalid.column(name))
+    for index, name in _dead_letter_names(invalid.schema.names).items():
+        if name in schema.names:
+            columns[name] = _as_text(invalid.column(index))
     columns["_runink_reason"] = reasons
     columns["_runink_source"] = pa.array([source_uri] * n, pa.string())
     columns["_runink_position"] = positions
@@ -583,10 +583,26 @@ def _as_text(column: pa.Array) -> pa.Array:
         return pa.array(texts, pa.string())
 
 
-def _dead_letter_name(column: str) -> str:
-    """A source column's name in a dead-letter record: its own, unless it is one of the
-    record's (a source with a ``_runink_reason`` column made every dead-letter sink fail)."""
-    return f"source.{column}" if column in META_NAMES else column
+def _dead_letter_names(columns: list[str]) -> dict[int, str]:
+    """Each source column's name in a dead-letter record, by its index: its own, unless it is
+    one of the record's (``source.NAME`` then, prefixed again while that is taken too: a source
+    with a ``_runink_reason`` column made every dead-letter sink fail), and a name the source
+    repeats only its first time."""
+    taken = set(columns) | META_NAMES
+    names: dict[int, str] = {}
+    seen: set[str] = set()
+    for index, column in enumerate(columns):
+        if column in seen:
+            continue
+        seen.add(column)
+        name = column
+        if column in META_NAMES:
+            name = f"source.{column}"
+            while name in taken:
+                name = f"source.{name}"
+            taken.add(name)
+        names[index] = name
+    return names
 
 
 def _malformed_rows(
