@@ -183,6 +183,10 @@ class _ChunkParser:
         # raw: every column as text. Otherwise the types pyarrow infers on the first rows are kept
         # for the rest of the file, as pyarrow's own streaming reader does.
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
+        # With a contract only an empty value is null: "NA" (Namibia), "null", "N/A"... are text
+        # the contract checks, as any other. Without one, Arrow's null words stay null: the
+        # column types it infers from the first block would refuse them in a later one.
+        self.raw = raw
 
     def parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[ReadBatch]:
         """The chunk's batch; several if it is looked at line by line and holds more than
@@ -192,6 +196,12 @@ class _ChunkParser:
                 self.types = dict(zip(batch.schema.names, batch.schema.types, strict=True))
             bad.sort(key=lambda m: m.position)
             yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
+
+    @property
+    def convert(self) -> pacsv.ConvertOptions:
+        if self.raw:
+            return pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True)
+        return pacsv.ConvertOptions(column_types=self.types, strings_can_be_null=True)
 
     def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
         """The chunk's records as a batch, the ones with a wrong column count in ``invalid``.
@@ -206,8 +216,7 @@ class _ChunkParser:
             # one block for the whole chunk: one batch, and row numbers counted from its start
             read_options=pacsv.ReadOptions(column_names=self.names, use_threads=False, block_size=len(chunk) + 1),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
-            # only an empty value is null: "NA" (Namibia), "null", "N/A"... are text, as any other
-            convert_options=pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True),
+            convert_options=self.convert,
         )
         if table.num_rows == 0:
             return pa.RecordBatch.from_pylist([], schema=table.schema)
