@@ -470,6 +470,13 @@ def test_a_task_asking_none_of_what_its_herds_quota_limits_is_given_the_defaults
     assert (asked.resources.cpu, asked.resources.memory) == (0.25, 1 << 20)
     free = only_task(store, life.submit_command("open", ["/bin/true"]).id).resources
     assert (free.cpu, free.memory) == (0, 0)  # (no quota to count against: as asked)
+    # a scenario asking no memory: what its node gives it ([limits] memory, 2 GiB), not 256 MiB
+    # (its pipeline ran at 2 GiB in a herd without a quota: a review's run)
+    from runink.core.control.lifecycle import PipelineTask
+
+    store.create_herd(Herd(name="big", quota=Quota(cpu=4, memory=8 << 30)))
+    job = life.submit_pipeline("big", "/srv/p.dsl", [PipelineTask(scenario="s", resources=Amount(cpu=1))])
+    assert only_task(store, job.id).resources.memory == 2 << 30
 
 
 def test_a_large_job_is_cancelled_while_its_tasks_keep_changing(store: ClusterStore, life: Lifecycle) -> None:

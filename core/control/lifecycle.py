@@ -295,11 +295,14 @@ class Lifecycle:
         secrets: SecretBackend | None = None,
         rates: CostConfig | None = None,
         default_request: tuple[float, int] = (1.0, 256 * 1024**2),
+        scenario_memory: int = 2 * 1024**3,
     ) -> None:
         self.store = store
         # (cores, bytes) a task asking none of a resource its herd's quota limits is given
         # ([admission] default_cpu, default_memory): see ``unbooked``
         self.default_request = default_request
+        # a pipeline scenario's when it asks none: what its node would give its slice ([limits] memory)
+        self.scenario_memory = scenario_memory
         self.cancel_within = CANCEL_WITHIN
         self.clock = clock
         self.jitter = jitter
@@ -545,9 +548,12 @@ class Lifecycle:
         return self._store(job, records, found, also, admit, on_stored, nodes)
 
     def _booked(self, herd: Herd, task: TaskRecord) -> TaskRecord:
-        """``task`` given the default cpu and memory (``default_request``) where it asks none
-        and its herd's quota limits them: its slice is limited to them and they count."""
+        """``task`` given the default cpu and memory (``default_request``; a scenario's memory:
+        ``scenario_memory``) where it asks none and its herd's quota limits them: its slice is
+        limited to them and they count."""
         cpu, memory = self.default_request
+        if task.scenario is not None:
+            memory = self.scenario_memory
         given: dict[str, float | int] = {}
         if herd.quota.cpu and not task.resources.cpu:
             given["cpu"] = min(cpu, herd.quota.cpu)

@@ -302,6 +302,7 @@ class Server:
             secrets=secret_backend(options, config, manager, barn),
             rates=config.cost,
             default_request=config.admission.default_request,
+            scenario_memory=config.limits.memory_bytes,
         )
         if self.tokens is not None:  # tokens revoked before they expire: refused by every server
             self.tokens.revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
