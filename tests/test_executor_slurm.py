@@ -565,9 +565,12 @@ def test_a_root_agent_refuses_a_herd_without_a_user_unless_root_jobs_are_allowed
 
 
 def _as_agent(spec: TaskSpec) -> TaskSpec:
-    """``spec`` with its work dir where an agent makes it: in its task dir, the agent's (root's)."""
+    """``spec`` with its task dir and work dir as an agent makes them: the task dir root's and
+    private (0700), the work dir in it."""
+    spec.task_dir.parent.mkdir(parents=True, exist_ok=True)
+    spec.task_dir.mkdir(mode=0o700)
     work = spec.task_dir / "work"
-    work.mkdir(parents=True)
+    work.mkdir()
     return dataclasses.replace(spec, cwd=work)
 
 
@@ -605,6 +608,16 @@ def test_each_herd_s_jobs_run_as_its_user_and_cannot_reach_another_herd_s(slurm:
         executor.stop(b_spec.id, grace=1)
     finally:
         executor.close()
+
+
+def test_herds_sharing_a_run_as_user_are_said_not_kept_apart(installed: Path) -> None:
+    """Two herds mapped to one user (or '*', which covers every herd it names none for) can read
+    each other's launch files, their secrets: capabilities() said "tasks apart" all the same."""
+    for run_as in ({"a": JOB_USER, "b": JOB_USER}, {"*": JOB_USER}, {"a": "daemon", "*": "daemon"}):
+        caps = load_driver(Executor, "slurm", {"run_as": run_as}).capabilities()
+        assert "tasks apart" not in caps.enforced and "more than one herd" in caps.unenforced["tasks apart"], run_as
+    apart = load_driver(Executor, "slurm", {"run_as": {"a": JOB_USER, "b": "daemon"}}).capabilities()
+    assert "tasks apart" in apart.enforced and "tasks apart" not in apart.unenforced
 
 
 def test_a_task_its_job_s_user_could_not_reach_is_refused_saying_where(

@@ -309,10 +309,16 @@ class SlurmExecutor(Executor):
             "network": "jobs share their node's network: no network namespace",
             "filesystem": "jobs see their node's file systems: no mount namespace",
         }
+        shared = self._shared_users()
         if self.as_root and self.allow_root_jobs and ANY_HERD not in self.run_as:
             unenforced["tasks apart"] = (
                 "allow_root_jobs: the jobs of herds run_as does not name run as root, and a root job can "
                 "leave its cgroup (its limits), read other jobs' folders (their secrets) and cancel them"
+            )
+        elif shared:
+            unenforced["tasks apart"] = (
+                f"run_as gives {shared} to more than one herd: their jobs can read each other's folders "
+                "(their secrets) and signal each other; map each herd to a user of its own"
             )
         else:  # (each herd's jobs as its own unprivileged user, or as this unprivileged agent's)
             enforced.append("tasks apart")
@@ -340,6 +346,15 @@ class SlurmExecutor(Executor):
             supports_recover=True,
             supports_network_isolation=False,
         )
+
+    def _shared_users(self) -> str:
+        """The run_as users more than one herd's jobs run as ('*' covers any number of herds),
+        named; "" when each herd has a user of its own."""
+        counts: dict[int, int] = {}
+        for herd, user in self.run_as.items():
+            counts[user.uid] = counts.get(user.uid, 0) + (2 if herd == ANY_HERD else 1)
+        names = sorted({u.name for u in self.run_as.values() if counts[u.uid] > 1})
+        return ", ".join(names)
 
     def fingerprint(self) -> Fingerprint:
         missing = [tool for tool in ("sbatch", "squeue", "scancel", "scontrol") if self.cli.path(tool) is None]
@@ -444,7 +459,7 @@ class SlurmExecutor(Executor):
                 )
         task_dir.mkdir(parents=True, exist_ok=True)  # (folders it would make: as the umask says)
         for what, path in (("task dir", task_dir), ("work dir", cwd)):
-            blocked = unreachable(path, user)
+            blocked = unreachable(path, user, passable=task_dir)  # (the task dir: made 0711 below)
             if blocked is not None:
                 raise TaskRejectedError(
                     f"task {spec.id}: its job's user {user.name} cannot reach its {what} {str(path)[:200]!r}: "
@@ -584,7 +599,9 @@ class SlurmExecutor(Executor):
         except OSError:
             if not running:
                 return False
-            started = time.time()
+            # (no marker, Slurm says it runs: since when, by Slurm's clock; a job that deleted
+            # its marker gained NO_MARKER_AFTER, or its timeout again after an agent restart)
+            started = min(time.time(), self._slurm_start(task.job_id) or time.time())
         self._arm(task, started if not_after is None else min(started, not_after))
         return True
 

@@ -60,6 +60,8 @@ def _user(who: str, herd: str) -> JobUser:
     if entry.pw_uid == 0 or gid == 0:
         raise ValueError(f"{where}: {who!r} is root: a root job reaches every other job (name an unprivileged user)")
     groups = frozenset({gid, *os.getgrouplist(entry.pw_name, gid)})
+    if 0 in groups:
+        raise ValueError(f"{where}: {entry.pw_name!r} is in group root: its jobs would reach root's group's files")
     return JobUser(entry.pw_name, entry.pw_uid, gid, groups)
 
 
@@ -77,11 +79,14 @@ def parse_run_as(mapping: Mapping[str, object]) -> dict[str, JobUser]:
     return users
 
 
-def unreachable(path: Path, user: JobUser) -> Path | None:
+def unreachable(path: Path, user: JobUser, passable: Path | None = None) -> Path | None:
     """The first folder on the way to ``path`` (itself excluded) that ``user`` may not pass
-    through, or None. (Read as the folders are now: a check that explains a refusal, not a
-    barrier: the barrier is the kernel's, as the job runs as that user.)"""
+    through, or None; ``passable``: one the caller makes passable before the job runs. (Read as
+    the folders are now: a check that explains a refusal, not a barrier: the barrier is the
+    kernel's, as the job runs as that user.)"""
     for folder in reversed(path.parents):
+        if folder == passable:
+            continue
         try:
             info = os.stat(folder)
         except OSError:
