@@ -720,5 +720,5 @@ def test_a_parquet_source_a_contract_cannot_read_fails_or_dead_letters_naming_it
     dead = [json.loads(x) for x in (project / "out" / "dlq.jsonl").read_text().splitlines()]
     reasons = [(d["name"], d["_runink_reason"]) for d in dead]
     assert reasons == [('{"x": 1}', "name: not a valid str"), (None, "name: required")]
-    assert twice_run["state"] == "FAILED"
+    assert twice_run["state"] == "FAILED" and twice_run["outputs"] == []  # (none published: none listed)
     assert "twice.parquet: the source has 'name' more than once among its columns" in twice_run["error"]

@@ -561,6 +561,8 @@ class ScenarioAttempts(Executor):
         finally:
             unstage(attempt.staged)
         run.error = error
+        if state is not TaskState.SUCCEEDED:  # (not published: --json listed them all the same)
+            run.outputs, run.dead_letters = [], []
         last = state in (TaskState.SUCCEEDED, TaskState.CANCELLED) or task.attempt > task.retries
         if last:
             run.finished = time.time()
