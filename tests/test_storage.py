@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from runink.core.contracts import Contract, Field, validate
 from runink.core.datasets import DatasetError, resolve_dataset
 from runink.core.drivers import load_driver
 from runink.core.interfaces import Storage
@@ -547,3 +549,30 @@ def test_jsonl_nan_and_infinity_are_no_json(tmp_path: Path, raw: bool) -> None:
         "invalid JSON: NaN is not a JSON value",
         "invalid JSON: -Infinity is not a JSON value",
     ]
+
+
+def test_jsonl_numbers_a_contract_wants_exact_keep_every_digit(tmp_path: Path) -> None:
+    """A JSON number went through a float64 (17 digits): 999999.999999999999 was published as
+    1000000.00 and 12.3400000000000000001 as 12.34, both valid (a review's run). Read for a
+    contract's Decimal fields (``exact``), each keeps its digits, and the contract decides."""
+
+    class Money(Contract):
+        amount: Decimal = Field(precision=12, scale=2)
+        ratio: float
+
+    path = tmp_path / "m.jsonl"
+    fast = ['{"amount": 999999.999999999999, "ratio": 0.5}', '{"amount": 12.34, "ratio": 0.25}']
+    path.write_text("\n".join(fast) + "\n")
+    jsonl = load_driver(Storage, "jsonl")
+    (read,) = jsonl.read(path, raw=True, options={"exact": ["amount"]})
+    result = validate(Money, read.batch)
+    assert result.valid.column("amount").to_pylist() == [Decimal("12.34")]
+    assert result.reasons.to_pylist() == ["amount: not a valid decimal(12,2)"]
+    assert result.valid.column("ratio").to_pylist() == [0.25]
+    # past what a decimal(38, 18) holds: read line by line, each number as it is written
+    path.write_text('{"amount": 12.3400000000000000001, "ratio": 1}\n{"amount": 7, "ratio": 2}\n')
+    (read,) = jsonl.read(path, raw=True, options={"exact": ["amount"]})
+    assert read.batch.column("amount").to_pylist() == ["12.3400000000000000001", "7"]
+    assert validate(Money, read.batch).reasons.to_pylist() == ["amount: not a valid decimal(12,2)"]
+    (plain,) = jsonl.read(path, raw=True)  # (without it, as before: a float's text)
+    assert plain.batch.column("amount").to_pylist()[0] == "12.34"

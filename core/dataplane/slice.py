@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import decimal
 import json
 import os
 import queue
@@ -203,7 +204,10 @@ def run(spec: SliceSpec) -> int:
 
         # Each step wraps the stream before it: a Python step maps batches as they come, a
         # command step takes all of them (into its input file) before it yields its output.
-        reads = source_driver.read(Path(source.path), raw=contract is not None, options=source.options)
+        options = dict(source.options)
+        if contract is not None and (exact := [f.name for f in contract.fields() if f.type is decimal.Decimal]):
+            options["exact"] = exact  # (a JSON number read as a float kept 17 of its digits)
+        reads = source_driver.read(Path(source.path), raw=contract is not None, options=options)
         # checked on a thread of its own: the next batch is checked while this one goes through
         # the steps (both mostly pyarrow and polars work, which releases the GIL)
         checking = stream = ahead(validated(), "runink-validate") if contract is not None else validated()

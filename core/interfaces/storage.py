@@ -81,7 +81,9 @@ class Storage(ABC):
 
     @abstractmethod
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
-        """Stream the dataset at ``path``."""
+        """Stream the dataset at ``path``: its source's options, and from the slice ``exact``,
+        the contract's fields whose numbers must not pass through a float (its Decimals), for
+        a format that would (JSON Lines: a driver reading text or typed values ignores it)."""
 
     @abstractmethod
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:

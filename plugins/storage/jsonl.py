@@ -15,7 +15,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,26 @@ def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
-def _read_json(lines: list[bytes], raw: bool) -> pa.Table | None:
+#: how JSON numbers a contract wants exactly (its Decimal fields, read option ``exact``) are read
+#: again: Arrow converts a number to a decimal exactly (a float64 kept 17 digits:
+#: 999999.999999999999 became 1000000.00), and refuses one that needs more scale or precision
+EXACT_NUMBER = pa.decimal128(38, 18)
+
+
+def _exact_numbers(table: pa.Table, data: pa.Buffer, options: pajson.ReadOptions, exact: Sequence[str]) -> pa.Table:
+    """``table`` with its float columns among ``exact`` read again as decimals (ArrowInvalid if
+    a value needs more digits than EXACT_NUMBER has: the caller reads its lines one by one)."""
+    again = [pa.field(f.name, EXACT_NUMBER) for f in table.schema if f.name in exact and pa.types.is_floating(f.type)]
+    if not again:
+        return table
+    parse = pajson.ParseOptions(explicit_schema=pa.schema(again), unexpected_field_behavior="ignore")
+    read = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
+    for field in again:
+        table = table.set_column(table.schema.get_field_index(field.name), field, read.column(field.name))
+    return table
+
+
+def _read_json(lines: list[bytes], raw: bool, exact: Sequence[str] = ()) -> pa.Table | None:
     """The lines as pyarrow reads them, one row for each; None if it cannot read them so (it
     makes two rows of two objects on one line)."""
     data = pa.py_buffer(b"".join(lines))
@@ -95,6 +114,8 @@ def _read_json(lines: list[bytes], raw: bool) -> pa.Table | None:
             for field in text:
                 index = table.schema.get_field_index(field.name)
                 table = table.set_column(index, field, again.column(field.name))
+        if raw and exact:
+            table = _exact_numbers(table, data, options, exact)
     except pa.ArrowInvalid:
         return None
     return table if table.num_rows == len(lines) else None
@@ -149,6 +170,28 @@ def _invalid(line: bytes) -> str | None:
     return None
 
 
+class _Written(str):
+    """A JSON number as it is written (a float in between would keep 17 digits of it)."""
+
+
+def _as_text(value: Any) -> str | None:
+    """A top-level JSON value as the text a contract types: a number as written, a nested one
+    as JSON (its numbers as Python reads them)."""
+    if value is None or isinstance(value, str):
+        return None if value is None else str(value)
+    return json.dumps(_numbers(value))
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, _Written):
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -161,6 +204,8 @@ class JsonlStorage(Storage):
     def read(self, path: Path, *, raw: bool = False, options: Mapping[str, Any] | None = None) -> Iterator[ReadBatch]:
         chunk_lines = int((options or {}).get("chunk_lines", CHUNK_LINES))
         chunk_bytes = int((options or {}).get("chunk_bytes", CHUNK_BYTES))
+        # (the slice's, not the pipeline's: the contract's fields whose numbers must stay exact)
+        exact = [str(name) for name in (options or {}).get("exact", ())]
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally, across yields
         except FileNotFoundError:
@@ -191,22 +236,24 @@ class JsonlStorage(Storage):
                             break
                 if not lines and not skipped:
                     return
-                read = self._parse(lines, numbers, raw, skipped)
+                read = self._parse(lines, numbers, raw, skipped, exact)
                 yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
 
-    def _parse(self, lines: list[bytes], numbers: list[int], raw: bool, skipped: list[Malformed]) -> ReadBatch:
+    def _parse(
+        self, lines: list[bytes], numbers: list[int], raw: bool, skipped: list[Malformed], exact: list[str]
+    ) -> ReadBatch:
         if not lines:
             return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), skipped)
-        read = self._parse_lines(lines, numbers, raw)
+        read = self._parse_lines(lines, numbers, raw, exact)
         if skipped:
             read = ReadBatch(read.batch, read.positions, sorted([*skipped, *read.malformed], key=lambda m: m.position))
         return read
 
-    def _parse_lines(self, lines: list[bytes], numbers: list[int], raw: bool) -> ReadBatch:
+    def _parse_lines(self, lines: list[bytes], numbers: list[int], raw: bool, exact: list[str]) -> ReadBatch:
         malformed: list[Malformed] = []
-        table = _read_json(lines, raw)
+        table = _read_json(lines, raw, exact)
         if table is None or any(_non_finite(column) for column in table.columns):
             good_lines, good_numbers = [], []
             for line, number in zip(lines, numbers, strict=True):
@@ -218,11 +265,12 @@ class JsonlStorage(Storage):
             lines, numbers = good_lines, good_numbers
             if not lines:
                 return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), malformed)
-            table = _read_json(lines, raw)
+            table = _read_json(lines, raw, exact)
             if table is None:
-                # Valid JSON whose types conflict between lines: fall back to Python for this chunk.
+                # Valid JSON whose types conflict between lines, or a number too long to be read
+                # exactly: Python for this chunk, each number kept as it is written.
                 rows = [
-                    {k: (v if isinstance(v, str) or v is None else json.dumps(v)) for k, v in json.loads(x).items()}
+                    {k: _as_text(v) for k, v in json.loads(x, parse_float=_Written, parse_int=_Written).items()}
                     for x in lines
                 ]
                 names = dict.fromkeys(name for row in rows for name in row)  # every row's keys, not the first's
