@@ -494,6 +494,8 @@ def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
         aware = pc.cast(pc.if_else(zoned, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
         naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
         return pc.if_else(zoned, pc.cast(aware, pa.timestamp("us")), naive)
+    if spec.type is int:  # (Arrow refuses "+5", which a float and a decimal field take)
+        text = pc.replace_substring_regex(text, r"^\+", "")
     return pc.cast(text, spec.arrow_type)
 
 

@@ -376,6 +376,8 @@ def test_what_arrow_reads_and_the_contract_does_not_is_invalid_not_a_crash() -> 
         4: "day: not a valid date",
     }
     assert result.valid.column("day").to_pylist() == [dt.date(2026, 2, 28)]
+    signed = validate(Reading, raw(value=["1", "+2"], count=["+5", "-5"], day=[None, None], at=[None, None]))
+    assert signed.valid.column("count").to_pylist() == [5, -5]  # ("+5" as a float's and a decimal's)
     alone = validate(Reading, raw(value=["1"], count=["0x10"], day=["0000-01-01"], at=[None]))
     assert alone.reasons.to_pylist() == ["count: not a valid int; day: not a valid date"]  # (the fast path too)
 
