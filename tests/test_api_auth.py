@@ -123,6 +123,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/herds/{name}/roots"): {"roots": ["/srv/pipelines"]},
     ("PUT", "/v1/herds/{name}/node-labels"): {"node_labels": {"restricted.runink.io/pool": "mallory"}},
     ("PUT", "/v1/nodes/{node_id}/labels"): {"labels": {"restricted.runink.io/pool": "mallory"}},
+    ("PUT", "/v1/nodes/{node_id}/capacity"): {"pinned": {"cpu": 1}},
 }
 
 

@@ -165,6 +165,15 @@ def test_an_admin_labels_a_node_and_a_job_asking_for_that_label_runs_there(
         time.sleep(0.2)
     cleared = run_cli("herd", "node-labels", "vault", env=one_server)
     assert cleared.returncode == 0 and "runs on any node" in cleared.stdout
+    # an admin caps what the node's agent says it has
+    capped = run_cli("nodes", "capacity", "n1", "--cpus", "0.5", env=one_server)
+    assert capped.returncode == 0 and "0.5 cores" in capped.stdout and "capped by an admin" in capped.stdout
+    (node,) = json.loads(run_cli("nodes", "list", "--json", env=one_server).stdout)
+    assert node["capacity"]["cpu"] == 0.5 and node["pinned"]["cpu"] == 0.5
+    neither = run_cli("nodes", "capacity", "n1", env=one_server)
+    assert neither.returncode != 0 and "--clear" in neither.stderr and "Traceback" not in neither.stderr
+    lifted = run_cli("nodes", "capacity", "n1", "--clear", env=one_server)
+    assert lifted.returncode == 0 and "capped" not in lifted.stdout
 
 
 def test_a_server_listens_on_loopback_only_unless_told(run_cli: CliRunner) -> None:

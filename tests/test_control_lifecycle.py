@@ -513,3 +513,23 @@ def test_a_large_job_is_cancelled_while_its_tasks_keep_changing(store: ClusterSt
             thread.join(10)
     assert ended.state is RunState.CANCELLED and store.job(job.id).record.state is RunState.CANCELLED
     assert {v.record.state for v in store.job_tasks(store.job(job.id).record)} == {RunState.CANCELLED}
+
+
+def test_an_admin_caps_a_nodes_capacity_and_its_agent_cannot_raise_it(store: ClusterStore, life: Lifecycle) -> None:
+    """A node's capacity was what its agent claimed: with stolen credentials one claimed a
+    machine's worth of cores and drew most new tasks (docs/cluster.md). An admin caps it, each
+    resource on its own; registering again claims more in vain; lifting the cap gives the claim."""
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=64, memory=1 << 40, gpu=2), gpus=["g0", "g1"]))
+    capped = life.pin("n1", Amount(cpu=4, gpu=1))
+    assert (capped.capacity.cpu, capped.capacity.memory, capped.capacity.gpu) == (4, 1 << 40, 1)
+    assert capped.gpus == ["g0"] and capped.claimed is not None and capped.claimed.cpu == 64
+    again = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=512, memory=1 << 40, gpu=2), gpus=["g0", "g1"]))
+    assert (again.capacity.cpu, again.capacity.gpu, again.gpus) == (4, 1, ["g0"])
+    assert again.pinned == capped.pinned and again.claimed is not None and again.claimed.cpu == 512
+    lifted = life.pin("n1", None)
+    assert (lifted.capacity.cpu, lifted.pinned, lifted.claimed) == (512, None, None)
+    assert lifted.capacity.gpu == 1  # (the GPU id the cap cut comes back when its agent registers)
+    back = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=512, memory=1 << 40, gpu=2), gpus=["g0", "g1"]))
+    assert (back.capacity.gpu, back.gpus) == (2, ["g0", "g1"])
+    with pytest.raises(NotFound, match="nope"):
+        life.pin("nope", Amount(cpu=1))

@@ -85,6 +85,24 @@ def test_use_counts_a_cancelled_slice_until_its_agent_says_it_stopped(cluster: C
     assert cluster.client.get("/v1/herds/team").json()["used"]["slices"] == 0
 
 
+def test_an_admin_caps_a_nodes_capacity_through_the_api(cluster: Cluster) -> None:
+    make_herd(cluster.client, cpu=8)
+    cluster.add_node("n1", cpu=8)
+    pinned = cluster.client.put("/v1/nodes/n1/capacity", json={"pinned": {"cpu": 1}})
+    assert pinned.status_code == 200 and pinned.json()["capacity"]["cpu"] == 1, pinned.text
+    assert cluster.client.put("/v1/nodes/n1/capacity", json={"pinned": {"cpu": -1}}).status_code == 422
+    refused = cluster.client.post("/v1/jobs", json={"herd": "team", "command": ["/bin/true"], "resources": {"cpu": 2}})
+    assert refused.status_code == 409 and "n1: cpu 2 > capacity 1" in refused.text  # (never fits: nothing stored)
+    submit(cluster.client, cpu=1)
+    job_id = submit(cluster.client, cpu=1)
+    assert len(cluster.scheduler.run_pass(now=0.0).placed) == 1
+    explain = cluster.client.get(f"/v1/jobs/{job_id}", params={"explain": "true"}).json()["tasks"][0]["explain"]
+    assert any("n1: cpu 1 > free 0" in line for line in explain), explain
+    lifted = cluster.client.put("/v1/nodes/n1/capacity", json={"pinned": None})
+    assert lifted.json()["capacity"]["cpu"] == 8 and lifted.json()["pinned"] is None
+    assert cluster.scheduler.run_pass(now=0.0).placed
+
+
 def test_herd_job_explain_cancel_through_the_api(cluster: Cluster) -> None:
     client = cluster.client
     make_herd(client, "team", cpu=8, max_slices=4)

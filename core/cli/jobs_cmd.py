@@ -794,6 +794,35 @@ def node_label(
         print(f"node {node}: labels {shown}")
 
 
+@nodes_app.command("capacity")
+def node_capacity(
+    ctx: typer.Context,
+    node: str = typer.Argument(..., metavar="NODE", help="The node id."),
+    cpus: float | None = typer.Option(None, "--cpus", min=0, help="At most this many cores (0: as it says)."),
+    memory: str | None = typer.Option(None, "--memory", help='At most this much memory, e.g. "64Gi".'),
+    gpus: int | None = typer.Option(None, "--gpus", min=0, help="At most this many GPUs."),
+    clear: bool = typer.Option(False, "--clear", help="Lift the cap: what its agent says."),
+    server: str | None = SERVER,
+    json_output: bool = JSON,
+) -> None:
+    """Cap a node's capacity (cluster admins): what its agent claims, when it registers again
+    too, cannot pass it, so a node with stolen credentials cannot draw more work than allowed."""
+    if clear == any(v is not None for v in (cpus, memory, gpus)):
+        raise typer.BadParameter("give --cpus, --memory or --gpus, or --clear", param_hint="--cpus/--memory/--gpus")
+    pinned = None
+    if not clear:
+        pinned = {"cpu": cpus or 0, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpus or 0}
+    with _client(ctx, server) as client:
+        answer = client.call("PUT", f"/v1/nodes/{node}/capacity", {"pinned": pinned})
+    if json_output:
+        print_json(answer)
+    else:
+        have = answer.get("capacity", {})
+        memory_text = _size(have.get("memory", 0))
+        cap = "" if answer.get("pinned") is None else " (capped by an admin)"
+        print(f"node {node}: {have.get('cpu', 0):g} cores, {memory_text}, {have.get('gpu', 0)} GPUs{cap}")
+
+
 _node_action("cordon", "Take no new work on this node; what runs there goes on.")
 _node_action("uncordon", "Take new work on this node again.")
 _node_action("drain", "Take no new work; its agent lets running slices finish, then gives the rest back.")

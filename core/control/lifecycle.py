@@ -45,6 +45,7 @@ from runink.core.control.records import (
     RunState,
     TaskRecord,
     TaskReport,
+    capped,
     job_of,
     job_state,
     job_task_id,
@@ -607,6 +608,7 @@ class Lifecycle:
                 changes["heartbeat"] = current.record.heartbeat + 1
                 kept = {k: v for k, v in current.record.labels.items() if k.startswith(RESTRICTED_LABELS)}
                 changes["labels"] = {**node.labels, **kept}  # (an admin's stay as they were)
+                changes.update(_pinned(node, current.record.pinned))  # (and its capacity's cap)
             registered = NodeRecord.model_validate({**node.model_dump(), **changes})
             try:
                 self.store.commit([(key, current.revision if current else 0)], [(key, registered)])
@@ -667,6 +669,17 @@ class Lifecycle:
             return NodeRecord.model_validate({**node.model_dump(), "labels": {**own, **labels}})
 
         return self.store.update(keys.node(node_id), NodeRecord, relabel)
+
+    def pin(self, node_id: str, pinned: Amount | None) -> NodeRecord:
+        """Cap the node's capacity at ``pinned`` (a cluster admin's; None: what its agent says),
+        each resource on its own; its agent registering again cannot raise it."""
+        self.store.node(node_id)  # NotFound with the node's name
+
+        def cap(node: NodeRecord) -> NodeRecord:
+            fields = _pinned(node, pinned, node.claimed or node.capacity)
+            return NodeRecord.model_validate({**node.model_dump(), **fields})
+
+        return self.store.update(keys.node(node_id), NodeRecord, cap)
 
     def cordon(self, node_id: str) -> NodeRecord:
         return self._set_node(node_id, cordoned=True)
@@ -932,6 +945,21 @@ class Lifecycle:
             if time.monotonic() > deadline:
                 raise Conflict(f"job {job_id}: its tasks kept changing for {self.cancel_within:g} s; cancel it again")
             time.sleep(0.01)
+
+
+def _pinned(node: NodeRecord, pinned: Amount | None, claimed: Amount | None = None) -> dict[str, object]:
+    """The fields of ``node`` (its agent's claim: ``claimed``, else its capacity) capped at
+    ``pinned``: a node with stolen credentials claimed a machine's worth of cores and drew most
+    new tasks. Its GPU ids are cut to as many as it keeps."""
+    claim = claimed or node.capacity
+    capacity = capped(claim, pinned)
+    if node.gpus and len(node.gpus) < capacity.gpu:  # (ids a cap cut: back when its agent registers)
+        capacity = capacity.model_copy(update={"gpu": len(node.gpus)})
+    fields: dict[str, object] = {"pinned": pinned, "claimed": claim if pinned is not None else None}
+    fields["capacity"] = capacity
+    if node.gpus:
+        fields["gpus"] = node.gpus[: capacity.gpu]
+    return fields
 
 
 def _cancels(tasks: list[Versioned[TaskRecord]]) -> tuple[list[tuple[str, int]], list[tuple[str, Record | None]]]:

@@ -436,6 +436,10 @@ class NodeRecord(Record, kw_only=True):
     # asking for almost no cpu once filled every agent's slots, and another herd's job, placed
     # there all the same, waited SCHEDULED holding its quota)
     slots: Annotated[int, Meta(ge=0, le=MAX_SLOTS)] = 0
+    # what a cluster admin allows the node at most (runink nodes capacity; None: what it says):
+    # its ``capacity`` is what it claimed (``claimed``) capped at this, each resource on its own
+    pinned: Amount | None = None
+    claimed: Amount | None = None
 
     def __post_init__(self) -> None:
         check_name(self.id, "node")
@@ -446,6 +450,21 @@ class NodeRecord(Record, kw_only=True):
     @property
     def schedulable(self) -> bool:
         return self.ready and not self.cordoned and not self.draining
+
+
+def capped(claimed: Amount, pinned: Amount | None) -> Amount:
+    """``claimed`` capped at ``pinned`` (a resource pinned at 0: not pinned), each on its own."""
+    if pinned is None:
+        return claimed
+    values = {
+        name: min(have, cap) if cap else have
+        for name, have, cap in (
+            ("cpu", claimed.cpu, pinned.cpu),
+            ("memory", claimed.memory, pinned.memory),
+            ("gpu", claimed.gpu, pinned.gpu),
+        )
+    }
+    return claimed.model_copy(update=values)
 
 
 class SchedulerEpoch(Record, kw_only=True):

@@ -199,6 +199,18 @@ class ResourcesIn(Body):
     pids: int = Field(default=0, ge=0, le=MAX_PIDS)
 
 
+class PinnedCapacityIn(Body):
+    cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0)
+    gpu: int = Field(default=0, ge=0, le=1024)
+
+
+class PinnedIn(Body):
+    """A node's capacity cap, set by a cluster admin (``pinned``: null lifts it)."""
+
+    pinned: PinnedCapacityIn | None
+
+
 #: names of the herd's secrets a task receives: each a valid secret name, none twice (as TaskRecord's)
 SecretNamesIn = Annotated[
     list[Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME.pattern}$")]],
@@ -1196,6 +1208,15 @@ def create_app(
         had: a node's agent cannot claim them, so tasks asking for one go where an admin said."""
         auth.check(identity, "nodes.manage", f"nodes/{node_id}/labels", CLUSTER)
         return dump_record(lifecycle.label(node_id, body.labels))
+
+    @app.put("/v1/nodes/{node_id}/capacity", openapi_extra=action("nodes.manage"))
+    def pin_node(node_id: NamePath, body: PinnedIn, identity: Caller) -> dict[str, Any]:
+        """Cap the node's capacity at ``pinned`` (each resource on its own; 0 or none: not
+        capped): what its agent claims when it registers (again) cannot pass it, so a node with
+        stolen credentials cannot draw more than an admin allows it."""
+        auth.check(identity, "nodes.manage", f"nodes/{node_id}/capacity", CLUSTER)
+        pinned = None if body.pinned is None else Amount(**body.pinned.model_dump())
+        return dump_record(lifecycle.pin(node_id, pinned))
 
     @app.post("/v1/nodes/{node_id}/drain", openapi_extra=action("nodes.manage"))
     def drain(node_id: NamePath, identity: Caller) -> dict[str, Any]:
