@@ -200,8 +200,8 @@ class ResourcesIn(Body):
 
 
 class PinnedCapacityIn(Body):
-    cpu: float = Field(default=0.0, ge=0, le=1_000_000, allow_inf_nan=False)
-    memory: int = Field(default=0, ge=0)
+    cpu: float = Field(default=0.0, ge=0, le=4096, allow_inf_nan=False)
+    memory: int = Field(default=0, ge=0, le=MAX_MEMORY)
     gpu: int = Field(default=0, ge=0, le=1024)
 
 
@@ -1215,7 +1215,7 @@ def create_app(
         capped): what its agent claims when it registers (again) cannot pass it, so a node with
         stolen credentials cannot draw more than an admin allows it."""
         auth.check(identity, "nodes.manage", f"nodes/{node_id}/capacity", CLUSTER)
-        pinned = None if body.pinned is None else Amount(**body.pinned.model_dump())
+        pinned = None if body.pinned is None else Amount.model_validate(body.pinned.model_dump())
         return dump_record(lifecycle.pin(node_id, pinned))
 
     @app.post("/v1/nodes/{node_id}/drain", openapi_extra=action("nodes.manage"))
