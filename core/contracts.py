@@ -399,8 +399,11 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # some value does not: find which, value by value below
         else:
-            if _cast_as_written(text, value, spec):
-                return value, pa.array(np.zeros(len(text), dtype=bool))
+            if _cast_as_written(text, spec):
+                failed = pa.array(np.zeros(len(text), dtype=bool))
+                if (outside := _outside_years(value, spec)) is not None:
+                    value, failed = pc.if_else(outside, pa.scalar(None, value.type), value), outside
+                return value, failed
     text = pc.utf8_trim_whitespace(text)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     if spec.type is str:
@@ -432,10 +435,7 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
     if long is not None:
         exact, read = _long_decimals(text, long, spec)
         value, ok = pc.if_else(long, exact, value), pc.or_(ok, read)
-    if spec.type in (dt.date, dt.datetime):  # (an offset moves 0001-01-01T00:00+01:00 to year 0)
-        micros = value.cast(pa.timestamp("us")).cast(pa.int64())
-        before, after = pc.less(micros, _FIRST_MICROSECOND), pc.greater(micros, _LAST_MICROSECOND)
-        outside = pc.fill_null(pc.or_(before, after), False)
+    if (outside := _outside_years(value, spec)) is not None:  # (an offset moves 0001-01-01T00:00+01:00 to year 0)
         value, ok = pc.if_else(outside, pa.scalar(None, value.type), value), pc.and_(ok, pc.invert(outside))
     return value, pc.and_(present, pc.invert(ok))
 
@@ -447,17 +447,26 @@ def _nan(value: pa.Array) -> pa.Array | None:
     return nan if pc.any(nan).as_py() else None
 
 
-def _cast_as_written(text: pa.Array, value: pa.Array, spec: ContractField) -> bool:
+def _cast_as_written(text: pa.Array, spec: ContractField) -> bool:
     """Whether the fast path's cast read every value as the contract's type reads it: Arrow
-    also takes an int written in hex (0x10 became 16) and years 0000 or 10000 (which Python,
-    and so every output, cannot write)."""
+    also takes an int written in hex (0x10 became 16)."""
     if spec.type is int:  # (digits only, the usual case, is one cheap pass; ignore_case is a regex)
         plain = pc.all(pc.ascii_is_decimal(text)).as_py() is not False
         return plain or not any(pc.any(pc.match_substring(text, x)).as_py() for x in ("x", "X"))
-    if spec.type in (dt.date, dt.datetime) and value.null_count < len(value):
-        extremes = pc.min_max(value.cast(pa.timestamp("us")))  # (.value: as_py of year 0 raises)
-        return bool(extremes["min"].value >= _FIRST_MICROSECOND and extremes["max"].value <= _LAST_MICROSECOND)
     return True
+
+
+def _outside_years(value: pa.Array, spec: ContractField) -> pa.Array | None:
+    """For a date or datetime field, the mask of the values outside years 0001-9999 (which Arrow
+    reads, and Python, so no output, cannot hold); None when there are none (one pass finds that)."""
+    if spec.type not in (dt.date, dt.datetime) or value.null_count == len(value):
+        return None
+    micros = value.cast(pa.timestamp("us")).cast(pa.int64())  # (as_py of year 0 raises)
+    extremes = pc.min_max(micros)
+    if extremes["min"].as_py() >= _FIRST_MICROSECOND and extremes["max"].as_py() <= _LAST_MICROSECOND:
+        return None
+    before, after = pc.less(micros, _FIRST_MICROSECOND), pc.greater(micros, _LAST_MICROSECOND)
+    return pc.fill_null(pc.or_(before, after), False)
 
 
 def _long_decimals(text: pa.Array, long: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array]:
