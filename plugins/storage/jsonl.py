@@ -85,37 +85,27 @@ def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
 EXACT_NUMBER = pa.decimal128(38, 18)
 
 
-def _exact_numbers(table: pa.Table, data: pa.Buffer, options: pajson.ReadOptions, exact: Sequence[str]) -> pa.Table:
-    """``table`` with its float columns among ``exact`` read again as decimals (ArrowInvalid if
-    a value needs more digits than EXACT_NUMBER has: the caller reads its lines one by one)."""
-    again = [pa.field(f.name, EXACT_NUMBER) for f in table.schema if f.name in exact and pa.types.is_floating(f.type)]
-    if not again:
-        return table
-    parse = pajson.ParseOptions(explicit_schema=pa.schema(again), unexpected_field_behavior="ignore")
-    read = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
-    for field in again:
-        table = table.set_column(table.schema.get_field_index(field.name), field, read.column(field.name))
-    return table
-
-
 def _read_json(lines: list[bytes], raw: bool, exact: Sequence[str] = ()) -> pa.Table | None:
     """The lines as pyarrow reads them, one row for each; None if it cannot read them so (it
-    makes two rows of two objects on one line)."""
+    makes two rows of two objects on one line). For a contract (``raw``), the columns pyarrow
+    typed otherwise than they are written are read again, once, all of them together: strings
+    that look like a timestamp ("2026-01-01" became "2026-01-01 00:00:00") as text, and the
+    numbers of ``exact`` as decimals (ArrowInvalid if one needs more digits than EXACT_NUMBER
+    has: the caller reads its lines one by one)."""
     data = pa.py_buffer(b"".join(lines))
     # a block must hold the longest line: pyarrow fails on one that straddles two blocks
     options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
     try:
         table = pajson.read_json(pa.BufferReader(data), read_options=options)
-        if raw and (text := _timestamps_as_text(table.schema)):
-            # pyarrow makes timestamps of strings that look like one ("2026-01-01" became
-            # "2026-01-01 00:00:00"): read those columns again, alone, as the text they are
-            parse = pajson.ParseOptions(explicit_schema=pa.schema(text), unexpected_field_behavior="ignore")
-            again = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
-            for field in text:
-                index = table.schema.get_field_index(field.name)
-                table = table.set_column(index, field, again.column(field.name))
+        again = [] if not raw else _timestamps_as_text(table.schema)
         if raw and exact:
-            table = _exact_numbers(table, data, options, exact)
+            floats = (f for f in table.schema if f.name in exact and pa.types.is_floating(f.type))
+            again += [pa.field(f.name, EXACT_NUMBER) for f in floats]
+        if again:
+            parse = pajson.ParseOptions(explicit_schema=pa.schema(again), unexpected_field_behavior="ignore")
+            read = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
+            for field in again:
+                table = table.set_column(table.schema.get_field_index(field.name), field, read.column(field.name))
     except pa.ArrowInvalid:
         return None
     return table if table.num_rows == len(lines) else None
