@@ -107,6 +107,11 @@ MAX_DETAIL = 500  # characters of an error's detail (it may quote what the clien
 MAX_HERD_SECRETS = 1000  # secrets one herd keeps (each at most MAX_SECRET_BYTES): ~64 MiB of Barn at most
 # a label's text as the records check it, in the regex dialect pydantic uses
 LABEL_PATTERN = structs.ecma_pattern(LABEL_TEXT)
+#: node labels as a request gives them (the records' LabelKey and LabelValue)
+LabelMap = dict[
+    Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
+    Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
+]
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
 AUDIT_PAGE = 1000  # audit records per Barn read of GET /v1/audit
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
@@ -158,10 +163,7 @@ def _restricted(labels: dict[str, str]) -> dict[str, str]:
 
 #: the restricted labels a herd is kept to (a node must have them all to run its tasks)
 HerdNodeLabels = Annotated[
-    dict[
-        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
-        Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
-    ],
+    LabelMap,
     Field(max_length=MAX_LABELS, description=f"labels under {RESTRICTED_LABELS} a node must have to run its tasks"),
     AfterValidator(_restricted),
 ]
@@ -186,10 +188,7 @@ class HerdNodeLabelsIn(Body):
 class NodeLabelsIn(Body):
     """A node's restricted labels (``restricted.runink.io/...``), set by a cluster admin."""
 
-    labels: dict[
-        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
-        Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
-    ] = Field(max_length=MAX_LABELS)
+    labels: LabelMap = Field(max_length=MAX_LABELS)
 
 
 class ResourcesIn(Body):
@@ -231,10 +230,7 @@ class JobIn(Body):
     retries: int = Field(default=0, ge=0, le=100)
     backoff: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     priority: int = Field(default=0, ge=-1000, le=1000)
-    node_labels: dict[
-        Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
-        Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
-    ] = Field(default_factory=dict, max_length=MAX_LABELS)
+    node_labels: LabelMap = Field(default_factory=dict, max_length=MAX_LABELS)
     secrets: SecretNamesIn = []  # names of the herd's secrets the command receives (files)
     secrets_env: bool = False  # ...and as environment variables
 
