@@ -251,15 +251,12 @@ def in_one_slice(commands: list[list[str]]) -> list[str]:
     return ["/bin/sh", "-c", " && ".join(shlex.join(command) for command in commands)]
 
 
-def unbooked(quota: Quota, request: Amount) -> str | None:
-    """The resource (cpu or memory) ``quota`` limits and ``request`` asks none of, or None. A
-    slice asking none has no limit of its own, only its herd's parent on its node, capped at
-    the whole quota: its use counted nowhere, a herd on two nodes used 1.33 cores of a 1-core
-    quota (a review's run)."""
-    for name, limit, asked in (("cpu", quota.cpu, request.cpu), ("memory", quota.memory, request.memory)):
-        if limit and not asked:
-            return name
-    return None
+def unbooked(quota: Quota, request: Amount) -> list[str]:
+    """The resources (cpu, memory) ``quota`` limits and ``request`` asks none of. A slice asking
+    none has no limit of its own, only its herd's parent on its node, capped at the whole
+    quota: its use counted nowhere, a herd on two nodes used 1.33 cores of a 1-core quota (a
+    review's run)."""
+    return [name for name in ("cpu", "memory") if getattr(quota, name) and not getattr(request, name)]
 
 
 #: tasks cancelled per commit (a job of more: several commits, the job with its last ones)
@@ -553,13 +550,8 @@ class Lifecycle:
         ``scenario_memory``) where it asks none and its herd's quota limits them: its slice is
         limited to them and they count."""
         cpu, memory = self.default_request
-        if task.scenario is not None:
-            memory = self.scenario_memory
-        given: dict[str, float | int] = {}
-        if herd.quota.cpu and not task.resources.cpu:
-            given["cpu"] = min(cpu, herd.quota.cpu)
-        if herd.quota.memory and not task.resources.memory:
-            given["memory"] = min(memory, herd.quota.memory)
+        default = {"cpu": cpu, "memory": self.scenario_memory if task.scenario is not None else memory}
+        given = {name: min(default[name], getattr(herd.quota, name)) for name in unbooked(herd.quota, task.resources)}
         if not given:
             return task
         return task.model_copy(update={"resources": task.resources.model_copy(update=given)})
@@ -577,7 +569,7 @@ class Lifecycle:
             if over:
                 raise Refused(f"herd {herd.name!r}: the task alone exceeds the herd's quota: {over}")
             if unasked := unbooked(herd.quota, task.resources):  # (its quota set since it was given defaults)
-                raise Refused(f"herd {herd.name!r} now has a {unasked} quota: submit the job again")
+                raise Refused(f"herd {herd.name!r} now has a {unasked[0]} quota: submit the job again")
             if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
                 nodes = [v.record for v in self.store.nodes()]  # (one that just joined: not in a view yet)
             if nodes and all(never_fits(task.resources, n.capacity) for n in nodes):
