@@ -197,15 +197,16 @@ class _ChunkParser:
             bad.sort(key=lambda m: m.position)
             yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
 
-    @property
-    def convert(self) -> pacsv.ConvertOptions:
+    def convert(self, text: bool = False) -> pacsv.ConvertOptions:
         if self.raw:
             return pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True)
-        return pacsv.ConvertOptions(column_types=self.types, strings_can_be_null=True)
+        types = dict.fromkeys(self.names, pa.string()) if text else self.types
+        return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
 
-    def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
-        """The chunk's records as a batch, the ones with a wrong column count in ``invalid``.
-        More than MAX_MALFORMED of those: ArrowInvalid (the caller reads the chunk in pieces)."""
+    def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow], text: bool = False) -> pa.RecordBatch:
+        """The chunk's records as a batch (``text``: every column as text), the ones with a
+        wrong column count in ``invalid``. More than MAX_MALFORMED of those: ArrowInvalid (the
+        caller reads the chunk in pieces)."""
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             invalid.append(row)
@@ -216,7 +217,7 @@ class _ChunkParser:
             # one block for the whole chunk: one batch, and row numbers counted from its start
             read_options=pacsv.ReadOptions(column_names=self.names, use_threads=False, block_size=len(chunk) + 1),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
-            convert_options=self.convert,
+            convert_options=self.convert(text),
         )
         if table.num_rows == 0:
             return pa.RecordBatch.from_pylist([], schema=table.schema)
@@ -284,10 +285,19 @@ class _ChunkParser:
                 bad.append(Malformed(first_line + i, reason, _text(line)))
                 lines[i] = b""  # blank: the other lines keep their numbers
         invalid: list[pacsv.InvalidRow] = []
+        joined = b"\n".join(lines) + b"\n"
         try:
-            batch = self._read(b"\n".join(lines) + b"\n", invalid)
+            batch = self._read(joined, invalid)
         except pa.ArrowInvalid as exc:
-            raise self._error(first_line, len(lines), exc) from None
+            if self.raw or self.types is None:
+                raise self._error(first_line, len(lines), exc) from None
+            # (no contract) a value the types of the first rows refuse: these lines as text,
+            # which the slice holds to those types row by row (runink.core.dataplane.conform)
+            invalid = []
+            try:
+                batch = self._read(joined, invalid, text=True)
+            except pa.ArrowInvalid:
+                raise self._error(first_line, len(lines), exc) from None
         records = np.flatnonzero(kept) + first_line  # the file line of each record
         found = batch.num_rows + len(invalid)
         if found != len(records):  # cannot be, as long as closed() parses as pyarrow does

@@ -87,9 +87,10 @@ EXACT_NUMBER = pa.decimal128(38, 18)
 
 def _read_json(lines: list[bytes], raw: bool, exact: Sequence[str] = ()) -> pa.Table | None:
     """The lines as pyarrow reads them, one row for each; None if it cannot read them so (it
-    makes two rows of two objects on one line). For a contract (``raw``), the columns pyarrow
-    typed otherwise than they are written are read again, once, all of them together: strings
-    that look like a timestamp ("2026-01-01" became "2026-01-01 00:00:00") as text, and the
+    makes two rows of two objects on one line). The columns pyarrow typed otherwise than they
+    are written are read again, once, all of them together: strings that look like a timestamp
+    as text (JSON has no timestamps: "2026-01-01" became 2026-01-01 00:00:00, written back as
+    "2026-01-01T00:00:00+00:00"; a contract types them), and for a contract (``raw``) the
     numbers of ``exact`` as decimals (ArrowInvalid if one needs more digits than EXACT_NUMBER
     has: the caller reads its lines one by one)."""
     data = pa.py_buffer(b"".join(lines))
@@ -97,7 +98,7 @@ def _read_json(lines: list[bytes], raw: bool, exact: Sequence[str] = ()) -> pa.T
     options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
     try:
         table = pajson.read_json(pa.BufferReader(data), read_options=options)
-        again = [] if not raw else _timestamps_as_text(table.schema)
+        again = _timestamps_as_text(table.schema)
         if raw and exact:
             floats = (f for f in table.schema if f.name in exact and pa.types.is_floating(f.type))
             again += [pa.field(f.name, EXACT_NUMBER) for f in floats]
