@@ -460,6 +460,20 @@ def test_a_job_cannot_stretch_its_timeout_over_an_agent_restart(slurm: Any, tmp_
         second.close()
 
 
+def test_a_job_that_deletes_its_start_marker_gains_no_time(slurm_executor: Executor, tmp_path: Path) -> None:
+    """Without a marker the start is Slurm's StartTime: it was "now" once Slurm had shown the
+    job running for NO_MARKER_AFTER (5) seconds, which its timeout then counted from."""
+    remove = "rm -f ../tasks/$RUNINK_ID/state/started; exec sleep 60"
+    spec = _spec(tmp_path, "sh", "-c", remove, timeout=3)
+    spec = dataclasses.replace(spec, env={**spec.env, "RUNINK_ID": spec.id})
+    submitted = time.time()
+    slurm_executor.start(spec)
+    result = slurm_executor.wait(spec.id, 30)
+    assert result is not None and result.state is TaskState.DEADLINE_EXCEEDED, result
+    # (Slurm's StartTime is to the second: the second after it counts)
+    assert result.started_at - submitted < 3.5, "its timeout counted from when the marker was missed"
+
+
 def test_recover_refuses_a_foreign_or_forged_handle(slurm_executor: Executor) -> None:
     with pytest.raises(TaskRejectedError, match="driver 'process'"):
         slurm_executor.recover(TaskHandle("x", "process", "/tmp/x", 0.0))
