@@ -44,7 +44,12 @@ from msgspec import Meta, field
 
 from runink.core import structs
 from runink.core.errors import ConfigError
-from runink.core.units import MAX_MEMORY, MAX_PIDS, parse_duration, parse_memory
+from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name, parse_duration, parse_memory
+
+#: HOST:PORT, the port 0-65535
+ADDRESS = re.compile(
+    r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+)
 
 ENV_PREFIX = "RUNINK_"
 #: environment variables that are not config keys (read elsewhere).
@@ -410,12 +415,17 @@ class MetricsConfig(Section):
     #: HOST:PORT where runink server, agent, barn serve or run serves /metrics for Prometheus (off
     #: when unset; their --metrics, run's --metrics-port; other commands ignore it). Plain HTTP:
     #: keep it on loopback or a network you trust.
-    address: Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}\Z")] | None = None
+    address: Annotated[str, Meta(max_length=300)] | None = None
+
+    def __post_init__(self) -> None:
+        # (a port past 65535 was taken, and nothing listened)
+        if self.address is not None and not ADDRESS.fullmatch(self.address):
+            raise InvalidField("address", f"{self.address!r}: expected HOST:PORT (a port 0-65535; [v6]:PORT)")
 
 
 class RunConfig(Section):
     #: Scenarios run at once by `runink run` (0: one per cpu).
-    max_parallel: Annotated[int, Meta(ge=0)] = 0
+    max_parallel: Annotated[int, Meta(ge=0, le=10_000)] = 0
     #: A scenario whose invalid rows pass this percent of the rows it read fails, its outputs not
     #: published (--fail-on-invalid of runink run; unset: invalid rows never fail a scenario).
     fail_on_invalid: Annotated[float, Meta(ge=0, le=100)] | None = None
@@ -472,6 +482,11 @@ class RuninkConfig(Section):
         _absolute_path(self.data_dir, "data_dir")
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise InvalidField("data_dir", f"{str(self.data_dir)!r} is not a folder")
+        for herd in self.herds:  # ([herds.Finance] was taken, and matched no herd: none has that name)
+            try:
+                check_name(herd, "herd")
+            except ValueError as exc:
+                raise InvalidField(f"herds.{herd}", str(exc)) from None
 
     @property
     def sources(self) -> dict[str, str]:

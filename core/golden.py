@@ -16,18 +16,21 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runink.core.agent.scenarios import ScenarioRun
 from runink.core.config import RuninkConfig
 from runink.core.datasets import resolve_dataset
 from runink.core.drivers import load_driver
+from runink.core.errors import RuninkError
 from runink.core.interfaces import Storage
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario, CompiledSink, compile_pipeline
 from runink.core.pipeline.dsl import DslError
+from runink.core.project_files import open_folder_below, read_below, write_below
 from runink.core.runner import LocalRunner
 
 MAX_DIFFS = 5
@@ -78,7 +81,14 @@ def golden_scenarios(compiled: CompiledPipeline) -> list[CompiledScenario]:
 
 
 def _golden_dir(compiled: CompiledPipeline, item: CompiledScenario) -> Path:
-    return (compiled.pipeline.base_dir / str(item.scenario.golden)).resolve()
+    """The scenario's golden folder: inside the pipeline's, reached through no symbolic link
+    (the runner writes there with --update, often as root, and prints what it reads)."""
+    base = compiled.pipeline.base_dir
+    try:
+        os.close(open_folder_below(base, PurePosixPath(str(item.scenario.golden)), "@golden folder"))
+    except RuninkError as exc:
+        raise DslError(item.scenario.at, str(exc)) from None
+    return base / str(item.scenario.golden)
 
 
 def _input_path(compiled: CompiledPipeline, item: CompiledScenario) -> Path:
@@ -95,6 +105,11 @@ def run_golden(
     """Run one golden scenario in isolation and compare (or update) its outputs."""
     directory = _golden_dir(compiled, item)
     source_path = _input_path(compiled, item)
+    names = [sink.ref.path.name for sink in item.sinks]
+    if len(set(names)) < len(names):
+        shared = next(name for name in names if names.count(name) > 1)
+        why = f"@golden: two sinks write files named {shared} (expected rows are kept by file name): rename one"
+        raise DslError(item.scenario.at, why)
     with tempfile.TemporaryDirectory(prefix="runink-golden-") as tmp:
         out_dir = Path(tmp)
         source = resolve_dataset(f"{item.source.format}://{source_path}", compiled.pipeline.base_dir)
@@ -122,22 +137,46 @@ def run_golden(
         name = compiled.pipeline.name
         if run.state != "SUCCEEDED":
             return GoldenResult(name, item.name, "error", [run.error or run.state], run)
-        expected_dir = directory / "expected"
         differences: list[str] = []
         for sink in sinks:
             actual = read_rows(sink.ref.path, sink.ref.format)
-            expected_file = expected_dir / f"{sink.ref.path.name}.jsonl"
+            expected_name = f"expected/{sink.ref.path.name}.jsonl"
             if update:
-                expected_dir.mkdir(parents=True, exist_ok=True)
-                expected_file.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in actual))
+                rows = "".join(json.dumps(row, sort_keys=True) + "\n" for row in actual)
+                write_below(directory, expected_name, rows.encode(), "expected file")
                 continue
-            if not expected_file.exists():
-                differences.append(f"{expected_file}: missing (run `runink test --update` to record it)")
+            try:
+                expected = _expected_rows(directory, expected_name)
+            except FileNotFoundError:
+                differences.append(f"{directory / expected_name}: missing (run `runink test --update` to record it)")
                 continue
-            expected = [json.loads(line) for line in expected_file.read_text().splitlines() if line.strip()]
+            except RuninkError as exc:
+                differences.append(str(exc))
+                continue
             differences.extend(_diff(sink.ref.path.name, expected, actual))
         status = "updated" if update else ("failed" if differences else "passed")
         return GoldenResult(name, item.name, status, differences, run)
+
+
+def _expected_rows(directory: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of an expected file (a regular file, through no link, bounded); RuninkError
+    naming file:line for one that is not a JSON object, FileNotFoundError if there is none."""
+    path = directory / name
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)
+    data = read_below(directory, name, "expected file")
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise RuninkError(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise RuninkError(f"{path}:{number}: expected a JSON object (one row), got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def _diff(label: str, expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> list[str]:
@@ -157,9 +196,12 @@ def _diff(label: str, expected: list[dict[str, Any]], actual: list[dict[str, Any
 
 
 def find_pipelines(path: Path) -> list[Path]:
-    if path.is_file():
+    """``path`` if it is not a folder, else the .dsl files in it (not in hidden folders; a
+    FIFO or a device named .dsl is none: the parser would block on it or read it forever)."""
+    if not path.is_dir():
         return [path]
-    return sorted(p for p in path.rglob("*.dsl") if not any(part.startswith(".") for part in p.parts))
+    found = (p for p in path.rglob("*.dsl") if not any(part.startswith(".") for part in p.parts))
+    return sorted(p for p in found if p.is_file())
 
 
 def load(path: Path, config: RuninkConfig | None = None) -> CompiledPipeline:

@@ -25,6 +25,7 @@ from runink.core.interfaces.storage import Storage
 from runink.core.model import Resources
 from runink.core.pipeline.compile import MAX_PROMPT_BYTES, CompiledScenario
 from runink.core.pipeline.model import AnnotateStep, CommandStep, StepRef
+from runink.core.project_files import read_below
 from runink.core.staging import Stage
 
 #: the data plane's entry point, run in the slice with the spec's path
@@ -213,11 +214,13 @@ def _step_spec(
     if isinstance(step, CommandStep):
         return CommandSpec(step.command, step.shell, step.format)
     if isinstance(step, AnnotateStep):
-        path = base_dir / step.prompt
-        try:
-            text = path.read_bytes()[:MAX_PROMPT_BYTES].decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RuninkError(f"{step.at}: @annotate: cannot read prompt file {path}: {exc}") from None
+        try:  # (in the pipeline's folder, through no link: a node reads it as root)
+            text = read_below(base_dir, step.prompt, "prompt file", limit=MAX_PROMPT_BYTES).decode("utf-8")
+        except RuninkError as exc:
+            raise RuninkError(f"{step.at}: @annotate: {exc}") from None
+        except UnicodeDecodeError as exc:
+            why = f"prompt file {step.prompt}: not UTF-8 text ({exc.reason})"
+            raise RuninkError(f"{step.at}: @annotate: {why}") from None
         # (its API key goes in the slice's environment, never in the spec file: _annotator_env)
         options = {k: v for k, v in config.annotator.options.items() if k != "api_key"}
         if step.model:

@@ -236,3 +236,18 @@ def test_a_config_that_cannot_be_used_is_one_line_naming_file_and_line(
     with pytest.raises(ConfigError) as raised:
         load_config(file, environ={})
     assert str(raised.value) == f"{tmp_path}/{message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # each was taken: nothing listened on the port, the herd's policy matched no herd
+        ('[metrics]\naddress = "127.0.0.1:99999"\n', "metrics.address: '127.0.0.1:99999': expected HOST:PORT"),
+        ('[herds.Finance]\ndrift = "block"\n', "herds.Finance: herd 'Finance': expected 1-63 lower-case letters"),
+        ("[run]\nmax_parallel = 1000000000000\n", "run.max_parallel: Expected `int` <= 10000"),
+    ],
+)
+def test_values_that_could_never_work_are_refused_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    file = write(tmp_path / "runink.toml", text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(file, environ={})

@@ -371,3 +371,9 @@ def test_secrets_of_one_scenario_are_all_files_or_all_variables_too(tmp_path: Pa
     )
     with pytest.raises(DslError, match=r"p.dsl:4:5: @secrets: env=True here, env=False on this scenario"):
         parse_file(dsl)
+
+
+def test_a_string_with_half_a_utf16_pair_is_refused_where_it_is() -> None:
+    # "out/\ud800.csv" passed the parser and failed later as an internal error (no character)
+    with pytest.raises(DslError, match=r"^p.dsl:3:5: @sink: a string holds half of a UTF-16 pair"):
+        parse('Feature: f\n  Scenario: a\n    @sink("out/\\ud800.csv")\n', "p.dsl")

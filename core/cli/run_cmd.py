@@ -21,9 +21,11 @@ from runink.core.pipeline.compile import CompiledPipeline, compile_pipeline
 from runink.core.pipeline.dsl import parse_file
 
 if TYPE_CHECKING:  # the runner (the lifecycle, the agent) is imported by the commands that run
+    from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
+    from runink.core.golden import GoldenResult
     from runink.core.runner import RunResult
 
 #: the index of good code checks of `--dry-run` (index_store.cache_file(CODE_CHECKS))
@@ -390,8 +392,6 @@ def golden_test_command(
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Run every @golden scenario on its recorded input and diff its outputs with the expected ones."""
-    from rich.markup import escape
-
     from runink.core import golden
     from runink.core.drivers import pipeline_executor
     from runink.core.runner import LocalRunner
@@ -406,25 +406,32 @@ def golden_test_command(
     results = []
     err = console(stderr=True)
     for file in files:
-        compiled = golden.load(file, config)
+        try:
+            compiled = golden.load(file, config)
+        except RuninkError as exc:
+            if len(files) == 1:
+                raise
+            # (one pipeline of a folder that does not compile: said, and the others tested)
+            outcomes = [golden.GoldenResult(str(file), "", "error", [str(exc)])]
+            _print_outcomes(err, file, outcomes, json_output)
+            results.extend(outcomes)
+            continue
         scenarios = golden.golden_scenarios(compiled)
         if not scenarios:
             continue
         executor = pipeline_executor(config, compiled.limits_asked(), manager, quiet=True)
         runner = LocalRunner(config, manager, executor)
+        outcomes = []
         try:
-            outcomes = [golden.run_golden(runner, compiled, item, update=update) for item in scenarios]
+            for item in scenarios:
+                try:
+                    outcomes.append(golden.run_golden(runner, compiled, item, update=update))
+                except RuninkError as exc:
+                    outcomes.append(golden.GoldenResult(compiled.pipeline.name, item.name, "error", [str(exc)]))
         finally:
             executor.close()
-        for item, outcome in zip(scenarios, outcomes, strict=True):
-            results.append(outcome)
-            if not json_output:
-                colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")
-                err.print(
-                    f"[{colour}]{outcome.status.upper()}[/] {escape(str(file))}: {escape(item.name)}", highlight=False
-                )
-                for line in outcome.differences:
-                    err.print(f"    {escape(line)}", highlight=False)
+        _print_outcomes(err, file, outcomes, json_output)
+        results.extend(outcomes)
     if json_output:
         print_json([r.to_json() for r in results])
     if not results:
@@ -434,6 +441,19 @@ def golden_test_command(
         err.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _print_outcomes(err: Console, file: Path, outcomes: list[GoldenResult], json_output: bool) -> None:
+    from rich.markup import escape
+
+    if json_output:
+        return
+    for outcome in outcomes:
+        colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")
+        named = f"{file}: {outcome.scenario}" if outcome.scenario else str(file)
+        err.print(f"[{colour}]{outcome.status.upper()}[/] {escape(named)}", highlight=False)
+        for line in outcome.differences:
+            err.print(f"    {escape(line)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -29,12 +29,14 @@ from runink.core.command_step import CommandError
 from runink.core.command_step import check as check_command_line
 from runink.core.datasets import REMOTE_SCHEMES, DatasetError, DatasetRef, resolve_dataset
 from runink.core.drivers import driver_names
+from runink.core.errors import RuninkError
 from runink.core.interfaces import Storage
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
 from runink.core.pipeline.model import AnnotateStep, CommandStep, Location, Pipeline, Scenario, Sink, StepRef
+from runink.core.project_files import read_below, read_regular
 
 # The built-in formats' options and their kinds (a third-party format checks its own): a
 # wrong kind is a .dsl error at its line, not a TypeError in the slice
@@ -195,11 +197,10 @@ def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> Datas
 def _check_annotate(scenario: Scenario, step: AnnotateStep, base_dir: Path) -> None:
     """The prompt file is there (read by the node that runs the scenario); the records go to
     a model over the network, which the scenario must be granted."""
-    prompt = base_dir / step.prompt
-    if not prompt.is_file():
-        raise DslError(step.at, f"@annotate: prompt file {step.prompt} does not exist (beside the pipeline: {prompt})")
-    if prompt.stat().st_size > MAX_PROMPT_BYTES:
-        raise DslError(step.at, f"@annotate: prompt file {step.prompt} is over {MAX_PROMPT_BYTES} bytes")
+    try:  # (in the pipeline's folder, through no link: the node reads it as root)
+        read_below(base_dir, step.prompt, "prompt file", limit=MAX_PROMPT_BYTES)
+    except RuninkError as exc:
+        raise DslError(step.at, f"@annotate: {exc}") from None
     if not scenario.network:
         raise DslError(step.at, f"@annotate sends records to a model: scenario {scenario.name!r} needs @network")
 
@@ -371,9 +372,15 @@ def _check_reference(ref: str, base_dir: Path, at: Location, what: str, kinds: o
     if file.suffix != ".py":
         return  # compiled extension: cannot inspect without importing; the slice will tell
     try:
-        tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
+        source = read_regular(file, f"{what} module")
+    except RuninkError as exc:
+        raise DslError(at, f"{what} {ref!r}: {exc}") from None
+    try:
+        tree = ast.parse(source, str(file))  # (bytes: a PEP 263 coding line is honoured, as Python does)
     except SyntaxError as exc:
         raise DslError(at, f"{what} {ref!r}: {file}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (MemoryError, RecursionError, ValueError) as exc:  # nested too deep; a NUL byte
+        raise DslError(at, f"{what} {ref!r}: {file}: Python cannot parse it ({type(exc).__name__})") from None
     defined, starred = _module_names(tree.body)
     if attribute not in defined and not starred:  # (a `from x import *` may bring it: the slice tells)
         raise DslError(at, f"{what} {ref!r}: {file.name} defines no {attribute!r}")

@@ -49,6 +49,7 @@ from runink.core.pipeline.model import (
     Source,
     StepRef,
 )
+from runink.core.project_files import read_regular
 from runink.core.units import check_name, parse_duration
 
 
@@ -111,20 +112,33 @@ class Annotation:
     at: Location
 
 
+MAX_DSL_BYTES = 16 << 20  # a .dsl file, at most (the parser holds a few times its size)
+
+
 def parse_file(path: Path | str) -> Pipeline:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RuninkError(f"pipeline file {path} does not exist") from None
-    except OSError as exc:
-        raise RuninkError(f"cannot read pipeline file {path}: {exc.strerror}") from None
+    data = read_regular(path, "pipeline file", limit=MAX_DSL_BYTES)  # (no FIFO, no /dev/zero)
     try:
         text = data.decode("utf-8-sig")  # (a BOM, as some editors write, is no text of the pipeline)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DslError(Location(str(path), line, 1), f"not UTF-8 text ({exc.reason})") from None
     return parse(text, path)
+
+
+#: characters Python's str.splitlines() breaks lines at, besides \n and \r\n: an editor may
+#: show a new line where grep and a reviewer's diff show one line (a comment there hid an
+#: @secrets annotation), so a .dsl may not hold them
+_OTHER_BREAKS = re.compile("\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _check_line_breaks(text: str, name: str) -> None:
+    found = _OTHER_BREAKS.search(text)
+    if found is not None:
+        line = text.count("\n", 0, found.start()) + 1
+        column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+        code = f"U+{ord(found.group()):04X}"
+        raise DslError(Location(name, line, column), f"a line break other than \\n ({code}): write one \\n, or none")
 
 
 def parse(text: str, path: Path | str = "<string>") -> Pipeline:
@@ -146,7 +160,9 @@ def parse(text: str, path: Path | str = "<string>") -> Pipeline:
             scenarios.append(current)
             current = None
 
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+    _check_line_breaks(text, name)
+    for number, line_read in enumerate(text.split("\n"), start=1):
+        raw_line = line_read.removesuffix("\r")
         stripped = raw_line.strip()
         column = len(raw_line) - len(raw_line.lstrip()) + 1
         at = Location(name, number, column)
@@ -295,6 +311,8 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
         raise DslError(at, f"@{name}: arguments must be literals (strings, numbers, lists, True/False)") from None
     if any(kw.arg is None for kw in node.keywords):
         raise DslError(at, f"@{name}: **arguments are not allowed")
+    if _has_surrogate([args, kwargs]):
+        raise DslError(at, f"@{name}: a string holds half of a UTF-16 pair (a \\ud800-\\udfff escape): no character")
     try:
         bound = inspect.signature(SIGNATURES[name]).bind(*args, **kwargs)
     except TypeError as exc:
@@ -303,6 +321,16 @@ def _parse_annotation(text: str, at: Location) -> Annotation:
     _check_types(name, values, at)
     extra = values.pop("options", {})
     return Annotation(name, {**values, **extra, **({"options": extra} if extra else {})}, at)
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return _has_surrogate(list(value.keys())) or _has_surrogate(list(value.values()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_surrogate(v) for v in value)
+    return False
 
 
 # the annotations whose arguments are checked here by their signature's types; the others

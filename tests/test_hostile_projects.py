@@ -1,0 +1,122 @@
+"""A pipeline project from someone else, run by `runink run` / `runink test` (often as root):
+the files the runner reads and writes in it (a review's findings, each reproduced first)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from fixture_types import CliRunner
+
+PIPELINE = 'Feature: Copy\n  @golden("golden/t")\n  Scenario: Copy\n    @source("csv://data/in.csv")\n{sinks}'
+ONE_SINK = '    @sink("csv://out/copy.csv")\n'
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "golden" / "t" / "expected").mkdir(parents=True)
+    (root / "data" / "in.csv").write_text("x\nfirst\n")
+    (root / "golden" / "t" / "input.csv").write_text("x\nfirst\n")
+    (root / "pipeline.dsl").write_text(PIPELINE.format(sinks=ONE_SINK))
+    return root
+
+
+def test_update_replaces_a_linked_expected_file_and_never_writes_through_it(
+    run_cli: CliRunner, project: Path, tmp_path: Path
+) -> None:
+    # The link's target (~/.bashrc, say) was overwritten as root with rows the project chose.
+    victim = tmp_path / "victim.sh"
+    victim.write_text("echo mine\n")
+    expected = project / "golden" / "t" / "expected" / "copy.csv.jsonl"
+    expected.symlink_to(victim)
+    out = run_cli("test", "--update", cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert victim.read_text() == "echo mine\n"
+    assert not expected.is_symlink() and json.loads(expected.read_text()) == {"x": "first"}
+    assert run_cli("test", cwd=project).returncode == 0
+
+
+def test_a_golden_folder_reached_through_a_link_is_refused(run_cli: CliRunner, project: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (project / "golden" / "t").rename(elsewhere)
+    (project / "golden" / "t").symlink_to(elsewhere)
+    out = run_cli("test", "--update", cwd=project)
+    assert out.returncode != 0 and "symbolic link" in out.stderr, out.stderr
+    assert list((elsewhere / "expected").iterdir()) == []
+
+
+def test_an_expected_file_is_read_only_as_a_regular_file_of_the_project(
+    run_cli: CliRunner, project: Path, tmp_path: Path
+) -> None:
+    # A link to a root-only file was quoted in the diff; a FIFO hung; /dev/zero filled the memory.
+    expected = project / "golden" / "t" / "expected" / "copy.csv.jsonl"
+    secret = tmp_path / "secret"
+    secret.write_text('{"x": "TOP-SECRET"}\n')
+    expected.symlink_to(secret)
+    out = run_cli("test", cwd=project)
+    assert out.returncode == 1 and "symbolic link" in out.stderr and "TOP-SECRET" not in out.stderr + out.stdout
+    expected.unlink()
+    os.mkfifo(expected)
+    out = run_cli("test", cwd=project)
+    assert out.returncode == 1 and "not a regular file" in out.stderr, out.stderr
+    expected.unlink()
+    expected.write_text('{"x": "first"}\n[1, 2]\n')
+    out = run_cli("test", cwd=project)
+    assert out.returncode == 1 and f"{expected}:2: expected a JSON object (one row), got list" in out.stderr
+
+
+def test_two_sinks_of_one_file_name_cannot_share_an_expected_file(run_cli: CliRunner, project: Path) -> None:
+    # out/good/x.csv and out/bad/x.csv were compared with one expected file: a test passed falsely.
+    sinks = '    @sink("csv://out/good/copy.csv")\n    @sink("csv://out/bad/copy.csv", when="invalid")\n'
+    (project / "pipeline.dsl").write_text(PIPELINE.format(sinks=sinks))
+    out = run_cli("test", cwd=project)
+    assert out.returncode == 1
+    assert "@golden: two sinks write files named copy.csv (expected rows are kept by file name)" in out.stderr
+
+
+def test_a_pipeline_that_does_not_compile_is_an_error_and_the_others_are_tested(
+    run_cli: CliRunner, project: Path
+) -> None:
+    assert run_cli("test", "--update", cwd=project).returncode == 0
+    (project / "drafts").mkdir()
+    (project / "drafts" / "wip.dsl").write_text("Feature: draft\n")
+    os.mkfifo(project / "drafts" / "pipe.dsl")  # (no pipeline: skipped, never opened)
+    out = run_cli("test", cwd=project)
+    assert out.returncode == 1
+    assert "PASSED pipeline.dsl: Copy" in out.stderr and "ERROR drafts/wip.dsl" in out.stderr, out.stderr
+    assert "1 passed, 1 failed" in out.stderr
+
+
+def test_a_pipeline_file_that_is_no_regular_file_is_refused(run_cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "zero.dsl").symlink_to("/dev/zero")
+    out = run_cli("run", "zero.dsl", cwd=tmp_path)
+    assert out.returncode != 0 and "zero.dsl: not a regular file" in out.stderr, out.stderr
+
+
+def test_a_line_break_other_than_newline_is_refused_where_it_is(run_cli: CliRunner, project: Path) -> None:
+    # An editor showed a comment there; the parser read an @secrets annotation on a line of its own.
+    text = "Feature: Copy\n  # reviewed: nothing secret\u2028  @network\n"
+    (project / "pipeline.dsl").write_text(text)
+    out = run_cli("run", "pipeline.dsl", "--dry-run", cwd=project)
+    assert out.returncode == 2
+    assert "pipeline.dsl:2:29: a line break other than \\n (U+2028)" in out.stderr, out.stderr
+
+
+def test_an_annotate_prompt_outside_the_pipeline_s_folder_is_refused(
+    run_cli: CliRunner, project: Path, tmp_path: Path
+) -> None:
+    # It was read as root and handed to the slice: a root-only file reached the outputs.
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("secret")
+    steps = f'    @network\n    @annotate(prompt="{secret}", fields=["x"])\n' + ONE_SINK
+    (project / "pipeline.dsl").write_text(PIPELINE.format(sinks=steps).replace("  @golden", "  #"))
+    out = run_cli("run", "pipeline.dsl", "--dry-run", cwd=project)
+    assert out.returncode == 2 and "not a path inside the pipeline's folder" in out.stderr, out.stderr
+    (project / "p.txt").symlink_to(secret)
+    (project / "pipeline.dsl").write_text(PIPELINE.format(sinks=steps.replace(str(secret), "p.txt")))
+    out = run_cli("run", "pipeline.dsl", "--dry-run", cwd=project)
+    assert out.returncode == 2 and "symbolic link" in out.stderr, out.stderr
