@@ -23,9 +23,9 @@ from barn_cluster import Cluster, free_ports
 from fixture_types import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pysyncobj.journal import createJournal
 
 from runink.plugins.barn.raft._vendor.pysyncobj import syncobj
+from runink.plugins.barn.raft.journal import BarnJournal
 from runink.plugins.barn.raft.server import BarnServer, Member, ServerConfig
 from runink.plugins.barn.state import BarnState
 
@@ -54,7 +54,7 @@ def test_a_command_that_raises_is_an_error_result_and_the_state_goes_on() -> Non
 def _poison_journal(journal_path: Path) -> None:
     """Append a committed put whose lease is inf to a stopped member's journal, as if the
     HTTP validation had been bypassed (what `"lease": 1e400` made before it existed)."""
-    journal = createJournal(str(journal_path))
+    journal = BarnJournal(str(journal_path))
     try:
         regular = [entry for entry in (journal[i] for i in range(len(journal))) if entry[0][:1] == b"\x00"]
         func_id = raft_pickle.loads(regular[-1][0][1:])[0]  # BarnReplica.apply's id in this log

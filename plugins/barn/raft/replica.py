@@ -27,8 +27,10 @@ import functools
 import logging
 import os
 import pickle
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     SyncObjException,
     replicated,
 )
+from runink.plugins.barn.raft.journal import BarnJournal, BarnStorageError, fail_stop
 from runink.plugins.barn.raft.tls import TlsFiles, TlsTransport
 from runink.plugins.barn.state import DEFAULT_HISTORY_BYTES, DEFAULT_QUOTA_BYTES, BarnState, raise_for
 
@@ -128,6 +131,48 @@ class BarnReplica(SyncObjConsumer):
         self.on_change()
 
 
+SNAPSHOT_MAGIC = b"RUNINK-BARN-SNAPSHOT\n"
+SNAPSHOT_SUM = struct.Struct("<QI")  # the pickled state's length and crc32
+
+
+class _Summed:
+    """A file the pickled snapshot is written to, counting its bytes and their crc32."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.length, self.crc = out, 0, 0
+
+    def write(self, data: bytes) -> int:
+        self.length += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        return int(self.out.write(data))
+
+
+def read_snapshot(path: str) -> bytes:
+    """The pickled state of a snapshot file, checked against its checksum (one written before
+    checksums: taken as it is); BarnStorageError if it is damaged, FileNotFoundError if none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise BarnStorageError(f"{path}: {exc.strerror or exc} (a member's files are opened through no link)") from None
+    with os.fdopen(fd, "rb") as source:
+        data = source.read()
+    if not data.startswith(SNAPSHOT_MAGIC):
+        if data.startswith(b"\x80"):  # (a pickle: written before snapshots had a checksum)
+            return data
+        raise BarnStorageError(f"{path}: not a Barn snapshot (its header): the file is damaged")
+    start = len(SNAPSHOT_MAGIC) + SNAPSHOT_SUM.size
+    length, crc = SNAPSHOT_SUM.unpack_from(data, len(SNAPSHOT_MAGIC)) if len(data) >= start else (-1, 0)
+    payload = memoryview(data)[start:]
+    if length != len(payload) or zlib.crc32(payload) != crc:
+        raise BarnStorageError(
+            f"{path}: the snapshot does not match its checksum: the file is damaged "
+            "(move this member's data dir away and add it again: the others hold the state)"
+        )
+    return bytes(payload)
+
+
 class BarnNode(SyncObj):
     """The Raft member: pysyncobj commits commands, ``BarnReplica`` applies them.
 
@@ -138,6 +183,8 @@ class BarnNode(SyncObj):
 
     def __init__(self, config: ServerConfig) -> None:
         private_folder(config.data_dir)
+        with contextlib.suppress(FileNotFoundError):  # (a damaged snapshot: one line, before it serves)
+            read_snapshot(str(config.data_dir / "raft.dump"))
         timeout = config.election_timeout
         conf = SyncObjConf(
             autoTick=True,
@@ -162,6 +209,7 @@ class BarnNode(SyncObj):
             **config.extra,
         )
         conf.runinkFsync = config.fsync
+        conf.runinkJournal = BarnJournal  # checksummed records, fail-stop (journal.py)
         # entries stay in memory until a snapshot replaces them: bounded by their bytes too
         conf.runinkCompactionBytes = config.compaction_bytes or None
         # pysyncobj unpickles what peers send: without a shared secret anyone who can connect
@@ -191,20 +239,31 @@ class BarnNode(SyncObj):
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica], **transport)
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
-        """(tick thread, at log compaction) The state and pysyncobj's own record, to ``path``;
-        pysyncobj renames it into place, fsynced with its directory (vendored syncobj.py, fix 7)."""
+        """(tick thread, at log compaction) The state and pysyncobj's own record, to ``path``,
+        behind a header holding its checksum; pysyncobj renames it into place, fsynced with its
+        directory (vendored syncobj.py, fix 7)."""
         with self.replica.lock:
             barn = self.replica.state.snapshot()
-        with open(path, "wb") as out:
-            pickle.dump({"format": 1, "barn": barn, "raft": raft_data}, out, protocol=pickle.HIGHEST_PROTOCOL)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # (a link left there is removed, never written through)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(SNAPSHOT_MAGIC + b" " * SNAPSHOT_SUM.size)  # (its sum, once written)
+            summed = _Summed(out)
+            pickle.dump({"format": 1, "barn": barn, "raft": raft_data}, summed, protocol=pickle.HIGHEST_PROTOCOL)
+            out.seek(len(SNAPSHOT_MAGIC))
+            out.write(SNAPSHOT_SUM.pack(summed.length, summed.crc))
             out.flush()
             if self._fsync:
                 os.fsync(out.fileno())
 
     def _read_snapshot(self, path: str) -> Any:
-        """(at start, and when the leader sent a snapshot) Restore the state; pysyncobj's record."""
-        with open(path, "rb") as source:
-            data = pickle.load(source)
+        """(at start, and when the leader sent a snapshot) Restore the state; pysyncobj's record.
+        A snapshot that fails its checksum stops the member (it was checked at start already)."""
+        try:
+            data = pickle.loads(read_snapshot(path))
+        except BarnStorageError as exc:
+            fail_stop(str(exc))
         self.replica.restore(data["barn"])
         return data["raft"]
 

@@ -1,5 +1,5 @@
 # Vendored from pysyncobj 0.3.17 (https://github.com/bakwc/PySyncObj, MIT licence,
-# Copyright (c) 2016 Filipp Ozinov) by Runink, with eleven changes, each marked "[runink fix]":
+# Copyright (c) 2016 Filipp Ozinov) by Runink, with thirteen changes, each marked "[runink fix]":
 #
 # 1. A follower handling append_entries truncated its log after prevLogIdx whenever it held
 #    more entries than that, even when they matched the new ones (a late or duplicated
@@ -63,6 +63,11 @@
 #    appended since the last snapshot began, besides pysyncobj's count and time: every entry's
 #    command stays in memory until then, and 300 overwrites of a 1 MiB value within the minute
 #    held ~1 GiB in a member.
+# 13. The journal is the one ``conf.runinkJournal`` makes from the journal file's path when set
+#    (plugins/barn/raft/journal.py: checksummed records, a vote file that is checked, compaction
+#    by a new file renamed into place, fail-stop on a write error), and the sync before an
+#    acknowledgement also runs when the journal says it was written without growing (a
+#    follower replacing a conflicting tail of the same length acknowledged it unsynced).
 #
 # Everything else is pysyncobj's code, unchanged; the rest of the package is imported from
 # the installed pysyncobj (pinned <0.4 in pyproject.toml).
@@ -205,6 +210,9 @@ def _runinkSync(journal):
     # disk sync (~1.5 ms), stopping the API thread; fdatasync on the journal's file releases
     # it. On Linux the two are the same: pages written through a shared mapping are the
     # file's page cache, and fdatasync writes them back. The memory journal has nothing to sync.
+    if hasattr(journal, 'sync'):
+        journal.sync()
+        return
     resizable = getattr(journal, '_FileJournal__journalFile', None)
     handle = getattr(resizable, '_ResizableFile__f', None)
     if handle is not None:
@@ -310,7 +318,9 @@ class SyncObj(object):
         # Set while a leadership transfer (Raft 'TimeoutNow') is pending, to stop
         # the outgoing leader's heartbeats from postponing the forced election.
         self.__transferInProgress = False
-        self.__raftLog = createJournal(self.__conf.journalFile)
+        # [runink fix] the journal a factory in conf gives (checksummed records: raft/journal.py)
+        makeJournal = getattr(self.__conf, 'runinkJournal', None)
+        self.__raftLog = makeJournal(self.__conf.journalFile) if makeJournal and self.__conf.journalFile else createJournal(self.__conf.journalFile)
         if len(self.__raftLog) == 0:
             self.__raftLog.add(_bchr(_COMMAND_TYPE.NO_OP), 1, self.__raftCurrentTerm)
         # Restore raft persistent state (see raft paper §5 - currentTerm and votedFor
@@ -1541,7 +1551,8 @@ class SyncObj(object):
         if not getattr(self.__conf, 'runinkFsync', False):
             return
         last = self.__getCurrentLogIndex()
-        if last != self.__runinkFlushedIdx:
+        # (a replaced tail of the same length is new too: a journal that says so is synced)
+        if last != self.__runinkFlushedIdx or getattr(self.__raftLog, 'dirty', False):
             _runinkSync(self.__raftLog)
             self.__runinkFlushedIdx = last
 
