@@ -550,6 +550,8 @@ def load_config(
     if path is None and "RUNINK_CONFIG" in environ:
         path = environ["RUNINK_CONFIG"]
     file = Path(path) if path is not None else default_config_path()
+    # (./runink.toml came with the project: read only once the user trusted it, config_trust)
+    project = not explicit and file is not None and file == Path.cwd() / "runink.toml"
 
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -558,7 +560,7 @@ def load_config(
             if explicit:
                 raise ConfigError(f"config file {file} does not exist")
         else:
-            _merge_file(file, merged, sources)
+            _merge_file(file, merged, sources, project=project)
     _merge_env(environ, merged, sources)
     for key, raw in (overrides or {}).items():
         _set_dotted(merged, key, _coerce_text(key, raw), sources, "--set " + key)
@@ -590,13 +592,19 @@ def _rename_deprecated_keys(merged: dict[str, Any], sources: dict[str, str]) -> 
         warnings.warn(f"{origin}: {section}.{old} is deprecated: use {section}.driver", FutureWarning, stacklevel=3)
 
 
-def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str]) -> None:
+def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str], *, project: bool = False) -> None:
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    if project:  # (the bytes checked are the bytes read)
+        from runink.core.config_trust import check_trusted
+
+        check_trusted(file, data)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        at = file.read_bytes()[: exc.start].count(b"\n") + 1
+        at = data[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{file}:{at}: not UTF-8 text ({exc.reason})") from None
     try:
         data = tomllib.loads(text)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fixture_types import CliRunner, FakeDist, OnSysPath
+from trusted import trust_project_config
 
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Herd
@@ -87,6 +88,7 @@ def run_cli(tmp_path: Path) -> CliRunner:
     ) -> subprocess.CompletedProcess[str]:
         full_env = _clean_env(env)
         full_env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+        trust_project_config(cwd or tmp_path, tmp_path / "xdg")
         full_env.setdefault("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
         full_env.setdefault("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
         if pythonpath is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from http_stub import HttpStub, ok
+from trusted import trust_project_config
 
 # One CLI run in this process's interpreter; prints its exit status and which heavy modules it
 # loaded. FULL: the same through the full CLI only (typer), never the short path.
@@ -72,6 +73,7 @@ api = api_of()
 def _project(tmp_path: Path, server: HttpStub) -> dict[str, str]:
     """A project whose config names ``server``; the environment a CLI run gets."""
     (tmp_path / "runink.toml").write_text(f'herd = "team"\n[cluster]\nserver = "127.0.0.1:{server.port}"\n')
+    trust_project_config(tmp_path, tmp_path / "cfg")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
     return env | {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from trusted import trust_project_config
+
 # One CLI start: the cluster settings its state finds, and whether it loaded the config in full.
 PROBE = """
 import json, sys
@@ -50,6 +52,7 @@ def write_config(folder: Path, text: str) -> None:
     path.write_text(text)
     if path.stat().st_mtime_ns == before:  # (a coarse clock: make the edit visible)
         os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+    trust_project_config(folder, folder / "cfg")
 
 
 def test_kept_values_are_used_until_the_config_changes(tmp_path: Path) -> None:

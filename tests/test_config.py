@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from runink.core.config import RuninkConfig, Section, load_config
+from runink.core.config_trust import trust
 from runink.core.errors import ConfigError
 
 
@@ -66,6 +71,7 @@ def test_file_found_by_variable_cwd_and_xdg(tmp_path: Path, monkeypatch: pytest.
     write(xdg / "config.toml", 'herd = "from-xdg"\n')
     assert load_config().herd == "from-xdg"
     write(tmp_path / "runink.toml", 'herd = "from-cwd"\n')
+    trust(tmp_path / "runink.toml")  # (a project's file: test_a_project_config_is_read_once_trusted)
     assert load_config().herd == "from-cwd"
     other = write(tmp_path / "other.toml", 'herd = "from-var"\n')
     monkeypatch.setenv("RUNINK_CONFIG", str(other))
@@ -251,3 +257,42 @@ def test_values_that_could_never_work_are_refused_naming_the_key(tmp_path: Path,
     file = write(tmp_path / "runink.toml", text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(file, environ={})
+
+
+def test_a_project_config_is_read_once_trusted_and_again_after_each_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cloned project's ./runink.toml chose the process executor (its steps ran as root,
+    # unconfined), allowed "/" (its sinks overwrote files outside) and could name the server
+    # the CLI sends its token to.
+    monkeypatch.chdir(tmp_path)
+    project = write(tmp_path / "runink.toml", '[executor]\ndriver = "process"\n')
+    with pytest.raises(ConfigError, match=rf"^{project}: a project's config, not trusted yet: .*`runink config trust`"):
+        load_config()
+    trust(project)
+    assert load_config().executor.driver == "process"
+    write(project, '[executor]\ndriver = "process"\n[paths]\nallow = ["/"]\n')  # (a pull changed it)
+    with pytest.raises(ConfigError, match=rf"^{project}: changed since you trusted it"):
+        load_config()
+    assert load_config(project).paths.allow == [Path("/")]  # named by the user: theirs, no trust needed
+    assert load_config(environ={"RUNINK_CONFIG": str(project)}).paths.allow == [Path("/")]
+
+
+def test_runink_config_trust_lets_the_cli_read_the_file(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write(project / "runink.toml", 'herd = "team"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "c")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "runink", *args]
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    refused = cli("config", "show", "--json")
+    assert refused.returncode == 2 and "not trusted yet" in refused.stderr and "Traceback" not in refused.stderr
+    trusted = cli("config", "trust", "--json")
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["file"] == str((project / "runink.toml").resolve())
+    shown = cli("config", "show", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["config"]["herd"] == "team", shown.stderr

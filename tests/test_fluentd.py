@@ -6,6 +6,7 @@ repeated chunk id; past the bound lines are dropped and counted, never waited fo
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import msgpack
 import pytest
 from fixture_types import CliRunner
+from trusted import trust_project_config
 
 from runink.core import metrics
 from runink.core.config import RuninkConfig
@@ -268,6 +270,7 @@ def test_a_collector_stopped_mid_run_and_started_again_still_gets_every_line(
     (project / "runink.toml").write_text(
         f'[log]\nslice_output = true\n[plugin.fluentd]\nhost = "127.0.0.1"\nport = {receiver.port}\nack_timeout = 0.5\n'
     )
+    trust_project_config(project, Path(os.environ["XDG_CONFIG_HOME"]))
     command = [sys.executable, "-m", "runink", "run", "p.dsl", "--set", "executor.driver=process"]
     running = subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     again: Receiver | None = None

@@ -17,6 +17,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from trusted import trust_project_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "runink-example-plugins"
@@ -82,6 +83,7 @@ def test_example_drivers_are_selected_by_name(venv_python: Path, tmp_path: Path)
     (tmp_path / "runink.toml").write_text(
         '[executor]\ndriver = "nice"\noptions = { niceness = 7 }\n\n[scheduler]\ndriver = "cheapest"\n'
     )
+    trust_project_config(tmp_path, Path(os.environ["XDG_CONFIG_HOME"]))
     script = textwrap.dedent(
         f"""
         import json, time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,7 +12,7 @@ from runink.core.cli.output import print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.logs import MASK, redact
 
-app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app = typer.Typer(help="Show the effective configuration; trust a project's config file.", no_args_is_help=True)
 
 
 # A setting whose name says it holds a credential (a plugin's secret_key, api_key, password,
@@ -54,6 +55,23 @@ def show(ctx: typer.Context, json_output: bool = typer.Option(False, "--json", h
         return
     rows = [(key, value, config.source_of(key)) for key, value in _leaves(data)]
     print_table(f"config file: {config.file or '(none)'}", ["KEY", "VALUE", "SOURCE"], rows)
+
+
+@app.command("trust")
+def trust(
+    file: Path = typer.Argument(Path("runink.toml"), help="The project's config file (./runink.toml)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Trust a project's config file as it is now: read it first. A ./runink.toml (one that came
+    with a project) is read only once trusted, and again after each change: it can choose how
+    isolated the project's code runs, which paths it may write and where your token goes."""
+    from runink.core.config_trust import trust as record
+
+    sha256 = record(file)
+    if json_output:
+        print_json({"file": str(file.resolve()), "sha256": sha256})
+    else:
+        print(f"trusted {file.resolve()} as it is now (sha256 {sha256[:16]}...)")
 
 
 def register(app_: typer.Typer) -> None:

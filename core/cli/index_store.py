@@ -65,6 +65,8 @@ def fingerprint(config_path: Path | None, overrides: dict[str, str], env_prefix:
         os.environ.get("RUNINK_CONFIG", ""),
         os.path.join(os.getcwd(), "runink.toml"),
         os.path.join(os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config"), "runink", "config.toml"),
+        # (whether ./runink.toml may be read: core/config_trust.py)
+        os.path.join(os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config"), "runink", "trusted.json"),
     ]
     # sys.path[0] is the script's folder or, with `python -m`, the current one: left out, or
     # every file written there would throw the index away (entry points come from site dirs)

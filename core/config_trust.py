@@ -1,0 +1,98 @@
+"""Which project config files the user trusts (``runink config trust``).
+
+A ``runink.toml`` found in the current folder comes with the project, and a project may come
+from anyone: its config could choose the ``process`` executor (the project's code then runs
+unconfined, as the user, root included), allow paths outside the project (its sinks then
+overwrite them), or name a cluster server (the CLI then sends the user's token there). So such
+a file is read only once the user trusted it as it is now: its real path and the SHA-256 of
+its bytes, kept in ``$XDG_CONFIG_HOME/runink/trusted.json``; a change to the file (a pull)
+needs trusting again. A file named with ``--config`` or ``$RUNINK_CONFIG``, and the user's own
+``~/.config/runink/config.toml``, are the user's choice and need no trust (as direnv's
+``allow`` and mise's ``trust``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from runink.core.errors import ConfigError
+
+STORE_NAME = "trusted.json"
+MAX_TRUSTED = 10_000  # files kept, at most (the oldest go)
+
+
+def store_path() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "runink" / STORE_NAME
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_trusted(file: Path, data: bytes) -> bool:
+    """Whether the user trusted ``file`` with exactly these bytes."""
+    return _read_store().get(str(file.resolve())) == digest(data)
+
+
+def check_trusted(file: Path, data: bytes) -> None:
+    """ConfigError unless the user trusted ``file`` (found in the current folder) as it is."""
+    if is_trusted(file, data):
+        return
+    was = str(file.resolve()) in _read_store()
+    why = "changed since you trusted it" if was else "a project's config, not trusted yet"
+    raise ConfigError(
+        f"{file}: {why}: it can choose how isolated the project's code runs, which paths it may "
+        f"write and where the CLI sends your token. Read it, then run `runink config trust` "
+        f"(or name it with --config {file})"
+    )
+
+
+def trust(file: Path) -> str:
+    """Trust ``file`` as it is now; its SHA-256."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    store = _read_store()
+    store[str(file.resolve())] = digest(data)
+    kept = dict(list(store.items())[-MAX_TRUSTED:])
+    _write_store(kept)
+    return kept[str(file.resolve())]
+
+
+def _read_store() -> dict[str, str]:
+    path = store_path()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror} (the list of trusted config files)") from None
+    with os.fdopen(fd, "rb") as source:
+        data = source.read(16 << 20)
+    try:
+        stored = json.loads(data)
+        files = stored["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError("files")
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not a list of trusted config files (remove it and trust them again)") from None
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def _write_store(files: dict[str, str]) -> None:
+    path = store_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{STORE_NAME}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"version": 1, "files": files}, out, indent=1, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
