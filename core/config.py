@@ -594,17 +594,17 @@ def _rename_deprecated_keys(merged: dict[str, Any], sources: dict[str, str]) -> 
 
 def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str], *, project: bool = False) -> None:
     try:
-        data = file.read_bytes()
+        raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
     if project:  # (the bytes checked are the bytes read)
         from runink.core.config_trust import check_trusted
 
-        check_trusted(file, data)
+        check_trusted(file, raw)
     try:
-        text = data.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        at = data[: exc.start].count(b"\n") + 1
+        at = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{file}:{at}: not UTF-8 text ({exc.reason})") from None
     try:
         data = tomllib.loads(text)
