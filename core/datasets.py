@@ -48,17 +48,30 @@ class DatasetRef:
         return f"{self.format}://{self.path}"
 
 
-def resolve_dataset(uri: str, base_dir: Path) -> DatasetRef:
-    """Parse ``uri`` and make its path absolute against ``base_dir`` (the .dsl file's folder)."""
+def split_uri(uri: str) -> tuple[str, str]:
+    """A dataset URI's scheme (lower case; "" for a plain path or a ``file:`` URI) and its
+    path as written. ``file:`` URIs as RFC 8089 has them: ``file:///x``, ``file://localhost/x``
+    and ``file:/x`` are /x; one naming another host is refused (DatasetError)."""
     text = uri.strip()
-    if not text:
-        raise DatasetError("empty dataset URI")
     scheme, sep, rest = text.partition("://")
     if not sep:
-        scheme, rest = "", text
+        if text[:5].lower() == "file:":  # (file:/path: not a folder named "file:")
+            return "", text[5:]
+        return "", text
     scheme = scheme.lower()
-    if scheme == "file":
-        scheme = ""
+    if scheme != "file":
+        return scheme, rest
+    host, slash, path = rest.partition("/")
+    if host and host.lower() != "localhost":
+        raise DatasetError(f"dataset {uri!r}: a file URI names the host {host!r}: only this machine's files")
+    return "", slash + path
+
+
+def resolve_dataset(uri: str, base_dir: Path) -> DatasetRef:
+    """Parse ``uri`` and make its path absolute against ``base_dir`` (the .dsl file's folder)."""
+    if not uri.strip():
+        raise DatasetError("empty dataset URI")
+    scheme, rest = split_uri(uri)
     if scheme in REMOTE_SCHEMES:
         bucket, _, key = rest.partition("/")
         if not bucket or not key.strip("/"):

@@ -76,6 +76,9 @@ def check_drivers(config: RuninkConfig, plugins: Callable[[], PluginManager | No
     return problems
 
 
+ONE_FILE_FORMATS = frozenset({"csv", "jsonl", "parquet"})  # the built-in drivers: one file each
+
+
 def check_sources(compiled: CompiledPipeline) -> list[str]:
     """Sources that no scenario of the pipeline writes must exist and be readable."""
     problems = []
@@ -96,7 +99,11 @@ def check_sources(compiled: CompiledPipeline) -> list[str]:
             mode = os.fstat(fd).st_mode
         finally:
             os.close(fd)
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # (a folder only for a driver that reads folders: the built-in ones read one file each)
+        if stat.S_ISDIR(mode) and item.source.format in ONE_FILE_FORMATS:
+            why = f"{path} is a folder: the {item.source.format} driver reads one file"
+            problems.append(f"{at}: @source {uri!r}: {why}")
+        elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             problems.append(f"{at}: @source {uri!r}: {path} is not a regular file")
     return problems
 

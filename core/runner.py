@@ -318,7 +318,7 @@ class _EmbeddedPlane:
             slice_lines=slice_lines(runner.config, runner.manager, self.NODE),
             gpus=gpus,
         )
-        self.agent.register()
+        self.labels = dict(self.agent.register().labels)
         self.task_ids: dict[str, str] = {}
         self.transitions = TransitionLog(runner.manager, whole_history=True, failure_level="info")
 
@@ -331,6 +331,16 @@ class _EmbeddedPlane:
         pipeline = self.run.compiled.pipeline
         where = str(pipeline.file or pipeline.base_dir)
         tasks = pipeline_tasks(self.run.compiled, clamp=self.node)
+        for task in tasks:  # (it would wait forever: this machine is the one node there is)
+            missing = {k: v for k, v in task.node_labels.items() if self.labels.get(k) != v}
+            if missing:
+                asked = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
+                have = ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
+                at = self.run.compiled.get(task.scenario).scenario.at
+                raise RuninkError(
+                    f"{at}: scenario {task.scenario!r} asks for a node labelled {asked}; this machine's labels: "
+                    f"{have} (submit it to a cluster: runink submit)"
+                )
         job = self.lifecycle.submit_pipeline(self.run.herd, where, tasks, run=self.run.run_id)
         for versioned in self.store.job_tasks(job):
             task = versioned.record

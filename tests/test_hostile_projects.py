@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 from fixture_types import CliRunner
 
+from runink.core.datasets import DatasetError, resolve_dataset
+from runink.core.pipeline import PipelineBuilder
+from runink.core.pipeline.compile import compile_pipeline
+from runink.core.pipeline.dsl import DslError, parse_file
+
 PIPELINE = 'Feature: Copy\n  @golden("golden/t")\n  Scenario: Copy\n    @source("csv://data/in.csv")\n{sinks}'
 ONE_SINK = '    @sink("csv://out/copy.csv")\n'
 
@@ -120,3 +125,85 @@ def test_an_annotate_prompt_outside_the_pipeline_s_folder_is_refused(
     (project / "pipeline.dsl").write_text(PIPELINE.format(sinks=steps.replace(str(secret), "p.txt")))
     out = run_cli("run", "pipeline.dsl", "--dry-run", cwd=project)
     assert out.returncode == 2 and "symbolic link" in out.stderr, out.stderr
+
+
+def _compile_error(text: str, folder: Path) -> str:
+    (folder / "p.dsl").write_text(text)
+    with pytest.raises(DslError) as caught:
+        compile_pipeline(parse_file(folder / "p.dsl"), check_code=False)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("scenarios", "message"),
+    [
+        # each passed the dry run and was refused (or crashed) only once submitted
+        ("  Scenario: Load orders\n{body}  Scenario: load-orders\n{body}", "its runs' folder would be 'load-orders'"),
+        ("  Scenario: " + "x" * 201 + "\n{body}", "scenario name of 201 characters: at most 200"),
+        ("  Scenario: a\x1b[31mb\n{body}", "its name holds a control character"),
+        ("  @retries(101)\n  Scenario: a\n{body}", "retries 101: 0 to 100"),
+        ('  Scenario: a\n    @source("in.csv", block_size=10**40)\n    @sink("out/a.csv")\n', "block_size"),
+    ],
+)
+def test_what_a_run_would_refuse_is_refused_when_compiled(tmp_path: Path, scenarios: str, message: str) -> None:
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    body = '    @source("in.csv")\n    @sink("out/{n}.csv")\n'
+    text = "Feature: f\n" + scenarios.replace("{body}", body)
+    count = text.count("{n}")
+    for n in range(count):
+        text = text.replace("{n}", f"o{n}", 1)
+    assert message in _compile_error(text.replace("10**40", str(10**40)), tmp_path)
+
+
+def test_a_feature_name_that_would_drive_the_terminal_is_refused(tmp_path: Path) -> None:
+    error = _compile_error(
+        'Feature: x \x1b]0;PWNED\x07\n  Scenario: a\n    @source("in.csv")\n    @sink("o.csv")\n', tmp_path
+    )
+    assert error.endswith("the Feature's name: printable text of at most 200 characters")
+
+
+def test_the_python_builder_gets_the_dsl_s_checks(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    twice = PipelineBuilder("p", base_dir=tmp_path)
+    for _ in range(2):
+        twice.scenario("A").source("in.csv").sink(tmp_path / "out" / "a.csv")  # (a Path: taken as its text)
+    with pytest.raises(DslError, match="scenario 'A' is defined twice"):
+        compile_pipeline(twice.build(), check_code=False)
+    typo = PipelineBuilder("p", base_dir=tmp_path).scenario("A").source("in.csv").sink("out/a.csv")
+    typo.sink("out/bad.csv", when="vaild")  # type: ignore[arg-type]
+    with pytest.raises(DslError, match="when='vaild': expected 'valid' or 'invalid'"):
+        compile_pipeline(typo.build(), check_code=False)
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("file:///data/x.csv", "/data/x.csv"),
+        ("file://localhost/data/x.csv", "/data/x.csv"),
+        ("file:/data/x.csv", "/data/x.csv"),
+    ],
+)
+def test_file_uris_are_read_as_rfc_8089_has_them(uri: str, path: str) -> None:
+    # file://localhost/tmp/x.csv was <project>/localhost/tmp/x.csv; file:/tmp/x.csv <project>/file:/tmp/x.csv
+    assert str(resolve_dataset(uri, Path("/project")).path) == path
+    with pytest.raises(DatasetError, match="names the host 'elsewhere': only this machine's files"):
+        resolve_dataset("file://elsewhere/data/x.csv", Path("/project"))
+
+
+def test_a_local_run_refuses_a_node_label_this_machine_lacks_instead_of_waiting(
+    run_cli: CliRunner, project: Path
+) -> None:
+    text = PIPELINE.format(sinks=ONE_SINK).replace("  Scenario: Copy", '  @affinity(label="zone=eu")\n  Scenario: Copy')
+    (project / "pipeline.dsl").write_text(text)
+    out = run_cli("run", "pipeline.dsl", cwd=project)
+    assert out.returncode == 1 and "scenario 'Copy' asks for a node labelled zone=eu" in out.stderr, out.stderr
+
+
+def test_init_makes_no_folder_through_a_link(run_cli: CliRunner, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "data").symlink_to(outside)
+    out = run_cli("init", "new")
+    assert out.returncode == 1 and "symbolic link" in out.stderr, out.stderr
+    assert list(outside.iterdir()) == []

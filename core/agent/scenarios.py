@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -48,6 +47,7 @@ from runink.core.interfaces.executor import (
 from runink.core.model import LineageEvent, LogEntry, MetricSample, Resources, ScenarioState
 from runink.core.pipeline.compile import CompiledPipeline, CompiledScenario
 from runink.core.pipeline.dsl import DslError
+from runink.core.pipeline.model import slug
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
 from runink.core.slicetask import report_path, slice_task
@@ -227,10 +227,6 @@ def _schema_fields(value: Any) -> list[list[str]] | None:
     if not all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in value):
         return None
     return [[printable(name, 200), printable(kind, 200)] for name, kind in value]
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
 
 
 @dataclass

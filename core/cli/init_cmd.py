@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import typer
 
 from runink.core.cli.output import print_json
 from runink.core.errors import RuninkError
+from runink.core.project_files import open_folder_below
 
 TEMPLATE = "project_template"  # beside this module: the project's files, as written
 # A file named NAME.template is written as NAME: its Python is the project's, not a module of
@@ -56,11 +57,18 @@ def init_command(
     if there:
         raise RuninkError(f"{root / there[0]}: already there (runink init writes into a new or empty folder)")
     written = []
+    root.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL and no link followed: a file made meanwhile is never overwritten
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        # its folders made below the project's through no link (a linked data/ wrote outside it),
+        # the file with O_EXCL and no link followed: a file made meanwhile is never overwritten
+        folder = open_folder_below(root, PurePosixPath(name).parent, "runink init: folder", create=True)
+        try:
+            fd = os.open(path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+        except OSError as exc:
+            raise RuninkError(f"{path}: {exc.strerror}") from None
+        finally:
+            os.close(folder)
         with os.fdopen(fd, "wb") as out:
             out.write(content)
         written.append(str(path))

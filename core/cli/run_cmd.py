@@ -75,7 +75,8 @@ def _table(result: RunResult, *, live: bool = False) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{result.pipeline} (herd {result.herd}, run {result.run_id})", title_justify="left")
+    title = escape(f"{result.pipeline} (herd {result.herd}, run {result.run_id})")  # (a name's [markup] is text)
+    table = Table(title=title, title_justify="left")
     numeric = {"IN", "VALID", "INVALID", "OUT", "ROWS/S", "TIME", "DONE", "LEFT"}
     columns = ["SCENARIO", "STATE", "IN", "VALID", "INVALID", "STEPS (rows out)", "OUT", "ROWS/S", "TIME"]
     for column in columns + (["DONE", "LEFT"] if live else []):

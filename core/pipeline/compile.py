@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from runink.core.command_step import CommandError
 from runink.core.command_step import check as check_command_line
-from runink.core.datasets import REMOTE_SCHEMES, DatasetError, DatasetRef, resolve_dataset
+from runink.core.datasets import REMOTE_SCHEMES, DatasetError, DatasetRef, resolve_dataset, split_uri
 from runink.core.drivers import driver_names
 from runink.core.errors import RuninkError
 from runink.core.interfaces import Storage
@@ -35,8 +35,18 @@ from runink.core.interfaces import Storage
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
 from runink.core.pipeline.dsl import DslError
-from runink.core.pipeline.model import AnnotateStep, CommandStep, Location, Pipeline, Scenario, Sink, StepRef
+from runink.core.pipeline.model import (
+    AnnotateStep,
+    CommandStep,
+    Location,
+    Pipeline,
+    Scenario,
+    Sink,
+    StepRef,
+    slug,
+)
 from runink.core.project_files import read_below, read_regular
+from runink.core.report import printable
 
 # The built-in formats' options and their kinds (a third-party format checks its own): a
 # wrong kind is a .dsl error at its line, not a TypeError in the slice
@@ -112,6 +122,7 @@ def compile_pipeline(
     """Check ``pipeline`` and order its scenarios. ``config`` gives the folders datasets may
     use besides the pipeline's own (``[paths] allow``) and the config file to protect; without
     it, only the pipeline's folder."""
+    _check_scenarios(pipeline)
     formats = set(driver_names(Storage))
     places = _Places(pipeline, config)
     compiled: dict[str, CompiledScenario] = {}
@@ -182,6 +193,51 @@ def compile_pipeline(
     levels = _levels(compiled)
     ordered = tuple(compiled[name] for level in levels for name in level)
     return CompiledPipeline(pipeline, ordered, levels)
+
+
+#: a pipeline's scenarios, at most (a pipeline job's tasks: control.records.MAX_PIPELINE_TASKS)
+MAX_SCENARIOS = 1000
+MAX_SCENARIO_NAME = 200  # characters (control.records.ScenarioName)
+MAX_RETRIES = 100  # (control.records.PipelineTask.retries)
+
+
+def _check_scenarios(pipeline: Pipeline) -> None:
+    """What a run would refuse only once submitted, said here (the dry run said OK before):
+    the names (one each, printable, bounded, and not one folder's name for two), their count,
+    the retries, and what the Python builder takes unchecked (a sink's ``when``)."""
+    where = str(pipeline.file or pipeline.base_dir)
+    if not where.isprintable():
+        why = "the pipeline's path holds a control character (a new line?): rename its folder"
+        raise DslError(Location(printable(where, 400)), why)
+    if not pipeline.name.isprintable() or len(pipeline.name) > MAX_SCENARIO_NAME:
+        # (printed as it is: an escape sequence in it retitled the terminal, cleared the screen)
+        why = f"the Feature's name: printable text of at most {MAX_SCENARIO_NAME} characters"
+        raise DslError(Location(printable(where, 400), 1, 1) if pipeline.file else Location(), why)
+    if len(pipeline.scenarios) > MAX_SCENARIOS:
+        extra = pipeline.scenarios[MAX_SCENARIOS]
+        raise DslError(extra.at, f"more than {MAX_SCENARIOS} scenarios in one pipeline: split it")
+    named: dict[str, Scenario] = {}
+    folders: dict[str, Scenario] = {}
+    for scenario in pipeline.scenarios:
+        name = scenario.name
+        if not isinstance(name, str) or not name.strip():
+            raise DslError(scenario.at, "a scenario needs a name")
+        if len(name) > MAX_SCENARIO_NAME:
+            raise DslError(scenario.at, f"scenario name of {len(name)} characters: at most {MAX_SCENARIO_NAME}")
+        if not name.isprintable():
+            raise DslError(scenario.at, f"scenario {name!r}: its name holds a control character")
+        if name in named:
+            raise DslError(scenario.at, f"scenario {name!r} is defined twice (first at {named[name].at})")
+        named[name] = scenario
+        other = folders.setdefault(slug(name), scenario)
+        if other is not scenario:
+            why = f"its runs' folder would be {slug(name)!r}, as scenario {other.name!r}'s ({other.at}): rename one"
+            raise DslError(scenario.at, f"scenario {name!r}: {why}")
+        if not 0 <= scenario.retries <= MAX_RETRIES:
+            raise DslError(scenario.at, f"scenario {name!r}: retries {scenario.retries}: 0 to {MAX_RETRIES}")
+        for sink in scenario.sinks:
+            if sink.when not in ("valid", "invalid"):
+                raise DslError(sink.at, f"@sink: when={sink.when!r}: expected 'valid' or 'invalid'")
 
 
 def _dataset(uri: str, base_dir: Path, at: Location, formats: set[str]) -> DatasetRef:
@@ -271,8 +327,7 @@ class _Places:
         dataset is no local file: its identity is its canonical URI."""
         if ref.remote:
             return ref.key
-        _scheme, sep, rest = ref.uri.strip().partition("://")
-        written = Path(rest if sep else ref.uri.strip()).expanduser()
+        written = Path(split_uri(ref.uri)[1]).expanduser()
         if not written.is_absolute() and not _inside(str(ref.path), str(self.base_dir)):
             raise DslError(at, f"{what} {ref.uri!r}: '..' leads out of the pipeline's folder {self.base_dir}")
         real = os.path.realpath(ref.path)
@@ -300,6 +355,11 @@ class _Places:
             raise DslError(at, f"@sink {ref.uri!r}: {real} is a folder")
 
 
+#: a storage option's number (block_size, chunk_lines, batch_rows), at most: 10**40 passed and
+#: failed in the slice (OverflowError)
+MAX_OPTION_NUMBER = 1 << 30
+
+
 def _check_options(
     ref: DatasetRef, options: dict[str, object], known: dict[str, dict[str, type]], at: Location, what: str
 ) -> None:
@@ -312,8 +372,9 @@ def _check_options(
         raise DslError(at, f"{what}: unknown option(s) {', '.join(unknown)} for {ref.format} (expected: {expected})")
     for name, value in options.items():
         kind = allowed[name]
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):  # type: ignore[operator]
-            wanted = "a whole number > 0" if kind is int else "text"
+        too_big = kind is int and isinstance(value, int) and value > MAX_OPTION_NUMBER
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0) or too_big:  # type: ignore[operator]
+            wanted = f"a whole number from 1 to {MAX_OPTION_NUMBER:,}" if kind is int else "text"
             raise DslError(at, f"{what}: option {name}={value!r} for {ref.format} is not {wanted}")
     delimiter = options.get("delimiter")
     if isinstance(delimiter, str) and len(delimiter) != 1:

@@ -15,6 +15,8 @@ Built by the .dsl parser or in Python with ``PipelineBuilder``::
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -185,6 +187,12 @@ class Scenario:
     at: Location = Location()
 
 
+def slug(name: str) -> str:
+    """A scenario's name as the folder its runs keep their attempts in (two scenarios of a
+    pipeline may not share one: the compiler refuses them)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "scenario"
+
+
 @dataclass(frozen=True)
 class Pipeline:
     name: str
@@ -239,8 +247,8 @@ class PipelineBuilder:
         self._scenarios[-1] = replace(self._scenarios[-1], **changes)
         return self
 
-    def source(self, uri: str, *, contract: str | None = None, **options: Any) -> PipelineBuilder:
-        return self._update(source=Source(uri, contract, options))
+    def source(self, uri: str | os.PathLike[str], *, contract: str | None = None, **options: Any) -> PipelineBuilder:
+        return self._update(source=Source(os.fspath(uri), contract, options))
 
     def step(self, ref: str) -> PipelineBuilder:
         return self._update(steps=(*self._scenarios[-1].steps, StepRef(ref)))
@@ -249,8 +257,10 @@ class PipelineBuilder:
         """A command step (``@run``)."""
         return self._update(steps=(*self._scenarios[-1].steps, CommandStep(command, shell, format)))
 
-    def sink(self, uri: str, *, when: Literal["valid", "invalid"] = "valid", **options: Any) -> PipelineBuilder:
-        return self._update(sinks=(*self._scenarios[-1].sinks, Sink(uri, when, options)))
+    def sink(
+        self, uri: str | os.PathLike[str], *, when: Literal["valid", "invalid"] = "valid", **options: Any
+    ) -> PipelineBuilder:
+        return self._update(sinks=(*self._scenarios[-1].sinks, Sink(os.fspath(uri), when, options)))
 
     def build(self) -> Pipeline:
         return replace(self._pipeline, scenarios=tuple(self._scenarios))
