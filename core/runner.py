@@ -331,14 +331,14 @@ class _EmbeddedPlane:
         pipeline = self.run.compiled.pipeline
         where = str(pipeline.file or pipeline.base_dir)
         tasks = pipeline_tasks(self.run.compiled, clamp=self.node)
-        for task in tasks:  # (it would wait forever: this machine is the one node there is)
-            missing = {k: v for k, v in task.node_labels.items() if self.labels.get(k) != v}
+        for asking in tasks:  # (it would wait forever: this machine is the one node there is)
+            missing = {k: v for k, v in asking.node_labels.items() if self.labels.get(k) != v}
             if missing:
                 asked = ", ".join(f"{k}={v}" for k, v in sorted(missing.items()))
                 have = ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
-                at = self.run.compiled.get(task.scenario).scenario.at
+                at = self.run.compiled.get(asking.scenario).scenario.at
                 raise RuninkError(
-                    f"{at}: scenario {task.scenario!r} asks for a node labelled {asked}; this machine's labels: "
+                    f"{at}: scenario {asking.scenario!r} asks for a node labelled {asked}; this machine's labels: "
                     f"{have} (submit it to a cluster: runink submit)"
                 )
         job = self.lifecycle.submit_pipeline(self.run.herd, where, tasks, run=self.run.run_id)

@@ -28,7 +28,6 @@ from typing import Any, Literal
 import grpc
 
 from runink.core.agent.lineage import MAX_FACETS_BYTES
-from runink.core.agent.scenarios import slug
 from runink.core.control.lifecycle import MAX_MESSAGE, Lifecycle, PlacedElsewhere, placed_on
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, Chunk, TaskLogs
 from runink.core.control.records import (
@@ -48,6 +47,7 @@ from runink.core.control.store import ClusterStore, NotFound, Refused
 from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.interfaces.barn import WatchEvent
 from runink.core.model import AuthRequest, Identity, LineageEvent
+from runink.core.pipeline.model import slug
 from runink.core.report import printable
 from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.feed import BarnFeed
