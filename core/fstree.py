@@ -18,20 +18,33 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from runink.core.errors import RuninkError
+
 #: folder descriptors one walk holds at most; a folder deeper than that is moved up to the
 #: tree's top before it is emptied (removal), or not counted (size)
 MAX_OPEN = 64
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def private_folder(path: Path) -> None:
+class ForeignFolder(RuninkError):
+    """A folder of this process's state belongs to another user."""
+
+
+def private_folder(path: Path, what: str = "folder") -> None:
     """Make ``path`` (and its parents) if needed, and leave it its owner's only (0700): a
     folder of a server's state (a Barn member's journal holds every herd's records, a local
     cluster's folder its members' and agents'), which was made 0755 with 0644 files in it.
-    One owned by another user is left as it is."""
+    One owned by another user is refused (ForeignFolder): that user could plant the files
+    read from it (a snapshot unpickled as root ran their code; an agent's attempt handles named
+    processes to kill and folders to delete)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
-    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+    if info.st_uid != os.geteuid():
+        raise ForeignFolder(
+            f"{what} {path}: owned by uid {info.st_uid}, not this user ({os.geteuid()}): "
+            "another user could plant the files read from it; give a folder of your own"
+        )
+    if info.st_mode & 0o077:
         os.chmod(path, 0o700)
 
 

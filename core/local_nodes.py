@@ -180,7 +180,12 @@ def _check_private(path: Path, *, directory: bool, info: os.stat_result | None =
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # (a link: ELOOP, said in one line, not as an internal error)
+        raise ScalerError(f"{path}: {exc.strerror} (a file of the local scaler is read through no link)") from None
     with os.fdopen(fd, "rb") as file:
         _check_private(path, directory=False, info=os.fstat(fd))
         data = file.read(MAX_FILE + 1)

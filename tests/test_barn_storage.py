@@ -113,6 +113,14 @@ def test_a_damaged_vote_is_refused_and_pysyncobjs_own_files_are_taken_over(tmp_p
     assert (tmp_path / "old.journal").read_bytes().startswith(HEADER)
 
 
+def test_a_journal_gone_while_its_vote_file_stays_is_refused(tmp_path: Path) -> None:
+    # (a single member started empty and, at its next snapshot, had lost every herd)
+    path = _written(tmp_path / "raft.journal")
+    path.unlink()
+    with pytest.raises(BarnStorageError, match=r"raft.journal: missing, though .*raft.journal.meta holds"):
+        BarnJournal(str(path))
+
+
 def test_compaction_writes_a_new_file_and_a_link_is_never_followed(tmp_path: Path) -> None:
     path = _written(tmp_path / "raft.journal")
     journal = BarnJournal(str(path))
@@ -180,6 +188,11 @@ def test_a_member_with_a_damaged_journal_or_snapshot_does_not_start(tmp_path: Pa
     _flip(dump, dump.stat().st_size // 2)
     assert "raft.dump: the snapshot does not match its checksum" in _start_fails(cluster, "a")
     _flip(dump, dump.stat().st_size // 2)
+    kept = dump.read_bytes()
+    dump.unlink()  # (it hung not ready for good, saying nothing of the snapshot)
+    assert "raft.dump: missing, though the journal starts at entry" in _start_fails(cluster, "a")
+    dump.write_bytes(kept)
+    dump.chmod(0o600)
     cluster.start()  # (as it was: it starts and serves every write)
     try:
         client = cluster.client()

@@ -162,7 +162,7 @@ def compile_text(tmp_path: Path, body: str) -> CompiledPipeline:
             "delimiter=5 for csv is not text",
         ),
         ('  Scenario: a\n    @source("i.csv", delimiter=";;")\n    @sink("o.csv")\n', 3, "not one character"),
-        ('  Scenario: a\n    @source("i.csv", block_size=-1)\n    @sink("o.csv")\n', 3, "a whole number from 1 to 1,073,741,824"),
+        ('  Scenario: a\n    @source("i.csv", block_size=-1)\n    @sink("o.csv")\n', 3, "a whole number from 1 to"),
         # a sink names one file: a folder (trailing "/"), or the folder of another sink's file,
         # could not be published (it failed after the other sink was: half an output)
         ('  Scenario: a\n    @source("i.csv")\n    @sink("parquet://out/orders/")\n', 4, "names a folder"),

@@ -15,6 +15,7 @@ import json
 import os
 import select
 import socket
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -48,10 +49,22 @@ def context_file() -> Path:
 
 
 def read_context() -> dict[str, Any] | None:
+    """The local cluster `runink up` started, or None. Only a file of this user's that no one
+    else may write is read (a forged one named processes for `runink down` to kill and a
+    folder to remove), through no link."""
     try:
-        data = json.loads(context_file().read_text())
+        fd = os.open(context_file(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return None
+        data = json.loads(os.read(fd, 1 << 20))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
     return data if isinstance(data, dict) else None
 
 
@@ -72,8 +85,10 @@ def token_file() -> Path:
     return context_file().with_name("token")
 
 
-def read_token() -> str | None:
-    """The token the CLI sends (see the module's doc), or None."""
+def read_token(addresses: list[str] | None = None) -> str | None:
+    """The token the CLI sends (see the module's doc), or None. The token of the cluster
+    ``runink up`` started goes only to that cluster's own API addresses (``addresses`` all
+    among them): $RUNINK_SERVER naming another server got the cluster-admin token."""
     if token := os.environ.get("RUNINK_TOKEN", "").strip():
         return token
     try:
@@ -84,7 +99,27 @@ def read_token() -> str | None:
         return stored
     context = read_context()
     found = context.get("token") if context else None
-    return found if isinstance(found, str) and found else None
+    if not isinstance(found, str) or not found:
+        return None
+    own = context.get("api") if context else None
+    if addresses is not None and not (isinstance(own, list) and set(addresses) <= {str(a) for a in own}):
+        return None
+    return found
+
+
+def _plain_to_another_machine(address: str) -> bool:
+    """``address`` is http:// to a host that is not this machine's loopback."""
+    if not address.startswith("http://"):
+        return False
+    host = address[len("http://") :].split("/", 1)[0].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return False
+    import ipaddress  # (only here: every command's start pays this module's imports)
+
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def server_addresses(flag: str | None, configured: str | None) -> list[str]:
@@ -128,9 +163,14 @@ class ClusterClient:
     def __init__(self, addresses: list[str], timeout: tuple[float, float] = TIMEOUT, *, ca: str | None = None) -> None:
         self.addresses = addresses
         self.timeout, self.connect_timeout = timeout
-        token = read_token()
+        token = read_token(addresses)
         self._headers = {"Accept": "application/json", "User-Agent": "runink-cli"}
         if token:
+            plain = next((a for a in addresses if _plain_to_another_machine(a)), None)
+            if plain is not None:  # (anyone on the way would read it, and be the CLI's user)
+                raise ClusterError(
+                    f"{plain}: plain HTTP to another machine would carry your token in the clear: give https://"
+                )
             self._headers["Authorization"] = f"Bearer {token}"
         self._ca = ca
         self._tls: ssl.SSLContext | None = None  # made at the first https:// server

@@ -265,6 +265,9 @@ def agent_command(
         executor = configured_driver(config, "executor", manager)
     executor = _recovering(executor, config, manager)
     work = work_dir or Path(config.data_dir).resolve() / "agent" / name
+    # its attempt handles name processes to kill and folders to remove: another user's folder
+    # could forge them (refused), and nobody else reads the tasks' logs in it
+    private_folder(work, "--work-dir")
     # pipeline scenarios (`runink submit`): compiled here from their .dsl, with this node's config
     pipelines = NodePipelines(
         lambda text, path: compile_pipeline(parse(text, path), check_code=False, config=config), config, work
@@ -426,7 +429,7 @@ def up_command(
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RuninkError(f"--dir {directory}: not an empty folder (`runink down` removes the cluster's folder)")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    private_folder(root)  # (the members' journals, the agents' work: every herd's jobs and output)
+    private_folder(root, "--dir")  # (the members' journals, the agents' work: every herd's jobs and output)
     (root / UP_MARK).write_text("made by `runink up`; `runink down` removes this folder\n")
     # secure by default, as kind is: the cluster's token key, and a cluster-admin token for this CLI
     from runink.core.model import Grant
@@ -540,11 +543,14 @@ def up_command(
     except BaseException:
         nodes.stop_starting()
         _stop([process.pid for process in processes] + _agent_pids(nodes))
+        if (root / UP_MARK).is_file():  # (its keys and tokens go too: no context names it for `down`)
+            shutil.rmtree(root, ignore_errors=True)
         raise
     target = context_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # the admin token: in the context file, readable by its owner only
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # the admin token: in the context file, readable by its owner only (one there already too)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps({**started, "token": token, **({"ca": str(tls.ca)} if tls else {})}, indent=2))
     if no_metrics:
@@ -671,8 +677,23 @@ def _wait_ready(url: str, ca: Path | None, what: str, process: tuple[int, int] |
 
 
 def _agent_pids(nodes: LocalNodes) -> list[int]:
-    """The pids of the cluster's agents that run (those `up` started and those its servers did)."""
-    return [found[0] for name in nodes.running() if (found := nodes.process(name)) is not None]
+    """The pids of the cluster's agents that run (those `up` started and those its servers did).
+    A node whose pid file cannot be read is skipped with a warning: the others still stop (one
+    bad file left the whole cluster running)."""
+    from rich.markup import escape
+
+    from runink.core.interfaces.scaler import ScalerError
+
+    found = []
+    for name in nodes.launchable():
+        try:
+            record = nodes.process(name)
+        except ScalerError as exc:
+            console(stderr=True).print(f"warning: agent {name} not stopped: {escape(str(exc))}", highlight=False)
+            continue
+        if record is not None:
+            found.append(record[0])
+    return found
 
 
 def _ours(item: object) -> int | None:
@@ -711,17 +732,23 @@ def down_command(
     keep: bool = typer.Option(False, "--keep", help="Keep the cluster's directory (state and logs)."),
 ) -> None:
     """Stop the local cluster `runink up` started (agents first, then servers)."""
+    from rich.markup import escape
+
     context = read_context()
     if context is None:
         raise RuninkError(f"no local cluster is up (no {context_file()})")
     directory = context.get("dir")
     agents = [pid for pid in map(_ours, context.get("agents", [])) if pid is not None]
+    from runink.core.interfaces.scaler import ScalerError
     from runink.core.local_nodes import FOLDER, LocalNodes
 
     if isinstance(directory, str) and Path(directory, FOLDER).is_dir():
-        nodes = LocalNodes(directory)
-        nodes.stop_starting()  # (the servers' autoscaler starts none while they go)
-        agents = sorted(set(agents) | set(_agent_pids(nodes)))
+        try:
+            nodes = LocalNodes(directory)
+            nodes.stop_starting()  # (the servers' autoscaler starts none while they go)
+            agents = sorted(set(agents) | set(_agent_pids(nodes)))
+        except ScalerError as exc:  # (the servers and the agents `up` started still stop)
+            console(stderr=True).print(f"warning: {escape(str(exc))}", highlight=False)
     _stop(agents)  # agents first: they drain, servers still answer them
     _stop([pid for pid in map(_ours, context.get("servers", [])) if pid is not None])
     context_file().unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import typer
 from runink.core.cli.auth_cmd import _duration, mint_token
 from runink.core.cli.jobs_cmd import JSON, SERVER, nodes_app
 from runink.core.errors import RuninkError
+from runink.core.fstree import private_folder
 
 node_app = typer.Typer(help="This machine as a node of a cluster: `runink node join`.", no_args_is_help=True)
 
@@ -61,7 +62,7 @@ def node_join(
     if pinned is None:
         raise RuninkError(f"{base}: its CA is not (only) the one the token names: refused (a server in the middle?)")
     ca_pem = pinned
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(directory, "--dir")  # (another user's folder: they could swap the CA it holds)
     key, cert, ca = directory / "node-key.pem", directory / "node.pem", directory / "ca.pem"
     there = [str(path) for path in (key, cert, ca) if path.exists() or path.is_symlink()]
     if there:  # (checked before the token is spent)

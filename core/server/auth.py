@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -50,6 +52,32 @@ LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
 VERIFIED_KEPT = 4096  # tokens whose checked claims a server keeps (the least recently used go)
 BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
 AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
+
+
+MAX_KEY_FILE = 64 << 10  # bytes of a signing key file, at most
+
+
+def _read_private(path: Path) -> bytes:
+    """The bytes of the key file ``path``: a regular file no one but its owner may read,
+    opened through no link and without blocking (a FIFO hung the server for good)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        why = "a symbolic link (name the file itself)" if exc.errno == errno.ELOOP else exc.strerror
+        raise RuninkError(f"--auth-key {path}: {why}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RuninkError(f"--auth-key {path}: not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise RuninkError(f"--auth-key {path}: mode {mode:04o}, group or others may read it (chmod 600 {path})")
+        data = os.read(fd, MAX_KEY_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE:
+        raise RuninkError(f"--auth-key {path}: larger than {MAX_KEY_FILE:,} bytes: not a key")
+    return data
 
 
 class AuditRecord(Record, kw_only=True):
@@ -117,8 +145,8 @@ class ClusterTokens:
         self._keys: dict[str, Any] = {}  # kid -> private key, the signing one first
         for path in key_files:
             try:
-                key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-            except (OSError, ValueError, TypeError) as exc:
+                key = serialization.load_pem_private_key(_read_private(Path(path)), password=None)
+            except (ValueError, TypeError) as exc:
                 raise RuninkError(f"--auth-key {path}: not a readable PEM private key ({type(exc).__name__})") from None
             if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
                 raise RuninkError(f"--auth-key {path}: not a P-256 (ES256) key")

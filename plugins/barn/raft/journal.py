@@ -80,6 +80,11 @@ class BarnJournal(Journal):  # type: ignore[misc]  # (pysyncobj has no type hint
         try:
             fd = os.open(self.path, os.O_RDWR | _OPEN)
         except FileNotFoundError:
+            if self._meta:  # (the log went: starting empty would lose every write it held)
+                raise BarnStorageError(
+                    f"{self.path}: missing, though {self.path}.meta holds this member's term and commit index: "
+                    "its Raft log is lost (move this member's data dir away and add it again)"
+                ) from None
             try:
                 self._replace_file([])
                 return os.open(self.path, os.O_RDWR | _OPEN)
@@ -345,3 +350,19 @@ def _why(exc: OSError) -> str:
     if exc.errno == 40:  # ELOOP
         return "a symbolic link (a member's files are opened through none)"
     return exc.strerror or str(exc)
+
+
+def first_index(path: str) -> int | None:
+    """The index of the first record of the journal at ``path`` (1 unless the log was
+    compacted: its entries before it are in the snapshot), or None if it has none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _OPEN)
+    except OSError:
+        return None
+    try:
+        head = os.read(fd, len(HEADER) + RECORD.size)
+    finally:
+        os.close(fd)
+    if not head.startswith(HEADER) or len(head) < len(HEADER) + RECORD.size:
+        return None
+    return int(RECORD.unpack_from(head, len(HEADER))[2])

@@ -47,7 +47,7 @@ from runink.plugins.barn.raft._vendor.pysyncobj.syncobj import (
     SyncObjException,
     replicated,
 )
-from runink.plugins.barn.raft.journal import BarnJournal, BarnStorageError, fail_stop
+from runink.plugins.barn.raft.journal import BarnJournal, BarnStorageError, fail_stop, first_index
 from runink.plugins.barn.raft.tls import TlsFiles, TlsTransport
 from runink.plugins.barn.state import DEFAULT_HISTORY_BYTES, DEFAULT_QUOTA_BYTES, BarnState, raise_for
 
@@ -182,9 +182,16 @@ class BarnNode(SyncObj):
     """
 
     def __init__(self, config: ServerConfig) -> None:
-        private_folder(config.data_dir)
-        with contextlib.suppress(FileNotFoundError):  # (a damaged snapshot: one line, before it serves)
+        private_folder(config.data_dir, "--data-dir")  # (another user's: their snapshot, unpickled here)
+        try:  # (a damaged snapshot: one line, before it serves)
             read_snapshot(str(config.data_dir / "raft.dump"))
+        except FileNotFoundError:
+            first = first_index(str(config.data_dir / "raft.journal"))
+            if first is not None and first > 1:  # (it hung not ready, for good)
+                raise BarnStorageError(
+                    f"{config.data_dir / 'raft.dump'}: missing, though the journal starts at entry {first} "
+                    "(those before it are in the snapshot): move this member's data dir away and add it again"
+                ) from None
         timeout = config.election_timeout
         conf = SyncObjConf(
             autoTick=True,

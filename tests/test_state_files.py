@@ -1,0 +1,145 @@
+"""The files servers, agents and the CLI keep, and what they trust in them (a review's
+findings, each reproduced first): folders of another user's, forged context and pid files,
+a token sent where it does not belong, a signing key anyone may read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixture_types import CliRunner
+
+from runink.core.cli import cluster_client
+from runink.core.cli.cluster_client import ClusterClient, ClusterError
+from runink.core.errors import RuninkError
+from runink.core.fstree import ForeignFolder, private_folder
+from runink.core.local_nodes import FOLDER
+from runink.core.server.auth import ClusterTokens, new_key_file
+
+NOBODY = 65534
+
+
+def test_a_folder_of_another_users_state_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o777)
+    os.chown(folder, NOBODY, NOBODY)
+    with pytest.raises(ForeignFolder, match=rf"--data-dir {folder}: owned by uid {NOBODY}, not this user"):
+        private_folder(folder, "--data-dir")
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    private_folder(mine)
+    assert (mine.stat().st_mode & 0o777) == 0o700
+
+
+def _runink(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "runink", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_barn_member_does_not_unpickle_a_snapshot_another_user_planted(tmp_path: Path) -> None:
+    # nobody's data dir, nobody's raft.dump: a pickle that ran `id > pwned` as root
+    data = tmp_path / "data"
+    data.mkdir(mode=0o777)
+    os.chown(data, NOBODY, NOBODY)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (data / "raft.dump").write_bytes(pickle.dumps(Payload()))
+    ran = _runink(
+        "barn", "serve", "--name", "a", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:1",
+        "--data-dir", str(data), "--plaintext",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode != 0 and f"owned by uid {NOBODY}, not this user" in ran.stderr, ran.stderr
+    assert not marker.exists()
+
+
+def test_an_agent_refuses_a_work_dir_of_another_user(tmp_path: Path) -> None:
+    # its attempt handles there named a process to kill and a folder to remove: forged ones did
+    work = tmp_path / "work"
+    work.mkdir(mode=0o777)
+    os.chown(work, NOBODY, NOBODY)
+    ran = _runink("agent", "--servers", "127.0.0.1:1", "--node-id", "n1", "--work-dir", str(work), cwd=tmp_path)
+    assert ran.returncode != 0 and f"--work-dir {work}: owned by uid {NOBODY}" in ran.stderr, ran.stderr
+
+
+def _context(tmp_path: Path, **extra: object) -> Path:
+    path = tmp_path / "xdg" / "runink" / "cluster.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"api": ["https://127.0.0.1:9443"], "token": "the-admin-token", **extra}
+    path.write_text(json.dumps(record))
+    path.chmod(0o600)
+    return path
+
+
+def test_the_local_clusters_token_goes_to_its_own_servers_only(tmp_path: Path) -> None:
+    # RUNINK_SERVER=127.0.0.1:28996 runink jobs list sent the cluster-admin token to that listener
+    _context(tmp_path)
+    own = ClusterClient(["https://127.0.0.1:9443"])
+    assert own._headers["Authorization"] == "Bearer the-admin-token"
+    other = ClusterClient(["http://127.0.0.1:28996"])
+    assert "Authorization" not in other._headers
+
+
+def test_a_token_never_crosses_the_network_in_plain_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNINK_TOKEN", "mine")
+    with pytest.raises(ClusterError, match=r"^http://10\.0\.0\.5:8080: plain HTTP to another machine"):
+        ClusterClient(["http://10.0.0.5:8080"])
+    assert ClusterClient(["http://127.0.0.1:8080"])._headers["Authorization"] == "Bearer mine"  # (loopback)
+    assert ClusterClient(["http://[::1]:8080"])._headers["Authorization"] == "Bearer mine"
+
+
+def test_a_context_file_others_may_write_or_that_is_a_link_is_not_read(tmp_path: Path) -> None:
+    # a forged one named a process of nobody's for `runink down` to kill, and a folder to remove
+    path = _context(tmp_path)
+    assert cluster_client.read_context() is not None
+    path.chmod(0o666)
+    assert cluster_client.read_context() is None
+    path.chmod(0o600)
+    real = path.with_name("real.json")
+    path.rename(real)
+    path.symlink_to(real)
+    assert cluster_client.read_context() is None
+
+
+def test_a_signing_key_others_may_read_a_link_or_a_fifo_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "auth-key.pem"
+    new_key_file(key)
+    ClusterTokens([key])
+    key.chmod(0o644)
+    with pytest.raises(RuninkError, match=r"mode 0644, group or others may read it \(chmod 600"):
+        ClusterTokens([key])
+    key.chmod(0o600)
+    link = tmp_path / "link.pem"
+    link.symlink_to(key)
+    with pytest.raises(RuninkError, match="a symbolic link"):
+        ClusterTokens([link])
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo, 0o600)  # (it hung the server: not even SIGTERM ended it)
+    with pytest.raises(RuninkError, match="not a regular file"):
+        ClusterTokens([fifo])
+
+
+def test_down_stops_the_cluster_though_an_agents_pid_file_is_bad(run_cli: CliRunner, tmp_path: Path) -> None:
+    # `: > scaler/agent-0.pid; runink down` stopped nothing: the servers and agents ran on
+    up = run_cli("up", "--servers", "1", "--agents", "1", "--json", "--dir", str(tmp_path / "c"))
+    assert up.returncode == 0, up.stderr
+    context = json.loads((tmp_path / "xdg" / "runink" / "cluster.json").read_text())
+    pids = [item["pid"] for item in context["servers"] + context["agents"]]
+    pid_file = tmp_path / "c" / FOLDER / "agent-0.pid"
+    pid_file.unlink()
+    pid_file.symlink_to("/etc/hostname")
+    down = run_cli("down")
+    assert down.returncode == 0 and "warning:" in down.stderr and "Traceback" not in down.stderr, down.stderr
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
