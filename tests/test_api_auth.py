@@ -394,6 +394,7 @@ def test_a_server_without_authentication_refuses_to_start(tmp_path: Path) -> Non
     with plugin_manager() as manager, pytest.raises(RuninkError, match="no authentication configured: give --auth-key"):
         Server(ServerOptions(api=("127.0.0.1", 0), agents=("127.0.0.1", 0), plaintext=True), RuninkConfig(), manager)
     (tmp_path / "bad.pem").write_text("not a key")
+    (tmp_path / "bad.pem").chmod(0o600)
     with plugin_manager() as manager, pytest.raises(RuninkError, match=r"--auth-key .*bad.pem: not a readable PEM"):
         Server(
             ServerOptions(
