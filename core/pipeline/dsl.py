@@ -460,10 +460,19 @@ def _annotation_step(a: Annotation) -> AnnotateStep:
     return AnnotateStep(prompt, tuple(fields), model, None if columns is None else tuple(columns), a.at)
 
 
+#: steps and sinks of one scenario, at most (a slice runs them in one process; the parser
+#: copied the list at each one: 40,000 steps took 7 s)
+MAX_STEPS = MAX_SINKS = 1000
+
+
 def _apply(scenario: Scenario, annotation: Annotation) -> Scenario:
     a, args = annotation, annotation.args
     if a.name not in SCENARIO_ANNOTATIONS:
         raise DslError(a.at, f"@{a.name} belongs before 'Feature:', not in a Scenario")
+    if a.name in ("step", "run", "annotate") and len(scenario.steps) >= MAX_STEPS:
+        raise DslError(a.at, f"scenario {scenario.name!r}: more than {MAX_STEPS} steps")
+    if a.name == "sink" and len(scenario.sinks) >= MAX_SINKS:
+        raise DslError(a.at, f"scenario {scenario.name!r}: more than {MAX_SINKS} sinks")
     if a.name == "source":
         if scenario.source is not None:
             raise DslError(a.at, f"scenario {scenario.name!r} has a second @source (one source per scenario)")
