@@ -376,12 +376,48 @@ def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None
         log.close()
 
 
+_UP_LOCKS: list[int] = []  # (held until the process ends)
+
+
+def _hold_up_lock() -> None:
+    """This user's one `runink up` at a time, until this process ends."""
+    import fcntl
+
+    folder = context_file().parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / ".up.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuninkError("another `runink up` of this user is starting a cluster: let it finish") from None
+    _UP_LOCKS.append(fd)
+
+
+def _last_line(log_path: Path) -> str:
+    """The last line of a process's log (its error, when it stopped at start), shown safely."""
+    from runink.core.report import printable
+
+    try:
+        fd = os.open(log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - 4096))
+            lines = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return "(its log cannot be read)"
+    return printable(lines[-1], 300) if lines else "(nothing in its log)"
+
+
 def _first_event(process: subprocess.Popen[str], what: str, log_path: Path, timeout: float) -> dict[str, Any]:
     """The JSON line a server or agent prints once it is up."""
     from runink.core.server.process import ready_event
 
     event = ready_event(process, timeout)
     if event is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(1)  # (its stdout closed: it exited, or is about to)
+        if process.poll() is not None:  # (it said "did not start within 60s" of one that stopped at once)
+            raise RuninkError(f"{what} exited ({process.returncode}): {_last_line(log_path)} (its log: {log_path})")
         raise RuninkError(f"{what} did not start within {timeout:g}s (its log: {log_path})")
     return event
 
@@ -420,6 +456,7 @@ def up_command(
     for given in herd_root:
         if not given.is_dir():
             raise typer.BadParameter(f"{given}: not a folder", param_hint="--root")
+    _hold_up_lock()  # (two at once both started, and the second's context hid the first from `down`)
     if read_context() is not None:
         raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
     if directory is None:
@@ -540,11 +577,14 @@ def up_command(
             pid, start = found if found is not None else (None, None)
             started["agents"].append({"name": name, "pid": pid, "start": start})
             err.print(f"agent {name}: registered")
-    except BaseException:
+    except BaseException as exc:
         nodes.stop_starting()
         _stop([process.pid for process in processes] + _agent_pids(nodes))
         if (root / UP_MARK).is_file():  # (its keys and tokens go too: no context names it for `down`)
             shutil.rmtree(root, ignore_errors=True)
+            if isinstance(exc, RuninkError):  # (the log it names went with it: its last line is said)
+                said = str(exc).split(" (its log: ")[0]
+                raise RuninkError(f"{said} ({root} removed: it held the cluster's keys)") from None
         raise
     target = context_file()
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
