@@ -40,7 +40,6 @@ from runink.core.command_step import argv as command_argv
 from runink.core.command_step import placeholders, step_name
 from runink.core.contracts import Contract, ContractError, detect_drift, validate
 from runink.core.dataplane.annotate import AnnotateStage, annotated
-from runink.core.dataplane.conform import conform
 from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, SpecError
 from runink.core.driverload import load_installed
@@ -146,7 +145,6 @@ def run(spec: SliceSpec) -> int:
         drift_reported: set[str] = set()
         drift_messages: list[str] = []
         dlq_schema: pa.Schema | None = None
-        first_schema: pa.Schema | None = None  # without a contract: the first rows' (see conform)
         source_uri = source.uri
         unit = source_driver.position_unit
 
@@ -157,7 +155,7 @@ def run(spec: SliceSpec) -> int:
 
         def validated() -> Iterator[Flow]:
             """The source's rows that meet the contract; the others go to the invalid sinks."""
-            nonlocal dlq_schema, first_schema
+            nonlocal dlq_schema
             assert reads is not None
             for read in reads:
                 batch = read.batch
@@ -184,25 +182,6 @@ def run(spec: SliceSpec) -> int:
                     own = [pa.field(n, pa.string()) for n in _dead_letter_names(batch.schema.names).values()]
                     dlq_schema = pa.schema(own + META_COLUMNS)
                 invalid_parts = []
-                positions = read.positions
-                if contract is None and batch.num_rows:
-                    if first_schema is None:
-                        first_schema = batch.schema
-                    else:  # held to the first rows' columns: what the sinks were opened with
-                        fitted = conform(batch, first_schema)
-                        batch = fitted.batch
-                        if fitted.kept is not None:
-                            assert fitted.invalid is not None and fitted.reasons is not None
-                            unfit = _dlq_rows(
-                                fitted.invalid,
-                                fitted.reasons,
-                                positions.take(fitted.index),
-                                source_uri,
-                                dlq_schema,
-                                texts=_rows_as_json(fitted.invalid),
-                            )
-                            invalid_parts.append(unfit)
-                            positions = positions.filter(fitted.kept)
                 if contract is not None:
                     result = validate(contract, batch) if batch.num_rows else None
                     if result is not None and result.invalid.num_rows:
@@ -221,7 +200,7 @@ def run(spec: SliceSpec) -> int:
                     counters.rows_invalid += part.num_rows
                     sink_output.submit("invalid", part)
                 counters.rows_valid += batch.num_rows
-                yield Flow(batch, positions, source_uri, unit)
+                yield Flow(batch, read.positions, source_uri, unit)
 
         # Each step wraps the stream before it: a Python step maps batches as they come, a
         # command step takes all of them (into its input file) before it yields its output.
@@ -583,16 +562,8 @@ def _run_step(
 
 
 def _dlq_rows(
-    invalid: pa.RecordBatch,
-    reasons: pa.Array,
-    positions: pa.Array,
-    source_uri: str,
-    schema: pa.Schema | None,
-    *,
-    texts: pa.Array | None = None,
+    invalid: pa.RecordBatch, reasons: pa.Array, positions: pa.Array, source_uri: str, schema: pa.Schema | None
 ) -> pa.RecordBatch:
-    """Dead letters of records read that fail: their columns as text, ``texts`` (each whole
-    record, when its columns are not all the dead-letter sink's) as ``_runink_text``."""
     assert schema is not None
     n = invalid.num_rows
     columns = {}
@@ -602,15 +573,8 @@ def _dlq_rows(
     columns["_runink_reason"] = reasons
     columns["_runink_source"] = pa.array([source_uri] * n, pa.string())
     columns["_runink_position"] = positions
-    columns["_runink_text"] = texts if texts is not None else pa.nulls(n, pa.string())
+    columns["_runink_text"] = pa.nulls(n, pa.string())
     return _conform(columns, n, schema)
-
-
-def _rows_as_json(rows: pa.RecordBatch) -> pa.Array:
-    """Each row as one JSON object, as read (a value of a column the dead-letter sink has no
-    place for is kept there)."""
-    texts = [json.dumps(row, default=str, ensure_ascii=False) for row in rows.to_pylist()]
-    return pa.array(texts, pa.string())
 
 
 def _as_text(column: pa.Array) -> pa.Array:

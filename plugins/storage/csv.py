@@ -191,22 +191,27 @@ class _ChunkParser:
     def parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[ReadBatch]:
         """The chunk's batch; several if it is looked at line by line and holds more than
         MAX_MALFORMED lines (each batch then has at most that many malformed records)."""
-        for batch, lines, bad in self._parse(chunk, first_line, count):
+        for parsed, lines, bad in self._parse(chunk, first_line, count):
+            batch = parsed
             if batch.num_rows and self.types is None:
-                self.types = dict(zip(batch.schema.names, batch.schema.types, strict=True))
+                # (a column empty in all the first rows is text: typed null, it refused every value after)
+                types = [pa.string() if pa.types.is_null(t) else t for t in batch.schema.types]
+                self.types = dict(zip(batch.schema.names, types, strict=True))
+                if types != batch.schema.types:
+                    names = batch.schema.names
+                    batch = batch.cast(pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)]))
             bad.sort(key=lambda m: m.position)
             yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
 
-    def convert(self, text: bool = False) -> pacsv.ConvertOptions:
+    @property
+    def convert(self) -> pacsv.ConvertOptions:
         if self.raw:
             return pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True)
-        types = dict.fromkeys(self.names, pa.string()) if text else self.types
-        return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        return pacsv.ConvertOptions(column_types=self.types, strings_can_be_null=True)
 
-    def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow], text: bool = False) -> pa.RecordBatch:
-        """The chunk's records as a batch (``text``: every column as text), the ones with a
-        wrong column count in ``invalid``. More than MAX_MALFORMED of those: ArrowInvalid (the
-        caller reads the chunk in pieces)."""
+    def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
+        """The chunk's records as a batch, the ones with a wrong column count in ``invalid``.
+        More than MAX_MALFORMED of those: ArrowInvalid (the caller reads the chunk in pieces)."""
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             invalid.append(row)
@@ -217,7 +222,7 @@ class _ChunkParser:
             # one block for the whole chunk: one batch, and row numbers counted from its start
             read_options=pacsv.ReadOptions(column_names=self.names, use_threads=False, block_size=len(chunk) + 1),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
-            convert_options=self.convert(text),
+            convert_options=self.convert,
         )
         if table.num_rows == 0:
             return pa.RecordBatch.from_pylist([], schema=table.schema)
@@ -285,17 +290,21 @@ class _ChunkParser:
                 bad.append(Malformed(first_line + i, reason, _text(line)))
                 lines[i] = b""  # blank: the other lines keep their numbers
         invalid: list[pacsv.InvalidRow] = []
-        joined = b"\n".join(lines) + b"\n"
         try:
-            batch = self._read(joined, invalid)
+            batch = self._read(b"\n".join(lines) + b"\n", invalid)
         except pa.ArrowInvalid as exc:
             if self.raw or self.types is None:
                 raise self._error(first_line, len(lines), exc) from None
-            # (no contract) a value the types of the first rows refuse: these lines as text,
-            # which the slice holds to those types row by row (runink.core.dataplane.conform)
+            # (no contract) a value the types of the first rows refuse: that line is a dead
+            # letter, found by halves with the same converter; the others read as before (the
+            # scenario failed, or, read as text and cast, " 5" failed as an int too)
+            for i, why in self._refused(lines, 0, len(lines)).items():
+                bad.append(Malformed(first_line + i, why, _text(lines[i])))
+                lines[i] = b""
+                kept[i] = False
             invalid = []
             try:
-                batch = self._read(joined, invalid, text=True)
+                batch = self._read(b"\n".join(lines) + b"\n", invalid)
             except pa.ArrowInvalid:
                 raise self._error(first_line, len(lines), exc) from None
         records = np.flatnonzero(kept) + first_line  # the file line of each record
@@ -305,6 +314,29 @@ class _ChunkParser:
         numbers = np.asarray([int(row.number) - 1 for row in invalid], dtype=np.int64)
         bad.extend(_wrong_count(row, int(records[n])) for row, n in zip(invalid, numbers, strict=True))
         return batch, np.delete(records, numbers), bad
+
+    def _refused(self, lines: list[bytes], low: int, high: int) -> dict[int, str]:
+        """The lines in ``lines[low:high]`` that the first rows' column types refuse, each with
+        why (halves that convert cost one parse: a few bad lines, a few dozen parses)."""
+        if not any(lines[low:high]):
+            return {}
+        try:
+            self._read(b"\n".join(lines[low:high]) + b"\n", [])
+            return {}
+        except pa.ArrowInvalid as exc:
+            if high - low == 1:
+                return {low: self._why_refused(str(exc))}
+        middle = (low + high) // 2
+        return {**self._refused(lines, low, middle), **self._refused(lines, middle, high)}
+
+    def _why_refused(self, message: str) -> str:
+        """Arrow's "In CSV column #1: Row #1: CSV conversion error to int64: invalid value 'x'"
+        as "column 'qty': ..." (the type is the one the file's first rows gave the column)."""
+        found = re.match(r"In CSV column #(\d+): (?:Row #\d+: )?(.*)", message, re.DOTALL)
+        if found is None or int(found.group(1)) >= len(self.names):
+            return f"a value the column types of the file's first rows refuse: {message.splitlines()[0]}"
+        name = self.names[int(found.group(1))]
+        return f"column {name!r}: {found.group(2).splitlines()[0]} (the type the file's first rows gave it)"
 
     def _error(self, first_line: int, count: int, exc: Exception | str) -> DatasetError:
         return DatasetError(f"{self.path}: lines {first_line}-{first_line + count - 1}: {exc}")
