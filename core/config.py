@@ -43,7 +43,7 @@ import msgspec
 from msgspec import Meta, field
 
 from runink.core import structs
-from runink.core.errors import ConfigError
+from runink.core.errors import ConfigError, RuninkError
 from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name, parse_duration, parse_memory
 
 #: HOST:PORT, the port 0-65535
@@ -593,10 +593,13 @@ def _rename_deprecated_keys(merged: dict[str, Any], sources: dict[str, str]) -> 
 
 
 def _merge_file(file: Path, merged: dict[str, Any], sources: dict[str, str], *, project: bool = False) -> None:
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    from runink.core.config_trust import MAX_CONFIG_BYTES
+    from runink.core.project_files import read_regular
+
+    try:  # (a regular file, bounded: a FIFO there hung every command run in its folder)
+        raw = read_regular(file, "config file", limit=MAX_CONFIG_BYTES)
+    except RuninkError as exc:
+        raise ConfigError(str(exc)) from None
     if project:  # (the bytes checked are the bytes read)
         from runink.core.config_trust import check_trusted
 

@@ -19,10 +19,12 @@ import json
 import os
 from pathlib import Path
 
-from runink.core.errors import ConfigError
+from runink.core.errors import ConfigError, RuninkError
+from runink.core.project_files import read_regular
 
 STORE_NAME = "trusted.json"
 MAX_TRUSTED = 10_000  # files kept, at most (the oldest go)
+MAX_CONFIG_BYTES = 4 << 20  # a config file, at most
 
 
 def store_path() -> Path:
@@ -33,16 +35,22 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _key(file: Path) -> str:
+    """The file as found (absolute, links not resolved: a project's runink.toml linked to a
+    trusted one elsewhere borrowed its trust)."""
+    return os.path.abspath(file)
+
+
 def is_trusted(file: Path, data: bytes) -> bool:
     """Whether the user trusted ``file`` with exactly these bytes."""
-    return _read_store().get(str(file.resolve())) == digest(data)
+    return _read_store().get(_key(file)) == digest(data)
 
 
 def check_trusted(file: Path, data: bytes) -> None:
     """ConfigError unless the user trusted ``file`` (found in the current folder) as it is."""
     if is_trusted(file, data):
         return
-    was = str(file.resolve()) in _read_store()
+    was = _key(file) in _read_store()
     why = "changed since you trusted it" if was else "a project's config, not trusted yet"
     raise ConfigError(
         f"{file}: {why}: it can choose how isolated the project's code runs, which paths it may "
@@ -54,14 +62,15 @@ def check_trusted(file: Path, data: bytes) -> None:
 def trust(file: Path) -> str:
     """Trust ``file`` as it is now; its SHA-256."""
     try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        data = read_regular(file, "config file", limit=MAX_CONFIG_BYTES)
+    except RuninkError as exc:
+        raise ConfigError(str(exc)) from None
     store = _read_store()
-    store[str(file.resolve())] = digest(data)
+    store.pop(_key(file), None)  # (trusted again: the newest, the last to go)
+    store[_key(file)] = digest(data)
     kept = dict(list(store.items())[-MAX_TRUSTED:])
     _write_store(kept)
-    return kept[str(file.resolve())]
+    return kept[_key(file)]
 
 
 def _read_store() -> dict[str, str]:
@@ -92,7 +101,7 @@ def _write_store(files: dict[str, str]) -> None:
         temporary.unlink()
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump({"version": 1, "files": files}, out, indent=1, sort_keys=True)
+        json.dump({"version": 1, "files": files}, out, indent=1)  # (in the order trusted: the oldest go first)
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from fixture_types import CliRunner
 
+from runink.core.config import load_config
+from runink.core.config_trust import trust
 from runink.core.datasets import DatasetError, resolve_dataset
+from runink.core.errors import ConfigError
 from runink.core.pipeline import PipelineBuilder
 from runink.core.pipeline.compile import compile_pipeline
 from runink.core.pipeline.dsl import DslError, parse_file
@@ -212,3 +215,27 @@ def test_init_makes_no_folder_through_a_link(run_cli: CliRunner, tmp_path: Path)
     out = run_cli("init", "new")
     assert out.returncode == 1 and "symbolic link" in out.stderr, out.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_a_golden_folder_outside_the_pipeline_s_is_refused_when_compiled(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("x\n1\n")
+    text = 'Feature: f\n  @golden("../shared/t")\n  Scenario: a\n    @source("in.csv")\n    @sink("o.csv")\n'
+    assert "@golden('../shared/t'): a folder inside the pipeline's folder" in _compile_error(text, tmp_path)
+
+
+def test_trust_is_the_file_s_as_found_not_its_link_target_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A/runink.toml -> ../B/runink.toml: trusting B's let A run with it
+    (tmp_path / "B").mkdir()
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B" / "runink.toml").write_text('[executor]\ndriver = "process"\n')
+    (tmp_path / "A" / "runink.toml").symlink_to("../B/runink.toml")
+    trust(tmp_path / "B" / "runink.toml")
+    monkeypatch.chdir(tmp_path / "A")
+    with pytest.raises(ConfigError, match="not trusted yet"):
+        load_config()
+    os.mkfifo(tmp_path / "C")  # (a FIFO as ./runink.toml hung every command in its folder)
+    (tmp_path / "D").mkdir()
+    (tmp_path / "D" / "runink.toml").symlink_to(tmp_path / "C")
+    monkeypatch.chdir(tmp_path / "D")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config()

@@ -102,19 +102,34 @@ def read_token(addresses: list[str] | None = None) -> str | None:
     if not isinstance(found, str) or not found:
         return None
     own = context.get("api") if context else None
-    if addresses is not None and not (isinstance(own, list) and set(addresses) <= {str(a) for a in own}):
-        return None
+    if addresses is not None:
+        ours = {_server(str(a)) for a in own} if isinstance(own, list) else set()
+        if not {_server(a) for a in addresses} <= ours:
+            return None
     return found
+
+
+def _server(address: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of an API address, spelt one way: the scheme and host in lower
+    case, the default port filled in, localhost as 127.0.0.1 (a trailing / or LOCALHOST named
+    the same server)."""
+    from urllib.parse import urlsplit  # (only here: every command's start pays its imports)
+
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, "127.0.0.1" if host == "localhost" else host, port
 
 
 def _plain_to_another_machine(address: str) -> bool:
     """``address`` is http:// to a host that is not this machine's loopback."""
-    if not address.startswith("http://"):
+    scheme, host, _ = _server(address)
+    if scheme != "http":
         return False
-    host = address[len("http://") :].split("/", 1)[0].rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return False
-    import ipaddress  # (only here: every command's start pays this module's imports)
+    import ipaddress
 
     try:
         return not ipaddress.ip_address(host).is_loopback

@@ -579,7 +579,7 @@ def up_command(
             err.print(f"agent {name}: registered")
     except BaseException as exc:
         nodes.stop_starting()
-        _stop([process.pid for process in processes] + _agent_pids(nodes))
+        _stop([process.pid for process in processes] + _agent_pids(nodes)[0])
         if (root / UP_MARK).is_file():  # (its keys and tokens go too: no context names it for `down`)
             shutil.rmtree(root, ignore_errors=True)
             if isinstance(exc, RuninkError):  # (the log it names went with it: its last line is said)
@@ -716,24 +716,25 @@ def _wait_ready(url: str, ca: Path | None, what: str, process: tuple[int, int] |
     raise RuninkError(f"{what} not ready within {UP_TIMEOUT:g}s ({url}: {last})")
 
 
-def _agent_pids(nodes: LocalNodes) -> list[int]:
-    """The pids of the cluster's agents that run (those `up` started and those its servers did).
-    A node whose pid file cannot be read is skipped with a warning: the others still stop (one
-    bad file left the whole cluster running)."""
-    from rich.markup import escape
-
+def _agent_pids(nodes: LocalNodes) -> tuple[list[int], list[str]]:
+    """The pids of the cluster's agents that run (those `up` started and those its servers did),
+    by their pid files, and why some could not be told (a file that cannot be read: the others
+    still stop; one bad file left the whole cluster running)."""
     from runink.core.interfaces.scaler import ScalerError
 
-    found = []
-    for name in nodes.launchable():
+    found, problems = [], []
+    for entry in sorted(os.scandir(nodes.folder), key=lambda e: e.name):
+        if not entry.name.endswith(".pid") or entry.name.startswith("."):
+            continue
+        name = entry.name[: -len(".pid")]
         try:
             record = nodes.process(name)
-        except ScalerError as exc:
-            console(stderr=True).print(f"warning: agent {name} not stopped: {escape(str(exc))}", highlight=False)
+        except (ScalerError, ValueError) as exc:
+            problems.append(f"agent {name}: {exc}")
             continue
         if record is not None:
             found.append(record[0])
-    return found
+    return found, problems
 
 
 def _ours(item: object) -> int | None:
@@ -782,15 +783,22 @@ def down_command(
     from runink.core.interfaces.scaler import ScalerError
     from runink.core.local_nodes import FOLDER, LocalNodes
 
+    problems: list[str] = []
     if isinstance(directory, str) and Path(directory, FOLDER).is_dir():
         try:
             nodes = LocalNodes(directory)
             nodes.stop_starting()  # (the servers' autoscaler starts none while they go)
-            agents = sorted(set(agents) | set(_agent_pids(nodes)))
+            scaled, problems = _agent_pids(nodes)
+            agents = sorted(set(agents) | set(scaled))
         except ScalerError as exc:  # (the servers and the agents `up` started still stop)
-            console(stderr=True).print(f"warning: {escape(str(exc))}", highlight=False)
+            problems.append(str(exc))
     _stop(agents)  # agents first: they drain, servers still answer them
     _stop([pid for pid in map(_ours, context.get("servers", [])) if pid is not None])
+    if problems:  # (an agent that could not be told may run on: the context stays for another down)
+        for problem in problems:
+            console(stderr=True).print(f"warning: {escape(problem)}", highlight=False)
+        why = f"the local cluster is stopped but for what could not be told; its context stays ({context_file()})"
+        raise RuninkError(why)
     context_file().unlink(missing_ok=True)
     if isinstance(directory, str) and not keep and Path(directory, UP_MARK).is_file():
         shutil.rmtree(directory, ignore_errors=True)

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from runink.core.command_step import CommandError
@@ -236,6 +236,10 @@ def _check_scenarios(pipeline: Pipeline) -> None:
         if other is not scenario:
             why = f"its runs' folder would be {slug(name)!r}, as scenario {other.name!r}'s ({other.at}): rename one"
             raise DslError(scenario.at, f"scenario {name!r}: {why}")
+        golden = PurePosixPath(scenario.golden) if scenario.golden else None
+        if golden is not None and (golden.is_absolute() or ".." in golden.parts):
+            # (`runink test` reads and writes there, often as root: only inside the project)
+            raise DslError(scenario.at, f"@golden({scenario.golden!r}): a folder inside the pipeline's folder")
         if len(scenario.steps) > MAX_STEPS or len(scenario.sinks) > MAX_SINKS:
             raise DslError(scenario.at, f"scenario {name!r}: at most {MAX_STEPS} steps and {MAX_SINKS} sinks")
         if not 0 <= scenario.retries <= MAX_RETRIES:

@@ -9,11 +9,12 @@ entries); and it wrote through a mapping, so a full disk killed the member with 
 Here (a review's reproductions in tests/test_barn_storage.py):
 
 * ``raft.journal``: a header, then records ``length, crc32, index, term, command``. At start
-  every record is checked: a checksum that does not match, an index out of sequence or a
-  record cut short before the last one stops the member with one line naming the file and
-  the byte (it is damaged: the other members still hold the log; see docs/barn.md). Only the
-  last record may be cut short, by a crash while it was appended (never acknowledged: a
-  record is acknowledged after its fdatasync): it is dropped, with a warning.
+  every record is checked: a checksum that does not match or an index out of sequence stops
+  the member with one line naming the file and the byte (it is damaged: the other members
+  still hold the log; see docs/barn.md). Only the last record may be cut short or not match,
+  as a crash while it was appended leaves it (the file's new size on disk, not its bytes): it
+  is dropped, with a warning, and the leader sends it again if it was committed (a member
+  behind by an entry catches up; one refusing to start after a power loss would not).
 * ``raft.journal.meta`` (the term, the vote, the commit index): JSON with its checksum,
   written to a new file, fsynced and renamed into place; a damaged one stops the member.
 * Compaction writes the kept records to a new file, fsynced, and renames it into place.
@@ -119,13 +120,15 @@ class BarnJournal(Journal):  # type: ignore[misc]  # (pysyncobj has no type hint
         offset = len(HEADER)
         while offset < len(data):
             if offset + RECORD.size > len(data):
-                return self._torn(offset, len(data))
+                return self._torn(offset, len(data), "was cut short")
             length, crc, index, term = RECORD.unpack_from(data, offset)
             end = offset + RECORD.size + length
             if end > len(data):
-                return self._torn(offset, len(data))
+                return self._torn(offset, len(data), "was cut short")
             command = data[offset + RECORD.size : end]
             if zlib.crc32(command, zlib.crc32(data[offset + 8 : offset + RECORD.size])) != crc:
+                if end == len(data):  # the last one: a crash while it was written (its size on disk, not its bytes)
+                    return self._torn(offset, len(data), "does not match its checksum")
                 raise self._damaged(offset, "does not match its checksum")
             if self._entries and index != self._entries[-1][1] + 1:
                 raise self._damaged(offset, f"has index {index} after {self._entries[-1][1]}")
@@ -134,13 +137,16 @@ class BarnJournal(Journal):  # type: ignore[misc]  # (pysyncobj has no type hint
             offset = end
         return offset
 
-    def _torn(self, offset: int, size: int) -> int:
+    def _torn(self, offset: int, size: int, why: str) -> int:
+        """The last record, torn by a crash while it was appended (or damaged: either way this
+        member drops it and takes it again from the leader, as any entry it lacks)."""
         log.warning(
-            "%s: its last record (at byte %d, %d bytes) was cut short, by a stop while it was written: "
-            "dropped (it was never acknowledged)",
+            "%s: its last record (at byte %d, %d bytes) %s, as a stop while it was written leaves it: "
+            "dropped (the leader sends it again if it was committed)",
             self.path,
             offset,
             size - offset,
+            why,
         )
         return offset
 
