@@ -4,9 +4,9 @@ A ``runink.toml`` found in the current folder comes with the project, and a proj
 from anyone: its config could choose the ``process`` executor (the project's code then runs
 unconfined, as the user, root included), allow paths outside the project (its sinks then
 overwrite them), or name a cluster server (the CLI then sends the user's token there). So such
-a file is read only once the user trusted it as it is now: its real path and the SHA-256 of
-its bytes, kept in ``$XDG_CONFIG_HOME/runink/trusted.json``; a change to the file (a pull)
-needs trusting again. A file named with ``--config`` or ``$RUNINK_CONFIG``, and the user's own
+a file is read only once the user trusted it as it is now: its path as found (absolute, a link
+not resolved) and the SHA-256 of its bytes, kept in ``$XDG_CONFIG_HOME/runink/trusted.json``;
+a change to the file (a pull) needs trusting again. A file named with ``--config`` or ``$RUNINK_CONFIG``, and the user's own
 ``~/.config/runink/config.toml``, are the user's choice and need no trust (as direnv's
 ``allow`` and mise's ``trust``).
 """

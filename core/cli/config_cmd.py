@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,11 @@ def trust(
     from runink.core.config_trust import trust as record
 
     sha256 = record(file)
+    where = os.path.abspath(file)  # (as found: what is trusted, see config_trust)
     if json_output:
-        print_json({"file": str(file.resolve()), "sha256": sha256})
+        print_json({"file": where, "sha256": sha256})
     else:
-        print(f"trusted {file.resolve()} as it is now (sha256 {sha256[:16]}...)")
+        print(f"trusted {where} as it is now (sha256 {sha256[:16]}...)")
 
 
 def register(app_: typer.Typer) -> None:
