@@ -6,9 +6,9 @@ unconfined, as the user, root included), allow paths outside the project (its si
 overwrite them), or name a cluster server (the CLI then sends the user's token there). So such
 a file is read only once the user trusted it as it is now: its path as found (absolute, a link
 not resolved) and the SHA-256 of its bytes, kept in ``$XDG_CONFIG_HOME/runink/trusted.json``;
-a change to the file (a pull) needs trusting again. A file named with ``--config`` or ``$RUNINK_CONFIG``, and the user's own
-``~/.config/runink/config.toml``, are the user's choice and need no trust (as direnv's
-``allow`` and mise's ``trust``).
+a change to the file (a pull) needs trusting again. A file named with ``--config`` or
+``$RUNINK_CONFIG``, and the user's own ``~/.config/runink/config.toml``, are the user's choice
+and need no trust (as direnv's ``allow`` and mise's ``trust``).
 """
 
 from __future__ import annotations
