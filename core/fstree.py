@@ -12,6 +12,7 @@ followed, no long path is built), at most ``MAX_OPEN`` open at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -46,6 +47,34 @@ def private_folder(path: Path, what: str = "folder") -> None:
         )
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+def read_private_file(path: Path, what: str, limit: int, error: type[RuninkError] = RuninkError) -> bytes:
+    """At most ``limit + 1`` bytes of ``path`` (``what`` names it: the caller says what more
+    means), a regular file no one but its owner may read, opened through no link and without
+    blocking (a FIFO put there hung a server for good); ``error`` saying why otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{what} {path} is a symlink; refused (name the file itself)") from None
+        raise error(f"{what} {path}: cannot open it: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file; refused")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise error(f"{what} {path} has mode {mode:04o}: group or others may read it; refused (chmod 600 {path})")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path | str, *, dir_fd: int | None = None) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from runink.core.fstree import read_private_file
 from runink.core.interfaces.secrets import SecretError
 
 MASTER_KEY_BYTES = 32
@@ -60,29 +59,7 @@ def read_master_key(path: str | Path) -> bytes:
             raise SecretError(f"master key {path}: the environment variable {name or '(no name)'} is not set")
         return _decoded(value.encode()[: MAX_KEY_FILE_BYTES + 1], f"${name}")
     path = Path(path)
-    try:
-        # O_NONBLOCK: a FIFO put there must not hang the server; it is refused below
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise SecretError(f"master key file {path}: no such file") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SecretError(f"master key file {path} is a symlink; refused (name the file itself)") from None
-        raise SecretError(f"master key file {path}: cannot open it: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretError(f"master key file {path} is not a regular file; refused")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise SecretError(
-                f"master key file {path} has mode {mode:04o}: group or others may read it; refused (chmod 600 {path})"
-            )
-        data = _read_bounded(fd, MAX_KEY_FILE_BYTES)
-    finally:
-        os.close(fd)
-    if data is None:
-        raise SecretError(f"master key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a master key file")
+    data = read_private_file(path, "master key file", MAX_KEY_FILE_BYTES, SecretError)
     return _decoded(data, f"master key file {path}")
 
 
@@ -96,19 +73,6 @@ def _decoded(data: bytes, where: str) -> bytes:
     if len(key) != MASTER_KEY_BYTES:
         raise SecretError(f"{where} holds {len(key)} bytes; a master key is {MASTER_KEY_BYTES}")
     return key
-
-
-def _read_bounded(fd: int, limit: int) -> bytes | None:
-    """At most ``limit`` bytes of ``fd``; None if there are more."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = os.read(fd, limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return None if size > limit else b"".join(chunks)
 
 
 def create_master_key(path: str | Path) -> str:

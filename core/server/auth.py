@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import secrets
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +31,7 @@ from runink.core.control.records import Record
 from runink.core.control.roles import RoleCache
 from runink.core.control.store import ClusterStore
 from runink.core.errors import AuthenticationError, RuninkError
+from runink.core.fstree import read_private_file
 from runink.core.hookspecs import hookimpl
 from runink.core.interfaces.barn import TxnOp
 from runink.core.model import AuthRequest, AuthzDecision, Grant, Identity
@@ -58,23 +57,8 @@ MAX_KEY_FILE = 64 << 10  # bytes of a signing key file, at most
 
 
 def _read_private(path: Path) -> bytes:
-    """The bytes of the key file ``path``: a regular file no one but its owner may read,
-    opened through no link and without blocking (a FIFO hung the server for good)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        why = "a symbolic link (name the file itself)" if exc.errno == errno.ELOOP else exc.strerror
-        raise RuninkError(f"--auth-key {path}: {why}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RuninkError(f"--auth-key {path}: not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise RuninkError(f"--auth-key {path}: mode {mode:04o}, group or others may read it (chmod 600 {path})")
-        data = os.read(fd, MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
+    """The bytes of the key file ``path``: a private regular file (fstree.read_private_file)."""
+    data = read_private_file(path, "--auth-key", MAX_KEY_FILE)
     if len(data) > MAX_KEY_FILE:
         raise RuninkError(f"--auth-key {path}: larger than {MAX_KEY_FILE:,} bytes: not a key")
     return data
