@@ -222,10 +222,11 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
     def recover(self, handle: TaskHandle) -> None:
         self._check_handle(handle)
         state = handle.driver_state
+        ticks = state.get("start_ticks")
         task = _Task(
             handle=handle,
             pid=int(state["pid"]),
-            start_ticks=state.get("start_ticks"),
+            start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None,
             status_file=Path(state["status_file"]),
             is_child=False,
         )
@@ -267,10 +268,16 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
         self._finish(task, code, sig, None, None)
 
     def _alive(self, task: _Task) -> bool:
+        """The task's process runs: our child (its pid cannot be another's before we reap it),
+        or a recovered one whose start time is the handle's. A recovered handle without one
+        cannot tell the task from a process that took its pid since: taken as ended (any live
+        pid counted, and a forged handle had `stop` kill that process's group)."""
         fields = _proc_stat(task.pid)
         if fields is None or fields[0] == "Z":
             return False
-        return task.start_ticks is None or int(fields[19]) == task.start_ticks
+        if task.is_child:
+            return True
+        return task.start_ticks is not None and int(fields[19]) == task.start_ticks
 
     @staticmethod
     def _recorded_status(task: _Task) -> tuple[int | None, int | None]:
@@ -281,17 +288,19 @@ class ProcessExecutor(BookkeepingExecutor[_Task]):
         return code, None
 
     def _finish(self, task: _Task, code: int | None, sig: int | None, cpu: float | None, peak: int | None) -> None:
-        # Whatever the main process left running in its group goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(task.pid, signal.SIGKILL)
+        # Whatever the main process left running in its group goes with it (a recovered task's
+        # only when its start time was known: its pid is not someone else's group)
+        if task.is_child or task.start_ticks is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(task.pid, signal.SIGKILL)
         # its files (secrets among them) go with it: no tmpfs here, they were on the disk
         shutil.rmtree(Path(task.handle.task_dir) / "files", ignore_errors=True)
         self._settle(task, TaskExit(code, sig), cpu, peak)
 
     def _terminate(self, task: _Task, grace: float) -> None:
         """SIGTERM the group, SIGKILL it after ``grace``; returns when the task has ended."""
-        if not self._alive(task) and task.done.wait(1.0):
-            return
+        if not self._alive(task) and (task.done.wait(1.0) or (not task.is_child and task.start_ticks is None)):
+            return  # (ended; or a pid that cannot be told to be the task's: never signalled)
         for sig, wait_for in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(task.pid, sig)
