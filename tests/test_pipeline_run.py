@@ -764,3 +764,16 @@ def test_without_a_contract_a_csv_value_its_columns_type_refuses_is_one_dead_let
     # JSON has no dates: a string that looks like one stays the string written
     written = [json.loads(x) for x in (project / "out" / "j.jsonl").read_text().splitlines()]
     assert {r["day"] for r in written} == {"2026-01-01"}
+
+
+def test_without_a_contract_a_type_that_changes_in_json_lines_fails_naming_the_column(
+    run_cli: CliRunner, project: Path
+) -> None:
+    # (typed chunk by chunk: a Parquet sink cannot change a column's type; Arrow's error named none)
+    lines = [json.dumps({"id": i, "v": 1}) for i in range(1500)] + [json.dumps({"id": i, "v": "x"}) for i in range(10)]
+    (project / "in.jsonl").write_text("\n".join(lines) + "\n")
+    dsl(project, '\nScenario: m\n  @source("in.jsonl", chunk_lines=1000)\n  @sink("out/m.parquet")\n')
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    (m,) = summary(out)["scenarios"]
+    assert m["state"] == "FAILED" and not (project / "out" / "m.parquet").exists()
+    assert "column 'v' is string in these rows, int64 in those written before" in m["error"], m["error"]

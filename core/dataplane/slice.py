@@ -725,7 +725,11 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
                 if when == "invalid":  # DLQ rows: columns as first seen, missing ones null, extras dropped
                     present = {name: batch.column(name) for name in batch.schema.names}
                     batch = _conform(present, batch.num_rows, expected)
-                batch = batch.cast(expected)
+                try:
+                    batch = batch.cast(expected)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
+                    why = _schema_change(batch, expected)
+                    raise SliceError(f"sink {slot.format}://{slot.path}: {why} ({exc})") from exc
             slot.writer.write(batch)
         except SliceError:
             raise
@@ -733,6 +737,26 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
             raise SliceError(f"sink {slot.format}://{slot.path}: {type(exc).__name__}: {exc}") from exc
         slot.rows += batch.num_rows
         counters.sinks[str(slot.path)] = slot.rows
+
+
+def _schema_change(batch: pa.RecordBatch, expected: pa.Schema) -> str:
+    """How ``batch`` differs from the rows a sink was opened with, in words: the first column
+    whose values do not convert (Arrow's own words named none)."""
+    hint = "a source without a contract is typed as it is read: give it one, or convert in a step"
+    got = batch.schema
+    if got.names != expected.names:
+        missing = [n for n in expected.names if n not in got.names]
+        new = [n for n in got.names if n not in expected.names]
+        return f"these rows' columns differ from those written before (missing: {missing}, new: {new}; {hint})"
+    for index, before in enumerate(expected):
+        kind = got.field(index).type
+        if kind == before.type:
+            continue
+        try:
+            batch.column(index).cast(before.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
+            return f"column {before.name!r} is {kind} in these rows, {before.type} in those written before ({hint})"
+    return f"these rows do not convert to the types of those written before ({hint})"
 
 
 def _open_empty(
