@@ -13,13 +13,13 @@ and need no trust (as direnv's ``allow`` and mise's ``trust``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from runink.core.errors import ConfigError, RuninkError
+from runink.core.fstree import replace_file
 from runink.core.project_files import read_regular
 
 STORE_NAME = "trusted.json"
@@ -96,12 +96,9 @@ def _read_store() -> dict[str, str]:
 def _write_store(files: dict[str, str]) -> None:
     path = store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{STORE_NAME}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"version": 1, "files": files}, out, indent=1)  # (in the order trusted: the oldest go first)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    text = json.dumps({"version": 1, "files": files}, indent=1)  # (in the order trusted: the oldest go first)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        replace_file(folder, path.name, text.encode(), 0o600)
+    finally:
+        os.close(folder)

@@ -77,6 +77,31 @@ def read_private_file(path: Path, what: str, limit: int, error: type[RuninkError
         os.close(fd)
 
 
+def replace_file(folder_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """``data`` as the file ``name`` in the folder ``folder_fd``, whole or not at all: a new
+    file (through no link, ``mode`` whatever the umask), synced, renamed over the old one, the
+    folder synced (when ``folder_fd`` is a readable folder, not an O_PATH one). OSError if it
+    cannot be; the new file never stays behind."""
+    temporary = f".tmp-{name}-{secrets.token_hex(6)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=folder_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=folder_fd)
+        raise
+    with contextlib.suppress(OSError):  # (EBADF on an O_PATH fd)
+        os.fsync(folder_fd)
+
+
 def remove_tree(path: Path | str, *, dir_fd: int | None = None) -> None:
     """Remove ``path`` (relative to ``dir_fd`` if given) and all under it; a link is removed,
     never followed; a folder without write or search permission is given them first (the

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from runink.core.errors import RuninkError
+from runink.core.fstree import replace_file
 
 MAX_PROJECT_FILE = 64 << 20  # bytes of one project file the runner reads, at most
 
@@ -65,24 +66,10 @@ def write_below(base: Path, relative: str | PurePosixPath, data: bytes, what: st
     through no symbolic link, replacing the old file at once (a rename: never half written)."""
     parts = _parts(relative, what)
     folder = open_folder_below(base, PurePosixPath(*parts[:-1]), what, create=True)
-    temporary = f".{parts[-1]}.runink-{os.getpid()}.tmp"
     try:
-        try:
-            fd = os.open(
-                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder
-            )
-        except OSError as exc:
-            raise RuninkError(f"cannot write {what} {base / relative}: {_why(exc)}") from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(temporary, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary, dir_fd=folder)
-            raise
+        replace_file(folder, parts[-1], data, 0o644)
+    except OSError as exc:
+        raise RuninkError(f"cannot write {what} {base / relative}: {_why(exc)}") from None
     finally:
         os.close(folder)
 

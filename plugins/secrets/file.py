@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from runink.core.driverload import OptionsSchema
+from runink.core.fstree import replace_file
 from runink.core.interfaces.secrets import (
     MAX_SECRET_BYTES,
     SECRET_NAME,
@@ -216,26 +217,7 @@ class FileSecrets(SecretBackend):
 
     def _write(self, herd_fd: int, herd: str, name: str, data: bytes) -> None:
         """``data`` into ``name`` in the herd directory: a temporary file renamed over it."""
-        temporary = f".tmp-{name}-{os.urandom(6).hex()}"
-        fd = os.open(
-            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=herd_fd
-        )
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, name, src_dir_fd=herd_fd, dst_dir_fd=herd_fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary, dir_fd=herd_fd)
-            raise
-        with contextlib.suppress(OSError):
-            os.fsync(herd_fd)
+        replace_file(herd_fd, name, data, 0o600)
 
 
 def _version(entry: dict[str, Any] | None, exists: bool) -> int:

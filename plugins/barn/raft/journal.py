@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 from pysyncobj.journal import Journal
 
 from runink.core.errors import BarnError
+from runink.core.fstree import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -323,26 +324,13 @@ def _pysyncobj_records(data: bytes, path: str) -> list[tuple[bytes, int, int]]:
 
 
 def _write_replacing(path: str, data: bytes) -> None:
-    """``data`` as ``path``: a new file, synced, renamed over the old one, the folder synced
-    (OSError when it cannot be)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)  # (a link left there is removed, never written through)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN, 0o600)
+    """``data`` as ``path``, whole or not at all, synced with its folder (OSError when it
+    cannot be)."""
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        replace_file(folder, os.path.basename(path), data, 0o600)
     finally:
-        os.close(fd)
-    os.rename(temporary, path)
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        os.close(folder)
 
 
 def _read_all(fd: int) -> bytes:
