@@ -532,6 +532,39 @@ def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
     ]
 
 
+def test_jsonl_without_a_contract_every_chunk_has_the_file_s_columns_and_types(tmp_path: Path) -> None:
+    """Typed chunk by chunk, a sink got int64 then double (or a new column) mid-file and the
+    run failed. Read once for the file's types first: every chunk has every column, each with
+    one type all its values fit; a line that is no JSON types nothing."""
+    path = tmp_path / "x.jsonl"
+    lines = [{"id": i, "n": 1, "s": {"a": 1}, "e": None, "l": []} for i in range(5)]
+    lines += [{"id": 5, "n": 1.5, "s": {"b": "x"}, "k": "late"}]
+    lines += [{"id": 6, "n": 2, "m": 1}, {"id": 7, "n": 3, "m": "seven"}, {"id": 8, "n": 4, "m": {"x": 1}}]
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"id": NaN}\n{"id": "nine"\n'
+    path.write_text(text)
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=False, options={"chunk_lines": 3}))
+    assert len(reads) == 4
+    expected = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("n", pa.float64()),  # whole numbers and a fraction
+            ("s", pa.struct([("a", pa.int64()), ("b", pa.string())])),  # both structs' fields
+            ("e", pa.string()),  # null in every line: text
+            ("l", pa.list_(pa.string())),  # lists with no item: of text
+            ("k", pa.string()),  # first seen in line 6
+            ("m", pa.string()),  # a number, a string and an object in one chunk: text
+        ]
+    )
+    assert [read.batch.schema for read in reads] == [expected] * 4
+    rows = [row for read in reads for row in read.batch.to_pylist()]
+    assert [row["id"] for row in rows] == list(range(9))  # (not made float by the NaN line)
+    assert [row["n"] for row in rows] == [1.0] * 5 + [1.5, 2.0, 3.0, 4.0]
+    assert [row["m"] for row in rows[6:]] == ["1", "seven", '{"x": 1}']  # numbers as written, objects as JSON
+    assert rows[0]["s"] == {"a": 1, "b": None} and rows[5]["s"] == {"a": None, "b": "x"}
+    assert rows[5]["k"] == "late" and rows[0]["k"] is None
+    assert [m.position for read in reads for m in read.malformed] == [10, 11]
+
+
 @pytest.mark.parametrize("raw", [True, False])
 def test_jsonl_nan_and_infinity_are_no_json(tmp_path: Path, raw: bool) -> None:
     """pyarrow reads NaN, Infinity and Inf, which JSON has not, as numbers (raw: the text "nan"

@@ -5,6 +5,11 @@ cannot parse as one JSON object per line is re-read line by line only to find th
 the good ones still go through the vectorized parser. A line longer than ``MAX_LINE_BYTES`` or
 nested deeper than ``MAX_DEPTH`` (which would crash the parser or exhaust the stack) is a
 malformed record found before parsing; such lines are skipped in pieces, never held whole.
+
+Without a contract a file is read twice: once for its columns and one type for each (every
+line's keys, see ``_file_schema``), then for its rows, each chunk read with those types. Typed
+chunk by chunk, a column of whole numbers that held a fraction 100,000 lines later, or a key
+first seen there, changed the sink's schema mid-file and failed the run.
 """
 
 from __future__ import annotations
@@ -85,18 +90,25 @@ def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
 EXACT_NUMBER = pa.decimal128(38, 18)
 
 
-def _read_json(lines: list[bytes], raw: bool, exact: Sequence[str] = ()) -> pa.Table | None:
+def _read_json(
+    lines: list[bytes], raw: bool, exact: Sequence[str] = (), schema: pa.Schema | None = None
+) -> pa.Table | None:
     """The lines as pyarrow reads them, one row for each; None if it cannot read them so (it
     makes two rows of two objects on one line). The columns pyarrow typed otherwise than they
     are written are read again, once, all of them together: strings that look like a timestamp
     as text (JSON has no timestamps: "2026-01-01" became 2026-01-01 00:00:00, written back as
     "2026-01-01T00:00:00+00:00"; a contract types them), and for a contract (``raw``) the
     numbers of ``exact`` as decimals (ArrowInvalid if one needs more digits than EXACT_NUMBER
-    has: the caller reads its lines one by one)."""
+    has: the caller reads its lines one by one). ``schema``: the file's (``_file_schema``),
+    every line read with it, nothing inferred."""
     data = pa.py_buffer(b"".join(lines))
     # a block must hold the longest line: pyarrow fails on one that straddles two blocks
     options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
     try:
+        if schema is not None:
+            parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+            table = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
+            return table if table.num_rows == len(lines) else None
         table = pajson.read_json(pa.BufferReader(data), read_options=options)
         again = _timestamps_as_text(table.schema)
         if raw and exact:
@@ -125,6 +137,84 @@ def _timestamps_as_text(schema: pa.Schema) -> list[pa.Field]:
         return kind
 
     return [field.with_type(text) for field in schema if (text := as_text(field.type)) != field.type]
+
+
+def _chunk_schema(lines: list[bytes]) -> pa.Schema | None:
+    """The columns of a chunk's valid lines and their types as pyarrow infers them (a string
+    that looks like a timestamp as text); a column whose values are of different kinds
+    (numbers in some lines, strings in others) as text. None if no line is valid."""
+    table = _read_json(lines, False)
+    if table is None or any(_non_finite(column) for column in table.columns):
+        lines = [line for line in lines if _invalid(line) is None]
+        table = _read_json(lines, False) if lines else None
+        if table is None and lines:  # kinds that differ: each column typed alone
+            rows = [json.loads(line) for line in lines]
+            fields = []
+            for name in dict.fromkeys(name for row in rows for name in row):
+                alone = _read_json(
+                    [json.dumps({name: row[name]}).encode() + b"\n" for row in rows if name in row], False
+                )
+                fields.append(pa.field(name, pa.string() if alone is None else alone.schema.field(name).type))
+            return pa.schema(fields)
+    return None if table is None else table.schema
+
+
+def _merged(schema: pa.Schema | None, more: pa.Schema) -> pa.Schema:
+    """The two chunks' columns in the order first seen; a column typed differently in each
+    gets the type both fit (whole numbers and fractions: float64; a struct's fields: all of
+    them), or text if there is none (a number and a string)."""
+    if schema is None:
+        return more
+    fields = {field.name: field for field in schema}
+    for field in more:
+        known = fields.get(field.name)
+        if known is None:
+            fields[field.name] = field
+        elif known.type != field.type:
+            try:
+                both = pa.unify_schemas([pa.schema([known]), pa.schema([field])], promote_options="permissive")
+                fields[field.name] = both.field(0)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                fields[field.name] = pa.field(field.name, pa.string())
+    return pa.schema(list(fields.values()))
+
+
+def _without_null_types(kind: pa.DataType) -> pa.DataType:
+    """A column null in every line is text (a null column would refuse the values of a later
+    file appended to the same sink); inside lists and structs too."""
+    if pa.types.is_null(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_without_null_types(field.type)) for field in kind])
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return pa.list_(kind.value_field.with_type(_without_null_types(kind.value_type)))
+    return kind
+
+
+def _as_typed(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table, list[int]]:
+    """Valid lines pyarrow cannot read with the file's types (a text column holding a number
+    in some lines): each value as ``_as_text`` gives it for a text column, as JSON has it for
+    the others. Also the indexes of the lines whose values still do not fit (none, as the
+    types were found in the same lines; kept as dead letters, never dropped)."""
+    rows, unfit = [], []
+    for line in lines:
+        value = json.loads(line, parse_float=_Written, parse_int=_Written)
+        row = {}
+        for field in schema:
+            found = value.get(field.name)
+            row[field.name] = _as_text(found) if pa.types.is_string(field.type) else _numbers(found)
+        rows.append(row)
+    try:
+        return pa.Table.from_pylist(rows, schema=schema), unfit
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        kept = []
+        for i, row in enumerate(rows):
+            try:
+                pa.Table.from_pylist([row], schema=schema)
+                kept.append(row)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                unfit.append(i)
+        return pa.Table.from_pylist(kept, schema=schema), unfit
 
 
 def _non_finite(array: pa.Array | pa.ChunkedArray) -> bool:
@@ -187,6 +277,37 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _chunks(
+    fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int
+) -> Iterator[tuple[list[bytes], list[int], list[Malformed]]]:
+    """The file from where ``fh`` is, in chunks: the lines to parse, the file line of each, and
+    the lines that are malformed before any parse (too long, nested too deep)."""
+    readline, limit = fh.readline, MAX_LINE_BYTES
+    line_no = 0
+    while True:
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        skipped: list[Malformed] = []
+        held = 0  # bytes of the chunk's lines (and dead letters' texts)
+        while raw_line := readline(limit):
+            line_no += 1
+            # only a line longer than MAX_DEPTH bytes can be too deep or too long
+            if len(raw_line) > MAX_DEPTH and (reason := _oversized(raw_line, fh)):
+                skipped.append(Malformed(line_no, reason, _text(raw_line)))
+                held += len(skipped[-1].text)
+                if len(skipped) >= chunk_lines or held >= chunk_bytes:
+                    break
+            elif raw_line.strip():
+                lines.append(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
+                numbers.append(line_no)
+                held += len(raw_line)
+                if len(lines) >= chunk_lines or held >= chunk_bytes:
+                    break
+        if not lines and not skipped:
+            return
+        yield lines, numbers, skipped
+
+
 class JsonlStorage(Storage):
     name = "jsonl"
     position_unit = "line"
@@ -201,50 +322,55 @@ class JsonlStorage(Storage):
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally, across yields
         except FileNotFoundError:
             raise DatasetError(f"source {path} does not exist") from None
-        readline, limit = fh.readline, MAX_LINE_BYTES
         info = os.fstat(fh.fileno())
         size = info.st_size if stat.S_ISREG(info.st_mode) else 0  # how far the read is, in bytes
         try:
-            line_no = 0
-            while True:
-                lines: list[bytes] = []
-                numbers: list[int] = []
-                skipped: list[Malformed] = []
-                held = 0  # bytes of the chunk's lines (and dead letters' texts)
-                while raw_line := readline(limit):
-                    line_no += 1
-                    # only a line longer than MAX_DEPTH bytes can be too deep or too long
-                    if len(raw_line) > MAX_DEPTH and (reason := _oversized(raw_line, fh)):
-                        skipped.append(Malformed(line_no, reason, _text(raw_line)))
-                        held += len(skipped[-1].text)
-                        if len(skipped) >= chunk_lines or held >= chunk_bytes:
-                            break
-                    elif raw_line.strip():
-                        lines.append(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
-                        numbers.append(line_no)
-                        held += len(raw_line)
-                        if len(lines) >= chunk_lines or held >= chunk_bytes:
-                            break
-                if not lines and not skipped:
-                    return
-                read = self._parse(lines, numbers, raw, skipped, exact)
+            schema = None
+            if not raw and stat.S_ISREG(info.st_mode):  # (a file read once cannot be read again)
+                schema = self._file_schema(fh, chunk_lines, chunk_bytes)
+                fh.seek(0)
+            for lines, numbers, skipped in _chunks(fh, chunk_lines, chunk_bytes):
+                read = self._parse(lines, numbers, raw, skipped, exact, schema=schema)
                 yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
 
+    @staticmethod
+    def _file_schema(fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int) -> pa.Schema | None:
+        """Every column of the file's valid lines, in the order first seen, with one type that
+        fits all its values (``_merged``; text where none does, and where all are null)."""
+        schema = None
+        for lines, _numbers_read, _skipped in _chunks(fh, chunk_lines, chunk_bytes):
+            found = _chunk_schema(lines) if lines else None
+            if found is not None:
+                schema = _merged(schema, found)
+        if schema is None:
+            return None
+        return pa.schema([field.with_type(_without_null_types(field.type)) for field in schema])
+
     def _parse(
-        self, lines: list[bytes], numbers: list[int], raw: bool, skipped: list[Malformed], exact: list[str]
+        self,
+        lines: list[bytes],
+        numbers: list[int],
+        raw: bool,
+        skipped: list[Malformed],
+        exact: list[str],
+        *,
+        schema: pa.Schema | None = None,
     ) -> ReadBatch:
         if not lines:
-            return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), skipped)
-        read = self._parse_lines(lines, numbers, raw, exact)
+            empty = pa.RecordBatch.from_pylist([], schema=schema)
+            return ReadBatch(empty, pa.array([], pa.int64()), skipped)
+        read = self._parse_lines(lines, numbers, raw, exact, schema)
         if skipped:
             read = ReadBatch(read.batch, read.positions, sorted([*skipped, *read.malformed], key=lambda m: m.position))
         return read
 
-    def _parse_lines(self, lines: list[bytes], numbers: list[int], raw: bool, exact: list[str]) -> ReadBatch:
+    def _parse_lines(
+        self, lines: list[bytes], numbers: list[int], raw: bool, exact: list[str], schema: pa.Schema | None = None
+    ) -> ReadBatch:
         malformed: list[Malformed] = []
-        table = _read_json(lines, raw, exact)
+        table = _read_json(lines, raw, exact, schema)
         if table is None or any(_non_finite(column) for column in table.columns):
             good_lines, good_numbers = [], []
             for line, number in zip(lines, numbers, strict=True):
@@ -255,9 +381,16 @@ class JsonlStorage(Storage):
                 good_numbers.append(number)
             lines, numbers = good_lines, good_numbers
             if not lines:
-                return ReadBatch(pa.RecordBatch.from_pylist([]), pa.array([], pa.int64()), malformed)
-            table = _read_json(lines, raw, exact)
-            if table is None:
+                return ReadBatch(pa.RecordBatch.from_pylist([], schema=schema), pa.array([], pa.int64()), malformed)
+            table = _read_json(lines, raw, exact, schema)
+            if table is None and schema is not None:
+                table, unfit = _as_typed(lines, schema)
+                for i in unfit:  # (cannot be: the types were found in these lines)
+                    why = "a value that does not fit the column types of the file's other lines"
+                    malformed.append(Malformed(numbers[i], why, _text(lines[i]).rstrip("\n")))
+                dropped = set(unfit)
+                numbers = [n for i, n in enumerate(numbers) if i not in dropped]
+            elif table is None:
                 # Valid JSON whose types conflict between lines, or a number too long to be read
                 # exactly: Python for this chunk, each number kept as it is written.
                 rows = [
@@ -266,7 +399,10 @@ class JsonlStorage(Storage):
                 ]
                 names = dict.fromkeys(name for row in rows for name in row)  # every row's keys, not the first's
                 table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in names]))
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([])
+        if table.num_rows:
+            batch = table.combine_chunks().to_batches()[0]
+        else:
+            batch = pa.RecordBatch.from_pylist([], schema=schema)
         if raw:
             batch = _stringify(batch)
         return ReadBatch(batch, pa.array(numbers, pa.int64()), malformed)
