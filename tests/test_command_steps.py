@@ -336,6 +336,43 @@ def test_the_scenario_timeout_covers_its_commands(run_cli: CliRunner, tmp_path: 
     assert scenario["elapsed"] < 20
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_what_a_command_leaves_running_ends_with_it(run_cli: CliRunner, tmp_path: Path, executor: str) -> None:
+    """A child left in the background held the step's stderr pipe: the step waited for ever
+    (no timeout by default). It is killed once the command exits; one that left the command's
+    process group and holds a pipe fails the step after a few seconds, saying so."""
+    dsl = pipeline(
+        tmp_path / "p",
+        '@source("csv://orders.csv")\n@run("cat; sleep 3600 &", shell=True)\n@sink("csv://out/o.csv")\n',
+        requires='@requires(timeout="60s")',
+    )
+    _, scenario = run(run_cli, dsl, executor)
+    assert scenario["state"] == "SUCCEEDED", scenario["error"]
+    assert scenario["elapsed"] < 20
+    assert len(csv_rows(tmp_path / "p" / "out" / "o.csv")) > 1
+    dsl = pipeline(
+        tmp_path / "q",
+        '@source("csv://orders.csv")\n@run("cat; setsid sleep 3599 & sleep 1", shell=True)\n@sink("csv://out/o.csv")\n',
+        requires='@requires(timeout="60s")',
+    )
+    try:
+        _, scenario = run(run_cli, dsl, executor)
+    finally:  # (the process executor has no cgroup to end it with the slice)
+        subprocess.run(["pkill", "-f", "^sleep 3599$"], check=False)
+    assert scenario["state"] == "FAILED" and scenario["elapsed"] < 30, scenario
+    assert "still holds its output or stderr open after 5 s" in scenario["error"], scenario["error"]
+    assert not (tmp_path / "q" / "out" / "o.csv").exists()
+
+
+@pytest.mark.parametrize("make", ["mkfifo {output}", "ln -s /dev/zero {output}"])
+def test_an_output_that_is_not_a_regular_file_fails_the_step(run_cli: CliRunner, tmp_path: Path, make: str) -> None:
+    """A FIFO or a link to /dev/zero as {output} was read as "no rows": the step succeeded empty."""
+    dsl = pipeline(tmp_path / "p", f'@source("csv://orders.csv")\n@run("{make}")\n@sink("csv://out/o.csv")\n')
+    _, scenario = run(run_cli, dsl, "linux")
+    assert scenario["state"] == "FAILED", scenario
+    assert "its output {output} is not a regular file" in scenario["error"], scenario["error"]
+
+
 def test_a_command_step_reaches_the_slice_in_its_spec() -> None:
     spec = SliceSpec(
         task_id="t",

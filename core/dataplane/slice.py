@@ -23,6 +23,7 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -365,6 +366,7 @@ class CommandStage:
 
     #: stderr lines kept for the failure message (the rest is in the slice's log)
     STDERR_TAIL = 20
+    LEFTOVER_GRACE = 5.0  # seconds a process the program left may hold its pipes once it exited
 
     def __init__(self, spec: CommandSpec, driver: Storage, *, folder: Path, cwd: Path) -> None:
         self.command = spec.command
@@ -433,8 +435,15 @@ class CommandStage:
             stdin = files.enter_context(open(self.input, "rb")) if "input" not in names else subprocess.DEVNULL
             stdout = files.enter_context(open(self.output, "wb")) if "output" not in names else subprocess.PIPE
             try:
+                # its own process group: what it leaves running goes with it (see below)
                 process = subprocess.Popen(
-                    argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, cwd=self.cwd, close_fds=True
+                    argv,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                    cwd=self.cwd,
+                    close_fds=True,
+                    process_group=0,
                 )
             except FileNotFoundError:
                 path = os.environ.get("PATH", "")
@@ -453,8 +462,19 @@ class CommandStage:
             if process.poll() is None:  # the slice is failing for another reason: the program goes too
                 process.kill()
                 process.wait()
+            # What the program left running (`tool &`) ends with it, as a Slurm step's processes
+            # do: it held the pipes open (the step waited for ever) and could still write the
+            # output being read. One that left the group (setsid) and holds a pipe fails the step.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + self.LEFTOVER_GRACE
             for pump in pumps:
-                pump.join()
+                pump.join(max(0.0, deadline - time.monotonic()))
+        if any(pump.is_alive() for pump in pumps):
+            raise SliceError(
+                f"{what} ended, but a process it started in a session of its own still holds its "
+                f"output or stderr open after {self.LEFTOVER_GRACE:g} s (a step's processes must end with it)"
+            )
         if status != 0:
             if status < 0:
                 ended = f"was killed by signal {status_signal_name(-status)}"
@@ -463,8 +483,14 @@ class CommandStage:
             last = next((line for line in reversed(tail) if line.strip()), "")
             detail = f" (stderr: {printable(last.strip(), 300)})" if last else ""
             raise SliceError(f"{what} {ended}{detail}")
-        if not self.output.exists():
-            raise SliceError(f"{what} exited with status 0 but wrote no output file {{output}} ({self.output})")
+        try:
+            found = os.lstat(self.output)
+        except FileNotFoundError:
+            raise SliceError(
+                f"{what} exited with status 0 but wrote no output file {{output}} ({self.output})"
+            ) from None
+        if not stat.S_ISREG(found.st_mode):  # (a FIFO or a link to /dev/zero read as "no rows")
+            raise SliceError(f"{what}: its output {{output}} is not a regular file ({self.output})")
 
     def _pump(self, pipe: IO[bytes], into: TextIO, tail: collections.deque[str] | None) -> None:
         """Copy the program's lines into the slice's log, tagged with this step (bounded lines)."""
