@@ -766,6 +766,17 @@ def test_without_a_contract_a_csv_value_its_columns_type_refuses_is_one_dead_let
     assert {r["day"] for r in written} == {"2026-01-01"}
 
 
+def test_a_panic_in_a_library_fails_the_scenario_with_a_reason(run_cli: CliRunner, project: Path) -> None:
+    # polars panics on a bytes column written as JSON Lines: its PanicException is no Exception,
+    # and the slice ended with "exit code 1" and no reason, its sinks not aborted
+    pq.write_table(pa.table({"id": [1, 2], "blob": pa.array([b"a", b"b"], pa.binary())}), project / "in.parquet")
+    dsl(project, '\nScenario: m\n  @source("in.parquet")\n  @sink("out/m.jsonl")\n')
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    (m,) = summary(out)["scenarios"]
+    assert m["state"] == "FAILED" and "PanicException" in m["error"], m["error"]
+    assert not (project / "out" / "m.jsonl").exists()
+
+
 def test_without_a_contract_json_lines_get_one_type_per_column_for_the_whole_file(
     run_cli: CliRunner, project: Path
 ) -> None:

@@ -123,6 +123,22 @@ def _csv_read(path: Path, **options: object) -> tuple[list[dict[str, str]], list
     return rows, positions, bad
 
 
+def test_csv_without_a_contract_a_value_not_utf8_in_the_first_block_is_a_dead_letter(tmp_path: Path) -> None:
+    """Arrow typed the column as bytes: the line was kept, and a JSON Lines sink then crashed
+    the slice (a polars panic, "exit code 1" and no reason)."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"id,name\n1,ann\n2,b\xffob\n3,cat\n")
+    reads = list(load_driver(Storage, "csv").read(path, raw=False))
+    assert [str(t) for t in reads[0].batch.schema.types] == ["int64", "string"]
+    assert [r for read in reads for r in read.batch.to_pylist()] == [
+        {"id": 1, "name": "ann"},
+        {"id": 3, "name": "cat"},
+    ]
+    assert [(m.position, m.reason) for read in reads for m in read.malformed] == [
+        (3, "not UTF-8 text (invalid start byte at byte 3 of the line)")
+    ]
+
+
 @pytest.mark.parametrize("block_size", [1 << 10, 1 << 20])
 def test_csv_unclosed_quote_is_one_dead_letter_not_a_merge(tmp_path: Path, block_size: int) -> None:
     # An unclosed quote used to swallow every following line into one value (or, across a

@@ -243,7 +243,9 @@ def run(spec: SliceSpec) -> int:
             **_counts(counters),
         )
         return 0
-    except Exception as exc:
+    except BaseException as exc:  # (polars' PanicException is no Exception: the slice ended saying nothing)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         # Closed here, not when the garbage collector finds the generators (held in a cycle by
         # the traceback): a reader's cleanup (joining its read-ahead thread) must not run inside
         # a collection, where it hung the slice for good on Python 3.13.

@@ -237,6 +237,12 @@ class _ChunkParser:
         except pa.ArrowInvalid:  # a line not UTF-8, many malformed lines, lines swallowed into a typed value...
             yield from self._by_line(chunk, first_line)
             return
+        if self.types is None and any(pa.types.is_binary(t) for t in batch.schema.types):
+            # (no contract, the first block) Arrow types a column holding a value that is not
+            # UTF-8 as bytes, where a typed column refuses it: its line is a dead letter too
+            del batch, invalid
+            yield from self._by_line(chunk, first_line)
+            return
         # As many records as lines: no value spans lines, no line is blank (the common case),
         # unless a quote left open on the last line swallowed only the chunk's final break.
         if batch.num_rows + len(invalid) == count and self.closed(_last_line(chunk)):
