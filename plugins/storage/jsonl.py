@@ -39,6 +39,13 @@ CHUNK_BYTES = 4 << 20
 #: deeper nesting is a malformed record (pyarrow's parser recurses: 100,000 levels crash it).
 MAX_DEPTH = 512
 MAX_TEXT = 1000
+#: columns a source may have (as a CSV header), and values Arrow may build for one read: every
+#: column gets a value in every line, so lines of keys all different cost lines x keys
+MAX_COLUMNS = 10_000
+MAX_CELLS = 1 << 26
+#: a chunk's columns are found in pieces of this many lines and bytes at most (see _bounded_schema)
+PIECE_LINES = 1024
+PIECE_BYTES = 64 << 10
 # A string, or an unclosed one up to the end of the line: each match succeeds where it starts,
 # so the scan is linear (requiring the closing quote made each quote of an unclosed string
 # rescan the rest of the line: quadratic, about an hour for 1 MB of \").
@@ -101,6 +108,12 @@ def _read_json(
     numbers of ``exact`` as decimals (ArrowInvalid if one needs more digits than EXACT_NUMBER
     has: the caller reads its lines one by one). ``schema``: the file's (``_file_schema``),
     every line read with it, nothing inferred."""
+    if schema is None and len(lines) > 1 and (len(lines) > PIECE_LINES or sum(map(len, lines)) > PIECE_BYTES):
+        schema, table = _bounded_schema(lines, raw, exact)
+        if schema is None:
+            return None
+        if table is not None:
+            return table if table.num_rows == len(lines) else None
     data = pa.py_buffer(b"".join(lines))
     # a block must hold the longest line: pyarrow fails on one that straddles two blocks
     options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
@@ -122,6 +135,74 @@ def _read_json(
     except pa.ArrowInvalid:
         return None
     return table if table.num_rows == len(lines) else None
+
+
+def _pieces(lines: list[bytes]) -> Iterator[list[bytes]]:
+    """The lines in pieces of at most PIECE_LINES lines and about PIECE_BYTES bytes."""
+    piece: list[bytes] = []
+    held = 0
+    for line in lines:
+        if piece and (len(piece) >= PIECE_LINES or held + len(line) > PIECE_BYTES):
+            yield piece
+            piece, held = [], 0
+        piece.append(line)
+        held += len(line)
+    if piece:
+        yield piece
+
+
+def _width(kind: pa.DataType | pa.Schema) -> int:
+    """Columns, counting each field of a struct (those are columns too, for Arrow)."""
+    if isinstance(kind, pa.Schema):
+        return sum(1 + _width(field.type) for field in kind)
+    if pa.types.is_struct(kind):
+        return sum(1 + _width(field.type) for field in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _width(kind.value_type)
+    return 0
+
+
+def _bounded_schema(lines: list[bytes], raw: bool, exact: Sequence[str]) -> tuple[pa.Schema | None, pa.Table | None]:
+    """The lines' columns, found without building more than MAX_CELLS values at once: Arrow
+    makes a value of every column for every line, so 20,000 lines of a key each (220 KB) took
+    95 s and 5.5 GB to read in one piece. The first piece's columns, if every line has only
+    those, of those types (one read, the common case); else every piece's, merged. More than
+    MAX_COLUMNS columns, or more than MAX_CELLS values for the lines: DatasetError. With the
+    lines read if the first piece's columns did (else None: the caller reads them with the
+    schema); no schema if a piece cannot be read as one row a line (the caller reads the lines
+    one by one)."""
+    pieces = _pieces(lines)
+    head = _read_json(next(pieces), raw, exact)
+    if head is None:
+        return None, None
+    found = head.schema
+    if _width(found) * len(lines) <= MAX_CELLS:
+        data = pa.py_buffer(b"".join(lines))
+        options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
+        parse = pajson.ParseOptions(explicit_schema=found, unexpected_field_behavior="error")
+        try:
+            return found, pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
+        except pa.ArrowInvalid:
+            pass  # another column, or another type: every piece's columns
+    for piece in pieces:
+        table = _read_json(piece, raw, exact)
+        if table is None:
+            return None, None
+        found = _merged(found, table.schema)
+        _check_size(_width(found), 0)
+    _check_size(_width(found), len(lines))
+    return found, None
+
+
+def _check_size(columns: int, lines: int) -> None:
+    """DatasetError past MAX_COLUMNS columns, or MAX_CELLS values for ``lines`` lines."""
+    if columns > MAX_COLUMNS:
+        raise DatasetError(f"its lines have more than {MAX_COLUMNS:,} different keys (columns)")
+    if columns * lines > MAX_CELLS:
+        raise DatasetError(
+            f"{lines:,} lines with {columns:,} different keys (columns) in all: too sparse to read "
+            f"as a table (more than {MAX_CELLS:,} values at once)"
+        )
 
 
 def _timestamps_as_text(schema: pa.Schema) -> list[pa.Field]:
@@ -150,7 +231,9 @@ def _chunk_schema(lines: list[bytes]) -> pa.Schema | None:
         if table is None and lines:  # kinds that differ: each column typed alone
             rows = [json.loads(line) for line in lines]
             fields = []
-            for name in dict.fromkeys(name for row in rows for name in row):
+            names = dict.fromkeys(name for row in rows for name in row)
+            _check_size(len(names), len(rows))
+            for name in names:
                 alone = _read_json(
                     [json.dumps({name: row[name]}).encode() + b"\n" for row in rows if name in row], False
                 )
@@ -327,23 +410,30 @@ class JsonlStorage(Storage):
         try:
             schema = None
             if not raw and stat.S_ISREG(info.st_mode):  # (a file read once cannot be read again)
-                schema = self._file_schema(fh, chunk_lines, chunk_bytes)
+                schema = self._file_schema(path, fh, chunk_lines, chunk_bytes)
                 fh.seek(0)
             for lines, numbers, skipped in _chunks(fh, chunk_lines, chunk_bytes):
-                read = self._parse(lines, numbers, raw, skipped, exact, schema=schema)
+                try:
+                    read = self._parse(lines, numbers, raw, skipped, exact, schema=schema)
+                except DatasetError as exc:
+                    raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
                 yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
 
     @staticmethod
-    def _file_schema(fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int) -> pa.Schema | None:
+    def _file_schema(path: Path, fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int) -> pa.Schema | None:
         """Every column of the file's valid lines, in the order first seen, with one type that
         fits all its values (``_merged``; text where none does, and where all are null)."""
         schema = None
-        for lines, _numbers_read, _skipped in _chunks(fh, chunk_lines, chunk_bytes):
-            found = _chunk_schema(lines) if lines else None
-            if found is not None:
-                schema = _merged(schema, found)
+        for lines, numbers, _skipped in _chunks(fh, chunk_lines, chunk_bytes):
+            try:
+                found = _chunk_schema(lines) if lines else None
+                if found is not None:
+                    schema = _merged(schema, found)
+                    _check_size(_width(schema), 0)
+            except DatasetError as exc:
+                raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
         if schema is None:
             return None
         return pa.schema([field.with_type(_without_null_types(field.type)) for field in schema])
@@ -398,6 +488,7 @@ class JsonlStorage(Storage):
                     for x in lines
                 ]
                 names = dict.fromkeys(name for row in rows for name in row)  # every row's keys, not the first's
+                _check_size(len(names), len(rows))
                 table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in names]))
         if table.num_rows:
             batch = table.combine_chunks().to_batches()[0]
