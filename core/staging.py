@@ -38,6 +38,7 @@ class Stage:
     outer: int  # fd of the staging folder (flock'd: a runner that died leaves it unlocked)
     fd: int  # fd of ``out`` in it
     path: Path  # the real path of ``out`` (what the slice is granted)
+    found: tuple[int, int, int, int] | None = None  # the final file when staged (see _identity)
 
     @property
     def file(self) -> Path:
@@ -98,7 +99,8 @@ def stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda
                     if fd >= 0:
                         os.close(fd)
                 raise
-            stages[sink.ref.path] = Stage(sink.ref.path, folder, name, outer, inner, parent / name / "out")
+            found = _identity(folder, sink.ref.path.name)
+            stages[sink.ref.path] = Stage(sink.ref.path, folder, name, outer, inner, parent / name / "out", found)
     except BaseException:
         unstage(stages)
         raise
@@ -170,37 +172,99 @@ def _umask() -> int:
     return 0o022
 
 
+def _identity(folder: int, name: str) -> tuple[int, int, int, int] | None:
+    """The file ``name`` in ``folder`` as (device, inode, mtime, size), None if there is none."""
+    try:
+        there = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return there.st_dev, there.st_ino, there.st_mtime_ns, there.st_size
+
+
+PREVIOUS = "previous"  # the final file's current version, kept in the staging folder while publishing
+
+
 def publish(stages: dict[Path, Stage]) -> None:
-    """Move each committed output from its staging folder into place (a rename within the
-    sink's folder, through its fds), durable. The file is the slice's making: only a regular
-    file with one link is taken, its mode reset to a data file's (no setuid, setgid or exec
-    bits: it is stored as the runner's user's) and its data synced before the rename."""
+    """Put every committed output in place, all or none, durable. The file is the slice's
+    making: only a regular file with one link is taken, its mode reset to a data file's (no
+    setuid, setgid or exec bits: it is stored as the runner's user's) and its data synced.
+
+    Checked first, for every sink, before anything is replaced: no folder in the final file's
+    place, and the final file is the one there was when the run staged it (another run that
+    wrote it since keeps its newer output: the last to finish won, silently). Each current
+    file is kept (a hard link in the staging folder) and the outputs go into place one by
+    one; if one cannot, those already in place are put back. (A crash of the runner between
+    two renames still leaves some new and some old.)"""
     umask = _umask()
-    for stage in stages.values():  # (all or none: a folder in one's place fails before any goes)
-        with contextlib.suppress(FileNotFoundError):
-            there = os.stat(stage.final.name, dir_fd=stage.folder, follow_symlinks=False)
-            if stat.S_ISDIR(there.st_mode):
-                raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
     for stage in stages.values():
-        name = stage.final.name
+        there = _identity(stage.folder, stage.final.name)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(stage.final.name, dir_fd=stage.folder, follow_symlinks=False).st_mode):
+                raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
+        if there != stage.found:
+            raise OSError(
+                f"{stage.final}: written by someone else since this run started (another run of the "
+                "pipeline?): it is left as it is (nothing was published)"
+            )
+    ready = [stage for stage in stages.values() if _vetted(stage, umask)]
+    try:
+        for stage in ready:
+            if stage.found is not None:
+                os.link(
+                    stage.final.name, PREVIOUS, src_dir_fd=stage.folder, dst_dir_fd=stage.outer, follow_symlinks=False
+                )
+    except OSError as exc:
+        raise OSError(
+            f"{stage.final}: cannot keep its current version while publishing (nothing was published): {exc.strerror}"
+        ) from None
+    done: list[Stage] = []
+    try:
+        for stage in ready:
+            os.replace(stage.final.name, stage.final.name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
+            done.append(stage)
+    except OSError as exc:
+        _put_back(done)
+        raise OSError(
+            f"{stage.final}: cannot put it in place ({exc.strerror}); "
+            + ("the outputs put in place before it were put back" if done else "nothing was published")
+        ) from None
+    for folder in {stage.folder for stage in done}:
+        os.fsync(folder)
+
+
+def _vetted(stage: Stage, umask: int) -> bool:
+    """Whether the slice left its output (False: none, nothing to publish); OSError if what it
+    left is no regular file of one link. Its mode is a data file's, its data synced."""
+    name = stage.final.name
+    with contextlib.suppress(OSError):
+        os.fchmod(stage.fd, 0o700)  # the slice may have locked its folder (it is the runner's)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OSError(f"{stage.final}: the slice left no regular file (not published): {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise OSError(f"{stage.final}: the slice left no regular file (not published)")
+        os.fchmod(fd, 0o666 & ~umask)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _put_back(done: list[Stage]) -> None:
+    """Undo the renames of ``done``: each final file's kept version back, or the new file
+    removed where there was none (a failure here is reported by the caller's error)."""
+    for stage in reversed(done):
         with contextlib.suppress(OSError):
-            os.fchmod(stage.fd, 0o700)  # the slice may have locked its folder (it is the runner's)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.fd)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise OSError(f"{stage.final}: the slice left no regular file (not published): {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise OSError(f"{stage.final}: the slice left no regular file (not published)")
-            os.fchmod(fd, 0o666 & ~umask)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(name, name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
-        os.fsync(stage.folder)
+            if stage.found is not None:
+                os.replace(PREVIOUS, stage.final.name, src_dir_fd=stage.outer, dst_dir_fd=stage.folder)
+            else:
+                os.unlink(stage.final.name, dir_fd=stage.folder)
+            os.fsync(stage.folder)
 
 
 def unstage(stages: dict[Path, Stage]) -> None:

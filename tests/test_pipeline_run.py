@@ -632,6 +632,68 @@ def test_publishing_is_all_or_none_when_a_folder_took_one_sinks_place(tmp_path: 
     _unstage(stages)
 
 
+def _two_sinks(tmp_path: Path) -> tuple[Path, Path, dict[Path, Any]]:
+    from runink.core.pipeline.model import Scenario as _Scenario
+    from runink.core.staging import stage_sinks as _stage_sinks
+
+    first, second = tmp_path / "out" / "a.csv", tmp_path / "out" / "b.csv"
+    first.parent.mkdir(parents=True, exist_ok=True)
+    first.write_text("old a\n")
+    refs = [DatasetRef("csv", path, str(path)) for path in (first, second)]
+    item = CompiledScenario(_Scenario("writes"), refs[0], tuple(CompiledSink(r, "valid", {}) for r in refs))
+    stages = _stage_sinks(item)
+    for final in (first, second):
+        stages[final].file.write_text(f"new {final.stem}\n")
+    return first, second, stages
+
+
+def test_publishing_puts_back_what_it_replaced_when_a_later_sink_cannot_go_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sinks went into place one at a time: a rename that failed (a file made immutable, a
+    bind mount) left the first sink new and the second old, and the run FAILED."""
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import unstage as _unstage
+
+    first, second, stages = _two_sinks(tmp_path)
+    real_replace = os.replace
+
+    def refuse_second(src: Any, dst: Any, **kwargs: Any) -> None:
+        if dst == second.name and kwargs.get("dst_dir_fd") == stages[second].folder:
+            raise PermissionError(1, "Operation not permitted")
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse_second)
+    with pytest.raises(
+        OSError,
+        match=r"b.csv: cannot put it in place \(Operation not permitted\); the outputs put in place before it were",
+    ):
+        _publish(stages)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert first.read_text() == "old a\n" and not second.exists()
+    _unstage(stages)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["a.csv"]  # (its kept copy went with the staging folder)
+
+
+def test_publishing_leaves_an_output_another_run_wrote_since_this_one_started(tmp_path: Path) -> None:
+    """Two runs of one pipeline: the one that finished last replaced the other's newer output,
+    silently (a run started on a 5M-row input published over one started later on 100k)."""
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import unstage as _unstage
+
+    first, second, stages = _two_sinks(tmp_path)
+    first.write_text("written by another run meanwhile\n")
+    with pytest.raises(OSError, match=r"a.csv: written by someone else since this run started"):
+        _publish(stages)
+    assert first.read_text() == "written by another run meanwhile\n" and not second.exists()
+    _unstage(stages)
+    _, _, again = _two_sinks(tmp_path / "again")  # (nothing changed: published, both)
+    _publish(again)
+    _unstage(again)
+    assert (tmp_path / "again" / "out" / "a.csv").read_text() == "new a\n"
+    assert (tmp_path / "again" / "out" / "b.csv").read_text() == "new b\n"
+
+
 def test_fail_on_invalid_takes_a_percentage_not_nan(run_cli: CliRunner, orders: Path) -> None:
     # (click's range let NaN through: every scenario with rows then failed, "over nan%")
     out = run_cli("run", "orders.dsl", "--fail-on-invalid", "nan", cwd=orders)
