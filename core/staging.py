@@ -94,10 +94,14 @@ def stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda
                 fcntl.flock(outer, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.mkdir("out", 0o700, dir_fd=outer)
                 inner = os.open("out", _DIRECTORY, dir_fd=outer)
-            except BaseException:
+            except BaseException as exc:
                 for fd in (inner, outer, folder):
                     if fd >= 0:
                         os.close(fd)
+                if isinstance(exc, OSError) and exc.strerror:  # (it named the staging folder alone)
+                    raise OSError(
+                        exc.errno, f"{sink.ref.path}: cannot make its staging folder in {parent}: {exc.strerror}"
+                    ) from None
                 raise
             found = _identity(folder, sink.ref.path.name)
             stages[sink.ref.path] = Stage(sink.ref.path, folder, name, outer, inner, parent / name / "out", found)
@@ -265,6 +269,14 @@ def _put_back(done: list[Stage]) -> None:
             else:
                 os.unlink(stage.final.name, dir_fd=stage.folder)
             os.fsync(stage.folder)
+
+
+def as_written(text: str, stages: dict[Path, Stage]) -> str:
+    """``text`` (a slice's error) with each staging path replaced by its sink's path as written:
+    a full disk was "sink parquet:///data/.runink-stage-f7a9.../out/orders.parquet: ..."."""
+    for stage in stages.values():
+        text = text.replace(str(stage.file), str(stage.final)).replace(str(stage.path), str(stage.final.parent))
+    return text
 
 
 def unstage(stages: dict[Path, Stage]) -> None:

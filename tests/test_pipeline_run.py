@@ -632,6 +632,31 @@ def test_publishing_is_all_or_none_when_a_folder_took_one_sinks_place(tmp_path: 
     _unstage(stages)
 
 
+def test_a_full_disk_fails_the_scenario_naming_the_sink_not_its_staging_folder(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The error named `.runink-stage-<random>/out/...`, a path the user never wrote; nothing is
+    left on the full disk but the previous output."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    small = tmp_path / "small"  # the pipeline's folder, on a file system of 6 MiB
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
+    try:
+        (small / "out").mkdir()
+        (small / "out" / "m.csv").write_text("id\n1\n")
+        (small / "in.csv").write_text("id,text\n" + "".join(f"{i},{'x' * 200}\n" for i in range(20_000)))
+        dsl(small, '\nScenario: m\n  @source("in.csv")\n  @sink("out/m.csv")\n')
+        out = run_cli("run", "p.dsl", "--json", cwd=small)
+        (m,) = summary(out)["scenarios"]
+        assert m["state"] == "FAILED", m
+        assert ".runink-stage-" not in m["error"] and f"{small}/out/m.csv" in m["error"], m["error"]
+        assert "No space left on device" in m["error"], m["error"]
+        assert os.listdir(small / "out") == ["m.csv"] and (small / "out" / "m.csv").read_text() == "id\n1\n"
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
 def _two_sinks(tmp_path: Path) -> tuple[Path, Path, dict[Path, Any]]:
     from runink.core.pipeline.model import Scenario as _Scenario
     from runink.core.staging import stage_sinks as _stage_sinks

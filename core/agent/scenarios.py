@@ -51,7 +51,7 @@ from runink.core.pipeline.model import slug
 from runink.core.plugins import PluginManager
 from runink.core.report import ReportError, ReportReader, printable
 from runink.core.slicetask import report_path, slice_task
-from runink.core.staging import Stage, publish, stage_sinks, unstage, whole_home
+from runink.core.staging import Stage, as_written, publish, stage_sinks, unstage, whole_home
 
 log = logging.getLogger(__name__)
 
@@ -548,6 +548,7 @@ class ScenarioAttempts(Executor):
         try:
             if state is not TaskState.SUCCEEDED:
                 error = error or attempt.report.get("error") or self._describe_exit(ended, item)
+                error = as_written(error, attempt.staged)
                 self._log_failure(attempt, error)
             else:
                 try:
