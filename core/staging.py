@@ -88,7 +88,7 @@ def stage_sinks(item: CompiledScenario, allowed: Callable[[Path], bool] = lambda
             outer = inner = -1
             try:
                 _sweep_stale_stages(folder)
-                name = f"{STAGE_PREFIX}{secrets.token_hex(8)}"
+                name = f"{STAGE_PREFIX}{_OWNER}{secrets.token_hex(8)}"
                 os.mkdir(name, 0o700, dir_fd=folder)  # fails if anything is there: never an existing one
                 outer = os.open(name, _DIRECTORY, dir_fd=folder)
                 fcntl.flock(outer, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,10 +125,43 @@ def whole_home(base: Path) -> bool:
     return base == Path("/") or base in homes
 
 
+def _owner() -> str:
+    """``<host>.<pid>.<start>-``: who makes a staging folder (its host as a hash: the folder may
+    be on a file system other machines share; the start time tells a reused pid apart)."""
+    import hashlib
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return f"{host}.{os.getpid()}.{start}-"
+    return ""
+
+
+_OWNER = _owner()
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether the staging folder ``name`` was made by a process of this machine that has ended
+    (False when that cannot be told: another machine's, or a name without its owner)."""
+    owner, dash, _ = name.removeprefix(STAGE_PREFIX).rpartition("-")
+    parts = owner.split(".")
+    if not dash or len(parts) != 3 or not _OWNER.startswith(parts[0] + "."):
+        return False
+    try:
+        start = Path(f"/proc/{int(parts[1])}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return start != parts[2]
+
+
 def _sweep_stale_stages(folder: int) -> None:
     """Remove the staging folders a runner that died left in this folder: folders of this user
     (never a link, never someone else's) that no live runner holds locked and that are not
-    brand new (a live runner locks its own just after making it)."""
+    brand new (a live runner locks its own just after making it), or whose maker, a process
+    of this machine, has ended (a run killed and run again within the minute left them)."""
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
@@ -139,7 +172,9 @@ def _sweep_stale_stages(folder: int) -> None:
                 continue
             try:
                 info = os.fstat(fd)
-                if info.st_uid != os.geteuid() or time.time() - info.st_ctime < STALE_AFTER:
+                if info.st_uid != os.geteuid():
+                    continue
+                if time.time() - info.st_ctime < STALE_AFTER and not _owner_gone(entry.name):
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
