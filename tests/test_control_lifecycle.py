@@ -533,3 +533,23 @@ def test_an_admin_caps_a_nodes_capacity_and_its_agent_cannot_raise_it(store: Clu
     assert (back.capacity.gpu, back.gpus) == (2, ["g0", "g1"])
     with pytest.raises(NotFound, match="nope"):
         life.pin("nope", Amount(cpu=1))
+
+
+def test_several_commands_are_programs_never_the_shells_builtins(tmp_path: Path) -> None:
+    """`/bin/sh -c` sequenced them: a line `eval '...$(id -u)'` ran its text, `exit 0` ended
+    the sequence a success without running the rest, `FOO=bar` was an assignment."""
+    import subprocess
+
+    from runink.core.control.lifecycle import in_one_slice
+
+    def run(*commands: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(in_one_slice(list(commands)), capture_output=True, text=True, cwd=tmp_path, check=False)
+
+    done = run(["sh", "-c", "echo first > a"], ["cat", "a"], ["echo", "a;b", "$(id -u)"])
+    assert (done.returncode, done.stdout) == (0, "first\na;b $(id -u)\n")
+    for builtin in (["eval", "echo $(id -u) > pwned"], ["exit", "0"], ["FOO=bar"], [".", "/dev/stdin"]):
+        ended = run(builtin, ["touch", "second-ran"])
+        assert ended.returncode in (126, 127), (builtin, ended)  # (not found; "." a folder: not executable)
+        assert not (tmp_path / "second-ran").exists() and not (tmp_path / "pwned").exists()
+    with pytest.raises(ValueError, match="a program's name may not start with '-'"):
+        in_one_slice([["-c", "id"]])

@@ -245,10 +245,16 @@ MAX_COMMANDS = 100  # commands one job runs in turn in its slice
 def in_one_slice(commands: list[list[str]]) -> list[str]:
     """The argv that runs ``commands`` in turn in one slice, sharing its work dir, and stops at
     the first that fails (its exit status is the task's): ``/bin/sh -c`` sequences them, every
-    argument quoted, so no shell syntax in them is interpreted (a ``;`` or ``$(...)`` is text)."""
+    argument quoted, so no shell syntax in them is interpreted (a ``;`` or ``$(...)`` is text),
+    and each program is ``exec``'d in a subshell of its own, so it is a program, never one of
+    the shell's builtins (``eval`` ran its text, ``exit 0`` ended the sequence a success) nor
+    an assignment (``FOO=bar``)."""
     if not 0 < len(commands) <= MAX_COMMANDS or not all(commands):
         raise ValueError(f"commands: give 1 to {MAX_COMMANDS} commands, each a program and its arguments")
-    return ["/bin/sh", "-c", " && ".join(shlex.join(command) for command in commands)]
+    for command in commands:
+        if command[0].startswith("-"):  # (exec would take it for an option)
+            raise ValueError(f"commands: a program's name may not start with '-': {command[0][:100]!r}")
+    return ["/bin/sh", "-c", " && ".join(f"( exec {shlex.join(command)} )" for command in commands)]
 
 
 def unbooked(quota: Quota, request: Amount) -> list[str]:

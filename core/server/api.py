@@ -241,6 +241,8 @@ class JobIn(Body):
         size = sum(len(arg.encode()) + 1 for line in (self.command, *self.commands) for arg in line)
         if size > MAX_COMMAND_BYTES:
             raise ValueError(f"the command lines are {size:,} bytes in all, at most {MAX_COMMAND_BYTES:,}")
+        if self.commands:
+            in_one_slice(self.commands)  # (its refusals, as a 422 naming the field)
         return self
 
 
