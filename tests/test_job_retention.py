@@ -151,3 +151,26 @@ def test_each_herd_keeps_at_most_its_newest_ended_jobs_whatever_their_age(life: 
     assert ClusterConfig().jobs_keep_max == 10_000
     with pytest.raises(msgspec.ValidationError, match="jobs_keep_max"):
         ClusterConfig.model_validate({"jobs_keep_max": -1})
+
+
+def test_a_task_keeps_the_output_of_its_last_three_attempts_only(life: Lifecycle) -> None:
+    """Every attempt's 2 x 256 KiB tail stayed until the job went: 100 retries with backoff 0,
+    each writing its tail, grew every Barn member by ~8 MB/s from one herd (a review's run).
+    Attempts that wrote nothing leave no gap for older ones to stay in."""
+    from runink.core.control.logs import KEPT_ATTEMPTS
+
+    job = life.submit_command("lab", ["/bin/false"], retries=20, backoff=0)
+    logs = TaskLogs(life.store)
+    for number in range(1, 10):
+        task = schedule(life.store, job.id)
+        assert task.attempt == number
+        life.report("lab", task.id, task.attempt, task.token, RunState.RUNNING, node="n1")
+        if number % 4 != 3:  # (attempts 3 and 7 write nothing)
+            for stream in ("stdout", "stderr"):
+                assert logs.append(Chunk("lab", task.id, number, task.token, stream, 0, f"attempt {number}".encode()))[0]
+        life.report("lab", task.id, task.attempt, task.token, RunState.FAILED, node="n1")
+    prefix = f"/herds/lab/logs/{task.id}/"
+    kept = sorted({int(kv.key[len(prefix) :].split("/")[0]) for kv in life.store.barn.scan(prefix)})
+    assert kept == [n for n in range(10 - KEPT_ATTEMPTS, 10) if n % 4 != 3] == [8, 9]
+    assert logs.read_all("lab", task.id, 9)["stderr"].data == b"attempt 9"
+    assert logs.read_all("lab", task.id, 5)["stdout"].data == b""  # (older: gone, an empty answer)

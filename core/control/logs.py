@@ -27,6 +27,9 @@ STREAMS = ("stdout", "stderr")
 TAIL_BYTES = 256 * 1024
 #: what one chunk may carry (an agent sends more as several)
 MAX_CHUNK_BYTES = 64 * 1024
+#: attempts of a task whose output is kept: an older one's goes when a newer one first writes
+#: (a job of 100 retries kept 2 x 256 KiB of each in every Barn member)
+KEPT_ATTEMPTS = 3
 _HEADER = struct.Struct(">Q")  # the stream's total bytes seen, before the kept tail
 
 
@@ -143,10 +146,22 @@ class TaskLogs:
             if changed is tail:
                 return True, tail.total
             read = [(keys.task(herd, task_id), task.revision), (key, 0 if found is None else found.mod_revision)]
-            held, _ = self.store.barn.transaction(read, [TxnOp(key, changed.encode())])
+            older = self._older_attempts(herd, task_id, attempt) if found is None else []
+            held, _ = self.store.barn.transaction(read, [TxnOp(key, changed.encode()), *older])
             if held:
                 return True, changed.total
         raise Conflict(f"{where}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
+
+    def _older_attempts(self, herd: str, task_id: str, attempt: int) -> list[TxnOp]:
+        """Deletes of the task's output of attempts before the last KEPT_ATTEMPTS (up to
+        ``attempt``): asked when an attempt first writes, so a task keeps at most that many."""
+        prefix = log_key(herd, task_id, 0, STREAMS[0]).rpartition("/0/")[0] + "/"
+        gone = []
+        for kv in self.store.barn.scan(prefix):
+            number = kv.key[len(prefix) :].partition("/")[0]
+            if number.isdigit() and int(number) <= attempt - KEPT_ATTEMPTS:
+                gone.append(TxnOp(kv.key, None))
+        return gone
 
     def read(self, herd: str, task_id: str, stream: str, offset: int, attempt: int | None = None) -> LogRead:
         """What is kept of the task's ``stream`` from ``offset`` (default: its current
