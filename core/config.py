@@ -380,6 +380,9 @@ class AdmissionConfig(Section):
     #: Tasks each herd may have not ended at once: waiting, placed or running (0: no bound).
     #: One herd cannot fill the Barn, nor the queue, for all.
     max_queued: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 10_000
+    #: What each herd's tasks not ended may take in the Barn, their records as stored (commands
+    #: of up to 256 KiB each): "64Mi" (0: no bound). Every member and server holds them in memory.
+    max_queued_bytes: str | int = "64Mi"
     #: Cores a task asking none is given when its herd's quota limits cpu (its slice's limit,
     #: and what its herd's quota counts).
     default_cpu: Annotated[float, Meta(gt=0, le=4096)] = 1.0
@@ -388,6 +391,7 @@ class AdmissionConfig(Section):
 
     def __post_init__(self) -> None:
         _check_size(self, "max_memory", zero=True)
+        _check_size(self, "max_queued_bytes", zero=True)
         _check_duration(self, "max_timeout", zero=True)
         _check_size(self, "default_memory", zero=False)
 

@@ -165,6 +165,11 @@ class QueueBound:
     not_ended: int
     limit: int
     source: str = ""
+    #: the stored bytes of those tasks' records, at most ``bytes_limit`` (0: no bound, set by
+    #: "[admission] max_queued_bytes"); the job adds ``adding_bytes``
+    stored_bytes: int = 0
+    bytes_limit: int = 0
+    adding_bytes: int = 0
 
 
 @dataclass(frozen=True)

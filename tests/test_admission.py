@@ -189,6 +189,40 @@ def test_a_herds_tasks_not_ended_are_bounded_and_a_slot_frees_when_one_ends(
     assert server.submit().status_code == 429
 
 
+def test_a_herds_tasks_not_ended_are_bounded_in_bytes_and_an_ended_task_keeps_little_of_its_command(
+    servers: Callable[..., Servers],
+) -> None:
+    """Jobs of 256 KiB commands kept waiting past the quota: 940 of them held ~1 GB in every
+    Barn member and server, and cancelling them freed nothing, ended jobs being kept (a
+    review's run). What a herd's tasks not ended take is bounded ([admission]
+    max_queued_bytes); an ended task keeps 4 KiB of its command."""
+    from runink.core.control.records import ENDED_COMMAND_BYTES
+
+    cluster = servers(max_queued_bytes="1Mi", max_queued=0)
+    server = cluster.start()
+    big = ["/bin/echo", "x" * (100 * 1024)]
+    answers = [server.submit(command=big) for _ in range(12)]
+    codes = [a.status_code for a in answers]
+    taken = codes.index(429)
+    assert taken == 10 and set(codes[taken:]) == {429}, codes  # (records of ~100 KiB: 10 in 1 MiB)
+    detail = answers[taken].json()["detail"]
+    assert detail == (
+        "herd team: its tasks not ended take 1006Ki in the Barn, at most 1Mi ([admission] max_queued_bytes); "
+        "this job adds 100.6Ki: wait for some to end"
+    )
+    assert cluster.jobs() == taken  # the refused ones stored nothing
+    assert server.submit("big", command=big).status_code == 201  # another herd's bytes are its own
+    assert server.submit().status_code == 201  # a small one still fits
+    for answer in answers[:taken]:
+        cluster.lifecycle.cancel(answer.json()["job"]["id"])
+    (task,) = cluster.store.job_tasks(cluster.store.job(answers[0].json()["job"]["id"]).record)
+    assert task.record.state is RunState.CANCELLED
+    kept = task.record.command
+    assert sum(len(a.encode()) + 1 for a in kept) <= ENDED_COMMAND_BYTES and kept[0] == "/bin/echo"
+    assert kept[-1].endswith("more bytes not kept: the task ended)")
+    assert server.submit(command=big).status_code == 201  # room again
+
+
 def test_concurrent_submissions_through_one_server_never_pass_the_queue_bound(
     servers: Callable[..., Servers], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -269,3 +269,30 @@ def test_it_counts_each_herds_tasks_not_ended_as_their_entries_come_and_go(
     assert (view.live_tasks("lab"), view.live_tasks("other")) == (1, 1)
     feed.following = False  # cannot say: the store reads the Barn's index
     assert view.live_tasks("lab") is None and store.not_ended("lab") == 1
+
+
+def test_it_sums_the_bytes_of_each_herds_tasks_not_ended_as_they_change(
+    cluster: tuple[ClusterStore, Lifecycle, HeldFeed, LiveView],
+) -> None:
+    """What admission's bytes bound reads at every submission ([admission] max_queued_bytes):
+    the live entries' bytes per herd, the same as the Barn's, after a restart's read too."""
+    setup, life, feed, view = cluster
+    store, placement = _viewing_store_and_a_placement(setup, life, view)  # lab: one waiting
+    life.submit_command("lab", ["/bin/echo", "x" * 5000], Amount(cpu=1))
+    feed.deliver()
+
+    def in_barn() -> int:
+        found = [kv for kv in setup.barn.scan(ClusterStore.LIVE) if "/lab/" in kv.key]
+        return sum(len(kv.value) for kv in found)
+
+    assert view.live_bytes("lab") == in_barn() > 5000 and view.live_bytes("none") == 0
+    store.commit(*placement)  # placed: its pending entry goes, its node's comes (another size)
+    assert view.live_bytes("lab") == in_barn()
+    for task in [v.record for v in setup.tasks("lab")]:
+        life.cancel(task.job_id)
+    feed.deliver()
+    assert view.live_bytes("lab") == in_barn()
+    view.reset()
+    assert view.live_bytes("lab") == in_barn()
+    feed.following = False
+    assert view.live_bytes("lab") is None and store.not_ended_bytes("lab") == in_barn()

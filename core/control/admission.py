@@ -145,6 +145,8 @@ class Admission:
         # queue bound with those the view counts (concurrent submissions each read the count
         # before any stored: 18 jobs passed a bound of 5, through one server)
         self._reserved: collections.Counter[str] = collections.Counter()
+        self._reserved_bytes: collections.Counter[str] = collections.Counter()
+        self.max_queued_bytes = parse_memory(config.max_queued_bytes)
         self._lock = threading.Lock()
 
     def gate(self, identity: Identity | None) -> Gate:
@@ -192,15 +194,22 @@ class Admission:
             return self.config.max_queued, "[admission] max_queued"
         return own, f"herd {herd.name}"
 
-    def _queue(self, herd: Herd, adding: int) -> tuple[QueueBound | None, Callable[[], None]]:
-        """The herd's bound on its tasks not ended, with how many it has now, ``adding`` of
-        them taken at once for this submission (None: no bound); and what gives them back."""
+    def _queue(self, herd: Herd, tasks: list[TaskRecord]) -> tuple[QueueBound | None, Callable[[], None]]:
+        """The herd's bound on its tasks not ended, with how many it has now and their stored
+        bytes, ``tasks`` taken at once for this submission (None: no bound); and what gives
+        them back."""
         limit, source = self.queue_limit(herd)
-        if not limit:
+        bytes_limit = self.max_queued_bytes
+        if not limit and not bytes_limit:
             return None, lambda: None
+        adding = len(tasks)
+        # (what their live entries will hold: a copy of each record as stored)
+        adding_bytes = sum(len(task.model_dump_json()) for task in tasks) if bytes_limit else 0
         with self._lock:
             not_ended = self.store.not_ended(herd.name) + self._reserved[herd.name]
+            stored = (self.store.not_ended_bytes(herd.name) if bytes_limit else 0) + self._reserved_bytes[herd.name]
             self._reserved[herd.name] += adding
+            self._reserved_bytes[herd.name] += adding_bytes
         released = threading.Event()
 
         def release() -> None:
@@ -208,10 +217,14 @@ class Admission:
                 if not released.is_set():
                     released.set()
                     self._reserved[herd.name] -= adding
+                    self._reserved_bytes[herd.name] -= adding_bytes
                     if self._reserved[herd.name] <= 0:
                         del self._reserved[herd.name]
+                    if self._reserved_bytes[herd.name] <= 0:
+                        del self._reserved_bytes[herd.name]
 
-        return QueueBound(not_ended, limit, source), release
+        bound = QueueBound(not_ended, limit, source, stored, bytes_limit, adding_bytes)
+        return bound, release
 
     def forget(self, herd: str) -> None:
         """Read the herd's bucket again next time (another server changed it)."""
@@ -233,7 +246,7 @@ class Admission:
             bucket = RateBucket(tokens, rate, burst)
         estimate = worst_case(tasks, self.rates)
         budget = self._budget(herd, now)
-        queue, release = self._queue(herd, len(tasks))
+        queue, release = self._queue(herd, tasks)
         request = AdmissionRequest(
             herd.name,
             kind,

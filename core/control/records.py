@@ -40,6 +40,9 @@ MAX_ARG_BYTES = 128 * 1024
 # a job's command lines, all their arguments (what a submission may ask; stored records are
 # read as they are): each of its task's writes carries them, and a pass writes many tasks
 MAX_COMMAND_BYTES = 256 * 1024
+#: what an ended task keeps of its command (it is shown, never run again): ended jobs are kept
+#: for days, 10,000 a herd, in every member's and server's memory
+ENDED_COMMAND_BYTES = 4096
 MAX_PIPELINE_TASKS = 1000  # scenarios in one pipeline job
 MAX_TRANSITIONS = 200  # per task: older ones are dropped (the first is kept)
 
@@ -651,6 +654,8 @@ class TaskRecord(Record, kw_only=True):
         if state not in ALLOWED.get(self.state, frozenset()):
             raise ValueError(f"task {self.id}: {self.state} -> {state} is not a valid transition")
         attempt, node = changes.get("attempt", self.attempt), changes.get("node", self.node)
+        if state.final and sum(len(arg.encode()) + 1 for arg in self.command) > ENDED_COMMAND_BYTES:
+            changes["command"] = ended_command(self.command)
         now = Transition(state=state, at=time.time(), attempt=attempt, node=node, reason=reason)
         transitions = [*self.transitions, now]
         if len(transitions) > MAX_TRANSITIONS:
@@ -661,6 +666,23 @@ class TaskRecord(Record, kw_only=True):
         data.update(changes, state=state)
         data["transitions"] = [t.model_dump() for t in transitions]
         return TaskRecord.model_validate(data)
+
+
+def ended_command(command: list[str]) -> list[str]:
+    """What an ended task keeps of ``command``: its arguments while they fit ENDED_COMMAND_BYTES
+    (the last one cut), then one saying how many bytes were not kept."""
+    kept: list[str] = []
+    room = ENDED_COMMAND_BYTES - 100
+    for arg in command:
+        data = arg.encode()
+        if len(data) + 1 > room:
+            if room > 1:
+                kept.append(data[: room - 1].decode(errors="ignore") + "…")
+            break
+        kept.append(arg)
+        room -= len(data) + 1
+    dropped = sum(len(arg.encode()) + 1 for arg in command) - sum(len(arg.encode()) + 1 for arg in kept)
+    return [*kept, f"…({dropped:,} more bytes not kept: the task ended)"]
 
 
 class JobRecord(Record, kw_only=True):

@@ -336,6 +336,15 @@ class ClusterStore:
         pending = self.barn.count(f"{self.PENDING}{herd}/")
         return pending + sum(herd_of_live(kv.key) == herd for kv in self._pages(self.ASSIGNED))
 
+    def not_ended_bytes(self, herd: str) -> int:
+        """The stored bytes of ``herd``'s tasks not ended (their live entries: copies of their
+        records). From this server's view when it can say, else the Barn (a page at a time)."""
+        known = self.view.live_bytes(herd) if self.view is not None else None
+        if known is not None:
+            return known
+        pending = sum(len(kv.value) for kv in self._pages(f"{self.PENDING}{herd}/"))
+        return pending + sum(len(kv.value) for kv in self._pages(self.ASSIGNED) if herd_of_live(kv.key) == herd)
+
     # --- writing -----------------------------------------------------------------------
 
     def commit(self, read: Iterable[tuple[str, int]], writes: Sequence[tuple[str, Record | None]]) -> int:

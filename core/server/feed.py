@@ -171,6 +171,7 @@ class LiveView:
         # herd -> its live entries (ASSIGNED and PENDING): its tasks not ended, counted as the
         # entries come and go (admission asks at every submission: no scan)
         self._live: Counter[str] = Counter()
+        self._live_bytes: Counter[str] = Counter()  # herd -> bytes of its live entries (records)
         self._ready = False  # filled since the watch last started
         self.revision = 0  # the newest change the watch delivered (every earlier one is here)
         # own commits not yet delivered by the watch: key -> (revision, value or None: deleted),
@@ -199,6 +200,10 @@ class LiveView:
         with self._changed:
             self._parts = found
             self._live = Counter(herd_of_live(key) for part in _LIVE_PARTS for key in found[part])
+            self._live_bytes = Counter()
+            for part in _LIVE_PARTS:
+                for key, kv in found[part].items():
+                    self._live_bytes[herd_of_live(key)] += len(kv.value)
             for key, (revision, value) in self._local.items():
                 if revision > at:
                     self._put(key, revision, value)
@@ -239,11 +244,15 @@ class LiveView:
         local = self._local.get(key)
         if local is not None and local[0] > revision:
             return  # (an older change than an own commit: a deleted key must stay deleted)
-        if part in _LIVE_PARTS and (known is None) != (kv is None):
+        if part in _LIVE_PARTS:
             herd = herd_of_live(key)
-            self._live[herd] += 1 if known is None else -1
-            if not self._live[herd]:
-                del self._live[herd]  # (deleted herds leave nothing)
+            if (known is None) != (kv is None):
+                self._live[herd] += 1 if known is None else -1
+                if not self._live[herd]:
+                    del self._live[herd]  # (deleted herds leave nothing)
+            self._live_bytes[herd] += (0 if kv is None else len(kv.value)) - (0 if known is None else len(known.value))
+            if self._live_bytes[herd] <= 0:
+                del self._live_bytes[herd]
         if kv is None:
             kept.pop(key, None)
         else:
@@ -276,6 +285,14 @@ class LiveView:
             if not self._current(0):
                 return None
             return self._live[herd]
+
+    def live_bytes(self, herd: str) -> int | None:
+        """The bytes of ``herd``'s live entries (its tasks not ended, as stored); None: the
+        view cannot say."""
+        with self._changed:
+            if not self._current(0):
+                return None
+            return self._live_bytes[herd]
 
     def get(self, key: str) -> tuple[bool, KeyValue | None]:
         """(whether the view can say, as ``scan``; the key's value, None: absent)"""

@@ -59,7 +59,15 @@ def runink_admit(job: AdmissionRequest, identity: Identity | None) -> AdmissionD
             PAYMENT_REQUIRED,
         )
     queue = job.queue
-    if queue is not None and queue.not_ended + len(job.tasks) > queue.limit:
+    if queue is not None and queue.bytes_limit and queue.stored_bytes + queue.adding_bytes > queue.bytes_limit:
+        return AdmissionDecision(
+            False,
+            f"herd {job.herd}: its tasks not ended take {_size(queue.stored_bytes)} in the Barn, at most "
+            f"{_size(queue.bytes_limit)} ([admission] max_queued_bytes); this job adds {_size(queue.adding_bytes)}: "
+            "wait for some to end",
+            TOO_MANY,
+        )
+    if queue is not None and queue.limit and queue.not_ended + len(job.tasks) > queue.limit:
         return AdmissionDecision(
             False,
             f"herd {job.herd}: {queue.not_ended:,} tasks not ended, at most {queue.limit:,} "
