@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import http
 import json
 import logging
-import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -37,6 +35,7 @@ from typing import Any, cast
 
 import httptools
 
+from runink.core.fd_limits import max_connections
 from runink.core.server import pki
 
 log = logging.getLogger("runink.barn")
@@ -53,8 +52,6 @@ BODY_TIMEOUT = 60.0  # seconds from the end of the headers to the end of the bod
 IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may wait for its next request
 LINGER = 2.0  # seconds a refused client's input is still read (and dropped) before closing
 SWEEP = 1.0  # seconds between looks for connections past their deadline
-MAX_CONNECTIONS = 10_000  # client connections, at most (see default_max_connections)
-FD_RESERVE = 256  # descriptors kept for everything but client connections
 MAX_HANDSHAKES_PER_ADDRESS = 64  # TLS handshakes under way from one address: one host cannot fill the cap
 
 
@@ -62,7 +59,7 @@ MAX_HANDSHAKES_PER_ADDRESS = 64  # TLS handshakes under way from one address: on
 class Limits:
     """A server's connection limits (module defaults; tests shorten them)."""
 
-    max_connections: int = field(default_factory=lambda: default_max_connections())  # noqa: PLW0108 (defined below)
+    max_connections: int = field(default_factory=max_connections)
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
@@ -471,25 +468,6 @@ class _TlsServer:
 def _refusal(status: int, message: str) -> bytes:
     body = json.dumps({"error": "bad_request" if status < 500 else "unavailable", "message": message}).encode()
     return Response(status, body).encode(keep_alive=False)
-
-
-def default_max_connections() -> int:
-    """Client connections a server accepts: below the descriptor limit, keeping FD_RESERVE for
-    the journal, snapshots, Raft peers and the forwarding pool."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(16, min(MAX_CONNECTIONS, soft - FD_RESERVE))
-
-
-def raise_fd_limit() -> None:
-    """Raise this process's soft descriptor limit to its hard limit (at most 65,536): the
-    soft default (often 1,024) caps a server's clients well below what the host allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _admission(transport: asyncio.Transport, tokens: bool) -> tuple[str, bool]:

@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runink.core import metrics
+from runink.core.fd_limits import raise_fd_limit
 from runink.core.model import MetricSample
 from runink.core.signals import stop_event
 from runink.plugins.barn.raft.api import BarnServer
-from runink.plugins.barn.raft.http_protocol import raise_fd_limit
 from runink.plugins.barn.raft.replica import Member, ServerConfig
 from runink.plugins.barn.raft.tls import TlsFiles
 
