@@ -336,6 +336,13 @@ def test_the_scenario_timeout_covers_its_commands(run_cli: CliRunner, tmp_path: 
     assert scenario["elapsed"] < 20
 
 
+# a child in a session of its own holding the step's pipes; the step goes on once it is there
+LEAVES_ITS_SESSION = (
+    "cat; f=$(mktemp); setsid sh -c 'echo $$ > $0; exec sleep 3599' $f & "
+    "while [ ! -s $f ]; do sleep 0.05; done; rm -f $f"
+)
+
+
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_what_a_command_leaves_running_ends_with_it(run_cli: CliRunner, tmp_path: Path, executor: str) -> None:
     """A child left in the background held the step's stderr pipe: the step waited for ever
@@ -352,7 +359,7 @@ def test_what_a_command_leaves_running_ends_with_it(run_cli: CliRunner, tmp_path
     assert len(csv_rows(tmp_path / "p" / "out" / "o.csv")) > 1
     dsl = pipeline(
         tmp_path / "q",
-        '@source("csv://orders.csv")\n@run("cat; setsid sleep 3599 & sleep 1", shell=True)\n@sink("csv://out/o.csv")\n',
+        '@source("csv://orders.csv")\n@run("' + LEAVES_ITS_SESSION + '", shell=True)\n@sink("csv://out/o.csv")\n',
         requires='@requires(timeout="60s")',
     )
     try:

@@ -657,6 +657,38 @@ def test_a_full_disk_fails_the_scenario_naming_the_sink_not_its_staging_folder(
         subprocess.run(["umount", str(small)], check=False)
 
 
+def test_a_sink_folder_mounted_inside_the_pipelines_folder_is_written(run_cli: CliRunner, project: Path) -> None:
+    """The pipeline folder's read-only grant hid the mount at out/ (a data disk there): the
+    slice could not reach its staging folder, "cannot set up slice: Read-only file system"."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    out = project / "out"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(out)], check=True)
+    try:
+        (out / "private").mkdir(mode=0o700)  # (read-only in the slice, as the folder around it)
+        (project / "probe.py").write_text(
+            "import errno, os\n"
+            "def writes(batch):\n"
+            f"    for path in ({str(out / 'w.txt')!r}, {str(out / 'private' / 'w.txt')!r}):\n"
+            "        try:\n"
+            "            open(path, 'w').close()\n"
+            "        except OSError as exc:\n"
+            "            assert exc.errno == errno.EROFS, exc\n"
+            "        else:\n"
+            "            raise RuntimeError(f'wrote {path}')\n"
+            "    return batch\n"
+        )
+        dsl(project, '\nScenario: m\n  @source("in.csv")\n  @step("probe:writes")\n  @sink("out/m.csv")\n')
+        out_run = run_cli("run", "p.dsl", "--json", cwd=project)
+        (m,) = summary(out_run)["scenarios"]
+        assert m["state"] == "SUCCEEDED", m.get("error")
+        assert (out / "m.csv").read_text().splitlines()[:2] == ['"id","name"', '0,"n0"']
+        assert sorted(p.name for p in out.iterdir()) == ["m.csv", "private"]
+    finally:
+        subprocess.run(["umount", str(out)], check=False)
+
+
 def _two_sinks(tmp_path: Path) -> tuple[Path, Path, dict[Path, Any]]:
     from runink.core.pipeline.model import Scenario as _Scenario
     from runink.core.staging import stage_sinks as _stage_sinks

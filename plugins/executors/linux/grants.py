@@ -38,6 +38,7 @@ SYS_MOUNT_SETATTR, SYS_OPENAT2 = 442, 437
 RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x02, 0x04
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x00100000
 CLONE_VM, CLONE_NEWUSER = 0x100, 0x10000000
+AT_RECURSIVE = 0x8000  # open_tree and mount_setattr: the mounts under the path too
 _STACK_SIZE = 64 * 1024
 _STACK = ctypes.create_string_buffer(_STACK_SIZE)  # the sleeping child's stack (one at a time)
 _PAUSE = ctypes.cast(libc.pause, ctypes.c_void_p)
@@ -141,7 +142,12 @@ class IdMaps:
 
 def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     """A detached mount of ``path`` for the slice: read-only unless ``writable``, nosuid, nodev,
-    id-mapped to the slice's user where the file system allows it. Raises GrantError."""
+    id-mapped to the slice's user where the file system allows it. Raises GrantError.
+
+    A read-only grant takes the mounts under ``path`` too, read-only as well, where each of
+    them can be id-mapped: a sink's folder mounted inside the pipeline's folder (a data disk
+    at ``out/``) was hidden by the pipeline folder's grant, and the slice could not reach its
+    staging folder there ("Read-only file system"). Elsewhere it is ``path``'s mount alone."""
     fd = _open_no_symlinks(path)
     try:
         info = os.fstat(fd)
@@ -152,12 +158,16 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
             )
         if writable:
             _check_private_parent(path, fd)
-        tree = int(libc.syscall(SYS_OPEN_TREE, fd, b"", AT_EMPTY_PATH | OPEN_TREE_CLONE | os.O_CLOEXEC))
-        if tree < 0:
-            raise GrantError(f"cannot grant {path}: {_errno_error('open_tree').strerror}")
+        flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (0 if writable else MOUNT_ATTR_RDONLY)
+        if not writable and idmaps is not None:
+            whole = _clone_tree(fd, path, AT_RECURSIVE)
+            # (every mount of it read-only and id-mapped in one call, or none: the kernel checks all first)
+            if _set_attributes(whole, flags | MOUNT_ATTR_IDMAP, idmaps.get(info.st_uid, info.st_gid), AT_RECURSIVE):
+                return whole
+            os.close(whole)
+        tree = _clone_tree(fd, path, 0)
     finally:
         os.close(fd)
-    flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (0 if writable else MOUNT_ATTR_RDONLY)
     try:
         if idmaps is not None and _set_attributes(tree, flags | MOUNT_ATTR_IDMAP, idmaps.get(info.st_uid, info.st_gid)):
             return tree
@@ -172,6 +182,13 @@ def grant_tree(path: str, *, writable: bool, idmaps: IdMaps | None) -> int:
     except BaseException:
         os.close(tree)
         raise
+    return tree
+
+
+def _clone_tree(fd: int, path: str, recursive: int) -> int:
+    tree = int(libc.syscall(SYS_OPEN_TREE, fd, b"", AT_EMPTY_PATH | OPEN_TREE_CLONE | os.O_CLOEXEC | recursive))
+    if tree < 0:
+        raise GrantError(f"cannot grant {path}: {_errno_error('open_tree').strerror}")
     return tree
 
 
@@ -203,6 +220,7 @@ def mount_setattr_available() -> bool:
     return ctypes.get_errno() != errno.ENOSYS
 
 
-def _set_attributes(tree: int, flags: int, userns: int) -> bool:
+def _set_attributes(tree: int, flags: int, userns: int, recursive: int = 0) -> bool:
     attr = _MountAttr(flags, 0, 0, userns)
-    return int(libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))) == 0
+    at = AT_EMPTY_PATH | recursive
+    return int(libc.syscall(SYS_MOUNT_SETATTR, tree, b"", at, ctypes.byref(attr), ctypes.sizeof(attr))) == 0
