@@ -502,3 +502,38 @@ def test_a_herd_whose_budget_is_spent_takes_no_new_job(
     assert refused.status_code == 402, refused.text
     assert refused.json()["detail"] == "herd lean: its budget of 0.01 USD for 30 days is spent (0.02 USD)"
     assert cluster.jobs("lean") == 1
+
+
+def test_cost_reports_and_job_lists_are_read_two_at_a_time_on_a_server(
+    servers: Callable[..., Servers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each parses every record of its herds: 12 cost reports at once held a server at 4.6 GB
+    and slowed every herd (a review's run). A third waits its turn, then is a 503."""
+    import concurrent.futures
+    import threading
+
+    from runink.core.server import api
+
+    monkeypatch.setattr(api, "HEAVY_WAIT", 0.3)
+    cluster = servers()
+    server = cluster.start()
+    assert server.submit().status_code == 201
+    reading, release = threading.Event(), threading.Event()
+    jobs = cluster.store.jobs
+
+    def slow_jobs(herd: str | None = None) -> Any:
+        reading.set()
+        release.wait(10)
+        return jobs(herd)
+
+    monkeypatch.setattr(cluster.store, "jobs", slow_jobs)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(server.http.get, "/v1/cost"), pool.submit(server.http.get, "/v1/jobs")]
+        assert reading.wait(5)
+        time.sleep(0.2)  # (both in)
+        third = server.http.get("/v1/jobs", params={"herd": "team"})
+        assert third.status_code == 503 and third.headers["Retry-After"] == "1"
+        assert "cost reports or job lists are being read on this server; try again" in third.json()["detail"]
+        release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert server.http.get("/v1/jobs").status_code == 200

@@ -17,9 +17,10 @@ import json
 import logging
 import math
 import pathlib
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -116,6 +117,14 @@ MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
 AUDIT_PAGE = 1000  # audit records per Barn read of GET /v1/audit
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
 RETRY_AFTER = "1"  # seconds, for a 503 after repeated conflicts
+#: reads that parse every record of a herd (cost reports, job lists) at once on one server,
+#: and how long another waits for its turn before a 503: 12 cost reports at once held 4.6 GB
+HEAVY_READS, HEAVY_WAIT = 2, 10.0
+
+
+class Busy(Exception):
+    """Too many heavy reads at once on this server: a 503, try again."""
+
 
 NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
 
@@ -583,6 +592,21 @@ def create_app(
         wait = None if exc.retry_after is None else {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return _error(exc.status if 400 <= exc.status < 600 else 403, str(exc), wait)
 
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": RETRY_AFTER})
+
+    heavy = threading.BoundedSemaphore(HEAVY_READS)
+
+    @contextlib.contextmanager
+    def heavy_read(what: str) -> Iterator[None]:
+        if not heavy.acquire(timeout=HEAVY_WAIT):
+            raise Busy(f"{HEAVY_READS} {what} are being read on this server; try again")
+        try:
+            yield
+        finally:
+            heavy.release()
+
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return _error(503, f"{exc}; try again", {"Retry-After": RETRY_AFTER})
@@ -973,10 +997,11 @@ def create_app(
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
         after = time.time() - since
-        jobs = [j for name in names for j in store.jobs(name) if j.submitted >= after]
-        tasks = [v.record for name in names for v in store.tasks(name)]
-        rates = admission.rates if admission is not None else CostConfig()
-        rows = cost_report(jobs, tasks, by, rates)
+        with heavy_read("cost reports or job lists"):
+            jobs = [j for name in names for j in store.jobs(name) if j.submitted >= after]
+            tasks = [v.record for name in names for v in store.tasks(name)]
+            rates = admission.rates if admission is not None else CostConfig()
+            rows = cost_report(jobs, tasks, by, rates)
         return {"by": by, "since": after, "currency": rates.currency, "rows": rows}
 
     @app.get("/v1/jobs", openapi_extra=action("jobs.read"))
@@ -989,9 +1014,10 @@ def create_app(
         if herd is not None:
             auth.check(identity, "jobs.read", "jobs", herd)
             store.herd(herd)  # NotFound names the herd
-            jobs = store.jobs(herd)
+            names = [herd]
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
+        with heavy_read("cost reports or job lists"):
             jobs = [j for name in names for j in store.jobs(name)]
         return {"jobs": [dump_record(j) for j in jobs if state is None or j.state is state]}
 
