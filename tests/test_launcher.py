@@ -387,7 +387,29 @@ def test_preloading_a_module_that_starts_threads_is_refused() -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode != 0 and "must stay single-threaded" in done.stderr
+    assert done.returncode != 0 and "preloading polars started" in done.stderr  # (it names the module)
+    assert "must stay single-threaded" in done.stderr
+
+
+def test_only_runinks_own_storage_drivers_are_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every installed storage driver's module was imported by the launcher, as root, before
+    any run: one whose import failed, started a thread or slept stopped (or slowed) every run
+    of the executor, even disabled in [plugins] (a review's runs). Another package's is
+    imported by the slice that uses it."""
+    from importlib.metadata import EntryPoint
+
+    from runink.core import driverload
+    from runink.plugins.executors.linux import executor
+
+    def installed(group: str) -> list[EntryPoint]:
+        assert group == "runink.storage"
+        return [
+            EntryPoint("csv", "runink.plugins.storage.csv:CsvStorage", group),
+            EntryPoint("queue", "third_party_storage.queue:QueueStorage", group),
+        ]
+
+    monkeypatch.setattr(driverload, "installed_entry_points", installed)
+    assert executor._storage_modules() == ["runink.plugins.storage.csv"]
 
 
 def test_runtime_paths_under_tmp_are_visible(work: Path, tmp_path: Path) -> None:

@@ -92,6 +92,32 @@ def test_an_entry_names_only_a_function_of_runinks_own_modules() -> None:
     assert _entry(["linux"]) is None
 
 
+def test_only_a_marked_prestart_function_is_called_and_only_runinks_modules_preloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index edited by hand named `runink.core.history:_remove_tree` with a folder as its
+    argument: `runink run` removed the folder; and its arguments, modules the launcher imports
+    as root, named any module (a review's runs)."""
+    from runink.core.cli import prestart
+    from runink.plugins.executors.linux import prestart as head_start
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    gadget = Entry("linux", "runink.core.history:_remove_tree", [str(victim)])
+    monkeypatch.setattr(prestart, "_entry", lambda _raw: gadget)
+    monkeypatch.setattr(prestart.index_store, "load", lambda *_a: {})
+    prestart.prestart(prestart.CliState.from_argv(["run", "p.dsl"]))
+    assert victim.is_dir()  # not called: no prestart function
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(head_start, "launcher_popen", lambda command: started.append(command) or None)
+    monkeypatch.setattr(head_start.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(head_start, "_started", None)
+    head_start.start("pyarrow", "runink.plugins.storage.csv", "evil_module", "os", "runink.x;y")
+    monkeypatch.setattr(head_start, "_started", None)
+    assert started[0][-1] == "pyarrow,runink.plugins.storage.csv"
+
+
 def test_a_launcher_awaiting_its_config_skips_a_guessed_module_it_cannot_import() -> None:
     """The prestart's guess of what to preload may name a module gone since (it is left to the
     executor's own --preload, which must import); a launcher whose input ends first exits 0."""

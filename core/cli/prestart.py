@@ -26,6 +26,14 @@ from runink.core.cli import cluster_settings, index_store
 from runink.core.cli.state import CliState, _command_words
 
 NAME = "executors"  # the index's file: index_store.cache_file(NAME)
+PRESTART_MARK = "__runink_prestart__"  # set by prestart_function on what the index may name
+
+
+def prestart_function(function: Any) -> Any:
+    """Mark ``function`` as a driver's light prestart function (``Executor.prestart_entry``):
+    the only kind ``runink run`` calls from its index."""
+    setattr(function, PRESTART_MARK, True)
+    return function
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,13 @@ def prestart(state: CliState) -> None:
     try:
         if entry.start is not None:  # the driver's light function: no import of the driver itself
             module, _, function = entry.start.partition(":")
-            getattr(importlib.import_module(module), function)(*entry.args)
+            found = getattr(importlib.import_module(module), function)
+            # only a function made to be one (prestart_function): an index edited by hand
+            # named runink.core.history:_remove_tree, and the run removed the folder it gave
+            if getattr(found, PRESTART_MARK, False) is not True:
+                log.debug("prestarting executor %r: %s is no prestart function", entry.driver, entry.start)
+                return
+            found(*entry.args)
             return
         from runink.core.driverload import import_driver
         from runink.core.interfaces.executor import Executor

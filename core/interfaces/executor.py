@@ -261,7 +261,9 @@ class Executor(ABC):
         module under ``runink.``: the CLI imports no other) and the text arguments to call it
         with, or None (default: ``runink run`` imports this driver and calls ``prestart``).
         ``runink run`` keeps it with the driver's name and calls it at its next start without
-        importing the driver (or reading entry points): sooner.
+        importing the driver (or reading entry points): sooner. The function must be marked
+        with ``runink.core.cli.prestart.prestart_function`` (an index edited by hand may name
+        no other function).
         Asked when a run chose this driver: what it returns must stay right while the config
         and the installed packages are unchanged (the kept entry is dropped when they change).
         """

@@ -91,10 +91,14 @@ def _prestart_preload() -> list[str]:
 
 
 def _storage_modules() -> list[str]:
-    """The modules of the installed storage drivers (what a pipeline slice imports first)."""
+    """The modules of Runink's own storage drivers (what a pipeline slice imports first).
+    Never another package's: one whose import failed, started a thread or slept stopped (or
+    slowed) every run of this executor, even disabled in [plugins]; a slice imports it when
+    its pipeline uses it."""
     from runink.core.driverload import installed_entry_points
 
-    return sorted({ep.module for ep in installed_entry_points("runink.storage")})
+    own = {ep.module for ep in installed_entry_points("runink.storage")}
+    return sorted(name for name in own if name.startswith("runink.plugins."))
 
 
 log = logging.getLogger(__name__)

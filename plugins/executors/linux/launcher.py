@@ -925,13 +925,18 @@ def preload(modules: list[str], *, guessed: bool = False) -> None:
         except ImportError:
             if not guessed:
                 raise
+        _single_threaded(name)  # (after each: the message names the module)
     if "pyarrow" in sys.modules:  # chosen now, from this environment (a slice's is its request's)
         sys.modules["pyarrow"].default_memory_pool()
+        _single_threaded("pyarrow's memory pool")
+
+
+def _single_threaded(after: str) -> None:
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         raise SystemExit(
-            f"runink launcher: preloading {', '.join(modules)} started {threads - 1} thread(s); "
-            "a fork server must stay single-threaded (for pyarrow set JE_ARROW_MALLOC_CONF=background_thread:false)"
+            f"runink launcher: preloading {after} started {threads - 1} thread(s); a fork server must stay "
+            "single-threaded (for pyarrow set JE_ARROW_MALLOC_CONF=background_thread:false)"
         )
 
 

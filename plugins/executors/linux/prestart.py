@@ -10,6 +10,7 @@ its arguments; one nobody takes over ends with the command (the end of its input
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -39,17 +40,29 @@ def launcher_popen(command: list[str]) -> subprocess.Popen[str]:
     )
 
 
+#: what a prestarted launcher may preload: Runink's own modules and pyarrow's (the names come
+#: from the CLI's index; another module named there was imported by the launcher, as root)
+_PRELOADABLE = re.compile(r"(pyarrow|runink)(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def start(*preload: str) -> None:
     """Start the Python launcher now, importing ``preload`` (~0.25 s), to await its other
-    arguments (``launcher --await-config``). Only as root (else no executor can use it); once."""
+    arguments (``launcher --await-config``). Only as root (else no executor can use it); once.
+    A module not of Runink's own or pyarrow's is left out."""
     global _started
     if os.geteuid() != 0:
         return
+    preload = tuple(name for name in preload if _PRELOADABLE.fullmatch(name))
     with _lock:
         if _started is None:
             _started = launcher_popen(
                 [sys.executable, "-m", LAUNCHER_MODULE, "--await-config", "--preload", ",".join(preload)]
             )
+
+
+# what runink run may call from its index (core.cli.prestart.prestart_function, whose module
+# this one does not import: it is imported first thing, by every executor too)
+start.__runink_prestart__ = True  # type: ignore[attr-defined]
 
 
 def take() -> subprocess.Popen[str] | None:
