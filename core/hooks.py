@@ -243,8 +243,19 @@ class Hooks:
 
     # --- CLI and drivers: a plugin that raises is marked failed --------------------------
 
-    def cli_commands(self, app: typer.Typer) -> list[str]:
-        return self._mark_failed(_failed(self._hook.runink_cli_commands(app=app)))
+    def cli_commands(self, make_app: Callable[[], typer.Typer]) -> list[tuple[str, typer.Typer]]:
+        """Each plugin's ``runink_cli_commands`` on an app of its own (``make_app``), so one that
+        raises leaves nothing half-added and the caller can build each apart: (plugin, app)
+        for those that did not raise (those are marked failed)."""
+        apps = []
+        for impl in self._hook.runink_cli_commands.get_hookimpls():
+            app = make_app()
+            result = impl.function(app)  # (guarded: a HookFailure instead of raising)
+            if isinstance(result, HookFailure):
+                self._mark_failed([result])
+            else:
+                apps.append((impl.plugin_name, app))
+        return apps
 
     def register_drivers(self) -> list[Answer[Sequence[DriverSpec]]]:
         results = self._hook.runink_register_drivers()

@@ -149,15 +149,37 @@ def test_hook_runink_cli_commands(run_cli: CliRunner, fake_dist: FakeDist) -> No
 
             @hookimpl
             def runink_cli_commands(app):
+                @app.command("half")  # (added before it raised: not kept)
+                def half():
+                    print("half ran")
                 raise ValueError("no app for you")
         """,
+        "weird_cmd.py": """
+            from runink.core import hookimpl
+
+            class Weird:
+                pass
+
+            @hookimpl
+            def runink_cli_commands(app):
+                @app.command("weird")
+                def weird(value: Weird):  # (typer cannot build this: every command failed)
+                    print(value)
+        """,
     }
-    site = fake_dist("cmds", "1.0", {"runink": {"hello-cmd": "hello_cmd", "bad-cmd": "bad_cmd"}}, modules)
+    entry_points = {"hello-cmd": "hello_cmd", "bad-cmd": "bad_cmd", "weird-cmd": "weird_cmd"}
+    site = fake_dist("cmds", "1.0", {"runink": entry_points}, modules)
     out = run_cli("hello", "--name", "herd", pythonpath=site)
-    assert out.returncode == 0 and out.stdout.strip() == "hello herd"
+    assert out.returncode == 0 and out.stdout.strip() == "hello herd", out.stderr
+    helped = run_cli("--help", pythonpath=site)
+    assert helped.returncode == 0 and "hello" in helped.stdout and "half" not in helped.stdout
+    assert run_cli("half", pythonpath=site).returncode == 2  # (no such command)
     listed = {row["name"]: row for row in json.loads(run_cli("plugins", "list", "--json", pythonpath=site).stdout)}
     assert listed["bad-cmd"]["status"] == "failed"
     assert "runink_cli_commands raised ValueError: no app for you" in listed["bad-cmd"]["error"]
+    assert listed["weird-cmd"]["status"] == "failed"
+    assert "runink_cli_commands: its commands cannot be built: " in listed["weird-cmd"]["error"]
+    assert listed["hello-cmd"]["status"] == "loaded"
 
 
 def test_trace_plugins_logs_hook_calls(run_cli: CliRunner) -> None:

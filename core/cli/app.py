@@ -27,6 +27,8 @@ from runink.core.cli.state import CliState
 if TYPE_CHECKING:  # (typer carries its own click)
     from typer._click import Command, Context, HelpFormatter
 
+    from runink.core.plugins import PluginManager
+
 #: modules of runink.core.cli whose register(app) adds top-level commands, in --help's order
 BUILTIN_MODULES = (
     "plugins_cmd",
@@ -102,11 +104,11 @@ class RootGroup(TyperGroup):
         return entries, files
 
     def _plugins_commands(self, state: CliState) -> dict[str, Command]:
-        # Plugins may add commands; one that fails here is marked failed and the CLI still starts.
+        # Plugins may add commands, each on an app of its own: one that raises, or whose commands
+        # click cannot build (a parameter of a type typer does not support broke every command
+        # of the CLI, --help too), is marked failed, and the CLI still starts without them.
         if self._plugin_commands is None:
-            app = _typer()
-            state.plugins().hooks.cli_commands(app)
-            self._plugin_commands = dict(_group_of(app).commands)
+            self._plugin_commands = plugin_commands(state.plugins())
         return self._plugin_commands
 
     def list_commands(self, ctx: Context) -> list[str]:
@@ -152,6 +154,26 @@ class RootGroup(TyperGroup):
     def shell_complete(self, ctx: Context, incomplete: str) -> list[Any]:
         with self.listing():
             return super().shell_complete(ctx, incomplete)
+
+
+def plugin_commands(manager: PluginManager) -> dict[str, Command]:
+    """The plugins' commands, each plugin's built apart (see ``_plugins_commands``); a plugin
+    whose commands cannot be built is marked failed. The first plugin to name a command has it."""
+    found: dict[str, Command] = {}
+    for plugin, app in manager.hooks.cli_commands(_typer):
+        if not app.registered_commands and not app.registered_groups:
+            continue
+        try:
+            commands = dict(_group_of(app).commands)
+        except Exception as exc:
+            manager.mark_failed(plugin, f"runink_cli_commands: its commands cannot be built: {exc}")
+            continue
+        for name, command in commands.items():
+            if name in found:
+                logging.getLogger(__name__).warning("plugin command %r of %s ignored: taken", name, plugin)
+                continue
+            found[name] = command
+    return found
 
 
 def _group_of(app: typer.Typer) -> TyperGroup:

@@ -27,7 +27,9 @@ def all_records(state: CliState) -> list[PluginRecord]:
     manager = state.plugins()
     # A plugin whose commands fail to build is failed: the CLI builds them only when one is
     # run, so build them here, to report it.
-    manager.hooks.cli_commands(typer.Typer())
+    from runink.core.cli.app import plugin_commands
+
+    plugin_commands(manager)
     return manager.records() + [_with_capabilities(state, r) for r in list_drivers(manager)]
 
 
