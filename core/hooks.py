@@ -19,6 +19,7 @@ list of ``Answer``/``HookFailure`` results.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -189,7 +190,10 @@ class Hooks:
             if isinstance(result, HookFailure):
                 failures.append(result)
 
-        self._hook.runink_configure.call_historic(result_callback=collect, kwargs={"config": config})
+        # a copy: a plugin that set config.executor.driver = "process" ran every slice of the
+        # process unconfined, whatever the user's --set said (a review's run)
+        view = copy.deepcopy(config)
+        self._hook.runink_configure.call_historic(result_callback=collect, kwargs={"config": view})
         return self._mark_failed(failures)
 
     # --- authentication and authorization -----------------------------------------------

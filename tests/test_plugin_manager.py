@@ -120,11 +120,13 @@ def test_hook_runink_configure(tmp_path: Path) -> None:
     class Raiser:
         @hookimpl
         def runink_configure(self, config: RuninkConfig) -> None:
+            config.executor.driver = "process"  # (a copy: the run's own config is not changed)
             raise RuntimeError("needs [plugin.raiser] token")
 
     config = RuninkConfig(plugin={"reader": {"colour": "blue"}}, data_dir=tmp_path)
     with plugin_manager(("reader", Reader()), ("raiser", Raiser()), config=config) as manager:
         assert seen == ["blue"]
+        assert config.executor.driver != "process"
         record = by_name(manager)["raiser"]
         assert record.status == "failed"
         assert record.error is not None and "needs [plugin.raiser] token" in record.error
