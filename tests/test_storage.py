@@ -596,10 +596,58 @@ def test_jsonl_lines_of_keys_all_different_are_refused_not_read_into_gigabytes(t
     with pytest.raises(DatasetError, match=rf"^{path}: lines 1-20000: its lines have more than 10,000 different keys"):
         list(load_driver(Storage, "jsonl").read(path, raw=raw))
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: it built no 3 GB table
+    one = tmp_path / "one.jsonl"  # one line of 1,000,000 keys: a dead letter, found before it is parsed
+    one.write_text('{"a": 1}\n{' + ",".join(f'"k{i}": 1' for i in range(1_000_000)) + '}\n{"a": 2}\n')
+    rows, positions, bad = _jsonl_read(one, raw=raw)
+    assert positions == [1, 3] and bad == [(2, "more than 10,000 different keys")]
     fewer = tmp_path / "y.jsonl"  # sparse but within bounds: read, every column in every row
     fewer.write_bytes(b"".join(b'{"id": %d, "k%d": 1}\n' % (i, i % 2000) for i in range(3000)))
     rows, positions, bad = _jsonl_read(fewer, raw=raw)
     assert len(rows) == 3000 and len(rows[0]) == 2001 and bad == []
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_jsonl_a_wide_line_makes_smaller_batches_not_a_table_of_every_column_for_every_line(
+    tmp_path: Path, raw: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line of 3,000 keys then 65,536 lines of one: read with the file's columns, the second
+    chunk was 65,536 x 3,002 values (4 GB, a review's run). A batch holds at most MAX_CELLS
+    values (here 1,000); no line is lost or read twice."""
+    from runink.plugins.storage import jsonl
+
+    monkeypatch.setattr(jsonl, "MAX_CELLS", 1000)
+    path = tmp_path / "x.jsonl"
+    lines = [json.dumps({f"k{i}": i for i in range(20)})] + [json.dumps({"x": i}) for i in range(2000)]
+    path.write_text("\n".join(lines) + "\n")
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=raw, options={"chunk_lines": 700}))
+    assert all(r.batch.num_rows * max(1, r.batch.num_columns) <= 1000 for r in reads), [
+        (r.batch.num_rows, r.batch.num_columns) for r in reads
+    ]
+    assert [p for r in reads for p in r.positions.to_pylist()] == list(range(1, 2002))
+    rows = [row for r in reads for row in r.batch.to_pylist()]
+    assert [row.get("x") for row in rows[1:]] == ([str(i) for i in range(2000)] if raw else list(range(2000)))
+
+
+def test_jsonl_lines_appended_while_it_is_read_are_not_read_with_their_keys_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The columns come from a first pass: a line appended after it had its new keys dropped,
+    silently. The rows are those of the file the first pass read."""
+    from runink.plugins.storage.jsonl import JsonlStorage
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n')
+    first_pass = JsonlStorage._file_schema
+
+    def then_append(*args: object) -> object:
+        found = first_pass(*args)  # type: ignore[arg-type]
+        with path.open("a") as fh:
+            fh.write('{"a": 2, "secret": "lost"}\n')
+        return found
+
+    monkeypatch.setattr(JsonlStorage, "_file_schema", staticmethod(then_append))
+    reads = list(JsonlStorage().read(path))
+    assert [row for r in reads for row in r.batch.to_pylist()] == [{"a": 1}]
 
 
 @pytest.mark.parametrize("raw", [True, False])

@@ -42,7 +42,7 @@ MAX_TEXT = 1000
 #: columns a source may have (as a CSV header), and values Arrow may build for one read: every
 #: column gets a value in every line, so lines of keys all different cost lines x keys
 MAX_COLUMNS = 10_000
-MAX_CELLS = 1 << 26
+MAX_CELLS = 1 << 22
 #: a chunk's columns are found in pieces of this many lines and bytes at most (see _bounded_schema)
 PIECE_LINES = 1024
 PIECE_BYTES = 64 << 10
@@ -71,7 +71,26 @@ def _oversized(line: bytes, fh: io.BufferedReader) -> str | None:
         return f"line longer than {MAX_LINE_BYTES} bytes"
     if _too_deep(line):
         return f"nested deeper than {MAX_DEPTH} levels"
+    if len(line) > WIDE_CHECK_BYTES and _too_wide(line):
+        return f"more than {MAX_COLUMNS:,} different keys"
     return None
+
+
+#: a line this long has its keys counted before it is parsed: one of 12 MB with 1,000,000 keys
+#: took pyarrow 25 s and 2.9 GB before its columns could be refused
+WIDE_CHECK_BYTES = 1 << 20
+_KEY = re.compile(rb'"((?:[^"\\]|\\.){0,256})"\s*:')
+
+
+def _too_wide(line: bytes) -> bool:
+    """Whether the line names more than MAX_COLUMNS different keys (nested ones too: a
+    struct's fields are columns for Arrow). A key longer than 256 bytes is not counted."""
+    keys: set[bytes] = set()
+    for found in _KEY.finditer(line):
+        keys.add(found.group(1))
+        if len(keys) > MAX_COLUMNS:
+            return True
+    return False
 
 
 def _text(line: bytes) -> str:
@@ -119,10 +138,12 @@ def _read_json(
     options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
     try:
         if schema is not None:
+            _check_size(_width(schema), len(lines))
             parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
             table = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
             return table if table.num_rows == len(lines) else None
         table = pajson.read_json(pa.BufferReader(data), read_options=options)
+        _check_size(_width(table.schema), len(lines))  # (read already: a piece, at most PIECE_LINES)
         again = _timestamps_as_text(table.schema)
         if raw and exact:
             floats = (f for f in table.schema if f.name in exact and pa.types.is_floating(f.type))
@@ -194,15 +215,25 @@ def _bounded_schema(lines: list[bytes], raw: bool, exact: Sequence[str]) -> tupl
     return found, None
 
 
+class _TooSparse(DatasetError):
+    """More than MAX_CELLS values for the lines read at once: read them in fewer lines each."""
+
+    def __init__(self, columns: int) -> None:
+        super().__init__(f"{columns:,} columns")
+        self.columns = columns
+
+
 def _check_size(columns: int, lines: int) -> None:
-    """DatasetError past MAX_COLUMNS columns, or MAX_CELLS values for ``lines`` lines."""
+    """DatasetError past MAX_COLUMNS columns; _TooSparse past MAX_CELLS values for ``lines``."""
     if columns > MAX_COLUMNS:
         raise DatasetError(f"its lines have more than {MAX_COLUMNS:,} different keys (columns)")
     if columns * lines > MAX_CELLS:
-        raise DatasetError(
-            f"{lines:,} lines with {columns:,} different keys (columns) in all: too sparse to read "
-            f"as a table (more than {MAX_CELLS:,} values at once)"
-        )
+        raise _TooSparse(columns)
+
+
+def _step(columns: int) -> int:
+    """Lines read at once for ``columns`` columns: at most MAX_CELLS values."""
+    return max(1, MAX_CELLS // max(1, columns))
 
 
 def _timestamps_as_text(schema: pa.Schema) -> list[pa.Field]:
@@ -229,14 +260,14 @@ def _chunk_schema(lines: list[bytes]) -> pa.Schema | None:
         lines = [line for line in lines if _invalid(line) is None]
         table = _read_json(lines, False) if lines else None
         if table is None and lines:  # kinds that differ: each column typed alone
-            rows = [json.loads(line) for line in lines]
+            columns: dict[str, list[bytes]] = {}
+            for line in lines:
+                for name, value in json.loads(line).items():
+                    columns.setdefault(name, []).append(json.dumps({name: value}).encode() + b"\n")
+            _check_size(len(columns), 0)
             fields = []
-            names = dict.fromkeys(name for row in rows for name in row)
-            _check_size(len(names), len(rows))
-            for name in names:
-                alone = _read_json(
-                    [json.dumps({name: row[name]}).encode() + b"\n" for row in rows if name in row], False
-                )
+            for name, values in columns.items():
+                alone = _read_json(values, False)
                 fields.append(pa.field(name, pa.string() if alone is None else alone.schema.field(name).type))
             return pa.schema(fields)
     return None if table is None else table.schema
@@ -280,13 +311,10 @@ def _as_typed(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table, list[int
     the others. Also the indexes of the lines whose values still do not fit (none, as the
     types were found in the same lines; kept as dead letters, never dropped)."""
     rows, unfit = [], []
-    for line in lines:
+    text = {field.name for field in schema if pa.types.is_string(field.type)}
+    for line in lines:  # (a row holds its own keys only: the others are null, Arrow's to fill)
         value = json.loads(line, parse_float=_Written, parse_int=_Written)
-        row = {}
-        for field in schema:
-            found = value.get(field.name)
-            row[field.name] = _as_text(found) if pa.types.is_string(field.type) else _numbers(found)
-        rows.append(row)
+        rows.append({k: _as_text(v) if k in text else _numbers(v) for k, v in value.items() if k in schema.names})
     try:
         return pa.Table.from_pylist(rows, schema=schema), unfit
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
@@ -361,10 +389,11 @@ def _no_constant(name: str) -> None:
 
 
 def _chunks(
-    fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int
+    fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int, end: int | None = None
 ) -> Iterator[tuple[list[bytes], list[int], list[Malformed]]]:
-    """The file from where ``fh`` is, in chunks: the lines to parse, the file line of each, and
-    the lines that are malformed before any parse (too long, nested too deep)."""
+    """The file from where ``fh`` is (up to offset ``end``, if given), in chunks: the lines to
+    parse, the file line of each, and the lines that are malformed before any parse (too
+    long, nested too deep)."""
     readline, limit = fh.readline, MAX_LINE_BYTES
     line_no = 0
     while True:
@@ -372,7 +401,7 @@ def _chunks(
         numbers: list[int] = []
         skipped: list[Malformed] = []
         held = 0  # bytes of the chunk's lines (and dead letters' texts)
-        while raw_line := readline(limit):
+        while (end is None or fh.tell() < end) and (raw_line := readline(limit)):
             line_no += 1
             # only a line longer than MAX_DEPTH bytes can be too deep or too long
             if len(raw_line) > MAX_DEPTH and (reason := _oversized(raw_line, fh)):
@@ -408,18 +437,52 @@ class JsonlStorage(Storage):
         info = os.fstat(fh.fileno())
         size = info.st_size if stat.S_ISREG(info.st_mode) else 0  # how far the read is, in bytes
         try:
-            schema = None
+            schema, end = None, None
             if not raw and stat.S_ISREG(info.st_mode):  # (a file read once cannot be read again)
                 schema = self._file_schema(path, fh, chunk_lines, chunk_bytes)
+                # the rows read up to where the types were found: a line appended since would
+                # have its unknown keys dropped
+                end = fh.tell()
                 fh.seek(0)
-            for lines, numbers, skipped in _chunks(fh, chunk_lines, chunk_bytes):
-                try:
-                    read = self._parse(lines, numbers, raw, skipped, exact, schema=schema)
-                except DatasetError as exc:
-                    raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
-                yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
+            step = None if schema is None else _step(_width(schema))
+            for lines, numbers, skipped in _chunks(fh, chunk_lines, chunk_bytes, end):
+                for read in self._parse_in_steps(
+                    path, lines, numbers, raw=raw, skipped=skipped, exact=exact, schema=schema, step=step
+                ):
+                    yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
+
+    def _parse_in_steps(
+        self,
+        path: Path,
+        lines: list[bytes],
+        numbers: list[int],
+        *,
+        raw: bool,
+        skipped: list[Malformed],
+        exact: list[str],
+        schema: pa.Schema | None,
+        step: int | None,
+    ) -> Iterator[ReadBatch]:
+        """A chunk's batches: one, or one per ``step`` lines when its columns x lines would pass
+        MAX_CELLS (a wide line's keys are every line's columns: Arrow gives each a value)."""
+        start, step = 0, step or max(1, len(lines))
+        while True:
+            part = slice(start, start + step)
+            try:
+                read = self._parse(lines[part], numbers[part], raw, skipped if start == 0 else [], exact, schema=schema)
+            except _TooSparse as wide:
+                if step == 1:
+                    raise DatasetError(f"{path}: line {numbers[start]}: {wide}: too many") from None
+                step = min(step - 1, _step(wide.columns))
+                continue
+            except DatasetError as exc:
+                raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+            yield read
+            start += step
+            if start >= len(lines):
+                return
 
     @staticmethod
     def _file_schema(path: Path, fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int) -> pa.Schema | None:
@@ -427,13 +490,21 @@ class JsonlStorage(Storage):
         fits all its values (``_merged``; text where none does, and where all are null)."""
         schema = None
         for lines, numbers, _skipped in _chunks(fh, chunk_lines, chunk_bytes):
-            try:
-                found = _chunk_schema(lines) if lines else None
-                if found is not None:
-                    schema = _merged(schema, found)
-                    _check_size(_width(schema), 0)
-            except DatasetError as exc:
-                raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+            start, step = 0, max(1, len(lines))
+            while start < len(lines):
+                try:
+                    found = _chunk_schema(lines[start : start + step])
+                    if found is not None:
+                        schema = _merged(schema, found)
+                        _check_size(_width(schema), 0)
+                except _TooSparse as wide:
+                    if step == 1:
+                        raise DatasetError(f"{path}: line {numbers[start]}: {wide}: too many") from None
+                    step = min(step - 1, _step(wide.columns))
+                    continue
+                except DatasetError as exc:
+                    raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+                start += step
         if schema is None:
             return None
         return pa.schema([field.with_type(_without_null_types(field.type)) for field in schema])
