@@ -246,13 +246,20 @@ def publish(stages: dict[Path, Stage]) -> None:
                 "pipeline?): it is left as it is (nothing was published)"
             )
     ready = [stage for stage in stages.values() if _vetted(stage, umask)]
+    aside: list[Stage] = []  # (kept by a rename: their final file is away until the new one comes)
     try:
         for stage in ready:
-            if stage.found is not None:
+            if stage.found is None:
+                continue
+            try:
                 os.link(
                     stage.final.name, PREVIOUS, src_dir_fd=stage.folder, dst_dir_fd=stage.outer, follow_symlinks=False
                 )
+            except PermissionError:  # another user's file (fs.protected_hardlinks): moved aside instead
+                os.rename(stage.final.name, PREVIOUS, src_dir_fd=stage.folder, dst_dir_fd=stage.outer)
+                aside.append(stage)
     except OSError as exc:
+        _put_back(aside)
         raise OSError(
             f"{stage.final}: cannot keep its current version while publishing (nothing was published): {exc.strerror}"
         ) from None
@@ -262,7 +269,7 @@ def publish(stages: dict[Path, Stage]) -> None:
             os.replace(stage.final.name, stage.final.name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
             done.append(stage)
     except OSError as exc:
-        _put_back(done)
+        _put_back(done + [a for a in aside if a not in done])
         raise OSError(
             f"{stage.final}: cannot put it in place ({exc.strerror}); "
             + ("the outputs put in place before it were put back" if done else "nothing was published")

@@ -25,6 +25,10 @@ def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     def ping() -> dict[str, str]:
         return {"ok": "yes"}
 
+    @app.post("/echo")
+    def echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
     server, thread = serve_api(app, "127.0.0.1", 0)
     yield server.config.port
     stop_api(server, thread)
@@ -81,3 +85,28 @@ def test_requests_in_time_are_answered_and_a_kept_alive_connection_serves_the_ne
             answer = client.recv(65536)
             assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b'{"ok":"yes"}')
             time.sleep(0.8)  # longer than the header timeout, between requests: not counted
+
+
+def test_a_body_sent_too_slowly_is_refused(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers on time, then a byte now and then: the body is read before any token is checked,
+    and such connections held every slot of the server (a review's run)."""
+    monkeypatch.setattr(served, "BODY_TIMEOUT", 0.5)
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        for _ in range(4):
+            time.sleep(0.2)
+            try:
+                slow.sendall(b"x")
+            except OSError:
+                break
+        answer = _answer(slow)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout") and b"no whole request body within" in answer
+    with socket.create_connection(("127.0.0.1", port)) as client:  # a whole body on time: answered
+        client.settimeout(5)
+        body = b'{"a": "b"}'
+        head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        client.sendall(head % len(body) + body)
+        answer = client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(body.replace(b" ", b""))

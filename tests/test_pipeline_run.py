@@ -704,16 +704,25 @@ def _two_sinks(tmp_path: Path) -> tuple[Path, Path, dict[Path, Any]]:
     return first, second, stages
 
 
+@pytest.mark.parametrize("others_file", [False, True])
 def test_publishing_puts_back_what_it_replaced_when_a_later_sink_cannot_go_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others_file: bool
 ) -> None:
     """Sinks went into place one at a time: a rename that failed (a file made immutable, a
-    bind mount) left the first sink new and the second old, and the run FAILED."""
+    bind mount) left the first sink new and the second old, and the run FAILED.
+    ``others_file``: the current file is another user's, which a runner that is not root may
+    not hard-link (fs.protected_hardlinks): it is moved aside instead, and back."""
     from runink.core.staging import publish as _publish
     from runink.core.staging import unstage as _unstage
 
     first, second, stages = _two_sinks(tmp_path)
     real_replace = os.replace
+    if others_file:
+
+        def refuse_link(*_args: Any, **_kwargs: Any) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse_link)
 
     def refuse_second(src: Any, dst: Any, **kwargs: Any) -> None:
         if dst == second.name and kwargs.get("dst_dir_fd") == stages[second].folder:
@@ -730,6 +739,11 @@ def test_publishing_puts_back_what_it_replaced_when_a_later_sink_cannot_go_in_pl
     assert first.read_text() == "old a\n" and not second.exists()
     _unstage(stages)
     assert sorted(p.name for p in first.parent.iterdir()) == ["a.csv"]  # (its kept copy went with the staging folder)
+    if others_file:  # and published where nothing fails
+        again_first, again_second, again = _two_sinks(tmp_path / "again")
+        _publish(again)
+        _unstage(again)
+        assert (again_first.read_text(), again_second.read_text()) == ("new a\n", "new b\n")
 
 
 def test_publishing_leaves_an_output_another_run_wrote_since_this_one_started(tmp_path: Path) -> None:

@@ -23,27 +23,30 @@ START_TIMEOUT = 10.0  # seconds for uvicorn to start accepting connections
 HEADER_TIMEOUT = 10.0  # seconds from a connection, or a request's first byte, to the end of its headers
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (431 beyond)
 LINGER = 1.0  # seconds a refused client's input is still read (and dropped) before closing
+BODY_TIMEOUT = 60.0  # seconds from the end of a request's headers to the end of its body
 
 
 class GuardedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits the Barn's own server keeps: a request's
     line and headers come whole within HEADER_TIMEOUT of the connection or of the request's
-    first byte, and in at most MAX_HEAD_BYTES. (uvicorn has neither, before any token is
-    checked: 2,000 connections sending a byte a second all stayed open, and 12 requests of
-    96 MB headers took a server from 178 MB to 1.1 GB, a review's runs.)"""
+    first byte, and in at most MAX_HEAD_BYTES; its body within BODY_TIMEOUT of them. (uvicorn
+    has none of them, and all come before any token is checked: 2,000 connections sending a
+    byte a second all stayed open, 12 requests of 96 MB headers took a server from 178 MB to
+    1.1 GB, slow bodies held every connection slot, a review's runs.)"""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0
         self._refused = False
         self._heading = True  # reading a request's line and headers (or waiting for the first)
-        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        # the head's deadline, then the body's until it is whole (None: neither is being read)
+        self._timer: asyncio.TimerHandle | None = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # (read and dropped until the connection closes: see _refuse)
-        if self._heading and self._head_timer is None:  # a new request on a kept-alive connection
-            self._head_timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        if self._heading and self._timer is None:  # a new request on a kept-alive connection
+            self._timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
         super().data_received(data)
         if self._heading and not self.transport.is_closing():
             self._head_bytes += len(data)
@@ -54,6 +57,21 @@ class GuardedHttp(HttpToolsProtocol):
         self._heading, self._head_bytes = False, 0
         self._stop_timer()
         super().on_headers_complete()
+        if not self.transport.is_closing():
+            self._timer = self.loop.call_later(BODY_TIMEOUT, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        self._stop_timer()
+        super().on_message_complete()
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:  # (answering already: only close)
+            self.transport.close()
+        else:
+            self._refuse(b"408 Request Timeout", f"no whole request body within {BODY_TIMEOUT:g} s")
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -65,12 +83,12 @@ class GuardedHttp(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _stop_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _too_slow(self) -> None:
-        self._head_timer = None
+        self._timer = None
         if self._heading and not self.transport.is_closing():
             self._refuse(b"408 Request Timeout", f"no whole request headers within {HEADER_TIMEOUT:g} s")
 
