@@ -19,6 +19,7 @@ arguments, a TypeError reported as bad options.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import re
@@ -145,7 +146,7 @@ def import_driver(interface: Interface[Any], name: str, where: str = "") -> Call
     if (group, name) in _AMBIGUOUS:
         raise DriverLoadError(f"{group} driver {name!r} is registered by more than one package{where}")
     try:
-        factory = ep.load()
+        factory = load_quietly(ep)
     except Exception as exc:
         raise DriverLoadError(
             f"{group} driver {name!r} ({ep.value}) failed to import: {describe_exception(exc)}{where}"
@@ -254,3 +255,10 @@ def _convert(value: Any, types: tuple[type, ...]) -> Any:
         if kind in (list, tuple):
             return [part.strip() for part in text.split(",") if part.strip()]
     return _WRONG
+
+
+def load_quietly(ep: Any) -> Any:
+    """``ep.load()`` with what its import prints sent to stderr: a plugin that printed at
+    import broke every ``--json`` answer of the CLI."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return ep.load()

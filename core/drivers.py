@@ -38,6 +38,7 @@ from runink.core.driverload import (
     entry_points,
     group_of,
     import_driver,
+    load_quietly,
     package_of,
 )
 from runink.core.errors import DriverLoadError, DriverNotFoundError, RuninkError
@@ -200,7 +201,7 @@ def _installed_record(
     if settings is not None and not is_allowed(ep.name, group, package, settings):
         return replace(record, status="disabled", error="not in plugins.load")
     try:
-        target = ep.load()
+        target = load_quietly(ep)
     except Exception as exc:
         return replace(record, status="failed", error=describe_exception(exc))
     if inspect.isclass(target) and not issubclass(target, interface):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -145,6 +146,27 @@ def _answers(results: Sequence[object]) -> list[Answer[Any]]:
     return [result for result in results if isinstance(result, Answer)]
 
 
+def _typed(answers: list[Answer[Any]], hook: str, expected: str, fits: Callable[[Any], bool]) -> list[Answer[Any]]:
+    """``answers``, each of the type the hook asks for; PluginError naming the plugin and what
+    it gave otherwise, as a raise in the hook is (it crashed the command, "internal error")."""
+    for answer in answers:
+        if not fits(answer.value):
+            got = type(answer.value).__name__
+            raise PluginError(f"plugin {answer.plugin} failed in {hook}: it returned a {got}, not {expected}")
+    return answers
+
+
+def _list_of(kind: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, (list, tuple)) and all(isinstance(item, kind) for item in value)
+
+
+def _scores(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in value.items()
+    )
+
+
 def _failed(results: Sequence[object]) -> list[HookFailure]:
     return [result for result in results if isinstance(result, HookFailure)]
 
@@ -221,10 +243,14 @@ class Hooks:
     # --- scheduling ---------------------------------------------------------------------
 
     def filter_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Sequence[NodeRejection]]]:
-        return _answers(self._hook.runink_filter_nodes(request=request, nodes=nodes))
+        from runink.core.model import NodeRejection
+
+        answers = _answers(self._hook.runink_filter_nodes(request=request, nodes=nodes))
+        return _typed(answers, "runink_filter_nodes", "a list of NodeRejection", _list_of(NodeRejection))
 
     def score_nodes(self, request: PlacementRequest, nodes: Sequence[Node]) -> list[Answer[Mapping[str, float]]]:
-        return _answers(self._hook.runink_score_nodes(request=request, nodes=nodes))
+        answers = _answers(self._hook.runink_score_nodes(request=request, nodes=nodes))
+        return _typed(answers, "runink_score_nodes", "a mapping of node id to a finite number", _scores)
 
     def unconfigure(self) -> list[str]:
         """Returns the plugins that raised."""
@@ -262,6 +288,17 @@ class Hooks:
         return apps
 
     def register_drivers(self) -> list[Answer[Sequence[DriverSpec]]]:
+        from runink.core.model import DriverSpec
+
         results = self._hook.runink_register_drivers()
         self._mark_failed(_failed(results))
-        return _answers(results)
+        kept = []
+        for answer in _answers(results):  # (a plugin that gave something else is failed, naming it)
+            if _list_of(DriverSpec)(answer.value):
+                kept.append(answer)
+            else:
+                got = type(answer.value).__name__
+                self.manager.mark_failed(
+                    answer.plugin, f"runink_register_drivers returned a {got}, not a list of DriverSpec"
+                )
+        return kept

@@ -22,7 +22,7 @@ import pluggy
 
 from runink.core import hookspecs
 from runink.core.config import PluginsConfig, RuninkConfig
-from runink.core.driverload import installed_entry_points, package_of
+from runink.core.driverload import installed_entry_points, load_quietly, package_of
 from runink.core.errors import describe_exception as describe_exception  # noqa: PLC0414  (re-exported: it moved)
 from runink.core.hooks import Hooks, guard_implementations
 
@@ -121,7 +121,7 @@ class PluginManager:
                 self._records[ep.name] = replace(base, status="disabled", error="not in plugins.load")
                 continue
             try:
-                obj = ep.load()
+                obj = load_quietly(ep)
                 if inspect.isclass(obj):
                     obj = obj()
             except Exception as exc:  # a broken plugin must never stop start-up

@@ -205,3 +205,24 @@ def test_executors_say_what_they_cannot_enforce(run_cli: CliRunner) -> None:
     assert {"cpu", "memory", "pids", "network", "filesystem"} <= set(process["unenforced"])
     table = run_cli("plugins", "list")
     assert "executor process (none) does not enforce here: cpu, filesystem" in table.stdout
+
+
+def test_a_plugin_that_prints_at_import_does_not_break_json_answers(run_cli: CliRunner, fake_dist: FakeDist) -> None:
+    """Its print reached stdout before the JSON: `plugins list --json` and `plugins hooks --json`
+    could not be parsed (a review's run). What a plugin prints at import goes to stderr."""
+    modules = {
+        "noisy.py": """
+            print("NOISE-FROM-PLUGIN-IMPORT")
+            from runink.core import hookimpl
+
+            @hookimpl
+            def runink_unconfigure():
+                pass
+        """,
+    }
+    site = fake_dist("noisy", "1.0", {"runink": {"noisy": "noisy"}}, modules)
+    for args in (("plugins", "list", "--json", "--refresh"), ("plugins", "hooks", "--json")):
+        out = run_cli(*args, pythonpath=site)
+        assert out.returncode == 0, out.stderr
+        json.loads(out.stdout)
+        assert "NOISE-FROM-PLUGIN-IMPORT" in out.stderr

@@ -96,11 +96,18 @@ def test_hook_runink_register_drivers() -> None:
         def runink_register_drivers(self) -> list[DriverSpec]:
             return [DriverSpec("runink.scheduler_policies", "fastest", Fastest)]
 
-    with plugin_manager(("registrar", Registrar())) as manager:
+    class Odd:  # (an answer that is no list of DriverSpec crashed `plugins list` and `doctor`)
+        @hookimpl
+        def runink_register_drivers(self) -> int:
+            return 42
+
+    with plugin_manager(("registrar", Registrar()), ("odd", Odd())) as manager:
         policy = load_driver(SchedulerPolicy, "fastest", manager=manager)
         assert isinstance(policy, SchedulerPolicy) and policy.name == "fastest"
         record = next(r for r in list_drivers(manager) if r.name == "fastest")
         assert record.source == "runtime" and record.details == {"registered_by": "registrar"}
+        odd = next(r for r in manager.records() if r.name == "odd")
+        assert odd.status == "failed" and odd.error == "runink_register_drivers returned a int, not a list of DriverSpec"
 
 
 class _Sealed(ProcessExecutor):

@@ -85,3 +85,25 @@ def test_a_raising_filter_is_an_error_naming_the_plugin() -> None:
 def test_no_nodes() -> None:
     with plugin_manager() as manager, pytest.raises(SchedulingError, match="no nodes registered"):
         place(manager, SPREAD, request(), [])
+
+
+@pytest.mark.parametrize(
+    ("hook", "answer", "expected"),
+    [
+        ("runink_filter_nodes", "no", "it returned a str, not a list of NodeRejection"),
+        ("runink_filter_nodes", [("n0", "x")], "it returned a list, not a list of NodeRejection"),
+        ("runink_score_nodes", {"n0": "high"}, "it returned a dict, not a mapping of node id to a finite number"),
+        ("runink_score_nodes", {"n0": float("nan")}, "it returned a dict, not a mapping of node id to a finite"),
+    ],
+)
+def test_an_answer_of_another_type_is_an_error_naming_the_plugin(hook: str, answer: object, expected: str) -> None:
+    """It crashed the command: "internal error: TypeError: replace() should be called on
+    dataclass instances", naming no plugin (a review's run)."""
+
+    class Odd:
+        pass
+
+    setattr(Odd, hook, hookimpl(lambda self, request, nodes: answer))
+    with plugin_manager(("odd", Odd()), entrypoints=False) as manager, pytest.raises(PluginError) as info:
+        place(manager, SPREAD, request(), [make_node("n0")])
+    assert str(info.value).startswith(f"plugin odd failed in {hook}: {expected}")
