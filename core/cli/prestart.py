@@ -35,6 +35,7 @@ def prestart_function(function: Any) -> Any:
     setattr(function, PRESTART_MARK, True)
     return function
 
+
 log = logging.getLogger(__name__)
 
 _guessed: dict[str, Entry | None] = {}  # fingerprint -> the entry read or kept (this process)
