@@ -107,7 +107,8 @@ def test_hook_runink_register_drivers() -> None:
         record = next(r for r in list_drivers(manager) if r.name == "fastest")
         assert record.source == "runtime" and record.details == {"registered_by": "registrar"}
         odd = next(r for r in manager.records() if r.name == "odd")
-        assert odd.status == "failed" and odd.error == "runink_register_drivers returned a int, not a list of DriverSpec"
+        assert odd.status == "failed"
+        assert odd.error == "runink_register_drivers returned a int, not a list of DriverSpec"
 
 
 class _Sealed(ProcessExecutor):

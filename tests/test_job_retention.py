@@ -167,7 +167,8 @@ def test_a_task_keeps_the_output_of_its_last_three_attempts_only(life: Lifecycle
         life.report("lab", task.id, task.attempt, task.token, RunState.RUNNING, node="n1")
         if number % 4 != 3:  # (attempts 3 and 7 write nothing)
             for stream in ("stdout", "stderr"):
-                assert logs.append(Chunk("lab", task.id, number, task.token, stream, 0, f"attempt {number}".encode()))[0]
+                chunk = Chunk("lab", task.id, number, task.token, stream, 0, f"attempt {number}".encode())
+                assert logs.append(chunk)[0]
         life.report("lab", task.id, task.attempt, task.token, RunState.FAILED, node="n1")
     prefix = f"/herds/lab/logs/{task.id}/"
     kept = sorted({int(kv.key[len(prefix) :].split("/")[0]) for kv in life.store.barn.scan(prefix)})
