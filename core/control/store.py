@@ -86,6 +86,9 @@ class View(Protocol):
     def live_tasks(self, herd: str) -> int | None:
         """How many of ``herd``'s tasks have a live entry; None: it cannot say."""
 
+    def live_bytes(self, herd: str) -> int | None:
+        """The bytes of ``herd``'s live entries; None: it cannot say."""
+
 
 @dataclass(frozen=True)
 class Versioned(Generic[R]):

@@ -310,7 +310,8 @@ def _as_typed(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table, list[int
     in some lines): each value as ``_as_text`` gives it for a text column, as JSON has it for
     the others. Also the indexes of the lines whose values still do not fit (none, as the
     types were found in the same lines; kept as dead letters, never dropped)."""
-    rows, unfit = [], []
+    rows: list[dict[str, Any]] = []
+    unfit: list[int] = []
     text = {field.name for field in schema if pa.types.is_string(field.type)}
     for line in lines:  # (a row holds its own keys only: the others are null, Arrow's to fill)
         value = json.loads(line, parse_float=_Written, parse_int=_Written)
