@@ -106,7 +106,12 @@ class PluginManager:
 
     def load_entrypoints(self, group: str = HOOK_GROUP) -> None:
         """Load and register every hook plugin of the entry-point group, recording each outcome."""
-        for ep in sorted(installed_entry_points(group), key=lambda e: e.name):
+        # Runink's own first: a name is the first plugin's, and another package's of the same
+        # name (an "rbac" of its own) took the built-in authorizer's place when listed first
+        def builtin_first(ep: importlib.metadata.EntryPoint) -> tuple[bool, str]:
+            return source_of(package_of(ep)[0]) != "builtin", ep.name
+
+        for ep in sorted(installed_entry_points(group), key=builtin_first):
             package, version = package_of(ep)
             base = PluginRecord(ep.name, "hook", group, package, version, source_of(package))
             if ep.name in self._records:

@@ -226,3 +226,24 @@ def test_a_plugin_that_prints_at_import_does_not_break_json_answers(run_cli: Cli
         assert out.returncode == 0, out.stderr
         json.loads(out.stdout)
         assert "NOISE-FROM-PLUGIN-IMPORT" in out.stderr
+
+
+def test_a_plugin_of_another_package_cannot_take_a_built_in_plugins_name(
+    run_cli: CliRunner, fake_dist: FakeDist
+) -> None:
+    """Listed first, a package's own "rbac" took the built-in authorizer's name, and the
+    built-in was the one failed "name already used" (a review's run)."""
+    modules = {
+        "my_rbac.py": """
+            from runink.core import hookimpl
+
+            @hookimpl
+            def runink_authorize(identity, action, resource, herd, grants):
+                return None
+        """,
+    }
+    site = fake_dist("my-rbac", "1.0", {"runink": {"rbac": "my_rbac"}}, modules)
+    listed = json.loads(run_cli("plugins", "list", "--json", "--refresh", pythonpath=site).stdout)
+    rows = [row for row in listed if row["name"] == "rbac"]
+    assert {(r["package"], r["status"]) for r in rows} == {("runink", "loaded"), ("my-rbac", "failed")}, rows
+    assert next(r for r in rows if r["package"] == "my-rbac")["error"] == "name already used by package runink"
