@@ -38,6 +38,8 @@ class GuardedHttp(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._refused = False
+        # the request last read: its body whole, its answer sent (both: what comes next is a new head)
+        self._message_done = self._response_done = True
         self._heading = True  # reading a request's line and headers (or waiting for the first)
         # the head's deadline, then the body's until it is whole (None: neither is being read)
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
@@ -55,6 +57,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._heading, self._head_bytes = False, 0
+        self._message_done = self._response_done = False
         self._stop_timer()
         super().on_headers_complete()
         if not self.transport.is_closing():
@@ -62,7 +65,10 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._stop_timer()
+        self._message_done = True
         super().on_message_complete()
+        if self._response_done and not self.pipeline:  # (answered before its body was read: a 413)
+            self._heading = True
 
     def _body_too_slow(self) -> None:
         self._timer = None
@@ -75,7 +81,11 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.pipeline:  # (a pipelined request's headers are in already)
+        self._response_done = True
+        # the next bytes are a new request's head only once this one's body is all read (a 413
+        # answered at once counted the rest of its body as headers); a pipelined request's
+        # headers are in already
+        if self._message_done and not self.pipeline:
             self._heading = True
 
     def connection_lost(self, exc: Exception | None) -> None:
