@@ -15,14 +15,15 @@ first seen there, changed the sink's schema mid-file and failed the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,8 @@ import pyarrow.json as pajson
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
+
+T = TypeVar("T")
 
 CHUNK_LINES = 65_536
 #: a chunk also ends once its lines hold this many bytes: peak memory is a few times a chunk's
@@ -421,6 +424,32 @@ def _chunks(
         yield lines, numbers, skipped
 
 
+def _in_steps(path: Path, numbers: list[int], step: int | None, read: Callable[[slice, bool], T]) -> Iterator[T]:
+    """``read(part, first)`` over a chunk's lines in parts of ``step`` (all at once if None),
+    in fewer lines each when a part holds more than MAX_CELLS values (_TooSparse); at least
+    once (a chunk of no lines has its malformed ones). Errors name the file and the lines."""
+    start, step = 0, step or max(1, len(numbers))
+    while True:
+        part = slice(start, start + step)
+        try:
+            found = read(part, start == 0)
+        except _TooSparse as wide:
+            if step == 1:
+                raise DatasetError(f"{path}: line {numbers[start]}: {wide}: too many") from None
+            step = min(step - 1, _step(wide.columns))
+            continue
+        except DatasetError as exc:
+            raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
+        yield found
+        start += step
+        if start >= len(numbers):
+            return
+
+
+def _part_schema(lines: list[bytes], part: slice, _first: bool) -> pa.Schema | None:
+    return _chunk_schema(lines[part])
+
+
 class JsonlStorage(Storage):
     name = "jsonl"
     position_unit = "line"
@@ -468,22 +497,11 @@ class JsonlStorage(Storage):
     ) -> Iterator[ReadBatch]:
         """A chunk's batches: one, or one per ``step`` lines when its columns x lines would pass
         MAX_CELLS (a wide line's keys are every line's columns: Arrow gives each a value)."""
-        start, step = 0, step or max(1, len(lines))
-        while True:
-            part = slice(start, start + step)
-            try:
-                read = self._parse(lines[part], numbers[part], raw, skipped if start == 0 else [], exact, schema=schema)
-            except _TooSparse as wide:
-                if step == 1:
-                    raise DatasetError(f"{path}: line {numbers[start]}: {wide}: too many") from None
-                step = min(step - 1, _step(wide.columns))
-                continue
-            except DatasetError as exc:
-                raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
-            yield read
-            start += step
-            if start >= len(lines):
-                return
+
+        def parse(part: slice, first: bool) -> ReadBatch:
+            return self._parse(lines[part], numbers[part], raw, skipped if first else [], exact, schema=schema)
+
+        return _in_steps(path, numbers, step, parse)
 
     @staticmethod
     def _file_schema(path: Path, fh: io.BufferedReader, chunk_lines: int, chunk_bytes: int) -> pa.Schema | None:
@@ -491,21 +509,16 @@ class JsonlStorage(Storage):
         fits all its values (``_merged``; text where none does, and where all are null)."""
         schema = None
         for lines, numbers, _skipped in _chunks(fh, chunk_lines, chunk_bytes):
-            start, step = 0, max(1, len(lines))
-            while start < len(lines):
-                try:
-                    found = _chunk_schema(lines[start : start + step])
-                    if found is not None:
-                        schema = _merged(schema, found)
-                        _check_size(_width(schema), 0)
-                except _TooSparse as wide:
-                    if step == 1:
-                        raise DatasetError(f"{path}: line {numbers[start]}: {wide}: too many") from None
-                    step = min(step - 1, _step(wide.columns))
-                    continue
-                except DatasetError as exc:
-                    raise DatasetError(f"{path}: lines {numbers[0]}-{numbers[-1]}: {exc}") from None
-                start += step
+            if not lines:
+                continue
+            for found in _in_steps(path, numbers, None, functools.partial(_part_schema, lines)):
+                if found is not None:
+                    schema = _merged(schema, found)
+                    if _width(schema) > MAX_COLUMNS:
+                        raise DatasetError(
+                            f"{path}: lines {numbers[0]}-{numbers[-1]}: its lines have more than "
+                            f"{MAX_COLUMNS:,} different keys (columns)"
+                        )
         if schema is None:
             return None
         return pa.schema([field.with_type(_without_null_types(field.type)) for field in schema])
