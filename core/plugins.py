@@ -106,6 +106,7 @@ class PluginManager:
 
     def load_entrypoints(self, group: str = HOOK_GROUP) -> None:
         """Load and register every hook plugin of the entry-point group, recording each outcome."""
+
         # Runink's own first: a name is the first plugin's, and another package's of the same
         # name (an "rbac" of its own) took the built-in authorizer's place when listed first
         def builtin_first(ep: importlib.metadata.EntryPoint) -> tuple[bool, str]:
