@@ -165,6 +165,9 @@ def construct(
     schema = declared_schema(factory)
     if schema is not None:
         options = check_options(group, name, schema, options, where)
+    if inspect.isclass(factory) and inspect.isabstract(factory):  # (it was "bad options [...]")
+        missing = ", ".join(sorted(getattr(factory, "__abstractmethods__", ())))
+        raise DriverLoadError(f"{group} driver {name!r} does not implement {missing}{where}")
     try:
         instance = factory(**options)
     except TypeError as exc:

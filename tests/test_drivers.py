@@ -210,3 +210,22 @@ def test_the_loader_does_not_import_stevedore() -> None:
     code = "import sys, runink.core.drivers\nprint('stevedore' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_driver_that_does_not_implement_its_interface_says_what_it_lacks() -> None:
+    """It was reported as "bad options ['degrade']": typer's TypeError of an abstract class."""
+
+    class Half(Executor):
+        name = "half"
+
+        def __init__(self, degrade: bool = False) -> None:
+            self.degrade = degrade
+
+    class Registrar:
+        @hookimpl
+        def runink_register_drivers(self) -> list[DriverSpec]:
+            return [DriverSpec(Executor.GROUP, "half", Half)]
+
+    with plugin_manager(("half-registrar", Registrar())) as manager, pytest.raises(DriverLoadError) as info:
+        load_driver(Executor, "half", manager=manager)
+    assert str(info.value).startswith("runink.executors driver 'half' does not implement capabilities, ")

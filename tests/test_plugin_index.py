@@ -108,9 +108,13 @@ def test_a_broken_index_or_an_invalid_config_is_not_answered_from_it(run_cli: Cl
     index = tmp_path / "xdg-cache" / "runink" / "plugins.json"
     expected = rows(run_cli("plugins", "list", "--json"))
     fingerprints = json.loads(index.read_text())["fingerprints"]
+    details = json.loads(index.read_text())["fingerprints"]  # (its details of another type: it crashed)
     for entry in fingerprints.values():
         entry["entries"]["records"][0]["hooks"] = "not a list"
-    for damage in ("{not json", json.dumps({"fingerprints": fingerprints}), "x" * (2 << 20)):
+    for entry in details.values():
+        entry["entries"]["records"][0]["details"] = {"unenforced": 5}
+    damaged = (json.dumps({"fingerprints": fingerprints}), json.dumps({"fingerprints": details}))
+    for damage in ("{not json", *damaged, "x" * (2 << 20)):
         index.write_text(damage)
         out = run_cli("plugins", "list", "--json")
         assert rows(out) == expected and "Traceback" not in out.stderr

@@ -74,7 +74,19 @@ def _is_record(raw: Any) -> bool:
         and all(isinstance(raw.get(name), kinds) for name, kinds in _RECORD_TYPES.items())
         and all(isinstance(h, str) for h in raw["hooks"])
         and isinstance(raw.get("details", {}), dict)
+        and _details_ok(raw.get("details", {}))
     )
+
+
+def _details_ok(details: dict[str, Any]) -> bool:
+    """The details a listing reads, of the types it reads them as (an index edited to hold
+    ``"unenforced": 5`` crashed `runink plugins list`, "internal error", until --refresh)."""
+    unenforced, hooks = details.get("unenforced", {}), details.get("hooks", [])
+    if not isinstance(unenforced, dict) or not all(isinstance(k, str) for k in unenforced):
+        return False  # (what cannot be enforced -> why)
+    if not isinstance(hooks, list) or not all(isinstance(name, str) for name in hooks):
+        return False
+    return isinstance(details.get("isolation", ""), (str, type(None)))
 
 
 def save(key: str, found: dict[str, Any]) -> None:
