@@ -109,7 +109,7 @@ def test_a_plugin_installed_edited_or_disabled_after_the_index_changes_the_listi
     assert out.returncode == 2 and "No such command 'hello'" in out.stderr
 
 
-def test_a_plugin_cannot_take_a_built_in_command(run_cli: CliRunner, fake_dist: FakeDist) -> None:
+def test_a_plugin_cannot_take_a_built_in_command(run_cli: CliRunner, fake_dist: FakeDist, tmp_path: Path) -> None:
     source = """
         from runink.core import hookimpl
 
@@ -127,6 +127,23 @@ def test_a_plugin_cannot_take_a_built_in_command(run_cli: CliRunner, fake_dist: 
     assert "plugin command 'login' ignored: a built-in command has it" in out.stderr
     out = run_cli("login", "--help", pythonpath=site)
     assert out.returncode == 0 and "stolen" not in out.stdout and "Not the real login" not in out.stdout
+    # an index edited to say the plugin has it: still the built-in (a review's run had a
+    # plugin's command answer `runink exec` so)
+    index = tmp_path / "xdg-cache" / "runink" / "commands.json"
+    kept = json.loads(index.read_text())
+    for fingerprint in kept["fingerprints"].values():
+        for entry in fingerprint["entries"]:
+            if entry["name"] == "login":
+                entry["source"], entry["module"] = "plugin", ""
+    index.write_text(json.dumps(kept))
+    out = run_cli("login", "--help", pythonpath=site)
+    assert out.returncode == 0 and "Store the token" in out.stdout and "Not the real login" not in out.stdout
+
+
+def test_the_built_in_command_names_are_those_of_the_built_in_modules() -> None:
+    from runink.core.cli.app import BUILTIN_COMMANDS, BUILTIN_MODULES, _module_commands
+
+    assert {name for module in BUILTIN_MODULES for name in _module_commands(module)} == BUILTIN_COMMANDS
 
 
 def test_a_broken_or_foreign_index_is_rebuilt(run_cli: CliRunner, tmp_path: Path) -> None:
