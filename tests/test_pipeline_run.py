@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,19 @@ def project(tmp_path: Path) -> Path:
 
 def dsl(root: Path, body: str) -> Path:
     return write(root / "p.dsl", "Feature: test\n" + textwrap.indent(textwrap.dedent(body), "  "))
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` (made if missing) for the block; root only (else skipped)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    folder.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_step_exception_fails_the_scenario_and_keeps_old_outputs(run_cli: CliRunner, project: Path) -> None:
@@ -596,19 +611,12 @@ def test_a_run_from_a_read_only_folder_keeps_its_state_in_the_data_dir(
     run_cli: CliRunner, orders: Path, tmp_path: Path, data_home: Path
 ) -> None:
     """Nothing a run leaves goes to the folder it was started from: a read-only one is fine."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only folder needs root")
-    read_only = tmp_path / "ro"
-    read_only.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
         out = run_cli("run", str(orders / "orders.dsl"), cwd=read_only)
         assert out.returncode == 0, out.stderr
         assert (orders / "out" / "silver" / "orders.parquet").exists()
         assert (data_home / "lineage" / "events.jsonl").exists() and any((data_home / "runs").iterdir())
         assert (data_home / "catalog.db").exists() and os.listdir(read_only) == []
-    finally:
-        subprocess.run(["umount", str(read_only)], check=False)
 
 
 def test_publishing_is_all_or_none_when_a_folder_took_one_sinks_place(tmp_path: Path) -> None:
@@ -637,12 +645,7 @@ def test_a_full_disk_fails_the_scenario_naming_the_sink_not_its_staging_folder(
 ) -> None:
     """The error named `.runink-stage-<random>/out/...`, a path the user never wrote; nothing is
     left on the full disk but the previous output."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    small = tmp_path / "small"  # the pipeline's folder, on a file system of 6 MiB
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "size=6m") as small:  # the pipeline's folder, on a file system of 6 MiB
         (small / "out").mkdir()
         (small / "out" / "m.csv").write_text("id\n1\n")
         (small / "in.csv").write_text("id,text\n" + "".join(f"{i},{'x' * 200}\n" for i in range(20_000)))
@@ -653,19 +656,12 @@ def test_a_full_disk_fails_the_scenario_naming_the_sink_not_its_staging_folder(
         assert ".runink-stage-" not in m["error"] and f"{small}/out/m.csv" in m["error"], m["error"]
         assert "No space left on device" in m["error"], m["error"]
         assert os.listdir(small / "out") == ["m.csv"] and (small / "out" / "m.csv").read_text() == "id\n1\n"
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_a_sink_folder_mounted_inside_the_pipelines_folder_is_written(run_cli: CliRunner, project: Path) -> None:
     """The pipeline folder's read-only grant hid the mount at out/ (a data disk there): the
     slice could not reach its staging folder, "cannot set up slice: Read-only file system"."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a file system needs root")
-    out = project / "out"
-    out.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(out)], check=True)
-    try:
+    with tmpfs(project / "out", "size=16m") as out:
         (out / "private").mkdir(mode=0o700)  # (read-only in the slice, as the folder around it)
         (project / "probe.py").write_text(
             "import errno, os\n"
@@ -685,8 +681,6 @@ def test_a_sink_folder_mounted_inside_the_pipelines_folder_is_written(run_cli: C
         assert m["state"] == "SUCCEEDED", m.get("error")
         assert (out / "m.csv").read_text().splitlines()[:2] == ['"id","name"', '0,"n0"']
         assert sorted(p.name for p in out.iterdir()) == ["m.csv", "private"]
-    finally:
-        subprocess.run(["umount", str(out)], check=False)
 
 
 def _two_sinks(tmp_path: Path) -> tuple[Path, Path, dict[Path, Any]]:
