@@ -213,11 +213,18 @@ def _umask() -> int:
 
 def _identity(folder: int, name: str) -> tuple[int, int, int, int] | None:
     """The file ``name`` in ``folder`` as (device, inode, mtime, size), None if there is none."""
+    return _identity_of(_lstat(folder, name))
+
+
+def _identity_of(there: os.stat_result | None) -> tuple[int, int, int, int] | None:
+    return None if there is None else (there.st_dev, there.st_ino, there.st_mtime_ns, there.st_size)
+
+
+def _lstat(folder: int, name: str) -> os.stat_result | None:
     try:
-        there = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        return os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    return there.st_dev, there.st_ino, there.st_mtime_ns, there.st_size
 
 
 PREVIOUS = "previous"  # the final file's current version, kept in the staging folder while publishing
@@ -236,11 +243,10 @@ def publish(stages: dict[Path, Stage]) -> None:
     two renames still leaves some new and some old.)"""
     umask = _umask()
     for stage in stages.values():
-        there = _identity(stage.folder, stage.final.name)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.stat(stage.final.name, dir_fd=stage.folder, follow_symlinks=False).st_mode):
-                raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
-        if there != stage.found:
+        there = _lstat(stage.folder, stage.final.name)
+        if there is not None and stat.S_ISDIR(there.st_mode):
+            raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
+        if _identity_of(there) != stage.found:
             raise OSError(
                 f"{stage.final}: written by someone else since this run started (another run of the "
                 "pipeline?): it is left as it is (nothing was published)"
