@@ -518,19 +518,21 @@ def test_cost_reports_and_job_lists_are_read_two_at_a_time_on_a_server(
     cluster = servers()
     server = cluster.start()
     assert server.submit().status_code == 201
-    reading, release = threading.Event(), threading.Event()
-    jobs = cluster.store.jobs
+    reading, release = threading.Semaphore(0), threading.Event()
 
-    def slow_jobs(herd: str | None = None) -> Any:
-        reading.set()
-        release.wait(10)
-        return jobs(herd)
+    def slowed(read: Callable[..., Any]) -> Callable[..., Any]:
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            reading.release()
+            release.wait(10)
+            return read(*args, **kwargs)
 
-    monkeypatch.setattr(cluster.store, "jobs", slow_jobs)
+        return slow
+
+    monkeypatch.setattr(cluster.store, "jobs", slowed(cluster.store.jobs))
+    monkeypatch.setattr(cluster.store, "jobs_page", slowed(cluster.store.jobs_page))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         held = [pool.submit(server.http.get, "/v1/cost"), pool.submit(server.http.get, "/v1/jobs")]
-        assert reading.wait(5)
-        time.sleep(0.2)  # (both in)
+        assert reading.acquire(timeout=5) and reading.acquire(timeout=5)  # (both in)
         third = server.http.get("/v1/jobs", params={"herd": "team"})
         assert third.status_code == 503 and third.headers["Retry-After"] == "1"
         assert "cost reports or job lists are being read on this server; try again" in third.json()["detail"]

@@ -457,3 +457,56 @@ def test_a_submission_too_large_to_store_is_413_and_stores_nothing(
     assert response.status_code == 413, response.text
     assert response.json()["detail"].startswith("too large to store: ")
     assert cluster.stored_keys() == before
+
+
+def test_job_lists_come_a_page_at_a_time_in_submission_order_across_herds(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A herd's whole history was one answer (and one read of every record on the server)."""
+    make_herd(cluster.client, "team")
+    make_herd(cluster.client, "other")
+    herd_of = {submit(cluster.client, herd): herd for herd in ["team", "other"] * 4}
+    submitted = sorted(herd_of)
+    cluster.client.post(f"/v1/jobs/{submitted[2]}/cancel").raise_for_status()
+    pages, after = [], None
+    while True:
+        answer = cluster.client.get("/v1/jobs", params={"limit": 3} | ({"after": after} if after else {})).json()
+        pages.append([job["id"] for job in answer["jobs"]])
+        after = answer["next"]
+        if after is None:
+            break
+    assert pages == [submitted[:3], submitted[3:6], submitted[6:]]
+    assert cluster.client.get("/v1/jobs", params={"limit": 8}).json()["next"] is None  # exactly all: no empty page
+    one_herd = cluster.client.get("/v1/jobs", params={"herd": "team", "after": submitted[0]}).json()
+    assert [j["id"] for j in one_herd["jobs"]] == [j for j in submitted[1:] if herd_of[j] == "team"]
+    # a state few jobs are in: a page reads a bounded number of records, says where to go on
+    monkeypatch.setattr("runink.core.control.store.JOBS_READ_PER_PAGE", 2)
+    found, after, rounds = [], None, 0
+    while rounds < 10:
+        rounds += 1
+        params = {"state": "CANCELLED"} | ({"after": after} if after else {})
+        answer = cluster.client.get("/v1/jobs", params=params).json()
+        assert len(answer["jobs"]) <= 2
+        found += [job["id"] for job in answer["jobs"]]
+        if (after := answer["next"]) is None:
+            break
+    assert (found, rounds) == ([submitted[2]], 4)
+    for bad in ({"limit": 0}, {"limit": 5001}, {"after": "../x"}):
+        assert cluster.client.get("/v1/jobs", params=bad).status_code == 422, bad
+
+
+def test_jobs_list_reads_page_after_page_up_to_its_limit(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runink.core.cli import jobs_cmd
+
+    class Api:  # what `runink jobs list` calls, over this test's server
+        def call(self, method: str, path: str, **params: object) -> object:
+            kept = {k: v for k, v in params.items() if v is not None}
+            return cluster.client.request(method, path, params=kept).raise_for_status().json()
+
+    make_herd(cluster.client)
+    submitted = sorted(submit(cluster.client) for _ in range(5))
+    monkeypatch.setattr(jobs_cmd, "MAX_PAGE", 2)
+    listed = jobs_cmd._all_pages(Api(), None, None, None, None)  # type: ignore[arg-type]
+    assert [job["id"] for job in listed] == submitted
+    listed = jobs_cmd._all_pages(Api(), "team", None, 3, submitted[0])  # type: ignore[arg-type]
+    assert [job["id"] for job in listed] == submitted[1:4]

@@ -26,6 +26,7 @@ SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
 )
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+MAX_PAGE = 1000  # jobs one GET /v1/jobs asks for
 
 herd_app = typer.Typer(help="Herds: tenants with quotas.", no_args_is_help=True)
 nodes_app = typer.Typer(help="Worker nodes: list, cordon, drain.", no_args_is_help=True)
@@ -367,6 +368,10 @@ def jobs_list(
     local: bool = typer.Option(
         False, "--local", help="The runs of `runink run` kept on this machine (the default when no cluster is named)."
     ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many jobs (default: all)."),
+    after: str | None = typer.Option(
+        None, "--after", metavar="JOB", help="Only jobs submitted after this one (the last of a --limit list)."
+    ),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
@@ -374,18 +379,32 @@ def jobs_list(
     wanted = state.upper() if state else None
     if local or not _has_cluster(ctx, server):
         runs = LocalRuns(_data_dir(ctx))
-        jobs = runs.call("GET", "/v1/jobs", herd=herd, state=wanted)["jobs"]
+        jobs = _all_pages(runs, herd, wanted, limit, after)
         title = f"jobs: runs of `runink run` kept in {runs.history.runs}"
     else:
         with _client(ctx, server) as client:
-            answer = client.call("GET", "/v1/jobs", herd=herd, state=wanted)
-        jobs = answer["jobs"] if isinstance(answer, dict) else answer
+            jobs = _all_pages(client, herd, wanted, limit, after)
         title = "jobs"
     if json_output:
         print_json(jobs)
         return
     rows = [(j["id"], j["herd"], j["kind"], j["state"], _when(j["submitted"]), len(j["tasks"])) for j in jobs]
     print_table(title, ["JOB", "HERD", "KIND", "STATE", "SUBMITTED", "TASKS"], rows)
+
+
+def _all_pages(
+    client: ClusterClient | LocalRuns, herd: str | None, state: str | None, limit: int | None, after: str | None
+) -> list[dict[str, Any]]:
+    """The jobs GET /v1/jobs answers page after page, at most ``limit`` of them."""
+    jobs: list[dict[str, Any]] = []
+    while limit is None or len(jobs) < limit:
+        wanted = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(jobs))
+        answer = client.call("GET", "/v1/jobs", herd=herd, state=state, limit=wanted, after=after)
+        jobs += answer["jobs"]
+        after = answer.get("next")
+        if not after:
+            break
+    return jobs
 
 
 @jobs_app.command("prune")

@@ -44,7 +44,11 @@ class LocalRuns:
 
     def _answer(self, method: str, path: str, params: dict[str, Any]) -> Any:
         if method == "GET" and path == "/v1/jobs":
-            return {"jobs": self._jobs(params.get("herd"), params.get("state"))}
+            jobs = self._jobs(params.get("herd"), params.get("state"), params.get("after"))
+            limit = params.get("limit")
+            if limit is None or len(jobs) <= int(limit):
+                return {"jobs": jobs, "next": None}
+            return {"jobs": jobs[: int(limit)], "next": jobs[int(limit) - 1]["id"]}
         if method == "GET" and (found := _JOB.match(path)):
             return self._run(found[1]).answer(explain=params.get("explain") == "true")
         if method == "GET" and (found := _LOGS.match(path)):
@@ -63,15 +67,16 @@ class LocalRuns:
             return self._cancel(self._run(found[1]))
         raise ClusterError(f"{method} {path}: not for a run of `runink run` (it has no cluster)", 404)
 
-    def _jobs(self, herd: str | None, state: str | None) -> list[dict[str, Any]]:
+    def _jobs(self, herd: str | None, state: str | None, after: str | None) -> list[dict[str, Any]]:
+        """The kept runs' jobs, in id order as a cluster's (ids sort by submission time)."""
         jobs = []
         for kept in self.history.all():
-            if kept.record is None:
+            if kept.record is None or (after is not None and (kept.job_id or "") <= after):
                 continue
             job = kept.answer()["job"]
             if (herd is None or job["herd"] == herd) and (state is None or job["state"] == state):
                 jobs.append(job)
-        return jobs
+        return sorted(jobs, key=lambda job: str(job["id"]))
 
     def _cancel(self, kept: KeptRun) -> dict[str, Any]:
         """A running one: its ``runink run`` process is sent SIGTERM (it stops its slices and

@@ -10,6 +10,7 @@ the scheduler's placements, a job and its tasks) is all or nothing.
 from __future__ import annotations
 
 import functools
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ HERDS_OF_JOBS_KEPT = 100_000  # job id -> herd entries ClusterStore keeps
 # keys per Barn request when reading all of a herd's jobs or tasks: 200 tasks of 1 MiB in one
 # answer once took a member past 10 s, and the herd's cost and its deletion failed
 SCAN_PAGE = 256
+JOBS_READ_PER_PAGE = 20_000  # job records one page of a job list may read (a state filter skips)
 # keys and values of one transaction, at most: well under every Barn's request limit (the raft
 # Barn's is 16 MiB of JSON, values in base64). Past it a write is refused before it is sent: a
 # pass of large placements once sent one over the limit, got a 413 on every round, and
@@ -169,10 +171,10 @@ class ClusterStore:
             kvs = self._pages(prefix) if paged else self.barn.scan(prefix)
         return kvs
 
-    def pages(self, prefix: str, size: int = SCAN_PAGE) -> Iterator[list[KeyValue]]:
-        """The keys under ``prefix``, ``size`` of them a Barn request, page after page (not one
-        snapshot: for what never changes once written, a herd's ended jobs, the audit log)."""
-        after = None
+    def pages(self, prefix: str, size: int = SCAN_PAGE, after: str | None = None) -> Iterator[list[KeyValue]]:
+        """The keys under ``prefix`` (past the key ``after``), ``size`` of them a Barn request,
+        page after page (not one snapshot: for what never changes once written, a herd's ended
+        jobs, the audit log)."""
         while page := self.barn.scan(prefix, limit=size, after=after):
             yield page
             if len(page) < size:
@@ -281,6 +283,34 @@ class ClusterStore:
     def jobs(self, herd: str | None = None) -> list[JobRecord]:
         herds = [herd] if herd is not None else [h.name for h in self.herds()]
         return [v.record for name in herds for v in self._scan(keys.jobs(name), JobRecord, paged=True)]
+
+    def jobs_page(
+        self, herds: Sequence[str], *, after: str | None, limit: int, state: RunState | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """At most ``limit`` jobs of ``herds`` in ``state`` (None: any), in id order (the order
+        of submission, every herd's merged), past the job id ``after``; and the id to pass as
+        ``after`` for the next page (None: no more). At most JOBS_READ_PER_PAGE records are read
+        for one page: where few jobs are in ``state`` the page is short, its next id given."""
+        size = min(limit + 1, SCAN_PAGE)
+
+        def of(herd: str) -> Iterator[tuple[str, KeyValue]]:
+            prefix = keys.jobs(herd)
+            for page in self.pages(prefix, size, None if after is None else prefix + after):
+                for kv in page:
+                    yield kv.key[len(prefix) :], kv
+
+        found: list[JobRecord] = []
+        read, last = 0, after
+        for job_id, kv in heapq.merge(*(of(herd) for herd in herds), key=lambda pair: pair[0]):
+            if len(found) == limit:
+                return found, found[-1].id
+            if read == JOBS_READ_PER_PAGE:
+                return found, last
+            read, last = read + 1, job_id
+            job = _parse(JobRecord, kv.value, kv.key)
+            if state is None or job.state is state:
+                found.append(job)
+        return found, None
 
     def task(self, herd: str, task_id: str, *, recent: bool = False) -> Versioned[TaskRecord]:
         """``recent``: the value this server's watch saw last if it has one (``self.recent``),

@@ -113,6 +113,8 @@ LabelMap = dict[
     Annotated[str, Field(min_length=1, max_length=253, pattern=LABEL_PATTERN)],
     Annotated[str, Field(max_length=253, pattern=LABEL_PATTERN)],
 ]
+JOBS_PAGE = 500  # jobs a page of a job list holds unless asked for fewer or more
+MAX_JOBS_PAGE = 5_000
 MAX_WAIT = 30.0  # seconds a job's reader may wait for its next change
 AUDIT_PAGE = 1000  # audit records per Barn read of GET /v1/audit
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the Barn
@@ -1009,8 +1011,13 @@ def create_app(
         identity: Caller,
         herd: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
         state: RunState | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = JOBS_PAGE,
+        after: Annotated[str | None, Query(pattern=NAME.pattern, max_length=63)] = None,
     ) -> dict[str, Any]:
-        """The jobs of ``herd``, or of every herd the caller may read."""
+        """The jobs of ``herd``, or of every herd the caller may read, oldest first: a page of at
+        most ``limit``, past the job id ``after``. ``next``: the ``after`` of the next page
+        (null: this page is the last). A page may hold fewer than ``limit`` jobs and still have
+        a next one, when a ``state`` few jobs are in was asked for."""
         if herd is not None:
             auth.check(identity, "jobs.read", "jobs", herd)
             store.herd(herd)  # NotFound names the herd
@@ -1018,8 +1025,8 @@ def create_app(
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
         with heavy_read("cost reports or job lists"):
-            jobs = [j for name in names for j in store.jobs(name)]
-        return {"jobs": [dump_record(j) for j in jobs if state is None or j.state is state]}
+            jobs, next_after = store.jobs_page(names, after=after, limit=limit, state=state)
+        return {"jobs": [dump_record(j) for j in jobs], "next": next_after}
 
     @app.get("/v1/jobs/{job_id}", openapi_extra=action("jobs.read"), response_model=dict[str, Any])
     async def describe_job(  # noqa: PLR0917 (FastAPI: each query parameter is one)
