@@ -230,14 +230,21 @@ def _lstat(folder: int, name: str) -> os.stat_result | None:
 PREVIOUS = "previous"  # the final file's current version, kept in the staging folder while publishing
 
 
-def publish(stages: dict[Path, Stage]) -> None:
+WRITER = "user.runink.writer"  # extended attribute of a published file: "<task id> <attempt>"
+MAX_WRITER = 256  # bytes of it read
+
+
+def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) -> None:
     """Put every committed output in place, all or none, durable. The file is the slice's
     making: only a regular file with one link is taken, its mode reset to a data file's (no
     setuid, setgid or exec bits: it is stored as the runner's user's) and its data synced.
+    ``writer``: the (task id, attempt) that made the outputs, marked on each (WRITER).
 
     Checked first, for every sink, before anything is replaced: no folder in the final file's
     place, and the final file is the one there was when the run staged it (another run that
-    wrote it since keeps its newer output: the last to finish won, silently). Each current
+    wrote it since keeps its newer output: the last to finish won, silently), or one an earlier
+    attempt of ``writer``'s task published since (a cluster's attempt that was presumed dead,
+    fenced, but published before its newer attempt did: the newer one's output wins). Each current
     file is kept (a hard link in the staging folder) and the outputs go into place one by
     one; if one cannot, those already in place are put back. (A crash of the runner between
     two renames still leaves some new and some old.)"""
@@ -246,12 +253,12 @@ def publish(stages: dict[Path, Stage]) -> None:
         there = _lstat(stage.folder, stage.final.name)
         if there is not None and stat.S_ISDIR(there.st_mode):
             raise OSError(f"{stage.final}: a folder is in its place (nothing was published)")
-        if _identity_of(there) != stage.found:
+        if _identity_of(there) != stage.found and not _earlier_attempt(stage, writer):
             raise OSError(
                 f"{stage.final}: written by someone else since this run started (another run of the "
                 "pipeline?): it is left as it is (nothing was published)"
             )
-    ready = [stage for stage in stages.values() if _vetted(stage, umask)]
+    ready = [stage for stage in stages.values() if _vetted(stage, umask, writer)]
     aside: list[Stage] = []  # (kept by a rename: their final file is away until the new one comes)
     try:
         for stage in ready:
@@ -284,9 +291,28 @@ def publish(stages: dict[Path, Stage]) -> None:
         os.fsync(folder)
 
 
-def _vetted(stage: Stage, umask: int) -> bool:
+def _earlier_attempt(stage: Stage, writer: tuple[str, int] | None) -> bool:
+    """Whether the sink's final file was published by an attempt of ``writer``'s task before
+    ``writer``'s (its WRITER mark; a file system without extended attributes has none)."""
+    if writer is None:
+        return False
+    try:
+        fd = os.open(stage.final.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=stage.folder)
+    except OSError:
+        return False
+    try:
+        task, _, attempt = os.getxattr(fd, WRITER)[:MAX_WRITER].decode().partition(" ")
+        return stat.S_ISREG(os.fstat(fd).st_mode) and task == writer[0] and int(attempt) < writer[1]
+    except (OSError, ValueError):  # (UnicodeDecodeError is one)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _vetted(stage: Stage, umask: int, writer: tuple[str, int] | None) -> bool:
     """Whether the slice left its output (False: none, nothing to publish); OSError if what it
-    left is no regular file of one link. Its mode is a data file's, its data synced."""
+    left is no regular file of one link. Its mode is a data file's, its data synced, its writer
+    marked (the slice's own mark replaced or removed)."""
     name = stage.final.name
     with contextlib.suppress(OSError):
         os.fchmod(stage.fd, 0o700)  # the slice may have locked its folder (it is the runner's)
@@ -301,10 +327,24 @@ def _vetted(stage: Stage, umask: int) -> bool:
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise OSError(f"{stage.final}: the slice left no regular file (not published)")
         os.fchmod(fd, 0o666 & ~umask)
+        _mark(fd, writer)
         os.fsync(fd)
     finally:
         os.close(fd)
     return True
+
+
+def _mark(fd: int, writer: tuple[str, int] | None) -> None:
+    """The file's WRITER mark: ``writer``'s, or none (a slice may have set one)."""
+    try:
+        if writer is not None:
+            os.setxattr(fd, WRITER, f"{writer[0]} {writer[1]}".encode())
+        else:
+            os.removexattr(fd, WRITER)
+    except OSError:  # no extended attributes here (ENOTSUP), or no mark to remove (ENODATA)
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                os.removexattr(fd, WRITER)
 
 
 def _put_back(done: list[Stage]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -102,6 +103,8 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: CliRunner, 
         assert work.stat().st_uid == os.getuid() and (work / "report.jsonl").stat().st_uid == os.getuid()
         for output in scenario["outputs"]:
             assert Path(output).stat().st_uid == os.getuid()  # published as the runner's user
+            task, attempt = os.getxattr(output, "user.runink.writer").decode().split(" ")  # (its writer marked)
+            assert re.fullmatch(r"job-[0-9a-f]+-[0-9a-f]{8}\.000[12]", task) and attempt == "1", task
             assert not list(Path(output).parent.glob(".runink-stage-*"))  # staging removed
 
 
@@ -924,3 +927,43 @@ def test_without_a_contract_json_lines_get_one_type_per_column_for_the_whole_fil
     rows = table.to_pylist()
     assert rows[0] == {"id": 0, "v": "1", "price": 2.0, "note": None}
     assert rows[-1] == {"id": 1509, "v": "x", "price": 2.5, "note": "late"}
+
+
+def test_a_newer_attempts_outputs_replace_those_an_earlier_attempt_published_meanwhile(tmp_path: Path) -> None:
+    """A cluster's attempt presumed dead (fenced) that published before its newer attempt did
+    made the newer one fail "written by someone else". Its later publish still changes nothing."""
+    from runink.core.pipeline.model import Scenario as _Scenario
+    from runink.core.staging import WRITER
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import stage_sinks as _stage_sinks
+    from runink.core.staging import unstage as _unstage
+
+    final = tmp_path / "out" / "a.csv"
+    final.parent.mkdir()
+    final.write_text("before\n")
+    ref = DatasetRef("csv", final, str(final))
+    item = CompiledScenario(_Scenario("writes"), ref, (CompiledSink(ref, "valid", {}),))
+
+    def staged(text: str) -> dict[Path, Any]:
+        stages = _stage_sinks(item)
+        stages[final].file.write_text(text)
+        return stages
+
+    first, second, stranger = staged("attempt 1\n"), staged("attempt 2\n"), staged("other\n")
+    late, third = staged("attempt 1, again\n"), staged("attempt 3\n")
+    os.setxattr(second[final].file, WRITER, b"task-1 9")  # (the slice's own mark counts for nothing)
+    _publish(first, ("task-1", 1))
+    assert os.getxattr(final, WRITER) == b"task-1 1"
+    with pytest.raises(OSError, match="written by someone else"):  # another task's
+        _publish(stranger, ("task-2", 5))
+    _publish(second, ("task-1", 2))
+    assert final.read_text() == "attempt 2\n" and os.getxattr(final, WRITER) == b"task-1 2"
+    with pytest.raises(OSError, match="written by someone else"):  # an attempt older than the file's
+        _publish(late, ("task-1", 1))
+    os.setxattr(final, WRITER, b"task-1 \xff")  # (a mark no attempt wrote: no earlier attempt's)
+    with pytest.raises(OSError, match="written by someone else"):
+        _publish(third, ("task-1", 3))
+    assert final.read_text() == "attempt 2\n"
+    for stages in (first, second, stranger, third, late):
+        _unstage(stages)
+    assert sorted(p.name for p in final.parent.iterdir()) == ["a.csv"]

@@ -552,7 +552,7 @@ class ScenarioAttempts(Executor):
                 self._log_failure(attempt, error)
             else:
                 try:
-                    publish(attempt.staged)
+                    publish(attempt.staged, (task.id, task.attempt))
                 except OSError as exc:
                     state, error = TaskState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
         finally:
