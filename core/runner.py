@@ -29,7 +29,7 @@ from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
 from runink.core.agent.slice_lines import slice_lines
 from runink.core.config import RuninkConfig
-from runink.core.control.lifecycle import Lifecycle, pipeline_tasks
+from runink.core.control.lifecycle import Lifecycle, done_before_cancel, pipeline_tasks
 from runink.core.control.records import Amount, Herd, JobRecord, RunState, TaskRecord
 from runink.core.control.scheduler import Scheduler
 from runink.core.control.store import ClusterStore
@@ -195,6 +195,8 @@ class LocalRunner:
                 run.state = ScenarioState.RUNNING
             return
         if run.state.final:
+            if done_before_cancel(task):  # (its agent said so after the cancel was seen)
+                run.error = task.message
             return
         run.state = ScenarioState(task.state.value)
         run.finished = run.finished or time.time()
@@ -205,7 +207,7 @@ class LocalRunner:
             upstream = next((n for n in failed if _state_of(result, n) is not ScenarioState.SUCCEEDED), failed[0])
             run.error = f"upstream scenario {upstream!r} did not succeed"
         elif run.state is ScenarioState.CANCELLED:
-            run.error = run.error or "cancelled"
+            run.error = task.message if done_before_cancel(task) else run.error or "cancelled"
         elif run.state is not ScenarioState.SUCCEEDED:
             run.error = run.error or task.message or f"scenario {run.name!r}: {task.state}"
             if task.attempt == 0 or not run.log_dir:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runink.core.control.lifecycle import Lifecycle
+from runink.core.control.lifecycle import Lifecycle, done_before_cancel, says_done_before_cancel
 from runink.core.control.records import (
     Amount,
     Herd,
@@ -188,6 +188,10 @@ def test_a_cancelled_task_leaves_its_nodes_assignments_once_its_end_is_reported(
     assert life.assignments("n1") == []
     stored = only_task(store, job.id)
     assert (stored.state, stored.node) == (RunState.CANCELLED, None)
+    assert [t.state for t in stored.transitions][-1:] == [RunState.CANCELLED]  # one final state
+    # an attempt that ended SUCCEEDED had done its work (published) first: said, not hidden
+    assert done_before_cancel(stored) is (ended is RunState.SUCCEEDED)
+    assert says_done_before_cancel(stored.message) is (ended is RunState.SUCCEEDED)
     assert store.job(job.id).record.state is RunState.CANCELLED
     revision = store.task("lab", task.id).revision
     assert life.report("lab", task.id, 1, task.token, ended)  # repeated: no write

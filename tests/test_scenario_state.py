@@ -6,7 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from runink.core.config import load_config
 from runink.core.interfaces.executor import TaskHandle, TaskSpec, TaskState
@@ -78,3 +82,47 @@ def test_a_timed_out_scenario_and_its_skipped_downstream(tmp_path: Path) -> None
         "c": "SUCCEEDED",
     }
     assert all(type(s["state"]) is str for s in result.to_json()["scenarios"])
+
+
+def test_a_cancel_that_comes_while_a_scenario_publishes_says_its_outputs_went_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while a scenario's outputs were being put in place: the run said only
+    "cancelled", yet the outputs were there."""
+    from runink.core.agent import scenarios
+    from runink.core.cli import run_cmd
+    from runink.core.control.lifecycle import says_done_before_cancel
+    from runink.core.control.records import RunState
+
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "p.dsl").write_text('Feature: f\n  Scenario: a\n    @source("in.csv")\n    @sink("out/a.csv")\n')
+    compiled = compile_pipeline(parse_file(tmp_path / "p.dsl"))
+    config = load_config(environ={"RUNINK_DATA_DIR": str(tmp_path / "state")})
+    executor = ProcessExecutor(degrade=True)
+    runner = LocalRunner(config, PluginManager(config.plugins), executor)
+    real_publish = scenarios.publish
+
+    def publish_once_cancelled(*args: Any) -> None:
+        runner.cancel()
+        plane = runner._plane
+        assert plane is not None
+        for _ in range(200):  # (the run's loop cancels its job within a round)
+            if all(v.record.state is RunState.CANCELLED for v in plane.store.tasks()):
+                break
+            time.sleep(0.05)
+        real_publish(*args)
+
+    monkeypatch.setattr(scenarios, "publish", publish_once_cancelled)
+    try:
+        result = runner.run(compiled)
+    finally:
+        executor.close()
+    (run,) = result.scenarios
+    assert run.state is ScenarioState.CANCELLED and says_done_before_cancel(run.error), run.error
+    assert (tmp_path / "out" / "a.csv").read_text().splitlines() == ['"id"', "1"]
+    assert run.outputs == [str(tmp_path / "out" / "a.csv")]
+    run_cmd._say_published(result)  # what `runink run` prints after Ctrl-C
+    assert f"a: its outputs were published before the cancel reached it: {tmp_path}" in capsys.readouterr().err
+    run.error = "cancelled"  # (one cancelled before it published: nothing said)
+    run_cmd._say_published(result)
+    assert capsys.readouterr().err == ""

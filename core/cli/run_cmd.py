@@ -261,6 +261,8 @@ def run_command(
     except KeyboardInterrupt:
         runner.cancel()
         worker.join(30)
+        if "result" in result_box:  # (what it did is told: it had published some outputs)
+            _say_published(result_box["result"])
         if terminated.is_set():
             print_error("terminated (SIGTERM): the run was cancelled and its slices stopped")
             raise typer.Exit(128 + signal.SIGTERM) from None
@@ -286,6 +288,19 @@ def run_command(
                 err.print(f"[yellow]{escape(run.name)}[/]: schema drift: {escape(message)}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _say_published(result: RunResult) -> None:
+    """After a cancel: the scenarios whose outputs went into place before it reached them."""
+    from rich.markup import escape
+
+    from runink.core.control.lifecycle import says_done_before_cancel
+    from runink.core.model import ScenarioState
+
+    for run in result.scenarios:
+        if run.state is ScenarioState.SUCCEEDED or says_done_before_cancel(run.error):
+            said = f"{run.name}: its outputs were published before the cancel reached it: {', '.join(run.outputs)}"
+            console(stderr=True).print(f"[yellow]{escape(said)}[/]", highlight=False, soft_wrap=True)
 
 
 def failure_line(run: Any) -> str:

@@ -78,6 +78,10 @@ Placer = Callable[[list[TaskRecord], Callable[[list[TaskRecord], tuple[str, int]
 
 #: final states that count as a failure of the attempt: retried while retries are left
 REPORT_THREADS = 16  # reports of different jobs a process applies at once (report_many)
+#: a cancelled task's message when its attempt ended SUCCEEDED before the cancel reached it
+DONE_BEFORE_CANCEL = (
+    "cancelled after attempt {attempt} had ended SUCCEEDED: its work was done (a scenario's outputs published)"
+)
 MAX_MESSAGE = 4000  # characters of an agent's message kept (it comes from the node: bounded, printable)
 RETRIED = frozenset({RunState.FAILED, RunState.OOMKILLED, RunState.DEADLINE_EXCEEDED})
 #: what an agent may report: the task started, ended, or was given back to be placed again
@@ -840,13 +844,18 @@ class Lifecycle:
             return "refused: the task waits to be placed (its attempt was taken back)"
         if task.state is RunState.CANCELLED and state.final:
             # The agent says the cancelled attempt ended: it holds nothing on the node now,
-            # so the task leaves the node's assignments (else they grow for ever).
+            # so the task leaves the node's assignments (else they grow for ever). One that
+            # ended SUCCEEDED had done its work before the cancel reached it (a scenario's
+            # outputs are published): it stays CANCELLED (one final state), its message says so.
             if task.node is None:
                 return "unchanged"
+            update: dict[str, object] = {"node": None}
+            if state is RunState.SUCCEEDED:
+                update["message"] = DONE_BEFORE_CANCEL.format(attempt=attempt)
             try:
                 self.store.commit(
                     [(keys.task(herd, task.id), current.revision)],
-                    [(keys.task(herd, task.id), task.model_copy(update={"node": None}))],
+                    [(keys.task(herd, task.id), task.model_copy(update=update))],
                 )
             except Conflict:
                 return "conflict"
@@ -964,6 +973,18 @@ def _cancels(tasks: list[Versioned[TaskRecord]]) -> tuple[list[tuple[str, int]],
     """What a commit cancelling ``tasks`` reads (each at the revision it was read) and writes."""
     read = [(keys.task(v.record.herd, v.record.id), v.revision) for v in tasks]
     return read, [(key, _cancelled(v.record)) for (key, _), v in zip(read, tasks, strict=True)]
+
+
+def done_before_cancel(task: TaskRecord) -> bool:
+    """Whether the cancelled ``task``'s attempt had ended SUCCEEDED (its work done, a
+    scenario's outputs published) before the cancel reached its node."""
+    return task.state is RunState.CANCELLED and task.message == DONE_BEFORE_CANCEL.format(attempt=task.attempt)
+
+
+def says_done_before_cancel(message: str | None) -> bool:
+    """Whether ``message`` is a cancelled task's that ``done_before_cancel``."""
+    head, _, tail = DONE_BEFORE_CANCEL.partition("{attempt}")
+    return message is not None and message.startswith(head) and message.endswith(tail)
 
 
 def _cancelled(task: TaskRecord) -> TaskRecord:
