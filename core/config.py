@@ -272,13 +272,22 @@ class LimitsConfig(Section):
     pids: Annotated[int, Meta(ge=1, le=MAX_PIDS)] = 1024
     #: Memory per slice: "2GiB", "512Mi" or bytes.
     memory: str | int = "2GiB"
+    #: Disk per slice: what its work dir and its outputs' staging folders hold together,
+    #: summed every few seconds; a slice past it is stopped and FAILED ("10GiB"; 0: no bound).
+    #: Set by whoever runs the node (the agent's or `runink run`'s config): a scenario cannot raise it.
+    disk: str | int = 0
 
     def __post_init__(self) -> None:
         _check_size(self, "memory", zero=False)
+        _check_size(self, "disk", zero=True)
 
     @property
     def memory_bytes(self) -> int:
         return parse_memory(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_memory(self.disk)
 
 
 class PathsConfig(Section):

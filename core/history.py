@@ -32,6 +32,7 @@ from typing import Any
 from runink.core.fstree import remove_tree, tree_size
 from runink.core.processes import process_start
 from runink.core.units import NAME as HERD
+from runink.core.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +519,7 @@ class RunHistory:
             if older_than is not None and now - started > older_than:
                 why = f"older than {_age(older_than)}"
             elif max_bytes is not None and total > max_bytes:
-                why = f"runs take more than {_bytes(max_bytes)}"
+                why = f"runs take more than {format_bytes(max_bytes)}"
             else:
                 continue
             kept = read or _load(self.runs, name)
@@ -580,11 +581,3 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
-
-
-def _bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"

@@ -24,6 +24,7 @@ from typing import Any
 
 from runink.core import logs
 from runink.core.agent.agent import Agent
+from runink.core.agent.disk_limits import disk_limited
 from runink.core.agent.gpus import GpuInventory, find_gpus
 from runink.core.agent.metered import MeteredExecutor
 from runink.core.agent.scenarios import PipelineRun, ScenarioAttempts, ScenarioRun
@@ -49,6 +50,7 @@ from runink.core.units import MAX_MEMORY, check_name
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 60.0  # seconds: past runs are pruned after a run at most this often
+STOP_GRACE = 5.0  # seconds between a stopped slice's SIGTERM and SIGKILL
 
 
 @dataclass
@@ -308,14 +310,15 @@ class _EmbeddedPlane:
         self.node = Amount(cpu=runner.cpus, memory=min(_host_memory(), MAX_MEMORY), gpu=len(gpus.gpus))
         # (the runner's executor is closed by the runner: the meter only stops reporting)
         self.metered = MeteredExecutor(runner.executor, runner.manager, self.NODE)
-        attempts = ScenarioAttempts(self.metered, runner.config, runner.manager, self._pipeline)
+        limited = disk_limited(self.metered, runner.config.limits.disk_bytes, grace=STOP_GRACE)
+        attempts = ScenarioAttempts(limited, runner.config, runner.manager, self._pipeline)
         self.agent = Agent(
             self.lifecycle,
             attempts,
             self.NODE,
             self.node,
             work_dir=run.work,
-            stop_grace=5.0,
+            stop_grace=STOP_GRACE,
             max_running=runner.max_parallel,
             slice_lines=slice_lines(runner.config, runner.manager, self.NODE),
             gpus=gpus,

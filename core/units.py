@@ -96,3 +96,12 @@ def parse_memory(value: str | int | float) -> int:
         raise ValueError(f"invalid memory size {value!r} (expected e.g. 512Mi, 2G or a byte count)")
     number, unit = match.groups()
     return int(float(number) * _MEMORY_UNITS[(unit or "").lower()])
+
+
+def format_bytes(count: float) -> str:
+    """Bytes as people read them: "512 B", "1.5 MiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"

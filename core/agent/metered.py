@@ -11,31 +11,19 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from runink.core import metrics
-from runink.core.interfaces.executor import (
-    Executor,
-    ExecutorCapabilities,
-    Fingerprint,
-    TaskHandle,
-    TaskResult,
-    TaskSpec,
-    TaskState,
-    TaskStats,
-)
+from runink.core.agent.delegating import DelegatingExecutor
+from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec
 from runink.core.model import MetricSample
 from runink.core.plugins import PluginManager
 
 
-class MeteredExecutor(Executor):
+class MeteredExecutor(DelegatingExecutor):
     def __init__(self, inner: Executor, manager: PluginManager, node: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.manager = manager
         self.node = node
-        self.degrade = inner.degrade
-        # named as the driver it measures, in what it says (``name`` is a class attribute)
-        object.__setattr__(self, "name", inner.name or type(inner).__name__)
         self._herds: dict[str, str] = {}  # running task id -> its herd
         self._lock = threading.Lock()
         self.unregister = metrics.register_gauges(self._running)
@@ -86,34 +74,6 @@ class MeteredExecutor(Executor):
         with self._lock:
             self._herds.pop(task_id, None)
 
-    def prepare(self, starts: int | None = None) -> None:
-        self.inner.prepare(starts)
-
     def close(self) -> None:
         self.unregister()
         self.inner.close()
-
-    # --- the rest as the driver answers ---------------------------------------------------
-
-    def capabilities(self) -> ExecutorCapabilities:
-        return self.inner.capabilities()
-
-    def fingerprint(self) -> Fingerprint:
-        return self.inner.fingerprint()
-
-    def stop(self, task_id: str, grace: float = 10.0) -> None:
-        self.inner.stop(task_id, grace)
-
-    def inspect(self, task_id: str) -> TaskState:
-        return self.inner.inspect(task_id)
-
-    def stats(self, task_id: str) -> TaskStats:
-        return self.inner.stats(task_id)
-
-    def handle(self, task_id: str) -> TaskHandle:
-        return self.inner.handle(task_id)
-
-    def __getattr__(self, name: str) -> Any:  # a driver's own extras (handle, ...)
-        if name == "inner":  # (not set yet: no recursion)
-            raise AttributeError(name)
-        return getattr(self.inner, name)

@@ -212,6 +212,7 @@ def agent_command(
     one that cannot re-attach, those attempts are reported FAILED on restart. SIGTERM drains: no
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import HEARTBEAT_INTERVAL, RUNNING_HOLD, Agent
+    from runink.core.agent.disk_limits import disk_limited
     from runink.core.agent.gpus import find_gpus
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
@@ -279,7 +280,8 @@ def agent_command(
             manager.unregister(sink)
     manager.register(lineage, "lineage-to-servers")
     register_gauges(lineage.dropped_samples)  # (for the agent's life)
-    executor = ScenarioAttempts(MeteredExecutor(executor, manager, name), config, manager, pipelines)
+    metered = disk_limited(MeteredExecutor(executor, manager, name), config.limits.disk_bytes)
+    executor = ScenarioAttempts(metered, config, manager, pipelines)
     token = _read_token_file(token_file) if token_file else None
     tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
     control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token, tls=tls)

@@ -1,0 +1,166 @@
+"""A bound on the disk a slice fills: its work dir and its outputs' staging folders together.
+
+The files a slice writes there are on the node's disks, not in its memory cgroup (its /tmp
+and /dev/shm are tmpfs, charged to its memory), so nothing else bounds them: one step could
+fill the disk every other slice and herd on the node writes to. As the kubelet does for
+ephemeral storage, ``DiskLimitedExecutor`` sums what each running slice's writable folders
+hold every few seconds and stops a slice past ``[limits] disk``; it ends FAILED, saying so.
+
+The sum is walked through file descriptors (no symbolic link followed, no path a slice could
+swap), bounded: past MAX_ENTRIES entries or MAX_DEPTH levels of folders a slice is over its
+limit whatever their size. A slice may exceed the limit for up to a check's interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from runink.core.agent.delegating import DelegatingExecutor
+from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
+from runink.core.units import format_bytes
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 2.0  # seconds between two sums of a slice's folders
+MAX_CHECK_SHARE = 0.05  # a sum takes at most this share of the time (else the next waits longer)
+MAX_ENTRIES = 200_000  # files and folders one slice may have in its writable folders
+MAX_DEPTH = 64  # levels of folders below each of them
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class OverLimit(Exception):
+    """The slice's folders hold more than a walk counts: more entries or levels than allowed."""
+
+
+def disk_used(roots: Iterable[Path]) -> int:
+    """Bytes of disk the files and folders under ``roots`` take (their allocated blocks: a
+    sparse file counts what it really holds). OverLimit past MAX_ENTRIES or MAX_DEPTH."""
+    used, entries = 0, 0
+    for root in roots:
+        try:
+            fd = os.open(root, _DIRECTORY)
+        except OSError:
+            continue  # (not made yet, or removed: nothing there)
+        pending = [(fd, 0)]  # (an open folder, its depth): a folder is read whole, then closed
+        try:
+            while pending:
+                folder, depth = pending.pop()
+                try:
+                    with os.scandir(folder) as listing:
+                        for entry in listing:
+                            entries += 1
+                            if entries > MAX_ENTRIES:
+                                raise OverLimit(f"more than {MAX_ENTRIES:,} files and folders")
+                            try:
+                                info = entry.stat(follow_symlinks=False)
+                            except OSError:
+                                continue  # (removed meanwhile)
+                            used += info.st_blocks * 512
+                            if stat.S_ISDIR(info.st_mode):
+                                if depth + 1 > MAX_DEPTH:
+                                    raise OverLimit(f"folders more than {MAX_DEPTH} levels deep")
+                                with contextlib.suppress(OSError):  # (swapped for a link: not followed)
+                                    pending.append((os.open(entry.name, _DIRECTORY, dir_fd=folder), depth + 1))
+                finally:
+                    os.close(folder)
+        finally:
+            for folder, _ in pending:
+                os.close(folder)
+    return used
+
+
+@dataclasses.dataclass
+class _Watched:
+    roots: tuple[Path, ...]
+    verdict: str | None = None  # why it was stopped, once it was
+
+
+class DiskLimitedExecutor(DelegatingExecutor):
+    """Stops a slice whose work dir (``cwd``) and writable grants hold more than ``limit``
+    bytes, checked every CHECK_EVERY seconds by a thread of its own; its result is FAILED
+    with the reason. ``grace``: seconds between the stop's SIGTERM and SIGKILL. A slice
+    re-attached after an agent restart is not watched (its folders are not in its handle)."""
+
+    def __init__(self, inner: Executor, limit: int, *, grace: float = 5.0, every: float = CHECK_EVERY) -> None:
+        super().__init__(inner)
+        self.limit = limit
+        self.grace = grace
+        self.every = every
+        self._watched: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        roots = tuple(dict.fromkeys(p for p in (spec.cwd, *spec.writable) if p is not None))
+        handle = self.inner.start(spec)
+        with self._lock:
+            self._watched[spec.id] = _Watched(roots)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="disk-limits", daemon=True)
+                self._thread.start()
+        return handle
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult | None:
+        result = self.inner.wait(task_id, timeout)
+        if result is None:
+            return None
+        with self._lock:
+            watched = self._watched.get(task_id)
+        if watched is not None and watched.verdict is not None and result.state is not TaskState.SUCCEEDED:
+            return dataclasses.replace(result, state=TaskState.FAILED, message=watched.verdict)
+        return result
+
+    def destroy(self, task_id: str) -> None:
+        self.inner.destroy(task_id)
+        with self._lock:
+            self._watched.pop(task_id, None)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.inner.close()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.every):
+            began = time.monotonic()
+            with self._lock:
+                watched = [(task_id, w) for task_id, w in self._watched.items() if w.verdict is None]
+            for task_id, slice_ in watched:
+                self._check(task_id, slice_)
+            # a walk of many files costs: the next waits so that walking stays a small share
+            took = time.monotonic() - began
+            self._closed.wait(max(0.0, took / MAX_CHECK_SHARE - self.every))
+
+    def _check(self, task_id: str, watched: _Watched) -> None:
+        limit = format_bytes(self.limit)
+        try:
+            used = disk_used(watched.roots)
+        except OverLimit as exc:
+            verdict = f"its work dir and outputs hold {exc} (past what a disk limit of {limit} counts): stopped"
+        except OSError as exc:  # (never worth the slice: the next check tries again)
+            log.warning("%s: its disk use not summed: %s", task_id, exc)
+            return
+        else:
+            if used <= self.limit:
+                return
+            took = format_bytes(used)
+            verdict = f"its work dir and outputs took {took} of disk, more than its limit of {limit}: stopped"
+        watched.verdict = verdict
+        log.warning("%s: %s", task_id, verdict)
+        try:
+            self.inner.stop(task_id, self.grace)
+        except Exception as exc:  # (ended meanwhile): its end is collected as any
+            log.info("%s: not stopped: %s", task_id, exc)
+
+
+def disk_limited(executor: Executor, limit: int, *, grace: float = 5.0) -> Executor:
+    """``executor`` with a disk limit per slice (``[limits] disk``), or as it is for 0."""
+    return DiskLimitedExecutor(executor, limit, grace=grace) if limit > 0 else executor
