@@ -81,6 +81,7 @@ def disk_used(roots: Iterable[Path]) -> int:
 class _Watched:
     roots: tuple[Path, ...]
     verdict: str | None = None  # why it was stopped, once it was
+    ended: bool = False  # (no more sums: its folders are no longer written)
 
 
 class DiskLimitedExecutor(DelegatingExecutor):
@@ -115,6 +116,8 @@ class DiskLimitedExecutor(DelegatingExecutor):
             return None
         with self._lock:
             watched = self._watched.get(task_id)
+            if watched is not None:
+                watched.ended = True
         if watched is not None and watched.verdict is not None and result.state is not TaskState.SUCCEEDED:
             return dataclasses.replace(result, state=TaskState.FAILED, message=watched.verdict)
         return result
@@ -132,7 +135,7 @@ class DiskLimitedExecutor(DelegatingExecutor):
         while not self._closed.wait(self.every):
             began = time.monotonic()
             with self._lock:
-                watched = [(task_id, w) for task_id, w in self._watched.items() if w.verdict is None]
+                watched = [(task_id, w) for task_id, w in self._watched.items() if w.verdict is None and not w.ended]
             for task_id, slice_ in watched:
                 self._check(task_id, slice_)
             # a walk of many files costs: the next waits so that walking stays a small share
