@@ -5,9 +5,11 @@ server from 178 MB to 1.1 GB, a review's runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -110,3 +112,46 @@ def test_a_body_sent_too_slowly_is_refused(port: int, monkeypatch: pytest.Monkey
         client.sendall(head % len(body) + body)
         answer = client.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(body.replace(b" ", b""))
+
+
+def test_one_address_cannot_take_every_connection_slot(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """limit_concurrency is for the whole server: one client holding connections open took every
+    slot from the others (a review's run)."""
+    monkeypatch.setattr(served, "MAX_PER_ADDRESS", 3)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as fourth:
+            assert _answer(fourth).startswith(b"HTTP/1.1 503 Service Unavailable")
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _answer(other).startswith(b"HTTP/1.1 200 OK")  # another address: served
+        held.pop().close()
+        time.sleep(0.2)  # (its end seen by the server)
+        with socket.create_connection(("127.0.0.1", port)) as again:
+            again.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _answer(again).startswith(b"HTTP/1.1 200 OK")  # a slot of its own again
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio gives a TLS handshake 60 s: a connection that sent nothing held a slot a minute."""
+    from runink.core.server.pki import create_ca, issue
+    from runink.core.server.tls import TlsFiles
+
+    monkeypatch.setattr(served, "HANDSHAKE_TIMEOUT", 0.5)
+    ca = create_ca(tmp_path / "ca")
+    cert = issue(tmp_path / "ca", tmp_path / "certs", "api", sans=["127.0.0.1"], usage="server")
+    server, thread = serve_api(FastAPI(), "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.cert))
+    try:
+        with socket.create_connection(("127.0.0.1", server.config.port)) as silent:
+            began = time.monotonic()
+            silent.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                assert silent.recv(100) == b""  # closed by the server
+            assert time.monotonic() - began < 5
+    finally:
+        stop_api(server, thread)

@@ -7,14 +7,17 @@ unless ``insecure_bind`` is given, so a server is never reachable from the netwo
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from runink.core.fd_limits import max_connections, raise_fd_limit
 from runink.core.server.tls import TlsFiles
@@ -24,6 +27,8 @@ HEADER_TIMEOUT = 10.0  # seconds from a connection, or a request's first byte, t
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (431 beyond)
 LINGER = 1.0  # seconds a refused client's input is still read (and dropped) before closing
 BODY_TIMEOUT = 60.0  # seconds from the end of a request's headers to the end of its body
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake
+MAX_PER_ADDRESS = 256  # connections open at once from one client address (503 beyond)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -43,6 +48,13 @@ class GuardedHttp(HttpToolsProtocol):
         self._heading = True  # reading a request's line and headers (or waiting for the first)
         # the head's deadline, then the body's until it is whole (None: neither is being read)
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        # one address may not take every connection slot (limit_concurrency) from the others
+        self._address = self.client[0] if self.client else None
+        if self._address is not None:
+            counts = _connections_by_address(self.server_state)
+            counts[self._address] += 1
+            if counts[self._address] > MAX_PER_ADDRESS:
+                self._refuse(b"503 Service Unavailable", f"more than {MAX_PER_ADDRESS} connections from one address")
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -90,6 +102,12 @@ class GuardedHttp(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        if self._address is not None:
+            counts = _connections_by_address(self.server_state)
+            counts[self._address] -= 1
+            if counts[self._address] <= 0:
+                del counts[self._address]
+            self._address = None
         super().connection_lost(exc)
 
     def _stop_timer(self) -> None:
@@ -114,6 +132,38 @@ class GuardedHttp(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER, self.transport.close)
+
+
+def _connections_by_address(state: ServerState) -> collections.Counter[str]:
+    """The open connections of one server (its uvicorn state), by client address."""
+    counts: collections.Counter[str] | None = getattr(state, "runink_by_address", None)
+    if counts is None:
+        counts = collections.Counter()
+        state.runink_by_address = counts  # type: ignore[attr-defined]
+    return counts
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server whose TLS handshakes end within HANDSHAKE_TIMEOUT (asyncio's 60 s held
+    a connection slot a minute for each client that only opened a connection)."""
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        make_loop = self.config.get_loop_factory() or asyncio.new_event_loop
+
+        def guarded_loop() -> asyncio.AbstractEventLoop:
+            loop = make_loop()
+            create_server = loop.create_server
+
+            async def create_guarded_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+                if kwargs.get("ssl") is not None:
+                    kwargs["ssl_handshake_timeout"] = HANDSHAKE_TIMEOUT
+                return await create_server(*args, **kwargs)
+
+            loop.create_server = create_guarded_server  # type: ignore[method-assign]
+            return loop
+
+        with asyncio.Runner(loop_factory=guarded_loop) as runner:
+            runner.run(self.serve(sockets=sockets))
 
 
 def is_loopback(host: str) -> bool:
@@ -169,7 +219,7 @@ def serve_api(
         # past this many connections a request is a 503 (each holds a descriptor)
         limit_concurrency=max_connections(),
     )
-    server = uvicorn.Server(config)
+    server = GuardedServer(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"api-{bound_port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT
