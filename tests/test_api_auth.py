@@ -216,6 +216,8 @@ def test_every_route_answers_403_to_an_identity_without_the_role(api: Api) -> No
             if (method, path) in FILTERED:
                 assert answer.status_code == 200, (method, path, answer.text)
                 assert "team" not in answer.text and api.job not in answer.text
+            elif path.startswith("/v1/jobs/{job_id}"):  # (a job of a herd it may not read: none)
+                assert answer.status_code == 404 and "no such job" in answer.text, (who, method, path, answer.text)
             else:
                 assert answer.status_code == 403, (who, method, path, answer.status_code, answer.text)
     assert state(api) == before
@@ -231,6 +233,9 @@ def test_a_user_of_one_herd_reaches_nothing_of_another(api: Api) -> None:
             assert "team" not in answer.text and api.job not in answer.text and "secret-output" not in answer.text
         elif action.startswith(("herds.", "nodes.")) or path in CLUSTER_PATHS:
             assert answer.status_code == 403, (method, path, answer.text)
+        elif path.startswith("/v1/jobs/{job_id}"):  # as for an id that names no job: not whose it is
+            assert answer.status_code == 404, (method, path, answer.text)
+            assert answer.json()["detail"] == f"job {api.job!r}: no such job"
         else:  # herd-scoped: allowed in "other", so refused only because the herd is "team"
             assert answer.status_code == 403, (method, path, answer.text)
             assert "team" in answer.json()["detail"] or "cluster" in answer.json()["detail"]

@@ -228,3 +228,54 @@ def test_a_token_known_on_the_event_loop_is_one_checked_before_with_a_fresh_revo
             auth.identify_known(headers)
         assert auth.identify_known({}) is None  # no token: the full path says why
     barn.close()
+
+
+def test_a_herds_tokens_die_with_it_and_hold_nothing_in_a_herd_made_again_under_its_name(cluster: Cluster) -> None:
+    """A herd admin's minted token outlived the herd's deletion and held admin in a new herd of
+    the same name, another tenant's (its secrets, jobs, bindings): a review's run."""
+    admin = cluster.token("cluster-admin", CLUSTER, "root")
+    bearer = {"Authorization": f"Bearer {admin}"}
+    team_admin = cluster.token("admin", "team", "boss")
+    minted = cluster.http.post(
+        "/v1/herds/team/tokens",
+        json={"name": "backdoor", "role": "admin", "ttl": 90 * 86400},
+        headers={"Authorization": f"Bearer {team_admin}"},
+    )
+    assert minted.status_code == 201, minted.text
+    backdoor = minted.json()["token"]
+    # a token lives no longer than the one that minted it (600 s here, not 90 days)
+    assert minted.json()["expires"] - time.time() <= 601
+    other = cluster.token("runner", "other", "bystander")
+    assert cluster.get(backdoor).status_code == 200
+    refused = cluster.http.delete("/v1/herds/team", headers=bearer)  # (a job of the fixture still runs)
+    assert refused.status_code == 409 and cluster.get(backdoor).status_code == 200  # (no token lost)
+    for job in cluster.http.get("/v1/jobs", params={"herd": "team"}, headers=bearer).json()["jobs"]:
+        cluster.http.post(f"/v1/jobs/{job['id']}/cancel", headers=bearer).raise_for_status()
+    assert cluster.http.delete("/v1/herds/team", headers=bearer).status_code == 204
+    time.sleep(1.1)  # (a token minted in the next second is the new herd's)
+    assert cluster.http.post("/v1/herds", json={"name": "team"}, headers=bearer).status_code == 201
+    for token in (backdoor, team_admin):
+        answer = cluster.get(token)
+        assert answer.status_code == 401 and "every token of herd team issued up to" in answer.json()["detail"]
+    assert cluster.http.get("/v1/herds/other", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    assert cluster.get(cluster.token("viewer", "team", "new")).status_code == 200  # the new herd's own
+
+
+def test_a_herd_admin_revokes_every_token_of_the_herd(cluster: Cluster) -> None:
+    """When another admin leaves: the service accounts they minted cannot be found one by one."""
+    team_admin, outsider = cluster.token("admin", "team", "boss"), cluster.token("admin", "other", "x")
+    kept_elsewhere = cluster.token("runner", "other", "y")
+    minted = cluster.http.post(
+        "/v1/herds/team/tokens",
+        json={"name": "left-behind", "role": "runner", "ttl": 300},
+        headers={"Authorization": f"Bearer {team_admin}"},
+    ).json()["token"]
+    refused = cluster.http.post("/v1/herds/team/tokens/revoke", headers={"Authorization": f"Bearer {outsider}"})
+    assert refused.status_code == 403
+    done = cluster.http.post("/v1/herds/team/tokens/revoke", headers={"Authorization": f"Bearer {team_admin}"})
+    assert done.status_code == 200 and done.json()["revoked"]["herd"] == "team", done.text
+    for token in (minted, team_admin):
+        assert cluster.get(token).status_code == 401
+    assert cluster.http.get("/v1/herds/other", headers={"Authorization": f"Bearer {kept_elsewhere}"}).status_code == 200
+    admin = cluster.token("cluster-admin", CLUSTER, "root")
+    assert ("sa:boss", "team", True) in [(r["subject"], r["herd"], r["allowed"]) for r in cluster.audit(admin)]

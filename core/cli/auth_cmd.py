@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -120,6 +121,9 @@ def token_revoke(
         "--subject",
         help="Every token of this subject issued up to now, e.g. sa:ci or node:agent-1; cluster admins.",
     ),
+    herd: str | None = typer.Option(
+        None, "--herd", help="Every token holding a role in this herd, issued up to now; its admins."
+    ),
     server: str | None = SERVER,
     json_output: bool = JSON,
 ) -> None:
@@ -133,20 +137,25 @@ def token_revoke(
             raise typer.BadParameter(f"{from_file}: {exc.strerror}", param_hint="--token-file") from None
     elif token == "-":
         token = one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
-    given = {k: v for k, v in {"token": token, "jti": jti, "subject": subject}.items() if v is not None}
+    given = {k: v for k, v in {"token": token, "jti": jti, "subject": subject, "herd": herd}.items() if v is not None}
     if len(given) != 1:
-        raise typer.BadParameter("give one of TOKEN (or --token-file), --jti and --subject", param_hint="TOKEN")
+        raise typer.BadParameter("give one of TOKEN (or --token-file), --jti, --subject and --herd", param_hint="TOKEN")
     _revoke(ctx, server, given, json_output)
 
 
 def _revoke(ctx: typer.Context, server: str | None, body: dict[str, str], json_output: bool) -> None:
     with _client(ctx, server) as client:
-        answer = client.call("POST", "/v1/tokens/revoke", body)
+        if "herd" in body:
+            answer = client.call("POST", f"/v1/herds/{quote(body['herd'], safe='')}/tokens/revoke")
+        else:
+            answer = client.call("POST", "/v1/tokens/revoke", body)
     if json_output:
         print_json(answer)
         return
     revoked = answer["revoked"]
-    if "jti" in revoked:
+    if "herd" in revoked:
+        print(f"revoked every token this cluster signed with a role in herd {revoked['herd']} up to now")
+    elif "jti" in revoked:
         print(f"revoked token {revoked['jti']}" + (f" of {revoked['subject']}" if revoked.get("subject") else ""))
     else:  # (an identity provider's tokens are not the cluster's to revoke: said, not implied)
         print(

@@ -186,22 +186,26 @@ class RoleCache:
         self.store = store
         self._lock = threading.Lock()
         self._read: tuple[float, dict[str, frozenset[str]]] | None = None  # (read at, the roles)
+        self._forgotten = 0  # (see ApiAuth._read_bindings: a read from before a change is not kept)
 
     def custom(self) -> dict[str, frozenset[str]]:
         now = time.monotonic()
         with self._lock:
             cached = self._read
+            generation = self._forgotten
         if cached is not None and now - cached[0] < ROLES_FOR:
             return cached[1]
         found = custom_roles(self.store)
         with self._lock:
-            self._read = (now, found)
+            if generation == self._forgotten:
+                self._read = (now, found)
         return found
 
     def forget(self) -> None:
         """Read the roles again on the next grant (this server just changed one)."""
         with self._lock:
             self._read = None
+            self._forgotten += 1
 
     def grant(self, role: str, herd: str, source: str = "") -> Grant:
         """The grant of ``role`` in ``herd``: a custom role's carries its actions (none once

@@ -571,13 +571,15 @@ class ClusterStore:
         self._herd_of.pop(job_id, None)
         return 1 if held else 0
 
-    def delete_herd(self, name: str) -> None:
+    def delete_herd(self, name: str, marked_hook: Callable[[], None] | None = None) -> None:
         """Delete a herd with its jobs, tasks and logs. Refused while any of its jobs has not
         ended. The herd is first marked ``deleting`` (so submissions are refused, and one racing
         the mark fails its compare of the herd's key), then its records go in transactions of at
         most DELETE_BATCH operations, each comparing the herd's key (a second delete that
         finished first stops this one), and last the herd's key and index entry. A delete cut
-        short (a crash, a conflict) leaves the herd marked; deleting it again finishes."""
+        short (a crash, a conflict) leaves the herd marked; deleting it again finishes.
+        ``marked_hook``: called once the herd is marked and none of its jobs is live (what the
+        deletion takes with it outside the store: the herd's tokens)."""
         herd_key, index_key = keys.herd(name), self.HERD_INDEX + name
         for _ in range(MAX_CONFLICT_RETRIES):
             herd = self.herd(name)
@@ -600,6 +602,8 @@ class ClusterStore:
                 [(herd_key, marked)], self._herd_ops(herd.record.model_copy(update={"deleting": False}))
             )
             raise
+        if marked_hook is not None:
+            marked_hook()
         # the job index first: a delete cut short after it still finds the jobs to finish with
         doomed = [self.JOB_INDEX + kv.key.rsplit("/", 1)[-1] for kv in self._pages(keys.jobs(name))]
         doomed += [kv.key for kv in self._pages(f"{keys.HERDS}{name}/") if kv.key != herd_key]

@@ -83,6 +83,7 @@ from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
 from runink.core.server import join, pki
 from runink.core.server.auth import (
     AUDIT,
+    HERD_TOKENS,
     INSECURE_HEADER,
     INSECURE_VALUE,
     MAX_TOKEN,
@@ -707,6 +708,7 @@ def create_app(
             node_labels=body.node_labels,
         )
         store.create_herd(herd)
+        auth.forget_bindings(herd.name)  # (a deleted herd's of that name, read before: not this one's)
         return dump_record(herd)
 
     @app.put("/v1/herds/{name}/roots", openapi_extra=action("herds.update"))
@@ -744,8 +746,19 @@ def create_app(
 
     @app.delete("/v1/herds/{name}", status_code=204, openapi_extra=action("herds.delete"))
     def remove_herd(name: NamePath, identity: Caller) -> None:
+        """Delete the herd: its jobs, secrets and bindings, and every token holding a role in
+        it (revoked first: a herd made again under its name starts with none of them)."""
         auth.check(identity, "herds.delete", f"herds/{name}", name)
-        store.delete_herd(name)
+        revocations = None if tokens is None else tokens.revocations
+
+        def revoke_its_tokens() -> None:
+            if revocations is not None:
+                revocations.revoke_subject(HERD_TOKENS + name, identity.subject)
+
+        try:
+            store.delete_herd(name, revoke_its_tokens)
+        finally:
+            auth.forget_bindings(name)
 
     # --- role bindings and tokens ----------------------------------------------------------
 
@@ -847,9 +860,16 @@ def create_app(
         if body.role not in roles:
             where = "the cluster" if herd == CLUSTER else "a herd"
             raise Refused(f"role {body.role!r}: not a role of {where} (one of {', '.join(roles)})")
-        if herd != CLUSTER:
-            store.herd(herd)  # NotFound names it
-        token, expires = cluster_tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], body.ttl)
+        if herd != CLUSTER and store.herd(herd).record.deleting:  # (NotFound names a missing one)
+            raise Refused(f"herd {herd!r} is being deleted: it takes no new tokens")
+        # a token lives no longer than the one that minted it (an hour's token made 90 days' ones)
+        ttl = body.ttl
+        minter_expires = identity.claims.get("exp")
+        if isinstance(minter_expires, int | float):
+            ttl = min(ttl, float(minter_expires) - time.time())
+            if ttl < 1:
+                raise Refused("the token you call with expires now: it cannot mint one that outlives it")
+        token, expires = cluster_tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], ttl)
         subject = f"sa:{body.name}"
         jti = cluster_tokens.jti_of(token)  # (what `runink token revoke --jti` names it by)
         return {"token": token, "subject": subject, "role": body.role, "herd": herd, "expires": expires, "jti": jti}
@@ -858,6 +878,21 @@ def create_app(
     def herd_token(name: NamePath, body: TokenIn, identity: Caller) -> dict[str, Any]:
         """A service account's token holding ``role`` in the herd for ``ttl`` seconds."""
         return mint(identity, name, body)
+
+    @app.post("/v1/herds/{name}/tokens/revoke", openapi_extra=action("tokens.revoke"))
+    def revoke_herd_tokens(name: NamePath, identity: Caller) -> dict[str, Any]:
+        """Revoke every token this cluster signed that holds a role in the herd, issued up to
+        now (its service accounts', whoever minted them): what a herd admin does when another
+        admin leaves. Every server refuses them within a second."""
+        cluster_tokens = signer()
+        if cluster_tokens.revocations is None:
+            raise NotFound("this server keeps no revocations")
+        store.herd(name)  # NotFound names it
+        with auth.change(identity, "tokens.revoke", "tokens/*", name) as audits:
+            record = cluster_tokens.revocations.revoke_subject(HERD_TOKENS + name, identity.subject)
+        for entry in audits:
+            auth.write_audit(entry)
+        return {"revoked": {**record, "herd": name}}
 
     @app.post("/v1/tokens", status_code=201, openapi_extra=action("tokens.create"))
     def cluster_token(body: TokenIn, identity: Caller) -> dict[str, Any]:
@@ -1028,6 +1063,17 @@ def create_app(
             jobs, next_after = store.jobs_page(names, after=after, limit=limit, state=state)
         return {"jobs": [dump_record(j) for j in jobs], "next": next_after}
 
+    def check_job(identity: Identity, what: str, job_id: str, herd: str) -> None:
+        """``auth.check`` of ``what`` on the job; to a caller who may not read the herd's jobs
+        it is "no such job", as for an id that names none (a 403 naming the herd told that the
+        job exists, and whose it is)."""
+        try:
+            auth.check(identity, what, f"jobs/{job_id}", herd)
+        except Forbidden:
+            if not auth.decide(identity, "jobs.read", "jobs", herd).allowed:
+                raise NotFound(f"job {job_id!r}: no such job") from None
+            raise
+
     @app.get("/v1/jobs/{job_id}", openapi_extra=action("jobs.read"), response_model=dict[str, Any])
     async def describe_job(  # noqa: PLR0917 (FastAPI: each query parameter is one)
         job_id: NamePath,
@@ -1045,7 +1091,7 @@ def create_app(
         read logs: ``runink exec`` needs no more reads."""
 
         def may_read(job: JobRecord) -> None:
-            auth.check(identity, "jobs.read", f"jobs/{job_id}", job.herd)
+            check_job(identity, "jobs.read", job_id, job.herd)
 
         def answer_of(found: dict[str, Any]) -> JSONResponse:
             job, tasks = found["job"], found["tasks"]
@@ -1076,7 +1122,7 @@ def create_app(
             if changed is not None and after and seen is not None and seen[0] <= after:
                 # the feed saw nothing past what this reader has: wait for it before reading
                 # (the feed lags the Barn, never leads it), once the caller may read the job
-                auth.check(identity, "jobs.read", f"jobs/{job_id}", seen[1])
+                check_job(identity, "jobs.read", job_id, seen[1])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait)
                 return await run_in_threadpool(read, (seen[1], after))
@@ -1104,7 +1150,7 @@ def create_app(
         counts those between ``offset`` and the first byte returned that are no longer kept.
         ``data`` is base64: the output is bytes, not text."""
         job = store.job(job_id).record
-        auth.check(identity, "logs.read", f"jobs/{job_id}", job.herd)
+        check_job(identity, "logs.read", job_id, job.herd)
         task_id = task or job.tasks[0]
         if task_id not in job.tasks:
             raise NotFound(f"task {task_id!r}: not a task of job {job_id}")
@@ -1128,7 +1174,7 @@ def create_app(
 
     @app.post("/v1/jobs/{job_id}/cancel", openapi_extra=action("jobs.cancel"))
     def cancel_job(job_id: NamePath, identity: Caller) -> dict[str, Any]:
-        auth.check(identity, "jobs.cancel", f"jobs/{job_id}", store.job(job_id).record.herd)
+        check_job(identity, "jobs.cancel", job_id, store.job(job_id).record.herd)
         return {"job": dump_record(lifecycle.cancel(job_id))}
 
     # --- nodes -------------------------------------------------------------------------

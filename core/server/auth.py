@@ -45,6 +45,8 @@ INSECURE_VALUE = "authentication is off (--insecure-dev): anyone may do anything
 ISSUER = AUDIENCE = "runink"  # the cluster's own tokens: iss and aud
 ALGORITHM = "ES256"
 NODE_SUBJECT = "node:"  # a node token's subject: node:NODE
+# what revokes every token holding a role in herd H (its deletion, `runink token revoke --herd`)
+HERD_TOKENS = "herd:"
 MAX_TOKEN = 16 * 1024  # characters of a bearer token
 MAX_TTL = 90 * 86400  # seconds a token the cluster signs may live
 LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
@@ -302,10 +304,16 @@ class ClusterTokens:
         None; a server that cannot tell takes no token."""
         if self.revocations is None:
             return None
+        issued = identity.claims.get("iat")
+        herds = sorted(
+            {g.herd for g in identity.claims.get("grants", ()) if isinstance(g, Grant) and g.herd != CLUSTER}
+        )
         try:
-            return self.revocations.why_revoked(
-                identity.subject, identity.claims.get("jti"), identity.claims.get("iat")
-            )
+            why = self.revocations.why_revoked(identity.subject, identity.claims.get("jti"), issued)
+            for herd in herds:  # (a herd deleted, maybe made again since: its old tokens hold nothing)
+                if why is None and (why := self.revocations.why_revoked(HERD_TOKENS + herd, None, issued)):
+                    why = why.replace(f"every token of {HERD_TOKENS}{herd}", f"every token of herd {herd}", 1)
+            return why
         except RevocationsUnknown as exc:
             return str(exc)
 
@@ -350,6 +358,7 @@ class ApiAuth:
         self.insecure = insecure
         self._lock = threading.Lock()
         self._bindings: dict[str, tuple[float, list[Binding]]] = {}  # herd -> (read at, its bindings)
+        self._forgotten = 0  # how many times a change made here dropped bindings read before it
         self.roles = RoleCache(store)  # the custom roles' actions, read at most once a second
 
     def identify_known(self, headers: Any) -> Identity | None:
@@ -412,19 +421,23 @@ class ApiAuth:
         now = time.monotonic()
         with self._lock:
             cached = self._bindings.get(herd)
+            generation = self._forgotten
         if cached is not None and now - cached[0] < BINDINGS_FOR:
             return cached[1]
         found = bindings(self.store, herd)
         with self._lock:
             if len(self._bindings) > 10_000:
                 self._bindings.clear()
-            self._bindings[herd] = (now, found)
+            # a read that began before a change this server made is not kept (it may miss it)
+            if generation == self._forgotten:
+                self._bindings[herd] = (now, found)
         return found
 
     def forget_bindings(self, herd: str) -> None:
         """Read ``herd``'s bindings again on the next check (this server just changed them)."""
         with self._lock:
             self._bindings.pop(herd, None)
+            self._forgotten += 1
 
     def decide(self, identity: Identity, action: str, resource: str, herd: str) -> AuthzDecision:
         if self.insecure:

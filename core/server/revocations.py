@@ -56,6 +56,7 @@ class Revocations:
         self._read_at = -1e18  # monotonic time of the last successful read
         self._tokens: set[str] = set()
         self._subjects: dict[str, float] = {}  # subject -> tokens issued up to this time are revoked
+        self._generation = 0  # revocations made here (a read begun before one is not taken whole)
 
     # --- checking -------------------------------------------------------------------------
 
@@ -80,6 +81,8 @@ class Revocations:
         now = time.monotonic()
         if now - self._read_at < FRESH_FOR:
             return
+        with self._lock:
+            generation = self._generation
         try:
             found = self.barn.scan(PREFIX)
         except BarnError as exc:
@@ -97,11 +100,19 @@ class Revocations:
             except (ValueError, KeyError, TypeError):
                 continue  # (written by this module only: not one of its records)
         with self._lock:
+            if generation != self._generation:
+                # this server revoked something while the list was read (maybe before the read
+                # saw it): what it holds stays, and the list is read again at the next check
+                self._tokens |= tokens
+                self._subjects = {**subjects, **self._subjects}
+                return
             self._tokens, self._subjects, self._read_at = tokens, subjects, now
 
     def forget_cache(self) -> None:
         """Read the list again at the next check (this server just changed it)."""
-        self._read_at = -1e18
+        with self._lock:
+            self._generation += 1
+            self._read_at = -1e18
 
     # --- revoking -------------------------------------------------------------------------
 
@@ -113,6 +124,8 @@ class Revocations:
         ttl = max(1.0, until - now + self.leeway)
         record = {"jti": jti, "subject": subject, "expires": until, "at": now, "by": by}
         self._put(TOKENS + jti, record, ttl)
+        with self._lock:  # (held at once, whatever a read in flight finds)
+            self._tokens.add(jti)
         return record
 
     def revoke_subject(self, subject: str, by: str) -> dict[str, Any]:
@@ -123,6 +136,8 @@ class Revocations:
         record = {"subject": subject, "before": float(int(now)), "at": now, "by": by}
         lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
         self._put(subject_key(subject), record, lives + self.leeway)
+        with self._lock:
+            self._subjects[subject] = max(record["before"], self._subjects.get(subject, record["before"]))
         return record
 
     def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:
