@@ -279,3 +279,44 @@ def test_a_herd_admin_revokes_every_token_of_the_herd(cluster: Cluster) -> None:
     assert cluster.http.get("/v1/herds/other", headers={"Authorization": f"Bearer {kept_elsewhere}"}).status_code == 200
     admin = cluster.token("cluster-admin", CLUSTER, "root")
     assert ("sa:boss", "team", True) in [(r["subject"], r["herd"], r["allowed"]) for r in cluster.audit(admin)]
+
+
+def test_a_read_begun_before_a_change_made_here_does_not_hide_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose read of the bindings (or of the revocations) began before this server
+    removed a binding (or revoked a token) cached what it read after the change: the removed
+    role and the revoked token counted for another second on the server that changed them."""
+    from runink.core.control.store import ClusterStore
+    from runink.core.server import auth as auth_module
+    from runink.core.server.auth import ApiAuth
+
+    store = ClusterStore(MemoryBarn())
+    api_auth = ApiAuth(None, store, insecure=True)
+    reads: list[str] = []
+
+    def read_across_a_change(_store: Any, herd: str) -> list[Any]:
+        reads.append(herd)
+        if len(reads) == 1:
+            api_auth.forget_bindings(herd)  # (an unbind on this server, while this read was in flight)
+        return []
+
+    monkeypatch.setattr(auth_module, "bindings", read_across_a_change)
+    api_auth._read_bindings("team")
+    api_auth._read_bindings("team")
+    assert len(reads) == 2  # the first read was not kept
+    api_auth._read_bindings("team")
+    assert len(reads) == 2  # the second was
+    barn = MemoryBarn()
+    revocations = Revocations(barn, max_ttl=MAX_TTL, leeway=LEEWAY)
+    real_scan = barn.scan
+    scans: list[str] = []
+
+    def scan_across_a_revoke(prefix: str, **kwargs: Any) -> Any:
+        found = real_scan(prefix, **kwargs)  # (read before the revocation is written)
+        scans.append(prefix)
+        if len(scans) == 1:
+            revocations.revoke_token("abc", "sa:ci", time.time() + 60, "root")
+        return found
+
+    monkeypatch.setattr(barn, "scan", scan_across_a_revoke)
+    assert revocations.why_revoked("sa:ci", "abc", time.time()) == "revoked"
+    assert revocations.why_revoked("sa:ci", "abc", time.time()) == "revoked"
