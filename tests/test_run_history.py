@@ -452,3 +452,39 @@ def test_each_run_prunes_past_ones_beyond_keep_size(run_cli: CliRunner, tmp_path
 def test_prune_names_a_bad_bound(run_cli: CliRunner, option: str, value: str) -> None:
     out = run_cli("jobs", "prune", option, value)
     assert out.returncode == 2 and option in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ctrl_c_says_which_scenarios_outputs_were_published_and_json_reads_it(tmp_path: Path, data_home: Path) -> None:
+    """Ctrl-C after one scenario published, another running: the run said nothing of what went
+    in (on 3.11 its wait for the cancelled run returned at once), and --json printed nothing."""
+    folder = project(tmp_path, SLOW)
+    (folder / "p.dsl").write_text(
+        'Feature: Talk\n  Scenario: Quick\n    @source("csv://in.csv")\n    @sink("csv://quick.csv")\n'
+        '  Scenario: Speak\n    @source("csv://in.csv")\n    @step("steps:speak")\n    @sink("csv://out.csv")\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNINK_")}
+    env.update(XDG_DATA_HOME=str(data_home.parent), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runink", "run", "p.dsl", "--json"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "quick.csv").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert f"Quick: its outputs were published before the cancel reached it: {folder / 'quick.csv'}" in err
+    assert "interrupted: the run was cancelled" in err and "Traceback" not in err
+    printed = json.loads(out)
+    assert printed["ok"] is False
+    assert {s["scenario"]: s["state"] for s in printed["scenarios"]} == {"Quick": "SUCCEEDED", "Speak": "CANCELLED"}
+    assert not (folder / "out.csv").exists()

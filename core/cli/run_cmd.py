@@ -241,12 +241,17 @@ def run_command(
 
         live = Live(console=err, refresh_per_second=4, transient=True)
     result_box: dict[str, Any] = {}
+    # (waited on after Ctrl-C, not the thread: on 3.11 a join that an interrupt cut short
+    # leaves the thread marked stopped, and the next join returns at once while it runs on)
+    ran = threading.Event()
 
     def target() -> None:
         try:
             result_box["result"] = runner.run(compiled)
         except BaseException as exc:  # re-raised on the main thread
             result_box["error"] = exc
+        finally:
+            ran.set()
 
     worker = threading.Thread(target=target, daemon=True)
     terminated = _cancel_on_sigterm()
@@ -260,13 +265,16 @@ def run_command(
             worker.join(0.1)
     except KeyboardInterrupt:
         runner.cancel()
-        worker.join(30)
+        ran.wait(30)
         if "result" in result_box:  # (what it did is told: it had published some outputs)
             _say_published(result_box["result"])
+            if json_output:  # (a script reads what it did, ok false: it was cancelled)
+                print_json(result_box["result"].to_json())
         if terminated.is_set():
             print_error("terminated (SIGTERM): the run was cancelled and its slices stopped")
             raise typer.Exit(128 + signal.SIGTERM) from None
-        raise
+        print_error("interrupted: the run was cancelled and its slices stopped")
+        raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         if live is not None:
             live.stop()
