@@ -239,15 +239,15 @@ def _record(
 
 
 def _datasets(run: PipelineRun, result: RunResult) -> list[dict[str, Any]]:
-    """What each scenario that started read and, once it succeeded, wrote, with row counts:
-    the shape of the catalog's ``GET /v1/catalog/jobs/{id}``."""
+    """What each scenario that started read and, once its outputs were published, wrote, with
+    row counts: the shape of the catalog's ``GET /v1/catalog/jobs/{id}``."""
     found = []
     for item in run.compiled.scenarios:
         scenario = next(r for r in result.scenarios if r.name == item.name)
         if scenario.started is None:
             continue
         wrote = []
-        if scenario.state is ScenarioState.SUCCEEDED:
+        if scenario.published:  # (SUCCEEDED, or cancelled while they went into place)
             invalid = {s.ref.key for s in item.sinks if s.when != "valid"}
             wrote = [
                 {"uri": ref.canonical(), "rows": scenario.rows_invalid if ref.key in invalid else scenario.rows_out}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runink.core.control.lifecycle import Lifecycle, done_before_cancel, says_done_before_cancel
+from runink.core.control.lifecycle import DONE_BEFORE_CANCEL, Lifecycle, done_before_cancel
 from runink.core.control.records import (
     Amount,
     Herd,
@@ -191,11 +191,24 @@ def test_a_cancelled_task_leaves_its_nodes_assignments_once_its_end_is_reported(
     assert [t.state for t in stored.transitions][-1:] == [RunState.CANCELLED]  # one final state
     # an attempt that ended SUCCEEDED had done its work (published) first: said, not hidden
     assert done_before_cancel(stored) is (ended is RunState.SUCCEEDED)
-    assert says_done_before_cancel(stored.message) is (ended is RunState.SUCCEEDED)
+    assert (stored.message == DONE_BEFORE_CANCEL.format(attempt=1)) is (ended is RunState.SUCCEEDED)
     assert store.job(job.id).record.state is RunState.CANCELLED
     revision = store.task("lab", task.id).revision
     assert life.report("lab", task.id, 1, task.token, ended)  # repeated: no write
     assert store.task("lab", task.id).revision == revision
+
+
+def test_no_message_makes_a_cancelled_task_read_as_done_before_the_cancel(store: ClusterStore, life: Lifecycle) -> None:
+    """A failed attempt's message (the step's own error) said the words, and a cancel during
+    the retry's backoff made `runink run` say the outputs were published (a review's run)."""
+    life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=4, memory=1 << 30)))
+    job = life.submit_command("lab", ["/bin/false"], retries=1, backoff=60.0)
+    task = schedule(store, only_task(store, job.id))
+    forged = DONE_BEFORE_CANCEL.format(attempt=1)
+    assert life.report("lab", task.id, 1, task.token, RunState.FAILED, message=forged)
+    life.cancel(job.id)
+    stored = only_task(store, job.id)
+    assert stored.state is RunState.CANCELLED and not done_before_cancel(stored)
 
 
 def test_a_task_cancelled_while_scheduled_keeps_its_node_until_its_agent_says_it_ended(

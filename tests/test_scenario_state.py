@@ -91,7 +91,7 @@ def test_a_cancel_that_comes_while_a_scenario_publishes_says_its_outputs_went_in
     "cancelled", yet the outputs were there."""
     from runink.core.agent import scenarios
     from runink.core.cli import run_cmd
-    from runink.core.control.lifecycle import says_done_before_cancel
+    from runink.core.control.lifecycle import DONE_BEFORE_CANCEL
     from runink.core.control.records import RunState
 
     (tmp_path / "in.csv").write_text("id\n1\n")
@@ -118,11 +118,18 @@ def test_a_cancel_that_comes_while_a_scenario_publishes_says_its_outputs_went_in
     finally:
         executor.close()
     (run,) = result.scenarios
-    assert run.state is ScenarioState.CANCELLED and says_done_before_cancel(run.error), run.error
+    assert run.state is ScenarioState.CANCELLED and run.error == DONE_BEFORE_CANCEL.format(attempt=1), run.error
+    assert run.published and run.to_json()["published"] is True
+    from runink.core.history import RunHistory  # (what `runink status` shows it wrote)
+
+    kept = RunHistory(Path(config.data_dir)).find(result.run_id)
+    assert kept is not None and kept.record is not None
+    (dataset,) = kept.record["datasets"]
+    assert dataset["wrote"] == [{"uri": f"csv://{tmp_path / 'out' / 'a.csv'}", "rows": 1}]
     assert (tmp_path / "out" / "a.csv").read_text().splitlines() == ['"id"', "1"]
     assert run.outputs == [str(tmp_path / "out" / "a.csv")]
     run_cmd._say_published(result)  # what `runink run` prints after Ctrl-C
     assert f"a: its outputs were published before the cancel reached it: {tmp_path}" in capsys.readouterr().err
-    run.error = "cancelled"  # (one cancelled before it published: nothing said)
+    run.published = False  # (one cancelled before it published: nothing said)
     run_cmd._say_published(result)
     assert capsys.readouterr().err == ""

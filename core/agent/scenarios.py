@@ -91,6 +91,9 @@ class ScenarioRun:
     pii: list[str] = field(default_factory=list)
     #: what its @annotate steps did (a summary each; the records' annotations went as they came)
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    #: its outputs went into place (its last attempt's publish held): a scenario cancelled
+    #: while it published may have them too
+    published: bool = False
     job_id: str | None = None  # the cluster's job and task running it, and the node of its last attempt
     task_id: str | None = None
     node: str | None = None
@@ -116,6 +119,7 @@ class ScenarioRun:
             "dead_letters": self.dead_letters,
             "drift": self.drift,
             "error": self.error,
+            "published": self.published,
             "elapsed": round(self.elapsed, 3),
             "log_dir": self.log_dir,
             "contract_hash": self.contract_hash,
@@ -370,7 +374,7 @@ class ScenarioAttempts(Executor):
         if scenario.started is None:
             scenario.started = time.time()
         scenario.state = ScenarioState.RUNNING
-        scenario.outputs = [r.key for r in item.outputs]
+        scenario.outputs, scenario.published = [r.key for r in item.outputs], False
         scenario.dead_letters = [s.ref.key for s in item.sinks if s.when != "valid"]
         if task.attempt == 1:
             emit_lineage(self.manager, self._lineage("START", run, item))
@@ -553,6 +557,7 @@ class ScenarioAttempts(Executor):
             else:
                 try:
                     publish(attempt.staged, (task.id, task.attempt))
+                    run.published = True
                 except OSError as exc:
                     state, error = TaskState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
         finally:

@@ -302,11 +302,8 @@ def _say_published(result: RunResult) -> None:
     """After a cancel: the scenarios whose outputs went into place before it reached them."""
     from rich.markup import escape
 
-    from runink.core.control.lifecycle import says_done_before_cancel
-    from runink.core.model import ScenarioState
-
     for run in result.scenarios:
-        if run.state is ScenarioState.SUCCEEDED or says_done_before_cancel(run.error):
+        if run.published:
             said = f"{run.name}: its outputs were published before the cancel reached it: {', '.join(run.outputs)}"
             console(stderr=True).print(f"[yellow]{escape(said)}[/]", highlight=False, soft_wrap=True)
 

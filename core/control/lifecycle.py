@@ -851,7 +851,7 @@ class Lifecycle:
                 return "unchanged"
             update: dict[str, object] = {"node": None}
             if state is RunState.SUCCEEDED:
-                update["message"] = DONE_BEFORE_CANCEL.format(attempt=attempt)
+                update |= {"message": DONE_BEFORE_CANCEL.format(attempt=attempt), "done_before_cancel": attempt}
             try:
                 self.store.commit(
                     [(keys.task(herd, task.id), current.revision)],
@@ -978,13 +978,7 @@ def _cancels(tasks: list[Versioned[TaskRecord]]) -> tuple[list[tuple[str, int]],
 def done_before_cancel(task: TaskRecord) -> bool:
     """Whether the cancelled ``task``'s attempt had ended SUCCEEDED (its work done, a
     scenario's outputs published) before the cancel reached its node."""
-    return task.state is RunState.CANCELLED and task.message == DONE_BEFORE_CANCEL.format(attempt=task.attempt)
-
-
-def says_done_before_cancel(message: str | None) -> bool:
-    """Whether ``message`` is a cancelled task's that ``done_before_cancel``."""
-    head, _, tail = DONE_BEFORE_CANCEL.partition("{attempt}")
-    return message is not None and message.startswith(head) and message.endswith(tail)
+    return task.state is RunState.CANCELLED and task.attempt > 0 and task.done_before_cancel == task.attempt
 
 
 def _cancelled(task: TaskRecord) -> TaskRecord:

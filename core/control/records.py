@@ -613,6 +613,10 @@ class TaskRecord(Record, kw_only=True):
     node: str | None = None
     exit_code: int | None = None
     message: str = ""
+    # a cancelled task whose attempt (this number) had ended SUCCEEDED before the cancel reached
+    # its node: its work was done (a scenario's outputs published). Set by the control plane
+    # from the agent's report, never from a message (0: none)
+    done_before_cancel: NonNegative = 0
     explain: list[str] = []  # the last scheduling decision: chosen node, why others were not
     pending_reason: str = ""  # why it is waiting, when it is
     not_before: float = 0.0  # a retry's backoff: not placed before this time (the scheduler's clock)
