@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +230,7 @@ def _lstat(folder: int, name: str) -> os.stat_result | None:
 PREVIOUS = "previous"  # the final file's current version, kept in the staging folder while publishing
 
 
-WRITER = "user.runink.writer"  # extended attribute of a published file: "<task id> <attempt>"
+WRITER = "user.runink.writer"  # a published file's extended attribute: "<task id> <attempt> <size> <mtime ns>"
 MAX_WRITER = 256  # bytes of it read
 
 
@@ -248,7 +248,13 @@ def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) ->
     file is kept (a hard link in the staging folder) and the outputs go into place one by
     one; if one cannot, those already in place are put back. (A crash of the runner between
     two renames still leaves some new and some old.)"""
+    with _folders_locked(stages):
+        _publish(stages, writer)
+
+
+def _publish(stages: dict[Path, Stage], writer: tuple[str, int] | None) -> None:
     umask = _umask()
+    present: set[Path] = set()  # the sinks with a final file now (kept, and put back on failure)
     for stage in stages.values():
         there = _lstat(stage.folder, stage.final.name)
         if there is not None and stat.S_ISDIR(there.st_mode):
@@ -258,11 +264,13 @@ def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) ->
                 f"{stage.final}: written by someone else since this run started (another run of the "
                 "pipeline?): it is left as it is (nothing was published)"
             )
+        if there is not None:
+            present.add(stage.final)
     ready = [stage for stage in stages.values() if _vetted(stage, umask, writer)]
     aside: list[Stage] = []  # (kept by a rename: their final file is away until the new one comes)
     try:
         for stage in ready:
-            if stage.found is None:
+            if stage.final not in present:
                 continue
             try:
                 os.link(
@@ -272,7 +280,7 @@ def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) ->
                 os.rename(stage.final.name, PREVIOUS, src_dir_fd=stage.folder, dst_dir_fd=stage.outer)
                 aside.append(stage)
     except OSError as exc:
-        _put_back(aside)
+        _put_back(aside, present)
         raise OSError(
             f"{stage.final}: cannot keep its current version while publishing (nothing was published): {exc.strerror}"
         ) from None
@@ -282,13 +290,36 @@ def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) ->
             os.replace(stage.final.name, stage.final.name, src_dir_fd=stage.fd, dst_dir_fd=stage.folder)
             done.append(stage)
     except OSError as exc:
-        _put_back(done + [a for a in aside if a not in done])
+        _put_back(done + [a for a in aside if a not in done], present)
         raise OSError(
             f"{stage.final}: cannot put it in place ({exc.strerror}); "
             + ("the outputs put in place before it were put back" if done else "nothing was published")
         ) from None
     for folder in {stage.folder for stage in done}:
         os.fsync(folder)
+
+
+@contextlib.contextmanager
+def _folders_locked(stages: dict[Path, Stage]) -> Iterator[None]:
+    """Each sink's folder locked (flock) while its final file is checked and replaced: two
+    runners publishing into one folder at once (an attempt and its fenced older one) take
+    turns, so no check is made stale by the other's rename. Locked in one order (device,
+    inode): no two runners wait on each other. Within one machine: a lock of another host on
+    a shared file system may not be seen."""
+    folders: dict[tuple[int, int], int] = {}
+    for stage in stages.values():
+        info = os.fstat(stage.folder)
+        folders.setdefault((info.st_dev, info.st_ino), stage.folder)
+    locked: list[int] = []
+    try:
+        for _, fd in sorted(folders.items()):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked.append(fd)
+        yield
+    finally:
+        for fd in locked:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _earlier_attempt(stage: Stage, writer: tuple[str, int] | None) -> bool:
@@ -301,12 +332,23 @@ def _earlier_attempt(stage: Stage, writer: tuple[str, int] | None) -> bool:
     except OSError:
         return False
     try:
-        task, _, attempt = os.getxattr(fd, WRITER)[:MAX_WRITER].decode().partition(" ")
-        return stat.S_ISREG(os.fstat(fd).st_mode) and task == writer[0] and int(attempt) < writer[1]
-    except (OSError, ValueError):  # (UnicodeDecodeError is one)
+        task, attempt, size, mtime = os.getxattr(fd, WRITER)[:MAX_WRITER].decode().split(" ")
+        info = os.fstat(fd)
+    except (OSError, ValueError):  # (no mark, not ours; UnicodeDecodeError is a ValueError)
         return False
     finally:
         os.close(fd)
+    # the mark vouches for the file as published: the runner's own, unchanged since (a file
+    # appended to in place keeps its inode and its mark, not its size and time)
+    numbers = (attempt, size, mtime)
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and task == writer[0]
+        and all(n.isascii() and n.isdecimal() for n in numbers)
+        and 1 <= int(attempt) < writer[1]
+        and (int(size), int(mtime)) == (info.st_size, info.st_mtime_ns)
+    )
 
 
 def _vetted(stage: Stage, umask: int, writer: tuple[str, int] | None) -> bool:
@@ -327,18 +369,19 @@ def _vetted(stage: Stage, umask: int, writer: tuple[str, int] | None) -> bool:
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise OSError(f"{stage.final}: the slice left no regular file (not published)")
         os.fchmod(fd, 0o666 & ~umask)
-        _mark(fd, writer)
+        _mark(fd, writer, info)
         os.fsync(fd)
     finally:
         os.close(fd)
     return True
 
 
-def _mark(fd: int, writer: tuple[str, int] | None) -> None:
-    """The file's WRITER mark: ``writer``'s, or none (a slice may have set one)."""
+def _mark(fd: int, writer: tuple[str, int] | None, info: os.stat_result) -> None:
+    """The file's WRITER mark: ``writer``'s with the file's size and time (``info``: neither
+    changes as it is marked and moved into place), or none (a slice may have set one)."""
     try:
         if writer is not None:
-            os.setxattr(fd, WRITER, f"{writer[0]} {writer[1]}".encode())
+            os.setxattr(fd, WRITER, f"{writer[0]} {writer[1]} {info.st_size} {info.st_mtime_ns}".encode())
         else:
             os.removexattr(fd, WRITER)
     except OSError:  # no extended attributes here (ENOTSUP), or no mark to remove (ENODATA)
@@ -347,12 +390,13 @@ def _mark(fd: int, writer: tuple[str, int] | None) -> None:
                 os.removexattr(fd, WRITER)
 
 
-def _put_back(done: list[Stage]) -> None:
-    """Undo the renames of ``done``: each final file's kept version back, or the new file
-    removed where there was none (a failure here is reported by the caller's error)."""
+def _put_back(done: list[Stage], present: set[Path]) -> None:
+    """Undo the renames of ``done``: each final file's kept version back (those ``present``),
+    or the new file removed where there was none (a failure here is reported by the caller's
+    error)."""
     for stage in reversed(done):
         with contextlib.suppress(OSError):
-            if stage.found is not None:
+            if stage.final in present:
                 os.replace(PREVIOUS, stage.final.name, src_dir_fd=stage.outer, dst_dir_fd=stage.folder)
             else:
                 os.unlink(stage.final.name, dir_fd=stage.folder)

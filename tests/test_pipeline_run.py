@@ -103,8 +103,9 @@ def test_auto_runs_scenarios_isolated_and_publishes_outputs(run_cli: CliRunner, 
         assert work.stat().st_uid == os.getuid() and (work / "report.jsonl").stat().st_uid == os.getuid()
         for output in scenario["outputs"]:
             assert Path(output).stat().st_uid == os.getuid()  # published as the runner's user
-            task, attempt = os.getxattr(output, "user.runink.writer").decode().split(" ")  # (its writer marked)
+            task, attempt, size, _ = os.getxattr(output, "user.runink.writer").decode().split(" ")  # (its writer)
             assert re.fullmatch(r"job-[0-9a-f]+-[0-9a-f]{8}\.000[12]", task) and attempt == "1", task
+            assert int(size) == Path(output).stat().st_size
             assert not list(Path(output).parent.glob(".runink-stage-*"))  # staging removed
 
 
@@ -950,20 +951,93 @@ def test_a_newer_attempts_outputs_replace_those_an_earlier_attempt_published_mea
         return stages
 
     first, second, stranger = staged("attempt 1\n"), staged("attempt 2\n"), staged("other\n")
-    late, third = staged("attempt 1, again\n"), staged("attempt 3\n")
-    os.setxattr(second[final].file, WRITER, b"task-1 9")  # (the slice's own mark counts for nothing)
+    late, third, fourth = staged("attempt 1, again\n"), staged("attempt 3\n"), staged("attempt 4\n")
+    os.setxattr(second[final].file, WRITER, b"task-1 9 10 0")  # (the slice's own mark counts for nothing)
     _publish(first, ("task-1", 1))
-    assert os.getxattr(final, WRITER) == b"task-1 1"
+    assert os.getxattr(final, WRITER).startswith(b"task-1 1 10 ")
     with pytest.raises(OSError, match="written by someone else"):  # another task's
         _publish(stranger, ("task-2", 5))
     _publish(second, ("task-1", 2))
-    assert final.read_text() == "attempt 2\n" and os.getxattr(final, WRITER) == b"task-1 2"
+    assert final.read_text() == "attempt 2\n" and os.getxattr(final, WRITER).startswith(b"task-1 2 ")
     with pytest.raises(OSError, match="written by someone else"):  # an attempt older than the file's
         _publish(late, ("task-1", 1))
-    os.setxattr(final, WRITER, b"task-1 \xff")  # (a mark no attempt wrote: no earlier attempt's)
+    mark = os.getxattr(final, WRITER)
+    for forged in (b"task-1 \xff", b"task-1 -7 10 0", mark.replace(b"task-1 2", b"task-1 0")):
+        os.setxattr(final, WRITER, forged)  # (a mark no attempt wrote: no earlier attempt's)
+        with pytest.raises(OSError, match="written by someone else"):
+            _publish(third, ("task-1", 3))
+    os.setxattr(final, WRITER, mark)
+    with final.open("a") as appended:  # changed in place since it was published: the mark no longer holds
+        appended.write("a row added by hand\n")
     with pytest.raises(OSError, match="written by someone else"):
         _publish(third, ("task-1", 3))
-    assert final.read_text() == "attempt 2\n"
-    for stages in (first, second, stranger, third, late):
+    assert final.read_text() == "attempt 2\na row added by hand\n"
+    for stages in (first, second, stranger, third, late, fourth):
         _unstage(stages)
     assert sorted(p.name for p in final.parent.iterdir()) == ["a.csv"]
+
+
+def test_a_failed_publish_puts_back_what_an_earlier_attempt_published_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newer attempt had staged while the sink was empty: a later sink's failed rename
+    removed the earlier attempt's output, saying "put back" (a review's run)."""
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import unstage as _unstage
+
+    first, second, earlier = _two_sinks(tmp_path)
+    newer = _two_sinks(tmp_path)[2]
+    first.unlink()
+    for stage in (*earlier.values(), *newer.values()):
+        stage.found = None  # (both attempts staged while the sinks were empty)
+    _publish(earlier, ("task-1", 1))
+    second.unlink()  # (of the earlier attempt's outputs, a.csv is left)
+    real_replace = os.replace
+
+    def refuse_b(src: Any, dst: Any, **kwargs: Any) -> None:
+        if dst == second.name and kwargs.get("dst_dir_fd") == newer[second].folder:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse_b)
+    with pytest.raises(OSError, match="the outputs put in place before it were put back"):
+        _publish(newer, ("task-1", 2))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert first.read_text() == "new a\n" and not second.exists()  # the earlier attempt's, put back
+    for staged in (earlier, newer):
+        _unstage(staged)
+
+
+def test_an_attempt_and_its_fenced_older_one_publishing_at_once_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked, then renamed: an older attempt that had checked before the newer one renamed
+    put its own output over the newer one's (a review's run, the two interleaved by a hook)."""
+    import threading
+
+    from runink.core import staging
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import unstage as _unstage
+
+    first, _, older = _two_sinks(tmp_path)
+    newer = _two_sinks(tmp_path)[2]
+    for stages, text in ((older, "older\n"), (newer, "newer\n")):
+        for stage in stages.values():
+            stage.file.write_text(text)
+            stage.found = staging._identity(stage.folder, stage.final.name)
+    real_vetted = staging._vetted
+    during: list[threading.Thread] = []
+
+    def vetted(stage: Any, umask: int, writer: Any) -> bool:
+        if writer == ("task-1", 1) and not during:  # the older one, checked: the newer one now
+            during.append(threading.Thread(target=_publish, args=(newer, ("task-1", 2))))
+            during[0].start()
+            during[0].join(0.5)  # (waits on the folder's lock: it cannot finish meanwhile)
+        return real_vetted(stage, umask, writer)
+
+    monkeypatch.setattr(staging, "_vetted", vetted)
+    _publish(older, ("task-1", 1))
+    during[0].join(10)
+    assert first.read_text() == "newer\n"  # the newer attempt's, whatever the interleaving
+    for stages in (older, newer):
+        _unstage(stages)
