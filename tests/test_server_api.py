@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+import typer
 
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, NodeRecord, RunState, keys
@@ -481,16 +483,25 @@ def test_job_lists_come_a_page_at_a_time_in_submission_order_across_herds(
     assert [j["id"] for j in one_herd["jobs"]] == [j for j in submitted[1:] if herd_of[j] == "team"]
     # a state few jobs are in: a page reads a bounded number of records, says where to go on
     monkeypatch.setattr("runink.core.control.store.JOBS_READ_PER_PAGE", 2)
+    real_scan, read = cluster.store.barn.scan, [0]
+
+    def counted(prefix: str, **kwargs: Any) -> Any:
+        found = real_scan(prefix, **kwargs)
+        read[0] += len(found) if prefix.endswith("/jobs/") else 0
+        return found
+
+    monkeypatch.setattr(cluster.store.barn, "scan", counted)
     found, after, rounds = [], None, 0
     while rounds < 10:
         rounds += 1
-        params = {"state": "CANCELLED"} | ({"after": after} if after else {})
+        read[0] = 0
+        params = {"state": "CANCELLED", "limit": 1} | ({"after": after} if after else {})
         answer = cluster.client.get("/v1/jobs", params=params).json()
-        assert len(answer["jobs"]) <= 2
+        assert read[0] <= 4, read  # (2 herds' first scans of 2: the bound, then the page ends)
         found += [job["id"] for job in answer["jobs"]]
         if (after := answer["next"]) is None:
             break
-    assert (found, rounds) == ([submitted[2]], 4)
+    assert found == [submitted[2]] and rounds > 2
     for bad in ({"limit": 0}, {"limit": 5001}, {"after": "../x"}):
         assert cluster.client.get("/v1/jobs", params=bad).status_code == 422, bad
 
@@ -510,3 +521,22 @@ def test_jobs_list_reads_page_after_page_up_to_its_limit(cluster: Cluster, monke
     assert [job["id"] for job in listed] == submitted
     listed = jobs_cmd._all_pages(Api(), "team", None, 3, submitted[0])  # type: ignore[arg-type]
     assert [job["id"] for job in listed] == submitted[1:4]
+
+    class Earlier:  # a server of the version before paging: every job at once, no next
+        def call(self, method: str, path: str, **params: object) -> object:
+            return {"jobs": [{"id": job_id} for job_id in submitted]}
+
+    listed = jobs_cmd._all_pages(Earlier(), None, None, 2, submitted[0])  # type: ignore[arg-type]
+    assert [job["id"] for job in listed] == submitted[1:3]
+
+    class Stuck:  # a next that does not go on: not asked again and again
+        calls = 0
+
+        def call(self, method: str, path: str, **params: object) -> object:
+            self.calls += 1
+            return {"jobs": [], "next": params.get("after") or submitted[0]}
+
+    stuck = Stuck()
+    assert jobs_cmd._all_pages(stuck, None, None, None, None) == [] and stuck.calls == 2  # type: ignore[arg-type]
+    with pytest.raises(typer.BadParameter, match="job"):
+        jobs_cmd._all_pages(Api(), None, None, None, "../x")  # type: ignore[arg-type]

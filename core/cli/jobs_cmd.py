@@ -20,7 +20,7 @@ from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
 from runink.core.history import RUN_ID
-from runink.core.units import parse_duration, parse_memory
+from runink.core.units import check_name, parse_duration, parse_memory
 
 SERVER = typer.Option(
     None, "--server", help="API address(es) HOST:PORT,... (default: $RUNINK_SERVER, config, `runink up`)."
@@ -395,16 +395,26 @@ def jobs_list(
 def _all_pages(
     client: ClusterClient | LocalRuns, herd: str | None, state: str | None, limit: int | None, after: str | None
 ) -> list[dict[str, Any]]:
-    """The jobs GET /v1/jobs answers page after page, at most ``limit`` of them."""
+    """The jobs GET /v1/jobs answers page after page, at most ``limit`` of them, past the job
+    id ``after``. (A server of an earlier version answers every job at once, with no ``next``:
+    cut here to what was asked.)"""
+    if after is not None:
+        try:
+            check_name(after, "job")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--after") from None
     jobs: list[dict[str, Any]] = []
+    position = after
     while limit is None or len(jobs) < limit:
         wanted = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(jobs))
-        answer = client.call("GET", "/v1/jobs", herd=herd, state=state, limit=wanted, after=after)
-        jobs += answer["jobs"]
-        after = answer.get("next")
-        if not after:
-            break
-    return jobs
+        answer = client.call("GET", "/v1/jobs", herd=herd, state=state, limit=wanted, after=position)
+        page = answer.get("jobs", []) if isinstance(answer, dict) else answer
+        jobs += [job for job in page if after is None or str(job.get("id", "")) > after]
+        following = answer.get("next") if isinstance(answer, dict) else None
+        if not isinstance(following, str) or (position is not None and following <= position):
+            break  # (the last page, or a server whose next does not go on)
+        position = following
+    return jobs if limit is None else jobs[:limit]
 
 
 @jobs_app.command("prune")

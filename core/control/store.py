@@ -48,6 +48,10 @@ JOBS_READ_PER_PAGE = 20_000  # job records one page of a job list may read (a st
 MAX_COMMIT_BYTES = 8 << 20
 
 
+class _PageFull(Exception):
+    """A page of a job list read what it may (ClusterStore.jobs_page)."""
+
+
 class Conflict(RuninkError):
     """What was read changed before the write: read again and retry."""
 
@@ -287,29 +291,42 @@ class ClusterStore:
     def jobs_page(
         self, herds: Sequence[str], *, after: str | None, limit: int, state: RunState | None = None
     ) -> tuple[list[JobRecord], str | None]:
-        """At most ``limit`` jobs of ``herds`` in ``state`` (None: any), in id order (the order
-        of submission, every herd's merged), past the job id ``after``; and the id to pass as
-        ``after`` for the next page (None: no more). At most JOBS_READ_PER_PAGE records are read
-        for one page: where few jobs are in ``state`` the page is short, its next id given."""
-        size = min(limit + 1, SCAN_PAGE)
+        """At most ``limit`` jobs of ``herds`` in ``state`` (None: any), in id order (each
+        herd's merged), past the job id ``after``; and the id to pass as ``after`` for the
+        next page (None: no more). A page reads about JOBS_READ_PER_PAGE records from the Barn
+        at most (and one scan of a few per herd, at least one job past ``after`` whatever it
+        costs): where few jobs are in ``state`` the page is short, its next id given."""
+        # each herd's first scan is small (a page merges them all), the next ones grow
+        size = max(2, min(limit + 1, SCAN_PAGE, -(-(limit + 1) // max(1, len(herds))) + 1))
+        fetched, consumed = [0], [False]
 
         def of(herd: str) -> Iterator[tuple[str, KeyValue]]:
             prefix = keys.jobs(herd)
-            for page in self.pages(prefix, size, None if after is None else prefix + after):
+            position, asked = (None if after is None else prefix + after), size
+            while True:
+                if fetched[0] >= JOBS_READ_PER_PAGE and consumed[0]:
+                    raise _PageFull  # (this herd's next jobs are not read: the page ends here)
+                page = self.barn.scan(prefix, limit=asked, after=position)
+                fetched[0] += len(page)
                 for kv in page:
                     yield kv.key[len(prefix) :], kv
+                if len(page) < asked:
+                    return
+                position, asked = page[-1].key, min(asked * 4, SCAN_PAGE)
 
         found: list[JobRecord] = []
-        read, last = 0, after
-        for job_id, kv in heapq.merge(*(of(herd) for herd in herds), key=lambda pair: pair[0]):
-            if len(found) == limit:
-                return found, found[-1].id
-            if read == JOBS_READ_PER_PAGE:
-                return found, last
-            read, last = read + 1, job_id
-            job = _parse(JobRecord, kv.value, kv.key)
-            if state is None or job.state is state:
-                found.append(job)
+        last = after
+        merged = heapq.merge(*(of(herd) for herd in herds), key=lambda pair: pair[0])
+        try:
+            for job_id, kv in merged:
+                if len(found) == limit:
+                    return found, found[-1].id
+                last, consumed[0] = job_id, True
+                job = _parse(JobRecord, kv.value, kv.key)
+                if state is None or job.state is state:
+                    found.append(job)
+        except _PageFull:
+            return found, last
         return found, None
 
     def task(self, herd: str, task_id: str, *, recent: bool = False) -> Versioned[TaskRecord]:
