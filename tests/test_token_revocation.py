@@ -320,3 +320,19 @@ def test_a_read_begun_before_a_change_made_here_does_not_hide_it(monkeypatch: py
     monkeypatch.setattr(barn, "scan", scan_across_a_revoke)
     assert revocations.why_revoked("sa:ci", "abc", time.time()) == "revoked"
     assert revocations.why_revoked("sa:ci", "abc", time.time()) == "revoked"
+
+
+def test_revoking_a_node_spends_the_join_tokens_minted_for_it(cluster: Cluster, tmp_path: Path) -> None:
+    """A join token minted before `runink nodes revoke NODE` gave the node a new certificate
+    after it (a review's run): the node's revocation deletes its tokens not spent yet."""
+    from runink.core.control.store import ClusterStore
+    from runink.core.server import join, pki
+
+    ca = pki.create_ca(tmp_path / "ca")
+    store = ClusterStore(cluster.barn)
+    join.mint(store, "n1", 600, ca.cert)
+    join.mint(store, "n1", 600, ca.cert)
+    join.mint(store, "n2", 600, ca.cert)
+    admin = cluster.token("cluster-admin", CLUSTER, "root")
+    assert cluster.revoke({"subject": "node:n1"}, admin).status_code == 200
+    assert [json.loads(kv.value)["node"] for kv in store.barn.scan(join.JOIN)] == ["n2"]

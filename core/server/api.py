@@ -88,6 +88,7 @@ from runink.core.server.auth import (
     INSECURE_VALUE,
     MAX_TOKEN,
     MAX_TTL,
+    NODE_SUBJECT,
     ApiAuth,
     ClusterTokens,
     Forbidden,
@@ -933,6 +934,8 @@ def create_app(
                 else:
                     assert body.subject is not None
                     record = revocations.revoke_subject(body.subject, identity.subject)
+                    if body.subject.startswith(NODE_SUBJECT):  # and the join tokens it was not given yet
+                        join.forget_node(store, body.subject.removeprefix(NODE_SUBJECT))
         for entry in audits:  # (the revocation's leases are not transactions: recorded once it held)
             auth.write_audit(entry)
         return {"revoked": record}

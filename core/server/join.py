@@ -66,6 +66,22 @@ def mint(store: ClusterStore, node: str, ttl: float, ca_cert: Path, now: float |
     return str(JoinToken(secret, pki.fingerprint(pki.read_pem(ca_cert)))), expires
 
 
+def forget_node(store: ClusterStore, node: str) -> int:
+    """Delete the join tokens not spent yet that were minted for ``node`` (its revocation: a
+    token minted before it would give the node a new certificate after it); how many."""
+    gone = 0
+    for page in store.pages(JOIN):
+        for kv in page:
+            try:
+                minted_for = json.loads(kv.value).get("node")
+            except (ValueError, AttributeError):
+                continue
+            if minted_for == node:
+                held, _ = store.barn.transaction([(kv.key, kv.mod_revision)], [TxnOp(kv.key, None)])
+                gone += held
+    return gone
+
+
 def redeem(store: ClusterStore, token: JoinToken, sign: Callable[[str], bytes], now: float | None = None) -> bytes:
     """Spend ``token`` and return ``sign(node)`` for the node it was minted for. The token is
     deleted in a transaction that compares what was read, after ``sign`` succeeded (a request
