@@ -27,3 +27,12 @@ def test_a_capacity_out_of_bounds_is_refused_naming_its_option(
     assert out.returncode != 0, out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {says}"), out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("servers", ["10.9.8.7:7070", "127.0.0.1:7070,agents.example:7070", "nonsense"])
+def test_an_agent_without_tls_speaks_to_loopback_servers_only(run_cli: CliRunner, tmp_path: Path, servers: str) -> None:
+    """Its token went in clear to any server address given (a review's run, a listener reading
+    the `authorization` header), where a server refuses to serve off loopback in plaintext."""
+    out = run_cli("agent", "--servers", servers, "--node-id", "n1", "--work-dir", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert "not a loopback address" in out.stderr and "--plaintext" in out.stderr and "Traceback" not in out.stderr

@@ -204,6 +204,11 @@ def agent_command(
     health: str | None = typer.Option(
         None, "--health", help="HOST:PORT to answer /healthz and /readyz on (plain HTTP: keep it on loopback)."
     ),
+    plaintext: bool = typer.Option(
+        False,
+        "--plaintext",
+        help="Speak to servers off this machine without TLS (development only: its token and tasks go in clear).",
+    ),
 ) -> None:
     """Run the agent of this node: register, heartbeat, run the slices assigned here. Started
     again over the same --work-dir and --node-id, it re-attaches to the slices it left running
@@ -224,6 +229,7 @@ def agent_command(
     from runink.core.metrics import register_gauges
     from runink.core.pipeline.compile import compile_pipeline
     from runink.core.pipeline.dsl import parse
+    from runink.core.server.serve_api import is_loopback
     from runink.core.server.tls import TlsFiles
     from runink.core.units import check_name
 
@@ -232,6 +238,17 @@ def agent_command(
         probe_at = host_port(health)
         if probe_at is None:
             raise typer.BadParameter(f"{health!r}: expected HOST:PORT", param_hint="--health")
+    addresses = [a.strip() for a in servers.split(",") if a.strip()]
+    tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
+    if tls is None and not plaintext:  # (as a server refuses to serve off loopback in plaintext)
+        for address in addresses:
+            found = host_port(address)
+            if found is None or not is_loopback(found[0]):
+                raise typer.BadParameter(
+                    f"{address!r}: not a loopback address; without --tls-cert, --tls-key and --tls-ca the agent's "
+                    "token and its tasks would go in clear: give them (or --plaintext, development only)",
+                    param_hint="--servers",
+                )
     state: CliState = ctx.obj
     config = state.config()
     manager = state.plugins()
@@ -283,8 +300,7 @@ def agent_command(
     metered = disk_limited(MeteredExecutor(executor, manager, name), config.limits.disk_bytes)
     executor = ScenarioAttempts(metered, config, manager, pipelines)
     token = _read_token_file(token_file) if token_file else None
-    tls = TlsFiles.given(tls_cert, tls_key, tls_ca)  # (mutual TLS: its certificate names the node)
-    control = FailoverControl([a.strip() for a in servers.split(",") if a.strip()], token=token, tls=tls)
+    control = FailoverControl(addresses, token=token, tls=tls)
     agent = Agent(
         control,
         executor,
