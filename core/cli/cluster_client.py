@@ -80,6 +80,18 @@ def one_token(text: str, where: str) -> str:
     return text
 
 
+def read_token_file(path: Path, option: str = "--token-file") -> str:
+    """The one-line token in ``path`` (at most 16 KiB, no symlink followed, a FIFO not waited
+    on); RuninkError naming ``option`` and the file otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd) as source:
+            text = source.read(MAX_TOKEN + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuninkError(f"{option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return one_token(text, f"{option} {path}")
+
+
 def token_file() -> Path:
     """Where ``runink login`` keeps the CLI's token (readable by its owner only)."""
     return context_file().with_name("token")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from runink.core.cli.cluster_client import context_file, read_context
+from runink.core.cli.cluster_client import context_file, read_context, read_token_file
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
@@ -299,7 +299,7 @@ def agent_command(
     register_gauges(lineage.dropped_samples)  # (for the agent's life)
     metered = disk_limited(MeteredExecutor(executor, manager, name), config.limits.disk_bytes)
     executor = ScenarioAttempts(metered, config, manager, pipelines)
-    token = _read_token_file(token_file) if token_file else None
+    token = read_token_file(token_file) if token_file else None
     control = FailoverControl(addresses, token=token, tls=tls)
     agent = Agent(
         control,
@@ -357,19 +357,6 @@ def _recovering(executor: Executor, config: RuninkConfig, manager: PluginManager
 
 #: the executor option that lets running slices outlive the agent (the linux driver's)
 OUTLIVE = "slices_outlive_executor"
-
-
-def _read_token_file(path: Path) -> str:
-    """The one-line token in ``path`` (at most 16 KiB, no symlink followed)."""
-    from runink.core.cli.cluster_client import MAX_TOKEN, one_token
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as source:
-            text = source.read(MAX_TOKEN + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuninkError(f"--token-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return one_token(text, f"--token-file {path}")
 
 
 def _memory_total() -> int:

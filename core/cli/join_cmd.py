@@ -26,13 +26,19 @@ def node_join_token(
     json_output: bool = JSON,
 ) -> None:
     """Mint a one-time token a new machine joins the cluster with (`runink node join TOKEN`)."""
-    hint = f"node {node}: on the new machine, `runink node join TOKEN --server URL --dir DIR`"
+    hint = f"node {node}: on the new machine, `runink node join --token-file FILE --server URL --dir DIR`"
     mint_token(ctx, server, f"/v1/nodes/{node}/join-token", {"ttl": _duration(ttl)}, json_output, lambda _: hint)
 
 
 @node_app.command("join")
 def node_join(
-    token: str = typer.Argument(..., metavar="TOKEN", help="A join token (`runink nodes join-token NODE`)."),
+    token: str | None = typer.Argument(
+        None,
+        metavar="[TOKEN]",
+        help="A join token (`runink nodes join-token NODE`); - reads it from stdin. Other users of this "
+        "machine can read a command's arguments: prefer --token-file or stdin.",
+    ),
+    token_file: Path | None = typer.Option(None, "--token-file", help="Read the join token from this file."),
     server: str = typer.Option(..., "--server", help="A server's API, https://HOST:PORT."),
     directory: Path = typer.Option(..., "--dir", help="Where to write this node's key, certificate and the CA."),
 ) -> None:
@@ -42,9 +48,17 @@ def node_join(
 
     import httpx
 
+    from runink.core.cli.cluster_client import MAX_TOKEN, one_token, read_token_file
     from runink.core.server import pki
     from runink.core.server.join import JoinToken, pinned_ca
 
+    if (token is None) == (token_file is None):
+        raise typer.BadParameter("give the token one way: --token-file FILE, TOKEN, or - (stdin)", param_hint="TOKEN")
+    if token_file is not None:
+        token = read_token_file(token_file)
+    elif token == "-":
+        token = one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
+    assert token is not None
     try:
         parsed = JoinToken.parse(token)
     except ValueError as exc:
