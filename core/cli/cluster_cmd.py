@@ -168,7 +168,11 @@ def _init_server_certificate(directory: Path, name: str, sans: list[str]) -> Non
     from runink.core.server import pki
     from runink.core.server.tls import SERVER_PREFIX
 
+    private_folder(directory, "--init")  # (another user's: they could plant the CA it signs with)
     try:
+        for kept in (directory / pki.CA_CERT, directory / pki.CA_KEY):
+            if kept.is_symlink() or (kept.exists() and kept.stat().st_uid != os.geteuid()):
+                raise pki.PkiError(f"{kept}: not a file of this user's: a CA found here is not used")
         if not (directory / pki.CA_CERT).exists():
             pki.create_ca(directory)
             print(f"cluster CA made: {directory / pki.CA_CERT} (its key {directory / pki.CA_KEY}: keep it private)")

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import ssl
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -172,6 +173,18 @@ def sign_request(
     authority, authority_key = _load_cert(Path(ca_cert)), _load_key(Path(ca_key))
     certificate = _signed(authority, authority_key, public_key, common_name, usage=usage, days=days)
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def check_ca_key(ca_cert: str | Path, ca_key: str | Path) -> None:
+    """PkiError unless ``ca_key`` is a private file of this user's holding the key of the CA
+    certificate ``ca_cert`` (a server given another finds out at its first join, not at start)."""
+    authority, key = _load_cert(Path(ca_cert)), _load_key(Path(ca_key))
+    public = authority.public_key()
+    same = (
+        isinstance(public, ec.EllipticCurvePublicKey) and public.public_numbers() == key.public_key().public_numbers()
+    )
+    if not same:
+        raise PkiError(f"{ca_key}: not the key of the CA {ca_cert}")
 
 
 def _signed(
@@ -349,6 +362,7 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     # ssl loads a chain only from paths: the descriptors opened without following a link,
     # through /proc (Linux), so the file checked is the file loaded
     with _opened(cert) as cert_fd, _opened(key) as key_fd:
+        _private(key, key_fd)
         try:
             if os.path.isdir("/proc/self/fd"):
                 context.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
@@ -367,9 +381,24 @@ def _load_cert(path: Path) -> x509.Certificate:
         raise PkiError(f"{path}: not a PEM certificate") from None
 
 
+def _private(path: Path, descriptor: int) -> None:
+    """PkiError unless the key file open at ``descriptor`` is a regular file of this user's
+    that nobody else may read (a CA's key readable by others let them mint certificates)."""
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        raise PkiError(f"{path}: not a regular file")
+    if info.st_uid != os.geteuid():
+        raise PkiError(f"{path}: a private key owned by uid {info.st_uid}, not this user ({os.geteuid()}): refused")
+    if info.st_mode & 0o077:
+        raise PkiError(f"{path}: a private key others may read (mode {info.st_mode & 0o777:04o}): chmod 600 it")
+
+
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    with _opened(path) as descriptor, os.fdopen(os.dup(descriptor), "rb") as source:
+        _private(path, descriptor)
+        data = source.read()
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as error:
         if isinstance(error, PkiError):
             raise

@@ -44,6 +44,7 @@ from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
 from runink.core.plugins import PluginManager
+from runink.core.server import pki
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
 from runink.core.server.audit_retention import AuditRetention
@@ -240,6 +241,11 @@ class Server:
     def __init__(self, options: ServerOptions, config: RuninkConfig, manager: PluginManager) -> None:
         if options.ca_key is not None and options.tls is None:
             raise RuninkError("--tls-ca-key goes with --tls-cert, --tls-key and --tls-ca (it signs with that CA)")
+        if options.ca_key is not None and options.tls is not None:
+            try:
+                pki.check_ca_key(options.tls.ca, options.ca_key)
+            except pki.PkiError as exc:
+                raise RuninkError(f"--tls-ca-key: {exc}") from None
         if options.tls is None and not (options.plaintext or options.insecure_dev):
             raise RuninkError(
                 "no TLS: give --tls-cert, --tls-key and --tls-ca (`runink server --init DIR` makes them; "
