@@ -25,3 +25,8 @@ def export_metrics(manager: PluginManager, samples: Sequence[MetricSample]) -> l
 def export_log(manager: PluginManager, entry: LogEntry) -> list[str]:
     """Send ``entry`` to every log exporter; returns the names of exporters that failed."""
     return manager.hooks.export_log(entry)
+
+
+def herd_deleted(manager: PluginManager, herd: str) -> list[str]:
+    """Tell every plugin that ``herd`` was deleted; returns the names of those that failed."""
+    return manager.hooks.herd_deleted(herd)

@@ -260,6 +260,10 @@ class Hooks:
         """Returns the plugins that raised (the server starts without their routes)."""
         return self._fan_out("runink_api_routes", lambda: self._hook.runink_api_routes(router=router, guard=guard))
 
+    def herd_deleted(self, herd: str) -> list[str]:
+        """Returns the plugins that raised."""
+        return self._fan_out("runink_herd_deleted", lambda: self._hook.runink_herd_deleted(herd=herd))
+
     # --- lineage, metrics and logs: return the names of the sinks that failed -------------
 
     def lineage_event(self, event: LineageEvent) -> list[str]:

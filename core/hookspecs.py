@@ -188,6 +188,18 @@ def runink_api_routes(router: APIRouter, guard: RouteGuard) -> None:
     """
 
 
+@hookspec
+def runink_herd_deleted(herd: str) -> None:
+    """Forget what a plugin keeps of ``herd``: it was deleted (its jobs, secrets, bindings and
+    tokens went with it), and a herd made later under its name must not read it.
+
+    Called by a server's ``DELETE /v1/herds/NAME`` once the herd is gone from the Barn. Built
+    in: the ``catalog`` plugin removes the herd's rows (its datasets, runs, lineage, drift and
+    annotations). Fan-out; one plugin raising is logged and does not stop the others (nor undo
+    the deletion).
+    """
+
+
 # --- lineage, metrics and logs ----------------------------------------------------------
 
 

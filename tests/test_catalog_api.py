@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from runink.core import hookimpl
 from runink.core.config import RuninkConfig
+from runink.core.events import herd_deleted
 from runink.core.model import Grant, Identity, LineageEvent
 from runink.core.security import RouteGuard
 from runink.core.server.api import create_app
@@ -192,4 +193,25 @@ def test_the_catalog_and_the_lineage_file_are_their_owners_only(tmp_path: Path) 
     jsonl.deliver(_event("team", "out"))
     assert jsonl.path is not None and jsonl.path.stat().st_mode & 0o777 == 0o600
     assert jsonl.path.parent.stat().st_mode & 0o777 == 0o700
+    sink.close()
+
+
+def test_hook_runink_herd_deleted(tmp_path: Path) -> None:
+    """A herd deleted and made again under its name read the old one's catalog: its datasets,
+    runs and annotations, and could annotate them (a review's run)."""
+    sink = _two_herds_catalog(tmp_path)
+    with secured_app(tmp_path, ("catalog", sink)) as secured:
+        client = TestClient(secured.app)
+        admin = _headers(secured.tokens, Grant("cluster-admin", "*"))
+        client.post(f"/v1/jobs/{secured.job}/cancel", headers=admin).raise_for_status()
+        assert client.delete("/v1/herds/team", headers=admin).status_code == 204
+        assert client.post("/v1/herds", json={"name": "team"}, headers=admin).status_code == 201
+        listed = client.get("/v1/catalog/datasets", headers=admin).json()["datasets"]
+        assert sorted(d["uri"] for d in listed) == ["csv:///other/in.csv", "csv:///other/out.csv"]
+    with plugin_manager(("catalog", sink), entrypoints=False) as manager:
+        assert herd_deleted(manager, "other") == []  # (called directly too: the rest goes)
+    (tmp_path / "again").mkdir()
+    with secured_app(tmp_path / "again", ("catalog", sink)) as secured:
+        admin = _headers(secured.tokens, Grant("cluster-admin", "*"))
+        assert TestClient(secured.app).get("/v1/catalog/datasets", headers=admin).json()["datasets"] == []
     sink.close()

@@ -67,6 +67,7 @@ from runink.core.control.roles import bind_role
 from runink.core.control.store import ClusterStore, Conflict, NotFound, Refused, TooLarge, assigned_to
 from runink.core.control.views import dump_record, job_answer
 from runink.core.errors import AuthenticationError, BarnError, RuninkError
+from runink.core.events import herd_deleted
 from runink.core.interfaces.barn import KeyValue
 from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import (
@@ -760,6 +761,9 @@ def create_app(
             store.delete_herd(name, revoke_its_tokens)
         finally:
             auth.forget_bindings(name)
+        plugins = manager or auth.manager
+        for plugin in [] if plugins is None else herd_deleted(plugins, name):  # (the catalog's rows)
+            log.warning("herd %s deleted, but plugin %s could not forget it (see its error above)", name, plugin)
 
     # --- role bindings and tokens ----------------------------------------------------------
 

@@ -81,6 +81,14 @@ class CatalogSink(QueuedLineageSink):
             self._engine.dispose()
 
     @hookimpl
+    def runink_herd_deleted(self, herd: str) -> None:
+        if not self.enabled:
+            return
+        from runink.plugins.lineage.catalog.store import forget_herd
+
+        forget_herd(self.engine(), herd)
+
+    @hookimpl
     def runink_api_routes(self, router: Any, guard: Any) -> None:
         from runink.plugins.lineage.catalog.api import add_routes
 

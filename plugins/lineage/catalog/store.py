@@ -52,3 +52,23 @@ def current_revision(engine: Engine) -> str | None:
         if not inspect(connection).has_table("alembic_version"):
             return None
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def forget_herd(engine: Engine, herd: str) -> None:
+    """Remove every row of ``herd`` (deleted: a herd made later under its name starts with none),
+    in one transaction, those that others point to last."""
+    from sqlmodel import delete
+
+    from runink.plugins.lineage.catalog.models import (
+        Annotation,
+        ContractVersion,
+        Dataset,
+        LineageEdge,
+        PipelineRun,
+        SchemaDrift,
+        StepRun,
+    )
+
+    with engine.begin() as connection:
+        for table in (Annotation, SchemaDrift, LineageEdge, StepRun, ContractVersion, PipelineRun, Dataset):
+            connection.execute(delete(table).where(table.herd == herd))  # type: ignore[arg-type]
