@@ -94,9 +94,33 @@ def test_a_revoked_node_is_kept_out_by_its_certificate_too(
         assert time.monotonic() < deadline, "the revoked node's certificate still lets it in"
         time.sleep(0.2)
     assert "certificate: every token and certificate of node:agent-0 issued up to" in answer and "join again" in answer
-    time.sleep(1.05)  # (revocations are to the second)
-    fresh = pki.issue(certs, tmp_path / "new", "node.agent-0", sans=[], usage="client")
-    assert register(grpc, TlsFiles(fresh.cert, fresh.key, certs / "ca.pem")) == "ok"
+    # joined again (the way given): its new certificate starts after the revocation, whatever
+    # the signing server's clock says, and counts
+    minted = run_cli("nodes", "join-token", "agent-0", "--ttl", "10m", env=env)
+    assert minted.returncode == 0, minted.stderr
+    (tmp_path / "join.token").write_text(minted.stdout)
+    api = str(started["api"][0])  # type: ignore[index]
+    joined = run_cli(
+        "node",
+        "join",
+        "--token-file",
+        str(tmp_path / "join.token"),
+        "--server",
+        api,
+        "--dir",
+        str(tmp_path / "new"),
+        env=env,
+    )
+    assert joined.returncode == 0, joined.stderr
+    fresh = TlsFiles(tmp_path / "new" / "node.pem", tmp_path / "new" / "node-key.pem", certs / "ca.pem")
+    deadline = time.monotonic() + 10  # (valid from the second after the revocation's)
+    while (answer := register(grpc, fresh)) != "ok":
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.2)
+    # a certificate signed before the revocation by a server whose clock ran ahead (by less
+    # than the 5 minutes certificates start early) is under it all the same
+    ahead = pki.issue(certs, tmp_path / "ahead", "node.agent-0", sans=[], usage="client")
+    assert register(grpc, TlsFiles(ahead.cert, ahead.key, certs / "ca.pem")) != "ok"
 
 
 def test_server_init_makes_the_ca_once_and_a_certificate_per_server(run_cli: CliRunner, tmp_path: Path) -> None:

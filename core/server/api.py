@@ -99,6 +99,7 @@ from runink.core.server.auth import (
 from runink.core.server.feed import JobWaits
 from runink.core.server.join import MAX_JOIN_TTL
 from runink.core.server.revocations import MAX_SUBJECT as MAX_REVOKED_SUBJECT
+from runink.core.server.revocations import RevocationsUnknown
 from runink.core.server.roles_api import add_role_routes
 from runink.core.server.tls import TlsFiles
 from runink.core.units import MAX_MEMORY, MAX_PIDS, NAME
@@ -1268,7 +1269,13 @@ def create_app(
 
         def sign(node: str) -> bytes:
             signed.append(node)
-            return join.sign_node(ca, key, node, body.csr.encode("utf-8", "replace"))
+            revoked_up_to = None
+            if tokens is not None and tokens.revocations is not None:
+                try:
+                    revoked_up_to = tokens.revocations.revoked_up_to(NODE_SUBJECT + node)
+                except RevocationsUnknown as exc:
+                    raise Busy(f"join: {exc}; try again") from None
+            return join.sign_node(ca, key, node, body.csr.encode("utf-8", "replace"), revoked_up_to)
 
         certificate = join.redeem(store, token, sign)
         node = signed[0]

@@ -103,10 +103,13 @@ def redeem(store: ClusterStore, token: JoinToken, sign: Callable[[str], bytes], 
     return certificate
 
 
-def sign_node(ca_cert: Path, ca_key: Path, node: str, request_pem: bytes) -> bytes:
-    """The node certificate (``node.NAME``, client usage) for the key of ``request_pem``."""
+def sign_node(ca_cert: Path, ca_key: Path, node: str, request_pem: bytes, revoked_up_to: float | None = None) -> bytes:
+    """The node certificate (``node.NAME``, client usage) for the key of ``request_pem``;
+    ``revoked_up_to``: the node's revocation, if any (the certificate starts after it, however
+    this server's clock compares with the one that revoked it: tls.certificate_issued)."""
+    not_before = None if revoked_up_to is None else revoked_up_to + 1
     try:
-        return pki.sign_request(ca_cert, ca_key, request_pem, NODE_PREFIX + node, usage="client")
+        return pki.sign_request(ca_cert, ca_key, request_pem, NODE_PREFIX + node, usage="client", not_before=not_before)
     except pki.PkiError as exc:
         raise Refused(f"join: {exc}") from None
 

@@ -152,11 +152,19 @@ def new_request(common_name: str, key_path: str | Path) -> bytes:
 
 
 def sign_request(
-    ca_cert: str | Path, ca_key: str | Path, request_pem: bytes, common_name: str, *, usage: Usage, days: int = 365
+    ca_cert: str | Path,
+    ca_key: str | Path,
+    request_pem: bytes,
+    common_name: str,
+    *,
+    usage: Usage,
+    days: int = 365,
+    not_before: float | None = None,
 ) -> bytes:
     """A certificate (PEM) for the key of ``request_pem`` (a CSR), signed by the CA, named
     ``common_name`` whatever the request says (the signer decides who it is), for ``usage``,
-    with no SAN. PkiError for a request that is not one, or whose signature does not hold."""
+    with no SAN, valid from no earlier than ``not_before``. PkiError for a request that is not
+    one, or whose signature does not hold."""
     if usage not in USAGES:
         raise PkiError(f"usage must be one of {', '.join(USAGES)}, got {usage!r}")
     if not _SAFE_NAME.fullmatch(common_name):
@@ -171,7 +179,9 @@ def sign_request(
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
         raise PkiError("the signing request's key is not EC P-256")
     authority, authority_key = _load_cert(Path(ca_cert)), _load_key(Path(ca_key))
-    certificate = _signed(authority, authority_key, public_key, common_name, usage=usage, days=days)
+    certificate = _signed(
+        authority, authority_key, public_key, common_name, usage=usage, days=days, not_before=not_before
+    )
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -196,17 +206,22 @@ def _signed(
     usage: Usage,
     days: int,
     names: Sequence[x509.GeneralName] = (),
+    not_before: float | None = None,
 ) -> x509.Certificate:
     """A leaf certificate (no CA) for ``public_key``, signed by the CA: valid from a little
-    before now (peers' clocks differ) for ``days`` days, never past the CA's own expiry."""
+    before now (peers' clocks differ; no earlier than ``not_before``, seconds since the epoch)
+    for ``days`` days, never past the CA's own expiry."""
     now = _now()
+    start = now - CLOCK_SKEW
+    if not_before is not None:
+        start = max(start, dt.datetime.fromtimestamp(not_before, dt.UTC))
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(authority.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(start)
         .not_valid_after(min(now + dt.timedelta(days=days), authority.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)

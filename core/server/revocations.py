@@ -73,6 +73,13 @@ class Revocations:
             return f"every token of {subject} issued up to {at} was revoked"
         return None
 
+    def revoked_up_to(self, subject: str) -> float | None:
+        """Until when ``subject``'s tokens (a node's certificates) are revoked, or None.
+        RevocationsUnknown when the list is too old to tell."""
+        self._refresh()
+        with self._lock:
+            return self._subjects.get(subject)
+
     def fresh(self) -> bool:
         """Whether a check now needs no read of the list (it was read under FRESH_FOR ago)."""
         return time.monotonic() - self._read_at < FRESH_FOR

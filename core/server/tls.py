@@ -78,15 +78,18 @@ class TlsFiles:
 
 
 def certificate_issued(auth_context: dict[str, Any]) -> float | None:
-    """When a gRPC peer's verified certificate was issued (seconds since the epoch: its
-    not-before, which pki.py sets CLOCK_SKEW before the issue), or None when it presented none."""
+    """When a gRPC peer's verified certificate counts as issued, for its node's revocation
+    (seconds since the epoch), or None when it presented none: its not-before, which pki.py
+    sets CLOCK_SKEW before the signing. So a certificate a server whose clock runs ahead (by
+    less than that) signed before a revocation made through another server still falls under
+    it; one signed after a node's revocation starts after it (join.sign_node)."""
     pems = auth_context.get("x509_pem_cert") or []
     if len(pems) != 1:
         return None
     from cryptography import x509
 
     pem = pems[0] if isinstance(pems[0], bytes) else str(pems[0]).encode()
-    return (x509.load_pem_x509_certificate(pem).not_valid_before_utc + pki.CLOCK_SKEW).timestamp()
+    return x509.load_pem_x509_certificate(pem).not_valid_before_utc.timestamp()
 
 
 def node_of_peer(auth_context: dict[str, Any]) -> str | None:
