@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -139,6 +141,7 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """asyncio gives a TLS handshake 60 s: a connection that sent nothing held a slot a minute."""
+    from runink.core.server import pki
     from runink.core.server.pki import create_ca, issue
     from runink.core.server.tls import TlsFiles
 
@@ -153,5 +156,20 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(
             with contextlib.suppress(ConnectionResetError):
                 assert silent.recv(100) == b""  # closed by the server
             assert time.monotonic() - began < 5
+        # served over TLS 1.2 at least (uvicorn's own context set no floor), its CA's certificate
+        with httpx.Client(verify=pki.client_context(None, None, ca.cert)) as client:
+            assert client.get(f"https://127.0.0.1:{server.config.port}/nothing").status_code == 404
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+        with contextlib.suppress(ValueError):  # (a local OpenSSL may allow no version that old)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+            old.set_ciphers("ALL:@SECLEVEL=0")
+        with (
+            pytest.raises(ssl.SSLError),
+            socket.create_connection(("127.0.0.1", server.config.port)) as raw,
+            old.wrap_socket(raw),
+        ):
+            pass
     finally:
         stop_api(server, thread)

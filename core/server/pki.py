@@ -334,6 +334,15 @@ def server_context(
     return context
 
 
+def https_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """An HTTPS server's context (the REST API's): this certificate and key, TLS 1.2 at least,
+    no client certificate asked (clients send tokens); loaded without following a link."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, Path(cert), Path(key))
+    return context
+
+
 def client_context(
     cert: str | Path | None, key: str | Path | None, ca: str | Path, *, check_hostname: bool = True
 ) -> ssl.SSLContext:

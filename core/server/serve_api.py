@@ -10,6 +10,7 @@ import asyncio
 import collections
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from runink.core.fd_limits import max_connections, raise_fd_limit
+from runink.core.server import pki
 from runink.core.server.tls import TlsFiles
 
 START_TIMEOUT = 10.0  # seconds for uvicorn to start accepting connections
@@ -144,10 +146,19 @@ def _connections_by_address(state: ServerState) -> collections.Counter[str]:
 
 
 class GuardedServer(uvicorn.Server):
-    """uvicorn's server whose TLS handshakes end within HANDSHAKE_TIMEOUT (asyncio's 60 s held
-    a connection slot a minute for each client that only opened a connection)."""
+    """uvicorn's server with our TLS (``tls``: the context, TLS 1.2 at least, its files read
+    without following a link, where uvicorn would open them again by path) whose handshakes end
+    within HANDSHAKE_TIMEOUT (asyncio's 60 s held a connection slot a minute for each client that
+    only opened a connection)."""
+
+    def __init__(self, config: uvicorn.Config, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(config)
+        self.tls = tls
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
+        self.config.load()
+        if self.tls is not None:
+            self.config.ssl = self.tls
         make_loop = self.config.get_loop_factory() or asyncio.new_event_loop
 
         def guarded_loop() -> asyncio.AbstractEventLoop:
@@ -213,13 +224,11 @@ def serve_api(
         log_level=log_level,
         access_log=False,
         lifespan="off",
-        ssl_certfile=None if tls is None else str(tls.cert),
-        ssl_keyfile=None if tls is None else str(tls.key),
         http=GuardedHttp,
         # past this many connections a request is a 503 (each holds a descriptor)
         limit_concurrency=max_connections(),
     )
-    server = GuardedServer(config)
+    server = GuardedServer(config, None if tls is None else pki.https_context(tls.cert, tls.key))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"api-{bound_port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT
