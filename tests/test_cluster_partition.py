@@ -58,7 +58,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[netns.NetLab, httpx.Client, dict[str, 
             for name in ("a1", "a2"):
                 processes[name] = _start(
                     [*net.run_in(name), *runink, "agent", "--servers", f"{server_address}:{GRPC}", "--node-id", name,
-                     "--work-dir", str(tmp_path / name), "--interval", "0.1", "--plaintext", *node_auth(tmp_path, name)],
+                     "--work-dir", str(tmp_path / name), "--interval", "0.1", "--plaintext",
+                     *node_auth(tmp_path, name)],
                     tmp_path / f"{name}.log",
                 )  # fmt: skip
                 _ready(processes[name], tmp_path / f"{name}.log")
