@@ -55,6 +55,21 @@ def _post(apis: list[str], body: dict[str, object]) -> str:
         time.sleep(0.2)
 
 
+def _job_states(client: httpx.Client, api: str) -> dict[str, str] | None:
+    """Every job's state, page after page (None: a page was refused)."""
+    states: dict[str, str] = {}
+    after = None
+    for _ in range(100):  # (a page holds up to 5,000: 2,000 jobs are one)
+        answer = client.get(api + "/v1/jobs", params={"limit": 5000} | ({"after": after} if after else {}))
+        if answer.status_code != 200:
+            return None
+        page = answer.json()
+        states.update({j["id"]: j["state"] for j in page["jobs"]})
+        if (after := page["next"]) is None:
+            return states
+    raise AssertionError("GET /v1/jobs: its pages never ended")
+
+
 def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path) -> None:
     up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
     assert up.returncode == 0, up.stderr
@@ -91,12 +106,11 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
         deadline = time.monotonic() + FINISH_DEADLINE
         with httpx.Client(timeout=30, headers=admin_headers(), verify=up_tls()) as client:
             while True:
-                answer = client.get(str(live[0]) + "/v1/jobs")
-                if answer.status_code != 200:  # (a 503 while the Barn elects: ask again)
-                    assert time.monotonic() < deadline, f"GET /v1/jobs: {answer.status_code} {answer.text[:200]}"
+                states = _job_states(client, str(live[0]))
+                if states is None:  # (a 503 while the Barn elects: ask again)
+                    assert time.monotonic() < deadline, "GET /v1/jobs kept failing"
                     time.sleep(1.0)
                     continue
-                states = {j["id"]: j["state"] for j in answer.json()["jobs"]}
                 if all(states.get(job) in FINAL for job in accepted):
                     break
                 assert time.monotonic() < deadline, (
