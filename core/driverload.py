@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import logging
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -41,11 +42,14 @@ OptionsSchema = Mapping[str, type | tuple[type, ...]]
 #: ``type[T]``: mypy refuses an abstract class where ``type[T]`` is expected (mypy#4717).
 Interface = Callable[..., T]
 
+log = logging.getLogger(__name__)
+
 #: (group, sys.path) -> name -> entry point. Keyed by sys.path so a distribution put on the path
 #: later (a test's, a plugin folder) is seen; scanning every distribution costs milliseconds.
 _CACHE: dict[tuple[str, tuple[str, ...]], dict[str, importlib.metadata.EntryPoint]] = {}
-#: (group, name) of drivers that two installed packages register with different targets
+#: (group, name) of drivers that two installed packages (neither Runink) register with different targets
 _AMBIGUOUS: set[tuple[str, str]] = set()
+OWN_PACKAGE = "runink"  # the distribution whose drivers win a name over another package's
 
 TRUE_WORDS = ("true", "1", "yes", "on")  # how --set and the environment write a bool
 FALSE_WORDS = ("false", "0", "no", "off", "")
@@ -93,14 +97,25 @@ def package_of(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | Non
 
 
 def entry_points(group: str) -> dict[str, importlib.metadata.EntryPoint]:
-    """The installed drivers of an entry-point group, by name (the first one of a name wins)."""
+    """The installed drivers of an entry-point group, by name. A name two packages register:
+    Runink's own if it is one of them (the other is ignored, with a warning: installing a
+    package that names a driver `csv` took `csv` away from every pipeline), else neither
+    (``import_driver`` says so)."""
     key = (group, tuple(sys.path))
     found = _CACHE.get(key)
     if found is None:
         found = {}
         for ep in installed_entry_points(group):
-            if found.setdefault(ep.name, ep).value != ep.value:
+            kept = found.setdefault(ep.name, ep)
+            if kept.value == ep.value:
+                continue
+            own = [e for e in (kept, ep) if package_of(e)[0] == OWN_PACKAGE]
+            if len(own) != 1:
                 _AMBIGUOUS.add((group, ep.name))
+                continue
+            found[ep.name] = own[0]
+            ignored = package_of(ep if own[0] is kept else kept)[0] or "a package"
+            log.warning("%s driver %r of %s is ignored: Runink's own driver has that name", group, ep.name, ignored)
         _CACHE[key] = found
     return found
 

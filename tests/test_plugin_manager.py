@@ -307,3 +307,24 @@ def test_hook_calls_are_seen_by_pluggy_call_monitoring() -> None:
         export_log(manager, LogEntry("hello"))
         undo()
     assert seen == [("runink_export_log", ["exporter"])]
+
+
+def test_a_package_that_names_a_driver_as_runinks_own_does_not_take_it_away(
+    fake_dist: FakeDist, on_sys_path: OnSysPath, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both were refused: installing a package whose storage driver was named `csv` made every
+    pipeline's csv source fail "registered by more than one package". Two other packages
+    naming one driver alike are still refused: neither can be told to win."""
+    from runink.core.driverload import import_driver
+    from runink.core.errors import DriverLoadError
+    from runink.core.interfaces.storage import Storage
+    from runink.plugins.storage.csv import CsvStorage
+
+    drivers = {"runink.storage": {"csv": "shadow:Csv", "twin": "shadow:Csv"}}
+    on_sys_path(fake_dist("shadow", "1.0", drivers, {"shadow.py": "Csv = object\n"}))
+    on_sys_path(fake_dist("twin", "1.0", {"runink.storage": {"twin": "twin:Csv"}}, {"twin.py": "Csv = object\n"}))
+    with caplog.at_level("WARNING"):
+        assert import_driver(Storage, "csv") is CsvStorage
+    assert "runink.storage driver 'csv' of shadow is ignored: Runink's own driver has that name" in caplog.text
+    with pytest.raises(DriverLoadError, match="'twin' is registered by more than one package"):
+        import_driver(Storage, "twin")
