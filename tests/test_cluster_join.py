@@ -40,31 +40,12 @@ def test_a_machine_joins_with_a_one_time_token_and_runs_work(
     assert refused.returncode != 0 and "its CA is not (only) the one the token names" in refused.stderr
     assert not (tmp_path / "forged" / "node-key.pem").exists()
 
-    (tmp_path / "join.token").write_text(token + "\n")  # (not an argument: others can read those)
-    both = run_cli(
-        "node",
-        "join",
-        token,
-        "--token-file",
-        str(tmp_path / "join.token"),
-        "--server",
-        api,
-        "--dir",
-        str(tmp_path / "n9"),
-        env=env,
-    )
+    token_file = tmp_path / "join.token"
+    token_file.write_text(token + "\n")  # (not an argument: others can read those)
+    join = ("node", "join", "--server", api, "--token-file", str(token_file))
+    both = run_cli(*join, token, "--dir", str(tmp_path / "n9"), env=env)
     assert both.returncode == 2 and "give the token one way" in both.stderr
-    joined = run_cli(
-        "node",
-        "join",
-        "--token-file",
-        str(tmp_path / "join.token"),
-        "--server",
-        api,
-        "--dir",
-        str(tmp_path / "n9"),
-        env=env,
-    )
+    joined = run_cli(*join, "--dir", str(tmp_path / "n9"), env=env)
     assert joined.returncode == 0, joined.stderr
     flags = joined.stdout.split()
     assert flags[:2] == ["--node-id", "n9"]

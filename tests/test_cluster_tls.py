@@ -100,17 +100,8 @@ def test_a_revoked_node_is_kept_out_by_its_certificate_too(
     assert minted.returncode == 0, minted.stderr
     (tmp_path / "join.token").write_text(minted.stdout)
     api = str(started["api"][0])  # type: ignore[index]
-    joined = run_cli(
-        "node",
-        "join",
-        "--token-file",
-        str(tmp_path / "join.token"),
-        "--server",
-        api,
-        "--dir",
-        str(tmp_path / "new"),
-        env=env,
-    )
+    join = ("node", "join", "--server", api, "--token-file", str(tmp_path / "join.token"))
+    joined = run_cli(*join, "--dir", str(tmp_path / "new"), env=env)
     assert joined.returncode == 0, joined.stderr
     fresh = TlsFiles(tmp_path / "new" / "node.pem", tmp_path / "new" / "node-key.pem", certs / "ca.pem")
     deadline = time.monotonic() + 10  # (valid from the second after the revocation's)
