@@ -750,7 +750,8 @@ def create_app(
     @app.delete("/v1/herds/{name}", status_code=204, openapi_extra=action("herds.delete"))
     def remove_herd(name: NamePath, identity: Caller) -> None:
         """Delete the herd: its jobs, secrets and bindings, and every token holding a role in
-        it (revoked first: a herd made again under its name starts with none of them)."""
+        it (revoked before its records go: a herd made again under its name starts with none
+        of them), and what plugins keep of it (``runink_herd_deleted``)."""
         auth.check(identity, "herds.delete", f"herds/{name}", name)
         revocations = None if tokens is None else tokens.revocations
 
