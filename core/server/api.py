@@ -87,6 +87,7 @@ from runink.core.server.auth import (
     HERD_TOKENS,
     INSECURE_HEADER,
     INSECURE_VALUE,
+    LEEWAY,
     MAX_TOKEN,
     MAX_TTL,
     NODE_SUBJECT,
@@ -756,8 +757,8 @@ def create_app(
         revocations = None if tokens is None else tokens.revocations
 
         def revoke_its_tokens() -> None:
-            if revocations is not None:
-                revocations.revoke_subject(HERD_TOKENS + name, identity.subject)
+            if revocations is not None:  # (up to LEEWAY on: a server whose clock runs ahead signs too)
+                revocations.revoke_subject(HERD_TOKENS + name, identity.subject, ahead=LEEWAY)
 
         try:
             store.delete_herd(name, revoke_its_tokens)
@@ -867,7 +868,8 @@ def create_app(
         if body.role not in roles:
             where = "the cluster" if herd == CLUSTER else "a herd"
             raise Refused(f"role {body.role!r}: not a role of {where} (one of {', '.join(roles)})")
-        if herd != CLUSTER and store.herd(herd).record.deleting:  # (NotFound names a missing one)
+        made = None if herd == CLUSTER else store.herd(herd).record  # (NotFound names a missing one)
+        if made is not None and made.deleting:
             raise Refused(f"herd {herd!r} is being deleted: it takes no new tokens")
         # a token lives no longer than the one that minted it (an hour's token made 90 days' ones)
         ttl = body.ttl
@@ -879,7 +881,19 @@ def create_app(
         token, expires = cluster_tokens.mint(f"sa:{body.name}", [Grant(body.role, herd)], ttl)
         subject = f"sa:{body.name}"
         jti = cluster_tokens.jti_of(token)  # (what `runink token revoke --jti` names it by)
+        if made is not None and not _same_herd(made):  # deleted while it was signed: never given
+            if cluster_tokens.revocations is not None and jti is not None:
+                cluster_tokens.revocations.revoke_token(jti, subject, expires, identity.subject)
+            raise Refused(f"herd {herd!r} was deleted meanwhile: no token was given")
         return {"token": token, "subject": subject, "role": body.role, "herd": herd, "expires": expires, "jti": jti}
+
+    def _same_herd(before: Herd) -> bool:
+        """Whether ``before`` (a herd as read) is still there, the same one, not being deleted."""
+        try:
+            now = store.herd(before.name).record
+        except NotFound:
+            return False
+        return now.created == before.created and not now.deleting
 
     @app.post("/v1/herds/{name}/tokens", status_code=201, openapi_extra=action("tokens.create"))
     def herd_token(name: NamePath, body: TokenIn, identity: Caller) -> dict[str, Any]:
@@ -896,7 +910,7 @@ def create_app(
             raise NotFound("this server keeps no revocations")
         store.herd(name)  # NotFound names it
         with auth.change(identity, "tokens.revoke", "tokens/*", name) as audits:
-            record = cluster_tokens.revocations.revoke_subject(HERD_TOKENS + name, identity.subject)
+            record = cluster_tokens.revocations.revoke_subject(HERD_TOKENS + name, identity.subject, ahead=LEEWAY)
         for entry in audits:
             auth.write_audit(entry)
         return {"revoked": {**record, "herd": name}}

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from runink.core.errors import BarnError
+from runink.core.errors import BarnError, LeaseNotFoundError
 from runink.core.interfaces.barn import BarnBackend, KeyValue
 
 PREFIX = "/cluster/revoked/"
@@ -135,14 +135,17 @@ class Revocations:
             self._tokens.add(jti)
         return record
 
-    def revoke_subject(self, subject: str, by: str) -> dict[str, Any]:
+    def revoke_subject(self, subject: str, by: str, *, ahead: float = 0.0) -> dict[str, Any]:
         """Revoke every token of ``subject`` issued up to this second (tokens say when they were
-        issued to the second: one minted in the next second stays good); a node's certificates
-        too (``node:NAME``: kept as long as a certificate lives, not a token)."""
+        issued to the second: one minted in the next second stays good), or up to ``ahead``
+        seconds from now (another server's clock may run that far ahead of this one's); a
+        node's certificates too (``node:NAME``: kept as long as a certificate lives, not a
+        token). A subject revoked again keeps its record's lease, renewed (a lease a time
+        piled up in the Barn, 300 revocations 300 leases)."""
         now = self.clock()
-        record = {"subject": subject, "before": float(int(now)), "at": now, "by": by}
+        record = {"subject": subject, "before": float(int(now + ahead)), "at": now, "by": by}
         lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
-        self._put(subject_key(subject), record, lives + self.leeway)
+        self._put(subject_key(subject), record, lives + self.leeway + ahead)
         with self._lock:
             self._subjects[subject] = max(record["before"], self._subjects.get(subject, record["before"]))
         return record
@@ -150,6 +153,15 @@ class Revocations:
     def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:
         if not isinstance(self.barn, BarnBackend):
             raise TypeError("revocations are written through a Barn client, not a member's copy")
-        lease = self.barn.grant_lease(ttl)
+        known = self.barn.get(key)
+        lease = None
+        if known is not None and known.lease:
+            try:  # (its ttl is this key's every time: renewed, it lives as long as a new one)
+                self.barn.keep_alive(known.lease)
+                lease = known.lease
+            except (BarnError, LeaseNotFoundError):
+                lease = None
+        if lease is None:
+            lease = self.barn.grant_lease(ttl)
         self.barn.put(key, json.dumps(record).encode(), lease=lease)
         self.forget_cache()
