@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runink.core.fstree import remove_tree
+from runink.core.config import default_data_dir
+from runink.core.errors import RuninkError
+from runink.core.fstree import private_folder, remove_tree
 from runink.core.pipeline.compile import CompiledScenario
 
 
@@ -228,17 +230,19 @@ def _lstat(folder: int, name: str) -> os.stat_result | None:
 
 
 PREVIOUS = "previous"  # the final file's current version, kept in the staging folder while publishing
+LOCKS = "publish-locks"  # the folder of publish locks in a runner's data dir
 
 
 WRITER = "user.runink.writer"  # a published file's extended attribute: "<task id> <attempt> <size> <mtime ns>"
 MAX_WRITER = 256  # bytes of it read
 
 
-def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) -> None:
+def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None, data_dir: Path | None = None) -> None:
     """Put every committed output in place, all or none, durable. The file is the slice's
     making: only a regular file with one link is taken, its mode reset to a data file's (no
     setuid, setgid or exec bits: it is stored as the runner's user's) and its data synced.
     ``writer``: the (task id, attempt) that made the outputs, marked on each (WRITER).
+    ``data_dir``: the runner's, where its publish locks are (default: the user's default one).
 
     Checked first, for every sink, before anything is replaced: no folder in the final file's
     place, and the final file is the one there was when the run staged it (another run that
@@ -248,7 +252,7 @@ def publish(stages: dict[Path, Stage], writer: tuple[str, int] | None = None) ->
     file is kept (a hard link in the staging folder) and the outputs go into place one by
     one; if one cannot, those already in place are put back. (A crash of the runner between
     two renames still leaves some new and some old.)"""
-    with _folders_locked(stages):
+    with _folders_locked(stages, (data_dir or default_data_dir()) / LOCKS):
         _publish(stages, writer)
 
 
@@ -300,26 +304,32 @@ def _publish(stages: dict[Path, Stage], writer: tuple[str, int] | None) -> None:
 
 
 @contextlib.contextmanager
-def _folders_locked(stages: dict[Path, Stage]) -> Iterator[None]:
-    """Each sink's folder locked (flock) while its final file is checked and replaced: two
-    runners publishing into one folder at once (an attempt and its fenced older one) take
-    turns, so no check is made stale by the other's rename. Locked in one order (device,
-    inode): no two runners wait on each other. Within one machine: a lock of another host on
-    a shared file system may not be seen."""
-    folders: dict[tuple[int, int], int] = {}
-    for stage in stages.values():
-        info = os.fstat(stage.folder)
-        folders.setdefault((info.st_dev, info.st_ino), stage.folder)
-    locked: list[int] = []
+def _folders_locked(stages: dict[Path, Stage], locks: Path) -> Iterator[None]:
+    """Each sink's folder locked while its final file is checked and replaced: two runners
+    publishing into one folder at once (an attempt and its fenced older one) take turns, so no
+    check is made stale by the other's rename. The lock is a file of the runner's own folder
+    ``locks``, named by the sink folder's device and inode, not the sink folder itself:
+    anyone who may read that folder (a slice given the pipeline's folder, another user) could
+    hold a lock on it and hold every publish there for good. Locked in one order: no two runners
+    wait on each other. Runners of one data dir, on one machine."""
+    folders = sorted({(info.st_dev, info.st_ino) for info in (os.fstat(s.folder) for s in stages.values())})
     try:
-        for _, fd in sorted(folders.items()):
+        private_folder(locks, "publish locks")
+    except RuninkError as exc:
+        raise OSError(str(exc)) from None
+    folder = os.open(locks, _DIRECTORY)
+    held: list[int] = []
+    try:
+        for device, inode in folders:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(f"{device:x}-{inode:x}.lock", flags, 0o600, dir_fd=folder)
+            held.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            locked.append(fd)
         yield
     finally:
-        for fd in locked:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        for fd in held:
+            os.close(fd)  # (the lock goes with it)
+        os.close(folder)
 
 
 def _earlier_attempt(stage: Stage, writer: tuple[str, int] | None) -> bool:

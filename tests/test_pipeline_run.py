@@ -1041,3 +1041,25 @@ def test_an_attempt_and_its_fenced_older_one_publishing_at_once_take_turns(
     assert first.read_text() == "newer\n"  # the newer attempt's, whatever the interleaving
     for stages in (older, newer):
         _unstage(stages)
+
+
+def test_a_lock_someone_else_holds_on_a_sink_folder_does_not_hold_the_publish(tmp_path: Path) -> None:
+    """Publishing locked the sink folder itself: anyone who could read it (a slice given the
+    pipeline's folder, another user) held every publish there for as long as they liked."""
+    import fcntl
+    import threading
+
+    from runink.core.staging import publish as _publish
+    from runink.core.staging import unstage as _unstage
+
+    first, second, stages = _two_sinks(tmp_path)
+    holder = os.open(first.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_SH)  # (a read-only descriptor is all it takes)
+    try:
+        done = threading.Event()
+        threading.Thread(target=lambda: (_publish(stages), done.set()), daemon=True).start()
+        assert done.wait(10), "the publish waited on someone else's lock of the sink folder"
+    finally:
+        os.close(holder)
+    assert (first.read_text(), second.read_text()) == ("new a\n", "new b\n")
+    _unstage(stages)

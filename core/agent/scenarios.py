@@ -556,7 +556,7 @@ class ScenarioAttempts(Executor):
                 self._log_failure(attempt, error)
             else:
                 try:
-                    publish(attempt.staged, (task.id, task.attempt))
+                    publish(attempt.staged, (task.id, task.attempt), Path(self.config.data_dir))
                     run.published = True
                 except OSError as exc:
                     state, error = TaskState.FAILED, f"scenario {item.name!r}: cannot publish its outputs: {exc}"
