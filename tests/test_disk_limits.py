@@ -30,9 +30,36 @@ def test_disk_used_sums_allocated_blocks_and_follows_no_link(tmp_path: Path) -> 
         sparse.truncate(1 << 30)
     (outside / "big").write_bytes(os.urandom(4 * MiB))
     (work / "link").symlink_to(outside)  # (what a link leads to is not the slice's)
-    used = disk_used([work, tmp_path / "not-made-yet"])
+    used = disk_used([work])
     assert 2 * MiB <= used < 2 * MiB + 256 * 1024, used
     assert disk_used([work, outside]) >= 6 * MiB  # (each root counted)
+    # a root is opened a component at a time, no link followed: one moved and swapped for a
+    # link (to an empty folder, or to a large one) is noticed, not summed
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "work").mkdir()
+    (tmp_path / "parent").symlink_to(tmp_path / "moved")
+    with pytest.raises(OSError, match=r"symbolic links|Not a directory"):
+        disk_used([tmp_path / "parent" / "work"])
+    with pytest.raises(FileNotFoundError):
+        disk_used([tmp_path / "not-made"])
+
+
+def test_a_file_held_open_after_it_was_unlinked_is_counted(tmp_path: Path) -> None:
+    """The walk saw names only: a slice that unlinked its 64 MiB file and kept it open filled
+    the disk past its limit and ended SUCCEEDED (a review's run)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / "hidden.bin", "wb") as hidden:
+        hidden.write(os.urandom(3 * MiB))
+        hidden.flush()
+        os.unlink(work / "hidden.bin")
+        assert disk_used([work]) < MiB  # (no name left)
+        assert disk_used([work], [os.getpid()]) >= 3 * MiB
+        with open("/dev/shm/runink-test-unlinked", "wb") as elsewhere:  # (another file system: not the disk's)
+            os.unlink("/dev/shm/runink-test-unlinked")
+            elsewhere.write(os.urandom(MiB))
+            elsewhere.flush()
+            assert disk_used([work], [os.getpid()]) < 4 * MiB
 
 
 def test_too_many_files_or_levels_are_over_the_limit_whatever_their_size(
@@ -95,20 +122,25 @@ def test_a_slice_that_fills_its_folders_past_the_limit_is_stopped_and_failed(tmp
     assert small.state is TaskState.SUCCEEDED, small  # (within the limit: untouched)
 
 
-def test_runink_run_fails_a_scenario_past_its_disk_limit(run_cli: CliRunner, tmp_path: Path) -> None:
+@pytest.mark.parametrize("unlinked", [False, True])
+def test_runink_run_fails_a_scenario_past_its_disk_limit(run_cli: CliRunner, tmp_path: Path, unlinked: bool) -> None:
+    """``unlinked``: the file is unlinked at once and kept open (no name for a walk to see)."""
     root = tmp_path / "p"
     root.mkdir()
     (root / "in.csv").write_text("id\n1\n")
     (root / "fill.py").write_text(
         textwrap.dedent(
-            """\
+            f"""\
             import os, time
 
             def fill(batch):
                 with open("big.bin", "wb") as out:  # in its work dir
+                    if {unlinked}:
+                        os.unlink("big.bin")
                     for _ in range(8):
                         out.write(os.urandom(1 << 20))
-                time.sleep(30)
+                    out.flush()
+                    time.sleep(30)
                 return batch
             """
         )

@@ -13,14 +13,14 @@ limit whatever their size. A slice may exceed the limit for up to a check's inte
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from runink.core.agent.delegating import DelegatingExecutor
@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY = 2.0  # seconds between two sums of a slice's folders
 MAX_CHECK_SHARE = 0.05  # a sum takes at most this share of the time (else the next waits longer)
-MAX_ENTRIES = 200_000  # files and folders one slice may have in its writable folders
+MAX_STRETCH = 10.0  # seconds the next sum waits at most for that (one slice slows everyone's checks)
+MAX_ENTRIES = 100_000  # files and folders one slice may have in its writable folders
 MAX_DEPTH = 64  # levels of folders below each of them
+MAX_FAILURES = 3  # sums in a row that fail before the slice is stopped (its folders moved, say)
+_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -40,41 +43,86 @@ class OverLimit(Exception):
     """The slice's folders hold more than a walk counts: more entries or levels than allowed."""
 
 
-def disk_used(roots: Iterable[Path]) -> int:
+def disk_used(roots: Iterable[Path], pids: Iterable[int] = ()) -> int:
     """Bytes of disk the files and folders under ``roots`` take (their allocated blocks: a
-    sparse file counts what it really holds). OverLimit past MAX_ENTRIES or MAX_DEPTH."""
-    used, entries = 0, 0
+    sparse file counts what it really holds), and the files ``pids`` hold open on the roots'
+    file systems after unlinking them (no name left to walk). Each root is opened a component
+    at a time, no link followed (FileNotFoundError or OSError ELOOP if one was swapped in); a
+    walk holds two descriptors per level. OverLimit past MAX_ENTRIES or MAX_DEPTH."""
+    used, entries, devices = 0, [0], set()
     for root in roots:
+        fd = _open_root(root)
         try:
-            fd = os.open(root, _DIRECTORY)
-        except OSError:
-            continue  # (not made yet, or removed: nothing there)
-        pending = [(fd, 0)]  # (an open folder, its depth): a folder is read whole, then closed
-        try:
-            while pending:
-                folder, depth = pending.pop()
-                try:
-                    with os.scandir(folder) as listing:
-                        for entry in listing:
-                            entries += 1
-                            if entries > MAX_ENTRIES:
-                                raise OverLimit(f"more than {MAX_ENTRIES:,} files and folders")
-                            try:
-                                info = entry.stat(follow_symlinks=False)
-                            except OSError:
-                                continue  # (removed meanwhile)
-                            used += info.st_blocks * 512
-                            if stat.S_ISDIR(info.st_mode):
-                                if depth + 1 > MAX_DEPTH:
-                                    raise OverLimit(f"folders more than {MAX_DEPTH} levels deep")
-                                with contextlib.suppress(OSError):  # (swapped for a link: not followed)
-                                    pending.append((os.open(entry.name, _DIRECTORY, dir_fd=folder), depth + 1))
-                finally:
-                    os.close(folder)
+            devices.add(os.fstat(fd).st_dev)
+            used += _folder_used(fd, 0, entries)
         finally:
-            for folder, _ in pending:
-                os.close(folder)
+            os.close(fd)
+    return used + _unlinked_open(pids, devices, entries)
+
+
+def _open_root(path: Path) -> int:
+    fd = os.open("/", _PATH)
+    try:
+        for part in path.parts[1:]:
+            step = os.open(part, _PATH, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        return os.open(".", _DIRECTORY, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _folder_used(folder: int, depth: int, entries: list[int]) -> int:
+    used = 0
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            entries[0] += 1
+            if entries[0] > MAX_ENTRIES:
+                raise OverLimit(f"more than {MAX_ENTRIES:,} files and folders")
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # (removed meanwhile)
+            used += info.st_blocks * 512
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            if depth + 1 > MAX_DEPTH:
+                raise OverLimit(f"folders more than {MAX_DEPTH} levels deep")
+            try:
+                child = os.open(entry.name, _DIRECTORY, dir_fd=folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # (removed, or swapped for a file, meanwhile)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # (swapped for a link: not followed)
+                    raise  # (out of descriptors, say: this sum fails, it does not skip the folder)
+                continue
+            try:
+                used += _folder_used(child, depth + 1, entries)
+            finally:
+                os.close(child)
     return used
+
+
+def _unlinked_open(pids: Iterable[int], devices: set[int], entries: list[int]) -> int:
+    """Bytes of the regular files on ``devices`` that ``pids`` hold open with no name left."""
+    seen: dict[tuple[int, int], int] = {}
+    for pid in pids:
+        try:
+            listing = os.scandir(f"/proc/{int(pid)}/fd")
+        except OSError:
+            continue  # (ended meanwhile)
+        with listing:
+            for entry in listing:
+                entries[0] += 1
+                if entries[0] > MAX_ENTRIES:
+                    raise OverLimit(f"more than {MAX_ENTRIES:,} files and folders, open files included")
+                try:
+                    info = os.stat(entry.path)  # (the open file itself: /proc's link is the kernel's)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode) and info.st_nlink == 0 and info.st_dev in devices:
+                    seen[(info.st_dev, info.st_ino)] = info.st_blocks * 512
+    return sum(seen.values())
 
 
 @dataclasses.dataclass
@@ -82,6 +130,7 @@ class _Watched:
     roots: tuple[Path, ...]
     verdict: str | None = None  # why it was stopped, once it was
     ended: bool = False  # (no more sums: its folders are no longer written)
+    failures: int = 0  # sums in a row that failed
 
 
 class DiskLimitedExecutor(DelegatingExecutor):
@@ -101,7 +150,8 @@ class DiskLimitedExecutor(DelegatingExecutor):
         self._thread: threading.Thread | None = None
 
     def start(self, spec: TaskSpec) -> TaskHandle:
-        roots = tuple(dict.fromkeys(p for p in (spec.cwd, *spec.writable) if p is not None))
+        # (their real paths, read before the slice runs: each sum opens them following no link)
+        roots = tuple(dict.fromkeys(Path(os.path.realpath(p)) for p in (spec.cwd, *spec.writable) if p is not None))
         handle = self.inner.start(spec)
         with self._lock:
             self._watched[spec.id] = _Watched(roots)
@@ -140,18 +190,23 @@ class DiskLimitedExecutor(DelegatingExecutor):
                 self._check(task_id, slice_)
             # a walk of many files costs: the next waits so that walking stays a small share
             took = time.monotonic() - began
-            self._closed.wait(max(0.0, took / MAX_CHECK_SHARE - self.every))
+            self._closed.wait(min(MAX_STRETCH, max(0.0, took / MAX_CHECK_SHARE - self.every)))
 
     def _check(self, task_id: str, watched: _Watched) -> None:
         limit = format_bytes(self.limit)
+        pids: Callable[[str], list[int]] | None = getattr(self.inner, "pids", None)
         try:
-            used = disk_used(watched.roots)
+            used = disk_used(watched.roots, pids(task_id) if pids is not None else ())
         except OverLimit as exc:
             verdict = f"its work dir and outputs hold {exc} (past what a disk limit of {limit} counts): stopped"
-        except OSError as exc:  # (never worth the slice: the next check tries again)
+        except OSError as exc:  # (the next check tries again, a few times: a folder moved stops it)
+            watched.failures += 1
             log.warning("%s: its disk use not summed: %s", task_id, exc)
-            return
+            if watched.failures < MAX_FAILURES:
+                return
+            verdict = f"its work dir and outputs could not be summed against its disk limit ({exc}): stopped"
         else:
+            watched.failures = 0
             if used <= self.limit:
                 return
             took = format_bytes(used)

@@ -851,6 +851,11 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         usage = task.cgroup.usage()
         return TaskStats(task_id, usage.cpu_seconds, usage.memory_current, len(task.cgroup.pids()))
 
+    def pids(self, task_id: str) -> list[int]:
+        """The host pids of the task's processes (its cgroup's): what a disk limit looks into
+        for files they hold open after unlinking them (core/agent/disk_limits.py)."""
+        return self._get(task_id).cgroup.pids()
+
     # --- runink doctor ----------------------------------------------------------------
 
     def diagnose(self) -> list[Check]:
