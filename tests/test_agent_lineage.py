@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator
 
 import grpc
+import msgspec
 import pytest
 from agent_helpers import schedule
 from test_agent_grpc import RawStream, register
@@ -109,6 +110,23 @@ def test_an_event_of_another_nodes_attempt_or_a_command_is_refused_and_the_strea
     for message in (_lineage(elsewhere), _lineage(command.id), _lineage("task-nope"), _lineage(elsewhere, attempt=2)):
         answer = agent.send(message)
         assert answer.WhichOneof("body") == "lineage_ack" and not answer.lineage_ack.accepted
+    assert received[1] == []
+
+
+def test_an_event_of_a_herd_being_deleted_is_refused(
+    life: Lifecycle, store: ClusterStore, stream: Callable[[], RawStream], received: tuple[str, list[LineageEvent]]
+) -> None:
+    """Accepted while its herd was being deleted, it wrote catalog rows again after the herd's
+    deletion had removed them, for a herd made later under the name to read (a review's run)."""
+    from runink.core.control.records import keys
+
+    task_id, _ = _scenario_task(life, store)
+    herd = store.herd("lab")
+    store.barn.put(keys.herd("lab"), msgspec.json.encode(herd.record.model_copy(update={"deleting": True})))
+    agent = stream()
+    register(agent, "n1")
+    answer = agent.send(_lineage(task_id))
+    assert answer.WhichOneof("body") == "lineage_ack" and not answer.lineage_ack.accepted
     assert received[1] == []
 
 

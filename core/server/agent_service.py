@@ -596,6 +596,13 @@ class AgentService:
             return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(refused=printable(str(exc), 400)))
         return pb.ServerMessage(request_id=rid, secrets=pb.Secrets(values=values))
 
+    def _herd_going(self, herd: str) -> bool:
+        """Whether ``herd`` is gone or being deleted (as this server's view last saw it)."""
+        try:
+            return self.lifecycle.store.herd(herd, recent=True).record.deleting
+        except NotFound:
+            return True
+
     def _lineage(self, rid: int, message: pb.Lineage, node: str) -> pb.ServerMessage:
         """A lineage event of a scenario attempt placed on ``node``: to the server's sinks, with
         its herd, run and job taken from the task's record. An event of an attempt that is not
@@ -626,6 +633,8 @@ class AgentService:
             task = self.lifecycle.store.task(herd, task_id).record
         except NotFound:
             task = None
+        if task is not None and self._herd_going(herd):
+            task = None  # (its herd is being deleted: what the catalog keeps of it goes with it)
         if task is None or task.scenario is None or placed_on(task, attempt) != node:
             why = "lineage of task %s attempt %d from node %s refused: not a scenario attempt placed there"
             log.info(why, task_id, attempt, node)

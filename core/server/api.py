@@ -1286,10 +1286,14 @@ def create_app(
             signed.append(node)
             revoked_up_to = None
             if tokens is not None and tokens.revocations is not None:
+                tokens.revocations.forget_cache()  # (read now: another server may have revoked it a moment ago)
                 try:
                     revoked_up_to = tokens.revocations.revoked_up_to(NODE_SUBJECT + node)
                 except RevocationsUnknown as exc:
                     raise Busy(f"join: {exc}; try again") from None
+            if revoked_up_to is not None and revoked_up_to >= time.time():  # (its server's clock runs ahead)
+                until = time.strftime("%H:%M:%SZ", time.gmtime(revoked_up_to))
+                raise Refused(f"join: node {node}'s revocation covers what is issued until {until}: join after it")
             return join.sign_node(ca, key, node, body.csr.encode("utf-8", "replace"), revoked_up_to)
 
         certificate = join.redeem(store, token, sign)

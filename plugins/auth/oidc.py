@@ -226,12 +226,10 @@ class OidcAuthenticator:
             raise AuthenticationError("OIDC token rejected: sub must be a non-empty string")
         if not subject.isprintable() or len(subject) > 256:  # (it goes into the audit log, onto terminals)
             raise AuthenticationError("OIDC token rejected: sub must be at most 256 printable characters")
-        return Identity(
-            subject=subject,
-            groups=self._groups(claims),
-            claims={name: claims[name] for name in _COPIED_CLAIMS if isinstance(claims.get(name), str)},
-            authenticated_by=NAME,
-        )
+        copied: dict[str, Any] = {name: claims[name] for name in _COPIED_CLAIMS if isinstance(claims.get(name), str)}
+        if type(claims.get("exp")) in (int, float):  # (checked above; a token minted with it expires no later)
+            copied["exp"] = claims["exp"]
+        return Identity(subject=subject, groups=self._groups(claims), claims=copied, authenticated_by=NAME)
 
     def _groups(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
         groups = claims.get(self.groups_claim, [])

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from runink.core.driverload import OptionsSchema
 
 
+FLUSH_BEFORE_FORGETTING = 30.0  # seconds a herd's deletion waits for the catalog's queued events
+
+
 class CatalogSink(QueuedLineageSink):
     #: [plugin.catalog] (checked by runink.core.plugin_options before runink_configure)
     options_schema: ClassVar[OptionsSchema] = {"url": str, "enabled": bool}
@@ -86,6 +89,7 @@ class CatalogSink(QueuedLineageSink):
             return
         from runink.plugins.lineage.catalog.store import forget_herd
 
+        self.flush(FLUSH_BEFORE_FORGETTING)  # (events of the herd still queued would write rows again)
         forget_herd(self.engine(), herd)
 
     @hookimpl
