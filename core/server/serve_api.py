@@ -30,7 +30,7 @@ MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers, at most (431 beyond)
 LINGER = 1.0  # seconds a refused client's input is still read (and dropped) before closing
 BODY_TIMEOUT = 60.0  # seconds from the end of a request's headers to the end of its body
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake
-MAX_PER_ADDRESS = 256  # connections open at once from one client address (503 beyond)
+MAX_PER_ADDRESS = 256  # connections open at once from one client address or IPv6 /64 (503 beyond)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -51,7 +51,7 @@ class GuardedHttp(HttpToolsProtocol):
         # the head's deadline, then the body's until it is whole (None: neither is being read)
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
         # one address may not take every connection slot (limit_concurrency) from the others
-        self._address = self.client[0] if self.client else None
+        self._address = client_key(self.client[0]) if self.client else None
         if self._address is not None:
             counts = _connections_by_address(self.server_state)
             counts[self._address] += 1
@@ -134,6 +134,20 @@ class GuardedHttp(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER, self.transport.close)
+
+
+def client_key(host: str) -> str:
+    """What one client's connections are counted under: its IPv4 address (an IPv4-mapped IPv6
+    one too), or its IPv6 /64 (a host is given a /64: each of its addresses is not a client)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _connections_by_address(state: ServerState) -> collections.Counter[str]:
