@@ -157,3 +157,22 @@ def test_runink_run_fails_a_scenario_past_its_disk_limit(run_cli: CliRunner, tmp
     assert not (root / "out" / "o.csv").exists()
     bad = run_cli("run", "p.dsl", cwd=root, env={"RUNINK_LIMITS__DISK": "lots"})
     assert bad.returncode != 0 and "disk" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_a_driver_that_cannot_say_a_tasks_processes_does_not_end_the_watch(tmp_path: Path) -> None:
+    """Its pids raised for a task that ended meanwhile: the watcher's thread ended with it, and
+    no slice's disk was checked again."""
+
+    class Forgetful(ProcessExecutor):
+        def pids(self, task_id: str) -> list[int]:
+            raise KeyError(task_id)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    executor = DiskLimitedExecutor(Forgetful(degrade=True), MiB, grace=1.0, every=0.2)
+    try:
+        executor.start(_spec(tmp_path, "filler", "head -c 3000000 /dev/urandom > a; sleep 30", out))
+        filled = executor.wait("filler", 20)
+    finally:
+        executor.close()
+    assert filled is not None and filled.state is TaskState.FAILED, filled

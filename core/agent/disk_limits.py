@@ -187,16 +187,29 @@ class DiskLimitedExecutor(DelegatingExecutor):
             with self._lock:
                 watched = [(task_id, w) for task_id, w in self._watched.items() if w.verdict is None and not w.ended]
             for task_id, slice_ in watched:
-                self._check(task_id, slice_)
+                try:
+                    self._check(task_id, slice_)
+                except Exception:  # (a bug of ours must not end every slice's limit)
+                    log.exception("%s: its disk use not checked", task_id)
             # a walk of many files costs: the next waits so that walking stays a small share
             took = time.monotonic() - began
             self._closed.wait(min(MAX_STRETCH, max(0.0, took / MAX_CHECK_SHARE - self.every)))
 
+    def _pids(self, task_id: str) -> list[int]:
+        """The task's processes, if its driver says (``pids``: the linux one), else none."""
+        pids: Callable[[str], list[int]] | None = getattr(self.inner, "pids", None)
+        if pids is None:
+            return []
+        try:
+            return [int(pid) for pid in pids(task_id)]
+        except Exception as exc:  # (ended and forgotten meanwhile): never worth the watcher's thread
+            log.debug("%s: its processes not read: %s", task_id, exc)
+            return []
+
     def _check(self, task_id: str, watched: _Watched) -> None:
         limit = format_bytes(self.limit)
-        pids: Callable[[str], list[int]] | None = getattr(self.inner, "pids", None)
         try:
-            used = disk_used(watched.roots, pids(task_id) if pids is not None else ())
+            used = disk_used(watched.roots, self._pids(task_id))
         except OverLimit as exc:
             verdict = f"its work dir and outputs hold {exc} (past what a disk limit of {limit} counts): stopped"
         except OSError as exc:  # (the next check tries again, a few times: a folder moved stops it)
