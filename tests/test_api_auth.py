@@ -9,6 +9,7 @@ tokens, quota), nor the nodes, and a refused request changes nothing."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -165,7 +166,16 @@ def test_every_route_answers_401_without_valid_credentials(api: Api, credentials
         answer = call(api, method, path, headers)
         assert answer.status_code == 401, (method, path, answer.status_code, answer.text)
         assert answer.headers["WWW-Authenticate"] == "Bearer"
+        # and its connection closed: one without credentials holds no slot between requests
+        assert answer.headers["Connection"] == "close"
     assert state(api) == before
+    with socket.create_connection(("127.0.0.1", int(str(api.http.base_url).rsplit(":", 1)[1]))) as raw:
+        raw.sendall(b"GET /v1/herds HTTP/1.1\r\nHost: x\r\n\r\n")  # (keep-alive asked, by HTTP/1.1)
+        raw.settimeout(5)
+        got = b""
+        while chunk := raw.recv(65536):
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 401")  # ... then the server closed it
 
 
 def test_tokens_the_cluster_did_not_sign_as_they_are_are_401(api: Api, tmp_path: Path) -> None:

@@ -576,7 +576,9 @@ def create_app(
 
     @app.exception_handler(Unauthenticated)
     async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
-        return _error(401, str(exc), {"WWW-Authenticate": "Bearer"})
+        # and the connection closed: one without credentials holds no slot of its address's
+        # between requests (a few kept alive, asking now and then, locked its neighbours out)
+        return _error(401, str(exc), {"WWW-Authenticate": "Bearer", "Connection": "close"})
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
