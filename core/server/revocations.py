@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from runink.core.errors import BarnError, LeaseNotFoundError
+from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend, KeyValue
 
 PREFIX = "/cluster/revoked/"
@@ -140,8 +140,8 @@ class Revocations:
         issued to the second: one minted in the next second stays good), or up to ``ahead``
         seconds from now (another server's clock may run that far ahead of this one's); a
         node's certificates too (``node:NAME``: kept as long as a certificate lives, not a
-        token). A subject revoked again keeps its record's lease, renewed (a lease a time
-        piled up in the Barn, 300 revocations 300 leases)."""
+        token). A subject revoked again keeps its record's lease, renewed (each revocation
+        granted a lease of its own before: 300 revocations, 300 leases in the Barn)."""
         now = self.clock()
         record = {"subject": subject, "before": float(int(now + ahead)), "at": now, "by": by}
         lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
@@ -159,7 +159,7 @@ class Revocations:
             try:  # (its ttl is this key's every time: renewed, it lives as long as a new one)
                 self.barn.keep_alive(known.lease)
                 lease = known.lease
-            except (BarnError, LeaseNotFoundError):
+            except BarnError:  # (LeaseNotFoundError too: expired meanwhile)
                 lease = None
         if lease is None:
             lease = self.barn.grant_lease(ttl)
