@@ -105,3 +105,15 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` stays on this machine: a loopback address, or "localhost"."""
+    import ipaddress  # (here: the CLI's start imports this module, rarely this function)
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
+        return False

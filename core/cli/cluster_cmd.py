@@ -233,9 +233,8 @@ def agent_command(
     from runink.core.metrics import register_gauges
     from runink.core.pipeline.compile import compile_pipeline
     from runink.core.pipeline.dsl import parse
-    from runink.core.server.serve_api import is_loopback
     from runink.core.server.tls import TlsFiles
-    from runink.core.units import check_name
+    from runink.core.units import check_name, is_loopback
 
     probe_at = None
     if health is not None:  # (checked before anything starts)

@@ -23,6 +23,7 @@ from uvicorn.server import ServerState
 from runink.core.fd_limits import max_connections, raise_fd_limit
 from runink.core.server import pki
 from runink.core.server.tls import TlsFiles
+from runink.core.units import is_loopback
 
 START_TIMEOUT = 10.0  # seconds for uvicorn to start accepting connections
 HEADER_TIMEOUT = 10.0  # seconds from a connection, or a request's first byte, to the end of its headers
@@ -189,15 +190,6 @@ class GuardedServer(uvicorn.Server):
 
         with asyncio.Runner(loop_factory=guarded_loop) as runner:
             runner.run(self.serve(sockets=sockets))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: only "localhost" is known to stay on this machine
-        return False
 
 
 def require_loopback(host: str, what: str, override: str) -> None:
