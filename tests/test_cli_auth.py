@@ -55,3 +55,20 @@ def test_an_agents_token_file_is_one_token_and_no_symlink(run_cli: CliRunner, tm
         out = run_cli("agent", "--servers", "127.0.0.1:9", "--node-id", "n1", "--token-file", str(tmp_path / name))
         assert out.returncode != 0 and words in out.stderr and name in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_token_files_of_revoke_and_join_follow_no_link_and_wait_on_no_fifo(run_cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "real.token").write_text("eyJ.abc.def\n")
+    (tmp_path / "link.token").symlink_to(tmp_path / "real.token")
+    os.mkfifo(tmp_path / "fifo.token")  # (nobody writes it: a blocking open would hang the command)
+    commands = (
+        ("token", "revoke", "--server", "http://127.0.0.1:9"),
+        ("node", "join", "--server", "https://127.0.0.1:9", "--dir", str(tmp_path / "node")),
+    )
+    for command in commands:
+        for name, words in (("link.token", "symbolic links"), ("fifo.token", "not one token")):
+            out = run_cli(*command, "--token-file", str(tmp_path / name))
+            assert out.returncode != 0 and words in out.stderr and name in out.stderr, (command, out.stderr)
+            assert "Traceback" not in out.stderr
+    both = run_cli(*commands[0], "eyJ.abc.def", "--token-file", str(tmp_path / "real.token"))
+    assert both.returncode != 0 and "give the token one way" in both.stderr, both.stderr

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import typer
 
 from runink.core.cli import roles_cmd
-from runink.core.cli.cluster_client import MAX_TOKEN, one_token, token_file
+from runink.core.cli.cluster_client import MAX_TOKEN, given_token, one_token, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
 
@@ -129,14 +129,9 @@ def token_revoke(
 ) -> None:
     """Revoke a token the cluster signed before it expires: every server refuses it within a
     second (an agent's stream using it ends)."""
-    if from_file is not None:
-        try:
-            with from_file.open() as opened:  # (bounded: a token is at most MAX_TOKEN characters)
-                token = one_token(opened.read(MAX_TOKEN + 2), str(from_file))
-        except OSError as exc:
-            raise typer.BadParameter(f"{from_file}: {exc.strerror}", param_hint="--token-file") from None
-    elif token == "-":
-        token = one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
+    if token is not None and from_file is not None:
+        raise typer.BadParameter("give the token one way: TOKEN, - (stdin) or --token-file FILE", param_hint="TOKEN")
+    token = given_token(token, from_file)
     given = {k: v for k, v in {"token": token, "jti": jti, "subject": subject, "herd": herd}.items() if v is not None}
     if len(given) != 1:
         raise typer.BadParameter("give one of TOKEN (or --token-file), --jti, --subject and --herd", param_hint="TOKEN")

@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -90,6 +91,16 @@ def read_token_file(path: Path, option: str = "--token-file") -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise RuninkError(f"{option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return one_token(text, f"{option} {path}")
+
+
+def given_token(token: str | None, token_file: Path | None) -> str | None:
+    """The token a command was given: TOKEN itself, ``-`` for stdin (bounded) or
+    ``--token-file`` (read_token_file: no link followed); None if neither was given."""
+    if token_file is not None:
+        return read_token_file(token_file)
+    if token == "-":
+        return one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
+    return token
 
 
 def token_file() -> Path:

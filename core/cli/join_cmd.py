@@ -48,16 +48,13 @@ def node_join(
 
     import httpx
 
-    from runink.core.cli.cluster_client import MAX_TOKEN, one_token, read_token_file
+    from runink.core.cli.cluster_client import given_token
     from runink.core.server import pki
     from runink.core.server.join import JoinToken, pinned_ca
 
     if (token is None) == (token_file is None):
         raise typer.BadParameter("give the token one way: --token-file FILE, TOKEN, or - (stdin)", param_hint="TOKEN")
-    if token_file is not None:
-        token = read_token_file(token_file)
-    elif token == "-":
-        token = one_token(sys.stdin.read(MAX_TOKEN + 2), "stdin")
+    token = given_token(token, token_file)
     assert token is not None
     try:
         parsed = JoinToken.parse(token)
