@@ -7,7 +7,6 @@ the access token. Every wait is bounded by the code's own lifetime."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 from runink.core.errors import RuninkError
 from runink.core.report import printable
+from runink.core.units import is_loopback
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_WAIT = 900.0  # seconds: the longest a code is waited for, whatever the provider says
@@ -29,11 +29,7 @@ def _check_issuer(issuer: str, what: str = "--issuer") -> str:
     """``issuer`` if it is https (or http on loopback: development); DeviceLoginError else."""
     parts = urlsplit(issuer)
     host = parts.hostname or ""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(host)):
         raise DeviceLoginError(f"{what} {printable(issuer, 300)}: an https:// URL (http only on loopback)")
     return issuer.rstrip("/")
 

@@ -9,7 +9,6 @@ token of our issuer is verified with PyJWT against the key of its ``kid`` in the
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ from runink.core.config import RuninkConfig
 from runink.core.errors import AuthenticationError
 from runink.core.hookspecs import hookimpl
 from runink.core.model import AuthRequest, Identity
+from runink.core.units import is_loopback
 
 if TYPE_CHECKING:  # imported where used: every CLI start loads this plugin, most never use it
     import jwt
@@ -51,15 +51,6 @@ class _FetchError(Exception):
     """The issuer could not be reached or answered something unusable (one line)."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _url_problem(url: str) -> str | None:
     """Why ``url`` may not be used to reach the issuer, or None: https, or http to loopback only."""
     parts = urlsplit(url)
@@ -67,7 +58,7 @@ def _url_problem(url: str) -> str | None:
         return "has no host"
     if parts.scheme == "https":
         return None
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         return None
     return "must be an https URL (http only for a loopback host: 127.0.0.0/8, ::1, localhost)"
 
