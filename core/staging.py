@@ -311,25 +311,49 @@ def _folders_locked(stages: dict[Path, Stage], locks: Path) -> Iterator[None]:
     ``locks``, named by the sink folder's device and inode, not the sink folder itself:
     anyone who may read that folder (a slice given the pipeline's folder, another user) could
     hold a lock on it and hold every publish there for good. Locked in one order: no two runners
-    wait on each other. Runners of one data dir, on one machine."""
+    wait on each other. Runners of one data dir, on one machine. A lock's file is removed by
+    its holder when done (the folder does not fill with one file per sink folder ever used); a
+    runner that got the lock on a file removed meanwhile takes it again on the new one."""
     folders = sorted({(info.st_dev, info.st_ino) for info in (os.fstat(s.folder) for s in stages.values())})
     try:
         private_folder(locks, "publish locks")
     except RuninkError as exc:
         raise OSError(str(exc)) from None
     folder = os.open(locks, _DIRECTORY)
-    held: list[int] = []
+    held: list[tuple[int, str]] = []
     try:
         for device, inode in folders:
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(f"{device:x}-{inode:x}.lock", flags, 0o600, dir_fd=folder)
-            held.append(fd)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            name = f"{device:x}-{inode:x}.lock"
+            held.append((_lock_file(folder, name), name))
         yield
     finally:
-        for fd in held:
+        for fd, name in reversed(held):
+            with contextlib.suppress(OSError):  # (still ours: whoever waits on it takes a new one)
+                os.unlink(name, dir_fd=folder)
             os.close(fd)  # (the lock goes with it)
         os.close(folder)
+
+
+def _lock_file(folder: int, name: str) -> int:
+    """An fd of the lock file ``name`` in ``folder``, flock'd: the file that is there now, not
+    one its last holder removed while this runner waited on it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(10_000):  # (each turn means another runner held and released it meanwhile)
+        fd = os.open(name, flags, 0o600, dir_fd=folder)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = os.fstat(fd)
+            try:
+                present = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                present = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if present is not None and (present.st_dev, present.st_ino) == (locked.st_dev, locked.st_ino):
+            return fd
+        os.close(fd)
+    raise OSError(f"publish lock {name}: taken and removed by other runners 10,000 times in a row")
 
 
 def _earlier_attempt(stage: Stage, writer: tuple[str, int] | None) -> bool:

@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -1063,3 +1065,41 @@ def test_a_lock_someone_else_holds_on_a_sink_folder_does_not_hold_the_publish(tm
         os.close(holder)
     assert (first.read_text(), second.read_text()) == ("new a\n", "new b\n")
     _unstage(stages)
+
+
+def test_publish_locks_exclude_each_other_and_leave_no_files(tmp_path: Path) -> None:
+    """A lock file per sink folder ever published to was left in the data dir for good; removing
+    it on release must not let a runner that waited on the removed file in beside the next one."""
+    import threading
+
+    from runink.core import staging
+
+    sink = tmp_path / "sink"
+    sink.mkdir()
+    folder = os.open(sink, os.O_RDONLY | os.O_DIRECTORY)
+    stages: dict[Path, Any] = {sink / "a.csv": SimpleNamespace(folder=folder)}
+    locks = tmp_path / "data" / staging.LOCKS
+    inside, most, errors = [0], [0], []
+    count = threading.Lock()
+
+    def publisher() -> None:
+        try:
+            for _ in range(40):
+                with staging._folders_locked(stages, locks):  # type: ignore[arg-type]
+                    with count:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                    time.sleep(0.0005)
+                    with count:
+                        inside[0] -= 1
+        except Exception as exc:  # (reported below: a thread's exception is otherwise lost)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    os.close(folder)
+    assert not errors and most[0] == 1, (errors, most)
+    assert list(locks.iterdir()) == []
