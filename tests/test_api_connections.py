@@ -175,6 +175,47 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(
         stop_api(server, thread)
 
 
+def test_tls_connections_still_in_their_handshake_count_against_their_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted only once their handshake had ended: one client opening thousands of silent
+    connections (each held 10 s) could take every descriptor of the server (a review's note)."""
+    from runink.core.server import pki
+    from runink.core.server.pki import create_ca, issue
+    from runink.core.server.tls import TlsFiles
+
+    monkeypatch.setattr(served, "MAX_PER_ADDRESS", 3)
+    ca = create_ca(tmp_path / "ca")
+    cert = issue(tmp_path / "ca", tmp_path / "certs", "api", sans=["127.0.0.1"], usage="server")
+    server, thread = serve_api(FastAPI(), "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.cert))
+    port = server.config.port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # (no ClientHello)
+    try:
+        time.sleep(0.3)  # (accepted by the server)
+        with socket.create_connection(("127.0.0.1", port)) as fourth:
+            fourth.settimeout(5)
+            began = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert fourth.recv(100) == b""  # closed at once, not after the handshake's 10 s
+            assert time.monotonic() - began < 2
+        context = pki.client_context(None, None, ca.cert)
+        with httpx.Client(verify=context) as other:  # another address: served meanwhile
+            other_url = f"https://127.0.0.1:{port}/nothing"
+            with (
+                socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert tls.recv(100).startswith(b"HTTP/1.1 404")
+            silent.pop().close()
+            time.sleep(0.3)  # (its end seen by the server)
+            assert other.get(other_url).status_code == 404  # the first address has a slot again
+    finally:
+        for sock in silent:
+            sock.close()
+        stop_api(server, thread)
+
+
 def test_connections_are_counted_per_client_not_per_address_it_picks() -> None:
     """An IPv6 host picks any address of its /64, and an IPv4 client may come as an
     IPv4-mapped IPv6 address: each got 256 connections of its own (a review's finding)."""

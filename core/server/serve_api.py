@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ipaddress
 import socket
 import ssl
@@ -32,6 +33,7 @@ LINGER = 1.0  # seconds a refused client's input is still read (and dropped) bef
 BODY_TIMEOUT = 60.0  # seconds from the end of a request's headers to the end of its body
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake
 MAX_PER_ADDRESS = 256  # connections open at once from one client address or IPv6 /64 (503 beyond)
+ACCEPT_RETRY = 1.0  # seconds before accepting again when out of descriptors (asyncio's own delay)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -160,11 +162,74 @@ def _connections_by_address(state: ServerState) -> collections.Counter[str]:
     return counts
 
 
+class TlsAcceptor:
+    """Accepts the TLS connections of one listening socket itself, counting each client's
+    connections from the moment they are accepted: asyncio's own server makes the HTTP side
+    only once a handshake has ended, so GuardedHttp's count missed the connections still in
+    their handshake, and one client opening thousands (each held up to HANDSHAKE_TIMEOUT) could
+    take every descriptor of the server. Past MAX_PER_ADDRESS handshakes of one client, or
+    ``limit`` of all, a new connection is closed at once. The rest is asyncio's TLS
+    (``connect_accepted_socket``), with the handshake's timeout."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Any,
+        tls: ssl.SSLContext,
+        limit: int,
+    ) -> None:
+        self.loop, self.sock, self.protocol_factory, self.tls, self.limit = loop, sock, protocol_factory, tls, limit
+        self.handshaking: collections.Counter[str] = collections.Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(128):  # (a burst at a time: the loop's other work goes on between)
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors or memory: accept again in a second
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            key = client_key(str(address[0])) if isinstance(address, tuple) else ""
+            if self.handshaking[key] >= MAX_PER_ADDRESS or sum(self.handshaking.values()) >= self.limit:
+                conn.close()  # (before TLS: nothing can be said to it)
+                continue
+            self.handshaking[key] += 1
+            task = self.loop.create_task(self._handshake(conn, key))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _resume(self) -> None:
+        if self.sock.fileno() != -1:  # (not closed meanwhile by the server's close)
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    async def _handshake(self, conn: socket.socket, key: str) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                self.protocol_factory, conn, ssl=self.tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
+            conn.close()  # (asyncio closed its transport already; a socket it never wrapped, here)
+        finally:
+            self.handshaking[key] -= 1
+            if self.handshaking[key] <= 0:
+                del self.handshaking[key]
+
+
 class GuardedServer(uvicorn.Server):
     """uvicorn's server with our TLS (``tls``: the context, TLS 1.2 at least, its files read
     without following a link, where uvicorn would open them again by path) whose handshakes end
     within HANDSHAKE_TIMEOUT (asyncio's 60 s held a connection slot a minute for each client that
-    only opened a connection)."""
+    only opened a connection), accepted by TlsAcceptor (connections counted per client from
+    their accept, their handshake included)."""
 
     def __init__(self, config: uvicorn.Config, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(config)
@@ -180,10 +245,17 @@ class GuardedServer(uvicorn.Server):
             loop = make_loop()
             create_server = loop.create_server
 
-            async def create_guarded_server(*args: Any, **kwargs: Any) -> asyncio.Server:
-                if kwargs.get("ssl") is not None:
-                    kwargs["ssl_handshake_timeout"] = HANDSHAKE_TIMEOUT
-                return await create_server(*args, **kwargs)
+            async def create_guarded_server(protocol_factory: Any, *args: Any, **kwargs: Any) -> asyncio.Server:
+                tls, sock = kwargs.pop("ssl", None), kwargs.get("sock")
+                if tls is None:
+                    return await create_server(protocol_factory, *args, **kwargs)
+                if sock is None:  # (serve_api always gives its bound socket)
+                    raise RuntimeError("TLS is served on a bound socket only")
+                # asyncio's server, never serving: uvicorn closes it, which stops the acceptor's
+                # reader on the same socket and closes the socket
+                server = await create_server(protocol_factory, *args, start_serving=False, **kwargs)
+                TlsAcceptor(loop, sock, protocol_factory, tls, self.config.limit_concurrency or 1024).start()
+                return server
 
             loop.create_server = create_guarded_server  # type: ignore[method-assign]
             return loop
