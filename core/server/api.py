@@ -616,6 +616,11 @@ def create_app(
         finally:
             heavy.release()
 
+    @app.exception_handler(RevocationsUnknown)
+    async def _revocations_unknown(request: Request, exc: RevocationsUnknown) -> JSONResponse:
+        # (a token is minted with the revocations read afresh: core/server/revocations.py)
+        return _error(503, f"{exc}; no token was made: try again", {"Retry-After": RETRY_AFTER})
+
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
         return _error(503, f"{exc}; try again", {"Retry-After": RETRY_AFTER})

@@ -146,11 +146,15 @@ class ClusterTokens:
         self._verified_lock = threading.Lock()
 
     def mint(self, subject: str, grants: Sequence[Grant], ttl: float, *, now: float | None = None) -> tuple[str, float]:
-        """A token for ``subject`` holding ``grants`` for ``ttl`` seconds; and when it expires."""
+        """A token for ``subject`` holding ``grants`` for ``ttl`` seconds; and when it expires.
+        It carries the epochs of the revocations it may be revoked under, read now (``rev``:
+        core/server/revocations.py); RevocationsUnknown when they cannot be read."""
         import jwt
 
         if not 0 < ttl <= MAX_TTL:
             raise ValueError(f"ttl: {ttl:g} s (expected 1 s to {MAX_TTL // 86400} days)")
+        under = [subject, *sorted({HERD_TOKENS + g.herd for g in grants if g.herd != CLUSTER})]
+        epochs = None if self.revocations is None else self.revocations.epochs(under)
         issued = time.time() if now is None else now
         expires = int(issued + ttl)
         claims: dict[str, Any] = {
@@ -163,6 +167,8 @@ class ClusterTokens:
             "jti": secrets.token_hex(8),
             "grants": [{"role": g.role, "herd": g.herd} for g in grants],
         }
+        if epochs is not None:
+            claims["rev"] = epochs
         token = jwt.encode(claims, self._keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
         return token, float(expires)
 
@@ -283,7 +289,13 @@ class ClusterTokens:
         grants = tuple(_token_grants(claims.get("grants")))
         return Identity(
             str(claims["sub"]),
-            claims={"grants": grants, "jti": claims.get("jti"), "iat": claims.get("iat"), "exp": claims.get("exp")},
+            claims={
+                "grants": grants,
+                "jti": claims.get("jti"),
+                "iat": claims.get("iat"),
+                "exp": claims.get("exp"),
+                "rev": _epochs(claims.get("rev")),
+            },
             authenticated_by="runink-token",
         )
 
@@ -308,14 +320,31 @@ class ClusterTokens:
         herds = sorted(
             {g.herd for g in identity.claims.get("grants", ()) if isinstance(g, Grant) and g.herd != CLUSTER}
         )
+        epochs = identity.claims.get("rev")  # (None: a token of an earlier version, judged by its iat)
+
+        def seen(subject: str) -> int | None:
+            return None if not isinstance(epochs, dict) else epochs.get(subject, 0)
+
         try:
-            why = self.revocations.why_revoked(identity.subject, identity.claims.get("jti"), issued)
+            subject = identity.subject
+            why = self.revocations.why_revoked(subject, identity.claims.get("jti"), issued, seen(subject))
             for herd in herds:  # (a herd deleted, maybe made again since: its old tokens hold nothing)
-                if why is None and (why := self.revocations.why_revoked(HERD_TOKENS + herd, None, issued)):
+                under = HERD_TOKENS + herd
+                if why is None and (why := self.revocations.why_revoked(under, None, issued, seen(under))):
                     why = why.replace(f"every token of {HERD_TOKENS}{herd}", f"every token of herd {herd}", 1)
             return why
         except RevocationsUnknown as exc:
             return str(exc)
+
+
+def _epochs(value: object) -> dict[str, int] | None:
+    """A token's ``rev`` claim (subject -> epoch), or None when it has none or not one of ours
+    (then it is judged by its ``iat``)."""
+    if not isinstance(value, dict) or len(value) > 1024:
+        return None
+    if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in value.items()):
+        return None
+    return dict(value)
 
 
 def _kid(jwt: Any, key: Any) -> str:

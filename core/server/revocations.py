@@ -1,6 +1,14 @@
 """Tokens the cluster signed, revoked before they expire: one token (by its ``jti``) or every
 token of a subject issued up to a moment (a service account's, a node's).
 
+"Up to a moment" is told without clocks for the tokens this version mints: each revocation of
+a subject is numbered (its epoch), and a token carries, in its ``rev`` claim, the epoch its
+server had read for each subject it may be revoked under (its own, and ``herd:NAME`` for every
+herd it holds a role in) when it was signed, read afresh then. A token is revoked under a
+subject when it carries an older epoch than the subject's: signed before its server had seen
+the revocation, whatever the servers' clocks say. A token without the claim (an earlier
+version's) is judged by its ``iat`` against the revocation's time, ``before``.
+
 Revocations live in the Barn under ``/cluster/revoked/``, each on a lease that ends when it no
 longer matters (a token's once the token expired; a subject's once no token issued before it
 can still be valid, MAX_TTL later), so the list stays as short as the tokens are. Every server
@@ -22,7 +30,7 @@ from runink.core.interfaces.barn import BarnBackend, KeyValue
 
 PREFIX = "/cluster/revoked/"
 TOKENS = PREFIX + "tokens/"  # JTI -> {subject, expires, at, by}
-SUBJECTS = PREFIX + "subjects/"  # base64url(subject) -> {subject, before, at, by}
+SUBJECTS = PREFIX + "subjects/"  # base64url(subject) -> {subject, before, epoch, at, by}
 FRESH_FOR = 1.0  # seconds a server trusts the list it read
 STALE_AFTER = 10.0  # seconds without a successful read after which every cluster token is refused
 MAX_SUBJECT = 256  # characters of a subject
@@ -55,45 +63,63 @@ class Revocations:
         self._lock = threading.Lock()
         self._read_at = -1e18  # monotonic time of the last successful read
         self._tokens: set[str] = set()
-        self._subjects: dict[str, float] = {}  # subject -> tokens issued up to this time are revoked
+        # subject -> (tokens issued up to this time are revoked, the revocation's epoch)
+        self._subjects: dict[str, tuple[float, int]] = {}
         self._generation = 0  # revocations made here (a read begun before one is not taken whole)
 
     # --- checking -------------------------------------------------------------------------
 
-    def why_revoked(self, subject: str, jti: object, issued: object) -> str | None:
+    def why_revoked(self, subject: str, jti: object, issued: object, seen: int | None = None) -> str | None:
         """Why a token of ``subject`` with ``jti`` issued at ``issued`` (its claims) is
-        revoked, or None. RevocationsUnknown when the list is too old to tell."""
+        revoked, or None. ``seen``: the epoch of ``subject``'s revocations the token carries
+        (its ``rev`` claim; 0 for none seen), None for a token without the claim (judged by
+        ``issued``). RevocationsUnknown when the list is too old to tell."""
         self._refresh()
         with self._lock:
             if isinstance(jti, str) and jti in self._tokens:
                 return "revoked"
-            before = self._subjects.get(subject)
-        if before is not None and isinstance(issued, int | float) and issued <= before:
+            found = self._subjects.get(subject)
+        if found is None:
+            return None
+        before, epoch = found
+        # (told by the epoch the token carries; by its clock-stamped iat for an earlier version's)
+        revoked = seen < epoch if seen is not None else isinstance(issued, int | float) and issued <= before
+        if revoked:
             at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(before))
             return f"every token of {subject} issued up to {at} was revoked"
         return None
+
+    def epochs(self, subjects: list[str]) -> dict[str, int]:
+        """The epoch of each subject's last revocation (0: never revoked), read afresh: what a
+        token signed now carries. RevocationsUnknown when the list cannot be read."""
+        self._refresh(afresh=True)
+        with self._lock:
+            return {subject: self._subjects.get(subject, (0.0, 0))[1] for subject in subjects}
 
     def revoked_up_to(self, subject: str) -> float | None:
         """Until when ``subject``'s tokens (a node's certificates) are revoked, or None.
         RevocationsUnknown when the list is too old to tell."""
         self._refresh()
         with self._lock:
-            return self._subjects.get(subject)
+            found = self._subjects.get(subject)
+        return None if found is None else found[0]
 
     def fresh(self) -> bool:
         """Whether a check now needs no read of the list (it was read under FRESH_FOR ago)."""
         return time.monotonic() - self._read_at < FRESH_FOR
 
-    def _refresh(self) -> None:
+    def _refresh(self, afresh: bool = False) -> None:
+        """Read the list unless it was read under FRESH_FOR ago (``afresh``: read it now, and
+        RevocationsUnknown if it cannot be)."""
         now = time.monotonic()
-        if now - self._read_at < FRESH_FOR:
+        if now - self._read_at < FRESH_FOR and not afresh:
             return
         with self._lock:
             generation = self._generation
         try:
             found = self.barn.scan(PREFIX)
         except BarnError as exc:
-            if now - self._read_at > STALE_AFTER:
+            if afresh or now - self._read_at > STALE_AFTER:
                 raise RevocationsUnknown(f"the revoked tokens cannot be read ({exc})") from None
             return  # the last list, a few seconds old, still stands
         tokens, subjects = set(), {}
@@ -103,7 +129,7 @@ class Revocations:
                 if kv.key.startswith(TOKENS):
                     tokens.add(kv.key[len(TOKENS) :])
                 elif kv.key.startswith(SUBJECTS):
-                    subjects[str(record["subject"])] = float(record["before"])
+                    subjects[str(record["subject"])] = (float(record["before"]), _epoch(record))
             except (ValueError, KeyError, TypeError):
                 continue  # (written by this module only: not one of its records)
         with self._lock:
@@ -143,17 +169,26 @@ class Revocations:
         token). A subject revoked again keeps its record's lease, renewed (each revocation
         granted a lease of its own before: 300 revocations, 300 leases in the Barn)."""
         now = self.clock()
-        record = {"subject": subject, "before": float(int(now + ahead)), "at": now, "by": by}
+        key = subject_key(subject)
+        known = self.barn.get(key) if isinstance(self.barn, BarnBackend) else None
+        try:
+            last = _epoch(json.loads(known.value)) if known is not None else 0
+        except (ValueError, TypeError):
+            last = 0
+        with self._lock:  # (one made here a moment ago may not be read back yet)
+            last = max(last, self._subjects.get(subject, (0.0, 0))[1])
+        record = {"subject": subject, "before": float(int(now + ahead)), "epoch": last + 1, "at": now, "by": by}
         lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
-        self._put(subject_key(subject), record, lives + self.leeway + ahead)
+        self._put(key, record, lives + self.leeway + ahead, known)
         with self._lock:
-            self._subjects[subject] = max(record["before"], self._subjects.get(subject, record["before"]))
+            before = max(record["before"], self._subjects.get(subject, (record["before"], 0))[0])
+            self._subjects[subject] = (before, record["epoch"])
         return record
 
-    def _put(self, key: str, record: dict[str, Any], ttl: float) -> None:
+    def _put(self, key: str, record: dict[str, Any], ttl: float, known: KeyValue | None = None) -> None:
         if not isinstance(self.barn, BarnBackend):
             raise TypeError("revocations are written through a Barn client, not a member's copy")
-        known = self.barn.get(key)
+        known = known if known is not None else self.barn.get(key)
         lease = None
         if known is not None and known.lease:
             try:  # (its ttl is this key's every time: renewed, it lives as long as a new one)
@@ -165,3 +200,9 @@ class Revocations:
             lease = self.barn.grant_lease(ttl)
         self.barn.put(key, json.dumps(record).encode(), lease=lease)
         self.forget_cache()
+
+
+def _epoch(record: dict[str, Any]) -> int:
+    """A subject revocation's epoch (a record of an earlier version, without one: 1)."""
+    epoch = record.get("epoch", 1)
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else 1
