@@ -58,13 +58,17 @@ TYPE_NAMES = {
 }
 MAX_DECIMAL_PRECISION = 38  # decimal128's
 
-_INT_RE = r"^[+-]?\d{1,18}$"
+_INT_RE = r"^[+-]?0*\d{1,19}$"  # (19 digits: int64's; past its range the cast refuses the value)
 _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(?i:nan|inf|infinity)$"
 _DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # years 0001-9999, as Python's dates (Arrow reads year 0000, which no output can write back)
 _YEAR = r"(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})"
 _DATE_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}$"
-_DATETIME_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}([T ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d{{1,9}})?)?)?(Z|[+-]\d{{2}}:?\d{{2}})?$"
+_DATETIME_RE = rf"^{_YEAR}-\d{{2}}-\d{{2}}([T ]\d{{2}}(:\d{{2}}(:\d{{2}}(\.\d{{1,9}})?)?)?)?(Z|[+-]\d{{2}}:?\d{{2}})?$"
+# fraction digits past the microseconds that are zeros (…00:00.123456000Z, as Go, Java and
+# pandas write nanoseconds): dropped, nothing lost; other digits there are refused (lost)
+_NANO_ZEROS = r"(\.\d{6})0{1,3}((Z|[+-]\d{2}:?\d{2})?)$"
+_WRITTEN_INF = r"^\s*[+-]?(?i:inf|infinity)\s*$"
 #: a decimal's text longer than this may hold more digits than decimal128 has, which Arrow's
 #: cast wraps without a word (12.5000...0001 became 0.00; -9 39 times a positive value): such
 #: values are read exactly, in Python. 38 digits always fit; every wrap found had 39 or more.
@@ -201,6 +205,21 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _check_re2(where: str, regex: str) -> None:
+    """A contract's regex is run by Arrow (RE2): one Python takes and RE2 does not (a lookahead,
+    a backreference) failed the run's first batch instead of the contract."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), f"^(?:{regex})$")
+    except pa.ArrowInvalid as exc:
+        why = str(exc).removeprefix("Invalid regular expression: ")
+        raise ContractError(
+            f"{where}: regex {regex!r} is not RE2 syntax ({why}): lookarounds and backreferences are not supported"
+        ) from None
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool)
 
@@ -250,6 +269,7 @@ def _check_constraints(contract: str, name: str, base: type, spec: Field) -> Non
             re.compile(spec.regex)
         except re.error as exc:
             raise ContractError(f"{where}: invalid regex {spec.regex!r}: {exc}") from None
+        _check_re2(where, spec.regex)
     if spec.mask and base is not str:
         raise ContractError(f"{where}: mask applies to str fields")
 
@@ -385,6 +405,8 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # (a struct, a list): no value is one
             return pa.nulls(len(raw), target), pc.is_valid(raw)
     text = raw.cast(pa.string())
+    if spec.type is str:  # (as written, as a `string` column is: large_string, string_view, dictionary)
+        return text, None
     long = None
     if spec.type is decimal.Decimal:
         long = pc.fill_null(pc.greater(pc.utf8_length(text), MAX_DECIMAL_TEXT), False)
@@ -403,11 +425,11 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
                 failed = pa.array(np.zeros(len(text), dtype=bool))
                 if (outside := _outside_years(value, spec)) is not None:
                     value, failed = pc.if_else(outside, pa.scalar(None, value.type), value), outside
+                if (overflow := _overflow(text, value, spec)) is not None:
+                    value, failed = pc.if_else(overflow, pa.scalar(None, value.type), value), pc.or_(failed, overflow)
                 return value, failed
     text = pc.utf8_trim_whitespace(text)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-    if spec.type is str:
-        return text, None
     present = pc.is_valid(text)
     if spec.type is bool:
         lowered = pc.utf8_lower(text)
@@ -437,7 +459,22 @@ def _convert(raw: pa.Array, spec: ContractField) -> tuple[pa.Array, pa.Array | N
         value, ok = pc.if_else(long, exact, value), pc.or_(ok, read)
     if (outside := _outside_years(value, spec)) is not None:  # (an offset moves 0001-01-01T00:00+01:00 to year 0)
         value, ok = pc.if_else(outside, pa.scalar(None, value.type), value), pc.and_(ok, pc.invert(outside))
+    if (overflow := _overflow(text, value, spec)) is not None:
+        value, ok = pc.if_else(overflow, pa.scalar(None, value.type), value), pc.and_(ok, pc.invert(overflow))
     return value, pc.and_(present, pc.invert(ok))
+
+
+def _overflow(text: pa.Array, value: pa.Array, spec: ContractField) -> pa.Array | None:
+    """For a float field, the mask of the values read as infinite that were not written so
+    (1e400: past a double's range, which Arrow reads as inf without a word); None when there
+    are none (one pass finds that)."""
+    if spec.type is not float:
+        return None
+    infinite = pc.fill_null(pc.is_inf(value), False)
+    if not pc.any(infinite).as_py():
+        return None
+    written = pc.fill_null(pc.match_substring_regex(text, _WRITTEN_INF), False)
+    return pc.and_(infinite, pc.invert(written))
 
 
 def _nan(value: pa.Array) -> pa.Array | None:
@@ -495,17 +532,27 @@ def _long_decimals(text: pa.Array, long: pa.Array, spec: ContractField) -> tuple
 
 def _cast_text(text: pa.Array, spec: ContractField) -> pa.Array:
     if spec.type is dt.datetime:
-        # Offsets are converted to UTC; naive values are taken as UTC.
-        zoned = pc.fill_null(pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$"), False)
-        if not pc.any(zoned).as_py():
-            return pc.cast(text, pa.timestamp("us"))
-        normalised = pc.replace_substring_regex(text, r"Z$", "+00:00")
-        aware = pc.cast(pc.if_else(zoned, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
-        naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
-        return pc.if_else(zoned, pc.cast(aware, pa.timestamp("us")), naive)
+        try:
+            return _cast_datetimes(text)
+        except pa.ArrowInvalid:  # (a pass more only then: the usual batch has no such fraction)
+            if not pc.any(pc.match_substring_regex(text, r"\.\d{7}")).as_py():
+                raise
+            return _cast_datetimes(pc.replace_substring_regex(text, _NANO_ZEROS, r"\1\2"))
     if spec.type is int:  # (Arrow refuses "+5", which a float and a decimal field take)
         text = pc.replace_substring_regex(text, r"^\+", "")
     return pc.cast(text, spec.arrow_type)
+
+
+def _cast_datetimes(text: pa.Array) -> pa.Array:
+    """Datetime texts as UTC timestamps: offsets are converted to UTC; naive values are taken
+    as UTC."""
+    zoned = pc.fill_null(pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$"), False)
+    if not pc.any(zoned).as_py():
+        return pc.cast(text, pa.timestamp("us"))
+    normalised = pc.replace_substring_regex(text, r"Z$", "+00:00")
+    aware = pc.cast(pc.if_else(zoned, normalised, pa.scalar(None, pa.string())), pa.timestamp("us", "UTC"))
+    naive = pc.cast(pc.if_else(zoned, pa.scalar(None, pa.string()), normalised), pa.timestamp("us"))
+    return pc.if_else(zoned, pc.cast(aware, pa.timestamp("us")), naive)
 
 
 def _cast_each(text: pa.Array, spec: ContractField, ok: pa.Array) -> tuple[pa.Array, pa.Array]:
