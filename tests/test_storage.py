@@ -531,6 +531,18 @@ def test_jsonl_a_lone_surrogate_is_a_dead_letter(tmp_path: Path, conflict: bool)
     ]
 
 
+@pytest.mark.parametrize("raw", [True, False])
+def test_jsonl_a_line_that_is_not_utf8_is_a_dead_letter(tmp_path: Path, raw: bool) -> None:
+    """pyarrow's JSON reader does not check UTF-8: a line of other bytes was a valid row, and its
+    string unreadable in every output (a review's run)."""
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"id": 1, "name": "ok"}\n{"id": 2, "name": "bad \xff\xfe"}\n{"id": 3, "name": "\xc3\xa9"}\n')
+    rows, positions, bad = _jsonl_read(path, raw=raw)
+    assert [r["name"] for r in rows] == ["ok", "\u00e9"] and positions == [1, 3]
+    assert [(p, why.split(":")[0]) for p, why in bad] == [(2, "invalid JSON")], bad
+    assert "utf-8" in bad[0][1]
+
+
 def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
     """pyarrow makes timestamps of strings that look like one: a str field "2026-01-01T00:00:00"
     reached the contract as "2026-01-01 00:00:00" (and "...Z" lost its Z)."""

@@ -345,6 +345,16 @@ def _non_finite(array: pa.Array | pa.ChunkedArray) -> bool:
     return False
 
 
+def _utf8(lines: list[bytes]) -> bool:
+    """Whether the lines are UTF-8, as JSON is: pyarrow's reader does not check, and took a
+    line of other bytes as a valid row (its strings then unreadable, in every output)."""
+    try:
+        b"".join(lines).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _invalid(line: bytes) -> str | None:
     """Why a line is not one JSON object (as Python's parser reads it), if it is not."""
     try:
@@ -546,7 +556,7 @@ class JsonlStorage(Storage):
     ) -> ReadBatch:
         malformed: list[Malformed] = []
         table = _read_json(lines, raw, exact, schema)
-        if table is None or any(_non_finite(column) for column in table.columns):
+        if table is None or not _utf8(lines) or any(_non_finite(column) for column in table.columns):
             good_lines, good_numbers = [], []
             for line, number in zip(lines, numbers, strict=True):
                 if (reason := _invalid(line)) is not None:
