@@ -543,6 +543,25 @@ def test_jsonl_a_line_that_is_not_utf8_is_a_dead_letter(tmp_path: Path, raw: boo
     assert "utf-8" in bad[0][1]
 
 
+def test_jsonl_numbers_and_objects_of_written_fields_are_read_as_written(tmp_path: Path) -> None:
+    """A chunk whose values of a contract's str field were all numbers typed it float64: made
+    text, 9007199254740993 gave '9.007199254740992e+15' and 12.0 gave '12'; an int field took
+    3.0 as 3; an object took other lines' keys (a review's runs)."""
+    path = tmp_path / "x.jsonl"
+    lines = [
+        '{"ref": 9007199254740993, "n": 3.0, "meta": {"a": 1}, "f": 12.0}',
+        '{"ref": 12.0, "n": 1e3, "meta": {"b": "x"}, "f": 1e2}',
+        '{"ref": 1e2, "n": 4, "meta": {"b": "y", "a": 2}, "f": 0.5}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    rows, positions, bad = _jsonl_read(path, written=["ref", "n", "meta"])
+    assert positions == [1, 2, 3] and bad == []
+    assert [r["ref"] for r in rows] == ["9007199254740993", "12.0", "1e2"]
+    assert [r["n"] for r in rows] == ["3.0", "1e3", "4"]  # (the contract refuses 3.0 for an int, as in CSV)
+    assert [json.loads(r["meta"]) for r in rows] == [{"a": 1}, {"b": "x"}, {"b": "y", "a": 2}]
+    assert [r["f"] for r in rows] == ["12", "100", "0.5"]  # (not a written field: Arrow's text)
+
+
 def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
     """pyarrow makes timestamps of strings that look like one: a str field "2026-01-01T00:00:00"
     reached the contract as "2026-01-01 00:00:00" (and "...Z" lost its Z)."""

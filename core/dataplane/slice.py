@@ -208,6 +208,8 @@ def run(spec: SliceSpec) -> int:
         options = dict(source.options)
         if contract is not None and (exact := [f.name for f in contract.fields() if f.type is decimal.Decimal]):
             options["exact"] = exact  # (a JSON number read as a float kept 17 of its digits)
+        if contract is not None and (written := [f.name for f in contract.fields() if f.type in (str, int)]):
+            options["written"] = written  # (a JSON number read as a float, made text, lost its digits)
         reads = source_driver.read(Path(source.path), raw=contract is not None, options=options)
         # checked on a thread of its own: the next batch is checked while this one goes through
         # the steps (both mostly pyarrow and polars work, which releases the GIL)

@@ -161,6 +161,30 @@ def _read_json(
     return table if table.num_rows == len(lines) else None
 
 
+def _as_written(batch: pa.RecordBatch, lines: list[bytes], written: frozenset[str]) -> pa.RecordBatch:
+    """The columns of ``written`` (a contract's str and int fields) that pyarrow read as floats
+    or nested values, read again from ``lines`` (one per row) as written: a float column made
+    text gave 9007199254740993 as '9.007199254740992e+15' and 12.0 as '12', an int field took
+    3.0 and 1e3, and an object took other lines' keys (the merged struct's). Only then: Python
+    reads those lines, the usual chunk has none."""
+    redo = [
+        i
+        for i, field in enumerate(batch.schema)
+        if field.name in written and (pa.types.is_floating(field.type) or pa.types.is_nested(field.type))
+    ]
+    if not redo or batch.num_rows != len(lines):
+        return batch
+    names = [batch.schema.field(i).name for i in redo]
+    values: dict[str, list[str | None]] = {name: [] for name in names}
+    for line in lines:
+        row = json.loads(line, parse_float=_Written, parse_int=_Written)
+        for name in names:
+            values[name].append(_as_text(row.get(name)))
+    for i, name in zip(redo, names, strict=True):
+        batch = batch.set_column(i, pa.field(name, pa.string()), pa.array(values[name], pa.string()))
+    return batch
+
+
 def _pieces(lines: list[bytes]) -> Iterator[list[bytes]]:
     """The lines in pieces of at most PIECE_LINES lines and about PIECE_BYTES bytes."""
     piece: list[bytes] = []
@@ -470,6 +494,8 @@ class JsonlStorage(Storage):
         chunk_bytes = int((options or {}).get("chunk_bytes", CHUNK_BYTES))
         # (the slice's, not the pipeline's: the contract's fields whose numbers must stay exact)
         exact = [str(name) for name in (options or {}).get("exact", ())]
+        # (and those whose JSON numbers are read as written, as text: its str and int fields)
+        written = frozenset(str(name) for name in (options or {}).get("written", ()))
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed in finally, across yields
         except FileNotFoundError:
@@ -486,9 +512,11 @@ class JsonlStorage(Storage):
                 fh.seek(0)
             step = None if schema is None else _step(_width(schema))
             for lines, numbers, skipped in _chunks(fh, chunk_lines, chunk_bytes, end):
-                for read in self._parse_in_steps(
-                    path, lines, numbers, raw=raw, skipped=skipped, exact=exact, schema=schema, step=step
-                ):
+                numbered = (path, lines, numbers)
+                steps = self._parse_in_steps(
+                    *numbered, raw=raw, skipped=skipped, exact=exact, written=written, schema=schema, step=step
+                )
+                for read in steps:
                     yield dataclasses.replace(read, fraction=min(1.0, fh.tell() / size) if size else None)
         finally:
             fh.close()
@@ -502,6 +530,7 @@ class JsonlStorage(Storage):
         raw: bool,
         skipped: list[Malformed],
         exact: list[str],
+        written: frozenset[str],
         schema: pa.Schema | None,
         step: int | None,
     ) -> Iterator[ReadBatch]:
@@ -509,7 +538,9 @@ class JsonlStorage(Storage):
         MAX_CELLS (a wide line's keys are every line's columns: Arrow gives each a value)."""
 
         def parse(part: slice, first: bool) -> ReadBatch:
-            return self._parse(lines[part], numbers[part], raw, skipped if first else [], exact, schema=schema)
+            return self._parse(
+                lines[part], numbers[part], raw, skipped if first else [], exact, written=written, schema=schema
+            )
 
         return _in_steps(path, numbers, step, parse)
 
@@ -541,18 +572,26 @@ class JsonlStorage(Storage):
         skipped: list[Malformed],
         exact: list[str],
         *,
+        written: frozenset[str] = frozenset(),
         schema: pa.Schema | None = None,
     ) -> ReadBatch:
         if not lines:
             empty = pa.RecordBatch.from_pylist([], schema=schema)
             return ReadBatch(empty, pa.array([], pa.int64()), skipped)
-        read = self._parse_lines(lines, numbers, raw, exact, schema)
+        read = self._parse_lines(lines, numbers, raw, exact, schema, written=written)
         if skipped:
             read = ReadBatch(read.batch, read.positions, sorted([*skipped, *read.malformed], key=lambda m: m.position))
         return read
 
     def _parse_lines(
-        self, lines: list[bytes], numbers: list[int], raw: bool, exact: list[str], schema: pa.Schema | None = None
+        self,
+        lines: list[bytes],
+        numbers: list[int],
+        raw: bool,
+        exact: list[str],
+        schema: pa.Schema | None = None,
+        *,
+        written: frozenset[str] = frozenset(),
     ) -> ReadBatch:
         malformed: list[Malformed] = []
         table = _read_json(lines, raw, exact, schema)
@@ -590,7 +629,7 @@ class JsonlStorage(Storage):
         else:
             batch = pa.RecordBatch.from_pylist([], schema=schema)
         if raw:
-            batch = _stringify(batch)
+            batch = _stringify(_as_written(batch, lines, written))
         return ReadBatch(batch, pa.array(numbers, pa.int64()), malformed)
 
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
