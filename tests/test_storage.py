@@ -562,6 +562,16 @@ def test_jsonl_numbers_and_objects_of_written_fields_are_read_as_written(tmp_pat
     assert [r["f"] for r in rows] == ["12", "100", "0.5"]  # (not a written field: Arrow's text)
 
 
+def test_jsonl_without_a_contract_a_big_int_in_a_float_column_is_a_value(tmp_path: Path) -> None:
+    """Read in Python because another column mixes kinds, an int past 2**53 in a float column
+    made its line a dead letter "that does not fit the column types" (a review's run)."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": 1, "v": 9007199254740993, "k": 1}\n{"id": 2, "v": 1.5, "k": "x"}\n')
+    rows, positions, bad = _jsonl_read(path, raw=False)
+    assert bad == [] and positions == [1, 2]
+    assert [r["v"] for r in rows] == [9007199254740992.0, 1.5] and [r["k"] for r in rows] == ["1", "x"]
+
+
 def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
     """pyarrow makes timestamps of strings that look like one: a str field "2026-01-01T00:00:00"
     reached the contract as "2026-01-01 00:00:00" (and "...Z" lost its Z)."""

@@ -340,9 +340,17 @@ def _as_typed(lines: list[bytes], schema: pa.Schema) -> tuple[pa.Table, list[int
     rows: list[dict[str, Any]] = []
     unfit: list[int] = []
     text = {field.name for field in schema if pa.types.is_string(field.type)}
+    # (an int in a float column, as Arrow reads it: pyarrow refuses a Python int past 2**53 there)
+    floats = {field.name for field in schema if pa.types.is_floating(field.type)}
     for line in lines:  # (a row holds its own keys only: the others are null, Arrow's to fill)
         value = json.loads(line, parse_float=_Written, parse_int=_Written)
-        rows.append({k: _as_text(v) if k in text else _numbers(v) for k, v in value.items() if k in schema.names})
+        rows.append(
+            {
+                k: _as_text(v) if k in text else float(v) if k in floats and isinstance(v, _Written) else _numbers(v)
+                for k, v in value.items()
+                if k in schema.names
+            }
+        )
     try:
         return pa.Table.from_pylist(rows, schema=schema), unfit
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
