@@ -197,6 +197,9 @@ def run(spec: SliceSpec) -> int:
                 if read.malformed:  # dead letters whether or not the source has a contract
                     masks = contract is not None and any(f.constraints.mask for f in contract.fields())
                     invalid_parts.append(_malformed_rows(read.malformed, source_uri, unit, dlq_schema, masked=masks))
+                if len(invalid_parts) > 1:  # (in file order: the contract's rejects and malformed lines interleave)
+                    merged = pa.Table.from_batches(invalid_parts).sort_by("_runink_position").combine_chunks()
+                    invalid_parts = merged.to_batches()
                 for part in invalid_parts:
                     counters.rows_invalid += part.num_rows
                     sink_output.submit("invalid", part)
