@@ -46,6 +46,15 @@ def private_folder(path: Path, what: str = "folder") -> None:
             "another user could plant the files read from it; give a folder of your own"
         )
     if info.st_mode & 0o077:
+        # an empty folder becomes its owner's only; one holding files is not changed (`server
+        # --init /etc` made /etc 0700 as root, and every other user lost the system's files)
+        with os.scandir(path) as entries:
+            holds = next(entries, None) is not None
+        if holds:
+            raise ForeignFolder(
+                f"{what} {path}: mode {stat.S_IMODE(info.st_mode):04o} lets other users in, and it holds "
+                f"files: give a folder of its own (made 0700), or chmod 700 it if it is runink's"
+            )
         os.chmod(path, 0o700)
 
 

@@ -32,7 +32,20 @@ def test_a_folder_of_another_users_state_is_refused(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o755)
     private_folder(mine)
-    assert (mine.stat().st_mode & 0o777) == 0o700
+    assert (mine.stat().st_mode & 0o777) == 0o700  # (empty: made its owner's only)
+
+
+def test_an_open_folder_holding_files_is_refused_not_narrowed(tmp_path: Path, run_cli: CliRunner) -> None:
+    """`runink server --init /etc` as root made /etc 0700 and wrote the CA in it: every other
+    user lost the system's files (a docs review's run; the slices' awk failed after it)."""
+    shared = tmp_path / "etc"
+    shared.mkdir(mode=0o755)
+    (shared / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    with pytest.raises(ForeignFolder, match=r"--init .*etc: mode 0755 lets other users in, and it holds files"):
+        private_folder(shared, "--init")
+    out = run_cli("server", "--init", str(shared), "--name", "x")
+    assert out.returncode != 0 and "lets other users in" in out.stderr and "Traceback" not in out.stderr
+    assert (shared.stat().st_mode & 0o777) == 0o755 and sorted(p.name for p in shared.iterdir()) == ["passwd"]
 
 
 def _runink(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
