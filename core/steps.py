@@ -94,6 +94,27 @@ def _string_views(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
+def records_batch(rows: list[dict[str, Any]], given: pa.Schema) -> pa.RecordBatch:
+    """A record step's rows as a batch: a column for every key of any row (in the order first
+    seen; a row without it holds null), and a column named as one of the step's input keeps
+    its type where its values fit it. (``from_pylist`` took the first row's keys only, dropping
+    a key the step added to later rows, and typed each batch on its own: a decimal(12,2) came
+    out decimal(3,2) in one batch and decimal(9,2) in the next, which no sink could take.)"""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    arrays = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        index = given.get_field_index(name)
+        array = None
+        if index >= 0:
+            try:
+                array = pa.array(values, given.field(index).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
+                array = None  # (the step changed the value's kind: typed as it comes)
+        arrays.append(array if array is not None else pa.array(values))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
 def adapt(ref: str, function: Callable[..., Any]) -> StepFunction:
     """The step as a RecordBatch -> RecordBatch function."""
     mode = step_mode(function)
@@ -103,7 +124,7 @@ def adapt(ref: str, function: Callable[..., Any]) -> StepFunction:
             rows = [out for row in batch.to_pylist() if (out := function(row)) is not None]
             if not rows:
                 return pa.RecordBatch.from_pylist([], schema=batch.schema)
-            return normalise(pa.RecordBatch.from_pylist(rows))
+            return normalise(records_batch(rows, batch.schema))
 
         return run_records
     if mode == "polars":

@@ -48,3 +48,39 @@ def test_a_polars_steps_string_work_is_right_on_long_and_missing_values() -> Non
         "n": [1, None, 0, 3],
     }
     assert out.schema.field("long").type == pa.string()
+
+
+def test_a_record_steps_output_keeps_every_key_and_its_input_types() -> None:
+    """from_pylist took the first row's keys only (a key the step added to later rows was
+    dropped) and typed each batch on its own: a decimal(12,2) came out decimal(3,2) in one batch
+    and decimal(9,2) in the next, and a column null in the first batch as null: the sink failed
+    (a review's runs)."""
+    from decimal import Decimal
+
+    from runink.core.steps import record_step
+
+    @record_step
+    def flag(row: dict) -> dict:
+        return {**row, "big": True} if row["amount"] > Decimal(100) else row
+
+    schema = pa.schema([("amount", pa.decimal128(12, 2)), ("note", pa.string())])
+    step = adapt("steps:flag", flag)
+    small = step(pa.RecordBatch.from_pylist([{"amount": Decimal("1.50"), "note": None}], schema=schema))
+    large = step(
+        pa.RecordBatch.from_pylist(
+            [{"amount": Decimal("2.00"), "note": None}, {"amount": Decimal("1234567.89"), "note": "x"}], schema=schema
+        )
+    )
+    assert small.schema.field("amount").type == large.schema.field("amount").type == pa.decimal128(12, 2)
+    assert small.schema.field("note").type == pa.string()
+    assert large.to_pylist() == [
+        {"amount": Decimal("2.00"), "note": None, "big": None},
+        {"amount": Decimal("1234567.89"), "note": "x", "big": True},
+    ]
+
+    @record_step
+    def retyped(row: dict) -> dict:
+        return {**row, "amount": str(row["amount"])}  # (a new kind of value: typed as it comes)
+
+    out = adapt("steps:retyped", retyped)(pa.RecordBatch.from_pylist([{"amount": Decimal("1.50")}], schema=schema))
+    assert out.schema.field("amount").type == pa.string() and out.column("amount").to_pylist() == ["1.50"]

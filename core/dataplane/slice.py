@@ -775,7 +775,10 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
 def _schema_change(batch: pa.RecordBatch, expected: pa.Schema) -> str:
     """How ``batch`` differs from the rows a sink was opened with, in words: the first column
     whose values do not convert (Arrow's own words named none)."""
-    hint = "a source without a contract is typed as it is read: give it one, or convert in a step"
+    hint = (
+        "a sink takes the types of its first rows: a source's contract types its columns, a step's "
+        "new or changed columns have the types of the values it returns"
+    )
     got = batch.schema
     if got.names != expected.names:
         missing = [n for n in expected.names if n not in got.names]
