@@ -168,6 +168,8 @@ def test_a_run_whose_process_died_reads_as_failed_and_can_be_pruned(
     subprocess.run(["pkill", "-KILL", "-f", str(run)], check=False)  # its slice, orphaned
     status = json.loads(run_cli("status", run.name, "--json").stdout)
     assert status["job"]["state"] == "FAILED"
+    again = run_cli("cancel", run.name)  # (it had ended: said so, not "cancelled")
+    assert again.returncode == 0 and again.stdout.strip() == f"{run.name}: already FAILED, nothing to cancel"
     (task,) = status["tasks"]
     assert task["state"] == "FAILED" and f"(pid {process.pid}) ended before this task did" in task["message"]
     listed = json.loads(run_cli("jobs", "list", "--state", "failed", "--json").stdout)

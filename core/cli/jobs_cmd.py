@@ -141,7 +141,8 @@ def exec_command(
     its output as it comes, and exit with its status."""
     state: CliState = ctx.obj
     if bool(command) == bool(commands):
-        raise typer.BadParameter("give COMMAND (after --) or --command, not both", param_hint="COMMAND")
+        why = "not both" if command else "one of them"
+        raise typer.BadParameter(f"give COMMAND (after --) or --command, {why}", param_hint="COMMAND")
     body: dict[str, Any] = {
         "herd": herd or _default_herd(state),
         **({"command": command} if command else {"commands": [_split(line, i) for i, line in enumerate(commands, 1)]}),
@@ -357,7 +358,14 @@ def cancel_command(
     `runink run` on this machine is stopped as Ctrl-C stops it."""
     with _job_client(ctx, server, job_id) as client:
         answer = client.call("POST", f"/v1/jobs/{job_id}/cancel")
-    print_json(answer) if json_output else print(f"{job_id}: cancelled")
+    if json_output:
+        print_json(answer)
+        return
+    state = answer.get("job", {}).get("state") if isinstance(answer.get("job"), dict) else None
+    if state in FINAL and state != "CANCELLED":  # (it had ended: nothing was stopped)
+        print(f"{job_id}: already {state}, nothing to cancel")
+    else:
+        print(f"{job_id}: cancelled")
 
 
 @jobs_app.command("list")

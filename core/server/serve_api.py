@@ -265,13 +265,13 @@ class GuardedServer(uvicorn.Server):
 
 
 def require_loopback(host: str, what: str, override: str) -> None:
-    """ValueError unless ``host`` is a loopback address: until authentication exists (issue 20)
-    nothing of a server may be reachable from the network by accident. ``what`` names the
-    address, ``override`` what lets it listen there anyway."""
+    """ValueError unless ``host`` is a loopback address: a plaintext address (no TLS: tokens
+    and secrets in clear) may not be reachable from the network by accident. ``what`` names
+    the address, ``override`` what lets it listen there anyway."""
     if not is_loopback(host):
         raise ValueError(
-            f"{what} {host!r}: not a loopback address; until authentication exists (issue 20) a server "
-            f"listens on loopback only: give {override} to listen there anyway"
+            f"{what} {host!r}: not a loopback address; without TLS a server listens on loopback only "
+            f"(its tokens and secrets would cross the network in clear): give TLS, or {override} to listen there anyway"
         )
 
 

@@ -36,7 +36,7 @@ def _over(task: TaskDemand, bounds: JobBounds) -> str | None:
         if limit is None:
             continue
         if name == "timeout" and value is None:
-            return f"timeout: none asked, the bound is {limit:g} s (give --timeout, or @timeout)"
+            return f"timeout: none asked, the bound is {limit:g} s (give --timeout, or @requires(timeout=...))"
         if value is not None and value > limit:
             fmt = _size if name == "memory" else shown.format
             where = bounds.source.get(name, "")
