@@ -51,6 +51,7 @@ def check_plugin_tables(
     ``known``: every plugin name the manager has heard of, disabled and failed ones included
     (their tables are theirs, not typos)."""
     wrong: dict[str, str] = {}
+    _hyphened_from_env(config, known)
     for table, options in sorted(config.plugin.items()):
         where = config.source_of(f"plugin.{table}")
         schema = schemas.get(table)
@@ -70,6 +71,21 @@ def check_plugin_tables(
             hint = f"did you mean [plugin.{close[0]}]?" if close else f"tables read: {', '.join(readers)}"
             log.warning("[plugin.%s] (%s): no installed plugin reads this table; %s", table, where, hint)
     return wrong
+
+
+def _hyphened_from_env(config: RuninkConfig, known: Collection[str]) -> None:
+    """A variable's name cannot hold a hyphen: ``RUNINK_PLUGIN__LINEAGE_JSONL__PATH`` is the
+    table of plugin ``lineage-jsonl`` when no plugin is named ``lineage_jsonl`` (it was read as
+    a table nobody reads, and the option was lost)."""
+    for table in [t for t in config.plugin if "_" in t and t not in known]:
+        hyphened = table.replace("_", "-")
+        options = config.plugin[table]
+        if hyphened not in known or not all(config.source_of(f"plugin.{table}.{k}").startswith("$") for k in options):
+            continue
+        moved = config.plugin.pop(table)
+        for key in moved:
+            config.sources[f"plugin.{hyphened}.{key}"] = config.source_of(f"plugin.{table}.{key}")
+        config.plugin[hyphened] = {**config.plugin.get(hyphened, {}), **moved}
 
 
 def _checked(config: RuninkConfig, table: str, schema: OptionsSchema, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,22 @@ def test_text_from_the_environment_is_converted_to_the_declared_type(
     }
 
 
+def test_a_hyphenated_plugins_table_can_be_set_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No variable's name holds a hyphen: RUNINK_PLUGIN__LINEAGE_JSONL__PATH was a table
+    "lineage_jsonl" nobody reads, and the path was lost (a docs review's run)."""
+    monkeypatch.setenv("RUNINK_PLUGIN__LINEAGE_JSONL__PATH", str(tmp_path / "events.jsonl"))
+    config = load_config(config_file(tmp_path, ""))
+    with caplog.at_level(logging.WARNING, logger="runink.config"):
+        manager = create_plugin_manager(config)
+    assert {r.name: r.status for r in manager.records()}["lineage-jsonl"] == "loaded"
+    assert config.plugin_options("lineage-jsonl") == {"path": str(tmp_path / "events.jsonl")}
+    assert "lineage_jsonl" not in config.plugin
+    assert config.source_of("plugin.lineage-jsonl.path") == "$RUNINK_PLUGIN__LINEAGE_JSONL__PATH"
+    assert [r for r in caplog.records if r.name == "runink.config"] == []
+
+
 def test_a_table_nobody_reads_is_a_warning_with_the_likely_name(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
