@@ -490,3 +490,25 @@ def test_ctrl_c_says_which_scenarios_outputs_were_published_and_json_reads_it(tm
     assert printed["ok"] is False
     assert {s["scenario"]: s["state"] for s in printed["scenarios"]} == {"Quick": "SUCCEEDED", "Speak": "CANCELLED"}
     assert not (folder / "out.csv").exists()
+
+
+def test_a_listing_of_kept_runs_reads_each_run_once_for_all_its_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page read every kept run again: a listing of N runs in pages of P read N*N/P records."""
+    from runink.core.cli.local_runs import LocalRuns
+
+    data = tmp_path / "data"
+    now = time.time()
+    for i in range(6):
+        kept_run(data / "runs", f"2026010{i}-000000-{i:06d}", now - 86400 * (6 - i), 10)
+    loaded = _counting_loads(monkeypatch)
+    local = LocalRuns(data)
+    pages, after = [], None
+    for _ in range(10):
+        page = local.call("GET", "/v1/jobs", limit=2, **({} if after is None else {"after": after}))
+        pages.append([job["id"] for job in page["jobs"]])
+        if (after := page["next"]) is None:
+            break
+    assert pages == [["job-000000", "job-000001"], ["job-000002", "job-000003"], ["job-000004", "job-000005"]]
+    assert sorted(loaded) == sorted(set(loaded)) and len(loaded) == 6, loaded

@@ -26,6 +26,8 @@ class LocalRuns:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.history = RunHistory(self.data_dir)
+        # (herd, state) -> every kept run's job, read once: a listing's pages come from one read
+        self._listed: dict[tuple[str | None, str | None], list[dict[str, Any]]] = {}
 
     def close(self) -> None:
         pass
@@ -68,15 +70,20 @@ class LocalRuns:
         raise ClusterError(f"{method} {path}: not for a run of `runink run` (it has no cluster)", 404)
 
     def _jobs(self, herd: str | None, state: str | None, after: str | None) -> list[dict[str, Any]]:
-        """The kept runs' jobs, in id order as a cluster's (ids sort by submission time)."""
-        jobs = []
-        for kept in self.history.all():
-            if kept.record is None or (after is not None and (kept.job_id or "") <= after):
-                continue
-            job = kept.answer()["job"]
-            if (herd is None or job["herd"] == herd) and (state is None or job["state"] == state):
-                jobs.append(job)
-        return sorted(jobs, key=lambda job: str(job["id"]))
+        """The kept runs' jobs past ``after``, in id order as a cluster's (ids sort by submission
+        time). Every kept run is read once for all the pages of a listing."""
+        key = (herd, state)
+        if key not in self._listed:
+            jobs = []
+            for kept in self.history.all():
+                if kept.record is None:
+                    continue
+                job = kept.answer()["job"]
+                if (herd is None or job["herd"] == herd) and (state is None or job["state"] == state):
+                    jobs.append(job)
+            self._listed[key] = sorted(jobs, key=lambda job: str(job["id"]))
+        listed = self._listed[key]
+        return listed if after is None else [job for job in listed if str(job["id"]) > after]
 
     def _cancel(self, kept: KeptRun) -> dict[str, Any]:
         """A running one: its ``runink run`` process is sent SIGTERM (it stops its slices and
