@@ -184,15 +184,30 @@ def _diff(label: str, expected: list[dict[str, Any]], actual: list[dict[str, Any
     if len(expected) != len(actual):
         out.append(f"{label}: expected {len(expected)} rows, got {len(actual)}")
     for index, (want, got) in enumerate(zip(expected, actual, strict=False), start=1):
-        if want == got:
+        if _same(want, got):
             continue
         keys = sorted(set(want) | set(got))
-        fields = [f"{k}: expected {want.get(k)!r}, got {got.get(k)!r}" for k in keys if want.get(k) != got.get(k)]
+        fields = [
+            f"{k}: expected {want.get(k)!r}, got {got.get(k)!r}" for k in keys if not _same(want.get(k), got.get(k))
+        ]
         out.append(f"{label} row {index}: " + "; ".join(fields))
         if len(out) >= MAX_DIFFS:
             out.append(f"{label}: (more differences not shown)")
             break
     return out
+
+
+def _same(want: Any, got: Any) -> bool:
+    """Equal as JSON values are: Python's ``==`` took true for 1 (and 1.0), so a boolean column
+    turned into numbers passed its golden test. An int and a float of the same value stay equal
+    (an expected file written by hand may say 10 for 10.0)."""
+    if isinstance(want, bool) or isinstance(got, bool):
+        return type(want) is type(got) and want == got
+    if isinstance(want, dict) and isinstance(got, dict):
+        return want.keys() == got.keys() and all(_same(want[k], got[k]) for k in want)
+    if isinstance(want, list) and isinstance(got, list):
+        return len(want) == len(got) and all(_same(a, b) for a, b in zip(want, got, strict=True))
+    return bool(want == got)
 
 
 def find_pipelines(path: Path) -> list[Path]:

@@ -29,3 +29,15 @@ def test_changed_step_fails_with_diff_then_update(run_cli: CliRunner, trades: Pa
 def test_no_golden_scenarios_is_an_error(run_cli: CliRunner, orders: Path) -> None:
     out = run_cli("test", "orders", cwd=orders.parent)
     assert out.returncode == 1 and "no scenario with @golden" in out.stderr
+
+
+def test_a_golden_row_compares_as_json_values_do_not_as_python_numbers() -> None:
+    """Python's == took true for 1: a boolean column that became numbers passed its test."""
+    from runink.core.golden import _diff
+
+    assert (
+        _diff("o.jsonl", [{"paid": True, "n": 10, "tags": [True]}], [{"paid": True, "n": 10.0, "tags": [True]}]) == []
+    )
+    assert _diff("o.jsonl", [{"paid": True}], [{"paid": 1}]) == ["o.jsonl row 1: paid: expected True, got 1"]
+    assert _diff("o.jsonl", [{"tags": [False]}], [{"tags": [0]}]) == ["o.jsonl row 1: tags: expected [False], got [0]"]
+    assert _diff("o.jsonl", [{"m": {"a": 1}}], [{"m": {"a": 1, "b": None}}]) != []
