@@ -397,3 +397,20 @@ def test_a_command_step_reaches_the_slice_in_its_spec() -> None:
     data["steps"][1]["shell"] = "no"
     with pytest.raises(SpecError, match="'steps' is not a list of strings"):
         SliceSpec.from_json(json.dumps(data))
+
+
+@pytest.mark.skipif(bool(ISOLATION_PROBLEMS), reason=f"cannot isolate: {ISOLATION_PROBLEMS}")
+def test_a_command_steps_program_killed_for_memory_ends_the_scenario_oomkilled(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """The program killed by the cgroup's OOM killer, its slice lived on to say so and exited 1:
+    the scenario ended FAILED, where a Python step's would be OOMKILLED (a docs review's run)."""
+    dsl = pipeline(
+        tmp_path / "p",
+        '@source("csv://orders.csv")\n@run("python3 -c \\"x = bytearray(600 * 1024 * 1024)\\"")\n'
+        '@sink("csv://out/o.csv")\n',
+        requires='@requires(memory="96Mi", timeout="60s")',
+    )
+    _, scenario = run(run_cli, dsl, "linux")
+    assert scenario["state"] == "OOMKILLED", scenario
+    assert "was killed by signal SIGKILL" in scenario["error"], scenario["error"]

@@ -63,7 +63,12 @@ MAX_LOG_LINE = 64 * 1024  # a command's longer output line reaches the log in pi
 
 
 class SliceError(Exception):
-    """A failure with a message naming the scenario's step, sink or source position."""
+    """A failure with a message naming the scenario's step, sink or source position;
+    ``exit_status``: the slice's (1 unless said)."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass
@@ -267,7 +272,7 @@ def run(spec: SliceSpec) -> int:
         message = str(exc) if isinstance(exc, SliceError) else f"{type(exc).__name__}: {exc}"
         traceback.print_exc(file=sys.stderr)
         reporter.send("done", force=True, ok=False, error=f"scenario {scenario!r}: {message}", **_counts(counters))
-        return 1
+        return exc.exit_status if isinstance(exc, SliceError) else 1
 
 
 def _storage(fmt: str, options: dict[str, dict[str, Any]], drivers: dict[str, str]) -> Storage:
@@ -489,7 +494,9 @@ class CommandStage:
                 ended = f"exited with status {status}"
             last = next((line for line in reversed(tail) if line.strip()), "")
             detail = f" (stderr: {printable(last.strip(), 300)})" if last else ""
-            raise SliceError(f"{what} {ended}{detail}")
+            # a program killed by SIGKILL (the cgroup's OOM killer, most often): the slice ends
+            # 137 as if it had been, so its executor can tell an OOM kill (OOMKILLED)
+            raise SliceError(f"{what} {ended}{detail}", 128 + signal.SIGKILL if status == -signal.SIGKILL else 1)
         try:
             found = os.lstat(self.output)
         except FileNotFoundError:

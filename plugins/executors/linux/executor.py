@@ -12,8 +12,8 @@ A spec with ``herd_limits`` puts the slice's cgroup under its herd's parent, cap
 does (a launcher builds its warm sandboxes under the herd of its last slice).
 
 Final states: SUCCEEDED, FAILED (exit code), OOMKILLED (the cgroup counted an OOM kill and
-the slice failed: a command step's program killed so fails its slice, which lives on to say
-it), DEADLINE_EXCEEDED, CANCELLED. Limits the machine cannot enforce
+the slice died of SIGKILL, or ended 137 as a slice whose command step's program was killed so
+does), DEADLINE_EXCEEDED, CANCELLED. Limits the machine cannot enforce
 (a missing controller, no root) refuse the task unless ``degrade = true``; nothing runs
 unconfined silently. By default slices end with the executor (closed, or its process killed:
 see ``Launcher.end_running`` and runink_init.c); with ``slices_outlive_executor`` they go on,
@@ -820,7 +820,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         end = TaskExit(
             code if code >= 0 else None,  # (the launcher reports 128 + N for a signal N)
             code - 128 if code > 128 else None,
-            oom=code != 0 and bool(usage.oom_kills),
+            oom=code == 137 and bool(usage.oom_kills),
             failure=failure,
             who="slice",
         )
