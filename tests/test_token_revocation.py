@@ -377,7 +377,13 @@ def test_a_subjects_revocation_is_told_by_epochs_not_by_the_servers_clocks(clust
     assert "every token of sa:ci" in cluster.get(ahead).json()["detail"]  # signed before: refused
     behind = cluster.tokens.mint("sa:ci", [Grant("runner", "team")], 600, now=time.time() - 20)[0]
     assert cluster.get(behind).status_code == 200  # signed after: good
-    assert jwt.decode(behind, options={"verify_signature": False})["rev"] == {"sa:ci": 1, "herd:team": 0}
+    revocations = cluster.tokens.revocations
+    assert revocations is not None
+    epoch = revocations.epochs(["sa:ci"])["sa:ci"]  # (its record's Barn revision)
+    assert epoch > 0 and jwt.decode(behind, options={"verify_signature": False})["rev"] == {
+        "sa:ci": epoch,
+        "herd:team": 0,
+    }
     assert cluster.revoke({"subject": "sa:ci"}, admin).status_code == 200  # again: epoch 2
     assert cluster.get(behind).status_code == 401
     # a herd's tokens revoked by its admin: the admin's next token is good at once
@@ -385,8 +391,34 @@ def test_a_subjects_revocation_is_told_by_epochs_not_by_the_servers_clocks(clust
     assert done.status_code == 200 and cluster.get(team_admin).status_code == 401
     assert cluster.get(cluster.token("admin", "team", "boss")).status_code == 200
     # a token of an earlier version (no epochs) is judged by its iat, LEEWAY seconds on for a herd
-    revocations = cluster.tokens.revocations
-    assert revocations is not None
+    herd_epoch = revocations.epochs(["herd:team"])["herd:team"]
     assert revocations.why_revoked("herd:team", None, time.time() + LEEWAY - 2) is not None
-    assert revocations.why_revoked("herd:team", None, time.time() + LEEWAY - 2, seen=1) is None
-    assert revocations.why_revoked("herd:team", None, time.time(), seen=0) is not None
+    assert revocations.why_revoked("herd:team", None, time.time() + LEEWAY - 2, seen=herd_epoch) is None
+    assert revocations.why_revoked("herd:team", None, time.time(), seen=herd_epoch - 1) is not None
+    # one issued more than LEEWAY before the revocation is refused whatever epoch it carries
+    assert revocations.why_revoked("herd:team", None, time.time() - LEEWAY - 2, seen=herd_epoch) is not None
+
+
+def test_a_subjects_epoch_never_goes_back_when_its_record_lapses_or_two_revoke_at_once() -> None:
+    """The epoch was a count kept in the record: once its lease ended, the next revocation
+    counted from 1 again and a token minted after the first one (carrying 1) outlived it; two
+    revocations at once could write the count backwards (a diff review's runs)."""
+    now = [1_000_000.0]
+    barn = MemoryBarn(clock=lambda: now[0], lease_check_interval=0.01)
+    try:
+        here = Revocations(barn, max_ttl=60, leeway=LEEWAY, clock=lambda: now[0])
+        there = Revocations(barn, max_ttl=60, leeway=LEEWAY, clock=lambda: now[0])  # another server
+        here.revoke_subject("sa:ci", by="root")
+        seen = here.epochs(["sa:ci"])["sa:ci"]  # a token minted just after it carries this
+        now[0] += 60 + LEEWAY + 1  # the record's lease ends (the token may live on)
+        _wait(lambda: barn.scan(PREFIX) == [])
+        assert here.epochs(["sa:ci"]) == {"sa:ci": 0}
+        there.revoke_subject("sa:ci", by="root")
+        assert here.epochs(["sa:ci"])["sa:ci"] > seen
+        assert here.why_revoked("sa:ci", None, now[0] - 1, seen) is not None
+        older = here.epochs(["sa:ci"])["sa:ci"]
+        here.revoke_subject("sa:ci", by="root")
+        there.revoke_subject("sa:ci", by="root")  # (a second at once: never back)
+        assert here.epochs(["sa:ci"])["sa:ci"] > older
+    finally:
+        barn.close()

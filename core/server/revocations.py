@@ -1,13 +1,17 @@
 """Tokens the cluster signed, revoked before they expire: one token (by its ``jti``) or every
 token of a subject issued up to a moment (a service account's, a node's).
 
-"Up to a moment" is told without clocks for the tokens this version mints: each revocation of
-a subject is numbered (its epoch), and a token carries, in its ``rev`` claim, the epoch its
-server had read for each subject it may be revoked under (its own, and ``herd:NAME`` for every
-herd it holds a role in) when it was signed, read afresh then. A token is revoked under a
-subject when it carries an older epoch than the subject's: signed before its server had seen
-the revocation, whatever the servers' clocks say. A token without the claim (an earlier
-version's) is judged by its ``iat`` against the revocation's time, ``before``.
+"Up to a moment" is told without clocks for the tokens this version mints. A subject's
+revocation record's Barn revision (``mod_revision``, which only grows, whoever writes it) is
+its epoch, and a token carries, in its ``rev`` claim, the epoch its server had read for each
+subject it may be revoked under (its own, and ``herd:NAME`` for every herd it holds a role in)
+when it was signed, read afresh then. A token is revoked under a subject when it carries an
+older epoch than the subject's: signed before its server had seen the revocation, whatever the
+servers' clocks say. (A record's count kept in its value went back to 1 once its lease ended,
+and back with two revocations at once: a token minted in between outlived the next one.) A
+token issued more than the clock leeway before the revocation's time is revoked too, whatever
+it carries (a Barn made anew under the same signing keys numbers from the start again). A
+token without the claim (an earlier version's) is judged by its ``iat`` against ``before``.
 
 Revocations live in the Barn under ``/cluster/revoked/``, each on a lease that ends when it no
 longer matters (a token's once the token expired; a subject's once no token issued before it
@@ -23,14 +27,14 @@ import base64
 import json
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from runink.core.errors import BarnError
 from runink.core.interfaces.barn import BarnBackend, KeyValue
 
 PREFIX = "/cluster/revoked/"
 TOKENS = PREFIX + "tokens/"  # JTI -> {subject, expires, at, by}
-SUBJECTS = PREFIX + "subjects/"  # base64url(subject) -> {subject, before, epoch, at, by}
+SUBJECTS = PREFIX + "subjects/"  # base64url(subject) -> {subject, before, at, by}
 FRESH_FOR = 1.0  # seconds a server trusts the list it read
 STALE_AFTER = 10.0  # seconds without a successful read after which every cluster token is refused
 MAX_SUBJECT = 256  # characters of a subject
@@ -63,8 +67,7 @@ class Revocations:
         self._lock = threading.Lock()
         self._read_at = -1e18  # monotonic time of the last successful read
         self._tokens: set[str] = set()
-        # subject -> (tokens issued up to this time are revoked, the revocation's epoch)
-        self._subjects: dict[str, tuple[float, int]] = {}
+        self._subjects: dict[str, _Subject] = {}
         self._generation = 0  # revocations made here (a read begun before one is not taken whole)
 
     # --- checking -------------------------------------------------------------------------
@@ -81,11 +84,13 @@ class Revocations:
             found = self._subjects.get(subject)
         if found is None:
             return None
-        before, epoch = found
-        # (told by the epoch the token carries; by its clock-stamped iat for an earlier version's)
-        revoked = seen < epoch if seen is not None else isinstance(issued, int | float) and issued <= before
+        dated = isinstance(issued, int | float)
+        if seen is not None:  # (the epoch it carries; or issued surely before, by any clock)
+            revoked = seen < found.epoch or (dated and issued < found.at - self.leeway)
+        else:  # (a token of an earlier version: its iat)
+            revoked = dated and issued <= found.before
         if revoked:
-            at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(before))
+            at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(found.before))
             return f"every token of {subject} issued up to {at} was revoked"
         return None
 
@@ -94,7 +99,7 @@ class Revocations:
         token signed now carries. RevocationsUnknown when the list cannot be read."""
         self._refresh(afresh=True)
         with self._lock:
-            return {subject: self._subjects.get(subject, (0.0, 0))[1] for subject in subjects}
+            return {subject: found.epoch if (found := self._subjects.get(subject)) else 0 for subject in subjects}
 
     def revoked_up_to(self, subject: str) -> float | None:
         """Until when ``subject``'s tokens (a node's certificates) are revoked, or None.
@@ -102,7 +107,7 @@ class Revocations:
         self._refresh()
         with self._lock:
             found = self._subjects.get(subject)
-        return None if found is None else found[0]
+        return None if found is None else found.before
 
     def fresh(self) -> bool:
         """Whether a check now needs no read of the list (it was read under FRESH_FOR ago)."""
@@ -129,7 +134,8 @@ class Revocations:
                 if kv.key.startswith(TOKENS):
                     tokens.add(kv.key[len(TOKENS) :])
                 elif kv.key.startswith(SUBJECTS):
-                    subjects[str(record["subject"])] = (float(record["before"]), _epoch(record))
+                    at = float(record.get("at", record["before"]))
+                    subjects[str(record["subject"])] = _Subject(float(record["before"]), at, kv.mod_revision)
             except (ValueError, KeyError, TypeError):
                 continue  # (written by this module only: not one of its records)
         with self._lock:
@@ -169,26 +175,20 @@ class Revocations:
         token). A subject revoked again keeps its record's lease, renewed (each revocation
         granted a lease of its own before: 300 revocations, 300 leases in the Barn)."""
         now = self.clock()
-        key = subject_key(subject)
-        known = self.barn.get(key) if isinstance(self.barn, BarnBackend) else None
-        try:
-            last = _epoch(json.loads(known.value)) if known is not None else 0
-        except (ValueError, TypeError):
-            last = 0
-        with self._lock:  # (one made here a moment ago may not be read back yet)
-            last = max(last, self._subjects.get(subject, (0.0, 0))[1])
-        record = {"subject": subject, "before": float(int(now + ahead)), "epoch": last + 1, "at": now, "by": by}
+        record = {"subject": subject, "before": float(int(now + ahead)), "at": now, "by": by}
         lives = max(self.max_ttl, NODE_CERTIFICATE_TTL) if subject.startswith("node:") else self.max_ttl
-        self._put(key, record, lives + self.leeway + ahead, known)
-        with self._lock:
-            before = max(record["before"], self._subjects.get(subject, (record["before"], 0))[0])
-            self._subjects[subject] = (before, record["epoch"])
+        revision = self._put(subject_key(subject), record, lives + self.leeway + ahead)
+        with self._lock:  # (held at once: this server's next read of the list brings the same)
+            known = self._subjects.get(subject)
+            before = record["before"] if known is None else max(record["before"], known.before)
+            self._subjects[subject] = _Subject(before, now, revision)
         return record
 
-    def _put(self, key: str, record: dict[str, Any], ttl: float, known: KeyValue | None = None) -> None:
+    def _put(self, key: str, record: dict[str, Any], ttl: float) -> int:
+        """Write ``record`` under ``key``; the Barn's revision of the write."""
         if not isinstance(self.barn, BarnBackend):
             raise TypeError("revocations are written through a Barn client, not a member's copy")
-        known = known if known is not None else self.barn.get(key)
+        known = self.barn.get(key)
         lease = None
         if known is not None and known.lease:
             try:  # (its ttl is this key's every time: renewed, it lives as long as a new one)
@@ -198,11 +198,16 @@ class Revocations:
                 lease = None
         if lease is None:
             lease = self.barn.grant_lease(ttl)
-        self.barn.put(key, json.dumps(record).encode(), lease=lease)
+        revision = self.barn.put(key, json.dumps(record).encode(), lease=lease)
         self.forget_cache()
+        return revision
 
 
-def _epoch(record: dict[str, Any]) -> int:
-    """A subject revocation's epoch (a record of an earlier version, without one: 1)."""
-    epoch = record.get("epoch", 1)
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else 1
+class _Subject(NamedTuple):
+    """A subject's revocation as read: tokens issued up to ``before`` (an earlier version's,
+    told by their iat) are revoked; made at ``at`` (the revoking server's clock); ``epoch``: its
+    record's Barn revision."""
+
+    before: float
+    at: float
+    epoch: int
