@@ -96,23 +96,46 @@ def _string_views(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def records_batch(rows: list[dict[str, Any]], given: pa.Schema) -> pa.RecordBatch:
     """A record step's rows as a batch: a column for every key of any row (in the order first
-    seen; a row without it holds null), and a column named as one of the step's input keeps
-    its type where its values fit it. (``from_pylist`` took the first row's keys only, dropping
-    a key the step added to later rows, and typed each batch on its own: a decimal(12,2) came
-    out decimal(3,2) in one batch and decimal(9,2) in the next, which no sink could take.)"""
+    seen; a row without it holds null), typed by its values; a column named as one of the
+    step's input columns takes the input's type when its values are of the same kind and keep
+    every value in it (a decimal(3,2) of this batch as the input's decimal(12,2); all null as
+    the input's type). ``from_pylist`` took the first row's keys only, dropping a key the step
+    added to later rows, and typed each batch on its own, which no sink could take; forcing the
+    input's type on any value made 1.5 an int 1 and an epoch-seconds int a 1970 timestamp."""
     names = list(dict.fromkeys(key for row in rows for key in row))
     arrays = []
     for name in names:
-        values = [row.get(name) for row in rows]
+        array = pa.array([row.get(name) for row in rows])
         index = given.get_field_index(name)
-        array = None
-        if index >= 0:
-            try:
-                array = pa.array(values, given.field(index).type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
-                array = None  # (the step changed the value's kind: typed as it comes)
-        arrays.append(array if array is not None else pa.array(values))
+        if index >= 0 and array.type != (target := given.field(index).type):
+            array = _as_input_type(array, target)
+        arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _kind(kind: pa.DataType) -> str:
+    """A type's kind, for a record step's values: those of one kind may take the input's type."""
+    for test, name in (
+        (pa.types.is_integer, "int"),
+        (pa.types.is_floating, "float"),
+        (pa.types.is_decimal, "decimal"),
+        (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t), "text"),
+        (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t), "binary"),
+        (pa.types.is_timestamp, "timestamp"),
+        (pa.types.is_date, "date"),
+    ):
+        if test(kind):
+            return name
+    return str(kind)  # (nested and the rest: only the very same type)
+
+
+def _as_input_type(array: pa.Array, target: pa.DataType) -> pa.Array:
+    if _kind(array.type) != _kind(target) and not pa.types.is_null(array.type):
+        return array  # (the step changed the value's kind: typed as it comes)
+    from runink.core.lossless import cast_if_lossless
+
+    cast = cast_if_lossless(array, target)
+    return array if cast is None else cast
 
 
 def adapt(ref: str, function: Callable[..., Any]) -> StepFunction:

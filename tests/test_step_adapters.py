@@ -84,3 +84,62 @@ def test_a_record_steps_output_keeps_every_key_and_its_input_types() -> None:
 
     out = adapt("steps:retyped", retyped)(pa.RecordBatch.from_pylist([{"amount": Decimal("1.50")}], schema=schema))
     assert out.schema.field("amount").type == pa.string() and out.column("amount").to_pylist() == ["1.50"]
+
+
+def test_a_record_step_value_of_another_kind_keeps_its_own_type() -> None:
+    """The input's type was forced on whatever the step returned: 1.5 became an int 1, a
+    datetime in a date column lost its time, an epoch-seconds int became a 1970 timestamp, a
+    key added inside a struct was dropped (a review's runs)."""
+    from runink.core.steps import record_step
+
+    @record_step
+    def change(row: dict) -> dict:
+        return {
+            "qty": row["qty"] / 2,
+            "day": dt.datetime(2026, 1, 2, 3, 4, 5),
+            "at": 1_700_000_000,
+            "place": {**row["place"], "geo": "x"},
+        }
+
+    schema = pa.schema(
+        [
+            ("qty", pa.int64()),
+            ("day", pa.date32()),
+            ("at", pa.timestamp("us")),
+            ("place", pa.struct([("city", pa.string())])),
+        ]
+    )
+    batch = pa.RecordBatch.from_pylist(
+        [{"qty": 3, "day": dt.date(2026, 1, 1), "at": dt.datetime(2026, 1, 1), "place": {"city": "a"}}], schema=schema
+    )
+    out = adapt("steps:change", change)(batch).to_pylist()
+    assert out == [
+        {"qty": 1.5, "day": dt.datetime(2026, 1, 2, 3, 4, 5), "at": 1_700_000_000, "place": {"city": "a", "geo": "x"}}
+    ]
+
+
+def test_a_sink_refuses_a_later_batch_whose_values_its_types_would_change() -> None:
+    """Arrow's cast to the sink's types rounded 1.239 into a decimal(10,2), read "007" as 7,
+    made 1e300 a float32 inf and dropped a struct's new field, all without a word."""
+    import pytest
+
+    from runink.core.lossless import cast_losing_nothing
+
+    cases = [
+        (pa.array([1.25, 1.239]), pa.decimal128(10, 2)),
+        (pa.array(["7", "007"]), pa.int64()),
+        (pa.array([1.5, 1e300]), pa.float32()),
+        (pa.array([{"a": 1, "extra": "IMPORTANT"}]), pa.struct([("a", pa.int64())])),
+    ]
+    for values, kind in cases:
+        with pytest.raises(ValueError, match=r"column 'c': its .* values would change"):
+            cast_losing_nothing(pa.RecordBatch.from_arrays([values], names=["c"]), pa.schema([("c", kind)]))
+    fine = [
+        (pa.array([1.25, None, float("nan")]), pa.float32()),
+        (pa.array([1, 2]), pa.float64()),
+        (pa.array([None, None]), pa.string()),
+        (pa.array(["a", "b"]).dictionary_encode(), pa.string()),
+    ]
+    for values, kind in fine:
+        batch = cast_losing_nothing(pa.RecordBatch.from_arrays([values], names=["c"]), pa.schema([("c", kind)]))
+        assert batch.schema.field("c").type == kind

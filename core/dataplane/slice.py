@@ -46,6 +46,7 @@ from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, Spe
 from runink.core.driverload import load_installed
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
+from runink.core.lossless import cast_losing_nothing
 from runink.core.readahead import ahead
 from runink.core.report import printable
 from runink.core.steps import StepFunction, adapt, import_reference
@@ -428,7 +429,7 @@ class CommandStage:
         elif writer is None:
             writer = self._guarded(lambda: self.driver.writer(self.input, batch.schema))
         expected = getattr(writer, "schema", batch.schema)
-        self._guarded(lambda: writer.write(batch if batch.schema == expected else batch.cast(expected)))
+        self._guarded(lambda: writer.write(batch if batch.schema == expected else cast_losing_nothing(batch, expected)))
         return writer
 
     def _guarded(self, action: Callable[[], T]) -> T:
@@ -766,7 +767,7 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
                     present = {name: batch.column(name) for name in batch.schema.names}
                     batch = _conform(present, batch.num_rows, expected)
                 try:
-                    batch = batch.cast(expected)
+                    batch = cast_losing_nothing(batch, expected)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
                     why = _schema_change(batch, expected)
                     raise SliceError(f"sink {slot.format}://{slot.path}: {why} ({exc})") from exc
