@@ -138,13 +138,41 @@ def _as_input_type(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array if cast is None else cast
 
 
+def _in_microseconds(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Nanosecond timestamps, durations and times as microseconds for a record step, whose
+    values are Python's (which hold microseconds: ``to_pylist`` failed on them without pandas);
+    ValueError naming the column when that would drop nanoseconds."""
+    for index, field in enumerate(batch.schema):
+        kind = field.type
+        if getattr(kind, "unit", None) != "ns" or not (
+            pa.types.is_timestamp(kind) or pa.types.is_duration(kind) or pa.types.is_time64(kind)
+        ):
+            continue
+        micro = (
+            pa.timestamp("us", kind.tz)
+            if pa.types.is_timestamp(kind)
+            else pa.duration("us")
+            if pa.types.is_duration(kind)
+            else pa.time64("us")
+        )
+        try:
+            column = batch.column(index).cast(micro)  # (safe: refused where nanoseconds would go)
+        except pa.ArrowInvalid:
+            raise ValueError(
+                f"column {field.name!r} holds nanoseconds, which a record step's Python values cannot "
+                "(microseconds): use a batch or polars step for it"
+            ) from None
+        batch = batch.set_column(index, pa.field(field.name, micro), column)
+    return batch
+
+
 def adapt(ref: str, function: Callable[..., Any]) -> StepFunction:
     """The step as a RecordBatch -> RecordBatch function."""
     mode = step_mode(function)
     if mode == "record":
 
         def run_records(batch: pa.RecordBatch) -> pa.RecordBatch:
-            rows = [out for row in batch.to_pylist() if (out := function(row)) is not None]
+            rows = [out for row in _in_microseconds(batch).to_pylist() if (out := function(row)) is not None]
             if not rows:
                 return pa.RecordBatch.from_pylist([], schema=batch.schema)
             return normalise(records_batch(rows, batch.schema))

@@ -41,3 +41,17 @@ def test_a_golden_row_compares_as_json_values_do_not_as_python_numbers() -> None
     assert _diff("o.jsonl", [{"paid": True}], [{"paid": 1}]) == ["o.jsonl row 1: paid: expected True, got 1"]
     assert _diff("o.jsonl", [{"tags": [False]}], [{"tags": [0]}]) == ["o.jsonl row 1: tags: expected [False], got [0]"]
     assert _diff("o.jsonl", [{"m": {"a": 1}}], [{"m": {"a": 1, "b": None}}]) != []
+
+
+def test_a_golden_row_with_nan_or_nanoseconds_can_pass(tmp_path: Path) -> None:
+    """NaN is not equal to itself: a float column with one failed every time; and a sink with
+    nanosecond timestamps could not be read (Python's datetimes hold microseconds)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runink.core.golden import _diff, read_rows
+
+    assert _diff("o.jsonl", [{"f": float("nan")}], [{"f": float("nan")}]) == []
+    path = tmp_path / "o.parquet"
+    pq.write_table(pa.table({"ts": pa.array([1_700_000_000_000_000_123], pa.timestamp("ns"))}), path)
+    assert read_rows(path, "parquet") == [{"ts": "2023-11-14 22:13:20.000000123"}]

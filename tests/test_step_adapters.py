@@ -143,3 +143,21 @@ def test_a_sink_refuses_a_later_batch_whose_values_its_types_would_change() -> N
     for values, kind in fine:
         batch = cast_losing_nothing(pa.RecordBatch.from_arrays([values], names=["c"]), pa.schema([("c", kind)]))
         assert batch.schema.field("c").type == kind
+
+
+def test_a_record_step_takes_nanosecond_columns_that_hold_microseconds_and_names_one_that_does_not() -> None:
+    """to_pylist failed on any nanosecond timestamp without pandas ("Install pandas")."""
+    import pytest
+
+    from runink.core.steps import record_step
+
+    @record_step
+    def keep(row: dict) -> dict:
+        return row
+
+    whole = pa.RecordBatch.from_pydict({"ts": pa.array([1_700_000_000_000_000_000], pa.timestamp("ns"))})
+    out = adapt("steps:keep", keep)(whole)
+    assert out.schema.field("ts").type == pa.timestamp("ns") and out.column("ts").equals(whole.column("ts"))
+    fine = pa.RecordBatch.from_pydict({"ts": pa.array([1_700_000_000_000_000_123], pa.timestamp("ns"))})
+    with pytest.raises(ValueError, match="column 'ts' holds nanoseconds"):
+        adapt("steps:keep", keep)(fine)
