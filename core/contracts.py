@@ -621,19 +621,20 @@ def _mask_pii(contract: type[Contract], batch: pa.RecordBatch) -> pa.RecordBatch
     masked = [f.name for f in contract.fields() if f.constraints.mask and f.name in batch.schema.names]
     if not masked or batch.num_rows == 0:
         return batch
-    arrays = []
-    for name in batch.schema.names:
-        column = batch.column(name)
-        if name in masked:
+    arrays, fields = [], []
+    for kept in batch.schema:
+        column = batch.column(kept.name)
+        if kept.name in masked:  # (text whatever it was: "****0004" is no int64, as an invalid row's may be)
+            kept = kept.with_type(pa.string())  # noqa: PLW2901 - the field as it is kept
             try:
                 text = column.cast(pa.string())
             except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # (a struct, a list: none of it kept)
-                arrays.append(pa.nulls(len(column), column.type))
-                continue
+                text = pa.nulls(len(column), pa.string())
             tail = pc.utf8_slice_codeunits(text, start=-4)
-            column = pc.binary_join_element_wise(pa.scalar("****"), tail, "").cast(column.type)
+            column = pc.binary_join_element_wise(pa.scalar("****"), tail, "")
         arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+        fields.append(kept)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
 
 
 def contract_diff(old: type[Contract], new: type[Contract]) -> list[dict[str, Any]]:

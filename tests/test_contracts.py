@@ -482,3 +482,17 @@ def test_values_read_as_written_whatever_the_columns_type() -> None:
         dt.datetime(2024, 1, 1, 10),
     ]
     assert result.reasons.to_pylist() == ["ts: not a valid datetime"]  # (its nanoseconds would be lost)
+
+
+def test_a_masked_field_of_a_column_that_is_not_text_is_masked_in_dead_letters_too() -> None:
+    """The masked text was cast back to the column's type: an int64 column of a masked str field
+    failed the run ("'****0004' as int64") once a row went to the dead letters (a review's run)."""
+
+    class Card(Contract):
+        card: str = Field(mask=True)
+        amt: int = Field(gt=0)
+
+    batch = pa.RecordBatch.from_pydict({"card": pa.array([4111, 4004], pa.int64()), "amt": pa.array([1, -5])})
+    result = validate(Card, batch)
+    assert result.valid.to_pylist() == [{"card": "****4111", "amt": 1}]
+    assert result.invalid.column("card").to_pylist() == ["****4004"]
