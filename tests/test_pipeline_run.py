@@ -1108,3 +1108,31 @@ def test_publish_locks_exclude_each_other_and_leave_no_files(tmp_path: Path) -> 
     os.close(folder)
     assert not errors and most[0] == 1, (errors, most)
     assert list(locks.iterdir()) == []
+
+
+def test_outputs_of_a_run_that_kept_no_row_have_the_sources_columns(run_cli: CliRunner, project: Path) -> None:
+    """A source without a contract that gave no row (an empty Parquet file), or steps that kept
+    none: the outputs had no columns at all (a data review's run)."""
+    pq.write_table(
+        pa.table({"id": pa.array([], pa.int64()), "amt": pa.array([], pa.decimal128(10, 2))}), project / "e.parquet"
+    )
+    (project / "steps.py").write_text(
+        (project / "steps.py").read_text() + "\n\ndef none(batch):\n    return batch.slice(0, 0)\n"
+    )
+    dsl(
+        project,
+        """
+        Scenario: empty
+          @source("e.parquet")
+          @sink("out/e.parquet")
+        Scenario: filtered
+          @source("in.csv")
+          @step("steps:none")
+          @sink("out/f.parquet")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    assert [s["state"] for s in summary(out)["scenarios"]] == ["SUCCEEDED", "SUCCEEDED"], out.stderr
+    empty, filtered = (pq.read_schema(project / "out" / name) for name in ("e.parquet", "f.parquet"))
+    assert (empty.names, empty.field("amt").type) == (["id", "amt"], pa.decimal128(10, 2))
+    assert filtered.names == ["id", "name"]

@@ -237,7 +237,7 @@ def run(spec: SliceSpec) -> int:
                 output.submit("valid", flow.batch)
             progress()
         output.finish()
-        _open_empty(sinks, contract, steps, dlq_schema)
+        _open_empty(sinks, contract, steps, dlq_schema, schemas.get("input"))
         for slot in sinks:
             assert slot.writer is not None
             slot.writer.commit()
@@ -808,8 +808,10 @@ def _open_empty(
     contract: type[Contract] | None,
     steps: list[PythonStep | CommandStage | AnnotateStage],
     dlq_schema: pa.Schema | None,
+    read: pa.Schema | None = None,
 ) -> None:
-    """Sinks that got no rows still get a (empty) dataset with the right columns."""
+    """Sinks that got no rows still get a (empty) dataset with the right columns (``read``:
+    the source's, when it has no contract)."""
     for slot in sinks:
         if slot.writer is not None:
             continue
@@ -818,7 +820,7 @@ def _open_empty(
                 [pa.field(f.name, pa.string()) for f in (contract.fields() if contract else [])] + META_COLUMNS
             )
         else:
-            schema = _output_schema(contract, steps)
+            schema = _output_schema(contract, steps, read)
         try:
             slot.writer = slot.driver.writer(slot.path, schema, options=slot.options)
         except Exception as exc:
@@ -826,11 +828,16 @@ def _open_empty(
 
 
 def _output_schema(
-    contract: type[Contract] | None, steps: list[PythonStep | CommandStage | AnnotateStage]
+    contract: type[Contract] | None,
+    steps: list[PythonStep | CommandStage | AnnotateStage],
+    read: pa.Schema | None = None,
 ) -> pa.Schema:
     """The steps' output schema, found by running them on an empty batch of the input schema
-    (from the last command step's output on: a program's output columns are known once it ran)."""
-    batch = pa.RecordBatch.from_pylist([], schema=contract.schema() if contract else pa.schema([]))
+    (the contract's, else the one ``read`` from the source: a run whose steps kept no row wrote
+    outputs without columns; from the last command step's output on: a program's output
+    columns are known once it ran)."""
+    start = contract.schema() if contract else (read or pa.schema([]))
+    batch = pa.RecordBatch.from_pylist([], schema=start)
     for step in steps:
         if isinstance(step, CommandStage):
             batch = pa.RecordBatch.from_pylist([], schema=step.output_schema or pa.schema([]))

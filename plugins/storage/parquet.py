@@ -37,6 +37,9 @@ class ParquetStorage(Storage):
             except (pa.ArrowException, OSError) as exc:  # (a corrupt page: say which file, and after what)
                 raise DatasetError(f"{path}: not readable past row {row}: {exc}") from None
             if batch is None:
+                if row == 0:  # (no row groups: its columns still, for the sinks of a run that got none)
+                    empty = pa.RecordBatch.from_pylist([], schema=file.schema_arrow)
+                    yield ReadBatch(empty, pa.array([], pa.int64()), fraction=None)
                 return
             positions = pa.array(range(row + 1, row + 1 + batch.num_rows), pa.int64())
             row += batch.num_rows
