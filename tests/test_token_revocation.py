@@ -422,3 +422,23 @@ def test_a_subjects_epoch_never_goes_back_when_its_record_lapses_or_two_revoke_a
         assert here.epochs(["sa:ci"])["sa:ci"] > older
     finally:
         barn.close()
+
+
+def test_a_server_that_cannot_read_revocations_answers_503_not_401(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid token got 401 "the revoked tokens cannot be read" while the Barn was away: a client
+    told its good token is bad asks for another or gives up (a faults review's run)."""
+    token = cluster.token("runner", "team")
+    assert cluster.get(token).status_code == 200
+    revocations = cluster.tokens.revocations
+    assert revocations is not None
+
+    def away(afresh: bool = False) -> None:
+        raise RevocationsUnknown("the revoked tokens cannot be read (no leader)")
+
+    monkeypatch.setattr(revocations, "_refresh", away)
+    answer = cluster.get(token)
+    assert answer.status_code == 503 and answer.headers.get("retry-after"), answer.text
+    assert "cannot be read" in answer.json()["detail"]
+    assert ClusterTokens.admin_refusal(cluster.tokens, f"Bearer {token}").startswith("the revoked tokens")

@@ -53,6 +53,7 @@ from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.feed import BarnFeed
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
 from runink.core.server.proto import agent_pb2 as pb
+from runink.core.server.revocations import RevocationsUnknown
 from runink.core.server.serve_api import require_loopback
 from runink.core.server.tls import TlsFiles, certificate_issued, node_of_peer
 from runink.core.units import check_name
@@ -426,6 +427,10 @@ class AgentService:
             why = printable(str(exc), 400)
             log.warning("agent stream from %s refused: %s", peer, why)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        except RevocationsUnknown as exc:  # (its credential may be good: the agent tries again)
+            why = printable(f"{exc}; try again", 400)
+            log.warning("agent stream from %s refused for now: %s", peer, why)
+            context.abort(grpc.StatusCode.UNAVAILABLE, why)
         try:
             while True:
                 request = next(requests, None) if node is not None else _next_before(requests, bind_by)
@@ -438,12 +443,18 @@ class AgentService:
                     return
                 if not isinstance(request, pb.AgentMessage):
                     return  # the agent closed the stream
-                if token is not None and self.tokens is not None and (revoked := self.tokens.why_revoked(token)):
-                    why = printable(f"token: {revoked}", 400)
-                    log.warning("agent stream from %s (node %s) ended: %s", peer, node or pinned, why)
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
-                if pinned is not None and (revoked := self._certificate_revoked(pinned, issued)):
-                    why = printable(f"certificate: {revoked}", 400)
+                try:
+                    revoked = None if token is None or self.tokens is None else self.tokens.why_revoked(token)
+                    if revoked is not None:
+                        revoked = f"token: {revoked}"
+                    elif pinned is not None and (by := self._certificate_revoked(pinned, issued)):
+                        revoked = f"certificate: {by}"
+                except RevocationsUnknown as exc:  # (its credential may be good: the agent comes back)
+                    why = printable(f"{exc}; try again", 400)
+                    log.warning("agent stream from %s (node %s) ended for now: %s", peer, node or pinned, why)
+                    context.abort(grpc.StatusCode.UNAVAILABLE, why)
+                if revoked is not None:
+                    why = printable(revoked, 400)
                     log.warning("agent stream from %s (node %s) ended: %s", peer, node or pinned, why)
                     context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
                 request_id = request.request_id

@@ -618,8 +618,8 @@ def create_app(
 
     @app.exception_handler(RevocationsUnknown)
     async def _revocations_unknown(request: Request, exc: RevocationsUnknown) -> JSONResponse:
-        # (a token is minted with the revocations read afresh: core/server/revocations.py)
-        return _error(503, f"{exc}; no token was made: try again", {"Retry-After": RETRY_AFTER})
+        # (no token is taken, nor minted, without them: the caller's token may be good all the same)
+        return _error(503, f"{exc}; try again", {"Retry-After": RETRY_AFTER})
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> JSONResponse:

@@ -198,7 +198,7 @@ class ClusterTokens:
         this of itself), else why not, in one line."""
         try:
             identity = self.runink_authenticate(AuthRequest(headers={"authorization": authorization or ""}))
-        except AuthenticationError as exc:
+        except (AuthenticationError, RevocationsUnknown) as exc:
             return str(exc)
         if identity is None:
             return "no token of this cluster (and no client certificate of its CA)"
@@ -302,18 +302,16 @@ class ClusterTokens:
     def why_certificate_revoked(self, node: str, issued: float) -> str | None:
         """Why node ``node``'s certificate issued at ``issued`` no longer counts (``runink nodes
         revoke``: every credential of ``node:NAME`` issued up to then), or None; a server that
-        cannot tell takes none."""
+        cannot tell takes none: RevocationsUnknown (a 503, not a 401: the credential may be good)."""
         if self.revocations is None:
             return None
-        try:
-            why = self.revocations.why_revoked(f"node:{node}", None, issued)
-        except RevocationsUnknown as exc:
-            return str(exc)
+        why = self.revocations.why_revoked(f"node:{node}", None, issued)
         return None if why is None else why.replace("every token of", "every token and certificate of", 1)
 
     def why_revoked(self, identity: Identity) -> str | None:
         """Why this token's identity no longer counts (revoked: core/server/revocations.py), or
-        None; a server that cannot tell takes no token."""
+        None; a server that cannot tell takes no token: RevocationsUnknown (the API answers 503,
+        not 401: a client told its good token is bad would ask for another, or give up)."""
         if self.revocations is None:
             return None
         issued = identity.claims.get("iat")
@@ -325,16 +323,13 @@ class ClusterTokens:
         def seen(subject: str) -> int | None:
             return None if not isinstance(epochs, dict) else epochs.get(subject, 0)
 
-        try:
-            subject = identity.subject
-            why = self.revocations.why_revoked(subject, identity.claims.get("jti"), issued, seen(subject))
-            for herd in herds:  # (a herd deleted, maybe made again since: its old tokens hold nothing)
-                under = HERD_TOKENS + herd
-                if why is None and (why := self.revocations.why_revoked(under, None, issued, seen(under))):
-                    why = why.replace(f"every token of {HERD_TOKENS}{herd}", f"every token of herd {herd}", 1)
-            return why
-        except RevocationsUnknown as exc:
-            return str(exc)
+        subject = identity.subject
+        why = self.revocations.why_revoked(subject, identity.claims.get("jti"), issued, seen(subject))
+        for herd in herds:  # (a herd deleted, maybe made again since: its old tokens hold nothing)
+            under = HERD_TOKENS + herd
+            if why is None and (why := self.revocations.why_revoked(under, None, issued, seen(under))):
+                why = why.replace(f"every token of {HERD_TOKENS}{herd}", f"every token of herd {herd}", 1)
+        return why
 
 
 def _epochs(value: object) -> dict[str, int] | None:
