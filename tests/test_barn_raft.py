@@ -87,3 +87,31 @@ def test_a_client_of_one_member_says_whether_it_leads(cluster: Cluster) -> None:
         finally:
             client.close()
     assert answers == {name: name == leader for name in cluster.names}
+
+
+def test_a_member_that_never_answers_holds_a_call_a_share_of_its_timeout_and_then_no_call(
+    cluster: Cluster,
+) -> None:
+    """A paused leader (connections accepted, nothing answered) took each call's whole timeout
+    and stayed preferred: the healthy members' new leader was never asked (a faults review's
+    run: every submission failed after 10 s while the leader was paused)."""
+    import socket
+    import time
+
+    from runink.core.drivers import load_driver
+
+    silent = socket.create_server(("127.0.0.1", 0))  # (listening, never accepting: the kernel completes connects)
+    endpoints = [f"127.0.0.1:{silent.getsockname()[1]}", *(cluster.http[n] for n in cluster.names)]
+    client = load_driver(BarnBackend, "raft", {"endpoints": endpoints, "timeout": 6.0})
+    try:
+        began = time.monotonic()
+        client.put("/paused/a", b"1")
+        first = time.monotonic() - began
+        began = time.monotonic()
+        client.put("/paused/b", b"2")
+        second = time.monotonic() - began
+        assert first < 4.5 and second < 1.0, (first, second)  # (a third of 6 s at most for the silent one)
+        assert client.get("/paused/b") is not None
+    finally:
+        client.close()
+        silent.close()

@@ -114,10 +114,11 @@ class RaftBarn(BarnBackend):
             attempt += 1
             try:
                 connection = self._connection(index)
-                # an answer is due within the call's timeout (a write not answered by then is
-                # retried elsewhere with its request id) plus a watch's wait; set only when it
-                # changes (settimeout is a system call)
-                budget = self.timeout + float((body or {}).get("wait", 0))
+                # an answer is due within a share of the call's timeout (a write not answered by
+                # then is retried elsewhere with its request id) plus a watch's wait: a member
+                # that accepts connections but never answers (paused) took the whole timeout,
+                # and no other member was asked; set only when it changes (a system call)
+                budget = self._attempt_timeout() + float((body or {}).get("wait", 0))
                 if connection.timeout != budget:
                     connection.settimeout(budget)
                 answer = connection.request(method, path, data if method == "POST" else None, self._headers)
@@ -125,6 +126,8 @@ class RaftBarn(BarnBackend):
             except (OSError, ValueError) as exc:
                 self._drop(index)
                 last = f"{self.endpoints[index]}: {exc}"
+                if not first and index == self._preferred:  # (the next calls start elsewhere)
+                    self._preferred = (index + 1) % len(self.endpoints)
                 wait = 0.05 if attempt % len(self.endpoints) else 0.2
             else:
                 if not first:
@@ -139,6 +142,11 @@ class RaftBarn(BarnBackend):
                 break
             time.sleep(wait)
         raise NoQuorumError(f"the Barn did not answer {path} within {self.timeout:g}s ({last})")
+
+    def _attempt_timeout(self) -> float:
+        """How long one member is waited for: the call's timeout shared by up to three members
+        (one member alone: all of it)."""
+        return self.timeout / min(3, max(1, len(self.endpoints)))
 
     def _prefer(self, leader: str | None, answered: int) -> None:
         """Send the next calls to the leader the server named, if it is one of ours (a
