@@ -44,3 +44,24 @@ def read_exit_status(path: Path) -> int:
     if code is None or not -(2**31) <= code < 2**31:
         raise ValueError(f"{path}: not an exit status")
     return code
+
+
+DIE_WITH_PARENT = "RUNINK_DIE_WITH_PARENT"  # the pid of the process this one must not outlive
+
+
+def die_with_parent_from_env() -> None:
+    """Die with the parent named by $RUNINK_DIE_WITH_PARENT (PR_SET_PDEATHSIG), or at once if
+    it is gone already: a process that is started from a thread cannot be given it by a
+    ``preexec_fn`` (unsafe once the parent runs threads), so the child asks for it itself."""
+    parent = os.environ.pop(DIE_WITH_PARENT, "")
+    if not parent.isdigit():
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(parent):  # (it died before the call: no signal will come)
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1

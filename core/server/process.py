@@ -11,7 +11,6 @@ started through the CLI command the raft plugin adds, and reached through ``load
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -44,6 +43,7 @@ from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
 from runink.core.plugins import PluginManager
+from runink.core.processes import DIE_WITH_PARENT
 from runink.core.server import pki
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -59,6 +59,7 @@ from runink.core.units import split_address
 
 log = logging.getLogger("runink.server")
 
+MEMBER_RESTART_MAX = 30.0  # seconds between tries to start a member that exited again
 MEMBER_START_TIMEOUT = 30.0  # seconds for the embedded Barn member to serve
 LEADER_CHECK_EVERY = 0.5  # seconds between asking the member whether it leads
 FEED_STOP_WAIT = 3.0  # seconds close() waits for the watch thread to end with its Barn client
@@ -168,23 +169,30 @@ class LeaderCheck:
 
 
 class Member:
-    """The raft Barn member this server runs beside itself, as ``runink barn serve``."""
+    """The raft Barn member this server runs beside itself, as ``runink barn serve``, started
+    again (after 1 s, then up to MEMBER_RESTART_MAX between tries) whenever it exits without
+    being stopped: one that stopped on a full disk (as it must: it cannot journal) stayed down
+    for good while its server went on, and the group ran on one member less, silently (a
+    faults review's run)."""
 
     def __init__(self, barn_args: list[str], config_path: str | None) -> None:
         command = [sys.executable, "-m", "runink"]
         if config_path:
             command += ["--config", config_path]
         self.args = barn_args
-        # The member dies with this server, however it dies (PR_SET_PDEATHSIG): a member left
-        # leading without its server would keep every other server from scheduling. (preexec_fn
-        # is safe here: the member starts before any thread of the server.)
-        self.process = subprocess.Popen(
-            [*command, "barn", "serve", *barn_args],
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
+        self.command = [*command, "barn", "serve", *barn_args]
+        self._stopping = threading.Event()
+        self.restarts = 0
+        self.process = self._spawn()
         self.http = self._wait_serving()
+        threading.Thread(target=self._watch, daemon=True, name="barn-member-watch").start()
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        # The member dies with this server, however it dies (PR_SET_PDEATHSIG, which it asks
+        # for itself: a restart comes from a thread): a member left leading without its server
+        # would keep every other server from scheduling.
+        env = {**os.environ, DIE_WITH_PARENT: str(os.getpid())}
+        return subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=env)
 
     def _wait_serving(self) -> str:
         """Its HTTP address, from the "serving" line it prints once it listens."""
@@ -194,7 +202,32 @@ class Member:
             raise RuninkError(f"the Barn member did not start (`runink barn serve {' '.join(self.args)}`)")
         return str(event["http"])
 
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("the Barn member exited (status %s): starting it again in %g s", code, delay)
+            if self._stopping.wait(delay):
+                return
+            try:
+                self.process = self._spawn()
+                event = ready_event(self.process, MEMBER_START_TIMEOUT)
+                if event is None or event.get("event") != "serving":
+                    raise RuninkError("it did not say it serves")
+            except (OSError, RuninkError) as exc:
+                log.error("the Barn member did not start again: %s", exc)
+                with contextlib.suppress(OSError):
+                    self.process.kill()
+                delay = min(delay * 2, MEMBER_RESTART_MAX)
+                continue
+            self.restarts += 1
+            log.warning("the Barn member is serving again (restart %d)", self.restarts)
+            delay = 1.0
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -225,14 +258,6 @@ def ready_event(process: subprocess.Popen[str], timeout: float) -> dict[str, Any
     threading.Thread(target=read, daemon=True, name=f"stdout-{process.pid}").start()
     arrived.wait(timeout)
     return ready[0] if ready else None
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-PR_SET_PDEATHSIG = 1
 
 
 class Server:

@@ -97,6 +97,9 @@ def serve_command(  # noqa: PLR0917 (typer options)
     ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
+    from runink.core.processes import die_with_parent_from_env
+
+    die_with_parent_from_env()  # (a `runink server`'s own member: it dies with that server)
     from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
 
     positive = {

@@ -1,0 +1,83 @@
+"""A server's own raft Barn member (core/server/process.Member): started again whenever it
+exits without being stopped, and never outliving its server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from runink.core.ports import free_ports
+from runink.core.server.process import Member
+
+
+def _member_args(tmp_path: Path) -> list[str]:
+    raft, http = free_ports(2)
+    return [
+        "--name", "solo", "--raft", f"127.0.0.1:{raft}", "--http", f"127.0.0.1:{http}",
+        "--data-dir", str(tmp_path / "solo"), "--plaintext",
+    ]  # fmt: skip
+
+
+def _answers(http: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{http}/v1/status", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def test_a_member_that_exits_is_started_again_and_one_stopped_is_not(tmp_path: Path) -> None:
+    """A member that stopped on a full disk (as it must) stayed down for good while its server
+    went on: the group ran on one member less, silently (a faults review's run)."""
+    member = Member(_member_args(tmp_path), None)
+    try:
+        first = member.process.pid
+        assert _answers(member.http)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while member.restarts < 1 or not _answers(member.http):
+            assert time.monotonic() < deadline, "the member was not started again"
+            time.sleep(0.2)
+        assert member.process.pid != first
+    finally:
+        member.stop()
+    stopped = member.process.pid
+    time.sleep(1.5)  # (longer than the first restart's delay)
+    assert member.restarts == 1 and member.process.pid == stopped and member.process.poll() is not None
+
+
+def test_a_restarted_member_dies_with_its_server(tmp_path: Path) -> None:
+    """It asks for PR_SET_PDEATHSIG itself (a restart comes from a thread, where a preexec_fn is
+    unsafe): killed with SIGKILL, the server leaves no member leading without it."""
+    args = _member_args(tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        from runink.core.server.process import Member
+        member = Member({args!r}, None)
+        os.kill(member.process.pid, signal.SIGKILL)
+        while member.restarts < 1:
+            time.sleep(0.1)
+        print(member.process.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        pid = int(server.stdout.readline())
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the restarted member outlived its server"
+            time.sleep(0.1)
+    finally:
+        server.kill()
