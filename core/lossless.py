@@ -12,7 +12,7 @@ def same_values(before: pa.Array, after: pa.Array) -> bool:
     """Equal value for value, nulls where the other has them, NaN for NaN (``equals`` takes no
     NaN for equal)."""
     if not pa.types.is_floating(before.type):
-        return before.equals(after)
+        return bool(before.equals(after))
     nulls_kept = pc.all(pc.equal(pc.is_null(before), pc.is_null(after))).as_py() is not False
     equal = pc.or_(pc.equal(before, after), pc.and_(pc.is_nan(before), pc.is_nan(after)))
     return nulls_kept and pc.all(pc.fill_null(equal, True)).as_py() is not False

@@ -84,11 +84,11 @@ class Revocations:
             found = self._subjects.get(subject)
         if found is None:
             return None
-        dated = isinstance(issued, int | float)
+        when = float(issued) if isinstance(issued, int | float) else None
         if seen is not None:  # (the epoch it carries; or issued surely before, by any clock)
-            revoked = seen < found.epoch or (dated and issued < found.at - self.leeway)
+            revoked = seen < found.epoch or (when is not None and when < found.at - self.leeway)
         else:  # (a token of an earlier version: its iat)
-            revoked = dated and issued <= found.before
+            revoked = when is not None and when <= found.before
         if revoked:
             at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(found.before))
             return f"every token of {subject} issued up to {at} was revoked"
