@@ -182,6 +182,7 @@ class Member:
         self.args = barn_args
         self.command = [*command, "barn", "serve", *barn_args]
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # (a restart and a stop: never a member started after the stop)
         self.restarts = 0
         self.process = self._spawn()
         self.http = self._wait_serving()
@@ -212,7 +213,10 @@ class Member:
             if self._stopping.wait(delay):
                 return
             try:
-                self.process = self._spawn()
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    self.process = self._spawn()
                 event = ready_event(self.process, MEMBER_START_TIMEOUT)
                 if event is None or event.get("event") != "serving":
                     raise RuninkError("it did not say it serves")
@@ -227,7 +231,8 @@ class Member:
             delay = 1.0
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
