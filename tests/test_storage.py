@@ -735,3 +735,32 @@ def test_jsonl_numbers_a_contract_wants_exact_keep_every_digit(tmp_path: Path) -
     assert validate(Money, read.batch).reasons.to_pylist() == ["amount: not a valid decimal(12,2)"]
     (plain,) = jsonl.read(path, raw=True)  # (without it, as before: a float's text)
     assert plain.batch.column("amount").to_pylist()[0] == "12.34"
+
+
+def test_sinks_write_columns_their_library_cannot(tmp_path: Path) -> None:
+    """polars panicked writing a decimal256 or a binary column as JSON (a Rust panic that no
+    `except Exception` catches), and Arrow's CSV writer refused string_view (a review's runs)."""
+    from decimal import Decimal
+
+    from runink.core.lossless import cast_losing_nothing
+    from runink.plugins.storage.csv import CsvWriter
+    from runink.plugins.storage.jsonl import JsonlWriter
+
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "d": pa.array([Decimal("123456789012345678901234567890.12"), None], pa.decimal256(40, 2)),
+            "b": pa.array([b"\x00\xff", None], pa.binary()),
+        }
+    )
+    jsonl = JsonlWriter(tmp_path / "o.jsonl")
+    jsonl.write(batch)
+    jsonl.commit()
+    assert [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()] == [
+        {"d": "123456789012345678901234567890.12", "b": "AP8="},
+        {"d": None, "b": None},
+    ]
+    views = pa.RecordBatch.from_pydict({"s": pa.array(["x", None], pa.string_view())})
+    csv = CsvWriter(tmp_path / "o.csv", views.schema)
+    csv.write(cast_losing_nothing(views, csv.schema))
+    csv.commit()
+    assert (tmp_path / "o.csv").read_text().splitlines() == ['"s"', '"x"', ""]

@@ -404,8 +404,20 @@ class CsvStorage(Storage):
 class CsvWriter(AtomicFileWriter):
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         super().__init__(path)
-        self.schema = schema
-        self._writer = pacsv.CSVWriter(str(self.output.temp), schema)
+        # Arrow's CSV writer has no string or binary views ("Unsupported Type"): their plain
+        # types are the file's (the runner casts each batch to ``schema``, losing nothing)
+        self.schema = pa.schema(
+            [
+                f.with_type(pa.string())
+                if pa.types.is_string_view(f.type)
+                else f.with_type(pa.binary())
+                if pa.types.is_binary_view(f.type)
+                else f
+                for f in schema
+            ],
+            metadata=schema.metadata,
+        )
+        self._writer = pacsv.CSVWriter(str(self.output.temp), self.schema)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)

@@ -14,6 +14,7 @@ first seen there, changed the sink's schema mid-file and failed the run.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import io
@@ -654,11 +655,24 @@ class JsonlWriter(AtomicFileWriter):
             return
         import polars as pl  # imported in the slice only, when a JSONL sink is used
 
-        frame = pl.DataFrame(pl.from_arrow(_utc_timestamps(batch)))
+        frame = pl.DataFrame(pl.from_arrow(_json_types(_utc_timestamps(batch))))
         frame.write_ndjson(self._fh)
 
     def _close(self) -> None:
         self._fh.close()
+
+
+def _json_types(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Columns polars cannot write as JSON, as text (it panicked on them, a Rust panic no
+    ``except Exception`` catches): a decimal256 as its exact digits, bytes as base64."""
+    for i, field in enumerate(batch.schema):
+        kind = field.type
+        if pa.types.is_decimal256(kind):
+            batch = batch.set_column(i, field.with_type(pa.string()), batch.column(i).cast(pa.string()))
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+            values = [None if v is None else base64.b64encode(v).decode() for v in batch.column(i).to_pylist()]
+            batch = batch.set_column(i, field.with_type(pa.string()), pa.array(values, pa.string()))
+    return batch
 
 
 def _utc_timestamps(batch: pa.RecordBatch) -> pa.RecordBatch:
