@@ -905,13 +905,20 @@ def test_without_a_contract_a_csv_value_its_columns_type_refuses_is_one_dead_let
 
 
 def test_a_panic_in_a_library_fails_the_scenario_with_a_reason(run_cli: CliRunner, project: Path) -> None:
-    # polars panics on a bytes column written as JSON Lines: its PanicException is no Exception,
-    # and the slice ended with "exit code 1" and no reason, its sinks not aborted
+    # A Rust library's panic (polars panicked writing a bytes column as JSON Lines, before the
+    # sink wrote them as base64) is a PanicException, no Exception: the slice ended with "exit
+    # code 1" and no reason, its sinks not aborted. Raised here as polars raises it.
+    (project / "steps.py").write_text(
+        (project / "steps.py").read_text()
+        + "\n\ndef panics(batch):\n    import polars as pl\n\n"
+        + "    raise pl.exceptions.PanicException('a library panicked')\n"
+    )
     pq.write_table(pa.table({"id": [1, 2], "blob": pa.array([b"a", b"b"], pa.binary())}), project / "in.parquet")
-    dsl(project, '\nScenario: m\n  @source("in.parquet")\n  @sink("out/m.jsonl")\n')
+    dsl(project, '\nScenario: m\n  @source("in.parquet")\n  @step("steps:panics")\n  @sink("out/m.jsonl")\n')
     out = run_cli("run", "p.dsl", "--json", cwd=project)
     (m,) = summary(out)["scenarios"]
     assert m["state"] == "FAILED" and "PanicException" in m["error"], m["error"]
+    assert "a library panicked" in m["error"]
     assert not (project / "out" / "m.jsonl").exists()
 
 
