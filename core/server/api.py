@@ -1293,9 +1293,8 @@ def create_app(
             signed.append(node)
             revoked_up_to = None
             if tokens is not None and tokens.revocations is not None:
-                tokens.revocations.forget_cache()  # (read now: another server may have revoked it a moment ago)
-                try:
-                    revoked_up_to = tokens.revocations.revoked_up_to(NODE_SUBJECT + node)
+                try:  # (read now: another server may have revoked it a moment ago)
+                    revoked_up_to = tokens.revocations.revoked_up_to(NODE_SUBJECT + node, afresh=True)
                 except RevocationsUnknown as exc:
                     raise Busy(f"join: {exc}; try again") from None
             if revoked_up_to is not None and revoked_up_to >= time.time():  # (its server's clock runs ahead)

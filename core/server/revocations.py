@@ -101,10 +101,11 @@ class Revocations:
         with self._lock:
             return {subject: found.epoch if (found := self._subjects.get(subject)) else 0 for subject in subjects}
 
-    def revoked_up_to(self, subject: str) -> float | None:
-        """Until when ``subject``'s tokens (a node's certificates) are revoked, or None.
-        RevocationsUnknown when the list is too old to tell."""
-        self._refresh()
+    def revoked_up_to(self, subject: str, *, afresh: bool = False) -> float | None:
+        """Until when ``subject``'s tokens (a node's certificates) are revoked, or None (with
+        ``afresh``: the list read now). RevocationsUnknown when the list is too old to tell, or
+        cannot be read afresh (the last list still stands for every other check)."""
+        self._refresh(afresh=afresh)
         with self._lock:
             found = self._subjects.get(subject)
         return None if found is None else found.before
