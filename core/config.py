@@ -63,6 +63,7 @@ ENV_NOT_KEYS = {
     "RUNINK_BARN_TLS_CERT",
     "RUNINK_BARN_TLS_KEY",
     "RUNINK_DIE_WITH_PARENT",  # (a server's own Barn member: core/processes.die_with_parent_from_env)
+    "RUNINK_PARENT_BEAT",  # (...and its server's beats: core/processes.parent_beat_from_env)
 }
 ENV_ALIASES = {
     "RUNINK_DISABLE_PLUGINS": "plugins.disable",

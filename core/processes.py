@@ -1,10 +1,14 @@
-"""Naming one process across time (its pid and its start time, as /proc gives them), and
-reading the exit status a process's wrapper left."""
+"""Naming one process across time (its pid and its start time, as /proc gives them), reading
+the exit status a process's wrapper left, and a child knowing that its parent serves it still
+(it dies with its parent; it hears its parent's beats)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 
@@ -65,3 +69,95 @@ def die_with_parent_from_env() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+
+
+PARENT_BEAT = "RUNINK_PARENT_BEAT"  # "FD:SECONDS": the pipe a parent beats on (ParentBeat) and its silence
+
+
+class ParentBeat:
+    """The heartbeat of a parent that writes to a pipe while it runs: whether it has been
+    silent for more than ``silence`` seconds. A paused parent (SIGSTOP) or a stuck one writes
+    nothing, though it lives: PR_SET_PDEATHSIG cannot tell a child that it serves no one."""
+
+    def __init__(self, fd: int, silence: float) -> None:
+        self.silence = silence
+        self.gone = False  # (the parent closed its end: it has died)
+        self._last = time.monotonic()
+        threading.Thread(target=self._read, args=(fd,), daemon=True, name="parent-beat").start()
+
+    def _read(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.gone = True
+                return
+            self._last = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the parent last wrote (infinite once it has closed its end)."""
+        return float("inf") if self.gone else time.monotonic() - self._last
+
+    def silent(self) -> bool:
+        return self.silent_for() > self.silence
+
+
+def parent_beat_from_env() -> ParentBeat | None:
+    """The parent's heartbeat named by $RUNINK_PARENT_BEAT, or None when it names none (a
+    process started by hand). Malformed: ValueError naming it."""
+    given = os.environ.pop(PARENT_BEAT, "")
+    if not given:
+        return None
+    fd, _, silence = given.partition(":")
+    try:
+        found = ParentBeat(int(fd), float(silence)) if fd.isdigit() and float(silence) > 0 else None
+    except ValueError:
+        found = None
+    if found is None:
+        raise ValueError(f"${PARENT_BEAT}={given!r}: expected FD:SECONDS")
+    return found
+
+
+class BeatPipe:
+    """The parent's side of a ParentBeat: ``child_end()`` gives a new pipe's read end for the
+    next child (the one before is closed: one child beaten at a time), and a thread writes a
+    byte to it every ``every`` seconds until ``close()``. Writes never block: a paused child's
+    full pipe just drops them."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._lock = threading.Lock()  # (a write never goes to a descriptor closed and reused meanwhile)
+        self._fd: int | None = None
+        self._closed = threading.Event()
+        threading.Thread(target=self._beat, daemon=True, name="beat-pipe").start()
+
+    def child_end(self) -> int:
+        """A new pipe's read end, to pass to the child (``pass_fds``) and close after it started."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(write_end, False)
+        with self._lock:
+            self._swap(write_end)
+        return read_end
+
+    def _swap(self, fd: int | None) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self.every):
+            with self._lock:
+                if self._fd is None:
+                    continue
+                # (full: the child is paused; broken: it died, and a restart gives another pipe)
+                with contextlib.suppress(OSError):
+                    os.write(self._fd, b".")
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            self._swap(None)

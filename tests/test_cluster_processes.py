@@ -195,7 +195,7 @@ def test_a_server_letting_anyone_in_stays_on_loopback_even_with_tls(run_cli: Cli
     assert out.returncode != 0 and "--insecure-bind" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp_path: Path) -> None:
+def test_up_down_a_raft_cluster_that_survives_its_leader_paused_then_killed(run_cli: CliRunner, tmp_path: Path) -> None:
     up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
     assert up.returncode == 0, up.stderr
     started = json.loads(up.stdout)
@@ -204,6 +204,35 @@ def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp
         assert run_cli("exec", "--", "/bin/true").returncode == 0  # no address given: the context says
         nodes = json.loads(run_cli("nodes", "list", "--json").stdout)
         assert sorted(n["id"] for n in nodes) == ["agent-0", "agent-1"]
+        # pause the server whose Barn member leads (SIGSTOP, its member running on): the member
+        # leaves the lead, another server schedules within seconds; resumed, the server starts
+        # its member again, which follows
+        paused = _leading_server(started)
+        _answers_name_the_scheduling_server(started, paused)
+        running = run_cli("exec", "--detach", "--", "sleep", "2")
+        assert running.returncode == 0, running.stderr
+        os.kill(paused["pid"], signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            again = run_cli("exec", "--", "/bin/sh", "-c", "exit 4")
+            assert again.returncode == 4, again.stderr
+            assert time.monotonic() - began < 30
+            leader = _leading_server(started)
+            assert leader is not paused
+            _answers_name_the_scheduling_server(started, leader, but=paused)
+        finally:
+            os.kill(paused["pid"], signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while _barn_state(paused) != "follower":
+            assert time.monotonic() < deadline, "the paused server's member did not come back"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while (state := json.loads(run_cli("status", running.stdout.strip(), "--json").stdout))["job"]["state"] in (
+            "PENDING", "SCHEDULED", "RUNNING"
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        assert state["job"]["state"] == "SUCCEEDED", state  # (it ran on through the pause)
         # kill the server whose Barn member leads; another one schedules within seconds
         leader = _leading_server(started)
         _answers_name_the_scheduling_server(started, leader)
@@ -220,23 +249,43 @@ def test_up_down_a_raft_cluster_that_survives_its_leader(run_cli: CliRunner, tmp
             os.killpg(item["pid"], 0)
 
 
-def _answers_name_the_scheduling_server(started: dict[str, Any], leader: dict[str, Any]) -> None:
-    """Every server's answers name the leader's API (X-Runink-Scheduler): clients submit there."""
+def _answers_name_the_scheduling_server(
+    started: dict[str, Any], leader: dict[str, Any], but: dict[str, Any] | None = None
+) -> None:
+    """Every server's answers (``but``'s: it is paused) name the leader's API
+    (X-Runink-Scheduler), within seconds of its claim: clients submit there."""
     import httpx
 
+    deadline = time.monotonic() + 10
     with httpx.Client(verify=up_tls(), timeout=10) as http:
-        for api in started["api"]:
-            assert http.get(api + "/healthz").headers.get("x-runink-scheduler") == leader["api"]
+        for server in started["servers"]:
+            while server is not but:
+                named = http.get(server["api"] + "/healthz").headers.get("x-runink-scheduler")
+                if named == leader["api"]:
+                    break
+                assert time.monotonic() < deadline, f"{server['name']} names {named}, not {leader['api']}"
+                time.sleep(0.2)
 
 
-def _leading_server(started: dict[str, list[dict[str, object]]]) -> dict[str, object]:
+def _leading_server(started: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:  # (an election may be under way)
+        for server in started["servers"]:
+            if _barn_state(server) == "leader":
+                return server
+        assert time.monotonic() < deadline, "no leader"
+        time.sleep(0.2)
+
+
+def _barn_state(server: dict[str, Any]) -> str:
+    """ "leader", "follower", ... as its Barn member says, or "" when it does not answer."""
     import httpx
 
-    for server in started["servers"]:
-        status = httpx.get(f"https://{server['barn']}/v1/status", timeout=5, verify=up_tls()).json()
-        if status.get("state") == "leader":
-            return server
-    raise AssertionError("no leader")
+    try:
+        status = httpx.get(f"https://{server['barn']}/v1/status", timeout=2, verify=up_tls()).json()
+    except httpx.HTTPError:
+        return ""
+    return str(status.get("state", ""))
 
 
 def test_up_refuses_a_folder_that_holds_something(run_cli: CliRunner, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A server's own raft Barn member (core/server/process.Member): started again whenever it
-exits without being stopped, and never outliving its server."""
+exits without being stopped, never outliving its server, never leading for a paused one."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import textwrap
 import time
 from pathlib import Path
 
+from fixture_types import CliRunner
+
 from runink.core.ports import free_ports
-from runink.core.server.process import Member
+from runink.core.processes import PARENT_BEAT
+from runink.core.server.process import MEMBER_SILENCE, Member
 
 
 def _member_args(tmp_path: Path) -> list[str]:
@@ -81,3 +84,58 @@ def test_a_restarted_member_dies_with_its_server(tmp_path: Path) -> None:
             time.sleep(0.1)
     finally:
         server.kill()
+
+
+def test_a_leading_member_whose_server_is_paused_stops_and_is_started_again_once_it_runs(tmp_path: Path) -> None:
+    """A server paused (SIGSTOP) while its member led held every other server from scheduling
+    until it resumed: the member hears no beat for MEMBER_SILENCE seconds and stops (status 3);
+    the server, resumed, starts it again, and that one hears the beats (it stays)."""
+    args = _member_args(tmp_path)
+    script = textwrap.dedent(
+        f"""
+        import time
+        from runink.core.server.process import Member
+        member = Member({args!r}, None)
+        seen = None
+        while True:
+            if member.process.pid != seen and member.process.poll() is None:
+                seen = member.process.pid
+                print(seen, flush=True)
+            time.sleep(0.1)
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        first = int(server.stdout.readline())
+        os.kill(server.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        while _state(first) not in ("Z", ""):  # (its paused server cannot reap it)
+            assert time.monotonic() - began < 15, "the member led on without its server"
+            time.sleep(0.1)
+        assert time.monotonic() - began >= MEMBER_SILENCE - 1  # (not at the first missed beat)
+        os.kill(server.pid, signal.SIGCONT)
+        again = int(server.stdout.readline())
+        assert again != first
+        time.sleep(MEMBER_SILENCE + 1.5)
+        assert _state(again) not in ("Z", ""), "the member started again stopped: it hears no beat"
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.kill()
+        server.wait(10)
+
+
+def test_a_member_follows_its_server_beats_only_when_told(tmp_path: Path, run_cli: CliRunner) -> None:
+    """$RUNINK_PARENT_BEAT is the server's to give: a malformed one is refused in one line."""
+    out = run_cli("barn", "serve", *_member_args(tmp_path), env={PARENT_BEAT: "x:5"})
+    assert out.returncode == 2 and "RUNINK_PARENT_BEAT='x:5': expected FD:SECONDS" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ("" once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text[text.rindex(")") + 2]

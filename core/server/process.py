@@ -43,7 +43,7 @@ from runink.core.interfaces.scaler import Scaler
 from runink.core.interfaces.secrets import SecretBackend
 from runink.core.masterkey import KMS_SOURCE, master_key_of
 from runink.core.plugins import PluginManager
-from runink.core.processes import DIE_WITH_PARENT
+from runink.core.processes import DIE_WITH_PARENT, PARENT_BEAT, BeatPipe
 from runink.core.server import pki
 from runink.core.server.agent_service import serve_agents
 from runink.core.server.api import create_app
@@ -61,6 +61,11 @@ log = logging.getLogger("runink.server")
 
 MEMBER_RESTART_MAX = 30.0  # seconds between tries to start a member that exited again
 MEMBER_START_TIMEOUT = 30.0  # seconds for the embedded Barn member to serve
+#: seconds without a beat from its server after which a leading member stops (and is started
+#: again once the server runs): a server paused (SIGSTOP) or stuck schedules nothing, and
+#: while its member leads no other server does. Not less: a busy server must not lose its lead
+MEMBER_SILENCE = 5.0
+MEMBER_BEAT_EVERY = 0.5  # seconds between the server's beats to its member
 LEADER_CHECK_EVERY = 0.5  # seconds between asking the member whether it leads
 FEED_STOP_WAIT = 3.0  # seconds close() waits for the watch thread to end with its Barn client
 
@@ -173,7 +178,11 @@ class Member:
     again (after 1 s, then up to MEMBER_RESTART_MAX between tries) whenever it exits without
     being stopped: one that stopped on a full disk (as it must: it cannot journal) stayed down
     for good while its server went on, and the group ran on one member less, silently (a
-    faults review's run)."""
+    faults review's run).
+
+    The server beats on a pipe to it (BeatPipe): a member that leads and hears no beat for
+    MEMBER_SILENCE seconds stops, so that a paused server's member leaves the lead, and the
+    scheduling, to another (it used to hold both until its server resumed)."""
 
     def __init__(self, barn_args: list[str], config_path: str | None) -> None:
         command = [sys.executable, "-m", "runink"]
@@ -184,6 +193,7 @@ class Member:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # (a restart and a stop: never a member started after the stop)
         self.restarts = 0
+        self._beats = BeatPipe(MEMBER_BEAT_EVERY)
         self.process = self._spawn()
         self.http = self._wait_serving()
         threading.Thread(target=self._watch, daemon=True, name="barn-member-watch").start()
@@ -192,8 +202,12 @@ class Member:
         # The member dies with this server, however it dies (PR_SET_PDEATHSIG, which it asks
         # for itself: a restart comes from a thread): a member left leading without its server
         # would keep every other server from scheduling.
-        env = {**os.environ, DIE_WITH_PARENT: str(os.getpid())}
-        return subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=env)
+        beats = self._beats.child_end()
+        env = {**os.environ, DIE_WITH_PARENT: str(os.getpid()), PARENT_BEAT: f"{beats}:{MEMBER_SILENCE:g}"}
+        try:
+            return subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=env, pass_fds=(beats,))
+        finally:
+            os.close(beats)
 
     def _wait_serving(self) -> str:
         """Its HTTP address, from the "serving" line it prints once it listens."""
@@ -240,6 +254,7 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._beats.close()  # (after: a member that hears its server gone says so in its log)
 
 
 def ready_event(process: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:

@@ -97,9 +97,13 @@ def serve_command(  # noqa: PLR0917 (typer options)
     ),
 ) -> None:
     """Run one Barn server until SIGTERM/SIGINT."""
-    from runink.core.processes import die_with_parent_from_env
+    from runink.core.processes import die_with_parent_from_env, parent_beat_from_env
 
     die_with_parent_from_env()  # (a `runink server`'s own member: it dies with that server)
+    try:
+        served = parent_beat_from_env()  # (...and it stops leading when that server is paused)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     from runink.plugins.barn.raft import server  # pysyncobj, uvloop...: only for this command
 
     positive = {
@@ -155,7 +159,7 @@ def serve_command(  # noqa: PLR0917 (typer options)
     # run as its own program)
     state = ctx.obj if ctx is not None else None
     manager = state.plugins() if state is not None and hasattr(state, "plugins") else None
-    raise typer.Exit(server.run_server(config, manager))
+    raise typer.Exit(server.run_server(config, manager, served=served))
 
 
 def run_serve(argv: list[str], prog_name: str) -> int:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 from runink.core import metrics
 from runink.core.fd_limits import raise_fd_limit
 from runink.core.model import MetricSample
+from runink.core.processes import ParentBeat
 from runink.core.signals import stop_event
 from runink.plugins.barn.raft.api import BarnServer
 from runink.plugins.barn.raft.replica import Member, ServerConfig
@@ -120,9 +121,17 @@ def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles 
     return files
 
 
-def run_server(config: ServerConfig, manager: PluginManager | None = None) -> int:
+#: the exit status of a member that stopped leading because its server went silent (serve's
+#: ``served``): the server starts it again once it runs
+UNSERVED_EXIT = 3
+SERVED_CHECK_EVERY = 0.25  # seconds
+
+
+def run_server(config: ServerConfig, manager: PluginManager | None = None, *, served: ParentBeat | None = None) -> int:
     """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py).
-    ``manager``: the plugins its metrics go to (none: not measured)."""
+    ``manager``: the plugins its metrics go to (none: not measured). ``served``: the beats of
+    the server this member runs for; it stops (UNSERVED_EXIT) when it leads while they are
+    silent, or when that server has gone."""
     raise_fd_limit()  # before the server sizes its connection cap from it
     name, raft = config.me.name, config.me.raft
     logging.basicConfig(level=logging.WARNING, format=f"barn {name}: %(levelname)s %(message)s")
@@ -138,11 +147,27 @@ def run_server(config: ServerConfig, manager: PluginManager | None = None) -> in
     server.start()
     unregister = _measure(server, manager) if manager is not None else None
     print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
-    stop.wait()
+    unserved = False
+    while not stop.wait(SERVED_CHECK_EVERY if served is not None else None):
+        assert served is not None
+        if served.gone or (served.silent() and server.node.is_leader()):
+            # A leader whose server is paused (SIGSTOP) or stuck keeps every other server from
+            # scheduling: leave the lead to a member whose server runs. A follower stays: it
+            # still counts towards the majority, and stops here if it is elected.
+            if served.gone:
+                log.error("its server has gone: stopping")
+            else:
+                log.error(
+                    "its server has written nothing for %.1f s (paused or stuck) while this member leads: "
+                    "stopping so that another member leads (the server starts it again once it runs)",
+                    served.silent_for(),
+                )
+            unserved = True
+            break
     if unregister is not None:
         unregister()
     server.close()
-    return 0
+    return UNSERVED_EXIT if unserved else 0
 
 
 def _measure(server: BarnServer, manager: PluginManager) -> Callable[[], None]:
