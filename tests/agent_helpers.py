@@ -63,8 +63,8 @@ class ProxyControl:
     def register_node(self, node: NodeRecord) -> NodeRecord:
         return self.life.register_node(node)
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
-        return self.life.heartbeat(node_id, incarnation, usage)
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None, unfit: str = "") -> bool:
+        return self.life.heartbeat(node_id, incarnation, usage, unfit)
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         return self.life.assignments(node_id)

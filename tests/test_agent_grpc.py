@@ -443,7 +443,7 @@ def test_a_control_plane_failure_ends_the_stream_and_the_next_round_reconnects(
 ) -> None:
     agent.sync()
 
-    def conflicted(node_id: str, incarnation: str, usage: object = None) -> bool:
+    def conflicted(node_id: str, incarnation: str, usage: object = None, unfit: str = "") -> bool:
         raise Conflict(f"node {node_id}: changed by others 5 times in a row")
 
     with monkeypatch.context() as patch:

@@ -95,8 +95,8 @@ class Counting:
     def register_node(self, node: NodeRecord) -> NodeRecord:
         return self.life.register_node(node)
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
-        return self.life.heartbeat(node_id, incarnation, usage)
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None, unfit: str = "") -> bool:
+        return self.life.heartbeat(node_id, incarnation, usage, unfit)
 
     def assignments(self, node_id: str) -> list:  # type: ignore[type-arg]
         return self.life.assignments(node_id)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runink.core import logs, metrics
+from runink.core.agent.disk_room import DiskRoom
 from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
@@ -37,6 +38,7 @@ from runink.core.agent.secrets import SecretsRefused, with_secrets
 from runink.core.agent.slice_lines import SliceLines
 from runink.core.control.lifecycle import MAX_MESSAGE
 from runink.core.control.records import (
+    MAX_UNFIT,
     MAX_USAGE_TASKS,
     Accounting,
     Amount,
@@ -77,7 +79,7 @@ class Control(Protocol):
 
     def register_node(self, node: NodeRecord) -> NodeRecord: ...
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool: ...
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None, unfit: str = "") -> bool: ...
 
     def assignments(self, node_id: str) -> list[TaskRecord]: ...
 
@@ -162,6 +164,7 @@ class Agent:
         lineage: LineageOutbox | None = None,
         slice_lines: SliceLines | None = None,
         gpus: GpuInventory | None = None,
+        disk_room: DiskRoom | None = None,
     ) -> None:
         self.control = control
         self.executor = executor
@@ -173,6 +176,10 @@ class Agent:
         if isinstance(executor, ScenarioAttempts):  # a scenario's slice is given its GPUs there
             executor.gpus = self.gpus
         self.work_dir = Path(work_dir)
+        # whether its work dir's disk has room for new tasks (none given: always, as the local
+        # runner's one node, where a task waiting for room elsewhere would wait for ever)
+        self.disk_room = disk_room
+        self._unfit = ""  # (what the last heartbeat said: its changes are logged)
         self.stop_grace = stop_grace
         # Slices run at once here (default: 4 per core, at least 4): assignments past it wait
         # SCHEDULED until one ends. Tasks asking for no cpu would otherwise all land here at
@@ -224,10 +231,25 @@ class Agent:
                 labels=self.labels,
                 gpus=self.gpus.ids,
                 slots=self.max_running,  # (the scheduler places no more here)
+                unfit=self._fitness(),
             )
         )
         self.incarnation = node.incarnation
         return node
+
+    def _fitness(self) -> str:
+        """Why the node takes no new task now ("" when it does: DiskRoom), its changes logged."""
+        unfit = self.disk_room.unfit() if self.disk_room is not None else ""
+        # (one printable line of at most MAX_UNFIT bytes, as the servers take it: a work dir's
+        # odd name must not get every heartbeat refused)
+        unfit = printable(unfit, MAX_UNFIT).encode()[:MAX_UNFIT].decode(errors="ignore")
+        if unfit != self._unfit:
+            if unfit:
+                log.warning("node %s: unfit, it takes no new task: %s", self.node_id, unfit)
+            else:
+                log.warning("node %s: fit again, it takes new tasks (%s: room again)", self.node_id, self.work_dir)
+            self._unfit = unfit
+        return unfit
 
     def sync(self) -> None:
         """One round: heartbeat (register again if refused), report what ended, stop what is
@@ -417,10 +439,7 @@ class Agent:
         """One heartbeat, with the usage sample not sent yet if there is one."""
         with self._usage_lock:
             usage, self._unsent_usage = self._unsent_usage, None
-        if usage is None:
-            accepted = self.control.heartbeat(self.node_id, self.incarnation)
-        else:
-            accepted = self.control.heartbeat(self.node_id, self.incarnation, usage=usage)
+        accepted = self.control.heartbeat(self.node_id, self.incarnation, usage=usage, unfit=self._fitness())
         if accepted:
             self.last_beat_ok = time.monotonic()
         return accepted
@@ -792,14 +811,27 @@ class Agent:
             cwd.mkdir(exist_ok=True)
             handle = self.executor.start(spec)
         except RuninkError as exc:  # refused by the executor (a limit, a missing program)
-            self._done.add(attempt)
-            self._report(attempt, RunState.FAILED, None, str(exc))
+            self._could_not_start(attempt, exc, str(exc))
             return
         except OSError as exc:  # the disk (full, read-only): this attempt fails, the agent goes on
-            self._done.add(attempt)
-            self._report(attempt, RunState.FAILED, None, f"node {self.node_id} could not start it: {_describe(exc)}")
+            self._could_not_start(attempt, exc, f"node {self.node_id} could not start it: {_describe(exc)}")
             return
         self._started(attempt, handle, job=task.job_id)
+
+    def _could_not_start(self, attempt: Attempt, exc: BaseException, why: str) -> None:
+        """Report an attempt that could not start here (``exc``, said as ``why``): FAILED, or
+        given back (PENDING, placed elsewhere) when the disk had no room, and the node says so
+        from now on (DiskRoom). The heartbeat that says so goes first, so that the task is not
+        placed here again."""
+        self._done.add(attempt)
+        if self.disk_room is None or not self.disk_room.failed(exc):
+            self._report(attempt, RunState.FAILED, None, why)
+            return
+        try:
+            self._heartbeat()
+        except Exception as beat:  # (the control plane away: the report waits for it anyway)
+            log.warning("node %s: heartbeat failed: %s", self.node_id, _describe(beat))
+        self._report(attempt, RunState.PENDING, None, f"{why}: given back")
 
     def _secrets(self, task: TaskRecord) -> dict[str, bytes]:
         """The values of the secrets ``task`` names, asked of the control plane for this attempt
@@ -817,8 +849,7 @@ class Agent:
                 raise RuninkError(f"node {self.node_id} runs commands only: its agent was given no pipelines")
             handle = scenarios.start_scenario(task, executor_id, secrets)
         except (RuninkError, OSError) as exc:
-            self._done.add(attempt)
-            self._report(attempt, RunState.FAILED, None, _describe(exc))
+            self._could_not_start(attempt, exc, _describe(exc))
             return
         except Exception as exc:  # anything else its pipeline made raise: this attempt fails, not every round
             log.exception("node %s: scenario task %s could not start", self.node_id, task.id)

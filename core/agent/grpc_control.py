@@ -230,6 +230,7 @@ class GrpcControl:
                 address=node.address,
                 gpus=node.gpus,
                 slots=node.slots,
+                unfit=node.unfit,
             )
         )
         done = self._only(self._ask(request, "registered"), "registered").registered
@@ -257,8 +258,8 @@ class GrpcControl:
         """Read by the server now, never a pushed list (see Agent.sync)."""
         return self.assignments(node_id, ask=True)
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool:
-        beat = pb.Heartbeat(node_id=node_id, incarnation=incarnation)
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None, unfit: str = "") -> bool:
+        beat = pb.Heartbeat(node_id=node_id, incarnation=incarnation, unfit=unfit)
         if usage is not None:
             beat.usage.CopyFrom(usage_message(usage))
         request = pb.AgentMessage(heartbeat=beat)
@@ -496,8 +497,8 @@ class FailoverControl:
         result: NodeRecord = self._call("register_node", node)
         return result
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None) -> bool:
-        return bool(self._call("heartbeat", node_id, incarnation, usage))
+    def heartbeat(self, node_id: str, incarnation: str, usage: NodeUsage | None = None, unfit: str = "") -> bool:
+        return bool(self._call("heartbeat", node_id, incarnation, usage, unfit))
 
     def assignments(self, node_id: str) -> list[TaskRecord]:
         result: list[TaskRecord] = self._call("assignments", node_id)

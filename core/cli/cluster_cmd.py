@@ -196,6 +196,11 @@ def agent_command(
         Path("/dev"), "--gpu-device-dir", help="Where the GPUs' device nodes (nvidia0, nvidiactl...) are."
     ),
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Where tasks' dirs and logs go."),
+    min_free_disk: str = typer.Option(
+        "512Mi",
+        "--min-free-disk",
+        help="Below this much free on the work dir's disk the node takes no new task (0: no such check).",
+    ),
     interval: float = typer.Option(0.1, "--interval", min=0.01, help="Seconds between syncs with the server."),
     drain_grace: float = typer.Option(30.0, "--drain-grace", min=0, help="On SIGTERM, seconds tasks may finish."),
     token_file: Path | None = typer.Option(
@@ -222,6 +227,7 @@ def agent_command(
     new work, running slices may finish for --drain-grace seconds, the rest are given back."""
     from runink.core.agent.agent import HEARTBEAT_INTERVAL, RUNNING_HOLD, Agent
     from runink.core.agent.disk_limits import disk_limited
+    from runink.core.agent.disk_room import DiskRoom
     from runink.core.agent.gpus import find_gpus
     from runink.core.agent.grpc_control import FailoverControl
     from runink.core.agent.lineage import SERVER_SINKS, LineageOutbox
@@ -271,6 +277,10 @@ def agent_command(
         memory_bytes = parse_memory(memory) if memory else _memory_total()
     except ValueError as exc:
         raise RuninkError(f"--memory: {exc}") from None
+    try:
+        keep_free = parse_memory(min_free_disk)
+    except ValueError as exc:
+        raise RuninkError(f"--min-free-disk: {exc}") from None
     try:  # (checked here: a capacity the servers would refuse is an error of this command's options)
         cpu = cpus if cpus is not None else float(os.cpu_count() or 1)
         capacity = Amount.model_validate({"cpu": cpu, "memory": memory_bytes, "gpu": len(inventory.gpus)})
@@ -315,6 +325,7 @@ def agent_command(
         lineage=lineage,
         slice_lines=slice_lines(config, manager, name),
         gpus=inventory,
+        disk_room=DiskRoom(work, keep_free),
     )
     # (set by a thread of its own, never by a handler that could deadlock; a stop is a drain of
     # up to drain_grace: only one past it is slow)

@@ -751,12 +751,15 @@ def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: boo
     rows = []
     for n in nodes:
         health = "ready" if n["ready"] else "down"
-        flags = [f for f in ("cordoned", "draining") if n.get(f)]
+        flags = [f for f in ("cordoned", "draining", "unfit") if n.get(f)]
         cap = n["capacity"]
         labels = ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items()))
         state = " ".join([health, *flags])
         rows.append((n["id"], state, f"{cap['cpu']:g}", cap["memory"], cap["gpu"], _use(n), labels or "-"))
     print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "USE", "LABELS"], rows)
+    for n in nodes:
+        if n.get("unfit"):  # (its agent's reason: printable, bounded by the servers)
+            console().print(f"{n['id']} is unfit: {n['unfit']}", highlight=False, markup=False)
 
 
 @nodes_app.command("scaling")

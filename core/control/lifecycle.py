@@ -29,6 +29,7 @@ from runink.core.config import CostConfig
 from runink.core.control.cost import used as attempt_cost
 from runink.core.control.records import (
     MAX_PIPELINE_TASKS,
+    MAX_UNFIT,
     RESTRICTED_LABELS,
     Accounting,
     Amount,
@@ -620,19 +621,22 @@ class Lifecycle:
             return registered
         raise Conflict(f"node {node.id}: changed by others {MAX_CONFLICT_RETRIES} times in a row")
 
-    def heartbeat(self, node_id: str, incarnation: str, usage: object = None) -> bool:
+    def heartbeat(self, node_id: str, incarnation: str, usage: object = None, unfit: str = "") -> bool:
         """Count a heartbeat. False when ``incarnation`` is not the node's current one or the
         node was found dead: its agent must register again. ``usage`` (what the node's running
         tasks use, a NodeUsage or its dict) goes into the node's record in the same write; one
         that is malformed (it comes from the node) is dropped, said in one line, and the
-        heartbeat still counts."""
+        heartbeat still counts. ``unfit``: why the node takes no new task now ("" when it does),
+        kept in its record (printable, cut to MAX_UNFIT: it is the node's word)."""
         sample: NodeUsage | None = None
         if usage is not None:
             try:
                 sample = parse_usage(usage)
             except ValueError as exc:
                 log.warning("node %s: usage sample dropped: %s", node_id, printable(str(exc), 300))
-        changes: dict[str, object] = {} if sample is None else {"usage": sample}
+        changes: dict[str, object] = {"unfit": printable(unfit, MAX_UNFIT)}
+        if sample is not None:
+            changes["usage"] = sample
         refused: list[str] = []
 
         def beat(node: NodeRecord) -> NodeRecord | None:

@@ -416,6 +416,9 @@ def no_repeats(names: list[str], what: str) -> list[str]:
 MAX_SLOTS = 1_000_000  # tasks one node may say it runs at once
 
 
+MAX_UNFIT = 300  # characters of a node's ``unfit`` (its agent's reason)
+
+
 class NodeRecord(Record, kw_only=True):
     """A worker node, as its agent registered it. ``heartbeat`` counts the agent's heartbeats:
     the leader sees liveness in it changing, with its own clock (liveness.py), never by
@@ -443,6 +446,9 @@ class NodeRecord(Record, kw_only=True):
     # its ``capacity`` is what it claimed (``claimed``) capped at this, each resource on its own
     pinned: Amount | None = None
     claimed: Amount | None = None
+    # why its agent says it takes no new task now (its work dir's disk nearly full); "": it
+    # takes work. Its agent's word, sent with every heartbeat: the scheduler places nothing there
+    unfit: Annotated[str, Meta(max_length=MAX_UNFIT)] = ""
 
     def __post_init__(self) -> None:
         check_name(self.id, "node")
@@ -452,7 +458,7 @@ class NodeRecord(Record, kw_only=True):
 
     @property
     def schedulable(self) -> bool:
-        return self.ready and not self.cordoned and not self.draining
+        return self.ready and not self.cordoned and not self.draining and not self.unfit
 
 
 def capped(claimed: Amount, pinned: Amount | None) -> Amount:

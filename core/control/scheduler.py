@@ -603,7 +603,9 @@ def _never_placed(task: TaskRecord | None) -> bool:
 def _why_unschedulable(node: NodeRecord) -> str:
     if not node.ready:
         return "not ready (its heartbeat stopped)"
-    return "draining" if node.draining else "cordoned"
+    if node.draining or node.cordoned:
+        return "draining" if node.draining else "cordoned"
+    return f"unfit: {node.unfit}"
 
 
 def _no_fit(rejected: list[str]) -> str:

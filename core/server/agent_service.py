@@ -34,6 +34,7 @@ from runink.core.control.records import (
     MAX_CPU_SECONDS,
     MAX_LABELS,
     MAX_SLOTS,
+    MAX_UNFIT,
     RESTRICTED_LABELS,
     Accounting,
     Amount,
@@ -178,6 +179,7 @@ def node_of(message: pb.Register) -> NodeRecord:
                 "address": address,
                 "gpus": list(message.gpus),
                 "slots": _counter(message.slots, "register.slots", high=MAX_SLOTS),
+                "unfit": _printable(message.unfit, MAX_UNFIT, "register.unfit"),
             }
         )
     except RecordError as exc:
@@ -494,7 +496,8 @@ class AgentService:
             incarnation = _text(request.heartbeat.incarnation, MAX_INCARNATION, "heartbeat.incarnation")
             if node is not None and node_id != node:
                 raise BadRequest(f"heartbeat.node_id: {node_id!r}, but this stream is node {node!r}'s")
-            if not self.lifecycle.heartbeat(node_id, incarnation, _usage(request.heartbeat, node_id)):
+            unfit = _printable(request.heartbeat.unfit, MAX_UNFIT, "heartbeat.unfit")
+            if not self.lifecycle.heartbeat(node_id, incarnation, _usage(request.heartbeat, node_id), unfit):
                 return [pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=False))], node
             # the current incarnation proves it is the agent that registered: the stream is its
             ack = pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=True))

@@ -19,7 +19,7 @@ class Capacity(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory: _Optional[int] = ..., gpu: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "capacity", "labels", "address", "gpus", "slots")
+    __slots__ = ("node_id", "capacity", "labels", "address", "gpus", "slots", "unfit")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,23 +33,27 @@ class Register(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    UNFIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     capacity: Capacity
     labels: _containers.ScalarMap[str, str]
     address: str
     gpus: _containers.RepeatedScalarFieldContainer[str]
     slots: int
-    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
+    unfit: str
+    def __init__(self, node_id: _Optional[str] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., unfit: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("node_id", "incarnation", "usage")
+    __slots__ = ("node_id", "incarnation", "usage", "unfit")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    UNFIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: str
     usage: NodeUsage
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ...) -> None: ...
+    unfit: str
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., usage: _Optional[_Union[NodeUsage, _Mapping]] = ..., unfit: _Optional[str] = ...) -> None: ...
 
 class NodeUsage(_message.Message):
     __slots__ = ("cpu", "memory", "tasks", "at")
