@@ -904,6 +904,49 @@ def test_without_a_contract_a_csv_value_its_columns_type_refuses_is_one_dead_let
     assert {r["day"] for r in written} == {"2026-01-01"}
 
 
+def test_a_steps_new_column_null_in_its_first_batches_takes_the_type_of_its_later_values(
+    run_cli: CliRunner, project: Path
+) -> None:
+    """The sink held the first batches' null type and refused the later values ("a new column
+    that is all null in a record step's first batch fails the sink later": a data review).
+    It holds rows back until a value types the column; one null throughout stays null."""
+    (project / "steps.py").write_text(
+        (project / "steps.py").read_text()
+        + textwrap.dedent(
+            """
+
+            @record_step
+            def late_note(row):
+                return {**row, "note": "late" if row["id"] >= 2000 else None, "never": None}
+            """
+        )
+    )
+    rows = "id,name\n" + "".join(f"{i},n{i}\n" for i in range(3000))
+    (project / "in.csv").write_text(rows)
+    dsl(
+        project,
+        """
+        Scenario: notes
+          @source("in.csv", block_size=4096)
+          @step("steps:late_note")
+          @sink("out/n.parquet")
+          @sink("out/n.csv")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    (notes,) = summary(out)["scenarios"]
+    assert notes["state"] == "SUCCEEDED", notes.get("error") or out.stderr
+    table = pq.read_table(project / "out" / "n.parquet")
+    assert table.num_rows == 3000 and table.column("id").to_pylist() == list(range(3000))  # (in order)
+    assert table.schema.field("note").type == pa.string() and table.schema.field("never").type == pa.null()
+    assert table.column("note").to_pylist() == [None] * 2000 + ["late"] * 1000
+    lines = (project / "out" / "n.csv").read_text().splitlines()
+    assert len(lines) == 3001 and lines[2001] == '2000,"n2000","late",'
+    # lineage names the type written, not the first batch's null
+    events = (project.parent / "xdg-data" / "runink" / "lineage" / "events.jsonl").read_text()
+    assert '"name": "note", "type": "string"' in events and '"name": "note", "type": "null"' not in events
+
+
 def test_a_panic_in_a_library_fails_the_scenario_with_a_reason(run_cli: CliRunner, project: Path) -> None:
     # A Rust library's panic (polars panicked writing a bytes column as JSON Lines, before the
     # sink wrote them as base64) is a PanicException, no Exception: the slice ended with "exit

@@ -101,6 +101,12 @@ class Reporter:
         self._fh.flush()
 
 
+#: bytes of rows a sink holds back, before it opens, while a column of theirs is all null (so
+#: typed null): the first rows with a value in it type it. A step's new column that was null in
+#: its first batch and held values later failed the sink, which had taken the null type
+HOLD_FOR_TYPES_BYTES = 64 << 20
+
+
 @dataclass
 class SinkSlot:
     format: str
@@ -110,6 +116,7 @@ class SinkSlot:
     driver: Storage
     writer: DatasetWriter | None = None
     rows: int = 0
+    held: list[pa.RecordBatch] = field(default_factory=list)  # (before it opens: HOLD_FOR_TYPES_BYTES)
 
 
 def run(spec: SliceSpec) -> int:
@@ -232,7 +239,7 @@ def run(spec: SliceSpec) -> int:
                 stream = _python_step(stream, step[0], step[1], counters)
         for flow in stream:
             if flow.batch.num_rows:
-                schemas.setdefault("output", flow.batch.schema)
+                schemas["output"] = _typed_later(schemas.get("output"), flow.batch.schema)
                 counters.rows_out += flow.batch.num_rows
                 output.submit("valid", flow.batch)
             progress()
@@ -690,6 +697,7 @@ class SinkWriterThread:
         self.sinks = sinks
         self.counters = counters
         self.error: BaseException | None = None
+        self.finishing = False  # (set by finish: what the sinks hold is written once the queue ends)
         self.queue: queue.Queue[tuple[str, pa.RecordBatch] | None] = queue.Queue(self.QUEUE_BATCHES)
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
@@ -701,6 +709,11 @@ class SinkWriterThread:
                     _write(self.sinks, item[0], item[1], self.counters)
                 except BaseException as exc:
                     self.error = exc
+        if self.error is None and self.finishing:
+            try:
+                flush_held(self.sinks, self.counters)
+            except BaseException as exc:
+                self.error = exc
 
     def submit(self, when: str, batch: pa.RecordBatch) -> None:
         if self.error is not None:
@@ -709,6 +722,7 @@ class SinkWriterThread:
 
     def finish(self) -> None:
         """Wait until everything submitted is written; raise the first sink error."""
+        self.finishing = True
         self.close()
         if self.error is not None:
             raise self.error
@@ -746,6 +760,8 @@ class SinkWriters:
 
     def finish(self) -> None:
         """Wait until everything submitted is written; raise the first sink error."""
+        for thread in self.threads.values():
+            thread.finishing = True
         self.close()
         self._raise_first_error()
 
@@ -758,26 +774,86 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
     for slot in sinks:
         if slot.when != when:
             continue
-        try:
-            if slot.writer is None:
-                slot.writer = slot.driver.writer(slot.path, batch.schema, options=slot.options)
-            expected = getattr(slot.writer, "schema", batch.schema)
-            if batch.schema != expected:
-                if when == "invalid":  # DLQ rows: columns as first seen, missing ones null, extras dropped
-                    present = {name: batch.column(name) for name in batch.schema.names}
-                    batch = _conform(present, batch.num_rows, expected)
-                try:
-                    batch = cast_losing_nothing(batch, expected)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
-                    why = _schema_change(batch, expected)
-                    raise SliceError(f"sink {slot.format}://{slot.path}: {why} ({exc})") from exc
-            slot.writer.write(batch)
-        except SliceError:
-            raise
-        except Exception as exc:
-            raise SliceError(f"sink {slot.format}://{slot.path}: {type(exc).__name__}: {exc}") from exc
-        slot.rows += batch.num_rows
-        counters.sinks[str(slot.path)] = slot.rows
+        if slot.writer is None and when == "valid":
+            slot.held.append(batch)
+            if not _typed(slot.held):
+                continue
+            _write_held(slot, counters)
+        else:
+            _write_one(slot, batch, counters)
+
+
+def _typed_later(first: pa.Schema | None, later: pa.Schema) -> pa.Schema:
+    """``first`` (the first rows' schema; None: ``later`` is) with its null columns typed as
+    ``later`` types them, as the sinks do (``_write_held``): lineage names the type written."""
+    if first is None:
+        return later
+    if first.names != later.names or not any(pa.types.is_null(f.type) for f in first):
+        return first
+    return pa.schema(
+        [f.with_type(n.type) if pa.types.is_null(f.type) else f for f, n in zip(first, later, strict=True)],
+        metadata=first.metadata,
+    )
+
+
+def _typed(held: list[pa.RecordBatch]) -> bool:
+    """Whether a sink holding ``held`` may open now: no column is null in all of them (and
+    named alike), or they are HOLD_FOR_TYPES_BYTES already."""
+    first = held[0].schema
+    nulls = {f.name for f in first if pa.types.is_null(f.type)}
+    for batch in held[1:]:
+        if batch.schema.names != first.names:
+            return True  # (the write says how they differ)
+        nulls -= {f.name for f in batch.schema if not pa.types.is_null(f.type)}
+    return not nulls or sum(batch.nbytes for batch in held) >= HOLD_FOR_TYPES_BYTES
+
+
+def _write_held(slot: SinkSlot, counters: Counters) -> None:
+    """Open the sink with the first held rows' types, each all-null column typed by the first
+    held rows with a value in it (a null column casts to any type), and write what it held."""
+    held, slot.held = slot.held, []
+    fields = list(held[0].schema)
+    for index, found in enumerate(fields):
+        if pa.types.is_null(found.type):
+            later = (b.schema.field(found.name).type for b in held[1:] if found.name in b.schema.names)
+            typed = next((kind for kind in later if not pa.types.is_null(kind)), None)
+            if typed is not None:
+                fields[index] = found.with_type(typed)
+    schema = pa.schema(fields, metadata=held[0].schema.metadata)
+    if schema != held[0].schema:
+        held[0] = cast_losing_nothing(held[0], schema)
+    for batch in held:
+        _write_one(slot, batch, counters)
+
+
+def flush_held(sinks: list[SinkSlot], counters: Counters) -> None:
+    """Write what sinks still hold (their rows ended with a column null throughout)."""
+    for slot in sinks:
+        if slot.held:
+            _write_held(slot, counters)
+
+
+def _write_one(slot: SinkSlot, batch: pa.RecordBatch, counters: Counters) -> None:
+    try:
+        if slot.writer is None:
+            slot.writer = slot.driver.writer(slot.path, batch.schema, options=slot.options)
+        expected = getattr(slot.writer, "schema", batch.schema)
+        if batch.schema != expected:
+            if slot.when == "invalid":  # DLQ rows: columns as first seen, missing ones null, extras dropped
+                present = {name: batch.column(name) for name in batch.schema.names}
+                batch = _conform(present, batch.num_rows, expected)
+            try:
+                batch = cast_losing_nothing(batch, expected)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
+                why = _schema_change(batch, expected)
+                raise SliceError(f"sink {slot.format}://{slot.path}: {why} ({exc})") from exc
+        slot.writer.write(batch)
+    except SliceError:
+        raise
+    except Exception as exc:
+        raise SliceError(f"sink {slot.format}://{slot.path}: {type(exc).__name__}: {exc}") from exc
+    slot.rows += batch.num_rows
+    counters.sinks[str(slot.path)] = slot.rows
 
 
 def _schema_change(batch: pa.RecordBatch, expected: pa.Schema) -> str:
