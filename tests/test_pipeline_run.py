@@ -931,11 +931,19 @@ def test_a_steps_new_column_null_in_its_first_batches_takes_the_type_of_its_late
           @step("steps:late_note")
           @sink("out/n.parquet")
           @sink("out/n.csv")
+        Scenario: piped
+          @source("in.csv", block_size=4096)
+          @step("steps:late_note")
+          @run("cat", format="parquet")
+          @sink("out/p.jsonl")
     """,
     )
     out = run_cli("run", "p.dsl", "--json", cwd=project)
-    (notes,) = summary(out)["scenarios"]
+    notes, piped = summary(out)["scenarios"]
     assert notes["state"] == "SUCCEEDED", notes.get("error") or out.stderr
+    assert piped["state"] == "SUCCEEDED", piped.get("error") or out.stderr  # (a command step's input file too)
+    written = [json.loads(line) for line in (project / "out" / "p.jsonl").read_text().splitlines()]
+    assert [w["note"] for w in written] == [None] * 2000 + ["late"] * 1000
     table = pq.read_table(project / "out" / "n.parquet")
     assert table.num_rows == 3000 and table.column("id").to_pylist() == list(range(3000))  # (in order)
     assert table.schema.field("note").type == pa.string() and table.schema.field("never").type == pa.null()

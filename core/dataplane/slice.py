@@ -414,12 +414,21 @@ class CommandStage:
 
     def _write_input(self, upstream: Iterator[Flow], progress: Callable[[], None]) -> None:
         writer: DatasetWriter | None = None
+        held: list[pa.RecordBatch] = []  # (before the file opens, while a column is all null: as a sink does)
         try:
             for flow in upstream:
                 batch = flow.batch
-                if batch.num_rows:  # empty batches carry a schema from before the steps: not written
+                if batch.num_rows and writer is None:  # empty batches carry a schema from before the steps: not written
+                    held.append(batch)
+                    if typed(held):
+                        for each in typed_first(held):
+                            writer = self._write(writer, each)
+                        held = []
+                elif batch.num_rows:
                     writer = self._write(writer, batch)
                 progress()
+            for each in typed_first(held) if held else ():
+                writer = self._write(writer, each)
             if writer is None:
                 self.input.touch()  # no rows reached the step: an empty file
             else:
@@ -776,7 +785,7 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
             continue
         if slot.writer is None and when == "valid":
             slot.held.append(batch)
-            if not _typed(slot.held):
+            if not typed(slot.held):
                 continue
             _write_held(slot, counters)
         else:
@@ -796,7 +805,7 @@ def _typed_later(first: pa.Schema | None, later: pa.Schema) -> pa.Schema:
     )
 
 
-def _typed(held: list[pa.RecordBatch]) -> bool:
+def typed(held: list[pa.RecordBatch]) -> bool:
     """Whether a sink holding ``held`` may open now: no column is null in all of them (and
     named alike), or they are HOLD_FOR_TYPES_BYTES already."""
     first = held[0].schema
@@ -808,10 +817,9 @@ def _typed(held: list[pa.RecordBatch]) -> bool:
     return not nulls or sum(batch.nbytes for batch in held) >= HOLD_FOR_TYPES_BYTES
 
 
-def _write_held(slot: SinkSlot, counters: Counters) -> None:
-    """Open the sink with the first held rows' types, each all-null column typed by the first
-    held rows with a value in it (a null column casts to any type), and write what it held."""
-    held, slot.held = slot.held, []
+def typed_first(held: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    """``held`` with the first batch's all-null columns typed by the first later batch with a
+    value in each (a null column casts to any type): what a writer opens with."""
     fields = list(held[0].schema)
     for index, found in enumerate(fields):
         if pa.types.is_null(found.type):
@@ -820,9 +828,13 @@ def _write_held(slot: SinkSlot, counters: Counters) -> None:
             if typed is not None:
                 fields[index] = found.with_type(typed)
     schema = pa.schema(fields, metadata=held[0].schema.metadata)
-    if schema != held[0].schema:
-        held[0] = cast_losing_nothing(held[0], schema)
-    for batch in held:
+    return held if schema == held[0].schema else [cast_losing_nothing(held[0], schema), *held[1:]]
+
+
+def _write_held(slot: SinkSlot, counters: Counters) -> None:
+    """Open the sink with the held rows' types (``typed_first``) and write what it held."""
+    held, slot.held = slot.held, []
+    for batch in typed_first(held):
         _write_one(slot, batch, counters)
 
 
