@@ -219,7 +219,7 @@ def test_tls_connections_still_in_their_handshake_count_against_their_client(
 def test_connections_are_counted_per_client_not_per_address_it_picks() -> None:
     """An IPv6 host picks any address of its /64, and an IPv4 client may come as an
     IPv4-mapped IPv6 address: each got 256 connections of its own (a review's finding)."""
-    from runink.core.server.serve_api import client_key
+    from runink.core.tls_accept import client_key
 
     assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
-import ipaddress
 import socket
 import ssl
 import threading
@@ -24,6 +22,7 @@ from uvicorn.server import ServerState
 from runink.core.fd_limits import max_connections, raise_fd_limit
 from runink.core.server import pki
 from runink.core.server.tls import TlsFiles
+from runink.core.tls_accept import TlsAcceptor, client_key
 from runink.core.units import is_loopback
 
 START_TIMEOUT = 10.0  # seconds for uvicorn to start accepting connections
@@ -33,7 +32,6 @@ LINGER = 1.0  # seconds a refused client's input is still read (and dropped) bef
 BODY_TIMEOUT = 60.0  # seconds from the end of a request's headers to the end of its body
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake
 MAX_PER_ADDRESS = 256  # connections open at once from one client address or IPv6 /64 (503 beyond)
-ACCEPT_RETRY = 1.0  # seconds before accepting again when out of descriptors (asyncio's own delay)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -139,20 +137,6 @@ class GuardedHttp(HttpToolsProtocol):
         self.loop.call_later(LINGER, self.transport.close)
 
 
-def client_key(host: str) -> str:
-    """What one client's connections are counted under: its IPv4 address (an IPv4-mapped IPv6
-    one too), or its IPv6 /64 (a host is given a /64: each of its addresses is not a client)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def _connections_by_address(state: ServerState) -> collections.Counter[str]:
     """The open connections of one server (its uvicorn state), by client address."""
     counts: collections.Counter[str] | None = getattr(state, "runink_by_address", None)
@@ -160,68 +144,6 @@ def _connections_by_address(state: ServerState) -> collections.Counter[str]:
         counts = collections.Counter()
         state.runink_by_address = counts  # type: ignore[attr-defined]
     return counts
-
-
-class TlsAcceptor:
-    """Accepts the TLS connections of one listening socket itself, counting each client's
-    connections from the moment they are accepted: asyncio's own server makes the HTTP side
-    only once a handshake has ended, so GuardedHttp's count missed the connections still in
-    their handshake, and one client opening thousands (each held up to HANDSHAKE_TIMEOUT) could
-    take every descriptor of the server. Past MAX_PER_ADDRESS handshakes of one client, or
-    ``limit`` of all, a new connection is closed at once. The rest is asyncio's TLS
-    (``connect_accepted_socket``), with the handshake's timeout."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol_factory: Any,
-        tls: ssl.SSLContext,
-        limit: int,
-    ) -> None:
-        self.loop, self.sock, self.protocol_factory, self.tls, self.limit = loop, sock, protocol_factory, tls, limit
-        self.handshaking: collections.Counter[str] = collections.Counter()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(128):  # (a burst at a time: the loop's other work goes on between)
-            try:
-                conn, address = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of descriptors or memory: accept again in a second
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.loop.remove_reader(self.sock.fileno())
-                    self.loop.call_later(ACCEPT_RETRY, self._resume)
-                return
-            key = client_key(str(address[0])) if isinstance(address, tuple) else ""
-            if self.handshaking[key] >= MAX_PER_ADDRESS or sum(self.handshaking.values()) >= self.limit:
-                conn.close()  # (before TLS: nothing can be said to it)
-                continue
-            self.handshaking[key] += 1
-            task = self.loop.create_task(self._handshake(conn, key))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    def _resume(self) -> None:
-        if self.sock.fileno() != -1:  # (not closed meanwhile by the server's close)
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    async def _handshake(self, conn: socket.socket, key: str) -> None:
-        try:
-            await self.loop.connect_accepted_socket(
-                self.protocol_factory, conn, ssl=self.tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-            )
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError):
-            conn.close()  # (asyncio closed its transport already; a socket it never wrapped, here)
-        finally:
-            self.handshaking[key] -= 1
-            if self.handshaking[key] <= 0:
-                del self.handshaking[key]
 
 
 class GuardedServer(uvicorn.Server):
@@ -254,7 +176,16 @@ class GuardedServer(uvicorn.Server):
                 # asyncio's server, never serving: uvicorn closes it, which stops the acceptor's
                 # reader on the same socket and closes the socket
                 server = await create_server(protocol_factory, *args, start_serving=False, **kwargs)
-                TlsAcceptor(loop, sock, protocol_factory, tls, self.config.limit_concurrency or 1024).start()
+                limit = self.config.limit_concurrency or 1024
+                TlsAcceptor(
+                    loop,
+                    sock,
+                    protocol_factory,
+                    tls,
+                    handshake_timeout=HANDSHAKE_TIMEOUT,
+                    per_client=MAX_PER_ADDRESS,
+                    full=lambda handshaking: handshaking >= limit,  # (the open ones: GuardedHttp's count)
+                ).start()
                 return server
 
             loop.create_server = create_guarded_server  # type: ignore[method-assign]

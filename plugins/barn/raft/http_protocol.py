@@ -27,7 +27,6 @@ import collections
 import http
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import httptools
 
 from runink.core.fd_limits import max_connections
 from runink.core.server import pki
+from runink.core.tls_accept import TlsAcceptor
 
 log = logging.getLogger("runink.barn")
 
@@ -52,7 +52,7 @@ BODY_TIMEOUT = 60.0  # seconds from the end of the headers to the end of the bod
 IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may wait for its next request
 LINGER = 2.0  # seconds a refused client's input is still read (and dropped) before closing
 SWEEP = 1.0  # seconds between looks for connections past their deadline
-MAX_HANDSHAKES_PER_ADDRESS = 64  # TLS handshakes under way from one address: one host cannot fill the cap
+MAX_HANDSHAKES_PER_ADDRESS = 64  # TLS handshakes under way from one client (address, IPv6 /64): not the whole cap
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,14 @@ class Connections:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.live: set[HttpProtocol] = set()
-        self.handshaking = 0  # accepted, TLS not done yet: counted in the cap too
-        self.handshakes_from: collections.Counter[str] = collections.Counter()  # (their peers' addresses)
+        self.tls: TlsAcceptor | None = None  # (with TLS: its handshakes under way count in the cap too)
 
-    def full(self) -> bool:
-        return len(self.live) + self.handshaking >= self.limits.max_connections
+    def full(self, handshaking: int | None = None) -> bool:
+        """Whether the cap is reached (``handshaking``: the TLS handshakes under way; default:
+        the acceptor's count)."""
+        if handshaking is None:
+            handshaking = self.tls.total if self.tls is not None else 0
+        return len(self.live) + handshaking >= self.limits.max_connections
 
     async def sweep(self) -> None:
         """Every ``SWEEP`` seconds, end the connections past their deadline: one timer for
@@ -140,7 +143,7 @@ class HttpProtocol(asyncio.Protocol):
         counted: bool = False,
     ) -> None:
         self.handler = handler
-        self.counted = counted  # let in by _TlsServer, which counted it in the cap from its accept
+        self.counted = counted  # let in by the TlsAcceptor, which counted it in the cap from its accept
         self.connections = connections
         self.token_check = token_check
         self.needs_token = False  # a TLS client without a certificate: each request shows a token
@@ -399,72 +402,6 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline(LINGER, None)
 
 
-class _TlsServer:
-    """Accepts TLS connections counting each in the cap from its accept. (With
-    ``create_server(ssl=...)`` a protocol sees a connection only once its handshake is done, so
-    connections that never finish one escaped the cap: ~1,000 silent sockets took every
-    descriptor and the journal failed with EMFILE.) Over the cap, or past
-    MAX_HANDSHAKES_PER_ADDRESS from one address, a socket is closed at once; else its handshake
-    runs (bounded by the header timeout) and it is handed to an HttpProtocol."""
-
-    def __init__(
-        self, sock: Any, tls: ssl.SSLContext, connections: Connections, make: Callable[[], HttpProtocol]
-    ) -> None:
-        self.sock, self.tls, self.connections, self.make = sock, tls, connections, make
-        self.handshakes: set[asyncio.Future[Any]] = set()
-        self.accepting: asyncio.Future[None] | None = None
-
-    async def __aenter__(self) -> _TlsServer:
-        self.sock.setblocking(False)
-        self.accepting = asyncio.ensure_future(self._accept())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.accepting is not None:
-            self.accepting.cancel()
-        for handshake in list(self.handshakes):
-            handshake.cancel()
-        self.sock.close()
-
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        connections = self.connections
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(self.sock)
-            except OSError as exc:  # EMFILE, ECONNABORTED...: this accept only
-                log.warning("accepting a connection failed: %s", exc)
-                await asyncio.sleep(0.05)
-                continue
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if connections.full() or connections.handshakes_from[address] >= MAX_HANDSHAKES_PER_ADDRESS:
-                conn.close()  # (no answer: the client speaks TLS, and a plain 503 would be noise to it)
-                continue
-            connections.handshaking += 1
-            connections.handshakes_from[address] += 1
-            handshake = asyncio.ensure_future(self._secure(conn, address))
-            self.handshakes.add(handshake)
-            handshake.add_done_callback(self.handshakes.discard)
-
-    async def _secure(self, conn: socket.socket, address: str) -> None:
-        connections = self.connections
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                self.make, conn, ssl=self.tls, ssl_handshake_timeout=connections.limits.header_timeout
-            )
-        except Exception as exc:  # a failed or timed-out handshake, a client gone: this connection only
-            log.debug("a TLS handshake from %s failed: %s", address, exc)
-            conn.close()
-        except asyncio.CancelledError:  # the server is stopping
-            conn.close()
-            raise
-        finally:
-            connections.handshaking -= 1
-            connections.handshakes_from[address] -= 1
-            if connections.handshakes_from[address] <= 0:
-                del connections.handshakes_from[address]
-
-
 def _refusal(status: int, message: str) -> bytes:
     body = json.dumps({"error": "bad_request" if status < 500 else "unavailable", "message": message}).encode()
     return Response(status, body).encode(keep_alive=False)
@@ -507,19 +444,31 @@ async def serve(
     connections = Connections(limits)
     loop = asyncio.get_running_loop()
 
-    server: asyncio.AbstractServer | _TlsServer
-    if tls is None:
-        server = await loop.create_server(
-            lambda: HttpProtocol(handler, connections, token_check), sock=sock, backlog=1024
-        )
-    else:  # accepted here, so that a connection counts from its accept, not from its handshake's end
-        sock.listen(1024)
-        server = _TlsServer(
-            sock, tls, connections, lambda: HttpProtocol(handler, connections, token_check, counted=True)
-        )
     sweeper = asyncio.ensure_future(connections.sweep())
     try:
-        async with server:
+        if tls is None:
+            server = await loop.create_server(
+                lambda: HttpProtocol(handler, connections, token_check), sock=sock, backlog=1024
+            )
+            async with server:
+                await stopped.wait()
+            return
+        # accepted here, so that a connection counts from its accept, not from its handshake's end
+        sock.listen(1024)
+        connections.tls = TlsAcceptor(
+            loop,
+            sock,
+            lambda: HttpProtocol(handler, connections, token_check, counted=True),
+            tls,
+            handshake_timeout=limits.header_timeout,
+            per_client=MAX_HANDSHAKES_PER_ADDRESS,
+            full=connections.full,
+        )
+        connections.tls.start()
+        try:
             await stopped.wait()
+        finally:
+            connections.tls.close()
+            sock.close()
     finally:
         sweeper.cancel()
