@@ -58,10 +58,23 @@ def private_folder(path: Path, what: str = "folder") -> None:
         os.chmod(path, 0o700)
 
 
+def check_private(info: os.stat_result, path: Path, what: str, error: type[Exception] = RuninkError) -> None:
+    """``error`` unless ``info`` (an open file's fstat: the file checked is the file read) is
+    a regular file of this user's that no one else may read or write: a secret (a key, a
+    token's signing key). Owned by another user, it could be swapped by them at will."""
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file; refused")
+    if info.st_uid != os.geteuid():
+        raise error(f"{what} {path} is owned by uid {info.st_uid}, not by this user ({os.geteuid()}); refused")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise error(f"{what} {path} has mode {mode:04o}: group or others may read it; refused (chmod 600 {path})")
+
+
 def read_private_file(path: Path, what: str, limit: int, error: type[RuninkError] = RuninkError) -> bytes:
     """At most ``limit + 1`` bytes of ``path`` (``what`` names it: the caller says what more
-    means), a regular file no one but its owner may read, opened through no link and without
-    blocking (a FIFO put there hung a server for good); ``error`` saying why otherwise."""
+    means), a private file (``check_private``), opened through no link and without blocking
+    (a FIFO put there hung a server for good); ``error`` saying why otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
@@ -71,12 +84,7 @@ def read_private_file(path: Path, what: str, limit: int, error: type[RuninkError
             raise error(f"{what} {path} is a symlink; refused (name the file itself)") from None
         raise error(f"{what} {path}: cannot open it: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{what} {path} is not a regular file; refused")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise error(f"{what} {path} has mode {mode:04o}: group or others may read it; refused (chmod 600 {path})")
+        check_private(os.fstat(fd), path, what, error)
         chunks, size = [], 0
         while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
             chunks.append(chunk)

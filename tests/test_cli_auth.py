@@ -66,7 +66,7 @@ def test_token_files_of_revoke_and_join_follow_no_link_and_wait_on_no_fifo(run_c
         ("node", "join", "--server", "https://127.0.0.1:9", "--dir", str(tmp_path / "node")),
     )
     for command in commands:
-        for name, words in (("link.token", "symbolic links"), ("fifo.token", "not one token")):
+        for name, words in (("link.token", "symbolic links"), ("fifo.token", "not a regular file; refused")):
             out = run_cli(*command, "--token-file", str(tmp_path / name))
             assert out.returncode != 0 and words in out.stderr and name in out.stderr, (command, out.stderr)
             assert "Traceback" not in out.stderr

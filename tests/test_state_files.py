@@ -144,6 +144,10 @@ def test_a_signing_key_others_may_read_a_link_or_a_fifo_is_refused(tmp_path: Pat
     os.mkfifo(fifo, 0o600)  # (it hung the server: not even SIGTERM ended it)
     with pytest.raises(RuninkError, match="not a regular file"):
         ClusterTokens([fifo])
+    if os.geteuid() == 0:  # another user's key: they could swap it at will
+        os.chown(key, NOBODY, NOBODY)
+        with pytest.raises(RuninkError, match=rf"is owned by uid {NOBODY}, not by this user \(0\); refused"):
+            ClusterTokens([key])
 
 
 def test_down_stops_the_cluster_though_an_agents_pid_file_is_bad(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -163,3 +167,26 @@ def test_down_stops_the_cluster_though_an_agents_pid_file_is_bad(run_cli: CliRun
     # (what could not be told may run on: the context stays, for a `down` once the file is mended)
     pid_file.unlink()
     assert run_cli("down").returncode == 0 and not (tmp_path / "c").exists()
+
+
+def test_a_token_file_is_a_regular_file_and_one_others_may_read_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runink.core.cli.cluster_client import read_token_file
+
+    token = tmp_path / "node.token"
+    token.write_text("abc.def.ghi\n")
+    token.chmod(0o600)
+    with caplog.at_level("WARNING"):
+        assert read_token_file(token) == "abc.def.ghi"
+    assert not caplog.records
+    token.chmod(0o644)  # (`runink nodes token NODE > FILE` under the usual umask)
+    with caplog.at_level("WARNING"):
+        assert read_token_file(token) == "abc.def.ghi"
+    assert f"--token-file {token} has mode 0644: others on this machine may read the token" in caplog.text
+    fifo = tmp_path / "fifo.token"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(RuninkError, match=rf"--token-file {fifo}: not a regular file; refused"):
+        read_token_file(fifo)
+    with pytest.raises(RuninkError, match="not a regular file; refused"):
+        read_token_file(tmp_path)

@@ -82,14 +82,29 @@ def one_token(text: str, where: str) -> str:
 
 
 def read_token_file(path: Path, option: str = "--token-file") -> str:
-    """The one-line token in ``path`` (at most 16 KiB, no symlink followed, a FIFO not waited
-    on); RuninkError naming ``option`` and the file otherwise."""
+    """The one-line token in ``path`` (a regular file of at most 16 KiB, no symlink followed, a
+    FIFO not waited on); RuninkError naming ``option`` and the file otherwise. A file others
+    may read is taken with a warning (`runink nodes token NODE > FILE` makes one under the
+    usual umask), where a key's is refused (fstree.check_private)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise RuninkError(f"{option} {path}: not a regular file; refused")
         with os.fdopen(fd) as source:
             text = source.read(MAX_TOKEN + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise RuninkError(f"{option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if info.st_mode & 0o077:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s %s has mode %04o: others on this machine may read the token; chmod 600 it",
+            option,
+            path,
+            stat.S_IMODE(info.st_mode),
+        )
     return one_token(text, f"{option} {path}")
 
 

@@ -23,7 +23,6 @@ import ipaddress
 import os
 import re
 import ssl
-import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -32,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from runink.core.fstree import check_private
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
@@ -406,15 +407,9 @@ def _load_cert(path: Path) -> x509.Certificate:
 
 
 def _private(path: Path, descriptor: int) -> None:
-    """PkiError unless the key file open at ``descriptor`` is a regular file of this user's
-    that nobody else may read (a CA's key readable by others let them mint certificates)."""
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode):
-        raise PkiError(f"{path}: not a regular file")
-    if info.st_uid != os.geteuid():
-        raise PkiError(f"{path}: a private key owned by uid {info.st_uid}, not this user ({os.geteuid()}): refused")
-    if info.st_mode & 0o077:
-        raise PkiError(f"{path}: a private key others may read (mode {info.st_mode & 0o777:04o}): chmod 600 it")
+    """PkiError unless the key file open at ``descriptor`` is a private file of this user's
+    (fstree.check_private: a CA's key readable by others let them mint certificates)."""
+    check_private(os.fstat(descriptor), path, "private key", PkiError)
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
