@@ -76,19 +76,24 @@ PARENT_BEAT = "RUNINK_PARENT_BEAT"  # "FD:SECONDS": the pipe a parent beats on (
 
 class ParentBeat:
     """The heartbeat of a parent that writes to a pipe while it runs: whether it has been
-    silent for more than ``silence`` seconds. A paused parent (SIGSTOP) or a stuck one writes
-    nothing, though it lives: PR_SET_PDEATHSIG cannot tell a child that it serves no one."""
+    silent for more than ``silence`` seconds. A paused parent (SIGSTOP) or a frozen one writes
+    nothing, though it lives: PR_SET_PDEATHSIG cannot tell a child that it serves no one.
+    Read by the thread that asks (no reader thread: a child that was itself stalled reads what
+    its parent wrote meanwhile before it answers, and is not fooled)."""
 
     def __init__(self, fd: int, silence: float) -> None:
+        self.fd = fd
         self.silence = silence
         self.gone = False  # (the parent closed its end: it has died)
         self._last = time.monotonic()
-        threading.Thread(target=self._read, args=(fd,), daemon=True, name="parent-beat").start()
+        os.set_blocking(fd, False)
 
-    def _read(self, fd: int) -> None:
-        while True:
+    def _read(self) -> None:
+        while not self.gone:
             try:
-                data = os.read(fd, 4096)
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return
             except InterruptedError:
                 continue
             except OSError:
@@ -100,6 +105,7 @@ class ParentBeat:
 
     def silent_for(self) -> float:
         """Seconds since the parent last wrote (infinite once it has closed its end)."""
+        self._read()
         return float("inf") if self.gone else time.monotonic() - self._last
 
     def silent(self) -> bool:

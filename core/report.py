@@ -39,6 +39,15 @@ def printable(text: str, limit: int) -> str:
     return _CONTROL.sub("\ufffd", text[:limit].replace("\r\n", " ").replace("\n", " "))
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one line that ``str.isprintable`` takes whole (each other character, a
+    surrogate of a name that is not UTF-8 too, as U+FFFD), cut to at most ``limit`` bytes of
+    UTF-8: what a server takes from a node as it is (``printable`` keeps some format
+    characters, which a server's check refuses)."""
+    line = "".join(c if c.isprintable() else "\ufffd" for c in text[:limit])
+    return line.encode()[:limit].decode(errors="ignore")
+
+
 class ReportError(Exception):
     pass
 

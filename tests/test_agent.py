@@ -67,6 +67,37 @@ def test_agent_runs_commands_and_reports_their_ends(store: ClusterStore, life: L
     assert not agent.running  # an ended attempt is not started again
 
 
+def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
+    store: ClusterStore, life: Lifecycle, agent: Agent, tmp_path: Path
+) -> None:
+    """A node kept every task's dir, with all its command wrote there, for good: its disk
+    filled job by job. What a previous agent left goes at the next start."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("mine")
+    script = f"head -c 1000000 /dev/zero > big; mkdir -p a/b; ln -s {canary} a/c"
+    job = life.submit_command("lab", ["/bin/sh", "-c", script])
+    schedule(store, job.id)
+    sync_until(agent, lambda: task_of(store, job.id).state.final and not agent.running)
+    assert task_of(store, job.id).state is RunState.SUCCEEDED
+    assert agent.task_dirs.wait()
+    tasks = agent.work_dir / "tasks"
+    assert list(tasks.iterdir()) == []
+    assert (canary / "keep").read_text() == "mine"  # (its link was removed, not followed)
+    # a previous agent's leftovers: a dir moved aside, a dir no handle names; a live one stays
+    (tasks / ".trash-old-a1" / "x").mkdir(parents=True)
+    (tasks / "forgotten-a1" / "work").mkdir(parents=True)
+    live = life.submit_command("lab", ["sleep", "30"])
+    schedule(store, live.id)
+    agent.sync()
+    (running,) = agent.running.values()
+    again = Agent(life, agent.executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=agent.work_dir)
+    again.recover()
+    assert again.task_dirs.wait()
+    assert sorted(p.name for p in tasks.iterdir()) == [running.executor_id]
+    agent.executor.stop(running.executor_id, 1.0)
+
+
 def test_a_cancelled_running_task_is_stopped(store: ClusterStore, life: Lifecycle, agent: Agent) -> None:
     job = life.submit_command("lab", ["sleep", "30"])
     schedule(store, job.id)

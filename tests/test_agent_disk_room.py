@@ -13,12 +13,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from agent_helpers import schedule, task_of
+from agent_helpers import ProxyControl, schedule, task_of
 from fixture_types import CliRunner
 
 from runink.core.agent import Agent
+from runink.core.agent.agent import MAX_GIVE_BACKS
+from runink.core.agent.delegating import DelegatingExecutor
 from runink.core.agent.disk_room import HOLD_AFTER_FAILURE, MIN_FREE_INODES, DiskRoom, no_room
 from runink.core.control.lifecycle import Lifecycle
 from runink.core.control.records import Amount, RunState
@@ -27,7 +30,7 @@ from runink.core.control.store import ClusterStore
 from runink.core.drivers import load_driver
 from runink.core.errors import RuninkError
 from runink.core.interfaces import SchedulerPolicy
-from runink.core.interfaces.executor import Executor
+from runink.core.interfaces.executor import Executor, TaskHandle, TaskSpec
 from runink.core.plugins import PluginManager
 from runink.testing import plugin_manager
 
@@ -77,11 +80,11 @@ def test_free_bytes_inodes_and_a_read_only_disk_each_make_a_node_unfit(small_dis
     room = DiskRoom(small_disk, 512 << 10)
     assert room.unfit() == ""
     (small_disk / "filler").write_bytes(b"x" * (700 << 10))
-    assert room.unfit().startswith(f"work dir {small_disk}: ") and "free, under the 512.0 KiB kept" in room.unfit()
+    assert room.unfit().startswith(f"work dir {small_disk}: ") and "less than the 512.0 KiB kept free" in room.unfit()
     (small_disk / "filler").unlink()
     assert room.unfit() == ""
     made = _fill_inodes(small_disk)  # its inodes, not its bytes
-    assert f"inodes free, under {MIN_FREE_INODES}" in room.unfit()
+    assert f"fewer than {MIN_FREE_INODES} inodes free" in room.unfit()
     for number in range(made):
         (small_disk / f"f{number}").unlink()
     assert room.unfit() == ""
@@ -90,18 +93,81 @@ def test_free_bytes_inodes_and_a_read_only_disk_each_make_a_node_unfit(small_dis
     assert DiskRoom(small_disk, 0).unfit() == ""  # (0: no such check, the local runner's node)
 
 
-def test_a_start_failed_for_want_of_room_makes_the_node_unfit_for_a_while() -> None:
+def test_a_start_failed_for_want_of_room_on_the_work_dirs_disk_makes_the_node_unfit_for_a_while(
+    tmp_path: Path,
+) -> None:
     now = [100.0]
-    room = DiskRoom(Path("/"), 1, clock=lambda: now[0])
-    assert not room.failed(PermissionError(errno.EACCES, "denied"))  # the task's, not the disk's
+    room = DiskRoom(tmp_path, 1, clock=lambda: now[0])
+    here = str(tmp_path / "tasks" / "t-a1")  # (not made yet: the mkdir failed)
+    assert not room.failed(PermissionError(errno.EACCES, "denied", here))  # the task's, not the disk's
     assert room.unfit() == ""
     wrapped = RuninkError("the slice could not be made")
-    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded", here)
     assert no_room(wrapped) is wrapped.__cause__ and room.failed(wrapped)
     assert "a task could not start for want of room (Disk quota exceeded)" in room.unfit()
     now[0] += HOLD_AFTER_FAILURE + 0.1
     assert room.unfit() == ""
-    assert not DiskRoom(Path("/"), 0).failed(OSError(errno.ENOSPC, "full"))  # (0: the task fails, as before)
+    # another file system's (a pipeline's output folder, read-only or full), or one naming no
+    # file: the task's failure, the node stays fit (one user's output folder made every node
+    # unfit in turn, a review)
+    elsewhere = "/dev/shm" if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev else "/proc/x"
+    assert not room.failed(OSError(errno.EROFS, "Read-only file system", f"{elsewhere}/out/.staging"))
+    assert not room.failed(OSError(errno.ENOSPC, "No space left on device"))
+    assert room.unfit() == ""
+    assert not DiskRoom(tmp_path, 0).failed(OSError(errno.ENOSPC, "full", here))  # (0: the task fails, as before)
+
+
+class _NoRoomExecutor(DelegatingExecutor):
+    """Every start fails as a disk with no room says (``errno``, naming ``where``): a quota the
+    free count does not show, which no small file system here can make."""
+
+    def __init__(self, inner: Executor, errno_: int, where: Path) -> None:
+        super().__init__(inner)
+        self.errno_, self.where = errno_, where
+
+    def start(self, spec: TaskSpec) -> TaskHandle:
+        raise OSError(self.errno_, os.strerror(self.errno_), str(self.where))
+
+
+def test_a_node_says_it_is_unfit_before_it_gives_a_task_back_and_fails_it_after_three(
+    store: ClusterStore, life: Lifecycle, tmp_path: Path
+) -> None:
+    """The heartbeat saying so goes before the report (else the task is placed here again at
+    once); a task given back MAX_GIVE_BACKS times (each placement takes one of its attempts)
+    fails there, naming the disk, instead of going round for ever."""
+    work = tmp_path / "node"
+    work.mkdir()
+    calls: list[str] = []
+
+    class Recording(ProxyControl):
+        def heartbeat(self, node_id: str, incarnation: str, usage: object = None, unfit: str = "") -> bool:
+            calls.append(f"heartbeat unfit={bool(unfit)}")
+            return super().heartbeat(node_id, incarnation, usage, unfit)
+
+        def report(self, herd: str, task_id: str, attempt: int, token: int, state: RunState, **more: Any) -> bool:
+            calls.append(f"report {state}")
+            return super().report(herd, task_id, attempt, token, state, **more)
+
+    inner: Executor = load_driver(Executor, "process", {})
+    executor = _NoRoomExecutor(inner, errno.EDQUOT, work / "tasks")
+    room = DiskRoom(work, 1)
+    agent = Agent(Recording(life), executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=work, disk_room=room)
+    try:
+        agent.sync()
+        job = life.submit_command("lab", ["/bin/true"], retries=5)
+        for number in range(1, MAX_GIVE_BACKS + 2):
+            schedule(store, job.id)
+            calls.clear()
+            agent.sync()
+            task = task_of(store, job.id)
+            if number <= MAX_GIVE_BACKS:
+                assert task.state is RunState.PENDING and task.message.endswith(": given back"), task
+                assert calls.index("heartbeat unfit=True") < calls.index("report PENDING"), calls
+                assert "Disk quota exceeded" in store.node("n1").record.unfit
+        assert task.state is RunState.PENDING and "retry" in task.transitions[-1].reason  # (failed: retried)
+        assert task.attempt == MAX_GIVE_BACKS + 1 and "Disk quota exceeded" in task.message
+    finally:
+        inner.close()
 
 
 def test_nothing_is_placed_on_an_unfit_node_and_explain_says_why(
@@ -113,7 +179,7 @@ def test_nothing_is_placed_on_an_unfit_node_and_explain_says_why(
         scheduler = Scheduler(store, manager, load_driver(SchedulerPolicy, "spread"))
         (small_disk / "filler").write_bytes(b"x" * (700 << 10))
         full.sync()  # (its heartbeat says so)
-        assert "free, under the 512.0 KiB kept" in store.node("full").record.unfit
+        assert "less than the 512.0 KiB kept free" in store.node("full").record.unfit
         assert not store.node("full").record.schedulable
         placed = []
         for _ in range(4):  # (spread would take the idle node half the time)
@@ -172,7 +238,7 @@ def test_an_agent_short_of_room_says_so_through_the_servers(tmp_path: Path, run_
         while not (nodes := json.loads(run_cli("nodes", "list", "--json", env=env).stdout))[0].get("unfit"):
             assert time.monotonic() < deadline, nodes
             time.sleep(0.2)
-        assert "free, under the 1000.0 TiB kept (--min-free-disk)" in nodes[0]["unfit"]
+        assert "less than the 1000.0 TiB kept free (--min-free-disk)" in nodes[0]["unfit"]
         listed = run_cli("nodes", "list", env=env)
         assert "ready unfit" in listed.stdout and "n1 is unfit: work dir " in listed.stdout
         assert run_cli("herd", "create", "default", env=env).returncode == 0
@@ -181,3 +247,18 @@ def test_an_agent_short_of_room_says_so_through_the_servers(tmp_path: Path, run_
             assert time.monotonic() < deadline + 20, explained
             time.sleep(0.2)
         assert json.loads(run_cli("status", job, "--json", env=env).stdout)["job"]["state"] == "PENDING"
+
+
+def test_a_work_dirs_odd_name_never_gets_a_nodes_heartbeat_refused(store: ClusterStore, life: Lifecycle) -> None:
+    """A no-break or zero-width space, a BOM or a name that is not UTF-8 in the work dir's
+    path made the servers refuse the node's unfit reason, and the agent's registration with it
+    (a review): the reason is one printable line of at most MAX_UNFIT bytes on both sides."""
+    from runink.core.control.records import MAX_UNFIT, NodeRecord
+    from runink.core.report import one_line
+
+    for name in ("a\u00a0b", "a\u200bb", "\ufeffa", "a\u200eb", os.fsdecode(b"a\xffb"), "a\nb\x1b[2J", "é" * 400):
+        line = one_line(f"work dir /w/{name}: less than the 512.0 MiB kept free", MAX_UNFIT)
+        assert line.isprintable() and len(line.encode()) <= MAX_UNFIT, line
+        node = life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=1, memory=1 << 30), unfit=line))
+        assert life.heartbeat("n1", node.incarnation, unfit=f"work dir /w/{name}")  # (the lifecycle makes it one too)
+        assert store.node("n1").record.unfit.isprintable()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fixture_types import CliRunner
@@ -86,43 +87,60 @@ def test_a_restarted_member_dies_with_its_server(tmp_path: Path) -> None:
         server.kill()
 
 
-def test_a_leading_member_whose_server_is_paused_stops_and_is_started_again_once_it_runs(tmp_path: Path) -> None:
+def test_a_member_whose_server_is_paused_leads_no_longer_and_leads_again_once_it_runs(tmp_path: Path) -> None:
     """A server paused (SIGSTOP) while its member led held every other server from scheduling
-    until it resumed: the member hears no beat for MEMBER_SILENCE seconds and stops (status 3);
-    the server, resumed, starts it again, and that one hears the beats (it stays)."""
+    until it resumed: the member hears no beat for MEMBER_SILENCE seconds and is held back (a
+    lone member has no follower to hand the lead to: it steps down, and stands for no
+    election); it stays up, and leads again once its server runs."""
     args = _member_args(tmp_path)
+    http = args[args.index("--http") + 1]
     script = textwrap.dedent(
         f"""
         import time
         from runink.core.server.process import Member
         member = Member({args!r}, None)
-        seen = None
-        while True:
-            if member.process.pid != seen and member.process.poll() is None:
-                seen = member.process.pid
-                print(seen, flush=True)
-            time.sleep(0.1)
+        print(member.process.pid, flush=True)
+        time.sleep(600)
         """
     )
     server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        first = int(server.stdout.readline())
+        member = int(server.stdout.readline())
+        _until(lambda: _barn_state(http) == "leader", 15, "the member never led")
         os.kill(server.pid, signal.SIGSTOP)
         began = time.monotonic()
-        while _state(first) not in ("Z", ""):  # (its paused server cannot reap it)
-            assert time.monotonic() - began < 15, "the member led on without its server"
-            time.sleep(0.1)
+        _until(lambda: _barn_state(http) not in ("leader", ""), 15, "the member led on without its server")
         assert time.monotonic() - began >= MEMBER_SILENCE - 1  # (not at the first missed beat)
+        time.sleep(1.0)
+        assert _barn_state(http) != "leader"  # (it stands for no election either)
+        assert _state(member) not in ("Z", "")  # (held back, not stopped)
         os.kill(server.pid, signal.SIGCONT)
-        again = int(server.stdout.readline())
-        assert again != first
-        time.sleep(MEMBER_SILENCE + 1.5)
-        assert _state(again) not in ("Z", ""), "the member started again stopped: it hears no beat"
+        _until(lambda: _barn_state(http) == "leader", 15, "the member did not lead again")
+        assert _state(member) not in ("Z", "")
     finally:
         os.kill(server.pid, signal.SIGCONT)
         server.kill()
         server.wait(10)
+
+
+def _until(done: Callable[[], bool], seconds: float, why: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
+def _barn_state(http: str) -> str:
+    """The member's Raft state ("leader", "follower", "candidate"), or "" when it does not answer."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{http}/v1/status", timeout=2) as answer:
+            return str(json.loads(answer.read()).get("state", ""))
+    except OSError:
+        return ""
 
 
 def test_a_member_follows_its_server_beats_only_when_told(tmp_path: Path, run_cli: CliRunner) -> None:

@@ -36,6 +36,7 @@ from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
 from runink.core.agent.secrets import SecretsRefused, with_secrets
 from runink.core.agent.slice_lines import SliceLines
+from runink.core.agent.task_dirs import TaskDirSweeper
 from runink.core.control.lifecycle import MAX_MESSAGE
 from runink.core.control.records import (
     MAX_UNFIT,
@@ -54,10 +55,13 @@ from runink.core.control.store import NotFound, Refused
 from runink.core.errors import RuninkError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
 from runink.core.model import MetricSample
-from runink.core.report import printable
+from runink.core.report import one_line, printable
 from runink.core.units import MAX_MEMORY
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (liveness timeouts are several of them)
+#: times one node gives a task back for want of room before it fails it there (a quota no free
+#: count shows, a server that places it here again), and how many such tasks it remembers
+MAX_GIVE_BACKS, MAX_GIVEN_BACK_KEPT = 3, 4096
 MAX_STARTS_PER_ROUND = 16  # slices a round starts at most (the rest the next round)
 LONG_POLL = 3.0  # seconds a long-poll for new assignments waits (a control that has them)
 #: seconds `runink agent` holds a started attempt's RUNNING report (Agent.hold_running): a task
@@ -180,6 +184,9 @@ class Agent:
         # runner's one node, where a task waiting for room elsewhere would wait for ever)
         self.disk_room = disk_room
         self._unfit = ""  # (what the last heartbeat said: its changes are logged)
+        self._given_back: dict[str, int] = {}  # task id -> times given back here for want of room
+        # a command attempt's task dir goes once its final report is answered (task_dirs.py)
+        self.task_dirs = TaskDirSweeper(self.work_dir / "tasks")
         self.stop_grace = stop_grace
         # Slices run at once here (default: 4 per core, at least 4): assignments past it wait
         # SCHEDULED until one ends. Tasks asking for no cpu would otherwise all land here at
@@ -239,10 +246,7 @@ class Agent:
 
     def _fitness(self) -> str:
         """Why the node takes no new task now ("" when it does: DiskRoom), its changes logged."""
-        unfit = self.disk_room.unfit() if self.disk_room is not None else ""
-        # (one printable line of at most MAX_UNFIT bytes, as the servers take it: a work dir's
-        # odd name must not get every heartbeat refused)
-        unfit = printable(unfit, MAX_UNFIT).encode()[:MAX_UNFIT].decode(errors="ignore")
+        unfit = one_line(self.disk_room.unfit() if self.disk_room is not None else "", MAX_UNFIT)
         if unfit != self._unfit:
             if unfit:
                 log.warning("node %s: unfit, it takes no new task: %s", self.node_id, unfit)
@@ -564,10 +568,13 @@ class Agent:
         is reported from that result, its final report having not been answered. Called by the
         first ``sync``."""
         self._loaded = True
-        if not self.handles_dir.is_dir():
+        handles = sorted(self.handles_dir.glob("*.json")) if self.handles_dir.is_dir() else []
+        # what a previous agent left: dirs of attempts no handle names (ended, forgotten)
+        self.task_dirs.sweep_leftovers(path.stem for path in handles)
+        if not handles:
             return
         can_recover = self.executor.capabilities().supports_recover
-        for path in sorted(self.handles_dir.glob("*.json")):
+        for path in handles:
             try:
                 attempt, handle, outcome, scenario = _read_handle(path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -753,6 +760,7 @@ class Agent:
         return not blocked
 
     def _forget(self, executor_id: str, *, destroy: bool) -> None:
+        folder = self._task_dir(executor_id)  # (before the destroy: a scenario's is known until then)
         if destroy:
             try:
                 self.executor.destroy(executor_id)
@@ -762,6 +770,9 @@ class Agent:
             self._forget_handle(executor_id)
         except OSError as exc:  # a restart reports it again; the control plane answers that as before
             log.warning("node %s: %s: handle not removed: %s", self.node_id, executor_id, _describe(exc))
+            return
+        if destroy:
+            self.task_dirs.remove(folder)  # (a command's only: a scenario's is its pipeline run's)
 
     def _start(self, task: TaskRecord) -> None:
         with logs.correlation(job=task.job_id, task=task.id):
@@ -820,13 +831,19 @@ class Agent:
 
     def _could_not_start(self, attempt: Attempt, exc: BaseException, why: str) -> None:
         """Report an attempt that could not start here (``exc``, said as ``why``): FAILED, or
-        given back (PENDING, placed elsewhere) when the disk had no room, and the node says so
-        from now on (DiskRoom). The heartbeat that says so goes first, so that the task is not
-        placed here again."""
+        given back (PENDING, placed elsewhere) when the work dir's disk had no room, and the
+        node says so from now on (DiskRoom). The heartbeat that says so goes first, so that
+        the task is not placed here again. A task given back MAX_GIVE_BACKS times already
+        (each placement takes an attempt, and so one of its retries) fails instead."""
         self._done.add(attempt)
-        if self.disk_room is None or not self.disk_room.failed(exc):
+        task_id = attempt[1]
+        given = self._given_back.get(task_id, 0)
+        if self.disk_room is None or not self.disk_room.failed(exc) or given >= MAX_GIVE_BACKS:
             self._report(attempt, RunState.FAILED, None, why)
             return
+        self._given_back[task_id] = given + 1
+        while len(self._given_back) > MAX_GIVEN_BACK_KEPT:  # (the oldest first: a dict keeps its order)
+            del self._given_back[next(iter(self._given_back))]
         try:
             self._heartbeat()
         except Exception as beat:  # (the control plane away: the report waits for it anyway)

@@ -765,11 +765,13 @@ def _ours(item: object) -> int | None:
 
 
 def _stop(pids: list[int], timeout: float = 30.0) -> None:
-    """SIGTERM each process group at once, then SIGKILL what is left after ``timeout``."""
+    """SIGTERM each process group at once, then SIGKILL what is left after ``timeout``. A
+    paused one (SIGSTOP) is continued too: its SIGTERM stayed pending until the SIGKILL."""
     running = []
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGCONT)
             running.append(pid)
     deadline = time.monotonic() + timeout
     while running and time.monotonic() < deadline:

@@ -67,7 +67,7 @@ from runink.core.control.store import (
 from runink.core.interfaces.barn import TxnOp
 from runink.core.interfaces.secrets import SecretBackend, SecretError
 from runink.core.pipeline.compile import CompiledPipeline
-from runink.core.report import printable
+from runink.core.report import one_line, printable
 
 if TYPE_CHECKING:
     from runink.core.control.admission import Gate
@@ -627,14 +627,14 @@ class Lifecycle:
         tasks use, a NodeUsage or its dict) goes into the node's record in the same write; one
         that is malformed (it comes from the node) is dropped, said in one line, and the
         heartbeat still counts. ``unfit``: why the node takes no new task now ("" when it does),
-        kept in its record (printable, cut to MAX_UNFIT: it is the node's word)."""
+        kept in its record (one printable line of at most MAX_UNFIT bytes: the node's words)."""
         sample: NodeUsage | None = None
         if usage is not None:
             try:
                 sample = parse_usage(usage)
             except ValueError as exc:
                 log.warning("node %s: usage sample dropped: %s", node_id, printable(str(exc), 300))
-        changes: dict[str, object] = {"unfit": printable(unfit, MAX_UNFIT)}
+        changes: dict[str, object] = {"unfit": one_line(unfit, MAX_UNFIT)}
         if sample is not None:
             changes["usage"] = sample
         refused: list[str] = []

@@ -49,7 +49,7 @@ from runink.core.errors import AuthenticationError, RuninkError
 from runink.core.interfaces.barn import WatchEvent
 from runink.core.model import AuthRequest, Identity, LineageEvent
 from runink.core.pipeline.model import slug
-from runink.core.report import printable
+from runink.core.report import one_line, printable
 from runink.core.server.auth import ClusterTokens, bearer
 from runink.core.server.feed import BarnFeed
 from runink.core.server.proto import CONNECT, amount_of, capacity_message, usage_sample
@@ -179,7 +179,7 @@ def node_of(message: pb.Register) -> NodeRecord:
                 "address": address,
                 "gpus": list(message.gpus),
                 "slots": _counter(message.slots, "register.slots", high=MAX_SLOTS),
-                "unfit": _printable(message.unfit, MAX_UNFIT, "register.unfit"),
+                "unfit": one_line(message.unfit, MAX_UNFIT),  # (the node's words: made safe, never refused)
             }
         )
     except RecordError as exc:
@@ -496,7 +496,7 @@ class AgentService:
             incarnation = _text(request.heartbeat.incarnation, MAX_INCARNATION, "heartbeat.incarnation")
             if node is not None and node_id != node:
                 raise BadRequest(f"heartbeat.node_id: {node_id!r}, but this stream is node {node!r}'s")
-            unfit = _printable(request.heartbeat.unfit, MAX_UNFIT, "heartbeat.unfit")
+            unfit = one_line(request.heartbeat.unfit, MAX_UNFIT)  # (as register's)
             if not self.lifecycle.heartbeat(node_id, incarnation, _usage(request.heartbeat, node_id), unfit):
                 return [pb.ServerMessage(request_id=rid, heartbeat_ack=pb.HeartbeatAck(ok=False))], node
             # the current incarnation proves it is the agent that registered: the stream is its

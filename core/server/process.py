@@ -61,9 +61,9 @@ log = logging.getLogger("runink.server")
 
 MEMBER_RESTART_MAX = 30.0  # seconds between tries to start a member that exited again
 MEMBER_START_TIMEOUT = 30.0  # seconds for the embedded Barn member to serve
-#: seconds without a beat from its server after which a leading member stops (and is started
-#: again once the server runs): a server paused (SIGSTOP) or stuck schedules nothing, and
-#: while its member leads no other server does. Not less: a busy server must not lose its lead
+#: seconds without a beat from its server after which its member is held back (it hands its
+#: lead over, stands for no election): a server paused (SIGSTOP) or frozen schedules nothing,
+#: and while its member led no other server did. Not less: a busy server must keep its lead
 MEMBER_SILENCE = 5.0
 MEMBER_BEAT_EVERY = 0.5  # seconds between the server's beats to its member
 LEADER_CHECK_EVERY = 0.5  # seconds between asking the member whether it leads
@@ -180,9 +180,9 @@ class Member:
     for good while its server went on, and the group ran on one member less, silently (a
     faults review's run).
 
-    The server beats on a pipe to it (BeatPipe): a member that leads and hears no beat for
-    MEMBER_SILENCE seconds stops, so that a paused server's member leaves the lead, and the
-    scheduling, to another (it used to hold both until its server resumed)."""
+    The server beats on a pipe to it (BeatPipe): a member that hears no beat for MEMBER_SILENCE
+    seconds is held back (BarnNode.hold_back): it hands its lead, and so the scheduling, to a
+    member whose server runs (it used to hold both until its server resumed), and still votes."""
 
     def __init__(self, barn_args: list[str], config_path: str | None) -> None:
         command = [sys.executable, "-m", "runink"]

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pysyncobj import FAIL_REASON, SyncObjConf
+from pysyncobj.monotonic import monotonic as monotonicTime  # (pysyncobj's clock: its deadlines)
 
 # the vendored module's own SyncObjException: the installed pysyncobj's is another class
 from runink.core.fstree import private_folder
@@ -58,6 +59,10 @@ TICK_PERIOD = 0.01
 LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
 Finished = tuple[Any, Any, Any]  # (a future or a batch's list of them, result(s), pysyncobj's error)
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+FOLLOWER_STATE = 0  # ...and _RAFT_STATE.FOLLOWER
+#: while held back (``BarnNode.hold_back``): seconds between offers of the lead to a follower,
+#: and seconds of offers before the member steps down without one (none was caught up)
+HAND_OVER_EVERY, HAND_OVER_WAIT = 0.05, 2.0
 LEADERSHIP_LOST: Any = object()  # handed to the loop when this member stops leading
 
 log = logging.getLogger("runink.barn")
@@ -254,6 +259,11 @@ class BarnNode(SyncObj):
         # (`runink barn serve --metrics`); None: not measured
         self.on_commit: Callable[[float, bool], None] | None = None
         self.replica = BarnReplica(config.history, self._changed, config.history_bytes)
+        # held back while the `runink server` it runs for is silent (hold_back; tick thread)
+        self._held = False
+        self._held_since = 0.0
+        self._offers = 0  # (offers of the lead made while held: to each follower in turn)
+        self._next_offer = 0.0
         # with TLS every Raft connection is mutual TLS with certificates of the cluster CA (tls.py)
         transport = {} if config.tls is None else {"transportClass": functools.partial(TlsTransport, tls=config.tls)}
         super().__init__(config.me.raft, [p.raft for p in config.peers], conf, consumers=[self.replica], **transport)
@@ -461,6 +471,45 @@ class BarnNode(SyncObj):
 
     def is_leader(self) -> bool:
         return bool(self._isLeader())
+
+    # --- its server's silence (server.run_server) ------------------------------------------
+
+    def hold_back(self, held: bool) -> None:
+        """While ``held`` (the `runink server` this member runs for is silent: paused, frozen),
+        the member stands for no election, and when it leads it offers the lead to each
+        connected follower in turn (Raft's TimeoutNow: only one caught up takes it), stepping
+        down after HAND_OVER_WAIT seconds if none did. It still votes and replicates: the
+        group keeps its majority, and only the lead (so the scheduling) moves to a member
+        whose server runs. Applied by the tick thread (``_onTick``)."""
+        if held and not self._held:
+            self._held_since = monotonicTime()
+        self._held = held
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # (pysyncobj's names)
+        if self._held:
+            self._stand_aside()
+        super()._onTick(timeToWait)
+
+    def _stand_aside(self) -> None:
+        """(tick thread, while held back) No candidacy; the lead offered, or given up."""
+        now = monotonicTime()
+        if self._SyncObj__raftState != LEADER_STATE:
+            # its election timer never runs out: a follower or candidate stands for nothing
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+            return
+        if now < self._next_offer:
+            return
+        self._next_offer = now + HAND_OVER_EVERY
+        if now - self._held_since >= HAND_OVER_WAIT:  # no follower took it: step down all the same
+            self._SyncObj__setState(FOLLOWER_STATE)
+            self._SyncObj__raftLeader = None
+            self._SyncObj__onLeaderChanged()  # (commands waiting for this leader fail now, as in Raft)
+            return
+        connected = self._SyncObj__connectedNodes
+        followers = sorted((n for n in self._SyncObj__otherNodes if n in connected), key=lambda n: str(n.id))
+        if followers:
+            self._offers += 1
+            self.transferLeadership(followers[self._offers % len(followers)])  # (denied unless caught up)
 
 
 def expire_leases(node: BarnNode, closed: threading.Event) -> None:

@@ -121,17 +121,17 @@ def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles 
     return files
 
 
-#: the exit status of a member that stopped leading because its server went silent (serve's
-#: ``served``): the server starts it again once it runs
+#: the exit status of a member whose server has gone (serve's ``served``: it closed its end)
 UNSERVED_EXIT = 3
-SERVED_CHECK_EVERY = 0.25  # seconds
+SERVED_CHECK_EVERY = 0.1  # seconds between looks at the server's beats
 
 
 def run_server(config: ServerConfig, manager: PluginManager | None = None, *, served: ParentBeat | None = None) -> int:
     """Run one member until SIGTERM/SIGINT (``runink barn serve`` parses its options: commands.py).
     ``manager``: the plugins its metrics go to (none: not measured). ``served``: the beats of
-    the server this member runs for; it stops (UNSERVED_EXIT) when it leads while they are
-    silent, or when that server has gone."""
+    the server this member runs for: while they are silent the member is held back (it hands
+    its lead over and stands for no election: BarnNode.hold_back); once that server has gone,
+    it stops (UNSERVED_EXIT)."""
     raise_fd_limit()  # before the server sizes its connection cap from it
     name, raft = config.me.name, config.me.raft
     logging.basicConfig(level=logging.WARNING, format=f"barn {name}: %(levelname)s %(message)s")
@@ -147,23 +147,28 @@ def run_server(config: ServerConfig, manager: PluginManager | None = None, *, se
     server.start()
     unregister = _measure(server, manager) if manager is not None else None
     print(json.dumps({"event": "serving", "name": name, "http": config.me.http, "pid": os.getpid()}), flush=True)
-    unserved = False
+    unserved = held = False
     while not stop.wait(SERVED_CHECK_EVERY if served is not None else None):
         assert served is not None
-        if served.gone or (served.silent() and server.node.is_leader()):
-            # A leader whose server is paused (SIGSTOP) or stuck keeps every other server from
-            # scheduling: leave the lead to a member whose server runs. A follower stays: it
-            # still counts towards the majority, and stops here if it is elected.
-            if served.gone:
-                log.error("its server has gone: stopping")
-            else:
-                log.error(
-                    "its server has written nothing for %.1f s (paused or stuck) while this member leads: "
-                    "stopping so that another member leads (the server starts it again once it runs)",
-                    served.silent_for(),
-                )
+        silent = served.silent()  # (reads what the server wrote first: a member that stalled is not fooled)
+        if served.gone:
+            log.error("its server has gone: stopping")
             unserved = True
             break
+        if silent != held:
+            # A leader whose server is paused (SIGSTOP) or frozen kept every other server from
+            # scheduling: the lead goes to a member whose server runs. Held back, the member
+            # still votes and replicates, so the group keeps its majority.
+            held = silent
+            server.node.hold_back(held)
+            if held:
+                log.error(
+                    "its server has written nothing for %.1f s (paused or frozen): this member hands its lead "
+                    "over and stands for no election until the server runs again",
+                    served.silent_for(),
+                )
+            else:
+                log.warning("its server runs again: this member may lead again")
     if unregister is not None:
         unregister()
     server.close()

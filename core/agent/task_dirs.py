@@ -1,0 +1,90 @@
+"""Removing the task dirs of a node's ended command attempts.
+
+A node kept every command attempt's task dir (its logs, its exit status, and all its command
+wrote in its work dir) for good: a node's disk filled with them, job by job (a review's
+finding). Once an attempt's final report is answered its output has reached the servers
+(``runink logs`` reads it there), so the agent moves the dir aside at once (a rename) and a
+thread of its own deletes it (a large tree must not hold a sync round up). What a previous
+agent left (dirs moved aside, dirs no attempt's handle names) goes at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TRASH = ".trash-"  # the prefix of a dir moved aside, waiting to be deleted
+
+
+class TaskDirSweeper:
+    """Deletes dirs of ``tasks`` (the agent's ``WORK_DIR/tasks``) from a thread of its own."""
+
+    def __init__(self, tasks: Path) -> None:
+        self.tasks = tasks
+        self._queue: queue.SimpleQueue[Path | threading.Event] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, folder: Path) -> None:
+        """Move ``folder``, a dir right in ``tasks``, aside now; delete it soon. Anything else
+        is left alone (a scenario's dir is its pipeline run's)."""
+        if folder.parent != self.tasks or folder.name.startswith(TRASH):
+            return
+        aside = self.tasks / f"{TRASH}{folder.name}"
+        try:
+            os.rename(folder, aside)  # (a link or a file in its place is moved as it is: never followed)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("%s: not removed: %s", folder, exc.strerror or exc)
+            return
+        self._put(aside)
+
+    def sweep_leftovers(self, live: Iterable[str]) -> None:
+        """(at start, before any attempt starts) Delete what a previous agent left here: dirs
+        moved aside, and dirs of attempts no handle names any more (``live``: those it does),
+        which ended and were forgotten before their dir was removed."""
+        keep = set(live)
+        try:
+            entries = list(os.scandir(self.tasks))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("%s: leftovers not looked at: %s", self.tasks, exc.strerror or exc)
+            return
+        for entry in entries:
+            if entry.name.startswith(TRASH):
+                self._put(Path(entry.path))
+            elif entry.name not in keep and entry.is_dir(follow_symlinks=False):
+                self.remove(Path(entry.path))
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Whether every dir queued so far was deleted within ``timeout`` seconds."""
+        done = threading.Event()
+        self._put(done)
+        return done.wait(timeout)
+
+    def _put(self, item: Path | threading.Event) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="task-dir-sweeper")
+                self._thread.start()
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            # fd-based (no link followed, no path a slice could swap: Python's rmtree on Linux)
+            shutil.rmtree(item, ignore_errors=True)
+            if os.path.lexists(item):
+                log.warning("%s: not all of it could be deleted", item)
