@@ -492,21 +492,22 @@ class BarnNode(SyncObj):
 
     def _stand_aside(self) -> None:
         """(tick thread, while held back) No candidacy; the lead offered, or given up."""
+        raft: Any = self  # (pysyncobj's own state, name-mangled: SyncObj's private attributes)
         now = monotonicTime()
-        if self._SyncObj__raftState != LEADER_STATE:
+        if raft._SyncObj__raftState != LEADER_STATE:
             # its election timer never runs out: a follower or candidate stands for nothing
-            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+            raft._SyncObj__raftElectionDeadline = now + raft._SyncObj__generateRaftTimeout()
             return
         if now < self._next_offer:
             return
         self._next_offer = now + HAND_OVER_EVERY
         if now - self._held_since >= HAND_OVER_WAIT:  # no follower took it: step down all the same
-            self._SyncObj__setState(FOLLOWER_STATE)
-            self._SyncObj__raftLeader = None
-            self._SyncObj__onLeaderChanged()  # (commands waiting for this leader fail now, as in Raft)
+            raft._SyncObj__setState(FOLLOWER_STATE)
+            raft._SyncObj__raftLeader = None
+            raft._SyncObj__onLeaderChanged()  # (commands waiting for this leader fail now, as in Raft)
             return
-        connected = self._SyncObj__connectedNodes
-        followers = sorted((n for n in self._SyncObj__otherNodes if n in connected), key=lambda n: str(n.id))
+        connected = raft._SyncObj__connectedNodes
+        followers = sorted((n for n in raft._SyncObj__otherNodes if n in connected), key=lambda n: str(n.id))
         if followers:
             self._offers += 1
             self.transferLeadership(followers[self._offers % len(followers)])  # (denied unless caught up)
