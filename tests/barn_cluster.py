@@ -48,6 +48,9 @@ class Cluster:
         self.options = options  # more server options, e.g. ("--compaction-entries", "100")
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self.peers_of: dict[str, list[str]] = {}  # members started with a peer list of their own
+        # with ``beats(...)`` on: each member's pipe from its "server" ($RUNINK_PARENT_BEAT)
+        self.beat_pipes: dict[str, int] = {}
+        self._silence: float | None = None
 
     def grow(self, name: str) -> None:
         """Make a place for a new member (loopback only): started later with every member so far
@@ -71,12 +74,25 @@ class Cluster:
         plaintext = [] if "--tls-cert" in self.options else ["--plaintext"]
         return command + ([] if self.fsync else ["--no-fsync"]) + list(self.options) + plaintext
 
+    def beats(self, silence: float) -> None:
+        """Start members from now on as a `runink server` starts its own: each hearing a pipe
+        (``beat_pipes``: the test writes to it, or not) and held back after ``silence`` s of none."""
+        self._silence = silence
+
     def start(self, *names: str) -> None:
         for name in names or self.names:
             log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (the process keeps it)
+            env, fds = {**os.environ}, ()
+            if self._silence is not None:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(write_end, False)
+                self.beat_pipes[name] = write_end
+                env["RUNINK_PARENT_BEAT"], fds = f"{read_end}:{self._silence:g}", (read_end,)
             process = subprocess.Popen(
-                self.command(name), stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ}
+                self.command(name), stdout=subprocess.PIPE, stderr=log, text=True, env=env, pass_fds=fds
             )
+            for fd in fds:
+                os.close(fd)
             self.processes[name] = process
             assert process.stdout is not None
             line = process.stdout.readline()
@@ -159,6 +175,9 @@ class Cluster:
         for process in self.processes.values():
             if process.stdout is not None:
                 process.stdout.close()
+        for fd in self.beat_pipes.values():  # (after: a member whose pipe closes stops, saying so)
+            os.close(fd)
+        self.beat_pipes.clear()
         if stuck:
             raise AssertionError(f"Barn members {stuck} did not exit within 10 s of SIGTERM")
         diverged = [

@@ -5,6 +5,7 @@ node, with the Barn's revision as its fencing token."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -84,9 +85,23 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     tasks = agent.work_dir / "tasks"
     assert list(tasks.iterdir()) == []
     assert (canary / "keep").read_text() == "mine"  # (its link was removed, not followed)
-    # a previous agent's leftovers: a dir moved aside, a dir no handle names; a live one stays
+    # a previous agent's leftovers: a dir moved aside, an ended one no handle names (and one
+    # 1,500 folders deep: Python's rmtree raised RecursionError and the sweeper died); a live
+    # one stays, and so does one no handle names that did not end (it may run still)
     (tasks / ".trash-old-a1" / "x").mkdir(parents=True)
     (tasks / "forgotten-a1" / "work").mkdir(parents=True)
+    (tasks / "forgotten-a1" / "exit_status").write_text("0")
+    deep = tasks / "deep-a1"
+    deep.mkdir()
+    (deep / "exit_status").write_text("0")
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    (tasks / "unsaved-a1" / "work").mkdir(parents=True)
     live = life.submit_command("lab", ["sleep", "30"])
     schedule(store, live.id)
     agent.sync()
@@ -94,7 +109,7 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     again = Agent(life, agent.executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=agent.work_dir)
     again.recover()
     assert again.task_dirs.wait()
-    assert sorted(p.name for p in tasks.iterdir()) == [running.executor_id]
+    assert sorted(p.name for p in tasks.iterdir()) == sorted([running.executor_id, "unsaved-a1"])
     agent.executor.stop(running.executor_id, 1.0)
 
 

@@ -216,6 +216,39 @@ def test_tls_connections_still_in_their_handshake_count_against_their_client(
         stop_api(server, thread)
 
 
+def test_open_tls_connections_and_handshakes_together_stay_within_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only handshakes counted against the cap: clients that finished theirs and then sent
+    nothing took every descriptor of the server (a review's run: 786 connections, EMFILE)."""
+    from runink.core.server import pki
+    from runink.core.server.pki import create_ca, issue
+    from runink.core.server.tls import TlsFiles
+
+    monkeypatch.setattr(served, "max_connections", lambda: 4)
+    ca = create_ca(tmp_path / "ca")
+    cert = issue(tmp_path / "ca", tmp_path / "certs", "api", sans=["127.0.0.1"], usage="server")
+    server, thread = serve_api(FastAPI(), "127.0.0.1", 0, tls=TlsFiles(cert.cert, cert.key, ca.cert))
+    port = server.config.port
+    context = pki.client_context(None, None, ca.cert)
+    held: list[ssl.SSLSocket] = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):  # (not one client's cap)
+            raw = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+            held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))  # done, then silent
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.6", 0)) as fifth:
+            fifth.settimeout(5)
+            began = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert fifth.recv(100) == b""  # closed at once: the cap is reached
+            assert time.monotonic() - began < 2
+    finally:
+        for sock in held:
+            sock.close()
+        stop_api(server, thread)
+
+
 def test_connections_are_counted_per_client_not_per_address_it_picks() -> None:
     """An IPv6 host picks any address of its /64, and an IPv4 client may come as an
     IPv4-mapped IPv6 address: each got 256 connections of its own (a review's finding)."""

@@ -93,6 +93,16 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(start: Serve) -> No
         assert read_all(never_asked) == b""  # closed without a word
 
 
+def test_a_new_connection_that_asks_nothing_is_closed_after_the_header_timeout(start: Serve) -> None:
+    """Not after the idle timeout: silent connections (a finished TLS handshake too) held a
+    slot 120 s each, and one client held the whole cap (a review)."""
+    address = start(Limits(header_timeout=0.3, idle_timeout=60))
+    with socket.create_connection(address) as silent:
+        began = time.monotonic()
+        assert read_all(silent, timeout=10) == b""  # closed without a word...
+        assert time.monotonic() - began < 5  # ...within the header timeout and a sweep
+
+
 def test_a_connection_idle_after_its_answer_gets_no_408(start: Serve) -> None:
     """A request that ended exactly where a read ended leaves nothing half sent: the
     connection waits for the next one under the idle timeout, not the header timeout. (It

@@ -63,6 +63,7 @@ def test_without_a_secret_the_raft_port_runs_what_it_is_sent_and_the_server_warn
 def test_with_a_secret_the_group_serves_and_forged_messages_are_dropped(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("a shared secret of the three members\n")
+    secret.chmod(0o600)
     cluster = Cluster(tmp_path, size=3, options=("--secret-file", str(secret)))
     cluster.start()
     try:
@@ -84,6 +85,8 @@ def test_a_member_with_another_secret_is_kept_out(tmp_path: Path) -> None:
     right, wrong = tmp_path / "right", tmp_path / "wrong"
     right.write_text("the secret of members a and b")
     wrong.write_text("a different secret held by c")
+    right.chmod(0o600)
+    wrong.chmod(0o600)
     cluster = Cluster(tmp_path, size=3)
     cluster.options = ("--secret-file", str(right))
     cluster.start("a", "b")
@@ -110,8 +113,12 @@ def test_a_missing_or_short_secret_file_is_a_one_line_error(tmp_path: Path) -> N
 
     missing = serve(tmp_path / "absent")
     assert missing.returncode == 2
-    assert f"--secret-file {tmp_path / 'absent'}: No such file or directory" in missing.stderr
+    assert f"--secret-file {tmp_path / 'absent'}: no such file" in missing.stderr
+    (tmp_path / "open").write_text("a secret others may read")
+    others = serve(tmp_path / "open")  # (it keeps code sent to the Raft port from running here)
+    assert others.returncode == 2 and "has mode 0644: group or others may read it; refused" in others.stderr
     (tmp_path / "short").write_text("short")
+    (tmp_path / "short").chmod(0o600)
     short = serve(tmp_path / "short")
     assert short.returncode == 2 and "the secret has 5 bytes, at least 16 needed" in short.stderr
     assert "Traceback" not in missing.stderr + short.stderr

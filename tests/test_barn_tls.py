@@ -115,6 +115,7 @@ def test_a_tls_group_elects_a_leader_and_serves_through_the_tls_client(
 def test_tls_and_a_shared_secret_together(tmp_path: Path, ca: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("a shared secret of the three members")
+    secret.chmod(0o600)
     cluster = TlsCluster(tmp_path, ca, member_identities(ca, tmp_path / "certs", "abc"))
     cluster.options = ("--secret-file", str(secret))  # pysyncobj's sealing, inside the TLS connection
     cluster.start()

@@ -51,3 +51,20 @@ def test_server_init_refuses_another_users_folder_and_a_ca_planted_in_it(run_cli
     shutil.rmtree(mine)
     made = run_cli("server", "--init", str(mine))
     assert made.returncode == 0 and "--tls-ca" in made.stdout, made.stderr
+
+
+def test_a_fifo_or_a_huge_file_at_a_certificate_or_key_path_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO put at a key's path hung the process for good: it is opened without waiting."""
+    ca = pki.create_ca(tmp_path / "ca")
+    server = pki.issue(tmp_path / "ca", tmp_path / "out", "server.s0", sans=["127.0.0.1"], usage="both")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(pki.PkiError, match="not a regular file, refused"):
+        pki.server_context(server.cert, fifo, ca.cert)
+    with pytest.raises(pki.PkiError, match="not a regular file, refused"):
+        pki.server_context(fifo, server.key, ca.cert)
+    huge = tmp_path / "huge.pem"
+    with open(huge, "wb") as out:
+        out.truncate(pki.MAX_PEM + 1)  # (sparse)
+    with pytest.raises(pki.PkiError, match="larger than"):
+        pki.server_context(server.cert, server.key, huge)

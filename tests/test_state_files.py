@@ -184,6 +184,14 @@ def test_a_token_file_is_a_regular_file_and_one_others_may_read_is_taken_with_a_
     with caplog.at_level("WARNING"):
         assert read_token_file(token) == "abc.def.ghi"
     assert f"--token-file {token} has mode 0644: others on this machine may read the token" in caplog.text
+    token.chmod(0o666)  # (another user could put their token in it)
+    with pytest.raises(RuninkError, match=r"mode 0666: another user may put a token in it; refused"):
+        read_token_file(token)
+    if os.geteuid() == 0:
+        token.chmod(0o600)
+        os.chown(token, NOBODY, NOBODY)
+        with pytest.raises(RuninkError, match=rf"owned by uid {NOBODY} with mode 0600"):
+            read_token_file(token)
     fifo = tmp_path / "fifo.token"
     os.mkfifo(fifo, 0o600)
     with pytest.raises(RuninkError, match=rf"--token-file {fifo}: not a regular file; refused"):

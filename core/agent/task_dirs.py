@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from runink.core.fstree import delete_tree
+
 log = logging.getLogger(__name__)
 
 TRASH = ".trash-"  # the prefix of a dir moved aside, waiting to be deleted
+STATUS_FILE = "exit_status"  # what an ended attempt's wrapper wrote in its task dir (core/taskbook.py)
 
 
 class TaskDirSweeper:
@@ -49,8 +52,9 @@ class TaskDirSweeper:
 
     def sweep_leftovers(self, live: Iterable[str]) -> None:
         """(at start, before any attempt starts) Delete what a previous agent left here: dirs
-        moved aside, and dirs of attempts no handle names any more (``live``: those it does),
-        which ended and were forgotten before their dir was removed."""
+        moved aside, and dirs of attempts no handle names any more (``live``: those it does)
+        that hold their exit status: they ended, and were forgotten before their dir went. One
+        without it may run still (its agent died before it saved its handle): left alone."""
         keep = set(live)
         try:
             entries = list(os.scandir(self.tasks))
@@ -62,7 +66,7 @@ class TaskDirSweeper:
         for entry in entries:
             if entry.name.startswith(TRASH):
                 self._put(Path(entry.path))
-            elif entry.name not in keep and entry.is_dir(follow_symlinks=False):
+            elif entry.name not in keep and entry.is_dir(follow_symlinks=False) and _ended(Path(entry.path)):
                 self.remove(Path(entry.path))
 
     def wait(self, timeout: float = 10.0) -> bool:
@@ -84,7 +88,15 @@ class TaskDirSweeper:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            # fd-based (no link followed, no path a slice could swap: Python's rmtree on Linux)
-            shutil.rmtree(item, ignore_errors=True)
-            if os.path.lexists(item):
-                log.warning("%s: not all of it could be deleted", item)
+            try:
+                delete_tree(item)
+            except Exception as exc:  # (the thread must outlive any one tree)
+                log.warning("%s: not deleted: %s", item, exc)
+
+
+def _ended(folder: Path) -> bool:
+    """Whether ``folder`` holds its attempt's exit status (a regular file, no link followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(folder / STATUS_FILE).st_mode)
+    except OSError:
+        return False

@@ -53,20 +53,30 @@ def read_context() -> dict[str, Any] | None:
     """The local cluster `runink up` started, or None. Only a file of this user's that no one
     else may write is read (a forged one named processes for `runink down` to kill and a
     folder to remove), through no link."""
+    data = _read_own_file(context_file(), 1 << 20)
     try:
-        fd = os.open(context_file(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        found = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _read_own_file(path: Path, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``path`` if it is a regular file of this user's that no one
+    else may write, read through no link and without waiting (a FIFO); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
             return None
-        data = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
+        return os.read(fd, limit)
+    except OSError:
         return None
     finally:
         os.close(fd)
-    return data if isinstance(data, dict) else None
 
 
 MAX_TOKEN = 16 * 1024  # characters of a token the CLI or an agent reads
@@ -83,15 +93,22 @@ def one_token(text: str, where: str) -> str:
 
 def read_token_file(path: Path, option: str = "--token-file") -> str:
     """The one-line token in ``path`` (a regular file of at most 16 KiB, no symlink followed, a
-    FIFO not waited on); RuninkError naming ``option`` and the file otherwise. A file others
-    may read is taken with a warning (`runink nodes token NODE > FILE` makes one under the
-    usual umask), where a key's is refused (fstree.check_private)."""
+    FIFO not waited on); RuninkError naming ``option`` and the file otherwise. One of another
+    user's or that others may write is refused (they could put another token in it); one that
+    others may read is taken with a warning (`runink nodes token NODE > FILE` makes one under
+    the usual umask), where a key's is refused (fstree.check_private)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise RuninkError(f"{option} {path}: not a regular file; refused")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            os.close(fd)
+            raise RuninkError(
+                f"{option} {path}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: "
+                "another user may put a token in it; refused (a file of yours, chmod 600)"
+            )
         with os.fdopen(fd) as source:
             text = source.read(MAX_TOKEN + 1)
     except (OSError, UnicodeDecodeError) as exc:
@@ -129,10 +146,8 @@ def read_token(addresses: list[str] | None = None) -> str | None:
     among them): $RUNINK_SERVER naming another server got the cluster-admin token."""
     if token := os.environ.get("RUNINK_TOKEN", "").strip():
         return token
-    try:
-        stored = token_file().read_text().strip()
-    except OSError:
-        stored = ""
+    data = _read_own_file(token_file(), MAX_TOKEN + 1)  # (`runink login`'s: another's, or a link, is not)
+    stored = data.decode(errors="replace").strip() if data is not None else ""
     if stored:
         return stored
     context = read_context()

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import ssl
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -366,21 +367,31 @@ def client_context(
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[int]:
-    """A descriptor of ``path``, refused if its last component is a symbolic link."""
+    """A descriptor of ``path``, a regular file: refused if its last component is a symbolic
+    link, or it is a FIFO (opened without waiting for a writer: a FIFO put at a key's path hung
+    the process, a review) or anything else but a file."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         reason = "a symbolic link, refused" if error.errno == errno.ELOOP else (error.strerror or str(error))
         raise PkiError(f"{path}: {reason}") from None
     try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise PkiError(f"{path}: not a regular file, refused")
         yield descriptor
     finally:
         os.close(descriptor)
 
 
+MAX_PEM = 1 << 20  # bytes of a certificate or key file, at most
+
+
 def _read(path: Path) -> bytes:
     with _opened(path) as descriptor, os.fdopen(os.dup(descriptor), "rb") as source:
-        return source.read()
+        data = source.read(MAX_PEM + 1)
+    if len(data) > MAX_PEM:
+        raise PkiError(f"{path}: larger than {MAX_PEM} bytes, refused")
+    return data
 
 
 def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
@@ -415,7 +426,9 @@ def _private(path: Path, descriptor: int) -> None:
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     with _opened(path) as descriptor, os.fdopen(os.dup(descriptor), "rb") as source:
         _private(path, descriptor)
-        data = source.read()
+        data = source.read(MAX_PEM + 1)
+    if len(data) > MAX_PEM:
+        raise PkiError(f"{path}: larger than {MAX_PEM} bytes, refused")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as error:

@@ -184,7 +184,9 @@ class GuardedServer(uvicorn.Server):
                     tls,
                     handshake_timeout=HANDSHAKE_TIMEOUT,
                     per_client=MAX_PER_ADDRESS,
-                    full=lambda handshaking: handshaking >= limit,  # (the open ones: GuardedHttp's count)
+                    # handshakes and open connections together: silent clients past their
+                    # handshake took every descriptor when only handshakes counted (a review)
+                    full=lambda handshaking: handshaking + len(self.server_state.connections) >= limit,
                 ).start()
                 return server
 

@@ -187,7 +187,10 @@ class HttpProtocol(asyncio.Protocol):
             self.transport, self.closing = None, True
             return
         self.connections.live.add(self)
-        self._idle()
+        # its first request begins within the header timeout, not the idle one: silent
+        # connections (after a finished handshake too) held slots 120 s each, and one client
+        # could hold the whole cap (a review)
+        self._deadline(self.limits.header_timeout, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.live.discard(self)
@@ -369,8 +372,10 @@ class HttpProtocol(asyncio.Protocol):
             response = done.result()
         if self.transport is None or self.closing:  # the client went away, or was refused
             return
-        self.transport.write(response.encode(request.keep_alive))
-        if not request.keep_alive:
+        # (a client refused its token is not kept: it holds no slot while it tries another)
+        keep_alive = request.keep_alive and response.status != 401
+        self.transport.write(response.encode(keep_alive))
+        if not keep_alive:
             self.transport.close()
             self.transport = None
             self.closing = True

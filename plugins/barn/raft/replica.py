@@ -59,10 +59,8 @@ TICK_PERIOD = 0.01
 LEASE_CHECK = 0.05  # seconds between the leader's looks for expired leases
 Finished = tuple[Any, Any, Any]  # (a future or a batch's list of them, result(s), pysyncobj's error)
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
-FOLLOWER_STATE = 0  # ...and _RAFT_STATE.FOLLOWER
-#: while held back (``BarnNode.hold_back``): seconds between offers of the lead to a follower,
-#: and seconds of offers before the member steps down without one (none was caught up)
-HAND_OVER_EVERY, HAND_OVER_WAIT = 0.05, 2.0
+#: while held back (``BarnNode.hold_back``): seconds between offers of the lead to a follower
+HAND_OVER_EVERY = 0.05
 LEADERSHIP_LOST: Any = object()  # handed to the loop when this member stops leading
 
 log = logging.getLogger("runink.barn")
@@ -261,7 +259,6 @@ class BarnNode(SyncObj):
         self.replica = BarnReplica(config.history, self._changed, config.history_bytes)
         # held back while the `runink server` it runs for is silent (hold_back; tick thread)
         self._held = False
-        self._held_since = 0.0
         self._offers = 0  # (offers of the lead made while held: to each follower in turn)
         self._next_offer = 0.0
         # with TLS every Raft connection is mutual TLS with certificates of the cluster CA (tls.py)
@@ -477,12 +474,12 @@ class BarnNode(SyncObj):
     def hold_back(self, held: bool) -> None:
         """While ``held`` (the `runink server` this member runs for is silent: paused, frozen),
         the member stands for no election, and when it leads it offers the lead to each
-        connected follower in turn (Raft's TimeoutNow: only one caught up takes it), stepping
-        down after HAND_OVER_WAIT seconds if none did. It still votes and replicates: the
-        group keeps its majority, and only the lead (so the scheduling) moves to a member
-        whose server runs. Applied by the tick thread (``_onTick``)."""
-        if held and not self._held:
-            self._held_since = monotonicTime()
+        connected follower in turn (Raft's TimeoutNow: only one caught up takes it, and the
+        others catch up meanwhile). It never steps down without a taker: a group whose other
+        members cannot lead (alone, behind, held back too) keeps this leader rather than none.
+        It still votes and replicates: the group keeps its majority, and only the lead (so the
+        scheduling) moves to a member whose server runs. Applied by the tick thread
+        (``_onTick``)."""
         self._held = held
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # (pysyncobj's names)
@@ -491,21 +488,19 @@ class BarnNode(SyncObj):
         super()._onTick(timeToWait)
 
     def _stand_aside(self) -> None:
-        """(tick thread, while held back) No candidacy; the lead offered, or given up."""
+        """(tick thread, while held back) No candidacy; the lead offered."""
         raft: Any = self  # (pysyncobj's own state, name-mangled: SyncObj's private attributes)
         now = monotonicTime()
         if raft._SyncObj__raftState != LEADER_STATE:
-            # its election timer never runs out: a follower or candidate stands for nothing
+            # its election timer never runs out: a follower or candidate stands for nothing, and
+            # a TimeoutNow it got is dropped (else, once no longer held, its leader's heartbeats
+            # would not reset its timer: one needless election)
             raft._SyncObj__raftElectionDeadline = now + raft._SyncObj__generateRaftTimeout()
+            raft._SyncObj__transferInProgress = False
             return
         if now < self._next_offer:
             return
         self._next_offer = now + HAND_OVER_EVERY
-        if now - self._held_since >= HAND_OVER_WAIT:  # no follower took it: step down all the same
-            raft._SyncObj__setState(FOLLOWER_STATE)
-            raft._SyncObj__raftLeader = None
-            raft._SyncObj__onLeaderChanged()  # (commands waiting for this leader fail now, as in Raft)
-            return
         connected = raft._SyncObj__connectedNodes
         followers = sorted((n for n in raft._SyncObj__otherNodes if n in connected), key=lambda n: str(n.id))
         if followers:

@@ -91,13 +91,23 @@ def parse_member(text: str) -> Member:
 MIN_SECRET_BYTES = 16
 
 
+MAX_SECRET_BYTES = 64 << 10
+
+
 def read_secret(path: Path) -> bytes:
-    """The shared secret from ``path`` (surrounding whitespace dropped). Raises ValueError, in
-    one line, if the file cannot be read or is too short to be a secret."""
+    """The shared secret from ``path`` (surrounding whitespace dropped): a private file
+    (fstree.read_private_file: a regular file of this user's no one else may read, through no
+    link, no FIFO waited on; it keeps code sent to the Raft port from running here). Raises
+    ValueError, in one line, if the file cannot be read, is not private or is too short."""
+    from runink.core.errors import RuninkError
+    from runink.core.fstree import read_private_file
+
     try:
-        secret = path.read_bytes().strip()
-    except OSError as error:
-        raise ValueError(f"--secret-file {path}: {error.strerror or error}") from None
+        secret = read_private_file(path, "--secret-file", MAX_SECRET_BYTES).strip()
+    except RuninkError as error:
+        raise ValueError(str(error)) from None
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ValueError(f"--secret-file {path}: larger than {MAX_SECRET_BYTES} bytes")
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(
             f"--secret-file {path}: the secret has {len(secret)} bytes, at least {MIN_SECRET_BYTES} needed"
