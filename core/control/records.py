@@ -416,7 +416,7 @@ def no_repeats(names: list[str], what: str) -> list[str]:
 MAX_SLOTS = 1_000_000  # tasks one node may say it runs at once
 
 
-MAX_UNFIT = 300  # characters of a node's ``unfit`` (its agent's reason)
+MAX_UNFIT = 300  # bytes of a node's ``unfit`` as UTF-8, at most (its agent's reason)
 
 
 class NodeRecord(Record, kw_only=True):

@@ -418,14 +418,16 @@ class CommandStage:
         try:
             for flow in upstream:
                 batch = flow.batch
-                if batch.num_rows and writer is None:  # empty batches carry a schema from before the steps: not written
+                if not batch.num_rows:  # empty batches carry a schema from before the steps: not written
+                    pass
+                elif writer is not None:
+                    writer = self._write(writer, batch)
+                else:
                     held.append(batch)
                     if typed(held):
                         for each in typed_first(held):
                             writer = self._write(writer, each)
                         held = []
-                elif batch.num_rows:
-                    writer = self._write(writer, batch)
                 progress()
             for each in typed_first(held) if held else ():
                 writer = self._write(writer, each)

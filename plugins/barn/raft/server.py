@@ -89,8 +89,6 @@ def parse_member(text: str) -> Member:
 
 
 MIN_SECRET_BYTES = 16
-
-
 MAX_SECRET_BYTES = 64 << 10
 
 
