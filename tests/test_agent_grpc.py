@@ -454,6 +454,38 @@ def test_a_control_plane_failure_ends_the_stream_and_the_next_round_reconnects(
     assert store.node("n1").record.heartbeat == 1
 
 
+def test_a_heartbeat_left_unanswered_moves_the_agent_to_the_next_server_within_its_own_timeout(
+    store: ClusterStore, life: Lifecycle, address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server paused with SIGSTOP accepts TCP and answers nothing: the agent waited the
+    calls' 10 s before it tried the next server, its tasks' assignments unseen meanwhile."""
+    from runink.core.agent.grpc_control import HEARTBEAT_ANSWER
+
+    held = threading.Event()
+    heartbeat = life.heartbeat
+
+    def paused(*args: object, **kwargs: object) -> bool:
+        held.wait(30)  # (as a paused server: no answer)
+        return heartbeat(*args, **kwargs)  # type: ignore[arg-type]
+
+    second = serve_agents(life, "127.0.0.1", 0)
+    control = FailoverControl([address, f"127.0.0.1:{second.port}"])
+    try:
+        node = control.register_node(NodeRecord(id="n1", capacity=Amount(cpu=1, memory=1 << 30)))
+        with monkeypatch.context() as patch:
+            patch.setattr(life, "heartbeat", paused)
+            began = time.monotonic()
+            with pytest.raises(ControlUnavailable):  # (both are the same Lifecycle here: both hold)
+                control.heartbeat("n1", node.incarnation)
+            assert time.monotonic() - began < 2 * HEARTBEAT_ANSWER + 3  # (not 2 x 10 s)
+            held.set()
+        assert control.heartbeat("n1", node.incarnation)
+    finally:
+        held.set()
+        control.close()
+        second.stop(grace=None).wait()
+
+
 def test_serve_agents_listens_on_loopback_only_unless_told(life: Lifecycle, address: str) -> None:
     with pytest.raises(ValueError, match="port 70000"):
         serve_agents(life, "127.0.0.1", 70000)

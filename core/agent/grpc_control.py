@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: what one answer may weigh (assignments carry whole commands)
 MAX_SERVER_MESSAGE_BYTES = 64 * 1024 * 1024
+#: seconds a heartbeat waits for its answer (not the other calls' 10): a server paused with
+#: SIGSTOP still accepts its TCP, and the agent moved to the next server only after 10 s, its
+#: tasks' assignments unseen meanwhile. Well within the liveness timeout (10 s by default)
+HEARTBEAT_ANSWER = 4.0
 # seconds a round may reuse the assignments the last one had, when no newer list came: a
 # long-poll pushes every change of the set, a heartbeat brings a list every second; an idle
 # agent's rounds (10 a second) then read nothing (each read is a scan of the Barn)
@@ -265,7 +269,7 @@ class GrpcControl:
         request = pb.AgentMessage(heartbeat=beat)
         with self._fresh_lock:
             sent = self._generation
-        answers = self._ask(request, "heartbeat_ack")
+        answers = self._ask(request, "heartbeat_ack", timeout=min(self.timeout, HEARTBEAT_ANSWER))
         ok = bool(self._only(answers, "heartbeat_ack").heartbeat_ack.ok)
         self._tie = (node_id, incarnation) if ok else None
         # an accepted heartbeat brings the node's assignments: the round's assignments() uses
