@@ -60,20 +60,14 @@ def test_a_member_that_exits_is_started_again_and_one_stopped_is_not(tmp_path: P
 def test_a_restarted_member_dies_with_its_server(tmp_path: Path) -> None:
     """It asks for PR_SET_PDEATHSIG itself (a restart comes from a thread, where a preexec_fn is
     unsafe): killed with SIGKILL, the server leaves no member leading without it."""
-    args = _member_args(tmp_path)
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys, time
-        from runink.core.server.process import Member
-        member = Member({args!r}, None)
+    server = _server_of(
+        _member_args(tmp_path),
+        """
         os.kill(member.process.pid, signal.SIGKILL)
         while member.restarts < 1:
             time.sleep(0.1)
-        print(member.process.pid, flush=True)
-        time.sleep(600)
-        """
+        """,
     )
-    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         pid = int(server.stdout.readline())
@@ -93,16 +87,7 @@ def test_a_lone_member_whose_server_is_paused_stays_up_and_keeps_its_lead(tmp_pa
     with no leader would serve no one once the server runs again. It is not stopped either."""
     args = _member_args(tmp_path)
     http = args[args.index("--http") + 1]
-    script = textwrap.dedent(
-        f"""
-        import time
-        from runink.core.server.process import Member
-        member = Member({args!r}, None)
-        print(member.process.pid, flush=True)
-        time.sleep(600)
-        """
-    )
-    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server = _server_of(args, "")
     try:
         assert server.stdout is not None
         member = int(server.stdout.readline())
@@ -117,6 +102,23 @@ def test_a_lone_member_whose_server_is_paused_stays_up_and_keeps_its_lead(tmp_pa
         os.kill(server.pid, signal.SIGCONT)
         server.kill()
         server.wait(10)
+
+
+def _server_of(args: list[str], then: str) -> subprocess.Popen[str]:
+    """A process that runs a Member as `runink server` does, then ``then`` (code), prints the
+    member's pid and sleeps: the test pauses or kills it."""
+    script = (
+        textwrap.dedent(
+            f"""
+        import os, signal, time
+        from runink.core.server.process import Member
+        member = Member({args!r}, None)
+        """
+        )
+        + textwrap.dedent(then)
+        + "\nprint(member.process.pid, flush=True)\ntime.sleep(600)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
 
 
 def _until(done: Callable[[], bool], seconds: float, why: str) -> None:
