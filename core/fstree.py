@@ -15,9 +15,7 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -278,23 +276,3 @@ def _in_writable(fd: int, change: Callable[..., None], *args: object) -> None:
     except PermissionError:
         os.fchmod(fd, 0o700)
         change(*args, dir_fd=fd)
-
-
-def delete_tree(path: Path) -> None:
-    """Delete the folder ``path`` and all in it, no link followed, nothing of another file
-    system touched: Python's fd-based ``rmtree`` (no path a slice could swap), and where it
-    fails (a tree deeper than Python's recursion: a task's `mkdir d && cd d` 1,500 times killed
-    an agent's sweeper for good, a review) `rm -rf --one-file-system`, which walks any depth."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        return
-    except (OSError, RecursionError):
-        pass
-    if not os.path.lexists(path):
-        return
-    done = subprocess.run(
-        ["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, text=True, timeout=600, check=False
-    )
-    if os.path.lexists(path):
-        raise OSError(f"rm -rf: {done.stderr.strip()[:300] or 'it is still there'}")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from runink.core.fstree import delete_tree
+from runink.core.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class TaskDirSweeper:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            try:
-                delete_tree(item)
+            try:  # (fd-based, any depth, no link followed: fstree.remove_tree; Python's rmtree
+                # recursed, and a task's `mkdir d && cd d` 1,500 times killed this thread, a review)
+                remove_tree(item)
             except Exception as exc:  # (the thread must outlive any one tree)
                 log.warning("%s: not deleted: %s", item, exc)
 

@@ -23,7 +23,7 @@ from runink.core.cli.cluster_client import context_file, read_context, read_toke
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState, host_port
 from runink.core.errors import RuninkError
-from runink.core.fstree import delete_tree, private_folder
+from runink.core.fstree import private_folder, remove_tree
 from runink.core.ports import free_ports
 from runink.core.processes import process_start
 from runink.core.signals import SLOW_STOP_REPORT, stop_event
@@ -600,7 +600,7 @@ def up_command(
         _stop([process.pid for process in processes] + _agent_pids(nodes)[0])
         if (root / UP_MARK).is_file():  # (its keys and tokens go too: no context names it for `down`)
             with contextlib.suppress(OSError):
-                delete_tree(root)
+                remove_tree(root)
             if isinstance(exc, RuninkError):  # (the log it names went with it: its last line is said)
                 said = str(exc).split(" (its log: ")[0]
                 raise RuninkError(f"{said} ({root} removed: it held the cluster's keys)") from None
@@ -823,7 +823,7 @@ def down_command(
     context_file().unlink(missing_ok=True)
     if isinstance(directory, str) and not keep and Path(directory, UP_MARK).is_file():
         try:
-            delete_tree(Path(directory))  # (any depth: a task's deep tree crashed it, a review)
+            remove_tree(directory)  # (any depth: rmtree's recursion crashed on a task's deep tree, a review)
         except OSError as exc:
             console(stderr=True).print(f"warning: {escape(str(exc))}", highlight=False)
     print(f"local cluster stopped{'' if keep else ' and its directory removed'}")
