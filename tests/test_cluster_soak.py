@@ -1,5 +1,6 @@
 """Soak (slow, `tox -e slow`): 2,000 short jobs on a `runink up` cluster (3 raft servers, 2
-agents) while an agent and then the scheduling leader's server are killed with SIGKILL. Every
+agents) while an agent is killed with SIGKILL, the scheduling leader's server is paused
+(SIGSTOP) for PAUSE seconds, and then the leader's server is killed with SIGKILL. Every
 accepted job must reach exactly one final state, none may succeed twice, none may be lost.
 Bounded: the submissions and the wait each have a deadline."""
 
@@ -27,6 +28,7 @@ JOBS = 2000
 SUBMIT_DEADLINE = 600.0  # seconds for all submissions
 FINISH_DEADLINE = 900.0  # seconds for all jobs to end after the last submission
 FINAL = {"SUCCEEDED", "FAILED", "OOMKILLED", "DEADLINE_EXCEEDED", "CANCELLED"}
+PAUSE = 8.0  # seconds the leader's server is paused: its member hands the lead over after 5
 
 
 def _leading(servers: list[dict[str, object]]) -> dict[str, object]:
@@ -70,12 +72,13 @@ def _job_states(client: httpx.Client, api: str) -> dict[str, str] | None:
     raise AssertionError("GET /v1/jobs: its pages never ended")
 
 
-def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path) -> None:
+def test_jobs_survive_an_agents_death_the_leaders_pause_and_its_death(run_cli: CliRunner, tmp_path: Path) -> None:
     up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
     assert up.returncode == 0, up.stderr
     cluster = json.loads(up.stdout)
     apis: list[str] = cluster["api"]
     accepted: list[str] = []
+    paused: list[dict[str, object]] = []
     lock = threading.Lock()
     try:
         began = time.monotonic()
@@ -92,6 +95,10 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
                 if done > JOBS // 4 and cluster["agents"][0].get("killed") is None:
                     os.killpg(cluster["agents"][0]["pid"], signal.SIGKILL)
                     cluster["agents"][0]["killed"] = True
+                if done > JOBS * 3 // 8 and not paused:  # (the server only: its member runs on)
+                    paused.append(_leading(cluster["servers"]))
+                    os.kill(paused[0]["pid"], signal.SIGSTOP)  # type: ignore[arg-type]
+                    threading.Timer(PAUSE, os.kill, (paused[0]["pid"], signal.SIGCONT)).start()
                 if done > JOBS // 2 and not any(s.get("killed") for s in cluster["servers"]):
                     leader = _leading(cluster["servers"])
                     os.killpg(leader["pid"], signal.SIGKILL)  # type: ignore[arg-type]
@@ -130,4 +137,6 @@ def test_jobs_survive_agent_and_leader_deaths(run_cli: CliRunner, tmp_path: Path
                 expected = "SUCCEEDED" if answer["tasks"][0]["command"][-1] == "exit 0" else "FAILED"
                 assert answer["job"]["state"] == finals[0] == expected, (job_id, transitions)
     finally:
+        for server in paused:
+            os.kill(server["pid"], signal.SIGCONT)  # type: ignore[arg-type]
         run_cli("down")
