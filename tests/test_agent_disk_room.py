@@ -247,6 +247,11 @@ def test_an_agent_short_of_room_says_so_through_the_servers(tmp_path: Path, run_
             assert time.monotonic() < deadline + 20, explained
             time.sleep(0.2)
         assert json.loads(run_cli("status", job, "--json", env=env).stdout)["job"]["state"] == "PENDING"
+        doctor = run_cli("doctor", "--cluster", "--json", env=env)  # (at once: no job tried on no node)
+        assert doctor.returncode == 1, doctor.stderr
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert "0 of 1 ready; not taking work: n1 unfit (work dir " in checks["nodes"]["detail"]
+        assert checks["a job runs"]["detail"] == "not tried: no node takes work"
 
 
 def test_a_work_dirs_odd_name_never_gets_a_nodes_heartbeat_refused(store: ClusterStore, life: Lifecycle) -> None:

@@ -100,14 +100,18 @@ def collect_cluster(state: CliState, server: str | None, herd: str, timeout: flo
             one.close()
     client = ClusterClient(addresses, ca=ca)
     try:
+        working = True  # (no node takes work: the job is not tried, it would only wait)
         try:
             nodes = client.call("GET", "/v1/nodes")["nodes"]
-            ready = [n["id"] for n in nodes if n.get("ready")]
-            detail = f"{len(ready)} of {len(nodes)} ready" + (f": {', '.join(ready[:10])}" if ready else "")
-            checks.append(Check("cluster", "nodes", bool(ready), detail))
+            check = _nodes(nodes)
+            working = check.ok
+            checks.append(check)
         except ClusterError as exc:
             checks.append(Check("cluster", "nodes", False, str(exc)))
-        checks.append(_a_job_runs(client, herd, timeout))
+        if working:
+            checks.append(_a_job_runs(client, herd, timeout))
+        else:
+            checks.append(Check("cluster", "a job runs", False, "not tried: no node takes work"))
     finally:
         client.close()
     return {
@@ -115,6 +119,29 @@ def collect_cluster(state: CliState, server: str | None, herd: str, timeout: flo
         "python": platform.python_version(),
         "checks": [dataclasses.asdict(c) for c in checks],
     }
+
+
+def _nodes(nodes: list[dict[str, Any]]) -> Check:
+    """The nodes: how many take work (ready, neither cordoned nor draining, not unfit), and
+    why each other one does not (an unfit node's own reason: a full disk, say)."""
+    taking, others = [], []
+    for node in nodes:
+        why = (
+            "down"
+            if not node.get("ready")
+            else "draining"
+            if node.get("draining")
+            else "cordoned"
+            if node.get("cordoned")
+            else f"unfit ({node['unfit']})"
+            if node.get("unfit")
+            else ""
+        )
+        (others if why else taking).append(f"{node['id']} {why}".strip())
+    detail = f"{len(taking)} of {len(nodes)} ready" + (f": {', '.join(taking[:10])}" if taking else "")
+    if others:
+        detail += f"; not taking work: {'; '.join(others[:10])}"
+    return Check("cluster", "nodes", bool(taking), detail)
 
 
 def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
