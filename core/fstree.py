@@ -201,7 +201,7 @@ def _open_folder(name: Path | str, dir_fd: int | None) -> int:
 def _empty(top: int) -> None:
     """Remove everything in the folder open as ``top``. Each folder on the stack keeps the
     names of its sub-folders still to empty; one at depth MAX_OPEN is moved up into ``top``
-    (renameat, within the tree) and emptied from there. Raises the last OSError met (what
+    (renameat, within the tree) and emptied from there. Raises the first OSError met (what
     could not be removed stays)."""
     errors: list[OSError] = []
     stack: list[tuple[int, str, list[str]]] = [(top, "", _remove_files(top, errors))]  # (fd, name, folders left)

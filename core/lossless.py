@@ -18,12 +18,22 @@ def same_values(before: pa.Array, after: pa.Array) -> bool:
     return nulls_kept and pc.all(pc.fill_null(equal, True)).as_py() is not False
 
 
+def untyped(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is Arrow's null type or holds one (``list<null>``, ``struct<a: null>``):
+    the type of values all null so far, which later values may type."""
+    if pa.types.is_null(kind):
+        return True
+    return any(untyped(kind.field(i).type) for i in range(kind.num_fields))
+
+
 def cast_if_lossless(array: pa.Array, target: pa.DataType) -> pa.Array | None:
     """``array`` as ``target`` if every value stays as it is, else None."""
     if array.type == target or pa.types.is_null(array.type):
         return array.cast(target)
     try:
         cast = array.cast(target)
+        if untyped(array.type):  # (nothing casts back to a null part: compared as Python values)
+            return cast if cast.to_pylist() == array.to_pylist() else None
         back = cast.cast(array.type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None

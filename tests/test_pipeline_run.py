@@ -918,6 +918,11 @@ def test_a_steps_new_column_null_in_its_first_batches_takes_the_type_of_its_late
             @record_step
             def late_note(row):
                 return {**row, "note": "late" if row["id"] >= 2000 else None, "never": None}
+
+            @record_step
+            def late_nested(row):
+                late = row["id"] >= 2000
+                return {**row, "tags": [row["id"]] if late else [], "meta": {"a": row["id"] if late else None}}
             """
         )
     )
@@ -936,12 +941,23 @@ def test_a_steps_new_column_null_in_its_first_batches_takes_the_type_of_its_late
           @step("steps:late_note")
           @run("cat", format="parquet")
           @sink("out/p.jsonl")
+        Scenario: nested
+          @source("in.csv", block_size=4096)
+          @step("steps:late_nested")
+          @sink("out/nested.parquet")
     """,
     )
     out = run_cli("run", "p.dsl", "--json", cwd=project)
-    notes, piped = summary(out)["scenarios"]
+    notes, piped, nested = summary(out)["scenarios"]
     assert notes["state"] == "SUCCEEDED", notes.get("error") or out.stderr
     assert piped["state"] == "SUCCEEDED", piped.get("error") or out.stderr  # (a command step's input file too)
+    # an empty list, a struct whose field is None: list<null>, struct<a: null> until typed
+    assert nested["state"] == "SUCCEEDED", nested.get("error") or out.stderr
+    typed = pq.read_table(project / "out" / "nested.parquet")
+    assert typed.schema.field("tags").type == pa.list_(pa.int64())
+    assert typed.schema.field("meta").type == pa.struct([("a", pa.int64())])
+    assert typed.column("tags").to_pylist()[1999:2001] == [[], [2000]]
+    assert typed.column("meta").to_pylist()[1999:2001] == [{"a": None}, {"a": 2000}]
     written = [json.loads(line) for line in (project / "out" / "p.jsonl").read_text().splitlines()]
     assert [w["note"] for w in written] == [None] * 2000 + ["late"] * 1000
     table = pq.read_table(project / "out" / "n.parquet")

@@ -198,3 +198,25 @@ def test_a_token_file_is_a_regular_file_and_one_others_may_read_is_taken_with_a_
         read_token_file(fifo)
     with pytest.raises(RuninkError, match="not a regular file; refused"):
         read_token_file(tmp_path)
+
+
+def test_the_stored_login_token_is_sent_only_from_a_file_of_the_users_own_and_only_as_one_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runink.core.cli import cluster_client
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("RUNINK_TOKEN", raising=False)
+    stored = cluster_client.token_file()
+    stored.parent.mkdir(parents=True)
+    stored.write_text("abc.def.ghi\n")
+    stored.chmod(0o600)
+    assert cluster_client.read_token() == "abc.def.ghi"
+    stored.chmod(0o666)  # (anyone could put their token in it)
+    with caplog.at_level("WARNING"):
+        assert cluster_client.read_token() is None
+    assert "its token is not sent; `runink login` again" in caplog.text
+    stored.chmod(0o600)
+    stored.write_text("abc\r\nX-Injected: 1\n")  # (its text goes in a request header)
+    with pytest.raises(RuninkError, match=rf"{stored}: not one token"):
+        cluster_client.read_token()

@@ -161,3 +161,33 @@ def test_a_record_step_takes_nanosecond_columns_that_hold_microseconds_and_names
     fine = pa.RecordBatch.from_pydict({"ts": pa.array([1_700_000_000_000_000_123], pa.timestamp("ns"))})
     with pytest.raises(ValueError, match="column 'ts' holds nanoseconds"):
         adapt("steps:keep", keep)(fine)
+
+
+def test_rows_are_held_until_every_column_has_a_type_and_no_longer() -> None:
+    """(core/dataplane/held_rows.py) A column null, an empty list or a struct of None so far
+    waits for a value to type it; other columns' values still cast only without loss."""
+    import pytest
+
+    from runink.core.dataplane.held_rows import HeldRows
+    from runink.core.lossless import cast_if_lossless, cast_losing_nothing
+
+    held = HeldRows()
+    assert not held.add(pa.RecordBatch.from_pydict({"id": [1], "tags": pa.array([[]], pa.list_(pa.null()))}))
+    assert not held.add(pa.RecordBatch.from_pydict({"id": [2], "tags": pa.array([None], pa.list_(pa.null()))}))
+    assert held.add(pa.RecordBatch.from_pydict({"id": [3], "tags": [[3]]}))
+    first, second, third = held.release()
+    assert third.column("tags").to_pylist() == [[3]]
+    assert first.schema.field("tags").type == pa.list_(pa.int64()) and first.column("tags").to_pylist() == [[]]
+    assert second.schema.field("tags").type == pa.list_(pa.null())  # (the sink casts it, as any later batch)
+    assert held.release() == []  # (none held after)
+    assert held.add(pa.RecordBatch.from_pydict({"x": [1]}))  # typed at once
+    held.release()
+    assert not held.add(pa.RecordBatch.from_pydict({"x": [None]}))
+    assert held.add(pa.RecordBatch.from_pydict({"y": [1]}))  # other names: the write says how they differ
+    # a struct with a null part casts where its other parts keep their values, not where they change
+    loose = pa.array([{"a": None, "b": "007"}], pa.struct([("a", pa.null()), ("b", pa.string())]))
+    assert cast_if_lossless(loose, pa.struct([("a", pa.int64()), ("b", pa.string())])) is not None
+    assert cast_if_lossless(loose, pa.struct([("a", pa.int64()), ("b", pa.int64())])) is None
+    wanted = pa.schema([("s", pa.struct([("a", pa.int64()), ("b", pa.int64())]))])
+    with pytest.raises(ValueError, match="would change"):
+        cast_losing_nothing(pa.RecordBatch.from_arrays([loose], names=["s"]), wanted)

@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 MAX_SERVER_MESSAGE_BYTES = 64 * 1024 * 1024
 #: seconds a heartbeat waits for its answer (not the other calls' 10): a server paused with
 #: SIGSTOP still accepts its TCP, and the agent moved to the next server only after 10 s, its
-#: tasks' assignments unseen meanwhile. Well within the liveness timeout (10 s by default)
-HEARTBEAT_ANSWER = 4.0
+#: tasks' assignments unseen meanwhile. Longer than a Barn write's commit timeout (5 s): a
+#: server whose Barn is slow answers, with an error at worst, and is not left for that (at 4 s
+#: agents left healthy servers while a write waited, a review). Within the liveness timeout (10)
+HEARTBEAT_ANSWER = 6.0
 # seconds a round may reuse the assignments the last one had, when no newer list came: a
 # long-poll pushes every change of the set, a heartbeat brings a list every second; an idle
 # agent's rounds (10 a second) then read nothing (each read is a scan of the Barn)

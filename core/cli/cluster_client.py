@@ -146,8 +146,7 @@ def read_token(addresses: list[str] | None = None) -> str | None:
     among them): $RUNINK_SERVER naming another server got the cluster-admin token."""
     if token := os.environ.get("RUNINK_TOKEN", "").strip():
         return token
-    data = _read_own_file(token_file(), MAX_TOKEN + 1)  # (`runink login`'s: another's, or a link, is not)
-    stored = data.decode(errors="replace").strip() if data is not None else ""
+    stored = _stored_token()
     if stored:
         return stored
     context = read_context()
@@ -160,6 +159,26 @@ def read_token(addresses: list[str] | None = None) -> str | None:
         if not {_server(a) for a in addresses} <= ours:
             return None
     return found
+
+
+def _stored_token() -> str:
+    """The token `runink login` stored, "" if none. One in a file that is not this user's own
+    (another's, others may write it, a link) is not sent, with a warning saying why; one that
+    is not one token is an error naming the file (its text goes in a request header)."""
+    path = token_file()
+    data = _read_own_file(path, MAX_TOKEN + 2)
+    if data is None:
+        if os.path.lexists(path):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: not a file of this user's that only it may write (or a link): its token is not sent; "
+                "`runink login` again",
+                path,
+            )
+        return ""
+    text = data.decode(errors="replace")
+    return one_token(text, str(path)) if text.strip() else ""
 
 
 def _server(address: str) -> tuple[str, str, int | None]:

@@ -599,11 +599,14 @@ def up_command(
         nodes.stop_starting()
         _stop([process.pid for process in processes] + _agent_pids(nodes)[0])
         if (root / UP_MARK).is_file():  # (its keys and tokens go too: no context names it for `down`)
-            with contextlib.suppress(OSError):
+            try:
                 remove_tree(root)
+                gone = f"{root} removed: it held the cluster's keys"
+            except OSError as left:
+                gone = f"{root} not all removed ({left.strerror or left}): it holds the cluster's keys, remove it"
             if isinstance(exc, RuninkError):  # (the log it names went with it: its last line is said)
                 said = str(exc).split(" (its log: ")[0]
-                raise RuninkError(f"{said} ({root} removed: it held the cluster's keys)") from None
+                raise RuninkError(f"{said} ({gone})") from None
         raise
     target = context_file()
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -41,12 +41,13 @@ from runink.core.command_step import argv as command_argv
 from runink.core.command_step import placeholders, step_name
 from runink.core.contracts import Contract, ContractError, detect_drift, validate
 from runink.core.dataplane.annotate import AnnotateStage, annotated
+from runink.core.dataplane.held_rows import HeldRows
 from runink.core.dataplane.log_tags import TaggedStream, step_context
 from runink.core.dataplane.spec import AnnotateSpec, CommandSpec, SliceSpec, SpecError
 from runink.core.driverload import load_installed
 from runink.core.errors import RuninkError
 from runink.core.interfaces.storage import DatasetWriter, Malformed, Storage
-from runink.core.lossless import cast_losing_nothing
+from runink.core.lossless import cast_losing_nothing, untyped
 from runink.core.readahead import ahead
 from runink.core.report import printable
 from runink.core.steps import StepFunction, adapt, import_reference
@@ -101,12 +102,6 @@ class Reporter:
         self._fh.flush()
 
 
-#: bytes of rows a sink holds back, before it opens, while a column of theirs is all null (so
-#: typed null): the first rows with a value in it type it. A step's new column that was null in
-#: its first batch and held values later failed the sink, which had taken the null type
-HOLD_FOR_TYPES_BYTES = 64 << 20
-
-
 @dataclass
 class SinkSlot:
     format: str
@@ -116,7 +111,7 @@ class SinkSlot:
     driver: Storage
     writer: DatasetWriter | None = None
     rows: int = 0
-    held: list[pa.RecordBatch] = field(default_factory=list)  # (before it opens: HOLD_FOR_TYPES_BYTES)
+    held: HeldRows = field(default_factory=HeldRows)  # its first rows, until their columns have types
 
 
 def run(spec: SliceSpec) -> int:
@@ -414,7 +409,7 @@ class CommandStage:
 
     def _write_input(self, upstream: Iterator[Flow], progress: Callable[[], None]) -> None:
         writer: DatasetWriter | None = None
-        held: list[pa.RecordBatch] = []  # (before the file opens, while a column is all null: as a sink does)
+        held = HeldRows()  # (before the file opens, until its columns have types: as a sink does)
         try:
             for flow in upstream:
                 batch = flow.batch
@@ -422,14 +417,11 @@ class CommandStage:
                     pass
                 elif writer is not None:
                     writer = self._write(writer, batch)
-                else:
-                    held.append(batch)
-                    if typed(held):
-                        for each in typed_first(held):
-                            writer = self._write(writer, each)
-                        held = []
+                elif held.add(batch):
+                    for each in held.release():
+                        writer = self._write(writer, each)
                 progress()
-            for each in typed_first(held) if held else ():
+            for each in held.release():
                 writer = self._write(writer, each)
             if writer is None:
                 self.input.touch()  # no rows reached the step: an empty file
@@ -786,65 +778,34 @@ def _write(sinks: list[SinkSlot], when: str, batch: pa.RecordBatch, counters: Co
         if slot.when != when:
             continue
         if slot.writer is None and when == "valid":
-            slot.held.append(batch)
-            if not typed(slot.held):
-                continue
-            _write_held(slot, counters)
+            if slot.held.add(batch):
+                for each in slot.held.release():
+                    _write_one(slot, each, counters)
         else:
             _write_one(slot, batch, counters)
 
 
 def _typed_later(first: pa.Schema | None, later: pa.Schema) -> pa.Schema:
-    """``first`` (the first rows' schema; None: ``later`` is) with its null columns typed as
-    ``later`` types them, as the sinks do (``_write_held``): lineage names the type written."""
+    """``first`` (the first rows' schema; None: ``later`` is) with its untyped columns typed as
+    ``later`` types them, as the sinks do (HeldRows): lineage names the type written."""
     if first is None:
         return later
-    if first.names != later.names or not any(pa.types.is_null(f.type) for f in first):
+    if first.names != later.names or not any(untyped(f.type) for f in first):
         return first
     return pa.schema(
-        [f.with_type(n.type) if pa.types.is_null(f.type) else f for f, n in zip(first, later, strict=True)],
+        [
+            f.with_type(n.type) if untyped(f.type) and not untyped(n.type) else f
+            for f, n in zip(first, later, strict=True)
+        ],
         metadata=first.metadata,
     )
 
 
-def typed(held: list[pa.RecordBatch]) -> bool:
-    """Whether a sink holding ``held`` may open now: no column is null in all of them (and
-    named alike), or they are HOLD_FOR_TYPES_BYTES already."""
-    first = held[0].schema
-    nulls = {f.name for f in first if pa.types.is_null(f.type)}
-    for batch in held[1:]:
-        if batch.schema.names != first.names:
-            return True  # (the write says how they differ)
-        nulls -= {f.name for f in batch.schema if not pa.types.is_null(f.type)}
-    return not nulls or sum(batch.nbytes for batch in held) >= HOLD_FOR_TYPES_BYTES
-
-
-def typed_first(held: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-    """``held`` with the first batch's all-null columns typed by the first later batch with a
-    value in each (a null column casts to any type): what a writer opens with."""
-    fields = list(held[0].schema)
-    for index, found in enumerate(fields):
-        if pa.types.is_null(found.type):
-            later = (b.schema.field(found.name).type for b in held[1:] if found.name in b.schema.names)
-            typed = next((kind for kind in later if not pa.types.is_null(kind)), None)
-            if typed is not None:
-                fields[index] = found.with_type(typed)
-    schema = pa.schema(fields, metadata=held[0].schema.metadata)
-    return held if schema == held[0].schema else [cast_losing_nothing(held[0], schema), *held[1:]]
-
-
-def _write_held(slot: SinkSlot, counters: Counters) -> None:
-    """Open the sink with the held rows' types (``typed_first``) and write what it held."""
-    held, slot.held = slot.held, []
-    for batch in typed_first(held):
-        _write_one(slot, batch, counters)
-
-
 def flush_held(sinks: list[SinkSlot], counters: Counters) -> None:
-    """Write what sinks still hold (their rows ended with a column null throughout)."""
+    """Write what sinks still hold (their rows ended with a column untyped throughout)."""
     for slot in sinks:
-        if slot.held:
-            _write_held(slot, counters)
+        for batch in slot.held.release():
+            _write_one(slot, batch, counters)
 
 
 def _write_one(slot: SinkSlot, batch: pa.RecordBatch, counters: Counters) -> None:
