@@ -124,7 +124,8 @@ def collect_cluster(state: CliState, server: str | None, herd: str, timeout: flo
 def _nodes(nodes: list[dict[str, Any]]) -> Check:
     """The nodes: how many take work (ready, neither cordoned nor draining, not unfit), and
     why each other one does not (an unfit node's own reason: a full disk, say)."""
-    taking, others = [], []
+    taking: list[str] = []
+    others: list[str] = []
     for node in nodes:
         why = (
             "down"
