@@ -24,6 +24,8 @@ from typing import Generic, TypeVar
 from runink.core.errors import TaskNotFoundError, TaskRejectedError
 from runink.core.interfaces.executor import Executor, TaskHandle, TaskResult, TaskSpec, TaskState
 
+STATUS_FILE = "exit_status"  # in a task's dir: its exit status, written by its wrapper when it ends
+
 
 @dataclass(kw_only=True)
 class BookedTask:
@@ -144,7 +146,7 @@ class BookkeepingExecutor(Executor, Generic[T]):
             raise TaskRejectedError(f"task {spec.id}: a task with this id exists already")
         task_dir = Path(spec.task_dir)
         task_dir.mkdir(parents=True, exist_ok=True)
-        status_file = task_dir / "exit_status"
+        status_file = task_dir / STATUS_FILE
         status_file.unlink(missing_ok=True)
         return status_file
 

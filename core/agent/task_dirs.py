@@ -19,11 +19,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from runink.core.fstree import remove_tree
+from runink.core.taskbook import STATUS_FILE
 
 log = logging.getLogger(__name__)
 
 TRASH = ".trash-"  # the prefix of a dir moved aside, waiting to be deleted
-STATUS_FILE = "exit_status"  # what an ended attempt's wrapper wrote in its task dir (core/taskbook.py)
 
 
 class TaskDirSweeper:

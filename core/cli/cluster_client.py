@@ -63,20 +63,34 @@ def read_context() -> dict[str, Any] | None:
 
 def _read_own_file(path: Path, limit: int) -> bytes | None:
     """At most ``limit`` bytes of ``path`` if it is a regular file of this user's that no one
-    else may write, read through no link and without waiting (a FIFO); None otherwise."""
+    else may write (``_regular_file``); None otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        info, data = _regular_file(path, limit)
+    except (OSError, _NotRegular):
         return None
+    return None if _others_may_write(info) else data
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _regular_file(path: Path, limit: int) -> tuple[os.stat_result, bytes]:
+    """``path``'s status and at most ``limit`` bytes of it, opened through no link and without
+    waiting (a FIFO); _NotRegular if it is no regular file, OSError if it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            return None
-        return os.read(fd, limit)
-    except OSError:
-        return None
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotRegular()
+        return info, os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def _others_may_write(info: os.stat_result) -> bool:
+    """Whether another user owns the file or may write it (and so put what they like in it)."""
+    return info.st_uid != os.geteuid() or bool(info.st_mode & 0o022)
 
 
 MAX_TOKEN = 16 * 1024  # characters of a token the CLI or an agent reads
@@ -98,21 +112,17 @@ def read_token_file(path: Path, option: str = "--token-file") -> str:
     others may read is taken with a warning (`runink nodes token NODE > FILE` makes one under
     the usual umask), where a key's is refused (fstree.check_private)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise RuninkError(f"{option} {path}: not a regular file; refused")
-        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            os.close(fd)
-            raise RuninkError(
-                f"{option} {path}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: "
-                "another user may put a token in it; refused (a file of yours, chmod 600)"
-            )
-        with os.fdopen(fd) as source:
-            text = source.read(MAX_TOKEN + 1)
+        info, data = _regular_file(path, MAX_TOKEN + 1)
+        text = data.decode()
+    except _NotRegular:
+        raise RuninkError(f"{option} {path}: not a regular file; refused") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RuninkError(f"{option} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if _others_may_write(info):
+        raise RuninkError(
+            f"{option} {path}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: "
+            "another user may put a token in it; refused (a file of yours, chmod 600)"
+        )
     if info.st_mode & 0o077:
         import logging
 
