@@ -108,16 +108,38 @@ class TlsAcceptor:
             self.loop.add_reader(self._fd, self._accept)
 
     async def _handshake(self, conn: socket.socket, key: str) -> None:
+        counted = True
+
+        def ended() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.total -= 1
+                self.handshaking[key] -= 1
+                if self.handshaking[key] <= 0:
+                    del self.handshaking[key]
+
+        def protocol_factory() -> asyncio.BaseProtocol:
+            # The handshake stops counting where the connection starts to (its protocol's
+            # connection_made, which the server counts): this task resumes only later, and one
+            # connection counted twice meanwhile had refused a client below the cap (a CI run).
+            protocol = self.protocol_factory()
+            made = protocol.connection_made
+
+            def connection_made(transport: asyncio.BaseTransport) -> None:
+                ended()
+                made(transport)
+
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            return protocol
+
         try:
             await self.loop.connect_accepted_socket(
-                self.protocol_factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
+                protocol_factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout
             )
         except (Exception, asyncio.CancelledError) as exc:  # a failed or timed-out handshake, a stop
             # (asyncio closed its transport already; a socket it never wrapped, here)
             log.debug("a TLS handshake from %s failed: %s", key, type(exc).__name__)
             conn.close()
         finally:
-            self.total -= 1
-            self.handshaking[key] -= 1
-            if self.handshaking[key] <= 0:
-                del self.handshaking[key]
+            ended()

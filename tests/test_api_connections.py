@@ -257,3 +257,54 @@ def test_connections_are_counted_per_client_not_per_address_it_picks() -> None:
     assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")
     assert client_key("::ffff:10.1.2.3") == client_key("10.1.2.3") == "10.1.2.3"
+
+
+def test_a_connection_past_its_handshake_counts_once_from_its_first_moment(tmp_path: Path) -> None:
+    """The acceptor stopped counting a handshake only when its task resumed, after the
+    server had counted the connection: meanwhile it counted twice, and a client below the cap
+    was refused (a CI run's failure of the test above)."""
+    import asyncio
+
+    from runink.core.server import pki
+    from runink.core.server.pki import create_ca, issue
+    from runink.core.tls_accept import TlsAcceptor
+
+    ca = create_ca(tmp_path / "ca")
+    cert = issue(tmp_path / "ca", tmp_path / "certs", "api", sans=["127.0.0.1"], usage="server")
+    server_tls = pki.https_context(cert.cert, cert.key)
+    client_tls = pki.client_context(None, None, ca.cert)
+    seen: list[int] = []  # handshakes under way + open connections, as each connection opens
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        opened: list[asyncio.BaseTransport] = []
+
+        class Counted(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                opened.append(transport)
+                seen.append(acceptor.total + len(opened))
+
+        acceptor = TlsAcceptor(
+            loop, listener, Counted, server_tls, handshake_timeout=5, per_client=10, full=lambda n: False
+        )
+        acceptor.start()
+        port = listener.getsockname()[1]
+        try:
+            clients = []
+            for number in range(1, 4):
+                clients.append(await asyncio.open_connection("127.0.0.1", port, ssl=client_tls))
+                for _ in range(500):  # (bounded: the server's side of the handshake ends soon)
+                    if len(opened) == number:
+                        break
+                    await asyncio.sleep(0.01)
+            for _, writer in clients:
+                writer.close()
+        finally:
+            acceptor.close()
+            listener.close()
+            for transport in opened:
+                transport.close()
+
+    asyncio.run(main())
+    assert seen == [1, 2, 3]
