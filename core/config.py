@@ -193,6 +193,18 @@ class SchedulerConfig(DriverChoice):
     driver: str = "spread"
     #: Weight of each score plugin's scores (default 1); finite.
     weights: dict[str, Annotated[float, Meta(ge=-1e6, le=1e6)]] = field(default_factory=dict)
+    #: How long one round of the leading server's control loop (a scheduler pass, liveness,
+    #: its chores such as the autoscaler's) may run before that server counts as hung: it then
+    #: hands its lead, and the scheduling, to another server ("60s"; more than the longest pass
+    #: the cluster's backlog needs).
+    hung_after: str | int = "60s"
+
+    def __post_init__(self) -> None:
+        _check_duration(self, "hung_after", zero=False)
+
+    @property
+    def hung_after_seconds(self) -> float:
+        return parse_duration(self.hung_after)
 
 
 class BarnConfig(DriverChoice):

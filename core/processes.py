@@ -9,6 +9,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -131,11 +132,14 @@ def parent_beat_from_env() -> ParentBeat | None:
 class BeatPipe:
     """The parent's side of a ParentBeat: ``child_end()`` gives a new pipe's read end for the
     next child (the one before is closed: one child beaten at a time), and a thread writes a
-    byte to it every ``every`` seconds until ``close()``. Writes never block: a paused child's
-    full pipe just drops them."""
+    byte to it every ``every`` seconds until ``close()``, while ``healthy()`` holds (called on
+    that thread: it must not block). Writes never block: a paused child's full pipe just drops
+    them."""
 
     def __init__(self, every: float) -> None:
         self.every = every
+        #: beats are written only while this says so (the server's: its control loop not hung)
+        self.healthy: Callable[[], bool] = lambda: True
         self._lock = threading.Lock()  # (a write never goes to a descriptor closed and reused meanwhile)
         self._fd: int | None = None
         self._closed = threading.Event()
@@ -157,7 +161,7 @@ class BeatPipe:
     def _beat(self) -> None:
         while not self._closed.wait(self.every):
             with self._lock:
-                if self._fd is None:
+                if self._fd is None or not self.healthy():
                     continue
                 # (full: the child is paused; broken: it died, and a restart gives another pipe)
                 with contextlib.suppress(OSError):

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from barn_cluster import free_ports
-from fixture_types import CliRunner
-from runink_processes import server_and_agent, up_tls
+from fixture_types import CliRunner, FakeDist
+from runink_processes import server_and_agent, up_cluster, up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -255,6 +255,79 @@ def test_up_down_a_raft_cluster_that_survives_its_leader_paused_then_killed(run_
     for item in [*started["servers"], *started["agents"]]:
         with pytest.raises(ProcessLookupError):
             os.killpg(item["pid"], 0)
+
+
+HANGING_SCALER = """
+import os, time
+from pathlib import Path
+from runink.core.interfaces.scaler import Scaler
+
+class HangsWhenMarked(Scaler):
+    '''A scaler whose look hangs while the file $HANG_MARK.<its server's pid> is there
+    (120 s at most): a chore of the leader's control loop that never returns.'''
+    name = "hangs-when-marked"
+    options_schema = {}
+
+    def nodes(self):
+        mark = Path(os.environ["HANG_MARK"] + "." + str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return []
+
+    def scale_up(self, count):
+        return []
+
+    def remove(self, node_id):
+        pass
+"""
+
+
+def test_a_leader_whose_scheduling_hangs_hands_its_lead_over(
+    run_cli: CliRunner, tmp_path: Path, fake_dist: FakeDist
+) -> None:
+    """A server whose process ran but whose control loop hung (here: its autoscaler's look
+    never returns) kept its Barn member leading, and nothing was scheduled anywhere. Past
+    `[scheduler] hung_after` it stops beating its member, which hands its lead over: another
+    server schedules, jobs run, no member is restarted."""
+    site = fake_dist(
+        "hanging-scaler", "1.0", {"runink.scalers": {"hangs-when-marked": "hanging_scaler:HangsWhenMarked"}},
+        {"hanging_scaler.py": HANGING_SCALER},
+    )  # fmt: skip
+    mark = tmp_path / "hang"
+    env = {
+        "PYTHONPATH": str(site),
+        "HANG_MARK": str(mark),
+        "RUNINK_SCALING__DRIVER": "hangs-when-marked",
+        "RUNINK_SCHEDULER__HUNG_AFTER": "2s",
+    }
+    with up_cluster(run_cli, tmp_path, 3, 1, env) as cluster:
+        started = cluster.started
+        members = {s["name"]: _member_pid(s) for s in started["servers"]}
+        hung = _leading_server(started)
+        hang = Path(f"{mark}.{hung['pid']}")
+        hang.touch()
+        try:
+            began = time.monotonic()
+            while _leading_server(started) == hung:
+                # its look starts within 1 s; hung after 2 s more; its member silent 5 s later
+                assert time.monotonic() - began < 20, "the hung server's member kept its lead"
+                time.sleep(0.2)
+            leader = _leading_server(started)
+            assert _barn_state(hung) == "follower"  # (held back, voting)
+            _answers_name_the_scheduling_server(started, leader, but=[hung])
+            again = run_cli("exec", "--", "/bin/sh", "-c", "exit 4", env=cluster.env)
+            assert again.returncode == 4, again.stderr
+            log = (cluster.folder / f"{hung['name']}.log").read_text()
+            assert "the control loop's round has run for 2 s or more ([scheduler] hung_after)" in log
+        finally:
+            hang.unlink()
+        deadline = time.monotonic() + 10
+        while "the control loop's round ended after" not in (cluster.folder / f"{hung['name']}.log").read_text():
+            assert time.monotonic() < deadline, "the hung round did not end once released"
+            time.sleep(0.2)
+        assert run_cli("exec", "--", "/bin/true", env=cluster.env).returncode == 0
+        assert {s["name"]: _member_pid(s) for s in started["servers"]} == members  # (none restarted)
 
 
 def _answers_name_the_scheduling_server(

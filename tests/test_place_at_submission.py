@@ -127,3 +127,18 @@ def test_a_server_that_does_not_lead_stores_it_pending() -> None:
         loop.step(time.time(), time.monotonic())
         job = life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
     assert _task(store, job.id)[0] is RunState.PENDING
+
+
+def test_a_submission_waits_a_pass_under_way_a_second_at_most(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that hung held every submission to its server for as long (the API's thread
+    waited for the placing lock): past PLACE_WAIT the task is stored PENDING, for whichever
+    server schedules next."""
+    from runink.core.server import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "PLACE_WAIT", 0.2)
+    with server.loop._placing:  # (a pass under way, hung)
+        began = time.monotonic()
+        job = server.life.submit_command("lab", ["/bin/true"], Amount(cpu=1))
+        assert 0.2 <= time.monotonic() - began < 2
+    state, node, _ = _task(server.store, job.id)
+    assert state is RunState.PENDING and node is None

@@ -278,3 +278,67 @@ def test_run_looks_at_liveness_a_twentieth_of_its_timeout_apart_not_every_round(
         stop.set()
     assert looks and all(b - a >= 0.19 for a, b in itertools.pairwise(looks))  # 0.2 s apart
     assert len(rounds) >= 3 * len(looks), (len(rounds), looks)  # not one a round
+
+
+def test_a_round_that_runs_past_hung_after_counts_as_hung_until_it_ends(
+    manager: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that never ends (a deadlock, a plugin that never returns) kept its server
+    leading and scheduling nothing; ``hung`` says so, and the server stops beating its member
+    (tests/test_cluster_processes.py runs that on a real cluster)."""
+    _, _, loop, leadership = setup(manager)
+    loop.interval, loop.hung_after = 0.005, 0.3
+    release, entered = threading.Event(), threading.Event()
+
+    def stuck_chore(_now: float) -> None:
+        entered.set()
+        release.wait(10)  # (bounded: the test releases it)
+
+    loop.chores = [stuck_chore]
+    leadership.leads = True
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="runink.core.server.loop"):
+        thread = loop.start(stop)
+        try:
+            assert entered.wait(5)
+            assert not loop.hung()  # (a round under way, not for long yet)
+            time.sleep(0.4)
+            assert loop.hung() and loop.hung()
+            release.set()
+            deadline = time.monotonic() + 5
+            while loop.hung() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not loop.hung()
+        finally:
+            release.set()
+            stop.set()
+            thread.join(5)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([m for m in said if "has run for 0.3 s or more ([scheduler] hung_after)" in m]) == 1
+    assert any(m.startswith("the control loop's round ended after") for m in said)
+
+
+def test_on_a_shared_etcd_a_server_whose_loop_hung_lets_its_lease_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers on one etcd lead by a lease (LeaseLeadership). A hung server's feed thread,
+    asking whether it leads, renewed it for ever; unhealthy, it renews nothing, and another
+    server takes the lead once the lease ends. (MemoryBarn: the same lease semantics.)"""
+    from runink.core.server import process
+
+    monkeypatch.setattr(process, "LEADER_CHECK_EVERY", 0.0)
+    monkeypatch.setattr(process.LeaseLeadership, "LEASE_TTL", 0.3)
+    barn = MemoryBarn()
+    try:
+        hung, other = process.LeaseLeadership(barn), process.LeaseLeadership(barn)
+        assert hung() and not other()
+        for _ in range(5):  # (renewed while healthy: it keeps the lead past its TTL)
+            time.sleep(0.1)
+            assert hung() and not other()
+        hung.healthy = lambda: False
+        deadline = time.monotonic() + 5
+        while not other():
+            assert not hung()
+            assert time.monotonic() < deadline, "the hung server's lease never ended"
+            time.sleep(0.02)
+        assert not hung()
+    finally:
+        barn.close()

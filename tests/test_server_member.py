@@ -3,6 +3,7 @@ exits without being stopped, never outliving its server, never leading for a pau
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fixture_types import CliRunner
 
 from runink.core.ports import free_ports
@@ -154,3 +156,29 @@ def _state(pid: int) -> str:
     except OSError:
         return ""
     return text[text.rindex(")") + 2]
+
+
+def test_the_beat_pipe_writes_only_while_its_server_says_it_is_healthy() -> None:
+    """A server whose control loop hangs stops beating (BeatPipe.healthy), so its member is
+    held back as a paused server's is."""
+    from runink.core.processes import BeatPipe
+
+    beats = BeatPipe(0.02)
+    read_end = beats.child_end()
+    os.set_blocking(read_end, False)
+    try:
+        time.sleep(0.2)
+        assert len(os.read(read_end, 4096)) >= 3
+        beats.healthy = lambda: False
+        time.sleep(0.05)  # (a beat written before it changed)
+        with contextlib.suppress(BlockingIOError):
+            os.read(read_end, 4096)
+        time.sleep(0.2)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 4096)
+        beats.healthy = lambda: True
+        time.sleep(0.2)
+        assert len(os.read(read_end, 4096)) >= 3
+    finally:
+        beats.close()
+        os.close(read_end)

@@ -36,6 +36,15 @@ IDLE_PASS_EVERY = 0.25
 #: node is found dead within 5% past its timeout, with one read of every node 2 times a second
 #: at the default 10 s, not 20 (each read on a job's way: a pass waits behind it)
 OBSERVE_FRACTION = 0.05
+#: seconds one round may run before the loop counts as hung (``hung``; `[scheduler]
+#: hung_after`): then its server stops beating its Barn member, which hands its lead, and so
+#: the scheduling, to another server. A round's Barn calls give up after 10 s each, and one
+#: pass placed 20,000 tasks on 1,000 nodes in 7.3-7.6 s here (bench/cluster): well past both,
+#: so a busy leader keeps its lead
+HUNG_AFTER = 60.0
+#: seconds a submission waits for a pass under way before it is stored PENDING instead of
+#: placed at once (a hung pass held every submission to its server)
+PLACE_WAIT = 1.0
 
 
 class ControlLoop:
@@ -48,6 +57,7 @@ class ControlLoop:
         interval: float = 0.05,
         *,
         chores: Sequence[Callable[[float], object]] = (),
+        hung_after: float = HUNG_AFTER,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"control loop interval: {interval!r} (expected seconds > 0)")
@@ -57,6 +67,7 @@ class ControlLoop:
         self.is_leader = is_leader
         self.interval = interval
         self.chores = chores  # (the leader's housekeeping, each given the wall clock every round)
+        self.hung_after = hung_after
         self._leading = False
         # the last pass left tasks waiting (or there was none yet): a task's end may let one in
         self.waiting = True
@@ -67,6 +78,8 @@ class ControlLoop:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # (for people reading the epoch)
         self.api = ""  # this server's API, written with each claim for clients (SchedulerEpoch.api)
         self._last_failure = ("", 0.0)
+        self._round_began: float | None = None  # (monotonic) while a round runs
+        self._hung_logged = False
 
     def step(
         self, now_wall: float, now_monotonic: float, *, observe: bool = True, schedule: bool = True
@@ -133,18 +146,23 @@ class ControlLoop:
         """Place a submission's ``tasks`` (not stored yet) at once, and have ``commit`` store
         them so with the scheduling epoch this leader claimed (a compare its commit must make:
         a server that no longer leads stores nothing); returns what ``commit`` returned. None,
-        having called nothing, when this server does not schedule now, tasks wait already, or
-        one does not fit (``Scheduler.place_new``): store them PENDING, a pass places them.
-        One commit on a job's way instead of two. Exceptions from ``commit`` propagate."""
+        having called nothing, when this server does not schedule now, tasks wait already, a
+        pass has held the placing for PLACE_WAIT seconds, or one does not fit
+        (``Scheduler.place_new``): store them PENDING, a pass places them. One commit on a
+        job's way instead of two. Exceptions from ``commit`` propagate."""
         fence = self.store.fence
         if not self._leading or fence is None or self.waiting:
             return None
-        with self._placing:  # (a pass placing meanwhile could take the same room)
+        if not self._placing.acquire(timeout=PLACE_WAIT):  # (a pass placing meanwhile could take the same room)
+            return None
+        try:
             began = time.perf_counter()
             result = self.scheduler.place_new(tasks, time.time())
             if result is None:
                 return None
             stored = commit([result.records[t.id] for t in tasks], fence)
+        finally:
+            self._placing.release()
         self.scheduler.report(result, time.perf_counter() - began)
         return stored
 
@@ -152,6 +170,22 @@ class ControlLoop:
         """Run the next round now (something changed: a submission, a report, a node), not at
         the end of the interval."""
         self._wake.set()
+
+    def hung(self) -> bool:
+        """Whether the round under way has run ``hung_after`` seconds or more (a deadlock, a
+        plugin that never returns, a call stuck past its timeout). Said in the log once per
+        hung round. From any thread, without blocking."""
+        began = self._round_began
+        if began is None or time.monotonic() - began < self.hung_after:
+            return False
+        if not self._hung_logged:
+            self._hung_logged = True
+            log.error(
+                "the control loop's round has run for %g s or more ([scheduler] hung_after): this server "
+                "stops beating its Barn member, which hands its lead (and the scheduling) to another server",
+                self.hung_after,
+            )
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Rounds every ``interval``, or at once when poked, until ``stop`` is set; a round that
@@ -164,6 +198,7 @@ class ControlLoop:
             now = time.monotonic()
             observe = now - observed >= max(self.interval, self.liveness.timeout * OBSERVE_FRACTION)
             schedule = poked or self.waiting or now - passed >= IDLE_PASS_EVERY
+            self._round_began = now
             try:
                 result = self.step(time.time(), now, observe=observe, schedule=schedule)
                 if observe:
@@ -175,6 +210,11 @@ class ControlLoop:
             except Exception as exc:  # the loop must outlive any one round
                 self.waiting = True
                 self._log_failure(exc)
+            finally:
+                self._round_began = None
+                if self._hung_logged:
+                    self._hung_logged = False
+                    log.warning("the control loop's round ended after %.1f s", time.monotonic() - now)
             poked = self._wake.wait(self.interval)
 
     def on_change(self, event: WatchEvent) -> None:

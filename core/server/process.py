@@ -114,7 +114,8 @@ class LeaseLeadership:
     most every LEADER_CHECK_EVERY seconds, LEASE_TTL long). When its holder stops or loses
     etcd, the lease ends and another server takes the key. Scheduling is fenced by its epoch
     as ever (``ControlLoop._claim``), so two that both believe they lead a moment cannot
-    overfill a node."""
+    overfill a node. While ``healthy()`` is false (the server's control loop hung) it neither
+    claims nor renews: the lease ends and another server schedules."""
 
     KEY = "/cluster/leader"
     LEASE_TTL = 5.0
@@ -122,11 +123,15 @@ class LeaseLeadership:
     def __init__(self, barn: BarnBackend) -> None:
         self.barn = barn
         self.me = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".encode()
+        self.healthy: Callable[[], bool] = lambda: True
         self._lease: int | None = None
         self._asked = 0.0
         self._answer = False
 
     def __call__(self) -> bool:
+        if not self.healthy():  # (asked from other threads too: the feed's kept it alive)
+            self._answer = False
+            return False
         now = time.monotonic()
         if now - self._asked < LEADER_CHECK_EVERY:
             return self._answer
@@ -180,9 +185,10 @@ class Member:
     for good while its server went on, and the group ran on one member less, silently (a
     faults review's run).
 
-    The server beats on a pipe to it (BeatPipe): a member that hears no beat for MEMBER_SILENCE
-    seconds is held back (BarnNode.hold_back): it hands its lead, and so the scheduling, to a
-    member whose server runs (it used to hold both until its server resumed), and still votes."""
+    The server beats on a pipe to it (BeatPipe) while its control loop is not hung
+    (``ControlLoop.hung``): a member that hears no beat for MEMBER_SILENCE seconds is held back
+    (BarnNode.hold_back): it hands its lead, and so the scheduling, to a member whose server
+    runs and schedules (it used to hold both until its server resumed), and still votes."""
 
     def __init__(self, barn_args: list[str], config_path: str | None) -> None:
         command = [sys.executable, "-m", "runink"]
@@ -193,7 +199,7 @@ class Member:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # (a restart and a stop: never a member started after the stop)
         self.restarts = 0
-        self._beats = BeatPipe(MEMBER_BEAT_EVERY)
+        self.beats = BeatPipe(MEMBER_BEAT_EVERY)
         self.process = self._spawn()
         self.http = self._wait_serving()
         threading.Thread(target=self._watch, daemon=True, name="barn-member-watch").start()
@@ -202,7 +208,7 @@ class Member:
         # The member dies with this server, however it dies (PR_SET_PDEATHSIG, which it asks
         # for itself: a restart comes from a thread): a member left leading without its server
         # would keep every other server from scheduling.
-        beats = self._beats.child_end()
+        beats = self.beats.child_end()
         env = {**os.environ, DIE_WITH_PARENT: str(os.getpid()), PARENT_BEAT: f"{beats}:{MEMBER_SILENCE:g}"}
         try:
             return subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True, env=env, pass_fds=(beats,))
@@ -254,7 +260,7 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._beats.close()  # (after: a member that hears its server gone says so in its log)
+        self.beats.close()  # (after: a member that hears its server gone says so in its log)
 
 
 def ready_event(process: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:
@@ -361,7 +367,8 @@ class Server:
         fenced = ClusterStore(barn)  # the loop's own: its commits compare the epoch it claimed
         scheduler = Scheduler(fenced, manager, policy)
         liveness = Liveness(fenced, options.liveness_timeout)
-        leads: Callable[[], bool] = LeaseLeadership(barn) if options.barn_url is not None else LeaderCheck(barn)
+        lease = LeaseLeadership(barn) if options.barn_url is not None else None
+        leads: Callable[[], bool] = lease or LeaderCheck(barn)
         chores: list[Callable[[float], object]] = [
             AuditRetention(barn, config.cluster.audit_keep_seconds, config.cluster.audit_keep_max),
             JobRetention(fenced, config.cluster.jobs_keep_seconds, config.cluster.jobs_keep_max),
@@ -369,7 +376,14 @@ class Server:
         self.scaler: Scaler | None = configured_driver(config, "scaling", manager)
         if self.scaler is not None:  # (the leader's: nodes added and removed, see [scaling])
             chores.append(Autoscaler(fenced, self.scaler, ScalingPolicy.from_config(config.scaling)))
-        self.loop = ControlLoop(fenced, scheduler, liveness, is_leader=leads, chores=chores)
+        self.loop = ControlLoop(
+            fenced, scheduler, liveness, is_leader=leads, chores=chores, hung_after=config.scheduler.hung_after_seconds
+        )
+        # a hung loop schedules nothing: its member hands the lead over (its lease ends)
+        if self.member is not None:
+            self.member.beats.healthy = lambda: not self.loop.hung()
+        if lease is not None:
+            lease.healthy = lambda: not self.loop.hung()
         self.lifecycle.placer = self.loop.place_with  # (while it leads: a submission placed in its own commit)
         # one watch of every key: the view of the nodes, herds and live tasks that passes,
         # submissions and long-polls read, and the newest records kept for the agents' reports
