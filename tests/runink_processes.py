@@ -99,6 +99,12 @@ class UpCluster:
     started: dict[str, Any]
 
 
+def cluster_folder(tmp_path: Path) -> Path:
+    """Where a test's `runink up --dir` goes: beside its tmp_path, the folder its pipelines may
+    be in (`runink up` refuses a cluster folder inside it: slices would read the keys)."""
+    return tmp_path.with_name(f"{tmp_path.name}-cluster")
+
+
 @contextmanager
 def up_cluster(
     run_cli: Any,
@@ -123,11 +129,11 @@ def up_cluster(
         str(agents),
         "--json",
         "--dir",
-        str(tmp_path / "cluster"),
+        str(cluster_folder(tmp_path)),
         *extra_args,
         env={**env, **(extra_env or {})},
     )
-    folder = tmp_path / "cluster"
+    folder = cluster_folder(tmp_path)
     assert up.returncode == 0, up.stderr
     # its members' journals and its agents' work: every herd's jobs and output, no other user's
     assert folder.stat().st_mode & 0o777 == 0o700

@@ -171,6 +171,27 @@ def test_a_failed_scenario_skips_what_comes_after_it(
     assert not (tmp_path / "p" / "mid.csv").exists()  # nothing half-written published
 
 
+def test_a_pipeline_whose_folder_holds_the_nodes_own_files_never_runs(
+    one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A slice is granted its pipeline's whole folder, read-only and id-mapped: every file of
+    the folder's owner in it reads as the slice's own, whatever its mode. A pipeline whose
+    folder held the cluster's (here: the agent's work dir, every run's logs and output; under
+    `runink up`, the keys beside it) gave its steps all of it (a review read the CA's key)."""
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "p.dsl").write_text(
+        'Feature: Peek\n  Scenario: Look\n    @source("csv://in.csv")\n    @sink("csv://out.csv")\n'
+    )
+    assert run_cli("herd", "create", "default", "--root", str(tmp_path), env=one_agent).returncode == 0
+    out = run_cli("submit", str(tmp_path / "p.dsl"), "--wait", "--json", env=one_agent)
+    assert out.returncode == 1, out.stdout + out.stderr
+    (task,) = json.loads(out.stdout)["tasks"]
+    work = tmp_path / "cluster" / "n1"  # (the agent's --work-dir)
+    assert task["state"] == "FAILED" and task["attempt"] == 1
+    assert f"the pipeline's folder {tmp_path} holds this node's own files ({work})" in task["message"]
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_bad_submissions_are_refused_with_one_line(
     one_agent: dict[str, str], run_cli: CliRunner, tmp_path: Path
 ) -> None:

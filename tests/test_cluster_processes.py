@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from barn_cluster import free_ports
 from fixture_types import CliRunner, FakeDist
-from runink_processes import server_and_agent, up_cluster, up_tls
+from runink_processes import cluster_folder, server_and_agent, up_cluster, up_tls
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's linux executor needs root")
 
@@ -196,7 +196,7 @@ def test_a_server_letting_anyone_in_stays_on_loopback_even_with_tls(run_cli: Cli
 
 
 def test_up_down_a_raft_cluster_that_survives_its_leader_paused_then_killed(run_cli: CliRunner, tmp_path: Path) -> None:
-    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
+    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(cluster_folder(tmp_path)))
     assert up.returncode == 0, up.stderr
     started = json.loads(up.stdout)
     try:
@@ -386,6 +386,17 @@ def test_up_refuses_a_folder_that_holds_something(run_cli: CliRunner, tmp_path: 
     out = run_cli("up", "--servers", "1", "--agents", "0", "--dir", str(folder))
     assert out.returncode != 0 and "not an empty folder" in out.stderr and "Traceback" not in out.stderr
     assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_up_refuses_a_folder_inside_the_one_its_pipelines_may_be_in(run_cli: CliRunner, tmp_path: Path) -> None:
+    """A pipeline's slices are granted its folder: a cluster folder in it (its keys, its Barn
+    journals, every run's output) would be theirs to read (a review's layout)."""
+    for given, root in ((tmp_path / "c", ()), (tmp_path / "p" / "c", ("--root", str(tmp_path / "p")))):
+        (tmp_path / "p").mkdir(exist_ok=True)
+        out = run_cli("up", "--servers", "1", "--agents", "0", "--dir", str(given), *root)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert f"--dir {given}: inside {given.parent}, where the default herd's pipelines may be" in out.stderr
+        assert not given.exists() and not (tmp_path / "xdg" / "runink" / "cluster.json").exists()
 
 
 def test_up_gives_its_default_herd_the_current_folder_unless_anyone_may_write_it(

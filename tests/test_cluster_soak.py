@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fixture_types import CliRunner
-from runink_processes import admin_headers, up_tls
+from runink_processes import admin_headers, cluster_folder, up_tls
 
 pytestmark = [
     pytest.mark.slow,
@@ -73,7 +73,7 @@ def _job_states(client: httpx.Client, api: str) -> dict[str, str] | None:
 
 
 def test_jobs_survive_an_agents_death_the_leaders_pause_and_its_death(run_cli: CliRunner, tmp_path: Path) -> None:
-    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(tmp_path / "cluster"))
+    up = run_cli("up", "--servers", "3", "--agents", "2", "--json", "--dir", str(cluster_folder(tmp_path)))
     assert up.returncode == 0, up.stderr
     cluster = json.loads(up.stdout)
     apis: list[str] = cluster["api"]
@@ -128,7 +128,7 @@ def test_jobs_survive_an_agents_death_the_leaders_pause_and_its_death(run_cli: C
                 got = client.get(f"{live[0]}/v1/jobs/{job_id}")
                 if got.status_code != 200:  # (the server's log says why)
                     server = next(s for s in cluster["servers"] if s["api"] == live[0])
-                    log_tail = (tmp_path / "cluster" / f"{server['name']}.log").read_text()[-3000:]
+                    log_tail = (cluster_folder(tmp_path) / f"{server['name']}.log").read_text()[-3000:]
                     raise AssertionError((job_id, got.status_code, got.text[:300], log_tail))
                 answer = got.json()
                 transitions = answer["tasks"][0]["transitions"]

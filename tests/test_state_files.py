@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixture_types import CliRunner
+from runink_processes import cluster_folder
 
 from runink.core.cli import cluster_client
 from runink.core.cli.cluster_client import ClusterClient, ClusterError
@@ -152,11 +153,11 @@ def test_a_signing_key_others_may_read_a_link_or_a_fifo_is_refused(tmp_path: Pat
 
 def test_down_stops_the_cluster_though_an_agents_pid_file_is_bad(run_cli: CliRunner, tmp_path: Path) -> None:
     # `: > scaler/agent-0.pid; runink down` stopped nothing: the servers and agents ran on
-    up = run_cli("up", "--servers", "1", "--agents", "1", "--json", "--dir", str(tmp_path / "c"))
+    up = run_cli("up", "--servers", "1", "--agents", "1", "--json", "--dir", str(cluster_folder(tmp_path)))
     assert up.returncode == 0, up.stderr
     context = json.loads((tmp_path / "xdg" / "runink" / "cluster.json").read_text())
     pids = [item["pid"] for item in context["servers"] + context["agents"]]
-    pid_file = tmp_path / "c" / FOLDER / "agent-0.pid"
+    pid_file = cluster_folder(tmp_path) / FOLDER / "agent-0.pid"
     pid_file.unlink()
     pid_file.symlink_to("/etc/hostname")
     down = run_cli("down")
@@ -166,7 +167,7 @@ def test_down_stops_the_cluster_though_an_agents_pid_file_is_bad(run_cli: CliRun
             os.kill(pid, 0)
     # (what could not be told may run on: the context stays, for a `down` once the file is mended)
     pid_file.unlink()
-    assert run_cli("down").returncode == 0 and not (tmp_path / "c").exists()
+    assert run_cli("down").returncode == 0 and not cluster_folder(tmp_path).exists()
 
 
 def test_a_token_file_is_a_regular_file_and_one_others_may_read_is_taken_with_a_warning(

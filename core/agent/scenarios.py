@@ -21,7 +21,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -342,11 +342,15 @@ class ScenarioAttempts(Executor):
         config: RuninkConfig,
         manager: PluginManager,
         pipelines: Callable[[TaskRecord], PipelineRun],
+        private: Sequence[Path] = (),
     ) -> None:
         self.inner = inner
         self.config = config
         self.manager = manager
         self.pipelines = pipelines
+        # the node's own files (its work dir: every run's; its token and keys): a pipeline
+        # folder or source holding one is never granted (a slice could read them all)
+        self.private = tuple(p.resolve() for p in private)
         self.degrade = inner.degrade
         self.gpus = GpuInventory()  # the node's, set by its Agent: a slice is given its own
         self._attempts: dict[str, _Attempt] = {}
@@ -439,6 +443,7 @@ class ScenarioAttempts(Executor):
                 f"the pipeline's folder {base} is a home folder or /: a slice is granted the whole folder, "
                 "put the pipeline in a folder of its own"
             )
+        self._not_private(base, "the pipeline's folder")
         if item.source.remote:
             return (base,)  # read from the store over the network, no local file to grant
         try:
@@ -453,8 +458,20 @@ class ScenarioAttempts(Executor):
             mode = stat.S_IFREG  # (missing or unreadable: the slice says so)
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a slice would wait on a FIFO for ever)
             raise OSError(f"the source {item.source.path} is not a regular file")
+        self._not_private(source, "the source")
         # a missing source is not granted: the slice reports it, naming the file
         return tuple(p for p in (base, source) if p.exists())
+
+    def _not_private(self, granted: Path, what: str) -> None:
+        """Raise OSError if ``granted`` (resolved) is or holds one of the node's own files: read-only
+        and id-mapped, a grant shows a slice every file of its owner's in it, whatever its mode
+        (a review's slice read the cluster's CA, token and secrets keys so)."""
+        for private in self.private:
+            if private == granted or granted in private.parents:
+                raise OSError(
+                    f"{what} {granted} holds this node's own files ({private}): a slice is granted all of it, "
+                    "put the pipeline in a folder of its own"
+                )
 
     # --- following and ending ------------------------------------------------------------
 

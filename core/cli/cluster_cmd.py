@@ -310,7 +310,8 @@ def agent_command(
     manager.register(lineage, "lineage-to-servers")
     register_gauges(lineage.dropped_samples)  # (for the agent's life)
     metered = disk_limited(MeteredExecutor(executor, manager, name), config.limits.disk_bytes)
-    executor = ScenarioAttempts(metered, config, manager, pipelines)
+    own = [work, *(p for p in (token_file, tls_key) if p is not None)]
+    executor = ScenarioAttempts(metered, config, manager, pipelines, private=own)
     token = read_token_file(token_file) if token_file else None
     control = FailoverControl(addresses, token=token, tls=tls)
     agent = Agent(
@@ -477,12 +478,22 @@ def up_command(
     _hold_up_lock()  # (two at once both started, and the second's context hid the first from `down`)
     if read_context() is not None:
         raise RuninkError(f"a cluster is up already ({context_file()}): `runink down` first")
+    roots = [os.path.realpath(r) for r in herd_root] or [os.path.realpath(os.getcwd())]
+    # (not / nor a folder anyone may write, as /tmp: a pipeline's slices get its folder, and
+    # the nodes refuse a .dsl there anyway)
+    roots = [r for r in roots if r != "/" and not os.stat(r).st_mode & (stat.S_IWOTH | stat.S_ISVTX)]
     if directory is None:
         root = Path(tempfile.mkdtemp(prefix="runink-up-")).resolve()
     else:  # `down` removes it: never a folder that holds something already
         root = directory.resolve()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RuninkError(f"--dir {directory}: not an empty folder (`runink down` removes the cluster's folder)")
+        inside = next((r for r in roots if Path(r) == root or Path(r) in root.parents), None)
+        if inside is not None:  # (a slice is granted its pipeline's whole folder: the keys in it too)
+            raise RuninkError(
+                f"--dir {directory}: inside {inside}, where the default herd's pipelines may be (--root, default: "
+                "the current folder): their slices could read the cluster's keys; give a folder outside it"
+            )
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_folder(root, "--dir")  # (the members' journals, the agents' work: every herd's jobs and output)
     (root / UP_MARK).write_text("made by `runink up`; `runink down` removes this folder\n")
@@ -578,10 +589,7 @@ def up_command(
             started["grpc"].append(event["agents"])
             started["barn"].append(event["barn"])
             err.print(f"server {name}: API {event['api']}, agents {event['agents']}, Barn {event['barn']}")
-        roots = [os.path.realpath(r) for r in herd_root] or [os.path.realpath(os.getcwd())]
-        # (not / nor a folder anyone may write, as /tmp: a pipeline's slices get its folder, and
-        # the nodes refuse a .dsl there anyway)
-        started["roots"] = [r for r in roots if r != "/" and not os.stat(r).st_mode & (stat.S_IWOTH | stat.S_ISVTX)]
+        started["roots"] = roots
         herd = {"name": "default", "roots": started["roots"]}
         _wait_for_leader(started["api"], token, tls.ca if tls else None, [root / f"{name}.log" for name in names], herd)
         err.print(f"herd default: its pipelines may be in {', '.join(started['roots']) or 'no folder (--root)'}")
