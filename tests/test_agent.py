@@ -102,6 +102,8 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
         fd = inner
     os.close(fd)
     (tasks / "unsaved-a1" / "work").mkdir(parents=True)
+    (tasks / "starting-a1" / "work").mkdir(parents=True)  # (the launcher makes its status file empty)
+    (tasks / "starting-a1" / "exit_status").write_text("")
     live = life.submit_command("lab", ["sleep", "30"])
     schedule(store, live.id)
     agent.sync()
@@ -109,7 +111,7 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     again = Agent(life, agent.executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=agent.work_dir)
     again.recover()
     assert again.task_dirs.wait()
-    assert sorted(p.name for p in tasks.iterdir()) == sorted([running.executor_id, "unsaved-a1"])
+    assert sorted(p.name for p in tasks.iterdir()) == sorted([running.executor_id, "starting-a1", "unsaved-a1"])
     agent.executor.stop(running.executor_id, 1.0)
 
 

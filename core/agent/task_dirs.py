@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from runink.core.fstree import remove_tree
+from runink.core.processes import read_exit_status
 from runink.core.taskbook import STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,11 @@ class TaskDirSweeper:
 
 
 def _ended(folder: Path) -> bool:
-    """Whether ``folder`` holds its attempt's exit status (a regular file, no link followed)."""
+    """Whether ``folder`` holds its attempt's exit status (read as ``read_exit_status`` does: a
+    regular file, no link followed, a number). The launcher makes the file, empty, as the slice
+    starts: its being there deleted the dir of a slice still running (a review)."""
     try:
-        return stat.S_ISREG(os.lstat(folder / STATUS_FILE).st_mode)
-    except OSError:
+        read_exit_status(folder / STATUS_FILE)
+    except (OSError, ValueError):
         return False
+    return True
