@@ -197,3 +197,39 @@ def test_the_filter_is_built_with_libseccomp_and_lists_its_reasons() -> None:
     text = docs.read_text()
     missing = [name for name in DENIED_SYSCALLS if f"`{name}`" not in text]
     assert not missing, f"docs/isolation.md does not list {missing}"
+
+
+def test_a_command_cannot_reach_its_payloads_memory_or_files(tmp_path: Path) -> None:
+    """A command runs as PID 3 under its payload (PID 2, a fork of the launcher, which once
+    held earlier slices' requests). Left dumpable, the payload's /proc/2/mem was open to the
+    command (same uid), and pidfd_getfd took its descriptors (a review's slice read another
+    herd's command line and wrote into its status file so)."""
+    import uuid
+
+    from conftest import close_linux
+
+    from runink.core.interfaces.executor import TaskSpec
+
+    probe = (
+        "import ctypes, errno, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "try:\n"
+        "    os.close(os.open('/proc/2/mem', os.O_RDONLY)); print('mem: open')\n"
+        "except OSError as exc:\n"
+        "    print('mem:', errno.errorcode[exc.errno])\n"
+        "pidfd = os.pidfd_open(2)\n"
+        "ctypes.set_errno(0)\n"
+        "got = libc.syscall(438, pidfd, 0, 0)  # pidfd_getfd (x86_64)\n"
+        "print('getfd:', 'taken' if got >= 0 else errno.errorcode[ctypes.get_errno()])\n"
+    )
+    linux = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", pool=1)
+    try:
+        command = ("/usr/bin/python3", "-c", probe)  # (not this interpreter: exec'd, a command)
+        spec = TaskSpec(f"p-{uuid.uuid4().hex[:8]}", command, tmp_path / "t", env={"PATH": "/usr/bin:/bin"})
+        linux.start(spec)
+        result = linux.wait(spec.id, 60)
+        out = linux.read_log(spec.id)
+    finally:
+        close_linux(linux)
+    assert result.state.value == "SUCCEEDED", (result, linux.read_log(spec.id, "stderr"))
+    assert out.splitlines() == ["mem: EACCES", "getfd: EPERM"], out

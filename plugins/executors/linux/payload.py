@@ -301,7 +301,10 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
     the kernel code (mounts, netfilter...) that brings.
 
     Done after setuid: a process may map its own ids without privilege. Its /proc/self files
-    must be its own to write the maps (a uid change made it non-dumpable).
+    must be its own to write the maps (a uid change made it non-dumpable), and are not after:
+    dumpable, this process (a fork of the launcher, which once held earlier slices' requests)
+    let a command it runs, of the same uid, read and write its memory through /proc/2/mem (a
+    review). It still reads its own /proc/self.
     """
     check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(dumpable)")
     check(libc.unshare(NAMESPACE_FLAGS["user"]), "unshare(user)")
@@ -318,6 +321,7 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
         os.close(fd)
     none = (CapData * 2)()  # the capabilities creating the namespace gave it there: all dropped
     check(libc.capset(ctypes.byref(CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), none), "capset")
+    check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(not dumpable)")
 
 
 def _read_secrets(fd: int) -> dict[str, Any]:

@@ -41,6 +41,8 @@ DENIED_SYSCALLS: dict[str, str] = {
     "ptrace": "tracing other processes",
     "process_vm_readv": "reading another process's memory",
     "process_vm_writev": "writing another process's memory",
+    "pidfd_getfd": "taking another process's open files",
+    "process_madvise": "advising on another process's memory",
     "kcmp": "comparing other processes' kernel resources",
     "bpf": "loading kernel programs",
     "perf_event_open": "kernel performance counters (side channels, kernel bugs)",
