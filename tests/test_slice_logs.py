@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ CAP = 1024 * 1024
 
 FLOOD = """
 import sys
+import time
 out = sys.stdout.buffer
 block = b"".join(b"%08d %s\\n" % (i, b"x" * 90) for i in range(10_000))  # ~1 MiB of whole lines
 for _ in range(200):  # ~200 MiB, as fast as the slice can
@@ -62,3 +64,48 @@ def test_capped_log_rotates_at_line_ends_and_splits_only_overlong_lines(tmp_path
     assert (tmp_path / "out.log.1").read_bytes() == b"z" * 10
     assert (tmp_path / "out.log").read_bytes() == b"z" * 5 + b"\n"
     assert stat.S_IMODE((tmp_path / "out.log.1").stat().st_mode) == 0o640
+
+
+HOLDS = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+os.ftruncate(1, 1 << 40)  # a sparse 1 TiB stdout: the whole file was copied
+assert libc.fallocate(2, 1, 0, 256 << 20) == 0  # 256 MiB past the end of stderr, its size still 0
+def names(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # (listdir's own, closed by now)
+        return ""
+(status,) = [fd for fd in os.listdir("/proc/self/fd") if names(fd).endswith("exit_status")]
+assert libc.fallocate(int(status), 1, 0, 256 << 20) == 0  # its status file, held open
+time.sleep(3)
+"""
+
+
+@pytest.mark.skipif(bool(PROBLEMS), reason=f"cannot isolate here: {PROBLEMS}")
+def test_logs_and_a_status_file_a_slice_holds_open_cannot_take_the_disk(tmp_path: Path) -> None:
+    """Slices that outlive their executor hold their log files and (a Python step) their status
+    file open: sparse or fallocated, they took gigabytes of the node's disk, and the cap copied
+    a sparse log whole (a review: 917 MiB of zeros in seconds; 1 TiB would fill any disk)."""
+    executor = LinuxExecutor(
+        cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", log_max_bytes=CAP, slices_outlive_executor=True
+    )
+    try:
+        spec = TaskSpec(f"h-{uuid.uuid4().hex[:8]}", (sys.executable, "-c", HOLDS), tmp_path / "task", env={})
+        executor.start(spec)
+        task_dir = Path(spec.task_dir)
+        held = 0  # the most the task dir's files took at a look, once a check had run
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            time.sleep(0.4)
+            held = max(held, sum(p.stat().st_blocks * 512 for p in task_dir.iterdir() if p.is_file()))
+        result = executor.wait(spec.id, 30)
+        assert result is not None and result.state is TaskState.SUCCEEDED, executor.read_log(spec.id, "stderr")
+        took = {p.name: (p.stat().st_size, p.stat().st_blocks * 512) for p in task_dir.iterdir() if p.is_file()}
+        assert all(blocks <= 2 * CAP for _, blocks in took.values()), took
+        assert took["stdout.log.1"][0] <= CAP and took["stdout.log"][0] == 0, took  # (its newest bytes only)
+        assert held < 256 << 20, held
+        executor.destroy(spec.id)
+    finally:
+        close_linux(executor)

@@ -30,8 +30,8 @@ import logging
 import os
 import platform
 import select
-import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -81,6 +81,7 @@ from runink.plugins.executors.linux.payload import FILES_DIR
 from runink.plugins.executors.linux.seccomp import SeccompUnavailable, build_program
 from runink.plugins.executors.linux.syscalls import open_tree
 
+STATUS_HELD_MAX = 64 << 10  # bytes a running slice's status file may take before it is emptied
 LOG_CHECK_SECONDS = 0.25  # slices that outlive the executor: how often their log files are checked
 LOG_DRAIN_SECONDS = 5.0  # at a slice's end: how long its last output may take to reach the log files
 DEFAULT_PRELOAD = ("pyarrow", "pyarrow.compute", "runink.core.dataplane.slice")
@@ -103,6 +104,46 @@ def _storage_modules() -> list[str]:
 
 
 log = logging.getLogger(__name__)
+
+
+def _held_bytes(path: Path) -> int:
+    """What the regular file at ``path`` (no link followed) takes: its size or its blocks,
+    whichever is more (a slice holding its log open can make it sparse and huge with
+    ftruncate, or take gigabytes past its end with fallocate and keep its size 0)."""
+    info = os.stat(path, follow_symlinks=False)
+    return max(info.st_size, info.st_blocks * 512) if stat.S_ISREG(info.st_mode) else 0
+
+
+def _cap_log(path: Path, cap: int) -> None:
+    """Rotate ``path`` when it holds more than ``cap`` bytes: its newest ``cap`` bytes at most
+    to ``<name>.1``, then truncated (which frees what fallocate took past its end too). The
+    whole file was copied: a slice's ftruncate to 1 GiB made the agent write 1 GiB of zeros,
+    and one to 1 TiB would have filled the node's disk (a review)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or max(info.st_size, info.st_blocks * 512) <= cap:
+            return
+        rotated = path.with_name(f"{path.name}.1")
+        temporary = rotated.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(temporary, flags, stat.S_IMODE(info.st_mode) & 0o666)
+        try:
+            offset = max(0, info.st_size - cap)
+            while offset < info.st_size:
+                chunk = os.pread(fd, min(1 << 20, info.st_size - offset), offset)
+                if not chunk:  # (truncated meanwhile)
+                    break
+                os.write(out, chunk)
+                offset += len(chunk)
+        finally:
+            os.close(out)
+        os.replace(temporary, rotated)
+        os.truncate(path, 0)
+    finally:
+        os.close(fd)
 
 
 def _wait_exited(process: subprocess.Popen[str], timeout: float) -> None:
@@ -768,26 +809,25 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
 
     def _keep_logs_capped(self) -> None:
         """Background thread, for slices that outlive the executor (their logs are files they
-        append to, not pipes it reads): a log past ``log_max_bytes`` is copied to
-        ``<stream>.log.1`` (replacing the previous one, with the live one's mode) and
-        truncated (logrotate's copytruncate: the slice appends with O_APPEND and never
-        notices; lines written during the copy can be lost). A slice that writes faster than
-        this polls can exceed the cap until the next check."""
+        append to, not pipes it reads): a log holding more than ``log_max_bytes`` (its size or
+        the blocks it took) has its newest ``log_max_bytes`` copied to ``<stream>.log.1``
+        (replacing the previous one, with the live one's mode) and is truncated (logrotate's
+        copytruncate: the slice appends with O_APPEND and never notices; lines written during
+        the copy can be lost). A slice that writes faster than this polls can exceed the cap
+        until the next check. Its status file, which it holds open too, is emptied when it
+        takes more than a status needs."""
         while True:
             time.sleep(LOG_CHECK_SECONDS)
             with self._lock:
                 running = [t for t in self._tasks.values() if not t.done.is_set() and not t.logs_drained]
             for task in running:
+                folder = Path(task.handle.task_dir)
                 for stream in ("stdout", "stderr"):
-                    path = Path(task.handle.task_dir) / f"{stream}.log"
                     with contextlib.suppress(OSError):
-                        if path.stat().st_size > self.log_max_bytes:
-                            rotated = path.with_name(f"{stream}.log.1")
-                            temporary = rotated.with_suffix(".tmp")
-                            shutil.copyfile(path, temporary)
-                            shutil.copymode(path, temporary)
-                            os.replace(temporary, rotated)
-                            os.truncate(path, 0)
+                        _cap_log(folder / f"{stream}.log", self.log_max_bytes)
+                with contextlib.suppress(OSError):
+                    if _held_bytes(task.status_file) > STATUS_HELD_MAX:  # (written at its end, a few bytes)
+                        os.truncate(task.status_file, 0)
 
     def read_log(self, task_id: str, stream: str = "stdout") -> str:
         """The task's ``stdout`` or ``stderr``: the rotated part (if the cap was hit) then the current."""
