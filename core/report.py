@@ -39,6 +39,13 @@ def printable(text: str, limit: int) -> str:
     return _CONTROL.sub("\ufffd", text[:limit].replace("\r\n", " ").replace("\n", " "))
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` without what a terminal acts on (escape sequences, other control characters,
+    bidirectional overrides: each as U+FFFD), its line breaks and tabs kept: a table's cell,
+    which may hold anyone's text (a binding's subject, an annotation)."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def one_line(text: str, limit: int) -> str:
     """``text`` as one line that ``str.isprintable`` takes whole (each other character, a
     surrogate of a name that is not UTF-8 too, as U+FFFD), cut to at most ``limit`` bytes of

@@ -465,6 +465,27 @@ def test_decisions_about_changes_go_to_the_audit_log_which_cluster_admins_read(a
     assert all(kv.create_revision == kv.mod_revision for kv in api.store.barn.scan(AUDIT))
 
 
+def test_an_audit_record_of_a_refused_request_holds_no_escape_sequence_and_cli_tables_print_none(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused request's text went into the audit record whole (only the subject and reason
+    were made safe): `runink audit` then cleared the cluster admin's screen and printed rows
+    of the attacker's (a review). Stored safe, and every CLI table cell printed safe."""
+    from runink.core.cli.output import print_table
+
+    hostile = "mallory\x1b]0;PWNED\x07\x1b[2J\x1b[31mFAKE: all clear\x1b[0m"
+    viewer = api.token("viewer", "team", name="peek")
+    refused = api.post("/v1/herds/team/rbac", {"kind": "user", "subject": hostile, "role": "admin"}, viewer)
+    assert refused.status_code == 403
+    answer = api.http.get("/v1/audit", headers=api.as_(api.token("cluster-admin", CLUSTER)))
+    (record,) = [r for r in answer.json()["records"] if r["action"] == "rbac.bind"]
+    assert "\x1b" not in record["resource"] and "\x07" not in record["resource"]
+    assert record["resource"].startswith("rbac/user/mallory\ufffd]0;PWNED")
+    print_table("t", ("a", "b"), [(hostile, "two\nlines\ttabbed")])
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown and "FAKE: all clear" in shown and "two" in shown
+
+
 def test_the_audit_log_is_read_a_page_at_a_time_keeping_the_last_records(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -122,6 +122,9 @@ def test_annotations_are_stored_by_runners_as_their_author_and_listed_a_page_at_
             {**new, "annotations": [{"target": "dataset", "key": "k", "value": "v", "confidence": 2}]},
             {**new, "annotations": []},
             {**new, "annotations": [{"target": "dataset", "key": "k", "value": "v" * 20_001}]},
+            # a key is a name, shown on terminals: one printable line (a review's cleared the screen)
+            {**new, "annotations": [{"target": "dataset", "key": "note\x1b[2J", "value": "v"}]},
+            {**new, "annotations": [{"target": "dataset", "key": "two\nlines", "value": "v"}]},
             {**new, "author": "someone else"},
         ):
             assert client.post("/v1/catalog/annotations", json=bad, headers=runner).status_code == 422

@@ -278,6 +278,9 @@ def test_a_herd_admin_revokes_every_token_of_the_herd(cluster: Cluster) -> None:
     ).json()["token"]
     refused = cluster.http.post("/v1/herds/team/tokens/revoke", headers={"Authorization": f"Bearer {outsider}"})
     assert refused.status_code == 403
+    # refused alike whether the herd exists: a 404 told anyone which herds there are (a review)
+    nowhere = cluster.http.post("/v1/herds/payroll/tokens/revoke", headers={"Authorization": f"Bearer {outsider}"})
+    assert nowhere.status_code == 403, nowhere.text
     done = cluster.http.post("/v1/herds/team/tokens/revoke", headers={"Authorization": f"Bearer {team_admin}"})
     assert done.status_code == 200 and done.json()["revoked"]["herd"] == "team", done.text
     for token in (minted, team_admin):

@@ -42,11 +42,15 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     from rich.markup import escape
     from rich.table import Table
 
+    from runink.core.report import terminal_safe
+
     table = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
+        # (no cell reaches the terminal with an escape sequence: a review's audit record cleared
+        # an admin's screen and printed rows of its own)
+        table.add_row(*("" if cell is None else escape(terminal_safe(str(cell))) for cell in row))
     console().print(table)
 
 

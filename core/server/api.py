@@ -915,8 +915,8 @@ def create_app(
         cluster_tokens = signer()
         if cluster_tokens.revocations is None:
             raise NotFound("this server keeps no revocations")
-        store.herd(name)  # NotFound names it
         with auth.change(identity, "tokens.revoke", "tokens/*", name) as audits:
+            store.herd(name)  # NotFound names it (once allowed: a 404 told anyone which herds exist)
             record = cluster_tokens.revocations.revoke_subject(HERD_TOKENS + name, identity.subject, ahead=LEEWAY)
         for entry in audits:
             auth.write_audit(entry)

@@ -512,7 +512,7 @@ class ApiAuth:
             subject=printable(identity.subject, 256),  # (an identity provider's: shown on terminals)
             authenticated_by=identity.authenticated_by,
             action=action,
-            resource=resource[:512],
+            resource=printable(resource, 512),  # (a request's text, refused or not: shown on terminals)
             herd=herd,
             allowed=decision.allowed,
             reason=printable(decision.reason, 512),

@@ -46,6 +46,15 @@ def _no_nul(text: str) -> str:
 
 
 NoNul = AfterValidator(_no_nul)
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be one printable line (no control characters)")
+    return value
+
+
+Printable = AfterValidator(_printable)
 HerdQuery = Annotated[list[str] | None, Query(max_length=64, description="Only these herds (of those you may read).")]
 DatasetQuery = Annotated[
     str, Query(min_length=1, max_length=2048, description="Its URI (as listed) or its absolute path."), NoNul
@@ -58,7 +67,9 @@ class NewAnnotation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     target: Annotated[str, NoNul] = Field(min_length=1, max_length=300, pattern=r"^(dataset|column:.+|record:.+)$")
-    key: Annotated[str, NoNul] = Field(min_length=1, max_length=200)
+    # one printable line: a name, shown on terminals to everyone who may read the herd (a value
+    # is free text: made safe where it is shown)
+    key: Annotated[str, NoNul, Printable] = Field(min_length=1, max_length=200)
     value: Annotated[str, NoNul] = Field(max_length=20_000)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     failed: bool = False  # a model's answer that did not parse: ``raw`` holds it, ``value`` why

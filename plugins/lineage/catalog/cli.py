@@ -223,8 +223,10 @@ def _print_tree(graph: LineageGraph, direction: str) -> None:
 def _print_detail(detail: dict[str, Any]) -> None:
     from rich.markup import escape
 
+    from runink.core.report import terminal_safe
+
     out = console()
-    uri, herd, count, last = (escape(str(detail[k])) for k in ("uri", "herd", "rows", "last_run"))
+    uri, herd, count, last = (escape(terminal_safe(str(detail[k]))) for k in ("uri", "herd", "rows", "last_run"))
     out.print(f"[bold]{uri}[/]  herd {herd}  rows {count}  last run {last}")  # (names are anyone's: never markup)
     if detail["schema"]:
         print_table("schema", ("column", "type"), detail["schema"])
