@@ -22,7 +22,7 @@ from runink.core.interfaces.barn import TxnOp
 from runink.core.model import Grant
 from runink.core.security import CLUSTER
 from runink.core.server.audit_retention import AuditRetention
-from runink.core.server.auth import AUDIT, LEEWAY, MAX_TTL, ClusterTokens, audit_day
+from runink.core.server.auth import AUDIT, AUDIT_REFUSED, LEEWAY, MAX_TTL, ClusterTokens, audit_day
 from runink.core.server.revocations import NODE_CERTIFICATE_TTL, PREFIX, Revocations, RevocationsUnknown
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
@@ -174,6 +174,19 @@ def test_the_audit_log_keeps_at_most_its_newest_records_whatever_their_day() -> 
     both = AuditRetention(barn, keep_for=0.25 * day, keep_max=1800)  # (now is 08:00 UTC: yesterday is past it)
     assert both(now) == 500  # 200 past the count, then the rest of yesterday (300) past the age
     assert {kv.key.split("/")[3] for kv in barn.scan(AUDIT)} == {audit_day(now)} and barn.count(AUDIT) == 1500
+
+
+def test_refusals_are_kept_apart_and_never_push_an_allowed_change_out() -> None:
+    """Any caller may be refused, and each refusal was a record among the allowed changes:
+    one node's token pushed every allowed change out of the log (a review, 293 a second)."""
+    barn = MemoryBarn()
+    now = 1_800_000_000.0
+    day = audit_day(now)
+    barn.transaction([], [TxnOp(f"{AUDIT}{day}/{n:020d}-a", b"{}") for n in range(10)])
+    barn.transaction([], [TxnOp(f"{AUDIT_REFUSED}{day}/{n:020d}-r", b"{}") for n in range(10, 400)])
+    assert AuditRetention(barn, keep_for=None, keep_max=100)(now) == 380  # a tenth of 100 refusals kept
+    assert barn.count(AUDIT) == 10 and barn.count(AUDIT_REFUSED) == 10
+    assert barn.scan(AUDIT_REFUSED)[0].key.endswith(f"{390:020d}-r")  # the newest of them
 
 
 def _wait(predicate: Any, seconds: float = 5.0) -> None:

@@ -84,6 +84,7 @@ from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
 from runink.core.server import join, pki
 from runink.core.server.auth import (
     AUDIT,
+    AUDIT_REFUSED,
     HERD_TOKENS,
     INSECURE_HEADER,
     INSECURE_VALUE,
@@ -975,12 +976,16 @@ def create_app(
     ) -> dict[str, Any]:
         """The last ``limit`` decisions about changes of ``day`` (UTC; default: today), oldest first."""
         auth.check(identity, "audit.read", "audit", CLUSTER)
-        prefix = f"{AUDIT}{day or audit_day(time.time())}/"
-        # a page at a time, keeping the last ``limit``: a busy day was read whole into memory
-        kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)
-        for page in store.pages(prefix, AUDIT_PAGE):
-            kept.extend(page)
-        return {"records": [json.loads(kv.value) for kv in kept]}
+        shown = f"{day or audit_day(time.time())}/"
+        # a page at a time, keeping the last ``limit`` of each: a busy day was read whole into
+        # memory; the changes allowed and refused merged in time order (their keys' DAY/TIME)
+        found: list[tuple[str, bytes]] = []
+        for prefix in (AUDIT, AUDIT_REFUSED):
+            kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)
+            for page in store.pages(prefix + shown, AUDIT_PAGE):
+                kept.extend(page)
+            found += [(kv.key[len(prefix) :], kv.value) for kv in kept]
+        return {"records": [json.loads(value) for _, value in sorted(found)[-limit:]]}
 
     # --- jobs --------------------------------------------------------------------------
 

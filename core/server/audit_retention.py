@@ -1,6 +1,7 @@
 """The audit log's retention: the leading server removes records older than ``[cluster]
-audit_keep_for``, a day at a time (records are kept by UTC day: ``/cluster/audit/DAY/...``),
-and the oldest past the ``audit_keep_max`` newest, once a minute. Records are never changed,
+audit_keep_for``, a day at a time (records are kept by UTC day: ``/cluster/audit/DAY/...``,
+refusals under ``/cluster/audit-refused/DAY/...``), and the oldest past the
+``audit_keep_max`` newest (a tenth of that for refusals), once a minute. Records are never changed,
 only removed, oldest first. The count bound is what keeps a busy cluster's Barn from filling:
 every submission writes a record, and at 10 a second a year of days is ~100 GiB."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from runink.core.interfaces.barn import BarnBackend, TxnOp
-from runink.core.server.auth import AUDIT, audit_day
+from runink.core.server.auth import AUDIT, AUDIT_REFUSED, audit_day
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,15 @@ BATCH = 1000  # records removed per Barn transaction
 MAX_BATCHES = 5  # per round of the loop: a backlog goes over the next rounds, never holding one long
 
 
+#: refused changes kept at most, against ``audit_keep_max`` allowed ones (their own bound: a
+#: caller's refusals never push an allowed change out)
+REFUSED_SHARE = 10
+
+
 class AuditRetention:
-    """A chore of the leading server's control loop: ``__call__(now)``."""
+    """A chore of the leading server's control loop: ``__call__(now)``. Allowed changes
+    (``AUDIT``) and refused ones (``AUDIT_REFUSED``) are bounded apart: ``keep_max`` of the
+    first, a REFUSED_SHARE-th of it of the second."""
 
     def __init__(self, barn: BarnBackend, keep_for: float | None, keep_max: int = 0, *, every: float = EVERY) -> None:
         self.barn = barn
@@ -35,20 +43,12 @@ class AuditRetention:
             return 0
         self._looked = now
         oldest_kept = None if self.keep_for is None else audit_day(now - self.keep_for)  # days before go
-        over = max(0, self.barn.count(AUDIT) - self.keep_max) if self.keep_max else 0
-        removed = 0
-        for _ in range(MAX_BATCHES):
-            if over > removed:  # the oldest records, whatever their day
-                batch = self.barn.scan(AUDIT, limit=min(BATCH, over - removed))
-            else:
-                first = self.barn.scan(AUDIT, limit=1)
-                day = first[0].key[len(AUDIT) :].split("/", 1)[0] if first else None
-                if day is None or oldest_kept is None or day >= oldest_kept:
-                    break
-                batch = self.barn.scan(f"{AUDIT}{day}/", limit=BATCH)
-            self.barn.transaction([], [TxnOp(kv.key, None) for kv in batch])
-            removed += len(batch)
-        else:  # more may be left: the next round goes on
+        refused_max = max(1, self.keep_max // REFUSED_SHARE) if self.keep_max else 0
+        removed, left = 0, False
+        for prefix, keep_max in ((AUDIT, self.keep_max), (AUDIT_REFUSED, refused_max)):
+            gone, more = self._trim(prefix, keep_max, oldest_kept)
+            removed, left = removed + gone, left or more
+        if left:  # more may be left: the next round goes on
             self._looked = -1e18
         if removed:
             log.info(
@@ -59,3 +59,22 @@ class AuditRetention:
                 self.keep_max or "-",
             )
         return removed
+
+    def _trim(self, prefix: str, keep_max: int, oldest_kept: str | None) -> tuple[int, bool]:
+        """Remove ``prefix``'s records past the ``keep_max`` newest or from before the day
+        ``oldest_kept``, MAX_BATCHES transactions at most; returns (how many went, whether more
+        may be left)."""
+        over = max(0, self.barn.count(prefix) - keep_max) if keep_max else 0
+        removed = 0
+        for _ in range(MAX_BATCHES):
+            if over > removed:  # the oldest records, whatever their day
+                batch = self.barn.scan(prefix, limit=min(BATCH, over - removed))
+            else:
+                first = self.barn.scan(prefix, limit=1)
+                day = first[0].key[len(prefix) :].split("/", 1)[0] if first else None
+                if day is None or oldest_kept is None or day >= oldest_kept:
+                    return removed, False
+                batch = self.barn.scan(f"{prefix}{day}/", limit=BATCH)
+            self.barn.transaction([], [TxnOp(kv.key, None) for kv in batch])
+            removed += len(batch)
+        return removed, True

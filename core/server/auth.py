@@ -53,6 +53,10 @@ LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
 VERIFIED_KEPT = 4096  # tokens whose checked claims a server keeps (the least recently used go)
 BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
 AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
+#: the same for refused changes, kept apart with a bound of their own: any caller may be
+#: refused, and its refusals had pushed every allowed change out of the log (a review: 293
+#: records a second from one node's token)
+AUDIT_REFUSED = "/cluster/audit-refused/"
 
 
 MAX_KEY_FILE = 64 << 10  # bytes of a signing key file, at most
@@ -517,7 +521,8 @@ class ApiAuth:
             allowed=decision.allowed,
             reason=printable(decision.reason, 512),
         )
-        key = f"{AUDIT}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
+        prefix = AUDIT if decision.allowed else AUDIT_REFUSED
+        key = f"{prefix}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
         return TxnOp(key, record.model_dump_json().encode())
 
     def write_audit(self, entry: TxnOp) -> None:
