@@ -549,3 +549,43 @@ def test_a_token_checked_once_is_still_refused_once_it_expired(tmp_path: Path) -
         tokens.runink_authenticate(request)
     with pytest.raises(AuthenticationError, match="expired"):  # forgotten: checked in full again
         tokens.runink_authenticate(request)
+
+
+def test_cost_reports_and_job_lists_are_read_two_at_a_time_and_one_per_caller(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each parses every record of its herds: 12 cost reports at once held a server at 4.6 GB
+    and slowed every herd (a review's run): two at a time on a server, a third waits its turn,
+    then is a 503. And one per caller: a viewer's 30 in flight held both slots, and every other
+    herd's job lists waited 10 s for a 503 (another review); its second is a 429 at once."""
+    import concurrent.futures
+    import threading
+
+    from runink.core.server import api as api_module
+
+    monkeypatch.setattr(api_module, "HEAVY_WAIT", 0.3)
+    reading, release = threading.Semaphore(0), threading.Event()
+
+    def slowed(read: Any) -> Any:
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            reading.release()
+            release.wait(10)
+            return read(*args, **kwargs)
+
+        return slow
+
+    monkeypatch.setattr(api.store, "jobs", slowed(api.store.jobs))
+    monkeypatch.setattr(api.store, "jobs_page", slowed(api.store.jobs_page))
+    one, two, three = (api.as_(api.token("viewer", "team", name=n)) for n in ("one", "two", "three"))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(api.http.get, "/v1/cost", headers=one), pool.submit(api.http.get, "/v1/jobs", headers=two)]
+        assert reading.acquire(timeout=5) and reading.acquire(timeout=5)  # (both in)
+        again = api.http.get("/v1/jobs", params={"herd": "team"}, headers=one)
+        assert again.status_code == 429 and again.headers["Retry-After"] == "1"
+        assert "sa:one is reading cost reports or job lists on this server already" in again.json()["detail"]
+        third = api.http.get("/v1/jobs", params={"herd": "team"}, headers=three)
+        assert third.status_code == 503 and third.headers["Retry-After"] == "1"
+        assert "cost reports or job lists are being read on this server; try again" in third.json()["detail"]
+        release.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert api.http.get("/v1/jobs", headers=one).status_code == 200

@@ -133,6 +133,16 @@ HEAVY_READS, HEAVY_WAIT = 2, 10.0
 class Busy(Exception):
     """Too many heavy reads at once on this server: a 503, try again."""
 
+    status = 503
+
+
+class OneAtATime(Busy):
+    """A caller's second heavy read while its first runs: a 429 at once. One viewer's 30 cost
+    reports in flight held both of a server's slots, and every other herd's job lists waited
+    10 s for a 503 (a review)."""
+
+    status = 429
+
 
 NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=63)]
 
@@ -604,18 +614,29 @@ def create_app(
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": RETRY_AFTER})
+        return _error(exc.status, str(exc), {"Retry-After": RETRY_AFTER})
 
     heavy = threading.BoundedSemaphore(HEAVY_READS)
+    heavy_callers: set[str] = set()  # subjects with a heavy read under way here
+    heavy_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def heavy_read(what: str) -> Iterator[None]:
-        if not heavy.acquire(timeout=HEAVY_WAIT):
-            raise Busy(f"{HEAVY_READS} {what} are being read on this server; try again")
+    def heavy_read(identity: Identity, what: str) -> Iterator[None]:
+        with heavy_lock:
+            if identity.subject in heavy_callers:
+                who = printable(identity.subject, 256)
+                raise OneAtATime(f"{who} is reading {what} on this server already: one at a time")
+            heavy_callers.add(identity.subject)
         try:
-            yield
+            if not heavy.acquire(timeout=HEAVY_WAIT):
+                raise Busy(f"{HEAVY_READS} {what} are being read on this server; try again")
+            try:
+                yield
+            finally:
+                heavy.release()
         finally:
-            heavy.release()
+            with heavy_lock:
+                heavy_callers.discard(identity.subject)
 
     @app.exception_handler(RevocationsUnknown)
     async def _revocations_unknown(request: Request, exc: RevocationsUnknown) -> JSONResponse:
@@ -1069,7 +1090,7 @@ def create_app(
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
         after = time.time() - since
-        with heavy_read("cost reports or job lists"):
+        with heavy_read(identity, "cost reports or job lists"):
             jobs = [j for name in names for j in store.jobs(name) if j.submitted >= after]
             tasks = [v.record for name in names for v in store.tasks(name)]
             rates = admission.rates if admission is not None else CostConfig()
@@ -1094,7 +1115,7 @@ def create_app(
             names = [herd]
         else:
             names = [h.name for h in store.herds() if auth.decide(identity, "jobs.read", "jobs", h.name).allowed]
-        with heavy_read("cost reports or job lists"):
+        with heavy_read(identity, "cost reports or job lists"):
             jobs, next_after = store.jobs_page(names, after=after, limit=limit, state=state)
         return {"jobs": [dump_record(j) for j in jobs], "next": next_after}
 
