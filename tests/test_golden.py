@@ -55,3 +55,17 @@ def test_a_golden_row_with_nan_or_nanoseconds_can_pass(tmp_path: Path) -> None:
     path = tmp_path / "o.parquet"
     pq.write_table(pa.table({"ts": pa.array([1_700_000_000_000_000_123], pa.timestamp("ns"))}), path)
     assert read_rows(path, "parquet") == [{"ts": "2023-11-14 22:13:20.000000123"}]
+
+
+def test_a_csv_sinks_golden_rows_are_its_text_not_what_arrow_guesses(tmp_path: Path) -> None:
+    """Read back with Arrow's guessing, "02134" was 2134 and the text "NA" null: a step that
+    dropped the zero and blanked the note still passed its golden test (a review)."""
+    from runink.core.golden import _diff, read_rows
+
+    path = tmp_path / "o.csv"
+    path.write_text('"zip","note","n"\n"02134","NA","7"\n"2134",,"7"\n')
+    rows = read_rows(path, "csv")
+    assert rows == [{"zip": "02134", "note": "NA", "n": "7"}, {"zip": "2134", "note": None, "n": "7"}]
+    assert _diff("o.csv", [rows[0]], [rows[1]]) == [
+        "o.csv row 1: note: expected 'NA', got None; zip: expected '02134', got '2134'"
+    ]
