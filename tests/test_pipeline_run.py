@@ -1210,3 +1210,22 @@ def test_outputs_of_a_run_that_kept_no_row_have_the_sources_columns(run_cli: Cli
     empty, filtered = (pq.read_schema(project / "out" / name) for name in ("e.parquet", "f.parquet"))
     assert (empty.names, empty.field("amt").type) == (["id", "amt"], pa.decimal128(10, 2))
     assert filtered.names == ["id", "name"]
+
+
+def test_rows_with_no_column_fail_the_scenario_instead_of_being_counted_as_written(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A JSON Lines source of `{}` lines, or a step that returns `batch.select([])`: the rows
+    were counted out and the run said so, and the sink wrote none (a review)."""
+    (tmp_path / "in.jsonl").write_text("{}\n{}\n{}\n")
+    (tmp_path / "steps.py").write_text("def none(batch):\n    return batch.select([])\n")
+    for name, step in (("from_source", ""), ("from_step", '    @step("steps:none")\n')):
+        (tmp_path / f"{name}.dsl").write_text(
+            f'Feature: F\n  Scenario: S\n    @source("jsonl://in.jsonl")\n{step}    @sink("parquet://out/{name}.parquet")\n'
+        )
+        out = run_cli("run", f"{name}.dsl", "--json", cwd=tmp_path)
+        assert out.returncode == 1, out.stdout + out.stderr
+        (scenario,) = summary(out)["scenarios"]
+        came = "its last step" if step else "the source jsonl://in.jsonl"
+        assert f"3 rows with no column came from {came}: no sink can write them" in scenario["error"]
+        assert not (tmp_path / "out" / f"{name}.parquet").exists()

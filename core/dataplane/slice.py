@@ -233,6 +233,9 @@ def run(spec: SliceSpec) -> int:
             else:
                 stream = _python_step(stream, step[0], step[1], counters)
         for flow in stream:
+            if flow.batch.num_rows and not flow.batch.num_columns:  # (counted, and no writer writes them)
+                came = "its last step" if steps else f"the source {source_uri}"
+                raise SliceError(f"{flow.batch.num_rows} rows with no column came from {came}: no sink can write them")
             if flow.batch.num_rows:
                 schemas["output"] = _typed_later(schemas.get("output"), flow.batch.schema)
                 counters.rows_out += flow.batch.num_rows
