@@ -322,6 +322,14 @@ def test_malformed_decimal_fields(body: str, message: str) -> None:
         ("amount: float = Field(enum=5)", "contract Bad.amount: enum=5 is not a list of values"),
         ('name: str = Field(min_length="x")', "contract Bad.name: min_length='x' is not a whole number >= 0"),
         ("name: str = Field(regex=5)", "contract Bad.name: regex=5 is not text"),
+        # (from a review: each passed silently, was left out of `contract show` and the hash, or
+        # failed every run with an error naming no contract)
+        ('name: str = Field(regex="")', "contract Bad.name: regex='' is empty"),
+        ("level: int = Field(enum=[1.5, 2.5])", "Bad.level: enum=[1.5, 2.5] holds a value that is not of type int"),
+        ('level: int = Field(enum=["a"])', "contract Bad.level: enum=['a'] holds a value that is not of type int"),
+        ("flag: bool = Field(enum=[1])", "contract Bad.flag: enum=[1] holds a value that is not of type bool"),
+        ("schema: str", "contract Bad.schema: a name Runink uses (a Contract method's): rename the field"),
+        ("_runink_reason: str", "contract Bad._runink_reason: a name Runink uses (Runink's own columns"),
     ],
 )
 def test_a_constraint_of_the_wrong_kind_is_refused_naming_the_field(field: str, message: str) -> None:
@@ -415,6 +423,26 @@ def test_typed_columns_a_field_cannot_hold_are_invalid_rows_and_a_repeated_colum
         validate(Typed, twice)
 
 
+def test_typed_dates_and_times_outside_years_1_to_9999_are_invalid_rows_too() -> None:
+    """Only text was checked: a Parquet source's date32 and timestamps outside years 0001-9999
+    passed the contract, the next scenario refused what this one wrote, and `runink test
+    --update` crashed on them (a review)."""
+
+    class Span(Contract):
+        day: dt.date
+        at: dt.datetime
+
+    batch = pa.record_batch(
+        {
+            "day": pa.array([-800_000, 3_000_000, 19_000], pa.date32()),
+            "at": pa.array([0, 20_000 * 365 * 86_400, 1_700_000_000], pa.timestamp("s")),
+        }
+    )
+    result = validate(Span, batch)
+    assert result.valid.to_pylist() == [{"day": dt.date(2022, 1, 8), "at": dt.datetime(2023, 11, 14, 22, 13, 20)}]
+    assert result.reasons.to_pylist() == ["day: not a valid date", "day: not a valid date; at: not a valid datetime"]
+
+
 def test_decimals_of_39_digits_offsets_past_year_1_and_masked_structs_are_invalid_rows() -> None:
     """From a review of the fixes above: Arrow wraps from 39 digits (-9 written 39 times came
     out a positive value, valid), an offset moved 0001-01-01T00:00+01:00 into year 0 (valid, and
@@ -496,3 +524,16 @@ def test_a_masked_field_of_a_column_that_is_not_text_is_masked_in_dead_letters_t
     result = validate(Card, batch)
     assert result.valid.to_pylist() == [{"card": "****4111", "amt": 1}]
     assert result.invalid.column("card").to_pylist() == ["****4004"]
+
+
+def test_a_field_whose_name_starts_with_an_underscore_is_a_column_like_any_other() -> None:
+    """`_id` (a document store's key) was skipped: unchecked, and dropped from the output."""
+
+    class Doc(Contract):
+        _id: str = Field(regex=r"[0-9a-f]{4}")
+        n: int
+
+    assert [f.name for f in Doc.fields()] == ["_id", "n"]
+    result = validate(Doc, raw(_id=["beef", "nope", None], n=["1", "2", "3"]))
+    assert result.valid.to_pylist() == [{"_id": "beef", "n": 1}]
+    assert result.reasons.to_pylist() == ["_id: does not match [0-9a-f]{4}", "_id: required"]
