@@ -233,3 +233,49 @@ def test_a_command_cannot_reach_its_payloads_memory_or_files(tmp_path: Path) -> 
         close_linux(linux)
     assert result.state.value == "SUCCEEDED", (result, linux.read_log(spec.id, "stderr"))
     assert out.splitlines() == ["mem: EACCES", "getfd: EPERM"], out
+
+
+SCAN_OWN_MEMORY = """
+import ctypes, hashlib, re, sys
+wanted = sys.argv[1]
+found = False
+with open("/proc/self/maps") as maps:
+    regions = [line.split() for line in maps]
+for fields in regions:  # (its own memory, read in place: no /proc/self/mem needed)
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    if not fields[1].startswith("rw") or len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]", "[vdso]"):
+        continue
+    data = ctypes.string_at(start, end - start)
+    for seen in re.findall(rb"sealed-[0-9a-f]{32}", data):
+        found = found or hashlib.sha256(seen).hexdigest() == wanted
+print("found" if found else "not found")
+"""
+
+
+def test_a_slice_finds_no_earlier_slices_command_line_in_its_memory(tmp_path: Path) -> None:
+    """Sandboxes are forks of the launcher, which parsed every request: a later slice, of any
+    herd, read earlier slices' command lines (`--password=...`) in its own memory (a review).
+    The command travels sealed, in the memfd the launcher passes on unread."""
+    import hashlib
+    import secrets
+    import uuid
+
+    from conftest import close_linux
+
+    from runink.core.interfaces.executor import TaskSpec
+
+    marker = f"sealed-{secrets.token_hex(16)}"
+    linux = LinuxExecutor(cgroup_parent=f"runink-test-{uuid.uuid4().hex[:8]}", pool=1)
+    try:
+        first = TaskSpec("first", (sys.executable, "-c", "pass", f"--password={marker}"), tmp_path / "a", env={})
+        linux.start(first)
+        assert linux.wait(first.id, 60).state.value == "SUCCEEDED"
+        digest = hashlib.sha256(marker.encode()).hexdigest()
+        later = TaskSpec("later", (sys.executable, "-c", SCAN_OWN_MEMORY, digest), tmp_path / "b", env={})
+        linux.start(later)
+        result = linux.wait(later.id, 120)
+        out = linux.read_log(later.id)
+        assert result.state.value == "SUCCEEDED", (result, linux.read_log(later.id, "stderr"))
+    finally:
+        close_linux(linux)
+    assert out == "not found\n"

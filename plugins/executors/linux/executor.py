@@ -252,15 +252,17 @@ def _python_fast_path(command: tuple[str, ...]) -> PythonCode | None:
     return PythonCode(code=command[2], args=command[3:])
 
 
-def _secrets(spec: TaskSpec) -> int:
-    """A memfd holding the task's environment and files, for the launcher to pass on unread.
+def _secrets(spec: TaskSpec, python: PythonCode | None) -> int:
+    """A memfd holding the task's command (or ``python`` code), environment and files, for the
+    launcher to pass on unread (a sealed request).
 
     Sandboxes are forks of the launcher: anything the launcher ever held in memory (earlier
-    slices' variables and files) would be readable by a later slice's code, so it never sees
-    them; the payload reads them from this fd.
+    slices' variables, files and command lines) would be readable by a later slice's code, so
+    it never sees them; the payload reads them from this fd.
     """
     env = {**spec.env, "RUNINK_FILES": FILES_DIR} if spec.files else dict(spec.env)
-    data = json.dumps({"env": env, "files": dict(spec.files)}).encode()
+    sealed = {"python": python.to_dict()} if python is not None else {"command": list(spec.command)}
+    data = json.dumps({"env": env, "files": dict(spec.files), **sealed}).encode()
     fd = os.memfd_create(f"runink-{spec.id}", os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
@@ -674,7 +676,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         deadline = started + spec.timeout if spec.timeout else None
         handle = TaskHandle(spec.id, self.name, str(task_dir), started, deadline, {"status_file": str(status_file)})
         python = _python_fast_path(spec.command)
-        secrets_fd = _secrets(spec)
+        secrets_fd = _secrets(spec, python)
         # stdout and stderr: pipes this process reads into capped files (see logs.py), unless
         # the slice must outlive it (then files the slice appends to, capped by polling)
         log_fds: list[int] = []
@@ -689,8 +691,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             stdout, stderr = str(task_dir / "stdout.log"), str(task_dir / "stderr.log")
         request = LaunchRequest(
             id=spec.id,
-            command=tuple(spec.command),
-            python=python,
+            sealed=True,  # (the command in the memfd: see _secrets)
             cwd=str(spec.cwd or "/"),
             binds=tuple(Bind(path, writable) for path, writable in binds.items()),
             hostname=spec.id[:63],
@@ -705,7 +706,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             stdout=stdout,
             stderr=stderr,
             status_file=str(status_file),
-            # env and files go through a memfd, never through the launcher (see _secrets)
+            # the command, env and files go through a memfd, never through the launcher (see _secrets)
             secrets=f"/proc/{os.getpid()}/fd/{secrets_fd}",
         )
         # The slice's cgroup is its warm sandbox's (the launcher reports which): renaming it to

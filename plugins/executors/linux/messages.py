@@ -232,6 +232,10 @@ class LaunchRequest:
     # files inside its read-only grants the slice must not read (a config holding credentials):
     # shown empty (/dev/null mounted over each); see _hidden
     hidden: tuple[str, ...] = ()
+    # the command (or Python code) is in the ``secrets`` memfd, with the env: the launcher never
+    # holds it (sandboxes are its forks: a later slice, of any herd, read earlier slices'
+    # command lines in its memory, a review); ``command`` and ``python`` are then empty
+    sealed: bool = False
 
     def to_line(self) -> str:
         """The request as one JSON line (with its newline)."""
@@ -264,6 +268,8 @@ class LaunchRequest:
             data["devices"] = list(self.devices)
         if self.hidden:
             data["hidden"] = list(self.hidden)
+        if self.sealed:
+            data["sealed"] = True
         if self.herd_limits is not None:
             caps = self.herd_limits
             data["herd_limits"] = {"cpu": caps.cpu, "memory": caps.memory, "pids": caps.pids}
@@ -284,7 +290,10 @@ class LaunchRequest:
         get = data.get
         command = _strings(get("command") or [], "command", message_id)
         python = None if get("python") is None else PythonCode.from_dict(data["python"], message_id)
-        if python is None and not command:
+        sealed = _bool(get("sealed", False), "sealed", message_id)
+        if sealed and (python is not None or command):
+            raise MessageError("command", "given, though sealed (it is in the secrets fd)", message_id)
+        if not sealed and python is None and not command:
             raise MessageError("command", "empty (and no python code)", message_id)
         raw_binds = get("binds") or []
         if not isinstance(raw_binds, list):
@@ -313,13 +322,14 @@ class LaunchRequest:
             else Limits.from_dict(data["herd_limits"], message_id, "herd_limits"),
             devices=_devices(get("devices") or [], message_id),
             hidden=_hidden(get("hidden") or [], message_id),
+            sealed=sealed,
         )
 
 
 _REQUEST_FIELDS = frozenset(
     {"v", "op", "id", "command", "cwd", "binds", "hostname", "uid", "gid", "network", "userns", "limits"}
     | {"stdout", "stderr", "status_file", "secrets", "env", "files", "python", "herd", "herd_limits", "devices"}
-    | {"hidden"}
+    | {"hidden", "sealed"}
 )
 MAX_DEVICES = 64
 # a device's name in the slice's /dev: a plain file name, none of the devices every slice has

@@ -254,11 +254,11 @@ def run(control: socket.socket) -> int:
         cwd = req.cwd or "/"
         os.chdir(cwd)
         env = {str(k): str(v) for k, v in {**req.env, **secrets.get("env", {})}.items()}
+        python, command = _sealed(req, secrets) if req.sealed else (req.python, list(req.command))
     except BaseException as exc:
         os.write(2, f"runink: cannot set up slice {slice_id}: {exc}\n".encode())
         return 126
-    python = req.python
-    code = _run_python(python, env, cwd) if python is not None else _run_command(list(req.command), env)
+    code = _run_python(python, env, cwd) if python is not None else _run_command(command, env)
     write_status(status_fd, code)
     return code
 
@@ -304,7 +304,8 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
     must be its own to write the maps (a uid change made it non-dumpable), and are not after:
     dumpable, this process (a fork of the launcher, which once held earlier slices' requests)
     let a command it runs, of the same uid, read and write its memory through /proc/2/mem (a
-    review). It still reads its own /proc/self.
+    review). Its /proc/self files that only their owner may read (``environ``, ``mem``) are
+    then root's: a slice reads its environment from ``os.environ``.
     """
     check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(dumpable)")
     check(libc.unshare(NAMESPACE_FLAGS["user"]), "unshare(user)")
@@ -338,6 +339,16 @@ def _read_secrets(fd: int) -> dict[str, Any]:
     os.close(fd)
     data = b"".join(chunks)
     return json.loads(data) if data.strip() else {}
+
+
+def _sealed(req: LaunchRequest, secrets: dict[str, Any]) -> tuple[PythonCode | None, list[str]]:
+    """The Python code or the command a sealed request's memfd holds (the executor's)."""
+    if secrets.get("python") is not None:
+        return PythonCode.from_dict(secrets["python"], req.id), []
+    command = secrets.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise LaunchError("a sealed request's fd holds no command")
+    return None, command
 
 
 def _add_devices(devices: tuple[str, ...], fds: list[int]) -> None:
