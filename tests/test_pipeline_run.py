@@ -1229,3 +1229,25 @@ def test_rows_with_no_column_fail_the_scenario_instead_of_being_counted_as_writt
         came = "its last step" if step else "the source jsonl://in.jsonl"
         assert f"3 rows with no column came from {came}: no sink can write them" in scenario["error"]
         assert not (tmp_path / "out" / f"{name}.parquet").exists()
+
+
+def test_a_dead_letter_keeps_the_value_that_made_it_one_in_a_column_the_first_batch_lacked(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """A JSON Lines chunk has only the keys its lines have: the dead-letter records' columns
+    were the first chunk's, and a later row's bad `ts` was left out of its own record (a review)."""
+    (tmp_path / "contracts.py").write_text(
+        "import datetime as dt\nfrom runink.core.contracts import Contract\n"
+        "class Event(Contract):\n    id: int\n    ts: dt.datetime | None\n"
+    )
+    (tmp_path / "in.jsonl").write_text('{"id":1}\n{"id":2}\n{"id":3,"ts":"2026-13-45 garbage"}\n')
+    (tmp_path / "p.dsl").write_text(
+        "Feature: F\n  Scenario: S\n"
+        '    @source("jsonl://in.jsonl", contract="contracts:Event", chunk_lines=2)\n'
+        '    @sink("jsonl://out/ok.jsonl")\n    @sink("jsonl://out/dlq.jsonl", when="invalid")\n'
+    )
+    out = run_cli("run", "p.dsl", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (letter,) = [json.loads(line) for line in (tmp_path / "out" / "dlq.jsonl").read_text().splitlines()]
+    assert letter["ts"] == "2026-13-45 garbage" and letter["_runink_reason"] == "ts: not a valid datetime"
+    assert letter["id"] == "3" and letter["_runink_position"] == 3

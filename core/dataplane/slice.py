@@ -188,7 +188,13 @@ def run(spec: SliceSpec) -> int:
                                 f"(herd policy: block): {'; '.join(new_drift)}"
                             )
                 if dlq_schema is None and batch.schema.names:
-                    own = [pa.field(n, pa.string()) for n in _dead_letter_names(batch.schema.names).values()]
+                    # the first batch's columns and the contract's: a JSON Lines chunk has only
+                    # the keys its lines have, and a later row's bad value, in a column the first
+                    # lacked, was left out of its own dead letter (a review)
+                    names = batch.schema.names
+                    if contract is not None:
+                        names = [*names, *(f.name for f in contract.fields() if f.name not in names)]
+                    own = [pa.field(n, pa.string()) for n in _dead_letter_names(names).values()]
                     dlq_schema = pa.schema(own + META_COLUMNS)
                 invalid_parts = []
                 if contract is not None:
