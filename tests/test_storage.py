@@ -95,6 +95,9 @@ def test_csv_errors(tmp_path: Path) -> None:
     (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
     with pytest.raises(DatasetError, match="duplicate column names"):
         list(storage.read(tmp_path / "dup.csv"))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf\n")  # (a header of one unnamed column, read 0 rows)
+    with pytest.raises(DatasetError, match="empty file"):
+        list(storage.read(tmp_path / "bom.csv"))
 
 
 def test_jsonl_reports_bad_lines_and_keeps_good_ones(tmp_path: Path) -> None:
@@ -171,6 +174,14 @@ def test_csv_blank_lines_non_utf8_and_crlf_keep_positions(tmp_path: Path) -> Non
         (6, "expected 2 columns, got 1"),
     ]
     assert "at byte 2 of the line" in bad[0][1]
+
+
+def test_csv_lines_that_end_with_a_lone_cr_are_read_header_included(tmp_path: Path) -> None:
+    """The rows' reader took them, the header's did not (it split at LF only): a review."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"id,name\r1,a\r2,b\r")
+    rows, positions, bad = _csv_read(path)
+    assert rows == [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}] and positions == [2, 3] and bad == []
 
 
 def test_csv_overlong_line_is_skipped_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
