@@ -1251,3 +1251,20 @@ def test_a_dead_letter_keeps_the_value_that_made_it_one_in_a_column_the_first_ba
     (letter,) = [json.loads(line) for line in (tmp_path / "out" / "dlq.jsonl").read_text().splitlines()]
     assert letter["ts"] == "2026-13-45 garbage" and letter["_runink_reason"] == "ts: not a valid datetime"
     assert letter["id"] == "3" and letter["_runink_position"] == 3
+
+
+def test_a_step_that_ends_its_slice_with_status_0_is_a_failure_that_says_so(run_cli: CliRunner, tmp_path: Path) -> None:
+    """`os._exit(0)` or `sys.exit(0)` in a step: the run failed saying "slice ended succeeded: "."""
+    (tmp_path / "in.csv").write_text("id\n1\n")
+    (tmp_path / "steps.py").write_text(
+        "import os, sys\ndef bye(batch):\n    sys.exit(0)\ndef hard(batch):\n    os._exit(0)\n"
+    )
+    for step in ("bye", "hard"):
+        (tmp_path / "p.dsl").write_text(
+            f'Feature: F\n  Scenario: S\n    @source("csv://in.csv")\n    @step("steps:{step}")\n'
+            '    @sink("csv://out/ok.csv")\n'
+        )
+        out = run_cli("run", "p.dsl", "--json", cwd=tmp_path)
+        (scenario,) = summary(out)["scenarios"]
+        assert out.returncode == 1 and "its slice exited 0 before it reported its end" in scenario["error"], step
+        assert not (tmp_path / "out" / "ok.csv").exists()

@@ -626,6 +626,11 @@ class ScenarioAttempts(Executor):
     def _describe_exit(self, ended: TaskResult, item: CompiledScenario) -> str:
         if ended.state is TaskState.DEADLINE_EXCEEDED:
             return f"scenario {item.name!r}: timed out after {item.scenario.requires.timeout:g}s"
+        if ended.state is TaskState.SUCCEEDED:  # (it said "slice ended succeeded: ", a review)
+            return (
+                f"scenario {item.name!r}: its slice exited 0 before it reported its end "
+                "(a step that ends the process, as sys.exit() or os._exit() do?)"
+            )
         return f"scenario {item.name!r}: slice ended {ended.state.value.lower()}: {ended.message}"
 
     def _log_failure(self, attempt: _Attempt, error: str) -> None:
