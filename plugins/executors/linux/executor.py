@@ -808,27 +808,36 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
             self._logs = LogPump(self.log_max_bytes)
         return self._logs
 
-    def _keep_logs_capped(self) -> None:
-        """Background thread, for slices that outlive the executor (their logs are files they
-        append to, not pipes it reads): a log holding more than ``log_max_bytes`` (its size or
-        the blocks it took) has its newest ``log_max_bytes`` copied to ``<stream>.log.1``
-        (replacing the previous one, with the live one's mode) and is truncated (logrotate's
-        copytruncate: the slice appends with O_APPEND and never notices; lines written during
-        the copy can be lost). A slice that writes faster than this polls can exceed the cap
-        until the next check. Its status file, which it holds open too, is emptied when it
-        takes more than a status needs."""
+    def _keep_files_capped(self) -> None:
+        """Background thread: every LOG_CHECK_SECONDS, the files running slices hold open on
+        the host are capped (``_cap_files``)."""
         while True:
             time.sleep(LOG_CHECK_SECONDS)
             with self._lock:
-                running = [t for t in self._tasks.values() if not t.done.is_set() and not t.logs_drained]
+                running = [t for t in self._tasks.values() if not t.done.is_set()]
             for task in running:
-                folder = Path(task.handle.task_dir)
-                for stream in ("stdout", "stderr"):
-                    with contextlib.suppress(OSError):
-                        _cap_log(folder / f"{stream}.log", self.log_max_bytes)
-                with contextlib.suppress(OSError):
-                    if _held_bytes(task.status_file) > STATUS_HELD_MAX:  # (written at its end, a few bytes)
-                        os.truncate(task.status_file, 0)
+                self._cap_files(task)
+
+    def _cap_files(self, task: _Task) -> None:
+        """The host files a slice holds open, capped. Its status file (a Python step's slice
+        holds it: its payload is the step's process) is emptied once it takes more than a
+        status needs, whatever the logs are. For slices that outlive the executor, whose logs
+        are files they append to (not pipes this process reads), a log holding more than
+        ``log_max_bytes`` (its size or the blocks it took) has its newest ``log_max_bytes``
+        copied to ``<stream>.log.1`` (replacing the previous one, with the live one's mode) and
+        is truncated (logrotate's copytruncate: the slice appends with O_APPEND and never
+        notices; lines written during the copy can be lost). A slice that writes faster than
+        this polls can exceed the cap until the next check (fallocate, which took gigabytes at
+        once, is refused to slices: seccomp.py)."""
+        with contextlib.suppress(OSError):
+            if _held_bytes(task.status_file) > STATUS_HELD_MAX:  # (written at its end, a few bytes)
+                os.truncate(task.status_file, 0)
+        if task.logs_drained or self.log_max_bytes <= 0:
+            return
+        folder = Path(task.handle.task_dir)
+        for stream in ("stdout", "stderr"):
+            with contextlib.suppress(OSError):
+                _cap_log(folder / f"{stream}.log", self.log_max_bytes)
 
     def read_log(self, task_id: str, stream: str = "stdout") -> str:
         """The task's ``stdout`` or ``stderr``: the rotated part (if the cap was hit) then the current."""
@@ -837,8 +846,8 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         return "".join(p.read_text(errors="replace") for p in parts if p.exists())
 
     def _watch(self, task: _Task) -> None:
-        if self._log_keeper is None and self.log_max_bytes > 0 and not task.logs_drained:
-            self._log_keeper = threading.Thread(target=self._keep_logs_capped, daemon=True, name="runink-log-cap")
+        if self._log_keeper is None:
+            self._log_keeper = threading.Thread(target=self._keep_files_capped, daemon=True, name="runink-file-cap")
             self._log_keeper.start()
         self._watch_deadline(task)
 
@@ -851,6 +860,7 @@ class LinuxExecutor(BookkeepingExecutor[_Task]):
         for drained in task.logs_drained:
             drained.wait(max(0.0, drain_until - time.monotonic()))
         usage = task.cgroup.usage()
+        self._cap_files(task)  # (once more: what it took since the last check stayed on disk)
         with contextlib.suppress(CgroupError):
             task.cgroup.remove()
         if self.cgroups is not None:  # its herd's parent too, if that was its last slice here
