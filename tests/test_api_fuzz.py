@@ -31,7 +31,7 @@ from schemathesis.schemas import APIOperation
 from runink.core.control.store import ClusterStore
 from runink.core.model import Grant
 from runink.core.security import CLUSTER
-from runink.core.server.auth import AUDIT, AUDIT_REFUSED, ClusterTokens
+from runink.core.server.auth import AUDIT, AUDIT_UNDONE, ClusterTokens
 
 GiB = 1024**3
 Operation: TypeAlias = "APIOperation[Any, Any, Any, Any]"
@@ -76,7 +76,7 @@ class Cluster:
 
     def state(self) -> dict[str, bytes]:
         """Every record but the audit log's (a refused change is logged: that is all it may change)."""
-        return {kv.key: kv.value for kv in self.store.barn.scan("/") if not kv.key.startswith((AUDIT, AUDIT_REFUSED))}
+        return {kv.key: kv.value for kv in self.store.barn.scan("/") if not kv.key.startswith((AUDIT, AUDIT_UNDONE))}
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from runink.core.interfaces.barn import TxnOp
 from runink.core.model import Grant
 from runink.core.security import CLUSTER
 from runink.core.server.audit_retention import AuditRetention
-from runink.core.server.auth import AUDIT, AUDIT_REFUSED, LEEWAY, MAX_TTL, ClusterTokens, audit_day
+from runink.core.server.auth import AUDIT, AUDIT_UNDONE, LEEWAY, MAX_TTL, ClusterTokens, audit_day
 from runink.core.server.revocations import NODE_CERTIFICATE_TTL, PREFIX, Revocations, RevocationsUnknown
 from runink.core.server.serve_api import serve_api, stop_api
 from runink.plugins.barn.memory import MemoryBarn
@@ -183,10 +183,10 @@ def test_refusals_are_kept_apart_and_never_push_an_allowed_change_out() -> None:
     now = 1_800_000_000.0
     day = audit_day(now)
     barn.transaction([], [TxnOp(f"{AUDIT}{day}/{n:020d}-a", b"{}") for n in range(10)])
-    barn.transaction([], [TxnOp(f"{AUDIT_REFUSED}{day}/{n:020d}-r", b"{}") for n in range(10, 400)])
+    barn.transaction([], [TxnOp(f"{AUDIT_UNDONE}{day}/{n:020d}-r", b"{}") for n in range(10, 400)])
     assert AuditRetention(barn, keep_for=None, keep_max=100)(now) == 380  # a tenth of 100 refusals kept
-    assert barn.count(AUDIT) == 10 and barn.count(AUDIT_REFUSED) == 10
-    assert barn.scan(AUDIT_REFUSED)[0].key.endswith(f"{390:020d}-r")  # the newest of them
+    assert barn.count(AUDIT) == 10 and barn.count(AUDIT_UNDONE) == 10
+    assert barn.scan(AUDIT_UNDONE)[0].key.endswith(f"{390:020d}-r")  # the newest of them
 
 
 def _wait(predicate: Any, seconds: float = 5.0) -> None:

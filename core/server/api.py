@@ -84,7 +84,7 @@ from runink.core.security import CLUSTER, CLUSTER_ROLES, HERD_ROLES
 from runink.core.server import join, pki
 from runink.core.server.auth import (
     AUDIT,
-    AUDIT_REFUSED,
+    AUDIT_UNDONE,
     HERD_TOKENS,
     INSECURE_HEADER,
     INSECURE_VALUE,
@@ -1001,7 +1001,7 @@ def create_app(
         # a page at a time, keeping the last ``limit`` of each: a busy day was read whole into
         # memory; the changes allowed and refused merged in time order (their keys' DAY/TIME)
         found: list[tuple[str, bytes]] = []
-        for prefix in (AUDIT, AUDIT_REFUSED):
+        for prefix in (AUDIT, AUDIT_UNDONE):
             kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)
             for page in store.pages(prefix + shown, AUDIT_PAGE):
                 kept.extend(page)

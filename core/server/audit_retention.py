@@ -1,16 +1,17 @@
 """The audit log's retention: the leading server removes records older than ``[cluster]
 audit_keep_for``, a day at a time (records are kept by UTC day: ``/cluster/audit/DAY/...``,
-refusals under ``/cluster/audit-refused/DAY/...``), and the oldest past the
-``audit_keep_max`` newest (a tenth of that for refusals), once a minute. Records are never changed,
-only removed, oldest first. The count bound is what keeps a busy cluster's Barn from filling:
-every submission writes a record, and at 10 a second a year of days is ~100 GiB."""
+changes not made, refused or failed, under ``/cluster/audit-undone/DAY/...``), and the
+oldest past the ``audit_keep_max`` newest (a tenth of that for changes not made), once a
+minute. Records are never changed, only removed, oldest first. The count bound is what keeps
+a busy cluster's Barn from filling: every submission writes a record, and at 10 a second a
+year of days is ~100 GiB."""
 
 from __future__ import annotations
 
 import logging
 
 from runink.core.interfaces.barn import BarnBackend, TxnOp
-from runink.core.server.auth import AUDIT, AUDIT_REFUSED, audit_day
+from runink.core.server.auth import AUDIT, AUDIT_UNDONE, audit_day
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +20,15 @@ BATCH = 1000  # records removed per Barn transaction
 MAX_BATCHES = 5  # per round of the loop: a backlog goes over the next rounds, never holding one long
 
 
-#: refused changes kept at most, against ``audit_keep_max`` allowed ones (their own bound: a
-#: caller's refusals never push an allowed change out)
-REFUSED_SHARE = 10
+#: changes not made (refused, or failed) kept at most, against ``audit_keep_max`` made ones
+#: (their own bound: a caller's refusals and failures never push a change made out)
+UNDONE_SHARE = 10
 
 
 class AuditRetention:
     """A chore of the leading server's control loop: ``__call__(now)``. Allowed changes
-    (``AUDIT``) and refused ones (``AUDIT_REFUSED``) are bounded apart: ``keep_max`` of the
-    first, a REFUSED_SHARE-th of it of the second."""
+    (``AUDIT``) and those not made (``AUDIT_UNDONE``) are bounded apart: ``keep_max`` of the
+    first, an UNDONE_SHARE-th of it of the second."""
 
     def __init__(self, barn: BarnBackend, keep_for: float | None, keep_max: int = 0, *, every: float = EVERY) -> None:
         self.barn = barn
@@ -43,9 +44,9 @@ class AuditRetention:
             return 0
         self._looked = now
         oldest_kept = None if self.keep_for is None else audit_day(now - self.keep_for)  # days before go
-        refused_max = max(1, self.keep_max // REFUSED_SHARE) if self.keep_max else 0
+        undone_max = max(1, self.keep_max // UNDONE_SHARE) if self.keep_max else 0
         removed, left = 0, False
-        for prefix, keep_max in ((AUDIT, self.keep_max), (AUDIT_REFUSED, refused_max)):
+        for prefix, keep_max in ((AUDIT, self.keep_max), (AUDIT_UNDONE, undone_max)):
             gone, more = self._trim(prefix, keep_max, oldest_kept)
             removed, left = removed + gone, left or more
         if left:  # more may be left: the next round goes on

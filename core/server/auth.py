@@ -53,10 +53,11 @@ LEEWAY = 30  # seconds of clock skew allowed on exp, nbf and iat
 VERIFIED_KEPT = 4096  # tokens whose checked claims a server keeps (the least recently used go)
 BINDINGS_FOR = 1.0  # seconds a server trusts the bindings it read (a revoked role lasts this long)
 AUDIT = "/cluster/audit/"  # DAY/TIME-RANDOM -> an AuditRecord, written once, never changed
-#: the same for refused changes, kept apart with a bound of their own: any caller may be
-#: refused, and its refusals had pushed every allowed change out of the log (a review: 293
-#: records a second from one node's token)
-AUDIT_REFUSED = "/cluster/audit-refused/"
+#: the same for changes that were not made (refused, or allowed and then failed: a quota, a
+#: bad value), kept apart with a bound of their own: anyone may be refused, and any runner
+#: may fail a submission again and again; such records had pushed every change made out of
+#: the log (reviews: 293 records a second from one node's token; 409s from a runner's)
+AUDIT_UNDONE = "/cluster/audit-undone/"
 
 
 MAX_KEY_FILE = 64 << 10  # bytes of a signing key file, at most
@@ -504,8 +505,8 @@ class ApiAuth:
         try:
             yield [] if entry is None else [entry]
         except BaseException:
-            if entry is not None:
-                self.write_audit(entry)
+            if entry is not None:  # (allowed, not made: with the changes not made)
+                self.write_audit(TxnOp(AUDIT_UNDONE + entry.key.removeprefix(AUDIT), entry.value))
             raise
 
     def audit_entry(self, identity: Identity, action: str, resource: str, herd: str, decision: AuthzDecision) -> TxnOp:
@@ -521,7 +522,7 @@ class ApiAuth:
             allowed=decision.allowed,
             reason=printable(decision.reason, 512),
         )
-        prefix = AUDIT if decision.allowed else AUDIT_REFUSED
+        prefix = AUDIT if decision.allowed else AUDIT_UNDONE
         key = f"{prefix}{audit_day(now)}/{time.time_ns():020d}-{secrets.token_hex(4)}"
         return TxnOp(key, record.model_dump_json().encode())
 
