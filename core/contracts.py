@@ -27,6 +27,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -283,6 +284,10 @@ def _check_constraints(contract: str, name: str, base: type, spec: Field) -> Non
         raise ContractError(f"{where}: mask applies to str fields")
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)  # (NaN is no value equal to itself)
+
+
 def _check_enum(contract: str, spec: ContractField) -> None:
     """``enum``'s values are values of the field's type, each as written: `enum=[1.5, 2.5]` on
     an int field was [1, 2], and `enum=["a"]` failed every run with Arrow's error, naming no
@@ -298,7 +303,8 @@ def _check_enum(contract: str, spec: ContractField) -> None:
         typed = pa.array(values, spec.arrow_type).to_pylist()
     except (pa.ArrowException, decimal.InvalidOperation, TypeError, ValueError, OverflowError):
         raise wrong from None
-    if typed != values or any(isinstance(v, bool) != (spec.type is bool) for v in values if v is not None):
+    same = all(t == v or (_is_nan(t) and _is_nan(v)) for t, v in zip(typed, values, strict=True))
+    if not same or any(isinstance(v, bool) != (spec.type is bool) for v in values if v is not None):
         raise wrong
 
 

@@ -182,6 +182,10 @@ def test_csv_lines_that_end_with_a_lone_cr_are_read_header_included(tmp_path: Pa
     path.write_bytes(b"id,name\r1,a\r2,b\r")
     rows, positions, bad = _csv_read(path)
     assert rows == [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}] and positions == [2, 3] and bad == []
+    for eol in (b"\n", b"\r\n"):  # (a CR in a quoted header value is its text: the next review)
+        path.write_bytes(b'"a\rb",c' + eol + b"1,2" + eol)
+        rows, _, bad = _csv_read(path)
+        assert rows == [{"a\rb": "1", "c": "2"}] and bad == [], eol
 
 
 def test_csv_overlong_line_is_skipped_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,7 +79,7 @@ class ControlLoop:
         self.api = ""  # this server's API, written with each claim for clients (SchedulerEpoch.api)
         self._last_failure = ("", 0.0)
         self._round_began: float | None = None  # (monotonic) while a round runs
-        self._hung_logged = False
+        self._hung_logged: float | None = None  # the round (its start) said hung in the log
 
     def step(
         self, now_wall: float, now_monotonic: float, *, observe: bool = True, schedule: bool = True
@@ -178,11 +178,11 @@ class ControlLoop:
         began = self._round_began
         if began is None or time.monotonic() - began < self.hung_after:
             return False
-        if not self._hung_logged:
-            self._hung_logged = True
+        if self._hung_logged != began:  # (once a round: keyed by its start, never another's)
+            self._hung_logged = began
             log.error(
                 "the control loop's round has run for %g s or more ([scheduler] hung_after): this server "
-                "stops beating its Barn member, which hands its lead (and the scheduling) to another server",
+                "stops leading (its Barn member hands its lead over, or its etcd lease ends) and another schedules",
                 self.hung_after,
             )
         return True
@@ -212,8 +212,7 @@ class ControlLoop:
                 self._log_failure(exc)
             finally:
                 self._round_began = None
-                if self._hung_logged:
-                    self._hung_logged = False
+                if self._hung_logged == now:
                     log.warning("the control loop's round ended after %.1f s", time.monotonic() - now)
             poked = self._wake.wait(self.interval)
 

@@ -49,11 +49,21 @@ MAX_MALFORMED = 1 << 16
 MAX_COLUMNS = 10_000
 
 
+def _lone_cr(line: bytes) -> int | None:
+    """Where the first CR that ends ``line`` early is: outside quotes, not before LF, not last."""
+    at = line.find(b"\r")
+    while at != -1:
+        if line.count(b'"', 0, at) % 2 == 0:  # (outside a quoted value: a CR in one is its text)
+            return at if line[at + 1 : at + 2] not in (b"\n", b"") else None
+        at = line.find(b"\r", at + 1)
+    return None
+
+
 def _header(fh: IO[bytes], path: Path, delimiter: str) -> list[str]:
     start = fh.tell()
     line = fh.readline(MAX_LINE_BYTES)
-    lone_cr = line.find(b"\r")
-    if lone_cr != -1 and line[lone_cr + 1 : lone_cr + 2] not in (b"\n", b""):
+    lone_cr = _lone_cr(line)
+    if lone_cr is not None:
         # (lines that end with a lone CR, as the rows' reader takes them: readline splits at LF
         # only, and such a file failed at its header, a review)
         line = line[: lone_cr + 1]

@@ -244,6 +244,9 @@ def run(control: socket.socket) -> int:
         os.setuid(uid)
         if req.userns:
             _enter_user_namespace(uid, gid)
+        # not dumpable, on every path: left to the uid change, it depended on fs.suid_dumpable
+        # (see _enter_user_namespace: a command read its payload's memory)
+        check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(not dumpable)")
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
         if SLICE_FILTER is not None and not req.userns:
             # last: it denies what the set-up above needed (mount, move_mount, unshare). In a user
@@ -301,11 +304,12 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
     the kernel code (mounts, netfilter...) that brings.
 
     Done after setuid: a process may map its own ids without privilege. Its /proc/self files
-    must be its own to write the maps (a uid change made it non-dumpable), and are not after:
-    dumpable, this process (a fork of the launcher, which once held earlier slices' requests)
-    let a command it runs, of the same uid, read and write its memory through /proc/2/mem (a
-    review). Its /proc/self files that only their owner may read (``environ``, ``mem``) are
-    then root's: a slice reads its environment from ``os.environ``.
+    must be its own to write the maps (a uid change made it non-dumpable), and are not after
+    (the caller makes it non-dumpable again): dumpable, this process (a fork of the launcher,
+    which once held earlier slices' requests) let a command it runs, of the same uid, read and
+    write its memory through /proc/2/mem (a review). Its /proc/self files that only their
+    owner may read (``environ``, ``mem``) are then root's: a slice reads its environment from
+    ``os.environ``.
     """
     check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(dumpable)")
     check(libc.unshare(NAMESPACE_FLAGS["user"]), "unshare(user)")
@@ -322,7 +326,6 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
         os.close(fd)
     none = (CapData * 2)()  # the capabilities creating the namespace gave it there: all dropped
     check(libc.capset(ctypes.byref(CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), none), "capset")
-    check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(not dumpable)")
 
 
 def _read_secrets(fd: int) -> dict[str, Any]:
