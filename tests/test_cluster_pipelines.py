@@ -188,8 +188,33 @@ def test_a_pipeline_whose_folder_holds_the_nodes_own_files_never_runs(
     (task,) = json.loads(out.stdout)["tasks"]
     work = tmp_path / "cluster" / "n1"  # (the agent's --work-dir)
     assert task["state"] == "FAILED" and task["attempt"] == 1
-    assert f"the pipeline's folder {tmp_path} holds this node's own files ({work})" in task["message"]
+    assert f"the pipeline's folder {tmp_path} holds or is among this node's own files ({work})" in task["message"]
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_source_or_sink_among_the_nodes_own_files_is_refused_whatever_paths_allow(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """`[paths] allow` covering the agent's work dir let a slice read other herds' runs there,
+    and a sink publish into it (a review): a grant inside the node's own files is refused too."""
+    allow = {"RUNINK_PATHS__ALLOW": str(tmp_path / "cluster")}
+    for served in _cluster(tmp_path / "cluster", {"n1": "zone=a"}, allow):
+        env = {**served, **allow}
+        (tmp_path / "cluster" / "n1" / "runs").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cluster" / "n1" / "runs" / "in.csv").write_text("id\n1\n")
+        (tmp_path / "p").mkdir()
+        (tmp_path / "p" / "in.csv").write_text("id\n1\n")
+        assert run_cli("herd", "create", "default", "--root", str(tmp_path / "p"), env=env).returncode == 0
+        inside = tmp_path / "cluster" / "n1" / "runs"
+        for name, source, sink in (("read", inside / "in.csv", "out.csv"), ("write", "in.csv", inside / "out.csv")):
+            (tmp_path / "p" / f"{name}.dsl").write_text(
+                f'Feature: F\n  Scenario: S\n    @source("csv://{source}")\n    @sink("csv://{sink}")\n'
+            )
+            out = run_cli("submit", str(tmp_path / "p" / f"{name}.dsl"), "--wait", "--json", env=env)
+            assert out.returncode == 1, out.stdout + out.stderr
+            (task,) = json.loads(out.stdout)["tasks"]
+            assert "among this node's own files" in task["message"], (name, task["message"])
+        assert not (inside / "out.csv").exists() and not (tmp_path / "p" / "out.csv").exists()
 
 
 def test_bad_submissions_are_refused_with_one_line(

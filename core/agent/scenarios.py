@@ -391,6 +391,9 @@ class ScenarioAttempts(Executor):
         (task_dir / "work").mkdir()
         try:
             readable = self._readable(run, item)
+            for sink in item.sinks:  # (a sink's folder in the node's work dir: its runs, their handles)
+                if not sink.ref.remote:
+                    self._not_private(sink.ref.path.parent.resolve(), f"the sink {sink.ref.path}'s folder")
             staged = stage_sinks(item, run.may_use)
         except OSError as exc:
             raise RuninkError(f"scenario {item.name!r}: cannot prepare its inputs and outputs: {exc}") from None
@@ -463,14 +466,15 @@ class ScenarioAttempts(Executor):
         return tuple(p for p in (base, source) if p.exists())
 
     def _not_private(self, granted: Path, what: str) -> None:
-        """Raise OSError if ``granted`` (resolved) is or holds one of the node's own files: read-only
-        and id-mapped, a grant shows a slice every file of its owner's in it, whatever its mode
-        (a review's slice read the cluster's CA, token and secrets keys so)."""
+        """Raise OSError if ``granted`` (resolved) is, holds or is inside one of the node's own
+        files: read-only and id-mapped, a grant shows a slice every file of its owner's in it,
+        whatever its mode (a review's slice read the cluster's CA, token and secrets keys so;
+        the next one, other herds' runs in the work dir, through [paths] allow)."""
         for private in self.private:
-            if private == granted or granted in private.parents:
+            if private == granted or granted in private.parents or private in granted.parents:
                 raise OSError(
-                    f"{what} {granted} holds this node's own files ({private}): a slice is granted all of it, "
-                    "put the pipeline in a folder of its own"
+                    f"{what} {granted} holds or is among this node's own files ({private}): a slice is granted "
+                    "all of it, put the pipeline and its data in folders of their own"
                 )
 
     # --- following and ending ------------------------------------------------------------
