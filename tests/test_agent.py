@@ -86,8 +86,9 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     assert list(tasks.iterdir()) == []
     assert (canary / "keep").read_text() == "mine"  # (its link was removed, not followed)
     # a previous agent's leftovers: a dir moved aside, an ended one no handle names (and one
-    # 1,500 folders deep: Python's rmtree raised RecursionError and the sweeper died); a live
-    # one stays, and so does one no handle names that did not end (it may run still)
+    # 1,500 folders deep: Python's rmtree raised RecursionError and the sweeper died), one that
+    # never started; a live one stays, and so does one no handle names whose status file a
+    # process holds open (it may run still)
     (tasks / ".trash-old-a1" / "x").mkdir(parents=True)
     (tasks / "forgotten-a1" / "work").mkdir(parents=True)
     (tasks / "forgotten-a1" / "exit_status").write_text("0")
@@ -104,6 +105,10 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     (tasks / "unsaved-a1" / "work").mkdir(parents=True)
     (tasks / "starting-a1" / "work").mkdir(parents=True)  # (the launcher makes its status file empty)
     (tasks / "starting-a1" / "exit_status").write_text("")
+    holding = open(tasks / "starting-a1" / "exit_status", "rb")  # noqa: SIM115 (its payload, still running)
+    # ... and one killed before it wrote its status (a reboot): nobody holds its file (the next review)
+    (tasks / "killed-a1" / "work").mkdir(parents=True)
+    (tasks / "killed-a1" / "exit_status").write_text("")
     live = life.submit_command("lab", ["sleep", "30"])
     schedule(store, live.id)
     agent.sync()
@@ -111,7 +116,8 @@ def test_an_ended_commands_task_dir_goes_once_its_report_is_answered(
     again = Agent(life, agent.executor, "n1", Amount(cpu=4, memory=1 << 30), work_dir=agent.work_dir)
     again.recover()
     assert again.task_dirs.wait()
-    assert sorted(p.name for p in tasks.iterdir()) == sorted([running.executor_id, "starting-a1", "unsaved-a1"])
+    holding.close()
+    assert sorted(p.name for p in tasks.iterdir()) == sorted([running.executor_id, "starting-a1"])
     agent.executor.stop(running.executor_id, 1.0)
 
 

@@ -53,8 +53,10 @@ class TaskDirSweeper:
     def sweep_leftovers(self, live: Iterable[str]) -> None:
         """(at start, before any attempt starts) Delete what a previous agent left here: dirs
         moved aside, and dirs of attempts no handle names any more (``live``: those it does)
-        that hold their exit status: they ended, and were forgotten before their dir went. One
-        without it may run still (its agent died before it saved its handle): left alone."""
+        that ended: their exit status is written, or no process holds their status file open
+        any more (a slice killed before it wrote one, by a reboot). One whose status file a
+        process still holds may run still (its agent died before it saved its handle): left
+        alone."""
         keep = set(live)
         try:
             entries = list(os.scandir(self.tasks))
@@ -63,11 +65,17 @@ class TaskDirSweeper:
         except OSError as exc:
             log.warning("%s: leftovers not looked at: %s", self.tasks, exc.strerror or exc)
             return
+        held: set[tuple[int, int]] | None = None  # (read once, if some dir needs it)
         for entry in entries:
             if entry.name.startswith(TRASH):
                 self._put(Path(entry.path))
-            elif entry.name not in keep and entry.is_dir(follow_symlinks=False) and _ended(Path(entry.path)):
-                self.remove(Path(entry.path))
+            elif entry.name not in keep and entry.is_dir(follow_symlinks=False):
+                folder = Path(entry.path)
+                if not _ended(folder):
+                    held = _open_files() if held is None else held
+                    if _file_id(folder / STATUS_FILE) in held:
+                        continue
+                self.remove(folder)
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Whether every dir queued so far was deleted within ``timeout`` seconds."""
@@ -93,6 +101,32 @@ class TaskDirSweeper:
                 remove_tree(item)
             except Exception as exc:  # (the thread must outlive any one tree)
                 log.warning("%s: not deleted: %s", item, exc)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _open_files() -> set[tuple[int, int]]:
+    """(device, inode) of every file some process of this host holds open: a slice's payload
+    and its launcher hold its status file while it runs. Once, at an agent's start."""
+    found: set[tuple[int, int]] = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # (gone, or not ours to look at)
+            continue
+        for fd in fds:
+            try:
+                info = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            found.add((info.st_dev, info.st_ino))
+    return found
 
 
 def _ended(folder: Path) -> bool:
