@@ -193,3 +193,32 @@ def test_a_job_id_that_would_split_the_request_is_refused_before_anything_is_sen
         client.close()
         server.close()
     assert [request.split(b"\r\n")[0] for request in server.requests] == [b"GET /v1/jobs/j HTTP/1.1"]
+
+
+def test_a_read_the_server_was_too_busy_for_is_asked_again_after_its_retry_after() -> None:
+    """A caller's second job list is a 429 at once (one heavy read per caller, core/server/api.py)
+    and a Barn electing answers 503: the CLI failed on them; a write is never sent again."""
+    answers = iter([429, 503, 200, 429, 429, 429, 429, 503])
+
+    def reply(request: bytes) -> bytes:
+        status = next(answers)
+        if status == 200:
+            return ok(b'{"jobs": []}')
+        body = b'{"detail": "busy"}'
+        head = b"HTTP/1.1 %d Busy\r\nRetry-After: 0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        return head % (status, len(body)) + body
+
+    server = HttpStub(reply)
+    client = ClusterClient([server.address], timeout=(2, 2))
+    try:
+        began = time.monotonic()
+        assert client.call("GET", "/v1/jobs") == {"jobs": []}  # after a 429 and a 503
+        assert 0.2 <= time.monotonic() - began < 2
+        with pytest.raises(ClusterError, match="429"):  # (three times again, then it says so)
+            client.call("GET", "/v1/jobs")
+        with pytest.raises(ClusterError, match="503"):
+            client.call("POST", "/v1/jobs", {"herd": "h"})  # (a write: never again)
+    finally:
+        client.close()
+        server.close()
+    assert len(server.requests) == 8

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 TIMEOUT = (10.0, 2.0)  # seconds: a request's, and a connection's
 SCHEDULER_HEADER = "X-Runink-Scheduler"  # (core/server/api.py's: the server that schedules now)
+#: a read answered 429 or 503 (busy: a caller's second job list, the Barn electing) is asked
+#: again this many times, after its Retry-After (at most BUSY_WAIT seconds each)
+BUSY_RETRIES, BUSY_WAIT = 3, 2.0
 # the index (index_store) of the server that last scheduled, per cluster: a command's first
 # call goes there (its submission is placed in the commit that stores it), not to the first
 # server given. A stale hint costs what no hint costs: the answer names the new one.
@@ -273,6 +276,7 @@ class ClusterClient:
         self._tls: ssl.SSLContext | None = None  # made at the first https:// server
         self._connections: dict[str, HttpConnection] = {}
         self._scheduler = ""  # the server the last answer named (SCHEDULER_HEADER)
+        self._retry_after = 1.0  # seconds the last answer asked to wait (Retry-After)
         self._hint = _scheduler_hint(addresses)
         self._prefer(self._hint)
 
@@ -288,7 +292,20 @@ class ClusterClient:
         self._connections.clear()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
-        """The answer's JSON; raises ClusterError with the server's one-line reason."""
+        """The answer's JSON; raises ClusterError with the server's one-line reason. A read
+        the server was too busy for (429, 503) is asked again, BUSY_RETRIES times at most."""
+        import time
+
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return self._call(method, path, body, **params)
+            except ClusterError as exc:
+                if method != "GET" or exc.status not in (429, 503) or attempt == BUSY_RETRIES:
+                    raise
+                time.sleep(min(BUSY_WAIT, max(0.1, self._retry_after)))
+        raise AssertionError("unreachable")  # (the last attempt returned or raised)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         unreachable = []
         query = {k: _query_value(v) for k, v in params.items() if v is not None}
         target = path + ("?" + urlencode(query) if query else "")
@@ -382,6 +399,10 @@ class ClusterClient:
             headers["Content-Type"] = "application/json"
         answer = connection.request(method, target, payload, headers)
         self._scheduler = answer.header(SCHEDULER_HEADER) or ""
+        try:
+            self._retry_after = float(answer.header("Retry-After") or 1)
+        except ValueError:  # (an HTTP date: not ours)
+            self._retry_after = 1.0
         return answer.status, answer.body
 
     def _drop(self, address: str) -> None:
