@@ -348,8 +348,8 @@ class ScenarioAttempts(Executor):
         self.config = config
         self.manager = manager
         self.pipelines = pipelines
-        # the node's own files (its work dir: every run's; its token and keys): a pipeline
-        # folder or source holding one is never granted (a slice could read them all)
+        # the node's own files (its work dir: every run's; its token and keys): no pipeline
+        # folder, source or sink that holds one or is among them is granted (_not_private)
         self.private = tuple(p.resolve() for p in private)
         self.degrade = inner.degrade
         self.gpus = GpuInventory()  # the node's, set by its Agent: a slice is given its own

@@ -999,7 +999,7 @@ def create_app(
         auth.check(identity, "audit.read", "audit", CLUSTER)
         shown = f"{day or audit_day(time.time())}/"
         # a page at a time, keeping the last ``limit`` of each: a busy day was read whole into
-        # memory; the changes allowed and refused merged in time order (their keys' DAY/TIME)
+        # memory; the changes made and those not made merged in time order (their keys' DAY/TIME)
         found: list[tuple[str, bytes]] = []
         for prefix in (AUDIT, AUDIT_UNDONE):
             kept: collections.deque[KeyValue] = collections.deque(maxlen=limit)

@@ -26,7 +26,7 @@ UNDONE_SHARE = 10
 
 
 class AuditRetention:
-    """A chore of the leading server's control loop: ``__call__(now)``. Allowed changes
+    """A chore of the leading server's control loop: ``__call__(now)``. Changes made
     (``AUDIT``) and those not made (``AUDIT_UNDONE``) are bounded apart: ``keep_max`` of the
     first, an UNDONE_SHARE-th of it of the second."""
 
