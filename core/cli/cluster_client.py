@@ -296,14 +296,14 @@ class ClusterClient:
         the server was too busy for (429, 503) is asked again, BUSY_RETRIES times at most."""
         import time
 
-        for attempt in range(BUSY_RETRIES + 1):
+        for _ in range(BUSY_RETRIES if method == "GET" else 0):
             try:
                 return self._call(method, path, body, **params)
             except ClusterError as exc:
-                if method != "GET" or exc.status not in (429, 503) or attempt == BUSY_RETRIES:
+                if exc.status not in (429, 503):
                     raise
                 time.sleep(min(BUSY_WAIT, max(0.1, self._retry_after)))
-        raise AssertionError("unreachable")  # (the last attempt returned or raised)
+        return self._call(method, path, body, **params)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
         unreachable = []

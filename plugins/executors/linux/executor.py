@@ -111,7 +111,11 @@ def _held_bytes(path: Path) -> int:
     whichever is more (a slice holding its log open can make it sparse and huge with
     ftruncate, or take gigabytes past its end with fallocate and keep its size 0)."""
     info = os.stat(path, follow_symlinks=False)
-    return max(info.st_size, info.st_blocks * 512) if stat.S_ISREG(info.st_mode) else 0
+    return _takes(info) if stat.S_ISREG(info.st_mode) else 0
+
+
+def _takes(info: os.stat_result) -> int:
+    return max(info.st_size, info.st_blocks * 512)
 
 
 def _cap_log(path: Path, cap: int) -> None:
@@ -122,7 +126,7 @@ def _cap_log(path: Path, cap: int) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or max(info.st_size, info.st_blocks * 512) <= cap:
+        if not stat.S_ISREG(info.st_mode) or _takes(info) <= cap:
             return
         rotated = path.with_name(f"{path.name}.1")
         temporary = rotated.with_suffix(".tmp")
