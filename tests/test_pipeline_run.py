@@ -480,6 +480,33 @@ def test_a_sink_folder_redirected_by_a_link_after_compiling_is_refused(tmp_path:
     assert list(victim.iterdir()) == []
 
 
+def test_a_csv_sink_read_by_the_next_scenario_keeps_every_text(run_cli: CliRunner, project: Path) -> None:
+    """Values with line breaks, which the CSV sink writes quoted, were dead letters when the next
+    scenario read that file, and "" (an empty text) came back as null: a required field failed."""
+    notes = ["two\nlines", "", "ok", "cr\r", "crlf\r\n", 'a "quote"\n']
+    lines = [json.dumps({"id": i, "name": note}) for i, note in enumerate(notes)]
+    (project / "in.jsonl").write_text("\n".join(lines) + "\n")
+    dsl(
+        project,
+        """
+        Scenario: first
+          @source("in.jsonl", contract="contracts:Row")
+          @sink("out/mid.csv")
+        Scenario: second
+          @source("out/mid.csv", contract="contracts:Row")
+          @sink("out/final.jsonl")
+          @sink("out/dlq.jsonl", when="invalid")
+    """,
+    )
+    out = run_cli("run", "p.dsl", "--json", cwd=project)
+    first, second = summary(out)["scenarios"]
+    assert (first["state"], second["state"]) == ("SUCCEEDED", "SUCCEEDED"), out.stderr
+    final = [json.loads(x) for x in (project / "out" / "final.jsonl").read_text().splitlines()]
+    assert final == [{"id": i, "name": note} for i, note in enumerate(notes)]
+    assert (second["rows_valid"], second["rows_invalid"], second["rows_malformed"]) == (6, 0, 0)
+    assert (project / "out" / "dlq.jsonl").read_text() == ""
+
+
 def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: CliRunner, project: Path) -> None:
     # An unclosed quote swallowed the following lines into one value and the scenario SUCCEEDED;
     # a line nested 2,000 deep or not UTF-8 failed the whole scenario; a dead-letter sink
@@ -514,7 +541,7 @@ def test_malformed_records_are_dead_letters_with_or_without_a_contract(run_cli: 
         (8, "6,\ufffd"),
         (11, None),
     ]  # (in file order)
-    assert "does not close on its line" in dlq_a[0]["_runink_reason"] and "UTF-8" in dlq_a[1]["_runink_reason"]
+    assert "a quoted value does not close" in dlq_a[0]["_runink_reason"] and "UTF-8" in dlq_a[1]["_runink_reason"]
     assert a["rows_malformed"] == 2 and a["rows_valid"] == 7
     good = [json.loads(x)["id"] for x in (project / "out" / "b.jsonl").read_text().splitlines()]
     assert good == [1, 4]

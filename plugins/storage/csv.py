@@ -1,21 +1,24 @@
 """CSV datasets: read in blocks of whole lines, parsed with pyarrow; malformed records are reported, not fatal.
 
-A CSV value may not span lines: a record is one line. A quote that does not close on its line
-(a CSV parser lets it swallow the following lines into one value), a wrong column count, a
-line that is not UTF-8 or one longer than ``MAX_LINE_BYTES`` is one malformed record at its
-line, and the lines after it are read as usual.
+A record is one line, unless a quoted value holds line breaks (RFC 4180): that record goes on
+to the line that closes the value, if it is one well-formed record of the header's columns
+within ``MAX_RECORD_BYTES``. A quote that does not close so (a stray quote: a CSV parser lets
+it swallow the following lines into one value), a wrong column count, a line that is not
+UTF-8 or one longer than ``MAX_LINE_BYTES`` is one malformed record at its line, and the lines
+after it are read as usual.
 
 The common case costs a count of the line breaks of each block: when the parser returns as
 many records (valid and invalid) as the block has lines, no value spanned lines and no line
 was blank, unless the last line left a quote open (it swallowed only the block's final break:
 that line alone is checked). Any other block is looked at line by line: each line is checked
-once, the malformed ones made blank, and the lines parsed once more, in pieces of at most
-``MAX_MALFORMED`` lines (time linear in the block, memory bounded).
+once, and the records found parsed once more, in pieces of at most ``MAX_MALFORMED`` lines
+(time linear in the block, memory bounded).
 """
 
 from __future__ import annotations
 
 import csv as stdlib_csv
+import io
 import os
 import re
 import stat
@@ -39,7 +42,13 @@ BLOCK_SIZE = 2 << 20
 #: a longer line is a malformed record, skipped in pieces, never held whole.
 #: characters of a malformed record's text kept for its dead-letter row.
 MAX_TEXT = 4096
-UNCLOSED = "a quoted value does not close on its line (a CSV value may not span lines)"
+#: bytes of a record whose quoted values hold line breaks, at most: a stray quote is looked past
+#: this far at most for a line that closes its value (and the record is held whole).
+MAX_RECORD_BYTES = 1 << 20
+UNCLOSED = (
+    f"a quoted value does not close: no later line within {MAX_RECORD_BYTES >> 20} MiB ends it as one "
+    "well-formed record of the header's columns"
+)
 BOM = b"\xef\xbb\xbf"
 #: malformed records in one batch at most: each is a Python object here and a dead-letter row
 #: later, so a block of short malformed lines is read in pieces of this many lines (a 2 MiB
@@ -102,6 +111,25 @@ def _count_lines(data: bytes, end: int) -> int:
     return n
 
 
+def _line_bounds(data: bytes) -> tuple[list[int], list[int]]:
+    """Where each line of ``data`` (lines, each ending with a break: \\r\\n, \\n or a lone \\r)
+    starts and ends, its break left out."""
+    buf = np.frombuffer(data, np.uint8)
+    lf, cr = buf == 10, buf == 13
+    breaks = np.flatnonzero(lf | (cr & np.append(~lf[1:], True)))  # (the last byte of each break)
+    ends = breaks - (lf[breaks] & cr[np.maximum(breaks - 1, 0)] & (breaks > 0))
+    starts = np.concatenate(([0], breaks[:-1] + 1))
+    return starts.tolist(), ends.tolist()
+
+
+def _not_utf8(line: bytes) -> str | None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+    return None
+
+
 def _text(line: bytes) -> str:
     return Malformed.text_of(line, MAX_TEXT)
 
@@ -158,6 +186,10 @@ def _skip_line(fh: IO[bytes], block_size: int) -> bytes:
     return b""
 
 
+#: the rest of a quoted value, up to its closing quote ("" is a quote inside it)
+VALUE_END = re.compile(rb'(?:[^"]++|"")*+"').match
+
+
 def _closed_line(delimiter: str) -> Callable[[bytes], object]:
     """A test of whether a line (without its break) leaves no quote open, as pyarrow parses it:
     a quote opens a value only at its start; inside, "" is a quote; after the closing quote the
@@ -197,18 +229,23 @@ class _ChunkParser:
         self.names = names
         self.delimiter = delimiter
         self.closed = _closed_line(delimiter)
+        #: a record open at the end of the last chunk: its bytes, file line and number of lines
+        self.leftover: tuple[bytes, int, int] | None = None
         # raw: every column as text. Otherwise the types pyarrow infers on the first rows are kept
         # for the rest of the file, as pyarrow's own streaming reader does.
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
         # With a contract only an empty value is null: "NA" (Namibia), "null", "N/A"... are text
-        # the contract checks, as any other. Without one, Arrow's null words stay null: the
-        # column types it infers from the first block would refuse them in a later one.
+        # the contract checks, as any other, and "" is an empty text (Arrow's CSV writer writes
+        # a null as nothing, an empty string as ""). Without one, Arrow's null words stay null
+        # (quoted too): the column types it infers from the first block would refuse them in a
+        # later one.
         self.raw = raw
 
-    def parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[ReadBatch]:
+    def parse(self, chunk: memoryview, first_line: int, count: int, last: bool = False) -> Iterator[ReadBatch]:
         """The chunk's batch; several if it is looked at line by line and holds more than
-        MAX_MALFORMED lines (each batch then has at most that many malformed records)."""
-        for parsed, lines, bad in self._parse(chunk, first_line, count):
+        MAX_MALFORMED lines (each batch then has at most that many malformed records). A record
+        still open at its end is kept in ``leftover`` (unless ``last``: no chunk follows)."""
+        for parsed, lines, bad in self._parse(chunk, first_line, count, last):
             batch = parsed
             if batch.num_rows and self.types is None:
                 # (a column empty in all the first rows is text: typed null, it refused every value after)
@@ -223,7 +260,9 @@ class _ChunkParser:
     @property
     def convert(self) -> pacsv.ConvertOptions:
         if self.raw:
-            return pacsv.ConvertOptions(column_types=self.types, null_values=[""], strings_can_be_null=True)
+            return pacsv.ConvertOptions(
+                column_types=self.types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
+            )
         return pacsv.ConvertOptions(column_types=self.types, strings_can_be_null=True)
 
     def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
@@ -246,19 +285,21 @@ class _ChunkParser:
         batches = table.to_batches()
         return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
-    def _parse(self, chunk: memoryview, first_line: int, count: int) -> Iterator[Parsed]:
+    def _parse(self, chunk: memoryview, first_line: int, count: int, last: bool) -> Iterator[Parsed]:
         """``count``: the chunk's lines."""
+        try:
+            # A line not UTF-8 is a dead letter, found line by line: Arrow would type its column
+            # as bytes (no contract, the first block), or fail to pass its text to on_invalid
+            # (a wrong column count: "Exception ignored" on stderr, and then the parse fails).
+            str(chunk, "utf-8")
+        except UnicodeDecodeError:
+            yield from self._by_line(chunk, first_line, last)
+            return
         invalid: list[pacsv.InvalidRow] = []
         try:
             batch = self._read(chunk, invalid)
-        except pa.ArrowInvalid:  # a line not UTF-8, many malformed lines, lines swallowed into a typed value...
-            yield from self._by_line(chunk, first_line)
-            return
-        if self.types is None and any(pa.types.is_binary(t) for t in batch.schema.types):
-            # (no contract, the first block) Arrow types a column holding a value that is not
-            # UTF-8 as bytes, where a typed column refuses it: its line is a dead letter too
-            del batch, invalid
-            yield from self._by_line(chunk, first_line)
+        except pa.ArrowInvalid:  # many malformed lines, lines swallowed into a typed value...
+            yield from self._by_line(chunk, first_line, last)
             return
         # As many records as lines: no value spans lines, no line is blank (the common case),
         # unless a quote left open on the last line swallowed only the chunk's final break.
@@ -269,74 +310,116 @@ class _ChunkParser:
             yield batch, lines, [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)]
         else:
             del batch, invalid  # (freed before the chunk is parsed again)
-            yield from self._by_line(chunk, first_line)
+            yield from self._by_line(chunk, first_line, last)
 
-    def _by_line(self, chunk: memoryview, first_line: int) -> Iterator[Parsed]:
-        """The chunk in pieces of MAX_MALFORMED lines, each looked at line by line. Linear in the
-        chunk's size whatever its lines hold (a parse per swallowed record was not: 80 s and
-        1 GB per MB of lines holding a lone quote)."""
-        data = bytes(chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)  # offsets, not 1M bytes objects
-        start = 0
-        for low in range(0, len(ends), MAX_MALFORMED):
-            end = int(ends[min(low + MAX_MALFORMED, len(ends)) - 1]) + 1
-            yield self._lines(data[start:end], first_line + low)
-            start = end
+    def _by_line(self, chunk: memoryview, first_line: int, last: bool) -> Iterator[Parsed]:
+        """The chunk's records found line by line, parsed in pieces of MAX_MALFORMED lines.
+        Linear in the chunk's size whatever its lines hold (a parse per swallowed record was
+        not: 80 s and 1 GB per MB of lines holding a lone quote).
 
-    def _lines(self, piece: bytes, first_line: int) -> Parsed:
-        """A line not UTF-8 or leaving a quote open is a malformed record and is made blank; the
-        lines are then parsed once, and the records are the lines not blank, in order.
-        ``piece``: lines, each ending with \\n."""
+        A line that leaves a quote open starts a record that goes on to the first later line
+        closing that value, if that record is one well-formed CSV record (RFC 4180, strict) of
+        the header's columns within MAX_RECORD_BYTES; else the line alone is malformed and
+        the next line is read as a record. A record still open at the chunk's end is kept in
+        ``self.leftover`` for the next chunk, unless ``last``."""
+        data = bytes(chunk)
+        starts, ends = _line_bounds(data)
         try:
-            piece.decode("utf-8")
+            data.decode("utf-8")
             utf8 = True
         except UnicodeDecodeError:
-            utf8 = False  # which lines: looked at below
-        lines = piece.split(b"\n")
-        lines.pop()  # after the final break
+            utf8 = False  # which lines: looked at one by one
+        records: list[bytes] = []
+        numbers: list[int] = []  # the file line of each record (its first)
         bad: list[Malformed] = []
-        kept = np.zeros(len(lines), dtype=bool)
-        for i, line in enumerate(lines):
+        lines, piece, stop = len(starts), 0, 0  # stop: the first line past the scan so far that ends a value
+        i = 0
+        while i < lines:
+            if i - piece >= MAX_MALFORMED:
+                yield self._records(records, numbers, bad, first_line + piece)
+                records, numbers, bad, piece = [], [], [], i
+            line = data[starts[i] : ends[i]]
+            reason = None if utf8 or not line else _not_utf8(line)
             if not line:
-                continue  # pyarrow skips blank lines
-            reason = None
-            if not utf8:
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    reason = f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
-            if reason is None and b'"' in line and not self.closed(line):
-                reason = UNCLOSED
-            if reason is None:
-                kept[i] = True
-            else:
+                pass  # blank: pyarrow skips it
+            elif reason is not None:
                 bad.append(Malformed(first_line + i, reason, _text(line)))
-                lines[i] = b""  # blank: the other lines keep their numbers
+            elif b'"' not in line or self.closed(line):
+                records.append(line)
+                numbers.append(first_line + i)
+            else:
+                # A quoted value left open: the lines after it go on with it up to the first
+                # that closes it (or that cannot be inside it). Each line is looked at once.
+                stop = max(stop, i + 1)
+                while stop < lines and self._goes_on(data[starts[stop] : ends[stop]], utf8):
+                    stop += 1
+                if stop == lines and not last and len(data) - starts[i] <= MAX_RECORD_BYTES:
+                    yield self._records(records, numbers, bad, first_line + piece)
+                    self.leftover = (data[starts[i] :], first_line + i, lines - i)
+                    return
+                record = data[starts[i] : ends[stop]] if stop < lines else b""
+                if 0 < len(record) <= MAX_RECORD_BYTES and self._one_record(record):
+                    records.append(record)
+                    numbers.append(first_line + i)
+                    i = stop + 1
+                    continue
+                bad.append(Malformed(first_line + i, UNCLOSED, _text(line)))
+            i += 1
+        yield self._records(records, numbers, bad, first_line + piece)
+
+    def _goes_on(self, line: bytes, utf8: bool) -> bool:
+        """Whether ``line``, inside a quoted value begun on an earlier line, leaves it open at
+        its end (the value goes on, or a later value of the record opens again); False if it
+        closes the value and the record, or it cannot be inside one (not UTF-8)."""
+        if not utf8 and _not_utf8(line) is not None:
+            return False
+        end = VALUE_END(line) if b'"' in line else None
+        if end is None:
+            return True  # (the whole line is inside the value)
+        rest = line[end.end() :]
+        delimiter = self.delimiter.encode()
+        # text right after the closing quote cannot be inside a well-formed record: it stops here
+        return rest.startswith(delimiter) and not self.closed(rest[len(delimiter) :])
+
+    def _one_record(self, text: bytes) -> bool:
+        """Whether ``text`` (lines) is one well-formed CSV record of the header's columns: a stray
+        quote whose value some later line happens to close is not (the lines are then each read
+        as records of their own, not merged into one)."""
+        try:
+            rows = list(
+                stdlib_csv.reader(io.StringIO(text.decode("utf-8"), newline=""), delimiter=self.delimiter, strict=True)
+            )
+        except (stdlib_csv.Error, UnicodeDecodeError):
+            return False
+        return len(rows) == 1 and len(rows[0]) == len(self.names)
+
+    def _records(self, records: list[bytes], numbers: list[int], bad: list[Malformed], first_line: int) -> Parsed:
+        """The records (bytes without their final line break) parsed once, as a batch with the
+        file line of each row; the ones with a wrong column count added to ``bad``."""
         invalid: list[pacsv.InvalidRow] = []
         try:
-            batch = self._read(b"\n".join(lines) + b"\n", invalid)
+            batch = self._read(b"\n".join(records) + b"\n", invalid)
         except pa.ArrowInvalid as exc:
             if self.raw or self.types is None:
-                raise self._error(first_line, len(lines), exc) from None
-            # (no contract) a value the types of the first rows refuse: that line is a dead
+                raise self._error(first_line, numbers, exc) from None
+            # (no contract) a value the types of the first rows refuse: that record is a dead
             # letter, found by halves with the same converter; the others read as before (the
             # scenario failed, or, read as text and cast, " 5" failed as an int too)
-            for i, why in self._refused(lines, 0, len(lines)).items():
-                bad.append(Malformed(first_line + i, why, _text(lines[i])))
-                lines[i] = b""
-                kept[i] = False
+            refused = self._refused(records, 0, len(records))
+            bad.extend(Malformed(numbers[i], why, _text(records[i])) for i, why in refused.items())
+            records = [r for i, r in enumerate(records) if i not in refused]
+            numbers = [n for i, n in enumerate(numbers) if i not in refused]
             invalid = []
             try:
-                batch = self._read(b"\n".join(lines) + b"\n", invalid)
+                batch = self._read(b"\n".join(records) + b"\n", invalid)
             except pa.ArrowInvalid:
-                raise self._error(first_line, len(lines), exc) from None
-        records = np.flatnonzero(kept) + first_line  # the file line of each record
+                raise self._error(first_line, numbers, exc) from None
         found = batch.num_rows + len(invalid)
-        if found != len(records):  # cannot be, as long as closed() parses as pyarrow does
-            raise self._error(first_line, len(lines), f"{found} records in {len(records)} lines")
-        numbers = np.asarray([int(row.number) - 1 for row in invalid], dtype=np.int64)
-        bad.extend(_wrong_count(row, int(records[n])) for row, n in zip(invalid, numbers, strict=True))
-        return batch, np.delete(records, numbers), bad
+        if found != len(records):  # cannot be, as long as closed() and _one_record parse as pyarrow does
+            raise self._error(first_line, numbers, f"{found} records in {len(records)}")
+        wrong = np.asarray([int(row.number) - 1 for row in invalid], dtype=np.int64)
+        bad.extend(_wrong_count(row, numbers[n]) for row, n in zip(invalid, wrong, strict=True))
+        return batch, np.delete(np.asarray(numbers, dtype=np.int64), wrong), bad
 
     def _refused(self, lines: list[bytes], low: int, high: int) -> dict[int, str]:
         """The lines in ``lines[low:high]`` that the first rows' column types refuse, each with
@@ -361,8 +444,8 @@ class _ChunkParser:
         name = self.names[int(found.group(1))]
         return f"column {name!r}: {found.group(2).splitlines()[0]} (the type the file's first rows gave it)"
 
-    def _error(self, first_line: int, count: int, exc: Exception | str) -> DatasetError:
-        return DatasetError(f"{self.path}: lines {first_line}-{first_line + count - 1}: {exc}")
+    def _error(self, first_line: int, numbers: list[int], exc: Exception | str) -> DatasetError:
+        return DatasetError(f"{self.path}: lines {first_line}-{max(numbers, default=first_line)}: {exc}")
 
 
 def _wrong_count(row: pacsv.InvalidRow, line: int) -> Malformed:
@@ -370,20 +453,40 @@ def _wrong_count(row: pacsv.InvalidRow, line: int) -> Malformed:
     return Malformed(line, f"expected {row.expected_columns} columns, got {row.actual_columns}", text[:MAX_TEXT])
 
 
+def _rest(parser: _ChunkParser) -> Iterator[ReadBatch]:
+    """The record left open at the last chunk's end, now that no line follows it: malformed,
+    and the lines after its first read again as records."""
+    if parser.leftover is not None:
+        left, line, count = parser.leftover
+        parser.leftover = None
+        yield from parser.parse(memoryview(left), line, count, last=True)
+
+
 def _parsed(fh: IO[bytes], parser: _ChunkParser, block_size: int) -> Iterator[ReadBatch]:
     """The file's batches, from its blocks of whole lines, in order."""
     names = parser.names
     pending: list[Malformed] = []
     size, consumed = _size(fh), fh.tell()  # bytes parsed so far: how far the read is
+    fraction = None
     for block in _blocks(fh, block_size, 2):
-        if isinstance(block, Malformed):
+        if isinstance(block, Malformed):  # (a line too long for a record: one still open ends before it)
+            for read in _rest(parser):
+                yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
+                pending = []
             pending.append(block)
             continue
-        consumed += len(block[0])
+        chunk, line, count = block
+        consumed += len(chunk)
         fraction = min(1.0, consumed / size) if size else None
-        for read in parser.parse(*block):
+        if parser.leftover is not None:  # (a record whose values span lines goes on in this block)
+            left, line, lines = parser.leftover
+            chunk, count, parser.leftover = memoryview(left + bytes(chunk)), count + lines, None
+        for read in parser.parse(chunk, line, count):
             yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
             pending = []
+    for read in _rest(parser):
+        yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
+        pending = []
     if pending:
         schema = pa.schema([pa.field(n, (parser.types or {}).get(n, pa.string())) for n in names])
         yield ReadBatch(pa.RecordBatch.from_pylist([], schema=schema), pa.array([], pa.int64()), pending)
