@@ -163,6 +163,14 @@ def compile_text(tmp_path: Path, body: str) -> CompiledPipeline:
         ),
         ('  Scenario: a\n    @source("i.csv", delimiter=";;")\n    @sink("o.csv")\n', 3, "not one character"),
         ('  Scenario: a\n    @source("i.csv", block_size=-1)\n    @sink("o.csv")\n', 3, "a whole number from 1 to"),
+        # (a quote or a line break cannot part values; an unknown codec failed the run at its first batch)
+        ('  Scenario: a\n    @source("i.csv", delimiter=\'"\')\n    @sink("o.csv")\n', 3, "other than a quote"),
+        ('  Scenario: a\n    @source("i.csv", delimiter="\\n")\n    @sink("o.csv")\n', 3, "or a line break"),
+        (
+            '  Scenario: a\n    @source("i.csv")\n    @sink("o.parquet", compression="nope")\n',
+            4,
+            "@sink: parquet option compression='nope': expected one of none, snappy, gzip, brotli, lz4, zstd",
+        ),
         # a sink names one file: a folder (trailing "/"), or the folder of another sink's file,
         # could not be published (it failed after the other sink was: half an output)
         ('  Scenario: a\n    @source("i.csv")\n    @sink("parquet://out/orders/")\n', 4, "names a folder"),

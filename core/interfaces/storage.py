@@ -29,6 +29,19 @@ if TYPE_CHECKING:  # pyarrow is imported by the drivers, not by whoever only nam
 
 #: the longest line a text reader reads whole: a longer one is a malformed record, skipped in pieces
 MAX_LINE_BYTES = 16 << 20
+#: pyarrow's Parquet codecs (a Parquet sink's ``compression=``)
+PARQUET_COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
+
+
+def parquet_compression(value: object) -> str:
+    """``value`` as a Parquet codec pyarrow writes, lowercased; ValueError saying why not."""
+    if not isinstance(value, str) or value.lower() not in PARQUET_COMPRESSIONS:
+        raise ValueError(f"option compression={value!r}: expected one of {', '.join(PARQUET_COMPRESSIONS)}")
+    import pyarrow as pa
+
+    if value.lower() != "none" and not pa.Codec.is_available(value.lower()):
+        raise ValueError(f"option compression={value!r}: this pyarrow is built without it")
+    return value.lower()
 
 
 @dataclass(frozen=True)

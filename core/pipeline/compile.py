@@ -32,6 +32,7 @@ from runink.core.datasets import REMOTE_SCHEMES, DatasetError, DatasetRef, resol
 from runink.core.drivers import driver_names
 from runink.core.errors import RuninkError
 from runink.core.interfaces import Storage
+from runink.core.interfaces.storage import parquet_compression
 
 if TYPE_CHECKING:
     from runink.core.config import RuninkConfig
@@ -386,8 +387,17 @@ def _check_options(
             wanted = f"a whole number from 1 to {MAX_OPTION_NUMBER:,}" if kind is int else "text"
             raise DslError(at, f"{what}: option {name}={value!r} for {ref.format} is not {wanted}")
     delimiter = options.get("delimiter")
-    if isinstance(delimiter, str) and len(delimiter) != 1:
-        raise DslError(at, f"{what}: option delimiter={delimiter!r} for csv is not one character")
+    if isinstance(delimiter, str) and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        # (a quote or a line break cannot part values: the reader's quote and line logic needs both)
+        raise DslError(
+            at,
+            f"{what}: option delimiter={delimiter!r} for csv is not one character other than a quote or a line break",
+        )
+    if "compression" in options:  # (pyarrow refused an unknown codec only once the run wrote its first batch)
+        try:
+            parquet_compression(options["compression"])
+        except ValueError as exc:
+            raise DslError(at, f"{what}: {ref.format} {exc}") from None
 
 
 def _levels(compiled: dict[str, CompiledScenario]) -> tuple[tuple[str, ...], ...]:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
-from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage
+from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage, parquet_compression
 
 BATCH_ROWS = 65_536
 
@@ -46,7 +46,11 @@ class ParquetStorage(Storage):
             yield ReadBatch(batch, positions, fraction=min(1.0, row / total) if total > 0 else None)
 
     def writer(self, path: Path, schema: pa.Schema, *, options: Mapping[str, Any] | None = None) -> DatasetWriter:
-        return ParquetWriter(path, schema, (options or {}).get("compression", "zstd"))
+        try:
+            compression = parquet_compression((options or {}).get("compression", "zstd"))
+        except ValueError as exc:
+            raise DatasetError(f"{path}: {exc}") from None
+        return ParquetWriter(path, schema, compression)
 
 
 class ParquetWriter(AtomicFileWriter):

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from runink.core.datasets import DatasetError
 from runink.core.driverload import OptionsSchema
-from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage
+from runink.core.interfaces.storage import DatasetWriter, ReadBatch, Storage, parquet_compression
 
 if TYPE_CHECKING:  # imported where used: the runner reads this driver's options (checking a config) without Arrow
     import pyarrow as pa
@@ -51,8 +51,6 @@ def _one_line(exc: BaseException) -> str:
 TEMP_FOLDER = ".runink-tmp"
 #: stale temporaries one writer deletes at most (the rest are left to the next writers)
 SWEEP_MAX = 100
-#: pyarrow's Parquet codecs (``compression=``)
-COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
 
 
 def _batch_rows(uri: str, options: Mapping[str, Any]) -> int:
@@ -67,14 +65,10 @@ def _batch_rows(uri: str, options: Mapping[str, Any]) -> int:
 
 
 def _compression(uri: str, options: Mapping[str, Any]) -> str:
-    value = options.get("compression", "zstd")
-    if not isinstance(value, str) or value.lower() not in COMPRESSIONS:
-        raise DatasetError(f"{uri}: option compression={value!r}: expected one of {', '.join(COMPRESSIONS)}")
-    import pyarrow as pa
-
-    if value.lower() != "none" and not pa.Codec.is_available(value.lower()):
-        raise DatasetError(f"{uri}: option compression={value!r}: this pyarrow is built without it")
-    return value.lower()
+    try:
+        return parquet_compression(options.get("compression", "zstd"))
+    except ValueError as exc:
+        raise DatasetError(f"{uri}: {exc}") from None
 
 
 class S3Storage(Storage):
