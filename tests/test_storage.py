@@ -105,7 +105,7 @@ def test_jsonl_reports_bad_lines_and_keeps_good_ones(tmp_path: Path) -> None:
     path.write_text('{"a": 1}\n\n{oops\n[1, 2]\n{"a": 2, "n": {"x": 1}}\n')
     reads = list(load_driver(Storage, "jsonl").read(path, raw=True))
     rows = [r for read in reads for r in read.batch.to_pylist()]
-    assert rows == [{"a": "1", "n": None}, {"a": "2", "n": '{"x": 1}'}]
+    assert rows == [{"a": "1", "n": None}, {"a": "2", "n": '{"x":1}'}]
     assert [p for read in reads for p in read.positions.to_pylist()] == [1, 5]
     bad = [(m.position, m.reason) for read in reads for m in read.malformed]
     assert bad[0][0] == 3 and bad[0][1].startswith("invalid JSON: Expecting property name")
@@ -665,14 +665,16 @@ def test_jsonl_numbers_and_objects_of_written_fields_are_read_as_written(tmp_pat
         '{"ref": 9007199254740993, "n": 3.0, "meta": {"a": 1}, "f": 12.0}',
         '{"ref": 12.0, "n": 1e3, "meta": {"b": "x"}, "f": 1e2}',
         '{"ref": 1e2, "n": 4, "meta": {"b": "y", "a": 2}, "f": 0.5}',
+        '{"ref": 7, "n": 5, "meta": {"é": ["ü", null]}, "f": 1}',
     ]
     path.write_text("\n".join(lines) + "\n")
     rows, positions, bad = _jsonl_read(path, written=["ref", "n", "meta"])
-    assert positions == [1, 2, 3] and bad == []
-    assert [r["ref"] for r in rows] == ["9007199254740993", "12.0", "1e2"]
-    assert [r["n"] for r in rows] == ["3.0", "1e3", "4"]  # (the contract refuses 3.0 for an int, as in CSV)
-    assert [json.loads(r["meta"]) for r in rows] == [{"a": 1}, {"b": "x"}, {"b": "y", "a": 2}]
-    assert [r["f"] for r in rows] == ["12", "100", "0.5"]  # (not a written field: Arrow's text)
+    assert positions == [1, 2, 3, 4] and bad == []
+    assert [r["ref"] for r in rows] == ["9007199254740993", "12.0", "1e2", "7"]
+    assert [r["n"] for r in rows] == ["3.0", "1e3", "4", "5"]  # (the contract refuses 3.0 for an int, as in CSV)
+    # an object or array is its JSON text, compact and its characters as they are (as a sink writes it)
+    assert [r["meta"] for r in rows] == ['{"a":1}', '{"b":"x"}', '{"b":"y","a":2}', '{"é":["ü",null]}']
+    assert [r["f"] for r in rows] == ["12", "100", "0.5", "1"]  # (not a written field: Arrow's text)
 
 
 def test_jsonl_without_a_contract_a_big_int_in_a_float_column_is_a_value(tmp_path: Path) -> None:
@@ -698,7 +700,7 @@ def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:
     assert positions == [1, 2] and bad == []
     assert [{k: v for k, v in row.items() if v is not None} for row in rows] == [
         {"code": "2026-01-01T00:00:00", "day": "2026-01-01", "z": "2026-03-02T08:15:00Z", "r": "NaN"},
-        {"code": "2026-03-01 12:30", "day": "2026-01-02", "n": '{"at": "2026-01-01T00:00:00"}', "l": '["2026-01-01"]'},
+        {"code": "2026-03-01 12:30", "day": "2026-01-02", "n": '{"at":"2026-01-01T00:00:00"}', "l": '["2026-01-01"]'},
     ]
 
 
@@ -729,7 +731,7 @@ def test_jsonl_without_a_contract_every_chunk_has_the_file_s_columns_and_types(t
     rows = [row for read in reads for row in read.batch.to_pylist()]
     assert [row["id"] for row in rows] == list(range(9))  # (not made float by the NaN line)
     assert [row["n"] for row in rows] == [1.0] * 5 + [1.5, 2.0, 3.0, 4.0]
-    assert [row["m"] for row in rows[6:]] == ["1", "seven", '{"x": 1}']  # numbers as written, objects as JSON
+    assert [row["m"] for row in rows[6:]] == ["1", "seven", '{"x":1}']  # numbers as written, objects as JSON
     assert rows[0]["s"] == {"a": 1, "b": None} and rows[5]["s"] == {"a": None, "b": "x"}
     assert rows[5]["k"] == "late" and rows[0]["k"] is None
     assert [m.position for read in reads for m in read.malformed] == [10, 11]

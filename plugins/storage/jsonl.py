@@ -108,7 +108,7 @@ def _stringify(batch: pa.RecordBatch) -> pa.RecordBatch:
         if pa.types.is_string(column.type):
             arrays.append(column)
         elif pa.types.is_nested(column.type):
-            arrays.append(pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string()))
+            arrays.append(pa.array([None if v is None else _json_text(v) for v in column.to_pylist()], pa.string()))
         else:
             arrays.append(column.cast(pa.string()))
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
@@ -418,7 +418,13 @@ def _as_text(value: Any) -> str | None:
     as JSON (its numbers as Python reads them)."""
     if value is None or isinstance(value, str):
         return None if value is None else str(value)
-    return json.dumps(_numbers(value))
+    return _json_text(_numbers(value))
+
+
+def _json_text(value: Any) -> str:
+    """An object or array as the JSON text a contract's ``str`` field gets: compact, its keys in
+    their order, its characters as they are (as a JSON Lines sink writes it)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _numbers(value: Any) -> Any:
