@@ -677,6 +677,20 @@ def test_jsonl_numbers_and_objects_of_written_fields_are_read_as_written(tmp_pat
     assert [r["f"] for r in rows] == ["12", "100", "0.5", "1"]  # (not a written field: Arrow's text)
 
 
+@pytest.mark.parametrize("raw", [True, False])
+def test_jsonl_a_key_given_twice_is_a_malformed_line(tmp_path: Path, raw: bool) -> None:
+    """pyarrow refused the chunk, and Python's parser, reading it line by line, kept the last
+    value: {"amount": 5, "amount": 500} was a valid row of 500."""
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": 1, "amount": 5, "amount": 500}\n{"id": 2, "m": {"k": 1, "k": 2}}\n{"id": 3, "amount": 7}\n')
+    rows, positions, bad = _jsonl_read(path, raw=raw)
+    assert positions == [3] and [int(r["id"]) for r in rows] == [3]
+    assert bad == [
+        (1, "invalid JSON: the key 'amount' is given twice in one object"),
+        (2, "invalid JSON: the key 'k' is given twice in one object"),
+    ]
+
+
 def test_jsonl_without_a_contract_a_big_int_in_a_float_column_is_a_value(tmp_path: Path) -> None:
     """Read in Python because another column mixes kinds, an int past 2**53 in a float column
     made its line a dead letter "that does not fit the column types" (a review's run)."""

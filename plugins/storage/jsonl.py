@@ -391,7 +391,7 @@ def _utf8(lines: list[bytes]) -> bool:
 def _invalid(line: bytes) -> str | None:
     """Why a line is not one JSON object (as Python's parser reads it), if it is not."""
     try:
-        value = json.loads(line, parse_constant=_no_constant)
+        value = json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # (pyarrow made a row of each value)
             return f"text after the JSON value, at character {exc.colno} (a line holds one JSON object)"
@@ -439,6 +439,19 @@ def _numbers(value: Any) -> Any:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: a key given twice is ambiguous (Python's parser
+    kept the last value, silently, where pyarrow's refused the chunk)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is given twice in one object")
+            seen.add(key)
+    return value
 
 
 def _chunks(
