@@ -392,6 +392,45 @@ def test_csv_only_an_empty_value_is_null(tmp_path: Path) -> None:
     assert typed[-1].column("c").to_pylist()[-2:] == [None, "y"]
 
 
+def test_csv_without_a_contract_a_number_a_double_cannot_hold_loses_no_digit(tmp_path: Path) -> None:
+    """Typed double by Arrow's inference, 12345678901234567890 became 12345678901234567000 and
+    123456789.123456789 123456789.12345679, silently (a review). In the first block such a value
+    keeps its column text, as written; in a later one, its row is a dead letter."""
+    path = tmp_path / "x.csv"
+    lines = ["id,big,amt,f"]
+    lines += [f"{i},1{i:019d},{i}.25, {i}.5" for i in range(2000)]  # (big: 20 digits; f: a blank before)
+    lines[2] = "1,12345678901234567890,123456789.123456789,1e5"
+    lines += ["2000,1,0.1,1e400", "2001,2,0.2,0.12345678901234567890", "2002,3,0.3,x", "2003,4,0.4,NaN"]
+    path.write_text("\n".join(lines) + "\n")
+    reads = list(load_driver(Storage, "csv").read(path, options={"block_size": 1024}))
+    assert len(reads) > 2
+    types = {str(t) for read in reads for t in read.batch.schema.types}
+    assert [str(t) for t in reads[0].batch.schema.types] == ["int64", "string", "string", "double"] and len(types) == 3
+    rows = [row for read in reads for row in read.batch.to_pylist()]
+    assert rows[1] == {"id": 1, "big": "12345678901234567890", "amt": "123456789.123456789", "f": 100000.0}
+    assert rows[0] == {"id": 0, "big": "10000000000000000000", "amt": "0.25", "f": 0.5}
+    assert rows[-1] == {"id": 2003, "big": "4", "amt": "0.4", "f": None}
+    assert [row["id"] for row in rows] == [*range(2000), 2003]
+    bad = [(m.position, m.reason, m.text) for read in reads for m in read.malformed]
+    assert bad == [
+        (
+            2002,
+            "column 'f': a double cannot hold 1e400 exactly (the type the file's first rows gave it)",
+            "2000,1,0.1,1e400",
+        ),
+        (
+            2003,
+            "column 'f': a double cannot hold 0.12345678901234567890 exactly (the type the file's first rows gave it)",
+            "2001,2,0.2,0.12345678901234567890",
+        ),
+        (
+            2004,
+            "column 'f': conversion error to double: invalid value 'x' (the type the file's first rows gave it)",
+            "2002,3,0.3,x",
+        ),
+    ]
+
+
 def test_csv_a_header_of_too_many_columns_fails_at_once(tmp_path: Path) -> None:
     """A 13.9 MB file whose header named 1M columns took 12.7 GB."""
     path = tmp_path / "x.csv"

@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
 from runink.core.readahead import ahead
+from runink.plugins.storage.doubles import as_doubles
 
 # Bytes per parsed block, i.e. per batch. Peak memory is proportional to it (validation makes
 # several column-sized intermediates): measured on 1M/10M-row orders, 2 MiB gives 291/320 MB
@@ -234,6 +235,10 @@ class _ChunkParser:
         # raw: every column as text. Otherwise the types pyarrow infers on the first rows are kept
         # for the rest of the file, as pyarrow's own streaming reader does.
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
+        #: (no contract) the columns typed double: read as text and made doubles here, so that a
+        #: value a double cannot hold exactly is found (its row a dead letter; in the first rows,
+        #: its column stays text)
+        self.doubles: list[str] = []
         # With a contract only an empty value is null: "NA" (Namibia), "null", "N/A"... are text
         # the contract checks, as any other, and "" is an empty text (Arrow's CSV writer writes
         # a null as nothing, an empty string as ""). Without one, Arrow's null words stay null
@@ -251,11 +256,54 @@ class _ChunkParser:
                 # (a column empty in all the first rows is text: typed null, it refused every value after)
                 types = [pa.string() if pa.types.is_null(t) else t for t in batch.schema.types]
                 self.types = dict(zip(batch.schema.names, types, strict=True))
+                self.doubles = [n for n, t in self.types.items() if pa.types.is_floating(t)]
+                if self.doubles:  # the chunk again, those columns as text, to see what a double holds
+                    self.types.update(dict.fromkeys(self.doubles, pa.string()))
+                    self.leftover = None
+                    yield from self._with_doubles(chunk, first_line, count, last, first=True)
+                    return
                 if types != batch.schema.types:
                     names = batch.schema.names
                     batch = batch.cast(pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)]))
+            elif self.doubles:
+                yield from self._with_doubles(chunk, first_line, count, last)
+                return
             bad.sort(key=lambda m: m.position)
             yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
+
+    def _with_doubles(
+        self, chunk: memoryview, first_line: int, count: int, last: bool, first: bool = False
+    ) -> Iterator[ReadBatch]:
+        """The chunk's batches, the columns of ``doubles`` made doubles where a double holds the
+        value exactly; a row with one it does not (or no number) is a dead letter. ``first``:
+        the file's first rows, whose types are being found: a column with such a value is text."""
+        bounds: tuple[list[int], list[int]] | None = None  # the chunk's lines, once a row needs its text
+        for parsed, lines, bad in self._parse(chunk, first_line, count, last):
+            batch, refused = self._as_doubles(parsed, first)
+            first = False
+            keep = np.ones(batch.num_rows, dtype=bool)
+            if refused:
+                starts, ends = bounds = bounds or _line_bounds(bytes(chunk))
+                for row, why in refused.items():
+                    at = int(lines[row]) - first_line
+                    bad.append(Malformed(int(lines[row]), why, _text(bytes(chunk[starts[at] : ends[at]]))))
+                keep[list(refused)] = False
+            bad.sort(key=lambda m: m.position)
+            yield ReadBatch(batch.filter(pa.array(keep)), pa.array(lines[keep], pa.int64()), bad)
+
+    def _as_doubles(self, batch: pa.RecordBatch, first: bool) -> tuple[pa.RecordBatch, dict[int, str]]:
+        """``batch`` with its columns of ``doubles`` as doubles, and the rows refused, with why."""
+        refused: dict[int, str] = {}
+        for name in list(self.doubles):
+            at = batch.schema.get_field_index(name)
+            values, wrong = as_doubles(batch.column(at))
+            if first and wrong:
+                self.doubles.remove(name)  # (kept as written: 12345678901234567890 is no double)
+                continue
+            batch = batch.set_column(at, pa.field(name, pa.float64()), values)
+            for row, why in wrong.items():
+                refused.setdefault(row, f"column {name!r}: {why} (the type the file's first rows gave it)")
+        return batch, refused
 
     @property
     def convert(self) -> pacsv.ConvertOptions:
@@ -488,7 +536,8 @@ def _parsed(fh: IO[bytes], parser: _ChunkParser, block_size: int) -> Iterator[Re
         yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
         pending = []
     if pending:
-        schema = pa.schema([pa.field(n, (parser.types or {}).get(n, pa.string())) for n in names])
+        types = {**(parser.types or {}), **dict.fromkeys(parser.doubles, pa.float64())}
+        schema = pa.schema([pa.field(n, types.get(n, pa.string())) for n in names])
         yield ReadBatch(pa.RecordBatch.from_pylist([], schema=schema), pa.array([], pa.int64()), pending)
 
 

@@ -1,0 +1,69 @@
+"""Numbers written as text, read as doubles only where a double holds them exactly.
+
+Without a contract a column of numbers with a fraction (or a whole number past int64) is typed
+double, as Arrow, polars and DuckDB type it. A double holds about 15-17 significant digits:
+12345678901234567890 became 12345678901234567000 and 0.12345678901234567890 lost its last
+digits, silently. Here such a value is found, so that the reader can keep its column as text or
+make its row a dead letter instead.
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: a number written with at most this many digits and no exponent is within a double's range and
+#: precision (DBL_DIG): no need to look at it in Python
+SAFE_DIGITS = 15
+
+
+def as_doubles(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
+    """``text`` (a string column; blanks around a value are ignored, as Arrow's CSV reader
+    ignores them) as doubles, and the rows whose value is no number or one a double cannot
+    hold exactly, each with why (its value is then null)."""
+    text = pc.utf8_trim_whitespace(text)
+    refused: dict[int, str] = {}
+    try:
+        values = pc.cast(text, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values, refused = _one_by_one(text)
+    unsure = pc.or_(
+        pc.match_substring_regex(text, "[eE]"),
+        pc.greater(pc.count_substring_regex(text, "[0-9]"), SAFE_DIGITS),
+    )
+    for row in np.flatnonzero(pc.fill_null(unsure, False).to_numpy(zero_copy_only=False)).tolist():
+        if row not in refused and not _exact(text[row].as_py(), values[row].as_py()):
+            refused[row] = f"a double cannot hold {text[row].as_py()} exactly"
+    if refused:
+        keep = np.ones(len(text), dtype=bool)
+        keep[list(refused)] = False
+        values = pc.if_else(pa.array(keep), values, pa.scalar(None, pa.float64()))
+    return values, refused
+
+
+def _one_by_one(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
+    """(some value is no number) Each value cast on its own, as Arrow reads numbers."""
+    values: list[float | None] = []
+    refused: dict[int, str] = {}
+    for row, value in enumerate(text.to_pylist()):
+        try:
+            values.append(None if value is None else pc.cast(pa.array([value]), pa.float64())[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values.append(None)
+            refused[row] = f"conversion error to double: invalid value {value!r}"
+    return pa.array(values, pa.float64()), refused
+
+
+def _exact(text: str, value: float) -> bool:
+    """Whether the double ``value`` read from ``text`` is the number ``text`` writes: its
+    shortest form (what a sink writes) has the same value."""
+    if math.isnan(value):  # (nothing to lose)
+        return True
+    try:
+        return decimal.Decimal(text) == decimal.Decimal(repr(value))
+    except decimal.InvalidOperation:
+        return False
