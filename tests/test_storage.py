@@ -732,12 +732,36 @@ def test_jsonl_a_key_given_twice_is_a_malformed_line(tmp_path: Path, raw: bool) 
 
 def test_jsonl_without_a_contract_a_big_int_in_a_float_column_is_a_value(tmp_path: Path) -> None:
     """Read in Python because another column mixes kinds, an int past 2**53 in a float column
-    made its line a dead letter "that does not fit the column types" (a review's run)."""
+    made its line a dead letter "that does not fit the column types" (a review's run); then it
+    lost its last digit as a double (the next review): its column is text, as written."""
     path = tmp_path / "x.jsonl"
     path.write_text('{"id": 1, "v": 9007199254740993, "k": 1}\n{"id": 2, "v": 1.5, "k": "x"}\n')
     rows, positions, bad = _jsonl_read(path, raw=False)
     assert bad == [] and positions == [1, 2]
-    assert [r["v"] for r in rows] == [9007199254740992.0, 1.5] and [r["k"] for r in rows] == ["1", "x"]
+    assert [r["v"] for r in rows] == ["9007199254740993", "1.5"] and [r["k"] for r in rows] == ["1", "x"]
+
+
+def test_jsonl_without_a_contract_a_number_a_double_cannot_hold_keeps_its_column_text(tmp_path: Path) -> None:
+    """Typed double, 12345678901234567890 became 1.2345678901234567e+19 and 123456789.123456789
+    123456789.12345679, silently (a review); a column of doubles that hold their values stays
+    double, and a number in a string or nested is left as it is."""
+    path = tmp_path / "x.jsonl"
+    lines = [{"big": 1, "amt": 0.5, "f": 0.25, "s": "12345678901234567890", "n": {"x": 1}}] * 3000
+    lines += [{"big": 12345678901234567890, "amt": 1, "f": 1e300, "n": {"x": 0.1}}]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    path.write_text(text.replace("1e+300", "1e300") + '{"amt": 123456789.123456789}\n{"amt": 1e400}\n')
+    reads = list(load_driver(Storage, "jsonl").read(path, raw=False, options={"chunk_lines": 1000}))
+    assert {str(t) for read in reads for t in read.batch.schema.types} == {"string", "double", "struct<x: double>"}
+    rows = [row for read in reads for row in read.batch.to_pylist()]
+    assert [str(read.batch.schema.field(n).type) for n in ("big", "amt", "f") for read in reads[:1]] == [
+        "string",
+        "string",
+        "double",
+    ]
+    assert (rows[0]["big"], rows[0]["amt"], rows[0]["f"], rows[0]["s"]) == ("1", "0.5", 0.25, "12345678901234567890")
+    assert (rows[3000]["big"], rows[3000]["amt"], rows[3000]["f"]) == ("12345678901234567890", "1", 1e300)
+    assert [row["amt"] for row in rows[-2:]] == ["123456789.123456789", "1e400"]
+    assert [m.position for read in reads for m in read.malformed] == []
 
 
 def test_jsonl_strings_keep_their_text(tmp_path: Path) -> None:

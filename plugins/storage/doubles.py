@@ -36,7 +36,7 @@ def as_doubles(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
         pc.greater(pc.count_substring_regex(text, "[0-9]"), SAFE_DIGITS),
     )
     for row in np.flatnonzero(pc.fill_null(unsure, False).to_numpy(zero_copy_only=False)).tolist():
-        if row not in refused and not _exact(text[row].as_py(), values[row].as_py()):
+        if row not in refused and not exact(text[row].as_py(), values[row].as_py()):
             refused[row] = f"a double cannot hold {text[row].as_py()} exactly"
     if refused:
         keep = np.ones(len(text), dtype=bool)
@@ -58,7 +58,7 @@ def _one_by_one(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
     return pa.array(values, pa.float64()), refused
 
 
-def _exact(text: str, value: float) -> bool:
+def exact(text: str, value: float) -> bool:
     """Whether the double ``value`` read from ``text`` is the number ``text`` writes: its
     shortest form (what a sink writes) has the same value."""
     if math.isnan(value):  # (nothing to lose)
