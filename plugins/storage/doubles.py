@@ -16,9 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: a number written with at most this many digits and no exponent is within a double's range and
-#: precision (DBL_DIG): no need to look at it in Python
+#: a number written in at most this many characters and no exponent is within a double's range
+#: and precision (DBL_DIG digits): no need to look at it
 SAFE_DIGITS = 15
+#: the decimal a number's text and its double are compared in: 38 digits either side of the
+#: point hold the shortest text of every double from 1e-21 to 1e38 (a double's 17 digits)
+WIDE_NUMBER = pa.decimal256(76, 38)
 
 
 def as_doubles(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
@@ -31,18 +34,31 @@ def as_doubles(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:
         values = pc.cast(text, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         values, refused = _one_by_one(text)
-    unsure = pc.or_(
-        pc.match_substring_regex(text, "[eE]"),
-        pc.greater(pc.count_substring_regex(text, "[0-9]"), SAFE_DIGITS),
-    )
-    for row in np.flatnonzero(pc.fill_null(unsure, False).to_numpy(zero_copy_only=False)).tolist():
-        if row not in refused and not exact(text[row].as_py(), values[row].as_py()):
-            refused[row] = f"a double cannot hold {text[row].as_py()} exactly"
+    # (its length, not its digits: counting them by regex took 13x the whole read)
+    unsure = pc.or_(pc.match_substring(text, "e", ignore_case=True), pc.greater(pc.utf8_length(text), SAFE_DIGITS))
+    rows = np.flatnonzero(pc.fill_null(unsure, False).to_numpy(zero_copy_only=False))
+    rows = rows[~np.isin(rows, list(refused))]
+    if rows.size:
+        at = pa.array(rows)
+        try:  # (vectorized: Python took 33x the whole read of a column of 17-digit doubles)
+            differs = shortest_differs(pc.cast(pc.take(text, at), WIDE_NUMBER), pc.take(values, at))
+            lost = rows[differs.to_numpy(zero_copy_only=False)].tolist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # (a value past WIDE_NUMBER)
+            lost = [row for row in rows.tolist() if not exact(text[row].as_py(), values[row].as_py())]
+        refused.update({row: f"a double cannot hold {text[row].as_py()} exactly" for row in lost})
     if refused:
         keep = np.ones(len(text), dtype=bool)
         keep[list(refused)] = False
         values = pc.if_else(pa.array(keep), values, pa.scalar(None, pa.float64()))
     return values, refused
+
+
+def shortest_differs(written: pa.Array, values: pa.Array) -> pa.Array:
+    """Per value, whether the shortest text of the double in ``values`` (what a sink writes) has
+    another value than the number ``written`` (as WIDE_NUMBER); ArrowInvalid if one of them is
+    past WIDE_NUMBER."""
+    shortest = pc.cast(pc.cast(values, pa.string()), WIDE_NUMBER)
+    return pc.fill_null(pc.not_equal(written, shortest), False)
 
 
 def _one_by_one(text: pa.Array) -> tuple[pa.Array, dict[int, str]]:

@@ -33,7 +33,7 @@ import pyarrow.json as pajson
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
-from runink.plugins.storage.doubles import exact
+from runink.plugins.storage.doubles import WIDE_NUMBER, exact, shortest_differs
 
 T = TypeVar("T")
 
@@ -302,9 +302,6 @@ def _chunk_schema(lines: list[bytes]) -> pa.Schema | None:
     return None if table is None else table.schema
 
 
-#: the decimal a double's value is compared in: 38 digits either side of the point hold the
-#: shortest text of every double from 1e-21 to 1e38 (a double's 17 digits)
-WIDE_NUMBER = pa.decimal256(76, 38)
 #: bytes as a pre-filter sees them: d for a digit or a point, e for an exponent's letter
 _NUMBER_CHARS = bytes(
     ord("d") if chr(c) in "0123456789." else ord("e") if chr(c) in "eE" else ord(" ") for c in range(256)
@@ -347,10 +344,7 @@ def _inexact_numbers(lines: list[bytes]) -> set[str]:
         )
         options = pajson.ReadOptions(block_size=max(1 << 20, max(map(len, lines)) + 1))
         written = pajson.read_json(pa.BufferReader(data), read_options=options, parse_options=parse)
-        for name in floats:
-            shortest = pc.cast(pc.cast(table.column(name), pa.string()), WIDE_NUMBER)
-            if not pc.all(pc.fill_null(pc.equal(written.column(name), shortest), True)).as_py():
-                keys.add(name)
+        keys.update(name for name in floats if pc.any(shortest_differs(written[name], table[name])).as_py())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # (a number past WIDE_NUMBER)
         return keys | _inexact_one_by_one(lines)
     return keys
