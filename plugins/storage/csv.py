@@ -18,7 +18,6 @@ once, and the records found parsed once more, in pieces of at most ``MAX_MALFORM
 from __future__ import annotations
 
 import csv as stdlib_csv
-import io
 import os
 import re
 import stat
@@ -46,6 +45,9 @@ MAX_TEXT = 4096
 #: bytes of a record whose quoted values hold line breaks, at most: a stray quote is looked past
 #: this far at most for a line that closes its value (and the record is held whole).
 MAX_RECORD_BYTES = 1 << 20
+# A value may be as long as a line: Python's csv refused one of more than 128 KiB by default, and
+# a well-formed record holding one was read as several (a review). (Process-wide, as it must be.)
+stdlib_csv.field_size_limit(max(stdlib_csv.field_size_limit(), MAX_LINE_BYTES))
 UNCLOSED = (
     f"a quoted value does not close: no later line within {MAX_RECORD_BYTES >> 20} MiB ends it as one "
     "well-formed record of the header's columns"
@@ -112,15 +114,64 @@ def _count_lines(data: bytes, end: int) -> int:
     return n
 
 
-def _line_bounds(data: bytes) -> tuple[list[int], list[int]]:
-    """Where each line of ``data`` (lines, each ending with a break: \\r\\n, \\n or a lone \\r)
-    starts and ends, its break left out."""
-    buf = np.frombuffer(data, np.uint8)
-    lf, cr = buf == 10, buf == 13
-    breaks = np.flatnonzero(lf | (cr & np.append(~lf[1:], True)))  # (the last byte of each break)
-    ends = breaks - (lf[breaks] & cr[np.maximum(breaks - 1, 0)] & (breaks > 0))
-    starts = np.concatenate(([0], breaks[:-1] + 1))
-    return starts.tolist(), ends.tolist()
+#: what a line of a chunk read line by line is (``_Lines.kind``)
+BLANK, RECORD, CONTINUED, MALFORMED = 0, 1, 2, 3
+
+
+class _Lines:
+    """A chunk's lines (each ending with a break: \\r\\n, \\n or a lone \\r) as offsets, not
+    one bytes object each, and what each line is (``kind``: blank or a record's first line to
+    begin with)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        buf = np.frombuffer(data, np.uint8)
+        lf, cr = buf == 10, buf == 13
+        breaks = np.flatnonzero(lf | (cr & np.append(~lf[1:], True)))  # (the last byte of each break)
+        self.ends = breaks - (lf[breaks] & cr[np.maximum(breaks - 1, 0)] & (breaks > 0))  # (its break left out)
+        self.starts = np.concatenate(([0], breaks[:-1] + 1)).astype(np.int64)
+        self.kind = np.where(self.ends == self.starts, BLANK, RECORD).astype(np.int8)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> bytes:
+        """Line ``i``, without its break."""
+        return self.data[self.starts[i] : self.ends[i]]
+
+    def text(self, first: int, last: int, breaks: bool = False) -> bytes:
+        """Lines ``first`` to ``last``, the breaks between them kept (and the last's: ``breaks``)."""
+        end = (self.starts[last + 1] if last + 1 < len(self) else len(self.data)) if breaks else self.ends[last]
+        return self.data[self.starts[first] : end]
+
+    def size(self, first: int, end: int) -> int:
+        """Bytes of lines ``first`` up to ``end`` (not included), breaks included."""
+        return int((self.starts[end] if end < len(self) else len(self.data)) - self.starts[first])
+
+    def record_end(self, first: int) -> int:
+        """The last line of the record whose first line is ``first``."""
+        last = first
+        while last + 1 < len(self) and self.kind[last + 1] == CONTINUED:
+            last += 1
+        return last
+
+    def quoted(self) -> np.ndarray:
+        """The lines holding a quote."""
+        quotes = np.flatnonzero(np.frombuffer(self.data, np.uint8) == 34)
+        return np.unique(np.searchsorted(self.starts, quotes, side="right") - 1)
+
+    def not_utf8(self) -> dict[int, str]:
+        """The lines that are not UTF-8, each with why."""
+        try:
+            self.data.decode("utf-8")
+            return {}
+        except UnicodeDecodeError:
+            pass
+        found = {}
+        for i in range(len(self)):
+            if (reason := _not_utf8(self[i])) is not None:
+                found[i] = reason
+        return found
 
 
 def _not_utf8(line: bytes) -> str | None:
@@ -219,7 +270,68 @@ def _last_line(chunk: memoryview | bytes) -> bytes:
 
 
 #: a parsed piece of a chunk: its batch, the file line of each row, its malformed records
-Parsed = tuple[pa.RecordBatch, np.ndarray, list[Malformed]]
+Parsed = tuple[pa.RecordBatch, np.ndarray, list[Malformed], "_Lines | None"]
+
+
+#: what a line does inside a quoted value left open by an earlier line (``_Inside``)
+GOES_ON, REOPENS, CLOSES, STOPS = 0, 1, 2, 3
+
+
+class _Inside:
+    """What each line holding a quote does inside a value left open on an earlier line, found
+    once for each (in the order the scan reaches them): whether the value goes on past it, and
+    the delimiters it adds to the record, kept as running sums so that whether a line's record
+    is well-formed is known in constant time (a parse of every candidate record was quadratic:
+    lines that each close a value and open another, a review's 195 KiB file took 71 s)."""
+
+    def __init__(self, parser: _ChunkParser, lines: _Lines, special: list[int], why: dict[int, str]) -> None:
+        self.parser, self.lines, self.special, self.why = parser, lines, special, why
+        self.state = [-1] * len(special)
+        # running sums over the special lines looked at, from the start of their run: delimiters
+        # added, and lines that are not strict CSV
+        self.delimiters = [0] * (len(special) + 1)
+        self.crooked = [0] * (len(special) + 1)
+        self.looked = -1  # the last special line looked at
+
+    def goes_on(self, at: int) -> bool:
+        """Whether the value is still open after ``special[at]`` (it goes on, or reopens)."""
+        if at > self.looked:
+            state, added = self._look(self.special[at])
+            if at != self.looked + 1:  # (a new run: lines in between were never inside a value)
+                self.delimiters[at] = self.crooked[at] = 0
+            self.state[at] = state
+            self.delimiters[at + 1] = self.delimiters[at] + (added or 0)
+            self.crooked[at + 1] = self.crooked[at] + (added is None)
+            self.looked = at
+        return self.state[at] in (GOES_ON, REOPENS)
+
+    def one_record(self, first: int, stop: int) -> bool:
+        """Whether the lines from ``special[first]`` (which leaves a value open) to
+        ``special[stop]`` (which closes it) are one well-formed record of the header's columns."""
+        if self.state[stop] != CLOSES or self.crooked[stop + 1] != self.crooked[first + 1]:
+            return False
+        opened = self.parser.strict_fields(self.lines[self.special[first]] + b'"')  # (its value closed)
+        added = self.delimiters[stop + 1] - self.delimiters[first + 1]
+        return opened is not None and opened + added == len(self.parser.names)
+
+    def _look(self, i: int) -> tuple[int, int | None]:
+        """Line ``i``'s state inside a value, and the delimiters it adds (None: not strict CSV)."""
+        if i in self.why:
+            return STOPS, None  # (not UTF-8)
+        line = self.lines[i]
+        end = VALUE_END(line)
+        if end is None:
+            return GOES_ON, 0  # (the whole line is inside the value: "" is a quote there)
+        rest = line[end.end() :]
+        if not rest:
+            return CLOSES, 0
+        delimiter = self.parser.delimiter.encode()
+        if not rest.startswith(delimiter):
+            return STOPS, None  # (text after the closing quote: no well-formed record goes on past it)
+        rest = rest[len(delimiter) :]
+        if self.parser.closed(rest):
+            return CLOSES, self.parser.strict_fields(rest)
+        return REOPENS, self.parser.strict_fields(rest + b'"')  # (a value opens again: closed here to count)
 
 
 class _ChunkParser:
@@ -237,8 +349,9 @@ class _ChunkParser:
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
         #: (no contract) the columns typed double: read as text and made doubles here, so that a
         #: value a double cannot hold exactly is found (its row a dead letter; in the first rows,
-        #: its column stays text)
+        #: its column stays text: ``deciding`` until they are seen)
         self.doubles: list[str] = []
+        self.deciding = False
         # With a contract only an empty value is null: "NA" (Namibia), "null", "N/A"... are text
         # the contract checks, as any other, and "" is an empty text (Arrow's CSV writer writes
         # a null as nothing, an empty string as ""). Without one, Arrow's null words stay null
@@ -250,46 +363,42 @@ class _ChunkParser:
         """The chunk's batch; several if it is looked at line by line and holds more than
         MAX_MALFORMED lines (each batch then has at most that many malformed records). A record
         still open at its end is kept in ``leftover`` (unless ``last``: no chunk follows)."""
-        for parsed, lines, bad in self._parse(chunk, first_line, count, last):
-            batch = parsed
-            if batch.num_rows and self.types is None:
-                # (a column empty in all the first rows is text: typed null, it refused every value after)
-                types = [pa.string() if pa.types.is_null(t) else t for t in batch.schema.types]
-                self.types = dict(zip(batch.schema.names, types, strict=True))
-                self.doubles = [n for n, t in self.types.items() if pa.types.is_floating(t)]
-                if self.doubles:  # the chunk again, those columns as text, to see what a double holds
-                    self.types.update(dict.fromkeys(self.doubles, pa.string()))
-                    self.leftover = None
-                    yield from self._with_doubles(chunk, first_line, count, last, first=True)
-                    return
-                if types != batch.schema.types:
-                    names = batch.schema.names
-                    batch = batch.cast(pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)]))
-            elif self.doubles:
-                yield from self._with_doubles(chunk, first_line, count, last)
-                return
-            bad.sort(key=lambda m: m.position)
-            yield ReadBatch(batch, pa.array(lines, pa.int64()), bad)
+        if self.types is None:
+            self._infer(chunk, first_line, count, last)
+        for parsed in self._parse(chunk, first_line, count, last):
+            yield self._read_batch(parsed, chunk, first_line)
 
-    def _with_doubles(
-        self, chunk: memoryview, first_line: int, count: int, last: bool, first: bool = False
-    ) -> Iterator[ReadBatch]:
-        """The chunk's batches, the columns of ``doubles`` made doubles where a double holds the
-        value exactly; a row with one it does not (or no number) is a dead letter. ``first``:
-        the file's first rows, whose types are being found: a column with such a value is text."""
-        bounds: tuple[list[int], list[int]] | None = None  # the chunk's lines, once a row needs its text
-        for parsed, lines, bad in self._parse(chunk, first_line, count, last):
-            batch, refused = self._as_doubles(parsed, first)
-            first = False
-            keep = np.ones(batch.num_rows, dtype=bool)
+    def _read_batch(self, parsed: Parsed, chunk: memoryview, first_line: int) -> ReadBatch:
+        """A parsed piece, its columns of ``doubles`` made doubles: a row with a value a double
+        cannot hold exactly (or no number) is a dead letter, its record's text as it is."""
+        batch, positions, bad, lines = parsed
+        if self.doubles and batch.num_rows:
+            batch, refused = self._as_doubles(batch, self.deciding)
+            self.deciding = False
             if refused:
-                starts, ends = bounds = bounds or _line_bounds(bytes(chunk))
+                lines = lines or _Lines(bytes(chunk))  # (the fast path's lines: one record each)
                 for row, why in refused.items():
-                    at = int(lines[row]) - first_line
-                    bad.append(Malformed(int(lines[row]), why, _text(bytes(chunk[starts[at] : ends[at]]))))
+                    at = int(positions[row]) - first_line
+                    bad.append(Malformed(int(positions[row]), why, _text(lines.text(at, lines.record_end(at)))))
+                keep = np.ones(batch.num_rows, dtype=bool)
                 keep[list(refused)] = False
-            bad.sort(key=lambda m: m.position)
-            yield ReadBatch(batch.filter(pa.array(keep)), pa.array(lines[keep], pa.int64()), bad)
+                batch, positions = batch.filter(pa.array(keep)), positions[keep]
+        bad.sort(key=lambda m: m.position)
+        return ReadBatch(batch, pa.array(positions, pa.int64()), bad)
+
+    def _infer(self, chunk: memoryview, first_line: int, count: int, last: bool) -> None:
+        """(no contract, the file's first rows) The column types Arrow infers from the chunk's
+        first rows, for the rest of the file; the chunk is then parsed again with them. A column
+        empty in all of those rows is text (typed null, it refused every value after); a double
+        column is read as text and made doubles here (``doubles``)."""
+        for batch, _, _, _ in self._parse(chunk, first_line, count, last):
+            if batch.num_rows:
+                self.types = {f.name: pa.string() if pa.types.is_null(f.type) else f.type for f in batch.schema}
+                self.doubles = [name for name, kind in self.types.items() if pa.types.is_floating(kind)]
+                self.types.update(dict.fromkeys(self.doubles, pa.string()))
+                self.deciding = bool(self.doubles)
+                break
+        self.leftover = None  # (found again by the parse that follows)
 
     def _as_doubles(self, batch: pa.RecordBatch, first: bool) -> tuple[pa.RecordBatch, dict[int, str]]:
         """``batch`` with its columns of ``doubles`` as doubles, and the rows refused, with why."""
@@ -355,104 +464,92 @@ class _ChunkParser:
             numbers = [int(row.number) for row in invalid]
             rows = np.arange(1, batch.num_rows + 1, dtype=np.int64)
             lines = physical_lines(rows, [n + 1 for n in numbers]) + (first_line - 2)
-            yield batch, lines, [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)]
+            bad = [_wrong_count(row, first_line - 1 + n) for row, n in zip(invalid, numbers, strict=True)]
+            yield batch, lines, bad, None
         else:
             del batch, invalid  # (freed before the chunk is parsed again)
             yield from self._by_line(chunk, first_line, last)
 
     def _by_line(self, chunk: memoryview, first_line: int, last: bool) -> Iterator[Parsed]:
-        """The chunk's records found line by line, parsed in pieces of MAX_MALFORMED lines.
+        """The chunk's records found line by line, parsed in pieces of about MAX_MALFORMED lines.
         Linear in the chunk's size whatever its lines hold (a parse per swallowed record was
-        not: 80 s and 1 GB per MB of lines holding a lone quote).
+        not: 80 s and 1 GB per MB of lines holding a lone quote); only the lines holding a quote
+        (or not UTF-8) are looked at one by one, each at most twice.
 
         A line that leaves a quote open starts a record that goes on to the first later line
         closing that value, if that record is one well-formed CSV record (RFC 4180, strict) of
         the header's columns within MAX_RECORD_BYTES; else the line alone is malformed and
         the next line is read as a record. A record still open at the chunk's end is kept in
         ``self.leftover`` for the next chunk, unless ``last``."""
-        data = bytes(chunk)
-        starts, ends = _line_bounds(data)
-        try:
-            data.decode("utf-8")
-            utf8 = True
-        except UnicodeDecodeError:
-            utf8 = False  # which lines: looked at one by one
-        records: list[bytes] = []
-        numbers: list[int] = []  # the file line of each record (its first)
-        bad: list[Malformed] = []
-        lines, piece, stop = len(starts), 0, 0  # stop: the first line past the scan so far that ends a value
-        i = 0
-        while i < lines:
-            if i - piece >= MAX_MALFORMED:
-                yield self._records(records, numbers, bad, first_line + piece)
-                records, numbers, bad, piece = [], [], [], i
-            line = data[starts[i] : ends[i]]
-            reason = None if utf8 or not line else _not_utf8(line)
-            if not line:
-                pass  # blank: pyarrow skips it
-            elif reason is not None:
-                bad.append(Malformed(first_line + i, reason, _text(line)))
-            elif b'"' not in line or self.closed(line):
-                records.append(line)
-                numbers.append(first_line + i)
+        lines = _Lines(bytes(chunk))
+        why = lines.not_utf8()  # a malformed line's reason, by its index
+        special = np.union1d(lines.quoted(), np.fromiter(why, np.int64, len(why))).tolist()
+        inside = _Inside(self, lines, special, why)
+        end = len(lines)  # the lines from here on go to the next chunk (a record still open)
+        stop_at = 0  # in ``special``: the lines before it go on inside a value left open
+        taken = -1  # the lines up to here are in a record of several lines
+        for at, i in enumerate(special):
+            if i <= taken or i in why or self.closed(lines[i]):
+                continue
+            # A quoted value left open: the lines after it go on with it up to the first that
+            # closes it, or that cannot be inside it (each line is looked at once: stop_at only
+            # moves on).
+            stop_at = max(stop_at, at + 1)
+            while stop_at < len(special) and inside.goes_on(stop_at):
+                stop_at += 1
+            stop = special[stop_at] if stop_at < len(special) else len(lines)
+            if stop == len(lines) and not last and lines.size(i, stop) <= MAX_RECORD_BYTES:
+                end = i
+                break
+            if stop < len(lines) and lines.size(i, stop + 1) <= MAX_RECORD_BYTES and inside.one_record(at, stop_at):
+                lines.kind[i + 1 : stop + 1] = CONTINUED
+                taken = stop
             else:
-                # A quoted value left open: the lines after it go on with it up to the first
-                # that closes it (or that cannot be inside it). Each line is looked at once.
-                stop = max(stop, i + 1)
-                while stop < lines and self._goes_on(data[starts[stop] : ends[stop]], utf8):
-                    stop += 1
-                if stop == lines and not last and len(data) - starts[i] <= MAX_RECORD_BYTES:
-                    yield self._records(records, numbers, bad, first_line + piece)
-                    self.leftover = (data[starts[i] :], first_line + i, lines - i)
-                    return
-                record = data[starts[i] : ends[stop]] if stop < lines else b""
-                if 0 < len(record) <= MAX_RECORD_BYTES and self._one_record(record):
-                    records.append(record)
-                    numbers.append(first_line + i)
-                    i = stop + 1
-                    continue
-                bad.append(Malformed(first_line + i, UNCLOSED, _text(line)))
-            i += 1
-        yield self._records(records, numbers, bad, first_line + piece)
+                why[i] = UNCLOSED
+        lines.kind[list(why)] = MALFORMED
+        low = 0
+        while low < end:  # pieces of about MAX_MALFORMED lines, each ending where a record does
+            high = min(low + MAX_MALFORMED, end)
+            while high < end and lines.kind[high] == CONTINUED:
+                high += 1
+            yield self._records(lines, low, high, why, first_line)
+            low = high
+        if end < len(lines):
+            self.leftover = (lines.data[lines.starts[end] :], first_line + end, len(lines) - end)
 
-    def _goes_on(self, line: bytes, utf8: bool) -> bool:
-        """Whether ``line``, inside a quoted value begun on an earlier line, leaves it open at
-        its end (the value goes on, or a later value of the record opens again); False if it
-        closes the value and the record, or it cannot be inside one (not UTF-8)."""
-        if not utf8 and _not_utf8(line) is not None:
-            return False
-        end = VALUE_END(line) if b'"' in line else None
-        if end is None:
-            return True  # (the whole line is inside the value)
-        rest = line[end.end() :]
-        delimiter = self.delimiter.encode()
-        # text right after the closing quote cannot be inside a well-formed record: it stops here
-        return rest.startswith(delimiter) and not self.closed(rest[len(delimiter) :])
-
-    def _one_record(self, text: bytes) -> bool:
-        """Whether ``text`` (lines) is one well-formed CSV record of the header's columns: a stray
-        quote whose value some later line happens to close is not (the lines are then each read
-        as records of their own, not merged into one)."""
+    def strict_fields(self, text: bytes) -> int | None:
+        """How many fields the line ``text`` holds, read as strict CSV (RFC 4180: nothing after a
+        closing quote but a delimiter); None if it is not so."""
+        if not text:
+            return 1
         try:
-            rows = list(
-                stdlib_csv.reader(io.StringIO(text.decode("utf-8"), newline=""), delimiter=self.delimiter, strict=True)
-            )
-        except (stdlib_csv.Error, UnicodeDecodeError):
-            return False
-        return len(rows) == 1 and len(rows[0]) == len(self.names)
+            row = next(stdlib_csv.reader([text.decode("utf-8")], delimiter=self.delimiter, strict=True))
+        except (stdlib_csv.Error, StopIteration, UnicodeDecodeError):
+            return None
+        return len(row)
 
-    def _records(self, records: list[bytes], numbers: list[int], bad: list[Malformed], first_line: int) -> Parsed:
-        """The records (bytes without their final line break) parsed once, as a batch with the
-        file line of each row; the ones with a wrong column count added to ``bad``."""
+    def _records(self, lines: _Lines, low: int, high: int, why: dict[int, str], first_line: int) -> Parsed:
+        """Lines ``low`` to ``high`` parsed once, as they are but for the malformed ones (a value's
+        line breaks kept): a batch with the file line of each row, and the malformed records
+        (the ones with a wrong column count too)."""
+        kind = lines.kind[low:high]
+        skipped = (np.flatnonzero(kind == MALFORMED) + low).tolist()
+        bad = [Malformed(first_line + i, why[i], _text(lines[i])) for i in skipped]
+        cuts = [low, *(x for i in skipped for x in (i, i + 1)), high]
+        pieces = (lines.text(a, b - 1, breaks=True) for a, b in zip(cuts[::2], cuts[1::2], strict=True) if a < b)
+        text = b"".join(pieces) or b"\n"  # (no record: Arrow's empty table, not "Empty CSV file")
+        starts = np.flatnonzero(kind == RECORD) + low  # each record's first line
+        numbers = (starts + first_line).tolist()
         invalid: list[pacsv.InvalidRow] = []
         try:
-            batch = self._read(b"\n".join(records) + b"\n", invalid)
+            batch = self._read(text, invalid)
         except pa.ArrowInvalid as exc:
             if self.raw or self.types is None:
-                raise self._error(first_line, numbers, exc) from None
+                raise self._error(first_line + low, numbers, exc) from None
             # (no contract) a value the types of the first rows refuse: that record is a dead
             # letter, found by halves with the same converter; the others read as before (the
             # scenario failed, or, read as text and cast, " 5" failed as an int too)
+            records = [lines.text(i, lines.record_end(i)) for i in starts.tolist()]
             refused = self._refused(records, 0, len(records))
             bad.extend(Malformed(numbers[i], why, _text(records[i])) for i, why in refused.items())
             records = [r for i, r in enumerate(records) if i not in refused]
@@ -461,13 +558,13 @@ class _ChunkParser:
             try:
                 batch = self._read(b"\n".join(records) + b"\n", invalid)
             except pa.ArrowInvalid:
-                raise self._error(first_line, numbers, exc) from None
+                raise self._error(first_line + low, numbers, exc) from None
         found = batch.num_rows + len(invalid)
-        if found != len(records):  # cannot be, as long as closed() and _one_record parse as pyarrow does
-            raise self._error(first_line, numbers, f"{found} records in {len(records)}")
+        if found != len(numbers):  # cannot be, as long as closed() and _Inside read lines as pyarrow does
+            raise self._error(first_line + low, numbers, f"{found} records in {len(numbers)}")
         wrong = np.asarray([int(row.number) - 1 for row in invalid], dtype=np.int64)
         bad.extend(_wrong_count(row, numbers[n]) for row, n in zip(invalid, wrong, strict=True))
-        return batch, np.delete(np.asarray(numbers, dtype=np.int64), wrong), bad
+        return batch, np.delete(np.asarray(numbers, dtype=np.int64), wrong), bad, lines
 
     def _refused(self, lines: list[bytes], low: int, high: int) -> dict[int, str]:
         """The lines in ``lines[low:high]`` that the first rows' column types refuse, each with

@@ -484,16 +484,23 @@ class _Written(str):
 
 def _as_text(value: Any) -> str | None:
     """A top-level JSON value as the text a contract types: a number as written, a nested one
-    as JSON (its numbers as Python reads them)."""
+    as JSON (its numbers as written too)."""
     if value is None or isinstance(value, str):
         return None if value is None else str(value)
-    return _json_text(_numbers(value))
+    return _json_text(value)
 
 
 def _json_text(value: Any) -> str:
     """An object or array as the JSON text a contract's ``str`` field gets: compact, its keys in
-    their order, its characters as they are (as a JSON Lines sink writes it)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    their order, its characters as they are (as a JSON Lines sink writes it), its numbers as
+    written when read so (``_Written``: as a float, 123456789.123456789 lost digits)."""
+    if isinstance(value, _Written):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json_text(str(k))}:{_json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _numbers(value: Any) -> Any:
