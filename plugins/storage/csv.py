@@ -63,9 +63,11 @@ MAX_COLUMNS = 10_000
 
 def _lone_cr(line: bytes) -> int | None:
     """Where the first CR that ends ``line`` early is: outside quotes, not before LF, not last."""
-    at = line.find(b"\r")
+    at, quotes, counted = line.find(b"\r"), 0, 0
     while at != -1:
-        if line.count(b'"', 0, at) % 2 == 0:  # (outside a quoted value: a CR in one is its text)
+        quotes += line.count(b'"', counted, at)  # (counted once: per CR from the start was quadratic)
+        counted = at
+        if quotes % 2 == 0:  # (outside a quoted value: a CR in one is its text)
             return at if line[at + 1 : at + 2] not in (b"\n", b"") else None
         at = line.find(b"\r", at + 1)
     return None
