@@ -365,10 +365,41 @@ class _ChunkParser:
         """The chunk's batch; several if it is looked at line by line and holds more than
         MAX_MALFORMED lines (each batch then has at most that many malformed records). A record
         still open at its end is kept in ``leftover`` (unless ``last``: no chunk follows)."""
-        if self.types is None:
-            self._infer(chunk, first_line, count, last)
+        if self.types is None:  # (no contract, the file's first rows)
+            yield from self._first(chunk, first_line, count, last)
+            return
         for parsed in self._parse(chunk, first_line, count, last):
             yield self._read_batch(parsed, chunk, first_line)
+
+    def _first(self, chunk: memoryview, first_line: int, count: int, last: bool) -> Iterator[ReadBatch]:
+        """The chunk holding the file's first rows: the column types Arrow infers from them are
+        kept for the rest of the file. A column empty in all of them is text (typed null, it
+        refused every value after); a double column is read as text and made doubles here
+        (``doubles``): the chunk is then parsed again, its pieces yielded only from that parse
+        (a piece yielded before was yielded twice: a review)."""
+        pieces = self._parse(chunk, first_line, count, last)
+        before: list[Parsed] = []  # (pieces of dead letters only: no row to type)
+        for parsed in pieces:
+            typed = parsed
+            if self.types is None and parsed[0].num_rows:
+                schema = parsed[0].schema
+                self.types = {f.name: pa.string() if pa.types.is_null(f.type) else f.type for f in schema}
+                self.doubles = [name for name, kind in self.types.items() if pa.types.is_floating(kind)]
+                if self.doubles:
+                    self.types.update(dict.fromkeys(self.doubles, pa.string()))
+                    self.deciding, self.leftover = True, None
+                    for again in self._parse(chunk, first_line, count, last):
+                        yield self._read_batch(again, chunk, first_line)
+                    return
+                typed = (parsed[0].cast(pa.schema(list(self.types.items()))), *parsed[1:])
+            if self.types is None:
+                before.append(parsed)
+                continue
+            for piece in (*before, typed):
+                yield self._read_batch(piece, chunk, first_line)
+            before = []
+        for piece in before:
+            yield self._read_batch(piece, chunk, first_line)
 
     def _read_batch(self, parsed: Parsed, chunk: memoryview, first_line: int) -> ReadBatch:
         """A parsed piece, its columns of ``doubles`` made doubles: a row with a value a double
@@ -387,20 +418,6 @@ class _ChunkParser:
                 batch, positions = batch.filter(pa.array(keep)), positions[keep]
         bad.sort(key=lambda m: m.position)
         return ReadBatch(batch, pa.array(positions, pa.int64()), bad)
-
-    def _infer(self, chunk: memoryview, first_line: int, count: int, last: bool) -> None:
-        """(no contract, the file's first rows) The column types Arrow infers from the chunk's
-        first rows, for the rest of the file; the chunk is then parsed again with them. A column
-        empty in all of those rows is text (typed null, it refused every value after); a double
-        column is read as text and made doubles here (``doubles``)."""
-        for batch, _, _, _ in self._parse(chunk, first_line, count, last):
-            if batch.num_rows:
-                self.types = {f.name: pa.string() if pa.types.is_null(f.type) else f.type for f in batch.schema}
-                self.doubles = [name for name, kind in self.types.items() if pa.types.is_floating(kind)]
-                self.types.update(dict.fromkeys(self.doubles, pa.string()))
-                self.deciding = bool(self.doubles)
-                break
-        self.leftover = None  # (found again by the parse that follows)
 
     def _as_doubles(self, batch: pa.RecordBatch, first: bool) -> tuple[pa.RecordBatch, dict[int, str]]:
         """``batch`` with its columns of ``doubles`` as doubles, and the rows refused, with why."""
