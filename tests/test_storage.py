@@ -998,3 +998,28 @@ def test_sinks_write_columns_their_library_cannot(tmp_path: Path) -> None:
     csv.write(cast_losing_nothing(views, csv.schema))
     csv.commit()
     assert (tmp_path / "o.csv").read_text().splitlines() == ['"s"', '"x"', ""]
+
+
+def test_csv_the_first_block_s_dead_letters_come_once_without_a_double_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(no double column: the chunk is parsed once, its pieces of dead letters only held until
+    a row types the columns)"""
+    from runink.plugins.storage import csv as csv_module
+
+    monkeypatch.setattr(csv_module, "MAX_MALFORMED", 4)
+    parses = 0
+    read_csv = csv_module.pacsv.read_csv
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal parses
+        parses += 1
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(csv_module.pacsv, "read_csv", counting)
+    path = tmp_path / "x.csv"
+    path.write_text("id,n\n" + "bad\n" * 6 + "".join(f"{i},{i}\n" for i in range(4)))
+    reads = list(load_driver(Storage, "csv").read(path))
+    assert [row for read in reads for row in read.batch.to_pylist()] == [{"id": i, "n": i} for i in range(4)]
+    assert [m.position for read in reads for m in read.malformed] == list(range(2, 8))
+    assert parses == 4  # (the block, then its 3 pieces: none twice)
