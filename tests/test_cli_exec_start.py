@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,50 @@ def test_the_script_ends_at_once_with_all_its_output_written_and_the_commands_st
     assert ran.returncode == 3, ran.stderr
     assert ran.stdout == big
     assert ran.stderr.startswith(b"oops\n") and b"job-1: FAILED" in ran.stderr
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), [(2, 130, "interrupted"), (15, 143, "stopped by SIGTERM")])
+def test_an_exec_stopped_while_it_waits_cancels_its_job_and_says_so(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """Ctrl-C printed only "interrupted" and SIGTERM (timeout(1)) nothing: the job ran on, its id
+    never shown (a review). As srun's, a waiting exec stopped so cancels its job; a job that
+    cannot be placed says why on stderr, terminal or not."""
+
+    def api(request: bytes) -> bytes:
+        line = request.split(b"\r\n", 1)[0]
+        if line.startswith(b"POST /v1/jobs/job-1/cancel"):
+            return ok(json.dumps({"job": {"id": "job-1", "state": "CANCELLED"}}).encode())
+        if line.startswith(b"POST /v1/jobs "):
+            return ok(json.dumps({"job": {"id": "job-1", "state": "PENDING"}, "revision": 3}).encode())
+        if line.startswith(b"GET /v1/jobs/job-1/logs"):
+            return ok(json.dumps({**log_read(b""), "state": "PENDING", "more": False}).encode())
+        if line.startswith(b"GET /v1/jobs/job-1"):
+            time.sleep(0.1)
+            task = {"state": "PENDING", "message": "no node fits: agent-0: cordoned"}
+            return ok(json.dumps({"job": {"id": "job-1", "state": "PENDING"}, "tasks": [task], "revision": 3}).encode())
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+
+    server = HttpStub(api)
+    env = _project(tmp_path, server)
+    try:
+        cli = subprocess.Popen(
+            [sys.executable, "-c", RUN, "exec", "--", "/bin/true"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not any(r.startswith(b"GET /v1/jobs/job-1?") for r in server.requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        cli.send_signal(signum)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        server.close()
+    assert json.loads(out.strip().splitlines()[-1])["code"] == status, err
+    assert "job-1: PENDING: no node fits: agent-0: cordoned" in err
+    assert f"job-1: cancelled: {said}" in err
+    assert any(r.startswith(b"POST /v1/jobs/job-1/cancel") for r in server.requests)

@@ -5,8 +5,11 @@ config models): ``runink exec`` runs this from its short path too (``exec_fast``
 from __future__ import annotations
 
 import base64
+import contextlib
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from runink.core.cli.output import print_json
@@ -38,7 +41,17 @@ def run_exec(client: ClusterClient, body: dict[str, Any], *, detach: bool, json_
         return 0
     streams = {"stdout": binary(sys.stdout), "stderr": binary(sys.stderr)}
     output = None if json_output else Output(client, job_id, streams)
-    final = wait_for_job(client, job_id, output, after=int(job.get("revision") or 0))
+    try:
+        with _stopped_by_signals():
+            final = wait_for_job(client, job_id, output, after=int(job.get("revision") or 0))
+    except (KeyboardInterrupt, Stopped) as exc:
+        # as srun: a command stopped here stops its job (it ran on, unseen, its id never shown)
+        try:
+            client.call("POST", f"/v1/jobs/{job_id}/cancel")
+            say(f"{job_id}: cancelled: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}")
+        except Exception:  # (the cluster did not answer: say what is left running)
+            say(f"{job_id}: may be running still: runink cancel {job_id}")
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + exc.signum
     task = (final.get("tasks") or [{}])[0]
     if json_output:
         print_json(final)
@@ -58,6 +71,30 @@ def run_exec(client: ClusterClient, body: dict[str, Any], *, detach: bool, json_
     return code if isinstance(code, int) and 0 < code < 256 else 1
 
 
+class Stopped(Exception):
+    """The process was asked to stop (SIGTERM, SIGHUP) while it waited for its job."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Stopped in the block (timeout(1), a closed terminal), as Ctrl-C
+    raises KeyboardInterrupt: the waiting command can then stop its job, not just vanish."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    kept = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in kept.items():
+            signal.signal(number, handler)
+
+
 def wait_for_job(client: ClusterClient, job_id: str, output: Output | None = None, *, after: int = 0) -> dict[str, Any]:
     """The job once it ended; says on stderr where it is while it waits (state changes only)
     and writes its output as it comes (every OUTPUT_POLL seconds, and all of it at the end: the
@@ -66,7 +103,7 @@ def wait_for_job(client: ClusterClient, job_id: str, output: Output | None = Non
     next change (``wait``/``after``): no polling. ``after``: the revision the submission's
     answer gave (its first read waits for a change past it)."""
     tell = sys.stderr.isatty()
-    last = None
+    last: tuple[str, str] | None = None
     revision = after
     while True:
         wait = OUTPUT_POLL if output is not None else JOB_WAIT
@@ -83,9 +120,11 @@ def wait_for_job(client: ClusterClient, job_id: str, output: Output | None = Non
         if state in FINAL:
             answer.pop("output", None)
             return answer
-        if state != last and tell:
-            say(f"{job_id}: {state}")
-        last = state
+        why = str((answer.get("tasks") or [{}])[0].get("message") or "")
+        if (state, why) != last and (tell or (state == "PENDING" and why)):
+            # (a job that cannot be placed says why, terminal or not: it waited unseen, its id unknown)
+            say(f"{job_id}: {state}" + (f": {why}" if why else ""))
+        last = (state, why)
 
 
 def say(line: str) -> None:

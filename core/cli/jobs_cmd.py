@@ -15,7 +15,7 @@ import typer
 
 from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
 from runink.core.cli.exec_fast import MAX_GPU, MAX_RETRIES
-from runink.core.cli.job_watch import FINAL, OUTPUT_POLL, Output, binary, run_exec, wait_for_job
+from runink.core.cli.job_watch import FINAL, OUTPUT_POLL, Output, binary, run_exec, say, wait_for_job
 from runink.core.cli.local_runs import LocalRuns
 from runink.core.cli.output import console, print_json, print_table
 from runink.core.cli.state import CliState
@@ -197,7 +197,11 @@ def submit_command(
             if submitted.get("estimate") is not None:
                 print(f"# worst-case cost {submitted['estimate']:.4g}", file=sys.stderr)
             return
-        final = wait_for_job(client, job_id, after=int(answer.get("revision") or 0))
+        try:
+            final = wait_for_job(client, job_id, after=int(answer.get("revision") or 0))
+        except KeyboardInterrupt:  # (submitted: the job is the cluster's now; say which it is)
+            say(f"{job_id}: goes on without this wait (runink status {job_id}, runink cancel {job_id})")
+            raise typer.Exit(130) from None
     if json_output:
         print_json(final)
     else:
