@@ -25,15 +25,13 @@ _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECAS
 
 #: a herd, node or job name: what may appear as one part of a Barn key (and a cgroup's)
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+NAME_WORDS = "expected 1-63 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
 
 
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a valid herd, node or job name; else ValueError saying what is wrong."""
     if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise ValueError(
-            f"{what} {value!r}: expected 1-63 lower-case letters, digits, '.', '_' or '-', "
-            "starting and ending with a letter or digit"
-        )
+        raise ValueError(f"{what} {value!r}: {NAME_WORDS}")
     return value
 
 

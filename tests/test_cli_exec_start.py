@@ -282,3 +282,16 @@ def test_an_exec_stopped_while_it_waits_cancels_its_job_and_says_so(
     assert "job-1: PENDING: no node fits: agent-0: cordoned" in err
     assert f"job-1: cancelled: {said}" in err
     assert any(r.startswith(b"POST /v1/jobs/job-1/cancel") for r in server.requests)
+
+
+def test_a_job_id_reaches_the_server_as_one_quoted_path_part(tmp_path: Path) -> None:
+    """Ids and names went into API paths as given: `runink status 'job-1?explain=true'` sent a
+    query, and a name with '/' another path (a review)."""
+    server = HttpStub(api)
+    env = _project(tmp_path, server)
+    try:
+        ran = _cli(tmp_path, env, "status", "job-1?explain=true", full=True)
+    finally:
+        server.close()
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["code"] == 1, ran.stderr
+    assert {r.split(b" ")[1] for r in server.requests} == {b"/v1/jobs/job-1%3Fexplain%3Dtrue"}

@@ -9,12 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import typer
 
 from runink.core.cli import roles_cmd
-from runink.core.cli.cluster_client import MAX_TOKEN, given_token, one_token, token_file
+from runink.core.cli.cluster_client import MAX_TOKEN, given_token, one_token, part, token_file
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client, nodes_app
 from runink.core.cli.output import print_json, print_table
 
@@ -44,7 +43,7 @@ def _subject(user: str | None, group: str | None, service_account: str | None) -
 
 
 def _bindings_path(herd: str) -> str:
-    return "/v1/rbac" if herd == CLUSTER else f"/v1/herds/{herd}/rbac"
+    return "/v1/rbac" if herd == CLUSTER else f"/v1/herds/{part(herd)}/rbac"
 
 
 def login_command(
@@ -96,7 +95,7 @@ def token_create(
     json_output: bool = JSON,
 ) -> None:
     """Mint a short-lived token for a CI system or a script; printed once, kept nowhere."""
-    path = f"/v1/herds/{herd}/tokens" if herd else "/v1/tokens"
+    path = f"/v1/herds/{part(herd)}/tokens" if herd else "/v1/tokens"
     body = {"name": name, "role": role, "ttl": _duration(ttl)}
 
     def about(answer: dict[str, Any]) -> str:
@@ -141,7 +140,7 @@ def token_revoke(
 def _revoke(ctx: typer.Context, server: str | None, body: dict[str, str], json_output: bool) -> None:
     with _client(ctx, server) as client:
         if "herd" in body:
-            answer = client.call("POST", f"/v1/herds/{quote(body['herd'], safe='')}/tokens/revoke")
+            answer = client.call("POST", f"/v1/herds/{part(body['herd'])}/tokens/revoke")
         else:
             answer = client.call("POST", "/v1/tokens/revoke", body)
     if json_output:
@@ -248,7 +247,7 @@ def node_token(
     json_output: bool = JSON,
 ) -> None:
     """Mint the token a node's agent connects with (`runink agent --token-file FILE`)."""
-    path, hint = f"/v1/nodes/{node}/token", f"node {node}: give it to its agent as --token-file"
+    path, hint = f"/v1/nodes/{part(node)}/token", f"node {node}: give it to its agent as --token-file"
     mint_token(ctx, server, path, {"ttl": _duration(ttl)}, json_output, lambda _: hint)
 
 

@@ -19,7 +19,7 @@ import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from runink.core.errors import RuninkError
 from runink.core.http_connection import HttpConnection
@@ -36,6 +36,13 @@ BUSY_RETRIES, BUSY_WAIT = 3, 2.0
 # call goes there (its submission is placed in the commit that stores it), not to the first
 # server given. A stale hint costs what no hint costs: the answer names the new one.
 HINTS = "scheduler"
+
+
+def part(value: object) -> str:
+    """One part of an API path, quoted: a name or id given on the command line with a '/', '?'
+    or '#' in it reaches the server as what it is (and is refused there, naming it), never as
+    another path or a query."""
+    return quote(str(value), safe="")
 
 
 class ClusterError(RuninkError):

@@ -146,7 +146,7 @@ def _nodes(nodes: list[dict[str, Any]]) -> Check:
 
 
 def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
-    from runink.core.cli.cluster_client import ClusterError
+    from runink.core.cli.cluster_client import ClusterError, part
     from runink.core.cli.job_watch import FINAL
 
     began = time.monotonic()
@@ -154,7 +154,7 @@ def _a_job_runs(client: Any, herd: str, timeout: float) -> Check:
         submitted = client.call("POST", "/v1/jobs", {"herd": herd, "command": ["/bin/true"]})
         job, revision, state = submitted["job"]["id"], int(submitted.get("revision") or 0), "PENDING"
         while time.monotonic() - began < timeout:
-            answer = client.call("GET", f"/v1/jobs/{job}", wait=2, after=revision)
+            answer = client.call("GET", f"/v1/jobs/{part(job)}", wait=2, after=revision)
             state, revision = answer["job"]["state"], answer["revision"]
             if state in FINAL:
                 break

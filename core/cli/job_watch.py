@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from runink.core.cli.cluster_client import part
 from runink.core.cli.output import print_json
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def run_exec(client: ClusterClient, body: dict[str, Any], *, detach: bool, json_
     except (KeyboardInterrupt, Stopped) as exc:
         # as srun: a command stopped here stops its job (it ran on, unseen, its id never shown)
         try:
-            client.call("POST", f"/v1/jobs/{job_id}/cancel")
+            client.call("POST", f"/v1/jobs/{part(job_id)}/cancel")
             say(f"{job_id}: cancelled: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}")
         except Exception:  # (the cluster did not answer: say what is left running)
             say(f"{job_id}: may be running still: runink cancel {job_id}")
@@ -109,7 +110,7 @@ def wait_for_job(client: ClusterClient, job_id: str, output: Output | None = Non
         wait = OUTPUT_POLL if output is not None else JOB_WAIT
         asked = time.monotonic()
         answer: dict[str, Any] = client.call(
-            "GET", f"/v1/jobs/{job_id}", wait=wait, after=revision, output="true" if output is not None else None
+            "GET", f"/v1/jobs/{part(job_id)}", wait=wait, after=revision, output="true" if output is not None else None
         )
         known, revision = revision, int(answer.get("revision") or 0)
         if revision == known and time.monotonic() - asked < wait / 2:
@@ -151,7 +152,7 @@ class Output:
 
     def _read(self, stream: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.client.call(
-            "GET", f"/v1/jobs/{self.job_id}/logs", stream=stream, offset=self.offsets[stream]
+            "GET", f"/v1/jobs/{part(self.job_id)}/logs", stream=stream, offset=self.offsets[stream]
         )
         return answer
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, server_addresses
+from runink.core.cli.cluster_client import ClusterClient, ClusterError, cluster_ca, part, server_addresses
 from runink.core.cli.exec_fast import MAX_GPU, MAX_RETRIES
 from runink.core.cli.job_watch import FINAL, OUTPUT_POLL, Output, binary, run_exec, say, wait_for_job
 from runink.core.cli.local_runs import LocalRuns
@@ -75,7 +75,7 @@ def _job_client(ctx: typer.Context, server: str | None, job_id: str) -> Iterator
         return
     with _client(ctx, server) as client:
         try:
-            client.call("GET", f"/v1/jobs/{job_id}")
+            client.call("GET", f"/v1/jobs/{part(job_id)}")
         except ClusterError as exc:
             if exc.status not in (None, 404) or local.history.find(job_id) is None:
                 raise
@@ -244,7 +244,7 @@ def logs_command(
         raise typer.BadParameter(f"{stream!r}: expected stdout or stderr", param_hint="--stream")
     with _job_client(ctx, server, job_id) as client:
         if json_output:
-            print_json(client.call("GET", f"/v1/jobs/{job_id}/logs", stream=stream))
+            print_json(client.call("GET", f"/v1/jobs/{part(job_id)}/logs", stream=stream))
             return
         output = Output(client, job_id, {stream: binary(sys.stdout)})
         while True:
@@ -258,7 +258,7 @@ def _datasets(client: ClusterClient | LocalRuns, job_id: str) -> list[dict[str, 
     """What the job's scenarios read and wrote, from the servers' lineage catalog (None: the
     servers keep none, their `catalog` plugin being off)."""
     try:
-        found: list[dict[str, Any]] = client.call("GET", f"/v1/catalog/jobs/{job_id}")["scenarios"]
+        found: list[dict[str, Any]] = client.call("GET", f"/v1/catalog/jobs/{part(job_id)}")["scenarios"]
     except ClusterError as exc:
         if exc.status == 404:
             return None
@@ -280,7 +280,7 @@ def status_command(
     """A job, its tasks and their transitions: a cluster's, or a run of `runink run` on this
     machine (its job id or run id)."""
     with _job_client(ctx, server, job_id) as client:
-        answer = client.call("GET", f"/v1/jobs/{job_id}", explain="true" if explain else None)
+        answer = client.call("GET", f"/v1/jobs/{part(job_id)}", explain="true" if explain else None)
         if answer["job"].get("kind") == "pipeline":
             answer["datasets"] = _datasets(client, job_id)
     if json_output:
@@ -361,7 +361,7 @@ def cancel_command(
     """Cancel a job: its running slices are stopped, its waiting tasks never start. A run of
     `runink run` on this machine is stopped as Ctrl-C stops it."""
     with _job_client(ctx, server, job_id) as client:
-        answer = client.call("POST", f"/v1/jobs/{job_id}/cancel")
+        answer = client.call("POST", f"/v1/jobs/{part(job_id)}/cancel")
     if json_output:
         print_json(answer)
         return
@@ -605,7 +605,7 @@ def herd_roots(
     """Set the folders a herd's pipelines may be in (replacing those it had; cluster admins)."""
     body = {"roots": [_absolute(r, "DIR") for r in roots or []]}
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/herds/{name}/roots", body)
+        answer = client.call("PUT", f"/v1/herds/{part(name)}/roots", body)
     if json_output:
         print_json(answer)
     else:
@@ -627,7 +627,7 @@ def herd_node_labels(
     credentials were stolen cannot draw this herd's tasks."""
     body = {"node_labels": _pairs(labels or [], "KEY=VALUE")}
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/herds/{name}/node-labels", body)
+        answer = client.call("PUT", f"/v1/herds/{part(name)}/node-labels", body)
     if json_output:
         print_json(answer)
     else:
@@ -689,7 +689,7 @@ def herd_describe(
 ) -> None:
     """A herd's quota and what it uses of it now."""
     with _client(ctx, server) as client:
-        answer = client.call("GET", f"/v1/herds/{name}")
+        answer = client.call("GET", f"/v1/herds/{part(name)}")
     if json_output:
         print_json(answer)
         return
@@ -713,7 +713,7 @@ def herd_delete(
 ) -> None:
     """Delete a herd (refused while it has jobs not ended)."""
     with _client(ctx, server) as client:
-        answer = client.call("DELETE", f"/v1/herds/{name}")
+        answer = client.call("DELETE", f"/v1/herds/{part(name)}")
     print_json(answer) if json_output else print(f"herd {name} deleted")
 
 
@@ -809,7 +809,7 @@ def _node_action(action: str, help_text: str) -> None:
         json_output: bool = JSON,
     ) -> None:
         with _client(ctx, server) as client:
-            answer = client.call("POST", f"/v1/nodes/{node}/{action}")
+            answer = client.call("POST", f"/v1/nodes/{part(node)}/{action}")
         print_json(answer) if json_output else print(f"node {node}: {action}")
 
     command.__doc__ = help_text
@@ -830,7 +830,7 @@ def node_label(
     asking for one (a pipeline's @affinity(label=...), a job's node_labels) runs only where an admin said."""
     pairs = _pairs(labels or [], "KEY=VALUE")
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/nodes/{node}/labels", {"labels": pairs})
+        answer = client.call("PUT", f"/v1/nodes/{part(node)}/labels", {"labels": pairs})
     if json_output:
         print_json(answer)
     else:
@@ -857,7 +857,7 @@ def node_capacity(
     if not clear:
         pinned = {"cpu": cpus or 0, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpus or 0}
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/nodes/{node}/capacity", {"pinned": pinned})
+        answer = client.call("PUT", f"/v1/nodes/{part(node)}/capacity", {"pinned": pinned})
     if json_output:
         print_json(answer)
     else:

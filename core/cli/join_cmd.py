@@ -27,7 +27,9 @@ def node_join_token(
 ) -> None:
     """Mint a one-time token a new machine joins the cluster with (`runink node join TOKEN`)."""
     hint = f"node {node}: on the new machine, `runink node join --token-file FILE --server URL --dir DIR`"
-    mint_token(ctx, server, f"/v1/nodes/{node}/join-token", {"ttl": _duration(ttl)}, json_output, lambda _: hint)
+    from runink.core.cli.cluster_client import part
+
+    mint_token(ctx, server, f"/v1/nodes/{part(node)}/join-token", {"ttl": _duration(ttl)}, json_output, lambda _: hint)
 
 
 @node_app.command("join")

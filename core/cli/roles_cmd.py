@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from runink.core.cli.cluster_client import part
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client
 from runink.core.cli.output import print_json, print_table
 
@@ -28,7 +29,7 @@ def role_create(
 ) -> None:
     """Define a custom role, or replace its definition (cluster admins; bindings follow within a second)."""
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/roles/{name}", {"allows": allow})
+        answer = client.call("PUT", f"/v1/roles/{part(name)}", {"allows": allow})
     print_json(answer) if json_output else print(f"role {answer['name']}: {', '.join(answer['allows'])}")
 
 
@@ -60,7 +61,7 @@ def role_delete(
 ) -> None:
     """Remove a custom role (cluster admins); unbind it everywhere first."""
     with _client(ctx, server) as client:
-        client.call("DELETE", f"/v1/roles/{name}")
+        client.call("DELETE", f"/v1/roles/{part(name)}")
     print(f"role {name}: deleted")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from runink.core.cli.cluster_client import part
 from runink.core.cli.jobs_cmd import JSON, SERVER, _client
 from runink.core.cli.output import print_json, print_table
 from runink.core.errors import RuninkError
@@ -63,7 +64,7 @@ def secret_set(
     """Store a new version of a herd's secret: slices started from now on get it."""
     value = _read_value(from_file)
     with _client(ctx, server) as client:
-        answer = client.call("PUT", f"/v1/herds/{herd}/secrets/{name}", {"value": value})
+        answer = client.call("PUT", f"/v1/herds/{part(herd)}/secrets/{part(name)}", {"value": value})
     print_json(answer) if json_output else print(f"secret {name} of herd {herd}: version {answer['version']}")
 
 
@@ -76,7 +77,7 @@ def secret_list(
 ) -> None:
     """A herd's secrets: names, versions and when each was set (never a value)."""
     with _client(ctx, server) as client:
-        answer = client.call("GET", f"/v1/herds/{herd}/secrets")
+        answer = client.call("GET", f"/v1/herds/{part(herd)}/secrets")
     if json_output:
         print_json(answer["secrets"])
         return
@@ -93,7 +94,7 @@ def secret_delete(
 ) -> None:
     """Delete a herd's secret (jobs asking for it are refused from now on)."""
     with _client(ctx, server) as client:
-        client.call("DELETE", f"/v1/herds/{herd}/secrets/{name}")
+        client.call("DELETE", f"/v1/herds/{part(herd)}/secrets/{part(name)}")
     print(f"secret {name} of herd {herd}: deleted")
 
 

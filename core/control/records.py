@@ -781,6 +781,19 @@ class keys:
         return keys.tasks(herd) + check_name(task_id, "task")
 
     @staticmethod
+    def named(key: str) -> str:
+        """What a record's key names, in words: ``herd 'x'``, ``node 'n'``, ``job 'j' of herd 'x'``
+        (the key itself for any other)."""
+        parts = key.split("/")
+        if len(parts) == 4 and parts[1] == "herds" and parts[3] == "herd":
+            return f"herd {parts[2]!r}"
+        if key.startswith(keys.NODES) and "/" not in key[len(keys.NODES) :]:
+            return f"node {key[len(keys.NODES) :]!r}"
+        if (found := keys.record_of(key)) is not None:
+            return f"{found[0][:-1]} {found[2]!r} of herd {found[1]!r}"
+        return key
+
+    @staticmethod
     def record_of(key: str) -> tuple[str, str, str] | None:
         """(kind, herd, id) of a job's or a task's key (``/herds/H/jobs/J``: kind "jobs",
         ``/herds/H/tasks/T``: "tasks"); None for any other key."""

@@ -465,7 +465,7 @@ class ClusterStore:
         for _ in range(MAX_CONFLICT_RETRIES):
             current = self._get(key, model)
             if current is None:
-                raise NotFound(f"{key}: not found")
+                raise NotFound(f"{keys.named(key)}: not found")
             changed = change(current.record)
             if changed is None:
                 return current.record

@@ -104,7 +104,7 @@ from runink.core.server.revocations import MAX_SUBJECT as MAX_REVOKED_SUBJECT
 from runink.core.server.revocations import RevocationsUnknown
 from runink.core.server.roles_api import add_role_routes
 from runink.core.server.tls import TlsFiles
-from runink.core.units import MAX_MEMORY, MAX_PIDS, NAME
+from runink.core.units import MAX_MEMORY, MAX_PIDS, NAME, NAME_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -491,12 +491,23 @@ def _in_body(exc: RecordError, *where: str | int) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", *where, *exc.loc), "msg": exc.msg}])
 
 
+#: what each name pattern asks, in words (a 422 quoted the regular expression)
+PATTERN_WORDS = {
+    NAME.pattern: NAME_WORDS,
+    f"^{SECRET_NAME.pattern}$": "expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+}
+
+
 def validation_detail(errors: Sequence[Any]) -> str:
-    """One line naming the first bad field: ``body.resources.cpu: Input should be ...``."""
+    """One line naming the first bad field: ``body.resources.cpu: Input should be ...``; a
+    name that does not match its pattern says what a name is, with the value given."""
     if not errors:
         return "request: invalid"
     first = errors[0]
     where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    pattern = (first.get("ctx") or {}).get("pattern")
+    if first.get("type") == "string_pattern_mismatch" and pattern in PATTERN_WORDS:
+        return f"{where} {printable(str(first.get('input')), 80)!r}: {PATTERN_WORDS[pattern]}"
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
