@@ -49,6 +49,11 @@ def test_init_overwrites_nothing(run_cli: CliRunner, tmp_path: Path) -> None:
     assert (project / "steps.py").read_text() == "# my own steps\n"
     (tmp_path / "file").write_text("x")
     assert "not a folder" in run_cli("init", str(tmp_path / "file")).stderr
+    below_a_file = run_cli("init", str(tmp_path / "file" / "sub"))  # (was an "internal error": a review)
+    assert (below_a_file.returncode, below_a_file.stderr.strip()) == (
+        1,
+        f"error: {tmp_path / 'file' / 'sub'}: cannot make the folder: Not a directory",
+    )
 
 
 def test_runink_run_takes_a_builder_pipeline_or_a_dsl_and_returns_the_summary(

@@ -57,7 +57,10 @@ def init_command(
     if there:
         raise RuninkError(f"{root / there[0]}: already there (runink init writes into a new or empty folder)")
     written = []
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (a file on the way, no such place, no right: was an "internal error")
+        raise RuninkError(f"{directory}: cannot make the folder: {exc.strerror}") from None
     for name, content in files.items():
         path = root / name
         # its folders made below the project's through no link (a linked data/ wrote outside it),
