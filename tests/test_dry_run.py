@@ -241,3 +241,16 @@ def test_a_good_code_check_is_kept_until_what_it_imported_changes(
     for _ in range(2):
         assert errors(dry_run()) == ["p.dsl:4:5: step 'steps:keep': 'keep' is a int, not a function"]
     assert imports() == 5
+
+
+def test_a_kept_code_check_still_says_what_is_wrong_with_a_plugin_s_table(run_cli: CliRunner, project: Path) -> None:
+    """The kept check skipped building the plugins: a [plugin.*] table nobody reads, or with an
+    unknown option, was said on the first dry run only (a review)."""
+    (project / "plugins.toml").write_text('[plugin.lineage-jsonl]\npathh = "x"\n[plugin.nosuchplug]\na = 1\n')
+    dsl(project, GOOD)
+    said = []
+    for _ in range(2):
+        out = run_cli("-c", "plugins.toml", "run", "p.dsl", "--dry-run", cwd=project, env=PROCESS)
+        assert out.returncode == 0, out.stderr
+        said.append(sorted(line.split(": ", 1)[1][:40] for line in out.stderr.splitlines() if "plugin" in line))
+    assert said[0] == said[1] and len(said[0]) == 2, said

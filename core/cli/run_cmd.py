@@ -392,6 +392,8 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
         limits=config.limits.model_dump(mode="json"),
     )
     if index_store.load(CODE_CHECKS, key) is not None:
+        if config.plugin:  # (the plugins' own tables are checked as their manager is built: it says so)
+            state.plugins()
         return problems
     executor = pipeline_executor(config, compiled.limits_asked(), state.plugins(), quiet=True)
     try:
