@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tomllib
 from pathlib import Path
 
 from runink.core.errors import ConfigError, RuninkError
@@ -65,6 +66,10 @@ def trust(file: Path) -> str:
         data = read_regular(file, "config file", limit=MAX_CONFIG_BYTES)
     except RuninkError as exc:
         raise ConfigError(str(exc)) from None
+    try:  # (a file that is no TOML was trusted, and the next run failed on it: a review)
+        tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: not trusted: not a TOML file: {exc}") from None
     store = _read_store()
     store.pop(_key(file), None)  # (trusted again: the newest, the last to go)
     store[_key(file)] = digest(data)

@@ -510,6 +510,8 @@ def test_the_audit_log_is_read_a_page_at_a_time_keeping_the_last_records(
     answer = api.http.get("/v1/audit", params={"limit": 4}, headers=admin)
     assert [r["n"] for r in answer.json()["records"]] == [6, 7, 8, 9]
     assert sizes and set(sizes) == {3}  # (every read a page)
+    no_day = api.http.get("/v1/audit", params={"day": "2026-13-45"}, headers=admin)  # (listed nothing: a review)
+    assert (no_day.status_code, no_day.json()["detail"]) == (422, "query.day: '2026-13-45' is no day (YYYY-MM-DD)")
 
 
 def test_a_submissions_audit_record_is_committed_with_the_job_and_a_refused_one_is_logged_too(api: Api) -> None:

@@ -295,3 +295,30 @@ def test_a_job_id_reaches_the_server_as_one_quoted_path_part(tmp_path: Path) -> 
         server.close()
     assert json.loads(ran.stdout.strip().splitlines()[-1])["code"] == 1, ran.stderr
     assert {r.split(b" ")[1] for r in server.requests} == {b"/v1/jobs/job-1%3Fexplain%3Dtrue"}
+
+
+def test_herd_and_node_commands_say_what_a_script_and_a_reader_need(tmp_path: Path) -> None:
+    """A review: `herd delete --json` printed null; `nodes list` showed memory as a count of
+    bytes beside its use in Gi; `herd create --budget-period 3q` was ignored without --budget."""
+    node = {"id": "n1", "ready": True, "capacity": {"cpu": 2, "memory": 25276182528, "gpu": 0}, "labels": {}}
+
+    def api(request: bytes) -> bytes:
+        line = request.split(b"\r\n", 1)[0]
+        if line.startswith(b"DELETE /v1/herds/y1 "):
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        if line.startswith(b"GET /v1/nodes "):
+            return ok(json.dumps({"nodes": [node]}).encode())
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+
+    server = HttpStub(api)
+    env = _project(tmp_path, server)
+    try:
+        deleted = _cli(tmp_path, env, "herd", "delete", "y1", "--json", full=True)
+        listed = _cli(tmp_path, env, "nodes", "list", full=True)
+        period = _cli(tmp_path, env, "herd", "create", "y1", "--budget-period", "3q", full=True)
+    finally:
+        server.close()
+    assert json.loads(deleted.stdout.rsplit("\n", 2)[0]) == {"herd": "y1", "deleted": True}, deleted.stdout
+    assert " 24Gi " in listed.stdout and "25276182528" not in listed.stdout, listed.stdout
+    assert json.loads(period.stdout.splitlines()[-1])["code"] == 2 and "invalid duration '3q'" in period.stderr
+    assert not any(r.startswith(b"POST /v1/herds") for r in server.requests)

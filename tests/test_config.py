@@ -296,3 +296,7 @@ def test_runink_config_trust_lets_the_cli_read_the_file(tmp_path: Path) -> None:
     assert json.loads(trusted.stdout)["file"] == str((project / "runink.toml").resolve())
     shown = cli("config", "show", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["config"]["herd"] == "team", shown.stderr
+    write(project / "runink.toml", "[executor\n")  # (no TOML: it was trusted, and the next run failed: a review)
+    broken = cli("config", "trust")
+    assert broken.returncode == 2 and "not trusted: not a TOML file" in broken.stderr, broken.stderr
+    assert "changed since you trusted it" in cli("config", "show").stderr

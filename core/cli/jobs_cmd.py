@@ -571,6 +571,7 @@ def herd_create(
 ) -> None:
     """Create a herd with its quota and, if given, its own admission limits, pipeline roots and nodes."""
     quota = {"cpu": cpu, "memory": _amount(memory, "--memory", parse_memory) or 0, "gpu": gpu, "max_slices": max_slices}
+    period = _amount(budget_period, "--budget-period", parse_duration)  # (a bad one went unsaid without --budget)
     own = {
         "max_cpu": max_job_cpu,
         "max_memory": _amount(max_job_memory, "--max-job-memory", parse_memory),
@@ -580,7 +581,7 @@ def herd_create(
         "burst": burst,
         "max_queued": max_queued,
         "budget": budget,
-        "budget_period": _amount(budget_period, "--budget-period", parse_duration) if budget else None,
+        "budget_period": period if budget is not None else None,
     }
     body = {
         "name": name,
@@ -714,7 +715,8 @@ def herd_delete(
     """Delete a herd (refused while it has jobs not ended)."""
     with _client(ctx, server) as client:
         answer = client.call("DELETE", f"/v1/herds/{part(name)}")
-    print_json(answer) if json_output else print(f"herd {name} deleted")
+    # (its --json printed null: the DELETE answers nothing)
+    print_json(answer or {"herd": name, "deleted": True}) if json_output else print(f"herd {name} deleted")
 
 
 def _limit(value: float) -> str:
@@ -759,7 +761,7 @@ def nodes_list(ctx: typer.Context, server: str | None = SERVER, json_output: boo
         cap = n["capacity"]
         labels = ",".join(f"{k}={v}" for k, v in sorted(n.get("labels", {}).items()))
         state = " ".join([health, *flags])
-        rows.append((n["id"], state, f"{cap['cpu']:g}", cap["memory"], cap["gpu"], _use(n), labels or "-"))
+        rows.append((n["id"], state, f"{cap['cpu']:g}", _size(cap["memory"]), cap["gpu"], _use(n), labels or "-"))
     print_table("nodes", ["NODE", "STATE", "CPU", "MEMORY", "GPU", "USE", "LABELS"], rows)
     for n in nodes:
         if n.get("unfit"):  # (its agent's reason: printable, bounded by the servers)

@@ -13,6 +13,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -1008,6 +1009,13 @@ def create_app(
     ) -> dict[str, Any]:
         """The last ``limit`` decisions about changes of ``day`` (UTC; default: today), oldest first."""
         auth.check(identity, "audit.read", "audit", CLUSTER)
+        try:
+            if day is not None:
+                dt.date.fromisoformat(day)
+        except ValueError:  # (2026-13-45 matched the pattern and listed nothing: a review)
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "day"), "msg": f"{day!r} is no day (YYYY-MM-DD)"}]
+            ) from None
         shown = f"{day or audit_day(time.time())}/"
         # a page at a time, keeping the last ``limit`` of each: a busy day was read whole into
         # memory; the changes made and those not made merged in time order (their keys' DAY/TIME)
