@@ -105,6 +105,12 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} TiB"
 
 
+def amount_text(resource: str, amount: float) -> str:
+    """An amount of ``resource`` as people read it: memory as bytes are ("2.0 GiB": a refusal
+    said 2.14748e+09), any other as a number."""
+    return format_bytes(amount) if resource == "memory" else f"{amount:g}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` stays on this machine: a loopback address, or "localhost"."""
     import ipaddress  # (here: the CLI's start imports this module, rarely this function)

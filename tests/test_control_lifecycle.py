@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runink.core.control.lifecycle import DONE_BEFORE_CANCEL, Lifecycle, done_before_cancel
+from runink.core.control.lifecycle import DONE_BEFORE_CANCEL, Lifecycle, done_before_cancel, never_fits
 from runink.core.control.records import (
     Amount,
     Herd,
@@ -89,6 +89,12 @@ def test_a_task_no_node_could_ever_hold_is_refused(store: ClusterStore, life: Li
     life.register_node(NodeRecord(id="n1", capacity=Amount(cpu=2, memory=1 << 30)))
     with pytest.raises(Refused, match=r"never fit any node.*n1: cpu 3 > capacity 2"):
         life.submit_command("lab", ["/bin/true"], Amount(cpu=3))
+    # (memory as people read it: a review saw 2.14748e+09)
+    with pytest.raises(Refused, match=r"quota: memory 2.0 GiB > quota 1.0 GiB$"):
+        life.submit_command("lab", ["/bin/true"], Amount(cpu=1, memory=2 << 30))
+    assert (
+        never_fits(Amount(cpu=1, memory=3 << 30), Amount(cpu=2, memory=1 << 30)) == "memory 3.0 GiB > capacity 1.0 GiB"
+    )
     assert store.tasks() == []
     life.submit_command("lab", ["/bin/true"], Amount(cpu=2))
 

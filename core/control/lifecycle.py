@@ -68,6 +68,7 @@ from runink.core.interfaces.barn import TxnOp
 from runink.core.interfaces.secrets import SecretBackend, SecretError
 from runink.core.pipeline.compile import CompiledPipeline
 from runink.core.report import one_line, printable
+from runink.core.units import amount_text
 
 if TYPE_CHECKING:
     from runink.core.control.admission import Gate
@@ -284,7 +285,7 @@ def never_fits(request: Amount, capacity: Amount) -> str | None:
         ("gpu", request.gpu, capacity.gpu),
     ):
         if wanted > has:
-            return f"{name} {wanted:g} > capacity {has:g}"
+            return f"{name} {amount_text(name, wanted)} > capacity {amount_text(name, has)}"
     return None
 
 

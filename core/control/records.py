@@ -33,7 +33,7 @@ from msgspec import Meta, field
 from runink.core import structs
 from runink.core.interfaces.secrets import MAX_TASK_SECRETS, SECRET_NAME
 from runink.core.model import Resources
-from runink.core.units import MAX_MEMORY, MAX_PIDS, check_name
+from runink.core.units import MAX_MEMORY, MAX_PIDS, amount_text, check_name
 
 MAX_COMMAND_ARGS = 4096
 MAX_ARG_BYTES = 128 * 1024
@@ -287,7 +287,7 @@ class Quota(Record, kw_only=True):
             ("max_slices", self.max_slices, slices),
         ):
             if limit and value > limit:
-                return f"{name} {value:g} > quota {limit:g}"
+                return f"{name} {amount_text(name, value)} > quota {amount_text(name, limit)}"
         return None
 
 
