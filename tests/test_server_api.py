@@ -252,7 +252,7 @@ def test_submission_to_unknown_herd_is_404(cluster: Cluster) -> None:
             {"herd": "team", "command": ["/bin/true"], "node_labels": {"gpu": "yes\0"}},
             "body.node_labels.gpu: String should match pattern",
         ),
-        ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd: String should match pattern"),
+        ({"herd": "Bad Name", "command": ["/bin/true"]}, "body.herd 'Bad Name': expected 1-63 lower-case"),
         ({"command": ["/bin/true"]}, "body.herd: Field required"),
         # each of its task's writes carries it, and a scheduler pass writes many tasks
         (
@@ -279,7 +279,7 @@ def test_malformed_json_and_queries_are_422(cluster: Cluster) -> None:
     assert response.status_code == 422 and response.json()["detail"].startswith("query.state: Input should be")
     response = client.post("/v1/herds", json={"name": "t", "quota": {"cpu": -2}})
     assert response.json()["detail"] == "body.quota.cpu: Input should be greater than or equal to 0"
-    assert client.get("/v1/nodes/Bad!").json()["detail"].startswith("path.node_id: String should match pattern")
+    assert client.get("/v1/nodes/Bad!").json()["detail"].startswith("path.node_id 'Bad!': expected 1-63 lower-case letters")
 
 
 def test_past_quota_or_never_fitting_submission_is_409_and_stores_nothing(cluster: Cluster) -> None:
