@@ -79,8 +79,20 @@ def check_drivers(config: RuninkConfig, plugins: Callable[[], PluginManager | No
 ONE_FILE_FORMATS = frozenset({"csv", "jsonl", "parquet"})  # the built-in drivers: one file each
 
 
-def check_sources(compiled: CompiledPipeline) -> list[str]:
-    """Sources that no scenario of the pipeline writes must exist and be readable."""
+#: why a file root may read (or a folder root may write in) is refused to an isolated slice
+ROOT_ONLY = "its owner has no right to it, and an isolated slice has only its owner's (not root's override)"
+
+
+def _root_only(mode: int, needed: int) -> bool:
+    """Whether only root's override of file modes gives the caller ``needed`` (owner bits): a
+    slice acts as the file's owner (id-mapped), without that override. (A dry run as root
+    passed a source of mode 000 that the run then could not read: a review.)"""
+    return os.geteuid() == 0 and mode & needed != needed
+
+
+def check_sources(compiled: CompiledPipeline, isolated: bool = False) -> list[str]:
+    """Sources that no scenario of the pipeline writes must exist and be readable (``isolated``:
+    by a slice, which has no override of file modes)."""
     problems = []
     for item in compiled.scenarios:
         if item.upstream or item.scenario.source is None or item.source.remote:
@@ -100,7 +112,9 @@ def check_sources(compiled: CompiledPipeline) -> list[str]:
         finally:
             os.close(fd)
         # (a folder only for a driver that reads folders: the built-in ones read one file each)
-        if stat.S_ISDIR(mode) and item.source.format in ONE_FILE_FORMATS:
+        if isolated and _root_only(mode, stat.S_IRUSR):
+            problems.append(f"{at}: @source {uri!r}: cannot read {path}: {ROOT_ONLY}")
+        elif stat.S_ISDIR(mode) and item.source.format in ONE_FILE_FORMATS:
             why = f"{path} is a folder: the {item.source.format} driver reads one file"
             problems.append(f"{at}: @source {uri!r}: {why}")
         elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
@@ -108,8 +122,9 @@ def check_sources(compiled: CompiledPipeline) -> list[str]:
     return problems
 
 
-def check_sinks(compiled: CompiledPipeline) -> list[str]:
-    """Each sink's folder exists or can be made: its nearest existing ancestor is a writable folder."""
+def check_sinks(compiled: CompiledPipeline, isolated: bool = False) -> list[str]:
+    """Each sink's folder exists or can be made: its nearest existing ancestor is a writable folder
+    (``isolated``: by a slice, as check_sources)."""
     problems = []
     for item in compiled.scenarios:
         for sink, written in zip(item.sinks, item.scenario.sinks, strict=True):
@@ -124,6 +139,8 @@ def check_sinks(compiled: CompiledPipeline) -> list[str]:
                 problems.append(f"{prefix}cannot make folder {folder}: {ancestor} is not a folder")
             elif not os.access(ancestor, os.W_OK | os.X_OK):
                 problems.append(f"{prefix}cannot write in {ancestor}: not writable")
+            elif isolated and _root_only(ancestor.stat().st_mode, stat.S_IWUSR | stat.S_IXUSR):
+                problems.append(f"{prefix}cannot write in {ancestor}: {ROOT_ONLY}")
     return problems
 
 

@@ -254,3 +254,20 @@ def test_a_kept_code_check_still_says_what_is_wrong_with_a_plugin_s_table(run_cl
         assert out.returncode == 0, out.stderr
         said.append(sorted(line.split(": ", 1)[1][:40] for line in out.stderr.splitlines() if "plugin" in line))
     assert said[0] == said[1] and len(said[0]) == 2, said
+
+
+def test_a_source_only_root_s_override_reads_is_refused_for_an_isolated_slice(
+    run_cli: CliRunner, project: Path
+) -> None:
+    """As root, the dry run opened a source of mode 000 and said all was well; the run's slice,
+    acting as the file's owner without root's override, could not read it (a review)."""
+    if os.geteuid() != 0:
+        pytest.skip("root's override of file modes is what this is about")
+    dsl(project, GOOD)
+    (project / "in.csv").chmod(0)
+    isolated = run_cli("run", "p.dsl", "--dry-run", cwd=project, env={"RUNINK_EXECUTOR__DRIVER": "linux"})
+    assert errors(isolated) == [
+        f"p.dsl:3:5: @source 'in.csv': cannot read {project / 'in.csv'}: its owner has no right to it, "
+        "and an isolated slice has only its owner's (not root's override)"
+    ]
+    assert run_cli("run", "p.dsl", "--dry-run", cwd=project, env=PROCESS).returncode == 0  # (root reads it there)

@@ -374,7 +374,8 @@ def _dry_run_problems(config: RuninkConfig, compiled: CompiledPipeline, state: C
     from runink.core.drivers import pipeline_executor
 
     drivers = dryrun.check_drivers(config, state.plugins)
-    problems = [*drivers.values(), *dryrun.check_sources(compiled), *dryrun.check_sinks(compiled)]
+    isolated = config.executor.driver != "process"  # ("auto": isolating where it can)
+    problems = [*drivers.values(), *dryrun.check_sources(compiled, isolated), *dryrun.check_sinks(compiled, isolated)]
     if "executor" in drivers:  # the step modules are imported in a slice: it needs the executor
         return problems
     # A good check is kept (the index CODE_CHECKS) while nothing it depended on changed: the
