@@ -243,6 +243,9 @@ def test_contract_commands_take_a_file_from_any_folder(run_cli: CliRunner, tmp_p
     assert "[" not in diffed.stdout.split("DETAIL", 1)[1].replace("┃", "")  # no Python lists
     missing = run_cli("contract", "show", "nope.py:Order", cwd=elsewhere)
     assert missing.returncode == 1 and "file nope.py does not exist" in missing.stderr
+    # (a diff's 1 is a breaking change; a contract it cannot load is 2, as diff(1)'s trouble: a review)
+    not_loaded = run_cli("contract", "diff", "../project/v1.py:Order", "nope.py:Order", cwd=elsewhere)
+    assert not_loaded.returncode == 2 and "file nope.py does not exist" in not_loaded.stderr
 
 
 class Money(Contract):

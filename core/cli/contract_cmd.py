@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from runink.core.cli.output import print_json, print_table
+from runink.core.cli.output import print_error, print_json, print_table
 from runink.core.errors import RuninkError
 
 if TYPE_CHECKING:  # contracts import pyarrow: only when a contract command runs
@@ -82,10 +82,15 @@ def diff(
     new: str = typer.Argument(..., metavar="NEW", help="The new contract"),
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Field-level changes from OLD to NEW; exits 1 when a change is breaking."""
+    """Field-level changes from OLD to NEW; exits 1 when a change is breaking, 2 when a contract
+    cannot be loaded (as diff(1): a script tells a breaking change from a typo)."""
     from runink.core.contracts import contract_diff
 
-    before, after = load_contract(old), load_contract(new)
+    try:
+        before, after = load_contract(old), load_contract(new)
+    except RuninkError as exc:
+        print_error(str(exc))
+        raise typer.Exit(2) from None
     changes = contract_diff(before, after)
     breaking = any(c["breaking"] for c in changes)
     if json_output:
