@@ -53,7 +53,10 @@ class GoldenResult:
             "scenario": self.scenario,
             "status": self.status,
             "differences": self.differences,
-            "error": self.run.error if self.run else None,
+            # (a pipeline that did not compile has no run: its error is its one difference)
+            "error": self.run.error
+            if self.run
+            else (self.differences[0] if self.status == "error" and self.differences else None),
         }
 
 

@@ -20,8 +20,8 @@ def test_changed_step_fails_with_diff_then_update(run_cli: CliRunner, trades: Pa
     steps.write_text(steps.read_text().replace('"block"', '"BLOCK"'))
     out = run_cli("test", "trades.dsl", cwd=trades)
     assert out.returncode == 1
-    assert "FAILED trades.dsl: Tag trades" in out.stderr
-    assert "tagged.parquet row 1: tags: expected 'block', got 'BLOCK'" in out.stderr
+    assert "FAILED trades.dsl: Tag trades" in out.stdout
+    assert "tagged.parquet row 1: tags: expected 'block', got 'BLOCK'" in out.stdout
     assert run_cli("test", "trades.dsl", "--update", cwd=trades).returncode == 0
     assert run_cli("test", "trades.dsl", cwd=trades).returncode == 0
 

@@ -53,7 +53,7 @@ def test_a_golden_folder_reached_through_a_link_is_refused(run_cli: CliRunner, p
     (project / "golden" / "t").rename(elsewhere)
     (project / "golden" / "t").symlink_to(elsewhere)
     out = run_cli("test", "--update", cwd=project)
-    assert out.returncode != 0 and "symbolic link" in out.stderr, out.stderr
+    assert out.returncode != 0 and "symbolic link" in out.stdout, out.stdout + out.stderr
     assert list((elsewhere / "expected").iterdir()) == []
 
 
@@ -66,15 +66,15 @@ def test_an_expected_file_is_read_only_as_a_regular_file_of_the_project(
     secret.write_text('{"x": "TOP-SECRET"}\n')
     expected.symlink_to(secret)
     out = run_cli("test", cwd=project)
-    assert out.returncode == 1 and "symbolic link" in out.stderr and "TOP-SECRET" not in out.stderr + out.stdout
+    assert out.returncode == 1 and "symbolic link" in out.stdout and "TOP-SECRET" not in out.stdout + out.stderr
     expected.unlink()
     os.mkfifo(expected)
     out = run_cli("test", cwd=project)
-    assert out.returncode == 1 and "not a regular file" in out.stderr, out.stderr
+    assert out.returncode == 1 and "not a regular file" in out.stdout, out.stdout + out.stderr
     expected.unlink()
     expected.write_text('{"x": "first"}\n[1, 2]\n')
     out = run_cli("test", cwd=project)
-    assert out.returncode == 1 and f"{expected}:2: expected a JSON object (one row), got list" in out.stderr
+    assert out.returncode == 1 and f"{expected}:2: expected a JSON object (one row), got list" in out.stdout
 
 
 def test_two_sinks_of_one_file_name_cannot_share_an_expected_file(run_cli: CliRunner, project: Path) -> None:
@@ -83,7 +83,7 @@ def test_two_sinks_of_one_file_name_cannot_share_an_expected_file(run_cli: CliRu
     (project / "pipeline.dsl").write_text(PIPELINE.format(sinks=sinks))
     out = run_cli("test", cwd=project)
     assert out.returncode == 1
-    assert "@golden: two sinks write files named copy.csv (expected rows are kept by file name)" in out.stderr
+    assert "@golden: two sinks write files named copy.csv (expected rows are kept by file name)" in out.stdout
 
 
 def test_a_pipeline_that_does_not_compile_is_an_error_and_the_others_are_tested(
@@ -95,8 +95,8 @@ def test_a_pipeline_that_does_not_compile_is_an_error_and_the_others_are_tested(
     os.mkfifo(project / "drafts" / "pipe.dsl")  # (no pipeline: skipped, never opened)
     out = run_cli("test", cwd=project)
     assert out.returncode == 1
-    assert "PASSED pipeline.dsl: Copy" in out.stderr and "ERROR drafts/wip.dsl" in out.stderr, out.stderr
-    assert "1 passed, 1 failed" in out.stderr
+    assert "PASSED pipeline.dsl: Copy" in out.stdout and "ERROR drafts/wip.dsl" in out.stdout, out.stdout + out.stderr
+    assert "1 passed, 1 failed" in out.stdout
 
 
 def test_a_pipeline_file_that_is_no_regular_file_is_refused(run_cli: CliRunner, tmp_path: Path) -> None:

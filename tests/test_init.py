@@ -28,13 +28,13 @@ def test_init_writes_a_pipeline_that_runs_and_passes_its_golden_test(run_cli: Cl
     assert (scenario["state"], scenario["rows_valid"], scenario["rows_invalid"]) == ("SUCCEEDED", 5, 3)
     assert (project / "out" / "orders.parquet").is_file() and (project / "out" / "rejected.jsonl").is_file()
     tested = run_cli("test", cwd=project)
-    assert tested.returncode == 0 and "1 passed, 0 failed" in tested.stderr, tested.stdout + tested.stderr
+    assert tested.returncode == 0 and "1 passed, 0 failed" in tested.stdout, tested.stdout + tested.stderr
     # the golden test checks for real: a changed step fails it
     steps = project / "steps.py"
     steps.write_text(steps.read_text().replace("pc.round(batch.column", "pc.add(0.01, batch.column"))
     steps.write_text(steps.read_text().replace('column("amount"), 2)', 'column("amount"))'))
     failed = run_cli("test", cwd=project)
-    assert failed.returncode == 1 and "0 passed, 1 failed" in failed.stderr, failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "0 passed, 1 failed" in failed.stdout, failed.stdout + failed.stderr
 
 
 def test_init_overwrites_nothing(run_cli: CliRunner, tmp_path: Path) -> None:

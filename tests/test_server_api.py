@@ -279,7 +279,11 @@ def test_malformed_json_and_queries_are_422(cluster: Cluster) -> None:
     assert response.status_code == 422 and response.json()["detail"].startswith("query.state: Input should be")
     response = client.post("/v1/herds", json={"name": "t", "quota": {"cpu": -2}})
     assert response.json()["detail"] == "body.quota.cpu: Input should be greater than or equal to 0"
-    assert client.get("/v1/nodes/Bad!").json()["detail"].startswith("path.node_id 'Bad!': expected 1-63 lower-case letters")
+    assert (
+        client.get("/v1/nodes/Bad!")
+        .json()["detail"]
+        .startswith("path.node_id 'Bad!': expected 1-63 lower-case letters")
+    )
 
 
 def test_past_quota_or_never_fitting_submission_is_409_and_stores_nothing(cluster: Cluster) -> None:

@@ -88,4 +88,4 @@ def test_pip_install_the_wheel_then_init_run_and_test(dist: Path, version: str, 
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert json.loads(ran.stdout)["scenarios"][0]["rows_valid"] == 5
     tested = _run([runink, "test"], cwd=project)
-    assert tested.returncode == 0 and "1 passed, 0 failed" in tested.stderr, tested.stderr[-3000:]
+    assert tested.returncode == 0 and "1 passed, 0 failed" in tested.stdout, tested.stderr[-3000:]

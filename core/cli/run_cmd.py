@@ -428,7 +428,7 @@ def golden_test_command(
         raise RuninkError(f"no .dsl files in {path}")
     manager = state.plugins()
     results = []
-    err = console(stderr=True)
+    out = console()  # (the results are the command's output: they went to stderr, stdout empty: a review)
     for file in files:
         try:
             compiled = golden.load(file, config)
@@ -437,7 +437,7 @@ def golden_test_command(
                 raise
             # (one pipeline of a folder that does not compile: said, and the others tested)
             outcomes = [golden.GoldenResult(str(file), "", "error", [str(exc)])]
-            _print_outcomes(err, file, outcomes, json_output)
+            _print_outcomes(out, file, outcomes, json_output)
             results.extend(outcomes)
             continue
         scenarios = golden.golden_scenarios(compiled)
@@ -454,7 +454,7 @@ def golden_test_command(
                     outcomes.append(golden.GoldenResult(compiled.pipeline.name, item.name, "error", [str(exc)]))
         finally:
             executor.close()
-        _print_outcomes(err, file, outcomes, json_output)
+        _print_outcomes(out, file, outcomes, json_output)
         results.extend(outcomes)
     if json_output:
         print_json([r.to_json() for r in results])
@@ -462,12 +462,12 @@ def golden_test_command(
         raise RuninkError(f"no scenario with @golden in {path}")
     failed = [r for r in results if r.status in ("failed", "error")]
     if not json_output:
-        err.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
+        out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
     if failed:
         raise typer.Exit(1)
 
 
-def _print_outcomes(err: Console, file: Path, outcomes: list[GoldenResult], json_output: bool) -> None:
+def _print_outcomes(out: Console, file: Path, outcomes: list[GoldenResult], json_output: bool) -> None:
     from rich.markup import escape
 
     if json_output:
@@ -475,9 +475,9 @@ def _print_outcomes(err: Console, file: Path, outcomes: list[GoldenResult], json
     for outcome in outcomes:
         colour = {"passed": "green", "updated": "cyan"}.get(outcome.status, "red")
         named = f"{file}: {outcome.scenario}" if outcome.scenario else str(file)
-        err.print(f"[{colour}]{outcome.status.upper()}[/] {escape(named)}", highlight=False)
+        out.print(f"[{colour}]{outcome.status.upper()}[/] {escape(named)}", highlight=False)
         for line in outcome.differences:
-            err.print(f"    {escape(line)}", highlight=False)
+            out.print(f"    {escape(line)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
