@@ -97,6 +97,8 @@ def test_a_pipeline_that_does_not_compile_is_an_error_and_the_others_are_tested(
     assert out.returncode == 1
     assert "PASSED pipeline.dsl: Copy" in out.stdout and "ERROR drafts/wip.dsl" in out.stdout, out.stdout + out.stderr
     assert "1 passed, 1 failed" in out.stdout
+    listed = json.loads(run_cli("test", "--json", cwd=project).stdout)  # (its error was null: a review)
+    assert sorted((r["status"], bool(r["error"])) for r in listed) == [("error", True), ("passed", False)]
 
 
 def test_a_pipeline_file_that_is_no_regular_file_is_refused(run_cli: CliRunner, tmp_path: Path) -> None:
