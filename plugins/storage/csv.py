@@ -131,7 +131,7 @@ class _Lines:
         lf, cr = buf == 10, buf == 13
         breaks = np.flatnonzero(lf | (cr & np.append(~lf[1:], True)))  # (the last byte of each break)
         self.ends = breaks - (lf[breaks] & cr[np.maximum(breaks - 1, 0)] & (breaks > 0))  # (its break left out)
-        self.starts = np.concatenate(([0], breaks[:-1] + 1)).astype(np.int64)
+        self.starts = np.concatenate(([0], breaks[:-1] + 1))[: len(breaks)].astype(np.int64)  # (none: no line)
         self.kind = np.where(self.ends == self.starts, BLANK, RECORD).astype(np.int8)
 
     def __len__(self) -> int:
