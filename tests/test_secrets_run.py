@@ -76,3 +76,21 @@ def test_a_missing_secret_fails_the_run_in_one_line_naming_it(run_cli: CliRunner
     assert out.returncode != 0
     assert "herd 'finance' has no secret 'db_password'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_step_that_raises_with_its_secret_in_the_message_has_it_masked(
+    run_cli: CliRunner, tmp_path: Path, executor: str
+) -> None:
+    """The failure's message went, with the password, into the run's record, --json, the log
+    lines and lineage, and in a cluster the task's record in the Barn (a review)."""
+    dsl = pipeline(tmp_path / "p", '@secrets("db_password", env=True)')
+    (dsl.parent / "steps.py").write_text(
+        "import os\n\ndef digest(batch):\n"
+        "    raise ValueError(f\"bad connection with password {os.environ['DB_PASSWORD']}\")\n"
+    )
+    env = {"RUNINK_SECRET_FINANCE__DB_PASSWORD": VALUE}
+    out = run_cli("run", dsl.name, "--json", "--set", f"executor.driver={executor}", cwd=dsl.parent, env=env)
+    (scenario,) = json.loads(out.stdout)["scenarios"]
+    assert scenario["state"] == "FAILED" and "bad connection with password ****" in scenario["error"], scenario
+    assert VALUE not in out.stdout + out.stderr

@@ -34,7 +34,7 @@ from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.lineage import LineageOutbox
 from runink.core.agent.logs import LogShipper
 from runink.core.agent.scenarios import ScenarioAttempts
-from runink.core.agent.secrets import SecretsRefused, with_secrets
+from runink.core.agent.secrets import SecretsRefused, masked_text, masks_of, with_secrets
 from runink.core.agent.slice_lines import SliceLines
 from runink.core.agent.task_dirs import TaskDirSweeper
 from runink.core.control.lifecycle import MAX_MESSAGE
@@ -206,6 +206,8 @@ class Agent:
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
+        # each running attempt's secret values, masked in what it reports and its output sent
+        self._masks: dict[Attempt, tuple[bytes, ...]] = {}
         self.lineage = lineage  # the lineage events of the scenarios this node runs, to send
         self.slice_lines = slice_lines  # every line its slices print, to the log exporters ([log] slice_output)
         # set when a running attempt's slice ends (one waiter thread per attempt) or the node's
@@ -651,7 +653,10 @@ class Agent:
         started: float | None = None,
         accounting: Accounting | None = None,
     ) -> None:
-        message = printable(message, MAX_MESSAGE)  # (bounded: one report too large would hold up the rest)
+        # (bounded: one report too large would hold up the rest; a secret the task was given, masked)
+        message = printable(masked_text(message, self._masks.get(attempt, ())), MAX_MESSAGE)
+        if last:
+            self._masks.pop(attempt, None)
         self._outbox.append(
             _Report(
                 attempt, state, exit_code, message, last=last, destroy=destroy, started=started, accounting=accounting
@@ -792,6 +797,9 @@ class Agent:
         except (RuninkError, OSError) as exc:  # the control plane away a moment: a later round starts it
             log.warning("node %s: task %s not started yet, its secrets not read: %s", self.node_id, task.id, exc)
             return
+        if masks := masks_of(secrets):
+            self._masks[attempt] = masks
+            self.logs.mask(attempt, masks)
         if task.scenario is not None:
             self._start_scenario(task, executor_id, secrets)
             return

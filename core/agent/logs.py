@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from runink.core.agent.secrets import cut_outside, masked
 from runink.core.control.logs import MAX_CHUNK_BYTES, STREAMS, TAIL_BYTES, Chunk
 from runink.core.errors import RuninkError
 
@@ -64,6 +65,12 @@ class LogShipper:
         self.chunk_bytes = chunk_bytes
         self._positions: dict[tuple[Attempt, str], _Position] = {}
         self._fenced: set[Attempt] = set()
+        self._masks: dict[Attempt, tuple[bytes, ...]] = {}
+
+    def mask(self, attempt: Attempt, masks: tuple[bytes, ...]) -> None:
+        """Send ``attempt``'s output with these values (its secrets) masked, as many ``*``: a
+        value split between two reads is held back until the next (or the attempt's end)."""
+        self._masks[attempt] = masks
 
     def ship(self, control: object, attempt: Attempt, task_dir: Path, *, last: bool = False) -> bool:
         """Send what the attempt wrote since the last call. True when nothing is left to send
@@ -74,7 +81,7 @@ class LogShipper:
         done = True
         if send is not None and attempt not in self._fenced:
             for stream in STREAMS:
-                if not self._ship_stream(send, attempt, task_dir / f"{stream}.log", stream):
+                if not self._ship_stream(send, attempt, task_dir / f"{stream}.log", stream, last):
                     done = attempt in self._fenced
                     break
         if last and done:
@@ -83,10 +90,11 @@ class LogShipper:
 
     def forget(self, attempt: Attempt) -> None:
         self._fenced.discard(attempt)
+        self._masks.pop(attempt, None)
         for stream in STREAMS:
             self._positions.pop((attempt, stream), None)
 
-    def _ship_stream(self, send: SendChunk, attempt: Attempt, path: Path, stream: str) -> bool:
+    def _ship_stream(self, send: SendChunk, attempt: Attempt, path: Path, stream: str, last: bool = False) -> bool:
         """False when the rest of this round's sending should stop (server away, fenced)."""
         herd, task_id, number, token = attempt
         position = self._positions.setdefault((attempt, stream), _Position())
@@ -99,23 +107,33 @@ class LogShipper:
             skipped = max(0, end - position.at - self.per_round)
             position.at += skipped
             position.offset += skipped
+            masks = self._masks.get(attempt, ())
+            hold = len(masks[0]) - 1 if masks else 0  # (a value that may go on past a read)
             while position.at < end:
                 try:
-                    data = os.pread(fd, min(self.chunk_bytes, end - position.at), position.at)
+                    data = os.pread(fd, min(self.chunk_bytes + hold, end - position.at), position.at)
                 except OSError as exc:  # a disk error: this stream's rest is lost, the rest goes on
                     log.warning("output of task %s: cannot read %s: %s", task_id, path, exc.strerror)
                     return True
                 if not data:
                     break
-                try:
-                    accepted, _seen = send(Chunk(herd, task_id, number, token, stream, position.offset, data))
-                except (RuninkError, OSError) as exc:
-                    log.info("output of task %s not sent yet: %s", task_id, exc)
-                    return False
-                if not accepted:
-                    log.info("output of task %s attempt %d refused (fenced): not sent again", task_id, number)
-                    self._fenced.add(attempt)
-                    return False
-                position.at += len(data)
-                position.offset += len(data)
+                if masks:  # (sent up to where no value can go on past it, none cut in two: masked)
+                    final = last and position.at + len(data) == end
+                    cut = cut_outside(data, masks, min(self.chunk_bytes, len(data) if final else len(data) - hold))
+                    data = masked(data[:cut], masks) if cut > 0 else b""
+                    if not data:
+                        break  # (the next round reads it again, with what follows)
+                for start in range(0, len(data), self.chunk_bytes):  # (a value kept whole may pass a chunk)
+                    piece = data[start : start + self.chunk_bytes]
+                    try:
+                        accepted, _seen = send(Chunk(herd, task_id, number, token, stream, position.offset, piece))
+                    except (RuninkError, OSError) as exc:
+                        log.info("output of task %s not sent yet: %s", task_id, exc)
+                        return False
+                    if not accepted:
+                        log.info("output of task %s attempt %d refused (fenced): not sent again", task_id, number)
+                        self._fenced.add(attempt)
+                        return False
+                    position.at += len(piece)
+                    position.offset += len(piece)
             return True

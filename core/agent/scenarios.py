@@ -29,7 +29,7 @@ from typing import Any, Literal
 from runink.core import metrics
 from runink.core.agent.gpus import GpuInventory, grant_gpus
 from runink.core.agent.pipeline_file import read_submitted
-from runink.core.agent.secrets import with_secrets
+from runink.core.agent.secrets import masked, masked_text, masks_of, with_secrets
 from runink.core.config import RuninkConfig
 from runink.core.control.records import TaskRecord
 from runink.core.errors import ExecutorError, RuninkError
@@ -323,6 +323,7 @@ class _Attempt:
     task_dir: Path
     report: dict[str, Any] = field(default_factory=dict)  # the slice's verdict: ok, error
     annotated: int = 0  # record annotations its slice reported (passed on, up to a bound)
+    masks: tuple[bytes, ...] = ()  # its secrets' values, masked in what it says (masks_of)
     result: TaskResult | None = None  # once ended: outputs published or staging removed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -434,7 +435,9 @@ class ScenarioAttempts(Executor):
             executor_name = getattr(self.inner, "name", "") or type(self.inner).__name__
             raise RuninkError(f"scenario {item.name!r}: executor {executor_name!r} refused it: {exc}") from None
         with self._lock:
-            self._attempts[executor_id] = _Attempt(run, item, task, staged, reader, task_dir)
+            self._attempts[executor_id] = _Attempt(
+                run, item, task, staged, reader, task_dir, masks=masks_of(secrets or {})
+            )
         return handle
 
     def _readable(self, run: PipelineRun, item: CompiledScenario) -> tuple[Path, ...]:
@@ -573,7 +576,7 @@ class ScenarioAttempts(Executor):
         try:
             if state is not TaskState.SUCCEEDED:
                 error = error or attempt.report.get("error") or self._describe_exit(ended, item)
-                error = as_written(error, attempt.staged)
+                error = masked_text(as_written(error, attempt.staged), attempt.masks)
                 self._log_failure(attempt, error)
             else:
                 try:
@@ -645,7 +648,7 @@ class ScenarioAttempts(Executor):
         try:
             with open(log_path, "rb") as fh:
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4000))
-                tail = fh.read(4000).decode(errors="replace")
+                tail = masked(fh.read(4000), attempt.masks).decode(errors="replace")
         except OSError:
             tail = ""
         if tail.strip():

@@ -46,3 +46,50 @@ def with_secrets(spec: TaskSpec, herd: str, values: Mapping[str, bytes], as_env:
                 raise RuninkError(f"secret {name!r} of herd {herd!r}: the task has a variable {variable} already")
             env[variable] = text
     return dataclasses.replace(spec, files=files, env=env)
+
+
+#: a secret value shorter than this is not masked in what a task says: masking "a" or "42" in
+#: every message and log would garble them and hide nothing worth hiding
+MIN_MASKED = 4
+MASK_BYTE = b"*"
+
+
+def masks_of(values: Mapping[str, bytes]) -> tuple[bytes, ...]:
+    """The values to mask in what an attempt given ``values`` says (its failure message, its
+    output's copy on the servers), longest first (one holding another is masked whole)."""
+    return tuple(sorted((v for v in values.values() if len(v) >= MIN_MASKED), key=len, reverse=True))
+
+
+def masked(data: bytes, masks: tuple[bytes, ...]) -> bytes:
+    """``data`` with each value of ``masks`` made as many ``*`` (same length: a log's offsets hold)."""
+    for value in masks:
+        if value in data:
+            data = data.replace(value, MASK_BYTE * len(value))
+    return data
+
+
+def masked_text(text: str, masks: tuple[bytes, ...]) -> str:
+    """``text`` with each value of ``masks`` (as text) made ``****``: a step that raised with its
+    password in the message put it in the task's record, the servers' logs and lineage (a review)."""
+    for value in masks:
+        shown = value.decode("utf-8", errors="replace")
+        if shown in text:
+            text = text.replace(shown, "****")
+    return text
+
+
+def cut_outside(data: bytes, masks: tuple[bytes, ...], cut: int) -> int:
+    """``cut`` moved so that no value of ``masks`` in ``data`` spans it: to the start of one that
+    does (it is sent whole, masked, with the next read), or, for one at ``data``'s start, to its
+    end (a value cut in two had its second half sent in clear)."""
+    moved = True
+    while moved:
+        moved = False
+        for value in masks:
+            at = data.find(value)
+            while at != -1 and at < cut:
+                if at + len(value) > cut:
+                    cut, moved = (at if at > 0 else at + len(value)), True
+                    break
+                at = data.find(value, at + 1)
+    return cut
