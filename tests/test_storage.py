@@ -326,6 +326,23 @@ def test_csv_overlong_line_is_skipped_not_held(tmp_path: Path, monkeypatch: pyte
     assert [(line, reason) for line, reason, _ in bad] == [(3, "line longer than 4096 bytes")]
 
 
+def _counted_parses(monkeypatch: pytest.MonkeyPatch, *, max_malformed: int) -> list[int]:
+    """The CSV reader's MAX_MALFORMED set to ``max_malformed``, and its pyarrow parses counted
+    (in the list's one item)."""
+    from runink.plugins.storage import csv as csv_module
+
+    monkeypatch.setattr(csv_module, "MAX_MALFORMED", max_malformed)
+    parses = [0]
+    read_csv = csv_module.pacsv.read_csv
+
+    def counting(*args: object, **kwargs: object) -> object:
+        parses[0] += 1
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(csv_module.pacsv, "read_csv", counting)
+    return parses
+
+
 @pytest.mark.parametrize("bad_line", ['"', "1"])  # a quote left open; a wrong column count
 def test_csv_many_malformed_lines_are_read_in_one_pass_and_bounded_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_line: str
@@ -333,25 +350,14 @@ def test_csv_many_malformed_lines_are_read_in_one_pass_and_bounded_batches(
     """Each record a quote swallowed was parsed again on its own, every piece kept for a concat:
     1M lines of a lone quote (2 MB) took 100 s and 1.8 GB. Now every line is looked at once,
     the block parsed again once per piece of MAX_MALFORMED lines, each piece its own batch."""
-    from runink.plugins.storage import csv as csv_module
-
-    monkeypatch.setattr(csv_module, "MAX_MALFORMED", 1000)
-    parses = 0
-    read_csv = csv_module.pacsv.read_csv
-
-    def counting(*args: object, **kwargs: object) -> object:
-        nonlocal parses
-        parses += 1
-        return read_csv(*args, **kwargs)
-
-    monkeypatch.setattr(csv_module.pacsv, "read_csv", counting)
+    parses = _counted_parses(monkeypatch, max_malformed=1000)
     lines = [f"{i},x" if i % 10 == 0 else bad_line for i in range(10_000)]
     path = tmp_path / "x.csv"
     path.write_text("a,b\n" + "\n".join(lines) + "\n")
     reads = list(load_driver(Storage, "csv").read(path, raw=True))
     # the block, then once per piece (was one per swallowed record), and the last line's open
     # quote twice more once the file ends (its record might have gone on in a next block)
-    assert parses <= 4 + len(lines) // 1000
+    assert parses[0] <= 4 + len(lines) // 1000
     assert max(len(read.malformed) for read in reads) <= 1000 and len(reads) >= 9
     assert [p for read in reads for p in read.positions.to_pylist()] == list(range(2, 10_002, 10))
     assert [r["a"] for read in reads for r in read.batch.to_pylist()] == [str(i) for i in range(0, 10_000, 10)]
@@ -1005,21 +1011,10 @@ def test_csv_the_first_block_s_dead_letters_come_once_without_a_double_column(
 ) -> None:
     """(no double column: the chunk is parsed once, its pieces of dead letters only held until
     a row types the columns)"""
-    from runink.plugins.storage import csv as csv_module
-
-    monkeypatch.setattr(csv_module, "MAX_MALFORMED", 4)
-    parses = 0
-    read_csv = csv_module.pacsv.read_csv
-
-    def counting(*args: object, **kwargs: object) -> object:
-        nonlocal parses
-        parses += 1
-        return read_csv(*args, **kwargs)
-
-    monkeypatch.setattr(csv_module.pacsv, "read_csv", counting)
+    parses = _counted_parses(monkeypatch, max_malformed=4)
     path = tmp_path / "x.csv"
     path.write_text("id,n\n" + "bad\n" * 6 + "".join(f"{i},{i}\n" for i in range(4)))
     reads = list(load_driver(Storage, "csv").read(path))
     assert [row for read in reads for row in read.batch.to_pylist()] == [{"id": i, "n": i} for i in range(4)]
     assert [m.position for read in reads for m in read.malformed] == list(range(2, 8))
-    assert parses == 4  # (the block, then its 3 pieces: none twice)
+    assert parses[0] == 4  # (the block, then its 3 pieces: none twice)
