@@ -8,6 +8,7 @@ import base64
 import contextlib
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -88,6 +89,9 @@ def _stopped_by_signals() -> Iterator[None]:
     def stop(signum: int, _frame: object) -> None:
         raise Stopped(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread may set them)
+        yield
+        return
     kept = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
