@@ -77,7 +77,9 @@ def runink_read(path: Path, fmt: str) -> int:
 
 def arrow_read(path: Path, fmt: str) -> int:
     if fmt == "csv":
-        table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=False))
+        # (values of several lines need Arrow's slower chunker: it refuses them otherwise)
+        parse = pacsv.ParseOptions(newlines_in_values="multiline" in path.name)
+        table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(use_threads=False), parse_options=parse)
     else:
         table = pajson.read_json(path, read_options=pajson.ReadOptions(use_threads=False))
     return table.num_rows

@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
 from runink.core.readahead import ahead
-from runink.plugins.storage.doubles import as_doubles
+from runink.plugins.storage.doubles import as_doubles, may_lose_digits
 
 # Bytes per parsed block, i.e. per batch. Peak memory is proportional to it (validation makes
 # several column-sized intermediates): measured on 1M/10M-row orders, 2 MiB gives 291/320 MB
@@ -349,10 +349,12 @@ class _ChunkParser:
         # raw: every column as text. Otherwise the types pyarrow infers on the first rows are kept
         # for the rest of the file, as pyarrow's own streaming reader does.
         self.types: dict[str, pa.DataType] | None = dict.fromkeys(names, pa.string()) if raw else None
-        #: (no contract) the columns typed double: read as text and made doubles here, so that a
-        #: value a double cannot hold exactly is found (its row a dead letter; in the first rows,
-        #: its column stays text: ``deciding`` until they are seen)
+        #: (no contract) the columns typed double. In a chunk that may hold a number a double
+        #: cannot hold exactly (``may_lose_digits``), they are read as text and made doubles
+        #: here (``as_text``): such a value's row is a dead letter; in the first rows, its column
+        #: stays text (``deciding`` until they are seen). Elsewhere Arrow reads them, as fast.
         self.doubles: list[str] = []
+        self.as_text = False
         self.deciding = False
         # With a contract only an empty value is null: "NA" (Namibia), "null", "N/A"... are text
         # the contract checks, as any other, and "" is an empty text (Arrow's CSV writer writes
@@ -368,15 +370,17 @@ class _ChunkParser:
         if self.types is None:  # (no contract, the file's first rows)
             yield from self._first(chunk, first_line, count, last)
             return
+        self.as_text = bool(self.doubles) and may_lose_digits(chunk)
         for parsed in self._parse(chunk, first_line, count, last):
             yield self._read_batch(parsed, chunk, first_line)
 
     def _first(self, chunk: memoryview, first_line: int, count: int, last: bool) -> Iterator[ReadBatch]:
         """The chunk holding the file's first rows: the column types Arrow infers from them are
         kept for the rest of the file. A column empty in all of them is text (typed null, it
-        refused every value after); a double column is read as text and made doubles here
-        (``doubles``): the chunk is then parsed again, its pieces yielded only from that parse
-        (a piece yielded before was yielded twice: a review)."""
+        refused every value after). If a double column may hold a number a double cannot hold
+        exactly (``may_lose_digits``), the chunk is parsed again, those columns as text
+        (``as_text``), its pieces yielded only from that parse (a piece yielded before was
+        yielded twice: a review)."""
         pieces = self._parse(chunk, first_line, count, last)
         before: list[Parsed] = []  # (pieces of dead letters only: no row to type)
         for parsed in pieces:
@@ -385,9 +389,9 @@ class _ChunkParser:
                 schema = parsed[0].schema
                 self.types = {f.name: pa.string() if pa.types.is_null(f.type) else f.type for f in schema}
                 self.doubles = [name for name, kind in self.types.items() if pa.types.is_floating(kind)]
-                if self.doubles:
-                    self.types.update(dict.fromkeys(self.doubles, pa.string()))
-                    self.deciding, self.leftover = True, None
+                if self.doubles and may_lose_digits(chunk):
+                    self.types.update(dict.fromkeys(self.doubles, pa.float64()))
+                    self.as_text, self.deciding, self.leftover = True, True, None
                     for again in self._parse(chunk, first_line, count, last):
                         yield self._read_batch(again, chunk, first_line)
                     return
@@ -405,7 +409,7 @@ class _ChunkParser:
         """A parsed piece, its columns of ``doubles`` made doubles: a row with a value a double
         cannot hold exactly (or no number) is a dead letter, its record's text as it is."""
         batch, positions, bad, lines = parsed
-        if self.doubles and batch.num_rows:
+        if self.as_text and batch.num_rows:
             batch, refused = self._as_doubles(batch, self.deciding)
             self.deciding = False
             if refused:
@@ -427,6 +431,8 @@ class _ChunkParser:
             values, wrong = as_doubles(batch.column(at))
             if first and wrong:
                 self.doubles.remove(name)  # (kept as written: 12345678901234567890 is no double)
+                assert self.types is not None
+                self.types[name] = pa.string()
                 continue
             batch = batch.set_column(at, pa.field(name, pa.float64()), values)
             for row, why in wrong.items():
@@ -435,11 +441,14 @@ class _ChunkParser:
 
     @property
     def convert(self) -> pacsv.ConvertOptions:
+        types = self.types
+        if self.as_text and types is not None:
+            types = {**types, **dict.fromkeys(self.doubles, pa.string())}
         if self.raw:
             return pacsv.ConvertOptions(
-                column_types=self.types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
+                column_types=types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
             )
-        return pacsv.ConvertOptions(column_types=self.types, strings_can_be_null=True)
+        return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
 
     def _read(self, chunk: memoryview | bytes, invalid: list[pacsv.InvalidRow]) -> pa.RecordBatch:
         """The chunk's records as a batch, the ones with a wrong column count in ``invalid``.
@@ -652,8 +661,7 @@ def _parsed(fh: IO[bytes], parser: _ChunkParser, block_size: int) -> Iterator[Re
         yield ReadBatch(read.batch, read.positions, [*pending, *read.malformed], fraction)
         pending = []
     if pending:
-        types = {**(parser.types or {}), **dict.fromkeys(parser.doubles, pa.float64())}
-        schema = pa.schema([pa.field(n, types.get(n, pa.string())) for n in names])
+        schema = pa.schema([pa.field(n, (parser.types or {}).get(n, pa.string())) for n in names])
         yield ReadBatch(pa.RecordBatch.from_pylist([], schema=schema), pa.array([], pa.int64()), pending)
 
 

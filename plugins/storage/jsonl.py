@@ -33,7 +33,7 @@ import pyarrow.json as pajson
 
 from runink.core.datasets import AtomicFileWriter, DatasetError
 from runink.core.interfaces.storage import MAX_LINE_BYTES, DatasetWriter, Malformed, ReadBatch, Storage
-from runink.plugins.storage.doubles import WIDE_NUMBER, exact, shortest_differs
+from runink.plugins.storage.doubles import WIDE_NUMBER, exact, may_lose_digits, shortest_differs
 
 T = TypeVar("T")
 
@@ -302,26 +302,12 @@ def _chunk_schema(lines: list[bytes]) -> pa.Schema | None:
     return None if table is None else table.schema
 
 
-#: bytes as a pre-filter sees them: d for a digit or a point, e for an exponent's letter
-_NUMBER_CHARS = bytes(
-    ord("d") if chr(c) in "0123456789." else ord("e") if chr(c) in "eE" else ord(" ") for c in range(256)
-)
-
-
-def _long_number(data: bytes) -> bool:
-    """Whether ``data`` may hold a number with more digits than a double holds, or an exponent
-    (past its range?): 16 digits and points in a row, or a digit before an e. A pre-filter (a
-    string may match too, and is then looked at for nothing); 2x faster than a regex."""
-    chars = data.translate(_NUMBER_CHARS)
-    return b"d" * 16 in chars or b"de" in chars
-
-
 def _inexact_numbers(lines: list[bytes]) -> set[str]:
     """The keys of the lines' top-level numbers that a double cannot hold exactly: such a
     column, if typed double (12345678901234567890, or a fraction elsewhere in it), is text, each
     value as written (a double lost digits: 9007199254740993 became 9007199254740992)."""
     data = b"".join(lines)
-    if not _long_number(data):
+    if not may_lose_digits(data):
         return set()
     table = _read_json(lines, False)
     if table is None:
@@ -354,7 +340,7 @@ def _inexact_one_by_one(lines: list[bytes]) -> set[str]:
     """_inexact_numbers, line by line in Python."""
     keys: set[str] = set()
     for line in lines:
-        if not _long_number(line):
+        if not may_lose_digits(line):
             continue
         try:
             value = json.loads(line, parse_float=_Written, parse_int=_Written, parse_constant=_no_constant)
