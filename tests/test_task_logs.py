@@ -290,3 +290,14 @@ def test_exec_prints_the_output_and_logs_prints_it_again(one_server: dict[str, s
     assert (base64.b64decode(as_json["data"]), as_json["next_offset"], as_json["dropped"]) == (b"hello\n", 6, 0)
     bad = run_cli("logs", job["id"], "--stream", "stdin", env=one_server)
     assert bad.returncode != 0 and "stdout or stderr" in bad.stderr
+
+
+def test_two_secrets_that_overlap_are_both_masked_and_never_cut_in_two() -> None:
+    """(masked one after the other, the second lost its match in the first's stars; a cut
+    moved between them went back and forth for good)"""
+    from runink.core.agent.secrets import cut_outside, masked
+
+    masks = (b"abcdef", b"defghi")
+    assert masked(b"xabcdefghix", masks) == b"x*********x"
+    assert cut_outside(b"abcdefghi", masks, 4) == 9  # (they start the read: sent whole)
+    assert cut_outside(b"xxabcdefghi", masks, 4) == 2  # (sent with the next read)

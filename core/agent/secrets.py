@@ -61,11 +61,32 @@ def masks_of(values: Mapping[str, bytes]) -> tuple[bytes, ...]:
 
 
 def masked(data: bytes, masks: tuple[bytes, ...]) -> bytes:
-    """``data`` with each value of ``masks`` made as many ``*`` (same length: a log's offsets hold)."""
+    """``data`` with each value of ``masks`` made as many ``*`` (same length: a log's offsets
+    hold), found in ``data`` as it is (two values that overlap are both masked)."""
+    spans = _spans(data, masks)
+    if not spans:
+        return data
+    out = bytearray(data)
+    for start, end in spans:
+        out[start:end] = MASK_BYTE * (end - start)
+    return bytes(out)
+
+
+def _spans(data: bytes, masks: tuple[bytes, ...]) -> list[list[int]]:
+    """Where the values of ``masks`` are in ``data``: [start, end) each, overlapping ones as one, in order."""
+    found = []
     for value in masks:
-        if value in data:
-            data = data.replace(value, MASK_BYTE * len(value))
-    return data
+        at = data.find(value)
+        while at != -1:
+            found.append((at, at + len(value)))
+            at = data.find(value, at + 1)
+    merged: list[list[int]] = []
+    for start, end in sorted(found):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
 
 
 def masked_text(text: str, masks: tuple[bytes, ...]) -> str:
@@ -79,17 +100,10 @@ def masked_text(text: str, masks: tuple[bytes, ...]) -> str:
 
 
 def cut_outside(data: bytes, masks: tuple[bytes, ...], cut: int) -> int:
-    """``cut`` moved so that no value of ``masks`` in ``data`` spans it: to the start of one that
-    does (it is sent whole, masked, with the next read), or, for one at ``data``'s start, to its
-    end (a value cut in two had its second half sent in clear)."""
-    moved = True
-    while moved:
-        moved = False
-        for value in masks:
-            at = data.find(value)
-            while at != -1 and at < cut:
-                if at + len(value) > cut:
-                    cut, moved = (at if at > 0 else at + len(value)), True
-                    break
-                at = data.find(value, at + 1)
+    """``cut`` moved so that no value of ``masks`` in ``data`` spans it: to the start of the
+    values (overlapping ones as one) that span it, sent whole, masked, with the next read; or,
+    if they start ``data``, to their end (a value cut in two had its second half sent in clear)."""
+    for start, end in _spans(data, masks):
+        if start < cut < end:
+            return start if start > 0 else end
     return cut
