@@ -94,3 +94,16 @@ def test_a_step_that_raises_with_its_secret_in_the_message_has_it_masked(
     (scenario,) = json.loads(out.stdout)["scenarios"]
     assert scenario["state"] == "FAILED" and "bad connection with password ****" in scenario["error"], scenario
     assert VALUE not in out.stdout + out.stderr
+
+
+def test_a_secret_given_as_a_variable_may_not_hold_a_nul_byte(tmp_path: Path) -> None:
+    """No variable can hold one: the slice failed with "exit code 126" and an "embedded null
+    byte" in its stderr (a review). Refused before it starts, naming the secret, not its value."""
+    from runink.core.agent.secrets import with_secrets
+    from runink.core.errors import RuninkError
+    from runink.core.interfaces.executor import TaskSpec
+
+    spec = TaskSpec(id="t", command=("/bin/true",), task_dir=tmp_path, env={}, cwd=tmp_path)
+    assert with_secrets(spec, "lab", {"blob": b"a\0b"}, as_env=False).files == {"blob": "a\0b"}  # (a file may)
+    with pytest.raises(RuninkError, match=r"^secret 'blob' of herd 'lab' holds a NUL byte: it cannot be a variable$"):
+        with_secrets(spec, "lab", {"blob": b"a\0b"}, as_env=True)

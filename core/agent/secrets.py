@@ -28,7 +28,8 @@ def env_name(secret: str) -> str:
 def with_secrets(spec: TaskSpec, herd: str, values: Mapping[str, bytes], as_env: bool) -> TaskSpec:
     """``spec`` with the herd's secrets ``values`` (name -> value): a file each, and with
     ``as_env`` a variable each too. Raises RuninkError (naming the secret, never its value) for
-    a value that is not UTF-8 text, or a variable the task has already (PATH, HOME...)."""
+    a value that is not UTF-8 text, a variable the task has already (PATH, HOME...), or a
+    value with a NUL byte asked as a variable."""
     if not values:
         return spec
     files, env = dict(spec.files), dict(spec.env)
@@ -44,6 +45,8 @@ def with_secrets(spec: TaskSpec, herd: str, values: Mapping[str, bytes], as_env:
             variable = env_name(name)
             if variable in env:
                 raise RuninkError(f"secret {name!r} of herd {herd!r}: the task has a variable {variable} already")
+            if "\0" in text:  # (no variable can hold one: the slice failed, "exit code 126": a review)
+                raise RuninkError(f"secret {name!r} of herd {herd!r} holds a NUL byte: it cannot be a variable")
             env[variable] = text
     return dataclasses.replace(spec, files=files, env=env)
 
