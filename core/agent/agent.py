@@ -206,8 +206,6 @@ class Agent:
         self._recovered: set[Attempt] = set()  # re-attached after a restart, not seen assigned yet
         self._loaded = False  # the handles a previous agent left were looked at
         self.logs = LogShipper()  # sends running attempts' stdout and stderr
-        # each running attempt's secret values, masked in what it reports and its output sent
-        self._masks: dict[Attempt, tuple[bytes, ...]] = {}
         self.lineage = lineage  # the lineage events of the scenarios this node runs, to send
         self.slice_lines = slice_lines  # every line its slices print, to the log exporters ([log] slice_output)
         # set when a running attempt's slice ends (one waiter thread per attempt) or the node's
@@ -654,9 +652,7 @@ class Agent:
         accounting: Accounting | None = None,
     ) -> None:
         # (bounded: one report too large would hold up the rest; a secret the task was given, masked)
-        message = printable(masked_text(message, self._masks.get(attempt, ())), MAX_MESSAGE)
-        if last:
-            self._masks.pop(attempt, None)
+        message = printable(masked_text(message, self.logs.masks(attempt)), MAX_MESSAGE)
         self._outbox.append(
             _Report(
                 attempt, state, exit_code, message, last=last, destroy=destroy, started=started, accounting=accounting
@@ -797,8 +793,7 @@ class Agent:
         except (RuninkError, OSError) as exc:  # the control plane away a moment: a later round starts it
             log.warning("node %s: task %s not started yet, its secrets not read: %s", self.node_id, task.id, exc)
             return
-        if masks := masks_of(secrets):
-            self._masks[attempt] = masks
+        if masks := masks_of(secrets):  # (kept with its output's positions: masked in what it reports too)
             self.logs.mask(attempt, masks)
         if task.scenario is not None:
             self._start_scenario(task, executor_id, secrets)

@@ -72,6 +72,10 @@ class LogShipper:
         value split between two reads is held back until the next (or the attempt's end)."""
         self._masks[attempt] = masks
 
+    def masks(self, attempt: Attempt) -> tuple[bytes, ...]:
+        """``attempt``'s secret values (none once it is forgotten, its last output sent)."""
+        return self._masks.get(attempt, ())
+
     def ship(self, control: object, attempt: Attempt, task_dir: Path, *, last: bool = False) -> bool:
         """Send what the attempt wrote since the last call. True when nothing is left to send
         (all sent, or the server takes none of it); False when the server was away. ``last``:
@@ -107,7 +111,7 @@ class LogShipper:
             skipped = max(0, end - position.at - self.per_round)
             position.at += skipped
             position.offset += skipped
-            masks = self._masks.get(attempt, ())
+            masks = self.masks(attempt)
             hold = len(masks[0]) - 1 if masks else 0  # (a value that may go on past a read)
             while position.at < end:
                 try:
